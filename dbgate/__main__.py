@@ -1,0 +1,3 @@
+from dbgate.cli import main
+
+main()

@@ -1,0 +1,117 @@
+"""Value types shared by the classifier, the rules engine, the CLI and the proxy.
+
+Everything here is immutable and hashable so classifications can be cached by
+statement fingerprint and shared between sessions without copying.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Category(str, Enum):
+    """What a statement does, as far as the gateway's policy is concerned.
+
+    A statement usually carries several categories (a CTE that reads and deletes is
+    both ``read`` and ``destructive``). Rules match on any of them.
+    """
+
+    READ = "read"
+    WRITE = "write"
+    DESTRUCTIVE = "destructive"
+    DDL = "ddl"
+    PRIVILEGE = "privilege"
+    EXPORT = "export"
+    DUMP = "dump"
+    ADMIN = "admin"
+    ESCAPE = "escape"
+    OPAQUE = "opaque"
+    CONTROL = "control"
+
+
+class Action(str, Enum):
+    """The outcome of a rule decision. Ordered from least to most restrictive."""
+
+    ALLOW = "allow"
+    HOLD = "hold"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a category was assigned: a machine code plus a sentence for humans."""
+
+    category: Category
+    code: str  # e.g. "copy-to-program", "delete-without-where", "unknown-function"
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatementClass:
+    """Classification of one statement of a query string."""
+
+    categories: frozenset[Category]
+    reasons: tuple[Reason, ...]
+    tables: frozenset[str] = frozenset()  # "schema.table" when qualified, else "table"
+    columns: frozenset[str] = frozenset()  # "table.column" where resolvable, else "column"
+    functions: frozenset[str] = frozenset()  # lower-cased, schema-qualified when written so
+    command: str = ""  # statement tag-ish name: "SELECT", "COPY", "DO", ...
+    # True when the decision depends on Bind parameter values (e.g. set_config($1, $2, false)):
+    # the proxy must classify again at Bind with the actual values.
+    needs_bind: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """Classification of a whole query string (one or more statements)."""
+
+    statements: tuple[StatementClass, ...]
+    fingerprint: str = ""
+    parse_error: str | None = None  # set when pglast could not parse: always fails closed
+
+    @property
+    def categories(self) -> frozenset[Category]:
+        out: set[Category] = set()
+        for s in self.statements:
+            out |= s.categories
+        return frozenset(out)
+
+    @property
+    def reasons(self) -> tuple[Reason, ...]:
+        return tuple(r for s in self.statements for r in s.reasons)
+
+    @property
+    def tables(self) -> frozenset[str]:
+        return frozenset(t for s in self.statements for t in s.tables)
+
+    @property
+    def functions(self) -> frozenset[str]:
+        return frozenset(f for s in self.statements for f in s.functions)
+
+    @property
+    def needs_bind(self) -> bool:
+        return any(s.needs_bind for s in self.statements)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is asking: the dbgate identity plus what the client told us about itself."""
+
+    name: str
+    application_name: str = ""
+    client_addr: str = ""
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the rules say about one query string for one identity."""
+
+    action: Action
+    rule: str  # name of the rule that decided, "default" or "internal-error"
+    message: str = ""
+    approver_groups: tuple[str, ...] = ()
+    approvals_needed: int = 1
+    expires_after_seconds: int | None = None
+    classification: Classification | None = field(default=None, compare=False)
