@@ -1,0 +1,115 @@
+"""Incremental framing of PostgreSQL protocol messages (sans-IO).
+
+This is the proxy's hot path: every byte of every session passes through
+:meth:`FrameReader.feed`. It is written for few allocations per read:
+
+* when the previous read left no partial message (the common case) the incoming
+  ``bytes`` object is used as is, with no copy;
+* complete messages are returned as ``(type, body_start, body_end)`` offsets into
+  one ``chunk``; the caller forwards ``chunk`` with a single write unless it needs
+  to rewrite something, and decodes only the message types it cares about.
+
+Typed messages (everything after startup) are ``type:u8, length:u32 (includes
+itself), body``. Startup-phase packets have no type byte: ``length:u32, body``.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+
+_U32 = Struct("!I")
+_unpack_u32 = _U32.unpack_from
+
+Frame = tuple[int, int, int]  # (message type byte, body start, body end) within the chunk
+
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+MAX_STARTUP_PACKET = 10_000  # the server's own limit for startup packets
+
+
+class FrameReader:
+    """Split a byte stream of typed messages into whole messages."""
+
+    __slots__ = ("_pending", "max_size")
+
+    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self._pending = b""
+        self.max_size = max_size
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back because they are the start of an incomplete message."""
+        return len(self._pending)
+
+    def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
+        """Add ``data``; return ``(chunk, frames)`` for every complete message.
+
+        ``chunk`` contains exactly the complete messages (possibly ``b""``); any
+        trailing partial message is kept for the next call.
+
+        Raises :class:`ProtocolError` on a length below 4 or above ``max_size``.
+        """
+        buf = self._pending + data if self._pending else data
+        n = len(buf)
+        pos = 0
+        frames: list[Frame] = []
+        append = frames.append
+        max_size = self.max_size
+        while n - pos >= 5:
+            length = _unpack_u32(buf, pos + 1)[0]
+            if length < 4 or length > max_size:
+                raise _bad_length(buf[pos], length, max_size)
+            end = pos + 1 + length
+            if end > n:
+                break
+            append((buf[pos], pos + 5, end))
+            pos = end
+        if pos == n:
+            self._pending = b""
+            return buf, frames
+        self._pending = bytes(buf[pos:])
+        return bytes(buf[:pos]), frames
+
+
+class StartupReader:
+    """Frame the untyped packets of the startup phase (StartupMessage, SSLRequest, ...)."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Add ``data``; return the body of one complete packet, or None if incomplete.
+
+        Call :meth:`take_rest` after a packet to get bytes that followed it (a client
+        may pipeline the next message, e.g. a TLS ClientHello after SSLRequest).
+        """
+        self._pending += data
+        if len(self._pending) < 4:
+            return None
+        length = _unpack_u32(self._pending, 0)[0]
+        if length < 8 or length > MAX_STARTUP_PACKET:
+            from dbgate.wire.errors import ProtocolError
+
+            raise ProtocolError(f"invalid startup packet length {length}")
+        if len(self._pending) < length:
+            return None
+        body = self._pending[4:length]
+        self._pending = self._pending[length:]
+        return body
+
+    def take_rest(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest
+
+
+def _bad_length(mtype: int, length: int, max_size: int) -> Exception:
+    from dbgate.wire.errors import ProtocolError
+
+    shown = chr(mtype) if 32 <= mtype < 127 else f"0x{mtype:02x}"
+    if length < 4:
+        return ProtocolError(f"invalid message length {length} for message type {shown!r}")
+    return ProtocolError(
+        f"message of type {shown!r} is {length} bytes, over the limit of {max_size}",
+        sqlstate="54000",
+    )
