@@ -1,0 +1,204 @@
+"""Bodies of ``dbgate classify`` and ``dbgate rules check``.
+
+``dbgate/cli.py`` only parses flags; the work and the output format live here so
+they can be tested without a subprocess and reused by other front ends. Both
+functions print and return the process exit code.
+
+``classify`` is a report: it exits 0 whatever the decision (hold and deny are
+answers, not failures) and 2 when the rules directory cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from dbgate.policy.model import Classification, Decision, Identity
+from dbgate.policy.rules import RulesError, RuleSet, StatementDecision, load_rules
+
+#: The identity ``dbgate classify`` decides for: an agent with no groups.
+CLI_IDENTITY = Identity(name="agent", application_name="dbgate classify")
+
+
+def _classify(sql: str) -> Classification:
+    from dbgate.policy.classify import classify
+
+    return classify(sql)
+
+
+def _statement_json(index: int, sd: StatementDecision) -> dict[str, Any]:
+    st = sd.statement
+    return {
+        "index": index,
+        "command": st.command,
+        "categories": sorted(c.value for c in st.categories),
+        "reasons": [
+            {"category": r.category.value, "code": r.code, "message": r.message} for r in st.reasons
+        ],
+        "tables": sorted(st.tables),
+        "columns": sorted(st.columns),
+        "functions": sorted(st.functions),
+        "needs_bind": st.needs_bind,
+        "action": sd.action.value,
+        "rule": sd.rule.name,
+        "units": {u.category.value: u.rule.name for u in sd.units},
+    }
+
+
+def classification_report(
+    ruleset: RuleSet, identity: Identity, classification: Classification
+) -> dict[str, Any]:
+    """The JSON document ``dbgate classify --json`` prints (a stable contract)."""
+    decision: Decision = ruleset.decide(identity, classification)
+    explained: tuple[StatementDecision, ...] = ()
+    if classification.parse_error is None and decision.rule != "internal-error":
+        try:
+            explained = ruleset.explain(identity, classification)
+        except Exception:  # detail is best-effort; the decision above already failed closed
+            explained = ()
+    reasons = [
+        {"statement": i, "category": r.category.value, "code": r.code, "message": r.message}
+        for i, st in enumerate(classification.statements)
+        for r in st.reasons
+    ]
+    if classification.parse_error is not None:
+        reasons.append(
+            {
+                "statement": None,
+                "category": "opaque",
+                "code": "parse-error",
+                "message": classification.parse_error,
+            }
+        )
+    categories = {c.value for c in classification.categories}
+    if classification.parse_error is not None:
+        categories.add("opaque")
+    return {
+        "action": decision.action.value,
+        "rule": decision.rule,
+        "message": decision.message,
+        "categories": sorted(categories),
+        "reasons": reasons,
+        "tables": sorted(classification.tables),
+        "functions": sorted(classification.functions),
+        "columns": sorted({c for s in classification.statements for c in s.columns}),
+        "statements": [_statement_json(i, sd) for i, sd in enumerate(explained)],
+        "approver_groups": list(decision.approver_groups),
+        "approvals_needed": decision.approvals_needed,
+        "expires_after_seconds": decision.expires_after_seconds,
+        "needs_bind": classification.needs_bind,
+        "parse_error": classification.parse_error,
+        "fingerprint": classification.fingerprint,
+        "identity": identity.name,
+    }
+
+
+def _internal_error_report(identity: Identity, error: Exception) -> dict[str, Any]:
+    message = f"the classifier failed ({type(error).__name__}: {error}); dbgate would refuse this"
+    return {
+        "action": "deny",
+        "rule": "internal-error",
+        "message": message,
+        "categories": ["opaque"],
+        "reasons": [
+            {"statement": None, "category": "opaque", "code": "internal-error", "message": message}
+        ],
+        "tables": [],
+        "functions": [],
+        "columns": [],
+        "statements": [],
+        "approver_groups": [],
+        "approvals_needed": 1,
+        "expires_after_seconds": None,
+        "needs_bind": False,
+        "parse_error": None,
+        "fingerprint": "",
+        "identity": identity.name,
+    }
+
+
+def _print_text(report: dict[str, Any], out: TextIO) -> None:
+    w = out.write
+    w(f"action:     {report['action'].upper()}  (rule {report['rule']})\n")
+    if report["message"]:
+        w(f"message:    {report['message']}\n")
+    if report["action"] == "hold":
+        groups = ", ".join(report["approver_groups"]) or "any approver"
+        exp = report["expires_after_seconds"]
+        w(
+            f"approval:   {report['approvals_needed']} from {groups}"
+            + (f", expires after {exp}s" if exp else "")
+            + "\n"
+        )
+    w(f"categories: {', '.join(report['categories']) or '-'}\n")
+    if report["tables"]:
+        w(f"tables:     {', '.join(report['tables'])}\n")
+    if report["functions"]:
+        w(f"functions:  {', '.join(report['functions'])}\n")
+    if report["needs_bind"]:
+        w("note:       decided again at Bind with the actual parameter values\n")
+    if report["parse_error"]:
+        w(f"parse error: {report['parse_error']}\n")
+    for st in report["statements"]:
+        w(
+            f"\nstatement {st['index'] + 1}: {st['command'] or '?'} -> "
+            f"{st['action']} (rule {st['rule']})\n"
+        )
+        for r in st["reasons"]:
+            w(f"  {r['category']:<12} {r['code']}: {r['message']}\n")
+
+
+def classify_command(
+    sql: str,
+    rules_dir: Path | None,
+    as_json: bool,
+    *,
+    identity: Identity = CLI_IDENTITY,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """``dbgate classify``: classify ``sql``, decide with the rules, print the report."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        ruleset = load_rules(rules_dir)
+    except RulesError as e:
+        for p in e.problems:
+            err.write(f"{p}\n")
+        err.write("dbgate: cannot load rules; fix the problems above (dbgate rules check)\n")
+        return 2
+    try:
+        classification = _classify(sql)
+    except Exception as e:  # the classifier must not raise; if it does, report deny
+        report = _internal_error_report(identity, e)
+    else:
+        report = classification_report(ruleset, identity, classification)
+    if as_json:
+        out.write(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    else:
+        _print_text(report, out)
+    return 0
+
+
+def rules_check_command(
+    directory: Path | None, *, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """``dbgate rules check``: 0 and a one-line summary, or 1 and every ``file:line``."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        ruleset = load_rules(directory)
+    except RulesError as e:
+        for p in e.problems:
+            out.write(f"{p}\n")
+        n = len(e.problems)
+        err.write(f"{n} problem{'s' if n != 1 else ''} found\n")
+        return 1
+    n_files = len(ruleset.files)
+    out.write(
+        f"ok: {len(ruleset)} rule{'s' if len(ruleset) != 1 else ''} "
+        f"in {n_files} file{'s' if n_files != 1 else ''}\n"
+    )
+    return 0

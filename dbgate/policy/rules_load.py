@@ -1,0 +1,461 @@
+"""Load and validate ``rules/*.yaml`` with errors that name ``file:line``.
+
+We walk PyYAML's *node* graph (``yaml.compose``) rather than the constructed
+Python objects, because only nodes remember where they came from. Every problem
+is collected (not just the first) so an operator fixes a file in one pass, and
+each unknown name comes with the valid alternatives and a "did you mean".
+
+Validation is hand-written rather than pydantic: the schema is small, and
+mapping pydantic's error locations back to YAML marks would cost more code than
+checking the dozen keys directly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dbgate.policy.model import Action, Category
+from dbgate.policy.rules_match import Glob, Match, Rule
+
+#: Names the engine itself uses in ``Decision.rule``; a pack may not reuse them.
+RESERVED_RULE_NAMES = frozenset({"default", "internal-error", "parse-error", "empty-query"})
+
+TOP_LEVEL_KEYS = ("version", "rules")
+RULE_KEYS = (
+    "name",
+    "description",
+    "match",
+    "action",
+    "message",
+    "approver_groups",
+    "approvals_needed",
+    "expires_after",
+)
+HOLD_ONLY_KEYS = ("approver_groups", "approvals_needed", "expires_after")
+MATCH_KEYS = (
+    "categories",
+    "all_categories",
+    "tables",
+    "schemas",
+    "functions",
+    "identities",
+    "groups",
+    "application_names",
+    "statements",
+)
+CATEGORY_NAMES = tuple(c.value for c in Category)
+ACTION_NAMES = tuple(a.value for a in Action)
+
+_RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleProblem:
+    """One thing wrong with a rules directory. ``line`` is 1-based; 0 = whole file."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.file}:{self.line}: {self.message}"
+            if self.line
+            else f"{self.file}: {self.message}"
+        )
+
+
+class RulesError(Exception):
+    """A rules directory could not be loaded. Carries every problem found."""
+
+    def __init__(self, problems: list[RuleProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def suggest(word: str, valid: tuple[str, ...] | list[str]) -> str:
+    """``"; did you mean 'x'?"`` when something is close, then the valid choices."""
+    close = difflib.get_close_matches(word, list(valid), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} (valid: {', '.join(valid)})"
+
+
+def parse_duration(text: str) -> int | None:
+    """``"90s"``, ``"15m"``, ``"1h30m"``, ``"2d"`` -> seconds; None if malformed or zero."""
+    m = _DURATION.match(text.strip())
+    if not m or not any(m.groups()):
+        return None
+    d, h, mi, s = (int(g) if g else 0 for g in m.groups())
+    total = ((d * 24 + h) * 60 + mi) * 60 + s
+    return total or None
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    tag = node.tag.rsplit(":", 1)[-1]
+    if tag == "null":
+        return "nothing (null)"
+    return f"{tag} {node.value!r}"
+
+
+def _check_glob(pattern: str, *, max_dots: int) -> str | None:
+    """Return why ``pattern`` is not a usable glob, or None when it is fine."""
+    if not pattern.strip():
+        return "empty pattern"
+    if pattern != pattern.strip():
+        return f"pattern {pattern!r} has leading or trailing whitespace"
+    if pattern.count(".") > max_dots:
+        if max_dots == 0:
+            return f"pattern {pattern!r} may not contain '.' (schema names only)"
+        return f"pattern {pattern!r} has too many '.' parts (use 'schema.name' or 'name')"
+    i = pattern.find("[")
+    while i != -1:
+        j = i + 1
+        if pattern[j : j + 1] == "!":
+            j += 1
+        if pattern[j : j + 1] == "]":
+            j += 1
+        close = pattern.find("]", j)
+        if close == -1:
+            return f"pattern {pattern!r} has an unclosed '['"
+        i = pattern.find("[", close + 1)
+    if any(q in pattern for q in "\"'`"):
+        return f"pattern {pattern!r} contains quotes; write names as PostgreSQL stores them, without quotes"
+    return None
+
+
+class _FileLoader:
+    """Validates one YAML file, appending problems instead of raising."""
+
+    def __init__(self, path: Path, display: str, problems: list[RuleProblem]) -> None:
+        self.path = path
+        self.display = display
+        self.problems = problems
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def problem(self, node: yaml.Node | int, message: str) -> None:
+        line = node if isinstance(node, int) else _line(node)
+        self.problems.append(RuleProblem(self.display, line, message))
+
+    # -- scalar helpers ---------------------------------------------------------------
+    def scalar(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            return node
+        return self._constructor.construct_object(node)
+
+    def string(self, node: yaml.Node, what: str) -> str | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag == _STR_TAG:
+            return str(node.value)
+        self.problem(node, f"{what} must be a string, got {_describe(node)}")
+        return None
+
+    def string_list(self, node: yaml.Node, what: str) -> list[tuple[yaml.Node, str]] | None:
+        """A list of strings; a single string is accepted as a one-element list."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == _STR_TAG:
+            return [(node, str(node.value))]
+        if not isinstance(node, yaml.SequenceNode):
+            self.problem(node, f"{what} must be a list of strings, got {_describe(node)}")
+            return None
+        if not node.value:
+            self.problem(node, f"{what} is an empty list, which matches nothing; remove the key")
+            return None
+        out: list[tuple[yaml.Node, str]] = []
+        ok = True
+        for item in node.value:
+            s = self.string(item, f"each entry of {what}")
+            if s is None:
+                ok = False
+            else:
+                out.append((item, s))
+        return out if ok else None
+
+    def mapping(
+        self, node: yaml.MappingNode, what: str, valid: tuple[str, ...]
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """Keys -> (key node, value node); reports unknown and duplicate keys."""
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for knode, vnode in node.value:
+            key = self.scalar(knode)
+            if not isinstance(key, str):
+                self.problem(knode, f"{what} keys must be strings, got {_describe(knode)}")
+                continue
+            if key in out:
+                self.problem(
+                    knode, f"duplicate key '{key}' in {what} (first on line {_line(out[key][0])})"
+                )
+                continue
+            if key not in valid:
+                self.problem(knode, f"unknown key '{key}' in {what}{suggest(key, valid)}")
+                continue
+            out[key] = (knode, vnode)
+        return out
+
+    # -- structure --------------------------------------------------------------------
+    def load(self) -> list[Rule]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            self.problem(0, f"cannot read file: {e}")
+            return []
+        try:
+            docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            line = mark.line + 1 if mark is not None else 0
+            self.problem(line, f"invalid YAML: {e.problem or e.context}")
+            return []
+        except yaml.YAMLError as e:  # pragma: no cover - unmarked errors are rare
+            self.problem(0, f"invalid YAML: {e}")
+            return []
+        docs = [d for d in docs if d is not None]
+        if not docs:
+            self.problem(1, "file is empty; expected a mapping with a 'rules' list")
+            return []
+        if len(docs) > 1:
+            self.problem(docs[1], "only one YAML document per rules file (found '---')")
+        root = docs[0]
+        if not isinstance(root, yaml.MappingNode):
+            self.problem(root, f"expected a mapping with a 'rules' list, got {_describe(root)}")
+            return []
+        keys = self.mapping(root, "the top level", TOP_LEVEL_KEYS)
+        if "version" in keys:
+            vnode = keys["version"][1]
+            if self.scalar(vnode) != 1 or isinstance(self.scalar(vnode), bool):
+                self.problem(
+                    vnode, f"unsupported version {_describe(vnode)}; this dbgate reads version 1"
+                )
+        if "rules" not in keys:
+            self.problem(root, "missing key 'rules' (a list of rules)")
+            return []
+        rnode = keys["rules"][1]
+        if not isinstance(rnode, yaml.SequenceNode):
+            self.problem(rnode, f"'rules' must be a list of rules, got {_describe(rnode)}")
+            return []
+        if not rnode.value:
+            self.problem(rnode, "'rules' is empty; a rules file must define at least one rule")
+            return []
+        rules = []
+        for item in rnode.value:
+            rule = self.rule(item)
+            if rule is not None:
+                rules.append(rule)
+        return rules
+
+    def rule(self, node: yaml.Node) -> Rule | None:
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(
+                node, f"each rule must be a mapping with 'name' and 'action', got {_describe(node)}"
+            )
+            return None
+        before = len(self.problems)
+        keys = self.mapping(node, "a rule", RULE_KEYS)
+        name = None
+        if "name" not in keys:
+            self.problem(node, "rule is missing 'name'")
+        else:
+            name = self.string(keys["name"][1], "'name'")
+            if name is not None and not _RULE_NAME.match(name):
+                self.problem(
+                    keys["name"][1], f"rule name {name!r} must be letters, digits, '-', '_' or '.'"
+                )
+                name = None
+            elif name in RESERVED_RULE_NAMES:
+                self.problem(
+                    keys["name"][1],
+                    f"rule name '{name}' is reserved for the engine; choose another",
+                )
+                name = None
+        label = f"rule '{name}'" if name else "rule"
+
+        action: Action | None = None
+        if "action" not in keys:
+            self.problem(node, f"{label} is missing 'action'{suggest('', ACTION_NAMES)}")
+        else:
+            a = self.string(keys["action"][1], "'action'")
+            if a is not None:
+                try:
+                    action = Action(a)
+                except ValueError:
+                    self.problem(
+                        keys["action"][1], f"unknown action '{a}'{suggest(a, ACTION_NAMES)}"
+                    )
+
+        description = ""
+        if "description" in keys:
+            description = self.string(keys["description"][1], "'description'") or ""
+        message = ""
+        if "message" in keys:
+            message = self.string(keys["message"][1], "'message'") or ""
+
+        if action is not None and action is not Action.HOLD:
+            for k in HOLD_ONLY_KEYS:
+                if k in keys:
+                    self.problem(
+                        keys[k][0],
+                        f"'{k}' only applies to 'action: hold' ({label} is '{action.value}')",
+                    )
+
+        approver_groups: tuple[str, ...] = ()
+        if "approver_groups" in keys:
+            items = self.string_list(keys["approver_groups"][1], "'approver_groups'")
+            approver_groups = tuple(s for _, s in items or [])
+        approvals_needed = 1
+        if "approvals_needed" in keys:
+            vnode = keys["approvals_needed"][1]
+            v = self.scalar(vnode)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                self.problem(
+                    vnode, f"'approvals_needed' must be an integer >= 1, got {_describe(vnode)}"
+                )
+            else:
+                approvals_needed = v
+        expires: int | None = None
+        if "expires_after" in keys:
+            vnode = keys["expires_after"][1]
+            v = self.scalar(vnode)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                expires = v
+            elif isinstance(v, str) and parse_duration(v) is not None:
+                expires = parse_duration(v)
+            else:
+                self.problem(
+                    vnode,
+                    f"bad duration {_describe(vnode)} for 'expires_after'; use e.g. 90s, 15m, 1h, 1h30m, 2d",
+                )
+
+        match = Match()
+        if "match" in keys:
+            mnode = keys["match"][1]
+            if isinstance(mnode, yaml.ScalarNode) and mnode.tag.endswith(":null"):
+                pass  # `match:` with nothing = match everything, same as omitting it
+            elif not isinstance(mnode, yaml.MappingNode):
+                self.problem(mnode, f"'match' must be a mapping, got {_describe(mnode)}")
+            else:
+                match = self.match(mnode, case_insensitive=action is not Action.ALLOW)
+
+        if len(self.problems) != before or name is None or action is None:
+            return None
+        return Rule(
+            name=name,
+            action=action,
+            match=match,
+            description=description,
+            message=message,
+            approver_groups=approver_groups,
+            approvals_needed=approvals_needed,
+            expires_after_seconds=expires,
+            file=self.display,
+            line=_line(node),
+        )
+
+    def match(self, node: yaml.MappingNode, *, case_insensitive: bool) -> Match:
+        keys = self.mapping(node, "'match'", MATCH_KEYS)
+        fields: dict[str, Any] = {}
+        for key in ("categories", "all_categories"):
+            if key in keys:
+                items = self.string_list(keys[key][1], f"'{key}'")
+                cats: set[Category] = set()
+                for inode, s in items or []:
+                    try:
+                        cats.add(Category(s))
+                    except ValueError:
+                        self.problem(inode, f"unknown category '{s}'{suggest(s, CATEGORY_NAMES)}")
+                if cats:
+                    fields[key] = frozenset(cats)
+        globs: dict[str, tuple[int, bool]] = {
+            # key: (max dots, force case-insensitive)
+            "tables": (1, False),
+            "schemas": (0, False),
+            "functions": (1, True),  # PostgreSQL function names are effectively lower-case
+            "identities": (99, False),
+            "groups": (99, False),
+            "application_names": (99, False),
+            "statements": (99, True),  # command tags: "ALTER SYSTEM", "select" are the same
+        }
+        for key, (max_dots, force_ci) in globs.items():
+            if key not in keys:
+                continue
+            items = self.string_list(keys[key][1], f"'{key}'")
+            compiled: list[Glob] = []
+            for inode, s in items or []:
+                why = _check_glob(s, max_dots=max_dots)
+                if why:
+                    self.problem(inode, f"bad glob in '{key}': {why}")
+                    continue
+                value = " ".join(s.split()).upper() if key == "statements" else s
+                compiled.append(Glob.compile(value, case_insensitive=case_insensitive or force_ci))
+            if compiled:
+                fields[key] = tuple(compiled)
+        return Match(**fields)
+
+
+def rule_files(directory: Path) -> list[Path]:
+    """``*.yaml`` and ``*.yml`` in lexical order of file name; dot-files skipped."""
+    return sorted(
+        (
+            p
+            for p in directory.iterdir()
+            if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+        ),
+        key=lambda p: p.name,
+    )
+
+
+def load_directory(directory: Path) -> tuple[list[Rule], list[Path]]:
+    """Validate every rules file of ``directory``; raise :class:`RulesError` on any problem."""
+    problems: list[RuleProblem] = []
+    shown = str(directory)
+    if not directory.exists():
+        raise RulesError([RuleProblem(shown, 0, "rules directory does not exist")])
+    if not directory.is_dir():
+        # Accept a single file too: handy for `dbgate rules check rules/default.yaml`.
+        files = [directory]
+    else:
+        files = rule_files(directory)
+        if not files:
+            raise RulesError([RuleProblem(shown, 0, "no *.yaml rule files in directory")])
+    rules: list[Rule] = []
+    seen: dict[str, Rule] = {}
+    for path in files:
+        for rule in _FileLoader(path, str(path), problems).load():
+            if rule.name in seen:
+                first = seen[rule.name]
+                problems.append(
+                    RuleProblem(
+                        rule.file,
+                        rule.line,
+                        f"duplicate rule name '{rule.name}' (first defined at {first.file}:{first.line})",
+                    )
+                )
+                continue
+            seen[rule.name] = rule
+            rules.append(rule)
+    if problems:
+        raise RulesError(problems)
+    return [_with_index(r, i) for i, r in enumerate(rules)], files
+
+
+def _with_index(rule: Rule, index: int) -> Rule:
+    return replace(rule, index=index)
+
+
+def iter_problems(error: RulesError) -> Iterator[str]:
+    """The ``file:line: message`` lines, for printing."""
+    for p in error.problems:
+        yield str(p)

@@ -1,0 +1,190 @@
+"""Compiled rules and the predicates that decide whether a rule matches.
+
+A rule is evaluated against one *unit*: one category of one statement, for one
+identity. Splitting a statement into units is what makes the engine fail closed:
+an ``allow`` rule for ``read`` covers only the ``read`` unit of a statement that
+also exports, and the ``export`` unit must find its own rule.
+
+The single principle behind every matching detail here:
+
+    *Permissive rules match strictly, restrictive rules match generously.*
+
+An ``allow`` rule's ``tables``/``schemas``/``functions`` must cover *every* object
+the statement touches, and its globs are case-sensitive; a ``hold``/``deny`` rule
+matches when *any* object matches, case-insensitively. A mistake in a pattern
+therefore errs towards holding, never towards letting something through.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from dbgate.policy.model import Action, Category, Identity, StatementClass
+
+#: Unqualified table names are assumed to live here (PostgreSQL's default
+#: ``search_path`` is ``"$user", public``).
+DEFAULT_TABLE_SCHEMA = "public"
+#: Unqualified function names resolve to one of these under a default search path
+#: (``pg_catalog`` is always searched first unless listed explicitly).
+DEFAULT_FUNCTION_SCHEMAS = ("pg_catalog", "public")
+
+SEVERITY: dict[Action, int] = {Action.ALLOW: 0, Action.HOLD: 1, Action.DENY: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Glob:
+    """One shell-style pattern, compiled once at load time.
+
+    ``qualified`` is True when the pattern names a schema (``sales.*``); such a
+    pattern is compared with the qualified object name, an unqualified pattern
+    only with the object's bare name (so ``customers`` matches in every schema).
+    """
+
+    pattern: str
+    regex: re.Pattern[str]
+    qualified: bool
+
+    @classmethod
+    def compile(cls, pattern: str, *, case_insensitive: bool) -> Glob:
+        flags = re.IGNORECASE if case_insensitive else 0
+        return cls(pattern, re.compile(fnmatch.translate(pattern), flags), "." in pattern)
+
+    def matches(self, value: str) -> bool:
+        return self.regex.match(value) is not None
+
+
+def _split(name: str) -> tuple[str | None, str]:
+    schema, dot, bare = name.rpartition(".")
+    return (schema if dot else None), bare
+
+
+def _any_glob(globs: tuple[Glob, ...], value: str) -> bool:
+    return any(g.matches(value) for g in globs)
+
+
+def table_matches(globs: tuple[Glob, ...], table: str) -> bool:
+    """Does ``table`` ("schema.table" or "table") match any of ``globs``?
+
+    Unqualified patterns look at the bare name in any schema; qualified patterns
+    see an unqualified table as ``public.<table>``.
+    """
+    schema, bare = _split(table)
+    full = table if schema is not None else f"{DEFAULT_TABLE_SCHEMA}.{bare}"
+    return any(g.matches(full if g.qualified else bare) for g in globs)
+
+
+def function_matches(globs: tuple[Glob, ...], function: str) -> bool:
+    """Like :func:`table_matches`; an unqualified function may be in pg_catalog or public."""
+    schema, bare = _split(function)
+    for g in globs:
+        if not g.qualified:
+            if g.matches(bare):
+                return True
+        elif schema is not None:
+            if g.matches(function):
+                return True
+        elif any(g.matches(f"{s}.{bare}") for s in DEFAULT_FUNCTION_SCHEMAS):
+            return True
+    return False
+
+
+def table_schema(table: str) -> str:
+    """The schema a table name refers to, assuming the default search path."""
+    schema, _ = _split(table)
+    return schema if schema is not None else DEFAULT_TABLE_SCHEMA
+
+
+def _objects_match(
+    globs: tuple[Glob, ...] | None,
+    objects: Iterable[str],
+    test: Callable[[tuple[Glob, ...], str], bool],
+    *,
+    strict: bool,
+) -> bool:
+    """Apply a per-object predicate with all-of (strict) or any-of semantics.
+
+    A constrained rule never matches a statement that touches no such object: an
+    ``allow`` for ``tables: [analytics.*]`` must not cover ``SELECT pg_sleep(1)``.
+    """
+    if globs is None:
+        return True
+    items = list(objects)
+    if not items:
+        return False
+    if strict:
+        return all(test(globs, o) for o in items)
+    return any(test(globs, o) for o in items)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The ``match:`` block of a rule. ``None`` means "not constrained"."""
+
+    categories: frozenset[Category] | None = None
+    all_categories: frozenset[Category] | None = None
+    tables: tuple[Glob, ...] | None = None
+    schemas: tuple[Glob, ...] | None = None
+    functions: tuple[Glob, ...] | None = None
+    identities: tuple[Glob, ...] | None = None
+    groups: tuple[Glob, ...] | None = None
+    application_names: tuple[Glob, ...] | None = None
+    statements: tuple[Glob, ...] | None = None
+
+    @property
+    def category_scope(self) -> frozenset[Category] | None:
+        """Which units (categories) the rule can decide; None = all of them."""
+        if self.categories is None and self.all_categories is None:
+            return None
+        return (self.categories or frozenset()) | (self.all_categories or frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One validated rule, ready to evaluate. ``index`` is its position in the pack."""
+
+    name: str
+    action: Action
+    match: Match = field(default_factory=Match)
+    description: str = ""
+    message: str = ""
+    approver_groups: tuple[str, ...] = ()
+    approvals_needed: int = 1
+    expires_after_seconds: int | None = None
+    file: str = ""
+    line: int = 0
+    index: int = 0
+
+    @property
+    def strict(self) -> bool:
+        """Permissive rules must cover everything they see (see module docstring)."""
+        return self.action is Action.ALLOW
+
+    def matches_identity(self, identity: Identity) -> bool:
+        m = self.match
+        if m.identities is not None and not _any_glob(m.identities, identity.name):
+            return False
+        if m.groups is not None and not any(_any_glob(m.groups, g) for g in identity.groups):
+            return False
+        return not (
+            m.application_names is not None
+            and not _any_glob(m.application_names, identity.application_name)
+        )
+
+    def matches_statement(self, stmt: StatementClass, categories: frozenset[Category]) -> bool:
+        """Statement-level conditions: everything except which unit is being decided."""
+        m = self.match
+        strict = self.strict
+        if m.all_categories is not None and not m.all_categories <= categories:
+            return False
+        if m.statements is not None and not _any_glob(m.statements, " ".join(stmt.command.split())):
+            return False
+        if not _objects_match(m.tables, stmt.tables, table_matches, strict=strict):
+            return False
+        if m.schemas is not None:
+            schemas = {table_schema(t) for t in stmt.tables}
+            if not _objects_match(m.schemas, schemas, _any_glob, strict=strict):
+                return False
+        return _objects_match(m.functions, stmt.functions, function_matches, strict=strict)
