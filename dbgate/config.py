@@ -71,7 +71,9 @@ class IdentityConfig(_Strict):
     @model_validator(mode="after")
     def _one_secret(self) -> IdentityConfig:
         if bool(self.password) == bool(self.scram_verifier):
-            raise ValueError(f"identity {self.name!r}: set exactly one of password or scram_verifier")
+            raise ValueError(
+                f"identity {self.name!r}: set exactly one of password or scram_verifier"
+            )
         return self
 
 

@@ -40,6 +40,12 @@ class FrameReader:
         """Bytes held back because they are the start of an incomplete message."""
         return len(self._pending)
 
+    def take_pending(self) -> bytes:
+        """Remove and return the held-back partial message (used when the caller must
+        re-queue the rest of a read in order, e.g. while a statement waits)."""
+        rest, self._pending = self._pending, b""
+        return rest
+
     def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
         """Add ``data``; return ``(chunk, frames)`` for every complete message.
 

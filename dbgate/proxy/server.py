@@ -1,0 +1,287 @@
+"""The listener: accepts clients, authenticates them, pairs them with upstream sessions.
+
+Also owns the cancel-key map (clients get dbgate's own BackendKeyData, which maps to
+the upstream's key) and graceful shutdown (stop accepting, let sessions finish their
+transaction, then close with FATAL 57P01).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import signal
+import ssl
+from dataclasses import dataclass
+
+from dbgate.config import Config
+from dbgate.proxy.channel import Channel, ConnectionLost
+from dbgate.proxy.handshake import (
+    HandshakeRefused,
+    authenticate,
+    build_verifiers,
+    read_startup,
+)
+from dbgate.proxy.hooks import AllowAll, Inspector, ResultTransformer
+from dbgate.proxy.session import Session
+from dbgate.proxy.session_info import SessionInfo
+from dbgate.proxy.upstream import UpstreamError, connect_upstream, send_cancel
+from dbgate.wire import messages as m
+from dbgate.wire.errors import ProtocolError
+from dbgate.wire.startup import CancelRequest
+
+log = logging.getLogger("dbgate.proxy")
+
+
+@dataclass(slots=True)
+class _CancelTarget:
+    secret: bytes
+    session: Session
+    upstream_pid: int
+    upstream_key: bytes
+
+
+class ProxyServer:
+    """One listening socket's worth of proxy. ``await start()``, ``await stop()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        inspector: Inspector | None = None,
+        transformer: ResultTransformer | None = None,
+    ) -> None:
+        self.config = config
+        self.inspector: Inspector = inspector or AllowAll()
+        self.transformer = transformer
+        self._verifiers = build_verifiers(config)
+        self._tls_context = self._make_tls_context()
+        self._server: asyncio.base_events.Server | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._sessions: dict[int, Session] = {}
+        self._cancel: dict[int, _CancelTarget] = {}
+        self._next_pid = secrets.randbelow(1 << 20) + 1000
+        self._stopping = False
+        self._connections = 0
+        self.port: int = 0
+
+    def _make_tls_context(self) -> ssl.SSLContext | None:
+        tls = self.config.tls
+        if tls is None:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        return ctx
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._new_channel,
+            self.config.listen_host,
+            self.config.listen_port,
+            backlog=1024,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("dbgate listening on %s:%s", self.config.listen_host, self.port)
+
+    def _new_channel(self) -> Channel:
+        channel = Channel(self.config.limits.max_message_size)
+        channel.on_made = self._accepted
+        return channel
+
+    def _accepted(self, channel: Channel) -> None:
+        if self._stopping:
+            channel.write(m.error_response("57P03", "dbgate is shutting down", severity="FATAL"))
+            channel.close()
+            return
+        task = asyncio.ensure_future(self._serve(channel))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _serve(self, channel: Channel) -> None:
+        peer = channel.transport.get_extra_info("peername") if channel.transport else None
+        client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
+        self._connections += 1
+        try:
+            await asyncio.wait_for(
+                self._handshake(channel, client_addr), self.config.limits.startup_timeout
+            )
+        except HandshakeRefused as e:
+            log.info("refused %s: %s", client_addr, e)
+            channel.write(e.response)
+            channel.close()
+        except ProtocolError as e:
+            log.info("protocol error from %s: %s", client_addr, e)
+            channel.write(m.error_response(e.sqlstate, f"dbgate: {e}", severity="FATAL"))
+            channel.close()
+        except ConnectionLost:
+            channel.close()
+        except TimeoutError:
+            log.info("startup timeout for %s", client_addr)
+            channel.write(m.error_response("08P01", "dbgate: startup timed out", severity="FATAL"))
+            channel.close()
+        except asyncio.CancelledError:
+            channel.abort()
+            raise
+        except Exception:
+            log.exception("unexpected error during startup of %s", client_addr)
+            channel.write(m.error_response("XX000", "dbgate: internal error", severity="FATAL"))
+            channel.close()
+        finally:
+            self._connections -= 1
+
+    async def _handshake(self, channel: Channel, client_addr: str) -> None:
+        packet = await read_startup(channel, self._tls_context)
+        if isinstance(packet, CancelRequest):
+            await self._handle_cancel(packet)
+            channel.close()
+            return
+        if len(self._sessions) >= self.config.limits.max_connections:
+            raise HandshakeRefused("53300", "sorry, too many clients already")
+        hello = await authenticate(channel, self.config, self._verifiers, packet)
+        ident = hello.identity
+        upstream_cfg = self.config.upstream
+        try:
+            up = await connect_upstream(
+                upstream_cfg,
+                user=ident.upstream_user or upstream_cfg.user,
+                password=ident.upstream_password or upstream_cfg.password,
+                database=upstream_cfg.database or hello.database,
+                params=hello.params,
+                max_message_size=self.config.limits.max_message_size,
+            )
+        except UpstreamError as e:
+            log.warning("upstream refused session for %s: %s", ident.name, e)
+            if e.error_body is not None:
+                channel.write(b"E" + (len(e.error_body) + 4).to_bytes(4, "big") + e.error_body)
+                channel.close()
+                return
+            raise HandshakeRefused("08006", "dbgate: cannot connect to the database") from e
+        if channel.closed:
+            up.channel.abort()
+            return
+        pid = self._allocate_pid()
+        key_len = 32 if hello.startup.negotiated_protocol >= (3, 2) else 4
+        secret = secrets.token_bytes(key_len)
+        info = SessionInfo(
+            session_id=pid,
+            identity=ident.name,
+            database=hello.database,
+            application_name=hello.params.get("application_name", ""),
+            client_addr=client_addr,
+            groups=frozenset(ident.groups),
+            transaction_status=up.transaction_status,
+        )
+        out = [
+            m.auth_ok(),
+            *(b"S" + (len(b) + 4).to_bytes(4, "big") + b for b in up.parameter_status),
+        ]
+        for b in up.parameter_status:
+            name, _, value = b[:-1].partition(b"\0")
+            info.server_params[name.decode()] = value.decode("utf-8", "replace")
+        out.append(m.backend_key_data(pid, secret))
+        out.extend(b"N" + (len(b) + 4).to_bytes(4, "big") + b for b in up.notices)
+        out.append(m.ready_for_query(up.transaction_status))
+        session = Session(
+            info=info,
+            client=channel,
+            upstream=up.channel,
+            inspector=self.inspector,
+            transformer=self.transformer,
+            max_message_size=self.config.limits.max_message_size,
+            on_closed=self._session_closed,
+        )
+        self._sessions[pid] = session
+        self._cancel[pid] = _CancelTarget(secret, session, up.backend_pid, up.backend_key)
+        channel.write(b"".join(out))
+        session.start()
+        log.info(
+            "session %s: identity=%s db=%s app=%r from %s",
+            pid,
+            ident.name,
+            hello.database,
+            info.application_name,
+            client_addr,
+        )
+
+    def _allocate_pid(self) -> int:
+        while True:
+            self._next_pid = (self._next_pid % 0x7FFFFFF0) + 1
+            if self._next_pid not in self._sessions:
+                return self._next_pid
+
+    def _session_closed(self, session: Session) -> None:
+        pid = session.info.session_id
+        self._sessions.pop(pid, None)
+        self._cancel.pop(pid, None)
+        log.info("session %s closed", pid)
+
+    async def _handle_cancel(self, request: CancelRequest) -> None:
+        target = self._cancel.get(request.pid)
+        if target is None or not hmac.compare_digest(target.secret, request.secret):
+            log.info("cancel request with unknown key ignored")
+            return
+        if target.session.cancel_wait():
+            return  # the statement was waiting in dbgate, not running upstream
+        try:
+            await send_cancel(self.config.upstream, target.upstream_pid, target.upstream_key)
+        except OSError as e:
+            log.warning("could not forward cancel request: %s", e)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, drain sessions for up to ``grace`` seconds, then close the rest."""
+        self._stopping = True
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._handshakes):
+            task.cancel()
+        for session in list(self._sessions.values()):
+            session.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self._sessions and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self._sessions.values()):
+            session.terminate("57P01", "terminating connection due to administrator command")
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_serve(config: Config) -> int:
+    """Blocking entry point of ``dbgate serve``: run until SIGINT/SIGTERM."""
+    import uvloop
+
+    configure_logging(config.log_level)
+
+    async def main() -> int:
+        server = ProxyServer(config)
+        try:
+            await server.start()
+        except OSError as e:
+            log.error("cannot listen on %s: %s", config.listen, e.strerror or e)
+            return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: draining %d sessions", server.session_count)
+        await server.stop()
+        return 0
+
+    return uvloop.run(main())

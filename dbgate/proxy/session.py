@@ -1,0 +1,493 @@
+"""The relay of one client session, after authentication.
+
+Responsibilities, in the order bytes meet them:
+
+client -> server
+  * frame the read (``FrameReader``), decode only Query/Parse/Bind/FunctionCall/Close;
+  * ask the inspector about each statement; forward allowed bytes in as few writes as
+    possible; park the session (pause reading, keep later bytes in order) while an
+    asynchronous verdict is pending;
+  * turn a refusal into a *server-side* error (see :meth:`Session._inject_refusal`)
+    so client and server keep agreeing on transaction state.
+server -> client
+  * fast path (no transformer, no pending refusal): one pass over the frame offsets
+    to track ReadyForQuery status, ParameterStatus and fatal errors, then one write
+    of the unchanged chunk;
+  * slow path: hand RowDescription/DataRow/CopyData/notices/errors to the transformer
+    and swap our marker errors for the refusal the client should see.
+
+Why refusals go through the server: after an error PostgreSQL rolls back the implicit
+transaction of an extended-protocol batch, marks an explicit transaction failed, and
+discards messages up to Sync. Imitating all of that in the proxy is fragile; letting
+the server raise the error (``DO ... RAISE``) at the exact position of the refused
+message makes every one of those rules hold by construction. The marker text in that
+error is replaced with the real refusal before the client sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable
+from struct import unpack_from
+from typing import TYPE_CHECKING
+
+from dbgate.proxy.hooks import Allow, Notice, Refuse, ResultTransformer, RowRewriter, Statement
+from dbgate.wire import messages as m
+from dbgate.wire.errors import ProtocolError
+from dbgate.wire.framing import FrameReader
+
+if TYPE_CHECKING:
+    from dbgate.proxy.channel import Channel
+    from dbgate.proxy.hooks import Inspector
+    from dbgate.proxy.session_info import SessionInfo
+
+log = logging.getLogger("dbgate.session")
+
+# Frontend message types
+_Q, _P, _B, _F, _S, _C, _X, _H = (ord(c) for c in "QPBFSCXH")
+# Backend message types
+_Z, _PS, _E, _N, _A = (ord(c) for c in "ZSENA")
+_PARSE_COMPLETE, _BIND_COMPLETE = ord("1"), ord("2")
+_ROW_DESC, _DATA_ROW, _CMD_COMPLETE, _EMPTY, _SUSPENDED = (ord(c) for c in "TDCIs")
+_COPY_OUT, _COPY_BOTH, _COPY_DATA, _COPY_DONE = (ord(c) for c in "HWdc")
+
+_TERMINATE = b"X\x00\x00\x00\x04"
+_NONCE = secrets.token_hex(8)  # marks errors this process injected; unguessable by clients
+_VALID_SQLSTATE = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _frame(mtype: int, body: bytes) -> bytes:
+    return bytes((mtype,)) + (len(body) + 4).to_bytes(4, "big") + body
+
+
+class _Injection:
+    __slots__ = ("cycle", "extended", "refusal", "token")
+
+    def __init__(self, token: str, refusal: Refuse, extended: bool, cycle: int) -> None:
+        self.token = token.encode()
+        self.refusal = refusal
+        self.extended = extended
+        self.cycle = cycle
+
+
+class Session:
+    """Relays one authenticated client to its upstream connection."""
+
+    def __init__(
+        self,
+        *,
+        info: SessionInfo,
+        client: Channel,
+        upstream: Channel,
+        inspector: Inspector,
+        transformer: ResultTransformer | None,
+        max_message_size: int,
+        on_closed: Callable[[Session], None],
+    ) -> None:
+        self.info = info
+        self.client = client
+        self.upstream = upstream
+        self.inspector = inspector
+        self.transformer = transformer
+        self.inspect_binds: bool = getattr(inspector, "inspects_binds", True)
+        self._on_closed = on_closed
+        self._c2s = FrameReader(max_message_size)
+        self._s2c = FrameReader(max_message_size)
+        # -- client side state
+        self._waiting: asyncio.Task[None] | None = None
+        self._queued: list[bytes] = []
+        self._skip_until_sync = False
+        self._read_pauses: set[str] = set()
+        # -- cycles: one per Query/FunctionCall/Sync sent, closed by each ReadyForQuery
+        self.sent_cycles = 0
+        self.done_cycles = 0
+        # -- server side state
+        self._injections: deque[_Injection] = deque()
+        self._injection_seq = 0
+        self._held: list[tuple[int, bytes]] = []  # ParseComplete/BindComplete held back
+        self._rewriter: RowRewriter | None = None
+        self._slow = transformer is not None
+        self._server_fatal = False
+        self._terminating = False
+        self._draining = False
+        self._closed = False
+        info._notify = self.send_notice
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.client.on_close = self._client_closed
+        self.upstream.on_close = self._upstream_closed
+        self.client.on_pause_writing = lambda: self._pause_upstream(True)
+        self.client.on_resume_writing = lambda: self._pause_upstream(False)
+        self.upstream.on_pause_writing = lambda: self._pause_client("backpressure", True)
+        self.upstream.on_resume_writing = lambda: self._pause_client("backpressure", False)
+        self.upstream.relay_to(self.on_server_data)
+        self.client.relay_to(self.on_client_data)
+
+    @property
+    def idle(self) -> bool:
+        """No statement in flight, none waiting, not inside a transaction."""
+        return (
+            self.sent_cycles == self.done_cycles
+            and self._waiting is None
+            and self.info.transaction_status == "I"
+        )
+
+    def drain(self) -> None:
+        """Close as soon as the session is idle (graceful shutdown)."""
+        self._draining = True
+        if self.idle:
+            self.terminate("57P01", "dbgate is shutting down; reconnect later")
+
+    def terminate(self, sqlstate: str, message: str) -> None:
+        """Tell the client why (FATAL), end the upstream session, close both."""
+        if self._closed:
+            return
+        self.client.write(m.error_response(sqlstate, message, severity="FATAL"))
+        self.upstream.write(_TERMINATE)
+        self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+        self.client.close()
+        self.upstream.close()
+        self._on_closed(self)
+
+    def _client_closed(self, exc: Exception | None) -> None:
+        if not self._closed:
+            if exc is not None:
+                log.info("session %s: client connection lost: %s", self.info.session_id, exc)
+            self.upstream.write(_TERMINATE)
+            self._close()
+
+    def _upstream_closed(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        if not self._server_fatal and not self._terminating:
+            log.warning("session %s: upstream connection lost: %s", self.info.session_id, exc)
+            self.client.write(
+                m.error_response(
+                    "08006", "dbgate: the upstream server closed the connection", severity="FATAL"
+                )
+            )
+        self._close()
+
+    def cancel_wait(self) -> bool:
+        """A CancelRequest arrived while a statement waits for a verdict: stop waiting."""
+        if self._waiting is not None:
+            self._waiting.cancel()
+            return True
+        return False
+
+    def _pause_client(self, reason: str, pause: bool) -> None:
+        transport = self.client.transport
+        if transport is None:
+            return
+        was_paused = bool(self._read_pauses)
+        if pause:
+            self._read_pauses.add(reason)
+        else:
+            self._read_pauses.discard(reason)
+        if self._read_pauses and not was_paused:
+            transport.pause_reading()
+        elif not self._read_pauses and was_paused:
+            transport.resume_reading()
+
+    def _pause_upstream(self, pause: bool) -> None:
+        transport = self.upstream.transport
+        if transport is None:
+            return
+        if pause:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def send_notice(self, notice: Notice) -> None:
+        fields = dict(notice.fields)
+        if notice.detail:
+            fields["D"] = notice.detail
+        self.client.write(m.notice_response(notice.message, **fields))
+
+    # -- client -> server ---------------------------------------------------------------
+    def on_client_data(self, data: bytes) -> None:
+        if self._waiting is not None:
+            self._queued.append(data)
+            return
+        try:
+            self._client_bytes(data)
+        except ProtocolError as e:
+            log.info("session %s: protocol error from client: %s", self.info.session_id, e)
+            self.terminate(e.sqlstate, f"dbgate: {e}")
+
+    def _client_bytes(self, data: bytes) -> None:
+        chunk, frames = self._c2s.feed(data)
+        if not frames:
+            return
+        write = self.upstream.write
+        fwd = 0  # start of the range of chunk not yet forwarded
+        for t, s, e in frames:
+            hdr = s - 5
+            if self._skip_until_sync:
+                if t == _S:
+                    self._skip_until_sync = False
+                    self.sent_cycles += 1
+                elif t != _H:
+                    if hdr > fwd:
+                        write(chunk[fwd:hdr])
+                    fwd = e
+                continue
+            if t == _S:
+                self.sent_cycles += 1
+                continue
+            if t == _Q:
+                self.sent_cycles += 1
+                stmt = Statement("query", m.parse_query(chunk[s:e]))
+            elif t == _P:
+                name, sql, _ = m.parse_parse(chunk[s:e])
+                prepared = self.info.prepared
+                if not name or name not in prepared:
+                    prepared[name] = sql
+                stmt = Statement("parse", sql, statement_name=name)
+            elif t == _B:
+                if not self.inspect_binds:
+                    continue
+                portal, name, formats, params, _ = m.parse_bind(chunk[s:e])
+                stmt = Statement(
+                    "bind",
+                    self.info.prepared.get(name, ""),
+                    statement_name=name,
+                    portal=portal,
+                    params=params,
+                    param_formats=formats,
+                )
+            elif t == _F:
+                self.sent_cycles += 1
+                if e - s < 4:
+                    raise ProtocolError("FunctionCall message too short")
+                stmt = Statement("function_call", "", function_oid=unpack_from("!I", chunk, s)[0])
+            elif t == _C:
+                kind, name = m.parse_close(chunk[s:e])
+                if kind == "S":
+                    self.info.prepared.pop(name, None)
+                continue
+            elif t == _X:
+                self._terminating = True
+                continue
+            else:
+                continue
+            verdict = self._inspect(stmt)
+            if type(verdict) is Allow:
+                continue
+            if hdr > fwd:
+                write(chunk[fwd:hdr])
+            fwd = e
+            if isinstance(verdict, Refuse):
+                self._refuse(verdict, t)
+                continue
+            # An awaitable verdict: park this message and everything after it.
+            rest = chunk[e:] + self._c2s.take_pending()
+            if rest:
+                self._queued.insert(0, rest)
+            self._pause_client("waiting", True)
+            self._waiting = asyncio.ensure_future(
+                self._await_verdict(verdict, t, chunk[hdr:e])  # type: ignore[arg-type]
+            )
+            return
+        if fwd < len(chunk):
+            write(chunk[fwd:] if fwd else chunk)
+
+    def _inspect(self, stmt: Statement) -> Allow | Refuse | Awaitable[Allow | Refuse]:
+        try:
+            return self.inspector.inspect(self.info, stmt)
+        except Exception:
+            log.exception("session %s: inspector failed; refusing", self.info.session_id)
+            return Refuse("XX000", "dbgate: internal error while inspecting; statement not run")
+
+    async def _await_verdict(
+        self, pending: Awaitable[Allow | Refuse], mtype: int, message: bytes
+    ) -> None:
+        try:
+            verdict = await pending
+        except asyncio.CancelledError:
+            if self._closed:
+                return
+            verdict = Refuse("57014", "canceling statement due to user request")
+        except Exception:
+            log.exception("session %s: verdict failed; refusing", self.info.session_id)
+            verdict = Refuse("XX000", "dbgate: internal error while deciding; statement not run")
+        if self._closed:
+            return
+        if not isinstance(verdict, (Allow, Refuse)):
+            verdict = Refuse("XX000", "dbgate: inspector returned no verdict; statement not run")
+        if isinstance(verdict, Refuse):
+            self._refuse(verdict, mtype)
+        else:
+            self.upstream.write(message)
+        self._waiting = None
+        queued, self._queued = self._queued, []
+        self._pause_client("waiting", False)
+        for data in queued:
+            self.on_client_data(data)
+
+    def _refuse(self, refusal: Refuse, mtype: int) -> None:
+        """Make the server fail in place of the refused message (see module docstring)."""
+        code = refusal.sqlstate
+        if len(code) != 5 or not set(code) <= _VALID_SQLSTATE:
+            code = "42501"
+        self._injection_seq += 1
+        token = f"dbgate-refusal-{_NONCE}-{self._injection_seq}"
+        tag = f"$dbgate_{_NONCE}$"
+        sql = (
+            f"DO {tag}BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{token}'; END{tag}"
+        )
+        extended = mtype not in (_Q, _F)
+        if extended:
+            # Answered at the coming Sync; the rest of the batch is dropped meanwhile.
+            cycle = self.sent_cycles + 1
+            self.upstream.write(
+                _frame(_P, b"\0" + sql.encode() + b"\0\0\0")
+                + _frame(_B, b"\0\0\0\0\0\0\0\0")
+                + _frame(ord("E"), b"\0\0\0\0\0")
+            )
+            self._skip_until_sync = True
+        else:
+            cycle = self.sent_cycles
+            self.upstream.write(_frame(_Q, sql.encode() + b"\0"))
+        self._injections.append(_Injection(token, refusal, extended, cycle))
+        self._slow = True
+
+    # -- server -> client ---------------------------------------------------------------
+    def on_server_data(self, data: bytes) -> None:
+        try:
+            chunk, frames = self._s2c.feed(data)
+        except ProtocolError as e:
+            log.error("session %s: protocol error from upstream: %s", self.info.session_id, e)
+            self.terminate("08P01", "dbgate: the upstream server sent an invalid message")
+            return
+        if not frames:
+            return
+        if self._slow:
+            self._server_slow(chunk, frames)
+            return
+        for t, s, _e in frames:
+            if t == _Z:
+                self._ready(chunk[s])
+            elif t == _PS or t == _E:
+                self._server_meta(t, chunk, s, _e)
+        self.client.write(chunk)
+        if self._draining and self.idle:
+            self.terminate("57P01", "dbgate is shutting down; reconnect later")
+
+    def _ready(self, status: int) -> None:
+        self.done_cycles += 1
+        self.info.transaction_status = chr(status)
+
+    def _server_meta(self, t: int, chunk: bytes, s: int, e: int) -> None:
+        if t == _PS:
+            name, _, value = chunk[s : e - 1].partition(b"\0")
+            self.info.server_params[name.decode("utf-8", "replace")] = value.decode(
+                "utf-8", "replace"
+            )
+        elif b"SFATAL\0" in chunk[s:e] or b"SPANIC\0" in chunk[s:e]:
+            self._server_fatal = True
+
+    def _server_slow(self, chunk: bytes, frames: list[tuple[int, int, int]]) -> None:
+        out: list[bytes] = []
+        run = 0  # start of the unchanged run of chunk not yet copied to out
+        held = self._held
+        transformer = self.transformer
+        for t, s, e in frames:
+            hdr = s - 5
+            replacement: bytes | None = None
+            if self._injections and (t == _PARSE_COMPLETE or t == _BIND_COMPLETE):
+                if hdr > run:
+                    out.append(chunk[run:hdr])
+                run = e
+                held.append((t, chunk[hdr:e]))
+                continue
+            if held:
+                if hdr > run:
+                    out.append(chunk[run:hdr])
+                run = hdr
+            if t == _E and self._injections:
+                ours = self._match_injection(chunk[s:e])
+                if ours is not None:
+                    if ours.extended and len(held) >= 2:
+                        del held[-2:]  # our own ParseComplete + BindComplete
+                    r = ours.refusal
+                    extra = {}
+                    if r.detail:
+                        extra["D"] = r.detail
+                    if r.hint:
+                        extra["H"] = r.hint
+                    replacement = m.error_response(r.sqlstate, r.message, **extra)
+            if held:
+                out.extend(b for _, b in held)
+                held.clear()
+            if t == _Z:
+                self._ready(chunk[s])
+                while self._injections and self._injections[0].cycle <= self.done_cycles:
+                    self._injections.popleft()
+                self._rewriter = None
+            elif t == _PS or (t == _E and replacement is None):
+                self._server_meta(t, chunk, s, e)
+            if replacement is None and transformer is not None:
+                replacement = self._transform(transformer, t, chunk[s:e])
+            if replacement is not None:
+                if hdr > run:
+                    out.append(chunk[run:hdr])
+                out.append(replacement)
+                run = e
+        if run < len(chunk):
+            out.append(chunk[run:] if run else chunk)
+        if out:
+            self.client.transport.writelines(out)  # type: ignore[union-attr]
+        if not self._injections and not held and transformer is None:
+            self._slow = False
+        if self._draining and self.idle:
+            self.terminate("57P01", "dbgate is shutting down; reconnect later")
+
+    def _match_injection(self, body: bytes) -> _Injection | None:
+        for inj in self._injections:
+            if inj.token in body:
+                self._injections.remove(inj)
+                return inj
+        return None
+
+    def _transform(self, transformer: ResultTransformer, t: int, body: bytes) -> bytes | None:
+        """Return a whole replacement message, or None to pass the original."""
+        info = self.info
+        rw = self._rewriter
+        if t == _DATA_ROW:
+            if rw is None:
+                return None
+            return _frame(t, rw.data_row(body))
+        if t == _COPY_DATA:
+            if rw is None:
+                return None
+            return _frame(t, rw.copy_data(body))
+        if t == _ROW_DESC:
+            self._rewriter = transformer.on_row_description(info, body)
+            return None
+        if t == _COPY_OUT or t == _COPY_BOTH:
+            self._rewriter = transformer.on_copy_out(info, body)
+            return None
+        if t in (_CMD_COMPLETE, _EMPTY, _SUSPENDED, _COPY_DONE):
+            if t != _SUSPENDED:
+                self._rewriter = None
+            return None
+        if t == _N:
+            return _frame(t, transformer.on_notice(info, body))
+        if t == _E:
+            self._rewriter = None
+            return _frame(t, transformer.on_error(info, body))
+        if t == _A:
+            return _frame(t, transformer.on_notification(info, body))
+        return None

@@ -1,0 +1,31 @@
+"""What the rest of dbgate may know about a live client session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dbgate.proxy.hooks import Notice
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    """Identity and live state of one client session (read-only for hooks)."""
+
+    session_id: int
+    identity: str
+    database: str
+    application_name: str
+    client_addr: str
+    groups: frozenset[str] = frozenset()
+    transaction_status: str = "I"  # 'I' idle, 'T' in transaction, 'E' failed transaction
+    server_params: dict[str, str] = field(default_factory=dict)
+    prepared: dict[str, str] = field(default_factory=dict)  # statement name -> SQL text
+    _notify: Callable[[Notice], None] | None = None
+
+    def notify_client(self, notice: Notice) -> None:
+        """Send a NoticeResponse to the client now (allowed at any time by the protocol)."""
+        if self._notify is not None:
+            self._notify(notice)

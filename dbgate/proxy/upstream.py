@@ -1,0 +1,188 @@
+"""Connecting and authenticating to the real PostgreSQL server.
+
+The agent never sees these credentials: dbgate authenticates upstream on the agent's
+behalf with SCRAM-SHA-256, md5, a cleartext password or trust — whatever the server
+asks for — optionally over TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+from struct import unpack_from
+
+from dbgate.config import UpstreamConfig
+from dbgate.proxy.channel import Channel
+from dbgate.wire.auth import md5_password
+from dbgate.wire.errors import ProtocolError
+from dbgate.wire.scram import ScramClientExchange
+from dbgate.wire.startup import SSLRequest, StartupMessage
+
+AUTH_OK = 0
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+
+
+class UpstreamError(Exception):
+    """Connecting or authenticating upstream failed.
+
+    ``error_body`` holds the server's own ErrorResponse body when it sent one (for
+    example an unknown database), so the client can get the server's words.
+    """
+
+    def __init__(self, message: str, error_body: bytes | None = None) -> None:
+        super().__init__(message)
+        self.error_body = error_body
+
+
+@dataclass(slots=True)
+class UpstreamConnection:
+    channel: Channel
+    backend_pid: int = 0
+    backend_key: bytes = b""
+    parameter_status: list[bytes] = field(default_factory=list)  # raw 'S' bodies, in order
+    notices: list[bytes] = field(default_factory=list)  # raw 'N' bodies sent during startup
+    transaction_status: str = "I"
+
+
+def _message(mtype: bytes, body: bytes) -> bytes:
+    return mtype + (len(body) + 4).to_bytes(4, "big") + body
+
+
+async def open_channel(cfg: UpstreamConfig, max_message_size: int) -> Channel:
+    """Open the transport (TCP or Unix socket), negotiating TLS when configured."""
+    loop = asyncio.get_running_loop()
+    if cfg.host.startswith("/"):
+        path = f"{cfg.host.rstrip('/')}/.s.PGSQL.{cfg.port}"
+        _, channel = await loop.create_unix_connection(lambda: Channel(max_message_size), path)
+        return channel
+    _, channel = await loop.create_connection(lambda: Channel(max_message_size), cfg.host, cfg.port)
+    if cfg.sslmode == "disable":
+        return channel
+    channel.write(SSLRequest().encode())
+    await channel._need(1)
+    answer = bytes(channel._buf[:1])
+    del channel._buf[:1]
+    if answer == b"S":
+        ctx = ssl.create_default_context()
+        # libpq's sslmode=require: encrypt, do not verify the certificate.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        assert channel.transport is not None
+        new_transport = await loop.start_tls(
+            channel.transport, channel, ctx, server_hostname=cfg.host
+        )
+        channel.transport = new_transport  # type: ignore[assignment]
+        return channel
+    if answer == b"N" and cfg.sslmode == "prefer":
+        return channel
+    channel.close()
+    raise UpstreamError(f"upstream server refused TLS (sslmode={cfg.sslmode})")
+
+
+async def connect_upstream(
+    cfg: UpstreamConfig,
+    *,
+    user: str,
+    password: str | None,
+    database: str,
+    params: dict[str, str],
+    max_message_size: int,
+) -> UpstreamConnection:
+    """Connect, authenticate and read until the first ReadyForQuery."""
+    try:
+        channel = await asyncio.wait_for(
+            open_channel(cfg, max_message_size), timeout=cfg.connect_timeout
+        )
+    except (TimeoutError, OSError) as e:
+        raise UpstreamError(f"cannot connect to upstream {cfg.host}:{cfg.port}: {e}") from e
+    try:
+        return await asyncio.wait_for(
+            _startup(channel, user=user, password=password, database=database, params=params),
+            timeout=cfg.connect_timeout,
+        )
+    except TimeoutError as e:
+        channel.abort()
+        raise UpstreamError("upstream did not complete the startup in time") from e
+    except BaseException:
+        channel.abort()
+        raise
+
+
+async def _startup(
+    channel: Channel, *, user: str, password: str | None, database: str, params: dict[str, str]
+) -> UpstreamConnection:
+    startup_params = {"user": user, "database": database, **params}
+    channel.write(StartupMessage(protocol=(3, 0), params=startup_params).encode())
+    conn = UpstreamConnection(channel=channel)
+    scram: ScramClientExchange | None = None
+    while True:
+        mtype, body = await channel.recv()
+        if mtype == ord("E"):
+            raise UpstreamError("upstream refused the connection", error_body=body)
+        if mtype == ord("R"):
+            if len(body) < 4:
+                raise ProtocolError("short authentication message from upstream")
+            code = unpack_from("!i", body, 0)[0]
+            if code == AUTH_OK:
+                continue
+            if password is None:
+                raise UpstreamError("upstream asks for a password and none is configured")
+            if code == AUTH_CLEARTEXT:
+                channel.write(_message(b"p", password.encode() + b"\0"))
+            elif code == AUTH_MD5:
+                channel.write(_message(b"p", md5_password(user, password, body[4:8]) + b"\0"))
+            elif code == AUTH_SASL:
+                mechanisms = [m.decode() for m in body[4:].split(b"\0") if m]
+                if "SCRAM-SHA-256" not in mechanisms:
+                    raise UpstreamError(f"upstream offers unsupported SASL {mechanisms}")
+                scram = ScramClientExchange(user, password)
+                first = scram.first()
+                channel.write(
+                    _message(
+                        b"p",
+                        b"SCRAM-SHA-256\0" + len(first).to_bytes(4, "big", signed=True) + first,
+                    )
+                )
+            elif code == AUTH_SASL_CONTINUE and scram is not None:
+                channel.write(_message(b"p", scram.cont(body[4:])))
+            elif code == AUTH_SASL_FINAL and scram is not None:
+                scram.final(body[4:])
+            else:
+                raise UpstreamError(f"upstream asks for unsupported authentication {code}")
+        elif mtype == ord("S"):
+            conn.parameter_status.append(body)
+        elif mtype == ord("K"):
+            if len(body) < 8:
+                raise ProtocolError("short BackendKeyData from upstream")
+            conn.backend_pid = unpack_from("!i", body, 0)[0]
+            conn.backend_key = body[4:]
+        elif mtype == ord("N"):
+            conn.notices.append(body)
+        elif mtype == ord("v"):
+            continue  # NegotiateProtocolVersion: we asked for 3.0, nothing to adjust
+        elif mtype == ord("Z"):
+            conn.transaction_status = chr(body[0]) if body else "I"
+            return conn
+        else:
+            raise ProtocolError(f"unexpected message {chr(mtype)!r} from upstream during startup")
+
+
+async def send_cancel(cfg: UpstreamConfig, pid: int, key: bytes) -> None:
+    """Forward a cancel request to the upstream server (fire and forget)."""
+    from dbgate.wire.startup import CancelRequest
+
+    loop = asyncio.get_running_loop()
+    if cfg.host.startswith("/"):
+        path = f"{cfg.host.rstrip('/')}/.s.PGSQL.{cfg.port}"
+        transport, _ = await loop.create_unix_connection(asyncio.Protocol, path)
+    else:
+        transport, _ = await loop.create_connection(asyncio.Protocol, cfg.host, cfg.port)
+    transport.write(CancelRequest(pid=pid, secret=key).encode())
+    # The server closes the connection when done; give it a moment, then close ours.
+    await asyncio.sleep(0)
+    transport.close()
