@@ -379,7 +379,7 @@ class Session:
         for t, s, _e in frames:
             if t == _Z:
                 self._ready(chunk[s])
-            elif t == _PS or t == _E:
+            elif t in (_PS, _E):
                 self._server_meta(t, chunk, s, _e)
         self.client.write(chunk)
         if self._draining and self.idle:
@@ -406,7 +406,7 @@ class Session:
         for t, s, e in frames:
             hdr = s - 5
             replacement: bytes | None = None
-            if self._injections and (t == _PARSE_COMPLETE or t == _BIND_COMPLETE):
+            if self._injections and (t in (_PARSE_COMPLETE, _BIND_COMPLETE)):
                 if hdr > run:
                     out.append(chunk[run:hdr])
                 run = e
@@ -476,7 +476,7 @@ class Session:
         if t == _ROW_DESC:
             self._rewriter = transformer.on_row_description(info, body)
             return None
-        if t == _COPY_OUT or t == _COPY_BOTH:
+        if t in (_COPY_OUT, _COPY_BOTH):
             self._rewriter = transformer.on_copy_out(info, body)
             return None
         if t in (_CMD_COMPLETE, _EMPTY, _SUSPENDED, _COPY_DONE):

@@ -1,0 +1,114 @@
+"""Fixtures that put a real dbgate proxy in front of the session's PostgreSQL.
+
+The proxy runs in-process on its own uvloop event loop in a background thread, so
+tests can drive it with synchronous drivers (psycopg2, pg8000, psql) and with async
+ones on pytest's loop alike, and can plug in their own inspector or transformer to
+exercise the seams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import uvloop
+
+from dbgate.config import Config
+from dbgate.proxy.hooks import Inspector, ResultTransformer
+from dbgate.proxy.server import ProxyServer
+
+AGENT = "agent"
+AGENT_PASSWORD = "agent-secret-pw"
+
+
+class RunningProxy:
+    """A ProxyServer on a private event loop thread."""
+
+    def __init__(
+        self,
+        config: Config,
+        inspector: Inspector | None = None,
+        transformer: ResultTransformer | None = None,
+    ) -> None:
+        self.config = config
+        self.loop = uvloop.new_event_loop()
+        self.server = ProxyServer(config, inspector=inspector, transformer=transformer)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> RunningProxy:
+        self._thread.start()
+        self.call(self.server.start())
+        return self
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.call(self.server.stop(grace=grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def dsn(self, dbname: str, user: str = AGENT, password: str = AGENT_PASSWORD) -> str:
+        return f"postgresql://{quote(user)}:{quote(password)}@127.0.0.1:{self.port}/{dbname}"
+
+
+def proxy_config(pg_server: Any, **overrides: Any) -> Config:
+    data: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "upstream": {
+            "host": pg_server.host,
+            "port": pg_server.port,
+            "user": pg_server.user,
+            "password": pg_server.password,
+        },
+        "identities": [{"name": AGENT, "password": AGENT_PASSWORD, "groups": ["agents"]}],
+        "shutdown_grace_seconds": 2,
+    }
+    data.update(overrides)
+    return Config.model_validate(data)
+
+
+@pytest.fixture(scope="session")
+def proxy(pg_server: Any) -> Iterator[RunningProxy]:
+    """The shared allow-everything proxy (no inspector, no transformer: the fast path)."""
+    running = RunningProxy(proxy_config(pg_server)).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def make_proxy(pg_server: Any) -> Iterator[Callable[..., RunningProxy]]:
+    """Start extra proxies with a custom inspector/transformer/config for one test."""
+    started: list[RunningProxy] = []
+
+    def factory(
+        inspector: Inspector | None = None,
+        transformer: ResultTransformer | None = None,
+        **config_overrides: Any,
+    ) -> RunningProxy:
+        running = RunningProxy(
+            proxy_config(pg_server, **config_overrides), inspector, transformer
+        ).start()
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy_dsn(proxy: RunningProxy, pg_database: str) -> str:
+    return proxy.dsn(pg_database)
