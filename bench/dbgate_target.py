@@ -1,0 +1,126 @@
+"""dbgate itself, started the way an operator starts it: ``dbgate serve -c CONFIG``.
+
+It runs as a separate process (not imported into the runner) so that the numbers
+include everything a deployment pays for: the CLI, config loading, uvloop, the
+inspector hook, logging. Clients authenticate to it as a dbgate identity with
+SCRAM-SHA-256; dbgate logs in upstream with the real credentials, which the
+clients never see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import asyncpg
+import uvloop
+import yaml
+
+from bench.procs import LOOPBACK, ManagedProcess, free_port, wait_for_port
+from bench.targets import Target
+
+IDENTITY = "bench"
+
+
+def dbgate_binary() -> str:
+    """The console script next to the running interpreter (the project's venv)."""
+    candidate = Path(sys.executable).parent / "dbgate"
+    if not candidate.exists():
+        raise RuntimeError(f"{candidate} not found: run 'make install' first")
+    return str(candidate)
+
+
+def write_config(
+    path: Path,
+    port: int,
+    upstream_host: str,
+    upstream_port: int,
+    upstream_user: str,
+    upstream_password: str,
+    identity_password: str,
+    log_level: str,
+) -> None:
+    config = {
+        "listen": f"{LOOPBACK}:{port}",
+        "upstream": {
+            "host": upstream_host,
+            "port": upstream_port,
+            "user": upstream_user,
+            "password": upstream_password,
+        },
+        "identities": [{"name": IDENTITY, "password": identity_password}],
+        "log_level": log_level,
+        "shutdown_grace_seconds": 2,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+
+
+async def _smoke(target: Target) -> None:
+    conn = await asyncio.wait_for(asyncpg.connect(**target.asyncpg_kwargs()), 15)  # type: ignore[arg-type]
+    try:
+        value = await asyncio.wait_for(conn.fetchval("SELECT 41 + 1"), 15)
+        if value != 42:
+            raise RuntimeError(f"SELECT 41 + 1 through dbgate returned {value!r}")
+    finally:
+        await conn.close()
+
+
+class Dbgate:
+    """A running ``dbgate serve`` and the target that reaches it."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        upstream_host: str,
+        upstream_port: int,
+        upstream_user: str,
+        upstream_password: str,
+        identity_password: str,
+        dbname: str,
+        extra_args: list[str] | None = None,
+        log_level: str = "info",
+    ) -> None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.config_path = work_dir / "dbgate.yaml"
+        write_config(
+            self.config_path,
+            self.port,
+            upstream_host,
+            upstream_port,
+            upstream_user,
+            upstream_password,
+            identity_password,
+            log_level,
+        )
+        self.target = Target("dbgate", LOOPBACK, self.port, IDENTITY, identity_password, dbname)
+        self.argv = [dbgate_binary(), "serve", "-c", str(self.config_path), *(extra_args or [])]
+        self.process = ManagedProcess("dbgate", self.argv, work_dir / "dbgate.log")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Listening, and a real query round-trips (not just an open port)."""
+        try:
+            wait_for_port(LOOPBACK, self.port, timeout, self.process.proc)
+            uvloop.run(_smoke(self.target))
+        except (
+            RuntimeError,
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            TimeoutError,
+        ) as e:
+            raise RuntimeError(
+                f"{type(e).__name__}: {e}\n--- dbgate.log (tail) ---\n{self.process.log_tail()}"
+            ) from None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.alive()
+
+    def stop(self) -> None:
+        self.process.stop()

@@ -1,0 +1,184 @@
+"""Turning raw runs into the table people read and the JSON machines read.
+
+Ratios are the headline, not absolute TPS: on a shared 2-core machine the
+absolute numbers move by 10-20% from one minute to the next, but because the
+three targets are run interleaved under the same conditions, their ratios are
+stable. The targets the proxy must meet are stated as ratios for the same reason.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bench.pgbench import SCRIPT_LABELS, PgbenchResult
+from bench.streaming import StreamResult
+from bench.targets import TARGET_ORDER
+
+# What dbgate must reach (issue 2, "Targets"). Shown next to the measured ratio.
+TARGET_DBGATE_VS_PGBOUNCER_TPS = 0.70
+TARGET_DBGATE_VS_DIRECT_STREAM = 0.75
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def summarize_pgbench(
+    results: list[PgbenchResult], modes: list[str], scripts: list[str]
+) -> list[dict[str, Any]]:
+    """One row per mode and script: median TPS and latency per target, and the ratios."""
+    rows: list[dict[str, Any]] = []
+    for mode in modes:
+        for script in scripts:
+            row: dict[str, Any] = {"mode": mode, "script": script, "targets": {}}
+            for name in TARGET_ORDER:
+                runs = [
+                    r for r in results if r.mode == mode and r.script == script and r.target == name
+                ]
+                if not runs:
+                    continue
+                tps_values = [r.tps for r in runs if r.tps is not None]
+                row["targets"][name] = {
+                    "tps_median": _median(r.tps for r in runs),
+                    "tps_min": min(tps_values) if tps_values else None,
+                    "tps_max": max(tps_values) if tps_values else None,
+                    "latency_ms_median": _median(r.latency_ms for r in runs),
+                    "rounds_ok": len(tps_values),
+                    "rounds": len(runs),
+                    "failed_transactions": sum(r.failed or 0 for r in runs),
+                    "errors": [r.error for r in runs if r.error],
+                }
+            tps = {n: t["tps_median"] for n, t in row["targets"].items()}
+            row["ratios"] = {
+                "dbgate/direct": _ratio(tps.get("dbgate"), tps.get("direct")),
+                "dbgate/pgbouncer": _ratio(tps.get("dbgate"), tps.get("pgbouncer")),
+                "pgbouncer/direct": _ratio(tps.get("pgbouncer"), tps.get("direct")),
+            }
+            met = row["ratios"]["dbgate/pgbouncer"]
+            row["target_met"] = None if met is None else met >= TARGET_DBGATE_VS_PGBOUNCER_TPS
+            rows.append(row)
+    return rows
+
+
+def summarize_streaming(results: list[StreamResult], methods: list[str]) -> list[dict[str, Any]]:
+    """One row per streaming method: median rows/s per target, and the ratios."""
+    rows: list[dict[str, Any]] = []
+    for method in methods:
+        row: dict[str, Any] = {"method": method, "targets": {}}
+        for name in TARGET_ORDER:
+            runs = [r for r in results if r.method == method and r.target == name]
+            if not runs:
+                continue
+            row["targets"][name] = {
+                "rows_per_s_median": _median(r.rows_per_s for r in runs),
+                "mb_per_s_median": _median(r.mb_per_s for r in runs),
+                "seconds_median": _median(r.seconds for r in runs),
+                "runs_ok": sum(1 for r in runs if r.rows_per_s),
+                "runs": len(runs),
+                "errors": [r.error for r in runs if r.error],
+            }
+        rps = {n: t["rows_per_s_median"] for n, t in row["targets"].items()}
+        row["ratios"] = {
+            "dbgate/direct": _ratio(rps.get("dbgate"), rps.get("direct")),
+            "dbgate/pgbouncer": _ratio(rps.get("dbgate"), rps.get("pgbouncer")),
+            "pgbouncer/direct": _ratio(rps.get("pgbouncer"), rps.get("direct")),
+        }
+        met = row["ratios"]["dbgate/direct"]
+        row["target_met"] = None if met is None else met >= TARGET_DBGATE_VS_DIRECT_STREAM
+        rows.append(row)
+    return rows
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
+def _fmt_verdict(met: bool | None, threshold: float) -> str:
+    if met is None:
+        return "n/a"
+    return f"{'ok' if met else 'MISS'} (>={threshold:.2f})"
+
+
+def _cell_unavailable(name: str, unavailable: Mapping[str, str]) -> str:
+    return "unavailable" if name in unavailable else "-"
+
+
+def format_pgbench_table(rows: list[dict[str, Any]], unavailable: Mapping[str, str]) -> str:
+    head = (
+        f"{'mode':<9} {'script':<17}"
+        + "".join(f"{n + ' TPS':>16} {'lat ms':>7}" for n in TARGET_ORDER)
+        + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}  dbgate vs target"
+    )
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        cells = f"{row['mode']:<9} {SCRIPT_LABELS[row['script']]:<17}"
+        for name in TARGET_ORDER:
+            t = row["targets"].get(name)
+            if t is None or t["tps_median"] is None:
+                shown = "ERROR" if t is not None else _cell_unavailable(name, unavailable)
+                cells += f"{shown:>16} {'':>7}"
+            else:
+                cells += f"{t['tps_median']:>16,.0f} {t['latency_ms_median']:>7.3f}"
+        r = row["ratios"]
+        cells += (
+            f"  {_fmt_ratio(r['dbgate/direct']):>7} {_fmt_ratio(r['dbgate/pgbouncer']):>7}"
+            f" {_fmt_ratio(r['pgbouncer/direct']):>7}  "
+            + _fmt_verdict(row["target_met"], TARGET_DBGATE_VS_PGBOUNCER_TPS)
+        )
+        lines.append(cells)
+    return "\n".join(lines)
+
+
+def format_streaming_table(rows: list[dict[str, Any]], unavailable: Mapping[str, str]) -> str:
+    head = (
+        f"{'method':<8}"
+        + "".join(f"{n + ' rows/s':>19} {'MB/s':>6}" for n in TARGET_ORDER)
+        + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}  dbgate vs target"
+    )
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        cells = f"{row['method']:<8}"
+        for name in TARGET_ORDER:
+            t = row["targets"].get(name)
+            if t is None or t["rows_per_s_median"] is None:
+                shown = "ERROR" if t is not None else _cell_unavailable(name, unavailable)
+                cells += f"{shown:>19} {'':>6}"
+            else:
+                cells += f"{t['rows_per_s_median']:>19,.0f} {t['mb_per_s_median']:>6.1f}"
+        r = row["ratios"]
+        cells += (
+            f"  {_fmt_ratio(r['dbgate/direct']):>7} {_fmt_ratio(r['dbgate/pgbouncer']):>7}"
+            f" {_fmt_ratio(r['pgbouncer/direct']):>7}  "
+            + _fmt_verdict(row["target_met"], TARGET_DBGATE_VS_DIRECT_STREAM)
+        )
+        lines.append(cells)
+    return "\n".join(lines)
+
+
+def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as ``a.b.c`` keys, for printing numbers whose shape we don't own."""
+    if isinstance(data, Mapping):
+        out: list[tuple[str, Any]] = []
+        for key, value in data.items():
+            out.extend(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return [(prefix, data)]
+
+
+def format_flat(data: Mapping[str, Any]) -> str:
+    items = flatten(data)
+    if not items:
+        return "  (no numbers)"
+    width = max(len(k) for k, _ in items)
+    lines = []
+    for key, value in items:
+        shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
+        lines.append(f"  {key:<{width}}  {shown}")
+    return "\n".join(lines)

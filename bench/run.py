@@ -1,0 +1,527 @@
+"""``make bench``: dbgate against direct PostgreSQL and PgBouncer, interleaved.
+
+One command, on a fresh machine, does everything (see bench/README.md):
+
+1. a real PostgreSQL (``dbgate.embedded.EmbeddedPostgres``, loopback TCP, SCRAM);
+2. PgBouncer in session mode in front of it (Debian's package, installed if missing);
+3. dbgate in front of it, as ``dbgate serve -c <generated config>``;
+4. pgbench ``-S`` and TPC-B-like, in simple/extended/prepared modes, against the
+   three targets interleaved round-robin;
+5. a million rows through asyncpg against the three targets, interleaved;
+6. the policy classifier microbenchmarks (``bench/bench_classify.py``) if present;
+
+then prints one table of medians and ratios and writes the raw runs as JSON to
+``bench/.work/results-<timestamp>.json``. Everything it starts is stopped at the
+end, on error and on Ctrl-C/SIGTERM.
+
+Why interleaved: the machine has two cores shared by the client, the proxy and
+the server, and its speed drifts (other tenants, thermal, caches). Running all of
+direct, then all of PgBouncer, then all of dbgate would attribute that drift to
+the proxies. Round-robin short runs, with the starting target rotated each round,
+expose every target to the same conditions, so the *ratios* are trustworthy even
+when the absolute TPS are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import pgbench, report, streaming
+from bench.dbgate_target import Dbgate
+from bench.pgbouncer import PgBouncer, ensure_pgbouncer, pgbouncer_version
+from bench.targets import TARGET_ORDER, Target
+
+WORK_ROOT = Path(__file__).resolve().parent / ".work"
+DBNAME = "bench"
+# Scratch-server settings on top of dbgate.embedded's defaults (fsync off etc.):
+# every pgbench table and the streaming table fit in shared buffers, so the runs
+# measure CPU and the relay, not the page cache.
+SERVER_SETTINGS = {"shared_buffers": "512MB", "max_connections": "200"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Benchmark dbgate against direct PostgreSQL and PgBouncer (interleaved).",
+    )
+    p.add_argument("--quick", action="store_true", help="3 s rounds (smoke run, ~2.5 minutes)")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="rounds per target and workload (default 3)"
+    )
+    p.add_argument(
+        "--seconds",
+        type=int,
+        default=None,
+        help="seconds per pgbench run (default 8; 3 with --quick)",
+    )
+    p.add_argument("--clients", type=int, default=8, help="pgbench clients, -c (default 8)")
+    p.add_argument("--threads", type=int, default=2, help="pgbench threads, -j (default 2)")
+    p.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor (default 10)")
+    p.add_argument(
+        "--modes", default=",".join(pgbench.MODES), help="pgbench -M modes, comma-separated"
+    )
+    p.add_argument(
+        "--scripts", default=",".join(pgbench.SCRIPTS), help="select,tpcb (comma-separated)"
+    )
+    p.add_argument("--targets", default=",".join(TARGET_ORDER), help="direct,pgbouncer,dbgate")
+    p.add_argument("--stream-rows", type=int, default=1_000_000, help="rows per streaming run")
+    p.add_argument("--stream-runs", type=int, default=3, help="streaming runs per target (median)")
+    p.add_argument(
+        "--stream-method",
+        choices=("fetch", "cursor", "both"),
+        default="fetch",
+        help="fetch: one Execute, all rows; cursor: prefetch batches in a transaction",
+    )
+    p.add_argument("--no-pgbench", action="store_true", help="skip the pgbench matrix")
+    p.add_argument("--no-streaming", action="store_true", help="skip the streaming benchmark")
+    p.add_argument(
+        "--no-classifier", action="store_true", help="skip the classifier microbenchmarks"
+    )
+    p.add_argument(
+        "--dbgate-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for 'dbgate serve' (repeatable), e.g. --dbgate-arg=--log-level=warning",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="also record dbgate with py-spy for SECONDS under pgbench -S (needs py-spy)",
+    )
+    p.add_argument(
+        "--profile-mode",
+        default="prepared",
+        choices=pgbench.MODES,
+        help="pgbench mode while profiling",
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep the server's data directory afterwards"
+    )
+    args = p.parse_args(argv)
+    if args.seconds is None:
+        args.seconds = 3 if args.quick else 8
+    args.modes = _csv(args.modes, pgbench.MODES, "--modes")
+    args.scripts = _csv(args.scripts, tuple(pgbench.SCRIPTS), "--scripts")
+    args.targets = _csv(args.targets, TARGET_ORDER, "--targets")
+    if "direct" not in args.targets:
+        p.error("--targets must include direct (it is used to initialise the data)")
+    if min(args.rounds, args.seconds, args.clients, args.threads, args.scale, args.stream_runs) < 1:
+        p.error("counts and durations must be at least 1")
+    return args
+
+
+def _csv(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise SystemExit(f"{flag}: expected some of {', '.join(allowed)}, got {value!r}")
+    return [v for v in allowed if v in items]  # canonical order
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM/SIGHUP like Ctrl-C so the ``finally`` blocks stop every child."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+class Bench:
+    """State of one benchmark run: the processes it owns and the results so far."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.work = WORK_ROOT / f"run-{self.stamp}"
+        self.targets: dict[str, Target] = {}
+        self.stoppers: list[tuple[str, Callable[[], None]]] = []  # stopped in reverse
+        self.pgbench_runs: list[pgbench.PgbenchResult] = []
+        self.stream_runs: list[streaming.StreamResult] = []
+        self.classifier: dict[str, Any] | None = None
+        self.classifier_error: str | None = None
+        self.profile: dict[str, Any] | None = None
+        self.setup_log: list[str] = []
+        self.meta: dict[str, Any] = {
+            "started_at": self.stamp,
+            "host": platform.node(),
+            "cpu": _cpu_model(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "dbgate_commit": _git_commit(),
+        }
+        self.dbgate: Dbgate | None = None
+        self.pgbench_bin = ""
+
+    # ----------------------------------------------------------------- set-up
+
+    def setup(self) -> None:
+        from dbgate.embedded import EmbeddedPostgres
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        a = self.args
+        say(f"work directory: {self.work}")
+
+        pg = EmbeddedPostgres(self.work / "pg", settings=SERVER_SETTINGS)
+        say("starting PostgreSQL (embedded) ...")
+        pg.start()
+        self.stoppers.append(("postgres", pg.stop))
+        self.meta["postgres"] = pg.psql("SELECT version()").strip()
+        pg.psql(f"CREATE DATABASE {DBNAME}")
+        direct = Target("direct", pg.host, pg.port, pg.user, pg.password, DBNAME)
+        self.targets["direct"] = direct
+
+        self.pgbench_bin = pgbench.find_pgbench([pg.bin_dir])
+        self.meta["pgbench"] = pgbench.pgbench_version(self.pgbench_bin)
+        if not a.no_pgbench:
+            say(f"pgbench -i -s {a.scale} (direct) ...")
+            t0 = time.monotonic()
+            pgbench.initialize(self.pgbench_bin, direct, a.scale)
+            say(f"  initialised in {time.monotonic() - t0:.1f}s")
+        if not a.no_streaming:
+            say(f"creating the {a.stream_rows:,}-row streaming table (direct) ...")
+            streaming.prepare(direct, a.stream_rows)
+
+        if "pgbouncer" in a.targets:
+            self._start_pgbouncer(pg.host, pg.port, pg.user, pg.password)
+        if "dbgate" in a.targets:
+            self._start_dbgate(pg.host, pg.port, pg.user, pg.password)
+
+    def _start_pgbouncer(self, host: str, port: int, user: str, password: str) -> None:
+        try:
+            binary = ensure_pgbouncer(self.setup_log)
+            self.meta["pgbouncer"] = pgbouncer_version(binary)
+            bouncer = PgBouncer(
+                self.work / "pgbouncer",
+                host,
+                port,
+                user,
+                password,
+                pool_size=self.args.clients + 4,
+                binary=binary,
+            )
+        except (RuntimeError, OSError) as e:
+            say(f"PgBouncer unavailable: {e}")
+            self.targets["pgbouncer"] = Target(
+                "pgbouncer", "", 0, "", "", DBNAME, unavailable=str(e)
+            )
+            return
+        self.stoppers.append(("pgbouncer", bouncer.stop))
+        self.targets["pgbouncer"] = Target(
+            "pgbouncer", bouncer.host, bouncer.port, user, password, DBNAME
+        )
+        say(f"PgBouncer ({self.meta['pgbouncer']}, session mode) on {bouncer.host}:{bouncer.port}")
+
+    def _start_dbgate(self, host: str, port: int, user: str, password: str) -> None:
+        say("starting dbgate serve ...")
+        try:
+            gate = Dbgate(
+                self.work / "dbgate",
+                host,
+                port,
+                user,
+                password,
+                identity_password="bench-identity-secret",
+                dbname=DBNAME,
+                extra_args=self.args.dbgate_arg,
+            )
+        except (RuntimeError, OSError) as e:
+            say(f"dbgate unavailable: {e}")
+            self.targets["dbgate"] = Target("dbgate", "", 0, "", "", DBNAME, unavailable=str(e))
+            return
+        self.stoppers.append(("dbgate", gate.stop))
+        try:
+            gate.wait_ready()
+        except RuntimeError as e:
+            reason = str(e)
+            say(
+                f"dbgate unavailable (benchmarked without it):\n  {reason.replace(chr(10), chr(10) + '  ')}"
+            )
+            gate.stop()
+            gate.target.unavailable = reason.splitlines()[0]
+        else:
+            say(f"dbgate on {gate.target.host}:{gate.target.port} (pid {gate.pid})")
+        self.dbgate = gate
+        self.targets["dbgate"] = gate.target
+
+    def live_targets(self) -> list[Target]:
+        return [
+            self.targets[n] for n in TARGET_ORDER if n in self.targets and self.targets[n].available
+        ]
+
+    def _check_dbgate(self) -> None:
+        """A dbgate that crashed mid-benchmark is reported once and skipped after."""
+        gate = self.dbgate
+        if gate is not None and gate.target.available and not gate.alive():
+            gate.target.unavailable = (
+                f"dbgate exited during the benchmark (see {gate.process.log_path})"
+            )
+            say(f"  !! {gate.target.unavailable}\n{gate.process.log_tail()}")
+
+    # ----------------------------------------------------------------- pgbench
+
+    def run_pgbench(self) -> None:
+        a = self.args
+        live = self.live_targets()
+        warm = 1 if a.quick else 2
+        say(f"warm-up: {warm}s pgbench -S per target")
+        for t in live:
+            pgbench.run_once(
+                self.pgbench_bin, t, "simple", "select", warm, a.clients, a.threads, -1
+            )
+        total = len(a.modes) * len(a.scripts) * a.rounds * len(live) * a.seconds
+        say(f"pgbench matrix: about {total // 60}m{total % 60:02d}s of runs")
+        for mode in a.modes:
+            for script in a.scripts:
+                for round_no in range(a.rounds):
+                    self._check_dbgate()
+                    live = self.live_targets()
+                    k = round_no % len(live)
+                    for t in live[k:] + live[:k]:
+                        r = pgbench.run_once(
+                            self.pgbench_bin,
+                            t,
+                            mode,
+                            script,
+                            a.seconds,
+                            a.clients,
+                            a.threads,
+                            round_no,
+                        )
+                        self.pgbench_runs.append(r)
+                        shown = (
+                            f"{r.tps:>10,.0f} tps {r.latency_ms:7.3f} ms"
+                            if r.tps is not None and r.latency_ms is not None
+                            else f"ERROR {(r.error or '').splitlines()[-1:]}"
+                        )
+                        say(
+                            f"  {mode:<8} {script:<6} round {round_no + 1}/{a.rounds} {t.name:<10} {shown}"
+                        )
+
+    # ----------------------------------------------------------------- streaming
+
+    def run_streaming(self) -> None:
+        a = self.args
+        self._check_dbgate()
+        for method in self.stream_methods():
+            say(
+                f"streaming {a.stream_rows:,} rows with asyncpg ({method}), {a.stream_runs} runs per target"
+            )
+            self.stream_runs += streaming.run_interleaved(
+                self.live_targets(), method, a.stream_runs, a.stream_rows
+            )
+
+    def stream_methods(self) -> list[str]:
+        m = self.args.stream_method
+        return ["fetch", "cursor"] if m == "both" else [m]
+
+    # ----------------------------------------------------------------- profile
+
+    def run_profile(self) -> None:
+        from bench.profile import profile_dbgate
+
+        gate = self.dbgate
+        if gate is None or not gate.target.available:
+            say("profile skipped: dbgate is not running")
+            return
+        self.profile = profile_dbgate(
+            gate.pid,
+            self.pgbench_bin,
+            gate.target,
+            self.args.profile_mode,
+            self.args.profile,
+            self.args.clients,
+            self.args.threads,
+            self.work / "profile",
+        )
+
+    # ----------------------------------------------------------------- classifier
+
+    def run_classifier(self) -> None:
+        """Call ``bench.bench_classify.run()`` when that module exists (another owner)."""
+        if importlib.util.find_spec("bench.bench_classify") is None:
+            self.classifier_error = "bench/bench_classify.py not present"
+            return
+        say("classifier microbenchmarks (bench/bench_classify.py) ...")
+        try:
+            module = importlib.import_module("bench.bench_classify")
+            result = module.run()
+            self.classifier = dict(result) if result is not None else {}
+        except Exception as e:  # someone else's code: report, never abort the run
+            self.classifier_error = f"{type(e).__name__}: {e}"
+
+    # ----------------------------------------------------------------- teardown
+
+    def stop_all(self) -> None:
+        while self.stoppers:
+            name, stop = self.stoppers.pop()
+            try:
+                stop()
+            except Exception as e:  # keep stopping the others
+                say(f"warning: stopping {name} failed: {e}")
+        if not self.args.keep:
+            shutil.rmtree(self.work / "pg" / "pgdata", ignore_errors=True)
+
+    # ----------------------------------------------------------------- output
+
+    def unavailable(self) -> dict[str, str]:
+        return {n: t.unavailable for n, t in self.targets.items() if t.unavailable}
+
+    def results(self) -> dict[str, Any]:
+        a = self.args
+        return {
+            "meta": self.meta,
+            "settings": {
+                "rounds": a.rounds,
+                "seconds": a.seconds,
+                "clients": a.clients,
+                "threads": a.threads,
+                "scale": a.scale,
+                "modes": a.modes,
+                "scripts": a.scripts,
+                "stream_rows": a.stream_rows,
+                "stream_runs": a.stream_runs,
+                "stream_methods": self.stream_methods(),
+                "dbgate_args": a.dbgate_arg,
+            },
+            "unavailable": self.unavailable(),
+            "setup_log": self.setup_log,
+            "pgbench": {
+                "summary": report.summarize_pgbench(self.pgbench_runs, a.modes, a.scripts),
+                "runs": [r.as_dict() for r in self.pgbench_runs],
+            },
+            "streaming": {
+                "summary": report.summarize_streaming(self.stream_runs, self.stream_methods()),
+                "runs": [r.as_dict() for r in self.stream_runs],
+            },
+            "classifier": self.classifier,
+            "classifier_error": self.classifier_error,
+            "profile": self.profile,
+        }
+
+    def print_report(self, data: dict[str, Any]) -> None:
+        a = self.args
+        m = self.meta
+        say("")
+        say("=" * 100)
+        say(
+            f"dbgate benchmark  {m['started_at']}  commit {m.get('dbgate_commit')}  {m['cpus']} CPUs: {m['cpu']}"
+        )
+        say(f"server: {m.get('postgres', '?')}")
+        say(
+            f"client: {m.get('pgbench', '?')}; proxy reference: {m.get('pgbouncer', 'n/a')} (session mode)"
+        )
+        for name, why in self.unavailable().items():
+            say(f"UNAVAILABLE {name}: {why}")
+        if data["pgbench"]["summary"]:
+            say("")
+            say(
+                f"pgbench: {a.clients} clients, {a.threads} threads, scale {a.scale}, -n; "
+                f"median of {a.rounds} interleaved rounds x {a.seconds}s; TPS and average latency"
+            )
+            say(report.format_pgbench_table(data["pgbench"]["summary"], self.unavailable()))
+        if data["streaming"]["summary"]:
+            say("")
+            say(
+                f"streaming: {a.stream_rows:,} rows (int, text(32)) through asyncpg, "
+                f"median of {a.stream_runs} interleaved runs"
+            )
+            say(report.format_streaming_table(data["streaming"]["summary"], self.unavailable()))
+        say("")
+        if self.classifier is not None:
+            say("classifier microbenchmarks (bench/bench_classify.py):")
+            say(report.format_flat(self.classifier))
+        else:
+            say(f"classifier microbenchmarks: {self.classifier_error or 'skipped'}")
+        if self.profile:
+            say("")
+            say(self.profile.get("text", ""))
+        say("=" * 100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    status = 0
+    with terminate_as_interrupt():
+        try:
+            try:
+                bench.setup()
+                if not args.no_pgbench:
+                    bench.run_pgbench()
+                if not args.no_streaming:
+                    bench.run_streaming()
+                if args.profile:
+                    bench.run_profile()
+            finally:
+                say("stopping dbgate, PgBouncer and PostgreSQL ...")
+                bench.stop_all()
+            if not args.no_classifier:
+                bench.run_classifier()
+        except KeyboardInterrupt:
+            say("\ninterrupted: everything started has been stopped; partial results follow")
+            status = 130
+        data = bench.results()
+        WORK_ROOT.mkdir(parents=True, exist_ok=True)
+        out = WORK_ROOT / f"results-{bench.stamp}.json"
+        out.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        bench.print_report(data)
+        say(f"results written to {out}")
+    if status == 0 and "dbgate" in args.targets and "dbgate" in bench.unavailable():
+        status = 1  # the table is printed, but a bench run that could not measure dbgate is not a success
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Streaming benchmark: a million rows through asyncpg.
+
+pgbench measures per-message latency; this measures bulk throughput, the other
+thing a relay can get wrong (per-DataRow work, small writes, no back-pressure).
+
+Method, and why:
+
+* The rows come from a table created once (``bench_stream``: an int and a
+  32-character md5 text, about 50 bytes per DataRow, ~50 MB per run), not from
+  ``generate_series``/``md5()`` at query time, so the server's share of the CPU is
+  a sequential scan and the relay's share is as large as it can be.
+* Timed with ``conn.fetch``: one Bind/Execute with no row limit, so the server
+  pushes every DataRow back-to-back and the relay is the bottleneck, not round
+  trips. (A server-side cursor with ``prefetch`` adds one round trip per batch and
+  measures latency again; ``--stream-method cursor`` runs that variant.)
+* The time covers only the query (connection and SCRAM handshake excluded) and
+  the rows are counted, so a proxy that dropped rows could not look fast.
+* Targets are interleaved (round-robin, starting position rotated each run) and
+  the median of N runs is reported, because on a 2-core machine one noisy run is
+  common and the client, the proxy and the server share the cores.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import asyncpg
+import uvloop
+
+from bench.targets import Target
+
+TABLE = "bench_stream"
+CURSOR_PREFETCH = 10_000
+
+
+@dataclass
+class StreamResult:
+    """One timed streaming run against one target."""
+
+    target: str
+    method: str
+    run: int
+    rows: int | None = None
+    seconds: float | None = None
+    rows_per_s: float | None = None
+    mb_per_s: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+async def _prepare(target: Target, rows: int) -> None:
+    conn = await asyncpg.connect(**target.asyncpg_kwargs())  # type: ignore[arg-type]
+    try:
+        have = await conn.fetchval(f"SELECT to_regclass('{TABLE}') IS NOT NULL")
+        if have and await conn.fetchval(f"SELECT count(*) FROM {TABLE}") == rows:
+            return
+        await conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        await conn.execute(
+            f"CREATE TABLE {TABLE} AS SELECT g, md5(g::text) AS m FROM generate_series(1, {rows}) g"
+        )
+        await conn.execute(f"VACUUM ANALYZE {TABLE}")
+    finally:
+        await conn.close()
+
+
+def prepare(target: Target, rows: int) -> None:
+    """Create the source table once, directly (not through a proxy)."""
+    uvloop.run(_prepare(target, rows))
+
+
+async def _stream_once(target: Target, method: str, expect_rows: int) -> tuple[int, float, int]:
+    """(rows received, seconds, approximate payload bytes) for one run."""
+    conn = await asyncpg.connect(**target.asyncpg_kwargs())  # type: ignore[arg-type]
+    try:
+        query = f"SELECT g, m FROM {TABLE}"
+        # Warm the statement cache so Parse/Describe is not part of the timing.
+        await conn.fetch(query + " LIMIT 1")
+        gc.collect()
+        gc.disable()  # a collection of a million fresh Records would be noise
+        try:
+            if method == "fetch":
+                t0 = time.perf_counter()
+                records = await conn.fetch(query)
+                elapsed = time.perf_counter() - t0
+                n = len(records)
+                del records
+            else:
+                n = 0
+                t0 = time.perf_counter()
+                async with conn.transaction():
+                    async for _rec in conn.cursor(query, prefetch=CURSOR_PREFETCH):
+                        n += 1
+                elapsed = time.perf_counter() - t0
+        finally:
+            gc.enable()
+    finally:
+        await conn.close()
+    if n != expect_rows:
+        raise RuntimeError(f"expected {expect_rows} rows, received {n}")
+    # DataRow on the wire: 'D' + len(4) + ncols(2) + (4 + 4) + (4 + 32) = 51 bytes.
+    return n, elapsed, n * 51
+
+
+def _run_one(target: Target, method: str, run_no: int, rows: int) -> StreamResult:
+    result = StreamResult(target.name, method, run_no)
+    try:
+        # uvloop on the client too: the faster the client, the more the relay shows.
+        n, secs, nbytes = uvloop.run(_stream_once(target, method, rows))
+    except (
+        TimeoutError,
+        OSError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        RuntimeError,
+    ) as e:
+        result.error = f"{type(e).__name__}: {e}"
+        return result
+    result.rows, result.seconds = n, secs
+    result.rows_per_s = n / secs
+    result.mb_per_s = nbytes / secs / 1e6
+    return result
+
+
+def run_interleaved(
+    targets: list[Target], method: str, runs: int, rows: int, progress: bool = True
+) -> list[StreamResult]:
+    """``runs`` rounds over all available targets, rotating who goes first."""
+    results: list[StreamResult] = []
+    live = [t for t in targets if t.available]
+    # One untimed run per target first: the client process's first million Records
+    # pay for growing the heap (page faults), which would penalise whoever goes first.
+    for target in live:
+        _run_one(target, method, -1, rows)
+    for run_no in range(runs):
+        k = run_no % len(live) if live else 0
+        for target in live[k:] + live[:k]:
+            r = _run_one(target, method, run_no, rows)
+            results.append(r)
+            if progress:
+                shown = f"{r.rows_per_s:>12,.0f} rows/s" if r.rows_per_s else f"ERROR {r.error}"
+                print(
+                    f"  stream {method:<6} run {run_no + 1}/{runs} {target.name:<10} {shown}",
+                    flush=True,
+                )
+    return results
+
+
+def median_rows_per_s(results: list[StreamResult], target: str, method: str) -> float | None:
+    values = [
+        r.rows_per_s for r in results if r.target == target and r.method == method and r.rows_per_s
+    ]
+    return statistics.median(values) if values else None

@@ -1,0 +1,61 @@
+"""What the benchmark clients connect to.
+
+Each target (direct Postgres, PgBouncer, dbgate) is described by the same five
+fields, and every client (pgbench, asyncpg) is pointed at it in the same way:
+TCP on loopback, user and database on the command line, password through the
+environment. Keeping the DSN form identical keeps the comparison honest: the only
+thing that differs between the three rows of the table is what sits on the port.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+TARGET_ORDER = ("direct", "pgbouncer", "dbgate")
+
+
+@dataclass
+class Target:
+    """One place to send benchmark traffic, and whether it can be used."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+    # None while usable; otherwise why this target is skipped (shown in the table).
+    unavailable: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def available(self) -> bool:
+        return self.unavailable is None
+
+    def libpq_env(self) -> dict[str, str]:
+        """Environment for libpq programs (pgbench): credentials never on argv."""
+        env = dict(os.environ)
+        for key in [k for k in env if k.startswith("PG")]:
+            del env[key]  # a developer's PGHOST/PGSERVICE must not redirect the run
+        env.update(
+            PGHOST=self.host,
+            PGPORT=str(self.port),
+            PGUSER=self.user,
+            PGPASSWORD=self.password,
+            PGDATABASE=self.dbname,
+            PGSSLMODE="disable",  # the same for all three: no TLS anywhere
+            PGAPPNAME=f"bench-{self.name}",
+        )
+        return env
+
+    def asyncpg_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for ``asyncpg.connect`` to this target."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            "database": self.dbname,
+            "ssl": False,
+        }
