@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,24 @@ class StatementDecision:
         return _deciding_rules(self.units)[0]
 
 
+_OPAQUE = frozenset({Category.OPAQUE})
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A rule plus what the hot loop needs precomputed."""
+
+    rule: Rule
+    scope: frozenset[Category] | None
+    statement_conditions: bool
+
+
+def _has_statement_conditions(m: Match) -> bool:
+    return any(
+        x is not None for x in (m.all_categories, m.statements, m.tables, m.schemas, m.functions)
+    )
+
+
 def _deciding_rules(units: Sequence[UnitDecision]) -> list[Rule]:
     """Rules at the most restrictive action among ``units``, in pack order, deduplicated."""
     worst = max(SEVERITY[u.rule.action] for u in units)
@@ -125,7 +143,7 @@ def _deciding_rules(units: Sequence[UnitDecision]) -> list[Rule]:
 def _rule_message(rule: Rule, categories: Sequence[Category]) -> str:
     if rule.message:
         return rule.message
-    cats = ", ".join(sorted(c.value for c in categories))
+    cats = ", ".join(sorted(c.value for c in categories)) or "these"
     verb = {Action.ALLOW: "allows", Action.HOLD: "holds", Action.DENY: "denies"}[rule.action]
     return f"rule '{rule.name}' {verb} {cats} statements"
 
@@ -138,29 +156,66 @@ class RuleSet:
     files: tuple[Path, ...] = ()
     default: Rule = field(default=DEFAULT_RULE)
 
+    _compiled: tuple[_Compiled, ...] = field(init=False, repr=False, compare=False)
+    _by_identity: dict[Identity, dict[Category, tuple[_Compiled, ...]]] = field(
+        init=False, repr=False, compare=False
+    )
+    _messages: dict[tuple[int, frozenset[Category]], str] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        compiled = tuple(
+            _Compiled(r, r.match.category_scope, _has_statement_conditions(r.match))
+            for r in self.rules
+        )
+        object.__setattr__(self, "_compiled", compiled)
+        object.__setattr__(self, "_by_identity", {})
+        object.__setattr__(self, "_messages", {})
+
     # -- evaluation -----------------------------------------------------------------
+    def _candidates(self, identity: Identity) -> dict[Category, tuple[_Compiled, ...]]:
+        """Per category, the rules (in pack order) that could decide it for ``identity``.
+
+        Memoised per identity. Indexing by category makes the common case — a
+        statement with one or two categories and category-only rules — a couple
+        of dict lookups instead of a walk over the whole pack.
+        """
+        cached = self._by_identity.get(identity)
+        if cached is None:
+            if len(self._by_identity) > 4096:  # identities are few; bound it anyway
+                self._by_identity.clear()
+            ok = [c for c in self._compiled if c.rule.matches_identity(identity)]
+            cached = {
+                cat: tuple(c for c in ok if c.scope is None or cat in c.scope) for cat in Category
+            }
+            self._by_identity[identity] = cached
+        return cached
+
+    def _units(
+        self, candidates: dict[Category, tuple[_Compiled, ...]], stmt: StatementClass
+    ) -> list[tuple[Category, Rule]]:
+        """First-match-wins per category of one statement; no match -> the default rule."""
+        cats = stmt.categories or _OPAQUE
+        units: list[tuple[Category, Rule]] = []
+        for cat in cats:
+            for c in candidates[cat]:
+                if not c.statement_conditions or c.rule.matches_statement(stmt, cats):
+                    units.append((cat, c.rule))
+                    break
+            else:
+                units.append((cat, self.default))
+        return units
+
     def explain(
         self, identity: Identity, classification: Classification
     ) -> tuple[StatementDecision, ...]:
-        """Decide every unit of every statement; the building block of :meth:`decide`."""
-        candidates = [r for r in self.rules if r.matches_identity(identity)]
+        """Decide every unit of every statement: what ``dbgate classify`` shows."""
+        candidates = self._candidates(identity)
         out = []
         for stmt in classification.statements:
-            cats = stmt.categories or frozenset({Category.OPAQUE})
-            pending = set(cats)
-            units: list[UnitDecision] = []
-            for rule in candidates:
-                scope = rule.match.category_scope
-                hit = pending if scope is None else pending & scope
-                if not hit or not rule.matches_statement(stmt, cats):
-                    continue
-                units.extend(UnitDecision(c, rule) for c in hit)
-                pending -= hit
-                if not pending:
-                    break
-            units.extend(UnitDecision(c, self.default) for c in pending)
-            units.sort(key=lambda u: u.category.value)
-            out.append(StatementDecision(stmt, tuple(units)))
+            units = sorted(self._units(candidates, stmt), key=lambda u: u[0].value)
+            out.append(StatementDecision(stmt, tuple(UnitDecision(c, r) for c, r in units)))
         return tuple(out)
 
     def decide(self, identity: Identity, classification: Classification) -> Decision:
@@ -185,30 +240,58 @@ class RuleSet:
                 classification=classification,
             )
 
+    def _message(self, rule: Rule, categories: frozenset[Category]) -> str:
+        key = (rule.index, categories)
+        msg = self._messages.get(key)
+        if msg is None:
+            if len(self._messages) > 4096:
+                self._messages.clear()
+            msg = self._messages[key] = _rule_message(rule, sorted(categories))
+        return msg
+
     def _decide(self, identity: Identity, classification: Classification) -> Decision:
         if not classification.statements:
             # Only comments or whitespace: PostgreSQL answers EmptyQueryResponse.
             return Decision(
                 Action.ALLOW, "empty-query", "empty query", classification=classification
             )
-        explained = self.explain(identity, classification)
-        units = [u for s in explained for u in s.units]
-        rules = _deciding_rules(units)
-        first = rules[0]
-        action = first.action
-        messages: list[str] = []
-        for r in rules:
-            cats = sorted({u.category for u in units if u.rule is r}, key=lambda c: c.value)
-            msg = _rule_message(r, cats)
-            if msg not in messages:
-                messages.append(msg)
-        if action is not Action.HOLD:
-            return Decision(action, first.name, "; ".join(messages), classification=classification)
+        candidates = self._candidates(identity)
+        worst = -1
+        # rule index -> (rule, categories it decided), for rules at the worst action
+        deciding: dict[int, tuple[Rule, set[Category]]] = {}
+        for stmt in classification.statements:
+            for cat, rule in self._units(candidates, stmt):
+                sev = SEVERITY[rule.action]
+                if sev < worst:
+                    continue
+                if sev > worst:
+                    worst = sev
+                    deciding = {}
+                entry = deciding.get(rule.index)
+                if entry is None:
+                    deciding[rule.index] = (rule, {cat})
+                else:
+                    entry[1].add(cat)
+        order = sorted(deciding)
+        first = deciding[order[0]][0]
+        if len(order) == 1:
+            message = self._message(first, frozenset(deciding[order[0]][1]))
+        else:
+            messages: list[str] = []
+            for i in order:
+                rule, cats = deciding[i]
+                msg = self._message(rule, frozenset(cats))
+                if msg not in messages:
+                    messages.append(msg)
+            message = "; ".join(messages)
+        if first.action is not Action.HOLD:
+            return Decision(first.action, first.name, message, classification=classification)
+        rules = [deciding[i][0] for i in order]
         expiries = [r.expires_after_seconds for r in rules if r.expires_after_seconds is not None]
         return Decision(
             Action.HOLD,
             first.name,
-            "; ".join(messages),
+            message,
             approver_groups=first.approver_groups,
             approvals_needed=max(r.approvals_needed for r in rules),
             expires_after_seconds=min(expiries) if expiries else None,
@@ -248,6 +331,8 @@ def decide_bind(
     classification: Classification,
     sql: str,
     params: Sequence[Any] | None,
+    *,
+    bind_classifier: Callable[[Classification, str, Sequence[Any]], Classification] | None = None,
 ) -> Decision:
     """Decision at Bind time, when a Parse-time classification depends on parameters.
 
@@ -256,13 +341,16 @@ def decide_bind(
     statements ``needs_bind`` and this helper re-classifies them with the actual
     values. Statements that do not need it keep their Parse-time decision. A failure
     to re-classify is ``deny`` (rule ``internal-error``), never the optimistic path.
+
+    ``bind_classifier`` defaults to :func:`dbgate.policy.classify.classify_bind`;
+    tests and embedders may pass another.
     """
     if not classification.needs_bind or classification.parse_error is not None:
         return ruleset.decide(identity, classification)
     try:
-        from dbgate.policy.classify import classify_bind
-
-        bound = classify_bind(classification, sql, list(params) if params is not None else [])
+        if bind_classifier is None:
+            from dbgate.policy.classify import classify_bind as bind_classifier
+        bound = bind_classifier(classification, sql, list(params) if params is not None else [])
     except Exception as e:  # fail closed on any classifier failure
         log.exception("bind-time classification failed; denying")
         return Decision(

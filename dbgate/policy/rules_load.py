@@ -176,14 +176,11 @@ class _FileLoader:
             self.problem(node, f"{what} is an empty list, which matches nothing; remove the key")
             return None
         out: list[tuple[yaml.Node, str]] = []
-        ok = True
         for item in node.value:
             s = self.string(item, f"each entry of {what}")
-            if s is None:
-                ok = False
-            else:
+            if s is not None:  # bad entries are reported; keep checking the rest
                 out.append((item, s))
-        return out if ok else None
+        return out
 
     def mapping(
         self, node: yaml.MappingNode, what: str, valid: tuple[str, ...]
