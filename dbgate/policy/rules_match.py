@@ -91,6 +91,33 @@ def function_matches(globs: tuple[Glob, ...], function: str) -> bool:
     return False
 
 
+def known_pure(function: str) -> bool:
+    """Is ``function`` a built-in the function catalog knows to be harmless?
+
+    Used only by ``allow`` rules' ``functions`` list so that ``functions: [myapp.*]``
+    need not also list ``lower``, ``count`` and every other harmless built-in. If
+    the catalog cannot be imported nothing counts as pure (strict, fail closed).
+    """
+    try:
+        from dbgate.policy.functions import is_pure
+    except ImportError:  # pragma: no cover - the catalog ships with the package
+        return False
+    schema, bare = _split(function)
+    return is_pure(bare, schema)
+
+
+def allow_functions_match(globs: tuple[Glob, ...], functions: Iterable[str]) -> bool:
+    """``allow`` semantics for ``functions``: at least one called function matches,
+    and every other one matches too or is a known-pure built-in."""
+    matched = False
+    for f in functions:
+        if function_matches(globs, f):
+            matched = True
+        elif not known_pure(f):
+            return False
+    return matched
+
+
 def table_schema(table: str) -> str:
     """The schema a table name refers to, assuming the default search path."""
     schema, _ = _split(table)
@@ -187,4 +214,8 @@ class Rule:
             schemas = {table_schema(t) for t in stmt.tables}
             if not _objects_match(m.schemas, schemas, _any_glob, strict=strict):
                 return False
-        return _objects_match(m.functions, stmt.functions, function_matches, strict=strict)
+        if m.functions is None:
+            return True
+        if strict:
+            return allow_functions_match(m.functions, stmt.functions)
+        return any(function_matches(m.functions, f) for f in stmt.functions)

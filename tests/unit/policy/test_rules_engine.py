@@ -315,6 +315,17 @@ FUNCTION_PACK = """
         (("other.pg_read_file",), (C.ADMIN,), Action.HOLD, "default"),
         (("myapp.score",), (C.READ, C.OPAQUE), Action.ALLOW, "trust-myapp"),
         (("myapp.score", "evil"), (C.READ, C.OPAQUE), Action.HOLD, "default"),
+        # known-pure built-ins need not be listed in an allow rule's functions
+        (
+            ("myapp.score", "lower", "pg_catalog.count"),
+            (C.READ, C.OPAQUE),
+            Action.ALLOW,
+            "trust-myapp",
+        ),
+        # ... but a user function that shadows a built-in name is not pure
+        (("myapp.score", "public.lower"), (C.READ, C.OPAQUE), Action.HOLD, "default"),
+        # and an allow rule's functions must match at least one called function
+        (("lower",), (C.READ, C.OPAQUE), Action.HOLD, "default"),
         ((), (C.OPAQUE,), Action.HOLD, "default"),
     ],
 )
