@@ -1,0 +1,55 @@
+"""Sans-IO PostgreSQL protocol 3.0/3.2 codec: bytes in, messages out.
+
+No sockets, no asyncio: the proxy feeds received bytes to
+:class:`~dbgate.wire.framing.FrameReader` / :class:`~dbgate.wire.framing.StartupReader`,
+decodes what it needs with :mod:`~dbgate.wire.messages` and :mod:`~dbgate.wire.startup`,
+and writes the bytes our encoders return. See ``docs/wire.md``.
+"""
+
+from dbgate.wire.auth import md5_password
+from dbgate.wire.errors import ProtocolError
+from dbgate.wire.framing import FrameReader, StartupReader
+from dbgate.wire.messages import *  # noqa: F403 - the module's __all__ is the public API
+from dbgate.wire.messages import __all__ as _messages_all
+from dbgate.wire.scram import (
+    MECHANISMS,
+    SCRAM_SHA_256,
+    AuthenticationFailed,
+    ScramClientExchange,
+    ScramServerExchange,
+    ScramVerifier,
+    make_verifier,
+    parse_verifier,
+)
+from dbgate.wire.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    StartupPacket,
+    negotiate_protocol_version,
+    parse_startup_packet,
+)
+
+__all__ = [
+    *_messages_all,
+    "MECHANISMS",
+    "SCRAM_SHA_256",
+    "AuthenticationFailed",
+    "CancelRequest",
+    "FrameReader",
+    "GSSENCRequest",
+    "ProtocolError",
+    "SSLRequest",
+    "ScramClientExchange",
+    "ScramServerExchange",
+    "ScramVerifier",
+    "StartupMessage",
+    "StartupPacket",
+    "StartupReader",
+    "make_verifier",
+    "md5_password",
+    "negotiate_protocol_version",
+    "parse_startup_packet",
+    "parse_verifier",
+]
