@@ -1,0 +1,347 @@
+"""``dbgate demo``: everything needed to see dbgate work, in one command.
+
+What it starts, in order:
+
+1. an :class:`~dbgate.embedded.EmbeddedPostgres` in the data directory
+   (default ``./.dbgate-demo``; persistent, so the second start takes a second);
+2. database ``demo`` with the Faker dataset (:mod:`dbgate.demo_data`) and the empty
+   state database ``dbgate_state`` (approvals and audit fill it in later work);
+3. the proxy, with one identity ``agent`` whose random password is generated once
+   per data directory and kept there, so DSNs stay the same across runs;
+4. the ``--info-file`` (atomically, only once everything answers), then a banner.
+
+Ctrl-C or SIGTERM drains the proxy and stops the embedded server; exit status 0.
+
+The info file is part of the stable contract (DESIGN.md). It holds only fields that
+are real at this stage — ``agent_dsn``, ``admin_dsn``, ``state_dsn`` — never
+placeholders for the web UI or approvers, which arrive with the work that builds
+them. It is removed at start (a stale file would describe a server that is gone)
+and again at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import quote
+
+from dbgate.config import Config, ConfigError
+from dbgate.demo_data import DEMO_DATABASE, STATE_DATABASE, ensure_database, ensure_demo_database
+from dbgate.embedded import EmbeddedPostgres, EmbeddedPostgresError
+
+__all__ = ["AGENT_IDENTITY", "DEFAULT_DATA_DIR", "run_demo"]
+
+log = logging.getLogger("dbgate.demo")
+
+DEFAULT_DATA_DIR = Path(".dbgate-demo")
+AGENT_IDENTITY = "agent"
+AGENT_PASSWORD_FILE = "agent.password"
+UPSTREAM_PORT_FILE = "upstream.port"
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+class _Stop(Exception):
+    """SIGTERM arrived while the embedded server was still starting (before the loop)."""
+
+
+def run_demo(listen: str, web: str, data_dir: Path | None, info_file: Path | None) -> int:
+    """Run the demo until Ctrl-C/SIGTERM. Returns the process exit status."""
+    _setup_logging()
+    data_dir = (data_dir or DEFAULT_DATA_DIR).expanduser().absolute()
+    info_path = info_file.expanduser().absolute() if info_file is not None else None
+    if info_path is not None:
+        info_path.unlink(missing_ok=True)
+
+    try:
+        Config.model_validate({"listen": listen})  # reject a bad --listen before starting anything
+    except ValueError as e:
+        print(f"dbgate demo: --listen must be HOST:PORT, got {listen!r} ({e})", file=sys.stderr)
+        return 2
+
+    # The embedded server starts before the event loop (from the main thread, so the
+    # kernel's parent-death signal covers a SIGKILLed demo). SIGTERM during that phase
+    # must still clean up, hence a temporary handler that unwinds through `finally`.
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    pg = EmbeddedPostgres(data_dir, port=_stored_free_port(data_dir))
+    try:
+        try:
+            log.info("starting embedded PostgreSQL in %s", data_dir)
+            pg.start()
+            (data_dir / UPSTREAM_PORT_FILE).write_text(f"{pg.port}\n")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return _run_loop(pg, listen, web, data_dir, info_path)
+    except (_Stop, KeyboardInterrupt):
+        log.info("interrupted during start-up")
+        return 0
+    except EmbeddedPostgresError as e:
+        print(f"dbgate demo: embedded PostgreSQL failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if pg.running:
+            log.info("stopping embedded PostgreSQL")
+        pg.stop()
+        if info_path is not None:
+            info_path.unlink(missing_ok=True)
+
+
+def _run_loop(
+    pg: EmbeddedPostgres,
+    listen: str,
+    web: str,
+    data_dir: Path,
+    info_path: Path | None,
+) -> int:
+    import uvloop
+
+    try:
+        return uvloop.run(_main(pg, listen, web, data_dir, info_path))
+    except asyncio.CancelledError:  # a second Ctrl-C while draining
+        return 0
+
+
+async def _main(
+    pg: EmbeddedPostgres,
+    listen: str,
+    web: str,
+    data_dir: Path,
+    info_path: Path | None,
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: not waiting for sessions to drain", signal.Signals(signum).name)
+            main_task.cancel()
+            return
+        log.info("%s received, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    server: Any = None
+    try:
+        setup = asyncio.ensure_future(_prepare(pg, listen, data_dir))
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({setup, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not setup.done():
+            setup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await setup
+            return 0
+        stopper.cancel()
+        try:
+            server, config = setup.result()
+        except _DemoError as e:
+            print(f"dbgate demo: {e}", file=sys.stderr)
+            return 1
+        except Exception:
+            log.exception("dbgate demo: start-up failed")
+            return 1
+
+        agent_password = _agent_password(data_dir)
+        dsn_host = _connectable_host(config.listen_host)
+        info = {
+            "agent_dsn": _dsn(AGENT_IDENTITY, agent_password, dsn_host, server.port, DEMO_DATABASE),
+            "admin_dsn": pg.dsn(DEMO_DATABASE),
+            "state_dsn": pg.dsn(STATE_DATABASE),
+        }
+        if info_path is not None:
+            _write_atomically(info_path, info)
+        log.info("web UI: not available in this version of dbgate yet; --web %s is ignored", web)
+        _print_banner(info, data_dir, info_path)
+
+        await stop.wait()
+        return 0
+    except asyncio.CancelledError:
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if server is not None:
+            log.info("draining proxy sessions")
+            try:
+                await asyncio.wait_for(server.stop(), SHUTDOWN_GRACE_SECONDS + 5)
+            except asyncio.CancelledError:
+                log.warning("proxy stop interrupted")
+            except Exception:
+                log.exception("proxy did not stop cleanly")
+        if info_path is not None:
+            info_path.unlink(missing_ok=True)
+
+
+class _DemoError(Exception):
+    """A start-up failure phrased for the person who ran ``dbgate demo``."""
+
+
+async def _prepare(pg: EmbeddedPostgres, listen: str, data_dir: Path) -> tuple[Any, Config]:
+    """Databases, config and a started proxy. Returns the ProxyServer and its config."""
+    counts = await ensure_demo_database(pg)
+    log.info(
+        "database %s ready: %s",
+        DEMO_DATABASE,
+        ", ".join(f"{n} {t}" for t, n in counts.items()),
+    )
+    if await ensure_database(pg.dsn(), STATE_DATABASE):
+        log.info("created state database %s", STATE_DATABASE)
+
+    try:
+        config = build_config(pg, listen, _agent_password(data_dir))
+    except (ConfigError, ValueError) as e:
+        raise _DemoError(f"invalid demo configuration: {e}") from e
+
+    from dbgate.proxy.server import ProxyServer
+
+    server = ProxyServer(config)
+    try:
+        await server.start()
+    except OSError as e:
+        raise _DemoError(f"cannot listen on {listen}: {e.strerror or e}") from e
+    log.info("proxy listening on %s:%s", config.listen_host, server.port)
+    return server, config
+
+
+def build_config(pg: EmbeddedPostgres, listen: str, agent_password: str) -> Config:
+    """The demo's in-memory config: one agent identity, the embedded server upstream.
+
+    The agent may only open the ``demo`` database: the state database holds the
+    audit trail, which the audited party must not be able to reach.
+    """
+    return Config.model_validate(
+        {
+            "listen": listen,
+            "upstream": {
+                "host": pg.host,
+                "port": pg.port,
+                "user": pg.user,
+                "password": pg.password,
+                "sslmode": "disable",
+            },
+            "identities": [
+                {
+                    "name": AGENT_IDENTITY,
+                    "password": agent_password,
+                    "databases": [DEMO_DATABASE],
+                }
+            ],
+            "shutdown_grace_seconds": SHUTDOWN_GRACE_SECONDS,
+            "log_level": "info",
+        }
+    )
+
+
+def _agent_password(data_dir: Path) -> str:
+    """The agent's password, generated once per data directory (stable DSNs across runs)."""
+    path = data_dir / AGENT_PASSWORD_FILE
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    password = secrets.token_urlsafe(18)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    os.replace(tmp, path)
+    return password
+
+
+def _stored_free_port(data_dir: Path) -> int | None:
+    """The upstream port of the previous run if it is free now (stable admin/state DSNs)."""
+    try:
+        port = int((data_dir / UPSTREAM_PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    with socket.socket() as s:
+        # Like PostgreSQL itself: a port whose old connections linger in TIME_WAIT is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+    return port
+
+
+def _connectable_host(host: str) -> str:
+    """A wildcard listen address is not something a client can dial."""
+    if host in ("", "0.0.0.0", "*"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _dsn(user: str, password: str, host: str, port: int, dbname: str) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{shown}:{port}/{dbname}"
+
+
+def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Write then rename: a reader polling for the file never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _print_banner(info: dict[str, str], data_dir: Path, info_path: Path | None) -> None:
+    agent, admin, state = info["agent_dsn"], info["admin_dsn"], info["state_dsn"]
+    lines = [
+        "",
+        "dbgate demo is ready.",
+        "",
+        "  As the agent, through dbgate:",
+        f"    psql '{agent}'",
+        "",
+        "  Things to try:",
+        f"    psql '{agent}' -c 'select count(*) from customers'",
+        f"    psql '{agent}' -c 'select full_name, email from customers limit 5'",
+        f"    psql '{agent}' -c 'select status, count(*), sum(total) from orders group by 1'",
+        "",
+        "  Straight to PostgreSQL, as the superuser (bypasses dbgate):",
+        f"    psql '{admin}'",
+        "",
+        "  State database (approvals and audit):",
+        f"    psql '{state}'",
+        "",
+        f"  Data directory: {data_dir}",
+    ]
+    if info_path is not None:
+        lines.append(f"  Connection info: {info_path}")
+    lines += ["", "Press Ctrl-C to stop.", ""]
+    print("\n".join(lines), flush=True)
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )

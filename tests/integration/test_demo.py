@@ -1,0 +1,215 @@
+"""``dbgate demo`` end to end: the real console script, real signals, real clients.
+
+The demo is a user-facing contract (DESIGN.md): an info file with working DSNs,
+the dataset behind the agent DSN, and a clean stop on SIGTERM/Ctrl-C that takes the
+embedded server with it. So this runs ``.venv/bin/dbgate`` exactly as a user would,
+and checks from outside: connect, count, signal, look for leftover processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import psutil
+import pytest
+
+from dbgate.embedded import find_free_port
+
+DBGATE = Path(sys.executable).with_name("dbgate")
+SYSTEM_PSQL = shutil.which("psql")
+START_TIMEOUT = 180.0  # first start: initdb + dataset, on a busy 2-core machine
+
+
+class DemoProcess:
+    """One ``dbgate demo`` subprocess with its data dir and info file."""
+
+    def __init__(self, data_dir: Path, info_file: Path, listen: str) -> None:
+        self.data_dir = data_dir
+        self.info_file = info_file
+        self.log = data_dir.parent / f"demo-{time.monotonic_ns()}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(DBGATE),
+                    "demo",
+                    "--listen",
+                    listen,
+                    "--data-dir",
+                    str(data_dir),
+                    "--info-file",
+                    str(info_file),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_info(self) -> dict[str, str]:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"demo exited early ({self.proc.returncode}):\n{self.output()}")
+            if self.info_file.exists():
+                return json.loads(self.info_file.read_text())
+            time.sleep(0.2)
+        pytest.fail(f"no info file after {START_TIMEOUT}s:\n{self.output()}")
+
+    def postgres_family(self) -> list[psutil.Process]:
+        """The embedded postmaster and all its children, found through postmaster.pid."""
+        pid = int((self.data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[0])
+        postmaster = psutil.Process(pid)
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def stop(self, sig: signal.Signals) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"demo ignored {sig.name} for 60s:\n{self.output()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def demo_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    # Safety net when an assertion fails mid-test: no server left behind.
+    pidfile = tmp_path / "data" / "pgdata" / "postmaster.pid"
+    if pidfile.exists():
+        try:
+            proc = psutil.Process(int(pidfile.read_text().splitlines()[0]))
+            if proc.name() == "postgres":
+                proc.send_signal(signal.SIGINT)
+                proc.wait(15)
+        except (psutil.Error, ValueError, IndexError):
+            pass
+
+
+def _gone(procs: list[psutil.Process], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+async def _check_connections(info: dict[str, str]) -> None:
+    agent = await asyncpg.connect(info["agent_dsn"])
+    try:
+        assert await agent.fetchval("select count(*) from customers") == 5000
+        orders = await agent.fetchval("select count(*) from orders")
+        payments = await agent.fetchval("select count(*) from payments")
+        assert 15_000 <= orders <= 25_000
+        assert 10_000 <= payments <= 20_000
+    finally:
+        await agent.close()
+    admin = await asyncpg.connect(info["admin_dsn"])
+    try:
+        assert await admin.fetchval("select current_database()") == "demo"
+        assert await admin.fetchval("select rolsuper from pg_roles where rolname = current_user")
+        comment = await admin.fetchval(
+            "select col_description('customers'::regclass, "
+            "(select attnum from pg_attribute where attrelid = 'customers'::regclass "
+            "and attname = 'ssn'))"
+        )
+        assert comment.startswith("PII")
+    finally:
+        await admin.close()
+    state = await asyncpg.connect(info["state_dsn"])
+    try:
+        assert await state.fetchval("select current_database()") == "dbgate_state"
+    finally:
+        await state.close()
+
+
+async def test_demo_serves_dataset_and_stops_cleanly(demo_dir: Path) -> None:
+    data_dir, info_file = demo_dir / "data", demo_dir / "info.json"
+    port = find_free_port()
+
+    demo = DemoProcess(data_dir, info_file, f"127.0.0.1:{port}")
+    try:
+        info = demo.wait_for_info()
+        assert set(info) >= {"agent_dsn", "admin_dsn", "state_dsn"}
+        assert not any(k.startswith(("web", "approver")) for k in info), info
+        agent_url = urlsplit(info["agent_dsn"])
+        assert (agent_url.username, agent_url.hostname, agent_url.port, agent_url.path) == (
+            "agent",
+            "127.0.0.1",
+            port,
+            "/demo",
+        )
+        await _check_connections(info)
+        if SYSTEM_PSQL:
+            out = subprocess.run(
+                [
+                    SYSTEM_PSQL,
+                    "-X",
+                    "-A",
+                    "-t",
+                    info["agent_dsn"],
+                    "-c",
+                    "select count(*) from customers",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            assert out.stdout.strip() == "5000"
+        family = demo.postgres_family()
+        assert demo.stop(signal.SIGTERM) == 0, demo.output()
+    finally:
+        demo.kill()
+    assert _gone(family), f"embedded postgres left running: {family}"
+    assert not info_file.exists(), "info file must not outlive the demo"
+    assert "dbgate demo is ready" in demo.output()
+
+    # Second start on the same data dir: no reload, same credentials, and with
+    # --listen port 0 the info file reports the port actually bound.
+    demo2 = DemoProcess(data_dir, info_file, "127.0.0.1:0")
+    try:
+        info2 = demo2.wait_for_info()
+        url2 = urlsplit(info2["agent_dsn"])
+        assert url2.port not in (None, 0)
+        assert (url2.username, url2.password) == (agent_url.username, agent_url.password)
+        assert info2["admin_dsn"] == info["admin_dsn"]  # upstream port and password kept
+        await _check_connections(info2)
+        family2 = demo2.postgres_family()
+        assert demo2.stop(signal.SIGINT) == 0, demo2.output()
+    finally:
+        demo2.kill()
+    assert _gone(family2), f"embedded postgres left running: {family2}"
+
+
+def test_demo_rejects_bad_listen(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(DBGATE), "demo", "--listen", "127.0.0.1:notaport", "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--listen" in result.stderr
+    assert not (tmp_path / "d").exists()  # nothing was started
