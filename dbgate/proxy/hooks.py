@@ -64,7 +64,12 @@ Verdict = Allow | Refuse
 
 
 class Inspector(Protocol):
-    """Decides about each statement before it reaches the server."""
+    """Decides about each statement before it reaches the server.
+
+    Bind messages are shown to the inspector when it sets ``inspects_binds = True``,
+    or for the statement names it adds to ``session.bind_checks`` while inspecting
+    their Parse (bind-time decisions on parameter values).
+    """
 
     def inspect(self, session: SessionInfo, statement: Statement) -> Verdict | Awaitable[Verdict]:
         """Return a verdict, or an awaitable of one to make the session wait.
@@ -104,6 +109,8 @@ class ResultTransformer(Protocol):
 
 class AllowAll:
     """The inspector used until policy is configured: every statement is forwarded."""
+
+    inspects_binds = False
 
     def inspect(self, session: SessionInfo, statement: Statement) -> Verdict:
         return ALLOW

@@ -63,6 +63,15 @@ def _frame(mtype: int, body: bytes) -> bytes:
     return bytes((mtype,)) + (len(body) + 4).to_bytes(4, "big") + body
 
 
+def _bind_statement_name(chunk: bytes, s: int, e: int) -> str:
+    """The statement name of a Bind message without decoding the rest of it."""
+    i = chunk.find(b"\0", s, e)
+    j = chunk.find(b"\0", i + 1, e) if i >= 0 else -1
+    if j < 0:
+        raise ProtocolError("malformed Bind message")
+    return chunk[i + 1 : j].decode("utf-8", "replace")
+
+
 class _Injection:
     __slots__ = ("cycle", "extended", "refusal", "token")
 
@@ -257,7 +266,9 @@ class Session:
                 stmt = Statement("parse", sql, statement_name=name)
             elif t == _B:
                 if not self.inspect_binds:
-                    continue
+                    checks = self.info.bind_checks
+                    if not checks or _bind_statement_name(chunk, s, e) not in checks:
+                        continue
                 portal, name, formats, params, _ = m.parse_bind(chunk[s:e])
                 stmt = Statement(
                     "bind",

@@ -23,6 +23,10 @@ class SessionInfo:
     transaction_status: str = "I"  # 'I' idle, 'T' in transaction, 'E' failed transaction
     server_params: dict[str, str] = field(default_factory=dict)
     prepared: dict[str, str] = field(default_factory=dict)  # statement name -> SQL text
+    # Statement names whose Binds the inspector must see (decisions that depend on
+    # parameter values). The relay decodes Bind only for these, keeping the
+    # prepared-statement hot path to a name lookup.
+    bind_checks: set[str] = field(default_factory=set)
     _notify: Callable[[Notice], None] | None = None
 
     def notify_client(self, notice: Notice) -> None:
