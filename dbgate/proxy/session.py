@@ -287,6 +287,7 @@ class Session:
                 kind, name = m.parse_close(chunk[s:e])
                 if kind == "S":
                     self.info.prepared.pop(name, None)
+                    self.info.bind_checks.discard(name)
                 continue
             elif t == _X:
                 self._terminating = True
