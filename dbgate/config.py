@@ -90,6 +90,9 @@ class Config(_Strict):
     identities: list[IdentityConfig] = Field(default_factory=list)
     limits: LimitsConfig = LimitsConfig()
     rules_dir: Path | None = None  # None: the shipped default pack
+    # "enforce": classify every statement and apply the rules (the default).
+    # "off": relay only (wire-compatibility testing); logged loudly at startup.
+    policy: Literal["enforce", "off"] = "enforce"
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
