@@ -23,6 +23,7 @@ from dbgate.wire.startup import (
     GSSENCRequest,
     SSLRequest,
     StartupMessage,
+    negotiate_protocol_version,
     parse_startup_packet,
 )
 
@@ -89,7 +90,14 @@ async def authenticate(
 ) -> ClientHello:
     """Run SCRAM-SHA-256 for the identity named in the StartupMessage."""
     if startup.needs_negotiation:
-        channel.write(startup.negotiation())
+        # On the wire the version field is the full protocol code (major << 16 | minor),
+        # and it is the version this session will speak (the client's, capped at 3.2),
+        # exactly as PostgreSQL sends it; libpq rejects anything below 3.0 or above
+        # what it asked for.
+        major, minor = startup.negotiated_protocol
+        channel.write(
+            negotiate_protocol_version((major << 16) | minor, list(startup.unsupported_options))
+        )
     user = startup.params.get("user", "")
     if not user:
         raise HandshakeRefused("28000", "no user name specified in the startup packet")
