@@ -430,7 +430,10 @@ def load_directory(directory: Path) -> tuple[list[Rule], list[Path]]:
     rules: list[Rule] = []
     seen: dict[str, Rule] = {}
     for path in files:
-        for rule in _FileLoader(path, str(path), problems).load():
+        file_problems: list[RuleProblem] = []
+        loaded = _FileLoader(path, str(path), file_problems).load()
+        problems.extend(sorted(file_problems, key=lambda p: p.line))  # read top to bottom
+        for rule in loaded:
             if rule.name in seen:
                 first = seen[rule.name]
                 problems.append(

@@ -74,10 +74,10 @@ def problems(directory: Path) -> list[str]:
                 acton: allow
             """,
             [
+                "pack.yaml:2: rule 'a' is missing 'action' (valid: allow, hold, deny)",
                 "pack.yaml:3: unknown key 'acton' in a rule; did you mean 'action'? (valid: name, "
                 "description, match, action, message, approver_groups, approvals_needed, "
                 "expires_after)",
-                "pack.yaml:2: rule 'a' is missing 'action' (valid: allow, hold, deny)",
             ],
         ),
         (
@@ -143,8 +143,8 @@ def problems(directory: Path) -> list[str]:
                 action: deny
             """,
             [
-                "pack.yaml:6: each entry of 'identities' must be a string, got int '42'",
                 "pack.yaml:5: bad glob in 'identities': empty pattern",
+                "pack.yaml:6: each entry of 'identities' must be a string, got int '42'",
             ],
         ),
         (

@@ -1,0 +1,171 @@
+"""``dbgate classify`` and ``dbgate rules check`` through the real console script.
+
+These run ``.venv/bin/dbgate`` in a subprocess, exactly as an operator would,
+so they also prove the CLI wiring, the exit codes and that the shipped pack is
+found without any flag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dbgate.policy.rules import RULES_DIR_ENV
+
+DBGATE = Path(sys.executable).parent / "dbgate"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != RULES_DIR_ENV}
+    return subprocess.run(
+        [str(DBGATE), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
+
+
+def classify_json(sql: str, *extra: str) -> dict[str, object]:
+    proc = run("classify", "--json", *extra, sql)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_console_script_exists() -> None:
+    assert DBGATE.is_file(), f"{DBGATE} missing: run make install"
+
+
+def test_copy_to_program_is_denied(tmp_path: Path) -> None:
+    # run from an unrelated directory: the shipped pack must be found without --rules
+    proc = run("classify", "--json", "COPY customers TO PROGRAM 'curl x'", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["action"] == "deny"
+    assert doc["rule"] == "deny-server-admin"
+    assert {"admin", "export"} <= set(doc["categories"])
+    assert doc["categories"] == sorted(doc["categories"])
+    assert doc["tables"] == ["customers"]
+    assert "server administration" in doc["message"]
+    assert doc["reasons"], "reasons must explain the categories"
+    for r in doc["reasons"]:
+        assert {"category", "code", "message"} <= set(r)
+        assert r["code"] and r["message"]
+    (st,) = doc["statements"]
+    assert st["command"] == "COPY"
+    assert st["action"] == "deny"
+    assert st["units"]["admin"] == "deny-server-admin"
+    assert st["units"]["export"] == "hold-export"
+
+
+def test_bounded_read_is_allowed() -> None:
+    doc = classify_json("SELECT id, total FROM orders WHERE id = 42")
+    assert doc["action"] == "allow"
+    assert doc["categories"] == ["read"]
+    assert doc["rule"] == "allow-reads"
+    assert doc["tables"] == ["orders"]
+
+
+def test_multi_statement_is_most_restrictive() -> None:
+    doc = classify_json("SELECT 1; GRANT ALL ON orders TO PUBLIC")
+    assert doc["action"] == "hold"
+    assert doc["rule"] == "hold-privilege"
+    assert doc["approver_groups"] == ["dba"]
+    assert doc["expires_after_seconds"] == 3600
+    assert [s["action"] for s in doc["statements"]] == ["allow", "hold"]
+
+
+def test_parse_error_is_denied_with_parser_message() -> None:
+    doc = classify_json("SELEC 1")
+    assert doc["action"] == "deny"
+    assert doc["rule"] == "parse-error"
+    assert doc["parse_error"]
+    assert "syntax error" in doc["message"]
+    assert any(r["code"] == "parse-error" for r in doc["reasons"])
+
+
+def test_text_output_is_readable() -> None:
+    proc = run("classify", "DELETE FROM orders")
+    assert proc.returncode == 0, proc.stderr
+    assert "action:     HOLD  (rule hold-destructive)" in proc.stdout
+    assert "categories: destructive" in proc.stdout
+    assert "approval:   1 from dba, expires after 3600s" in proc.stdout
+
+
+def test_classify_with_custom_rules(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(
+        "rules:\n  - name: deny-orders\n    match: {tables: [orders]}\n    action: deny\n"
+        "    message: orders are off limits\n"
+    )
+    doc = classify_json("SELECT * FROM orders WHERE id = 1", "--rules", str(tmp_path))
+    assert (doc["action"], doc["rule"], doc["message"]) == (
+        "deny",
+        "deny-orders",
+        "orders are off limits",
+    )
+
+
+def test_classify_with_bad_rules_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text("rules:\n  - name: a\n    action: alow\n")
+    proc = run("classify", "--json", "--rules", str(tmp_path), "SELECT 1")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert f"{tmp_path / 'r.yaml'}:3: unknown action 'alow'; did you mean 'allow'?" in proc.stderr
+
+
+def test_rules_check_shipped_pack() -> None:
+    proc = run("rules", "check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "ok: 12 rules in 1 file"
+
+
+def test_rules_check_broken_dir(tmp_path: Path) -> None:
+    (tmp_path / "10-a.yaml").write_text(
+        "rules:\n"
+        "  - name: a\n"
+        "    match:\n"
+        "      categories: [exprt]\n"
+        "    action: hold\n"
+        "    expires_after: soon\n"
+    )
+    (tmp_path / "20-b.yaml").write_text("rules:\n  - name: a\n    action: deny\n")
+    proc = run("rules", "check", str(tmp_path))
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (
+        f"{tmp_path / '10-a.yaml'}:4: unknown category 'exprt'; did you mean 'export'? "
+        "(valid: read, write, destructive, ddl, privilege, export, dump, admin, escape, "
+        "opaque, control)"
+    )
+    assert lines[1] == (
+        f"{tmp_path / '10-a.yaml'}:6: bad duration str 'soon' for 'expires_after'; "
+        "use e.g. 90s, 15m, 1h, 1h30m, 2d"
+    )
+    assert len(lines) == 2  # rule 'a' in 10-a.yaml was invalid, so 20-b's 'a' is not a duplicate
+    assert "2 problems found" in proc.stderr
+
+
+def test_rules_check_counts_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("rules:\n  - {name: a, action: allow}\n")
+    (tmp_path / "b.yml").write_text(
+        "rules:\n  - {name: b, action: deny}\n  - {name: c, action: hold}\n"
+    )
+    proc = run("rules", "check", str(tmp_path))
+    assert (proc.returncode, proc.stdout) == (0, "ok: 3 rules in 2 files\n")
+
+
+@pytest.mark.parametrize("missing", ["nope", "empty"])
+def test_rules_check_missing_or_empty_dir(tmp_path: Path, missing: str) -> None:
+    (tmp_path / "empty").mkdir()
+    proc = run("rules", "check", str(tmp_path / missing))
+    assert proc.returncode == 1
+    assert proc.stdout.startswith(str(tmp_path / missing) + ": ")
