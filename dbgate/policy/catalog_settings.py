@@ -1,0 +1,196 @@
+"""Which server settings (GUCs) matter to the gateway, and for which values.
+
+The same setting can be changed five ways — ``SET``, ``SET LOCAL``, ``set_config()``,
+``ALTER ROLE/DATABASE ... SET`` and ``ALTER SYSTEM`` — so the judgement lives here once
+and every path calls :func:`setting_effects`.
+
+Why each group is what it is:
+
+* ``role`` / ``session_authorization`` change *who* runs the next statement: privilege.
+* ``escape``: settings that make the server read SQL differently from how dbgate
+  parsed it, or switch off protections dbgate relies on:
+  ``standard_conforming_strings = off`` (backslashes in ``'...'`` become escapes, so
+  the proxy's and the server's idea of where a literal ends can differ),
+  ``backslash_quote = on``, a non-UTF8 ``client_encoding`` (multi-byte encodings
+  such as SJIS/GBK/BIG5 hide ``\\`` and ``'`` inside characters, CVE-2006-2313),
+  read-only transaction characteristics turned off, ``row_security = off``,
+  ``session_replication_role`` other than ``origin`` (disables triggers and FKs), and a
+  ``search_path`` that lists a schema *before* ``pg_catalog`` (a user function named
+  like a built-in would then shadow it, and the function catalog would be wrong).
+  A ``search_path`` without ``pg_catalog`` is safe: PostgreSQL searches it first
+  implicitly. ``pg_temp`` is never searched for functions, so it may come first.
+* ``admin``: logging/tracking (hides evidence), library loading, superuser-only settings.
+* dotted custom settings (``app.tenant_id``, ``request.jwt.claims``): ``privilege`` —
+  row-level-security policies commonly key on them, so setting one can change whose
+  rows are visible.
+* every other setting a normal user may set: ``control``. Unknown names: ``opaque``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dbgate.policy.catalog_builtin import SETTING_CONTEXTS
+from dbgate.policy.model import Category
+
+Effect = tuple[Category, str, str]
+
+_TRUE = frozenset({"on", "true", "yes", "1", "t", "tr", "tru", "y", "ye"})
+_FALSE = frozenset({"off", "false", "no", "0", "of", "f", "fa", "fal", "fals", "n"})
+_UTF8 = frozenset({"utf8", "utf-8", "unicode"})
+
+PRIVILEGE_SETTINGS = frozenset({"role", "session_authorization"})
+LIBRARY_SETTINGS = frozenset(
+    {
+        "shared_preload_libraries",
+        "session_preload_libraries",
+        "local_preload_libraries",
+        "dynamic_library_path",
+        "extension_control_path",
+        "output_plugin_libraries",
+    }
+)
+_ADMIN_PREFIXES = ("log_", "debug_", "trace_", "track_", "pgaudit.", "auto_explain.")
+
+#: Settings whose effect depends on the value (so the value must be known).
+VALUE_SENSITIVE = frozenset(
+    {
+        "standard_conforming_strings",
+        "backslash_quote",
+        "client_encoding",
+        "default_transaction_read_only",
+        "transaction_read_only",
+        "row_security",
+        "session_replication_role",
+        "search_path",
+    }
+)
+
+
+def _truthy(v: str) -> bool | None:
+    v = v.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    return None
+
+
+def split_identifier_list(text: str) -> list[str]:
+    """Split a list-valued setting the way PostgreSQL's SplitIdentifierString does.
+
+    Unquoted names are lower-cased, ``"quoted"`` names keep their case and may hold
+    commas. Used for values given as one string (``set_config``, ``ALTER ... SET x = 'a, b'``).
+    """
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        if text[i] == '"':
+            i += 1
+            buf = []
+            while i < n:
+                if text[i] == '"':
+                    if i + 1 < n and text[i + 1] == '"':
+                        buf.append('"')
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                buf.append(text[i])
+                i += 1
+            out.append("".join(buf))
+            while i < n and text[i] != ",":
+                i += 1
+        else:
+            j = text.find(",", i)
+            j = n if j < 0 else j
+            out.append(text[i:j].strip().lower())
+            i = j
+        if i < n and text[i] == ",":
+            i += 1
+    return out
+
+
+def search_path_escapes(schemas: Sequence[str]) -> bool:
+    """True when some schema other than pg_temp is searched before pg_catalog."""
+    try:
+        idx = list(schemas).index("pg_catalog")
+    except ValueError:
+        return False  # pg_catalog is implicitly searched first
+    return any(s not in ("pg_temp", "") for s in schemas[:idx])
+
+
+def setting_effects(
+    name: str, values: Sequence[str] | None, *, as_list: bool = False
+) -> tuple[list[Effect], bool]:
+    """Effects of setting ``name`` to ``values``.
+
+    ``values`` is the list of literal values, ``[]`` for DEFAULT/RESET, or ``None`` when
+    the value is not known (an expression or a Bind parameter not yet seen).
+    ``as_list`` says the single value is a comma-separated list string (set_config).
+    Returns ``(effects, value_needed)``: ``value_needed`` is True when the outcome
+    depends on an unknown value — the caller defers to Bind or fails closed.
+    """
+    name = name.lower()
+    if name in PRIVILEGE_SETTINGS:
+        return [(Category.PRIVILEGE, f"set-{name.replace('_', '-')}", f"changes {name}")], False
+    if name in VALUE_SENSITIVE:
+        if values is None:
+            return [
+                (Category.OPAQUE, "dynamic-setting-value", f"value of {name} is not known")
+            ], True
+        if not values:  # DEFAULT / RESET: back to the configured default
+            return [(Category.CONTROL, "setting", f"resets {name}")], False
+        if _value_escapes(name, values, as_list):
+            return [
+                (
+                    Category.ESCAPE,
+                    f"escape-{name.replace('_', '-')}",
+                    f"{name} = {', '.join(values)} weakens the gateway's view of SQL",
+                )
+            ], False
+        return [(Category.CONTROL, "setting", f"sets {name}")], False
+    if name in LIBRARY_SETTINGS:
+        return [(Category.ADMIN, "library-setting", f"{name} loads server code")], False
+    if name.startswith(_ADMIN_PREFIXES):
+        return [(Category.ADMIN, "logging-setting", f"{name} changes logging/monitoring")], False
+    if "." in name:
+        return [
+            (
+                Category.PRIVILEGE,
+                "custom-setting",
+                f"{name} is a custom setting; row-level security policies may depend on it",
+            )
+        ], False
+    ctx = SETTING_CONTEXTS.get(name)
+    if ctx is None:
+        return [(Category.OPAQUE, "unknown-setting", f"unknown setting {name}")], False
+    if ctx != "user":
+        return [(Category.ADMIN, "server-setting", f"{name} is a {ctx}-level setting")], False
+    return [(Category.CONTROL, "setting", f"sets {name}")], False
+
+
+def _value_escapes(name: str, values: Sequence[str], as_list: bool) -> bool:
+    if name == "search_path":
+        schemas: list[str] = []
+        for v in values:
+            schemas.extend(split_identifier_list(v) if as_list else [v])
+        return search_path_escapes(schemas)
+    v = values[0]
+    if name in ("standard_conforming_strings", "default_transaction_read_only"):
+        return _truthy(v) is not True
+    if name == "transaction_read_only":
+        return _truthy(v) is not True
+    if name == "row_security":
+        return _truthy(v) is not True
+    if name == "backslash_quote":
+        return v.strip().lower() not in ("off", "safe_encoding", "false", "no", "0")
+    if name == "client_encoding":
+        return v.strip().lower().replace("_", "") not in _UTF8
+    if name == "session_replication_role":
+        return v.strip().lower() != "origin"
+    return True  # pragma: no cover - every VALUE_SENSITIVE name is handled above

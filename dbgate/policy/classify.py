@@ -1,0 +1,199 @@
+"""Public classifier API: SQL text in, :class:`~dbgate.policy.model.Classification` out.
+
+This is the proxy's hot path, so the common case is a dictionary lookup:
+
+1. **exact text** — the same query string seen before (drivers re-send identical
+   text with ``$n`` parameters) → one dict lookup;
+2. **normalized text** — ``pglast.parser.normalize`` replaces every literal with
+   ``$n``; statements that differ only in literal values share an entry;
+3. **cold** — ``parse_sql_json`` + a walk over the JSON tree (classify_walk).
+
+Why the second-level key is the normalized *text* and not the 64-bit fingerprint:
+``fingerprint`` is a non-cryptographic hash; trusting "same fingerprint" as "same
+statement" would let an agent that can find a collision inherit a cached ``read``
+for a ``COPY ... TO PROGRAM``. The normalized text compares exactly. The fingerprint
+is still computed on the cold path and reported in ``Classification.fingerprint``.
+
+Literal values *can* matter (``SET standard_conforming_strings = off``,
+``set_config('role', ...)``, ``LIMIT 5`` vs ``LIMIT 5000``): the walker marks a
+statement *literal-sensitive* whenever it reads a literal to decide, and such
+results are cached only under their exact text. Results that depend on session
+state (``EXECUTE`` of a prepared statement) are never cached.
+
+Nothing here raises: a parse error gives ``parse_error`` plus an ``opaque``
+statement; any internal exception gives ``opaque`` with reason ``internal-error``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pglast import parser as _pg
+
+from dbgate.policy.classify_walk import Acc, statement
+from dbgate.policy.model import Category, Classification, Reason, StatementClass
+
+__all__ = ["CACHE_SIZE", "cache_info", "classify", "classify_bind", "clear_cache"]
+
+#: Entries per cache level; on overflow the oldest tenth is dropped.
+CACHE_SIZE = 20_000
+
+_EMPTY: frozenset[str] = frozenset()
+_exact: dict[Any, Classification] = {}
+_normalized: dict[Any, Classification] = {}
+_lock = threading.Lock()
+_stats = {"exact": 0, "normalized": 0, "cold": 0}
+
+
+def clear_cache() -> None:
+    """Forget every cached classification (tests; after the function catalog changes)."""
+    with _lock:
+        _exact.clear()
+        _normalized.clear()
+        for k in _stats:
+            _stats[k] = 0
+
+
+def cache_info() -> dict[str, int]:
+    """Hit counters and sizes, for SHOW-style diagnostics and tests."""
+    return {**_stats, "exact_size": len(_exact), "normalized_size": len(_normalized)}
+
+
+def _store(cache: dict[Any, Classification], key: Any, value: Classification) -> None:
+    if len(cache) >= CACHE_SIZE:
+        with _lock:
+            for k in list(cache)[: CACHE_SIZE // 10]:
+                cache.pop(k, None)
+    cache[key] = value
+
+
+def _opaque(code: str, message: str, command: str = "") -> StatementClass:
+    return StatementClass(
+        categories=frozenset({Category.OPAQUE}),
+        reasons=(Reason(Category.OPAQUE, code, message),),
+        command=command,
+    )
+
+
+def _internal_error(exc: BaseException) -> Classification:
+    return Classification(
+        statements=(_opaque("internal-error", f"classifier error: {type(exc).__name__}: {exc}"),)
+    )
+
+
+def classify(
+    sql: str,
+    params: Sequence[bytes | str | None] | None = None,
+    *,
+    prepared: Mapping[str, str] | None = None,
+    extra_pure_functions: frozenset[str] = _EMPTY,
+) -> Classification:
+    """Classify every statement of ``sql``.
+
+    ``params``: text-format Bind values; when given the result is computed fresh and
+    never cached. ``prepared``: name -> SQL of statements PREPAREd earlier in the
+    session, so ``EXECUTE name`` is classified by its body instead of ``opaque``.
+    ``extra_pure_functions``: user functions the caller has verified harmless (see
+    docs/classifier.md), as ``name`` or ``schema.name`` exactly as called.
+    """
+    try:
+        if params is not None:
+            return _cold(sql, params, prepared, extra_pure_functions)[0]
+        key: Any = (sql, extra_pure_functions) if extra_pure_functions else sql
+        hit = _exact.get(key)
+        if hit is not None:
+            _stats["exact"] += 1
+            return hit
+        try:
+            norm = _pg.normalize(sql)
+        except Exception:
+            norm = None
+        nkey: Any = None
+        if norm is not None:
+            nkey = (norm, extra_pure_functions) if extra_pure_functions else norm
+            hit = _normalized.get(nkey)
+            if hit is not None:
+                _stats["normalized"] += 1
+                _store(_exact, key, hit)
+                return hit
+        _stats["cold"] += 1
+        result, sensitive, cacheable = _cold(sql, None, prepared, extra_pure_functions)
+        if cacheable:
+            _store(_exact, key, result)
+            if not sensitive and nkey is not None:
+                _store(_normalized, nkey, result)
+        return result
+    except Exception as exc:  # never raise, never allow because of a bug
+        return _internal_error(exc)
+
+
+def classify_bind(
+    classification: Classification,
+    sql: str,
+    params: Sequence[bytes | str | None],
+    *,
+    prepared: Mapping[str, str] | None = None,
+    extra_pure_functions: frozenset[str] = _EMPTY,
+) -> Classification:
+    """Re-classify at Bind with the actual text-format parameter values.
+
+    Only statements whose category depends on a ``$n`` value (``set_config($1, $2,
+    false)``, ``LIMIT $1``, ``query_to_xml($1, ...)``) report ``needs_bind``; for
+    everything else the Parse-time classification is returned unchanged. A value
+    that cannot be decoded (binary format) is treated as unknown: fail closed.
+    """
+    if not classification.needs_bind:
+        return classification
+    try:
+        return _cold(sql, params, prepared, extra_pure_functions)[0]
+    except Exception as exc:
+        return _internal_error(exc)
+
+
+def _cold(
+    sql: str,
+    params: Sequence[bytes | str | None] | None,
+    prepared: Mapping[str, str] | None,
+    extra: frozenset[str],
+) -> tuple[Classification, bool, bool]:
+    """Parse and walk. Returns (classification, literal_sensitive, cacheable)."""
+    try:
+        tree = json.loads(_pg.parse_sql_json(sql))
+    except _pg.ParseError as exc:
+        msg = str(exc)
+        return (
+            Classification(
+                statements=(_opaque("parse-error", f"cannot parse: {msg}"),),
+                parse_error=msg,
+            ),
+            False,
+            True,
+        )
+    try:
+        fp = _pg.fingerprint(sql)
+    except Exception:
+        fp = ""
+    stmts: list[StatementClass] = []
+    sensitive = False
+    cacheable = True
+    for raw in tree.get("stmts", ()):
+        acc = Acc(params, prepared, extra)
+        try:
+            statement(raw.get("stmt") or {}, acc)
+            stmts.append(acc.result())
+        except RecursionError:
+            stmts.append(_opaque("internal-error", "statement nested too deeply", acc.command))
+        sensitive |= acc.sensitive
+        cacheable &= not acc.uncacheable
+    if not stmts:
+        stmts.append(
+            StatementClass(
+                categories=frozenset({Category.CONTROL}),
+                reasons=(Reason(Category.CONTROL, "empty-query", "empty query string"),),
+                command="EMPTY",
+            )
+        )
+    return Classification(statements=tuple(stmts), fingerprint=fp), sensitive, cacheable

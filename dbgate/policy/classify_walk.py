@@ -1,0 +1,1301 @@
+"""Walk pglast's JSON parse tree of one statement and collect what it does.
+
+Why JSON dicts and not pglast's Python AST: building the AST costs ~100 µs for a
+small statement; ``parse_sql_json`` + ``json.loads`` costs a few µs. Nodes look like
+``{"SelectStmt": {...fields...}}`` (a one-key dict whose key starts upper-case) when
+the field is a generic ``Node*``, and like a bare ``{...fields...}`` when the field
+has a fixed type (``InsertStmt.relation``). Fields equal to their zero value
+(0, false, "", empty list) are omitted, so every read uses ``.get`` with a default.
+
+The walker is deliberately conservative:
+
+* every statement type and every function it does not know makes the statement
+  ``opaque`` (the rules engine holds opaque statements);
+* a value that decides a category (a LIMIT, a setting, ``set_config``'s name) is read
+  only when it is a literal or a bound parameter — anything computed fails closed;
+* reading such a literal marks the result *literal-sensitive* so the cache never
+  shares it with a statement that differs only in that literal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pglast import parser as _pg
+
+from dbgate.policy import functions as _fn
+from dbgate.policy.catalog_builtin import PG_CATALOG_RELATIONS
+from dbgate.policy.catalog_settings import setting_effects
+from dbgate.policy.model import Category, Reason, StatementClass
+
+READ = Category.READ
+WRITE = Category.WRITE
+DESTRUCTIVE = Category.DESTRUCTIVE
+DDL = Category.DDL
+PRIVILEGE = Category.PRIVILEGE
+EXPORT = Category.EXPORT
+DUMP = Category.DUMP
+ADMIN = Category.ADMIN
+ESCAPE = Category.ESCAPE
+OPAQUE = Category.OPAQUE
+CONTROL = Category.CONTROL
+
+#: A SELECT whose row count is capped at or below this is not a bulk read ("dump").
+DUMP_LIMIT_THRESHOLD = 1000
+
+#: Nesting depth for SQL found inside SQL (query_to_xml('...'), EXECUTE of a
+#: prepared statement). Deeper nesting is opaque rather than a recursion bomb.
+MAX_NESTING = 4
+
+#: Catalog relations whose contents are secrets or data rather than metadata.
+CREDENTIAL_RELATIONS = frozenset(
+    {
+        "pg_authid",
+        "pg_shadow",
+        "pg_user_mapping",
+        "pg_user_mappings",
+        "pg_subscription",
+        "user_mapping_options",
+    }
+)
+SERVER_FILE_RELATIONS = frozenset(
+    {"pg_hba_file_rules", "pg_ident_file_mappings", "pg_file_settings"}
+)
+DATA_CATALOG_RELATIONS = frozenset(
+    {
+        "pg_statistic",
+        "pg_stats",
+        "pg_stats_ext",
+        "pg_stats_ext_exprs",
+        "pg_statistic_ext_data",
+        "pg_largeobject",
+    }
+)
+
+_KNOWN = 0  # value is a literal (or NULL)
+_NEED_BIND = 1  # value is a $n parameter and no parameters were supplied
+_DYNAMIC = 2  # value is computed: unknown until execution
+
+
+class Acc:
+    """Everything learnt about one statement while walking it."""
+
+    __slots__ = (
+        "cats",
+        "columns",
+        "command",
+        "depth",
+        "extra_pure",
+        "functions",
+        "needs_bind",
+        "params",
+        "prepared",
+        "reasons",
+        "seen",
+        "sensitive",
+        "tables",
+        "uncacheable",
+    )
+
+    def __init__(
+        self,
+        params: Sequence[bytes | str | None] | None,
+        prepared: Mapping[str, str] | None,
+        extra_pure: frozenset[str],
+        depth: int = 0,
+    ) -> None:
+        self.cats: set[Category] = set()
+        self.reasons: list[Reason] = []
+        self.seen: set[tuple[Category, str]] = set()
+        self.tables: set[str] = set()
+        self.columns: set[str] = set()
+        self.functions: set[str] = set()
+        self.command = ""
+        self.needs_bind = False
+        self.sensitive = False  # consulted a literal value: cache by exact text only
+        self.uncacheable = False  # consulted session state (prepared statements)
+        self.params = params
+        self.prepared = prepared
+        self.extra_pure = extra_pure
+        self.depth = depth
+
+    def add(self, cat: Category, code: str, message: str) -> None:
+        key = (cat, code)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        self.cats.add(cat)
+        self.reasons.append(Reason(cat, code, message))
+
+    def merge(self, other: StatementClass, only: frozenset[Category] | None = None) -> None:
+        for r in other.reasons:
+            if only is None or r.category in only:
+                self.add(r.category, r.code, r.message)
+        self.tables |= other.tables
+        self.columns |= other.columns
+        self.functions |= other.functions
+
+    def result(self) -> StatementClass:
+        if not self.cats:  # never return an empty classification
+            self.add(OPAQUE, "no-category", "the classifier found nothing to say; failing closed")
+        return StatementClass(
+            categories=frozenset(self.cats),
+            reasons=tuple(self.reasons),
+            tables=frozenset(self.tables),
+            columns=frozenset(self.columns),
+            functions=frozenset(self.functions),
+            command=self.command,
+            needs_bind=self.needs_bind,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------
+
+
+def _strs(items: list[Any] | None) -> list[str]:
+    """Names from a list of ``{"String": {"sval": ...}}`` nodes."""
+    out = []
+    for it in items or ():
+        s = it.get("String")
+        if s is not None:
+            out.append(s.get("sval", ""))
+    return out
+
+
+def _const_text(c: dict[str, Any]) -> str | None:
+    """Text of an A_Const body, None for NULL."""
+    if c.get("isnull"):
+        return None
+    if "sval" in c:
+        return c["sval"].get("sval", "")
+    if "ival" in c:
+        return str(c["ival"].get("ival", 0))
+    if "fval" in c:
+        return c["fval"].get("fval", "0")
+    if "boolval" in c:
+        return "true" if c["boolval"].get("boolval") else "false"
+    if "bsval" in c:
+        return c["bsval"].get("bsval", "")
+    return None
+
+
+def _param_text(acc: Acc, n: int) -> tuple[int, str | None]:
+    if acc.params is None:
+        acc.needs_bind = True
+        return _NEED_BIND, None
+    if not 1 <= n <= len(acc.params):
+        return _DYNAMIC, None
+    v = acc.params[n - 1]
+    if v is None:
+        return _KNOWN, None
+    if isinstance(v, bytes):
+        try:
+            v = v.decode("utf-8")
+        except UnicodeDecodeError:
+            return _DYNAMIC, None
+    return _KNOWN, v
+
+
+def value_of(node: Any, acc: Acc) -> tuple[int, str | None]:
+    """The literal value of an expression node: (_KNOWN, text) / (_NEED_BIND|_DYNAMIC, None)."""
+    if not isinstance(node, dict):
+        return _DYNAMIC, None
+    c = node.get("A_Const")
+    if c is not None:
+        acc.sensitive = True
+        return _KNOWN, _const_text(c)
+    p = node.get("ParamRef")
+    if p is not None:
+        acc.sensitive = True
+        return _param_text(acc, p.get("number", 0))
+    tc = node.get("TypeCast")
+    if tc is not None:
+        return value_of(tc.get("arg"), acc)
+    s = node.get("String")  # DefElem arguments
+    if s is not None:
+        acc.sensitive = True
+        return _KNOWN, s.get("sval", "")
+    i = node.get("Integer")
+    if i is not None:
+        acc.sensitive = True
+        return _KNOWN, str(i.get("ival", 0))
+    b = node.get("Boolean")
+    if b is not None:
+        acc.sensitive = True
+        return _KNOWN, "true" if b.get("boolval") else "false"
+    return _DYNAMIC, None
+
+
+def _relname(rv: dict[str, Any]) -> tuple[str | None, str]:
+    return rv.get("schemaname"), rv.get("relname", "")
+
+
+def _table_key(schema: str | None, name: str) -> str:
+    return f"{schema}.{name}" if schema else name
+
+
+def _is_catalog(schema: str | None, name: str) -> bool:
+    if schema is None:
+        return name in PG_CATALOG_RELATIONS
+    if schema == "pg_catalog":
+        return True
+    return schema == "information_schema"
+
+
+def _catalog_read(schema: str | None, name: str, acc: Acc) -> None:
+    if name in CREDENTIAL_RELATIONS:
+        acc.add(ADMIN, "credential-catalog", f"reads credentials or connection secrets ({name})")
+    elif name in SERVER_FILE_RELATIONS:
+        acc.add(ADMIN, "server-file-read", f"reads server configuration files ({name})")
+    elif name in DATA_CATALOG_RELATIONS:
+        acc.add(DUMP, "data-catalog", f"{name} holds table data or samples of column values")
+
+
+def _has_column(v: Any) -> bool:
+    """Whether an expression references a column (outside nested sub-selects)."""
+    if isinstance(v, list):
+        return any(_has_column(x) for x in v)
+    if not isinstance(v, dict):
+        return False
+    for k, x in v.items():
+        if k == "ColumnRef" or k == "CurrentOfExpr":
+            return True
+        if k == "SubLink":
+            return _has_column(x.get("testexpr"))
+        if k == "SelectStmt":
+            continue
+        if isinstance(x, dict | list) and _has_column(x):
+            return True
+    return False
+
+
+def restricts(where: Any) -> bool:
+    """Best effort: does this WHERE clause narrow the rows (vs ``true``, ``1=1``...)?
+
+    AND restricts when any arm does, OR only when every arm does. A comparison that
+    mentions a column counts as restricting (``id > 0`` is accepted: documented).
+    """
+    if where is None:
+        return False
+    b = where.get("BoolExpr") if isinstance(where, dict) else None
+    if b is not None:
+        args = b.get("args", [])
+        op = b.get("boolop")
+        if op == "AND_EXPR":
+            return any(restricts(a) for a in args)
+        if op == "OR_EXPR":
+            return bool(args) and all(restricts(a) for a in args)
+        return restricts(args[0]) if args else False
+    return _has_column(where)
+
+
+def _agg_kind(v: Any) -> int:
+    """0: no aggregate; 1: only reducing aggregates; 2: a collecting aggregate (array_agg...)."""
+    kind = 0
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, list):
+            stack.extend(x)
+            continue
+        if not isinstance(x, dict):
+            continue
+        for k, y in x.items():
+            if k == "SubLink" or k == "SelectStmt":
+                continue
+            if k == "FuncCall":
+                names = _strs(y.get("funcname"))
+                name = names[-1] if names else ""
+                schema = names[-2] if len(names) > 1 else None
+                if "over" not in y and schema in (None, "pg_catalog"):
+                    if name in _fn.COLLECTING_AGGREGATES:
+                        return 2
+                    if name in _fn.REDUCING_AGGREGATES:
+                        kind = 1
+            elif k in ("JsonArrayAgg", "JsonObjectAgg"):
+                return 2
+            if isinstance(y, dict | list):
+                stack.append(y)
+    return kind
+
+
+# --------------------------------------------------------------------------------------
+# expressions
+# --------------------------------------------------------------------------------------
+
+
+def walk(v: Any, acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
+    """Walk any subtree. ``out``: values here flow into the statement's result."""
+    if isinstance(v, list):
+        for x in v:
+            walk(x, acc, out, ctes)
+        return
+    if not isinstance(v, dict):
+        return
+    for k, x in v.items():
+        if k[0].isupper():
+            h = _EXPR.get(k)
+            if h is not None:
+                h(x, acc, out, ctes)
+                continue
+            if k in _QUERY_NODES:
+                query(k, x, acc, out, ctes)
+                continue
+            if k.endswith("Stmt"):
+                stmt_body(k, x, acc)
+                continue
+        if isinstance(x, dict | list):
+            walk(x, acc, out, ctes)
+
+
+def _column_ref(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
+    parts = []
+    for f in x.get("fields", ()):
+        s = f.get("String")
+        parts.append(s.get("sval", "") if s is not None else "*")
+    if parts:
+        acc.columns.add(".".join(parts))
+
+
+def _sublink(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
+    walk(x.get("testexpr"), acc, False, ctes)
+    kind = x.get("subLinkType", "")
+    carries = out and kind in ("EXPR_SUBLINK", "ARRAY_SUBLINK", "MULTIEXPR_SUBLINK", "CTE_SUBLINK")
+    sub = x.get("subselect")
+    if isinstance(sub, dict):
+        for k, body in sub.items():
+            query(k, body, acc, carries, ctes)
+
+
+def _a_expr(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
+    names = _strs(x.get("name"))
+    if len(names) > 1 and names[-2] != "pg_catalog":
+        acc.add(OPAQUE, "unknown-operator", f"operator {'.'.join(names)} is not a built-in")
+    walk(x.get("lexpr"), acc, out, ctes)
+    walk(x.get("rexpr"), acc, out, ctes)
+
+
+def _range_var_expr(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
+    from_range_var(x, acc, ctes)
+
+
+def _func_call(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
+    names = _strs(x.get("funcname"))
+    func_names(names, x, acc, out, ctes)
+    walk(x.get("args"), acc, out, ctes)
+    for f in ("agg_order", "agg_filter", "over"):
+        if f in x:
+            walk(x[f], acc, False, ctes)
+
+
+def func_names(
+    names: list[str], x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]
+) -> None:
+    """Look a called function up in the catalog and add its categories."""
+    if not names:
+        acc.add(OPAQUE, "unknown-function", "call of an unnamed function")
+        return
+    name = names[-1]
+    schema = names[-2] if len(names) > 1 else None
+    qual = ".".join(names)
+    acc.functions.add(qual)
+    eff = _fn.EFFECTS.get(name)
+    if eff is not None:
+        for c in eff.categories:
+            acc.add(c, eff.code, f"{qual}: {eff.message}")
+    builtin = schema is None or schema == "pg_catalog"
+    if builtin and name in _fn.SPECIAL:
+        _special(name, qual, x, acc)
+        return
+    if eff is not None and builtin:
+        return
+    if _fn.is_pure(name, schema):
+        return
+    if acc.extra_pure and (qual in acc.extra_pure or (schema is None and name in acc.extra_pure)):
+        return
+    acc.add(OPAQUE, "unknown-function", f"{qual} is not a known function; its effect is unknown")
+
+
+def _special(name: str, qual: str, x: dict[str, Any], acc: Acc) -> None:
+    args = x.get("args") or []
+    if name == "set_config":
+        _set_config(qual, args, acc)
+    elif name == "pg_notify":
+        payload = args[1] if len(args) > 1 else None
+        if payload is None or "A_Const" in payload or "ParamRef" in payload:
+            acc.add(WRITE, "notify", f"{qual} sends a notification to other sessions")
+        else:
+            acc.add(EXPORT, "notify-carries-data", f"{qual} sends computed data to other sessions")
+    else:  # query_to_xml & co: execute a SQL string
+        idx = _fn.SQL_STRING_FUNCTIONS[name]
+        if name.startswith("query_to"):
+            acc.add(DUMP, "xml-query-export", f"{qual} serialises a query result")
+        state, text = value_of(args[idx], acc) if len(args) > idx else (_DYNAMIC, None)
+        if state == _KNOWN and text is not None:
+            nested_sql(text, acc, f"SQL executed by {qual}")
+        elif state == _NEED_BIND:
+            acc.add(OPAQUE, "needs-bind", f"{qual} executes SQL given at Bind")
+        else:
+            acc.add(OPAQUE, "dynamic-sql", f"{qual} executes SQL computed at run time")
+
+
+def _set_config(qual: str, args: list[Any], acc: Acc) -> None:
+    if not args:
+        acc.add(OPAQUE, "dynamic-setting", f"{qual} without a setting name")
+        return
+    state, name = value_of(args[0], acc)
+    if state != _KNOWN or name is None:
+        if state == _NEED_BIND:
+            acc.add(OPAQUE, "needs-bind", f"{qual}: the setting name is a Bind parameter")
+        else:
+            acc.add(OPAQUE, "dynamic-setting", f"{qual}: the setting name is computed")
+        return
+    vstate, value = value_of(args[1], acc) if len(args) > 1 else (_KNOWN, None)
+    values = None if vstate != _KNOWN else ([] if value is None else [value])
+    effects, needed = setting_effects(name.strip(), values, as_list=True)
+    for cat, code, msg in effects:
+        if needed and vstate == _NEED_BIND:
+            acc.add(OPAQUE, "needs-bind", f"{qual}: value of {name} is a Bind parameter")
+        else:
+            acc.add(cat, code, msg)
+
+
+def _json_agg(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
+    walk(x, acc, out, ctes)
+
+
+def _range_function(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
+    walk(x.get("functions"), acc, out, ctes)
+
+
+_EXPR: dict[str, Callable[[dict[str, Any], Acc, bool, dict[str, bool]], None]] = {
+    "ColumnRef": _column_ref,
+    "SubLink": _sublink,
+    "FuncCall": _func_call,
+    "A_Expr": _a_expr,
+    "RangeVar": _range_var_expr,
+    "RangeFunction": _range_function,
+}
+
+
+# --------------------------------------------------------------------------------------
+# queries: SELECT and DML (may nest in CTEs, sub-selects, EXPLAIN, COPY, CTAS ...)
+# --------------------------------------------------------------------------------------
+
+
+def query(k: str, body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
+    """Walk a query node; True when its result may hold all rows of some table."""
+    if k == "SelectStmt":
+        return select(body, acc, out, ctes, True)
+    h = _DML.get(k)
+    if h is not None:
+        return h(body, acc, out, ctes)
+    stmt_body(k, body, acc)
+    return False
+
+
+def with_clause(w: dict[str, Any] | None, acc: Acc, ctes: dict[str, bool]) -> dict[str, bool]:
+    if not w:
+        return ctes
+    scope = dict(ctes)
+    recursive = w.get("recursive", False)
+    for c in w.get("ctes", ()):
+        cte = c.get("CommonTableExpr")
+        if cte is None:
+            continue
+        name = cte.get("ctename", "")
+        if recursive:
+            scope[name] = False  # self-reference inside the recursive term
+        q = cte.get("ctequery") or {}
+        unbounded = False
+        for k, body in q.items():
+            if k == "SelectStmt":
+                unbounded = select(body, acc, True, scope, False)
+            else:
+                unbounded = query(k, body, acc, True, scope)
+        scope[name] = unbounded
+    return scope
+
+
+def from_range_var(rv: dict[str, Any], acc: Acc, ctes: dict[str, bool]) -> bool:
+    schema, name = _relname(rv)
+    if schema is None and name in ctes:
+        return ctes[name]
+    acc.tables.add(_table_key(schema, name))
+    if _is_catalog(schema, name):
+        _catalog_read(schema, name, acc)
+        return False
+    return True
+
+
+def from_item(item: Any, acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
+    """Walk one FROM/USING item; True when it contributes unbounded rows."""
+    if not isinstance(item, dict):
+        return False
+    for k, x in item.items():
+        if k == "RangeVar":
+            return from_range_var(x, acc, ctes)
+        if k == "RangeSubselect":
+            sub = x.get("subquery") or {}
+            res = False
+            for sk, sb in sub.items():
+                res = select(sb, acc, out, ctes, False) if sk == "SelectStmt" else False
+            return res
+        if k == "JoinExpr":
+            left = from_item(x.get("larg"), acc, out, ctes)
+            right = from_item(x.get("rarg"), acc, out, ctes)
+            walk(x.get("quals"), acc, False, ctes)
+            return left or right
+        if k == "RangeTableSample":
+            res = from_item(x.get("relation"), acc, out, ctes)
+            walk(x.get("method"), acc, False, ctes)
+            walk(x.get("args"), acc, False, ctes)
+            walk(x.get("repeatable"), acc, False, ctes)
+            return res
+        walk(item, acc, out, ctes)
+    return False
+
+
+def _small_limit(s: dict[str, Any], acc: Acc) -> bool:
+    """True when the statement's LIMIT/FETCH caps it at DUMP_LIMIT_THRESHOLD rows or fewer."""
+    lc = s.get("limitCount")
+    if lc is None or s.get("limitOption") == "LIMIT_OPTION_WITH_TIES":
+        return False
+    state, text = value_of(lc, acc)
+    if state != _KNOWN or text is None:
+        return False
+    try:
+        return int(float(text.strip())) <= DUMP_LIMIT_THRESHOLD
+    except ValueError:
+        return False
+
+
+def select(s: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool], decide: bool) -> bool:
+    """Walk a SelectStmt. Returns True when its rows may be a whole table's rows.
+
+    ``decide``: add ``dump`` here (top-level, sub-link) or leave it to the caller
+    (set-operation arms, FROM sub-selects, CTEs), whose LIMIT may still bound it.
+    """
+    acc.add(READ, "select", "reads data")
+    ctes = with_clause(s.get("withClause"), acc, ctes)
+    op = s.get("op", "SETOP_NONE")
+    if op != "SETOP_NONE":
+        left = select(s.get("larg") or {}, acc, out, ctes, False)
+        right = select(s.get("rarg") or {}, acc, out, ctes, False)
+        unbounded = left or right
+    elif "valuesLists" in s:
+        walk(s["valuesLists"], acc, out, ctes)
+        unbounded = False
+    else:
+        src = False
+        for item in s.get("fromClause", ()):
+            src = from_item(item, acc, out, ctes) or src
+        where = s.get("whereClause")
+        if where is not None:
+            walk(where, acc, False, ctes)
+        tl = s.get("targetList")
+        walk(tl, acc, out, ctes)
+        for f in ("groupClause", "havingClause", "windowClause", "distinctClause"):
+            if f in s:
+                walk(s[f], acc, False, ctes)
+        unbounded = src and not restricts(where)
+        if unbounded and _agg_kind(tl) == 1:
+            unbounded = False  # count(*), sum(...): rows are reduced, not returned
+    for f in ("sortClause", "limitOffset", "limitCount", "lockingClause"):
+        if f in s:
+            walk(s[f], acc, False, ctes)
+    if unbounded and _small_limit(s, acc):
+        unbounded = False
+    into = s.get("intoClause")
+    if into is not None:
+        rel = into.get("rel") or {}
+        acc.tables.add(_table_key(*_relname(rel)))
+        acc.add(DDL, "select-into", "SELECT INTO creates a table")
+        acc.add(WRITE, "select-into", "SELECT INTO writes rows into a new table")
+        if unbounded:
+            acc.add(DUMP, "copy-table-into-table", "copies whole tables into a new table")
+    if unbounded and decide and out:
+        acc.add(
+            DUMP, "unbounded-select", "returns whole tables (no restricting WHERE or small LIMIT)"
+        )
+    return unbounded
+
+
+def _target_write(rv: dict[str, Any], acc: Acc) -> None:
+    schema, name = _relname(rv)
+    acc.tables.add(_table_key(schema, name))
+    if _is_catalog(schema, name):
+        acc.add(ADMIN, "catalog-write", f"writes to the system catalog {name}")
+
+
+def _returning(body: dict[str, Any], acc: Acc, ctes: dict[str, bool]) -> bool:
+    rc = body.get("returningClause")
+    exprs = rc.get("exprs") if isinstance(rc, dict) else body.get("returningList")
+    if exprs:
+        walk(exprs, acc, True, ctes)
+        return True
+    return False
+
+
+def insert(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
+    ctes = with_clause(body.get("withClause"), acc, ctes)
+    _target_write(body.get("relation") or {}, acc)
+    acc.add(WRITE, "insert", "inserts rows")
+    src = body.get("selectStmt") or {}
+    unbounded = False
+    for k, s in src.items():
+        if k == "SelectStmt" and "valuesLists" in s and s.get("op", "SETOP_NONE") == "SETOP_NONE":
+            walk(s["valuesLists"], acc, True, ctes)
+        else:
+            unbounded = query(k, s, acc, True, ctes)
+            if unbounded:
+                acc.add(DUMP, "insert-select-table", "copies whole tables into another table")
+    walk(body.get("onConflictClause"), acc, True, ctes)
+    _returning(body, acc, ctes)
+    return unbounded and ("returningClause" in body or "returningList" in body)
+
+
+def update(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
+    ctes = with_clause(body.get("withClause"), acc, ctes)
+    _target_write(body.get("relation") or {}, acc)
+    walk(body.get("targetList"), acc, True, ctes)
+    for item in body.get("fromClause", ()):
+        from_item(item, acc, False, ctes)
+    where = body.get("whereClause")
+    walk(where, acc, False, ctes)
+    bounded = restricts(where)
+    if bounded:
+        acc.add(WRITE, "update", "updates rows")
+    else:
+        acc.add(DESTRUCTIVE, "update-without-where", "UPDATE without a restricting WHERE")
+    returns = _returning(body, acc, ctes)
+    if returns and not bounded:
+        acc.add(DUMP, "returning-all-rows", "RETURNING from an unrestricted UPDATE")
+    return returns and not bounded
+
+
+def delete(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
+    ctes = with_clause(body.get("withClause"), acc, ctes)
+    _target_write(body.get("relation") or {}, acc)
+    for item in body.get("usingClause", ()):
+        from_item(item, acc, False, ctes)
+    where = body.get("whereClause")
+    walk(where, acc, False, ctes)
+    bounded = restricts(where)
+    if bounded:
+        acc.add(WRITE, "delete", "deletes rows")
+    else:
+        acc.add(DESTRUCTIVE, "delete-without-where", "DELETE without a restricting WHERE")
+    returns = _returning(body, acc, ctes)
+    if returns and not bounded:
+        acc.add(DUMP, "returning-all-rows", "RETURNING from an unrestricted DELETE")
+    return returns and not bounded
+
+
+def merge(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
+    ctes = with_clause(body.get("withClause"), acc, ctes)
+    _target_write(body.get("relation") or {}, acc)
+    src = from_item(body.get("sourceRelation"), acc, True, ctes)
+    cond = body.get("joinCondition")
+    walk(cond, acc, False, ctes)
+    destructive = not _has_column(cond)
+    inserts = False
+    for w in body.get("mergeWhenClauses", ()):
+        mw = w.get("MergeWhenClause") or {}
+        ct = mw.get("commandType")
+        if ct == "CMD_DELETE":
+            destructive = True
+        elif ct == "CMD_INSERT":
+            inserts = True
+        walk(mw.get("condition"), acc, False, ctes)
+        walk(mw.get("targetList"), acc, True, ctes)
+        walk(mw.get("values"), acc, True, ctes)
+    if destructive:
+        acc.add(DESTRUCTIVE, "merge-delete", "MERGE that deletes rows or joins on no condition")
+    else:
+        acc.add(WRITE, "merge", "merges rows")
+    if src and inserts:
+        acc.add(DUMP, "merge-insert-table", "MERGE inserting from a whole table")
+    _returning(body, acc, ctes)
+    return False
+
+
+_DML: dict[str, Callable[[dict[str, Any], Acc, bool, dict[str, bool]], bool]] = {
+    "InsertStmt": insert,
+    "UpdateStmt": update,
+    "DeleteStmt": delete,
+    "MergeStmt": merge,
+}
+_QUERY_NODES = frozenset({"SelectStmt", *_DML})
+
+
+# --------------------------------------------------------------------------------------
+# nested SQL (query_to_xml('...'), EXECUTE of a PREPAREd statement)
+# --------------------------------------------------------------------------------------
+
+
+def nested_sql(
+    text: str, acc: Acc, why: str, params: Sequence[bytes | str | None] | None = None
+) -> None:
+    """Classify SQL text found inside a statement and merge its categories."""
+    if acc.depth >= MAX_NESTING:
+        acc.add(OPAQUE, "nesting-too-deep", f"{why}: SQL nested too deeply")
+        return
+    try:
+        tree = json.loads(_pg.parse_sql_json(text))
+    except Exception as exc:  # parse errors of the nested text: fail closed
+        acc.add(OPAQUE, "nested-parse-error", f"{why}: {exc}")
+        return
+    for raw in tree.get("stmts", ()):
+        sub = Acc(params, acc.prepared, acc.extra_pure, acc.depth + 1)
+        statement(raw.get("stmt") or {}, sub)
+        acc.merge(sub.result())
+        acc.uncacheable |= sub.uncacheable
+        acc.sensitive |= sub.sensitive
+        if sub.needs_bind:  # nested SQL never receives Bind values of its own
+            acc.add(OPAQUE, "dynamic-sql", f"{why}: depends on parameter values not known")
+
+
+# --------------------------------------------------------------------------------------
+# statements
+# --------------------------------------------------------------------------------------
+
+COMMANDS = {
+    "SelectStmt": "SELECT",
+    "InsertStmt": "INSERT",
+    "UpdateStmt": "UPDATE",
+    "DeleteStmt": "DELETE",
+    "MergeStmt": "MERGE",
+    "CopyStmt": "COPY",
+    "ExplainStmt": "EXPLAIN",
+    "TransactionStmt": "TRANSACTION",
+    "VariableSetStmt": "SET",
+    "VariableShowStmt": "SHOW",
+    "DoStmt": "DO",
+    "CallStmt": "CALL",
+    "PrepareStmt": "PREPARE",
+    "ExecuteStmt": "EXECUTE",
+    "DeallocateStmt": "DEALLOCATE",
+    "DeclareCursorStmt": "DECLARE CURSOR",
+    "FetchStmt": "FETCH",
+    "ClosePortalStmt": "CLOSE",
+    "TruncateStmt": "TRUNCATE",
+    "DropStmt": "DROP",
+    "GrantStmt": "GRANT",
+    "CreateStmt": "CREATE TABLE",
+    "CreateTableAsStmt": "CREATE TABLE AS",
+    "AlterTableStmt": "ALTER TABLE",
+}
+
+
+def statement(node: dict[str, Any], acc: Acc) -> None:
+    """Classify one top-level statement node ``{"XxxStmt": body}``."""
+    for k, body in node.items():
+        acc.command = COMMANDS.get(k) or k.removesuffix("Stmt")
+        stmt_body(k, body, acc)
+
+
+def stmt_body(k: str, body: dict[str, Any], acc: Acc) -> None:
+    if k in _QUERY_NODES:
+        query(k, body, acc, True, {})
+        return
+    h = _STMT.get(k)
+    if h is not None:
+        h(body, acc)
+        return
+    static = _STATIC.get(k)
+    if static is not None:
+        for cat, code, msg in static:
+            acc.add(cat, code, msg)
+        definition(body, acc)
+        return
+    acc.add(OPAQUE, "unknown-statement", f"{k} is not analysed by the classifier")
+
+
+_DEFINITION_KEEP = frozenset({ADMIN, EXPORT, PRIVILEGE, ESCAPE})
+
+
+def definition(body: Any, acc: Acc) -> None:
+    """Walk the expressions of a DDL statement (defaults, view queries, rule actions).
+
+    They do not run now, so reads/dumps/unknown functions are not charged to the
+    statement; functions with known dangerous effects are (a view calling
+    ``pg_read_file`` is an admin action waiting to happen).
+    """
+    sub = Acc(acc.params, acc.prepared, acc.extra_pure, acc.depth)
+    walk(body, sub, False, {})
+    for r in sub.reasons:
+        if r.category in _DEFINITION_KEEP:
+            acc.add(r.category, r.code, r.message)
+    acc.tables |= sub.tables
+    acc.functions |= sub.functions
+    acc.sensitive |= sub.sensitive
+
+
+def _var_values(body: dict[str, Any], acc: Acc) -> list[str] | None:
+    vals: list[str] = []
+    for a in body.get("args", ()):
+        state, text = value_of(a, acc)
+        if state != _KNOWN:
+            return None
+        vals.append("" if text is None else text)
+    return vals
+
+
+def variable_set(body: dict[str, Any], acc: Acc, *, as_list: bool = False) -> None:
+    """SET / RESET / SET TRANSACTION ... (also the body of ALTER ROLE/DATABASE/SYSTEM SET)."""
+    kind = body.get("kind", "VAR_SET_VALUE")
+    name = body.get("name", "")
+    if kind == "VAR_RESET_ALL":
+        acc.add(CONTROL, "reset-all", "RESET ALL (role and session authorization are not reset)")
+        return
+    if kind == "VAR_SET_MULTI":  # SET TRANSACTION / SESSION CHARACTERISTICS
+        transaction_options(body.get("args"), acc)
+        return
+    if kind in ("VAR_SET_DEFAULT", "VAR_RESET"):
+        values: list[str] | None = []
+    elif kind == "VAR_SET_CURRENT":
+        values = None
+    else:
+        values = _var_values(body, acc)
+    effects, _ = setting_effects(name, values, as_list=as_list)
+    for cat, code, msg in effects:
+        acc.add(cat, code, msg)
+
+
+def transaction_options(opts: list[Any] | None, acc: Acc) -> None:
+    acc.add(CONTROL, "transaction", "transaction control")
+    for o in opts or ():
+        d = o.get("DefElem") or {}
+        if d.get("defname") == "transaction_read_only":
+            state, text = value_of(d.get("arg"), acc)
+            if state == _KNOWN and text not in ("0", "false"):
+                continue
+            acc.add(
+                ESCAPE,
+                "read-write-transaction",
+                "READ WRITE turns off a read-only transaction default",
+            )
+
+
+def _transaction(body: dict[str, Any], acc: Acc) -> None:
+    transaction_options(body.get("options"), acc)
+
+
+def _explain(body: dict[str, Any], acc: Acc) -> None:
+    analyze = False
+    for o in body.get("options", ()):
+        d = o.get("DefElem") or {}
+        if d.get("defname") == "analyze":
+            if "arg" not in d:
+                analyze = True
+            else:
+                state, text = value_of(d["arg"], acc)
+                analyze = not (
+                    state == _KNOWN and (text or "").strip().lower() in ("off", "false", "0", "no")
+                )
+    q = body.get("query") or {}
+    if analyze:
+        for k, b in q.items():
+            stmt_body(k, b, acc)
+        return
+    acc.add(READ, "explain", "EXPLAIN only plans the statement")
+    sub = Acc(acc.params, acc.prepared, acc.extra_pure, acc.depth)
+    for k, b in q.items():
+        stmt_body(k, b, sub)
+    # planning can evaluate IMMUTABLE functions: unknown ones stay opaque
+    acc.merge(sub.result(), only=frozenset({OPAQUE}))
+    acc.sensitive |= sub.sensitive
+    acc.uncacheable |= sub.uncacheable
+
+
+def _copy(body: dict[str, Any], acc: Acc) -> None:
+    rel = body.get("relation")
+    is_from = body.get("is_from", False)
+    if body.get("is_program"):
+        acc.add(ADMIN, "copy-program", "COPY runs a program on the database server")
+    elif body.get("filename"):
+        acc.add(ADMIN, "copy-server-file", "COPY reads or writes a file on the database server")
+    if is_from:
+        if rel:
+            _target_write(rel, acc)
+        acc.add(WRITE, "copy-from", "COPY FROM loads rows")
+        walk(body.get("whereClause"), acc, False, {})
+        return
+    acc.add(EXPORT, "copy-to", "COPY TO sends data out in bulk")
+    acc.add(DUMP, "copy-to", "COPY TO reads in bulk")
+    if rel:
+        schema, name = _relname(rel)
+        acc.tables.add(_table_key(schema, name))
+        acc.add(READ, "select", "reads data")
+        if _is_catalog(schema, name):
+            _catalog_read(schema, name, acc)
+    for a in body.get("attlist", ()):
+        s = a.get("String")
+        if s is not None:
+            acc.columns.add(s.get("sval", ""))
+    q = body.get("query") or {}
+    for k, b in q.items():
+        query(k, b, acc, True, {})
+
+
+def _prepare(body: dict[str, Any], acc: Acc) -> None:
+    acc.add(CONTROL, "prepare", "PREPARE stores a statement; it is classified by its body")
+    q = body.get("query") or {}
+    sub = Acc(None, acc.prepared, acc.extra_pure, acc.depth)
+    for k, b in q.items():
+        stmt_body(k, b, sub)
+    acc.merge(sub.result())
+    acc.sensitive |= sub.sensitive
+
+
+def _execute(body: dict[str, Any], acc: Acc) -> None:
+    name = body.get("name", "")
+    acc.uncacheable = True  # depends on session state, never cache
+    text = acc.prepared.get(name) if acc.prepared else None
+    if text is None:
+        acc.add(OPAQUE, "unknown-prepared", f"EXECUTE {name}: the prepared statement is unknown")
+        return
+    params: list[bytes | str | None] | None = []
+    for p in body.get("params", ()):
+        state, v = value_of(p, acc)
+        if state != _KNOWN or params is None:
+            params = None  # some argument is computed or a Bind parameter not yet seen
+            continue
+        params.append(v)
+    nested_sql(text, acc, f"EXECUTE {name}", params)
+
+
+def _declare(body: dict[str, Any], acc: Acc) -> None:
+    q = body.get("query") or {}
+    unbounded = False
+    for k, b in q.items():
+        unbounded = query(k, b, acc, True, {})
+    if unbounded and body.get("options", 0) & 0x20:
+        acc.add(DUMP, "held-cursor", "WITH HOLD cursor over whole tables")
+
+
+def _fetch(body: dict[str, Any], acc: Acc) -> None:
+    if body.get("ismove"):
+        acc.add(CONTROL, "move", "MOVE repositions a cursor")
+    else:
+        acc.add(READ, "fetch", "FETCH reads from a cursor classified at DECLARE")
+
+
+def _call(body: dict[str, Any], acc: Acc) -> None:
+    fc = body.get("funccall") or {}
+    names = _strs(fc.get("funcname"))
+    acc.functions.add(".".join(names))
+    acc.add(OPAQUE, "call-procedure", f"CALL {'.'.join(names)}: procedure effects are unknown")
+    walk(fc.get("args"), acc, True, {})
+
+
+def _do(body: dict[str, Any], acc: Acc) -> None:
+    acc.add(OPAQUE, "do-block", "DO runs an anonymous code block")
+
+
+def _notify(body: dict[str, Any], acc: Acc) -> None:
+    acc.add(WRITE, "notify", "NOTIFY sends a message to listening sessions")
+
+
+def _truncate(body: dict[str, Any], acc: Acc) -> None:
+    for r in body.get("relations", ()):
+        rv = r.get("RangeVar")
+        if rv:
+            _target_write(rv, acc)
+    acc.add(DESTRUCTIVE, "truncate", "TRUNCATE removes all rows")
+
+
+_DROP_EXTRA = {
+    "OBJECT_EXTENSION": (ADMIN, "extension", "drops an extension"),
+    "OBJECT_POLICY": (PRIVILEGE, "policy", "drops a row-level security policy"),
+    "OBJECT_PUBLICATION": (ADMIN, "replication-object", "drops a publication"),
+    "OBJECT_EVENT_TRIGGER": (ADMIN, "event-trigger", "drops an event trigger"),
+    "OBJECT_FOREIGN_SERVER": (EXPORT, "foreign-data", "drops a foreign server"),
+    "OBJECT_FDW": (EXPORT, "foreign-data", "drops a foreign-data wrapper"),
+    "OBJECT_LANGUAGE": (ADMIN, "language", "drops a procedural language"),
+    "OBJECT_ACCESS_METHOD": (ADMIN, "access-method", "drops an access method"),
+    "OBJECT_TRANSFORM": (ADMIN, "transform", "drops a transform"),
+}
+
+
+def _drop(body: dict[str, Any], acc: Acc) -> None:
+    rt = body.get("removeType", "")
+    acc.add(DDL, "drop", "DROP changes the schema")
+    acc.add(DESTRUCTIVE, "drop", f"DROP {rt.removeprefix('OBJECT_').lower()} removes objects")
+    extra = _DROP_EXTRA.get(rt)
+    if extra is not None:
+        acc.add(*extra)
+    if rt in ("OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE"):
+        for o in body.get("objects", ()):
+            lst = o.get("List")
+            if lst:
+                acc.tables.add(".".join(_strs(lst.get("items"))))
+
+
+def _alter_table(body: dict[str, Any], acc: Acc) -> None:
+    acc.add(DDL, "alter", "ALTER changes the schema")
+    rel = body.get("relation") or {}
+    acc.tables.add(_table_key(*_relname(rel)))
+    for c in body.get("cmds", ()):
+        cmd = c.get("AlterTableCmd") or {}
+        st = cmd.get("subtype", "")
+        if st == "AT_DropColumn":
+            acc.add(DESTRUCTIVE, "drop-column", "ALTER TABLE ... DROP COLUMN removes data")
+        elif st == "AT_ChangeOwner":
+            acc.add(PRIVILEGE, "owner-to", "ALTER ... OWNER TO changes ownership")
+        elif st in ("AT_DisableRowSecurity", "AT_NoForceRowSecurity"):
+            acc.add(PRIVILEGE, "row-security-off", "turns row-level security off")
+        elif st in ("AT_DisableTrig", "AT_DisableTrigAll", "AT_DisableTrigUser", "AT_DisableRule"):
+            acc.add(PRIVILEGE, "disable-trigger", "disables triggers or rules (audit, integrity)")
+        definition(cmd.get("def"), acc)
+
+
+def _create_table_as(body: dict[str, Any], acc: Acc) -> None:
+    into = body.get("into") or {}
+    rel = into.get("rel") or {}
+    acc.tables.add(_table_key(*_relname(rel)))
+    if body.get("objtype") == "OBJECT_MATVIEW" and into.get("skipData"):
+        acc.add(DDL, "create", "creates a materialized view (WITH NO DATA)")
+        definition(body.get("query"), acc)
+        return
+    acc.add(DDL, "create-table-as", "CREATE TABLE AS creates a table")
+    acc.add(WRITE, "create-table-as", "CREATE TABLE AS writes rows")
+    q = body.get("query") or {}
+    for k, b in q.items():
+        if k == "SelectStmt":
+            if select(b, acc, True, {}, False):
+                acc.add(DUMP, "copy-table-into-table", "copies whole tables into a new table")
+        else:
+            stmt_body(k, b, acc)
+
+
+def _create_function(body: dict[str, Any], acc: Acc) -> None:
+    acc.add(DDL, "create-function", "creates a function or procedure")
+    acc.add(OPAQUE, "function-body", "function bodies are not analysed")
+    _function_options(body.get("options"), acc)
+    names = _strs(body.get("funcname"))
+    acc.functions.add(".".join(names))
+
+
+_UNTRUSTED = frozenset({"c", "internal", "plpython3u", "plpythonu", "plperlu", "pltclu", "plsh"})
+
+
+def _function_options(opts: list[Any] | None, acc: Acc) -> None:
+    for o in opts or ():
+        d = o.get("DefElem") or {}
+        name = d.get("defname")
+        if name == "security":
+            state, text = value_of(d.get("arg"), acc)
+            if state != _KNOWN or text not in ("false", "0"):
+                acc.add(PRIVILEGE, "security-definer", "SECURITY DEFINER runs as the owner")
+        elif name == "language":
+            state, text = value_of(d.get("arg"), acc)
+            if state == _KNOWN and (text or "").lower() in _UNTRUSTED:
+                acc.add(ADMIN, "untrusted-language", f"function in untrusted language {text}")
+        elif name == "set":
+            vs = (d.get("arg") or {}).get("VariableSetStmt")
+            if vs and vs.get("name") in ("role", "session_authorization"):
+                variable_set(vs, acc)
+
+
+def _alter_function(body: dict[str, Any], acc: Acc) -> None:
+    acc.add(DDL, "alter-function", "alters a function")
+    _function_options(body.get("actions"), acc)
+
+
+def _alter_role_set(body: dict[str, Any], acc: Acc) -> None:
+    acc.add(PRIVILEGE, "alter-role", "changes a role's defaults")
+    variable_set(body.get("setstmt") or {}, acc)
+
+
+def _alter_database_set(body: dict[str, Any], acc: Acc) -> None:
+    acc.add(DDL, "alter-database", "changes a database's defaults")
+    variable_set(body.get("setstmt") or {}, acc)
+
+
+def _alter_system(body: dict[str, Any], acc: Acc) -> None:
+    acc.add(ADMIN, "alter-system", "ALTER SYSTEM rewrites server configuration")
+    variable_set(body.get("setstmt") or {}, acc)
+
+
+def _vacuum(body: dict[str, Any], acc: Acc) -> None:
+    if body.get("is_vacuumcmd"):
+        acc.add(ADMIN, "vacuum", "VACUUM is server maintenance")
+    else:
+        acc.add(CONTROL, "analyze", "ANALYZE refreshes planner statistics")
+    for r in body.get("rels", ()):
+        vr = r.get("VacuumRelation") or {}
+        rel = vr.get("relation")
+        if rel:
+            acc.tables.add(_table_key(*_relname(rel)))
+
+
+def _rename(body: dict[str, Any], acc: Acc) -> None:
+    if body.get("renameType") == "OBJECT_ROLE":
+        acc.add(PRIVILEGE, "rename-role", "renames a role")
+    else:
+        acc.add(DDL, "rename", "renames an object")
+    rel = body.get("relation")
+    if rel:
+        acc.tables.add(_table_key(*_relname(rel)))
+
+
+def _create_schema(body: dict[str, Any], acc: Acc) -> None:
+    acc.add(DDL, "create-schema", "creates a schema")
+    for e in body.get("schemaElts", ()):
+        for k, b in e.items():
+            stmt_body(k, b, acc)
+
+
+def _variable_set_stmt(body: dict[str, Any], acc: Acc) -> None:
+    variable_set(body, acc)
+
+
+def _create(body: dict[str, Any], acc: Acc) -> None:
+    rel = body.get("relation") or {}
+    acc.tables.add(_table_key(*_relname(rel)))
+    acc.add(DDL, "create", "creates a table")
+    definition(body.get("tableElts"), acc)
+
+
+_STMT: dict[str, Callable[[dict[str, Any], Acc], None]] = {
+    "TransactionStmt": _transaction,
+    "VariableSetStmt": _variable_set_stmt,
+    "ExplainStmt": _explain,
+    "CopyStmt": _copy,
+    "PrepareStmt": _prepare,
+    "ExecuteStmt": _execute,
+    "DeclareCursorStmt": _declare,
+    "FetchStmt": _fetch,
+    "CallStmt": _call,
+    "DoStmt": _do,
+    "NotifyStmt": _notify,
+    "TruncateStmt": _truncate,
+    "DropStmt": _drop,
+    "AlterTableStmt": _alter_table,
+    "CreateTableAsStmt": _create_table_as,
+    "CreateFunctionStmt": _create_function,
+    "AlterFunctionStmt": _alter_function,
+    "AlterRoleSetStmt": _alter_role_set,
+    "AlterDatabaseSetStmt": _alter_database_set,
+    "AlterSystemStmt": _alter_system,
+    "VacuumStmt": _vacuum,
+    "RenameStmt": _rename,
+    "CreateSchemaStmt": _create_schema,
+    "CreateStmt": _create,
+}
+
+_S = tuple[tuple[Category, str, str], ...]
+_ctl: _S = ((CONTROL, "session", "session control"),)
+_ddl: _S = ((DDL, "ddl", "changes the schema"),)
+_ddl_drop: _S = (*_ddl, (DESTRUCTIVE, "drop", "removes objects"))
+_priv: _S = ((PRIVILEGE, "privilege", "changes roles or privileges"),)
+_ext: _S = ((ADMIN, "extension", "installs or changes extensions (server code)"), *_ddl)
+_fdw: _S = (
+    (EXPORT, "foreign-data", "foreign servers and user mappings reach other servers"),
+    *_ddl,
+)
+_repl: _S = (
+    (ADMIN, "replication-object", "publications/subscriptions replicate data"),
+    (EXPORT, "replication-object", "publications/subscriptions move data to other servers"),
+    *_ddl,
+)
+
+_STATIC: dict[str, _S] = {
+    "VariableShowStmt": ((CONTROL, "show", "SHOW reads a setting"),),
+    "DiscardStmt": ((CONTROL, "discard", "DISCARD resets session state"),),
+    "ListenStmt": ((CONTROL, "listen", "LISTEN"),),
+    "UnlistenStmt": ((CONTROL, "listen", "UNLISTEN"),),
+    "DeallocateStmt": _ctl,
+    "ClosePortalStmt": _ctl,
+    "ConstraintsSetStmt": _ctl,
+    "LockStmt": ((WRITE, "lock", "LOCK TABLE takes table locks"),),
+    "RefreshMatViewStmt": ((WRITE, "refresh", "refreshes a materialized view"),),
+    "CheckPointStmt": ((ADMIN, "checkpoint", "CHECKPOINT forces a server checkpoint"),),
+    "LoadStmt": ((ADMIN, "load", "LOAD loads a shared library into the server"),),
+    "ClusterStmt": ((ADMIN, "cluster", "CLUSTER rewrites tables under exclusive lock"),),
+    "ReindexStmt": ((ADMIN, "reindex", "REINDEX rebuilds indexes under lock"),),
+    "CreateExtensionStmt": _ext,
+    "AlterExtensionStmt": _ext,
+    "AlterExtensionContentsStmt": _ext,
+    "CreateEventTrigStmt": ((ADMIN, "event-trigger", "event triggers run on every DDL"), *_ddl),
+    "AlterEventTrigStmt": ((ADMIN, "event-trigger", "event triggers run on every DDL"), *_ddl),
+    "CreatePLangStmt": ((ADMIN, "language", "installs a procedural language"), *_ddl),
+    "CreateTransformStmt": ((ADMIN, "transform", "creates a transform"), *_ddl),
+    "CreateAmStmt": ((ADMIN, "access-method", "creates an access method"), *_ddl),
+    "CreateTableSpaceStmt": ((ADMIN, "tablespace", "tablespaces are server directories"), *_ddl),
+    "DropTableSpaceStmt": ((ADMIN, "tablespace", "drops a tablespace"), *_ddl_drop),
+    "AlterTableSpaceOptionsStmt": ((ADMIN, "tablespace", "alters a tablespace"), *_ddl),
+    "AlterTableMoveAllStmt": ((ADMIN, "tablespace", "moves relations between tablespaces"), *_ddl),
+    "CreatePublicationStmt": _repl,
+    "AlterPublicationStmt": _repl,
+    "CreateSubscriptionStmt": _repl,
+    "AlterSubscriptionStmt": _repl,
+    "DropSubscriptionStmt": (*_repl, (DESTRUCTIVE, "drop", "removes objects")),
+    "CreateFdwStmt": _fdw,
+    "AlterFdwStmt": _fdw,
+    "CreateForeignServerStmt": _fdw,
+    "AlterForeignServerStmt": _fdw,
+    "CreateUserMappingStmt": _fdw,
+    "AlterUserMappingStmt": _fdw,
+    "DropUserMappingStmt": (*_fdw, (DESTRUCTIVE, "drop", "removes objects")),
+    "ImportForeignSchemaStmt": _fdw,
+    "CreateForeignTableStmt": _fdw,
+    "GrantStmt": ((PRIVILEGE, "grant", "GRANT/REVOKE changes privileges"),),
+    "GrantRoleStmt": ((PRIVILEGE, "grant-role", "grants or revokes role membership"),),
+    "AlterDefaultPrivilegesStmt": (
+        (PRIVILEGE, "default-privileges", "changes default privileges"),
+    ),
+    "CreateRoleStmt": ((PRIVILEGE, "create-role", "creates a role"),),
+    "AlterRoleStmt": ((PRIVILEGE, "alter-role", "alters a role"),),
+    "DropRoleStmt": (
+        (PRIVILEGE, "drop-role", "drops a role"),
+        (DESTRUCTIVE, "drop", "removes roles"),
+    ),
+    "ReassignOwnedStmt": ((PRIVILEGE, "reassign-owned", "reassigns ownership"),),
+    "DropOwnedStmt": (
+        (PRIVILEGE, "drop-owned", "drops a role's objects and privileges"),
+        (DESTRUCTIVE, "drop", "removes objects"),
+    ),
+    "AlterOwnerStmt": ((PRIVILEGE, "owner-to", "ALTER ... OWNER TO changes ownership"),),
+    "CreatePolicyStmt": ((PRIVILEGE, "policy", "row-level security policy"), *_ddl),
+    "AlterPolicyStmt": ((PRIVILEGE, "policy", "row-level security policy"), *_ddl),
+    "SecLabelStmt": ((PRIVILEGE, "security-label", "security label"),),
+    "CreatedbStmt": _ddl,
+    "AlterDatabaseStmt": _ddl,
+    "AlterDatabaseRefreshCollStmt": _ddl,
+    "DropdbStmt": _ddl_drop,
+    "IndexStmt": _ddl,
+    "CreateSeqStmt": _ddl,
+    "AlterSeqStmt": _ddl,
+    "ViewStmt": _ddl,
+    "CreateTrigStmt": _ddl,
+    "RuleStmt": _ddl,
+    "CreateDomainStmt": _ddl,
+    "AlterDomainStmt": _ddl,
+    "CreateEnumStmt": _ddl,
+    "AlterEnumStmt": _ddl,
+    "CompositeTypeStmt": _ddl,
+    "CreateRangeStmt": _ddl,
+    "DefineStmt": _ddl,
+    "CreateCastStmt": _ddl,
+    "CreateOpClassStmt": _ddl,
+    "CreateOpFamilyStmt": _ddl,
+    "AlterOpFamilyStmt": _ddl,
+    "CreateConversionStmt": _ddl,
+    "CreateStatsStmt": _ddl,
+    "AlterStatsStmt": _ddl,
+    "CommentStmt": _ddl,
+    "AlterObjectSchemaStmt": _ddl,
+    "AlterObjectDependsStmt": _ddl,
+    "AlterOperatorStmt": _ddl,
+    "AlterTypeStmt": _ddl,
+    "AlterCollationStmt": _ddl,
+    "AlterTSConfigurationStmt": _ddl,
+    "AlterTSDictionaryStmt": _ddl,
+}
