@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.procs import (
@@ -33,7 +34,7 @@ from bench.procs import (
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 
-def ensure_pgbouncer(log: list[str]) -> str:
+def ensure_pgbouncer(notify: Callable[[str], None]) -> str:
     """Path of the ``pgbouncer`` binary, installing Debian's package when missing.
 
     Installing needs root (``apt-get``). During the install a temporary
@@ -45,7 +46,7 @@ def ensure_pgbouncer(log: list[str]) -> str:
         return found
     if not is_root():
         raise RuntimeError("pgbouncer is not installed; run: sudo apt-get install -y pgbouncer")
-    log.append("installing pgbouncer with apt-get (first run only)")
+    notify("pgbouncer not found: installing Debian's package with apt-get (first run only) ...")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     created_policy = False
     if not POLICY_RC_D.exists():

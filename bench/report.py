@@ -55,6 +55,8 @@ def summarize_pgbench(
                     "failed_transactions": sum(r.failed or 0 for r in runs),
                     "errors": [r.error for r in runs if r.error],
                 }
+            if not row["targets"]:
+                continue  # not reached (interrupted run)
             tps = {n: t["tps_median"] for n, t in row["targets"].items()}
             row["ratios"] = {
                 "dbgate/direct": _ratio(tps.get("dbgate"), tps.get("direct")),
@@ -84,6 +86,8 @@ def summarize_streaming(results: list[StreamResult], methods: list[str]) -> list
                 "runs": len(runs),
                 "errors": [r.error for r in runs if r.error],
             }
+        if not row["targets"]:
+            continue
         rps = {n: t["rows_per_s_median"] for n, t in row["targets"].items()}
         row["ratios"] = {
             "dbgate/direct": _ratio(rps.get("dbgate"), rps.get("direct")),

@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench.run",
         description="Benchmark dbgate against direct PostgreSQL and PgBouncer (interleaved).",
     )
-    p.add_argument("--quick", action="store_true", help="3 s rounds (smoke run, ~2.5 minutes)")
+    p.add_argument("--quick", action="store_true", help="3 s rounds (smoke run, about 4 minutes)")
     p.add_argument(
         "--rounds", type=int, default=3, help="rounds per target and workload (default 3)"
     )
@@ -81,12 +81,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--targets", default=",".join(TARGET_ORDER), help="direct,pgbouncer,dbgate")
     p.add_argument("--stream-rows", type=int, default=1_000_000, help="rows per streaming run")
-    p.add_argument("--stream-runs", type=int, default=3, help="streaming runs per target (median)")
+    p.add_argument("--stream-runs", type=int, default=5, help="streaming runs per target (median)")
     p.add_argument(
         "--stream-method",
         choices=("fetch", "cursor", "both"),
         default="fetch",
-        help="fetch: one Execute, all rows; cursor: prefetch batches in a transaction",
+        help="fetch: one Execute, all rows; cursor: 10,000-row Executes in a transaction",
     )
     p.add_argument("--no-pgbench", action="store_true", help="skip the pgbench matrix")
     p.add_argument("--no-streaming", action="store_true", help="skip the streaming benchmark")
@@ -149,6 +149,9 @@ def terminate_as_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # A shell without job control starts background jobs with SIGINT ignored, and
+    # Python then keeps it ignored: make Ctrl-C/kill -INT work in every case.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
@@ -200,6 +203,8 @@ class Bench:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "dbgate_commit": _git_commit(),
+            # Other work on the machine skews absolute numbers (less so the ratios).
+            "loadavg_start": os.getloadavg(),
         }
         self.dbgate: Dbgate | None = None
         self.pgbench_bin = ""
@@ -240,7 +245,7 @@ class Bench:
 
     def _start_pgbouncer(self, host: str, port: int, user: str, password: str) -> None:
         try:
-            binary = ensure_pgbouncer(self.setup_log)
+            binary = ensure_pgbouncer(self.note)
             self.meta["pgbouncer"] = pgbouncer_version(binary)
             bouncer = PgBouncer(
                 self.work / "pgbouncer",
@@ -294,6 +299,11 @@ class Bench:
             say(f"dbgate on {gate.target.host}:{gate.target.port} (pid {gate.pid})")
         self.dbgate = gate
         self.targets["dbgate"] = gate.target
+
+    def note(self, message: str) -> None:
+        """Print a set-up step and keep it for the JSON (what this run had to do)."""
+        say(message)
+        self.setup_log.append(message)
 
     def live_targets(self) -> list[Target]:
         return [
@@ -459,19 +469,22 @@ class Bench:
             f"dbgate benchmark  {m['started_at']}  commit {m.get('dbgate_commit')}  {m['cpus']} CPUs: {m['cpu']}"
         )
         say(f"server: {m.get('postgres', '?')}")
+        load = "/".join(f"{x:.1f}" for x in m["loadavg_start"])
+        load_end = "/".join(f"{x:.1f}" for x in m.get("loadavg_end", ()))
+        say(f"load average (1/5/15 min) at start {load}, at end {load_end}")
         say(
             f"client: {m.get('pgbench', '?')}; proxy reference: {m.get('pgbouncer', 'n/a')} (session mode)"
         )
         for name, why in self.unavailable().items():
             say(f"UNAVAILABLE {name}: {why}")
-        if data["pgbench"]["summary"]:
+        if self.pgbench_runs:
             say("")
             say(
                 f"pgbench: {a.clients} clients, {a.threads} threads, scale {a.scale}, -n; "
                 f"median of {a.rounds} interleaved rounds x {a.seconds}s; TPS and average latency"
             )
             say(report.format_pgbench_table(data["pgbench"]["summary"], self.unavailable()))
-        if data["streaming"]["summary"]:
+        if self.stream_runs:
             say("")
             say(
                 f"streaming: {a.stream_rows:,} rows (int, text(32)) through asyncpg, "
@@ -512,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             say("\ninterrupted: everything started has been stopped; partial results follow")
             status = 130
+        bench.meta["loadavg_end"] = os.getloadavg()
         data = bench.results()
         WORK_ROOT.mkdir(parents=True, exist_ok=True)
         out = WORK_ROOT / f"results-{bench.stamp}.json"

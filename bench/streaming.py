@@ -11,8 +11,9 @@ Method, and why:
   a sequential scan and the relay's share is as large as it can be.
 * Timed with ``conn.fetch``: one Bind/Execute with no row limit, so the server
   pushes every DataRow back-to-back and the relay is the bottleneck, not round
-  trips. (A server-side cursor with ``prefetch`` adds one round trip per batch and
-  measures latency again; ``--stream-method cursor`` runs that variant.)
+  trips. (A server-side cursor fetched in batches of 10,000 rows — Execute with a
+  row limit, PortalSuspended, one round trip per batch — is the variant
+  ``--stream-method cursor`` runs: it exercises the proxy's portal handling.)
 * The time covers only the query (connection and SCRAM handshake excluded) and
   the rows are counted, so a proxy that dropped rows could not look fast.
 * Targets are interleaved (round-robin, starting position rotated each run) and
@@ -33,7 +34,7 @@ import uvloop
 from bench.targets import Target
 
 TABLE = "bench_stream"
-CURSOR_PREFETCH = 10_000
+CURSOR_BATCH = 10_000
 
 
 @dataclass
@@ -93,8 +94,9 @@ async def _stream_once(target: Target, method: str, expect_rows: int) -> tuple[i
                 n = 0
                 t0 = time.perf_counter()
                 async with conn.transaction():
-                    async for _rec in conn.cursor(query, prefetch=CURSOR_PREFETCH):
-                        n += 1
+                    cursor = await conn.cursor(query)
+                    while batch := await cursor.fetch(CURSOR_BATCH):
+                        n += len(batch)
                 elapsed = time.perf_counter() - t0
         finally:
             gc.enable()
