@@ -1280,7 +1280,13 @@ class FunctionCallResponse:
 
 @dataclass(frozen=True, slots=True)
 class NegotiateProtocolVersion:
-    """NegotiateProtocolVersion ('v'): newest minor version and options the server lacks."""
+    """NegotiateProtocolVersion ('v'): newest minor version and options the server lacks.
+
+    The protocol documentation calls the first field the "newest minor protocol
+    version", but PostgreSQL (and libpq, reading it) puts the *whole* version
+    number there: ``3 << 16 | minor``. We follow the implementations; a message
+    carrying a bare minor would read as protocol 0.x and make libpq give up.
+    """
 
     type_byte: ClassVar[int] = ord("v")
     newest_minor: int
@@ -1288,9 +1294,11 @@ class NegotiateProtocolVersion:
 
     def encode(self) -> bytes:
         opts = self.unrecognized_options
+        if not 0 <= self.newest_minor <= 0xFFFF:
+            raise ValueError(f"minor version must be 0..65535, got {self.newest_minor}")
         return _frame(
             b"v",
-            _pack(_U32, self.newest_minor)
+            _pack(_U32, 3 << 16 | self.newest_minor)
             + _pack(_U32, len(opts))
             + b"".join(_cstr(o) for o in opts),
         )
@@ -1539,7 +1547,13 @@ def _dec_function_result(body: bytes) -> FunctionCallResponse:
 
 def _dec_negotiate(body: bytes) -> NegotiateProtocolVersion:
     r = _Reader(body, "NegotiateProtocolVersion")
-    minor = r.u32()
+    version = r.u32()
+    if version >> 16 != 3:
+        raise _bad(
+            "NegotiateProtocolVersion",
+            f"server offers protocol {version >> 16}.{version & 0xFFFF}, expected 3.x",
+        )
+    minor = version & 0xFFFF
     n = r.u32()
     if n > len(body) - 8:
         raise _bad("NegotiateProtocolVersion", f"option count {n} exceeds the remaining body")

@@ -98,7 +98,9 @@ backend_messages = st.one_of(
     st.builds(m.ErrorResponse, error_fields),
     st.builds(m.NoticeResponse, error_fields),
     st.builds(m.FunctionCallResponse, value),
-    st.builds(m.NegotiateProtocolVersion, uint32, st.lists(text, max_size=3).map(tuple)),
+    st.builds(
+        m.NegotiateProtocolVersion, st.integers(0, 0xFFFF), st.lists(text, max_size=3).map(tuple)
+    ),
     st.just(m.NoData()),
     st.builds(m.NotificationResponse, uint32, text, text),
     st.builds(m.ParameterDescription, st.lists(uint32, max_size=5).map(tuple)),

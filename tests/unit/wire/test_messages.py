@@ -78,7 +78,7 @@ BACKEND = [
     (m.FunctionCallResponse(None), b"V\0\0\0\x08\xff\xff\xff\xff"),
     (
         m.NegotiateProtocolVersion(2, ("_pq_.x",)),
-        b"v\0\0\0\x13\0\0\0\x02\0\0\0\x01_pq_.x\0",
+        b"v\0\0\0\x13\0\x03\0\x02\0\0\0\x01_pq_.x\0",
     ),
     (m.NoData(), b"n\0\0\0\x04"),
     (m.NotificationResponse(9, "ch", "pay"), b"A\0\0\0\x0f\0\0\0\x09ch\0pay\0"),
@@ -216,6 +216,7 @@ def test_notice_response_builder() -> None:
         (lambda: m.AuthenticationSASL(("",)).encode(), ValueError),
         (lambda: m.CopyInResponse(2, ()).encode(), ValueError),
         (lambda: m.ErrorResponse({"CC": "x"}).encode(), ValueError),
+        (lambda: m.NegotiateProtocolVersion(65536).encode(), ValueError),
     ],
 )
 def test_encoders_refuse_unrepresentable_values(call, exc: type[Exception]) -> None:
@@ -335,8 +336,9 @@ MALFORMED_BACKEND = [
     ("E", b"SERROR\0\0x", "trailing"),
     ("N", b"M\xc3\x28\0\0", "invalid UTF-8"),
     ("V", b"\xff\xff\xff\xfd", "negative value length"),
-    ("v", b"\0\0\0\x02\xff\xff\xff\xff", "exceeds"),
-    ("v", b"\0\0\0\x02\0\0\0\x01", "exceeds"),
+    ("v", b"\0\x03\0\x02\xff\xff\xff\xff", "exceeds"),
+    ("v", b"\0\x03\0\x02\0\0\0\x01", "exceeds"),
+    ("v", b"\0\0\0\x02\0\0\0\0", "offers protocol 0.2, expected 3.x"),
     ("A", b"\0\0\0\x01ch\0", "not NUL-terminated"),
     ("t", b"\0\x01\0\0", "exceeds"),
     ("S", b"a\0", "not NUL-terminated"),

@@ -88,8 +88,9 @@ def test_protocol_options_are_separated_and_reported_unsupported() -> None:
 
 
 def test_negotiate_protocol_version_bytes() -> None:
+    # The first field is the full version number 3.2, as PostgreSQL sends it.
     assert negotiate_protocol_version(2, ["_pq_.a", "_pq_.b"]) == (
-        b"v\0\0\0\x1a\0\0\0\x02\0\0\0\x02_pq_.a\0_pq_.b\0"
+        b"v\0\0\0\x1a\0\x03\0\x02\0\0\0\x02_pq_.a\0_pq_.b\0"
     )
 
 
