@@ -1,0 +1,358 @@
+"""``make compat``: asyncpg's own test suite, directly against PostgreSQL and through dbgate.
+
+The suite is the strongest wire-compatibility check we can get for free: hundreds
+of tests written by the people who know the protocol from the client side, none
+written with dbgate in mind. Running it twice, against identical fresh servers,
+and diffing per test isolates what dbgate changes. Every test that passes directly
+but not through the proxy is either a dbgate bug or a limitation that
+docs/compat.md must justify.
+
+Usage (``make compat COMPAT_ARGS=...`` passes the flags)::
+
+    python -m compat.run                       # both runs, full suite
+    python -m compat.run --only proxy tests/test_copy.py -k copy_to
+    python -m compat.run --policy enforce      # with dbgate's rules active
+
+Writes ``compat/.work/results.json`` (counts, per-test outcomes, the difference
+list) and keeps each run's pytest log, junit XML and dbgate log under
+``compat/.work/<run>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from compat.results import (
+    RunResult,
+    collect_outcomes,
+    format_table,
+    other_differences,
+    proxy_only_failures,
+)
+from compat.suite import DESELECTED, WORK_DIR, Suite, SuiteError, prepare_suite
+from compat.targets import Endpoint, Proxy, TargetError, dbgate, postgres
+
+RUNS = ("direct", "proxy")
+
+
+def _log(msg: str) -> None:
+    print(f"[compat] {msg}", flush=True)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m compat.run",
+        description="Run asyncpg's test suite directly and through dbgate; compare per test.",
+    )
+    p.add_argument("--only", choices=RUNS, help="run only one side (default: both)")
+    p.add_argument(
+        "--policy",
+        choices=("off", "enforce"),
+        default="off",
+        help="dbgate policy mode for the proxy run (default off: pure wire compatibility; "
+        "the suite creates roles and databases that the default rules would hold)",
+    )
+    p.add_argument("--timeout", type=float, default=60, help="per-test timeout, s (default 60)")
+    p.add_argument(
+        "--run-timeout",
+        type=float,
+        default=420,
+        help="interrupt one suite run after this many seconds (default 420)",
+    )
+    p.add_argument("--uvloop", action="store_true", help="run the suite on uvloop (USE_UVLOOP=1)")
+    p.add_argument("-k", dest="keyword", help="pytest -k expression")
+    p.add_argument("--fail-on-diff", action="store_true", help="exit 1 if any proxy-only failure")
+    p.add_argument(
+        "--json", type=Path, default=WORK_DIR / "results.json", help="where to write the summary"
+    )
+    p.add_argument(
+        "tests",
+        nargs="*",
+        help="test paths or node ids inside the suite (e.g. tests/test_copy.py); default all",
+    )
+    return p.parse_args(argv)
+
+
+def _clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """This environment minus inherited libpq variables, plus ``extra``.
+
+    A PGSSLMODE or PGOPTIONS left in the caller's shell would silently change
+    what the suite tests; the two runs must differ only in the endpoint.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.pop("USE_UVLOOP", None)
+    env.update(extra)
+    return env
+
+
+def _count_reports(events: Path) -> tuple[int, int]:
+    """(tests finished, tests not passed) so far, from the event stream."""
+    done, bad = 0, 0
+    try:
+        text = events.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return 0, 0
+    for line in text.splitlines():
+        if '"event": "report"' not in line:
+            continue
+        with contextlib.suppress(json.JSONDecodeError):
+            ev = json.loads(line)
+            if ev.get("subtest"):
+                continue
+            if ev.get("when") == "call" or (
+                ev.get("when") == "setup" and ev.get("outcome") != "passed"
+            ):
+                done += 1
+            if ev.get("outcome") == "failed":
+                bad += 1
+    return done, bad
+
+
+def _interrupt(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT lets pytest write junit XML for what ran; SIGKILL if it does not stop."""
+    for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_suite(
+    name: str,
+    suite: Suite,
+    endpoint: Endpoint,
+    args: argparse.Namespace,
+    proxy: Proxy | None = None,
+) -> RunResult:
+    """Run pytest on the suite against ``endpoint``; never raises for test failures."""
+    run_dir = WORK_DIR / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    junit, events, log_path = (
+        run_dir / "junit.xml",
+        run_dir / "events.jsonl",
+        run_dir / "pytest.log",
+    )
+    for f in (junit, events):
+        f.unlink(missing_ok=True)
+    env = _clean_env({**endpoint.pg_env(), "COMPAT_EVENTS": str(events)})
+    if args.uvloop:
+        env["USE_UVLOOP"] = "1"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-c",
+        str(suite.ini),
+        "--rootdir",
+        str(suite.root),
+        f"--junitxml={junit}",
+        f"--timeout={args.timeout:g}",
+        "-q",
+        "-rfE",
+    ]
+    for nodeid in DESELECTED:
+        cmd += ["--deselect", nodeid]
+    if args.keyword:
+        cmd += ["-k", args.keyword]
+    cmd += args.tests or ["tests"]
+
+    result = RunResult(name=name)
+    _log(
+        f"{name}: running asyncpg's suite against {endpoint.host}:{endpoint.port} (log: {log_path})"
+    )
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=suite.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: an interrupt reaches every child
+        )
+    try:
+        next_beat = started + 20
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now - started > args.run_timeout:
+                result.interrupted = True
+                result.reason = f"interrupted after {args.run_timeout:.0f}s (--run-timeout)"
+                _log(f"{name}: {result.reason}")
+                _interrupt(proc)
+                break
+            if proxy is not None and not proxy.alive() and not result.notes:
+                result.notes.append(
+                    f"dbgate exited with code {proxy.process.returncode} during the run"
+                )
+                _log(f"{name}: {result.notes[-1]}")
+            if now >= next_beat:
+                done, bad = _count_reports(events)
+                _log(f"{name}: {done} tests done, {bad} not passing, {now - started:.0f}s")
+                next_beat = now + 20
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:  # the runner itself is being interrupted
+            _interrupt(proc)
+    result.duration_s = round(time.monotonic() - started, 1)
+    result.exit_code = proc.returncode
+    result.source, result.tests = collect_outcomes(junit, events)
+    if not result.tests:
+        result.available = False
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        result.reason = result.reason or f"pytest exited {proc.returncode} without results:\n{tail}"
+    if proxy is not None:
+        if not proxy.alive() and not result.notes:
+            result.notes.append(
+                f"dbgate exited with code {proxy.process.returncode} during the run"
+            )
+        result.notes += _proxy_log_findings(proxy.log_file)
+    counts = result.counts()
+    _log(
+        f"{name}: {counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors, "
+        f"{counts['skipped']} skipped in {result.duration_s:.0f}s"
+    )
+    return result
+
+
+_LOG_PROBLEM = re.compile(r"\b(ERROR|CRITICAL|Traceback)\b")
+
+
+def _proxy_log_findings(log_file: Path, limit: int = 15) -> list[str]:
+    """Distinct error lines dbgate logged during the run: leads for the bug analysis."""
+    seen: dict[str, int] = {}
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        if not _LOG_PROBLEM.search(line):
+            continue
+        # Drop the timestamp so that repeats of one problem collapse into one entry.
+        key = re.sub(r"^\S+ \S+ ", "", line).strip()[:240]
+        seen[key] = seen.get(key, 0) + 1
+    findings = [f"dbgate log ({n}x): {k}" for k, n in seen.items()]
+    if len(findings) > limit:
+        findings = [*findings[:limit], f"... {len(findings) - limit} more distinct lines"]
+    return findings
+
+
+def _run_direct(suite: Suite, args: argparse.Namespace) -> tuple[RunResult, str]:
+    try:
+        with postgres(WORK_DIR / "direct" / "pg") as server:
+            _log(f"direct: PostgreSQL {server.version} on port {server.endpoint.port}")
+            return run_suite("direct", suite, server.endpoint, args), server.version
+    except TargetError as e:
+        return RunResult("direct", available=False, reason=str(e)), ""
+
+
+def _run_proxy(suite: Suite, args: argparse.Namespace) -> tuple[RunResult, str]:
+    try:
+        with postgres(WORK_DIR / "proxy" / "pg") as server:
+            _log(f"proxy: PostgreSQL {server.version} on port {server.endpoint.port}")
+            with dbgate(WORK_DIR / "proxy", server.endpoint, policy=args.policy) as proxy:
+                _log(f"proxy: dbgate (policy {args.policy}) on port {proxy.endpoint.port}")
+                return run_suite("proxy", suite, proxy.endpoint, args, proxy), server.version
+    except TargetError as e:
+        return RunResult("proxy", available=False, reason=str(e)), ""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into KeyboardInterrupt so every context manager stops what it started.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    started_at = datetime.now(UTC)
+    try:
+        suite = prepare_suite()
+    except SuiteError as e:
+        _log(str(e))
+        return 1
+    _log(f"asyncpg {suite.asyncpg_version} test suite prepared in {suite.root}")
+
+    runs: dict[str, RunResult] = {}
+    server_version = ""
+    for name, fn in (("direct", _run_direct), ("proxy", _run_proxy)):
+        if args.only and args.only != name:
+            continue
+        runs[name], version = fn(suite, args)
+        server_version = server_version or version
+        if not runs[name].available:
+            _log(f"{name}: unavailable: {runs[name].reason}")
+
+    bugs = []
+    others = []
+    if "direct" in runs and "proxy" in runs and all(r.available for r in runs.values()):
+        bugs = proxy_only_failures(runs["direct"], runs["proxy"])
+        others = other_differences(runs["direct"], runs["proxy"])
+
+    summary = {
+        "asyncpg_version": suite.asyncpg_version,
+        "server_version": server_version,
+        "python": platform.python_version(),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "duration_s": round((datetime.now(UTC) - started_at).total_seconds(), 1),
+        "options": {
+            "policy": args.policy,
+            "per_test_timeout_s": args.timeout,
+            "run_timeout_s": args.run_timeout,
+            "uvloop": args.uvloop,
+            "keyword": args.keyword,
+            "tests": args.tests or ["tests"],
+        },
+        "deselected": DESELECTED,
+        "runs": {name: r.to_json() for name, r in runs.items()},
+        "proxy_only_failures": [asdict(d) for d in bugs],
+        "other_differences": [asdict(d) for d in others],
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=2) + "\n")
+
+    print()
+    print(f"asyncpg {suite.asyncpg_version} test suite, PostgreSQL {server_version or '?'}")
+    print(format_table(list(runs.values())))
+    for r in runs.values():
+        if not r.available:
+            print(f"\n{r.name}: unavailable — {r.reason.splitlines()[0] if r.reason else '?'}")
+        elif r.interrupted:
+            print(f"\n{r.name}: {r.reason}")
+        for note in r.notes:
+            print(f"{r.name}: {note}")
+    if "direct" in runs and "proxy" in runs and all(r.available for r in runs.values()):
+        print(f"\nPass directly, not through dbgate: {len(bugs)}")
+        for d in bugs:
+            print(f"  {d.test}  [{d.proxy}] {d.message}")
+        if others:
+            print(f"\nOther differences: {len(others)}")
+            for d in others:
+                print(f"  {d.test}  direct={d.direct} proxy={d.proxy}  {d.message}")
+    print(f"\nSummary: {args.json}")
+
+    if any(not r.available for r in runs.values()):
+        return 1
+    if args.fail_on_diff and bugs:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
