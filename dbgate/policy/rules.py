@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -332,6 +332,7 @@ def decide_bind(
     sql: str,
     params: Sequence[Any] | None,
     *,
+    prepared: Mapping[str, str] | None = None,
     bind_classifier: Callable[[Classification, str, Sequence[Any]], Classification] | None = None,
 ) -> Decision:
     """Decision at Bind time, when a Parse-time classification depends on parameters.
@@ -342,15 +343,20 @@ def decide_bind(
     values. Statements that do not need it keep their Parse-time decision. A failure
     to re-classify is ``deny`` (rule ``internal-error``), never the optimistic path.
 
-    ``bind_classifier`` defaults to :func:`dbgate.policy.classify.classify_bind`;
-    tests and embedders may pass another.
+    ``prepared`` (name -> SQL of the session's PREPAREd statements) is passed on to
+    the classifier so ``EXECUTE name`` is judged by its body. ``bind_classifier``
+    defaults to :func:`dbgate.policy.classify.classify_bind`; tests may pass another.
     """
     if not classification.needs_bind or classification.parse_error is not None:
         return ruleset.decide(identity, classification)
     try:
+        values = list(params) if params is not None else []
         if bind_classifier is None:
-            from dbgate.policy.classify import classify_bind as bind_classifier
-        bound = bind_classifier(classification, sql, list(params) if params is not None else [])
+            from dbgate.policy.classify import classify_bind
+
+            bound = classify_bind(classification, sql, values, prepared=prepared)
+        else:
+            bound = bind_classifier(classification, sql, values)
     except Exception as e:  # fail closed on any classifier failure
         log.exception("bind-time classification failed; denying")
         return Decision(

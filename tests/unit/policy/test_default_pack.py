@@ -258,3 +258,68 @@ def test_bind_without_needs_bind_keeps_parse_decision(pack: RuleSet) -> None:
     parsed = classify(sql)
     assert not parsed.needs_bind
     assert decide_bind(pack, AGENT, parsed, sql, ["42"]) == pack.decide(AGENT, parsed)
+
+
+def _docs_recipe() -> str:
+    """The ``rules/10-team.yaml`` example of docs/rules.md, so the docs cannot rot."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "rules.md").read_text()
+    start = text.index("```yaml\n# rules/10-team.yaml")
+    body = text[start + len("```yaml\n") :]
+    return body[: body.index("```")]
+
+
+@pytest.mark.parametrize(
+    ("identity", "sql", "action", "rule"),
+    [
+        (
+            Identity("reporting-bot"),
+            "SELECT * FROM analytics.daily",
+            ALLOW,
+            "reporting-may-dump-analytics",
+        ),
+        (Identity("agent"), "SELECT * FROM analytics.daily", HOLD, "hold-dump"),
+        (
+            Identity("reporting-bot"),
+            "SELECT * FROM analytics.daily JOIN crm.leads USING (id)",
+            HOLD,
+            "hold-dump",
+        ),
+        (Identity("agent"), "SELECT secret FROM vault.tokens WHERE id = 1", DENY, "deny-vault"),
+        (
+            Identity("agent"),
+            "SELECT app.score(id), lower(status) FROM orders WHERE id = 1",
+            ALLOW,
+            "trust-app-functions",
+        ),
+        (
+            Identity("agent"),
+            "SELECT app.score(id), other.thing(id) FROM orders WHERE id = 1",
+            HOLD,
+            "hold-opaque",
+        ),
+        (Identity("agent"), "COPY customers TO STDOUT", HOLD, "customer-exports"),
+        (Identity("agent"), "COPY orders TO STDOUT", HOLD, "hold-export"),
+    ],
+)
+def test_docs_recipe_with_default_pack(
+    tmp_path_factory: pytest.TempPathFactory,
+    identity: Identity,
+    sql: str,
+    action: Action,
+    rule: str,
+) -> None:
+    import shutil
+
+    from dbgate.policy.rules import default_rules_dir
+
+    d = tmp_path_factory.mktemp("rules")
+    (d / "10-team.yaml").write_text(_docs_recipe())
+    shutil.copy(default_rules_dir() / "default.yaml", d / "default.yaml")
+    rs = load_rules(d)
+    decision = rs.decide(identity, classify(sql))
+    assert (decision.action, decision.rule) == (action, rule), decision.message
+    if rule == "customer-exports":
+        assert decision.approver_groups == ("security",)
+        assert (decision.approvals_needed, decision.expires_after_seconds) == (2, 900)
