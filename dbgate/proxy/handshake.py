@@ -90,13 +90,13 @@ async def authenticate(
 ) -> ClientHello:
     """Run SCRAM-SHA-256 for the identity named in the StartupMessage."""
     if startup.needs_negotiation:
-        # On the wire the version field is the full protocol code (major << 16 | minor),
-        # and it is the version this session will speak (the client's, capped at 3.2),
-        # exactly as PostgreSQL sends it; libpq rejects anything below 3.0 or above
-        # what it asked for.
-        major, minor = startup.negotiated_protocol
+        # The version offered is the one this session will speak: the client's, capped
+        # at 3.2, as PostgreSQL does. Offering 3.2 to a 3.0 client that merely sent a
+        # _pq_ option reads to libpq as an upgrade it never asked for, and it aborts.
         channel.write(
-            negotiate_protocol_version((major << 16) | minor, list(startup.unsupported_options))
+            negotiate_protocol_version(
+                startup.negotiated_protocol[1], list(startup.unsupported_options)
+            )
         )
     user = startup.params.get("user", "")
     if not user:
