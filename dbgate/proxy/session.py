@@ -73,12 +73,11 @@ def _bind_statement_name(chunk: bytes, s: int, e: int) -> str:
 
 
 class _Injection:
-    __slots__ = ("cycle", "extended", "refusal", "token")
+    __slots__ = ("cycle", "refusal", "token")
 
-    def __init__(self, token: str, refusal: Refuse, extended: bool, cycle: int) -> None:
+    def __init__(self, token: str, refusal: Refuse, cycle: int) -> None:
         self.token = token.encode()
         self.refusal = refusal
-        self.extended = extended
         self.cycle = cycle
 
 
@@ -349,30 +348,42 @@ class Session:
             self.on_client_data(data)
 
     def _refuse(self, refusal: Refuse, mtype: int) -> None:
-        """Make the server fail in place of the refused message (see module docstring)."""
+        """Make the server fail in place of the refused message (see module docstring).
+
+        In the extended protocol (and for FunctionCall) the failing message is a Parse
+        of a *named* statement whose text fails parse analysis (an invalid integer
+        literal carrying our token). A failed Parse creates nothing and, being named,
+        leaves the client's unnamed statement and portal alone; a Parse of the unnamed
+        statement, or a simple Query, would silently drop the client's unnamed
+        statement (so a later ``Bind("")`` would bind our statement instead).
+        """
         code = refusal.sqlstate
         if len(code) != 5 or not set(code) <= _VALID_SQLSTATE:
             code = "42501"
         self._injection_seq += 1
         token = f"dbgate-refusal-{_NONCE}-{self._injection_seq}"
-        tag = f"$dbgate_{_NONCE}$"
-        sql = (
-            f"DO {tag}BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{token}'; END{tag}"
-        )
-        extended = mtype not in (_Q, _F)
-        if extended:
-            # Answered at the coming Sync; the rest of the batch is dropped meanwhile.
-            cycle = self.sent_cycles + 1
-            self.upstream.write(
-                _frame(_P, b"\0" + sql.encode() + b"\0\0\0")
-                + _frame(_B, b"\0\0\0\0\0\0\0\0")
-                + _frame(ord("E"), b"\0\0\0\0\0")
+        if mtype == _Q:
+            tag = f"$dbgate_{_NONCE}$"
+            sql = (
+                f"DO {tag}BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', "
+                f"MESSAGE = '{token}'; END{tag}"
             )
-            self._skip_until_sync = True
-        else:
             cycle = self.sent_cycles
             self.upstream.write(_frame(_Q, sql.encode() + b"\0"))
-        self._injections.append(_Injection(token, refusal, extended, cycle))
+        else:
+            failing_parse = _frame(
+                _P, f"dbgate_{_NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0"
+            )
+            if mtype == _F:
+                # FunctionCall is a cycle of its own: our Sync ends it with one RFQ.
+                cycle = self.sent_cycles
+                self.upstream.write(failing_parse + _frame(_S, b""))
+            else:
+                # Answered at the coming Sync; the rest of the batch is dropped meanwhile.
+                cycle = self.sent_cycles + 1
+                self.upstream.write(failing_parse)
+                self._skip_until_sync = True
+        self._injections.append(_Injection(token, refusal, cycle))
         self._slow = True
 
     # -- server -> client ---------------------------------------------------------------
@@ -431,8 +442,6 @@ class Session:
             if t == _E and self._injections:
                 ours = self._match_injection(chunk[s:e])
                 if ours is not None:
-                    if ours.extended and len(held) >= 2:
-                        del held[-2:]  # our own ParseComplete + BindComplete
                     r = ours.refusal
                     extra = {}
                     if r.detail:
