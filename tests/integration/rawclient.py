@@ -87,6 +87,7 @@ class RawClient:
         self.params: dict[str, str] = {}
         self.negotiation: m.NegotiateProtocolVersion | None = None
         self.startup_messages: list[Message] = []
+        self.received = bytearray()  # every backend message, as received, for byte checks
 
     # -- connecting ------------------------------------------------------------------
     @classmethod
@@ -192,6 +193,7 @@ class RawClient:
             raise EOFError(f"connection closed ({len(e.partial)} stray bytes)") from None
         except ConnectionResetError as e:
             raise EOFError(f"connection reset: {e}") from None
+        self.received += header + body
         return m.decode_backend(header[0], body)
 
     async def until_ready(self, timeout: float = DEFAULT_TIMEOUT) -> list[Message]:
