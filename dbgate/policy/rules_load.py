@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from dbgate.policy.model import Action, Category
-from dbgate.policy.rules_match import Glob, Match, Rule
+from dbgate.policy.rules_match import Glob, Match, Rule, command_key
 
 #: Names the engine itself uses in ``Decision.rule``; a pack may not reuse them.
 RESERVED_RULE_NAMES = frozenset({"default", "internal-error", "parse-error", "empty-query"})
@@ -383,7 +383,7 @@ class _FileLoader:
             "identities": (99, False),
             "groups": (99, False),
             "application_names": (99, False),
-            "statements": (99, True),  # command tags: "ALTER SYSTEM", "select" are the same
+            "statements": (99, True),  # see command_key: "ALTER SYSTEM" == "AlterSystem"
         }
         for key, (max_dots, force_ci) in globs.items():
             if key not in keys:
@@ -395,7 +395,7 @@ class _FileLoader:
                 if why:
                     self.problem(inode, f"bad glob in '{key}': {why}")
                     continue
-                value = " ".join(s.split()).upper() if key == "statements" else s
+                value = command_key(s) if key == "statements" else s
                 compiled.append(Glob.compile(value, case_insensitive=case_insensitive or force_ci))
             if compiled:
                 fields[key] = tuple(compiled)

@@ -56,6 +56,19 @@ class Glob:
         return self.regex.match(value) is not None
 
 
+_COMMAND_NOISE = re.compile(r"[\s_]+")
+
+
+def command_key(command: str) -> str:
+    """Canonical form of a command name for ``statements`` matching.
+
+    Case, spaces and underscores are ignored, so ``ALTER SYSTEM``, ``AlterSystem``
+    and ``alter_system`` are the same command: operators write SQL keywords, the
+    classifier may report parse-node names, and neither should have to know.
+    """
+    return _COMMAND_NOISE.sub("", command).upper()
+
+
 def _split(name: str) -> tuple[str | None, str]:
     schema, dot, bare = name.rpartition(".")
     return (schema if dot else None), bare
@@ -206,7 +219,7 @@ class Rule:
         strict = self.strict
         if m.all_categories is not None and not m.all_categories <= categories:
             return False
-        if m.statements is not None and not _any_glob(m.statements, " ".join(stmt.command.split())):
+        if m.statements is not None and not _any_glob(m.statements, command_key(stmt.command)):
             return False
         if not _objects_match(m.tables, stmt.tables, table_matches, strict=strict):
             return False

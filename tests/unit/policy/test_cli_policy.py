@@ -125,7 +125,7 @@ def test_classify_with_bad_rules_exits_2(tmp_path: Path) -> None:
 def test_rules_check_shipped_pack() -> None:
     proc = run("rules", "check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip() == "ok: 12 rules in 1 file"
+    assert proc.stdout.strip() == "ok: 13 rules in 1 file"
 
 
 def test_rules_check_broken_dir(tmp_path: Path) -> None:

@@ -145,6 +145,14 @@ RISKY = [
     ("SELECT pg_terminate_backend(1234)", DENY),
     ("SELECT pg_reload_conf()", DENY),
     ("SET log_statement = 'none'", DENY),
+    ("CREATE EXTENSION dblink", DENY),
+    ("SELECT lo_export(123, '/tmp/x')", DENY),
+    ("SELECT pg_switch_wal()", DENY),
+    # --- maintenance: admin, but held rather than denied ---------------------------------
+    ("VACUUM orders", HOLD),
+    ("VACUUM FULL", HOLD),
+    ("REINDEX TABLE orders", HOLD),
+    ("CHECKPOINT", HOLD),
     # --- parse errors: denied --------------------------------------------------------------
     ("SELEC 1", DENY),
     ("SELECT * FROM", DENY),
@@ -207,6 +215,7 @@ def test_table_is_big_enough() -> None:
         ("SET standard_conforming_strings = off", "hold-escape"),
         ("DO $$ BEGIN PERFORM 1; END $$", "hold-opaque"),
         ("ALTER SYSTEM SET work_mem = '1GB'", "deny-server-admin"),
+        ("VACUUM orders", "hold-maintenance"),
         ("SELECT id FROM orders WHERE id = 1", "allow-reads"),
         ("UPDATE orders SET total = 1 WHERE id = 1", "allow-bounded-writes"),
         ("BEGIN", "allow-control"),

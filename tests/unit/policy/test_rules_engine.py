@@ -349,7 +349,7 @@ CATEGORY_PACK = """
         match: {all_categories: [read, write]}
         action: allow
       - name: hold-copy
-        match: {statements: ["copy"]}
+        match: {statements: ["copy", "ALTER SYSTEM", "create_extension"]}
         action: hold
       - name: allow-anything-else-read
         match: {categories: [read, control]}
@@ -367,6 +367,11 @@ CATEGORY_PACK = """
         # unit of a read+write+destructive statement is not allowed by it
         (cls(stmt(C.READ, C.WRITE, C.DESTRUCTIVE)), Action.HOLD, "default"),
         (cls(stmt(C.READ, command="COPY")), Action.HOLD, "hold-copy"),
+        # command names compare ignoring case, spaces and underscores
+        (cls(stmt(C.READ, command="AlterSystem")), Action.HOLD, "hold-copy"),
+        (cls(stmt(C.READ, command="alter  system")), Action.HOLD, "hold-copy"),
+        (cls(stmt(C.READ, command="CreateExtension")), Action.HOLD, "hold-copy"),
+        (cls(stmt(C.READ, command="ALTER TABLE")), Action.ALLOW, "allow-anything-else-read"),
         (cls(stmt(C.CONTROL, command="BEGIN")), Action.ALLOW, "allow-anything-else-read"),
     ],
 )

