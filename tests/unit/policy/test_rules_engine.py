@@ -466,15 +466,22 @@ def test_decide_bind_decides_on_the_bound_classification(tmp_path: Path) -> None
     assert seen == [("SELECT f($1)", ["x"])]
 
 
-def test_decide_is_fast(tmp_path: Path) -> None:
-    """The proxy decides on every uncached statement: keep it in the low microseconds."""
+def test_decide_is_fast() -> None:
+    """The proxy decides on every uncached statement: keep it in the low microseconds.
+
+    Best of several batches, so a busy CI machine does not make this flaky; the
+    bound is generous (typical: 5-10 µs) and catches accidental O(rules) walks
+    with allocation, not noise.
+    """
     import time
 
     rs = load_rules(None)
     c = cls(stmt(C.READ, tables=("public.orders",), functions=("count",)))
-    n = 20000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        rs.decide(AGENT, c)
-    per = (time.perf_counter() - t0) / n
-    assert per < 50e-6, f"{per * 1e6:.1f} µs per decision"
+    n = 5000
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            rs.decide(AGENT, c)
+        best = min(best, (time.perf_counter() - t0) / n)
+    assert best < 50e-6, f"{best * 1e6:.1f} µs per decision"
