@@ -59,6 +59,7 @@ class ProxyServer:
         self._tls_context = self._make_tls_context()
         self._server: asyncio.base_events.Server | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._sessions: dict[int, Session] = {}
         self._cancel: dict[int, _CancelTarget] = {}
         self._next_pid = secrets.randbelow(1 << 20) + 1000
@@ -220,8 +221,25 @@ class ProxyServer:
     def _session_closed(self, session: Session) -> None:
         pid = session.info.session_id
         self._sessions.pop(pid, None)
-        self._cancel.pop(pid, None)
+        target = self._cancel.pop(pid, None)
+        if (
+            target is not None
+            and session.sent_cycles != session.done_cycles
+            and not session.upstream.closed
+        ):
+            # Closed while a statement runs upstream (the client vanished, or shutdown
+            # ran out of grace). The backend reads our Terminate only once the statement
+            # ends, so a long query would run on, holding its connection and locks.
+            task = asyncio.ensure_future(self._cancel_orphan(target))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         log.info("session %s closed", pid)
+
+    async def _cancel_orphan(self, target: _CancelTarget) -> None:
+        try:
+            await send_cancel(self.config.upstream, target.upstream_pid, target.upstream_key)
+        except OSError as e:
+            log.warning("could not cancel the statement of a closed session: %s", e)
 
     async def _handle_cancel(self, request: CancelRequest) -> None:
         target = self._cancel.get(request.pid)
