@@ -197,8 +197,9 @@ def rules_check_command(
         err.write(f"{n} problem{'s' if n != 1 else ''} found\n")
         return 1
     n_files = len(ruleset.files)
+    n_rules = len(ruleset.rules)
     out.write(
-        f"ok: {len(ruleset)} rule{'s' if len(ruleset) != 1 else ''} "
+        f"ok: {n_rules} rule{'s' if n_rules != 1 else ''} "
         f"in {n_files} file{'s' if n_files != 1 else ''}\n"
     )
     return 0

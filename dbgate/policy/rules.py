@@ -34,7 +34,6 @@ from dbgate.policy.model import (
     Classification,
     Decision,
     Identity,
-    Reason,
     StatementClass,
 )
 from dbgate.policy.rules_load import RuleProblem, RulesError, load_directory
@@ -49,14 +48,8 @@ RULES_DIR_ENV = "DBGATE_RULES_DIR"
 DEFAULT_RULE = Rule(
     name="default",
     action=Action.HOLD,
-    message="no rule matched this statement; dbgate holds what its rules do not cover",
+    message="no rule matched this statement, so dbgate holds it for approval",
     index=1 << 30,
-)
-
-_UNCATEGORISED = Reason(
-    Category.OPAQUE,
-    "no-category",
-    "the classifier returned no category for this statement; treated as opaque",
 )
 
 __all__ = [
@@ -160,11 +153,19 @@ class RuleSet:
     _by_identity: dict[Identity, dict[Category, tuple[_Compiled, ...]]] = field(
         init=False, repr=False, compare=False
     )
-    _messages: dict[tuple[int, frozenset[Category]], str] = field(
+    _messages: dict[tuple[str, frozenset[Category]], str] = field(
         init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
+        # Pack order is the rule's position here, whatever the caller passed in, and
+        # the default sorts after every rule: ``index`` is how decisions name rules.
+        if any(r.index != i for i, r in enumerate(self.rules)):
+            object.__setattr__(
+                self, "rules", tuple(replace(r, index=i) for i, r in enumerate(self.rules))
+            )
+        if self.default.index < len(self.rules):
+            object.__setattr__(self, "default", replace(self.default, index=DEFAULT_RULE.index))
         compiled = tuple(
             _Compiled(r, r.match.category_scope, _has_statement_conditions(r.match))
             for r in self.rules
@@ -241,7 +242,7 @@ class RuleSet:
             )
 
     def _message(self, rule: Rule, categories: frozenset[Category]) -> str:
-        key = (rule.index, categories)
+        key = (rule.name, categories)
         msg = self._messages.get(key)
         if msg is None:
             if len(self._messages) > 4096:
@@ -299,9 +300,6 @@ class RuleSet:
         )
 
     # -- introspection ----------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.rules)
-
     def rule(self, name: str) -> Rule:
         """Look a rule up by name (KeyError when absent)."""
         for r in self.rules:
@@ -321,8 +319,8 @@ def load_rules(directory: Path | None = None) -> RuleSet:
 
 
 def ruleset_from_rules(rules: Sequence[Rule]) -> RuleSet:
-    """Build a RuleSet from Rule objects (tests, embedding); assigns pack order."""
-    return RuleSet(tuple(replace(r, index=i) for i, r in enumerate(rules)))
+    """Build a RuleSet from Rule objects (tests, embedding); list order is pack order."""
+    return RuleSet(tuple(rules))
 
 
 def decide_bind(

@@ -485,3 +485,18 @@ def test_decide_is_fast() -> None:
             rs.decide(AGENT, c)
         best = min(best, (time.perf_counter() - t0) / n)
     assert best < 50e-6, f"{best * 1e6:.1f} µs per decision"
+
+
+def test_rules_built_in_code_get_pack_order() -> None:
+    from dbgate.policy.rules import Match, Rule, RuleSet, ruleset_from_rules
+
+    hold = Rule("hold-read", Action.HOLD, Match(categories=frozenset({C.READ})))
+    deny = Rule("deny-export", Action.DENY, Match(categories=frozenset({C.EXPORT})))
+    for rs in (RuleSet((hold, deny)), ruleset_from_rules([hold, deny])):
+        assert [r.index for r in rs.rules] == [0, 1]
+        assert rs.default.index > 1
+        d = rs.decide(AGENT, cls(stmt(C.READ), stmt(C.EXPORT), stmt(C.DDL)))
+        assert (d.action, d.rule) == (Action.DENY, "deny-export")
+        d = rs.decide(AGENT, cls(stmt(C.READ, C.DDL)))
+        assert (d.action, d.rule) == (Action.HOLD, "hold-read")
+        assert d.message == "rule 'hold-read' holds read statements; " + rs.default.message
