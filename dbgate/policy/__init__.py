@@ -1,13 +1,21 @@
 """Statement policy: classify SQL, then decide allow / hold / deny with the rules.
 
-Pure code (no network) shared by the proxy and the CLI. The rules side is
-imported eagerly because it is cheap; the classifier (pglast) is imported on
-first use so ``import dbgate.policy`` stays fast for tools that only load rules.
+Pure code (no network) shared by the proxy and the CLI. This package root
+re-exports the shared types and the rules API, which are cheap to import. The
+classifier lives in :mod:`dbgate.policy.classify` (``classify``, ``classify_bind``)
+and is deliberately *not* re-exported here: the function and its module share the
+name ``classify``, and importing pglast should be an explicit choice.
+
+Typical use::
+
+    from dbgate.policy import Identity, decide_bind, load_rules
+    from dbgate.policy.classify import classify
+
+    rules = load_rules()                      # shipped pack, or load_rules(Path(...))
+    decision = rules.decide(Identity("agent"), classify(sql))
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from dbgate.policy.model import (
     Action,
@@ -40,20 +48,7 @@ __all__ = [
     "RuleSet",
     "RulesError",
     "StatementClass",
-    "classify",
-    "classify_bind",
     "decide_bind",
     "default_rules_dir",
     "load_rules",
 ]
-
-_LAZY = {"classify", "classify_bind"}
-
-
-def __getattr__(name: str) -> Any:
-    """Import the classifier only when someone asks for it (pglast is heavy)."""
-    if name in _LAZY:
-        from dbgate.policy import classify as _classify_module
-
-        return getattr(_classify_module, name)
-    raise AttributeError(f"module 'dbgate.policy' has no attribute {name!r}")
