@@ -169,3 +169,37 @@ def test_rules_check_missing_or_empty_dir(tmp_path: Path, missing: str) -> None:
     proc = run("rules", "check", str(tmp_path / missing))
     assert proc.returncode == 1
     assert proc.stdout.startswith(str(tmp_path / missing) + ": ")
+
+
+# --- in-process: paths a subprocess cannot reach -------------------------------------
+
+
+def test_classifier_crash_is_reported_as_deny(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from dbgate.policy import commands
+
+    def boom(sql: str) -> object:
+        raise RuntimeError("classifier bug")
+
+    monkeypatch.setattr(commands, "_classify", boom)
+    out, err = io.StringIO(), io.StringIO()
+    assert commands.classify_command("SELECT 1", None, True, out=out, err=err) == 0
+    doc = json.loads(out.getvalue())
+    assert (doc["action"], doc["rule"]) == ("deny", "internal-error")
+    assert "classifier bug" in doc["message"]
+    assert doc["reasons"][0]["code"] == "internal-error"
+
+
+def test_classify_command_identity_is_used() -> None:
+    import io
+
+    from dbgate.policy import commands
+    from dbgate.policy.model import Identity
+
+    out = io.StringIO()
+    rc = commands.classify_command(
+        "SELECT 1", None, True, identity=Identity("reporting-bot"), out=out
+    )
+    assert rc == 0
+    assert json.loads(out.getvalue())["identity"] == "reporting-bot"
