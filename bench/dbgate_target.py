@@ -98,6 +98,7 @@ class Dbgate:
         self.target = Target("dbgate", LOOPBACK, self.port, IDENTITY, identity_password, dbname)
         self.argv = [dbgate_binary(), "serve", "-c", str(self.config_path), *(extra_args or [])]
         self.process = ManagedProcess("dbgate", self.argv, work_dir / "dbgate.log")
+        self.target.pgid = self.process.pid  # its own session: group id == pid
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Listening, and a real query round-trips (not just an open port)."""

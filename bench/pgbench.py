@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.procs import run_checked, which
+from bench.procs import group_cpu_seconds, run_checked, which
 from bench.targets import Target
 
 MODES = ("simple", "extended", "prepared")
@@ -93,9 +93,18 @@ class PgbenchResult:
     transactions: int | None = None
     failed: int | None = None
     error: str | None = None
+    # CPU seconds the proxy's process group used during the run (None for direct).
+    proxy_user_s: float | None = None
+    proxy_sys_s: float | None = None
+
+    @property
+    def proxy_cpu_us_per_txn(self) -> float | None:
+        if self.proxy_user_s is None or self.proxy_sys_s is None or not self.transactions:
+            return None
+        return (self.proxy_user_s + self.proxy_sys_s) / self.transactions * 1e6
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "proxy_cpu_us_per_txn": self.proxy_cpu_us_per_txn}
 
 
 def parse_output(text: str) -> tuple[float, float, int, int]:
@@ -143,8 +152,12 @@ def run_once(
         "-T",
         str(seconds),
     ]
+    cpu0 = group_cpu_seconds(target.pgid) if target.pgid else None
     try:
         out = run_checked(argv, env=target.libpq_env(), timeout=seconds * 3 + 60)
+        if target.pgid and cpu0 is not None:
+            cpu1 = group_cpu_seconds(target.pgid)
+            result.proxy_user_s, result.proxy_sys_s = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
         result.tps, result.latency_ms, result.transactions, result.failed = parse_output(out)
     except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as e:
         result.error = str(e).strip()[-1500:]

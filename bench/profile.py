@@ -108,13 +108,14 @@ def profile_dbgate(
     clients: int,
     threads: int,
     out_dir: Path,
+    native: bool = False,
 ) -> dict[str, Any]:
     """Record ``pid`` for ``seconds`` while pgbench -S runs against ``target``."""
     py_spy = find_py_spy()
     if py_spy is None:
         return {"text": "profile skipped: py-spy not found (.venv/bin/pip install py-spy)"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw = out_dir / f"dbgate-{mode}.collapsed"
+    raw = out_dir / f"dbgate-{mode}{'-native' if native else ''}.collapsed"
     load = subprocess.Popen(
         [
             pgbench_bin,
@@ -137,23 +138,9 @@ def profile_dbgate(
     try:
         time.sleep(2)  # connections established, steady state
         print(f"profiling dbgate (pid {pid}) for {seconds}s with py-spy ...", flush=True)
-        run_checked(
-            [
-                py_spy,
-                "record",
-                "-p",
-                str(pid),
-                "-d",
-                str(seconds),
-                "-r",
-                str(RATE),
-                "-f",
-                "raw",
-                "-o",
-                str(raw),
-            ],
-            timeout=seconds + 60,
-        )
+        argv = [py_spy, "record", "-p", str(pid), "-d", str(seconds), "-r", str(RATE)]
+        argv += ["-f", "raw", "-o", str(raw), *(["--native"] if native else [])]
+        run_checked(argv, timeout=seconds + 60)
     except RuntimeError as e:
         return {"text": f"profile failed: {e}"}
     finally:

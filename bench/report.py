@@ -53,6 +53,21 @@ def summarize_pgbench(
                     "rounds_ok": len(tps_values),
                     "rounds": len(runs),
                     "failed_transactions": sum(r.failed or 0 for r in runs),
+                    "proxy_cpu_us_per_txn_median": _median(r.proxy_cpu_us_per_txn for r in runs),
+                    "proxy_cpu_cores_median": _median(
+                        (r.proxy_user_s + r.proxy_sys_s) / r.seconds
+                        if r.proxy_user_s is not None and r.proxy_sys_s is not None
+                        else None
+                        for r in runs
+                    ),
+                    "proxy_sys_fraction_median": _median(
+                        r.proxy_sys_s / (r.proxy_user_s + r.proxy_sys_s)
+                        if r.proxy_user_s is not None
+                        and r.proxy_sys_s is not None
+                        and r.proxy_user_s + r.proxy_sys_s > 0
+                        else None
+                        for r in runs
+                    ),
                     "errors": [r.error for r in runs if r.error],
                 }
             if not row["targets"]:
@@ -82,6 +97,7 @@ def summarize_streaming(results: list[StreamResult], methods: list[str]) -> list
                 "rows_per_s_median": _median(r.rows_per_s for r in runs),
                 "mb_per_s_median": _median(r.mb_per_s for r in runs),
                 "seconds_median": _median(r.seconds for r in runs),
+                "proxy_cpu_ns_per_row_median": _median(r.proxy_cpu_ns_per_row for r in runs),
                 "runs_ok": sum(1 for r in runs if r.rows_per_s),
                 "runs": len(runs),
                 "errors": [r.error for r in runs if r.error],
@@ -186,3 +202,44 @@ def format_flat(data: Mapping[str, Any]) -> str:
         shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
         lines.append(f"  {key:<{width}}  {shown}")
     return "\n".join(lines)
+
+
+PROXIES = ("pgbouncer", "dbgate")
+
+
+def format_cpu_table(rows: list[dict[str, Any]]) -> str:
+    """Proxy CPU per transaction: what each proxy pays, independent of the others' load.
+
+    TPS depends on everything sharing the two cores; CPU time per transaction is a
+    property of the proxy alone, so it says where dbgate stands even on a noisy run.
+    """
+    head = (
+        f"{'mode':<9} {'script':<17}"
+        + "".join(f"{n + ' us/txn':>18} {'cores':>6} {'sys%':>5}" for n in PROXIES)
+        + f"  {'dbgate/pgbouncer CPU':>20}"
+    )
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        cells = f"{row['mode']:<9} {SCRIPT_LABELS[row['script']]:<17}"
+        cost: dict[str, float | None] = {}
+        for name in PROXIES:
+            t = row["targets"].get(name)
+            us = t["proxy_cpu_us_per_txn_median"] if t else None
+            cost[name] = us
+            if t is None or us is None:
+                cells += f"{'-':>18} {'':>6} {'':>5}"
+            else:
+                sys_pct = 100 * (t["proxy_sys_fraction_median"] or 0)
+                cells += f"{us:>18.1f} {t['proxy_cpu_cores_median']:>6.2f} {sys_pct:>4.0f}%"
+        cells += f"  {_fmt_ratio(_ratio(cost['dbgate'], cost['pgbouncer'])):>20}"
+        lines.append(cells)
+    return "\n".join(lines)
+
+
+def format_stream_cpu(rows: list[dict[str, Any]]) -> str:
+    parts = []
+    for row in rows:
+        cost = {n: row["targets"].get(n, {}).get("proxy_cpu_ns_per_row_median") for n in PROXIES}
+        shown = ", ".join(f"{n} {v:,.0f} ns/row" if v else f"{n} -" for n, v in cost.items())
+        parts.append(f"proxy CPU ({row['method']}): {shown}")
+    return "\n".join(parts)

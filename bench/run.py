@@ -108,6 +108,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also record dbgate with py-spy for SECONDS under pgbench -S (needs py-spy)",
     )
     p.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="py-spy --native: include C frames (uvloop, the kernel-call wrappers)",
+    )
+    p.add_argument(
         "--profile-mode",
         default="prepared",
         choices=pgbench.MODES,
@@ -229,7 +234,7 @@ class Bench:
 
         self.pgbench_bin = pgbench.find_pgbench([pg.bin_dir])
         self.meta["pgbench"] = pgbench.pgbench_version(self.pgbench_bin)
-        if not a.no_pgbench:
+        if not a.no_pgbench or a.profile:
             say(f"pgbench -i -s {a.scale} (direct) ...")
             t0 = time.monotonic()
             pgbench.initialize(self.pgbench_bin, direct, a.scale)
@@ -264,7 +269,13 @@ class Bench:
             return
         self.stoppers.append(("pgbouncer", bouncer.stop))
         self.targets["pgbouncer"] = Target(
-            "pgbouncer", bouncer.host, bouncer.port, user, password, DBNAME
+            "pgbouncer",
+            bouncer.host,
+            bouncer.port,
+            user,
+            password,
+            DBNAME,
+            pgid=bouncer.process.pid,
         )
         say(f"PgBouncer ({self.meta['pgbouncer']}, session mode) on {bouncer.host}:{bouncer.port}")
 
@@ -394,6 +405,7 @@ class Bench:
             self.args.clients,
             self.args.threads,
             self.work / "profile",
+            native=self.args.profile_native,
         )
 
     # ----------------------------------------------------------------- classifier
@@ -484,6 +496,11 @@ class Bench:
                 f"median of {a.rounds} interleaved rounds x {a.seconds}s; TPS and average latency"
             )
             say(report.format_pgbench_table(data["pgbench"]["summary"], self.unavailable()))
+            say("")
+            say(
+                "proxy CPU (user+system, whole process group) per transaction, cores used, system share:"
+            )
+            say(report.format_cpu_table(data["pgbench"]["summary"]))
         if self.stream_runs:
             say("")
             say(
@@ -491,6 +508,7 @@ class Bench:
                 f"median of {a.stream_runs} interleaved runs"
             )
             say(report.format_streaming_table(data["streaming"]["summary"], self.unavailable()))
+            say(report.format_stream_cpu(data["streaming"]["summary"]))
         say("")
         if self.classifier is not None:
             say("classifier microbenchmarks (bench/bench_classify.py):")

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import asyncpg
 import uvloop
 
+from bench.procs import group_cpu_seconds
 from bench.targets import Target
 
 TABLE = "bench_stream"
@@ -49,9 +50,16 @@ class StreamResult:
     rows_per_s: float | None = None
     mb_per_s: float | None = None
     error: str | None = None
+    proxy_cpu_s: float | None = None  # user+system CPU of the proxy during the run
+
+    @property
+    def proxy_cpu_ns_per_row(self) -> float | None:
+        if self.proxy_cpu_s is None or not self.rows:
+            return None
+        return self.proxy_cpu_s / self.rows * 1e9
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "proxy_cpu_ns_per_row": self.proxy_cpu_ns_per_row}
 
 
 async def _prepare(target: Target, rows: int) -> None:
@@ -110,6 +118,7 @@ async def _stream_once(target: Target, method: str, expect_rows: int) -> tuple[i
 
 def _run_one(target: Target, method: str, run_no: int, rows: int) -> StreamResult:
     result = StreamResult(target.name, method, run_no)
+    cpu0 = group_cpu_seconds(target.pgid) if target.pgid else None
     try:
         # uvloop on the client too: the faster the client, the more the relay shows.
         n, secs, nbytes = uvloop.run(_stream_once(target, method, rows))
@@ -122,6 +131,10 @@ def _run_one(target: Target, method: str, run_no: int, rows: int) -> StreamResul
     ) as e:
         result.error = f"{type(e).__name__}: {e}"
         return result
+    if target.pgid and cpu0 is not None:
+        # Includes the connection set-up around the timed query: a small overstatement.
+        cpu1 = group_cpu_seconds(target.pgid)
+        result.proxy_cpu_s = (cpu1[0] - cpu0[0]) + (cpu1[1] - cpu0[1])
     result.rows, result.seconds = n, secs
     result.rows_per_s = n / secs
     result.mb_per_s = nbytes / secs / 1e6

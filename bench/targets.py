@@ -28,6 +28,9 @@ class Target:
     # None while usable; otherwise why this target is skipped (shown in the table).
     unavailable: str | None = None
     notes: list[str] = field(default_factory=list)
+    # Process group of the proxy serving this target (None for direct): its CPU use
+    # per transaction is measured alongside the throughput.
+    pgid: int | None = None
 
     @property
     def available(self) -> bool:
