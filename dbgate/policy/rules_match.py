@@ -78,14 +78,40 @@ def _any_glob(globs: tuple[Glob, ...], value: str) -> bool:
     return any(g.matches(value) for g in globs)
 
 
+def _catalog_relations() -> frozenset[str]:
+    try:
+        from dbgate.policy.catalog_builtin import PG_CATALOG_RELATIONS
+    except ImportError:  # pragma: no cover - the catalog ships with the package
+        return frozenset()
+    return frozenset(PG_CATALOG_RELATIONS)
+
+
+_PG_CATALOG_RELATIONS = _catalog_relations()
+
+
+def qualify_table(table: str) -> str:
+    """``table`` with the schema PostgreSQL would resolve it to by default.
+
+    ``pg_catalog`` is searched before anything else, so an unqualified name of a
+    catalog relation (``pg_class``) is ``pg_catalog.pg_class``; any other
+    unqualified name is ``public.<name>`` (default ``search_path``).
+    """
+    schema, bare = _split(table)
+    if schema is not None:
+        return table
+    if bare in _PG_CATALOG_RELATIONS:
+        return f"pg_catalog.{bare}"
+    return f"{DEFAULT_TABLE_SCHEMA}.{bare}"
+
+
 def table_matches(globs: tuple[Glob, ...], table: str) -> bool:
     """Does ``table`` ("schema.table" or "table") match any of ``globs``?
 
     Unqualified patterns look at the bare name in any schema; qualified patterns
-    see an unqualified table as ``public.<table>``.
+    see an unqualified table as :func:`qualify_table` resolves it.
     """
-    schema, bare = _split(table)
-    full = table if schema is not None else f"{DEFAULT_TABLE_SCHEMA}.{bare}"
+    full = qualify_table(table)
+    bare = full.rpartition(".")[2]
     return any(g.matches(full if g.qualified else bare) for g in globs)
 
 
@@ -133,8 +159,7 @@ def allow_functions_match(globs: tuple[Glob, ...], functions: Iterable[str]) -> 
 
 def table_schema(table: str) -> str:
     """The schema a table name refers to, assuming the default search path."""
-    schema, _ = _split(table)
-    return schema if schema is not None else DEFAULT_TABLE_SCHEMA
+    return qualify_table(table).rpartition(".")[0]
 
 
 def _objects_match(

@@ -254,6 +254,12 @@ TABLE_PACK = """
       - name: allow-public
         match: {tables: ["public.*"], categories: [read]}
         action: allow
+      - name: allow-catalog
+        match: {schemas: [pg_catalog], categories: [read]}
+        action: allow
+      - name: allow-public-or-catalog
+        match: {schemas: [public, pg_catalog], categories: [read]}
+        action: allow
 """
 
 
@@ -283,6 +289,10 @@ TABLE_PACK = """
         (("PUBLIC.orders",), Action.HOLD, "default"),
         # an allow with tables never covers a statement that touches no table
         ((), Action.HOLD, "default"),
+        # unqualified catalog relations resolve to pg_catalog (searched first)
+        (("pg_class",), Action.ALLOW, "allow-catalog"),
+        (("pg_catalog.pg_class", "pg_namespace"), Action.ALLOW, "allow-catalog"),
+        (("pg_class", "orders"), Action.ALLOW, "allow-public-or-catalog"),
     ],
 )
 def test_table_and_schema_globs(
