@@ -21,6 +21,8 @@ from .strategies import (
 )
 
 fast = settings(max_examples=300, deadline=None)
+# streams of up to 20 messages cost more per example; fewer keep these under ~3 s
+streams = settings(max_examples=150, deadline=None)
 
 
 def split(wire: bytes) -> tuple[int, bytes]:
@@ -121,7 +123,7 @@ def _frames_of(reader: FrameReader, pieces: list[bytes]) -> tuple[bytes, list[tu
     return b"".join(chunks), seen
 
 
-@fast
+@streams
 @given(stream_and_cuts())
 def test_frame_reader_yields_exactly_the_messages_for_any_split(case) -> None:
     wires, cuts = case
@@ -135,7 +137,7 @@ def test_frame_reader_yields_exactly_the_messages_for_any_split(case) -> None:
     assert reader.pending == 0
 
 
-@fast
+@streams
 @given(st.lists(frontend_messages | backend_messages, min_size=1, max_size=20))
 def test_frame_reader_packed_read(msgs) -> None:
     wires = [msg.encode() for msg in msgs]
@@ -145,7 +147,7 @@ def test_frame_reader_packed_read(msgs) -> None:
     assert [(t, chunk[s:e]) for t, s, e in frames] == [(w[0], w[5:]) for w in wires]
 
 
-@fast
+@streams
 @given(stream_and_cuts())
 def test_frame_reader_byte_at_a_time_then_decodes(case) -> None:
     wires, _ = case

@@ -8,6 +8,8 @@ import hmac
 
 import pytest
 import scramp
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from dbgate.wire import messages as m
 from dbgate.wire.auth import md5_password
@@ -307,3 +309,66 @@ def test_md5_password_matches_postgresql_formula() -> None:
     assert m.parse_password(wire[5:]).startswith("md5")
     with pytest.raises(ValueError):
         md5_password("a", "b", b"123")
+
+
+# ------------------------------------------------------------------ properties
+
+passwords = st.text(st.characters(blacklist_categories=("Cs",)), max_size=16)
+
+
+@settings(max_examples=40, deadline=None)
+@given(passwords, passwords)
+def test_property_our_client_and_server_agree_exactly_when_passwords_match(
+    stored: str, typed: str
+) -> None:
+    server = ScramServerExchange(make_verifier(stored, iterations=4096))
+    client = ScramClientExchange("agent", typed)
+    client_final = client.cont(server.first(client.first()))
+    if normalize_password(stored) == normalize_password(typed):
+        client.final(server.final(client_final))
+        assert server.done
+    else:
+        with pytest.raises(AuthenticationFailed):
+            server.final(client_final)
+
+
+@settings(max_examples=40, deadline=None)
+@given(passwords)
+def test_property_scramp_client_accepted_whenever_scramp_can_prepare_the_password(
+    password: str,
+) -> None:
+    try:
+        client = scramp.ScramClient(["SCRAM-SHA-256"], "agent", password)
+    except scramp.ScramException:
+        assume(False)  # scramp refuses passwords SASLprep rejects; PostgreSQL does not
+    server = ScramServerExchange(make_verifier(password))
+    client.set_server_first(server.first(client.get_client_first().encode()).decode())
+    client.set_server_final(server.final(client.get_client_final().encode()).decode())
+    assert server.done
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80), st.binary(max_size=120))
+def test_property_server_exchange_garbage_only_raises_documented_errors(
+    first: bytes, final: bytes
+) -> None:
+    server = ScramServerExchange(make_verifier("pw", iterations=1), nonce="srv")
+    try:
+        server.first(first)
+        server.final(final)
+    except (ProtocolError, AuthenticationFailed) as exc:
+        assert len(exc.sqlstate) == 5
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80), st.binary(max_size=80))
+def test_property_client_exchange_garbage_only_raises_documented_errors(
+    server_first: bytes, server_final: bytes
+) -> None:
+    client = ScramClientExchange("u", "p", nonce="cn")
+    client.first()
+    try:
+        client.cont(b"r=cnX," + server_first)
+        client.final(server_final)
+    except (ProtocolError, AuthenticationFailed) as exc:
+        assert len(exc.sqlstate) == 5
