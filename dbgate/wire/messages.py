@@ -306,6 +306,69 @@ def _show(b: int) -> str:
     return repr(chr(b)) if 32 <= b < 127 else f"0x{b:02x}"
 
 
+def _cstr_at(body: bytes, pos: int, what: str) -> tuple[str, int]:
+    """The NUL-terminated UTF-8 string at ``pos`` and the offset after its NUL."""
+    end = body.find(b"\0", pos)
+    if end < 0:
+        raise _bad(what, f"string at offset {pos} is not NUL-terminated")
+    try:
+        return body[pos:end].decode(), end + 1
+    except UnicodeDecodeError as exc:
+        raise _bad(what, f"invalid UTF-8 at byte {exc.start} of a string") from None
+
+
+def _i16s_at(body: bytes, pos: int, what: str, label: str) -> tuple[tuple[int, ...], int]:
+    """An int16 count followed by that many int16 values (format codes)."""
+    if pos + 2 > len(body):
+        raise _bad(what, f"truncated: {label} count missing at offset {pos}")
+    n = _unpack_u16(body, pos)[0]
+    pos += 2
+    end = pos + 2 * n
+    if end > len(body):
+        raise _bad(what, f"{label} count {n} exceeds the remaining body")
+    if n == 0:
+        return (), pos
+    if n == 1:
+        return _unpack_i16(body, pos), end
+    return Struct(f"!{n}h").unpack_from(body, pos), end
+
+
+def _values_at(
+    body: bytes, pos: int, what: str, label: str
+) -> tuple[tuple[bytes | None, ...], int]:
+    """An int16 count followed by that many length-prefixed values (-1: NULL).
+
+    Written as one flat loop because DataRow goes through it once per result row.
+    """
+    size = len(body)
+    if pos + 2 > size:
+        raise _bad(what, f"truncated: {label} count missing at offset {pos}")
+    n = _unpack_u16(body, pos)[0]
+    pos += 2
+    if 4 * n > size - pos:
+        raise _bad(what, f"{label} count {n} exceeds the remaining body")
+    out: list[bytes | None] = []
+    append = out.append
+    for _ in range(n):
+        if pos + 4 > size:
+            raise _bad(what, f"truncated: {label} length missing at offset {pos}")
+        length = _unpack_i32(body, pos)[0]
+        pos += 4
+        if length < 0:
+            if length != -1:
+                raise _bad(what, f"negative value length {length}")
+            append(None)
+            continue
+        end = pos + length
+        if end > size:
+            raise _bad(
+                what, f"truncated: {label} of {length} bytes at offset {pos}, body has {size}"
+            )
+        append(body[pos:end])
+        pos = end
+    return tuple(out), pos
+
+
 # ----------------------------------------------------------------- fast frontend parsers
 
 
@@ -321,12 +384,17 @@ def parse_query(body: bytes) -> str:
 
 def parse_parse(body: bytes) -> tuple[str, str, tuple[int, ...]]:
     """``(statement name, sql, parameter type oids)`` of a ``Parse`` ('P') body."""
-    r = _Reader(body, "Parse")
-    name = r.cstr()
-    sql = r.cstr()
-    oids = r.u32s("parameter type")
-    r.end()
-    return name, sql, oids
+    name, pos = _cstr_at(body, 0, "Parse")
+    sql, pos = _cstr_at(body, pos, "Parse")
+    if pos + 2 > len(body):
+        raise _bad("Parse", "truncated: parameter type count missing")
+    n = _unpack_u16(body, pos)[0]
+    pos += 2
+    if pos + 4 * n != len(body):
+        if pos + 4 * n > len(body):
+            raise _bad("Parse", f"parameter type count {n} exceeds the remaining body")
+        raise _bad("Parse", f"{len(body) - pos - 4 * n} unexpected trailing byte(s)")
+    return name, sql, (Struct(f"!{n}I").unpack_from(body, pos) if n else ())
 
 
 def parse_bind(
@@ -337,15 +405,15 @@ def parse_bind(
     Parameter values are raw bytes (``None`` for SQL NULL). The number of format
     codes must be 0, 1 or the number of parameters, as the server requires.
     """
-    r = _Reader(body, "Bind")
-    portal = r.cstr()
-    statement = r.cstr()
-    formats = r.i16s("parameter format")
-    params = r.values("parameter")
+    portal, pos = _cstr_at(body, 0, "Bind")
+    statement, pos = _cstr_at(body, pos, "Bind")
+    formats, pos = _i16s_at(body, pos, "Bind", "parameter format")
+    params, pos = _values_at(body, pos, "Bind", "parameter")
     if len(formats) > 1 and len(formats) != len(params):
         raise _bad("Bind", f"{len(formats)} parameter formats for {len(params)} parameters")
-    result_formats = r.i16s("result format")
-    r.end()
+    result_formats, pos = _i16s_at(body, pos, "Bind", "result format")
+    if pos != len(body):
+        raise _bad("Bind", f"{len(body) - pos} unexpected trailing byte(s)")
     return portal, statement, formats, params, result_formats
 
 
@@ -426,9 +494,9 @@ def parse_command_complete(body: bytes) -> str:
 
 def parse_data_row(body: bytes) -> tuple[bytes | None, ...]:
     """Column values of a DataRow ('D') body; ``None`` is SQL NULL."""
-    r = _Reader(body, "DataRow")
-    cols = r.values("column")
-    r.end()
+    cols, pos = _values_at(body, 0, "DataRow", "column")
+    if pos != len(body):
+        raise _bad("DataRow", f"{len(body) - pos} unexpected trailing byte(s)")
     return cols
 
 
@@ -763,7 +831,7 @@ class AuthResponse:
     """
 
     type_byte: ClassVar[int] = ord("p")
-    data: bytes
+    data: bytes = field(repr=False)  # may be a cleartext password: keep it out of logs
 
     def encode(self) -> bytes:
         return _frame(b"p", self.data)
@@ -774,7 +842,7 @@ class PasswordMessage:
     """PasswordMessage ('p'): cleartext password or ``md5`` + hex digest."""
 
     type_byte: ClassVar[int] = ord("p")
-    password: str
+    password: str = field(repr=False)  # keep it out of logs and tracebacks
 
     def encode(self) -> bytes:
         return _frame(b"p", _cstr(self.password))

@@ -378,3 +378,8 @@ def test_error_response_fields_are_strict_utf8_but_values_stay_raw() -> None:
     assert row == m.DataRow((b"\xff\xfe",))
     with pytest.raises(ProtocolError, match="invalid UTF-8"):
         m.parse_parse(b"\xff\0SELECT 1\0\0\0")
+
+
+def test_passwords_stay_out_of_reprs() -> None:
+    assert "hunter2" not in repr(m.PasswordMessage("hunter2"))
+    assert "hunter2" not in repr(m.decode_frontend(ord("p"), b"hunter2\0"))
