@@ -109,6 +109,8 @@ class StatementDecision:
 
 
 _OPAQUE = frozenset({Category.OPAQUE})
+#: Decisions remembered per (identity, classification object); cleared when full.
+_DECISION_CACHE_SIZE = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,7 @@ class RuleSet:
     _messages: dict[tuple[str, frozenset[Category]], str] = field(
         init=False, repr=False, compare=False
     )
+    _decisions: dict[tuple[Identity, int], Decision] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Pack order is the rule's position here, whatever the caller passed in, and
@@ -173,6 +176,7 @@ class RuleSet:
         object.__setattr__(self, "_compiled", compiled)
         object.__setattr__(self, "_by_identity", {})
         object.__setattr__(self, "_messages", {})
+        object.__setattr__(self, "_decisions", {})
 
     # -- evaluation -----------------------------------------------------------------
     def _candidates(self, identity: Identity) -> dict[Category, tuple[_Compiled, ...]]:
@@ -230,7 +234,19 @@ class RuleSet:
                 classification=classification,
             )
         try:
-            return self._decide(identity, classification)
+            # The classifier hands out the same Classification object for a cached
+            # statement, so remember decisions by object identity. A cached Decision
+            # holds its classification, which keeps the id from being reused while
+            # the entry lives; the `is` check makes a stale hit impossible anyway.
+            key = (identity, id(classification))
+            hit = self._decisions.get(key)
+            if hit is not None and hit.classification is classification:
+                return hit
+            decision = self._decide(identity, classification)
+            if len(self._decisions) >= _DECISION_CACHE_SIZE:
+                self._decisions.clear()
+            self._decisions[key] = decision
+            return decision
         except Exception as e:  # the whole point: catch anything
             log.exception("rules engine failed; denying")
             return Decision(

@@ -422,6 +422,24 @@ def test_internal_error_on_malformed_classification(tmp_path: Path) -> None:
     assert rs.decide(AGENT, bad).action is Action.DENY
 
 
+def test_unhashable_identity_is_internal_error(tmp_path: Path) -> None:
+    rs = pack(tmp_path, "rules:\n  - name: allow-all\n    action: allow\n")
+    bad = Identity("x", groups={"g"})  # type: ignore[arg-type]  # a set, not a frozenset
+    assert rs.decide(bad, cls(stmt(C.READ))).rule == "internal-error"
+
+
+def test_decisions_are_remembered_per_classification_object(tmp_path: Path) -> None:
+    rs = pack(tmp_path, BASIC)
+    c = cls(stmt(C.READ, C.EXPORT))
+    first = rs.decide(AGENT, c)
+    assert rs.decide(AGENT, c) is first
+    # an equal but distinct object is decided afresh (and identically)
+    again = rs.decide(AGENT, cls(stmt(C.READ, C.EXPORT)))
+    assert again is not first and again == first
+    # another identity has its own entry
+    assert rs.decide(Identity("other"), c) is not first
+
+
 def test_catch_all_rule_without_match(tmp_path: Path) -> None:
     rs = pack(
         tmp_path,
