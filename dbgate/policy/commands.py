@@ -185,7 +185,11 @@ def classify_command(
 def rules_check_command(
     directory: Path | None, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
-    """``dbgate rules check``: 0 and a one-line summary, or 1 and every ``file:line``."""
+    """``dbgate rules check``: 0 and a one-line summary, or 1 and every ``file:line``.
+
+    Warnings (rules that can never match) are printed as ``file:line: warning: ...``
+    before the summary but do not fail the check: the pack still works as written.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -196,10 +200,14 @@ def rules_check_command(
         n = len(e.problems)
         err.write(f"{n} problem{'s' if n != 1 else ''} found\n")
         return 1
+    for w in ruleset.warnings:
+        out.write(f"{w}\n")
     n_files = len(ruleset.files)
     n_rules = len(ruleset.rules)
+    n_warn = len(ruleset.warnings)
+    warned = f" ({n_warn} warning{'s' if n_warn != 1 else ''})" if n_warn else ""
     out.write(
         f"ok: {n_rules} rule{'s' if n_rules != 1 else ''} "
-        f"in {n_files} file{'s' if n_files != 1 else ''}\n"
+        f"in {n_files} file{'s' if n_files != 1 else ''}{warned}\n"
     )
     return 0

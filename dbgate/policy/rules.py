@@ -64,6 +64,7 @@ __all__ = [
     "UnitDecision",
     "decide_bind",
     "default_rules_dir",
+    "find_shadowed",
     "load_rules",
     "ruleset_from_rules",
 ]
@@ -150,6 +151,8 @@ class RuleSet:
     rules: tuple[Rule, ...]
     files: tuple[Path, ...] = ()
     default: Rule = field(default=DEFAULT_RULE)
+    #: Not errors, but almost certainly mistakes (see :func:`find_shadowed`).
+    warnings: tuple[RuleProblem, ...] = ()
 
     _compiled: tuple[_Compiled, ...] = field(init=False, repr=False, compare=False)
     _by_identity: dict[Identity, dict[Category, tuple[_Compiled, ...]]] = field(
@@ -331,7 +334,55 @@ def load_rules(directory: Path | None = None) -> RuleSet:
     """
     path = Path(directory) if directory is not None else default_rules_dir()
     rules, files = load_directory(path)
-    return RuleSet(tuple(rules), tuple(files))
+    return RuleSet(tuple(rules), tuple(files), warnings=tuple(find_shadowed(rules)))
+
+
+def _category_only(rule: Rule) -> bool:
+    """True when only the categories limit the rule (no identity/object conditions)."""
+    m = rule.match
+    return (
+        m.all_categories is None
+        and m.tables is None
+        and m.schemas is None
+        and m.functions is None
+        and m.identities is None
+        and m.groups is None
+        and m.application_names is None
+        and m.statements is None
+    )
+
+
+def find_shadowed(rules: Sequence[Rule]) -> list[RuleProblem]:
+    """Rules that can never decide anything because earlier rules take every unit.
+
+    Conservative: only earlier rules limited by nothing but ``categories`` count as
+    covering, so every warning is certain. A final rule without ``match`` (the
+    fail-closed catch-all) is never reported: it is there for categories a newer
+    classifier may add.
+    """
+    all_cats = frozenset(Category)
+    covered: set[Category] = set()
+    by: dict[Category, Rule] = {}
+    out: list[RuleProblem] = []
+    for rule in rules:
+        scope = rule.match.category_scope or all_cats
+        is_catch_all = rule.match == Match()
+        if not is_catch_all and scope <= covered:
+            firsts = sorted({by[c].index: by[c] for c in scope}.values(), key=lambda r: r.index)
+            where = ", ".join(f"'{r.name}' ({r.file}:{r.line})" for r in firsts)
+            out.append(
+                RuleProblem(
+                    rule.file,
+                    rule.line,
+                    f"warning: rule '{rule.name}' can never match; every category it covers "
+                    f"is decided earlier by {where}",
+                )
+            )
+        if _category_only(rule):
+            for c in scope - covered:
+                by[c] = rule
+            covered |= scope
+    return out
 
 
 def ruleset_from_rules(rules: Sequence[Rule]) -> RuleSet:

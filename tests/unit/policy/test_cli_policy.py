@@ -163,6 +163,21 @@ def test_rules_check_counts_files(tmp_path: Path) -> None:
     assert (proc.returncode, proc.stdout) == (0, "ok: 3 rules in 2 files\n")
 
 
+def test_rules_check_prints_warnings_but_passes(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "rules:\n"
+        "  - {name: hold-all-reads, match: {categories: read}, action: hold}\n"
+        "  - {name: allow-my-reads, match: {categories: read, identities: me}, action: allow}\n"
+    )
+    proc = run("rules", "check", str(tmp_path))
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines() == [
+        f"{tmp_path / 'a.yaml'}:3: warning: rule 'allow-my-reads' can never match; every "
+        f"category it covers is decided earlier by 'hold-all-reads' ({tmp_path / 'a.yaml'}:2)",
+        "ok: 2 rules in 1 file (1 warning)",
+    ]
+
+
 @pytest.mark.parametrize("missing", ["nope", "empty"])
 def test_rules_check_missing_or_empty_dir(tmp_path: Path, missing: str) -> None:
     (tmp_path / "empty").mkdir()

@@ -343,3 +343,38 @@ def test_default_rules_dir_is_repo_rules_and_env_overrides(
     monkeypatch.setenv(RULES_DIR_ENV, str(d))
     assert default_rules_dir() == d
     assert [r.name for r in load_rules().rules] == ["only"]
+
+
+def test_shadowed_rules_are_warned_about(tmp_path: Path) -> None:
+    d = write(
+        tmp_path,
+        """
+        rules:
+          - name: hold-read
+            match: {categories: [read, dump]}
+            action: hold
+          - name: allow-analytics-reads
+            match: {categories: [read], schemas: [analytics]}
+            action: allow
+          - name: allow-export
+            match: {categories: [export]}
+            action: allow
+          - name: deny-dump
+            match: {categories: [dump, read]}
+            action: deny
+          - name: safety-net
+            action: hold
+        """,
+    )
+    rs = load_rules(d)
+    base = str(d) + os.sep
+    assert [str(w).removeprefix(base) for w in rs.warnings] == [
+        "pack.yaml:5: warning: rule 'allow-analytics-reads' can never match; every category "
+        f"it covers is decided earlier by 'hold-read' ({base}pack.yaml:2)",
+        "pack.yaml:11: warning: rule 'deny-dump' can never match; every category "
+        f"it covers is decided earlier by 'hold-read' ({base}pack.yaml:2)",
+    ]
+
+
+def test_shipped_pack_has_no_warnings() -> None:
+    assert load_rules(None).warnings == ()
