@@ -157,7 +157,10 @@ class _FileLoader:
     def scalar(self, node: yaml.Node) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             return node
-        return self._constructor.construct_object(node)
+        try:
+            return self._constructor.construct_object(node)
+        except Exception:  # e.g. "2024-13-45" resolves as a timestamp and fails: keep text
+            return str(node.value)
 
     def string(self, node: yaml.Node, what: str) -> str | None:
         if isinstance(node, yaml.ScalarNode) and node.tag == _STR_TAG:

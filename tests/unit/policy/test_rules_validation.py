@@ -151,6 +151,20 @@ def problems(directory: Path) -> list[str]:
             """
             rules:
               - name: a
+                action: hold
+                approvals_needed: 2024-13-45
+                expires_after: yes
+            """,
+            [
+                "pack.yaml:4: 'approvals_needed' must be an integer >= 1, got timestamp '2024-13-45'",
+                "pack.yaml:5: bad duration bool 'yes' for 'expires_after'; "
+                "use e.g. 90s, 15m, 1h, 1h30m, 2d",
+            ],
+        ),
+        (
+            """
+            rules:
+              - name: a
                 match: {categories: []}
                 action: deny
             """,
