@@ -16,6 +16,7 @@ This is the glue between the pure policy package and the relay. What it adds:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 from dbgate.policy.model import Action, Decision, Identity
@@ -24,6 +25,67 @@ from dbgate.proxy.hooks import ALLOW, Refuse, Statement, Verdict
 from dbgate.proxy.session_info import SessionInfo
 
 log = logging.getLogger("dbgate.policy")
+
+_MENTIONS_PREPARE = re.compile(r"\b(prepare|deallocate)\b", re.IGNORECASE)
+_PREPARE = re.compile(
+    r'^\s*PREPARE\s+("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\s*(?:\([^)]*\))?\s*AS\s+(.+?)\s*;?\s*$',
+    re.IGNORECASE | re.DOTALL,
+)
+_DEALLOCATE = re.compile(
+    r'^\s*DEALLOCATE\s+(?:PREPARE\s+)?("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$',
+    re.IGNORECASE,
+)
+
+
+def bind_values_as_text(values: tuple[bytes | None, ...]) -> list[str | None] | None:
+    """Bind values as text, or None when one cannot be read as UTF-8 text.
+
+    Only the text-typed arguments (setting names, file paths ...) matter to the
+    decisions made at Bind, and the binary format of text types is their UTF-8 bytes,
+    so both formats read the same. A value that is not valid text makes the caller
+    refuse rather than guess.
+    """
+    out: list[str | None] = []
+    for v in values:
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            out.append(v.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+    return out
+
+
+def _ident(token: str) -> str:
+    if token.startswith('"'):
+        return token[1:-1].replace('""', '"')
+    return token.lower()
+
+
+def track_sql_prepares(sql: str, prepared: dict[str, str]) -> None:
+    """Record SQL-level PREPARE/DEALLOCATE in the session's prepared-statement map.
+
+    SQL PREPARE and protocol-level Parse share one namespace in PostgreSQL, so a later
+    ``EXECUTE name`` is classified by the body recorded here. A PREPARE we cannot read
+    is simply not recorded: its EXECUTE then classifies as opaque (fail closed).
+    """
+    from pglast.parser import split
+
+    try:
+        parts = split(sql)
+    except Exception:
+        return
+    for part in parts:
+        if (mp := _PREPARE.match(part)) is not None:
+            prepared.setdefault(_ident(mp.group(1)), mp.group(2))
+        elif (md := _DEALLOCATE.match(part)) is not None:
+            name = md.group(1)
+            if name.lower() == "all":
+                prepared.clear()
+            else:
+                prepared.pop(_ident(name), None)
+
 
 INSUFFICIENT_PRIVILEGE = "42501"
 
@@ -56,16 +118,16 @@ class PolicyInspector:
                 "dbgate: fast-path function calls are not allowed; "
                 "call the function from SQL so that it can be inspected",
             )
-        classification = self._classify(statement.sql)
+        classification = self._classify(statement.sql, prepared=session.prepared)
         identity = self.identity(session)
         if kind == "bind":
-            if 1 in statement.param_formats:
+            params = bind_values_as_text(statement.params)
+            if params is None:
                 return Refuse(
                     INSUFFICIENT_PRIVILEGE,
                     "dbgate: this statement is decided on its parameter values, "
-                    "which must be sent in text format",
+                    "and a value could not be read as text",
                 )
-            params = [None if p is None else p.decode("utf-8", "replace") for p in statement.params]
             decision = decide_bind(
                 self.ruleset,
                 identity,
@@ -81,7 +143,10 @@ class PolicyInspector:
             elif kind == "parse" and not statement.statement_name:
                 session.bind_checks.discard("")
             decision = self.ruleset.decide(identity, classification)  # type: ignore[arg-type]
-        return self.verdict(decision, session)
+        verdict = self.verdict(decision, session)
+        if kind == "query" and verdict is ALLOW and _MENTIONS_PREPARE.search(statement.sql):
+            track_sql_prepares(statement.sql, session.prepared)
+        return verdict
 
     @staticmethod
     def verdict(decision: Decision, session: SessionInfo) -> Verdict:

@@ -13,9 +13,12 @@ import logging
 import secrets
 import signal
 import ssl
+import sys
 from dataclasses import dataclass
 
 from dbgate.config import Config
+from dbgate.policy.rules import RulesError
+from dbgate.policy.rules_load import iter_problems
 from dbgate.proxy.channel import Channel, ConnectionLost
 from dbgate.proxy.handshake import (
     HandshakeRefused,
@@ -273,6 +276,17 @@ class ProxyServer:
             await self._server.wait_closed()
 
 
+def build_inspector(config: Config) -> Inspector:
+    """The policy inspector for ``config`` (or allow-all when policy is off)."""
+    if config.policy == "off":
+        log.warning("policy is OFF: every statement is relayed without inspection")
+        return AllowAll()
+    from dbgate.policy.rules import load_rules
+    from dbgate.proxy.policy_inspector import PolicyInspector
+
+    return PolicyInspector(load_rules(config.rules_dir))
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -286,8 +300,15 @@ def run_serve(config: Config) -> int:
 
     configure_logging(config.log_level)
 
+    try:
+        inspector = build_inspector(config)
+    except RulesError as e:
+        for problem in iter_problems(e):
+            print(f"dbgate: {problem}", file=sys.stderr)
+        return 2
+
     async def main() -> int:
-        server = ProxyServer(config)
+        server = ProxyServer(config, inspector=inspector)
         try:
             await server.start()
         except OSError as e:

@@ -1,0 +1,161 @@
+"""The default rule pack enforced by the real proxy, seen from real drivers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import psycopg
+import psycopg2
+import pytest
+
+from dbgate.policy.rules import load_rules
+from dbgate.proxy.policy_inspector import PolicyInspector, track_sql_prepares
+
+
+@pytest.fixture
+def table(pg_dsn: str) -> Iterator[str]:
+    name = f"pol_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"create table {name} (id int primary key, v text)")
+        conn.execute(f"insert into {name} select g, 'v' || g from generate_series(1, 50) g")
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"drop table if exists {name}")
+
+
+@pytest.fixture
+def enforcing(make_proxy: Any, pg_database: str) -> str:
+    proxy = make_proxy(inspector=PolicyInspector(load_rules()))
+    return proxy.dsn(pg_database)
+
+
+async def test_ordinary_reads_and_bounded_writes_pass(enforcing: str, table: str) -> None:
+    conn = await asyncpg.connect(enforcing)
+    try:
+        assert await conn.fetchval(f"select count(*) from {table}") == 50
+        assert await conn.fetchval(f"select v from {table} where id = $1", 7) == "v7"
+        await conn.execute(f"update {table} set v = 'x' where id = $1", 3)
+        assert await conn.fetchval(f"select v from {table} where id = 3") == "x"
+    finally:
+        await conn.close()
+
+
+async def test_denied_admin_statement_fails_with_42501_and_says_why(
+    enforcing: str, table: str
+) -> None:
+    conn = await asyncpg.connect(enforcing)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as info:
+            await conn.execute(f"copy {table} to program 'cat > /tmp/leak'")
+        assert "denied" in str(info.value)
+        assert info.value.hint == "rule: deny-server-admin"
+        assert await conn.fetchval("select 1") == 1  # session still usable
+    finally:
+        await conn.close()
+
+
+async def test_held_statement_is_refused_without_an_approval_service(
+    enforcing: str, table: str, pg_dsn: str
+) -> None:
+    conn = await asyncpg.connect(enforcing)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as info:
+            await conn.execute(f"delete from {table}")
+        assert "needs approval" in str(info.value)
+    finally:
+        await conn.close()
+    direct = await asyncpg.connect(pg_dsn)
+    try:
+        assert await direct.fetchval(f"select count(*) from {table}") == 50  # nothing ran
+    finally:
+        await direct.close()
+
+
+def test_refusal_inside_a_transaction_fails_it_on_both_sides(enforcing: str, table: str) -> None:
+    with psycopg.connect(enforcing) as conn:
+        conn.execute(f"insert into {table} values (1000, 'in-tx')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"truncate {table}")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("select 1")
+        conn.rollback()
+        assert conn.execute(f"select count(*) from {table} where id = 1000").fetchone() == (0,)
+
+
+async def test_set_config_is_decided_at_bind_with_the_actual_values(enforcing: str) -> None:
+    conn = await asyncpg.connect(enforcing)
+    try:
+        stmt = await conn.prepare("select set_config($1, $2, false)")
+        assert await stmt.fetchval("work_mem", "8MB") == "8MB"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await stmt.fetchval("role", "postgres")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await stmt.fetchval("standard_conforming_strings", "off")
+        assert await conn.fetchval("show work_mem") == "8MB"
+        assert await conn.fetchval("select current_user") != "x"  # still usable
+    finally:
+        await conn.close()
+
+
+async def test_sql_prepare_and_execute_are_classified_by_the_body(
+    enforcing: str, table: str
+) -> None:
+    conn = await asyncpg.connect(enforcing)
+    try:
+        await conn.execute(f"prepare one_row as select v from {table} where id = $1")
+        assert await conn.fetch("execute one_row(5)") == [("v5",)]
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(f"prepare wipe as delete from {table}")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("execute wipe")  # never prepared: opaque, held
+    finally:
+        await conn.close()
+
+
+def test_fast_path_function_calls_are_refused(enforcing: str) -> None:
+    conn = psycopg2.connect(enforcing)
+    try:
+        # libpq's large-object API uses FunctionCall messages; psycopg2 reports
+        # lobject failures as OperationalError without the SQLSTATE.
+        with pytest.raises(psycopg2.OperationalError) as info:
+            conn.lobject(0, "wb")
+        assert "dbgate: fast-path function calls are not allowed" in str(info.value)
+    finally:
+        conn.close()
+
+
+async def test_unparseable_sql_is_denied_with_the_parser_message(enforcing: str) -> None:
+    conn = await asyncpg.connect(enforcing)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as info:
+            await conn.execute("selec 1 frm")
+        assert "syntax error" in str(info.value)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("PREPARE a AS select 1", {"a": "select 1"}),
+        ('prepare "Mixed Name" (int, text) as select $1, $2;', {"Mixed Name": "select $1, $2"}),
+        ("prepare b as delete from t; select 1", {"b": "delete from t"}),
+        ("select 'prepare c as x'", {}),
+    ],
+)
+def test_sql_prepare_tracking(sql: str, expected: dict[str, str]) -> None:
+    prepared: dict[str, str] = {}
+    track_sql_prepares(sql, prepared)
+    assert prepared == expected
+
+
+def test_deallocate_forgets_prepared_statements() -> None:
+    prepared = {"a": "select 1", "b": "select 2"}
+    track_sql_prepares("deallocate a", prepared)
+    assert prepared == {"b": "select 2"}
+    track_sql_prepares("DEALLOCATE ALL", prepared)
+    assert prepared == {}
