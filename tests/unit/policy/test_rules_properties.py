@@ -8,11 +8,12 @@ the decision more permissive.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbgate.policy.model import Action, Category, Classification, Identity, Reason, StatementClass
-from dbgate.policy.rules import RuleSet, load_rules
+from dbgate.policy.rules import RulesError, RuleSet, load_rules
 from dbgate.policy.rules_match import SEVERITY
 
 PACK: RuleSet = load_rules(None)
@@ -113,3 +114,47 @@ def test_allow_only_when_every_category_is_allowed_by_the_pack(
     cats = set().union(*(s.categories or {Category.OPAQUE} for s in c.statements))
     if c.statements:
         assert (d.action is Action.ALLOW) == (cats <= allowed)
+
+
+yaml_fragments = st.sampled_from(
+    [
+        "rules:",
+        "  - name: a",
+        "  - name: b",
+        "    action: allow",
+        "    action: hold",
+        "    action: nope",
+        "    match:",
+        "      categories: [read, nope]",
+        "      tables: ['[x', a.b.c]",
+        "    expires_after: 1h",
+        "    expires_after: never",
+        "    approvals_needed: 0",
+        "version: 1",
+        "- x",
+        "  : :",
+        "{",
+        "'",
+        "&a [*a]",
+        "!!python/object:os.system ls",
+        "",
+    ]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(yaml_fragments, max_size=12))
+def test_loader_never_crashes(tmp_path_factory: pytest.TempPathFactory, lines: list[str]) -> None:
+    """Whatever is in the file: a RuleSet or a RulesError naming lines of that file."""
+    d = tmp_path_factory.mktemp("fuzz")
+    text = "\n".join(lines) + "\n"
+    (d / "f.yaml").write_text(text)
+    try:
+        rs = load_rules(d)
+    except RulesError as e:
+        assert e.problems
+        for p in e.problems:
+            assert 0 <= p.line <= len(lines) + 1, (p, text)
+            assert p.file == str(d / "f.yaml")
+    else:
+        assert rs.rules
