@@ -17,6 +17,9 @@ Regenerate (against a scratch server of the PostgreSQL major version you target)
             AND c.relkind IN ('r', 'v', 'm') ORDER BY 1, 2) TO STDOUT;
     COPY (SELECT name, context FROM pg_settings ORDER BY 1) TO STDOUT;
     COPY (SELECT oprname FROM pg_operator GROUP BY 1 ORDER BY 1) TO STDOUT;
+    COPY (SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+          WHERE n.nspname = 'pg_catalog' AND t.typname !~ '^_'
+            AND t.typtype IN ('b', 'r', 'm', 'd', 'e') ORDER BY 1) TO STDOUT;
 """
 
 from __future__ import annotations
@@ -1022,6 +1025,20 @@ SETTING_CONTEXTS: dict[str, str] = {
     "xmloption": "user",
     "zero_damaged_pages": "superuser",
 }
+
+#: pg_catalog data types (no pseudo-types): ``regrole('x')`` is a function-style cast.
+BUILTIN_TYPES = _names(
+    """
+aclitem bit bool box bpchar bytea char cid cidr circle date datemultirange daterange float4
+float8 gtsvector inet int2 int2vector int4 int4multirange int4range int8 int8multirange
+int8range interval json jsonb jsonpath line lseg macaddr macaddr8 money name numeric
+nummultirange numrange oid oidvector path pg_brin_bloom_summary pg_brin_minmax_multi_summary
+pg_dependencies pg_lsn pg_mcv_list pg_ndistinct pg_node_tree pg_snapshot point polygon refcursor
+regclass regcollation regconfig regdictionary regnamespace regoper regoperator regproc
+regprocedure regrole regtype text tid time timestamp timestamptz timetz tsmultirange tsquery
+tsrange tstzmultirange tstzrange tsvector txid_snapshot uuid varbit varchar xid xid8 xml
+"""
+)
 
 #: Every operator name defined in pg_operator.
 OPERATORS = _names(

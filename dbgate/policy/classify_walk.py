@@ -411,8 +411,8 @@ def func_names(
     if builtin and name in _fn.SPECIAL:
         _special(name, qual, x, acc)
         return
-    if eff is not None and builtin:
-        return
+    if eff is not None and builtin and name in _fn.BUILTIN_NAMES:
+        return  # a known built-in with a known effect; extension functions stay opaque
     if _fn.is_pure(name, schema):
         return
     if acc.extra_pure and (qual in acc.extra_pure or (schema is None and name in acc.extra_pure)):
@@ -526,6 +526,7 @@ def from_range_var(rv: dict[str, Any], acc: Acc, ctes: dict[str, bool]) -> bool:
     if schema is None and name in ctes:
         return ctes[name]
     acc.tables.add(_table_key(schema, name))
+    acc.add(READ, "select", "reads data")
     if _is_catalog(schema, name):
         _catalog_read(schema, name, acc)
         return False
@@ -739,9 +740,20 @@ _QUERY_NODES = frozenset({"SelectStmt", *_DML})
 
 
 def nested_sql(
-    text: str, acc: Acc, why: str, params: Sequence[bytes | str | None] | None = None
+    text: str,
+    acc: Acc,
+    why: str,
+    params: Sequence[bytes | str | None] | None = None,
+    *,
+    unwrap_prepare: bool = False,
 ) -> None:
-    """Classify SQL text found inside a statement and merge its categories."""
+    """Classify SQL text found inside a statement and merge its categories.
+
+    ``params``: values for the nested text's ``$n`` (EXECUTE arguments), or None when
+    unknown. Nested SQL never receives Bind values of its own, so anything in it
+    that would need them is opaque. ``unwrap_prepare``: the text is a whole
+    ``PREPARE name AS ...`` (how a proxy may have recorded it): classify the body.
+    """
     if acc.depth >= MAX_NESTING:
         acc.add(OPAQUE, "nesting-too-deep", f"{why}: SQL nested too deeply")
         return
@@ -751,12 +763,15 @@ def nested_sql(
         acc.add(OPAQUE, "nested-parse-error", f"{why}: {exc}")
         return
     for raw in tree.get("stmts", ()):
+        node = raw.get("stmt") or {}
+        if unwrap_prepare and "PrepareStmt" in node:
+            node = node["PrepareStmt"].get("query") or {}
         sub = Acc(params, acc.prepared, acc.extra_pure, acc.depth + 1)
-        statement(raw.get("stmt") or {}, sub)
+        statement(node, sub)
         acc.merge(sub.result())
         acc.uncacheable |= sub.uncacheable
         acc.sensitive |= sub.sensitive
-        if sub.needs_bind:  # nested SQL never receives Bind values of its own
+        if sub.needs_bind:
             acc.add(OPAQUE, "dynamic-sql", f"{why}: depends on parameter values not known")
 
 
@@ -967,7 +982,7 @@ def _execute(body: dict[str, Any], acc: Acc) -> None:
             params = None  # some argument is computed or a Bind parameter not yet seen
             continue
         params.append(v)
-    nested_sql(text, acc, f"EXECUTE {name}", params)
+    nested_sql(text, acc, f"EXECUTE {name}", params, unwrap_prepare=True)
 
 
 def _declare(body: dict[str, Any], acc: Acc) -> None:

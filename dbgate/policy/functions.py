@@ -261,10 +261,19 @@ REDUCING_AGGREGATES: frozenset[str] = _cat.AGGREGATES - COLLECTING_AGGREGATES
 
 #: Names safe to call unqualified or as ``pg_catalog.<name>``.
 PURE: frozenset[str] = (
-    (_cat.STABLE_OR_IMMUTABLE | _cat.WINDOW_FUNCTIONS | _cat.AGGREGATES | REVIEWED_VOLATILE_PURE)
+    (
+        _cat.STABLE_OR_IMMUTABLE
+        | _cat.WINDOW_FUNCTIONS
+        | _cat.AGGREGATES
+        | _cat.BUILTIN_TYPES  # function-style casts: regclass('t'), tsquery('a & b')
+        | REVIEWED_VOLATILE_PURE
+    )
     - frozenset(EFFECTS)
     - SPECIAL
 )
+
+#: Every function name PostgreSQL itself ships in pg_catalog (any volatility).
+BUILTIN_NAMES: frozenset[str] = _cat.STABLE_OR_IMMUTABLE | _cat.VOLATILE | _cat.AGGREGATES
 
 #: Schema-qualified names known to be pure (information_schema helpers used by JDBC).
 QUALIFIED_PURE: frozenset[str] = frozenset(
