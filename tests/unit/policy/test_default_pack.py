@@ -23,6 +23,37 @@ def pack() -> RuleSet:
     return load_rules(None)
 
 
+ASYNCPG_TYPE_INTROSPECTION = """
+WITH RECURSIVE typeinfo_tree(oid, ns, name, kind, basetype, elemtype, elemdelim, range_subtype,
+                             attrtypoids, attrnames, depth) AS (
+  SELECT ti.oid, ti.ns, ti.name, ti.kind, ti.basetype, ti.elemtype, ti.elemdelim,
+         ti.range_subtype, ti.attrtypoids, ti.attrnames, 0
+  FROM (SELECT t.oid AS oid, ns.nspname AS ns, t.typname AS name, t.typtype AS kind,
+          (CASE WHEN t.typtype = 'd' THEN
+            (WITH RECURSIVE typebases(oid, depth) AS (
+               SELECT t2.typbasetype AS oid, 0 AS depth FROM pg_type t2 WHERE t2.oid = t.oid
+               UNION ALL
+               SELECT t2.typbasetype AS oid, tb.depth + 1 AS depth FROM pg_type t2, typebases tb
+               WHERE tb.oid = t2.oid AND t2.typbasetype != 0)
+             SELECT oid FROM typebases ORDER BY depth DESC LIMIT 1)
+           ELSE NULL END) AS basetype,
+          t.typelem AS elemtype, elem_t.typdelim AS elemdelim, range_t.rngsubtype AS range_subtype,
+          (CASE WHEN t.typtype = 'c' THEN
+            (SELECT array_agg(ia.atttypid ORDER BY ia.attnum) FROM pg_attribute ia
+             INNER JOIN pg_class c ON (ia.attrelid = c.oid)
+             WHERE ia.attnum > 0 AND NOT ia.attisdropped AND c.reltype = t.oid)
+           ELSE NULL END) AS attrtypoids,
+          NULL::text[] AS attrnames
+        FROM pg_catalog.pg_type AS t
+        INNER JOIN pg_catalog.pg_namespace ns ON (ns.oid = t.typnamespace)
+        LEFT JOIN pg_type elem_t ON (t.typlen = -1 AND t.typelem != 0 AND t.typelem = elem_t.oid)
+        LEFT JOIN pg_range range_t ON (t.oid = range_t.rngtypid)) AS ti
+  WHERE ti.oid = any($1::oid[])
+)
+SELECT DISTINCT *, basetype::regtype::text AS basetype_name,
+       elemtype::regtype::text AS elemtype_name FROM typeinfo_tree ORDER BY depth DESC
+"""
+
 ORDINARY = [
     # --- driver/ORM handshakes and introspection --------------------------------------
     ("SELECT 1", ALLOW),
@@ -54,6 +85,43 @@ ORDINARY = [
         "WHERE a.attrelid = 16384 AND a.attnum > 0 AND NOT a.attisdropped",
         ALLOW,
     ),
+    (ASYNCPG_TYPE_INTROSPECTION, ALLOW),
+    (
+        "SELECT typname AS name, oid, typarray AS array_oid, oid::regtype::text AS regtype, "
+        "typdelim AS delimiter FROM pg_type t WHERE t.oid = to_regtype($1) ORDER BY t.oid",
+        ALLOW,
+    ),  # psycopg TypeInfo.fetch
+    (
+        "SELECT pg_catalog.pg_class.relname FROM pg_catalog.pg_class JOIN pg_catalog.pg_namespace "
+        "ON pg_catalog.pg_namespace.oid = pg_catalog.pg_class.relnamespace "
+        "WHERE pg_catalog.pg_class.relname = $1 "
+        "AND pg_catalog.pg_class.relkind = ANY (ARRAY[$2, $3, $4, $5, $6]) "
+        "AND pg_catalog.pg_table_is_visible(pg_catalog.pg_class.oid) "
+        "AND pg_catalog.pg_namespace.nspname != $7",
+        ALLOW,
+    ),  # SQLAlchemy has_table
+    ("show standard_conforming_strings", ALLOW),  # SQLAlchemy connect
+    (
+        "SELECT NULL AS TABLE_CAT, n.nspname AS TABLE_SCHEM, c.relname AS TABLE_NAME, "
+        "d.description AS REMARKS FROM pg_catalog.pg_namespace n, pg_catalog.pg_class c "
+        "LEFT JOIN pg_catalog.pg_description d ON (c.oid = d.objoid AND d.objsubid = 0 "
+        "AND d.classoid = 'pg_class'::regclass) WHERE c.relnamespace = n.oid "
+        "AND c.relname LIKE 'orders' ORDER BY TABLE_SCHEM, TABLE_NAME",
+        ALLOW,
+    ),  # pgjdbc DatabaseMetaData.getTables
+    (
+        'SELECT n.nspname as "Schema", c.relname as "Name", '
+        'pg_catalog.pg_get_userbyid(c.relowner) as "Owner" FROM pg_catalog.pg_class c '
+        "LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r','p','') AND n.nspname <> 'pg_catalog' "
+        "AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 1,2",
+        ALLOW,
+    ),  # psql \dt
+    (
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')",
+        ALLOW,
+    ),
     # --- transactions and session control ----------------------------------------------
     ("BEGIN", ALLOW),
     ("BEGIN ISOLATION LEVEL REPEATABLE READ", ALLOW),
@@ -78,11 +146,27 @@ ORDINARY = [
     ("WITH recent AS (SELECT * FROM orders WHERE id > 100) SELECT count(*) FROM recent", ALLOW),
     ("EXPLAIN SELECT * FROM orders", ALLOW),  # EXPLAIN without ANALYZE only plans
     ("VALUES (1, 'a'), (2, 'b')", ALLOW),
+    (
+        "SELECT c.id, count(o.id) AS n, sum(o.total) FROM customers c "
+        "JOIN orders o ON o.customer_id = c.id GROUP BY c.id ORDER BY n DESC LIMIT 20",
+        ALLOW,
+    ),
+    (
+        "SELECT status, total, rank() OVER (PARTITION BY status ORDER BY total DESC) "
+        "FROM orders WHERE created_at > now() - interval '7 days' LIMIT 100",
+        ALLOW,
+    ),
     # --- bounded writes -----------------------------------------------------------------
     ("INSERT INTO orders (customer_id, total, status) VALUES (1, 9.99, 'new')", ALLOW),
     ("INSERT INTO orders (customer_id, total) VALUES ($1, $2) RETURNING id", ALLOW),
     ("UPDATE orders SET status = 'shipped' WHERE id = 42", ALLOW),
     ("DELETE FROM orders WHERE id = $1", ALLOW),
+    (
+        "INSERT INTO orders (id, customer_id, total) VALUES (1, 2, 3.5) "
+        "ON CONFLICT (id) DO UPDATE SET total = EXCLUDED.total",
+        ALLOW,
+    ),
+    ("INSERT INTO orders (customer_id, total) VALUES (1, 2), (3, 4), (5, 6)", ALLOW),
     # --- pgbench's TPC-B-like script ------------------------------------------------------
     ("UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 5678", ALLOW),
     ("SELECT abalance FROM pgbench_accounts WHERE aid = 5678", ALLOW),
