@@ -27,7 +27,7 @@ from pglast import parser as _pg
 
 from dbgate.policy import functions as _fn
 from dbgate.policy.catalog_builtin import PG_CATALOG_RELATIONS
-from dbgate.policy.catalog_settings import setting_effects
+from dbgate.policy.catalog_settings import VALUE_SENSITIVE, setting_effects
 from dbgate.policy.model import Category, Reason, StatementClass
 
 READ = Category.READ
@@ -454,9 +454,12 @@ def _set_config(qual: str, args: list[Any], acc: Acc) -> None:
         else:
             acc.add(OPAQUE, "dynamic-setting", f"{qual}: the setting name is computed")
         return
-    vstate, value = value_of(args[1], acc) if len(args) > 1 else (_KNOWN, None)
+    name = name.strip()
+    vstate, value = _KNOWN, None
+    if name.lower() in VALUE_SENSITIVE and len(args) > 1:  # only read the value if it matters
+        vstate, value = value_of(args[1], acc)
     values = None if vstate != _KNOWN else ([] if value is None else [value])
-    effects, needed = setting_effects(name.strip(), values, as_list=True)
+    effects, needed = setting_effects(name, values, as_list=True)
     for cat, code, msg in effects:
         if needed and vstate == _NEED_BIND:
             acc.add(OPAQUE, "needs-bind", f"{qual}: value of {name} is a Bind parameter")

@@ -13,6 +13,7 @@ this file pins the categories the rules match on.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ O = Category.OPAQUE  # noqa: E741 - a table column, reads better short
 C = Category.CONTROL
 
 
-def row(sql: str, *cats: Category, subset: bool = False, id: str | None = None):  # noqa: A002
+def row(sql: str, *cats: Category, subset: bool = False, id: str | None = None) -> Any:
     return pytest.param(sql, frozenset(cats), subset, id=id or sql[:60])
 
 
@@ -209,8 +210,7 @@ BI = [
     row("SELECT max(created_at), min(created_at) FROM orders", R),
     row("SELECT avg(total)::numeric(10,2) FROM orders WHERE status = 'paid'", R),
     row(
-        "SELECT date_trunc('month', created_at) AS m, count(*) FROM orders "
-        "GROUP BY 1 ORDER BY 1",
+        "SELECT date_trunc('month', created_at) AS m, count(*) FROM orders GROUP BY 1 ORDER BY 1",
         R,
     ),
     row(
@@ -272,8 +272,11 @@ BI = [
     row("SELECT currval('orders_id_seq'), lastval()", R),
     row("PREPARE q(int) AS SELECT * FROM orders WHERE id = $1", C, R),
     row("DECLARE c CURSOR FOR SELECT * FROM orders WHERE customer_id = 3", R),
-    row("SELECT * FROM orders o, LATERAL (SELECT * FROM payments p WHERE p.order_id = o.id) x "
-        "WHERE o.id = 7", R),
+    row(
+        "SELECT * FROM orders o, LATERAL (SELECT * FROM payments p WHERE p.order_id = o.id) x "
+        "WHERE o.id = 7",
+        R,
+    ),
 ]
 
 WRITES = [
@@ -289,7 +292,11 @@ WRITES = [
     row("INSERT INTO orders (id) VALUES (nextval('orders_id_seq'))", W),
     row("UPDATE orders SET status = 'shipped' WHERE id = 7", W),
     row("UPDATE orders SET status = $1 WHERE id = ANY($2)", W),
-    row("UPDATE orders o SET total = p.amount FROM payments p WHERE p.order_id = o.id AND o.id = 1", W, R),
+    row(
+        "UPDATE orders o SET total = p.amount FROM payments p WHERE p.order_id = o.id AND o.id = 1",
+        W,
+        R,
+    ),
     row("UPDATE orders SET status = 'x' WHERE id = 1 RETURNING *", W),
     row("DELETE FROM orders WHERE id = 7", W),
     row("DELETE FROM orders WHERE created_at < now() - interval '1 year'", W),
@@ -310,8 +317,7 @@ WRITES = [
     row("LOCK TABLE orders IN SHARE MODE", W),
     row("REFRESH MATERIALIZED VIEW order_stats", W),
     row(
-        "WITH upd AS (UPDATE orders SET status = 'x' WHERE id = 1 RETURNING id) "
-        "SELECT * FROM upd",
+        "WITH upd AS (UPDATE orders SET status = 'x' WHERE id = 1 RETURNING id) SELECT * FROM upd",
         R,
         W,
         id="cte-bounded-update",
@@ -355,7 +361,9 @@ DESTRUCTIVE = [
     row("EXPLAIN (ANALYZE, BUFFERS) UPDATE orders SET total = 0", X),
     row("EXPLAIN (ANALYZE true) DELETE FROM orders", X),
     row("MERGE INTO orders o USING payments p ON o.id = p.order_id WHEN MATCHED THEN DELETE", X, R),
-    row("MERGE INTO orders o USING payments p ON true WHEN MATCHED THEN UPDATE SET total = 0", X, R),
+    row(
+        "MERGE INTO orders o USING payments p ON true WHEN MATCHED THEN UPDATE SET total = 0", X, R
+    ),
     row("SELECT lo_unlink(1234)", R, X),
     row("UPDATE orders SET total = 0 RETURNING *", X, D),
 ]
@@ -635,7 +643,7 @@ OPAQUE = [
     row("CALL my_proc(1)", O),
     row("SELECT my_function(1)", R, O),
     row("SELECT public.lower('x')", R, O, id="public-lower-is-not-builtin"),
-    row('SELECT "Lower"(\'x\')', R, O, id="quoted-mixed-case-is-another-function"),
+    row("SELECT \"Lower\"('x')", R, O, id="quoted-mixed-case-is-another-function"),
     row("SELECT * FROM my_srf()", R, O),
     row("EXECUTE my_plan(1)", O, id="execute-unknown-prepared"),
     row(

@@ -1,0 +1,298 @@
+"""Cache, Bind-time and fail-closed behaviour of the classifier's public API.
+
+The cache must make repeated work cheap *without* ever letting one statement
+inherit another's classification: literal values that decide a category
+(settings, ``set_config`` names, LIMITs) and session state (prepared statements)
+must never share an entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pglast import parser
+
+from dbgate.policy import classify as classify_mod
+from dbgate.policy import classify_walk
+from dbgate.policy.classify import cache_info, classify, classify_bind, clear_cache
+from dbgate.policy.model import Category
+
+R, W, D, A, P, ESC, O, C = (
+    Category.READ,
+    Category.WRITE,
+    Category.DUMP,
+    Category.ADMIN,
+    Category.PRIVILEGE,
+    Category.ESCAPE,
+    Category.OPAQUE,
+    Category.CONTROL,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    clear_cache()
+    yield
+    clear_cache()
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_same_text_hits_exact_cache_and_returns_same_object() -> None:
+    first = classify("SELECT * FROM orders WHERE id = 1")
+    again = classify("SELECT * FROM orders WHERE id = 1")
+    assert again is first
+    assert cache_info()["exact"] == 1
+
+
+def test_different_literals_share_the_normalized_entry() -> None:
+    first = classify("SELECT * FROM orders WHERE id = 1")
+    other = classify("SELECT * FROM orders WHERE id = 2")
+    assert other is first
+    assert cache_info()["normalized"] == 1
+    assert cache_info()["cold"] == 1
+
+
+def test_fingerprint_ignores_literals_that_matter() -> None:
+    """Why the cache cannot be keyed on the fingerprint alone."""
+    a, b = "SET standard_conforming_strings = on", "SET standard_conforming_strings = off"
+    assert parser.fingerprint(a) == parser.fingerprint(b)
+    assert classify(a).categories == {C}
+    assert classify(b).categories == {ESC}
+
+
+@pytest.mark.parametrize(
+    ("benign", "benign_cats", "dangerous", "dangerous_cats"),
+    [
+        (
+            "SET standard_conforming_strings = on",
+            {C},
+            "SET standard_conforming_strings = off",
+            {ESC},
+        ),
+        (
+            "SELECT set_config('application_name', 'x', false)",
+            {R, C},
+            "SELECT set_config('role', 'x', false)",
+            {R, P},
+        ),
+        (
+            "SELECT set_config('search_path', 'pg_catalog, public', false)",
+            {R, C},
+            "SELECT set_config('search_path', 'public, pg_catalog', false)",
+            {R, ESC},
+        ),
+        ("SELECT * FROM customers LIMIT 5", {R}, "SELECT * FROM customers LIMIT 50000", {R, D}),
+        ("SET search_path = public", {C}, "SET search_path = evil, pg_catalog", {ESC}),
+        ("SET transaction_read_only = on", {C}, "SET transaction_read_only = off", {ESC}),
+        ("SET client_encoding = 'UTF8'", {C}, "SET client_encoding = 'SJIS'", {ESC}),
+        (
+            "EXPLAIN (ANALYZE off) DELETE FROM t",
+            {R},
+            "EXPLAIN (ANALYZE on) DELETE FROM t",
+            {Category.DESTRUCTIVE},
+        ),
+        (
+            "SELECT query_to_xml('select 1', true, false, '')",
+            {R, D},
+            "SELECT query_to_xml('select pg_read_file(''x'')', true, false, '')",
+            {R, D, A},
+        ),
+        (
+            "SELECT pg_notify('c', 'x')",
+            {R, W},
+            "SELECT pg_notify('c', 'x' || current_user)",
+            {R, Category.EXPORT},
+        ),
+    ],
+)
+def test_security_relevant_literals_do_not_share_cache_entries(
+    benign: str, benign_cats: set[Category], dangerous: str, dangerous_cats: set[Category]
+) -> None:
+    assert classify(benign).categories == benign_cats
+    assert classify(dangerous).categories == dangerous_cats
+    # and the other way round, from a cold cache
+    clear_cache()
+    assert classify(dangerous).categories == dangerous_cats
+    assert classify(benign).categories == benign_cats
+
+
+def test_prepared_statements_are_never_cached() -> None:
+    assert classify("EXECUTE p", prepared={"p": "SELECT 1"}).categories == {R}
+    assert classify("EXECUTE p", prepared={"p": "DELETE FROM orders"}).categories == {
+        Category.DESTRUCTIVE
+    }
+    assert classify("EXECUTE p").categories == {O}
+
+
+def test_extra_pure_functions_are_part_of_the_key() -> None:
+    assert O in classify("SELECT app.fmt(1)").categories
+    assert classify("SELECT app.fmt(1)", extra_pure_functions=frozenset({"app.fmt"})).categories == {
+        R
+    }
+    assert O in classify("SELECT app.fmt(1)").categories
+
+
+def test_extra_pure_unqualified_name_does_not_cover_other_schemas() -> None:
+    extra = frozenset({"fmt"})
+    assert classify("SELECT fmt(1)", extra_pure_functions=extra).categories == {R}
+    assert O in classify("SELECT evil.fmt(1)", extra_pure_functions=extra).categories
+
+
+def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(classify_mod, "CACHE_SIZE", 50)
+    for i in range(200):
+        classify(f"SELECT {i} AS c{i}")
+    info = cache_info()
+    assert info["exact_size"] <= 50
+    assert info["normalized_size"] <= 50
+
+
+# ----------------------------------------------------------------------------- bind
+
+
+def test_set_config_with_parameters_needs_bind() -> None:
+    sql = "SELECT set_config($1, $2, false)"
+    c = classify(sql)
+    assert c.needs_bind
+    assert O in c.categories  # fail closed until the values are known
+    assert classify_bind(c, sql, ["role", "postgres"]).categories == {R, P}
+    assert classify_bind(c, sql, [b"application_name", b"x"]).categories == {R, C}
+    assert classify_bind(c, sql, [b"standard_conforming_strings", b"off"]).categories == {R, ESC}
+    assert classify_bind(c, sql, ["search_path", "evil, pg_catalog"]).categories == {R, ESC}
+    assert classify_bind(c, sql, [b"\xff\xfe", b"x"]).categories == {R, O}  # undecodable
+
+
+def test_set_config_role_needs_no_bind() -> None:
+    c = classify("SELECT set_config('role', $1, false)")
+    assert not c.needs_bind
+    assert c.categories == {R, P}
+
+
+def test_setting_value_parameter_needs_bind_only_when_value_matters() -> None:
+    assert not classify("SELECT set_config('application_name', $1, false)").needs_bind
+    sql = "SELECT set_config('standard_conforming_strings', $1, false)"
+    c = classify(sql)
+    assert c.needs_bind
+    assert classify_bind(c, sql, ["on"]).categories == {R, C}
+    assert classify_bind(c, sql, ["off"]).categories == {R, ESC}
+
+
+def test_limit_parameter_decides_dump_at_bind() -> None:
+    sql = "SELECT * FROM customers LIMIT $1"
+    c = classify(sql)
+    assert c.needs_bind
+    assert classify_bind(c, sql, ["10"]).categories == {R}
+    assert classify_bind(c, sql, ["100000"]).categories == {R, D}
+    assert classify_bind(c, sql, [None]).categories == {R, D}  # LIMIT NULL = no limit
+    binary_int8 = (10).to_bytes(8, "big")
+    assert classify_bind(c, sql, [binary_int8]).categories == {R, D}  # unreadable: fail closed
+
+
+def test_restricted_query_with_limit_parameter_needs_no_bind() -> None:
+    assert not classify("SELECT * FROM customers WHERE id = $1 LIMIT $2").needs_bind
+
+
+def test_admin_function_is_admin_regardless_of_parameter() -> None:
+    c = classify("SELECT pg_read_file($1)")
+    assert not c.needs_bind
+    assert c.categories == {R, A}
+
+
+def test_query_to_xml_parameter_is_classified_at_bind() -> None:
+    sql = "SELECT query_to_xml($1, true, false, '')"
+    c = classify(sql)
+    assert c.needs_bind
+    assert classify_bind(c, sql, ["select 1"]).categories == {R, D}
+    assert A in classify_bind(c, sql, ["select pg_read_file('x')"]).categories
+
+
+def test_classify_bind_returns_parse_time_result_when_not_needed() -> None:
+    sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+    c = classify(sql)
+    assert classify_bind(c, sql, ["1"]) is c
+
+
+def test_classify_with_params_bypasses_cache() -> None:
+    sql = "SELECT set_config($1, $2, false)"
+    assert classify(sql, ["role", "x"]).categories == {R, P}
+    assert classify(sql, ["application_name", "x"]).categories == {R, C}
+    assert classify(sql).needs_bind
+
+
+def test_execute_passes_its_arguments_to_the_prepared_body() -> None:
+    prepared = {"p": "PREPARE p(text) AS SELECT set_config($1, 'off', false)"}
+    c = classify("EXECUTE p('standard_conforming_strings')", prepared=prepared)
+    assert c.categories == {R, ESC}
+    c = classify("EXECUTE p('application_name')", prepared=prepared)
+    assert c.categories == {R, C}
+
+
+def test_execute_with_bind_parameter_arguments() -> None:
+    prepared = {"p": "SELECT set_config($1, 'off', false)"}
+    sql = "EXECUTE p($1)"
+    c = classify(sql, prepared=prepared)
+    assert c.needs_bind
+    assert O in c.categories
+    got = classify_bind(c, sql, ["standard_conforming_strings"], prepared=prepared)
+    assert got.categories == {R, ESC}
+
+
+# ----------------------------------------------------------------------------- fail closed
+
+
+def test_internal_error_is_opaque(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_a: object, **_k: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(classify_mod, "statement", boom)
+    c = classify("SELECT 1")
+    assert c.categories == {O}
+    assert [r.code for r in c.reasons] == ["internal-error"]
+
+
+def test_deeply_nested_input_does_not_raise() -> None:
+    sql = "SELECT " + "(" * 5000 + "1" + ")" * 5000
+    c = classify(sql)
+    assert c.categories  # opaque (parser/stack limit) or read, never an exception
+
+
+def test_nested_sql_depth_is_bounded() -> None:
+    sql = "select 1"
+    for _ in range(classify_walk.MAX_NESTING + 2):
+        sql = "select query_to_xml('" + sql.replace("'", "''") + "', true, false, '')"
+    c = classify(sql)
+    assert O in c.categories
+    assert "nesting-too-deep" in {r.code for r in c.reasons}
+
+
+def test_parse_error_reports_message_and_is_opaque() -> None:
+    c = classify("SELEC * FROM t")
+    assert c.parse_error is not None and "syntax error" in c.parse_error
+    assert c.categories == {O}
+    assert len(c.statements) == 1
+
+
+def test_multi_statement_reports_each_statement() -> None:
+    c = classify("SELECT 1; DELETE FROM orders; SET ROLE x")
+    assert [s.command for s in c.statements] == ["SELECT", "DELETE", "SET"]
+    assert c.statements[1].categories == {Category.DESTRUCTIVE}
+    assert c.statements[2].categories == {P}
+
+
+def test_tables_columns_functions_are_reported() -> None:
+    c = classify(
+        "SELECT o.id, c.email, lower(c.full_name) FROM orders o JOIN app.customers c "
+        "ON c.id = o.customer_id WHERE o.id = 1"
+    )
+    assert c.tables == {"orders", "app.customers"}
+    assert {"o.id", "c.email", "c.full_name", "c.id", "o.customer_id"} <= c.statements[0].columns
+    assert c.functions == {"lower"}
+    assert c.fingerprint
+
+
+def test_cte_names_are_not_tables() -> None:
+    c = classify("WITH x AS (SELECT id FROM orders WHERE id = 1) SELECT * FROM x")
+    assert c.tables == {"orders"}
