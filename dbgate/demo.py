@@ -204,9 +204,10 @@ async def _prepare(pg: EmbeddedPostgres, listen: str, data_dir: Path) -> tuple[A
     except (ConfigError, ValueError) as e:
         raise _DemoError(f"invalid demo configuration: {e}") from e
 
-    from dbgate.proxy.server import ProxyServer
+    from dbgate.proxy.server import ProxyServer, build_inspector
 
-    server = ProxyServer(config)
+    # The demo runs the real policy (the shipped default pack), not a relay.
+    server = ProxyServer(config, inspector=build_inspector(config))
     try:
         await server.start()
     except OSError as e:
