@@ -18,7 +18,7 @@ from dbgate.policy import classify_walk
 from dbgate.policy.classify import cache_info, classify, classify_bind, clear_cache
 from dbgate.policy.model import Category
 
-R, W, D, A, P, ESC, O, C = (
+R, W, D, A, P, ESC, OPQ, C = (
     Category.READ,
     Category.WRITE,
     Category.DUMP,
@@ -124,21 +124,21 @@ def test_prepared_statements_are_never_cached() -> None:
     assert classify("EXECUTE p", prepared={"p": "DELETE FROM orders"}).categories == {
         Category.DESTRUCTIVE
     }
-    assert classify("EXECUTE p").categories == {O}
+    assert classify("EXECUTE p").categories == {OPQ}
 
 
 def test_extra_pure_functions_are_part_of_the_key() -> None:
-    assert O in classify("SELECT app.fmt(1)").categories
-    assert classify("SELECT app.fmt(1)", extra_pure_functions=frozenset({"app.fmt"})).categories == {
-        R
-    }
-    assert O in classify("SELECT app.fmt(1)").categories
+    assert OPQ in classify("SELECT app.fmt(1)").categories
+    assert classify(
+        "SELECT app.fmt(1)", extra_pure_functions=frozenset({"app.fmt"})
+    ).categories == {R}
+    assert OPQ in classify("SELECT app.fmt(1)").categories
 
 
 def test_extra_pure_unqualified_name_does_not_cover_other_schemas() -> None:
     extra = frozenset({"fmt"})
     assert classify("SELECT fmt(1)", extra_pure_functions=extra).categories == {R}
-    assert O in classify("SELECT evil.fmt(1)", extra_pure_functions=extra).categories
+    assert OPQ in classify("SELECT evil.fmt(1)", extra_pure_functions=extra).categories
 
 
 def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,12 +157,12 @@ def test_set_config_with_parameters_needs_bind() -> None:
     sql = "SELECT set_config($1, $2, false)"
     c = classify(sql)
     assert c.needs_bind
-    assert O in c.categories  # fail closed until the values are known
+    assert OPQ in c.categories  # fail closed until the values are known
     assert classify_bind(c, sql, ["role", "postgres"]).categories == {R, P}
     assert classify_bind(c, sql, [b"application_name", b"x"]).categories == {R, C}
     assert classify_bind(c, sql, [b"standard_conforming_strings", b"off"]).categories == {R, ESC}
     assert classify_bind(c, sql, ["search_path", "evil, pg_catalog"]).categories == {R, ESC}
-    assert classify_bind(c, sql, [b"\xff\xfe", b"x"]).categories == {R, O}  # undecodable
+    assert classify_bind(c, sql, [b"\xff\xfe", b"x"]).categories == {R, OPQ}  # undecodable
 
 
 def test_set_config_role_needs_no_bind() -> None:
@@ -235,7 +235,7 @@ def test_execute_with_bind_parameter_arguments() -> None:
     sql = "EXECUTE p($1)"
     c = classify(sql, prepared=prepared)
     assert c.needs_bind
-    assert O in c.categories
+    assert OPQ in c.categories
     got = classify_bind(c, sql, ["standard_conforming_strings"], prepared=prepared)
     assert got.categories == {R, ESC}
 
@@ -249,7 +249,7 @@ def test_internal_error_is_opaque(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(classify_mod, "statement", boom)
     c = classify("SELECT 1")
-    assert c.categories == {O}
+    assert c.categories == {OPQ}
     assert [r.code for r in c.reasons] == ["internal-error"]
 
 
@@ -264,14 +264,14 @@ def test_nested_sql_depth_is_bounded() -> None:
     for _ in range(classify_walk.MAX_NESTING + 2):
         sql = "select query_to_xml('" + sql.replace("'", "''") + "', true, false, '')"
     c = classify(sql)
-    assert O in c.categories
+    assert OPQ in c.categories
     assert "nesting-too-deep" in {r.code for r in c.reasons}
 
 
 def test_parse_error_reports_message_and_is_opaque() -> None:
     c = classify("SELEC * FROM t")
     assert c.parse_error is not None and "syntax error" in c.parse_error
-    assert c.categories == {O}
+    assert c.categories == {OPQ}
     assert len(c.statements) == 1
 
 
