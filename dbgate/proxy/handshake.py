@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import secrets
 import ssl
 from dataclasses import dataclass
 
@@ -27,7 +28,9 @@ from dbgate.wire.startup import (
     parse_startup_packet,
 )
 
-_DUMMY_VERIFIER = make_verifier(__import__("secrets").token_urlsafe(24))
+# Unknown identities get a mock exchange whose salt is stable per name (derived from
+# this per-process secret), so probing cannot tell them from real identities.
+_MOCK_SECRET = secrets.token_bytes(32)
 
 
 class HandshakeRefused(Exception):
@@ -102,7 +105,6 @@ async def authenticate(
     if not user:
         raise HandshakeRefused("28000", "no user name specified in the startup packet")
     identity = config.identity(user)
-    verifier = verifiers.get(user, _DUMMY_VERIFIER)
     channel.write(m.auth_sasl(["SCRAM-SHA-256"]))
     mtype, body = await channel.recv()
     if mtype != ord("p"):
@@ -110,7 +112,12 @@ async def authenticate(
     mechanism, first = m.parse_sasl_initial_response(body)
     if mechanism != "SCRAM-SHA-256" or first is None:
         raise HandshakeRefused("28000", f"unsupported SASL mechanism {mechanism!r}")
-    exchange = ScramServerExchange(verifier)
+    verifier = verifiers.get(user)
+    exchange = (
+        ScramServerExchange(verifier)
+        if verifier is not None
+        else ScramServerExchange.mock(user, _MOCK_SECRET)
+    )
     failed = HandshakeRefused("28P01", f'password authentication failed for user "{user}"')
     try:
         channel.write(m.auth_sasl_continue(exchange.first(first)))
@@ -118,7 +125,9 @@ async def authenticate(
         if mtype != ord("p"):
             raise ProtocolError(f"expected SASLResponse, got message type {chr(mtype)!r}")
         final = exchange.final(body)
-    except AuthenticationFailed:
+    except AuthenticationFailed as e:
+        if e.sqlstate != "28P01":  # e.g. 0A000 channel binding requested: say so
+            raise HandshakeRefused(e.sqlstate, str(e)) from None
         raise failed from None
     if identity is None:
         raise failed

@@ -218,10 +218,11 @@ class Session:
             transport.resume_reading()
 
     def send_notice(self, notice: Notice) -> None:
-        fields = dict(notice.fields)
+        fields = {k: v for k, v in notice.fields.items() if k not in ("S", "V", "M")}
+        code = fields.pop("C", "00000")
         if notice.detail:
             fields["D"] = notice.detail
-        self.client.write(m.notice_response(notice.message, **fields))
+        self.client.write(m.notice_response(notice.message, code=code, **fields))
 
     # -- client -> server ---------------------------------------------------------------
     def on_client_data(self, data: bytes) -> None:
