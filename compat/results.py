@@ -145,6 +145,7 @@ class Difference:
     direct: str
     proxy: str
     message: str  # first line of the proxy-side failure
+    relay: str = ""  # outcome through the blind relay control, when that run was made
 
 
 def proxy_only_failures(direct: RunResult, proxy: RunResult) -> list[Difference]:
@@ -157,6 +158,13 @@ def proxy_only_failures(direct: RunResult, proxy: RunResult) -> list[Difference]
                 Difference(nodeid, d.outcome, p.outcome if p else "missing", p.message if p else "")
             )
     return out
+
+
+def annotate_with_relay(diffs: list[Difference], relay: RunResult) -> None:
+    """Record each difference's outcome through the blind relay (the control group)."""
+    for d in diffs:
+        r = relay.tests.get(d.test)
+        d.relay = r.outcome if r else "missing"
 
 
 def other_differences(direct: RunResult, proxy: RunResult) -> list[Difference]:

@@ -37,15 +37,16 @@ from types import FrameType
 
 from compat.results import (
     RunResult,
+    annotate_with_relay,
     collect_outcomes,
     format_table,
     other_differences,
     proxy_only_failures,
 )
 from compat.suite import DESELECTED, WORK_DIR, Suite, SuiteError, prepare_suite
-from compat.targets import Endpoint, Proxy, TargetError, dbgate, postgres
+from compat.targets import Endpoint, Proxy, TargetError, blind_relay, dbgate, postgres
 
-RUNS = ("direct", "proxy")
+RUNS = ("direct", "relay", "proxy")
 
 
 def _log(msg: str) -> None:
@@ -57,7 +58,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m compat.run",
         description="Run asyncpg's test suite directly and through dbgate; compare per test.",
     )
-    p.add_argument("--only", choices=RUNS, help="run only one side (default: both)")
+    p.add_argument("--only", choices=RUNS, help="run only one side (default: direct and proxy)")
+    p.add_argument(
+        "--with-relay",
+        action="store_true",
+        help="also run through a blind TCP relay (control group for timing/buffering effects)",
+    )
     p.add_argument(
         "--policy",
         choices=("off", "enforce"),
@@ -138,9 +144,16 @@ def run_suite(
     suite: Suite,
     endpoint: Endpoint,
     args: argparse.Namespace,
+    server_version: str,
     proxy: Proxy | None = None,
 ) -> RunResult:
-    """Run pytest on the suite against ``endpoint``; never raises for test failures."""
+    """Run pytest on the suite against ``endpoint``; never raises for test failures.
+
+    ``server_version`` (asked of the server directly) becomes ``PGVERSION``, and the
+    installed driver's version ``ASYNCPG_VERSION``: with both set, the suite's
+    environment tests run instead of skipping, and through dbgate they check that
+    the proxy relays the real server_version and that the installed wheel is tested.
+    """
     run_dir = WORK_DIR / name
     run_dir.mkdir(parents=True, exist_ok=True)
     junit, events, log_path = (
@@ -150,7 +163,14 @@ def run_suite(
     )
     for f in (junit, events):
         f.unlink(missing_ok=True)
-    env = _clean_env({**endpoint.pg_env(), "COMPAT_EVENTS": str(events)})
+    env = _clean_env(
+        {
+            **endpoint.pg_env(),
+            "PGVERSION": server_version,
+            "ASYNCPG_VERSION": suite.asyncpg_version,
+            "COMPAT_EVENTS": str(events),
+        }
+    )
     if args.uvloop:
         env["USE_UVLOOP"] = "1"
     cmd = [
@@ -257,9 +277,20 @@ def _run_direct(suite: Suite, args: argparse.Namespace) -> tuple[RunResult, str]
     try:
         with postgres(WORK_DIR / "direct" / "pg") as server:
             _log(f"direct: PostgreSQL {server.version} on port {server.endpoint.port}")
-            return run_suite("direct", suite, server.endpoint, args), server.version
+            result = run_suite("direct", suite, server.endpoint, args, server.version)
+            return result, server.version
     except TargetError as e:
         return RunResult("direct", available=False, reason=str(e)), ""
+
+
+def _run_relay(suite: Suite, args: argparse.Namespace) -> tuple[RunResult, str]:
+    try:
+        with postgres(WORK_DIR / "relay" / "pg") as server:
+            _log(f"relay: PostgreSQL {server.version} on port {server.endpoint.port}")
+            with blind_relay(server.endpoint) as relay:
+                return run_suite("relay", suite, relay, args, server.version), server.version
+    except TargetError as e:
+        return RunResult("relay", available=False, reason=str(e)), ""
 
 
 def _run_proxy(suite: Suite, args: argparse.Namespace) -> tuple[RunResult, str]:
@@ -268,7 +299,8 @@ def _run_proxy(suite: Suite, args: argparse.Namespace) -> tuple[RunResult, str]:
             _log(f"proxy: PostgreSQL {server.version} on port {server.endpoint.port}")
             with dbgate(WORK_DIR / "proxy", server.endpoint, policy=args.policy) as proxy:
                 _log(f"proxy: dbgate (policy {args.policy}) on port {proxy.endpoint.port}")
-                return run_suite("proxy", suite, proxy.endpoint, args, proxy), server.version
+                result = run_suite("proxy", suite, proxy.endpoint, args, server.version, proxy)
+                return result, server.version
     except TargetError as e:
         return RunResult("proxy", available=False, reason=str(e)), ""
 
@@ -291,8 +323,11 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, RunResult] = {}
     server_version = ""
-    for name, fn in (("direct", _run_direct), ("proxy", _run_proxy)):
+    plan = (("direct", _run_direct), ("relay", _run_relay), ("proxy", _run_proxy))
+    for name, fn in plan:
         if args.only and args.only != name:
+            continue
+        if name == "relay" and not (args.with_relay or args.only == "relay"):
             continue
         runs[name], version = fn(suite, args)
         server_version = server_version or version
@@ -301,9 +336,12 @@ def main(argv: list[str] | None = None) -> int:
 
     bugs = []
     others = []
-    if "direct" in runs and "proxy" in runs and all(r.available for r in runs.values()):
+    comparable = "direct" in runs and "proxy" in runs and all(r.available for r in runs.values())
+    if comparable:
         bugs = proxy_only_failures(runs["direct"], runs["proxy"])
         others = other_differences(runs["direct"], runs["proxy"])
+        if "relay" in runs:
+            annotate_with_relay(bugs, runs["relay"])
 
     summary = {
         "asyncpg_version": suite.asyncpg_version,
@@ -337,10 +375,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{r.name}: {r.reason}")
         for note in r.notes:
             print(f"{r.name}: {note}")
-    if "direct" in runs and "proxy" in runs and all(r.available for r in runs.values()):
+    if comparable:
         print(f"\nPass directly, not through dbgate: {len(bugs)}")
         for d in bugs:
-            print(f"  {d.test}  [{d.proxy}] {d.message}")
+            control = f" (blind relay: {d.relay})" if d.relay else ""
+            print(f"  {d.test}  [{d.proxy}]{control} {d.message}")
         if others:
             print(f"\nOther differences: {len(others)}")
             for d in others:
@@ -354,5 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _entry() -> int:
+    """``main`` with interrupts reported as such: every context manager has already
+    stopped what it started by the time KeyboardInterrupt reaches this frame."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        _log("interrupted; servers, dbgate and pytest were stopped")
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_entry())

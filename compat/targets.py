@@ -120,6 +120,31 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+@contextlib.contextmanager
+def blind_relay(upstream: Endpoint) -> Iterator[Endpoint]:
+    """A byte-for-byte TCP relay in front of ``upstream``: the control group.
+
+    A test that also fails through a relay that understands nothing of the protocol
+    fails because *any* hop was added (extra buffering, latency), not because of
+    something dbgate does. We use asyncpg's own relay (``_testbase.fuzzer``, what
+    its suite uses for connection-loss tests) so the control is not our code.
+    """
+    from asyncpg._testbase.fuzzer import TCPFuzzingProxy
+
+    relay = TCPFuzzingProxy(backend_host=upstream.host, backend_port=upstream.port)
+    relay.start()
+    try:
+        yield Endpoint(
+            host=relay.listening_addr,
+            port=int(relay.listening_port),
+            user=upstream.user,
+            password=upstream.password,
+            database=upstream.database,
+        )
+    finally:
+        relay.stop()
+
+
 @dataclass
 class Proxy:
     """A running ``dbgate serve``: the endpoint agents (here: the suite) use."""
