@@ -329,27 +329,41 @@ def _agg_kind(v: Any) -> int:
 
 
 def walk(v: Any, acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
-    """Walk any subtree. ``out``: values here flow into the statement's result."""
-    if isinstance(v, list):
+    """Walk any subtree. ``out``: values here flow into the statement's result.
+
+    Hot loop: exact ``type() is`` checks, scalar fields skipped before any lookup,
+    and subtrees that cannot contain calls or columns (constants, type names) skipped.
+    """
+    t = type(v)
+    if t is list:
         for x in v:
-            walk(x, acc, out, ctes)
+            if type(x) is dict:
+                walk(x, acc, out, ctes)
         return
-    if not isinstance(v, dict):
+    if t is not dict:
         return
     for k, x in v.items():
-        if k[0].isupper():
+        tx = type(x)
+        if tx is dict:
+            if k in _SKIP:
+                continue
             h = _EXPR.get(k)
             if h is not None:
                 h(x, acc, out, ctes)
-                continue
-            if k in _QUERY_NODES:
+            elif k in _QUERY_NODES:
                 query(k, x, acc, out, ctes)
-                continue
-            if k.endswith("Stmt"):
+            elif k[0].isupper() and k.endswith("Stmt"):
                 stmt_body(k, x, acc)
-                continue
-        if isinstance(x, dict | list):
-            walk(x, acc, out, ctes)
+            else:
+                walk(x, acc, out, ctes)
+        elif tx is list:
+            for y in x:
+                if type(y) is dict:
+                    walk(y, acc, out, ctes)
+
+
+#: Subtrees with nothing to find: literals and type names (typmods are literals).
+_SKIP = frozenset({"A_Const", "TypeName", "typeName", "String", "Integer", "Float", "Boolean"})
 
 
 def _column_ref(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
