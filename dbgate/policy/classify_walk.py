@@ -83,6 +83,7 @@ class Acc:
     """Everything learnt about one statement while walking it."""
 
     __slots__ = (
+        "aliases",
         "cats",
         "columns",
         "command",
@@ -111,6 +112,7 @@ class Acc:
         self.seen: set[tuple[Category, str]] = set()
         self.tables: set[str] = set()
         self.columns: set[str] = set()
+        self.aliases: dict[str, str] = {}  # FROM alias -> table, to name columns
         self.functions: set[str] = set()
         self.command = ""
         self.needs_bind = False
@@ -140,11 +142,18 @@ class Acc:
     def result(self) -> StatementClass:
         if not self.cats:  # never return an empty classification
             self.add(OPAQUE, "no-category", "the classifier found nothing to say; failing closed")
+        columns = self.columns
+        if self.aliases:  # best effort: "o.id" -> "orders.id" (aliases may repeat in subqueries)
+            columns = set()
+            for c in self.columns:
+                head, dot, rest = c.partition(".")
+                table = self.aliases.get(head) if dot else None
+                columns.add(f"{table}.{rest}" if table else c)
         return StatementClass(
             categories=frozenset(self.cats),
             reasons=tuple(self.reasons),
             tables=frozenset(self.tables),
-            columns=frozenset(self.columns),
+            columns=frozenset(columns),
             functions=frozenset(self.functions),
             command=self.command,
             needs_bind=self.needs_bind,
@@ -273,24 +282,64 @@ def _has_column(v: Any) -> bool:
     return False
 
 
-def restricts(where: Any) -> bool:
-    """Best effort: does this WHERE clause narrow the rows (vs ``true``, ``1=1``...)?
+#: Operators that keep (nearly) every row: ``id <> 5`` or ``NOT LIKE`` restrict nothing.
+_NEGATIVE_OPS = frozenset({"<>", "!=", "!~~", "!~~*", "!~", "!~*"})
 
-    AND restricts when any arm does, OR only when every arm does. A comparison that
-    mentions a column counts as restricting (``id > 0`` is accepted: documented).
+
+def restricts(where: Any, ctes: dict[str, bool] | None = None) -> bool:
+    """Best effort: does this WHERE clause narrow the rows to a few?
+
+    * AND restricts when any arm does; OR only when every arm does; NOT never.
+    * A comparison restricts when exactly one side mentions a column of this query
+      (``id = $1``, ``created_at > now() - interval '1 day'``, ``email LIKE 'a%'``);
+      column-to-column (``a.id = b.a_id``, ``id = id``), constant-only (``1 = 1``)
+      and negative comparisons (``id <> 5``, ``NOT IN``, ``IS DISTINCT FROM``) do not.
+    * ``x IN (SELECT ...)`` restricts only when the sub-select itself is restricted
+      (``id IN (SELECT id FROM customers)`` does not). ``EXISTS`` never does: an
+      uncorrelated one keeps every row, and correlation is not resolved.
+    * ``IS NULL`` restricts, ``IS NOT NULL`` does not; ``WHERE CURRENT OF`` does.
+    * Anything else restricts if it mentions a column (``WHERE active``).
+    Documented limitation: a range such as ``id > 0`` counts as restricting.
     """
-    if where is None:
+    if not isinstance(where, dict):
         return False
-    b = where.get("BoolExpr") if isinstance(where, dict) else None
-    if b is not None:
-        args = b.get("args", [])
-        op = b.get("boolop")
-        if op == "AND_EXPR":
-            return any(restricts(a) for a in args)
-        if op == "OR_EXPR":
-            return bool(args) and all(restricts(a) for a in args)
-        return restricts(args[0]) if args else False
-    return _has_column(where)
+    for k, x in where.items():
+        if k == "BoolExpr":
+            args = x.get("args", [])
+            op = x.get("boolop")
+            if op == "AND_EXPR":
+                return any(restricts(a, ctes) for a in args)
+            if op == "OR_EXPR":
+                return bool(args) and all(restricts(a, ctes) for a in args)
+            return False
+        if k == "A_Expr":
+            kind = x.get("kind", "AEXPR_OP")
+            if kind in ("AEXPR_DISTINCT", "AEXPR_NOT_BETWEEN", "AEXPR_NOT_BETWEEN_SYM"):
+                return False
+            names = _strs(x.get("name"))
+            if names and names[-1] in _NEGATIVE_OPS:
+                return False
+            return _has_column(x.get("lexpr")) != _has_column(x.get("rexpr"))
+        if k == "SubLink":
+            kind = x.get("subLinkType")
+            if kind == "EXISTS_SUBLINK":
+                return False  # uncorrelated EXISTS keeps every row; correlation is not resolved
+            if kind != "ANY_SUBLINK":
+                return _has_column(where)
+            names = _strs(x.get("operName"))
+            if names and names[-1] in _NEGATIVE_OPS:
+                return False
+            sub = (x.get("subselect") or {}).get("SelectStmt")
+            if sub is None:
+                return False
+            scratch = Acc(None, None, frozenset())
+            return not select(sub, scratch, False, ctes or {}, False)
+        if k == "NullTest":
+            return x.get("nulltesttype") == "IS_NULL" and _has_column(x.get("arg"))
+        if k == "CurrentOfExpr":
+            return True
+        return _has_column(where)
+    return False
 
 
 def _agg_kind(v: Any) -> int:
@@ -542,7 +591,11 @@ def from_range_var(rv: dict[str, Any], acc: Acc, ctes: dict[str, bool]) -> bool:
     schema, name = _relname(rv)
     if schema is None and name in ctes:
         return ctes[name]
-    acc.tables.add(_table_key(schema, name))
+    key = _table_key(schema, name)
+    acc.tables.add(key)
+    alias = rv.get("alias")
+    if alias:
+        acc.aliases[alias.get("aliasname", "")] = key
     acc.add(READ, "select", "reads data")
     if _is_catalog(schema, name):
         _catalog_read(schema, name, acc)
@@ -620,7 +673,7 @@ def select(s: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool], decide
         for f in ("groupClause", "havingClause", "windowClause", "distinctClause"):
             if f in s:
                 walk(s[f], acc, False, ctes)
-        unbounded = src and not restricts(where)
+        unbounded = src and not restricts(where, ctes)
         if unbounded and _agg_kind(tl) == 1:
             unbounded = False  # count(*), sum(...): rows are reduced, not returned
     for f in ("sortClause", "limitOffset", "limitCount", "lockingClause"):
@@ -685,7 +738,7 @@ def update(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> 
         from_item(item, acc, False, ctes)
     where = body.get("whereClause")
     walk(where, acc, False, ctes)
-    bounded = restricts(where)
+    bounded = restricts(where, ctes)
     if bounded:
         acc.add(WRITE, "update", "updates rows")
     else:
@@ -703,7 +756,7 @@ def delete(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> 
         from_item(item, acc, False, ctes)
     where = body.get("whereClause")
     walk(where, acc, False, ctes)
-    bounded = restricts(where)
+    bounded = restricts(where, ctes)
     if bounded:
         acc.add(WRITE, "delete", "deletes rows")
     else:

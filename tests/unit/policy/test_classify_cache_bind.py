@@ -288,7 +288,13 @@ def test_tables_columns_functions_are_reported() -> None:
         "ON c.id = o.customer_id WHERE o.id = 1"
     )
     assert c.tables == {"orders", "app.customers"}
-    assert {"o.id", "c.email", "c.full_name", "c.id", "o.customer_id"} <= c.statements[0].columns
+    assert c.statements[0].columns == {
+        "orders.id",
+        "app.customers.email",
+        "app.customers.full_name",
+        "app.customers.id",
+        "orders.customer_id",
+    }
     assert c.functions == {"lower"}
     assert c.fingerprint
 

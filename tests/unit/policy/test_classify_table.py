@@ -366,6 +366,11 @@ DESTRUCTIVE = [
     ),
     row("SELECT lo_unlink(1234)", R, X),
     row("UPDATE orders SET total = 0 RETURNING *", X, D),
+    row("DELETE FROM orders WHERE id <> 5", X),
+    row("DELETE FROM orders WHERE id NOT IN (1, 2, 3)", X),
+    row("UPDATE customers SET email = 'x' WHERE email IS NOT NULL", X),
+    row("DELETE FROM orders WHERE customer_id IN (SELECT id FROM customers)", X, R),
+    row("DELETE FROM orders o USING customers c WHERE o.customer_id = c.id", X, R),
 ]
 
 # --------------------------------------------------------------------------------------
@@ -554,6 +559,37 @@ DUMP = [
     ),
     row("SELECT * FROM customers TABLESAMPLE BERNOULLI (100)", R, D),
     row("SELECT * FROM orders WHERE id > 0", R, id="documented-limit-id-gt-0"),
+    # what counts as a restricting WHERE
+    row("SELECT * FROM customers WHERE id IN (SELECT id FROM customers)", R, D),
+    row("SELECT * FROM customers WHERE id <> 5", R, D),
+    row("SELECT * FROM customers WHERE id != 5", R, D),
+    row("SELECT * FROM customers WHERE id NOT IN (1, 2)", R, D),
+    row("SELECT * FROM customers WHERE email NOT LIKE '%x%'", R, D),
+    row("SELECT * FROM customers WHERE email IS NOT NULL", R, D),
+    row("SELECT * FROM customers WHERE NOT (id = 1)", R, D),
+    row("SELECT * FROM customers WHERE id = id", R, D, id="column-equals-itself"),
+    row("SELECT * FROM customers c, orders o WHERE o.customer_id = c.id", R, D, id="old-join"),
+    row("SELECT * FROM customers WHERE id = 1 OR email IS NOT NULL", R, D),
+    row("SELECT * FROM customers WHERE email IS DISTINCT FROM 'x'", R, D),
+    row("SELECT * FROM customers WHERE id NOT BETWEEN 1 AND 2", R, D),
+    row(
+        "SELECT * FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id)",
+        R,
+        D,
+        id="exists-semijoin-conservative",
+    ),
+    row("SELECT * FROM customers WHERE email IS NULL", R),
+    row("SELECT * FROM customers WHERE email LIKE 'a%'", R),
+    row("SELECT * FROM customers WHERE id BETWEEN 1 AND 10", R),
+    row("SELECT * FROM customers WHERE id = ANY($1)", R),
+    row("SELECT * FROM customers WHERE lower(email) = lower($1)", R),
+    row("SELECT * FROM customers WHERE id = 1 OR id = 2", R),
+    row("SELECT * FROM customers c, orders o WHERE o.customer_id = c.id AND o.id = 3", R),
+    row(
+        "SELECT * FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE id = 9)",
+        R,
+        id="in-bounded-subselect",
+    ),
 ]
 
 # --------------------------------------------------------------------------------------
