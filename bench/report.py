@@ -30,6 +30,18 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _ratios(value: Mapping[str, float | None]) -> dict[str, float | None]:
+    ratios = {
+        "dbgate/direct": _ratio(value.get("dbgate"), value.get("direct")),
+        "dbgate/pgbouncer": _ratio(value.get("dbgate"), value.get("pgbouncer")),
+        "pgbouncer/direct": _ratio(value.get("pgbouncer"), value.get("direct")),
+    }
+    if "pump" in value:
+        ratios["dbgate/pump"] = _ratio(value.get("dbgate"), value.get("pump"))
+        ratios["pump/pgbouncer"] = _ratio(value.get("pump"), value.get("pgbouncer"))
+    return ratios
+
+
 def summarize_pgbench(
     results: list[PgbenchResult], modes: list[str], scripts: list[str]
 ) -> list[dict[str, Any]]:
@@ -73,11 +85,7 @@ def summarize_pgbench(
             if not row["targets"]:
                 continue  # not reached (interrupted run)
             tps = {n: t["tps_median"] for n, t in row["targets"].items()}
-            row["ratios"] = {
-                "dbgate/direct": _ratio(tps.get("dbgate"), tps.get("direct")),
-                "dbgate/pgbouncer": _ratio(tps.get("dbgate"), tps.get("pgbouncer")),
-                "pgbouncer/direct": _ratio(tps.get("pgbouncer"), tps.get("direct")),
-            }
+            row["ratios"] = _ratios(tps)
             met = row["ratios"]["dbgate/pgbouncer"]
             row["target_met"] = None if met is None else met >= TARGET_DBGATE_VS_PGBOUNCER_TPS
             rows.append(row)
@@ -105,11 +113,7 @@ def summarize_streaming(results: list[StreamResult], methods: list[str]) -> list
         if not row["targets"]:
             continue
         rps = {n: t["rows_per_s_median"] for n, t in row["targets"].items()}
-        row["ratios"] = {
-            "dbgate/direct": _ratio(rps.get("dbgate"), rps.get("direct")),
-            "dbgate/pgbouncer": _ratio(rps.get("dbgate"), rps.get("pgbouncer")),
-            "pgbouncer/direct": _ratio(rps.get("pgbouncer"), rps.get("direct")),
-        }
+        row["ratios"] = _ratios(rps)
         met = row["ratios"]["dbgate/direct"]
         row["target_met"] = None if met is None else met >= TARGET_DBGATE_VS_DIRECT_STREAM
         rows.append(row)
@@ -130,16 +134,28 @@ def _cell_unavailable(name: str, unavailable: Mapping[str, str]) -> str:
     return "unavailable" if name in unavailable else "-"
 
 
-def format_pgbench_table(rows: list[dict[str, Any]], unavailable: Mapping[str, str]) -> str:
+def _pump_cells(ratios: Mapping[str, float | None], names: list[str]) -> str:
+    if "pump" not in names:
+        return ""
+    return (
+        f" {_fmt_ratio(ratios.get('dbgate/pump')):>8} {_fmt_ratio(ratios.get('pump/pgbouncer')):>8}"
+    )
+
+
+def format_pgbench_table(
+    rows: list[dict[str, Any]], unavailable: Mapping[str, str], names: list[str]
+) -> str:
     head = (
         f"{'mode':<9} {'script':<17}"
-        + "".join(f"{n + ' TPS':>16} {'lat ms':>7}" for n in TARGET_ORDER)
-        + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}  dbgate vs target"
+        + "".join(f"{n + ' TPS':>16} {'lat ms':>7}" for n in names)
+        + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}"
+        + (f" {'dbg/pump':>8} {'pump/pgb':>8}" if "pump" in names else "")
+        + "  dbgate vs target"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
         cells = f"{row['mode']:<9} {SCRIPT_LABELS[row['script']]:<17}"
-        for name in TARGET_ORDER:
+        for name in names:
             t = row["targets"].get(name)
             if t is None or t["tps_median"] is None:
                 shown = "ERROR" if t is not None else _cell_unavailable(name, unavailable)
@@ -149,23 +165,29 @@ def format_pgbench_table(rows: list[dict[str, Any]], unavailable: Mapping[str, s
         r = row["ratios"]
         cells += (
             f"  {_fmt_ratio(r['dbgate/direct']):>7} {_fmt_ratio(r['dbgate/pgbouncer']):>7}"
-            f" {_fmt_ratio(r['pgbouncer/direct']):>7}  "
+            f" {_fmt_ratio(r['pgbouncer/direct']):>7}"
+            + _pump_cells(r, names)
+            + "  "
             + _fmt_verdict(row["target_met"], TARGET_DBGATE_VS_PGBOUNCER_TPS)
         )
         lines.append(cells)
     return "\n".join(lines)
 
 
-def format_streaming_table(rows: list[dict[str, Any]], unavailable: Mapping[str, str]) -> str:
+def format_streaming_table(
+    rows: list[dict[str, Any]], unavailable: Mapping[str, str], names: list[str]
+) -> str:
     head = (
         f"{'method':<8}"
-        + "".join(f"{n + ' rows/s':>19} {'MB/s':>6}" for n in TARGET_ORDER)
-        + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}  dbgate vs target"
+        + "".join(f"{n + ' rows/s':>19} {'MB/s':>6}" for n in names)
+        + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}"
+        + (f" {'dbg/pump':>8} {'pump/pgb':>8}" if "pump" in names else "")
+        + "  dbgate vs target"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
         cells = f"{row['method']:<8}"
-        for name in TARGET_ORDER:
+        for name in names:
             t = row["targets"].get(name)
             if t is None or t["rows_per_s_median"] is None:
                 shown = "ERROR" if t is not None else _cell_unavailable(name, unavailable)
@@ -175,7 +197,9 @@ def format_streaming_table(rows: list[dict[str, Any]], unavailable: Mapping[str,
         r = row["ratios"]
         cells += (
             f"  {_fmt_ratio(r['dbgate/direct']):>7} {_fmt_ratio(r['dbgate/pgbouncer']):>7}"
-            f" {_fmt_ratio(r['pgbouncer/direct']):>7}  "
+            f" {_fmt_ratio(r['pgbouncer/direct']):>7}"
+            + _pump_cells(r, names)
+            + "  "
             + _fmt_verdict(row["target_met"], TARGET_DBGATE_VS_DIRECT_STREAM)
         )
         lines.append(cells)
@@ -204,25 +228,26 @@ def format_flat(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PROXIES = ("pgbouncer", "dbgate")
+PROXIES = ("pgbouncer", "dbgate", "pump")
 
 
-def format_cpu_table(rows: list[dict[str, Any]]) -> str:
+def format_cpu_table(rows: list[dict[str, Any]], names: list[str]) -> str:
     """Proxy CPU per transaction: what each proxy pays, independent of the others' load.
 
     TPS depends on everything sharing the two cores; CPU time per transaction is a
     property of the proxy alone, so it says where dbgate stands even on a noisy run.
     """
+    proxies = [n for n in PROXIES if n in names]
     head = (
         f"{'mode':<9} {'script':<17}"
-        + "".join(f"{n + ' us/txn':>18} {'cores':>6} {'sys%':>5}" for n in PROXIES)
+        + "".join(f"{n + ' us/txn':>18} {'cores':>6} {'sys%':>5}" for n in proxies)
         + f"  {'dbgate/pgbouncer CPU':>20}"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
         cells = f"{row['mode']:<9} {SCRIPT_LABELS[row['script']]:<17}"
         cost: dict[str, float | None] = {}
-        for name in PROXIES:
+        for name in proxies:
             t = row["targets"].get(name)
             us = t["proxy_cpu_us_per_txn_median"] if t else None
             cost[name] = us
@@ -231,15 +256,19 @@ def format_cpu_table(rows: list[dict[str, Any]]) -> str:
             else:
                 sys_pct = 100 * (t["proxy_sys_fraction_median"] or 0)
                 cells += f"{us:>18.1f} {t['proxy_cpu_cores_median']:>6.2f} {sys_pct:>4.0f}%"
-        cells += f"  {_fmt_ratio(_ratio(cost['dbgate'], cost['pgbouncer'])):>20}"
+        cells += f"  {_fmt_ratio(_ratio(cost.get('dbgate'), cost.get('pgbouncer'))):>20}"
         lines.append(cells)
     return "\n".join(lines)
 
 
-def format_stream_cpu(rows: list[dict[str, Any]]) -> str:
+def format_stream_cpu(rows: list[dict[str, Any]], names: list[str]) -> str:
     parts = []
     for row in rows:
-        cost = {n: row["targets"].get(n, {}).get("proxy_cpu_ns_per_row_median") for n in PROXIES}
+        cost = {
+            n: row["targets"].get(n, {}).get("proxy_cpu_ns_per_row_median")
+            for n in PROXIES
+            if n in names
+        }
         shown = ", ".join(f"{n} {v:,.0f} ns/row" if v else f"{n} -" for n, v in cost.items())
         parts.append(f"proxy CPU ({row['method']}): {shown}")
     return "\n".join(parts)

@@ -45,7 +45,8 @@ from typing import Any
 from bench import pgbench, report, streaming
 from bench.dbgate_target import Dbgate
 from bench.pgbouncer import PgBouncer, ensure_pgbouncer, pgbouncer_version
-from bench.targets import TARGET_ORDER, Target
+from bench.pump import start_pump
+from bench.targets import DEFAULT_TARGETS, TARGET_ORDER, Target
 
 WORK_ROOT = Path(__file__).resolve().parent / ".work"
 DBNAME = "bench"
@@ -79,7 +80,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scripts", default=",".join(pgbench.SCRIPTS), help="select,tpcb (comma-separated)"
     )
-    p.add_argument("--targets", default=",".join(TARGET_ORDER), help="direct,pgbouncer,dbgate")
+    p.add_argument(
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help="direct,pgbouncer,dbgate (default) and optionally pump (a blind Python relay)",
+    )
     p.add_argument("--stream-rows", type=int, default=1_000_000, help="rows per streaming run")
     p.add_argument("--stream-runs", type=int, default=5, help="streaming runs per target (median)")
     p.add_argument(
@@ -247,6 +252,13 @@ class Bench:
             self._start_pgbouncer(pg.host, pg.port, pg.user, pg.password)
         if "dbgate" in a.targets:
             self._start_dbgate(pg.host, pg.port, pg.user, pg.password)
+        if "pump" in a.targets:
+            pump = start_pump(self.work / "pump", pg.host, pg.port)
+            self.stoppers.append(("pump", pump.stop))
+            self.targets["pump"] = Target(
+                "pump", "127.0.0.1", pump.port, pg.user, pg.password, DBNAME, pgid=pump.process.pid
+            )
+            say(f"pump (blind Python relay) on 127.0.0.1:{pump.port}")
 
     def _start_pgbouncer(self, host: str, port: int, user: str, password: str) -> None:
         try:
@@ -495,20 +507,28 @@ class Bench:
                 f"pgbench: {a.clients} clients, {a.threads} threads, scale {a.scale}, -n; "
                 f"median of {a.rounds} interleaved rounds x {a.seconds}s; TPS and average latency"
             )
-            say(report.format_pgbench_table(data["pgbench"]["summary"], self.unavailable()))
+            say(
+                report.format_pgbench_table(
+                    data["pgbench"]["summary"], self.unavailable(), self.args.targets
+                )
+            )
             say("")
             say(
                 "proxy CPU (user+system, whole process group) per transaction, cores used, system share:"
             )
-            say(report.format_cpu_table(data["pgbench"]["summary"]))
+            say(report.format_cpu_table(data["pgbench"]["summary"], self.args.targets))
         if self.stream_runs:
             say("")
             say(
                 f"streaming: {a.stream_rows:,} rows (int, text(32)) through asyncpg, "
                 f"median of {a.stream_runs} interleaved runs"
             )
-            say(report.format_streaming_table(data["streaming"]["summary"], self.unavailable()))
-            say(report.format_stream_cpu(data["streaming"]["summary"]))
+            say(
+                report.format_streaming_table(
+                    data["streaming"]["summary"], self.unavailable(), self.args.targets
+                )
+            )
+            say(report.format_stream_cpu(data["streaming"]["summary"], self.args.targets))
         say("")
         if self.classifier is not None:
             say("classifier microbenchmarks (bench/bench_classify.py):")

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-TARGET_ORDER = ("direct", "pgbouncer", "dbgate")
+TARGET_ORDER = ("direct", "pgbouncer", "dbgate", "pump")
+# "pump" (bench/pump.py, a blind Python byte relay) is opt-in: a diagnostic floor.
+DEFAULT_TARGETS = ("direct", "pgbouncer", "dbgate")
 
 
 @dataclass
