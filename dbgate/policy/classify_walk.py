@@ -483,8 +483,42 @@ def func_names(
     acc.add(OPAQUE, "unknown-function", f"{qual} is not a known function; its effect is unknown")
 
 
+#: Parameter names of the special functions, for calls with named arguments
+#: (``set_config(new_value => 'off', setting_name => 'standard_conforming_strings', ...)``).
+_ARG_NAMES: dict[str, tuple[str, ...]] = {
+    "set_config": ("setting_name", "new_value", "is_local"),
+    "query_to_xml": ("query", "nulls", "tableforest", "targetns"),
+    "query_to_xmlschema": ("query", "nulls", "tableforest", "targetns"),
+    "query_to_xml_and_xmlschema": ("query", "nulls", "tableforest", "targetns"),
+}
+
+
+def _positional(name: str, args: list[Any]) -> list[Any]:
+    """Arguments in declaration order, resolving ``name => value`` notation.
+
+    An argument name we do not know leaves a hole (None), which reads as a computed
+    value: the caller then fails closed.
+    """
+    if not any("NamedArgExpr" in a for a in args):
+        return args
+    names = _ARG_NAMES.get(name, ())
+    out: list[Any] = [a for a in args if "NamedArgExpr" not in a]
+    out += [None] * (len(names) - len(out))
+    for a in args:
+        na = a.get("NamedArgExpr")
+        if na is None:
+            continue
+        try:
+            idx = names.index(na.get("name", ""))
+        except ValueError:
+            continue
+        if idx < len(out):
+            out[idx] = na.get("arg")
+    return out
+
+
 def _special(name: str, qual: str, x: dict[str, Any], acc: Acc) -> None:
-    args = x.get("args") or []
+    args = _positional(name, x.get("args") or [])
     if name == "set_config":
         _set_config(qual, args, acc)
     elif name == "pg_notify":
@@ -896,6 +930,9 @@ def stmt_body(k: str, body: dict[str, Any], acc: Acc) -> None:
     if static is not None:
         for cat, code, msg in static:
             acc.add(cat, code, msg)
+        rel = body.get("relation")
+        if isinstance(rel, dict) and "relname" in rel:
+            acc.tables.add(_table_key(*_relname(rel)))
         definition(body, acc)
         return
     acc.add(OPAQUE, "unknown-statement", f"{k} is not analysed by the classifier")

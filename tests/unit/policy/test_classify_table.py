@@ -760,6 +760,28 @@ EVASIONS = [
     row("select * from orders where id = 1; set role postgres", R, P),
     row("SELECT lo_export(lo_from_bytea(0, 'x'), '/tmp/x')", R, W, E, A),
     row("SELECT (pg_ls_dir('.')).x", R, A, subset=True, id="indirection"),
+    row(
+        "SELECT set_config(new_value => 'x', setting_name => 'role', is_local => false)",
+        R,
+        P,
+        id="named-arguments",
+    ),
+    row(
+        "SELECT set_config(setting_name => 'standard_conforming_strings', new_value => 'off', "
+        "is_local => false)",
+        R,
+        ESC,
+    ),
+    row("SELECT set_config(U&'r\\006Fle', 'postgres', false)", R, P, id="unicode-escaped-literal"),
+    row("SELECT set_config(E'r\\x6fle', 'postgres', false)", R, P, id="e-string-escape"),
+    row("SELECT set_config($$role$$, 'postgres', false)", R, P, id="dollar-quoted-literal"),
+    row("SELECT set_config('role' || '', 'postgres', false)", R, O, id="computed-setting-name"),
+    row(
+        "SELECT query_to_xml(query => 'select * from customers', nulls => true, "
+        "tableforest => false, targetns => '')",
+        R,
+        D,
+    ),
     row("SELECT json_build_object('f', pg_read_file('x'))", R, A),
     row("SELECT xmlelement(name x, pg_read_file('x'))", R, A),
     row("SELECT * FROM xmltable('/r' PASSING CAST(pg_read_file('x') AS xml) COLUMNS a text)", R, A),
