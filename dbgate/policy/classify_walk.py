@@ -286,7 +286,7 @@ def _has_column(v: Any) -> bool:
 _NEGATIVE_OPS = frozenset({"<>", "!=", "!~~", "!~~*", "!~", "!~*"})
 
 
-def restricts(where: Any, ctes: dict[str, bool] | None = None) -> bool:
+def restricts(where: Any, acc: Acc, ctes: dict[str, bool]) -> bool:
     """Best effort: does this WHERE clause narrow the rows to a few?
 
     * AND restricts when any arm does; OR only when every arm does; NOT never.
@@ -308,9 +308,9 @@ def restricts(where: Any, ctes: dict[str, bool] | None = None) -> bool:
             args = x.get("args", [])
             op = x.get("boolop")
             if op == "AND_EXPR":
-                return any(restricts(a, ctes) for a in args)
+                return any(restricts(a, acc, ctes) for a in args)
             if op == "OR_EXPR":
-                return bool(args) and all(restricts(a, ctes) for a in args)
+                return bool(args) and all(restricts(a, acc, ctes) for a in args)
             return False
         if k == "A_Expr":
             kind = x.get("kind", "AEXPR_OP")
@@ -332,8 +332,14 @@ def restricts(where: Any, ctes: dict[str, bool] | None = None) -> bool:
             sub = (x.get("subselect") or {}).get("SelectStmt")
             if sub is None:
                 return False
-            scratch = Acc(None, None, frozenset())
-            return not select(sub, scratch, False, ctes or {}, False)
+            # judge the sub-select on a scratch accumulator (its categories are charged
+            # by the normal walk), but keep what it learnt about literals and Bind:
+            # "IN (SELECT ... LIMIT 10)" must not share a cache entry with "LIMIT 10000"
+            scratch = Acc(acc.params, None, acc.extra_pure, acc.depth)
+            bounded = not select(sub, scratch, False, ctes, False)
+            acc.sensitive |= scratch.sensitive
+            acc.needs_bind |= scratch.needs_bind
+            return bounded
         if k == "NullTest":
             return x.get("nulltesttype") == "IS_NULL" and _has_column(x.get("arg"))
         if k == "CurrentOfExpr":
@@ -707,7 +713,7 @@ def select(s: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool], decide
         for f in ("groupClause", "havingClause", "windowClause", "distinctClause"):
             if f in s:
                 walk(s[f], acc, False, ctes)
-        unbounded = src and not restricts(where, ctes)
+        unbounded = src and not restricts(where, acc, ctes)
         if unbounded and _agg_kind(tl) == 1:
             unbounded = False  # count(*), sum(...): rows are reduced, not returned
     for f in ("sortClause", "limitOffset", "limitCount", "lockingClause"):
@@ -772,7 +778,7 @@ def update(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> 
         from_item(item, acc, False, ctes)
     where = body.get("whereClause")
     walk(where, acc, False, ctes)
-    bounded = restricts(where, ctes)
+    bounded = restricts(where, acc, ctes)
     if bounded:
         acc.add(WRITE, "update", "updates rows")
     else:
@@ -790,7 +796,7 @@ def delete(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> 
         from_item(item, acc, False, ctes)
     where = body.get("whereClause")
     walk(where, acc, False, ctes)
-    bounded = restricts(where, ctes)
+    bounded = restricts(where, acc, ctes)
     if bounded:
         acc.add(WRITE, "delete", "deletes rows")
     else:

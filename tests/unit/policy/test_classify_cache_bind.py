@@ -86,6 +86,24 @@ def test_fingerprint_ignores_literals_that_matter() -> None:
         ),
         ("SELECT * FROM customers LIMIT 5", {R}, "SELECT * FROM customers LIMIT 50000", {R, D}),
         ("SET search_path = public", {C}, "SET search_path = evil, pg_catalog", {ESC}),
+        (
+            "SELECT * FROM customers WHERE id IN (SELECT id FROM customers LIMIT 10)",
+            {R},
+            "SELECT * FROM customers WHERE id IN (SELECT id FROM customers LIMIT 10000)",
+            {R, D},
+        ),
+        (
+            "DELETE FROM orders WHERE id IN (SELECT id FROM orders LIMIT 5)",
+            {W, R},
+            "DELETE FROM orders WHERE id IN (SELECT id FROM orders LIMIT 5000)",
+            {Category.DESTRUCTIVE, R},
+        ),
+        (
+            "SELECT 1 FROM t WHERE id = 1; SET ROLE NONE",
+            {R, P},
+            "SELECT 1 FROM t WHERE id = 1; SET standard_conforming_strings = 'off'",
+            {R, ESC},
+        ),
         ("SET transaction_read_only = on", {C}, "SET transaction_read_only = off", {ESC}),
         ("SET client_encoding = 'UTF8'", {C}, "SET client_encoding = 'SJIS'", {ESC}),
         (
@@ -195,6 +213,15 @@ def test_restricted_query_with_limit_parameter_needs_no_bind() -> None:
     assert not classify("SELECT * FROM customers WHERE id = $1 LIMIT $2").needs_bind
 
 
+def test_limit_parameter_inside_in_subselect_is_decided_at_bind() -> None:
+    sql = "SELECT * FROM customers WHERE id IN (SELECT id FROM customers LIMIT $1)"
+    c = classify(sql)
+    assert c.needs_bind
+    assert c.categories == {R, D}  # fail closed until Bind
+    assert classify_bind(c, sql, ["5"]).categories == {R}
+    assert classify_bind(c, sql, ["50000"]).categories == {R, D}
+
+
 def test_admin_function_is_admin_regardless_of_parameter() -> None:
     c = classify("SELECT pg_read_file($1)")
     assert not c.needs_bind
@@ -302,3 +329,41 @@ def test_tables_columns_functions_are_reported() -> None:
 def test_cte_names_are_not_tables() -> None:
     c = classify("WITH x AS (SELECT id FROM orders WHERE id = 1) SELECT * FROM x")
     assert c.tables == {"orders"}
+
+
+# ----------------------------------------------------------------------------- invariant
+
+_STRINGS = ("'off'", "'role'", "'evil, pg_catalog'", "'select * from customers'", "'on'")
+_NUMBERS = ("0", "100000", "1", "5")
+
+
+def _siblings(sql: str) -> list[str]:
+    """Variants of ``sql`` with every literal replaced: same normalized text, new values."""
+    try:
+        tokens = [t for t in parser.scan(sql) if t.name in ("SCONST", "ICONST", "FCONST")]
+    except Exception:
+        return []
+    out = []
+    for i in range(max(len(_STRINGS), len(_NUMBERS))):
+        text = sql
+        for t in reversed(tokens):
+            lit = _STRINGS[i % len(_STRINGS)] if t.name == "SCONST" else _NUMBERS[i % len(_NUMBERS)]
+            text = text[: t.start] + lit + text[t.end + 1 :]
+        out.append(text)
+    return out
+
+
+def _table_sql() -> list[str]:
+    from tests.unit.policy.test_classify_table import ALL
+
+    return [p.values[0] for p in ALL if p.values[0].isascii()]
+
+
+@pytest.mark.parametrize("sql", _table_sql())
+def test_warm_cache_never_changes_an_answer(sql: str) -> None:
+    """Whatever siblings warmed the cache, a statement classifies as it does cold."""
+    cold = classify(sql).categories
+    for sibling in _siblings(sql):
+        clear_cache()
+        classify(sibling)
+        assert classify(sql).categories == cold, f"warmed with {sibling!r}"
