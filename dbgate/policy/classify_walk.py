@@ -94,6 +94,7 @@ class Acc:
         "params",
         "prepared",
         "reasons",
+        "scope",
         "seen",
         "sensitive",
         "tables",
@@ -113,6 +114,7 @@ class Acc:
         self.tables: set[str] = set()
         self.columns: set[str] = set()
         self.aliases: dict[str, str] = {}  # FROM alias -> table, to name columns
+        self.scope: frozenset[str] = frozenset()  # qualifiers of enclosing query levels
         self.functions: set[str] = set()
         self.command = ""
         self.needs_bind = False
@@ -286,66 +288,166 @@ def _has_column(v: Any) -> bool:
 _NEGATIVE_OPS = frozenset({"<>", "!=", "!~~", "!~~*", "!~", "!~*"})
 
 
-def restricts(where: Any, acc: Acc, ctes: dict[str, bool]) -> bool:
-    """Best effort: does this WHERE clause narrow the rows to a few?
+class Scope:
+    """The relations of one query level, for deciding which of them a WHERE narrows.
 
-    * AND restricts when any arm does; OR only when every arm does; NOT never.
-    * A comparison restricts when exactly one side mentions a column of this query
-      (``id = $1``, ``created_at > now() - interval '1 day'``, ``email LIKE 'a%'``);
-      column-to-column (``a.id = b.a_id``, ``id = id``), constant-only (``1 = 1``)
-      and negative comparisons (``id <> 5``, ``NOT IN``, ``IS DISTINCT FROM``) do not.
-    * ``x IN (SELECT ...)`` restricts only when the sub-select itself is restricted
-      (``id IN (SELECT id FROM customers)`` does not). ``EXISTS`` never does: an
-      uncorrelated one keeps every row, and correlation is not resolved.
-    * ``IS NULL`` restricts, ``IS NOT NULL`` does not; ``WHERE CURRENT OF`` does.
-    * Anything else restricts if it mentions a column (``WHERE active``).
-    Documented limitation: a range such as ``id > 0`` counts as restricting.
+    ``names``: qualifiers of this level's FROM items (alias, else table name).
+    ``outer``: qualifiers of enclosing levels — inside a correlated sub-select or a
+    LATERAL item, ``o.id`` is a per-row value, so ``p.order_id = o.id`` narrows ``p``.
     """
-    if not isinstance(where, dict):
-        return False
+
+    __slots__ = ("names", "outer", "single")
+
+    def __init__(self, names: frozenset[str], outer: frozenset[str]) -> None:
+        self.names = names
+        self.outer = outer - names
+        self.single = next(iter(names)) if len(names) == 1 else None
+
+
+def _cols(v: Any, sc: Scope, quals: set[str]) -> bool:
+    """Whether ``v`` mentions a column of this level (outside sub-selects).
+
+    Adds to ``quals`` the relations those columns belong to, where known: the
+    qualifier, or the only relation of the level for an unqualified column.
+    """
+    found = False
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if type(x) is list:
+            stack.extend(x)
+            continue
+        if type(x) is not dict:
+            continue
+        for k, y in x.items():
+            if k == "ColumnRef":
+                fields = y.get("fields", ())
+                if len(fields) >= 2:
+                    q = (fields[-2].get("String") or {}).get("sval", "")
+                    if q in sc.outer:
+                        continue  # an enclosing row's value
+                    found = True
+                    if q in sc.names:
+                        quals.add(q)
+                else:
+                    found = True
+                    if sc.single is not None:
+                        quals.add(sc.single)
+            elif k == "CurrentOfExpr":
+                found = True
+                quals.update(sc.names)
+            elif k == "SubLink":
+                stack.append(y.get("testexpr"))
+            elif k != "SelectStmt" and type(y) in (dict, list):
+                stack.append(y)
+    return found
+
+
+def restricted(
+    where: Any,
+    acc: Acc,
+    ctes: dict[str, bool],
+    sc: Scope,
+    eqs: list[tuple[set[str], set[str]]] | None,
+) -> set[str]:
+    """Which relations of this level does ``where`` narrow to a few rows?
+
+    * AND narrows what any arm narrows; OR what every arm narrows; NOT nothing.
+    * A comparison narrows the relation whose column stands alone on one side against
+      a value (``id = $1``, ``email LIKE 'a%'``, ``created_at > now() - interval '1
+      day'``, ``p.order_id = o.id`` with ``o`` from an enclosing level). Negative
+      operators (``<>``, ``NOT LIKE``, ``NOT IN``, ``IS DISTINCT FROM``) never narrow.
+    * ``a.x = b.y`` between two relations of this level narrows nothing by itself but is
+      recorded in ``eqs``: a join key equal to a narrowed relation's narrows the other.
+    * ``x IN (SELECT ...)`` narrows only when the sub-select is bounded; ``EXISTS`` never
+      (uncorrelated it keeps every row); ``IS NULL`` narrows, ``IS NOT NULL`` does not.
+    * Anything else narrows the relations whose columns it mentions (``WHERE active``).
+    Documented limitation: a range such as ``id > 0`` counts as narrowing.
+    """
+    if type(where) is not dict:
+        return set()
     for k, x in where.items():
         if k == "BoolExpr":
             args = x.get("args", [])
             op = x.get("boolop")
             if op == "AND_EXPR":
-                return any(restricts(a, acc, ctes) for a in args)
+                out: set[str] = set()
+                for a in args:
+                    out |= restricted(a, acc, ctes, sc, eqs)
+                return out
             if op == "OR_EXPR":
-                return bool(args) and all(restricts(a, acc, ctes) for a in args)
-            return False
+                sets = [restricted(a, acc, ctes, sc, None) for a in args]
+                return set.intersection(*sets) if sets else set()
+            return set()
         if k == "A_Expr":
             kind = x.get("kind", "AEXPR_OP")
             if kind in ("AEXPR_DISTINCT", "AEXPR_NOT_BETWEEN", "AEXPR_NOT_BETWEEN_SYM"):
-                return False
+                return set()
             names = _strs(x.get("name"))
-            if names and names[-1] in _NEGATIVE_OPS:
-                return False
-            return _has_column(x.get("lexpr")) != _has_column(x.get("rexpr"))
+            op = names[-1] if names else ""
+            if op in _NEGATIVE_OPS:
+                return set()
+            lq: set[str] = set()
+            rq: set[str] = set()
+            lh = _cols(x.get("lexpr"), sc, lq)
+            rh = _cols(x.get("rexpr"), sc, rq)
+            if lh and not rh:
+                return lq
+            if rh and not lh:
+                return rq
+            if lh and rh and op == "=" and eqs is not None and lq and rq:
+                eqs.append((lq, rq))
+            return set()
         if k == "SubLink":
             kind = x.get("subLinkType")
             if kind == "EXISTS_SUBLINK":
-                return False  # uncorrelated EXISTS keeps every row; correlation is not resolved
+                return set()
             if kind != "ANY_SUBLINK":
-                return _has_column(where)
+                q: set[str] = set()
+                _cols(where, sc, q)
+                return q
             names = _strs(x.get("operName"))
             if names and names[-1] in _NEGATIVE_OPS:
-                return False
+                return set()
             sub = (x.get("subselect") or {}).get("SelectStmt")
             if sub is None:
-                return False
+                return set()
             # judge the sub-select on a scratch accumulator (its categories are charged
             # by the normal walk), but keep what it learnt about literals and Bind:
             # "IN (SELECT ... LIMIT 10)" must not share a cache entry with "LIMIT 10000"
             scratch = Acc(acc.params, None, acc.extra_pure, acc.depth)
+            scratch.scope = sc.names | sc.outer
             bounded = not select(sub, scratch, False, ctes, False)
             acc.sensitive |= scratch.sensitive
             acc.needs_bind |= scratch.needs_bind
-            return bounded
+            q = set()
+            if bounded:
+                _cols(x.get("testexpr"), sc, q)
+            return q
         if k == "NullTest":
-            return x.get("nulltesttype") == "IS_NULL" and _has_column(x.get("arg"))
-        if k == "CurrentOfExpr":
-            return True
-        return _has_column(where)
-    return False
+            q = set()
+            if x.get("nulltesttype") == "IS_NULL":
+                _cols(x.get("arg"), sc, q)
+            return q
+        q = set()
+        _cols(where, sc, q)
+        return q
+    return set()
+
+
+def _propagate(narrowed: set[str], eqs: list[tuple[set[str], set[str]]]) -> set[str]:
+    """Close ``narrowed`` over join equalities (``o.customer_id = c.id``)."""
+    changed = True
+    while changed:
+        changed = False
+        for a, b in eqs:
+            if a & narrowed and not b <= narrowed:
+                narrowed |= b
+                changed = True
+            elif b & narrowed and not a <= narrowed:
+                narrowed |= a
+                changed = True
+    return narrowed
 
 
 def _agg_kind(v: Any) -> int:
@@ -643,32 +745,91 @@ def from_range_var(rv: dict[str, Any], acc: Acc, ctes: dict[str, bool]) -> bool:
     return True
 
 
-def from_item(item: Any, acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
-    """Walk one FROM/USING item; True when it contributes unbounded rows."""
-    if not isinstance(item, dict):
-        return False
+Source = tuple[str, bool]  # (qualifier, may contribute a whole table's rows)
+
+
+def sources(
+    item: Any,
+    acc: Acc,
+    out: bool,
+    ctes: dict[str, bool],
+    found: list[Source],
+    eqs: list[tuple[set[str], set[str]]],
+) -> None:
+    """Walk one FROM/USING item, appending its relations to ``found``.
+
+    JOIN ... ON equalities go to ``eqs`` (they let a narrowed relation narrow its
+    join partner). LATERAL sub-selects see the relations listed before them.
+    """
+    if type(item) is not dict:
+        return
     for k, x in item.items():
         if k == "RangeVar":
-            return from_range_var(x, acc, ctes)
-        if k == "RangeSubselect":
-            sub = x.get("subquery") or {}
-            res = False
-            for sk, sb in sub.items():
-                res = select(sb, acc, out, ctes, False) if sk == "SelectStmt" else False
-            return res
-        if k == "JoinExpr":
-            left = from_item(x.get("larg"), acc, out, ctes)
-            right = from_item(x.get("rarg"), acc, out, ctes)
-            walk(x.get("quals"), acc, False, ctes)
-            return left or right
-        if k == "RangeTableSample":
-            res = from_item(x.get("relation"), acc, out, ctes)
+            unbounded = from_range_var(x, acc, ctes)
+            alias = x.get("alias")
+            found.append(((alias or {}).get("aliasname") or x.get("relname", ""), unbounded))
+        elif k == "RangeSubselect":
+            sub = (x.get("subquery") or {}).get("SelectStmt")
+            unbounded = False
+            if sub is not None:
+                saved = acc.scope
+                if x.get("lateral"):
+                    acc.scope = saved | frozenset(n for n, _ in found)
+                unbounded = select(sub, acc, out, ctes, False)
+                acc.scope = saved
+            found.append(((x.get("alias") or {}).get("aliasname", ""), unbounded))
+        elif k == "JoinExpr":
+            i0 = len(found)
+            sources(x.get("larg"), acc, out, ctes, found, eqs)
+            i1 = len(found)
+            sources(x.get("rarg"), acc, out, ctes, found, eqs)
+            if x.get("usingClause") or x.get("isNatural"):  # JOIN ... USING (id) / NATURAL
+                eqs.append(({n for n, _ in found[i0:i1]}, {n for n, _ in found[i1:]}))
+            quals = x.get("quals")
+            if quals is not None:
+                saved = acc.scope
+                acc.scope = saved | frozenset(n for n, _ in found)
+                walk(quals, acc, False, ctes)
+                acc.scope = saved
+                sc = Scope(frozenset(n for n, _ in found), saved)
+                restricted(quals, acc, ctes, sc, eqs)  # only its equalities are kept
+        elif k == "RangeTableSample":
+            sources(x.get("relation"), acc, out, ctes, found, eqs)
             walk(x.get("method"), acc, False, ctes)
             walk(x.get("args"), acc, False, ctes)
             walk(x.get("repeatable"), acc, False, ctes)
-            return res
-        walk(item, acc, out, ctes)
-    return False
+        else:  # functions, XMLTABLE, JSON_TABLE: bounded sources, but walk their calls
+            saved = acc.scope
+            acc.scope = saved | frozenset(n for n, _ in found)
+            walk(item, acc, out, ctes)
+            acc.scope = saved
+            alias = (x.get("alias") or {}).get("aliasname", "") if type(x) is dict else ""
+            found.append((alias, False))
+
+
+def from_item(item: Any, acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
+    """Walk one FROM item; True when it may contribute a whole table's rows."""
+    found: list[Source] = []
+    sources(item, acc, out, ctes, found, [])
+    return any(u for _, u in found)
+
+
+def unbounded_after_where(
+    found: list[Source],
+    where: Any,
+    acc: Acc,
+    ctes: dict[str, bool],
+    eqs: list[tuple[set[str], set[str]]],
+    outer: frozenset[str],
+) -> bool:
+    """True when some relation that may hold a whole table is not narrowed by WHERE."""
+    if not any(u for _, u in found):
+        return False
+    sc = Scope(frozenset(n for n, _ in found), outer)
+    narrowed = restricted(where, acc, ctes, sc, eqs) if where is not None else set()
+    if eqs:
+        narrowed = _propagate(narrowed, eqs)
+    return any(u and n not in narrowed for n, u in found)
 
 
 def _small_limit(s: dict[str, Any], acc: Acc) -> bool:
@@ -702,9 +863,12 @@ def select(s: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool], decide
         walk(s["valuesLists"], acc, out, ctes)
         unbounded = False
     else:
-        src = False
+        outer = acc.scope
+        found: list[Source] = []
+        eqs: list[tuple[set[str], set[str]]] = []
         for item in s.get("fromClause", ()):
-            src = from_item(item, acc, out, ctes) or src
+            sources(item, acc, out, ctes, found, eqs)
+        acc.scope = outer | frozenset(n for n, _ in found)  # visible to sub-selects
         where = s.get("whereClause")
         if where is not None:
             walk(where, acc, False, ctes)
@@ -713,7 +877,8 @@ def select(s: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool], decide
         for f in ("groupClause", "havingClause", "windowClause", "distinctClause"):
             if f in s:
                 walk(s[f], acc, False, ctes)
-        unbounded = src and not restricts(where, acc, ctes)
+        acc.scope = outer
+        unbounded = unbounded_after_where(found, where, acc, ctes, eqs, outer)
         if unbounded and _agg_kind(tl) == 1:
             unbounded = False  # count(*), sum(...): rows are reduced, not returned
     for f in ("sortClause", "limitOffset", "limitCount", "lockingClause"):
@@ -736,11 +901,36 @@ def select(s: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool], decide
     return unbounded
 
 
-def _target_write(rv: dict[str, Any], acc: Acc) -> None:
+def _target_write(rv: dict[str, Any], acc: Acc) -> str:
+    """Record the table a DML statement writes; returns its qualifier (alias or name)."""
     schema, name = _relname(rv)
-    acc.tables.add(_table_key(schema, name))
+    key = _table_key(schema, name)
+    acc.tables.add(key)
+    alias = (rv.get("alias") or {}).get("aliasname")
+    if alias:
+        acc.aliases[alias] = key
     if _is_catalog(schema, name):
         acc.add(ADMIN, "catalog-write", f"writes to the system catalog {name}")
+    return alias or name
+
+
+def _target_narrowed(
+    target: str,
+    found: list[Source],
+    where: Any,
+    acc: Acc,
+    ctes: dict[str, bool],
+    eqs: list[tuple[set[str], set[str]]],
+    outer: frozenset[str],
+) -> bool:
+    """Does WHERE narrow the rows an UPDATE/DELETE touches (only the target matters)?"""
+    if where is None:
+        return False
+    sc = Scope(frozenset(n for n, _ in found), outer)
+    narrowed = restricted(where, acc, ctes, sc, eqs)
+    if eqs:
+        narrowed = _propagate(narrowed, eqs)
+    return target in narrowed
 
 
 def _returning(body: dict[str, Any], acc: Acc, ctes: dict[str, bool]) -> bool:
@@ -772,13 +962,18 @@ def insert(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> 
 
 def update(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
     ctes = with_clause(body.get("withClause"), acc, ctes)
-    _target_write(body.get("relation") or {}, acc)
-    walk(body.get("targetList"), acc, True, ctes)
+    target = _target_write(body.get("relation") or {}, acc)
+    found: list[Source] = [(target, True)]
+    eqs: list[tuple[set[str], set[str]]] = []
     for item in body.get("fromClause", ()):
-        from_item(item, acc, False, ctes)
+        sources(item, acc, False, ctes, found, eqs)
+    outer = acc.scope
+    acc.scope = outer | frozenset(n for n, _ in found)
+    walk(body.get("targetList"), acc, True, ctes)
     where = body.get("whereClause")
     walk(where, acc, False, ctes)
-    bounded = restricts(where, acc, ctes)
+    acc.scope = outer
+    bounded = _target_narrowed(target, found, where, acc, ctes, eqs, outer)
     if bounded:
         acc.add(WRITE, "update", "updates rows")
     else:
@@ -791,12 +986,17 @@ def update(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> 
 
 def delete(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
     ctes = with_clause(body.get("withClause"), acc, ctes)
-    _target_write(body.get("relation") or {}, acc)
+    target = _target_write(body.get("relation") or {}, acc)
+    found: list[Source] = [(target, True)]
+    eqs: list[tuple[set[str], set[str]]] = []
     for item in body.get("usingClause", ()):
-        from_item(item, acc, False, ctes)
+        sources(item, acc, False, ctes, found, eqs)
+    outer = acc.scope
+    acc.scope = outer | frozenset(n for n, _ in found)
     where = body.get("whereClause")
     walk(where, acc, False, ctes)
-    bounded = restricts(where, acc, ctes)
+    acc.scope = outer
+    bounded = _target_narrowed(target, found, where, acc, ctes, eqs, outer)
     if bounded:
         acc.add(WRITE, "delete", "deletes rows")
     else:

@@ -302,6 +302,12 @@ WRITES = [
     row("DELETE FROM orders WHERE created_at < now() - interval '1 year'", W),
     row("DELETE FROM orders WHERE id IN (SELECT order_id FROM payments WHERE amount = 0)", W, R),
     row("DELETE FROM orders WHERE CURRENT OF c", W),
+    row("DELETE FROM orders o USING customers c WHERE o.customer_id = c.id AND c.id = 5", W, R),
+    row(
+        "UPDATE orders o SET total = 0 FROM customers c WHERE o.customer_id = c.id AND c.id = 5",
+        W,
+        R,
+    ),
     row("INSERT INTO archive SELECT * FROM orders WHERE id = 5", W, R),
     row("COPY orders FROM STDIN", W),
     row("COPY orders (id, total) FROM STDIN WITH (FORMAT csv)", W),
@@ -371,6 +377,10 @@ DESTRUCTIVE = [
     row("UPDATE customers SET email = 'x' WHERE email IS NOT NULL", X),
     row("DELETE FROM orders WHERE customer_id IN (SELECT id FROM customers)", X, R),
     row("DELETE FROM orders o USING customers c WHERE o.customer_id = c.id", X, R),
+    row(
+        "DELETE FROM orders USING customers c WHERE c.id = 5", X, R, id="using-narrows-wrong-table"
+    ),
+    row("UPDATE orders SET total = 0 FROM customers c WHERE c.id = 5", X, R),
 ]
 
 # --------------------------------------------------------------------------------------
@@ -589,6 +599,44 @@ DUMP = [
         "SELECT * FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE id = 9)",
         R,
         id="in-bounded-subselect",
+    ),
+    # a WHERE must narrow *every* table that could be dumped
+    row("SELECT * FROM orders o, customers c WHERE o.id = 1", R, D, id="cross-join-leaks"),
+    row("SELECT c.* FROM orders o JOIN customers c ON true WHERE o.id = 1", R, D),
+    row("SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = 1", R),
+    row("SELECT * FROM orders o JOIN customers c USING (id) WHERE o.id = 1", R),
+    row("SELECT * FROM orders o NATURAL JOIN customers c WHERE o.id = 1", R),
+    row(
+        "SELECT * FROM customers c LEFT JOIN orders o ON o.customer_id = c.id AND o.id = 5",
+        R,
+        D,
+        id="on-clause-value-does-not-narrow",
+    ),
+    row("SELECT * FROM orders, customers WHERE total = 5", R, D, id="unqualified-multi-source"),
+    row("SELECT * FROM orders o, payments p WHERE p.order_id = o.id AND o.id = 1", R),
+    row(
+        "SELECT * FROM orders o, payments p, customers c "
+        "WHERE p.order_id = o.id AND c.id = o.customer_id AND p.id = 1",
+        R,
+        id="propagates-through-two-joins",
+    ),
+    row("SELECT x.* FROM orders o, LATERAL (SELECT * FROM customers) x WHERE o.id = 1", R, D),
+    row(
+        "SELECT x.* FROM orders o, LATERAL (SELECT * FROM customers c WHERE c.id = o.customer_id) x "
+        "WHERE o.id = 1",
+        R,
+        id="correlated-lateral",
+    ),
+    row(
+        "SELECT (SELECT array_agg(email) FROM customers c WHERE c.id = o.customer_id) "
+        "FROM orders o WHERE o.id = 1",
+        R,
+        id="correlated-scalar-sublink",
+    ),
+    row(
+        "SELECT (SELECT array_agg(email) FROM customers c WHERE c.id = o.customer_id) FROM orders o",
+        R,
+        D,
     ),
 ]
 
