@@ -146,6 +146,8 @@ class Difference:
     proxy: str
     message: str  # first line of the proxy-side failure
     relay: str = ""  # outcome through the blind relay control, when that run was made
+    recheck_runs: int = 0  # how many times the test was re-run on each side
+    rechecks: dict[str, int] = field(default_factory=dict)  # side -> re-runs not passing
 
 
 def proxy_only_failures(direct: RunResult, proxy: RunResult) -> list[Difference]:

@@ -30,12 +30,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 from compat.results import (
+    Difference,
     RunResult,
     annotate_with_relay,
     collect_outcomes,
@@ -77,6 +79,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=420,
         help="interrupt one suite run after this many seconds (default 420)",
+    )
+    p.add_argument(
+        "--recheck",
+        type=int,
+        default=2,
+        metavar="N",
+        help="re-run each differing test N more times on each side to tell consistent "
+        "failures from races (default 2; 0 disables)",
     )
     p.add_argument("--uvloop", action="store_true", help="run the suite on uvloop (USE_UVLOOP=1)")
     p.add_argument("-k", dest="keyword", help="pytest -k expression")
@@ -146,6 +156,8 @@ def run_suite(
     args: argparse.Namespace,
     server_version: str,
     proxy: Proxy | None = None,
+    tests: list[str] | None = None,
+    quiet: bool = False,
 ) -> RunResult:
     """Run pytest on the suite against ``endpoint``; never raises for test failures.
 
@@ -188,9 +200,12 @@ def run_suite(
     ]
     for nodeid in DESELECTED:
         cmd += ["--deselect", nodeid]
-    if args.keyword:
-        cmd += ["-k", args.keyword]
-    cmd += args.tests or ["tests"]
+    if tests is not None:
+        cmd += tests  # exact node ids: -k would only narrow them further
+    else:
+        if args.keyword:
+            cmd += ["-k", args.keyword]
+        cmd += args.tests or ["tests"]
 
     result = RunResult(name=name)
     _log(
@@ -222,7 +237,7 @@ def run_suite(
                     f"dbgate exited with code {proxy.process.returncode} during the run"
                 )
                 _log(f"{name}: {result.notes[-1]}")
-            if now >= next_beat:
+            if now >= next_beat and not quiet:
                 done, bad = _count_reports(events)
                 _log(f"{name}: {done} tests done, {bad} not passing, {now - started:.0f}s")
                 next_beat = now + 20
@@ -273,36 +288,81 @@ def _proxy_log_findings(log_file: Path, limit: int = 15) -> list[str]:
     return findings
 
 
-def _run_direct(suite: Suite, args: argparse.Namespace) -> tuple[RunResult, str]:
-    try:
-        with postgres(WORK_DIR / "direct" / "pg") as server:
-            _log(f"direct: PostgreSQL {server.version} on port {server.endpoint.port}")
-            result = run_suite("direct", suite, server.endpoint, args, server.version)
-            return result, server.version
-    except TargetError as e:
-        return RunResult("direct", available=False, reason=str(e)), ""
+@dataclass(frozen=True)
+class _Target:
+    endpoint: Endpoint
+    server_version: str
+    proxy: Proxy | None = None
 
 
-def _run_relay(suite: Suite, args: argparse.Namespace) -> tuple[RunResult, str]:
-    try:
-        with postgres(WORK_DIR / "relay" / "pg") as server:
-            _log(f"relay: PostgreSQL {server.version} on port {server.endpoint.port}")
+@contextlib.contextmanager
+def _target(kind: str, args: argparse.Namespace, label: str) -> Iterator[_Target]:
+    """A fresh server, plus the hop ``kind`` asks for, for as long as the block runs."""
+    with postgres(WORK_DIR / label / "pg") as server:
+        _log(f"{label}: PostgreSQL {server.version} on port {server.endpoint.port}")
+        if kind == "direct":
+            yield _Target(server.endpoint, server.version)
+        elif kind == "relay":
             with blind_relay(server.endpoint) as relay:
-                return run_suite("relay", suite, relay, args, server.version), server.version
-    except TargetError as e:
-        return RunResult("relay", available=False, reason=str(e)), ""
+                yield _Target(relay, server.version)
+        else:
+            with dbgate(WORK_DIR / label, server.endpoint, policy=args.policy) as proxy:
+                _log(f"{label}: dbgate (policy {args.policy}) on port {proxy.endpoint.port}")
+                yield _Target(proxy.endpoint, server.version, proxy)
 
 
-def _run_proxy(suite: Suite, args: argparse.Namespace) -> tuple[RunResult, str]:
+def _full_run(kind: str, suite: Suite, args: argparse.Namespace) -> tuple[RunResult, str]:
     try:
-        with postgres(WORK_DIR / "proxy" / "pg") as server:
-            _log(f"proxy: PostgreSQL {server.version} on port {server.endpoint.port}")
-            with dbgate(WORK_DIR / "proxy", server.endpoint, policy=args.policy) as proxy:
-                _log(f"proxy: dbgate (policy {args.policy}) on port {proxy.endpoint.port}")
-                result = run_suite("proxy", suite, proxy.endpoint, args, server.version, proxy)
-                return result, server.version
+        with _target(kind, args, kind) as t:
+            result = run_suite(kind, suite, t.endpoint, args, t.server_version, t.proxy)
+            return result, t.server_version
     except TargetError as e:
-        return RunResult("proxy", available=False, reason=str(e)), ""
+        return RunResult(kind, available=False, reason=str(e)), ""
+
+
+def _recheck(
+    suite: Suite, args: argparse.Namespace, diffs: list[Difference], kinds: tuple[str, ...]
+) -> None:
+    """Re-run only the differing tests ``args.recheck`` times on each side.
+
+    A single run cannot tell a consistent failure from a race that the extra hop
+    merely makes likelier; the counts recorded on each difference can.
+    """
+    nodeids = [d.test for d in diffs]
+    for kind in kinds:
+        label = f"{kind}-recheck"
+        try:
+            with _target(kind, args, label) as t:
+                for i in range(args.recheck):
+                    r = run_suite(
+                        f"{label}{i + 1}",
+                        suite,
+                        t.endpoint,
+                        args,
+                        t.server_version,
+                        t.proxy,
+                        tests=nodeids,
+                        quiet=True,
+                    )
+                    for d in diffs:
+                        outcome = r.tests.get(d.test)
+                        failed = outcome is None or outcome.outcome != "passed"
+                        d.rechecks[kind] = d.rechecks.get(kind, 0) + int(failed)
+        except TargetError as e:
+            _log(f"{label}: unavailable: {e}")
+    for d in diffs:
+        d.recheck_runs = args.recheck
+
+
+def _annotation(d: Difference) -> str:
+    """' (blind relay: failed; rechecks failed: proxy 2/2, direct 0/2)' style context."""
+    parts = []
+    if d.relay:
+        parts.append(f"blind relay: {d.relay}")
+    if d.recheck_runs:
+        counts = ", ".join(f"{k} {n}/{d.recheck_runs}" for k, n in d.rechecks.items())
+        parts.append(f"rechecks failed: {counts}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -323,13 +383,12 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, RunResult] = {}
     server_version = ""
-    plan = (("direct", _run_direct), ("relay", _run_relay), ("proxy", _run_proxy))
-    for name, fn in plan:
+    for name in RUNS:
         if args.only and args.only != name:
             continue
         if name == "relay" and not (args.with_relay or args.only == "relay"):
             continue
-        runs[name], version = fn(suite, args)
+        runs[name], version = _full_run(name, suite, args)
         server_version = server_version or version
         if not runs[name].available:
             _log(f"{name}: unavailable: {runs[name].reason}")
@@ -342,6 +401,14 @@ def main(argv: list[str] | None = None) -> int:
         others = other_differences(runs["direct"], runs["proxy"])
         if "relay" in runs:
             annotate_with_relay(bugs, runs["relay"])
+        if bugs and args.recheck > 0:
+            _log(f"rechecking {len(bugs)} differing tests {args.recheck}x on each side")
+            _recheck(
+                suite,
+                args,
+                bugs,
+                ("direct", "relay", "proxy") if "relay" in runs else ("direct", "proxy"),
+            )
 
     summary = {
         "asyncpg_version": suite.asyncpg_version,
@@ -354,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             "per_test_timeout_s": args.timeout,
             "run_timeout_s": args.run_timeout,
             "uvloop": args.uvloop,
+            "recheck": args.recheck,
             "keyword": args.keyword,
             "tests": args.tests or ["tests"],
         },
@@ -378,8 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     if comparable:
         print(f"\nPass directly, not through dbgate: {len(bugs)}")
         for d in bugs:
-            control = f" (blind relay: {d.relay})" if d.relay else ""
-            print(f"  {d.test}  [{d.proxy}]{control} {d.message}")
+            print(f"  {d.test}  [{d.proxy}]{_annotation(d)} {d.message}")
         if others:
             print(f"\nOther differences: {len(others)}")
             for d in others:
