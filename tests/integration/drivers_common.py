@@ -8,9 +8,19 @@ conversions for drivers that do not take URLs, and the pair of targets to loop o
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import pytest
+
+from tests.integration.conftest import AGENT, AGENT_PASSWORD, proxy_config
 
 #: The two sides of every comparison, in a fixed order.
 SIDES = ("direct", "proxy")
@@ -55,3 +65,56 @@ def split_dsn(dsn: str) -> DsnParts:
 def targets(pg_dsn: str, proxy_dsn: str) -> dict[str, str]:
     """``{"direct": pg_dsn, "proxy": proxy_dsn}`` — iterate it to run a scenario twice."""
     return {"direct": pg_dsn, "proxy": proxy_dsn}
+
+
+# -- a proxy in its own process ----------------------------------------------------------
+
+_CHILD = r"""
+import asyncio, json, sys
+import uvloop
+from dbgate.config import Config
+from dbgate.proxy.server import ProxyServer
+
+async def main():
+    server = ProxyServer(Config.model_validate(json.loads(sys.argv[1])))
+    await server.start()
+    print(server.port, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop(grace=1)
+
+uvloop.run(main())
+"""
+
+
+@pytest.fixture(scope="session")
+def proxy_process_dsn(pg_server: Any, pg_database: str) -> Iterator[str]:
+    """DSN of the allow-everything proxy running in a *separate process*.
+
+    Needed for libpq's blocking cancel (``PQcancel``/``PQcancelBlocking``), which
+    psycopg 3 (binary) and psycopg2 call while holding the GIL: with the in-process
+    proxy thread of the ``proxy`` fixture the cancel connection could never be served
+    and the test would deadlock — an artefact of the test harness, not of dbgate.
+    The configuration is the same as the ``proxy`` fixture's.
+    """
+    config = proxy_config(pg_server).model_dump(mode="json")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, json.dumps(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        yield (
+            f"postgresql://{quote(AGENT)}:{quote(AGENT_PASSWORD)}@127.0.0.1:{port}/{pg_database}"
+        )
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
