@@ -1387,8 +1387,8 @@ def _create_table_as(body: dict[str, Any], acc: Acc) -> None:
     into = body.get("into") or {}
     rel = into.get("rel") or {}
     acc.tables.add(_table_key(*_relname(rel)))
-    if body.get("objtype") == "OBJECT_MATVIEW" and into.get("skipData"):
-        acc.add(DDL, "create", "creates a materialized view (WITH NO DATA)")
+    if into.get("skipData"):  # WITH NO DATA: structure only, the query does not run
+        acc.add(DDL, "create", "creates a table or materialized view WITH NO DATA")
         definition(body.get("query"), acc)
         return
     acc.add(DDL, "create-table-as", "CREATE TABLE AS creates a table")

@@ -549,6 +549,8 @@ DUMP = [
     row("SELECT * INTO backup FROM customers", R, D, DDL, W),
     row("CREATE TABLE backup AS SELECT * FROM customers", R, D, DDL, W),
     row("CREATE TABLE backup AS TABLE customers", R, D, DDL, W),
+    row("CREATE TABLE backup AS SELECT * FROM customers WITH NO DATA", DDL, id="ctas-no-data"),
+    row("CREATE TABLE leak AS SELECT pg_read_file('x') WITH NO DATA", DDL, A),
     row("CREATE MATERIALIZED VIEW mv AS SELECT * FROM customers", R, D, DDL, W),
     row("INSERT INTO backup SELECT * FROM customers", R, D, W),
     row("SELECT query_to_xml('select * from customers', true, false, '')", R, D),
