@@ -192,3 +192,61 @@ def test_unknown_value_of_a_value_sensitive_setting_is_opaque_and_needed() -> No
     assert {c for c, _, _ in effects} == {Category.OPAQUE}
     effects, needed = setting_effects("application_name", None)
     assert not needed
+
+
+# ----------------------------------------------------------------------------- vouching
+
+
+def _f(name: str, body: str, **kw: object) -> fn.CatalogFunction:
+    base: dict[str, object] = {
+        "schema": "app",
+        "name": name,
+        "volatility": "s",
+        "security_definer": False,
+        "language": "sql",
+        "body": body,
+    }
+    base.update(kw)
+    return fn.CatalogFunction(**base)  # type: ignore[arg-type]
+
+
+def test_vouch_for_accepts_only_harmless_sql_functions() -> None:
+    rows = [
+        _f("fmt", "SELECT upper($1) || '!'"),
+        _f("order_total", "SELECT sum(total) FROM orders WHERE customer_id = $1"),
+        _f("all_emails", "SELECT string_agg(email, ',') FROM customers"),  # dump
+        _f("leak", "SELECT pg_read_file('/etc/passwd')"),  # admin
+        _f("definer", "SELECT 1", security_definer=True),
+        _f("volatile", "SELECT 1", volatility="v"),
+        _f("plpgsql", "BEGIN RETURN 1; END", language="plpgsql"),
+        _f("as_admin", "SELECT 1", config=("role=postgres",)),
+        _f("pinned_path", "SELECT 1", config=("search_path=pg_catalog, app",)),
+        _f("shadow_path", "SELECT 1", config=("search_path=evil, pg_catalog",)),
+        _f("calls_unknown", "SELECT app.mystery($1)"),
+        _f("calls_vouched", "SELECT app.fmt($1)"),
+        _f("agg", "SELECT 1", kind="a"),
+        _f("std_body", "CREATE FUNCTION app.std_body() RETURNS int RETURN 1"),
+    ]
+    got = fn.vouch_for(rows)
+    assert got == {"app.fmt", "app.order_total", "app.pinned_path", "app.calls_vouched"}
+
+
+def test_vouch_for_rejects_a_name_with_any_unsafe_overload() -> None:
+    rows = [_f("f", "SELECT $1"), _f("f", "SELECT pg_ls_dir($1)")]
+    assert fn.vouch_for(rows) == frozenset()
+
+
+def test_vouch_for_bare_names_only_for_first_schema_and_not_builtins() -> None:
+    rows = [_f("fmt", "SELECT $1"), _f("lower", "SELECT $1")]
+    got = fn.vouch_for(rows, search_path_first="app")
+    assert "fmt" in got and "app.fmt" in got
+    assert "lower" not in got  # unqualified lower() is pg_catalog.lower
+
+
+def test_vouched_names_make_calls_pure() -> None:
+    from dbgate.policy.classify import classify
+
+    extra = fn.vouch_for([_f("fmt", "SELECT upper($1)")])
+    assert classify(
+        "SELECT app.fmt(name) FROM t WHERE id = 1", extra_pure_functions=extra
+    ).categories == {Category.READ}
