@@ -26,7 +26,7 @@ from typing import Any
 from pglast import parser as _pg
 
 from dbgate.policy import functions as _fn
-from dbgate.policy.catalog_builtin import PG_CATALOG_RELATIONS
+from dbgate.policy.catalog_builtin import OPERATORS, PG_CATALOG_RELATIONS
 from dbgate.policy.catalog_settings import VALUE_SENSITIVE, setting_effects
 from dbgate.policy.model import Category, Reason, StatementClass
 
@@ -110,7 +110,7 @@ class Acc:
     ) -> None:
         self.cats: set[Category] = set()
         self.reasons: list[Reason] = []
-        self.seen: set[tuple[Category, str]] = set()
+        self.seen: set[tuple[Category, str, str]] = set()
         self.tables: set[str] = set()
         self.columns: set[str] = set()
         self.aliases: dict[str, str] = {}  # FROM alias -> table, to name columns
@@ -126,7 +126,8 @@ class Acc:
         self.depth = depth
 
     def add(self, cat: Category, code: str, message: str) -> None:
-        key = (cat, code)
+        """Assign a category with its reason (each distinct reason is kept once)."""
+        key = (cat, code, message)
         if key in self.seen:
             return
         self.seen.add(key)
@@ -533,6 +534,8 @@ def _column_ref(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -
 
 
 def _sublink(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
+    if "operName" in x:
+        _check_operator(_strs(x["operName"]), acc)
     walk(x.get("testexpr"), acc, False, ctes)
     kind = x.get("subLinkType", "")
     carries = out and kind in ("EXPR_SUBLINK", "ARRAY_SUBLINK", "MULTIEXPR_SUBLINK", "CTE_SUBLINK")
@@ -542,10 +545,23 @@ def _sublink(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> N
             query(k, body, acc, carries, ctes)
 
 
-def _a_expr(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
-    names = _strs(x.get("name"))
-    if len(names) > 1 and names[-2] != "pg_catalog":
+#: Operator "names" the grammar uses for constructs that are not pg_operator entries.
+_SYNTAX_OPS = frozenset({"BETWEEN", "NOT BETWEEN", "BETWEEN SYMMETRIC", "NOT BETWEEN SYMMETRIC"})
+
+
+def _check_operator(names: list[str], acc: Acc) -> None:
+    """Operators run functions too: a user-defined one (``===``) is as unknown as a call."""
+    if not names:
+        return
+    op = names[-1]
+    if (len(names) > 1 and names[-2] != "pg_catalog") or (
+        op not in OPERATORS and op not in _SYNTAX_OPS
+    ):
         acc.add(OPAQUE, "unknown-operator", f"operator {'.'.join(names)} is not a built-in")
+
+
+def _a_expr(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
+    _check_operator(_strs(x.get("name")), acc)
     walk(x.get("lexpr"), acc, out, ctes)
     walk(x.get("rexpr"), acc, out, ctes)
 
@@ -670,10 +686,6 @@ def _set_config(qual: str, args: list[Any], acc: Acc) -> None:
             acc.add(OPAQUE, "needs-bind", f"{qual}: value of {name} is a Bind parameter")
         else:
             acc.add(cat, code, msg)
-
-
-def _json_agg(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
-    walk(x, acc, out, ctes)
 
 
 def _range_function(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:

@@ -742,6 +742,12 @@ OPAQUE = [
     row("SELECT set_config(name, 'off', false) FROM t WHERE id = 1", R, O),
     row("SELECT ts_stat('select v from docs')", R, D, id="ts_stat-runs-sql"),
     row("SELECT 1 OPERATOR(public.+) 2", R, O, id="user-operator"),
+    row("SELECT * FROM t WHERE a === b", R, O, D, id="unknown-operator-symbol"),
+    row(
+        "SELECT * FROM t WHERE a = 1 AND b <<< ANY (SELECT 1)", R, O, id="unknown-sublink-operator"
+    ),
+    row("SELECT 1 OPERATOR(pg_catalog.+) 2", R, id="qualified-builtin-operator"),
+    row("SELECT * FROM t WHERE j @> '{}' AND j ?| array['a'] AND v <-> 'x' < 1 AND id = 1", R),
     row("selec * from customers", O, id="parse-error"),
     row("SELECT * FROM", O, id="truncated"),
     row("SELECT 'unterminated", O),
