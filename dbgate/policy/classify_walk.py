@@ -1487,6 +1487,9 @@ def _rename(body: dict[str, Any], acc: Acc) -> None:
 
 def _create_schema(body: dict[str, Any], acc: Acc) -> None:
     acc.add(DDL, "create-schema", "creates a schema")
+    role = body.get("authrole") or {}
+    if role.get("roletype") == "ROLESPEC_CSTRING":  # owned by another, named role
+        acc.add(PRIVILEGE, "owner-to", "CREATE SCHEMA ... AUTHORIZATION gives it to a role")
     for e in body.get("schemaElts", ()):
         for k, b in e.items():
             stmt_body(k, b, acc)

@@ -454,6 +454,8 @@ PRIVILEGE = [
     row("CREATE POLICY p ON orders USING (true)", DDL, P),
     row("DROP POLICY p ON orders", DDL, X, P),
     row("REASSIGN OWNED BY bob TO postgres", P),
+    row("CREATE SCHEMA s AUTHORIZATION bob", DDL, P),
+    row("CREATE SCHEMA AUTHORIZATION CURRENT_USER", DDL),
     row("DROP OWNED BY bob", P, X),
     row("ALTER ROLE agent SET search_path = public", P, C),
     row(
