@@ -80,9 +80,15 @@ def default_rules_dir() -> Path:
     env = os.environ.get(RULES_DIR_ENV)
     if env:
         return Path(env)
+    import sys
+
     import dbgate
 
-    return Path(dbgate.__file__).resolve().parent.parent / "rules"
+    source_tree = Path(dbgate.__file__).resolve().parent.parent / "rules"
+    if source_tree.is_dir():
+        return source_tree
+    # A wheel install puts the pack under <prefix>/share/dbgate/rules (pyproject data-files).
+    return Path(sys.prefix) / "share" / "dbgate" / "rules"
 
 
 @dataclass(frozen=True, slots=True)
