@@ -395,3 +395,21 @@ async def test_async_connection_pipeline_and_cancel(pg_dsn: str, proxy_dsn: str)
             out[side] = values, (await (await conn.execute("select 1")).fetchone())
     assert out["proxy"] == out["direct"]
     assert out["direct"] == ([i * 3 for i in range(20)], (1,))
+
+
+def test_protocol_3_2_and_its_long_cancel_key(pg_dsn: str, proxy_process_dsn: str) -> None:
+    """libpq 18 can ask for protocol 3.2; the 32-byte cancel key must still cancel."""
+
+    def scenario(conn: psycopg.Connection) -> Any:
+        version = conn.pgconn.full_protocol_version
+        timer = threading.Timer(0.5, conn.cancel_safe)
+        timer.start()
+        try:
+            with pytest.raises(errors.QueryCanceled):
+                conn.execute("select pg_sleep(10)")
+        finally:
+            timer.join()
+        return version, conn.execute("select 1").fetchone()
+
+    got = on_both(pg_dsn, proxy_process_dsn, scenario, autocommit=True, max_protocol_version="3.2")
+    assert got == (30002, (1,))

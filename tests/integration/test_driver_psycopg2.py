@@ -215,3 +215,27 @@ def test_notices_and_notifies(pg_dsn: str, proxy_dsn: str) -> None:
     notices, notifies = on_both(pg_dsn, proxy_dsn, scenario)
     assert notices == ["NOTICE:  psycopg2 notice 42\n"]
     assert notifies == [(channel, "self")]
+
+
+def test_large_objects_use_function_call(pg_dsn: str, proxy_dsn: str) -> None:
+    """libpq's lo_* API goes through the fast-path FunctionCall message."""
+
+    def scenario(conn: Any) -> Any:
+        lo = conn.lobject(0, "wb")
+        lo.write(b"dbgate" * 5000)
+        oid = lo.oid
+        lo.close()
+        lo = conn.lobject(oid, "rb")
+        lo.seek(6 * 100)
+        part = lo.read(12)
+        size = lo.seek(0, 2)
+        lo.close()
+        conn.lobject(oid).unlink()
+        conn.commit()
+        return part, size, conn.info.transaction_status
+
+    assert on_both(pg_dsn, proxy_dsn, scenario) == (
+        b"dbgatedbgate",
+        30000,
+        ext.TRANSACTION_STATUS_IDLE,
+    )
