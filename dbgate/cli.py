@@ -65,11 +65,20 @@ def classify(
     sql: Annotated[str, typer.Argument(help="SQL text (one or more statements).")],
     rules: Annotated[Path | None, typer.Option(help="Rules directory.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    identity: Annotated[
+        str, typer.Option(help="Decide as this dbgate identity (rules may match it).")
+    ] = "agent",
+    group: Annotated[
+        list[str] | None, typer.Option(help="A group of the identity (repeatable).")
+    ] = None,
+    application_name: Annotated[str, typer.Option(help="Client application_name.")] = "",
 ) -> None:
     """Show how dbgate classifies SQL and what the rules decide."""
     from dbgate.policy.commands import classify_command
+    from dbgate.policy.model import Identity
 
-    raise typer.Exit(classify_command(sql, rules, as_json))
+    who = Identity(name=identity, application_name=application_name, groups=frozenset(group or ()))
+    raise typer.Exit(classify_command(sql, rules, as_json, identity=who))
 
 
 @rules_app.command("check")

@@ -218,3 +218,21 @@ def test_classify_command_identity_is_used() -> None:
     )
     assert rc == 0
     assert json.loads(out.getvalue())["identity"] == "reporting-bot"
+
+
+def test_classify_decides_for_the_given_identity_and_groups(tmp_path: Path) -> None:
+    (tmp_path / "10-dba.yaml").write_text(
+        "rules:\n"
+        "  - name: dba-bot-ddl\n"
+        "    match: {categories: [ddl], identities: [dba-bot], groups: [dba]}\n"
+        "    action: allow\n"
+        "  - name: rest\n"
+        "    action: hold\n"
+    )
+    sql = "create index on orders (status)"
+    as_dba = classify_json(sql, "--rules", str(tmp_path), "--identity", "dba-bot", "--group", "dba")
+    assert (as_dba["action"], as_dba["rule"]) == ("allow", "dba-bot-ddl")
+    no_group = classify_json(sql, "--rules", str(tmp_path), "--identity", "dba-bot")
+    assert no_group["action"] == "hold"
+    default_agent = classify_json(sql, "--rules", str(tmp_path))
+    assert default_agent["action"] == "hold"
