@@ -529,8 +529,10 @@ def _column_ref(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -
     parts = []
     for f in x.get("fields", ()):
         s = f.get("String")
-        parts.append(s.get("sval", "") if s is not None else "*")
-    if parts:
+        parts.append(s["sval"] if s is not None and "sval" in s else "*")
+    if len(parts) == 1:
+        acc.columns.add(parts[0])
+    elif parts:
         acc.columns.add(".".join(parts))
 
 
