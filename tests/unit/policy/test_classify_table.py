@@ -572,6 +572,36 @@ DUMP = [
         id="function-in-from-with-sublink",
     ),
     row("SELECT * FROM customers TABLESAMPLE BERNOULLI (100)", R, D),
+    row(
+        "INSERT INTO notes (id, body) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE "
+        "SET body = (SELECT string_agg(email, ',') FROM customers)",
+        W,
+        R,
+        D,
+        id="upsert-copies-a-column",
+    ),
+    row(
+        "UPDATE notes SET body = 'x' WHERE id = 1 RETURNING (SELECT array_agg(ssn) FROM customers)",
+        W,
+        R,
+        D,
+        id="returning-sublink",
+    ),
+    row("VALUES ((SELECT array_agg(email) FROM customers))", R, D),
+    row(
+        "SELECT jt.* FROM customers c, JSON_TABLE(c.doc, '$' COLUMNS (a text PATH '$.a')) jt",
+        R,
+        D,
+        id="json_table-over-whole-table",
+    ),
+    row(
+        "SELECT jt.* FROM customers c, JSON_TABLE(c.doc, '$' COLUMNS (a text PATH '$.a')) jt "
+        "WHERE c.id = 1",
+        R,
+    ),
+    row(
+        "SELECT email, count(*) FROM customers GROUP BY ROLLUP (email)", R, id="documented-group-by"
+    ),
     row("SELECT * FROM orders WHERE id > 0", R, id="documented-limit-id-gt-0"),
     # what counts as a restricting WHERE
     row("SELECT * FROM customers WHERE id IN (SELECT id FROM customers)", R, D),
