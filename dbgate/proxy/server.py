@@ -171,7 +171,11 @@ class ProxyServer:
         if channel.closed:
             up.channel.abort()
             return
-        pid = self._allocate_pid()
+        # Clients see the upstream backend's real pid (so pg_stat_activity, NOTIFY pids
+        # and pg_backend_pid() agree with the driver) but dbgate's own secret key.
+        pid = up.backend_pid
+        if pid <= 0 or pid in self._sessions:  # several upstreams could reuse a pid
+            pid = self._allocate_pid()
         key_len = 32 if hello.startup.negotiated_protocol >= (3, 2) else 4
         secret = secrets.token_bytes(key_len)
         info = SessionInfo(

@@ -462,11 +462,6 @@ async def test_large_values_cross_many_reads(pg_dsn: str, proxy_dsn: str) -> Non
     assert got[0] == 30_000_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy bug: BackendKeyData carries a dbgate-allocated pid, not the upstream "
-    "backend pid, so get_server_pid() disagrees with pg_backend_pid() and NOTIFY pids",
-)
 async def test_server_pid_matches_backend_pid(proxy_dsn: str) -> None:
     conn = await asyncpg.connect(proxy_dsn)
     try:
