@@ -36,10 +36,14 @@ from pglast import parser as _pg
 from dbgate.policy.classify_walk import Acc, statement
 from dbgate.policy.model import Category, Classification, Reason, StatementClass
 
-__all__ = ["CACHE_SIZE", "cache_info", "classify", "classify_bind", "clear_cache"]
+__all__ = ["CACHE_SIZE", "MAX_CACHED_SQL", "cache_info", "classify", "classify_bind", "clear_cache"]
 
 #: Entries per cache level; on overflow the oldest tenth is dropped.
 CACHE_SIZE = 20_000
+
+#: Query strings longer than this (characters) are never cached: keys are the text
+#: itself, and 20,000 entries of megabyte-long SQL would be a memory exhaustion vector.
+MAX_CACHED_SQL = 64 * 1024
 
 _EMPTY: frozenset[str] = frozenset()
 _exact: dict[Any, Classification] = {}
@@ -100,7 +104,7 @@ def classify(
     docs/classifier.md), as ``name`` or ``schema.name`` exactly as called.
     """
     try:
-        if params is not None:
+        if params is not None or len(sql) > MAX_CACHED_SQL:
             return _cold(sql, params, prepared, extra_pure_functions)[0]
         key: Any = (sql, extra_pure_functions) if extra_pure_functions else sql
         hit = _exact.get(key)

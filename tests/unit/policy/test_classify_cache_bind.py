@@ -168,6 +168,13 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert info["normalized_size"] <= 50
 
 
+def test_huge_statements_are_not_cached() -> None:
+    sql = "SELECT 1 WHERE 'x' = '" + "a" * (classify_mod.MAX_CACHED_SQL + 10) + "'"
+    assert classify(sql).categories == {R}
+    info = cache_info()
+    assert info["exact_size"] == 0 and info["normalized_size"] == 0
+
+
 # ----------------------------------------------------------------------------- bind
 
 
