@@ -36,7 +36,15 @@ from pglast import parser as _pg
 from dbgate.policy.classify_walk import Acc, statement
 from dbgate.policy.model import Category, Classification, Reason, StatementClass
 
-__all__ = ["CACHE_SIZE", "MAX_CACHED_SQL", "cache_info", "classify", "classify_bind", "clear_cache"]
+__all__ = [
+    "CACHE_CHARS",
+    "CACHE_SIZE",
+    "MAX_CACHED_SQL",
+    "cache_info",
+    "classify",
+    "classify_bind",
+    "clear_cache",
+]
 
 #: Entries per cache level; on overflow the oldest tenth is dropped.
 CACHE_SIZE = 20_000
@@ -45,9 +53,14 @@ CACHE_SIZE = 20_000
 #: itself, and 20,000 entries of megabyte-long SQL would be a memory exhaustion vector.
 MAX_CACHED_SQL = 64 * 1024
 
+#: Total characters of keys per cache level (~32 MB of text): the memory bound that
+#: holds even when every entry is close to MAX_CACHED_SQL.
+CACHE_CHARS = 32 * 1024 * 1024
+
 _EMPTY: frozenset[str] = frozenset()
 _exact: dict[Any, Classification] = {}
 _normalized: dict[Any, Classification] = {}
+_chars: dict[int, int] = {id(_exact): 0, id(_normalized): 0}  # key characters held
 _lock = threading.Lock()
 _stats = {"exact": 0, "normalized": 0, "cold": 0}
 
@@ -57,21 +70,40 @@ def clear_cache() -> None:
     with _lock:
         _exact.clear()
         _normalized.clear()
+        for k in _chars:
+            _chars[k] = 0
         for k in _stats:
             _stats[k] = 0
 
 
 def cache_info() -> dict[str, int]:
     """Hit counters and sizes, for SHOW-style diagnostics and tests."""
-    return {**_stats, "exact_size": len(_exact), "normalized_size": len(_normalized)}
+    return {
+        **_stats,
+        "exact_size": len(_exact),
+        "normalized_size": len(_normalized),
+        "exact_chars": _chars[id(_exact)],
+        "normalized_chars": _chars[id(_normalized)],
+    }
+
+
+def _key_chars(key: Any) -> int:
+    return len(key) if isinstance(key, str) else len(key[0])
 
 
 def _store(cache: dict[Any, Classification], key: Any, value: Classification) -> None:
-    if len(cache) >= CACHE_SIZE:
+    """Insert, evicting the oldest tenth when the entry or character budget is spent."""
+    if key in cache:  # another thread got there first
+        cache[key] = value
+        return
+    chars = _chars[id(cache)] + _key_chars(key)
+    if len(cache) >= CACHE_SIZE or chars > CACHE_CHARS:
         with _lock:
-            for k in list(cache)[: CACHE_SIZE // 10]:
-                cache.pop(k, None)
+            for k in list(cache)[: max(len(cache) // 10, 1)]:
+                if cache.pop(k, None) is not None:
+                    chars -= _key_chars(k)
     cache[key] = value
+    _chars[id(cache)] = chars
 
 
 def _opaque(code: str, message: str, command: str = "") -> StatementClass:

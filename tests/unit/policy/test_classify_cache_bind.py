@@ -168,6 +168,16 @@ def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert info["normalized_size"] <= 50
 
 
+def test_cache_is_bounded_by_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(classify_mod, "CACHE_CHARS", 5_000)
+    for i in range(100):
+        classify(f"SELECT {i} AS c{i}, '{'x' * 200}' AS pad")
+    info = cache_info()
+    assert info["exact_chars"] <= 5_000
+    assert info["normalized_chars"] <= 5_000
+    assert info["exact_size"] >= 10  # still caching
+
+
 def test_huge_statements_are_not_cached() -> None:
     sql = "SELECT 1 WHERE 'x' = '" + "a" * (classify_mod.MAX_CACHED_SQL + 10) + "'"
     assert classify(sql).categories == {R}
