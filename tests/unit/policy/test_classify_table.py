@@ -152,6 +152,30 @@ DRIVERS = [
     ),
     row("SELECT pg_size_pretty(pg_total_relation_size('orders'))", R),
     row(
+        "SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c "
+        "LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname OPERATOR(pg_catalog.~) '^(orders)$' COLLATE pg_catalog.default "
+        "AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 2, 3",
+        R,
+        id="psql-describe",
+    ),
+    row(
+        'SELECT n.nspname as "Schema", c.relname as "Name", CASE c.relkind WHEN \'r\' '
+        "THEN 'table' WHEN 'v' THEN 'view' END as \"Type\", "
+        'pg_catalog.pg_get_userbyid(c.relowner) as "Owner" FROM pg_catalog.pg_class c '
+        "LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_catalog.pg_am am ON am.oid = c.relam "
+        "WHERE c.relkind IN ('r','p','') AND n.nspname <> 'pg_catalog' "
+        "AND n.nspname !~ '^pg_toast' AND n.nspname <> 'information_schema' "
+        "AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 1,2",
+        R,
+        id="psql-dt",
+    ),
+    row("SET client_min_messages TO 'warning'", C, id="rails-connect"),
+    row("SET intervalstyle = iso_8601", C),
+    row("SHOW max_identifier_length", C),
+    row("SET application_name = 'PostgreSQL JDBC Driver'", C),
+    row(
         "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
         "WHERE pg_get_userbyid(i.relowner) = current_user",
         R,
