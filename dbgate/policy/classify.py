@@ -114,6 +114,18 @@ def _opaque(code: str, message: str, command: str = "") -> StatementClass:
     )
 
 
+_NUL_MESSAGE = "query text contains a NUL character; the parser would stop there"
+_NUL_RESULT = Classification(
+    statements=(
+        StatementClass(
+            categories=frozenset({Category.OPAQUE}),
+            reasons=(Reason(Category.OPAQUE, "parse-error", _NUL_MESSAGE),),
+        ),
+    ),
+    parse_error=_NUL_MESSAGE,
+)
+
+
 def _internal_error(exc: BaseException) -> Classification:
     return Classification(
         statements=(_opaque("internal-error", f"classifier error: {type(exc).__name__}: {exc}"),)
@@ -136,6 +148,8 @@ def classify(
     docs/classifier.md), as ``name`` or ``schema.name`` exactly as called.
     """
     try:
+        if "\x00" in sql:  # the C parser would stop at the NUL and never see the rest
+            return _NUL_RESULT
         if params is not None or len(sql) > MAX_CACHED_SQL:
             return _cold(sql, params, prepared, extra_pure_functions)[0]
         key: Any = (sql, extra_pure_functions) if extra_pure_functions else sql
@@ -184,6 +198,8 @@ def classify_bind(
     if not classification.needs_bind:
         return classification
     try:
+        if "\x00" in sql:
+            return _NUL_RESULT
         return _cold(sql, params, prepared, extra_pure_functions)[0]
     except Exception as exc:
         return _internal_error(exc)

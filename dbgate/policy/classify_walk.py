@@ -1082,6 +1082,9 @@ def nested_sql(
     if acc.depth >= MAX_NESTING:
         acc.add(OPAQUE, "nesting-too-deep", f"{why}: SQL nested too deeply")
         return
+    if "\x00" in text:  # the C parser would stop at the NUL
+        acc.add(OPAQUE, "nested-parse-error", f"{why}: SQL text contains a NUL character")
+        return
     try:
         tree = json.loads(_pg.parse_sql_json(text))
     except Exception as exc:  # parse errors of the nested text: fail closed

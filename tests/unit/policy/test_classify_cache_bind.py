@@ -319,6 +319,17 @@ def test_parse_error_reports_message_and_is_opaque() -> None:
     assert len(c.statements) == 1
 
 
+def test_embedded_nul_fails_closed_even_after_a_cached_prefix() -> None:
+    assert classify("SELECT 1").categories == {R}
+    c = classify("SELECT 1\x00; DROP TABLE orders")
+    assert c.categories == {OPQ}
+    assert c.parse_error
+
+
+def test_unencodable_text_fails_closed() -> None:
+    assert classify("SELECT 1 \udcff").categories == {OPQ}
+
+
 def test_multi_statement_reports_each_statement() -> None:
     c = classify("SELECT 1; DELETE FROM orders; SET ROLE x")
     assert [s.command for s in c.statements] == ["SELECT", "DELETE", "SET"]
