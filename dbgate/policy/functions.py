@@ -329,10 +329,48 @@ class CatalogFunction:
 
 
 def _body_is_plain_read(body: str, extra: frozenset[str]) -> bool:
+    """Does a SQL function body classify as nothing but ``read``?
+
+    Classic bodies are SQL text. SQL-standard bodies (``RETURN expr`` / ``BEGIN
+    ATOMIC ... END``) arrive as the whole CREATE FUNCTION (``pg_get_functiondef``):
+    their parsed ``sql_body`` is walked directly.
+    """
+    import json
+
+    from pglast import parser
+
+    from dbgate.policy import classify_walk as walker
     from dbgate.policy.classify import classify  # local: classify imports this module
 
     c = classify(body, extra_pure_functions=extra)
-    return c.parse_error is None and c.categories <= {Category.READ}
+    if c.parse_error is not None or c.needs_bind:
+        return False
+    if len(c.statements) != 1 or c.statements[0].command != "CREATE FUNCTION":
+        return c.categories <= {Category.READ}
+    try:
+        tree = json.loads(parser.parse_sql_json(body))
+        create = tree["stmts"][0]["stmt"]["CreateFunctionStmt"]
+    except Exception:
+        return False
+    sql_body = create.get("sql_body")
+    if not isinstance(sql_body, dict):
+        return False
+    acc = walker.Acc(None, None, extra)
+    ret = sql_body.get("ReturnStmt")
+    if ret is not None:
+        acc.add(Category.READ, "select", "function body")
+        walker.walk(ret.get("returnval"), acc, True, {})
+    else:
+        stack: list[object] = [sql_body]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                lst = node.get("List")
+                if lst is not None:
+                    stack.extend(lst.get("items", ()))
+                else:
+                    walker.statement(node, acc)
+    return not acc.needs_bind and bool(acc.cats) and acc.cats <= {Category.READ}
 
 
 def vouch_for(
@@ -348,8 +386,8 @@ def vouch_for(
     (so no unknown functions, no dump, no file access). A body may call other user
     functions accepted earlier; acceptance is iterated to a fixed point, which keeps
     the check well-founded (mutually recursive functions are never accepted).
-    SQL-standard bodies (``RETURN ...`` / ``BEGIN ATOMIC``) arrive as a whole CREATE
-    statement and are not vouched for: fail closed.
+    SQL-standard bodies (``RETURN ...`` / ``BEGIN ATOMIC``) are checked statement by
+    statement from the parsed ``CREATE FUNCTION``.
 
     Returns ``schema.name`` for each, plus the bare ``name`` when ``schema`` is
     ``search_path_first`` (the first schema of the agent role's search path) and the

@@ -225,10 +225,30 @@ def test_vouch_for_accepts_only_harmless_sql_functions() -> None:
         _f("calls_unknown", "SELECT app.mystery($1)"),
         _f("calls_vouched", "SELECT app.fmt($1)"),
         _f("agg", "SELECT 1", kind="a"),
-        _f("std_body", "CREATE FUNCTION app.std_body() RETURNS int RETURN 1"),
+        _f("std_return", "CREATE FUNCTION app.std_return(a int) RETURNS int RETURN a + 1"),
+        _f(
+            "std_atomic",
+            "CREATE FUNCTION app.std_atomic(a int) RETURNS int BEGIN ATOMIC "
+            "SELECT count(*) FROM orders WHERE id = a; END",
+        ),
+        _f(
+            "std_leak",
+            "CREATE FUNCTION app.std_leak() RETURNS text RETURN pg_read_file('x')",
+        ),
+        _f(
+            "std_writes",
+            "CREATE FUNCTION app.std_writes() RETURNS void BEGIN ATOMIC DELETE FROM orders; END",
+        ),
     ]
     got = fn.vouch_for(rows)
-    assert got == {"app.fmt", "app.order_total", "app.pinned_path", "app.calls_vouched"}
+    assert got == {
+        "app.fmt",
+        "app.order_total",
+        "app.pinned_path",
+        "app.calls_vouched",
+        "app.std_return",
+        "app.std_atomic",
+    }
 
 
 def test_vouch_for_rejects_a_name_with_any_unsafe_overload() -> None:
