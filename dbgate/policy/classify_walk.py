@@ -312,6 +312,21 @@ def _cols(v: Any, sc: Scope, quals: set[str]) -> bool:
     Adds to ``quals`` the relations those columns belong to, where known: the
     qualifier, or the only relation of the level for an unqualified column.
     """
+    if type(v) is dict and len(v) == 1:  # fast paths for the common operands
+        if "A_Const" in v or "ParamRef" in v:
+            return False
+        cr = v.get("ColumnRef")
+        if cr is not None:
+            fields = cr.get("fields", ())
+            if len(fields) >= 2:
+                q = (fields[-2].get("String") or {}).get("sval", "")
+                if q in sc.outer:
+                    return False
+                if q in sc.names:
+                    quals.add(q)
+            elif sc.single is not None:
+                quals.add(sc.single)
+            return True
     found = False
     stack = [v]
     while stack:
@@ -385,8 +400,7 @@ def restricted(
             kind = x.get("kind", "AEXPR_OP")
             if kind in ("AEXPR_DISTINCT", "AEXPR_NOT_BETWEEN", "AEXPR_NOT_BETWEEN_SYM"):
                 return set()
-            names = _strs(x.get("name"))
-            op = names[-1] if names else ""
+            op, _ = _op_name(x.get("name"))
             if op in _NEGATIVE_OPS:
                 return set()
             lq: set[str] = set()
@@ -552,6 +566,16 @@ def _sublink(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> N
 _SYNTAX_OPS = frozenset({"BETWEEN", "NOT BETWEEN", "BETWEEN SYMMETRIC", "NOT BETWEEN SYMMETRIC"})
 
 
+def _op_name(name_list: list[Any] | None) -> tuple[str, bool]:
+    """(operator, qualified-with-a-schema-other-than-pg_catalog) of an A_Expr name list."""
+    if name_list and len(name_list) == 1:
+        return (name_list[0].get("String") or {}).get("sval", ""), False
+    names = _strs(name_list)
+    if not names:
+        return "", False
+    return names[-1], len(names) > 1 and names[-2] != "pg_catalog"
+
+
 def _check_operator(names: list[str], acc: Acc) -> None:
     """Operators run functions too: a user-defined one (``===``) is as unknown as a call."""
     if not names:
@@ -564,7 +588,9 @@ def _check_operator(names: list[str], acc: Acc) -> None:
 
 
 def _a_expr(x: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> None:
-    _check_operator(_strs(x.get("name")), acc)
+    op, foreign = _op_name(x.get("name"))
+    if foreign or (op not in OPERATORS and op not in _SYNTAX_OPS):
+        _check_operator(_strs(x.get("name")), acc)
     walk(x.get("lexpr"), acc, out, ctes)
     walk(x.get("rexpr"), acc, out, ctes)
 
