@@ -114,7 +114,9 @@ def parse_events(path: Path) -> tuple[list[str], dict[str, TestResult]]:
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
         if ev.get("event") == "collected":
-            collected = list(ev.get("nodeids") or [])
+            # One event per pytest session; a resumed run collects a subset again.
+            seen = set(collected)
+            collected += [n for n in ev.get("nodeids") or [] if n not in seen]
         elif ev.get("event") == "report":
             outcome = ev.get("outcome", "failed")
             if outcome == "failed" and ev.get("when") in ("setup", "teardown"):
@@ -125,16 +127,37 @@ def parse_events(path: Path) -> tuple[list[str], dict[str, TestResult]]:
     return collected, tests
 
 
-def collect_outcomes(junit: Path, events: Path) -> tuple[str, dict[str, TestResult]]:
-    """Best available per-test outcomes, plus "not run" for collected tests never reported."""
+def collect_outcomes(
+    junits: list[Path], events: Path
+) -> tuple[str, dict[str, TestResult], list[str]]:
+    """Best available per-test outcomes of one run (one or more pytest sessions).
+
+    Returns (source, outcomes, stray): junit files are read in session order, a
+    later session filling in what an earlier one never reached; without junit
+    the event stream stands in. Collected tests nobody reported are "not run".
+    junit entries that are no collected test (pytest's "internal" pseudo-case
+    after an INTERNALERROR) are returned as ``stray`` instead of being counted.
+    """
     collected, from_events = parse_events(events)
-    if junit.exists():
-        source, tests = "junit", parse_junit(junit)
+    existing = [j for j in junits if j.exists()]
+    tests: dict[str, TestResult] = {}
+    if existing:
+        source = "junit"
+        for junit in existing:
+            tests.update(parse_junit(junit))
+        for nodeid, result in from_events.items():
+            tests.setdefault(nodeid, result)  # reported, but the session died before its XML
     else:
         source, tests = "events", from_events
+    stray: list[str] = []
+    if collected:
+        known = set(collected)
+        stray = sorted(k for k in tests if k not in known)
+        for k in stray:
+            del tests[k]
     for nodeid in collected:
         tests.setdefault(nodeid, TestResult("not run"))
-    return source, tests
+    return source, tests, stray
 
 
 @dataclass

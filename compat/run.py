@@ -149,6 +149,40 @@ def _interrupt(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def _pytest_command(
+    suite: Suite, args: argparse.Namespace, junit: Path, tests: list[str] | None
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-c",
+        str(suite.ini),
+        "--rootdir",
+        str(suite.root),
+        f"--junitxml={junit}",
+        # Backstop only: the suite's own asyncio-level timeout (COMPAT_TEST_TIMEOUT,
+        # see suite_conftest.py) fails a hanging test cleanly first. pytest-timeout's
+        # SIGALRM can land inside pytest's traceback formatting, which on CPython
+        # 3.11 ends the whole session with an INTERNALERROR.
+        f"--timeout={args.timeout + 30:g}",
+        "-q",
+        "-rfE",
+    ]
+    for nodeid in DESELECTED:
+        cmd += ["--deselect", nodeid]
+    if tests is not None:
+        cmd += tests  # exact node ids: -k would only narrow them further
+    else:
+        if args.keyword:
+            cmd += ["-k", args.keyword]
+        cmd += args.tests or ["tests"]
+    return cmd
+
+
+_MAX_SESSIONS = 4
+
+
 def run_suite(
     name: str,
     suite: Suite,
@@ -165,65 +199,103 @@ def run_suite(
     installed driver's version ``ASYNCPG_VERSION``: with both set, the suite's
     environment tests run instead of skipping, and through dbgate they check that
     the proxy relays the real server_version and that the installed wheel is tested.
+
+    If pytest itself dies (INTERNALERROR, a crash) before reaching every collected
+    test, a new session runs the remaining ones, up to ``_MAX_SESSIONS`` in all,
+    so one broken test cannot hide the results of all later ones.
     """
     run_dir = WORK_DIR / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    junit, events, log_path = (
-        run_dir / "junit.xml",
-        run_dir / "events.jsonl",
-        run_dir / "pytest.log",
-    )
-    for f in (junit, events):
-        f.unlink(missing_ok=True)
+    events, log_path = run_dir / "events.jsonl", run_dir / "pytest.log"
+    for old in [events, *run_dir.glob("junit*.xml")]:
+        old.unlink(missing_ok=True)
     env = _clean_env(
         {
             **endpoint.pg_env(),
             "PGVERSION": server_version,
             "ASYNCPG_VERSION": suite.asyncpg_version,
             "COMPAT_EVENTS": str(events),
+            "COMPAT_TEST_TIMEOUT": f"{args.timeout:g}",
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
         }
     )
     if args.uvloop:
         env["USE_UVLOOP"] = "1"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-c",
-        str(suite.ini),
-        "--rootdir",
-        str(suite.root),
-        f"--junitxml={junit}",
-        f"--timeout={args.timeout:g}",
-        "-q",
-        "-rfE",
-    ]
-    for nodeid in DESELECTED:
-        cmd += ["--deselect", nodeid]
-    if tests is not None:
-        cmd += tests  # exact node ids: -k would only narrow them further
-    else:
-        if args.keyword:
-            cmd += ["-k", args.keyword]
-        cmd += args.tests or ["tests"]
 
     result = RunResult(name=name)
-    _log(
-        f"{name}: running asyncpg's suite against {endpoint.host}:{endpoint.port} (log: {log_path})"
-    )
+    if not quiet:
+        _log(f"{name}: running asyncpg's suite against {endpoint.host}:{endpoint.port}")
+        _log(f"{name}: log: {log_path}")
     started = time.monotonic()
+    junits: list[Path] = []
+    selection = tests
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=suite.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group: an interrupt reaches every child
+        for session in range(1, _MAX_SESSIONS + 1):
+            junit = run_dir / ("junit.xml" if session == 1 else f"junit-{session}.xml")
+            junits.append(junit)
+            proc = subprocess.Popen(
+                _pytest_command(suite, args, junit, selection),
+                cwd=suite.root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: an interrupt reaches every child
+            )
+            _supervise(name, proc, started, args, result, events, proxy, quiet)
+            result.exit_code = proc.returncode
+            # 0: all passed, 1: some failed, 5: nothing collected. Anything else means
+            # pytest did not finish the session normally.
+            if result.interrupted or proc.returncode in (0, 1, 5):
+                break
+            _, partial, _ = collect_outcomes(junits, events)
+            pending = [k for k, v in partial.items() if v.outcome == "not run"]
+            if not pending:
+                break
+            note = (
+                f"pytest session {session} ended with exit code {proc.returncode} "
+                f"before {len(pending)} tests; running them in a new session"
+            )
+            result.notes.append(note)
+            _log(f"{name}: {note}")
+            log.flush()
+            selection = pending
+    result.duration_s = round(time.monotonic() - started, 1)
+    result.source, result.tests, stray = collect_outcomes(junits, events)
+    result.notes += [f"junit entry outside the collected tests: {s}" for s in stray]
+    if not result.tests:
+        result.available = False
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        result.reason = (
+            result.reason or f"pytest exited {result.exit_code} without results:\n{tail}"
         )
+    if proxy is not None:
+        if not proxy.alive() and not any("dbgate exited" in n for n in result.notes):
+            result.notes.append(
+                f"dbgate exited with code {proxy.process.returncode} during the run"
+            )
+        result.notes += _proxy_log_findings(proxy.log_file)
+    counts = result.counts()
+    _log(
+        f"{name}: {counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors, "
+        f"{counts['skipped']} skipped, {counts['not run']} not run in {result.duration_s:.0f}s"
+    )
+    return result
+
+
+def _supervise(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    started: float,
+    args: argparse.Namespace,
+    result: RunResult,
+    events: Path,
+    proxy: Proxy | None,
+    quiet: bool,
+) -> None:
+    """Wait for one pytest session: progress lines, run deadline, dbgate liveness."""
     try:
-        next_beat = started + 20
+        next_beat = time.monotonic() + 20
         while proc.poll() is None:
             now = time.monotonic()
             if now - started > args.run_timeout:
@@ -232,11 +304,11 @@ def run_suite(
                 _log(f"{name}: {result.reason}")
                 _interrupt(proc)
                 break
-            if proxy is not None and not proxy.alive() and not result.notes:
-                result.notes.append(
-                    f"dbgate exited with code {proxy.process.returncode} during the run"
-                )
-                _log(f"{name}: {result.notes[-1]}")
+            if proxy is not None and not proxy.alive():
+                note = f"dbgate exited with code {proxy.process.returncode} during the run"
+                if note not in result.notes:
+                    result.notes.append(note)
+                    _log(f"{name}: {note}")
             if now >= next_beat and not quiet:
                 done, bad = _count_reports(events)
                 _log(f"{name}: {done} tests done, {bad} not passing, {now - started:.0f}s")
@@ -245,25 +317,6 @@ def run_suite(
     finally:
         if proc.poll() is None:  # the runner itself is being interrupted
             _interrupt(proc)
-    result.duration_s = round(time.monotonic() - started, 1)
-    result.exit_code = proc.returncode
-    result.source, result.tests = collect_outcomes(junit, events)
-    if not result.tests:
-        result.available = False
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-        result.reason = result.reason or f"pytest exited {proc.returncode} without results:\n{tail}"
-    if proxy is not None:
-        if not proxy.alive() and not result.notes:
-            result.notes.append(
-                f"dbgate exited with code {proxy.process.returncode} during the run"
-            )
-        result.notes += _proxy_log_findings(proxy.log_file)
-    counts = result.counts()
-    _log(
-        f"{name}: {counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors, "
-        f"{counts['skipped']} skipped in {result.duration_s:.0f}s"
-    )
-    return result
 
 
 _LOG_PROBLEM = re.compile(r"\b(ERROR|CRITICAL|Traceback)\b")

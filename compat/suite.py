@@ -35,11 +35,13 @@ DESELECTED: dict[str, str] = {
 
 # pytest configuration for the copied suite. Written as its own ini file so that
 # dbgate's pyproject settings (asyncio_mode=auto, testpaths, timeouts) do not leak
-# into a unittest-based suite that manages its own event loops.
+# into a unittest-based suite that manages its own event loops. The runner also sets
+# PYTEST_DISABLE_PLUGIN_AUTOLOAD: of the plugins installed in dbgate's virtualenv
+# (pytest-asyncio, hypothesis, ...) only pytest-timeout is loaded, explicitly.
 _PYTEST_INI = """\
 [pytest]
 # Written by compat/suite.py; the copied asyncpg suite runs with these settings only.
-addopts = --strict-markers --tb=short -p no:cacheprovider -p no:asyncio
+addopts = --strict-markers --tb=short -p pytest_timeout -p no:cacheprovider
 junit_family = xunit1
 filterwarnings = default
 """

@@ -1,9 +1,13 @@
 """conftest.py for the copied asyncpg test suite (copied there by compat/suite.py).
 
-Two jobs, both about trusting the numbers:
+Three jobs, all about trusting the numbers:
 
 * refuse to run unless ``asyncpg`` is the installed wheel — the suite must test
   the compiled driver dbgate's users run, not a source tree next to it;
+* turn on the suite's own per-test timeout (``TestCaseMeta.TEST_TIMEOUT``, an
+  ``asyncio.wait_for`` around each test coroutine) from ``COMPAT_TEST_TIMEOUT``:
+  a statement hanging in the proxy then fails as "test timed out", cleanly,
+  instead of relying on pytest-timeout's signal alone;
 * append one JSON line per collected set and per test report to the file named by
   ``COMPAT_EVENTS``. junit XML is only written when pytest ends normally; when a
   run through a hanging proxy has to be interrupted, these events still tell which
@@ -44,6 +48,12 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"asyncpg was imported from the suite tree ({_ORIGIN}), not the installed wheel"
         )
+    timeout = os.environ.get("COMPAT_TEST_TIMEOUT")
+    if timeout:
+        from asyncpg import _testbase
+
+        # Read by each test wrapper at call time, so setting it here covers all tests.
+        _testbase.TestCaseMeta.TEST_TIMEOUT = float(timeout)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
