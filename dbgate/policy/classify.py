@@ -33,7 +33,7 @@ from typing import Any
 
 from pglast import parser as _pg
 
-from dbgate.policy.classify_walk import Acc, statement
+from dbgate.policy.classify_walk import Acc, safe_parse_message, statement
 from dbgate.policy.model import Category, Classification, Reason, StatementClass
 
 __all__ = [
@@ -215,7 +215,7 @@ def _cold(
     try:
         tree = json.loads(_pg.parse_sql_json(sql))
     except _pg.ParseError as exc:
-        msg = str(exc)
+        msg = safe_parse_message(str(exc))
         return (
             Classification(
                 statements=(_opaque("parse-error", f"cannot parse: {msg}"),),

@@ -75,6 +75,23 @@ DATA_CATALOG_RELATIONS = frozenset(
     }
 )
 
+_NEAR = re.compile(r'at or near "(.*)"(, at index \d+)?$', re.DOTALL)
+_LITERAL_START = re.compile(r"^(?:'|\$|[0-9.]|[EeBbXxNn]'|[Uu]&')")
+
+
+def safe_parse_message(message: str) -> str:
+    """The parser's message with any echoed literal replaced by ``<literal>``.
+
+    ``unterminated quoted string at or near "'123-45-6789"`` would carry a value into
+    the audit log and the approval page; keywords and identifiers stay (they are what
+    makes the message useful: ``syntax error at or near "SELEC"``).
+    """
+    m = _NEAR.search(message)
+    if m is None or not _LITERAL_START.match(m.group(1)):
+        return message
+    return message[: m.start()] + "at or near <literal>" + (m.group(2) or "")
+
+
 _KNOWN = 0  # value is a literal (or NULL)
 _NEED_BIND = 1  # value is a $n parameter and no parameters were supplied
 _DYNAMIC = 2  # value is computed: unknown until execution
@@ -1114,7 +1131,7 @@ def nested_sql(
     try:
         tree = json.loads(_pg.parse_sql_json(text))
     except Exception as exc:  # parse errors of the nested text: fail closed
-        acc.add(OPAQUE, "nested-parse-error", f"{why}: {exc}")
+        acc.add(OPAQUE, "nested-parse-error", f"{why}: {safe_parse_message(str(exc))}")
         return
     for raw in tree.get("stmts", ()):
         node = raw.get("stmt") or {}

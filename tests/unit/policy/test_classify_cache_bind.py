@@ -330,6 +330,28 @@ def test_unencodable_text_fails_closed() -> None:
     assert classify("SELECT 1 \udcff").categories == {OPQ}
 
 
+@pytest.mark.parametrize(
+    ("sql", "secret"),
+    [
+        ("SELECT * FROM customers WHERE ssn = '123-45-6789", "123-45-6789"),
+        ("SELECT * FROM customers WHERE ssn = E'123-45-6789", "123-45-6789"),
+        ("SELECT 123456789abc", "123456789"),
+        ("SELECT $$secret", "secret"),
+        ("SELECT 1 FROM t WHERE ssn = '1' '987-65-4321'", "987-65-4321"),
+        ("SELECT query_to_xml('select ''4111111111111111', true, false, '')", "4111111111111111"),
+    ],
+)
+def test_parse_errors_do_not_echo_literals(sql: str, secret: str) -> None:
+    c = classify(sql)
+    assert OPQ in c.categories
+    assert secret not in (c.parse_error or "")
+    assert all(secret not in r.message for r in c.reasons)
+
+
+def test_parse_errors_keep_keywords() -> None:
+    assert 'at or near "SELEC"' in (classify("SELEC * FROM t").parse_error or "")
+
+
 def test_multi_statement_reports_each_statement() -> None:
     c = classify("SELECT 1; DELETE FROM orders; SET ROLE x")
     assert [s.command for s in c.statements] == ["SELECT", "DELETE", "SET"]
