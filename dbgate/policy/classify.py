@@ -127,8 +127,15 @@ _NUL_RESULT = Classification(
 
 
 def _internal_error(exc: BaseException) -> Classification:
+    """Opaque result for a classifier bug. Only the exception type is reported: its
+    message could quote the statement, and reasons reach the audit log and approvers."""
     return Classification(
-        statements=(_opaque("internal-error", f"classifier error: {type(exc).__name__}: {exc}"),)
+        statements=(
+            _opaque(
+                "internal-error",
+                f"classifier error ({type(exc).__name__}); failing closed",
+            ),
+        )
     )
 
 
