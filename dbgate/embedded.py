@@ -32,6 +32,7 @@ import ctypes
 import importlib.util
 import os
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -62,6 +63,9 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "log_connections": "off",
     "timezone": "UTC",
 }
+
+SOCKET_DIR_PREFIX = "dbgate-pg-"
+OWNER_FILE = "owner.pid"
 
 _PR_SET_PDEATHSIG = 1
 # Loaded in the parent: the pre-exec hook must not dlopen in a freshly forked child.
@@ -216,7 +220,7 @@ class EmbeddedPostgres:
         self._socket_dir: Path | None = None
         self._uid: int | None = None
         self._gid: int | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # stop() may run inside a failing start()
 
     # ------------------------------------------------------------------ properties
 
@@ -331,21 +335,18 @@ class EmbeddedPostgres:
                 self._initdb()
             self._stop_stale_postmaster()
             self._socket_dir = self._make_socket_dir()
-            attempts = 1 if self._requested_port is not None else 5
-            for attempt in range(attempts):
-                if self._requested_port is None:
-                    self._port = find_free_port(self.host)
-                try:
-                    self._spawn_and_wait()
-                    break
-                except _PortInUse:
-                    if attempt == attempts - 1:
-                        raise EmbeddedPostgresError(
-                            f"port {self._port} on {self.host} is in use\n"
-                            f"--- {self.log_file} ---\n{_tail(self.log_file)}"
-                        ) from None
+            try:
+                self._spawn_with_retries()
+            except BaseException:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+                self._socket_dir = None
+                raise
             atexit.register(self.stop)
-            self._apply_password()
+            try:
+                self._apply_password()
+            except BaseException:
+                self.stop()
+                raise
             return self
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -361,8 +362,6 @@ class EmbeddedPostgres:
             if proc is not None:
                 self._terminate(proc, timeout)
             if self._socket_dir is not None:
-                import shutil
-
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
                 self._socket_dir = None
 
@@ -418,8 +417,6 @@ class EmbeddedPostgres:
         return {"user": self._uid, "group": self._gid, "extra_groups": []}
 
     def _initdb(self) -> None:
-        import shutil
-
         if self.pgdata.exists():
             # An earlier initdb died half-way (no PG_VERSION): start over.
             shutil.rmtree(self.pgdata)
@@ -501,13 +498,29 @@ class EmbeddedPostgres:
                 p.kill()
         psutil.wait_procs(alive, timeout=5)
         if stale_socket_dir is not None and stale_socket_dir.name.startswith("dbgate-pg-"):
-            import shutil
-
             shutil.rmtree(stale_socket_dir, ignore_errors=True)
+
+    def _spawn_with_retries(self) -> None:
+        """Start the postmaster; with an automatic port, retry when another process grabbed it."""
+        attempts = 1 if self._requested_port is not None else 5
+        for attempt in range(attempts):
+            if self._requested_port is None:
+                self._port = find_free_port(self.host)
+            try:
+                self._spawn_and_wait()
+                return
+            except _PortInUse:
+                if attempt == attempts - 1:
+                    raise EmbeddedPostgresError(
+                        f"port {self._port} on {self.host} is in use\n"
+                        f"--- {self.log_file} ---\n{_tail(self.log_file)}"
+                    ) from None
 
     def _make_socket_dir(self) -> Path:
         # Under /tmp, not data_dir: Unix socket paths are limited to ~107 bytes.
-        d = Path(tempfile.mkdtemp(prefix="dbgate-pg-"))
+        _sweep_stale_socket_dirs()
+        d = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))
+        (d / OWNER_FILE).write_text(f"{os.getpid()}\n")
         if self._uid is not None:
             assert self._gid is not None
             os.chown(d, self._uid, self._gid)
@@ -652,6 +665,48 @@ class EmbeddedPostgres:
     def __repr__(self) -> str:
         state = f"pid={self.pid} port={self._port}" if self.running else "stopped"
         return f"<EmbeddedPostgres {self.data_dir} {state}>"
+
+
+def _pid_alive(path: Path) -> bool | None:
+    """Is the PID on the first line of ``path`` alive? None when there is no such file."""
+    try:
+        pid = int(path.read_text().split()[0])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, IndexError):
+        return False
+    return psutil.pid_exists(pid)
+
+
+def _sweep_stale_socket_dirs() -> None:
+    """Remove socket directories left by SIGKILLed owners.
+
+    stop() removes its own directory, but a process killed outright cannot; the
+    kernel stops its server (PDEATHSIG) and the directory stays. A directory is
+    stale when neither its owner (``owner.pid``) nor the postmaster named in the
+    socket's lock file is alive. Directories without an owner file come from an
+    unknown writer and are only removed after an hour without a live postmaster.
+    """
+    base = Path(tempfile.gettempdir())
+    try:
+        candidates = list(base.glob(SOCKET_DIR_PREFIX + "*"))
+    except OSError:
+        return
+    for d in candidates:
+        try:
+            if not d.is_dir():
+                continue
+            if any(_pid_alive(lock) for lock in d.glob(".s.PGSQL.*.lock")):
+                continue
+            owner = _pid_alive(d / OWNER_FILE)
+            if owner is None:
+                if time.time() - d.stat().st_mtime < 3600:
+                    continue
+            elif owner:
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue
 
 
 class _PortInUse(Exception):

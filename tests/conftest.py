@@ -40,6 +40,7 @@ DOCKER_IMAGES: dict[str, str] = {
     "16": "postgres:16",
     "17": "postgres:17",
 }
+SESSION_DIR_PREFIX = "dbgate-test-pg-"
 PG_FIXTURES = {"pg_server", "pg_database", "pg_dsn", "pg_version_matrix"}
 
 
@@ -138,6 +139,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+def _sweep_dead_sessions() -> None:
+    """Delete server directories of earlier test sessions that were killed outright.
+
+    A SIGKILLed pytest cannot run its fixture teardown; the kernel stops its server
+    (see dbgate.embedded) but the data directory stays behind in /tmp.
+    """
+    import psutil
+
+    for d in Path(tempfile.gettempdir()).glob(SESSION_DIR_PREFIX + "*"):
+        try:
+            pid = int((d / "owner.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # not ours, or still being created
+        if psutil.pid_exists(pid) or (d / "data" / "pgdata" / "postmaster.pid").exists():
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """The session's PostgreSQL server (``DBGATE_TEST_DSN`` or an embedded PG 18)."""
@@ -150,7 +169,9 @@ def pg_server() -> Iterator[PgServer]:
 
     from dbgate.embedded import EmbeddedPostgres
 
-    tmp = Path(tempfile.mkdtemp(prefix="dbgate-test-pg-"))
+    _sweep_dead_sessions()
+    tmp = Path(tempfile.mkdtemp(prefix=SESSION_DIR_PREFIX))
+    (tmp / "owner.pid").write_text(f"{os.getpid()}\n")
     pg = EmbeddedPostgres(tmp / "data")
     try:
         pg.start()
