@@ -346,6 +346,35 @@ WRITES = [
     row("NOTIFY jobs, 'hello'", W),
     row("LOCK TABLE orders IN SHARE MODE", W),
     row("REFRESH MATERIALIZED VIEW order_stats", W),
+    # ORM unit-of-work statements (SQLAlchemy 2, Django, Hibernate via JDBC)
+    row("UPDATE orders SET status=$1::VARCHAR WHERE orders.id = $2::INTEGER", W),
+    row("DELETE FROM orders WHERE orders.id = $1::INTEGER", W),
+    row(
+        "INSERT INTO orders (customer_id, total) SELECT p0::INTEGER, p1::NUMERIC FROM "
+        "(VALUES ($1::INTEGER, $2::NUMERIC, 0), ($3::INTEGER, $4::NUMERIC, 1)) "
+        "AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING orders.id, orders.id AS id__1",
+        W,
+        R,
+        id="sqlalchemy-insertmanyvalues",
+    ),
+    row('UPDATE "app_order" SET "status" = \'x\' WHERE "app_order"."id" IN (1, 2, 3)', W),
+    row(
+        'SELECT "app_order"."id", "app_order"."status" FROM "app_order" '
+        'WHERE "app_order"."customer_id" = 5 ORDER BY "app_order"."id" DESC LIMIT 21',
+        R,
+        id="django-queryset",
+    ),
+    row(
+        "SELECT count(*) AS count_1 FROM (SELECT orders.id AS orders_id FROM orders "
+        "WHERE orders.status = $1) AS anon_1",
+        R,
+    ),
+    row(
+        "SELECT orders.id, orders.total FROM orders JOIN customers "
+        "ON customers.id = orders.customer_id WHERE customers.email = $1",
+        R,
+    ),
+    row("update orders set status=$1, total=$2 where id=$3", W, id="hibernate-update"),
     row(
         "WITH upd AS (UPDATE orders SET status = 'x' WHERE id = 1 RETURNING id) SELECT * FROM upd",
         R,
