@@ -395,7 +395,9 @@ def restricted(
       recorded in ``eqs``: a join key equal to a narrowed relation's narrows the other.
     * ``x IN (SELECT ...)`` narrows only when the sub-select is bounded; ``EXISTS`` never
       (uncorrelated it keeps every row); ``IS NULL`` narrows, ``IS NOT NULL`` does not.
-    * Anything else narrows the relations whose columns it mentions (``WHERE active``).
+    * A bare boolean column or function call narrows the relations it mentions
+      (``WHERE active``); ``(cond) IS TRUE`` narrows like ``cond``; CASE, COALESCE,
+      ``IS NOT TRUE`` and other constructs that can be true for every row do not.
     Documented limitation: a range such as ``id > 0`` counts as narrowing.
     """
     if type(where) is not dict:
@@ -462,9 +464,19 @@ def restricted(
             if x.get("nulltesttype") == "IS_NULL":
                 _cols(x.get("arg"), sc, q)
             return q
-        q = set()
-        _cols(where, sc, q)
-        return q
+        if k == "BooleanTest":  # (cond) IS TRUE narrows like cond; IS NOT TRUE etc. do not
+            if x.get("booltesttype") in ("IS_TRUE", "IS_NOT_FALSE"):
+                return restricted(x.get("arg"), acc, ctes, sc, None)
+            return set()
+        if k == "TypeCast":
+            return restricted(x.get("arg"), acc, ctes, sc, None)
+        if k == "CurrentOfExpr":  # WHERE CURRENT OF cursor: one row
+            return set(sc.names)
+        if k in ("ColumnRef", "FuncCall"):  # WHERE active, WHERE starts_with(email, 'a')
+            q = set()
+            _cols(where, sc, q)
+            return q
+        return set()  # CASE, COALESCE, ...: can be true for every row
     return set()
 
 
