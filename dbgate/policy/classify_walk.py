@@ -427,9 +427,9 @@ def restricted(
             lh = _cols(x.get("lexpr"), sc, lq)
             rh = _cols(x.get("rexpr"), sc, rq)
             if lh and not rh:
-                return lq
+                return lq if _values_bounded(x.get("rexpr"), acc, ctes, sc) else set()
             if rh and not lh:
-                return rq
+                return rq if _values_bounded(x.get("lexpr"), acc, ctes, sc) else set()
             if lh and rh and op == "=" and eqs is not None and lq and rq:
                 eqs.append((lq, rq))
             return set()
@@ -478,6 +478,35 @@ def restricted(
             return q
         return set()  # CASE, COALESCE, ...: can be true for every row
     return set()
+
+
+def _values_bounded(v: Any, acc: Acc, ctes: dict[str, bool], sc: Scope) -> bool:
+    """False when the value side of a comparison is fed by an unbounded sub-select.
+
+    ``id = ANY(ARRAY(SELECT id FROM customers))`` compares with every id there is.
+    """
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if type(x) is list:
+            stack.extend(x)
+            continue
+        if type(x) is not dict:
+            continue
+        for k, y in x.items():
+            if k == "SubLink":
+                sub = (y.get("subselect") or {}).get("SelectStmt")
+                if sub is not None:
+                    scratch = Acc(acc.params, None, acc.extra_pure, acc.depth)
+                    scratch.scope = sc.names | sc.outer
+                    unbounded = select(sub, scratch, False, ctes, False)
+                    acc.sensitive |= scratch.sensitive
+                    acc.needs_bind |= scratch.needs_bind
+                    if unbounded:
+                        return False
+            elif type(y) in (dict, list):
+                stack.append(y)
+    return True
 
 
 def _propagate(narrowed: set[str], eqs: list[tuple[set[str], set[str]]]) -> set[str]:
