@@ -164,12 +164,18 @@ class Acc:
         if not self.cats:  # never return an empty classification
             self.add(OPAQUE, "no-category", "the classifier found nothing to say; failing closed")
         columns = self.columns
-        if self.aliases:  # best effort: "o.id" -> "orders.id" (aliases may repeat in subqueries)
+        only = next(iter(self.tables)) if len(self.tables) == 1 else None
+        if self.aliases or only:
+            # best effort: "o.id" -> "orders.id" (aliases may repeat in subqueries), and
+            # "id" -> "orders.id" when the statement touches a single table
             columns = set()
             for c in self.columns:
                 head, dot, rest = c.partition(".")
-                table = self.aliases.get(head) if dot else None
-                columns.add(f"{table}.{rest}" if table else c)
+                if dot:
+                    table = self.aliases.get(head)
+                    columns.add(f"{table}.{rest}" if table else c)
+                else:
+                    columns.add(f"{only}.{c}" if only and c != "*" else c)
         return StatementClass(
             categories=frozenset(self.cats),
             reasons=tuple(self.reasons),
@@ -1041,9 +1047,19 @@ def _returning(body: dict[str, Any], acc: Acc, ctes: dict[str, bool]) -> bool:
     return False
 
 
+def _written_columns(rel: dict[str, Any], targets: list[Any] | None, acc: Acc) -> None:
+    """Record ``table.column`` for the columns an INSERT/UPDATE assigns."""
+    table = _table_key(*_relname(rel))
+    for t in targets or ():
+        name = (t.get("ResTarget") or {}).get("name")
+        if name:
+            acc.columns.add(f"{table}.{name}")
+
+
 def insert(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
     ctes = with_clause(body.get("withClause"), acc, ctes)
     _target_write(body.get("relation") or {}, acc)
+    _written_columns(body.get("relation") or {}, body.get("cols"), acc)
     acc.add(WRITE, "insert", "inserts rows")
     src = body.get("selectStmt") or {}
     unbounded = False
@@ -1062,6 +1078,7 @@ def insert(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> 
 def update(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
     ctes = with_clause(body.get("withClause"), acc, ctes)
     target = _target_write(body.get("relation") or {}, acc)
+    _written_columns(body.get("relation") or {}, body.get("targetList"), acc)
     found: list[Source] = [(target, True)]
     eqs: list[tuple[set[str], set[str]]] = []
     for item in body.get("fromClause", ()):

@@ -376,6 +376,13 @@ def test_tables_columns_functions_are_reported() -> None:
     assert c.fingerprint
 
 
+def test_written_columns_are_reported() -> None:
+    c = classify("UPDATE customers SET email = $1, phone = $2 WHERE id = $3")
+    assert c.statements[0].columns == {"customers.email", "customers.phone", "customers.id"}
+    c = classify("INSERT INTO app.customers (email, ssn) VALUES ($1, $2)")
+    assert {"app.customers.email", "app.customers.ssn"} <= c.statements[0].columns
+
+
 def test_cte_names_are_not_tables() -> None:
     c = classify("WITH x AS (SELECT id FROM orders WHERE id = 1) SELECT * FROM x")
     assert c.tables == {"orders"}
