@@ -7,10 +7,10 @@ statement fingerprint and shared between sessions without copying.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     """What a statement does, as far as the gateway's policy is concerned.
 
     A statement usually carries several categories (a CTE that reads and deletes is
@@ -30,7 +30,7 @@ class Category(str, Enum):
     CONTROL = "control"
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """The outcome of a rule decision. Ordered from least to most restrictive."""
 
     ALLOW = "allow"

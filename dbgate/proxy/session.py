@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from dbgate.proxy.hooks import Allow, Notice, Refuse, ResultTransformer, RowRewriter, Statement
 from dbgate.wire import messages as m
 from dbgate.wire.errors import ProtocolError
-from dbgate.wire.framing import FrameReader
+from dbgate.wire.framing import FrameReader, split_frames, type_mask
 
 if TYPE_CHECKING:
     from dbgate.proxy.channel import Channel
@@ -53,6 +53,10 @@ _Z, _PS, _E, _N, _A = (ord(c) for c in "ZSENA")
 _PARSE_COMPLETE, _BIND_COMPLETE = ord("1"), ord("2")
 _ROW_DESC, _DATA_ROW, _CMD_COMPLETE, _EMPTY, _SUSPENDED = (ord(c) for c in "TDCIs")
 _COPY_OUT, _COPY_BOTH, _COPY_DATA, _COPY_DONE = (ord(c) for c in "HWdc")
+
+# Message types each direction's fast path must see; all others pass as bytes.
+_CLIENT_TYPES = type_mask("QPBFSCX")
+_SERVER_FAST_TYPES = type_mask("ZSE")
 
 _TERMINATE = b"X\x00\x00\x00\x04"
 _NONCE = secrets.token_hex(8)  # marks errors this process injected; unguessable by clients
@@ -236,9 +240,16 @@ class Session:
             self.terminate(e.sqlstate, f"dbgate: {e}")
 
     def _client_bytes(self, data: bytes) -> None:
-        chunk, frames = self._c2s.feed(data)
-        if not frames:
-            return
+        if self._skip_until_sync:  # every message matters: all but Sync/Flush are dropped
+            chunk, frames = self._c2s.feed(data)
+            full = True
+        else:
+            chunk, frames = self._c2s.feed_select(data, _CLIENT_TYPES)
+            full = False
+        if chunk:
+            self._client_frames(chunk, frames, full)
+
+    def _client_frames(self, chunk: bytes, frames: list[tuple[int, int, int]], full: bool) -> None:
         write = self.upstream.write
         fwd = 0  # start of the range of chunk not yet forwarded
         for t, s, e in frames:
@@ -302,6 +313,12 @@ class Session:
             fwd = e
             if isinstance(verdict, Refuse):
                 self._refuse(verdict, t)
+                if self._skip_until_sync and not full:
+                    # The rest of this read must now be seen message by message.
+                    rest = chunk[e:]
+                    if rest:
+                        self._client_frames(rest, split_frames(rest), True)
+                    return
                 continue
             # An awaitable verdict: park this message and everything after it.
             rest = chunk[e:] + self._c2s.take_pending()
@@ -389,15 +406,19 @@ class Session:
 
     # -- server -> client ---------------------------------------------------------------
     def on_server_data(self, data: bytes) -> None:
+        slow = self._slow
         try:
-            chunk, frames = self._s2c.feed(data)
+            if slow:
+                chunk, frames = self._s2c.feed(data)
+            else:
+                chunk, frames = self._s2c.feed_select(data, _SERVER_FAST_TYPES)
         except ProtocolError as e:
             log.error("session %s: protocol error from upstream: %s", self.info.session_id, e)
             self.terminate("08P01", "dbgate: the upstream server sent an invalid message")
             return
-        if not frames:
+        if not chunk:
             return
-        if self._slow:
+        if slow:
             self._server_slow(chunk, frames)
             return
         for t, s, _e in frames:

@@ -76,6 +76,78 @@ class FrameReader:
         return bytes(buf[:pos]), frames
 
 
+def type_mask(types: str | bytes) -> bytes:
+    """A 256-byte mask selecting message types for :meth:`FrameReader.feed_select`."""
+    mask = bytearray(256)
+    for t in types.encode() if isinstance(types, str) else types:
+        mask[t] = 1
+    return bytes(mask)
+
+
+try:  # the compiled scanner (dbgate/wire/_scan.c); optional, same semantics
+    from dbgate.wire._scan import scan as _c_scan
+except ImportError:  # pragma: no cover - exercised when no compiler was available
+    _c_scan = None
+
+
+def _py_scan(buf: bytes, max_size: int, mask: bytes) -> tuple[int, list[Frame]]:
+    n = len(buf)
+    pos = 0
+    frames: list[Frame] = []
+    while n - pos >= 5:
+        length = _unpack_u32(buf, pos + 1)[0]
+        if length < 4 or length > max_size:
+            raise _bad_length(buf[pos], length, max_size)
+        end = pos + 1 + length
+        if end > n:
+            break
+        if mask[buf[pos]]:
+            frames.append((buf[pos], pos + 5, end))
+        pos = end
+    return pos, frames
+
+
+def _select(buf: bytes, max_size: int, mask: bytes) -> tuple[int, list[Frame]]:
+    if _c_scan is None:
+        return _py_scan(buf, max_size, mask)
+    try:
+        return _c_scan(buf, 0, max_size, mask)
+    except ValueError as e:
+        _, _pos, mtype, length = str(e).split()
+        raise _bad_length(int(mtype), int(length), max_size) from None
+
+
+def _feed_select(self: FrameReader, data: bytes, mask: bytes) -> tuple[bytes, list[Frame]]:
+    """Like :meth:`FrameReader.feed`, but return frames only for types in ``mask``.
+
+    The relay's fast path asks only for the few types it tracks (ReadyForQuery,
+    ParameterStatus, ErrorResponse), so a stream of DataRows costs no Python object
+    per row. Uses the compiled scanner when it was built.
+    """
+    buf = self._pending + data if self._pending else data
+    end, frames = _select(buf, self.max_size, mask)
+    if end == len(buf):
+        self._pending = b""
+        return buf, frames
+    self._pending = bytes(buf[end:])
+    return bytes(buf[:end]), frames
+
+
+FrameReader.feed_select = _feed_select  # type: ignore[attr-defined]
+
+ALL_TYPES = bytes([1]) * 256
+
+
+def split_frames(buf: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[Frame]:
+    """All frames of ``buf``, which must hold complete messages only."""
+    end, frames = _select(buf, max_size, ALL_TYPES)
+    if end != len(buf):
+        from dbgate.wire.errors import ProtocolError
+
+        raise ProtocolError("incomplete message where complete messages were expected")
+    return frames
+
+
 class StartupReader:
     """Frame the untyped packets of the startup phase (StartupMessage, SSLRequest, ...)."""
 
