@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,7 +99,14 @@ def _quote_userlist(value: str) -> str:
 
 
 class PgBouncer:
-    """One PgBouncer process in front of one Postgres server."""
+    """One PgBouncer process in front of one Postgres server.
+
+    Its ini, userlist and pid file live in a private directory under the system
+    temp dir, owned by the account PgBouncer runs as: that account must reach
+    them, and a temp dir is reachable wherever the checkout is, without changing
+    permissions on the user's tree. Its log stays in ``work_dir`` with the other
+    logs of the run (the runner opens it and hands PgBouncer the descriptor).
+    """
 
     def __init__(
         self,
@@ -116,8 +125,9 @@ class PgBouncer:
         self.user = user
         self.password = password
         work_dir.mkdir(parents=True, exist_ok=True)
-        ini = work_dir / "pgbouncer.ini"
-        userlist = work_dir / "userlist.txt"
+        self.private = Path(tempfile.mkdtemp(prefix="dbgate-bench-pgbouncer-"))
+        ini = self.private / "pgbouncer.ini"
+        userlist = self.private / "userlist.txt"
         # server_host may be a Unix-socket directory; PgBouncer accepts that as host=.
         ini.write_text(
             "\n".join(
@@ -137,7 +147,7 @@ class PgBouncer:
                     f"max_db_connections = {pool_size * 2 + 10}",
                     "server_reset_query = DISCARD ALL",
                     "ignore_startup_parameters = extra_float_digits",
-                    f"pidfile = {work_dir / 'pgbouncer.pid'}",
+                    f"pidfile = {self.private / 'pgbouncer.pid'}",
                     "log_connections = 0",
                     "log_disconnections = 0",
                     "log_pooler_errors = 1",
@@ -146,23 +156,27 @@ class PgBouncer:
             )
         )
         userlist.write_text(f"{_quote_userlist(user)} {_quote_userlist(password)}\n")
+        for path in (ini, userlist):
+            path.chmod(0o600)
         argv = [binary, str(ini)]
         run_as = _run_as_user()
         if run_as is not None:
             entry = pwd.getpwnam(run_as)
-            for path in (work_dir, ini, userlist):
+            for path in (self.private, ini, userlist):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-            work_dir.chmod(0o700)
             argv = [binary, "-u", run_as, str(ini)]
-        for path in (ini, userlist):
-            path.chmod(0o600)
+        # A copy of the generated ini (no secrets in it) next to the log, for reading.
+        (work_dir / "pgbouncer.ini").write_text(ini.read_text())
         self.process = ManagedProcess("pgbouncer", argv, work_dir / "pgbouncer.log")
         try:
             wait_for_port(self.host, self.port, 20, self.process.proc)
         except RuntimeError as e:
             tail = self.process.log_tail()
-            self.process.stop()
+            self.stop()
             raise RuntimeError(f"pgbouncer did not start: {e}\n{tail}") from None
 
     def stop(self) -> None:
-        self.process.stop()
+        try:
+            self.process.stop()
+        finally:
+            shutil.rmtree(self.private, ignore_errors=True)

@@ -269,6 +269,8 @@ def format_stream_cpu(rows: list[dict[str, Any]], names: list[str]) -> str:
             for n in PROXIES
             if n in names
         }
-        shown = ", ".join(f"{n} {v:,.0f} ns/row" if v else f"{n} -" for n, v in cost.items())
+        shown = ", ".join(
+            f"{n} {v:,.0f} ns/row" if v is not None else f"{n} -" for n, v in cost.items()
+        )
         parts.append(f"proxy CPU ({row['method']}): {shown}")
     return "\n".join(parts)

@@ -192,6 +192,21 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _dbgate_tree_dirty() -> bool | None:
+    """Whether dbgate/ has uncommitted changes: the venv runs the working tree."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "dbgate"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            check=False,
+        )
+    except OSError:
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def _cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -222,6 +237,7 @@ class Bench:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "dbgate_commit": _git_commit(),
+            "dbgate_tree_dirty": _dbgate_tree_dirty(),
             # Other work on the machine skews absolute numbers (less so the ratios).
             "loadavg_start": os.getloadavg(),
         }
@@ -493,13 +509,29 @@ class Bench:
             "profile": self.profile,
         }
 
+    def run_errors(self) -> list[str]:
+        """One line per (target, workload) that failed, so failures are not only in JSON."""
+        seen: dict[tuple[str, str], str] = {}
+        for r in self.pgbench_runs:
+            if r.error:
+                seen.setdefault((r.target, f"pgbench {r.mode} {r.script}"), r.error)
+        for sr in self.stream_runs:
+            if sr.error:
+                seen.setdefault((sr.target, f"stream {sr.method}"), sr.error)
+        return [
+            f"{target:<9} {what:<24} {(err.strip().splitlines() or ['?'])[-1][:160]}"
+            for (target, what), err in seen.items()
+        ]
+
     def print_report(self, data: dict[str, Any]) -> None:
         a = self.args
         m = self.meta
         say("")
         say("=" * 100)
         say(
-            f"dbgate benchmark  {m['started_at']}  commit {m.get('dbgate_commit')}  {m['cpus']} CPUs: {m['cpu']}"
+            f"dbgate benchmark  {m['started_at']}  commit {m.get('dbgate_commit')}"
+            + (" + uncommitted changes in dbgate/" if m.get("dbgate_tree_dirty") else "")
+            + f"  {m['cpus']} CPUs: {m['cpu']}"
         )
         say(f"server: {m.get('postgres', '?')}")
         load = "/".join(f"{x:.1f}" for x in m["loadavg_start"])
@@ -538,6 +570,12 @@ class Bench:
                 )
             )
             say(report.format_stream_cpu(data["streaming"]["summary"], self.args.targets))
+        errors = self.run_errors()
+        if errors:
+            say("")
+            say("failed runs (first error of each target and workload; all of them in the JSON):")
+            for line in errors:
+                say(f"  {line}")
         say("")
         if self.classifier is not None:
             say("classifier microbenchmarks (bench/bench_classify.py):")
