@@ -26,7 +26,8 @@ from dbgate.proxy.session_info import SessionInfo
 
 log = logging.getLogger("dbgate.policy")
 
-_MENTIONS_PREPARE = re.compile(r"\b(prepare|deallocate)\b", re.IGNORECASE)
+_PREPARED_COMMANDS = frozenset({"PREPARE", "DEALLOCATE", "DISCARD"})
+_DISCARD_ALL = re.compile(r"^\s*DISCARD\s+ALL\s*;?\s*$", re.IGNORECASE)
 _PREPARE = re.compile(
     r'^\s*PREPARE\s+("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\s*(?:\([^)]*\))?\s*AS\s+(.+?)\s*;?\s*$',
     re.IGNORECASE | re.DOTALL,
@@ -64,7 +65,7 @@ def _ident(token: str) -> str:
 
 
 def track_sql_prepares(sql: str, prepared: dict[str, str]) -> None:
-    """Record SQL-level PREPARE/DEALLOCATE in the session's prepared-statement map.
+    """Record SQL-level PREPARE/DEALLOCATE/DISCARD ALL in the session's prepared map.
 
     SQL PREPARE and protocol-level Parse share one namespace in PostgreSQL, so a later
     ``EXECUTE name`` is classified by the body recorded here. A PREPARE we cannot read
@@ -79,6 +80,8 @@ def track_sql_prepares(sql: str, prepared: dict[str, str]) -> None:
     for part in parts:
         if (mp := _PREPARE.match(part)) is not None:
             prepared.setdefault(_ident(mp.group(1)), mp.group(2))
+        elif _DISCARD_ALL.match(part) is not None:
+            prepared.clear()
         elif (md := _DEALLOCATE.match(part)) is not None:
             name = md.group(1)
             if name.lower() == "all":
@@ -103,12 +106,17 @@ class PolicyInspector:
 
     @staticmethod
     def identity(session: SessionInfo) -> Identity:
-        return Identity(
-            name=session.identity,
-            application_name=session.application_name,
-            client_addr=session.client_addr,
-            groups=session.groups,
-        )
+        """The rules' view of the session; rebuilt only when application_name changes."""
+        app = session.server_params.get("application_name", session.application_name)
+        cached = session.policy_identity
+        if cached is None or cached.application_name != app:
+            cached = session.policy_identity = Identity(
+                name=session.identity,
+                application_name=app,
+                client_addr=session.client_addr,
+                groups=session.groups,
+            )
+        return cached  # type: ignore[no-any-return]
 
     def inspect(self, session: SessionInfo, statement: Statement) -> Verdict:
         kind = statement.kind
@@ -117,6 +125,17 @@ class PolicyInspector:
                 INSUFFICIENT_PRIVILEGE,
                 "dbgate: fast-path function calls are not allowed; "
                 "call the function from SQL so that it can be inspected",
+            )
+        server = session.server_params
+        if server.get("standard_conforming_strings", "on") != "on" or server.get(
+            "client_encoding", "UTF8"
+        ) not in ("UTF8", "SQL_ASCII"):
+            # The classifier parses SQL as the server does with these settings; with
+            # others a string literal could hide a statement from it. Refuse everything.
+            return Refuse(
+                INSUFFICIENT_PRIVILEGE,
+                "dbgate: this session's standard_conforming_strings/client_encoding "
+                "differ from what dbgate can analyse (on/UTF8); statements are refused",
             )
         classification = self._classify(statement.sql, prepared=session.prepared)
         identity = self.identity(session)
@@ -144,8 +163,11 @@ class PolicyInspector:
                 session.bind_checks.discard("")
             decision = self.ruleset.decide(identity, classification)  # type: ignore[arg-type]
         verdict = self.verdict(decision, session)
-        if kind == "query" and verdict is ALLOW and _MENTIONS_PREPARE.search(statement.sql):
-            track_sql_prepares(statement.sql, session.prepared)
+        if kind == "query" and verdict is ALLOW:
+            for stmt in classification.statements:  # type: ignore[attr-defined]
+                if stmt.command in _PREPARED_COMMANDS:
+                    track_sql_prepares(statement.sql, session.prepared)
+                    break
         return verdict
 
     @staticmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dbgate.proxy.hooks import Notice
@@ -27,6 +27,7 @@ class SessionInfo:
     # parameter values). The relay decodes Bind only for these, keeping the
     # prepared-statement hot path to a name lookup.
     bind_checks: set[str] = field(default_factory=set)
+    policy_identity: Any = None  # the inspector's cached view of who this is
     _notify: Callable[[Notice], None] | None = None
 
     def notify_client(self, notice: Notice) -> None:

@@ -159,3 +159,52 @@ def test_deallocate_forgets_prepared_statements() -> None:
     assert prepared == {"b": "select 2"}
     track_sql_prepares("DEALLOCATE ALL", prepared)
     assert prepared == {}
+
+
+def test_discard_all_forgets_prepared_statements() -> None:
+    prepared = {"a": "select 1"}
+    track_sql_prepares("discard all", prepared)
+    assert prepared == {}
+
+
+async def test_sessions_with_nonstandard_strings_are_refused(enforcing: str) -> None:
+    # With standard_conforming_strings off the server reads backslashes in literals
+    # differently from the classifier; setting it is held, and a session where it is
+    # off anyway (e.g. ALTER ROLE ... SET) gets every statement refused.
+    conn = await asyncpg.connect(enforcing)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("set standard_conforming_strings = off")
+        assert await conn.fetchval("show standard_conforming_strings") == "on"
+    finally:
+        await conn.close()
+
+
+def test_off_standard_strings_reported_by_server_refuse_everything(
+    make_proxy: Any, pg_database: str, pg_dsn: str
+) -> None:
+    role = f"scs_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(f"create role {role} login password 'pw'")
+        admin.execute(f"alter role {role} set standard_conforming_strings = off")
+        admin.execute(f"grant all on database {pg_database} to {role}")
+    try:
+        proxy = make_proxy(
+            inspector=PolicyInspector(load_rules()),
+            identities=[
+                {
+                    "name": "agent",
+                    "password": "agent-secret-pw",
+                    "upstream_user": role,
+                    "upstream_password": "pw",
+                }
+            ],
+        )
+        with psycopg.connect(proxy.dsn(pg_database)) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+                conn.execute("select 1")
+            assert "standard_conforming_strings" in str(info.value)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(f"revoke all on database {pg_database} from {role}")
+            admin.execute(f"drop role {role}")
