@@ -91,6 +91,7 @@ def track_sql_prepares(sql: str, prepared: dict[str, str]) -> None:
 
 
 INSUFFICIENT_PRIVILEGE = "42501"
+_ALLOW_ACTION = Action.ALLOW  # enum member lookups cost ~0.4 us each on Python 3.11
 
 
 class PolicyInspector:
@@ -155,20 +156,22 @@ class PolicyInspector:
                 params,  # type: ignore[arg-type]
             )
         else:
-            if classification.needs_bind:  # type: ignore[attr-defined]
-                if kind == "parse":
+            statements = classification.statements  # type: ignore[attr-defined]
+            if kind == "parse":
+                if any(st.needs_bind for st in statements):
                     session.bind_checks.add(statement.statement_name)
-                    return ALLOW
-            elif kind == "parse" and not statement.statement_name:
-                session.bind_checks.discard("")
+                    return ALLOW  # nothing runs at Parse; decided at each Bind
+                if not statement.statement_name:
+                    session.bind_checks.discard("")
             decision = self.ruleset.decide(identity, classification)  # type: ignore[arg-type]
-        verdict = self.verdict(decision, session)
-        if kind == "query" and verdict is ALLOW:
-            for stmt in classification.statements:  # type: ignore[attr-defined]
-                if stmt.command in _PREPARED_COMMANDS:
-                    track_sql_prepares(statement.sql, session.prepared)
-                    break
-        return verdict
+            if decision.action is _ALLOW_ACTION:
+                if kind == "query":
+                    for st in statements:
+                        if st.command in _PREPARED_COMMANDS:
+                            track_sql_prepares(statement.sql, session.prepared)
+                            break
+                return ALLOW
+        return self.verdict(decision, session)
 
     @staticmethod
     def verdict(decision: Decision, session: SessionInfo) -> Verdict:
