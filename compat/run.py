@@ -73,7 +73,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="dbgate policy mode for the proxy run (default off: pure wire compatibility; "
         "the suite creates roles and databases that the default rules would hold)",
     )
-    p.add_argument("--timeout", type=float, default=60, help="per-test timeout, s (default 60)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60,
+        help="per-test timeout in seconds (default 60; pytest-timeout gets 30 s more as backstop)",
+    )
     p.add_argument(
         "--run-timeout",
         type=float,
@@ -424,6 +429,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the requested sides, compare, recheck, report. Exit 1 if a side could not run."""
     args = _parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     started_at = datetime.now(UTC)
@@ -446,13 +452,14 @@ def main(argv: list[str] | None = None) -> int:
         if not runs[name].available:
             _log(f"{name}: unavailable: {runs[name].reason}")
 
-    bugs = []
-    others = []
-    comparable = "direct" in runs and "proxy" in runs and all(r.available for r in runs.values())
+    bugs: list[Difference] = []
+    others: list[Difference] = []
+    comparable = all(name in runs and runs[name].available for name in ("direct", "proxy"))
+    with_relay = "relay" in runs and runs["relay"].available
     if comparable:
         bugs = proxy_only_failures(runs["direct"], runs["proxy"])
         others = other_differences(runs["direct"], runs["proxy"])
-        if "relay" in runs:
+        if with_relay:
             annotate_with_relay(bugs, runs["relay"])
         if bugs and args.recheck > 0:
             _log(f"rechecking {len(bugs)} differing tests {args.recheck}x on each side")
@@ -460,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                 suite,
                 args,
                 bugs,
-                ("direct", "relay", "proxy") if "relay" in runs else ("direct", "proxy"),
+                ("direct", "relay", "proxy") if with_relay else ("direct", "proxy"),
             )
 
     summary = {
