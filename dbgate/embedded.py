@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import importlib.util
 import os
@@ -70,6 +71,7 @@ DEFAULT_SETTINGS: dict[str, str] = {
 SOCKET_DIR_PREFIX = "dbgate-pg-"
 RELOCATED_DIR = "dbgate-embedded"
 ORIGIN_FILE = "origin"
+LOCK_FILE = "embedded.lock"
 OWNER_FILE = "owner.pid"
 
 _PR_SET_PDEATHSIG = 1
@@ -224,6 +226,7 @@ class EmbeddedPostgres:
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket_dir: Path | None = None
         self._pgdata: Path | None = None
+        self._lock_fd: int | None = None
         self._uid: int | None = None
         self._gid: int | None = None
         self._lock = threading.RLock()  # stop() may run inside a failing start()
@@ -337,6 +340,16 @@ class EmbeddedPostgres:
             if self.running:
                 return self
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._acquire_dir_lock()
+            try:
+                self._start_locked()
+            except BaseException:
+                self._release_dir_lock()
+                raise
+            return self
+
+    def _start_locked(self) -> None:
+        with self._lock:
             self._prepare_os_user()
             self._resolve_password()
             if not (self.pgdata / "PG_VERSION").exists():
@@ -355,7 +368,6 @@ class EmbeddedPostgres:
             except BaseException:
                 self.stop()
                 raise
-            return self
 
     def stop(self, timeout: float = 15.0) -> None:
         """Fast shutdown (SIGINT); immediate (SIGQUIT) then SIGKILL if it lingers.
@@ -372,8 +384,38 @@ class EmbeddedPostgres:
             if self._socket_dir is not None:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
                 self._socket_dir = None
+            self._release_dir_lock()
 
     # ------------------------------------------------------------------ internals
+
+    def _acquire_dir_lock(self) -> None:
+        """One manager per data directory at a time.
+
+        Without it a second ``dbgate demo`` on the same directory would take the
+        first one's running server for a leftover and stop it. flock is released by
+        the kernel when the holder dies, so a SIGKILLed owner never blocks a restart.
+        """
+        if self._lock_fd is not None:
+            return
+        path = self.data_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise EmbeddedPostgresError(
+                f"{self.data_dir} is in use by another process (pid {holder}); "
+                "stop it or choose another data directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_dir_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing drops the flock
 
     def _prepare_os_user(self) -> None:
         if not _is_root():

@@ -198,3 +198,11 @@ async def test_cluster_survives_ancestor_turning_private(tmp_path: Path) -> None
     with EmbeddedPostgres(tmp_path / "other"):
         pass
     assert not relocated.exists()
+
+
+def test_second_manager_on_same_data_dir_is_refused(pg: EmbeddedPostgres) -> None:
+    """A second demo on the same directory must not mistake the live server for a leftover."""
+    with pytest.raises(EmbeddedPostgresError, match="in use by another process"):
+        EmbeddedPostgres(pg.data_dir).start()
+    assert pg.running
+    assert pg.psql("select 1").strip() == "1"
