@@ -349,25 +349,25 @@ class EmbeddedPostgres:
             return self
 
     def _start_locked(self) -> None:
-        with self._lock:
-            self._prepare_os_user()
-            self._resolve_password()
-            if not (self.pgdata / "PG_VERSION").exists():
-                self._initdb()
-            self._stop_stale_postmaster()
-            self._socket_dir = self._make_socket_dir()
-            try:
-                self._spawn_with_retries()
-            except BaseException:
-                shutil.rmtree(self._socket_dir, ignore_errors=True)
-                self._socket_dir = None
-                raise
-            atexit.register(self.stop)
-            try:
-                self._apply_password()
-            except BaseException:
-                self.stop()
-                raise
+        """The part of start() that runs with the data directory locked."""
+        self._prepare_os_user()
+        self._resolve_password()
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb()
+        self._stop_stale_postmaster()
+        self._socket_dir = self._make_socket_dir()
+        try:
+            self._spawn_with_retries()
+        except BaseException:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+            raise
+        atexit.register(self.stop)
+        try:
+            self._apply_password()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self, timeout: float = 15.0) -> None:
         """Fast shutdown (SIGINT); immediate (SIGQUIT) then SIGKILL if it lingers.

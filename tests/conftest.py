@@ -171,6 +171,7 @@ def pg_server() -> Iterator[PgServer]:
 
     _sweep_dead_sessions()
     tmp = Path(tempfile.mkdtemp(prefix=SESSION_DIR_PREFIX))
+    tmp.chmod(0o711)  # reachable by the server user, so the cluster stays in place
     (tmp / "owner.pid").write_text(f"{os.getpid()}\n")
     pg = EmbeddedPostgres(tmp / "data")
     try:
