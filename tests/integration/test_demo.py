@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import psutil
 import pytest
 
 from dbgate.embedded import find_free_port
+from tests.conftest import PgServer
 
 DBGATE = Path(sys.executable).with_name("dbgate")
 SYSTEM_PSQL = shutil.which("psql")
@@ -213,3 +215,70 @@ def test_demo_rejects_bad_listen(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--listen" in result.stderr
     assert not (tmp_path / "d").exists()  # nothing was started
+
+
+def test_dataset_is_deterministic_and_matches_the_contract() -> None:
+    from dbgate.demo_data import COLUMNS, PII_COLUMNS, generate_demo_rows
+
+    a, b = generate_demo_rows(100), generate_demo_rows(100)
+    assert a == b  # fixed seed: every demo shows the same people
+    assert COLUMNS == {
+        "customers": (
+            "id",
+            "full_name",
+            "email",
+            "phone",
+            "ssn",
+            "birth_date",
+            "address",
+            "created_at",
+        ),
+        "orders": ("id", "customer_id", "total", "status", "created_at"),
+        "payments": ("id", "order_id", "card_number", "amount"),
+    }
+    pii = {c for cols in PII_COLUMNS.values() for c in cols}
+    assert pii == {"full_name", "email", "phone", "ssn", "birth_date", "address", "card_number"}
+    assert len({row[2] for row in a.customers}) == 100  # e-mails are unique
+    paid = {row[0] for row in a.orders if row[3] in ("paid", "shipped", "delivered", "refunded")}
+    assert {row[1] for row in a.payments} == paid
+
+
+async def test_load_and_ensure_are_idempotent(pg_server: PgServer) -> None:
+    """Load into a throwaway database of the session server (never the shared one)."""
+    from dbgate.demo_data import ensure_database, load_demo_dataset
+
+    name = f"dbgate_test_demo_{secrets.token_hex(4)}"
+    assert await ensure_database(pg_server.dsn(), name) is True
+    assert await ensure_database(pg_server.dsn(), name) is False
+    try:
+        counts = await load_demo_dataset(pg_server.dsn(name), customers=300)
+        assert counts["customers"] == 300
+        assert counts["orders"] == 1200
+        conn = await asyncpg.connect(pg_server.dsn(name))
+        try:
+            fks = await conn.fetchval("select count(*) from pg_constraint where contype = 'f'")
+            assert fks == 2
+            comments = await conn.fetch(
+                "select a.attname from pg_attribute a "
+                "where a.attrelid in ('customers'::regclass, 'payments'::regclass) "
+                "and col_description(a.attrelid, a.attnum) like 'PII:%' order by 1"
+            )
+            assert [r[0] for r in comments] == sorted(
+                ["full_name", "email", "phone", "ssn", "birth_date", "address", "card_number"]
+            )
+            # Identity columns continue after the loaded ids, so inserts work.
+            new_id = await conn.fetchval(
+                "insert into customers(full_name, email, phone, ssn, birth_date, address) "
+                "values ('x', 'x@example.com', '1', '000-00-0000', '2000-01-01', 'y') returning id"
+            )
+            assert new_id == 301
+        finally:
+            await conn.close()
+        # Loading again replaces, not duplicates.
+        assert (await load_demo_dataset(pg_server.dsn(name), customers=300))["customers"] == 300
+    finally:
+        conn = await asyncpg.connect(pg_server.dsn())
+        try:
+            await conn.execute(f'drop database if exists "{name}" with (force)')
+        finally:
+            await conn.close()
