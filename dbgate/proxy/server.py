@@ -245,7 +245,7 @@ class ProxyServer:
     async def _cancel_orphan(self, target: _CancelTarget) -> None:
         try:
             await send_cancel(self.config.upstream, target.upstream_pid, target.upstream_key)
-        except OSError as e:
+        except (TimeoutError, OSError) as e:
             log.warning("could not cancel the statement of a closed session: %s", e)
 
     async def _handle_cancel(self, request: CancelRequest) -> None:
@@ -257,7 +257,7 @@ class ProxyServer:
             return  # the statement was waiting in dbgate, not running upstream
         try:
             await send_cancel(self.config.upstream, target.upstream_pid, target.upstream_key)
-        except OSError as e:
+        except (TimeoutError, OSError) as e:
             log.warning("could not forward cancel request: %s", e)
 
     async def stop(self, grace: float | None = None) -> None:

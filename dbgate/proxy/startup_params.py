@@ -16,6 +16,7 @@ from collections.abc import Mapping
 HARMLESS = frozenset(
     {
         "application_name",
+        "client_min_messages",  # only filters which notices the client gets
         "fallback_application_name",
         "client_encoding",
         "datestyle",

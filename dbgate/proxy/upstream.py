@@ -172,17 +172,33 @@ async def _startup(
             raise ProtocolError(f"unexpected message {chr(mtype)!r} from upstream during startup")
 
 
-async def send_cancel(cfg: UpstreamConfig, pid: int, key: bytes) -> None:
-    """Forward a cancel request to the upstream server (fire and forget)."""
+class _UntilClosed(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def send_cancel(cfg: UpstreamConfig, pid: int, key: bytes, timeout: float = 5.0) -> None:
+    """Forward a cancel request upstream and wait until the server has processed it.
+
+    The server closes the connection once it has signalled the backend. Drivers take
+    the close of *their* cancel connection as "delivered" and go on with the next
+    statement, so closing ours before the server is done could let the cancel land
+    on that next statement (a COMMIT, say). Hence: wait for the server's close.
+    """
     from dbgate.wire.startup import CancelRequest
 
     loop = asyncio.get_running_loop()
     if cfg.host.startswith("/"):
         path = f"{cfg.host.rstrip('/')}/.s.PGSQL.{cfg.port}"
-        transport, _ = await loop.create_unix_connection(asyncio.Protocol, path)
+        transport, proto = await loop.create_unix_connection(_UntilClosed, path)
     else:
-        transport, _ = await loop.create_connection(asyncio.Protocol, cfg.host, cfg.port)
-    transport.write(CancelRequest(pid=pid, secret=key).encode())
-    # The server closes the connection when done; give it a moment, then close ours.
-    await asyncio.sleep(0)
-    transport.close()
+        transport, proto = await loop.create_connection(_UntilClosed, cfg.host, cfg.port)
+    try:
+        transport.write(CancelRequest(pid=pid, secret=key).encode())
+        await asyncio.wait_for(asyncio.shield(proto.closed), timeout)
+    finally:
+        transport.close()
