@@ -40,8 +40,9 @@ def write_config(
     upstream_password: str,
     identity_password: str,
     log_level: str,
+    policy: str | None = None,
 ) -> None:
-    config = {
+    config: dict[str, object] = {
         "listen": f"{LOOPBACK}:{port}",
         "upstream": {
             "host": upstream_host,
@@ -53,6 +54,8 @@ def write_config(
         "log_level": log_level,
         "shutdown_grace_seconds": 2,
     }
+    if policy is not None:
+        config["policy"] = policy  # "off": relay without inspection (a diagnostic)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
 
@@ -81,6 +84,8 @@ class Dbgate:
         dbname: str,
         extra_args: list[str] | None = None,
         log_level: str = "info",
+        name: str = "dbgate",
+        policy: str | None = None,
     ) -> None:
         work_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -94,10 +99,11 @@ class Dbgate:
             upstream_password,
             identity_password,
             log_level,
+            policy,
         )
-        self.target = Target("dbgate", LOOPBACK, self.port, IDENTITY, identity_password, dbname)
+        self.target = Target(name, LOOPBACK, self.port, IDENTITY, identity_password, dbname)
         self.argv = [dbgate_binary(), "serve", "-c", str(self.config_path), *(extra_args or [])]
-        self.process = ManagedProcess("dbgate", self.argv, work_dir / "dbgate.log")
+        self.process = ManagedProcess(name, self.argv, work_dir / "dbgate.log")
         self.target.pgid = self.process.pid  # its own session: group id == pid
 
     def wait_ready(self, timeout: float = 30.0) -> None:

@@ -124,10 +124,16 @@ def _fmt_ratio(value: float | None) -> str:
     return f"{value:.2f}" if value is not None else "-"
 
 
-def _fmt_verdict(met: bool | None, threshold: float) -> str:
-    if met is None:
+def _w(name: str, minimum: int, suffix: str) -> int:
+    """Column width: at least ``minimum``, wider for long target names."""
+    return max(minimum, len(name) + len(suffix) + 1)
+
+
+def _fmt_verdict(met: bool | None, threshold: float, value: float | None) -> str:
+    """``ok 0.812 (>=0.70)``: three decimals, so a MISS never shows a rounded-up 0.70."""
+    if met is None or value is None:
         return "n/a"
-    return f"{'ok' if met else 'MISS'} (>={threshold:.2f})"
+    return f"{'ok' if met else 'MISS'} {value:.3f} (>={threshold:.2f})"
 
 
 def _cell_unavailable(name: str, unavailable: Mapping[str, str]) -> str:
@@ -147,7 +153,7 @@ def format_pgbench_table(
 ) -> str:
     head = (
         f"{'mode':<9} {'script':<17}"
-        + "".join(f"{n + ' TPS':>16} {'lat ms':>7}" for n in names)
+        + "".join(f"{n + ' TPS':>{_w(n, 16, ' TPS')}} {'lat ms':>7}" for n in names)
         + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}"
         + (f" {'dbg/pump':>8} {'pump/pgb':>8}" if "pump" in names else "")
         + "  dbgate vs target"
@@ -159,16 +165,17 @@ def format_pgbench_table(
             t = row["targets"].get(name)
             if t is None or t["tps_median"] is None:
                 shown = "ERROR" if t is not None else _cell_unavailable(name, unavailable)
-                cells += f"{shown:>16} {'':>7}"
+                cells += f"{shown:>{_w(name, 16, ' TPS')}} {'':>7}"
             else:
-                cells += f"{t['tps_median']:>16,.0f} {t['latency_ms_median']:>7.3f}"
+                w = _w(name, 16, " TPS")
+                cells += f"{t['tps_median']:>{w},.0f} {t['latency_ms_median']:>7.3f}"
         r = row["ratios"]
         cells += (
             f"  {_fmt_ratio(r['dbgate/direct']):>7} {_fmt_ratio(r['dbgate/pgbouncer']):>7}"
             f" {_fmt_ratio(r['pgbouncer/direct']):>7}"
             + _pump_cells(r, names)
             + "  "
-            + _fmt_verdict(row["target_met"], TARGET_DBGATE_VS_PGBOUNCER_TPS)
+            + _fmt_verdict(row["target_met"], TARGET_DBGATE_VS_PGBOUNCER_TPS, r["dbgate/pgbouncer"])
         )
         lines.append(cells)
     return "\n".join(lines)
@@ -179,7 +186,7 @@ def format_streaming_table(
 ) -> str:
     head = (
         f"{'method':<8}"
-        + "".join(f"{n + ' rows/s':>19} {'MB/s':>6}" for n in names)
+        + "".join(f"{n + ' rows/s':>{_w(n, 19, ' rows/s')}} {'MB/s':>6}" for n in names)
         + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}"
         + (f" {'dbg/pump':>8} {'pump/pgb':>8}" if "pump" in names else "")
         + "  dbgate vs target"
@@ -191,16 +198,17 @@ def format_streaming_table(
             t = row["targets"].get(name)
             if t is None or t["rows_per_s_median"] is None:
                 shown = "ERROR" if t is not None else _cell_unavailable(name, unavailable)
-                cells += f"{shown:>19} {'':>6}"
+                cells += f"{shown:>{_w(name, 19, ' rows/s')}} {'':>6}"
             else:
-                cells += f"{t['rows_per_s_median']:>19,.0f} {t['mb_per_s_median']:>6.1f}"
+                w = _w(name, 19, " rows/s")
+                cells += f"{t['rows_per_s_median']:>{w},.0f} {t['mb_per_s_median']:>6.1f}"
         r = row["ratios"]
         cells += (
             f"  {_fmt_ratio(r['dbgate/direct']):>7} {_fmt_ratio(r['dbgate/pgbouncer']):>7}"
             f" {_fmt_ratio(r['pgbouncer/direct']):>7}"
             + _pump_cells(r, names)
             + "  "
-            + _fmt_verdict(row["target_met"], TARGET_DBGATE_VS_DIRECT_STREAM)
+            + _fmt_verdict(row["target_met"], TARGET_DBGATE_VS_DIRECT_STREAM, r["dbgate/direct"])
         )
         lines.append(cells)
     return "\n".join(lines)
@@ -228,7 +236,7 @@ def format_flat(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PROXIES = ("pgbouncer", "dbgate", "pump")
+PROXIES = ("pgbouncer", "dbgate", "dbgate-nopolicy", "pump")
 
 
 def format_cpu_table(rows: list[dict[str, Any]], names: list[str]) -> str:
@@ -240,7 +248,9 @@ def format_cpu_table(rows: list[dict[str, Any]], names: list[str]) -> str:
     proxies = [n for n in PROXIES if n in names]
     head = (
         f"{'mode':<9} {'script':<17}"
-        + "".join(f"{n + ' us/txn':>18} {'cores':>6} {'sys%':>5}" for n in proxies)
+        + "".join(
+            f"{n + ' us/txn':>{_w(n, 18, ' us/txn')}} {'cores':>6} {'sys%':>5}" for n in proxies
+        )
         + f"  {'dbgate/pgbouncer CPU':>20}"
     )
     lines = [head, "-" * len(head)]
@@ -252,10 +262,11 @@ def format_cpu_table(rows: list[dict[str, Any]], names: list[str]) -> str:
             us = t["proxy_cpu_us_per_txn_median"] if t else None
             cost[name] = us
             if t is None or us is None:
-                cells += f"{'-':>18} {'':>6} {'':>5}"
+                cells += f"{'-':>{_w(name, 18, ' us/txn')}} {'':>6} {'':>5}"
             else:
                 sys_pct = 100 * (t["proxy_sys_fraction_median"] or 0)
-                cells += f"{us:>18.1f} {t['proxy_cpu_cores_median']:>6.2f} {sys_pct:>4.0f}%"
+                w = _w(name, 18, " us/txn")
+                cells += f"{us:>{w}.1f} {t['proxy_cpu_cores_median']:>6.2f} {sys_pct:>4.0f}%"
         cells += f"  {_fmt_ratio(_ratio(cost.get('dbgate'), cost.get('pgbouncer'))):>20}"
         lines.append(cells)
     return "\n".join(lines)

@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default=",".join(DEFAULT_TARGETS),
-        help="direct,pgbouncer,dbgate (default) and optionally pump (a blind Python relay)",
+        help="direct,pgbouncer,dbgate (default); opt-in: dbgate-nopolicy (policy: off), pump",
     )
     p.add_argument("--stream-rows", type=int, default=1_000_000, help="rows per streaming run")
     p.add_argument("--stream-runs", type=int, default=5, help="streaming runs per target (median)")
@@ -242,6 +242,7 @@ class Bench:
             "loadavg_start": os.getloadavg(),
         }
         self.dbgate: Dbgate | None = None
+        self.gates: dict[str, Dbgate] = {}  # every dbgate process, by target name
         self.pgbench_bin = ""
 
     # ----------------------------------------------------------------- set-up
@@ -277,6 +278,8 @@ class Bench:
             self._start_pgbouncer(pg.host, pg.port, pg.user, pg.password)
         if "dbgate" in a.targets:
             self._start_dbgate(pg.host, pg.port, pg.user, pg.password)
+        if "dbgate-nopolicy" in a.targets:
+            self._start_dbgate(pg.host, pg.port, pg.user, pg.password, "dbgate-nopolicy", "off")
         if "pump" in a.targets:
             pump = start_pump(self.work / "pump", pg.host, pg.port)
             self.stoppers.append(("pump", pump.stop))
@@ -316,11 +319,19 @@ class Bench:
         )
         say(f"PgBouncer ({self.meta['pgbouncer']}, session mode) on {bouncer.host}:{bouncer.port}")
 
-    def _start_dbgate(self, host: str, port: int, user: str, password: str) -> None:
-        say("starting dbgate serve ...")
+    def _start_dbgate(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        name: str = "dbgate",
+        policy: str | None = None,
+    ) -> None:
+        say(f"starting {name} (dbgate serve{', policy off' if policy == 'off' else ''}) ...")
         try:
             gate = Dbgate(
-                self.work / "dbgate",
+                self.work / name,
                 host,
                 port,
                 user,
@@ -328,25 +339,29 @@ class Bench:
                 identity_password="bench-identity-secret",
                 dbname=DBNAME,
                 extra_args=self.args.dbgate_arg,
+                name=name,
+                policy=policy,
             )
         except (RuntimeError, OSError) as e:
-            say(f"dbgate unavailable: {e}")
-            self.targets["dbgate"] = Target("dbgate", "", 0, "", "", DBNAME, unavailable=str(e))
+            say(f"{name} unavailable: {e}")
+            self.targets[name] = Target(name, "", 0, "", "", DBNAME, unavailable=str(e))
             return
-        self.stoppers.append(("dbgate", gate.stop))
+        self.stoppers.append((name, gate.stop))
         try:
             gate.wait_ready()
         except RuntimeError as e:
             reason = str(e)
             say(
-                f"dbgate unavailable (benchmarked without it):\n  {reason.replace(chr(10), chr(10) + '  ')}"
+                f"{name} unavailable (benchmarked without it):\n  {reason.replace(chr(10), chr(10) + '  ')}"
             )
             gate.stop()
             gate.target.unavailable = reason.splitlines()[0]
         else:
-            say(f"dbgate on {gate.target.host}:{gate.target.port} (pid {gate.pid})")
-        self.dbgate = gate
-        self.targets["dbgate"] = gate.target
+            say(f"{name} on {gate.target.host}:{gate.target.port} (pid {gate.pid})")
+        self.gates[name] = gate
+        if name == "dbgate":
+            self.dbgate = gate
+        self.targets[name] = gate.target
 
     def note(self, message: str) -> None:
         """Print a set-up step and keep it for the JSON (what this run had to do)."""
@@ -360,12 +375,12 @@ class Bench:
 
     def _check_dbgate(self) -> None:
         """A dbgate that crashed mid-benchmark is reported once and skipped after."""
-        gate = self.dbgate
-        if gate is not None and gate.target.available and not gate.alive():
-            gate.target.unavailable = (
-                f"dbgate exited during the benchmark (see {gate.process.log_path})"
-            )
-            say(f"  !! {gate.target.unavailable}\n{gate.process.log_tail()}")
+        for name, gate in self.gates.items():
+            if gate.target.available and not gate.alive():
+                gate.target.unavailable = (
+                    f"{name} exited during the benchmark (see {gate.process.log_path})"
+                )
+                say(f"  !! {gate.target.unavailable}\n{gate.process.log_tail()}")
 
     # ----------------------------------------------------------------- pgbench
 

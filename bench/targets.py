@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-TARGET_ORDER = ("direct", "pgbouncer", "dbgate", "pump")
-# "pump" (bench/pump.py, a blind Python byte relay) is opt-in: a diagnostic floor.
+TARGET_ORDER = ("direct", "pgbouncer", "dbgate", "dbgate-nopolicy", "pump")
+# Opt-in diagnostics: "dbgate-nopolicy" is dbgate with ``policy: off`` (the relay
+# without the inspector: what the policy costs), "pump" (bench/pump.py) a blind
+# Python byte relay (the floor for any relay on uvloop).
 DEFAULT_TARGETS = ("direct", "pgbouncer", "dbgate")
 
 
