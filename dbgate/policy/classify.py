@@ -174,7 +174,10 @@ def classify(
             hit = _normalized.get(nkey)
             if hit is not None:
                 _stats["normalized"] += 1
-                _store(_exact, key, hit)
+                # Not copied into the exact cache: texts that reach this point differ
+                # from earlier ones only in literals (pgbench -M simple, ORMs that
+                # inline values) and rarely repeat, so copying them only churned the
+                # exact cache through evictions (measured under make bench).
                 return hit
         _stats["cold"] += 1
         result, sensitive, cacheable = _cold(sql, None, prepared, extra_pure_functions)
