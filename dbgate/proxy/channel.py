@@ -111,6 +111,13 @@ class Channel(asyncio.Protocol):
         del self._buf[: 1 + length]
         return mtype, body
 
+    async def recv_byte(self) -> bytes:
+        """One raw byte (the server's 'S'/'N' answer to SSLRequest)."""
+        await self._need(1)
+        answer = bytes(self._buf[:1])
+        del self._buf[:1]
+        return answer
+
     def buffered(self) -> int:
         return len(self._buf)
 

@@ -24,7 +24,6 @@ from dbgate.wire.startup import (
     GSSENCRequest,
     SSLRequest,
     StartupMessage,
-    negotiate_protocol_version,
     parse_startup_packet,
 )
 
@@ -93,14 +92,7 @@ async def authenticate(
 ) -> ClientHello:
     """Run SCRAM-SHA-256 for the identity named in the StartupMessage."""
     if startup.needs_negotiation:
-        # The version offered is the one this session will speak: the client's, capped
-        # at 3.2, as PostgreSQL does. Offering 3.2 to a 3.0 client that merely sent a
-        # _pq_ option reads to libpq as an upgrade it never asked for, and it aborts.
-        channel.write(
-            negotiate_protocol_version(
-                startup.negotiated_protocol[1], list(startup.unsupported_options)
-            )
-        )
+        channel.write(startup.negotiation())
     user = startup.params.get("user", "")
     if not user:
         raise HandshakeRefused("28000", "no user name specified in the startup packet")

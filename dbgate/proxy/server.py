@@ -164,7 +164,7 @@ class ProxyServer:
         except UpstreamError as e:
             log.warning("upstream refused session for %s: %s", ident.name, e)
             if e.error_body is not None:
-                channel.write(b"E" + (len(e.error_body) + 4).to_bytes(4, "big") + e.error_body)
+                channel.write(m.frame(ord("E"), e.error_body))
                 channel.close()
                 return
             raise HandshakeRefused("08006", "dbgate: cannot connect to the database") from e
@@ -189,13 +189,11 @@ class ProxyServer:
         )
         out = [
             m.auth_ok(),
-            *(b"S" + (len(b) + 4).to_bytes(4, "big") + b for b in up.parameter_status),
+            *(m.frame(ord("S"), b) for b in up.parameter_status),
         ]
-        for b in up.parameter_status:
-            name, _, value = b[:-1].partition(b"\0")
-            info.server_params[name.decode()] = value.decode("utf-8", "replace")
+        info.server_params.update(m.parse_parameter_status(b) for b in up.parameter_status)
         out.append(m.backend_key_data(pid, secret))
-        out.extend(b"N" + (len(b) + 4).to_bytes(4, "big") + b for b in up.notices)
+        out.extend(m.frame(ord("N"), b) for b in up.notices)
         out.append(m.ready_for_query(up.transaction_status))
         session = Session(
             info=info,

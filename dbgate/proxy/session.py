@@ -63,10 +63,6 @@ _NONCE = secrets.token_hex(8)  # marks errors this process injected; unguessable
 _VALID_SQLSTATE = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-def _frame(mtype: int, body: bytes) -> bytes:
-    return bytes((mtype,)) + (len(body) + 4).to_bytes(4, "big") + body
-
-
 def _bind_statement_name(chunk: bytes, s: int, e: int) -> str:
     """The statement name of a Bind message without decoding the rest of it."""
     i = chunk.find(b"\0", s, e)
@@ -387,15 +383,15 @@ class Session:
                 f"MESSAGE = '{token}'; END{tag}"
             )
             cycle = self.sent_cycles
-            self.upstream.write(_frame(_Q, sql.encode() + b"\0"))
+            self.upstream.write(m.frame(_Q, sql.encode() + b"\0"))
         else:
-            failing_parse = _frame(
+            failing_parse = m.frame(
                 _P, f"dbgate_{_NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0"
             )
             if mtype == _F:
                 # FunctionCall is a cycle of its own: our Sync ends it with one RFQ.
                 cycle = self.sent_cycles
-                self.upstream.write(failing_parse + _frame(_S, b""))
+                self.upstream.write(failing_parse + m.frame(_S, b""))
             else:
                 # Answered at the coming Sync; the rest of the batch is dropped meanwhile.
                 cycle = self.sent_cycles + 1
@@ -436,10 +432,8 @@ class Session:
 
     def _server_meta(self, t: int, chunk: bytes, s: int, e: int) -> None:
         if t == _PS:
-            name, _, value = chunk[s : e - 1].partition(b"\0")
-            self.info.server_params[name.decode("utf-8", "replace")] = value.decode(
-                "utf-8", "replace"
-            )
+            name, value = m.parse_parameter_status(chunk[s:e])
+            self.info.server_params[name] = value
         elif b"SFATAL\0" in chunk[s:e] or b"SPANIC\0" in chunk[s:e]:
             self._server_fatal = True
 
@@ -511,11 +505,11 @@ class Session:
         if t == _DATA_ROW:
             if rw is None:
                 return None
-            return _frame(t, rw.data_row(body))
+            return m.frame(t, rw.data_row(body))
         if t == _COPY_DATA:
             if rw is None:
                 return None
-            return _frame(t, rw.copy_data(body))
+            return m.frame(t, rw.copy_data(body))
         if t == _ROW_DESC:
             self._rewriter = transformer.on_row_description(info, body)
             return None
@@ -527,10 +521,10 @@ class Session:
                 self._rewriter = None
             return None
         if t == _N:
-            return _frame(t, transformer.on_notice(info, body))
+            return m.frame(t, transformer.on_notice(info, body))
         if t == _E:
             self._rewriter = None
-            return _frame(t, transformer.on_error(info, body))
+            return m.frame(t, transformer.on_error(info, body))
         if t == _A:
-            return _frame(t, transformer.on_notification(info, body))
+            return m.frame(t, transformer.on_notification(info, body))
         return None

@@ -75,9 +75,6 @@ def filter_startup_params(params: Mapping[str, str]) -> dict[str, str]:
             if value.lower() not in ("false", "off", "no", "0"):
                 raise StartupParamError("dbgate: replication connections are not allowed")
             continue
-        if lk.startswith("_pq_."):
-            out[key] = value  # protocol options: the server negotiates them
-            continue
         if lk not in HARMLESS:
             raise StartupParamError(
                 f"dbgate: startup parameter {key!r} is not allowed; "

@@ -64,9 +64,7 @@ async def open_channel(cfg: UpstreamConfig, max_message_size: int) -> Channel:
     if cfg.sslmode == "disable":
         return channel
     channel.write(SSLRequest().encode())
-    await channel._need(1)
-    answer = bytes(channel._buf[:1])
-    del channel._buf[:1]
+    answer = await channel.recv_byte()
     if answer == b"S":
         ctx = ssl.create_default_context()
         # libpq's sslmode=require: encrypt, do not verify the certificate.

@@ -165,6 +165,21 @@ def _frame(type_byte: bytes, body: bytes) -> bytes:
     return type_byte + _pack_u32(len(body) + 4) + body
 
 
+def frame(type_byte: int, body: bytes) -> bytes:
+    """A complete message of type ``type_byte`` around an already encoded ``body``.
+
+    For relays that forward or rewrite bodies they did not build themselves.
+    """
+    return bytes((type_byte,)) + _pack_u32(len(body) + 4) + body
+
+
+def parse_parameter_status(body: bytes) -> tuple[str, str]:
+    """ParameterStatus body -> (name, value); lenient about encoding, as it is
+    informational (server-reported settings) and must never end a session."""
+    name, _, value = bytes(body).rstrip(b"\0").partition(b"\0")
+    return name.decode("utf-8", "replace"), value.decode("utf-8", "replace")
+
+
 def _cstr(value: str) -> bytes:
     """Encode a protocol string: UTF-8 plus the terminating NUL."""
     data = value.encode()

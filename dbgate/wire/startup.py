@@ -94,8 +94,13 @@ class StartupMessage:
         return (3, min(self.protocol[1], NEWEST_MINOR))
 
     def negotiation(self) -> bytes:
-        """The NegotiateProtocolVersion message to send if :attr:`needs_negotiation`."""
-        return negotiate_protocol_version(NEWEST_MINOR, list(self.protocol_options))
+        """The NegotiateProtocolVersion message to send if :attr:`needs_negotiation`.
+
+        It offers the version the session will speak — the client's, capped at 3.2 —
+        as PostgreSQL does: offering 3.2 to a 3.0 client that merely sent a ``_pq_``
+        option reads to libpq as an upgrade it never asked for, and it aborts.
+        """
+        return negotiate_protocol_version(self.negotiated_protocol[1], list(self.protocol_options))
 
     @property
     def user(self) -> str:

@@ -383,3 +383,16 @@ def test_error_response_fields_are_strict_utf8_but_values_stay_raw() -> None:
 def test_passwords_stay_out_of_reprs() -> None:
     assert "hunter2" not in repr(m.PasswordMessage("hunter2"))
     assert "hunter2" not in repr(m.decode_frontend(ord("p"), b"hunter2\0"))
+
+
+def test_frame_wraps_a_body_like_the_encoders_do() -> None:
+    assert m.frame(ord("S"), b"a\0b\0") == m.parameter_status("a", "b")
+    assert m.frame(ord("Z"), b"I") == m.ready_for_query("I")
+
+
+def test_parse_parameter_status() -> None:
+    assert m.parse_parameter_status(m.parameter_status("TimeZone", "UTC")[5:]) == (
+        "TimeZone",
+        "UTC",
+    )
+    assert m.parse_parameter_status(b"bad\xff\0v\0") == ("bad\ufffd", "v")

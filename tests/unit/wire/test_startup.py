@@ -143,3 +143,12 @@ def test_startup_reader_hands_back_bytes_pipelined_after_ssl_request() -> None:
 def test_encoders_refuse_unrepresentable_packets(call) -> None:
     with pytest.raises(ValueError):
         call()
+
+
+def test_negotiation_offers_the_clients_own_version_not_a_newer_one() -> None:
+    # libpq aborts when offered a version above the one it asked for.
+    wire = StartupMessage((3, 0), {"user": "u"}, {"_pq_.x": "1"}).encode()
+    msg = parse_startup_packet(body_of(wire))
+    assert isinstance(msg, StartupMessage)
+    reply = m.decode_backend(msg.negotiation()[0], msg.negotiation()[5:])
+    assert reply == m.NegotiateProtocolVersion(0, ("_pq_.x",))
