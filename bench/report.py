@@ -9,7 +9,7 @@ stable. The targets the proxy must meet are stated as ratios for the same reason
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bench.pgbench import SCRIPT_LABELS, PgbenchResult
@@ -148,70 +148,86 @@ def _pump_cells(ratios: Mapping[str, float | None], names: list[str]) -> str:
     )
 
 
-def format_pgbench_table(
-    rows: list[dict[str, Any]], unavailable: Mapping[str, str], names: list[str]
+def _format_ratio_table(
+    rows: list[dict[str, Any]],
+    unavailable: Mapping[str, str],
+    names: list[str],
+    *,
+    label_head: str,
+    label: Callable[[dict[str, Any]], str],
+    metric: tuple[str, str, int],  # (column suffix, summary key, width)
+    second: tuple[str, str, str, int],  # (column head, summary key, format spec, width)
+    target: float,
+    target_ratio: str,
 ) -> str:
+    """One row per workload: each target's median metric, then the ratios and verdict.
+
+    pgbench (TPS, latency) and streaming (rows/s, MB/s) share this layout.
+    """
+    suffix, key, width = metric
+    second_head, second_key, second_fmt, second_width = second
     head = (
-        f"{'mode':<9} {'script':<17}"
-        + "".join(f"{n + ' TPS':>{_w(n, 16, ' TPS')}} {'lat ms':>7}" for n in names)
+        label_head
+        + "".join(
+            f"{n + suffix:>{_w(n, width, suffix)}} {second_head:>{second_width}}" for n in names
+        )
         + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}"
         + (f" {'dbg/pump':>8} {'pump/pgb':>8}" if "pump" in names else "")
         + "  dbgate vs target"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
-        cells = f"{row['mode']:<9} {SCRIPT_LABELS[row['script']]:<17}"
+        cells = label(row)
         for name in names:
             t = row["targets"].get(name)
-            if t is None or t["tps_median"] is None:
+            w = _w(name, width, suffix)
+            if t is None or t[key] is None:
                 shown = "ERROR" if t is not None else _cell_unavailable(name, unavailable)
-                cells += f"{shown:>{_w(name, 16, ' TPS')}} {'':>7}"
+                cells += f"{shown:>{w}} {'':>{second_width}}"
             else:
-                w = _w(name, 16, " TPS")
-                cells += f"{t['tps_median']:>{w},.0f} {t['latency_ms_median']:>7.3f}"
+                cells += f"{t[key]:>{w},.0f} {t[second_key]:>{second_width}{second_fmt}}"
         r = row["ratios"]
         cells += (
             f"  {_fmt_ratio(r['dbgate/direct']):>7} {_fmt_ratio(r['dbgate/pgbouncer']):>7}"
             f" {_fmt_ratio(r['pgbouncer/direct']):>7}"
             + _pump_cells(r, names)
             + "  "
-            + _fmt_verdict(row["target_met"], TARGET_DBGATE_VS_PGBOUNCER_TPS, r["dbgate/pgbouncer"])
+            + _fmt_verdict(row["target_met"], target, r[target_ratio])
         )
         lines.append(cells)
     return "\n".join(lines)
+
+
+def format_pgbench_table(
+    rows: list[dict[str, Any]], unavailable: Mapping[str, str], names: list[str]
+) -> str:
+    return _format_ratio_table(
+        rows,
+        unavailable,
+        names,
+        label_head=f"{'mode':<9} {'script':<17}",
+        label=lambda row: f"{row['mode']:<9} {SCRIPT_LABELS[row['script']]:<17}",
+        metric=(" TPS", "tps_median", 16),
+        second=("lat ms", "latency_ms_median", ".3f", 7),
+        target=TARGET_DBGATE_VS_PGBOUNCER_TPS,
+        target_ratio="dbgate/pgbouncer",
+    )
 
 
 def format_streaming_table(
     rows: list[dict[str, Any]], unavailable: Mapping[str, str], names: list[str]
 ) -> str:
-    head = (
-        f"{'method':<8}"
-        + "".join(f"{n + ' rows/s':>{_w(n, 19, ' rows/s')}} {'MB/s':>6}" for n in names)
-        + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}"
-        + (f" {'dbg/pump':>8} {'pump/pgb':>8}" if "pump" in names else "")
-        + "  dbgate vs target"
+    return _format_ratio_table(
+        rows,
+        unavailable,
+        names,
+        label_head=f"{'method':<8}",
+        label=lambda row: f"{row['method']:<8}",
+        metric=(" rows/s", "rows_per_s_median", 19),
+        second=("MB/s", "mb_per_s_median", ".1f", 6),
+        target=TARGET_DBGATE_VS_DIRECT_STREAM,
+        target_ratio="dbgate/direct",
     )
-    lines = [head, "-" * len(head)]
-    for row in rows:
-        cells = f"{row['method']:<8}"
-        for name in names:
-            t = row["targets"].get(name)
-            if t is None or t["rows_per_s_median"] is None:
-                shown = "ERROR" if t is not None else _cell_unavailable(name, unavailable)
-                cells += f"{shown:>{_w(name, 19, ' rows/s')}} {'':>6}"
-            else:
-                w = _w(name, 19, " rows/s")
-                cells += f"{t['rows_per_s_median']:>{w},.0f} {t['mb_per_s_median']:>6.1f}"
-        r = row["ratios"]
-        cells += (
-            f"  {_fmt_ratio(r['dbgate/direct']):>7} {_fmt_ratio(r['dbgate/pgbouncer']):>7}"
-            f" {_fmt_ratio(r['pgbouncer/direct']):>7}"
-            + _pump_cells(r, names)
-            + "  "
-            + _fmt_verdict(row["target_met"], TARGET_DBGATE_VS_DIRECT_STREAM, r["dbgate/direct"])
-        )
-        lines.append(cells)
-    return "\n".join(lines)
 
 
 def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
