@@ -19,8 +19,9 @@ server -> client
 Why refusals go through the server: after an error PostgreSQL rolls back the implicit
 transaction of an extended-protocol batch, marks an explicit transaction failed, and
 discards messages up to Sync. Imitating all of that in the proxy is fragile; letting
-the server raise the error (``DO ... RAISE``) at the exact position of the refused
-message makes every one of those rules hold by construction. The marker text in that
+the server raise the error (a simple Query becomes ``DO ... RAISE``; an extended-protocol
+message or FunctionCall becomes a named Parse that fails parse analysis) at the exact
+position of the refused message makes every one of those rules hold by construction. The marker text in that
 error is replaced with the real refusal before the client sees it.
 """
 
@@ -50,7 +51,6 @@ log = logging.getLogger("dbgate.session")
 _Q, _P, _B, _F, _S, _C, _X, _H = (ord(c) for c in "QPBFSCXH")
 # Backend message types
 _Z, _PS, _E, _N, _A = (ord(c) for c in "ZSENA")
-_PARSE_COMPLETE, _BIND_COMPLETE = ord("1"), ord("2")
 _ROW_DESC, _DATA_ROW, _CMD_COMPLETE, _EMPTY, _SUSPENDED = (ord(c) for c in "TDCIs")
 _COPY_OUT, _COPY_BOTH, _COPY_DATA, _COPY_DONE = (ord(c) for c in "HWdc")
 
@@ -115,7 +115,6 @@ class Session:
         # -- server side state
         self._injections: deque[_Injection] = deque()
         self._injection_seq = 0
-        self._held: list[tuple[int, bytes]] = []  # ParseComplete/BindComplete held back
         self._rewriter: RowRewriter | None = None
         self._slow = transformer is not None
         self._server_fatal = False
@@ -440,21 +439,10 @@ class Session:
     def _server_slow(self, chunk: bytes, frames: list[tuple[int, int, int]]) -> None:
         out: list[bytes] = []
         run = 0  # start of the unchanged run of chunk not yet copied to out
-        held = self._held
         transformer = self.transformer
         for t, s, e in frames:
             hdr = s - 5
             replacement: bytes | None = None
-            if self._injections and (t in (_PARSE_COMPLETE, _BIND_COMPLETE)):
-                if hdr > run:
-                    out.append(chunk[run:hdr])
-                run = e
-                held.append((t, chunk[hdr:e]))
-                continue
-            if held:
-                if hdr > run:
-                    out.append(chunk[run:hdr])
-                run = hdr
             if t == _E and self._injections:
                 ours = self._match_injection(chunk[s:e])
                 if ours is not None:
@@ -465,9 +453,6 @@ class Session:
                     if r.hint:
                         extra["H"] = r.hint
                     replacement = m.error_response(r.sqlstate, r.message, **extra)
-            if held:
-                out.extend(b for _, b in held)
-                held.clear()
             if t == _Z:
                 self._ready(chunk[s])
                 while self._injections and self._injections[0].cycle <= self.done_cycles:
@@ -486,7 +471,7 @@ class Session:
             out.append(chunk[run:] if run else chunk)
         if out:
             self.client.transport.writelines(out)  # type: ignore[union-attr]
-        if not self._injections and not held and transformer is None:
+        if not self._injections and transformer is None:
             self._slow = False
         if self._draining and self.idle:
             self.terminate("57P01", "dbgate is shutting down; reconnect later")
