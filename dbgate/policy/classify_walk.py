@@ -1075,52 +1075,49 @@ def insert(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> 
     return unbounded and ("returningClause" in body or "returningList" in body)
 
 
-def update(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
+def _row_write(
+    body: dict[str, Any], acc: Acc, ctes: dict[str, bool], verb: str, sources_key: str
+) -> bool:
+    """UPDATE and DELETE: ``write`` when the target table is narrowed by the WHERE,
+    else ``destructive``; RETURNING from an unnarrowed one is a ``dump``.
+
+    Only the target must be narrowed: rows of FROM/USING tables are not written.
+    Returns whether rows of the whole table flow out (unnarrowed RETURNING).
+    """
     ctes = with_clause(body.get("withClause"), acc, ctes)
-    target = _target_write(body.get("relation") or {}, acc)
-    _written_columns(body.get("relation") or {}, body.get("targetList"), acc)
+    relation = body.get("relation") or {}
+    target = _target_write(relation, acc)
+    if verb == "update":
+        _written_columns(relation, body.get("targetList"), acc)
     found: list[Source] = [(target, True)]
     eqs: list[tuple[set[str], set[str]]] = []
-    for item in body.get("fromClause", ()):
+    for item in body.get(sources_key, ()):
         sources(item, acc, False, ctes, found, eqs)
     outer = acc.scope
     acc.scope = outer | frozenset(n for n, _ in found)
-    walk(body.get("targetList"), acc, True, ctes)
+    if verb == "update":
+        walk(body.get("targetList"), acc, True, ctes)
     where = body.get("whereClause")
     walk(where, acc, False, ctes)
     acc.scope = outer
     bounded = _target_narrowed(target, found, where, acc, ctes, eqs, outer)
+    upper = verb.upper()
     if bounded:
-        acc.add(WRITE, "update", "updates rows")
+        acc.add(WRITE, verb, f"{verb}s rows")
     else:
-        acc.add(DESTRUCTIVE, "update-without-where", "UPDATE without a restricting WHERE")
+        acc.add(DESTRUCTIVE, f"{verb}-without-where", f"{upper} without a restricting WHERE")
     returns = _returning(body, acc, ctes)
     if returns and not bounded:
-        acc.add(DUMP, "returning-all-rows", "RETURNING from an unrestricted UPDATE")
+        acc.add(DUMP, "returning-all-rows", f"RETURNING from an unrestricted {upper}")
     return returns and not bounded
+
+
+def update(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
+    return _row_write(body, acc, ctes, "update", "fromClause")
 
 
 def delete(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
-    ctes = with_clause(body.get("withClause"), acc, ctes)
-    target = _target_write(body.get("relation") or {}, acc)
-    found: list[Source] = [(target, True)]
-    eqs: list[tuple[set[str], set[str]]] = []
-    for item in body.get("usingClause", ()):
-        sources(item, acc, False, ctes, found, eqs)
-    outer = acc.scope
-    acc.scope = outer | frozenset(n for n, _ in found)
-    where = body.get("whereClause")
-    walk(where, acc, False, ctes)
-    acc.scope = outer
-    bounded = _target_narrowed(target, found, where, acc, ctes, eqs, outer)
-    if bounded:
-        acc.add(WRITE, "delete", "deletes rows")
-    else:
-        acc.add(DESTRUCTIVE, "delete-without-where", "DELETE without a restricting WHERE")
-    returns = _returning(body, acc, ctes)
-    if returns and not bounded:
-        acc.add(DUMP, "returning-all-rows", "RETURNING from an unrestricted DELETE")
-    return returns and not bounded
+    return _row_write(body, acc, ctes, "delete", "usingClause")
 
 
 def merge(body: dict[str, Any], acc: Acc, out: bool, ctes: dict[str, bool]) -> bool:
