@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pglast import parser as _pg
 
 from dbgate.policy.classify_walk import Acc, safe_parse_message, statement
-from dbgate.policy.model import Category, Classification, Reason, StatementClass
+from dbgate.policy.model import Category, Classification, Prepared, Reason, StatementClass
 
 __all__ = [
     "CACHE_CHARS",
@@ -143,7 +143,7 @@ def classify(
     sql: str,
     params: Sequence[bytes | str | None] | None = None,
     *,
-    prepared: Mapping[str, str] | None = None,
+    prepared: Prepared | None = None,
     extra_pure_functions: frozenset[str] = _EMPTY,
 ) -> Classification:
     """Classify every statement of ``sql``.
@@ -174,10 +174,14 @@ def classify(
             hit = _normalized.get(nkey)
             if hit is not None:
                 _stats["normalized"] += 1
-                # Not copied into the exact cache: texts that reach this point differ
-                # from earlier ones only in literals (pgbench -M simple, ORMs that
-                # inline values) and rarely repeat, so copying them only churned the
-                # exact cache through evictions (measured under make bench).
+                # Texts that reach this point usually differ from earlier ones only in
+                # literals (pgbench -M simple, ORMs that inline values) and rarely
+                # repeat, so copying them would only churn the exact cache. A text
+                # without literals (``... WHERE id = $1``) is its own normalized form
+                # and is re-sent verbatim by every driver: that one is worth an entry,
+                # or each of its Parses pays a normalize (a full parse).
+                if norm == sql:
+                    _store(_exact, key, hit)
                 return hit
         _stats["cold"] += 1
         result, sensitive, cacheable = _cold(sql, None, prepared, extra_pure_functions)
@@ -195,7 +199,7 @@ def classify_bind(
     sql: str,
     params: Sequence[bytes | str | None],
     *,
-    prepared: Mapping[str, str] | None = None,
+    prepared: Prepared | None = None,
     extra_pure_functions: frozenset[str] = _EMPTY,
 ) -> Classification:
     """Re-classify at Bind with the actual text-format parameter values.
@@ -218,7 +222,7 @@ def classify_bind(
 def _cold(
     sql: str,
     params: Sequence[bytes | str | None] | None,
-    prepared: Mapping[str, str] | None,
+    prepared: Prepared | None,
     extra: frozenset[str],
 ) -> tuple[Classification, bool, bool]:
     """Parse and walk. Returns (classification, literal_sensitive, cacheable)."""

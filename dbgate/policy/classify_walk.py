@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pglast import parser as _pg
@@ -29,7 +29,7 @@ from pglast import parser as _pg
 from dbgate.policy import functions as _fn
 from dbgate.policy.catalog_builtin import OPERATORS, PG_CATALOG_RELATIONS
 from dbgate.policy.catalog_settings import VALUE_SENSITIVE, setting_effects
-from dbgate.policy.model import Category, Reason, StatementClass
+from dbgate.policy.model import Category, Prepared, Reason, StatementClass
 
 READ = Category.READ
 WRITE = Category.WRITE
@@ -122,7 +122,7 @@ class Acc:
     def __init__(
         self,
         params: Sequence[bytes | str | None] | None,
-        prepared: Mapping[str, str] | None,
+        prepared: Prepared | None,
         extra_pure: frozenset[str],
         depth: int = 0,
     ) -> None:
@@ -1472,8 +1472,11 @@ def _prepare(body: dict[str, Any], acc: Acc) -> None:
 def _execute(body: dict[str, Any], acc: Acc) -> None:
     name = body.get("name", "")
     acc.uncacheable = True  # depends on session state, never cache
-    text = acc.prepared.get(name) if acc.prepared else None
-    if text is None:
+    found = acc.prepared.get(name) if acc.prepared else None
+    # The session may know several statements the name could stand for (after errors,
+    # see dbgate.proxy.prepared): each is classified, so the strictest one decides.
+    texts = (found,) if isinstance(found, str) else tuple(found or ())
+    if not texts:
         acc.add(OPAQUE, "unknown-prepared", f"EXECUTE {name}: the prepared statement is unknown")
         return
     params: list[bytes | str | None] | None = []
@@ -1483,7 +1486,8 @@ def _execute(body: dict[str, Any], acc: Acc) -> None:
             params = None  # some argument is computed or a Bind parameter not yet seen
             continue
         params.append(v)
-    nested_sql(text, acc, f"EXECUTE {name}", params, unwrap_prepare=True)
+    for text in texts:
+        nested_sql(text, acc, f"EXECUTE {name}", params, unwrap_prepare=True)
 
 
 def _declare(body: dict[str, Any], acc: Acc) -> None:

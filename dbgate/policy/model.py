@@ -6,8 +6,14 @@ statement fingerprint and shared between sessions without copying.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+#: The session's prepared statements for classifying ``EXECUTE name``: name -> SQL
+#: text, or every text the name may stand for when the proxy cannot know which one
+#: the server holds (``()``: unknown, so opaque).
+Prepared = Mapping[str, str | tuple[str, ...]]
 
 
 class Category(StrEnum):

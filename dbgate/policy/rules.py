@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from dbgate.policy.model import (
     Classification,
     Decision,
     Identity,
+    Prepared,
     StatementClass,
 )
 from dbgate.policy.rules_load import RuleProblem, RulesError, load_directory
@@ -403,7 +404,7 @@ def decide_bind(
     sql: str,
     params: Sequence[Any] | None,
     *,
-    prepared: Mapping[str, str] | None = None,
+    prepared: Prepared | None = None,
     bind_classifier: Callable[[Classification, str, Sequence[Any]], Classification] | None = None,
 ) -> Decision:
     """Decision at Bind time, when a Parse-time classification depends on parameters.

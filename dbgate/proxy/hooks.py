@@ -16,6 +16,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
+from dbgate.proxy.prepared import PreparedChange
+
 if TYPE_CHECKING:
     from dbgate.proxy.session_info import SessionInfo
 
@@ -40,7 +42,18 @@ class Statement(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Allow:
-    """Forward the statement unchanged."""
+    """Forward the statement unchanged.
+
+    ``check_binds`` (for a Parse): show the inspector every Bind of this statement,
+    because the decision depends on the parameter values. ``changes`` (for a simple
+    Query): what the statement does to the session's prepared statements when it runs
+    (SQL ``PREPARE``/``DEALLOCATE``/``DISCARD ALL``), which the relay cannot see itself.
+    The relay records both only once it has forwarded the message; see
+    :mod:`dbgate.proxy.prepared` for how they are confirmed by the server.
+    """
+
+    check_binds: bool = False
+    changes: tuple[PreparedChange, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +76,7 @@ class Notice:
 
 
 ALLOW = Allow()
+ALLOW_CHECKING_BINDS = Allow(check_binds=True)
 Verdict = Allow | Refuse
 
 
@@ -70,8 +84,8 @@ class Inspector(Protocol):
     """Decides about each statement before it reaches the server.
 
     Bind messages are shown to the inspector when it sets ``inspects_binds = True``,
-    or for the statement names it adds to ``session.bind_checks`` while inspecting
-    their Parse (bind-time decisions on parameter values).
+    or for statements whose Parse it allowed with ``Allow(check_binds=True)``
+    (bind-time decisions on parameter values).
     """
 
     def inspect(self, session: SessionInfo, statement: Statement) -> Verdict | Awaitable[Verdict]:

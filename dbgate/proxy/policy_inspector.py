@@ -3,10 +3,12 @@
 This is the glue between the pure policy package and the relay. What it adds:
 
 * Parse of a statement whose decision depends on parameter values
-  (``needs_bind``) is let through — nothing runs at Parse — and the statement name
-  is registered so the relay shows this inspector every Bind of it; the decision is
-  made at Bind with the actual values (text format only: binary values of such
-  statements are refused, since we would have to guess their meaning).
+  (``needs_bind``) is let through — nothing runs at Parse — with
+  ``Allow(check_binds=True)`` so the relay shows this inspector every Bind of it;
+  the decision is made at Bind with the actual values, against every statement the
+  server may hold under that name (:mod:`dbgate.proxy.prepared`). Text format only:
+  binary values of such statements are refused, since we would have to guess their
+  meaning.
 * Fast-path FunctionCall messages name a function by OID and bypass SQL entirely
   (libpq's large-object API uses them): refused.
 * Until an approval service is configured, ``hold`` cannot be satisfied, so the
@@ -21,7 +23,8 @@ from collections.abc import Callable
 
 from dbgate.policy.model import Action, Decision, Identity
 from dbgate.policy.rules import RuleSet, decide_bind
-from dbgate.proxy.hooks import ALLOW, Refuse, Statement, Verdict
+from dbgate.proxy.hooks import ALLOW, ALLOW_CHECKING_BINDS, Allow, Refuse, Statement, Verdict
+from dbgate.proxy.prepared import PreparedChange
 from dbgate.proxy.session_info import SessionInfo
 
 log = logging.getLogger("dbgate.policy")
@@ -64,30 +67,38 @@ def _ident(token: str) -> str:
     return token.lower()
 
 
-def track_sql_prepares(sql: str, prepared: dict[str, str]) -> None:
-    """Record SQL-level PREPARE/DEALLOCATE/DISCARD ALL in the session's prepared map.
+def sql_prepare_changes(sql: str) -> tuple[PreparedChange, ...]:
+    """What SQL-level PREPARE/DEALLOCATE/DISCARD ALL in ``sql`` do to prepared statements.
 
     SQL PREPARE and protocol-level Parse share one namespace in PostgreSQL, so a later
-    ``EXECUTE name`` is classified by the body recorded here. A PREPARE we cannot read
-    is simply not recorded: its EXECUTE then classifies as opaque (fail closed).
+    ``EXECUTE name`` (or a Bind of ``name``) is judged by the body recorded here. A
+    PREPARE we cannot read is simply not recorded: its EXECUTE then classifies as
+    opaque (fail closed). The relay applies these once the server confirms them.
     """
     from pglast.parser import split
+
+    from dbgate.policy.classify import classify
 
     try:
         parts = split(sql)
     except Exception:
-        return
+        return ()
+    changes: list[PreparedChange] = []
     for part in parts:
         if (mp := _PREPARE.match(part)) is not None:
-            prepared.setdefault(_ident(mp.group(1)), mp.group(2))
+            body = mp.group(2)
+            changes.append(
+                PreparedChange("add", _ident(mp.group(1)), body, classify(body).needs_bind)
+            )
         elif _DISCARD_ALL.match(part) is not None:
-            prepared.clear()
+            changes.append(PreparedChange("clear"))
         elif (md := _DEALLOCATE.match(part)) is not None:
             name = md.group(1)
             if name.lower() == "all":
-                prepared.clear()
+                changes.append(PreparedChange("clear"))
             else:
-                prepared.pop(_ident(name), None)
+                changes.append(PreparedChange("remove", _ident(name)))
+    return tuple(changes)
 
 
 INSUFFICIENT_PRIVILEGE = "42501"
@@ -97,7 +108,7 @@ _ALLOW_ACTION = Action.ALLOW  # enum member lookups cost ~0.4 us each on Python 
 class PolicyInspector:
     """Inspector backed by the classifier and a RuleSet."""
 
-    inspects_binds = False  # only statements registered in session.bind_checks
+    inspects_binds = False  # only Binds of statements allowed with check_binds
 
     def __init__(self, ruleset: RuleSet, classify: Callable[..., object] | None = None) -> None:
         if classify is None:
@@ -138,40 +149,54 @@ class PolicyInspector:
                 "dbgate: this session's standard_conforming_strings/client_encoding "
                 "differ from what dbgate can analyse (on/UTF8); statements are refused",
             )
-        classification = self._classify(statement.sql, prepared=session.prepared)
         identity = self.identity(session)
         if kind == "bind":
-            params = bind_values_as_text(statement.params)
-            if params is None:
+            return self._inspect_bind(session, identity, statement)
+        classification = self._classify(statement.sql, prepared=session.statements.texts)
+        statements = classification.statements  # type: ignore[attr-defined]
+        if kind == "parse" and any(st.needs_bind for st in statements):
+            return ALLOW_CHECKING_BINDS  # nothing runs at Parse; decided at each Bind
+        decision = self.ruleset.decide(identity, classification)  # type: ignore[arg-type]
+        if decision.action is _ALLOW_ACTION:
+            if kind == "query":
+                for st in statements:
+                    if st.command in _PREPARED_COMMANDS:
+                        return Allow(changes=sql_prepare_changes(statement.sql))
+            return ALLOW
+        return self.verdict(decision, session)
+
+    def _inspect_bind(self, session: SessionInfo, identity: Identity, statement: Statement) -> Verdict:
+        """Judge a Bind by every statement the server may hold under its name."""
+        prepared = session.statements
+        checked = [c for c in prepared.candidates(statement.statement_name) if c.check_binds]
+        if not checked:
+            return ALLOW  # judged in full at its Parse
+        params = bind_values_as_text(statement.params)
+        if params is None:
+            return Refuse(
+                INSUFFICIENT_PRIVILEGE,
+                "dbgate: this statement is decided on its parameter values, "
+                "and a value could not be read as text",
+            )
+        for candidate in checked:
+            if candidate.lost:
                 return Refuse(
                     INSUFFICIENT_PRIVILEGE,
-                    "dbgate: this statement is decided on its parameter values, "
-                    "and a value could not be read as text",
+                    f"dbgate: lost track of prepared statement {statement.statement_name!r} "
+                    "after repeated errors; close it and prepare it again",
                 )
+            classification = self._classify(candidate.sql, prepared=prepared.texts)
             decision = decide_bind(
                 self.ruleset,
                 identity,
-                classification,
-                statement.sql,
-                params,  # type: ignore[arg-type]
+                classification,  # type: ignore[arg-type]
+                candidate.sql,
+                params,
+                prepared=prepared.texts,
             )
-        else:
-            statements = classification.statements  # type: ignore[attr-defined]
-            if kind == "parse":
-                if any(st.needs_bind for st in statements):
-                    session.bind_checks.add(statement.statement_name)
-                    return ALLOW  # nothing runs at Parse; decided at each Bind
-                if not statement.statement_name:
-                    session.bind_checks.discard("")
-            decision = self.ruleset.decide(identity, classification)  # type: ignore[arg-type]
-            if decision.action is _ALLOW_ACTION:
-                if kind == "query":
-                    for st in statements:
-                        if st.command in _PREPARED_COMMANDS:
-                            track_sql_prepares(statement.sql, session.prepared)
-                            break
-                return ALLOW
-        return self.verdict(decision, session)
+            if decision.action is not _ALLOW_ACTION:
+                return self.verdict(decision, session)
+        return ALLOW
 
     @staticmethod
     def verdict(decision: Decision, session: SessionInfo) -> Verdict:

@@ -118,6 +118,7 @@ class Session:
         self._rewriter: RowRewriter | None = None
         self._slow = transformer is not None
         self._server_fatal = False
+        self._cycle_failed = False  # an ErrorResponse arrived since the last ReadyForQuery
         self._terminating = False
         self._draining = False
         self._closed = False
@@ -266,19 +267,17 @@ class Session:
                 stmt = Statement("query", m.parse_query(chunk[s:e]))
             elif t == _P:
                 name, sql, _ = m.parse_parse(chunk[s:e])
-                prepared = self.info.prepared
-                if not name or name not in prepared:
-                    prepared[name] = sql
                 stmt = Statement("parse", sql, statement_name=name)
             elif t == _B:
                 if not self.inspect_binds:
-                    checks = self.info.bind_checks
-                    if not checks or _bind_statement_name(chunk, s, e) not in checks:
+                    checked = self.info.statements.checked
+                    if not checked or _bind_statement_name(chunk, s, e) not in checked:
                         continue
                 portal, name, formats, params, _ = m.parse_bind(chunk[s:e])
+                candidates = self.info.statements.candidates(name)
                 stmt = Statement(
                     "bind",
-                    self.info.prepared.get(name, ""),
+                    candidates[-1].sql if candidates else "",
                     statement_name=name,
                     portal=portal,
                     params=params,
@@ -292,8 +291,7 @@ class Session:
             elif t == _C:
                 kind, name = m.parse_close(chunk[s:e])
                 if kind == "S":
-                    self.info.prepared.pop(name, None)
-                    self.info.bind_checks.discard(name)
+                    self.info.statements.close_sent(self.sent_cycles + 1, name)
                 continue
             elif t == _X:
                 self._terminating = True
@@ -302,6 +300,8 @@ class Session:
                 continue
             verdict = self._inspect(stmt)
             if type(verdict) is Allow:
+                if t == _P or verdict.changes:
+                    self._allowed(stmt, verdict)
                 continue
             if hdr > fwd:
                 write(chunk[fwd:hdr])
@@ -321,7 +321,7 @@ class Session:
                 self._queued.insert(0, rest)
             self._pause_client("waiting", True)
             self._waiting = asyncio.ensure_future(
-                self._await_verdict(verdict, t, chunk[hdr:e])  # type: ignore[arg-type]
+                self._await_verdict(verdict, t, chunk[hdr:e], stmt)  # type: ignore[arg-type]
             )
             return
         if fwd < len(chunk):
@@ -334,8 +334,22 @@ class Session:
             log.exception("session %s: inspector failed; refusing", self.info.session_id)
             return Refuse("XX000", "dbgate: internal error while inspecting; statement not run")
 
+    def _allowed(self, stmt: Statement, verdict: Allow) -> None:
+        """Record what a forwarded statement may change in the server's prepared statements.
+
+        Called only once the message is on its way: a refused Parse never reaches the
+        server, so it must not count (the statement the server holds stays in force).
+        """
+        statements = self.info.statements
+        if stmt.kind == "parse":
+            statements.parse_sent(
+                self.sent_cycles + 1, stmt.statement_name, stmt.sql, verdict.check_binds
+            )
+        for change in verdict.changes:
+            statements.sent(self.sent_cycles, change)  # a Query: its own, current cycle
+
     async def _await_verdict(
-        self, pending: Awaitable[Allow | Refuse], mtype: int, message: bytes
+        self, pending: Awaitable[Allow | Refuse], mtype: int, message: bytes, stmt: Statement
     ) -> None:
         try:
             verdict = await pending
@@ -354,6 +368,7 @@ class Session:
             self._refuse(verdict, mtype)
         else:
             self.upstream.write(message)
+            self._allowed(stmt, verdict)
         self._waiting = None
         queued, self._queued = self._queued, []
         self._pause_client("waiting", False)
@@ -417,6 +432,8 @@ class Session:
             self._server_slow(chunk, frames)
             return
         for t, s, _e in frames:
+            if t == _E:
+                self._cycle_failed = True
             if t == _Z:
                 self._ready(chunk[s])
             elif t in (_PS, _E):
@@ -427,13 +444,19 @@ class Session:
 
     def _ready(self, status: int) -> None:
         self.done_cycles += 1
-        self.info.transaction_status = chr(status)
+        info = self.info
+        info.transaction_status = chr(status)
+        if info.statements.has_pending:
+            info.statements.cycle_done(self.done_cycles, self._cycle_failed)
+        self._cycle_failed = False
 
     def _server_meta(self, t: int, chunk: bytes, s: int, e: int) -> None:
         if t == _PS:
             name, value = m.parse_parameter_status(chunk[s:e])
             self.info.server_params[name] = value
-        elif b"SFATAL\0" in chunk[s:e] or b"SPANIC\0" in chunk[s:e]:
+            return
+        self._cycle_failed = True  # the server skips the rest of the cycle
+        if b"SFATAL\0" in chunk[s:e] or b"SPANIC\0" in chunk[s:e]:
             self._server_fatal = True
 
     def _server_slow(self, chunk: bytes, frames: list[tuple[int, int, int]]) -> None:
@@ -453,6 +476,8 @@ class Session:
                     if r.hint:
                         extra["H"] = r.hint
                     replacement = m.error_response(r.sqlstate, r.message, **extra)
+            if t == _E:
+                self._cycle_failed = True
             if t == _Z:
                 self._ready(chunk[s])
                 while self._injections and self._injections[0].cycle <= self.done_cycles:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dbgate.proxy.prepared import PreparedStatements
+
 if TYPE_CHECKING:
     from dbgate.proxy.hooks import Notice
 
@@ -22,11 +24,9 @@ class SessionInfo:
     groups: frozenset[str] = frozenset()
     transaction_status: str = "I"  # 'I' idle, 'T' in transaction, 'E' failed transaction
     server_params: dict[str, str] = field(default_factory=dict)
-    prepared: dict[str, str] = field(default_factory=dict)  # statement name -> SQL text
-    # Statement names whose Binds the inspector must see (decisions that depend on
-    # parameter values). The relay decodes Bind only for these, keeping the
-    # prepared-statement hot path to a name lookup.
-    bind_checks: set[str] = field(default_factory=set)
+    # The server's prepared statements as far as dbgate can know them (kept by the
+    # relay, confirmed at each ReadyForQuery): what Binds and EXECUTE are judged by.
+    statements: PreparedStatements = field(default_factory=PreparedStatements)
     policy_identity: Any = None  # the inspector's cached view of who this is
     _notify: Callable[[Notice], None] | None = None
 

@@ -12,7 +12,8 @@ import psycopg2
 import pytest
 
 from dbgate.policy.rules import load_rules
-from dbgate.proxy.policy_inspector import PolicyInspector, track_sql_prepares
+from dbgate.proxy.policy_inspector import PolicyInspector, sql_prepare_changes
+from dbgate.proxy.prepared import PreparedStatements
 
 
 @pytest.fixture
@@ -138,6 +139,14 @@ async def test_unparseable_sql_is_denied_with_the_parser_message(enforcing: str)
         await conn.close()
 
 
+def _run(sql: str, statements: PreparedStatements) -> dict[str, tuple[str, ...]]:
+    """Apply the changes ``sql`` makes as the server confirms them (a clean cycle)."""
+    for change in sql_prepare_changes(sql):
+        statements.sent(1, change)
+    statements.cycle_done(1, failed=False)
+    return dict(statements.texts)
+
+
 @pytest.mark.parametrize(
     ("sql", "expected"),
     [
@@ -148,23 +157,26 @@ async def test_unparseable_sql_is_denied_with_the_parser_message(enforcing: str)
     ],
 )
 def test_sql_prepare_tracking(sql: str, expected: dict[str, str]) -> None:
-    prepared: dict[str, str] = {}
-    track_sql_prepares(sql, prepared)
-    assert prepared == expected
+    got = _run(sql, PreparedStatements())
+    assert got == {k: (v,) for k, v in expected.items()}
+
+
+def _with(*sqls: str) -> PreparedStatements:
+    statements = PreparedStatements()
+    for sql in sqls:
+        _run(sql, statements)
+    return statements
 
 
 def test_deallocate_forgets_prepared_statements() -> None:
-    prepared = {"a": "select 1", "b": "select 2"}
-    track_sql_prepares("deallocate a", prepared)
-    assert prepared == {"b": "select 2"}
-    track_sql_prepares("DEALLOCATE ALL", prepared)
-    assert prepared == {}
+    statements = _with("prepare a as select 1", "prepare b as select 2")
+    assert _run("deallocate a", statements) == {"b": ("select 2",)}
+    assert _run("DEALLOCATE ALL", statements) == {}
 
 
 def test_discard_all_forgets_prepared_statements() -> None:
-    prepared = {"a": "select 1"}
-    track_sql_prepares("discard all", prepared)
-    assert prepared == {}
+    statements = _with("prepare a as select 1")
+    assert _run("discard all", statements) == {}
 
 
 async def test_sessions_with_nonstandard_strings_are_refused(enforcing: str) -> None:
