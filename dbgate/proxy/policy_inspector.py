@@ -165,7 +165,9 @@ class PolicyInspector:
             return ALLOW
         return self.verdict(decision, session)
 
-    def _inspect_bind(self, session: SessionInfo, identity: Identity, statement: Statement) -> Verdict:
+    def _inspect_bind(
+        self, session: SessionInfo, identity: Identity, statement: Statement
+    ) -> Verdict:
         """Judge a Bind by every statement the server may hold under its name."""
         prepared = session.statements
         checked = [c for c in prepared.candidates(statement.statement_name) if c.check_binds]
