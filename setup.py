@@ -1,7 +1,11 @@
-"""Build hook for the one compiled module: dbgate.wire._scan (the relay's frame scanner).
+"""Build hook for the two compiled modules, both optional hot-path helpers:
 
-It is optional: when it cannot be built (no compiler), dbgate falls back to the
-pure-Python framer in dbgate/wire/framing.py with identical behaviour.
+* dbgate.wire._scan — the relay's frame scanner (fallback: dbgate/wire/framing.py);
+* dbgate.policy._literals — the classifier cache's literal mask (fallback:
+  dbgate/policy/literals.py).
+
+When one cannot be built (no compiler), dbgate uses the pure-Python version, which
+behaves identically (property-tested).
 """
 
 from setuptools import Extension, setup
@@ -13,16 +17,19 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as e:  # pragma: no cover - depends on the machine
-            print(f"warning: dbgate.wire._scan not built ({e}); using the Python framer")
+            print(f"warning: C helpers not built ({e}); using the Python versions")
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
         except Exception as e:  # pragma: no cover
-            print(f"warning: {ext.name} not built ({e}); using the Python framer")
+            print(f"warning: {ext.name} not built ({e}); using the Python version")
 
 
 setup(
-    ext_modules=[Extension("dbgate.wire._scan", ["dbgate/wire/_scan.c"], optional=True)],
+    ext_modules=[
+        Extension("dbgate.wire._scan", ["dbgate/wire/_scan.c"], optional=True),
+        Extension("dbgate.policy._literals", ["dbgate/policy/_literals.c"], optional=True),
+    ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -68,11 +68,12 @@ class _Pending(NamedTuple):
 class PreparedStatements:
     """Candidates per statement name, corrected at each ReadyForQuery."""
 
-    __slots__ = ("_known", "_pending", "checked", "texts")
+    __slots__ = ("_known", "checked", "pending", "texts")
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[Candidate, ...]] = {}
-        self._pending: deque[_Pending] = deque()
+        #: Changes forwarded but not yet confirmed, oldest first (read-only outside).
+        self.pending: deque[_Pending] = deque()
         #: Names with a candidate (known or pending) whose Binds the inspector must see.
         #: The relay decodes a Bind only when its statement name is in here.
         self.checked: set[str] = set()
@@ -83,10 +84,10 @@ class PreparedStatements:
     def candidates(self, name: str) -> tuple[Candidate, ...]:
         """Every statement the server may hold under ``name`` (empty: none known)."""
         known = self._known.get(name, ())
-        if not self._pending or known == (LOST,):
+        if not self.pending or known == (LOST,):
             return known
         out = known
-        for _, change in self._pending:
+        for _, change in self.pending:
             if change.kind == "add" and change.name == name:
                 cand = Candidate(change.sql, change.check_binds)
                 if cand not in out:
@@ -94,39 +95,30 @@ class PreparedStatements:
         return (LOST,) if len(out) > MAX_CANDIDATES else out
 
     def names(self) -> set[str]:
-        return set(self._known) | {p.change.name for p in self._pending if p.change.kind == "add"}
+        return set(self._known) | {p.change.name for p in self.pending if p.change.kind == "add"}
 
     # -- what the relay forwards -----------------------------------------------------
     def sent(self, cycle: int, change: PreparedChange) -> None:
         """``change`` was forwarded to the server as part of cycle number ``cycle``."""
-        if (
-            change.kind == "add"
-            and not change.name
-            and not change.check_binds
-            and "" not in self.checked
-        ):
-            # The unnamed statement cannot be EXECUTEd; only its Bind checks matter,
-            # and there are none before or after. Skipping this keeps the common
-            # Parse/Bind/Execute/Sync of every extended-protocol query free.
-            return
-        self._pending.append(_Pending(cycle, change))
+        self.pending.append(_Pending(cycle, change))
         if change.check_binds:
             self.checked.add(change.name)
 
     def parse_sent(self, cycle: int, name: str, sql: str, check_binds: bool) -> None:
-        self.sent(cycle, PreparedChange("add", name, sql, check_binds))
+        """An allowed Parse was forwarded (called for every one: keep it cheap)."""
+        if name or check_binds or "" in self.checked:
+            self.sent(cycle, PreparedChange("add", name, sql, check_binds))
+        # else: the unnamed statement cannot be EXECUTEd, so only its Bind checks
+        # matter, and there are none before or after this Parse. Skipping it keeps the
+        # Parse/Bind/Execute/Sync of every extended-protocol query free.
 
     def close_sent(self, cycle: int, name: str) -> None:
-        if name in self._known or self._pending:  # nothing to forget otherwise
+        if name in self._known or self.pending:  # nothing to forget otherwise
             self.sent(cycle, PreparedChange("remove", name))
-
-    @property
-    def has_pending(self) -> bool:
-        return bool(self._pending)
 
     def cycle_done(self, cycle: int, failed: bool) -> None:
         """The server ended cycle ``cycle`` (ReadyForQuery); ``failed``: it sent an error."""
-        pending = self._pending
+        pending = self.pending
         if not pending or pending[0].cycle > cycle:
             return
         known = self._known

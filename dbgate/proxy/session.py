@@ -300,7 +300,11 @@ class Session:
                 continue
             verdict = self._inspect(stmt)
             if type(verdict) is Allow:
-                if t == _P or verdict.changes:
+                if t == _P:
+                    self.info.statements.parse_sent(
+                        self.sent_cycles + 1, stmt.statement_name, stmt.sql, verdict.check_binds
+                    )
+                elif verdict.changes:
                     self._allowed(stmt, verdict)
                 continue
             if hdr > fwd:
@@ -446,9 +450,10 @@ class Session:
         self.done_cycles += 1
         info = self.info
         info.transaction_status = chr(status)
-        if info.statements.has_pending:
+        if info.statements.pending:
             info.statements.cycle_done(self.done_cycles, self._cycle_failed)
-        self._cycle_failed = False
+        if self._cycle_failed:
+            self._cycle_failed = False
 
     def _server_meta(self, t: int, chunk: bytes, s: int, e: int) -> None:
         if t == _PS:

@@ -47,12 +47,30 @@ def test_same_text_hits_exact_cache_and_returns_same_object() -> None:
     assert cache_info()["exact"] == 1
 
 
-def test_different_literals_share_the_normalized_entry() -> None:
+def test_different_literals_share_the_masked_entry() -> None:
     first = classify("SELECT * FROM orders WHERE id = 1")
     other = classify("SELECT * FROM orders WHERE id = 2")
     assert other is first
-    assert cache_info()["normalized"] == 1
+    assert cache_info()["masked"] == 1
     assert cache_info()["cold"] == 1
+
+
+def test_literals_the_mask_cannot_read_share_the_normalized_entry() -> None:
+    first = classify("SELECT * FROM orders WHERE note = E'a\\n'")  # E'' strings: no mask
+    other = classify("SELECT * FROM orders WHERE note = E'b'")
+    assert other is first
+    assert cache_info()["normalized"] == 1
+    assert cache_info()["masked"] == 0
+    assert cache_info()["cold"] == 1
+
+
+def test_a_mask_that_disagrees_with_normalize_is_never_trusted() -> None:
+    # normalize keeps ORDER BY ordinals (column positions); the mask would hide them,
+    # so this shape never gets a masked entry and ORDER BY 1 / 2 stay apart.
+    a = classify("SELECT a, b FROM orders WHERE id = 5 ORDER BY 1")
+    b = classify("SELECT a, b FROM orders WHERE id = 6 ORDER BY 2")
+    assert cache_info()["masked_size"] == 0
+    assert a is not b
 
 
 def test_fingerprint_ignores_literals_that_matter() -> None:

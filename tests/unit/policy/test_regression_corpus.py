@@ -11,6 +11,7 @@ network access and without a cached copy the test is skipped with the reason.
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import tarfile
@@ -23,6 +24,7 @@ import pytest
 from pglast import parser
 
 from dbgate.policy.classify import classify, clear_cache
+from dbgate.policy.literals import mask, render, spans
 
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "pglast-sdist"
 REGRESS_DIR = "libpg_query/test/sql/postgres_regress"
@@ -121,3 +123,57 @@ def test_pglast_version_has_regression_sql() -> None:
     """Document what was found (shows up with -rA)."""
     assert pglast.__name__ == "pglast"
     assert _regress_dir().is_dir()
+
+
+def _vary(sql: str, found: list[tuple[int, int, str]], rnd: random.Random) -> str:
+    """``sql`` with every literal the mask found replaced by another of its kind."""
+    out: list[str] = []
+    pos = 0
+    for start, end, kind in found:
+        out.append(sql[pos:start])
+        if kind == "S":
+            body = "".join(
+                rnd.choice(["a", "''", " ", "--", "/*", "*/", "\n", '"', "\\"])
+                for _ in range(rnd.randint(0, 6))
+            )
+            out.append(f"'{body}'")
+        elif kind in "NM":
+            out.append(("-" if kind == "M" else "") + str(rnd.randint(0, 999_999_999)))
+        else:
+            out.append(
+                ("-" if kind == "G" else "") + f"{rnd.randint(0, 99_999)}.{rnd.randint(0, 9)}"
+            )
+        pos = end
+    out.append(sql[pos:])
+    return "".join(out)
+
+
+def test_verified_literal_masks_agree_with_normalize_across_the_corpus(
+    corpus: list[tuple[str, str]],
+) -> None:
+    """The classifier trusts a masked key once its rendering matched ``normalize``;
+    then every other statement with that key must normalize the same. Checked on
+    PostgreSQL's own SQL with each literal replaced by hostile values of its kind."""
+    rnd = random.Random(20261122)
+    checked = 0
+    wrong: list[str] = []
+    for _, sql in corpus:
+        found = spans(sql)
+        if not found:
+            continue
+        try:
+            normalized = parser.normalize(sql)
+        except parser.ParseError:
+            continue
+        if render(sql) != normalized:
+            continue  # the classifier never trusts this key
+        for _ in range(2):
+            other = _vary(sql, found, rnd)
+            if mask(other) != mask(sql):
+                wrong.append(f"mask differs: {other[:120]!r}")
+                continue
+            checked += 1
+            if parser.normalize(other) != normalized:
+                wrong.append(f"{sql[:120]!r} vs {other[:120]!r}")
+    assert checked > 20_000, checked
+    assert not wrong, wrong[:5]

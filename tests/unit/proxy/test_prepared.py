@@ -82,7 +82,7 @@ def test_the_common_unnamed_parse_leaves_no_trace() -> None:
     p = PreparedStatements()
     for cycle in range(1, 100):
         p.parse_sent(cycle, "", f"select {cycle}", check_binds=False)
-        assert not p.has_pending
+        assert not p.pending
         p.cycle_done(cycle, failed=False)
     assert p.candidates("") == () and not p.checked
 
@@ -90,7 +90,7 @@ def test_the_common_unnamed_parse_leaves_no_trace() -> None:
 def test_close_of_an_unknown_name_is_not_tracked() -> None:
     p = PreparedStatements()
     p.close_sent(1, "never-prepared")
-    assert not p.has_pending
+    assert not p.pending
 
 
 def test_too_many_possibilities_collapse_into_lost() -> None:
