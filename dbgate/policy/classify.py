@@ -50,6 +50,7 @@ __all__ = [
     "classify",
     "classify_bind",
     "clear_cache",
+    "seen_exactly",
 ]
 
 #: Entries per cache level; on overflow the oldest tenth is dropped.
@@ -82,6 +83,15 @@ def clear_cache() -> None:
             _chars[k] = 0
         for k in _stats:
             _stats[k] = 0
+
+
+def seen_exactly(sql: str) -> bool:
+    """Whether ``sql`` itself (not just its shape) is in the cache: a text that repeats.
+
+    The proxy remembers verdicts only for such texts; remembering every text of a
+    client that inlines fresh values would cost more than it saves.
+    """
+    return sql in _exact
 
 
 def cache_info() -> dict[str, int]:
@@ -284,4 +294,7 @@ def _cold(
                 command="EMPTY",
             )
         )
-    return Classification(statements=tuple(stmts), fingerprint=fp), sensitive, cacheable
+    result = Classification(
+        statements=tuple(stmts), fingerprint=fp, session_dependent=not cacheable
+    )
+    return result, sensitive, cacheable

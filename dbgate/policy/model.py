@@ -75,6 +75,9 @@ class Classification:
     statements: tuple[StatementClass, ...]
     fingerprint: str = ""
     parse_error: str | None = None  # set when pglast could not parse: always fails closed
+    # True when the result depends on session state (EXECUTE of a prepared statement):
+    # the same text may classify differently later in the same session.
+    session_dependent: bool = False
 
     @property
     def categories(self) -> frozenset[Category]:

@@ -54,6 +54,11 @@ class Allow:
 
     check_binds: bool = False
     changes: tuple[PreparedChange, ...] = ()
+    #: The inspector promises that the very same message would be allowed again in
+    #: this session, with no other effect, until the server reports a changed
+    #: parameter (ParameterStatus) or ``SessionInfo.forget_verdicts()`` is called.
+    #: The relay may then forward a byte-identical message without asking.
+    repeatable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,7 @@ class Notice:
 
 ALLOW = Allow()
 ALLOW_CHECKING_BINDS = Allow(check_binds=True)
+ALLOW_REPEATABLE = Allow(repeatable=True)
 Verdict = Allow | Refuse
 
 

@@ -23,7 +23,15 @@ from collections.abc import Callable
 
 from dbgate.policy.model import Action, Decision, Identity
 from dbgate.policy.rules import RuleSet, decide_bind
-from dbgate.proxy.hooks import ALLOW, ALLOW_CHECKING_BINDS, Allow, Refuse, Statement, Verdict
+from dbgate.proxy.hooks import (
+    ALLOW,
+    ALLOW_CHECKING_BINDS,
+    ALLOW_REPEATABLE,
+    Allow,
+    Refuse,
+    Statement,
+    Verdict,
+)
 from dbgate.proxy.prepared import PreparedChange
 from dbgate.proxy.session_info import SessionInfo
 
@@ -111,8 +119,11 @@ class PolicyInspector:
     inspects_binds = False  # only Binds of statements allowed with check_binds
 
     def __init__(self, ruleset: RuleSet, classify: Callable[..., object] | None = None) -> None:
+        self._repeats: Callable[[str], bool] = lambda _sql: False
         if classify is None:
-            from dbgate.policy.classify import classify
+            from dbgate.policy.classify import classify, seen_exactly
+
+            self._repeats = seen_exactly
         self._classify = classify
         self.ruleset = ruleset
 
@@ -162,7 +173,15 @@ class PolicyInspector:
                 for st in statements:
                     if st.command in _PREPARED_COMMANDS:
                         return Allow(changes=sql_prepare_changes(statement.sql))
-            return ALLOW
+            # Same text, same identity (application_name comes from ParameterStatus,
+            # on which the relay forgets), same rules: same decision, unless the
+            # classification read session state (EXECUTE). Worth remembering only for
+            # texts that do repeat (drivers' Parse, BEGIN/COMMIT), not fresh literals.
+            if getattr(classification, "session_dependent", True) or not self._repeats(
+                statement.sql
+            ):
+                return ALLOW
+            return ALLOW_REPEATABLE
         return self.verdict(decision, session)
 
     def _inspect_bind(

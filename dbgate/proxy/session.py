@@ -59,6 +59,8 @@ _CLIENT_TYPES = type_mask("QPBFSCX")
 _SERVER_FAST_TYPES = type_mask("ZSE")
 
 _TERMINATE = b"X\x00\x00\x00\x04"
+MEMO_MAX_ENTRIES = 128  # repeatable verdicts remembered per session
+MEMO_MAX_MESSAGE = 2048  # bytes; longer messages are always inspected
 _NONCE = secrets.token_hex(8)  # marks errors this process injected; unguessable by clients
 _VALID_SQLSTATE = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -109,6 +111,12 @@ class Session:
         self._queued: list[bytes] = []
         self._skip_until_sync = False
         self._read_pauses: set[str] = set()
+        # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
+        # same Parse (unnamed, $n parameters) or BEGIN/COMMIT for every transaction,
+        # and skipping the decode and the inspector for them is most of the relay's
+        # per-statement work. Bounded in entries and message size; forgotten on any
+        # ParameterStatus and by SessionInfo.forget_verdicts().
+        self._memo: dict[bytes, Statement] = {}
         # -- cycles: one per Query/FunctionCall/Sync sent, closed by each ReadyForQuery
         self.sent_cycles = 0
         self.done_cycles = 0
@@ -123,6 +131,7 @@ class Session:
         self._draining = False
         self._closed = False
         info._notify = self.send_notice
+        info._forget = self._memo.clear
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -247,6 +256,7 @@ class Session:
 
     def _client_frames(self, chunk: bytes, frames: list[tuple[int, int, int]], full: bool) -> None:
         write = self.upstream.write
+        memo = self._memo
         fwd = 0  # start of the range of chunk not yet forwarded
         for t, s, e in frames:
             hdr = s - 5
@@ -264,9 +274,19 @@ class Session:
                 continue
             if t == _Q:
                 self.sent_cycles += 1
-                stmt = Statement("query", m.parse_query(chunk[s:e]))
+                body = chunk[s:e]
+                if memo and body in memo and memo[body].kind == "query":
+                    continue
+                stmt = Statement("query", m.parse_query(body))
             elif t == _P:
-                name, sql, _ = m.parse_parse(chunk[s:e])
+                body = chunk[s:e]
+                hit = memo.get(body) if memo else None
+                if hit is not None and hit.kind == "parse":
+                    self.info.statements.parse_sent(
+                        self.sent_cycles + 1, hit.statement_name, hit.sql, False
+                    )
+                    continue
+                name, sql, _ = m.parse_parse(body)
                 stmt = Statement("parse", sql, statement_name=name)
             elif t == _B:
                 if not self.inspect_binds:
@@ -300,6 +320,10 @@ class Session:
                 continue
             verdict = self._inspect(stmt)
             if type(verdict) is Allow:
+                if verdict.repeatable and t in (_Q, _P) and len(body) <= MEMO_MAX_MESSAGE:
+                    if len(memo) >= MEMO_MAX_ENTRIES:
+                        memo.clear()
+                    memo[body] = stmt
                 if t == _P:
                     self.info.statements.parse_sent(
                         self.sent_cycles + 1, stmt.statement_name, stmt.sql, verdict.check_binds
@@ -459,6 +483,7 @@ class Session:
         if t == _PS:
             name, value = m.parse_parameter_status(chunk[s:e])
             self.info.server_params[name] = value
+            self._memo.clear()  # verdicts may depend on it (application_name, ...)
             return
         self._cycle_failed = True  # the server skips the rest of the cycle
         if b"SFATAL\0" in chunk[s:e] or b"SPANIC\0" in chunk[s:e]:

@@ -30,6 +30,14 @@ class SessionInfo:
     policy_identity: Any = None  # the inspector's cached view of who this is
     _notify: Callable[[Notice], None] | None = None
 
+    _forget: Callable[[], None] | None = None
+
+    def forget_verdicts(self) -> None:
+        """Make the relay ask the inspector again about messages it allowed before
+        with ``Allow(repeatable=True)`` (e.g. after the rules changed)."""
+        if self._forget is not None:
+            self._forget()
+
     def notify_client(self, notice: Notice) -> None:
         """Send a NoticeResponse to the client now (allowed at any time by the protocol)."""
         if self._notify is not None:
