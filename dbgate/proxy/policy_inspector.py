@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from typing import Any
 
 from dbgate.policy.model import Action, Decision, Identity
 from dbgate.policy.rules import RuleSet, decide_bind
@@ -111,6 +112,23 @@ def sql_prepare_changes(sql: str) -> tuple[PreparedChange, ...]:
 
 INSUFFICIENT_PRIVILEGE = "42501"
 _ALLOW_ACTION = Action.ALLOW  # enum member lookups cost ~0.4 us each on Python 3.11
+_FUNCTION_CALL_REFUSED = Refuse(
+    INSUFFICIENT_PRIVILEGE,
+    "dbgate: fast-path function calls are not allowed; "
+    "call the function from SQL so that it can be inspected",
+)
+_SETTINGS_REFUSED = Refuse(
+    INSUFFICIENT_PRIVILEGE,
+    "dbgate: this session's standard_conforming_strings/client_encoding "
+    "differ from what dbgate can analyse (on/UTF8); statements are refused",
+)
+# What a classification means for an identity (PolicyInspector._answer):
+_NEEDS_BIND = "needs-bind"  # decided at each Bind (a Parse); a Query is decided as usual
+_DECIDE = "decide"  # not a plain allow: ask the rules (and log) each time
+_ALLOW_SESSION = "allow-session"  # allowed, but read session state (EXECUTE)
+_ALLOW_PREPARES = "allow-prepares"  # allowed, and changes prepared statements
+_ALLOW_PLAIN = "allow"
+_ANSWERS_CACHE_SIZE = 8192
 
 
 class PolicyInspector:
@@ -126,63 +144,92 @@ class PolicyInspector:
             self._repeats = seen_exactly
         self._classify = classify
         self.ruleset = ruleset
+        self._answers: dict[tuple[int, int], tuple[Identity, Any, object]] = {}
 
     @staticmethod
-    def identity(session: SessionInfo) -> Identity:
-        """The rules' view of the session; rebuilt only when application_name changes."""
-        app = session.server_params.get("application_name", session.application_name)
-        cached = session.policy_identity
-        if cached is None or cached.application_name != app:
-            cached = session.policy_identity = Identity(
+    def identity(session: SessionInfo) -> Identity | None:
+        """The rules' view of the session, or None when its settings forbid analysis.
+
+        Derived from ``server_params`` and cached until the relay bumps
+        ``params_version`` (any ParameterStatus), so the hot path reads one attribute.
+        """
+        state = session.policy_state
+        if state is not None and state[0] == session.params_version:
+            return state[1]  # type: ignore[no-any-return]
+        server = session.server_params
+        identity: Identity | None = None
+        if server.get("standard_conforming_strings", "on") == "on" and server.get(
+            "client_encoding", "UTF8"
+        ) in ("UTF8", "SQL_ASCII"):
+            identity = Identity(
                 name=session.identity,
-                application_name=app,
+                application_name=server.get("application_name", session.application_name),
                 client_addr=session.client_addr,
                 groups=session.groups,
             )
-        return cached  # type: ignore[no-any-return]
+        session.policy_state = (session.params_version, identity)
+        return identity
 
     def inspect(self, session: SessionInfo, statement: Statement) -> Verdict:
         kind = statement.kind
         if kind == "function_call":
-            return Refuse(
-                INSUFFICIENT_PRIVILEGE,
-                "dbgate: fast-path function calls are not allowed; "
-                "call the function from SQL so that it can be inspected",
-            )
-        server = session.server_params
-        if server.get("standard_conforming_strings", "on") != "on" or server.get(
-            "client_encoding", "UTF8"
-        ) not in ("UTF8", "SQL_ASCII"):
-            # The classifier parses SQL as the server does with these settings; with
-            # others a string literal could hide a statement from it. Refuse everything.
-            return Refuse(
-                INSUFFICIENT_PRIVILEGE,
-                "dbgate: this session's standard_conforming_strings/client_encoding "
-                "differ from what dbgate can analyse (on/UTF8); statements are refused",
-            )
+            return _FUNCTION_CALL_REFUSED
         identity = self.identity(session)
+        if identity is None:
+            # The classifier parses SQL as the server does with standard strings and a
+            # UTF-8 encoding; with others a string literal could hide a statement from
+            # it. Refuse everything.
+            return _SETTINGS_REFUSED
         if kind == "bind":
             return self._inspect_bind(session, identity, statement)
-        classification = self._classify(statement.sql, prepared=session.statements.texts)
-        statements = classification.statements  # type: ignore[attr-defined]
-        if kind == "parse" and any(st.needs_bind for st in statements):
+        sql = statement.sql
+        classification = self._classify(sql, prepared=session.statements.texts)
+        key = (id(identity), id(classification))
+        answer = self._answers.get(key)
+        if answer is None or answer[0] is not identity or answer[1] is not classification:
+            answer = self._answer(identity, classification)
+        outcome = answer[2]
+        if outcome is _NEEDS_BIND and kind == "parse":
             return ALLOW_CHECKING_BINDS  # nothing runs at Parse; decided at each Bind
-        decision = self.ruleset.decide(identity, classification)  # type: ignore[arg-type]
-        if decision.action is _ALLOW_ACTION:
-            if kind == "query":
-                for st in statements:
-                    if st.command in _PREPARED_COMMANDS:
-                        return Allow(changes=sql_prepare_changes(statement.sql))
+        if outcome is _ALLOW_PLAIN or (outcome is _ALLOW_PREPARES and kind == "parse"):
             # Same text, same identity (application_name comes from ParameterStatus,
-            # on which the relay forgets), same rules: same decision, unless the
-            # classification read session state (EXECUTE). Worth remembering only for
-            # texts that do repeat (drivers' Parse, BEGIN/COMMIT), not fresh literals.
-            if getattr(classification, "session_dependent", True) or not self._repeats(
-                statement.sql
-            ):
-                return ALLOW
-            return ALLOW_REPEATABLE
-        return self.verdict(decision, session)
+            # on which the relay forgets), same rules: same decision. Worth
+            # remembering only for texts that do repeat (drivers' Parse, BEGIN/COMMIT),
+            # not for fresh literals.
+            return ALLOW_REPEATABLE if self._repeats(sql) else ALLOW
+        if outcome is _ALLOW_SESSION:
+            return ALLOW  # read session state (EXECUTE): may differ next time
+        if outcome is _ALLOW_PREPARES:
+            return Allow(changes=sql_prepare_changes(sql))
+        decision = self.ruleset.decide(identity, classification)  # type: ignore[arg-type]
+        if decision.action is not _ALLOW_ACTION:
+            return self.verdict(decision, session)
+        if kind == "query" and any(
+            st.command in _PREPARED_COMMANDS
+            for st in classification.statements  # type: ignore[attr-defined]
+        ):
+            return Allow(changes=sql_prepare_changes(sql))
+        return ALLOW
+
+    def _answer(self, identity: Identity, classification: Any) -> tuple[Identity, Any, object]:
+        """What a classification means for an identity, remembered while both live."""
+        statements = classification.statements
+        if any(st.needs_bind for st in statements):
+            outcome = _NEEDS_BIND
+        elif self.ruleset.decide(identity, classification).action is not _ALLOW_ACTION:
+            outcome = _DECIDE
+        elif getattr(classification, "session_dependent", True):
+            outcome = _ALLOW_SESSION
+        elif any(st.command in _PREPARED_COMMANDS for st in statements):
+            outcome = _ALLOW_PREPARES
+        else:
+            outcome = _ALLOW_PLAIN
+        answer = (identity, classification, outcome)
+        if len(self._answers) >= _ANSWERS_CACHE_SIZE:
+            self._answers.clear()
+        # The entry holds both objects, so their ids cannot be reused while it lives.
+        self._answers[(id(identity), id(classification))] = answer
+        return answer
 
     def _inspect_bind(
         self, session: SessionInfo, identity: Identity, statement: Statement

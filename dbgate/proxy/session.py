@@ -239,20 +239,17 @@ class Session:
             self._queued.append(data)
             return
         try:
-            self._client_bytes(data)
+            if self._skip_until_sync:  # every message matters: all but Sync/Flush dropped
+                chunk, frames = self._c2s.feed(data)
+                full = True
+            else:
+                chunk, frames = self._c2s.feed_select(data, _CLIENT_TYPES)
+                full = False
+            if chunk:
+                self._client_frames(chunk, frames, full)
         except ProtocolError as e:
             log.info("session %s: protocol error from client: %s", self.info.session_id, e)
             self.terminate(e.sqlstate, f"dbgate: {e}")
-
-    def _client_bytes(self, data: bytes) -> None:
-        if self._skip_until_sync:  # every message matters: all but Sync/Flush are dropped
-            chunk, frames = self._c2s.feed(data)
-            full = True
-        else:
-            chunk, frames = self._c2s.feed_select(data, _CLIENT_TYPES)
-            full = False
-        if chunk:
-            self._client_frames(chunk, frames, full)
 
     def _client_frames(self, chunk: bytes, frames: list[tuple[int, int, int]], full: bool) -> None:
         write = self.upstream.write
@@ -483,6 +480,7 @@ class Session:
         if t == _PS:
             name, value = m.parse_parameter_status(chunk[s:e])
             self.info.server_params[name] = value
+            self.info.params_version += 1
             self._memo.clear()  # verdicts may depend on it (application_name, ...)
             return
         self._cycle_failed = True  # the server skips the rest of the cycle

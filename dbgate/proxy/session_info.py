@@ -27,7 +27,10 @@ class SessionInfo:
     # The server's prepared statements as far as dbgate can know them (kept by the
     # relay, confirmed at each ReadyForQuery): what Binds and EXECUTE are judged by.
     statements: PreparedStatements = field(default_factory=PreparedStatements)
-    policy_identity: Any = None  # the inspector's cached view of who this is
+    # Bumped by the relay on every ParameterStatus: lets hooks cache what they derive
+    # from server_params (the policy inspector's identity and session checks).
+    params_version: int = 0
+    policy_state: Any = None  # the policy inspector's cache, valid for one params_version
     _notify: Callable[[Notice], None] | None = None
 
     _forget: Callable[[], None] | None = None

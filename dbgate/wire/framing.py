@@ -125,7 +125,13 @@ def _feed_select(self: FrameReader, data: bytes, mask: bytes) -> tuple[bytes, li
     per row. Uses the compiled scanner when it was built.
     """
     buf = self._pending + data if self._pending else data
-    end, frames = _select(buf, self.max_size, mask)
+    if _c_scan is not None:  # inlined _select: this runs once per read of the relay
+        try:
+            end, frames = _c_scan(buf, 0, self.max_size, mask)
+        except ValueError:
+            end, frames = _select(buf, self.max_size, mask)  # raises the ProtocolError
+    else:
+        end, frames = _py_scan(buf, self.max_size, mask)
     if end == len(buf):
         self._pending = b""
         return buf, frames
