@@ -51,8 +51,24 @@ class UpstreamConfig(_Strict):
     user: str = "postgres"
     password: str | None = None
     database: str | None = None  # None: the database the client asks for
-    sslmode: Literal["disable", "prefer", "require"] = "disable"
+    # libpq's meanings: prefer/require encrypt without verifying; verify-ca checks the
+    # certificate chain against sslrootcert; verify-full also checks the host name.
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "disable"
+    sslrootcert: Path | None = None  # CA certificates (PEM) for verify-ca/verify-full
     connect_timeout: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _verification_needs_a_root(self) -> UpstreamConfig:
+        if self.sslmode.startswith("verify-"):
+            if self.sslrootcert is None:
+                raise ValueError(f"upstream.sslmode {self.sslmode} needs upstream.sslrootcert")
+            if not self.sslrootcert.is_file():
+                raise ValueError(f"upstream.sslrootcert {self.sslrootcert} is not a file")
+        if self.sslmode not in ("disable", "prefer") and self.host.startswith("/"):
+            raise ValueError(
+                f"upstream.sslmode {self.sslmode}: TLS does not apply to a Unix-socket upstream"
+            )
+        return self
 
 
 class IdentityConfig(_Strict):

@@ -204,6 +204,10 @@ class EmbeddedPostgres:
     ``ALTER ROLE`` at start.
     ``port``: ``None`` picks a free port (and picks again if it is taken meanwhile).
     ``settings``: extra/overriding ``postgres -c`` settings (e.g. for benchmarks).
+    ``bin_dir``: another PostgreSQL installation's ``bin`` directory (e.g. Debian's
+    ``/usr/lib/postgresql/15/bin``, built with SSL support, which the wheel is not).
+    ``tls``: ``(certificate, key)`` PEM files: copied into the cluster with the
+    ownership and mode PostgreSQL insists on, and ``ssl = on``.
     """
 
     def __init__(
@@ -214,8 +218,12 @@ class EmbeddedPostgres:
         host: str = "127.0.0.1",
         settings: Mapping[str, str] | None = None,
         start_timeout: float = 60.0,
+        bin_dir: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self._bin_dir = Path(bin_dir) if bin_dir is not None else None
+        self._tls = tls
         self._requested_port = port
         self._port: int | None = port
         self._requested_password = password
@@ -261,7 +269,7 @@ class EmbeddedPostgres:
 
     @property
     def bin_dir(self) -> Path:
-        return pg_bin_dir()
+        return self._bin_dir if self._bin_dir is not None else pg_bin_dir()
 
     @property
     def pgdata(self) -> Path:
@@ -354,6 +362,8 @@ class EmbeddedPostgres:
         self._resolve_password()
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
+        if self._tls is not None:
+            self._install_tls(*self._tls)
         self._stop_stale_postmaster()
         self._socket_dir = self._make_socket_dir()
         try:
@@ -555,6 +565,22 @@ class EmbeddedPostgres:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         self._store_password(self.password)
+
+    def _install_tls(self, cert: Path, key: Path) -> None:
+        """Copy the certificate and key into the cluster (the key 0600, owned by the
+        server's user, or PostgreSQL refuses it) and turn SSL on."""
+        for src, name in ((cert, "server.crt"), (key, "server.key")):
+            target = self.pgdata / name
+            shutil.copyfile(src, target)
+            target.chmod(0o600)
+            if self._uid is not None:
+                assert self._gid is not None
+                os.chown(target, self._uid, self._gid)
+        self._settings.update(
+            ssl="on",
+            ssl_cert_file=str(self.pgdata / "server.crt"),
+            ssl_key_file=str(self.pgdata / "server.key"),
+        )
 
     def _server_env(self) -> dict[str, str]:
         # A minimal, predictable environment: no inherited PG* variables, C messages.

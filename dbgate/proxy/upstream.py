@@ -53,6 +53,19 @@ def _message(mtype: bytes, body: bytes) -> bytes:
     return mtype + (len(body) + 4).to_bytes(4, "big") + body
 
 
+def tls_context(cfg: UpstreamConfig) -> ssl.SSLContext:
+    """The client-side TLS context for ``cfg.sslmode``, with libpq's meanings."""
+    if cfg.sslmode in ("verify-ca", "verify-full"):
+        ctx = ssl.create_default_context(cafile=str(cfg.sslrootcert))
+        ctx.check_hostname = cfg.sslmode == "verify-full"
+        return ctx
+    ctx = ssl.create_default_context()
+    # prefer/require: encrypt, do not verify the certificate (libpq does the same).
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 async def open_channel(cfg: UpstreamConfig, max_message_size: int) -> Channel:
     """Open the transport (TCP or Unix socket), negotiating TLS when configured."""
     loop = asyncio.get_running_loop()
@@ -66,14 +79,14 @@ async def open_channel(cfg: UpstreamConfig, max_message_size: int) -> Channel:
     channel.write(SSLRequest().encode())
     answer = await channel.recv_byte()
     if answer == b"S":
-        ctx = ssl.create_default_context()
-        # libpq's sslmode=require: encrypt, do not verify the certificate.
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
         assert channel.transport is not None
-        new_transport = await loop.start_tls(
-            channel.transport, channel, ctx, server_hostname=cfg.host
-        )
+        try:
+            new_transport = await loop.start_tls(
+                channel.transport, channel, tls_context(cfg), server_hostname=cfg.host
+            )
+        except ssl.SSLError as e:
+            channel.abort()
+            raise UpstreamError(f"TLS with the upstream server failed: {e}") from None
         channel.transport = new_transport  # type: ignore[assignment]
         return channel
     if answer == b"N" and cfg.sslmode == "prefer":

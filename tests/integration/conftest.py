@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +21,7 @@ import uvloop
 from dbgate.config import Config
 from dbgate.proxy.hooks import Inspector, ResultTransformer
 from dbgate.proxy.server import ProxyServer
+from tests.integration.certs import self_signed
 
 AGENT = "agent"
 AGENT_PASSWORD = "agent-secret-pw"
@@ -112,3 +114,9 @@ def make_proxy(pg_server: Any) -> Iterator[Callable[..., RunningProxy]]:
 @pytest.fixture(scope="session")
 def proxy_dsn(proxy: RunningProxy, pg_database: str) -> str:
     return proxy.dsn(pg_database)
+
+
+@pytest.fixture(scope="session")
+def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost, made for this run."""
+    return self_signed(tmp_path_factory.mktemp("tls"))
