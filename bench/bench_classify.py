@@ -4,7 +4,8 @@ Targets from issue 3: cached decision <= 10 µs, cold small statement <= 100 µs
 cold ~2 KB analytic query <= 1 ms. "Cold" clears the cache before every call, so
 it includes pglast's parse, JSON decoding, the walk, the fingerprint and the
 cache store; "cached" is a repeat of identical text (drivers re-send the same
-``$n`` text), "cached-normalized" a repeat with different literal values.
+``$n`` text), "cached-normalized" a repeat with different literal values (answered
+by the literal mask, or by pglast's normalize where the mask cannot read the text).
 
 Run: ``python -m bench.bench_classify`` (prints JSON).
 """

@@ -1472,7 +1472,10 @@ def _prepare(body: dict[str, Any], acc: Acc) -> None:
 def _execute(body: dict[str, Any], acc: Acc) -> None:
     name = body.get("name", "")
     acc.uncacheable = True  # depends on session state, never cache
-    found = acc.prepared.get(name) if acc.prepared else None
+    # The arguments are expressions evaluated when EXECUTE runs (set_config(...),
+    # pg_read_file(...) are allowed there): they are classified like any other.
+    walk(body.get("params"), acc, True, {})
+    found = acc.prepared.get(name) if acc.prepared is not None else None
     # The session may know several statements the name could stand for (after errors,
     # see dbgate.proxy.prepared): each is classified, so the strictest one decides.
     texts = (found,) if isinstance(found, str) else tuple(found or ())

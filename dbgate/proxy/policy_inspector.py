@@ -117,6 +117,12 @@ _FUNCTION_CALL_REFUSED = Refuse(
     "dbgate: fast-path function calls are not allowed; "
     "call the function from SQL so that it can be inspected",
 )
+_EXECUTE_IN_PARSE_REFUSED = Refuse(
+    INSUFFICIENT_PRIVILEGE,
+    "dbgate: EXECUTE of a prepared statement is accepted only as a simple query: "
+    "through Parse/Bind/Execute it would run whatever the name means when it is "
+    "executed, not what dbgate checked",
+)
 _SETTINGS_REFUSED = Refuse(
     INSUFFICIENT_PRIVILEGE,
     "dbgate: this session's standard_conforming_strings/client_encoding "
@@ -143,8 +149,14 @@ class PolicyInspector:
 
             self._repeats = seen_exactly
         self._classify = classify
-        self.ruleset = ruleset
+        self._ruleset = ruleset
         self._answers: dict[tuple[int, int], tuple[Identity, Any, object]] = {}
+
+    @property
+    def ruleset(self) -> RuleSet:
+        """Read-only: a new rule set needs a new inspector (and sessions to forget
+        their remembered verdicts), or cached answers would outlive the rules."""
+        return self._ruleset
 
     @staticmethod
     def identity(session: SessionInfo) -> Identity | None:
@@ -183,24 +195,33 @@ class PolicyInspector:
         if kind == "bind":
             return self._inspect_bind(session, identity, statement)
         sql = statement.sql
+        repeats = self._repeats(sql)  # asked first: classifying stores a new text
         classification = self._classify(sql, prepared=session.statements.texts)
-        key = (id(identity), id(classification))
-        answer = self._answers.get(key)
+        answer = self._answers.get((id(identity), id(classification)))
         if answer is None or answer[0] is not identity or answer[1] is not classification:
             answer = self._answer(identity, classification)
         outcome = answer[2]
-        if outcome is _NEEDS_BIND and kind == "parse":
-            return ALLOW_CHECKING_BINDS  # nothing runs at Parse; decided at each Bind
-        if outcome is _ALLOW_PLAIN or (outcome is _ALLOW_PREPARES and kind == "parse"):
+        if outcome is _ALLOW_PLAIN:
             # Same text, same identity (application_name comes from ParameterStatus,
             # on which the relay forgets), same rules: same decision. Worth
             # remembering only for texts that do repeat (drivers' Parse, BEGIN/COMMIT),
             # not for fresh literals.
-            return ALLOW_REPEATABLE if self._repeats(sql) else ALLOW
-        if outcome is _ALLOW_SESSION:
+            return ALLOW_REPEATABLE if repeats else ALLOW
+        if kind == "parse":
+            if outcome is _NEEDS_BIND:
+                return ALLOW_CHECKING_BINDS  # nothing runs at Parse; decided at each Bind
+            if outcome is _ALLOW_SESSION:
+                return _EXECUTE_IN_PARSE_REFUSED
+            if outcome is _ALLOW_PREPARES:
+                # SQL PREPARE/DEALLOCATE through the extended protocol run at Execute,
+                # any number of times: not recorded. A name they create is unknown
+                # (EXECUTE of it is opaque); one they remove keeps being checked.
+                return ALLOW
+        elif outcome is _ALLOW_SESSION:
             return ALLOW  # read session state (EXECUTE): may differ next time
-        if outcome is _ALLOW_PREPARES:
+        elif outcome is _ALLOW_PREPARES:
             return Allow(changes=sql_prepare_changes(sql))
+        # Not a plain allow, or a Query whose statements would need Bind values.
         decision = self.ruleset.decide(identity, classification)  # type: ignore[arg-type]
         if decision.action is not _ALLOW_ACTION:
             return self.verdict(decision, session)
@@ -214,21 +235,23 @@ class PolicyInspector:
     def _answer(self, identity: Identity, classification: Any) -> tuple[Identity, Any, object]:
         """What a classification means for an identity, remembered while both live."""
         statements = classification.statements
+        session_dependent = getattr(classification, "session_dependent", True)
         if any(st.needs_bind for st in statements):
             outcome = _NEEDS_BIND
         elif self.ruleset.decide(identity, classification).action is not _ALLOW_ACTION:
             outcome = _DECIDE
-        elif getattr(classification, "session_dependent", True):
-            outcome = _ALLOW_SESSION
         elif any(st.command in _PREPARED_COMMANDS for st in statements):
-            outcome = _ALLOW_PREPARES
+            outcome = _ALLOW_PREPARES  # checked before EXECUTE: the changes must be kept
+        elif session_dependent:
+            outcome = _ALLOW_SESSION
         else:
             outcome = _ALLOW_PLAIN
         answer = (identity, classification, outcome)
-        if len(self._answers) >= _ANSWERS_CACHE_SIZE:
-            self._answers.clear()
-        # The entry holds both objects, so their ids cannot be reused while it lives.
-        self._answers[(id(identity), id(classification))] = answer
+        if not session_dependent:  # those are classified afresh each time: never reused
+            if len(self._answers) >= _ANSWERS_CACHE_SIZE:
+                self._answers.clear()
+            # The entry holds both objects, so their ids cannot be reused while it lives.
+            self._answers[(id(identity), id(classification))] = answer
         return answer
 
     def _inspect_bind(

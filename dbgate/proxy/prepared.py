@@ -33,10 +33,54 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from dbgate.wire.errors import ProtocolError
+
 #: More possible statements than this under one name (a client that keeps failing
 #: while re-preparing it) collapse into :data:`LOST`: every Bind and EXECUTE of the
 #: name is then refused until a clean Parse or Close of it is confirmed.
 MAX_CANDIDATES = 16
+#: Changes in flight (sent, not yet confirmed by a ReadyForQuery) and names tracked
+#: per session. Beyond either, :class:`TooManyStatements` is raised and the relay ends
+#: the session: the picture must stay exact, so it cannot simply forget.
+MAX_PENDING = 4096
+MAX_NAMES = 20_000
+#: PostgreSQL keys prepared statements by the first NAMEDATALEN - 1 bytes of the name.
+MAX_NAME_BYTES = 63
+
+
+class TooManyStatements(ProtocolError):
+    """A session wants more prepared-statement bookkeeping than dbgate allows.
+
+    A ProtocolError so the relay handles it the same way: that one session ends with
+    an ErrorResponse (54000 program_limit_exceeded), everyone else carries on.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sqlstate="54000")
+
+
+def name_key(name: str | bytes) -> str:
+    """A statement name as the server's table of prepared statements compares it.
+
+    PostgreSQL keeps only the first 63 bytes (NAMEDATALEN - 1) of a name, so
+    ``"a" * 63 + "1"`` and ``"a" * 63 + "2"`` are the same statement to it and must
+    be to dbgate. Bytes that are not UTF-8 (a cut through a character, or a Bind
+    naming a statement in invalid UTF-8) are kept as surrogates, so the key is exact.
+    """
+    if isinstance(name, str):
+        if len(name) <= MAX_NAME_BYTES // 4:
+            return name
+        name = name.encode("utf-8", "surrogateescape")
+    return name[:MAX_NAME_BYTES].decode("utf-8", "surrogateescape")
+
+
+def identifier_key(identifier: str) -> str:
+    """A SQL identifier (PREPARE/DEALLOCATE name) as the parser truncates it: to 63
+    bytes at a character boundary."""
+    raw = identifier.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_NAME_BYTES:
+        return identifier
+    return raw[:MAX_NAME_BYTES].decode("utf-8", "ignore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,47 +106,67 @@ class PreparedChange(NamedTuple):
 
 class _Pending(NamedTuple):
     cycle: int
-    change: PreparedChange
+    change: PreparedChange  # its name already a name_key
 
 
 class PreparedStatements:
-    """Candidates per statement name, corrected at each ReadyForQuery."""
+    """Candidates per statement name, corrected at each ReadyForQuery.
 
-    __slots__ = ("_known", "checked", "pending", "texts")
+    Names are compared as the server compares them (:func:`name_key`); callers pass
+    names as they appear in messages.
+    """
+
+    __slots__ = ("_adding", "_known", "checked", "pending", "texts")
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[Candidate, ...]] = {}
         #: Changes forwarded but not yet confirmed, oldest first (read-only outside).
         self.pending: deque[_Pending] = deque()
-        #: Names with a candidate (known or pending) whose Binds the inspector must see.
-        #: The relay decodes a Bind only when its statement name is in here.
+        # name -> candidates added by pending changes, in order (an index of pending)
+        self._adding: dict[str, list[Candidate]] = {}
+        #: Keys of names with a candidate (known or pending) whose Binds the inspector
+        #: must see. Read-only outside; test a name with :meth:`checks_binds`.
         self.checked: set[str] = set()
         #: name -> candidate SQL texts, for classifying ``EXECUTE name``.
         self.texts: Mapping[str, tuple[str, ...]] = _Texts(self)
 
     # -- reading -----------------------------------------------------------------------
-    def candidates(self, name: str) -> tuple[Candidate, ...]:
+    def checks_binds(self, name: str | bytes) -> bool:
+        """Whether Binds of ``name`` must be shown to the inspector (the relay's test)."""
+        return bool(self.checked) and name_key(name) in self.checked
+
+    def candidates(self, name: str | bytes) -> tuple[Candidate, ...]:
         """Every statement the server may hold under ``name`` (empty: none known)."""
-        known = self._known.get(name, ())
-        if not self.pending or known == (LOST,):
+        key = name_key(name)
+        known = self._known.get(key, ())
+        adding = self._adding.get(key)
+        if not adding or known == (LOST,):
             return known
         out = known
-        for _, change in self.pending:
-            if change.kind == "add" and change.name == name:
-                cand = Candidate(change.sql, change.check_binds)
-                if cand not in out:
-                    out += (cand,)
+        for cand in adding:
+            if cand not in out:
+                out += (cand,)
         return (LOST,) if len(out) > MAX_CANDIDATES else out
 
     def names(self) -> set[str]:
-        return set(self._known) | {p.change.name for p in self.pending if p.change.kind == "add"}
+        return set(self._known) | set(self._adding)
 
     # -- what the relay forwards -----------------------------------------------------
     def sent(self, cycle: int, change: PreparedChange) -> None:
         """``change`` was forwarded to the server as part of cycle number ``cycle``."""
+        if len(self.pending) >= MAX_PENDING:
+            raise TooManyStatements(
+                f"more than {MAX_PENDING} prepared-statement changes without a Sync"
+            )
+        key = name_key(change.name)
+        change = change._replace(name=key)
         self.pending.append(_Pending(cycle, change))
-        if change.check_binds:
-            self.checked.add(change.name)
+        if change.kind == "add":
+            if key not in self._known and len(self._known) >= MAX_NAMES:
+                raise TooManyStatements(f"more than {MAX_NAMES} prepared statements")
+            self._adding.setdefault(key, []).append(Candidate(change.sql, change.check_binds))
+            if change.check_binds:
+                self.checked.add(key)
 
     def parse_sent(self, cycle: int, name: str, sql: str, check_binds: bool) -> None:
         """An allowed Parse was forwarded (called for every one: keep it cheap)."""
@@ -112,24 +176,36 @@ class PreparedStatements:
         # matter, and there are none before or after this Parse. Skipping it keeps the
         # Parse/Bind/Execute/Sync of every extended-protocol query free.
 
-    def close_sent(self, cycle: int, name: str) -> None:
-        if name in self._known or self.pending:  # nothing to forget otherwise
-            self.sent(cycle, PreparedChange("remove", name))
+    def close_sent(self, cycle: int, name: str | bytes) -> None:
+        key = name_key(name)
+        if key in self._known or key in self._adding:  # nothing to forget otherwise
+            self.sent(cycle, PreparedChange("remove", key))
 
     def cycle_done(self, cycle: int, failed: bool) -> None:
-        """The server ended cycle ``cycle`` (ReadyForQuery); ``failed``: it sent an error."""
+        """The server sent a ReadyForQuery that ends cycle ``cycle``; ``failed``: an
+        ErrorResponse came since the previous one.
+
+        A clean cycle confirms the changes sent in it and before it. After an error,
+        *every* pending change counts as possibly not run, not only those of this
+        cycle: should the relay's count of cycles ever run ahead of the server's (a
+        message the server skipped without a ReadyForQuery), a change is still only
+        confirmed by a ReadyForQuery that came after it with no error in between.
+        """
         pending = self.pending
-        if not pending or pending[0].cycle > cycle:
+        if not pending or (not failed and pending[0].cycle > cycle):
             return
         known = self._known
         touched: set[str] = set()
         cleared = False
-        while pending and pending[0].cycle <= cycle:
+        while pending and (failed or pending[0].cycle <= cycle):
             change = pending.popleft().change
             name = change.name
             touched.add(name)
             if change.kind == "add":
-                cand = Candidate(change.sql, change.check_binds)
+                adding = self._adding[name]
+                cand = adding.pop(0)
+                if not adding:
+                    del self._adding[name]
                 if not failed:
                     known[name] = (cand,)
                 else:
@@ -163,7 +239,7 @@ class _Texts(Mapping[str, tuple[str, ...]]):
         self._owner = owner
 
     def __getitem__(self, name: str) -> tuple[str, ...]:
-        cands = self._owner.candidates(name)
+        cands = self._owner.candidates(identifier_key(name))
         if not cands:
             raise KeyError(name)
         if any(c.lost for c in cands):

@@ -16,6 +16,16 @@ server -> client
   * slow path: hand RowDescription/DataRow/CopyData/notices/errors to the transformer
     and swap our marker errors for the refusal the client should see.
 
+Cycles: every Query, FunctionCall and Sync the client sends is answered by one
+ReadyForQuery, with two exceptions the relay must allow for. PostgreSQL ignores Sync
+while it copies in (libpq's extended-protocol COPY sends one before the data and one
+after), so those are taken back when the client ends the COPY. And after an error
+inside an unfinished extended-protocol batch the server skips a Query or
+FunctionCall the client slipped in before Sync; the relay then counts one cycle
+more than the server answers. That costs liveness only (a draining session waits
+for the grace period): what the prepared-statement tracking confirms never depends
+on the count being exact (see :meth:`PreparedStatements.cycle_done`).
+
 Why refusals go through the server: after an error PostgreSQL rolls back the implicit
 transaction of an extended-protocol batch, marks an explicit transaction failed, and
 discards messages up to Sync. Imitating all of that in the proxy is fragile; letting
@@ -36,6 +46,7 @@ from struct import unpack_from
 from typing import TYPE_CHECKING
 
 from dbgate.proxy.hooks import Allow, Notice, Refuse, ResultTransformer, RowRewriter, Statement
+from dbgate.proxy.prepared import PreparedChange
 from dbgate.wire import messages as m
 from dbgate.wire.errors import ProtocolError
 from dbgate.wire.framing import FrameReader, split_frames, type_mask
@@ -50,13 +61,15 @@ log = logging.getLogger("dbgate.session")
 # Frontend message types
 _Q, _P, _B, _F, _S, _C, _X, _H = (ord(c) for c in "QPBFSCXH")
 # Backend message types
-_Z, _PS, _E, _N, _A = (ord(c) for c in "ZSENA")
+_Z, _PS, _E, _N, _A, _COPY_IN = (ord(c) for c in "ZSENAG")
+_COPY_FAIL = ord("f")
 _ROW_DESC, _DATA_ROW, _CMD_COMPLETE, _EMPTY, _SUSPENDED = (ord(c) for c in "TDCIs")
 _COPY_OUT, _COPY_BOTH, _COPY_DATA, _COPY_DONE = (ord(c) for c in "HWdc")
 
 # Message types each direction's fast path must see; all others pass as bytes.
-_CLIENT_TYPES = type_mask("QPBFSCX")
-_SERVER_FAST_TYPES = type_mask("ZSE")
+# (CopyDone/CopyFail only for cycle accounting, see _client_frames.)
+_CLIENT_TYPES = type_mask("QPBFSCXcf")
+_SERVER_FAST_TYPES = type_mask("ZSEG")
 
 _TERMINATE = b"X\x00\x00\x00\x04"
 MEMO_MAX_ENTRIES = 128  # repeatable verdicts remembered per session
@@ -65,13 +78,13 @@ _NONCE = secrets.token_hex(8)  # marks errors this process injected; unguessable
 _VALID_SQLSTATE = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-def _bind_statement_name(chunk: bytes, s: int, e: int) -> str:
-    """The statement name of a Bind message without decoding the rest of it."""
+def _bind_statement_name(chunk: bytes, s: int, e: int) -> bytes:
+    """The statement name of a Bind message, as raw bytes, without decoding the rest."""
     i = chunk.find(b"\0", s, e)
     j = chunk.find(b"\0", i + 1, e) if i >= 0 else -1
     if j < 0:
         raise ProtocolError("malformed Bind message")
-    return chunk[i + 1 : j].decode("utf-8", "replace")
+    return chunk[i + 1 : j]
 
 
 class _Injection:
@@ -111,6 +124,8 @@ class Session:
         self._queued: list[bytes] = []
         self._skip_until_sync = False
         self._read_pauses: set[str] = set()
+        self._syncs_since_start = 0  # Syncs sent since the last Bind or Query
+        self._copy_in = False  # the server is copying in (CopyInResponse seen)
         # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
         # same Parse (unnamed, $n parameters) or BEGIN/COMMIT for every transaction,
         # and skipping the decode and the inspector for them is most of the relay's
@@ -261,6 +276,7 @@ class Session:
                 if t == _S:
                     self._skip_until_sync = False
                     self.sent_cycles += 1
+                    self._syncs_since_start += 1
                 elif t != _H:
                     if hdr > fwd:
                         write(chunk[fwd:hdr])
@@ -268,11 +284,14 @@ class Session:
                 continue
             if t == _S:
                 self.sent_cycles += 1
+                self._syncs_since_start += 1
                 continue
             if t == _Q:
                 self.sent_cycles += 1
+                self._syncs_since_start = 0
                 body = chunk[s:e]
-                if memo and body in memo and memo[body].kind == "query":
+                hit = memo.get(body) if memo else None
+                if hit is not None and hit.kind == "query":
                     continue
                 stmt = Statement("query", m.parse_query(body))
             elif t == _P:
@@ -286,9 +305,12 @@ class Session:
                 name, sql, _ = m.parse_parse(body)
                 stmt = Statement("parse", sql, statement_name=name)
             elif t == _B:
+                self._syncs_since_start = 0
                 if not self.inspect_binds:
-                    checked = self.info.statements.checked
-                    if not checked or _bind_statement_name(chunk, s, e) not in checked:
+                    statements = self.info.statements
+                    if not statements.checked or not statements.checks_binds(
+                        _bind_statement_name(chunk, s, e)
+                    ):
                         continue
                 portal, name, formats, params, _ = m.parse_bind(chunk[s:e])
                 candidates = self.info.statements.candidates(name)
@@ -305,6 +327,15 @@ class Session:
                 if e - s < 4:
                     raise ProtocolError("FunctionCall message too short")
                 stmt = Statement("function_call", "", function_oid=unpack_from("!I", chunk, s)[0])
+            elif t in (_COPY_DONE, _COPY_FAIL):  # CopyDone is "c" both ways
+                if self._copy_in:
+                    # PostgreSQL ignores Sync (and Flush) while it copies in; libpq's
+                    # extended-protocol COPY sends one before the data and one after.
+                    # Only the second ends a cycle: take the swallowed ones back.
+                    self.sent_cycles -= self._syncs_since_start
+                    self._syncs_since_start = 0
+                    self._copy_in = False
+                continue
             elif t == _C:
                 kind, name = m.parse_close(chunk[s:e])
                 if kind == "S":
@@ -325,8 +356,8 @@ class Session:
                     self.info.statements.parse_sent(
                         self.sent_cycles + 1, stmt.statement_name, stmt.sql, verdict.check_binds
                     )
-                elif verdict.changes:
-                    self._allowed(stmt, verdict)
+                if verdict.changes:
+                    self._record_changes(t, verdict.changes)
                 continue
             if hdr > fwd:
                 write(chunk[fwd:hdr])
@@ -359,19 +390,25 @@ class Session:
             log.exception("session %s: inspector failed; refusing", self.info.session_id)
             return Refuse("XX000", "dbgate: internal error while inspecting; statement not run")
 
-    def _allowed(self, stmt: Statement, verdict: Allow) -> None:
+    def _allowed(self, t: int, stmt: Statement, verdict: Allow) -> None:
         """Record what a forwarded statement may change in the server's prepared statements.
 
         Called only once the message is on its way: a refused Parse never reaches the
         server, so it must not count (the statement the server holds stays in force).
         """
-        statements = self.info.statements
-        if stmt.kind == "parse":
-            statements.parse_sent(
+        if t == _P:
+            self.info.statements.parse_sent(
                 self.sent_cycles + 1, stmt.statement_name, stmt.sql, verdict.check_binds
             )
-        for change in verdict.changes:
-            statements.sent(self.sent_cycles, change)  # a Query: its own, current cycle
+        if verdict.changes:
+            self._record_changes(t, verdict.changes)
+
+    def _record_changes(self, t: int, changes: tuple[PreparedChange, ...]) -> None:
+        # A Query is a cycle of its own (already counted); a Parse belongs to the
+        # cycle its Sync will end.
+        cycle = self.sent_cycles if t == _Q else self.sent_cycles + 1
+        for change in changes:
+            self.info.statements.sent(cycle, change)
 
     async def _await_verdict(
         self, pending: Awaitable[Allow | Refuse], mtype: int, message: bytes, stmt: Statement
@@ -393,7 +430,11 @@ class Session:
             self._refuse(verdict, mtype)
         else:
             self.upstream.write(message)
-            self._allowed(stmt, verdict)
+            try:
+                self._allowed(mtype, stmt, verdict)
+            except ProtocolError as e:  # too much to keep track of
+                self.terminate(e.sqlstate, f"dbgate: {e}")
+                return
         self._waiting = None
         queued, self._queued = self._queued, []
         self._pause_client("waiting", False)
@@ -457,11 +498,11 @@ class Session:
             self._server_slow(chunk, frames)
             return
         for t, s, _e in frames:
-            if t == _E:
-                self._cycle_failed = True
             if t == _Z:
                 self._ready(chunk[s])
-            elif t in (_PS, _E):
+            elif t == _COPY_IN:
+                self._copy_in = True
+            else:
                 self._server_meta(t, chunk, s, _e)
         self.client.write(chunk)
         if self._draining and self.idle:
@@ -506,6 +547,8 @@ class Session:
                     replacement = m.error_response(r.sqlstate, r.message, **extra)
             if t == _E:
                 self._cycle_failed = True
+            elif t == _COPY_IN:
+                self._copy_in = True
             if t == _Z:
                 self._ready(chunk[s])
                 while self._injections and self._injections[0].cycle <= self.done_cycles:

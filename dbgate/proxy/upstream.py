@@ -80,6 +80,11 @@ async def open_channel(cfg: UpstreamConfig, max_message_size: int) -> Channel:
     answer = await channel.recv_byte()
     if answer == b"S":
         assert channel.transport is not None
+        if channel.buffered():
+            # Bytes that came with the 'S' were not encrypted yet would be read as if
+            # the verified server sent them (libpq's CVE-2021-23222): refuse.
+            channel.abort()
+            raise UpstreamError("upstream server sent unencrypted data after accepting TLS")
         try:
             new_transport = await loop.start_tls(
                 channel.transport, channel, tls_context(cfg), server_hostname=cfg.host

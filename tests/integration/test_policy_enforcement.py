@@ -102,17 +102,33 @@ async def test_set_config_is_decided_at_bind_with_the_actual_values(enforcing: s
         await conn.close()
 
 
-async def test_sql_prepare_and_execute_are_classified_by_the_body(
-    enforcing: str, table: str
-) -> None:
+def test_sql_prepare_and_execute_are_classified_by_the_body(enforcing: str, table: str) -> None:
+    conn = psycopg2.connect(enforcing)  # simple protocol: EXECUTE runs as it was checked
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        cur.execute(f"prepare one_row as select v from {table} where id = $1")
+        cur.execute("execute one_row(5)")
+        assert cur.fetchall() == [("v5",)]
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute(f"prepare wipe as delete from {table}")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("execute wipe")  # never prepared: opaque, held
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("execute one_row(set_config('role', 'none', false)::int)")
+    finally:
+        conn.close()
+
+
+async def test_execute_through_the_extended_protocol_is_refused(enforcing: str) -> None:
+    """Through Parse/Bind/Execute the name would be looked up when the portal runs,
+    after any Close/Parse the client pipelined in between: not what was checked."""
     conn = await asyncpg.connect(enforcing)
     try:
-        await conn.execute(f"prepare one_row as select v from {table} where id = $1")
-        assert await conn.fetch("execute one_row(5)") == [("v5",)]
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute(f"prepare wipe as delete from {table}")
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("execute wipe")  # never prepared: opaque, held
+        await conn.execute("prepare one as select 1")  # a simple Query: fine
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="only as a simple query"):
+            await conn.fetch("execute one")
+        assert await conn.fetchval("select 2") == 2
     finally:
         await conn.close()
 

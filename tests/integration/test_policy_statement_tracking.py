@@ -17,7 +17,7 @@ import pytest
 from dbgate.policy.rules import load_rules
 from dbgate.proxy.policy_inspector import PolicyInspector
 from dbgate.wire import messages as m
-from tests.integration.rawclient import RawClient, agent, errors, names, rows
+from tests.integration.rawclient import RawClient, agent, errors, extended, names, rows
 
 SET_CONFIG = "select set_config($1, $2, false)"
 
@@ -155,3 +155,116 @@ async def test_sql_prepare_of_a_value_dependent_statement_is_refused(client: Raw
     client.send(*_bind_execute("s8", b"role", b"x"))
     got = await client.until_ready()
     assert not rows(got) and errors(got)[0].sqlstate == "26000"  # never prepared
+
+
+# -- found in review: ways the picture could still drift ------------------------------
+
+
+async def test_a_query_the_server_skips_cannot_shift_a_skipped_close_into_a_clean_cycle(
+    client: RawClient, role: bytes
+) -> None:
+    """After an error in an unfinished batch the server skips a Query (no
+    ReadyForQuery for it), so dbgate counts one cycle too many; a Close skipped later
+    must still never be taken as done."""
+    await _prepare_set_config(client, "d1")
+    client.send(m.Execute("nope", 0).encode(), m.query("select 1"), m.SYNC)
+    assert errors(await client.until_ready())
+    client.send(m.Execute("nope", 0).encode(), m.Close("S", "d1").encode(), m.SYNC)
+    assert errors(await client.until_ready())
+    assert rows(await client.query("select 1")) == [(b"1",)]
+    await _assert_refused_by_dbgate(client, *_bind_execute("d1", b"role", role))
+
+
+async def test_statement_names_compare_as_the_server_truncates_them(
+    client: RawClient, role: bytes
+) -> None:
+    """PostgreSQL keys prepared statements by the first 63 bytes of the name."""
+    await _prepare_set_config(client, "a" * 63 + "1")
+    await _assert_refused_by_dbgate(client, *_bind_execute("a" * 63 + "2", b"role", role))
+
+
+async def test_a_bind_name_cut_inside_a_character_is_still_recognised(
+    client: RawClient, role: bytes
+) -> None:
+    await _prepare_set_config(client, "b" * 62 + "é")  # 64 bytes: the server keeps 63
+    name = ("b" * 62).encode() + "é".encode()[:1] + b"X"  # same 63 bytes, invalid UTF-8
+    bind = m.frame(
+        ord("B"),
+        b"\0"
+        + name
+        + b"\0"
+        + b"\0\0\0\x02\0\0\0\x04role\0\0\0"
+        + len(role).to_bytes(4, "big")
+        + role
+        + b"\0\0",
+    )
+    client.send(bind, m.Execute("", 0).encode(), m.SYNC)
+    got = await client.until_closed()  # a name dbgate cannot read: the session ends
+    assert not rows(got)
+
+
+async def test_execute_parsed_now_and_run_later_is_refused(client: RawClient, role: bytes) -> None:
+    """The name in a parsed EXECUTE is looked up when the portal runs: after the
+    Close/Parse pipelined in between, it would be another statement."""
+    client.send(m.Parse("foo", "select $1::text, $2::text").encode(), m.SYNC)
+    await client.until_ready()
+    sql = f"execute foo('role', '{role.decode()}')"
+    client.send(
+        m.Parse("e", sql).encode(),
+        m.Close("S", "foo").encode(),
+        m.Parse("foo", SET_CONFIG).encode(),
+        m.Bind("", "e").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    got = await client.until_ready()
+    assert not rows(got)
+    assert errors(got)[0].sqlstate == "42501", errors(got)[0]
+
+
+async def test_prepare_next_to_an_execute_is_still_recorded(client: RawClient) -> None:
+    assert rows(await client.query("prepare p1 as select 1")) == []
+    got = await client.query("prepare p2 as select 2; execute p1")
+    assert rows(got) == [(b"1",)], got
+    assert rows(await client.query("execute p2")) == [(b"2",)]
+
+
+async def test_extended_copy_in_keeps_the_cycle_count(
+    enforcing: Any, pg_database: str, pg_dsn: str
+) -> None:
+    """libpq's extended-protocol COPY sends a Sync the server ignores while copying."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("create table if not exists copy_cycles (v int)")
+    client = await agent(enforcing, pg_database)
+    try:
+        client.send(extended("copy copy_cycles from stdin"), m.SYNC)
+        got = await client.until(m.CopyInResponse)
+        client.send(m.CopyData(b"1\n").encode(), m.COPY_DONE, m.SYNC)
+        got = await client.until_ready()
+        assert [x.tag for x in got if isinstance(x, m.CommandComplete)] == ["COPY 1"]
+        assert rows(await client.query("select 1")) == [(b"1",)]
+        sessions = list(enforcing.server._sessions.values())
+        # the COPY batch and the query: two cycles on both sides (not three sent)
+        assert [(s.sent_cycles, s.done_cycles) for s in sessions] == [(2, 2)]
+        assert all(s.idle for s in sessions)
+    finally:
+        await client.close()
+
+
+async def test_too_much_bookkeeping_ends_only_that_session(
+    enforcing: Any, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dbgate.proxy import prepared
+
+    monkeypatch.setattr(prepared, "MAX_PENDING", 8)
+    greedy = await agent(enforcing, pg_database)
+    other = await agent(enforcing, pg_database)
+    try:
+        greedy.send(*[m.Parse(f"g{i}", "select 1").encode() for i in range(20)])
+        got = await greedy.until_closed()
+        assert errors(got)[0].sqlstate == "54000", got
+        assert rows(await other.query("select 1")) == [(b"1",)]
+    finally:
+        await other.close()

@@ -442,3 +442,16 @@ def test_warm_cache_never_changes_an_answer(sql: str) -> None:
         clear_cache()
         classify(sibling)
         assert classify(sql).categories == cold, f"warmed with {sibling!r}"
+
+
+def test_execute_arguments_are_expressions_and_are_classified() -> None:
+    prepared = {"p": "SELECT $1, $2"}
+    sql = "EXECUTE p(set_config('role', 'postgres', false), pg_read_file('/etc/passwd'))"
+    assert {P, A} <= classify(sql, prepared=prepared).categories
+    assert classify("EXECUTE p(1, 'x')", prepared=prepared).categories == {R}
+
+
+def test_execute_of_a_name_that_may_hold_several_statements_takes_them_all() -> None:
+    prepared = {"p": ("SELECT 1", "DELETE FROM orders")}
+    assert Category.DESTRUCTIVE in classify("EXECUTE p", prepared=prepared).categories
+    assert OPQ in classify("EXECUTE p", prepared={"p": ()}).categories  # lost track
