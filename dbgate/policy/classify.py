@@ -39,7 +39,7 @@ from pglast import parser as _pg
 
 from dbgate.policy.classify_walk import Acc, safe_parse_message, statement
 from dbgate.policy.literals import fast_mask as _mask
-from dbgate.policy.literals import render
+from dbgate.policy.literals import render_key
 from dbgate.policy.model import Category, Classification, Prepared, Reason, StatementClass
 
 __all__ = [
@@ -202,7 +202,7 @@ def classify(
             hit = _normalized.get(nkey)
             if hit is not None:
                 _stats["normalized"] += 1
-                if mkey is not None and render(sql) == norm:
+                if mkey is not None and render_key(masked) == norm:
                     _store(_masked, mkey, hit)  # the mask agrees with PostgreSQL here
                 # Texts that reach this point usually differ from earlier ones only in
                 # literals (pgbench -M simple, ORMs that inline values) and rarely
@@ -219,7 +219,7 @@ def classify(
             _store(_exact, key, result)
             if not sensitive and nkey is not None:
                 _store(_normalized, nkey, result)
-                if mkey is not None and render(sql) == norm:
+                if mkey is not None and render_key(masked) == norm:
                     _store(_masked, mkey, result)
         return result
     except Exception as exc:  # never raise, never allow because of a bug

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["fast_mask", "mask", "render", "spans"]
+__all__ = ["fast_mask", "mask", "render", "render_key", "spans"]
 
 Span = tuple[int, int, str]  # (start, end, kind)
 
@@ -162,6 +162,21 @@ def mask(sql: str) -> str | None:
     if found is None:
         return None
     return _join(sql, found, lambda _k, kind: "\x00" + kind)
+
+
+def render_key(key: str) -> str:
+    """:func:`render` computed from a key :func:`mask` returned (no second lexing pass).
+
+    What the classifier compares with ``normalize``: deriving it from the very key it
+    will store means the check vouches for that key, whichever implementation (C or
+    Python) produced it.
+    """
+    parts = key.split("\x00")
+    out = [parts[0]]
+    for n, part in enumerate(parts[1:], start=1):
+        out.append(f"${n}")
+        out.append(part[1:])  # drop the kind letter
+    return "".join(out)
 
 
 def render(sql: str) -> str | None:

@@ -17,7 +17,7 @@ from pglast import parser
 
 from dbgate.policy import literals
 from dbgate.policy.classify import cache_info, classify, clear_cache
-from dbgate.policy.literals import mask, render, spans
+from dbgate.policy.literals import mask, render, render_key, spans
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +69,10 @@ _SQLISH = st.lists(st.sampled_from(_SQLISH_TOKENS), max_size=40).map("".join)
 @settings(max_examples=3000, deadline=None)
 @given(_SQLISH)
 def test_c_port_matches_the_reference(sql: str) -> None:
-    assert literals.fast_mask(sql) == mask(sql)
+    key = literals.fast_mask(sql)
+    assert key == mask(sql)
+    if key is not None:
+        assert render_key(key) == render(sql)  # what classify() checks, from the key
 
 
 # -- soundness: same verified key => same normalized form ------------------------------
