@@ -54,6 +54,17 @@ def _ident(c: str) -> bool:
     return (c.isascii() and (c.isalnum() or c == "_")) or c >= "\x80"
 
 
+def _closing(sql: str, start: int, quote: str) -> int:
+    """Index of the quote closing the one at ``start`` (doubled quotes are content),
+    or -1 when it is unterminated."""
+    j = start + 1
+    while True:
+        k = sql.find(quote, j)
+        if k < 0 or not sql.startswith(quote * 2, k):
+            return k
+        j = k + 2
+
+
 def spans(sql: str) -> list[Span] | None:
     """The literals of ``sql`` as (start, end, kind), or None when it cannot tell."""
     if "$" in sql or "\x00" in sql:
@@ -68,27 +79,15 @@ def spans(sql: str) -> list[Span] | None:
             prev = sql[i - 1] if i else " "
             if _ident(prev) or prev == "&":
                 return None  # E'', B'', X'', N'', U&'' or a typed literal without space
-            j = i + 1
-            while True:
-                k = sql.find("'", j)
-                if k < 0:
-                    return None
-                if sql.startswith("''", k):
-                    j = k + 2
-                    continue
-                break
+            k = _closing(sql, i, "'")
+            if k < 0:
+                return None
             out.append((i, k + 1, "S"))
             i = k + 1
-        elif c == '"':
-            j = i + 1
-            while True:
-                k = sql.find('"', j)
-                if k < 0:
-                    return None
-                if sql.startswith('""', k):
-                    j = k + 2
-                    continue
-                break
+        elif c == '"':  # a quoted identifier: copied, never masked
+            k = _closing(sql, i, '"')
+            if k < 0:
+                return None
             i = k + 1
         elif c == "-" and nxt == "-":  # a comment up to the end of the line (\n or \r)
             j = i + 2
