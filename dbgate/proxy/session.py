@@ -46,7 +46,6 @@ from struct import unpack_from
 from typing import TYPE_CHECKING
 
 from dbgate.proxy.hooks import Allow, Notice, Refuse, ResultTransformer, RowRewriter, Statement
-from dbgate.proxy.prepared import PreparedChange
 from dbgate.wire import messages as m
 from dbgate.wire.errors import ProtocolError
 from dbgate.wire.framing import FrameReader, split_frames, type_mask
@@ -352,12 +351,8 @@ class Session:
                     if len(memo) >= MEMO_MAX_ENTRIES:
                         memo.clear()
                     memo[body] = stmt
-                if t == _P:
-                    self.info.statements.parse_sent(
-                        self.sent_cycles + 1, stmt.statement_name, stmt.sql, verdict.check_binds
-                    )
-                if verdict.changes:
-                    self._record_changes(t, verdict.changes)
+                if t == _P or verdict.changes:
+                    self._allowed(t, stmt, verdict)  # repeated Parses hit the memo instead
                 continue
             if hdr > fwd:
                 write(chunk[fwd:hdr])
@@ -396,19 +391,14 @@ class Session:
         Called only once the message is on its way: a refused Parse never reaches the
         server, so it must not count (the statement the server holds stays in force).
         """
-        if t == _P:
-            self.info.statements.parse_sent(
-                self.sent_cycles + 1, stmt.statement_name, stmt.sql, verdict.check_binds
-            )
-        if verdict.changes:
-            self._record_changes(t, verdict.changes)
-
-    def _record_changes(self, t: int, changes: tuple[PreparedChange, ...]) -> None:
+        statements = self.info.statements
         # A Query is a cycle of its own (already counted); a Parse belongs to the
         # cycle its Sync will end.
         cycle = self.sent_cycles if t == _Q else self.sent_cycles + 1
-        for change in changes:
-            self.info.statements.sent(cycle, change)
+        if t == _P:
+            statements.parse_sent(cycle, stmt.statement_name, stmt.sql, verdict.check_binds)
+        for change in verdict.changes:
+            statements.sent(cycle, change)
 
     async def _await_verdict(
         self, pending: Awaitable[Allow | Refuse], mtype: int, message: bytes, stmt: Statement
