@@ -24,7 +24,8 @@ from typing import Any
 
 from dbgate.policy.model import Action, Decision, Identity
 from dbgate.policy.rules import RuleSet, decide_bind
-from dbgate.proxy.hooks import (
+from dbgate.proxy.prepared import PreparedChange
+from dbgate.proxy.seams import (
     ALLOW,
     ALLOW_CHECKING_BINDS,
     ALLOW_REPEATABLE,
@@ -33,7 +34,6 @@ from dbgate.proxy.hooks import (
     Statement,
     Verdict,
 )
-from dbgate.proxy.prepared import PreparedChange
 from dbgate.proxy.session_info import SessionInfo
 
 log = logging.getLogger("dbgate.policy")

@@ -26,7 +26,7 @@ from dbgate.proxy.handshake import (
     build_verifiers,
     read_startup,
 )
-from dbgate.proxy.hooks import AllowAll, Inspector, ResultTransformer
+from dbgate.proxy.seams import AllowAll, Inspector, ResultTransformer
 from dbgate.proxy.session import Session
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.proxy.upstream import UpstreamError, connect_upstream, send_cancel

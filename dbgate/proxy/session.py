@@ -45,14 +45,14 @@ from collections.abc import Awaitable, Callable
 from struct import unpack_from
 from typing import TYPE_CHECKING
 
-from dbgate.proxy.hooks import Allow, Notice, Refuse, ResultTransformer, RowRewriter, Statement
+from dbgate.proxy.seams import Allow, Notice, Refuse, ResultTransformer, RowRewriter, Statement
 from dbgate.wire import messages as m
 from dbgate.wire.errors import ProtocolError
 from dbgate.wire.framing import FrameReader, split_frames, type_mask
 
 if TYPE_CHECKING:
     from dbgate.proxy.channel import Channel
-    from dbgate.proxy.hooks import Inspector
+    from dbgate.proxy.seams import Inspector
     from dbgate.proxy.session_info import SessionInfo
 
 log = logging.getLogger("dbgate.session")

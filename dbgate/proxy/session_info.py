@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from dbgate.proxy.prepared import PreparedStatements
 
 if TYPE_CHECKING:
-    from dbgate.proxy.hooks import Notice
+    from dbgate.proxy.seams import Notice
 
 
 @dataclass(slots=True)

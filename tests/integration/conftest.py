@@ -19,7 +19,7 @@ import pytest
 import uvloop
 
 from dbgate.config import Config
-from dbgate.proxy.hooks import Inspector, ResultTransformer
+from dbgate.proxy.seams import Inspector, ResultTransformer
 from dbgate.proxy.server import ProxyServer
 from tests.integration.certs import self_signed
 

@@ -14,8 +14,8 @@ import pytest
 
 from dbgate.policy.rules import load_rules
 from dbgate.proxy import session as session_mod
-from dbgate.proxy.hooks import ALLOW, ALLOW_REPEATABLE, Allow, Refuse, Statement
 from dbgate.proxy.policy_inspector import PolicyInspector
+from dbgate.proxy.seams import ALLOW, ALLOW_REPEATABLE, Allow, Refuse, Statement
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.wire import messages as m
 from tests.integration.rawclient import agent, errors, extended, rows

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from dbgate.proxy.hooks import ALLOW, Allow, Notice, Refuse, Statement
+from dbgate.proxy.seams import ALLOW, Allow, Notice, Refuse, Statement
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.wire import messages as m
 from tests.integration.rawclient import (

@@ -1,0 +1,292 @@
+"""The seams the relay offers to the rest of dbgate, and the only ones.
+
+``proxy/`` knows nothing of policy, approvals, PII or audit. It calls three kinds of
+objects that the composition root (``dbgate.app``, through ``dbgate.gate``) hands it:
+
+* an :class:`Inspector`, once per statement before it is forwarded, which returns a
+  verdict (:class:`Allow` or :class:`Refuse`) or an awaitable of one. While an
+  awaitable is pending the session stops reading from that client, keeps the
+  client's pipelined messages in order, and may send NoticeResponses; a
+  CancelRequest ends the wait with 57014. This is how a statement waits for a human.
+* a :class:`ResultPlan`, carried by an ``Allow``, for the results of *that* statement
+  only: it sees the statement's RowDescription and result formats and returns a
+  :class:`RowRewriter`, or None to leave the rows alone. Statements without a plan
+  stay on the byte-for-byte fast path even in sessions where others are rewritten.
+  A :class:`MessageFilter` sees every notice, error and notification of a session.
+* an :class:`Observer`, told of each statement's life: received, decided (also when
+  the verdict was remembered), forwarded, then completed (command tag, rows) or
+  failed (SQLSTATE). :class:`StatementRecord` is the one object that follows a
+  statement through the relay, so whatever needs the whole story (audit, metrics)
+  attaches here and nowhere else.
+
+Verdicts may be returned synchronously (the common case costs one method call) or
+as an awaitable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
+
+from dbgate.proxy.prepared import PreparedChange
+
+if TYPE_CHECKING:
+    from dbgate.proxy.session_info import SessionInfo
+
+StatementKind = Literal["query", "parse", "bind", "function_call"]
+
+
+class Statement(NamedTuple):
+    """What a client asked the server to do, as the inspector sees it.
+
+    A NamedTuple rather than a frozen dataclass: one is built per statement on the
+    relay's hot path, and a frozen dataclass's ``__init__`` costs several times more.
+    """
+
+    kind: StatementKind
+    sql: str  # the query text; for "bind", the text of the bound statement; "" for function_call
+    statement_name: str = ""  # prepared statement name ("" is the unnamed statement)
+    portal: str = ""
+    params: tuple[bytes | None, ...] = ()  # Bind parameter values, as sent
+    #: The format code of each parameter (0 text, 1 binary), already expanded from
+    #: Bind's "none / one for all / one each" form.
+    param_formats: tuple[int, ...] = ()
+    function_oid: int = 0  # for "function_call" (the fast-path FunctionCall message)
+    #: The type OID of each parameter as the server will read it: from Parse where the
+    #: client named the type, else from the server's ParameterDescription for the
+    #: statement when the client asked for one; 0 where neither is known.
+    param_types: tuple[int, ...] = ()
+
+
+class RowRewriter(Protocol):
+    """Rewrites the rows of one result (from its description to its completion)."""
+
+    def data_row(self, body: bytes) -> bytes:
+        """Return the new DataRow body (the column count must stay the same)."""
+        ...
+
+    def copy_data(self, body: bytes) -> bytes:
+        """Return the new CopyData payload for COPY TO STDOUT output."""
+        ...
+
+
+class ResultPlan(Protocol):
+    """What to do with the results of one statement, decided when it was allowed."""
+
+    def rows(
+        self, session: SessionInfo, description: bytes | None, formats: tuple[int, ...]
+    ) -> RowRewriter | None:
+        """A rewriter for a result set, or None to pass its rows untouched.
+
+        ``description`` is the RowDescription body the server sent for this result
+        (None when the client executed a portal without ever describing it);
+        ``formats`` is the format code of each column as the client receives it
+        (from the RowDescription of a simple query, from Bind for a portal).
+        """
+        ...
+
+    def copy_out(self, session: SessionInfo, response: bytes) -> RowRewriter | None:
+        """A rewriter for the CopyData of a COPY TO STDOUT (``response`` is the
+        CopyOutResponse body), or None."""
+        ...
+
+
+class ResultTransformer(Protocol):
+    """Session-wide result rewriting (being replaced by per-statement ResultPlans)."""
+
+    def on_row_description(self, session: SessionInfo, body: bytes) -> RowRewriter | None: ...
+
+    def on_copy_out(self, session: SessionInfo, body: bytes) -> RowRewriter | None: ...
+
+    def on_notice(self, session: SessionInfo, body: bytes) -> bytes: ...
+
+    def on_error(self, session: SessionInfo, body: bytes) -> bytes: ...
+
+    def on_notification(self, session: SessionInfo, body: bytes) -> bytes: ...
+
+
+class MessageFilter(Protocol):
+    """Sees every NoticeResponse, ErrorResponse and NotificationResponse of a session
+    (values echoed in errors, payloads of NOTIFY) and returns the body to send."""
+
+    def notice(self, session: SessionInfo, body: bytes) -> bytes: ...
+
+    def error(self, session: SessionInfo, body: bytes) -> bytes: ...
+
+    def notification(self, session: SessionInfo, body: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    """Forward the statement unchanged.
+
+    ``check_binds`` (for a Parse): show the inspector every Bind of this statement,
+    because the decision depends on the parameter values. ``changes`` (for a simple
+    Query): what the statement does to the session's prepared statements when it runs
+    (SQL ``PREPARE``/``DEALLOCATE``/``DISCARD ALL``), which the relay cannot see itself.
+    The relay records both only once the server confirms them; see
+    :mod:`dbgate.proxy.prepared`.
+    """
+
+    check_binds: bool = False
+    changes: tuple[PreparedChange, ...] = ()
+    #: The inspector promises that the very same message would be allowed again in
+    #: this session, with no other effect, until the server reports a changed
+    #: parameter (ParameterStatus) or ``SessionInfo.forget_verdicts()`` is called.
+    #: The relay may then forward a byte-identical message without asking (the
+    #: observer still hears of it, with this same verdict).
+    repeatable: bool = False
+    #: What to do with this statement's results; None keeps them byte for byte.
+    plan: ResultPlan | None = None
+    #: Opaque to the relay: handed to the observer with the statement's record.
+    note: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Do not run the statement; the client gets an ErrorResponse with this code and text.
+
+    ``position`` (1-based, in characters of the statement text) becomes the error's
+    P field, so psql draws its caret under a syntax error.
+    """
+
+    sqlstate: str
+    message: str
+    detail: str = ""
+    hint: str = ""
+    position: int = 0
+    note: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A NoticeResponse to send the client right away (e.g. "held for approval #12")."""
+
+    message: str
+    detail: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+ALLOW = Allow()
+ALLOW_CHECKING_BINDS = Allow(check_binds=True)
+ALLOW_REPEATABLE = Allow(repeatable=True)
+Verdict = Allow | Refuse
+
+
+class Inspector(Protocol):
+    """Decides about each statement before it reaches the server.
+
+    Bind messages are shown to the inspector when it sets ``inspects_binds = True``,
+    or for statements whose Parse it allowed with ``Allow(check_binds=True)``
+    (bind-time decisions on parameter values).
+    """
+
+    def inspect(self, session: SessionInfo, statement: Statement) -> Verdict | Awaitable[Verdict]:
+        """Return a verdict, or an awaitable of one to make the session wait.
+
+        While waiting, the inspector may call ``session.notify_client(Notice(...))``.
+        Implementations must not raise; if they do, the relay refuses the statement
+        (fail closed) with SQLSTATE XX000.
+        """
+        ...
+
+
+RecordKind = Literal["query", "execute", "parse", "bind", "function_call"]
+
+
+class StatementRecord:
+    """One statement's life in the relay, as the observer sees it.
+
+    A simple Query is one record (all its statements; ``tags`` has one command tag
+    each). In the extended protocol the record is an Execute of a portal, carrying the
+    verdict given at its Parse (or at its Bind, when that was inspected); a Parse,
+    Bind or FunctionCall that was refused is a record of its own. Fields fill in as
+    the statement moves: treat the record as read-only.
+    """
+
+    __slots__ = (
+        "finished_at",
+        "id",
+        "kind",
+        "params",
+        "portal",
+        "received_at",
+        "remembered",
+        "rows",
+        "sql",
+        "sqlstate",
+        "statement_name",
+        "tags",
+        "verdict",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        kind: RecordKind,
+        sql: str,
+        received_at: float,
+        statement_name: str = "",
+        portal: str = "",
+        params: tuple[bytes | None, ...] = (),
+    ) -> None:
+        self.id = id  # per session, increasing
+        self.kind = kind
+        self.sql = sql
+        self.statement_name = statement_name
+        self.portal = portal
+        self.params = params
+        self.received_at = received_at  # time.monotonic()
+        self.verdict: Allow | Refuse | None = None
+        self.remembered = False  # the verdict came from the session's memory
+        self.tags: list[str] = []  # CommandComplete tags, in order
+        self.rows = 0  # rows returned or affected (sum over tags that count rows)
+        self.sqlstate = ""  # set when the statement failed
+        self.finished_at = 0.0
+
+    @property
+    def note(self) -> object:
+        """The inspector's note on the verdict (None before a decision)."""
+        return None if self.verdict is None else self.verdict.note
+
+    def __repr__(self) -> str:
+        return f"<StatementRecord #{self.id} {self.kind} {self.sql[:40]!r}>"
+
+
+class Observer(Protocol):
+    """Told of every statement's life and of sessions starting and ending.
+
+    Called on the relay's hot path, synchronously: implementations must be quick
+    (append to a queue) and must not raise; an exception is logged and ignored.
+    """
+
+    def session_started(self, session: SessionInfo) -> None: ...
+
+    def session_ended(self, session: SessionInfo) -> None: ...
+
+    def session_refused(
+        self, user: str, database: str, client_addr: str, sqlstate: str, message: str
+    ) -> None:
+        """A client was turned away during startup (bad password, unknown database,
+        refused startup parameter, capacity), before any session existed."""
+        ...
+
+    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None: ...
+
+    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None: ...
+
+    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None: ...
+
+    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None: ...
+
+    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None: ...
+
+
+class AllowAll:
+    """The inspector used until policy is configured: every statement is forwarded."""
+
+    inspects_binds = False
+
+    def inspect(self, session: SessionInfo, statement: Statement) -> Verdict:
+        return ALLOW
