@@ -99,12 +99,35 @@ class LimitsConfig(_Strict):
     max_connections: int = Field(1000, ge=1)
 
 
+class StateConfig(_Strict):
+    """dbgate's own state database (approvals, audit, budgets), shared by replicas.
+
+    Its role needs CREATE on the database for the first start (dbgate creates and
+    migrates schema ``dbgate``); agents must never be able to reach it.
+    """
+
+    dsn: str = Field(min_length=1)  # postgresql://user:password@host:port/dbname
+    pool_min: int = Field(1, ge=0)
+    pool_max: int = Field(10, ge=1)
+
+
+class WebConfig(_Strict):
+    """The approvers' web page and the HTTP API."""
+
+    listen: str = "127.0.0.1:8080"
+    #: How approvers reach the page (used in notices and notifications); default
+    #: http://<listen>.
+    public_url: str | None = None
+
+
 class Config(_Strict):
     listen: str = "127.0.0.1:6432"
     tls: TLSConfig | None = None
     upstream: UpstreamConfig = UpstreamConfig()
     identities: list[IdentityConfig] = Field(default_factory=list)
     limits: LimitsConfig = LimitsConfig()
+    state: StateConfig | None = None  # None: no approvals or audit (holds are refused)
+    web: WebConfig | None = None
     rules_dir: Path | None = None  # None: the shipped default pack
     # "enforce": classify every statement and apply the rules (the default).
     # "off": relay only (wire-compatibility testing); logged loudly at startup.
