@@ -93,20 +93,22 @@ def sql_prepare_changes(sql: str) -> tuple[PreparedChange, ...]:
     except Exception:
         return ()
     changes: list[PreparedChange] = []
-    for part in parts:
+    for index, part in enumerate(parts):
         if (mp := _PREPARE.match(part)) is not None:
             body = mp.group(2)
             changes.append(
-                PreparedChange("add", _ident(mp.group(1)), body, classify(body).needs_bind)
+                PreparedChange(
+                    "add", _ident(mp.group(1)), body, classify(body).needs_bind, statement=index
+                )
             )
         elif _DISCARD_ALL.match(part) is not None:
-            changes.append(PreparedChange("clear"))
+            changes.append(PreparedChange("clear", statement=index))
         elif (md := _DEALLOCATE.match(part)) is not None:
             name = md.group(1)
             if name.lower() == "all":
-                changes.append(PreparedChange("clear"))
+                changes.append(PreparedChange("clear", statement=index))
             else:
-                changes.append(PreparedChange("remove", _ident(name)))
+                changes.append(PreparedChange("remove", _ident(name), statement=index))
     return tuple(changes)
 
 
@@ -259,7 +261,7 @@ class PolicyInspector:
     ) -> Verdict:
         """Judge a Bind by every statement the server may hold under its name."""
         prepared = session.statements
-        checked = [c for c in prepared.candidates(statement.statement_name) if c.check_binds]
+        checked = [c for c in statement.candidates if c.check_binds]
         if not checked:
             return ALLOW  # judged in full at its Parse
         params = bind_values_as_text(statement.params)

@@ -26,7 +26,7 @@ from dbgate.proxy.handshake import (
     build_verifiers,
     read_startup,
 )
-from dbgate.proxy.seams import AllowAll, Inspector, ResultTransformer
+from dbgate.proxy.seams import AllowAll, Inspector, MessageFilter, Observer
 from dbgate.proxy.session import Session
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.proxy.upstream import UpstreamError, connect_upstream, send_cancel
@@ -53,11 +53,13 @@ class ProxyServer:
         config: Config,
         *,
         inspector: Inspector | None = None,
-        transformer: ResultTransformer | None = None,
+        observer: Observer | None = None,
+        message_filter: MessageFilter | None = None,
     ) -> None:
         self.config = config
         self.inspector: Inspector = inspector or AllowAll()
-        self.transformer = transformer
+        self.observer = observer
+        self.message_filter = message_filter
         self._verifiers = build_verifiers(config)
         self._tls_context = self._make_tls_context()
         self._server: asyncio.base_events.Server | None = None
@@ -200,7 +202,8 @@ class ProxyServer:
             client=channel,
             upstream=up.channel,
             inspector=self.inspector,
-            transformer=self.transformer,
+            observer=self.observer,
+            message_filter=self.message_filter,
             max_message_size=self.config.limits.max_message_size,
             on_closed=self._session_closed,
         )
@@ -227,11 +230,7 @@ class ProxyServer:
         pid = session.info.session_id
         self._sessions.pop(pid, None)
         target = self._cancel.pop(pid, None)
-        if (
-            target is not None
-            and session.sent_cycles != session.done_cycles
-            and not session.upstream.closed
-        ):
+        if target is not None and session.running_upstream and not session.upstream.closed:
             # Closed while a statement runs upstream (the client vanished, or shutdown
             # ran out of grace). The backend reads our Terminate only once the statement
             # ends, so a long query would run on, holding its connection and locks.

@@ -158,8 +158,7 @@ async def test_unparseable_sql_is_denied_with_the_parser_message(enforcing: str)
 def _run(sql: str, statements: PreparedStatements) -> dict[str, tuple[str, ...]]:
     """Apply the changes ``sql`` makes as the server confirms them (a clean cycle)."""
     for change in sql_prepare_changes(sql):
-        statements.sent(1, change)
-    statements.cycle_done(1, failed=False)
+        statements.sent(1, change).resolve(True)
     return dict(statements.texts)
 
 

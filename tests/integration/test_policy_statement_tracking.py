@@ -247,7 +247,7 @@ async def test_extended_copy_in_keeps_the_cycle_count(
         assert rows(await client.query("select 1")) == [(b"1",)]
         sessions = list(enforcing.server._sessions.values())
         # the COPY batch and the query: two cycles on both sides (not three sent)
-        assert [(s.sent_cycles, s.done_cycles) for s in sessions] == [(2, 2)]
+        assert [(s.tracker.sent_cycles, s.tracker.done_cycles) for s in sessions] == [(2, 2)]
         assert all(s.idle for s in sessions)
     finally:
         await client.close()
