@@ -125,6 +125,10 @@ class Channel(asyncio.Protocol):
         if self.transport is not None and not self._closed:
             self.transport.write(data)
 
+    def writelines(self, pieces: list[bytes]) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.writelines(pieces)
+
     @property
     def closed(self) -> bool:
         return self._closed

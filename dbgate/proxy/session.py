@@ -25,23 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from struct import unpack_from
 from typing import TYPE_CHECKING
 
-from dbgate.proxy.seams import (
-    Allow,
-    MessageFilter,
-    Notice,
-    Observer,
-    Refuse,
-    Statement,
-    StatementRecord,
-)
-from dbgate.proxy.tracker import StatementTracker
+from dbgate.proxy.seams import Allow, MessageFilter, Notice, Observer, Refuse
+from dbgate.proxy.tracker import CLIENT_TYPES, StatementTracker
 from dbgate.wire import messages as m
 from dbgate.wire import sqlstate
 from dbgate.wire.errors import ProtocolError
-from dbgate.wire.framing import FrameReader, split_frames, type_mask
+from dbgate.wire.framing import FrameReader
 
 if TYPE_CHECKING:
     from dbgate.proxy.channel import Channel
@@ -50,34 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbgate.session")
 
-# Frontend message types
-_Q, _P, _B, _F, _S, _C, _X, _H = (ord(c) for c in "QPBFSCXH")
-_EXECUTE, _DESCRIBE = ord("E"), ord("D")
-_COPY_DONE, _COPY_FAIL = ord("c"), ord("f")
-
-# Message types the client side must see; all others pass as bytes.
-_CLIENT_TYPES = type_mask("QPBFSCXEDcf")
-
 _TERMINATE = b"X\x00\x00\x00\x04"
-MEMO_MAX_ENTRIES = 128  # repeatable verdicts remembered per session
-MEMO_MAX_MESSAGE = 2048  # bytes; longer messages are always inspected
-
-
-def _bind_statement_name(chunk: bytes, s: int, e: int) -> bytes:
-    """The statement name of a Bind message, as raw bytes, without decoding the rest."""
-    i = chunk.find(b"\0", s, e)
-    j = chunk.find(b"\0", i + 1, e) if i >= 0 else -1
-    if j < 0:
-        raise ProtocolError("malformed Bind message")
-    return chunk[i + 1 : j]
-
-
-def _expand(formats: tuple[int, ...], n: int) -> tuple[int, ...]:
-    if not formats:
-        return (0,) * n
-    if len(formats) == 1:
-        return formats * n
-    return formats
 
 
 class Session:
@@ -98,21 +62,11 @@ class Session:
         self.info = info
         self.client = client
         self.upstream = upstream
-        self.inspector = inspector
         self.observer = observer
-        self.inspect_binds: bool = getattr(inspector, "inspects_binds", True)
         self._on_closed = on_closed
         self._c2s = FrameReader(max_message_size)
         self._s2c = FrameReader(max_message_size)
-        # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
-        # same Parse (unnamed, $n parameters) or BEGIN/COMMIT for every transaction,
-        # and skipping the decode and the inspector for them is most of the relay's
-        # per-statement work. Bounded in entries and message size; forgotten on any
-        # ParameterStatus and by SessionInfo.forget_verdicts().
-        self._memo: dict[bytes, tuple[Statement, Allow]] = {}
-        self.tracker = StatementTracker(
-            info, observer, message_filter, on_parameter_status=self._memo.clear
-        )
+        self.tracker = StatementTracker(info, inspector, observer, message_filter)
         self._waiting: asyncio.Task[None] | None = None
         self._queued: list[bytes] = []
         self._read_pauses: set[str] = set()
@@ -120,7 +74,6 @@ class Session:
         self._draining = False
         self._closed = False
         info._notify = self.send_notice
-        info._forget = self._memo.clear
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -244,173 +197,39 @@ class Session:
         if self._waiting is not None:
             self._queued.append(data)
             return
+        tracker = self.tracker
         try:
-            if self.tracker.skip_until_sync:  # every message matters: all but Sync dropped
+            if tracker.skip_until_sync:  # every message matters: all but Sync dropped
                 chunk, frames = self._c2s.feed(data)
                 full = True
             else:
-                chunk, frames = self._c2s.feed_select(data, _CLIENT_TYPES)
+                chunk, frames = self._c2s.feed_select(data, CLIENT_TYPES)
                 full = False
-            if chunk:
-                self._client_frames(chunk, frames, full)
+            if not chunk:
+                return
+            out = tracker.client_chunk(chunk, frames, full)
         except ProtocolError as e:
             self._fail(e, "from client")
-
-    def _client_frames(self, chunk: bytes, frames: list[tuple[int, int, int]], full: bool) -> None:
-        write = self.upstream.write
-        tracker = self.tracker
-        memo = self._memo
-        fwd = 0  # start of the range of chunk not yet forwarded
-        for t, s, e in frames:
-            hdr = s - 5
-            if tracker.skip_until_sync:
-                if t == _S:
-                    tracker.sync_sent()
-                elif t != _H:
-                    if hdr > fwd:
-                        write(chunk[fwd:hdr])
-                    fwd = e
-                continue
-            if t == _S:
-                tracker.sync_sent()
-                continue
-            if t == _EXECUTE:
-                tracker.execute_sent(chunk[s:e])
-                continue
-            if t == _DESCRIBE:
-                tracker.describe_sent(chunk[s:e])
-                continue
-            body = b""
-            if t == _Q:
-                body = chunk[s:e]
-                hit = memo.get(body) if memo else None
-                if hit is not None and hit[0].kind == "query":
-                    rec = tracker.received(hit[0])
-                    tracker.decided(rec, hit[1], True)
-                    tracker.query_sent(rec, hit[1])
-                    continue
-                stmt = Statement("query", m.parse_query(body))
-            elif t == _P:
-                body = chunk[s:e]
-                hit = memo.get(body) if memo else None
-                if hit is not None and hit[0].kind == "parse":
-                    hs = hit[0]
-                    rec = tracker.received(hs)
-                    tracker.decided(rec, hit[1], True)
-                    tracker.parse_sent(rec, hs.statement_name, hs.sql, hs.param_types, hit[1])
-                    continue
-                name, sql, types = m.parse_parse(body)
-                stmt = Statement("parse", sql, statement_name=name, param_types=types)
-            elif t == _B:
-                body = chunk[s:e]
-                statements = self.info.statements
-                if not self.inspect_binds and (
-                    not statements.checked
-                    or not statements.checks_binds(_bind_statement_name(chunk, s, e))
-                ):
-                    tracker.bind_sent(None, body)
-                    continue
-                portal, name, formats, params, _ = m.parse_bind(body)
-                cands = statements.candidates(name, tracker.sent_cycles + 1)
-                if cands:
-                    sql, types = cands[-1].sql, cands[-1].param_types
-                else:
-                    sql, types = tracker.sent_statement(name)
-                stmt = Statement(
-                    "bind",
-                    sql,
-                    statement_name=name,
-                    portal=portal,
-                    params=params,
-                    param_formats=_expand(formats, len(params)),
-                    param_types=types,
-                    candidates=cands,
-                )
-            elif t == _C:
-                tracker.close_sent(chunk[s:e])
-                continue
-            elif t == _F:
-                if e - s < 4:
-                    raise ProtocolError("FunctionCall message too short")
-                stmt = Statement("function_call", "", function_oid=unpack_from("!I", chunk, s)[0])
-            elif t in (_COPY_DONE, _COPY_FAIL):  # CopyDone is "c" both ways
-                tracker.copy_end_sent()
-                continue
-            elif t == _X:
-                self._terminating = True
-                continue
-            else:
-                continue
-            rec = tracker.received(stmt)
-            verdict = self._inspect(stmt)
-            if type(verdict) is Allow:
-                tracker.decided(rec, verdict)
-                if verdict.repeatable and t in (_Q, _P) and len(body) <= MEMO_MAX_MESSAGE:
-                    if len(memo) >= MEMO_MAX_ENTRIES:
-                        memo.clear()
-                    memo[body] = (stmt, verdict)
-                self._sent(t, rec, stmt, verdict, body)
-                continue
-            if hdr > fwd:
-                write(chunk[fwd:hdr])
-            fwd = e
-            if isinstance(verdict, Refuse):
-                tracker.decided(rec, verdict)
-                write(tracker.refuse(rec, verdict, t))
-                if tracker.skip_until_sync and not full:
-                    # The rest of this read must now be seen message by message.
-                    rest = chunk[e:]
-                    if rest:
-                        self._client_frames(rest, split_frames(rest), True)
-                    return
-                continue
-            # An awaitable verdict: park this message and everything after it.
-            rest = chunk[e:] + self._c2s.take_pending()
+            return
+        if out is None:
+            self.upstream.write(chunk)
+            return
+        if out:
+            self.upstream.writelines(out)
+        waiting = tracker.waiting
+        if waiting is not None:
+            # Park the rest of this read (and any partial message) until the verdict.
+            rest = waiting.rest + self._c2s.take_pending()
             if rest:
                 self._queued.insert(0, rest)
             self._pause_client("waiting", True)
-            self._waiting = asyncio.ensure_future(
-                self._await_verdict(verdict, t, chunk[hdr:e], stmt, rec, body)  # type: ignore[arg-type]
-            )
-            return
-        if fwd < len(chunk):
-            write(chunk[fwd:] if fwd else chunk)
+            self._waiting = asyncio.ensure_future(self._await_verdict(waiting.verdict))
+        if tracker.terminating:
+            self._terminating = True
 
-    def _inspect(self, stmt: Statement) -> Allow | Refuse | Awaitable[Allow | Refuse]:
+    async def _await_verdict(self, pending: Awaitable[Allow | Refuse]) -> None:
         try:
-            return self.inspector.inspect(self.info, stmt)
-        except Exception:
-            log.exception("session %s: inspector failed; refusing", self.info.session_id)
-            return Refuse(
-                sqlstate.INTERNAL_ERROR,
-                "dbgate: internal error while inspecting; statement not run",
-            )
-
-    def _sent(
-        self, t: int, rec: StatementRecord | None, stmt: Statement, verdict: Allow, body: bytes
-    ) -> None:
-        """Account for an allowed message on its way to the server."""
-        tracker = self.tracker
-        if t == _Q:
-            tracker.query_sent(rec, verdict)
-        elif t == _P:
-            tracker.parse_sent(rec, stmt.statement_name, stmt.sql, stmt.param_types, verdict)
-        elif t == _B:
-            tracker.bind_sent(rec, body, verdict)
-        else:
-            tracker.function_call_sent(rec)
-
-    async def _await_verdict(
-        self,
-        pending: Awaitable[Allow | Refuse],
-        mtype: int,
-        message: bytes,
-        stmt: Statement,
-        rec: StatementRecord | None,
-        body: bytes,
-    ) -> None:
-        try:
-            verdict = await pending
+            verdict: object = await pending
         except asyncio.CancelledError:
             if self._closed:
                 return
@@ -422,18 +241,8 @@ class Session:
             )
         if self._closed:
             return
-        if not isinstance(verdict, (Allow, Refuse)):
-            verdict = Refuse(
-                sqlstate.INTERNAL_ERROR, "dbgate: inspector returned no verdict; statement not run"
-            )
-        tracker = self.tracker
-        tracker.decided(rec, verdict)
         try:
-            if isinstance(verdict, Refuse):
-                self.upstream.write(tracker.refuse(rec, verdict, mtype))
-            else:
-                self.upstream.write(message)
-                self._sent(mtype, rec, stmt, verdict, body)
+            self.upstream.write(self.tracker.resume(verdict))
         except ProtocolError as e:  # too much to keep track of
             self._fail(e, "after a decision")
             return

@@ -38,13 +38,15 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable
 from struct import Struct, unpack_from
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from dbgate.proxy.prepared import PendingChange, name_key
+from dbgate.proxy.prepared import name_key
 from dbgate.proxy.seams import (
     Allow,
+    AllowAll,
+    Inspector,
     MessageFilter,
     Observer,
     RecordKind,
@@ -65,12 +67,23 @@ log = logging.getLogger("dbgate.session")
 
 _NONCE = secrets.token_hex(8)  # marks errors this process injected; unguessable by clients
 
+# Frontend message types
+_QUERY_MSG, _PARSE_MSG, _BIND_MSG, _FUNCTION_MSG = (ord(c) for c in "QPBF")
+_SYNC_MSG, _CLOSE_MSG, _TERMINATE_MSG, _FLUSH = (ord(c) for c in "SCXH")
+_EXECUTE, _DESCRIBE = ord("E"), ord("D")
+_COPY_DONE_MSG, _COPY_FAIL_MSG = ord("c"), ord("f")
+#: What the client side must see; all other messages pass as bytes.
+CLIENT_TYPES = type_mask("QPBFSCXEDcf")
+
+MEMO_MAX_ENTRIES = 128  # repeatable verdicts remembered per session
+MEMO_MAX_MESSAGE = 2048  # bytes; longer messages are always inspected
+
 # Backend message types
 _Z, _PS, _E, _N, _A = (ord(c) for c in "ZSENA")
 _PARSE_OK, _BIND_OK, _CLOSE_OK = (ord(c) for c in "123")
 _PARAM_DESC, _ROW_DESC, _NO_DATA = (ord(c) for c in "tTn")
 _DATA_ROW, _CMD_COMPLETE, _EMPTY, _SUSPENDED = (ord(c) for c in "DCIs")
-_COPY_IN, _COPY_OUT, _COPY_BOTH, _COPY_DATA, _COPY_DONE = (ord(c) for c in "GHWdc")
+_COPY_IN, _COPY_OUT, _COPY_BOTH, _COPY_DATA = (ord(c) for c in "GHWd")
 _FUNC_RESULT = ord("V")
 
 #: What the server side must always see: everything that answers a client message,
@@ -82,15 +95,25 @@ TRACK_TYPES = type_mask("ZSE123tTnCIsGHWV")
 #: answers is ended (54000) rather than allowed to grow dbgate's memory.
 MAX_IN_FLIGHT = 100_000
 
-# Entry kinds
+# Entry kinds. Entries are tuples whose first item is the kind (tuples are several
+# times cheaper to make than objects, and one is made per message):
+#   (QUERY, verdict, record, changes)   changes: None or [index, [(i, handle), ...]]
+#   (PARSE, name key, _Prepared, handle, record)
+#   (BIND, body, verdict or None, record)
+#   (DESCRIBE_S, name key) / (DESCRIBE_P, portal)
+#   (EXECUTE, portal, record)
+#   (CLOSE, "S" or "P", name, handle)
+#   (SYNC,) / (COPY_END,)     COPY_END marks where the client ended COPY data
+#   (FUNCTION, record)
+#   (INJECTED_QUERY, refusal, record, token) / (INJECTED_PARSE, refusal, record, token)
 QUERY, PARSE, BIND, DESCRIBE_S, DESCRIBE_P, EXECUTE, CLOSE, SYNC, FUNCTION = range(9)
 INJECTED_QUERY, INJECTED_PARSE, COPY_END = 9, 10, 11
 _KIND_NAMES = (
     "Query",
     "Parse",
     "Bind",
-    "Describe statement",
-    "Describe portal",
+    "Describe of a statement",
+    "Describe of a portal",
     "Execute",
     "Close",
     "Sync",
@@ -99,11 +122,14 @@ _KIND_NAMES = (
     "refused message",
     "end of COPY data",
 )
+_SYNC_ENTRY = (SYNC,)
+_DESCRIBE_UNNAMED_PORTAL = (DESCRIBE_P, "")
+_COPY_END_ENTRY = (COPY_END,)
 _ENDS_CYCLE = frozenset({QUERY, SYNC, FUNCTION, INJECTED_QUERY})
-#: Server messages that answer the message at the head of the queue.
-_ANSWERS = frozenset(b"123tTnCIsGHWV")
 
 _I16 = Struct("!h")
+_STATUS = {0x49: "I", 0x54: "T", 0x45: "E"}
+Entry = tuple[Any, ...]
 
 
 class TrackerDesync(ProtocolError):
@@ -117,58 +143,48 @@ class TrackerDesync(ProtocolError):
 
 
 class _Prepared:
-    """A statement as the relay knows it: the verdict it was allowed with."""
+    """A statement as the relay knows it: its text, the verdict it was allowed with,
+    its parameter types and (once described) its RowDescription. One per distinct
+    Parse; a remembered Parse reuses it."""
 
     __slots__ = ("description", "param_types", "sql", "verdict")
 
-    def __init__(self, sql: str, verdict: Allow | None, param_types: tuple[int, ...]) -> None:
+    def __init__(self, sql: str, verdict: Allow, param_types: tuple[int, ...]) -> None:
         self.sql = sql
         self.verdict = verdict
         self.param_types = param_types
-        self.description: bytes | None = None  # RowDescription body, once described
+        self.description: bytes | None = None
 
 
-class _Portal:
-    """A portal the server holds: its statement, Bind's verdict, formats, rewriter."""
+class _PortalState:
+    """What a portal under a result plan needs across its Executes."""
 
-    __slots__ = ("description", "formats", "params", "planned", "rewriter", "stmt", "verdict")
+    __slots__ = ("description", "rewriter")
 
-    def __init__(
-        self,
-        stmt: _Prepared | None,
-        verdict: Allow | None,
-        formats: tuple[int, ...],
-        params: tuple[bytes | None, ...],
-    ) -> None:
-        self.stmt = stmt
-        self.verdict = verdict  # the Bind's own verdict when it was inspected
-        self.formats = formats  # result format codes as Bind sent them
-        self.params = params
+    def __init__(self) -> None:
         self.description: bytes | None = None
         self.rewriter: RowRewriter | None = None
-        self.planned = False  # the plan was asked once for this portal
-
-    @property
-    def plan_verdict(self) -> Allow | None:
-        if self.verdict is not None:
-            return self.verdict
-        return None if self.stmt is None else self.stmt.verdict
 
 
-class _Entry:
-    """One client message in flight (or a marker in the client's message order)."""
+class Waiting(NamedTuple):
+    """A statement whose verdict is awaited, and what the relay must keep meanwhile."""
 
-    __slots__ = ("change", "data", "index", "kind", "name", "record", "refusal", "token")
+    verdict: Awaitable[Allow | Refuse]
+    message_type: int
+    message: bytes  # the whole message, to forward if allowed
+    statement: Statement
+    record: StatementRecord | None
+    body: bytes
+    rest: bytes  # what followed it in the same read
 
-    def __init__(self, kind: int, name: str = "", record: StatementRecord | None = None) -> None:
-        self.kind = kind
-        self.name = name  # statement or portal name
-        self.record = record
-        self.data: object = None  # per kind: _Prepared (Parse), (body, verdict) (Bind), ...
-        self.change: PendingChange | list[tuple[int, PendingChange]] | None = None
-        self.index = 0  # Query: statements of the string finished so far
-        self.refusal: Refuse | None = None
-        self.token = b""
+
+def _bind_statement_name(chunk: bytes, s: int, e: int) -> bytes:
+    """The statement name of a Bind message, as raw bytes, without decoding the rest."""
+    i = chunk.find(b"\0", s, e)
+    j = chunk.find(b"\0", i + 1, e) if i >= 0 else -1
+    if j < 0:
+        raise ProtocolError("malformed Bind message")
+    return chunk[i + 1 : j]
 
 
 def _row_count(tag: str) -> int:
@@ -190,6 +206,8 @@ def _expand_formats(formats: tuple[int, ...], n: int) -> tuple[int, ...]:
 
 def _bind_names(body: bytes) -> tuple[str, str]:
     """Portal and statement name of a Bind body, without decoding the values."""
+    if body[:2] == b"\0\0":
+        return "", ""  # the unnamed portal of the unnamed statement: the common case
     i = body.find(b"\0")
     j = body.find(b"\0", i + 1) if i >= 0 else -1
     if j < 0:
@@ -204,56 +222,98 @@ def _field_count(description: bytes | None) -> int:
     return 0 if description is None or len(description) < 2 else _I16.unpack_from(description)[0]
 
 
+def _description_formats(body: bytes) -> tuple[int, ...]:
+    """The format code of each column of a RowDescription body."""
+    n = _I16.unpack_from(body)[0]
+    pos = 2
+    out = []
+    for _ in range(n):
+        pos = body.index(b"\0", pos) + 1 + 16  # name, table oid, attnum, type, size, mod
+        out.append(_I16.unpack_from(body, pos)[0])
+        pos += 2
+    return tuple(out)
+
+
+def _sqlstate_of(body: bytes) -> str:
+    """The C field of an ErrorResponse body, walking its (code, string) fields."""
+    pos = 0
+    n = len(body)
+    while pos < n and body[pos]:
+        end = body.find(b"\0", pos + 1)
+        if end < 0:
+            break
+        if body[pos] == 0x43:  # 'C'
+            return body[pos + 1 : end].decode("ascii", "replace")
+        pos = end + 1
+    return sqlstate.INTERNAL_ERROR
+
+
 class StatementTracker:
     """Protocol bookkeeping of one relayed session (see the module docstring)."""
 
     def __init__(
         self,
         info: SessionInfo,
+        inspector: Inspector | None = None,
         observer: Observer | None = None,
         message_filter: MessageFilter | None = None,
-        on_parameter_status: Callable[[], None] | None = None,
     ) -> None:
         self.info = info
+        self.inspector: Inspector = inspector if inspector is not None else AllowAll()
+        self.inspect_binds: bool = getattr(self.inspector, "inspects_binds", True)
         self.observer = observer
         self.message_filter = message_filter
-        self._on_parameter_status = on_parameter_status
-        self._queue: deque[_Entry] = deque()
+        # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
+        # same Parse (unnamed, $n parameters) or BEGIN/COMMIT for every transaction,
+        # and skipping the decode and the inspector for them is most of the relay's
+        # per-statement work. Bounded in entries and message size; forgotten on any
+        # ParameterStatus and by SessionInfo.forget_verdicts().
+        self._memo: dict[bytes, tuple[Statement, Allow, _Prepared | None]] = {}
+        info._forget = self._memo.clear
+        #: A statement waits for an awaitable verdict (see :meth:`client_chunk`).
+        self.waiting: Waiting | None = None
+        #: The client sent Terminate.
+        self.terminating = False
+        self._queue: deque[Entry] = deque()
+        self._markers = 0  # COPY_END entries in the queue
         self.sent_cycles = 0  # Query/FunctionCall/Sync sent that the server will answer
         self.done_cycles = 0  # ReadyForQuery received
         #: The client's messages are dropped until its next Sync (after a refusal).
         self.skip_until_sync = False
         self._copy_in_open = False  # the server copies in and the client has not ended
         self._copy_in = False  # the server is in copy-in mode (since CopyInResponse)
-        self._stmts: dict[str, _Prepared] = {}  # confirmed by ParseComplete
-        self._portals: dict[str, _Portal] = {}  # confirmed by BindComplete
-        # what the client sent last under each statement name (for records and plans
-        # of messages not yet answered; the confirmed maps above decide once answered)
+        # Statements and portals as the server confirmed them (ParseComplete,
+        # BindComplete): they decide the plan an Execute runs under.
+        self._stmts: dict[str, _Prepared] = {}
+        self._portals: dict[str, tuple[_Prepared | None, Allow | None, bytes]] = {}
+        self._portal_state: dict[str, _PortalState] = {}  # only portals with a plan
+        # what the client prepared last under each name (the text a Bind refers to)
         self._sent_stmts: dict[str, _Prepared] = {}
+        #: A verdict with a result plan was sent in this session: from then on the
+        #: relay keeps its portals' statements and descriptions (before, no portal
+        #: can run under a plan, so there is nothing to keep).
+        self._plans = False
+        # Whether Executes need their portal looked up (plans or records)
+        self._watch = observer is not None
         self._rewriter: RowRewriter | None = None  # for the result now arriving
         self._copy_out = False
         self.server_fatal = False
         self._next_id = 0
         self._injection_seq = 0
+        self._base_full = message_filter is not None
         #: Whether the server side must see every message (rows to rewrite, notices
         #: and notifications to filter). The relay picks its frame mask from this.
-        self.full = message_filter is not None
+        self.full = self._base_full
 
     # ------------------------------------------------------------------ reading
     @property
     def idle(self) -> bool:
         """Nothing sent that the server has not answered."""
-        return self.sent_cycles == self.done_cycles and not self._queue
+        return self.sent_cycles == self.done_cycles and len(self._queue) == self._markers
 
     @property
     def in_flight(self) -> int:
-        return len(self._queue)
-
-    def sent_statement(self, name: str) -> tuple[str, tuple[int, ...]]:
-        """(text, parameter types) of what the client last prepared under ``name``:
-        the statement its next Bind of that name refers to."""
-        stmt = self._sent_stmts.get(name_key(name))
-        return ("", ()) if stmt is None else (stmt.sql, stmt.param_types)
+        return len(self._queue) - self._markers
 
     @property
     def mask(self) -> bytes:
@@ -267,9 +327,7 @@ class StatementTracker:
         statement_name: str = "",
         portal: str = "",
         params: tuple[bytes | None, ...] = (),
-    ) -> StatementRecord | None:
-        if self.observer is None:
-            return None
+    ) -> StatementRecord:
         self._next_id += 1
         rec = StatementRecord(
             self._next_id, kind, sql, time.monotonic(), statement_name, portal, params
@@ -298,12 +356,8 @@ class StatementTracker:
             rec.remembered = remembered
             self._emit("statement_decided", rec)
 
-    def _forwarded(self, rec: StatementRecord | None) -> None:
-        if rec is not None:
-            self._emit("statement_forwarded", rec)
-
-    def _finish(self, rec: StatementRecord | None, code: str = "", skipped: bool = False) -> None:
-        if rec is None or rec.finished_at:
+    def _finish(self, rec: StatementRecord, code: str = "", skipped: bool = False) -> None:
+        if rec.finished_at:
             return
         rec.finished_at = time.monotonic()
         if code or skipped:
@@ -313,99 +367,277 @@ class StatementTracker:
             self._emit("statement_completed", rec)
 
     # ------------------------------------------------------------------ client side
-    def _push(self, entry: _Entry) -> None:
-        if len(self._queue) >= MAX_IN_FLIGHT:
+    def client_chunk(self, chunk: bytes, frames: list[Frame], full: bool) -> list[bytes] | None:
+        """Judge and account for the client's messages in ``chunk``.
+
+        ``frames`` are those the relay's mask selected (``full``: every message).
+        Returns None when ``chunk`` goes upstream unchanged (the common case), else
+        the pieces to write instead. When a statement waits for an awaitable verdict,
+        :attr:`waiting` is set and the pieces returned are those before it; the
+        relay parks the rest and calls :meth:`resume` with the verdict.
+        """
+        out: list[bytes] | None = None
+        fwd = 0  # start of the range of chunk not yet forwarded
+        queue = self._queue
+        memo = self._memo
+        observed = self.observer is not None
+        for t, s, e in frames:
+            hdr = s - 5
+            if self.skip_until_sync:
+                if t == _SYNC_MSG:
+                    self.sync_sent()
+                elif t != _FLUSH:
+                    if out is None:
+                        out = []
+                    if hdr > fwd:
+                        out.append(chunk[fwd:hdr])
+                    fwd = e
+                continue
+            if t == _SYNC_MSG:
+                self.skip_until_sync = False
+                if not self._copy_in_open:
+                    self.sent_cycles += 1
+                    queue.append(_SYNC_ENTRY)
+                continue
+            if t == _EXECUTE:
+                portal = "" if e - s == 5 and chunk[s] == 0 else m.parse_execute(chunk[s:e])[0]
+                rec = None if not observed else self._record("execute", "", portal=portal)
+                entry = (EXECUTE, portal, rec)
+                first = len(queue) == self._markers
+                queue.append(entry)
+                if first and self._watch:
+                    self._start_execute(entry)  # nothing ahead of it: its portal is known
+                continue
+            if t == _DESCRIBE:
+                if e - s == 2 and chunk[s] == 0x50 and chunk[s + 1] == 0:
+                    queue.append(_DESCRIBE_UNNAMED_PORTAL)
+                else:
+                    kind, name = m.parse_describe(chunk[s:e])
+                    queue.append(
+                        (DESCRIBE_S, name_key(name)) if kind == "S" else (DESCRIBE_P, name)
+                    )
+                continue
+            body = b""
+            if t == _QUERY_MSG:
+                body = chunk[s:e]
+                hit = memo.get(body) if memo else None
+                if hit is not None and hit[0].kind == "query":
+                    rec = None
+                    if observed:
+                        rec = self._record("query", hit[0].sql)
+                        self.decided(rec, hit[1], True)
+                    self.query_sent(rec, hit[1])
+                    continue
+                stmt = Statement("query", m.parse_query(body))
+            elif t == _PARSE_MSG:
+                body = chunk[s:e]
+                hit = memo.get(body) if memo else None
+                if hit is not None and hit[0].kind == "parse":
+                    rec = None
+                    if observed:
+                        rec = self._record("parse", hit[0].sql, hit[0].statement_name)
+                        self.decided(rec, hit[1], True)
+                    self.parse_sent(rec, hit[0].statement_name, hit[2])  # type: ignore[arg-type]
+                    continue
+                name, sql, types = m.parse_parse(body)
+                stmt = Statement("parse", sql, statement_name=name, param_types=types)
+            elif t == _BIND_MSG:
+                body = chunk[s:e]
+                statements = self.info.statements
+                if not self.inspect_binds and (
+                    not statements.checked
+                    or not statements.checks_binds(_bind_statement_name(chunk, s, e))
+                ):
+                    queue.append((BIND, body, None, None))
+                    continue
+                stmt = self._bind_statement(body)
+            elif t == _CLOSE_MSG:
+                self.close_sent(chunk[s:e])
+                continue
+            elif t == _FUNCTION_MSG:
+                if e - s < 4:
+                    raise ProtocolError("FunctionCall message too short")
+                stmt = Statement("function_call", "", function_oid=unpack_from("!I", chunk, s)[0])
+            elif t in (_COPY_DONE_MSG, _COPY_FAIL_MSG):
+                self.copy_end_sent()
+                continue
+            elif t == _TERMINATE_MSG:
+                self.terminating = True
+                continue
+            else:
+                continue
+            rec = self.received(stmt) if observed else None
+            verdict = self._inspect(stmt)
+            if type(verdict) is Allow:
+                if observed:
+                    self.decided(rec, verdict)
+                prepared = self._sent(t, rec, stmt, verdict, body)
+                if verdict.repeatable and t != _BIND_MSG and len(body) <= MEMO_MAX_MESSAGE:
+                    if len(memo) >= MEMO_MAX_ENTRIES:
+                        memo.clear()
+                    memo[body] = (stmt, verdict, prepared)
+                continue
+            if out is None:
+                out = []
+            if hdr > fwd:
+                out.append(chunk[fwd:hdr])
+            fwd = e
+            if isinstance(verdict, Refuse):
+                self.decided(rec, verdict)
+                out.append(self.refuse(rec, verdict, t))
+                if self.skip_until_sync and not full:
+                    # The rest of this read must now be seen message by message.
+                    rest = chunk[e:]
+                    if rest:
+                        more = self.client_chunk(rest, split_frames(rest), True)
+                        out.extend(more if more is not None else (rest,))
+                    return out
+                continue
+            # An awaitable verdict: the relay parks this message and everything after.
+            self.waiting = Waiting(verdict, t, chunk[hdr:e], stmt, rec, body, chunk[e:])
+            return out
+        if len(queue) > MAX_IN_FLIGHT:
             raise ProtocolError(
                 f"more than {MAX_IN_FLIGHT} messages in flight without reading the answers",
                 sqlstate=sqlstate.PROGRAM_LIMIT_EXCEEDED,
             )
-        self._queue.append(entry)
+        if out is None:
+            return None
+        if fwd < len(chunk):
+            out.append(chunk[fwd:])
+        return out
+
+    def resume(self, verdict: object) -> bytes:
+        """The awaited verdict of :attr:`waiting` arrived (or the wait ended: pass the
+        Refuse to send). Returns the bytes to send upstream in its place."""
+        waiting = self.waiting
+        assert waiting is not None
+        self.waiting = None
+        if not isinstance(verdict, (Allow, Refuse)):
+            verdict = Refuse(
+                sqlstate.INTERNAL_ERROR, "dbgate: inspector returned no verdict; statement not run"
+            )
+        self.decided(waiting.record, verdict)
+        if self.skip_until_sync:
+            # An earlier message of its batch failed meanwhile: the server would skip
+            # this one, so it is not sent at all.
+            if waiting.record is not None:
+                self._finish(waiting.record, "", skipped=True)
+            return b""
+        if isinstance(verdict, Refuse):
+            return self.refuse(waiting.record, verdict, waiting.message_type)
+        self._sent(waiting.message_type, waiting.record, waiting.statement, verdict, waiting.body)
+        return waiting.message
+
+    def _inspect(self, stmt: Statement) -> Allow | Refuse | Awaitable[Allow | Refuse]:
+        try:
+            return self.inspector.inspect(self.info, stmt)
+        except Exception:
+            log.exception("session %s: inspector failed; refusing", self.info.session_id)
+            return Refuse(
+                sqlstate.INTERNAL_ERROR,
+                "dbgate: internal error while inspecting; statement not run",
+            )
+
+    def _bind_statement(self, body: bytes) -> Statement:
+        """The inspector's view of a Bind whose decision depends on its values."""
+        portal, name, formats, params, _ = m.parse_bind(body)
+        cands = self.info.statements.candidates(name, self.sent_cycles + 1)
+        if cands:
+            sql, types = cands[-1].sql, cands[-1].param_types
+        else:
+            sent = self._sent_stmts.get(name_key(name))
+            sql, types = ("", ()) if sent is None else (sent.sql, sent.param_types)
+        return Statement(
+            "bind",
+            sql,
+            statement_name=name,
+            portal=portal,
+            params=params,
+            param_formats=_expand_formats(formats, len(params)),
+            param_types=types,
+            candidates=cands,
+        )
+
+    def _sent(
+        self, t: int, rec: StatementRecord | None, stmt: Statement, verdict: Allow, body: bytes
+    ) -> _Prepared | None:
+        """Account for an allowed message on its way upstream (returns what a
+        remembered Parse hands the tracker again)."""
+        if t == _QUERY_MSG:
+            self.query_sent(rec, verdict)
+        elif t == _PARSE_MSG:
+            prepared = _Prepared(stmt.sql, verdict, stmt.param_types)
+            self.parse_sent(rec, stmt.statement_name, prepared)
+            return prepared
+        elif t == _BIND_MSG:
+            if verdict.plan is not None:
+                self._plans = self._watch = True
+            self._queue.append((BIND, body, verdict, rec))
+            if rec is not None:
+                self._emit("statement_forwarded", rec)
+        else:
+            self.function_call_sent(rec)
+        return None
 
     def query_sent(self, rec: StatementRecord | None, verdict: Allow) -> None:
         """An allowed Query was forwarded. ``verdict.changes``: SQL PREPARE/DEALLOCATE/
         DISCARD ALL in it, each confirmed by its own statement's command tag."""
         self.sent_cycles += 1
-        entry = _Entry(QUERY, record=rec)
-        entry.data = verdict
+        if verdict.plan is not None:
+            self._plans = self._watch = True
+        changes = None
         if verdict.changes:
             sent = self.info.statements.sent
-            entry.change = [(c.statement, sent(self.sent_cycles, c)) for c in verdict.changes]
-        self._push(entry)
-        self._forwarded(rec)
+            changes = [0, [(c.statement, sent(self.sent_cycles, c)) for c in verdict.changes]]
+        self._queue.append((QUERY, verdict, rec, changes))
+        if rec is not None:
+            self._emit("statement_forwarded", rec)
 
-    def parse_sent(
-        self,
-        rec: StatementRecord | None,
-        name: str,
-        sql: str,
-        param_types: tuple[int, ...],
-        verdict: Allow,
-    ) -> None:
+    def parse_sent(self, rec: StatementRecord | None, name: str, prepared: _Prepared) -> None:
         """An allowed Parse was forwarded (part of the cycle its Sync will end)."""
-        key = name_key(name)
-        prepared = _Prepared(sql, verdict, param_types)
-        entry = _Entry(PARSE, key, rec)
-        entry.data = prepared
-        entry.change = self.info.statements.parse_sent(
-            self.sent_cycles + 1, key, sql, verdict.check_binds, param_types
+        key = name_key(name) if name else ""
+        handle = self.info.statements.parse_sent(
+            self.sent_cycles + 1,
+            key,
+            prepared.sql,
+            prepared.verdict.check_binds,
+            prepared.param_types,
         )
         self._sent_stmts[key] = prepared
-        self._push(entry)
-        self._forwarded(rec)
-
-    def bind_sent(
-        self, rec: StatementRecord | None, body: bytes, verdict: Allow | None = None
-    ) -> None:
-        """A Bind was forwarded; ``verdict`` when the inspector judged it. Its names
-        are read only once the server answers (most Binds are never looked at)."""
-        entry = _Entry(BIND, record=rec)
-        entry.data = (body, verdict)
-        self._push(entry)
-        self._forwarded(rec)
-
-    def describe_sent(self, body: bytes) -> None:
-        kind, name = m.parse_describe(body)
-        if kind == "S":
-            self._push(_Entry(DESCRIBE_S, name_key(name)))
-        else:
-            self._push(_Entry(DESCRIBE_P, name))
-
-    def execute_sent(self, body: bytes) -> None:
-        portal, _ = m.parse_execute(body)
-        entry = _Entry(EXECUTE, portal)
-        if self.observer is not None:
-            entry.record = self._record("execute", "", portal=portal)
-        self._push(entry)
-        if self._first() is entry:
-            self._start_execute(entry)  # nothing ahead of it: its portal is known now
+        if prepared.verdict.plan is not None:
+            self._plans = self._watch = True
+        self._queue.append((PARSE, key, prepared, handle, rec))
+        if rec is not None:
+            self._emit("statement_forwarded", rec)
 
     def close_sent(self, body: bytes) -> None:
         kind, name = m.parse_close(body)
-        entry = _Entry(CLOSE, name_key(name) if kind == "S" else name)
-        entry.data = kind
         if kind == "S":
-            entry.change = self.info.statements.close_sent(self.sent_cycles + 1, name)
-        self._push(entry)
+            key = name_key(name)
+            handle = self.info.statements.close_sent(self.sent_cycles + 1, key)
+            self._queue.append((CLOSE, "S", key, handle))
+        else:
+            self._queue.append((CLOSE, "P", name, None))
 
-    def sync_sent(self) -> bool:
-        """A Sync was forwarded; returns False when the server will ignore it (it is
-        copying in), so it is not a cycle."""
+    def sync_sent(self) -> None:
+        """A Sync was forwarded. The server ignores it while it copies in: not a cycle."""
         self.skip_until_sync = False
-        if self._copy_in_open:
-            return False
-        self.sent_cycles += 1
-        self._push(_Entry(SYNC))
-        return True
+        if not self._copy_in_open:
+            self.sent_cycles += 1
+            self._queue.append(_SYNC_ENTRY)
 
     def function_call_sent(self, rec: StatementRecord | None) -> None:
         self.sent_cycles += 1
-        self._push(_Entry(FUNCTION, record=rec))
-        self._forwarded(rec)
+        self._queue.append((FUNCTION, rec))
+        if rec is not None:
+            self._emit("statement_forwarded", rec)
 
     def copy_end_sent(self) -> None:
         """The client sent CopyDone or CopyFail."""
         self._copy_in_open = False
-        self._push(_Entry(COPY_END))
+        self._markers += 1
+        self._queue.append(_COPY_END_ENTRY)
 
     def refuse(self, rec: StatementRecord | None, refusal: Refuse, message_type: int) -> bytes:
         """The bytes to send the server in place of a refused message.
@@ -428,24 +660,16 @@ class StatementTracker:
                 f"MESSAGE = '{token}'; END{tag}"
             )
             self.sent_cycles += 1
-            entry = _Entry(INJECTED_QUERY, record=rec)
-            out = m.frame(ord("Q"), sql.encode() + b"\0")
-        else:
-            entry = _Entry(INJECTED_PARSE, record=rec)
-            out = m.frame(ord("P"), f"dbgate_{_NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
-            if message_type == ord("F"):
-                # FunctionCall is a cycle of its own: our Sync ends it with one RFQ.
-                self.sent_cycles += 1
-                out += m.frame(ord("S"), b"")
-                entry.refusal = refusal
-                entry.token = token.encode()
-                self._push(entry)
-                self._push(_Entry(SYNC))
-                return out
-            self.skip_until_sync = True  # the rest of the batch is not forwarded
-        entry.refusal = refusal
-        entry.token = token.encode()
-        self._push(entry)
+            self._queue.append((INJECTED_QUERY, refusal, rec, token.encode()))
+            return m.frame(ord("Q"), sql.encode() + b"\0")
+        out = m.frame(ord("P"), f"dbgate_{_NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
+        self._queue.append((INJECTED_PARSE, refusal, rec, token.encode()))
+        if message_type == ord("F"):
+            # FunctionCall is a cycle of its own: our Sync ends it with one RFQ.
+            self.sent_cycles += 1
+            self._queue.append(_SYNC_ENTRY)
+            return out + m.frame(ord("S"), b"")
+        self.skip_until_sync = True  # the rest of the batch is not forwarded
         return out
 
     # ------------------------------------------------------------------ server side
@@ -456,138 +680,252 @@ class StatementTracker:
         Returns None when ``chunk`` goes to the client unchanged (the common case),
         else the pieces to write instead.
         """
+        queue = self._queue
+        if self._markers or self._watch or self.full or self._copy_in:
+            return self._server_frames(chunk, frames, 0, full)
+        # The lean loop: no plan was ever sent, nobody observes, nothing to rewrite.
+        # The answers of ordinary statements only pop their entries here (no portal
+        # can run under a plan yet, so there are no statements or portals to keep);
+        # anything else goes to the general loop from that message on.
+        info = self.info
+        i = 0
+        for t, s, _e in frames:
+            if queue:
+                head = queue[0]
+                kind = head[0]
+                if t == _Z:
+                    if kind == SYNC or (kind == QUERY and head[2] is None and head[3] is None):
+                        queue.popleft()
+                        self.done_cycles += 1
+                        info.transaction_status = _STATUS[chunk[s]]
+                        i += 1
+                        continue
+                elif t == _BIND_OK:
+                    if kind == BIND and head[3] is None:
+                        queue.popleft()
+                        i += 1
+                        continue
+                elif t == _CMD_COMPLETE:
+                    if kind == EXECUTE and head[2] is None:
+                        queue.popleft()
+                        i += 1
+                        continue
+                    if kind == QUERY and head[2] is None and head[3] is None:
+                        i += 1
+                        continue
+                elif t == _ROW_DESC:
+                    if kind == DESCRIBE_P:
+                        queue.popleft()
+                        i += 1
+                        continue
+                    if kind == QUERY:  # no plans: the verdict has none
+                        i += 1
+                        continue
+                elif t == _PARSE_OK:
+                    if kind == PARSE and head[3] is None and head[4] is None:
+                        queue.popleft()
+                        i += 1
+                        continue
+                elif t == _NO_DATA and kind in (DESCRIBE_P, DESCRIBE_S):
+                    queue.popleft()
+                    i += 1
+                    continue
+            return self._server_frames(chunk, frames, i, full)
+        return None
+
+    def _server_frames(
+        self, chunk: bytes, frames: list[Frame], start: int, full: bool
+    ) -> list[bytes] | None:
+        """The general loop of :meth:`server_chunk`, from ``frames[start]`` on."""
         out: list[bytes] | None = None
         run = 0  # start of the unchanged run of chunk not yet copied to out
-        for t, s, e in frames:
-            replacement: bytes | None = None
+        queue = self._queue
+        for t, s, e in frames[start:] if start else frames:
+            # Fast paths for the answers of ordinary statements (no plan, no record,
+            # no prepared-statement change, no marker ahead); the rest takes the
+            # general path below.
+            if queue and not self._markers:
+                head = queue[0]
+                kind = head[0]
+                if t == _Z:
+                    if kind == SYNC or (kind == QUERY and head[2] is None and head[3] is None):
+                        queue.popleft()
+                        self._ready(chunk[s])
+                        continue
+                elif t == _CMD_COMPLETE:
+                    if kind == EXECUTE and head[2] is None:
+                        queue.popleft()
+                        if self._rewriter is not None:
+                            self._end_result()
+                        if self._watch and queue and queue[0][0] == EXECUTE:
+                            self._start_execute(queue[0])
+                        continue
+                    if kind == QUERY and head[2] is None and head[3] is None:
+                        if self._rewriter is not None:
+                            self._end_result()
+                        continue
+                elif t == _ROW_DESC:
+                    if kind == DESCRIBE_P and not self._plans:
+                        queue.popleft()
+                        if self._watch and queue and queue[0][0] == EXECUTE:
+                            self._start_execute(queue[0])
+                        continue
+                    if kind == QUERY and head[1].plan is None:
+                        continue
+                elif t == _BIND_OK:
+                    if kind == BIND and head[3] is None:
+                        queue.popleft()
+                        if self._plans or self.observer is not None:
+                            self._bind_done(head, True)
+                        if self._watch and queue and queue[0][0] == EXECUTE:
+                            self._start_execute(queue[0])
+                        continue
+                elif t == _PARSE_OK and kind == PARSE and head[3] is None and head[4] is None:
+                    queue.popleft()
+                    self._stmts[head[1]] = head[2]
+                    continue
             if t == _DATA_ROW:
                 rw = self._rewriter
-                if rw is not None:
-                    replacement = m.frame(t, rw.data_row(chunk[s:e]))
+                if rw is None:
+                    continue
+                replacement = m.frame(t, rw.data_row(chunk[s:e]))
+            elif t == _Z:
+                self._on_ready(chunk[s])
+                continue
             elif t == _COPY_DATA:
                 rw = self._rewriter
-                if rw is not None and self._copy_out:
-                    replacement = m.frame(t, rw.copy_data(chunk[s:e]))
+                if rw is None or not self._copy_out:
+                    continue
+                replacement = m.frame(t, rw.copy_data(chunk[s:e]))
             elif t in (_N, _A):
                 f = self.message_filter
-                if f is not None:
-                    body = chunk[s:e]
-                    new = f.notice(self.info, body) if t == _N else f.notification(self.info, body)
-                    if new is not body and new != body:
-                        replacement = m.frame(t, new)
+                if f is None:
+                    continue
+                body = chunk[s:e]
+                new = f.notice(self.info, body) if t == _N else f.notification(self.info, body)
+                if new == body:
+                    continue
+                replacement = m.frame(t, new)
             else:
                 was_full = self.full
                 replacement = self._on_message(t, chunk, s, e)
                 if self.full and not was_full and not full:
                     # A rewriter started mid-chunk: the rows after this message were
                     # not selected. See the rest of the chunk message by message.
-                    rest = chunk[e:]
                     if out is None:
                         out = []
                     if s - 5 > run:
                         out.append(chunk[run : s - 5])
                     out.append(replacement if replacement is not None else chunk[s - 5 : e])
+                    rest = chunk[e:]
                     if rest:
-                        more = self.server_chunk(rest, split_frames(rest), True)
+                        more = self._server_frames(rest, split_frames(rest), 0, True)
                         out.extend(more if more is not None else (rest,))
                     return out
-            if replacement is not None:
-                if out is None:
-                    out = []
-                hdr = s - 5
-                if hdr > run:
-                    out.append(chunk[run:hdr])
-                out.append(replacement)
-                run = e
+                if replacement is None:
+                    continue
+            if out is None:
+                out = []
+            hdr = s - 5
+            if hdr > run:
+                out.append(chunk[run:hdr])
+            out.append(replacement)
+            run = e
         if out is None:
             return None
         if run < len(chunk):
             out.append(chunk[run:])
         return out
 
-    def _first(self) -> _Entry | None:
+    def _head(self, t: int) -> Entry:
         """The entry the server answers next (markers of the client's order dropped)."""
         queue = self._queue
-        while queue and queue[0].kind == COPY_END:
-            queue.popleft()
-        return queue[0] if queue else None
-
-    def _head(self, t: int) -> _Entry:
-        entry = self._first()
-        if entry is None:
+        if self._markers:
+            while queue and queue[0][0] == COPY_END:
+                queue.popleft()
+                self._markers -= 1
+        if not queue:
             raise TrackerDesync(f"server sent {chr(t)!r} with no message in flight")
-        return entry
+        return queue[0]
 
-    def _desync(self, t: int, entry: _Entry) -> TrackerDesync:
+    def _desync(self, t: int, entry: Entry) -> TrackerDesync:
         return TrackerDesync(
-            f"server sent {chr(t)!r} while dbgate expected the answer to a "
-            f"{_KIND_NAMES[entry.kind]}"
+            f"server sent {chr(t)!r} while dbgate expected the answer to a {_KIND_NAMES[entry[0]]}"
         )
 
     def _pop(self) -> None:
-        self._queue.popleft()
-        head = self._first()
-        if head is not None and head.kind == EXECUTE:
-            self._start_execute(head)
+        """The head entry is answered; an Execute that comes next starts now."""
+        queue = self._queue
+        queue.popleft()
+        if self._markers:
+            while queue and queue[0][0] == COPY_END:
+                queue.popleft()
+                self._markers -= 1
+        if self._watch and queue and queue[0][0] == EXECUTE:
+            self._start_execute(queue[0])
 
     def _on_message(self, t: int, chunk: bytes, s: int, e: int) -> bytes | None:
         """One tracked server message; returns a replacement or None."""
+        if t == _E:
+            return self._on_error(chunk[s:e])
         if t == _PS:
             self._on_parameter_status_msg(chunk[s:e])
             return None
-        if t == _E:
-            return self._on_error(chunk[s:e])
-        if t == _Z:
-            self._on_ready(chunk, s)
-            return None
-        if t not in _ANSWERS:
-            return None  # CopyDone of a COPY TO STDOUT, and anything not an answer
         entry = self._head(t)
-        kind = entry.kind
-        if t == _CMD_COMPLETE:
-            self._on_command_complete(entry, chunk[s:e])
-        elif t == _PARSE_OK:
+        kind = entry[0]
+        if t == _PARSE_OK:
             if kind != PARSE:
                 raise self._desync(t, entry)
             self._parse_done(entry, True)
-            self._pop()
         elif t == _BIND_OK:
             if kind != BIND:
                 raise self._desync(t, entry)
             self._bind_done(entry, True)
-            self._pop()
+        elif t == _CMD_COMPLETE:
+            self._on_command_complete(entry, chunk[s:e])
+            return None
         elif t == _ROW_DESC:
             self._on_row_description(entry, chunk[s:e])
+            return None
+        elif t == _NO_DATA:
+            if kind != DESCRIBE_S and kind != DESCRIBE_P:
+                raise self._desync(t, entry)
         elif t == _PARAM_DESC:
             if kind != DESCRIBE_S:
                 raise self._desync(t, entry)
             self._on_parameter_description(entry, chunk[s:e])
-        elif t == _NO_DATA:
-            if kind not in (DESCRIBE_S, DESCRIBE_P):
+            return None
+        elif t == _EMPTY:
+            if kind == QUERY:
+                return None  # an empty query string
+            if kind != EXECUTE:
                 raise self._desync(t, entry)
-            self._pop()
-        elif t in (_EMPTY, _SUSPENDED):
-            if kind == QUERY and t == _EMPTY:
-                pass  # an empty statement of a query string
-            elif kind == EXECUTE:
-                self._execute_done(entry, suspended=t == _SUSPENDED)
-            else:
+            self._execute_done(entry, "")
+        elif t == _SUSPENDED:
+            if kind != EXECUTE:
                 raise self._desync(t, entry)
+            self._execute_done(entry, "suspended")
         elif t == _CLOSE_OK:
             if kind != CLOSE:
                 raise self._desync(t, entry)
             self._close_done(entry)
-            self._pop()
         elif t == _COPY_IN:
-            if kind not in (QUERY, EXECUTE):
+            if kind != QUERY and kind != EXECUTE:
                 raise self._desync(t, entry)
             self._on_copy_in()
+            return None
         elif t in (_COPY_OUT, _COPY_BOTH):
-            if kind not in (QUERY, EXECUTE):
+            if kind != QUERY and kind != EXECUTE:
                 raise self._desync(t, entry)
             self._on_copy_out(entry, chunk[s:e])
-        elif t == _FUNC_RESULT and kind != FUNCTION:
-            raise self._desync(t, entry)
+            return None
+        elif t == _FUNC_RESULT:
+            if kind != FUNCTION:
+                raise self._desync(t, entry)
+            return None
+        else:
+            return None  # not an answer (CopyDone of a COPY TO STDOUT, ...)
+        self._pop()
         return None
 
     # -- per message type -------------------------------------------------------------
@@ -596,42 +934,58 @@ class StatementTracker:
         info = self.info
         info.server_params[name] = value
         info.params_version += 1
-        if self._on_parameter_status is not None:
-            self._on_parameter_status()
+        self._memo.clear()  # verdicts may depend on it (application_name, ...)
 
-    def _on_ready(self, chunk: bytes, s: int) -> None:
+    def _on_ready(self, status: int) -> None:
         entry = self._head(_Z)
-        if entry.kind not in _ENDS_CYCLE:
+        kind = entry[0]
+        if kind not in _ENDS_CYCLE:
             raise self._desync(_Z, entry)
-        status = chr(chunk[s])
-        if entry.kind in (QUERY, INJECTED_QUERY, FUNCTION):
-            rec = entry.record
-            if entry.kind == QUERY and isinstance(entry.change, list):
-                for _, handle in entry.change:
+        if kind != SYNC:
+            rec = entry[2] if kind != FUNCTION else entry[1]
+            if kind == QUERY and entry[3] is not None:
+                for _, handle in entry[3][1]:
                     handle.resolve(False)  # statements after an error did not run
-            if rec is not None and not rec.finished_at:
+            if rec is not None:
                 self._finish(rec, rec.sqlstate)
+        self._queue.popleft()
+        self._ready(status)
+
+    def _ready(self, status: int) -> None:
+        """A cycle ended (its entry is already off the queue)."""
+        if self._rewriter is not None or self._copy_in or self._copy_out:
+            self._rewriter = None
+            self._copy_out = self._copy_in = self._copy_in_open = False
+            self.full = self._base_full
+        self.done_cycles += 1
+        self.info.transaction_status = _STATUS[status]
+        if status == 0x49 and self._portals:  # 'I': portals end with their transaction
+            self._portals.clear()
+            self._portal_state.clear()
+        queue = self._queue
+        if self._markers:
+            while queue and queue[0][0] == COPY_END:
+                queue.popleft()
+                self._markers -= 1
+        if self._watch and queue and queue[0][0] == EXECUTE:
+            self._start_execute(queue[0])
+
+    def _end_result(self) -> None:
         self._rewriter = None
         self._copy_out = False
-        self._copy_in = False
-        self._copy_in_open = False
-        self.full = self.message_filter is not None
-        self.done_cycles += 1
-        self.info.transaction_status = status
-        if status == "I":
-            self._portals.clear()  # portals end with their transaction
-        self._pop()
+        self.full = self._base_full
 
     def _on_error(self, body: bytes) -> bytes | None:
         if b"SFATAL\0" in body or b"SPANIC\0" in body:
             self.server_fatal = True
         queue = self._queue
-        entry = self._first()
-        if entry is None:
+        if len(queue) == self._markers:
             return self._filtered_error(body)  # e.g. a FATAL the server sends on its own
+        entry = self._head(_E)
+        kind = entry[0]
         replacement: bytes | None = None
-        if entry.refusal is not None and entry.token in body:
-            r = entry.refusal
+        if (kind in (INJECTED_QUERY, INJECTED_PARSE)) and entry[3] in body:
+            r: Refuse = entry[1]
             extra: dict[str, object] = {}
             if r.detail:
                 extra["D"] = r.detail
@@ -644,28 +998,31 @@ class StatementTracker:
         else:
             code = _sqlstate_of(body)
             replacement = self._filtered_error(body)
-        kind = entry.kind
         self._rewriter = None
         self._copy_out = False
         if self._copy_in:
             self._copy_in = False
             self._copy_in_open = False  # the server left copy mode
-        self.full = self.message_filter is not None
+        self.full = self._base_full
         if kind in (QUERY, INJECTED_QUERY, FUNCTION):
             # The query string stops here; ReadyForQuery follows.
-            rec = entry.record
+            rec = entry[1] if kind == FUNCTION else entry[2]
             if rec is not None:
                 rec.sqlstate = code
-            if kind == QUERY and isinstance(entry.change, list):
-                self._resolve_query_changes(entry, failed_at=True)
+            if kind == QUERY and entry[3] is not None:
+                self._resolve_query_changes(entry, failed=True)
             return replacement
         if kind == SYNC:
             return replacement  # an error after the batch (e.g. at commit)
         # Extended protocol: this message failed, the server skips to the next Sync.
-        self._fail_entry(entry, code, skipped=False)
         queue.popleft()
-        while queue and queue[0].kind != SYNC:
+        self._fail_entry(entry, code, skipped=False)
+        while queue and queue[0][0] != SYNC:
             self._fail_entry(queue.popleft(), code, skipped=True)
+        if not queue:
+            # No Sync sent yet: whatever the client sends until its Sync, the server
+            # skips. Not forwarding it keeps the queue equal to what will be answered.
+            self.skip_until_sync = True
         return replacement
 
     def _filtered_error(self, body: bytes) -> bytes | None:
@@ -673,168 +1030,192 @@ class StatementTracker:
         if f is None:
             return None
         new = f.error(self.info, body)
-        return None if new is body or new == body else m.frame(_E, new)
+        return None if new == body else m.frame(_E, new)
 
-    def _fail_entry(self, entry: _Entry, code: str, skipped: bool) -> None:
-        kind = entry.kind
+    def _fail_entry(self, entry: Entry, code: str, skipped: bool) -> None:
+        """An entry the server failed, or skipped after an error (until Sync)."""
+        kind = entry[0]
+        rec: StatementRecord | None = None
         if kind == PARSE:
             self._parse_done(entry, False)
-        elif kind == BIND:
+            return
+        if kind == BIND:
             self._bind_done(entry, False)
-        elif kind == CLOSE:
-            if isinstance(entry.change, PendingChange):
-                entry.change.resolve(False)
+            return
+        if kind == CLOSE:
+            if entry[3] is not None:
+                entry[3].resolve(False)
+        elif kind == EXECUTE:
+            rec = entry[2]
         elif kind == QUERY:
             # A Query slipped into a batch that failed: the server skips it entirely.
             self.done_cycles += 1  # it will never get its ReadyForQuery
-            if isinstance(entry.change, list):
-                for _, handle in entry.change:
+            rec = entry[2]
+            if entry[3] is not None:
+                for _, handle in entry[3][1]:
                     handle.resolve(False)
         elif kind == FUNCTION:
             self.done_cycles += 1
-        self._finish(entry.record, code, skipped)
+            rec = entry[1]
+        elif kind == INJECTED_PARSE:
+            rec = entry[2]
+        elif kind == COPY_END:
+            self._markers -= 1
+        if rec is not None:
+            self._finish(rec, code, skipped)
 
-    def _parse_done(self, entry: _Entry, ok: bool) -> None:
-        handle = entry.change
-        if isinstance(handle, PendingChange):
+    def _parse_done(self, entry: Entry, ok: bool) -> None:
+        _, key, prepared, handle, rec = entry
+        if handle is not None:
             handle.resolve(ok)
-        prepared: _Prepared = entry.data  # type: ignore[assignment]
         if ok:
-            self._stmts[entry.name] = prepared
-        elif entry.name == "":
+            self._stmts[key] = prepared
+        elif key == "":
             self._stmts.pop("", None)  # an unnamed Parse drops the old one first
-        self._finish(entry.record)
+        if rec is not None:
+            self._finish(rec, "" if ok else sqlstate.INTERNAL_ERROR, not ok)
 
-    def _bind_done(self, entry: _Entry, ok: bool) -> None:
-        body, verdict = entry.data  # type: ignore[misc]
-        portal_name, stmt_name = _bind_names(body)
+    def _bind_done(self, entry: Entry, ok: bool) -> None:
+        _, body, verdict, rec = entry
+        portal, stmt_name = _bind_names(body)
         if ok:
-            params: tuple[bytes | None, ...] = ()
-            formats: tuple[int, ...] = ()
-            stmt = self._stmts.get(name_key(stmt_name))
-            planned = verdict if verdict is not None else stmt.verdict if stmt else None
-            if (planned is not None and planned.plan is not None) or self.observer is not None:
-                _, _, _, params, formats = m.parse_bind(body)
-            self._portals[portal_name] = _Portal(stmt, verdict, formats, params)
+            self._portals[portal] = (self._stmts.get(stmt_name), verdict, body)
         else:
-            self._portals.pop(portal_name, None)
-        self._finish(entry.record)
+            self._portals.pop(portal, None)
+        if self._portal_state:
+            self._portal_state.pop(portal, None)  # a new portal: plan it afresh
+        if rec is not None:
+            self._finish(rec, "" if ok else sqlstate.INTERNAL_ERROR, not ok)
 
-    def _close_done(self, entry: _Entry) -> None:
-        if entry.data == "S":
-            if isinstance(entry.change, PendingChange):
-                entry.change.resolve(True)
-            self._stmts.pop(entry.name, None)
+    def _close_done(self, entry: Entry) -> None:
+        _, kind, name, handle = entry
+        if kind == "S":
+            if handle is not None:
+                handle.resolve(True)
+            self._stmts.pop(name, None)
         else:
-            self._portals.pop(entry.name, None)
+            self._portals.pop(name, None)
+            self._portal_state.pop(name, None)
 
-    def _on_parameter_description(self, entry: _Entry, body: bytes) -> None:
+    def _on_parameter_description(self, entry: Entry, body: bytes) -> None:
         n = _I16.unpack_from(body)[0] if len(body) >= 2 else 0
-        types = unpack_from(f"!{n}I", body, 2) if n else ()
-        stmt = self._stmts.get(entry.name)
+        types = tuple(unpack_from(f"!{n}I", body, 2)) if n else ()
+        stmt = self._stmts.get(entry[1])
         if stmt is not None:
-            stmt.param_types = tuple(types)
-        self.info.statements.described(entry.name, tuple(types))
+            stmt.param_types = types
+        self.info.statements.described(entry[1], types)
 
-    def _on_row_description(self, entry: _Entry, body: bytes) -> None:
-        kind = entry.kind
-        if kind == DESCRIBE_S:
-            stmt = self._stmts.get(entry.name)
+    def _on_row_description(self, entry: Entry, body: bytes) -> None:
+        kind = entry[0]
+        if kind == DESCRIBE_P:
+            state = self._plan_state(entry[1])
+            if state is not None:
+                state.description = body
+            self._pop()
+        elif kind == DESCRIBE_S:
+            stmt = self._stmts.get(entry[1])
             if stmt is not None:
                 stmt.description = body
             self._pop()
-        elif kind == DESCRIBE_P:
-            portal = self._portals.get(entry.name)
-            if portal is not None:
-                portal.description = body
-            self._pop()
         elif kind == QUERY:
-            verdict: Allow = entry.data  # type: ignore[assignment]
-            plan = verdict.plan
+            plan = entry[1].plan
             if plan is not None:
-                formats = _description_formats(body)
-                self._set_rewriter(plan.rows(self.info, body, formats))
+                self._set_rewriter(plan.rows(self.info, body, _description_formats(body)))
         else:
             raise self._desync(_ROW_DESC, entry)
 
-    def _on_command_complete(self, entry: _Entry, body: bytes) -> None:
-        kind = entry.kind
-        if kind == QUERY:
+    def _plan_state(self, portal: str) -> _PortalState | None:
+        """Per-portal state, for portals whose statement has a result plan."""
+        state = self._portal_state.get(portal)
+        if state is None:
+            p = self._portals.get(portal)
+            if p is None:
+                return None
+            verdict = p[1] if p[1] is not None else p[0].verdict if p[0] is not None else None
+            if verdict is None or verdict.plan is None:
+                return None
+            state = self._portal_state[portal] = _PortalState()
+        return state
+
+    def _on_command_complete(self, entry: Entry, body: bytes) -> None:
+        kind = entry[0]
+        if kind == EXECUTE:
+            rec = entry[2]
+            self._execute_done(entry, m.parse_command_complete(body) if rec is not None else "")
+            self._pop()
+            return
+        if kind != QUERY:
+            raise self._desync(_CMD_COMPLETE, entry)
+        if self._rewriter is not None:
             self._rewriter = None
             self._copy_out = False
-            self.full = self.message_filter is not None
-            tag = m.parse_command_complete(body)
-            rec = entry.record
-            if rec is not None:
-                rec.tags.append(tag)
-                rec.rows += _row_count(tag)
-            if isinstance(entry.change, list):
-                self._resolve_query_changes(entry, failed_at=False)
-            return
-        if kind != EXECUTE:
-            raise self._desync(_CMD_COMPLETE, entry)
-        rec = entry.record
+            self.full = self._base_full
+        rec = entry[2]
         if rec is not None:
             tag = m.parse_command_complete(body)
             rec.tags.append(tag)
             rec.rows += _row_count(tag)
-        self._execute_done(entry, suspended=False)
+        if entry[3] is not None:
+            self._resolve_query_changes(entry, failed=False)
 
-    def _resolve_query_changes(self, entry: _Entry, failed_at: bool) -> None:
-        """A statement of a query string ended: resolve the prepared-statement change
-        it carried. Statements are counted by their CommandComplete (each statement of
-        a simple query string ends with one, or with the error that stops the string)."""
-        done = entry.index
-        changes: list[tuple[int, PendingChange]] = entry.change  # type: ignore[assignment]
+    def _resolve_query_changes(self, entry: Entry, failed: bool) -> None:
+        """A statement of a query string ended (its CommandComplete, or the error that
+        stops the string): resolve the prepared-statement change it carried."""
+        state = entry[3]
+        done = state[0]
         rest = []
-        for index, handle in changes:
+        for index, handle in state[1]:
             if index == done:
-                handle.resolve(not failed_at)
-            elif index < done:  # pragma: no cover - resolved earlier
-                handle.resolve(False)
+                handle.resolve(not failed)
             else:
                 rest.append((index, handle))
-        entry.change = rest
-        entry.index = done + 1
+        state[0] = done + 1
+        state[1] = rest
 
-    def _start_execute(self, entry: _Entry) -> None:
+    def _start_execute(self, entry: Entry) -> None:
         """An Execute reached the head: its portal is now exactly what the server has."""
-        portal = self._portals.get(entry.name)
-        rec = entry.record
-        if portal is None:
+        portal = entry[1]
+        p = self._portals.get(portal)
+        rec: StatementRecord | None = entry[2]
+        if p is None:
             if rec is not None:
                 self._emit("statement_decided", rec)
-                self._forwarded(rec)
+                self._emit("statement_forwarded", rec)
             return
-        stmt = portal.stmt
-        verdict = portal.plan_verdict
+        stmt, bind_verdict, body = p
+        verdict = bind_verdict if bind_verdict is not None else stmt.verdict if stmt else None
         if rec is not None:
             rec.sql = stmt.sql if stmt is not None else ""
-            rec.statement_name = ""
-            rec.params = portal.params
+            rec.params = m.parse_bind(body)[3]
             rec.verdict = verdict
             rec.remembered = True
             self._emit("statement_decided", rec)
-            self._forwarded(rec)
+            self._emit("statement_forwarded", rec)
         if verdict is None or verdict.plan is None:
             return
-        if not portal.planned:
-            portal.planned = True
-            description = portal.description or (stmt.description if stmt else None)
+        state = self._plan_state(portal)
+        if state is None:  # pragma: no cover - a plan always has state
+            return
+        if state.rewriter is None:
+            description = state.description or (stmt.description if stmt else None)
+            formats = m.parse_bind(body)[4]
             n = _field_count(description)
-            formats = _expand_formats(portal.formats, n) if n else portal.formats
-            portal.rewriter = verdict.plan.rows(self.info, description, formats)
-        self._set_rewriter(portal.rewriter)
+            if n:
+                formats = _expand_formats(formats, n)
+            state.rewriter = verdict.plan.rows(self.info, description, formats)
+        self._set_rewriter(state.rewriter)
 
-    def _execute_done(self, entry: _Entry, suspended: bool) -> None:
-        self._rewriter = None
-        self._copy_out = False
-        self.full = self.message_filter is not None
-        rec = entry.record
-        if rec is not None and suspended:
-            rec.tags.append("suspended")
-        self._finish(rec)
-        self._pop()
+    def _execute_done(self, entry: Entry, tag: str) -> None:
+        if self._rewriter is not None:
+            self._rewriter = None
+            self._copy_out = False
+            self.full = self._base_full
+        rec = entry[2]
+        if rec is not None:
+            if tag:
+                rec.tags.append(tag)
+                rec.rows += _row_count(tag)
+            self._finish(rec)
 
     def _set_rewriter(self, rewriter: RowRewriter | None) -> None:
         self._rewriter = rewriter
@@ -847,18 +1228,18 @@ class StatementTracker:
         client ends the copy."""
         self._copy_in = True
         queue = self._queue
-        kept: list[_Entry] = []
         head = queue.popleft()
+        kept: list[Entry] = []
         ended = False
         while queue:
             entry = queue.popleft()
-            if entry.kind == COPY_END:
+            if entry[0] == COPY_END:
                 kept.append(entry)
                 kept.extend(queue)
                 queue.clear()
                 ended = True
                 break
-            if entry.kind == SYNC:
+            if entry[0] == SYNC:
                 self.sent_cycles -= 1
                 continue
             kept.append(entry)
@@ -866,40 +1247,15 @@ class StatementTracker:
         queue.extend(kept)
         self._copy_in_open = not ended
 
-    def _on_copy_out(self, entry: _Entry, body: bytes) -> None:
-        if entry.kind == QUERY:
-            verdict: Allow = entry.data  # type: ignore[assignment]
-            plan = verdict.plan
+    def _on_copy_out(self, entry: Entry, body: bytes) -> None:
+        if entry[0] == QUERY:
+            plan = entry[1].plan
         else:
-            portal = self._portals.get(entry.name)
-            pv = portal.plan_verdict if portal is not None else None
-            plan = pv.plan if pv is not None else None
+            p = self._portals.get(entry[1])
+            plan = None
+            if p is not None:
+                verdict = p[1] if p[1] is not None else p[0].verdict if p[0] else None
+                plan = verdict.plan if verdict is not None else None
         if plan is not None:
             self._copy_out = True
             self._set_rewriter(plan.copy_out(self.info, body))
-
-
-def _description_formats(body: bytes) -> tuple[int, ...]:
-    """The format code of each column of a RowDescription body."""
-    n = _I16.unpack_from(body)[0]
-    pos = 2
-    out = []
-    for _ in range(n):
-        pos = body.index(b"\0", pos) + 1 + 16  # name, table oid, attnum, type, size, mod
-        out.append(_I16.unpack_from(body, pos)[0])
-        pos += 2
-    return tuple(out)
-
-
-def _sqlstate_of(body: bytes) -> str:
-    """The C field of an ErrorResponse body, walking its (code, string) fields."""
-    pos = 0
-    n = len(body)
-    while pos < n and body[pos]:
-        end = body.find(b"\0", pos + 1)
-        if end < 0:
-            break
-        if body[pos] == 0x43:  # 'C'
-            return body[pos + 1 : end].decode("ascii", "replace")
-        pos = end + 1
-    return sqlstate.INTERNAL_ERROR

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dbgate.policy.rules import load_rules
-from dbgate.proxy import session as session_mod
+from dbgate.proxy import tracker as tracker_mod
 from dbgate.proxy.policy_inspector import PolicyInspector
 from dbgate.proxy.seams import ALLOW, ALLOW_REPEATABLE, Allow, Refuse, Statement
 from dbgate.proxy.session_info import SessionInfo
@@ -85,13 +85,13 @@ async def _forget(session: SessionInfo) -> None:
 async def test_memory_is_bounded(
     counting: Any, pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(session_mod, "MEMO_MAX_ENTRIES", 4)
+    monkeypatch.setattr(tracker_mod, "MEMO_MAX_ENTRIES", 4)
     proxy, inspector = counting
     client = await agent(proxy, pg_database)
     try:
         for i in range(10):
             await client.query(f"select {i}")
-        big = "select 1 -- " + "x" * session_mod.MEMO_MAX_MESSAGE
+        big = "select 1 -- " + "x" * tracker_mod.MEMO_MAX_MESSAGE
         await client.query(big)
         await client.query(big)
         assert inspector.asked.count(("query", big)) == 2  # too long to remember
