@@ -133,6 +133,10 @@ class Config(_Strict):
     # "off": relay only (wire-compatibility testing); logged loudly at startup.
     policy: Literal["enforce", "off"] = "enforce"
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # `dbgate serve` refuses to start when an identity reaches PostgreSQL as a role that
+    # is a superuser, has BYPASSRLS or CREATEROLE, or may SET ROLE to one (see
+    # dbgate.preflight); true starts anyway and logs a warning per such role.
+    allow_privileged_upstream: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("listen")

@@ -7,7 +7,10 @@ What it starts, in order:
 2. database ``demo`` with the Faker dataset (:mod:`dbgate.demo_data`) and the empty
    state database ``dbgate_state`` (approvals and audit fill it in later work);
 3. the proxy, with one identity ``agent`` whose random password is generated once
-   per data directory and kept there, so DSNs stay the same across runs;
+   per data directory and kept there, so DSNs stay the same across runs. dbgate logs
+   in upstream for it as ``dbgate_agent``, a role with only the privileges the demo
+   needs (:func:`dbgate.demo_data.ensure_agent_role`; its password is kept in the data
+   directory too), never as the superuser;
 4. the ``--info-file`` (atomically, only once everything answers), then a banner.
 
 Ctrl-C or SIGTERM drains the proxy and stops the embedded server; exit status 0.
@@ -32,11 +35,18 @@ import socket
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from dbgate.config import Config, ConfigError
-from dbgate.demo_data import DEMO_DATABASE, STATE_DATABASE, ensure_database, ensure_demo_database
+from dbgate.demo_data import (
+    AGENT_ROLE,
+    DEMO_DATABASE,
+    STATE_DATABASE,
+    ensure_agent_role,
+    ensure_database,
+    ensure_demo_database,
+)
 from dbgate.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 __all__ = ["AGENT_IDENTITY", "DEFAULT_DATA_DIR", "run_demo"]
@@ -46,8 +56,18 @@ log = logging.getLogger("dbgate.demo")
 DEFAULT_DATA_DIR = Path(".dbgate-demo")
 AGENT_IDENTITY = "agent"
 AGENT_PASSWORD_FILE = "agent.password"
+AGENT_UPSTREAM_PASSWORD_FILE = "agent-upstream.password"  # the dbgate_agent role's
 UPSTREAM_PORT_FILE = "upstream.port"
 SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+class _Server(Protocol):
+    """What the demo's config needs of its PostgreSQL server (an EmbeddedPostgres)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
 
 
 class _Stop(Exception):
@@ -198,9 +218,12 @@ async def _prepare(pg: EmbeddedPostgres, listen: str, data_dir: Path) -> tuple[A
     )
     if await ensure_database(pg.dsn(), STATE_DATABASE):
         log.info("created state database %s", STATE_DATABASE)
+    upstream_password = _stored_secret(data_dir, AGENT_UPSTREAM_PASSWORD_FILE)
+    await ensure_agent_role(pg.dsn(DEMO_DATABASE), upstream_password)
+    log.info("agent's upstream role %s ready", AGENT_ROLE)
 
     try:
-        config = build_config(pg, listen, _agent_password(data_dir))
+        config = build_config(pg, listen, _agent_password(data_dir), upstream_password)
     except (ConfigError, ValueError) as e:
         raise _DemoError(f"invalid demo configuration: {e}") from e
 
@@ -216,11 +239,21 @@ async def _prepare(pg: EmbeddedPostgres, listen: str, data_dir: Path) -> tuple[A
     return server, config
 
 
-def build_config(pg: EmbeddedPostgres, listen: str, agent_password: str) -> Config:
+def build_config(
+    pg: _Server,
+    listen: str,
+    agent_password: str,
+    upstream_password: str,
+    *,
+    upstream_role: str = AGENT_ROLE,
+) -> Config:
     """The demo's in-memory config: one agent identity, the embedded server upstream.
 
     The agent may only open the ``demo`` database: the state database holds the
-    audit trail, which the audited party must not be able to reach.
+    audit trail, which the audited party must not be able to reach. Upstream it is
+    ``upstream_role`` (``dbgate_agent``) with ``upstream_password`` (see
+    :func:`dbgate.demo_data.ensure_agent_role`); the proxy holds no superuser
+    credential at all, so the upstream section's default login is that role too.
     """
     return Config.model_validate(
         {
@@ -228,14 +261,16 @@ def build_config(pg: EmbeddedPostgres, listen: str, agent_password: str) -> Conf
             "upstream": {
                 "host": pg.host,
                 "port": pg.port,
-                "user": pg.user,
-                "password": pg.password,
+                "user": upstream_role,
+                "password": upstream_password,
                 "sslmode": "disable",
             },
             "identities": [
                 {
                     "name": AGENT_IDENTITY,
                     "password": agent_password,
+                    "upstream_user": upstream_role,
+                    "upstream_password": upstream_password,
                     "databases": [DEMO_DATABASE],
                 }
             ],
@@ -247,7 +282,12 @@ def build_config(pg: EmbeddedPostgres, listen: str, agent_password: str) -> Conf
 
 def _agent_password(data_dir: Path) -> str:
     """The agent's password, generated once per data directory (stable DSNs across runs)."""
-    path = data_dir / AGENT_PASSWORD_FILE
+    return _stored_secret(data_dir, AGENT_PASSWORD_FILE)
+
+
+def _stored_secret(data_dir: Path, name: str) -> str:
+    """A random password kept in ``data_dir/name`` (mode 0600), generated on first use."""
+    path = data_dir / name
     try:
         existing = path.read_text().strip()
     except FileNotFoundError:

@@ -309,6 +309,10 @@ def run_serve(config: Config) -> int:
         return 2
 
     async def main() -> int:
+        from dbgate.preflight import check_upstream_privileges
+
+        if not await check_upstream_privileges(config):
+            return 1
         server = ProxyServer(config, inspector=inspector)
         try:
             await server.start()

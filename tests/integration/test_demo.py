@@ -24,6 +24,7 @@ import asyncpg
 import psutil
 import pytest
 
+from dbgate.demo_data import AGENT_ROLE
 from dbgate.embedded import find_free_port
 from tests.conftest import PgServer
 
@@ -123,12 +124,31 @@ async def _check_connections(info: dict[str, str]) -> None:
         payments = await agent.fetchval("select count(*) from payments")
         assert 15_000 <= orders <= 25_000
         assert 10_000 <= payments <= 20_000
+        # Upstream the agent is a least-privilege role, never the superuser: what dbgate
+        # lets through (SHOW is allowed) still meets the server's own permission checks.
+        assert await agent.fetchval("select current_user") == AGENT_ROLE
+        assert await agent.fetchval("show is_superuser") == "off"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as refused:
+            await agent.fetchval("show data_directory")
+        assert refused.value.sqlstate == "42501"
+        assert '"data_directory"' in refused.value.message  # the server's words
+        assert "dbgate" not in refused.value.message
     finally:
         await agent.close()
     admin = await asyncpg.connect(info["admin_dsn"])
     try:
         assert await admin.fetchval("select current_database()") == "demo"
         assert await admin.fetchval("select rolsuper from pg_roles where rolname = current_user")
+        role = await admin.fetchrow(
+            "select rolsuper, rolbypassrls, rolcreaterole, rolcreatedb from pg_roles"
+            " where rolname = $1",
+            AGENT_ROLE,
+        )
+        assert tuple(role) == (False, False, False, False)
+        for privilege in ("CONNECT", "TEMPORARY", "CREATE"):
+            assert not await admin.fetchval(
+                "select has_database_privilege($1, 'dbgate_state', $2)", AGENT_ROLE, privilege
+            ), privilege
         comment = await admin.fetchval(
             "select col_description('customers'::regclass, "
             "(select attnum from pg_attribute where attrelid = 'customers'::regclass "
