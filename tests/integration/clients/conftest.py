@@ -60,6 +60,8 @@ class DemoRole:
 
 @pytest.fixture(scope="session")
 def demo_role(pg_server: PgServer) -> Iterator[DemoRole]:
+    """A login role as an agent's should be: no superuser, BYPASSRLS, CREATEROLE or
+    CREATEDB (its privileges on the dataset are granted by ``demo_db``)."""
     role = DemoRole(f"clients_agent_{secrets.token_hex(4)}", secrets.token_urlsafe(18))
     _admin_execute(
         pg_server,
