@@ -10,6 +10,7 @@ modules of this package (ORM ``.limit()``, pools, pipelines, psql, pg_dump, asyn
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from psycopg import errors
 
 from dbgate.demo import build_config
+from dbgate.demo_data import ensure_agent_role
 from tests.conftest import ExternalPostgres, PgServer
 from tests.integration.clients.conftest import enforcing_inspector
 from tests.integration.clients.expect import (
@@ -135,14 +137,6 @@ def ordinary_after(conn: psycopg.Connection[Any]) -> list[Any]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: the refused Bind leaves the held SELECT as a possible unnamed "
-    "statement (PreparedStatements.cycle_done keeps a failed cycle's additions); every "
-    "later unnamed Parse is only added beside it, so each Bind is judged by the held "
-    "statement too: 8 of 8 refused (hold-dump)",
-)
 def test_one_refusal_does_not_poison_later_parameterised_statements(gate_dsn: str) -> None:
     with psycopg.connect(gate_dsn, autocommit=True) as conn:
         with pytest.raises(errors.InsufficientPrivilege):
@@ -150,14 +144,6 @@ def test_one_refusal_does_not_poison_later_parameterised_statements(gate_dsn: st
         assert ordinary_after(conn) == [(i,) for i in range(1, 9)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: the allowed set_config($1, $2, false) stays a Bind-checked candidate "
-    "of the unnamed statement; the next unnamed Parse is added beside it, and the Bind of "
-    "'select $1::int' (binary 1) is judged as set_config('\\x00\\x00\\x00\\x01', NULL): "
-    "hold-opaque",
-)
 def test_an_allowed_set_config_does_not_poison_the_next_statement(gate_dsn: str) -> None:
     with psycopg.connect(gate_dsn, autocommit=True) as conn:
         assert conn.execute("select set_config(%s, %s, false)", ("work_mem", "8MB")).fetchall() == [
@@ -339,17 +325,13 @@ def test_pg_dump_start_up_statements_are_allowed(sides: dict[str, str], sql: str
 # -- 5. the agent runs upstream as a superuser -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: dbgate.demo.build_config gives the agent identity no upstream role "
-    "of its own, so dbgate connects as the embedded server's superuser (postgres)",
-)
 def test_the_demo_agent_is_not_a_superuser_upstream(pg_server: PgServer, demo_db: str) -> None:
     if isinstance(pg_server, ExternalPostgres) or demo_db != "demo":
         pytest.skip("the demo's configuration needs the embedded server's database 'demo'")
     password = secrets.token_urlsafe(12)
-    config = build_config(pg_server, "127.0.0.1:0", password)  # type: ignore[arg-type]
+    upstream_password = secrets.token_urlsafe(12)
+    asyncio.run(ensure_agent_role(pg_server.dsn(demo_db), upstream_password))
+    config = build_config(pg_server, "127.0.0.1:0", password, upstream_password)  # type: ignore[arg-type]
     running = RunningProxy(config, inspector=enforcing_inspector(config)).start()
     try:
         with psycopg.connect(running.dsn("demo", "agent", password), autocommit=True) as conn:

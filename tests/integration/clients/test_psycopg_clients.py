@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg import errors
 
 from tests.integration.clients.expect import assert_refused
@@ -98,13 +97,6 @@ def test_binary_parameters_around_a_refusal_at_parse(sides: dict[str, str]) -> N
     assert out["after"][:8] == [(i,) for i in range(8)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=errors.InsufficientPrivilege,
-    reason="issue 7: the refused Bind of the unnamed statement leaves the held SELECT as a "
-    "candidate for it; every later unnamed Bind is judged by that candidate too and "
-    "refused (hold-dump), 9 of 9",
-)
 def test_binary_parameters_around_a_refusal_at_bind(sides: dict[str, str]) -> None:
     got = on_both(sides, binary_parameters(BIND_HELD, BIND_HELD_PARAMS), autocommit=True)
     split_refusal(got, "held", BIND_HELD_SQL, BIND_HELD_PARAMS)
@@ -141,12 +133,6 @@ def test_prepared_statement_promotion_around_a_refusal_at_parse(sides: dict[str,
     assert len(out["rows"]) == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=errors.InsufficientPrivilege,
-    reason="issue 7: after the refused unnamed Bind, the executions psycopg still sends "
-    "as the unnamed statement are judged by the held statement too and refused (hold-dump)",
-)
 def test_prepared_statement_promotion_around_a_refusal_at_bind(sides: dict[str, str]) -> None:
     got = on_both(sides, promotion(BIND_HELD, BIND_HELD_PARAMS), autocommit=True)
     split_refusal(got, "held", BIND_HELD_SQL, BIND_HELD_PARAMS)
@@ -199,12 +185,6 @@ def test_pipeline_mode_around_a_refusal_at_parse(sides: dict[str, str]) -> None:
     assert out["later"] == [[(i * 2,)] for i in range(6)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=errors.InsufficientPrivilege,
-    reason="issue 7: after the refused unnamed Bind in the pipeline, later unnamed "
-    "statements are judged by the held statement too and refused (hold-dump)",
-)
 def test_pipeline_mode_around_a_refusal_at_bind(sides: dict[str, str]) -> None:
     got = on_both(sides, pipeline(BIND_HELD, BIND_HELD_PARAMS), autocommit=True)
     split_refusal(got, "held", BIND_HELD_SQL, BIND_HELD_PARAMS)

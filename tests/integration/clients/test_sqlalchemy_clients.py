@@ -326,22 +326,7 @@ def test_pooled_connection_reused_after_a_refusal_at_parse(
     check_pooled_reuse(sides, dialect, PARSE_HELD, PARSE_HELD_SQL, None)
 
 
-@pytest.mark.parametrize(
-    "dialect",
-    [
-        pytest.param(
-            "psycopg",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=DBAPIError,
-                reason="issue 7: the refused Bind leaves the held SELECT as a candidate of "
-                "the unnamed statement; every later parameterised statement on the pooled "
-                "connection is judged by it and refused (hold-dump)",
-            ),
-        ),
-        "asyncpg",
-    ],
-)
+@pytest.mark.parametrize("dialect", ["psycopg", "asyncpg"])
 def test_pooled_connection_reused_after_a_refusal_at_bind(
     sides: dict[str, str], dialect: str
 ) -> None:
