@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from pglast import parser as pg
 
+from dbgate.approvals.model import ApprovalRequest, Requester
 from dbgate.pii.sql_mask import mask_text
 
 _EXPLAINABLE = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
@@ -149,3 +150,26 @@ async def _explain(
     finally:
         await conn.close(timeout=timeout)
     return RowEstimate(round(total))
+
+
+def make_estimator(
+    connect_for: Callable[[Requester], Mapping[str, Any] | None],
+    *,
+    timeout_seconds: float = 2.0,
+) -> Callable[[ApprovalRequest], Awaitable[tuple[int | None, str]]]:
+    """A :data:`~dbgate.approvals.service.RowEstimator` for the service.
+
+    ``connect_for(requester)`` returns the :func:`asyncpg.connect` arguments that
+    reach the upstream as that identity's upstream role (None: do not estimate).
+    """
+
+    async def estimate(request: ApprovalRequest) -> tuple[int | None, str]:
+        connect = connect_for(request.requester)
+        if connect is None:
+            return None, "no upstream connection for this identity"
+        result = await estimate_rows(
+            request.sql, request.params, connect=connect, timeout_seconds=timeout_seconds
+        )
+        return result.rows, result.note
+
+    return estimate

@@ -379,10 +379,13 @@ class ApprovalStore:
         return done is not None
 
     async def set_estimate(self, request_id: int, rows: int | None, note: str) -> None:
+        """Store the planner's estimate and announce it (``estimate:<id>``) so that a
+        page showing the request can refresh."""
         async with self.db.connection() as conn:
             await conn.execute(
-                "UPDATE dbgate.approval_requests SET estimated_rows = $2, estimate_note = $3 "
-                "WHERE id = $1",
+                "WITH u AS (UPDATE dbgate.approval_requests SET estimated_rows = $2, "
+                "estimate_note = $3 WHERE id = $1 RETURNING id) "
+                "SELECT pg_notify('dbgate_approvals', 'estimate:' || id) FROM u",
                 request_id,
                 rows,
                 note,

@@ -135,3 +135,36 @@ async def test_an_unreachable_upstream_is_a_note(agent_connect) -> None:
     gone = dict(agent_connect, port=1)
     estimate = await estimate_rows("SELECT 1", connect=gone, timeout_seconds=1)
     assert estimate.rows is None and estimate.note
+
+
+async def test_the_service_stores_the_estimate_for_approvers(agent_connect, pg_server) -> None:
+    import asyncio
+
+    from dbgate.approvals.estimate import make_estimator
+    from tests.integration.approvals_helpers import Notices, make_request, running_service
+
+    state = await fresh_database(pg_server, "dbgate_estimate_state_test")
+    try:
+        estimator = make_estimator(lambda who: agent_connect if who.identity == "agent" else None)
+        async with running_service(state, replica="estimating", estimator=estimator) as svc:
+            estimated = asyncio.Event()
+            svc.waker.subscribe(lambda p: estimated.set() if p.startswith("estimate:") else None)
+            await asyncio.wait_for(svc.waker.listening.wait(), 30)
+            outcome = await svc.hold(
+                make_request("DELETE FROM orders WHERE status = 'open'", wait=0), Notices()
+            )
+            await asyncio.wait_for(estimated.wait(), 30)
+            rec = await svc.store.get(int(outcome.request_id))
+            assert rec.estimated_rows is not None and 100 <= rec.estimated_rows <= 1000
+            assert rec.estimate_note == ""
+
+            estimated.clear()
+            outcome = await svc.hold(
+                make_request("DROP TABLE orders", wait=0, identity="other"), Notices()
+            )
+            await asyncio.wait_for(estimated.wait(), 30)
+            rec = await svc.store.get(int(outcome.request_id))
+            assert rec.estimated_rows is None
+            assert rec.estimate_note == "no upstream connection for this identity"
+    finally:
+        await drop_database(pg_server, "dbgate_estimate_state_test")
