@@ -263,8 +263,11 @@ class PgApprovalService:
         except ApprovalError as e:
             return self._unavailable(request, f"cannot record the approval request: {e}")
         except Exception as e:  # a bug must not let the statement through
-            log.exception("approvals: recording a request failed")
-            return self._unavailable(request, f"cannot record the approval request: {e}")
+            # Only the type: an exception's text may quote the raw statement.
+            log.error("approvals: recording a request failed (%s)", type(e).__name__)
+            return self._unavailable(
+                request, f"cannot record the approval request (internal error {type(e).__name__})"
+            )
         url = self.url_for(rec.id)
         wait = request.wait_seconds > 0
         log.info(
@@ -312,8 +315,8 @@ class PgApprovalService:
         except ApprovalError as e:
             log.warning("approvals: cannot look for an earlier approval: %s", e)
             return None
-        except Exception:
-            log.exception("approvals: looking for an earlier approval failed")
+        except Exception as e:
+            log.error("approvals: looking for an earlier approval failed (%s)", type(e).__name__)
             return None
         if rec is None:
             return None
@@ -354,7 +357,7 @@ class PgApprovalService:
             application_name=mask_text(who.application_name),
             client_addr=who.client_addr,
             session_id=who.session_id,
-            replica=who.replica or self.replica,
+            replica=self.replica,  # the process that waits (and abandons on restart)
             purpose=mask_text(who.purpose),
             model=mask_text(who.model),
             statement=statement,
