@@ -9,6 +9,7 @@ hold that fails closed) and never as a stray driver exception.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -53,21 +54,36 @@ async def create_pool(dsn: str, *, max_size: int = 10, timeout: float = 5.0) -> 
     return pool
 
 
+#: After the state database could not be reached, calls fail at once for this long
+#: (one probe at a time gets through afterwards), so that a hundred held statements
+#: during an outage are refused immediately instead of each waiting for a timeout.
+COOL_OFF_SECONDS = 1.0
+
+
 class StateDB:
     """A pool plus the per-call timeout, shared by the stores of this room."""
 
     def __init__(self, pool: asyncpg.Pool, *, timeout: float = 5.0) -> None:
         self.pool = pool
         self.timeout = timeout
+        self._down_until = 0.0
+        self._down_reason = ""
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
+        now = time.monotonic()
+        if now < self._down_until:
+            raise StateUnavailable(self._down_reason)
         try:
             async with self.pool.acquire(timeout=self.timeout) as conn:
                 yield conn
         except STATE_ERRORS as e:
+            reason = describe(e)
             if isinstance(e, asyncpg.PostgresError) and not isinstance(
                 e, asyncpg.PostgresConnectionError | asyncpg.InvalidCatalogNameError
             ):
-                log.error("state database error: %s", describe(e))
-            raise StateUnavailable(describe(e)) from e
+                log.error("state database error: %s", reason)
+            else:
+                self._down_until = time.monotonic() + COOL_OFF_SECONDS
+                self._down_reason = reason
+            raise StateUnavailable(reason) from e

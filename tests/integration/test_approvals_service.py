@@ -475,6 +475,8 @@ async def test_an_unreachable_state_database_fails_closed_without_raising() -> N
         assert "cannot record the approval request" in outcome.reason
         assert "cannot reach the state database" in outcome.reason
         assert "pw" not in outcome.reason
+        again = await s.hold(make_request(), Notices())  # refused at once while it is down
+        assert again.status is HoldStatus.UNAVAILABLE and "state database" in again.reason
         assert await s.approved_before(make_request()) is None
         await s.executed("1")  # logs, does not raise
 
