@@ -182,12 +182,13 @@ def test_realistic_pii_values_never_survive_in_a_literal_or_a_parameter(value: s
     assert params[0] is not None and value not in params[0]
 
 
-# Values are drawn so they cannot occur by chance in the SQL around them.
-_values = st.text(alphabet="ABCDEFGHJKMNPQRSTUVWXYZ#%&!~", min_size=6, max_size=30)
+# Values are drawn so they cannot occur by chance in the SQL around them: no I, L, O
+# or U, so no keyword of the templates (SELECT, UPDATE, INSERT, VALUES …) can be drawn.
+_values = st.text(alphabet="ABCDEFGHJKMNPQRSTVWXYZ#%&!~", min_size=6, max_size=30)
 _columns = st.sampled_from(["email", "phone", "ssn", "card_number", "full_name", "address"])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(column=_columns, value=_values, other=st.sampled_from(["id", "status", "total"]))
 def test_property_a_value_in_a_pii_place_never_reaches_the_output(
     column: str, value: str, other: str
