@@ -247,6 +247,8 @@ class PgApprovalService:
                     log.info("approvals: %d overdue request(s) ended", n)
             except ApprovalError as e:
                 log.debug("approvals: sweep failed: %s", e)
+            except Exception as e:  # keep sweeping; a bug here must not stop the loop
+                log.error("approvals: sweep failed (%s)", type(e).__name__)
 
     def url_for(self, request_id: int | str) -> str:
         return f"{self.public_url}/approvals/{request_id}"
