@@ -83,6 +83,9 @@ class IdentityConfig(_Strict):
     upstream_password: str | None = None
     groups: list[str] = Field(default_factory=list)
     databases: list[str] = Field(default_factory=lambda: ["*"])
+    #: Approver accounts of the humans who run this agent: like the identity itself,
+    #: they may never approve its requests.
+    owners: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_secret(self) -> IdentityConfig:
@@ -120,6 +123,36 @@ class WebConfig(_Strict):
     public_url: str | None = None
 
 
+class ApprovalsConfig(_Strict):
+    """How held statements are recorded, waited for and matched (docs/approvals.md)."""
+
+    #: Names this process in approval records; a replica marks its own still-pending
+    #: holds ``abandoned`` when it starts. Default: ``<hostname>:<pid>``. Give each
+    #: replica (and each worker) a stable, distinct id to have its holds cleaned up
+    #: by its own restart rather than after ``abandon_after_seconds``.
+    replica_id: str | None = Field(None, min_length=1)
+    #: Wait for rules that do not set ``expires_after``.
+    default_wait_seconds: float = Field(300.0, ge=0)
+    #: How long an approval may be used by the identical statement once approved
+    #: (approve-then-retry, or a wait that ended before the statement ran).
+    approved_lifetime_seconds: float = Field(900.0, gt=0)
+    #: How long a ``wait_seconds: 0`` request stays open for a decision.
+    retry_window_seconds: float = Field(3600.0, gt=0)
+    #: Longest shape approval ("this fingerprint, this identity, N minutes").
+    max_shape_minutes: int = Field(1440, ge=1)
+    #: Waiting holds re-read their status this often, so that a lost notification
+    #: delays a decision but never loses it.
+    recheck_seconds: float = Field(2.0, gt=0, le=60)
+    #: A held request still pending this long after its deadline has lost its
+    #: replica: any replica marks it ``abandoned``.
+    abandon_after_seconds: float = Field(60.0, gt=0)
+    #: Timeout for each state-database call; beyond it a hold fails closed.
+    state_timeout_seconds: float = Field(5.0, gt=0)
+    #: HMAC key for matching retries (keyed hash of the raw statement and values).
+    #: Default: a random key created once and kept in the state database.
+    match_key: str | None = Field(None, min_length=16)
+
+
 class Config(_Strict):
     listen: str = "127.0.0.1:6432"
     tls: TLSConfig | None = None
@@ -128,6 +161,7 @@ class Config(_Strict):
     limits: LimitsConfig = LimitsConfig()
     state: StateConfig | None = None  # None: no approvals or audit (holds are refused)
     web: WebConfig | None = None
+    approvals: ApprovalsConfig = ApprovalsConfig()
     rules_dir: Path | None = None  # None: the shipped default pack
     # "enforce": classify every statement and apply the rules (the default).
     # "off": relay only (wire-compatibility testing); logged loudly at startup.
@@ -155,6 +189,10 @@ class Config(_Strict):
                 raise ValueError(f"identity {ident.name!r} is defined twice")
             seen.add(ident.name)
         return self
+
+    def owners(self) -> dict[str, tuple[str, ...]]:
+        """identity name -> the approver names that may not approve its requests."""
+        return {i.name: tuple(i.owners) for i in self.identities if i.owners}
 
     @property
     def listen_host(self) -> str:
