@@ -134,10 +134,8 @@ def numeric_text(raw: bytes) -> str | None:
         value = value * 10000 + d
     exponent = 4 * (weight - ndigits + 1)  # value * 10 ** exponent is the number
     shift = exponent + dscale
-    if shift >= 0:
-        units = value * 10**shift
-    else:
-        units = value // 10 ** (-shift)  # digits beyond dscale (PostgreSQL stores none)
+    # (PostgreSQL stores no digits beyond dscale, so the division is exact.)
+    units = value * 10**shift if shift >= 0 else value // 10 ** (-shift)
     text = str(units).rjust(dscale + 1, "0")
     if dscale:
         text = f"{text[:-dscale]}.{text[-dscale:]}"
