@@ -11,14 +11,10 @@ import asyncio
 import hmac
 import logging
 import secrets
-import signal
 import ssl
-import sys
 from dataclasses import dataclass
 
 from dbgate.config import Config
-from dbgate.policy.rules import RulesError
-from dbgate.policy.rules_load import iter_problems
 from dbgate.proxy.channel import Channel, ConnectionLost
 from dbgate.proxy.handshake import (
     HandshakeRefused,
@@ -275,57 +271,3 @@ class ProxyServer:
             session.terminate("57P01", "terminating connection due to administrator command")
         if self._server is not None:
             await self._server.wait_closed()
-
-
-def build_inspector(config: Config) -> Inspector:
-    """The policy inspector for ``config`` (or allow-all when policy is off)."""
-    if config.policy == "off":
-        log.warning("policy is OFF: every statement is relayed without inspection")
-        return AllowAll()
-    from dbgate.policy.rules import load_rules
-    from dbgate.proxy.policy_inspector import PolicyInspector
-
-    return PolicyInspector(load_rules(config.rules_dir))
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-def run_serve(config: Config) -> int:
-    """Blocking entry point of ``dbgate serve``: run until SIGINT/SIGTERM."""
-    import uvloop
-
-    configure_logging(config.log_level)
-
-    try:
-        inspector = build_inspector(config)
-    except RulesError as e:
-        for problem in iter_problems(e):
-            print(f"dbgate: {problem}", file=sys.stderr)
-        return 2
-
-    async def main() -> int:
-        from dbgate.preflight import check_upstream_privileges
-
-        if not await check_upstream_privileges(config):
-            return 1
-        server = ProxyServer(config, inspector=inspector)
-        try:
-            await server.start()
-        except OSError as e:
-            log.error("cannot listen on %s: %s", config.listen, e.strerror or e)
-            return 1
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down: draining %d sessions", server.session_count)
-        await server.stop()
-        return 0
-
-    return uvloop.run(main())

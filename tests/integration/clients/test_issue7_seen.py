@@ -79,13 +79,6 @@ BOUND_READS = [
 
 
 @pytest.mark.parametrize(("sql", "params"), BOUND_READS)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: Bind values are decoded as UTF-8 text whatever their format code, "
-    "so a binary int4/int2 LIMIT/OFFSET/FETCH value is not a number to the classifier "
-    "and the read is held as unbounded (hold-dump)",
-)
 def test_binary_limit_parameters_are_understood(
     sides: dict[str, str], sql: str, params: tuple[Any, ...]
 ) -> None:
@@ -97,13 +90,6 @@ def test_the_same_limit_sent_as_text_is_allowed(sides: dict[str, str]) -> None:
     assert rows == [(i,) for i in range(1, 6)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: the binary int4 100000 (bytes 00 01 86 a0) is not valid UTF-8, so the "
-    "Bind is refused as 'a value could not be read as text' with no rule in the HINT, "
-    "instead of being held by hold-dump",
-)
 def test_a_large_binary_limit_is_held_by_the_dump_rule(sides: dict[str, str]) -> None:
     sql = "select email from customers order by id limit %s"
     error = run(sides["gate"], sql, (100_000,))
@@ -219,24 +205,12 @@ def test_refusals_have_their_class_and_rule(gate_dsn: str, sql: str, params: Any
 
 
 @pytest.mark.parametrize(("sql", "params"), REFUSED)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: PolicyInspector.verdict() puts the rule's generic message "
-    "(decision.message) in the error, not the classifier's reasons for this statement",
-)
 def test_refusals_name_this_statements_own_reasons(gate_dsn: str, sql: str, params: Any) -> None:
     error = run(gate_dsn, sql, params)
     assert isinstance(error, psycopg.Error), error
     assert_names_reasons(seen(error), sql.replace("%s", "$1"), params)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: the operator log line is 'session N (agent): hold by rule X', "
-    "without the statement (literals masked)",
-)
 def test_the_operator_log_names_identity_rule_and_masked_statement(
     gate_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
