@@ -10,7 +10,7 @@ This is the proxy's hot path, so the common case is a dictionary lookup:
 3. **normalized text** — ``pglast.parser.normalize`` replaces every literal with
    ``$n`` (a full parse, 2 to 4 µs); statements that differ only in literal values share
    an entry;
-4. **cold** — ``parse_sql_json`` + a walk over the JSON tree (classify_walk).
+4. **cold** — ``parse_sql_json`` + a walk over the JSON tree (:mod:`dbgate.policy.walk`).
 
 Why the second-level key is the normalized *text* and not the 64-bit fingerprint:
 ``fingerprint`` is a non-cryptographic hash; trusting "same fingerprint" as "same
@@ -37,10 +37,11 @@ from typing import Any
 
 from pglast import parser as _pg
 
-from dbgate.policy.classify_walk import Acc, safe_parse_message, statement
 from dbgate.policy.literals import fast_mask as _mask
 from dbgate.policy.literals import render_key
 from dbgate.policy.model import Category, Classification, Prepared, Reason, StatementClass
+from dbgate.policy.parse_errors import safe_parse_message
+from dbgate.policy.walk import StatementFacts, statement
 
 __all__ = [
     "CACHE_CHARS",
@@ -278,14 +279,14 @@ def _cold(
     sensitive = False
     cacheable = True
     for raw in tree.get("stmts", ()):
-        acc = Acc(params, prepared, extra)
+        facts = StatementFacts(params, prepared, extra)
         try:
-            statement(raw.get("stmt") or {}, acc)
-            stmts.append(acc.result())
+            statement(raw.get("stmt") or {}, facts)
+            stmts.append(facts.result())
         except RecursionError:
-            stmts.append(_opaque("internal-error", "statement nested too deeply", acc.command))
-        sensitive |= acc.sensitive
-        cacheable &= not acc.uncacheable
+            stmts.append(_opaque("internal-error", "statement nested too deeply", facts.command))
+        sensitive |= facts.sensitive
+        cacheable &= not facts.uncacheable
     if not stmts:
         stmts.append(
             StatementClass(

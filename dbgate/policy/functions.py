@@ -26,7 +26,8 @@ Why STABLE/IMMUTABLE is not enough on its own: volatility is a promise about
 ``schema_to_xml`` and ``database_to_xml`` are STABLE and return whole tables;
 ``current_setting`` is STABLE and harmless. So :data:`PURE` is the catalog's
 STABLE/IMMUTABLE set *minus* every name in :data:`EFFECTS` and :data:`SPECIAL`.
-See docs/classifier.md for the reasoning about user functions.
+See docs/classifier.md for the reasoning about user functions, and
+:mod:`dbgate.policy.vouch` for vouching for them from a live catalog.
 """
 
 from __future__ import annotations
@@ -34,16 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dbgate.policy import catalog_builtin as _cat
-from dbgate.policy.model import Category
-
-R = Category.READ
-W = Category.WRITE
-X = Category.DESTRUCTIVE
-DDL = Category.DDL
-P = Category.PRIVILEGE
-E = Category.EXPORT
-D = Category.DUMP
-A = Category.ADMIN
+from dbgate.policy.model import DDL, A, Category, D, E, W, X
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,137 +287,3 @@ def is_pure(name: str, schema: str | None) -> bool:
 def effect(name: str) -> Effect | None:
     """The side effect of a function named ``name`` in any schema, if we know one."""
     return EFFECTS.get(name)
-
-
-# --------------------------------------------------------------------------------------
-# Vouching for user functions from a live catalog (see docs/classifier.md)
-# --------------------------------------------------------------------------------------
-
-#: What the proxy runs against the upstream database to feed :func:`vouch_for`.
-LIVE_CATALOG_QUERY = """
-SELECT n.nspname, p.proname, p.provolatile, p.prosecdef, l.lanname,
-       CASE WHEN p.prosqlbody IS NOT NULL THEN pg_get_functiondef(p.oid) ELSE p.prosrc END,
-       coalesce(p.proconfig, '{}'::text[]), p.prokind
-FROM pg_catalog.pg_proc p
-JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_%'
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogFunction:
-    """One row of :data:`LIVE_CATALOG_QUERY` (one overload of a user function)."""
-
-    schema: str
-    name: str
-    volatility: str  # pg_proc.provolatile: 'i', 's' or 'v'
-    security_definer: bool
-    language: str
-    body: str | None  # prosrc (or the whole definition for SQL-standard bodies)
-    config: tuple[str, ...] = ()  # pg_proc.proconfig entries, "name=value"
-    kind: str = "f"  # pg_proc.prokind
-
-
-def _body_is_plain_read(body: str, extra: frozenset[str]) -> bool:
-    """Does a SQL function body classify as nothing but ``read``?
-
-    Classic bodies are SQL text. SQL-standard bodies (``RETURN expr`` / ``BEGIN
-    ATOMIC ... END``) arrive as the whole CREATE FUNCTION (``pg_get_functiondef``):
-    their parsed ``sql_body`` is walked directly.
-    """
-    import json
-
-    from pglast import parser
-
-    from dbgate.policy import classify_walk as walker
-    from dbgate.policy.classify import classify  # local: classify imports this module
-
-    c = classify(body, extra_pure_functions=extra)
-    if c.parse_error is not None or c.needs_bind:
-        return False
-    if len(c.statements) != 1 or c.statements[0].command != "CREATE FUNCTION":
-        return c.categories <= {Category.READ}
-    try:
-        tree = json.loads(parser.parse_sql_json(body))
-        create = tree["stmts"][0]["stmt"]["CreateFunctionStmt"]
-    except Exception:
-        return False
-    sql_body = create.get("sql_body")
-    if not isinstance(sql_body, dict):
-        return False
-    acc = walker.Acc(None, None, extra)
-    ret = sql_body.get("ReturnStmt")
-    if ret is not None:
-        acc.add(Category.READ, "select", "function body")
-        walker.walk(ret.get("returnval"), acc, True, {})
-    else:
-        stack: list[object] = [sql_body]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, dict):
-                lst = node.get("List")
-                if lst is not None:
-                    stack.extend(lst.get("items", ()))
-                else:
-                    walker.statement(node, acc)
-    return not acc.needs_bind and bool(acc.cats) and acc.cats <= {Category.READ}
-
-
-def vouch_for(
-    functions: list[CatalogFunction], *, search_path_first: str | None = None
-) -> frozenset[str]:
-    """Names of user functions that are safe to treat as pure (``extra_pure_functions``).
-
-    A function qualifies only when **every** overload with its name is: a plain
-    function (not an aggregate or procedure); IMMUTABLE or STABLE; not SECURITY
-    DEFINER; ``LANGUAGE sql`` (other languages can call anything and are not
-    checked by PostgreSQL); free of ``proconfig`` entries other than a harmless
-    ``search_path``; and its body classifies as plain ``read`` by this classifier
-    (so no unknown functions, no dump, no file access). A body may call other user
-    functions accepted earlier; acceptance is iterated to a fixed point, which keeps
-    the check well-founded (mutually recursive functions are never accepted).
-    SQL-standard bodies (``RETURN ...`` / ``BEGIN ATOMIC``) are checked statement by
-    statement from the parsed ``CREATE FUNCTION``.
-
-    Returns ``schema.name`` for each, plus the bare ``name`` when ``schema`` is
-    ``search_path_first`` (the first schema of the agent role's search path) and the
-    name does not belong to a built-in — unqualified built-in names always resolve
-    to ``pg_catalog`` first.
-    """
-    from dbgate.policy.catalog_settings import setting_effects, split_identifier_list
-
-    by_name: dict[tuple[str, str], list[CatalogFunction]] = {}
-    for f in functions:
-        by_name.setdefault((f.schema, f.name), []).append(f)
-
-    def overload_ok(f: CatalogFunction, extra: frozenset[str]) -> bool:
-        if f.kind != "f" or f.volatility not in ("i", "s") or f.security_definer:
-            return False
-        if f.language != "sql" or not f.body:
-            return False
-        for item in f.config:
-            key, _, value = item.partition("=")
-            if key.lower() != "search_path":
-                return False
-            effects, _ = setting_effects(key, split_identifier_list(value))
-            if any(c is not Category.CONTROL for c, _, _ in effects):
-                return False
-        return _body_is_plain_read(f.body, extra)
-
-    accepted: set[str] = set()
-    changed = True
-    while changed:  # a vouched function may call another vouched one
-        changed = False
-        extra = frozenset(accepted)
-        for (schema, name), overloads in by_name.items():
-            qual = f"{schema}.{name}"
-            if qual in accepted:
-                continue
-            if all(overload_ok(f, extra) for f in overloads):
-                accepted.add(qual)
-                if schema == search_path_first and name not in BUILTIN_NAMES:
-                    accepted.add(name)
-                changed = True
-    return frozenset(accepted)

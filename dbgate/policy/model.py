@@ -36,6 +36,23 @@ class Category(StrEnum):
     CONTROL = "control"
 
 
+# Module-level names for the categories, defined here once. The long names are for
+# code (a module global is a dict lookup; ``Category.READ`` costs an enum attribute
+# lookup on the classifier's hot path); the short ones are for tables written as data,
+# such as the function catalog and the classifier's test tables.
+READ = R = Category.READ
+WRITE = W = Category.WRITE
+DESTRUCTIVE = X = Category.DESTRUCTIVE
+DDL = Category.DDL
+PRIVILEGE = P = Category.PRIVILEGE
+EXPORT = E = Category.EXPORT
+DUMP = D = Category.DUMP
+ADMIN = A = Category.ADMIN
+ESCAPE = ESC = Category.ESCAPE
+OPAQUE = O = Category.OPAQUE  # noqa: E741 - a column of tables, reads better short
+CONTROL = C = Category.CONTROL
+
+
 class Action(StrEnum):
     """The outcome of a rule decision. Ordered from least to most restrictive."""
 

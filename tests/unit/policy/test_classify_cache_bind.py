@@ -14,7 +14,7 @@ import pytest
 from pglast import parser
 
 from dbgate.policy import classify as classify_mod
-from dbgate.policy import classify_walk
+from dbgate.policy import walk
 from dbgate.policy.classify import cache_info, classify, classify_bind, clear_cache
 from dbgate.policy.model import Category
 
@@ -323,7 +323,7 @@ def test_deeply_nested_input_does_not_raise() -> None:
 
 def test_nested_sql_depth_is_bounded() -> None:
     sql = "select 1"
-    for _ in range(classify_walk.MAX_NESTING + 2):
+    for _ in range(walk.MAX_NESTING + 2):
         sql = "select query_to_xml('" + sql.replace("'", "''") + "', true, false, '')"
     c = classify(sql)
     assert OPQ in c.categories

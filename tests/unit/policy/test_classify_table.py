@@ -18,19 +18,7 @@ from typing import Any
 import pytest
 
 from dbgate.policy.classify import classify, clear_cache
-from dbgate.policy.model import Category
-
-R = Category.READ
-W = Category.WRITE
-X = Category.DESTRUCTIVE
-DDL = Category.DDL
-P = Category.PRIVILEGE
-E = Category.EXPORT
-D = Category.DUMP
-A = Category.ADMIN
-ESC = Category.ESCAPE
-O = Category.OPAQUE  # noqa: E741 - a table column, reads better short
-C = Category.CONTROL
+from dbgate.policy.model import DDL, ESC, A, C, Category, D, E, O, P, R, W, X
 
 
 def row(sql: str, *cats: Category, subset: bool = False, id: str | None = None) -> Any:

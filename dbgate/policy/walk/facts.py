@@ -1,0 +1,106 @@
+"""The walker's state: what the walk has found out about one statement so far.
+
+One :class:`StatementFacts` is filled per top-level statement (and a fresh one for
+each nested or scratch walk): the categories with their reasons, the tables, columns
+and functions touched, and the flags the cache needs (did a literal value decide,
+did session state decide). It also carries the context the statement is walked in —
+Bind values, the session's prepared statements, vouched-for functions, nesting depth
+and the qualifiers of enclosing query levels — so every handler takes one argument
+for all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dbgate.policy.model import OPAQUE, Category, Prepared, Reason, StatementClass
+
+
+class StatementFacts:
+    """Everything learnt about one statement while walking it, and the context of the walk."""
+
+    __slots__ = (
+        "aliases",
+        "cats",
+        "columns",
+        "command",
+        "depth",
+        "extra_pure",
+        "functions",
+        "needs_bind",
+        "params",
+        "prepared",
+        "reasons",
+        "scope",
+        "seen",
+        "sensitive",
+        "tables",
+        "uncacheable",
+    )
+
+    def __init__(
+        self,
+        params: Sequence[bytes | str | None] | None,
+        prepared: Prepared | None,
+        extra_pure: frozenset[str],
+        depth: int = 0,
+    ) -> None:
+        self.cats: set[Category] = set()
+        self.reasons: list[Reason] = []
+        self.seen: set[tuple[Category, str, str]] = set()
+        self.tables: set[str] = set()
+        self.columns: set[str] = set()
+        self.aliases: dict[str, str] = {}  # FROM alias -> table, to name columns
+        self.scope: frozenset[str] = frozenset()  # qualifiers of enclosing query levels
+        self.functions: set[str] = set()
+        self.command = ""
+        self.needs_bind = False
+        self.sensitive = False  # consulted a literal value: cache by exact text only
+        self.uncacheable = False  # consulted session state (prepared statements)
+        self.params = params
+        self.prepared = prepared
+        self.extra_pure = extra_pure
+        self.depth = depth
+
+    def add(self, cat: Category, code: str, message: str) -> None:
+        """Assign a category with its reason (each distinct reason is kept once)."""
+        key = (cat, code, message)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        self.cats.add(cat)
+        self.reasons.append(Reason(cat, code, message))
+
+    def merge(self, other: StatementClass, only: frozenset[Category] | None = None) -> None:
+        for r in other.reasons:
+            if only is None or r.category in only:
+                self.add(r.category, r.code, r.message)
+        self.tables |= other.tables
+        self.columns |= other.columns
+        self.functions |= other.functions
+
+    def result(self) -> StatementClass:
+        if not self.cats:  # never return an empty classification
+            self.add(OPAQUE, "no-category", "the classifier found nothing to say; failing closed")
+        columns = self.columns
+        only = next(iter(self.tables)) if len(self.tables) == 1 else None
+        if self.aliases or only:
+            # best effort: "o.id" -> "orders.id" (aliases may repeat in subqueries), and
+            # "id" -> "orders.id" when the statement touches a single table
+            columns = set()
+            for c in self.columns:
+                head, dot, rest = c.partition(".")
+                if dot:
+                    table = self.aliases.get(head)
+                    columns.add(f"{table}.{rest}" if table else c)
+                else:
+                    columns.add(f"{only}.{c}" if only and c != "*" else c)
+        return StatementClass(
+            categories=frozenset(self.cats),
+            reasons=tuple(self.reasons),
+            tables=frozenset(self.tables),
+            columns=frozenset(columns),
+            functions=frozenset(self.functions),
+            command=self.command,
+            needs_bind=self.needs_bind,
+        )

@@ -1,0 +1,186 @@
+"""Reading pglast's JSON parse tree: names, literal values, relations.
+
+Small helpers every part of the walk uses. The tree's conventions: a generic
+``Node*`` field is a one-key dict (``{"String": {"sval": "x"}}``), a fixed-type field
+is a bare dict, and fields equal to their zero value are omitted — so every read
+uses ``.get`` with a default.
+
+:func:`value_of` is the only way the walker reads a literal or a Bind value, and it
+marks the statement *literal-sensitive* when it does (see :mod:`dbgate.policy.classify`
+for why the cache needs to know).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbgate.policy.catalog_builtin import PG_CATALOG_RELATIONS
+from dbgate.policy.model import ADMIN, DUMP
+from dbgate.policy.walk.facts import StatementFacts
+
+#: Parse nodes that are queries: they may nest in CTEs, sub-selects, EXPLAIN, COPY ...
+#: (:mod:`dbgate.policy.walk.queries` has a handler for each).
+QUERY_NODES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+
+#: Catalog relations whose contents are secrets or data rather than metadata.
+CREDENTIAL_RELATIONS = frozenset(
+    {
+        "pg_authid",
+        "pg_shadow",
+        "pg_user_mapping",
+        "pg_user_mappings",
+        "pg_subscription",
+        "user_mapping_options",
+    }
+)
+SERVER_FILE_RELATIONS = frozenset(
+    {"pg_hba_file_rules", "pg_ident_file_mappings", "pg_file_settings"}
+)
+DATA_CATALOG_RELATIONS = frozenset(
+    {
+        "pg_statistic",
+        "pg_stats",
+        "pg_stats_ext",
+        "pg_stats_ext_exprs",
+        "pg_statistic_ext_data",
+        "pg_largeobject",
+    }
+)
+
+
+# How much :func:`value_of` could learn about a value:
+KNOWN = 0  # value is a literal (or NULL)
+NEED_BIND = 1  # value is a $n parameter and no parameters were supplied
+DYNAMIC = 2  # value is computed: unknown until execution
+
+
+def strs(items: list[Any] | None) -> list[str]:
+    """Names from a list of ``{"String": {"sval": ...}}`` nodes."""
+    out = []
+    for it in items or ():
+        s = it.get("String")
+        if s is not None:
+            out.append(s.get("sval", ""))
+    return out
+
+
+def const_text(c: dict[str, Any]) -> str | None:
+    """Text of an A_Const body, None for NULL."""
+    if c.get("isnull"):
+        return None
+    if "sval" in c:
+        return c["sval"].get("sval", "")
+    if "ival" in c:
+        return str(c["ival"].get("ival", 0))
+    if "fval" in c:
+        return c["fval"].get("fval", "0")
+    if "boolval" in c:
+        return "true" if c["boolval"].get("boolval") else "false"
+    if "bsval" in c:
+        return c["bsval"].get("bsval", "")
+    return None
+
+
+def param_text(facts: StatementFacts, n: int) -> tuple[int, str | None]:
+    """The Bind value of ``$n`` as text, when the walk was given Bind values."""
+    if facts.params is None:
+        facts.needs_bind = True
+        return NEED_BIND, None
+    if not 1 <= n <= len(facts.params):
+        return DYNAMIC, None
+    v = facts.params[n - 1]
+    if v is None:
+        return KNOWN, None
+    if isinstance(v, bytes):
+        try:
+            v = v.decode("utf-8")
+        except UnicodeDecodeError:
+            return DYNAMIC, None
+    return KNOWN, v
+
+
+def value_of(node: Any, facts: StatementFacts) -> tuple[int, str | None]:
+    """The literal value of an expression node: (KNOWN, text) / (NEED_BIND|DYNAMIC, None)."""
+    if not isinstance(node, dict):
+        return DYNAMIC, None
+    c = node.get("A_Const")
+    if c is not None:
+        facts.sensitive = True
+        return KNOWN, const_text(c)
+    p = node.get("ParamRef")
+    if p is not None:
+        facts.sensitive = True
+        return param_text(facts, p.get("number", 0))
+    tc = node.get("TypeCast")
+    if tc is not None:
+        return value_of(tc.get("arg"), facts)
+    s = node.get("String")  # DefElem arguments
+    if s is not None:
+        facts.sensitive = True
+        return KNOWN, s.get("sval", "")
+    i = node.get("Integer")
+    if i is not None:
+        facts.sensitive = True
+        return KNOWN, str(i.get("ival", 0))
+    b = node.get("Boolean")
+    if b is not None:
+        facts.sensitive = True
+        return KNOWN, "true" if b.get("boolval") else "false"
+    return DYNAMIC, None
+
+
+def relname(rv: dict[str, Any]) -> tuple[str | None, str]:
+    """(schema or None, name) of a RangeVar."""
+    return rv.get("schemaname"), rv.get("relname", "")
+
+
+def table_key(schema: str | None, name: str) -> str:
+    """How a table is reported: ``schema.table`` when qualified, else ``table``."""
+    return f"{schema}.{name}" if schema else name
+
+
+def is_catalog(schema: str | None, name: str) -> bool:
+    """Whether a relation is PostgreSQL's own metadata (never a dump by itself)."""
+    if schema is None:
+        return name in PG_CATALOG_RELATIONS
+    if schema == "pg_catalog":
+        return True
+    return schema == "information_schema"
+
+
+def catalog_read(schema: str | None, name: str, facts: StatementFacts) -> None:
+    """Charge reading the few catalog relations that hold secrets, files or data."""
+    if name in CREDENTIAL_RELATIONS:
+        facts.add(ADMIN, "credential-catalog", f"reads credentials or connection secrets ({name})")
+    elif name in SERVER_FILE_RELATIONS:
+        facts.add(ADMIN, "server-file-read", f"reads server configuration files ({name})")
+    elif name in DATA_CATALOG_RELATIONS:
+        facts.add(DUMP, "data-catalog", f"{name} holds table data or samples of column values")
+
+
+def has_column(v: Any) -> bool:
+    """Whether an expression references a column (outside nested sub-selects)."""
+    if isinstance(v, list):
+        return any(has_column(x) for x in v)
+    if not isinstance(v, dict):
+        return False
+    for k, x in v.items():
+        if k == "ColumnRef" or k == "CurrentOfExpr":
+            return True
+        if k == "SubLink":
+            return has_column(x.get("testexpr"))
+        if k == "SelectStmt":
+            continue
+        if isinstance(x, dict | list) and has_column(x):
+            return True
+    return False
+
+
+def op_name(name_list: list[Any] | None) -> tuple[str, bool]:
+    """(operator, qualified-with-a-schema-other-than-pg_catalog) of an A_Expr name list."""
+    if name_list and len(name_list) == 1:
+        return (name_list[0].get("String") or {}).get("sval", ""), False
+    names = strs(name_list)
+    if not names:
+        return "", False
+    return names[-1], len(names) > 1 and names[-2] != "pg_catalog"
