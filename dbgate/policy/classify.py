@@ -280,6 +280,8 @@ def _cold(
     cacheable = True
     for raw in tree.get("stmts", ()):
         facts = StatementFacts(params, prepared, extra)
+        facts.source = sql
+        facts.span = (raw.get("stmt_location", 0), raw.get("stmt_len", 0))
         try:
             statement(raw.get("stmt") or {}, facts)
             stmts.append(facts.result())

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal
 
 #: The session's prepared statements for classifying ``EXECUTE name``: name -> SQL
 #: text, or every text the name may stand for when the proxy cannot know which one
@@ -71,6 +72,30 @@ class Reason:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedEffect:
+    """What running one statement does to the session's prepared statements.
+
+    SQL ``PREPARE`` and the protocol's named Parse share one namespace in PostgreSQL,
+    so a later ``EXECUTE name`` or Bind of ``name`` runs whatever the name was last
+    given. A proxy that judges those by the text behind the name must follow every
+    change, and takes them from here rather than reading SQL again:
+
+    * ``add``: ``PREPARE name [(types)] AS body`` — ``name`` as the parser truncates
+      identifiers (63 bytes, at a character boundary; quoted names keep their case),
+      ``body`` the exact text of the prepared statement as it appears in the query
+      string (without the parameter types, comments around it or the semicolon);
+    * ``remove``: ``DEALLOCATE [PREPARE] name``;
+    * ``clear``: ``DEALLOCATE [PREPARE] ALL`` and ``DISCARD ALL``.
+
+    The effect happens only if the server runs the statement successfully.
+    """
+
+    kind: Literal["add", "remove", "clear"]
+    name: str = ""
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StatementClass:
     """Classification of one statement of a query string."""
 
@@ -83,6 +108,8 @@ class StatementClass:
     # True when the decision depends on Bind parameter values (e.g. set_config($1, $2, false)):
     # the proxy must classify again at Bind with the actual values.
     needs_bind: bool = False
+    # PREPARE / DEALLOCATE / DISCARD ALL: what the statement does to prepared statements.
+    prepared_effect: PreparedEffect | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +145,12 @@ class Classification:
     @property
     def needs_bind(self) -> bool:
         return any(s.needs_bind for s in self.statements)
+
+    @property
+    def prepared_effects(self) -> tuple[PreparedEffect, ...]:
+        """What the query string does to prepared statements, statement by statement,
+        in order (empty for almost every string)."""
+        return tuple(s.prepared_effect for s in self.statements if s.prepared_effect is not None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ One module per concern, in the order a reader needs them:
 ``expressions``           the generic descent, operators and function calls
 ``queries``               SELECT and DML, wherever they nest
 ``nested``                SQL inside SQL (``query_to_xml('...')``, ``EXECUTE``)
+``prepared``              PREPARE / EXECUTE / DEALLOCATE / DISCARD and their effects
 ``settings``              SET / RESET / transaction modes and function options
 ``statements``            the entry point and one handler per statement type
 ``fixed_statements``      statements whose categories never depend on their arguments
@@ -32,9 +33,9 @@ One module per concern, in the order a reader needs them:
 ========================  ==============================================================
 
 SQL's grammar is recursive (a sub-select inside an expression inside a query inside
-a CTE), so ``expressions``, ``narrowing``, ``queries``, ``nested`` and ``statements``
-call each other. They do so through module attributes (``queries.select(...)``),
-never at import time, so any of them can be imported first.
+a CTE), so ``expressions``, ``narrowing``, ``queries``, ``nested``, ``prepared`` and
+``statements`` call each other. They do so through module attributes
+(``queries.select(...)``), never at import time, so any of them can be imported first.
 """
 
 from __future__ import annotations

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dbgate.policy.model import OPAQUE, Category, Prepared, Reason, StatementClass
+from dbgate.policy.model import (
+    OPAQUE,
+    Category,
+    Prepared,
+    PreparedEffect,
+    Reason,
+    StatementClass,
+)
 
 
 class StatementFacts:
@@ -30,10 +37,13 @@ class StatementFacts:
         "needs_bind",
         "params",
         "prepared",
+        "prepared_effect",
         "reasons",
         "scope",
         "seen",
         "sensitive",
+        "source",
+        "span",
         "tables",
         "uncacheable",
     )
@@ -61,6 +71,23 @@ class StatementFacts:
         self.prepared = prepared
         self.extra_pure = extra_pure
         self.depth = depth
+        self.prepared_effect: PreparedEffect | None = None
+        # The query string and this statement's place in it (UTF-8 byte offset and
+        # length, 0 = to the end, as the parser reports them), for the few handlers
+        # that need the statement's own text (PREPARE records its body).
+        self.source: str | None = None
+        self.span: tuple[int, int] = (0, 0)
+
+    def statement_text(self) -> str | None:
+        """This statement's text in the query string (None when the walk has no source)."""
+        sql = self.source
+        if sql is None:
+            return None
+        start, length = self.span
+        if sql.isascii():  # byte offsets are character offsets
+            return sql[start : start + length] if length else sql[start:]
+        raw = sql.encode("utf-8")  # statements start and end on token boundaries
+        return (raw[start : start + length] if length else raw[start:]).decode("utf-8")
 
     def add(self, cat: Category, code: str, message: str) -> None:
         """Assign a category with its reason (each distinct reason is kept once)."""
@@ -103,4 +130,5 @@ class StatementFacts:
             functions=frozenset(self.functions),
             command=self.command,
             needs_bind=self.needs_bind,
+            prepared_effect=self.prepared_effect,
         )

@@ -36,10 +36,8 @@ _repl: Effects = (
 
 FIXED_EFFECTS: dict[str, Effects] = {
     "VariableShowStmt": ((CONTROL, "show", "SHOW reads a setting"),),
-    "DiscardStmt": ((CONTROL, "discard", "DISCARD resets session state"),),
     "ListenStmt": ((CONTROL, "listen", "LISTEN"),),
     "UnlistenStmt": ((CONTROL, "listen", "UNLISTEN"),),
-    "DeallocateStmt": _ctl,
     "ClosePortalStmt": _ctl,
     "ConstraintsSetStmt": _ctl,
     "LockStmt": ((WRITE, "lock", "LOCK TABLE takes table locks"),),

@@ -53,6 +53,8 @@ def nested_sql(
         if unwrap_prepare and "PrepareStmt" in node:
             node = node["PrepareStmt"].get("query") or {}
         sub = StatementFacts(params, facts.prepared, facts.extra_pure, facts.depth + 1)
+        sub.source = text
+        sub.span = (raw.get("stmt_location", 0), raw.get("stmt_len", 0))
         statements.statement(node, sub)
         facts.merge(sub.result())
         facts.uncacheable |= sub.uncacheable

@@ -24,7 +24,7 @@ from dbgate.policy.model import (
     READ,
     WRITE,
 )
-from dbgate.policy.walk import expressions, nested, queries
+from dbgate.policy.walk import expressions, prepared, queries
 from dbgate.policy.walk.command_names import command_name
 from dbgate.policy.walk.facts import StatementFacts
 from dbgate.policy.walk.fixed_statements import FIXED_EFFECTS
@@ -147,40 +147,6 @@ def _copy(body: dict[str, Any], facts: StatementFacts) -> None:
     q = body.get("query") or {}
     for k, b in q.items():
         queries.query(k, b, facts, True, {})
-
-
-def _prepare(body: dict[str, Any], facts: StatementFacts) -> None:
-    facts.add(CONTROL, "prepare", "PREPARE stores a statement; it is classified by its body")
-    q = body.get("query") or {}
-    sub = StatementFacts(None, facts.prepared, facts.extra_pure, facts.depth)
-    for k, b in q.items():
-        stmt_body(k, b, sub)
-    facts.merge(sub.result())
-    facts.sensitive |= sub.sensitive
-
-
-def _execute(body: dict[str, Any], facts: StatementFacts) -> None:
-    name = body.get("name", "")
-    facts.uncacheable = True  # depends on session state, never cache
-    # The arguments are expressions evaluated when EXECUTE runs (set_config(...),
-    # pg_read_file(...) are allowed there): they are classified like any other.
-    expressions.walk(body.get("params"), facts, True, {})
-    found = facts.prepared.get(name) if facts.prepared is not None else None
-    # The session may know several statements the name could stand for (after errors,
-    # see dbgate.proxy.prepared): each is classified, so the strictest one decides.
-    texts = (found,) if isinstance(found, str) else tuple(found or ())
-    if not texts:
-        facts.add(OPAQUE, "unknown-prepared", f"EXECUTE {name}: the prepared statement is unknown")
-        return
-    params: list[bytes | str | None] | None = []
-    for p in body.get("params", ()):
-        state, v = value_of(p, facts)
-        if state != KNOWN or params is None:
-            params = None  # some argument is computed or a Bind parameter not yet seen
-            continue
-        params.append(v)
-    for text in texts:
-        nested.nested_sql(text, facts, f"EXECUTE {name}", params, unwrap_prepare=True)
 
 
 def _declare(body: dict[str, Any], facts: StatementFacts) -> None:
@@ -363,8 +329,10 @@ _STMT: dict[str, Callable[[dict[str, Any], StatementFacts], None]] = {
     "VariableSetStmt": _variable_set_stmt,
     "ExplainStmt": _explain,
     "CopyStmt": _copy,
-    "PrepareStmt": _prepare,
-    "ExecuteStmt": _execute,
+    "PrepareStmt": prepared.prepare,
+    "ExecuteStmt": prepared.execute,
+    "DeallocateStmt": prepared.deallocate,
+    "DiscardStmt": prepared.discard,
     "DeclareCursorStmt": _declare,
     "FetchStmt": _fetch,
     "CallStmt": _call,
