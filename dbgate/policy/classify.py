@@ -40,7 +40,7 @@ from pglast import parser as _pg
 from dbgate.policy.literals import fast_mask as _mask
 from dbgate.policy.literals import render_key
 from dbgate.policy.model import Category, Classification, Prepared, Reason, StatementClass
-from dbgate.policy.parse_errors import safe_parse_message
+from dbgate.policy.parse_errors import parser_complaint
 from dbgate.policy.walk import StatementFacts, statement
 
 __all__ = [
@@ -262,11 +262,12 @@ def _cold(
     try:
         tree = json.loads(_pg.parse_sql_json(sql))
     except _pg.ParseError as exc:
-        msg = safe_parse_message(str(exc))
+        complaint = parser_complaint(sql, exc)
         return (
             Classification(
-                statements=(_opaque("parse-error", f"cannot parse: {msg}"),),
-                parse_error=msg,
+                statements=(_opaque("parse-error", f"cannot parse: {complaint.message}"),),
+                parse_error=complaint.message,
+                parse_error_position=complaint.position,
             ),
             False,
             True,

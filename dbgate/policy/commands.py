@@ -90,6 +90,7 @@ def classification_report(
         "expires_after_seconds": decision.expires_after_seconds,
         "needs_bind": classification.needs_bind,
         "parse_error": classification.parse_error,
+        "parse_error_position": classification.parse_error_position,
         "fingerprint": classification.fingerprint,
         "identity": identity.name,
     }
@@ -114,6 +115,7 @@ def _internal_error_report(identity: Identity, error: Exception) -> dict[str, An
         "expires_after_seconds": None,
         "needs_bind": False,
         "parse_error": None,
+        "parse_error_position": None,
         "fingerprint": "",
         "identity": identity.name,
     }
@@ -140,7 +142,8 @@ def _print_text(report: dict[str, Any], out: TextIO) -> None:
     if report["needs_bind"]:
         w("note:       decided again at Bind with the actual parameter values\n")
     if report["parse_error"]:
-        w(f"parse error: {report['parse_error']}\n")
+        at = report["parse_error_position"]
+        w(f"parse error: {report['parse_error']}" + (f" (at character {at})" if at else "") + "\n")
     for st in report["statements"]:
         w(
             f"\nstatement {st['index'] + 1}: {st['command'] or '?'} -> "

@@ -119,6 +119,9 @@ class Classification:
     statements: tuple[StatementClass, ...]
     fingerprint: str = ""
     parse_error: str | None = None  # set when pglast could not parse: always fails closed
+    # Where the parser stopped, as PostgreSQL reports it (ErrorResponse field P):
+    # 1-based, in characters of the query string; None when unknown.
+    parse_error_position: int | None = None
     # True when the result depends on session state (EXECUTE of a prepared statement):
     # the same text may classify differently later in the same session.
     session_dependent: bool = False

@@ -2,8 +2,8 @@
 
 How a decision is made (the reference is ``docs/rules.md``):
 
-1. A parse error is ``deny`` (rule ``parse-error``); no rule is consulted, so no
-   rule can allow input the classifier could not read.
+1. A parse error is ``deny`` (rule ``parse-error``, the parser's message); no rule
+   is consulted, so no rule can allow input the classifier could not read.
 2. Otherwise every *unit* — one category of one statement — is decided on its
    own: the first rule (files in lexical order, rules in file order) whose
    ``match`` accepts the identity, the statement and that category decides it.
@@ -236,11 +236,12 @@ class RuleSet:
     def decide(self, identity: Identity, classification: Classification) -> Decision:
         """The one decision for a query string. Never raises; never allows by accident."""
         if classification.parse_error is not None:
+            # The message is the parser's own: the gate answers like PostgreSQL would
+            # (SQLSTATE 42601 at Classification.parse_error_position), not as a denial.
             return Decision(
                 Action.DENY,
                 "parse-error",
-                f"dbgate could not parse this statement, so it is refused: "
-                f"{classification.parse_error}",
+                classification.parse_error,
                 classification=classification,
             )
         try:

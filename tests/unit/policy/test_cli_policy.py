@@ -93,6 +93,12 @@ def test_parse_error_is_denied_with_parser_message() -> None:
     assert any(r["code"] == "parse-error" for r in doc["reasons"])
 
 
+def test_parse_error_reports_the_position_postgresql_would() -> None:
+    doc = classify_json("SELECT 'é' FRO x")
+    assert (doc["parse_error"], doc["parse_error_position"]) == ('syntax error at or near "x"', 16)
+    assert classify_json("SELECT 1")["parse_error_position"] is None
+
+
 def test_text_output_is_readable() -> None:
     proc = run("classify", "DELETE FROM orders")
     assert proc.returncode == 0, proc.stderr
