@@ -135,7 +135,7 @@ def _opaque(code: str, message: str, command: str = "") -> StatementClass:
     )
 
 
-_NUL_MESSAGE = "query text contains a NUL character; the parser would stop there"
+_NUL_MESSAGE = "the query contains a NUL character, where PostgreSQL would stop reading it"
 _NUL_RESULT = Classification(
     statements=(
         StatementClass(
@@ -154,7 +154,7 @@ def _internal_error(exc: BaseException) -> Classification:
         statements=(
             _opaque(
                 "internal-error",
-                f"classifier error ({type(exc).__name__}); failing closed",
+                f"could not be classified ({type(exc).__name__} in dbgate), so it is refused",
             ),
         )
     )
@@ -265,7 +265,7 @@ def _cold(
         complaint = parser_complaint(sql, exc)
         return (
             Classification(
-                statements=(_opaque("parse-error", f"cannot parse: {complaint.message}"),),
+                statements=(_opaque("parse-error", f"could not be parsed: {complaint.message}"),),
                 parse_error=complaint.message,
                 parse_error_position=complaint.position,
             ),
@@ -287,14 +287,16 @@ def _cold(
             statement(raw.get("stmt") or {}, facts)
             stmts.append(facts.result())
         except RecursionError:
-            stmts.append(_opaque("internal-error", "statement nested too deeply", facts.command))
+            stmts.append(
+                _opaque("internal-error", "nests expressions too deeply to analyse", facts.command)
+            )
         sensitive |= facts.sensitive
         cacheable &= not facts.uncacheable
     if not stmts:
         stmts.append(
             StatementClass(
                 categories=frozenset({Category.CONTROL}),
-                reasons=(Reason(Category.CONTROL, "empty-query", "empty query string"),),
+                reasons=(Reason(Category.CONTROL, "empty-query", "is empty (no statement)"),),
                 command="EMPTY",
             )
         )

@@ -79,6 +79,10 @@ def classification_report(
         "action": decision.action.value,
         "rule": decision.rule,
         "message": decision.message,
+        "decision_reasons": [
+            {"category": r.category.value, "code": r.code, "message": r.message}
+            for r in decision.reasons
+        ],
         "categories": sorted(categories),
         "reasons": reasons,
         "tables": sorted(classification.tables),
@@ -102,6 +106,7 @@ def _internal_error_report(identity: Identity, error: Exception) -> dict[str, An
         "action": "deny",
         "rule": "internal-error",
         "message": message,
+        "decision_reasons": [],
         "categories": ["opaque"],
         "reasons": [
             {"statement": None, "category": "opaque", "code": "internal-error", "message": message}
@@ -126,6 +131,9 @@ def _print_text(report: dict[str, Any], out: TextIO) -> None:
     w(f"action:     {report['action'].upper()}  (rule {report['rule']})\n")
     if report["message"]:
         w(f"message:    {report['message']}\n")
+    if report["action"] != "allow":
+        for r in report["decision_reasons"]:
+            w(f"because:    {r['message']} ({r['category']}: {r['code']})\n")
     if report["action"] == "hold":
         groups = ", ".join(report["approver_groups"]) or "any approver"
         exp = report["expires_after_seconds"]

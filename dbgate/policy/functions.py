@@ -71,7 +71,9 @@ EFFECTS: dict[str, Effect] = {
         "pg_file_write pg_file_rename pg_file_unlink pg_file_sync",
     ),
     # --- large objects ----------------------------------------------------------------
-    **_fx((A,), "lo-import", "imports a server file into a large object", "lo_import"),
+    **_fx(
+        (A,), "lo-import", "imports a file on the database server into a large object", "lo_import"
+    ),
     **_fx(
         (E, A),
         "lo-export",
@@ -81,7 +83,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (W,),
         "lo-write",
-        "creates or modifies a large object",
+        "creates or changes a large object",
         "lo_create lo_creat lo_put lo_from_bytea lowrite lo_truncate lo_truncate64",
     ),
     **_fx((X,), "lo-unlink", "deletes a large object", "lo_unlink"),
@@ -89,7 +91,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (E,),
         "dblink",
-        "opens a connection to another server (dblink): data can leave the database",
+        "opens a connection to another server (dblink), so data can leave the database",
         """dblink dblink_exec dblink_connect dblink_connect_u dblink_send_query dblink_get_result
         dblink_open dblink_fetch dblink_close dblink_disconnect dblink_get_connections
         dblink_error_message dblink_is_busy dblink_cancel_query dblink_get_notify
@@ -105,14 +107,14 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (A,),
         "backend-signal",
-        "signals other server processes or reloads configuration",
+        "signals other server processes or reloads the server's configuration",
         """pg_terminate_backend pg_cancel_backend pg_reload_conf pg_rotate_logfile
         pg_rotate_logfile_old pg_log_backend_memory_contexts pg_promote pg_signal_backend""",
     ),
     **_fx(
         (A,),
         "stats-reset",
-        "erases monitoring statistics (evidence of activity)",
+        "erases monitoring statistics, which are evidence of activity",
         """pg_stat_reset pg_stat_reset_shared pg_stat_reset_single_table_counters
         pg_stat_reset_single_function_counters pg_stat_reset_slru pg_stat_reset_replication_slot
         pg_stat_reset_subscription_stats pg_stat_reset_backend_stats pg_stat_statements_reset""",
@@ -120,7 +122,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (A,),
         "planner-stats-write",
-        "overwrites planner statistics",
+        "overwrites the planner's statistics",
         """pg_clear_attribute_stats pg_clear_relation_stats pg_restore_attribute_stats
         pg_restore_relation_stats pg_set_relation_stats pg_set_attribute_stats""",
     ),
@@ -128,7 +130,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (A,),
         "replication",
-        "manages replication slots, origins, WAL or backups",
+        "manages replication slots, replication origins, WAL or backups",
         """pg_create_physical_replication_slot pg_create_logical_replication_slot
         pg_drop_replication_slot pg_copy_physical_replication_slot pg_copy_logical_replication_slot
         pg_replication_slot_advance pg_sync_replication_slots pg_replication_origin_create
@@ -150,7 +152,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (A,),
         "server-maintenance",
-        "internal or maintenance function that changes server state",
+        "changes internal server state (a maintenance function)",
         """pg_import_system_collations pg_nextoid pg_stop_making_pinned_objects
         pg_extension_config_dump brin_desummarize_range brin_summarize_new_values
         brin_summarize_range gin_clean_pending_list binary_upgrade_add_sub_rel_state
@@ -170,14 +172,14 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (DDL,),
         "sequence-set",
-        "resets a sequence's position (like ALTER SEQUENCE RESTART)",
+        "moves a sequence's position, like ALTER SEQUENCE RESTART",
         "setval",
     ),
     # --- bulk exporters -------------------------------------------------------------------
     **_fx(
         (D,),
         "xml-table-export",
-        "serialises whole tables, schemas or databases (xml export)",
+        "returns whole tables, schemas or databases as XML",
         """table_to_xml table_to_xmlschema table_to_xml_and_xmlschema schema_to_xml
         schema_to_xmlschema schema_to_xml_and_xmlschema database_to_xml database_to_xmlschema
         database_to_xml_and_xmlschema cursor_to_xml cursor_to_xmlschema""",
@@ -185,7 +187,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (D,),
         "snapshot-export",
-        "exports a snapshot for another session (used by parallel dump tools)",
+        "exports a snapshot for another session to read, as parallel dump tools do",
         "pg_export_snapshot",
     ),
 }

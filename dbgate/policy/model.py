@@ -168,7 +168,12 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What the rules say about one query string for one identity."""
+    """What the rules say about one query string for one identity.
+
+    ``message`` is the deciding rule's text (the same for every statement that rule
+    decides); ``reasons`` are this statement's own: an agent told "reads every row of
+    customers (no WHERE that narrows it ...)" knows what to change.
+    """
 
     action: Action
     rule: str  # name of the rule that decided, "default" or "internal-error"
@@ -177,3 +182,7 @@ class Decision:
     approvals_needed: int = 1
     expires_after_seconds: int | None = None
     classification: Classification | None = field(default=None, compare=False)
+    # The classifier's reasons this decision acted on: those whose category (of their
+    # statement) was decided at ``action``. For a hold or deny, what the agent must
+    # change; ``message`` is the deciding rule's text.
+    reasons: tuple[Reason, ...] = ()

@@ -24,13 +24,14 @@ from dbgate.policy.walk.nodes import (
     KNOWN,
     NEED_BIND,
     QUERY_NODES,
+    Ctes,
     op_name,
     strs,
     value_of,
 )
 
 
-def walk(v: Any, facts: StatementFacts, out: bool, ctes: dict[str, bool]) -> None:
+def walk(v: Any, facts: StatementFacts, out: bool, ctes: Ctes) -> None:
     """Walk any subtree. ``out``: values here flow into the statement's result.
 
     Hot loop: exact ``type() is`` checks, scalar fields skipped before any lookup,
@@ -68,7 +69,7 @@ def walk(v: Any, facts: StatementFacts, out: bool, ctes: dict[str, bool]) -> Non
 _SKIP = frozenset({"A_Const", "TypeName", "typeName", "String", "Integer", "Float", "Boolean"})
 
 
-def _column_ref(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]) -> None:
+def _column_ref(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
     parts = []
     for f in x.get("fields", ()):
         s = f.get("String")
@@ -79,7 +80,7 @@ def _column_ref(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[
         facts.columns.add(".".join(parts))
 
 
-def _sublink(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]) -> None:
+def _sublink(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
     if "operName" in x:
         _check_operator(strs(x["operName"]), facts)
     walk(x.get("testexpr"), facts, False, ctes)
@@ -103,10 +104,14 @@ def _check_operator(names: list[str], facts: StatementFacts) -> None:
     if (len(names) > 1 and names[-2] != "pg_catalog") or (
         op not in OPERATORS and op not in _SYNTAX_OPS
     ):
-        facts.add(OPAQUE, "unknown-operator", f"operator {'.'.join(names)} is not a built-in")
+        facts.add(
+            OPAQUE,
+            "unknown-operator",
+            f"uses the operator {'.'.join(names)}, which is not a built-in; its effect is unknown",
+        )
 
 
-def _a_expr(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]) -> None:
+def _a_expr(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
     op, foreign = op_name(x.get("name"))
     if foreign or (op not in OPERATORS and op not in _SYNTAX_OPS):
         _check_operator(strs(x.get("name")), facts)
@@ -114,13 +119,11 @@ def _a_expr(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str,
     walk(x.get("rexpr"), facts, out, ctes)
 
 
-def _range_var_expr(
-    x: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]
-) -> None:
+def _range_var_expr(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
     queries.from_range_var(x, facts, ctes)
 
 
-def _func_call(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]) -> None:
+def _func_call(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
     names = strs(x.get("funcname"))
     func_names(names, x, facts, out, ctes)
     walk(x.get("args"), facts, out, ctes)
@@ -130,11 +133,11 @@ def _func_call(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[s
 
 
 def func_names(
-    names: list[str], x: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]
+    names: list[str], x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes
 ) -> None:
     """Look a called function up in the catalog and add its categories."""
     if not names:
-        facts.add(OPAQUE, "unknown-function", "call of an unnamed function")
+        facts.add(OPAQUE, "unknown-function", "calls a function without a name")
         return
     name = names[-1]
     schema = names[-2] if len(names) > 1 else None
@@ -143,7 +146,7 @@ def func_names(
     eff = _fn.EFFECTS.get(name)
     if eff is not None:
         for c in eff.categories:
-            facts.add(c, eff.code, f"{qual}: {eff.message}")
+            facts.add(c, eff.code, f"calls {qual}, which {eff.message}")
     builtin = schema is None or schema == "pg_catalog"
     if builtin and name in _fn.SPECIAL:
         _special(name, qual, x, facts)
@@ -156,7 +159,11 @@ def func_names(
         qual in facts.extra_pure or (schema is None and name in facts.extra_pure)
     ):
         return
-    facts.add(OPAQUE, "unknown-function", f"{qual} is not a known function; its effect is unknown")
+    facts.add(
+        OPAQUE,
+        "unknown-function",
+        f"calls {qual}, which is not a function dbgate knows, so its effect is unknown",
+    )
 
 
 #: Parameter names of the special functions, for calls with named arguments
@@ -200,34 +207,42 @@ def _special(name: str, qual: str, x: dict[str, Any], facts: StatementFacts) -> 
     elif name == "pg_notify":
         payload = args[1] if len(args) > 1 else None
         if payload is None or "A_Const" in payload or "ParamRef" in payload:
-            facts.add(WRITE, "notify", f"{qual} sends a notification to other sessions")
+            facts.add(WRITE, "notify", f"calls {qual}, which notifies listening sessions")
         else:
             facts.add(
-                EXPORT, "notify-carries-data", f"{qual} sends computed data to other sessions"
+                EXPORT,
+                "notify-carries-data",
+                f"calls {qual} with a computed payload, which can carry table data to other sessions",
             )
     else:  # query_to_xml & co: execute a SQL string
         idx = _fn.SQL_STRING_FUNCTIONS[name]
         if name.startswith("query_to"):
-            facts.add(DUMP, "xml-query-export", f"{qual} serialises a query result")
+            facts.add(
+                DUMP, "xml-query-export", f"calls {qual}, which returns a whole query result as XML"
+            )
         state, text = value_of(args[idx], facts) if len(args) > idx else (DYNAMIC, None)
         if state == KNOWN and text is not None:
             nested.nested_sql(text, facts, f"SQL executed by {qual}")
         elif state == NEED_BIND:
-            facts.add(OPAQUE, "needs-bind", f"{qual} executes SQL given at Bind")
+            facts.add(
+                OPAQUE, "needs-bind", f"calls {qual}, which runs SQL given as a parameter at Bind"
+            )
         else:
-            facts.add(OPAQUE, "dynamic-sql", f"{qual} executes SQL computed at run time")
+            facts.add(OPAQUE, "dynamic-sql", f"calls {qual}, which runs SQL computed at run time")
 
 
 def _set_config(qual: str, args: list[Any], facts: StatementFacts) -> None:
     if not args:
-        facts.add(OPAQUE, "dynamic-setting", f"{qual} without a setting name")
+        facts.add(OPAQUE, "dynamic-setting", f"calls {qual} without a setting name")
         return
     state, name = value_of(args[0], facts)
     if state != KNOWN or name is None:
         if state == NEED_BIND:
-            facts.add(OPAQUE, "needs-bind", f"{qual}: the setting name is a Bind parameter")
+            facts.add(OPAQUE, "needs-bind", f"calls {qual} with the setting name given at Bind")
         else:
-            facts.add(OPAQUE, "dynamic-setting", f"{qual}: the setting name is computed")
+            facts.add(
+                OPAQUE, "dynamic-setting", f"calls {qual} with a setting name computed at run time"
+            )
         return
     name = name.strip()
     vstate, value = KNOWN, None
@@ -237,18 +252,16 @@ def _set_config(qual: str, args: list[Any], facts: StatementFacts) -> None:
     effects, needed = setting_effects(name, values, as_list=True)
     for cat, code, msg in effects:
         if needed and vstate == NEED_BIND:
-            facts.add(OPAQUE, "needs-bind", f"{qual}: value of {name} is a Bind parameter")
+            facts.add(OPAQUE, "needs-bind", f"calls {qual} with the value of {name} given at Bind")
         else:
             facts.add(cat, code, msg)
 
 
-def _range_function(
-    x: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]
-) -> None:
+def _range_function(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
     walk(x.get("functions"), facts, out, ctes)
 
 
-_EXPR: dict[str, Callable[[dict[str, Any], StatementFacts, bool, dict[str, bool]], None]] = {
+_EXPR: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]] = {
     "ColumnRef": _column_ref,
     "SubLink": _sublink,
     "FuncCall": _func_call,

@@ -108,7 +108,7 @@ class StatementFacts:
 
     def result(self) -> StatementClass:
         if not self.cats:  # never return an empty classification
-            self.add(OPAQUE, "no-category", "the classifier found nothing to say; failing closed")
+            self.add(OPAQUE, "no-category", "is a statement dbgate found nothing to say about")
         columns = self.columns
         only = next(iter(self.tables)) if len(self.tables) == 1 else None
         if self.aliases or only:

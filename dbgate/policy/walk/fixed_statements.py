@@ -19,79 +19,116 @@ from dbgate.policy.model import (
     Category,
 )
 
+#: (category, reason code, reason message); ``{command}`` in a message stands for the
+#: statement's SQL command (``CREATE INDEX``, ``ALTER DOMAIN`` ...).
 Effects = tuple[tuple[Category, str, str], ...]
-_ctl: Effects = ((CONTROL, "session", "session control"),)
-_ddl: Effects = ((DDL, "ddl", "changes the schema"),)
-_ddl_drop: Effects = (*_ddl, (DESTRUCTIVE, "drop", "removes objects"))
-_ext: Effects = ((ADMIN, "extension", "installs or changes extensions (server code)"), *_ddl)
+_ddl: Effects = ((DDL, "ddl", "changes the schema ({command})"),)
+_ddl_drop: Effects = (
+    *_ddl,
+    (DESTRUCTIVE, "drop", "removes objects and what they hold ({command})"),
+)
+_ext: Effects = (
+    (ADMIN, "extension", "installs or changes an extension, code that runs in the server"),
+    *_ddl,
+)
 _fdw: Effects = (
-    (EXPORT, "foreign-data", "foreign servers and user mappings reach other servers"),
+    (EXPORT, "foreign-data", "sets up access to another server, through which data can leave"),
     *_ddl,
 )
 _repl: Effects = (
-    (ADMIN, "replication-object", "publications/subscriptions replicate data"),
-    (EXPORT, "replication-object", "publications/subscriptions move data to other servers"),
+    (ADMIN, "replication-object", "sets up logical replication ({command})"),
+    (EXPORT, "replication-object", "replicates table data to another server ({command})"),
+    *_ddl,
+)
+_event_trigger: Effects = (
+    (ADMIN, "event-trigger", "creates or changes an event trigger, which runs on every DDL"),
+    *_ddl,
+)
+_tablespace = "changes a tablespace, a directory on the database server ({command})"
+_policy: Effects = (
+    (PRIVILEGE, "policy", "changes a row-level security policy, which decides who sees which rows"),
     *_ddl,
 )
 
 FIXED_EFFECTS: dict[str, Effects] = {
-    "VariableShowStmt": ((CONTROL, "show", "SHOW reads a setting"),),
-    "ListenStmt": ((CONTROL, "listen", "LISTEN"),),
-    "UnlistenStmt": ((CONTROL, "listen", "UNLISTEN"),),
-    "ClosePortalStmt": _ctl,
-    "ConstraintsSetStmt": _ctl,
-    "LockStmt": ((WRITE, "lock", "LOCK TABLE takes table locks"),),
-    "RefreshMatViewStmt": ((WRITE, "refresh", "refreshes a materialized view"),),
-    "CheckPointStmt": ((ADMIN, "checkpoint", "CHECKPOINT forces a server checkpoint"),),
-    "LoadStmt": ((ADMIN, "load", "LOAD loads a shared library into the server"),),
-    "ClusterStmt": ((ADMIN, "cluster", "CLUSTER rewrites tables under exclusive lock"),),
-    "ReindexStmt": ((ADMIN, "reindex", "REINDEX rebuilds indexes under lock"),),
+    "VariableShowStmt": ((CONTROL, "show", "shows a setting (SHOW)"),),
+    "ListenStmt": ((CONTROL, "listen", "listens for notifications (LISTEN)"),),
+    "UnlistenStmt": ((CONTROL, "listen", "stops listening for notifications (UNLISTEN)"),),
+    "ClosePortalStmt": ((CONTROL, "session", "closes a cursor (CLOSE)"),),
+    "ConstraintsSetStmt": (
+        (CONTROL, "session", "sets when constraints are checked (SET CONSTRAINTS)"),
+    ),
+    "RefreshMatViewStmt": (
+        (WRITE, "refresh", "recomputes a materialized view (REFRESH MATERIALIZED VIEW)"),
+    ),
+    "CheckPointStmt": ((ADMIN, "checkpoint", "forces a server checkpoint (CHECKPOINT)"),),
+    "LoadStmt": ((ADMIN, "load", "loads a shared library into the server (LOAD)"),),
+    "ClusterStmt": (
+        (ADMIN, "cluster", "rewrites tables under an exclusive lock (CLUSTER), blocking others"),
+    ),
+    "ReindexStmt": (
+        (ADMIN, "reindex", "rebuilds indexes under a lock (REINDEX), blocking others"),
+    ),
     "CreateExtensionStmt": _ext,
     "AlterExtensionStmt": _ext,
     "AlterExtensionContentsStmt": _ext,
-    "CreateEventTrigStmt": ((ADMIN, "event-trigger", "event triggers run on every DDL"), *_ddl),
-    "AlterEventTrigStmt": ((ADMIN, "event-trigger", "event triggers run on every DDL"), *_ddl),
-    "CreatePLangStmt": ((ADMIN, "language", "installs a procedural language"), *_ddl),
-    "CreateTransformStmt": ((ADMIN, "transform", "creates a transform"), *_ddl),
-    "CreateAmStmt": ((ADMIN, "access-method", "creates an access method"), *_ddl),
-    "CreateTableSpaceStmt": ((ADMIN, "tablespace", "tablespaces are server directories"), *_ddl),
-    "DropTableSpaceStmt": ((ADMIN, "tablespace", "drops a tablespace"), *_ddl_drop),
-    "AlterTableSpaceOptionsStmt": ((ADMIN, "tablespace", "alters a tablespace"), *_ddl),
-    "AlterTableMoveAllStmt": ((ADMIN, "tablespace", "moves relations between tablespaces"), *_ddl),
+    "CreateEventTrigStmt": _event_trigger,
+    "AlterEventTrigStmt": _event_trigger,
+    "CreatePLangStmt": (
+        (ADMIN, "language", "installs a procedural language, code that runs in the server"),
+        *_ddl,
+    ),
+    "CreateTransformStmt": (
+        (ADMIN, "transform", "creates a transform between a type and a procedural language"),
+        *_ddl,
+    ),
+    "CreateAmStmt": (
+        (ADMIN, "access-method", "creates an access method, served by code in the server"),
+        *_ddl,
+    ),
+    "CreateTableSpaceStmt": ((ADMIN, "tablespace", _tablespace), *_ddl),
+    "DropTableSpaceStmt": ((ADMIN, "tablespace", _tablespace), *_ddl_drop),
+    "AlterTableSpaceOptionsStmt": ((ADMIN, "tablespace", _tablespace), *_ddl),
+    "AlterTableMoveAllStmt": (
+        (ADMIN, "tablespace", "moves every relation of a tablespace to another one"),
+        *_ddl,
+    ),
     "CreatePublicationStmt": _repl,
     "AlterPublicationStmt": _repl,
     "CreateSubscriptionStmt": _repl,
     "AlterSubscriptionStmt": _repl,
-    "DropSubscriptionStmt": (*_repl, (DESTRUCTIVE, "drop", "removes objects")),
+    "DropSubscriptionStmt": (*_repl, (DESTRUCTIVE, "drop", "drops a subscription")),
     "CreateFdwStmt": _fdw,
     "AlterFdwStmt": _fdw,
     "CreateForeignServerStmt": _fdw,
     "AlterForeignServerStmt": _fdw,
     "CreateUserMappingStmt": _fdw,
     "AlterUserMappingStmt": _fdw,
-    "DropUserMappingStmt": (*_fdw, (DESTRUCTIVE, "drop", "removes objects")),
+    "DropUserMappingStmt": (*_fdw, (DESTRUCTIVE, "drop", "drops a user mapping")),
     "ImportForeignSchemaStmt": _fdw,
     "CreateForeignTableStmt": _fdw,
-    "GrantStmt": ((PRIVILEGE, "grant", "GRANT/REVOKE changes privileges"),),
-    "GrantRoleStmt": ((PRIVILEGE, "grant-role", "grants or revokes role membership"),),
+    "GrantStmt": ((PRIVILEGE, "grant", "changes privileges on objects ({command})"),),
+    "GrantRoleStmt": ((PRIVILEGE, "grant-role", "changes role membership ({command})"),),
     "AlterDefaultPrivilegesStmt": (
-        (PRIVILEGE, "default-privileges", "changes default privileges"),
+        (PRIVILEGE, "default-privileges", "changes the privileges future objects get"),
     ),
     "CreateRoleStmt": ((PRIVILEGE, "create-role", "creates a role"),),
-    "AlterRoleStmt": ((PRIVILEGE, "alter-role", "alters a role"),),
+    "AlterRoleStmt": ((PRIVILEGE, "alter-role", "changes a role's attributes or password"),),
     "DropRoleStmt": (
         (PRIVILEGE, "drop-role", "drops a role"),
-        (DESTRUCTIVE, "drop", "removes roles"),
+        (DESTRUCTIVE, "drop", "drops a role"),
     ),
-    "ReassignOwnedStmt": ((PRIVILEGE, "reassign-owned", "reassigns ownership"),),
+    "ReassignOwnedStmt": (
+        (PRIVILEGE, "reassign-owned", "gives every object of a role to another role"),
+    ),
     "DropOwnedStmt": (
-        (PRIVILEGE, "drop-owned", "drops a role's objects and privileges"),
-        (DESTRUCTIVE, "drop", "removes objects"),
+        (PRIVILEGE, "drop-owned", "revokes a role's privileges and drops its objects"),
+        (DESTRUCTIVE, "drop", "drops every object a role owns (DROP OWNED)"),
     ),
-    "AlterOwnerStmt": ((PRIVILEGE, "owner-to", "ALTER ... OWNER TO changes ownership"),),
-    "CreatePolicyStmt": ((PRIVILEGE, "policy", "row-level security policy"), *_ddl),
-    "AlterPolicyStmt": ((PRIVILEGE, "policy", "row-level security policy"), *_ddl),
-    "SecLabelStmt": ((PRIVILEGE, "security-label", "security label"),),
+    "AlterOwnerStmt": ((PRIVILEGE, "owner-to", "gives an object to another owner (OWNER TO)"),),
+    "CreatePolicyStmt": _policy,
+    "AlterPolicyStmt": _policy,
+    "SecLabelStmt": ((PRIVILEGE, "security-label", "sets a security label on an object"),),
     "CreatedbStmt": _ddl,
     "AlterDatabaseStmt": _ddl,
     "AlterDatabaseRefreshCollStmt": _ddl,

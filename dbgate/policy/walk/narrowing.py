@@ -14,7 +14,7 @@ from typing import Any
 from dbgate.policy import functions as _fn
 from dbgate.policy.walk import queries
 from dbgate.policy.walk.facts import StatementFacts
-from dbgate.policy.walk.nodes import op_name, strs
+from dbgate.policy.walk.nodes import Ctes, op_name, strs
 
 #: Operators that keep (nearly) every row: ``id <> 5`` or ``NOT LIKE`` restrict nothing.
 _NEGATIVE_OPS = frozenset({"<>", "!=", "!~~", "!~~*", "!~", "!~*"})
@@ -93,7 +93,7 @@ def _cols(v: Any, sc: Scope, quals: set[str]) -> bool:
 def restricted(
     where: Any,
     facts: StatementFacts,
-    ctes: dict[str, bool],
+    ctes: Ctes,
     sc: Scope,
     eqs: list[tuple[set[str], set[str]]] | None,
 ) -> set[str]:
@@ -193,7 +193,7 @@ def restricted(
     return set()
 
 
-def _values_bounded(v: Any, facts: StatementFacts, ctes: dict[str, bool], sc: Scope) -> bool:
+def _values_bounded(v: Any, facts: StatementFacts, ctes: Ctes, sc: Scope) -> bool:
     """False when the value side of a comparison is fed by an unbounded sub-select.
 
     ``id = ANY(ARRAY(SELECT id FROM customers))`` compares with every id there is.

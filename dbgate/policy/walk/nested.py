@@ -38,15 +38,18 @@ def nested_sql(
     ``PREPARE name AS ...`` (how a proxy may have recorded it): classify the body.
     """
     if facts.depth >= MAX_NESTING:
-        facts.add(OPAQUE, "nesting-too-deep", f"{why}: SQL nested too deeply")
+        facts.add(
+            OPAQUE, "nesting-too-deep", f"{why} nests SQL more than {MAX_NESTING} levels deep"
+        )
         return
     if "\x00" in text:  # the C parser would stop at the NUL
-        facts.add(OPAQUE, "nested-parse-error", f"{why}: SQL text contains a NUL character")
+        facts.add(OPAQUE, "nested-parse-error", f"{why} contains a NUL character")
         return
     try:
         tree = json.loads(_pg.parse_sql_json(text))
     except Exception as exc:  # parse errors of the nested text: fail closed
-        facts.add(OPAQUE, "nested-parse-error", f"{why}: {safe_parse_message(str(exc))}")
+        message = safe_parse_message(str(exc.args[0]) if exc.args else "syntax error")
+        facts.add(OPAQUE, "nested-parse-error", f"{why} could not be parsed: {message}")
         return
     for raw in tree.get("stmts", ()):
         node = raw.get("stmt") or {}
@@ -60,4 +63,6 @@ def nested_sql(
         facts.uncacheable |= sub.uncacheable
         facts.sensitive |= sub.sensitive
         if sub.needs_bind:
-            facts.add(OPAQUE, "dynamic-sql", f"{why}: depends on parameter values not known")
+            facts.add(
+                OPAQUE, "dynamic-sql", f"{why} depends on parameter values not known in advance"
+            )

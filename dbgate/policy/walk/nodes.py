@@ -18,6 +18,13 @@ from dbgate.policy.catalog_builtin import PG_CATALOG_RELATIONS
 from dbgate.policy.model import ADMIN, DUMP
 from dbgate.policy.walk.facts import StatementFacts
 
+#: The tables whose every row a query's result may hold: what makes it a ``dump``.
+#: Empty when the result is bounded (narrowed by a WHERE, a small LIMIT, aggregated).
+WholeTables = tuple[str, ...]
+
+#: CTE name -> what the CTE holds, for the query levels that can see it.
+Ctes = dict[str, WholeTables]
+
 #: Parse nodes that are queries: they may nest in CTEs, sub-selects, EXPLAIN, COPY ...
 #: (:mod:`dbgate.policy.walk.queries` has a handler for each).
 QUERY_NODES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
@@ -151,11 +158,19 @@ def is_catalog(schema: str | None, name: str) -> bool:
 def catalog_read(schema: str | None, name: str, facts: StatementFacts) -> None:
     """Charge reading the few catalog relations that hold secrets, files or data."""
     if name in CREDENTIAL_RELATIONS:
-        facts.add(ADMIN, "credential-catalog", f"reads credentials or connection secrets ({name})")
+        facts.add(ADMIN, "credential-catalog", f"reads {name}, which holds credentials or secrets")
     elif name in SERVER_FILE_RELATIONS:
-        facts.add(ADMIN, "server-file-read", f"reads server configuration files ({name})")
+        facts.add(
+            ADMIN, "server-file-read", f"reads {name}, which shows the server's configuration files"
+        )
+    elif name == "pg_largeobject":
+        facts.add(DUMP, "data-catalog", f"reads {name}, which holds the contents of large objects")
     elif name in DATA_CATALOG_RELATIONS:
-        facts.add(DUMP, "data-catalog", f"{name} holds table data or samples of column values")
+        facts.add(
+            DUMP,
+            "data-catalog",
+            f"reads {name}, which holds samples of column values (most common values, histograms)",
+        )
 
 
 def has_column(v: Any) -> bool:
@@ -184,3 +199,11 @@ def op_name(name_list: list[Any] | None) -> tuple[str, bool]:
     if not names:
         return "", False
     return names[-1], len(names) > 1 and names[-2] != "pg_catalog"
+
+
+def name_list(names: WholeTables) -> str:
+    """``a``, ``a and b``, ``a, b and c``: each name once, in order, for reason messages."""
+    unique = list(dict.fromkeys(names))
+    if len(unique) <= 1:
+        return unique[0] if unique else "a table"
+    return ", ".join(unique[:-1]) + " and " + unique[-1]

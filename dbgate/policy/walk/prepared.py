@@ -59,7 +59,9 @@ def prepare_body(text: str) -> str | None:
 
 def prepare(body: dict[str, Any], facts: StatementFacts) -> None:
     """PREPARE: the body's categories, and the name and body text as an ``add``."""
-    facts.add(CONTROL, "prepare", "stores a prepared statement; judged by the statement it stores")
+    facts.add(
+        CONTROL, "prepare", "prepares a statement (PREPARE), judged by the statement it stores"
+    )
     q = body.get("query") or {}
     sub = StatementFacts(None, facts.prepared, facts.extra_pure, facts.depth)
     for k, b in q.items():
@@ -73,8 +75,8 @@ def prepare(body: dict[str, Any], facts: StatementFacts) -> None:
         facts.add(
             OPAQUE,
             "prepare-body-unknown",
-            "stores a prepared statement whose text dbgate could not locate; "
-            "a later EXECUTE of it could not be checked",
+            "prepares a statement whose text dbgate could not locate, "
+            "so a later EXECUTE of it could not be checked",
         )
         return
     facts.prepared_effect = PreparedEffect("add", body.get("name", ""), stored)
@@ -92,7 +94,11 @@ def execute(body: dict[str, Any], facts: StatementFacts) -> None:
     # see dbgate.proxy.prepared): each is classified, so the strictest one decides.
     texts = (found,) if isinstance(found, str) else tuple(found or ())
     if not texts:
-        facts.add(OPAQUE, "unknown-prepared", f"EXECUTE {name}: the prepared statement is unknown")
+        facts.add(
+            OPAQUE,
+            "unknown-prepared",
+            f"runs the prepared statement {name}, whose text dbgate does not know",
+        )
         return
     params: list[bytes | str | None] | None = []
     for p in body.get("params", ()):
@@ -107,7 +113,7 @@ def execute(body: dict[str, Any], facts: StatementFacts) -> None:
 
 def deallocate(body: dict[str, Any], facts: StatementFacts) -> None:
     """DEALLOCATE [PREPARE] name | ALL."""
-    facts.add(CONTROL, "session", "session control")
+    facts.add(CONTROL, "session", "deallocates prepared statements (DEALLOCATE)")
     if body.get("isall"):
         facts.prepared_effect = PreparedEffect("clear")
     else:
@@ -116,6 +122,7 @@ def deallocate(body: dict[str, Any], facts: StatementFacts) -> None:
 
 def discard(body: dict[str, Any], facts: StatementFacts) -> None:
     """DISCARD ALL | PLANS | SEQUENCES | TEMP; only ALL deallocates prepared statements."""
-    facts.add(CONTROL, "discard", "DISCARD resets session state")
+    target = body.get("target", "DISCARD_ALL").removeprefix("DISCARD_")
+    facts.add(CONTROL, "discard", f"resets session state (DISCARD {target})")
     if body.get("target") == "DISCARD_ALL":
         facts.prepared_effect = PreparedEffect("clear")

@@ -1,9 +1,10 @@
 """Queries: SELECT and DML, wherever they nest (CTEs, sub-selects, EXPLAIN, COPY, CTAS).
 
-Each handler returns whether the rows it produces may be a whole table's rows, so
-that the enclosing construct decides: a top-level SELECT becomes a ``dump``, a
-sub-select in FROM leaves it to the outer LIMIT, ``INSERT ... SELECT`` copies a
-table. UPDATE and DELETE are ``write`` when their target is narrowed by the WHERE
+Each handler returns the tables whose every row the rows it produces may hold
+(:data:`~dbgate.policy.walk.nodes.WholeTables`, empty when bounded), so that the
+enclosing construct decides: a top-level SELECT becomes a ``dump``, a sub-select in
+FROM leaves it to the outer LIMIT, ``INSERT ... SELECT`` copies a table — and the
+reason names the tables, so an agent knows what to narrow. UPDATE and DELETE are ``write`` when their target is narrowed by the WHERE
 (:mod:`dbgate.policy.walk.narrowing`) and ``destructive`` when not.
 """
 
@@ -18,9 +19,12 @@ from dbgate.policy.walk.facts import StatementFacts
 from dbgate.policy.walk.nodes import (
     KNOWN,
     QUERY_NODES,
+    Ctes,
+    WholeTables,
     catalog_read,
     has_column,
     is_catalog,
+    name_list,
     relname,
     table_key,
     value_of,
@@ -31,21 +35,20 @@ DUMP_LIMIT_THRESHOLD = 1000
 
 
 def query(
-    k: str, body: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]
-) -> bool:
-    """Walk a query node; True when its result may hold all rows of some table."""
+    k: str, body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes
+) -> WholeTables:
+    """Walk a query node; the tables whose every row its result may hold."""
     if k == "SelectStmt":
         return select(body, facts, out, ctes, True)
     h = _DML.get(k)
     if h is not None:
         return h(body, facts, out, ctes)
     statements.stmt_body(k, body, facts)
-    return False
+    return ()
 
 
-def with_clause(
-    w: dict[str, Any] | None, facts: StatementFacts, ctes: dict[str, bool]
-) -> dict[str, bool]:
+def with_clause(w: dict[str, Any] | None, facts: StatementFacts, ctes: Ctes) -> Ctes:
+    """Walk the CTEs of a WITH clause; the CTEs visible in its query, and what each holds."""
     if not w:
         return ctes
     scope = dict(ctes)
@@ -56,9 +59,9 @@ def with_clause(
             continue
         name = cte.get("ctename", "")
         if recursive:
-            scope[name] = False  # self-reference inside the recursive term
+            scope[name] = ()  # self-reference inside the recursive term
         q = cte.get("ctequery") or {}
-        unbounded = False
+        unbounded: WholeTables = ()
         for k, body in q.items():
             if k == "SelectStmt":
                 unbounded = select(body, facts, True, scope, False)
@@ -68,7 +71,8 @@ def with_clause(
     return scope
 
 
-def from_range_var(rv: dict[str, Any], facts: StatementFacts, ctes: dict[str, bool]) -> bool:
+def from_range_var(rv: dict[str, Any], facts: StatementFacts, ctes: Ctes) -> WholeTables:
+    """A table (or CTE) read in FROM; the tables whose every row it may contribute."""
     schema, name = relname(rv)
     if schema is None and name in ctes:
         return ctes[name]
@@ -77,21 +81,21 @@ def from_range_var(rv: dict[str, Any], facts: StatementFacts, ctes: dict[str, bo
     alias = rv.get("alias")
     if alias:
         facts.aliases[alias.get("aliasname", "")] = key
-    facts.add(READ, "select", "reads data")
+    facts.add(READ, "select", "reads data with a query")
     if is_catalog(schema, name):
         catalog_read(schema, name, facts)
-        return False
-    return True
+        return ()
+    return (key,)
 
 
-Source = tuple[str, bool]  # (qualifier, may contribute a whole table's rows)
+Source = tuple[str, WholeTables]  # (qualifier, the tables whose every row it may contribute)
 
 
 def sources(
     item: Any,
     facts: StatementFacts,
     out: bool,
-    ctes: dict[str, bool],
+    ctes: Ctes,
     found: list[Source],
     eqs: list[tuple[set[str], set[str]]],
 ) -> None:
@@ -109,7 +113,7 @@ def sources(
             found.append(((alias or {}).get("aliasname") or x.get("relname", ""), unbounded))
         elif k == "RangeSubselect":
             sub = (x.get("subquery") or {}).get("SelectStmt")
-            unbounded = False
+            unbounded: WholeTables = ()
             if sub is not None:
                 saved = facts.scope
                 if x.get("lateral"):
@@ -143,32 +147,32 @@ def sources(
             expressions.walk(item, facts, out, ctes)
             facts.scope = saved
             alias = (x.get("alias") or {}).get("aliasname", "") if type(x) is dict else ""
-            found.append((alias, False))
+            found.append((alias, ()))
 
 
-def from_item(item: Any, facts: StatementFacts, out: bool, ctes: dict[str, bool]) -> bool:
-    """Walk one FROM item; True when it may contribute a whole table's rows."""
+def from_item(item: Any, facts: StatementFacts, out: bool, ctes: Ctes) -> WholeTables:
+    """Walk one FROM item; the tables whose every row it may contribute."""
     found: list[Source] = []
     sources(item, facts, out, ctes, found, [])
-    return any(u for _, u in found)
+    return tuple(t for _, u in found for t in u)
 
 
 def unbounded_after_where(
     found: list[Source],
     where: Any,
     facts: StatementFacts,
-    ctes: dict[str, bool],
+    ctes: Ctes,
     eqs: list[tuple[set[str], set[str]]],
     outer: frozenset[str],
-) -> bool:
-    """True when some relation that may hold a whole table is not narrowed by WHERE."""
+) -> WholeTables:
+    """The tables whose every row may remain: those of relations WHERE does not narrow."""
     if not any(u for _, u in found):
-        return False
+        return ()
     sc = narrowing.Scope(frozenset(n for n, _ in found), outer)
     narrowed = narrowing.restricted(where, facts, ctes, sc, eqs) if where is not None else set()
     if eqs:
         narrowed = narrowing.propagate(narrowed, eqs)
-    return any(u and n not in narrowed for n, u in found)
+    return tuple(t for n, u in found if n not in narrowed for t in u)
 
 
 def _small_limit(s: dict[str, Any], facts: StatementFacts) -> bool:
@@ -186,23 +190,24 @@ def _small_limit(s: dict[str, Any], facts: StatementFacts) -> bool:
 
 
 def select(
-    s: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool], decide: bool
-) -> bool:
-    """Walk a SelectStmt. Returns True when its rows may be a whole table's rows.
+    s: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes, decide: bool
+) -> WholeTables:
+    """Walk a SelectStmt; the tables whose every row its rows may be (empty: bounded).
 
     ``decide``: add ``dump`` here (top-level, sub-link) or leave it to the caller
     (set-operation arms, FROM sub-selects, CTEs), whose LIMIT may still bound it.
     """
-    facts.add(READ, "select", "reads data")
+    facts.add(READ, "select", "reads data with a query")
     ctes = with_clause(s.get("withClause"), facts, ctes)
     op = s.get("op", "SETOP_NONE")
+    unbounded: WholeTables
     if op != "SETOP_NONE":
         left = select(s.get("larg") or {}, facts, out, ctes, False)
         right = select(s.get("rarg") or {}, facts, out, ctes, False)
-        unbounded = left or right
+        unbounded = left + right
     elif "valuesLists" in s:
         expressions.walk(s["valuesLists"], facts, out, ctes)
-        unbounded = False
+        unbounded = ()
     else:
         outer = facts.scope
         found: list[Source] = []
@@ -221,25 +226,39 @@ def select(
         facts.scope = outer
         unbounded = unbounded_after_where(found, where, facts, ctes, eqs, outer)
         if unbounded and narrowing.agg_kind(tl) == 1:
-            unbounded = False  # count(*), sum(...): rows are reduced, not returned
+            unbounded = ()  # count(*), sum(...): rows are reduced, not returned
     for f in ("sortClause", "limitOffset", "limitCount", "lockingClause"):
         if f in s:
             expressions.walk(s[f], facts, False, ctes)
     if unbounded and _small_limit(s, facts):
-        unbounded = False
+        unbounded = ()
     into = s.get("intoClause")
     if into is not None:
         rel = into.get("rel") or {}
-        facts.tables.add(table_key(*relname(rel)))
-        facts.add(DDL, "select-into", "SELECT INTO creates a table")
-        facts.add(WRITE, "select-into", "SELECT INTO writes rows into a new table")
+        target = table_key(*relname(rel))
+        facts.tables.add(target)
+        facts.add(DDL, "select-into", f"creates the table {target} (SELECT INTO)")
+        facts.add(WRITE, "select-into", f"writes the query's rows into the new table {target}")
         if unbounded:
-            facts.add(DUMP, "copy-table-into-table", "copies whole tables into a new table")
+            copies_whole_tables(unbounded, target, facts)
     if unbounded and decide and out:
         facts.add(
-            DUMP, "unbounded-select", "returns whole tables (no restricting WHERE or small LIMIT)"
+            DUMP,
+            "unbounded-select",
+            f"reads every row of {name_list(unbounded)} (no WHERE that narrows it, "
+            f"no LIMIT of at most {DUMP_LIMIT_THRESHOLD} rows)",
         )
     return unbounded
+
+
+def copies_whole_tables(whole: WholeTables, target: str, facts: StatementFacts) -> None:
+    """``dump``: rows of whole tables copied into another table (CTAS, INSERT ... SELECT)."""
+    facts.add(
+        DUMP,
+        "copy-table-into-table",
+        f"copies every row of {name_list(whole)} into {target} (no WHERE that narrows it, "
+        f"no LIMIT of at most {DUMP_LIMIT_THRESHOLD} rows)",
+    )
 
 
 def target_write(rv: dict[str, Any], facts: StatementFacts) -> str:
@@ -251,7 +270,7 @@ def target_write(rv: dict[str, Any], facts: StatementFacts) -> str:
     if alias:
         facts.aliases[alias] = key
     if is_catalog(schema, name):
-        facts.add(ADMIN, "catalog-write", f"writes to the system catalog {name}")
+        facts.add(ADMIN, "catalog-write", f"writes to the system catalog table {name}")
     return alias or name
 
 
@@ -260,7 +279,7 @@ def _target_narrowed(
     found: list[Source],
     where: Any,
     facts: StatementFacts,
-    ctes: dict[str, bool],
+    ctes: Ctes,
     eqs: list[tuple[set[str], set[str]]],
     outer: frozenset[str],
 ) -> bool:
@@ -274,7 +293,7 @@ def _target_narrowed(
     return target in narrowed
 
 
-def _returning(body: dict[str, Any], facts: StatementFacts, ctes: dict[str, bool]) -> bool:
+def _returning(body: dict[str, Any], facts: StatementFacts, ctes: Ctes) -> bool:
     rc = body.get("returningClause")
     exprs = rc.get("exprs") if isinstance(rc, dict) else body.get("returningList")
     if exprs:
@@ -292,28 +311,36 @@ def _written_columns(rel: dict[str, Any], targets: list[Any] | None, facts: Stat
             facts.columns.add(f"{table}.{name}")
 
 
-def insert(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]) -> bool:
+def insert(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> WholeTables:
+    """INSERT: ``write``; ``dump`` when it copies whole tables (INSERT ... SELECT)."""
     ctes = with_clause(body.get("withClause"), facts, ctes)
-    target_write(body.get("relation") or {}, facts)
-    _written_columns(body.get("relation") or {}, body.get("cols"), facts)
-    facts.add(WRITE, "insert", "inserts rows")
+    relation = body.get("relation") or {}
+    target = table_key(*relname(relation))
+    target_write(relation, facts)
+    _written_columns(relation, body.get("cols"), facts)
+    facts.add(WRITE, "insert", f"inserts rows into {target}")
     src = body.get("selectStmt") or {}
-    unbounded = False
+    unbounded: WholeTables = ()
     for k, s in src.items():
         if k == "SelectStmt" and "valuesLists" in s and s.get("op", "SETOP_NONE") == "SETOP_NONE":
             expressions.walk(s["valuesLists"], facts, True, ctes)
         else:
             unbounded = query(k, s, facts, True, ctes)
             if unbounded:
-                facts.add(DUMP, "insert-select-table", "copies whole tables into another table")
+                facts.add(
+                    DUMP,
+                    "insert-select-table",
+                    f"copies every row of {name_list(unbounded)} into {target} "
+                    f"(no WHERE that narrows it, no LIMIT of at most {DUMP_LIMIT_THRESHOLD} rows)",
+                )
     expressions.walk(body.get("onConflictClause"), facts, True, ctes)
-    _returning(body, facts, ctes)
-    return unbounded and ("returningClause" in body or "returningList" in body)
+    returns = _returning(body, facts, ctes)
+    return unbounded if returns else ()
 
 
 def _row_write(
-    body: dict[str, Any], facts: StatementFacts, ctes: dict[str, bool], verb: str, sources_key: str
-) -> bool:
+    body: dict[str, Any], facts: StatementFacts, ctes: Ctes, verb: str, sources_key: str
+) -> WholeTables:
     """UPDATE and DELETE: ``write`` when the target table is narrowed by the WHERE,
     else ``destructive``; RETURNING from an unnarrowed one is a ``dump``.
 
@@ -322,10 +349,11 @@ def _row_write(
     """
     ctes = with_clause(body.get("withClause"), facts, ctes)
     relation = body.get("relation") or {}
+    table = table_key(*relname(relation))
     target = target_write(relation, facts)
     if verb == "update":
         _written_columns(relation, body.get("targetList"), facts)
-    found: list[Source] = [(target, True)]
+    found: list[Source] = [(target, (table,))]
     eqs: list[tuple[set[str], set[str]]] = []
     for item in body.get(sources_key, ()):
         sources(item, facts, False, ctes, found, eqs)
@@ -337,28 +365,38 @@ def _row_write(
     expressions.walk(where, facts, False, ctes)
     facts.scope = outer
     bounded = _target_narrowed(target, found, where, facts, ctes, eqs, outer)
-    upper = verb.upper()
     if bounded:
-        facts.add(WRITE, verb, f"{verb}s rows")
+        facts.add(WRITE, verb, f"{verb}s the rows of {table} its WHERE selects")
     else:
-        facts.add(DESTRUCTIVE, f"{verb}-without-where", f"{upper} without a restricting WHERE")
+        facts.add(
+            DESTRUCTIVE,
+            f"{verb}-without-where",
+            f"{verb}s every row of {table} (no WHERE that narrows it to a few rows)",
+        )
     returns = _returning(body, facts, ctes)
     if returns and not bounded:
-        facts.add(DUMP, "returning-all-rows", f"RETURNING from an unrestricted {upper}")
-    return returns and not bounded
+        facts.add(
+            DUMP,
+            "returning-all-rows",
+            f"returns every row of {table} it {verb}s (RETURNING with no WHERE that narrows it)",
+        )
+    return (table,) if returns and not bounded else ()
 
 
-def update(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]) -> bool:
+def update(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> WholeTables:
     return _row_write(body, facts, ctes, "update", "fromClause")
 
 
-def delete(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]) -> bool:
+def delete(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> WholeTables:
     return _row_write(body, facts, ctes, "delete", "usingClause")
 
 
-def merge(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str, bool]) -> bool:
+def merge(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> WholeTables:
+    """MERGE: ``write``; ``destructive`` when it deletes or joins on no condition."""
     ctes = with_clause(body.get("withClause"), facts, ctes)
-    target_write(body.get("relation") or {}, facts)
+    relation = body.get("relation") or {}
+    table = table_key(*relname(relation))
+    target_write(relation, facts)
     src = from_item(body.get("sourceRelation"), facts, True, ctes)
     cond = body.get("joinCondition")
     expressions.walk(cond, facts, False, ctes)
@@ -375,16 +413,25 @@ def merge(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: dict[str
         expressions.walk(mw.get("targetList"), facts, True, ctes)
         expressions.walk(mw.get("values"), facts, True, ctes)
     if destructive:
-        facts.add(DESTRUCTIVE, "merge-delete", "MERGE that deletes rows or joins on no condition")
+        facts.add(
+            DESTRUCTIVE,
+            "merge-delete",
+            f"merges into {table} with a DELETE action or a join condition that names no column",
+        )
     else:
-        facts.add(WRITE, "merge", "merges rows")
+        facts.add(WRITE, "merge", f"merges rows into {table}")
     if src and inserts:
-        facts.add(DUMP, "merge-insert-table", "MERGE inserting from a whole table")
+        facts.add(
+            DUMP,
+            "merge-insert-table",
+            f"inserts every row of {name_list(src)} into {table} "
+            "(a MERGE source with no WHERE that narrows it)",
+        )
     _returning(body, facts, ctes)
-    return False
+    return ()
 
 
-_DML: dict[str, Callable[[dict[str, Any], StatementFacts, bool, dict[str, bool]], bool]] = {
+_DML: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], WholeTables]] = {
     "InsertStmt": insert,
     "UpdateStmt": update,
     "DeleteStmt": delete,

@@ -33,7 +33,11 @@ def variable_set(body: dict[str, Any], facts: StatementFacts, *, as_list: bool =
     kind = body.get("kind", "VAR_SET_VALUE")
     name = body.get("name", "")
     if kind == "VAR_RESET_ALL":
-        facts.add(CONTROL, "reset-all", "RESET ALL (role and session authorization are not reset)")
+        facts.add(
+            CONTROL,
+            "reset-all",
+            "resets the session's settings to their defaults (RESET ALL keeps the role)",
+        )
         return
     if kind == "VAR_SET_MULTI":  # SET TRANSACTION / SESSION CHARACTERISTICS
         transaction_options(body.get("args"), facts)
@@ -50,7 +54,7 @@ def variable_set(body: dict[str, Any], facts: StatementFacts, *, as_list: bool =
 
 
 def transaction_options(opts: list[Any] | None, facts: StatementFacts) -> None:
-    facts.add(CONTROL, "transaction", "transaction control")
+    facts.add(CONTROL, "transaction", "begins, ends or configures a transaction")
     for o in opts or ():
         d = o.get("DefElem") or {}
         if d.get("defname") == "transaction_read_only":
@@ -60,7 +64,8 @@ def transaction_options(opts: list[Any] | None, facts: StatementFacts) -> None:
             facts.add(
                 ESCAPE,
                 "read-write-transaction",
-                "READ WRITE turns off a read-only transaction default",
+                "asks for a read-write transaction, overriding a read-only default "
+                "the operator may have set (READ WRITE)",
             )
 
 
@@ -74,11 +79,20 @@ def function_options(opts: list[Any] | None, facts: StatementFacts) -> None:
         if name == "security":
             state, text = value_of(d.get("arg"), facts)
             if state != KNOWN or text not in ("false", "0"):
-                facts.add(PRIVILEGE, "security-definer", "SECURITY DEFINER runs as the owner")
+                facts.add(
+                    PRIVILEGE,
+                    "security-definer",
+                    "makes a function run with its owner's privileges (SECURITY DEFINER)",
+                )
         elif name == "language":
             state, text = value_of(d.get("arg"), facts)
             if state == KNOWN and (text or "").lower() in _UNTRUSTED:
-                facts.add(ADMIN, "untrusted-language", f"function in untrusted language {text}")
+                facts.add(
+                    ADMIN,
+                    "untrusted-language",
+                    f"uses the untrusted language {(text or '').lower()}, whose code can reach "
+                    "the server's files and network",
+                )
         elif name == "set":
             vs = (d.get("arg") or {}).get("VariableSetStmt")
             if vs and vs.get("name") in ("role", "session_authorization"):

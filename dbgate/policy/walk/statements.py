@@ -31,8 +31,10 @@ from dbgate.policy.walk.fixed_statements import FIXED_EFFECTS
 from dbgate.policy.walk.nodes import (
     KNOWN,
     QUERY_NODES,
+    WholeTables,
     catalog_read,
     is_catalog,
+    name_list,
     relname,
     strs,
     table_key,
@@ -58,14 +60,19 @@ def stmt_body(k: str, body: dict[str, Any], facts: StatementFacts) -> None:
         return
     static = FIXED_EFFECTS.get(k)
     if static is not None:
+        command = command_name(k, body)
         for cat, code, msg in static:
-            facts.add(cat, code, msg)
+            facts.add(cat, code, msg.replace("{command}", command))
         rel = body.get("relation")
         if isinstance(rel, dict) and "relname" in rel:
             facts.tables.add(table_key(*relname(rel)))
         definition(body, facts)
         return
-    facts.add(OPAQUE, "unknown-statement", f"{k} is not analysed by the classifier")
+    facts.add(
+        OPAQUE,
+        "unknown-statement",
+        f"runs {command_name(k, body)} ({k}), a statement dbgate does not analyse",
+    )
 
 
 _DEFINITION_KEEP = frozenset({ADMIN, EXPORT, PRIVILEGE, ESCAPE})
@@ -109,7 +116,7 @@ def _explain(body: dict[str, Any], facts: StatementFacts) -> None:
         for k, b in q.items():
             stmt_body(k, b, facts)
         return
-    facts.add(READ, "explain", "EXPLAIN only plans the statement")
+    facts.add(READ, "explain", "plans a statement without running it (EXPLAIN)")
     sub = StatementFacts(facts.params, facts.prepared, facts.extra_pure, facts.depth)
     for k, b in q.items():
         stmt_body(k, b, sub)
@@ -120,77 +127,149 @@ def _explain(body: dict[str, Any], facts: StatementFacts) -> None:
 
 
 def _copy(body: dict[str, Any], facts: StatementFacts) -> None:
+    """COPY: what it reads or writes, and where the data goes.
+
+    COPY TO is ``export`` and ``dump``; COPY to or from a server file or program acts
+    on the server.
+    """
     rel = body.get("relation")
     is_from = body.get("is_from", False)
     if body.get("is_program"):
-        facts.add(ADMIN, "copy-program", "COPY runs a program on the database server")
+        facts.add(
+            ADMIN,
+            "copy-program",
+            "runs a program on the database server (COPY ... PROGRAM); use STDIN or STDOUT",
+        )
     elif body.get("filename"):
-        facts.add(ADMIN, "copy-server-file", "COPY reads or writes a file on the database server")
+        facts.add(
+            ADMIN,
+            "copy-server-file",
+            "reads or writes a file on the database server (COPY with a file name); "
+            "use STDIN or STDOUT",
+        )
     if is_from:
+        target = table_key(*relname(rel)) if rel else "a table"
         if rel:
             queries.target_write(rel, facts)
-        facts.add(WRITE, "copy-from", "COPY FROM loads rows")
+        facts.add(WRITE, "copy-from", f"loads rows into {target} (COPY FROM)")
         expressions.walk(body.get("whereClause"), facts, False, {})
         return
-    facts.add(EXPORT, "copy-to", "COPY TO sends data out in bulk")
-    facts.add(DUMP, "copy-to", "COPY TO reads in bulk")
-    if rel:
-        schema, name = relname(rel)
-        facts.tables.add(table_key(schema, name))
-        facts.add(READ, "select", "reads data")
-        if is_catalog(schema, name):
-            catalog_read(schema, name, facts)
     for a in body.get("attlist", ()):
         s = a.get("String")
         if s is not None:
             facts.columns.add(s.get("sval", ""))
+    if rel:
+        schema, name = relname(rel)
+        key = table_key(schema, name)
+        facts.tables.add(key)
+        facts.add(READ, "select", "reads data with a query")
+        facts.add(
+            EXPORT, "copy-to", f"copies the table {key} out of the database in bulk (COPY TO)"
+        )
+        facts.add(
+            DUMP,
+            "copy-to",
+            f"reads every row of {key} (COPY of a table copies all of it; "
+            "COPY (SELECT ... WHERE ...) TO STDOUT copies only what the query selects)",
+        )
+        if is_catalog(schema, name):
+            catalog_read(schema, name, facts)
+        return
     q = body.get("query") or {}
     for k, b in q.items():
         queries.query(k, b, facts, True, {})
+    facts.add(EXPORT, "copy-to", "copies a query's result out of the database in bulk (COPY TO)")
+    facts.add(DUMP, "copy-to", "copies a query's result in bulk (COPY TO)")
 
 
 def _declare(body: dict[str, Any], facts: StatementFacts) -> None:
     q = body.get("query") or {}
-    unbounded = False
+    whole: WholeTables = ()
     for k, b in q.items():
-        unbounded = queries.query(k, b, facts, True, {})
-    if unbounded and body.get("options", 0) & 0x20:
-        facts.add(DUMP, "held-cursor", "WITH HOLD cursor over whole tables")
+        whole = queries.query(k, b, facts, True, {})
+    if whole and body.get("options", 0) & 0x20:
+        facts.add(
+            DUMP,
+            "held-cursor",
+            f"keeps a cursor over every row of {name_list(whole)} open after the "
+            "transaction ends (WITH HOLD)",
+        )
+
+
+#: LOCK modes in the parse tree, weakest first (lockdefs.h).
+_LOCK_MODES = {
+    1: "ACCESS SHARE",
+    2: "ROW SHARE",
+    3: "ROW EXCLUSIVE",
+    4: "SHARE UPDATE EXCLUSIVE",
+    5: "SHARE",
+    6: "SHARE ROW EXCLUSIVE",
+    7: "EXCLUSIVE",
+    8: "ACCESS EXCLUSIVE",
+}
+
+
+def _lock(body: dict[str, Any], facts: StatementFacts) -> None:
+    """LOCK TABLE: ``write``, since a lock blocks other sessions."""
+    tables = []
+    for r in body.get("relations", ()):
+        rv = r.get("RangeVar")
+        if rv:
+            key = table_key(*relname(rv))
+            facts.tables.add(key)
+            tables.append(key)
+    mode = _LOCK_MODES.get(body.get("mode", 8), "ACCESS EXCLUSIVE")
+    names = name_list(tuple(tables))
+    facts.add(
+        WRITE,
+        "lock",
+        f"locks {names} in {mode} mode, which blocks other sessions until the transaction ends",
+    )
 
 
 def _fetch(body: dict[str, Any], facts: StatementFacts) -> None:
     if body.get("ismove"):
-        facts.add(CONTROL, "move", "MOVE repositions a cursor")
+        facts.add(CONTROL, "move", "repositions a cursor (MOVE)")
     else:
-        facts.add(READ, "fetch", "FETCH reads from a cursor classified at DECLARE")
+        facts.add(READ, "fetch", "reads rows from a cursor, judged at its DECLARE (FETCH)")
 
 
 def _call(body: dict[str, Any], facts: StatementFacts) -> None:
     fc = body.get("funccall") or {}
     names = strs(fc.get("funcname"))
     facts.functions.add(".".join(names))
-    facts.add(OPAQUE, "call-procedure", f"CALL {'.'.join(names)}: procedure effects are unknown")
+    facts.add(
+        OPAQUE,
+        "call-procedure",
+        f"calls the procedure {'.'.join(names)}, whose effects dbgate cannot know",
+    )
     expressions.walk(fc.get("args"), facts, True, {})
 
 
 def _do(body: dict[str, Any], facts: StatementFacts) -> None:
-    facts.add(OPAQUE, "do-block", "DO runs an anonymous code block")
+    facts.add(
+        OPAQUE, "do-block", "runs an anonymous code block (DO), whose effects dbgate cannot know"
+    )
 
 
 def _notify(body: dict[str, Any], facts: StatementFacts) -> None:
-    facts.add(WRITE, "notify", "NOTIFY sends a message to listening sessions")
+    facts.add(WRITE, "notify", "sends a notification to listening sessions (NOTIFY)")
 
 
 def _truncate(body: dict[str, Any], facts: StatementFacts) -> None:
+    tables = []
     for r in body.get("relations", ()):
         rv = r.get("RangeVar")
         if rv:
             queries.target_write(rv, facts)
-    facts.add(DESTRUCTIVE, "truncate", "TRUNCATE removes all rows")
+            tables.append(table_key(*relname(rv)))
+    facts.add(
+        DESTRUCTIVE, "truncate", f"removes every row of {name_list(tuple(tables))} (TRUNCATE)"
+    )
 
 
 _DROP_EXTRA = {
-    "OBJECT_EXTENSION": (ADMIN, "extension", "drops an extension"),
+    "OBJECT_EXTENSION": (ADMIN, "extension", "drops an extension, code that runs in the server"),
     "OBJECT_POLICY": (PRIVILEGE, "policy", "drops a row-level security policy"),
     "OBJECT_PUBLICATION": (ADMIN, "replication-object", "drops a publication"),
     "OBJECT_EVENT_TRIGGER": (ADMIN, "event-trigger", "drops an event trigger"),
@@ -202,90 +281,129 @@ _DROP_EXTRA = {
 }
 
 
+#: Object kinds whose parse-node name does not spell the SQL keyword.
+_OBJECT_KINDS = {
+    "OBJECT_MATVIEW": "MATERIALIZED VIEW",
+    "OBJECT_FDW": "FOREIGN DATA WRAPPER",
+    "OBJECT_TSCONFIGURATION": "TEXT SEARCH CONFIGURATION",
+    "OBJECT_TSDICTIONARY": "TEXT SEARCH DICTIONARY",
+    "OBJECT_TSPARSER": "TEXT SEARCH PARSER",
+    "OBJECT_TSTEMPLATE": "TEXT SEARCH TEMPLATE",
+    "OBJECT_OPCLASS": "OPERATOR CLASS",
+    "OBJECT_OPFAMILY": "OPERATOR FAMILY",
+    "OBJECT_FOREIGN_SERVER": "SERVER",
+    "OBJECT_STATISTIC_EXT": "STATISTICS",
+}
+
+
 def _drop(body: dict[str, Any], facts: StatementFacts) -> None:
     rt = body.get("removeType", "")
-    facts.add(DDL, "drop", "DROP changes the schema")
-    facts.add(DESTRUCTIVE, "drop", f"DROP {rt.removeprefix('OBJECT_').lower()} removes objects")
+    kind = _OBJECT_KINDS.get(rt) or rt.removeprefix("OBJECT_").replace("_", " ")
+    facts.add(DDL, "drop", f"changes the schema (DROP {kind})")
+    names = []
+    for o in body.get("objects", ()):
+        lst = o.get("List")
+        if lst:
+            names.append(".".join(strs(lst.get("items"))))
+        elif "String" in o:  # schemas, extensions, servers ...: a bare name
+            names.extend(strs([o]))
+    if names:
+        held = "what they hold" if len(set(names)) > 1 else "what it holds"
+        what = f"{kind.lower()} {name_list(tuple(names))} and {held}"
+    else:
+        what = f"objects of type {kind.lower()}"
+    facts.add(DESTRUCTIVE, "drop", f"removes {what} (DROP)")
     extra = _DROP_EXTRA.get(rt)
     if extra is not None:
         facts.add(*extra)
     if rt in ("OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE"):
-        for o in body.get("objects", ()):
-            lst = o.get("List")
-            if lst:
-                facts.tables.add(".".join(strs(lst.get("items"))))
+        facts.tables.update(names)
 
 
 def _alter_table(body: dict[str, Any], facts: StatementFacts) -> None:
-    facts.add(DDL, "alter", "ALTER changes the schema")
     rel = body.get("relation") or {}
-    facts.tables.add(table_key(*relname(rel)))
+    table = table_key(*relname(rel))
+    facts.tables.add(table)
+    facts.add(
+        DDL, "alter", f"changes the definition of {table} ({command_name('AlterTableStmt', body)})"
+    )
     for c in body.get("cmds", ()):
         cmd = c.get("AlterTableCmd") or {}
         st = cmd.get("subtype", "")
         if st == "AT_DropColumn":
-            facts.add(DESTRUCTIVE, "drop-column", "ALTER TABLE ... DROP COLUMN removes data")
+            facts.add(DESTRUCTIVE, "drop-column", f"drops a column of {table} and its data")
         elif st == "AT_ChangeOwner":
-            facts.add(PRIVILEGE, "owner-to", "ALTER ... OWNER TO changes ownership")
+            facts.add(PRIVILEGE, "owner-to", f"gives {table} to another owner (OWNER TO)")
         elif st in ("AT_DisableRowSecurity", "AT_NoForceRowSecurity"):
-            facts.add(PRIVILEGE, "row-security-off", "turns row-level security off")
+            facts.add(PRIVILEGE, "row-security-off", f"turns row-level security off for {table}")
         elif st in ("AT_DisableTrig", "AT_DisableTrigAll", "AT_DisableTrigUser", "AT_DisableRule"):
-            facts.add(PRIVILEGE, "disable-trigger", "disables triggers or rules (audit, integrity)")
+            facts.add(
+                PRIVILEGE,
+                "disable-trigger",
+                f"disables triggers or rules on {table}, which may enforce integrity or audit",
+            )
         definition(cmd.get("def"), facts)
 
 
 def _create_table_as(body: dict[str, Any], facts: StatementFacts) -> None:
     into = body.get("into") or {}
     rel = into.get("rel") or {}
-    facts.tables.add(table_key(*relname(rel)))
+    target = table_key(*relname(rel))
+    facts.tables.add(target)
+    command = command_name("CreateTableAsStmt", body)
     if into.get("skipData"):  # WITH NO DATA: structure only, the query does not run
-        facts.add(DDL, "create", "creates a table or materialized view WITH NO DATA")
+        facts.add(DDL, "create", f"creates {target} without data ({command} ... WITH NO DATA)")
         definition(body.get("query"), facts)
         return
-    facts.add(DDL, "create-table-as", "CREATE TABLE AS creates a table")
-    facts.add(WRITE, "create-table-as", "CREATE TABLE AS writes rows")
+    facts.add(DDL, "create-table-as", f"creates {target} ({command})")
+    facts.add(WRITE, "create-table-as", f"writes the query's rows into the new {target}")
     q = body.get("query") or {}
     for k, b in q.items():
         if k == "SelectStmt":
-            if queries.select(b, facts, True, {}, False):
-                facts.add(DUMP, "copy-table-into-table", "copies whole tables into a new table")
+            whole = queries.select(b, facts, True, {}, False)
+            if whole:
+                queries.copies_whole_tables(whole, target, facts)
         else:
             stmt_body(k, b, facts)
 
 
 def _create_function(body: dict[str, Any], facts: StatementFacts) -> None:
-    facts.add(DDL, "create-function", "creates a function or procedure")
-    facts.add(OPAQUE, "function-body", "function bodies are not analysed")
-    function_options(body.get("options"), facts)
     names = strs(body.get("funcname"))
-    facts.functions.add(".".join(names))
+    name = ".".join(names)
+    kind = "procedure" if body.get("is_procedure") else "function"
+    facts.add(DDL, "create-function", f"creates the {kind} {name}")
+    facts.add(OPAQUE, "function-body", f"stores the body of {name}, which dbgate does not analyse")
+    function_options(body.get("options"), facts)
+    facts.functions.add(name)
 
 
 def _alter_function(body: dict[str, Any], facts: StatementFacts) -> None:
-    facts.add(DDL, "alter-function", "alters a function")
+    facts.add(DDL, "alter-function", "changes a function or procedure (ALTER FUNCTION)")
     function_options(body.get("actions"), facts)
 
 
 def _alter_role_set(body: dict[str, Any], facts: StatementFacts) -> None:
-    facts.add(PRIVILEGE, "alter-role", "changes a role's defaults")
+    facts.add(PRIVILEGE, "alter-role", "changes a role's default settings (ALTER ROLE ... SET)")
     variable_set(body.get("setstmt") or {}, facts)
 
 
 def _alter_database_set(body: dict[str, Any], facts: StatementFacts) -> None:
-    facts.add(DDL, "alter-database", "changes a database's defaults")
+    facts.add(
+        DDL, "alter-database", "changes a database's default settings (ALTER DATABASE ... SET)"
+    )
     variable_set(body.get("setstmt") or {}, facts)
 
 
 def _alter_system(body: dict[str, Any], facts: StatementFacts) -> None:
-    facts.add(ADMIN, "alter-system", "ALTER SYSTEM rewrites server configuration")
+    facts.add(ADMIN, "alter-system", "rewrites the server's configuration file (ALTER SYSTEM)")
     variable_set(body.get("setstmt") or {}, facts)
 
 
 def _vacuum(body: dict[str, Any], facts: StatementFacts) -> None:
     if body.get("is_vacuumcmd"):
-        facts.add(ADMIN, "vacuum", "VACUUM is server maintenance")
+        facts.add(ADMIN, "vacuum", "runs storage maintenance (VACUUM), which can load the server")
     else:
-        facts.add(CONTROL, "analyze", "ANALYZE refreshes planner statistics")
+        facts.add(CONTROL, "analyze", "refreshes the planner's statistics (ANALYZE)")
     for r in body.get("rels", ()):
         vr = r.get("VacuumRelation") or {}
         rel = vr.get("relation")
@@ -297,7 +415,7 @@ def _rename(body: dict[str, Any], facts: StatementFacts) -> None:
     if body.get("renameType") == "OBJECT_ROLE":
         facts.add(PRIVILEGE, "rename-role", "renames a role")
     else:
-        facts.add(DDL, "rename", "renames an object")
+        facts.add(DDL, "rename", "renames a schema object (ALTER ... RENAME)")
     rel = body.get("relation")
     if rel:
         facts.tables.add(table_key(*relname(rel)))
@@ -307,7 +425,11 @@ def _create_schema(body: dict[str, Any], facts: StatementFacts) -> None:
     facts.add(DDL, "create-schema", "creates a schema")
     role = body.get("authrole") or {}
     if role.get("roletype") == "ROLESPEC_CSTRING":  # owned by another, named role
-        facts.add(PRIVILEGE, "owner-to", "CREATE SCHEMA ... AUTHORIZATION gives it to a role")
+        facts.add(
+            PRIVILEGE,
+            "owner-to",
+            "creates a schema owned by another role (CREATE SCHEMA ... AUTHORIZATION)",
+        )
     for e in body.get("schemaElts", ()):
         for k, b in e.items():
             stmt_body(k, b, facts)
@@ -319,13 +441,15 @@ def _variable_set_stmt(body: dict[str, Any], facts: StatementFacts) -> None:
 
 def _create(body: dict[str, Any], facts: StatementFacts) -> None:
     rel = body.get("relation") or {}
-    facts.tables.add(table_key(*relname(rel)))
-    facts.add(DDL, "create", "creates a table")
+    table = table_key(*relname(rel))
+    facts.tables.add(table)
+    facts.add(DDL, "create", f"creates the table {table}")
     definition(body.get("tableElts"), facts)
 
 
 _STMT: dict[str, Callable[[dict[str, Any], StatementFacts], None]] = {
     "TransactionStmt": _transaction,
+    "LockStmt": _lock,
     "VariableSetStmt": _variable_set_stmt,
     "ExplainStmt": _explain,
     "CopyStmt": _copy,
