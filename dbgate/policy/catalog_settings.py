@@ -13,7 +13,7 @@ Why each group is what it is:
   the proxy's and the server's idea of where a literal ends can differ),
   ``backslash_quote = on``, a non-UTF8 ``client_encoding`` (multi-byte encodings
   such as SJIS/GBK/BIG5 hide ``\\`` and ``'`` inside characters, CVE-2006-2313),
-  read-only transaction characteristics turned off, ``row_security = off``,
+  read-only transaction characteristics turned off,
   ``session_replication_role`` other than ``origin`` (disables triggers and FKs), and a
   ``search_path`` that lists a schema *before* ``pg_catalog`` (a user function named
   like a built-in would then shadow it, and the function catalog would be wrong).
@@ -24,6 +24,9 @@ Why each group is what it is:
   row-level-security policies commonly key on them, so setting one can change whose
   rows are visible.
 * every other setting a normal user may set: ``control``. Unknown names: ``opaque``.
+  That includes ``row_security``: turned off, it makes a query that row-level
+  security would filter raise an error instead (roles that bypass RLS bypass it
+  either way), so it can only show fewer rows, never more. pg_dump sends it.
 
 Messages name the setting only when PostgreSQL has it (``set_config``'s name is a
 string literal, and reasons never quote literal values) and never quote the value.
@@ -63,7 +66,6 @@ VALUE_SENSITIVE = frozenset(
         "client_encoding",
         "default_transaction_read_only",
         "transaction_read_only",
-        "row_security",
         "session_replication_role",
         "search_path",
     }
@@ -223,7 +225,6 @@ _ESCAPES = {
     "transaction_read_only": (
         "turns transaction_read_only off, a read-only default the operator may have set"
     ),
-    "row_security": "turns row_security off",
     "session_replication_role": (
         "sets session_replication_role to other than origin, which disables triggers "
         "and foreign-key checks"
@@ -245,8 +246,6 @@ def _value_escapes(name: str, values: Sequence[str], as_list: bool) -> bool:
     if name in ("standard_conforming_strings", "default_transaction_read_only"):
         return _truthy(v) is not True
     if name == "transaction_read_only":
-        return _truthy(v) is not True
-    if name == "row_security":
         return _truthy(v) is not True
     if name == "backslash_quote":
         return v.strip().lower() not in ("off", "safe_encoding", "false", "no", "0")

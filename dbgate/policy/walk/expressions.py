@@ -235,6 +235,11 @@ def _set_config(qual: str, args: list[Any], facts: StatementFacts) -> None:
     if not args:
         facts.add(OPAQUE, "dynamic-setting", f"calls {qual} without a setting name")
         return
+    rows = _pg_settings_names(args[0], facts)
+    if rows is not None:  # set_config(name, ...) FROM pg_settings WHERE name = '...'
+        for name in sorted(rows):
+            _setting(qual, name, args, facts)
+        return
     state, name = value_of(args[0], facts)
     if state != KNOWN or name is None:
         if state == NEED_BIND:
@@ -244,7 +249,11 @@ def _set_config(qual: str, args: list[Any], facts: StatementFacts) -> None:
                 OPAQUE, "dynamic-setting", f"calls {qual} with a setting name computed at run time"
             )
         return
-    name = name.strip()
+    _setting(qual, name.strip(), args, facts)
+
+
+def _setting(qual: str, name: str, args: list[Any], facts: StatementFacts) -> None:
+    """The effects of ``set_config(name, args[1], ...)`` for one known setting name."""
     vstate, value = KNOWN, None
     if name.lower() in VALUE_SENSITIVE and len(args) > 1:  # only read the value if it matters
         vstate, value = value_of(args[1], facts)
@@ -255,6 +264,29 @@ def _set_config(qual: str, args: list[Any], facts: StatementFacts) -> None:
             facts.add(OPAQUE, "needs-bind", f"calls {qual} with the value of {name} given at Bind")
         else:
             facts.add(cat, code, msg)
+
+
+def _pg_settings_names(arg: Any, facts: StatementFacts) -> frozenset[str] | None:
+    """The setting names ``arg`` can be, when it is the ``name`` column of pg_settings
+    rows that the enclosing query's WHERE limits to literal names; else None.
+
+    pg_dump sends ``SELECT set_config(name, '...', false) FROM pg_settings WHERE name =
+    '...'`` to set a setting only where the server has it. The query level sets
+    ``facts.setting_rows`` (see :func:`dbgate.policy.walk.queries.select`).
+    """
+    rows = facts.setting_rows
+    if rows is None or type(arg) is not dict:
+        return None
+    ref = arg.get("ColumnRef")
+    if ref is None:
+        return None
+    fields = strs(ref.get("fields"))
+    if len(fields) != len(ref.get("fields", ())) or not fields or fields[-1] != "name":
+        return None
+    qualifiers, names = rows
+    if (len(fields) == 2 and fields[0] not in qualifiers) or len(fields) > 2:
+        return None
+    return names
 
 
 def _range_function(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dbgate.policy.model import (
+    ADMIN,
     OPAQUE,
     Category,
     Prepared,
@@ -34,6 +35,7 @@ class StatementFacts:
         "depth",
         "extra_pure",
         "functions",
+        "guarded_reads",
         "needs_bind",
         "params",
         "prepared",
@@ -42,6 +44,7 @@ class StatementFacts:
         "scope",
         "seen",
         "sensitive",
+        "setting_rows",
         "source",
         "span",
         "tables",
@@ -77,6 +80,31 @@ class StatementFacts:
         # that need the statement's own text (PREPARE records its body).
         self.source: str | None = None
         self.span: tuple[int, int] = (0, 0)
+        # While the target list of ``SELECT ... FROM pg_settings WHERE name = '...'`` is
+        # walked: (qualifiers of pg_settings, the setting names its rows can have).
+        self.setting_rows: tuple[frozenset[str], frozenset[str]] | None = None
+        # Relations whose reading is admin only if the statement touches their secret
+        # columns: (relation, qualifier, secret columns), settled by result().
+        self.guarded_reads: list[tuple[str, str, frozenset[str]]] = []
+
+    def _settle_guarded_reads(self) -> None:
+        """``admin`` for each credential relation whose secrets the statement touches:
+        a column named like a secret one (whatever its qualifier), ``*``, or the row
+        itself (a reference to the relation's qualifier)."""
+        for relation, qualifier, secrets in self.guarded_reads:
+            for c in self.columns:
+                last = c.rpartition(".")[2]
+                if last in secrets or last == "*" or c in (qualifier, relation):
+                    self.add(
+                        ADMIN, "credential-catalog", self.secret_read_message(relation, secrets)
+                    )
+                    break
+        self.guarded_reads = []
+
+    @staticmethod
+    def secret_read_message(relation: str, secrets: frozenset[str]) -> str:
+        """The reason for reading credentials (names only: never a value)."""
+        return f"reads the credentials in {relation} ({', '.join(sorted(secrets))})"
 
     def statement_text(self) -> str | None:
         """This statement's text in the query string (None when the walk has no source)."""
@@ -107,6 +135,8 @@ class StatementFacts:
         self.functions |= other.functions
 
     def result(self) -> StatementClass:
+        if self.guarded_reads:
+            self._settle_guarded_reads()
         if not self.cats:  # never return an empty classification
             self.add(OPAQUE, "no-category", "is a statement dbgate found nothing to say about")
         columns = self.columns

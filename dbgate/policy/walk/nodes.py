@@ -29,17 +29,20 @@ Ctes = dict[str, WholeTables]
 #: (:mod:`dbgate.policy.walk.queries` has a handler for each).
 QUERY_NODES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 
-#: Catalog relations whose contents are secrets or data rather than metadata.
-CREDENTIAL_RELATIONS = frozenset(
-    {
-        "pg_authid",
-        "pg_shadow",
-        "pg_user_mapping",
-        "pg_user_mappings",
-        "pg_subscription",
-        "user_mapping_options",
-    }
-)
+#: Catalog relations that hold credentials, and the columns that hold them. Reading
+#: such a relation is ``admin`` when the statement names one of those columns or
+#: takes whole rows (``*``, the row itself); ``SELECT count(*) FROM pg_subscription
+#: WHERE subdbid = ...`` (pg_dump's, as a non-superuser) reads no secret.
+CREDENTIAL_COLUMNS: dict[str, frozenset[str]] = {
+    "pg_authid": frozenset({"rolpassword"}),
+    "pg_shadow": frozenset({"passwd"}),
+    "pg_user_mapping": frozenset({"umoptions"}),
+    "pg_user_mappings": frozenset({"umoptions"}),
+    "pg_subscription": frozenset({"subconninfo"}),
+    "user_mapping_options": frozenset({"option_value"}),
+}
+CREDENTIAL_RELATIONS = frozenset(CREDENTIAL_COLUMNS)
+#: Catalog relations whose contents are server files or data rather than metadata.
 SERVER_FILE_RELATIONS = frozenset(
     {"pg_hba_file_rules", "pg_ident_file_mappings", "pg_file_settings"}
 )
@@ -155,10 +158,22 @@ def is_catalog(schema: str | None, name: str) -> bool:
     return schema == "information_schema"
 
 
-def catalog_read(schema: str | None, name: str, facts: StatementFacts) -> None:
-    """Charge reading the few catalog relations that hold secrets, files or data."""
-    if name in CREDENTIAL_RELATIONS:
-        facts.add(ADMIN, "credential-catalog", f"reads {name}, which holds credentials or secrets")
+def catalog_read(
+    schema: str | None, name: str, facts: StatementFacts, qualifier: str, *, whole: bool = False
+) -> None:
+    """Charge reading the few catalog relations that hold secrets, files or data.
+
+    ``qualifier``: how the statement refers to the relation (its alias, else its
+    name). ``whole``: every column is read (COPY without a column list). A credential
+    relation is charged once the statement's columns are known
+    (:meth:`StatementFacts.result`), unless ``whole``.
+    """
+    secrets = CREDENTIAL_COLUMNS.get(name)
+    if secrets is not None:
+        if whole:
+            facts.add(ADMIN, "credential-catalog", facts.secret_read_message(name, secrets))
+        else:
+            facts.guarded_reads.append((name, qualifier, secrets))
     elif name in SERVER_FILE_RELATIONS:
         facts.add(
             ADMIN, "server-file-read", f"reads {name}, which shows the server's configuration files"

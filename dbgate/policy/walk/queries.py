@@ -25,6 +25,7 @@ from dbgate.policy.walk.nodes import (
     has_column,
     is_catalog,
     name_list,
+    op_name,
     relname,
     table_key,
     value_of,
@@ -83,7 +84,7 @@ def from_range_var(rv: dict[str, Any], facts: StatementFacts, ctes: Ctes) -> Who
         facts.aliases[alias.get("aliasname", "")] = key
     facts.add(READ, "select", "reads data with a query")
     if is_catalog(schema, name):
-        catalog_read(schema, name, facts)
+        catalog_read(schema, name, facts, (alias or {}).get("aliasname") or name)
         return ()
     return (key,)
 
@@ -219,7 +220,10 @@ def select(
         if where is not None:
             expressions.walk(where, facts, False, ctes)
         tl = s.get("targetList")
+        saved_rows = facts.setting_rows
+        facts.setting_rows = _pg_settings_rows(s, facts)
         expressions.walk(tl, facts, out, ctes)
+        facts.setting_rows = saved_rows
         for f in ("groupClause", "havingClause", "windowClause", "distinctClause"):
             if f in s:
                 expressions.walk(s[f], facts, False, ctes)
@@ -249,6 +253,70 @@ def select(
             f"no LIMIT of at most {DUMP_LIMIT_THRESHOLD} rows)",
         )
     return unbounded
+
+
+def _pg_settings_rows(
+    s: dict[str, Any], facts: StatementFacts
+) -> tuple[frozenset[str], frozenset[str]] | None:
+    """For ``... FROM pg_settings [alias] WHERE name = 'a'`` (or ``name IN ('a', 'b')``,
+    possibly AND-ed with other conditions): (qualifiers of pg_settings, {'a', 'b'})."""
+    from_clause = s.get("fromClause", ())
+    if len(from_clause) != 1 or "whereClause" not in s:
+        return None
+    rv = from_clause[0].get("RangeVar")
+    if rv is None or rv.get("relname") != "pg_settings":
+        return None
+    if rv.get("schemaname") not in (None, "pg_catalog"):
+        return None
+    alias = (rv.get("alias") or {}).get("aliasname")
+    qualifiers = frozenset({alias} if alias else {"pg_settings", "pg_catalog.pg_settings"})
+    names = _names_in_where(s["whereClause"], qualifiers, facts)
+    return (qualifiers, names) if names is not None else None
+
+
+def _names_in_where(
+    where: Any, qualifiers: frozenset[str], facts: StatementFacts
+) -> frozenset[str] | None:
+    """The literal values ``where`` limits the ``name`` column to, or None."""
+    if type(where) is not dict:
+        return None
+    b = where.get("BoolExpr")
+    if b is not None:
+        if b.get("boolop") != "AND_EXPR":
+            return None
+        found = [_names_in_where(a, qualifiers, facts) for a in b.get("args", ())]
+        known = [f for f in found if f is not None]
+        return frozenset.intersection(*known) if known else None
+    e = where.get("A_Expr")
+    if e is None or not _is_name_column(e.get("lexpr"), qualifiers):
+        return None
+    op, foreign = op_name(e.get("name"))
+    if foreign or op != "=" or e.get("kind") not in ("AEXPR_OP", "AEXPR_IN"):
+        return None
+    values = e.get("rexpr")
+    if e.get("kind") == "AEXPR_IN":  # name IN ('a', 'b'): a List node
+        values = (values or {}).get("List", {}).get("items") if type(values) is dict else values
+    else:
+        values = [values]
+    if type(values) is not list or not values:
+        return None
+    names = set()
+    for v in values:
+        state, text = value_of(v, facts)
+        if state != KNOWN or text is None:
+            return None
+        names.add(text)
+    return frozenset(names)
+
+
+def _is_name_column(node: Any, qualifiers: frozenset[str]) -> bool:
+    ref = node.get("ColumnRef") if type(node) is dict else None
+    if ref is None:
+        return False
+    fields = [(f.get("String") or {}).get("sval") for f in ref.get("fields", ())]
+    if not fields or fields[-1] != "name":
+        return False
+    return len(fields) == 1 or ".".join(f or "" for f in fields[:-1]) in qualifiers
 
 
 def copies_whole_tables(whole: WholeTables, target: str, facts: StatementFacts) -> None:

@@ -87,7 +87,7 @@ def definition(body: Any, facts: StatementFacts) -> None:
     """
     sub = StatementFacts(facts.params, facts.prepared, facts.extra_pure, facts.depth)
     expressions.walk(body, sub, False, {})
-    for r in sub.reasons:
+    for r in sub.result().reasons:
         if r.category in _DEFINITION_KEEP:
             facts.add(r.category, r.code, r.message)
     facts.tables |= sub.tables
@@ -129,11 +129,14 @@ def _explain(body: dict[str, Any], facts: StatementFacts) -> None:
 def _copy(body: dict[str, Any], facts: StatementFacts) -> None:
     """COPY: what it reads or writes, and where the data goes.
 
-    COPY TO is ``export`` and ``dump``; COPY to or from a server file or program acts
-    on the server.
+    ``COPY (query) TO STDOUT`` returns the query's rows to the client, as the query
+    itself would in another format (psql's ``\\copy (...) to``, asyncpg's
+    ``copy_from_query``): it is classified as that query. ``COPY table TO`` copies
+    the whole table, and COPY to or from a server file or program acts on the server.
     """
     rel = body.get("relation")
     is_from = body.get("is_from", False)
+    on_server = bool(body.get("is_program") or body.get("filename"))
     if body.get("is_program"):
         facts.add(
             ADMIN,
@@ -173,13 +176,16 @@ def _copy(body: dict[str, Any], facts: StatementFacts) -> None:
             "COPY (SELECT ... WHERE ...) TO STDOUT copies only what the query selects)",
         )
         if is_catalog(schema, name):
-            catalog_read(schema, name, facts)
+            catalog_read(schema, name, facts, name, whole=not body.get("attlist"))
         return
     q = body.get("query") or {}
     for k, b in q.items():
         queries.query(k, b, facts, True, {})
-    facts.add(EXPORT, "copy-to", "copies a query's result out of the database in bulk (COPY TO)")
-    facts.add(DUMP, "copy-to", "copies a query's result in bulk (COPY TO)")
+    if on_server:
+        facts.add(
+            EXPORT, "copy-to", "writes a query's result to a file or program on the database server"
+        )
+        facts.add(DUMP, "copy-to", "copies a query's result in bulk to the database server")
 
 
 def _declare(body: dict[str, Any], facts: StatementFacts) -> None:
@@ -210,7 +216,13 @@ _LOCK_MODES = {
 
 
 def _lock(body: dict[str, Any], facts: StatementFacts) -> None:
-    """LOCK TABLE: ``write``, since a lock blocks other sessions."""
+    """LOCK TABLE: ``read`` for ACCESS SHARE, ``write`` for any stronger mode.
+
+    ACCESS SHARE is the lock every SELECT takes: it conflicts only with ACCESS
+    EXCLUSIVE (DROP, TRUNCATE, most ALTER TABLE), so it blocks nobody's reads or
+    writes. pg_dump takes it on every table it dumps. Stronger modes block other
+    sessions' writes (or reads) until the transaction ends.
+    """
     tables = []
     for r in body.get("relations", ()):
         rv = r.get("RangeVar")
@@ -220,11 +232,18 @@ def _lock(body: dict[str, Any], facts: StatementFacts) -> None:
             tables.append(key)
     mode = _LOCK_MODES.get(body.get("mode", 8), "ACCESS EXCLUSIVE")
     names = name_list(tuple(tables))
-    facts.add(
-        WRITE,
-        "lock",
-        f"locks {names} in {mode} mode, which blocks other sessions until the transaction ends",
-    )
+    if mode == "ACCESS SHARE":
+        facts.add(
+            READ,
+            "lock-access-share",
+            f"takes a reader's lock on {names} (ACCESS SHARE conflicts only with ACCESS EXCLUSIVE)",
+        )
+    else:
+        facts.add(
+            WRITE,
+            "lock",
+            f"locks {names} in {mode} mode, which blocks other sessions until the transaction ends",
+        )
 
 
 def _fetch(body: dict[str, Any], facts: StatementFacts) -> None:

@@ -142,6 +142,18 @@ def test_fingerprint_ignores_literals_that_matter() -> None:
             "SELECT pg_notify('c', 'x' || current_user)",
             {R, Category.EXPORT},
         ),
+        (
+            "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'work_mem'",
+            {R, C},
+            "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'role'",
+            {R, P},
+        ),
+        (
+            "LOCK TABLE orders IN ACCESS SHARE MODE",
+            {R},
+            "LOCK TABLE orders IN ACCESS EXCLUSIVE MODE",
+            {W},
+        ),
     ],
 )
 def test_security_relevant_literals_do_not_share_cache_entries(

@@ -153,7 +153,7 @@ TABLE = [
         "SELECT * FROM pg_authid",
         "deny",
         "deny-server-admin",
-        ("admin", "credential-catalog", "reads pg_authid, which holds credentials or secrets"),
+        ("admin", "credential-catalog", "reads the credentials in pg_authid (rolpassword)"),
     ),
     row(
         "COPY orders FROM '/tmp/orders.csv'",
