@@ -70,7 +70,7 @@ class HoldDesk:
             session_id=session.session_id,
             replica=self.replica,
         )
-        reasons = getattr(decision, "reasons", ()) or classification.reasons
+        reasons = decision.reasons or classification.reasons
         wait = decision.expires_after_seconds
         return ApprovalRequest(
             requester=requester,

@@ -26,7 +26,7 @@ from typing import Any
 
 from dbgate.gate import refusals
 from dbgate.gate.holds import HoldDesk
-from dbgate.gate.prepared_effects import PREPARED_COMMANDS, sql_prepare_changes
+from dbgate.gate.prepared_effects import PREPARED_COMMANDS, prepared_changes
 from dbgate.policy.model import Action, Decision, Identity
 from dbgate.policy.rules import RuleSet, decide_bind
 from dbgate.proxy.seams import (
@@ -142,7 +142,7 @@ class Gate:
         elif outcome is _ALLOW_SESSION:
             return ALLOW  # read session state (EXECUTE): may differ next time
         elif outcome is _ALLOW_PREPARES:
-            return Allow(changes=sql_prepare_changes(sql))
+            return Allow(changes=prepared_changes(classification))  # type: ignore[arg-type]
         # Not a plain allow, or a Query whose statements would need Bind values.
         decision = self.ruleset.decide(identity, classification)  # type: ignore[arg-type]
         if decision.action is not _ALLOW_ACTION:
@@ -151,7 +151,7 @@ class Gate:
             st.command in PREPARED_COMMANDS
             for st in classification.statements  # type: ignore[attr-defined]
         ):
-            return Allow(changes=sql_prepare_changes(sql))
+            return Allow(changes=prepared_changes(classification))  # type: ignore[arg-type]
         return ALLOW
 
     def _answer(self, identity: Identity, classification: Any) -> tuple[Identity, Any, object]:

@@ -54,12 +54,8 @@ def lost_track(name: str) -> Refuse:
 
 def reasons_text(decision: Decision) -> str:
     """This statement's own reasons for the decision, as one sentence or several."""
-    classification = decision.classification
-    reasons = getattr(decision, "reasons", ())
-    if not reasons and classification is not None:
-        reasons = classification.reasons
     texts: list[str] = []
-    for r in reasons:
+    for r in decision.reasons:
         if r.message not in texts:
             texts.append(r.message)
     return "; ".join(texts) if texts else decision.message
@@ -88,8 +84,7 @@ def log_refusal(session: SessionInfo, decision: Decision, sql: str) -> None:
 def syntax_error(classification: Classification) -> Refuse:
     """The parser could not read the statement: 42601 with its message and position."""
     message = classification.parse_error or "syntax error"
-    position = getattr(classification, "parse_error_position", 0) or 0
-    return Refuse(sqlstate.SYNTAX_ERROR, message, position=position)
+    return Refuse(sqlstate.SYNTAX_ERROR, message, position=classification.parse_error_position or 0)
 
 
 def refusal(decision: Decision, *, approvals: bool) -> Refuse:

@@ -53,12 +53,6 @@ def same(got: dict[str, Any]) -> Any:
     return got["gate"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=asyncpg.InsufficientPrivilegeError,
-    reason="issue 7: COPY (SELECT ... WHERE id <= $1) TO STDOUT is classified as COPY TO "
-    "(hold-export), not as the bounded query it contains",
-)
 async def test_copy_from_query_of_a_bounded_query(sides: dict[str, str]) -> None:
     async def scenario(conn: asyncpg.Connection) -> bytes:
         out = io.BytesIO()

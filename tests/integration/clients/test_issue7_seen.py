@@ -152,13 +152,6 @@ def test_a_refusal_at_parse_does_not_poison_the_connection(gate_dsn: str) -> Non
 TYPO = "selec 1 frm"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: unparseable SQL is refused by rule parse-error as 42501 'denied: "
-    "could not parse' with no position, instead of 42601 with the parser's message and "
-    "position",
-)
 def test_a_typo_is_a_syntax_error_with_its_position(sides: dict[str, str]) -> None:
     direct, gate = (run(sides[s], TYPO) for s in ("direct", "gate"))
     assert isinstance(direct, psycopg.Error) and isinstance(gate, psycopg.Error)
@@ -168,12 +161,6 @@ def test_a_typo_is_a_syntax_error_with_its_position(sides: dict[str, str]) -> No
     assert want.message in got.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: no position in dbgate's parse-error refusal, so psql prints no "
-    "'LINE 1:' and no caret, and the text differs",
-)
 def test_psql_draws_its_caret_under_a_typo(sides: dict[str, str]) -> None:
     direct, gate = (psql(sides[s], TYPO) for s in ("direct", "gate"))
     assert direct.returncode == 1 and "^" in direct.stderr
@@ -230,12 +217,6 @@ def test_the_operator_log_names_identity_rule_and_masked_statement(
 # -- 4. routine work refused -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: COPY (query) TO STDOUT is classified export + dump (hold-export) "
-    "instead of as the bounded query it contains",
-)
 def test_copy_of_a_bounded_query_to_stdout(sides: dict[str, str]) -> None:
     sql = "COPY (SELECT id, status FROM orders WHERE id < 10 ORDER BY id) TO STDOUT"
     out: dict[str, Any] = {}
@@ -282,13 +263,6 @@ PG_DUMP_START_UP = [
 
 
 @pytest.mark.parametrize("sql", PG_DUMP_START_UP)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: pg_dump's start-up statements are refused: row_security = off is "
-    "classified escape (hold-escape), set_config with a column as the name is opaque "
-    "(hold-opaque), any read of pg_subscription is admin (deny-server-admin)",
-)
 def test_pg_dump_start_up_statements_are_allowed(sides: dict[str, str], sql: str) -> None:
     for side in ("direct", "gate"):
         result = run(sides[side], sql)
