@@ -231,12 +231,6 @@ def test_copy_of_a_bounded_query_to_stdout(sides: dict[str, str]) -> None:
     assert out["gate"] == out["direct"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: DISTINCT is not treated like GROUP BY: SELECT DISTINCT status FROM "
-    "orders is held as a whole-table read (hold-dump)",
-)
 def test_select_distinct_is_treated_like_group_by(sides: dict[str, str]) -> None:
     assert len(same_rows(sides, "SELECT DISTINCT status FROM orders ORDER BY status")) == 6
 

@@ -591,8 +591,10 @@ DUMP = [
     row("SELECT * FROM customers WHERE 1 = 1 OR id = 1", R, D),
     row("SELECT * FROM customers c JOIN orders o ON o.customer_id = c.id", R, D),
     row("SELECT * FROM customers, orders", R, D),
-    row("SELECT DISTINCT email FROM customers", R, D),
-    row("SELECT email FROM customers GROUP BY email", R, D, id="group-by-without-aggregate"),
+    row("SELECT DISTINCT email FROM customers", R),  # one column: as GROUP BY email
+    row("SELECT DISTINCT email, ssn FROM customers", R, D),
+    row("SELECT email FROM customers GROUP BY email", R, id="group-by-without-aggregate"),
+    row("SELECT email, ssn FROM customers GROUP BY email, ssn", R, D, id="group-by-two-keys"),
     row("SELECT array_agg(email) FROM customers", R, D, id="array_agg-collects"),
     row("SELECT string_agg(ssn, ',') FROM customers", R, D),
     row("SELECT json_agg(c) FROM customers c", R, D),

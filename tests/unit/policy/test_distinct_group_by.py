@@ -7,9 +7,11 @@ default pack's action for both.
 
 Until the PII catalog and the run-time read budgets decide whether a whole column of
 PII may be read (docs/rules.md, "Reading whole columns"), the classifier does not guess
-from the SQL which columns are sensitive: a list of every distinct value of a column
-is a ``dump`` whether the column is ``status`` or ``email``, and a grouped aggregate
-(``count(*) ... GROUP BY email``) is a ``read`` whatever it groups by.
+from the SQL which columns are sensitive: the distinct values of one column (or one
+expression) are a ``read``, as the grouped aggregate over the same key
+(``status, count(*) ... GROUP BY status``) is, whether the column is ``status`` or
+``email``; several columns, ``*`` or whole-row references may list whole rows:
+``dump``.
 """
 
 from __future__ import annotations
@@ -34,12 +36,24 @@ TABLE = [
         "SELECT DISTINCT status FROM orders",
         "SELECT status FROM orders GROUP BY status",
         R,
-        D,
-        action="hold",
+        action="allow",
     ),
     row(
         "SELECT DISTINCT email FROM customers",
         "SELECT email FROM customers GROUP BY email",
+        R,
+        action="allow",
+    ),
+    row(
+        "SELECT DISTINCT c FROM customers c",
+        "SELECT c FROM customers c GROUP BY c",
+        R,
+        D,
+        action="hold",
+    ),
+    row(
+        "SELECT DISTINCT row_to_json(c) FROM customers c",
+        "SELECT row_to_json(c) FROM customers c GROUP BY row_to_json(c)",
         R,
         D,
         action="hold",
@@ -54,6 +68,12 @@ TABLE = [
     row(
         "SELECT DISTINCT ON (status) status FROM orders",
         "SELECT status FROM orders GROUP BY status",
+        R,
+        action="allow",
+    ),
+    row(
+        "SELECT DISTINCT ON (status) * FROM orders",
+        "SELECT * FROM orders",
         R,
         D,
         action="hold",
