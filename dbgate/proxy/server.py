@@ -117,6 +117,7 @@ class ProxyServer:
             )
         except HandshakeRefused as e:
             log.info("refused %s: %s", client_addr, e)
+            self._report_refusal(channel, client_addr, e)  # before the client hears of it
             channel.write(e.response)
             channel.close()
         except ProtocolError as e:
@@ -145,6 +146,7 @@ class ProxyServer:
             await self._handle_cancel(packet)
             channel.close()
             return
+        channel.startup = (packet.params.get("user", ""), packet.params.get("database", ""))
         if len(self._sessions) >= self.config.limits.max_connections:
             raise HandshakeRefused("53300", "sorry, too many clients already")
         hello = await authenticate(channel, self.config, self._verifiers, packet)
@@ -215,6 +217,16 @@ class ProxyServer:
             info.application_name,
             client_addr,
         )
+
+    def _report_refusal(self, channel: Channel, client_addr: str, e: HandshakeRefused) -> None:
+        """Tell the observer of a client turned away before any session existed."""
+        if self.observer is None:
+            return
+        user, database = channel.startup
+        try:
+            self.observer.session_refused(user, database, client_addr, e.sqlstate, str(e))
+        except Exception:
+            log.exception("observer failed on a refused connection")
 
     def _allocate_pid(self) -> int:
         while True:
