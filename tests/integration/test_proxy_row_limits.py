@@ -92,10 +92,12 @@ async def test_extended_protocol_with_asyncpg(dsn: str, sql: str) -> None:
 
 def test_copy_to_stdout_over_the_limit(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
-            with conn.cursor().copy(f"copy ({BIG}) to stdout") as copy:
-                for _ in copy:
-                    pass
+        with (
+            pytest.raises(psycopg.errors.ProgramLimitExceeded),
+            conn.cursor().copy(f"copy ({BIG}) to stdout") as copy,
+        ):
+            for _ in copy:
+                pass
         assert conn.execute("select 8").fetchone() == (8,)
 
 
