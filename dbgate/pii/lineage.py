@@ -1088,6 +1088,10 @@ class _Walker:
         # built-in only when every function of that name is
         return all(f.builtin for f in funcs)
 
+    def e_GroupingFunc(self, body: Node, scope: _Scope, ctx: _Ctx) -> Lin:
+        self.expr(body.get("args"), scope, FILTER)  # a bit mask of grouping columns
+        return CLEAN
+
     def e_A_Indirection(self, body: Node, scope: _Scope, ctx: _Ctx) -> Lin:
         return self.expr(body.get("arg"), scope, ctx) | self.expr(
             body.get("indirection"), scope, FILTER

@@ -167,7 +167,7 @@ class SchemaSnapshot:
 
 
 _RELATIONS = """
-SELECT c.oid, n.nspname, c.relname, c.relkind, c.reltype,
+SELECT c.oid, n.nspname, c.relname, c.relkind::text AS relkind, c.reltype,
        CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END AS definition
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind::text = ANY($1::text[])
@@ -184,7 +184,8 @@ ORDER BY a.attrelid, a.attnum
 """
 _INHERITS = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits"
 _TYPES = """
-SELECT t.oid, t.typname, t.typtype, t.typelem, t.typbasetype, t.typrelid, t.typcategory, t.typdelim,
+SELECT t.oid, t.typname, t.typtype::text AS typtype, t.typelem, t.typbasetype, t.typrelid,
+       t.typcategory::text AS typcategory, t.typdelim::text AS typdelim,
        t.typlen
 FROM pg_catalog.pg_type t
 """

@@ -24,8 +24,8 @@ DEMO_CUSTOMERS = 400
 TEST_KEY = Key("test", b"dbgate-pii-test-key-0123456789abcdef")
 
 PII_QUERY = """
-SELECT full_name, email, phone, ssn, birth_date::text, address FROM customers
-UNION ALL SELECT card_number, NULL, NULL, NULL, NULL, NULL FROM payments
+SELECT full_name, email, phone, ssn, address FROM customers
+UNION ALL SELECT card_number, NULL, NULL, NULL, NULL FROM payments
 """
 
 
@@ -42,6 +42,16 @@ async def load_demo(admin_dsn: str, dbname: str) -> str:
     dsn = _with_dbname(admin_dsn, dbname)
     await load_demo_dataset(dsn, customers=DEMO_CUSTOMERS)
     return dsn
+
+
+async def birth_dates(dsn: str) -> set[bytes]:
+    """Birth dates (ISO text): checked per row, since a pseudonym date may equal
+    another customer's real one."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {r[0].encode() for r in await conn.fetch("SELECT birth_date::text FROM customers")}
+    finally:
+        await conn.close()
 
 
 async def raw_pii_values(dsn: str) -> set[bytes]:
@@ -67,7 +77,13 @@ class Result:
     rewritten: list[bytes] = field(default_factory=list)  # bodies after the room
     rows_before: list[tuple[bytes | None, ...]] = field(default_factory=list)
     rows_after: list[tuple[bytes | None, ...]] = field(default_factory=list)
+    #: per result set: (rows as sent, rows after the room)
+    sets: list[tuple[list[tuple[bytes | None, ...]], list[tuple[bytes | None, ...]]]] = field(
+        default_factory=list
+    )
+    copies: list[tuple[bytes, bytes]] = field(default_factory=list)  # CopyData before/after
     errors: list[dict[str, str]] = field(default_factory=list)
+    notifications: list[bytes] = field(default_factory=list)
 
     @property
     def output_bytes(self) -> bytes:
@@ -89,17 +105,25 @@ def apply_plan(plan: StatementPlan, messages: list[Any], formats: tuple[int, ...
         if isinstance(msg, m.RowDescription):
             fmts = formats or tuple(f.format for f in msg.fields)
             rewriter = plan.rows(body, fmts)
+            result.sets.append(([], []))
             result.rewritten.append(body)
         elif isinstance(msg, m.DataRow):
             new = rewriter.data_row(body) if rewriter is not None else body
+            after = m.parse_data_row(new)
             result.rows_before.append(msg.columns)
-            result.rows_after.append(m.parse_data_row(new))
+            result.rows_after.append(after)
+            if not result.sets:  # rows of a portal described earlier
+                result.sets.append(([], []))
+            result.sets[-1][0].append(msg.columns)
+            result.sets[-1][1].append(after)
             result.rewritten.append(new)
         elif isinstance(msg, m.CopyOutResponse):
             copier = plan.copy_out(body)
             result.rewritten.append(body)
         elif isinstance(msg, m.CopyData):
-            result.rewritten.append(copier.copy_data(body) if copier is not None else body)
+            new = copier.copy_data(body) if copier is not None else body
+            result.copies.append((body, new))
+            result.rewritten.append(new)
         elif isinstance(msg, m.ErrorResponse):
             new = flt.error(body)
             result.errors.append(m.parse_error_fields(new))
@@ -107,7 +131,9 @@ def apply_plan(plan: StatementPlan, messages: list[Any], formats: tuple[int, ...
         elif isinstance(msg, m.NoticeResponse):
             result.rewritten.append(flt.notice(body))
         elif isinstance(msg, m.NotificationResponse):
-            result.rewritten.append(flt.notification(body))
+            new = flt.notification(body)
+            result.notifications.append(new)
+            result.rewritten.append(new)
         elif isinstance(msg, (m.CommandComplete, m.ReadyForQuery)):
             rewriter = None if isinstance(msg, m.CommandComplete) else rewriter
             result.rewritten.append(body)
