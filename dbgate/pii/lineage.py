@@ -72,7 +72,6 @@ DATA_READERS = frozenset(
         "pg_logical_slot_peek_changes",
         "pg_logical_slot_get_binary_changes",
         "pg_logical_slot_peek_binary_changes",
-        "current_setting",  # a setting may hold a value stored with set_config
     }
 )
 #: Built-in functions whose arguments are stored or sent somewhere a later read does

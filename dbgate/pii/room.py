@@ -101,11 +101,12 @@ class StatementPlan:
 
     Attributes the gate reads:
 
-    * ``hold`` / ``hold_reasons``: ``pii.unknown: hold`` and some output could not be
-      followed — hold the statement for approval instead of running it;
+    * ``hold`` / ``hold_reasons``: the statement copies PII where the catalog will not
+      find it again (``INSERT INTO notes SELECT email …``, ``CREATE TABLE AS``,
+      ``set_config(…, email)``, ``COPY … TO 'file'``), or ``pii.unknown: hold`` and
+      some output could not be followed — hold it for approval instead of running it;
     * ``unknown_reasons``: why some output is tokenized for lack of lineage;
-    * ``pii_writes``: PII the statement stores where the catalog will not find it
-      (``INSERT INTO notes SELECT email …``, ``CREATE TABLE AS``) — for the rules;
+    * ``pii_writes``: those copies, one sentence each (also in ``hold_reasons``);
     * ``has_tokens`` / ``params_may_hold_tokens``: call :meth:`PiiSession.detokenize_sql`
       on the text / :meth:`PiiSession.detokenize_params` on each Bind;
     * ``exemption``: set when the session sees raw values (rows() returns None).
@@ -136,9 +137,15 @@ class StatementPlan:
         self.exemption = exemption
         self.token_params = token_params
         self.version = room.version
-        reasons = list(analysis.unknown_reasons)
-        self.hold = room.settings.unknown == "hold" and bool(reasons) and exemption is None
-        self.hold_reasons = reasons if self.hold else []
+        reasons: list[str] = []
+        if exemption is None:
+            # PII copied where the catalog will not find it again is always held:
+            # once in a plain column or a setting, it would come back raw
+            reasons.extend(analysis.pii_writes)
+            if room.settings.unknown == "hold":
+                reasons.extend(analysis.unknown_reasons)
+        self.hold = bool(reasons)
+        self.hold_reasons = reasons
 
     # ---------------------------------------------------------------- for the gate
     @property
