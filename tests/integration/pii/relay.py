@@ -108,9 +108,8 @@ class _Conn:
             body = self.session.filter.notice(body)
         elif c == "A":
             body = self.session.filter.notification(body)
-        elif c == "Z":
-            if head[0] in ("Q", "S"):
-                self.queue.popleft()
+        elif c == "Z" and head[0] in ("Q", "S"):
+            self.queue.popleft()
         return _frame(t, body)
 
 
