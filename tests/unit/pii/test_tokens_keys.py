@@ -101,7 +101,7 @@ def test_values_need_not_be_utf8() -> None:
 
 
 def test_missing_key_refuses_with_a_clear_message() -> None:
-    with pytest.raises(PiiKeyError, match="needs a key: set pii.keys .* DBGATE_PII_KEY"):
+    with pytest.raises(PiiKeyError, match=r"needs a key: set pii\.keys .* DBGATE_PII_KEY"):
         keyring_from_config([], environ={})
     with pytest.raises(PiiKeyError, match="needs a key"):
         PiiRoom.from_config(Config().pii, environ={})
