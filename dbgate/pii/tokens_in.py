@@ -168,18 +168,12 @@ def detokenize_params(
     out = list(params)
     replaced: set[int] = set()
     for i, value in enumerate(params):
-        if value is None or b"tok_" not in value or TOKEN_RE_BYTES.search(value) is None:
+        if value is None or b"tok_" not in value:
+            continue
+        fmt = formats[i] if i < len(formats) else 0
+        if fmt == 0 and TOKEN_RE_BYTES.search(value) is None:
             continue
         n = i + 1
-        why = analysis.param_sites.get(n, "")
-        if why:
-            raise TokenError(f"a token in parameter ${n} cannot be resolved here: {why}")
-        if n in analysis.param_writes:
-            raise TokenError(
-                f"a token in parameter ${n} cannot be resolved here: its value would be stored "
-                "where the PII catalog does not mark it"
-            )
-        fmt = formats[i] if i < len(formats) else 0
         oid = param_types[i] if i < len(param_types) else 0
         kind = types.kind(oid) if oid else TEXT
         if fmt == 0:
@@ -193,22 +187,30 @@ def detokenize_params(
                     _array_replace(text, resolve, delim)
                     if kind == ARRAY
                     else _replace_in_text(text, resolve)
-                )
+                ).encode()
             elif kind in (JSON, JSONB):
-                new = _replace_in_text(text, resolve)
+                new = _replace_in_text(text, resolve).encode()
             elif kind == BYTEA:
                 raise TokenError(f"parameter ${n}: tokens are not resolved inside bytea values")
             else:
-                new = TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), text)
-            out[i] = new.encode()
+                new = TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), text).encode()
         elif kind == TEXT:
-            out[i] = _replace_bytes(value, resolve)
+            new = _replace_bytes(value, resolve)
         elif kind == ARRAY and types.kind(types.elems.get(oid, 0)) == TEXT:
-            out[i] = _binary_text_array(value, resolve)
+            new = _binary_text_array(value, resolve)
         else:
+            continue  # a binary value of another type: "tok_" is only a coincidence of bytes
+        if new == value:
+            continue
+        why = analysis.param_sites.get(n, "")
+        if why:
+            raise TokenError(f"a token in parameter ${n} cannot be resolved here: {why}")
+        if n in analysis.param_writes:
             raise TokenError(
-                f"parameter ${n}: tokens are resolved only in text and text-array values"
+                f"a token in parameter ${n} cannot be resolved here: its value would be stored "
+                "where the PII catalog does not mark it"
             )
+        out[i] = new
         replaced.add(n)
     return tuple(out), frozenset(replaced)
 
