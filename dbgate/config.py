@@ -137,7 +137,9 @@ class PiiConfig(_Strict):
 
     enabled: bool = True
     catalog: Path | None = None  # None: the shipped rules/pii.yaml
-    mode: Literal["reversible", "hashed"] = "reversible"
+    # hashed: keyed BLAKE2b, fastest, resolves tokens this process issued;
+    # reversible: AES-SIV, resolves anywhere with the key (dbgate detokenize)
+    mode: Literal["hashed", "reversible"] = "hashed"
     keys: list[PiiKeyConfig] = Field(default_factory=list)  # empty: DBGATE_PII_KEY
     # Output whose provenance lineage cannot decide: tokenize it whole, hold the
     # statement for approval, or run the content detectors over it.

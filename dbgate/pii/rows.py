@@ -19,9 +19,15 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dbgate.pii.pseudonyms import Pseudonymizer
+from dbgate.pii.pseudonyms import TEXT, Pseudonymizer
 
 __all__ = ["ColumnAction", "RowRewriter", "ValueCache"]
+
+try:  # the compiled loop (dbgate/pii/_rows.c); optional, same results
+    from dbgate.pii._rows import keyed_state as _c_keyed_state
+    from dbgate.pii._rows import rewrite as _c_rewrite
+except ImportError:  # pragma: no cover - depends on the build
+    _c_rewrite = _c_keyed_state = None
 
 _I32 = struct.Struct("!i")
 _unpack_i32 = _I32.unpack_from
@@ -69,7 +75,7 @@ class ValueCache:
 class RowRewriter:
     """Rewrites the DataRows of one result set (a ``RowRewriter`` of proxy/seams.py)."""
 
-    __slots__ = ("_fns", "_last", "_positions", "_tables", "actions", "ncols")
+    __slots__ = ("_args", "_fns", "_last", "_positions", "_tables", "actions", "data_row", "ncols")
 
     def __init__(
         self,
@@ -91,6 +97,25 @@ class RowRewriter:
             else:
                 fns.append(_replacer(pseudonymizer, a))
         self._fns = fns
+        specs: list[object] = list(fns)
+        for i, a in enumerate(self.actions):
+            if (
+                _c_keyed_state is not None
+                and a.mode != "detect"
+                and pseudonymizer.types.kind(a.type_oid) == TEXT
+                and (pseudonymizer.tokenizer.mode == "hashed")
+            ):
+                prefix, key, person, *rest = pseudonymizer.tokenizer.hasher_spec(a.entity)
+                specs[i] = (prefix, _c_keyed_state(key, person), person, *rest, key)
+        self._args = (tuple(self._positions), tuple(self._tables), tuple(specs))
+        # the compiled loop when built (and fewer than 1600 PII columns), else Python
+        self.data_row = (
+            self._data_row_c if (_c_rewrite is not None and len(fns) <= 1600) else self.data_row_py
+        )
+
+    def _data_row_c(self, body: bytes) -> bytes:
+        positions, tables, fns = self._args
+        return _c_rewrite(body, positions, tables, fns, CACHE_VALUE_BYTES, CACHE_ENTRIES)  # type: ignore[misc]
 
     def replace(self, slot: int, raw: bytes) -> bytes:
         """Length-prefixed replacement for ``raw`` in PII slot ``slot`` (cached)."""
@@ -105,8 +130,8 @@ class RowRewriter:
                 table[raw] = out
         return out
 
-    def data_row(self, body: bytes) -> bytes:
-        """The rewritten DataRow body (same column count)."""
+    def data_row_py(self, body: bytes) -> bytes:
+        """The rewritten DataRow body (same column count); the reference version."""
         positions = self._positions
         if not positions:
             return body
@@ -150,6 +175,7 @@ class RowRewriter:
         pos = 0
         size = len(buf)
         copied = 0
+        data_row = self.data_row
         while pos + 5 <= size:
             length = _U32.unpack_from(buf, pos + 1)[0]
             end = pos + 1 + length
@@ -157,7 +183,7 @@ class RowRewriter:
                 raise ValueError("incomplete message in DataRow buffer")
             if buf[pos] == 0x44:  # 'D'
                 body = buf[pos + 5 : end]
-                new = self.data_row(body)
+                new = data_row(body)
                 if new is not body:
                     out.append(buf[copied:pos])
                     out.append(b"D" + _U32.pack(len(new) + 4) + new)
@@ -177,6 +203,8 @@ class RowRewriter:
 
 def _replacer(p: Pseudonymizer, a: ColumnAction) -> Callable[[bytes], bytes]:
     entity, oid, fmt = a.entity, a.type_oid, a.format
+    if p.types.kind(oid) == TEXT and p.tokenizer.mode == "hashed":
+        return p.tokenizer.hasher(entity)  # string types: the token itself, no dispatch
     value = p.value
 
     def replace(raw: bytes) -> bytes:

@@ -215,3 +215,47 @@ def test_binary_copy_header_tuples_trailer_split_anywhere() -> None:
     pieces = b"".join(rw.copy_data(stream[i : i + 3]) for i in range(0, len(stream), 3))
     assert pieces == whole
     assert b"T(ann)" in whole and whole.endswith(null_tup + b"\xff\xff")
+
+
+# ---------------------------------------------------------------------------- compiled loop
+
+rows_c = pytest.importorskip("dbgate.pii._rows", reason="the C row loop is optional (no compiler)")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.binary(max_size=300)), min_size=1, max_size=10),
+    st.data(),
+    st.sampled_from(["hashed", "reversible"]),
+)
+def test_property_compiled_loop_equals_python(
+    row: list[bytes | None], data: st.DataObject, mode: str
+) -> None:
+    tok = Tokenizer(Keyring([Key("k", b"q" * 32)]), mode)
+    p = Pseudonymizer(tok, TypeRegistry())
+    pii = sorted(data.draw(st.sets(st.integers(0, len(row) - 1))))
+    oids = [data.draw(st.sampled_from([25, 1043, 3802, 1082, 17])) for _ in pii]
+    actions = [ColumnAction(i, "email", oid, 0) for i, oid in zip(pii, oids, strict=True)]
+    body = data_row(row)[5:]
+    compiled = RowRewriter(actions, len(row), p, ValueCache())
+    reference = RowRewriter(actions, len(row), p, ValueCache())
+    assert compiled.data_row(body) == reference.data_row_py(body)
+    assert compiled.data_row(body) == reference.data_row_py(body)  # second time: from the caches
+
+
+def test_compiled_blake2b_matches_hashlib() -> None:
+    import hashlib
+    import os
+
+    for n in [*range(0, 260), 1000, 100_000]:
+        value, key, person = os.urandom(n), os.urandom(1 + n % 64), os.urandom(16)
+        expected = (
+            hashlib.blake2b(value, key=key, person=person, digest_size=16).hexdigest().encode()
+        )
+        assert rows_c.hashed_token(b"p_", key, person, value) == b"p_" + expected
+
+
+def test_compiled_loop_rejects_bodies_that_do_not_parse() -> None:
+    rw = RowRewriter([ColumnAction(1, "email", 25, 0)], 2, P, ValueCache())
+    with pytest.raises(ValueError):
+        rw.data_row(b"\x00\x02\x00\x00\x00\x05ab")

@@ -32,20 +32,20 @@ def test_deterministic_tagged_and_key_bound(mode: str) -> None:
 
 
 def test_entities_with_underscores_parse() -> None:
-    t = Tokenizer(Keyring([K1]))
+    t = Tokenizer(Keyring([K1]), "reversible")
     tok = t.token("birth_date", b"1990-01-01")
     assert parse_token(tok)[0] == "birth_date"
     assert t.resolve(tok) == ("birth_date", b"1990-01-01")
 
 
 def test_reversible_tokens_hide_length_to_16_bytes() -> None:
-    t = Tokenizer(Keyring([K1]))
+    t = Tokenizer(Keyring([K1]), "reversible")
     lengths = {len(t.token("email", b"x" * n)) for n in range(15)}
     assert len(lengths) == 1
 
 
 def test_altered_retagged_and_foreign_tokens_do_not_resolve() -> None:
-    t = Tokenizer(Keyring([K1]))
+    t = Tokenizer(Keyring([K1]), "reversible")
     tok = t.token("email", b"ann@example.com")
     flipped = tok[:-1] + ("0" if tok[-1] != "0" else "1")
     with pytest.raises(TokenError, match="does not resolve"):
@@ -53,7 +53,7 @@ def test_altered_retagged_and_foreign_tokens_do_not_resolve() -> None:
     with pytest.raises(TokenError):
         t.resolve(tok.replace("tok_email_", "tok_phone_"))  # the entity is authenticated
     with pytest.raises(TokenError, match="does not resolve"):
-        Tokenizer(Keyring([K2])).resolve(tok)
+        Tokenizer(Keyring([K2]), "reversible").resolve(tok)
     with pytest.raises(TokenError, match="not a dbgate token"):
         t.resolve("tok_email")
     e = TokenError("x")
@@ -72,9 +72,11 @@ def test_hashed_tokens_resolve_from_a_bounded_cache() -> None:
 
 def test_rotation_old_tokens_resolve_during_grace_only() -> None:
     now = [1000.0]
-    old = Tokenizer(Keyring([K1]))
+    old = Tokenizer(Keyring([K1]), "reversible")
     tok = old.token("ssn", b"123-45-6789")
-    rotated = Tokenizer(Keyring([K2, Key("k1", K1.secret, retire_at=2000.0)], clock=lambda: now[0]))
+    rotated = Tokenizer(
+        Keyring([K2, Key("k1", K1.secret, retire_at=2000.0)], clock=lambda: now[0]), "reversible"
+    )
     assert rotated.token("ssn", b"123-45-6789") != tok  # new tokens under the new key
     assert rotated.resolve(tok) == ("ssn", b"123-45-6789")
     now[0] = 2000.0
@@ -92,7 +94,7 @@ def test_big_values_get_hashed_tokens_even_in_reversible_mode() -> None:
 
 
 def test_values_need_not_be_utf8() -> None:
-    t = Tokenizer(Keyring([K1]))
+    t = Tokenizer(Keyring([K1]), "reversible")
     assert t.resolve(t.token("name", b"\xff\xfe\x00")) == ("name", b"\xff\xfe\x00")
     assert t.token("name", b"") != t.token("name", b"\0")
 
