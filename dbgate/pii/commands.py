@@ -230,10 +230,16 @@ def detokenize_command(
         raise typer.Exit(2) from None
     token = token.strip()
     try:
-        entity = parse_token(token)[0]
+        entity, body = parse_token(token)
     except TokenError:
-        entity = ""
+        entity, body = "", ""
     try:
+        if body.startswith("h"):
+            raise TokenError(
+                "this is a hashed token (pii.mode: hashed): it has no value inside and resolves "
+                "only in the dbgate process that issued it; set pii.mode: reversible for tokens "
+                "that dbgate detokenize can open"
+            )
         _entity, value = tokenizer.resolve(token)
     except TokenError as e:
         _emit(DetokenizeEvent(time.time(), _user(), entity, token[:24], False, str(e)))

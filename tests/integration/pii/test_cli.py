@@ -65,21 +65,28 @@ def test_detokenize_resolves_and_records(tmp_path: Path, monkeypatch: Any) -> No
     secret, fp = generate_key()
     cfg = tmp_path / "dbgate.yaml"
     cfg.write_text(
-        f"pii:\n  keys:\n    - id: k1\n      secret: '{secret}'\n      fingerprint: {fp}\n"
+        f"pii:\n  mode: reversible\n  keys:\n    - id: k1\n      secret: '{secret}'\n"
+        f"      fingerprint: {fp}\n"
     )
-    token = Tokenizer(keyring_from_config([{"id": "k1", "secret": secret}], environ={})).token(
-        "email", b"ann@x.io"
-    )
+    ring = keyring_from_config([{"id": "k1", "secret": secret}], environ={})
+    token = Tokenizer(ring, "reversible").token("email", b"ann@x.io")
+    hashed = Tokenizer(ring, "hashed").token("email", b"ann@x.io")
     events: list[commands.DetokenizeEvent] = []
     commands.set_detokenize_recorder(events.append)
     try:
         ok = runner.invoke(app, ["detokenize", token, "-c", str(cfg)])
         bad = runner.invoke(app, ["detokenize", token[:-2] + "00", "-c", str(cfg)])
+        opaque = runner.invoke(app, ["detokenize", hashed, "-c", str(cfg)])
     finally:
         commands.set_detokenize_recorder(None)
     assert ok.exit_code == 0 and "ann@x.io" in ok.output
     assert bad.exit_code == 1
-    assert [(e.entity, e.ok) for e in events] == [("email", True), ("email", False)]
+    assert opaque.exit_code == 1 and "hashed token" in opaque.output
+    assert [(e.entity, e.ok) for e in events] == [
+        ("email", True),
+        ("email", False),
+        ("email", False),
+    ]
     assert all("ann@x.io" not in json.dumps(e.__dict__) for e in events)
     monkeypatch.delenv("DBGATE_PII_KEY", raising=False)
     nokey = runner.invoke(app, ["detokenize", token])
