@@ -306,6 +306,7 @@ class _Walker:
         self.session = session
         self.r = result
         self.depth = 0
+        self.filters_matter = True
 
     # ------------------------------------------------------------------ bookkeeping
     def unknown(self, why: str) -> Lin:
@@ -480,7 +481,14 @@ class _Walker:
         return out
 
     def control(self, body: Node, scope: _Scope) -> None:
-        """Clauses that choose rows but carry no values: walk them for tokens only."""
+        """Clauses that choose rows but carry no values: walk them for tokens only.
+
+        Their lineage is discarded; what matters there is a token literal, a bind
+        parameter or a call that stores its argument. When the text has none of those
+        (the common case, checked once per statement), the walk is skipped.
+        """
+        if not self.filters_matter:
+            return
         for key in (
             "whereClause",
             "havingClause",
@@ -1007,6 +1015,7 @@ class _Walker:
             lin = item.get(names[-1])
             if lin is not None:
                 return lin
+            return self.unknown(f"column {'.'.join(names)} does not exist in dbgate's snapshot")
         # t.c where t is a column of a composite type: the whole of that column
         base = self.resolve(names[:1], scope) if len(names) == 2 else UNKNOWN_LIN
         if base is UNKNOWN_LIN:
@@ -1140,6 +1149,10 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
         result.statements.append(StatementLineage("?", Output(tail=UNKNOWN_LIN)))
         return result
     walker = _Walker(source, session, result)
+    lowered = sql.lower()
+    walker.filters_matter = (
+        "tok_" in sql or "$" in sql or any(name in lowered for name in SIDE_EFFECTS)
+    )
     for stmt in stmts:
         try:
             result.statements.append(walker.statement(stmt))
