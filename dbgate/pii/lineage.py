@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from pglast import parser as _pg
 
-from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin, of_entity
+from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.schema import Relation, SchemaSnapshot
 from dbgate.pii.tokens import TOKEN_RE
 
@@ -40,6 +40,7 @@ __all__ = [
     "StatementLineage",
     "TokenSite",
     "analyze",
+    "parse",
 ]
 
 Node = dict[str, Any]
@@ -1162,10 +1163,3 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
             result.statements.append(StatementLineage(next(iter(stmt)), Output(tail=UNKNOWN_LIN)))
             result.token_sites.append(TokenSite(-1, False, why))
     return result
-
-
-def relation_output(rel: Relation, lins: list[Lin]) -> Output:
-    return Output(list(lins), [c.name for c in rel.columns])
-
-
-__all__ += ["of_entity", "parse", "relation_output"]

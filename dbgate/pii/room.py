@@ -38,7 +38,7 @@ from dbgate.pii.schema import SchemaSnapshot, load_schema
 from dbgate.pii.tokens import TokenError, Tokenizer
 from dbgate.pii.tokens_in import detokenize_params, detokenize_sql
 
-__all__ = ["Exemption", "PiiRoom", "PiiSession", "PiiSettings", "StatementPlan"]
+__all__ = ["Exemption", "PiiRoom", "PiiSession", "PiiSettings", "StatementPlan", "TokenError"]
 
 log = logging.getLogger("dbgate.pii")
 
@@ -606,6 +606,3 @@ class PiiRoom:
     def detokenize(self, token: str) -> tuple[str, bytes]:
         """For authorized humans (``dbgate detokenize``): raises TokenError."""
         return self.tokenizer.resolve(token)
-
-
-__all__ += ["TokenError"]
