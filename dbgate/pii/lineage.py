@@ -372,7 +372,9 @@ class _Walker:
         if body.get("ismove"):
             return None
         name = body.get("portalname", "")
-        out = self.session.cursor(name) if self.session is not None else None
+        out = self.r.declares.get(name)  # declared earlier in the same query string
+        if out is None and self.session is not None:
+            out = self.session.cursor(name)
         if out is None:
             return Output(
                 tail=self.unknown(
@@ -390,7 +392,9 @@ class _Walker:
     def stmt_ExecuteStmt(self, body: Node) -> Output:
         self.walk_side(body.get("params"), "EXECUTE parameters")
         name = body.get("name", "")
-        out = self.session.prepared(name) if self.session is not None else None
+        out = self.r.prepares.get(name)
+        if out is None and self.session is not None:
+            out = self.session.prepared(name)
         if out is None:
             return Output(
                 tail=self.unknown(f"EXECUTE of {name!r}, prepared where dbgate did not see it")

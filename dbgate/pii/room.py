@@ -142,7 +142,7 @@ class StatementPlan:
             # PII copied where the catalog will not find it again is always held:
             # once in a plain column or a setting, it would come back raw
             reasons.extend(analysis.pii_writes)
-            if room.settings.unknown == "hold":
+            if room.settings.unknown == "hold" and _unknown_outputs(analysis):
                 reasons.extend(analysis.unknown_reasons)
         self.hold = bool(reasons)
         self.hold_reasons = reasons
@@ -310,6 +310,18 @@ class StatementPlan:
                 header=bool(options.get("header")),
             )
         return TextCopyRewriter(pii, options.get("delimiter", "\t"), options.get("null", "\\N"))
+
+
+def _unknown_outputs(analysis: Analysis) -> bool:
+    """Some output of the statement could not be followed (only outputs matter for a
+    hold: an unresolvable name in WHERE is the server's error to report)."""
+    for st in analysis.statements:
+        out = st.output
+        if out is not None and (
+            (out.tail is not None and out.tail.unknown) or any(lin.unknown for lin in out.columns)
+        ):
+            return True
+    return False
 
 
 def _copy_replacer(

@@ -328,3 +328,35 @@ async def test_exempt_identity_sees_raw_values(pg_server: Any, pii_demo: Demo) -
     desc = next(x for x in msgs if isinstance(x, m.RowDescription))
     assert plan.rows(desc.encode()[5:], (0,)) is None
     assert room.session("bob").exemption is None
+
+
+async def test_cursors_and_row_limited_portals(pg_server: Any, pii_demo: Demo) -> None:
+    sql = (
+        "begin; declare c cursor for select id, lower(email) from customers order by id; "
+        "fetch 2 from c; fetch 3 from c; commit"
+    )
+    session = pii_demo.room.session("agent")
+    res = apply_plan(session.plan(sql), await _run(pg_server, sql))
+    assert [len(rows) for rows, _ in res.sets] == [2, 3]
+    assert all(
+        r[1].startswith(b"tok_email_") and r[0].isdigit() for _, after in res.sets for r in after
+    )
+    later = session.plan("fetch 1 from c")  # a later statement of the same session
+    assert not later.unknown_reasons
+    sql = "select id, email from customers order by id"
+    client = await connect(pg_server, DBNAME)
+    try:
+        messages = await run_extended(client, sql, result_format=0, max_rows=2)
+    finally:
+        await client.close()
+    assert any(isinstance(x, m.PortalSuspended) for x in messages)
+    res = apply_plan(pii_demo.room.plan(sql), messages)
+    assert len(res.rows_after) == 2 and all(r[1].startswith(b"tok_email_") for r in res.rows_after)
+
+
+async def test_unknown_hold_is_about_outputs(pii_demo: Demo) -> None:
+    room = make_room(PiiSettings(unknown="hold"))
+    await room.refresh_dsn(pii_demo.dsn)
+    assert room.plan("select get_email(1)").hold
+    assert not room.plan("select id from customers where get_email(id) is null").hold
+    assert not room.plan("select id, email from customers").hold
