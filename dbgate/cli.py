@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from dbgate.approvals.commands import approvals_app, approvers_app
+from dbgate.pii.commands import detokenize_command, pii_app
 
 app = typer.Typer(
     name="dbgate",
@@ -24,6 +25,8 @@ rules_app = typer.Typer(help="Work with rule packs (rules/*.yaml).", no_args_is_
 app.add_typer(rules_app, name="rules")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(approvers_app, name="approvers")
+app.add_typer(pii_app, name="pii")
+app.command("detokenize")(detokenize_command)
 
 
 @app.command()
