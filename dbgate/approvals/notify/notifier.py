@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dbgate.approvals.errors import ApprovalError
@@ -36,6 +38,18 @@ if TYPE_CHECKING:
     from dbgate.config import NotificationsConfig
 
 log = logging.getLogger("dbgate.notify")
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """One delivery that ended on this replica (delivered or given up)."""
+
+    request_id: int
+    event: str
+    target: str
+    ok: bool
+    attempts: int
+    error: str
 
 
 class Notifier:
@@ -62,6 +76,9 @@ class Notifier:
         self._catch_up: asyncio.Task[None] | None = None
         self._closing = False
         self.deliveries: DeliveryStore
+        #: The last deliveries that ended here, newest last (see :meth:`wait_until`).
+        self.settled: deque[Settled] = deque(maxlen=1000)
+        self._settled_changed = asyncio.Condition()
 
     @classmethod
     def from_config(cls, config: NotificationsConfig, service: PgApprovalService) -> Notifier:
@@ -215,6 +232,17 @@ class Notifier:
             await self.deliveries.finish(delivery_id, total, None if result.ok else result.error)
         except ApprovalError as e:
             log.warning("notify: cannot record how the %s went: %s", what, e)
+        async with self._settled_changed:
+            self.settled.append(Settled(rec.id, event, target.name, result.ok, total, result.error))
+            self._settled_changed.notify_all()
+
+    async def wait_until(
+        self, predicate: Callable[[Sequence[Settled]], bool], timeout: float = 30.0
+    ) -> None:
+        """Wait until ``predicate(self.settled)`` holds (tests and shutdown use it to
+        wait for what happened, not for a guessed time)."""
+        async with asyncio.timeout(timeout), self._settled_changed:
+            await self._settled_changed.wait_for(lambda: predicate(list(self.settled)))
 
     # -- catching up ------------------------------------------------------------------
 
