@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,6 +117,18 @@ def _error(request: web.Request, status: int, code: str, message: str) -> web.St
 
 
 @web.middleware
+async def server_timing(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``Server-Timing: app;dur=<ms>``: the time spent in the handler (bench/bench_web.py
+    reads it; a browser's developer tools show it)."""
+    started = time.perf_counter()
+    response = await handler(request)
+    if not response.prepared:
+        ms = (time.perf_counter() - started) * 1000
+        response.headers["Server-Timing"] = f"app;dur={ms:.1f}"
+    return response
+
+
+@web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
@@ -162,7 +175,7 @@ def build_web_app(
     """Pages, API and (with ``slack`` carrying a signing secret) Slack's endpoint
     for ``service``, which must be started before the app starts; the app does not
     own it. ``notifier`` lends its HTTP client to Slack replies."""
-    app = web.Application(middlewares=[errors], client_max_size=max_body_bytes)
+    app = web.Application(middlewares=[server_timing, errors], client_max_size=max_body_bytes)
     app[SERVICE] = service
     app[MAX_BODY] = max_body_bytes
     app[SETTINGS] = settings or WebSettings()

@@ -71,12 +71,27 @@ class HistoryFilter:
     before: int | None = None  # paging: ids below this
 
 
+#: The queue: pending rows via their partial index, decisions counted in one pass
+#: (a pending request has no rejection and no final decider yet).
+_PENDING = """
+WITH p AS (
+    SELECT id, status, mode, created_at, identity, application_name, purpose, model,
+           categories, tables, estimated_rows, approvals_needed, reason, wait_seconds,
+           extract(epoch FROM now() - created_at)::float8 AS waited_seconds
+    FROM dbgate.approval_requests WHERE status = 'pending' ORDER BY id DESC LIMIT $1
+), d AS (
+    SELECT request_id, count(*) FILTER (WHERE decision = 'approve') AS approvals
+    FROM dbgate.approval_decisions WHERE request_id IN (SELECT id FROM p) GROUP BY request_id
+)
+SELECT p.*, coalesce(d.approvals, 0) AS approvals, '{}'::text[] AS decided_by
+FROM p LEFT JOIN d ON d.request_id = p.id ORDER BY p.id DESC
+"""
+
+
 async def pending(db: StateDB, limit: int) -> tuple[list[Row], int]:
     """Pending requests, newest first (at most ``limit``), and how many there are."""
     async with db.connection() as conn:
-        rows = await conn.fetch(
-            _SELECT + " WHERE r.status = 'pending' ORDER BY r.id DESC LIMIT $1", limit
-        )
+        rows = await conn.fetch(_PENDING, limit)
         total = len(rows)
         if total == limit:
             total = await conn.fetchval(
