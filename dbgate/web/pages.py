@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -128,7 +128,15 @@ def _same_origin(request: web.Request) -> bool:
     """A browser's Origin header, when it sends one, must be this site (a second
     line of defence behind the CSRF token and SameSite=Strict)."""
     origin = request.headers.get("Origin")
-    return origin is None or origin == f"{request.scheme}://{request.host}"
+    if origin is None:
+        return True
+    # Behind a proxy that ends TLS the scheme seen here is http while the browser's is
+    # https: compare the host, or the configured public URL's origin.
+    parts = urlsplit(origin)
+    public = urlsplit(_svc(request).public_url)
+    return parts.netloc == request.host or (
+        (parts.scheme, parts.netloc) == (public.scheme, public.netloc)
+    )
 
 
 async def form_session(request: web.Request) -> tuple[WebSession, MultiDictProxy[Any]]:
@@ -182,8 +190,6 @@ async def form_session(request: web.Request) -> tuple[WebSession, MultiDictProxy
 
 
 def _referer_path(request: web.Request) -> str:
-    from urllib.parse import urlsplit
-
     ref = urlsplit(request.headers.get("Referer", ""))
     if ref.netloc and ref.netloc != request.host:
         return "/approvals"
@@ -293,6 +299,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         )
         return _login_page(request, message=message, status=401, name=name, next_path=next_path)
     await throttle.succeeded(name)
+    await request.app[SESSIONS].purge()  # forget long-ended sessions now and then
     token, _session_obj = await request.app[SESSIONS].create(
         approver, _client_addr(request), request.headers.get("User-Agent", "")
     )

@@ -466,3 +466,46 @@ async def test_no_page_shows_raw_pii(site: Site) -> None:
         for text in b.seen:
             for value in PII_VALUES:
                 assert value not in text
+
+
+async def test_over_tls_the_session_cookie_is_secure(site: Site, tmp_path) -> None:
+    import ssl
+
+    import aiohttp
+
+    from dbgate.config import TLSConfig
+    from dbgate.web.app import server_ssl_context
+    from tests.integration.certs import self_signed
+
+    cert, key = self_signed(tmp_path)
+    settings = WebSettings(secure_cookies=True)
+    server = WebServer(
+        build_web_app(site.web, settings=settings),
+        "127.0.0.1",
+        0,
+        ssl_context=server_ssl_context(TLSConfig(cert_file=cert, key_file=key)),
+    )
+    await server.start()
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    try:
+        assert server.url.startswith("https://")
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(
+            cookie_jar=jar, connector=aiohttp.TCPConnector(ssl=client_ctx)
+        ) as http:
+            async with http.get(server.url + "/") as r:
+                page = await r.text()
+                assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+            token = re.search(r'name="login_token" value="([^"]+)"', page).group(1)
+            async with http.post(
+                server.url + "/login",
+                data={"name": "alice", "password": PASSWORD, "login_token": token},
+                allow_redirects=False,
+            ) as r:
+                assert r.status == 303
+                cookie = next(
+                    h for h in r.headers.getall("Set-Cookie") if h.startswith(SESSION_COOKIE)
+                )
+        assert "; secure" in cookie.lower() and "httponly" in cookie.lower()
+    finally:
+        await server.stop()
