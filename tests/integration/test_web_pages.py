@@ -509,3 +509,20 @@ async def test_over_tls_the_session_cookie_is_secure(site: Site, tmp_path) -> No
         assert "; secure" in cookie.lower() and "httponly" in cookie.lower()
     finally:
         await server.stop()
+
+
+async def test_stopping_the_server_ends_open_event_streams(site: Site) -> None:
+    server = WebServer(build_web_app(site.web), "127.0.0.1", 0, shutdown_timeout=60)
+    await server.start()
+    b = Browser(server.url)
+    try:
+        assert (await b.sign_in("alice", PASSWORD)).status == 200
+        async with b.http.get(server.url + "/events") as r:
+            assert (await r.content.readline()).strip() == b"data: ready"
+            stopping = asyncio.create_task(server.stop())
+            # The stream ends (EOF) because the server closed it, not after a timeout.
+            rest = await asyncio.wait_for(r.content.read(), 30)
+            assert b"data:" not in rest
+            await asyncio.wait_for(stopping, 30)
+    finally:
+        await b.close()
