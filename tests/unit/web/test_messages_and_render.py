@@ -184,3 +184,15 @@ def test_the_live_feed_bounds_a_slow_page() -> None:
     assert "refresh" in items and len(items) <= MAX_QUEUED
     feed.detach()
     assert q.get_nowait() == ""  # told to close
+
+
+def test_the_default_public_url_follows_web_tls() -> None:
+    from dbgate.approvals.service import PgApprovalService
+
+    state = {"dsn": "postgresql://u@h/db"}
+    tls = {"cert_file": "/c.pem", "key_file": "/k.pem"}
+    plain = load_config(overrides={"state": state, "web": {"listen": "0.0.0.0:8443"}})
+    secure = load_config(overrides={"state": state, "web": {"listen": "0.0.0.0:8443", "tls": tls}})
+    assert PgApprovalService.from_config(plain).public_url == "http://0.0.0.0:8443"
+    assert PgApprovalService.from_config(secure).public_url == "https://0.0.0.0:8443"
+    assert WebSettings.from_config(secure.web).secure_cookies is True
