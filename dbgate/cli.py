@@ -48,7 +48,8 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "version": ["dbgate version", "dbgate version --json"],
     "seed-demo": [
-        "dbgate seed-demo --admin-dsn postgresql://postgres:pw@db/postgres "
+        "dbgate seed-demo --admin-dsn postgresql://postgres@db/postgres "
+        "--admin-password-file /run/secrets/postgres-password "
         "--agent-password-file /run/secrets/agent-upstream-password",
     ],
     "rules check": ["dbgate rules check", "dbgate rules check /etc/dbgate/rules"],
@@ -236,6 +237,13 @@ def seed_demo(
             help="File with the password of the least-privilege role dbgate_agent.",
         ),
     ],
+    admin_password_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--admin-password-file",
+            help="File with the superuser's password (else the DSN's, or PGPASSWORD).",
+        ),
+    ] = None,
     customers: Annotated[int, typer.Option(help="How many fake customers.")] = 5000,
 ) -> None:
     """Load the demo dataset into an existing server (docker-compose, Kubernetes trials).
@@ -246,13 +254,15 @@ def seed_demo(
     """
     import asyncio
 
-    from dbgate.demo_seed import seed
+    from dbgate.demo_seed import seed, with_password
     from dbgate.startup_errors import StartupError, redact_dsn, startup_step
 
     try:
         password = agent_password_file.read_text().strip()
+        if admin_password_file is not None:
+            admin_dsn = with_password(admin_dsn, admin_password_file.read_text().strip())
     except OSError as e:
-        typer.echo(f"dbgate: cannot read {agent_password_file}: {e.strerror}", err=True)
+        typer.echo(f"dbgate: cannot read {e.filename}: {e.strerror}", err=True)
         raise typer.Exit(2) from None
     try:
         with startup_step("state", dsn=admin_dsn, what="the server", key="--admin-dsn"):

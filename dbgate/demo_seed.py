@@ -10,7 +10,7 @@ at a DSN. Idempotent, so every container start may run it.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from dbgate.demo_data import (
     DEMO_DATABASE,
@@ -20,7 +20,15 @@ from dbgate.demo_data import (
     ensure_demo_database,
 )
 
-__all__ = ["seed"]
+__all__ = ["seed", "with_password"]
+
+
+def with_password(dsn: str, password: str) -> str:
+    """``dsn`` with ``password`` put in (URL-quoted), replacing any it had."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = quote(parts.username or "postgres", safe="")
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 class _Server:

@@ -40,10 +40,15 @@ def test_seed_demo_twice_and_the_agent_role_works(
 ) -> None:
     pw = tmp_path / "agent.pw"
     pw.write_text("agent-role-pw\n")
+    admin_pw = tmp_path / "admin.pw"
+    admin_pw.write_text(private_pg.password + "\n")
+    no_password = private_pg.dsn().replace(f":{private_pg.password}@", "@")
     args = [
         "seed-demo",
         "--admin-dsn",
-        private_pg.dsn(),
+        no_password,
+        "--admin-password-file",
+        str(admin_pw),
         "--agent-password-file",
         str(pw),
         "--customers",
