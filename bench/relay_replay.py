@@ -135,8 +135,8 @@ def _workloads() -> dict[str, tuple[list[bytes], list[bytes], bytes]]:
 
 
 def _session(observer: bool) -> Session:
+    from dbgate.gate import Gate
     from dbgate.policy.rules import load_rules
-    from dbgate.proxy.policy_inspector import PolicyInspector
 
     info = SessionInfo(
         session_id=1,
@@ -150,7 +150,7 @@ def _session(observer: bool) -> Session:
         "info": info,
         "client": _Channel(),
         "upstream": _Channel(),
-        "inspector": PolicyInspector(load_rules()),
+        "inspector": Gate(load_rules()),
         "max_message_size": 1 << 26,
         "on_closed": lambda s: None,
     }

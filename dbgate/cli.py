@@ -125,8 +125,8 @@ def serve(
     log_level: Annotated[str | None, typer.Option(help="debug|info|warning|error")] = None,
 ) -> None:
     """Run the proxy in front of an existing PostgreSQL server."""
+    from dbgate.app import run_serve
     from dbgate.config import ConfigError, load_config
-    from dbgate.proxy.server import run_serve
     from dbgate.startup_errors import explain
 
     try:

@@ -138,8 +138,10 @@ class PgApprovalService:
         *,
         estimator: RowEstimator | None = None,
         pool: asyncpg.Pool | None = None,
+        migrate: bool = True,
     ) -> PgApprovalService:
-        """The service as ``config`` describes it (``state``, ``web``, ``approvals``)."""
+        """The service as ``config`` describes it (``state``, ``web``, ``approvals``);
+        ``migrate=False`` when the caller has migrated the state database already."""
         if config.state is None:
             raise ValueError("approvals need a state database: set state.dsn in the config")
         web_url = "http://" + (config.web.listen if config.web else "127.0.0.1:8080")
@@ -161,6 +163,7 @@ class PgApprovalService:
             abandon_after=a.abandon_after_seconds,
             match_key=a.match_key,
             estimator=estimator,
+            migrate=migrate,
         )
 
     # -- life -------------------------------------------------------------------------

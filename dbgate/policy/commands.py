@@ -79,6 +79,10 @@ def classification_report(
         "action": decision.action.value,
         "rule": decision.rule,
         "message": decision.message,
+        "decision_reasons": [
+            {"category": r.category.value, "code": r.code, "message": r.message}
+            for r in decision.reasons
+        ],
         "categories": sorted(categories),
         "reasons": reasons,
         "tables": sorted(classification.tables),
@@ -90,6 +94,7 @@ def classification_report(
         "expires_after_seconds": decision.expires_after_seconds,
         "needs_bind": classification.needs_bind,
         "parse_error": classification.parse_error,
+        "parse_error_position": classification.parse_error_position,
         "fingerprint": classification.fingerprint,
         "identity": identity.name,
     }
@@ -101,6 +106,7 @@ def _internal_error_report(identity: Identity, error: Exception) -> dict[str, An
         "action": "deny",
         "rule": "internal-error",
         "message": message,
+        "decision_reasons": [],
         "categories": ["opaque"],
         "reasons": [
             {"statement": None, "category": "opaque", "code": "internal-error", "message": message}
@@ -114,6 +120,7 @@ def _internal_error_report(identity: Identity, error: Exception) -> dict[str, An
         "expires_after_seconds": None,
         "needs_bind": False,
         "parse_error": None,
+        "parse_error_position": None,
         "fingerprint": "",
         "identity": identity.name,
     }
@@ -124,6 +131,9 @@ def _print_text(report: dict[str, Any], out: TextIO) -> None:
     w(f"action:     {report['action'].upper()}  (rule {report['rule']})\n")
     if report["message"]:
         w(f"message:    {report['message']}\n")
+    if report["action"] != "allow":
+        for r in report["decision_reasons"]:
+            w(f"because:    {r['message']} ({r['category']}: {r['code']})\n")
     if report["action"] == "hold":
         groups = ", ".join(report["approver_groups"]) or "any approver"
         exp = report["expires_after_seconds"]
@@ -140,7 +150,8 @@ def _print_text(report: dict[str, Any], out: TextIO) -> None:
     if report["needs_bind"]:
         w("note:       decided again at Bind with the actual parameter values\n")
     if report["parse_error"]:
-        w(f"parse error: {report['parse_error']}\n")
+        at = report["parse_error_position"]
+        w(f"parse error: {report['parse_error']}" + (f" (at character {at})" if at else "") + "\n")
     for st in report["statements"]:
         w(
             f"\nstatement {st['index'] + 1}: {st['command'] or '?'} -> "

@@ -751,6 +751,8 @@ class StatementTracker:
                     if kind == SYNC or (kind == QUERY and head[2] is None and head[3] is None):
                         queue.popleft()
                         self._ready(chunk[s])
+                        if self.full and not full:
+                            return self._rest_in_full(chunk, e, out, run)
                         continue
                 elif t == _CMD_COMPLETE:
                     if kind == EXECUTE and head[2] is None:
@@ -759,6 +761,8 @@ class StatementTracker:
                             self._end_result()
                         if self._watch and queue and queue[0][0] == EXECUTE:
                             self._start_execute(queue[0])
+                            if self.full and not full:
+                                return self._rest_in_full(chunk, e, out, run)
                         continue
                     if kind == QUERY and head[2] is None and head[3] is None:
                         if self._rewriter is not None:
@@ -769,6 +773,8 @@ class StatementTracker:
                         queue.popleft()
                         if self._watch and queue and queue[0][0] == EXECUTE:
                             self._start_execute(queue[0])
+                            if self.full and not full:
+                                return self._rest_in_full(chunk, e, out, run)
                         continue
                     if kind == QUERY and head[1].plan is None:
                         continue
@@ -779,6 +785,8 @@ class StatementTracker:
                             self._bind_done(head, True)
                         if self._watch and queue and queue[0][0] == EXECUTE:
                             self._start_execute(queue[0])
+                            if self.full and not full:
+                                return self._rest_in_full(chunk, e, out, run)
                         continue
                 elif t == _PARSE_OK and kind == PARSE and head[3] is None and head[4] is None:
                     queue.popleft()
@@ -807,21 +815,16 @@ class StatementTracker:
                     continue
                 replacement = m.frame(t, new)
             else:
-                was_full = self.full
                 replacement = self._on_message(t, chunk, s, e)
-                if self.full and not was_full and not full:
-                    # A rewriter started mid-chunk: the rows after this message were
-                    # not selected. See the rest of the chunk message by message.
-                    if out is None:
-                        out = []
-                    if s - 5 > run:
-                        out.append(chunk[run : s - 5])
-                    out.append(replacement if replacement is not None else chunk[s - 5 : e])
-                    rest = chunk[e:]
-                    if rest:
-                        more = self._server_frames(rest, split_frames(rest), 0, True)
-                        out.extend(more if more is not None else (rest,))
-                    return out
+                if self.full and not full:
+                    if replacement is not None:
+                        if out is None:
+                            out = []
+                        if s - 5 > run:
+                            out.append(chunk[run : s - 5])
+                        out.append(replacement)
+                        run = e
+                    return self._rest_in_full(chunk, e, out, run)
                 if replacement is None:
                     continue
             if out is None:
@@ -835,6 +838,20 @@ class StatementTracker:
             return None
         if run < len(chunk):
             out.append(chunk[run:])
+        return out
+
+    def _rest_in_full(self, chunk: bytes, e: int, out: list[bytes] | None, run: int) -> list[bytes]:
+        """A rewriter started at the message ending at ``e``: the rows after it were
+        not selected by the relay's mask. Go through the rest of the chunk message by
+        message; ``out``/``run`` are what the loop produced so far."""
+        if out is None:
+            out = []
+        if e > run:
+            out.append(chunk[run:e])
+        rest = chunk[e:]
+        if rest:
+            more = self._server_frames(rest, split_frames(rest), 0, True)
+            out.extend(more if more is not None else (rest,))
         return out
 
     def _head(self, t: int) -> Entry:

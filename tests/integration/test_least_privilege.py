@@ -18,11 +18,11 @@ from urllib.parse import quote
 import asyncpg
 import pytest
 
+from dbgate.app import build_gate
 from dbgate.config import Config
 from dbgate.demo import AGENT_IDENTITY, build_config
 from dbgate.demo_data import DEMO_TABLES, ensure_agent_role, ensure_database, load_demo_dataset
 from dbgate.preflight import privileged_upstream_roles
-from dbgate.proxy.server import build_inspector
 from tests.conftest import PgServer
 from tests.integration.conftest import RunningProxy
 
@@ -92,7 +92,7 @@ async def demo_copy(pg_server: PgServer) -> AsyncIterator[DemoCopy]:
 
 def _proxy(config: Config, **update: Any) -> RunningProxy:
     config = config.model_copy(update=update)
-    inspector = build_inspector(config) if config.policy == "enforce" else None
+    inspector = build_gate(config) if config.policy == "enforce" else None
     return RunningProxy(config, inspector).start()
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from dbgate.gate import Gate
 from dbgate.policy.rules import load_rules
-from dbgate.proxy.policy_inspector import PolicyInspector
 from dbgate.wire import messages as m
 from tests.integration.rawclient import RawClient, agent, errors, extended, names, rows
 
@@ -24,7 +24,7 @@ SET_CONFIG = "select set_config($1, $2, false)"
 
 @pytest.fixture
 def enforcing(make_proxy: Any) -> Any:
-    return make_proxy(inspector=PolicyInspector(load_rules()))
+    return make_proxy(inspector=Gate(load_rules()))
 
 
 @pytest.fixture

@@ -113,9 +113,9 @@ def enforcing_inspector(config: Any) -> Any:
     The one place this suite names the policy's wiring, so a move of that wiring
     changes one line here.
     """
-    from dbgate.proxy.server import build_inspector
+    from dbgate.app import build_gate
 
-    return build_inspector(config)
+    return build_gate(config)
 
 
 @pytest.fixture(scope="session")

@@ -53,12 +53,6 @@ def same(got: dict[str, Any]) -> Any:
     return got["gate"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=asyncpg.InsufficientPrivilegeError,
-    reason="issue 7: COPY (SELECT ... WHERE id <= $1) TO STDOUT is classified as COPY TO "
-    "(hold-export), not as the bounded query it contains",
-)
 async def test_copy_from_query_of_a_bounded_query(sides: dict[str, str]) -> None:
     async def scenario(conn: asyncpg.Connection) -> bytes:
         out = io.BytesIO()
@@ -137,12 +131,6 @@ async def test_cursors(sides: dict[str, str]) -> None:
     assert prepared == list(range(100, 150))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=asyncpg.InsufficientPrivilegeError,
-    reason="issue 7: asyncpg binds $1 = 10 in binary; the LIMIT value is read as UTF-8 "
-    "text, not a number, and the read is held as unbounded (hold-dump)",
-)
 async def test_fetch_with_a_bound_limit(sides: dict[str, str]) -> None:
     async def scenario(conn: asyncpg.Connection) -> Any:
         return [r["id"] for r in await conn.fetch("select id from orders order by id limit $1", 10)]

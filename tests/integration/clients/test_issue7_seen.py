@@ -79,13 +79,6 @@ BOUND_READS = [
 
 
 @pytest.mark.parametrize(("sql", "params"), BOUND_READS)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: Bind values are decoded as UTF-8 text whatever their format code, "
-    "so a binary int4/int2 LIMIT/OFFSET/FETCH value is not a number to the classifier "
-    "and the read is held as unbounded (hold-dump)",
-)
 def test_binary_limit_parameters_are_understood(
     sides: dict[str, str], sql: str, params: tuple[Any, ...]
 ) -> None:
@@ -97,13 +90,6 @@ def test_the_same_limit_sent_as_text_is_allowed(sides: dict[str, str]) -> None:
     assert rows == [(i,) for i in range(1, 6)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: the binary int4 100000 (bytes 00 01 86 a0) is not valid UTF-8, so the "
-    "Bind is refused as 'a value could not be read as text' with no rule in the HINT, "
-    "instead of being held by hold-dump",
-)
 def test_a_large_binary_limit_is_held_by_the_dump_rule(sides: dict[str, str]) -> None:
     sql = "select email from customers order by id limit %s"
     error = run(sides["gate"], sql, (100_000,))
@@ -166,13 +152,6 @@ def test_a_refusal_at_parse_does_not_poison_the_connection(gate_dsn: str) -> Non
 TYPO = "selec 1 frm"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: unparseable SQL is refused by rule parse-error as 42501 'denied: "
-    "could not parse' with no position, instead of 42601 with the parser's message and "
-    "position",
-)
 def test_a_typo_is_a_syntax_error_with_its_position(sides: dict[str, str]) -> None:
     direct, gate = (run(sides[s], TYPO) for s in ("direct", "gate"))
     assert isinstance(direct, psycopg.Error) and isinstance(gate, psycopg.Error)
@@ -182,12 +161,6 @@ def test_a_typo_is_a_syntax_error_with_its_position(sides: dict[str, str]) -> No
     assert want.message in got.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: no position in dbgate's parse-error refusal, so psql prints no "
-    "'LINE 1:' and no caret, and the text differs",
-)
 def test_psql_draws_its_caret_under_a_typo(sides: dict[str, str]) -> None:
     direct, gate = (psql(sides[s], TYPO) for s in ("direct", "gate"))
     assert direct.returncode == 1 and "^" in direct.stderr
@@ -219,24 +192,12 @@ def test_refusals_have_their_class_and_rule(gate_dsn: str, sql: str, params: Any
 
 
 @pytest.mark.parametrize(("sql", "params"), REFUSED)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: PolicyInspector.verdict() puts the rule's generic message "
-    "(decision.message) in the error, not the classifier's reasons for this statement",
-)
 def test_refusals_name_this_statements_own_reasons(gate_dsn: str, sql: str, params: Any) -> None:
     error = run(gate_dsn, sql, params)
     assert isinstance(error, psycopg.Error), error
     assert_names_reasons(seen(error), sql.replace("%s", "$1"), params)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: the operator log line is 'session N (agent): hold by rule X', "
-    "without the statement (literals masked)",
-)
 def test_the_operator_log_names_identity_rule_and_masked_statement(
     gate_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -256,12 +217,6 @@ def test_the_operator_log_names_identity_rule_and_masked_statement(
 # -- 4. routine work refused -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: COPY (query) TO STDOUT is classified export + dump (hold-export) "
-    "instead of as the bounded query it contains",
-)
 def test_copy_of_a_bounded_query_to_stdout(sides: dict[str, str]) -> None:
     sql = "COPY (SELECT id, status FROM orders WHERE id < 10 ORDER BY id) TO STDOUT"
     out: dict[str, Any] = {}
@@ -276,12 +231,6 @@ def test_copy_of_a_bounded_query_to_stdout(sides: dict[str, str]) -> None:
     assert out["gate"] == out["direct"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: DISTINCT is not treated like GROUP BY: SELECT DISTINCT status FROM "
-    "orders is held as a whole-table read (hold-dump)",
-)
 def test_select_distinct_is_treated_like_group_by(sides: dict[str, str]) -> None:
     assert len(same_rows(sides, "SELECT DISTINCT status FROM orders ORDER BY status")) == 6
 
@@ -308,13 +257,6 @@ PG_DUMP_START_UP = [
 
 
 @pytest.mark.parametrize("sql", PG_DUMP_START_UP)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: pg_dump's start-up statements are refused: row_security = off is "
-    "classified escape (hold-escape), set_config with a column as the name is opaque "
-    "(hold-opaque), any read of pg_subscription is admin (deny-server-admin)",
-)
 def test_pg_dump_start_up_statements_are_allowed(sides: dict[str, str], sql: str) -> None:
     for side in ("direct", "gate"):
         result = run(sides[side], sql)

@@ -91,12 +91,6 @@ def test_read_sql_with_a_dbapi_connection(sides: dict[str, str]) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pd.errors.DatabaseError,
-    reason="issue 7: LIMIT $1 bound in binary (psycopg 3) is read as UTF-8 text, not a "
-    "number, so a 10-row read is held as an unbounded read (hold-dump)",
-)
 def test_read_sql_with_a_bound_limit(sides: dict[str, str]) -> None:
     sql = "select id, status from orders order by id limit :n"
 

@@ -29,12 +29,6 @@ def test_psql_describe_output_shows_the_dataset(sides: dict[str, str]) -> None:
     assert "customers_email_key" in described
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: COPY (SELECT ... WHERE id <= 100) TO STDOUT is classified as COPY TO "
-    "(export + dump: hold-export), not as the bounded query it contains",
-)
 def test_psql_copy_of_a_bounded_query_to_stdout(sides: dict[str, str]) -> None:
     command = r"\copy (select id, status from orders where id <= 100 order by id) to stdout"
     direct, gate = psql(sides["direct"], command), psql(sides["gate"], command)
@@ -52,15 +46,6 @@ def schema_text(dump: str) -> list[str]:
     return [line for line in dump.splitlines() if line.strip() and not _VOLATILE.match(line)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: pg_dump --schema-only is refused at its start-up statements: "
-    "'SET row_security = off' (hold-escape), then 'SELECT set_config(name, ..., false) "
-    "FROM pg_settings WHERE name = ...' (hold-opaque: set_config with a column for the "
-    "name), then 'SELECT count(*) FROM pg_subscription WHERE subdbid = ...' "
-    "(deny-server-admin: any read of pg_subscription is admin)",
-)
 def test_pg_dump_schema_only_matches_direct(sides: dict[str, str]) -> None:
     direct, gate = (pg_dump(sides[s], "--schema-only") for s in ("direct", "gate"))
     assert direct.returncode == 0, direct.stderr
@@ -95,12 +80,6 @@ def test_pg_dump_of_data_is_refused_and_leaks_no_rows(sides: dict[str, str]) -> 
     assert first_email is not None and first_email.group(1) not in gate.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 7: pg_dump stops at 'SET row_security = off' (rule hold-escape) before "
-    "any data is asked for, so the refusal names a setting instead of the table dump",
-)
 def test_pg_dump_of_data_is_held_at_its_first_table_copy(sides: dict[str, str]) -> None:
     gate = pg_dump(sides["gate"])
     assert gate.returncode == 1

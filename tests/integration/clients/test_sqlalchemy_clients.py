@@ -165,12 +165,6 @@ def orm_limit_offset(engine: Engine) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-@pytest.mark.xfail(
-    strict=True,
-    raises=DBAPIError,
-    reason="issue 7: LIMIT $1 bound in binary is read as UTF-8 text, not a number, "
-    "so .limit(5) is held as an unbounded read (hold-dump)",
-)
 def test_orm_query_with_limit_and_offset(sides: dict[str, str], dialect: str) -> None:
     got = on_both(sides, dialect, orm_limit_offset)
     assert got["gate"] == got["direct"]
