@@ -199,6 +199,8 @@ def init(*, multiprocess_dir: str | Path | None = None, version: str | None = No
         # Chosen per value at creation: set it before any family below exists, even
         # when prometheus_client was imported before the variable was set.
         values.ValueClass = values.MultiProcessValue()
+    else:
+        values.ValueClass = values.MutexValue
     _state["dir"] = Path(directory) if directory is not None else None
     registry = CollectorRegistry(auto_describe=True)
     if directory is None:

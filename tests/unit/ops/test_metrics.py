@@ -135,7 +135,11 @@ def _py(code: str, *args: str) -> str:
     return done.stdout
 
 
-def test_multiprocess_mode_sums_the_workers(tmp_path: Path) -> None:
+def test_multiprocess_mode_sums_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prepare_multiprocess_dir exports the directory for workers: undone after the test.
+    monkeypatch.setenv(metrics.ENV_MULTIPROC, "")
     d = metrics.prepare_multiprocess_dir(tmp_path / "mp")
     (d / "counter_99999.db").write_bytes(b"stale from an earlier run")
     d = metrics.prepare_multiprocess_dir(tmp_path / "mp")  # empties the directory
