@@ -2,14 +2,20 @@
 
 Loaded from YAML, then overridden by environment variables of the form
 ``DBGATE__SECTION__KEY`` (double underscore separates levels), then by CLI flags.
-Validation is pydantic's; errors name the offending key and, for YAML files, the line.
-Secrets may be written as ``${ENV_NAME}`` so that config files can be committed.
+Validation is pydantic's; every problem is reported at once, each naming the file,
+the line and the key, with "did you mean" for a misspelt key (docs/config.md).
+Secrets stay out of the file: any string may reference an environment variable as
+``${ENV_NAME}`` or a file's content as ``${file:/run/secrets/name}`` (one trailing
+newline removed; a relative path is relative to the config file's directory).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
+import typing
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +25,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class ConfigError(Exception):
-    """A configuration problem, phrased for the operator who has to fix it."""
+    """Configuration problems, phrased for the operator who has to fix them.
+
+    ``problems`` holds one line per problem (``file:line: key: what is wrong``);
+    ``str()`` joins them with newlines.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or [message]
+        super().__init__(message)
 
 
 class _Strict(BaseModel):
@@ -101,6 +115,31 @@ class LimitsConfig(_Strict):
     max_message_size: int = Field(64 * 1024 * 1024, ge=1024)  # larger messages are refused
     startup_timeout: float = Field(15.0, gt=0)  # seconds a client has to finish authentication
     max_connections: int = Field(1000, ge=1)
+
+
+class LoggingConfig(_Strict):
+    """Operator logs (docs/operations.md). The level is the top-level ``log_level``."""
+
+    #: ``auto``: text on a terminal, JSON lines otherwise (containers, journald, files).
+    format: Literal["auto", "text", "json"] = "auto"
+    #: Append to this file (reopened when rotated away); ``null``: standard error.
+    file: Path | None = None
+    #: One INFO line per interval with sessions, statements by decision, refusals,
+    #: holds and errors; 0 turns it off.
+    summary_interval_seconds: float = Field(60.0, ge=0)
+    #: Records waiting for a slow destination before new ones are dropped (and counted).
+    queue_size: int = Field(10_000, ge=100)
+
+
+class MetricsConfig(_Strict):
+    """Prometheus metrics at ``/metrics`` on the web port (docs/operations.md)."""
+
+    enabled: bool = True
+    #: Directory for prometheus-client's per-process files when running several
+    #: worker processes; emptied at start. ``null``: a private temporary directory.
+    multiprocess_dir: Path | None = None
+    #: How often each process moves its hot-path counts into the shared values.
+    flush_interval_seconds: float = Field(1.0, gt=0, le=60)
 
 
 class StateConfig(_Strict):
@@ -310,6 +349,8 @@ class Config(_Strict):
     # dbgate.preflight); true starts anyway and logs a warning per such role.
     allow_privileged_upstream: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("listen")
     @classmethod
@@ -348,26 +389,86 @@ class Config(_Strict):
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_FILE_REF = re.compile(r"\$\{file:([^}]+)\}")
+#: A secret file is small; a larger one is almost certainly the wrong file.
+MAX_SECRET_FILE_BYTES = 64 * 1024
+#: Keys whose values are never echoed in an error message.
+_SECRET_WORDS = ("password", "secret", "key", "token", "dsn", "verifier")
+
+Loc = tuple[str | int, ...]
 
 
-def _expand_env(value: Any, where: str) -> Any:
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _read_secret_file(ref: str, base_dir: Path) -> str:
+    path = Path(ref).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        size = path.stat().st_size
+        if size > MAX_SECRET_FILE_BYTES:
+            raise ValueError(
+                f"secret file {path} is {size} bytes (at most {MAX_SECRET_FILE_BYTES}): "
+                "is it the right file?"
+            )
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read secret file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"secret file {path} is not UTF-8 text") from e
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    if not text:
+        raise ValueError(f"secret file {path} is empty")
+    return text
+
+
+def _expand_refs(
+    value: Any,
+    loc: Loc,
+    problems: list[tuple[Loc, str]],
+    environ: typing.Mapping[str, str],
+    base_dir: Path,
+) -> Any:
+    """``${NAME}`` from the environment, then ``${file:PATH}``; problems are collected."""
     if isinstance(value, str):
 
-        def sub(m: re.Match[str]) -> str:
+        def env(m: re.Match[str]) -> str:
             name = m.group(1)
-            if name not in os.environ:
-                raise ConfigError(f"{where}: environment variable {name} is not set")
-            return os.environ[name]
+            if name not in environ:
+                problems.append((loc, f"environment variable {name} is not set"))
+                return ""
+            return environ[name]
 
-        return _ENV_REF.sub(sub, value)
+        def file(m: re.Match[str]) -> str:
+            try:
+                return _read_secret_file(m.group(1), base_dir)
+            except ValueError as e:
+                problems.append((loc, str(e)))
+                return ""
+
+        # One pass each: a secret's own text is never expanded again.
+        return _FILE_REF.sub(file, _ENV_REF.sub(env, value))
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}") for k, v in value.items()}
+        return {
+            k: _expand_refs(v, (*loc, str(k)), problems, environ, base_dir)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [
+            _expand_refs(v, (*loc, i), problems, environ, base_dir) for i, v in enumerate(value)
+        ]
     return value
 
 
-def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+def _apply_env_overrides(data: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[str, Any]:
     for key, value in environ.items():
         if not key.startswith("DBGATE__"):
             continue
@@ -381,44 +482,110 @@ def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[
     return data
 
 
-def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
-    """Best-effort line number of a validation error location in the YAML text."""
+def _line_of(text: str, loc: Loc) -> int | None:
+    """Line of ``loc`` in the YAML text, or of its deepest ancestor that is there."""
     try:
         node = yaml.compose(text)
     except yaml.YAMLError:
         return None
-    for part in loc:
+    found: int | None = None
+    for i, part in enumerate(loc):
         if node is None:
-            return None
+            break
+        nxt = None
         if isinstance(node, yaml.MappingNode):
-            nxt = None
             for k, v in node.value:
                 if k.value == part:
-                    nxt = v if part != loc[-1] else k
+                    nxt = k if i == len(loc) - 1 else v
+                    found = k.start_mark.line + 1
                     break
-            node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            node = node.value[part] if part < len(node.value) else None
-        else:
-            break
-    return node.start_mark.line + 1 if node is not None else None
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            nxt = node.value[part]
+            found = nxt.start_mark.line + 1
+        node = nxt
+    return found
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The config section model inside ``X``, ``X | None`` or ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) in (
+        typing.Union,
+        list,
+    ):
+        for arg in typing.get_args(annotation):
+            model = _model_of(arg)
+            if model is not None:
+                return model
+    return None
+
+
+def _section_keys(loc: Loc) -> list[str]:
+    """The keys allowed in the section at ``loc`` (for "did you mean")."""
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _model_of(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _is_secret(loc: Loc) -> bool:
+    return any(w in str(p).lower() for p in loc for w in _SECRET_WORDS)
+
+
+def _explain(err: Any) -> str:
+    loc: Loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _section_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        if close:
+            return f"unknown key; did you mean {close[0]}?"
+        return f"unknown key; this section takes: {', '.join(allowed)}"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    given = err.get("input")
+    if isinstance(given, str | int | float | bool) and not _is_secret(loc):
+        shown = repr(given) if len(repr(given)) <= 60 else repr(given)[:57] + "..."
+        msg += f" (got {shown})"
+    return msg
 
 
 def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
 ) -> Config:
-    """Read, expand, override and validate. Raises ConfigError with file:line context."""
+    """Read, expand, override and validate. Raises ConfigError listing every problem.
+
+    ``environ`` (default ``os.environ``) supplies both ``DBGATE__…`` overrides and
+    ``${NAME}`` references.
+    """
     text = ""
     data: dict[str, Any] = {}
     where = "config"
+    base_dir = Path.cwd()
+    env = os.environ if environ is None else environ
     if path is not None:
         where = str(path)
+        base_dir = Path(path).expanduser().absolute().parent
         try:
             text = Path(path).read_text()
         except OSError as e:
             raise ConfigError(f"{where}: cannot read: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: not a UTF-8 text file") from e
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -430,19 +597,30 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{where}: the top level must be a mapping")
         data = loaded
-    data = _apply_env_overrides(data, dict(os.environ if environ is None else environ))
+    data = _apply_env_overrides(data, env)
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value
-    data = _expand_env(data, where)
+
+    def located(loc: Loc, message: str) -> tuple[int, str]:
+        line = _line_of(text, loc) if text else None
+        prefix = f"{where}:{line}" if line else where
+        return line or 0, f"{prefix}: {_dotted(loc)}: {message}"
+
+    ref_problems: list[tuple[Loc, str]] = []
+    data = _expand_refs(data, (), ref_problems, env, base_dir)
+    found = [located(loc, msg) for loc, msg in ref_problems]
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as e:
-        lines = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            dotted = ".".join(str(p) for p in loc) or "(top level)"
-            line = _line_of(text, loc) if text else None
-            prefix = f"{where}:{line}" if line else where
-            lines.append(f"{prefix}: {dotted}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from e
+            # A reference that could not be resolved was replaced by "": the section
+            # around it may now fail too, which would only repeat the same problem.
+            if any(bad[: len(loc)] == loc for bad, _ in ref_problems):
+                continue
+            found.append(located(loc, _explain(err)))
+    if found:
+        problems = [p for _, p in sorted(found, key=lambda f: f[0])]
+        raise ConfigError("\n".join(problems), problems)
+    return config
