@@ -78,6 +78,13 @@ EXAMPLES: dict[str, list[str]] = {
         "dbgate approvers revoke-token --all alice -c dbgate.yaml",
     ],
     "approvers list": ["dbgate approvers list -c dbgate.yaml --json"],
+    "pii scan": [
+        "dbgate pii scan --dsn postgresql://dba@db/app",
+        "dbgate pii scan --dsn postgresql://dba@db/app --json --fail-on-suspicious",
+    ],
+    "pii check": ["dbgate pii check", "dbgate pii check /etc/dbgate/rules/pii.yaml"],
+    "pii keygen": ["dbgate pii keygen > /run/secrets/dbgate-pii-key"],
+    "detokenize": ["dbgate detokenize tok_email_s3c... -c /etc/dbgate/dbgate.yaml"],
 }
 
 

@@ -286,6 +286,8 @@ class ApprovalsConfig(_Strict):
     #: HMAC key for matching retries (keyed hash of the raw statement and values).
     #: Default: a random key created once and kept in the state database.
     match_key: str | None = Field(None, min_length=16)
+
+
 class PiiKeyConfig(_Strict):
     """One tokenization key (see docs/pii.md, "Keys and rotation")."""
 
