@@ -5,14 +5,19 @@
 1. the upstream check (no agent reaches PostgreSQL as a privileged role, unless the
    config says ``allow_privileged_upstream``);
 2. the state database (one asyncpg pool, migrations) when ``state`` is configured,
-   and on it the approval service;
-3. the policy (rules) and the gate that joins policy, approvals and the relay;
+   and on it the approval service and the notifier;
+3. the policy (rules) and the gate that joins policy, approvals and the relay, with
+   the observers of every statement (metrics);
 4. the proxy listener;
-5. the web server (approvals API) when ``web`` is configured.
+5. the web server when ``web`` is configured: the approvers' page and API (with a
+   state database), ``/healthz``, ``/readyz`` and ``/metrics``;
+6. the metrics flusher and the log's interval summary.
 
-Stop is the reverse: stop accepting and drain sessions, then the web server, then
-the services, then the pool. A held statement whose session is drained ends
-``abandoned`` (the service records it), never runs by itself later.
+Stop is the reverse: mark the process draining (``/readyz`` turns 503), stop
+accepting and drain sessions, then the web server, the notifier, the services, the
+pool. A held statement whose session is drained ends ``abandoned`` (the service
+records it) and never runs by itself later. Each step that can fail names the
+problem and the fix in one line (:mod:`dbgate.startup_errors`).
 """
 
 from __future__ import annotations
@@ -21,37 +26,27 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dbgate.config import Config
-from dbgate.proxy.seams import AllowAll, Inspector
+from dbgate import logs, metrics
+from dbgate.config import Config, _split_hostport
+from dbgate.proxy.seams import AllowAll, Inspector, Observer
 from dbgate.proxy.server import ProxyServer
+from dbgate.startup_errors import StartupError, startup_step
 
 if TYPE_CHECKING:
     import asyncpg
 
     from dbgate.approvals.model import Requester
+    from dbgate.approvals.notify import Notifier
     from dbgate.approvals.service import PgApprovalService
     from dbgate.web.app import WebServer
 
 log = logging.getLogger("dbgate.app")
 
-
-class StartupError(Exception):
-    """dbgate cannot start; the message names the problem and the fix."""
-
-
-def configure_logging(level: str) -> None:
-    """Set up the operator log once per process."""
-    root = logging.getLogger()
-    if root.handlers:
-        root.setLevel(getattr(logging, level.upper(), logging.INFO))
-        return
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+__all__ = ["App", "StartupError", "build_gate", "run_serve", "serve_until_signal"]
 
 
 def build_gate(config: Config, approvals: PgApprovalService | None = None) -> Inspector:
@@ -100,9 +95,14 @@ class App:
         self.check_upstream = check_upstream
         self.pool: asyncpg.Pool | None = None
         self.approvals: PgApprovalService | None = None
+        self.notifier: Notifier | None = None
         self.gate: Inspector | None = None
+        self.observer: Observer | None = None
         self.proxy: ProxyServer | None = None
         self.web: WebServer | None = None
+        self.draining = False
+        self._flusher: metrics.Flusher | None = None
+        self._summary: logs.LogSummary | None = None
 
     @property
     def web_url(self) -> str | None:
@@ -121,41 +121,48 @@ class App:
         if self.check_upstream:
             from dbgate.preflight import check_upstream_privileges
 
-            if not await check_upstream_privileges(config):
+            up = config.upstream
+            with startup_step("upstream", host=up.host, port=up.port, user=up.user):
+                ok = await check_upstream_privileges(config)
+            if not ok:
                 raise StartupError(
                     "an identity reaches PostgreSQL as a privileged role (see above); give "
-                    "it a least-privilege role, or set allow_privileged_upstream: true"
+                    "it a least-privilege role (identities[].upstream_user), or set "
+                    "allow_privileged_upstream: true"
                 )
         if config.state is not None:
             await self._start_state()
-        from dbgate.policy.rules import RulesError
+        from dbgate.gate.observers import MetricsObserver, combine
 
-        try:
+        with startup_step("rules"):
             self.gate = build_gate(config, self.approvals)
-        except RulesError as e:
-            from dbgate.policy.rules_load import iter_problems
-
-            raise StartupError("\n".join(iter_problems(e))) from None
-        self.proxy = ProxyServer(config, inspector=self.gate)
-        try:
+        self.observer = combine([MetricsObserver()] if config.metrics.enabled else [])
+        tls = config.tls
+        with startup_step(
+            "tls",
+            cert_file=tls.cert_file if tls else None,
+            key_file=tls.key_file if tls else None,
+        ):
+            self.proxy = ProxyServer(config, inspector=self.gate, observer=self.observer)
+        with startup_step("listen", address=config.listen):
             await self.proxy.start()
-        except OSError as e:
-            raise StartupError(
-                f"cannot listen on {config.listen}: {e.strerror or e} "
-                "(is another dbgate or a PostgreSQL on that port? choose another with --listen)"
-            ) from None
-        if config.web is not None and self.approvals is not None:
+        if config.web is not None:
             await self._start_web()
+        self._flusher = metrics.Flusher(config.metrics.flush_interval_seconds)
+        self._flusher.start()
+        if config.logging.summary_interval_seconds > 0:
+            self._summary = logs.LogSummary(config.logging.summary_interval_seconds)
+            self._summary.start()
 
     async def _start_state(self) -> None:
         from dbgate.approvals.db import create_pool
         from dbgate.approvals.estimate import make_estimator
         from dbgate.approvals.service import PgApprovalService
-        from dbgate.state.migrate import MigrationError, apply_migrations
+        from dbgate.state.migrate import apply_migrations
 
         state = self.config.state
         assert state is not None
-        try:
+        with startup_step("state", dsn=state.dsn):
             self.pool = await create_pool(
                 state.dsn,
                 max_size=state.pool_max,
@@ -163,14 +170,6 @@ class App:
             )
             async with self.pool.acquire() as conn:
                 await apply_migrations(conn)
-        except MigrationError as e:
-            raise StartupError(f"state database: {e}") from None
-        except (OSError, TimeoutError) as e:
-            raise StartupError(
-                f"cannot reach the state database ({e}); check state.dsn and that the server is up"
-            ) from None
-        except Exception as e:  # asyncpg's errors: authentication, missing database ...
-            raise StartupError(f"state database: {type(e).__name__}: {e}") from None
         config = self.config
         self.approvals = PgApprovalService.from_config(
             config,
@@ -179,25 +178,43 @@ class App:
             migrate=False,  # done above, once for every room
         )
         await self.approvals.start()
+        if config.notifications.enabled:
+            from dbgate.approvals.notify import Notifier
+
+            self.notifier = Notifier.from_config(config.notifications, self.approvals)
+            await self.notifier.start()
 
     async def _start_web(self) -> None:
-        from dbgate.config import _split_hostport
-        from dbgate.web import WebServer, build_web_app
+        from aiohttp import web as aioweb
 
-        assert self.config.web is not None and self.approvals is not None
-        host, port = _split_hostport(self.config.web.listen, 8080)
-        self.web = WebServer(build_web_app(self.approvals), host, port)
-        try:
+        from dbgate.web.app import WebServer, server_ssl_context, web_app_from_config
+        from dbgate.web.ops import add_ops_routes, pool_check, request_id_middleware, tcp_check
+
+        config = self.config
+        assert config.web is not None
+        if self.approvals is not None:
+            app = web_app_from_config(config, self.approvals, self.notifier)
+        else:
+            app = aioweb.Application()  # no state database: only the operations routes
+        app.middlewares.append(request_id_middleware)
+        checks = {"upstream": tcp_check(config.upstream.host, config.upstream.port)}
+        if self.pool is not None:
+            checks["state"] = pool_check(self.pool)
+        add_ops_routes(
+            app,
+            ready_checks=checks,
+            draining=lambda: self.draining,
+            expose_metrics=config.metrics.enabled,
+        )
+        host, port = _split_hostport(config.web.listen, 8080)
+        with startup_step("web", address=config.web.listen):
+            ssl_context = server_ssl_context(config.web.tls)
+            self.web = WebServer(app, host, port, ssl_context=ssl_context)
             await self.web.start()
-        except OSError as e:
-            self.web = None
-            raise StartupError(
-                f"cannot listen for the web page on {self.config.web.listen}: "
-                f"{e.strerror or e} (choose another with --web)"
-            ) from None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop in reverse order; safe to call twice or after a failed start."""
+        self.draining = True
         if self.proxy is not None:
             try:
                 await self.proxy.stop(grace=grace)
@@ -208,6 +225,10 @@ class App:
             with contextlib.suppress(Exception):
                 await self.web.stop()
             self.web = None
+        if self.notifier is not None:
+            with contextlib.suppress(Exception):
+                await self.notifier.stop()
+            self.notifier = None
         if self.approvals is not None:
             try:
                 await self.approvals.stop()
@@ -218,6 +239,12 @@ class App:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), 10)
             self.pool = None
+        if self._summary is not None:
+            await self._summary.stop()
+            self._summary = None
+        if self._flusher is not None:
+            await self._flusher.stop()
+            self._flusher = None
 
 
 async def serve_until_signal(app: App) -> int:
@@ -225,8 +252,7 @@ async def serve_until_signal(app: App) -> int:
     try:
         await app.start()
     except StartupError as e:
-        for line in str(e).splitlines():
-            log.error("%s", line)
+        print(f"dbgate: {e}", file=sys.stderr, flush=True)
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -243,9 +269,23 @@ async def serve_until_signal(app: App) -> int:
     return 0
 
 
+def setup_process(config: Config) -> None:
+    """What every dbgate process does once: logging and metrics."""
+    logs.setup_logging(
+        config.log_level,
+        format=config.logging.format,
+        file=config.logging.file,
+        queue_size=config.logging.queue_size,
+    )
+    metrics.init()
+
+
 def run_serve(config: Config) -> int:
     """Blocking entry point of ``dbgate serve``."""
     import uvloop
 
-    configure_logging(config.log_level)
-    return uvloop.run(serve_until_signal(App(config)))
+    setup_process(config)
+    try:
+        return uvloop.run(serve_until_signal(App(config)))
+    finally:
+        logs.stop_logging()

@@ -118,6 +118,9 @@ def run_demo(listen: str, web: str, data_dir: Path | None, info_file: Path | Non
         pg.stop()
         if info_path is not None:
             info_path.unlink(missing_ok=True)
+        from dbgate import logs
+
+        logs.stop_logging()
 
 
 def _run_loop(
@@ -422,10 +425,9 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 
 def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+    """The demo's operator log: human text on a terminal (as ``dbgate serve``'s
+    ``logging.format: auto``), and this process's metrics."""
+    from dbgate import logs, metrics
+
+    logs.setup_logging("info", format="auto")
+    metrics.init()

@@ -32,6 +32,7 @@ from dbgate.approvals.model import (
     HoldStatus,
     Requester,
 )
+from dbgate.gate.notes import note_for
 from dbgate.gate.refusals import reasons_text, rule_hint
 from dbgate.policy.model import Classification, Decision
 from dbgate.proxy.seams import Allow, Notice, Refuse
@@ -109,7 +110,7 @@ class HoldDesk:
         rid = outcome.request_id
         hint = rule_hint(decision)
         if status is HoldStatus.APPROVED:
-            return Allow(note=outcome)
+            return Allow(note=note_for(decision, outcome))
         if status is HoldStatus.REJECTED:
             who = ", ".join(outcome.decided_by) or "an approver"
             why = f": {outcome.reason}" if outcome.reason else ""
@@ -118,7 +119,7 @@ class HoldDesk:
                 f"dbgate: approval request {rid} was rejected by {who}{why}",
                 detail=f"the statement needed approval: {reasons_text(decision)}",
                 hint=hint,
-                note=outcome,
+                note=note_for(decision, outcome),
             )
         if status is HoldStatus.EXPIRED:
             return Refuse(
@@ -127,7 +128,7 @@ class HoldDesk:
                 "the statement was not run",
                 detail=outcome.reason,
                 hint=f"ask an approver to look at {outcome.url}" if outcome.url else hint,
-                note=outcome,
+                note=note_for(decision, outcome),
             )
         if status is HoldStatus.PENDING:
             return Refuse(
@@ -136,7 +137,7 @@ class HoldDesk:
                 f"request {rid}: send the identical statement again once it is approved",
                 detail=outcome.reason,
                 hint=f"decide at {outcome.url}" if outcome.url else hint,
-                note=outcome,
+                note=note_for(decision, outcome),
             )
         reason = outcome.reason or status.value
         return Refuse(
@@ -144,7 +145,7 @@ class HoldDesk:
             f"dbgate: this statement needs approval ({reasons_text(decision)}) and the "
             f"approval could not be obtained ({reason}), so it was not run",
             hint=hint,
-            note=outcome,
+            note=note_for(decision, outcome),
         )
 
     def _mark_executed(self, request_id: str) -> None:

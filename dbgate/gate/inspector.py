@@ -26,13 +26,13 @@ from typing import Any
 
 from dbgate.gate import refusals
 from dbgate.gate.holds import HoldDesk
+from dbgate.gate.notes import GateNote, primary_category
 from dbgate.gate.prepared_effects import PREPARED_COMMANDS, prepared_changes
 from dbgate.policy.model import Action, Decision, Identity
 from dbgate.policy.rules import RuleSet, decide_bind
 from dbgate.proxy.seams import (
     ALLOW,
     ALLOW_CHECKING_BINDS,
-    ALLOW_REPEATABLE,
     Allow,
     Statement,
     Verdict,
@@ -72,7 +72,8 @@ class Gate:
             self._repeats = seen_exactly
         self._classify = classify
         self._ruleset = ruleset
-        self._answers: dict[tuple[int, int], tuple[Identity, Any, object]] = {}
+        # (identity, classification, outcome, Allow with its note, repeatable Allow)
+        self._answers: dict[tuple[int, int], tuple[Any, ...]] = {}
 
     @property
     def ruleset(self) -> RuleSet:
@@ -128,7 +129,7 @@ class Gate:
             # on which the relay forgets), same rules: same decision. Worth
             # remembering only for texts that do repeat (drivers' Parse, BEGIN/COMMIT),
             # not for fresh literals.
-            return ALLOW_REPEATABLE if repeats else ALLOW
+            return answer[4] if repeats else answer[3]
         if kind == "parse":
             if outcome is _NEEDS_BIND:
                 return ALLOW_CHECKING_BINDS  # nothing runs at Parse; decided at each Bind
@@ -154,7 +155,7 @@ class Gate:
             return Allow(changes=prepared_changes(classification))  # type: ignore[arg-type]
         return ALLOW
 
-    def _answer(self, identity: Identity, classification: Any) -> tuple[Identity, Any, object]:
+    def _answer(self, identity: Identity, classification: Any) -> tuple[Any, ...]:
         """What a classification means for an identity, remembered while both live."""
         statements = classification.statements
         session_dependent = getattr(classification, "session_dependent", True)
@@ -168,7 +169,14 @@ class Gate:
             outcome = _ALLOW_SESSION
         else:
             outcome = _ALLOW_PLAIN
-        answer = (identity, classification, outcome)
+        note = GateNote(classification, "allow", primary_category(classification))
+        answer = (
+            identity,
+            classification,
+            outcome,
+            Allow(note=note),
+            Allow(repeatable=True, note=note),
+        )
         if not session_dependent:  # those are classified afresh each time: never reused
             if len(self._answers) >= _ANSWERS_CACHE_SIZE:
                 self._answers.clear()
@@ -218,7 +226,7 @@ class Gate:
             return ALLOW
         classification = decision.classification
         if classification is not None and classification.parse_error is not None:
-            return refusals.syntax_error(classification)
+            return refusals.syntax_error(decision, classification)
         refusals.log_refusal(session, decision, sql)
         if decision.action is not _HOLD_ACTION or self.holds is None or classification is None:
             return refusals.refusal(decision, approvals=False)

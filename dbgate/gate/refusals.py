@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from dbgate.gate.notes import note_for
 from dbgate.pii.sql_mask import mask_sql
 from dbgate.policy.model import Action, Classification, Decision
 from dbgate.proxy.seams import Refuse
@@ -81,21 +82,28 @@ def log_refusal(session: SessionInfo, decision: Decision, sql: str) -> None:
     )
 
 
-def syntax_error(classification: Classification) -> Refuse:
+def syntax_error(decision: Decision, classification: Classification) -> Refuse:
     """The parser could not read the statement: 42601 with its message and position."""
     message = classification.parse_error or "syntax error"
-    return Refuse(sqlstate.SYNTAX_ERROR, message, position=classification.parse_error_position or 0)
+    return Refuse(
+        sqlstate.SYNTAX_ERROR,
+        message,
+        position=classification.parse_error_position or 0,
+        note=note_for(decision),
+    )
 
 
 def refusal(decision: Decision, *, approvals: bool) -> Refuse:
     """The error for a statement the rules do not allow (``approvals``: whether a
     hold could have waited for a human, i.e. this is the fail-closed path)."""
     hint = rule_hint(decision)
+    note = note_for(decision)
     if decision.action is Action.DENY:
         return Refuse(
             sqlstate.INSUFFICIENT_PRIVILEGE,
             f"dbgate: denied: {reasons_text(decision)}",
             hint=hint,
+            note=note,
         )
     why = (
         "the approval service is unavailable" if approvals else "no approval service is configured"
@@ -105,4 +113,5 @@ def refusal(decision: Decision, *, approvals: bool) -> Refuse:
         f"dbgate: this statement needs approval ({reasons_text(decision)}); {why}, "
         "so it was not run",
         hint=hint,
+        note=note,
     )

@@ -7,6 +7,7 @@ its own identity in one config, so one preflight run answers for all of them.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -278,13 +279,19 @@ async def test_serve_starts_with_a_warning_when_allowed(
                 break
         else:
             pytest.fail(f"dbgate serve exited ({proc.wait()}) without listening:\n{''.join(seen)}")
-        warnings = [line for line in seen if " WARNING dbgate.preflight: " in line]
+        # Not a terminal: the log is JSON lines (logging.format: auto).
+        records = [json.loads(line) for line in seen]
+        warnings = [
+            r["msg"]
+            for r in records
+            if r["level"] == "warning" and r["logger"] == "dbgate.preflight"
+        ]
         assert len(warnings) == 1, seen
         assert (
             f"allow_privileged_upstream is set: identity 'agent' connects upstream as role "
             f"{pg_server.user!r}, which is a superuser" in warnings[0]
         )
-        port = int(seen[-1].rsplit(":", 1)[1])
+        port = int(records[-1]["msg"].rsplit(":", 1)[1])
         conn = await asyncpg.connect(
             host="127.0.0.1",
             port=port,

@@ -1,0 +1,121 @@
+"""Observers of the relay's statement lifecycle: metrics now, audit beside them.
+
+The relay tells one :class:`~dbgate.proxy.seams.Observer` of every statement's life
+(received, decided, forwarded, completed or failed) and of sessions. Here that one
+place fans out to whatever the composition root attached, each told in turn; one
+that raises is logged and the others still hear of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from dbgate import metrics
+from dbgate.gate.notes import GateNote
+from dbgate.proxy.seams import Observer, Refuse, StatementRecord
+from dbgate.proxy.session_info import SessionInfo
+
+log = logging.getLogger("dbgate.gate")
+
+_REFUSED_REASONS = {
+    "28P01": "auth",
+    "28000": "auth",
+    "53300": "too_many_clients",
+    "57P03": "shutting_down",
+    "42501": "not_allowed",
+    "08P01": "protocol",
+}
+
+
+class FanOut:
+    """Tells each observer in turn (an :class:`Observer` itself)."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self.observers = tuple(observers)
+
+    def _each(self, method: str, *args: Any) -> None:
+        for o in self.observers:
+            try:
+                getattr(o, method)(*args)
+            except Exception:
+                log.exception("observer %s failed on %s", type(o).__name__, method)
+
+    def session_started(self, session: SessionInfo) -> None:
+        self._each("session_started", session)
+
+    def session_ended(self, session: SessionInfo) -> None:
+        self._each("session_ended", session)
+
+    def session_refused(
+        self, user: str, database: str, client_addr: str, sqlstate: str, message: str
+    ) -> None:
+        self._each("session_refused", user, database, client_addr, sqlstate, message)
+
+    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
+        self._each("statement_received", session, record)
+
+    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
+        self._each("statement_decided", session, record)
+
+    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
+        self._each("statement_forwarded", session, record)
+
+    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
+        self._each("statement_completed", session, record)
+
+    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
+        self._each("statement_failed", session, record)
+
+
+def combine(observers: Sequence[Observer]) -> Observer | None:
+    """None, the one observer, or a :class:`FanOut` of several."""
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+    return FanOut(observers)
+
+
+class MetricsObserver:
+    """Counts sessions, refusals at startup and decided statements (Prometheus).
+
+    A statement is counted once, when it is decided (an Execute is decided by the
+    Parse that prepared it and is not counted again), by the category and action the
+    gate's note gives.
+    """
+
+    def session_started(self, session: SessionInfo) -> None:
+        metrics.session_opened()
+
+    def session_ended(self, session: SessionInfo) -> None:
+        metrics.session_closed()
+
+    def session_refused(
+        self, user: str, database: str, client_addr: str, sqlstate: str, message: str
+    ) -> None:
+        metrics.connection_refused(_REFUSED_REASONS.get(sqlstate, "other"))
+
+    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
+        if record.kind == "execute":
+            return
+        note = record.note
+        if isinstance(note, GateNote):
+            metrics.statement(note.category, note.action)
+        elif isinstance(record.verdict, Refuse):
+            metrics.statement("unknown", "refuse")
+        else:
+            metrics.statement("unknown", "allow")
+
+    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
