@@ -136,6 +136,11 @@ class Allow:
     #: ``over_limit`` (default: 54000) so that client and server agree it failed.
     max_rows: int = 0
     over_limit: Refuse | None = None
+    #: Forward this text instead of the client's (Query, Parse): PII tokens the agent
+    #: sent back, resolved to the values they stand for. Never ``repeatable``.
+    replace_sql: str | None = None
+    #: Forward these Bind values instead of the client's (same formats), likewise.
+    replace_params: tuple[bytes | None, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,7 @@ _FUNC_RESULT = ord("V")
 #: and ParameterStatus/ErrorResponse. DataRow/CopyData only while a rewriter is
 #: active; notices and notifications only when a message filter is configured.
 TRACK_TYPES = type_mask("ZSE123tTnCIsGHWV")
+TRACK_WITH_MESSAGES = type_mask("ZSE123tTnCIsGHWVNA")
 
 #: Entries in flight per session; a client that pipelines more without reading its
 #: answers is ended (54000) rather than allowed to grow dbgate's memory.
@@ -223,6 +224,25 @@ def _bind_statement_name(chunk: bytes, s: int, e: int) -> bytes:
     return chunk[i + 1 : j]
 
 
+def _rewritten(t: int, body: bytes, verdict: Allow) -> bytes:
+    """The message to forward for an Allow that replaces the SQL text or Bind values."""
+    if t == _QUERY_MSG and verdict.replace_sql is not None:
+        return m.frame(t, verdict.replace_sql.encode() + b"\0")
+    if t == _PARSE_MSG and verdict.replace_sql is not None:
+        name, _, types = m.parse_parse(body)
+        return m.Parse(name, verdict.replace_sql, types).encode()
+    if t == _BIND_MSG and verdict.replace_params is not None:
+        portal, stmt, formats, _, result_formats = m.parse_bind(body)
+        return m.Bind(
+            portal,
+            stmt,
+            param_formats=formats,
+            params=verdict.replace_params,
+            result_formats=result_formats,
+        ).encode()
+    return m.frame(t, body)
+
+
 def _row_count(tag: str) -> int:
     """Rows returned or affected, from a command tag ("SELECT 5", "INSERT 0 5")."""
     i = tag.rfind(" ")
@@ -348,10 +368,12 @@ class StatementTracker:
         self.server_fatal = False
         self._next_id = 0
         self._injection_seq = 0
-        self._base_full = message_filter is not None
-        #: Whether the server side must see every message (rows to rewrite, notices
-        #: and notifications to filter). The relay picks its frame mask from this.
-        self.full = self._base_full
+        # With a message filter, notices and notifications are selected too (errors
+        # always are); rows only while a rewriter is active (``full``).
+        self._track_mask = TRACK_WITH_MESSAGES if message_filter is not None else TRACK_TYPES
+        #: Whether the server side must see every message (rows to rewrite or count).
+        #: The relay picks its frame mask from :attr:`mask`.
+        self.full = False
 
     # ------------------------------------------------------------------ reading
     @property
@@ -365,7 +387,7 @@ class StatementTracker:
 
     @property
     def mask(self) -> bytes:
-        return ALL_TYPES if self.full else TRACK_TYPES
+        return ALL_TYPES if self.full else self._track_mask
 
     # ------------------------------------------------------------------ records
     def _record(
@@ -526,6 +548,22 @@ class StatementTracker:
                 continue
             rec = self.received(stmt) if observed else None
             verdict = self._inspect(stmt)
+            if type(verdict) is Allow and (
+                verdict.replace_sql is not None or verdict.replace_params is not None
+            ):
+                # Forwarded in a form of the gate's (tokens resolved): not byte for byte.
+                if observed:
+                    self.decided(rec, verdict)
+                self._sent(t, rec, stmt, verdict, body)
+                if out is None:
+                    out = []
+                if hdr > fwd:
+                    out.append(chunk[fwd:hdr])
+                out.append(_rewritten(t, body, verdict))
+                fwd = e
+                if self.blocked:
+                    return self._stop_at(chunk, e, out, fwd)
+                continue
             if type(verdict) is Allow:
                 if observed:
                     self.decided(rec, verdict)
@@ -640,6 +678,8 @@ class StatementTracker:
         if isinstance(verdict, Refuse):
             return self.refuse(waiting.record, verdict, waiting.message_type)
         self._sent(waiting.message_type, waiting.record, waiting.statement, verdict, waiting.body)
+        if verdict.replace_sql is not None or verdict.replace_params is not None:
+            return _rewritten(waiting.message_type, waiting.body, verdict)
         return waiting.message
 
     def _inspect(self, stmt: Statement) -> Allow | Refuse | Awaitable[Allow | Refuse]:
@@ -1184,7 +1224,7 @@ class StatementTracker:
         if self._rewriter is not None or self._copy_in or self._copy_out:
             self._rewriter = None
             self._copy_out = self._copy_in = self._copy_in_open = False
-            self.full = self._base_full
+            self.full = False
         self.done_cycles += 1
         self.info.transaction_status = _STATUS[status]
         if status == 0x49 and self._portals:  # 'I': portals end with their transaction
@@ -1201,7 +1241,7 @@ class StatementTracker:
     def _end_result(self) -> None:
         self._rewriter = None
         self._copy_out = False
-        self.full = self._base_full
+        self.full = False
 
     def _on_error(self, body: bytes) -> bytes | None:
         if b"SFATAL\0" in body or b"SPANIC\0" in body:
@@ -1241,7 +1281,7 @@ class StatementTracker:
         if self._copy_in:
             self._copy_in = False
             self._copy_in_open = False  # the server left copy mode
-        self.full = self._base_full
+        self.full = False
         if kind in (QUERY, INJECTED_QUERY, FUNCTION, SILENT_QUERY):
             # The query string stops here; ReadyForQuery follows.
             rec = entry[1] if kind == FUNCTION else entry[2]
@@ -1399,7 +1439,7 @@ class StatementTracker:
         if self._rewriter is not None:
             self._rewriter = None
             self._copy_out = False
-            self.full = self._base_full
+            self.full = False
         rec = entry[2]
         if rec is not None:
             tag = m.parse_command_complete(body)
@@ -1474,7 +1514,7 @@ class StatementTracker:
         if self._rewriter is not None:
             self._rewriter = None
             self._copy_out = False
-            self.full = self._base_full
+            self.full = False
         rec = entry[2]
         limit = self._limit
         if limit is not None and limit.entry is entry:
