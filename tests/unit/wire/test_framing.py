@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dbgate.wire import messages as m
-from dbgate.wire.errors import ProtocolError
+from dbgate.wire.errors import LimitExceeded, ProtocolError
 from dbgate.wire.framing import MAX_STARTUP_PACKET, FrameReader, StartupReader
 
 
@@ -41,7 +41,7 @@ def test_length_below_four_is_a_protocol_violation(length: int) -> None:
 
 def test_oversized_message_is_refused_before_buffering() -> None:
     reader = FrameReader(max_size=100)
-    with pytest.raises(ProtocolError, match="over the limit of 100") as info:
+    with pytest.raises(LimitExceeded, match="over the limit of 100") as info:
         reader.feed(b"d" + (101).to_bytes(4, "big"))
     assert info.value.sqlstate == "54000"
     _, frames = FrameReader(max_size=100).feed(m.CopyData(bytes(96)).encode())
