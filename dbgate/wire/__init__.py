@@ -2,8 +2,9 @@
 
 No sockets, no asyncio: the proxy feeds received bytes to the readers of
 :mod:`~dbgate.wire.framing`, decodes what it needs with :mod:`~dbgate.wire.codec`
-and :mod:`~dbgate.wire.startup`, and writes the bytes our encoders return. See
-``docs/wire.md``.
+and :mod:`~dbgate.wire.startup`, runs the login exchanges of
+:mod:`~dbgate.wire.accept` and :mod:`~dbgate.wire.connect`, and writes the bytes they
+return. See ``docs/wire.md``.
 """
 
 from dbgate.wire.auth import md5_password
