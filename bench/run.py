@@ -9,6 +9,7 @@ One command, on a fresh machine, does everything (see bench/README.md):
    three targets interleaved round-robin;
 5. a million rows through asyncpg against the three targets, interleaved;
 6. the policy classifier microbenchmarks (``bench/bench_classify.py``) if present;
+7. the PII rewrite and planning microbenchmarks (``bench/bench_pii.py``) if present;
 
 then prints one table of medians and ratios and writes the raw runs as JSON to
 ``bench/.work/results-<timestamp>.json``. Everything it starts is stopped at the
@@ -105,6 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--no-classifier", action="store_true", help="skip the classifier microbenchmarks"
     )
+    p.add_argument("--no-pii", action="store_true", help="skip the PII microbenchmarks")
     p.add_argument(
         "--dbgate-arg",
         action="append",
@@ -228,6 +230,8 @@ class Bench:
         self.stream_runs: list[streaming.StreamResult] = []
         self.classifier: dict[str, Any] | None = None
         self.classifier_error: str | None = None
+        self.pii: dict[str, Any] | None = None
+        self.pii_error: str | None = None
         self.profile: dict[str, Any] | None = None
         self.setup_log: list[str] = []
         self.meta: dict[str, Any] = {
@@ -475,6 +479,21 @@ class Bench:
         except Exception as e:  # someone else's code: report, never abort the run
             self.classifier_error = f"{type(e).__name__}: {e}"
 
+    # ----------------------------------------------------------------- PII
+
+    def run_pii(self) -> None:
+        """Call ``bench.bench_pii.run()`` (row rewrite rows/s, planning µs)."""
+        if importlib.util.find_spec("bench.bench_pii") is None:
+            self.pii_error = "bench/bench_pii.py not present"
+            return
+        say("PII microbenchmarks (bench/bench_pii.py) ...")
+        try:
+            module = importlib.import_module("bench.bench_pii")
+            result = module.run()
+            self.pii = dict(result) if result is not None else {}
+        except Exception as e:  # report, never abort the run
+            self.pii_error = f"{type(e).__name__}: {e}"
+
     # ----------------------------------------------------------------- teardown
 
     def stop_all(self) -> None:
@@ -521,6 +540,8 @@ class Bench:
             },
             "classifier": self.classifier,
             "classifier_error": self.classifier_error,
+            "pii": self.pii,
+            "pii_error": self.pii_error,
             "profile": self.profile,
         }
 
@@ -597,6 +618,11 @@ class Bench:
             say(report.format_flat(self.classifier))
         else:
             say(f"classifier microbenchmarks: {self.classifier_error or 'skipped'}")
+        if self.pii is not None:
+            say("PII microbenchmarks (bench/bench_pii.py; rows/s and µs):")
+            say(report.format_flat(self.pii))
+        else:
+            say(f"PII microbenchmarks: {self.pii_error or 'skipped'}")
         if self.profile:
             say("")
             say(self.profile.get("text", ""))
@@ -622,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.stop_all()
             if not args.no_classifier:
                 bench.run_classifier()
+            if not args.no_pii:
+                bench.run_pii()
         except KeyboardInterrupt:
             say("\ninterrupted: everything started has been stopped; partial results follow")
             status = 130

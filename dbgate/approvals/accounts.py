@@ -7,6 +7,7 @@ is shown once, when it is issued, and can be revoked or expire.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import secrets
@@ -216,10 +217,12 @@ class AccountStore:
                 "WHERE name = $1",
                 name,
             )
+        # scrypt takes about half a second: in a thread, so that the event loop (and
+        # every proxied session on it) does not stall while a password is checked.
         if row is None:
-            verify_password(password, _dummy_hash())  # same time as a wrong password
+            await asyncio.to_thread(lambda: verify_password(password, _dummy_hash()))  # same time
             raise Unauthorized("wrong name or password")
-        if not verify_password(password, row["password_hash"]):
+        if not await asyncio.to_thread(verify_password, password, row["password_hash"]):
             raise Unauthorized("wrong name or password")
         if row["disabled_at"] is not None:
             raise Unauthorized(f"approver {name!r} is disabled")

@@ -144,7 +144,8 @@ class PgApprovalService:
         ``migrate=False`` when the caller has migrated the state database already."""
         if config.state is None:
             raise ValueError("approvals need a state database: set state.dsn in the config")
-        web_url = "http://" + (config.web.listen if config.web else "127.0.0.1:8080")
+        scheme = "https://" if config.web is not None and config.web.tls is not None else "http://"
+        web_url = scheme + (config.web.listen if config.web else "127.0.0.1:8080")
         if config.web is not None and config.web.public_url:
             web_url = config.web.public_url
         a = config.approvals

@@ -161,6 +161,46 @@ def _print_text(report: dict[str, Any], out: TextIO) -> None:
             w(f"  {r['category']:<12} {r['code']}: {r['message']}\n")
 
 
+class SqlSourceError(Exception):
+    """The SQL for ``dbgate classify`` could not be read; the message says why."""
+
+
+#: Longer SQL is refused by ``dbgate classify`` (the proxy's own limit is separate).
+MAX_CLASSIFY_BYTES = 64 * 1024 * 1024
+
+
+def read_sql(argument: str | None, file: Path | None, stdin: TextIO) -> str:
+    """The SQL text from exactly one source: the argument, ``-f FILE``, or ``-`` (stdin).
+
+    Reading from a file or standard input lets SQL start with ``--`` (a comment) and
+    be longer than a command line may be.
+    """
+    if file is not None and argument is not None:
+        raise SqlSourceError("give the SQL either as an argument or with -f FILE, not both")
+    if file is not None:
+        try:
+            with file.open(encoding="utf-8") as f:
+                text = f.read(MAX_CLASSIFY_BYTES + 1)
+        except OSError as e:
+            raise SqlSourceError(f"cannot read {file}: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise SqlSourceError(f"{file} is not UTF-8 text") from e
+    elif argument == "-":
+        if stdin.isatty():
+            raise SqlSourceError("'-' reads SQL from standard input, but it is a terminal")
+        try:
+            text = stdin.read(MAX_CLASSIFY_BYTES + 1)
+        except UnicodeDecodeError as e:
+            raise SqlSourceError("standard input is not UTF-8 text") from e
+    elif argument is not None:
+        text = argument
+    else:
+        raise SqlSourceError("give the SQL as an argument, with -f FILE, or - for standard input")
+    if len(text) > MAX_CLASSIFY_BYTES:
+        raise SqlSourceError(f"the SQL is longer than {MAX_CLASSIFY_BYTES} characters")
+    return text
+
+
 def classify_command(
     sql: str,
     rules_dir: Path | None,

@@ -234,6 +234,10 @@ class PreparedStatements:
         """
         if name or check_binds or "" in self.checked:
             return self.sent(batch, PreparedChange("add", name, sql, check_binds, param_types))
+        if self._known:
+            # An older unnamed statement needed no checks either: forget it rather than
+            # keep a picture the server no longer has (it drops it at this Parse).
+            self._known.pop("", None)
         return None
 
     def close_sent(self, batch: int, name: str | bytes) -> PendingChange | None:

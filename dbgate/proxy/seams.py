@@ -131,6 +131,11 @@ class Allow:
     plan: ResultPlan | None = None
     #: Opaque to the relay: handed to the observer with the statement's record.
     note: object = None
+    #: Stop the statement once its result has more rows than this (0: no limit). The
+    #: relay stops forwarding rows, cancels the statement upstream, and fails it with
+    #: ``over_limit`` (default: 54000) so that client and server agree it failed.
+    max_rows: int = 0
+    over_limit: Refuse | None = None
 
 
 @dataclass(frozen=True, slots=True)

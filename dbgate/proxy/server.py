@@ -8,6 +8,7 @@ transaction, then close with FATAL 57P01).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import secrets
@@ -234,6 +235,9 @@ class ProxyServer:
             message_filter=self.message_filter,
             max_message_size=self.config.limits.max_message_size,
             on_closed=self._session_closed,
+            cancel_upstream=functools.partial(
+                send_cancel, self.config.upstream, up.backend_pid, up.backend_key
+            ),
         )
         self._sessions[pid] = session
         self._cancel[pid] = _CancelTarget(secret, session, up.backend_pid, up.backend_key)

@@ -58,12 +58,15 @@ class Session:
         on_closed: Callable[[Session], None],
         observer: Observer | None = None,
         message_filter: MessageFilter | None = None,
+        cancel_upstream: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.info = info
         self.client = client
         self.upstream = upstream
         self.observer = observer
         self._on_closed = on_closed
+        self._cancel_upstream = cancel_upstream
+        self._background: set[asyncio.Task[None]] = set()
         self._c2s = FrameReader(max_message_size)
         self._s2c = FrameReader(max_message_size)
         self.tracker = StatementTracker(info, inspector, observer, message_filter)
@@ -194,7 +197,7 @@ class Session:
 
     # -- client -> server ---------------------------------------------------------------
     def on_client_data(self, data: bytes) -> None:
-        if self._waiting is not None:
+        if self._waiting is not None or self.tracker.blocked:
             self._queued.append(data)
             return
         tracker = self.tracker
@@ -211,6 +214,8 @@ class Session:
         except (ProtocolError, LimitExceeded) as e:
             self._fail(e, "from client")
             return
+        if tracker.terminating:
+            self._terminating = True
         if out is None:
             self.upstream.write(chunk)
             return
@@ -224,8 +229,43 @@ class Session:
                 self._queued.insert(0, rest)
             self._pause_client("waiting", True)
             self._waiting = asyncio.ensure_future(self._await_verdict(waiting.verdict))
-        if tracker.terminating:
-            self._terminating = True
+        elif tracker.blocked:
+            self._park(tracker.blocked_rest)
+
+    def _park(self, rest: bytes) -> None:
+        """A statement under a row limit runs: keep the client's later bytes until it
+        ends (the tracker unblocks), so nothing else reaches the server meanwhile."""
+        rest += self._c2s.take_pending()
+        if rest:
+            self._queued.insert(0, rest)
+        self._pause_client("limit", True)
+
+    def _unpark(self) -> None:
+        self._pause_client("limit", False)
+        queued, self._queued = self._queued, []
+        for data in queued:
+            self.on_client_data(data)
+
+    def _start_cancel(self) -> None:
+        """The tracker asks for the running statement to be cancelled upstream."""
+
+        async def cancel() -> None:
+            try:
+                if self._cancel_upstream is not None:
+                    await self._cancel_upstream()
+            except Exception:
+                log.warning("session %s: could not cancel upstream", self.info.session_id)
+            if self._closed:
+                return
+            tracker = self.tracker
+            was_blocked = tracker.blocked
+            tracker.cancel_done()
+            if was_blocked and not tracker.blocked and self._waiting is None:
+                self._unpark()
+
+        task = asyncio.ensure_future(cancel())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _await_verdict(self, pending: Awaitable[Allow | Refuse]) -> None:
         try:
@@ -247,6 +287,10 @@ class Session:
             self._fail(e, "after a decision")
             return
         self._waiting = None
+        if self.tracker.blocked:  # the statement just sent runs under a row limit
+            self._pause_client("waiting", False)
+            self._park(b"")
+            return
         queued, self._queued = self._queued, []
         self._pause_client("waiting", False)
         for data in queued:
@@ -266,6 +310,7 @@ class Session:
             return
         if not chunk:
             return
+        was_blocked = tracker.blocked
         try:
             out = tracker.server_chunk(chunk, frames, full)
         except (ProtocolError, LimitExceeded) as e:
@@ -276,5 +321,14 @@ class Session:
             self.client.write(chunk)
         else:
             self.client.transport.writelines(out)  # type: ignore[union-attr]
+        if was_blocked:
+            upstream = tracker.take_upstream()
+            if upstream:
+                self.upstream.write(upstream)
+            if tracker.cancel_requested:
+                tracker.cancel_requested = False
+                self._start_cancel()
+            if not tracker.blocked and self._waiting is None:
+                self._unpark()
         if self._draining and self.idle:
             self.terminate(sqlstate.ADMIN_SHUTDOWN, "dbgate is shutting down; reconnect later")

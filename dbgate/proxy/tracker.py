@@ -43,6 +43,7 @@ from struct import Struct, unpack_from
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dbgate.proxy.prepared import name_key
+from dbgate.proxy.row_limit import RowLimiter
 from dbgate.proxy.seams import (
     Allow,
     AllowAll,
@@ -84,6 +85,7 @@ _PARSE_OK, _BIND_OK, _CLOSE_OK = (ord(c) for c in "123")
 _PARAM_DESC, _ROW_DESC, _NO_DATA = (ord(c) for c in "tTn")
 _DATA_ROW, _CMD_COMPLETE, _EMPTY, _SUSPENDED = (ord(c) for c in "DCIs")
 _COPY_IN, _COPY_OUT, _COPY_BOTH, _COPY_DATA = (ord(c) for c in "GHWd")
+_COPY_DONE_SRV = ord("c")
 _FUNC_RESULT = ord("V")
 
 #: What the server side must always see: everything that answers a client message,
@@ -108,6 +110,9 @@ MAX_IN_FLIGHT = 100_000
 #   (INJECTED_QUERY, refusal, record, token) / (INJECTED_PARSE, refusal, record, token)
 QUERY, PARSE, BIND, DESCRIBE_S, DESCRIBE_P, EXECUTE, CLOSE, SYNC, FUNCTION = range(9)
 INJECTED_QUERY, INJECTED_PARSE, COPY_END = 9, 10, 11
+# Failures dbgate sends after a statement that went over its row limit finished
+# anyway, so that the server agrees it failed; their answers are not shown.
+SILENT_QUERY, SILENT_PARSE = 12, 13
 _KIND_NAMES = (
     "Query",
     "Parse",
@@ -121,11 +126,13 @@ _KIND_NAMES = (
     "refused Query",
     "refused message",
     "end of COPY data",
+    "Query of dbgate's",
+    "Parse of dbgate's",
 )
 _SYNC_ENTRY = (SYNC,)
 _DESCRIBE_UNNAMED_PORTAL = (DESCRIBE_P, "")
 _COPY_END_ENTRY = (COPY_END,)
-_ENDS_CYCLE = frozenset({QUERY, SYNC, FUNCTION, INJECTED_QUERY})
+_ENDS_CYCLE = frozenset({QUERY, SYNC, FUNCTION, INJECTED_QUERY, SILENT_QUERY})
 
 _I16 = Struct("!h")
 _STATUS = {0x49: "I", 0x54: "T", 0x45: "E"}
@@ -154,6 +161,35 @@ class _Prepared:
         self.verdict = verdict
         self.param_types = param_types
         self.description: bytes | None = None
+
+
+class _Limit:
+    """A statement under a row limit, from its forwarding to its end.
+
+    While it runs the client's later messages wait (the relay parks them), so that
+    if the limit is hit nothing else has reached the server when dbgate fails it.
+    """
+
+    __slots__ = ("cancel_pending", "entry", "finished", "hit", "refusal", "silent")
+
+    def __init__(self, entry: Entry, refusal: Refuse) -> None:
+        self.entry = entry
+        self.refusal = refusal
+        self.hit = False
+        self.finished = False  # the statement's own end was seen
+        self.silent = False  # a failure of dbgate's is in flight (its answers dropped)
+        self.cancel_pending = False
+
+
+def _over_limit(verdict: Allow) -> Refuse:
+    if verdict.over_limit is not None:
+        return verdict.over_limit
+    return Refuse(
+        sqlstate.PROGRAM_LIMIT_EXCEEDED,
+        f"dbgate: this statement returned more than {verdict.max_rows} rows, its limit, "
+        "and was stopped",
+        hint="narrow it (a WHERE on a key, a smaller LIMIT) or ask for approval",
+    )
 
 
 class _PortalState:
@@ -297,6 +333,18 @@ class StatementTracker:
         self._watch = observer is not None
         self._rewriter: RowRewriter | None = None  # for the result now arriving
         self._copy_out = False
+        # -- row limits (Allow.max_rows)
+        self._limits = False  # a verdict with a row limit was sent in this session
+        self._sent_limits: dict[str, Allow] = {}  # portal -> its limited verdict (client view)
+        self._limit: _Limit | None = None  # the limited statement in progress
+        self._dropping = False  # drop the server's messages until ReadyForQuery
+        #: The client's messages wait: a statement under a row limit is running.
+        self.blocked = False
+        self.blocked_rest = b""  # what followed that statement in the same read
+        #: The relay must send the server a CancelRequest for this session (then call
+        #: :meth:`cancel_done`).
+        self.cancel_requested = False
+        self._upstream: list[bytes] = []  # bytes for the server, from the server side
         self.server_fatal = False
         self._next_id = 0
         self._injection_seq = 0
@@ -405,8 +453,14 @@ class StatementTracker:
                 entry = (EXECUTE, portal, rec)
                 first = len(queue) == self._markers
                 queue.append(entry)
+                if self._limits:
+                    limited = self._sent_limits.get(portal)
+                    if limited is not None:
+                        self._block(entry, limited)
                 if first and self._watch:
                     self._start_execute(entry)  # nothing ahead of it: its portal is known
+                if self.blocked:
+                    return self._stop_at(chunk, e, out, fwd)
                 continue
             if t == _DESCRIBE:
                 if e - s == 2 and chunk[s] == 0x50 and chunk[s + 1] == 0:
@@ -427,6 +481,8 @@ class StatementTracker:
                         rec = self._record("query", hit[0].sql)
                         self.decided(rec, hit[1], True)
                     self.query_sent(rec, hit[1])
+                    if self.blocked:
+                        return self._stop_at(chunk, e, out, fwd)
                     continue
                 stmt = Statement("query", m.parse_query(body))
             elif t == _PARSE_MSG:
@@ -449,6 +505,8 @@ class StatementTracker:
                     or not statements.checks_binds(_bind_statement_name(chunk, s, e))
                 ):
                     queue.append((BIND, body, None, None))
+                    if self._limits:
+                        self._note_portal_limit(body, None)
                     continue
                 stmt = self._bind_statement(body)
             elif t == _CLOSE_MSG:
@@ -476,6 +534,8 @@ class StatementTracker:
                     if len(memo) >= MEMO_MAX_ENTRIES:
                         memo.clear()
                     memo[body] = (stmt, verdict, prepared)
+                if self.blocked:
+                    return self._stop_at(chunk, e, out, fwd)
                 continue
             if out is None:
                 out = []
@@ -505,6 +565,59 @@ class StatementTracker:
         if fwd < len(chunk):
             out.append(chunk[fwd:])
         return out
+
+    def _stop_at(self, chunk: bytes, e: int, out: list[bytes] | None, fwd: int) -> list[bytes]:
+        """Forward up to ``e`` and park the rest: a limited statement is running.
+
+        An Execute's results stay in the server's output buffer until a Sync or Flush
+        (the client's Sync is among what waits), so a Flush goes after it; a Flush has
+        no answer of its own."""
+        if out is None:
+            out = []
+        if e > fwd:
+            out.append(chunk[fwd:e])
+        limit = self._limit
+        if limit is not None and limit.entry[0] == EXECUTE:
+            out.append(m.FLUSH)
+        self.blocked_rest = chunk[e:]
+        return out
+
+    def _block(self, entry: Entry, verdict: Allow) -> None:
+        self._limit = _Limit(entry, _over_limit(verdict))
+        self.blocked = True
+
+    def _note_portal_limit(self, body: bytes, verdict: Allow | None) -> None:
+        """Which portals will run under a row limit, as the client sees them (the
+        Execute that runs one must make the client wait)."""
+        portal, stmt_name = _bind_names(body)
+        if verdict is None:
+            prepared = self._sent_stmts.get(name_key(stmt_name))
+            verdict = prepared.verdict if prepared is not None else None
+        if verdict is not None and verdict.max_rows:
+            self._sent_limits[portal] = verdict
+        else:
+            self._sent_limits.pop(portal, None)
+
+    def take_upstream(self) -> bytes:
+        """Bytes the server side decided to send the server (failures of dbgate's)."""
+        if not self._upstream:
+            return b""
+        data = b"".join(self._upstream)
+        self._upstream.clear()
+        return data
+
+    def cancel_done(self) -> None:
+        """The CancelRequest asked for by :attr:`cancel_requested` was delivered."""
+        limit = self._limit
+        if limit is not None:
+            limit.cancel_pending = False
+            self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        limit = self._limit
+        if limit is not None and limit.finished and not limit.silent and not limit.cancel_pending:
+            self._limit = None
+            self.blocked = False
 
     def resume(self, verdict: object) -> bytes:
         """The awaited verdict of :attr:`waiting` arrived (or the wait ended: pass the
@@ -572,7 +685,11 @@ class StatementTracker:
         elif t == _BIND_MSG:
             if verdict.plan is not None:
                 self._plans = self._watch = True
+            if verdict.max_rows:
+                self._limits = self._watch = True
             self._queue.append((BIND, body, verdict, rec))
+            if self._limits:
+                self._note_portal_limit(body, verdict)
             if rec is not None:
                 self._emit("statement_forwarded", rec)
         else:
@@ -589,7 +706,11 @@ class StatementTracker:
         if verdict.changes:
             sent = self.info.statements.sent
             changes = [0, [(c.statement, sent(self.sent_cycles, c)) for c in verdict.changes]]
-        self._queue.append((QUERY, verdict, rec, changes))
+        entry = (QUERY, verdict, rec, changes)
+        self._queue.append(entry)
+        if verdict.max_rows:
+            self._limits = self._watch = True
+            self._block(entry, verdict)
         if rec is not None:
             self._emit("statement_forwarded", rec)
 
@@ -606,6 +727,8 @@ class StatementTracker:
         self._sent_stmts[key] = prepared
         if prepared.verdict.plan is not None:
             self._plans = self._watch = True
+        if prepared.verdict.max_rows:
+            self._limits = self._watch = True
         self._queue.append((PARSE, key, prepared, handle, rec))
         if rec is not None:
             self._emit("statement_forwarded", rec)
@@ -747,7 +870,15 @@ class StatementTracker:
             # Fast paths for the answers of ordinary statements (no plan, no record,
             # no prepared-statement change, no marker ahead); the rest takes the
             # general path below.
-            if queue and not self._markers:
+            if self._dropping and t != _Z:
+                # The rest of a Query stopped at its row limit: not shown.
+                if out is None:
+                    out = []
+                if s - 5 > run:
+                    out.append(chunk[run : s - 5])
+                run = e
+                continue
+            if queue and not self._markers and self._limit is None:
                 head = queue[0]
                 kind = head[0]
                 if t == _Z:
@@ -784,7 +915,7 @@ class StatementTracker:
                 elif t == _BIND_OK:
                     if kind == BIND and head[3] is None:
                         queue.popleft()
-                        if self._plans or self.observer is not None:
+                        if self._watch:
                             self._bind_done(head, True)
                         if self._watch and queue and queue[0][0] == EXECUTE:
                             self._start_execute(queue[0])
@@ -799,15 +930,24 @@ class StatementTracker:
                 rw = self._rewriter
                 if rw is None:
                     continue
-                replacement = m.frame(t, rw.data_row(chunk[s:e]))
+                body = chunk[s:e]
+                new = rw.data_row(body)
+                if new is body:
+                    continue
+                replacement = b"" if new is None else m.frame(t, new)
             elif t == _Z:
-                self._on_ready(chunk[s])
-                continue
+                replacement = self._on_ready(chunk[s])
+                if replacement is None:
+                    continue
             elif t == _COPY_DATA:
                 rw = self._rewriter
                 if rw is None or not self._copy_out:
                     continue
-                replacement = m.frame(t, rw.copy_data(chunk[s:e]))
+                body = chunk[s:e]
+                new = rw.copy_data(body)
+                if new is body:
+                    continue
+                replacement = b"" if new is None else m.frame(t, new)
             elif t in (_N, _A):
                 f = self.message_filter
                 if f is None:
@@ -902,8 +1042,7 @@ class StatementTracker:
                 raise self._desync(t, entry)
             self._bind_done(entry, True)
         elif t == _CMD_COMPLETE:
-            self._on_command_complete(entry, chunk[s:e])
-            return None
+            return self._on_command_complete(entry, chunk[s:e])
         elif t == _ROW_DESC:
             self._on_row_description(entry, chunk[s:e])
             return None
@@ -920,11 +1059,15 @@ class StatementTracker:
                 return None  # an empty query string
             if kind != EXECUTE:
                 raise self._desync(t, entry)
-            self._execute_done(entry, "")
+            replacement = self._execute_done(entry, "")
+            self._pop()
+            return replacement
         elif t == _SUSPENDED:
             if kind != EXECUTE:
                 raise self._desync(t, entry)
-            self._execute_done(entry, "suspended")
+            replacement = self._execute_done(entry, "suspended")
+            self._pop()
+            return replacement
         elif t == _CLOSE_OK:
             if kind != CLOSE:
                 raise self._desync(t, entry)
@@ -944,6 +1087,9 @@ class StatementTracker:
                 raise self._desync(t, entry)
             return None
         else:
+            limit = self._limit
+            if t == _COPY_DONE_SRV and limit is not None and limit.hit:
+                return b""  # COPY TO STDOUT stopped at its row limit: it fails instead
             return None  # not an answer (CopyDone of a COPY TO STDOUT, ...)
         self._pop()
         return None
@@ -956,11 +1102,12 @@ class StatementTracker:
         info.params_version += 1
         self._memo.clear()  # verdicts may depend on it (application_name, ...)
 
-    def _on_ready(self, status: int) -> None:
+    def _on_ready(self, status: int) -> bytes | None:
         entry = self._head(_Z)
         kind = entry[0]
         if kind not in _ENDS_CYCLE:
             raise self._desync(_Z, entry)
+        replacement: bytes | None = None
         if kind != SYNC:
             rec = entry[2] if kind != FUNCTION else entry[1]
             if kind == QUERY and entry[3] is not None:
@@ -968,8 +1115,72 @@ class StatementTracker:
                     handle.resolve(False)  # statements after an error did not run
             if rec is not None:
                 self._finish(rec, rec.sqlstate)
+            limit = self._limit
+            if limit is not None and (limit.entry is entry or kind == SILENT_QUERY):
+                replacement = self._limited_query_ready(entry, status)
         self._queue.popleft()
+        self._dropping = False
         self._ready(status)
+        return replacement
+
+    def _limited_query_ready(self, entry: Entry, status: int) -> bytes | None:
+        """The ReadyForQuery that ends a Query under a row limit (or dbgate's failure
+        after it). Over the limit inside a transaction block, the server must agree
+        that the statement failed: its ReadyForQuery is held back and a failing Query
+        of dbgate's follows, whose own ReadyForQuery (status E) the client gets."""
+        limit = self._limit
+        assert limit is not None
+        if entry[0] == SILENT_QUERY:
+            limit.silent = False
+            self._maybe_release()
+            return None
+        limit.finished = True
+        if limit.hit and status == 0x54:  # 'T'
+            limit.silent = True
+            self._inject_silent(SILENT_QUERY)
+            return b""
+        self._maybe_release()
+        return None
+
+    def _inject_silent(self, kind: int) -> None:
+        """Make the server fail (inside the transaction or batch the client sees as
+        failed) without the client seeing that error."""
+        self._injection_seq += 1
+        token = f"dbgate-limit-{_NONCE}-{self._injection_seq}"
+        if kind == SILENT_QUERY:
+            tag = f"$dbgate_{_NONCE}$"
+            sql = f"DO {tag}BEGIN RAISE EXCEPTION '{token}'; END{tag}"
+            self.sent_cycles += 1
+            self._upstream.append(m.frame(ord("Q"), sql.encode() + b"\0"))
+            self._queue.append((SILENT_QUERY, None, None, None))
+        else:
+            self._upstream.append(
+                m.frame(ord("P"), f"dbgate_{_NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
+            )
+            self._queue.append((SILENT_PARSE, None, None, None))
+
+    def _limit_error(self) -> bytes:
+        r = self._limit.refusal  # type: ignore[union-attr]
+        extra: dict[str, object] = {}
+        if r.detail:
+            extra["D"] = r.detail
+        if r.hint:
+            extra["H"] = r.hint
+        return m.error_response(r.sqlstate, r.message, **extra)
+
+    def _on_limit_hit(self, limiter: RowLimiter) -> None:
+        limit = self._limit
+        if limit is None:
+            # A portal's verdict gained a limit the client's view did not know of (a
+            # Parse the server rejected): the statement is stopped all the same.
+            log.warning(
+                "session %s: row limit hit outside a limited statement", self.info.session_id
+            )
+            return
+        if not limit.hit:
+            limit.hit = True
+            limit.cancel_pending = True
+            self.cancel_requested = True
 
     def _ready(self, status: int) -> None:
         """A cycle ended (its entry is already off the queue)."""
@@ -1004,7 +1215,17 @@ class StatementTracker:
         entry = self._head(_E)
         kind = entry[0]
         replacement: bytes | None = None
-        if (kind in (INJECTED_QUERY, INJECTED_PARSE)) and entry[3] in body:
+        limit = self._limit
+        if kind in (SILENT_QUERY, SILENT_PARSE):
+            replacement = b""  # dbgate's own failure after a row limit: not shown
+            code = sqlstate.PROGRAM_LIMIT_EXCEEDED
+            if kind == SILENT_PARSE and limit is not None:
+                limit.silent = False
+        elif limit is not None and limit.entry is entry and limit.hit:
+            limit.finished = True  # cancelled (or failed) after its limit: the limit's error
+            replacement = self._limit_error()
+            code = limit.refusal.sqlstate
+        elif (kind in (INJECTED_QUERY, INJECTED_PARSE)) and entry[3] in body:
             r: Refuse = entry[1]
             extra: dict[str, object] = {}
             if r.detail:
@@ -1024,7 +1245,7 @@ class StatementTracker:
             self._copy_in = False
             self._copy_in_open = False  # the server left copy mode
         self.full = self._base_full
-        if kind in (QUERY, INJECTED_QUERY, FUNCTION):
+        if kind in (QUERY, INJECTED_QUERY, FUNCTION, SILENT_QUERY):
             # The query string stops here; ReadyForQuery follows.
             rec = entry[1] if kind == FUNCTION else entry[2]
             if rec is not None:
@@ -1034,15 +1255,22 @@ class StatementTracker:
             return replacement
         if kind == SYNC:
             return replacement  # an error after the batch (e.g. at commit)
+        if limit is not None and limit.entry is entry:
+            limit.finished = True
         # Extended protocol: this message failed, the server skips to the next Sync.
         queue.popleft()
         self._fail_entry(entry, code, skipped=False)
         while queue and queue[0][0] != SYNC:
-            self._fail_entry(queue.popleft(), code, skipped=True)
+            skipped = queue.popleft()
+            if limit is not None and skipped is limit.entry:
+                limit.finished = True  # skipped like the rest of its batch
+            self._fail_entry(skipped, code, skipped=True)
         if not queue:
             # No Sync sent yet: whatever the client sends until its Sync, the server
             # skips. Not forwarding it keeps the queue equal to what will be answered.
             self.skip_until_sync = True
+        if limit is not None:
+            self._maybe_release()
         return replacement
 
     def _filtered_error(self, body: bytes) -> bytes | None:
@@ -1138,9 +1366,12 @@ class StatementTracker:
                 stmt.description = body
             self._pop()
         elif kind == QUERY:
-            plan = entry[1].plan
+            verdict: Allow = entry[1]
+            plan = verdict.plan
+            inner = None
             if plan is not None:
-                self._set_rewriter(plan.rows(self.info, body, _description_formats(body)))
+                inner = plan.rows(self.info, body, _description_formats(body))
+            self._set_rewriter(self._limited(entry, verdict, inner))
         else:
             raise self._desync(_ROW_DESC, entry)
 
@@ -1152,18 +1383,20 @@ class StatementTracker:
             if p is None:
                 return None
             verdict = p[1] if p[1] is not None else p[0].verdict if p[0] is not None else None
-            if verdict is None or verdict.plan is None:
+            if verdict is None or (verdict.plan is None and not verdict.max_rows):
                 return None
             state = self._portal_state[portal] = _PortalState()
         return state
 
-    def _on_command_complete(self, entry: Entry, body: bytes) -> None:
+    def _on_command_complete(self, entry: Entry, body: bytes) -> bytes | None:
         kind = entry[0]
         if kind == EXECUTE:
             rec = entry[2]
-            self._execute_done(entry, m.parse_command_complete(body) if rec is not None else "")
+            replacement = self._execute_done(
+                entry, m.parse_command_complete(body) if rec is not None else ""
+            )
             self._pop()
-            return
+            return replacement
         if kind != QUERY:
             raise self._desync(_CMD_COMPLETE, entry)
         if self._rewriter is not None:
@@ -1177,6 +1410,15 @@ class StatementTracker:
             rec.rows += _row_count(tag)
         if entry[3] is not None:
             self._resolve_query_changes(entry, failed=False)
+        limit = self._limit
+        if limit is not None and limit.entry is entry and limit.hit:
+            # It finished before the cancel took effect: the client gets the limit's
+            # error instead, and nothing more of this query string.
+            if rec is not None:
+                rec.sqlstate = limit.refusal.sqlstate
+            self._dropping = True
+            return self._limit_error()
+        return None
 
     def _resolve_query_changes(self, entry: Entry, failed: bool) -> None:
         """A statement of a query string ended (its CommandComplete, or the error that
@@ -1211,31 +1453,58 @@ class StatementTracker:
             rec.remembered = True
             self._emit("statement_decided", rec)
             self._emit("statement_forwarded", rec)
-        if verdict is None or verdict.plan is None:
+        if verdict is None or (verdict.plan is None and not verdict.max_rows):
             return
         state = self._plan_state(portal)
-        if state is None:  # pragma: no cover - a plan always has state
+        if state is None:  # pragma: no cover - a plan or a limit always has state
             return
         if state.rewriter is None:
-            description = state.description or (stmt.description if stmt else None)
-            formats = m.parse_bind(body)[4]
-            n = _field_count(description)
-            if n:
-                formats = _expand_formats(formats, n)
-            state.rewriter = verdict.plan.rows(self.info, description, formats)
+            inner = None
+            if verdict.plan is not None:
+                description = state.description or (stmt.description if stmt else None)
+                formats = m.parse_bind(body)[4]
+                n = _field_count(description)
+                if n:
+                    formats = _expand_formats(formats, n)
+                inner = verdict.plan.rows(self.info, description, formats)
+            # One limiter per portal: the limit counts across row-limited Executes.
+            state.rewriter = self._limited(entry, verdict, inner)
         self._set_rewriter(state.rewriter)
 
-    def _execute_done(self, entry: Entry, tag: str) -> None:
+    def _execute_done(self, entry: Entry, tag: str) -> bytes | None:
+        """An Execute ended (CommandComplete, PortalSuspended, EmptyQueryResponse);
+        returns what the client gets instead, when it went over its row limit."""
         if self._rewriter is not None:
             self._rewriter = None
             self._copy_out = False
             self.full = self._base_full
         rec = entry[2]
+        limit = self._limit
+        if limit is not None and limit.entry is entry:
+            limit.finished = True
+            if limit.hit:
+                # It finished before the cancel took effect: fail it for the client,
+                # and make the server fail the batch too (its answer is not shown).
+                if rec is not None:
+                    self._finish(rec, limit.refusal.sqlstate)
+                limit.silent = True
+                self._inject_silent(SILENT_PARSE)
+                return self._limit_error()
+            self._maybe_release()
         if rec is not None:
             if tag:
                 rec.tags.append(tag)
                 rec.rows += _row_count(tag)
             self._finish(rec)
+        return None
+
+    def _limited(
+        self, entry: Entry, verdict: Allow | None, inner: RowRewriter | None
+    ) -> RowRewriter | None:
+        """``inner`` wrapped in a row counter when ``verdict`` has a row limit."""
+        if verdict is None or not verdict.max_rows:
+            return inner
+        return RowLimiter(inner, verdict.max_rows, self._on_limit_hit)  # type: ignore[return-value]
 
     def _set_rewriter(self, rewriter: RowRewriter | None) -> None:
         self._rewriter = rewriter
@@ -1268,14 +1537,18 @@ class StatementTracker:
         self._copy_in_open = not ended
 
     def _on_copy_out(self, entry: Entry, body: bytes) -> None:
+        verdict: Allow | None
         if entry[0] == QUERY:
-            plan = entry[1].plan
+            verdict = entry[1]
         else:
             p = self._portals.get(entry[1])
-            plan = None
+            verdict = None
             if p is not None:
                 verdict = p[1] if p[1] is not None else p[0].verdict if p[0] else None
-                plan = verdict.plan if verdict is not None else None
-        if plan is not None:
+        if verdict is None:
+            return
+        inner = verdict.plan.copy_out(self.info, body) if verdict.plan is not None else None
+        rewriter = self._limited(entry, verdict, inner)
+        if rewriter is not None:
             self._copy_out = True
-            self._set_rewriter(plan.copy_out(self.info, body))
+            self._set_rewriter(rewriter)

@@ -21,10 +21,9 @@ from dbgate.approvals.eligibility import Approver, refusal
 from dbgate.approvals.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized
 from dbgate.approvals.service import PgApprovalService
 from dbgate.approvals.store import STATUSES, RequestRecord, clean_reason
+from dbgate.web.keys import MAX_BODY, SERVICE
 from dbgate.web.serialize import history_item, request_detail, request_summary, shape_json
 
-SERVICE: web.AppKey[PgApprovalService] = web.AppKey("dbgate_approvals", PgApprovalService)
-MAX_BODY: web.AppKey[int] = web.AppKey("dbgate_max_body", int)
 _MAX_ID = 2**63 - 1
 
 
@@ -229,19 +228,8 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(service(request).public_url))
 
 
-async def index(request: web.Request) -> web.Response:
-    text = (
-        "<!doctype html><meta charset=utf-8><title>dbgate approvals</title>"
-        "<h1>dbgate approvals</h1><p>The approvers' page comes in a later version. "
-        "Until then decide with the API (<a href=/api/openapi.json>/api/openapi.json</a>) "
-        "or with <code>dbgate approvals approve ID --dsn STATE_DSN --as NAME</code>.</p>"
-    )
-    return web.Response(text=text, content_type="text/html")
-
-
 #: (method, path, handler): the routes build_web_app registers, and the only ones.
 ROUTES: tuple[tuple[str, str, Any], ...] = (
-    ("GET", "/", index),
     ("GET", "/api/openapi.json", openapi),
     ("GET", "/api/health", health),
     ("GET", "/api/me", me),

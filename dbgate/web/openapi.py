@@ -157,13 +157,6 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
         },
         "security": _AUTH,
         "paths": {
-            "/": {
-                "get": {
-                    "summary": "Placeholder page (the approvers' page comes later).",
-                    "security": [],
-                    "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
-                }
-            },
             "/api/openapi.json": {
                 "get": {
                     "summary": "This document.",
@@ -400,7 +393,7 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                         "approver": _STR,
                         "decision": {"type": "string", "enum": ["approve", "reject"]},
                         "reason": _STR,
-                        "via": {"type": "string", "enum": ["api", "cli", "shape"]},
+                        "via": {"type": "string", "enum": ["api", "cli", "web", "slack", "shape"]},
                         "decided_at": _TIME,
                     },
                 },

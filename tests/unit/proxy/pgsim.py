@@ -76,7 +76,7 @@ class SimServer:
             assert token is not None
             self._error(f'invalid input syntax for type integer: "{token.group(0)}"')
             return False
-        if "fail" in sql:
+        if "fail" in sql or "RAISE EXCEPTION" in sql or "dbgate-limit-" in sql:
             self._error(f"statement failed: {sql}")
             return False
         if "begin" in sql:
@@ -123,7 +123,7 @@ class SimServer:
                 self.statements.pop("", None)  # dropped before parsing
             if name and name in self.statements:
                 self._fail_extended("prepared statement already exists")
-            elif "dbgate-refusal-" in sql or "badparse" in sql:
+            elif "dbgate-refusal-" in sql or "dbgate-limit-" in sql or "badparse" in sql:
                 self._fail_extended(f"cannot parse {sql}")
             else:
                 self.statements[name] = sql

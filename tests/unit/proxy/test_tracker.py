@@ -55,6 +55,8 @@ class UpperPlan:
 
 PLAN = Allow(plan=UpperPlan())
 CHECK_BINDS = Allow(check_binds=True)
+OVER_LIMIT = Refuse("54000", "dbgate: over the test limit")
+LIMITED = Allow(max_rows=2, over_limit=OVER_LIMIT)
 
 
 class Inspector:
@@ -67,6 +69,8 @@ class Inspector:
             return REFUSED if b"no" in stmt.params else Allow()
         if "refuse" in stmt.sql:
             return REFUSED
+        if "limit" in stmt.sql:
+            return LIMITED
         if "checkbind" in stmt.sql:
             return CHECK_BINDS
         if "plan" in stmt.sql:
@@ -117,9 +121,14 @@ class Pair:
         self.reader = FrameReader()
         self.rnd = random.Random(seed)
         self.received = bytearray()  # what the client got
+        self.parked = b""  # what the relay keeps while a limited statement runs
+        self.cancels = 0
 
     def send(self, *messages: bytes) -> None:
         data = b"".join(messages)
+        if self.tracker.blocked:
+            self.parked += data
+            return
         full = self.tracker.skip_until_sync
         frames = split_frames(data)
         if not full:
@@ -128,19 +137,37 @@ class Pair:
         assert self.tracker.waiting is None
         forwarded = data if out is None else b"".join(out)
         self.server.feed(forwarded)
+        if self.tracker.blocked:
+            self.parked = self.tracker.blocked_rest + self.parked
 
     def answer(self) -> list[Any]:
-        """Deliver what the server sent, in random pieces; return the decoded messages."""
-        data = self.server.take()
-        pos = 0
-        while pos < len(data):
-            cut = min(len(data), pos + self.rnd.randint(1, 64))
-            chunk, frames = self.reader.feed_select(data[pos:cut], self.tracker.mask)
-            pos = cut
-            if not chunk:
-                continue
-            out = self.tracker.server_chunk(chunk, frames, self.tracker.full)
-            self.received += chunk if out is None else b"".join(out)
+        """Deliver what the server sent, in random pieces; return the decoded messages.
+
+        A statement under a row limit makes the relay keep the client's later bytes;
+        they go on once the tracker lets them (the simulated server ignores cancels,
+        so an over-limit statement always finishes before its cancel)."""
+        while True:
+            data = self.server.take()
+            if not data:
+                break
+            pos = 0
+            while pos < len(data):
+                cut = min(len(data), pos + self.rnd.randint(1, 64))
+                chunk, frames = self.reader.feed_select(data[pos:cut], self.tracker.mask)
+                pos = cut
+                if not chunk:
+                    continue
+                out = self.tracker.server_chunk(chunk, frames, self.tracker.full)
+                self.received += chunk if out is None else b"".join(out)
+                self.server.feed(self.tracker.take_upstream())
+                if self.tracker.cancel_requested:
+                    self.tracker.cancel_requested = False
+                    self.cancels += 1
+                    self.tracker.cancel_done()
+            if not self.tracker.blocked and self.parked:
+                parked, self.parked = self.parked, b""
+                self.send(parked)
+        assert not self.parked, "the client's bytes were never let through"
         got = bytes(self.received)
         self.received.clear()
         return [m.decode_backend(t, got[s:e]) for t, s, e in split_frames(got)]
@@ -277,9 +304,85 @@ def test_the_server_desynchronised_is_detected() -> None:
         tracker.server_chunk(m.PARSE_COMPLETE, split_frames(m.PARSE_COMPLETE), True)
 
 
+def _errors(msgs: list[Any]) -> list[str]:
+    return [e.sqlstate for e in msgs if isinstance(e, m.ErrorResponse)]
+
+
+def test_a_query_over_its_row_limit_fails_after_the_limit_and_the_session_goes_on() -> None:
+    p = Pair(11)
+    p.send(m.query("select limit rows=5"), m.query("select rows=1"))
+    msgs = p.answer()
+    assert _rows(msgs) == [b"select limit rows=5#0", b"select limit rows=5#1", b"select rows=1#0"]
+    assert _errors(msgs) == ["54000"] and _statuses(msgs) == ["I", "I"]
+    assert p.cancels == 1 and p.tracker.idle
+
+
+def test_under_its_limit_a_limited_query_runs_untouched() -> None:
+    p = Pair(12)
+    p.send(m.query("select limit rows=2"))
+    msgs = p.answer()
+    assert _rows(msgs) == [b"select limit rows=2#0", b"select limit rows=2#1"]
+    assert _errors(msgs) == [] and p.cancels == 0
+
+
+def test_over_its_limit_inside_a_transaction_the_server_fails_the_transaction_too() -> None:
+    p = Pair(13)
+    p.send(m.query("begin"), m.query("select limit rows=3"), m.query("select rows=1"))
+    msgs = p.answer()
+    assert _errors(msgs) == ["54000", "XX001"]  # then "current transaction is aborted"
+    assert _statuses(msgs) == ["T", "E", "E"]
+    assert p.server.failed_block
+    p.send(m.query("rollback"))
+    assert _statuses(p.answer()) == ["I"]
+
+
+def test_an_execute_over_its_limit_fails_its_batch_on_both_sides() -> None:
+    p = Pair(14)
+    p.send(
+        m.Parse("", "select limit rows=4").encode(),
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.Parse("", "select rows=1").encode(),  # pipelined after it: skipped, like any error
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    msgs = p.answer()
+    assert _rows(msgs) == [b"select limit rows=4#0", b"select limit rows=4#1"]
+    assert _errors(msgs) == ["54000"] and _statuses(msgs) == ["I"]
+    p.send(
+        m.Parse("", "select rows=1").encode(),
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    assert _rows(p.answer()) == [b"select rows=1#0"]
+    assert p.tracker.idle
+
+
+def test_a_row_limited_portal_counts_its_limit_across_executes() -> None:
+    p = Pair(15)
+    p.send(m.query("begin"))
+    p.send(
+        m.Parse("s", "select limit rows=3").encode(),
+        m.Bind("c", "s").encode(),
+        m.Execute("c", 1).encode(),
+        m.SYNC,
+    )
+    first = p.answer()
+    assert _rows(first) == [b"select limit rows=3#0"] and not _errors(first)
+    p.send(m.Execute("c", 1).encode(), m.SYNC)
+    assert _rows(p.answer()) == [b"select limit rows=3#1"]
+    p.send(m.Execute("c", 1).encode(), m.SYNC)
+    third = p.answer()
+    assert not _rows(third) and _errors(third) == ["54000"] and _statuses(third) == ["E"]
+
+
 # -- model-based ---------------------------------------------------------------------------
 
 SQLS = [
+    "select limit rows=3",
+    "select limit rows=1",
     "select checkbind rows=1",
     "select badparse",
     "select rows=2",
@@ -348,6 +451,8 @@ def test_the_tracker_follows_the_server(batches: list, depth: int, seed: int) ->
                 # a row is rewritten exactly when its statement's verdict had a plan
                 text = row.removeprefix(b"PLAN:")
                 assert (row != text) == (b"plan" in text), row
+                if b"limit" in text:  # and no row past its limit gets through
+                    assert int(text.rsplit(b"#", 1)[1]) < LIMITED.max_rows, row
             for e in (x for x in msgs if isinstance(x, m.ErrorResponse)):
                 assert "dbgate-refusal" not in e.message, e
     assert p.tracker.idle
