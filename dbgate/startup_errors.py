@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from dbgate.wire import sqlstate
+
 __all__ = ["STEPS", "StartupError", "diagnose_tls", "explain", "redact_dsn", "startup_step"]
 
 #: Steps :func:`explain` knows (anything else gets a generic line).
@@ -152,14 +154,14 @@ def _connect_line(exc: BaseException, target: str, key: str, role: str | None) -
             f"{target} did not answer in time: check that the host is up and that no "
             f"firewall drops the port, or fix {key}"
         )
-    if state in ("28P01", "28000"):
+    if state in (sqlstate.INVALID_PASSWORD, sqlstate.INVALID_AUTHORIZATION):
         who = f" for role {role}" if role else ""
         return f"{target} refused the login{who} ({exc}): fix the user name or password in {key}"
-    if state == "3D000":
+    if state == sqlstate.INVALID_CATALOG_NAME:
         return f"{target}: {exc}: create the database (CREATE DATABASE) or fix {key}"
-    if state == "57P03":
+    if state == sqlstate.CANNOT_CONNECT_NOW:
         return f"{target} is starting up or shutting down ({exc}): start dbgate once it is up"
-    if state == "53300":
+    if state == sqlstate.TOO_MANY_CONNECTIONS:
         return f"{target} has no free connection slots ({exc}): raise max_connections there"
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
         return f"TLS to {target} failed ({exc}): fix the server's certificate or the TLS settings"

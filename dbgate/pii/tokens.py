@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
 
+from dbgate.wire.sqlstate import INVALID_PARAMETER_VALUE
+
 __all__ = [
     "TOKEN_RE",
     "Key",
@@ -64,7 +66,7 @@ _FULL = re.compile(TOKEN_RE.pattern + r"\Z")
 class TokenError(Exception):
     """A token could not be resolved; SQLSTATE 22023 (invalid_parameter_value)."""
 
-    sqlstate = "22023"
+    sqlstate = INVALID_PARAMETER_VALUE
 
     def __init__(self, message: str, token: str = "") -> None:
         super().__init__(message)

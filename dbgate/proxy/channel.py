@@ -1,8 +1,9 @@
 """One side of a proxied connection: an asyncio Protocol with two modes.
 
-*Handshake mode*: received bytes are buffered and the startup/auth code pulls whole
-packets with ``await recv_startup()`` / ``await recv()``. Straight-line async code
-keeps the authentication exchanges readable.
+*Handshake mode*: received bytes are buffered in a
+:class:`~dbgate.wire.framing.HandshakeReader` and the startup code pulls whole packets
+with ``await recv_startup()`` / ``await recv()``, or hands a sans-IO login flow
+(:mod:`dbgate.wire.flow`) to :meth:`exchange`, which runs it over this connection.
 
 *Relay mode*: after :meth:`relay_to`, every read is handed synchronously to a sink
 callback with no queue, task or copy in between — the proxy's hot path.
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from struct import unpack_from
+from typing import TypeVar
 
-from dbgate.wire.errors import ProtocolError
-from dbgate.wire.framing import MAX_STARTUP_PACKET
+from dbgate.wire.flow import Flow, Message
+from dbgate.wire.framing import HandshakeReader
+
+T = TypeVar("T")
 
 
 class ConnectionLost(Exception):
@@ -29,7 +32,7 @@ class Channel(asyncio.Protocol):
     def __init__(self, max_message_size: int) -> None:
         self.transport: asyncio.Transport | None = None
         self.max_message_size = max_message_size
-        self._buf = bytearray()
+        self._incoming = HandshakeReader(max_message_size)
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Callable[[bytes], None] | None = None
         self._closed = False
@@ -52,7 +55,7 @@ class Channel(asyncio.Protocol):
         if sink is not None:
             sink(data)
             return
-        self._buf += data
+        self._incoming.feed(data)
         self._wake()
 
     def eof_received(self) -> bool | None:
@@ -80,8 +83,12 @@ class Channel(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def _need(self, n: int) -> None:
-        while len(self._buf) < n:
+    async def _next(self, take: Callable[[], T | None]) -> T:
+        """Wait until ``take`` (one of the reader's ``next_*``) has a whole packet."""
+        while True:
+            packet = take()
+            if packet is not None:
+                return packet
             if self._closed:
                 raise ConnectionLost("connection closed by peer")
             self._waiter = asyncio.get_running_loop().create_future()
@@ -92,36 +99,32 @@ class Channel(asyncio.Protocol):
 
     async def recv_startup(self) -> bytes:
         """Next untyped startup-phase packet body (after its length word)."""
-        await self._need(4)
-        length = unpack_from("!I", self._buf, 0)[0]
-        if length < 8 or length > MAX_STARTUP_PACKET:
-            raise ProtocolError(f"invalid startup packet length {length}")
-        await self._need(length)
-        body = bytes(self._buf[4:length])
-        del self._buf[:length]
-        return body
+        return await self._next(self._incoming.next_startup_packet)
 
-    async def recv(self) -> tuple[int, bytes]:
+    async def recv(self) -> Message:
         """Next typed message as (type byte, body)."""
-        await self._need(5)
-        mtype = self._buf[0]
-        length = unpack_from("!I", self._buf, 1)[0]
-        if length < 4 or length > self.max_message_size:
-            raise ProtocolError(f"invalid message length {length}")
-        await self._need(1 + length)
-        body = bytes(self._buf[5 : 1 + length])
-        del self._buf[: 1 + length]
-        return mtype, body
+        return await self._next(self._incoming.next_message)
 
     async def recv_byte(self) -> bytes:
         """One raw byte (the server's 'S'/'N' answer to SSLRequest)."""
-        await self._need(1)
-        answer = bytes(self._buf[:1])
-        del self._buf[:1]
-        return answer
+        return await self._next(self._incoming.next_byte)
+
+    async def exchange(self, flow: Flow[T]) -> T:
+        """Run a sans-IO flow over this connection: send what it yields, feed it the
+        peer's answers, and return its result. Its exceptions pass through."""
+        try:
+            out = next(flow)
+            while True:
+                if out:
+                    self.write(out)
+                out = flow.send(await self.recv())
+        except StopIteration as done:
+            return done.value
+        finally:
+            flow.close()
 
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._incoming)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self._closed:
@@ -150,8 +153,7 @@ class Channel(asyncio.Protocol):
         The sink also replaces ``data_received`` on this instance, so the event loop
         calls it directly: one Python frame less per read on the relay's hot path.
         """
-        leftover = bytes(self._buf)
-        self._buf.clear()
+        leftover = self._incoming.take_all()
         self._sink = sink
         self.data_received = sink  # type: ignore[method-assign]
         if leftover:

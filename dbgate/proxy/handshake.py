@@ -1,8 +1,10 @@
 """The client side of connection startup: TLS/GSS negotiation, identity, SCRAM.
 
 Agents authenticate to dbgate as dbgate identities (never as database roles) with
-SCRAM-SHA-256. Unknown identities go through the same exchange against a random
-verifier and fail the same way, so the gateway does not reveal which names exist.
+SCRAM-SHA-256. The exchange itself is the sans-IO flow of :mod:`dbgate.wire.accept`
+(unknown identities go through the same steps against a mock verifier and fail the
+same way, so the gateway does not reveal which names exist); this module runs it
+over the client's channel and decides, from the configuration, whom to admit.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from dataclasses import dataclass
 from dbgate.config import Config, IdentityConfig
 from dbgate.proxy.channel import Channel
 from dbgate.proxy.startup_params import StartupParamError, filter_startup_params
-from dbgate.wire import messages as m
-from dbgate.wire.errors import ProtocolError
-from dbgate.wire.scram import AuthenticationFailed, ScramServerExchange, make_verifier
+from dbgate.wire.accept import authenticate_client, password_failed
+from dbgate.wire.codec import error_response
+from dbgate.wire.errors import ClientProtocolError
+from dbgate.wire.scram import AuthenticationFailed, make_verifier
+from dbgate.wire.sqlstate import INSUFFICIENT_PRIVILEGE
 from dbgate.wire.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -38,7 +42,7 @@ class HandshakeRefused(Exception):
     def __init__(self, sqlstate: str, message: str) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
-        self.response = m.error_response(sqlstate, message, severity="FATAL")
+        self.response = error_response(sqlstate, message, severity="FATAL")
 
 
 @dataclass(slots=True)
@@ -74,7 +78,7 @@ async def read_startup(
                 continue
             if channel.buffered():
                 # Bytes sent before our answer could be injected by a man in the middle.
-                raise ProtocolError("received unencrypted data after SSL request")
+                raise ClientProtocolError("received unencrypted data after SSL request")
             channel.write(b"S")
             assert channel.transport is not None
             channel.transport = await loop.start_tls(  # type: ignore[assignment]
@@ -91,49 +95,33 @@ async def read_startup(
 async def authenticate(
     channel: Channel, config: Config, verifiers: dict[str, str], startup: StartupMessage
 ) -> ClientHello:
-    """Run SCRAM-SHA-256 for the identity named in the StartupMessage."""
+    """Run SCRAM-SHA-256 for the identity named in the StartupMessage, then admit it
+    (or not) to the database it asked for."""
     if startup.needs_negotiation:
         channel.write(startup.negotiation())
     user = startup.params.get("user", "")
-    if not user:
-        raise HandshakeRefused("28000", "no user name specified in the startup packet")
     identity = config.identity(user)
-    channel.write(m.auth_sasl(["SCRAM-SHA-256"]))
-    mtype, body = await channel.recv()
-    if mtype != ord("p"):
-        raise ProtocolError(f"expected SASLInitialResponse, got message type {chr(mtype)!r}")
-    mechanism, first = m.parse_sasl_initial_response(body)
-    if mechanism != "SCRAM-SHA-256" or first is None:
-        raise HandshakeRefused("28000", f"unsupported SASL mechanism {mechanism!r}")
-    verifier = verifiers.get(user)
-    exchange = (
-        ScramServerExchange(verifier)
-        if verifier is not None
-        else ScramServerExchange.mock(user, _MOCK_SECRET)
-    )
-    failed = HandshakeRefused("28P01", f'password authentication failed for user "{user}"')
+    # No identity, no verifier: the flow then fails exactly like a wrong password.
+    verifier = verifiers.get(user) if identity is not None else None
     try:
-        channel.write(m.auth_sasl_continue(exchange.first(first)))
-        mtype, body = await channel.recv()
-        if mtype != ord("p"):
-            raise ProtocolError(f"expected SASLResponse, got message type {chr(mtype)!r}")
-        final = exchange.final(body)
+        final = await channel.exchange(
+            authenticate_client(user, verifier, mock_secret=_MOCK_SECRET)
+        )
     except AuthenticationFailed as e:
-        if e.sqlstate != "28P01":  # e.g. 0A000 channel binding requested: say so
-            raise HandshakeRefused(e.sqlstate, str(e)) from None
-        raise failed from None
-    if identity is None:
-        raise failed
+        raise HandshakeRefused(e.sqlstate, str(e)) from None
+    if identity is None:  # unreachable (no verifier, no success); fail closed all the same
+        failed = password_failed(user)
+        raise HandshakeRefused(failed.sqlstate, str(failed))
     database = startup.params.get("database") or user
     if not any(fnmatch.fnmatchcase(database, pat) for pat in identity.databases):
         raise HandshakeRefused(
-            "42501", f'identity "{user}" may not connect to database "{database}"'
+            INSUFFICIENT_PRIVILEGE, f'identity "{user}" may not connect to database "{database}"'
         )
     try:
         params = filter_startup_params(startup.params)
     except StartupParamError as e:
-        raise HandshakeRefused("42501", str(e)) from None
-    channel.write(m.auth_sasl_final(final))
+        raise HandshakeRefused(INSUFFICIENT_PRIVILEGE, str(e)) from None
+    channel.write(final)
     return ClientHello(
         identity=identity,
         startup=startup,

@@ -36,8 +36,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from dbgate.wire.errors import ProtocolError
-from dbgate.wire.sqlstate import PROGRAM_LIMIT_EXCEEDED
+from dbgate.wire.errors import LimitExceeded
 
 #: More possible statements than this under one name (a client that pipelines many
 #: different statements under one name) collapse into :data:`LOST`: every Bind and
@@ -52,15 +51,12 @@ MAX_NAMES = 20_000
 MAX_NAME_BYTES = 63
 
 
-class TooManyStatements(ProtocolError):
+class TooManyStatements(LimitExceeded):
     """A session wants more prepared-statement bookkeeping than dbgate allows.
 
-    A ProtocolError so the relay handles it the same way: that one session ends with
-    an ErrorResponse (54000 program_limit_exceeded), everyone else carries on.
+    A resource limit, not a protocol error: that one session ends with an
+    ErrorResponse (54000 program_limit_exceeded), everyone else carries on.
     """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, sqlstate=PROGRAM_LIMIT_EXCEEDED)
 
 
 def name_key(name: str | bytes) -> str:

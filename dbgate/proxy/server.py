@@ -27,8 +27,16 @@ from dbgate.proxy.seams import AllowAll, Inspector, MessageFilter, Observer
 from dbgate.proxy.session import Session
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.proxy.upstream import UpstreamError, connect_upstream, send_cancel
-from dbgate.wire import messages as m
-from dbgate.wire.errors import ProtocolError
+from dbgate.wire import sqlstate
+from dbgate.wire.codec import (
+    auth_ok,
+    backend_key_data,
+    error_response,
+    parse_parameter_status,
+    ready_for_query,
+)
+from dbgate.wire.errors import LimitExceeded, ProtocolError, ServerProtocolError
+from dbgate.wire.framing import frame
 from dbgate.wire.startup import CancelRequest
 
 log = logging.getLogger("dbgate.proxy")
@@ -101,7 +109,11 @@ class ProxyServer:
 
     def _accepted(self, channel: Channel) -> None:
         if self._stopping:
-            channel.write(m.error_response("57P03", "dbgate is shutting down", severity="FATAL"))
+            channel.write(
+                error_response(
+                    sqlstate.CANNOT_CONNECT_NOW, "dbgate is shutting down", severity="FATAL"
+                )
+            )
             channel.close()
             return
         task = asyncio.ensure_future(self._serve(channel))
@@ -121,22 +133,38 @@ class ProxyServer:
             self._report_refusal(channel, client_addr, e)  # before the client hears of it
             channel.write(e.response)
             channel.close()
-        except ProtocolError as e:
+        except ServerProtocolError as e:  # not the client's fault: do not quote it
+            log.error("upstream protocol error during the startup of %s: %s", client_addr, e)
+            channel.write(
+                error_response(
+                    sqlstate.PROTOCOL_VIOLATION,
+                    "dbgate: the upstream server sent an invalid message",
+                    severity="FATAL",
+                )
+            )
+            channel.close()
+        except (ProtocolError, LimitExceeded) as e:  # the client's own bytes
             log.info("protocol error from %s: %s", client_addr, e)
-            channel.write(m.error_response(e.sqlstate, f"dbgate: {e}", severity="FATAL"))
+            channel.write(error_response(e.sqlstate, f"dbgate: {e}", severity="FATAL"))
             channel.close()
         except ConnectionLost:
             channel.close()
         except TimeoutError:
             log.info("startup timeout for %s", client_addr)
-            channel.write(m.error_response("08P01", "dbgate: startup timed out", severity="FATAL"))
+            channel.write(
+                error_response(
+                    sqlstate.PROTOCOL_VIOLATION, "dbgate: startup timed out", severity="FATAL"
+                )
+            )
             channel.close()
         except asyncio.CancelledError:
             channel.abort()
             raise
         except Exception:
             log.exception("unexpected error during startup of %s", client_addr)
-            channel.write(m.error_response("XX000", "dbgate: internal error", severity="FATAL"))
+            channel.write(
+                error_response(sqlstate.INTERNAL_ERROR, "dbgate: internal error", severity="FATAL")
+            )
             channel.close()
         finally:
             self._connections -= 1
@@ -149,7 +177,7 @@ class ProxyServer:
             return
         channel.startup = (packet.params.get("user", ""), packet.params.get("database", ""))
         if len(self._sessions) >= self.config.limits.max_connections:
-            raise HandshakeRefused("53300", "sorry, too many clients already")
+            raise HandshakeRefused(sqlstate.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
         hello = await authenticate(channel, self.config, self._verifiers, packet)
         ident = hello.identity
         upstream_cfg = self.config.upstream
@@ -165,10 +193,12 @@ class ProxyServer:
         except UpstreamError as e:
             log.warning("upstream refused session for %s: %s", ident.name, e)
             if e.error_body is not None:
-                channel.write(m.frame(ord("E"), e.error_body))
+                channel.write(frame(ord("E"), e.error_body))
                 channel.close()
                 return
-            raise HandshakeRefused("08006", "dbgate: cannot connect to the database") from e
+            raise HandshakeRefused(
+                sqlstate.CONNECTION_FAILURE, "dbgate: cannot connect to the database"
+            ) from e
         if channel.closed:
             up.channel.abort()
             return
@@ -189,13 +219,13 @@ class ProxyServer:
             transaction_status=up.transaction_status,
         )
         out = [
-            m.auth_ok(),
-            *(m.frame(ord("S"), b) for b in up.parameter_status),
+            auth_ok(),
+            *(frame(ord("S"), b) for b in up.parameter_status),
         ]
-        info.server_params.update(m.parse_parameter_status(b) for b in up.parameter_status)
-        out.append(m.backend_key_data(pid, secret))
-        out.extend(m.frame(ord("N"), b) for b in up.notices)
-        out.append(m.ready_for_query(up.transaction_status))
+        info.server_params.update(parse_parameter_status(b) for b in up.parameter_status)
+        out.append(backend_key_data(pid, secret))
+        out.extend(frame(ord("N"), b) for b in up.notices)
+        out.append(ready_for_query(up.transaction_status))
         session = Session(
             info=info,
             client=channel,
@@ -284,6 +314,8 @@ class ProxyServer:
         while self._sessions and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for session in list(self._sessions.values()):
-            session.terminate("57P01", "terminating connection due to administrator command")
+            session.terminate(
+                sqlstate.ADMIN_SHUTDOWN, "terminating connection due to administrator command"
+            )
         if self._server is not None:
             await self._server.wait_closed()

@@ -31,7 +31,7 @@ from dbgate.proxy.seams import Allow, MessageFilter, Notice, Observer, Refuse
 from dbgate.proxy.tracker import CLIENT_TYPES, StatementTracker
 from dbgate.wire import messages as m
 from dbgate.wire import sqlstate
-from dbgate.wire.errors import ProtocolError
+from dbgate.wire.errors import LimitExceeded, ProtocolError
 from dbgate.wire.framing import FrameReader
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ class Session:
             fields["D"] = notice.detail
         self.client.write(m.notice_response(notice.message, code=code, **fields))
 
-    def _fail(self, e: ProtocolError, side: str) -> None:
+    def _fail(self, e: ProtocolError | LimitExceeded, side: str) -> None:
         log.info("session %s: protocol error %s: %s", self.info.session_id, side, e)
         self.terminate(e.sqlstate, f"dbgate: {e}")
 
@@ -211,7 +211,7 @@ class Session:
             if not chunk:
                 return
             out = tracker.client_chunk(chunk, frames, full)
-        except ProtocolError as e:
+        except (ProtocolError, LimitExceeded) as e:
             self._fail(e, "from client")
             return
         if tracker.terminating:
@@ -283,7 +283,7 @@ class Session:
             return
         try:
             self.upstream.write(self.tracker.resume(verdict))
-        except ProtocolError as e:  # too much to keep track of
+        except (ProtocolError, LimitExceeded) as e:  # too much to keep track of
             self._fail(e, "after a decision")
             return
         self._waiting = None
@@ -302,7 +302,7 @@ class Session:
         full = tracker.full
         try:
             chunk, frames = self._s2c.feed_select(data, tracker.mask)
-        except ProtocolError as e:
+        except (ProtocolError, LimitExceeded) as e:
             log.error("session %s: protocol error from upstream: %s", self.info.session_id, e)
             self.terminate(
                 sqlstate.PROTOCOL_VIOLATION, "dbgate: the upstream server sent an invalid message"
@@ -313,7 +313,7 @@ class Session:
         was_blocked = tracker.blocked
         try:
             out = tracker.server_chunk(chunk, frames, full)
-        except ProtocolError as e:
+        except (ProtocolError, LimitExceeded) as e:
             log.error("session %s: %s", self.info.session_id, e)
             self.terminate(e.sqlstate, f"dbgate: {e}")
             return

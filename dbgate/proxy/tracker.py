@@ -58,7 +58,7 @@ from dbgate.proxy.seams import (
 )
 from dbgate.wire import messages as m
 from dbgate.wire import sqlstate
-from dbgate.wire.errors import ProtocolError
+from dbgate.wire.errors import ClientProtocolError, LimitExceeded, ServerProtocolError
 from dbgate.wire.framing import ALL_TYPES, Frame, split_frames, type_mask
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ _STATUS = {0x49: "I", 0x54: "T", 0x45: "E"}
 Entry = tuple[Any, ...]
 
 
-class TrackerDesync(ProtocolError):
+class TrackerDesync(ServerProtocolError):
     """The server sent something that does not answer the message dbgate expected.
 
     dbgate's picture of the session can no longer be trusted, so the session ends.
@@ -220,7 +220,7 @@ def _bind_statement_name(chunk: bytes, s: int, e: int) -> bytes:
     i = chunk.find(b"\0", s, e)
     j = chunk.find(b"\0", i + 1, e) if i >= 0 else -1
     if j < 0:
-        raise ProtocolError("malformed Bind message")
+        raise ClientProtocolError("malformed Bind message")
     return chunk[i + 1 : j]
 
 
@@ -267,7 +267,7 @@ def _bind_names(body: bytes) -> tuple[str, str]:
     i = body.find(b"\0")
     j = body.find(b"\0", i + 1) if i >= 0 else -1
     if j < 0:
-        raise ProtocolError("malformed Bind message")
+        raise ClientProtocolError("malformed Bind message")
     return (
         body[:i].decode("utf-8", "surrogateescape"),
         body[i + 1 : j].decode("utf-8", "surrogateescape"),
@@ -536,7 +536,7 @@ class StatementTracker:
                 continue
             elif t == _FUNCTION_MSG:
                 if e - s < 4:
-                    raise ProtocolError("FunctionCall message too short")
+                    raise ClientProtocolError("FunctionCall message too short")
                 stmt = Statement("function_call", "", function_oid=unpack_from("!I", chunk, s)[0])
             elif t in (_COPY_DONE_MSG, _COPY_FAIL_MSG):
                 self.copy_end_sent()
@@ -595,9 +595,8 @@ class StatementTracker:
             self.waiting = Waiting(verdict, t, chunk[hdr:e], stmt, rec, body, chunk[e:])
             return out
         if len(queue) > MAX_IN_FLIGHT:
-            raise ProtocolError(
-                f"more than {MAX_IN_FLIGHT} messages in flight without reading the answers",
-                sqlstate=sqlstate.PROGRAM_LIMIT_EXCEEDED,
+            raise LimitExceeded(
+                f"more than {MAX_IN_FLIGHT} messages in flight without reading the answers"
             )
         if out is None:
             return None
@@ -813,7 +812,11 @@ class StatementTracker:
         creates nothing, so the client's unnamed statement and portal are left alone.
         The error carries a per-process nonce that clients cannot forge.
         """
-        code = refusal.sqlstate if sqlstate.is_valid(refusal.sqlstate) else "42501"
+        code = (
+            refusal.sqlstate
+            if sqlstate.is_valid(refusal.sqlstate)
+            else sqlstate.INSUFFICIENT_PRIVILEGE
+        )
         self._injection_seq += 1
         token = f"dbgate-refusal-{_NONCE}-{self._injection_seq}"
         if message_type == ord("Q"):

@@ -2,7 +2,9 @@
 
 The agent never sees these credentials: dbgate authenticates upstream on the agent's
 behalf with SCRAM-SHA-256, md5, a cleartext password or trust — whatever the server
-asks for — optionally over TLS.
+asks for — optionally over TLS. The login itself is the sans-IO flow of
+:mod:`dbgate.wire.connect`; this module opens the connection, runs the flow over it
+and says whose fault a failure was.
 """
 
 from __future__ import annotations
@@ -10,21 +12,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
-from struct import unpack_from
 
 from dbgate.config import UpstreamConfig
 from dbgate.proxy.channel import Channel
-from dbgate.wire.auth import md5_password
-from dbgate.wire.errors import ProtocolError
-from dbgate.wire.scram import ScramClientExchange
-from dbgate.wire.startup import SSLRequest, StartupMessage
-
-AUTH_OK = 0
-AUTH_CLEARTEXT = 3
-AUTH_MD5 = 5
-AUTH_SASL = 10
-AUTH_SASL_CONTINUE = 11
-AUTH_SASL_FINAL = 12
+from dbgate.wire.connect import LoginRefused, log_in
+from dbgate.wire.errors import LimitExceeded, ProtocolError, ServerProtocolError
+from dbgate.wire.startup import CancelRequest, SSLRequest
 
 
 class UpstreamError(Exception):
@@ -47,10 +40,6 @@ class UpstreamConnection:
     parameter_status: list[bytes] = field(default_factory=list)  # raw 'S' bodies, in order
     notices: list[bytes] = field(default_factory=list)  # raw 'N' bodies sent during startup
     transaction_status: str = "I"
-
-
-def _message(mtype: bytes, body: bytes) -> bytes:
-    return mtype + (len(body) + 4).to_bytes(4, "big") + body
 
 
 def tls_context(cfg: UpstreamConfig) -> ssl.SSLContext:
@@ -109,83 +98,41 @@ async def connect_upstream(
     params: dict[str, str],
     max_message_size: int,
 ) -> UpstreamConnection:
-    """Connect, authenticate and read until the first ReadyForQuery."""
+    """Connect, authenticate and read until the first ReadyForQuery.
+
+    Raises :class:`UpstreamError` when the server cannot be reached or refuses us,
+    :class:`ServerProtocolError` when it breaks the protocol (whatever went wrong
+    reading it: the client is not at fault).
+    """
     try:
         channel = await asyncio.wait_for(
             open_channel(cfg, max_message_size), timeout=cfg.connect_timeout
         )
     except (TimeoutError, OSError) as e:
         raise UpstreamError(f"cannot connect to upstream {cfg.host}:{cfg.port}: {e}") from e
+    flow = log_in(user=user, password=password, database=database, params=params)
     try:
-        return await asyncio.wait_for(
-            _startup(channel, user=user, password=password, database=database, params=params),
-            timeout=cfg.connect_timeout,
-        )
-    except TimeoutError as e:
-        channel.abort()
-        raise UpstreamError("upstream did not complete the startup in time") from e
+        try:
+            hello = await asyncio.wait_for(channel.exchange(flow), timeout=cfg.connect_timeout)
+        except TimeoutError as e:
+            raise UpstreamError("upstream did not complete the startup in time") from e
+        except LoginRefused as e:
+            raise UpstreamError(str(e), error_body=e.error_body) from None
+        except ServerProtocolError:
+            raise
+        except (ProtocolError, LimitExceeded) as e:  # the framer's: it cannot tell whose
+            raise ServerProtocolError(str(e)) from e
     except BaseException:
         channel.abort()
         raise
-
-
-async def _startup(
-    channel: Channel, *, user: str, password: str | None, database: str, params: dict[str, str]
-) -> UpstreamConnection:
-    startup_params = {"user": user, "database": database, **params}
-    channel.write(StartupMessage(protocol=(3, 0), params=startup_params).encode())
-    conn = UpstreamConnection(channel=channel)
-    scram: ScramClientExchange | None = None
-    while True:
-        mtype, body = await channel.recv()
-        if mtype == ord("E"):
-            raise UpstreamError("upstream refused the connection", error_body=body)
-        if mtype == ord("R"):
-            if len(body) < 4:
-                raise ProtocolError("short authentication message from upstream")
-            code = unpack_from("!i", body, 0)[0]
-            if code == AUTH_OK:
-                continue
-            if password is None:
-                raise UpstreamError("upstream asks for a password and none is configured")
-            if code == AUTH_CLEARTEXT:
-                channel.write(_message(b"p", password.encode() + b"\0"))
-            elif code == AUTH_MD5:
-                channel.write(_message(b"p", md5_password(user, password, body[4:8]) + b"\0"))
-            elif code == AUTH_SASL:
-                mechanisms = [m.decode() for m in body[4:].split(b"\0") if m]
-                if "SCRAM-SHA-256" not in mechanisms:
-                    raise UpstreamError(f"upstream offers unsupported SASL {mechanisms}")
-                scram = ScramClientExchange(user, password)
-                first = scram.first()
-                channel.write(
-                    _message(
-                        b"p",
-                        b"SCRAM-SHA-256\0" + len(first).to_bytes(4, "big", signed=True) + first,
-                    )
-                )
-            elif code == AUTH_SASL_CONTINUE and scram is not None:
-                channel.write(_message(b"p", scram.cont(body[4:])))
-            elif code == AUTH_SASL_FINAL and scram is not None:
-                scram.final(body[4:])
-            else:
-                raise UpstreamError(f"upstream asks for unsupported authentication {code}")
-        elif mtype == ord("S"):
-            conn.parameter_status.append(body)
-        elif mtype == ord("K"):
-            if len(body) < 8:
-                raise ProtocolError("short BackendKeyData from upstream")
-            conn.backend_pid = unpack_from("!i", body, 0)[0]
-            conn.backend_key = body[4:]
-        elif mtype == ord("N"):
-            conn.notices.append(body)
-        elif mtype == ord("v"):
-            continue  # NegotiateProtocolVersion: we asked for 3.0, nothing to adjust
-        elif mtype == ord("Z"):
-            conn.transaction_status = chr(body[0]) if body else "I"
-            return conn
-        else:
-            raise ProtocolError(f"unexpected message {chr(mtype)!r} from upstream during startup")
+    return UpstreamConnection(
+        channel=channel,
+        backend_pid=hello.backend_pid,
+        backend_key=hello.backend_key,
+        parameter_status=hello.parameter_status,
+        notices=hello.notices,
+        transaction_status=hello.transaction_status,
+    )
 
 
 class _UntilClosed(asyncio.Protocol):
@@ -205,8 +152,6 @@ async def send_cancel(cfg: UpstreamConfig, pid: int, key: bytes, timeout: float 
     statement, so closing ours before the server is done could let the cancel land
     on that next statement (a COMMIT, say). Hence: wait for the server's close.
     """
-    from dbgate.wire.startup import CancelRequest
-
     loop = asyncio.get_running_loop()
     if cfg.host.startswith("/"):
         path = f"{cfg.host.rstrip('/')}/.s.PGSQL.{cfg.port}"

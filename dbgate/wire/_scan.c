@@ -9,7 +9,8 @@
  * and only needs to see ReadyForQuery therefore builds no Python object per row.
  *
  * A length below 4 or above max_size raises ValueError("badlen", offset, type,
- * length); the Python wrapper turns it into a ProtocolError.
+ * length); the Python wrapper turns it into the length error (ProtocolError, or
+ * LimitExceeded for a message over max_size).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

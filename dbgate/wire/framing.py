@@ -1,6 +1,15 @@
-"""Incremental framing of PostgreSQL protocol messages (sans-IO).
+"""Framing of PostgreSQL protocol messages, both ways (sans-IO): the one framer.
 
-This is the proxy's hot path: every byte of every session passes through
+Every length word dbgate reads is checked here, and every message it builds is
+wrapped by :func:`frame`. Three readers, for three ways of reading:
+
+* :class:`FrameReader`: the relay's stream of typed messages, many per read;
+* :class:`HandshakeReader`: startup and authentication, one packet at a time, of
+  whatever kind the exchange expects next (untyped startup packet, typed message,
+  the single byte that answers SSLRequest);
+* :class:`StartupReader`: untyped startup packets only.
+
+:class:`FrameReader` is the proxy's hot path: every byte of every session passes through
 :meth:`FrameReader.feed`. It is written for few allocations per read:
 
 * when the previous read left no partial message (the common case) the incoming
@@ -17,8 +26,11 @@ from __future__ import annotations
 
 from struct import Struct
 
+from dbgate.wire.errors import LimitExceeded, ProtocolError
+
 _U32 = Struct("!I")
 _unpack_u32 = _U32.unpack_from
+_pack_u32 = _U32.pack
 
 Frame = tuple[int, int, int]  # (message type byte, body start, body end) within the chunk
 
@@ -52,7 +64,8 @@ class FrameReader:
         ``chunk`` contains exactly the complete messages (possibly ``b""``); any
         trailing partial message is kept for the next call.
 
-        Raises :class:`ProtocolError` on a length below 4 or above ``max_size``.
+        Raises :class:`ProtocolError` on a length below 4, :class:`LimitExceeded`
+        on one above ``max_size``.
         """
         buf = self._pending + data if self._pending else data
         n = len(buf)
@@ -129,7 +142,7 @@ def _feed_select(self: FrameReader, data: bytes, mask: bytes) -> tuple[bytes, li
         try:
             end, frames = _c_scan(buf, 0, self.max_size, mask)
         except ValueError:
-            end, frames = _select(buf, self.max_size, mask)  # raises the ProtocolError
+            end, frames = _select(buf, self.max_size, mask)  # raises the length error
     else:
         end, frames = _py_scan(buf, self.max_size, mask)
     if end == len(buf):
@@ -148,8 +161,6 @@ def split_frames(buf: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[F
     """All frames of ``buf``, which must hold complete messages only."""
     end, frames = _select(buf, max_size, ALL_TYPES)
     if end != len(buf):
-        from dbgate.wire.errors import ProtocolError
-
         raise ProtocolError("incomplete message where complete messages were expected")
     return frames
 
@@ -171,11 +182,7 @@ class StartupReader:
         self._pending += data
         if len(self._pending) < 4:
             return None
-        length = _unpack_u32(self._pending, 0)[0]
-        if length < 8 or length > MAX_STARTUP_PACKET:
-            from dbgate.wire.errors import ProtocolError
-
-            raise ProtocolError(f"invalid startup packet length {length}")
+        length = _startup_length(self._pending)
         if len(self._pending) < length:
             return None
         body = self._pending[4:length]
@@ -187,13 +194,93 @@ class StartupReader:
         return rest
 
 
-def _bad_length(mtype: int, length: int, max_size: int) -> Exception:
-    from dbgate.wire.errors import ProtocolError
+class HandshakeReader:
+    """Bytes received before the relay starts, taken one packet at a time.
 
+    Startup and authentication are exchanges: read one packet, answer, read the next,
+    and what the next one is (an untyped startup packet, a typed message, one byte)
+    depends on the exchange. Each ``next_*`` method returns ``None`` until the whole
+    packet is here, and checks its length word as soon as that has arrived, with the
+    same rules as :class:`FrameReader` and :class:`StartupReader`.
+    """
+
+    __slots__ = ("_buf", "max_size")
+
+    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self._buf = bytearray()
+        self.max_size = max_size
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_startup_packet(self) -> bytes | None:
+        """The body (after the length word) of the next untyped startup-phase packet."""
+        buf = self._buf
+        if len(buf) < 4:
+            return None
+        length = _startup_length(buf)
+        if len(buf) < length:
+            return None
+        body = bytes(buf[4:length])
+        del buf[:length]
+        return body
+
+    def next_message(self) -> tuple[int, bytes] | None:
+        """``(type byte, body)`` of the next typed message."""
+        buf = self._buf
+        if len(buf) < 5:
+            return None
+        length = _unpack_u32(buf, 1)[0]
+        if length < 4 or length > self.max_size:
+            raise _bad_length(buf[0], length, self.max_size)
+        if len(buf) < 1 + length:
+            return None
+        message = (buf[0], bytes(buf[5 : 1 + length]))
+        del buf[: 1 + length]
+        return message
+
+    def next_byte(self) -> bytes | None:
+        """One raw byte: a server's 'S' or 'N' answer to SSLRequest."""
+        if not self._buf:
+            return None
+        answer = bytes(self._buf[:1])
+        del self._buf[:1]
+        return answer
+
+    def take_all(self) -> bytes:
+        """Everything received and not taken yet (handed to the relay, in order)."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+
+_TYPE_BYTES = [bytes((i,)) for i in range(256)]
+
+
+def frame(type_byte: int, body: bytes) -> bytes:
+    """A complete message of type ``type_byte`` around an already encoded ``body``.
+
+    Every message dbgate builds goes through here, so the length word is computed in
+    one place.
+    """
+    return _TYPE_BYTES[type_byte] + _pack_u32(len(body) + 4) + body
+
+
+def _startup_length(buf: bytes | bytearray) -> int:
+    """The length word of the startup packet at the start of ``buf``, checked."""
+    length = _unpack_u32(buf, 0)[0]
+    if length < 8 or length > MAX_STARTUP_PACKET:
+        raise ProtocolError(f"invalid startup packet length {length}")
+    return length
+
+
+def _bad_length(mtype: int, length: int, max_size: int) -> ProtocolError | LimitExceeded:
     shown = chr(mtype) if 32 <= mtype < 127 else f"0x{mtype:02x}"
     if length < 4:
         return ProtocolError(f"invalid message length {length} for message type {shown!r}")
-    return ProtocolError(
-        f"message of type {shown!r} is {length} bytes, over the limit of {max_size}",
-        sqlstate="54000",
+    return LimitExceeded(
+        f"message of type {shown!r} is {length} bytes, over the limit of {max_size}"
     )

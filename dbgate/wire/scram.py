@@ -22,9 +22,11 @@ at dbgate, so binding to it proves nothing about the upstream. A client that
 insists on binding (gs2 flag ``p``) gets a clear error rather than a silent
 downgrade; the ``y`` flag ("I could bind, you did not offer it") is accepted.
 
-Failures: malformed SCRAM messages raise :class:`ProtocolError` (08P01); a wrong
-password or unsupported feature raises :class:`AuthenticationFailed`. Both carry
-``.sqlstate`` so the proxy can answer with an ErrorResponse directly.
+Failures: malformed SCRAM messages raise a :class:`ProtocolError` (08P01) naming
+whose they are: :class:`ClientProtocolError` in the server exchange (the client
+sent them), :class:`ServerProtocolError` in the client exchange. A wrong password or
+unsupported feature raises :class:`AuthenticationFailed`. All carry ``.sqlstate``
+so the proxy can answer with an ErrorResponse directly.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from dataclasses import dataclass
 from scramp.utils import ScramException, saslprep
 
 from dbgate.wire.auth import md5_password
-from dbgate.wire.errors import ProtocolError
+from dbgate.wire.errors import ClientProtocolError, ProtocolError, ServerProtocolError
+from dbgate.wire.sqlstate import FEATURE_NOT_SUPPORTED, INVALID_PASSWORD
 
 __all__ = [
     "DEFAULT_ITERATIONS",
@@ -72,7 +75,7 @@ class AuthenticationFailed(Exception):
     0A000 for features dbgate does not offer (channel binding, authzid).
     """
 
-    def __init__(self, message: str, sqlstate: str = "28P01") -> None:
+    def __init__(self, message: str, sqlstate: str = INVALID_PASSWORD) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
 
@@ -117,32 +120,32 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: str, what: str) -> bytes:
+def _unb64(text: str, what: str, fault: type[ProtocolError]) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ProtocolError(f"malformed SCRAM message: {what} is not valid base64") from None
+        raise fault(f"malformed SCRAM message: {what} is not valid base64") from None
 
 
 def _new_nonce() -> str:
     return _b64(secrets.token_bytes(NONCE_LENGTH))
 
 
-def _check_nonce(nonce: str, what: str) -> None:
+def _check_nonce(nonce: str, what: str, fault: type[ProtocolError]) -> None:
     if not nonce or not all(0x21 <= ord(c) <= 0x7E and c != "," for c in nonce):
-        raise ProtocolError(f"malformed SCRAM message: invalid {what} nonce")
+        raise fault(f"malformed SCRAM message: invalid {what} nonce")
 
 
-def _text(message: bytes, what: str) -> str:
+def _text(message: bytes, what: str, fault: type[ProtocolError]) -> str:
     try:
         return bytes(message).decode()
     except UnicodeDecodeError:
-        raise ProtocolError(f"malformed SCRAM message: {what} is not valid UTF-8") from None
+        raise fault(f"malformed SCRAM message: {what} is not valid UTF-8") from None
 
 
-def _attr(part: str, name: str, what: str) -> str:
+def _attr(part: str, name: str, what: str, fault: type[ProtocolError]) -> str:
     if not part.startswith(name + "="):
-        raise ProtocolError(f"malformed SCRAM message: expected attribute {name!r} in {what}")
+        raise fault(f"malformed SCRAM message: expected attribute {name!r} in {what}")
     return part[2:]
 
 
@@ -239,7 +242,7 @@ class ScramServerExchange:
     def __init__(self, verifier: str | ScramVerifier, *, nonce: str | None = None) -> None:
         self._verifier = parse_verifier(verifier) if isinstance(verifier, str) else verifier
         self._server_nonce = _new_nonce() if nonce is None else nonce
-        _check_nonce(self._server_nonce, "server")
+        _check_nonce(self._server_nonce, "server", ProtocolError)  # ours, from the caller
         self._will_fail = False
         self._nonce: str | None = None
         self._gs2_header = ""
@@ -275,34 +278,36 @@ class ScramServerExchange:
     def first(self, client_first: bytes) -> bytes:
         """Consume client-first-message; return server-first-message."""
         if self._nonce is not None:
-            raise ProtocolError("unexpected SASL initial response: exchange already started")
-        text = _text(client_first, "client-first-message")
+            raise ClientProtocolError("unexpected SASL initial response: exchange already started")
+        text = _text(client_first, "client-first-message", ClientProtocolError)
         flag, _, rest = text.partition(",")
         if flag.startswith("p="):
             raise AuthenticationFailed(
                 "channel binding is not supported: dbgate offers SCRAM-SHA-256 only, "
                 "not SCRAM-SHA-256-PLUS (connect with channel_binding=prefer or disable)",
-                sqlstate="0A000",
+                sqlstate=FEATURE_NOT_SUPPORTED,
             )
         if flag not in ("n", "y"):
-            raise ProtocolError("malformed SCRAM message: invalid gs2 channel binding flag")
+            raise ClientProtocolError("malformed SCRAM message: invalid gs2 channel binding flag")
         authzid, sep, bare = rest.partition(",")
         if not sep:
-            raise ProtocolError("malformed SCRAM message: incomplete gs2 header")
+            raise ClientProtocolError("malformed SCRAM message: incomplete gs2 header")
         if authzid:
             raise AuthenticationFailed(
-                "client uses authorization identity, but it is not supported", sqlstate="0A000"
+                "client uses authorization identity, but it is not supported",
+                sqlstate=FEATURE_NOT_SUPPORTED,
             )
         parts = bare.split(",")
         if parts[0].startswith("m="):
             raise AuthenticationFailed(
-                "client requires an unsupported SCRAM extension", sqlstate="0A000"
+                "client requires an unsupported SCRAM extension", sqlstate=FEATURE_NOT_SUPPORTED
             )
-        _attr(parts[0], "n", "client-first-message")  # ignored: the startup user counts
+        # The name is ignored (the startup packet's user counts) but must be there.
+        _attr(parts[0], "n", "client-first-message", ClientProtocolError)
         if len(parts) < 2:
-            raise ProtocolError("malformed SCRAM message: client nonce missing")
-        client_nonce = _attr(parts[1], "r", "client-first-message")
-        _check_nonce(client_nonce, "client")
+            raise ClientProtocolError("malformed SCRAM message: client nonce missing")
+        client_nonce = _attr(parts[1], "r", "client-first-message", ClientProtocolError)
+        _check_nonce(client_nonce, "client", ClientProtocolError)
         self._nonce = client_nonce + self._server_nonce
         self._gs2_header = f"{flag},,"
         v = self._verifier
@@ -316,23 +321,27 @@ class ScramServerExchange:
         Raises :class:`AuthenticationFailed` if the proof is wrong.
         """
         if self._nonce is None or self._done or not self._auth_message_prefix:
-            raise ProtocolError("unexpected SASL response at this point of the exchange")
+            raise ClientProtocolError("unexpected SASL response at this point of the exchange")
         self._auth_message_prefix, prefix = "", self._auth_message_prefix  # single use
-        text = _text(client_final, "client-final-message")
+        text = _text(client_final, "client-final-message", ClientProtocolError)
         without_proof, sep, proof_b64 = text.rpartition(",p=")
         if not sep:
-            raise ProtocolError("malformed SCRAM message: proof missing")
+            raise ClientProtocolError("malformed SCRAM message: proof missing")
         parts = without_proof.split(",")
         if len(parts) < 2:
-            raise ProtocolError("malformed SCRAM message: client-final-message incomplete")
-        cbind = _unb64(_attr(parts[0], "c", "client-final-message"), "channel binding")
+            raise ClientProtocolError("malformed SCRAM message: client-final-message incomplete")
+        cbind = _unb64(
+            _attr(parts[0], "c", "client-final-message", ClientProtocolError),
+            "channel binding",
+            ClientProtocolError,
+        )
         if cbind != self._gs2_header.encode():
-            raise ProtocolError("SCRAM channel binding check failed")
-        if _attr(parts[1], "r", "client-final-message") != self._nonce:
-            raise ProtocolError("SCRAM nonce mismatch")
-        proof = _unb64(proof_b64, "proof")
+            raise ClientProtocolError("SCRAM channel binding check failed")
+        if _attr(parts[1], "r", "client-final-message", ClientProtocolError) != self._nonce:
+            raise ClientProtocolError("SCRAM nonce mismatch")
+        proof = _unb64(proof_b64, "proof", ClientProtocolError)
         if len(proof) != _KEY_LENGTH:
-            raise ProtocolError("malformed SCRAM message: proof has the wrong length")
+            raise ClientProtocolError("malformed SCRAM message: proof has the wrong length")
         v = self._verifier
         auth_message = (prefix + without_proof).encode()
         client_key = _xor(proof, _hmac(v.stored_key, auth_message))
@@ -361,7 +370,7 @@ class ScramClientExchange:
         self.user = user
         self._password = password
         self._nonce = _new_nonce() if nonce is None else nonce
-        _check_nonce(self._nonce, "client")
+        _check_nonce(self._nonce, "client", ProtocolError)  # ours, from the caller
         self._bare = ""
         self._server_signature: bytes | None = None
         self._auth_message = b""
@@ -378,23 +387,27 @@ class ScramClientExchange:
         """Consume server-first-message; return client-final-message with our proof."""
         if not self._bare or self._server_signature is not None:
             raise RuntimeError("cont() must follow first(), once")
-        text = _text(server_first, "server-first-message")
+        text = _text(server_first, "server-first-message", ServerProtocolError)
         parts = text.split(",")
         if parts[0].startswith("e="):
             raise AuthenticationFailed(f"upstream SCRAM error: {parts[0][2:]}")
         if len(parts) < 3:
-            raise ProtocolError("malformed SCRAM message: server-first-message incomplete")
-        nonce = _attr(parts[0], "r", "server-first-message")
-        _check_nonce(nonce, "server")
+            raise ServerProtocolError("malformed SCRAM message: server-first-message incomplete")
+        nonce = _attr(parts[0], "r", "server-first-message", ServerProtocolError)
+        _check_nonce(nonce, "server", ServerProtocolError)
         if not nonce.startswith(self._nonce) or len(nonce) == len(self._nonce):
-            raise ProtocolError("SCRAM nonce mismatch: server nonce does not extend ours")
-        salt = _unb64(_attr(parts[1], "s", "server-first-message"), "salt")
-        iter_text = _attr(parts[2], "i", "server-first-message")
+            raise ServerProtocolError("SCRAM nonce mismatch: server nonce does not extend ours")
+        salt = _unb64(
+            _attr(parts[1], "s", "server-first-message", ServerProtocolError),
+            "salt",
+            ServerProtocolError,
+        )
+        iter_text = _attr(parts[2], "i", "server-first-message", ServerProtocolError)
         if not salt or not iter_text.isascii() or not iter_text.isdigit():
-            raise ProtocolError("malformed SCRAM message: invalid salt or iteration count")
+            raise ServerProtocolError("malformed SCRAM message: invalid salt or iteration count")
         iterations = int(iter_text)
         if not 1 <= iterations <= MAX_ITERATIONS:
-            raise ProtocolError(f"SCRAM iteration count {iterations} out of range")
+            raise ServerProtocolError(f"SCRAM iteration count {iterations} out of range")
         client_key, stored_key, server_key = _keys(
             _salted_password(self._password, salt, iterations)
         )
@@ -410,11 +423,15 @@ class ScramClientExchange:
         if expected is None:
             raise RuntimeError("final() must follow cont()")
         self._server_signature = None
-        text = _text(server_final, "server-final-message")
+        text = _text(server_final, "server-final-message", ServerProtocolError)
         first = text.split(",")[0]
         if first.startswith("e="):
             raise AuthenticationFailed(f"upstream SCRAM error: {first[2:]}")
-        signature = _unb64(_attr(first, "v", "server-final-message"), "server signature")
+        signature = _unb64(
+            _attr(first, "v", "server-final-message", ServerProtocolError),
+            "server signature",
+            ServerProtocolError,
+        )
         if not hmac.compare_digest(signature, expected):
             raise AuthenticationFailed(
                 "upstream server signature does not match: it does not know the password"

@@ -3,7 +3,8 @@
 Clients and agents act on the class of an error (``42501`` is "ask for permission",
 ``57014`` is "try again later", ``42601`` is "fix your SQL"), so every code dbgate
 raises is chosen deliberately and named here; the rest of the package imports these
-names instead of spelling the digits. Codes the server sends are relayed untouched.
+names instead of spelling the digits. Codes the server sends are relayed untouched;
+the few dbgate itself reads (to explain a failed start) are named here too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ IN_FAILED_SQL_TRANSACTION = "25P02"
 IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
 INVALID_AUTHORIZATION = "28000"
 INVALID_PASSWORD = "28P01"
+INVALID_CATALOG_NAME = "3D000"  # read, never sent: the server's "no such database"
 SYNTAX_ERROR = "42601"
 INSUFFICIENT_PRIVILEGE = "42501"
 TOO_MANY_CONNECTIONS = "53300"

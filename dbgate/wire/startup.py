@@ -8,7 +8,7 @@ length included) because the proxy also plays client towards the upstream server
 
 Version negotiation follows the server (PostgreSQL 18, protocol 3.2):
 
-* major version other than 3: :class:`ProtocolError` with SQLSTATE 0A000;
+* major version other than 3: :class:`ClientProtocolError` with SQLSTATE 0A000;
 * 3.0 .. 3.2: accepted as is;
 * 3.x with x > 2, or any ``_pq_.*`` protocol option (we support none): still
   accepted, and :attr:`StartupMessage.needs_negotiation` is true. The caller then
@@ -22,12 +22,10 @@ from dataclasses import dataclass, field
 from struct import Struct
 from typing import ClassVar, TypeAlias
 
-from dbgate.wire.errors import ProtocolError
-from dbgate.wire.messages import (
-    MAX_SECRET_KEY_LENGTH,
-    MIN_SECRET_KEY_LENGTH,
-    NegotiateProtocolVersion,
-)
+from dbgate.wire.backend import NegotiateProtocolVersion
+from dbgate.wire.codec import MAX_SECRET_KEY_LENGTH, MIN_SECRET_KEY_LENGTH
+from dbgate.wire.errors import ClientProtocolError
+from dbgate.wire.sqlstate import FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION
 
 __all__ = [
     "CANCEL_REQUEST_CODE",
@@ -174,38 +172,39 @@ _GSSENC = GSSENCRequest()
 def parse_startup_packet(body: bytes) -> StartupPacket:
     """Decode a startup-phase packet body (after the 4-byte length).
 
-    Raises :class:`ProtocolError`: SQLSTATE 0A000 for an unsupported major
-    version, 28000 when no user name is given, 08P01 for anything malformed.
+    Raises :class:`ClientProtocolError` (only clients send these): SQLSTATE 0A000
+    for an unsupported major version, 28000 when no user name is given, 08P01 for
+    anything malformed.
     """
     body = bytes(body)
     if len(body) < 4:
-        raise ProtocolError(f"startup packet too short ({len(body)} bytes after the length)")
+        raise ClientProtocolError(f"startup packet too short ({len(body)} bytes after the length)")
     code = _U32.unpack_from(body, 0)[0]
     if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE):
         if len(body) != 4:
             name = "SSLRequest" if code == SSL_REQUEST_CODE else "GSSENCRequest"
-            raise ProtocolError(f"{name} must be 8 bytes long, got {len(body) + 4}")
+            raise ClientProtocolError(f"{name} must be 8 bytes long, got {len(body) + 4}")
         return _SSL if code == SSL_REQUEST_CODE else _GSSENC
     if code == CANCEL_REQUEST_CODE:
         key_len = len(body) - 8
         if not MIN_SECRET_KEY_LENGTH <= key_len <= MAX_SECRET_KEY_LENGTH:
-            raise ProtocolError(
+            raise ClientProtocolError(
                 f"CancelRequest secret key must be 4..256 bytes, got {max(key_len, 0)}"
             )
         return CancelRequest(_U32.unpack_from(body, 4)[0], body[8:])
     major, minor = code >> 16, code & 0xFFFF
     if major != 3:
-        raise ProtocolError(
+        raise ClientProtocolError(
             f"unsupported frontend protocol {major}.{minor}: "
             f"server supports 3.0 to 3.{NEWEST_MINOR}",
-            sqlstate="0A000",
+            sqlstate=FEATURE_NOT_SUPPORTED,
         )
     return _parse_params((major, minor), body)
 
 
 def _parse_params(protocol: tuple[int, int], body: bytes) -> StartupMessage:
     if body[-1] != 0:
-        raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
+        raise ClientProtocolError("invalid startup packet layout: expected terminator as last byte")
     params: dict[str, str] = {}
     options: dict[str, str] = {}
     pos = 4
@@ -213,19 +212,23 @@ def _parse_params(protocol: tuple[int, int], body: bytes) -> StartupMessage:
     while pos < last:
         name_end = body.find(b"\0", pos)
         if name_end == pos:
-            raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
+            raise ClientProtocolError(
+                "invalid startup packet layout: expected terminator as last byte"
+            )
         value_end = body.find(b"\0", name_end + 1)
         if value_end < 0 or value_end >= last:
-            raise ProtocolError("invalid startup packet layout: parameter without a value")
+            raise ClientProtocolError("invalid startup packet layout: parameter without a value")
         name = _text(body[pos:name_end], "parameter name")
         value = _text(body[name_end + 1 : value_end], f"value of parameter {name!r}")
         target = options if name.startswith(PROTOCOL_OPTION_PREFIX) else params
         if name in target:
-            raise ProtocolError(f"duplicate startup parameter {name!r}")
+            raise ClientProtocolError(f"duplicate startup parameter {name!r}")
         target[name] = value
         pos = value_end + 1
     if not params.get("user"):
-        raise ProtocolError("no PostgreSQL user name specified in startup packet", "28000")
+        raise ClientProtocolError(
+            "no PostgreSQL user name specified in startup packet", INVALID_AUTHORIZATION
+        )
     return StartupMessage(protocol, params, options)
 
 
@@ -233,7 +236,7 @@ def _text(raw: bytes, what: str) -> str:
     try:
         return raw.decode()
     except UnicodeDecodeError:
-        raise ProtocolError(f"invalid UTF-8 in startup packet {what}") from None
+        raise ClientProtocolError(f"invalid UTF-8 in startup packet {what}") from None
 
 
 def negotiate_protocol_version(newest_minor: int, unrecognized_options: list[str]) -> bytes:

@@ -9,8 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbgate.wire import messages as m
-from dbgate.wire.errors import ProtocolError
-from dbgate.wire.framing import FrameReader, StartupReader
+from dbgate.wire.errors import (
+    ClientProtocolError,
+    LimitExceeded,
+    ProtocolError,
+    ServerProtocolError,
+)
+from dbgate.wire.framing import FrameReader, HandshakeReader, StartupReader
 from dbgate.wire.startup import StartupMessage, parse_startup_packet
 
 from .strategies import (
@@ -157,32 +162,73 @@ def test_frame_reader_byte_at_a_time_then_decodes(case) -> None:
     assert seen == [(w[0], w[5:]) for w in wires]
 
 
+def _handshake_messages(reader: HandshakeReader, pieces: list[bytes]) -> list[tuple[int, bytes]]:
+    seen = []
+    for piece in pieces:
+        reader.feed(piece)
+        while (message := reader.next_message()) is not None:
+            seen.append(message)
+    return seen
+
+
+@streams
+@given(stream_and_cuts())
+def test_handshake_reader_takes_the_same_messages_one_at_a_time(case) -> None:
+    wires, cuts = case
+    stream = b"".join(wires)
+    pieces = [stream[a:b] for a, b in pairwise([0, *cuts, len(stream)])]
+    reader = HandshakeReader()
+    assert _handshake_messages(reader, pieces) == [(w[0], w[5:]) for w in wires]
+    assert len(reader) == 0
+
+
+@fast
+@given(st.lists(st.binary(max_size=40), max_size=8), st.integers(4, 200))
+def test_both_framers_apply_the_same_length_rules(pieces: list[bytes], max_size: int) -> None:
+    """Whatever the bytes, the relay's framer and the handshake's agree: the same
+    messages, or the same error (one framer, whichever reader)."""
+
+    def outcome(run: Callable[[], object]) -> object:
+        try:
+            return run()
+        except (ProtocolError, LimitExceeded) as exc:
+            return type(exc), str(exc), exc.sqlstate
+
+    relay = outcome(lambda: _frames_of(FrameReader(max_size), pieces)[1])
+    handshake = outcome(lambda: _handshake_messages(HandshakeReader(max_size), pieces))
+    assert relay == handshake
+
+
 # ------------------------------------------------------------------ (c) garbage
 
 FRONTEND_TYPES = b"BCdcfDEHFpPQSX"
 BACKEND_TYPES = b"RK23CdcGHWDIENVvnAtS1sZT"
-BODY_PARSERS: list[Callable[[bytes], object]] = [
-    m.parse_query,
-    m.parse_parse,
-    m.parse_bind,
-    m.parse_execute,
-    m.parse_describe,
-    m.parse_close,
-    m.parse_password,
-    m.parse_sasl_initial_response,
-    m.parse_ready_for_query,
-    m.parse_command_complete,
-    m.parse_data_row,
-    m.parse_error_fields,
+# Each parser's errors name the sender: only clients send frontend messages.
+BODY_PARSERS: list[tuple[Callable[[bytes], object], type[ProtocolError]]] = [
+    (m.parse_query, ClientProtocolError),
+    (m.parse_parse, ClientProtocolError),
+    (m.parse_bind, ClientProtocolError),
+    (m.parse_execute, ClientProtocolError),
+    (m.parse_describe, ClientProtocolError),
+    (m.parse_close, ClientProtocolError),
+    (m.parse_password, ClientProtocolError),
+    (m.parse_sasl_initial_response, ClientProtocolError),
+    (m.parse_ready_for_query, ServerProtocolError),
+    (m.parse_command_complete, ServerProtocolError),
+    (m.parse_data_row, ServerProtocolError),
+    (m.parse_error_fields, ServerProtocolError),
+    (m.parse_backend_key_data, ServerProtocolError),
 ]
 
 
-def _only_protocol_errors(call: Callable[[], object]) -> None:
+def _only_protocol_errors(
+    call: Callable[[], object], errors: tuple[type[Exception], ...] = (ProtocolError,)
+) -> None:
     try:
         call()
-    except ProtocolError as exc:
+    except errors as exc:
         assert str(exc)
-        assert len(exc.sqlstate) == 5
+        assert len(exc.sqlstate) == 5  # type: ignore[attr-defined]
 
 
 @st.composite
@@ -207,23 +253,23 @@ garbage_type = st.sampled_from(list(FRONTEND_TYPES + BACKEND_TYPES)) | st.intege
 @fast
 @given(garbage_type, st.binary(max_size=64))
 def test_decoders_on_random_bytes(t: int, body: bytes) -> None:
-    _only_protocol_errors(lambda: m.decode_frontend(t, body))
-    _only_protocol_errors(lambda: m.decode_backend(t, body))
+    _only_protocol_errors(lambda: m.decode_frontend(t, body), (ClientProtocolError,))
+    _only_protocol_errors(lambda: m.decode_backend(t, body), (ServerProtocolError,))
 
 
 @fast
 @given(mutated_body(frontend_messages) | mutated_body(backend_messages))
 def test_decoders_on_mutated_messages(case: tuple[int, bytes]) -> None:
     t, body = case
-    _only_protocol_errors(lambda: m.decode_frontend(t, body))
-    _only_protocol_errors(lambda: m.decode_backend(t, body))
+    _only_protocol_errors(lambda: m.decode_frontend(t, body), (ClientProtocolError,))
+    _only_protocol_errors(lambda: m.decode_backend(t, body), (ServerProtocolError,))
 
 
 @fast
 @given(st.binary(max_size=64) | mutated_body(frontend_messages).map(lambda c: c[1]))
 def test_fast_parsers_on_garbage(body: bytes) -> None:
-    for parser in BODY_PARSERS:
-        _only_protocol_errors(lambda p=parser: p(body))
+    for parser, sender in BODY_PARSERS:
+        _only_protocol_errors(lambda p=parser: p(body), (sender,))
 
 
 @fast
@@ -238,7 +284,7 @@ def test_frame_reader_on_garbage(pieces: list[bytes], max_size: int) -> None:
                 assert chunk[s - 5] == t
                 assert int.from_bytes(chunk[s - 4 : s], "big") == e - s + 4 <= max_size
 
-    _only_protocol_errors(run)
+    _only_protocol_errors(run, (ProtocolError, LimitExceeded))  # too long: a limit
 
 
 @fast
@@ -250,7 +296,9 @@ def test_startup_reader_and_parser_on_garbage(pieces: list[bytes]) -> None:
         for piece in pieces:
             body = reader.feed(piece)
             while body is not None:
-                _only_protocol_errors(lambda b=body: parse_startup_packet(b))
+                _only_protocol_errors(
+                    lambda b=body: parse_startup_packet(b), (ClientProtocolError,)
+                )
                 body = reader.feed(b"")
 
     _only_protocol_errors(run)
@@ -265,4 +313,4 @@ def test_startup_reader_and_parser_on_garbage(pieces: list[bytes]) -> None:
     )
 )
 def test_parse_startup_packet_on_garbage(body: bytes) -> None:
-    _only_protocol_errors(lambda: parse_startup_packet(body))
+    _only_protocol_errors(lambda: parse_startup_packet(body), (ClientProtocolError,))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from dbgate.wire import messages as m
 from dbgate.wire.auth import md5_password
-from dbgate.wire.errors import ProtocolError
+from dbgate.wire.errors import ClientProtocolError, ProtocolError, ServerProtocolError
 from dbgate.wire.scram import (
     MECHANISMS,
     AuthenticationFailed,
@@ -400,7 +400,7 @@ def test_property_server_exchange_garbage_only_raises_documented_errors(
     try:
         server.first(first)
         server.final(final)
-    except (ProtocolError, AuthenticationFailed) as exc:
+    except (ClientProtocolError, AuthenticationFailed) as exc:  # the client's bytes
         assert len(exc.sqlstate) == 5
 
 
@@ -414,5 +414,5 @@ def test_property_client_exchange_garbage_only_raises_documented_errors(
     try:
         client.cont(b"r=cnX," + server_first)
         client.final(server_final)
-    except (ProtocolError, AuthenticationFailed) as exc:
+    except (ServerProtocolError, AuthenticationFailed) as exc:  # the server's bytes
         assert len(exc.sqlstate) == 5
