@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from dbgate.approvals.model import Requester
     from dbgate.approvals.notify import Notifier
     from dbgate.approvals.service import PgApprovalService
+    from dbgate.gate.pii import PiiGate
     from dbgate.web.app import WebServer
 
 log = logging.getLogger("dbgate.app")
@@ -49,7 +50,11 @@ log = logging.getLogger("dbgate.app")
 __all__ = ["App", "StartupError", "build_gate", "run_serve", "serve_until_signal"]
 
 
-def build_gate(config: Config, approvals: PgApprovalService | None = None) -> Inspector:
+def build_gate(
+    config: Config,
+    approvals: PgApprovalService | None = None,
+    pii: PiiGate | None = None,
+) -> Inspector:
     """The relay's inspector for ``config``: the gate, or allow-all when policy is off."""
     if config.policy == "off":
         log.warning("policy is OFF: every statement is relayed without inspection")
@@ -65,7 +70,7 @@ def build_gate(config: Config, approvals: PgApprovalService | None = None) -> In
             default_wait_seconds=config.approvals.default_wait_seconds,
             replica=approvals.replica,
         )
-    return Gate(load_rules(config.rules_dir), holds=holds)
+    return Gate(load_rules(config.rules_dir), holds=holds, pii=pii)
 
 
 def _estimate_connection(config: Config, requester: Requester) -> Mapping[str, Any] | None:
@@ -97,6 +102,7 @@ class App:
         self.approvals: PgApprovalService | None = None
         self.notifier: Notifier | None = None
         self.gate: Inspector | None = None
+        self.pii: PiiGate | None = None
         self.observer: Observer | None = None
         self.proxy: ProxyServer | None = None
         self.web: WebServer | None = None
@@ -134,8 +140,14 @@ class App:
             await self._start_state()
         from dbgate.gate.observers import MetricsObserver, combine
 
+        if config.pii.enabled and config.policy == "enforce":
+            from dbgate.gate.pii import PiiGate
+
+            self.pii = PiiGate(config)
+            with startup_step("pii"):
+                self.pii.check()
         with startup_step("rules"):
-            self.gate = build_gate(config, self.approvals)
+            self.gate = build_gate(config, self.approvals, self.pii)
         self.observer = combine([MetricsObserver()] if config.metrics.enabled else [])
         tls = config.tls
         with startup_step(
@@ -143,7 +155,12 @@ class App:
             cert_file=tls.cert_file if tls else None,
             key_file=tls.key_file if tls else None,
         ):
-            self.proxy = ProxyServer(config, inspector=self.gate, observer=self.observer)
+            self.proxy = ProxyServer(
+                config,
+                inspector=self.gate,
+                observer=self.observer,
+                message_filter=self.pii.filter if self.pii is not None else None,
+            )
         with startup_step("listen", address=config.listen):
             await self.proxy.start()
         if config.web is not None:

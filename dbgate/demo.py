@@ -62,6 +62,7 @@ AGENT_UPSTREAM_PASSWORD_FILE = "agent-upstream.password"  # the dbgate_agent rol
 APPROVER = "approver"
 APPROVER_GROUPS = ("dba",)  # the default rule pack holds for approver group dba
 APPROVER_PASSWORD_FILE = "approver.password"
+PII_KEY_FILE = "pii.key"  # the tokenization key: stable tokens across runs
 UPSTREAM_PORT_FILE = "upstream.port"
 SHUTDOWN_GRACE_SECONDS = 5.0
 
@@ -245,6 +246,7 @@ async def _prepare(
             upstream_password,
             state_dsn=pg.dsn(STATE_DATABASE),
             web=web,
+            pii_key_file=_pii_key_file(data_dir),
         )
     except (ConfigError, ValueError) as e:
         raise _DemoError(f"invalid demo configuration: {e}") from e
@@ -284,6 +286,7 @@ def build_config(
     upstream_role: str = AGENT_ROLE,
     state_dsn: str | None = None,
     web: str | None = None,
+    pii_key_file: Path | None = None,
 ) -> Config:
     """The demo's in-memory config: one agent identity, the embedded server upstream.
 
@@ -316,8 +319,29 @@ def build_config(
             "log_level": "info",
             **({"state": {"dsn": state_dsn}} if state_dsn else {}),
             **({"web": {"listen": web}} if web else {}),
+            "pii": (
+                {"keys": [{"id": "demo", "secret_file": str(pii_key_file)}]}
+                if pii_key_file is not None
+                else {"enabled": False}
+            ),
         }
     )
+
+
+def _pii_key_file(data_dir: Path) -> Path:
+    """The demo's tokenization key, made once per data directory (0600), so an agent
+    sees the same token for the same value across runs."""
+    path = data_dir / PII_KEY_FILE
+    if not path.exists():
+        from dbgate.pii.keys import generate_key
+
+        secret, _ = generate_key()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        os.replace(tmp, path)
+    return path
 
 
 def _agent_password(data_dir: Path) -> str:

@@ -34,7 +34,7 @@ from dbgate.wire import sqlstate
 __all__ = ["STEPS", "StartupError", "diagnose_tls", "explain", "redact_dsn", "startup_step"]
 
 #: Steps :func:`explain` knows (anything else gets a generic line).
-STEPS = ("config", "rules", "tls", "logging", "listen", "web", "upstream", "state")
+STEPS = ("config", "rules", "pii", "tls", "logging", "listen", "web", "upstream", "state")
 
 
 class StartupError(Exception):
@@ -212,6 +212,9 @@ def explain(exc: BaseException, step: str | None = None, **context: Any) -> str:
         if len(exc.problems) == 1:
             return f"{exc.problems[0]} (dbgate config check -c FILE lists every problem)"
         return "\n".join(exc.problems)
+    if step == "pii":
+        # PiiKeyError / CatalogError already say what is wrong and how to fix it.
+        return f"PII tokenization cannot start: {exc}"
     if step == "rules":
         problems = getattr(exc, "problems", None)
         if problems:

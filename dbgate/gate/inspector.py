@@ -21,12 +21,14 @@ classification) and, for texts that repeat, a verdict the relay may remember.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dbgate.gate import refusals
 from dbgate.gate.holds import HoldDesk
 from dbgate.gate.notes import GateNote, primary_category
+from dbgate.gate.pii import PiiGate
 from dbgate.gate.prepared_effects import PREPARED_COMMANDS, prepared_changes
 from dbgate.policy.model import Action, Decision, Identity
 from dbgate.policy.rules import RuleSet, decide_bind
@@ -39,6 +41,8 @@ from dbgate.proxy.seams import (
 )
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.wire.values import values_as_text
+
+log = logging.getLogger("dbgate.gate")
 
 _ALLOW_ACTION = Action.ALLOW  # enum member lookups cost ~0.4 us each on Python 3.11
 _HOLD_ACTION = Action.HOLD
@@ -63,8 +67,10 @@ class Gate:
         classify: Callable[..., object] | None = None,
         *,
         holds: HoldDesk | None = None,
+        pii: PiiGate | None = None,
     ) -> None:
         self.holds = holds
+        self.pii = pii
         self._repeats: Callable[[str], bool] = lambda _sql: False
         if classify is None:
             from dbgate.policy.classify import classify, seen_exactly
@@ -115,8 +121,44 @@ class Gate:
             # UTF-8 encoding; with others a string literal could hide a statement from
             # it. Refuse everything.
             return refusals.SETTINGS_REFUSED
+        pii = self.pii
+        if pii is not None and pii.session(session) is None:
+            return self._after_schema(session, statement)
         if kind == "bind":
-            return self._inspect_bind(session, identity, statement)
+            verdict = self._inspect_bind(session, identity, statement)
+            if pii is None or type(verdict) is not Allow:
+                return verdict
+            return pii.bind_verdict(session, statement, statement.sql) or verdict
+        verdict, classification = self._judge(session, identity, statement)
+        if pii is None or type(verdict) is not Allow:
+            return verdict
+        changed = pii.verdict(
+            session,
+            statement,
+            verdict,
+            classification,
+            lambda decision: self.verdict(decision, session, statement.sql, ()),
+        )
+        return verdict if changed is None else changed
+
+    async def _after_schema(self, session: SessionInfo, statement: Statement) -> Verdict:
+        """The first statement on a database: its schema is loaded for PII first."""
+        assert self.pii is not None
+        try:
+            await self.pii.ensure(session.database)
+        except Exception as e:
+            log.error("pii: cannot load the schema of %s: %s", session.database, e)
+            return refusals.PII_SCHEMA_UNAVAILABLE
+        verdict = self.inspect(session, statement)
+        if isinstance(verdict, Awaitable):
+            return await verdict
+        return verdict
+
+    def _judge(
+        self, session: SessionInfo, identity: Identity, statement: Statement
+    ) -> tuple[Verdict | Awaitable[Verdict], Any]:
+        """The policy's verdict on a Query or Parse, and the classification."""
+        kind = statement.kind
         sql = statement.sql
         repeats = self._repeats(sql)  # asked first: classifying stores a new text
         classification = self._classify(sql, prepared=session.statements.texts)
@@ -129,31 +171,31 @@ class Gate:
             # on which the relay forgets), same rules: same decision. Worth
             # remembering only for texts that do repeat (drivers' Parse, BEGIN/COMMIT),
             # not for fresh literals.
-            return answer[4] if repeats else answer[3]
+            return (answer[4] if repeats else answer[3]), classification
         if kind == "parse":
             if outcome is _NEEDS_BIND:
-                return ALLOW_CHECKING_BINDS  # nothing runs at Parse; decided at each Bind
+                # nothing runs at Parse; decided at each Bind
+                return ALLOW_CHECKING_BINDS, classification
             if outcome is _ALLOW_SESSION:
-                return refusals.EXECUTE_IN_PARSE_REFUSED
+                return refusals.EXECUTE_IN_PARSE_REFUSED, classification
             if outcome is _ALLOW_PREPARES:
                 # SQL PREPARE/DEALLOCATE through the extended protocol run at Execute,
                 # any number of times: not recorded. A name they create is unknown
                 # (EXECUTE of it is opaque); one they remove keeps being checked.
-                return ALLOW
+                return ALLOW, classification
         elif outcome is _ALLOW_SESSION:
-            return ALLOW  # read session state (EXECUTE): may differ next time
+            return ALLOW, classification  # read session state (EXECUTE): may differ next time
         elif outcome is _ALLOW_PREPARES:
-            return Allow(changes=prepared_changes(classification))  # type: ignore[arg-type]
+            return Allow(changes=prepared_changes(classification)), classification
         # Not a plain allow, or a Query whose statements would need Bind values.
-        decision = self.ruleset.decide(identity, classification)  # type: ignore[arg-type]
+        decision = self.ruleset.decide(identity, classification)
         if decision.action is not _ALLOW_ACTION:
-            return self.verdict(decision, session, sql, ())
+            return self.verdict(decision, session, sql, ()), classification
         if kind == "query" and any(
-            st.command in PREPARED_COMMANDS
-            for st in classification.statements  # type: ignore[attr-defined]
+            st.command in PREPARED_COMMANDS for st in classification.statements
         ):
-            return Allow(changes=prepared_changes(classification))  # type: ignore[arg-type]
-        return ALLOW
+            return Allow(changes=prepared_changes(classification)), classification
+        return ALLOW, classification
 
     def _answer(self, identity: Identity, classification: Any) -> tuple[Any, ...]:
         """What a classification means for an identity, remembered while both live."""
@@ -196,12 +238,14 @@ class Gate:
         for candidate in checked:
             if candidate.lost:
                 return refusals.lost_track(statement.statement_name)
+            classification = self._classify(candidate.sql, prepared=prepared.texts)
+            if not classification.needs_bind:  # checked for PII tokens, not the policy
+                continue
             params = values_as_text(
                 statement.params, statement.param_formats, candidate.param_types
             )
             if params is None:
                 return refusals.UNREADABLE_VALUES_REFUSED
-            classification = self._classify(candidate.sql, prepared=prepared.texts)
             decision = decide_bind(
                 self.ruleset,
                 identity,

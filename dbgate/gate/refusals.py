@@ -37,6 +37,11 @@ SETTINGS_REFUSED = Refuse(
     "dbgate: this session's standard_conforming_strings/client_encoding "
     "differ from what dbgate can analyse (on/UTF8); statements are refused",
 )
+PII_SCHEMA_UNAVAILABLE = Refuse(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "dbgate: the database's schema could not be read, so dbgate cannot tell which "
+    "results carry PII; statements are refused until it can (see the operator log)",
+)
 UNREADABLE_VALUES_REFUSED = Refuse(
     sqlstate.INSUFFICIENT_PRIVILEGE,
     "dbgate: this statement is decided on its parameter values, and a value could "

@@ -31,6 +31,8 @@ class SessionInfo:
     # from server_params (the policy inspector's identity and session checks).
     params_version: int = 0
     policy_state: Any = None  # the policy inspector's cache, valid for one params_version
+    #: The gate's own per-session state (e.g. the session's PII state), by room name.
+    state: dict[str, Any] = field(default_factory=dict)
     _notify: Callable[[Notice], None] | None = None
 
     _forget: Callable[[], None] | None = None

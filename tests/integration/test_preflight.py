@@ -7,6 +7,7 @@ its own identity in one config, so one preflight run answers for all of them.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -243,7 +244,8 @@ def _serve(config_file: Path) -> subprocess.Popen[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ},
+        # dbgate serve tokenizes PII by default: it needs a key (a fresh one here).
+        env={**os.environ, "DBGATE_PII_KEY": base64.b64encode(os.urandom(32)).decode()},
     )
 
 
