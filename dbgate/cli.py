@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from dbgate.audit.commands import audit_app
+
 app = typer.Typer(
     name="dbgate",
     help="PostgreSQL gateway that holds risky statements for human approval.",
@@ -20,6 +22,7 @@ app = typer.Typer(
 )
 rules_app = typer.Typer(help="Work with rule packs (rules/*.yaml).", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()

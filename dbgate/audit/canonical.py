@@ -1,0 +1,169 @@
+"""The canonical form of a record: the exact bytes its hash covers.
+
+One table, :data:`FIELDS`, names every hashed column and its type, in order. From it
+come both implementations of the canonical form, which must agree byte for byte:
+
+* :func:`canonical` in Python, used by the writer (before a record is written or
+  spilled) and by ``audit verify --file``;
+* :func:`canonical_sql`, a SQL expression that PostgreSQL evaluates for every row
+  during ``audit verify --dsn``, so that verification reads one column per record
+  instead of decoding thirty-odd in Python (the difference between ~20,000 and
+  well over 100,000 records per second here). It uses only built-in functions, and
+  the verifier still hashes the bytes itself.
+
+The form is a compact JSON array (no spaces), one element per field in table
+order: text is a JSON string (``""`` when absent — NULL and empty text mean the
+same), integers and timestamps (microseconds since 1970-01-01 UTC) are numbers or
+``null``, booleans ``true``/``false``/``null``, text arrays are arrays (``[]`` when
+absent), ``details`` is the stored JSON text itself (``{}`` when absent). String
+escaping is JSON's: ``"``, ``\\`` and control characters below U+0020, exactly
+what Python's ``json`` and PostgreSQL's ``to_json`` both produce.
+
+A record's hash is ``sha256(prev_hash || sha256(canonical))``; the first record of a
+chain has 32 zero bytes as ``prev_hash``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from typing import Any
+
+
+class FieldType(Enum):
+    TEXT = "text"
+    INT = "int"
+    TIME = "time"  # stored timestamptz; canonical: integer microseconds since the epoch
+    BOOL = "bool"
+    ARRAY = "array"  # text[]
+    JSON = "json"
+
+
+T = FieldType
+
+#: Every hashed column, in canonical order. Adding a field means a new FORMAT.
+FIELDS: tuple[tuple[str, FieldType], ...] = (
+    ("format", T.INT),
+    ("chain", T.TEXT),
+    ("seq", T.INT),
+    ("logged_at", T.TIME),
+    ("at", T.TIME),
+    ("kind", T.TEXT),
+    ("event", T.TEXT),
+    ("replica", T.TEXT),
+    ("session_id", T.INT),
+    ("identity", T.TEXT),
+    ("application_name", T.TEXT),
+    ("client_addr", T.TEXT),
+    ("database", T.TEXT),
+    ("purpose", T.TEXT),
+    ("model", T.TEXT),
+    ("statement", T.TEXT),
+    ("statement_length", T.INT),
+    ("params", T.ARRAY),
+    ("fingerprint", T.TEXT),
+    ("categories", T.ARRAY),
+    ("tables", T.ARRAY),
+    ("columns", T.ARRAY),
+    ("decision", T.TEXT),
+    ("rule", T.TEXT),
+    ("approval_id", T.TEXT),
+    ("outcome", T.TEXT),
+    ("rows", T.INT),
+    ("duration_us", T.INT),
+    ("tokenized", T.BOOL),
+    ("actor", T.TEXT),
+    ("reason", T.TEXT),
+    ("details", T.JSON),
+    ("scrubbed", T.INT),
+    ("escaped", T.BOOL),
+)
+FORMAT = 1
+NAMES: tuple[str, ...] = tuple(name for name, _ in FIELDS)
+INDEX: dict[str, int] = {name: i for i, name in enumerate(NAMES)}
+TYPES: dict[str, FieldType] = dict(FIELDS)
+GENESIS = bytes(32)
+
+
+def _python_source() -> str:
+    """Source of a function that renders a values list (in FIELDS order) canonically.
+
+    Generated from the table rather than looping over it: one expression per field,
+    no per-field dispatch, several times faster, and it cannot drift from the table.
+    """
+    parts = []
+    for i, (_, kind) in enumerate(FIELDS):
+        v = f"v[{i}]"
+        if kind is T.TEXT:
+            parts.append(f"(_s({v}) if {v} else '\"\"')")
+        elif kind in (T.INT, T.TIME):
+            parts.append(f"('null' if {v} is None else str({v}))")
+        elif kind is T.BOOL:
+            parts.append(f"('null' if {v} is None else 'true' if {v} else 'false')")
+        elif kind is T.ARRAY:
+            parts.append(f"(_a({v}) if {v} else '[]')")
+        else:
+            parts.append(f"({v} or '{{}}')")
+    return "def canonical_text(v):\n    return '[' + ','.join((" + ", ".join(parts) + ")) + ']'\n"
+
+
+def _array(items: Any) -> str:
+    if None in items:
+        return "[" + ",".join(["null" if x is None else encode_basestring(x) for x in items]) + "]"
+    return "[" + ",".join(map(encode_basestring, items)) + "]"
+
+
+_namespace: dict[str, Any] = {"_s": encode_basestring, "_a": _array}
+exec(compile(_python_source(), "<dbgate.audit.canonical>", "exec"), _namespace)
+#: The canonical form as text (before UTF-8 encoding).
+canonical_text = _namespace["canonical_text"]
+
+
+def canonical(values: list[Any] | tuple[Any, ...]) -> bytes:
+    """The canonical bytes of a record given as values in :data:`FIELDS` order.
+
+    Text values must be ``str`` or None, integers and timestamps ``int`` or None,
+    arrays sequences of ``str``/None, ``details`` a JSON text or None.
+    """
+    return canonical_text(values).encode()  # type: ignore[no-any-return]
+
+
+def canonical_sql(alias: str = "") -> str:
+    """The same canonical form as a SQL expression of type bytea over a row of
+    ``dbgate.audit_log`` (or ``dbgate.audit_events``).
+
+    Built with ``concat_ws`` and one small expression per field: about twice as
+    fast here as a single ``json_build_array`` call, which looks up the type of
+    each of its arguments for every row.
+    """
+    p = f"{alias}." if alias else ""
+    parts = []
+    for name, kind in FIELDS:
+        c = f'{p}"{name}"'
+        if kind is T.TEXT:
+            parts.append(f"to_json(coalesce({c}, ''))::text")
+        elif kind in (T.INT, T.BOOL):
+            parts.append(f"coalesce({c}::text, 'null')")
+        elif kind is T.TIME:
+            parts.append(f"coalesce((extract(epoch from {c}) * 1000000)::bigint::text, 'null')")
+        elif kind is T.ARRAY:
+            parts.append(f"coalesce(array_to_json({c})::text, '[]')")
+        else:
+            parts.append(f"coalesce({c}::text, '{{}}')")
+    return "convert_to('[' || concat_ws(',', " + ", ".join(parts) + ") || ']', 'UTF8')"
+
+
+def digest(canonical_bytes: bytes) -> bytes:
+    return hashlib.sha256(canonical_bytes).digest()
+
+
+def link(prev_hash: bytes, content_digest: bytes) -> bytes:
+    """A record's hash from its predecessor's hash and its own content digest."""
+    return hashlib.sha256(prev_hash + content_digest).digest()
+
+
+def record_hash(prev_hash: bytes, values: list[Any] | tuple[Any, ...]) -> tuple[bytes, bytes]:
+    """(digest, hash) of a record."""
+    d = hashlib.sha256(canonical_text(values).encode()).digest()
+    return d, hashlib.sha256(prev_hash + d).digest()
