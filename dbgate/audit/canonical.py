@@ -130,8 +130,9 @@ def canonical(values: list[Any] | tuple[Any, ...]) -> bytes:
 
 
 def canonical_sql(alias: str = "") -> str:
-    """The same canonical form as a SQL expression of type bytea over a row of
-    ``dbgate.audit_log`` (or ``dbgate.audit_events``).
+    """The same canonical form as a SQL expression of type bytea over a row of the
+    view ``dbgate.audit_log`` (whose arrays are text[]; the base table stores them
+    as text).
 
     Built with ``concat_ws`` and one small expression per field: about twice as
     fast here as a single ``json_build_array`` call, which looks up the type of

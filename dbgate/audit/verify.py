@@ -296,6 +296,36 @@ class Verifier:
         if chain_end:
             st.closed = True
 
+    def feed_rows(self, rows: Iterable[Any]) -> None:
+        """Rows of ``(chain, seq, id, prev, hash, content, chain_end)``.
+
+        The common case — the next record of an intact chain — is checked inline;
+        anything else goes through :meth:`feed`, which finds and names the problem.
+        """
+        chains, heads, feed, sha = self._chains, self._heads, self.feed, _sha256
+        fast = 0
+        for chain, seq, record_id, prev, hash_, content, end in rows:
+            st = chains.get(chain)
+            if (
+                st is None
+                or st.broken
+                or st.closed
+                or end
+                or st.first_seq == 0
+                or seq != st.last_seq + 1
+                or prev != st.last_hash
+                or (heads and (chain, seq) in heads)
+                or sha(prev + sha(content).digest()).digest() != hash_
+            ):
+                feed(chain, seq, record_id, prev, hash_, content, None, end)
+                continue
+            st.last_seq = seq
+            st.last_hash = hash_
+            st.records += 1
+            st.recent.append((seq, hash_, record_id))
+            fast += 1
+        self.report.records += fast
+
     def _start(self, chain: str, st: _Chain, seq: int, record_id: int | None, prev: bytes) -> bool:
         if seq == 1:
             if prev != GENESIS:
@@ -543,7 +573,6 @@ async def verify_database(
                 r["chain"] for r in await conn.fetch("SELECT chain FROM dbgate.audit_writers")
             ]
             verifier = Verifier("database", anchors=anchors, heads=heads)
-            feed = verifier.feed
             cursor = await conn.cursor(verify_query())
             # Ask for the next rows before hashing these, so that PostgreSQL builds
             # them while we hash (the two halves take about the same time).
@@ -554,8 +583,7 @@ async def verify_database(
                     break
                 pending = asyncio.ensure_future(cursor.fetch(fetch))
                 await asyncio.sleep(0)
-                for r in rows:
-                    feed(r[0], r[1], r[2], r[3], r[4], r[5], None, r[6])
+                verifier.feed_rows(rows)
     finally:
         await conn.close()
     return verifier.finish(registered, archived_chains={c for c, _ in anchors})

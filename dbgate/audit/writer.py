@@ -50,18 +50,19 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from dbgate import __version__
-from dbgate.audit.canonical import GENESIS, NAMES
+from dbgate.audit.canonical import FIELDS, GENESIS, INDEX, NAMES, FieldType
 from dbgate.audit.errors import AuditError, AuditUnavailable
-from dbgate.audit.events import EVENT_TYPES
+from dbgate.audit.events import EVENT_TYPES, StatementEvent
 from dbgate.audit.rows import (
     AT,
     CHAIN,
+    EPOCH,
     LOGGED_AT,
     SEQ,
     RowBuilder,
@@ -92,14 +93,56 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (chain) DO NOTHING
 """
 
 
-def copy_tuple(values: list[Any], prev_hash: bytes, hash_: bytes) -> tuple[Any, ...]:
-    """The COPY row of a record given in canonical form."""
-    row = list(values)
-    row[LOGGED_AT] = from_us(values[LOGGED_AT])
-    row[AT] = from_us(values[AT])
+_ARRAY_ESCAPE = str.maketrans({"\\": "\\\\", '"': '\\"'})
+_ARRAYS = tuple(INDEX[name] for name, kind in FIELDS if kind is FieldType.ARRAY)
+
+
+def array_literal(items: list[str | None]) -> str:
+    """A text[] literal: the audit table stores arrays as text (see 0020_audit_tables.sql).
+
+    Nearly every array (categories, tables, hashed parameters) has no NULL, quote or
+    backslash: one join, checked by counting, instead of a pass per element.
+    """
+    try:
+        joined = '","'.join(items)  # type: ignore[arg-type]
+    except TypeError:  # a NULL element
+        joined = None
+    if joined is not None and "\\" not in joined and joined.count('"') == 2 * len(items) - 2:
+        return '{"' + joined + '"}'
+    return (
+        "{"
+        + ",".join(["NULL" if x is None else '"' + x.translate(_ARRAY_ESCAPE) + '"' for x in items])
+        + "}"
+    )
+
+
+def _copy_row(values: list[Any], logged: datetime, prev_hash: bytes, hash_: bytes) -> list[Any]:
+    row = values.copy()
+    row[LOGGED_AT] = logged
+    row[AT] = EPOCH + timedelta(microseconds=row[AT])
+    for i in _ARRAYS:
+        if row[i]:
+            row[i] = array_literal(row[i])
     row.append(prev_hash)
     row.append(hash_)
-    return tuple(row)
+    return row
+
+
+def copy_tuple(values: list[Any], prev_hash: bytes, hash_: bytes) -> list[Any]:
+    """The COPY row of a record given in canonical form."""
+    return _copy_row(values, from_us(values[LOGGED_AT]), prev_hash, hash_)
+
+
+def copy_rows(recs: list[_Rec]) -> list[list[Any]]:
+    """COPY rows of chained records (``logged_at`` is shared by whole chain steps)."""
+    rows = []
+    last_us, last_dt = None, None
+    for r in recs:
+        us = r.values[LOGGED_AT]
+        if us != last_us:
+            last_us, last_dt = us, from_us(us)
+        rows.append(_copy_row(r.values, last_dt, r.prev, r.hash))  # type: ignore[arg-type]
+    return rows
 
 
 class _Item:
@@ -142,14 +185,17 @@ def _safe_name(value: str) -> str:
 
 
 def _event_size(event: object) -> int:
-    size = 256
-    statement = getattr(event, "statement", None)
-    if isinstance(statement, str | bytes):
-        size += len(statement)
-    for p in getattr(event, "params", ()) or ():
-        if isinstance(p, str | bytes):
-            size += len(p)
-    return size
+    """Roughly what an event holds in memory (the queue's byte bound)."""
+    if event.__class__ is StatementEvent:
+        try:
+            size = 256 + len(event.statement)  # type: ignore[attr-defined]
+            for p in event.params:  # type: ignore[attr-defined]
+                if p is not None:
+                    size += len(p)
+        except TypeError:  # a caller's bad types: the builder will note them
+            return 4096
+        return size
+    return 512
 
 
 class AuditWriter:
@@ -730,7 +776,7 @@ class AuditWriter:
             await conn.fetchval("SELECT dbgate.audit_ensure_month($1)", month)
             self._months.add(month)
 
-    async def _copy(self, conn: Any, rows: list[tuple[Any, ...]], identity: dict[str, Any]) -> None:
+    async def _copy(self, conn: Any, rows: list[list[Any]], identity: dict[str, Any]) -> None:
         async with conn.transaction():
             if identity["chain"] != self.chain or not self._registered:
                 await self._register(conn, identity)
@@ -742,7 +788,7 @@ class AuditWriter:
         """Commit one batch from the head of pending; chain the next one meanwhile."""
         conn = self._conn
         batch = self._pending[: self.config.batch_size]
-        rows = [copy_tuple(r.values, r.prev, r.hash) for r in batch]
+        rows = copy_rows(batch)
 
         async def write() -> None:
             await self._ensure_months(conn, {r.values[LOGGED_AT] for r in batch})

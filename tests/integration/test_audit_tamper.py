@@ -33,8 +33,9 @@ class Trail:
     conn: asyncpg.Connection  # superuser, triggers off (session_replication_role)
 
     async def row(self, seq: int) -> asyncpg.Record:
+        """A record as reviewers see it (arrays as text[], hashes in hex)."""
         return await self.conn.fetchrow(
-            "SELECT * FROM dbgate.audit_events WHERE chain = $1 AND seq = $2", self.chain, seq
+            "SELECT * FROM dbgate.audit_log WHERE chain = $1 AND seq = $2", self.chain, seq
         )
 
     async def id_of(self, seq: int) -> int:
@@ -138,7 +139,7 @@ async def test_an_edit_with_a_recomputed_hash_is_caught_at_the_next_link(trail: 
     row = await trail.row(5)
     values = from_db_values(row)
     values[INDEX["statement"]] = "SELECT 'nothing to see'"
-    forged = _forge(values, bytes(row["prev_hash"]))
+    forged = _forge(values, bytes.fromhex(row["prev_hash"]))
     await trail.conn.execute(
         "UPDATE dbgate.audit_events SET statement = $3, hash = $4 WHERE chain = $1 AND seq = $2",
         trail.chain,
@@ -218,7 +219,9 @@ async def test_a_view_changed_to_hide_records_fails_verification(trail: Trail) -
 
 async def test_an_inserted_copy_with_the_same_seq_is_named(trail: Trail) -> None:
     row = await trail.row(5)
-    await _insert(trail.conn, from_db_values(row), bytes(row["prev_hash"]), bytes(row["hash"]))
+    await _insert(
+        trail.conn, from_db_values(row), bytes.fromhex(row["prev_hash"]), bytes.fromhex(row["hash"])
+    )
     problem, seq, _, message = await _only_finding(trail.dsn)
     assert (problem, seq) == ("inserted", 5)
     assert "a second record claims seq 5" in message
@@ -228,7 +231,7 @@ async def test_an_inserted_record_claiming_a_used_seq_is_named(trail: Trail) -> 
     row = await trail.row(5)
     values = from_db_values(row)
     values[INDEX["statement"]] = "DROP TABLE orders"
-    await _insert(trail.conn, values, bytes(row["prev_hash"]), bytes(row["hash"]))
+    await _insert(trail.conn, values, bytes.fromhex(row["prev_hash"]), bytes.fromhex(row["hash"]))
     problem, seq, _, message = await _only_finding(trail.dsn)
     # whichever of the two comes first, seq 5 is where the chain stops verifying
     assert seq == 5 and problem in {"inserted", "edited"}
@@ -240,11 +243,11 @@ async def test_an_inserted_record_with_forged_hash_and_renumbering_is_named(trai
     values = from_db_values(prev_row)
     values[INDEX["seq"]] = 6
     values[INDEX["statement"]] = "SELECT 'I was always here'"
-    forged = _forge(values, bytes(prev_row["hash"]))
+    forged = _forge(values, bytes.fromhex(prev_row["hash"]))
     await trail.conn.execute(
         "UPDATE dbgate.audit_events SET seq = seq + 1 WHERE chain = $1 AND seq >= 6", trail.chain
     )
-    await _insert(trail.conn, values, bytes(prev_row["hash"]), forged)
+    await _insert(trail.conn, values, bytes.fromhex(prev_row["hash"]), forged)
     problem, seq, _, message = await _only_finding(trail.dsn)
     assert (problem, seq) == ("inserted", 6)
     assert "seq 6" in message and "was inserted" in message
@@ -252,7 +255,7 @@ async def test_an_inserted_record_with_forged_hash_and_renumbering_is_named(trai
 
 async def test_a_record_appended_after_the_chain_end_is_named(trail: Trail) -> None:
     last = await trail.conn.fetchrow(
-        "SELECT * FROM dbgate.audit_events WHERE chain = $1 ORDER BY seq DESC LIMIT 1", trail.chain
+        "SELECT * FROM dbgate.audit_log WHERE chain = $1 ORDER BY seq DESC LIMIT 1", trail.chain
     )
     assert last["event"] == "chain_end"
     values = from_db_values(last)
@@ -260,7 +263,9 @@ async def test_a_record_appended_after_the_chain_end_is_named(trail: Trail) -> N
     values[INDEX["kind"]] = "statement"
     values[INDEX["event"]] = "completed"
     values[INDEX["statement"]] = "SELECT 'afterthought'"
-    await _insert(trail.conn, values, bytes(last["hash"]), _forge(values, bytes(last["hash"])))
+    await _insert(
+        trail.conn, values, bytes.fromhex(last["hash"]), _forge(values, bytes.fromhex(last["hash"]))
+    )
     problem, seq, _, message = await _only_finding(trail.dsn)
     assert (problem, seq) == ("inserted", last["seq"] + 1)
     assert "chain_end" in message

@@ -344,3 +344,18 @@ async def test_record_after_stop_is_an_error_not_a_silent_loss(state_dsn) -> Non
     await w.stop()
     with pytest.raises(AuditError):
         w.record(SessionEvent("disconnect"))
+
+
+async def test_array_elements_of_any_text_round_trip(state_dsn, conn) -> None:
+    odd = ['a"b', "c\\d", "NULL", "", "x,y}{", " spaced ", "tab\there", "new\nline", "ü€😀"]
+    w = AuditWriter(state_dsn, fast_config())
+    await w.start()
+    w.record(statement(1, params=(*odd, None), categories=tuple(odd), tables=("t",), columns=odd))
+    w.record(statement(2, params=("nul\x00", None), categories=("read",)))
+    await w.stop()
+    rows = await _rows(conn, w.chain)
+    assert rows[1]["params"] == [*odd, None]
+    assert rows[1]["categories"] == odd and rows[1]["columns"] == odd
+    assert rows[2]["escaped"] and rows[2]["params"] == ["nul\\x00", None]
+    report = await verify_database(state_dsn)
+    assert report.ok, report.text()

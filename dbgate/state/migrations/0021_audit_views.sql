@@ -2,10 +2,11 @@
 -- reads these same views, so a view changed to hide records fails verification.
 
 CREATE VIEW dbgate.audit_log AS
-SELECT id, at, identity, kind, event, statement, categories, decision, outcome,
-       rows, round(duration_us / 1000.0, 3) AS duration_ms,
+SELECT id, at, identity, kind, event, statement, categories::text[] AS categories,
+       decision, outcome, rows, round(duration_us / 1000.0, 3) AS duration_ms,
        session_id, application_name, client_addr, database, replica,
-       purpose, model, params, fingerprint, tables, columns, rule, approval_id,
+       purpose, model, params::text[] AS params, fingerprint, tables::text[] AS tables,
+       columns::text[] AS columns, rule, approval_id,
        tokenized, actor, reason, details, statement_length, scrubbed, escaped,
        duration_us, logged_at, chain, seq, format,
        encode(prev_hash, 'hex') AS prev_hash, encode(hash, 'hex') AS hash
