@@ -297,7 +297,11 @@ class AuditWriter:
                 server_settings={"application_name": "dbgate-audit"},
             )
         except _PERMANENT as e:
+            self._release_files()
             raise AuditError(f"the state database refused the audit writer: {e}") from e
+        except (ValueError, asyncpg.ClientConfigurationError) as e:
+            self._release_files()
+            raise AuditError(f"the state database DSN is not usable: {e}") from e
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             self._went_unavailable(f"cannot reach the state database: {e}")
         else:
@@ -305,6 +309,7 @@ class AuditWriter:
                 await self._check_schema(conn)
             except BaseException:
                 await conn.close()
+                self._release_files()
                 raise
             self._conn = conn
             self._set_available(True, "")
@@ -340,13 +345,23 @@ class AuditWriter:
             self._task = None
             await self._disconnect()
             self.log_head()
-            if self._spill is not None:
-                self._spill.close()
-            for orphan in self._orphans:
-                orphan.release()
-            self._orphans = []
+            self._release_files()
+            if self._fatal is not None and self._queued():
+                log.error(
+                    "audit: %d records were not written: %s",
+                    len(self._urgent) + len(self._normal) + len(self._pending),
+                    self._fatal,
+                )
             self._set_available(False, "the audit writer is stopped")
             self._fail_waiters(AuditUnavailable("the audit writer is stopped"))
+
+    def _release_files(self) -> None:
+        """Unlock the spill file (kept if it holds records) and adopted orphans."""
+        if self._spill is not None:
+            self._spill.close()
+        for orphan in self._orphans:
+            orphan.release()
+        self._orphans = []
 
     def record(self, event: object) -> None:
         """Queue an event; returns at once. Never drops and never blocks.
@@ -543,6 +558,8 @@ class AuditWriter:
         self._why = why
         if changed:
             self._signal()
+            if not available:  # whoever waits for a commit learns now, not after an outage
+                self._fail_waiters(AuditUnavailable(why))
 
     def _connected_ok(self) -> bool:
         return self._conn is not None and self._fatal is None
@@ -606,7 +623,9 @@ class AuditWriter:
         """One turn of the writing loop; True when the writer may stop."""
         assert self._wake is not None
         self._tick()
-        if self._fatal is not None:
+        if self._fatal is not None:  # nothing more can be written by this process
+            if self._stopping:
+                return True
             await self._wait(None)
             return False
         if self._conn is None and time.monotonic() >= self._next_attempt:
@@ -802,7 +821,7 @@ class AuditWriter:
                 and (self._urgent or self._normal)
                 and len(self._pending) < 2 * self.config.batch_size
             ):
-                self._chain_some(_CHAIN_STEP)
+                self._chain_some(min(_CHAIN_STEP, 2 * self.config.batch_size - len(self._pending)))
                 await asyncio.sleep(0)
             await task
         except BaseException:
@@ -832,7 +851,7 @@ class AuditWriter:
         log.error("audit: writing to the state database failed (%s); will retry", message)
         await self._disconnect()
         self._schedule_retry(f"the state database failed: {message}")
-        exc = AuditUnavailable(self._why)
+        exc = AuditUnavailable(self._why or f"audit record not committed: {message}")
         for r in self._pending:
             _fail(r.waiters, exc)
 
@@ -913,10 +932,11 @@ class AuditWriter:
         """Database unreachable, buffer mode: move every queued record to the spill file."""
         assert self._spill is not None
         while True:
-            await self._chain_batch()
+            if len(self._pending) < self.config.batch_size:
+                await self._chain_batch()
             if not self._pending:
                 return
-            batch = self._pending
+            batch = self._pending[: self.config.batch_size]
             docs = [to_document(r.values, r.prev, r.hash) for r in batch]
             if not self._spill.room_for(docs):
                 self._set_available(
@@ -930,7 +950,7 @@ class AuditWriter:
                 log.error("audit: cannot write the spill file %s: %s", self._spill.path, e)
                 self._set_available(False, f"audit unavailable: spill file: {e}")
                 return
-            self._pending = []
+            self._pending = self._pending[len(batch) :]
             self._spilled_total += len(batch)
             exc = AuditUnavailable("the state database is unreachable; the record was buffered")
             for r in batch:

@@ -231,3 +231,38 @@ async def test_a_dead_writers_spill_file_is_adopted_and_replayed(state_dsn, tmp_
     report = await verify_database(state_dsn)
     assert report.ok, report.text()
     assert set(report.chains) == {chain, heir.chain}
+
+
+async def test_a_full_spill_file_makes_the_audit_unavailable_and_loses_nothing(
+    pg_server, state_dsn, tmp_path
+) -> None:
+    spill_dir = tmp_path / "spill"
+    big = "SELECT '" + "x" * 20_000 + "' /* {} */"
+    async with state_link(pg_server) as link:
+        config = fast_config(
+            on_failure="buffer", spill_dir=spill_dir, spill_max_bytes=1024 * 1024, batch_size=10
+        )
+        w = AuditWriter(with_host_port(state_dsn, "127.0.0.1", link.port), config)
+        await w.start()
+        await w.flush()
+        link.cut()
+        for i in range(100):  # about 2 MB: twice what the spill file may hold
+            w.record(statement(i, sql=big.format(i)))
+        with pytest.raises(AuditUnavailable):
+            await w.flush()
+        with pytest.raises(AuditUnavailable, match="spill file is full"):
+            await w.wait_for_room()  # the gate's backpressure path refuses too
+        assert not w.available
+        with pytest.raises(AuditUnavailable, match="spill file is full"):
+            w.admit()
+        spilled = w.stats()["spilled"]
+        assert 0 < spilled < 100
+        link.restore()
+        await w.wait_available()
+        await w.flush()
+        await w.stop()
+    rows = await _statements(state_dsn, w.chain)
+    assert _numbers(rows) == list(range(100))  # spilled ones first, then the rest, in order
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    report = await verify_database(state_dsn)
+    assert report.ok, report.text()

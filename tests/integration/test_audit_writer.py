@@ -359,3 +359,21 @@ async def test_array_elements_of_any_text_round_trip(state_dsn, conn) -> None:
     assert rows[2]["escaped"] and rows[2]["params"] == ["nul\\x00", None]
     report = await verify_database(state_dsn)
     assert report.ok, report.text()
+
+
+async def test_the_head_is_logged_when_the_interval_is_due(state_dsn, caplog) -> None:
+    w = AuditWriter(state_dsn, fast_config(head_log_seconds=3600))
+    await w.start()
+    w.record(statement(1))
+    await w.flush()
+    with caplog.at_level(logging.INFO, logger="dbgate.audit"):
+        w._tick()  # not due yet: nothing
+        assert "audit chain head" not in caplog.text
+        w._next_tick = 0  # the interval has passed
+        w._tick()
+        assert f"audit chain head: chain={w.chain} seq=2 " in caplog.text
+        caplog.clear()
+        w._next_tick = 0
+        w._tick()  # the head did not move: not logged again
+        assert "audit chain head" not in caplog.text
+    await w.stop()
