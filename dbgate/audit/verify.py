@@ -462,16 +462,19 @@ class Verifier:
             report.chains[name] = ChainSummary(
                 st.first_seq, st.last_seq, st.records, st.last_hash, st.closed
             )
+        archived_to: dict[str, int] = {}
+        for chain, seq in self._anchors:
+            archived_to[chain] = max(seq, archived_to.get(chain, 0))
         for (chain, seq), h in sorted(self._heads.items()):
             if (chain, seq) in self._heads_seen:
                 continue
             st = self._chains.get(chain)
             if st is not None and st.broken:
                 continue
-            if st is not None and st.first_seq and seq < st.first_seq:
-                continue  # archived since
-            if self._anchors.get((chain, seq)) == h:
-                continue
+            if seq <= archived_to.get(chain, 0):
+                continue  # in a month archived since (its file holds the proof)
+            if st is not None and st.first_seq and seq < st.first_seq and self._segments_allowed:
+                continue  # before the part of the chain this file holds
             have = f"it ends at seq {st.last_seq}" if st is not None else "it has no records"
             report.findings.append(
                 Finding(

@@ -173,3 +173,22 @@ async def test_the_archive_command(state_dsn, tmp_path) -> None:
     assert not (tmp_path / "again.jsonl").exists()
     code, out = await cli("--month", f"{months_back(2):%Y-%m}", "-o", str(tmp_path / "m.jsonl"))
     assert code == 2 and "exists" in out
+
+
+async def test_heads_anchored_before_archiving_still_verify(state_dsn, tmp_path) -> None:
+    conn = await asyncpg.connect(state_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT chain, seq, hash FROM dbgate.audit_log WHERE seq IN (3, 6, 12) ORDER BY 1, 2"
+        )
+    finally:
+        await conn.close()
+    heads = [(r["chain"], r["seq"], bytes.fromhex(r["hash"])) for r in rows]
+    assert (await verify_database(state_dsn, heads)).ok
+    await archive_month(state_dsn, months_back(3), tmp_path / "m3.jsonl")
+    report = await verify_database(state_dsn, heads)
+    assert report.ok, report.text()
+    forged = [(c, s, bytes(32)) for c, s, _ in heads if s == 12]
+    assert forged
+    problems = [f.problem for f in (await verify_database(state_dsn, forged)).findings]
+    assert problems == ["edited"] * len(forged)
