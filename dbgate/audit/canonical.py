@@ -11,13 +11,18 @@ come both implementations of the canonical form, which must agree byte for byte:
   well over 100,000 records per second here). It uses only built-in functions, and
   the verifier still hashes the bytes itself.
 
-The form is a compact JSON array (no spaces), one element per field in table
-order: text is a JSON string (``""`` when absent — NULL and empty text mean the
-same), integers and timestamps (microseconds since 1970-01-01 UTC) are numbers or
-``null``, booleans ``true``/``false``/``null``, text arrays are arrays (``[]`` when
-absent), ``details`` is the stored JSON text itself (``{}`` when absent). String
-escaping is JSON's: ``"``, ``\\`` and control characters below U+0020, exactly
-what Python's ``json`` and PostgreSQL's ``to_json`` both produce.
+The form is a compact JSON array (no spaces) of the fields in groups, each group in
+table order::
+
+    [[numbers], [texts], [booleans], array, array, array, array, details]
+
+numbers are the integers and timestamps (timestamps as microseconds since
+1970-01-01 UTC), each a number or ``null``; texts are JSON strings (``""`` when
+absent — NULL and empty text mean the same); booleans ``true``/``false``/``null``;
+each text array is an array (``[]`` when absent); ``details`` is the stored JSON
+text itself (``{}`` when absent). String escaping is JSON's: ``"``, ``\\`` and
+control characters below U+0020, exactly what Python's ``json`` and PostgreSQL's
+``to_json`` both produce.
 
 A record's hash is ``sha256(prev_hash || sha256(canonical))``; the first record of a
 chain has 32 zero bytes as ``prev_hash``.
@@ -26,6 +31,7 @@ chain has 32 zero bytes as ``prev_hash``.
 from __future__ import annotations
 
 import hashlib
+import json
 from enum import Enum
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
@@ -86,26 +92,41 @@ TYPES: dict[str, FieldType] = dict(FIELDS)
 GENESIS = bytes(32)
 
 
+def _groups() -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """Field positions by group, each in table order: numbers (integers and
+    timestamps), texts, booleans, arrays, JSON."""
+    numbers, texts, bools, arrays, jsons = [], [], [], [], []
+    for i, (_, kind) in enumerate(FIELDS):
+        {
+            T.INT: numbers,
+            T.TIME: numbers,
+            T.TEXT: texts,
+            T.BOOL: bools,
+            T.ARRAY: arrays,
+            T.JSON: jsons,
+        }[kind].append(i)
+    return numbers, texts, bools, arrays, jsons
+
+
 def _python_source() -> str:
     """Source of a function that renders a values list (in FIELDS order) canonically.
 
     Generated from the table rather than looping over it: one expression per field,
     no per-field dispatch, several times faster, and it cannot drift from the table.
     """
-    parts = []
-    for i, (_, kind) in enumerate(FIELDS):
-        v = f"v[{i}]"
-        if kind is T.TEXT:
-            parts.append(f"(_s({v}) if {v} else '\"\"')")
-        elif kind in (T.INT, T.TIME):
-            parts.append(f"('null' if {v} is None else str({v}))")
-        elif kind is T.BOOL:
-            parts.append(f"('null' if {v} is None else 'true' if {v} else 'false')")
-        elif kind is T.ARRAY:
-            parts.append(f"(_a({v}) if {v} else '[]')")
-        else:
-            parts.append(f"({v} or '{{}}')")
-    return "def canonical_text(v):\n    return '[' + ','.join((" + ", ".join(parts) + ")) + ']'\n"
+    numbers, texts, bools, arrays, jsons = _groups()
+    num = [f"('null' if v[{i}] is None else str(v[{i}]))" for i in numbers]
+    txt = [f"(_s(v[{i}]) if v[{i}] else '\"\"')" for i in texts]
+    boo = [f"('null' if v[{i}] is None else 'true' if v[{i}] else 'false')" for i in bools]
+    rest = [f"(_a(v[{i}]) if v[{i}] else '[]')" for i in arrays]
+    rest += [f"(v[{i}] or '{{}}')" for i in jsons]
+    body = (
+        "'[[' + ','.join((" + ", ".join(num) + ",)) + '],['"
+        " + ','.join((" + ", ".join(txt) + ",)) + '],['"
+        " + ','.join((" + ", ".join(boo) + ",)) + '],'"
+        " + ','.join((" + ", ".join(rest) + ",)) + ']'"
+    )
+    return f"def canonical_text(v):\n    return {body}\n"
 
 
 def _array(items: Any) -> str:
@@ -134,25 +155,42 @@ def canonical_sql(alias: str = "") -> str:
     view ``dbgate.audit_log`` (whose arrays are text[]; the base table stores them
     as text).
 
-    Built with ``concat_ws`` and one small expression per field: about twice as
-    fast here as a single ``json_build_array`` call, which looks up the type of
-    each of its arguments for every row.
+    Fields are rendered a group at a time — ``array_to_json(ARRAY[...])`` over all
+    numbers, then over all texts, then booleans — which is why the canonical form is
+    grouped: a handful of function calls per row instead of one per field, well
+    under half the server's time of rendering each field on its own.
     """
     p = f"{alias}." if alias else ""
-    parts = []
-    for name, kind in FIELDS:
-        c = f'{p}"{name}"'
-        if kind is T.TEXT:
-            parts.append(f"to_json(coalesce({c}, ''))::text")
-        elif kind in (T.INT, T.BOOL):
-            parts.append(f"coalesce({c}::text, 'null')")
-        elif kind is T.TIME:
-            parts.append(f"coalesce((extract(epoch from {c}) * 1000000)::bigint::text, 'null')")
-        elif kind is T.ARRAY:
-            parts.append(f"coalesce(array_to_json({c})::text, '[]')")
-        else:
-            parts.append(f"coalesce({c}::text, '{{}}')")
+    numbers, texts, bools, arrays, jsons = _groups()
+
+    def col(i: int) -> str:
+        return f'{p}"{FIELDS[i][0]}"'
+
+    num = [
+        f"(extract(epoch from {col(i)}) * 1000000)::bigint"
+        if FIELDS[i][1] is T.TIME
+        else f"{col(i)}::bigint"
+        for i in numbers
+    ]
+    parts = [
+        "array_to_json(ARRAY[" + ", ".join(num) + "])::text",
+        "array_to_json(ARRAY[" + ", ".join(f"coalesce({col(i)}, '')" for i in texts) + "])::text",
+        "array_to_json(ARRAY[" + ", ".join(f"{col(i)}::boolean" for i in bools) + "])::text",
+    ]
+    parts += [f"coalesce(array_to_json({col(i)})::text, '[]')" for i in arrays]
+    parts += [f"coalesce({col(i)}::text, '{{}}')" for i in jsons]
     return "convert_to('[' || concat_ws(',', " + ", ".join(parts) + ") || ']', 'UTF8')"
+
+
+def parse_canonical(data: bytes) -> dict[str, Any]:
+    """The fields of canonical bytes by name (for reading and debugging records)."""
+    numbers, texts, bools, *rest = json.loads(data)
+    g_numbers, g_texts, g_bools, g_arrays, g_jsons = _groups()
+    out: dict[str, Any] = {}
+    for idx, vals in ((g_numbers, numbers), (g_texts, texts), (g_bools, bools)):
+        out.update((FIELDS[i][0], v) for i, v in zip(idx, vals, strict=True))
+    out.update((FIELDS[i][0], v) for i, v in zip(g_arrays + g_jsons, rest, strict=True))
+    return out
 
 
 def digest(canonical_bytes: bytes) -> bytes:

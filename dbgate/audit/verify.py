@@ -37,7 +37,6 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +164,9 @@ def _where(chain: str, seq: int, record_id: int | None) -> str:
     return f"chain {chain} seq {seq}" + (f" (id {record_id})" if record_id is not None else "")
 
 
-def _with_seq(chain: str, content: bytes, seq: int) -> bytes | None:
-    """The canonical bytes with another ``seq`` (the third element)."""
-    prefix = f"[{FORMAT},{encode_basestring(chain)},".encode()
+def _with_seq(content: bytes, seq: int) -> bytes | None:
+    """The canonical bytes with another ``seq`` (the second number)."""
+    prefix = f"[[{FORMAT},".encode()
     if not content.startswith(prefix):
         return None
     end = content.find(b",", len(prefix))
@@ -375,7 +374,7 @@ class Verifier:
         where = _where(chain, seq, record_id)
         if content is not None:
             for delta in _DIAGNOSE_OFFSETS:
-                other = _with_seq(chain, content, seq + delta)
+                other = _with_seq(content, seq + delta)
                 if other is None or _sha256(prev + _sha256(other).digest()).digest() != hash_:
                     continue
                 original = seq + delta
@@ -554,7 +553,7 @@ def verify_query() -> str:
 async def verify_database(
     dsn: str,
     heads: Iterable[tuple[str, int, bytes]] = (),
-    fetch: int = 5_000,
+    fetch: int = 1_000,
 ) -> Report:
     """Verify every chain in the state database at ``dsn`` (one consistent snapshot)."""
     import asyncpg
@@ -578,7 +577,8 @@ async def verify_database(
             verifier = Verifier("database", anchors=anchors, heads=heads)
             cursor = await conn.cursor(verify_query())
             # Ask for the next rows before hashing these, so that PostgreSQL builds
-            # them while we hash (the two halves take about the same time).
+            # them while we hash (the two halves take about the same time). Batches
+            # stay small enough to fit the socket buffers, or the server would stall.
             pending = asyncio.ensure_future(cursor.fetch(fetch))
             while True:
                 rows = await pending
