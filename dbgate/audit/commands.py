@@ -54,13 +54,13 @@ def verify_command(
         anchored = read_heads(heads) if heads is not None else []
         if file is not None:
             report = verify_file(file, anchored)
-        else:
-            assert dsn is not None
-            report = asyncio.run(verify_database(dsn, anchored))
     except (OSError, DocumentError) as e:
         raise _fail(str(e)) from None
-    except Exception as e:  # asyncpg errors, unreachable server
-        raise _fail(f"cannot verify: {type(e).__name__}: {e}") from None
+    if dsn is not None:
+        try:
+            report = asyncio.run(verify_database(dsn, anchored))
+        except Exception as e:  # asyncpg errors, an unreachable server
+            raise _fail(f"cannot verify: {type(e).__name__}: {e}") from None
     print_report(report, as_json)
     raise typer.Exit(0 if report.ok else EXIT_TAMPERED)
 
@@ -91,15 +91,16 @@ def export_command(
     except ValueError as e:
         raise _fail(str(e)) from None
     try:
-        if output is None:
-            full, links = asyncio.run(export(dsn, sys.stdout, fmt, start, end, identity))  # type: ignore[arg-type]
-        else:
-            with output.open("w", encoding="utf-8", newline="") as out:
-                full, links = asyncio.run(export(dsn, out, fmt, start, end, identity))  # type: ignore[arg-type]
+        out = sys.stdout if output is None else output.open("w", encoding="utf-8", newline="")
     except OSError as e:
         raise _fail(str(e)) from None
-    except Exception as e:
+    try:
+        full, links = asyncio.run(export(dsn, out, fmt, start, end, identity))  # type: ignore[arg-type]
+    except Exception as e:  # asyncpg errors, an unreachable server, a full disk
         raise _fail(f"cannot export: {type(e).__name__}: {e}") from None
+    finally:
+        if out is not sys.stdout:
+            out.close()
     extra = f" and {links:,} links for other identities" if links else ""
     typer.echo(f"dbgate audit: exported {full:,} records{extra}", err=True)
 

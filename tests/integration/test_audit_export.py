@@ -16,12 +16,14 @@ from dbgate.audit.export import export
 from dbgate.audit.serial import DocumentError
 from dbgate.audit.verify import verify_file
 from dbgate.audit.writer import AuditWriter
+from dbgate.embedded import find_free_port
 from tests.integration.audit_support import (
     create_state_database,
     drop_state_database,
     fast_config,
     one_of_each,
     statement,
+    with_host_port,
 )
 
 DB = "dbgate_audit_export"
@@ -202,3 +204,8 @@ async def test_the_commands(state_dsn, tmp_path) -> None:
     assert code == 2 and "missing.jsonl" in err
     code, _, err = await _cli("verify")
     assert code == 2 and "exactly one of --dsn or --file" in err
+    dead = with_host_port(state_dsn, "127.0.0.1", find_free_port())
+    code, _, err = await _cli("verify", "--dsn", dead)
+    assert code == 2 and "cannot verify" in err
+    code, _, err = await _cli("export", "--dsn", dead)
+    assert code == 2 and "cannot export" in err

@@ -305,3 +305,20 @@ async def test_the_auditor_can_verify_the_trail(trail) -> None:
     report = await verify_database(trail[1])
     assert report.ok, report.text()
     assert report.records == 23  # 21 events, chain_start, chain_end
+
+
+async def test_every_column_of_the_view_is_documented(auditor) -> None:
+    text = DOC.read_text()
+    section = text[text.index("### `dbgate.audit_log`") : text.index("### `dbgate.audit_writers`")]
+    documented = re.findall(r"^\| `(\w+)`", section, re.M)
+    columns = [
+        r[0]
+        for r in await auditor.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'dbgate.audit_log'::regclass "
+            "AND attnum > 0 ORDER BY attnum"
+        )
+    ]
+    assert sorted(documented) == sorted(columns)
+    assert {"id", "at", "identity", "statement", "categories", "decision", "outcome"} <= set(
+        columns
+    )
