@@ -43,6 +43,9 @@ def verify_command(
         typer.Option(help="Chain heads anchored outside: the head file or operator log lines."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    jobs: Annotated[
+        int, typer.Option(min=1, max=32, help="Database connections reading ahead (--dsn).")
+    ] = 2,
 ) -> None:
     """Recompute every hash chain; exit 1 naming the first bad record of each chain."""
     from dbgate.audit.serial import DocumentError
@@ -58,7 +61,7 @@ def verify_command(
         raise _fail(str(e)) from None
     if dsn is not None:
         try:
-            report = asyncio.run(verify_database(dsn, anchored))
+            report = asyncio.run(verify_database(dsn, anchored, jobs=jobs))
         except Exception as e:  # asyncpg errors, an unreachable server
             raise _fail(f"cannot verify: {type(e).__name__}: {e}") from None
     print_report(report, as_json)

@@ -78,9 +78,14 @@ async def _insert(conn: asyncpg.Connection, values: list, prev: bytes, hash_: by
 
 
 async def _only_finding(dsn: str, heads=()) -> tuple[str, int | None, int | None, str]:
-    report = await verify_database(dsn, heads)
+    """The one finding, the same whether one connection reads the trail in order or
+    three read it in ranges of four records."""
+    report = await verify_database(dsn, heads, jobs=1)
     assert not report.ok
     assert len(report.findings) == 1, report.text()
+    ranged = await verify_database(dsn, heads, jobs=3, range_rows=4)
+    assert [f.as_dict() for f in ranged.findings] == [f.as_dict() for f in report.findings]
+    assert ranged.records == report.records
     f = report.findings[0]
     return f.problem, f.seq, f.id, f.message
 
