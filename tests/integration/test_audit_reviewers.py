@@ -305,6 +305,9 @@ async def test_the_auditor_can_verify_the_trail(trail) -> None:
     report = await verify_database(trail[1])
     assert report.ok, report.text()
     assert report.records == 23  # 21 events, chain_start, chain_end
+    # several connections sharing the auditor's exported snapshot
+    ranged = await verify_database(trail[1], jobs=3, range_rows=5)
+    assert ranged.ok and ranged.records == 23
 
 
 async def test_every_column_of_the_view_is_documented(auditor) -> None:
