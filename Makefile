@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py dbgate/wire/_scan.c dbgate/policy/_literals.c
+$(STAMP): pyproject.toml setup.py dbgate/wire/_scan.c dbgate/policy/_literals.c dbgate/pii/_rows.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

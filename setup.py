@@ -1,8 +1,9 @@
-"""Build hook for the two compiled modules, both optional hot-path helpers:
+"""Build hook for the three compiled modules, both optional hot-path helpers:
 
 * dbgate.wire._scan — the relay's frame scanner (fallback: dbgate/wire/framing.py);
 * dbgate.policy._literals — the classifier cache's literal mask (fallback:
-  dbgate/policy/literals.py).
+  dbgate/policy/literals.py);
+* dbgate.pii._rows — the PII DataRow rewrite loop (fallback: dbgate/pii/rows.py).
 
 When one cannot be built (no compiler), dbgate uses the pure-Python version, which
 behaves identically (property-tested).
@@ -30,6 +31,7 @@ setup(
     ext_modules=[
         Extension("dbgate.wire._scan", ["dbgate/wire/_scan.c"], optional=True),
         Extension("dbgate.policy._literals", ["dbgate/policy/_literals.c"], optional=True),
+        Extension("dbgate.pii._rows", ["dbgate/pii/_rows.c"], optional=True),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -53,6 +53,8 @@ def write_config(
         "identities": [{"name": IDENTITY, "password": identity_password}],
         "log_level": log_level,
         "shutdown_grace_seconds": 2,
+        # The benchmark's scratch server has only its superuser; dbgate warns and serves.
+        "allow_privileged_upstream": True,
     }
     if policy is not None:
         config["policy"] = policy  # "off": relay without inspection (a diagnostic)

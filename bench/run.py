@@ -9,7 +9,8 @@ One command, on a fresh machine, does everything (see bench/README.md):
    three targets interleaved round-robin;
 5. a million rows through asyncpg against the three targets, interleaved;
 6. the policy classifier microbenchmarks (``bench/bench_classify.py``) if present;
-7. the audit benchmarks (``bench/bench_audit.py``): records/s into a state database
+7. the PII rewrite and planning microbenchmarks (``bench/bench_pii.py``) if present;
+8. the audit benchmarks (``bench/bench_audit.py``): records/s into a state database
    and ``audit verify`` records/s, on a PostgreSQL of their own;
 
 then prints one table of medians and ratios and writes the raw runs as JSON to
@@ -107,6 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--no-classifier", action="store_true", help="skip the classifier microbenchmarks"
     )
+    p.add_argument("--no-pii", action="store_true", help="skip the PII microbenchmarks")
     p.add_argument("--no-audit", action="store_true", help="skip the audit benchmarks")
     p.add_argument(
         "--audit-records",
@@ -237,6 +239,8 @@ class Bench:
         self.stream_runs: list[streaming.StreamResult] = []
         self.classifier: dict[str, Any] | None = None
         self.classifier_error: str | None = None
+        self.pii: dict[str, Any] | None = None
+        self.pii_error: str | None = None
         self.audit: dict[str, Any] | None = None
         self.audit_error: str | None = None
         self.profile: dict[str, Any] | None = None
@@ -486,6 +490,21 @@ class Bench:
         except Exception as e:  # someone else's code: report, never abort the run
             self.classifier_error = f"{type(e).__name__}: {e}"
 
+    # ----------------------------------------------------------------- PII
+
+    def run_pii(self) -> None:
+        """Call ``bench.bench_pii.run()`` (row rewrite rows/s, planning µs)."""
+        if importlib.util.find_spec("bench.bench_pii") is None:
+            self.pii_error = "bench/bench_pii.py not present"
+            return
+        say("PII microbenchmarks (bench/bench_pii.py) ...")
+        try:
+            module = importlib.import_module("bench.bench_pii")
+            result = module.run()
+            self.pii = dict(result) if result is not None else {}
+        except Exception as e:  # report, never abort the run
+            self.pii_error = f"{type(e).__name__}: {e}"
+
     # ----------------------------------------------------------------- audit
 
     def run_audit(self) -> None:
@@ -544,6 +563,8 @@ class Bench:
             },
             "classifier": self.classifier,
             "classifier_error": self.classifier_error,
+            "pii": self.pii,
+            "pii_error": self.pii_error,
             "audit": self.audit,
             "audit_error": self.audit_error,
             "profile": self.profile,
@@ -622,6 +643,11 @@ class Bench:
             say(report.format_flat(self.classifier))
         else:
             say(f"classifier microbenchmarks: {self.classifier_error or 'skipped'}")
+        if self.pii is not None:
+            say("PII microbenchmarks (bench/bench_pii.py; rows/s and µs):")
+            say(report.format_flat(self.pii))
+        else:
+            say(f"PII microbenchmarks: {self.pii_error or 'skipped'}")
         say("")
         if self.audit is not None:
             say(
@@ -655,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.stop_all()
             if not args.no_classifier:
                 bench.run_classifier()
+            if not args.no_pii:
+                bench.run_pii()
             if not args.no_audit:
                 bench.run_audit()
         except KeyboardInterrupt:

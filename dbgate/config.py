@@ -2,14 +2,21 @@
 
 Loaded from YAML, then overridden by environment variables of the form
 ``DBGATE__SECTION__KEY`` (double underscore separates levels), then by CLI flags.
-Validation is pydantic's; errors name the offending key and, for YAML files, the line.
-Secrets may be written as ``${ENV_NAME}`` so that config files can be committed.
+Validation is pydantic's; every problem is reported at once, each naming the file,
+the line and the key, with "did you mean" for a misspelt key (docs/config.md).
+Secrets stay out of the file: any string may reference an environment variable as
+``${ENV_NAME}`` or a file's content as ``${file:/run/secrets/name}`` (one trailing
+newline removed; a relative path is relative to the config file's directory).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
+import typing
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +25,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class ConfigError(Exception):
-    """A configuration problem, phrased for the operator who has to fix it."""
+    """Configuration problems, phrased for the operator who has to fix them.
+
+    ``problems`` holds one line per problem (``file:line: key: what is wrong``);
+    ``str()`` joins them with newlines.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or [message]
+        super().__init__(message)
 
 
 class _Strict(BaseModel):
@@ -83,6 +98,9 @@ class IdentityConfig(_Strict):
     upstream_password: str | None = None
     groups: list[str] = Field(default_factory=list)
     databases: list[str] = Field(default_factory=lambda: ["*"])
+    #: Approver accounts of the humans who run this agent: like the identity itself,
+    #: they may never approve its requests.
+    owners: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_secret(self) -> IdentityConfig:
@@ -97,6 +115,31 @@ class LimitsConfig(_Strict):
     max_message_size: int = Field(64 * 1024 * 1024, ge=1024)  # larger messages are refused
     startup_timeout: float = Field(15.0, gt=0)  # seconds a client has to finish authentication
     max_connections: int = Field(1000, ge=1)
+
+
+class LoggingConfig(_Strict):
+    """Operator logs (docs/operations.md). The level is the top-level ``log_level``."""
+
+    #: ``auto``: text on a terminal, JSON lines otherwise (containers, journald, files).
+    format: Literal["auto", "text", "json"] = "auto"
+    #: Append to this file (reopened when rotated away); ``null``: standard error.
+    file: Path | None = None
+    #: One INFO line per interval with sessions, statements by decision, refusals,
+    #: holds and errors; 0 turns it off.
+    summary_interval_seconds: float = Field(60.0, ge=0)
+    #: Records waiting for a slow destination before new ones are dropped (and counted).
+    queue_size: int = Field(10_000, ge=100)
+
+
+class MetricsConfig(_Strict):
+    """Prometheus metrics at ``/metrics`` on the web port (docs/operations.md)."""
+
+    enabled: bool = True
+    #: Directory for prometheus-client's per-process files when running several
+    #: worker processes; emptied at start. ``null``: a private temporary directory.
+    multiprocess_dir: Path | None = None
+    #: How often each process moves its hot-path counts into the shared values.
+    flush_interval_seconds: float = Field(1.0, gt=0, le=60)
 
 
 class StateConfig(_Strict):
@@ -147,12 +190,179 @@ class AuditConfig(_Strict):
 
 
 class WebConfig(_Strict):
-    """The approvers' web page and the HTTP API."""
+    """The approvers' web page and the HTTP API (docs/web.md)."""
 
     listen: str = "127.0.0.1:8080"
     #: How approvers reach the page (used in notices and notifications); default
-    #: http://<listen>.
+    #: http://<listen> (https:// when ``tls`` is set).
     public_url: str | None = None
+    #: Serve the page and the API over HTTPS with this certificate.
+    tls: TLSConfig | None = None
+    #: Mark the session cookie ``Secure`` (sent over HTTPS only). Default: when ``tls``
+    #: is set or ``public_url`` starts with https:// (TLS ended by a proxy in front).
+    secure_cookies: bool | None = None
+    #: A signed-in approver is signed out after this long without a request...
+    session_idle_minutes: int = Field(30, ge=1, le=24 * 60)
+    #: ...and in any case this long after signing in.
+    session_max_hours: float = Field(12.0, gt=0, le=24 * 7)
+    #: Failed sign-ins (per approver name, and per client address) within
+    #: ``login_lockout_seconds`` before further attempts are refused for that long.
+    login_max_failures: int = Field(5, ge=1, le=1000)
+    login_lockout_seconds: float = Field(900.0, gt=0)
+    #: Most pending requests the queue page lists at once (newest first).
+    queue_limit: int = Field(1000, ge=10, le=10000)
+
+    @property
+    def cookies_secure(self) -> bool:
+        if self.secure_cookies is not None:
+            return self.secure_cookies
+        return self.tls is not None or (self.public_url or "").lower().startswith("https://")
+
+
+class WebhookTargetConfig(_Strict):
+    """A generic webhook: JSON POST signed with ``X-Dbgate-Signature`` (docs/web.md)."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    url: str = Field(pattern=r"^https?://")
+    #: HMAC-SHA256 key shared with the receiver (use ``${ENV}``).
+    secret: str = Field(min_length=16)
+    #: ``created`` (a request waits), ``finished`` (approved, rejected, expired, ...).
+    events: list[Literal["created", "finished"]] = Field(
+        default_factory=lambda: ["created", "finished"]
+    )
+
+
+class SlackConfig(_Strict):
+    """Slack: an incoming-webhook message per request, Approve/Reject buttons."""
+
+    webhook_url: str = Field(pattern=r"^https?://")
+    #: The Slack app's signing secret; without it the buttons are not offered and the
+    #: interactivity endpoint (``/slack/interactivity``) answers 404.
+    signing_secret: str | None = Field(None, min_length=8)
+    #: Slack user id (``U0123ABCD``) -> dbgate approver name. A click by anyone not
+    #: listed is refused, and the thread says so.
+    users: dict[str, str] = Field(default_factory=dict)
+    #: Slack's ``response_url`` must start with this (it is where the reply is posted).
+    response_url_prefix: str = "https://hooks.slack.com/"
+    #: Requests older than this (X-Slack-Request-Timestamp) are refused as replays.
+    max_age_seconds: float = Field(300.0, gt=0, le=3600)
+    events: list[Literal["created", "finished"]] = Field(
+        default_factory=lambda: ["created", "finished"]
+    )
+
+
+class TeamsConfig(_Strict):
+    """Microsoft Teams: an incoming-webhook (workflow) card with a link to the page."""
+
+    webhook_url: str = Field(pattern=r"^https?://")
+    events: list[Literal["created", "finished"]] = Field(
+        default_factory=lambda: ["created", "finished"]
+    )
+
+
+class NotificationsConfig(_Strict):
+    """Who hears about held statements, and how hard dbgate tries (docs/web.md)."""
+
+    webhooks: list[WebhookTargetConfig] = Field(default_factory=list)
+    slack: SlackConfig | None = None
+    teams: TeamsConfig | None = None
+    #: Each delivery attempt gives up after this long.
+    timeout_seconds: float = Field(5.0, gt=0, le=120)
+    #: Attempts per message before it is marked failed (shown on the page and logged).
+    max_attempts: int = Field(5, ge=1, le=20)
+    #: Wait before the second attempt; doubled each time, up to ``max_backoff_seconds``.
+    backoff_seconds: float = Field(1.0, gt=0)
+    max_backoff_seconds: float = Field(60.0, gt=0)
+    #: Messages sent at once (the rest wait their turn; the hold never does).
+    concurrency: int = Field(8, ge=1, le=100)
+    #: How often to look for requests whose notification was missed (a replica that
+    #: stopped, a lost NOTIFY), and how far back.
+    catch_up_seconds: float = Field(30.0, gt=0)
+    catch_up_window_seconds: float = Field(3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_webhooks(self) -> NotificationsConfig:
+        names = [w.name for w in self.webhooks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"notifications.webhooks: name {dup[0]!r} is used twice")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhooks) or self.slack is not None or self.teams is not None
+
+
+class ApprovalsConfig(_Strict):
+    """How held statements are recorded, waited for and matched (docs/approvals.md)."""
+
+    #: Names this process in approval records; a replica marks its own still-pending
+    #: holds ``abandoned`` when it starts. Default: ``<hostname>:<pid>``. Give each
+    #: replica (and each worker) a stable, distinct id to have its holds cleaned up
+    #: by its own restart rather than after ``abandon_after_seconds``.
+    replica_id: str | None = Field(None, min_length=1)
+    #: Wait for rules that do not set ``expires_after``.
+    default_wait_seconds: float = Field(300.0, ge=0)
+    #: How long an approval may be used by the identical statement once approved
+    #: (approve-then-retry, or a wait that ended before the statement ran).
+    approved_lifetime_seconds: float = Field(900.0, gt=0)
+    #: How long a ``wait_seconds: 0`` request stays open for a decision.
+    retry_window_seconds: float = Field(3600.0, gt=0)
+    #: Longest shape approval ("this fingerprint, this identity, N minutes").
+    max_shape_minutes: int = Field(1440, ge=1)
+    #: Waiting holds re-read their status this often, so that a lost notification
+    #: delays a decision but never loses it.
+    recheck_seconds: float = Field(2.0, gt=0, le=60)
+    #: A held request still pending this long after its deadline has lost its
+    #: replica: any replica marks it ``abandoned``.
+    abandon_after_seconds: float = Field(60.0, gt=0)
+    #: Timeout for each state-database call; beyond it a hold fails closed.
+    state_timeout_seconds: float = Field(5.0, gt=0)
+    #: HMAC key for matching retries (keyed hash of the raw statement and values).
+    #: Default: a random key created once and kept in the state database.
+    match_key: str | None = Field(None, min_length=16)
+
+
+class PiiKeyConfig(_Strict):
+    """One tokenization key (see docs/pii.md, "Keys and rotation")."""
+
+    id: str = Field(min_length=1)
+    secret: str | None = Field(None, repr=False)  # base64:... or hex:...; may be ${ENV}
+    secret_env: str | None = None  # read the secret from this environment variable
+    secret_file: Path | None = None  # read the secret from this file
+    fingerprint: str | None = None  # as printed by `dbgate pii keygen`: guards against a wrong key
+    retire_after: datetime | None = None  # earlier keys only: resolve-only until then
+
+
+class PiiConfig(_Strict):
+    """PII tokenization of everything the agent receives (docs/pii.md)."""
+
+    enabled: bool = True
+    catalog: Path | None = None  # None: the shipped rules/pii.yaml
+    # hashed: keyed BLAKE2b, fastest, resolves tokens this process issued;
+    # reversible: AES-SIV, resolves anywhere with the key (dbgate detokenize)
+    mode: Literal["hashed", "reversible"] = "hashed"
+    keys: list[PiiKeyConfig] = Field(default_factory=list)  # empty: DBGATE_PII_KEY
+    # Output whose provenance lineage cannot decide: tokenize it whole, hold the
+    # statement for approval, or run the content detectors over it.
+    unknown: Literal["tokenize", "hold", "detect"] = "tokenize"
+    detect_clean_text: bool = False  # also run the detectors over text that lineage calls clean
+    raise_messages: Literal["detect", "tokenize"] = "detect"
+    notification_payloads: Literal["tokenize", "detect", "pass"] = "tokenize"
+    notification_channels: dict[str, Literal["tokenize", "detect", "pass"]] = Field(
+        default_factory=dict
+    )
+    exempt_identities: list[str] = Field(default_factory=list)  # see raw values (recorded)
+    exempt_groups: list[str] = Field(default_factory=list)
+    max_reversible_bytes: int = Field(4096, ge=16)  # longer values get hashed tokens
+    token_cache_entries: int = Field(200_000, ge=0)  # hashed mode: tokens that resolve
+
+    @model_validator(mode="after")
+    def _unique_key_ids(self) -> PiiConfig:
+        ids = [k.id for k in self.keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"pii.keys: key ids must be unique, got {ids}")
+        return self
 
 
 class Config(_Strict):
@@ -164,12 +374,21 @@ class Config(_Strict):
     state: StateConfig | None = None  # None: no approvals or audit (holds are refused)
     web: WebConfig | None = None
     audit: AuditConfig = AuditConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
+    pii: PiiConfig = PiiConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
     rules_dir: Path | None = None  # None: the shipped default pack
     # "enforce": classify every statement and apply the rules (the default).
     # "off": relay only (wire-compatibility testing); logged loudly at startup.
     policy: Literal["enforce", "off"] = "enforce"
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # `dbgate serve` refuses to start when an identity reaches PostgreSQL as a role that
+    # is a superuser, has BYPASSRLS or CREATEROLE, or may SET ROLE to one (see
+    # dbgate.preflight); true starts anyway and logs a warning per such role.
+    allow_privileged_upstream: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("listen")
     @classmethod
@@ -188,6 +407,10 @@ class Config(_Strict):
             seen.add(ident.name)
         return self
 
+    def owners(self) -> dict[str, tuple[str, ...]]:
+        """identity name -> the approver names that may not approve its requests."""
+        return {i.name: tuple(i.owners) for i in self.identities if i.owners}
+
     @property
     def listen_host(self) -> str:
         return _split_hostport(self.listen, 6432)[0]
@@ -204,26 +427,86 @@ class Config(_Strict):
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_FILE_REF = re.compile(r"\$\{file:([^}]+)\}")
+#: A secret file is small; a larger one is almost certainly the wrong file.
+MAX_SECRET_FILE_BYTES = 64 * 1024
+#: Keys whose values are never echoed in an error message.
+_SECRET_WORDS = ("password", "secret", "key", "token", "dsn", "verifier")
+
+Loc = tuple[str | int, ...]
 
 
-def _expand_env(value: Any, where: str) -> Any:
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _read_secret_file(ref: str, base_dir: Path) -> str:
+    path = Path(ref).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        size = path.stat().st_size
+        if size > MAX_SECRET_FILE_BYTES:
+            raise ValueError(
+                f"secret file {path} is {size} bytes (at most {MAX_SECRET_FILE_BYTES}): "
+                "is it the right file?"
+            )
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read secret file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"secret file {path} is not UTF-8 text") from e
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    if not text:
+        raise ValueError(f"secret file {path} is empty")
+    return text
+
+
+def _expand_refs(
+    value: Any,
+    loc: Loc,
+    problems: list[tuple[Loc, str]],
+    environ: typing.Mapping[str, str],
+    base_dir: Path,
+) -> Any:
+    """``${NAME}`` from the environment, then ``${file:PATH}``; problems are collected."""
     if isinstance(value, str):
 
-        def sub(m: re.Match[str]) -> str:
+        def env(m: re.Match[str]) -> str:
             name = m.group(1)
-            if name not in os.environ:
-                raise ConfigError(f"{where}: environment variable {name} is not set")
-            return os.environ[name]
+            if name not in environ:
+                problems.append((loc, f"environment variable {name} is not set"))
+                return ""
+            return environ[name]
 
-        return _ENV_REF.sub(sub, value)
+        def file(m: re.Match[str]) -> str:
+            try:
+                return _read_secret_file(m.group(1), base_dir)
+            except ValueError as e:
+                problems.append((loc, str(e)))
+                return ""
+
+        # One pass each: a secret's own text is never expanded again.
+        return _FILE_REF.sub(file, _ENV_REF.sub(env, value))
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}") for k, v in value.items()}
+        return {
+            k: _expand_refs(v, (*loc, str(k)), problems, environ, base_dir)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [
+            _expand_refs(v, (*loc, i), problems, environ, base_dir) for i, v in enumerate(value)
+        ]
     return value
 
 
-def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+def _apply_env_overrides(data: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[str, Any]:
     for key, value in environ.items():
         if not key.startswith("DBGATE__"):
             continue
@@ -237,44 +520,110 @@ def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> dict[
     return data
 
 
-def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
-    """Best-effort line number of a validation error location in the YAML text."""
+def _line_of(text: str, loc: Loc) -> int | None:
+    """Line of ``loc`` in the YAML text, or of its deepest ancestor that is there."""
     try:
         node = yaml.compose(text)
     except yaml.YAMLError:
         return None
-    for part in loc:
+    found: int | None = None
+    for i, part in enumerate(loc):
         if node is None:
-            return None
+            break
+        nxt = None
         if isinstance(node, yaml.MappingNode):
-            nxt = None
             for k, v in node.value:
                 if k.value == part:
-                    nxt = v if part != loc[-1] else k
+                    nxt = k if i == len(loc) - 1 else v
+                    found = k.start_mark.line + 1
                     break
-            node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            node = node.value[part] if part < len(node.value) else None
-        else:
-            break
-    return node.start_mark.line + 1 if node is not None else None
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            nxt = node.value[part]
+            found = nxt.start_mark.line + 1
+        node = nxt
+    return found
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The config section model inside ``X``, ``X | None`` or ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) in (
+        typing.Union,
+        list,
+    ):
+        for arg in typing.get_args(annotation):
+            model = _model_of(arg)
+            if model is not None:
+                return model
+    return None
+
+
+def _section_keys(loc: Loc) -> list[str]:
+    """The keys allowed in the section at ``loc`` (for "did you mean")."""
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _model_of(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _is_secret(loc: Loc) -> bool:
+    return any(w in str(p).lower() for p in loc for w in _SECRET_WORDS)
+
+
+def _explain(err: Any) -> str:
+    loc: Loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _section_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        if close:
+            return f"unknown key; did you mean {close[0]}?"
+        return f"unknown key; this section takes: {', '.join(allowed)}"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    given = err.get("input")
+    if isinstance(given, str | int | float | bool) and not _is_secret(loc):
+        shown = repr(given) if len(repr(given)) <= 60 else repr(given)[:57] + "..."
+        msg += f" (got {shown})"
+    return msg
 
 
 def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
 ) -> Config:
-    """Read, expand, override and validate. Raises ConfigError with file:line context."""
+    """Read, expand, override and validate. Raises ConfigError listing every problem.
+
+    ``environ`` (default ``os.environ``) supplies both ``DBGATE__…`` overrides and
+    ``${NAME}`` references.
+    """
     text = ""
     data: dict[str, Any] = {}
     where = "config"
+    base_dir = Path.cwd()
+    env = os.environ if environ is None else environ
     if path is not None:
         where = str(path)
+        base_dir = Path(path).expanduser().absolute().parent
         try:
             text = Path(path).read_text()
         except OSError as e:
             raise ConfigError(f"{where}: cannot read: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: not a UTF-8 text file") from e
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -286,19 +635,30 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{where}: the top level must be a mapping")
         data = loaded
-    data = _apply_env_overrides(data, dict(os.environ if environ is None else environ))
+    data = _apply_env_overrides(data, env)
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value
-    data = _expand_env(data, where)
+
+    def located(loc: Loc, message: str) -> tuple[int, str]:
+        line = _line_of(text, loc) if text else None
+        prefix = f"{where}:{line}" if line else where
+        return line or 0, f"{prefix}: {_dotted(loc)}: {message}"
+
+    ref_problems: list[tuple[Loc, str]] = []
+    data = _expand_refs(data, (), ref_problems, env, base_dir)
+    found = [located(loc, msg) for loc, msg in ref_problems]
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as e:
-        lines = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            dotted = ".".join(str(p) for p in loc) or "(top level)"
-            line = _line_of(text, loc) if text else None
-            prefix = f"{where}:{line}" if line else where
-            lines.append(f"{prefix}: {dotted}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from e
+            # A reference that could not be resolved was replaced by "": the section
+            # around it may now fail too, which would only repeat the same problem.
+            if any(bad[: len(loc)] == loc for bad, _ in ref_problems):
+                continue
+            found.append(located(loc, _explain(err)))
+    if found:
+        problems = [p for _, p in sorted(found, key=lambda f: f[0])]
+        raise ConfigError("\n".join(problems), problems)
+    return config

@@ -4,19 +4,24 @@ What it starts, in order:
 
 1. an :class:`~dbgate.embedded.EmbeddedPostgres` in the data directory
    (default ``./.dbgate-demo``; persistent, so the second start takes a second);
-2. database ``demo`` with the Faker dataset (:mod:`dbgate.demo_data`) and the empty
-   state database ``dbgate_state`` (approvals and audit fill it in later work);
-3. the proxy, with one identity ``agent`` whose random password is generated once
-   per data directory and kept there, so DSNs stay the same across runs;
-4. the ``--info-file`` (atomically, only once everything answers), then a banner.
+2. database ``demo`` with the Faker dataset (:mod:`dbgate.demo_data`) and the state
+   database ``dbgate_state`` (approvals, migrated by dbgate);
+3. the whole application (:class:`dbgate.app.App`, as ``dbgate serve`` runs it): the
+   proxy with one identity ``agent`` whose random password is generated once per data
+   directory and kept there, so DSNs stay the same across runs — dbgate logs in
+   upstream for it as ``dbgate_agent``, a role with only the privileges the demo
+   needs (:func:`dbgate.demo_data.ensure_agent_role`), never as the superuser — the
+   approval service on the state database, and the approvals API on ``--web``;
+4. an approver account ``approver`` (group ``dba``, which the default rules name)
+   with a password kept in the data directory and a fresh API token each start;
+5. the ``--info-file`` (atomically, only once everything answers), then a banner.
 
 Ctrl-C or SIGTERM drains the proxy and stops the embedded server; exit status 0.
 
-The info file is part of the stable contract (DESIGN.md). It holds only fields that
-are real at this stage — ``agent_dsn``, ``admin_dsn``, ``state_dsn`` — never
-placeholders for the web UI or approvers, which arrive with the work that builds
-them. It is removed at start (a stale file would describe a server that is gone)
-and again at shutdown.
+The info file is part of the stable contract (DESIGN.md): ``agent_dsn``,
+``admin_dsn``, ``state_dsn``, ``web_url``, ``approver_user``, ``approver_password``,
+``approver_token``. It is removed at start (a stale file would describe a server that
+is gone) and again at shutdown.
 """
 
 from __future__ import annotations
@@ -32,11 +37,18 @@ import socket
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from dbgate.config import Config, ConfigError
-from dbgate.demo_data import DEMO_DATABASE, STATE_DATABASE, ensure_database, ensure_demo_database
+from dbgate.demo_data import (
+    AGENT_ROLE,
+    DEMO_DATABASE,
+    STATE_DATABASE,
+    ensure_agent_role,
+    ensure_database,
+    ensure_demo_database,
+)
 from dbgate.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 __all__ = ["AGENT_IDENTITY", "DEFAULT_DATA_DIR", "run_demo"]
@@ -46,8 +58,21 @@ log = logging.getLogger("dbgate.demo")
 DEFAULT_DATA_DIR = Path(".dbgate-demo")
 AGENT_IDENTITY = "agent"
 AGENT_PASSWORD_FILE = "agent.password"
+AGENT_UPSTREAM_PASSWORD_FILE = "agent-upstream.password"  # the dbgate_agent role's
+APPROVER = "approver"
+APPROVER_GROUPS = ("dba",)  # the default rule pack holds for approver group dba
+APPROVER_PASSWORD_FILE = "approver.password"
 UPSTREAM_PORT_FILE = "upstream.port"
 SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+class _Server(Protocol):
+    """What the demo's config needs of its PostgreSQL server (an EmbeddedPostgres)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
 
 
 class _Stop(Exception):
@@ -133,9 +158,9 @@ async def _main(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    server: Any = None
+    app: Any = None
     try:
-        setup = asyncio.ensure_future(_prepare(pg, listen, data_dir))
+        setup = asyncio.ensure_future(_prepare(pg, listen, web, data_dir))
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait({setup, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not setup.done():
@@ -145,7 +170,7 @@ async def _main(
             return 0
         stopper.cancel()
         try:
-            server, config = setup.result()
+            app, config, token = setup.result()
         except _DemoError as e:
             print(f"dbgate demo: {e}", file=sys.stderr)
             return 1
@@ -156,13 +181,18 @@ async def _main(
         agent_password = _agent_password(data_dir)
         dsn_host = _connectable_host(config.listen_host)
         info = {
-            "agent_dsn": _dsn(AGENT_IDENTITY, agent_password, dsn_host, server.port, DEMO_DATABASE),
+            "agent_dsn": _dsn(
+                AGENT_IDENTITY, agent_password, dsn_host, app.proxy.port, DEMO_DATABASE
+            ),
             "admin_dsn": pg.dsn(DEMO_DATABASE),
             "state_dsn": pg.dsn(STATE_DATABASE),
+            "web_url": app.web_url,
+            "approver_user": APPROVER,
+            "approver_password": _stored_secret(data_dir, APPROVER_PASSWORD_FILE),
+            "approver_token": token,
         }
         if info_path is not None:
             _write_atomically(info_path, info)
-        log.info("web UI: not available in this version of dbgate yet; --web %s is ignored", web)
         _print_banner(info, data_dir, info_path)
 
         await stop.wait()
@@ -172,14 +202,14 @@ async def _main(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        if server is not None:
+        if app is not None:
             log.info("draining proxy sessions")
             try:
-                await asyncio.wait_for(server.stop(), SHUTDOWN_GRACE_SECONDS + 5)
+                await asyncio.wait_for(app.stop(), SHUTDOWN_GRACE_SECONDS + 15)
             except asyncio.CancelledError:
-                log.warning("proxy stop interrupted")
+                log.warning("shutdown interrupted")
             except Exception:
-                log.exception("proxy did not stop cleanly")
+                log.exception("dbgate did not stop cleanly")
         if info_path is not None:
             info_path.unlink(missing_ok=True)
 
@@ -188,8 +218,10 @@ class _DemoError(Exception):
     """A start-up failure phrased for the person who ran ``dbgate demo``."""
 
 
-async def _prepare(pg: EmbeddedPostgres, listen: str, data_dir: Path) -> tuple[Any, Config]:
-    """Databases, config and a started proxy. Returns the ProxyServer and its config."""
+async def _prepare(
+    pg: EmbeddedPostgres, listen: str, web: str, data_dir: Path
+) -> tuple[Any, Config, str]:
+    """Databases, config, the started application and a fresh approver token."""
     counts = await ensure_demo_database(pg)
     log.info(
         "database %s ready: %s",
@@ -198,29 +230,65 @@ async def _prepare(pg: EmbeddedPostgres, listen: str, data_dir: Path) -> tuple[A
     )
     if await ensure_database(pg.dsn(), STATE_DATABASE):
         log.info("created state database %s", STATE_DATABASE)
+    upstream_password = _stored_secret(data_dir, AGENT_UPSTREAM_PASSWORD_FILE)
+    await ensure_agent_role(pg.dsn(DEMO_DATABASE), upstream_password)
+    log.info("agent's upstream role %s ready", AGENT_ROLE)
 
     try:
-        config = build_config(pg, listen, _agent_password(data_dir))
+        config = build_config(
+            pg,
+            listen,
+            _agent_password(data_dir),
+            upstream_password,
+            state_dsn=pg.dsn(STATE_DATABASE),
+            web=web,
+        )
     except (ConfigError, ValueError) as e:
         raise _DemoError(f"invalid demo configuration: {e}") from e
 
-    from dbgate.proxy.server import ProxyServer, build_inspector
+    from dbgate.app import App, StartupError
 
-    # The demo runs the real policy (the shipped default pack), not a relay.
-    server = ProxyServer(config, inspector=build_inspector(config))
+    # The demo runs the real thing (the shipped default pack, approvals), not a relay.
+    app = App(config)
     try:
-        await server.start()
-    except OSError as e:
-        raise _DemoError(f"cannot listen on {listen}: {e.strerror or e}") from e
-    log.info("proxy listening on %s:%s", config.listen_host, server.port)
-    return server, config
+        await app.start()
+    except StartupError as e:
+        raise _DemoError(str(e)) from e
+    assert app.proxy is not None and app.approvals is not None
+    log.info("proxy listening on %s:%s", config.listen_host, app.proxy.port)
+    token = await _approver_token(app.approvals, _stored_secret(data_dir, APPROVER_PASSWORD_FILE))
+    return app, config, token
 
 
-def build_config(pg: EmbeddedPostgres, listen: str, agent_password: str) -> Config:
+async def _approver_token(service: Any, password: str) -> str:
+    """The demo approver exists (same password across runs) and gets a fresh token;
+    the tokens of earlier runs are revoked."""
+    from dbgate.approvals.errors import Conflict
+
+    with contextlib.suppress(Conflict):
+        await service.accounts.add(APPROVER, APPROVER_GROUPS, password)
+    await service.accounts.revoke_all(APPROVER)
+    _, token = await service.accounts.issue_token(APPROVER, label="dbgate demo")
+    return str(token)
+
+
+def build_config(
+    pg: _Server,
+    listen: str,
+    agent_password: str,
+    upstream_password: str,
+    *,
+    upstream_role: str = AGENT_ROLE,
+    state_dsn: str | None = None,
+    web: str | None = None,
+) -> Config:
     """The demo's in-memory config: one agent identity, the embedded server upstream.
 
     The agent may only open the ``demo`` database: the state database holds the
-    audit trail, which the audited party must not be able to reach.
+    audit trail, which the audited party must not be able to reach. Upstream it is
+    ``upstream_role`` (``dbgate_agent``) with ``upstream_password`` (see
+    :func:`dbgate.demo_data.ensure_agent_role`); the proxy holds no superuser
+    credential at all, so the upstream section's default login is that role too.
     """
     return Config.model_validate(
         {
@@ -228,26 +296,35 @@ def build_config(pg: EmbeddedPostgres, listen: str, agent_password: str) -> Conf
             "upstream": {
                 "host": pg.host,
                 "port": pg.port,
-                "user": pg.user,
-                "password": pg.password,
+                "user": upstream_role,
+                "password": upstream_password,
                 "sslmode": "disable",
             },
             "identities": [
                 {
                     "name": AGENT_IDENTITY,
                     "password": agent_password,
+                    "upstream_user": upstream_role,
+                    "upstream_password": upstream_password,
                     "databases": [DEMO_DATABASE],
                 }
             ],
             "shutdown_grace_seconds": SHUTDOWN_GRACE_SECONDS,
             "log_level": "info",
+            **({"state": {"dsn": state_dsn}} if state_dsn else {}),
+            **({"web": {"listen": web}} if web else {}),
         }
     )
 
 
 def _agent_password(data_dir: Path) -> str:
     """The agent's password, generated once per data directory (stable DSNs across runs)."""
-    path = data_dir / AGENT_PASSWORD_FILE
+    return _stored_secret(data_dir, AGENT_PASSWORD_FILE)
+
+
+def _stored_secret(data_dir: Path, name: str) -> str:
+    """A random password kept in ``data_dir/name`` (mode 0600), generated on first use."""
+    path = data_dir / name
     try:
         existing = path.read_text().strip()
     except FileNotFoundError:
@@ -316,9 +393,15 @@ def _print_banner(info: dict[str, str], data_dir: Path, info_path: Path | None) 
         f"    psql '{agent}'",
         "",
         "  Things to try:",
-        f"    psql '{agent}' -c 'select count(*) from customers'",
-        f"    psql '{agent}' -c 'select full_name, email from customers limit 5'",
-        f"    psql '{agent}' -c 'select status, count(*), sum(total) from orders group by 1'",
+        f"    psql '{agent}' -c 'select count(*) from customers'          # allowed",
+        f"    psql '{agent}' -c 'select email from customers'             # held for approval",
+        f"    psql '{agent}' -c \"copy customers to program 'cat'\"       # denied",
+        "",
+        "  Approve or reject held statements (as approver, group dba):",
+        f"    web / API: {info['web_url']}   user {info['approver_user']}"
+        f"   password {info['approver_password']}",
+        f"    curl -H 'Authorization: Bearer {info['approver_token']}' "
+        f"{info['web_url']}/api/approvals?status=pending",
         "",
         "  Straight to PostgreSQL, as the superuser (bypasses dbgate):",
         f"    psql '{admin}'",

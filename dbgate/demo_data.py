@@ -12,11 +12,17 @@ demo, test and screenshot shows the same people. Loading uses binary COPY
 that dies half-way leaves nothing behind (DDL is transactional in PostgreSQL), which
 is what lets :func:`ensure_demo_database` decide "already loaded" by the tables'
 existence alone.
+
+The agent does not reach this data as a superuser: :func:`ensure_agent_role` keeps a
+login role (``dbgate_agent``) with only what the demo needs — connect to ``demo``,
+read and change rows of its three tables — so that a statement dbgate lets through
+by mistake still meets PostgreSQL's own permission checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -26,11 +32,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from dbgate.wire.scram import make_verifier
+
 __all__ = [
+    "AGENT_ROLE",
     "DEMO_DATABASE",
+    "DEMO_TABLES",
     "PII_COLUMNS",
     "SEED",
     "STATE_DATABASE",
+    "ensure_agent_role",
     "ensure_database",
     "ensure_demo_database",
     "generate_demo_rows",
@@ -39,6 +50,9 @@ __all__ = [
 
 DEMO_DATABASE = "demo"
 STATE_DATABASE = "dbgate_state"
+DEMO_TABLES = ("customers", "orders", "payments")
+#: The upstream role the demo's agent identity logs in as (see ensure_agent_role).
+AGENT_ROLE = "dbgate_agent"
 SEED = 20240229
 # Fixed "now" of the dataset, so that generated timestamps do not depend on the day.
 EPOCH = datetime(2025, 6, 30, 12, 0, tzinfo=UTC)
@@ -288,3 +302,71 @@ async def ensure_demo_database(server: _HasDsn, customers: int = 5000) -> dict[s
     finally:
         await conn.close()
     return await load_demo_dataset(demo_dsn, customers)
+
+
+async def ensure_agent_role(
+    demo_dsn: str,
+    password: str,
+    *,
+    role: str = AGENT_ROLE,
+    state_database: str | None = STATE_DATABASE,
+) -> None:
+    """Idempotent: ``role`` logs in with ``password`` and may do exactly what the demo needs.
+
+    ``demo_dsn`` is a superuser DSN to the demo database. Afterwards ``role`` is a
+    login role with NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB NOREPLICATION and
+    no role memberships; on the demo database it has CONNECT (and PUBLIC nothing), on
+    schema ``public`` USAGE, on the demo tables SELECT, INSERT, UPDATE and DELETE, on
+    their identity sequences USAGE and SELECT — and nothing else: whatever it held
+    before is revoked first. ``state_database`` (the audit trail's home, which the
+    audited party must not reach) loses PUBLIC's default CONNECT and TEMPORARY, so the
+    role has no privilege there at all. Run it after every (re)load of the dataset:
+    dropping a table drops its grants.
+
+    The password is sent as a SCRAM verifier, so it never appears in the server's
+    logs or statistics.
+    """
+    ident = _quote_ident(role)
+    verifier = make_verifier(password).replace("'", "''")
+    conn = await asyncpg.connect(demo_dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            # Roles are cluster-wide: another process may create it at the same moment.
+            with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+                await conn.execute(f"CREATE ROLE {ident}")
+        demo_db = _quote_ident(await conn.fetchval("SELECT current_database()"))
+        async with conn.transaction():
+            await conn.execute(
+                f"ALTER ROLE {ident} WITH LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE"
+                f" NOCREATEDB NOREPLICATION INHERIT PASSWORD '{verifier}'"
+            )
+            await conn.execute(f"ALTER ROLE {ident} RESET ALL")  # e.g. no default SET ROLE
+            for (group,) in await conn.fetch(
+                "SELECT roleid::regrole::text FROM pg_auth_members WHERE member = $1::regrole",
+                role,
+            ):
+                await conn.execute(f"REVOKE {group} FROM {ident}")
+            await conn.execute(f"REVOKE ALL ON DATABASE {demo_db} FROM PUBLIC, {ident}")
+            await conn.execute(f"GRANT CONNECT ON DATABASE {demo_db} TO {ident}")
+            if state_database is not None and await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", state_database
+            ):
+                state_db = _quote_ident(state_database)
+                await conn.execute(f"REVOKE ALL ON DATABASE {state_db} FROM PUBLIC, {ident}")
+            await conn.execute(f"REVOKE ALL ON SCHEMA public FROM {ident}")
+            await conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {ident}")
+            await conn.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {ident}")
+            await conn.execute(f"GRANT USAGE ON SCHEMA public TO {ident}")
+            tables = ", ".join(f"public.{t}" for t in DEMO_TABLES)
+            await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {ident}")
+            for table in DEMO_TABLES:
+                sequence = await conn.fetchval(
+                    "SELECT pg_get_serial_sequence($1, 'id')", f"public.{table}"
+                )
+                await conn.execute(f"GRANT USAGE, SELECT ON SEQUENCE {sequence} TO {ident}")
+    finally:
+        await conn.close()
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -17,6 +17,12 @@ Design choices, and why:
 * Everything under ``tests/integration`` (and any test using these fixtures) is
   marked ``integration`` automatically, so ``-m "not integration"`` runs only the
   pure unit tests.
+* Hypothesis has two profiles. Locally the default one explores: new random
+  examples every run, failures remembered in ``.hypothesis/``. With the environment
+  variable ``CI`` set (``.ci/run`` sets it) the ``ci`` profile makes every run the
+  same: examples derived from each test's name (``derandomize``), no example
+  database carried between runs, and a failure printed with the blob that replays it
+  (``@reproduce_failure``). ``--hypothesis-profile`` still picks either explicitly.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 DOCKER_IMAGES: dict[str, str] = {
     "14": "postgres:14",
@@ -42,6 +49,17 @@ DOCKER_IMAGES: dict[str, str] = {
 }
 SESSION_DIR_PREFIX = "dbgate-test-pg-"
 PG_FIXTURES = {"pg_server", "pg_database", "pg_dsn", "pg_version_matrix"}
+
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+
+
+def running_in_ci() -> bool:
+    """CI systems set ``CI`` (``true`` on GitHub and GitLab, ``1`` in ``.ci/run``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+if running_in_ci():
+    hypothesis_settings.load_profile("ci")
 
 
 class PgServer(Protocol):

@@ -36,6 +36,7 @@ class Requester:
 
     identity: str
     groups: frozenset[str] = frozenset()
+    database: str = ""  # the database the agent's session is connected to
     application_name: str = ""
     client_addr: str = ""
     session_id: int = 0

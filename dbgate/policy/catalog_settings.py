@@ -13,7 +13,7 @@ Why each group is what it is:
   the proxy's and the server's idea of where a literal ends can differ),
   ``backslash_quote = on``, a non-UTF8 ``client_encoding`` (multi-byte encodings
   such as SJIS/GBK/BIG5 hide ``\\`` and ``'`` inside characters, CVE-2006-2313),
-  read-only transaction characteristics turned off, ``row_security = off``,
+  read-only transaction characteristics turned off,
   ``session_replication_role`` other than ``origin`` (disables triggers and FKs), and a
   ``search_path`` that lists a schema *before* ``pg_catalog`` (a user function named
   like a built-in would then shadow it, and the function catalog would be wrong).
@@ -24,6 +24,12 @@ Why each group is what it is:
   row-level-security policies commonly key on them, so setting one can change whose
   rows are visible.
 * every other setting a normal user may set: ``control``. Unknown names: ``opaque``.
+  That includes ``row_security``: turned off, it makes a query that row-level
+  security would filter raise an error instead (roles that bypass RLS bypass it
+  either way), so it can only show fewer rows, never more. pg_dump sends it.
+
+Messages name the setting only when PostgreSQL has it (``set_config``'s name is a
+string literal, and reasons never quote literal values) and never quote the value.
 """
 
 from __future__ import annotations
@@ -60,7 +66,6 @@ VALUE_SENSITIVE = frozenset(
         "client_encoding",
         "default_transaction_read_only",
         "transaction_read_only",
-        "row_security",
         "session_replication_role",
         "search_path",
     }
@@ -137,41 +142,98 @@ def setting_effects(
     """
     name = name.lower()
     if name in PRIVILEGE_SETTINGS:
-        return [(Category.PRIVILEGE, f"set-{name.replace('_', '-')}", f"changes {name}")], False
+        return [(Category.PRIVILEGE, f"set-{name.replace('_', '-')}", _PRIVILEGE[name])], False
     if name in VALUE_SENSITIVE:
         if values is None:
             return [
-                (Category.OPAQUE, "dynamic-setting-value", f"value of {name} is not known")
+                (
+                    Category.OPAQUE,
+                    "dynamic-setting-value",
+                    f"sets {name} to a value not known in advance, and the value decides",
+                )
             ], True
         if not values:  # DEFAULT / RESET: back to the configured default
-            return [(Category.CONTROL, "setting", f"resets {name}")], False
+            return [(Category.CONTROL, "setting", f"resets {name} to its default")], False
         if _value_escapes(name, values, as_list):
-            return [
-                (
-                    Category.ESCAPE,
-                    f"escape-{name.replace('_', '-')}",
-                    f"{name} = {', '.join(values)} weakens the gateway's view of SQL",
-                )
-            ], False
+            return [(Category.ESCAPE, f"escape-{name.replace('_', '-')}", _ESCAPES[name])], False
         return [(Category.CONTROL, "setting", f"sets {name}")], False
+    known = name in SETTING_CONTEXTS
     if name in LIBRARY_SETTINGS:
-        return [(Category.ADMIN, "library-setting", f"{name} loads server code")], False
+        what = name if known else "a library setting"
+        return [
+            (Category.ADMIN, "library-setting", f"sets {what}, which loads code into the server")
+        ], False
     if name.startswith(_ADMIN_PREFIXES):
-        return [(Category.ADMIN, "logging-setting", f"{name} changes logging/monitoring")], False
+        what = name if known else "a logging or monitoring setting"
+        return [
+            (
+                Category.ADMIN,
+                "logging-setting",
+                f"changes {what}, which decides what the server records about activity",
+            )
+        ], False
     if "." in name:
         return [
             (
                 Category.PRIVILEGE,
                 "custom-setting",
-                f"{name} is a custom setting; row-level security policies may depend on it",
+                "sets a custom (dotted) setting, which row-level security policies may read "
+                "to decide whose rows are visible",
             )
         ], False
     ctx = SETTING_CONTEXTS.get(name)
     if ctx is None:
-        return [(Category.OPAQUE, "unknown-setting", f"unknown setting {name}")], False
+        return [
+            (Category.OPAQUE, "unknown-setting", "sets a setting PostgreSQL 18 does not have")
+        ], False
     if ctx != "user":
-        return [(Category.ADMIN, "server-setting", f"{name} is a {ctx}-level setting")], False
+        return [
+            (
+                Category.ADMIN,
+                "server-setting",
+                f"changes {name}, which only a superuser or the server's configuration "
+                f"may change ({ctx} level)",
+            )
+        ], False
     return [(Category.CONTROL, "setting", f"sets {name}")], False
+
+
+_PRIVILEGE = {
+    "role": "changes the role later statements run as (SET ROLE)",
+    "session_authorization": (
+        "changes the session user later statements run as (SET SESSION AUTHORIZATION)"
+    ),
+}
+
+#: Why each value-sensitive setting escapes, without quoting the value.
+_ESCAPES = {
+    "standard_conforming_strings": (
+        "turns standard_conforming_strings off, so the server would read backslashes in "
+        "strings differently from dbgate"
+    ),
+    "backslash_quote": (
+        "turns backslash_quote on, so the server would read quotes in strings "
+        "differently from dbgate"
+    ),
+    "client_encoding": (
+        "switches client_encoding away from UTF8, so the server could read the bytes of a "
+        "statement differently from dbgate"
+    ),
+    "default_transaction_read_only": (
+        "turns default_transaction_read_only off, a read-only default the operator may have set"
+    ),
+    "transaction_read_only": (
+        "turns transaction_read_only off, a read-only default the operator may have set"
+    ),
+    "session_replication_role": (
+        "sets session_replication_role to other than origin, which disables triggers "
+        "and foreign-key checks"
+    ),
+    "search_path": (
+        "puts a schema before pg_catalog in search_path, so a user function could "
+        "shadow a built-in that dbgate trusts"
+    ),
+}
 
 
 def _value_escapes(name: str, values: Sequence[str], as_list: bool) -> bool:
@@ -184,8 +246,6 @@ def _value_escapes(name: str, values: Sequence[str], as_list: bool) -> bool:
     if name in ("standard_conforming_strings", "default_transaction_read_only"):
         return _truthy(v) is not True
     if name == "transaction_read_only":
-        return _truthy(v) is not True
-    if name == "row_security":
         return _truthy(v) is not True
     if name == "backslash_quote":
         return v.strip().lower() not in ("off", "safe_encoding", "false", "no", "0")

@@ -10,7 +10,7 @@ This is the proxy's hot path, so the common case is a dictionary lookup:
 3. **normalized text** — ``pglast.parser.normalize`` replaces every literal with
    ``$n`` (a full parse, 2 to 4 µs); statements that differ only in literal values share
    an entry;
-4. **cold** — ``parse_sql_json`` + a walk over the JSON tree (classify_walk).
+4. **cold** — ``parse_sql_json`` + a walk over the JSON tree (:mod:`dbgate.policy.walk`).
 
 Why the second-level key is the normalized *text* and not the 64-bit fingerprint:
 ``fingerprint`` is a non-cryptographic hash; trusting "same fingerprint" as "same
@@ -37,10 +37,11 @@ from typing import Any
 
 from pglast import parser as _pg
 
-from dbgate.policy.classify_walk import Acc, safe_parse_message, statement
 from dbgate.policy.literals import fast_mask as _mask
 from dbgate.policy.literals import render_key
 from dbgate.policy.model import Category, Classification, Prepared, Reason, StatementClass
+from dbgate.policy.parse_errors import parser_complaint
+from dbgate.policy.walk import StatementFacts, statement
 
 __all__ = [
     "CACHE_CHARS",
@@ -134,7 +135,7 @@ def _opaque(code: str, message: str, command: str = "") -> StatementClass:
     )
 
 
-_NUL_MESSAGE = "query text contains a NUL character; the parser would stop there"
+_NUL_MESSAGE = "the query contains a NUL character, where PostgreSQL would stop reading it"
 _NUL_RESULT = Classification(
     statements=(
         StatementClass(
@@ -153,7 +154,7 @@ def _internal_error(exc: BaseException) -> Classification:
         statements=(
             _opaque(
                 "internal-error",
-                f"classifier error ({type(exc).__name__}); failing closed",
+                f"could not be classified ({type(exc).__name__} in dbgate), so it is refused",
             ),
         )
     )
@@ -261,11 +262,12 @@ def _cold(
     try:
         tree = json.loads(_pg.parse_sql_json(sql))
     except _pg.ParseError as exc:
-        msg = safe_parse_message(str(exc))
+        complaint = parser_complaint(sql, exc)
         return (
             Classification(
-                statements=(_opaque("parse-error", f"cannot parse: {msg}"),),
-                parse_error=msg,
+                statements=(_opaque("parse-error", f"could not be parsed: {complaint.message}"),),
+                parse_error=complaint.message,
+                parse_error_position=complaint.position,
             ),
             False,
             True,
@@ -278,19 +280,23 @@ def _cold(
     sensitive = False
     cacheable = True
     for raw in tree.get("stmts", ()):
-        acc = Acc(params, prepared, extra)
+        facts = StatementFacts(params, prepared, extra)
+        facts.source = sql
+        facts.span = (raw.get("stmt_location", 0), raw.get("stmt_len", 0))
         try:
-            statement(raw.get("stmt") or {}, acc)
-            stmts.append(acc.result())
+            statement(raw.get("stmt") or {}, facts)
+            stmts.append(facts.result())
         except RecursionError:
-            stmts.append(_opaque("internal-error", "statement nested too deeply", acc.command))
-        sensitive |= acc.sensitive
-        cacheable &= not acc.uncacheable
+            stmts.append(
+                _opaque("internal-error", "nests expressions too deeply to analyse", facts.command)
+            )
+        sensitive |= facts.sensitive
+        cacheable &= not facts.uncacheable
     if not stmts:
         stmts.append(
             StatementClass(
                 categories=frozenset({Category.CONTROL}),
-                reasons=(Reason(Category.CONTROL, "empty-query", "empty query string"),),
+                reasons=(Reason(Category.CONTROL, "empty-query", "is empty (no statement)"),),
                 command="EMPTY",
             )
         )

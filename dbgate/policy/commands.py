@@ -79,6 +79,10 @@ def classification_report(
         "action": decision.action.value,
         "rule": decision.rule,
         "message": decision.message,
+        "decision_reasons": [
+            {"category": r.category.value, "code": r.code, "message": r.message}
+            for r in decision.reasons
+        ],
         "categories": sorted(categories),
         "reasons": reasons,
         "tables": sorted(classification.tables),
@@ -90,6 +94,7 @@ def classification_report(
         "expires_after_seconds": decision.expires_after_seconds,
         "needs_bind": classification.needs_bind,
         "parse_error": classification.parse_error,
+        "parse_error_position": classification.parse_error_position,
         "fingerprint": classification.fingerprint,
         "identity": identity.name,
     }
@@ -101,6 +106,7 @@ def _internal_error_report(identity: Identity, error: Exception) -> dict[str, An
         "action": "deny",
         "rule": "internal-error",
         "message": message,
+        "decision_reasons": [],
         "categories": ["opaque"],
         "reasons": [
             {"statement": None, "category": "opaque", "code": "internal-error", "message": message}
@@ -114,6 +120,7 @@ def _internal_error_report(identity: Identity, error: Exception) -> dict[str, An
         "expires_after_seconds": None,
         "needs_bind": False,
         "parse_error": None,
+        "parse_error_position": None,
         "fingerprint": "",
         "identity": identity.name,
     }
@@ -124,6 +131,9 @@ def _print_text(report: dict[str, Any], out: TextIO) -> None:
     w(f"action:     {report['action'].upper()}  (rule {report['rule']})\n")
     if report["message"]:
         w(f"message:    {report['message']}\n")
+    if report["action"] != "allow":
+        for r in report["decision_reasons"]:
+            w(f"because:    {r['message']} ({r['category']}: {r['code']})\n")
     if report["action"] == "hold":
         groups = ", ".join(report["approver_groups"]) or "any approver"
         exp = report["expires_after_seconds"]
@@ -140,7 +150,8 @@ def _print_text(report: dict[str, Any], out: TextIO) -> None:
     if report["needs_bind"]:
         w("note:       decided again at Bind with the actual parameter values\n")
     if report["parse_error"]:
-        w(f"parse error: {report['parse_error']}\n")
+        at = report["parse_error_position"]
+        w(f"parse error: {report['parse_error']}" + (f" (at character {at})" if at else "") + "\n")
     for st in report["statements"]:
         w(
             f"\nstatement {st['index'] + 1}: {st['command'] or '?'} -> "
@@ -148,6 +159,46 @@ def _print_text(report: dict[str, Any], out: TextIO) -> None:
         )
         for r in st["reasons"]:
             w(f"  {r['category']:<12} {r['code']}: {r['message']}\n")
+
+
+class SqlSourceError(Exception):
+    """The SQL for ``dbgate classify`` could not be read; the message says why."""
+
+
+#: Longer SQL is refused by ``dbgate classify`` (the proxy's own limit is separate).
+MAX_CLASSIFY_BYTES = 64 * 1024 * 1024
+
+
+def read_sql(argument: str | None, file: Path | None, stdin: TextIO) -> str:
+    """The SQL text from exactly one source: the argument, ``-f FILE``, or ``-`` (stdin).
+
+    Reading from a file or standard input lets SQL start with ``--`` (a comment) and
+    be longer than a command line may be.
+    """
+    if file is not None and argument is not None:
+        raise SqlSourceError("give the SQL either as an argument or with -f FILE, not both")
+    if file is not None:
+        try:
+            with file.open(encoding="utf-8") as f:
+                text = f.read(MAX_CLASSIFY_BYTES + 1)
+        except OSError as e:
+            raise SqlSourceError(f"cannot read {file}: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise SqlSourceError(f"{file} is not UTF-8 text") from e
+    elif argument == "-":
+        if stdin.isatty():
+            raise SqlSourceError("'-' reads SQL from standard input, but it is a terminal")
+        try:
+            text = stdin.read(MAX_CLASSIFY_BYTES + 1)
+        except UnicodeDecodeError as e:
+            raise SqlSourceError("standard input is not UTF-8 text") from e
+    elif argument is not None:
+        text = argument
+    else:
+        raise SqlSourceError("give the SQL as an argument, with -f FILE, or - for standard input")
+    if len(text) > MAX_CLASSIFY_BYTES:
+        raise SqlSourceError(f"the SQL is longer than {MAX_CLASSIFY_BYTES} characters")
+    return text
 
 
 def classify_command(

@@ -26,7 +26,8 @@ Why STABLE/IMMUTABLE is not enough on its own: volatility is a promise about
 ``schema_to_xml`` and ``database_to_xml`` are STABLE and return whole tables;
 ``current_setting`` is STABLE and harmless. So :data:`PURE` is the catalog's
 STABLE/IMMUTABLE set *minus* every name in :data:`EFFECTS` and :data:`SPECIAL`.
-See docs/classifier.md for the reasoning about user functions.
+See docs/classifier.md for the reasoning about user functions, and
+:mod:`dbgate.policy.vouch` for vouching for them from a live catalog.
 """
 
 from __future__ import annotations
@@ -34,16 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dbgate.policy import catalog_builtin as _cat
-from dbgate.policy.model import Category
-
-R = Category.READ
-W = Category.WRITE
-X = Category.DESTRUCTIVE
-DDL = Category.DDL
-P = Category.PRIVILEGE
-E = Category.EXPORT
-D = Category.DUMP
-A = Category.ADMIN
+from dbgate.policy.model import DDL, A, Category, D, E, W, X
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +71,9 @@ EFFECTS: dict[str, Effect] = {
         "pg_file_write pg_file_rename pg_file_unlink pg_file_sync",
     ),
     # --- large objects ----------------------------------------------------------------
-    **_fx((A,), "lo-import", "imports a server file into a large object", "lo_import"),
+    **_fx(
+        (A,), "lo-import", "imports a file on the database server into a large object", "lo_import"
+    ),
     **_fx(
         (E, A),
         "lo-export",
@@ -89,7 +83,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (W,),
         "lo-write",
-        "creates or modifies a large object",
+        "creates or changes a large object",
         "lo_create lo_creat lo_put lo_from_bytea lowrite lo_truncate lo_truncate64",
     ),
     **_fx((X,), "lo-unlink", "deletes a large object", "lo_unlink"),
@@ -97,7 +91,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (E,),
         "dblink",
-        "opens a connection to another server (dblink): data can leave the database",
+        "opens a connection to another server (dblink), so data can leave the database",
         """dblink dblink_exec dblink_connect dblink_connect_u dblink_send_query dblink_get_result
         dblink_open dblink_fetch dblink_close dblink_disconnect dblink_get_connections
         dblink_error_message dblink_is_busy dblink_cancel_query dblink_get_notify
@@ -113,14 +107,14 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (A,),
         "backend-signal",
-        "signals other server processes or reloads configuration",
+        "signals other server processes or reloads the server's configuration",
         """pg_terminate_backend pg_cancel_backend pg_reload_conf pg_rotate_logfile
         pg_rotate_logfile_old pg_log_backend_memory_contexts pg_promote pg_signal_backend""",
     ),
     **_fx(
         (A,),
         "stats-reset",
-        "erases monitoring statistics (evidence of activity)",
+        "erases monitoring statistics, which are evidence of activity",
         """pg_stat_reset pg_stat_reset_shared pg_stat_reset_single_table_counters
         pg_stat_reset_single_function_counters pg_stat_reset_slru pg_stat_reset_replication_slot
         pg_stat_reset_subscription_stats pg_stat_reset_backend_stats pg_stat_statements_reset""",
@@ -128,7 +122,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (A,),
         "planner-stats-write",
-        "overwrites planner statistics",
+        "overwrites the planner's statistics",
         """pg_clear_attribute_stats pg_clear_relation_stats pg_restore_attribute_stats
         pg_restore_relation_stats pg_set_relation_stats pg_set_attribute_stats""",
     ),
@@ -136,7 +130,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (A,),
         "replication",
-        "manages replication slots, origins, WAL or backups",
+        "manages replication slots, replication origins, WAL or backups",
         """pg_create_physical_replication_slot pg_create_logical_replication_slot
         pg_drop_replication_slot pg_copy_physical_replication_slot pg_copy_logical_replication_slot
         pg_replication_slot_advance pg_sync_replication_slots pg_replication_origin_create
@@ -158,7 +152,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (A,),
         "server-maintenance",
-        "internal or maintenance function that changes server state",
+        "changes internal server state (a maintenance function)",
         """pg_import_system_collations pg_nextoid pg_stop_making_pinned_objects
         pg_extension_config_dump brin_desummarize_range brin_summarize_new_values
         brin_summarize_range gin_clean_pending_list binary_upgrade_add_sub_rel_state
@@ -178,14 +172,14 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (DDL,),
         "sequence-set",
-        "resets a sequence's position (like ALTER SEQUENCE RESTART)",
+        "moves a sequence's position, like ALTER SEQUENCE RESTART",
         "setval",
     ),
     # --- bulk exporters -------------------------------------------------------------------
     **_fx(
         (D,),
         "xml-table-export",
-        "serialises whole tables, schemas or databases (xml export)",
+        "returns whole tables, schemas or databases as XML",
         """table_to_xml table_to_xmlschema table_to_xml_and_xmlschema schema_to_xml
         schema_to_xmlschema schema_to_xml_and_xmlschema database_to_xml database_to_xmlschema
         database_to_xml_and_xmlschema cursor_to_xml cursor_to_xmlschema""",
@@ -193,7 +187,7 @@ EFFECTS: dict[str, Effect] = {
     **_fx(
         (D,),
         "snapshot-export",
-        "exports a snapshot for another session (used by parallel dump tools)",
+        "exports a snapshot for another session to read, as parallel dump tools do",
         "pg_export_snapshot",
     ),
 }
@@ -295,137 +289,3 @@ def is_pure(name: str, schema: str | None) -> bool:
 def effect(name: str) -> Effect | None:
     """The side effect of a function named ``name`` in any schema, if we know one."""
     return EFFECTS.get(name)
-
-
-# --------------------------------------------------------------------------------------
-# Vouching for user functions from a live catalog (see docs/classifier.md)
-# --------------------------------------------------------------------------------------
-
-#: What the proxy runs against the upstream database to feed :func:`vouch_for`.
-LIVE_CATALOG_QUERY = """
-SELECT n.nspname, p.proname, p.provolatile, p.prosecdef, l.lanname,
-       CASE WHEN p.prosqlbody IS NOT NULL THEN pg_get_functiondef(p.oid) ELSE p.prosrc END,
-       coalesce(p.proconfig, '{}'::text[]), p.prokind
-FROM pg_catalog.pg_proc p
-JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_%'
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogFunction:
-    """One row of :data:`LIVE_CATALOG_QUERY` (one overload of a user function)."""
-
-    schema: str
-    name: str
-    volatility: str  # pg_proc.provolatile: 'i', 's' or 'v'
-    security_definer: bool
-    language: str
-    body: str | None  # prosrc (or the whole definition for SQL-standard bodies)
-    config: tuple[str, ...] = ()  # pg_proc.proconfig entries, "name=value"
-    kind: str = "f"  # pg_proc.prokind
-
-
-def _body_is_plain_read(body: str, extra: frozenset[str]) -> bool:
-    """Does a SQL function body classify as nothing but ``read``?
-
-    Classic bodies are SQL text. SQL-standard bodies (``RETURN expr`` / ``BEGIN
-    ATOMIC ... END``) arrive as the whole CREATE FUNCTION (``pg_get_functiondef``):
-    their parsed ``sql_body`` is walked directly.
-    """
-    import json
-
-    from pglast import parser
-
-    from dbgate.policy import classify_walk as walker
-    from dbgate.policy.classify import classify  # local: classify imports this module
-
-    c = classify(body, extra_pure_functions=extra)
-    if c.parse_error is not None or c.needs_bind:
-        return False
-    if len(c.statements) != 1 or c.statements[0].command != "CREATE FUNCTION":
-        return c.categories <= {Category.READ}
-    try:
-        tree = json.loads(parser.parse_sql_json(body))
-        create = tree["stmts"][0]["stmt"]["CreateFunctionStmt"]
-    except Exception:
-        return False
-    sql_body = create.get("sql_body")
-    if not isinstance(sql_body, dict):
-        return False
-    acc = walker.Acc(None, None, extra)
-    ret = sql_body.get("ReturnStmt")
-    if ret is not None:
-        acc.add(Category.READ, "select", "function body")
-        walker.walk(ret.get("returnval"), acc, True, {})
-    else:
-        stack: list[object] = [sql_body]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, dict):
-                lst = node.get("List")
-                if lst is not None:
-                    stack.extend(lst.get("items", ()))
-                else:
-                    walker.statement(node, acc)
-    return not acc.needs_bind and bool(acc.cats) and acc.cats <= {Category.READ}
-
-
-def vouch_for(
-    functions: list[CatalogFunction], *, search_path_first: str | None = None
-) -> frozenset[str]:
-    """Names of user functions that are safe to treat as pure (``extra_pure_functions``).
-
-    A function qualifies only when **every** overload with its name is: a plain
-    function (not an aggregate or procedure); IMMUTABLE or STABLE; not SECURITY
-    DEFINER; ``LANGUAGE sql`` (other languages can call anything and are not
-    checked by PostgreSQL); free of ``proconfig`` entries other than a harmless
-    ``search_path``; and its body classifies as plain ``read`` by this classifier
-    (so no unknown functions, no dump, no file access). A body may call other user
-    functions accepted earlier; acceptance is iterated to a fixed point, which keeps
-    the check well-founded (mutually recursive functions are never accepted).
-    SQL-standard bodies (``RETURN ...`` / ``BEGIN ATOMIC``) are checked statement by
-    statement from the parsed ``CREATE FUNCTION``.
-
-    Returns ``schema.name`` for each, plus the bare ``name`` when ``schema`` is
-    ``search_path_first`` (the first schema of the agent role's search path) and the
-    name does not belong to a built-in — unqualified built-in names always resolve
-    to ``pg_catalog`` first.
-    """
-    from dbgate.policy.catalog_settings import setting_effects, split_identifier_list
-
-    by_name: dict[tuple[str, str], list[CatalogFunction]] = {}
-    for f in functions:
-        by_name.setdefault((f.schema, f.name), []).append(f)
-
-    def overload_ok(f: CatalogFunction, extra: frozenset[str]) -> bool:
-        if f.kind != "f" or f.volatility not in ("i", "s") or f.security_definer:
-            return False
-        if f.language != "sql" or not f.body:
-            return False
-        for item in f.config:
-            key, _, value = item.partition("=")
-            if key.lower() != "search_path":
-                return False
-            effects, _ = setting_effects(key, split_identifier_list(value))
-            if any(c is not Category.CONTROL for c, _, _ in effects):
-                return False
-        return _body_is_plain_read(f.body, extra)
-
-    accepted: set[str] = set()
-    changed = True
-    while changed:  # a vouched function may call another vouched one
-        changed = False
-        extra = frozenset(accepted)
-        for (schema, name), overloads in by_name.items():
-            qual = f"{schema}.{name}"
-            if qual in accepted:
-                continue
-            if all(overload_ok(f, extra) for f in overloads):
-                accepted.add(qual)
-                if schema == search_path_first and name not in BUILTIN_NAMES:
-                    accepted.add(name)
-                changed = True
-    return frozenset(accepted)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal
 
 #: The session's prepared statements for classifying ``EXECUTE name``: name -> SQL
 #: text, or every text the name may stand for when the proxy cannot know which one
@@ -36,6 +37,23 @@ class Category(StrEnum):
     CONTROL = "control"
 
 
+# Module-level names for the categories, defined here once. The long names are for
+# code (a module global is a dict lookup; ``Category.READ`` costs an enum attribute
+# lookup on the classifier's hot path); the short ones are for tables written as data,
+# such as the function catalog and the classifier's test tables.
+READ = R = Category.READ
+WRITE = W = Category.WRITE
+DESTRUCTIVE = X = Category.DESTRUCTIVE
+DDL = Category.DDL
+PRIVILEGE = P = Category.PRIVILEGE
+EXPORT = E = Category.EXPORT
+DUMP = D = Category.DUMP
+ADMIN = A = Category.ADMIN
+ESCAPE = ESC = Category.ESCAPE
+OPAQUE = O = Category.OPAQUE  # noqa: E741 - a column of tables, reads better short
+CONTROL = C = Category.CONTROL
+
+
 class Action(StrEnum):
     """The outcome of a rule decision. Ordered from least to most restrictive."""
 
@@ -54,6 +72,30 @@ class Reason:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedEffect:
+    """What running one statement does to the session's prepared statements.
+
+    SQL ``PREPARE`` and the protocol's named Parse share one namespace in PostgreSQL,
+    so a later ``EXECUTE name`` or Bind of ``name`` runs whatever the name was last
+    given. A proxy that judges those by the text behind the name must follow every
+    change, and takes them from here rather than reading SQL again:
+
+    * ``add``: ``PREPARE name [(types)] AS body`` — ``name`` as the parser truncates
+      identifiers (63 bytes, at a character boundary; quoted names keep their case),
+      ``body`` the exact text of the prepared statement as it appears in the query
+      string (without the parameter types, comments around it or the semicolon);
+    * ``remove``: ``DEALLOCATE [PREPARE] name``;
+    * ``clear``: ``DEALLOCATE [PREPARE] ALL`` and ``DISCARD ALL``.
+
+    The effect happens only if the server runs the statement successfully.
+    """
+
+    kind: Literal["add", "remove", "clear"]
+    name: str = ""
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StatementClass:
     """Classification of one statement of a query string."""
 
@@ -66,6 +108,8 @@ class StatementClass:
     # True when the decision depends on Bind parameter values (e.g. set_config($1, $2, false)):
     # the proxy must classify again at Bind with the actual values.
     needs_bind: bool = False
+    # PREPARE / DEALLOCATE / DISCARD ALL: what the statement does to prepared statements.
+    prepared_effect: PreparedEffect | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +119,9 @@ class Classification:
     statements: tuple[StatementClass, ...]
     fingerprint: str = ""
     parse_error: str | None = None  # set when pglast could not parse: always fails closed
+    # Where the parser stopped, as PostgreSQL reports it (ErrorResponse field P):
+    # 1-based, in characters of the query string; None when unknown.
+    parse_error_position: int | None = None
     # True when the result depends on session state (EXECUTE of a prepared statement):
     # the same text may classify differently later in the same session.
     session_dependent: bool = False
@@ -102,6 +149,12 @@ class Classification:
     def needs_bind(self) -> bool:
         return any(s.needs_bind for s in self.statements)
 
+    @property
+    def prepared_effects(self) -> tuple[PreparedEffect, ...]:
+        """What the query string does to prepared statements, statement by statement,
+        in order (empty for almost every string)."""
+        return tuple(s.prepared_effect for s in self.statements if s.prepared_effect is not None)
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -115,7 +168,12 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What the rules say about one query string for one identity."""
+    """What the rules say about one query string for one identity.
+
+    ``message`` is the deciding rule's text (the same for every statement that rule
+    decides); ``reasons`` are this statement's own: an agent told "reads every row of
+    customers (no WHERE that narrows it ...)" knows what to change.
+    """
 
     action: Action
     rule: str  # name of the rule that decided, "default" or "internal-error"
@@ -124,3 +182,7 @@ class Decision:
     approvals_needed: int = 1
     expires_after_seconds: int | None = None
     classification: Classification | None = field(default=None, compare=False)
+    # The classifier's reasons this decision acted on: those whose category (of their
+    # statement) was decided at ``action``. For a hold or deny, what the agent must
+    # change; ``message`` is the deciding rule's text.
+    reasons: tuple[Reason, ...] = ()

@@ -2,8 +2,8 @@
 
 How a decision is made (the reference is ``docs/rules.md``):
 
-1. A parse error is ``deny`` (rule ``parse-error``); no rule is consulted, so no
-   rule can allow input the classifier could not read.
+1. A parse error is ``deny`` (rule ``parse-error``, the parser's message); no rule
+   is consulted, so no rule can allow input the classifier could not read.
 2. Otherwise every *unit* — one category of one statement — is decided on its
    own: the first rule (files in lexical order, rules in file order) whose
    ``match`` accepts the identity, the statement and that category decides it.
@@ -11,7 +11,9 @@ How a decision is made (the reference is ``docs/rules.md``):
 3. The query string's decision is the most restrictive unit decision,
    ``deny`` > ``hold`` > ``allow``. An ``allow`` for ``read`` therefore cannot
    carry the ``export`` half of ``COPY (SELECT ...) TO PROGRAM``, and a harmless
-   first statement cannot carry a dangerous second one.
+   first statement cannot carry a dangerous second one. ``Decision.reasons`` are
+   the classifier's reasons for the units decided at that action: what this
+   statement does that the deciding rules acted on.
 4. Any exception while matching is ``deny`` (rule ``internal-error``): a bug in
    dbgate must never turn into ``allow``.
 
@@ -35,6 +37,7 @@ from dbgate.policy.model import (
     Decision,
     Identity,
     Prepared,
+    Reason,
     StatementClass,
 )
 from dbgate.policy.rules_load import RuleProblem, RulesError, load_directory
@@ -143,6 +146,25 @@ def _deciding_rules(units: Sequence[UnitDecision]) -> list[Rule]:
     return [rules[i] for i in sorted(rules)]
 
 
+def _acted_reasons(
+    statements: tuple[StatementClass, ...], acted: dict[int, set[Category]]
+) -> tuple[Reason, ...]:
+    """The reasons of ``statements`` whose category is in ``acted[position]``.
+
+    The usual case is one statement all of whose categories were decided alike: its
+    reasons tuple is returned as it is.
+    """
+    if len(statements) == 1 and len(acted.get(0, ())) == len(statements[0].categories):
+        return statements[0].reasons
+    return tuple(
+        r
+        for i, stmt in enumerate(statements)
+        if i in acted
+        for r in stmt.reasons
+        if r.category in acted[i]
+    )
+
+
 def _rule_message(rule: Rule, categories: Sequence[Category]) -> str:
     if rule.message:
         return rule.message
@@ -236,12 +258,14 @@ class RuleSet:
     def decide(self, identity: Identity, classification: Classification) -> Decision:
         """The one decision for a query string. Never raises; never allows by accident."""
         if classification.parse_error is not None:
+            # The message is the parser's own: the gate answers like PostgreSQL would
+            # (SQLSTATE 42601 at Classification.parse_error_position), not as a denial.
             return Decision(
                 Action.DENY,
                 "parse-error",
-                f"dbgate could not parse this statement, so it is refused: "
-                f"{classification.parse_error}",
+                classification.parse_error,
                 classification=classification,
+                reasons=classification.reasons,
             )
         try:
             # The classifier hands out the same Classification object for a cached
@@ -286,7 +310,9 @@ class RuleSet:
         worst = -1
         # rule index -> (rule, categories it decided), for rules at the worst action
         deciding: dict[int, tuple[Rule, set[Category]]] = {}
-        for stmt in classification.statements:
+        # statement position -> its categories decided at the worst action
+        acted: dict[int, set[Category]] = {}
+        for i, stmt in enumerate(classification.statements):
             for cat, rule in self._units(candidates, stmt):
                 sev = SEVERITY[rule.action]
                 if sev < worst:
@@ -294,11 +320,18 @@ class RuleSet:
                 if sev > worst:
                     worst = sev
                     deciding = {}
+                    acted = {}
                 entry = deciding.get(rule.index)
                 if entry is None:
                     deciding[rule.index] = (rule, {cat})
                 else:
                     entry[1].add(cat)
+                cats = acted.get(i)
+                if cats is None:
+                    acted[i] = {cat}
+                else:
+                    cats.add(cat)
+        reasons = _acted_reasons(classification.statements, acted)
         order = sorted(deciding)
         first = deciding[order[0]][0]
         if len(order) == 1:
@@ -312,7 +345,9 @@ class RuleSet:
                     messages.append(msg)
             message = "; ".join(messages)
         if first.action is not Action.HOLD:
-            return Decision(first.action, first.name, message, classification=classification)
+            return Decision(
+                first.action, first.name, message, classification=classification, reasons=reasons
+            )
         rules = [deciding[i][0] for i in order]
         expiries = [r.expires_after_seconds for r in rules if r.expires_after_seconds is not None]
         return Decision(
@@ -323,6 +358,7 @@ class RuleSet:
             approvals_needed=max(r.approvals_needed for r in rules),
             expires_after_seconds=min(expiries) if expiries else None,
             classification=classification,
+            reasons=reasons,
         )
 
     # -- introspection ----------------------------------------------------------------

@@ -405,13 +405,22 @@ class _FileLoader:
         return Match(**fields)
 
 
+#: Files of a rules directory that are not rule files: the PII catalog lives beside
+#: the pack it goes with (dbgate/pii/catalog_load.py reads it).
+NOT_RULE_FILES = frozenset({"pii.yaml", "pii.yml"})
+
+
 def rule_files(directory: Path) -> list[Path]:
-    """``*.yaml`` and ``*.yml`` in lexical order of file name; dot-files skipped."""
+    """``*.yaml`` and ``*.yml`` in lexical order of file name; dot-files and the PII
+    catalog (``pii.yaml``) skipped."""
     return sorted(
         (
             p
             for p in directory.iterdir()
-            if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+            if p.suffix in (".yaml", ".yml")
+            and not p.name.startswith(".")
+            and p.name not in NOT_RULE_FILES
+            and p.is_file()
         ),
         key=lambda p: p.name,
     )

@@ -38,6 +38,8 @@ class Channel(asyncio.Protocol):
         self.on_resume_writing: Callable[[], None] | None = None
         self.write_paused = False
         self.on_made: Callable[[Channel], None] | None = None
+        #: (user, database) of the client's StartupMessage, once read.
+        self.startup: tuple[str, str] = ("", "")
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -124,6 +126,10 @@ class Channel(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self._closed:
             self.transport.write(data)
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.writelines(pieces)
 
     @property
     def closed(self) -> bool:

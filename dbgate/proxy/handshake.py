@@ -37,6 +37,7 @@ class HandshakeRefused(Exception):
 
     def __init__(self, sqlstate: str, message: str) -> None:
         super().__init__(message)
+        self.sqlstate = sqlstate
         self.response = m.error_response(sqlstate, message, severity="FATAL")
 
 

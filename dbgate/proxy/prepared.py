@@ -5,43 +5,47 @@ with ``work_mem`` and a privilege change with ``role``) and the classification o
 ``EXECUTE name`` depend on which statement the server holds under a name. dbgate sees
 the messages that change that namespace (Parse, Close, SQL ``PREPARE`` /
 ``DEALLOCATE`` / ``DISCARD ALL``) *before* the server acts on them, and the server
-may never act on them: after an error it skips every message up to Sync, or the rest
-of a query string. Believing a Close that never ran, or a Parse that failed, would let
-the Binds of a dangerous statement through unchecked.
+may never act on them: a Parse can fail, and after an error the server skips every
+message up to Sync, or the rest of a query string. Believing a Close that never ran,
+or a Parse that failed, would let the Binds of a dangerous statement through unchecked.
 
-So the picture is conservative, and corrected by what the server reports:
+So the picture has two parts:
 
-* a change that *adds* a statement counts at once, next to what was there before, so
-  a Bind later in the same batch is judged by it too;
-* at the ReadyForQuery that ends the change's cycle (one Query, or everything up to a
-  Sync), a cycle without an ErrorResponse means every change in it ran, in order, and
-  the picture becomes exact for those names;
-* a cycle with an error leaves its additions as *possible* (the name may hold the old
-  or the new statement) and its removals undone.
+* **known**: what the server holds, exactly, as confirmed by its answers. The
+  statement tracker (:mod:`dbgate.proxy.tracker`) matches every answer to the message
+  that caused it, so it knows for each change whether the server ran it
+  (ParseComplete, CloseComplete, the command tag of a PREPARE) or not (an error, or a
+  message skipped after one), and resolves it with :meth:`PendingChange.resolve`.
+* **pending**: changes sent and not yet answered. Until then a name may hold the old
+  statement or the new one, so a Bind is judged against both — except a Bind that
+  follows, in the same batch, a Parse of its own name: it runs only if that Parse
+  did, so that Parse is all it can bind.
 
-Each name maps to its candidates: every statement the server may hold under it. A
-Bind is checked against every candidate that asks for Bind checks; ``EXECUTE`` is
-classified against all of them. PostgreSQL's prepared statements are not
-transactional (a PREPARE in a rolled-back transaction stays), so only errors matter.
-Pure state: the relay calls the ``sent``/``cycle_done`` methods, the inspector reads.
+Once every change is answered nothing "possible" is left over, so a statement that
+was refused, replaced or failed can never stand in for a later one. Each name maps to
+its *candidates*: every statement the server may hold under it. A Bind is checked
+against every candidate that asks for Bind checks; ``EXECUTE`` is classified against
+all of them. PostgreSQL's prepared statements are not transactional (a PREPARE in a
+rolled-back transaction stays), so only the server's answers matter.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from dbgate.wire.errors import ProtocolError
+from dbgate.wire.sqlstate import PROGRAM_LIMIT_EXCEEDED
 
-#: More possible statements than this under one name (a client that keeps failing
-#: while re-preparing it) collapse into :data:`LOST`: every Bind and EXECUTE of the
-#: name is then refused until a clean Parse or Close of it is confirmed.
+#: More possible statements than this under one name (a client that pipelines many
+#: different statements under one name) collapse into :data:`LOST`: every Bind and
+#: EXECUTE of the name is then refused until its changes are answered.
 MAX_CANDIDATES = 16
-#: Changes in flight (sent, not yet confirmed by a ReadyForQuery) and names tracked
-#: per session. Beyond either, :class:`TooManyStatements` is raised and the relay ends
-#: the session: the picture must stay exact, so it cannot simply forget.
+#: Changes in flight (sent, not yet answered) and names tracked per session. Beyond
+#: either, :class:`TooManyStatements` is raised and the relay ends the session: the
+#: picture must stay exact, so it cannot simply forget.
 MAX_PENDING = 4096
 MAX_NAMES = 20_000
 #: PostgreSQL keys prepared statements by the first NAMEDATALEN - 1 bytes of the name.
@@ -56,7 +60,7 @@ class TooManyStatements(ProtocolError):
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, sqlstate="54000")
+        super().__init__(message, sqlstate=PROGRAM_LIMIT_EXCEEDED)
 
 
 def name_key(name: str | bytes) -> str:
@@ -90,6 +94,9 @@ class Candidate:
     sql: str
     check_binds: bool = False  # the inspector must see each Bind of it (decided on values)
     lost: bool = False  # too many possibilities to track: refuse its uses
+    #: Parameter type OIDs: from Parse where the client named them, completed by the
+    #: server's ParameterDescription once the client asked for it (0: not known).
+    param_types: tuple[int, ...] = ()
 
 
 LOST = Candidate("", check_binds=True, lost=True)
@@ -102,28 +109,52 @@ class PreparedChange(NamedTuple):
     name: str = ""
     sql: str = ""
     check_binds: bool = False
+    param_types: tuple[int, ...] = ()
+    #: For SQL PREPARE/DEALLOCATE in a query string: the position (0-based) of the
+    #: statement that makes the change, so it is confirmed by that statement's own
+    #: command tag.
+    statement: int = 0
 
 
-class _Pending(NamedTuple):
-    cycle: int
-    change: PreparedChange  # its name already a name_key
+class PendingChange:
+    """A change sent to the server and not yet answered.
+
+    The statement tracker holds it and calls :meth:`resolve` once the server's
+    answers show whether the change happened.
+    """
+
+    __slots__ = ("batch", "candidate", "change", "owner", "resolved")
+
+    def __init__(
+        self, owner: PreparedStatements, change: PreparedChange, batch: int, cand: Candidate | None
+    ) -> None:
+        self.owner = owner
+        self.change = change
+        self.batch = batch
+        self.candidate = cand
+        self.resolved = False
+
+    def resolve(self, happened: bool) -> None:
+        """The server ran the change (``happened``), or failed or skipped it."""
+        if not self.resolved:
+            self.resolved = True
+            self.owner._resolve(self, happened)
 
 
 class PreparedStatements:
-    """Candidates per statement name, corrected at each ReadyForQuery.
+    """Candidates per statement name: confirmed by the server, plus what is in flight.
 
     Names are compared as the server compares them (:func:`name_key`); callers pass
     names as they appear in messages.
     """
 
-    __slots__ = ("_adding", "_known", "checked", "pending", "texts")
+    __slots__ = ("_known", "_pending", "_pending_count", "checked", "texts")
 
     def __init__(self) -> None:
-        self._known: dict[str, tuple[Candidate, ...]] = {}
-        #: Changes forwarded but not yet confirmed, oldest first (read-only outside).
-        self.pending: deque[_Pending] = deque()
-        # name -> candidates added by pending changes, in order (an index of pending)
-        self._adding: dict[str, list[Candidate]] = {}
+        self._known: dict[str, Candidate] = {}
+        # name -> changes sent for it and not yet resolved, oldest first
+        self._pending: dict[str, list[PendingChange]] = {}
+        self._pending_count = 0
         #: Keys of names with a candidate (known or pending) whose Binds the inspector
         #: must see. Read-only outside; test a name with :meth:`checks_binds`.
         self.checked: set[str] = set()
@@ -131,103 +162,138 @@ class PreparedStatements:
         self.texts: Mapping[str, tuple[str, ...]] = _Texts(self)
 
     # -- reading -----------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """How many changes are sent and not yet answered."""
+        return self._pending_count
+
     def checks_binds(self, name: str | bytes) -> bool:
         """Whether Binds of ``name`` must be shown to the inspector (the relay's test)."""
         return bool(self.checked) and name_key(name) in self.checked
 
-    def candidates(self, name: str | bytes) -> tuple[Candidate, ...]:
-        """Every statement the server may hold under ``name`` (empty: none known)."""
+    def candidates(self, name: str | bytes, batch: int = 0) -> tuple[Candidate, ...]:
+        """Every statement the server may hold under ``name`` (empty: none known).
+
+        ``batch``: the batch (cycle) of the message asking; a Parse of the same name
+        sent earlier in that batch is then the only statement it can meet.
+        """
         key = name_key(name)
-        known = self._known.get(key, ())
-        adding = self._adding.get(key)
-        if not adding or known == (LOST,):
-            return known
-        out = known
-        for cand in adding:
-            if cand not in out:
+        pending = self._pending.get(key)
+        known = self._known.get(key)
+        if not pending:
+            return () if known is None else (known,)
+        if batch:
+            for p in reversed(pending):
+                if p.batch == batch and p.change.kind == "add":
+                    return (p.candidate,)  # type: ignore[return-value]
+        out: tuple[Candidate, ...] = () if known is None else (known,)
+        for p in pending:
+            cand = p.candidate
+            if cand is not None and cand not in out:
                 out += (cand,)
         return (LOST,) if len(out) > MAX_CANDIDATES else out
 
     def names(self) -> set[str]:
-        return set(self._known) | set(self._adding)
+        return set(self._known) | set(self._pending)
 
     # -- what the relay forwards -----------------------------------------------------
-    def sent(self, cycle: int, change: PreparedChange) -> None:
-        """``change`` was forwarded to the server as part of cycle number ``cycle``."""
-        if len(self.pending) >= MAX_PENDING:
+    def sent(self, batch: int, change: PreparedChange) -> PendingChange:
+        """``change`` was forwarded to the server as part of ``batch``; resolve the
+        returned handle once the server has answered it."""
+        if self._pending_count >= MAX_PENDING:
             raise TooManyStatements(
-                f"more than {MAX_PENDING} prepared-statement changes without a Sync"
+                f"more than {MAX_PENDING} prepared-statement changes without an answer"
             )
         key = name_key(change.name)
         change = change._replace(name=key)
-        self.pending.append(_Pending(cycle, change))
+        cand = None
         if change.kind == "add":
             if key not in self._known and len(self._known) >= MAX_NAMES:
                 raise TooManyStatements(f"more than {MAX_NAMES} prepared statements")
-            self._adding.setdefault(key, []).append(Candidate(change.sql, change.check_binds))
+            cand = Candidate(change.sql, change.check_binds, param_types=change.param_types)
             if change.check_binds:
                 self.checked.add(key)
+        handle = PendingChange(self, change, batch, cand)
+        queue = self._pending.setdefault(key, [])
+        queue.append(handle)
+        self._pending_count += 1
+        if len(queue) >= MAX_CANDIDATES:
+            self._recheck(key)  # may have become LOST: every Bind of it is checked
+        return handle
 
-    def parse_sent(self, cycle: int, name: str, sql: str, check_binds: bool) -> None:
-        """An allowed Parse was forwarded (called for every one: keep it cheap)."""
-        if name or check_binds or "" in self.checked:
-            self.sent(cycle, PreparedChange("add", name, sql, check_binds))
-        # else: the unnamed statement cannot be EXECUTEd, so only its Bind checks
-        # matter, and there are none before or after this Parse. Skipping it keeps the
-        # Parse/Bind/Execute/Sync of every extended-protocol query free.
+    def parse_sent(
+        self,
+        batch: int,
+        name: str,
+        sql: str,
+        check_binds: bool,
+        param_types: tuple[int, ...] = (),
+    ) -> PendingChange | None:
+        """An allowed Parse was forwarded (called for every one: keep it cheap).
 
-    def close_sent(self, cycle: int, name: str | bytes) -> None:
-        key = name_key(name)
-        if key in self._known or key in self._adding:  # nothing to forget otherwise
-            self.sent(cycle, PreparedChange("remove", key))
-
-    def cycle_done(self, cycle: int, failed: bool) -> None:
-        """The server sent a ReadyForQuery that ends cycle ``cycle``; ``failed``: an
-        ErrorResponse came since the previous one.
-
-        A clean cycle confirms the changes sent in it and before it. After an error,
-        *every* pending change counts as possibly not run, not only those of this
-        cycle: should the relay's count of cycles ever run ahead of the server's (a
-        message the server skipped without a ReadyForQuery), a change is still only
-        confirmed by a ReadyForQuery that came after it with no error in between.
+        Returns None when nothing needs tracking: the unnamed statement cannot be
+        EXECUTEd, so only its Bind checks matter, and there are none before or after
+        this Parse. That keeps the Parse/Bind/Execute/Sync of every extended-protocol
+        query free.
         """
-        pending = self.pending
-        if not pending or (not failed and pending[0].cycle > cycle):
+        if name or check_binds or "" in self.checked:
+            return self.sent(batch, PreparedChange("add", name, sql, check_binds, param_types))
+        if self._known:
+            # An older unnamed statement needed no checks either: forget it rather than
+            # keep a picture the server no longer has (it drops it at this Parse).
+            self._known.pop("", None)
+        return None
+
+    def close_sent(self, batch: int, name: str | bytes) -> PendingChange | None:
+        key = name_key(name)
+        if key in self._known or key in self._pending:  # nothing to forget otherwise
+            return self.sent(batch, PreparedChange("remove", key))
+        return None
+
+    def described(self, name: str | bytes, param_types: tuple[int, ...]) -> None:
+        """The server's ParameterDescription for a statement it holds: the types its
+        parameters will be read as (what a binary value means)."""
+        key = name_key(name)
+        known = self._known.get(key)
+        if known is not None and known.param_types != param_types and not known.lost:
+            self._known[key] = Candidate(known.sql, known.check_binds, False, param_types)
+
+    # -- what the server answered ------------------------------------------------------
+    def _resolve(self, handle: PendingChange, happened: bool) -> None:
+        change = handle.change
+        name = change.name
+        queue = self._pending.get(name)
+        if queue is not None:
+            with contextlib.suppress(ValueError):  # a handle resolves once
+                queue.remove(handle)
+            if not queue:
+                del self._pending[name]
+        self._pending_count -= 1
+        if not happened:
+            # A named Parse that failed creates nothing and keeps what was there; an
+            # unnamed one drops the old statement before parsing, but keeping it as a
+            # candidate errs on the safe side. Removals that did not run remove nothing.
+            self._recheck(name)
             return
-        known = self._known
-        touched: set[str] = set()
-        cleared = False
-        while pending and (failed or pending[0].cycle <= cycle):
-            change = pending.popleft().change
-            name = change.name
-            touched.add(name)
-            if change.kind == "add":
-                adding = self._adding[name]
-                cand = adding.pop(0)
-                if not adding:
-                    del self._adding[name]
-                if not failed:
-                    known[name] = (cand,)
-                else:
-                    was = known.get(name, ())
-                    if cand not in was and was != (LOST,):
-                        now = (*was, cand)
-                        known[name] = (LOST,) if len(now) > MAX_CANDIDATES else now
-            elif failed:
-                continue  # a removal that may not have happened: keep what was there
-            elif change.kind == "remove":
-                known.pop(name, None)
-            else:  # DEALLOCATE ALL leaves the unnamed statement alone
-                unnamed = known.get("")
-                known.clear()
-                if unnamed is not None:
-                    known[""] = unnamed
-                cleared = True
-        for name in list(self.checked) if cleared else touched:
-            if any(c.check_binds for c in self.candidates(name)):
-                self.checked.add(name)  # also a name that just became LOST
-            else:
-                self.checked.discard(name)
+        if change.kind == "add":
+            self._known[name] = handle.candidate  # type: ignore[assignment]
+            self._recheck(name)
+        elif change.kind == "remove":
+            self._known.pop(name, None)
+            self._recheck(name)
+        else:  # DEALLOCATE ALL / DISCARD ALL leave the unnamed statement alone
+            unnamed = self._known.get("")
+            self._known.clear()
+            if unnamed is not None:
+                self._known[""] = unnamed
+            for key in list(self.checked):
+                self._recheck(key)
+
+    def _recheck(self, name: str) -> None:
+        if any(c.check_binds for c in self.candidates(name)):
+            self.checked.add(name)  # also a name that is LOST
+        else:
+            self.checked.discard(name)
 
 
 class _Texts(Mapping[str, tuple[str, ...]]):

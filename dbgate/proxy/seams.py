@@ -29,7 +29,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
-from dbgate.proxy.prepared import PreparedChange
+from dbgate.proxy.prepared import Candidate, PreparedChange
 
 if TYPE_CHECKING:
     from dbgate.proxy.session_info import SessionInfo
@@ -57,6 +57,10 @@ class Statement(NamedTuple):
     #: client named the type, else from the server's ParameterDescription for the
     #: statement when the client asked for one; 0 where neither is known.
     param_types: tuple[int, ...] = ()
+    #: For "bind": every statement the server may bind under ``statement_name`` (while
+    #: a Parse of that name is unanswered, the old one or the new one); ``sql`` and
+    #: ``param_types`` are those of the newest.
+    candidates: tuple[Candidate, ...] = ()
 
 
 class RowRewriter(Protocol):
@@ -90,20 +94,6 @@ class ResultPlan(Protocol):
         """A rewriter for the CopyData of a COPY TO STDOUT (``response`` is the
         CopyOutResponse body), or None."""
         ...
-
-
-class ResultTransformer(Protocol):
-    """Session-wide result rewriting (being replaced by per-statement ResultPlans)."""
-
-    def on_row_description(self, session: SessionInfo, body: bytes) -> RowRewriter | None: ...
-
-    def on_copy_out(self, session: SessionInfo, body: bytes) -> RowRewriter | None: ...
-
-    def on_notice(self, session: SessionInfo, body: bytes) -> bytes: ...
-
-    def on_error(self, session: SessionInfo, body: bytes) -> bytes: ...
-
-    def on_notification(self, session: SessionInfo, body: bytes) -> bytes: ...
 
 
 class MessageFilter(Protocol):
@@ -141,6 +131,11 @@ class Allow:
     plan: ResultPlan | None = None
     #: Opaque to the relay: handed to the observer with the statement's record.
     note: object = None
+    #: Stop the statement once its result has more rows than this (0: no limit). The
+    #: relay stops forwarding rows, cancels the statement upstream, and fails it with
+    #: ``over_limit`` (default: 54000) so that client and server agree it failed.
+    max_rows: int = 0
+    over_limit: Refuse | None = None
 
 
 @dataclass(frozen=True, slots=True)

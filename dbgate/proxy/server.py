@@ -8,17 +8,14 @@ transaction, then close with FATAL 57P01).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import secrets
-import signal
 import ssl
-import sys
 from dataclasses import dataclass
 
 from dbgate.config import Config
-from dbgate.policy.rules import RulesError
-from dbgate.policy.rules_load import iter_problems
 from dbgate.proxy.channel import Channel, ConnectionLost
 from dbgate.proxy.handshake import (
     HandshakeRefused,
@@ -26,7 +23,7 @@ from dbgate.proxy.handshake import (
     build_verifiers,
     read_startup,
 )
-from dbgate.proxy.seams import AllowAll, Inspector, ResultTransformer
+from dbgate.proxy.seams import AllowAll, Inspector, MessageFilter, Observer
 from dbgate.proxy.session import Session
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.proxy.upstream import UpstreamError, connect_upstream, send_cancel
@@ -53,11 +50,13 @@ class ProxyServer:
         config: Config,
         *,
         inspector: Inspector | None = None,
-        transformer: ResultTransformer | None = None,
+        observer: Observer | None = None,
+        message_filter: MessageFilter | None = None,
     ) -> None:
         self.config = config
         self.inspector: Inspector = inspector or AllowAll()
-        self.transformer = transformer
+        self.observer = observer
+        self.message_filter = message_filter
         self._verifiers = build_verifiers(config)
         self._tls_context = self._make_tls_context()
         self._server: asyncio.base_events.Server | None = None
@@ -119,6 +118,7 @@ class ProxyServer:
             )
         except HandshakeRefused as e:
             log.info("refused %s: %s", client_addr, e)
+            self._report_refusal(channel, client_addr, e)  # before the client hears of it
             channel.write(e.response)
             channel.close()
         except ProtocolError as e:
@@ -147,6 +147,7 @@ class ProxyServer:
             await self._handle_cancel(packet)
             channel.close()
             return
+        channel.startup = (packet.params.get("user", ""), packet.params.get("database", ""))
         if len(self._sessions) >= self.config.limits.max_connections:
             raise HandshakeRefused("53300", "sorry, too many clients already")
         hello = await authenticate(channel, self.config, self._verifiers, packet)
@@ -200,9 +201,13 @@ class ProxyServer:
             client=channel,
             upstream=up.channel,
             inspector=self.inspector,
-            transformer=self.transformer,
+            observer=self.observer,
+            message_filter=self.message_filter,
             max_message_size=self.config.limits.max_message_size,
             on_closed=self._session_closed,
+            cancel_upstream=functools.partial(
+                send_cancel, self.config.upstream, up.backend_pid, up.backend_key
+            ),
         )
         self._sessions[pid] = session
         self._cancel[pid] = _CancelTarget(secret, session, up.backend_pid, up.backend_key)
@@ -217,6 +222,16 @@ class ProxyServer:
             client_addr,
         )
 
+    def _report_refusal(self, channel: Channel, client_addr: str, e: HandshakeRefused) -> None:
+        """Tell the observer of a client turned away before any session existed."""
+        if self.observer is None:
+            return
+        user, database = channel.startup
+        try:
+            self.observer.session_refused(user, database, client_addr, e.sqlstate, str(e))
+        except Exception:
+            log.exception("observer failed on a refused connection")
+
     def _allocate_pid(self) -> int:
         while True:
             self._next_pid = (self._next_pid % 0x7FFFFFF0) + 1
@@ -227,11 +242,7 @@ class ProxyServer:
         pid = session.info.session_id
         self._sessions.pop(pid, None)
         target = self._cancel.pop(pid, None)
-        if (
-            target is not None
-            and session.sent_cycles != session.done_cycles
-            and not session.upstream.closed
-        ):
+        if target is not None and session.running_upstream and not session.upstream.closed:
             # Closed while a statement runs upstream (the client vanished, or shutdown
             # ran out of grace). The backend reads our Terminate only once the statement
             # ends, so a long query would run on, holding its connection and locks.
@@ -276,53 +287,3 @@ class ProxyServer:
             session.terminate("57P01", "terminating connection due to administrator command")
         if self._server is not None:
             await self._server.wait_closed()
-
-
-def build_inspector(config: Config) -> Inspector:
-    """The policy inspector for ``config`` (or allow-all when policy is off)."""
-    if config.policy == "off":
-        log.warning("policy is OFF: every statement is relayed without inspection")
-        return AllowAll()
-    from dbgate.policy.rules import load_rules
-    from dbgate.proxy.policy_inspector import PolicyInspector
-
-    return PolicyInspector(load_rules(config.rules_dir))
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-def run_serve(config: Config) -> int:
-    """Blocking entry point of ``dbgate serve``: run until SIGINT/SIGTERM."""
-    import uvloop
-
-    configure_logging(config.log_level)
-
-    try:
-        inspector = build_inspector(config)
-    except RulesError as e:
-        for problem in iter_problems(e):
-            print(f"dbgate: {problem}", file=sys.stderr)
-        return 2
-
-    async def main() -> int:
-        server = ProxyServer(config, inspector=inspector)
-        try:
-            await server.start()
-        except OSError as e:
-            log.error("cannot listen on %s: %s", config.listen, e.strerror or e)
-            return 1
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down: draining %d sessions", server.session_count)
-        await server.stop()
-        return 0
-
-    return uvloop.run(main())

@@ -2,7 +2,7 @@
 
 The proxy runs in-process on its own uvloop event loop in a background thread, so
 tests can drive it with synchronous drivers (psycopg2, pg8000, psql) and with async
-ones on pytest's loop alike, and can plug in their own inspector or transformer to
+ones on pytest's loop alike, and can plug in their own inspector, observer or message filter to
 exercise the seams.
 """
 
@@ -19,7 +19,7 @@ import pytest
 import uvloop
 
 from dbgate.config import Config
-from dbgate.proxy.seams import Inspector, ResultTransformer
+from dbgate.proxy.seams import Inspector, MessageFilter, Observer
 from dbgate.proxy.server import ProxyServer
 from tests.integration.certs import self_signed
 
@@ -34,11 +34,14 @@ class RunningProxy:
         self,
         config: Config,
         inspector: Inspector | None = None,
-        transformer: ResultTransformer | None = None,
+        observer: Observer | None = None,
+        message_filter: MessageFilter | None = None,
     ) -> None:
         self.config = config
         self.loop = uvloop.new_event_loop()
-        self.server = ProxyServer(config, inspector=inspector, transformer=transformer)
+        self.server = ProxyServer(
+            config, inspector=inspector, observer=observer, message_filter=message_filter
+        )
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> RunningProxy:
@@ -84,7 +87,7 @@ def proxy_config(pg_server: Any, **overrides: Any) -> Config:
 
 @pytest.fixture(scope="session")
 def proxy(pg_server: Any) -> Iterator[RunningProxy]:
-    """The shared allow-everything proxy (no inspector, no transformer: the fast path)."""
+    """The shared allow-everything proxy (no inspector, no plans: the fast path)."""
     running = RunningProxy(proxy_config(pg_server)).start()
     yield running
     running.stop()
@@ -92,16 +95,17 @@ def proxy(pg_server: Any) -> Iterator[RunningProxy]:
 
 @pytest.fixture
 def make_proxy(pg_server: Any) -> Iterator[Callable[..., RunningProxy]]:
-    """Start extra proxies with a custom inspector/transformer/config for one test."""
+    """Start extra proxies with a custom inspector/observer/filter/config for one test."""
     started: list[RunningProxy] = []
 
     def factory(
         inspector: Inspector | None = None,
-        transformer: ResultTransformer | None = None,
+        observer: Observer | None = None,
+        message_filter: MessageFilter | None = None,
         **config_overrides: Any,
     ) -> RunningProxy:
         running = RunningProxy(
-            proxy_config(pg_server, **config_overrides), inspector, transformer
+            proxy_config(pg_server, **config_overrides), inspector, observer, message_filter
         ).start()
         started.append(running)
         return running

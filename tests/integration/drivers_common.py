@@ -1,9 +1,10 @@
 """Helpers shared by the driver-matrix tests (``test_driver_*.py``).
 
 Every driver test runs the same scenario twice — straight to PostgreSQL and through
-the proxy — and asserts the two runs behave identically. These helpers keep that
-boilerplate small: unique object names so concurrent tests never collide, DSN
-conversions for drivers that do not take URLs, and the pair of targets to loop over.
+the proxy — and asserts the two runs behave identically: :func:`same_on_both` (and
+:func:`same_on_both_async` for asyncio drivers) is the one place that does it. The
+other helpers keep the rest small: unique object names so concurrent tests never
+collide, DSN conversions for drivers that do not take URLs, and the pair of targets.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 import pytest
@@ -65,6 +67,61 @@ def split_dsn(dsn: str) -> DsnParts:
 def targets(pg_dsn: str, proxy_dsn: str) -> dict[str, str]:
     """``{"direct": pg_dsn, "proxy": proxy_dsn}`` — iterate it to run a scenario twice."""
     return {"direct": pg_dsn, "proxy": proxy_dsn}
+
+
+# -- the comparison ------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _the_same(results: dict[str, T]) -> T:
+    """What the direct run returned, after asserting the proxied run returned the same."""
+    assert results["proxy"] == results["direct"]
+    return results["direct"]
+
+
+def same_on_both(
+    pg_dsn: str,
+    proxy_dsn: str,
+    scenario: Callable[[Any], T],
+    *,
+    connect: Callable[[str], AbstractContextManager[Any]] | None = None,
+) -> T:
+    """Run ``scenario`` straight to PostgreSQL, then through dbgate; assert both returned
+    the same; return the direct run's result for the test's own assertions.
+
+    With ``connect``, each run gets a fresh connection — ``connect(dsn)`` is a context
+    manager that opens it and closes it afterwards. Without, ``scenario`` gets the DSN
+    (for tools that connect themselves, such as psql or an SQLAlchemy engine).
+    The direct run goes first, so a scenario may rely on objects it creates and drops.
+    """
+    results: dict[str, T] = {}
+    for side, dsn in targets(pg_dsn, proxy_dsn).items():
+        if connect is None:
+            results[side] = scenario(dsn)
+        else:
+            with connect(dsn) as conn:
+                results[side] = scenario(conn)
+    return _the_same(results)
+
+
+async def same_on_both_async(
+    pg_dsn: str,
+    proxy_dsn: str,
+    scenario: Callable[[Any], Awaitable[T]],
+    *,
+    connect: Callable[[str], AbstractAsyncContextManager[Any]] | None = None,
+) -> T:
+    """:func:`same_on_both` for asyncio drivers: ``scenario`` is awaited, ``connect(dsn)``
+    is an async context manager."""
+    results: dict[str, T] = {}
+    for side, dsn in targets(pg_dsn, proxy_dsn).items():
+        if connect is None:
+            results[side] = await scenario(dsn)
+        else:
+            async with connect(dsn) as conn:
+                results[side] = await scenario(conn)
+    return _the_same(results)
 
 
 # -- a proxy in its own process ----------------------------------------------------------

@@ -20,10 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
 import psutil
 import pytest
 
+from dbgate.demo_data import AGENT_ROLE
 from dbgate.embedded import find_free_port
 from tests.conftest import PgServer
 
@@ -50,6 +52,8 @@ class DemoProcess:
                     str(data_dir),
                     "--info-file",
                     str(info_file),
+                    "--web",
+                    "127.0.0.1:0",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -123,12 +127,31 @@ async def _check_connections(info: dict[str, str]) -> None:
         payments = await agent.fetchval("select count(*) from payments")
         assert 15_000 <= orders <= 25_000
         assert 10_000 <= payments <= 20_000
+        # Upstream the agent is a least-privilege role, never the superuser: what dbgate
+        # lets through (SHOW is allowed) still meets the server's own permission checks.
+        assert await agent.fetchval("select current_user") == AGENT_ROLE
+        assert await agent.fetchval("show is_superuser") == "off"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as refused:
+            await agent.fetchval("show data_directory")
+        assert refused.value.sqlstate == "42501"
+        assert '"data_directory"' in refused.value.message  # the server's words
+        assert "dbgate" not in refused.value.message
     finally:
         await agent.close()
     admin = await asyncpg.connect(info["admin_dsn"])
     try:
         assert await admin.fetchval("select current_database()") == "demo"
         assert await admin.fetchval("select rolsuper from pg_roles where rolname = current_user")
+        role = await admin.fetchrow(
+            "select rolsuper, rolbypassrls, rolcreaterole, rolcreatedb from pg_roles"
+            " where rolname = $1",
+            AGENT_ROLE,
+        )
+        assert tuple(role) == (False, False, False, False)
+        for privilege in ("CONNECT", "TEMPORARY", "CREATE"):
+            assert not await admin.fetchval(
+                "select has_database_privilege($1, 'dbgate_state', $2)", AGENT_ROLE, privilege
+            ), privilege
         comment = await admin.fetchval(
             "select col_description('customers'::regclass, "
             "(select attnum from pg_attribute where attrelid = 'customers'::regclass "
@@ -144,6 +167,21 @@ async def _check_connections(info: dict[str, str]) -> None:
         await state.close()
 
 
+async def _check_approver(info: dict[str, str]) -> None:
+    """The approver of the info file is real: its token reads the API, a wrong one
+    does not."""
+    async with aiohttp.ClientSession() as http:
+        url = f"{info['web_url']}/api/approvals?status=pending"
+        ok = {"Authorization": f"Bearer {info['approver_token']}"}
+        async with http.get(url, headers=ok) as resp:
+            assert resp.status == 200, await resp.text()
+            assert isinstance(await resp.json(), dict | list)
+        async with http.get(url, headers={"Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401
+        async with http.get(f"{info['web_url']}/api/me", headers=ok) as resp:
+            assert (await resp.json())["name"] == info["approver_user"]
+
+
 async def test_demo_serves_dataset_and_stops_cleanly(demo_dir: Path) -> None:
     data_dir, info_file = demo_dir / "data", demo_dir / "info.json"
     port = find_free_port()
@@ -151,8 +189,16 @@ async def test_demo_serves_dataset_and_stops_cleanly(demo_dir: Path) -> None:
     demo = DemoProcess(data_dir, info_file, f"127.0.0.1:{port}")
     try:
         info = demo.wait_for_info()
-        assert set(info) >= {"agent_dsn", "admin_dsn", "state_dsn"}
-        assert not any(k.startswith(("web", "approver")) for k in info), info
+        assert set(info) >= {
+            "agent_dsn",
+            "admin_dsn",
+            "state_dsn",
+            "web_url",
+            "approver_user",
+            "approver_password",
+            "approver_token",
+        }
+        await _check_approver(info)
         agent_url = urlsplit(info["agent_dsn"])
         assert (agent_url.username, agent_url.hostname, agent_url.port, agent_url.path) == (
             "agent",

@@ -9,37 +9,29 @@ Each test runs one scenario against both targets and compares what came back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import decimal
 import io
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.integration.drivers_common import targets, unique
-
-Scenario = Callable[[asyncpg.Connection], Awaitable[Any]]
+from tests.integration.drivers_common import same_on_both_async, unique
 
 
-async def on_both(pg_dsn: str, proxy_dsn: str, scenario: Scenario) -> dict[str, Any]:
-    """Run ``scenario`` on a fresh connection to each target; return results by side."""
-    out: dict[str, Any] = {}
-    for side, dsn in targets(pg_dsn, proxy_dsn).items():
-        conn = await asyncpg.connect(dsn)
-        try:
-            out[side] = await scenario(conn)
-        finally:
-            await conn.close()
-    return out
-
-
-def assert_same(results: dict[str, Any]) -> Any:
-    assert results["proxy"] == results["direct"]
-    return results["direct"]
+@contextlib.asynccontextmanager
+async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A fresh connection to ``dsn``, closed afterwards."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 # -- types ------------------------------------------------------------------------------
@@ -80,7 +72,7 @@ async def test_binary_types_match_direct(pg_dsn: str, proxy_dsn: str) -> None:
         finally:
             await conn.execute(f"drop type {ctype}")
 
-    rows, comp, echoed = assert_same(await on_both(pg_dsn, proxy_dsn, scenario))
+    rows, comp, echoed = await same_on_both_async(pg_dsn, proxy_dsn, scenario, connect=connection)
     assert rows[0]["i8"] == 9000000000
     assert rows[0]["b"] == b"\x00\xff\x10"
     assert rows[0]["ia"] == [1, None, 3]
@@ -105,7 +97,7 @@ async def test_text_format_codecs_match_direct(pg_dsn: str, proxy_dsn: str) -> N
             )
         )
 
-    got = assert_same(await on_both(pg_dsn, proxy_dsn, scenario))
+    got = await same_on_both_async(pg_dsn, proxy_dsn, scenario, connect=connection)
     assert got["n"] == "1.250"
     assert got["j"] == '{"a": 1}'
 
@@ -124,8 +116,8 @@ async def test_prepared_statements_reused(pg_dsn: str, proxy_dsn: str) -> None:
         names = await conn.fetchval("select count(*) from pg_prepared_statements")
         return results, params, attrs, cached, names > 0
 
-    results, params, attrs, cached, has_named = assert_same(
-        await on_both(pg_dsn, proxy_dsn, scenario)
+    results, params, attrs, cached, has_named = await same_on_both_async(
+        pg_dsn, proxy_dsn, scenario, connect=connection
     )
     assert results[19] == (38, "v19!")
     assert params == ["int4", "text"]
@@ -154,7 +146,8 @@ async def test_executemany_and_its_atomicity(pg_dsn: str, proxy_dsn: str) -> Non
         finally:
             await conn.execute(f"drop table {table}")
 
-    assert assert_same(await on_both(pg_dsn, proxy_dsn, scenario)) == (200, "23505", 200, False)
+    got = await same_on_both_async(pg_dsn, proxy_dsn, scenario, connect=connection)
+    assert got == (200, "23505", 200, False)
 
 
 async def test_cursor_prefetch_uses_row_limited_execute(pg_dsn: str, proxy_dsn: str) -> None:
@@ -171,7 +164,9 @@ async def test_cursor_prefetch_uses_row_limited_execute(pg_dsn: str, proxy_dsn: 
             rest = await cur.fetch(1000)
         return streamed, [tuple(r) for r in first], moved, tuple(one), len(rest)
 
-    streamed, first, moved, one, rest = assert_same(await on_both(pg_dsn, proxy_dsn, scenario))
+    streamed, first, moved, one, rest = await same_on_both_async(
+        pg_dsn, proxy_dsn, scenario, connect=connection
+    )
     assert streamed == list(range(1, 1001))
     assert first[0] == (1, "1")
     assert moved == 25
@@ -209,7 +204,9 @@ async def test_copy_in_and_out(pg_dsn: str, proxy_dsn: str) -> None:
         finally:
             await conn.execute(f"drop table {table}")
 
-    n1, n2, n3, csv, binlen, total = assert_same(await on_both(pg_dsn, proxy_dsn, scenario))
+    n1, n2, n3, csv, binlen, total = await same_on_both_async(
+        pg_dsn, proxy_dsn, scenario, connect=connection
+    )
     assert (n1, n2) == ("COPY 500", "COPY 100")
     assert n3 == "COPY 87"
     assert csv.startswith(b"0,n0,0,\\x00\n7,n7,1.75,\\x07\n")
@@ -267,7 +264,8 @@ async def test_timeout_cancels_promptly_and_connection_recovers(
         )
         return value, busy, conn.is_in_transaction()
 
-    assert assert_same(await on_both(pg_dsn, proxy_dsn, scenario)) == ("still usable", 0, False)
+    got = await same_on_both_async(pg_dsn, proxy_dsn, scenario, connect=connection)
+    assert got == ("still usable", 0, False)
 
 
 async def test_query_timeout_parameter(pg_dsn: str, proxy_dsn: str) -> None:
@@ -276,7 +274,7 @@ async def test_query_timeout_parameter(pg_dsn: str, proxy_dsn: str) -> None:
             await conn.fetchval("select pg_sleep(10)", timeout=0.3)
         return await conn.fetchval("select 5")
 
-    assert assert_same(await on_both(pg_dsn, proxy_dsn, scenario)) == 5
+    assert await same_on_both_async(pg_dsn, proxy_dsn, scenario, connect=connection) == 5
 
 
 # -- transactions and errors --------------------------------------------------------------
@@ -315,7 +313,7 @@ async def test_transaction_state(pg_dsn: str, proxy_dsn: str) -> None:
         finally:
             await conn.execute(f"drop table {table}")
 
-    got = assert_same(await on_both(pg_dsn, proxy_dsn, scenario))
+    got = await same_on_both_async(pg_dsn, proxy_dsn, scenario, connect=connection)
     assert got == ([False, True, False, True, False, True], "25P02", [1, 3])
 
 
@@ -359,7 +357,7 @@ async def test_errors_keep_sqlstate_and_fields(pg_dsn: str, proxy_dsn: str) -> N
         finally:
             await conn.execute(f"drop table {table}")
 
-    seen = assert_same(await on_both(pg_dsn, proxy_dsn, scenario))
+    seen = await same_on_both_async(pg_dsn, proxy_dsn, scenario, connect=connection)
     assert [s[1] for s in seen] == [
         "23505",
         "23514",
@@ -397,8 +395,7 @@ async def test_serialization_failure_40001(pg_dsn: str, proxy_dsn: str) -> None:
             await a.close()
             await b.close()
 
-    direct = await run(pg_dsn)
-    assert await run(proxy_dsn) == direct
+    direct = await same_on_both_async(pg_dsn, proxy_dsn, run)
     assert direct[0] == "40001"
 
 
@@ -440,8 +437,7 @@ async def test_server_version_and_settings(pg_dsn: str, proxy_dsn: str) -> None:
         finally:
             await conn.close()
 
-    direct = await run(pg_dsn)
-    assert await run(proxy_dsn) == direct
+    direct = await same_on_both_async(pg_dsn, proxy_dsn, run)
     version, settings, shown, tz = direct
     assert version.major >= 14
     assert settings["application_name"] == "drv-matrix"
@@ -458,7 +454,7 @@ async def test_large_values_cross_many_reads(pg_dsn: str, proxy_dsn: str) -> Non
         big_in = await conn.fetchval("select md5($1::bytea)", bytes(range(256)) * 80_000)
         return len(big_out), big_in
 
-    got = assert_same(await on_both(pg_dsn, proxy_dsn, scenario))
+    got = await same_on_both_async(pg_dsn, proxy_dsn, scenario, connect=connection)
     assert got[0] == 30_000_000
 
 

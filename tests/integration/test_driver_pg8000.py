@@ -10,40 +10,26 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import io
-from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 import pg8000.dbapi
 import pg8000.native
 import pytest
 
-from tests.integration.drivers_common import split_dsn, targets, unique
+from tests.integration.drivers_common import same_on_both, split_dsn, unique
 
 IDLE, IN_TRANSACTION, IN_FAILED = b"I", b"T", b"E"
 
 
-def native_on_both(pg_dsn: str, proxy_dsn: str, scenario: Callable[[Any], Any]) -> Any:
-    out = {}
-    for side, dsn in targets(pg_dsn, proxy_dsn).items():
-        con = pg8000.native.Connection(**split_dsn(dsn).kwargs())  # type: ignore[arg-type]
-        try:
-            out[side] = scenario(con)
-        finally:
-            con.close()
-    assert out["proxy"] == out["direct"]
-    return out["direct"]
+def native(dsn: str) -> closing[pg8000.native.Connection]:
+    """A fresh native-API connection to ``dsn``, closed afterwards."""
+    return closing(pg8000.native.Connection(**split_dsn(dsn).kwargs()))  # type: ignore[arg-type]
 
 
-def dbapi_on_both(pg_dsn: str, proxy_dsn: str, scenario: Callable[[Any], Any]) -> Any:
-    out = {}
-    for side, dsn in targets(pg_dsn, proxy_dsn).items():
-        con = pg8000.dbapi.connect(**split_dsn(dsn).kwargs())  # type: ignore[arg-type]
-        try:
-            out[side] = scenario(con)
-        finally:
-            con.close()
-    assert out["proxy"] == out["direct"]
-    return out["direct"]
+def dbapi(dsn: str) -> closing[pg8000.dbapi.Connection]:
+    """A fresh DB-API connection to ``dsn``, closed afterwards."""
+    return closing(pg8000.dbapi.connect(**split_dsn(dsn).kwargs()))  # type: ignore[arg-type]
 
 
 def test_native_parameters_and_types(pg_dsn: str, proxy_dsn: str) -> None:
@@ -65,7 +51,7 @@ def test_native_parameters_and_types(pg_dsn: str, proxy_dsn: str) -> None:
         again = [con.run("select :x::int * 10", x=i)[0][0] for i in range(20)]
         return row, columns, many, again, con.row_count
 
-    row, columns, many, again, row_count = native_on_both(pg_dsn, proxy_dsn, scenario)
+    row, columns, many, again, row_count = same_on_both(pg_dsn, proxy_dsn, scenario, connect=native)
     assert row[0][:3] == [42, "héllo!", decimal.Decimal("2.50")]
     assert row[0][4:8] == [b"\x00\xff", [1, 2, 3], {"k": [1]}, None]
     assert len(many) == 3000
@@ -109,7 +95,7 @@ def test_native_errors_and_transactions(pg_dsn: str, proxy_dsn: str) -> None:
         con.run(f"drop table {table}")
         return st, codes, aborted.value.args[0]["C"], ids
 
-    st, codes, aborted, ids = native_on_both(pg_dsn, proxy_dsn, scenario)
+    st, codes, aborted, ids = same_on_both(pg_dsn, proxy_dsn, scenario, connect=native)
     assert st == [IDLE, IN_TRANSACTION, IN_FAILED, IDLE]
     assert [c[0] for c in codes] == ["23505", "23502", "22012", "42P01", "22P02"]
     assert codes[0][2] == f"{table}_pkey"
@@ -137,7 +123,7 @@ def test_native_copy_notices_and_notifications(pg_dsn: str, proxy_dsn: str) -> N
         notes = [n[b"M"] for n in con.notices]
         return copied, out.getvalue(), [n[1:] for n in con.notifications], notes
 
-    copied, csv, notifications, notes = native_on_both(pg_dsn, proxy_dsn, scenario)
+    copied, csv, notifications, notes = same_on_both(pg_dsn, proxy_dsn, scenario, connect=native)
     assert copied == 1500
     assert csv.splitlines()[-1] == "1499,v1499"
     assert notifications == [(channel, "p8k")]
@@ -173,7 +159,7 @@ def test_dbapi_queries_errors_transactions(pg_dsn: str, proxy_dsn: str) -> None:
         cur.execute(f"drop table {table}")
         return after_rollback, returned, info.value.args[0]["C"], in_txn, rows, desc
 
-    got = dbapi_on_both(pg_dsn, proxy_dsn, scenario)
+    got = same_on_both(pg_dsn, proxy_dsn, scenario, connect=dbapi)
     assert got == (
         [0],
         [[1, decimal.Decimal("9.99")]],

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.integration.drivers_common import targets, unique
+from tests.integration.drivers_common import same_on_both, unique
 
 PSQL = shutil.which("psql") or "/usr/bin/psql"
 
@@ -41,20 +41,21 @@ def psql(dsn: str, *args: str, stdin: str | None = None) -> subprocess.Completed
     )
 
 
-def on_both(
+def psql_on_both(
     pg_dsn: str, proxy_dsn: str, *args: str, stdin: str | None = None
 ) -> tuple[int, str, str]:
-    """Run psql against both targets; assert identical outcome; return the direct one."""
-    results = {}
-    for side, dsn in targets(pg_dsn, proxy_dsn).items():
+    """Run psql against both targets; assert identical exit code, stdout and stderr;
+    return the direct one."""
+
+    def run(dsn: str) -> tuple[int, str, str]:
         r = psql(dsn, *args, stdin=stdin)
-        results[side] = (r.returncode, r.stdout, r.stderr)
-    assert results["proxy"] == results["direct"]
-    return results["direct"]
+        return r.returncode, r.stdout, r.stderr
+
+    return same_on_both(pg_dsn, proxy_dsn, run)
 
 
 def test_single_query(pg_dsn: str, proxy_dsn: str) -> None:
-    code, out, err = on_both(
+    code, out, err = psql_on_both(
         pg_dsn,
         proxy_dsn,
         "-c",
@@ -68,7 +69,7 @@ def test_single_query(pg_dsn: str, proxy_dsn: str) -> None:
 
 
 def test_unaligned_tuples_only_many_rows(pg_dsn: str, proxy_dsn: str) -> None:
-    code, out, _ = on_both(
+    code, out, _ = psql_on_both(
         pg_dsn, proxy_dsn, "-A", "-t", "-c", "select g, md5(g::text) from generate_series(1,5000) g"
     )
     assert code == 0
@@ -79,13 +80,13 @@ def test_unaligned_tuples_only_many_rows(pg_dsn: str, proxy_dsn: str) -> None:
 
 def test_multi_statement_command(pg_dsn: str, proxy_dsn: str) -> None:
     """One simple Query with two statements: psql 15 prints every result set."""
-    code, out, err = on_both(pg_dsn, proxy_dsn, "-A", "-t", "-c", "select 1; select 2")
+    code, out, err = psql_on_both(pg_dsn, proxy_dsn, "-A", "-t", "-c", "select 1; select 2")
     assert (code, err) == (0, "")
     assert out.split() == ["1", "2"]
 
 
 def test_multi_statement_with_error_and_notice(pg_dsn: str, proxy_dsn: str) -> None:
-    code, out, err = on_both(
+    code, out, err = psql_on_both(
         pg_dsn,
         proxy_dsn,
         "-A",
@@ -106,7 +107,9 @@ def test_on_error_stop_exit_code_and_verbose_sqlstate(pg_dsn: str, proxy_dsn: st
         "select * from no_such_table_psql;\n"
         "select 'after';\n"
     )
-    code, out, err = on_both(pg_dsn, proxy_dsn, "-v", "ON_ERROR_STOP=1", "-f", "-", stdin=script)
+    code, out, err = psql_on_both(
+        pg_dsn, proxy_dsn, "-v", "ON_ERROR_STOP=1", "-f", "-", stdin=script
+    )
     assert code == 3  # psql: script error with ON_ERROR_STOP
     assert "before" in out
     assert "after" not in out
@@ -115,7 +118,7 @@ def test_on_error_stop_exit_code_and_verbose_sqlstate(pg_dsn: str, proxy_dsn: st
 
 
 def test_on_error_stop_with_c_options(pg_dsn: str, proxy_dsn: str) -> None:
-    code, out, err = on_both(
+    code, out, err = psql_on_both(
         pg_dsn,
         proxy_dsn,
         "-v",
@@ -144,7 +147,7 @@ def test_transaction_block_in_script(pg_dsn: str, proxy_dsn: str) -> None:
         f"select count(*) from {table};\n"
         f"drop table {table};\n"
     )
-    code, out, err = on_both(pg_dsn, proxy_dsn, "-A", "-t", "-f", "-", stdin=script)
+    code, out, err = psql_on_both(pg_dsn, proxy_dsn, "-A", "-t", "-f", "-", stdin=script)
     assert code == 0
     assert "current transaction is aborted" in err
     assert "duplicate key value violates unique constraint" in err
@@ -166,9 +169,9 @@ def test_copy_in_and_out(pg_dsn: str, proxy_dsn: str, tmp_path: Path) -> None:
     table = unique("psql_copy")
     src = tmp_path / "in.csv"
     src.write_text("".join(f'{i},name {i},"quoted, {i}"\n' for i in range(2000)))
-    outputs = {}
-    for side, dsn in targets(pg_dsn, proxy_dsn).items():
-        dst = tmp_path / f"out-{side}.csv"
+    dst = tmp_path / "out.csv"
+
+    def run(dsn: str) -> tuple[int, str, str, str]:
         r = psql(
             dsn,
             "-v",
@@ -184,9 +187,11 @@ def test_copy_in_and_out(pg_dsn: str, proxy_dsn: str, tmp_path: Path) -> None:
             "-c",
             f"drop table {table}",
         )
-        outputs[side] = (r.returncode, r.stdout, r.stderr, dst.read_text())
-    assert outputs["proxy"] == outputs["direct"]
-    code, stdout, stderr, copied = outputs["direct"]
+        copied = dst.read_text()
+        dst.unlink()  # the next run must write its own
+        return r.returncode, r.stdout, r.stderr, copied
+
+    code, stdout, stderr, copied = same_on_both(pg_dsn, proxy_dsn, run)
     assert (code, stderr) == (0, "")
     assert "COPY 2000" in stdout
     assert "1999\tname 1999\tquoted, 1999" in stdout
@@ -198,22 +203,18 @@ def test_copy_in_bad_data_fails_identically(pg_dsn: str, proxy_dsn: str, tmp_pat
     table = unique("psql_badcopy")
     src = tmp_path / "bad.csv"
     src.write_text("1,ok\nnot-a-number,bad\n")
-    results = {}
-    for side, dsn in targets(pg_dsn, proxy_dsn).items():
-        r = psql(
-            dsn,
-            "-c",
-            f"create table {table} (id int, v text)",
-            "-c",
-            f"\\copy {table} from '{src}' with (format csv)",
-            "-c",
-            f"select count(*) from {table}",
-            "-c",
-            f"drop table {table}",
-        )
-        results[side] = (r.returncode, r.stdout, r.stderr)
-    assert results["proxy"] == results["direct"]
-    code, out, err = results["direct"]
+    code, out, err = psql_on_both(
+        pg_dsn,
+        proxy_dsn,
+        "-c",
+        f"create table {table} (id int, v text)",
+        "-c",
+        f"\\copy {table} from '{src}' with (format csv)",
+        "-c",
+        f"select count(*) from {table}",
+        "-c",
+        f"drop table {table}",
+    )
     assert code == 0  # the last -c succeeded
     assert "invalid input syntax for type integer" in err
     assert "CONTEXT:  COPY" in err
@@ -238,10 +239,10 @@ def described_table(pg_dsn: str) -> str:
 
 def test_describe_output_equal(pg_dsn: str, proxy_dsn: str, described_table: str) -> None:
     for meta in (f"\\d {described_table}", f"\\d+ {described_table}", "\\dt", "\\dn", "\\df abs"):
-        code, out, _err = on_both(pg_dsn, proxy_dsn, "-c", meta)
+        code, out, _err = psql_on_both(pg_dsn, proxy_dsn, "-c", meta)
         assert code == 0, meta
         assert out.strip(), meta
-    code, out, _ = on_both(pg_dsn, proxy_dsn, "-c", f"\\d {described_table}")
+    code, out, _ = psql_on_both(pg_dsn, proxy_dsn, "-c", f"\\d {described_table}")
     assert f'Table "public.{described_table}"' in out
     assert f'"{described_table}_pkey" PRIMARY KEY, btree (id)' in out
     assert "score >= 0" in out

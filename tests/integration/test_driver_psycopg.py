@@ -15,7 +15,8 @@ import decimal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -23,21 +24,14 @@ import pytest
 from psycopg import errors
 from psycopg.pq import TransactionStatus
 
-from tests.integration.drivers_common import proxy_process_dsn, targets, unique
+from tests.integration.drivers_common import (
+    proxy_process_dsn,
+    same_on_both,
+    same_on_both_async,
+    unique,
+)
 
 __all__ = ["proxy_process_dsn"]  # a fixture, used by the cancel tests
-
-
-def on_both(
-    pg_dsn: str, proxy_dsn: str, scenario: Callable[[psycopg.Connection], Any], **kw: Any
-) -> Any:
-    """Run ``scenario`` on a fresh connection to each target; assert equal; return it."""
-    out = {}
-    for side, dsn in targets(pg_dsn, proxy_dsn).items():
-        with psycopg.connect(dsn, **kw) as conn:
-            out[side] = scenario(conn)
-    assert out["proxy"] == out["direct"]
-    return out["direct"]
 
 
 @pytest.fixture
@@ -77,7 +71,9 @@ def test_pipeline_autocommit_error_in_the_middle(pg_dsn: str, proxy_dsn: str, ta
         conn.execute(f"drop table {table}")
         return raised, status, got
 
-    raised, status, got = on_both(pg_dsn, proxy_dsn, scenario, autocommit=True)
+    raised, status, got = same_on_both(
+        pg_dsn, proxy_dsn, scenario, connect=partial(psycopg.connect, autocommit=True)
+    )
     assert raised == ("UniqueViolation", "23505")
     assert status == TransactionStatus.IDLE
     assert got == [1, 2]
@@ -115,7 +111,9 @@ def test_pipeline_results_and_aborted_statements(pg_dsn: str, proxy_dsn: str, ta
         conn.execute(f"drop table {table}")
         return events
 
-    events = on_both(pg_dsn, proxy_dsn, scenario, autocommit=True)
+    events = same_on_both(
+        pg_dsn, proxy_dsn, scenario, connect=partial(psycopg.connect, autocommit=True)
+    )
     assert events[0] == [(1, "a")]
     assert events[1] == (1,)
     assert events[2] == ("raised", "DivisionByZero", "22012")
@@ -146,7 +144,9 @@ def test_pipeline_in_transaction_error_leaves_inerror(
         conn.commit()
         return raised, in_error, after_rollback, got
 
-    raised, in_error, after_rollback, got = on_both(pg_dsn, proxy_dsn, scenario)
+    raised, in_error, after_rollback, got = same_on_both(
+        pg_dsn, proxy_dsn, scenario, connect=psycopg.connect
+    )
     assert raised == ("UndefinedColumn", "42703")
     assert in_error == TransactionStatus.INERROR
     assert after_rollback == TransactionStatus.IDLE
@@ -183,7 +183,9 @@ def test_types_in_text_and_binary_cursors(pg_dsn: str, proxy_dsn: str, binary: b
         )
         return row, described, formats, many.fetchall()
 
-    row, described, formats, many = on_both(pg_dsn, proxy_dsn, scenario)
+    row, described, formats, many = same_on_both(
+        pg_dsn, proxy_dsn, scenario, connect=psycopg.connect
+    )
     assert formats == [1 if binary else 0] * len(described)
     assert row[0:4] == (42, 9000000000, 1.5, decimal.Decimal("123.4500"))
     assert row[6] == uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
@@ -218,7 +220,7 @@ def test_named_cursor_with_itersize(pg_dsn: str, proxy_dsn: str) -> None:
             out.append(len(held.fetchall()))
         return out
 
-    assert on_both(pg_dsn, proxy_dsn, scenario) == [
+    assert same_on_both(pg_dsn, proxy_dsn, scenario, connect=psycopg.connect) == [
         [(1, "x"), (2, "xx"), (3, "xxx")],
         497,
         (41,),
@@ -260,7 +262,9 @@ def test_copy_text_and_binary_both_directions(pg_dsn: str, proxy_dsn: str, table
         conn.rollback()
         return text_in, binary_in, raw, rows, bad.value.sqlstate
 
-    text_in, binary_in, raw, rows, bad = on_both(pg_dsn, proxy_dsn, scenario)
+    text_in, binary_in, raw, rows, bad = same_on_both(
+        pg_dsn, proxy_dsn, scenario, connect=psycopg.connect
+    )
     assert (text_in, binary_in, bad) == (1000, 500, "22P02")
     assert raw.splitlines()[1] == b"1\tname\\t1\t0.125\t2024-05-06 07:08:09+00"
     assert len(rows) == 1500
@@ -301,7 +305,7 @@ def test_autocommit_and_transaction_status(pg_dsn: str, proxy_dsn: str, table: s
         conn.execute(f"drop table {table}")
         return [s.name for s in st], got
 
-    assert on_both(pg_dsn, proxy_dsn, scenario) == (
+    assert same_on_both(pg_dsn, proxy_dsn, scenario, connect=psycopg.connect) == (
         ["IDLE", "INTRANS", "IDLE", "INERROR", "IDLE", "INTRANS", "IDLE", "IDLE", "IDLE"],
         [2, 3],
     )
@@ -327,7 +331,9 @@ def test_error_fields_match(pg_dsn: str, proxy_dsn: str) -> None:
             )
         return out
 
-    out = on_both(pg_dsn, proxy_dsn, scenario, autocommit=True)
+    out = same_on_both(
+        pg_dsn, proxy_dsn, scenario, connect=partial(psycopg.connect, autocommit=True)
+    )
     assert [o[1] for o in out] == ["22012", "42P01", "22P02", "42601"]
 
 
@@ -373,18 +379,16 @@ def test_cancel_running_sleep(pg_dsn: str, proxy_process_dsn: str, method: str) 
         value = conn.execute("select 'usable'").fetchone()
         return info.value.sqlstate, info.value.diag.message_primary, status.name, value
 
-    assert on_both(pg_dsn, proxy_process_dsn, scenario, autocommit=True) == (
-        "57014",
-        "canceling statement due to user request",
-        "IDLE",
-        ("usable",),
+    got = same_on_both(
+        pg_dsn, proxy_process_dsn, scenario, connect=partial(psycopg.connect, autocommit=True)
     )
+    assert got == ("57014", "canceling statement due to user request", "IDLE", ("usable",))
 
 
 async def test_async_connection_pipeline_and_cancel(pg_dsn: str, proxy_dsn: str) -> None:
     """The asyncio flavour of psycopg goes through the same protocol paths."""
-    out = {}
-    for side, dsn in targets(pg_dsn, proxy_dsn).items():
+
+    async def scenario(dsn: str) -> Any:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             async with conn.pipeline():
                 curs = [await conn.execute("select %s::int * 3", [i]) for i in range(20)]
@@ -392,9 +396,10 @@ async def test_async_connection_pipeline_and_cancel(pg_dsn: str, proxy_dsn: str)
             with pytest.raises(errors.QueryCanceled):
                 await conn.execute("set statement_timeout = 200")
                 await conn.execute("select pg_sleep(5)")
-            out[side] = values, (await (await conn.execute("select 1")).fetchone())
-    assert out["proxy"] == out["direct"]
-    assert out["direct"] == ([i * 3 for i in range(20)], (1,))
+            return values, (await (await conn.execute("select 1")).fetchone())
+
+    got = await same_on_both_async(pg_dsn, proxy_dsn, scenario)
+    assert got == ([i * 3 for i in range(20)], (1,))
 
 
 def test_protocol_3_2_and_its_long_cancel_key(pg_dsn: str, proxy_process_dsn: str) -> None:
@@ -411,5 +416,10 @@ def test_protocol_3_2_and_its_long_cancel_key(pg_dsn: str, proxy_process_dsn: st
             timer.join()
         return version, conn.execute("select 1").fetchone()
 
-    got = on_both(pg_dsn, proxy_process_dsn, scenario, autocommit=True, max_protocol_version="3.2")
+    got = same_on_both(
+        pg_dsn,
+        proxy_process_dsn,
+        scenario,
+        connect=partial(psycopg.connect, autocommit=True, max_protocol_version="3.2"),
+    )
     assert got == (30002, (1,))

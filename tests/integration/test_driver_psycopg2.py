@@ -13,7 +13,8 @@ import decimal
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import psycopg2
@@ -22,21 +23,15 @@ import psycopg2.extensions as ext
 import psycopg2.extras
 import pytest
 
-from tests.integration.drivers_common import proxy_process_dsn, targets, unique
+from tests.integration.drivers_common import proxy_process_dsn, same_on_both, unique
 
 __all__ = ["proxy_process_dsn"]  # a fixture, used by the cancel test
 
 
-def on_both(pg_dsn: str, proxy_dsn: str, scenario: Callable[[Any], Any]) -> Any:
-    out = {}
-    for side, dsn in targets(pg_dsn, proxy_dsn).items():
-        conn = psycopg2.connect(dsn)
-        try:
-            out[side] = scenario(conn)
-        finally:
-            conn.close()
-    assert out["proxy"] == out["direct"]
-    return out["direct"]
+def connection(dsn: str) -> closing[Any]:
+    """A fresh connection to ``dsn``, closed afterwards (psycopg2's own ``with`` only
+    ends the transaction)."""
+    return closing(psycopg2.connect(dsn))
 
 
 @pytest.fixture
@@ -75,7 +70,7 @@ def test_basic_queries_and_types(pg_dsn: str, proxy_dsn: str) -> None:
         dict_cur.execute("select 1 as a, 'b' as b")
         return row, desc, many, dict_cur.fetchall(), conn.server_version
 
-    row, desc, many, dicts, version = on_both(pg_dsn, proxy_dsn, scenario)
+    row, desc, many, dicts, version = same_on_both(pg_dsn, proxy_dsn, scenario, connect=connection)
     assert row[:3] == (7, 'it\'s "quoted"', decimal.Decimal("1.50"))
     assert row[4] == b"\x00\x01"
     assert [d[1] for d in desc[:3]] == [23, 25, 1700]  # int4, text, numeric
@@ -104,7 +99,7 @@ def test_copy_expert_in_and_out(pg_dsn: str, proxy_dsn: str, table: str) -> None
         conn.commit()
         return copied_in, out.getvalue(), len(binary.getvalue()), bad.value.pgcode
 
-    copied_in, csv, binlen, bad = on_both(pg_dsn, proxy_dsn, scenario)
+    copied_in, csv, binlen, bad = same_on_both(pg_dsn, proxy_dsn, scenario, connect=connection)
     assert copied_in == 3000
     assert csv.splitlines()[:2] == ["id,name,note", '0,n0,"a, b 0"']
     assert binlen > 3000 * 10
@@ -125,7 +120,9 @@ def test_named_cursor(pg_dsn: str, proxy_dsn: str) -> None:
         conn.commit()
         return head, after_scroll, len(rest), rest[-1], status
 
-    head, after_scroll, rest_len, last, status = on_both(pg_dsn, proxy_dsn, scenario)
+    head, after_scroll, rest_len, last, status = same_on_both(
+        pg_dsn, proxy_dsn, scenario, connect=connection
+    )
     assert head == [(1, 1), (2, 4), (3, 9), (4, 16), (5, 25)]
     assert after_scroll == (101, 10201)
     assert (rest_len, last) == (299, (400, 160000))
@@ -162,7 +159,7 @@ def test_transaction_status_and_pgcode(pg_dsn: str, proxy_dsn: str, table: str) 
         cur.execute(f"drop table {table}")
         return st, codes, count
 
-    st, codes, count = on_both(pg_dsn, proxy_dsn, scenario)
+    st, codes, count = same_on_both(pg_dsn, proxy_dsn, scenario, connect=connection)
     idle, intrans, inerror = (
         ext.TRANSACTION_STATUS_IDLE,
         ext.TRANSACTION_STATUS_INTRANS,
@@ -193,7 +190,7 @@ def test_cancel_from_another_thread(pg_dsn: str, proxy_process_dsn: str) -> None
         cur.execute("select 'usable'")
         return info.value.pgcode, cur.fetchone(), conn.info.transaction_status
 
-    assert on_both(pg_dsn, proxy_process_dsn, scenario) == (
+    assert same_on_both(pg_dsn, proxy_process_dsn, scenario, connect=connection) == (
         "57014",
         ("usable",),
         ext.TRANSACTION_STATUS_IDLE,
@@ -212,7 +209,7 @@ def test_notices_and_notifies(pg_dsn: str, proxy_dsn: str) -> None:
         conn.poll()
         return list(conn.notices), [(n.channel, n.payload) for n in conn.notifies]
 
-    notices, notifies = on_both(pg_dsn, proxy_dsn, scenario)
+    notices, notifies = same_on_both(pg_dsn, proxy_dsn, scenario, connect=connection)
     assert notices == ["NOTICE:  psycopg2 notice 42\n"]
     assert notifies == [(channel, "self")]
 
@@ -234,7 +231,7 @@ def test_large_objects_use_function_call(pg_dsn: str, proxy_dsn: str) -> None:
         conn.commit()
         return part, size, conn.info.transaction_status
 
-    assert on_both(pg_dsn, proxy_dsn, scenario) == (
+    assert same_on_both(pg_dsn, proxy_dsn, scenario, connect=connection) == (
         b"dbgatedbgate",
         30000,
         ext.TRANSACTION_STATUS_IDLE,

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from tests.integration.drivers_common import targets, unique
+from tests.integration.drivers_common import same_on_both, same_on_both_async, unique
 
 SYNC_DIALECTS = ["psycopg", "psycopg2", "pg8000"]
 
@@ -197,11 +197,7 @@ def check(result: Any, schema: str) -> None:
 @pytest.mark.parametrize("dialect", SYNC_DIALECTS)
 def test_orm_and_inspect_sync_dialects(pg_dsn: str, proxy_dsn: str, dialect: str) -> None:
     schema = unique(f"sa_{dialect}")
-    results = {
-        side: run_sync(dsn, dialect, schema) for side, dsn in targets(pg_dsn, proxy_dsn).items()
-    }
-    assert results["proxy"] == results["direct"]
-    check(results["direct"], schema)
+    check(same_on_both(pg_dsn, proxy_dsn, lambda dsn: run_sync(dsn, dialect, schema)), schema)
 
 
 async def run_async(dsn: str, schema: str) -> Any:
@@ -239,8 +235,7 @@ async def run_async(dsn: str, schema: str) -> Any:
 
 async def test_orm_and_inspect_asyncpg_dialect(pg_dsn: str, proxy_dsn: str) -> None:
     schema = unique("sa_asyncpg")
-    results = {}
-    for side, dsn in targets(pg_dsn, proxy_dsn).items():
-        results[side] = await asyncio.wait_for(run_async(dsn, schema), 60)
-    assert results["proxy"] == results["direct"]
-    check(results["direct"], schema)
+    got = await same_on_both_async(
+        pg_dsn, proxy_dsn, lambda dsn: asyncio.wait_for(run_async(dsn, schema), 60)
+    )
+    check(got, schema)

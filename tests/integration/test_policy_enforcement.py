@@ -11,8 +11,9 @@ import psycopg
 import psycopg2
 import pytest
 
+from dbgate.gate import Gate
+from dbgate.gate.prepared_effects import sql_prepare_changes
 from dbgate.policy.rules import load_rules
-from dbgate.proxy.policy_inspector import PolicyInspector, sql_prepare_changes
 from dbgate.proxy.prepared import PreparedStatements
 
 
@@ -29,7 +30,7 @@ def table(pg_dsn: str) -> Iterator[str]:
 
 @pytest.fixture
 def enforcing(make_proxy: Any, pg_database: str) -> str:
-    proxy = make_proxy(inspector=PolicyInspector(load_rules()))
+    proxy = make_proxy(inspector=Gate(load_rules()))
     return proxy.dsn(pg_database)
 
 
@@ -145,12 +146,19 @@ def test_fast_path_function_calls_are_refused(enforcing: str) -> None:
         conn.close()
 
 
-async def test_unparseable_sql_is_denied_with_the_parser_message(enforcing: str) -> None:
+async def test_unparseable_sql_is_refused_with_42601_and_the_parser_message(
+    enforcing: str,
+) -> None:
+    """A typo is the agent's to fix, not a permission problem: 42601, the parser's
+    message and its position, as PostgreSQL itself would report it."""
     conn = await asyncpg.connect(enforcing)
     try:
-        with pytest.raises(asyncpg.InsufficientPrivilegeError) as info:
+        with pytest.raises(asyncpg.PostgresSyntaxError) as info:
             await conn.execute("selec 1 frm")
+        assert info.value.sqlstate == "42601"
         assert "syntax error" in str(info.value)
+        assert "selec" in str(info.value)
+        assert int(info.value.position) == 1
     finally:
         await conn.close()
 
@@ -158,8 +166,7 @@ async def test_unparseable_sql_is_denied_with_the_parser_message(enforcing: str)
 def _run(sql: str, statements: PreparedStatements) -> dict[str, tuple[str, ...]]:
     """Apply the changes ``sql`` makes as the server confirms them (a clean cycle)."""
     for change in sql_prepare_changes(sql):
-        statements.sent(1, change)
-    statements.cycle_done(1, failed=False)
+        statements.sent(1, change).resolve(True)
     return dict(statements.texts)
 
 
@@ -218,7 +225,7 @@ def test_off_standard_strings_reported_by_server_refuse_everything(
         admin.execute(f"grant all on database {pg_database} to {role}")
     try:
         proxy = make_proxy(
-            inspector=PolicyInspector(load_rules()),
+            inspector=Gate(load_rules()),
             identities=[
                 {
                     "name": "agent",

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from dbgate.gate import Gate
 from dbgate.policy.rules import load_rules
-from dbgate.proxy.policy_inspector import PolicyInspector
 from dbgate.wire import messages as m
 from tests.integration.rawclient import RawClient, agent, errors, extended, names, rows
 
@@ -24,7 +24,7 @@ SET_CONFIG = "select set_config($1, $2, false)"
 
 @pytest.fixture
 def enforcing(make_proxy: Any) -> Any:
-    return make_proxy(inspector=PolicyInspector(load_rules()))
+    return make_proxy(inspector=Gate(load_rules()))
 
 
 @pytest.fixture
@@ -247,7 +247,7 @@ async def test_extended_copy_in_keeps_the_cycle_count(
         assert rows(await client.query("select 1")) == [(b"1",)]
         sessions = list(enforcing.server._sessions.values())
         # the COPY batch and the query: two cycles on both sides (not three sent)
-        assert [(s.sent_cycles, s.done_cycles) for s in sessions] == [(2, 2)]
+        assert [(s.tracker.sent_cycles, s.tracker.done_cycles) for s in sessions] == [(2, 2)]
         assert all(s.idle for s in sessions)
     finally:
         await client.close()

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from dbgate.gate import Gate
 from dbgate.policy.rules import load_rules
-from dbgate.proxy import session as session_mod
-from dbgate.proxy.policy_inspector import PolicyInspector
+from dbgate.proxy import tracker as tracker_mod
 from dbgate.proxy.seams import ALLOW, ALLOW_REPEATABLE, Allow, Refuse, Statement
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.wire import messages as m
@@ -85,13 +85,13 @@ async def _forget(session: SessionInfo) -> None:
 async def test_memory_is_bounded(
     counting: Any, pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(session_mod, "MEMO_MAX_ENTRIES", 4)
+    monkeypatch.setattr(tracker_mod, "MEMO_MAX_ENTRIES", 4)
     proxy, inspector = counting
     client = await agent(proxy, pg_database)
     try:
         for i in range(10):
             await client.query(f"select {i}")
-        big = "select 1 -- " + "x" * session_mod.MEMO_MAX_MESSAGE
+        big = "select 1 -- " + "x" * tracker_mod.MEMO_MAX_MESSAGE
         await client.query(big)
         await client.query(big)
         assert inspector.asked.count(("query", big)) == 2  # too long to remember
@@ -124,7 +124,7 @@ rules:
 async def test_a_remembered_allow_is_not_used_after_application_name_changes(
     make_proxy: Any, pg_database: str, app_rules: Any
 ) -> None:
-    proxy = make_proxy(inspector=PolicyInspector(app_rules))
+    proxy = make_proxy(inspector=Gate(app_rules))
     client = await agent(proxy, pg_database)
     try:
         for _ in range(3):
@@ -138,7 +138,7 @@ async def test_a_remembered_allow_is_not_used_after_application_name_changes(
 
 async def test_execute_is_never_remembered(make_proxy: Any, pg_database: str) -> None:
     """The same EXECUTE text means another statement once the name is re-prepared."""
-    proxy = make_proxy(inspector=PolicyInspector(load_rules()))
+    proxy = make_proxy(inspector=Gate(load_rules()))
     client = await agent(proxy, pg_database)
     try:
         client.send(m.Parse("s", "select $1::text, $2::text").encode(), m.SYNC)

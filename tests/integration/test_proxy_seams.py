@@ -1,8 +1,8 @@
-"""The inspector and transformer seams, with custom hooks, against a real server.
+"""The inspector and result-plan seams, with custom hooks, against a real server.
 
 A refusal must look to the client exactly like the server failing at that message,
 and leave client and server agreeing on transaction state; a held statement must
-delay only itself and what the client pipelined after it; a transformer sees every
+delay only itself and what the client pipelined after it; a result plan sees every
 result path (simple, extended, COPY) and, without one, bytes pass untouched.
 """
 
@@ -104,23 +104,30 @@ class Upper:
         return body.upper()
 
 
-class UpperTransformer:
-    def on_row_description(self, session: SessionInfo, body: bytes) -> Upper | None:
-        desc = m.decode_backend(ord("T"), body)
+class UpperPlan:
+    """A result plan that upper-cases the text (OID 25) columns of its statement."""
+
+    def rows(
+        self, session: SessionInfo, description: bytes | None, formats: tuple[int, ...]
+    ) -> Upper | None:
+        if description is None:
+            return None
+        desc = m.decode_backend(ord("T"), description)
         text = {i for i, f in enumerate(desc.fields) if f.type_oid == 25}  # type: ignore[union-attr]
         return Upper(text) if text else None
 
-    def on_copy_out(self, session: SessionInfo, body: bytes) -> Upper:
+    def copy_out(self, session: SessionInfo, body: bytes) -> Upper:
         return Upper(set())
 
-    def on_notice(self, session: SessionInfo, body: bytes) -> bytes:
-        return body
 
-    def on_error(self, session: SessionInfo, body: bytes) -> bytes:
-        return body
+class UpperInspector:
+    """Allows everything with an UpperPlan, except statements marked NOPLAN."""
 
-    def on_notification(self, session: SessionInfo, body: bytes) -> bytes:
-        return body
+    def __init__(self) -> None:
+        self.plan = UpperPlan()
+
+    def inspect(self, session: SessionInfo, stmt: Statement) -> Allow:
+        return ALLOW if "NOPLAN" in stmt.sql else Allow(plan=self.plan)
 
 
 def on_loop(running: Any, fn: Callable[..., Any], *args: Any) -> None:
@@ -362,11 +369,11 @@ async def test_cancel_while_held_gives_57014(make_proxy: Any, pg_database: str):
         await client.close()
 
 
-# --------------------------------------------------------------------------- transformer
+# --------------------------------------------------------------------------- result plans
 
 
-async def test_transformer_rewrites_simple_extended_and_copy(make_proxy: Any, pg_database: str):
-    client = await agent(make_proxy(transformer=UpperTransformer()), pg_database)
+async def test_result_plans_rewrite_simple_extended_and_copy(make_proxy: Any, pg_database: str):
+    client = await agent(make_proxy(inspector=UpperInspector()), pg_database)
     try:
         msgs = await client.query("select 'abc'::text as t, 7 as n, null::text as z")
         assert rows(msgs) == [(b"ABC", b"7", None)]
@@ -374,16 +381,18 @@ async def test_transformer_rewrites_simple_extended_and_copy(make_proxy: Any, pg
         assert rows(await client.until_ready()) == [(b"HELLO", b"x")]  # varchar is not OID 25
         msgs = await client.query("copy (select 'mixed Case' as t) to stdout")
         assert [x.data for x in msgs if isinstance(x, m.CopyData)] == [b"MIXED CASE\n"]
-        # a refusal on a transformed session still works (both slow-path features)
         msgs = await client.query("select 'still lower'::text")
         assert rows(msgs) == [(b"STILL LOWER",)]
+        # a statement without a plan keeps its bytes, in the same session
+        msgs = await client.query("select 'keep lower'::text /* NOPLAN */")
+        assert rows(msgs) == [(b"keep lower",)]
+        client.send(extended("select 'also lower'::text /* NOPLAN */"), m.SYNC)
+        assert rows(await client.until_ready()) == [(b"also lower",)]
     finally:
         await client.close()
 
 
-async def test_without_transformer_bytes_are_untouched(
-    proxy: Any, pg_server: Any, pg_database: str
-):
+async def test_without_a_plan_bytes_are_untouched(proxy: Any, pg_server: Any, pg_database: str):
     through = await agent(proxy, pg_database)
     straight = await direct(pg_server, pg_database)
     sql = (
@@ -403,12 +412,21 @@ async def test_without_transformer_bytes_are_untouched(
         await straight.close()
 
 
-async def test_refusal_still_works_with_a_transformer(make_proxy: Any, pg_database: str):
-    class Both(UpperTransformer, MarkerInspector):
-        pass
+async def test_refusal_still_works_with_a_plan(make_proxy: Any, pg_database: str):
+    class Both(UpperInspector, MarkerInspector):
+        def __init__(self) -> None:
+            UpperInspector.__init__(self)
+            MarkerInspector.__init__(self)
 
-    both = Both()
-    client = await agent(make_proxy(inspector=both, transformer=both), pg_database)
+        def inspect(self, session: SessionInfo, stmt: Statement) -> Allow | Refuse:
+            refused = MarkerInspector.inspect(self, session, stmt)
+            return (
+                refused
+                if isinstance(refused, Refuse)
+                else UpperInspector.inspect(self, session, stmt)
+            )
+
+    client = await agent(make_proxy(inspector=Both()), pg_database)
     try:
         msgs = await client.query(f"select 'x' {DENY}")
         assert [(e.sqlstate, e.message) for e in errors(msgs)] == [("42501", "no")]

@@ -14,7 +14,7 @@ import pytest
 from pglast import parser
 
 from dbgate.policy import classify as classify_mod
-from dbgate.policy import classify_walk
+from dbgate.policy import walk
 from dbgate.policy.classify import cache_info, classify, classify_bind, clear_cache
 from dbgate.policy.model import Category
 
@@ -141,6 +141,18 @@ def test_fingerprint_ignores_literals_that_matter() -> None:
             {R, W},
             "SELECT pg_notify('c', 'x' || current_user)",
             {R, Category.EXPORT},
+        ),
+        (
+            "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'work_mem'",
+            {R, C},
+            "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'role'",
+            {R, P},
+        ),
+        (
+            "LOCK TABLE orders IN ACCESS SHARE MODE",
+            {R},
+            "LOCK TABLE orders IN ACCESS EXCLUSIVE MODE",
+            {W},
         ),
     ],
 )
@@ -323,7 +335,7 @@ def test_deeply_nested_input_does_not_raise() -> None:
 
 def test_nested_sql_depth_is_bounded() -> None:
     sql = "select 1"
-    for _ in range(classify_walk.MAX_NESTING + 2):
+    for _ in range(walk.MAX_NESTING + 2):
         sql = "select query_to_xml('" + sql.replace("'", "''") + "', true, false, '')"
     c = classify(sql)
     assert OPQ in c.categories

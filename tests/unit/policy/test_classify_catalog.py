@@ -12,6 +12,7 @@ import pytest
 
 from dbgate.policy import catalog_builtin as cat
 from dbgate.policy import functions as fn
+from dbgate.policy import vouch
 from dbgate.policy.catalog_settings import (
     search_path_escapes,
     setting_effects,
@@ -197,7 +198,7 @@ def test_unknown_value_of_a_value_sensitive_setting_is_opaque_and_needed() -> No
 # ----------------------------------------------------------------------------- vouching
 
 
-def _f(name: str, body: str, **kw: object) -> fn.CatalogFunction:
+def _f(name: str, body: str, **kw: object) -> vouch.CatalogFunction:
     base: dict[str, object] = {
         "schema": "app",
         "name": name,
@@ -207,7 +208,7 @@ def _f(name: str, body: str, **kw: object) -> fn.CatalogFunction:
         "body": body,
     }
     base.update(kw)
-    return fn.CatalogFunction(**base)  # type: ignore[arg-type]
+    return vouch.CatalogFunction(**base)  # type: ignore[arg-type]
 
 
 def test_vouch_for_accepts_only_harmless_sql_functions() -> None:
@@ -240,7 +241,7 @@ def test_vouch_for_accepts_only_harmless_sql_functions() -> None:
             "CREATE FUNCTION app.std_writes() RETURNS void BEGIN ATOMIC DELETE FROM orders; END",
         ),
     ]
-    got = fn.vouch_for(rows)
+    got = vouch.vouch_for(rows)
     assert got == {
         "app.fmt",
         "app.order_total",
@@ -253,12 +254,12 @@ def test_vouch_for_accepts_only_harmless_sql_functions() -> None:
 
 def test_vouch_for_rejects_a_name_with_any_unsafe_overload() -> None:
     rows = [_f("f", "SELECT $1"), _f("f", "SELECT pg_ls_dir($1)")]
-    assert fn.vouch_for(rows) == frozenset()
+    assert vouch.vouch_for(rows) == frozenset()
 
 
 def test_vouch_for_bare_names_only_for_first_schema_and_not_builtins() -> None:
     rows = [_f("fmt", "SELECT $1"), _f("lower", "SELECT $1")]
-    got = fn.vouch_for(rows, search_path_first="app")
+    got = vouch.vouch_for(rows, search_path_first="app")
     assert "fmt" in got and "app.fmt" in got
     assert "lower" not in got  # unqualified lower() is pg_catalog.lower
 
@@ -266,7 +267,7 @@ def test_vouch_for_bare_names_only_for_first_schema_and_not_builtins() -> None:
 def test_vouched_names_make_calls_pure() -> None:
     from dbgate.policy.classify import classify
 
-    extra = fn.vouch_for([_f("fmt", "SELECT upper($1)")])
+    extra = vouch.vouch_for([_f("fmt", "SELECT upper($1)")])
     assert classify(
         "SELECT app.fmt(name) FROM t WHERE id = 1", extra_pure_functions=extra
     ).categories == {Category.READ}

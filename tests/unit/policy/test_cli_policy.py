@@ -93,6 +93,26 @@ def test_parse_error_is_denied_with_parser_message() -> None:
     assert any(r["code"] == "parse-error" for r in doc["reasons"])
 
 
+def test_decision_reasons_are_this_statements_own() -> None:
+    doc = classify_json("DELETE FROM orders")
+    assert (doc["action"], doc["rule"]) == ("hold", "hold-destructive")
+    assert doc["decision_reasons"] == [
+        {
+            "category": "destructive",
+            "code": "delete-without-where",
+            "message": "deletes every row of orders (no WHERE that narrows it to a few rows)",
+        }
+    ]
+    proc = run("classify", "DELETE FROM orders")
+    assert "because:    deletes every row of orders" in proc.stdout
+
+
+def test_parse_error_reports_the_position_postgresql_would() -> None:
+    doc = classify_json("SELECT 'é' FRO x")
+    assert (doc["parse_error"], doc["parse_error_position"]) == ('syntax error at or near "x"', 16)
+    assert classify_json("SELECT 1")["parse_error_position"] is None
+
+
 def test_text_output_is_readable() -> None:
     proc = run("classify", "DELETE FROM orders")
     assert proc.returncode == 0, proc.stderr

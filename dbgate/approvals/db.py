@@ -1,0 +1,89 @@
+"""One way to talk to the state database: a pool, a timeout, and a single error.
+
+Everything in this room that reads or writes the state database goes through
+:meth:`StateDB.connection`, so that an unreachable, slow or broken state database
+always surfaces as :class:`~dbgate.approvals.errors.StateUnavailable` (HTTP 503, a
+hold that fails closed) and never as a stray driver exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from dbgate.approvals.errors import StateUnavailable
+
+log = logging.getLogger("dbgate.approvals")
+
+#: Failures that mean "the state database did not do what we asked".
+STATE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason naming the failure, without connection strings."""
+    if isinstance(exc, TimeoutError):
+        return "the state database did not answer in time"
+    if isinstance(exc, OSError):
+        return f"cannot reach the state database ({exc.strerror or type(exc).__name__})"
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", "") or ""
+        return f"the state database refused the request ({sqlstate}: {exc})"
+    return f"the state database connection failed ({type(exc).__name__}: {exc})"
+
+
+async def create_pool(dsn: str, *, max_size: int = 10, timeout: float = 5.0) -> asyncpg.Pool:
+    """A pool that connects lazily: creating it never fails for an unreachable server."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=max_size,
+        timeout=timeout,
+        command_timeout=timeout,
+        server_settings={"application_name": "dbgate-approvals"},
+    )
+    return pool
+
+
+#: After the state database could not be reached, calls fail at once for this long
+#: (one probe at a time gets through afterwards), so that a hundred held statements
+#: during an outage are refused immediately instead of each waiting for a timeout.
+COOL_OFF_SECONDS = 1.0
+
+
+class StateDB:
+    """A pool plus the per-call timeout, shared by the stores of this room."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float = 5.0) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self._down_until = 0.0
+        self._down_reason = ""
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        now = time.monotonic()
+        if now < self._down_until:
+            raise StateUnavailable(self._down_reason)
+        try:
+            async with self.pool.acquire(timeout=self.timeout) as conn:
+                yield conn
+        except STATE_ERRORS as e:
+            reason = describe(e)
+            if isinstance(e, asyncpg.PostgresError) and not isinstance(
+                e, asyncpg.PostgresConnectionError | asyncpg.InvalidCatalogNameError
+            ):
+                log.error("state database error: %s", reason)
+            else:
+                self._down_until = time.monotonic() + COOL_OFF_SECONDS
+                self._down_reason = reason
+            raise StateUnavailable(reason) from e

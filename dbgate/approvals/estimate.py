@@ -1,0 +1,175 @@
+"""How many rows would a held statement touch? The planner's estimate, safely.
+
+An approver decides better knowing whether ``DELETE … WHERE created_at < $1`` hits
+ten rows or ten million. PostgreSQL's planner knows roughly, without running
+anything: ``EXPLAIN (FORMAT JSON)``. This module asks it under these guards:
+
+* never ``ANALYZE`` — the statement is not executed;
+* only for ``SELECT`` (without ``INTO``), ``INSERT``, ``UPDATE``, ``DELETE`` and
+  ``MERGE``; anything else (DDL, ``COPY``, utility commands) is not explained;
+* on a *separate* connection, as the agent's own upstream role (so the estimate can
+  see nothing the agent could not), never the agent's session;
+* inside a ``READ ONLY`` transaction that is rolled back, with a short
+  ``statement_timeout`` — planning may evaluate immutable functions on constants,
+  and this keeps that from writing anything or taking long;
+* Bind values are passed through ``PREPARE`` / ``EXPLAIN EXECUTE`` as quoted
+  literals, so the plan is the one for those values.
+
+Errors become a note (PII-masked: an error may quote a value), never an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from pglast import parser as pg
+
+from dbgate.approvals.model import ApprovalRequest, Requester
+from dbgate.pii.sql_mask import mask_text
+
+_EXPLAINABLE = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+
+
+@dataclass(frozen=True, slots=True)
+class RowEstimate:
+    """``rows`` is the planner's estimate (summed over statements), or None with ``note``
+    saying why there is none."""
+
+    rows: int | None
+    note: str = ""
+
+
+def explainable(sql: str) -> tuple[list[str], str]:
+    """The statements of ``sql`` that may be explained, or ([], why not)."""
+    try:
+        tree = json.loads(pg.parse_sql_json(sql))
+    except (pg.ParseError, ValueError):
+        return [], "the statement could not be parsed"
+    stmts = tree.get("stmts") or []
+    if not stmts:
+        return [], "the statement is empty"
+    out = []
+    for raw in stmts:
+        node = raw.get("stmt") or {}
+        kind = next(iter(node), "")
+        if kind not in _EXPLAINABLE:
+            return [], f"the planner is not asked about {kind or 'this kind of'} statements"
+        if kind == "SelectStmt" and node[kind].get("intoClause"):
+            return [], "the planner is not asked about SELECT INTO"
+        start = raw.get("stmt_location", 0)
+        length = raw.get("stmt_len", 0)
+        data = sql.encode("utf-8")
+        piece = data[start : start + length] if length else data[start:]
+        out.append(piece.decode("utf-8"))
+    return out, ""
+
+
+def _literal(value: str | None) -> str:
+    if value is None:
+        return "NULL"
+    if "\x00" in value:
+        raise ValueError("a parameter contains a NUL byte")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _plan_rows(plan: Mapping[str, Any]) -> float:
+    """Rows the statement touches: for INSERT/UPDATE/DELETE/MERGE (ModifyTable, whose
+    own estimate is of the rows it *returns*) the rows its input produces."""
+    if plan.get("Node Type") == "ModifyTable" and plan.get("Plans"):
+        return float(plan["Plans"][0].get("Plan Rows", 0))
+    return float(plan.get("Plan Rows", 0))
+
+
+async def estimate_rows(
+    sql: str,
+    params: Sequence[str | None] = (),
+    *,
+    connect: Mapping[str, Any],
+    timeout_seconds: float = 2.0,
+) -> RowEstimate:
+    """The planner's row estimate for ``sql`` with Bind values ``params``.
+
+    ``connect`` are keyword arguments for :func:`asyncpg.connect` reaching the
+    upstream as the agent's role (host, port, user, password, database, ssl …).
+    """
+    statements, why = explainable(sql)
+    if not statements:
+        return RowEstimate(None, why)
+    if params and len(statements) != 1:
+        return RowEstimate(None, "parameters with several statements cannot be explained")
+    try:
+        literals = ", ".join(_literal(v) for v in params)
+    except ValueError as e:
+        return RowEstimate(None, str(e))
+    try:
+        async with asyncio.timeout(timeout_seconds * 2):
+            return await _explain(
+                statements, literals if params else None, connect, timeout_seconds
+            )
+    except TimeoutError:
+        return RowEstimate(None, "the planner did not answer in time")
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        return RowEstimate(None, mask_text(f"the planner could not estimate: {e}"))
+
+
+async def _explain(
+    statements: list[str], literals: str | None, connect: Mapping[str, Any], timeout: float
+) -> RowEstimate:
+    settings = dict(connect.get("server_settings") or {})
+    settings.update(
+        application_name="dbgate-estimate",
+        statement_timeout=str(max(1, int(timeout * 1000))),
+        default_transaction_read_only="on",
+    )
+    kwargs = {**connect, "server_settings": settings, "timeout": timeout}
+    conn = await asyncpg.connect(**kwargs)
+    try:
+        tx = conn.transaction(readonly=True)
+        await tx.start()
+        try:
+            total = 0.0
+            for stmt in statements:
+                if literals is not None:
+                    await conn.execute(f"PREPARE dbgate_estimate AS {stmt}")
+                    text = await conn.fetchval(
+                        f"EXPLAIN (FORMAT JSON) EXECUTE dbgate_estimate({literals})"
+                    )
+                else:
+                    text = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {stmt}")
+                plan = json.loads(text)[0]["Plan"]
+                total += _plan_rows(plan)
+        finally:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
+                await tx.rollback()
+    finally:
+        await conn.close(timeout=timeout)
+    return RowEstimate(round(total))
+
+
+def make_estimator(
+    connect_for: Callable[[Requester], Mapping[str, Any] | None],
+    *,
+    timeout_seconds: float = 2.0,
+) -> Callable[[ApprovalRequest], Awaitable[tuple[int | None, str]]]:
+    """A :data:`~dbgate.approvals.service.RowEstimator` for the service.
+
+    ``connect_for(requester)`` returns the :func:`asyncpg.connect` arguments that
+    reach the upstream as that identity's upstream role (None: do not estimate).
+    """
+
+    async def estimate(request: ApprovalRequest) -> tuple[int | None, str]:
+        connect = connect_for(request.requester)
+        if connect is None:
+            return None, "no upstream connection for this identity"
+        result = await estimate_rows(
+            request.sql, request.params, connect=connect, timeout_seconds=timeout_seconds
+        )
+        return result.rows, result.note
+
+    return estimate

@@ -1,0 +1,49 @@
+"""When is a retried statement "the same" as the one an approver approved?
+
+Approve-then-retry lets the agent re-send a statement once it has been approved. The
+retry must be the *identical* statement with the *identical* parameter values — an
+approval of ``DELETE FROM orders WHERE id = 7`` must not cover ``id = 8`` — but it
+should not fail over what the server ignores: whitespace, comments (a different
+``/* dbgate: purpose=… */``), the case of keywords and unquoted identifiers.
+
+So the statement is reduced to PostgreSQL's own tokens (pglast's scanner), comments
+dropped, keywords and unquoted identifiers lower-cased, literals and quoted
+identifiers kept byte for byte. The result and the parameters are then hashed with
+HMAC-SHA-256 under a key the state database's readers do not have, so the stored
+hash cannot be used to confirm guesses of the values (an SSN has only 10^9).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+
+from pglast import parser as pg
+
+_DROPPED = frozenset({"C_COMMENT", "SQL_COMMENT"})
+_FOLDED = frozenset({"IDENT"})  # unquoted identifiers: the server folds them
+
+
+def normalized_sql(sql: str) -> str:
+    """The statement as the server sees it: tokens, no comments, folded case."""
+    try:
+        tokens = pg.scan(sql)
+    except pg.ParseError:
+        return sql.strip()  # unscannable: only the exact text matches
+    out = []
+    for tok in tokens:
+        if tok.name in _DROPPED:
+            continue
+        text = sql[tok.start : tok.end + 1]
+        if tok.kind != "NO_KEYWORD" or (tok.name in _FOLDED and not text.startswith('"')):
+            text = text.lower()
+        out.append(text)
+    return " ".join(out)
+
+
+def match_hash(key: bytes, sql: str, params: Sequence[str | None] = ()) -> bytes:
+    """Keyed hash of the normalized statement and its parameter values."""
+    payload = json.dumps([normalized_sql(sql), list(params)], ensure_ascii=False)
+    return hmac.new(key, payload.encode("utf-8"), hashlib.sha256).digest()

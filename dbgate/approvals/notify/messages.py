@@ -1,0 +1,251 @@
+"""What a notification says about one request, for each kind of receiver.
+
+Everything comes from the stored :class:`~dbgate.approvals.store.RequestRecord`,
+which is already masked (statement, parameters, purpose, reasons): a notification
+never carries more than the approval page shows. Pure functions, so each format is
+tested as input -> output.
+
+Events: ``created`` (a request waits for a decision) and ``finished`` (it was
+approved, rejected, expired, withdrawn or abandoned).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dbgate.approvals.store import RequestRecord
+
+EVENTS = ("created", "finished")
+#: Statuses that end a request; ``executed`` follows ``approved`` and is not announced.
+FINISHED = frozenset({"approved", "rejected", "expired", "withdrawn", "abandoned"})
+#: Longest statement quoted in a chat message (the page shows all of it).
+CHAT_STATEMENT_CHARS = 1500
+
+ACTION_APPROVE = "dbgate_approve"
+ACTION_REJECT = "dbgate_reject"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def rows_text(rec: RequestRecord) -> str:
+    if rec.estimated_rows is None:
+        return "not estimated"
+    return f"about {rec.estimated_rows:,} row" + ("" if rec.estimated_rows == 1 else "s")
+
+
+def needs_text(rec: RequestRecord) -> str:
+    groups = " or ".join(rec.approver_groups) or "any approver"
+    n = rec.approvals_needed
+    return f"{n} approval{'s' if n != 1 else ''} from {groups}"
+
+
+def outcome_text(rec: RequestRecord) -> str:
+    """One line saying how the request ended."""
+    by = ", ".join(rec.decided_by)
+    reason = f": {rec.reason}" if rec.reason else ""
+    if rec.status in ("approved", "executed"):
+        return f"approved by {by or 'an approver'}{reason}"
+    if rec.status == "rejected":
+        return f"rejected by {by or 'an approver'}{reason}"
+    return f"{rec.status}{reason}"
+
+
+def request_json(rec: RequestRecord, url: str) -> dict[str, Any]:
+    """The request as a webhook receiver gets it (a subset of the API's detail)."""
+    return {
+        "id": str(rec.id),
+        "url": url,
+        "status": rec.status,
+        "identity": rec.identity,
+        "application_name": rec.application_name,
+        "client_addr": rec.client_addr,
+        "purpose": rec.purpose,
+        "model": rec.model,
+        "statement": rec.statement,
+        "params": list(rec.params),
+        "categories": list(rec.categories),
+        "reasons": [{"code": c, "text": t} for c, t in rec.reasons],
+        "rule": rec.rule,
+        "tables": list(rec.tables),
+        "estimated_rows": rec.estimated_rows,
+        "approver_groups": list(rec.approver_groups),
+        "approvals_needed": rec.approvals_needed,
+        "created_at": rec.created_at.isoformat(),
+        "deadline": rec.deadline.isoformat(),
+        "decided_by": list(rec.decided_by),
+        "reason": rec.reason,
+    }
+
+
+def webhook_body(event: str, rec: RequestRecord, url: str, delivery_id: str) -> bytes:
+    """The generic webhook's JSON body (the same bytes on every retry)."""
+    return json.dumps(
+        {
+            "event": f"approval.{event}",
+            "delivery": delivery_id,
+            "request": request_json(rec, url),
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+
+
+# -- Slack ------------------------------------------------------------------------------
+
+
+def slack_escape(text: str) -> str:
+    """Slack's three control characters; the masked statement's ``<email>`` needs it."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_fields(rec: RequestRecord) -> list[dict[str, str]]:
+    pairs = [
+        ("Identity", rec.identity),
+        ("Purpose", rec.purpose or "not given"),
+        ("Categories", ", ".join(rec.categories) or "none"),
+        ("Tables", ", ".join(rec.tables) or "none"),
+        ("Rows", rows_text(rec)),
+        ("Needs", needs_text(rec)),
+    ]
+    return [{"type": "mrkdwn", "text": f"*{k}*\n{slack_escape(_clip(v, 300))}"} for k, v in pairs]
+
+
+def slack_request_blocks(
+    rec: RequestRecord, url: str, *, buttons: bool, status_line: str = ""
+) -> list[dict[str, Any]]:
+    """The blocks of the message about ``rec`` (also used to replace it once decided)."""
+    reasons = "; ".join(t for _, t in rec.reasons) or rec.rule_message or "held by the rules"
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": (
+                    f"*dbgate: statement held for approval* (request {rec.id})\n"
+                    f"{slack_escape(_clip(reasons, 500))}"
+                ),
+            },
+        },
+        {"type": "section", "fields": _slack_fields(rec)},
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": "```" + slack_escape(_clip(rec.statement, CHAT_STATEMENT_CHARS)) + "```",
+            },
+        },
+    ]
+    elements: list[dict[str, Any]] = []
+    if buttons:
+        elements += [
+            {
+                "type": "button",
+                "action_id": ACTION_APPROVE,
+                "style": "primary",
+                "text": {"type": "plain_text", "text": "Approve"},
+                "value": str(rec.id),
+            },
+            {
+                "type": "button",
+                "action_id": ACTION_REJECT,
+                "style": "danger",
+                "text": {"type": "plain_text", "text": "Reject"},
+                "value": str(rec.id),
+            },
+        ]
+    elements.append(
+        {
+            "type": "button",
+            "action_id": "dbgate_open",
+            "text": {"type": "plain_text", "text": "Open in dbgate"},
+            "url": url,
+        }
+    )
+    blocks.append({"type": "actions", "block_id": f"dbgate_request_{rec.id}", "elements": elements})
+    if status_line:
+        blocks.append(
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(status_line)}]}
+        )
+    return blocks
+
+
+def slack_message(event: str, rec: RequestRecord, url: str, *, buttons: bool) -> dict[str, Any]:
+    """The incoming-webhook message for ``event``."""
+    if event == "created":
+        return {
+            "text": f"dbgate: request {rec.id} by {rec.identity} waits for approval: {url}",
+            "blocks": slack_request_blocks(rec, url, buttons=buttons),
+        }
+    line = f"dbgate: request {rec.id} by {rec.identity} {outcome_text(rec)}"
+    return {
+        "text": line,
+        "blocks": [
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": f"{slack_escape(_clip(line, 2500))}\n<{url}|Open in dbgate>",
+                },
+            }
+        ],
+    }
+
+
+# -- Microsoft Teams ----------------------------------------------------------------------
+
+
+def teams_message(event: str, rec: RequestRecord, url: str) -> dict[str, Any]:
+    """An Adaptive Card in the message envelope Teams' incoming webhooks accept."""
+    if event == "created":
+        title = f"dbgate: statement held for approval (request {rec.id})"
+        reasons = "; ".join(t for _, t in rec.reasons) or rec.rule_message or "held by the rules"
+        body: list[dict[str, Any]] = [
+            {
+                "type": "TextBlock",
+                "size": "Medium",
+                "weight": "Bolder",
+                "text": title,
+                "wrap": True,
+            },
+            {"type": "TextBlock", "text": _clip(reasons, 500), "wrap": True},
+            {
+                "type": "FactSet",
+                "facts": [
+                    {"title": "Identity", "value": rec.identity},
+                    {"title": "Purpose", "value": _clip(rec.purpose or "not given", 300)},
+                    {"title": "Categories", "value": ", ".join(rec.categories) or "none"},
+                    {"title": "Tables", "value": ", ".join(rec.tables) or "none"},
+                    {"title": "Rows", "value": rows_text(rec)},
+                    {"title": "Needs", "value": needs_text(rec)},
+                ],
+            },
+            {
+                "type": "TextBlock",
+                "text": _clip(rec.statement, CHAT_STATEMENT_CHARS),
+                "fontType": "Monospace",
+                "wrap": True,
+            },
+        ]
+    else:
+        title = f"dbgate: request {rec.id} by {rec.identity} {outcome_text(rec)}"
+        body = [{"type": "TextBlock", "text": _clip(title, 2500), "wrap": True}]
+    return {
+        "type": "message",
+        "summary": _clip(title, 200),
+        "attachments": [
+            {
+                "contentType": "application/vnd.microsoft.card.adaptive",
+                "contentUrl": None,
+                "content": {
+                    "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                    "type": "AdaptiveCard",
+                    "version": "1.4",
+                    "body": body,
+                    "actions": [{"type": "Action.OpenUrl", "title": "Open in dbgate", "url": url}],
+                },
+            }
+        ],
+    }

@@ -1,0 +1,182 @@
+"""Wake a waiting hold when its request is decided, on whichever replica decided it.
+
+One listening connection per replica (not per hold) runs ``LISTEN dbgate_approvals``;
+a trigger in the state database notifies that channel at commit of every status
+change, so a decision taken through any replica, the CLI or plain SQL wakes the
+replica holding the statement within milliseconds.
+
+Notifications can be lost: the listening connection may drop and reconnect, and a
+change committed in between is never delivered. So every ``recheck_seconds`` the
+waker also asks the database for the status of every request it waits for, and
+wakes those that are no longer pending. A lost notification delays a decision by
+at most that period; it never loses one.
+
+Subscribers (the web page's live queue) get every payload too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+from dbgate.approvals.db import STATE_ERRORS, describe
+
+log = logging.getLogger("dbgate.approvals")
+
+CHANNEL = "dbgate_approvals"
+
+#: Reads the status of some requests: ``{id: status}``.
+StatusReader = Callable[[Sequence[int]], Awaitable[dict[int, str]]]
+Subscriber = Callable[[str], None]
+
+
+class Waker:
+    """Per-replica LISTEN connection plus periodic re-check; see the module docstring."""
+
+    def __init__(
+        self,
+        dsn: str,
+        read_statuses: StatusReader,
+        *,
+        recheck_seconds: float = 2.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self._dsn = dsn
+        self._read_statuses = read_statuses
+        self._recheck_seconds = recheck_seconds
+        self._connect_timeout = connect_timeout
+        self._waiters: dict[int, asyncio.Event] = {}
+        self._subscribers: list[Subscriber] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._conn: Any = None
+        self._closing = False
+        self.listening = asyncio.Event()  # set while the LISTEN connection is up
+
+    # -- waiters ----------------------------------------------------------------------
+
+    def register(self, request_id: int) -> asyncio.Event:
+        """An event set whenever request ``request_id`` may have changed."""
+        event = self._waiters.get(request_id)
+        if event is None:
+            event = self._waiters[request_id] = asyncio.Event()
+        return event
+
+    def unregister(self, request_id: int) -> None:
+        self._waiters.pop(request_id, None)
+
+    def wake(self, request_id: int) -> None:
+        event = self._waiters.get(request_id)
+        if event is not None:
+            event.set()
+
+    def wake_all(self) -> None:
+        for event in self._waiters.values():
+            event.set()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(payload)`` for every notification; returns the unsubscriber."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    # -- life -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._closing = False
+        self._tasks = [
+            asyncio.create_task(self._listen_loop(), name="dbgate-approvals-listen"),
+            asyncio.create_task(self._recheck_loop(), name="dbgate-approvals-recheck"),
+        ]
+
+    async def stop(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._close_conn()
+
+    async def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        self.listening.clear()
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(*STATE_ERRORS):
+                await asyncio.wait_for(conn.close(), self._connect_timeout)
+
+    # -- notifications ----------------------------------------------------------------
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        kind, _, rest = payload.partition(":")
+        if kind in ("request", "decision"):
+            ident = rest.split(":", 1)[0]
+            if ident.isdigit():
+                self.wake(int(ident))
+        for callback in list(self._subscribers):
+            try:
+                callback(payload)
+            except Exception:
+                log.exception("approvals subscriber failed")
+
+    async def _listen_loop(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            lost = asyncio.Event()
+            try:
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=self._connect_timeout,
+                    server_settings={"application_name": "dbgate-approvals-listen"},
+                )
+                self._conn = conn
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, self._on_notify)
+            except STATE_ERRORS as e:
+                await self._close_conn()
+                log.warning("approvals: cannot listen for decisions (%s); retrying", describe(e))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.05
+            self.listening.set()
+            # Whatever was decided while we were not listening is found now.
+            self.wake_all()
+            await self._watch(conn, lost)
+            await self._close_conn()
+
+    async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
+        """Return when the connection is lost (or stops answering a probe)."""
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(self._recheck_seconds * 5, 10)):
+                    await lost.wait()
+                return
+            try:
+                await asyncio.wait_for(conn.execute("SELECT 1"), self._connect_timeout)
+            except STATE_ERRORS:
+                log.warning("approvals: the listening connection stopped answering; reconnecting")
+                return
+
+    async def _recheck_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._recheck_seconds)
+            ids = list(self._waiters)
+            if not ids:
+                continue
+            try:
+                statuses = await self._read_statuses(ids)
+            except Exception as e:  # StateUnavailable and anything else: try again later
+                log.debug("approvals: re-check failed: %s", e)
+                continue
+            for rid in ids:
+                if statuses.get(rid, "missing") != "pending":
+                    self.wake(rid)

@@ -1,0 +1,162 @@
+"""A ``hold`` decision becomes a wait on the approval service.
+
+The relay accepts an awaitable verdict: while it is pending the session reads
+nothing more from its client, keeps the client's pipelined messages in order, and a
+CancelRequest cancels the wait (57014; the service marks the request withdrawn).
+This module builds the :class:`~dbgate.approvals.model.ApprovalRequest` from what
+the gate knows (who, what, which rule, why) and maps the service's outcome to what
+the client sees:
+
+* approved: the statement runs as if it had never waited;
+* rejected: 42501 with the approver's reason;
+* expired: 57014, like a statement timeout;
+* pending (``wait_seconds`` 0, approve-then-retry): 42501 naming the request and
+  saying to send the identical statement again once it is approved;
+* unavailable or abandoned: 42501, fail closed.
+
+An earlier approval of the very same statement and values (or a shape approval for
+this identity and fingerprint) is looked up first, so a retry runs without a new
+request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from dbgate.approvals.model import (
+    ApprovalRequest,
+    ApprovalService,
+    HoldOutcome,
+    HoldStatus,
+    Requester,
+)
+from dbgate.gate.refusals import reasons_text, rule_hint
+from dbgate.policy.model import Classification, Decision
+from dbgate.proxy.seams import Allow, Notice, Refuse
+from dbgate.proxy.session_info import SessionInfo
+from dbgate.wire import sqlstate
+
+log = logging.getLogger("dbgate.gate")
+
+
+class HoldDesk:
+    """Sends held statements to the approval service and waits for the outcome."""
+
+    def __init__(
+        self, service: ApprovalService, *, default_wait_seconds: float, replica: str = ""
+    ) -> None:
+        self.service = service
+        self.default_wait_seconds = default_wait_seconds
+        self.replica = replica
+        self._background: set[asyncio.Task[None]] = set()
+
+    def request(
+        self,
+        session: SessionInfo,
+        sql: str,
+        params: Sequence[str | None],
+        decision: Decision,
+        classification: Classification,
+    ) -> ApprovalRequest:
+        server = session.server_params
+        requester = Requester(
+            identity=session.identity,
+            groups=session.groups,
+            database=session.database,
+            application_name=server.get("application_name", session.application_name),
+            client_addr=session.client_addr,
+            session_id=session.session_id,
+            replica=self.replica,
+        )
+        reasons = decision.reasons or classification.reasons
+        wait = decision.expires_after_seconds
+        return ApprovalRequest(
+            requester=requester,
+            sql=sql,
+            params=tuple(params),
+            fingerprint=classification.fingerprint,
+            categories=tuple(sorted(c.value for c in classification.categories)),
+            reasons=tuple((r.code, r.message) for r in reasons),
+            rule=decision.rule,
+            rule_message=decision.message,
+            approver_groups=decision.approver_groups,
+            approvals_needed=decision.approvals_needed,
+            wait_seconds=float(wait) if wait is not None else self.default_wait_seconds,
+            tables=tuple(sorted(classification.tables)),
+            columns=tuple(sorted({c for s in classification.statements for c in s.columns})),
+        )
+
+    async def wait(
+        self, session: SessionInfo, request: ApprovalRequest, decision: Decision
+    ) -> Allow | Refuse:
+        """Look for an earlier approval, else hold; the verdict for the relay."""
+
+        def notify(message: str, detail: str) -> None:
+            session.notify_client(Notice(message, detail))
+
+        outcome = await self.service.approved_before(request)
+        if outcome is None:
+            outcome = await self.service.hold(request, notify)
+        verdict = self.verdict(outcome, decision)
+        if isinstance(verdict, Allow) and outcome.request_id:
+            self._mark_executed(outcome.request_id)
+        return verdict
+
+    def verdict(self, outcome: HoldOutcome, decision: Decision) -> Allow | Refuse:
+        status = outcome.status
+        rid = outcome.request_id
+        hint = rule_hint(decision)
+        if status is HoldStatus.APPROVED:
+            return Allow(note=outcome)
+        if status is HoldStatus.REJECTED:
+            who = ", ".join(outcome.decided_by) or "an approver"
+            why = f": {outcome.reason}" if outcome.reason else ""
+            return Refuse(
+                sqlstate.INSUFFICIENT_PRIVILEGE,
+                f"dbgate: approval request {rid} was rejected by {who}{why}",
+                detail=f"the statement needed approval: {reasons_text(decision)}",
+                hint=hint,
+                note=outcome,
+            )
+        if status is HoldStatus.EXPIRED:
+            return Refuse(
+                sqlstate.QUERY_CANCELED,
+                f"dbgate: approval request {rid} expired before anyone decided; "
+                "the statement was not run",
+                detail=outcome.reason,
+                hint=f"ask an approver to look at {outcome.url}" if outcome.url else hint,
+                note=outcome,
+            )
+        if status is HoldStatus.PENDING:
+            return Refuse(
+                sqlstate.INSUFFICIENT_PRIVILEGE,
+                f"dbgate: this statement needs approval ({reasons_text(decision)}); it is "
+                f"request {rid}: send the identical statement again once it is approved",
+                detail=outcome.reason,
+                hint=f"decide at {outcome.url}" if outcome.url else hint,
+                note=outcome,
+            )
+        reason = outcome.reason or status.value
+        return Refuse(
+            sqlstate.INSUFFICIENT_PRIVILEGE,
+            f"dbgate: this statement needs approval ({reasons_text(decision)}) and the "
+            f"approval could not be obtained ({reason}), so it was not run",
+            hint=hint,
+            note=outcome,
+        )
+
+    def _mark_executed(self, request_id: str) -> None:
+        """The relay forwards an approved statement as soon as the verdict resolves;
+        recording that happens beside it, never in its way."""
+
+        async def mark() -> None:
+            try:
+                await self.service.executed(request_id)
+            except Exception:
+                log.warning("could not mark approval request %s executed", request_id)
+
+        task = asyncio.ensure_future(mark())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

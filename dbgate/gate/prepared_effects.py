@@ -1,0 +1,43 @@
+"""What SQL ``PREPARE``/``DEALLOCATE``/``DISCARD ALL`` in a query string do to the
+session's prepared statements, in the relay's terms.
+
+SQL PREPARE and protocol-level Parse share one namespace in PostgreSQL, so a later
+``EXECUTE name`` (or a Bind of ``name``) is judged by the body recorded here. The
+classifier reads the effects from the parse tree it builds anyway
+(:class:`~dbgate.policy.model.PreparedEffect`); each change here names the position
+of its statement in the string, so the relay confirms it by that statement's own
+command tag.
+"""
+
+from __future__ import annotations
+
+from dbgate.policy.model import Classification
+from dbgate.proxy.prepared import PreparedChange
+
+PREPARED_COMMANDS = frozenset({"PREPARE", "DEALLOCATE", "DISCARD"})
+
+
+def prepared_changes(classification: Classification) -> tuple[PreparedChange, ...]:
+    """The prepared-statement changes of a classified query string, in order."""
+    from dbgate.policy.classify import classify
+
+    changes: list[PreparedChange] = []
+    for index, st in enumerate(classification.statements):
+        effect = st.prepared_effect
+        if effect is None:
+            continue
+        if effect.kind == "add":
+            check_binds = classify(effect.body).needs_bind
+            changes.append(
+                PreparedChange("add", effect.name, effect.body, check_binds, statement=index)
+            )
+        else:
+            changes.append(PreparedChange(effect.kind, effect.name, statement=index))
+    return tuple(changes)
+
+
+def sql_prepare_changes(sql: str) -> tuple[PreparedChange, ...]:
+    """The prepared-statement changes of ``sql`` (classifies it)."""
+    from dbgate.policy.classify import classify
+
+    return prepared_changes(classify(sql))

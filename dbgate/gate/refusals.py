@@ -1,0 +1,108 @@
+"""What the agent is told when dbgate does not run its statement.
+
+Clients and agents act on the class of an error, so each refusal has the SQLSTATE
+that says what to do: ``42601`` fix the SQL (with the parser's position, so psql
+draws its caret), ``42501`` ask for permission (this statement's own reasons in the
+message, the rule in the HINT), ``57014`` the wait ended. The operator's log gets
+one line per refusal with the identity, the rule and the statement with its literal
+values masked — never the values themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dbgate.pii.sql_mask import mask_sql
+from dbgate.policy.model import Action, Classification, Decision
+from dbgate.proxy.seams import Refuse
+from dbgate.proxy.session_info import SessionInfo
+from dbgate.wire import sqlstate
+
+log = logging.getLogger("dbgate.policy")
+
+FUNCTION_CALL_REFUSED = Refuse(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "dbgate: fast-path function calls are not allowed; "
+    "call the function from SQL so that it can be inspected",
+)
+EXECUTE_IN_PARSE_REFUSED = Refuse(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "dbgate: EXECUTE of a prepared statement is accepted only as a simple query: "
+    "through Parse/Bind/Execute it would run whatever the name means when it is "
+    "executed, not what dbgate checked",
+)
+SETTINGS_REFUSED = Refuse(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "dbgate: this session's standard_conforming_strings/client_encoding "
+    "differ from what dbgate can analyse (on/UTF8); statements are refused",
+)
+UNREADABLE_VALUES_REFUSED = Refuse(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "dbgate: this statement is decided on its parameter values, and a value could "
+    "not be read (a binary value of a type dbgate does not decode, or of a type the "
+    "server has not reported); send it in text format or describe the statement first",
+)
+
+
+def lost_track(name: str) -> Refuse:
+    return Refuse(
+        sqlstate.INSUFFICIENT_PRIVILEGE,
+        f"dbgate: lost track of prepared statement {name!r} (too many versions of it in "
+        "flight); wait for the answers, or close it and prepare it again",
+    )
+
+
+def reasons_text(decision: Decision) -> str:
+    """This statement's own reasons for the decision, as one sentence or several."""
+    texts: list[str] = []
+    for r in decision.reasons:
+        if r.message not in texts:
+            texts.append(r.message)
+    return "; ".join(texts) if texts else decision.message
+
+
+def rule_hint(decision: Decision) -> str:
+    """The HINT names the deciding rule (operators look it up in their pack)."""
+    return f"rule: {decision.rule}"
+
+
+def log_refusal(session: SessionInfo, decision: Decision, sql: str) -> None:
+    """One INFO line per refused or held statement, values masked."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    masked, _ = mask_sql(sql)
+    log.info(
+        "session %s identity=%s %s by rule %s: %s",
+        session.session_id,
+        session.identity,
+        decision.action.value,
+        decision.rule,
+        masked[:500],
+    )
+
+
+def syntax_error(classification: Classification) -> Refuse:
+    """The parser could not read the statement: 42601 with its message and position."""
+    message = classification.parse_error or "syntax error"
+    return Refuse(sqlstate.SYNTAX_ERROR, message, position=classification.parse_error_position or 0)
+
+
+def refusal(decision: Decision, *, approvals: bool) -> Refuse:
+    """The error for a statement the rules do not allow (``approvals``: whether a
+    hold could have waited for a human, i.e. this is the fail-closed path)."""
+    hint = rule_hint(decision)
+    if decision.action is Action.DENY:
+        return Refuse(
+            sqlstate.INSUFFICIENT_PRIVILEGE,
+            f"dbgate: denied: {reasons_text(decision)}",
+            hint=hint,
+        )
+    why = (
+        "the approval service is unavailable" if approvals else "no approval service is configured"
+    )
+    return Refuse(
+        sqlstate.INSUFFICIENT_PRIVILEGE,
+        f"dbgate: this statement needs approval ({reasons_text(decision)}); {why}, "
+        "so it was not run",
+        hint=hint,
+    )

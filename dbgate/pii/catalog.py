@@ -1,0 +1,167 @@
+"""The PII catalog: which columns hold personal data, and of which kind.
+
+Three sources, in this order of precedence for one column:
+
+1. ``columns`` entries of the catalog file (``schema.table.column`` globs -> entity,
+   or ``none`` to switch a column off). The operator's word is final.
+2. ``COMMENT ON COLUMN … IS 'pii:email'`` in the database. A comment can only *add*
+   PII, never remove it: whoever may comment on a column (perhaps the agent itself)
+   must not be able to unmask it.
+3. Column-name defaults (:data:`dbgate.pii.entities.DEFAULT_NAME_PATTERNS`, plus the
+   catalog's own ``names``), unless the catalog sets ``name_defaults: false``.
+
+Globs use ``*`` (any run of characters except ``.``), ``?`` and ``[...]``, and match
+case-insensitively: a PII column spelled ``"Email"`` must not slip through because an
+operator wrote ``email``. Matching is pure; applying the catalog to a live schema is
+:mod:`dbgate.pii.coverage`, loading the YAML file with ``file:line`` errors is
+:mod:`dbgate.pii.catalog_load`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from dbgate.pii.entities import DEFAULT_NAME_PATTERNS, KNOWN_ENTITIES, MIXED, NONE
+
+__all__ = ["Catalog", "ColumnRule", "NameRule", "compile_glob", "entity_from_comment"]
+
+
+@lru_cache(maxsize=4096)
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """A case-insensitive regex for one name glob (``*`` does not cross ``.``)."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "*":
+            out.append(r"[^.]*")
+        elif ch == "?":
+            out.append(r"[^.]")
+        elif ch == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if end < 0:
+                out.append(re.escape(ch))
+            else:
+                body = pattern[i + 1 : end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRule:
+    """``schema.table.column`` glob -> entity (``none`` switches the column off)."""
+
+    pattern: str  # always three dot-separated parts after loading
+    entity: str
+    file: str = ""
+    line: int = 0
+
+    @property
+    def exact(self) -> bool:
+        """True when the pattern names one column (no wildcard): it must exist."""
+        return not any(c in self.pattern for c in "*?[")
+
+    def matches(self, schema: str, table: str, column: str) -> bool:
+        return compile_glob(self.pattern).match(f"{schema}.{table}.{column}") is not None
+
+
+@dataclass(frozen=True, slots=True)
+class NameRule:
+    """Column-name glob -> entity, from the catalog's ``names`` or the built-in list."""
+
+    pattern: str
+    entity: str
+    builtin: bool = True
+
+    def matches(self, column: str) -> bool:
+        return compile_glob(self.pattern).match(column) is not None
+
+
+_COMMENT = re.compile(r"(?<![A-Za-z0-9_])pii\s*:\s*([A-Za-z][A-Za-z0-9_]*)?", re.IGNORECASE)
+
+
+def entity_from_comment(comment: str | None, entities: frozenset[str]) -> str | None:
+    """The entity a column comment declares (``'pii:email'``), or None.
+
+    ``pii:`` followed by a name that is not an entity (``'PII: e-mail address'``)
+    still marks the column as personal data, with the generic entity ``pii``.
+    ``pii:none`` is ignored: comments only add PII.
+    """
+    if not comment:
+        return None
+    m = _COMMENT.search(comment)
+    if m is None:
+        return None
+    name = (m.group(1) or "").lower()
+    if name == NONE:
+        return None
+    if name in entities:
+        # "pii: e-mail ..." yields "e", which is not an entity; the check is the point
+        return name
+    return MIXED
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A loaded, validated catalog. ``Catalog()`` is the built-in default."""
+
+    columns: tuple[ColumnRule, ...] = ()
+    names: tuple[NameRule, ...] = ()  # the catalog's own, checked before the defaults
+    name_defaults: bool = True
+    comments: bool = True
+    source: str = "(built-in defaults)"
+    _name_rules: tuple[NameRule, ...] = field(init=False, repr=False, compare=False)
+    _entities: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        builtin = (
+            tuple(NameRule(p, e) for p, e in DEFAULT_NAME_PATTERNS) if self.name_defaults else ()
+        )
+        object.__setattr__(self, "_name_rules", self.names + builtin)
+        used = {r.entity for r in self.columns} | {r.entity for r in self.names}
+        object.__setattr__(self, "_entities", frozenset(KNOWN_ENTITIES) | (used - {NONE}))
+
+    @property
+    def entities(self) -> frozenset[str]:
+        """Every entity name this catalog can produce."""
+        return self._entities
+
+    def column_rule(self, schema: str, table: str, column: str) -> ColumnRule | None:
+        for rule in self.columns:
+            if rule.matches(schema, table, column):
+                return rule
+        return None
+
+    def name_rule(self, column: str) -> NameRule | None:
+        for rule in self._name_rules:
+            if rule.matches(column):
+                return rule
+        return None
+
+    def classify(
+        self, schema: str, table: str, column: str, comment: str | None = None
+    ) -> tuple[str | None, str]:
+        """``(entity or None, why)`` for one column; ``why`` explains the decision."""
+        rule = self.column_rule(schema, table, column)
+        if rule is not None:
+            where = f"{rule.file}:{rule.line}" if rule.file else "catalog"
+            if rule.entity == NONE:
+                return None, f"switched off by {rule.pattern!r} ({where})"
+            return rule.entity, f"catalog {rule.pattern!r} ({where})"
+        if self.comments:
+            from_comment = entity_from_comment(comment, self._entities)
+            if from_comment is not None:
+                return from_comment, "column comment"
+        named = self.name_rule(column)
+        if named is not None:
+            kind = "built-in name default" if named.builtin else "catalog name pattern"
+            return named.entity, f"{kind} {named.pattern!r}"
+        return None, ""

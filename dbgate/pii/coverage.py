@@ -1,0 +1,163 @@
+"""The catalog applied to one schema snapshot: every PII column by relation OID and name.
+
+Built once per snapshot (at start and after each refresh), then read-only:
+
+* tables, partitioned and foreign tables: the catalog's decision per column
+  (:meth:`dbgate.pii.catalog.Catalog.classify`), plus whatever a parent table marks
+  (a partition or child inherits its parent's PII columns, whatever it is called);
+* views and materialized views: the lineage of their definition, so a view column
+  that selects ``lower(email)`` is PII with no catalog entry; a catalog entry on the
+  view column itself still wins (``none`` included: the operator's word is final);
+* system views (``pg_catalog``, ``information_schema``): clean unless the catalog
+  says otherwise — their definitions call internals that lineage would call opaque.
+
+Catalog entries that name a column that does not exist become warnings, not errors:
+the catalog may be ahead of a migration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dbgate.pii.catalog import Catalog
+from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin, of_entity
+from dbgate.pii.schema import Relation, SchemaSnapshot
+
+__all__ = ["ColumnDecision", "Coverage"]
+
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnDecision:
+    """Why one column is (or is not) PII: for ``dbgate pii scan`` and the docs."""
+
+    relation: Relation
+    column: str
+    attnum: int
+    entity: str | None
+    why: str
+    unknown: bool = False
+
+
+@dataclass
+class Coverage:
+    snapshot: SchemaSnapshot
+    catalog: Catalog
+    #: (relation oid, attnum) -> Lin, for every relation column that is not clean
+    by_attr: dict[tuple[int, int], Lin] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    decisions: list[ColumnDecision] = field(default_factory=list)
+    _lins: dict[int, list[Lin]] = field(default_factory=dict, repr=False)
+    _busy: set[int] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        snap = self.snapshot
+        for rel in snap.relations.values():
+            if rel.kind != "c":
+                self.relation_lins(rel)
+        if snap.relations:  # an empty snapshot (before the first load) proves nothing
+            self._check_catalog()
+
+    # ------------------------------------------------------------------ lookups
+    def attr(self, table_oid: int, attnum: int) -> Lin | None:
+        """Lin of a RowDescription origin; None when the relation is not in the snapshot."""
+        lin = self.by_attr.get((table_oid, attnum))
+        if lin is not None:
+            return lin
+        rel = self.snapshot.relations.get(table_oid)
+        if rel is None:
+            return None
+        if attnum == 0:  # a whole-row reference (SELECT c FROM customers c): every column
+            out = CLEAN
+            for col_lin in self.relation_lins(rel):
+                out = out | col_lin
+            return out
+        return CLEAN
+
+    def relation_lins(self, rel: Relation) -> list[Lin]:
+        """Lin of each column of ``rel``, in attribute order (computed once)."""
+        done = self._lins.get(rel.oid)
+        if done is not None:
+            return done
+        if rel.oid in self._busy:  # a view defined through itself: cannot follow
+            return [UNKNOWN_LIN] * len(rel.columns)
+        self._busy.add(rel.oid)
+        try:
+            lins = self._compute(rel)
+        finally:
+            self._busy.discard(rel.oid)
+        self._lins[rel.oid] = lins
+        for col, lin in zip(rel.columns, lins, strict=True):
+            if lin is not CLEAN and not lin.clean:
+                self.by_attr[(rel.oid, col.attnum)] = lin
+        return lins
+
+    def _compute(self, rel: Relation) -> list[Lin]:
+        catalog = self.catalog
+        derived: list[Lin] | None = None
+        if rel.kind in ("v", "m") and rel.definition and rel.schema not in SYSTEM_SCHEMAS:
+            derived = self._view_lins(rel)
+        inherited: dict[str, Lin] = {}
+        for parent_oid in rel.parents:
+            parent = self.snapshot.relations.get(parent_oid)
+            if parent is not None:
+                for c, lin in zip(parent.columns, self.relation_lins(parent), strict=True):
+                    if not lin.clean:
+                        inherited[c.name] = inherited.get(c.name, CLEAN) | lin
+        lins = []
+        for i, col in enumerate(rel.columns):
+            entity, why = catalog.classify(rel.schema, rel.name, col.name, col.comment)
+            rule = catalog.column_rule(rel.schema, rel.name, col.name)
+            if rule is not None:  # the operator's explicit word, views included
+                lin = CLEAN if entity is None else of_entity(entity)
+            else:
+                lin = of_entity(entity) if entity is not None else CLEAN
+                if derived is not None and i < len(derived):
+                    lin = lin | derived[i]
+                    if derived[i].pii and entity is None:
+                        why = f"view definition derives it from {', '.join(sorted(derived[i].entities))}"
+                    elif derived[i].unknown and entity is None:
+                        why = "view definition could not be followed (treated as PII)"
+                if col.name in inherited:
+                    lin = lin | inherited[col.name]
+                    why = why or "inherited from a parent table"
+            lin = Lin(lin.entities, lin.unknown) if (lin.params or lin.token) else lin
+            lins.append(lin)
+            self.decisions.append(
+                ColumnDecision(
+                    rel,
+                    col.name,
+                    col.attnum,
+                    lin.entity() if not lin.clean else None,
+                    why,
+                    lin.unknown,
+                )
+            )
+        return lins
+
+    def _view_lins(self, rel: Relation) -> list[Lin]:
+        from dbgate.pii.lineage import analyze
+
+        analysis = analyze(rel.definition or "", self)
+        outs = [s.output for s in analysis.statements if s.output is not None]
+        if len(outs) != 1:
+            return [UNKNOWN_LIN] * len(rel.columns)
+        out = outs[0]
+        return [out.at(i) for i in range(len(rel.columns))]
+
+    # ------------------------------------------------------------------ catalog check
+    def _check_catalog(self) -> None:
+        snap = self.snapshot
+        for rule in self.catalog.columns:
+            hit = any(
+                rule.matches(rel.schema, rel.name, c.name)
+                for rel in snap.relations.values()
+                for c in rel.columns
+            )
+            if not hit:
+                where = f"{rule.file}:{rule.line}: " if rule.file else ""
+                what = "column" if rule.exact else "pattern"
+                self.warnings.append(
+                    f"{where}catalog {what} {rule.pattern!r} matches no column of the database"
+                )

@@ -1,0 +1,194 @@
+"""PII in ErrorResponse, NoticeResponse and NotificationResponse bodies.
+
+The server echoes values in its messages: ``Key (email)=(ann@example.com) already
+exists``, ``Failing row contains (…)``, ``invalid input syntax for type integer:
+"ann@example.com"`` (a PII value cast to a number), ``COPY customers, line 3, column
+email: "…"``; user functions RAISE whatever they like; triggers NOTIFY row data.
+
+* **Templates** for the messages PostgreSQL itself writes: key values are tokenized
+  when a key column is PII (or the relation is unknown), failing rows when the relation
+  has any PII column, and every double-quoted value of a data exception (class 22),
+  whose origin a message cannot tell.
+* **Detectors** (:mod:`dbgate.pii.detectors`) over every free-text field (message,
+  detail, hint, context, internal query): the backstop for RAISE and anything else.
+  ``pii.raise_messages: tokenize`` replaces the text of RAISE messages whole instead.
+* **Notifications**: payloads are tokenized whole by default (a trigger may send a
+  whole row as JSON); ``detect`` or ``pass`` per channel where that is too much.
+
+Bodies that do not parse are returned unchanged: the relay already checked framing,
+and a message dbgate cannot read carries nothing it could have tokenized better.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+
+from dbgate.pii.detectors import replace_detected
+from dbgate.pii.entities import MIXED, UNKNOWN
+from dbgate.wire.errors import ProtocolError
+from dbgate.wire.messages import parse_error_fields
+
+__all__ = ["MessageFilter"]
+
+_KEY = re.compile(
+    r"Key \((?P<cols>.*?)\)=\((?P<vals>.*)\) (?P<rest>already exists|is not present in table|is still referenced from table|conflicts with existing key)"
+)
+_CONFLICT = re.compile(r"(conflicts with existing key \((?P<cols>.*?)\)=\()(?P<vals>.*)(\)\.?)$")
+_FAILING = re.compile(r"^(Failing row contains )\((?P<vals>.*)\)(\.?)$", re.DOTALL)
+_QUOTED = re.compile(r'"((?:[^"]|"")*)"')
+_COPY_CTX = re.compile(r'^(COPY \S+, line \d+, column [^:]+: )"(?P<val>.*)"$', re.MULTILINE)
+_FREE_TEXT = ("M", "D", "H", "W", "q")
+
+#: (schema or None, table, column) -> entity, ``unknown`` when the relation is unknown,
+#: or None when the column is not PII
+ColumnLookup = Callable[[str | None, str, str], str | None]
+RelationLookup = Callable[[str | None, str], bool]  # does the relation have PII columns?
+Token = Callable[[str, bytes], str]
+
+
+def _encode_fields(fields: Mapping[str, str]) -> bytes:
+    parts = []
+    for code, text in fields.items():
+        parts.append(code.encode() + text.encode() + b"\0")
+    parts.append(b"\0")
+    return b"".join(parts)
+
+
+class MessageFilter:
+    """Rewrites notices, errors and notifications (a ``MessageFilter`` of proxy/seams.py)."""
+
+    def __init__(
+        self,
+        token: Token,
+        column_entity: ColumnLookup,
+        relation_has_pii: RelationLookup,
+        *,
+        raise_messages: str = "detect",
+        notification_payloads: str = "tokenize",
+        notification_channels: Mapping[str, str] | None = None,
+        detectors: bool = True,
+    ) -> None:
+        self.token = token
+        self.column_entity = column_entity
+        self.relation_has_pii = relation_has_pii
+        self.raise_messages = raise_messages
+        self.notification_payloads = notification_payloads
+        self.notification_channels = dict(notification_channels or {})
+        self.detectors = detectors
+
+    # ------------------------------------------------------------------ seam methods
+    def notice(self, body: bytes) -> bytes:
+        return self._fields(body, "NoticeResponse")
+
+    def error(self, body: bytes) -> bytes:
+        return self._fields(body, "ErrorResponse")
+
+    def notification(self, body: bytes) -> bytes:
+        if len(body) < 6:
+            return body
+        end = body.find(b"\0", 4)
+        if end < 0 or not body.endswith(b"\0"):
+            return body
+        channel = body[4:end].decode("utf-8", "replace")
+        payload = body[end + 1 : -1]
+        mode = self.notification_channels.get(channel, self.notification_payloads)
+        if mode == "pass" or not payload:
+            return body
+        if mode == "detect":
+            text = payload.decode("utf-8", "replace")
+            new = replace_detected(text, self.token).encode()
+        else:
+            new = self.token(MIXED, payload).encode()
+        if new == payload:
+            return body
+        return body[: end + 1] + new + b"\0"
+
+    # ------------------------------------------------------------------ errors/notices
+    def _fields(self, body: bytes, what: str) -> bytes:
+        try:
+            fields = parse_error_fields(body, what)
+        except ProtocolError:
+            return body
+        new = self.scrub(fields)
+        return body if new == fields else _encode_fields(new)
+
+    def scrub(self, fields: dict[str, str]) -> dict[str, str]:
+        """The fields with echoed values tokenized (a new dict; the input is not changed)."""
+        out = dict(fields)
+        code = fields.get("C", "")
+        schema = fields.get("s") or None
+        table = fields.get("t", "")
+        user_raise = fields.get("R") == "exec_stmt_raise"
+        if "D" in out:
+            out["D"] = self._detail(out["D"], schema, table)
+        if code.startswith("22"):
+            for key in ("M", "D"):
+                if key in out:
+                    out[key] = _QUOTED.sub(
+                        lambda m: (
+                            '"' + self.token(MIXED, m.group(1).replace('""', '"').encode()) + '"'
+                        ),
+                        out[key],
+                    )
+        if "W" in out:
+            out["W"] = _COPY_CTX.sub(
+                lambda m: m.group(1) + '"' + self._copy_value(m, fields) + '"', out["W"]
+            )
+        if user_raise and self.raise_messages == "tokenize":
+            for key in ("M", "D", "H"):
+                if out.get(key):
+                    out[key] = self.token(MIXED, out[key].encode())
+        elif self.detectors:
+            for key in _FREE_TEXT:
+                if out.get(key):
+                    out[key] = replace_detected(out[key], self.token)
+        return out
+
+    def _copy_value(self, m: re.Match[str], fields: Mapping[str, str]) -> str:
+        return self.token(MIXED, m.group("val").encode())
+
+    def _detail(self, text: str, schema: str | None, table: str) -> str:
+        key = _KEY.search(text)
+        if key is not None:
+            text = self._key_values(text, key.group("cols"), key.group("vals"), schema, table, key)
+            conflict = _CONFLICT.search(text)
+            if conflict is not None:
+                cols = [c.strip() for c in conflict.group("cols").split(",")]
+                entity = self._entity_of(cols, schema, table)
+                if entity is not None:
+                    tok = self.token(entity, conflict.group("vals").encode())
+                    text = text[: conflict.start("vals")] + tok + text[conflict.end("vals") :]
+            return text
+        failing = _FAILING.match(text)
+        if failing is not None and (not table or self.relation_has_pii(schema, table)):
+            return (
+                failing.group(1)
+                + "("
+                + self.token(MIXED, failing.group("vals").encode())
+                + ")"
+                + failing.group(3)
+            )
+        return text
+
+    def _entity_of(self, cols: list[str], schema: str | None, table: str) -> str | None:
+        if not table:
+            return UNKNOWN
+        entities = set()
+        for col in cols:
+            e = self.column_entity(schema, table, col.strip('"'))
+            if e is not None:
+                entities.add(e)
+        if not entities:
+            return None
+        return entities.pop() if len(entities) == 1 else MIXED
+
+    def _key_values(
+        self, text: str, cols_text: str, vals: str, schema: str | None, table: str, m: re.Match[str]
+    ) -> str:
+        cols = [c.strip() for c in cols_text.split(",")]
+        entity = self._entity_of(cols, schema, table)
+        if entity is None:
+            return text
+        tok = self.token(entity, vals.encode())
+        return text[: m.start("vals")] + tok + text[m.end("vals") :]

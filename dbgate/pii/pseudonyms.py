@@ -1,0 +1,594 @@
+"""Type-preserving replacements for PII values, in text and binary wire formats.
+
+The RowDescription the client already received says ``date`` or ``inet`` or
+``text[]``; the replacement must decode as that type in every driver (asyncpg and
+psycopg 3 binary cursors, psycopg2, pg8000, psql). So:
+
+* string types (text, varchar, char(n), name, citext, enums, xml, unknown types in text
+  format) get the token itself: ``tok_email_r…``;
+* json/jsonb/jsonpath get the token as a JSON string: ``"tok_email_r…"``;
+* bytea gets the token's bytes (``\\x…`` hex in text format);
+* numbers, dates, times, timestamps, intervals, booleans, uuids, inet/cidr and MAC
+  addresses get a *pseudonym*: a value of the same type drawn from keyed pseudo-random
+  bytes of the original (dates between 1920 and 2009, timestamps between 1970 and 2030,
+  IPv4 in 10/8, IPv6 in fd00::/8, locally administered MACs). The same value always gets
+  the same pseudonym; they are not reversible (there is no room for ≥ 96 bits in a date);
+* arrays and composite values (whole-row references like ``SELECT c FROM customers c``)
+  keep their structure and every element or field is replaced by the rule for its type;
+* anything else (ranges, geometric types, extension types in binary format) gets the
+  token's bytes: a driver that cannot decode that is an error on the client, never a
+  leak. docs/pii.md lists these conversions.
+
+Canonical input: a date's pseudonym is computed from its ISO text even when it arrived
+in binary, and an integer's from its decimal text, so text and binary clients see the
+same pseudonym. Other non-string types are keyed by their wire bytes and format.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Callable
+from datetime import date, timedelta
+
+from dbgate.pii.schema import SchemaSnapshot
+from dbgate.pii.tokens import Tokenizer
+
+__all__ = ["BUILTIN_ARRAYS", "Pseudonymizer", "TypeRegistry"]
+
+TEXT, JSON, JSONB, JSONPATH, BYTEA = "text", "json", "jsonb", "jsonpath", "bytea"
+INT2, INT4, INT8, OID, FLOAT4, FLOAT8, NUMERIC, MONEY = (
+    "int2",
+    "int4",
+    "int8",
+    "oid",
+    "float4",
+    "float8",
+    "numeric",
+    "money",
+)
+BOOL, DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL = (
+    "bool",
+    "date",
+    "time",
+    "timetz",
+    "timestamp",
+    "timestamptz",
+    "interval",
+)
+UUID, INET, CIDR, MACADDR, MACADDR8 = "uuid", "inet", "cidr", "macaddr", "macaddr8"
+ARRAY, RECORD, OPAQUE = "array", "record", "opaque"
+
+BUILTIN_KINDS: dict[int, str] = {
+    25: TEXT,
+    1043: TEXT,
+    1042: TEXT,
+    19: TEXT,
+    18: TEXT,
+    705: TEXT,
+    142: TEXT,
+    114: JSON,
+    3802: JSONB,
+    4072: JSONPATH,
+    17: BYTEA,
+    21: INT2,
+    23: INT4,
+    20: INT8,
+    26: OID,
+    700: FLOAT4,
+    701: FLOAT8,
+    1700: NUMERIC,
+    790: MONEY,
+    16: BOOL,
+    1082: DATE,
+    1083: TIME,
+    1266: TIMETZ,
+    1114: TIMESTAMP,
+    1184: TIMESTAMPTZ,
+    1186: INTERVAL,
+    2950: UUID,
+    869: INET,
+    650: CIDR,
+    829: MACADDR,
+    774: MACADDR8,
+    2249: RECORD,
+}
+#: array type -> element type, for the built-in types above
+BUILTIN_ARRAYS: dict[int, int] = {
+    1009: 25,
+    1015: 1043,
+    1014: 1042,
+    1003: 19,
+    1002: 18,
+    143: 142,
+    199: 114,
+    3807: 3802,
+    4073: 4072,
+    1001: 17,
+    1005: 21,
+    1007: 23,
+    1016: 20,
+    1028: 26,
+    1021: 700,
+    1022: 701,
+    1231: 1700,
+    791: 790,
+    1000: 16,
+    1182: 1082,
+    1183: 1083,
+    1270: 1266,
+    1115: 1114,
+    1185: 1184,
+    1187: 1186,
+    2951: 2950,
+    1041: 869,
+    651: 650,
+    1040: 829,
+    775: 774,
+    2287: 2249,
+}
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+_I64 = struct.Struct("!q")
+_EPOCH = date(2000, 1, 1)
+_DATE_LO = (date(1920, 1, 1) - _EPOCH).days
+_DATE_SPAN = (date(2009, 12, 31) - date(1920, 1, 1)).days
+_TS_LO = -946_684_800 * 1_000_000  # 1970-01-01 in µs since 2000
+_TS_SPAN = 60 * 365 * 86_400 * 1_000_000
+_DAY_US = 86_400 * 1_000_000
+
+
+class TypeRegistry:
+    """Type OID -> how to replace a value of it (built-ins plus the schema's types)."""
+
+    def __init__(self, snapshot: SchemaSnapshot | None = None) -> None:
+        self.kinds: dict[int, str] = dict(BUILTIN_KINDS)
+        self.elems: dict[int, int] = dict(BUILTIN_ARRAYS)
+        self.fields: dict[int, tuple[int, ...]] = {}
+        self.delims: dict[int, str] = {}
+        if snapshot is None:
+            return
+        types = snapshot.types
+        for oid, t in types.items():
+            if oid in self.kinds or oid in self.elems:
+                continue
+            if t.elem:
+                self.elems[oid] = t.elem
+                if t.delim != ",":
+                    self.delims[oid] = t.delim
+            elif t.kind == "d":
+                base = t.base
+                seen = 0
+                while base in types and types[base].kind == "d" and seen < 20:
+                    base, seen = types[base].base, seen + 1
+                self.kinds[oid] = self.kinds.get(base, "") or ("@" + str(base))
+            elif t.kind == "e" or t.name in ("citext",):
+                self.kinds[oid] = TEXT
+            elif t.kind == "c":
+                self.kinds[oid] = RECORD
+                rel = snapshot.relations.get(t.relid)
+                if rel is not None:
+                    self.fields[oid] = tuple(c.type_oid for c in rel.columns)
+        # domains over arrays and domains over domains resolved after the first pass
+        for oid, kind in list(self.kinds.items()):
+            if kind.startswith("@"):
+                base = int(kind[1:])
+                if base in self.elems:
+                    self.elems[oid] = self.elems[base]
+                    del self.kinds[oid]
+                else:
+                    self.kinds[oid] = self.kinds.get(base, OPAQUE)
+                    if base in self.fields:
+                        self.fields[oid] = self.fields[base]
+
+    def kind(self, oid: int) -> str:
+        if oid in self.elems:
+            return ARRAY
+        return self.kinds.get(oid, OPAQUE)
+
+
+def _text_array_items(text: str, delim: str) -> tuple[str, list[tuple[int, int, str | None]]]:
+    """Parse a text-format array: ``(prefix, [(start, end, element or None)])``.
+
+    Start/end delimit each element's source text (quotes included), so the caller can
+    splice replacements into the original and keep braces, dimensions and spacing.
+    """
+    i = 0
+    n = len(text)
+    items: list[tuple[int, int, str | None]] = []
+    if text.startswith("["):  # explicit bounds: [1:2]={...}
+        eq = text.find("=")
+        if eq < 0:
+            raise ValueError("array bounds without '='")
+        i = eq + 1
+    prefix_end = i
+    depth = 0
+    while i < n:
+        ch = text[i]
+        if ch == "{":
+            depth += 1
+            i += 1
+        elif ch == "}":
+            depth -= 1
+            i += 1
+        elif ch == delim or ch.isspace():
+            i += 1
+        elif ch == '"':
+            start = i
+            i += 1
+            buf = []
+            while i < n and text[i] != '"':
+                if text[i] == "\\":
+                    i += 1
+                buf.append(text[i] if i < n else "")
+                i += 1
+            i += 1
+            items.append((start, i, "".join(buf)))
+        else:
+            start = i
+            buf = []
+            while i < n and text[i] not in ("{", "}", delim):
+                if text[i] == "\\":
+                    i += 1
+                buf.append(text[i] if i < n else "")
+                i += 1
+            raw = "".join(buf).rstrip()
+            items.append(
+                (start, i, None if raw.upper() == "NULL" and "\\" not in text[start:i] else raw)
+            )
+    if depth != 0:
+        raise ValueError("unbalanced braces in array")
+    return text[:prefix_end], items
+
+
+def _quote_array_elem(value: str, delim: str) -> str:
+    if (
+        value == ""
+        or value.upper() == "NULL"
+        or any(c in value for c in '{}"\\' + delim)
+        or any(c.isspace() for c in value)
+    ):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
+def _record_fields(text: str) -> list[str | None]:
+    """Parse a text-format composite ``(a,"b c",,)``; empty unquoted fields are NULL."""
+    if not (text.startswith("(") and text.endswith(")")):
+        raise ValueError("not a record literal")
+    out: list[str | None] = []
+    i, n = 1, len(text) - 1
+    while True:
+        buf: list[str] = []
+        quoted = False
+        while i < n and text[i] != ",":
+            ch = text[i]
+            if ch == '"':
+                quoted = True
+                i += 1
+                while i < n:
+                    if text[i] == '"':
+                        if i + 1 < n and text[i + 1] == '"':
+                            buf.append('"')
+                            i += 2
+                            continue
+                        i += 1
+                        break
+                    if text[i] == "\\":
+                        i += 1
+                    buf.append(text[i])
+                    i += 1
+                continue
+            if ch == "\\":
+                i += 1
+            buf.append(text[i])
+            i += 1
+        out.append("".join(buf) if (buf or quoted) else None)
+        if i >= n:
+            return out
+        i += 1  # the comma
+
+
+def _quote_record_field(value: str | None) -> str:
+    if value is None:
+        return ""
+    if value == "" or any(c in value for c in '(),"\\') or any(c.isspace() for c in value):
+        return '"' + value.replace("\\", "\\\\").replace('"', '""') + '"'
+    return value
+
+
+class Pseudonymizer:
+    """Replaces one wire value by its token or pseudonym, for a type OID and format."""
+
+    def __init__(self, tokenizer: Tokenizer, types: TypeRegistry | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.types = types or TypeRegistry()
+        self._text: dict[str, Callable[[str, bytes, str], bytes]] = {
+            TEXT: self._t_token,
+            JSON: self._t_json,
+            JSONB: self._t_json,
+            JSONPATH: self._t_json,
+            BYTEA: self._t_bytea,
+            INT2: self._t_int,
+            INT4: self._t_int,
+            INT8: self._t_int,
+            OID: self._t_int,
+            FLOAT4: self._t_int,
+            FLOAT8: self._t_int,
+            NUMERIC: self._t_int,
+            MONEY: self._t_int,
+            BOOL: self._t_bool,
+            DATE: self._t_date,
+            TIME: self._t_time,
+            TIMETZ: self._t_time,
+            TIMESTAMP: self._t_ts,
+            TIMESTAMPTZ: self._t_ts,
+            INTERVAL: self._t_time,
+            UUID: self._t_uuid,
+            INET: self._t_inet,
+            CIDR: self._t_inet,
+            MACADDR: self._t_mac,
+            MACADDR8: self._t_mac,
+        }
+
+    # ---------------------------------------------------------------- entry point
+    def value(self, entity: str, type_oid: int, fmt: int, raw: bytes, depth: int = 0) -> bytes:
+        """The replacement for ``raw`` (never None: NULLs are not passed here)."""
+        kind = self.types.kind(type_oid)
+        try:
+            if kind == ARRAY:
+                elem = self.types.elems[type_oid]
+                if fmt:
+                    return self._binary_array(entity, raw, depth)
+                return self._text_array(
+                    entity, elem, raw, self.types.delims.get(type_oid, ","), depth
+                )
+            if kind == RECORD:
+                if fmt:
+                    return self._binary_record(entity, raw, depth)
+                return self._text_record(entity, type_oid, raw, depth)
+            if fmt:
+                return self._binary(entity, kind, raw)
+            handler = self._text.get(kind)
+            if handler is None:
+                return self._token(entity, raw)
+            return handler(entity, raw, kind)
+        except (ValueError, struct.error, IndexError, UnicodeDecodeError, RecursionError):
+            # a value that does not parse as its type: still replaced, never passed
+            return self._token(entity, raw)
+
+    def _token(self, entity: str, raw: bytes) -> bytes:
+        return self.tokenizer.token(entity, raw).encode()
+
+    def _seed(self, kind: str, entity: str, canonical: bytes) -> bytes:
+        return self.tokenizer.digest(f"{kind}:{entity}".encode(), canonical)
+
+    # ---------------------------------------------------------------- text format
+    def _t_token(self, entity: str, raw: bytes, kind: str) -> bytes:
+        return self._token(entity, raw)
+
+    def _t_json(self, entity: str, raw: bytes, kind: str) -> bytes:
+        return b'"' + self._token(entity, raw) + b'"'
+
+    def _t_bytea(self, entity: str, raw: bytes, kind: str) -> bytes:
+        return b"\\x" + self._token(entity, raw).hex().encode()
+
+    def _number(self, entity: str, canonical: bytes, kind: str) -> int:
+        d = int.from_bytes(self._seed("number", entity, canonical)[:8], "big")
+        if kind == INT2:
+            return 1 + d % 32_766
+        if kind in (INT4, OID):
+            return 1 + d % 2_147_483_646
+        if kind == FLOAT4:
+            return 1 + d % 9_999_999
+        return 1_000_000_000 + d % 9_000_000_000  # ten digits
+
+    def _t_int(self, entity: str, raw: bytes, kind: str) -> bytes:
+        return str(self._number(entity, raw.strip(), kind)).encode() + (
+            b".00" if kind == MONEY else b""
+        )
+
+    def _t_bool(self, entity: str, raw: bytes, kind: str) -> bytes:
+        return b"t" if self._seed("bool", entity, raw[:1])[0] & 1 else b"f"
+
+    def _pseudo_date(self, entity: str, iso: bytes) -> int:
+        d = int.from_bytes(self._seed("date", entity, iso)[:8], "big")
+        return _DATE_LO + d % _DATE_SPAN
+
+    def _t_date(self, entity: str, raw: bytes, kind: str) -> bytes:
+        days = self._pseudo_date(entity, raw.strip())
+        return (_EPOCH + timedelta(days=days)).isoformat().encode()
+
+    def _t_time(self, entity: str, raw: bytes, kind: str) -> bytes:
+        us = int.from_bytes(self._seed("time", entity, raw)[:8], "big") % _DAY_US
+        s = us // 1_000_000
+        text = f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+        return (text + "+00").encode() if kind == TIMETZ else text.encode()
+
+    def _pseudo_ts(self, entity: str, canonical: bytes) -> int:
+        d = int.from_bytes(self._seed("timestamp", entity, canonical)[:8], "big")
+        return _TS_LO + (d % (_TS_SPAN // 1_000_000)) * 1_000_000
+
+    def _t_ts(self, entity: str, raw: bytes, kind: str) -> bytes:
+        us = self._pseudo_ts(entity, raw)
+        days, rem = divmod(us, _DAY_US)
+        s = rem // 1_000_000
+        text = f"{(_EPOCH + timedelta(days=days)).isoformat()} {s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+        return (text + "+00").encode() if kind == TIMESTAMPTZ else text.encode()
+
+    def _pseudo_uuid(self, entity: str, canonical: bytes) -> uuid.UUID:
+        b = bytearray(self._seed("uuid", entity, canonical)[:16])
+        b[6] = (b[6] & 0x0F) | 0x40
+        b[8] = (b[8] & 0x3F) | 0x80
+        return uuid.UUID(bytes=bytes(b))
+
+    def _t_uuid(self, entity: str, raw: bytes, kind: str) -> bytes:
+        canonical = str(uuid.UUID(raw.decode().strip())).encode()
+        return str(self._pseudo_uuid(entity, canonical)).encode()
+
+    def _pseudo_ip(self, entity: str, raw: bytes, v6: bool) -> bytes:
+        d = self._seed("ip", entity, raw)
+        if v6:
+            return b"\xfd" + d[:15]
+        return b"\x0a" + d[:3]
+
+    def _t_inet(self, entity: str, raw: bytes, kind: str) -> bytes:
+        import ipaddress
+
+        v6 = b":" in raw
+        addr = ipaddress.ip_address(self._pseudo_ip(entity, raw, v6))
+        text = str(addr)
+        if kind == CIDR:
+            text += "/128" if v6 else "/32"
+        return text.encode()
+
+    def _t_mac(self, entity: str, raw: bytes, kind: str) -> bytes:
+        n = 8 if kind == MACADDR8 else 6
+        b = bytearray(self._seed("mac", entity, raw)[:n])
+        b[0] = (b[0] | 0x02) & 0xFE
+        return ":".join(f"{x:02x}" for x in b).encode()
+
+    # ---------------------------------------------------------------- binary format
+    def _binary(self, entity: str, kind: str, raw: bytes) -> bytes:
+        if kind == TEXT:
+            return self._token(entity, raw)
+        if kind in (JSON, JSONPATH):
+            body = b'"' + self._token(entity, raw) + b'"'
+            return body if kind == JSON else b"\x01" + body
+        if kind == JSONB:
+            return b'\x01"' + self._token(entity, raw[1:]) + b'"'
+        if kind == BYTEA:
+            return self._token(entity, raw)
+        if kind in (INT2, INT4, INT8, OID):
+            size = len(raw)
+            canonical = str(int.from_bytes(raw, "big", signed=kind != OID)).encode()
+            n = self._number(entity, canonical, kind)
+            return n.to_bytes(size, "big", signed=kind != OID)
+        if kind in (FLOAT4, FLOAT8):
+            n = float(self._number(entity, raw, kind))
+            return struct.pack("!f" if kind == FLOAT4 else "!d", n)
+        if kind == MONEY:
+            return _I64.pack(self._number(entity, raw, INT8) * 100)
+        if kind == NUMERIC:
+            return self._numeric_binary(self._number(entity, raw, NUMERIC))
+        if kind == BOOL:
+            return b"\x01" if self._seed("bool", entity, raw[:1])[0] & 1 else b"\x00"
+        if kind == DATE:
+            days = _I32.unpack(raw)[0]
+            iso = (
+                (_EPOCH + timedelta(days=days)).isoformat().encode()
+                if -700_000 < days < 2_900_000
+                else raw
+            )
+            return _I32.pack(self._pseudo_date(entity, iso))
+        if kind in (TIMESTAMP, TIMESTAMPTZ):
+            if len(raw) != 8:
+                raise ValueError("timestamp must be 8 bytes")
+            return _I64.pack(self._pseudo_ts(entity, raw))
+        if kind in (TIME, TIMETZ, INTERVAL):
+            us = int.from_bytes(self._seed("time", entity, raw)[:8], "big") % _DAY_US
+            if kind == TIME:
+                return _I64.pack(us)
+            if kind == TIMETZ:
+                return _I64.pack(us) + _I32.pack(0)
+            return _I64.pack(us) + _I32.pack(0) + _I32.pack(0)
+        if kind == UUID:
+            if len(raw) != 16:
+                raise ValueError("uuid must be 16 bytes")
+            canonical = str(uuid.UUID(bytes=raw)).encode()
+            return self._pseudo_uuid(entity, canonical).bytes
+        if kind in (INET, CIDR):
+            family, _bits, _is_cidr, nb = raw[0], raw[1], raw[2], raw[3]
+            v6 = family == 3
+            if nb != (16 if v6 else 4) or len(raw) != 4 + nb:
+                raise ValueError("bad inet")
+            addr = self._pseudo_ip(entity, raw, v6)
+            return bytes((family, 128 if v6 else 32, 1 if kind == CIDR else 0, nb)) + addr
+        if kind in (MACADDR, MACADDR8):
+            b = bytearray(self._seed("mac", entity, raw)[: len(raw)])
+            b[0] = (b[0] | 0x02) & 0xFE
+            return bytes(b)
+        return self._token(entity, raw)
+
+    @staticmethod
+    def _numeric_binary(n: int) -> bytes:
+        digits = []
+        while n:
+            n, d = divmod(n, 10_000)
+            digits.append(d)
+        digits.reverse()
+        header = struct.pack("!hhHH", len(digits), len(digits) - 1, 0, 0)
+        return header + b"".join(_I16.pack(d) for d in digits)
+
+    # ---------------------------------------------------------------- containers
+    def _text_array(self, entity: str, elem: int, raw: bytes, delim: str, depth: int) -> bytes:
+        text = raw.decode()
+        prefix, items = _text_array_items(text, delim)
+        out = [text[: len(prefix)]]
+        pos = len(prefix)
+        for start, end, value in items:
+            out.append(text[pos:start])
+            if value is None:
+                out.append(text[start:end])
+            else:
+                new = self.value(entity, elem, 0, value.encode(), depth + 1).decode()
+                out.append(_quote_array_elem(new, delim))
+            pos = end
+        out.append(text[pos:])
+        return "".join(out).encode()
+
+    def _binary_array(self, entity: str, raw: bytes, depth: int) -> bytes:
+        ndim, _flags, elem = struct.unpack_from("!iiI", raw, 0)
+        if not 0 <= ndim <= 6:
+            raise ValueError("bad array dimensions")
+        pos = 12 + 8 * ndim
+        count = 1
+        for i in range(ndim):
+            count *= _I32.unpack_from(raw, 12 + 8 * i)[0]
+        if ndim == 0:
+            count = 0
+        parts = [raw[:pos]]
+        for _ in range(count):
+            n = _I32.unpack_from(raw, pos)[0]
+            pos += 4
+            if n < 0:
+                parts.append(b"\xff\xff\xff\xff")
+                continue
+            new = self.value(entity, elem, 1, raw[pos : pos + n], depth + 1)
+            parts.append(_I32.pack(len(new)))
+            parts.append(new)
+            pos += n
+        if pos != len(raw):
+            raise ValueError("trailing bytes in array")
+        return b"".join(parts)
+
+    def _text_record(self, entity: str, type_oid: int, raw: bytes, depth: int) -> bytes:
+        fields = _record_fields(raw.decode())
+        types = self.types.fields.get(type_oid, ())
+        out = []
+        for i, value in enumerate(fields):
+            if value is None:
+                out.append(None)
+                continue
+            oid = types[i] if i < len(types) else 25
+            out.append(self.value(entity, oid, 0, value.encode(), depth + 1).decode())
+        return ("(" + ",".join(_quote_record_field(v) for v in out) + ")").encode()
+
+    def _binary_record(self, entity: str, raw: bytes, depth: int) -> bytes:
+        n = _I32.unpack_from(raw, 0)[0]
+        pos = 4
+        parts = [raw[:4]]
+        for _ in range(n):
+            oid, length = struct.unpack_from("!Ii", raw, pos)
+            pos += 8
+            if length < 0:
+                parts.append(raw[pos - 8 : pos])
+                continue
+            new = self.value(entity, oid, 1, raw[pos : pos + length], depth + 1)
+            parts.append(_U32.pack(oid) + _I32.pack(len(new)) + new)
+            pos += length
+        if pos != len(raw):
+            raise ValueError("trailing bytes in record")
+        return b"".join(parts)

@@ -1,0 +1,620 @@
+"""The PII room's front door: what the gate calls, per process, session and statement.
+
+* :class:`PiiRoom` — one per process: catalog, keys, tokenizer, the upstream schema
+  snapshot and the catalog applied to it, the plan cache, the replacement cache.
+  ``await room.refresh(conn)`` (re)loads the schema; call it at start and after DDL.
+* :class:`PiiSession` — one per client connection: the identity's exemption, the
+  cursors and SQL-level prepared statements it declared, and the message filter.
+* :class:`StatementPlan` — one per statement text: which outputs carry PII, whether
+  the statement should be held (``pii.unknown: hold``), which tokens it sends back;
+  ``rows()``/``copy_out()`` give the rewriters for its results.
+
+Nothing here imports ``dbgate.proxy``: the plan, rewriters and filter have the method
+shapes of ``proxy/seams.py`` (without the ``session`` argument), and the gate adapts.
+Everything is synchronous except the schema load.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbgate.pii.catalog import Catalog
+from dbgate.pii.catalog_load import load_catalog
+from dbgate.pii.copyout import BinaryCopyRewriter, CsvCopyRewriter, TextCopyRewriter
+from dbgate.pii.coverage import Coverage
+from dbgate.pii.detectors import replace_detected
+from dbgate.pii.entities import MIXED, UNKNOWN
+from dbgate.pii.filters import MessageFilter
+from dbgate.pii.keys import keyring_from_config
+from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
+from dbgate.pii.lineage import Analysis, Output, analyze, parse
+from dbgate.pii.pseudonyms import TEXT, Pseudonymizer, TypeRegistry
+from dbgate.pii.rows import ColumnAction, RowRewriter, ValueCache
+from dbgate.pii.schema import SchemaSnapshot, load_schema
+from dbgate.pii.tokens import TokenError, Tokenizer
+from dbgate.pii.tokens_in import detokenize_params, detokenize_sql
+
+__all__ = ["Exemption", "PiiRoom", "PiiSession", "PiiSettings", "StatementPlan", "TokenError"]
+
+log = logging.getLogger("dbgate.pii")
+
+#: Query strings longer than this are planned but never cached.
+MAX_CACHED_SQL = 64 * 1024
+PLAN_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class PiiSettings:
+    """The behaviour knobs of ``pii:`` in the config (see dbgate.config.PiiConfig)."""
+
+    unknown: str = "tokenize"  # tokenize | hold | detect
+    detect_clean_text: bool = False
+    raise_messages: str = "detect"
+    notification_payloads: str = "tokenize"
+    notification_channels: dict[str, str] = field(default_factory=dict)
+    exempt_identities: frozenset[str] = frozenset()
+    exempt_groups: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> PiiSettings:
+        return cls(
+            unknown=cfg.unknown,
+            detect_clean_text=cfg.detect_clean_text,
+            raise_messages=cfg.raise_messages,
+            notification_payloads=cfg.notification_payloads,
+            notification_channels=dict(cfg.notification_channels),
+            exempt_identities=frozenset(cfg.exempt_identities),
+            exempt_groups=frozenset(cfg.exempt_groups),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Exemption:
+    """Why a session sees raw values: to be recorded with the session and each statement."""
+
+    identity: str
+    reason: str  # e.g. "identity 'analyst' is listed in pii.exempt_identities"
+
+
+def _description(body: bytes) -> list[tuple[str, int, int, int]]:
+    """RowDescription body -> [(name, table oid, attnum, type oid)]."""
+    from dbgate.wire.messages import decode_backend
+
+    msg = decode_backend(ord("T"), body)
+    return [(f.name, f.table_oid, f.column_attr, f.type_oid) for f in msg.fields]  # type: ignore[union-attr]
+
+
+def _formats(formats: Sequence[int], n: int) -> list[int]:
+    if not formats:
+        return [0] * n
+    if len(formats) == 1:
+        return [formats[0]] * n
+    return [formats[i] if i < len(formats) else 0 for i in range(n)]
+
+
+class StatementPlan:
+    """What PII means for one statement text (a ``ResultPlan`` of proxy/seams.py).
+
+    Attributes the gate reads:
+
+    * ``hold`` / ``hold_reasons``: the statement copies PII where the catalog will not
+      find it again (``INSERT INTO notes SELECT email …``, ``CREATE TABLE AS``,
+      ``set_config(…, email)``, ``COPY … TO 'file'``), or ``pii.unknown: hold`` and
+      some output could not be followed — hold it for approval instead of running it;
+    * ``unknown_reasons``: why some output is tokenized for lack of lineage;
+    * ``pii_writes``: those copies, one sentence each (also in ``hold_reasons``);
+    * ``has_tokens`` / ``params_may_hold_tokens``: call :meth:`PiiSession.detokenize_sql`
+      on the text / :meth:`PiiSession.detokenize_params` on each Bind;
+    * ``exemption``: set when the session sees raw values (rows() returns None).
+    """
+
+    __slots__ = (
+        "analysis",
+        "exemption",
+        "hold",
+        "hold_reasons",
+        "room",
+        "sql",
+        "token_params",
+        "version",
+    )
+
+    def __init__(
+        self,
+        room: PiiRoom,
+        sql: str,
+        analysis: Analysis,
+        exemption: Exemption | None = None,
+        token_params: frozenset[int] = frozenset(),
+    ) -> None:
+        self.room = room
+        self.sql = sql
+        self.analysis = analysis
+        self.exemption = exemption
+        self.token_params = token_params
+        self.version = room.version
+        reasons: list[str] = []
+        if exemption is None:
+            # PII copied where the catalog will not find it again is always held:
+            # once in a plain column or a setting, it would come back raw
+            reasons.extend(analysis.pii_writes)
+            if room.settings.unknown == "hold" and _unknown_outputs(analysis):
+                reasons.extend(analysis.unknown_reasons)
+        self.hold = bool(reasons)
+        self.hold_reasons = reasons
+
+    # ---------------------------------------------------------------- for the gate
+    @property
+    def unknown_reasons(self) -> list[str]:
+        return list(self.analysis.unknown_reasons)
+
+    @property
+    def pii_writes(self) -> list[str]:
+        return list(self.analysis.pii_writes)
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self.analysis.token_sites)
+
+    @property
+    def params_may_hold_tokens(self) -> bool:
+        return bool(self.analysis.param_sites)
+
+    @property
+    def pii_outputs(self) -> bool:
+        """Some output of the statement is (or may be) PII: results will be rewritten."""
+        for st in self.analysis.statements:
+            if st.output is not None and (
+                st.output.tail is not None or any(not lin.clean for lin in st.output.columns)
+            ):
+                return True
+        return False
+
+    def with_token_params(self, numbers: Iterable[int]) -> StatementPlan:
+        """This plan for a Bind whose parameters ``numbers`` (1-based) held tokens."""
+        numbers = frozenset(numbers)
+        if not numbers:
+            return self
+        return StatementPlan(
+            self.room, self.sql, self.analysis, self.exemption, numbers | self.token_params
+        )
+
+    # ---------------------------------------------------------------- seam methods
+    def rows(self, description: bytes | None, formats: Sequence[int] = ()) -> RowRewriter | None:
+        """A rewriter for one result set, or None when nothing in it is PII."""
+        if self.exemption is not None:
+            return None
+        outputs = [
+            s.output for s in self.analysis.statements if s.output is not None and not s.copy_out
+        ]
+        room = self.room
+        if description is None:
+            merged = self._merged(outputs, None)
+            n = len(merged.columns) if merged.tail is None else 0
+            if merged.tail is not None:
+                # the client never described the portal: without its width the
+                # only safe rewrite is every column
+                return _AllColumns(self, list(_formats(formats, len(formats) or 1)))
+            fields = [("", 0, 0, 0)] * n
+        else:
+            fields = _description(description)
+            merged = self._merged(outputs, len(fields))
+        fmts = _formats(formats, len(fields))
+        actions: list[ColumnAction] = []
+        cov = room.coverage
+        for i, (name, table_oid, attnum, type_oid) in enumerate(fields):
+            lin: Lin | None = None
+            if table_oid and cov is not None:
+                lin = cov.attr(table_oid, attnum)
+                if lin is None:  # a relation created after the last refresh
+                    room.stale = True
+                    named = room.catalog.name_rule(name)
+                    lin = merged.at(i) | (Lin(frozenset((named.entity,))) if named else UNKNOWN_LIN)
+            if lin is None:
+                lin = merged.at(i)
+            action = self._action(i, lin, type_oid, fmts[i])
+            if action is not None:
+                actions.append(action)
+        if not actions:
+            return None
+        return RowRewriter(actions, len(fields), room.pseudonymizer, room.values, room.detect_bytes)
+
+    def _merged(self, outputs: list[Output], width: int | None) -> Output:
+        if not outputs:
+            return Output(tail=UNKNOWN_LIN)
+        fitting = [
+            o
+            for o in outputs
+            if width is None
+            or (len(o.columns) == width and o.tail is None)
+            or (o.tail is not None and len(o.columns) <= width)
+        ]
+        if not fitting:
+            return Output(
+                tail=self.room.note_unknown("a result set no statement of the query explains")
+            )
+        merged = fitting[0]
+        for o in fitting[1:]:
+            merged = merged.merged(o)
+        return merged
+
+    def _lin_params(self, lin: Lin) -> Lin:
+        if lin.params and lin.params & self.token_params:
+            return lin | Lin(frozenset((MIXED,)))
+        return lin
+
+    def _action(self, i: int, lin: Lin, type_oid: int, fmt: int) -> ColumnAction | None:
+        lin = self._lin_params(lin)
+        settings = self.room.settings
+        if lin.pii:
+            return ColumnAction(i, lin.entity(), type_oid, fmt)
+        if lin.unknown:
+            if settings.unknown == "detect" and self.room.types.kind(type_oid) == TEXT:
+                return ColumnAction(i, UNKNOWN, type_oid, fmt, "detect")
+            return ColumnAction(i, UNKNOWN, type_oid, fmt)
+        if settings.detect_clean_text and fmt == 0 and self.room.types.kind(type_oid) == TEXT:
+            return ColumnAction(i, UNKNOWN, type_oid, fmt, "detect")
+        return None
+
+    def copy_out(self, response: bytes) -> Any:
+        """A rewriter for the CopyData of this statement's COPY TO STDOUT, or None."""
+        if self.exemption is not None:
+            return None
+        copies = [s for s in self.analysis.statements if s.copy_out and s.output is not None]
+        if len(response) < 3:
+            return None
+        overall = response[0]
+        if not copies:
+            out = Output(
+                tail=self.room.note_unknown("COPY output from a statement dbgate did not follow")
+            )
+            options: dict[str, Any] = {}
+            types: list[int] = []
+        else:
+            st = copies[0]
+            out = st.output or Output(tail=UNKNOWN_LIN)
+            options = self.room.copy_options(
+                self.sql, len([s for s in self.analysis.statements if s is not st and s.copy_out])
+            )
+            types = self.room.copy_types(self.sql)
+        ncols = int.from_bytes(response[1:3], "big")
+        pii: dict[int, Any] = {}
+        pseudo = self.room.pseudonymizer
+        for i in range(ncols):
+            lin = self._lin_params(out.at(i))
+            if lin.clean:
+                continue
+            entity = lin.entity()
+            oid = types[i] if i < len(types) else 25
+            mode = (
+                "detect"
+                if (lin.unknown and not lin.pii and self.room.settings.unknown == "detect")
+                else "token"
+            )
+            pii[i] = _copy_replacer(pseudo, entity, oid, overall, mode, self.room)
+        if not pii:
+            return None
+        if overall == 1:
+            return BinaryCopyRewriter(pii)
+        if options.get("format") == "csv":
+            return CsvCopyRewriter(
+                pii,
+                delimiter=options.get("delimiter", ","),
+                quote=options.get("quote", '"'),
+                escape=options.get("escape"),
+                null=options.get("null", ""),
+                header=bool(options.get("header")),
+            )
+        return TextCopyRewriter(pii, options.get("delimiter", "\t"), options.get("null", "\\N"))
+
+
+def _unknown_outputs(analysis: Analysis) -> bool:
+    """Some output of the statement could not be followed (only outputs matter for a
+    hold: an unresolvable name in WHERE is the server's error to report)."""
+    for st in analysis.statements:
+        out = st.output
+        if out is not None and (
+            (out.tail is not None and out.tail.unknown) or any(lin.unknown for lin in out.columns)
+        ):
+            return True
+    return False
+
+
+def _copy_replacer(
+    pseudo: Pseudonymizer, entity: str, oid: int, fmt: int, mode: str, room: PiiRoom
+) -> Any:
+    def replace(_i: int, raw: bytes) -> bytes:
+        if mode == "detect":
+            return room.detect_bytes(raw)
+        return pseudo.value(entity, oid, fmt, raw)
+
+    return replace
+
+
+class _AllColumns:
+    """Rows of a portal that was never described and whose width lineage cannot give:
+    every non-NULL column is tokenized as text (fail closed)."""
+
+    def __init__(self, plan: StatementPlan, formats: list[int]) -> None:
+        self.plan = plan
+        self.formats = formats
+
+    def data_row(self, body: bytes) -> bytes:
+        from dbgate.wire.messages import data_row, parse_data_row
+
+        cols = parse_data_row(body)
+        tok = self.plan.room.tokenizer
+        new = [None if c is None else tok.token(UNKNOWN, c).encode() for c in cols]
+        return data_row(new)[5:]
+
+    def copy_data(self, body: bytes) -> bytes:
+        return body
+
+
+class PiiSession:
+    """PII state of one client connection."""
+
+    def __init__(self, room: PiiRoom, identity: str, groups: Iterable[str] = ()) -> None:
+        self.room = room
+        self.identity = identity
+        self.groups = frozenset(groups)
+        self.exemption = room.exemption_for(identity, self.groups)
+        self._cursors: dict[str, Output] = {}
+        self._prepared: dict[str, Output] = {}
+        self.filter = room.message_filter if self.exemption is None else _PassFilter()
+
+    # SessionState for the lineage walker
+    def cursor(self, name: str) -> Output | None:
+        return self._cursors.get(name)
+
+    def prepared(self, name: str) -> Output | None:
+        return self._prepared.get(name)
+
+    def plan(self, sql: str) -> StatementPlan:
+        """The plan of one statement text (Query or Parse); cheap when seen before."""
+        analysis = self.room.analysis(sql, self)
+        self._cursors.update(analysis.declares)
+        self._prepared.update(analysis.prepares)
+        for name in analysis.deallocates:
+            if name == "*":
+                self._prepared.clear()
+            else:
+                self._prepared.pop(name, None)
+        return StatementPlan(self.room, sql, analysis, self.exemption)
+
+    def detokenize_sql(self, plan: StatementPlan) -> str:
+        """The text to forward, with tokens resolved; TokenError (22023) if one may not be.
+
+        Records nothing itself: the gate records that tokens were resolved (how many:
+        ``len(plan.analysis.token_sites)``), never the values.
+        """
+        return detokenize_sql(plan.sql, plan.analysis, self.room.tokenizer.resolve)
+
+    def detokenize_params(
+        self,
+        plan: StatementPlan,
+        params: Sequence[bytes | None],
+        formats: Sequence[int],
+        param_types: Sequence[int],
+    ) -> tuple[tuple[bytes | None, ...], StatementPlan]:
+        """Bind values with tokens resolved, and the plan for that portal's results."""
+        values, replaced = detokenize_params(
+            plan.analysis,
+            params,
+            formats,
+            param_types,
+            self.room.types,
+            self.room.tokenizer.resolve,
+        )
+        return values, plan.with_token_params(replaced)
+
+
+class _PassFilter:
+    def notice(self, body: bytes) -> bytes:
+        return body
+
+    def error(self, body: bytes) -> bytes:
+        return body
+
+    def notification(self, body: bytes) -> bytes:
+        return body
+
+
+class PiiRoom:
+    """Everything PII for one dbgate process."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        tokenizer: Tokenizer,
+        settings: PiiSettings | None = None,
+        snapshot: SchemaSnapshot | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.tokenizer = tokenizer
+        self.settings = settings or PiiSettings()
+        self.values = ValueCache()
+        self.stale = False  # a relation or OID was seen that the snapshot lacks
+        self.warnings: list[str] = []
+        self._plans: dict[str, Analysis] = {}
+        self._lock = threading.Lock()
+        self.snapshot = SchemaSnapshot()
+        self.coverage: Coverage | None = None
+        self.types = TypeRegistry()
+        self.pseudonymizer = Pseudonymizer(tokenizer, self.types)
+        self.version = 0
+        self.message_filter = MessageFilter(
+            self._token_text,
+            self._column_entity,
+            self._relation_has_pii,
+            raise_messages=self.settings.raise_messages,
+            notification_payloads=self.settings.notification_payloads,
+            notification_channels=self.settings.notification_channels,
+        )
+        self.set_snapshot(snapshot or SchemaSnapshot())
+
+    @classmethod
+    def from_config(cls, cfg: Any, environ: dict[str, str] | None = None) -> PiiRoom:
+        """Build from ``Config.pii``. Raises PiiKeyError / CatalogError: do not start then."""
+        keyring = keyring_from_config(cfg.keys, environ)
+        tokenizer = Tokenizer(
+            keyring,
+            cfg.mode,
+            max_reversible_bytes=cfg.max_reversible_bytes,
+            cache_entries=cfg.token_cache_entries,
+        )
+        return cls(load_catalog(cfg.catalog), tokenizer, PiiSettings.from_config(cfg))
+
+    # ---------------------------------------------------------------- schema
+    async def refresh(self, conn: Any) -> list[str]:
+        """Reload the upstream schema through an asyncpg connection; returns warnings."""
+        snapshot = await load_schema(conn)
+        self.set_snapshot(snapshot)
+        return self.warnings
+
+    async def refresh_dsn(self, dsn: str) -> list[str]:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await self.refresh(conn)
+        finally:
+            await conn.close()
+
+    def set_snapshot(self, snapshot: SchemaSnapshot) -> None:
+        coverage = Coverage(snapshot, self.catalog)
+        types = TypeRegistry(snapshot)
+        with self._lock:
+            self.snapshot = snapshot
+            self.coverage = coverage
+            self.types = types
+            self.pseudonymizer = Pseudonymizer(self.tokenizer, types)
+            self.version = snapshot.version
+            self._plans.clear()
+            self.values.clear()
+            self.stale = False
+            self.warnings = list(coverage.warnings)
+        for w in self.warnings:
+            log.warning("%s", w)
+
+    # ---------------------------------------------------------------- planning
+    def session(self, identity: str, groups: Iterable[str] = ()) -> PiiSession:
+        return PiiSession(self, identity, groups)
+
+    def exemption_for(self, identity: str, groups: frozenset[str]) -> Exemption | None:
+        s = self.settings
+        if identity in s.exempt_identities:
+            return Exemption(identity, f"identity {identity!r} is listed in pii.exempt_identities")
+        hit = sorted(groups & s.exempt_groups)
+        if hit:
+            return Exemption(
+                identity, f"group {hit[0]!r} of {identity!r} is listed in pii.exempt_groups"
+            )
+        return None
+
+    def analysis(self, sql: str, session: PiiSession | None = None) -> Analysis:
+        cached = self._plans.get(sql)
+        if cached is not None:
+            return cached
+        coverage = self.coverage
+        assert coverage is not None
+        result = analyze(sql, coverage, session)
+        if result.unknown_relations:
+            self.stale = True
+        session_bound = any(
+            st.kind in ("FetchStmt", "ExecuteStmt") for st in result.statements
+        ) or bool(result.declares or result.prepares or result.deallocates)
+        if len(sql) <= MAX_CACHED_SQL and not session_bound:
+            with self._lock:
+                if len(self._plans) >= PLAN_CACHE_SIZE:
+                    for key in list(self._plans)[: PLAN_CACHE_SIZE // 10]:
+                        del self._plans[key]
+                self._plans[sql] = result
+        return result
+
+    def plan(self, sql: str) -> StatementPlan:
+        """A plan without a session (tools, tests): no cursors, no exemption."""
+        return StatementPlan(self, sql, self.analysis(sql))
+
+    def note_unknown(self, why: str) -> Lin:
+        log.debug("pii: %s", why)
+        return UNKNOWN_LIN
+
+    def copy_options(self, sql: str, skip: int = 0) -> dict[str, Any]:
+        """FORMAT/DELIMITER/NULL/QUOTE/ESCAPE/HEADER of the COPY statement in ``sql``."""
+        try:
+            stmts = [s for s in parse(sql) if "CopyStmt" in s]
+        except Exception:
+            return {}
+        if len(stmts) <= skip:
+            return {}
+        out: dict[str, Any] = {}
+        for opt in stmts[skip]["CopyStmt"].get("options") or ():
+            d = opt.get("DefElem", {})
+            name = d.get("defname", "")
+            arg = d.get("arg") or {}
+            if "String" in arg:
+                value: Any = arg["String"].get("sval", "")
+            elif "Boolean" in arg:
+                value = bool(arg["Boolean"].get("boolval"))
+            elif "Integer" in arg:
+                value = arg["Integer"].get("ival", 0)
+            else:
+                value = True
+            out[name] = value.lower() if name == "format" and isinstance(value, str) else value
+        if "header" in out and isinstance(out["header"], str):
+            out["header"] = out["header"].lower() not in ("false", "off", "0")
+        return out
+
+    def copy_types(self, sql: str) -> list[int]:
+        """Type OIDs of a ``COPY table [(cols)] TO`` (empty for ``COPY (query)``)."""
+        try:
+            stmts = [s["CopyStmt"] for s in parse(sql) if "CopyStmt" in s]
+        except Exception:
+            return []
+        if not stmts or stmts[0].get("relation") is None:
+            return []
+        rv = stmts[0]["relation"]
+        rels = self.snapshot.lookup(rv.get("relname", ""), rv.get("schemaname"))
+        if not rels:
+            return []
+        rel = rels[0]
+        attlist = [a["String"]["sval"] for a in stmts[0].get("attlist") or () if "String" in a]
+        if attlist:
+            by_name = {c.name: c.type_oid for c in rel.columns}
+            return [by_name.get(n, 25) for n in attlist]
+        return [c.type_oid for c in rel.columns]
+
+    # ---------------------------------------------------------------- helpers
+    def _token_text(self, entity: str, value: bytes) -> str:
+        return self.tokenizer.token(entity, value)
+
+    def detect_bytes(self, raw: bytes) -> bytes:
+        text = raw.decode("utf-8", "replace")
+        new = replace_detected(text, self._token_text)
+        return raw if new == text else new.encode()
+
+    def _column_entity(self, schema: str | None, table: str, column: str) -> str | None:
+        rels = self.snapshot.lookup(table, schema)
+        if not rels or self.coverage is None:
+            return UNKNOWN
+        out: Lin = CLEAN
+        for rel in rels:
+            for c, lin in zip(rel.columns, self.coverage.relation_lins(rel), strict=True):
+                if c.name == column:
+                    out = out | lin
+        return None if out.clean else out.entity()
+
+    def _relation_has_pii(self, schema: str | None, table: str) -> bool:
+        rels = self.snapshot.lookup(table, schema)
+        if not rels or self.coverage is None:
+            return True
+        return any(not lin.clean for rel in rels for lin in self.coverage.relation_lins(rel))
+
+    def detokenize(self, token: str) -> tuple[str, bytes]:
+        """For authorized humans (``dbgate detokenize``): raises TokenError."""
+        return self.tokenizer.resolve(token)

@@ -1,0 +1,270 @@
+"""What dbgate knows of the upstream schema, for PII decisions: a frozen snapshot.
+
+The snapshot is loaded with asyncpg in a handful of catalog queries (relations and
+their columns with type OIDs, attribute numbers and comments; view definitions;
+inheritance; types; functions) and then never changes: a refresh builds a new one
+and swaps it in, so planning never sees half a schema. ``version`` increases with
+every load, and plans cached under an older version are planned again.
+
+Why each piece is here:
+
+* relation OID + attribute number: RowDescription names the origin of every plain
+  column reference that way, which is the cheapest and most exact PII decision;
+* names, search path, columns: lineage resolves the SQL the agent wrote;
+* view definitions: a view column carries PII when its definition says so;
+* inheritance: a partition or child table inherits its parent's PII columns;
+* types: arrays, domains and composite types decide how a value is pseudonymized;
+* functions: which calls are PostgreSQL's own (values flow from arguments to the
+  result) and which are user code (opaque: the result's provenance is unknown).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Column",
+    "FunctionInfo",
+    "Relation",
+    "SchemaSnapshot",
+    "TypeInfo",
+    "load_schema",
+]
+
+_versions = itertools.count(1)
+
+RELKINDS = ("r", "v", "m", "f", "p", "c")  # table, view, matview, foreign, partitioned, composite
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    attnum: int
+    type_oid: int
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    oid: int
+    schema: str
+    name: str
+    kind: str  # pg_class.relkind
+    row_type: int  # pg_class.reltype: the composite type of a whole-row reference
+    columns: tuple[Column, ...]
+    definition: str | None = None  # views and materialized views: pg_get_viewdef
+    parents: tuple[int, ...] = ()  # pg_inherits
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def column(self, name: str) -> Column | None:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TypeInfo:
+    oid: int
+    name: str
+    kind: str  # pg_type.typtype: b base, c composite, d domain, e enum, p pseudo, r range, m multirange
+    elem: int = 0  # for array types: the element type
+    base: int = 0  # for domains: the base type
+    relid: int = 0  # for composite types: the relation
+    category: str = ""  # pg_type.typcategory ('A' array, 'S' string ...)
+    delim: str = ","
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionInfo:
+    oid: int
+    schema: str
+    name: str
+    returns_set: bool
+    ret_type: int
+    out_names: tuple[str, ...] | None  # OUT/TABLE parameter names, None when there are none
+    language: str = "internal"
+
+    @property
+    def builtin(self) -> bool:
+        return self.schema == "pg_catalog"
+
+
+@dataclass
+class SchemaSnapshot:
+    """Relations, types and functions of one database, as of one load."""
+
+    relations: dict[int, Relation] = field(default_factory=dict)
+    types: dict[int, TypeInfo] = field(default_factory=dict)
+    functions: dict[str, list[FunctionInfo]] = field(default_factory=dict)
+    search_path: tuple[str, ...] = ("public",)
+    #: True for hand-made snapshots in tests: unknown function names count as built-in.
+    assume_builtin_functions: bool = False
+    version: int = field(default_factory=lambda: next(_versions))
+    by_name: dict[str, list[Relation]] = field(default_factory=dict, init=False)
+    by_row_type: dict[int, Relation] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        order = {s: i for i, s in enumerate(("pg_catalog", *self.search_path))}
+        for rel in self.relations.values():
+            self.by_name.setdefault(rel.name, []).append(rel)
+            if rel.row_type:
+                self.by_row_type[rel.row_type] = rel
+        for rels in self.by_name.values():
+            rels.sort(key=lambda r: (order.get(r.schema, len(order)), r.oid))
+
+    def lookup(self, name: str, schema: str | None = None) -> list[Relation]:
+        """Relations a (possibly unqualified) name may denote, most likely first.
+
+        Unqualified names return every schema's relation of that name: the agent's
+        search_path is its own (``SET search_path``), so PII decisions take the union.
+        """
+        rels = self.by_name.get(name, [])
+        if schema is not None:
+            return [r for r in rels if r.schema == schema]
+        return list(rels)
+
+    def functions_named(self, name: str, schema: str | None = None) -> list[FunctionInfo]:
+        funcs = self.functions.get(name, [])
+        if schema is not None:
+            return [f for f in funcs if f.schema == schema]
+        return funcs
+
+    @classmethod
+    def build(
+        cls,
+        tables: Mapping[str, Iterable[tuple[str, int] | str]],
+        views: Mapping[str, str] | None = None,
+        comments: Mapping[str, str] | None = None,
+        search_path: tuple[str, ...] = ("public",),
+    ) -> SchemaSnapshot:
+        """A snapshot made by hand (tests, tools): ``{"public.t": [("c", type_oid), ...]}``.
+
+        Functions are not listed, so every function name counts as PostgreSQL's own.
+        """
+        relations: dict[int, Relation] = {}
+        oid = 100_000
+        comments = comments or {}
+        for kind, items in (("r", tables), ("v", {k: () for k in (views or {})})):
+            for qualified, cols in items.items():
+                schema, _, name = qualified.rpartition(".")
+                oid += 2
+                columns = []
+                for i, c in enumerate(cols, start=1):
+                    cname, ctype = (c, 25) if isinstance(c, str) else c
+                    columns.append(Column(cname, i, ctype, comments.get(f"{qualified}.{cname}")))
+                definition = (views or {}).get(qualified) if kind == "v" else None
+                relations[oid] = Relation(
+                    oid, schema or "public", name, kind, oid + 1, tuple(columns), definition
+                )
+        return cls(relations=relations, search_path=search_path, assume_builtin_functions=True)
+
+
+_RELATIONS = """
+SELECT c.oid, n.nspname, c.relname, c.relkind::text AS relkind, c.reltype,
+       CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END AS definition
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind::text = ANY($1::text[])
+"""
+_COLUMNS = """
+SELECT a.attrelid, a.attname, a.attnum, a.atttypid, d.description
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid AND c.relkind::text = ANY($1::text[])
+LEFT JOIN pg_catalog.pg_description d
+       ON d.objoid = a.attrelid AND d.classoid = 'pg_catalog.pg_class'::regclass
+      AND d.objsubid = a.attnum
+WHERE a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attrelid, a.attnum
+"""
+_INHERITS = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits"
+_TYPES = """
+SELECT t.oid, t.typname, t.typtype::text AS typtype, t.typelem, t.typbasetype, t.typrelid,
+       t.typcategory::text AS typcategory, t.typdelim::text AS typdelim,
+       t.typlen
+FROM pg_catalog.pg_type t
+"""
+_FUNCTIONS = """
+SELECT p.oid, n.nspname, p.proname, p.proretset, p.prorettype, l.lanname,
+       CASE WHEN p.proargmodes IS NOT NULL THEN
+         ARRAY(SELECT p.proargnames[i] FROM generate_subscripts(p.proargmodes, 1) AS i
+               WHERE p.proargmodes[i] IN ('o', 'b', 't'))
+       END AS out_names
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+"""
+
+
+async def load_schema(conn: Any) -> SchemaSnapshot:
+    """Read a snapshot through an asyncpg connection (any role that can read pg_catalog).
+
+    Runs in one REPEATABLE READ read-only transaction, so the pieces agree.
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        kinds = list(RELKINDS)
+        rel_rows = await conn.fetch(_RELATIONS, kinds)
+        col_rows = await conn.fetch(_COLUMNS, kinds)
+        inh_rows = await conn.fetch(_INHERITS)
+        type_rows = await conn.fetch(_TYPES)
+        func_rows = await conn.fetch(_FUNCTIONS)
+        search_path = await conn.fetchval("SELECT pg_catalog.current_schemas(false)")
+    columns: dict[int, list[Column]] = {}
+    for r in col_rows:
+        columns.setdefault(r["attrelid"], []).append(
+            Column(r["attname"], r["attnum"], r["atttypid"], r["description"])
+        )
+    parents: dict[int, list[int]] = {}
+    for r in inh_rows:
+        parents.setdefault(r["inhrelid"], []).append(r["inhparent"])
+    relations = {
+        r["oid"]: Relation(
+            r["oid"],
+            r["nspname"],
+            r["relname"],
+            r["relkind"],
+            r["reltype"],
+            tuple(columns.get(r["oid"], ())),
+            r["definition"],
+            tuple(parents.get(r["oid"], ())),
+        )
+        for r in rel_rows
+    }
+    types = {
+        r["oid"]: TypeInfo(
+            r["oid"],
+            r["typname"],
+            r["typtype"],
+            r["typelem"] if r["typcategory"] == "A" and r["typlen"] == -1 else 0,
+            r["typbasetype"],
+            r["typrelid"],
+            r["typcategory"],
+            r["typdelim"],
+        )
+        for r in type_rows
+    }
+    functions: dict[str, list[FunctionInfo]] = {}
+    for r in func_rows:
+        out = tuple(n or "" for n in r["out_names"]) if r["out_names"] else None
+        functions.setdefault(r["proname"], []).append(
+            FunctionInfo(
+                r["oid"],
+                r["nspname"],
+                r["proname"],
+                r["proretset"],
+                r["prorettype"],
+                out,
+                r["lanname"],
+            )
+        )
+    return SchemaSnapshot(
+        relations=relations,
+        types=types,
+        functions=functions,
+        search_path=tuple(search_path or ("public",)),
+    )

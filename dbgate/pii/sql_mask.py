@@ -1,0 +1,411 @@
+"""Mask PII in SQL text and parameter values before a human or a log sees them.
+
+Approvers must see *what* a held statement does without seeing the personal data it
+carries: ``UPDATE customers SET email = 'ann@example.com' WHERE id = 7`` is shown as
+``UPDATE customers SET email = '<email>' WHERE id = 7``. Two things get masked:
+
+* **by place**: a literal or ``$n`` parameter that is compared with, assigned to,
+  inserted into or passed together with a column whose name says it holds PII
+  (``email``, ``phone``, ``ssn``, ``card_number``, ``full_name``, ``address``,
+  ``birth_date`` …, plus any column the caller names in ``pii_columns``, e.g. from the
+  PII catalog). Where a place's columns are unknown — ``INSERT`` without a column list —
+  every value is masked (fail closed);
+* **by look**: any string literal, comment, quoted identifier or parameter value that
+  contains something shaped like an e-mail address, a phone number, a payment card
+  number (Luhn-checked), a US SSN, a UK National Insurance number or an IBAN
+  (mod-97-checked), wherever it appears.
+
+Literals are found with PostgreSQL's own scanner and parser (pglast), not with
+regular expressions over the text, so quoting tricks (``E'\\''``, ``$$…$$``,
+``U&'…'``) cannot hide a value. The replacement itself is presidio-anonymizer's
+``replace`` operator applied to the spans found. Text the scanner cannot read (an
+unterminated literal) is masked from the point where scanning failed to the end.
+
+All functions are pure: no I/O, same input → same output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from pglast import parser as pg
+from presidio_anonymizer import AnonymizerEngine
+from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
+
+__all__ = ["is_pii_column", "mask_sql", "mask_text", "mask_value"]
+
+#: Parts of a column name (split at ``_``) that mark it as personal data. A name
+#: matches when one of its parts, or two adjacent parts joined, is listed:
+#: ``customer_email`` (``email``), ``birth_date`` (``birth``), ``cc_number`` (``cc``).
+_PII_NAME_PARTS = frozenset(
+    {
+        "email",
+        "mail",
+        "phone",
+        "mobile",
+        "telephone",
+        "tel",
+        "fax",
+        "ssn",
+        "sin",
+        "nin",
+        "nino",
+        "passport",
+        "nationalid",
+        "taxid",
+        "tin",
+        "card",
+        "cardnumber",
+        "pan",
+        "cc",
+        "ccnumber",
+        "creditcard",
+        "cvv",
+        "cvc",
+        "iban",
+        "name",
+        "firstname",
+        "lastname",
+        "fullname",
+        "surname",
+        "givenname",
+        "middlename",
+        "maidenname",
+        "address",
+        "street",
+        "postcode",
+        "postalcode",
+        "zip",
+        "zipcode",
+        "birth",
+        "birthdate",
+        "birthday",
+        "dob",
+        "password",
+        "secret",
+    }
+)
+
+#: Scanner tokens that are literal values.
+_LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+#: Tokens whose text is searched for PII-shaped values.
+_SEARCHED_TOKENS = frozenset({"SCONST", "USCONST", "IDENT", "UIDENT", "C_COMMENT", "SQL_COMMENT"})
+_NUMERIC_TOKENS = frozenset({"ICONST", "FCONST"})
+
+#: Nodes whose constants are masked when any column under them is a PII column:
+#: ``email = 'x'``, ``lower(email) LIKE 'x%'``, ``coalesce(phone, 'x')``, ``email IN (…)``.
+_CONTEXT_NODES = frozenset({"A_Expr", "FuncCall", "CoalesceExpr", "MinMaxExpr", "NullIfExpr"})
+
+_EMAIL = re.compile(r"[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}")
+_SSN = re.compile(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])")
+_NINO = re.compile(r"\b[A-CEGHJ-PR-TW-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+_PHONE = re.compile(
+    r"""
+    (?<![\w+.-])
+    (?:
+        \+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]?\d{2,4}){2,4}  # +CC …
+      | (?:00\d{1,3}[\s.-])?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}      # (555) 123-4567
+    )
+    (?:\s?(?:x|ext\.?)\s?\d{1,6})?
+    (?![\w.-])
+    """,
+    re.VERBOSE,
+)
+#: A whole value of bare digits this long is taken for a phone number (``5552368101``).
+_BARE_PHONE = re.compile(r"\+?\d{10,15}")
+_INDEX = re.compile(r"at index (\d+)")
+
+
+def is_pii_column(name: str, extra: Iterable[str] = ()) -> bool:
+    """True when a column of this name probably holds personal data."""
+    low = name.lower().strip('"')
+    if low in {e.lower() for e in extra}:
+        return True
+    parts = [p for p in re.split(r"[^a-z0-9]+", low) if p]
+    if any(p in _PII_NAME_PARTS for p in parts):
+        return True
+    return any(a + b in _PII_NAME_PARTS for a, b in itertools.pairwise(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    start: int  # character offset, inclusive
+    end: int  # exclusive
+    label: str
+    quoted: bool  # replace with a quoted placeholder (a whole literal)
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _iban_ok(text: str) -> bool:
+    s = text.replace(" ", "")
+    if not 15 <= len(s) <= 34:
+        return False
+    moved = s[4:] + s[:4]
+    try:
+        return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+    except ValueError:
+        return False
+
+
+def _shaped(text: str, numeric: bool = False) -> Iterator[tuple[int, int, str]]:
+    """Spans of ``text`` that look like PII, as (start, end, label)."""
+    for m in _CARD.finditer(text):
+        digits = re.sub(r"\D", "", m.group())
+        if 13 <= len(digits) <= 19 and _luhn(digits):
+            yield m.start(), m.end(), "card"
+    if numeric:
+        return
+    for m in _EMAIL.finditer(text):
+        yield m.start(), m.end(), "email"
+    for m in _SSN.finditer(text):
+        yield m.start(), m.end(), "ssn"
+    for m in _NINO.finditer(text):
+        yield m.start(), m.end(), "national_id"
+    for m in _IBAN.finditer(text):
+        if _iban_ok(m.group()):
+            yield m.start(), m.end(), "iban"
+    for m in _PHONE.finditer(text):
+        if 9 <= sum(c.isdigit() for c in m.group()) <= 20:
+            yield m.start(), m.end(), "phone"
+
+
+@lru_cache(maxsize=1)
+def _engine() -> AnonymizerEngine:
+    return AnonymizerEngine()
+
+
+def _apply(text: str, spans: Iterable[_Span]) -> str:
+    """Replace the spans with placeholders, using presidio's ``replace`` operator."""
+    chosen: list[_Span] = []
+    for s in sorted(spans, key=lambda s: (s.start, -(s.end - s.start))):
+        if chosen and s.start < chosen[-1].end:  # overlaps an earlier, wider span
+            if s.end > chosen[-1].end:
+                last = chosen[-1]
+                chosen[-1] = _Span(last.start, s.end, last.label, last.quoted)
+            continue
+        chosen.append(s)
+    if not chosen:
+        return text
+    results = []
+    operators: dict[str, OperatorConfig] = {}
+    for s in chosen:
+        new_value = f"'<{s.label}>'" if s.quoted else f"<{s.label}>"
+        entity = f"DBGATE_{'Q' if s.quoted else 'P'}_{s.label.upper()}"
+        operators[entity] = OperatorConfig("replace", {"new_value": new_value})
+        results.append(RecognizerResult(entity, s.start, s.end, 1.0))
+    return _engine().anonymize(text=text, analyzer_results=results, operators=operators).text
+
+
+def mask_text(text: str) -> str:
+    """Mask PII-shaped values in free text (purposes, messages, application names)."""
+    if not text:
+        return text
+    return _apply(text, (_Span(a, b, label, False) for a, b, label in _shaped(text)))
+
+
+def mask_value(value: str | None, label: str | None = None) -> str | None:
+    """Mask one parameter value: all of it when ``label`` (its PII column) is given,
+    else the parts of it that look like PII."""
+    if value is None:
+        return None
+    if label is not None:
+        return f"<{label}>"
+    if _BARE_PHONE.fullmatch(value.strip()):
+        return "<phone>"
+    return mask_text(value)
+
+
+# -- where the PII columns are -------------------------------------------------------
+
+
+def _node_items(node: Any) -> Iterator[Any]:
+    if isinstance(node, dict):
+        yield from node.values()
+    elif isinstance(node, list):
+        yield from node
+
+
+def _columns_under(node: Any) -> Iterator[str]:
+    """Column names referenced anywhere under a JSON parse-tree node."""
+    if isinstance(node, dict):
+        ref = node.get("ColumnRef")
+        if isinstance(ref, dict):
+            fields = [f["String"]["sval"] for f in ref.get("fields", ()) if "String" in f]
+            if fields:
+                yield fields[-1]
+    for child in _node_items(node):
+        yield from _columns_under(child)
+
+
+def _values_under(node: Any) -> Iterator[tuple[str, int]]:
+    """("const", byte location) and ("param", number) under a JSON parse-tree node."""
+    if isinstance(node, dict):
+        const = node.get("A_Const")
+        if isinstance(const, dict) and not const.get("isnull") and "location" in const:
+            yield "const", const["location"]
+        param = node.get("ParamRef")
+        if isinstance(param, dict) and "number" in param:
+            yield "param", param["number"]
+    for child in _node_items(node):
+        yield from _values_under(child)
+
+
+class _Places:
+    """Collects the constants and parameters that sit in a PII column's place."""
+
+    def __init__(self, extra: Sequence[str]) -> None:
+        self.extra = extra
+        self.consts: dict[int, str] = {}  # byte location -> label
+        self.params: dict[int, str] = {}  # parameter number -> label
+
+    def pii(self, name: str | None) -> str | None:
+        if name and is_pii_column(name, self.extra):
+            return name.lower()
+        return None
+
+    def mark(self, node: Any, label: str) -> None:
+        for kind, where in _values_under(node):
+            target = self.consts if kind == "const" else self.params
+            target.setdefault(where, label)
+
+    def walk(self, node: Any) -> None:
+        if isinstance(node, dict):
+            for kind, body in node.items():
+                if not isinstance(body, dict):
+                    continue
+                if kind in _CONTEXT_NODES:
+                    label = next(filter(None, map(self.pii, _columns_under(body))), None)
+                    if label:
+                        self.mark(body, label)
+                elif kind == "ResTarget":
+                    self._target(body)
+                elif kind == "InsertStmt":
+                    self._positional(body.get("cols"), body.get("selectStmt"))
+                elif kind == "MergeWhenClause" and body.get("commandType") == "CMD_INSERT":
+                    self._positional(
+                        body.get("targetList"), {"List": {"items": body.get("values")}}
+                    )
+        for child in _node_items(node):
+            self.walk(child)
+
+    def _target(self, body: dict[str, Any]) -> None:
+        label = self.pii(body.get("name"))
+        val = body.get("val")
+        if not label or val is None:
+            return
+        multi = val.get("MultiAssignRef") if isinstance(val, dict) else None
+        if isinstance(multi, dict):  # SET (a, b) = ('x', 'y')
+            row = (multi.get("source") or {}).get("RowExpr")
+            colno = multi.get("colno", 0)
+            if isinstance(row, dict) and 0 < colno <= len(row.get("args", [])):
+                self.mark(row["args"][colno - 1], label)
+                return
+        self.mark(val, label)
+
+    def _positional(self, cols: Any, source: Any) -> None:
+        """INSERT (cols) VALUES (…) / SELECT …: each value takes its column's place."""
+        names = [c.get("ResTarget", {}).get("name") for c in cols or ()]
+        rows: list[list[Any]] = []
+        select = source.get("SelectStmt") if isinstance(source, dict) else None
+        if isinstance(select, dict):
+            for row in select.get("valuesLists") or ():
+                rows.append(list((row.get("List") or {}).get("items") or ()))
+            if select.get("targetList"):
+                rows.append([t.get("ResTarget", {}).get("val") for t in select["targetList"]])
+        elif isinstance(source, dict) and "List" in source:
+            rows.append(list(source["List"].get("items") or ()))
+        for row in rows:
+            for i, value in enumerate(row):
+                if not names:  # no column list: the values' columns are unknown
+                    self.mark(value, "value")
+                elif i < len(names) and (label := self.pii(names[i])):
+                    self.mark(value, label)
+
+
+def _char_offsets(sql: str) -> Any:
+    if sql.isascii():
+        return lambda b: b
+    return pg.Displacements(sql)
+
+
+def _scan(sql: str) -> tuple[list[Any], int | None]:
+    """The scanner's tokens, and where scanning failed (None: it did not)."""
+    try:
+        return list(pg.scan(sql)), None
+    except pg.ParseError as e:
+        m = _INDEX.search(str(e))
+        failed = int(m.group(1)) if m else 0
+        if failed > 0:
+            try:
+                return list(pg.scan(sql[:failed])), failed
+            except pg.ParseError:
+                pass
+        return [], 0
+
+
+def mask_sql(
+    sql: str, params: Sequence[str | None] = (), *, pii_columns: Sequence[str] = ()
+) -> tuple[str, tuple[str | None, ...]]:
+    """Return ``(masked_sql, masked_params)``; see the module docstring for what is masked.
+
+    ``params`` are the Bind values as text (None for NULL); ``pii_columns`` adds
+    column names to those recognised by name (e.g. the PII catalog's).
+    """
+    places = _Places(pii_columns)
+    # Unparseable SQL has no places; masking by look still applies below.
+    with contextlib.suppress(pg.ParseError, ValueError, RecursionError):
+        places.walk(json.loads(pg.parse_sql_json(sql)))
+    to_char = _char_offsets(sql)
+    const_at = {to_char(loc): label for loc, label in places.consts.items()}
+    tokens, failed = _scan(sql)
+
+    spans: list[_Span] = []
+    pending = sorted(const_at.items())
+    k = 0
+    for tok in tokens:
+        start, end = tok.start, tok.end + 1
+        whole: str | None = None
+        # A constant's location may point at a sign or a type name (DATE '…'):
+        # it covers the first literal token at or after it.
+        while k < len(pending) and pending[k][0] <= start and tok.name in _LITERAL_TOKENS:
+            whole = whole or pending[k][1]
+            k += 1
+        while k < len(pending) and pending[k][0] < start:
+            k += 1
+        if whole is not None:
+            spans.append(_Span(start, end, whole, True))
+            continue
+        if tok.name in _SEARCHED_TOKENS or tok.name in _NUMERIC_TOKENS:
+            text = sql[start:end]
+            numeric = tok.name in _NUMERIC_TOKENS
+            for a, b, label in _shaped(text, numeric=numeric):
+                spans.append(_Span(start + a, start + b, label, numeric))
+            quoted = tok.name == "SCONST" and len(text) >= 2 and text[0] == "'" == text[-1]
+            if quoted and _BARE_PHONE.fullmatch(text[1:-1].strip()):
+                spans.append(_Span(start, end, "phone", True))
+    masked = _apply(sql if failed is None else sql[:failed], spans)
+    if failed is not None:
+        masked += "<masked: the rest could not be scanned>"
+
+    out_params = tuple(mask_value(v, places.params.get(i + 1)) for i, v in enumerate(params))
+    return masked, out_params

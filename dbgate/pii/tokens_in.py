@@ -1,0 +1,234 @@
+"""Tokens in, values out: resolve tokens the agent sends back before the server sees them.
+
+``SELECT … WHERE email = 'tok_email_r…'`` must find the customer, so the token is
+replaced by the real value in the forwarded text; ``= ANY($1)`` with an array of tokens
+works the same in Bind values. The agent never sees the value: every output that the
+resolved literal flows into is tokenized again (lineage marks it), and a token may not
+be resolved where the value could be stored or echoed raw — a column the catalog does
+not mark as PII, a setting, a user function's argument, a view definition, EXPLAIN —
+(the walker in :mod:`dbgate.pii.lineage` decides, per literal and per parameter).
+
+A token that does not resolve (altered, issued under another key, or a hashed token
+no longer in the cache) is an error with SQLSTATE 22023, never a silent miss: a
+``WHERE email = 'tok_…'`` that quietly matched nothing would mislead the agent.
+
+Rewriting SQL text: the literal holding the token (found by pglast's scanner, so
+identifiers and comments are never touched) is replaced whole by a dollar-quoted
+literal of the resolved text, whatever its original quoting (``'…'``, ``E'…'``,
+``$$…$$``) — dollar quoting does not depend on ``standard_conforming_strings``.
+Inside a JSON literal the value is JSON-escaped; inside an array literal
+(``'{tok_a,tok_b}'``) each element is re-quoted as the array syntax needs.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import struct
+from collections.abc import Callable, Sequence
+
+from pglast import parser as _pg
+
+from dbgate.pii.lineage import Analysis
+from dbgate.pii.pseudonyms import (
+    ARRAY,
+    BYTEA,
+    JSON,
+    JSONB,
+    TEXT,
+    TypeRegistry,
+    _quote_array_elem,
+    _text_array_items,
+)
+from dbgate.pii.tokens import TOKEN_RE, TOKEN_RE_BYTES, TokenError
+
+__all__ = ["Resolver", "detokenize_params", "detokenize_sql"]
+
+#: token -> (entity, value bytes); raises TokenError
+Resolver = Callable[[str], tuple[str, bytes]]
+
+
+def _value_text(resolve: Resolver, token: str) -> str:
+    _entity, value = resolve(token)
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        raise TokenError(
+            f"token {token[:40]}… stands for bytes that are not UTF-8 text", token
+        ) from None
+    if "\0" in text:
+        raise TokenError(f"token {token[:40]}… stands for a value with a NUL byte", token)
+    return text
+
+
+def _replace_in_text(text: str, resolve: Resolver) -> str:
+    """Tokens inside one literal's value, replaced with regard to JSON and array syntax."""
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "[", '"'):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        else:
+            return json.dumps(_json_replace(doc, resolve), ensure_ascii=False)
+        if stripped.startswith("{") and doc is None:
+            try:
+                return _array_replace(text, resolve, ",")
+            except ValueError:
+                pass
+    return TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), text)
+
+
+def _json_replace(doc: object, resolve: Resolver) -> object:
+    if isinstance(doc, str):
+        return TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), doc)
+    if isinstance(doc, list):
+        return [_json_replace(x, resolve) for x in doc]
+    if isinstance(doc, dict):
+        return {_json_replace(k, resolve): _json_replace(v, resolve) for k, v in doc.items()}
+    return doc
+
+
+def _array_replace(text: str, resolve: Resolver, delim: str) -> str:
+    prefix, items = _text_array_items(text, delim)
+    out = [prefix]
+    pos = len(prefix)
+    for start, end, value in items:
+        out.append(text[pos:start])
+        if value is None or "tok_" not in value:
+            out.append(text[start:end])
+        else:
+            new = TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), value)
+            out.append(_quote_array_elem(new, delim))
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _dollar_quote(value: str) -> str:
+    tag = "$dbgate$"
+    while tag in value or value.endswith("$dbgate"):
+        tag = f"$dbgate{secrets.token_hex(4)}$"
+    return f"{tag}{value}{tag}"
+
+
+def detokenize_sql(sql: str, analysis: Analysis, resolve: Resolver) -> str:
+    """``sql`` with every token literal resolved; TokenError (22023) when one may not be.
+
+    ``analysis`` must be the lineage of this very text (the plan's).
+    """
+    sites = analysis.token_sites
+    if not sites:
+        return sql
+    for site in sites:
+        if not site.allowed:
+            raise TokenError(f"a token cannot be resolved here: {site.why}")
+    if analysis.token_writes:
+        raise TokenError(
+            f"a token cannot be resolved here: the statement {analysis.token_writes[0]}"
+        )
+    raw = sql.encode()
+    spans: dict[int, tuple[int, int]] = {}
+    for tok in _pg.scan(sql):
+        if tok.name in ("SCONST", "USCONST"):
+            spans[tok.start] = (tok.start, tok.end + 1)
+    replacements: list[tuple[int, int, str]] = []
+    for site in sites:
+        char_at = len(raw[: site.location].decode("utf-8", "replace")) if site.location >= 0 else -1
+        span = spans.get(char_at)
+        if span is None:
+            raise TokenError("a token literal could not be located in the statement text")
+        replacements.append((span[0], span[1], _dollar_quote(_replace_in_text(site.text, resolve))))
+    out = []
+    pos = 0
+    for start, end, text in sorted(set(replacements)):
+        out.append(sql[pos:start])
+        out.append(text)
+        pos = end
+    out.append(sql[pos:])
+    return "".join(out)
+
+
+def _replace_bytes(value: bytes, resolve: Resolver) -> bytes:
+    return TOKEN_RE_BYTES.sub(lambda m: resolve(m.group(0).decode())[1], value)
+
+
+def detokenize_params(
+    analysis: Analysis,
+    params: Sequence[bytes | None],
+    formats: Sequence[int],
+    param_types: Sequence[int],
+    types: TypeRegistry,
+    resolve: Resolver,
+) -> tuple[tuple[bytes | None, ...], frozenset[int]]:
+    """Bind values with tokens resolved, and the 1-based numbers of those that held one.
+
+    ``formats`` and ``param_types`` are per parameter (expanded; 0 where unknown).
+    """
+    out = list(params)
+    replaced: set[int] = set()
+    for i, value in enumerate(params):
+        if value is None or b"tok_" not in value:
+            continue
+        fmt = formats[i] if i < len(formats) else 0
+        if fmt == 0 and TOKEN_RE_BYTES.search(value) is None:
+            continue
+        n = i + 1
+        oid = param_types[i] if i < len(param_types) else 0
+        kind = types.kind(oid) if oid else TEXT
+        if fmt == 0:
+            try:
+                text = value.decode()
+            except UnicodeDecodeError:
+                raise TokenError(f"parameter ${n} is not valid UTF-8 text") from None
+            if kind == ARRAY or (oid == 0 and text.startswith("{")):
+                delim = types.delims.get(oid, ",")
+                new = (
+                    _array_replace(text, resolve, delim)
+                    if kind == ARRAY
+                    else _replace_in_text(text, resolve)
+                ).encode()
+            elif kind in (JSON, JSONB):
+                new = _replace_in_text(text, resolve).encode()
+            elif kind == BYTEA:
+                raise TokenError(f"parameter ${n}: tokens are not resolved inside bytea values")
+            else:
+                new = TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), text).encode()
+        elif kind == TEXT:
+            new = _replace_bytes(value, resolve)
+        elif kind == ARRAY and types.kind(types.elems.get(oid, 0)) == TEXT:
+            new = _binary_text_array(value, resolve)
+        else:
+            continue  # a binary value of another type: "tok_" is only a coincidence of bytes
+        if new == value:
+            continue
+        why = analysis.param_sites.get(n, "")
+        if why:
+            raise TokenError(f"a token in parameter ${n} cannot be resolved here: {why}")
+        if n in analysis.param_writes:
+            raise TokenError(
+                f"a token in parameter ${n} cannot be resolved here: its value would be stored "
+                "where the PII catalog does not mark it"
+            )
+        out[i] = new
+        replaced.add(n)
+    return tuple(out), frozenset(replaced)
+
+
+def _binary_text_array(raw: bytes, resolve: Resolver) -> bytes:
+    ndim, _flags, _elem = struct.unpack_from("!iiI", raw, 0)
+    pos = 12 + 8 * ndim
+    count = 1 if ndim else 0
+    for i in range(ndim):
+        count *= struct.unpack_from("!i", raw, 12 + 8 * i)[0]
+    parts = [raw[:pos]]
+    for _ in range(count):
+        n = struct.unpack_from("!i", raw, pos)[0]
+        pos += 4
+        if n < 0:
+            parts.append(b"\xff\xff\xff\xff")
+            continue
+        new = _replace_bytes(raw[pos : pos + n], resolve)
+        parts.append(struct.pack("!i", len(new)) + new)
+        pos += n
+    return b"".join(parts)

@@ -1,0 +1,303 @@
+"""Expressions: column references, operators, function calls and the sub-queries in them.
+
+:func:`walk` is the generic descent over any subtree and the classifier's hottest
+loop. Every called function is looked up in the function catalog
+(:mod:`dbgate.policy.functions`); the few whose effect depends on their arguments
+(``set_config``, ``pg_notify``, ``query_to_xml`` and friends) are judged here from
+those arguments. ``out`` tells whether values at this point flow into the
+statement's result (a sub-select in the target list) or only filter (in WHERE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dbgate.policy import functions as _fn
+from dbgate.policy.catalog_builtin import OPERATORS
+from dbgate.policy.catalog_settings import VALUE_SENSITIVE, setting_effects
+from dbgate.policy.model import DUMP, EXPORT, OPAQUE, WRITE
+from dbgate.policy.walk import nested, queries, statements
+from dbgate.policy.walk.facts import StatementFacts
+from dbgate.policy.walk.nodes import (
+    DYNAMIC,
+    KNOWN,
+    NEED_BIND,
+    QUERY_NODES,
+    Ctes,
+    op_name,
+    strs,
+    value_of,
+)
+
+
+def walk(v: Any, facts: StatementFacts, out: bool, ctes: Ctes) -> None:
+    """Walk any subtree. ``out``: values here flow into the statement's result.
+
+    Hot loop: exact ``type() is`` checks, scalar fields skipped before any lookup,
+    and subtrees that cannot contain calls or columns (constants, type names) skipped.
+    """
+    t = type(v)
+    if t is list:
+        for x in v:
+            if type(x) is dict:
+                walk(x, facts, out, ctes)
+        return
+    if t is not dict:
+        return
+    for k, x in v.items():
+        tx = type(x)
+        if tx is dict:
+            if k in _SKIP:
+                continue
+            h = _EXPR.get(k)
+            if h is not None:
+                h(x, facts, out, ctes)
+            elif k in QUERY_NODES:
+                queries.query(k, x, facts, out, ctes)
+            elif k[0].isupper() and k.endswith("Stmt"):
+                statements.stmt_body(k, x, facts)
+            else:
+                walk(x, facts, out, ctes)
+        elif tx is list:
+            for y in x:
+                if type(y) is dict:
+                    walk(y, facts, out, ctes)
+
+
+#: Subtrees with nothing to find: literals and type names (typmods are literals).
+_SKIP = frozenset({"A_Const", "TypeName", "typeName", "String", "Integer", "Float", "Boolean"})
+
+
+def _column_ref(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
+    parts = []
+    for f in x.get("fields", ()):
+        s = f.get("String")
+        parts.append(s["sval"] if s is not None and "sval" in s else "*")
+    if len(parts) == 1:
+        facts.columns.add(parts[0])
+    elif parts:
+        facts.columns.add(".".join(parts))
+
+
+def _sublink(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
+    if "operName" in x:
+        _check_operator(strs(x["operName"]), facts)
+    walk(x.get("testexpr"), facts, False, ctes)
+    kind = x.get("subLinkType", "")
+    carries = out and kind in ("EXPR_SUBLINK", "ARRAY_SUBLINK", "MULTIEXPR_SUBLINK", "CTE_SUBLINK")
+    sub = x.get("subselect")
+    if isinstance(sub, dict):
+        for k, body in sub.items():
+            queries.query(k, body, facts, carries, ctes)
+
+
+#: Operator "names" the grammar uses for constructs that are not pg_operator entries.
+_SYNTAX_OPS = frozenset({"BETWEEN", "NOT BETWEEN", "BETWEEN SYMMETRIC", "NOT BETWEEN SYMMETRIC"})
+
+
+def _check_operator(names: list[str], facts: StatementFacts) -> None:
+    """Operators run functions too: a user-defined one (``===``) is as unknown as a call."""
+    if not names:
+        return
+    op = names[-1]
+    if (len(names) > 1 and names[-2] != "pg_catalog") or (
+        op not in OPERATORS and op not in _SYNTAX_OPS
+    ):
+        facts.add(
+            OPAQUE,
+            "unknown-operator",
+            f"uses the operator {'.'.join(names)}, which is not a built-in; its effect is unknown",
+        )
+
+
+def _a_expr(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
+    op, foreign = op_name(x.get("name"))
+    if foreign or (op not in OPERATORS and op not in _SYNTAX_OPS):
+        _check_operator(strs(x.get("name")), facts)
+    walk(x.get("lexpr"), facts, out, ctes)
+    walk(x.get("rexpr"), facts, out, ctes)
+
+
+def _range_var_expr(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
+    queries.from_range_var(x, facts, ctes)
+
+
+def _func_call(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
+    names = strs(x.get("funcname"))
+    func_names(names, x, facts, out, ctes)
+    walk(x.get("args"), facts, out, ctes)
+    for f in ("agg_order", "agg_filter", "over"):
+        if f in x:
+            walk(x[f], facts, False, ctes)
+
+
+def func_names(
+    names: list[str], x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes
+) -> None:
+    """Look a called function up in the catalog and add its categories."""
+    if not names:
+        facts.add(OPAQUE, "unknown-function", "calls a function without a name")
+        return
+    name = names[-1]
+    schema = names[-2] if len(names) > 1 else None
+    qual = ".".join(names)
+    facts.functions.add(qual)
+    eff = _fn.EFFECTS.get(name)
+    if eff is not None:
+        for c in eff.categories:
+            facts.add(c, eff.code, f"calls {qual}, which {eff.message}")
+    builtin = schema is None or schema == "pg_catalog"
+    if builtin and name in _fn.SPECIAL:
+        _special(name, qual, x, facts)
+        return
+    if eff is not None and builtin and name in _fn.BUILTIN_NAMES:
+        return  # a known built-in with a known effect; extension functions stay opaque
+    if _fn.is_pure(name, schema):
+        return
+    if facts.extra_pure and (
+        qual in facts.extra_pure or (schema is None and name in facts.extra_pure)
+    ):
+        return
+    facts.add(
+        OPAQUE,
+        "unknown-function",
+        f"calls {qual}, which is not a function dbgate knows, so its effect is unknown",
+    )
+
+
+#: Parameter names of the special functions, for calls with named arguments
+#: (``set_config(new_value => 'off', setting_name => 'standard_conforming_strings', ...)``).
+_ARG_NAMES: dict[str, tuple[str, ...]] = {
+    "set_config": ("setting_name", "new_value", "is_local"),
+    "query_to_xml": ("query", "nulls", "tableforest", "targetns"),
+    "query_to_xmlschema": ("query", "nulls", "tableforest", "targetns"),
+    "query_to_xml_and_xmlschema": ("query", "nulls", "tableforest", "targetns"),
+}
+
+
+def _positional(name: str, args: list[Any]) -> list[Any]:
+    """Arguments in declaration order, resolving ``name => value`` notation.
+
+    An argument name we do not know leaves a hole (None), which reads as a computed
+    value: the caller then fails closed.
+    """
+    if not any("NamedArgExpr" in a for a in args):
+        return args
+    names = _ARG_NAMES.get(name, ())
+    out: list[Any] = [a for a in args if "NamedArgExpr" not in a]
+    out += [None] * (len(names) - len(out))
+    for a in args:
+        na = a.get("NamedArgExpr")
+        if na is None:
+            continue
+        try:
+            idx = names.index(na.get("name", ""))
+        except ValueError:
+            continue
+        if idx < len(out):
+            out[idx] = na.get("arg")
+    return out
+
+
+def _special(name: str, qual: str, x: dict[str, Any], facts: StatementFacts) -> None:
+    args = _positional(name, x.get("args") or [])
+    if name == "set_config":
+        _set_config(qual, args, facts)
+    elif name == "pg_notify":
+        payload = args[1] if len(args) > 1 else None
+        if payload is None or "A_Const" in payload or "ParamRef" in payload:
+            facts.add(WRITE, "notify", f"calls {qual}, which notifies listening sessions")
+        else:
+            facts.add(
+                EXPORT,
+                "notify-carries-data",
+                f"calls {qual} with a computed payload, which can carry table data to other sessions",
+            )
+    else:  # query_to_xml & co: execute a SQL string
+        idx = _fn.SQL_STRING_FUNCTIONS[name]
+        if name.startswith("query_to"):
+            facts.add(
+                DUMP, "xml-query-export", f"calls {qual}, which returns a whole query result as XML"
+            )
+        state, text = value_of(args[idx], facts) if len(args) > idx else (DYNAMIC, None)
+        if state == KNOWN and text is not None:
+            nested.nested_sql(text, facts, f"SQL executed by {qual}")
+        elif state == NEED_BIND:
+            facts.add(
+                OPAQUE, "needs-bind", f"calls {qual}, which runs SQL given as a parameter at Bind"
+            )
+        else:
+            facts.add(OPAQUE, "dynamic-sql", f"calls {qual}, which runs SQL computed at run time")
+
+
+def _set_config(qual: str, args: list[Any], facts: StatementFacts) -> None:
+    if not args:
+        facts.add(OPAQUE, "dynamic-setting", f"calls {qual} without a setting name")
+        return
+    rows = _pg_settings_names(args[0], facts)
+    if rows is not None:  # set_config(name, ...) FROM pg_settings WHERE name = '...'
+        for name in sorted(rows):
+            _setting(qual, name, args, facts)
+        return
+    state, name = value_of(args[0], facts)
+    if state != KNOWN or name is None:
+        if state == NEED_BIND:
+            facts.add(OPAQUE, "needs-bind", f"calls {qual} with the setting name given at Bind")
+        else:
+            facts.add(
+                OPAQUE, "dynamic-setting", f"calls {qual} with a setting name computed at run time"
+            )
+        return
+    _setting(qual, name.strip(), args, facts)
+
+
+def _setting(qual: str, name: str, args: list[Any], facts: StatementFacts) -> None:
+    """The effects of ``set_config(name, args[1], ...)`` for one known setting name."""
+    vstate, value = KNOWN, None
+    if name.lower() in VALUE_SENSITIVE and len(args) > 1:  # only read the value if it matters
+        vstate, value = value_of(args[1], facts)
+    values = None if vstate != KNOWN else ([] if value is None else [value])
+    effects, needed = setting_effects(name, values, as_list=True)
+    for cat, code, msg in effects:
+        if needed and vstate == NEED_BIND:
+            facts.add(OPAQUE, "needs-bind", f"calls {qual} with the value of {name} given at Bind")
+        else:
+            facts.add(cat, code, msg)
+
+
+def _pg_settings_names(arg: Any, facts: StatementFacts) -> frozenset[str] | None:
+    """The setting names ``arg`` can be, when it is the ``name`` column of pg_settings
+    rows that the enclosing query's WHERE limits to literal names; else None.
+
+    pg_dump sends ``SELECT set_config(name, '...', false) FROM pg_settings WHERE name =
+    '...'`` to set a setting only where the server has it. The query level sets
+    ``facts.setting_rows`` (see :func:`dbgate.policy.walk.queries.select`).
+    """
+    rows = facts.setting_rows
+    if rows is None or type(arg) is not dict:
+        return None
+    ref = arg.get("ColumnRef")
+    if ref is None:
+        return None
+    fields = strs(ref.get("fields"))
+    if len(fields) != len(ref.get("fields", ())) or not fields or fields[-1] != "name":
+        return None
+    qualifiers, names = rows
+    if (len(fields) == 2 and fields[0] not in qualifiers) or len(fields) > 2:
+        return None
+    return names
+
+
+def _range_function(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
+    walk(x.get("functions"), facts, out, ctes)
+
+
+_EXPR: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]] = {
+    "ColumnRef": _column_ref,
+    "SubLink": _sublink,
+    "FuncCall": _func_call,
+    "A_Expr": _a_expr,
+    "RangeVar": _range_var_expr,
+    "RangeFunction": _range_function,
+}

@@ -1,0 +1,1551 @@
+"""The statement tracker: every protocol rule the relay must follow, in one sans-IO object.
+
+The relay (:mod:`dbgate.proxy.session`) moves bytes; this object keeps the books. It
+is fed what the client sends (after the inspector's verdict) and what the server
+answers, and it is the single owner of:
+
+* the **in-flight queue**: one entry per client message the server will answer, in
+  order. PostgreSQL answers messages strictly in the order it reads them, so every
+  server message is matched to the entry at the head of the queue: ParseComplete to
+  a Parse, BindComplete to a Bind, rows and CommandComplete to an Execute or a Query,
+  ReadyForQuery to a Sync. An ErrorResponse fails the head entry and, in the extended
+  protocol, every entry up to the next Sync (the server skips them). A server message
+  that does not fit the head means dbgate lost track: :class:`TrackerDesync` ends
+  the session (fail closed);
+* **cycles**: every Query, FunctionCall and Sync the server will answer with a
+  ReadyForQuery (for draining, idleness and cancelling orphaned statements);
+* **copy-in**: PostgreSQL ignores Sync while it copies in (libpq's extended COPY
+  sends one right after the Execute); those Syncs are dropped from the queue;
+* **skip to Sync**: after dbgate refuses an extended-protocol message the client's
+  messages up to its Sync are not forwarded (the server would skip them anyway);
+* **injected refusals**: a refused statement is replaced upstream by one that fails
+  with a marker (see :meth:`StatementTracker.refuse`), whose error is swapped back
+  for the refusal on the way to the client;
+* the **server's prepared statements and portals** as the server confirmed them,
+  which decide the result plan an Execute runs under, and the exact resolution of
+  prepared-statement changes (:mod:`dbgate.proxy.prepared`);
+* **statement records** (:class:`~dbgate.proxy.seams.StatementRecord`) and the
+  observer's events: received, decided, forwarded, completed or failed.
+
+Transitions live in the ``_on_*`` methods of the server side, one per message type,
+and the ``*_sent`` methods of the client side. Nothing here does I/O: the relay
+writes what :meth:`refuse` returns and what :meth:`server_chunk` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable
+from struct import Struct, unpack_from
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from dbgate.proxy.prepared import name_key
+from dbgate.proxy.row_limit import RowLimiter
+from dbgate.proxy.seams import (
+    Allow,
+    AllowAll,
+    Inspector,
+    MessageFilter,
+    Observer,
+    RecordKind,
+    Refuse,
+    RowRewriter,
+    Statement,
+    StatementRecord,
+)
+from dbgate.wire import messages as m
+from dbgate.wire import sqlstate
+from dbgate.wire.errors import ProtocolError
+from dbgate.wire.framing import ALL_TYPES, Frame, split_frames, type_mask
+
+if TYPE_CHECKING:
+    from dbgate.proxy.session_info import SessionInfo
+
+log = logging.getLogger("dbgate.session")
+
+_NONCE = secrets.token_hex(8)  # marks errors this process injected; unguessable by clients
+
+# Frontend message types
+_QUERY_MSG, _PARSE_MSG, _BIND_MSG, _FUNCTION_MSG = (ord(c) for c in "QPBF")
+_SYNC_MSG, _CLOSE_MSG, _TERMINATE_MSG, _FLUSH = (ord(c) for c in "SCXH")
+_EXECUTE, _DESCRIBE = ord("E"), ord("D")
+_COPY_DONE_MSG, _COPY_FAIL_MSG = ord("c"), ord("f")
+#: What the client side must see; all other messages pass as bytes.
+CLIENT_TYPES = type_mask("QPBFSCXEDcf")
+
+MEMO_MAX_ENTRIES = 128  # repeatable verdicts remembered per session
+MEMO_MAX_MESSAGE = 2048  # bytes; longer messages are always inspected
+
+# Backend message types
+_Z, _PS, _E, _N, _A = (ord(c) for c in "ZSENA")
+_PARSE_OK, _BIND_OK, _CLOSE_OK = (ord(c) for c in "123")
+_PARAM_DESC, _ROW_DESC, _NO_DATA = (ord(c) for c in "tTn")
+_DATA_ROW, _CMD_COMPLETE, _EMPTY, _SUSPENDED = (ord(c) for c in "DCIs")
+_COPY_IN, _COPY_OUT, _COPY_BOTH, _COPY_DATA = (ord(c) for c in "GHWd")
+_COPY_DONE_SRV = ord("c")
+_FUNC_RESULT = ord("V")
+
+#: What the server side must always see: everything that answers a client message,
+#: and ParameterStatus/ErrorResponse. DataRow/CopyData only while a rewriter is
+#: active; notices and notifications only when a message filter is configured.
+TRACK_TYPES = type_mask("ZSE123tTnCIsGHWV")
+
+#: Entries in flight per session; a client that pipelines more without reading its
+#: answers is ended (54000) rather than allowed to grow dbgate's memory.
+MAX_IN_FLIGHT = 100_000
+
+# Entry kinds. Entries are tuples whose first item is the kind (tuples are several
+# times cheaper to make than objects, and one is made per message):
+#   (QUERY, verdict, record, changes)   changes: None or [index, [(i, handle), ...]]
+#   (PARSE, name key, _Prepared, handle, record)
+#   (BIND, body, verdict or None, record)
+#   (DESCRIBE_S, name key) / (DESCRIBE_P, portal)
+#   (EXECUTE, portal, record)
+#   (CLOSE, "S" or "P", name, handle)
+#   (SYNC,) / (COPY_END,)     COPY_END marks where the client ended COPY data
+#   (FUNCTION, record)
+#   (INJECTED_QUERY, refusal, record, token) / (INJECTED_PARSE, refusal, record, token)
+QUERY, PARSE, BIND, DESCRIBE_S, DESCRIBE_P, EXECUTE, CLOSE, SYNC, FUNCTION = range(9)
+INJECTED_QUERY, INJECTED_PARSE, COPY_END = 9, 10, 11
+# Failures dbgate sends after a statement that went over its row limit finished
+# anyway, so that the server agrees it failed; their answers are not shown.
+SILENT_QUERY, SILENT_PARSE = 12, 13
+_KIND_NAMES = (
+    "Query",
+    "Parse",
+    "Bind",
+    "Describe of a statement",
+    "Describe of a portal",
+    "Execute",
+    "Close",
+    "Sync",
+    "FunctionCall",
+    "refused Query",
+    "refused message",
+    "end of COPY data",
+    "Query of dbgate's",
+    "Parse of dbgate's",
+)
+_SYNC_ENTRY = (SYNC,)
+_DESCRIBE_UNNAMED_PORTAL = (DESCRIBE_P, "")
+_COPY_END_ENTRY = (COPY_END,)
+_ENDS_CYCLE = frozenset({QUERY, SYNC, FUNCTION, INJECTED_QUERY, SILENT_QUERY})
+
+_I16 = Struct("!h")
+_STATUS = {0x49: "I", 0x54: "T", 0x45: "E"}
+Entry = tuple[Any, ...]
+
+
+class TrackerDesync(ProtocolError):
+    """The server sent something that does not answer the message dbgate expected.
+
+    dbgate's picture of the session can no longer be trusted, so the session ends.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sqlstate=sqlstate.PROTOCOL_VIOLATION)
+
+
+class _Prepared:
+    """A statement as the relay knows it: its text, the verdict it was allowed with,
+    its parameter types and (once described) its RowDescription. One per distinct
+    Parse; a remembered Parse reuses it."""
+
+    __slots__ = ("description", "param_types", "sql", "verdict")
+
+    def __init__(self, sql: str, verdict: Allow, param_types: tuple[int, ...]) -> None:
+        self.sql = sql
+        self.verdict = verdict
+        self.param_types = param_types
+        self.description: bytes | None = None
+
+
+class _Limit:
+    """A statement under a row limit, from its forwarding to its end.
+
+    While it runs the client's later messages wait (the relay parks them), so that
+    if the limit is hit nothing else has reached the server when dbgate fails it.
+    """
+
+    __slots__ = ("cancel_pending", "entry", "finished", "hit", "refusal", "silent")
+
+    def __init__(self, entry: Entry, refusal: Refuse) -> None:
+        self.entry = entry
+        self.refusal = refusal
+        self.hit = False
+        self.finished = False  # the statement's own end was seen
+        self.silent = False  # a failure of dbgate's is in flight (its answers dropped)
+        self.cancel_pending = False
+
+
+def _over_limit(verdict: Allow) -> Refuse:
+    if verdict.over_limit is not None:
+        return verdict.over_limit
+    return Refuse(
+        sqlstate.PROGRAM_LIMIT_EXCEEDED,
+        f"dbgate: this statement returned more than {verdict.max_rows} rows, its limit, "
+        "and was stopped",
+        hint="narrow it (a WHERE on a key, a smaller LIMIT) or ask for approval",
+    )
+
+
+class _PortalState:
+    """What a portal under a result plan needs across its Executes."""
+
+    __slots__ = ("description", "rewriter")
+
+    def __init__(self) -> None:
+        self.description: bytes | None = None
+        self.rewriter: RowRewriter | None = None
+
+
+class Waiting(NamedTuple):
+    """A statement whose verdict is awaited, and what the relay must keep meanwhile."""
+
+    verdict: Awaitable[Allow | Refuse]
+    message_type: int
+    message: bytes  # the whole message, to forward if allowed
+    statement: Statement
+    record: StatementRecord | None
+    body: bytes
+    rest: bytes  # what followed it in the same read
+
+
+def _bind_statement_name(chunk: bytes, s: int, e: int) -> bytes:
+    """The statement name of a Bind message, as raw bytes, without decoding the rest."""
+    i = chunk.find(b"\0", s, e)
+    j = chunk.find(b"\0", i + 1, e) if i >= 0 else -1
+    if j < 0:
+        raise ProtocolError("malformed Bind message")
+    return chunk[i + 1 : j]
+
+
+def _row_count(tag: str) -> int:
+    """Rows returned or affected, from a command tag ("SELECT 5", "INSERT 0 5")."""
+    i = tag.rfind(" ")
+    if i > 0 and tag[i + 1 :].isdigit():
+        return int(tag[i + 1 :])
+    return 0
+
+
+def _expand_formats(formats: tuple[int, ...], n: int) -> tuple[int, ...]:
+    """Bind's format codes (none = all text, one = all alike, or one each) for n values."""
+    if not formats:
+        return (0,) * n
+    if len(formats) == 1:
+        return formats * n
+    return formats
+
+
+def _bind_names(body: bytes) -> tuple[str, str]:
+    """Portal and statement name of a Bind body, without decoding the values."""
+    if body[:2] == b"\0\0":
+        return "", ""  # the unnamed portal of the unnamed statement: the common case
+    i = body.find(b"\0")
+    j = body.find(b"\0", i + 1) if i >= 0 else -1
+    if j < 0:
+        raise ProtocolError("malformed Bind message")
+    return (
+        body[:i].decode("utf-8", "surrogateescape"),
+        body[i + 1 : j].decode("utf-8", "surrogateescape"),
+    )
+
+
+def _field_count(description: bytes | None) -> int:
+    return 0 if description is None or len(description) < 2 else _I16.unpack_from(description)[0]
+
+
+def _description_formats(body: bytes) -> tuple[int, ...]:
+    """The format code of each column of a RowDescription body."""
+    n = _I16.unpack_from(body)[0]
+    pos = 2
+    out = []
+    for _ in range(n):
+        pos = body.index(b"\0", pos) + 1 + 16  # name, table oid, attnum, type, size, mod
+        out.append(_I16.unpack_from(body, pos)[0])
+        pos += 2
+    return tuple(out)
+
+
+def _sqlstate_of(body: bytes) -> str:
+    """The C field of an ErrorResponse body, walking its (code, string) fields."""
+    pos = 0
+    n = len(body)
+    while pos < n and body[pos]:
+        end = body.find(b"\0", pos + 1)
+        if end < 0:
+            break
+        if body[pos] == 0x43:  # 'C'
+            return body[pos + 1 : end].decode("ascii", "replace")
+        pos = end + 1
+    return sqlstate.INTERNAL_ERROR
+
+
+class StatementTracker:
+    """Protocol bookkeeping of one relayed session (see the module docstring)."""
+
+    def __init__(
+        self,
+        info: SessionInfo,
+        inspector: Inspector | None = None,
+        observer: Observer | None = None,
+        message_filter: MessageFilter | None = None,
+    ) -> None:
+        self.info = info
+        self.inspector: Inspector = inspector if inspector is not None else AllowAll()
+        self.inspect_binds: bool = getattr(self.inspector, "inspects_binds", True)
+        self.observer = observer
+        self.message_filter = message_filter
+        # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
+        # same Parse (unnamed, $n parameters) or BEGIN/COMMIT for every transaction,
+        # and skipping the decode and the inspector for them is most of the relay's
+        # per-statement work. Bounded in entries and message size; forgotten on any
+        # ParameterStatus and by SessionInfo.forget_verdicts().
+        self._memo: dict[bytes, tuple[Statement, Allow, _Prepared | None]] = {}
+        info._forget = self._memo.clear
+        #: A statement waits for an awaitable verdict (see :meth:`client_chunk`).
+        self.waiting: Waiting | None = None
+        #: The client sent Terminate.
+        self.terminating = False
+        self._queue: deque[Entry] = deque()
+        self._markers = 0  # COPY_END entries in the queue
+        self.sent_cycles = 0  # Query/FunctionCall/Sync sent that the server will answer
+        self.done_cycles = 0  # ReadyForQuery received
+        #: The client's messages are dropped until its next Sync (after a refusal).
+        self.skip_until_sync = False
+        self._copy_in_open = False  # the server copies in and the client has not ended
+        self._copy_in = False  # the server is in copy-in mode (since CopyInResponse)
+        # Statements and portals as the server confirmed them (ParseComplete,
+        # BindComplete): they decide the plan an Execute runs under.
+        self._stmts: dict[str, _Prepared] = {}
+        self._portals: dict[str, tuple[_Prepared | None, Allow | None, bytes]] = {}
+        self._portal_state: dict[str, _PortalState] = {}  # only portals with a plan
+        # what the client prepared last under each name (the text a Bind refers to)
+        self._sent_stmts: dict[str, _Prepared] = {}
+        #: A verdict with a result plan was sent in this session: from then on the
+        #: relay keeps its portals' statements and descriptions (before, no portal
+        #: can run under a plan, so there is nothing to keep).
+        self._plans = False
+        # Whether Executes need their portal looked up (plans or records)
+        self._watch = observer is not None
+        self._rewriter: RowRewriter | None = None  # for the result now arriving
+        self._copy_out = False
+        # -- row limits (Allow.max_rows)
+        self._limits = False  # a verdict with a row limit was sent in this session
+        self._sent_limits: dict[str, Allow] = {}  # portal -> its limited verdict (client view)
+        self._limit: _Limit | None = None  # the limited statement in progress
+        self._dropping = False  # drop the server's messages until ReadyForQuery
+        #: The client's messages wait: a statement under a row limit is running.
+        self.blocked = False
+        self.blocked_rest = b""  # what followed that statement in the same read
+        #: The relay must send the server a CancelRequest for this session (then call
+        #: :meth:`cancel_done`).
+        self.cancel_requested = False
+        self._upstream: list[bytes] = []  # bytes for the server, from the server side
+        self.server_fatal = False
+        self._next_id = 0
+        self._injection_seq = 0
+        self._base_full = message_filter is not None
+        #: Whether the server side must see every message (rows to rewrite, notices
+        #: and notifications to filter). The relay picks its frame mask from this.
+        self.full = self._base_full
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def idle(self) -> bool:
+        """Nothing sent that the server has not answered."""
+        return self.sent_cycles == self.done_cycles and len(self._queue) == self._markers
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queue) - self._markers
+
+    @property
+    def mask(self) -> bytes:
+        return ALL_TYPES if self.full else TRACK_TYPES
+
+    # ------------------------------------------------------------------ records
+    def _record(
+        self,
+        kind: RecordKind,
+        sql: str,
+        statement_name: str = "",
+        portal: str = "",
+        params: tuple[bytes | None, ...] = (),
+    ) -> StatementRecord:
+        self._next_id += 1
+        rec = StatementRecord(
+            self._next_id, kind, sql, time.monotonic(), statement_name, portal, params
+        )
+        self._emit("statement_received", rec)
+        return rec
+
+    def _emit(self, event: str, rec: StatementRecord) -> None:
+        try:
+            getattr(self.observer, event)(self.info, rec)
+        except Exception:
+            log.exception("session %s: observer failed on %s", self.info.session_id, event)
+
+    def received(self, stmt: Statement) -> StatementRecord | None:
+        """The client sent a statement the inspector will judge (Query, Parse, an
+        inspected Bind, FunctionCall): start its record."""
+        if self.observer is None:
+            return None
+        return self._record(stmt.kind, stmt.sql, stmt.statement_name, stmt.portal, stmt.params)
+
+    def decided(
+        self, rec: StatementRecord | None, verdict: Allow | Refuse, remembered: bool = False
+    ) -> None:
+        if rec is not None:
+            rec.verdict = verdict
+            rec.remembered = remembered
+            self._emit("statement_decided", rec)
+
+    def _finish(self, rec: StatementRecord, code: str = "", skipped: bool = False) -> None:
+        if rec.finished_at:
+            return
+        rec.finished_at = time.monotonic()
+        if code or skipped:
+            rec.sqlstate = code
+            self._emit("statement_failed", rec)
+        else:
+            self._emit("statement_completed", rec)
+
+    # ------------------------------------------------------------------ client side
+    def client_chunk(self, chunk: bytes, frames: list[Frame], full: bool) -> list[bytes] | None:
+        """Judge and account for the client's messages in ``chunk``.
+
+        ``frames`` are those the relay's mask selected (``full``: every message).
+        Returns None when ``chunk`` goes upstream unchanged (the common case), else
+        the pieces to write instead. When a statement waits for an awaitable verdict,
+        :attr:`waiting` is set and the pieces returned are those before it; the
+        relay parks the rest and calls :meth:`resume` with the verdict.
+        """
+        out: list[bytes] | None = None
+        fwd = 0  # start of the range of chunk not yet forwarded
+        queue = self._queue
+        memo = self._memo
+        observed = self.observer is not None
+        for t, s, e in frames:
+            hdr = s - 5
+            if self.skip_until_sync:
+                if t == _SYNC_MSG:
+                    self.sync_sent()
+                elif t != _FLUSH:
+                    if out is None:
+                        out = []
+                    if hdr > fwd:
+                        out.append(chunk[fwd:hdr])
+                    fwd = e
+                continue
+            if t == _SYNC_MSG:
+                self.skip_until_sync = False
+                if not self._copy_in_open:
+                    self.sent_cycles += 1
+                    queue.append(_SYNC_ENTRY)
+                continue
+            if t == _EXECUTE:
+                portal = "" if e - s == 5 and chunk[s] == 0 else m.parse_execute(chunk[s:e])[0]
+                rec = None if not observed else self._record("execute", "", portal=portal)
+                entry = (EXECUTE, portal, rec)
+                first = len(queue) == self._markers
+                queue.append(entry)
+                if self._limits:
+                    limited = self._sent_limits.get(portal)
+                    if limited is not None:
+                        self._block(entry, limited)
+                if first and self._watch:
+                    self._start_execute(entry)  # nothing ahead of it: its portal is known
+                if self.blocked:
+                    return self._stop_at(chunk, e, out, fwd)
+                continue
+            if t == _DESCRIBE:
+                if e - s == 2 and chunk[s] == 0x50 and chunk[s + 1] == 0:
+                    queue.append(_DESCRIBE_UNNAMED_PORTAL)
+                else:
+                    kind, name = m.parse_describe(chunk[s:e])
+                    queue.append(
+                        (DESCRIBE_S, name_key(name)) if kind == "S" else (DESCRIBE_P, name)
+                    )
+                continue
+            body = b""
+            if t == _QUERY_MSG:
+                body = chunk[s:e]
+                hit = memo.get(body) if memo else None
+                if hit is not None and hit[0].kind == "query":
+                    rec = None
+                    if observed:
+                        rec = self._record("query", hit[0].sql)
+                        self.decided(rec, hit[1], True)
+                    self.query_sent(rec, hit[1])
+                    if self.blocked:
+                        return self._stop_at(chunk, e, out, fwd)
+                    continue
+                stmt = Statement("query", m.parse_query(body))
+            elif t == _PARSE_MSG:
+                body = chunk[s:e]
+                hit = memo.get(body) if memo else None
+                if hit is not None and hit[0].kind == "parse":
+                    rec = None
+                    if observed:
+                        rec = self._record("parse", hit[0].sql, hit[0].statement_name)
+                        self.decided(rec, hit[1], True)
+                    self.parse_sent(rec, hit[0].statement_name, hit[2])  # type: ignore[arg-type]
+                    continue
+                name, sql, types = m.parse_parse(body)
+                stmt = Statement("parse", sql, statement_name=name, param_types=types)
+            elif t == _BIND_MSG:
+                body = chunk[s:e]
+                statements = self.info.statements
+                if not self.inspect_binds and (
+                    not statements.checked
+                    or not statements.checks_binds(_bind_statement_name(chunk, s, e))
+                ):
+                    queue.append((BIND, body, None, None))
+                    if self._limits:
+                        self._note_portal_limit(body, None)
+                    continue
+                stmt = self._bind_statement(body)
+            elif t == _CLOSE_MSG:
+                self.close_sent(chunk[s:e])
+                continue
+            elif t == _FUNCTION_MSG:
+                if e - s < 4:
+                    raise ProtocolError("FunctionCall message too short")
+                stmt = Statement("function_call", "", function_oid=unpack_from("!I", chunk, s)[0])
+            elif t in (_COPY_DONE_MSG, _COPY_FAIL_MSG):
+                self.copy_end_sent()
+                continue
+            elif t == _TERMINATE_MSG:
+                self.terminating = True
+                continue
+            else:
+                continue
+            rec = self.received(stmt) if observed else None
+            verdict = self._inspect(stmt)
+            if type(verdict) is Allow:
+                if observed:
+                    self.decided(rec, verdict)
+                prepared = self._sent(t, rec, stmt, verdict, body)
+                if verdict.repeatable and t != _BIND_MSG and len(body) <= MEMO_MAX_MESSAGE:
+                    if len(memo) >= MEMO_MAX_ENTRIES:
+                        memo.clear()
+                    memo[body] = (stmt, verdict, prepared)
+                if self.blocked:
+                    return self._stop_at(chunk, e, out, fwd)
+                continue
+            if out is None:
+                out = []
+            if hdr > fwd:
+                out.append(chunk[fwd:hdr])
+            fwd = e
+            if isinstance(verdict, Refuse):
+                self.decided(rec, verdict)
+                out.append(self.refuse(rec, verdict, t))
+                if self.skip_until_sync and not full:
+                    # The rest of this read must now be seen message by message.
+                    rest = chunk[e:]
+                    if rest:
+                        more = self.client_chunk(rest, split_frames(rest), True)
+                        out.extend(more if more is not None else (rest,))
+                    return out
+                continue
+            # An awaitable verdict: the relay parks this message and everything after.
+            self.waiting = Waiting(verdict, t, chunk[hdr:e], stmt, rec, body, chunk[e:])
+            return out
+        if len(queue) > MAX_IN_FLIGHT:
+            raise ProtocolError(
+                f"more than {MAX_IN_FLIGHT} messages in flight without reading the answers",
+                sqlstate=sqlstate.PROGRAM_LIMIT_EXCEEDED,
+            )
+        if out is None:
+            return None
+        if fwd < len(chunk):
+            out.append(chunk[fwd:])
+        return out
+
+    def _stop_at(self, chunk: bytes, e: int, out: list[bytes] | None, fwd: int) -> list[bytes]:
+        """Forward up to ``e`` and park the rest: a limited statement is running.
+
+        An Execute's results stay in the server's output buffer until a Sync or Flush
+        (the client's Sync is among what waits), so a Flush goes after it; a Flush has
+        no answer of its own."""
+        if out is None:
+            out = []
+        if e > fwd:
+            out.append(chunk[fwd:e])
+        limit = self._limit
+        if limit is not None and limit.entry[0] == EXECUTE:
+            out.append(m.FLUSH)
+        self.blocked_rest = chunk[e:]
+        return out
+
+    def _block(self, entry: Entry, verdict: Allow) -> None:
+        self._limit = _Limit(entry, _over_limit(verdict))
+        self.blocked = True
+
+    def _note_portal_limit(self, body: bytes, verdict: Allow | None) -> None:
+        """Which portals will run under a row limit, as the client sees them (the
+        Execute that runs one must make the client wait)."""
+        portal, stmt_name = _bind_names(body)
+        if verdict is None:
+            prepared = self._sent_stmts.get(name_key(stmt_name))
+            verdict = prepared.verdict if prepared is not None else None
+        if verdict is not None and verdict.max_rows:
+            self._sent_limits[portal] = verdict
+        else:
+            self._sent_limits.pop(portal, None)
+
+    def take_upstream(self) -> bytes:
+        """Bytes the server side decided to send the server (failures of dbgate's)."""
+        if not self._upstream:
+            return b""
+        data = b"".join(self._upstream)
+        self._upstream.clear()
+        return data
+
+    def cancel_done(self) -> None:
+        """The CancelRequest asked for by :attr:`cancel_requested` was delivered."""
+        limit = self._limit
+        if limit is not None:
+            limit.cancel_pending = False
+            self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        limit = self._limit
+        if limit is not None and limit.finished and not limit.silent and not limit.cancel_pending:
+            self._limit = None
+            self.blocked = False
+
+    def resume(self, verdict: object) -> bytes:
+        """The awaited verdict of :attr:`waiting` arrived (or the wait ended: pass the
+        Refuse to send). Returns the bytes to send upstream in its place."""
+        waiting = self.waiting
+        assert waiting is not None
+        self.waiting = None
+        if not isinstance(verdict, (Allow, Refuse)):
+            verdict = Refuse(
+                sqlstate.INTERNAL_ERROR, "dbgate: inspector returned no verdict; statement not run"
+            )
+        self.decided(waiting.record, verdict)
+        if self.skip_until_sync:
+            # An earlier message of its batch failed meanwhile: the server would skip
+            # this one, so it is not sent at all.
+            if waiting.record is not None:
+                self._finish(waiting.record, "", skipped=True)
+            return b""
+        if isinstance(verdict, Refuse):
+            return self.refuse(waiting.record, verdict, waiting.message_type)
+        self._sent(waiting.message_type, waiting.record, waiting.statement, verdict, waiting.body)
+        return waiting.message
+
+    def _inspect(self, stmt: Statement) -> Allow | Refuse | Awaitable[Allow | Refuse]:
+        try:
+            return self.inspector.inspect(self.info, stmt)
+        except Exception:
+            log.exception("session %s: inspector failed; refusing", self.info.session_id)
+            return Refuse(
+                sqlstate.INTERNAL_ERROR,
+                "dbgate: internal error while inspecting; statement not run",
+            )
+
+    def _bind_statement(self, body: bytes) -> Statement:
+        """The inspector's view of a Bind whose decision depends on its values."""
+        portal, name, formats, params, _ = m.parse_bind(body)
+        cands = self.info.statements.candidates(name, self.sent_cycles + 1)
+        if cands:
+            sql, types = cands[-1].sql, cands[-1].param_types
+        else:
+            sent = self._sent_stmts.get(name_key(name))
+            sql, types = ("", ()) if sent is None else (sent.sql, sent.param_types)
+        return Statement(
+            "bind",
+            sql,
+            statement_name=name,
+            portal=portal,
+            params=params,
+            param_formats=_expand_formats(formats, len(params)),
+            param_types=types,
+            candidates=cands,
+        )
+
+    def _sent(
+        self, t: int, rec: StatementRecord | None, stmt: Statement, verdict: Allow, body: bytes
+    ) -> _Prepared | None:
+        """Account for an allowed message on its way upstream (returns what a
+        remembered Parse hands the tracker again)."""
+        if t == _QUERY_MSG:
+            self.query_sent(rec, verdict)
+        elif t == _PARSE_MSG:
+            prepared = _Prepared(stmt.sql, verdict, stmt.param_types)
+            self.parse_sent(rec, stmt.statement_name, prepared)
+            return prepared
+        elif t == _BIND_MSG:
+            if verdict.plan is not None:
+                self._plans = self._watch = True
+            if verdict.max_rows:
+                self._limits = self._watch = True
+            self._queue.append((BIND, body, verdict, rec))
+            if self._limits:
+                self._note_portal_limit(body, verdict)
+            if rec is not None:
+                self._emit("statement_forwarded", rec)
+        else:
+            self.function_call_sent(rec)
+        return None
+
+    def query_sent(self, rec: StatementRecord | None, verdict: Allow) -> None:
+        """An allowed Query was forwarded. ``verdict.changes``: SQL PREPARE/DEALLOCATE/
+        DISCARD ALL in it, each confirmed by its own statement's command tag."""
+        self.sent_cycles += 1
+        if verdict.plan is not None:
+            self._plans = self._watch = True
+        changes = None
+        if verdict.changes:
+            sent = self.info.statements.sent
+            changes = [0, [(c.statement, sent(self.sent_cycles, c)) for c in verdict.changes]]
+        entry = (QUERY, verdict, rec, changes)
+        self._queue.append(entry)
+        if verdict.max_rows:
+            self._limits = self._watch = True
+            self._block(entry, verdict)
+        if rec is not None:
+            self._emit("statement_forwarded", rec)
+
+    def parse_sent(self, rec: StatementRecord | None, name: str, prepared: _Prepared) -> None:
+        """An allowed Parse was forwarded (part of the cycle its Sync will end)."""
+        key = name_key(name) if name else ""
+        handle = self.info.statements.parse_sent(
+            self.sent_cycles + 1,
+            key,
+            prepared.sql,
+            prepared.verdict.check_binds,
+            prepared.param_types,
+        )
+        self._sent_stmts[key] = prepared
+        if prepared.verdict.plan is not None:
+            self._plans = self._watch = True
+        if prepared.verdict.max_rows:
+            self._limits = self._watch = True
+        self._queue.append((PARSE, key, prepared, handle, rec))
+        if rec is not None:
+            self._emit("statement_forwarded", rec)
+
+    def close_sent(self, body: bytes) -> None:
+        kind, name = m.parse_close(body)
+        if kind == "S":
+            key = name_key(name)
+            handle = self.info.statements.close_sent(self.sent_cycles + 1, key)
+            self._queue.append((CLOSE, "S", key, handle))
+        else:
+            self._queue.append((CLOSE, "P", name, None))
+
+    def sync_sent(self) -> None:
+        """A Sync was forwarded. The server ignores it while it copies in: not a cycle."""
+        self.skip_until_sync = False
+        if not self._copy_in_open:
+            self.sent_cycles += 1
+            self._queue.append(_SYNC_ENTRY)
+
+    def function_call_sent(self, rec: StatementRecord | None) -> None:
+        self.sent_cycles += 1
+        self._queue.append((FUNCTION, rec))
+        if rec is not None:
+            self._emit("statement_forwarded", rec)
+
+    def copy_end_sent(self) -> None:
+        """The client sent CopyDone or CopyFail."""
+        self._copy_in_open = False
+        self._markers += 1
+        self._queue.append(_COPY_END_ENTRY)
+
+    def refuse(self, rec: StatementRecord | None, refusal: Refuse, message_type: int) -> bytes:
+        """The bytes to send the server in place of a refused message.
+
+        The server itself then raises the error at the refused message's position, so
+        PostgreSQL's own rules (roll back an implicit transaction, fail an explicit
+        one, skip to Sync) hold by construction. A simple Query becomes a ``DO`` block
+        that raises; an extended-protocol message (or FunctionCall) becomes a Parse of
+        a *named* statement whose text fails parse analysis — a failed named Parse
+        creates nothing, so the client's unnamed statement and portal are left alone.
+        The error carries a per-process nonce that clients cannot forge.
+        """
+        code = refusal.sqlstate if sqlstate.is_valid(refusal.sqlstate) else "42501"
+        self._injection_seq += 1
+        token = f"dbgate-refusal-{_NONCE}-{self._injection_seq}"
+        if message_type == ord("Q"):
+            tag = f"$dbgate_{_NONCE}$"
+            sql = (
+                f"DO {tag}BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', "
+                f"MESSAGE = '{token}'; END{tag}"
+            )
+            self.sent_cycles += 1
+            self._queue.append((INJECTED_QUERY, refusal, rec, token.encode()))
+            return m.frame(ord("Q"), sql.encode() + b"\0")
+        out = m.frame(ord("P"), f"dbgate_{_NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
+        self._queue.append((INJECTED_PARSE, refusal, rec, token.encode()))
+        if message_type == ord("F"):
+            # FunctionCall is a cycle of its own: our Sync ends it with one RFQ.
+            self.sent_cycles += 1
+            self._queue.append(_SYNC_ENTRY)
+            return out + m.frame(ord("S"), b"")
+        self.skip_until_sync = True  # the rest of the batch is not forwarded
+        return out
+
+    # ------------------------------------------------------------------ server side
+    def server_chunk(self, chunk: bytes, frames: list[Frame], full: bool) -> list[bytes] | None:
+        """Account for the server's messages in ``chunk``; ``frames`` are those the
+        relay's mask selected (``full``: every message).
+
+        Returns None when ``chunk`` goes to the client unchanged (the common case),
+        else the pieces to write instead.
+        """
+        queue = self._queue
+        if self._markers or self._watch or self.full or self._copy_in:
+            return self._server_frames(chunk, frames, 0, full)
+        # The lean loop: no plan was ever sent, nobody observes, nothing to rewrite.
+        # The answers of ordinary statements only pop their entries here (no portal
+        # can run under a plan yet, so there are no statements or portals to keep);
+        # anything else goes to the general loop from that message on.
+        info = self.info
+        i = 0
+        for t, s, _e in frames:
+            if queue:
+                head = queue[0]
+                kind = head[0]
+                if t == _Z:
+                    if kind == SYNC or (kind == QUERY and head[2] is None and head[3] is None):
+                        queue.popleft()
+                        self.done_cycles += 1
+                        info.transaction_status = _STATUS[chunk[s]]
+                        i += 1
+                        continue
+                elif t == _BIND_OK:
+                    if kind == BIND and head[3] is None:
+                        queue.popleft()
+                        i += 1
+                        continue
+                elif t == _CMD_COMPLETE:
+                    if kind == EXECUTE and head[2] is None:
+                        queue.popleft()
+                        i += 1
+                        continue
+                    if kind == QUERY and head[2] is None and head[3] is None:
+                        i += 1
+                        continue
+                elif t == _ROW_DESC:
+                    if kind == DESCRIBE_P:
+                        queue.popleft()
+                        i += 1
+                        continue
+                    if kind == QUERY:  # no plans: the verdict has none
+                        i += 1
+                        continue
+                elif t == _PARSE_OK:
+                    if kind == PARSE and head[3] is None and head[4] is None:
+                        queue.popleft()
+                        i += 1
+                        continue
+                elif t == _NO_DATA and kind in (DESCRIBE_P, DESCRIBE_S):
+                    queue.popleft()
+                    i += 1
+                    continue
+            return self._server_frames(chunk, frames, i, full)
+        return None
+
+    def _server_frames(
+        self, chunk: bytes, frames: list[Frame], start: int, full: bool
+    ) -> list[bytes] | None:
+        """The general loop of :meth:`server_chunk`, from ``frames[start]`` on."""
+        out: list[bytes] | None = None
+        run = 0  # start of the unchanged run of chunk not yet copied to out
+        queue = self._queue
+        for t, s, e in frames[start:] if start else frames:
+            # Fast paths for the answers of ordinary statements (no plan, no record,
+            # no prepared-statement change, no marker ahead); the rest takes the
+            # general path below.
+            if self._dropping and t != _Z:
+                # The rest of a Query stopped at its row limit: not shown.
+                if out is None:
+                    out = []
+                if s - 5 > run:
+                    out.append(chunk[run : s - 5])
+                run = e
+                continue
+            if queue and not self._markers and self._limit is None:
+                head = queue[0]
+                kind = head[0]
+                if t == _Z:
+                    if kind == SYNC or (kind == QUERY and head[2] is None and head[3] is None):
+                        queue.popleft()
+                        self._ready(chunk[s])
+                        if self.full and not full:
+                            return self._rest_in_full(chunk, e, out, run)
+                        continue
+                elif t == _CMD_COMPLETE:
+                    if kind == EXECUTE and head[2] is None:
+                        queue.popleft()
+                        if self._rewriter is not None:
+                            self._end_result()
+                        if self._watch and queue and queue[0][0] == EXECUTE:
+                            self._start_execute(queue[0])
+                            if self.full and not full:
+                                return self._rest_in_full(chunk, e, out, run)
+                        continue
+                    if kind == QUERY and head[2] is None and head[3] is None:
+                        if self._rewriter is not None:
+                            self._end_result()
+                        continue
+                elif t == _ROW_DESC:
+                    if kind == DESCRIBE_P and not self._plans:
+                        queue.popleft()
+                        if self._watch and queue and queue[0][0] == EXECUTE:
+                            self._start_execute(queue[0])
+                            if self.full and not full:
+                                return self._rest_in_full(chunk, e, out, run)
+                        continue
+                    if kind == QUERY and head[1].plan is None:
+                        continue
+                elif t == _BIND_OK:
+                    if kind == BIND and head[3] is None:
+                        queue.popleft()
+                        if self._watch:
+                            self._bind_done(head, True)
+                        if self._watch and queue and queue[0][0] == EXECUTE:
+                            self._start_execute(queue[0])
+                            if self.full and not full:
+                                return self._rest_in_full(chunk, e, out, run)
+                        continue
+                elif t == _PARSE_OK and kind == PARSE and head[3] is None and head[4] is None:
+                    queue.popleft()
+                    self._stmts[head[1]] = head[2]
+                    continue
+            if t == _DATA_ROW:
+                rw = self._rewriter
+                if rw is None:
+                    continue
+                body = chunk[s:e]
+                new = rw.data_row(body)
+                if new is body:
+                    continue
+                replacement = b"" if new is None else m.frame(t, new)
+            elif t == _Z:
+                replacement = self._on_ready(chunk[s])
+                if replacement is None:
+                    continue
+            elif t == _COPY_DATA:
+                rw = self._rewriter
+                if rw is None or not self._copy_out:
+                    continue
+                body = chunk[s:e]
+                new = rw.copy_data(body)
+                if new is body:
+                    continue
+                replacement = b"" if new is None else m.frame(t, new)
+            elif t in (_N, _A):
+                f = self.message_filter
+                if f is None:
+                    continue
+                body = chunk[s:e]
+                new = f.notice(self.info, body) if t == _N else f.notification(self.info, body)
+                if new == body:
+                    continue
+                replacement = m.frame(t, new)
+            else:
+                replacement = self._on_message(t, chunk, s, e)
+                if self.full and not full:
+                    if replacement is not None:
+                        if out is None:
+                            out = []
+                        if s - 5 > run:
+                            out.append(chunk[run : s - 5])
+                        out.append(replacement)
+                        run = e
+                    return self._rest_in_full(chunk, e, out, run)
+                if replacement is None:
+                    continue
+            if out is None:
+                out = []
+            hdr = s - 5
+            if hdr > run:
+                out.append(chunk[run:hdr])
+            out.append(replacement)
+            run = e
+        if out is None:
+            return None
+        if run < len(chunk):
+            out.append(chunk[run:])
+        return out
+
+    def _rest_in_full(self, chunk: bytes, e: int, out: list[bytes] | None, run: int) -> list[bytes]:
+        """A rewriter started at the message ending at ``e``: the rows after it were
+        not selected by the relay's mask. Go through the rest of the chunk message by
+        message; ``out``/``run`` are what the loop produced so far."""
+        if out is None:
+            out = []
+        if e > run:
+            out.append(chunk[run:e])
+        rest = chunk[e:]
+        if rest:
+            more = self._server_frames(rest, split_frames(rest), 0, True)
+            out.extend(more if more is not None else (rest,))
+        return out
+
+    def _head(self, t: int) -> Entry:
+        """The entry the server answers next (markers of the client's order dropped)."""
+        queue = self._queue
+        if self._markers:
+            while queue and queue[0][0] == COPY_END:
+                queue.popleft()
+                self._markers -= 1
+        if not queue:
+            raise TrackerDesync(f"server sent {chr(t)!r} with no message in flight")
+        return queue[0]
+
+    def _desync(self, t: int, entry: Entry) -> TrackerDesync:
+        return TrackerDesync(
+            f"server sent {chr(t)!r} while dbgate expected the answer to a {_KIND_NAMES[entry[0]]}"
+        )
+
+    def _pop(self) -> None:
+        """The head entry is answered; an Execute that comes next starts now."""
+        queue = self._queue
+        queue.popleft()
+        if self._markers:
+            while queue and queue[0][0] == COPY_END:
+                queue.popleft()
+                self._markers -= 1
+        if self._watch and queue and queue[0][0] == EXECUTE:
+            self._start_execute(queue[0])
+
+    def _on_message(self, t: int, chunk: bytes, s: int, e: int) -> bytes | None:
+        """One tracked server message; returns a replacement or None."""
+        if t == _E:
+            return self._on_error(chunk[s:e])
+        if t == _PS:
+            self._on_parameter_status_msg(chunk[s:e])
+            return None
+        entry = self._head(t)
+        kind = entry[0]
+        if t == _PARSE_OK:
+            if kind != PARSE:
+                raise self._desync(t, entry)
+            self._parse_done(entry, True)
+        elif t == _BIND_OK:
+            if kind != BIND:
+                raise self._desync(t, entry)
+            self._bind_done(entry, True)
+        elif t == _CMD_COMPLETE:
+            return self._on_command_complete(entry, chunk[s:e])
+        elif t == _ROW_DESC:
+            self._on_row_description(entry, chunk[s:e])
+            return None
+        elif t == _NO_DATA:
+            if kind != DESCRIBE_S and kind != DESCRIBE_P:
+                raise self._desync(t, entry)
+        elif t == _PARAM_DESC:
+            if kind != DESCRIBE_S:
+                raise self._desync(t, entry)
+            self._on_parameter_description(entry, chunk[s:e])
+            return None
+        elif t == _EMPTY:
+            if kind == QUERY:
+                return None  # an empty query string
+            if kind != EXECUTE:
+                raise self._desync(t, entry)
+            replacement = self._execute_done(entry, "")
+            self._pop()
+            return replacement
+        elif t == _SUSPENDED:
+            if kind != EXECUTE:
+                raise self._desync(t, entry)
+            replacement = self._execute_done(entry, "suspended")
+            self._pop()
+            return replacement
+        elif t == _CLOSE_OK:
+            if kind != CLOSE:
+                raise self._desync(t, entry)
+            self._close_done(entry)
+        elif t == _COPY_IN:
+            if kind != QUERY and kind != EXECUTE:
+                raise self._desync(t, entry)
+            self._on_copy_in()
+            return None
+        elif t in (_COPY_OUT, _COPY_BOTH):
+            if kind != QUERY and kind != EXECUTE:
+                raise self._desync(t, entry)
+            self._on_copy_out(entry, chunk[s:e])
+            return None
+        elif t == _FUNC_RESULT:
+            if kind != FUNCTION:
+                raise self._desync(t, entry)
+            return None
+        else:
+            limit = self._limit
+            if t == _COPY_DONE_SRV and limit is not None and limit.hit:
+                return b""  # COPY TO STDOUT stopped at its row limit: it fails instead
+            return None  # not an answer (CopyDone of a COPY TO STDOUT, ...)
+        self._pop()
+        return None
+
+    # -- per message type -------------------------------------------------------------
+    def _on_parameter_status_msg(self, body: bytes) -> None:
+        name, value = m.parse_parameter_status(body)
+        info = self.info
+        info.server_params[name] = value
+        info.params_version += 1
+        self._memo.clear()  # verdicts may depend on it (application_name, ...)
+
+    def _on_ready(self, status: int) -> bytes | None:
+        entry = self._head(_Z)
+        kind = entry[0]
+        if kind not in _ENDS_CYCLE:
+            raise self._desync(_Z, entry)
+        replacement: bytes | None = None
+        if kind != SYNC:
+            rec = entry[2] if kind != FUNCTION else entry[1]
+            if kind == QUERY and entry[3] is not None:
+                for _, handle in entry[3][1]:
+                    handle.resolve(False)  # statements after an error did not run
+            if rec is not None:
+                self._finish(rec, rec.sqlstate)
+            limit = self._limit
+            if limit is not None and (limit.entry is entry or kind == SILENT_QUERY):
+                replacement = self._limited_query_ready(entry, status)
+        self._queue.popleft()
+        self._dropping = False
+        self._ready(status)
+        return replacement
+
+    def _limited_query_ready(self, entry: Entry, status: int) -> bytes | None:
+        """The ReadyForQuery that ends a Query under a row limit (or dbgate's failure
+        after it). Over the limit inside a transaction block, the server must agree
+        that the statement failed: its ReadyForQuery is held back and a failing Query
+        of dbgate's follows, whose own ReadyForQuery (status E) the client gets."""
+        limit = self._limit
+        assert limit is not None
+        if entry[0] == SILENT_QUERY:
+            limit.silent = False
+            self._maybe_release()
+            return None
+        limit.finished = True
+        if limit.hit and status == 0x54:  # 'T'
+            limit.silent = True
+            self._inject_silent(SILENT_QUERY)
+            return b""
+        self._maybe_release()
+        return None
+
+    def _inject_silent(self, kind: int) -> None:
+        """Make the server fail (inside the transaction or batch the client sees as
+        failed) without the client seeing that error."""
+        self._injection_seq += 1
+        token = f"dbgate-limit-{_NONCE}-{self._injection_seq}"
+        if kind == SILENT_QUERY:
+            tag = f"$dbgate_{_NONCE}$"
+            sql = f"DO {tag}BEGIN RAISE EXCEPTION '{token}'; END{tag}"
+            self.sent_cycles += 1
+            self._upstream.append(m.frame(ord("Q"), sql.encode() + b"\0"))
+            self._queue.append((SILENT_QUERY, None, None, None))
+        else:
+            self._upstream.append(
+                m.frame(ord("P"), f"dbgate_{_NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
+            )
+            self._queue.append((SILENT_PARSE, None, None, None))
+
+    def _limit_error(self) -> bytes:
+        r = self._limit.refusal  # type: ignore[union-attr]
+        extra: dict[str, object] = {}
+        if r.detail:
+            extra["D"] = r.detail
+        if r.hint:
+            extra["H"] = r.hint
+        return m.error_response(r.sqlstate, r.message, **extra)
+
+    def _on_limit_hit(self, limiter: RowLimiter) -> None:
+        limit = self._limit
+        if limit is None:
+            # A portal's verdict gained a limit the client's view did not know of (a
+            # Parse the server rejected): the statement is stopped all the same.
+            log.warning(
+                "session %s: row limit hit outside a limited statement", self.info.session_id
+            )
+            return
+        if not limit.hit:
+            limit.hit = True
+            limit.cancel_pending = True
+            self.cancel_requested = True
+
+    def _ready(self, status: int) -> None:
+        """A cycle ended (its entry is already off the queue)."""
+        if self._rewriter is not None or self._copy_in or self._copy_out:
+            self._rewriter = None
+            self._copy_out = self._copy_in = self._copy_in_open = False
+            self.full = self._base_full
+        self.done_cycles += 1
+        self.info.transaction_status = _STATUS[status]
+        if status == 0x49 and self._portals:  # 'I': portals end with their transaction
+            self._portals.clear()
+            self._portal_state.clear()
+        queue = self._queue
+        if self._markers:
+            while queue and queue[0][0] == COPY_END:
+                queue.popleft()
+                self._markers -= 1
+        if self._watch and queue and queue[0][0] == EXECUTE:
+            self._start_execute(queue[0])
+
+    def _end_result(self) -> None:
+        self._rewriter = None
+        self._copy_out = False
+        self.full = self._base_full
+
+    def _on_error(self, body: bytes) -> bytes | None:
+        if b"SFATAL\0" in body or b"SPANIC\0" in body:
+            self.server_fatal = True
+        queue = self._queue
+        if len(queue) == self._markers:
+            return self._filtered_error(body)  # e.g. a FATAL the server sends on its own
+        entry = self._head(_E)
+        kind = entry[0]
+        replacement: bytes | None = None
+        limit = self._limit
+        if kind in (SILENT_QUERY, SILENT_PARSE):
+            replacement = b""  # dbgate's own failure after a row limit: not shown
+            code = sqlstate.PROGRAM_LIMIT_EXCEEDED
+            if kind == SILENT_PARSE and limit is not None:
+                limit.silent = False
+        elif limit is not None and limit.entry is entry and limit.hit:
+            limit.finished = True  # cancelled (or failed) after its limit: the limit's error
+            replacement = self._limit_error()
+            code = limit.refusal.sqlstate
+        elif (kind in (INJECTED_QUERY, INJECTED_PARSE)) and entry[3] in body:
+            r: Refuse = entry[1]
+            extra: dict[str, object] = {}
+            if r.detail:
+                extra["D"] = r.detail
+            if r.hint:
+                extra["H"] = r.hint
+            if r.position:
+                extra["P"] = str(r.position)
+            replacement = m.error_response(r.sqlstate, r.message, **extra)
+            code = r.sqlstate
+        else:
+            code = _sqlstate_of(body)
+            replacement = self._filtered_error(body)
+        self._rewriter = None
+        self._copy_out = False
+        if self._copy_in:
+            self._copy_in = False
+            self._copy_in_open = False  # the server left copy mode
+        self.full = self._base_full
+        if kind in (QUERY, INJECTED_QUERY, FUNCTION, SILENT_QUERY):
+            # The query string stops here; ReadyForQuery follows.
+            rec = entry[1] if kind == FUNCTION else entry[2]
+            if rec is not None:
+                rec.sqlstate = code
+            if kind == QUERY and entry[3] is not None:
+                self._resolve_query_changes(entry, failed=True)
+            return replacement
+        if kind == SYNC:
+            return replacement  # an error after the batch (e.g. at commit)
+        if limit is not None and limit.entry is entry:
+            limit.finished = True
+        # Extended protocol: this message failed, the server skips to the next Sync.
+        queue.popleft()
+        self._fail_entry(entry, code, skipped=False)
+        while queue and queue[0][0] != SYNC:
+            skipped = queue.popleft()
+            if limit is not None and skipped is limit.entry:
+                limit.finished = True  # skipped like the rest of its batch
+            self._fail_entry(skipped, code, skipped=True)
+        if not queue:
+            # No Sync sent yet: whatever the client sends until its Sync, the server
+            # skips. Not forwarding it keeps the queue equal to what will be answered.
+            self.skip_until_sync = True
+        if limit is not None:
+            self._maybe_release()
+        return replacement
+
+    def _filtered_error(self, body: bytes) -> bytes | None:
+        f = self.message_filter
+        if f is None:
+            return None
+        new = f.error(self.info, body)
+        return None if new == body else m.frame(_E, new)
+
+    def _fail_entry(self, entry: Entry, code: str, skipped: bool) -> None:
+        """An entry the server failed, or skipped after an error (until Sync)."""
+        kind = entry[0]
+        rec: StatementRecord | None = None
+        if kind == PARSE:
+            self._parse_done(entry, False)
+            return
+        if kind == BIND:
+            self._bind_done(entry, False)
+            return
+        if kind == CLOSE:
+            if entry[3] is not None:
+                entry[3].resolve(False)
+        elif kind == EXECUTE:
+            rec = entry[2]
+        elif kind == QUERY:
+            # A Query slipped into a batch that failed: the server skips it entirely.
+            self.done_cycles += 1  # it will never get its ReadyForQuery
+            rec = entry[2]
+            if entry[3] is not None:
+                for _, handle in entry[3][1]:
+                    handle.resolve(False)
+        elif kind == FUNCTION:
+            self.done_cycles += 1
+            rec = entry[1]
+        elif kind == INJECTED_PARSE:
+            rec = entry[2]
+        elif kind == COPY_END:
+            self._markers -= 1
+        if rec is not None:
+            self._finish(rec, code, skipped)
+
+    def _parse_done(self, entry: Entry, ok: bool) -> None:
+        _, key, prepared, handle, rec = entry
+        if handle is not None:
+            handle.resolve(ok)
+        if ok:
+            self._stmts[key] = prepared
+        elif key == "":
+            self._stmts.pop("", None)  # an unnamed Parse drops the old one first
+        if rec is not None:
+            self._finish(rec, "" if ok else sqlstate.INTERNAL_ERROR, not ok)
+
+    def _bind_done(self, entry: Entry, ok: bool) -> None:
+        _, body, verdict, rec = entry
+        portal, stmt_name = _bind_names(body)
+        if ok:
+            self._portals[portal] = (self._stmts.get(stmt_name), verdict, body)
+        else:
+            self._portals.pop(portal, None)
+        if self._portal_state:
+            self._portal_state.pop(portal, None)  # a new portal: plan it afresh
+        if rec is not None:
+            self._finish(rec, "" if ok else sqlstate.INTERNAL_ERROR, not ok)
+
+    def _close_done(self, entry: Entry) -> None:
+        _, kind, name, handle = entry
+        if kind == "S":
+            if handle is not None:
+                handle.resolve(True)
+            self._stmts.pop(name, None)
+        else:
+            self._portals.pop(name, None)
+            self._portal_state.pop(name, None)
+
+    def _on_parameter_description(self, entry: Entry, body: bytes) -> None:
+        n = _I16.unpack_from(body)[0] if len(body) >= 2 else 0
+        types = tuple(unpack_from(f"!{n}I", body, 2)) if n else ()
+        stmt = self._stmts.get(entry[1])
+        if stmt is not None:
+            stmt.param_types = types
+        self.info.statements.described(entry[1], types)
+
+    def _on_row_description(self, entry: Entry, body: bytes) -> None:
+        kind = entry[0]
+        if kind == DESCRIBE_P:
+            state = self._plan_state(entry[1])
+            if state is not None:
+                state.description = body
+            self._pop()
+        elif kind == DESCRIBE_S:
+            stmt = self._stmts.get(entry[1])
+            if stmt is not None:
+                stmt.description = body
+            self._pop()
+        elif kind == QUERY:
+            verdict: Allow = entry[1]
+            plan = verdict.plan
+            inner = None
+            if plan is not None:
+                inner = plan.rows(self.info, body, _description_formats(body))
+            self._set_rewriter(self._limited(entry, verdict, inner))
+        else:
+            raise self._desync(_ROW_DESC, entry)
+
+    def _plan_state(self, portal: str) -> _PortalState | None:
+        """Per-portal state, for portals whose statement has a result plan."""
+        state = self._portal_state.get(portal)
+        if state is None:
+            p = self._portals.get(portal)
+            if p is None:
+                return None
+            verdict = p[1] if p[1] is not None else p[0].verdict if p[0] is not None else None
+            if verdict is None or (verdict.plan is None and not verdict.max_rows):
+                return None
+            state = self._portal_state[portal] = _PortalState()
+        return state
+
+    def _on_command_complete(self, entry: Entry, body: bytes) -> bytes | None:
+        kind = entry[0]
+        if kind == EXECUTE:
+            rec = entry[2]
+            replacement = self._execute_done(
+                entry, m.parse_command_complete(body) if rec is not None else ""
+            )
+            self._pop()
+            return replacement
+        if kind != QUERY:
+            raise self._desync(_CMD_COMPLETE, entry)
+        if self._rewriter is not None:
+            self._rewriter = None
+            self._copy_out = False
+            self.full = self._base_full
+        rec = entry[2]
+        if rec is not None:
+            tag = m.parse_command_complete(body)
+            rec.tags.append(tag)
+            rec.rows += _row_count(tag)
+        if entry[3] is not None:
+            self._resolve_query_changes(entry, failed=False)
+        limit = self._limit
+        if limit is not None and limit.entry is entry and limit.hit:
+            # It finished before the cancel took effect: the client gets the limit's
+            # error instead, and nothing more of this query string.
+            if rec is not None:
+                rec.sqlstate = limit.refusal.sqlstate
+            self._dropping = True
+            return self._limit_error()
+        return None
+
+    def _resolve_query_changes(self, entry: Entry, failed: bool) -> None:
+        """A statement of a query string ended (its CommandComplete, or the error that
+        stops the string): resolve the prepared-statement change it carried."""
+        state = entry[3]
+        done = state[0]
+        rest = []
+        for index, handle in state[1]:
+            if index == done:
+                handle.resolve(not failed)
+            else:
+                rest.append((index, handle))
+        state[0] = done + 1
+        state[1] = rest
+
+    def _start_execute(self, entry: Entry) -> None:
+        """An Execute reached the head: its portal is now exactly what the server has."""
+        portal = entry[1]
+        p = self._portals.get(portal)
+        rec: StatementRecord | None = entry[2]
+        if p is None:
+            if rec is not None:
+                self._emit("statement_decided", rec)
+                self._emit("statement_forwarded", rec)
+            return
+        stmt, bind_verdict, body = p
+        verdict = bind_verdict if bind_verdict is not None else stmt.verdict if stmt else None
+        if rec is not None:
+            rec.sql = stmt.sql if stmt is not None else ""
+            rec.params = m.parse_bind(body)[3]
+            rec.verdict = verdict
+            rec.remembered = True
+            self._emit("statement_decided", rec)
+            self._emit("statement_forwarded", rec)
+        if verdict is None or (verdict.plan is None and not verdict.max_rows):
+            return
+        state = self._plan_state(portal)
+        if state is None:  # pragma: no cover - a plan or a limit always has state
+            return
+        if state.rewriter is None:
+            inner = None
+            if verdict.plan is not None:
+                description = state.description or (stmt.description if stmt else None)
+                formats = m.parse_bind(body)[4]
+                n = _field_count(description)
+                if n:
+                    formats = _expand_formats(formats, n)
+                inner = verdict.plan.rows(self.info, description, formats)
+            # One limiter per portal: the limit counts across row-limited Executes.
+            state.rewriter = self._limited(entry, verdict, inner)
+        self._set_rewriter(state.rewriter)
+
+    def _execute_done(self, entry: Entry, tag: str) -> bytes | None:
+        """An Execute ended (CommandComplete, PortalSuspended, EmptyQueryResponse);
+        returns what the client gets instead, when it went over its row limit."""
+        if self._rewriter is not None:
+            self._rewriter = None
+            self._copy_out = False
+            self.full = self._base_full
+        rec = entry[2]
+        limit = self._limit
+        if limit is not None and limit.entry is entry:
+            limit.finished = True
+            if limit.hit:
+                # It finished before the cancel took effect: fail it for the client,
+                # and make the server fail the batch too (its answer is not shown).
+                if rec is not None:
+                    self._finish(rec, limit.refusal.sqlstate)
+                limit.silent = True
+                self._inject_silent(SILENT_PARSE)
+                return self._limit_error()
+            self._maybe_release()
+        if rec is not None:
+            if tag:
+                rec.tags.append(tag)
+                rec.rows += _row_count(tag)
+            self._finish(rec)
+        return None
+
+    def _limited(
+        self, entry: Entry, verdict: Allow | None, inner: RowRewriter | None
+    ) -> RowRewriter | None:
+        """``inner`` wrapped in a row counter when ``verdict`` has a row limit."""
+        if verdict is None or not verdict.max_rows:
+            return inner
+        return RowLimiter(inner, verdict.max_rows, self._on_limit_hit)  # type: ignore[return-value]
+
+    def _set_rewriter(self, rewriter: RowRewriter | None) -> None:
+        self._rewriter = rewriter
+        if rewriter is not None:
+            self.full = True
+
+    def _on_copy_in(self) -> None:
+        """The server copies in: Syncs the client sent after the COPY's Execute and
+        before its data are ignored by the server, and so are later ones until the
+        client ends the copy."""
+        self._copy_in = True
+        queue = self._queue
+        head = queue.popleft()
+        kept: list[Entry] = []
+        ended = False
+        while queue:
+            entry = queue.popleft()
+            if entry[0] == COPY_END:
+                kept.append(entry)
+                kept.extend(queue)
+                queue.clear()
+                ended = True
+                break
+            if entry[0] == SYNC:
+                self.sent_cycles -= 1
+                continue
+            kept.append(entry)
+        queue.append(head)
+        queue.extend(kept)
+        self._copy_in_open = not ended
+
+    def _on_copy_out(self, entry: Entry, body: bytes) -> None:
+        verdict: Allow | None
+        if entry[0] == QUERY:
+            verdict = entry[1]
+        else:
+            p = self._portals.get(entry[1])
+            verdict = None
+            if p is not None:
+                verdict = p[1] if p[1] is not None else p[0].verdict if p[0] else None
+        if verdict is None:
+            return
+        inner = verdict.plan.copy_out(self.info, body) if verdict.plan is not None else None
+        rewriter = self._limited(entry, verdict, inner)
+        if rewriter is not None:
+            self._copy_out = True
+            self._set_rewriter(rewriter)

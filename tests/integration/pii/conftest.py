@@ -1,0 +1,50 @@
+"""The demo dataset in its own database, loaded once per test session, with the extra
+objects the PII tests need (views, a user function, a free-text table)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+
+from dbgate.pii.room import PiiRoom
+from tests.integration.pii.harness import birth_dates, load_demo, make_room, raw_pii_values
+
+DBNAME = "pii_demo"
+
+EXTRAS = """
+CREATE VIEW v_contacts AS SELECT id, lower(email) AS email_lc, full_name AS who, created_at FROM customers;
+CREATE VIEW v_order_contacts AS
+    SELECT o.id, o.status, c.email FROM orders o JOIN customers c ON c.id = o.customer_id;
+CREATE VIEW v_nested AS SELECT who, id FROM v_contacts;
+CREATE FUNCTION get_email(cid bigint) RETURNS text LANGUAGE plpgsql AS
+    $$ BEGIN RETURN (SELECT email FROM customers WHERE id = cid); END $$;
+CREATE TABLE notes (id int PRIMARY KEY, body text);
+INSERT INTO notes SELECT id, 'call ' || phone || ' or mail ' || email FROM customers WHERE id <= 5;
+CREATE TABLE tags (id int PRIMARY KEY, label text);
+INSERT INTO tags VALUES (1, 'vip'), (2, 'churn-risk');
+"""
+
+
+@dataclass
+class Demo:
+    dsn: str
+    room: PiiRoom
+    values: set[bytes]  # every raw PII value except birth dates
+    dates: set[bytes]
+
+
+@pytest.fixture(scope="session")
+async def pii_demo(pg_server: Any) -> AsyncIterator[Demo]:
+    dsn = await load_demo(pg_server.dsn("postgres"), DBNAME)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(EXTRAS)
+    finally:
+        await conn.close()
+    room = make_room()
+    await room.refresh_dsn(dsn)
+    yield Demo(dsn, room, await raw_pii_values(dsn), await birth_dates(dsn))

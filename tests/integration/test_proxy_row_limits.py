@@ -1,0 +1,113 @@
+"""Run-time row limits (``Allow(max_rows=N)``), with real drivers and a real server.
+
+A statement allowed under a row limit runs; once its result has more rows than the
+limit dbgate stops forwarding rows, cancels it upstream, and fails it with 54000 —
+and client and server agree that it failed (the transaction is aborted on both sides,
+the rest of an extended-protocol batch is skipped, the session goes on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from dbgate.proxy.seams import ALLOW, Allow, Refuse, Statement
+from dbgate.proxy.session_info import SessionInfo
+
+OVER = Refuse("54000", "dbgate: more rows than this statement may return", hint="test limit")
+LIMITED = Allow(max_rows=10, over_limit=OVER)
+
+
+class Limiting:
+    """Statements that mention ``limited`` may return at most 10 rows."""
+
+    inspects_binds = False
+
+    def inspect(self, session: SessionInfo, stmt: Statement) -> Allow:
+        return LIMITED if "limited" in stmt.sql else ALLOW
+
+
+@pytest.fixture
+def dsn(make_proxy: Any, pg_database: str) -> Iterator[str]:
+    yield make_proxy(inspector=Limiting()).dsn(pg_database)
+
+
+BIG = "select g /* limited */ from generate_series(1, 50000000) g"  # cancelled mid-way
+SMALL_OVER = "select g /* limited */ from generate_series(1, 11) g"  # done before the cancel
+UNDER = "select g /* limited */ from generate_series(1, 10) g"
+
+
+@pytest.mark.parametrize("sql", [BIG, SMALL_OVER])
+def test_over_the_limit_is_54000_and_the_session_goes_on(dsn: str, sql: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.cursor()
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded) as info:
+            cur.execute(sql)
+            cur.fetchall()
+        assert info.value.diag.message_primary == OVER.message
+        assert info.value.diag.message_hint == "test limit"
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute("select 42").fetchone() == (42,)
+
+
+def test_under_the_limit_nothing_changes(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert [r[0] for r in conn.execute(UNDER).fetchall()] == list(range(1, 11))
+
+
+@pytest.mark.parametrize("sql", [BIG, SMALL_OVER])
+def test_inside_a_transaction_the_server_aborts_it_too(dsn: str, sql: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.execute("select 1")
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            conn.execute(sql).fetchall()
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("select 1")
+        conn.rollback()
+        assert conn.execute("select 7").fetchone() == (7,)
+
+
+@pytest.mark.parametrize("sql", [BIG, SMALL_OVER])
+async def test_extended_protocol_with_asyncpg(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        with pytest.raises(asyncpg.ProgramLimitExceededError):
+            await conn.fetch(sql)
+        assert await conn.fetchval("select 5") == 5
+        async with conn.transaction():
+            cur = await conn.cursor(sql.replace("/* limited */", "/* limited */ "))
+            got = await cur.fetch(6)
+            assert [r[0] for r in got] == list(range(1, 7))
+            with pytest.raises(asyncpg.ProgramLimitExceededError):
+                await cur.fetch(6)  # 12 rows in all: the limit counts across fetches
+        assert await conn.fetchval("select 6") == 6
+    finally:
+        await conn.close()
+
+
+def test_copy_to_stdout_over_the_limit(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with (
+            pytest.raises(psycopg.errors.ProgramLimitExceeded),
+            conn.cursor().copy(f"copy ({BIG}) to stdout") as copy,
+        ):
+            for _ in copy:
+                pass
+        assert conn.execute("select 8").fetchone() == (8,)
+
+
+def test_nothing_is_left_running_upstream(dsn: str, pg_dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            conn.execute(BIG).fetchall()
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            running = admin.execute(
+                "select count(*) from pg_stat_activity where query like %s and state = 'active'",
+                ["%generate_series(1, 50000000)%"],
+            ).fetchone()
+        assert running == (0,)

@@ -1,0 +1,119 @@
+"""The PII catalog file: validation with file:line, precedence, name defaults, comments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dbgate.pii.catalog import Catalog, entity_from_comment
+from dbgate.pii.catalog_load import CatalogError, load_catalog, parse_catalog
+from dbgate.pii.coverage import Coverage
+from dbgate.pii.schema import SchemaSnapshot
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(CatalogError) as e:
+        parse_catalog(text, "pii.yaml")
+    return [str(p) for p in e.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "pii.yaml:1: file is empty"),
+        ("- a\n", "pii.yaml:1: the top level must be a mapping"),
+        ("version: 2\n", "pii.yaml:1: unsupported version int '2'"),
+        ("colums: {}\n", "pii.yaml:1: unknown key 'colums'; did you mean 'columns'?"),
+        (
+            "columns:\n  public.t.c: e-mail\n",
+            "pii.yaml:2: columns 'public.t.c': bad entity name 'e-mail'",
+        ),
+        (
+            "columns:\n  c: email\n",
+            "pii.yaml:2: bad column glob in 'columns': pattern 'c' has 1 part(s)",
+        ),
+        ("columns:\n  a.b.c.d: email\n", "has 4 part(s)"),
+        (
+            "columns:\n  a.b.c: email\n  A.B.C: phone\n",
+            "pii.yaml:3: duplicate pattern 'A.B.C' in 'columns' (first on line 2)",
+        ),
+        ("columns:\n  'a.\"b\".c': email\n", "contains quotes"),
+        ("columns:\n  a.b[.c: email\n", "unclosed '['"),
+        ("names:\n  '*_x': none\n", "pii.yaml:2: names '*_x': 'none' is for 'columns' entries"),
+        ("names:\n  a.b: email\n", "bad column-name glob in 'names'"),
+        ("name_defaults: maybe\n", "pii.yaml:1: 'name_defaults' must be true or false"),
+        ("columns: [a]\n", "pii.yaml:1: 'columns' must be a mapping of pattern: entity"),
+        (
+            "columns:\n  a.b.c: [email]\n",
+            "pii.yaml:2: columns 'a.b.c': the entity must be a string",
+        ),
+        ("columns: {a.b.c: email\n", "invalid YAML"),
+    ],
+)
+def test_bad_catalogs_name_file_and_line(text: str, expected: str) -> None:
+    found = problems(text)
+    assert any(expected in p for p in found), found
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems("columns:\n  a.b.c: Bad\n  d: email\nnames:\n  x.y: phone\n")
+    assert len(found) == 3
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="cannot read catalog"):
+        load_catalog(tmp_path / "nope.yaml")
+
+
+def test_shipped_catalog_covers_the_demo_columns() -> None:
+    from dbgate.demo_data import PII_COLUMNS
+
+    cat = load_catalog()
+    for table, columns in PII_COLUMNS.items():
+        for column in columns:
+            entity, why = cat.classify("public", table, column)
+            assert entity is not None and "catalog" in why, (table, column)
+    assert cat.classify("public", "orders", "status") == (None, "")
+
+
+def test_precedence_catalog_over_comment_over_names() -> None:
+    cat = parse_catalog(
+        "columns:\n  public.users.email: none\n  '*.users.notes': pii\nnames:\n  '*_msisdn': phone\n"
+    )
+    assert cat.classify("public", "users", "email", "pii:email")[0] is None  # switched off
+    assert cat.classify("public", "users", "notes")[0] == "pii"
+    assert cat.classify("public", "users", "home_msisdn")[0] == "phone"
+    assert cat.classify("s", "t", "x", "pii:ssn")[0] == "ssn"  # comment
+    assert cat.classify("s", "t", "contact_email")[0] == "email"  # built-in name default
+    assert cat.classify("s", "t", "ip_address")[0] == "ip"  # more specific than *_address
+    assert cat.classify("s", "t", "Email")[0] == "email"  # case-insensitive
+
+
+def test_name_defaults_can_be_switched_off() -> None:
+    cat = parse_catalog("name_defaults: false\n")
+    assert cat.classify("s", "t", "email") == (None, "")
+    assert Catalog().classify("s", "t", "email")[0] == "email"
+
+
+def test_comments_only_add_and_can_be_ignored() -> None:
+    entities = Catalog().entities
+    assert entity_from_comment("pii:email", entities) == "email"
+    assert entity_from_comment("PII: e-mail address", entities) == "pii"
+    assert entity_from_comment("pii:none", entities) is None
+    assert entity_from_comment("not personal", entities) is None
+    assert entity_from_comment("api:email", entities) is None
+    assert parse_catalog("comments: false\n").classify("s", "t", "x", "pii:email")[0] is None
+
+
+def test_a_catalog_column_that_does_not_exist_is_a_warning() -> None:
+    cat = parse_catalog(
+        "columns:\n  public.customers.emial: email\n  '*.ghosts.*': name\n", "pii.yaml"
+    )
+    snap = SchemaSnapshot.build({"public.customers": ["id", "email"]})
+    cov = Coverage(snap, cat)
+    assert cov.warnings == [
+        "pii.yaml:2: catalog column 'public.customers.emial' matches no column of the database",
+        "pii.yaml:3: catalog pattern '*.ghosts.*' matches no column of the database",
+    ]
+    assert cov.relation_lins(snap.lookup("customers")[0])[1].entities == {"email"}

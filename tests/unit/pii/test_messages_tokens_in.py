@@ -1,0 +1,197 @@
+"""Echoed values in errors and notices, notification payloads, detectors, and resolving
+tokens sent back in SQL text and Bind values."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from dbgate.pii.detectors import detect, luhn_ok
+from dbgate.pii.lineage import analyze
+from dbgate.pii.pseudonyms import TypeRegistry
+from dbgate.pii.room import PiiRoom, PiiSettings
+from dbgate.pii.schema import SchemaSnapshot
+from dbgate.pii.tokens import Key, Keyring, TokenError, Tokenizer
+from dbgate.pii.tokens_in import detokenize_params, detokenize_sql
+from dbgate.wire.messages import error_response, notice_response, parse_error_fields
+
+ROOM = PiiRoom(
+    __import__("dbgate.pii.catalog_load", fromlist=["load_catalog"]).load_catalog(),
+    Tokenizer(Keyring([Key("k", b"k" * 32)])),
+    PiiSettings(),
+    SchemaSnapshot.build(
+        {"public.customers": ["id", "email", "full_name", "note"], "public.tags": ["id", "label"]}
+    ),
+)
+TOK = ROOM.tokenizer
+
+
+def err(**fields: str) -> dict[str, str]:
+    code = fields.pop("C", "XX000")
+    body = error_response(code, fields.pop("M", "m"), **fields)[5:]
+    return parse_error_fields(ROOM.message_filter.error(body))
+
+
+def test_unique_violation_tokenizes_pii_keys_only() -> None:
+    e = err(
+        C="23505",
+        M="duplicate key",
+        D="Key (email)=(ann@x.io) already exists.",
+        t="customers",
+        s="public",
+    )
+    assert e["D"] == f"Key (email)=({TOK.token('email', b'ann@x.io')}) already exists."
+    e = err(C="23505", M="dup", D="Key (id)=(5) already exists.", t="tags", s="public")
+    assert e["D"] == "Key (id)=(5) already exists."
+    e = err(C="23505", M="dup", D="Key (a, b)=(1, x) already exists.", t="nosuch")
+    assert "tok_unknown_" in e["D"]
+
+
+def test_failing_row_and_data_exceptions() -> None:
+    e = err(
+        C="23502",
+        M='null value in column "id"',
+        D="Failing row contains (null, ann@x.io, Ann, x).",
+        t="customers",
+    )
+    assert e["D"].startswith("Failing row contains (tok_pii_") and "ann@x.io" not in e["D"]
+    e = err(C="22P02", M='invalid input syntax for type integer: "Ann Lee"')
+    assert "Ann Lee" not in e["M"] and e["M"].startswith(
+        'invalid input syntax for type integer: "tok_pii_'
+    )
+    e = err(C="42P01", M='relation "customers2" does not exist')
+    assert e["M"] == 'relation "customers2" does not exist'
+
+
+def test_copy_context_and_free_text() -> None:
+    e = err(C="22P02", M="bad", W='COPY customers, line 2, column id: "Ann Lee"')
+    assert "Ann Lee" not in e["W"]
+    e = err(C="P0001", M="customer ann@x.io has card 4111 1111 1111 1111", R="exec_stmt_raise")
+    assert "tok_email_" in e["M"] and "tok_card_" in e["M"]
+
+
+def test_notice_and_malformed_bodies() -> None:
+    body = notice_response("mail me at bob@example.org")[5:]
+    assert b"tok_email_" in ROOM.message_filter.notice(body)
+    assert ROOM.message_filter.error(b"garbage") == b"garbage"
+    assert ROOM.message_filter.notification(b"\0\0") == b"\0\0"
+
+
+def test_notifications_modes() -> None:
+    body = struct.pack("!I", 7) + b"ch\0payload ann@x.io\0"
+    assert b"tok_pii_" in ROOM.message_filter.notification(body)
+    room = PiiRoom(
+        ROOM.catalog,
+        TOK,
+        PiiSettings(notification_payloads="pass", notification_channels={"ch": "detect"}),
+    )
+    out = room.message_filter.notification(body)
+    assert out.startswith(struct.pack("!I", 7) + b"ch\0payload tok_email_")
+    other = struct.pack("!I", 7) + b"jobs\0ann@x.io\0"
+    assert room.message_filter.notification(other) == other
+
+
+@pytest.mark.parametrize(
+    ("text", "entities"),
+    [
+        ("write to ann.lee+x@mail.example.co.uk today", ["email"]),
+        ("card 4111-1111-1111-1111", ["card"]),
+        ("card 4111-1111-1111-1112", ["phone"]),  # Luhn fails: not a card (a number)
+        ("ssn 123-45-6789", ["ssn"]),
+        ("ssn 000-45-6789", []),
+        ("iban GB82 WEST 1234 5698 7654 32", ["iban"]),
+        ("iban GB82 WEST 1234 5698 7654 33", ["phone"]),  # mod 97 fails: not an IBAN
+        ("call +44 20 7946 0958", ["phone"]),
+        ("order 12345 on 2024-01-01 for 1234.56", []),
+    ],
+)
+def test_detectors(text: str, entities: list[str]) -> None:
+    assert [e for _s, _e, e in detect(text)] == entities
+    assert luhn_ok("79927398713")
+
+
+# ---------------------------------------------------------------------------- tokens in
+
+
+def resolve(token: str) -> tuple[str, bytes]:
+    return TOK.resolve(token)
+
+
+def plan_sql(sql: str) -> str:
+    return detokenize_sql(sql, ROOM.analysis(sql), resolve)
+
+
+def test_every_quoting_style_and_nothing_outside_literals() -> None:
+    t = TOK.token("email", b"o'brien@x.io")
+    for lit in (f"'{t}'", f"E'{t}'", f"$${t}$$", f"$q${t}$q$"):
+        sql = f'select id as "{t}" from customers /* {t} */ where email = {lit}'
+        out = plan_sql(sql)
+        assert "$dbgate$o'brien@x.io$dbgate$" in out
+        assert out.count(t) == 2  # the alias and the comment are untouched
+
+
+def test_json_and_array_literals_are_escaped() -> None:
+    t = TOK.token("full_name", b'Ann "the" Lee, Jr.')
+    out = plan_sql(f'select id from customers where note::jsonb @> \'{{"n": "{t}"}}\'')
+    inner = out.split("$dbgate$")[1]
+    assert json.loads(inner) == {"n": 'Ann "the" Lee, Jr.'}
+    out = plan_sql(f"select id from customers where full_name = any('{{{t},plain}}')")
+    assert '{"Ann \\"the\\" Lee, Jr.",plain}' in out
+
+
+def test_non_utf8_and_unknown_tokens_are_refused() -> None:
+    t = TOK.token("email", b"\xff\xfe")
+    with pytest.raises(TokenError, match="not UTF-8"):
+        plan_sql(f"select id from customers where email = '{t}'")
+    with pytest.raises(TokenError):
+        plan_sql("select id from customers where email = 'tok_email_r" + "0" * 64 + "'")
+
+
+def test_bind_parameters_text_arrays_and_binary() -> None:
+    sql = "select id from customers where email = $1 or email = any($2) or full_name = any($3)"
+    analysis = analyze(sql, ROOM.coverage)  # type: ignore[arg-type]
+    a, b = TOK.token("email", b"a@x.io"), TOK.token("email", b"b, c@x.io")
+    binary_array = (
+        struct.pack("!iiI", 1, 0, 25)
+        + struct.pack("!ii", 1, 1)
+        + struct.pack("!i", len(a))
+        + a.encode()
+    )
+    values, replaced = detokenize_params(
+        analysis,
+        (a.encode(), f"{{{a},{b}}}".encode(), binary_array),
+        (0, 0, 1),
+        (25, 1009, 1009),
+        TypeRegistry(),
+        resolve,
+    )
+    assert values[0] == b"a@x.io" and values[1] == b'{a@x.io,"b, c@x.io"}'
+    assert values[2].endswith(struct.pack("!i", 6) + b"a@x.io") and replaced == {1, 2, 3}
+    untouched, none = detokenize_params(
+        analysis, (b"plain", None, None), (0, 0, 0), (25, 0, 0), TypeRegistry(), resolve
+    )
+    assert untouched == (b"plain", None, None) and not none
+
+
+def test_bind_parameters_that_would_be_stored_are_refused() -> None:
+    a = TOK.token("email", b"a@x.io")
+    for sql in ("insert into tags (label) values ($1)", "select set_config('x', $1, false)"):
+        analysis = analyze(sql, ROOM.coverage)  # type: ignore[arg-type]
+        with pytest.raises(TokenError, match=r"parameter \$1"):
+            detokenize_params(analysis, (a.encode(),), (0,), (25,), TypeRegistry(), resolve)
+
+
+def test_a_selected_token_parameter_is_tokenized_again() -> None:
+    session = ROOM.session("agent")
+    plan = session.plan("select $1::text")
+    _values, bound = session.detokenize_params(
+        plan, (TOK.token("email", b"a@x.io").encode(),), (0,), (25,)
+    )
+    assert bound.token_params == {1}
+    from dbgate.wire.messages import FieldDescription, RowDescription
+
+    desc = RowDescription((FieldDescription("text"),)).encode()[5:]
+    assert plan.rows(desc, (0,)) is None
+    assert bound.rows(desc, (0,)) is not None

@@ -1,0 +1,472 @@
+"""The statement tracker against a simulated PostgreSQL, with no sockets.
+
+Like h11's tests of a connection against a connection: a client's messages go
+through :meth:`StatementTracker.client_chunk` (with an inspector that allows most
+statements, refuses some and gives some a result plan), whatever the tracker
+forwards goes to :class:`~tests.unit.proxy.pgsim.SimServer`, and the server's
+answers come back through :meth:`StatementTracker.server_chunk` in arbitrary
+pieces. After every exchange:
+
+* the tracker never loses track (no :class:`TrackerDesync`);
+* the client sees exactly what the server sent, except that the marker error of a
+  refused statement became the refusal, and rows of a statement whose verdict has a
+  plan were rewritten — rows of *that* statement only, also for a portal executed
+  again, a row-limited Execute, or the same name prepared again;
+* every statement record ends once: completed when the server completed it, failed
+  when it failed or was skipped;
+* the transaction status and the cycle count agree with the server.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dbgate.proxy.seams import Allow, Refuse, StatementRecord
+from dbgate.proxy.session_info import SessionInfo
+from dbgate.proxy.tracker import StatementTracker, TrackerDesync
+from dbgate.wire import messages as m
+from dbgate.wire.framing import FrameReader, split_frames
+from tests.unit.proxy.pgsim import SimServer
+
+REFUSED = Refuse("42501", "dbgate: refused by the test inspector")
+
+
+class Upper:
+    def data_row(self, body: bytes) -> bytes:
+        cols = m.parse_data_row(body)
+        return m.data_row([None if c is None else b"PLAN:" + c for c in cols])[5:]
+
+    def copy_data(self, body: bytes) -> bytes:  # pragma: no cover - no COPY here
+        return body
+
+
+class UpperPlan:
+    def rows(self, session: Any, description: bytes | None, formats: tuple[int, ...]) -> Upper:
+        return Upper()
+
+    def copy_out(self, session: Any, response: bytes) -> None:  # pragma: no cover
+        return None
+
+
+PLAN = Allow(plan=UpperPlan())
+CHECK_BINDS = Allow(check_binds=True)
+OVER_LIMIT = Refuse("54000", "dbgate: over the test limit")
+LIMITED = Allow(max_rows=2, over_limit=OVER_LIMIT)
+
+
+class Inspector:
+    """Refuses statements that say ``refuse``; gives those that say ``plan`` a plan."""
+
+    inspects_binds = False
+
+    def inspect(self, session: SessionInfo, stmt: Any) -> Allow | Refuse:
+        if stmt.kind == "bind":
+            return REFUSED if b"no" in stmt.params else Allow()
+        if "refuse" in stmt.sql:
+            return REFUSED
+        if "limit" in stmt.sql:
+            return LIMITED
+        if "checkbind" in stmt.sql:
+            return CHECK_BINDS
+        if "plan" in stmt.sql:
+            return PLAN
+        return Allow()
+
+
+class Events:
+    def __init__(self) -> None:
+        self.finished: dict[int, str] = {}
+        self.records: list[StatementRecord] = []
+
+    def session_started(self, session: Any) -> None: ...
+
+    def session_ended(self, session: Any) -> None: ...
+
+    def session_refused(self, *args: Any) -> None: ...
+
+    def statement_received(self, session: Any, rec: StatementRecord) -> None:
+        self.records.append(rec)
+
+    def statement_decided(self, session: Any, rec: StatementRecord) -> None: ...
+
+    def statement_forwarded(self, session: Any, rec: StatementRecord) -> None: ...
+
+    def statement_completed(self, session: Any, rec: StatementRecord) -> None:
+        assert rec.id not in self.finished, f"{rec} finished twice"
+        self.finished[rec.id] = "completed"
+
+    def statement_failed(self, session: Any, rec: StatementRecord) -> None:
+        assert rec.id not in self.finished, f"{rec} finished twice"
+        self.finished[rec.id] = "failed"
+
+
+def _info() -> SessionInfo:
+    return SessionInfo(
+        session_id=1, identity="agent", database="db", application_name="", client_addr=""
+    )
+
+
+class Pair:
+    """A client, the tracker and a simulated server, wired together."""
+
+    def __init__(self, seed: int, observe: bool = True) -> None:
+        self.events = Events() if observe else None
+        self.tracker = StatementTracker(_info(), Inspector(), self.events)
+        self.server = SimServer()
+        self.reader = FrameReader()
+        self.rnd = random.Random(seed)
+        self.received = bytearray()  # what the client got
+        self.parked = b""  # what the relay keeps while a limited statement runs
+        self.cancels = 0
+
+    def send(self, *messages: bytes) -> None:
+        data = b"".join(messages)
+        if self.tracker.blocked:
+            self.parked += data
+            return
+        full = self.tracker.skip_until_sync
+        frames = split_frames(data)
+        if not full:
+            frames = [f for f in frames if chr(f[0]) in "QPBFSCXEDcf"]
+        out = self.tracker.client_chunk(data, frames, full)
+        assert self.tracker.waiting is None
+        forwarded = data if out is None else b"".join(out)
+        self.server.feed(forwarded)
+        if self.tracker.blocked:
+            self.parked = self.tracker.blocked_rest + self.parked
+
+    def answer(self) -> list[Any]:
+        """Deliver what the server sent, in random pieces; return the decoded messages.
+
+        A statement under a row limit makes the relay keep the client's later bytes;
+        they go on once the tracker lets them (the simulated server ignores cancels,
+        so an over-limit statement always finishes before its cancel)."""
+        while True:
+            data = self.server.take()
+            if not data:
+                break
+            pos = 0
+            while pos < len(data):
+                cut = min(len(data), pos + self.rnd.randint(1, 64))
+                chunk, frames = self.reader.feed_select(data[pos:cut], self.tracker.mask)
+                pos = cut
+                if not chunk:
+                    continue
+                out = self.tracker.server_chunk(chunk, frames, self.tracker.full)
+                self.received += chunk if out is None else b"".join(out)
+                self.server.feed(self.tracker.take_upstream())
+                if self.tracker.cancel_requested:
+                    self.tracker.cancel_requested = False
+                    self.cancels += 1
+                    self.tracker.cancel_done()
+            if not self.tracker.blocked and self.parked:
+                parked, self.parked = self.parked, b""
+                self.send(parked)
+        assert not self.parked, "the client's bytes were never let through"
+        got = bytes(self.received)
+        self.received.clear()
+        return [m.decode_backend(t, got[s:e]) for t, s, e in split_frames(got)]
+
+
+def _rows(msgs: list[Any]) -> list[bytes]:
+    return [r.columns[0] for r in msgs if isinstance(r, m.DataRow)]
+
+
+def _statuses(msgs: list[Any]) -> list[str]:
+    return [r.status for r in msgs if isinstance(r, m.ReadyForQuery)]
+
+
+# -- table tests --------------------------------------------------------------------------
+
+
+def test_a_plan_rewrites_only_its_own_statements_rows() -> None:
+    p = Pair(1)
+    p.send(
+        m.Parse("", "select rows=2").encode(),
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.Parse("", "select plan rows=2").encode(),
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.Parse("", "select rows=1").encode(),
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    assert _rows(p.answer()) == [
+        b"select rows=2#0",
+        b"select rows=2#1",
+        b"PLAN:select plan rows=2#0",
+        b"PLAN:select plan rows=2#1",
+        b"select rows=1#0",
+    ]
+    assert p.tracker.idle
+
+
+def test_a_row_limited_portal_keeps_its_plan_across_executes() -> None:
+    p = Pair(2)
+    p.send(m.query("begin"))
+    p.send(
+        m.Parse("s", "select plan rows=5").encode(),
+        m.Bind("c", "s").encode(),
+        m.Execute("c", 2).encode(),
+        m.SYNC,
+    )
+    first = p.answer()
+    assert _rows(first) == [b"PLAN:select plan rows=5#0", b"PLAN:select plan rows=5#1"]
+    assert any(isinstance(x, m.PortalSuspended) for x in first)
+    assert _statuses(first) == ["T", "T"]
+    p.send(m.Execute("c", 0).encode(), m.SYNC)
+    second = p.answer()
+    assert _rows(second) == [f"PLAN:select plan rows=5#{i}".encode() for i in (2, 3, 4)]
+    assert _statuses(second) == ["T"]
+    p.send(m.query("commit"))
+    assert _statuses(p.answer()) == ["I"]
+
+
+def test_a_failed_parse_of_a_name_does_not_give_the_old_statement_the_new_plan() -> None:
+    """The server binds the statement it holds: a Parse it rejected changes nothing."""
+    p = Pair(3)
+    p.send(m.Parse("s", "select rows=1").encode(), m.SYNC)
+    p.send(m.Parse("s", "select plan rows=1").encode(), m.SYNC)  # already exists: fails
+    p.send(m.Bind("", "s").encode(), m.Execute("", 0).encode(), m.SYNC)
+    msgs = p.answer()
+    assert _rows(msgs) == [b"select rows=1#0"]
+    assert len([x for x in msgs if isinstance(x, m.ErrorResponse)]) == 1
+
+
+def test_a_refused_parse_skips_its_batch_and_leaves_the_unnamed_statement_alone() -> None:
+    p = Pair(4)
+    p.send(m.Parse("", "select rows=1").encode(), m.SYNC)
+    p.send(
+        m.Parse("", "select refuse").encode(),
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    p.send(m.Bind("", "").encode(), m.Execute("", 0).encode(), m.SYNC)
+    msgs = p.answer()
+    errors = [x for x in msgs if isinstance(x, m.ErrorResponse)]
+    assert [(e.sqlstate, e.message) for e in errors] == [("42501", REFUSED.message)]
+    assert _rows(msgs) == [b"select rows=1#0"]  # the earlier statement still runs
+    assert b"dbgate-refusal" not in m.data_row([]) + b"".join(e.encode() for e in errors)
+    assert _statuses(msgs) == ["I", "I", "I"]
+
+
+def test_messages_after_an_error_and_before_their_sync_are_not_forwarded() -> None:
+    """psycopg's pipeline sends the rest of a batch after the server already failed it."""
+    p = Pair(5)
+    p.send(m.Parse("", "select fail").encode(), m.Bind("", "").encode(), m.Execute("", 0).encode())
+    p.answer()  # the error arrives before the rest of the batch was sent
+    assert p.tracker.skip_until_sync
+    p.send(
+        m.Parse("", "select rows=1").encode(), m.Bind("", "").encode(), m.Execute("", 0).encode()
+    )
+    p.send(m.SYNC)
+    msgs = p.answer()
+    assert _statuses(msgs) == ["I"] and not _rows(msgs)
+    p.send(
+        m.Parse("", "select rows=1").encode(),
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    assert _rows(p.answer()) == [b"select rows=1#0"]
+    assert p.tracker.idle
+
+
+def test_a_query_slipped_into_a_failed_batch_is_skipped_with_it() -> None:
+    p = Pair(6)
+    p.send(m.Parse("", "select badparse").encode(), m.query("select rows=1"), m.SYNC)
+    msgs = p.answer()
+    assert _statuses(msgs) == ["I"] and not _rows(msgs)
+    assert p.tracker.idle
+
+
+def test_a_refused_query_fails_an_open_transaction_on_both_sides() -> None:
+    p = Pair(7)
+    p.send(
+        m.query("begin"), m.query("select refuse"), m.query("select rows=1"), m.query("rollback")
+    )
+    msgs = p.answer()
+    assert _statuses(msgs) == ["T", "E", "E", "I"]
+    assert not _rows(msgs)
+
+
+def test_the_server_desynchronised_is_detected() -> None:
+    tracker = StatementTracker(_info(), Inspector())
+    with pytest.raises(TrackerDesync):
+        tracker.server_chunk(m.PARSE_COMPLETE, split_frames(m.PARSE_COMPLETE), True)
+
+
+def _errors(msgs: list[Any]) -> list[str]:
+    return [e.sqlstate for e in msgs if isinstance(e, m.ErrorResponse)]
+
+
+def test_a_query_over_its_row_limit_fails_after_the_limit_and_the_session_goes_on() -> None:
+    p = Pair(11)
+    p.send(m.query("select limit rows=5"), m.query("select rows=1"))
+    msgs = p.answer()
+    assert _rows(msgs) == [b"select limit rows=5#0", b"select limit rows=5#1", b"select rows=1#0"]
+    assert _errors(msgs) == ["54000"] and _statuses(msgs) == ["I", "I"]
+    assert p.cancels == 1 and p.tracker.idle
+
+
+def test_under_its_limit_a_limited_query_runs_untouched() -> None:
+    p = Pair(12)
+    p.send(m.query("select limit rows=2"))
+    msgs = p.answer()
+    assert _rows(msgs) == [b"select limit rows=2#0", b"select limit rows=2#1"]
+    assert _errors(msgs) == [] and p.cancels == 0
+
+
+def test_over_its_limit_inside_a_transaction_the_server_fails_the_transaction_too() -> None:
+    p = Pair(13)
+    p.send(m.query("begin"), m.query("select limit rows=3"), m.query("select rows=1"))
+    msgs = p.answer()
+    assert _errors(msgs) == ["54000", "XX001"]  # then "current transaction is aborted"
+    assert _statuses(msgs) == ["T", "E", "E"]
+    assert p.server.failed_block
+    p.send(m.query("rollback"))
+    assert _statuses(p.answer()) == ["I"]
+
+
+def test_an_execute_over_its_limit_fails_its_batch_on_both_sides() -> None:
+    p = Pair(14)
+    p.send(
+        m.Parse("", "select limit rows=4").encode(),
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.Parse("", "select rows=1").encode(),  # pipelined after it: skipped, like any error
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    msgs = p.answer()
+    assert _rows(msgs) == [b"select limit rows=4#0", b"select limit rows=4#1"]
+    assert _errors(msgs) == ["54000"] and _statuses(msgs) == ["I"]
+    p.send(
+        m.Parse("", "select rows=1").encode(),
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    assert _rows(p.answer()) == [b"select rows=1#0"]
+    assert p.tracker.idle
+
+
+def test_a_row_limited_portal_counts_its_limit_across_executes() -> None:
+    p = Pair(15)
+    p.send(m.query("begin"))
+    p.send(
+        m.Parse("s", "select limit rows=3").encode(),
+        m.Bind("c", "s").encode(),
+        m.Execute("c", 1).encode(),
+        m.SYNC,
+    )
+    first = p.answer()
+    assert _rows(first) == [b"select limit rows=3#0"] and not _errors(first)
+    p.send(m.Execute("c", 1).encode(), m.SYNC)
+    assert _rows(p.answer()) == [b"select limit rows=3#1"]
+    p.send(m.Execute("c", 1).encode(), m.SYNC)
+    third = p.answer()
+    assert not _rows(third) and _errors(third) == ["54000"] and _statuses(third) == ["E"]
+
+
+# -- model-based ---------------------------------------------------------------------------
+
+SQLS = [
+    "select limit rows=3",
+    "select limit rows=1",
+    "select checkbind rows=1",
+    "select badparse",
+    "select rows=2",
+    "select plan rows=3",
+    "select fail",
+    "select refuse",
+    "select badbind",
+    "select rows=0",
+    "select plan rows=1",
+]
+NAMES = ["", "a", "b"]
+
+extended_op = st.one_of(
+    st.tuples(st.just("parse"), st.sampled_from(NAMES), st.sampled_from(SQLS)),
+    st.tuples(
+        st.just("bind"),
+        st.sampled_from(NAMES),
+        st.sampled_from(["", "p"]),
+        st.sampled_from([b"ok", b"no"]),
+    ),
+    st.tuples(st.just("describe"), st.sampled_from("SP"), st.sampled_from(NAMES)),
+    st.tuples(st.just("execute"), st.sampled_from(["", "p"]), st.sampled_from([0, 1, 2])),
+    st.tuples(st.just("close"), st.sampled_from("SP"), st.sampled_from(NAMES)),
+    st.tuples(st.just("flush")),
+)
+batch = st.one_of(
+    st.tuples(st.just("extended"), st.lists(extended_op, max_size=6)),
+    st.tuples(
+        st.just("query"),
+        st.sampled_from([*SQLS, "begin", "commit", "select rows=1; select plan rows=2", ""]),
+    ),
+)
+
+
+def _encode(op: tuple) -> bytes:
+    kind = op[0]
+    if kind == "parse":
+        return m.Parse(op[1], op[2]).encode()
+    if kind == "bind":
+        return m.Bind(op[2], op[1], params=(op[3],)).encode()
+    if kind == "describe":
+        return m.Describe(op[1], op[2] if op[1] == "S" else ("" if op[2] == "" else "p")).encode()
+    if kind == "execute":
+        return m.Execute(op[1], op[2]).encode()
+    if kind == "close":
+        return m.Close(op[1], op[2] if op[1] == "S" else "p").encode()
+    return m.FLUSH
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(batch, max_size=10), st.integers(min_value=1, max_value=3), st.integers(0, 2**32))
+def test_the_tracker_follows_the_server(batches: list, depth: int, seed: int) -> None:
+    """Pipelined batches (``depth`` sent before reading), random chunking of answers."""
+    p = Pair(seed)
+    in_flight = 0
+    for n, (kind, body) in enumerate(batches, start=1):
+        if kind == "extended":
+            p.send(*(_encode(op) for op in body), m.SYNC)
+        else:
+            p.send(m.query(body))
+        in_flight += 1
+        if in_flight >= depth or n == len(batches):
+            msgs = p.answer()
+            in_flight = 0
+            for row in _rows(msgs):
+                # a row is rewritten exactly when its statement's verdict had a plan
+                text = row.removeprefix(b"PLAN:")
+                assert (row != text) == (b"plan" in text), row
+                if b"limit" in text:  # and no row past its limit gets through
+                    assert int(text.rsplit(b"#", 1)[1]) < LIMITED.max_rows, row
+            for e in (x for x in msgs if isinstance(x, m.ErrorResponse)):
+                assert "dbgate-refusal" not in e.message, e
+    assert p.tracker.idle
+    assert p.tracker.sent_cycles == p.tracker.done_cycles
+    assert p.tracker.info.transaction_status == p.server._status()
+    statements = p.tracker.info.statements
+    for name in NAMES:
+        held = p.server.statements.get(name)
+        # safe: a statement decided on its values is always checked at Bind ...
+        if held is not None and "checkbind" in held:
+            assert statements.checks_binds(name), (name, held)
+        # ... and exact once answered: a named statement no longer held is no candidate
+        if name and (held is None or "checkbind" not in held):
+            assert not statements.checks_binds(name), (name, held)
+    assert p.events is not None
+    unfinished = [r for r in p.events.records if r.id not in p.events.finished and r.kind != "bind"]
+    assert not unfinished, unfinished
