@@ -10,6 +10,8 @@ One command, on a fresh machine, does everything (see bench/README.md):
 5. a million rows through asyncpg against the three targets, interleaved;
 6. the policy classifier microbenchmarks (``bench/bench_classify.py``) if present;
 7. the PII rewrite and planning microbenchmarks (``bench/bench_pii.py``) if present;
+8. the audit benchmarks (``bench/bench_audit.py``): records/s into a state database
+   and ``audit verify`` records/s, on a PostgreSQL of their own;
 
 then prints one table of medians and ratios and writes the raw runs as JSON to
 ``bench/.work/results-<timestamp>.json``. Everything it starts is stopped at the
@@ -107,6 +109,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-classifier", action="store_true", help="skip the classifier microbenchmarks"
     )
     p.add_argument("--no-pii", action="store_true", help="skip the PII microbenchmarks")
+    p.add_argument("--no-audit", action="store_true", help="skip the audit benchmarks")
+    p.add_argument(
+        "--audit-records",
+        type=int,
+        default=200_000,
+        help="records the audit write benchmark writes (default 200000)",
+    )
     p.add_argument(
         "--dbgate-arg",
         action="append",
@@ -232,6 +241,8 @@ class Bench:
         self.classifier_error: str | None = None
         self.pii: dict[str, Any] | None = None
         self.pii_error: str | None = None
+        self.audit: dict[str, Any] | None = None
+        self.audit_error: str | None = None
         self.profile: dict[str, Any] | None = None
         self.setup_log: list[str] = []
         self.meta: dict[str, Any] = {
@@ -494,6 +505,18 @@ class Bench:
         except Exception as e:  # report, never abort the run
             self.pii_error = f"{type(e).__name__}: {e}"
 
+    # ----------------------------------------------------------------- audit
+
+    def run_audit(self) -> None:
+        """``bench.bench_audit.run()``: starts and stops its own PostgreSQL."""
+        say(f"audit benchmarks (bench/bench_audit.py, {self.args.audit_records:,} records) ...")
+        try:
+            from bench.bench_audit import run as run_audit
+
+            self.audit = run_audit(self.args.audit_records, keep=self.args.keep)
+        except Exception as e:  # report, never abort the run
+            self.audit_error = f"{type(e).__name__}: {e}"
+
     # ----------------------------------------------------------------- teardown
 
     def stop_all(self) -> None:
@@ -542,6 +565,8 @@ class Bench:
             "classifier_error": self.classifier_error,
             "pii": self.pii,
             "pii_error": self.pii_error,
+            "audit": self.audit,
+            "audit_error": self.audit_error,
             "profile": self.profile,
         }
 
@@ -623,6 +648,14 @@ class Bench:
             say(report.format_flat(self.pii))
         else:
             say(f"PII microbenchmarks: {self.pii_error or 'skipped'}")
+        say("")
+        if self.audit is not None:
+            say(
+                "audit (bench/bench_audit.py): targets >= 20,000 records/s written, >= 100,000 verified"
+            )
+            say(report.format_flat(self.audit))
+        else:
+            say(f"audit benchmarks: {self.audit_error or 'skipped'}")
         if self.profile:
             say("")
             say(self.profile.get("text", ""))
@@ -650,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.run_classifier()
             if not args.no_pii:
                 bench.run_pii()
+            if not args.no_audit:
+                bench.run_audit()
         except KeyboardInterrupt:
             say("\ninterrupted: everything started has been stopped; partial results follow")
             status = 130

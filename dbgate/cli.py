@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from dbgate.approvals.commands import approvals_app, approvers_app
+from dbgate.audit.commands import audit_app
 from dbgate.pii.commands import detokenize_command, pii_app
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app = typer.Typer(
 rules_app = typer.Typer(help="Work with rule packs (rules/*.yaml).", no_args_is_help=True)
 config_app = typer.Typer(help="Work with the YAML configuration.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+app.add_typer(audit_app, name="audit")
 app.add_typer(config_app, name="config")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(approvers_app, name="approvers")
@@ -85,6 +87,20 @@ EXAMPLES: dict[str, list[str]] = {
     "pii check": ["dbgate pii check", "dbgate pii check /etc/dbgate/rules/pii.yaml"],
     "pii keygen": ["dbgate pii keygen > /run/secrets/dbgate-pii-key"],
     "detokenize": ["dbgate detokenize tok_email_s3c... -c /etc/dbgate/dbgate.yaml"],
+    "audit verify": [
+        "dbgate audit verify --dsn postgresql://auditor@state-db/dbgate_state",
+        "dbgate audit verify --dsn postgresql://auditor@state-db/dbgate_state --heads heads.jsonl",
+        "dbgate audit verify --file evidence/audit-2026-10.jsonl",
+    ],
+    "audit export": [
+        "dbgate audit export --dsn postgresql://auditor@state-db/dbgate_state --format jsonl",
+        "dbgate audit export --dsn ... --format csv --since 2026-11-01 --until 2026-12-01 -o nov.csv",
+        "dbgate audit export --dsn ... --identity reporting-agent -o agent.jsonl",
+    ],
+    "audit archive": [
+        "dbgate audit archive --dsn postgresql://dbgate@state-db/dbgate_state --month 2026-01 "
+        "-o /evidence/audit-2026-01.jsonl --drop",
+    ],
 }
 
 

@@ -42,7 +42,7 @@ def test_every_problem_is_listed_in_file_order(tmp_path: Path) -> None:
         f"{where}:6: state.dsn: required key is missing",
         f"{where}:9: logging.format: Input should be 'auto', 'text' or 'json' (got 'xml')",
         f"{where}:10: nonsense: unknown key; this section takes: listen, tls, upstream, "
-        "identities, limits, state, web, approvals, pii, notifications, rules_dir, policy, "
+        "identities, limits, state, web, audit, approvals, pii, notifications, rules_dir, policy, "
         "shutdown_grace_seconds, allow_privileged_upstream, log_level, logging, metrics",
     ]
 

@@ -1,0 +1,562 @@
+"""From an event to the record that is hashed and stored.
+
+:class:`RowBuilder` runs in the writer's task, off the relay's hot path. For each
+event it fills the values of :data:`dbgate.audit.canonical.FIELDS` and makes them
+safe to store, in this order:
+
+1. coerce: a value of the wrong type is recorded as text, or dropped with a note in
+   ``details.coerced`` (an integer out of range): a caller's bug never stops the
+   writer or loses the record;
+2. hash raw parameters (``bytes``) with a keyed hash (BLAKE2b in its MAC mode, a
+   third of HMAC-SHA256's cost here), so equal values can be matched across records
+   without being readable;
+3. truncate: the statement to ``max_statement_chars`` (``statement_length`` keeps
+   the original length), other text to ``max_text_chars``;
+4. scrub free text (:mod:`dbgate.audit.scrub`);
+5. escape, when any text of the record cannot be stored as is (:mod:`dbgate.audit.text`).
+
+The chain fields (``chain``, ``seq``, ``logged_at``) are left for the writer, which
+assigns them in the order it writes.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from hashlib import blake2b, sha256
+from operator import attrgetter
+from typing import Any
+
+from dbgate.audit.canonical import FIELDS, FORMAT, INDEX, FieldType, canonical_text
+from dbgate.audit.events import (
+    ApprovalEvent,
+    DetokenizeEvent,
+    ReloadEvent,
+    SessionEvent,
+    StatementEvent,
+)
+from dbgate.audit.scrub import scrub
+from dbgate.audit.text import escape, from_bytes, needs_escape, truncate
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_US = timedelta(microseconds=1)
+_MIN_US = (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // ONE_US
+_MAX_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - EPOCH) // ONE_US
+_INT_LIMITS = {
+    "scrubbed": 2**31 - 1,  # integer column
+}
+_INT64 = 2**63 - 1
+
+#: Text fields a caller could fill with data values; the scrubber reads these.
+SCRUBBED_FIELDS = frozenset(
+    {"statement", "params", "reason", "purpose", "model", "application_name", "details"}
+)
+_TEXT_FIELDS = tuple(name for name, kind in FIELDS if kind is FieldType.TEXT)
+_ARRAY_FIELDS = tuple(name for name, kind in FIELDS if kind is FieldType.ARRAY)
+_INT_FIELDS = tuple(name for name, kind in FIELDS if kind is FieldType.INT)
+
+CHAIN, SEQ, LOGGED_AT, AT = INDEX["chain"], INDEX["seq"], INDEX["logged_at"], INDEX["at"]
+ESCAPED, SCRUBBED, DETAILS = INDEX["escaped"], INDEX["scrubbed"], INDEX["details"]
+
+
+def to_us(value: Any) -> int | None:
+    """Microseconds since the epoch of a ``time.time()`` float or an aware datetime."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        us = round(value * 1_000_000)
+    elif isinstance(value, datetime):
+        dt = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        us = (dt - EPOCH) // ONE_US
+    else:
+        return None
+    return us if _MIN_US <= us <= _MAX_US else None
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def iso(us: int) -> str:
+    """The export form of a timestamp: always six fractional digits and ``Z``."""
+    d = from_us(us)
+    return (
+        f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:"
+        f"{d.second:02d}.{d.microsecond:06d}Z"
+    )
+
+
+def parse_iso(value: str) -> int:
+    """Microseconds since the epoch of a timestamp written by :func:`iso` (or any
+    ISO 8601 form with a zone)."""
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {value!r}")
+    return (dt - EPOCH) // ONE_US
+
+
+class RowBuilder:
+    """Turns events into value lists in :data:`FIELDS` order (chain fields empty).
+
+    Statements, by far the most frequent events, take a straight-line path; the
+    other kinds go through a mapping of field names. Escaping is decided later, by
+    :func:`seal`, from the canonical text (nearly every record needs none).
+    """
+
+    def __init__(
+        self,
+        replica: str,
+        param_key: bytes,
+        max_statement_chars: int = 262_144,
+        max_text_chars: int = 8_192,
+    ) -> None:
+        self.replica = replica
+        # blake2b's keyed mode (a MAC in one pass) takes keys up to 64 bytes
+        self._key = param_key if len(param_key) <= 64 else sha256(param_key).digest()
+        self.max_statement_chars = max_statement_chars
+        self.max_text_chars = max_text_chars
+
+    def build(self, event: object, now_us: int) -> list[Any]:
+        """The record of ``event``; ``now_us`` stands in for a missing or bad ``at``."""
+        if event.__class__ is StatementEvent:
+            return self._statement(event, now_us)  # type: ignore[arg-type]
+        raw: dict[str, Any] = {}
+        if isinstance(event, SessionEvent):
+            self._session(event, raw)
+        elif isinstance(event, ApprovalEvent):
+            self._approval(event, raw)
+        elif isinstance(event, DetokenizeEvent):
+            self._detokenize(event, raw)
+        elif isinstance(event, ReloadEvent):
+            self._reload(event, raw)
+        elif isinstance(event, WriterEvent):
+            raw.update(kind="audit", event=event.event, details=event.details)
+        else:  # the writer refuses these in record(); kept total for safety
+            raw.update(kind="audit", event="unknown_event", reason=type(event).__name__)
+        notes: list[str] = []
+        at = to_us(getattr(event, "at", None))
+        if at is None:
+            notes.append("at")
+            at = now_us
+        return self._finish(raw, at, notes)
+
+    # ------------------------------------------------------------------ statements
+
+    def _statement(self, e: StatementEvent, now_us: int) -> list[Any]:
+        lim = self.max_text_chars
+        notes: list[str] = []
+        v: list[Any] = [None] * len(FIELDS)
+        v[_FORMAT] = FORMAT
+        v[_KIND] = "statement"
+        v[_REPLICA] = self.replica
+        at = e.at
+        v[AT] = (
+            round(at * 1_000_000)
+            if at.__class__ is float and _MIN_S < at < _MAX_S
+            else _at_slow(at, now_us, notes)
+        )
+        statement = e.statement
+        if statement.__class__ is not str:
+            statement = _text_slow(statement, "statement", notes) or ""
+        v[_STATEMENT_LENGTH] = len(statement)
+        if len(statement) > self.max_statement_chars:
+            statement = statement[: self.max_statement_chars]
+        scrubbed = 0
+        if statement:
+            statement, scrubbed = scrub(statement)
+            v[_STATEMENT] = statement
+        for i, name, x in zip(_TEXT_AT, _TEXT_NAMES, _get_text(e), strict=True):
+            if not x:
+                if x is not None and x.__class__ is not str:
+                    v[i] = _text(x, lim, notes, name)
+            elif x.__class__ is str and len(x) <= lim:
+                v[i] = x
+            else:
+                v[i] = _text(x, lim, notes, name)
+        for i, name, x in zip(_FREE_AT, _FREE_NAMES, _get_free_text(e), strict=True):
+            if x:
+                x = _text(x, lim, notes, name)
+                if x:
+                    x, n = scrub(x)
+                    scrubbed += n
+                v[i] = x
+        if e.params:
+            v[_PARAMS], n = self._array(e.params, "params", notes)
+            scrubbed += n
+        if e.categories:
+            v[_CATEGORIES] = _names(e.categories, lim, notes, "categories")
+        if e.tables:
+            v[_TABLES] = _names(e.tables, lim, notes, "tables")
+        if e.columns:
+            v[_COLUMNS] = _names(e.columns, lim, notes, "columns")
+        for i, name, x in zip(_INT_AT, _INT_NAMES, _get_ints(e), strict=True):
+            if x.__class__ is int and -_INT64 <= x <= _INT64:
+                v[i] = x
+            elif x is not None:
+                v[i] = _int(x, name, notes)
+        t = e.tokenized
+        if t is not None and t.__class__ is not bool:
+            notes.append("tokenized")
+            t = bool(t)
+        v[_TOKENIZED] = t
+        if notes:
+            details, _ = self._details(None, notes)
+            v[DETAILS] = _dump_details(details)
+        v[SCRUBBED] = scrubbed
+        v[ESCAPED] = False
+        return v
+
+    # ------------------------------------------------------------------ other kinds
+
+    def _session(self, e: SessionEvent, raw: dict[str, Any]) -> None:
+        raw.update(
+            kind="session",
+            event=e.event,
+            identity=e.identity,
+            session_id=e.session_id,
+            application_name=e.application_name,
+            client_addr=e.client_addr,
+            database=e.database,
+            outcome=e.outcome,
+            reason=e.reason,
+            duration_us=e.duration_us,
+        )
+        if e.statements is not None:
+            raw["details"] = {"statements": e.statements}
+
+    def _approval(self, e: ApprovalEvent, raw: dict[str, Any]) -> None:
+        raw.update(
+            kind="approval",
+            event=e.event,
+            approval_id=e.approval_id,
+            identity=e.identity,
+            actor=e.actor,
+            reason=e.reason,
+            statement=e.statement,
+            fingerprint=e.fingerprint,
+            categories=e.categories,
+            rule=e.rule,
+            decision=e.event,
+        )
+        if e.expires_at is not None:
+            us = to_us(e.expires_at)
+            raw["details"] = {"expires_at": iso(us) if us is not None else repr(e.expires_at)}
+
+    def _detokenize(self, e: DetokenizeEvent, raw: dict[str, Any]) -> None:
+        raw.update(
+            kind="detokenize",
+            event="detokenize",
+            identity=e.identity,
+            actor=e.actor,
+            columns=e.columns,
+            approval_id=e.approval_id,
+            reason=e.reason,
+            rows=e.tokens,
+            details={"tokens": e.tokens},
+        )
+
+    def _reload(self, e: ReloadEvent, raw: dict[str, Any]) -> None:
+        raw.update(
+            kind="reload",
+            event=e.what,
+            outcome="ok" if e.ok else "failed",
+            actor=e.actor,
+            reason=e.reason,
+            details={"source": e.source, "version": e.version},
+        )
+
+    def _finish(self, raw: dict[str, Any], at_us: int, notes: list[str]) -> list[Any]:
+        values: list[Any] = [None] * len(FIELDS)
+        values[_FORMAT] = FORMAT
+        values[AT] = at_us
+        values[_REPLICA] = self.replica
+        scrubbed = 0
+        for name in _TEXT_FIELDS:
+            if name in raw:
+                value = raw[name]
+                if value is not None and value.__class__ is not str:
+                    value = _text_slow(value, name, notes)
+                if name == "statement" and value is not None:
+                    values[_STATEMENT_LENGTH] = len(value)
+                    value = truncate(value, self.max_statement_chars)
+                elif value is not None:
+                    value = truncate(value, self.max_text_chars)
+                if value and name in SCRUBBED_FIELDS:
+                    value, n = scrub(value)
+                    scrubbed += n
+                values[INDEX[name]] = value or None
+        for name in _ARRAY_FIELDS:
+            if raw.get(name):
+                items, n = self._array(raw[name], name, notes)
+                scrubbed += n
+                values[INDEX[name]] = items
+        for name in _INT_FIELDS:
+            if name in raw:
+                values[INDEX[name]] = _int(raw[name], name, notes)
+        details = raw.get("details")
+        if details is not None or notes:
+            details, n = self._details(details, notes)
+            scrubbed += n
+            values[DETAILS] = _dump_details(details)
+        values[SCRUBBED] = scrubbed
+        values[ESCAPED] = False
+        return values
+
+    # ------------------------------------------------------------------ pieces
+
+    def _array(
+        self, value: Any, name: str, notes: list[str]
+    ) -> tuple[list[str | None] | None, int]:
+        if value.__class__ is str or isinstance(value, bytes) or not hasattr(value, "__iter__"):
+            notes.append(name)
+            value = (value,)
+        out: list[str | None] = []
+        scrubbed = 0
+        limit = self.max_text_chars
+        params = name == "params"
+        for item in value:
+            if item is None:
+                out.append(None)
+                continue
+            if item.__class__ is not str:
+                if isinstance(item, bytes | bytearray | memoryview):
+                    if params:  # a raw value: keep only a keyed hash of it
+                        out.append(
+                            "h:" + blake2b(bytes(item), key=self._key, digest_size=16).hexdigest()
+                        )
+                        continue
+                    item = from_bytes(bytes(item))
+                else:
+                    notes.append(name)
+                    item = str(item)
+            if len(item) > limit:
+                item = item[:limit]
+            if params and item:
+                item, n = scrub(item)
+                scrubbed += n
+            out.append(item)
+        return (out or None), scrubbed
+
+    def _details(self, details: Any, notes: list[str]) -> tuple[dict[str, Any], int]:
+        out: dict[str, Any] = {}
+        scrubbed = 0
+        if isinstance(details, dict):
+            for key, value in details.items():
+                clean, n = self._detail_value(value)
+                out[str(key)] = clean
+                scrubbed += n
+        elif details is not None:
+            notes.append("details")
+        if notes:
+            out["coerced"] = sorted(set(notes))
+        return out, scrubbed
+
+    def _detail_value(self, value: Any) -> tuple[Any, int]:
+        if value is None or isinstance(value, bool):
+            return value, 0
+        if isinstance(value, int):
+            return (value if -_INT64 - 1 <= value <= _INT64 else str(value)), 0
+        if isinstance(value, list | tuple):
+            items = [self._detail_value(v) for v in value]
+            return [v for v, _ in items], sum(n for _, n in items)
+        if isinstance(value, bytes):
+            value = from_bytes(value)
+        text = truncate(value if isinstance(value, str) else str(value), self.max_text_chars)
+        return scrub(text)
+
+
+_FORMAT = INDEX["format"]
+_KIND = INDEX["kind"]
+_EVENT = INDEX["event"]
+_REPLICA = INDEX["replica"]
+_STATEMENT = INDEX["statement"]
+_STATEMENT_LENGTH = INDEX["statement_length"]
+_DECISION = INDEX["decision"]
+_IDENTITY = INDEX["identity"]
+_CLIENT_ADDR = INDEX["client_addr"]
+_DATABASE = INDEX["database"]
+_FINGERPRINT = INDEX["fingerprint"]
+_RULE = INDEX["rule"]
+_APPROVAL_ID = INDEX["approval_id"]
+_OUTCOME = INDEX["outcome"]
+_APPLICATION_NAME = INDEX["application_name"]
+_PURPOSE = INDEX["purpose"]
+_MODEL = INDEX["model"]
+_REASON = INDEX["reason"]
+_PARAMS = INDEX["params"]
+_CATEGORIES = INDEX["categories"]
+_TABLES = INDEX["tables"]
+_COLUMNS = INDEX["columns"]
+_SESSION_ID = INDEX["session_id"]
+_ROWS = INDEX["rows"]
+_DURATION_US = INDEX["duration_us"]
+_TOKENIZED = INDEX["tokenized"]
+# StatementEvent fields read with one attrgetter call each (a C loop, not bytecode).
+_TEXT_NAMES = (
+    "event",
+    "decision",
+    "identity",
+    "client_addr",
+    "database",
+    "fingerprint",
+    "rule",
+    "approval_id",
+    "outcome",
+)
+_FREE_NAMES = ("application_name", "purpose", "model", "reason")  # scrubbed
+_INT_NAMES = ("session_id", "rows", "duration_us")
+_TEXT_AT = tuple(INDEX[n] for n in _TEXT_NAMES)
+_FREE_AT = tuple(INDEX[n] for n in _FREE_NAMES)
+_INT_AT = tuple(INDEX[n] for n in _INT_NAMES)
+_get_text = attrgetter(*_TEXT_NAMES)
+_get_free_text = attrgetter(*_FREE_NAMES)
+_get_ints = attrgetter(*_INT_NAMES)
+_MIN_S = _MIN_US / 1_000_000
+_MAX_S = _MAX_US / 1_000_000
+
+
+def _text(x: Any, limit: int, notes: list[str], name: str) -> str | None:
+    if x.__class__ is str:
+        if len(x) > limit:
+            return x[:limit]
+        return x or None
+    if x is None:
+        return None
+    x = _text_slow(x, name, notes)
+    return x[:limit] or None
+
+
+def _text_slow(x: Any, name: str, notes: list[str]) -> str:
+    if isinstance(x, str):
+        return str(x)
+    if isinstance(x, bytes | bytearray | memoryview):
+        return from_bytes(bytes(x))
+    notes.append(name)
+    return str(x)
+
+
+def _names(items: Any, limit: int, notes: list[str], name: str) -> list[str | None] | None:
+    """Categories, tables, columns: short names, never scrubbed."""
+    if items.__class__ is tuple or items.__class__ is list:
+        for x in items:
+            if x.__class__ is not str or len(x) > limit:
+                break
+        else:
+            return list(items)
+    elif items.__class__ is str:
+        notes.append(name)
+        return [items[:limit]]
+    out: list[str | None] = []
+    for x in items:
+        t = _text(x, limit, notes, name)
+        out.append(t if t is not None else "")
+    return out or None
+
+
+def _int(value: Any, name: str, notes: list[str]) -> int | None:
+    if value is None:
+        return None
+    if value.__class__ is not int:
+        try:
+            value = int(value)
+        except (TypeError, ValueError, OverflowError):
+            notes.append(name)
+            return None
+        notes.append(name)
+    limit = _INT_LIMITS.get(name, _INT64)
+    if not -limit - 1 <= value <= limit:
+        notes.append(name)
+        return None
+    return value  # type: ignore[no-any-return]
+
+
+def _at_slow(at: Any, now_us: int, notes: list[str]) -> int:
+    us = to_us(at)
+    if us is None:
+        notes.append("at")
+        return now_us
+    return us
+
+
+def _dump_details(details: dict[str, Any]) -> str:
+    return json.dumps(details, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def seal(values: list[Any], prev_hash: bytes) -> bytes:
+    """Hash a record (its chain fields set), escaping it first if it must be.
+
+    The canonical text shows whether escaping is needed at no extra cost in the
+    common case: a NUL appears in it as ``\\u0000`` and a lone surrogate makes
+    UTF-8 encoding fail. Only then are the values examined and escaped.
+    """
+    text = canonical_text(values)
+    try:
+        if "\\u0000" in text:
+            raise UnicodeError
+        data = text.encode()
+    except UnicodeError:
+        if _needs_escape(values):
+            _escape_values(values)
+            values[ESCAPED] = True
+        data = canonical_text(values).encode()
+    d = sha256(data).digest()
+    return sha256(prev_hash + d).digest()
+
+
+class WriterEvent:
+    """Records the writer makes about itself: chain start and end, outages."""
+
+    __slots__ = ("at", "details", "event")
+
+    def __init__(self, event: str, details: dict[str, Any], at: float) -> None:
+        self.event = event
+        self.details = details
+        self.at = at
+
+
+def _needs_escape(values: list[Any]) -> bool:
+    for name in _TEXT_FIELDS:
+        v = values[INDEX[name]]
+        if v and needs_escape(v):
+            return True
+    for name in _ARRAY_FIELDS:
+        for item in values[INDEX[name]] or ():
+            if item and needs_escape(item):
+                return True
+    details = values[DETAILS]
+    return bool(details) and _json_needs_escape(json.loads(details))
+
+
+def _json_needs_escape(value: Any) -> bool:
+    if isinstance(value, str):
+        return needs_escape(value)
+    if isinstance(value, dict):
+        return any(_json_needs_escape(k) or _json_needs_escape(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_json_needs_escape(v) for v in value)
+    return False
+
+
+def _escape_values(values: list[Any]) -> None:
+    if values[DETAILS]:
+        values[DETAILS] = _dump_details(_escape_json(json.loads(values[DETAILS])))
+    for name in _TEXT_FIELDS:
+        i = INDEX[name]
+        if values[i]:
+            values[i] = escape(values[i])
+    for name in _ARRAY_FIELDS:
+        i = INDEX[name]
+        if values[i]:
+            values[i] = [None if x is None else escape(x) for x in values[i]]
+
+
+def _escape_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {_escape_json(k): _escape_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape_json(v) for v in value]
+    return value

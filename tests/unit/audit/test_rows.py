@@ -1,0 +1,201 @@
+"""From events to stored values: coercion, hashing of raw parameters, truncation,
+scrubbing, escaping, and the canonical form."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dbgate.audit.canonical import (
+    FIELDS,
+    GENESIS,
+    INDEX,
+    NAMES,
+    FieldType,
+    canonical,
+    digest,
+    link,
+    parse_canonical,
+)
+from dbgate.audit.events import (
+    ApprovalEvent,
+    DetokenizeEvent,
+    ReloadEvent,
+    SessionEvent,
+    StatementEvent,
+)
+from dbgate.audit.rows import RowBuilder, WriterEvent, iso, parse_iso, seal, to_us
+
+NOW = 1_800_000_000_000_000
+
+
+def build(event, **kw) -> dict:
+    values = RowBuilder("r1", b"key", **kw).build(event, NOW)
+    return dict(zip(NAMES, values, strict=True))
+
+
+def chained(event, seq: int = 1, prev: bytes = GENESIS) -> tuple[list, bytes]:
+    values = RowBuilder("r1", b"key").build(event, NOW)
+    values[INDEX["chain"]] = "r1.chain"
+    values[INDEX["seq"]] = seq
+    values[INDEX["logged_at"]] = NOW
+    return values, seal(values, prev)
+
+
+def test_a_statement_fills_its_fields() -> None:
+    row = build(
+        StatementEvent(
+            "completed",
+            "SELECT * FROM t WHERE id = $1",
+            at=1_700_000_000.25,
+            identity="agent",
+            session_id=3,
+            categories=("read",),
+            tables=("public.t",),
+            columns=("t.id",),
+            outcome="SELECT 1",
+            rows=1,
+            duration_us=250,
+            tokenized=False,
+        )
+    )
+    assert row["kind"] == "statement" and row["event"] == "completed"
+    assert row["at"] == 1_700_000_000_250_000 and row["replica"] == "r1"
+    assert row["categories"] == ["read"] and row["tables"] == ["public.t"]
+    assert (row["rows"], row["duration_us"], row["tokenized"]) == (1, 250, False)
+    assert row["statement_length"] == len("SELECT * FROM t WHERE id = $1")
+    assert row["decision"] == "allow" and row["details"] is None and row["scrubbed"] == 0
+    assert row["reason"] is None and row["params"] is None  # absent is NULL
+
+
+def test_other_kinds_map_to_the_same_columns() -> None:
+    a = build(ApprovalEvent("rejected", "9", identity="agent", actor="carol", reason="no"))
+    assert (a["kind"], a["event"], a["decision"], a["actor"], a["approval_id"]) == (
+        "approval",
+        "rejected",
+        "rejected",
+        "carol",
+        "9",
+    )
+    d = build(DetokenizeEvent("agent", "alice", 4, columns=("customers.email",)))
+    assert (d["kind"], d["rows"], d["columns"], json.loads(d["details"])) == (
+        "detokenize",
+        4,
+        ["customers.email"],
+        {"tokens": 4},
+    )
+    r = build(ReloadEvent("rules", False, reason="rules/x.yaml:3: bad key"))
+    assert (r["kind"], r["event"], r["outcome"], r["reason"]) == (
+        "reload",
+        "rules",
+        "failed",
+        "rules/x.yaml:3: bad key",
+    )
+    s = build(SessionEvent("auth_failed", identity="eve", outcome="28P01"))
+    assert (s["kind"], s["event"], s["outcome"]) == ("session", "auth_failed", "28P01")
+    w = build(WriterEvent("chain_start", {"pid": 1}, 1.0))
+    assert (w["kind"], w["event"], json.loads(w["details"])) == ("audit", "chain_start", {"pid": 1})
+
+
+def test_raw_parameters_become_keyed_hashes() -> None:
+    e = StatementEvent("completed", "SELECT $1, $2, $3", params=(b"secret", None, "masked"))
+    one = RowBuilder("r", b"k1").build(e, NOW)[INDEX["params"]]
+    again = RowBuilder("r", b"k1").build(e, NOW)[INDEX["params"]]
+    other = RowBuilder("r", b"k2").build(e, NOW)[INDEX["params"]]
+    assert one == again and one[0] != other[0]
+    assert one[0].startswith("h:") and len(one[0]) == 34 and "secret" not in one[0]
+    assert one[1:] == [None, "masked"]
+
+
+def test_truncation_keeps_the_length() -> None:
+    row = build(
+        StatementEvent("completed", "x" * 5000, reason="r" * 999),
+        max_statement_chars=1024,
+        max_text_chars=256,
+    )
+    assert len(row["statement"]) == 1024 and row["statement_length"] == 5000
+    assert len(row["reason"]) == 256
+
+
+def test_scrubbed_values_are_counted() -> None:
+    row = build(
+        StatementEvent(
+            "completed", "SELECT 'a@b.io'", params=("078-05-1120",), purpose="call +1 415 555 0134"
+        )
+    )
+    assert row["statement"] == "SELECT '<email>'" and row["params"] == ["<ssn>"]
+    assert row["purpose"] == "call <phone>" and row["scrubbed"] == 3
+
+
+def test_wrong_types_are_kept_and_noted() -> None:
+    row = build(
+        StatementEvent("completed", b"SELECT 1", rows="3", session_id=2**64, at=None, tokenized=1)
+    )  # type: ignore[arg-type]
+    assert row["statement"] == "SELECT 1" and row["rows"] == 3 and row["session_id"] is None
+    assert row["at"] == NOW and row["tokenized"] is True
+    assert json.loads(row["details"])["coerced"] == ["at", "rows", "session_id", "tokenized"]
+
+
+def test_times() -> None:
+    assert to_us(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)) == parse_iso(
+        "2026-01-02T03:04:05.000006Z"
+    )
+    assert iso(0) == "1970-01-01T00:00:00.000000Z"
+    assert to_us(float("nan")) is None and to_us(True) is None and to_us(1e20) is None
+
+
+def test_seal_escapes_only_records_that_need_it() -> None:
+    plain, h1 = chained(StatementEvent("completed", "SELECT '\\\\'"))
+    assert plain[INDEX["escaped"]] is False and plain[INDEX["statement"]] == "SELECT '\\\\'"
+    assert h1 == link(GENESIS, digest(canonical(plain)))
+    nul, _ = chained(StatementEvent("completed", "SELECT '\x00'", reason="a\\b"))
+    assert nul[INDEX["escaped"]] is True
+    assert nul[INDEX["statement"]] == "SELECT '\\x00'" and nul[INDEX["reason"]] == "a\\\\b"
+    bad, _ = chained(StatementEvent("completed", b"\xff".decode("utf-8", "surrogateescape")))
+    assert bad[INDEX["statement"]] == "\\xff" and bad[INDEX["escaped"]] is True
+    # a literal backslash-u-0000 in the text is not a NUL: no escaping
+    literal, _ = chained(StatementEvent("completed", "SELECT E'\\u0000'"))
+    assert literal[INDEX["escaped"]] is False
+
+
+def test_a_record_hash_covers_every_field_and_the_previous_hash() -> None:
+    values, h = chained(StatementEvent("completed", "SELECT 1", identity="a", rows=1))
+    assert seal(list(values), b"\x01" * 32) != h
+    for i, (name, kind) in enumerate(FIELDS):
+        changed = list(values)
+        changed[i] = {
+            FieldType.TEXT: "other",
+            FieldType.INT: 12345,
+            FieldType.TIME: 5,
+            FieldType.BOOL: not values[i],
+            FieldType.ARRAY: ["other"],
+            FieldType.JSON: '{"x":1}',
+        }[kind]
+        assert link(GENESIS, digest(canonical(changed))) != h, name
+
+
+text_values = st.one_of(
+    st.none(), st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=30)
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.lists(st.one_of(st.none(), st.text(max_size=10)), max_size=4),
+    text_values,
+    st.integers(-(2**63), 2**63 - 1),
+)
+def test_canonical_form_is_json_of_the_normalised_values(params, text, number) -> None:
+    values, _ = chained(StatementEvent("completed", "SELECT 1"))
+    values[INDEX["statement"]] = text
+    values[INDEX["params"]] = params or None
+    values[INDEX["rows"]] = number
+    fields = parse_canonical(canonical(values))
+    assert tuple(fields) != NAMES and sorted(fields) == sorted(NAMES)  # grouped, all there
+    assert fields["statement"] == (text or "")
+    assert fields["params"] == params
+    assert fields["rows"] == number
+    assert fields["chain"] == "r1.chain" and fields["seq"] == 1 and fields["details"] == {}

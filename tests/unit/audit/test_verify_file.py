@@ -1,0 +1,93 @@
+"""Verification without a database: a chain written to a file, then damaged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dbgate.audit.canonical import GENESIS, INDEX, canonical, digest
+from dbgate.audit.events import StatementEvent
+from dbgate.audit.rows import RowBuilder, WriterEvent, seal
+from dbgate.audit.serial import dumps, from_document, link_document, to_document
+from dbgate.audit.verify import read_heads, verify_file
+
+NOW = 1_800_000_000_000_000
+
+
+def chain_docs(n: int, chain: str = "r.1", end: bool = True) -> list[dict]:
+    builder = RowBuilder("r", b"k")
+    events = [WriterEvent("chain_start", {}, 1.0)]
+    events += [StatementEvent("completed", f"SELECT {i}", identity=f"id{i % 2}") for i in range(n)]
+    if end:
+        events.append(WriterEvent("chain_end", {}, 2.0))
+    prev, docs = GENESIS, []
+    for seq, e in enumerate(events, 1):
+        values = builder.build(e, NOW)
+        values[INDEX["chain"]], values[INDEX["seq"]], values[INDEX["logged_at"]] = chain, seq, NOW
+        h = seal(values, prev)
+        docs.append(to_document(values, prev, h, id=seq))
+        prev = h
+    return docs
+
+
+def write(path: Path, docs: list[dict]) -> Path:
+    path.write_text("".join(dumps(d) + "\n" for d in docs))
+    return path
+
+
+def test_an_intact_file_verifies(tmp_path) -> None:
+    report = verify_file(
+        write(tmp_path / "a.jsonl", chain_docs(10) + chain_docs(3, "r.2", end=False))
+    )
+    assert report.ok and report.records == 12 + 4
+    assert report.chains["r.1"].closed and not report.chains["r.2"].closed
+
+
+def test_links_stand_for_records_left_out(tmp_path) -> None:
+    docs = chain_docs(6)
+    out = []
+    for d in docs:
+        if d["identity"] == "id1":
+            out.append(
+                link_document(
+                    d["chain"],
+                    d["seq"],
+                    NOW,
+                    bytes.fromhex(d["prev_hash"]),
+                    bytes.fromhex(d["digest"]),
+                    bytes.fromhex(d["hash"]),
+                )
+            )
+        else:
+            out.append(d)
+    assert verify_file(write(tmp_path / "l.jsonl", out)).ok
+
+
+def test_damage_is_named(tmp_path) -> None:
+    docs = chain_docs(8)
+    docs[4]["rows"] = 99
+    report = verify_file(write(tmp_path / "e.jsonl", docs))
+    assert [(f.problem, f.seq, f.id) for f in report.findings] == [("edited", 5, 5)]
+    docs = chain_docs(8)
+    report = verify_file(write(tmp_path / "d.jsonl", docs[:3] + docs[5:]))
+    assert [(f.problem, f.seq) for f in report.findings] == [("deleted", 4)]
+    assert "seq 4 to 5 missing" in report.findings[0].message
+    docs = chain_docs(8)
+    report = verify_file(write(tmp_path / "i.jsonl", [*docs[:4], docs[3], *docs[4:]]))
+    assert [(f.problem, f.seq) for f in report.findings] == [("inserted", 4)]
+
+
+def test_heads_catch_a_truncated_tail(tmp_path) -> None:
+    docs = chain_docs(8)
+    heads = tmp_path / "heads.jsonl"
+    heads.write_text(json.dumps({"chain": "r.1", "seq": 10, "hash": docs[-1]["hash"]}) + "\n")
+    assert verify_file(write(tmp_path / "ok.jsonl", docs), read_heads(heads)).ok
+    report = verify_file(write(tmp_path / "cut.jsonl", docs[:7]), read_heads(heads))
+    assert [(f.problem, f.seq) for f in report.findings] == [("deleted", 10)]
+
+
+def test_a_digest_is_what_the_canonical_form_hashes_to() -> None:
+    d = chain_docs(1)[1]
+    values = from_document(d).values
+    assert values is not None
+    assert d["digest"] == digest(canonical(values)).hex()
