@@ -81,8 +81,10 @@ def test_hostile_input_finishes(hostile: str) -> None:
 
 
 emails = st.from_regex(r"[a-z]{1,10}(\.[a-z]{1,5})?@[a-z]{1,10}\.(com|org|io)", fullmatch=True)
+# [0-9], not \d: from_regex draws \d from every Unicode digit, and an SSN is ASCII.
 ssns = st.from_regex(
-    r"(00[1-9]|[1-5]\d\d|6[0-5]\d)-(0[1-9]|[1-9]\d)-(000[1-9]|[1-9]\d{3})", fullmatch=True
+    r"(00[1-9]|[1-5][0-9][0-9]|6[0-5][0-9])-(0[1-9]|[1-9][0-9])-(000[1-9]|[1-9][0-9]{3})",
+    fullmatch=True,
 )
 filler = st.text(alphabet=" ,;()=<>'\"", min_size=1, max_size=20)
 
