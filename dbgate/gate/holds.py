@@ -71,7 +71,7 @@ class HoldDesk:
             replica=self.replica,
         )
         reasons = decision.reasons or classification.reasons
-        wait = decision.expires_after_seconds
+        wait = decision.wait_seconds
         return ApprovalRequest(
             requester=requester,
             sql=sql,

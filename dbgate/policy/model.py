@@ -180,9 +180,16 @@ class Decision:
     message: str = ""
     approver_groups: tuple[str, ...] = ()
     approvals_needed: int = 1
-    expires_after_seconds: int | None = None
+    #: How long the statement waits for a decision (the shortest of the holding
+    #: rules'); 0: answer at once, the agent retries once approved; None: the default.
+    wait_seconds: float | None = None
     classification: Classification | None = field(default=None, compare=False)
     # The classifier's reasons this decision acted on: those whose category (of their
     # statement) was decided at ``action``. For a hold or deny, what the agent must
     # change; ``message`` is the deciding rule's text.
     reasons: tuple[Reason, ...] = ()
+
+    @property
+    def expires_after_seconds(self) -> float | None:
+        """The older name of :attr:`wait_seconds`."""
+        return self.wait_seconds
