@@ -195,6 +195,10 @@ class App:
                 f"cannot listen for the web page on {self.config.web.listen}: "
                 f"{e.strerror or e} (choose another with --web)"
             ) from None
+        if self.config.web.public_url is None:
+            # Notices name where a request is decided: the port really listened on
+            # (``--web 127.0.0.1:0`` picks a free one), not the configured 0.
+            self.approvals.public_url = self.web.url
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop in reverse order; safe to call twice or after a failed start."""

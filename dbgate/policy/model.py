@@ -110,6 +110,9 @@ class StatementClass:
     needs_bind: bool = False
     # PREPARE / DEALLOCATE / DISCARD ALL: what the statement does to prepared statements.
     prepared_effect: PreparedEffect | None = None
+    # SET/RESET dbgate.purpose or dbgate.model: what the agent declares about itself
+    # for approvers, as (key, value) pairs ("purpose" or "model"; "" after RESET).
+    declares: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,11 @@ class Classification:
     @property
     def needs_bind(self) -> bool:
         return any(s.needs_bind for s in self.statements)
+
+    @property
+    def declares(self) -> tuple[tuple[str, str], ...]:
+        """The agent's declarations (``SET dbgate.purpose = ...``), in order."""
+        return tuple(d for s in self.statements for d in s.declares)
 
     @property
     def prepared_effects(self) -> tuple[PreparedEffect, ...]:

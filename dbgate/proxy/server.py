@@ -25,6 +25,7 @@ from dbgate.proxy.handshake import (
 from dbgate.proxy.seams import AllowAll, Inspector, MessageFilter, Observer
 from dbgate.proxy.session import Session
 from dbgate.proxy.session_info import SessionInfo
+from dbgate.proxy.startup_params import startup_declarations
 from dbgate.proxy.upstream import UpstreamError, connect_upstream, send_cancel
 from dbgate.wire import messages as m
 from dbgate.wire.errors import ProtocolError
@@ -184,6 +185,7 @@ class ProxyServer:
             client_addr=client_addr,
             groups=frozenset(ident.groups),
             transaction_status=up.transaction_status,
+            declared=startup_declarations(hello.params),
         )
         out = [
             m.auth_ok(),

@@ -31,6 +31,11 @@ class SessionInfo:
     # from server_params (the policy inspector's identity and session checks).
     params_version: int = 0
     policy_state: Any = None  # the policy inspector's cache, valid for one params_version
+    #: What the agent declared about itself for approvers ("purpose", "model"): from
+    #: the startup parameters dbgate.purpose / dbgate.model, then kept by the gate
+    #: from the SET statements it lets through (custom settings are not reported by
+    #: ParameterStatus).
+    declared: dict[str, str] = field(default_factory=dict)
     _notify: Callable[[Notice], None] | None = None
 
     _forget: Callable[[], None] | None = None
