@@ -81,7 +81,7 @@ def test_other_custom_settings_stay_held(sql: str) -> None:
             {"purpose": "clean up test orders", "model": "gpt-5"},
         ),
         (
-            ' /*dbgate:purpose="a b=c" model=\'m 1\'*/DELETE FROM t',
+            " /*dbgate:purpose=\"a b=c\" model='m 1'*/DELETE FROM t",
             {"purpose": "a b=c", "model": "m 1"},
         ),
         ("/* DBGATE: ticket=7 purpose=x */ TRUNCATE t", {"purpose": "x"}),
