@@ -41,12 +41,18 @@ class PsycopgNotices:
     """A notice handler for psycopg 3 (called on the thread that reads results)."""
 
     def __init__(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
-        self.queue: queue.Queue[psycopg.errors.Diagnostic] = queue.Queue()
-        conn.add_notice_handler(self.queue.put)
+        self.queue: queue.Queue[tuple[str, str, str]] = queue.Queue()
+        conn.add_notice_handler(self._on)
+
+    def _on(self, d: psycopg.errors.Diagnostic) -> None:
+        # The Diagnostic is only readable during the callback: copy what we need.
+        self.queue.put((d.message_primary or "", d.message_detail or "", d.sqlstate or ""))
+
+    def next(self) -> tuple[str, str, str]:
+        return self.queue.get(timeout=NOTICE_WAIT)
 
     def held(self) -> int:
-        d = self.queue.get(timeout=NOTICE_WAIT)
-        return check_notice(d.message_primary or "", d.message_detail or "", d.sqlstate or "")
+        return check_notice(*self.next())
 
     async def aheld(self) -> int:
         return await asyncio.to_thread(self.held)
