@@ -10,9 +10,11 @@
 4. the proxy listener;
 5. the web server (approvals API) when ``web`` is configured.
 
-Stop is the reverse: stop accepting and drain sessions, then the web server, then
-the services, then the pool. A held statement whose session is drained ends
-``abandoned`` (the service records it), never runs by itself later.
+Stop: first the approval service, so that statements still held end ``abandoned``
+(recorded, and their clients get 42501 at once rather than waiting out the drain or
+being recorded as if they had left), and holds asked for from then on are refused;
+then stop accepting and drain sessions, then the web server, then the pool. Nothing
+held runs by itself later.
 """
 
 from __future__ import annotations
@@ -201,7 +203,12 @@ class App:
             self.approvals.public_url = self.web.url
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop in reverse order; safe to call twice or after a failed start."""
+        """Stop (see the module docstring); safe to call twice or after a failed start."""
+        if self.approvals is not None:
+            try:
+                await self.approvals.stop()
+            except Exception:
+                log.exception("approval service did not stop cleanly")
         if self.proxy is not None:
             try:
                 await self.proxy.stop(grace=grace)
@@ -212,12 +219,7 @@ class App:
             with contextlib.suppress(Exception):
                 await self.web.stop()
             self.web = None
-        if self.approvals is not None:
-            try:
-                await self.approvals.stop()
-            except Exception:
-                log.exception("approval service did not stop cleanly")
-            self.approvals = None
+        self.approvals = None
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), 10)

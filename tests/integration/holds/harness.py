@@ -154,7 +154,12 @@ class RunningApp:
     # -- life ---------------------------------------------------------------------------
     def start(self) -> RunningApp:
         self._thread.start()
-        self.call(self.app.start())
+        try:
+            self.call(self.app.start())  # App.start stops what it started if it fails
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            raise
         return self
 
     def stop(self, grace: float = 2.0) -> None:
