@@ -8,7 +8,9 @@ One command, on a fresh machine, does everything (see bench/README.md):
 4. pgbench ``-S`` and TPC-B-like, in simple/extended/prepared modes, against the
    three targets interleaved round-robin;
 5. a million rows through asyncpg against the three targets, interleaved;
-6. the policy classifier microbenchmarks (``bench/bench_classify.py``) if present;
+6. a held statement end to end on two dbgate replicas sharing a state database:
+   approve on one, result at a client of the other (``bench/bench_holds.py``);
+7. the policy classifier microbenchmarks (``bench/bench_classify.py``) if present;
 
 then prints one table of medians and ratios and writes the raw runs as JSON to
 ``bench/.work/results-<timestamp>.json``. Everything it starts is stopped at the
@@ -105,6 +107,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--no-classifier", action="store_true", help="skip the classifier microbenchmarks"
     )
+    p.add_argument(
+        "--no-holds",
+        action="store_true",
+        help="skip the held-statement latency benchmark (two replicas, bench/bench_holds.py)",
+    )
+    p.add_argument("--holds-n", type=int, default=200, help="held statements to time (default 200)")
     p.add_argument(
         "--dbgate-arg",
         action="append",
@@ -229,6 +237,8 @@ class Bench:
         self.classifier: dict[str, Any] | None = None
         self.classifier_error: str | None = None
         self.profile: dict[str, Any] | None = None
+        self.holds: dict[str, Any] | None = None
+        self.holds_error: str | None = None
         self.setup_log: list[str] = []
         self.meta: dict[str, Any] = {
             "started_at": self.stamp,
@@ -460,6 +470,23 @@ class Bench:
             native=self.args.profile_native,
         )
 
+    # ----------------------------------------------------------------- holds
+
+    def run_holds(self) -> None:
+        """Approval latency end to end (two ``dbgate serve`` replicas, one state DB)."""
+        from bench.bench_holds import format_result, run_end_to_end
+
+        say("held statements: approve on replica B -> result at a client of replica A ...")
+        try:
+            self.holds = run_end_to_end(
+                self.targets["direct"], self.work / "holds", n=self.args.holds_n
+            )
+        except Exception as e:  # report, and let the rest of the run finish
+            self.holds_error = f"{type(e).__name__}: {e}"
+            say(f"  held-statement benchmark failed: {self.holds_error}")
+        else:
+            say(f"  {format_result(self.holds)}")
+
     # ----------------------------------------------------------------- classifier
 
     def run_classifier(self) -> None:
@@ -522,6 +549,8 @@ class Bench:
             "classifier": self.classifier,
             "classifier_error": self.classifier_error,
             "profile": self.profile,
+            "holds": self.holds,
+            "holds_error": self.holds_error,
         }
 
     def run_errors(self) -> list[str]:
@@ -592,6 +621,12 @@ class Bench:
             for line in errors:
                 say(f"  {line}")
         say("")
+        if self.holds is not None:
+            from bench.bench_holds import format_result
+
+            say(format_result(self.holds))
+        else:
+            say(f"held-statement latency: {self.holds_error or 'skipped'}")
         if self.classifier is not None:
             say("classifier microbenchmarks (bench/bench_classify.py):")
             say(report.format_flat(self.classifier))
@@ -617,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench.run_streaming()
                 if args.profile:
                     bench.run_profile()
+                if not args.no_holds:
+                    bench.run_holds()
             finally:
                 say("stopping dbgate, PgBouncer and PostgreSQL ...")
                 bench.stop_all()
