@@ -410,3 +410,45 @@ async def test_an_owner_cannot_approve_the_agents_request(holds: HoldsEnv) -> No
         assert holds.count(t) == 3
     finally:
         await conn.close()
+
+
+async def test_the_declared_purpose_and_model_reach_the_request(holds: HoldsEnv) -> None:
+    t = holds.table("ap_declared", 3)
+    conn, notices = await connect(
+        holds, server_settings={"dbgate.purpose": "from startup", "dbgate.model": "m-startup"}
+    )
+    try:
+        running = asyncio.create_task(conn.execute(f"DELETE FROM {t}"))
+        rid = await notices.held()
+        row = await holds.app.arequest(rid)
+        assert (row["purpose"], row["model"]) == ("from startup", "m-startup")
+        await holds.app.areject(rid, "no")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await running
+        # A SET (simple protocol here), then a statement held at its Bind.
+        await conn.execute("SET dbgate.purpose = 'from SET'")
+        assert await conn.fetchval("SHOW dbgate.purpose") == "from SET"
+        running = asyncio.create_task(conn.fetch(f"DELETE FROM {t} RETURNING $1::int", 1))
+        rid = await notices.held()
+        row = await holds.app.arequest(rid)
+        assert (row["purpose"], row["model"]) == ("from SET", "m-startup")
+        await holds.app.areject(rid, "no")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await running
+        # A SET in the held string itself counts for that request, and for the
+        # session once it ran.
+        sql = f"SET dbgate.model = 'm-inline'; DELETE FROM {t}"
+        running = asyncio.create_task(conn.execute(sql))
+        rid = await notices.held()
+        assert (await holds.app.arequest(rid))["model"] == "m-inline"
+        await holds.app.aapprove(rid)
+        assert await running == "DELETE 3"
+        holds.table(t, 3)
+        running = asyncio.create_task(conn.execute(f"TRUNCATE {t}"))
+        rid = await notices.held()
+        assert (await holds.app.arequest(rid))["model"] == "m-inline"
+        await holds.app.areject(rid, "no")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await running
+    finally:
+        await conn.close()
