@@ -6,8 +6,8 @@ client -> server
   * frame each read (``FrameReader``), decode only the message types that matter;
   * ask the inspector about each statement (Query, Parse, FunctionCall, and Binds
     whose decision depends on their values); forward allowed bytes in as few writes
-    as possible; park the session (pause reading, keep later bytes in order) while
-    an asynchronous verdict is pending;
+    as possible; park the session (keep later bytes in order, still reading so a
+    hang-up is seen) while an asynchronous verdict is pending;
   * a refused message is replaced by what :meth:`StatementTracker.refuse` returns,
     so the server itself raises the error and keeps transaction state right.
 server -> client
