@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import asyncpg
 import uvloop
@@ -21,6 +23,38 @@ from bench.procs import LOOPBACK, ManagedProcess, free_port, wait_for_port
 from bench.targets import Target
 
 IDENTITY = "bench"
+
+
+@dataclass(frozen=True)
+class Approvals:
+    """Run dbgate with its approval service: the state database (created and
+    migrated by dbgate at start), where its API listens, and its replica id."""
+
+    state_dsn: str
+    web_port: int
+    replica_id: str
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.web_port}"
+
+
+def server_dsn(server: Target, dbname: str) -> str:
+    """A postgresql:// URL to ``dbname`` on the server behind ``server``."""
+    auth = f"{quote(server.user, safe='')}:{quote(server.password, safe='')}"
+    return f"postgresql://{auth}@{server.host}:{server.port}/{quote(dbname, safe='')}"
+
+
+async def create_database(server: Target, name: str) -> str:
+    """(Re)create database ``name`` on ``server`` (a superuser target such as
+    ``direct``); its DSN. For a state database: dbgate creates its schema in it."""
+    conn = await asyncpg.connect(server_dsn(server, "postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return server_dsn(server, name)
 
 
 def dbgate_binary() -> str:
@@ -41,6 +75,7 @@ def write_config(
     identity_password: str,
     log_level: str,
     policy: str | None = None,
+    approvals: Approvals | None = None,
 ) -> None:
     config: dict[str, object] = {
         "listen": f"{LOOPBACK}:{port}",
@@ -58,6 +93,10 @@ def write_config(
     }
     if policy is not None:
         config["policy"] = policy  # "off": relay without inspection (a diagnostic)
+    if approvals is not None:  # the approval service and its API, on a state database
+        config["state"] = {"dsn": approvals.state_dsn}
+        config["web"] = {"listen": f"{LOOPBACK}:{approvals.web_port}"}
+        config["approvals"] = {"replica_id": approvals.replica_id}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
 
@@ -88,6 +127,7 @@ class Dbgate:
         log_level: str = "info",
         name: str = "dbgate",
         policy: str | None = None,
+        approvals: Approvals | None = None,
     ) -> None:
         work_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -102,7 +142,9 @@ class Dbgate:
             identity_password,
             log_level,
             policy,
+            approvals,
         )
+        self.approvals = approvals
         self.target = Target(name, LOOPBACK, self.port, IDENTITY, identity_password, dbname)
         self.argv = [dbgate_binary(), "serve", "-c", str(self.config_path), *(extra_args or [])]
         self.process = ManagedProcess(name, self.argv, work_dir / "dbgate.log")

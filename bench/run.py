@@ -8,9 +8,11 @@ One command, on a fresh machine, does everything (see bench/README.md):
 4. pgbench ``-S`` and TPC-B-like, in simple/extended/prepared modes, against the
    three targets interleaved round-robin;
 5. a million rows through asyncpg against the three targets, interleaved;
-6. the policy classifier microbenchmarks (``bench/bench_classify.py``) if present;
-7. the PII rewrite and planning microbenchmarks (``bench/bench_pii.py``) if present;
-8. the audit benchmarks (``bench/bench_audit.py``): records/s into a state database
+6. a held statement end to end on two dbgate replicas sharing a state database:
+   approve on one, result at a client of the other (``bench/bench_holds.py``);
+7. the policy classifier microbenchmarks (``bench/bench_classify.py``) if present;
+8. the PII rewrite and planning microbenchmarks (``bench/bench_pii.py``) if present;
+9. the audit benchmarks (``bench/bench_audit.py``): records/s into a state database
    and ``audit verify`` records/s, on a PostgreSQL of their own;
 
 then prints one table of medians and ratios and writes the raw runs as JSON to
@@ -116,6 +118,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=200_000,
         help="records the audit write benchmark writes (default 200000)",
     )
+    p.add_argument(
+        "--no-holds",
+        action="store_true",
+        help="skip the held-statement latency benchmark (two replicas, bench/bench_holds.py)",
+    )
+    p.add_argument("--holds-n", type=int, default=200, help="held statements to time (default 200)")
     p.add_argument(
         "--dbgate-arg",
         action="append",
@@ -244,6 +252,8 @@ class Bench:
         self.audit: dict[str, Any] | None = None
         self.audit_error: str | None = None
         self.profile: dict[str, Any] | None = None
+        self.holds: dict[str, Any] | None = None
+        self.holds_error: str | None = None
         self.setup_log: list[str] = []
         self.meta: dict[str, Any] = {
             "started_at": self.stamp,
@@ -475,6 +485,23 @@ class Bench:
             native=self.args.profile_native,
         )
 
+    # ----------------------------------------------------------------- holds
+
+    def run_holds(self) -> None:
+        """Approval latency end to end (two ``dbgate serve`` replicas, one state DB)."""
+        from bench.bench_holds import format_result, run_end_to_end
+
+        say("held statements: approve on replica B -> result at a client of replica A ...")
+        try:
+            self.holds = run_end_to_end(
+                self.targets["direct"], self.work / "holds", n=self.args.holds_n
+            )
+        except Exception as e:  # report, and let the rest of the run finish
+            self.holds_error = f"{type(e).__name__}: {e}"
+            say(f"  held-statement benchmark failed: {self.holds_error}")
+        else:
+            say(f"  {format_result(self.holds)}")
+
     # ----------------------------------------------------------------- classifier
 
     def run_classifier(self) -> None:
@@ -568,6 +595,8 @@ class Bench:
             "audit": self.audit,
             "audit_error": self.audit_error,
             "profile": self.profile,
+            "holds": self.holds,
+            "holds_error": self.holds_error,
         }
 
     def run_errors(self) -> list[str]:
@@ -638,6 +667,12 @@ class Bench:
             for line in errors:
                 say(f"  {line}")
         say("")
+        if self.holds is not None:
+            from bench.bench_holds import format_result
+
+            say(format_result(self.holds))
+        else:
+            say(f"held-statement latency: {self.holds_error or 'skipped'}")
         if self.classifier is not None:
             say("classifier microbenchmarks (bench/bench_classify.py):")
             say(report.format_flat(self.classifier))
@@ -676,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench.run_streaming()
                 if args.profile:
                     bench.run_profile()
+                if not args.no_holds:
+                    bench.run_holds()
             finally:
                 say("stopping dbgate, PgBouncer and PostgreSQL ...")
                 bench.stop_all()

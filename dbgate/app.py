@@ -7,17 +7,19 @@
 2. the state database (one asyncpg pool, migrations) when ``state`` is configured,
    and on it the approval service and the notifier;
 3. the policy (rules) and the gate that joins policy, approvals and the relay, with
-   the observers of every statement (metrics);
+   the observers of every statement (metrics; the PII rooms' schema reload after DDL);
 4. the proxy listener;
 5. the web server when ``web`` is configured: the approvers' page and API (with a
    state database), ``/healthz``, ``/readyz`` and ``/metrics``;
 6. the metrics flusher and the log's interval summary.
 
-Stop is the reverse: mark the process draining (``/readyz`` turns 503), stop
-accepting and drain sessions, then the web server, the notifier, the services, the
-pool. A held statement whose session is drained ends ``abandoned`` (the service
-records it) and never runs by itself later. Each step that can fail names the
-problem and the fix in one line (:mod:`dbgate.startup_errors`).
+Stop: mark the process draining (``/readyz`` turns 503); stop the approval
+service first, so that statements still held end ``abandoned`` (recorded, and their
+clients get 42501 at once rather than waiting out the drain or being recorded as if
+they had left) and holds asked for from then on are refused; then stop accepting and
+drain sessions, then the web server, the notifier, the pool. Nothing held runs by
+itself later. Each step that can fail names the problem and the fix in one line
+(:mod:`dbgate.startup_errors`).
 """
 
 from __future__ import annotations
@@ -148,7 +150,12 @@ class App:
                 self.pii.check()
         with startup_step("rules"):
             self.gate = build_gate(config, self.approvals, self.pii)
-        self.observer = combine([MetricsObserver()] if config.metrics.enabled else [])
+        observers: list[Observer] = [MetricsObserver()] if config.metrics.enabled else []
+        if self.pii is not None:
+            from dbgate.gate.pii import SchemaWatch
+
+            observers.append(SchemaWatch(self.pii))
+        self.observer = combine(observers)
         tls = config.tls
         with startup_step(
             "tls",
@@ -228,10 +235,19 @@ class App:
             ssl_context = server_ssl_context(config.web.tls)
             self.web = WebServer(app, host, port, ssl_context=ssl_context)
             await self.web.start()
+        if self.approvals is not None and self.config.web.public_url is None:
+            # Notices name where a request is decided: the port really listened on
+            # (``--web 127.0.0.1:0`` picks a free one), not the configured 0.
+            self.approvals.public_url = self.web.url
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop in reverse order; safe to call twice or after a failed start."""
+        """Stop (see the module docstring); safe to call twice or after a failed start."""
         self.draining = True
+        if self.approvals is not None:
+            try:
+                await self.approvals.stop()
+            except Exception:
+                log.exception("approval service did not stop cleanly")
         if self.proxy is not None:
             try:
                 await self.proxy.stop(grace=grace)
@@ -246,12 +262,7 @@ class App:
             with contextlib.suppress(Exception):
                 await self.notifier.stop()
             self.notifier = None
-        if self.approvals is not None:
-            try:
-                await self.approvals.stop()
-            except Exception:
-                log.exception("approval service did not stop cleanly")
-            self.approvals = None
+        self.approvals = None
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), 10)

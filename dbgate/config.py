@@ -301,7 +301,7 @@ class ApprovalsConfig(_Strict):
     #: replica (and each worker) a stable, distinct id to have its holds cleaned up
     #: by its own restart rather than after ``abandon_after_seconds``.
     replica_id: str | None = Field(None, min_length=1)
-    #: Wait for rules that do not set ``expires_after``.
+    #: Wait for hold rules that do not set ``wait_seconds`` (0: approve-then-retry).
     default_wait_seconds: float = Field(300.0, ge=0)
     #: How long an approval may be used by the identical statement once approved
     #: (approve-then-retry, or a wait that ended before the statement ran).

@@ -14,7 +14,8 @@ the client sees:
   saying to send the identical statement again once it is approved;
 * unavailable or abandoned: 42501, fail closed.
 
-An earlier approval of the very same statement and values (or a shape approval for
+The request carries what the agent declared about itself (purpose, model:
+:mod:`dbgate.gate.declarations`). An earlier approval of the very same statement and values (or a shape approval for
 this identity and fingerprint) is looked up first, so a retry runs without a new
 request.
 """
@@ -32,6 +33,7 @@ from dbgate.approvals.model import (
     HoldStatus,
     Requester,
 )
+from dbgate.gate.declarations import declared
 from dbgate.gate.notes import note_for
 from dbgate.gate.refusals import reasons_text, rule_hint
 from dbgate.policy.model import Classification, Decision
@@ -62,6 +64,7 @@ class HoldDesk:
         classification: Classification,
     ) -> ApprovalRequest:
         server = session.server_params
+        intent = declared(session.declared, classification.declares, sql)
         requester = Requester(
             identity=session.identity,
             groups=session.groups,
@@ -70,9 +73,11 @@ class HoldDesk:
             client_addr=session.client_addr,
             session_id=session.session_id,
             replica=self.replica,
+            purpose=intent.get("purpose", ""),
+            model=intent.get("model", ""),
         )
         reasons = decision.reasons or classification.reasons
-        wait = decision.expires_after_seconds
+        wait = decision.wait_seconds
         return ApprovalRequest(
             requester=requester,
             sql=sql,
@@ -101,8 +106,11 @@ class HoldDesk:
         if outcome is None:
             outcome = await self.service.hold(request, notify)
         verdict = self.verdict(outcome, decision)
-        if isinstance(verdict, Allow) and outcome.request_id:
-            self._mark_executed(outcome.request_id)
+        if isinstance(verdict, Allow):
+            if decision.classification is not None:  # a SET dbgate.purpose in it now runs
+                session.declared.update(decision.classification.declares)
+            if outcome.request_id:
+                self._mark_executed(outcome.request_id)
         return verdict
 
     def verdict(self, outcome: HoldOutcome, decision: Decision) -> Allow | Refuse:

@@ -13,7 +13,9 @@ What it adds to the pure policy package, for the relay:
 * SQL the parser cannot read is refused with 42601 and the parser's position; a
   ``deny`` with 42501 and this statement's reasons; a ``hold`` waits for a human
   through the approval service (:mod:`dbgate.gate.holds`) or, without one, is
-  refused (fail closed).
+  refused (fail closed). In the extended protocol a held statement passes Parse
+  and is held at each Bind: a prepared statement may run many times, and each
+  approval covers one execution with its parameter values.
 
 The hot path is one classifier lookup, one cached answer per (identity,
 classification) and, for texts that repeat, a verdict the relay may remember.
@@ -51,6 +53,7 @@ _NEEDS_BIND = "needs-bind"  # decided at each Bind (a Parse); a Query is decided
 _DECIDE = "decide"  # not a plain allow: ask the rules (and log) each time
 _ALLOW_SESSION = "allow-session"  # allowed, but read session state (EXECUTE)
 _ALLOW_PREPARES = "allow-prepares"  # allowed, and changes prepared statements
+_ALLOW_DECLARES = "allow-declares"  # allowed, and declares dbgate.purpose/model
 _ALLOW_PLAIN = "allow"
 _ANSWERS_CACHE_SIZE = 8192
 
@@ -172,6 +175,12 @@ class Gate:
             # remembering only for texts that do repeat (drivers' Parse, BEGIN/COMMIT),
             # not for fresh literals.
             return (answer[4] if repeats else answer[3]), classification
+        if outcome is _ALLOW_DECLARES:
+            # SET dbgate.purpose / dbgate.model: the server does not report custom
+            # settings, so the gate keeps them for the approval requests of this
+            # session. Never remembered by the relay: each one must be seen.
+            session.declared.update(classification.declares)  # type: ignore[attr-defined]
+            return answer[3], classification
         if kind == "parse":
             if outcome is _NEEDS_BIND:
                 # nothing runs at Parse; decided at each Bind
@@ -190,6 +199,12 @@ class Gate:
         # Not a plain allow, or a Query whose statements would need Bind values.
         decision = self.ruleset.decide(identity, classification)
         if decision.action is not _ALLOW_ACTION:
+            if kind == "parse" and decision.action is _HOLD_ACTION and self.holds is not None:
+                # Nothing runs at Parse, and a prepared statement may be executed any
+                # number of times: an approval given here would cover every later
+                # Bind of it. So a held statement is let through Parse and held at
+                # each Bind, and each approval covers one execution with its values.
+                return ALLOW_CHECKING_BINDS, classification
             return self.verdict(decision, session, sql, ()), classification
         if kind == "query" and any(
             st.command in PREPARED_COMMANDS for st in classification.statements
@@ -209,6 +224,8 @@ class Gate:
             outcome = _ALLOW_PREPARES  # checked before EXECUTE: the changes must be kept
         elif session_dependent:
             outcome = _ALLOW_SESSION
+        elif any(getattr(st, "declares", ()) for st in statements):
+            outcome = _ALLOW_DECLARES
         else:
             outcome = _ALLOW_PLAIN
         note = GateNote(classification, "allow", primary_category(classification))
@@ -239,21 +256,28 @@ class Gate:
             if candidate.lost:
                 return refusals.lost_track(statement.statement_name)
             classification = self._classify(candidate.sql, prepared=prepared.texts)
-            if not classification.needs_bind:  # checked for PII tokens, not the policy
-                continue
+            if classification.needs_bind:
+                decision = None
+            else:
+                # Checked at Bind for PII tokens (policy allowed it at Parse), or held:
+                # a held statement is held at each execution, with its values.
+                decision = self.ruleset.decide(identity, classification)
+                if decision.action is _ALLOW_ACTION:
+                    continue
             params = values_as_text(
                 statement.params, statement.param_formats, candidate.param_types
             )
             if params is None:
                 return refusals.UNREADABLE_VALUES_REFUSED
-            decision = decide_bind(
-                self.ruleset,
-                identity,
-                classification,  # type: ignore[arg-type]
-                candidate.sql,
-                params,
-                prepared=prepared.texts,
-            )
+            if decision is None:
+                decision = decide_bind(
+                    self.ruleset,
+                    identity,
+                    classification,  # type: ignore[arg-type]
+                    candidate.sql,
+                    params,
+                    prepared=prepared.texts,
+                )
             if decision.action is not _ALLOW_ACTION:
                 return self.verdict(decision, session, candidate.sql, params)
         return ALLOW

@@ -16,14 +16,20 @@ filter (values echoed in errors, NOTIFY payloads). Exempt identities (``pii.exem
 see raw values; that is recorded with their sessions.
 
 One room per upstream database (each has its own schema): its schema snapshot is
-loaded before the first statement of a session on that database is judged, and again
-after DDL (or when a result shows a relation the snapshot does not know).
+loaded before the first statement of a session on that database is judged; again in
+the background after a DDL statement completes (:class:`SchemaWatch`); and, before the
+statement is judged, when a statement names a relation the snapshot does not know (a
+table created since, by anyone). Such reloads are shared by every waiting statement,
+at most one per second per database, and a name still unknown after a reload (a
+temporary table, a typo) does not cause another for a minute: its columns are
+tokenized meanwhile, as lineage does with anything it cannot follow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +37,7 @@ from dbgate.gate.notes import GateNote, primary_category
 from dbgate.pii.room import PiiRoom, PiiSession, StatementPlan
 from dbgate.pii.tokens import TokenError
 from dbgate.policy.model import Action, Category, Classification, Decision, Reason
-from dbgate.proxy.seams import Allow, Refuse, RowRewriter, Statement
+from dbgate.proxy.seams import Allow, Refuse, RowRewriter, Statement, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 
 if TYPE_CHECKING:
@@ -40,10 +46,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbgate.pii")
 
 _STATE_KEY = "pii"
+_DDL_KEY = "pii.ddl"  # the session changed the schema in its current transaction
 #: Statements whose PII meaning depends on the session's cursors and prepared
 #: statements: planned per session, never from the shared cache.
 _SESSION_BOUND = frozenset({"DECLARE", "FETCH", "MOVE", "PREPARE", "EXECUTE", "DEALLOCATE"})
 _VERDICT_CACHE = 8192
+#: At most one schema reload per database per this many seconds, however many
+#: statements name relations the snapshot does not know.
+RELOAD_INTERVAL_SECONDS = 1.0
+#: A name still unknown after a reload causes no other reload for this long.
+ABSENT_SECONDS = 60.0
+#: What can change the schema a room's lineage reads.
+_SCHEMA_CHANGING = frozenset({Category.DDL, Category.DESTRUCTIVE})
 
 
 class PiiResultPlan:
@@ -100,6 +114,10 @@ class PiiGate:
         self.config = config
         self._rooms: dict[str, PiiRoom] = {}
         self._loading: dict[str, asyncio.Future[PiiRoom]] = {}
+        #: database -> monotonic time its last schema load started
+        self._load_started: dict[str, float] = {}
+        #: database -> relation name -> when a reload last found it still unknown
+        self._absent: dict[str, dict[str, float]] = {}
         self.filter = PiiFilter(self)
         # (database, sql, exempt) -> (room version, the verdict for that text)
         self._verdicts: dict[tuple[str, str, bool], tuple[int, Allow | Refuse | None]] = {}
@@ -133,12 +151,16 @@ class PiiGate:
         self._rooms[database] = room
         return room
 
+    def _start_load(self, database: str) -> asyncio.Future[PiiRoom]:
+        self._load_started[database] = time.monotonic()
+        loading = self._loading[database] = asyncio.ensure_future(self._load(database))
+        return loading
+
     def ensure(self, database: str) -> Awaitable[PiiRoom]:
         """The room of ``database``, its schema loaded (once; shared by waiters)."""
         loading = self._loading.get(database)
         if loading is None or (loading.done() and loading.exception() is not None):
-            loading = asyncio.ensure_future(self._load(database))
-            self._loading[database] = loading
+            loading = self._start_load(database)
         return loading
 
     def refresh_soon(self, database: str) -> None:
@@ -151,7 +173,66 @@ class PiiGate:
         task = self._loading.get(database)
         if task is not None and not task.done():
             return
-        self._loading[database] = asyncio.ensure_future(self._load(database))
+        self._start_load(database)
+
+    async def reload_since(self, database: str, since: float) -> None:
+        """Return once ``database``'s schema was read by a load that started at or
+        after ``since`` (monotonic): joins a load already under way, starts one no
+        sooner than :data:`RELOAD_INTERVAL_SECONDS` after the previous one. A failed
+        load is logged; the old snapshot stays (what it does not know is tokenized)."""
+        while True:
+            task = self._loading.get(database)
+            started = self._load_started.get(database, float("-inf"))
+            if task is not None and not task.done():
+                await asyncio.wait([task])
+                if started >= since:
+                    break
+                continue
+            if task is not None and started >= since:
+                break
+            wait = started + RELOAD_INTERVAL_SECONDS - time.monotonic()
+            if wait > 0:
+                # rate limiting, not synchronisation: a later load covers every waiter
+                await asyncio.sleep(wait)
+                continue
+            self._start_load(database)
+        task = self._loading[database]
+        if task.exception() is not None:
+            log.error("pii: cannot reload the schema of %s: %s", database, task.exception())
+
+    def _may_be_new(self, database: str, names: set[str]) -> bool:
+        """Whether a reload could teach the room one of ``names``."""
+        absent = self._absent.get(database)
+        if not absent:
+            return True
+        limit = time.monotonic() - ABSENT_SECONDS
+        return any(absent.get(name, limit) <= limit for name in names)
+
+    async def _after_reload(
+        self,
+        info: SessionInfo,
+        statement: Statement,
+        allowed: Allow,
+        classification: Classification,
+        hold: Callable[[Decision], Any],
+    ) -> Allow | Refuse:
+        """The statement names relations the snapshot lacks: judged after a reload."""
+        database = info.database
+        await self.reload_since(database, time.monotonic())
+        s = self.session(info)
+        assert s is not None
+        still = s.plan(statement.sql).analysis.unknown_relations
+        if still:
+            absent = self._absent.setdefault(database, {})
+            if len(absent) > 10_000:
+                absent.clear()
+            now = time.monotonic()
+            for name in still:
+                absent[name] = now
+        result = self.verdict(info, statement, allowed, classification, hold)
+        if isinstance(result, Awaitable):
+            result = await result
+        return allowed if result is None else result  # awaited: None is no verdict
 
     def session(self, info: SessionInfo) -> PiiSession | None:
         """This client session's PII state, or None until its room is loaded."""
@@ -197,6 +278,9 @@ class PiiGate:
             if hit is not None and hit[0] == room.version:
                 return hit[1]
         plan = s.plan(sql)
+        unknown = plan.analysis.unknown_relations
+        if unknown and self._may_be_new(info.database, unknown):
+            return self._after_reload(info, statement, allowed, classification, hold)
         result = self._judge(info, s, plan, allowed, classification, hold)
         if cacheable and not isinstance(result, Awaitable):
             if len(self._verdicts) >= _VERDICT_CACHE:
@@ -272,6 +356,49 @@ class PiiGate:
 
     def after_ddl(self, info: SessionInfo) -> None:
         self.refresh_soon(info.database)
+
+
+class SchemaWatch:
+    """An :class:`~dbgate.proxy.seams.Observer`: after a statement that may change the
+    schema completes (and once its transaction is over, so the reload sees it), the
+    database's room reloads in the background."""
+
+    def __init__(self, pii: PiiGate) -> None:
+        self.pii = pii
+
+    def _changed(self, info: SessionInfo, record: StatementRecord) -> None:
+        note = getattr(record.verdict, "note", None)
+        classification = getattr(note, "classification", None)
+        if classification is not None and classification.categories & _SCHEMA_CHANGING:
+            info.state[_DDL_KEY] = True
+        if info.transaction_status == "I" and info.state.pop(_DDL_KEY, False):
+            self.pii.after_ddl(info)
+
+    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
+        self._changed(session, record)
+
+    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
+        if session.transaction_status == "I" and session.state.pop(_DDL_KEY, False):
+            self.pii.after_ddl(session)
+
+    def session_ended(self, session: SessionInfo) -> None:
+        if session.state.pop(_DDL_KEY, False):
+            self.pii.after_ddl(session)
+
+    def session_started(self, session: SessionInfo) -> None:
+        pass
+
+    def session_refused(self, *args: Any) -> None:
+        pass
+
+    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
 
 
 def _note(classification: Classification, action: str) -> GateNote:

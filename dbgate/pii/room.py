@@ -497,9 +497,11 @@ class PiiRoom:
             self._plans.clear()
             self.values.clear()
             self.stale = False
+            before = set(self.warnings)
             self.warnings = list(coverage.warnings)
         for w in self.warnings:
-            log.warning("%s", w)
+            if w not in before:  # a reload repeats what the first load said
+                log.warning("%s", w)
 
     # ---------------------------------------------------------------- planning
     def session(self, identity: str, groups: Iterable[str] = ()) -> PiiSession:

@@ -91,7 +91,8 @@ def classification_report(
         "statements": [_statement_json(i, sd) for i, sd in enumerate(explained)],
         "approver_groups": list(decision.approver_groups),
         "approvals_needed": decision.approvals_needed,
-        "expires_after_seconds": decision.expires_after_seconds,
+        "wait_seconds": decision.wait_seconds,
+        "expires_after_seconds": decision.wait_seconds,  # the older name
         "needs_bind": classification.needs_bind,
         "parse_error": classification.parse_error,
         "parse_error_position": classification.parse_error_position,
@@ -117,6 +118,7 @@ def _internal_error_report(identity: Identity, error: Exception) -> dict[str, An
         "statements": [],
         "approver_groups": [],
         "approvals_needed": 1,
+        "wait_seconds": None,
         "expires_after_seconds": None,
         "needs_bind": False,
         "parse_error": None,
@@ -136,12 +138,14 @@ def _print_text(report: dict[str, Any], out: TextIO) -> None:
             w(f"because:    {r['message']} ({r['category']}: {r['code']})\n")
     if report["action"] == "hold":
         groups = ", ".join(report["approver_groups"]) or "any approver"
-        exp = report["expires_after_seconds"]
-        w(
-            f"approval:   {report['approvals_needed']} from {groups}"
-            + (f", expires after {exp}s" if exp else "")
-            + "\n"
-        )
+        wait = report["wait_seconds"]
+        if wait == 0:
+            how = ", answered at once (approve-then-retry)"
+        elif wait is not None:
+            how = f", expires after {wait:g}s"
+        else:
+            how = ""
+        w(f"approval:   {report['approvals_needed']} from {groups}{how}\n")
     w(f"categories: {', '.join(report['categories']) or '-'}\n")
     if report["tables"]:
         w(f"tables:     {', '.join(report['tables'])}\n")

@@ -110,6 +110,9 @@ class StatementClass:
     needs_bind: bool = False
     # PREPARE / DEALLOCATE / DISCARD ALL: what the statement does to prepared statements.
     prepared_effect: PreparedEffect | None = None
+    # SET/RESET dbgate.purpose or dbgate.model: what the agent declares about itself
+    # for approvers, as (key, value) pairs ("purpose" or "model"; "" after RESET).
+    declares: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,11 @@ class Classification:
         return any(s.needs_bind for s in self.statements)
 
     @property
+    def declares(self) -> tuple[tuple[str, str], ...]:
+        """The agent's declarations (``SET dbgate.purpose = ...``), in order."""
+        return tuple(d for s in self.statements for d in s.declares)
+
+    @property
     def prepared_effects(self) -> tuple[PreparedEffect, ...]:
         """What the query string does to prepared statements, statement by statement,
         in order (empty for almost every string)."""
@@ -180,9 +188,16 @@ class Decision:
     message: str = ""
     approver_groups: tuple[str, ...] = ()
     approvals_needed: int = 1
-    expires_after_seconds: int | None = None
+    #: How long the statement waits for a decision (the shortest of the holding
+    #: rules'); 0: answer at once, the agent retries once approved; None: the default.
+    wait_seconds: float | None = None
     classification: Classification | None = field(default=None, compare=False)
     # The classifier's reasons this decision acted on: those whose category (of their
     # statement) was decided at ``action``. For a hold or deny, what the agent must
     # change; ``message`` is the deciding rule's text.
     reasons: tuple[Reason, ...] = ()
+
+    @property
+    def expires_after_seconds(self) -> float | None:
+        """The older name of :attr:`wait_seconds`."""
+        return self.wait_seconds

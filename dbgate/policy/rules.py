@@ -349,14 +349,14 @@ class RuleSet:
                 first.action, first.name, message, classification=classification, reasons=reasons
             )
         rules = [deciding[i][0] for i in order]
-        expiries = [r.expires_after_seconds for r in rules if r.expires_after_seconds is not None]
+        waits = [r.wait_seconds for r in rules if r.wait_seconds is not None]
         return Decision(
             Action.HOLD,
             first.name,
             message,
             approver_groups=first.approver_groups,
             approvals_needed=max(r.approvals_needed for r in rules),
-            expires_after_seconds=min(expiries) if expiries else None,
+            wait_seconds=min(waits) if waits else None,
             classification=classification,
             reasons=reasons,
         )

@@ -36,9 +36,10 @@ RULE_KEYS = (
     "message",
     "approver_groups",
     "approvals_needed",
+    "wait_seconds",
     "expires_after",
 )
-HOLD_ONLY_KEYS = ("approver_groups", "approvals_needed", "expires_after")
+HOLD_ONLY_KEYS = ("approver_groups", "approvals_needed", "wait_seconds", "expires_after")
 MATCH_KEYS = (
     "categories",
     "all_categories",
@@ -56,6 +57,8 @@ ACTION_NAMES = tuple(a.value for a in Action)
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _STR_TAG = "tag:yaml.org,2002:str"
+#: Longest wait a rule may ask for (a week): beyond it a typo, not a policy.
+_MAX_WAIT = 7 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,20 +328,7 @@ class _FileLoader:
                 )
             else:
                 approvals_needed = v
-        expires: int | None = None
-        if "expires_after" in keys:
-            vnode = keys["expires_after"][1]
-            v = self.scalar(vnode)
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                expires = v
-            elif isinstance(v, str) and parse_duration(v) is not None:
-                expires = parse_duration(v)
-            else:
-                self.problem(
-                    vnode,
-                    f"bad duration {_describe(vnode)} for 'expires_after'; use e.g. 90s, 15m, 1h, 1h30m, 2d",
-                )
-
+        wait = self.wait_seconds(keys)
         match = Match()
         if "match" in keys:
             mnode = keys["match"][1]
@@ -359,10 +349,50 @@ class _FileLoader:
             message=message,
             approver_groups=approver_groups,
             approvals_needed=approvals_needed,
-            expires_after_seconds=expires,
+            wait_seconds=wait,
             file=self.display,
             line=_line(node),
         )
+
+    def wait_seconds(self, keys: dict[str, tuple[yaml.Node, yaml.Node]]) -> float | None:
+        """How long a held statement waits: ``wait_seconds`` (seconds >= 0, or a
+        duration; 0 = approve-then-retry), or its older spelling ``expires_after``
+        (a duration > 0). None: the config's ``approvals.default_wait_seconds``."""
+        if "wait_seconds" in keys and "expires_after" in keys:
+            self.problem(
+                keys["expires_after"][0],
+                "'expires_after' and 'wait_seconds' say the same thing; keep only 'wait_seconds'",
+            )
+            return None
+        if "wait_seconds" in keys:
+            vnode = keys["wait_seconds"][1]
+            v = self.scalar(vnode)
+            seconds: float | None = None
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:
+                seconds = float(v)
+            elif isinstance(v, str) and parse_duration(v) is not None:
+                seconds = float(parse_duration(v) or 0)
+            if seconds is not None and seconds <= _MAX_WAIT:
+                return seconds
+            self.problem(
+                vnode,
+                f"bad 'wait_seconds' {_describe(vnode)}: a number of seconds from 0 to "
+                f"{_MAX_WAIT} (0: answer at once and let the agent retry once approved) "
+                "or a duration such as 90s, 15m, 1h",
+            )
+            return None
+        if "expires_after" in keys:
+            vnode = keys["expires_after"][1]
+            v = self.scalar(vnode)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return float(v)
+            if isinstance(v, str) and parse_duration(v) is not None:
+                return float(parse_duration(v) or 0)
+            self.problem(
+                vnode,
+                f"bad duration {_describe(vnode)} for 'expires_after'; use e.g. 90s, 15m, 1h, 1h30m, 2d",
+            )
+        return None
 
     def match(self, node: yaml.MappingNode, *, case_insensitive: bool) -> Match:
         keys = self.mapping(node, "'match'", MATCH_KEYS)

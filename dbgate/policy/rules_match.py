@@ -217,10 +217,17 @@ class Rule:
     message: str = ""
     approver_groups: tuple[str, ...] = ()
     approvals_needed: int = 1
-    expires_after_seconds: int | None = None
+    #: How long a statement this rule holds waits for a decision; 0: answer at once
+    #: (approve-then-retry); None: the config's default.
+    wait_seconds: float | None = None
     file: str = ""
     line: int = 0
     index: int = 0
+
+    @property
+    def expires_after_seconds(self) -> float | None:
+        """The older name of :attr:`wait_seconds` (the ``expires_after`` key)."""
+        return self.wait_seconds
 
     @property
     def strict(self) -> bool:

@@ -5,8 +5,8 @@ objects that the composition root (``dbgate.app``, through ``dbgate.gate``) hand
 
 * an :class:`Inspector`, once per statement before it is forwarded, which returns a
   verdict (:class:`Allow` or :class:`Refuse`) or an awaitable of one. While an
-  awaitable is pending the session stops reading from that client, keeps the
-  client's pipelined messages in order, and may send NoticeResponses; a
+  awaitable is pending the session keeps the client's later messages in order (and
+  keeps reading, so a hang-up cancels the wait), and may send NoticeResponses; a
   CancelRequest ends the wait with 57014. This is how a statement waits for a human.
 * a :class:`ResultPlan`, carried by an ``Allow``, for the results of *that* statement
   only: it sees the statement's RowDescription and result formats and returns a

@@ -26,6 +26,7 @@ from dbgate.proxy.handshake import (
 from dbgate.proxy.seams import AllowAll, Inspector, MessageFilter, Observer
 from dbgate.proxy.session import Session
 from dbgate.proxy.session_info import SessionInfo
+from dbgate.proxy.startup_params import startup_declarations
 from dbgate.proxy.upstream import UpstreamError, connect_upstream, send_cancel
 from dbgate.wire import sqlstate
 from dbgate.wire.codec import (
@@ -217,6 +218,7 @@ class ProxyServer:
             client_addr=client_addr,
             groups=frozenset(ident.groups),
             transaction_status=up.transaction_status,
+            declared=startup_declarations(hello.params),
         )
         out = [
             auth_ok(),

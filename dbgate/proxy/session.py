@@ -6,8 +6,8 @@ client -> server
   * frame each read (``FrameReader``), decode only the message types that matter;
   * ask the inspector about each statement (Query, Parse, FunctionCall, and Binds
     whose decision depends on their values); forward allowed bytes in as few writes
-    as possible; park the session (pause reading, keep later bytes in order) while
-    an asynchronous verdict is pending;
+    as possible; park the session (keep later bytes in order, still reading so a
+    hang-up is seen) while an asynchronous verdict is pending;
   * a refused message is replaced by what :meth:`StatementTracker.refuse` returns,
     so the server itself raises the error and keeps transaction state right.
 server -> client
@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbgate.session")
 
 _TERMINATE = b"X\x00\x00\x00\x04"
+#: Bytes a client may send while one of its statements waits for a verdict before
+#: the session stops reading from it. Reading goes on below that on purpose: a
+#: paused transport would not notice the client hanging up, and a held statement
+#: whose client is gone must end (withdrawn) at once, not when someone decides.
+WAIT_BUFFER = 1 << 20
 
 
 class Session:
@@ -72,6 +77,7 @@ class Session:
         self.tracker = StatementTracker(info, inspector, observer, message_filter)
         self._waiting: asyncio.Task[None] | None = None
         self._queued: list[bytes] = []
+        self._queued_bytes = 0
         self._read_pauses: set[str] = set()
         self._terminating = False
         self._draining = False
@@ -199,6 +205,9 @@ class Session:
     def on_client_data(self, data: bytes) -> None:
         if self._waiting is not None or self.tracker.blocked:
             self._queued.append(data)
+            self._queued_bytes += len(data)
+            if self._queued_bytes > WAIT_BUFFER:
+                self._pause_client("waiting", True)
             return
         tracker = self.tracker
         try:
@@ -218,6 +227,8 @@ class Session:
             self._terminating = True
         if out is None:
             self.upstream.write(chunk)
+            if tracker.terminating:  # a Terminate passed unchanged: the close is expected
+                self._terminating = True
             return
         if out:
             self.upstream.writelines(out)
@@ -227,7 +238,7 @@ class Session:
             rest = waiting.rest + self._c2s.take_pending()
             if rest:
                 self._queued.insert(0, rest)
-            self._pause_client("waiting", True)
+                self._queued_bytes += len(rest)
             self._waiting = asyncio.ensure_future(self._await_verdict(waiting.verdict))
         elif tracker.blocked:
             self._park(tracker.blocked_rest)
@@ -292,6 +303,7 @@ class Session:
             self._park(b"")
             return
         queued, self._queued = self._queued, []
+        self._queued_bytes = 0
         self._pause_client("waiting", False)
         for data in queued:
             self.on_client_data(data)

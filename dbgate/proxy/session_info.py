@@ -33,6 +33,11 @@ class SessionInfo:
     policy_state: Any = None  # the policy inspector's cache, valid for one params_version
     #: The gate's own per-session state (e.g. the session's PII state), by room name.
     state: dict[str, Any] = field(default_factory=dict)
+    #: What the agent declared about itself for approvers ("purpose", "model"): from
+    #: the startup parameters dbgate.purpose / dbgate.model, then kept by the gate
+    #: from the SET statements it lets through (custom settings are not reported by
+    #: ParameterStatus).
+    declared: dict[str, str] = field(default_factory=dict)
     _notify: Callable[[Notice], None] | None = None
 
     _forget: Callable[[], None] | None = None

@@ -6,6 +6,14 @@ so it never reaches the statement inspector. A client could therefore smuggle
 ``role``, ``session_authorization``, ``standard_conforming_strings=off`` or a
 shadowing ``search_path`` past policy. We allow-list the settings drivers really send
 and refuse the rest with a clear error telling the client to use SET instead.
+
+The one exception are the agent's declarations for approvers, ``dbgate.purpose``
+and ``dbgate.model`` (docs/approvals.md): custom settings the server only stores,
+so they change nothing it does. They may come as startup parameters of their own
+(asyncpg's ``server_settings``) or in ``options`` as ``-c dbgate.purpose=...``
+(libpq, psql, psycopg), which is the only thing ``options`` may carry; dbgate
+forwards them as parameters of their own and reads them
+(:func:`startup_declarations`).
 """
 
 from __future__ import annotations
@@ -41,6 +49,17 @@ HARMLESS = frozenset(
 )
 
 
+#: What an agent may declare about itself at startup: setting name -> the key it
+#: has in the approval request.
+DECLARATIONS = {"dbgate.purpose": "purpose", "dbgate.model": "model"}
+
+_OPTIONS_REFUSED = (
+    "dbgate: the startup 'options' parameter is not allowed except to declare "
+    "-c dbgate.purpose=... and -c dbgate.model=... (other settings would change the "
+    "session unseen); use SET after connecting"
+)
+
+
 class StartupParamError(Exception):
     """A startup parameter the gateway will not pass on; the message is for the client."""
 
@@ -60,16 +79,16 @@ def check_search_path(value: str) -> bool:
 def filter_startup_params(params: Mapping[str, str]) -> dict[str, str]:
     """Return the settings to forward upstream (without user/database), or raise."""
     out: dict[str, str] = {}
+    from_options: dict[str, str] = {}
     for key, value in params.items():
         lk = key.lower()
         if lk in ("user", "database"):
             continue
         if lk == "options":
-            if value.strip():
-                raise StartupParamError(
-                    "dbgate: the startup 'options' parameter is not allowed "
-                    "(it can change settings unseen); use SET after connecting"
-                )
+            from_options = declarations_in_options(value)
+            continue
+        if lk in DECLARATIONS:
+            out[lk] = value
             continue
         if lk == "replication":
             if value.lower() not in ("false", "off", "no", "0"):
@@ -87,4 +106,57 @@ def filter_startup_params(params: Mapping[str, str]) -> dict[str, str]:
         if lk == "standard_conforming_strings" and value.lower() not in ("on", "true", "1"):
             raise StartupParamError("dbgate: standard_conforming_strings must stay on")
         out[key] = value
+    for name, value in from_options.items():  # PostgreSQL applies options first
+        out.setdefault(name, value)
     return out
+
+
+def split_options(value: str) -> list[str]:
+    """Split ``options`` into arguments as PostgreSQL does (``pg_split_opts``):
+    at unescaped white space; a backslash makes the next character literal."""
+    args: list[str] = []
+    current: list[str] = []
+    started = escaped = False
+    for ch in value:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = started = True
+        elif ch in " \t\n\r\f\v":
+            if started:
+                args.append("".join(current))
+                current, started = [], False
+        else:
+            current.append(ch)
+            started = True
+    if started:
+        args.append("".join(current))
+    return args
+
+
+def declarations_in_options(value: str) -> dict[str, str]:
+    """The ``dbgate.purpose`` / ``dbgate.model`` settings of an ``options`` value
+    (``-c name=value``, ``-cname=value`` or ``--name=value``); anything else raises."""
+    out: dict[str, str] = {}
+    args = iter(split_options(value))
+    for arg in args:
+        if arg == "-c":
+            setting = next(args, None)
+        elif arg.startswith(("-c", "--")):
+            setting = arg[2:]
+        else:
+            setting = None
+        if setting is None or "=" not in setting:
+            raise StartupParamError(_OPTIONS_REFUSED)
+        name, _, val = setting.partition("=")
+        name = name.replace("-", "_").lower()  # as PostgreSQL reads option names
+        if name not in DECLARATIONS:
+            raise StartupParamError(_OPTIONS_REFUSED)
+        out[name] = val
+    return out
+
+
+def startup_declarations(params: Mapping[str, str]) -> dict[str, str]:
+    """What the forwarded startup parameters declare: ``{"purpose": ..., "model": ...}``."""
+    return {DECLARATIONS[k]: v for k, v in params.items() if k in DECLARATIONS}

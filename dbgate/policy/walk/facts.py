@@ -32,6 +32,7 @@ class StatementFacts:
         "cats",
         "columns",
         "command",
+        "declares",
         "depth",
         "extra_pure",
         "functions",
@@ -75,6 +76,7 @@ class StatementFacts:
         self.extra_pure = extra_pure
         self.depth = depth
         self.prepared_effect: PreparedEffect | None = None
+        self.declares: list[tuple[str, str]] = []  # SET dbgate.purpose / dbgate.model
         # The query string and this statement's place in it (UTF-8 byte offset and
         # length, 0 = to the end, as the parser reports them), for the few handlers
         # that need the statement's own text (PREPARE records its body).
@@ -161,4 +163,5 @@ class StatementFacts:
             command=self.command,
             needs_bind=self.needs_bind,
             prepared_effect=self.prepared_effect,
+            declares=tuple(self.declares),
         )

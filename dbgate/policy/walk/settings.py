@@ -53,6 +53,34 @@ def variable_set(body: dict[str, Any], facts: StatementFacts, *, as_list: bool =
         facts.add(cat, code, msg)
 
 
+#: Settings in which an agent declares itself to dbgate and its approvers
+#: (docs/approvals.md): name -> key in the approval request. The server only stores
+#: them, and nothing but dbgate reads them.
+DECLARATIONS = {"dbgate.purpose": "purpose", "dbgate.model": "model"}
+
+
+def declaration(body: dict[str, Any], facts: StatementFacts) -> bool:
+    """``SET [LOCAL] dbgate.purpose = '...'`` / ``RESET dbgate.model``: record the
+    declaration (the gate keeps it for the session) and return True; False for every
+    other setting, and for ``SET ... FROM CURRENT`` (judged as any custom setting)."""
+    key = DECLARATIONS.get(body.get("name", ""))
+    if key is None:
+        return False
+    kind = body.get("kind", "VAR_SET_VALUE")
+    if kind in ("VAR_SET_DEFAULT", "VAR_RESET"):
+        value = ""
+    elif kind == "VAR_SET_VALUE":
+        values = _var_values(body, facts)  # literal: the result is cached by exact text
+        if values is None:
+            return False
+        value = ", ".join(values)
+    else:
+        return False
+    facts.add(CONTROL, "declaration", f"declares the agent's {key} to dbgate (dbgate.{key})")
+    facts.declares.append((key, value))
+    return True
+
+
 def transaction_options(opts: list[Any] | None, facts: StatementFacts) -> None:
     facts.add(CONTROL, "transaction", "begins, ends or configures a transaction")
     for o in opts or ():

@@ -40,7 +40,12 @@ from dbgate.policy.walk.nodes import (
     table_key,
     value_of,
 )
-from dbgate.policy.walk.settings import function_options, transaction_options, variable_set
+from dbgate.policy.walk.settings import (
+    declaration,
+    function_options,
+    transaction_options,
+    variable_set,
+)
 
 
 def statement(node: dict[str, Any], facts: StatementFacts) -> None:
@@ -455,7 +460,8 @@ def _create_schema(body: dict[str, Any], facts: StatementFacts) -> None:
 
 
 def _variable_set_stmt(body: dict[str, Any], facts: StatementFacts) -> None:
-    variable_set(body, facts)
+    if not declaration(body, facts):
+        variable_set(body, facts)
 
 
 def _create(body: dict[str, Any], facts: StatementFacts) -> None:

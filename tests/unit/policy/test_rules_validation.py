@@ -77,7 +77,7 @@ def problems(directory: Path) -> list[str]:
                 "pack.yaml:2: rule 'a' is missing 'action' (valid: allow, hold, deny)",
                 "pack.yaml:3: unknown key 'acton' in a rule; did you mean 'action'? (valid: name, "
                 "description, match, action, message, approver_groups, approvals_needed, "
-                "expires_after)",
+                "wait_seconds, expires_after)",
             ],
         ),
         (

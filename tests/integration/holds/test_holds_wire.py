@@ -1,0 +1,247 @@
+"""Held statements on the wire, message by message (a raw protocol client).
+
+Drivers never pipeline the way these tests need: several Parse/Bind/Execute and
+Syncs in one write, with the held statement in the middle. What the client must
+see on refusal is exactly what a server error at that point gives (checked against
+PostgreSQL itself): the error, everything up to Sync skipped, one ReadyForQuery.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from dbgate.wire import messages as m
+from tests.integration.holds.clients import check_notice
+from tests.integration.holds.harness import AGENT, AGENT_PASSWORD, HoldsEnv
+from tests.integration.rawclient import RawClient, errors, names, rows, status
+
+
+async def agent(holds: HoldsEnv, **params: str) -> RawClient:
+    return await RawClient.connect(
+        "127.0.0.1",
+        holds.app.port,
+        user=AGENT,
+        password=AGENT_PASSWORD,
+        database=holds.data_db,
+        params=params or None,
+    )
+
+
+async def direct(holds: HoldsEnv) -> RawClient:
+    s = holds.pg_server
+    return await RawClient.connect(
+        s.host, s.port, user=s.user, password=s.password, database=holds.data_db
+    )
+
+
+def pbe(sql: str, params: tuple[bytes | None, ...] = ()) -> bytes:
+    """Parse/Bind/Describe/Execute of the unnamed statement (no Sync)."""
+    return b"".join(
+        (
+            m.Parse("", sql).encode(),
+            m.Bind("", "", params=params).encode(),
+            m.Describe("P", "").encode(),
+            m.Execute("", 0).encode(),
+        )
+    )
+
+
+SYNC = m.Sync().encode()
+
+
+async def until_notice(client: RawClient) -> tuple[int, list[object]]:
+    """Messages up to the hold notice (the server may have flushed some before it)."""
+    before = await client.until(m.NoticeResponse)
+    notice = before[-1]
+    return check_notice(notice.message, notice.fields.get("D", ""), notice.sqlstate), before[:-1]
+
+
+def without_notices(msgs: list[object]) -> list[object]:
+    return [x for x in msgs if not isinstance(x, m.NoticeResponse)]
+
+
+async def test_a_held_execute_holds_the_rest_of_its_pipeline_in_order(holds: HoldsEnv) -> None:
+    t = holds.table("w_pipeline", 3)
+    client = await agent(holds)
+    try:
+        client.send(
+            pbe(f"DELETE FROM {t}"),
+            pbe(f"INSERT INTO {t} (id) VALUES (100)"),
+            SYNC,
+            pbe(f"SELECT count(*) FROM {t}"),
+            SYNC,
+        )
+        rid, before = await until_notice(client)
+        assert holds.count(t) == 3  # nothing after the held statement ran meanwhile
+        assert not errors(before)
+        await holds.app.aapprove(rid)
+        first = before + await client.until_ready()
+        second = await client.until_ready()
+        assert names(without_notices(first)) == [
+            "ParseComplete",
+            "BindComplete",
+            "NoData",
+            "CommandComplete",
+            "ParseComplete",
+            "BindComplete",
+            "NoData",
+            "CommandComplete",
+            "ReadyForQuery",
+        ]
+        tags = [x.tag for x in first if isinstance(x, m.CommandComplete)]
+        assert tags == ["DELETE 3", "INSERT 0 1"]  # in the order sent
+        assert rows(second) == [(b"1",)]
+        assert holds.count(t) == 1
+    finally:
+        await client.close()
+
+
+async def test_a_refusal_in_a_pipeline_is_what_a_server_error_gives(holds: HoldsEnv) -> None:
+    t = holds.table("w_refused", 3)
+    batch = (
+        pbe(f"DELETE FROM {t}"),
+        pbe(f"INSERT INTO {t} (id) VALUES (100)"),
+        SYNC,
+        pbe(f"SELECT count(*) FROM {t}"),
+        SYNC,
+    )
+    client = await agent(holds)
+    try:
+        client.send(*batch)
+        rid, before = await until_notice(client)
+        await holds.app.areject(rid, "not this one")
+        first = without_notices(before + await client.until_ready())
+        second = await client.until_ready()
+    finally:
+        await client.close()
+    # PostgreSQL itself, with an error at the same Bind (a value it cannot read):
+    server = await direct(holds)
+    try:
+        server.send(
+            pbe(f"DELETE FROM {t} WHERE id = $1", (b"not a number",)),
+            pbe(f"INSERT INTO {t} (id) VALUES (100)"),
+            SYNC,
+            pbe(f"SELECT count(*) FROM {t}"),
+            SYNC,
+        )
+        expected_first = await server.until_ready()
+        expected_second = await server.until_ready()
+    finally:
+        await server.close()
+    assert (
+        names(first)
+        == names(expected_first)
+        == [
+            "ParseComplete",
+            "ErrorResponse",
+            "ReadyForQuery",
+        ]
+    )
+    (error,) = errors(first)
+    assert error.sqlstate == "42501" and f"request {rid} was rejected" in error.message
+    assert names(second) == names(expected_second)
+    assert rows(second) == [(b"3",)]  # the INSERT of the failed batch was skipped
+    assert holds.count(t) == 3
+
+
+async def test_a_refusal_inside_a_transaction_aborts_it_on_both_sides(holds: HoldsEnv) -> None:
+    t = holds.table("w_tx", 3)
+    client = await agent(holds)
+    try:
+        assert status(await client.query("BEGIN")) == "T"
+        client.send(pbe(f"INSERT INTO {t} (id) VALUES (50)"), pbe(f"TRUNCATE {t}"), SYNC)
+        rid, before = await until_notice(client)
+        await holds.app.areject(rid, "no")
+        answer = without_notices(before + await client.until_ready())
+        assert names(answer) == [
+            "ParseComplete",
+            "BindComplete",
+            "NoData",
+            "CommandComplete",
+            "ParseComplete",
+            "ErrorResponse",
+            "ReadyForQuery",
+        ]
+        assert status(answer) == "E"  # the server agrees: the transaction failed
+        after = await client.query("SELECT 1")
+        assert [e.sqlstate for e in errors(after)] == ["25P02"] and status(after) == "E"
+        assert status(await client.query("ROLLBACK")) == "I"
+        assert rows(await client.query(f"SELECT count(*) FROM {t}")) == [(b"3",)]
+    finally:
+        await client.close()
+
+
+async def test_a_multi_statement_query_is_one_request_and_fails_as_one(holds: HoldsEnv) -> None:
+    t = holds.table("w_multi", 3)
+    sql = f"INSERT INTO {t} (id) VALUES (7); DELETE FROM {t}; SELECT 1"
+    client = await agent(holds)
+    try:
+        last = holds.app.last_id()
+        client.send(m.query(sql))
+        rid, before = await until_notice(client)
+        assert [r["id"] for r in holds.app.requests_since(last)] == [rid]
+        await holds.app.areject(rid, "no")
+        answer = without_notices(before + await client.until_ready())
+        assert names(answer) == ["ErrorResponse", "ReadyForQuery"] and status(answer) == "I"
+        assert holds.count(t) == 3  # not even the INSERT before the held DELETE ran
+        client.send(m.query(sql))
+        rid, before = await until_notice(client)
+        await holds.app.aapprove(rid)
+        answer = without_notices(before + await client.until_ready())
+        tags = [x.tag for x in answer if isinstance(x, m.CommandComplete)]
+        assert tags == ["INSERT 0 1", "DELETE 4", "SELECT 1"]
+    finally:
+        await client.close()
+
+
+async def test_messages_sent_while_held_are_kept_and_a_hang_up_is_noticed(
+    holds: HoldsEnv,
+) -> None:
+    """Regression: the session stopped reading its client while a statement waited,
+    so it never saw the client hang up and the request stayed pending until someone
+    decided it (the approval would then have found no one to run it for)."""
+    t = holds.table("w_hangup", 3)
+    client = await agent(holds)
+    client.send(m.query(f"DELETE FROM {t}"))
+    rid, _ = await until_notice(client)
+    client.send(m.query(f"INSERT INTO {t} (id) VALUES (9)"))  # queued behind the hold
+    client.abort()
+    row = await holds.app.await_status(rid, "withdrawn")
+    assert row["reason"] == "the client cancelled or disconnected"
+    assert holds.count(t) == 3  # neither the held nor the queued statement ran
+
+
+async def test_a_polite_close_is_not_logged_as_a_lost_upstream(
+    holds: HoldsEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a Terminate relayed unchanged did not mark the session as
+    terminating, so the upstream's close was logged as a lost connection (and a
+    FATAL error was written to the client). asyncpg closes like this: it sends
+    Terminate and waits for the other side to close."""
+    with caplog.at_level(logging.WARNING, logger="dbgate.session"):
+        client = await agent(holds)
+        assert rows(await client.query("SELECT 1")) == [(b"1",)]
+        client.send(m.TERMINATE)
+        assert await client.until_closed() == []  # closed, and nothing said
+        await client.close()
+    assert [r for r in caplog.records if "upstream connection lost" in r.getMessage()] == []
+
+
+async def test_a_startup_declaration_and_options_reach_the_request(holds: HoldsEnv) -> None:
+    t = holds.table("w_declared", 3)
+    client = await agent(
+        holds, options=r"-c dbgate.purpose=nightly\ cleanup -c dbgate.model=test-model-1"
+    )
+    try:
+        shown = rows(await client.query("SELECT current_setting('dbgate.purpose')"))
+        assert shown == [(b"nightly cleanup",)]  # forwarded to the server too
+        client.send(m.query(f"DELETE FROM {t}"))
+        rid, _ = await until_notice(client)
+        row = await holds.app.arequest(rid)
+        assert (row["purpose"], row["model"]) == ("nightly cleanup", "test-model-1")
+        await holds.app.areject(rid, "no")
+        await client.until_ready()
+    finally:
+        await client.close()
