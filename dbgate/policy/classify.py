@@ -37,6 +37,7 @@ from typing import Any
 
 from pglast import parser as _pg
 
+from dbgate.policy.keys import KeyCatalog
 from dbgate.policy.literals import fast_mask as _mask
 from dbgate.policy.literals import render_key
 from dbgate.policy.model import Category, Classification, Prepared, Reason, StatementClass
@@ -166,6 +167,7 @@ def classify(
     *,
     prepared: Prepared | None = None,
     extra_pure_functions: frozenset[str] = _EMPTY,
+    keys: KeyCatalog | None = None,
 ) -> Classification:
     """Classify every statement of ``sql``.
 
@@ -174,13 +176,19 @@ def classify(
     session, so ``EXECUTE name`` is classified by its body instead of ``opaque``.
     ``extra_pure_functions``: user functions the caller has verified harmless (see
     docs/classifier.md), as ``name`` or ``schema.name`` exactly as called.
+    ``keys``: the upstream's unique keys (:mod:`dbgate.policy.keys`), which let a
+    statement be proven narrow; None proves nothing narrow. Results are cached per
+    (text, ``keys.cache_token``).
     """
     try:
         if "\x00" in sql:  # the C parser would stop at the NUL and never see the rest
             return _NUL_RESULT
         if params is not None or len(sql) > MAX_CACHED_SQL:
-            return _cold(sql, params, prepared, extra_pure_functions)[0]
-        key: Any = (sql, extra_pure_functions) if extra_pure_functions else sql
+            return _cold(sql, params, prepared, extra_pure_functions, keys)[0]
+        context: Any = None
+        if extra_pure_functions or keys is not None:
+            context = (extra_pure_functions, keys.cache_token if keys is not None else None)
+        key: Any = (sql, context) if context is not None else sql
         hit = _exact.get(key)
         if hit is not None:
             _stats["exact"] += 1
@@ -188,7 +196,7 @@ def classify(
         masked = _mask(sql)
         mkey: Any = None
         if masked is not None:
-            mkey = (masked, extra_pure_functions) if extra_pure_functions else masked
+            mkey = (masked, context) if context is not None else masked
             hit = _masked.get(mkey)
             if hit is not None:
                 _stats["masked"] += 1
@@ -199,7 +207,7 @@ def classify(
             norm = None
         nkey: Any = None
         if norm is not None:
-            nkey = (norm, extra_pure_functions) if extra_pure_functions else norm
+            nkey = (norm, context) if context is not None else norm
             hit = _normalized.get(nkey)
             if hit is not None:
                 _stats["normalized"] += 1
@@ -215,7 +223,7 @@ def classify(
                     _store(_exact, key, hit)
                 return hit
         _stats["cold"] += 1
-        result, sensitive, cacheable = _cold(sql, None, prepared, extra_pure_functions)
+        result, sensitive, cacheable = _cold(sql, None, prepared, extra_pure_functions, keys)
         if cacheable:
             _store(_exact, key, result)
             if not sensitive and nkey is not None:
@@ -234,6 +242,7 @@ def classify_bind(
     *,
     prepared: Prepared | None = None,
     extra_pure_functions: frozenset[str] = _EMPTY,
+    keys: KeyCatalog | None = None,
 ) -> Classification:
     """Re-classify at Bind with the actual text-format parameter values.
 
@@ -247,7 +256,7 @@ def classify_bind(
     try:
         if "\x00" in sql:
             return _NUL_RESULT
-        return _cold(sql, params, prepared, extra_pure_functions)[0]
+        return _cold(sql, params, prepared, extra_pure_functions, keys)[0]
     except Exception as exc:
         return _internal_error(exc)
 
@@ -257,6 +266,7 @@ def _cold(
     params: Sequence[bytes | str | None] | None,
     prepared: Prepared | None,
     extra: frozenset[str],
+    keys: KeyCatalog | None = None,
 ) -> tuple[Classification, bool, bool]:
     """Parse and walk. Returns (classification, literal_sensitive, cacheable)."""
     try:
@@ -280,7 +290,7 @@ def _cold(
     sensitive = False
     cacheable = True
     for raw in tree.get("stmts", ()):
-        facts = StatementFacts(params, prepared, extra)
+        facts = StatementFacts(params, prepared, extra, 0, keys)
         facts.source = sql
         facts.span = (raw.get("stmt_location", 0), raw.get("stmt_len", 0))
         try:

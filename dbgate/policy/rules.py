@@ -442,6 +442,7 @@ def decide_bind(
     *,
     prepared: Prepared | None = None,
     bind_classifier: Callable[[Classification, str, Sequence[Any]], Classification] | None = None,
+    keys: Any = None,
 ) -> Decision:
     """Decision at Bind time, when a Parse-time classification depends on parameters.
 
@@ -451,8 +452,10 @@ def decide_bind(
     values. Statements that do not need it keep their Parse-time decision. A failure
     to re-classify is ``deny`` (rule ``internal-error``), never the optimistic path.
 
-    ``prepared`` (name -> SQL of the session's PREPAREd statements) is passed on to
-    the classifier so ``EXECUTE name`` is judged by its body. ``bind_classifier``
+    ``prepared`` (name -> SQL of the session's PREPAREd statements) and ``keys`` (the
+    :class:`~dbgate.policy.keys.KeyCatalog` the Parse was classified with) are passed on
+    to the classifier so ``EXECUTE name`` is judged by its body and the same keys
+    prove narrowness. ``bind_classifier``
     defaults to :func:`dbgate.policy.classify.classify_bind`; tests may pass another.
     """
     if not classification.needs_bind or classification.parse_error is not None:
@@ -462,7 +465,7 @@ def decide_bind(
         if bind_classifier is None:
             from dbgate.policy.classify import classify_bind
 
-            bound = classify_bind(classification, sql, values, prepared=prepared)
+            bound = classify_bind(classification, sql, values, prepared=prepared, keys=keys)
         else:
             bound = bind_classifier(classification, sql, values)
     except Exception as e:  # fail closed on any classifier failure

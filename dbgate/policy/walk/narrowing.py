@@ -1,10 +1,14 @@
-"""Narrowing: which relations of a query level does its WHERE cut down to a few rows?
+"""Shape: which relations of a query level does its WHERE restrict at all?
 
-This is what separates a ``read`` from a ``dump`` and an UPDATE/DELETE's ``write``
-from ``destructive``. docs/classifier.md ("What is a dump") states the rules; this
-module is their implementation. A sub-select that decides narrowing (``id IN
-(SELECT ...)``) is judged by :func:`dbgate.policy.walk.queries.select` on a scratch
-:class:`StatementFacts`: its categories are charged by the normal walk, not here.
+This is what separates a statement that asks for every row of a table (``dump``, an
+UPDATE/DELETE that is ``destructive``) from one that filters them (``read``,
+``write``). It is judged from the shape of the SQL, which is cheap to forge
+(``id - id = 0`` restricts nothing, yet looks like a filter), so a shape only ever
+makes a statement *stricter*: whether a filtered statement is narrow is proven by
+:mod:`~dbgate.policy.walk.bounds`, or measured at run time. docs/classifier.md ("What
+is a dump") states the rules; this module is their implementation. A sub-select that
+decides a restriction (``id IN (SELECT ...)``) was walked, and remembered, by the
+normal walk before this runs (:func:`dbgate.policy.walk.queries.nested_query`).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ class Scope:
 
     __slots__ = ("names", "outer", "single")
 
-    def __init__(self, names: frozenset[str], outer: frozenset[str]) -> None:
+    def __init__(self, names: frozenset[str], outer: frozenset[str], count: int = 0) -> None:
         self.names = names
         self.outer = outer - names
-        self.single = next(iter(names)) if len(names) == 1 else None
+        # An unqualified column belongs to the level's only relation. Two unaliased
+        # sub-selects share the qualifier "", so count relations, not names.
+        self.single = next(iter(names)) if len(names) == 1 and count <= 1 else None
 
 
 def _cols(v: Any, sc: Scope, quals: set[str]) -> bool:
@@ -160,16 +166,8 @@ def restricted(
             sub = (x.get("subselect") or {}).get("SelectStmt")
             if sub is None:
                 return set()
-            # judge the sub-select on a scratch accumulator (its categories are charged
-            # by the normal walk), but keep what it learnt about literals and Bind:
-            # "IN (SELECT ... LIMIT 10)" must not share a cache entry with "LIMIT 10000"
-            scratch = StatementFacts(facts.params, None, facts.extra_pure, facts.depth)
-            scratch.scope = sc.names | sc.outer
-            bounded = not queries.select(sub, scratch, False, ctes, False)
-            facts.sensitive |= scratch.sensitive
-            facts.needs_bind |= scratch.needs_bind
             q = set()
-            if bounded:
+            if not _whole(sub, facts, ctes, sc):
                 _cols(x.get("testexpr"), sc, q)
             return q
         if k == "NullTest":
@@ -193,6 +191,21 @@ def restricted(
     return set()
 
 
+def _whole(sub: dict[str, Any], facts: StatementFacts, ctes: Ctes, sc: Scope) -> bool:
+    """Whether a sub-select may return every row of some table (by its shape).
+
+    The normal walk has already seen it (WHERE and ON are walked before they are
+    judged), so this is a lookup; a sub-select it has not seen is walked now, once.
+    """
+    produced = facts.memo.get(id(sub))
+    if produced is None:
+        saved = facts.scope
+        facts.scope = sc.names | sc.outer
+        produced = queries.nested_query("SelectStmt", sub, facts, False, ctes)
+        facts.scope = saved
+    return bool(produced.whole)
+
+
 def _values_bounded(v: Any, facts: StatementFacts, ctes: Ctes, sc: Scope) -> bool:
     """False when the value side of a comparison is fed by an unbounded sub-select.
 
@@ -209,14 +222,8 @@ def _values_bounded(v: Any, facts: StatementFacts, ctes: Ctes, sc: Scope) -> boo
         for k, y in x.items():
             if k == "SubLink":
                 sub = (y.get("subselect") or {}).get("SelectStmt")
-                if sub is not None:
-                    scratch = StatementFacts(facts.params, None, facts.extra_pure, facts.depth)
-                    scratch.scope = sc.names | sc.outer
-                    unbounded = queries.select(sub, scratch, False, ctes, False)
-                    facts.sensitive |= scratch.sensitive
-                    facts.needs_bind |= scratch.needs_bind
-                    if unbounded:
-                        return False
+                if sub is not None and _whole(sub, facts, ctes, sc):
+                    return False
             elif type(y) in (dict, list):
                 stack.append(y)
     return True
@@ -265,3 +272,61 @@ def agg_kind(v: Any) -> int:
             if isinstance(y, dict | list):
                 stack.append(y)
     return kind
+
+
+def collecting(*clauses: Any) -> str | None:
+    """The first aggregate in ``clauses`` that collects its input rather than reducing
+    it (``string_agg``, ``array_agg``, ``json_agg`` ..., as a window function too), or
+    None. Sub-selects are judged on their own level."""
+    stack = list(clauses)
+    while stack:
+        x = stack.pop()
+        if isinstance(x, list):
+            stack.extend(x)
+            continue
+        if not isinstance(x, dict):
+            continue
+        for k, y in x.items():
+            if k == "SubLink" or k == "SelectStmt":
+                continue
+            if k == "FuncCall":
+                names = strs(y.get("funcname"))
+                name = names[-1] if names else ""
+                schema = names[-2] if len(names) > 1 else None
+                if schema in (None, "pg_catalog") and name in _fn.COLLECTING_AGGREGATES:
+                    return name
+            elif k == "JsonArrayAgg":
+                return "JSON_ARRAYAGG"
+            elif k == "JsonObjectAgg":
+                return "JSON_OBJECTAGG"
+            if isinstance(y, dict | list):
+                stack.append(y)
+    return None
+
+
+def returns_sets(target_list: Any) -> bool:
+    """Whether a target list calls a set-returning function (``generate_series``,
+    ``unnest`` ...): the level then returns any number of rows. A function dbgate does
+    not know could be one."""
+    stack = [target_list]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, list):
+            stack.extend(x)
+            continue
+        if not isinstance(x, dict):
+            continue
+        for k, y in x.items():
+            if k == "SubLink" or k == "SelectStmt":
+                continue
+            if k == "FuncCall":
+                names = strs(y.get("funcname"))
+                name = names[-1] if names else ""
+                schema = names[-2] if len(names) > 1 else None
+                if schema not in (None, "pg_catalog") or name in _fn.SET_RETURNING:
+                    return True
+                if name not in _fn.BUILTIN_NAMES and name not in _fn.BUILTIN_TYPES:
+                    return True
+            if isinstance(y, dict | list):
+                stack.append(y)
+    return False

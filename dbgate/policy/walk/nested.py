@@ -55,11 +55,11 @@ def nested_sql(
         node = raw.get("stmt") or {}
         if unwrap_prepare and "PrepareStmt" in node:
             node = node["PrepareStmt"].get("query") or {}
-        sub = StatementFacts(params, facts.prepared, facts.extra_pure, facts.depth + 1)
+        sub = StatementFacts(params, facts.prepared, facts.extra_pure, facts.depth + 1, facts.keys)
         sub.source = text
         sub.span = (raw.get("stmt_location", 0), raw.get("stmt_len", 0))
         statements.statement(node, sub)
-        facts.merge(sub.result())
+        facts.merge(sub.result(), bounds=True)
         facts.uncacheable |= sub.uncacheable
         facts.sensitive |= sub.sensitive
         if sub.needs_bind:

@@ -145,7 +145,7 @@ def test_classify_with_bad_rules_exits_2(tmp_path: Path) -> None:
 def test_rules_check_shipped_pack() -> None:
     proc = run("rules", "check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip() == "ok: 13 rules in 1 file"
+    assert proc.stdout.strip() == "ok: 14 rules in 1 file"
 
 
 def test_rules_check_broken_dir(tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_rules_check_broken_dir(tmp_path: Path) -> None:
     assert lines[0] == (
         f"{tmp_path / '10-a.yaml'}:4: unknown category 'exprt'; did you mean 'export'? "
         "(valid: read, write, destructive, ddl, privilege, export, dump, admin, escape, "
-        "opaque, control)"
+        "opaque, control, lock)"
     )
     assert lines[1] == (
         f"{tmp_path / '10-a.yaml'}:6: bad duration str 'soon' for 'expires_after'; "

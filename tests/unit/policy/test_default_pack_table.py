@@ -6,7 +6,7 @@ the policy the README and docs/rules.md document:
 
     read, write, control                              -> allow
     dump, export, destructive, ddl, privilege,
-    escape, opaque                                    -> hold
+    escape, opaque, lock                              -> hold
     admin                                             -> deny
         (VACUUM, REINDEX, CLUSTER, CHECKPOINT          -> hold: routine maintenance)
     unparseable SQL                                   -> deny

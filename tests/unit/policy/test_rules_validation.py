@@ -16,7 +16,9 @@ from dbgate.policy.model import Action, Category, Identity
 from dbgate.policy.rules import RULES_DIR_ENV, RulesError, default_rules_dir, load_rules
 from dbgate.policy.rules_load import parse_duration
 
-CATS = "read, write, destructive, ddl, privilege, export, dump, admin, escape, opaque, control"
+CATS = (
+    "read, write, destructive, ddl, privilege, export, dump, admin, escape, opaque, control, lock"
+)
 
 
 def write(tmp_path: Path, text: str, name: str = "pack.yaml") -> Path:
