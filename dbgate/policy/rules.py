@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dbgate.policy import limits
 from dbgate.policy.model import (
     Action,
     Category,
@@ -344,6 +345,11 @@ class RuleSet:
                 if msg not in messages:
                     messages.append(msg)
             message = "; ".join(messages)
+        if first.action is Action.ALLOW:
+            allowed = Decision(
+                first.action, first.name, message, classification=classification, reasons=reasons
+            )
+            return limits.limited(allowed, [deciding[i][0] for i in order], classification)
         if first.action is not Action.HOLD:
             return Decision(
                 first.action, first.name, message, classification=classification, reasons=reasons

@@ -37,8 +37,17 @@ RULE_KEYS = (
     "approver_groups",
     "approvals_needed",
     "expires_after",
+    "max_rows",
+    "max_rows_changed",
+    "max_rows_per_window",
+    "window",
+    "over_limit",
 )
 HOLD_ONLY_KEYS = ("approver_groups", "approvals_needed", "expires_after")
+#: Keys of an allow rule's run-time limits (docs/rules.md, "Run-time limits").
+LIMIT_KEYS = ("max_rows", "max_rows_changed", "max_rows_per_window", "window", "over_limit")
+#: What ``over_limit`` may say: refuse (SQLSTATE 54000) or hold for a human.
+OVER_LIMIT = {"refuse": Action.DENY, "hold": Action.HOLD}
 MATCH_KEYS = (
     "categories",
     "all_categories",
@@ -303,13 +312,17 @@ class _FileLoader:
         if "message" in keys:
             message = self.string(keys["message"][1], "'message'") or ""
 
-        if action is not None and action is not Action.HOLD:
+        limits = self.limits(keys, action, label)
+        over_hold = limits.get("over_limit") is Action.HOLD
+        if action is not None and action is not Action.HOLD and not over_hold:
             for k in HOLD_ONLY_KEYS:
                 if k in keys:
-                    self.problem(
-                        keys[k][0],
-                        f"'{k}' only applies to 'action: hold' ({label} is '{action.value}')",
+                    why = (
+                        f"({label} is '{action.value}')"
+                        if action is not Action.ALLOW
+                        else f"or to an allow rule with 'over_limit: hold' ({label} has none)"
                     )
+                    self.problem(keys[k][0], f"'{k}' only applies to 'action: hold' {why}")
 
         approver_groups: tuple[str, ...] = ()
         if "approver_groups" in keys:
@@ -362,7 +375,63 @@ class _FileLoader:
             expires_after_seconds=expires,
             file=self.display,
             line=_line(node),
+            **limits,
         )
+
+    def limits(
+        self, keys: dict[str, tuple[yaml.Node, yaml.Node]], action: Action | None, label: str
+    ) -> dict[str, Any]:
+        """The run-time limit keys of a rule, validated; only an allow rule has them."""
+        out: dict[str, Any] = {}
+        present = [k for k in LIMIT_KEYS if k in keys]
+        if not present:
+            return out
+        if action is not None and action is not Action.ALLOW:
+            for k in present:
+                self.problem(
+                    keys[k][0],
+                    f"'{k}' only applies to 'action: allow' ({label} is '{action.value}'): "
+                    "a limit lets a statement run up to it",
+                )
+            return out
+        for k in ("max_rows", "max_rows_changed", "max_rows_per_window"):
+            if k in keys:
+                vnode = keys[k][1]
+                v = self.scalar(vnode)
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    self.problem(vnode, f"'{k}' must be an integer >= 1, got {_describe(vnode)}")
+                else:
+                    out[k] = v
+        if "window" in keys:
+            vnode = keys["window"][1]
+            v = self.scalar(vnode)
+            seconds = v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+            if seconds is None and isinstance(v, str):
+                seconds = parse_duration(v)
+            if seconds is None:
+                self.problem(
+                    vnode,
+                    f"bad duration {_describe(vnode)} for 'window'; use e.g. 15m, 1h, 1d",
+                )
+            elif "max_rows_per_window" not in keys:
+                self.problem(keys["window"][0], "'window' needs 'max_rows_per_window'")
+            else:
+                out["window_seconds"] = seconds
+        elif "max_rows_per_window" in out:
+            out["window_seconds"] = 3600
+        if "over_limit" in keys:
+            vnode = keys["over_limit"][1]
+            v = self.string(vnode, "'over_limit'")
+            if v is not None and v not in OVER_LIMIT:
+                self.problem(vnode, f"unknown over_limit '{v}'{suggest(v, tuple(OVER_LIMIT))}")
+            elif v is not None:
+                if "max_rows" not in keys and "max_rows_changed" not in keys:
+                    self.problem(
+                        keys["over_limit"][0],
+                        "'over_limit' needs 'max_rows' or 'max_rows_changed' (what is past it?)",
+                    )
+                out["over_limit"] = OVER_LIMIT[v]
+        return out
 
     def match(self, node: yaml.MappingNode, *, case_insensitive: bool) -> Match:
         keys = self.mapping(node, "'match'", MATCH_KEYS)
