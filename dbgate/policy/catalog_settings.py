@@ -133,9 +133,7 @@ def split_identifier_list(text: str) -> list[str] | None:
                     break
                 buf.append(text[i])
                 i += 1
-            if not buf:
-                return None  # zero-length quoted name
-            out.append(_truncate("".join(buf)))
+            out.append(_truncate("".join(buf)))  # "" is a (zero-length) name too
         else:
             j = i
             while j < n and text[j] != "," and text[j] not in _C_SPACE:

@@ -91,7 +91,7 @@ def problems(directory: Path) -> list[str]:
             """,
             [
                 "pack.yaml:1: unknown key 'rulez' in the top level; did you mean 'rules'? "
-                "(valid: version, rules)",
+                "(valid: version, rules, session_guards)",
                 "pack.yaml:1: missing key 'rules' (a list of rules)",
             ],
         ),
