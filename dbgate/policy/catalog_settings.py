@@ -34,6 +34,7 @@ string literal, and reasons never quote literal values) and never quote the valu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from dbgate.policy.catalog_builtin import SETTING_CONTEXTS
@@ -346,18 +347,13 @@ def _strtol0(text: str) -> tuple[int, int, bool]:
     return value, end, not -_LONG_MAX - 1 <= value <= _LONG_MAX
 
 
-_FLOAT = None  # compiled on first use
+_FLOAT = re.compile(r"[ \t\n\r\v\f]*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def _strtod(text: str) -> tuple[float, int]:
     """C ``strtod`` for the forms a setting value can take: (value, end index), end 0
     when there is no number (hexadecimal floats, infinities and NaN are not numbers a
     timeout can hold, and are reported as none)."""
-    global _FLOAT
-    import re
-
-    if _FLOAT is None:
-        _FLOAT = re.compile(r"[ \t\n\r\v\f]*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
     m = _FLOAT.match(text)
     if m is None or text[m.end() - 1 :].startswith(("x", "X")):
         return 0.0, 0

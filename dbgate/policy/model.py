@@ -162,7 +162,9 @@ class Classification:
     """Classification of a whole query string (one or more statements)."""
 
     statements: tuple[StatementClass, ...]
-    fingerprint: str = ""
+    # The text the fingerprint is computed from, on demand (:attr:`fingerprint`): a
+    # fingerprint is a full parse, and only holds and approvals read it.
+    fingerprint_source: str = field(default="", repr=False)
     parse_error: str | None = None  # set when pglast could not parse: always fails closed
     # Where the parser stopped, as PostgreSQL reports it (ErrorResponse field P):
     # 1-based, in characters of the query string; None when unknown.
@@ -170,6 +172,19 @@ class Classification:
     # True when the result depends on session state (EXECUTE of a prepared statement):
     # the same text may classify differently later in the same session.
     session_dependent: bool = False
+
+    @property
+    def fingerprint(self) -> str:
+        """pglast's fingerprint of the query string (its shape, not its literals); ""
+        when there is none (a parse error, an empty string)."""
+        if not self.fingerprint_source:
+            return ""
+        from pglast import parser
+
+        try:
+            return str(parser.fingerprint(self.fingerprint_source))
+        except Exception:
+            return ""
 
     @property
     def categories(self) -> frozenset[Category]:

@@ -1,7 +1,7 @@
 """Walk pglast's JSON parse tree of one statement and collect what it does.
 
 Why JSON dicts and not pglast's Python AST: building the AST costs ~100 µs for a
-small statement; ``parse_sql_json`` + ``json.loads`` costs a few µs. Nodes look like
+small statement; ``parse_sql_json`` + ``orjson.loads`` costs a few µs. Nodes look like
 ``{"SelectStmt": {...fields...}}`` (a one-key dict whose key starts upper-case) when
 the field is a generic ``Node*``, and like a bare ``{...fields...}`` when the field
 has a fixed type (``InsertStmt.relation``). Fields equal to their zero value

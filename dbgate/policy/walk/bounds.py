@@ -365,7 +365,7 @@ def _equality(a: Any, b: Any, level: Level, pins: Pins, allowed: frozenset[int] 
         pins.pin(cb, 1)
 
 
-def solve(level: Level, pins: Pins) -> Bound:
+def solve(sources: list[Source], pins: Pins) -> Bound:
     """Bound every table source (``Source.bound``) and return the level's row count.
 
     A table is bounded when one of its unique keys has every column pinned to a few
@@ -374,7 +374,6 @@ def solve(level: Level, pins: Pins) -> Bound:
     share of the level's row count, given the relations it joins to) counts only the
     columns pinned to values. The level holds at most the product of the factors.
     """
-    sources = level.sources
     by_col: dict[Column, list[Column]] = {}
     for determined, determining in pins.edges:
         by_col.setdefault(determined, []).append(determining)

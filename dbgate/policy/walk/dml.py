@@ -152,11 +152,11 @@ def _row_write(
         expressions.walk(body.get("targetList"), facts, True, ctes)
     expressions.walk(where, facts, False, ctes)
     facts.scope = outer
-    level = bounds.Level(fc.srcs, outer, facts)
-    if where is not None:
+    if where is not None and facts.keys is not None:  # without keys no pin proves anything
+        level = bounds.Level(fc.srcs, outer, facts)
         bounds.collect(where, level, fc.pins, None, lambda n: queries.memo_rows(facts, n))
     fc.srcs[0].table = table  # bounded like a table, but its reads are the RETURNING's
-    bounds.solve(level, fc.pins)
+    bounds.solve(fc.srcs, fc.pins)
     fc.srcs[0].table = None
     changed = fc.srcs[0].bound
     fc.finish(facts)
@@ -243,10 +243,11 @@ def merge(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) ->
     saved = facts.pending
     facts.pending = []
     expressions.walk(cond, facts, False, ctes)
-    level = bounds.Level(fc.srcs, outer, facts)
-    bounds.collect(cond, level, fc.pins, target_only, lambda n: queries.memo_rows(facts, n))
+    if facts.keys is not None:
+        level = bounds.Level(fc.srcs, outer, facts)
+        bounds.collect(cond, level, fc.pins, target_only, lambda n: queries.memo_rows(facts, n))
     fc.srcs[0].table = table
-    bounds.solve(level, fc.pins)
+    bounds.solve(fc.srcs, fc.pins)
     fc.srcs[0].table = None
     matched = fc.srcs[0].bound
     restricted = has_column(cond) and _target_narrowed(target, fc, cond, facts, ctes, outer)

@@ -148,6 +148,10 @@ def _names(tables: tuple[str, ...]) -> str:
 
 def _func_call(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
     names = strs(x.get("funcname"))
+    if facts.calls is not None:
+        facts.calls.append(
+            (names[-1] if names else "", names[-2] if len(names) > 1 else None, "over" in x)
+        )
     func_names(names, x, facts, out, ctes)
     walk(x.get("args"), facts, out, ctes)
     for f in ("agg_order", "agg_filter", "over"):
@@ -362,6 +366,17 @@ def _range_function(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: C
     walk(x.get("functions"), facts, out, ctes)
 
 
+def _json_agg(name: str) -> Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]:
+    """JSON_ARRAYAGG / JSON_OBJECTAGG are their own nodes, not calls: record them."""
+
+    def handler(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
+        if facts.calls is not None:
+            facts.calls.append((name, None, "over" in (x.get("constructor") or {})))
+        walk(x, facts, out, ctes)
+
+    return handler
+
+
 _EXPR: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]] = {
     "ColumnRef": _column_ref,
     "SubLink": _sublink,
@@ -369,4 +384,6 @@ _EXPR: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]] =
     "A_Expr": _a_expr,
     "RangeVar": _range_var_expr,
     "RangeFunction": _range_function,
+    "JsonArrayAgg": _json_agg("JSON_ARRAYAGG"),
+    "JsonObjectAgg": _json_agg("JSON_OBJECTAGG"),
 }

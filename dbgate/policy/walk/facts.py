@@ -35,6 +35,7 @@ class StatementFacts:
 
     __slots__ = (
         "aliases",
+        "calls",
         "cats",
         "columns",
         "command",
@@ -107,6 +108,10 @@ class StatementFacts:
         # number of rows the level runs them for (None: merge at once).
         self.pending: list[dict[Any, int | None]] | None = None
         self.memo: dict[int, Any] = {}  # id(SelectStmt body) -> Produced: walk each once
+        # The function calls of the current query level, outside its sub-selects, as
+        # (name, schema, windowed): aggregates and set-returning functions decide its
+        # rows. None outside a SELECT level.
+        self.calls: list[tuple[str, str | None, bool]] | None = None
         self.writes: dict[str, int | None] = {}  # target table -> rows it may change
         # Rows changed where the statement's command tag does not count them (a DML in
         # WITH, EXPLAIN ANALYZE): a run-time limit on changed rows cannot see them.
@@ -141,9 +146,13 @@ class StatementFacts:
         """The reason for reading credentials (names only: never a value)."""
         return f"reads the credentials in {relation} ({', '.join(sorted(secrets))})"
 
-    def statement_text(self) -> str | None:
-        """This statement's text in the query string (None when the walk has no source)."""
-        sql = self.source
+    def statement_text(self, scanned: bool = False) -> str | None:
+        """This statement's text in the query string (None when the walk has no source).
+
+        ``scanned``: the same span of the text PostgreSQL's scanner may be run on
+        (comments neutralised, same offsets: :mod:`dbgate.policy.prescan`).
+        """
+        sql = self.scan_source if scanned and self.scan_source is not None else self.source
         if sql is None:
             return None
         start, length = self.span

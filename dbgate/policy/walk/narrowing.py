@@ -211,6 +211,8 @@ def _values_bounded(v: Any, facts: StatementFacts, ctes: Ctes, sc: Scope) -> boo
 
     ``id = ANY(ARRAY(SELECT id FROM customers))`` compares with every id there is.
     """
+    if type(v) is dict and len(v) == 1 and ("A_Const" in v or "ParamRef" in v or "ColumnRef" in v):
+        return True  # the common operands: nothing nested
     stack = [v]
     while stack:
         x = stack.pop()
@@ -244,89 +246,47 @@ def propagate(narrowed: set[str], eqs: list[tuple[set[str], set[str]]]) -> set[s
     return narrowed
 
 
-def agg_kind(v: Any) -> int:
-    """0: no aggregate; 1: only reducing aggregates; 2: a collecting aggregate (array_agg...)."""
+#: (name, schema or None, windowed) of one call of a query level, outside its
+#: sub-selects (collected by the walk: ``StatementFacts.calls``); ("JSON_ARRAYAGG",
+#: None, windowed) for the SQL/JSON aggregates, which are not FuncCall nodes.
+Call = tuple[str, str | None, bool]
+
+
+def agg_kind(found: list[Call]) -> int:
+    """0: no aggregate; 1: only reducing aggregates; 2: a collecting aggregate
+    (array_agg ...), among ``found`` (window functions are not aggregation)."""
     kind = 0
-    stack = [v]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, list):
-            stack.extend(x)
+    for name, schema, windowed in found:
+        if windowed or schema not in (None, "pg_catalog"):
             continue
-        if not isinstance(x, dict):
-            continue
-        for k, y in x.items():
-            if k == "SubLink" or k == "SelectStmt":
-                continue
-            if k == "FuncCall":
-                names = strs(y.get("funcname"))
-                name = names[-1] if names else ""
-                schema = names[-2] if len(names) > 1 else None
-                if "over" not in y and schema in (None, "pg_catalog"):
-                    if name in _fn.COLLECTING_AGGREGATES:
-                        return 2
-                    if name in _fn.REDUCING_AGGREGATES:
-                        kind = 1
-            elif k in ("JsonArrayAgg", "JsonObjectAgg"):
-                return 2
-            if isinstance(y, dict | list):
-                stack.append(y)
+        if name in _fn.COLLECTING_AGGREGATES or name in ("JSON_ARRAYAGG", "JSON_OBJECTAGG"):
+            return 2
+        if name in _fn.REDUCING_AGGREGATES:
+            kind = 1
     return kind
 
 
-def collecting(*clauses: Any) -> str | None:
-    """The first aggregate in ``clauses`` that collects its input rather than reducing
-    it (``string_agg``, ``array_agg``, ``json_agg`` ..., as a window function too), or
-    None. Sub-selects are judged on their own level."""
-    stack = list(clauses)
-    while stack:
-        x = stack.pop()
-        if isinstance(x, list):
-            stack.extend(x)
-            continue
-        if not isinstance(x, dict):
-            continue
-        for k, y in x.items():
-            if k == "SubLink" or k == "SelectStmt":
-                continue
-            if k == "FuncCall":
-                names = strs(y.get("funcname"))
-                name = names[-1] if names else ""
-                schema = names[-2] if len(names) > 1 else None
-                if schema in (None, "pg_catalog") and name in _fn.COLLECTING_AGGREGATES:
-                    return name
-            elif k == "JsonArrayAgg":
-                return "JSON_ARRAYAGG"
-            elif k == "JsonObjectAgg":
-                return "JSON_OBJECTAGG"
-            if isinstance(y, dict | list):
-                stack.append(y)
+def collecting(found: list[Call]) -> str | None:
+    """The first aggregate among ``found`` that collects its input rather than
+    reducing it (``string_agg``, ``array_agg``, ``json_agg`` ..., as a window function
+    too), or None."""
+    for name, schema, _ in found:
+        if schema in (None, "pg_catalog") and (
+            name in _fn.COLLECTING_AGGREGATES or name in ("JSON_ARRAYAGG", "JSON_OBJECTAGG")
+        ):
+            return name
     return None
 
 
-def returns_sets(target_list: Any) -> bool:
-    """Whether a target list calls a set-returning function (``generate_series``,
+def returns_sets(found: list[Call]) -> bool:
+    """Whether a target list's calls include a set-returning function (``generate_series``,
     ``unnest`` ...): the level then returns any number of rows. A function dbgate does
     not know could be one."""
-    stack = [target_list]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, list):
-            stack.extend(x)
+    for name, schema, _ in found:
+        if name in ("JSON_ARRAYAGG", "JSON_OBJECTAGG"):
             continue
-        if not isinstance(x, dict):
-            continue
-        for k, y in x.items():
-            if k == "SubLink" or k == "SelectStmt":
-                continue
-            if k == "FuncCall":
-                names = strs(y.get("funcname"))
-                name = names[-1] if names else ""
-                schema = names[-2] if len(names) > 1 else None
-                if schema not in (None, "pg_catalog") or name in _fn.SET_RETURNING:
-                    return True
-                if name not in _fn.BUILTIN_NAMES and name not in _fn.BUILTIN_TYPES:
-                    return True
-            if isinstance(y, dict | list):
-                stack.append(y)
+        if schema not in (None, "pg_catalog") or name in _fn.SET_RETURNING:
+            return True
+        if name not in _fn.BUILTIN_NAMES and name not in _fn.BUILTIN_TYPES:
+            return True
     return False

@@ -57,7 +57,12 @@ def query(
         return select(body, facts, out, ctes, decide)
     h = dml.HANDLERS.get(k)
     if h is not None:
-        return h(body, facts, out, ctes)
+        saved = facts.calls
+        facts.calls = None  # a DML is no SELECT level: its calls decide no row count
+        try:
+            return h(body, facts, out, ctes)
+        finally:
+            facts.calls = saved
     statements.stmt_body(k, body, facts)
     return Produced()
 
@@ -215,8 +220,9 @@ def select(
     """
     facts.add(READ, "select", "reads data with a query")
     ctes = with_clause(s.get("withClause"), facts, ctes)
-    saved_pending = facts.pending
+    saved_pending, saved_calls = facts.pending, facts.calls
     facts.pending = []
+    facts.calls = []
     try:
         op = s.get("op", "SETOP_NONE")
         if op != "SETOP_NONE":
@@ -232,7 +238,7 @@ def select(
         else:
             whole, rows = _level(s, facts, out, ctes)
     finally:
-        facts.pending = saved_pending
+        facts.pending, facts.calls = saved_pending, saved_calls
     limit = _literal_limit(s, facts)
     if limit is not None:
         rows = limit if rows is None else min(rows, limit)
@@ -306,10 +312,12 @@ def _level(
     where = s.get("whereClause")
     if where is not None:
         expressions.walk(where, facts, False, ctes)
-    level = bounds.Level(fc.srcs, outer, facts)
-    if where is not None:
-        bounds.collect(where, level, fc.pins, None, lambda n: memo_rows(facts, n))
-    rows = None if fc.full_join else bounds.solve(level, fc.pins)
+    level = None
+    if facts.keys is not None:  # without keys no pin proves anything: skip the proof
+        level = bounds.Level(fc.srcs, outer, facts)
+        if where is not None:
+            bounds.collect(where, level, fc.pins, None, lambda n: memo_rows(facts, n))
+    rows = None if fc.full_join else bounds.solve(fc.srcs, fc.pins)
     fc.finish(facts)
     tl = s.get("targetList")
     saved_rows = facts.setting_rows
@@ -323,8 +331,11 @@ def _level(
     facts.scope = outer
     _merge_pending(facts, rows)
     # -- data no row limit bounds --------------------------------------------------
-    collector = narrowing.collecting(tl, s.get("havingClause"), s.get("sortClause"))
-    if collector is not None and carries_rows(facts.reads, rows):
+    # Aggregates may stand only in the target list, HAVING, ORDER BY and WINDOW, so the
+    # level's calls (outside its sub-selects) are those clauses' calls.
+    level_calls = facts.calls or []
+    collector = narrowing.collecting(level_calls) if carries_rows(facts.reads, rows) else None
+    if collector is not None:
         tables = _unbounded_tables(facts.reads)
         facts.add(
             DUMP,
@@ -334,7 +345,7 @@ def _level(
         )
     # -- the shape: does it ask for every row? ---------------------------------------
     whole = unbounded_after_where(fc, where, facts, ctes, outer)
-    kind = narrowing.agg_kind(tl)
+    kind = narrowing.agg_kind(level_calls)
     if whole:
         names = fc.names()
         if kind == 1 or (kind == 0 and _distinct_values_of_one_expression(s, names)):
@@ -342,13 +353,13 @@ def _level(
             # values of one column are what ``x, count(*) ... GROUP BY x`` returns
             # (judged alike: docs/rules.md, "Reading whole columns") -- unless the
             # grouping covers a unique key, which reduces nothing.
-            keyed = _grouped_by_key(s, level)
+            keyed = _grouped_by_key(s, level) if level is not None else frozenset()
             whole = tuple(t for t in whole if t in keyed)
     # -- the rows it returns ---------------------------------------------------------
-    if narrowing.returns_sets(tl):
+    if kind and "groupClause" not in s:  # one row, unless a set-returning call unrolls it
+        rows = None if narrowing.returns_sets(level_calls) else 1
+    elif rows is not None and narrowing.returns_sets(level_calls):
         rows = None
-    elif kind and "groupClause" not in s:
-        rows = 1
     _row_locks(s, fc, rows, facts)
     return whole, rows
 

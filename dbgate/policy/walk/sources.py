@@ -215,8 +215,9 @@ def _join(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes, fc: F
         facts.scope = saved
         sc = narrowing.Scope(fc.names(), saved, len(fc.found))
         narrowing.restricted(quals, facts, ctes, sc, fc.eqs)  # only its equalities are kept
-        level = bounds.Level(fc.srcs, saved, facts)
-        bounds.collect(quals, level, fc.pins, allowed, lambda n: queries.memo_rows(facts, n))
+        if facts.keys is not None:
+            level = bounds.Level(fc.srcs, saved, facts)
+            bounds.collect(quals, level, fc.pins, allowed, lambda n: queries.memo_rows(facts, n))
     if x.get("alias"):  # (a JOIN b ...) AS j: a and b are j's now, and WHERE says j.x
         for s in fc.srcs[i0:i2]:
             s.visible = False
