@@ -50,12 +50,18 @@ Keys = tuple[frozenset[str], ...]
 #: The loader query: one row per (relation, unique key), plus one row with a NULL
 #: key for every relation, so that relations without keys are known too. Columns:
 #: ``schema``, ``relation``, ``relkind``, ``has_children`` (legacy inheritance),
-#: ``key_columns`` (text[] or NULL). Catalog schemas are left out: the classifier
-#: knows PostgreSQL's own relations and never counts them as data.
+#: ``key_columns`` (text[] or NULL), ``columns`` (every column of the relation, so an
+#: unqualified name in a sub-select can be placed: ``id IN (SELECT customer_id FROM
+#: orders WHERE ...)`` is not correlated only if ``orders`` has ``customer_id``).
+#: Catalog schemas are left out: the classifier knows PostgreSQL's own relations and
+#: never counts them as data.
 KEYS_QUERY = """\
 SELECT n.nspname AS schema, c.relname AS relation, c.relkind::text AS relkind,
        (c.relkind = 'r' AND c.relhassubclass) AS has_children,
-       k.key_columns
+       k.key_columns,
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum) AS columns
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN LATERAL (
@@ -84,9 +90,8 @@ class Relation:
     keys: Keys = ()
     #: A plain table with inheritance children: its keys hold only under ``ONLY``.
     has_children: bool = False
-
-
-_EMPTY = Relation()
+    #: Every column it has (empty when not known: then no unqualified name is placed).
+    columns: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +140,11 @@ class KeyCatalog:
                 return found
         return None
 
+    def columns_of(self, schema: str | None, name: str) -> frozenset[str]:
+        """Every column of the relation, empty when unknown."""
+        rel = self.relation(schema, name)
+        return rel.columns if rel is not None else frozenset()
+
     def keys_of(self, schema: str | None, name: str, *, only: bool = False) -> Keys:
         """Unique column sets of the relation, ``()`` when none can be trusted."""
         rel = self.relation(schema, name)
@@ -157,11 +167,16 @@ def key_catalog_from_rows(
     """
     keys: dict[str, list[frozenset[str]]] = {}
     children: dict[str, bool] = {}
+    all_columns: dict[str, frozenset[str]] = {}
     for i, row in enumerate(rows):
+        names: Any = ()
         try:
             if isinstance(row, Mapping):
                 schema, relation = row["schema"], row["relation"]
                 has_children, columns = row["has_children"], row["key_columns"]
+                names = row.get("columns") or ()
+            elif len(row) == 6:
+                schema, relation, _kind, has_children, columns, names = row
             else:
                 schema, relation, _kind, has_children, columns = row
         except (KeyError, ValueError, TypeError) as exc:
@@ -171,6 +186,10 @@ def key_catalog_from_rows(
         name = f"{schema}.{relation}"
         entry = keys.setdefault(name, [])
         children[name] = children.get(name, False) or bool(has_children)
+        if names:
+            if not all(isinstance(c, str) for c in names):
+                raise ValueError(f"row {i} of the key query has a column name that is not text")
+            all_columns[name] = frozenset(names)
         if columns:
             if not all(isinstance(c, str) for c in columns):
                 raise ValueError(f"row {i} of the key query has a key column that is not text")
@@ -178,9 +197,9 @@ def key_catalog_from_rows(
             if key not in entry:
                 entry.append(key)
     relations = {
-        name: Relation(tuple(sorted(ks, key=len)), children[name])
-        if ks or children[name]
-        else _EMPTY
+        name: Relation(
+            tuple(sorted(ks, key=len)), children[name], all_columns.get(name, frozenset())
+        )
         for name, ks in keys.items()
     }
     return KeyCatalog(relations, (), version).with_search_path(search_path, user=user)

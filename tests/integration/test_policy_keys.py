@@ -108,6 +108,12 @@ def test_loader_lists_exactly_the_keys_that_prove_uniqueness(
     assert {tuple(sorted(k)) for k in catalog.keys_of(schema, name)} == keys
 
 
+def test_loader_lists_every_column_to_place_bare_names(catalog: KeyCatalog) -> None:
+    assert catalog.columns_of("public", "composite") == frozenset({"a", "b", "v"})
+    assert catalog.columns_of(None, "pk_view") == frozenset({"id", "v"})
+    assert catalog.columns_of(None, "nowhere") == frozenset()
+
+
 def test_inheritance_parent_keys_hold_only_with_only(catalog: KeyCatalog) -> None:
     assert catalog.keys_of(None, "parent") == ()
     assert catalog.keys_of(None, "parent", only=True) == (frozenset({"id"}),)

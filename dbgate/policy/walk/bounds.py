@@ -92,10 +92,11 @@ class Source:
     functions, VALUES, CTEs and catalog relations). ``keys``: its unique column sets.
     ``rows``: for a non-table source, how many rows it produces (None: unbounded).
     ``visible``: whether the level's WHERE can name it (a join with an alias hides
-    the relations inside it).
+    the relations inside it). ``columns``: the names of its columns, when known (the
+    catalog's for a table, a sub-select's output names).
     """
 
-    __slots__ = ("bound", "factor", "keys", "qual", "rows", "table", "visible")
+    __slots__ = ("bound", "columns", "factor", "keys", "qual", "rows", "table", "visible")
 
     def __init__(
         self,
@@ -103,11 +104,13 @@ class Source:
         table: str | None = None,
         keys: tuple[frozenset[str], ...] = (),
         rows: Bound = None,
+        columns: frozenset[str] | None = None,
     ) -> None:
         self.qual = qual
         self.table = table
         self.keys = keys
         self.rows = rows
+        self.columns = columns  # every column it has, when known (to place bare names)
         self.visible = True
         self.bound: Bound = rows if table is None else None  # rows of it the level can hold
         self.factor: Bound = self.bound  # its share of the level's row count

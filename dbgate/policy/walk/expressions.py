@@ -77,8 +77,12 @@ def _column_ref(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes)
         parts.append(s["sval"] if s is not None and "sval" in s else "*")
     if len(parts) == 1:
         facts.columns.add(parts[0])
+        if facts.free_refs is not None and parts[0] != "*":
+            facts.free_refs.add("?" + parts[0])
     elif parts:
         facts.columns.add(".".join(parts))
+        if facts.free_refs is not None:
+            facts.free_refs.add(parts[-2])
 
 
 def _sublink(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:

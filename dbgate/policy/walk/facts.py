@@ -41,6 +41,7 @@ class StatementFacts:
         "command",
         "depth",
         "extra_pure",
+        "free_refs",
         "functions",
         "guard_settings",
         "guarded_reads",
@@ -112,6 +113,12 @@ class StatementFacts:
         # (name, schema, windowed): aggregates and set-returning functions decide its
         # rows. None outside a SELECT level.
         self.calls: list[tuple[str, str | None, bool]] | None = None
+        # The column references of the current query level (and what its sub-selects
+        # left unresolved) that it does not itself resolve: qualifiers, and "?name" for
+        # an unqualified name. A sub-select with any is correlated with the level
+        # around it (``id IN (SELECT id)`` echoes the outer row): no proof. None
+        # outside a SELECT level.
+        self.free_refs: set[str] | None = None
         self.writes: dict[str, int | None] = {}  # target table -> rows it may change
         # Rows changed where the statement's command tag does not count them (a DML in
         # WITH, EXPLAIN ANALYZE): a run-time limit on changed rows cannot see them.

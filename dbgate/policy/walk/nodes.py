@@ -37,7 +37,7 @@ class Produced:
     times it runs the query, for a sub-select correlated with its rows).
     """
 
-    __slots__ = ("reads", "rows", "whole")
+    __slots__ = ("correlated", "reads", "rows", "whole")
 
     def __init__(
         self, whole: WholeTables = (), rows: int | None = None, reads: Reads | None = None
@@ -45,6 +45,9 @@ class Produced:
         self.whole = whole
         self.rows = rows
         self.reads: Reads = {} if reads is None else reads
+        # refers to a column it does not itself resolve (a row of an enclosing level,
+        # or a name it cannot place): its rows may differ from one outer row to the next
+        self.correlated = True
 
 
 #: CTE name -> what the CTE produces, for the query levels that can see it.

@@ -11,8 +11,9 @@ INSERT/UPDATE/DELETE/MERGE) returns a :class:`~dbgate.policy.walk.nodes.Produced
   lets a relation joined on a key, or a sub-select correlated with its rows, be
   bounded in turn;
 * ``reads`` — the table rows it reads, which its caller adds to its own: once for a
-  FROM item, a CTE or a set-operation arm, once per row of the enclosing level for a
-  sub-select in an expression (correlated or not: the proof does not try to tell).
+  FROM item, a CTE, a set-operation arm or an uncorrelated sub-select, once per row
+  of the enclosing level for a sub-select correlated with it (one that refers to a
+  column it does not itself resolve — an unqualified name it cannot place counts).
 
 Each sub-select is walked exactly once (:func:`nested_query` remembers it by node), so
 a judgement that needs a sub-select's result again (``id IN (SELECT ...)`` in a
@@ -28,6 +29,7 @@ append to what the previous one carried.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dbgate.policy.model import DDL, DUMP, READ, WRITE
@@ -93,24 +95,28 @@ def run(
 def nested_query(
     k: str, body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes
 ) -> Produced:
-    """A query inside an expression (a sub-select): walked once, its reads left for
-    the enclosing level to multiply by the rows it runs it for."""
+    """A query inside an expression (a sub-select): walked once; the reads of one
+    correlated with the level around it are left for that level to multiply by the
+    rows it runs it for, an uncorrelated one reads the same rows each time."""
     memo = facts.memo.get(id(body))
     if memo is not None:
         return memo  # type: ignore[no-any-return]
     produced = produce(k, body, facts, out, ctes)
     facts.memo[id(body)] = produced
-    if facts.pending is not None:
-        facts.pending.append(produced.reads)
+    if facts.pending is not None and produced.correlated:
+        facts.pending.append(produced.reads)  # runs again for each row of the level
     else:
-        bounds.merge_reads(facts.reads, produced.reads)
+        bounds.merge_reads(facts.reads, produced.reads)  # the same rows every time
     return produced
 
 
 def memo_rows(facts: StatementFacts, body: dict[str, Any]) -> bounds.Bound:
-    """The proven row bound of a sub-select the walk has already seen (else None)."""
+    """The proven row bound of an uncorrelated sub-select the walk has already seen
+    (else None): ``id IN (SELECT id)`` returns one row per outer row — the outer row."""
     produced = facts.memo.get(id(body))
-    return produced.rows if produced is not None else None
+    if produced is None or produced.correlated:
+        return None
+    return produced.rows
 
 
 def with_clause(w: dict[str, Any] | None, facts: StatementFacts, ctes: Ctes) -> Ctes:
@@ -220,9 +226,11 @@ def select(
     """
     facts.add(READ, "select", "reads data with a query")
     ctes = with_clause(s.get("withClause"), facts, ctes)
-    saved_pending, saved_calls = facts.pending, facts.calls
+    saved_pending, saved_calls, saved_refs = facts.pending, facts.calls, facts.free_refs
     facts.pending = []
     facts.calls = []
+    facts.free_refs = set()
+    bound: Callable[[str], bool] = _never
     try:
         op = s.get("op", "SETOP_NONE")
         if op != "SETOP_NONE":
@@ -236,9 +244,12 @@ def select(
             _walk_tail(s, facts, ctes)
             _merge_pending(facts, 1)
         else:
-            whole, rows = _level(s, facts, out, ctes)
+            whole, rows, bound = _level(s, facts, out, ctes)
+        free = {r for r in facts.free_refs if not bound(r)}
     finally:
-        facts.pending, facts.calls = saved_pending, saved_calls
+        facts.pending, facts.calls, facts.free_refs = saved_pending, saved_calls, saved_refs
+    if saved_refs is not None:
+        saved_refs |= free
     limit = _literal_limit(s, facts)
     if limit is not None:
         rows = limit if rows is None else min(rows, limit)
@@ -260,7 +271,13 @@ def select(
             f"reads every row of {name_list(whole)} (no WHERE that narrows it, "
             f"no LIMIT of at most {DUMP_LIMIT_THRESHOLD} rows)",
         )
-    return Produced(whole, rows)
+    produced = Produced(whole, rows)
+    produced.correlated = bool(free)
+    return produced
+
+
+def _never(_ref: str) -> bool:
+    return False
 
 
 def _set_operation(
@@ -298,11 +315,14 @@ def _merge_pending(facts: StatementFacts, times: bounds.Bound) -> None:
 
 def _level(
     s: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes
-) -> tuple[WholeTables, bounds.Bound]:
+) -> tuple[WholeTables, bounds.Bound, Callable[[str], bool]]:
     """A plain SELECT level: FROM, WHERE, target list and the rest.
 
-    Returns (whole, rows) and charges its reads: its tables' proven bounds, and its
-    sub-selects times the level's rows.
+    Returns (whole, rows, resolves) and charges its reads: its tables' proven bounds,
+    and its sub-selects times the level's rows. ``resolves(ref)`` says whether a
+    column reference (a qualifier, or "?name") belongs to this level: one of its
+    qualifiers, or a column one of its relations is known to have (a key column,
+    the catalog's columns of a table, a sub-select's output names).
     """
     outer = facts.scope
     fc = sources.FromClause()
@@ -361,7 +381,16 @@ def _level(
     elif rows is not None and narrowing.returns_sets(level_calls):
         rows = None
     _row_locks(s, fc, rows, facts)
-    return whole, rows
+    names = fc.names()
+    only = fc.srcs[0] if len(fc.srcs) == 1 else None
+    key_columns = {c for k in only.keys for c in k} if only is not None else set()
+
+    def resolves(ref: str) -> bool:
+        if ref[0] == "?":
+            return ref[1:] in key_columns or fc.places(ref[1:])
+        return ref in names
+
+    return whole, rows, resolves
 
 
 def _grouped_by_key(s: dict[str, Any], level: bounds.Level) -> frozenset[str]:

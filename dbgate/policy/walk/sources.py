@@ -57,8 +57,19 @@ class FromClause:
         list, a bounded sub-select. Joined to one of them, a table is restricted."""
         return {s.qual for s in self.srcs if s.table is None and s.rows is not None and s.qual}
 
-    def add_table(self, qual: str, table: str | None, keys: tuple[frozenset[str], ...]) -> None:
-        self.srcs.append(bounds.Source(qual, table, keys))
+    def add_table(
+        self,
+        qual: str,
+        table: str | None,
+        keys: tuple[frozenset[str], ...],
+        columns: frozenset[str] | None = None,
+    ) -> None:
+        self.srcs.append(bounds.Source(qual, table, keys, columns=columns))
+
+    def places(self, name: str) -> bool:
+        """Whether an unqualified column name certainly belongs to this level: one of
+        its relations is known to have such a column."""
+        return any(s.columns is not None and name in s.columns for s in self.srcs)
 
     def finish(self, facts: StatementFacts) -> None:
         """Charge the level's table reads, once its sources are bounded."""
@@ -86,6 +97,42 @@ def from_range_var(rv: dict[str, Any], facts: StatementFacts) -> WholeTables:
         catalog_read(schema, name, facts, (alias or {}).get("aliasname") or name)
         return ()
     return (key,)
+
+
+def table_columns(rv: dict[str, Any], facts: StatementFacts) -> frozenset[str] | None:
+    """The columns the catalog lists for a RangeVar (None when unknown)."""
+    if facts.keys is None:
+        return None
+    schema, name = relname(rv)
+    return facts.keys.columns_of(schema, name) or None
+
+
+def output_names(s: dict[str, Any], alias: dict[str, Any] | None) -> frozenset[str] | None:
+    """The column names a sub-select in FROM offers: its alias's column list, else its
+    target list's names (None when it has ``*`` or is not a plain SELECT/VALUES)."""
+    colnames = (alias or {}).get("colnames")
+    if colnames:
+        return frozenset(n for c in colnames if (n := (c.get("String") or {}).get("sval")))
+    if "valuesLists" in s:
+        width = len(((s["valuesLists"] or [{}])[0].get("List") or {}).get("items", ()))
+        return frozenset(f"column{i + 1}" for i in range(width))
+    if s.get("op", "SETOP_NONE") != "SETOP_NONE":
+        return None
+    names = set()
+    for t in s.get("targetList", ()):
+        rt = t.get("ResTarget") or {}
+        if "name" in rt:
+            names.add(rt["name"])
+            continue
+        ref = (rt.get("val") or {}).get("ColumnRef")
+        if ref is None:
+            names.add("?column?")
+            continue
+        last = (ref.get("fields") or [{}])[-1]
+        if "A_Star" in last:
+            return None
+        names.add((last.get("String") or {}).get("sval", ""))
+    return frozenset(names)
 
 
 def table_keys(rv: dict[str, Any], facts: StatementFacts) -> tuple[frozenset[str], ...]:
@@ -131,7 +178,7 @@ def _range_var(x: dict[str, Any], facts: StatementFacts, ctes: Ctes, fc: FromCla
     whole = from_range_var(x, facts)
     fc.found.append((qual, whole))
     if whole:
-        fc.add_table(qual, whole[0], table_keys(x, facts))
+        fc.add_table(qual, whole[0], table_keys(x, facts), table_columns(x, facts))
     else:  # a catalog relation: metadata, but any number of rows
         fc.srcs.append(bounds.Source(qual))
 
@@ -156,7 +203,9 @@ def _subselect(
     else:
         bounds.merge_reads(facts.reads, produced.reads)
     fc.found.append((qual, produced.whole))
-    fc.srcs.append(bounds.Source(qual, rows=produced.rows))
+    fc.srcs.append(
+        bounds.Source(qual, rows=produced.rows, columns=output_names(sub, x.get("alias")))
+    )
 
 
 def _per_row(item: Any, facts: StatementFacts, out: bool, ctes: Ctes, fc: FromClause) -> Reads:

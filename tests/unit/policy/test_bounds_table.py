@@ -22,8 +22,14 @@ UNB = None  # no proven bound
 
 KEYS = KeyCatalog(
     {
-        "public.customers": Relation((frozenset({"id"}), frozenset({"email"}))),
-        "public.orders": Relation((frozenset({"id"}),)),
+        "public.customers": Relation(
+            (frozenset({"id"}), frozenset({"email"})),
+            columns=frozenset({"id", "full_name", "email", "phone", "ssn", "created_at"}),
+        ),
+        "public.orders": Relation(
+            (frozenset({"id"}),),
+            columns=frozenset({"id", "customer_id", "total", "status", "created_at"}),
+        ),
         "public.payments": Relation((frozenset({"id"}),)),
         "public.items": Relation((frozenset({"order_id", "line"}),)),
         "public.big": Relation((frozenset({"id"}),)),
@@ -95,6 +101,19 @@ PROVEN = [
         id="collecting-aggregate-over-proven-rows",
     ),
     row("SELECT * FROM orders WHERE id IN (SELECT id FROM orders WHERE id = 3)", {R}, 2),
+    row(
+        "SELECT * FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE id = 3)",
+        {R},
+        2,
+        id="in-an-uncorrelated-bounded-sub-select",
+    ),
+    row("SELECT * FROM customers WHERE id IN (SELECT 5)", {R}, 1),
+    row(
+        "SELECT (SELECT full_name FROM customers WHERE id = 1) FROM generate_series(1, 9) g",
+        {R},
+        1,
+        id="uncorrelated-sub-select-runs-once",
+    ),
     row("SELECT string_agg(email, ',') FROM customers WHERE id IN (1, 2)", {R}, 2),
     row("SELECT * FROM orders WHERE id = 1 FOR UPDATE", {R}, 1),
     row("SELECT * FROM orders WHERE id = 1 FOR NO KEY UPDATE NOWAIT", {R}, 1),
@@ -111,6 +130,21 @@ SHAPES = [  # class 1: a predicate that looks narrow but pins no key
     row("SELECT * FROM customers WHERE NULLIF(id, id) IS NULL", {R}, UNB),
     row("SELECT * FROM customers WHERE id = ALL('{}')", {R}, UNB),
     row("SELECT * FROM customers WHERE id = (SELECT id)", {R}, UNB, id="echoing-sub-select"),
+    row("SELECT * FROM customers WHERE id IN (SELECT id)", {R}, UNB, id="echoing-in-sub-select"),
+    row("SELECT * FROM customers c WHERE id IN (SELECT c.id)", {R}, UNB),
+    row(
+        "SELECT * FROM customers c WHERE id IN (SELECT o.customer_id FROM orders o "
+        "WHERE o.id = c.id)",
+        {R},
+        UNB,
+        id="correlated-in-sub-select",
+    ),
+    row(
+        "SELECT * FROM customers WHERE id IN (SELECT length(phone) FROM orders WHERE id = 3)",
+        {R},
+        UNB,
+        id="a-bare-name-orders-does-not-have-is-the-outer-row's",
+    ),
     row("SELECT * FROM customers c WHERE c.id = (SELECT c.id)", {R}, UNB),
     row("SELECT * FROM customers WHERE int8eq(id, id)", {R}, UNB),
     row("SELECT * FROM customers WHERE length(ssn) > 0", {R}, UNB),

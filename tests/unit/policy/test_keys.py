@@ -81,6 +81,27 @@ def test_rows_may_be_mappings() -> None:
     assert key_catalog_from_rows(rows, search_path=["s"]).keys_of(None, "t") == (frozenset({"a"}),)
 
 
+def test_columns_come_with_the_rows() -> None:
+    rows = [
+        ("s", "t", "r", False, ["id"], ["id", "name"]),
+        ("s", "t", "r", False, None, ["id", "name"]),
+        {
+            "schema": "s",
+            "relation": "u",
+            "relkind": "v",
+            "has_children": False,
+            "key_columns": None,
+            "columns": ["x"],
+        },
+    ]
+    catalog = key_catalog_from_rows(rows, search_path=["s"])
+    assert catalog.columns_of(None, "t") == frozenset({"id", "name"})
+    assert catalog.columns_of("s", "u") == frozenset({"x"})
+    assert catalog.columns_of(None, "nowhere") == frozenset()
+    with pytest.raises(ValueError, match="column name that is not text"):
+        key_catalog_from_rows([("s", "t", "r", False, None, [1])])
+
+
 def test_duplicate_keys_are_kept_once() -> None:
     rows = [("s", "t", "r", False, ["a", "b"]), ("s", "t", "r", False, ["b", "a"])]
     assert key_catalog_from_rows(rows).keys_of("s", "t") == (frozenset({"a", "b"}),)
