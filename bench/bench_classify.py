@@ -2,12 +2,20 @@
 
 Targets from issue 3: cached decision <= 10 µs, cold small statement <= 100 µs,
 cold ~2 KB analytic query <= 1 ms. "Cold" clears the cache before every call, so
-it includes pglast's parse, JSON decoding, the walk, the fingerprint and the
-cache store; "cached" is a repeat of identical text (drivers re-send the same
-``$n`` text), "cached-normalized" a repeat with different literal values (answered
-by the literal mask, or by pglast's normalize where the mask cannot read the text).
+it includes pglast's parse, JSON decoding, the walk and the cache store; "cached" is
+a repeat of identical text (drivers re-send the same ``$n`` text),
+"cached-normalized" a repeat with different literal values (answered by the literal
+mask, or by pglast's normalize where the mask cannot read the text).
 
-Run: ``python -m bench.bench_classify`` (prints JSON).
+Hostile input (issue 10): each family of issue 10's table is classified at a base
+size and at four times that size; ``hostile_<family>_growth`` is the time ratio
+divided by four — about 1 when the cost is linear (a quadratic cost would read 4).
+``hostile_<family>_estimate`` is ``classification_cost()`` divided by the measured
+time: at least 1 means the pre-scan estimate errs high, as the gate needs.
+
+Run: ``python -m bench.bench_classify`` (prints JSON); ``--hostile`` also runs issue
+10's inputs at the sizes of its table (64 KB of comment openers, 60,000 ``+``, a 5 MB
+VALUES list ...), which takes a minute.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import os
 import time
 from collections.abc import Callable
 
-from dbgate.policy.classify import classify, clear_cache
+from dbgate.policy.classify import classification_cost, classify, clear_cache
 
 SMALL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
 
@@ -107,7 +115,7 @@ def run() -> dict[str, float]:  # values are µs except the two informational fi
         clear_cache()
         classify(ANALYTIC)
 
-    result = {
+    result: dict[str, float] = {
         "cached_decision_us": round(cached, 2),
         "cached_normalized_us": round(cached_normalized, 2),
         "cold_small_us": round(_per_call_us(cold_small, number=2000), 1),
@@ -116,13 +124,68 @@ def run() -> dict[str, float]:  # values are µs except the two informational fi
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     clear_cache()
+    result.update(hostile())
     return result
+
+
+def _nested_in(depth: int) -> str:
+    sql = "SELECT id FROM orders WHERE id = 1"
+    for _ in range(depth):
+        sql = f"SELECT id FROM orders WHERE id IN ({sql})"
+    return sql
+
+
+#: Issue 10's hostile inputs, as functions of a size n (the issue's own size in the
+#: comment). Each is a statement one client can send.
+HOSTILE: dict[str, tuple[Callable[[int], str], int, int]] = {
+    # family: (the text for size n, base n for the quick run, n of issue 10's table)
+    "comments": (lambda n: "select 1 as uX " + "/*" * n + "*/" * n, 2000, 16000),  # 64 KB
+    "operator_run": (lambda n: "select 1, 1 " + "+" * n + " 1", 15000, 60000),  # 60 KB
+    "nested_in": (_nested_in, 19, 19 * 8),  # 19 deep: 692 characters
+    "values": (
+        lambda n: "select count(*) from (values " + ",".join(f"({i})" for i in range(n)) + ") v(x)",
+        10000,
+        600000,  # 5.3 MB
+    ),
+    "or_chain": (lambda n: "select 1 where " + " or ".join(["1 = 1"] * n), 5000, 400000),
+}
+
+
+def _cold_cpu_us(sql: str, rounds: int = 3) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        clear_cache()
+        t0 = time.thread_time()
+        classify(sql)
+        best = min(best, time.thread_time() - t0)
+    clear_cache()
+    return best * 1e6
+
+
+def hostile(full: bool = False) -> dict[str, float]:
+    """Cold cost of each hostile family at a base size and at 4x: growth ~1 is linear."""
+    out: dict[str, float] = {}
+    for family, (make, base, issue_size) in HOSTILE.items():
+        small, large = make(base), make(base * 4)
+        t_small, t_large = _cold_cpu_us(small), _cold_cpu_us(large)
+        out[f"hostile_{family}_us"] = round(t_small, 1)
+        out[f"hostile_{family}_growth"] = round(t_large / t_small / 4, 2)
+        out[f"hostile_{family}_estimate"] = round(classification_cost(large) / t_large, 2)
+        if full:
+            text = make(issue_size)
+            out[f"issue10_{family}_bytes"] = len(text.encode())
+            out[f"issue10_{family}_ms"] = round(_cold_cpu_us(text, rounds=1) / 1000, 1)
+    return out
 
 
 TARGETS = {"cached_decision_us": 10.0, "cold_small_us": 100.0, "cold_analytic_us": 1000.0}
 
 if __name__ == "__main__":
-    res = run()
+    import sys
+
+    res: dict[str, float] = run()
+    if "--hostile" in sys.argv[1:]:
+        res.update(hostile(full=True))
     res_out: dict[str, object] = dict(res)
     res_out["within_targets"] = all(res[k] <= v for k, v in TARGETS.items())
     print(json.dumps(res_out, indent=2))

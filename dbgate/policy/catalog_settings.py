@@ -34,6 +34,7 @@ string literal, and reasons never quote literal values) and never quote the valu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from dbgate.policy.catalog_builtin import SETTING_CONTEXTS
@@ -81,23 +82,49 @@ def _truthy(v: str) -> bool | None:
     return None
 
 
-def split_identifier_list(text: str) -> list[str]:
-    """Split a list-valued setting the way PostgreSQL's SplitIdentifierString does.
+#: C's isspace() in the "C" locale, as PostgreSQL's scanners use it.
+_C_SPACE = " \t\n\r\v\f"
+#: Identifiers are truncated to this many bytes (NAMEDATALEN - 1).
+_MAX_IDENTIFIER_BYTES = 63
 
-    Unquoted names are lower-cased, ``"quoted"`` names keep their case and may hold
-    commas. Used for values given as one string (``set_config``, ``ALTER ... SET x = 'a, b'``).
+
+def _downcase(name: str) -> str:
+    """PostgreSQL's downcase_identifier for a UTF-8 database: ASCII letters only."""
+    return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in name)
+
+
+def _truncate(name: str) -> str:
+    """truncate_identifier: at most 63 bytes, cut at a character boundary."""
+    raw = name.encode("utf-8")
+    if len(raw) <= _MAX_IDENTIFIER_BYTES:
+        return name
+    return raw[:_MAX_IDENTIFIER_BYTES].decode("utf-8", "ignore")
+
+
+def split_identifier_list(text: str) -> list[str] | None:
+    """Split a list-valued setting exactly as PostgreSQL's ``SplitIdentifierString``.
+
+    How the server reads ``search_path`` given as one string (``set_config``, the
+    startup packet, ``ALTER ... SET x = 'a, b'``): elements separated by commas;
+    ``"quoted"`` elements keep their case and may hold commas (``""`` is a quote);
+    unquoted ones end at a comma or white space and are lower-cased (ASCII letters
+    only); both are truncated to 63 bytes. None when the server would refuse the
+    text as invalid list syntax (an empty element, text after a quoted name, a
+    zero-length quoted name): such a value never takes effect.
     """
     out: list[str] = []
     i, n = 0, len(text)
-    while i < n:
-        while i < n and text[i].isspace():
-            i += 1
-        if i >= n:
-            break
-        if text[i] == '"':
+    while i < n and text[i] in _C_SPACE:
+        i += 1
+    if i >= n:
+        return out  # an empty string is an empty list
+    while True:
+        if i < n and text[i] == '"':
             i += 1
             buf = []
-            while i < n:
+            while True:
+                if i >= n:
+                    return None  # unterminated quote
                 if text[i] == '"':
                     if i + 1 < n and text[i + 1] == '"':
                         buf.append('"')
@@ -107,17 +134,24 @@ def split_identifier_list(text: str) -> list[str]:
                     break
                 buf.append(text[i])
                 i += 1
-            out.append("".join(buf))
-            while i < n and text[i] != ",":
-                i += 1
+            out.append(_truncate("".join(buf)))  # "" is a (zero-length) name too
         else:
-            j = text.find(",", i)
-            j = n if j < 0 else j
-            out.append(text[i:j].strip().lower())
+            j = i
+            while j < n and text[j] != "," and text[j] not in _C_SPACE:
+                j += 1
+            if j == i:
+                return None  # empty unquoted name
+            out.append(_truncate(_downcase(text[i:j])))
             i = j
-        if i < n and text[i] == ",":
+        while i < n and text[i] in _C_SPACE:
             i += 1
-    return out
+        if i >= n:
+            return out
+        if text[i] != ",":
+            return None  # invalid syntax
+        i += 1
+        while i < n and text[i] in _C_SPACE:
+            i += 1
 
 
 def search_path_escapes(schemas: Sequence[str]) -> bool:
@@ -238,9 +272,19 @@ _ESCAPES = {
 
 def _value_escapes(name: str, values: Sequence[str], as_list: bool) -> bool:
     if name == "search_path":
+        # SET search_path = a, 'b, c': each argument is one element, as written (the
+        # server quotes it); set_config and ALTER ... SET 'a, b' give one string that
+        # the server splits. A string it cannot split never takes effect, but we
+        # cannot tell how it would shadow, so it escapes.
         schemas: list[str] = []
         for v in values:
-            schemas.extend(split_identifier_list(v) if as_list else [v])
+            if as_list:
+                parts = split_identifier_list(v)
+                if parts is None:
+                    return True
+                schemas.extend(parts)
+            else:
+                schemas.append(v)
         return search_path_escapes(schemas)
     v = values[0]
     if name in ("standard_conforming_strings", "default_transaction_read_only"):
@@ -254,3 +298,101 @@ def _value_escapes(name: str, values: Sequence[str], as_list: bool) -> bool:
     if name == "session_replication_role":
         return v.strip().lower() != "origin"
     return True  # pragma: no cover - every VALUE_SENSITIVE name is handled above
+
+
+# -- time-valued settings (the session guards) --------------------------------------
+
+#: PostgreSQL's time units for settings whose base unit is milliseconds, largest first
+#: (guc.c time_unit_conversion_table). Unit names are case-sensitive.
+_TIME_UNITS: tuple[tuple[str, float], ...] = (
+    ("d", 1000.0 * 60 * 60 * 24),
+    ("h", 1000.0 * 60 * 60),
+    ("min", 1000.0 * 60),
+    ("s", 1000.0),
+    ("ms", 1.0),
+    ("us", 1.0 / 1000),
+)
+_INT_MAX = 2**31 - 1
+_LONG_MAX = 2**63 - 1
+_HEX = "0123456789abcdefABCDEF"
+
+
+def _strtol0(text: str) -> tuple[int, int, bool]:
+    """C ``strtol(text, &end, 0)``: (value, end index, overflowed). end 0: no number."""
+    i, n = 0, len(text)
+    while i < n and text[i] in _C_SPACE:
+        i += 1
+    sign = 1
+    if i < n and text[i] in "+-":
+        sign = -1 if text[i] == "-" else 1
+        i += 1
+    if text.startswith(("0x", "0X"), i) and i + 2 < n and text[i + 2] in _HEX:
+        j = i + 2
+        while j < n and text[j] in _HEX:
+            j += 1
+        value, end = int(text[i + 2 : j], 16), j
+    elif i < n and text[i] == "0":
+        j = i + 1
+        while j < n and text[j] in "01234567":
+            j += 1
+        value, end = int(text[i:j], 8), j
+    elif i < n and text[i].isascii() and text[i].isdigit():
+        j = i
+        while j < n and text[j].isascii() and text[j].isdigit():
+            j += 1
+        value, end = int(text[i:j]), j
+    else:
+        return 0, 0, False
+    value *= sign
+    return value, end, not -_LONG_MAX - 1 <= value <= _LONG_MAX
+
+
+_FLOAT = re.compile(r"[ \t\n\r\v\f]*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _strtod(text: str) -> tuple[float, int]:
+    """C ``strtod`` for the forms a setting value can take: (value, end index), end 0
+    when there is no number (hexadecimal floats, infinities and NaN are not numbers a
+    timeout can hold, and are reported as none)."""
+    m = _FLOAT.match(text)
+    if m is None or text[m.end() - 1 :].startswith(("x", "X")):
+        return 0.0, 0
+    try:
+        return float(m.group().strip(_C_SPACE)), m.end()
+    except ValueError:
+        return 0.0, 0
+
+
+def parse_time_ms(text: str) -> int | None:
+    """A time setting's value in milliseconds, exactly as PostgreSQL's ``parse_int``
+    reads it for a setting whose unit is ms (``statement_timeout`` and friends):
+    an integer in C notation (``010`` is octal, ``0x10`` hexadecimal) or a decimal
+    number, optional white space, an optional case-sensitive unit (``us``, ``ms``,
+    ``s``, ``min``, ``h``, ``d``), rounded half to even. None when the server would
+    refuse the value (no number, an unknown unit, out of the int range, negative)."""
+    value, end, overflow = _strtol0(text)
+    number: float = float(value)
+    if (end and (overflow or (end < len(text) and text[end] in ".eE"))) or not end:
+        number, end = _strtod(text)
+        if not end:
+            return None
+    rest = text[end:].strip(_C_SPACE)
+    if rest:
+        unit = rest
+        for name, multiplier in _TIME_UNITS:
+            if unit == name:
+                converted = number * multiplier
+                smaller = _TIME_UNITS.index((name, multiplier)) + 1
+                if smaller < len(_TIME_UNITS):
+                    step = _TIME_UNITS[smaller][1]
+                    converted = round(converted / step) * step
+                number = converted
+                break
+        else:
+            return None
+    if number != number:  # NaN
+        return None
+    result = round(number)
+    if result > _INT_MAX or result < 0:
+        return None  # out of range for the setting: the server refuses it
+    return result

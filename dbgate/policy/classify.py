@@ -26,21 +26,39 @@ state (``EXECUTE`` of a prepared statement) are never cached.
 
 Nothing here raises: a parse error gives ``parse_error`` plus an ``opaque``
 statement; any internal exception gives ``opaque`` with reason ``internal-error``.
+
+**Concurrency.** :func:`classify` may run in several threads at once (a worker
+pool): each call walks its own tree with its own state; the caches are dicts whose
+lookups are atomic and whose stores and evictions take the module lock; results are
+immutable and shared. Only the hit counters of :func:`cache_info` may miss an
+increment under contention. In a worker *process* each process has its own caches;
+arguments (text, Bind values, prepared texts, :class:`~dbgate.policy.keys.KeyCatalog`)
+and the :class:`~dbgate.policy.model.Classification` it returns are picklable.
+
+**Cost.** Parsing and walking are linear in the statement's size:
+:mod:`dbgate.policy.prescan` keeps PostgreSQL's scanner away from its quadratic
+inputs, each sub-select is walked once, and :func:`dbgate.policy.prescan.classification_cost`
+estimates the cost before any of it (docs/classifier.md, "Performance").
 """
 
 from __future__ import annotations
 
-import json
+import gc
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from pglast import parser as _pg
 
+from dbgate.policy.keys import KeyCatalog
 from dbgate.policy.literals import fast_mask as _mask
 from dbgate.policy.literals import render_key
 from dbgate.policy.model import Category, Classification, Prepared, Reason, StatementClass
 from dbgate.policy.parse_errors import parser_complaint
+from dbgate.policy.prescan import MAX_OPERATOR_RUN, classification_cost, prepare
+from dbgate.policy.prescan import Prepared as Prescan
 from dbgate.policy.walk import StatementFacts, statement
 
 __all__ = [
@@ -48,6 +66,7 @@ __all__ = [
     "CACHE_SIZE",
     "MAX_CACHED_SQL",
     "cache_info",
+    "classification_cost",
     "classify",
     "classify_bind",
     "clear_cache",
@@ -66,6 +85,8 @@ MAX_CACHED_SQL = 64 * 1024
 CACHE_CHARS = 32 * 1024 * 1024
 
 _EMPTY: frozenset[str] = frozenset()
+#: pglast's parse tree comes as JSON; orjson decodes it in about half json's time.
+_loads = orjson.loads
 _exact: dict[Any, Classification] = {}
 _masked: dict[Any, Classification] = {}
 _normalized: dict[Any, Classification] = {}
@@ -113,18 +134,21 @@ def _key_chars(key: Any) -> int:
 
 
 def _store(cache: dict[Any, Classification], key: Any, value: Classification) -> None:
-    """Insert, evicting the oldest tenth when the entry or character budget is spent."""
-    if key in cache:  # another thread got there first
-        cache[key] = value
-        return
-    chars = _chars[id(cache)] + _key_chars(key)
-    if len(cache) >= CACHE_SIZE or chars > CACHE_CHARS:
-        with _lock:
+    """Insert, evicting the oldest tenth when the entry or character budget is spent.
+
+    Under the module lock, so concurrent classifiers (worker threads) keep the budgets
+    exact; lookups need no lock (a dict read is atomic, and entries never change)."""
+    with _lock:
+        if key in cache:  # another thread got there first
+            cache[key] = value
+            return
+        chars = _chars[id(cache)] + _key_chars(key)
+        if len(cache) >= CACHE_SIZE or chars > CACHE_CHARS:
             for k in list(cache)[: max(len(cache) // 10, 1)]:
                 if cache.pop(k, None) is not None:
                     chars -= _key_chars(k)
-    cache[key] = value
-    _chars[id(cache)] = chars
+        cache[key] = value
+        _chars[id(cache)] = chars
 
 
 def _opaque(code: str, message: str, command: str = "") -> StatementClass:
@@ -147,6 +171,48 @@ _NUL_RESULT = Classification(
 )
 
 
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Keep Python's cyclic garbage collector from running while a large statement is
+    classified: its parse tree (hundreds of thousands of dicts and lists, no cycles,
+    freed by reference counting) would otherwise be traversed by every full
+    collection it triggers, which makes the cost grow faster than the text. Counted,
+    so concurrent classifiers re-enable it only when the last one is done, and only
+    if it was enabled before the first."""
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+def _operator_run_result(run: tuple[int, int]) -> Classification:
+    """A text with an operator run PostgreSQL's scanner reads in quadratic time."""
+    start, length = run
+    return Classification(
+        statements=(
+            _opaque(
+                "operator-run",
+                f"has a run of {length} operator characters (at character {start + 1}), which "
+                f"dbgate does not parse (it parses runs of at most {MAX_OPERATOR_RUN})",
+            ),
+        )
+    )
+
+
 def _internal_error(exc: BaseException) -> Classification:
     """Opaque result for a classifier bug. Only the exception type is reported: its
     message could quote the statement, and reasons reach the audit log and approvers."""
@@ -166,6 +232,7 @@ def classify(
     *,
     prepared: Prepared | None = None,
     extra_pure_functions: frozenset[str] = _EMPTY,
+    keys: KeyCatalog | None = None,
 ) -> Classification:
     """Classify every statement of ``sql``.
 
@@ -174,13 +241,22 @@ def classify(
     session, so ``EXECUTE name`` is classified by its body instead of ``opaque``.
     ``extra_pure_functions``: user functions the caller has verified harmless (see
     docs/classifier.md), as ``name`` or ``schema.name`` exactly as called.
+    ``keys``: the upstream's unique keys (:mod:`dbgate.policy.keys`), which let a
+    statement be proven narrow; None proves nothing narrow. Results are cached per
+    (text, ``keys.cache_token``).
     """
     try:
         if "\x00" in sql:  # the C parser would stop at the NUL and never see the rest
             return _NUL_RESULT
-        if params is not None or len(sql) > MAX_CACHED_SQL:
-            return _cold(sql, params, prepared, extra_pure_functions)[0]
-        key: Any = (sql, extra_pure_functions) if extra_pure_functions else sql
+        if len(sql) > MAX_CACHED_SQL:
+            with _collector_paused():
+                return _cold(sql, params, prepared, extra_pure_functions, keys)[0]
+        if params is not None:
+            return _cold(sql, params, prepared, extra_pure_functions, keys)[0]
+        context: Any = None
+        if extra_pure_functions or keys is not None:
+            context = (extra_pure_functions, keys.cache_token if keys is not None else None)
+        key: Any = (sql, context) if context is not None else sql
         hit = _exact.get(key)
         if hit is not None:
             _stats["exact"] += 1
@@ -188,18 +264,23 @@ def classify(
         masked = _mask(sql)
         mkey: Any = None
         if masked is not None:
-            mkey = (masked, extra_pure_functions) if extra_pure_functions else masked
+            mkey = (masked, context) if context is not None else masked
             hit = _masked.get(mkey)
             if hit is not None:
                 _stats["masked"] += 1
                 return hit
+        prep = prepare(sql)
+        if prep.operator_run is not None:
+            result = _operator_run_result(prep.operator_run)
+            _store(_exact, key, result)
+            return result
         try:
-            norm = _pg.normalize(sql)
+            norm = _pg.normalize(prep.text)
         except Exception:
             norm = None
         nkey: Any = None
         if norm is not None:
-            nkey = (norm, extra_pure_functions) if extra_pure_functions else norm
+            nkey = (norm, context) if context is not None else norm
             hit = _normalized.get(nkey)
             if hit is not None:
                 _stats["normalized"] += 1
@@ -215,7 +296,7 @@ def classify(
                     _store(_exact, key, hit)
                 return hit
         _stats["cold"] += 1
-        result, sensitive, cacheable = _cold(sql, None, prepared, extra_pure_functions)
+        result, sensitive, cacheable = _cold(sql, None, prepared, extra_pure_functions, keys, prep)
         if cacheable:
             _store(_exact, key, result)
             if not sensitive and nkey is not None:
@@ -234,6 +315,7 @@ def classify_bind(
     *,
     prepared: Prepared | None = None,
     extra_pure_functions: frozenset[str] = _EMPTY,
+    keys: KeyCatalog | None = None,
 ) -> Classification:
     """Re-classify at Bind with the actual text-format parameter values.
 
@@ -247,7 +329,7 @@ def classify_bind(
     try:
         if "\x00" in sql:
             return _NUL_RESULT
-        return _cold(sql, params, prepared, extra_pure_functions)[0]
+        return _cold(sql, params, prepared, extra_pure_functions, keys)[0]
     except Exception as exc:
         return _internal_error(exc)
 
@@ -257,10 +339,17 @@ def _cold(
     params: Sequence[bytes | str | None] | None,
     prepared: Prepared | None,
     extra: frozenset[str],
+    keys: KeyCatalog | None = None,
+    prep: Prescan | None = None,
 ) -> tuple[Classification, bool, bool]:
     """Parse and walk. Returns (classification, literal_sensitive, cacheable)."""
+    if prep is None:
+        prep = prepare(sql)
+        if prep.operator_run is not None:
+            return _operator_run_result(prep.operator_run), False, True
+    text = prep.text  # what PostgreSQL's scanner runs on: same offsets as sql
     try:
-        tree = json.loads(_pg.parse_sql_json(sql))
+        tree = _loads(_pg.parse_sql_json(text))
     except _pg.ParseError as exc:
         complaint = parser_complaint(sql, exc)
         return (
@@ -272,16 +361,13 @@ def _cold(
             False,
             True,
         )
-    try:
-        fp = _pg.fingerprint(sql)
-    except Exception:
-        fp = ""
     stmts: list[StatementClass] = []
     sensitive = False
     cacheable = True
     for raw in tree.get("stmts", ()):
-        facts = StatementFacts(params, prepared, extra)
+        facts = StatementFacts(params, prepared, extra, 0, keys)
         facts.source = sql
+        facts.scan_source = text
         facts.span = (raw.get("stmt_location", 0), raw.get("stmt_len", 0))
         try:
             statement(raw.get("stmt") or {}, facts)
@@ -301,6 +387,6 @@ def _cold(
             )
         )
     result = Classification(
-        statements=tuple(stmts), fingerprint=fp, session_dependent=not cacheable
+        statements=tuple(stmts), fingerprint_source=text, session_dependent=not cacheable
     )
     return result, sensitive, cacheable

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from dbgate.policy.model import Classification, Decision, Identity
+from dbgate.policy.model import Action, Classification, Decision, Identity
 from dbgate.policy.rules import RulesError, RuleSet, StatementDecision, load_rules
 
 #: The identity ``dbgate classify`` decides for: an agent with no groups.
@@ -41,6 +41,10 @@ def _statement_json(index: int, sd: StatementDecision) -> dict[str, Any]:
         "columns": sorted(st.columns),
         "functions": sorted(st.functions),
         "needs_bind": st.needs_bind,
+        "read_bound": st.read_bound,
+        "unbounded_tables": sorted(st.unbounded_tables),
+        "write_bound": st.write_bound,
+        "writes_counted": st.writes_counted,
         "action": sd.action.value,
         "rule": sd.rule.name,
         "units": {u.category.value: u.rule.name for u in sd.units},
@@ -93,12 +97,38 @@ def classification_report(
         "approvals_needed": decision.approvals_needed,
         "wait_seconds": decision.wait_seconds,
         "expires_after_seconds": decision.wait_seconds,  # the older name
+        "limits": decision.limits,
+        "over_limit": _over_limit_json(decision),
+        "row_window": _window_json(decision),
+        "guard_clamps": dict(decision.guard_clamps),
         "needs_bind": classification.needs_bind,
         "parse_error": classification.parse_error,
         "parse_error_position": classification.parse_error_position,
         "fingerprint": classification.fingerprint,
         "identity": identity.name,
     }
+
+
+def _over_limit_json(decision: Decision) -> dict[str, Any] | None:
+    """What happens past each limit that applies: refuse (54000) or hold, and by which rule."""
+    out: dict[str, Any] = {}
+    for key, over in (
+        ("max_rows", decision.rows_over_limit),
+        ("max_rows_changed", decision.changes_over_limit),
+    ):
+        if over is not None:
+            out[key] = {
+                "action": "hold" if over.action is Action.HOLD else "refuse",
+                "rule": over.rule,
+            }
+    return out or None
+
+
+def _window_json(decision: Decision) -> dict[str, Any] | None:
+    w = decision.row_window
+    if w is None:
+        return None
+    return {"rows": w.rows, "seconds": w.seconds, "rule": w.rule, "tables": sorted(w.tables)}
 
 
 def _internal_error_report(identity: Identity, error: Exception) -> dict[str, Any]:
@@ -120,6 +150,10 @@ def _internal_error_report(identity: Identity, error: Exception) -> dict[str, An
         "approvals_needed": 1,
         "wait_seconds": None,
         "expires_after_seconds": None,
+        "limits": None,
+        "over_limit": None,
+        "row_window": None,
+        "guard_clamps": {},
         "needs_bind": False,
         "parse_error": None,
         "parse_error_position": None,
@@ -146,6 +180,22 @@ def _print_text(report: dict[str, Any], out: TextIO) -> None:
         else:
             how = ""
         w(f"approval:   {report['approvals_needed']} from {groups}{how}\n")
+    limits = report["limits"]
+    if limits:
+        over = report["over_limit"] or {}
+        for key, what in (("max_rows", "rows returned"), ("max_rows_changed", "rows changed")):
+            if limits.get(key) is not None:
+                then = (over.get(key) or {}).get("action", "refuse")
+                then = "held for approval" if then == "hold" else "refused with SQLSTATE 54000"
+                w(f"limit:      at most {limits[key]} {what} per statement, then {then}\n")
+    window = report["row_window"]
+    if window:
+        w(
+            f"window:     at most {window['rows']} rows per table every "
+            f"{window['seconds']}s for this identity\n"
+        )
+    for setting, ms in report["guard_clamps"].items():
+        w(f"guard:      {setting} stays at this identity's ceiling ({ms} ms)\n")
     w(f"categories: {', '.join(report['categories']) or '-'}\n")
     if report["tables"]:
         w(f"tables:     {', '.join(report['tables'])}\n")

@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dbgate.policy import catalog_builtin as _cat
-from dbgate.policy.model import DDL, A, Category, D, E, W, X
+from dbgate.policy.model import DDL, A, C, Category, D, E, L, W, X
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ EFFECTS: dict[str, Effect] = {
         "reads files or directories on the database server",
         """pg_read_file pg_read_binary_file pg_ls_dir pg_stat_file pg_ls_logdir pg_ls_waldir
         pg_ls_tmpdir pg_ls_archive_statusdir pg_ls_logicalsnapdir pg_ls_logicalmapdir
-        pg_ls_replslotdir pg_ls_summariesdir pg_current_logfile pg_logdir_ls pg_file_read
+        pg_ls_replslotdir pg_ls_summariesdir pg_logdir_ls pg_file_read
         pg_file_length pg_hba_file_rules pg_ident_file_mappings pg_show_all_file_settings
         pg_wal_summary_contents pg_available_wal_summaries""",
     ),
@@ -85,6 +85,14 @@ EFFECTS: dict[str, Effect] = {
         "lo-write",
         "creates or changes a large object",
         "lo_create lo_creat lo_put lo_from_bytea lowrite lo_truncate lo_truncate64",
+    ),
+    # --- locks that outlive the transaction -------------------------------------------
+    **_fx(
+        (L,),
+        "advisory-lock",
+        "takes a session-level advisory lock, which outlives the transaction and blocks "
+        "other sessions until it is released or the session ends",
+        "pg_advisory_lock pg_advisory_lock_shared pg_try_advisory_lock pg_try_advisory_lock_shared",
     ),
     **_fx((X,), "lo-unlink", "deletes a large object", "lo_unlink"),
     # --- remote connections: dblink / postgres_fdw ----------------------------------
@@ -203,21 +211,58 @@ SQL_STRING_FUNCTIONS: dict[str, int] = {
     "ts_stat": 0,
     "ts_rewrite": 1,
 }
-SPECIAL: frozenset[str] = frozenset({"set_config", "pg_notify", *SQL_STRING_FUNCTIONS})
+#: Large-object functions whose arguments decide: data computed from rows written into
+#: a large object is a copy that row limits do not follow; a large object chosen by a
+#: computed value (one per row of ``pg_largeobject_metadata``) is read in bulk.
+LO_WRITES: frozenset[str] = frozenset(
+    ["lo_create", "lo_creat", "lo_put", "lo_from_bytea", "lowrite", "lo_truncate", "lo_truncate64"]
+)
+LO_READS: frozenset[str] = frozenset({"lo_get", "loread"})
+#: Sleeps: a constant one longer than the identity's statement timeout is refused.
+SLEEPS: frozenset[str] = frozenset({"pg_sleep", "pg_sleep_for", "pg_sleep_until"})
+SPECIAL: frozenset[str] = frozenset(
+    {"set_config", "pg_notify", *SQL_STRING_FUNCTIONS, *LO_WRITES, *LO_READS, *SLEEPS}
+)
+
+#: Functions of the ``hypopg`` extension (installed in any schema): hypothetical indexes
+#: live in this session's planner only and change no data (issue: availability guards).
+#: ``hypopg_create_index`` parses the CREATE INDEX it is given and never runs it.
+SESSION_PLANNING: frozenset[str] = frozenset(
+    [
+        "hypopg",
+        "hypopg_create_index",
+        "hypopg_drop_index",
+        "hypopg_reset",
+        "hypopg_reset_index",
+        "hypopg_list_indexes",
+        "hypopg_get_indexdef",
+        "hypopg_relation_size",
+        "hypopg_hide_index",
+        "hypopg_unhide_index",
+        "hypopg_unhide_all_indexes",
+        "hypopg_hidden_indexes",
+    ]
+)
+SESSION_PLANNING_EFFECT = Effect(
+    frozenset({C}),
+    "hypothetical-index",
+    "creates or inspects hypothetical indexes (hypopg), which exist only in this "
+    "session's planner and change no data",
+)
 
 #: VOLATILE built-ins reviewed as harmless: they read, return fresh values, or touch
-#: only session-local / advisory state. (Advisory locks and pg_sleep can slow other
-#: sessions down, but statement_timeout is the right control for that, and holding
-#: them would break ordinary job-queue and retry code.)
+#: only session-local state. Transaction-level advisory locks end with the transaction,
+#: which the session guards bound (``transaction_timeout``,
+#: ``idle_in_transaction_session_timeout``); session-level ones are ``lock`` (above).
+#: ``pg_current_logfile`` returns the path of the server's log file and reads no file.
 REVIEWED_VOLATILE_PURE: frozenset[str] = _cat._names(
     """
     array_sample array_shuffle clock_timestamp current_query currval lastval gen_random_uuid
     uuidv4 uuidv7 random random_normal setseed timeofday txid_status pg_xact_status
     pg_xact_commit_timestamp pg_xact_commit_timestamp_origin pg_last_committed_xact
-    pg_advisory_lock pg_advisory_lock_shared pg_advisory_unlock pg_advisory_unlock_all
+    pg_advisory_unlock pg_advisory_unlock_all
     pg_advisory_unlock_shared pg_advisory_xact_lock pg_advisory_xact_lock_shared
-    pg_try_advisory_lock pg_try_advisory_lock_shared pg_try_advisory_xact_lock
-    pg_try_advisory_xact_lock_shared pg_sleep pg_sleep_for pg_sleep_until
+    pg_try_advisory_xact_lock pg_try_advisory_xact_lock_shared pg_current_logfile
     pg_blocking_pids pg_safe_snapshot_blocking_pids pg_isolation_test_session_is_blocked
     pg_lock_status pg_notification_queue_usage pg_prepared_xact pg_collation_actual_version
     pg_database_collation_actual_version pg_control_checkpoint pg_control_init
@@ -237,7 +282,7 @@ REVIEWED_VOLATILE_PURE: frozenset[str] = _cat._names(
     pg_stat_get_xact_numscans pg_stat_get_xact_tuples_deleted pg_stat_get_xact_tuples_fetched
     pg_stat_get_xact_tuples_hot_updated pg_stat_get_xact_tuples_inserted
     pg_stat_get_xact_tuples_newpage_updated pg_stat_get_xact_tuples_returned
-    pg_stat_get_xact_tuples_updated lo_open lo_close lo_lseek lo_lseek64 lo_tell lo_tell64 lo_get loread
+    pg_stat_get_xact_tuples_updated lo_open lo_close lo_lseek lo_lseek64 lo_tell lo_tell64
     """
 )
 
@@ -248,6 +293,34 @@ COLLECTING_AGGREGATES: frozenset[str] = _cat._names(
     json_object_agg json_object_agg_strict json_object_agg_unique json_object_agg_unique_strict
     jsonb_object_agg jsonb_object_agg_strict jsonb_object_agg_unique
     jsonb_object_agg_unique_strict xmlagg range_agg"""
+)
+
+#: Set-returning built-ins (``proretset``): in a target list, any number of rows.
+SET_RETURNING: frozenset[str] = _cat._names(
+    """aclexplode generate_series generate_subscripts json_array_elements
+    json_array_elements_text json_each json_each_text json_object_keys json_populate_recordset
+    json_to_recordset jsonb_array_elements jsonb_array_elements_text jsonb_each jsonb_each_text
+    jsonb_object_keys jsonb_path_query jsonb_path_query_tz jsonb_populate_recordset
+    jsonb_to_recordset pg_available_extension_versions pg_available_extensions
+    pg_available_wal_summaries pg_config pg_cursor pg_event_trigger_ddl_commands
+    pg_event_trigger_dropped_objects pg_extension_update_paths pg_get_aios
+    pg_get_backend_memory_contexts pg_get_catalog_foreign_keys pg_get_keywords
+    pg_get_loaded_modules pg_get_multixact_members pg_get_publication_tables
+    pg_get_replication_slots pg_get_shmem_allocations pg_get_shmem_allocations_numa
+    pg_get_wait_events pg_get_wal_resource_managers pg_hba_file_rules pg_ident_file_mappings
+    pg_listening_channels pg_lock_status pg_logical_slot_get_binary_changes
+    pg_logical_slot_get_changes pg_logical_slot_peek_binary_changes pg_logical_slot_peek_changes
+    pg_ls_archive_statusdir pg_ls_dir pg_ls_logdir pg_ls_logicalmapdir pg_ls_logicalsnapdir
+    pg_ls_replslotdir pg_ls_summariesdir pg_ls_tmpdir pg_ls_waldir pg_mcv_list_items
+    pg_options_to_table pg_partition_ancestors pg_partition_tree pg_prepared_statement
+    pg_prepared_xact pg_show_all_file_settings pg_show_all_settings
+    pg_show_replication_origin_status pg_snapshot_xip pg_stat_get_activity
+    pg_stat_get_backend_idset pg_stat_get_backend_io pg_stat_get_io pg_stat_get_progress_info
+    pg_stat_get_recovery_prefetch pg_stat_get_slru pg_stat_get_subscription
+    pg_stat_get_wal_senders pg_tablespace_databases pg_timezone_abbrevs_abbrevs
+    pg_timezone_abbrevs_zone pg_timezone_names pg_wal_summary_contents regexp_matches
+    regexp_split_to_table string_to_table ts_debug ts_parse ts_stat ts_token_type
+    txid_snapshot_xip unnest"""
 )
 
 #: Aggregates that reduce many rows to one value (count, sum, max ...).
@@ -268,6 +341,8 @@ PURE: frozenset[str] = (
 
 #: Every function name PostgreSQL itself ships in pg_catalog (any volatility).
 BUILTIN_NAMES: frozenset[str] = _cat.STABLE_OR_IMMUTABLE | _cat.VOLATILE | _cat.AGGREGATES
+#: Built-in type names, callable as function-style casts (``regclass('t')``).
+BUILTIN_TYPES: frozenset[str] = _cat.BUILTIN_TYPES
 
 #: Schema-qualified names known to be pure (information_schema helpers used by JDBC).
 QUALIFIED_PURE: frozenset[str] = frozenset(

@@ -35,6 +35,7 @@ class Category(StrEnum):
     ESCAPE = "escape"
     OPAQUE = "opaque"
     CONTROL = "control"
+    LOCK = "lock"
 
 
 # Module-level names for the categories, defined here once. The long names are for
@@ -52,6 +53,7 @@ ADMIN = A = Category.ADMIN
 ESCAPE = ESC = Category.ESCAPE
 OPAQUE = O = Category.OPAQUE  # noqa: E741 - a column of tables, reads better short
 CONTROL = C = Category.CONTROL
+LOCK = L = Category.LOCK
 
 
 class Action(StrEnum):
@@ -95,9 +97,45 @@ class PreparedEffect:
     body: str = ""
 
 
+#: The session guards: timeouts an identity may lower but not raise past its ceiling.
+GUARD_SETTINGS = (
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "transaction_timeout",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSetting:
+    """A statement's change to one of :data:`GUARD_SETTINGS`, for the rules to compare
+    with the identity's ceiling.
+
+    ``value_ms``: the new value in milliseconds as the server reads it (0 means "no
+    limit"); None when it is not known in advance (computed, a parameter, or text the
+    server would read differently). ``reset``: back to the session's starting value
+    (``RESET``, ``SET ... TO DEFAULT``), which is the value dbgate set.
+    ``local``: ``SET LOCAL`` / ``set_config(..., true)``, until the transaction ends.
+    """
+
+    name: str
+    value_ms: int | None
+    local: bool = False
+    reset: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class StatementClass:
-    """Classification of one statement of a query string."""
+    """Classification of one statement of a query string.
+
+    Bounds (docs/classifier.md, "Narrow by proof"): ``read_bound`` is a proven upper
+    bound on the table rows the statement reads (0: none; None: unbounded, the
+    run-time ``max_rows`` applies), ``unbounded_tables`` the tables read without one.
+    ``write_bound`` bounds the rows it inserts, updates or deletes (0: it changes no
+    rows; None: unbounded, ``max_rows_changed`` applies), and ``writes_counted`` says
+    whether the statement's command tag counts them (not so for a DML in WITH or
+    under EXPLAIN ANALYZE).
+    """
 
     categories: frozenset[Category]
     reasons: tuple[Reason, ...]
@@ -113,6 +151,13 @@ class StatementClass:
     # SET/RESET dbgate.purpose or dbgate.model: what the agent declares about itself
     # for approvers, as (key, value) pairs ("purpose" or "model"; "" after RESET).
     declares: tuple[tuple[str, str], ...] = ()
+    read_bound: int | None = 0
+    unbounded_tables: frozenset[str] = frozenset()
+    write_bound: int | None = 0
+    writes_counted: bool = True
+    # Changes to the session guards (timeouts), and the longest constant pg_sleep (ms).
+    guard_settings: tuple[GuardSetting, ...] = ()
+    sleep_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +165,9 @@ class Classification:
     """Classification of a whole query string (one or more statements)."""
 
     statements: tuple[StatementClass, ...]
-    fingerprint: str = ""
+    # The text the fingerprint is computed from, on demand (:attr:`fingerprint`): a
+    # fingerprint is a full parse, and only holds and approvals read it.
+    fingerprint_source: str = field(default="", repr=False)
     parse_error: str | None = None  # set when pglast could not parse: always fails closed
     # Where the parser stopped, as PostgreSQL reports it (ErrorResponse field P):
     # 1-based, in characters of the query string; None when unknown.
@@ -128,6 +175,19 @@ class Classification:
     # True when the result depends on session state (EXECUTE of a prepared statement):
     # the same text may classify differently later in the same session.
     session_dependent: bool = False
+
+    @property
+    def fingerprint(self) -> str:
+        """pglast's fingerprint of the query string (its shape, not its literals); ""
+        when there is none (a parse error, an empty string)."""
+        if not self.fingerprint_source:
+            return ""
+        from pglast import parser
+
+        try:
+            return str(parser.fingerprint(self.fingerprint_source))
+        except Exception:
+            return ""
 
     @property
     def categories(self) -> frozenset[Category]:
@@ -158,6 +218,26 @@ class Classification:
         return tuple(d for s in self.statements for d in s.declares)
 
     @property
+    def read_bound(self) -> int | None:
+        """Table rows the whole string reads (None: some statement is unbounded)."""
+        out = 0
+        for s in self.statements:
+            if s.read_bound is None:
+                return None
+            out += s.read_bound
+        return out
+
+    @property
+    def write_bound(self) -> int | None:
+        """Rows the whole string changes (None: some statement is unbounded)."""
+        out = 0
+        for s in self.statements:
+            if s.write_bound is None:
+                return None
+            out += s.write_bound
+        return out
+
+    @property
     def prepared_effects(self) -> tuple[PreparedEffect, ...]:
         """What the query string does to prepared statements, statement by statement,
         in order (empty for almost every string)."""
@@ -172,6 +252,33 @@ class Identity:
     application_name: str = ""
     client_addr: str = ""
     groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class OverLimit:
+    """What the run time does when a statement passes one of its limits.
+
+    ``action`` DENY: stop, and fail the statement with SQLSTATE 54000; HOLD: roll the
+    statement back (a write, run under a savepoint) and ask a human, showing the
+    measured count, with these approval parameters. ``rule`` set the limit.
+    """
+
+    action: Action
+    rule: str
+    approver_groups: tuple[str, ...] = ()
+    approvals_needed: int = 1
+    expires_after_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RowWindow:
+    """Rows an identity may read from each table over a sliding window (all sessions
+    and replicas): accounted per (identity, table) for every table in ``tables``."""
+
+    rows: int
+    seconds: int
+    rule: str
+    tables: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,3 +308,25 @@ class Decision:
     def expires_after_seconds(self) -> float | None:
         """The older name of :attr:`wait_seconds`."""
         return self.wait_seconds
+
+    # Run-time limits of an allowed statement that is not proven within them: at most
+    # ``max_rows`` rows returned per statement (portals, FETCH and COPY TO included),
+    # at most ``max_rows_changed`` rows inserted/updated/deleted/merged per statement.
+    # None: no limit applies. ``*_over_limit`` says what to do past each.
+    max_rows: int | None = None
+    max_rows_changed: int | None = None
+    rows_over_limit: OverLimit | None = None
+    changes_over_limit: OverLimit | None = None
+    # Rows per identity and table over a sliding window, for every allowed read.
+    row_window: RowWindow | None = None
+    # (setting, ms): guards the statement sets to 0 ("no limit") that must stay at the
+    # identity's ceiling: the run time sets each back right after the statement.
+    guard_clamps: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def limits(self) -> dict[str, int | None] | None:
+        """``{"max_rows": N, "max_rows_changed": M}`` when a limit applies, else None
+        (what ``dbgate classify --json`` reports)."""
+        if self.max_rows is None and self.max_rows_changed is None:
+            return None
+        return {"max_rows": self.max_rows, "max_rows_changed": self.max_rows_changed}

@@ -44,11 +44,21 @@ class ParserComplaint(NamedTuple):
     position: int | None  # 1-based, in characters of the query string
 
 
+_UNTERMINATED_COMMENT = "unterminated /* comment at or near "
+
+
 def parser_complaint(sql: str, error: ParseError) -> ParserComplaint:
-    """Message and position of ``error``, raised by pglast for the text ``sql``."""
+    """Message and position of ``error``, raised by pglast for the text ``sql``.
+
+    pglast may have parsed a copy of ``sql`` whose nested comments were flattened
+    (:mod:`dbgate.policy.prescan`: same offsets); an unterminated comment's message
+    quotes the rest of the text from the comment's start, so it is quoted from ``sql``.
+    """
     args = error.args
     message = str(args[0]) if args else "syntax error"
     index = args[1] if len(args) > 1 else None
+    if message.startswith(_UNTERMINATED_COMMENT) and isinstance(index, int):
+        message = f'{_UNTERMINATED_COMMENT}"{sql[index:]}"'
     if isinstance(index, int) and 0 <= index < len(sql):
         position: int | None = index + 1
     elif message.endswith("at end of input"):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dbgate.policy import limits
 from dbgate.policy.model import (
     Action,
     Category,
@@ -42,6 +43,9 @@ from dbgate.policy.model import (
 )
 from dbgate.policy.rules_load import RuleProblem, RulesError, load_directory
 from dbgate.policy.rules_match import SEVERITY, Match, Rule
+from dbgate.policy.session_guards import GuardEntry, SessionGuards
+from dbgate.policy.session_guards import judge as judge_guards
+from dbgate.policy.session_guards import resolve as resolve_guards
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +186,8 @@ class RuleSet:
     default: Rule = field(default=DEFAULT_RULE)
     #: Not errors, but almost certainly mistakes (see :func:`find_shadowed`).
     warnings: tuple[RuleProblem, ...] = ()
+    #: ``session_guards`` entries, in pack order (docs/rules.md, "Session guards").
+    guards: tuple[GuardEntry, ...] = ()
 
     _compiled: tuple[_Compiled, ...] = field(init=False, repr=False, compare=False)
     _by_identity: dict[Identity, dict[Category, tuple[_Compiled, ...]]] = field(
@@ -191,6 +197,7 @@ class RuleSet:
         init=False, repr=False, compare=False
     )
     _decisions: dict[tuple[Identity, int], Decision] = field(init=False, repr=False, compare=False)
+    _guards: dict[Identity, SessionGuards] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Pack order is the rule's position here, whatever the caller passed in, and
@@ -209,6 +216,18 @@ class RuleSet:
         object.__setattr__(self, "_by_identity", {})
         object.__setattr__(self, "_messages", {})
         object.__setattr__(self, "_decisions", {})
+        object.__setattr__(self, "_guards", {})
+
+    def session_guards(self, identity: Identity) -> SessionGuards:
+        """The identity's timeout ceilings: what the gate sets on every upstream session
+        it opens for it, and what statements may not raise (first matching
+        ``session_guards`` entry per setting; none: no ceiling)."""
+        cached = self._guards.get(identity)
+        if cached is None:
+            if len(self._guards) > 4096:
+                self._guards.clear()
+            cached = self._guards[identity] = resolve_guards(self.guards, identity)
+        return cached
 
     # -- evaluation -----------------------------------------------------------------
     def _candidates(self, identity: Identity) -> dict[Category, tuple[_Compiled, ...]]:
@@ -277,6 +296,8 @@ class RuleSet:
             if hit is not None and hit.classification is classification:
                 return hit
             decision = self._decide(identity, classification)
+            if self.guards:
+                decision = judge_guards(decision, self.session_guards(identity), classification)
             if len(self._decisions) >= _DECISION_CACHE_SIZE:
                 self._decisions.clear()
             self._decisions[key] = decision
@@ -344,6 +365,11 @@ class RuleSet:
                 if msg not in messages:
                     messages.append(msg)
             message = "; ".join(messages)
+        if first.action is Action.ALLOW:
+            allowed = Decision(
+                first.action, first.name, message, classification=classification, reasons=reasons
+            )
+            return limits.limited(allowed, [deciding[i][0] for i in order], classification)
         if first.action is not Action.HOLD:
             return Decision(
                 first.action, first.name, message, classification=classification, reasons=reasons
@@ -376,8 +402,10 @@ def load_rules(directory: Path | None = None) -> RuleSet:
     Raises :class:`RulesError` listing every problem as ``file:line: message``.
     """
     path = Path(directory) if directory is not None else default_rules_dir()
-    rules, files = load_directory(path)
-    return RuleSet(tuple(rules), tuple(files), warnings=tuple(find_shadowed(rules)))
+    rules, files, guards = load_directory(path)
+    return RuleSet(
+        tuple(rules), tuple(files), warnings=tuple(find_shadowed(rules)), guards=tuple(guards)
+    )
 
 
 def _category_only(rule: Rule) -> bool:
@@ -442,6 +470,7 @@ def decide_bind(
     *,
     prepared: Prepared | None = None,
     bind_classifier: Callable[[Classification, str, Sequence[Any]], Classification] | None = None,
+    keys: Any = None,
 ) -> Decision:
     """Decision at Bind time, when a Parse-time classification depends on parameters.
 
@@ -451,8 +480,10 @@ def decide_bind(
     values. Statements that do not need it keep their Parse-time decision. A failure
     to re-classify is ``deny`` (rule ``internal-error``), never the optimistic path.
 
-    ``prepared`` (name -> SQL of the session's PREPAREd statements) is passed on to
-    the classifier so ``EXECUTE name`` is judged by its body. ``bind_classifier``
+    ``prepared`` (name -> SQL of the session's PREPAREd statements) and ``keys`` (the
+    :class:`~dbgate.policy.keys.KeyCatalog` the Parse was classified with) are passed on
+    to the classifier so ``EXECUTE name`` is judged by its body and the same keys
+    prove narrowness. ``bind_classifier``
     defaults to :func:`dbgate.policy.classify.classify_bind`; tests may pass another.
     """
     if not classification.needs_bind or classification.parse_error is not None:
@@ -462,7 +493,7 @@ def decide_bind(
         if bind_classifier is None:
             from dbgate.policy.classify import classify_bind
 
-            bound = classify_bind(classification, sql, values, prepared=prepared)
+            bound = classify_bind(classification, sql, values, prepared=prepared, keys=keys)
         else:
             bound = bind_classifier(classification, sql, values)
     except Exception as e:  # fail closed on any classifier failure

@@ -21,13 +21,29 @@ from typing import Any
 
 import yaml
 
-from dbgate.policy.model import Action, Category
+from dbgate.policy.catalog_settings import parse_time_ms
+from dbgate.policy.model import GUARD_SETTINGS, Action, Category
 from dbgate.policy.rules_match import Glob, Match, Rule, command_key
+from dbgate.policy.session_guards import GuardEntry
 
 #: Names the engine itself uses in ``Decision.rule``; a pack may not reuse them.
 RESERVED_RULE_NAMES = frozenset({"default", "internal-error", "parse-error", "empty-query"})
 
-TOP_LEVEL_KEYS = ("version", "rules")
+TOP_LEVEL_KEYS = ("version", "rules", "session_guards")
+GUARD_KEYS = (
+    "name",
+    "description",
+    "match",
+    *GUARD_SETTINGS,
+    "set_to_zero",
+    "approver_groups",
+    "approvals_needed",
+    "wait_seconds",
+    "expires_after",
+)
+#: What a guard entry's ``match`` may name: only who is asking (a guard is per session).
+GUARD_MATCH_KEYS = ("identities", "groups", "application_names")
+SET_TO_ZERO = {"clamp": Action.ALLOW, "hold": Action.HOLD}
 RULE_KEYS = (
     "name",
     "description",
@@ -38,8 +54,17 @@ RULE_KEYS = (
     "approvals_needed",
     "wait_seconds",
     "expires_after",
+    "max_rows",
+    "max_rows_changed",
+    "max_rows_per_window",
+    "window",
+    "over_limit",
 )
 HOLD_ONLY_KEYS = ("approver_groups", "approvals_needed", "wait_seconds", "expires_after")
+#: Keys of an allow rule's run-time limits (docs/rules.md, "Run-time limits").
+LIMIT_KEYS = ("max_rows", "max_rows_changed", "max_rows_per_window", "window", "over_limit")
+#: What ``over_limit`` may say: refuse (SQLSTATE 54000) or hold for a human.
+OVER_LIMIT = {"refuse": Action.DENY, "hold": Action.HOLD}
 MATCH_KEYS = (
     "categories",
     "all_categories",
@@ -151,6 +176,7 @@ class _FileLoader:
         self.display = display
         self.problems = problems
         self._constructor = yaml.constructor.SafeConstructor()
+        self.guards: list[GuardEntry] = []
 
     def problem(self, node: yaml.Node | int, message: str) -> None:
         line = node if isinstance(node, int) else _line(node)
@@ -243,7 +269,11 @@ class _FileLoader:
                 self.problem(
                     vnode, f"unsupported version {_describe(vnode)}; this dbgate reads version 1"
                 )
+        if "session_guards" in keys:
+            self.guard_entries(keys["session_guards"][1])
         if "rules" not in keys:
+            if "session_guards" in keys:
+                return []  # a file of guards only
             self.problem(root, "missing key 'rules' (a list of rules)")
             return []
         rnode = keys["rules"][1]
@@ -306,13 +336,17 @@ class _FileLoader:
         if "message" in keys:
             message = self.string(keys["message"][1], "'message'") or ""
 
-        if action is not None and action is not Action.HOLD:
+        limits = self.limits(keys, action, label)
+        over_hold = limits.get("over_limit") is Action.HOLD
+        if action is not None and action is not Action.HOLD and not over_hold:
             for k in HOLD_ONLY_KEYS:
                 if k in keys:
-                    self.problem(
-                        keys[k][0],
-                        f"'{k}' only applies to 'action: hold' ({label} is '{action.value}')",
+                    why = (
+                        f"({label} is '{action.value}')"
+                        if action is not Action.ALLOW
+                        else f"or to an allow rule with 'over_limit: hold' ({label} has none)"
                     )
+                    self.problem(keys[k][0], f"'{k}' only applies to 'action: hold' {why}")
 
         approver_groups: tuple[str, ...] = ()
         if "approver_groups" in keys:
@@ -352,6 +386,166 @@ class _FileLoader:
             wait_seconds=wait,
             file=self.display,
             line=_line(node),
+            **limits,
+        )
+
+    def limits(
+        self, keys: dict[str, tuple[yaml.Node, yaml.Node]], action: Action | None, label: str
+    ) -> dict[str, Any]:
+        """The run-time limit keys of a rule, validated; only an allow rule has them."""
+        out: dict[str, Any] = {}
+        present = [k for k in LIMIT_KEYS if k in keys]
+        if not present:
+            return out
+        if action is not None and action is not Action.ALLOW:
+            for k in present:
+                self.problem(
+                    keys[k][0],
+                    f"'{k}' only applies to 'action: allow' ({label} is '{action.value}'): "
+                    "a limit lets a statement run up to it",
+                )
+            return out
+        for k in ("max_rows", "max_rows_changed", "max_rows_per_window"):
+            if k in keys:
+                vnode = keys[k][1]
+                v = self.scalar(vnode)
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    self.problem(vnode, f"'{k}' must be an integer >= 1, got {_describe(vnode)}")
+                else:
+                    out[k] = v
+        if "window" in keys:
+            vnode = keys["window"][1]
+            v = self.scalar(vnode)
+            seconds = v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+            if seconds is None and isinstance(v, str):
+                seconds = parse_duration(v)
+            if seconds is None:
+                self.problem(
+                    vnode,
+                    f"bad duration {_describe(vnode)} for 'window'; use e.g. 15m, 1h, 1d",
+                )
+            elif "max_rows_per_window" not in keys:
+                self.problem(keys["window"][0], "'window' needs 'max_rows_per_window'")
+            else:
+                out["window_seconds"] = seconds
+        elif "max_rows_per_window" in out:
+            out["window_seconds"] = 3600
+        if "over_limit" in keys:
+            vnode = keys["over_limit"][1]
+            v = self.string(vnode, "'over_limit'")
+            if v is not None and v not in OVER_LIMIT:
+                self.problem(vnode, f"unknown over_limit '{v}'{suggest(v, tuple(OVER_LIMIT))}")
+            elif v is not None:
+                if "max_rows" not in keys and "max_rows_changed" not in keys:
+                    self.problem(
+                        keys["over_limit"][0],
+                        "'over_limit' needs 'max_rows' or 'max_rows_changed' (what is past it?)",
+                    )
+                out["over_limit"] = OVER_LIMIT[v]
+        return out
+
+    def guard_entries(self, node: yaml.Node) -> None:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.problem(
+                node, f"'session_guards' must be a non-empty list of entries, got {_describe(node)}"
+            )
+            return
+        for item in node.value:
+            entry = self.guard_entry(item)
+            if entry is not None:
+                self.guards.append(entry)
+
+    def guard_entry(self, node: yaml.Node) -> GuardEntry | None:
+        """One ``session_guards`` entry: a name, who it is for, and ceilings."""
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, f"each session guard must be a mapping, got {_describe(node)}")
+            return None
+        before = len(self.problems)
+        keys = self.mapping(node, "a session guard", GUARD_KEYS)
+        name = None
+        if "name" not in keys:
+            self.problem(node, "session guard is missing 'name'")
+        else:
+            name = self.string(keys["name"][1], "'name'")
+            if name is not None and not _RULE_NAME.match(name):
+                self.problem(
+                    keys["name"][1], f"guard name {name!r} must be letters, digits, '-', '_' or '.'"
+                )
+                name = None
+            elif name in RESERVED_RULE_NAMES:
+                self.problem(keys["name"][1], f"guard name '{name}' is reserved; choose another")
+                name = None
+        ceilings: dict[str, int] = {}
+        for setting in GUARD_SETTINGS:
+            if setting not in keys:
+                continue
+            vnode = keys[setting][1]
+            text = str(vnode.value) if isinstance(vnode, yaml.ScalarNode) else None
+            ms = parse_time_ms(text) if text is not None and vnode.tag == _STR_TAG else None
+            if ms is None or ms == 0:
+                self.problem(
+                    vnode,
+                    f"'{setting}' must be a time with a unit, as PostgreSQL writes it "
+                    f"(e.g. 500ms, 30s, 5min, 1h), above 0; got {_describe(vnode)}",
+                )
+            else:
+                ceilings[setting] = ms
+        if not ceilings and len(self.problems) == before:
+            self.problem(
+                node,
+                f"session guard sets no ceiling; give at least one of {', '.join(GUARD_SETTINGS)}",
+            )
+        zero = Action.ALLOW
+        if "set_to_zero" in keys:
+            v = self.string(keys["set_to_zero"][1], "'set_to_zero'")
+            if v is not None and v not in SET_TO_ZERO:
+                self.problem(
+                    keys["set_to_zero"][1],
+                    f"unknown set_to_zero '{v}'{suggest(v, tuple(SET_TO_ZERO))}",
+                )
+            elif v is not None:
+                zero = SET_TO_ZERO[v]
+        approver_groups: tuple[str, ...] = ()
+        if "approver_groups" in keys:
+            items = self.string_list(keys["approver_groups"][1], "'approver_groups'")
+            approver_groups = tuple(s for _, s in items or [])
+        approvals_needed = 1
+        if "approvals_needed" in keys:
+            vnode = keys["approvals_needed"][1]
+            v = self.scalar(vnode)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                self.problem(
+                    vnode, f"'approvals_needed' must be an integer >= 1, got {_describe(vnode)}"
+                )
+            else:
+                approvals_needed = v
+        expires = self.wait_seconds(keys)
+        match = Match()
+        if "match" in keys:
+            mnode = keys["match"][1]
+            if not isinstance(mnode, yaml.MappingNode):
+                self.problem(mnode, f"'match' must be a mapping, got {_describe(mnode)}")
+            else:
+                for knode, _ in mnode.value:
+                    if self.scalar(knode) not in GUARD_MATCH_KEYS:
+                        self.problem(
+                            knode,
+                            f"a session guard matches only who is asking: "
+                            f"{', '.join(GUARD_MATCH_KEYS)}",
+                        )
+                match = self.match(mnode, case_insensitive=False)
+        if len(self.problems) != before or name is None:
+            return None
+        return GuardEntry(
+            name,
+            ceilings,
+            match,
+            zero,
+            approver_groups,
+            approvals_needed,
+            expires,
+            self.display,
+            _line(node),
         )
 
     def wait_seconds(self, keys: dict[str, tuple[yaml.Node, yaml.Node]]) -> float | None:
@@ -456,8 +650,10 @@ def rule_files(directory: Path) -> list[Path]:
     )
 
 
-def load_directory(directory: Path) -> tuple[list[Rule], list[Path]]:
-    """Validate every rules file of ``directory``; raise :class:`RulesError` on any problem."""
+def load_directory(directory: Path) -> tuple[list[Rule], list[Path], list[GuardEntry]]:
+    """Validate every rules file of ``directory``; raise :class:`RulesError` on any problem.
+
+    Returns the rules and the session guard entries, each in pack order."""
     problems: list[RuleProblem] = []
     shown = str(directory)
     if not directory.exists():
@@ -470,11 +666,26 @@ def load_directory(directory: Path) -> tuple[list[Rule], list[Path]]:
         if not files:
             raise RulesError([RuleProblem(shown, 0, "no *.yaml rule files in directory")])
     rules: list[Rule] = []
-    seen: dict[str, Rule] = {}
+    guards: list[GuardEntry] = []
+    seen: dict[str, Rule | GuardEntry] = {}
     for path in files:
         file_problems: list[RuleProblem] = []
-        loaded = _FileLoader(path, str(path), file_problems).load()
+        loader = _FileLoader(path, str(path), file_problems)
+        loaded = loader.load()
         problems.extend(sorted(file_problems, key=lambda p: p.line))  # read top to bottom
+        for entry in loader.guards:
+            if entry.name in seen:
+                first = seen[entry.name]
+                problems.append(
+                    RuleProblem(
+                        entry.file,
+                        entry.line,
+                        f"duplicate name '{entry.name}' (first defined at {first.file}:{first.line})",
+                    )
+                )
+                continue
+            seen[entry.name] = entry
+            guards.append(entry)
         for rule in loaded:
             if rule.name in seen:
                 first = seen[rule.name]
@@ -490,7 +701,7 @@ def load_directory(directory: Path) -> tuple[list[Rule], list[Path]]:
             rules.append(rule)
     if problems:
         raise RulesError(problems)
-    return [_with_index(r, i) for i, r in enumerate(rules)], files
+    return [_with_index(r, i) for i, r in enumerate(rules)], files, guards
 
 
 def _with_index(rule: Rule, index: int) -> Rule:

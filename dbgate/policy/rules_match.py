@@ -223,6 +223,15 @@ class Rule:
     file: str = ""
     line: int = 0
     index: int = 0
+    # Run-time limits of an allow rule (docs/rules.md, "Run-time limits"): rows
+    # returned per statement, rows changed per statement, rows read per identity and
+    # table over a window; and what happens past the first two (DENY: fail with
+    # 54000, HOLD: ask a human with the measured count).
+    max_rows: int | None = None
+    max_rows_changed: int | None = None
+    max_rows_per_window: int | None = None
+    window_seconds: int | None = None
+    over_limit: Action = Action.DENY
 
     @property
     def expires_after_seconds(self) -> float | None:

@@ -16,8 +16,8 @@ from typing import Any
 from dbgate.policy import functions as _fn
 from dbgate.policy.catalog_builtin import OPERATORS
 from dbgate.policy.catalog_settings import VALUE_SENSITIVE, setting_effects
-from dbgate.policy.model import DUMP, EXPORT, OPAQUE, WRITE
-from dbgate.policy.walk import nested, queries, statements
+from dbgate.policy.model import DUMP, EXPORT, OPAQUE, READ, WRITE
+from dbgate.policy.walk import guards, nested, queries, sources, statements
 from dbgate.policy.walk.facts import StatementFacts
 from dbgate.policy.walk.nodes import (
     DYNAMIC,
@@ -26,6 +26,7 @@ from dbgate.policy.walk.nodes import (
     QUERY_NODES,
     Ctes,
     op_name,
+    relname,
     strs,
     value_of,
 )
@@ -54,7 +55,7 @@ def walk(v: Any, facts: StatementFacts, out: bool, ctes: Ctes) -> None:
             if h is not None:
                 h(x, facts, out, ctes)
             elif k in QUERY_NODES:
-                queries.query(k, x, facts, out, ctes)
+                queries.nested_query(k, x, facts, out, ctes)
             elif k[0].isupper() and k.endswith("Stmt"):
                 statements.stmt_body(k, x, facts)
             else:
@@ -76,8 +77,12 @@ def _column_ref(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes)
         parts.append(s["sval"] if s is not None and "sval" in s else "*")
     if len(parts) == 1:
         facts.columns.add(parts[0])
+        if facts.free_refs is not None and parts[0] != "*":
+            facts.free_refs.add("?" + parts[0])
     elif parts:
         facts.columns.add(".".join(parts))
+        if facts.free_refs is not None:
+            facts.free_refs.add(parts[-2])
 
 
 def _sublink(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
@@ -89,7 +94,17 @@ def _sublink(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) ->
     sub = x.get("subselect")
     if isinstance(sub, dict):
         for k, body in sub.items():
-            queries.query(k, body, facts, carries, ctes)
+            produced = queries.nested_query(k, body, facts, carries, ctes)
+            if kind == "ARRAY_SUBLINK" and queries.carries_rows(produced.reads, produced.rows):
+                # ARRAY(SELECT ...) puts every row it reads in one value: in the
+                # result, or in an error message when cast to something it is not.
+                tables = tuple(t for t, n in produced.reads.items() if type(t) is str and n is None)
+                facts.add(
+                    DUMP,
+                    "collects-rows",
+                    f"collects rows of {_names(tables)} into one array (ARRAY(SELECT ...)) "
+                    "with no unique key that bounds them, so a row limit cannot bound it",
+                )
 
 
 #: Operator "names" the grammar uses for constructs that are not pg_operator entries.
@@ -120,11 +135,27 @@ def _a_expr(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> 
 
 
 def _range_var_expr(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
-    queries.from_range_var(x, facts, ctes)
+    """A relation outside any FROM this walk understands: read, and not bounded."""
+    schema, name = relname(x)
+    if schema is None and name in ctes:
+        return
+    whole = sources.from_range_var(x, facts)
+    for table in whole:
+        facts.reads[table] = None
+
+
+def _names(tables: tuple[str, ...]) -> str:
+    from dbgate.policy.walk.nodes import name_list
+
+    return name_list(tables or ("a table",))
 
 
 def _func_call(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
     names = strs(x.get("funcname"))
+    if facts.calls is not None:
+        facts.calls.append(
+            (names[-1] if names else "", names[-2] if len(names) > 1 else None, "over" in x)
+        )
     func_names(names, x, facts, out, ctes)
     walk(x.get("args"), facts, out, ctes)
     for f in ("agg_order", "agg_filter", "over"):
@@ -143,6 +174,11 @@ def func_names(
     schema = names[-2] if len(names) > 1 else None
     qual = ".".join(names)
     facts.functions.add(qual)
+    if name in _fn.SESSION_PLANNING:  # hypopg, in whatever schema it was installed
+        eff = _fn.SESSION_PLANNING_EFFECT
+        for c in eff.categories:
+            facts.add(c, eff.code, f"calls {qual}, which {eff.message}")
+        return
     eff = _fn.EFFECTS.get(name)
     if eff is not None:
         for c in eff.categories:
@@ -205,15 +241,29 @@ def _special(name: str, qual: str, x: dict[str, Any], facts: StatementFacts) -> 
     if name == "set_config":
         _set_config(qual, args, facts)
     elif name == "pg_notify":
-        payload = args[1] if len(args) > 1 else None
-        if payload is None or "A_Const" in payload or "ParamRef" in payload:
-            facts.add(WRITE, "notify", f"calls {qual}, which notifies listening sessions")
+        _notify(qual, args, facts)
+    elif name in _fn.LO_WRITES:
+        if all(guards.single_value(a) for a in args):
+            facts.add(WRITE, "lo-write", f"calls {qual}, which creates or changes a large object")
         else:
             facts.add(
                 EXPORT,
-                "notify-carries-data",
-                f"calls {qual} with a computed payload, which can carry table data to other sessions",
+                "lo-write-carries-data",
+                f"calls {qual} with computed arguments, which copies data into a large "
+                "object, outside the table and out of reach of its row limits",
             )
+    elif name in _fn.LO_READS:
+        if args and guards.single_value(args[0]):
+            facts.add(READ, "lo-read", f"calls {qual}, which reads one large object")
+        else:
+            facts.add(
+                DUMP,
+                "lo-read-computed",
+                f"calls {qual} on large objects chosen by a computed value (one per row), "
+                "which reads their contents in bulk",
+            )
+    elif name in _fn.SLEEPS:
+        guards.sleep(name, args, facts)
     else:  # query_to_xml & co: execute a SQL string
         idx = _fn.SQL_STRING_FUNCTIONS[name]
         if name.startswith("query_to"):
@@ -229,6 +279,20 @@ def _special(name: str, qual: str, x: dict[str, Any], facts: StatementFacts) -> 
             )
         else:
             facts.add(OPAQUE, "dynamic-sql", f"calls {qual}, which runs SQL computed at run time")
+
+
+def _notify(qual: str, args: list[Any], facts: StatementFacts) -> None:
+    """``pg_notify(channel, payload)``: a side effect other sessions see; with a
+    computed channel or payload, a channel that can carry table data out."""
+    if len(args) >= 2 and all(guards.single_value(a) for a in args[:2]):
+        facts.add(WRITE, "notify", f"calls {qual}, which notifies listening sessions")
+    else:
+        facts.add(
+            EXPORT,
+            "notify-carries-data",
+            f"calls {qual} with a computed channel or payload, which can carry table data "
+            "to other sessions",
+        )
 
 
 def _set_config(qual: str, args: list[Any], facts: StatementFacts) -> None:
@@ -254,10 +318,23 @@ def _set_config(qual: str, args: list[Any], facts: StatementFacts) -> None:
 
 def _setting(qual: str, name: str, args: list[Any], facts: StatementFacts) -> None:
     """The effects of ``set_config(name, args[1], ...)`` for one known setting name."""
-    vstate, value = KNOWN, None
-    if name.lower() in VALUE_SENSITIVE and len(args) > 1:  # only read the value if it matters
-        vstate, value = value_of(args[1], facts)
-    values = None if vstate != KNOWN else ([] if value is None else [value])
+    lname = name.lower()
+    value = args[1] if len(args) > 1 else None
+    if lname in guards.GUARDS:
+        guards.set_config_guard(qual, lname, args, facts)
+    vstate, text = KNOWN, None
+    if lname in VALUE_SENSITIVE and len(args) > 1:  # only read the value if it matters
+        vstate, text = value_of(value, facts)
+    elif value is not None and not guards.single_value(value):
+        # application_name is reported back to the client (ParameterStatus), and any
+        # setting can be read back with current_setting(): a computed value is a way out
+        facts.add(
+            EXPORT,
+            "setting-carries-data",
+            f"calls {qual} with a value computed at run time, which can carry table data "
+            "into a setting the session reads back",
+        )
+    values = None if vstate != KNOWN else ([] if text is None else [text])
     effects, needed = setting_effects(name, values, as_list=True)
     for cat, code, msg in effects:
         if needed and vstate == NEED_BIND:
@@ -293,6 +370,17 @@ def _range_function(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: C
     walk(x.get("functions"), facts, out, ctes)
 
 
+def _json_agg(name: str) -> Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]:
+    """JSON_ARRAYAGG / JSON_OBJECTAGG are their own nodes, not calls: record them."""
+
+    def handler(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
+        if facts.calls is not None:
+            facts.calls.append((name, None, "over" in (x.get("constructor") or {})))
+        walk(x, facts, out, ctes)
+
+    return handler
+
+
 _EXPR: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]] = {
     "ColumnRef": _column_ref,
     "SubLink": _sublink,
@@ -300,4 +388,6 @@ _EXPR: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]] =
     "A_Expr": _a_expr,
     "RangeVar": _range_var_expr,
     "RangeFunction": _range_function,
+    "JsonArrayAgg": _json_agg("JSON_ARRAYAGG"),
+    "JsonObjectAgg": _json_agg("JSON_OBJECTAGG"),
 }

@@ -12,16 +12,22 @@ for all of it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from dbgate.policy.model import (
     ADMIN,
+    LOCK,
     OPAQUE,
     Category,
+    GuardSetting,
     Prepared,
     PreparedEffect,
     Reason,
     StatementClass,
 )
+
+if TYPE_CHECKING:
+    from dbgate.policy.keys import KeyCatalog
 
 
 class StatementFacts:
@@ -29,27 +35,39 @@ class StatementFacts:
 
     __slots__ = (
         "aliases",
+        "calls",
         "cats",
         "columns",
         "command",
         "declares",
         "depth",
         "extra_pure",
+        "free_refs",
         "functions",
+        "guard_settings",
         "guarded_reads",
+        "keys",
+        "memo",
         "needs_bind",
         "params",
+        "pending",
         "prepared",
         "prepared_effect",
+        "reads",
         "reasons",
+        "scan_source",
         "scope",
         "seen",
         "sensitive",
         "setting_rows",
+        "sleep_ms",
         "source",
         "span",
         "tables",
+        "top",
         "uncacheable",
+        "uncounted_writes",
+        "writes",
     )
 
     def __init__(
@@ -58,6 +76,7 @@ class StatementFacts:
         prepared: Prepared | None,
         extra_pure: frozenset[str],
         depth: int = 0,
+        keys: KeyCatalog | None = None,
     ) -> None:
         self.cats: set[Category] = set()
         self.reasons: list[Reason] = []
@@ -82,6 +101,34 @@ class StatementFacts:
         # that need the statement's own text (PREPARE records its body).
         self.source: str | None = None
         self.span: tuple[int, int] = (0, 0)
+        # The same text with comment contents neutralised (dbgate.policy.prescan): what
+        # PostgreSQL's scanner is run on, in linear time; offsets equal the source's.
+        self.scan_source: str | None = None
+        # -- the proof of narrowness (dbgate.policy.walk.bounds) ------------------------
+        self.keys = keys  # unique keys of the upstream tables; None: nothing is proven
+        self.reads: dict[Any, int | None] = {}  # the current query level's table reads
+        # Reads of sub-selects of the current level, waiting to be multiplied by the
+        # number of rows the level runs them for (None: merge at once).
+        self.pending: list[dict[Any, int | None]] | None = None
+        self.memo: dict[int, Any] = {}  # id(SelectStmt body) -> Produced: walk each once
+        # The function calls of the current query level, outside its sub-selects, as
+        # (name, schema, windowed): aggregates and set-returning functions decide its
+        # rows. None outside a SELECT level.
+        self.calls: list[tuple[str, str | None, bool]] | None = None
+        # The column references of the current query level (and what its sub-selects
+        # left unresolved) that it does not itself resolve: qualifiers, and "?name" for
+        # an unqualified name. A sub-select with any is correlated with the level
+        # around it (``id IN (SELECT id)`` echoes the outer row): no proof. None
+        # outside a SELECT level.
+        self.free_refs: set[str] | None = None
+        self.writes: dict[str, int | None] = {}  # target table -> rows it may change
+        # Rows changed where the statement's command tag does not count them (a DML in
+        # WITH, EXPLAIN ANALYZE): a run-time limit on changed rows cannot see them.
+        self.uncounted_writes = False
+        self.top: Any = None  # the statement's own node, to tell it from nested DML
+        # -- session guards -------------------------------------------------------------
+        self.guard_settings: list[GuardSetting] = []
+        self.sleep_ms: int | None = None  # the longest constant pg_sleep, in ms
         # While the target list of ``SELECT ... FROM pg_settings WHERE name = '...'`` is
         # walked: (qualifiers of pg_settings, the setting names its rows can have).
         self.setting_rows: tuple[frozenset[str], frozenset[str]] | None = None
@@ -108,9 +155,13 @@ class StatementFacts:
         """The reason for reading credentials (names only: never a value)."""
         return f"reads the credentials in {relation} ({', '.join(sorted(secrets))})"
 
-    def statement_text(self) -> str | None:
-        """This statement's text in the query string (None when the walk has no source)."""
-        sql = self.source
+    def statement_text(self, scanned: bool = False) -> str | None:
+        """This statement's text in the query string (None when the walk has no source).
+
+        ``scanned``: the same span of the text PostgreSQL's scanner may be run on
+        (comments neutralised, same offsets: :mod:`dbgate.policy.prescan`).
+        """
+        sql = self.scan_source if scanned and self.scan_source is not None else self.source
         if sql is None:
             return None
         start, length = self.span
@@ -128,17 +179,72 @@ class StatementFacts:
         self.cats.add(cat)
         self.reasons.append(Reason(cat, code, message))
 
-    def merge(self, other: StatementClass, only: frozenset[Category] | None = None) -> None:
+    def merge(
+        self,
+        other: StatementClass,
+        only: frozenset[Category] | None = None,
+        *,
+        bounds: bool = False,
+    ) -> None:
+        """Take over another statement's findings (SQL nested in this one).
+
+        ``bounds``: its reads and writes happen as part of this statement (nested SQL
+        that runs, a PREPARE's body judged now); False for what only plans or defines.
+        """
         for r in other.reasons:
             if only is None or r.category in only:
                 self.add(r.category, r.code, r.message)
         self.tables |= other.tables
         self.columns |= other.columns
         self.functions |= other.functions
+        if bounds:
+            lump = ("rows", len(self.reads))
+            self.reads[lump] = other.read_bound
+            for table in other.unbounded_tables:
+                self.reads[table] = None
+            if other.write_bound != 0:
+                self.writes[f"\x00{len(self.writes)}"] = other.write_bound
+            self.uncounted_writes |= not other.writes_counted
+            self.guard_settings.extend(other.guard_settings)
+            if other.sleep_ms is not None:
+                self.sleep_ms = max(self.sleep_ms or 0, other.sleep_ms)
+
+    def _settle_bounds(self) -> tuple[int | None, frozenset[str], int | None]:
+        """(read bound, unbounded tables, write bound) from the statement's accounts,
+        and ``lock`` for row locks no unique key or small LIMIT bounds."""
+        from dbgate.policy.walk.bounds import PROOF_ROW_LIMIT, plus
+
+        read: int | None = 0
+        unbounded: set[str] = set()
+        locked: dict[str, int | None] = {}
+        for key, n in self.reads.items():
+            if type(key) is tuple and key[0] == "lock":
+                locked[key[1]] = n
+                continue
+            if n is None and type(key) is str:
+                unbounded.add(key)
+            read = plus(read, n) if read is not None else None
+        lock_total: int | None = 0
+        for n in locked.values():
+            lock_total = plus(lock_total, n) if lock_total is not None else None
+        if locked and (lock_total is None or lock_total > PROOF_ROW_LIMIT):
+            names = sorted(t for t, n in locked.items() if n is None) or sorted(locked)
+            self.add(
+                LOCK,
+                "row-lock",
+                f"locks rows of {', '.join(names)} that no unique key or small LIMIT bounds "
+                "(FOR UPDATE / FOR SHARE), blocking other sessions' writes until the "
+                "transaction ends",
+            )
+        write: int | None = 0
+        for n in self.writes.values():
+            write = plus(write, n) if write is not None else None
+        return read, frozenset(unbounded), write
 
     def result(self) -> StatementClass:
         if self.guarded_reads:
             self._settle_guarded_reads()
+        read_bound, unbounded, write_bound = self._settle_bounds()
         if not self.cats:  # never return an empty classification
             self.add(OPAQUE, "no-category", "is a statement dbgate found nothing to say about")
         columns = self.columns
@@ -164,4 +270,10 @@ class StatementFacts:
             needs_bind=self.needs_bind,
             prepared_effect=self.prepared_effect,
             declares=tuple(self.declares),
+            read_bound=read_bound,
+            unbounded_tables=unbounded,
+            write_bound=write_bound,
+            writes_counted=not self.uncounted_writes,
+            guard_settings=tuple(self.guard_settings),
+            sleep_ms=self.sleep_ms,
         )

@@ -1,10 +1,14 @@
-"""Narrowing: which relations of a query level does its WHERE cut down to a few rows?
+"""Shape: which relations of a query level does its WHERE restrict at all?
 
-This is what separates a ``read`` from a ``dump`` and an UPDATE/DELETE's ``write``
-from ``destructive``. docs/classifier.md ("What is a dump") states the rules; this
-module is their implementation. A sub-select that decides narrowing (``id IN
-(SELECT ...)``) is judged by :func:`dbgate.policy.walk.queries.select` on a scratch
-:class:`StatementFacts`: its categories are charged by the normal walk, not here.
+This is what separates a statement that asks for every row of a table (``dump``, an
+UPDATE/DELETE that is ``destructive``) from one that filters them (``read``,
+``write``). It is judged from the shape of the SQL, which is cheap to forge
+(``id - id = 0`` restricts nothing, yet looks like a filter), so a shape only ever
+makes a statement *stricter*: whether a filtered statement is narrow is proven by
+:mod:`~dbgate.policy.walk.bounds`, or measured at run time. docs/classifier.md ("What
+is a dump") states the rules; this module is their implementation. A sub-select that
+decides a restriction (``id IN (SELECT ...)``) was walked, and remembered, by the
+normal walk before this runs (:func:`dbgate.policy.walk.queries.nested_query`).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ class Scope:
 
     __slots__ = ("names", "outer", "single")
 
-    def __init__(self, names: frozenset[str], outer: frozenset[str]) -> None:
+    def __init__(self, names: frozenset[str], outer: frozenset[str], count: int = 0) -> None:
         self.names = names
         self.outer = outer - names
-        self.single = next(iter(names)) if len(names) == 1 else None
+        # An unqualified column belongs to the level's only relation. Two unaliased
+        # sub-selects share the qualifier "", so count relations, not names.
+        self.single = next(iter(names)) if len(names) == 1 and count <= 1 else None
 
 
 def _cols(v: Any, sc: Scope, quals: set[str]) -> bool:
@@ -160,16 +166,8 @@ def restricted(
             sub = (x.get("subselect") or {}).get("SelectStmt")
             if sub is None:
                 return set()
-            # judge the sub-select on a scratch accumulator (its categories are charged
-            # by the normal walk), but keep what it learnt about literals and Bind:
-            # "IN (SELECT ... LIMIT 10)" must not share a cache entry with "LIMIT 10000"
-            scratch = StatementFacts(facts.params, None, facts.extra_pure, facts.depth)
-            scratch.scope = sc.names | sc.outer
-            bounded = not queries.select(sub, scratch, False, ctes, False)
-            facts.sensitive |= scratch.sensitive
-            facts.needs_bind |= scratch.needs_bind
             q = set()
-            if bounded:
+            if not _whole(sub, facts, ctes, sc):
                 _cols(x.get("testexpr"), sc, q)
             return q
         if k == "NullTest":
@@ -193,11 +191,28 @@ def restricted(
     return set()
 
 
+def _whole(sub: dict[str, Any], facts: StatementFacts, ctes: Ctes, sc: Scope) -> bool:
+    """Whether a sub-select may return every row of some table (by its shape).
+
+    The normal walk has already seen it (WHERE and ON are walked before they are
+    judged), so this is a lookup; a sub-select it has not seen is walked now, once.
+    """
+    produced = facts.memo.get(id(sub))
+    if produced is None:
+        saved = facts.scope
+        facts.scope = sc.names | sc.outer
+        produced = queries.nested_query("SelectStmt", sub, facts, False, ctes)
+        facts.scope = saved
+    return bool(produced.whole)
+
+
 def _values_bounded(v: Any, facts: StatementFacts, ctes: Ctes, sc: Scope) -> bool:
     """False when the value side of a comparison is fed by an unbounded sub-select.
 
     ``id = ANY(ARRAY(SELECT id FROM customers))`` compares with every id there is.
     """
+    if type(v) is dict and len(v) == 1 and ("A_Const" in v or "ParamRef" in v or "ColumnRef" in v):
+        return True  # the common operands: nothing nested
     stack = [v]
     while stack:
         x = stack.pop()
@@ -209,14 +224,8 @@ def _values_bounded(v: Any, facts: StatementFacts, ctes: Ctes, sc: Scope) -> boo
         for k, y in x.items():
             if k == "SubLink":
                 sub = (y.get("subselect") or {}).get("SelectStmt")
-                if sub is not None:
-                    scratch = StatementFacts(facts.params, None, facts.extra_pure, facts.depth)
-                    scratch.scope = sc.names | sc.outer
-                    unbounded = queries.select(sub, scratch, False, ctes, False)
-                    facts.sensitive |= scratch.sensitive
-                    facts.needs_bind |= scratch.needs_bind
-                    if unbounded:
-                        return False
+                if sub is not None and _whole(sub, facts, ctes, sc):
+                    return False
             elif type(y) in (dict, list):
                 stack.append(y)
     return True
@@ -237,31 +246,47 @@ def propagate(narrowed: set[str], eqs: list[tuple[set[str], set[str]]]) -> set[s
     return narrowed
 
 
-def agg_kind(v: Any) -> int:
-    """0: no aggregate; 1: only reducing aggregates; 2: a collecting aggregate (array_agg...)."""
+#: (name, schema or None, windowed) of one call of a query level, outside its
+#: sub-selects (collected by the walk: ``StatementFacts.calls``); ("JSON_ARRAYAGG",
+#: None, windowed) for the SQL/JSON aggregates, which are not FuncCall nodes.
+Call = tuple[str, str | None, bool]
+
+
+def agg_kind(found: list[Call]) -> int:
+    """0: no aggregate; 1: only reducing aggregates; 2: a collecting aggregate
+    (array_agg ...), among ``found`` (window functions are not aggregation)."""
     kind = 0
-    stack = [v]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, list):
-            stack.extend(x)
+    for name, schema, windowed in found:
+        if windowed or schema not in (None, "pg_catalog"):
             continue
-        if not isinstance(x, dict):
-            continue
-        for k, y in x.items():
-            if k == "SubLink" or k == "SelectStmt":
-                continue
-            if k == "FuncCall":
-                names = strs(y.get("funcname"))
-                name = names[-1] if names else ""
-                schema = names[-2] if len(names) > 1 else None
-                if "over" not in y and schema in (None, "pg_catalog"):
-                    if name in _fn.COLLECTING_AGGREGATES:
-                        return 2
-                    if name in _fn.REDUCING_AGGREGATES:
-                        kind = 1
-            elif k in ("JsonArrayAgg", "JsonObjectAgg"):
-                return 2
-            if isinstance(y, dict | list):
-                stack.append(y)
+        if name in _fn.COLLECTING_AGGREGATES or name in ("JSON_ARRAYAGG", "JSON_OBJECTAGG"):
+            return 2
+        if name in _fn.REDUCING_AGGREGATES:
+            kind = 1
     return kind
+
+
+def collecting(found: list[Call]) -> str | None:
+    """The first aggregate among ``found`` that collects its input rather than
+    reducing it (``string_agg``, ``array_agg``, ``json_agg`` ..., as a window function
+    too), or None."""
+    for name, schema, _ in found:
+        if schema in (None, "pg_catalog") and (
+            name in _fn.COLLECTING_AGGREGATES or name in ("JSON_ARRAYAGG", "JSON_OBJECTAGG")
+        ):
+            return name
+    return None
+
+
+def returns_sets(found: list[Call]) -> bool:
+    """Whether a target list's calls include a set-returning function (``generate_series``,
+    ``unnest`` ...): the level then returns any number of rows. A function dbgate does
+    not know could be one."""
+    for name, schema, _ in found:
+        if name in ("JSON_ARRAYAGG", "JSON_OBJECTAGG"):
+            continue
+        if schema not in (None, "pg_catalog") or name in _fn.SET_RETURNING:
+            return True
+        if name not in _fn.BUILTIN_NAMES and name not in _fn.BUILTIN_TYPES:
+            return True
+    return False

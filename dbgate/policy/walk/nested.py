@@ -7,13 +7,14 @@ and its categories are merged into the enclosing statement's. Nesting is bounded
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
+import orjson
 from pglast import parser as _pg
 
 from dbgate.policy.model import OPAQUE
 from dbgate.policy.parse_errors import safe_parse_message
+from dbgate.policy.prescan import prepare
 from dbgate.policy.walk import statements
 from dbgate.policy.walk.facts import StatementFacts
 
@@ -45,8 +46,17 @@ def nested_sql(
     if "\x00" in text:  # the C parser would stop at the NUL
         facts.add(OPAQUE, "nested-parse-error", f"{why} contains a NUL character")
         return
+    prep = prepare(text)
+    if prep.operator_run is not None:
+        facts.add(
+            OPAQUE,
+            "nested-parse-error",
+            f"{why} has a run of {prep.operator_run[1]} operator characters, which dbgate "
+            "does not parse",
+        )
+        return
     try:
-        tree = json.loads(_pg.parse_sql_json(text))
+        tree = orjson.loads(_pg.parse_sql_json(prep.text))
     except Exception as exc:  # parse errors of the nested text: fail closed
         message = safe_parse_message(str(exc.args[0]) if exc.args else "syntax error")
         facts.add(OPAQUE, "nested-parse-error", f"{why} could not be parsed: {message}")
@@ -55,11 +65,12 @@ def nested_sql(
         node = raw.get("stmt") or {}
         if unwrap_prepare and "PrepareStmt" in node:
             node = node["PrepareStmt"].get("query") or {}
-        sub = StatementFacts(params, facts.prepared, facts.extra_pure, facts.depth + 1)
+        sub = StatementFacts(params, facts.prepared, facts.extra_pure, facts.depth + 1, facts.keys)
         sub.source = text
+        sub.scan_source = prep.text
         sub.span = (raw.get("stmt_location", 0), raw.get("stmt_len", 0))
         statements.statement(node, sub)
-        facts.merge(sub.result())
+        facts.merge(sub.result(), bounds=True)
         facts.uncacheable |= sub.uncacheable
         facts.sensitive |= sub.sensitive
         if sub.needs_bind:

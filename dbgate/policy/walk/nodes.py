@@ -22,8 +22,36 @@ from dbgate.policy.walk.facts import StatementFacts
 #: Empty when the result is bounded (narrowed by a WHERE, a small LIMIT, aggregated).
 WholeTables = tuple[str, ...]
 
-#: CTE name -> what the CTE holds, for the query levels that can see it.
-Ctes = dict[str, WholeTables]
+#: Table rows read, by table (None: unbounded); ``("lock", table)`` keys count the rows a
+#: ``FOR UPDATE``/``FOR SHARE`` locks. See :mod:`dbgate.policy.walk.bounds`.
+Reads = dict[Any, int | None]
+
+
+class Produced:
+    """What a query (a level and everything nested in it) produces, for its caller.
+
+    ``whole``: the tables whose every row its result may hold, judged by the shape of
+    its predicates (what makes a ``dump``; empty when it asks for less). ``rows``: a
+    proven bound on the rows it returns (None: unbounded). ``reads``: the table rows
+    it reads, proven or not, which the caller adds to its own (times the number of
+    times it runs the query, for a sub-select correlated with its rows).
+    """
+
+    __slots__ = ("correlated", "reads", "rows", "whole")
+
+    def __init__(
+        self, whole: WholeTables = (), rows: int | None = None, reads: Reads | None = None
+    ):
+        self.whole = whole
+        self.rows = rows
+        self.reads: Reads = {} if reads is None else reads
+        # refers to a column it does not itself resolve (a row of an enclosing level,
+        # or a name it cannot place): its rows may differ from one outer row to the next
+        self.correlated = True
+
+
+#: CTE name -> what the CTE produces, for the query levels that can see it.
+Ctes = dict[str, Produced]
 
 #: Parse nodes that are queries: they may nest in CTEs, sub-selects, EXPLAIN, COPY ...
 #: (:mod:`dbgate.policy.walk.queries` has a handler for each).

@@ -24,17 +24,19 @@ from dbgate.policy.walk.nodes import KNOWN, value_of
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
 
-def prepare_body(text: str) -> str | None:
+def prepare_body(text: str, scan_text: str | None = None) -> str | None:
     """The body of ``PREPARE name [(type, ...)] AS body`` exactly as written in ``text``.
 
-    ``text`` is one PREPARE statement (as the parser delimits it: no semicolon).
+    ``text`` is one PREPARE statement (as the parser delimits it: no semicolon);
+    ``scan_text`` the same text with comments neutralised (same offsets), which is
+    what the scanner runs on when given.
     The grammar fixes where the body starts: after the name, the optional
     parenthesised type list and ``AS``; it ends with the statement's last token, so
     trailing comments are not part of it. Offsets come from PostgreSQL's own scanner
     (pglast reports them in characters). None when ``text`` does not have that shape.
     """
     try:
-        tokens = [t for t in _pg.scan(text) if t.name not in _COMMENTS]
+        tokens = [t for t in _pg.scan(scan_text or text) if t.name not in _COMMENTS]
     except Exception:
         return None
     if len(tokens) < 4 or tokens[0].name != "PREPARE":
@@ -70,7 +72,7 @@ def prepare(body: dict[str, Any], facts: StatementFacts) -> None:
     # The effect carries the body's text, literals included: cache by exact text only.
     facts.sensitive = True
     text = facts.statement_text()
-    stored = prepare_body(text) if text is not None else None
+    stored = prepare_body(text, facts.statement_text(scanned=True)) if text is not None else None
     if stored is None:
         facts.add(
             OPAQUE,

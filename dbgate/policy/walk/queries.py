@@ -1,11 +1,30 @@
-"""Queries: SELECT and DML, wherever they nest (CTEs, sub-selects, EXPLAIN, COPY, CTAS).
+"""Queries: SELECT wherever it nests (CTEs, sub-selects, EXPLAIN, COPY, CTAS, DML sources).
 
-Each handler returns the tables whose every row the rows it produces may hold
-(:data:`~dbgate.policy.walk.nodes.WholeTables`, empty when bounded), so that the
-enclosing construct decides: a top-level SELECT becomes a ``dump``, a sub-select in
-FROM leaves it to the outer LIMIT, ``INSERT ... SELECT`` copies a table — and the
-reason names the tables, so an agent knows what to narrow. UPDATE and DELETE are ``write`` when their target is narrowed by the WHERE
-(:mod:`dbgate.policy.walk.narrowing`) and ``destructive`` when not.
+Every query handler (this module's :func:`select`, :mod:`~dbgate.policy.walk.dml` for
+INSERT/UPDATE/DELETE/MERGE) returns a :class:`~dbgate.policy.walk.nodes.Produced`:
+
+* ``whole`` — the tables whose every row its result may hold, judged by shape
+  (:mod:`~dbgate.policy.walk.narrowing`), so the enclosing construct decides: a
+  top-level SELECT becomes a ``dump``, a sub-select in FROM leaves it to the outer
+  LIMIT, ``INSERT ... SELECT`` copies a table — and the reason names the tables;
+* ``rows`` — a proven bound on its rows (:mod:`~dbgate.policy.walk.bounds`), which
+  lets a relation joined on a key, or a sub-select correlated with its rows, be
+  bounded in turn;
+* ``reads`` — the table rows it reads, which its caller adds to its own: once for a
+  FROM item, a CTE, a set-operation arm or an uncorrelated sub-select, once per row
+  of the enclosing level for a sub-select correlated with it (one that refers to a
+  column it does not itself resolve — an unqualified name it cannot place counts).
+
+Each sub-select is walked exactly once (:func:`nested_query` remembers it by node), so
+a judgement that needs a sub-select's result again (``id IN (SELECT ...)`` in a
+WHERE) costs a lookup, and nesting costs linear time.
+
+Data that no row limit can bound is a ``dump`` wherever it appears: an aggregate that
+collects its input (``string_agg``, ``array_agg``, ``json_agg`` ..., also as a window
+function) or an ``ARRAY(SELECT ...)`` over rows no unique key bounds returns a whole
+table in one value — into the result, an error message or a setting — whatever LIMIT
+stands outside it; so does a recursive CTE that reads such rows, since each step can
+append to what the previous one carried.
 """
 
 from __future__ import annotations
@@ -13,17 +32,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dbgate.policy.model import ADMIN, DDL, DESTRUCTIVE, DUMP, READ, WRITE
-from dbgate.policy.walk import expressions, narrowing, statements
+from dbgate.policy.model import DDL, DUMP, READ, WRITE
+from dbgate.policy.walk import bounds, dml, expressions, narrowing, sources, statements
 from dbgate.policy.walk.facts import StatementFacts
 from dbgate.policy.walk.nodes import (
     KNOWN,
-    QUERY_NODES,
     Ctes,
+    Produced,
     WholeTables,
-    catalog_read,
-    has_column,
-    is_catalog,
     name_list,
     op_name,
     relname,
@@ -36,20 +52,76 @@ DUMP_LIMIT_THRESHOLD = 1000
 
 
 def query(
-    k: str, body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes
-) -> WholeTables:
-    """Walk a query node; the tables whose every row its result may hold."""
+    k: str, body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes, decide: bool = True
+) -> Produced:
+    """Walk a query node into the current read accumulator (``facts.reads``)."""
     if k == "SelectStmt":
-        return select(body, facts, out, ctes, True)
-    h = _DML.get(k)
+        return select(body, facts, out, ctes, decide)
+    h = dml.HANDLERS.get(k)
     if h is not None:
-        return h(body, facts, out, ctes)
+        saved = facts.calls
+        facts.calls = None  # a DML is no SELECT level: its calls decide no row count
+        try:
+            return h(body, facts, out, ctes)
+        finally:
+            facts.calls = saved
     statements.stmt_body(k, body, facts)
-    return ()
+    return Produced()
+
+
+def produce(
+    k: str, body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes, decide: bool = True
+) -> Produced:
+    """Walk a query with an accumulator of its own; the caller merges ``reads``."""
+    saved = facts.reads
+    facts.reads = {}
+    try:
+        produced = query(k, body, facts, out, ctes, decide)
+        produced.reads = facts.reads
+    finally:
+        facts.reads = saved
+    return produced
+
+
+def run(
+    k: str, body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes, decide: bool = True
+) -> Produced:
+    """Walk a query that runs once per run of the current level, and charge its reads."""
+    produced = produce(k, body, facts, out, ctes, decide)
+    bounds.merge_reads(facts.reads, produced.reads)
+    return produced
+
+
+def nested_query(
+    k: str, body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes
+) -> Produced:
+    """A query inside an expression (a sub-select): walked once; the reads of one
+    correlated with the level around it are left for that level to multiply by the
+    rows it runs it for, an uncorrelated one reads the same rows each time."""
+    memo = facts.memo.get(id(body))
+    if memo is not None:
+        return memo  # type: ignore[no-any-return]
+    produced = produce(k, body, facts, out, ctes)
+    facts.memo[id(body)] = produced
+    if facts.pending is not None and produced.correlated:
+        facts.pending.append(produced.reads)  # runs again for each row of the level
+    else:
+        bounds.merge_reads(facts.reads, produced.reads)  # the same rows every time
+    return produced
+
+
+def memo_rows(facts: StatementFacts, body: dict[str, Any]) -> bounds.Bound:
+    """The proven row bound of an uncorrelated sub-select the walk has already seen
+    (else None): ``id IN (SELECT id)`` returns one row per outer row — the outer row."""
+    produced = facts.memo.get(id(body))
+    if produced is None or produced.correlated:
+        return None
+    return produced.rows
 
 
 def with_clause(w: dict[str, Any] | None, facts: StatementFacts, ctes: Ctes) -> Ctes:
-    """Walk the CTEs of a WITH clause; the CTEs visible in its query, and what each holds."""
+    """Walk the CTEs of a WITH clause; the CTEs visible in its query, and what each
+    produces. Their reads are charged to the current level (a CTE runs once)."""
     if not w:
         return ctes
     scope = dict(ctes)
@@ -60,120 +132,59 @@ def with_clause(w: dict[str, Any] | None, facts: StatementFacts, ctes: Ctes) -> 
             continue
         name = cte.get("ctename", "")
         if recursive:
-            scope[name] = ()  # self-reference inside the recursive term
+            scope[name] = Produced()  # self-reference inside the recursive term: any rows
         q = cte.get("ctequery") or {}
-        unbounded: WholeTables = ()
+        produced = Produced()
         for k, body in q.items():
-            if k == "SelectStmt":
-                unbounded = select(body, facts, True, scope, False)
-            else:
-                unbounded = query(k, body, facts, True, scope)
-        scope[name] = unbounded
+            produced = run(k, body, facts, True, scope, decide=False)
+        if recursive and _self_referencing(cte) and bounds.total(produced.reads) is None:
+            tables = _unbounded_tables(produced.reads)
+            facts.add(
+                DUMP,
+                "recursive-collects",
+                f"reads rows of {name_list(tables)} in a recursive query, whose every step "
+                "can carry what the previous steps read (no row limit can bound it)",
+            )
+        if recursive and _self_referencing(cte):
+            produced = Produced(produced.whole, None, produced.reads)
+        scope[name] = produced
     return scope
 
 
-def from_range_var(rv: dict[str, Any], facts: StatementFacts, ctes: Ctes) -> WholeTables:
-    """A table (or CTE) read in FROM; the tables whose every row it may contribute."""
-    schema, name = relname(rv)
-    if schema is None and name in ctes:
-        return ctes[name]
-    key = table_key(schema, name)
-    facts.tables.add(key)
-    alias = rv.get("alias")
-    if alias:
-        facts.aliases[alias.get("aliasname", "")] = key
-    facts.add(READ, "select", "reads data with a query")
-    if is_catalog(schema, name):
-        catalog_read(schema, name, facts, (alias or {}).get("aliasname") or name)
-        return ()
-    return (key,)
+def carries_rows(reads: dict[Any, bounds.Bound], rows: bounds.Bound) -> bool:
+    """Whether unboundedly many rows that carry table data feed one value: the input
+    of a collecting aggregate, or of ``ARRAY(SELECT ...)``. A LIMIT or a key that
+    bounds those rows bounds the value; a LIMIT outside it does not."""
+    return rows is None and any(type(t) is str or t[0] != "lock" for t in reads)
 
 
-Source = tuple[str, WholeTables]  # (qualifier, the tables whose every row it may contribute)
+def _self_referencing(cte: dict[str, Any]) -> bool:
+    q = (cte.get("ctequery") or {}).get("SelectStmt") or {}
+    return q.get("op", "SETOP_NONE") != "SETOP_NONE"
 
 
-def sources(
-    item: Any,
-    facts: StatementFacts,
-    out: bool,
-    ctes: Ctes,
-    found: list[Source],
-    eqs: list[tuple[set[str], set[str]]],
-) -> None:
-    """Walk one FROM/USING item, appending its relations to ``found``.
-
-    JOIN ... ON equalities go to ``eqs`` (they let a narrowed relation narrow its
-    join partner). LATERAL sub-selects see the relations listed before them.
-    """
-    if type(item) is not dict:
-        return
-    for k, x in item.items():
-        if k == "RangeVar":
-            unbounded = from_range_var(x, facts, ctes)
-            alias = x.get("alias")
-            found.append(((alias or {}).get("aliasname") or x.get("relname", ""), unbounded))
-        elif k == "RangeSubselect":
-            sub = (x.get("subquery") or {}).get("SelectStmt")
-            unbounded: WholeTables = ()
-            if sub is not None:
-                saved = facts.scope
-                if x.get("lateral"):
-                    facts.scope = saved | frozenset(n for n, _ in found)
-                unbounded = select(sub, facts, out, ctes, False)
-                facts.scope = saved
-            found.append(((x.get("alias") or {}).get("aliasname", ""), unbounded))
-        elif k == "JoinExpr":
-            i0 = len(found)
-            sources(x.get("larg"), facts, out, ctes, found, eqs)
-            i1 = len(found)
-            sources(x.get("rarg"), facts, out, ctes, found, eqs)
-            if x.get("usingClause") or x.get("isNatural"):  # JOIN ... USING (id) / NATURAL
-                eqs.append(({n for n, _ in found[i0:i1]}, {n for n, _ in found[i1:]}))
-            quals = x.get("quals")
-            if quals is not None:
-                saved = facts.scope
-                facts.scope = saved | frozenset(n for n, _ in found)
-                expressions.walk(quals, facts, False, ctes)
-                facts.scope = saved
-                sc = narrowing.Scope(frozenset(n for n, _ in found), saved)
-                narrowing.restricted(quals, facts, ctes, sc, eqs)  # only its equalities are kept
-        elif k == "RangeTableSample":
-            sources(x.get("relation"), facts, out, ctes, found, eqs)
-            expressions.walk(x.get("method"), facts, False, ctes)
-            expressions.walk(x.get("args"), facts, False, ctes)
-            expressions.walk(x.get("repeatable"), facts, False, ctes)
-        else:  # functions, XMLTABLE, JSON_TABLE: bounded sources, but walk their calls
-            saved = facts.scope
-            facts.scope = saved | frozenset(n for n, _ in found)
-            expressions.walk(item, facts, out, ctes)
-            facts.scope = saved
-            alias = (x.get("alias") or {}).get("aliasname", "") if type(x) is dict else ""
-            found.append((alias, ()))
+def _unbounded_tables(reads: dict[Any, bounds.Bound]) -> WholeTables:
+    found = tuple(t for t, n in reads.items() if type(t) is str and n is None)
+    return found or ("a table",)
 
 
-def from_item(item: Any, facts: StatementFacts, out: bool, ctes: Ctes) -> WholeTables:
-    """Walk one FROM item; the tables whose every row it may contribute."""
-    found: list[Source] = []
-    sources(item, facts, out, ctes, found, [])
-    return tuple(t for _, u in found for t in u)
-
-
-def unbounded_after_where(
-    found: list[Source],
-    where: Any,
-    facts: StatementFacts,
-    ctes: Ctes,
-    eqs: list[tuple[set[str], set[str]]],
-    outer: frozenset[str],
-) -> WholeTables:
-    """The tables whose every row may remain: those of relations WHERE does not narrow."""
-    if not any(u for _, u in found):
-        return ()
-    sc = narrowing.Scope(frozenset(n for n, _ in found), outer)
-    narrowed = narrowing.restricted(where, facts, ctes, sc, eqs) if where is not None else set()
-    if eqs:
-        narrowed = narrowing.propagate(narrowed, eqs)
-    return tuple(t for n, u in found if n not in narrowed for t in u)
+def _literal_limit(s: dict[str, Any], facts: StatementFacts) -> int | None:
+    """The LIMIT / FETCH FIRST row count when it is a literal (WITH TIES may return more)."""
+    lc = s.get("limitCount")
+    if (
+        type(lc) is not dict
+        or "A_Const" not in lc
+        or s.get("limitOption") == "LIMIT_OPTION_WITH_TIES"
+    ):
+        return None
+    state, text = value_of(lc, facts)
+    if state != KNOWN or text is None:
+        return None
+    try:
+        n = int(float(text.strip()))
+    except ValueError:
+        return None
+    return max(n, 0)
 
 
 def _small_limit(s: dict[str, Any], facts: StatementFacts) -> bool:
@@ -190,75 +201,238 @@ def _small_limit(s: dict[str, Any], facts: StatementFacts) -> bool:
         return False
 
 
+def unbounded_after_where(
+    fc: sources.FromClause, where: Any, facts: StatementFacts, ctes: Ctes, outer: frozenset[str]
+) -> WholeTables:
+    """The tables whose every row may remain: those of relations WHERE does not narrow
+    (by shape: this decides ``dump``, never that a statement is narrow)."""
+    found = fc.found
+    if not any(u for _, u in found):
+        return ()
+    sc = narrowing.Scope(frozenset(n for n, _ in found), outer, len(found))
+    narrowed = narrowing.restricted(where, facts, ctes, sc, fc.eqs) if where is not None else set()
+    if fc.eqs:
+        narrowed = narrowing.propagate(narrowed | fc.bounded_quals(), fc.eqs)
+    return tuple(t for n, u in found if n not in narrowed for t in u)
+
+
 def select(
     s: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes, decide: bool
-) -> WholeTables:
-    """Walk a SelectStmt; the tables whose every row its rows may be (empty: bounded).
+) -> Produced:
+    """Walk a SelectStmt into the current accumulator.
 
     ``decide``: add ``dump`` here (top-level, sub-link) or leave it to the caller
     (set-operation arms, FROM sub-selects, CTEs), whose LIMIT may still bound it.
     """
     facts.add(READ, "select", "reads data with a query")
     ctes = with_clause(s.get("withClause"), facts, ctes)
-    op = s.get("op", "SETOP_NONE")
-    unbounded: WholeTables
-    if op != "SETOP_NONE":
-        left = select(s.get("larg") or {}, facts, out, ctes, False)
-        right = select(s.get("rarg") or {}, facts, out, ctes, False)
-        unbounded = left + right
-    elif "valuesLists" in s:
-        expressions.walk(s["valuesLists"], facts, out, ctes)
-        unbounded = ()
-    else:
-        outer = facts.scope
-        found: list[Source] = []
-        eqs: list[tuple[set[str], set[str]]] = []
-        for item in s.get("fromClause", ()):
-            sources(item, facts, out, ctes, found, eqs)
-        facts.scope = outer | frozenset(n for n, _ in found)  # visible to sub-selects
-        where = s.get("whereClause")
-        if where is not None:
-            expressions.walk(where, facts, False, ctes)
-        tl = s.get("targetList")
-        saved_rows = facts.setting_rows
-        facts.setting_rows = _pg_settings_rows(s, facts)
-        expressions.walk(tl, facts, out, ctes)
-        facts.setting_rows = saved_rows
-        for f in ("groupClause", "havingClause", "windowClause", "distinctClause"):
-            if f in s:
-                expressions.walk(s[f], facts, False, ctes)
-        facts.scope = outer
-        unbounded = unbounded_after_where(found, where, facts, ctes, eqs, outer)
-        if unbounded:
-            kind = narrowing.agg_kind(tl)
-            names = frozenset(n for n, _ in found)
-            if kind == 1 or (kind == 0 and _distinct_values_of_one_expression(s, names)):
-                # count(*), sum(...): rows are reduced, not returned; and the distinct
-                # values of one column are what ``x, count(*) ... GROUP BY x`` returns
-                # (judged alike: docs/rules.md, "Reading whole columns").
-                unbounded = ()
-    for f in ("sortClause", "limitOffset", "limitCount", "lockingClause"):
-        if f in s:
-            expressions.walk(s[f], facts, False, ctes)
-    if unbounded and _small_limit(s, facts):
-        unbounded = ()
+    saved_pending, saved_calls, saved_refs = facts.pending, facts.calls, facts.free_refs
+    facts.pending = []
+    facts.calls = []
+    facts.free_refs = set()
+    bound: Callable[[str], bool] = _never
+    try:
+        op = s.get("op", "SETOP_NONE")
+        if op != "SETOP_NONE":
+            whole, rows = _set_operation(s, op, facts, out, ctes)
+            _walk_tail(s, facts, ctes)
+            _merge_pending(facts, 1)
+        elif "valuesLists" in s:
+            expressions.walk(s["valuesLists"], facts, out, ctes)
+            rows = bounds.cap(len(s["valuesLists"]))
+            whole = ()
+            _walk_tail(s, facts, ctes)
+            _merge_pending(facts, 1)
+        else:
+            whole, rows, bound = _level(s, facts, out, ctes)
+        free = {r for r in facts.free_refs if not bound(r)}
+    finally:
+        facts.pending, facts.calls, facts.free_refs = saved_pending, saved_calls, saved_refs
+    if saved_refs is not None:
+        saved_refs |= free
+    limit = _literal_limit(s, facts)
+    if limit is not None:
+        rows = limit if rows is None else min(rows, limit)
+        rows = bounds.cap(rows)
+    if whole and _small_limit(s, facts):
+        whole = ()
     into = s.get("intoClause")
     if into is not None:
-        rel = into.get("rel") or {}
-        target = table_key(*relname(rel))
+        target = table_key(*relname(into.get("rel") or {}))
         facts.tables.add(target)
         facts.add(DDL, "select-into", f"creates the table {target} (SELECT INTO)")
         facts.add(WRITE, "select-into", f"writes the query's rows into the new table {target}")
-        if unbounded:
-            copies_whole_tables(unbounded, target, facts)
-    if unbounded and decide and out:
+        if whole:
+            copies_whole_tables(whole, target, facts)
+    if whole and decide and out:
         facts.add(
             DUMP,
             "unbounded-select",
-            f"reads every row of {name_list(unbounded)} (no WHERE that narrows it, "
+            f"reads every row of {name_list(whole)} (no WHERE that narrows it, "
             f"no LIMIT of at most {DUMP_LIMIT_THRESHOLD} rows)",
         )
-    return unbounded
+    produced = Produced(whole, rows)
+    produced.correlated = bool(free)
+    return produced
+
+
+def _never(_ref: str) -> bool:
+    return False
+
+
+def _set_operation(
+    s: dict[str, Any], op: str, facts: StatementFacts, out: bool, ctes: Ctes
+) -> tuple[WholeTables, bounds.Bound]:
+    left = run("SelectStmt", s.get("larg") or {}, facts, out, ctes, decide=False)
+    right = run("SelectStmt", s.get("rarg") or {}, facts, out, ctes, decide=False)
+    if op == "SETOP_INTERSECT":
+        rows = (
+            left.rows
+            if right.rows is None
+            else right.rows
+            if left.rows is None
+            else min(left.rows, right.rows)
+        )
+    elif op == "SETOP_EXCEPT":
+        rows = left.rows
+    else:
+        rows = bounds.plus(left.rows, right.rows)
+    return left.whole + right.whole, rows
+
+
+def _walk_tail(s: dict[str, Any], facts: StatementFacts, ctes: Ctes) -> None:
+    for f in ("sortClause", "limitOffset", "limitCount", "lockingClause"):
+        if f in s:
+            expressions.walk(s[f], facts, False, ctes)
+
+
+def _merge_pending(facts: StatementFacts, times: bounds.Bound) -> None:
+    """Charge the sub-selects of the level, run ``times`` times (once per row)."""
+    for reads in facts.pending or ():
+        bounds.merge_reads(facts.reads, reads, times)
+    facts.pending = []
+
+
+def _level(
+    s: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes
+) -> tuple[WholeTables, bounds.Bound, Callable[[str], bool]]:
+    """A plain SELECT level: FROM, WHERE, target list and the rest.
+
+    Returns (whole, rows, resolves) and charges its reads: its tables' proven bounds,
+    and its sub-selects times the level's rows. ``resolves(ref)`` says whether a
+    column reference (a qualifier, or "?name") belongs to this level: one of its
+    qualifiers, or a column one of its relations is known to have (a key column,
+    the catalog's columns of a table, a sub-select's output names).
+    """
+    outer = facts.scope
+    fc = sources.FromClause()
+    for item in s.get("fromClause", ()):
+        sources.item(item, facts, out, ctes, fc)
+    facts.scope = outer | fc.names()  # visible to sub-selects
+    where = s.get("whereClause")
+    if where is not None:
+        expressions.walk(where, facts, False, ctes)
+    level = None
+    if facts.keys is not None:  # without keys no pin proves anything: skip the proof
+        level = bounds.Level(fc.srcs, outer, facts)
+        if where is not None:
+            bounds.collect(where, level, fc.pins, None, lambda n: memo_rows(facts, n))
+    rows = None if fc.full_join else bounds.solve(fc.srcs, fc.pins)
+    fc.finish(facts)
+    tl = s.get("targetList")
+    saved_rows = facts.setting_rows
+    facts.setting_rows = _pg_settings_rows(s, facts)
+    expressions.walk(tl, facts, out, ctes)
+    facts.setting_rows = saved_rows
+    for f in ("groupClause", "havingClause", "windowClause", "distinctClause"):
+        if f in s:
+            expressions.walk(s[f], facts, False, ctes)
+    _walk_tail(s, facts, ctes)
+    facts.scope = outer
+    _merge_pending(facts, rows)
+    # -- data no row limit bounds --------------------------------------------------
+    # Aggregates may stand only in the target list, HAVING, ORDER BY and WINDOW, so the
+    # level's calls (outside its sub-selects) are those clauses' calls.
+    level_calls = facts.calls or []
+    collector = narrowing.collecting(level_calls) if carries_rows(facts.reads, rows) else None
+    if collector is not None:
+        tables = _unbounded_tables(facts.reads)
+        facts.add(
+            DUMP,
+            "collects-rows",
+            f"collects rows of {name_list(tables)} into one value ({collector}) with no "
+            "unique key that bounds them, so a row limit cannot bound what it returns",
+        )
+    # -- the shape: does it ask for every row? ---------------------------------------
+    whole = unbounded_after_where(fc, where, facts, ctes, outer)
+    kind = narrowing.agg_kind(level_calls)
+    if whole:
+        names = fc.names()
+        if kind == 1 or (kind == 0 and _distinct_values_of_one_expression(s, names)):
+            # count(*), sum(...): rows are reduced, not returned; and the distinct
+            # values of one column are what ``x, count(*) ... GROUP BY x`` returns
+            # (judged alike: docs/rules.md, "Reading whole columns") -- unless the
+            # grouping covers a unique key, which reduces nothing.
+            keyed = _grouped_by_key(s, level) if level is not None else frozenset()
+            whole = tuple(t for t in whole if t in keyed)
+    # -- the rows it returns ---------------------------------------------------------
+    if kind and "groupClause" not in s:  # one row, unless a set-returning call unrolls it
+        rows = None if narrowing.returns_sets(level_calls) else 1
+    elif rows is not None and narrowing.returns_sets(level_calls):
+        rows = None
+    _row_locks(s, fc, rows, facts)
+    names = fc.names()
+    only = fc.srcs[0] if len(fc.srcs) == 1 else None
+    key_columns = {c for k in only.keys for c in k} if only is not None else set()
+
+    def resolves(ref: str) -> bool:
+        if ref[0] == "?":
+            return ref[1:] in key_columns or fc.places(ref[1:])
+        return ref in names
+
+    return whole, rows, resolves
+
+
+def _grouped_by_key(s: dict[str, Any], level: bounds.Level) -> frozenset[str]:
+    """Tables whose unique key the GROUP BY covers: one group per row, no reduction."""
+    groups = s.get("groupClause")
+    if not groups:
+        return frozenset()
+    cols = {c for g in groups if (c := level.column(g, None)) is not None}
+    out = set()
+    for i, src in enumerate(level.sources):
+        if src.table is not None and any(all((i, c) in cols for c in key) for key in src.keys):
+            out.add(src.table)
+    return frozenset(out)
+
+
+def _row_locks(
+    s: dict[str, Any], fc: sources.FromClause, rows: bounds.Bound, facts: StatementFacts
+) -> None:
+    """``FOR UPDATE`` / ``FOR SHARE``: the rows it locks, charged like reads (so that a
+    correlated sub-select's locks multiply too); judged in ``StatementFacts.result``."""
+    clauses = s.get("lockingClause")
+    if not clauses:
+        return
+    limit = _literal_limit(s, facts)
+    cap = rows if limit is None else limit if rows is None else min(rows, limit)
+    named: set[str] = set()
+    every = False
+    for c in clauses:
+        rels = (c.get("LockingClause") or {}).get("lockedRels")
+        if not rels:
+            every = True
+        for r in rels or ():
+            rv = r.get("RangeVar") or {}
+            named.add(rv.get("relname", ""))
+    for src in fc.srcs:
+        if not every and src.qual not in named:
+            continue
+        n = src.bound if src.table is not None else src.rows
+        if cap is not None:
+            n = cap if n is None else min(n, cap)
+        key = ("lock", src.table or src.qual or "a sub-select")
+        facts.reads[key] = bounds.plus(facts.reads.get(key, 0), n)
 
 
 def _distinct_values_of_one_expression(s: dict[str, Any], sources: frozenset[str]) -> bool:
@@ -385,182 +559,3 @@ def copies_whole_tables(whole: WholeTables, target: str, facts: StatementFacts) 
         f"copies every row of {name_list(whole)} into {target} (no WHERE that narrows it, "
         f"no LIMIT of at most {DUMP_LIMIT_THRESHOLD} rows)",
     )
-
-
-def target_write(rv: dict[str, Any], facts: StatementFacts) -> str:
-    """Record the table a DML statement writes; returns its qualifier (alias or name)."""
-    schema, name = relname(rv)
-    key = table_key(schema, name)
-    facts.tables.add(key)
-    alias = (rv.get("alias") or {}).get("aliasname")
-    if alias:
-        facts.aliases[alias] = key
-    if is_catalog(schema, name):
-        facts.add(ADMIN, "catalog-write", f"writes to the system catalog table {name}")
-    return alias or name
-
-
-def _target_narrowed(
-    target: str,
-    found: list[Source],
-    where: Any,
-    facts: StatementFacts,
-    ctes: Ctes,
-    eqs: list[tuple[set[str], set[str]]],
-    outer: frozenset[str],
-) -> bool:
-    """Does WHERE narrow the rows an UPDATE/DELETE touches (only the target matters)?"""
-    if where is None:
-        return False
-    sc = narrowing.Scope(frozenset(n for n, _ in found), outer)
-    narrowed = narrowing.restricted(where, facts, ctes, sc, eqs)
-    if eqs:
-        narrowed = narrowing.propagate(narrowed, eqs)
-    return target in narrowed
-
-
-def _returning(body: dict[str, Any], facts: StatementFacts, ctes: Ctes) -> bool:
-    rc = body.get("returningClause")
-    exprs = rc.get("exprs") if isinstance(rc, dict) else body.get("returningList")
-    if exprs:
-        expressions.walk(exprs, facts, True, ctes)
-        return True
-    return False
-
-
-def _written_columns(rel: dict[str, Any], targets: list[Any] | None, facts: StatementFacts) -> None:
-    """Record ``table.column`` for the columns an INSERT/UPDATE assigns."""
-    table = table_key(*relname(rel))
-    for t in targets or ():
-        name = (t.get("ResTarget") or {}).get("name")
-        if name:
-            facts.columns.add(f"{table}.{name}")
-
-
-def insert(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> WholeTables:
-    """INSERT: ``write``; ``dump`` when it copies whole tables (INSERT ... SELECT)."""
-    ctes = with_clause(body.get("withClause"), facts, ctes)
-    relation = body.get("relation") or {}
-    target = table_key(*relname(relation))
-    target_write(relation, facts)
-    _written_columns(relation, body.get("cols"), facts)
-    facts.add(WRITE, "insert", f"inserts rows into {target}")
-    src = body.get("selectStmt") or {}
-    unbounded: WholeTables = ()
-    for k, s in src.items():
-        if k == "SelectStmt" and "valuesLists" in s and s.get("op", "SETOP_NONE") == "SETOP_NONE":
-            expressions.walk(s["valuesLists"], facts, True, ctes)
-        else:
-            unbounded = query(k, s, facts, True, ctes)
-            if unbounded:
-                facts.add(
-                    DUMP,
-                    "insert-select-table",
-                    f"copies every row of {name_list(unbounded)} into {target} "
-                    f"(no WHERE that narrows it, no LIMIT of at most {DUMP_LIMIT_THRESHOLD} rows)",
-                )
-    expressions.walk(body.get("onConflictClause"), facts, True, ctes)
-    returns = _returning(body, facts, ctes)
-    return unbounded if returns else ()
-
-
-def _row_write(
-    body: dict[str, Any], facts: StatementFacts, ctes: Ctes, verb: str, sources_key: str
-) -> WholeTables:
-    """UPDATE and DELETE: ``write`` when the target table is narrowed by the WHERE,
-    else ``destructive``; RETURNING from an unnarrowed one is a ``dump``.
-
-    Only the target must be narrowed: rows of FROM/USING tables are not written.
-    Returns whether rows of the whole table flow out (unnarrowed RETURNING).
-    """
-    ctes = with_clause(body.get("withClause"), facts, ctes)
-    relation = body.get("relation") or {}
-    table = table_key(*relname(relation))
-    target = target_write(relation, facts)
-    if verb == "update":
-        _written_columns(relation, body.get("targetList"), facts)
-    found: list[Source] = [(target, (table,))]
-    eqs: list[tuple[set[str], set[str]]] = []
-    for item in body.get(sources_key, ()):
-        sources(item, facts, False, ctes, found, eqs)
-    outer = facts.scope
-    facts.scope = outer | frozenset(n for n, _ in found)
-    if verb == "update":
-        expressions.walk(body.get("targetList"), facts, True, ctes)
-    where = body.get("whereClause")
-    expressions.walk(where, facts, False, ctes)
-    facts.scope = outer
-    bounded = _target_narrowed(target, found, where, facts, ctes, eqs, outer)
-    if bounded:
-        facts.add(WRITE, verb, f"{verb}s the rows of {table} its WHERE selects")
-    else:
-        facts.add(
-            DESTRUCTIVE,
-            f"{verb}-without-where",
-            f"{verb}s every row of {table} (no WHERE that narrows it to a few rows)",
-        )
-    returns = _returning(body, facts, ctes)
-    if returns and not bounded:
-        facts.add(
-            DUMP,
-            "returning-all-rows",
-            f"returns every row of {table} it {verb}s (RETURNING with no WHERE that narrows it)",
-        )
-    return (table,) if returns and not bounded else ()
-
-
-def update(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> WholeTables:
-    return _row_write(body, facts, ctes, "update", "fromClause")
-
-
-def delete(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> WholeTables:
-    return _row_write(body, facts, ctes, "delete", "usingClause")
-
-
-def merge(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> WholeTables:
-    """MERGE: ``write``; ``destructive`` when it deletes or joins on no condition."""
-    ctes = with_clause(body.get("withClause"), facts, ctes)
-    relation = body.get("relation") or {}
-    table = table_key(*relname(relation))
-    target_write(relation, facts)
-    src = from_item(body.get("sourceRelation"), facts, True, ctes)
-    cond = body.get("joinCondition")
-    expressions.walk(cond, facts, False, ctes)
-    destructive = not has_column(cond)
-    inserts = False
-    for w in body.get("mergeWhenClauses", ()):
-        mw = w.get("MergeWhenClause") or {}
-        ct = mw.get("commandType")
-        if ct == "CMD_DELETE":
-            destructive = True
-        elif ct == "CMD_INSERT":
-            inserts = True
-        expressions.walk(mw.get("condition"), facts, False, ctes)
-        expressions.walk(mw.get("targetList"), facts, True, ctes)
-        expressions.walk(mw.get("values"), facts, True, ctes)
-    if destructive:
-        facts.add(
-            DESTRUCTIVE,
-            "merge-delete",
-            f"merges into {table} with a DELETE action or a join condition that names no column",
-        )
-    else:
-        facts.add(WRITE, "merge", f"merges rows into {table}")
-    if src and inserts:
-        facts.add(
-            DUMP,
-            "merge-insert-table",
-            f"inserts every row of {name_list(src)} into {table} "
-            "(a MERGE source with no WHERE that narrows it)",
-        )
-    _returning(body, facts, ctes)
-    return ()
-
-
-_DML: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], WholeTables]] = {
-    "InsertStmt": insert,
-    "UpdateStmt": update,
-    "DeleteStmt": delete,
-    "MergeStmt": merge,
-}
-assert {"SelectStmt", *_DML} == QUERY_NODES, "nodes.QUERY_NODES must name every query handler"

@@ -14,6 +14,7 @@ from typing import Any
 
 from dbgate.policy.catalog_settings import setting_effects
 from dbgate.policy.model import ADMIN, CONTROL, ESCAPE, PRIVILEGE
+from dbgate.policy.walk import guards
 from dbgate.policy.walk.facts import StatementFacts
 from dbgate.policy.walk.nodes import KNOWN, value_of
 
@@ -28,8 +29,14 @@ def _var_values(body: dict[str, Any], facts: StatementFacts) -> list[str] | None
     return vals
 
 
-def variable_set(body: dict[str, Any], facts: StatementFacts, *, as_list: bool = False) -> None:
-    """SET / RESET / SET TRANSACTION ... (also the body of ALTER ROLE/DATABASE/SYSTEM SET)."""
+def variable_set(
+    body: dict[str, Any], facts: StatementFacts, *, as_list: bool = False, session: bool = False
+) -> None:
+    """SET / RESET / SET TRANSACTION ... (also the body of ALTER ROLE/DATABASE/SYSTEM SET).
+
+    ``session``: the statement changes this session (a SET, not ALTER ... SET), so a
+    change to a session guard is reported for the rules to compare with its ceiling.
+    """
     kind = body.get("kind", "VAR_SET_VALUE")
     name = body.get("name", "")
     if kind == "VAR_RESET_ALL":
@@ -48,6 +55,8 @@ def variable_set(body: dict[str, Any], facts: StatementFacts, *, as_list: bool =
         values = None
     else:
         values = _var_values(body, facts)
+    if session and name.lower() in guards.GUARDS:
+        guards.set_statement(name.lower(), kind, values, bool(body.get("is_local")), facts)
     effects, _ = setting_effects(name, values, as_list=as_list)
     for cat, code, msg in effects:
         facts.add(cat, code, msg)

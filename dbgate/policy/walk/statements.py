@@ -19,12 +19,13 @@ from dbgate.policy.model import (
     DUMP,
     ESCAPE,
     EXPORT,
+    LOCK,
     OPAQUE,
     PRIVILEGE,
     READ,
     WRITE,
 )
-from dbgate.policy.walk import expressions, prepared, queries
+from dbgate.policy.walk import dml, expressions, prepared, queries
 from dbgate.policy.walk.command_names import command_name
 from dbgate.policy.walk.facts import StatementFacts
 from dbgate.policy.walk.fixed_statements import FIXED_EFFECTS
@@ -52,6 +53,7 @@ def statement(node: dict[str, Any], facts: StatementFacts) -> None:
     """Classify one top-level statement node ``{"XxxStmt": body}``."""
     for k, body in node.items():
         facts.command = command_name(k, body)
+        facts.top = body
         stmt_body(k, body, facts)
 
 
@@ -92,6 +94,7 @@ def definition(body: Any, facts: StatementFacts) -> None:
     """
     sub = StatementFacts(facts.params, facts.prepared, facts.extra_pure, facts.depth)
     expressions.walk(body, sub, False, {})
+    sub.reads = {}  # a definition does not run now: it reads nothing
     for r in sub.result().reasons:
         if r.category in _DEFINITION_KEEP:
             facts.add(r.category, r.code, r.message)
@@ -100,8 +103,28 @@ def definition(body: Any, facts: StatementFacts) -> None:
     facts.sensitive |= sub.sensitive
 
 
+_TWO_PHASE = {
+    "TRANS_STMT_PREPARE": (
+        "prepared-transaction",
+        "prepares the transaction for two-phase commit (PREPARE TRANSACTION), which keeps "
+        "its locks after the session ends, until someone commits or rolls it back",
+    ),
+    "TRANS_STMT_COMMIT_PREPARED": (
+        "finish-prepared-transaction",
+        "commits a prepared transaction (COMMIT PREPARED), which may be another session's",
+    ),
+    "TRANS_STMT_ROLLBACK_PREPARED": (
+        "finish-prepared-transaction",
+        "rolls back a prepared transaction (ROLLBACK PREPARED), which may be another session's",
+    ),
+}
+
+
 def _transaction(body: dict[str, Any], facts: StatementFacts) -> None:
     transaction_options(body.get("options"), facts)
+    two_phase = _TWO_PHASE.get(body.get("kind", ""))
+    if two_phase is not None:
+        facts.add(LOCK, *two_phase)
 
 
 def _explain(body: dict[str, Any], facts: StatementFacts) -> None:
@@ -122,7 +145,7 @@ def _explain(body: dict[str, Any], facts: StatementFacts) -> None:
             stmt_body(k, b, facts)
         return
     facts.add(READ, "explain", "plans a statement without running it (EXPLAIN)")
-    sub = StatementFacts(facts.params, facts.prepared, facts.extra_pure, facts.depth)
+    sub = StatementFacts(facts.params, facts.prepared, facts.extra_pure, facts.depth, facts.keys)
     for k, b in q.items():
         stmt_body(k, b, sub)
     # planning can evaluate IMMUTABLE functions: unknown ones stay opaque
@@ -158,8 +181,9 @@ def _copy(body: dict[str, Any], facts: StatementFacts) -> None:
     if is_from:
         target = table_key(*relname(rel)) if rel else "a table"
         if rel:
-            queries.target_write(rel, facts)
+            dml.target_write(rel, facts)
         facts.add(WRITE, "copy-from", f"loads rows into {target} (COPY FROM)")
+        facts.writes[target] = None  # as many as the client sends; "COPY n" counts them
         expressions.walk(body.get("whereClause"), facts, False, {})
         return
     for a in body.get("attlist", ()):
@@ -180,6 +204,8 @@ def _copy(body: dict[str, Any], facts: StatementFacts) -> None:
             f"reads every row of {key} (COPY of a table copies all of it; "
             "COPY (SELECT ... WHERE ...) TO STDOUT copies only what the query selects)",
         )
+        if not is_catalog(schema, name):
+            facts.reads[key] = None
         if is_catalog(schema, name):
             catalog_read(schema, name, facts, name, whole=not body.get("attlist"))
         return
@@ -197,7 +223,7 @@ def _declare(body: dict[str, Any], facts: StatementFacts) -> None:
     q = body.get("query") or {}
     whole: WholeTables = ()
     for k, b in q.items():
-        whole = queries.query(k, b, facts, True, {})
+        whole = queries.query(k, b, facts, True, {}).whole
     if whole and body.get("options", 0) & 0x20:
         facts.add(
             DUMP,
@@ -221,12 +247,13 @@ _LOCK_MODES = {
 
 
 def _lock(body: dict[str, Any], facts: StatementFacts) -> None:
-    """LOCK TABLE: ``read`` for ACCESS SHARE, ``write`` for any stronger mode.
+    """LOCK TABLE: ``read`` for ACCESS SHARE and ROW SHARE, ``lock`` for anything stronger.
 
     ACCESS SHARE is the lock every SELECT takes: it conflicts only with ACCESS
     EXCLUSIVE (DROP, TRUNCATE, most ALTER TABLE), so it blocks nobody's reads or
-    writes. pg_dump takes it on every table it dumps. Stronger modes block other
-    sessions' writes (or reads) until the transaction ends.
+    writes; pg_dump takes it on every table it dumps. ROW SHARE (what SELECT ... FOR
+    UPDATE takes on the table) conflicts only with EXCLUSIVE and ACCESS EXCLUSIVE.
+    Stronger modes block other sessions' writes (or reads) until the transaction ends.
     """
     tables = []
     for r in body.get("relations", ()):
@@ -243,10 +270,17 @@ def _lock(body: dict[str, Any], facts: StatementFacts) -> None:
             "lock-access-share",
             f"takes a reader's lock on {names} (ACCESS SHARE conflicts only with ACCESS EXCLUSIVE)",
         )
+    elif mode == "ROW SHARE":
+        facts.add(
+            READ,
+            "lock-row-share",
+            f"takes a row-share lock on {names} (conflicts only with EXCLUSIVE and "
+            "ACCESS EXCLUSIVE)",
+        )
     else:
         facts.add(
-            WRITE,
-            "lock",
+            LOCK,
+            "lock-table",
             f"locks {names} in {mode} mode, which blocks other sessions until the transaction ends",
         )
 
@@ -256,6 +290,7 @@ def _fetch(body: dict[str, Any], facts: StatementFacts) -> None:
         facts.add(CONTROL, "move", "repositions a cursor (MOVE)")
     else:
         facts.add(READ, "fetch", "reads rows from a cursor, judged at its DECLARE (FETCH)")
+        facts.reads[("rows", "fetch")] = None  # counted against the run-time row limit
 
 
 def _call(body: dict[str, Any], facts: StatementFacts) -> None:
@@ -285,7 +320,7 @@ def _truncate(body: dict[str, Any], facts: StatementFacts) -> None:
     for r in body.get("relations", ()):
         rv = r.get("RangeVar")
         if rv:
-            queries.target_write(rv, facts)
+            dml.target_write(rv, facts)
             tables.append(table_key(*relname(rv)))
     facts.add(
         DESTRUCTIVE, "truncate", f"removes every row of {name_list(tuple(tables))} (TRUNCATE)"
@@ -384,7 +419,7 @@ def _create_table_as(body: dict[str, Any], facts: StatementFacts) -> None:
     q = body.get("query") or {}
     for k, b in q.items():
         if k == "SelectStmt":
-            whole = queries.select(b, facts, True, {}, False)
+            whole = queries.select(b, facts, True, {}, False).whole
             if whole:
                 queries.copies_whole_tables(whole, target, facts)
         else:
@@ -461,7 +496,7 @@ def _create_schema(body: dict[str, Any], facts: StatementFacts) -> None:
 
 def _variable_set_stmt(body: dict[str, Any], facts: StatementFacts) -> None:
     if not declaration(body, facts):
-        variable_set(body, facts)
+        variable_set(body, facts, session=True)
 
 
 def _create(body: dict[str, Any], facts: StatementFacts) -> None:

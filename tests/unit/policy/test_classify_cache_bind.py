@@ -18,7 +18,7 @@ from dbgate.policy import walk
 from dbgate.policy.classify import cache_info, classify, classify_bind, clear_cache
 from dbgate.policy.model import Category
 
-R, W, D, A, P, ESC, OPQ, C = (
+R, W, D, A, P, ESC, OPQ, C, L = (
     Category.READ,
     Category.WRITE,
     Category.DUMP,
@@ -27,6 +27,7 @@ R, W, D, A, P, ESC, OPQ, C = (
     Category.ESCAPE,
     Category.OPAQUE,
     Category.CONTROL,
+    Category.LOCK,
 )
 
 
@@ -152,7 +153,7 @@ def test_fingerprint_ignores_literals_that_matter() -> None:
             "LOCK TABLE orders IN ACCESS SHARE MODE",
             {R},
             "LOCK TABLE orders IN ACCESS EXCLUSIVE MODE",
-            {W},
+            {L},
         ),
     ],
 )

@@ -94,7 +94,9 @@ def test_dangerous_builtins_are_not_pure(name: str) -> None:
         "regclass",
         "now",
         "random",
-        "pg_advisory_lock",
+        "pg_advisory_xact_lock",
+        "pg_advisory_unlock",
+        "pg_current_logfile",
     ],
 )
 def test_everyday_builtins_are_pure(name: str) -> None:

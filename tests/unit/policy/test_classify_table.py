@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from dbgate.policy.classify import classify, clear_cache
-from dbgate.policy.model import DDL, ESC, A, C, Category, D, E, O, P, R, W, X
+from dbgate.policy.model import DDL, ESC, A, C, Category, D, E, L, O, P, R, W, X
 
 
 def row(sql: str, *cats: Category, subset: bool = False, id: str | None = None) -> Any:
@@ -212,7 +212,9 @@ DRIVERS = [
     row("SELECT set_config('application_name', 'x', false)", R, C),
     row("SELECT set_config('statement_timeout', '10s', true)", R, C),
     row("SELECT pg_sleep(0.1)", R, id="pg_sleep-is-harmless"),
-    row("SELECT pg_try_advisory_lock(42)", R),
+    row("SELECT pg_try_advisory_lock(42)", R, L, id="session-advisory-lock"),
+    row("SELECT pg_advisory_xact_lock(42)", R, id="transaction-advisory-lock"),
+    row("SELECT pg_advisory_unlock_all()", R),
     row("SELECT now(), clock_timestamp(), random(), gen_random_uuid()", R),
 ]
 
@@ -236,7 +238,9 @@ BI = [
     row("SELECT * FROM orders FETCH FIRST 10 ROWS ONLY", R),
     row("SELECT * FROM orders OFFSET 10 LIMIT 10", R),
     row("SELECT id FROM orders WHERE status = 'open' FOR UPDATE SKIP LOCKED LIMIT 1", R),
-    row("SELECT * FROM customers WHERE email = 'a@b.c' FOR SHARE", R),
+    # Row locks need proof (a unique key, or a small LIMIT): without a key catalog the
+    # email is not known to be unique (test_bounds_table has the proven case).
+    row("SELECT * FROM customers WHERE email = 'a@b.c' FOR SHARE", R, L),
     row("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY total) FROM orders", R),
     row("SELECT count(DISTINCT customer_id) FILTER (WHERE total > 10) FROM orders", R),
     row(
@@ -332,9 +336,10 @@ WRITES = [
     ),
     row("SELECT pg_notify('jobs', 'job 42 done')", R, W),
     row("NOTIFY jobs, 'hello'", W),
-    row("LOCK TABLE orders IN SHARE MODE", W),
-    row("LOCK TABLE orders", W, id="lock-defaults-to-access-exclusive"),
-    row("LOCK orders, payments IN ROW SHARE MODE NOWAIT", W),
+    row("LOCK TABLE orders IN SHARE MODE", L),
+    row("LOCK TABLE orders", L, id="lock-defaults-to-access-exclusive"),
+    row("LOCK orders, payments IN ROW SHARE MODE NOWAIT", R),
+    row("LOCK orders IN EXCLUSIVE MODE", L),
     # ACCESS SHARE (every SELECT's lock) conflicts only with ACCESS EXCLUSIVE
     row("LOCK TABLE public.customers, public.orders IN ACCESS SHARE MODE", R),
     row("REFRESH MATERIALIZED VIEW order_stats", W),
@@ -750,6 +755,7 @@ DUMP = [
         "SELECT (SELECT array_agg(email) FROM customers c WHERE c.id = o.customer_id) "
         "FROM orders o WHERE o.id = 1",
         R,
+        D,  # proven narrow only with a key catalog (test_bounds_table)
         id="correlated-scalar-sublink",
     ),
     row(
@@ -986,7 +992,7 @@ EVASIONS = [
         W,
         A,
     ),
-    row("SELECT * FROM orders WHERE id = 1 FOR UPDATE", R, id="row-locking"),
+    row("SELECT * FROM orders WHERE id = 1 FOR UPDATE", R, L, id="row-locking"),
     row("COPY (SELECT pg_read_file('x')) TO STDOUT", R, A),
     row("SELECT pg_catalog.set_config('role', 'postgres', false)", R, P),
     row("SELECT * FROM orders WHERE id = 1 AND set_config('role','postgres',false) = ''", R, P),

@@ -75,6 +75,32 @@ def test_bounded_read_is_allowed() -> None:
     assert doc["tables"] == ["orders"]
 
 
+def test_run_time_limits_are_reported_for_an_allowed_statement() -> None:
+    doc = classify_json("SELECT id, total FROM orders WHERE status = 'paid'")
+    assert doc["action"] == "allow"
+    assert doc["limits"] == {"max_rows": 1000, "max_rows_changed": None}
+    assert doc["over_limit"] == {"max_rows": {"action": "refuse", "rule": "allow-reads"}}
+    assert doc["row_window"] == {
+        "rows": 20000,
+        "seconds": 3600,
+        "rule": "allow-reads",
+        "tables": ["orders"],
+    }
+    (st,) = doc["statements"]
+    assert (st["read_bound"], st["unbounded_tables"], st["write_bound"]) == (None, ["orders"], 0)
+    write = classify_json("UPDATE orders SET total = 0 WHERE status = 'x'")
+    assert write["limits"] == {"max_rows": None, "max_rows_changed": 100}
+    assert write["over_limit"] == {
+        "max_rows_changed": {"action": "hold", "rule": "allow-bounded-writes"}
+    }
+    assert classify_json("SELECT 1")["limits"] is None
+    assert classify_json("DELETE FROM orders")["limits"] is None  # held: no limits
+    proc = run("classify", "UPDATE orders SET total = 0 WHERE status = 'x'")
+    assert "limit:      at most 100 rows changed per statement, then held for approval" in (
+        proc.stdout
+    )
+
+
 def test_multi_statement_is_most_restrictive() -> None:
     doc = classify_json("SELECT 1; GRANT ALL ON orders TO PUBLIC")
     assert doc["action"] == "hold"
@@ -145,7 +171,7 @@ def test_classify_with_bad_rules_exits_2(tmp_path: Path) -> None:
 def test_rules_check_shipped_pack() -> None:
     proc = run("rules", "check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip() == "ok: 13 rules in 1 file"
+    assert proc.stdout.strip() == "ok: 14 rules in 1 file"
 
 
 def test_rules_check_broken_dir(tmp_path: Path) -> None:
@@ -164,7 +190,7 @@ def test_rules_check_broken_dir(tmp_path: Path) -> None:
     assert lines[0] == (
         f"{tmp_path / '10-a.yaml'}:4: unknown category 'exprt'; did you mean 'export'? "
         "(valid: read, write, destructive, ddl, privilege, export, dump, admin, escape, "
-        "opaque, control)"
+        "opaque, control, lock)"
     )
     assert lines[1] == (
         f"{tmp_path / '10-a.yaml'}:6: bad duration str 'soon' for 'expires_after'; "

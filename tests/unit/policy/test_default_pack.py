@@ -286,9 +286,16 @@ EVASIONS = [
     ("SELECT length((SELECT string_agg(ssn, ',') FROM customers))", HOLD),
     # quoted table names
     ('SELECT * FROM "customers"', HOLD),
-    # MERGE
+    # MERGE: each action judged as the statement it is, with ON as its predicate
     (
         "MERGE INTO orders o USING (VALUES (1)) v(id) ON o.id = v.id WHEN MATCHED THEN DELETE",
+        ALLOW,
+    ),
+    ("MERGE INTO orders o USING orders s ON o.id = s.id WHEN MATCHED THEN DELETE", HOLD),
+    ("MERGE INTO orders o USING (VALUES (1)) v(id) ON true WHEN MATCHED THEN DELETE", HOLD),
+    (
+        "MERGE INTO orders o USING (VALUES (1)) v(id) ON o.id = v.id "
+        "WHEN NOT MATCHED BY SOURCE THEN DELETE",
         HOLD,
     ),
     # a harmless read and an export in one statement: read's allow cannot carry it

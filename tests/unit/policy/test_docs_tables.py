@@ -7,6 +7,7 @@ here, and so does documentation that drifts from the code.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,29 @@ def _sql(cell: str) -> str:
 AT_A_GLANCE = _tables("| SQL | Categories | Default pack |")
 REASONS = _tables("| SQL (default pack) | Action, rule | `Decision.reasons` |")
 PARSE_ERRORS = _tables("| Query | `parse_error` | `parse_error_position` |")
+LIMITS = _tables("| SQL (default pack, no key catalog) | Action | `limits` |")
 
 
 def test_the_tables_were_found() -> None:
     assert len(AT_A_GLANCE) >= 30 and len(REASONS) >= 8 and len(PARSE_ERRORS) >= 4
+    assert len(LIMITS) >= 5
+
+
+@pytest.mark.parametrize("cells", LIMITS)
+def test_documented_limits(cells: list[str]) -> None:
+    clear_cache()
+    sql, outcome, limits = cells
+    d = PACK.decide(AGENT, classify(_sql(sql)))
+    action, _, rule = outcome.partition(" ")
+    assert d.action.value == action
+    if rule:
+        assert f"(`{d.rule}`)" == rule
+    documented = re.match(r"`(\{.*\})`|null", limits)
+    assert documented, limits
+    if documented.group(1) is None:
+        assert d.limits is None
+    else:
+        assert d.limits == json.loads(documented.group(1))
 
 
 @pytest.mark.parametrize("cells", AT_A_GLANCE)

@@ -33,6 +33,12 @@ TABLE = [
     row("SELECT 1 -- comment\nFROM WHERE", 'syntax error at or near "WHERE"', 26, id="newline"),
     row("SELECT 'abc", "unterminated quoted string at or near <literal>", 8, id="literal-masked"),
     row("SELECT 1 /* open", 'unterminated /* comment at or near "/* open"', 10, id="comment"),
+    row(
+        "SELECT 1 /* a /* b */ c",
+        'unterminated /* comment at or near "/* a /* b */ c"',
+        10,
+        id="nested-comment-parsed-flattened",
+    ),
     row("\tSELECT\t1\tWHERE", "syntax error at end of input", 16, id="tabs"),
 ]
 

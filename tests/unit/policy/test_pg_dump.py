@@ -126,6 +126,14 @@ def test_schema_only_dump_is_allowed(pg_server: Any, dump_database: tuple[str, s
     refused = [(sql, d) for sql, d in decided if d.action is not Action.ALLOW]
     assert not refused, _report(refused)
     assert len(decided) > 20  # pg_dump really ran its catalog queries
+    # pg_dump turns the session's timeouts off: it runs, and the gate puts this
+    # identity's ceilings back right after each such SET (docs/rules.md, "Session guards")
+    clamped = {name for _, d in decided for name, _ in d.guard_clamps}
+    assert {"statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"} <= clamped
+    ceilings = PACK.session_guards(AGENT).settings()
+    for _, d in decided:
+        for name, ms in d.guard_clamps:
+            assert str(ms) == ceilings[name]
 
 
 def test_a_superusers_dump_reads_subscription_credentials_and_is_denied_there(

@@ -16,7 +16,9 @@ from dbgate.policy.model import Action, Category, Identity
 from dbgate.policy.rules import RULES_DIR_ENV, RulesError, default_rules_dir, load_rules
 from dbgate.policy.rules_load import parse_duration
 
-CATS = "read, write, destructive, ddl, privilege, export, dump, admin, escape, opaque, control"
+CATS = (
+    "read, write, destructive, ddl, privilege, export, dump, admin, escape, opaque, control, lock"
+)
 
 
 def write(tmp_path: Path, text: str, name: str = "pack.yaml") -> Path:
@@ -77,7 +79,8 @@ def problems(directory: Path) -> list[str]:
                 "pack.yaml:2: rule 'a' is missing 'action' (valid: allow, hold, deny)",
                 "pack.yaml:3: unknown key 'acton' in a rule; did you mean 'action'? (valid: name, "
                 "description, match, action, message, approver_groups, approvals_needed, "
-                "wait_seconds, expires_after)",
+                "wait_seconds, expires_after, max_rows, max_rows_changed, max_rows_per_window, "
+                "window, over_limit)",
             ],
         ),
         (
@@ -88,7 +91,7 @@ def problems(directory: Path) -> list[str]:
             """,
             [
                 "pack.yaml:1: unknown key 'rulez' in the top level; did you mean 'rules'? "
-                "(valid: version, rules)",
+                "(valid: version, rules, session_guards)",
                 "pack.yaml:1: missing key 'rules' (a list of rules)",
             ],
         ),
@@ -113,7 +116,95 @@ def problems(directory: Path) -> list[str]:
                 action: allow
                 approver_groups: [dba]
             """,
-            ["pack.yaml:4: 'approver_groups' only applies to 'action: hold' (rule 'a' is 'allow')"],
+            [
+                "pack.yaml:4: 'approver_groups' only applies to 'action: hold' or to an allow "
+                "rule with 'over_limit: hold' (rule 'a' has none)"
+            ],
+        ),
+        (
+            """
+            rules:
+              - name: a
+                action: deny
+                approver_groups: [dba]
+            """,
+            ["pack.yaml:4: 'approver_groups' only applies to 'action: hold' (rule 'a' is 'deny')"],
+        ),
+        # -- run-time limits ------------------------------------------------------------
+        (
+            """
+            rules:
+              - name: a
+                action: allow
+                max_rows: 0
+                max_rows_changed: lots
+                max_rows_per_window: true
+            """,
+            [
+                "pack.yaml:4: 'max_rows' must be an integer >= 1, got int '0'",
+                "pack.yaml:5: 'max_rows_changed' must be an integer >= 1, got str 'lots'",
+                "pack.yaml:6: 'max_rows_per_window' must be an integer >= 1, got bool 'true'",
+            ],
+        ),
+        (
+            """
+            rules:
+              - name: a
+                action: hold
+                max_rows: 10
+                over_limit: refuse
+            """,
+            [
+                "pack.yaml:4: 'max_rows' only applies to 'action: allow' (rule 'a' is 'hold'): "
+                "a limit lets a statement run up to it",
+                "pack.yaml:5: 'over_limit' only applies to 'action: allow' (rule 'a' is "
+                "'hold'): a limit lets a statement run up to it",
+            ],
+        ),
+        (
+            """
+            rules:
+              - name: a
+                action: allow
+                max_rows: 10
+                over_limit: stop
+            """,
+            [
+                "pack.yaml:5: unknown over_limit 'stop' (valid: refuse, hold)",
+            ],
+        ),
+        (
+            """
+            rules:
+              - name: a
+                action: allow
+                over_limit: hold
+                approver_groups: [dba]
+            """,
+            [
+                "pack.yaml:4: 'over_limit' needs 'max_rows' or 'max_rows_changed' (what is past "
+                "it?)",
+            ],
+        ),
+        (
+            """
+            rules:
+              - name: a
+                action: allow
+                window: 1h
+                max_rows: 5
+            """,
+            ["pack.yaml:4: 'window' needs 'max_rows_per_window'"],
+        ),
+        (
+            """
+            rules:
+              - name: a
+                action: allow
+                max_rows_per_window: 5
+                window: soon
+            """,
+            ["pack.yaml:5: bad duration str 'soon' for 'window'; use e.g. 15m, 1h, 1d"],
         ),
         (
             """
@@ -332,6 +423,41 @@ def test_valid_rule_fields_round_trip(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         rs.rule("nope")
     _ = Identity  # imported for symmetry with the engine tests
+
+
+def test_limit_fields_round_trip(tmp_path: Path) -> None:
+    d = write(
+        tmp_path,
+        """
+        rules:
+          - name: reads
+            match: {categories: [read]}
+            action: allow
+            max_rows: 500
+            max_rows_per_window: 9000
+            window: 15m
+          - name: writes
+            match: {categories: [write]}
+            action: allow
+            max_rows_changed: 20
+            over_limit: hold
+            approver_groups: [dba]
+            approvals_needed: 2
+            expires_after: 30m
+          - name: default-window
+            match: {categories: [control]}
+            action: allow
+            max_rows_per_window: 10
+        """,
+    )
+    rs = load_rules(d)
+    reads, writes = rs.rule("reads"), rs.rule("writes")
+    assert (reads.max_rows, reads.max_rows_per_window, reads.window_seconds) == (500, 9000, 900)
+    assert reads.over_limit is Action.DENY  # refuse unless the rule says hold
+    assert (writes.max_rows_changed, writes.over_limit) == (20, Action.HOLD)
+    assert (writes.approver_groups, writes.approvals_needed) == (("dba",), 2)
+    assert writes.expires_after_seconds == 1800
+    assert rs.rule("default-window").window_seconds == 3600
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,8 @@ def test_wait_seconds_only_applies_to_hold(tmp_path: Path) -> None:
         """,
     )
     assert problems(d) == [
-        "pack.yaml:4: 'wait_seconds' only applies to 'action: hold' (rule 'a' is 'allow')"
+        "pack.yaml:4: 'wait_seconds' only applies to 'action: hold' or to an allow rule "
+        "with 'over_limit: hold' (rule 'a' has none)"
     ]
 
 
