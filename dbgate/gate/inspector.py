@@ -27,7 +27,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from dbgate.audit.errors import AuditUnavailable
 from dbgate.gate import refusals
+from dbgate.gate.audit import AuditTrail
 from dbgate.gate.holds import HoldDesk
 from dbgate.gate.notes import GateNote, primary_category
 from dbgate.gate.pii import PiiGate
@@ -38,6 +40,7 @@ from dbgate.proxy.seams import (
     ALLOW,
     ALLOW_CHECKING_BINDS,
     Allow,
+    Refuse,
     Statement,
     Verdict,
 )
@@ -71,9 +74,11 @@ class Gate:
         *,
         holds: HoldDesk | None = None,
         pii: PiiGate | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.holds = holds
         self.pii = pii
+        self.audit = audit
         self._repeats: Callable[[str], bool] = lambda _sql: False
         if classify is None:
             from dbgate.policy.classify import classify, seen_exactly
@@ -124,6 +129,14 @@ class Gate:
             # UTF-8 encoding; with others a string literal could hide a statement from
             # it. Refuse everything.
             return refusals.SETTINGS_REFUSED
+        audit = self.audit
+        if audit is not None:
+            try:
+                room = audit.admit()
+            except AuditUnavailable:
+                return refusals.AUDIT_UNAVAILABLE
+            if room is not None:  # the audit queue is full: wait for room first
+                return self._after(room, session, statement)
         pii = self.pii
         if pii is not None and pii.session(session) is None:
             return self._after_schema(session, statement)
@@ -143,6 +156,15 @@ class Gate:
             lambda decision: self.verdict(decision, session, statement.sql, ()),
         )
         return verdict if changed is None else changed
+
+    async def _after(
+        self, ready: Awaitable[None], session: SessionInfo, statement: Statement
+    ) -> Verdict:
+        await ready
+        verdict = self.inspect(session, statement)
+        if isinstance(verdict, Awaitable):
+            return await verdict
+        return verdict
 
     async def _after_schema(self, session: SessionInfo, statement: Statement) -> Verdict:
         """The first statement on a database: its schema is loaded for PII first."""
@@ -294,9 +316,41 @@ class Gate:
             return ALLOW
         classification = decision.classification
         if classification is not None and classification.parse_error is not None:
-            return refusals.syntax_error(decision, classification)
-        refusals.log_refusal(session, decision, sql)
-        if decision.action is not _HOLD_ACTION or self.holds is None or classification is None:
-            return refusals.refusal(decision, approvals=False)
-        request = self.holds.request(session, sql, params, decision, classification)
-        return self.holds.wait(session, request, decision)
+            refusal = refusals.syntax_error(decision, classification)
+        else:
+            refusals.log_refusal(session, decision, sql)
+            if (
+                decision.action is _HOLD_ACTION
+                and self.holds is not None
+                and classification is not None
+            ):
+                request = self.holds.request(session, sql, params, decision, classification)
+                return self.holds.wait(session, request, decision)
+            refusal = refusals.refusal(decision, approvals=False)
+        if self.audit is None:
+            return refusal
+        return self._recorded(session, sql, params, decision, refusal)
+
+    async def _recorded(
+        self,
+        session: SessionInfo,
+        sql: str,
+        params: tuple[str | None, ...] | list[str | None],
+        decision: Decision,
+        refusal: Refuse,
+    ) -> Verdict:
+        """A refusal is recorded, durably, before the client hears of it."""
+        assert self.audit is not None
+        note = refusal.note if isinstance(refusal.note, GateNote) else None
+        event = self.audit.statement(
+            session,
+            "refused",
+            "deny" if decision.action is Action.DENY else "refused",
+            sql,
+            note,
+            params=tuple(params),
+            outcome=refusal.sqlstate,
+            reason=refusal.message,
+        )
+        await self.audit.durable(event)  # refused either way
+        return refusal
