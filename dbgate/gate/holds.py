@@ -34,7 +34,6 @@ from dbgate.approvals.model import (
     HoldStatus,
     Requester,
 )
-from dbgate.gate import refusals
 from dbgate.gate.declarations import declared
 from dbgate.gate.notes import note_for
 from dbgate.gate.refusals import reasons_text, rule_hint
@@ -51,6 +50,10 @@ log = logging.getLogger("dbgate.gate")
 #: Hold outcomes recorded under their own name; the rest (unavailable, abandoned,
 #: pending for approve-then-retry) are "refused" with the reason.
 _REFUSED_AS = frozenset({"rejected", "expired", "withdrawn"})
+_UNRECORDED = HoldOutcome(
+    HoldStatus.UNAVAILABLE,
+    reason="the audit trail cannot record it: the state database is unreachable",
+)
 
 
 class HoldDesk:
@@ -121,7 +124,7 @@ class HoldDesk:
         if audit is not None and not await audit.durable(
             audit.held(session, request, decision, "decided", "hold")
         ):
-            return refusals.AUDIT_UNAVAILABLE  # nothing waits that the audit cannot show
+            return self.verdict(_UNRECORDED, decision)  # nothing waits unrecorded
         outcome = await self.service.approved_before(request)
         if outcome is None:
             try:
@@ -136,7 +139,7 @@ class HoldDesk:
         if audit is not None and not await self._recorded(
             audit, session, request, decision, outcome, verdict
         ):
-            return refusals.AUDIT_UNAVAILABLE
+            return self.verdict(_UNRECORDED, decision)  # approved, but not run unrecorded
         if isinstance(verdict, Allow):
             if decision.classification is not None:  # a SET dbgate.purpose in it now runs
                 session.declared.update(decision.classification.declares)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from dbgate.audit.errors import AuditUnavailable
@@ -79,6 +80,13 @@ class Gate:
         self.holds = holds
         self.pii = pii
         self.audit = audit
+        self._bind_allows: dict[int, tuple[Any, Allow]] = {}
+        #: Read by the relay (see Inspector in seams.py): while the audit trail cannot
+        #: be written, every statement comes here, to be refused.
+        self.strict = False
+        if audit is not None:
+            self.strict = not audit.writer.available
+            audit.writer.on_available = self._audit_available
         self._repeats: Callable[[str], bool] = lambda _sql: False
         if classify is None:
             from dbgate.policy.classify import classify, seen_exactly
@@ -88,6 +96,9 @@ class Gate:
         self._ruleset = ruleset
         # (identity, classification, outcome, Allow with its note, repeatable Allow)
         self._answers: dict[tuple[int, int], tuple[Any, ...]] = {}
+
+    def _audit_available(self, available: bool) -> None:
+        self.strict = not available
 
     @property
     def ruleset(self) -> RuleSet:
@@ -144,7 +155,12 @@ class Gate:
             verdict = self._inspect_bind(session, identity, statement)
             if pii is None or type(verdict) is not Allow:
                 return verdict
-            return pii.bind_verdict(session, statement, statement.sql) or verdict
+            changed = pii.bind_verdict(session, statement, statement.sql)
+            if changed is None:
+                return verdict
+            if type(changed) is Allow and changed.note is None:
+                changed = replace(changed, note=verdict.note)  # the Execute's record reads it
+            return changed
         verdict, classification = self._judge(session, identity, statement)
         if pii is None or type(verdict) is not Allow:
             return verdict
@@ -302,7 +318,19 @@ class Gate:
                 )
             if decision.action is not _ALLOW_ACTION:
                 return self.verdict(decision, session, candidate.sql, params)
-        return ALLOW
+        return self._bind_allowed(classification)
+
+    def _bind_allowed(self, classification: Any) -> Allow:
+        """An allowed Bind's verdict: it replaces the Parse's for the portal, so it
+        carries the statement's note (the observer and the audit read it)."""
+        hit = self._bind_allows.get(id(classification))
+        if hit is not None and hit[0] is classification:
+            return hit[1]  # type: ignore[no-any-return]
+        allow = Allow(note=GateNote(classification, "allow", primary_category(classification)))
+        if len(self._bind_allows) >= 4096:
+            self._bind_allows.clear()
+        self._bind_allows[id(classification)] = (classification, allow)
+        return allow
 
     def verdict(
         self,

@@ -317,6 +317,9 @@ class StatementTracker:
         self.info = info
         self.inspector: Inspector = inspector if inspector is not None else AllowAll()
         self.inspect_binds: bool = getattr(self.inspector, "inspects_binds", True)
+        # An inspector with a ``strict`` attribute may ask, while it is True, to see
+        # every Query, Parse and Bind (see Inspector in seams.py).
+        self._strictness = self.inspector if hasattr(self.inspector, "strict") else None
         self.observer = observer
         self.message_filter = message_filter
         # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
@@ -449,7 +452,9 @@ class StatementTracker:
         out: list[bytes] | None = None
         fwd = 0  # start of the range of chunk not yet forwarded
         queue = self._queue
-        memo = self._memo
+        strictness = self._strictness
+        strict = strictness is not None and strictness.strict  # type: ignore[attr-defined]
+        memo = self._memo if not strict else None
         observed = self.observer is not None
         for t, s, e in frames:
             hdr = s - 5
@@ -522,7 +527,7 @@ class StatementTracker:
             elif t == _BIND_MSG:
                 body = chunk[s:e]
                 statements = self.info.statements
-                if not self.inspect_binds and (
+                if not (strict or self.inspect_binds) and (
                     not statements.checked
                     or not statements.checks_binds(_bind_statement_name(chunk, s, e))
                 ):

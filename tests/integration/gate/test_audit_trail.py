@@ -245,3 +245,47 @@ def test_a_decision_from_the_shell_is_recorded(env: HoldsEnv, people: str) -> No
     assert len(recs) == 1
     assert (recs[0]["actor"], recs[0]["reason"]) == ("alice", "from the shell")
     assert recs[0]["chain"].startswith("cli-")
+
+
+def _readme_queries() -> list[str]:
+    """The SQL of the README's "Reviewing the audit trail" section, one per statement."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[3] / "README.md").read_text()
+    section = text.split("## Reviewing the audit trail", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sql\n", 1)[1].split("```", 1)[0]
+    return [q.strip() for q in block.split(";") if q.strip()]
+
+
+async def test_the_readmes_reviewer_queries_run_as_the_auditor(env: HoldsEnv, people: str) -> None:
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        got = await conn.fetch(f"SELECT id FROM {people} WHERE email = $1", "b@example.net")
+        assert [r["id"] for r in got] == [2]
+    finally:
+        await conn.close()
+    env.app.call(env.app.app.audit.flush())
+    admin = env.pg_server.dsn(env.state_db)
+    admin_execute(
+        admin,
+        "DROP ROLE IF EXISTS readme_auditor",
+        "CREATE ROLE readme_auditor LOGIN PASSWORD 'readme' IN ROLE dbgate_auditor",
+        f"GRANT CONNECT ON DATABASE {env.state_db} TO readme_auditor",
+    )
+    queries = _readme_queries()
+    assert len(queries) == 4
+    auditor = await asyncpg.connect(
+        host=env.pg_server.host,
+        port=env.pg_server.port,
+        user="readme_auditor",
+        password="readme",
+        database=env.state_db,
+    )
+    try:
+        for q in queries:
+            await auditor.fetch(q)  # each runs as written, with the auditor's rights
+        touched = await auditor.fetch(queries[2].replace("customers.ssn", f"{people}.email"))
+        assert touched and all(r["identity"] == "agent" for r in touched)
+    finally:
+        await auditor.close()
+        admin_execute(admin, "DROP OWNED BY readme_auditor", "DROP ROLE readme_auditor")
