@@ -9,7 +9,7 @@
    notifier;
 3. the policy (rules) and the gate that joins policy, approvals and the relay, with
    the observers of every statement (metrics, the audit trail, the PII rooms' schema
-   reload after DDL);
+   reload after DDL) and the key catalogs the classifier proves narrowness from;
 4. the proxy listener;
 5. the web server when ``web`` is configured: the approvers' page and API (with a
    state database), ``/healthz``, ``/readyz`` and ``/metrics``;
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from dbgate.approvals.service import PgApprovalService
     from dbgate.audit import AuditWriter
     from dbgate.gate.audit import AuditTrail
+    from dbgate.gate.keys import KeyCatalogs
     from dbgate.gate.pii import PiiGate
     from dbgate.web.app import WebServer
 
@@ -62,6 +63,7 @@ def build_gate(
     approvals: PgApprovalService | None = None,
     pii: PiiGate | None = None,
     audit: AuditTrail | None = None,
+    keys: KeyCatalogs | None = None,
 ) -> Inspector:
     """The relay's inspector for ``config``: the gate, or allow-all when policy is off."""
     if config.policy == "off":
@@ -79,7 +81,7 @@ def build_gate(
             replica=approvals.replica,
             audit=audit,
         )
-    return Gate(load_rules(config.rules_dir), holds=holds, pii=pii, audit=audit)
+    return Gate(load_rules(config.rules_dir), holds=holds, pii=pii, audit=audit, keys=keys)
 
 
 def _estimate_connection(config: Config, requester: Requester) -> Mapping[str, Any] | None:
@@ -112,6 +114,7 @@ class App:
         self.notifier: Notifier | None = None
         self.gate: Inspector | None = None
         self.pii: PiiGate | None = None
+        self.keys: KeyCatalogs | None = None
         self.audit: AuditWriter | None = None
         self.trail: AuditTrail | None = None
         self.observer: Observer | None = None
@@ -157,15 +160,20 @@ class App:
             self.pii = PiiGate(config)
             with startup_step("pii"):
                 self.pii.check()
+        if config.policy == "enforce":
+            from dbgate.gate.keys import KeyCatalogs
+
+            self.keys = KeyCatalogs(config)
         with startup_step("rules"):
-            self.gate = build_gate(config, self.approvals, self.pii, self.trail)
+            self.gate = build_gate(config, self.approvals, self.pii, self.trail, self.keys)
         observers: list[Observer] = [MetricsObserver()] if config.metrics.enabled else []
         if self.trail is not None:
             observers.append(self.trail)
-        if self.pii is not None:
-            from dbgate.gate.pii import SchemaWatch
+        watched = [x.loads for x in (self.pii, self.keys) if x is not None]
+        if watched:
+            from dbgate.gate.schema_loads import SchemaWatch
 
-            observers.append(SchemaWatch(self.pii))
+            observers.append(SchemaWatch(watched))
         self.observer = combine(observers)
         tls = config.tls
         with startup_step(

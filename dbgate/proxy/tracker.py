@@ -39,6 +39,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable
+from dataclasses import replace
 from struct import Struct, unpack_from
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -728,6 +729,7 @@ class StatementTracker:
             self.parse_sent(rec, stmt.statement_name, prepared)
             return prepared
         elif t == _BIND_MSG:
+            verdict = self._refined(body, verdict)
             if verdict.plan is not None:
                 self._plans = self._watch = True
             if verdict.max_rows:
@@ -740,6 +742,25 @@ class StatementTracker:
         else:
             self.function_call_sent(rec)
         return None
+
+    def _refined(self, body: bytes, verdict: Allow) -> Allow:
+        """A Bind's verdict refines its statement's: what the Parse's verdict said
+        about the results (their plan, the row limit) stands unless the Bind's says
+        otherwise, since the Execute runs under the Bind's verdict alone."""
+        if verdict.plan is not None and verdict.max_rows:
+            return verdict
+        prepared = self._sent_stmts.get(name_key(_bind_names(body)[1]))
+        parsed = prepared.verdict if prepared is not None else None
+        if parsed is None or (parsed.plan is None and not parsed.max_rows):
+            return verdict
+        if verdict.max_rows:
+            return replace(verdict, plan=verdict.plan or parsed.plan)
+        return replace(
+            verdict,
+            plan=verdict.plan or parsed.plan,
+            max_rows=parsed.max_rows,
+            over_limit=parsed.over_limit,
+        )
 
     def query_sent(self, rec: StatementRecord | None, verdict: Allow) -> None:
         """An allowed Query was forwarded. ``verdict.changes``: SQL PREPARE/DEALLOCATE/
