@@ -95,14 +95,14 @@ def write_config(
         # The benchmark's scratch server has only its superuser; dbgate warns and serves.
         "allow_privileged_upstream": True,
     }
+    # Tokenization is on wherever the policy is; every replica needs the same key.
+    config["pii"] = {"keys": [{"id": "bench", "secret": BENCH_PII_KEY}]}
     if policy is not None:
         config["policy"] = policy  # "off": relay without inspection (a diagnostic)
     if approvals is not None:  # the approval service and its API, on a state database
         config["state"] = {"dsn": approvals.state_dsn}
         config["web"] = {"listen": f"{LOOPBACK}:{approvals.web_port}"}
         config["approvals"] = {"replica_id": approvals.replica_id}
-        # The state database turns tokenization on; every replica needs the same key.
-        config["pii"] = {"keys": [{"id": "bench", "secret": BENCH_PII_KEY}]}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
 
