@@ -19,6 +19,7 @@ from bench.targets import TARGET_ORDER
 # What dbgate must reach (issue 2, "Targets"). Shown next to the measured ratio.
 TARGET_DBGATE_VS_PGBOUNCER_TPS = 0.70
 TARGET_DBGATE_VS_DIRECT_STREAM = 0.75
+TARGET_DBGATE_VS_DIRECT_STREAM_PII = 0.5  # every row's e-mail replaced by a token
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -117,7 +118,12 @@ def summarize_streaming(results: list[StreamResult], methods: list[str]) -> list
         rps = {n: t["rows_per_s_median"] for n, t in row["targets"].items()}
         row["ratios"] = _ratios(rps)
         met = row["ratios"]["dbgate/direct"]
-        row["target_met"] = None if met is None else met >= TARGET_DBGATE_VS_DIRECT_STREAM
+        row["target"] = (
+            TARGET_DBGATE_VS_DIRECT_STREAM_PII
+            if method == "pii"
+            else TARGET_DBGATE_VS_DIRECT_STREAM
+        )
+        row["target_met"] = None if met is None else met >= row["target"]
         rows.append(row)
     return rows
 
@@ -196,7 +202,7 @@ def _format_ratio_table(
             + _pump_cells(r, names)
             + (f" {_fmt_ratio(r.get('audit on/off')):>12}" if "dbgate-audit" in names else "")
             + "  "
-            + _fmt_verdict(row["target_met"], target, r[target_ratio])
+            + _fmt_verdict(row["target_met"], row.get("target", target), r[target_ratio])
         )
         lines.append(cells)
     return "\n".join(lines)

@@ -106,9 +106,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stream-runs", type=int, default=5, help="streaming runs per target (median)")
     p.add_argument(
         "--stream-method",
-        choices=("fetch", "cursor", "both"),
-        default="fetch",
-        help="fetch: one Execute, all rows; cursor: 10,000-row Executes in a transaction",
+        choices=("fetch", "cursor", "pii", "both", "all", "default"),
+        default="default",
+        help="fetch: one Execute, all rows; cursor: 10,000-row Executes in a transaction; "
+        "pii: fetch of a table with an e-mail column dbgate tokenizes; both: fetch and "
+        "cursor; all: the three; default: fetch and pii",
     )
     p.add_argument("--no-pgbench", action="store_true", help="skip the pgbench matrix")
     p.add_argument("--no-streaming", action="store_true", help="skip the streaming benchmark")
@@ -475,7 +477,11 @@ class Bench:
 
     def stream_methods(self) -> list[str]:
         m = self.args.stream_method
-        return ["fetch", "cursor"] if m == "both" else [m]
+        return {
+            "both": ["fetch", "cursor"],
+            "all": ["fetch", "cursor", "pii"],
+            "default": ["fetch", "pii"],
+        }.get(m, [m])
 
     # ----------------------------------------------------------------- profile
 
