@@ -1,0 +1,121 @@
+"""The approvers' page in a real browser, deciding a real agent's held statement.
+
+The whole dbgate runs as ``dbgate serve`` does (the App: proxy, gate, approval
+service, audit trail and the web page). An asyncpg client sends a whole-table UPDATE
+through dbgate; it is held; an approver signed in to the page sees it arrive in the
+live queue, opens it and approves — and the client's statement completes. A second
+run rejects, and the client gets 42501.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.e2e.browser import CHROMIUM_ARGS, chromium_path
+from tests.integration.holds.clients import AsyncpgNotices
+from tests.integration.holds.harness import HoldsEnv, admin_execute, start_env
+from tests.integration.web_helpers import add_person
+
+APPROVER = "carol"
+PASSWORD = "a long approver password"
+TABLE = "tickets"
+
+
+@pytest.fixture(scope="module")
+def env(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HoldsEnv]:
+    for running in start_env(pg_server, "web_browser_app", tmp_path_factory.mktemp("web_app")):
+        admin_execute(
+            running.admin_dsn,
+            f"CREATE TABLE {TABLE} (id int PRIMARY KEY, note text)",
+            f"INSERT INTO {TABLE} VALUES (1, 'a'), (2, 'b')",
+            f"GRANT ALL ON {TABLE} TO PUBLIC",
+        )
+        service = running.app.app.approvals
+        assert service is not None
+        running.app.call(add_person(service, APPROVER, PASSWORD, "dba"))
+        yield running
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    executable = chromium_path()
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def _signed_in(browser: Browser, url: str) -> Page:
+    page = await (await browser.new_context()).new_page()
+    await page.goto(url + "/")
+    await page.get_by_label("Approver name").fill(APPROVER)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_label("Password").press("Enter")
+    await page.wait_for_url(url + "/approvals")
+    await page.wait_for_selector("body[data-connected=yes]")
+    await page.evaluate("window.__noReload = 1")
+    return page
+
+
+async def _open_when_it_arrives(page: Page, url: str, rid: int) -> None:
+    """The request appears in the queue without a reload; open it."""
+    await page.wait_for_selector(f'#queue-rows tr[data-id="{rid}"]', timeout=30_000)
+    assert await page.evaluate("window.__noReload") == 1
+    await page.locator(f'#queue-rows tr[data-id="{rid}"] a').first.click()
+    await page.wait_for_url(f"{url}/approvals/{rid}")
+
+
+async def test_an_agents_held_update_is_approved_on_the_page_and_completes(
+    env: HoldsEnv, browser: Browser
+) -> None:
+    url = env.app.web_url
+    page = await _signed_in(browser, url)
+    conn = await asyncpg.connect(env.dsn)
+    notices = AsyncpgNotices(conn)
+    try:
+        running = asyncio.create_task(conn.execute(f"UPDATE {TABLE} SET note = 'approved'"))
+        rid = await notices.held()
+        await _open_when_it_arrives(page, url, rid)
+        await expect(page.locator("pre.sql").first).to_contain_text(f"UPDATE {TABLE}")
+        await page.get_by_label("Reason for approving (optional)").fill("checked")
+        await page.get_by_role("button", name="Approve", exact=True).click()
+        assert await asyncio.wait_for(running, 30) == "UPDATE 2"
+        # the page follows the request to its end: the approved statement ran
+        await expect(page.locator("h1 .status")).to_have_text(
+            "approved and executed", timeout=30_000
+        )
+        assert await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE note = $1", "approved") == 2
+    finally:
+        await conn.close()
+        await page.context.close()
+
+
+async def test_an_agents_held_update_rejected_on_the_page_fails_with_42501(
+    env: HoldsEnv, browser: Browser
+) -> None:
+    url = env.app.web_url
+    page = await _signed_in(browser, url)
+    conn = await asyncpg.connect(env.dsn)
+    notices = AsyncpgNotices(conn)
+    try:
+        running = asyncio.create_task(conn.execute(f"UPDATE {TABLE} SET note = 'rejected'"))
+        rid = await notices.held()
+        await _open_when_it_arrives(page, url, rid)
+        await page.get_by_label("Reason for rejecting").fill("not today")
+        await page.get_by_role("button", name="Reject").click()
+        await expect(page.locator("h1 .status")).to_have_text("rejected")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as refused:
+            await asyncio.wait_for(running, 30)
+        assert "rejected" in str(refused.value) and "not today" in str(refused.value)
+        assert await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE note = $1", "rejected") == 0
+    finally:
+        await conn.close()
+        await page.context.close()
