@@ -228,11 +228,18 @@ class PreparedStatements:
         """An allowed Parse was forwarded (called for every one: keep it cheap).
 
         Returns None when nothing needs tracking: the unnamed statement cannot be
-        EXECUTEd, so only its Bind checks matter, and there are none before or after
-        this Parse. That keeps the Parse/Bind/Execute/Sync of every extended-protocol
-        query free.
+        EXECUTEd, so only its Bind checks matter, there are none before or after this
+        Parse, and no earlier change of it is still unanswered. That keeps the
+        Parse/Bind/Execute/Sync of every extended-protocol query free.
+
+        An earlier change still in flight makes this Parse tracked even when nothing
+        asks for checks: it is answered before this Parse runs, and its resolution
+        writes its statement into the picture, so this Parse must be queued behind it
+        to replace that statement in turn. Left untracked, the older statement would
+        stay a candidate the server no longer holds, and within this batch a Bind
+        would be matched to it instead of to this Parse.
         """
-        if name or check_binds or "" in self.checked:
+        if name or check_binds or "" in self.checked or "" in self._pending:
             return self.sent(batch, PreparedChange("add", name, sql, check_binds, param_types))
         if self._known:
             # An older unnamed statement needed no checks either: forget it rather than
