@@ -39,6 +39,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable
+from dataclasses import replace
 from struct import Struct, unpack_from
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -182,6 +183,23 @@ class _Limit:
         self.cancel_pending = False
 
 
+def _refined(stmt_verdict: Allow | None, bind_verdict: Allow) -> Allow:
+    """The verdict a portal runs under: its Bind's, which adds to its statement's and
+    never takes away. A Bind allowed without a result plan or a row limit of its own
+    (an inspector shown every Bind, or a statement checked at Bind for its values)
+    keeps the statement's: a plan the Bind brings replaces the statement's (it was
+    made with the values), and of two row limits the smaller one holds."""
+    if stmt_verdict is None or (stmt_verdict.plan is None and not stmt_verdict.max_rows):
+        return bind_verdict
+    plan = bind_verdict.plan if bind_verdict.plan is not None else stmt_verdict.plan
+    limit = bind_verdict
+    if stmt_verdict.max_rows and not (0 < bind_verdict.max_rows <= stmt_verdict.max_rows):
+        limit = stmt_verdict
+    if plan is bind_verdict.plan and limit is bind_verdict:
+        return bind_verdict
+    return replace(bind_verdict, plan=plan, max_rows=limit.max_rows, over_limit=limit.over_limit)
+
+
 def _over_limit(verdict: Allow) -> Refuse:
     if verdict.over_limit is not None:
         return verdict.over_limit
@@ -317,6 +335,8 @@ class StatementTracker:
         self.info = info
         self.inspector: Inspector = inspector if inspector is not None else AllowAll()
         self.inspect_binds: bool = getattr(self.inspector, "inspects_binds", True)
+        # An inspector shown every Bind is told which statement each one binds.
+        info.statements.track_unnamed = self.inspect_binds
         self.observer = observer
         self.message_filter = message_filter
         # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
@@ -628,9 +648,11 @@ class StatementTracker:
         """Which portals will run under a row limit, as the client sees them (the
         Execute that runs one must make the client wait)."""
         portal, stmt_name = _bind_names(body)
+        prepared = self._sent_stmts.get(name_key(stmt_name))
         if verdict is None:
-            prepared = self._sent_stmts.get(name_key(stmt_name))
             verdict = prepared.verdict if prepared is not None else None
+        elif prepared is not None:
+            verdict = _refined(prepared.verdict, verdict)
         if verdict is not None and verdict.max_rows:
             self._sent_limits[portal] = verdict
         else:
@@ -1325,7 +1347,7 @@ class StatementTracker:
         kind = entry[0]
         rec: StatementRecord | None = None
         if kind == PARSE:
-            self._parse_done(entry, False)
+            self._parse_done(entry, False, skipped)
             return
         if kind == BIND:
             self._bind_done(entry, False)
@@ -1352,14 +1374,25 @@ class StatementTracker:
         if rec is not None:
             self._finish(rec, code, skipped)
 
-    def _parse_done(self, entry: Entry, ok: bool) -> None:
+    def _parse_done(self, entry: Entry, ok: bool, skipped: bool = False) -> None:
         _, key, prepared, handle, rec = entry
         if handle is not None:
             handle.resolve(ok)
         if ok:
             self._stmts[key] = prepared
-        elif key == "":
-            self._stmts.pop("", None)  # an unnamed Parse drops the old one first
+        elif key == "" and not skipped:
+            # An unnamed Parse that fails has dropped the old statement first; one the
+            # server skipped (after an earlier error of its batch) leaves it in place,
+            # and its portals still run under its verdict (plan, row limit).
+            self._stmts.pop("", None)
+        if not ok and self._sent_stmts.get(key) is prepared:
+            # No later Parse of the name was sent: the client's next Bind of it meets
+            # what the server holds (the older statement, or none).
+            held = self._stmts.get(key)
+            if held is None:
+                self._sent_stmts.pop(key, None)
+            else:
+                self._sent_stmts[key] = held
         if rec is not None:
             self._finish(rec, "" if ok else sqlstate.INTERNAL_ERROR, not ok)
 
@@ -1367,7 +1400,10 @@ class StatementTracker:
         _, body, verdict, rec = entry
         portal, stmt_name = _bind_names(body)
         if ok:
-            self._portals[portal] = (self._stmts.get(stmt_name), verdict, body)
+            stmt = self._stmts.get(stmt_name)
+            if verdict is not None and stmt is not None:
+                verdict = _refined(stmt.verdict, verdict)
+            self._portals[portal] = (stmt, verdict, body)
         else:
             self._portals.pop(portal, None)
         if self._portal_state:
