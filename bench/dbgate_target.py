@@ -65,6 +65,10 @@ def dbgate_binary() -> str:
     return str(candidate)
 
 
+# A fixed scratch key (32 bytes, hex): tokens only need to agree across the bench's replicas.
+BENCH_PII_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
 def write_config(
     path: Path,
     port: int,
@@ -91,6 +95,8 @@ def write_config(
         # The benchmark's scratch server has only its superuser; dbgate warns and serves.
         "allow_privileged_upstream": True,
     }
+    # Tokenization is on wherever the policy is; every replica needs the same key.
+    config["pii"] = {"keys": [{"id": "bench", "secret": BENCH_PII_KEY}]}
     if policy is not None:
         config["policy"] = policy  # "off": relay without inspection (a diagnostic)
     if approvals is not None:  # the approval service and its API, on a state database

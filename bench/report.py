@@ -36,6 +36,8 @@ def _ratios(value: Mapping[str, float | None]) -> dict[str, float | None]:
         "dbgate/pgbouncer": _ratio(value.get("dbgate"), value.get("pgbouncer")),
         "pgbouncer/direct": _ratio(value.get("pgbouncer"), value.get("direct")),
     }
+    if "dbgate-audit" in value:  # the audit trail's cost: target >= 0.9
+        ratios["audit on/off"] = _ratio(value.get("dbgate-audit"), value.get("dbgate"))
     if "pump" in value:
         ratios["dbgate/pump"] = _ratio(value.get("dbgate"), value.get("pump"))
         ratios["pump/pgbouncer"] = _ratio(value.get("pump"), value.get("pgbouncer"))
@@ -173,6 +175,7 @@ def _format_ratio_table(
         )
         + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}"
         + (f" {'dbg/pump':>8} {'pump/pgb':>8}" if "pump" in names else "")
+        + (f" {'audit on/off':>12}" if "dbgate-audit" in names else "")
         + "  dbgate vs target"
     )
     lines = [head, "-" * len(head)]
@@ -191,6 +194,7 @@ def _format_ratio_table(
             f"  {_fmt_ratio(r['dbgate/direct']):>7} {_fmt_ratio(r['dbgate/pgbouncer']):>7}"
             f" {_fmt_ratio(r['pgbouncer/direct']):>7}"
             + _pump_cells(r, names)
+            + (f" {_fmt_ratio(r.get('audit on/off')):>12}" if "dbgate-audit" in names else "")
             + "  "
             + _fmt_verdict(row["target_met"], target, r[target_ratio])
         )
@@ -252,7 +256,7 @@ def format_flat(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PROXIES = ("pgbouncer", "dbgate", "dbgate-nopolicy", "pump")
+PROXIES = ("pgbouncer", "dbgate", "dbgate-audit", "dbgate-nopolicy", "pump")
 
 
 def format_cpu_table(rows: list[dict[str, Any]], names: list[str]) -> str:

@@ -183,21 +183,22 @@ class _Limit:
         self.cancel_pending = False
 
 
-def _refined(stmt_verdict: Allow | None, bind_verdict: Allow) -> Allow:
-    """The verdict a portal runs under: its Bind's, which adds to its statement's and
-    never takes away. A Bind allowed without a result plan or a row limit of its own
-    (an inspector shown every Bind, or a statement checked at Bind for its values)
-    keeps the statement's: a plan the Bind brings replaces the statement's (it was
-    made with the values), and of two row limits the smaller one holds."""
-    if stmt_verdict is None or (stmt_verdict.plan is None and not stmt_verdict.max_rows):
-        return bind_verdict
-    plan = bind_verdict.plan if bind_verdict.plan is not None else stmt_verdict.plan
-    limit = bind_verdict
-    if stmt_verdict.max_rows and not (0 < bind_verdict.max_rows <= stmt_verdict.max_rows):
-        limit = stmt_verdict
-    if plan is bind_verdict.plan and limit is bind_verdict:
-        return bind_verdict
-    return replace(bind_verdict, plan=plan, max_rows=limit.max_rows, over_limit=limit.over_limit)
+def _refined(parsed: Allow | None, verdict: Allow) -> Allow:
+    """A Bind's verdict refines its statement's: what the Parse's verdict said about
+    the results (their plan, the row limit) stands unless the Bind's says otherwise,
+    since the Execute runs under the Bind's verdict alone."""
+    if verdict.plan is not None and verdict.max_rows:
+        return verdict
+    if parsed is None or (parsed.plan is None and not parsed.max_rows):
+        return verdict
+    if verdict.max_rows:
+        return replace(verdict, plan=verdict.plan or parsed.plan)
+    return replace(
+        verdict,
+        plan=verdict.plan or parsed.plan,
+        max_rows=parsed.max_rows,
+        over_limit=parsed.over_limit,
+    )
 
 
 def _over_limit(verdict: Allow) -> Refuse:
@@ -337,6 +338,9 @@ class StatementTracker:
         self.inspect_binds: bool = getattr(self.inspector, "inspects_binds", True)
         # An inspector shown every Bind is told which statement each one binds.
         info.statements.track_unnamed = self.inspect_binds
+        # An inspector with a ``strict`` attribute may ask, while it is True, to see
+        # every Query, Parse and Bind (see Inspector in seams.py).
+        self._strictness = self.inspector if hasattr(self.inspector, "strict") else None
         self.observer = observer
         self.message_filter = message_filter
         # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
@@ -469,7 +473,9 @@ class StatementTracker:
         out: list[bytes] | None = None
         fwd = 0  # start of the range of chunk not yet forwarded
         queue = self._queue
-        memo = self._memo
+        strictness = self._strictness
+        strict = strictness is not None and strictness.strict  # type: ignore[attr-defined]
+        memo = self._memo if not strict else None
         observed = self.observer is not None
         for t, s, e in frames:
             hdr = s - 5
@@ -542,7 +548,7 @@ class StatementTracker:
             elif t == _BIND_MSG:
                 body = chunk[s:e]
                 statements = self.info.statements
-                if not self.inspect_binds and (
+                if not (strict or self.inspect_binds) and (
                     not statements.checked
                     or not statements.checks_binds(_bind_statement_name(chunk, s, e))
                 ):
@@ -745,9 +751,14 @@ class StatementTracker:
             self.parse_sent(rec, stmt.statement_name, prepared)
             return prepared
         elif t == _BIND_MSG:
-            if verdict.plan is not None:
+            # The Bind's own verdict is kept: it refines the statement the server
+            # holds once the Bind is answered (:meth:`_bind_done`); the client's view
+            # (the statement it sent last) decides whether its Execute must wait.
+            prepared = self._sent_stmts.get(name_key(_bind_names(body)[1]))
+            refined = _refined(prepared.verdict if prepared is not None else None, verdict)
+            if refined.plan is not None:
                 self._plans = self._watch = True
-            if verdict.max_rows:
+            if refined.max_rows:
                 self._limits = self._watch = True
             self._queue.append((BIND, body, verdict, rec))
             if self._limits:
@@ -1400,7 +1411,7 @@ class StatementTracker:
         _, body, verdict, rec = entry
         portal, stmt_name = _bind_names(body)
         if ok:
-            stmt = self._stmts.get(stmt_name)
+            stmt = self._stmts.get(name_key(stmt_name))
             if verdict is not None and stmt is not None:
                 verdict = _refined(stmt.verdict, verdict)
             self._portals[portal] = (stmt, verdict, body)
