@@ -144,9 +144,14 @@ class PreparedStatements:
     names as they appear in messages.
     """
 
-    __slots__ = ("_known", "_pending", "_pending_count", "checked", "texts")
+    __slots__ = ("_known", "_pending", "_pending_count", "checked", "texts", "track_unnamed")
 
     def __init__(self) -> None:
+        #: Track every unnamed Parse, not only those whose Binds need checks: set when
+        #: the inspector is shown every Bind, which must then be matched to the
+        #: statement it binds (the last Parse sent may have been skipped after an
+        #: error, leaving the older statement in place).
+        self.track_unnamed = False
         self._known: dict[str, Candidate] = {}
         # name -> changes sent for it and not yet resolved, oldest first
         self._pending: dict[str, list[PendingChange]] = {}
@@ -228,11 +233,19 @@ class PreparedStatements:
         """An allowed Parse was forwarded (called for every one: keep it cheap).
 
         Returns None when nothing needs tracking: the unnamed statement cannot be
-        EXECUTEd, so only its Bind checks matter, and there are none before or after
-        this Parse. That keeps the Parse/Bind/Execute/Sync of every extended-protocol
-        query free.
+        EXECUTEd, so only its Bind checks matter, there are none before or after this
+        Parse, no earlier change of it is still unanswered, and the inspector is not
+        shown every Bind (:attr:`track_unnamed`). That keeps the Parse/Bind/Execute/Sync
+        of every extended-protocol query free.
+
+        An earlier change still in flight makes this Parse tracked even when nothing
+        asks for checks: it is answered before this Parse runs, and its resolution
+        writes its statement into the picture, so this Parse must be queued behind it
+        to replace that statement in turn. Left untracked, the older statement would
+        stay a candidate the server no longer holds, and within this batch a Bind
+        would be matched to it instead of to this Parse.
         """
-        if name or check_binds or "" in self.checked:
+        if name or check_binds or self.track_unnamed or "" in self.checked or "" in self._pending:
             return self.sent(batch, PreparedChange("add", name, sql, check_binds, param_types))
         if self._known:
             # An older unnamed statement needed no checks either: forget it rather than

@@ -25,7 +25,7 @@ as an awaitable.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
@@ -141,6 +141,13 @@ class Allow:
     replace_sql: str | None = None
     #: Forward these Bind values instead of the client's (same formats), likewise.
     replace_params: tuple[bytes | None, ...] | None = None
+    #: Measure the rows the statement changes (INSERT/UPDATE/DELETE/MERGE, from its
+    #: CommandComplete): 0 = do not measure. Past it, the relay undoes the statement's
+    #: effects (savepoint) and asks ``over_changes(count)`` what to do: an Allow runs
+    #: the statement again unmeasured (an approval); a Refuse fails it for the client.
+    #: See :mod:`dbgate.proxy.measure` for what is measured and what the client sees.
+    max_changes: int = 0
+    over_changes: Callable[[int], Verdict | Awaitable[Verdict]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

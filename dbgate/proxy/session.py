@@ -76,6 +76,7 @@ class Session:
         self._s2c = FrameReader(max_message_size)
         self.tracker = StatementTracker(info, inspector, observer, message_filter)
         self._waiting: asyncio.Task[None] | None = None
+        self._deciding: asyncio.Future[None] | None = None  # over_changes awaited
         self._queued: list[bytes] = []
         self._queued_bytes = 0
         self._read_pauses: set[str] = set()
@@ -130,6 +131,8 @@ class Session:
         self._closed = True
         if self._waiting is not None:
             self._waiting.cancel()
+        if self._deciding is not None:
+            self._deciding.cancel()
         self.client.close()
         self.upstream.close()
         if self.observer is not None:
@@ -164,6 +167,9 @@ class Session:
         """A CancelRequest arrived while a statement waits for a verdict: stop waiting."""
         if self._waiting is not None:
             self._waiting.cancel()
+            return True
+        if self._deciding is not None:
+            self._deciding.cancel()
             return True
         return False
 
@@ -278,6 +284,35 @@ class Session:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _await_over_changes(self, pending: Awaitable[Allow | Refuse]) -> None:
+        """A measured statement went over its limit and was undone; its fate is
+        awaited (an approval). The client's later messages wait meanwhile."""
+        self.tracker.measure_waiting = None
+        # Keep reading meanwhile (later bytes are queued), so that a hang-up is seen.
+        self._pause_client("limit", False)
+
+        async def decide() -> None:
+            try:
+                verdict: object = await pending
+            except asyncio.CancelledError:
+                if self._closed:
+                    return
+                verdict = Refuse(sqlstate.QUERY_CANCELED, "canceling statement due to user request")
+            except Exception:
+                log.exception("session %s: over_changes failed; refusing", self.info.session_id)
+                verdict = Refuse(
+                    sqlstate.INTERNAL_ERROR, "dbgate: internal error while deciding; not run"
+                )
+            self._deciding = None
+            if self._closed:
+                return
+            tracker = self.tracker
+            self.upstream.write(tracker.measure_resume(verdict))
+            if not tracker.blocked and self._waiting is None:
+                self._unpark()
+
+        self._deciding = asyncio.ensure_future(decide())
+
     async def _await_verdict(self, pending: Awaitable[Allow | Refuse]) -> None:
         try:
             verdict: object = await pending
@@ -298,6 +333,9 @@ class Session:
             self._fail(e, "after a decision")
             return
         self._waiting = None
+        if self.tracker.waiting is not None:  # decided by over_changes(-1): awaited too
+            self._waiting = asyncio.ensure_future(self._await_verdict(self.tracker.waiting.verdict))
+            return
         if self.tracker.blocked:  # the statement just sent runs under a row limit
             self._pause_client("waiting", False)
             self._park(b"")
@@ -340,7 +378,9 @@ class Session:
             if tracker.cancel_requested:
                 tracker.cancel_requested = False
                 self._start_cancel()
-            if not tracker.blocked and self._waiting is None:
+            if tracker.measure_waiting is not None:
+                self._await_over_changes(tracker.measure_waiting)
+            elif not tracker.blocked and self._waiting is None:
                 self._unpark()
         if self._draining and self.idle:
             self.terminate(sqlstate.ADMIN_SHUTDOWN, "dbgate is shutting down; reconnect later")

@@ -43,6 +43,7 @@ from dataclasses import replace
 from struct import Struct, unpack_from
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from dbgate.proxy import measure
 from dbgate.proxy.prepared import name_key
 from dbgate.proxy.row_limit import RowLimiter
 from dbgate.proxy.seams import (
@@ -68,6 +69,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbgate.session")
 
 _NONCE = secrets.token_hex(8)  # marks errors this process injected; unguessable by clients
+#: The savepoint of a measured statement: a name no client can guess, so it cannot
+#: release or roll back to it by accident (nor shadow it).
+SAVEPOINT = f"dbgate_measure_{_NONCE}"
 
 # Frontend message types
 _QUERY_MSG, _PARSE_MSG, _BIND_MSG, _FUNCTION_MSG = (ord(c) for c in "QPBF")
@@ -115,6 +119,10 @@ INJECTED_QUERY, INJECTED_PARSE, COPY_END = 9, 10, 11
 # Failures dbgate sends after a statement that went over its row limit finished
 # anyway, so that the server agrees it failed; their answers are not shown.
 SILENT_QUERY, SILENT_PARSE = 12, 13
+# Queries of dbgate's around a measured Query (see dbgate.proxy.measure): its set-up
+# (BEGIN; SAVEPOINT), statements whose answers are never shown (release, undo), and
+# the COMMIT of a block dbgate opened (its error and ReadyForQuery are the client's).
+MEASURE_SETUP, MEASURE_SILENT, MEASURE_COMMIT = 14, 15, 16
 _KIND_NAMES = (
     "Query",
     "Parse",
@@ -130,6 +138,9 @@ _KIND_NAMES = (
     "end of COPY data",
     "Query of dbgate's",
     "Parse of dbgate's",
+    "measurement set-up of dbgate's",
+    "Query of dbgate's",
+    "COMMIT of dbgate's",
 )
 _SYNC_ENTRY = (SYNC,)
 _DESCRIBE_UNNAMED_PORTAL = (DESCRIBE_P, "")
@@ -181,6 +192,28 @@ class _Limit:
         self.finished = False  # the statement's own end was seen
         self.silent = False  # a failure of dbgate's is in flight (its answers dropped)
         self.cancel_pending = False
+
+
+def _refined(parsed: Allow | None, verdict: Allow) -> Allow:
+    """A Bind's verdict refines its statement's: what the Parse's verdict said about
+    the results (their plan, the row limit) stands unless the Bind's says otherwise,
+    since the Execute runs under the Bind's verdict alone."""
+    if verdict.plan is not None and verdict.max_rows:
+        return verdict
+    if parsed is None or (parsed.plan is None and not parsed.max_rows):
+        return verdict
+    if verdict.max_rows:
+        return replace(verdict, plan=verdict.plan or parsed.plan)
+    return replace(
+        verdict,
+        plan=verdict.plan or parsed.plan,
+        max_rows=parsed.max_rows,
+        over_limit=parsed.over_limit,
+    )
+
+
+async def _settle_later(decision: Awaitable[object]) -> Allow | Refuse:
+    return measure.settled(await decision)
 
 
 def _over_limit(verdict: Allow) -> Refuse:
@@ -318,6 +351,8 @@ class StatementTracker:
         self.info = info
         self.inspector: Inspector = inspector if inspector is not None else AllowAll()
         self.inspect_binds: bool = getattr(self.inspector, "inspects_binds", True)
+        # An inspector shown every Bind is told which statement each one binds.
+        info.statements.track_unnamed = self.inspect_binds
         # An inspector with a ``strict`` attribute may ask, while it is True, to see
         # every Query, Parse and Bind (see Inspector in seams.py).
         self._strictness = self.inspector if hasattr(self.inspector, "strict") else None
@@ -362,6 +397,13 @@ class StatementTracker:
         self._sent_limits: dict[str, Allow] = {}  # portal -> its limited verdict (client view)
         self._limit: _Limit | None = None  # the limited statement in progress
         self._dropping = False  # drop the server's messages until ReadyForQuery
+        # -- measured writes (Allow.max_changes), see dbgate.proxy.measure
+        self._measure: measure.Measurement | None = None  # the measured Query in flight
+        self._measures = 0  # entries of measurements in the queue (theirs and dbgate's)
+        #: ``over_changes`` answered with an awaitable: the relay awaits it and calls
+        #: :meth:`measure_resume` with the verdict (the client's messages still wait).
+        self.measure_waiting: Awaitable[Allow | Refuse] | None = None
+        self._pending_decision: measure.Measurement | None = None
         #: The client's messages wait: a statement under a row limit is running.
         self.blocked = False
         self.blocked_rest = b""  # what followed that statement in the same read
@@ -391,7 +433,7 @@ class StatementTracker:
 
     @property
     def mask(self) -> bytes:
-        return ALL_TYPES if self.full else self._track_mask
+        return ALL_TYPES if self.full or self._measures else self._track_mask
 
     # ------------------------------------------------------------------ records
     def _record(
@@ -546,6 +588,11 @@ class StatementTracker:
                 stmt = Statement("function_call", "", function_oid=unpack_from("!I", chunk, s)[0])
             elif t in (_COPY_DONE_MSG, _COPY_FAIL_MSG):
                 self.copy_end_sent()
+                if self._measure is not None and self._measure.copying:
+                    # The end of a measured COPY's data: wait again for the decision.
+                    self._measure.copying = False
+                    self.blocked = True
+                    return self._stop_at(chunk, e, out, fwd)
                 continue
             elif t == _TERMINATE_MSG:
                 self.terminating = True
@@ -554,6 +601,17 @@ class StatementTracker:
                 continue
             rec = self.received(stmt) if observed else None
             verdict = self._inspect(stmt)
+            if type(verdict) is Allow and verdict.max_changes:
+                if t == _QUERY_MSG:
+                    if observed:
+                        self.decided(rec, verdict)
+                    if out is None:
+                        out = []
+                    if hdr > fwd:
+                        out.append(chunk[fwd:hdr])
+                    out.append(self._measured_query(rec, verdict, _rewritten(t, body, verdict)))
+                    return self._stop_at(chunk, e, out, e)
+                verdict = self._unmeasurable(verdict)
             if type(verdict) is Allow and (
                 verdict.replace_sql is not None or verdict.replace_params is not None
             ):
@@ -630,13 +688,208 @@ class StatementTracker:
         self._limit = _Limit(entry, _over_limit(verdict))
         self.blocked = True
 
+    # -- measured writes ------------------------------------------------------------
+    def _measured_query(self, rec: StatementRecord | None, verdict: Allow, message: bytes) -> bytes:
+        """The bytes to send for a Query allowed with ``max_changes``: dbgate's set-up
+        and the Query, pipelined. The client's later messages wait for the decision."""
+        m_ = measure.Measurement(verdict, message)
+        self.sent_cycles += 1
+        self._measures += 1
+        self._queue.append((MEASURE_SETUP, m_))
+        self.query_sent(rec, replace(verdict, max_rows=0, over_limit=None))
+        m_.entry = self._queue[-1]
+        self._measure = m_
+        self._measures += 1
+        self.blocked = True
+        return m.frame(_QUERY_MSG, measure.setup_sql(SAVEPOINT).encode() + b"\0") + message
+
+    def _unmeasurable(self, verdict: Allow) -> Allow | Refuse | Awaitable[Allow | Refuse]:
+        """A Parse, Bind or FunctionCall allowed with ``max_changes``: not measured, so
+        decided before it runs by ``over_changes(-1)``."""
+        decision = measure.ask(verdict, -1)
+        if isinstance(decision, Awaitable):
+            return _settle_later(decision)
+        return measure.settled(decision)
+
+    def _measure_inject(self, kind: int, sql: str) -> None:
+        self.sent_cycles += 1
+        self._measures += 1
+        self._queue.append((kind,))
+        self._upstream.append(m.frame(_QUERY_MSG, sql.encode() + b"\0"))
+
+    def measure_resume(self, verdict: object) -> bytes:
+        """The awaited ``over_changes`` answered (:attr:`measure_waiting`): returns the
+        bytes to send the server."""
+        self.measure_waiting = None
+        self._measure_decided(self._pending_decision, measure.settled(verdict))  # type: ignore[arg-type]
+        return self.take_upstream()
+
+    def _measure_decided(self, m_: measure.Measurement, verdict: Allow | Refuse) -> None:
+        if isinstance(verdict, Allow):
+            # Approved: the client's Query again, unmeasured; its answers are the client's.
+            self.query_sent(None, replace(m_.verdict, max_changes=0, over_changes=None))
+            self._upstream.append(m_.message)
+        else:
+            self._upstream.append(self.refuse(None, verdict, _QUERY_MSG))
+        if self._limit is None:
+            self.blocked = False
+
+    def _measure_frames(self, chunk: bytes, frames: list[Frame], full: bool) -> list[bytes]:
+        """The server's answers while a measurement has entries in flight."""
+        if not full:
+            frames = split_frames(chunk)
+        out: list[bytes] = []
+        for t, s, e in frames:
+            if not self._measures:
+                rest = chunk[s - 5 :]
+                more = self._server_frames(rest, split_frames(rest), 0, True)
+                out.extend(more if more is not None else (rest,))
+                break
+            out.append(self._measure_message(t, chunk, s, e))
+        return out
+
+    def _one(self, t: int, frame: bytes) -> bytes:
+        """One server message through the ordinary path: what the client would get."""
+        got = self._server_frames(frame, [(t, 5, len(frame))], 0, True)
+        return frame if got is None else b"".join(got)
+
+    def _measure_message(self, t: int, chunk: bytes, s: int, e: int) -> bytes:
+        frame = chunk[s - 5 : e]
+        queue = self._queue
+        if self._markers:
+            while queue and queue[0][0] == COPY_END:
+                queue.popleft()
+                self._markers -= 1
+        if not queue or t == _PS:
+            return self._one(t, frame)
+        head = queue[0]
+        kind = head[0]
+        if kind == MEASURE_SETUP:
+            if t == _A:
+                return self._one(t, frame)
+            m_ = head[1]
+            if t == _N and b"C25001\0" in chunk[s:e]:
+                m_.already = True  # BEGIN inside the client's block: only a warning
+            elif t == _E:
+                m_.failed = True  # a failed block: nothing is measured
+            elif t == _Z:
+                queue.popleft()
+                self._measures -= 1
+                self.done_cycles += 1
+                self.info.transaction_status = _STATUS[chunk[s]]
+                m_.opened = not (m_.already or m_.failed)
+            return b""
+        if kind in (MEASURE_SILENT, MEASURE_COMMIT):
+            if t == _A:
+                return self._one(t, frame)
+            if t == _Z:
+                queue.popleft()
+                self._measures -= 1
+                self.done_cycles += 1
+                self.info.transaction_status = _STATUS[chunk[s]]
+                if kind == MEASURE_COMMIT:
+                    if self._limit is None:
+                        self.blocked = False
+                    return frame
+                return b""
+            if t == _E:
+                if kind == MEASURE_COMMIT:  # e.g. a deferred constraint: the client's
+                    return self._filtered_error(chunk[s:e]) or frame
+                log.warning(
+                    "session %s: dbgate's statement after a measured one failed: %s",
+                    self.info.session_id,
+                    m.decode_backend(t, chunk[s:e]),
+                )
+            return b""
+        m_ = self._measure
+        if m_ is None or head is not m_.entry:
+            return self._one(t, frame)
+        return self._measured_message(m_, t, chunk, s, e)
+
+    def _measured_message(
+        self, m_: measure.Measurement, t: int, chunk: bytes, s: int, e: int
+    ) -> bytes:
+        """One answer to the measured Query itself."""
+        frame = chunk[s - 5 : e]
+        if t == _Z:
+            status = chunk[s]
+            ready = self._one(t, frame)  # ends the entry (record, transaction status)
+            self._measures -= 1
+            self._measure = None
+            return self._measured_ready(m_, status, ready)
+        if m_.failed:
+            return self._one(t, frame)  # a failed block: passed as it comes
+        if t == _CMD_COMPLETE:
+            m_.count += measure.changed_rows(m.parse_command_complete(chunk[s:e]))
+        elif t == _E:
+            m_.errored = True
+        elif t == _COPY_IN:
+            # The server waits for the client's data: what is held goes out now and the
+            # client may send until it ends the copy (then it waits again).
+            piece = self._one(t, frame)
+            held = b"".join(m_.buffer)
+            m_.buffer.clear()
+            m_.copying = True
+            self.blocked = False
+            return held + piece
+        piece = self._one(t, frame)
+        if t in (_DATA_ROW, _COPY_DATA):
+            m_.rows += 1
+            if m_.rows > m_.cap:
+                m_.overflow = True
+                m_.buffer = [b for b in m_.buffer if b[:1] not in (b"D", b"d")]
+            if m_.overflow:
+                return b""
+        if piece:
+            m_.buffer.append(piece)
+        return b""
+
+    def _measured_ready(self, m_: measure.Measurement, status: int, ready: bytes) -> bytes:
+        """The measured Query ended: keep it, or undo it and ask ``over_changes``."""
+        held = b"".join(m_.buffer)
+        m_.buffer.clear()
+        release = self._limit is None
+        if m_.failed:
+            if release:
+                self.blocked = False
+            return held + ready
+        if m_.errored or status == 0x45:  # 'E'
+            if m_.opened:  # the client had no block: it sees its implicit one end
+                self._measure_inject(MEASURE_SILENT, "ROLLBACK")
+                self.info.transaction_status = "I"
+                ready = m.ready_for_query("I")
+            if release:
+                self.blocked = False
+            return held + ready
+        if not m_.over:
+            if m_.opened:
+                self._measure_inject(MEASURE_COMMIT, "COMMIT")  # its ReadyForQuery is the client's
+                return held
+            self._measure_inject(MEASURE_SILENT, measure.release_sql(SAVEPOINT))
+            if release:
+                self.blocked = False
+            return held + ready
+        # Over the limit: undone at once, then decided.
+        self._measure_inject(MEASURE_SILENT, measure.undo_sql(SAVEPOINT, m_.opened))
+        if m_.opened:
+            self.info.transaction_status = "I"
+        decision = measure.ask(m_.verdict, m_.measured)
+        if isinstance(decision, Awaitable):
+            self._pending_decision = m_
+            self.measure_waiting = decision  # type: ignore[assignment]
+            return b""
+        self._measure_decided(m_, measure.settled(decision))
+        return b""
+
     def _note_portal_limit(self, body: bytes, verdict: Allow | None) -> None:
         """Which portals will run under a row limit, as the client sees them (the
         Execute that runs one must make the client wait)."""
         portal, stmt_name = _bind_names(body)
+        prepared = self._sent_stmts.get(name_key(stmt_name))
         if verdict is None:
-            prepared = self._sent_stmts.get(name_key(stmt_name))
             verdict = prepared.verdict if prepared is not None else None
+        elif prepared is not None:
+            verdict = _refined(prepared.verdict, verdict)
         if verdict is not None and verdict.max_rows:
             self._sent_limits[portal] = verdict
         else:
@@ -680,6 +933,16 @@ class StatementTracker:
             if waiting.record is not None:
                 self._finish(waiting.record, "", skipped=True)
             return b""
+        if isinstance(verdict, Allow) and verdict.max_changes:
+            if waiting.message_type == _QUERY_MSG:
+                message = _rewritten(waiting.message_type, waiting.body, verdict)
+                return self._measured_query(waiting.record, verdict, message)
+            unmeasured = self._unmeasurable(verdict)
+            if not isinstance(unmeasured, (Allow, Refuse)):
+                # decided by over_changes(-1), awaited in turn
+                self.waiting = Waiting(unmeasured, *waiting[1:])
+                return b""
+            verdict = unmeasured
         if isinstance(verdict, Refuse):
             return self.refuse(waiting.record, verdict, waiting.message_type)
         self._sent(waiting.message_type, waiting.record, waiting.statement, verdict, waiting.body)
@@ -729,10 +992,14 @@ class StatementTracker:
             self.parse_sent(rec, stmt.statement_name, prepared)
             return prepared
         elif t == _BIND_MSG:
-            verdict = self._refined(body, verdict)
-            if verdict.plan is not None:
+            # The Bind's own verdict is kept: it refines the statement the server
+            # holds once the Bind is answered (:meth:`_bind_done`); the client's view
+            # (the statement it sent last) decides whether its Execute must wait.
+            prepared = self._sent_stmts.get(name_key(_bind_names(body)[1]))
+            refined = _refined(prepared.verdict if prepared is not None else None, verdict)
+            if refined.plan is not None:
                 self._plans = self._watch = True
-            if verdict.max_rows:
+            if refined.max_rows:
                 self._limits = self._watch = True
             self._queue.append((BIND, body, verdict, rec))
             if self._limits:
@@ -742,25 +1009,6 @@ class StatementTracker:
         else:
             self.function_call_sent(rec)
         return None
-
-    def _refined(self, body: bytes, verdict: Allow) -> Allow:
-        """A Bind's verdict refines its statement's: what the Parse's verdict said
-        about the results (their plan, the row limit) stands unless the Bind's says
-        otherwise, since the Execute runs under the Bind's verdict alone."""
-        if verdict.plan is not None and verdict.max_rows:
-            return verdict
-        prepared = self._sent_stmts.get(name_key(_bind_names(body)[1]))
-        parsed = prepared.verdict if prepared is not None else None
-        if parsed is None or (parsed.plan is None and not parsed.max_rows):
-            return verdict
-        if verdict.max_rows:
-            return replace(verdict, plan=verdict.plan or parsed.plan)
-        return replace(
-            verdict,
-            plan=verdict.plan or parsed.plan,
-            max_rows=parsed.max_rows,
-            over_limit=parsed.over_limit,
-        )
 
     def query_sent(self, rec: StatementRecord | None, verdict: Allow) -> None:
         """An allowed Query was forwarded. ``verdict.changes``: SQL PREPARE/DEALLOCATE/
@@ -872,6 +1120,8 @@ class StatementTracker:
         Returns None when ``chunk`` goes to the client unchanged (the common case),
         else the pieces to write instead.
         """
+        if self._measures:
+            return self._measure_frames(chunk, frames, full)
         queue = self._queue
         if self._markers or self._watch or self.full or self._copy_in:
             return self._server_frames(chunk, frames, 0, full)
@@ -1350,8 +1600,19 @@ class StatementTracker:
         """An entry the server failed, or skipped after an error (until Sync)."""
         kind = entry[0]
         rec: StatementRecord | None = None
+        if kind in (MEASURE_SETUP, MEASURE_SILENT, MEASURE_COMMIT):
+            self.done_cycles += 1  # a Query of dbgate's skipped in a failed batch
+            self._measures -= 1
+            if kind == MEASURE_SETUP:
+                entry[1].failed = True
+            return
+        if kind == QUERY and self._measure is not None and entry is self._measure.entry:
+            self._measure = None
+            self._measures -= 1
+            if self._limit is None:
+                self.blocked = False
         if kind == PARSE:
-            self._parse_done(entry, False)
+            self._parse_done(entry, False, skipped)
             return
         if kind == BIND:
             self._bind_done(entry, False)
@@ -1378,14 +1639,25 @@ class StatementTracker:
         if rec is not None:
             self._finish(rec, code, skipped)
 
-    def _parse_done(self, entry: Entry, ok: bool) -> None:
+    def _parse_done(self, entry: Entry, ok: bool, skipped: bool = False) -> None:
         _, key, prepared, handle, rec = entry
         if handle is not None:
             handle.resolve(ok)
         if ok:
             self._stmts[key] = prepared
-        elif key == "":
-            self._stmts.pop("", None)  # an unnamed Parse drops the old one first
+        elif key == "" and not skipped:
+            # An unnamed Parse that fails has dropped the old statement first; one the
+            # server skipped (after an earlier error of its batch) leaves it in place,
+            # and its portals still run under its verdict (plan, row limit).
+            self._stmts.pop("", None)
+        if not ok and self._sent_stmts.get(key) is prepared:
+            # No later Parse of the name was sent: the client's next Bind of it meets
+            # what the server holds (the older statement, or none).
+            held = self._stmts.get(key)
+            if held is None:
+                self._sent_stmts.pop(key, None)
+            else:
+                self._sent_stmts[key] = held
         if rec is not None:
             self._finish(rec, "" if ok else sqlstate.INTERNAL_ERROR, not ok)
 
@@ -1393,7 +1665,10 @@ class StatementTracker:
         _, body, verdict, rec = entry
         portal, stmt_name = _bind_names(body)
         if ok:
-            self._portals[portal] = (self._stmts.get(stmt_name), verdict, body)
+            stmt = self._stmts.get(name_key(stmt_name))
+            if verdict is not None and stmt is not None:
+                verdict = _refined(stmt.verdict, verdict)
+            self._portals[portal] = (stmt, verdict, body)
         else:
             self._portals.pop(portal, None)
         if self._portal_state:

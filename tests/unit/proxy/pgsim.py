@@ -48,6 +48,8 @@ class SimServer:
     in_block: bool = False  # inside BEGIN ... COMMIT
     failed_block: bool = False  # an error inside the block
     out: bytearray = field(default_factory=bytearray)
+    #: Every Bind the server ran: its parameter values and the statement it bound.
+    bound: list[tuple[tuple[bytes | None, ...], str]] = field(default_factory=list)
 
     # -- helpers ---------------------------------------------------------------------
     def _error(self, message: str) -> None:
@@ -129,12 +131,12 @@ class SimServer:
                 self.statements[name] = sql
                 self.out += m.PARSE_COMPLETE
         elif kind == "B":
-            portal, pos = _cstr(body, 0)
-            stmt, _ = _cstr(body, pos)
+            portal, stmt, _, params, _ = m.parse_bind(body)
             sql = self.statements.get(stmt)
             if sql is None or "badbind" in sql:
                 self._fail_extended("cannot bind")
                 return
+            self.bound.append((params, sql))
             self.portals[portal] = _Portal(sql)
             self.out += m.BIND_COMPLETE
         elif kind == "D":

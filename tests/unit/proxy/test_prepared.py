@@ -15,7 +15,7 @@ pipelined cycles and random errors, and checks both after every step.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dbgate.proxy.prepared import (
@@ -83,6 +83,59 @@ def test_a_bind_after_a_parse_in_the_same_batch_meets_only_that_parse() -> None:
     p.parse_sent(2, "", "select 2", check_binds=False)
     assert p.candidates("", batch=2) == (Candidate("select 2"),)
     assert set(p.candidates("", batch=3)) == {RISKY, Candidate("select 2")}
+
+
+@pytest.mark.parametrize("checked_ran", [True, False], ids=["replaced", "skipped"])
+def test_a_plain_unnamed_parse_queues_behind_an_unanswered_one(checked_ran: bool) -> None:
+    """Cycle 1 has a checked unnamed Parse, then (replaced) a plain one, or (skipped)
+    an error first; cycle 2 a plain one. Cycle 1 is answered, cycle 2 is not, and cycle
+    3 brings another plain unnamed Parse with a Bind: nothing asks for checks any more,
+    but cycle 2's Parse is still unanswered. Cycle 3's Parse must be queued behind it:
+    otherwise cycle 2's answer later writes its statement into the picture although
+    the server then holds cycle 3's, and cycle 3's Bind is matched to cycle 2's Parse.
+    """
+    second, third = Candidate("select 2"), Candidate("select 3")
+    p = PreparedStatements()
+    first = [p.parse_sent(1, "", RISKY.sql, check_binds=True)]
+    if checked_ran:
+        first.append(p.parse_sent(1, "", SAFE.sql, check_binds=False))
+    h2 = p.parse_sent(2, "", second.sql, check_binds=False)
+    assert h2 is not None  # a checked statement may still be held
+    for h in first:
+        assert h is not None
+        h.resolve(checked_ran)  # skipped after an error: neither ran
+    assert not p.checks_binds("")  # only plain statements can be held now
+    h3 = p.parse_sent(3, "", third.sql, check_binds=False)
+    assert p.candidates("", batch=3) == (third,)  # the Bind of cycle 3 meets only it
+    h2.resolve(True)
+    assert h3 is not None
+    assert p.candidates("", batch=3) == (third,)
+    h3.resolve(True)
+    assert p.pending == 0
+    assert p.candidates("") == (third,) and not p.checks_binds("")
+    # and once nothing is in flight the common case is untracked again
+    assert p.parse_sent(4, "", "select 4", check_binds=False) is None
+    assert p.candidates("") == () and not p.checked
+
+
+def test_a_plain_unnamed_parse_in_the_same_batch_replaces_an_unanswered_one() -> None:
+    """A client that reads answers before its Sync: the plain Parse sent while a
+    checked one was unanswered is tracked; when that one is answered nothing asks for
+    checks, and a second plain Parse of the same batch follows. A Bind after it meets
+    the second, never the first."""
+    second, third = Candidate("select 2"), Candidate("select 3")
+    p = PreparedStatements()
+    h1 = p.parse_sent(1, "", RISKY.sql, check_binds=True)
+    h2 = p.parse_sent(2, "", second.sql, check_binds=False)
+    assert h1 is not None and h2 is not None
+    h1.resolve(False)  # skipped: cycle 1 failed before it
+    assert not p.checks_binds("")
+    h3 = p.parse_sent(2, "", third.sql, check_binds=False)
+    assert p.candidates("", batch=2) == (third,)
+    h2.resolve(True)
+    assert h3 is not None
+    h3.resolve(True)
+    assert p.candidates("") == (third,) and p.pending == 0
 
 
 def test_a_removal_counts_only_when_the_server_ran_it() -> None:
@@ -259,6 +312,14 @@ def _assert_exact(p: PreparedStatements, server: dict[str, Candidate]) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(cycle, max_size=12), st.integers(min_value=1, max_value=3))
+# Rare in random runs: a plain unnamed Parse sent while an older one is unanswered.
+@example(
+    [[("parse", "", RISKY), ("parse", "", SAFE)], [("parse", "", CANDS[2])], [("parse", "", SAFE)]],
+    2,
+)
+@example(
+    [[("error",), ("parse", "", RISKY)], [], [("parse", "", SAFE)], [("parse", "", CANDS[2])]], 3
+)
 def test_what_the_server_holds_is_always_a_candidate_and_exact_once_answered(
     cycles: list, depth: int
 ) -> None:
