@@ -13,7 +13,8 @@ is PostgreSQL 17). :class:`UpstreamSettings` therefore learns the server's major
 version from the ``server_version`` each session reports and leaves out what that
 version lacks. Until it knows (the first session of the process, or after the
 server changed under it) it sends everything, and when the server refuses with
-42704 while such a setting was sent, the caller connects once more without them.
+42704 while such a setting was sent, the caller connects once more without the
+ones the refusal names (all of them, if it names none).
 Nothing is lost by leaving them out: a server without the setting has no such
 limit to apply.
 """
@@ -77,17 +78,22 @@ class UpstreamSettings:
         """When the server refused a connection that carried ``sent``: the names of
         the version-dependent settings in it to leave out of one more try — empty
         when the refusal was not "unrecognized configuration parameter" (42704) or
-        no such setting was sent. The message text is not read (it may be
-        translated): every version-dependent setting goes."""
+        no such setting was sent. The message may be translated, but it quotes the
+        setting's name as it is: the ones it names go; if it names none, all go."""
         if error_body is None:
             return set()
         try:
-            code = parse_error_fields(error_body).get("C", "")
+            fields = parse_error_fields(error_body)
         except ProtocolError:
             return set()
-        if code != UNDEFINED_OBJECT:
+        if fields.get("C") != UNDEFINED_OBJECT:
             return set()
-        return {k for k in sent if k.lower() in self.since}
+        candidates = {k for k in sent if k.lower() in self.since}
+        message = fields.get("M", "").lower()
+        named = {
+            k for k in candidates if re.search(rf"(?<!\w){re.escape(k.lower())}(?!\w)", message)
+        }
+        return named or candidates
 
     def learn(self, parameter_status: Iterable[bytes]) -> None:
         """Remember the version a new session reported (a server can be upgraded or

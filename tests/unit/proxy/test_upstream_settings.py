@@ -65,9 +65,31 @@ def test_everything_goes_until_the_version_is_known() -> None:
     assert settings.major == 17
 
 
-def test_an_unknown_setting_refusal_retries_without_the_version_dependent_ones() -> None:
-    settings = UpstreamSettings()
-    assert settings.retry_without(GUARDS, body("42704")) == {"transaction_timeout"}
+@pytest.mark.parametrize(
+    "message",
+    [
+        'unrecognized configuration parameter "transaction_timeout"',
+        "unbekannter Konfigurationsparameter »transaction_timeout«",  # lc_messages=de
+        "unrecognized configuration parameter",  # names none: every candidate goes
+    ],
+)
+def test_an_unknown_setting_refusal_retries_without_it(message: str) -> None:
+    settings = UpstreamSettings({"transaction_timeout": 17, "future_timeout": 99})
+    sent = {**GUARDS, "future_timeout": "1"}
+    if "transaction_timeout" in message:
+        assert settings.retry_without(sent, body("42704", message)) == {"transaction_timeout"}
+    else:
+        assert settings.retry_without(sent, body("42704", message)) == {
+            "transaction_timeout",
+            "future_timeout",
+        }
+
+
+def test_a_name_inside_another_name_is_not_that_name() -> None:
+    settings = UpstreamSettings({"transaction_timeout": 17, "idle_in_transaction_timeout": 99})
+    sent = {"transaction_timeout": "1", "idle_in_transaction_timeout": "1"}
+    message = 'unrecognized configuration parameter "idle_in_transaction_timeout"'
+    assert settings.retry_without(sent, body("42704", message)) == {"idle_in_transaction_timeout"}
 
 
 @pytest.mark.parametrize(
