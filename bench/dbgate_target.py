@@ -65,6 +65,10 @@ def dbgate_binary() -> str:
     return str(candidate)
 
 
+# A fixed scratch key (32 bytes, hex): tokens only need to agree across the bench's replicas.
+BENCH_PII_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
 def write_config(
     path: Path,
     port: int,
@@ -97,6 +101,8 @@ def write_config(
         config["state"] = {"dsn": approvals.state_dsn}
         config["web"] = {"listen": f"{LOOPBACK}:{approvals.web_port}"}
         config["approvals"] = {"replica_id": approvals.replica_id}
+        # The state database turns tokenization on; every replica needs the same key.
+        config["pii"] = {"keys": [{"id": "bench", "secret": BENCH_PII_KEY}]}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
 

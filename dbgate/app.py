@@ -5,9 +5,11 @@
 1. the upstream check (no agent reaches PostgreSQL as a privileged role, unless the
    config says ``allow_privileged_upstream``);
 2. the state database (one asyncpg pool, migrations) when ``state`` is configured,
-   and on it the approval service and the notifier;
+   and on it the audit writer (``audit.enabled``), the approval service and the
+   notifier;
 3. the policy (rules) and the gate that joins policy, approvals and the relay, with
-   the observers of every statement (metrics; the PII rooms' schema reload after DDL);
+   the observers of every statement (metrics, the audit trail, the PII rooms' schema
+   reload after DDL) and the key catalogs the classifier proves narrowness from;
 4. the proxy listener;
 5. the web server when ``web`` is configured: the approvers' page and API (with a
    state database), ``/healthz``, ``/readyz`` and ``/metrics``;
@@ -17,7 +19,8 @@ Stop: mark the process draining (``/readyz`` turns 503); stop the approval
 service first, so that statements still held end ``abandoned`` (recorded, and their
 clients get 42501 at once rather than waiting out the drain or being recorded as if
 they had left) and holds asked for from then on are refused; then stop accepting and
-drain sessions, then the web server, the notifier, the pool. Nothing held runs by
+drain sessions, then the web server, the notifier, the audit writer (it writes the
+sessions' last records), the pool. Nothing held runs by
 itself later. Each step that can fail names the problem and the fix in one line
 (:mod:`dbgate.startup_errors`).
 """
@@ -44,6 +47,9 @@ if TYPE_CHECKING:
     from dbgate.approvals.model import Requester
     from dbgate.approvals.notify import Notifier
     from dbgate.approvals.service import PgApprovalService
+    from dbgate.audit import AuditWriter
+    from dbgate.gate.audit import AuditTrail
+    from dbgate.gate.keys import KeyCatalogs
     from dbgate.gate.pii import PiiGate
     from dbgate.web.app import WebServer
 
@@ -56,6 +62,8 @@ def build_gate(
     config: Config,
     approvals: PgApprovalService | None = None,
     pii: PiiGate | None = None,
+    audit: AuditTrail | None = None,
+    keys: KeyCatalogs | None = None,
 ) -> Inspector:
     """The relay's inspector for ``config``: the gate, or allow-all when policy is off."""
     if config.policy == "off":
@@ -71,8 +79,9 @@ def build_gate(
             approvals,
             default_wait_seconds=config.approvals.default_wait_seconds,
             replica=approvals.replica,
+            audit=audit,
         )
-    return Gate(load_rules(config.rules_dir), holds=holds, pii=pii)
+    return Gate(load_rules(config.rules_dir), holds=holds, pii=pii, audit=audit, keys=keys)
 
 
 def _estimate_connection(config: Config, requester: Requester) -> Mapping[str, Any] | None:
@@ -105,6 +114,9 @@ class App:
         self.notifier: Notifier | None = None
         self.gate: Inspector | None = None
         self.pii: PiiGate | None = None
+        self.keys: KeyCatalogs | None = None
+        self.audit: AuditWriter | None = None
+        self.trail: AuditTrail | None = None
         self.observer: Observer | None = None
         self.proxy: ProxyServer | None = None
         self.web: WebServer | None = None
@@ -148,13 +160,20 @@ class App:
             self.pii = PiiGate(config)
             with startup_step("pii"):
                 self.pii.check()
-        with startup_step("rules"):
-            self.gate = build_gate(config, self.approvals, self.pii)
-        observers: list[Observer] = [MetricsObserver()] if config.metrics.enabled else []
-        if self.pii is not None:
-            from dbgate.gate.pii import SchemaWatch
+        if config.policy == "enforce":
+            from dbgate.gate.keys import KeyCatalogs
 
-            observers.append(SchemaWatch(self.pii))
+            self.keys = KeyCatalogs(config)
+        with startup_step("rules"):
+            self.gate = build_gate(config, self.approvals, self.pii, self.trail, self.keys)
+        observers: list[Observer] = [MetricsObserver()] if config.metrics.enabled else []
+        if self.trail is not None:
+            observers.append(self.trail)
+        watched = [x.loads for x in (self.pii, self.keys) if x is not None]
+        if watched:
+            from dbgate.gate.schema_loads import SchemaWatch
+
+            observers.append(SchemaWatch(watched))
         self.observer = combine(observers)
         from dbgate.policy.startup import StartupGuards
 
@@ -199,12 +218,28 @@ class App:
             async with self.pool.acquire() as conn:
                 await apply_migrations(conn)
         config = self.config
+        if config.audit.enabled:
+            from dbgate.audit import AuditWriter
+            from dbgate.gate.audit import AuditTrail
+
+            self.audit = AuditWriter(
+                state.dsn,
+                config.audit,
+                replica=config.audit.replica or config.approvals.replica_id,
+            )
+            with startup_step("state", dsn=state.dsn, what="the audit trail's state database"):
+                await self.audit.start()
+            self.trail = AuditTrail(self.audit)
         self.approvals = PgApprovalService.from_config(
             config,
             pool=self.pool,
             estimator=make_estimator(lambda r: _estimate_connection(config, r)),
             migrate=False,  # done above, once for every room
         )
+        if self.audit is not None:
+            from dbgate.audit.approval_steps import recorder
+
+            self.approvals.on_step = recorder(self.audit)
         await self.approvals.start()
         if config.notifications.enabled:
             from dbgate.approvals.notify import Notifier
@@ -267,6 +302,12 @@ class App:
                 await self.notifier.stop()
             self.notifier = None
         self.approvals = None
+        if self.audit is not None:  # after the drain: the sessions' last records
+            try:
+                await self.audit.stop()
+            except Exception:
+                log.exception("audit writer did not stop cleanly")
+            self.audit = None
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), 10)

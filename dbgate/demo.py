@@ -20,8 +20,8 @@ Ctrl-C or SIGTERM drains the proxy and stops the embedded server; exit status 0.
 
 The info file is part of the stable contract (DESIGN.md): ``agent_dsn``,
 ``admin_dsn``, ``state_dsn``, ``web_url``, ``approver_user``, ``approver_password``,
-``approver_token``. It is removed at start (a stale file would describe a server that
-is gone) and again at shutdown.
+``approver_token``, ``auditor_dsn`` (read-only on the audit views). It is removed at
+start (a stale file would describe a server that is gone) and again at shutdown.
 """
 
 from __future__ import annotations
@@ -43,9 +43,11 @@ from urllib.parse import quote
 from dbgate.config import Config, ConfigError
 from dbgate.demo_data import (
     AGENT_ROLE,
+    AUDITOR_LOGIN,
     DEMO_DATABASE,
     STATE_DATABASE,
     ensure_agent_role,
+    ensure_auditor_login,
     ensure_database,
     ensure_demo_database,
 )
@@ -62,6 +64,7 @@ AGENT_UPSTREAM_PASSWORD_FILE = "agent-upstream.password"  # the dbgate_agent rol
 APPROVER = "approver"
 APPROVER_GROUPS = ("dba",)  # the default rule pack holds for approver group dba
 APPROVER_PASSWORD_FILE = "approver.password"
+AUDITOR_PASSWORD_FILE = "auditor.password"  # the state database's read-only reviewer
 PII_KEY_FILE = "pii.key"  # the tokenization key: stable tokens across runs
 UPSTREAM_PORT_FILE = "upstream.port"
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -190,6 +193,13 @@ async def _main(
             ),
             "admin_dsn": pg.dsn(DEMO_DATABASE),
             "state_dsn": pg.dsn(STATE_DATABASE),
+            "auditor_dsn": _dsn(
+                AUDITOR_LOGIN,
+                _stored_secret(data_dir, AUDITOR_PASSWORD_FILE),
+                pg.host,
+                pg.port,
+                STATE_DATABASE,
+            ),
             "web_url": app.web_url,
             "approver_user": APPROVER,
             "approver_password": _stored_secret(data_dir, APPROVER_PASSWORD_FILE),
@@ -261,6 +271,9 @@ async def _prepare(
         raise _DemoError(str(e)) from e
     assert app.proxy is not None and app.approvals is not None
     log.info("proxy listening on %s:%s", config.listen_host, app.proxy.port)
+    await ensure_auditor_login(
+        pg.dsn(STATE_DATABASE), _stored_secret(data_dir, AUDITOR_PASSWORD_FILE)
+    )
     token = await _approver_token(app.approvals, _stored_secret(data_dir, APPROVER_PASSWORD_FILE))
     return app, config, token
 
@@ -433,7 +446,11 @@ def _print_banner(info: dict[str, str], data_dir: Path, info_path: Path | None) 
         "  Straight to PostgreSQL, as the superuser (bypasses dbgate):",
         f"    psql '{admin}'",
         "",
-        "  State database (approvals and audit):",
+        "  The audit trail, as a reviewer (read-only):",
+        f"    psql '{info['auditor_dsn']}' -c 'select at, identity, event, decision,"
+        " statement from dbgate.audit_log order by at desc limit 20'",
+        "",
+        "  State database (approvals and audit), as its owner:",
         f"    psql '{state}'",
         "",
         f"  Data directory: {data_dir}",

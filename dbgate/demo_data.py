@@ -370,3 +370,30 @@ async def ensure_agent_role(
 
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+AUDITOR_LOGIN = "dbgate_demo_auditor"
+
+
+async def ensure_auditor_login(state_dsn: str, password: str, *, role: str = AUDITOR_LOGIN) -> None:
+    """Idempotent: ``role`` logs in with ``password`` to the state database and reads
+    the audit views through membership in ``dbgate_auditor`` (made by the state
+    database's migrations) — nothing else. ``state_dsn`` is a superuser DSN to the
+    state database, migrated already."""
+    ident = _quote_ident(role)
+    verifier = make_verifier(password).replace("'", "''")
+    conn = await asyncpg.connect(state_dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+                await conn.execute(f"CREATE ROLE {ident}")
+        state_db = _quote_ident(await conn.fetchval("SELECT current_database()"))
+        async with conn.transaction():
+            await conn.execute(
+                f"ALTER ROLE {ident} WITH LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE"
+                f" NOCREATEDB NOREPLICATION INHERIT PASSWORD '{verifier}'"
+            )
+            await conn.execute(f"GRANT dbgate_auditor TO {ident}")
+            await conn.execute(f"GRANT CONNECT ON DATABASE {state_db} TO {ident}")
+    finally:
+        await conn.close()

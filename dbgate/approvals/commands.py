@@ -58,8 +58,15 @@ class _Refused(Exception):
         self.code = code
 
 
-def _run(dsn: str | None, config: Path | None, work: Callable[[Any, Any], Awaitable[T]]) -> T:
-    """Open the stores, run ``work(store, accounts)``, turn refusals into exit codes."""
+def _run(
+    dsn: str | None,
+    config: Path | None,
+    work: Callable[[Any, Any], Awaitable[T]],
+    *,
+    recorded: bool = False,
+) -> T:
+    """Open the stores, run ``work(store, accounts)``, turn refusals into exit codes.
+    ``recorded``: the work decides requests, and each step goes to the audit trail."""
     import asyncio
 
     from dbgate.approvals.errors import ApprovalError, StateUnavailable
@@ -78,7 +85,7 @@ def _run(dsn: str | None, config: Path | None, work: Callable[[Any, Any], Awaita
     if not dsn:
         _fail("give the state database with --dsn, -c CONFIG or DBGATE__STATE__DSN", 2)
     try:
-        return asyncio.run(_with_stores(dsn, owners, work))
+        return asyncio.run(_with_stores(dsn, owners, work, recorded))
     except StateUnavailable as e:
         _fail(str(e), 2)
     except MigrationError as e:
@@ -90,15 +97,18 @@ def _run(dsn: str | None, config: Path | None, work: Callable[[Any, Any], Awaita
 
 
 async def _with_stores(
-    dsn: str, owners: dict[str, tuple[str, ...]], work: Callable[[Any, Any], Awaitable[T]]
+    dsn: str,
+    owners: dict[str, tuple[str, ...]],
+    work: Callable[[Any, Any], Awaitable[T]],
+    recorded: bool,
 ) -> T:
-    async with _stores(dsn, owners) as (store, accounts):
+    async with _stores(dsn, owners, recorded) as (store, accounts):
         return await work(store, accounts)
 
 
 @asynccontextmanager
 async def _stores(
-    dsn: str, owners: dict[str, tuple[str, ...]]
+    dsn: str, owners: dict[str, tuple[str, ...]], recorded: bool = False
 ) -> AsyncIterator[tuple[ApprovalStore, AccountStore]]:
     from dbgate.approvals.accounts import AccountStore
     from dbgate.approvals.db import StateDB, create_pool
@@ -106,13 +116,38 @@ async def _stores(
     from dbgate.state.migrate import apply_migrations
 
     pool = await create_pool(dsn, max_size=2)
+    writer = None
     try:
         db = StateDB(pool)
         async with db.connection() as conn:
             await apply_migrations(conn)
-        yield ApprovalStore(db, owners=owners), AccountStore(db)
+        store = ApprovalStore(db, owners=owners)
+        writer = await _audit_writer(dsn) if recorded else None
+        if writer is not None:
+            from dbgate.audit.approval_steps import recorder
+
+            store.on_event = recorder(writer)
+        yield store, AccountStore(db)
     finally:
+        if writer is not None:
+            await writer.stop()
         await pool.close()
+
+
+async def _audit_writer(dsn: str) -> Any:
+    """A decision made from a shell is recorded in the audit like one made on the page:
+    this process writes its own short chain (``cli-<host>``)."""
+    import socket
+
+    from dbgate.audit import AuditError, AuditWriter
+    from dbgate.config import AuditConfig
+
+    writer = AuditWriter(dsn, AuditConfig(), replica=f"cli-{socket.gethostname()}")
+    try:
+        await writer.start()
+    except AuditError as e:
+        _fail(f"the audit trail cannot be written, so nothing is decided: {e}", 2)
+    return writer
 
 
 def _fail(message: str, code: int) -> Any:
@@ -246,7 +281,7 @@ def _decide(
             _request_id(request_id), who, approve=approve, reason=text, via="cli"
         )
 
-    record = _run(dsn, config, work)
+    record = _run(dsn, config, work, recorded=True)
     if record.status == "pending":
         typer.echo(
             f"request {record.id}: approval by {approver} recorded; "

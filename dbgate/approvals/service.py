@@ -37,7 +37,7 @@ from dbgate.approvals.eligibility import refusal
 from dbgate.approvals.errors import ApprovalError, StateUnavailable
 from dbgate.approvals.matching import match_hash
 from dbgate.approvals.model import ApprovalRequest, HoldOutcome, HoldStatus, Notify
-from dbgate.approvals.store import ApprovalStore, NewRequest, RequestRecord
+from dbgate.approvals.store import ApprovalStore, NewRequest, RequestRecord, StepHook
 from dbgate.approvals.wake import Waker
 from dbgate.pii.sql_mask import mask_sql, mask_text
 
@@ -119,6 +119,9 @@ class PgApprovalService:
         self._match_key = match_key.encode() if isinstance(match_key, str) else match_key
         self._estimator = estimator
         self._migrate = migrate
+        #: Told of every committed step of a request (the store's ``on_event``): the
+        #: audit trail, when the composition root attaches one before :meth:`start`.
+        self.on_step: StepHook | None = None
         self._ready = False
         self._ready_lock = asyncio.Lock()
         self._closing = False
@@ -184,6 +187,7 @@ class PgApprovalService:
             approved_lifetime=self._approved_lifetime,
             max_shape_minutes=self._max_shape_minutes,
         )
+        self.store.on_event = self.on_step
         self.accounts = AccountStore(db)
         self.waker = Waker(
             self.dsn,

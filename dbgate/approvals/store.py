@@ -19,7 +19,9 @@ This is the only module that writes ``dbgate.approval_requests``. Its rules:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +32,11 @@ from dbgate.approvals.db import StateDB
 from dbgate.approvals.eligibility import Approver, refusal
 from dbgate.approvals.errors import BadRequest, Conflict, Forbidden, NotFound
 from dbgate.pii.sql_mask import mask_text
+
+log = logging.getLogger("dbgate.approvals")
+
+#: (step, the request as it is now, who acted or "", why, when it was committed)
+StepHook = Callable[[str, "RequestRecord", str, str, float], None]
 
 #: Every status a request can have; ``pending`` is the only one that is not final,
 #: and an ``approved`` request becomes ``executed`` once it ran.
@@ -231,6 +238,20 @@ class ApprovalStore:
         self.owners: Mapping[str, Sequence[str]] = owners or {}
         self.approved_lifetime = timedelta(seconds=approved_lifetime)
         self.max_shape_minutes = max_shape_minutes
+        #: Told of each step in a request's life once it is committed: (event, the
+        #: request as it is now, who acted or "", why, when: time.time() at the commit).
+        #: The audit trail attaches here.
+        self.on_event: StepHook | None = None
+
+    async def _tell(self, event: str, request_id: int, actor: str = "", reason: str = "") -> None:
+        hook = self.on_event
+        if hook is None:
+            return
+        at = time.time()  # before reading the request back: a later step may overtake it
+        try:
+            hook(event, await self.get(request_id), actor, reason, at)
+        except Exception:  # the step is committed; its echo must not undo the caller's work
+            log.exception("approval request %s: the %s event was not told", request_id, event)
 
     # -- recording and the life of a hold ---------------------------------------------
 
@@ -275,7 +296,9 @@ class ApprovalStore:
                 req.approvals_needed,
                 req.wait_seconds,
             )
-        return _record(row)
+        record = _record(row)
+        await self._tell("requested", record.id)
+        return record
 
     async def statuses(self, ids: Sequence[int]) -> dict[int, str]:
         async with self.db.connection() as conn:
@@ -312,6 +335,8 @@ class ApprovalStore:
                 status,
                 reason,
             )
+        if done is not None:
+            await self._tell(status, request_id, reason=reason)
         return done is not None
 
     async def abandon_replica(self, replica: str, reason: str) -> int:
@@ -324,6 +349,8 @@ class ApprovalStore:
                 replica,
                 reason,
             )
+        for row in rows:
+            await self._tell("abandoned", row["id"], reason=reason)
         return len(rows)
 
     async def sweep(self, abandon_after: float) -> int:
@@ -341,10 +368,12 @@ class ApprovalStore:
                 WHERE status = 'pending'
                   AND deadline < now() - CASE WHEN mode = 'wait' THEN $1 * interval '1 second'
                                               ELSE interval '0' END
-                RETURNING id
+                RETURNING id, status, reason
                 """,
                 abandon_after,
             )
+        for row in rows:
+            await self._tell(row["status"], row["id"], reason=row["reason"])
         return len(rows)
 
     async def claim_retry(self, identity: str, match_hash: bytes) -> RequestRecord | None:
@@ -376,6 +405,8 @@ class ApprovalStore:
                 "WHERE id = $1 AND status = 'approved' RETURNING id",
                 request_id,
             )
+        if done is not None:
+            await self._tell("executed", request_id)
         return done is not None
 
     async def set_estimate(self, request_id: int, rows: int | None, note: str) -> None:
@@ -464,6 +495,7 @@ class ApprovalStore:
                 )
             if conflict is not None:  # committed (an overdue request is marked expired)
                 raise conflict
+        await self._tell("approved" if approve else "rejected", request_id, approver.name, reason)
         return await self.get(request_id)
 
     async def _record_decision(
@@ -621,6 +653,7 @@ class ApprovalStore:
                     )
             if conflict is not None:
                 raise conflict
+        await self._tell("approved", request_id, approver.name, f"shape {shape['id']}: {reason}")
         return _shape(shape), await self.get(request_id)
 
     async def find_shape(

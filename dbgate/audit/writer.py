@@ -270,6 +270,8 @@ class AuditWriter:
         self._closing = False  # chain_end queued: no more records
         self._stopping = False
         self.committed_total = 0
+        #: Told when :attr:`available` changes (the gate turns strict while it is False).
+        self.on_available: Callable[[bool], None] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -558,6 +560,11 @@ class AuditWriter:
         self._why = why
         if changed:
             self._signal()
+            if self.on_available is not None:
+                try:
+                    self.on_available(available)
+                except Exception:
+                    log.exception("audit: the availability callback failed")
             if not available:  # whoever waits for a commit learns now, not after an outage
                 self._fail_waiters(AuditUnavailable(why))
 

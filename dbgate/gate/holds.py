@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from dbgate.approvals.model import (
     ApprovalRequest,
@@ -41,18 +42,35 @@ from dbgate.proxy.seams import Allow, Notice, Refuse
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.wire import sqlstate
 
+if TYPE_CHECKING:
+    from dbgate.gate.audit import AuditTrail
+
 log = logging.getLogger("dbgate.gate")
+
+#: Hold outcomes recorded under their own name; the rest (unavailable, abandoned,
+#: pending for approve-then-retry) are "refused" with the reason.
+_REFUSED_AS = frozenset({"rejected", "expired", "withdrawn"})
+_UNRECORDED = HoldOutcome(
+    HoldStatus.UNAVAILABLE,
+    reason="the audit trail cannot record it: the state database is unreachable",
+)
 
 
 class HoldDesk:
     """Sends held statements to the approval service and waits for the outcome."""
 
     def __init__(
-        self, service: ApprovalService, *, default_wait_seconds: float, replica: str = ""
+        self,
+        service: ApprovalService,
+        *,
+        default_wait_seconds: float,
+        replica: str = "",
+        audit: AuditTrail | None = None,
     ) -> None:
         self.service = service
         self.default_wait_seconds = default_wait_seconds
         self.replica = replica
+        self.audit = audit
         self._background: set[asyncio.Task[None]] = set()
 
     def request(
@@ -102,16 +120,64 @@ class HoldDesk:
         def notify(message: str, detail: str) -> None:
             session.notify_client(Notice(message, detail))
 
+        audit = self.audit
+        if audit is not None and not await audit.durable(
+            audit.held(session, request, decision, "decided", "hold")
+        ):
+            return self.verdict(_UNRECORDED, decision)  # nothing waits unrecorded
         outcome = await self.service.approved_before(request)
         if outcome is None:
-            outcome = await self.service.hold(request, notify)
+            try:
+                outcome = await self.service.hold(request, notify)
+            except asyncio.CancelledError:  # a CancelRequest or the client left
+                if audit is not None:
+                    audit.writer.record(
+                        audit.held(session, request, decision, "refused", "withdrawn")
+                    )
+                raise
         verdict = self.verdict(outcome, decision)
+        if audit is not None and not await self._recorded(
+            audit, session, request, decision, outcome, verdict
+        ):
+            return self.verdict(_UNRECORDED, decision)  # approved, but not run unrecorded
         if isinstance(verdict, Allow):
             if decision.classification is not None:  # a SET dbgate.purpose in it now runs
                 session.declared.update(decision.classification.declares)
             if outcome.request_id:
                 self._mark_executed(outcome.request_id)
         return verdict
+
+    async def _recorded(
+        self,
+        audit: AuditTrail,
+        session: SessionInfo,
+        request: ApprovalRequest,
+        decision: Decision,
+        outcome: HoldOutcome,
+        verdict: Allow | Refuse,
+    ) -> bool:
+        """The outcome is durable before the client hears of it: an approved statement's
+        record before it is forwarded (False: it is not), a refusal's before it is sent
+        (sent either way)."""
+        rid = outcome.request_id or ""
+        if isinstance(verdict, Allow):
+            return await audit.durable(
+                audit.held(session, request, decision, "decided", "approved", approval_id=rid)
+            )
+        status = outcome.status.value
+        await audit.durable(
+            audit.held(
+                session,
+                request,
+                decision,
+                "refused",
+                status if status in _REFUSED_AS else "refused",
+                approval_id=rid,
+                outcome=verdict.sqlstate,
+                reason=verdict.message,
+            )
+        )
+        return True
 
     def verdict(self, outcome: HoldOutcome, decision: Decision) -> Allow | Refuse:
         status = outcome.status

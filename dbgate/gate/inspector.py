@@ -24,20 +24,28 @@ classification) and, for texts that repeat, a verdict the relay may remember.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
+from dbgate.audit.errors import AuditUnavailable
 from dbgate.gate import refusals
+from dbgate.gate.audit import AuditTrail
 from dbgate.gate.holds import HoldDesk
+from dbgate.gate.keys import KeyCatalogs
+from dbgate.gate.limits import has_limits, limited_verdict, verdict_hold
 from dbgate.gate.notes import GateNote, primary_category
 from dbgate.gate.pii import PiiGate
 from dbgate.gate.prepared_effects import PREPARED_COMMANDS, prepared_changes
+from dbgate.policy.keys import KeyCatalog
 from dbgate.policy.model import Action, Decision, Identity
 from dbgate.policy.rules import RuleSet, decide_bind
 from dbgate.proxy.seams import (
     ALLOW,
     ALLOW_CHECKING_BINDS,
     Allow,
+    Refuse,
     Statement,
     Verdict,
 )
@@ -55,6 +63,7 @@ _ALLOW_SESSION = "allow-session"  # allowed, but read session state (EXECUTE)
 _ALLOW_PREPARES = "allow-prepares"  # allowed, and changes prepared statements
 _ALLOW_DECLARES = "allow-declares"  # allowed, and declares dbgate.purpose/model
 _ALLOW_PLAIN = "allow"
+_ALLOW_LIMITED = "allow-limited"  # allowed under run-time limits (or clamped guards)
 _ANSWERS_CACHE_SIZE = 8192
 
 
@@ -71,9 +80,20 @@ class Gate:
         *,
         holds: HoldDesk | None = None,
         pii: PiiGate | None = None,
+        audit: AuditTrail | None = None,
+        keys: KeyCatalogs | None = None,
     ) -> None:
         self.holds = holds
         self.pii = pii
+        self.audit = audit
+        self.keys = keys
+        self._bind_allows: dict[int, tuple[Any, Allow]] = {}
+        #: Read by the relay (see Inspector in seams.py): while the audit trail cannot
+        #: be written, every statement comes here, to be refused.
+        self.strict = False
+        if audit is not None:
+            self.strict = not audit.writer.available
+            audit.writer.on_available = self._audit_available
         self._repeats: Callable[[str], bool] = lambda _sql: False
         if classify is None:
             from dbgate.policy.classify import classify, seen_exactly
@@ -83,6 +103,9 @@ class Gate:
         self._ruleset = ruleset
         # (identity, classification, outcome, Allow with its note, repeatable Allow)
         self._answers: dict[tuple[int, int], tuple[Any, ...]] = {}
+
+    def _audit_available(self, available: bool) -> None:
+        self.strict = not available
 
     @property
     def ruleset(self) -> RuleSet:
@@ -124,14 +147,29 @@ class Gate:
             # UTF-8 encoding; with others a string literal could hide a statement from
             # it. Refuse everything.
             return refusals.SETTINGS_REFUSED
+        audit = self.audit
+        if audit is not None:
+            try:
+                room = audit.admit()
+            except AuditUnavailable:
+                return refusals.AUDIT_UNAVAILABLE
+            if room is not None:  # the audit queue is full: wait for room first
+                return self._after(room, session, statement)
         pii = self.pii
-        if pii is not None and pii.session(session) is None:
+        if (pii is not None and pii.session(session) is None) or (
+            self.keys is not None and session.database not in self.keys.loads.loaded
+        ):
             return self._after_schema(session, statement)
         if kind == "bind":
             verdict = self._inspect_bind(session, identity, statement)
             if pii is None or type(verdict) is not Allow:
                 return verdict
-            return pii.bind_verdict(session, statement, statement.sql) or verdict
+            changed = pii.bind_verdict(session, statement, statement.sql)
+            if changed is None:
+                return verdict
+            if type(changed) is Allow and changed.note is None:
+                changed = replace(changed, note=verdict.note)  # the Execute's record reads it
+            return changed
         verdict, classification = self._judge(session, identity, statement)
         if pii is None or type(verdict) is not Allow:
             return verdict
@@ -144,13 +182,25 @@ class Gate:
         )
         return verdict if changed is None else changed
 
+    async def _after(
+        self, ready: Awaitable[None], session: SessionInfo, statement: Statement
+    ) -> Verdict:
+        await ready
+        verdict = self.inspect(session, statement)
+        if isinstance(verdict, Awaitable):
+            return await verdict
+        return verdict
+
     async def _after_schema(self, session: SessionInfo, statement: Statement) -> Verdict:
-        """The first statement on a database: its schema is loaded for PII first."""
-        assert self.pii is not None
+        """The first statement on a database: its schema (for PII) and its unique keys
+        (for the classifier's proofs) are loaded first."""
         try:
-            await self.pii.ensure(session.database)
+            if self.pii is not None:
+                await self.pii.ensure(session.database)
+            if self.keys is not None:
+                await self.keys.ensure(session.database)
         except Exception as e:
-            log.error("pii: cannot load the schema of %s: %s", session.database, e)
+            log.error("cannot load the catalog of %s: %s", session.database, e)
             return refusals.PII_SCHEMA_UNAVAILABLE
         verdict = self.inspect(session, statement)
         if isinstance(verdict, Awaitable):
@@ -164,7 +214,8 @@ class Gate:
         kind = statement.kind
         sql = statement.sql
         repeats = self._repeats(sql)  # asked first: classifying stores a new text
-        classification = self._classify(sql, prepared=session.statements.texts)
+        catalog = self.keys.for_session(session) if self.keys is not None else None
+        classification = self._classified(sql, session.statements.texts, catalog)
         answer = self._answers.get((id(identity), id(classification)))
         if answer is None or answer[0] is not identity or answer[1] is not classification:
             answer = self._answer(identity, classification)
@@ -175,6 +226,22 @@ class Gate:
             # remembering only for texts that do repeat (drivers' Parse, BEGIN/COMMIT),
             # not for fresh literals.
             return (answer[4] if repeats else answer[3]), classification
+        if outcome is _ALLOW_LIMITED:
+            limited = answer[5]
+            if (
+                catalog is not None
+                and (limited.max_rows or type(limited) is not Allow)
+                and self._may_learn_keys(session, catalog, classification)
+            ):
+                return self._after_keys(session, statement), classification
+            if limited is answer[3]:  # a clamp: the text is rewritten per statement
+                verdict = self._limited(answer[6], classification, sql)
+                if type(verdict) is not Allow:
+                    return self._held(kind, verdict, session, sql), classification
+                return verdict, classification
+            if type(limited) is Allow:
+                return (answer[4] if repeats else limited), classification
+            return self._held(kind, limited, session, sql), classification
         if outcome is _ALLOW_DECLARES:
             # SET dbgate.purpose / dbgate.model: the server does not report custom
             # settings, so the gate keeps them for the approval requests of this
@@ -199,26 +266,70 @@ class Gate:
         # Not a plain allow, or a Query whose statements would need Bind values.
         decision = self.ruleset.decide(identity, classification)
         if decision.action is not _ALLOW_ACTION:
-            if kind == "parse" and decision.action is _HOLD_ACTION and self.holds is not None:
-                # Nothing runs at Parse, and a prepared statement may be executed any
-                # number of times: an approval given here would cover every later
-                # Bind of it. So a held statement is let through Parse and held at
-                # each Bind, and each approval covers one execution with its values.
-                return ALLOW_CHECKING_BINDS, classification
-            return self.verdict(decision, session, sql, ()), classification
+            return self._held(kind, decision, session, sql), classification
+        if has_limits(decision):
+            verdict = self._limited(decision, classification, sql)
+            if type(verdict) is not Allow:
+                return self._held(kind, verdict, session, sql), classification
+            return verdict, classification
         if kind == "query" and any(
             st.command in PREPARED_COMMANDS for st in classification.statements
         ):
             return Allow(changes=prepared_changes(classification)), classification
         return ALLOW, classification
 
+    def _held(self, kind: str, decision: Decision, session: SessionInfo, sql: str) -> Any:
+        """The verdict for a decision that is not an allow."""
+        if kind == "parse" and decision.action is _HOLD_ACTION and self.holds is not None:
+            # Nothing runs at Parse, and a prepared statement may be executed any
+            # number of times: an approval given here would cover every later Bind of
+            # it. So a held statement is let through Parse and held at each Bind, and
+            # each approval covers one execution with its values.
+            return ALLOW_CHECKING_BINDS
+        return self.verdict(decision, session, sql, ())
+
+    def _limited(self, decision: Decision, classification: Any, sql: str) -> Allow | Decision:
+        note = GateNote(classification, "allow", primary_category(classification), decision)
+        return limited_verdict(decision, classification, sql, note)
+
+    def _classified(self, sql: str, prepared: Any, catalog: KeyCatalog | None) -> Any:
+        if catalog is None:
+            return self._classify(sql, prepared=prepared)
+        return self._classify(sql, prepared=prepared, keys=catalog)
+
+    def _may_learn_keys(
+        self, session: SessionInfo, catalog: KeyCatalog, classification: Any
+    ) -> bool:
+        """The statement is limited because a table it names is unknown to the key
+        catalog: perhaps created since it was loaded."""
+        assert self.keys is not None
+        unknown = self.keys.unknown(catalog, classification.tables)
+        return bool(unknown) and self.keys.loads.may_be_new(session.database, unknown)
+
+    async def _after_keys(self, session: SessionInfo, statement: Statement) -> Verdict:
+        """Judged again after the key catalog was read anew (shared, rate-limited)."""
+        assert self.keys is not None
+        loads = self.keys.loads
+        await loads.reload_since(session.database, time.monotonic())
+        catalog = self.keys.for_session(session)
+        if catalog is not None:
+            classification = self._classified(statement.sql, session.statements.texts, catalog)
+            loads.still_unknown(session.database, self.keys.unknown(catalog, classification.tables))
+        verdict = self.inspect(session, statement)
+        if isinstance(verdict, Awaitable):
+            return await verdict
+        return verdict
+
     def _answer(self, identity: Identity, classification: Any) -> tuple[Any, ...]:
         """What a classification means for an identity, remembered while both live."""
         statements = classification.statements
         session_dependent = getattr(classification, "session_dependent", True)
+        decision = None
         if any(st.needs_bind for st in statements):
             outcome = _NEEDS_BIND
-        elif self.ruleset.decide(identity, classification).action is not _ALLOW_ACTION:
+        elif (
+            decision := self.ruleset.decide(identity, classification)
+        ).action is not _ALLOW_ACTION:
             outcome = _DECIDE
         elif any(st.command in PREPARED_COMMANDS for st in statements):
             outcome = _ALLOW_PREPARES  # checked before EXECUTE: the changes must be kept
@@ -226,16 +337,23 @@ class Gate:
             outcome = _ALLOW_SESSION
         elif any(getattr(st, "declares", ()) for st in statements):
             outcome = _ALLOW_DECLARES
+        elif has_limits(decision):  # type: ignore[arg-type]
+            outcome = _ALLOW_LIMITED
         else:
             outcome = _ALLOW_PLAIN
-        note = GateNote(classification, "allow", primary_category(classification))
-        answer = (
-            identity,
-            classification,
-            outcome,
-            Allow(note=note),
-            Allow(repeatable=True, note=note),
-        )
+        note = GateNote(classification, "allow", primary_category(classification), decision)
+        plain = Allow(note=note)
+        repeatable = Allow(repeatable=True, note=note)
+        limited: Any = None
+        if outcome is _ALLOW_LIMITED:
+            assert decision is not None
+            if decision.guard_clamps:
+                limited = plain  # rewritten per text (see _judge); marks "not cached"
+            else:
+                limited = limited_verdict(decision, classification, "", note)
+                if type(limited) is Allow:
+                    repeatable = replace(limited, repeatable=True)
+        answer = (identity, classification, outcome, plain, repeatable, limited, decision)
         if not session_dependent:  # those are classified afresh each time: never reused
             if len(self._answers) >= _ANSWERS_CACHE_SIZE:
                 self._answers.clear()
@@ -252,10 +370,12 @@ class Gate:
         checked = [c for c in statement.candidates if c.check_binds]
         if not checked:
             return ALLOW  # judged in full at its Parse
+        catalog = self.keys.for_session(session) if self.keys is not None else None
+        limits: Decision | None = None
         for candidate in checked:
             if candidate.lost:
                 return refusals.lost_track(statement.statement_name)
-            classification = self._classify(candidate.sql, prepared=prepared.texts)
+            classification = self._classified(candidate.sql, prepared.texts, catalog)
             if classification.needs_bind:
                 decision = None
             else:
@@ -277,10 +397,37 @@ class Gate:
                     candidate.sql,
                     params,
                     prepared=prepared.texts,
+                    keys=catalog,
                 )
             if decision.action is not _ALLOW_ACTION:
                 return self.verdict(decision, session, candidate.sql, params)
-        return ALLOW
+            if has_limits(decision):
+                limits = decision
+        if limits is not None:
+            verdict = self._limited(limits, classification, candidate.sql)
+            if type(verdict) is not Allow:
+                return self.verdict(verdict, session, candidate.sql, params)
+            if verdict.replace_sql is not None:  # a Bind cannot rewrite its statement
+                return self.verdict(
+                    replace(verdict_hold(limits), classification=classification),
+                    session,
+                    candidate.sql,
+                    params,
+                )
+            return verdict
+        return self._bind_allowed(classification)
+
+    def _bind_allowed(self, classification: Any) -> Allow:
+        """An allowed Bind's verdict: it replaces the Parse's for the portal, so it
+        carries the statement's note (the observer and the audit read it)."""
+        hit = self._bind_allows.get(id(classification))
+        if hit is not None and hit[0] is classification:
+            return hit[1]  # type: ignore[no-any-return]
+        allow = Allow(note=GateNote(classification, "allow", primary_category(classification)))
+        if len(self._bind_allows) >= 4096:
+            self._bind_allows.clear()
+        self._bind_allows[id(classification)] = (classification, allow)
+        return allow
 
     def verdict(
         self,
@@ -294,9 +441,41 @@ class Gate:
             return ALLOW
         classification = decision.classification
         if classification is not None and classification.parse_error is not None:
-            return refusals.syntax_error(decision, classification)
-        refusals.log_refusal(session, decision, sql)
-        if decision.action is not _HOLD_ACTION or self.holds is None or classification is None:
-            return refusals.refusal(decision, approvals=False)
-        request = self.holds.request(session, sql, params, decision, classification)
-        return self.holds.wait(session, request, decision)
+            refusal = refusals.syntax_error(decision, classification)
+        else:
+            refusals.log_refusal(session, decision, sql)
+            if (
+                decision.action is _HOLD_ACTION
+                and self.holds is not None
+                and classification is not None
+            ):
+                request = self.holds.request(session, sql, params, decision, classification)
+                return self.holds.wait(session, request, decision)
+            refusal = refusals.refusal(decision, approvals=False)
+        if self.audit is None:
+            return refusal
+        return self._recorded(session, sql, params, decision, refusal)
+
+    async def _recorded(
+        self,
+        session: SessionInfo,
+        sql: str,
+        params: tuple[str | None, ...] | list[str | None],
+        decision: Decision,
+        refusal: Refuse,
+    ) -> Verdict:
+        """A refusal is recorded, durably, before the client hears of it."""
+        assert self.audit is not None
+        note = refusal.note if isinstance(refusal.note, GateNote) else None
+        event = self.audit.statement(
+            session,
+            "refused",
+            "deny" if decision.action is Action.DENY else "refused",
+            sql,
+            note,
+            params=tuple(params),
+            outcome=refusal.sqlstate,
+            reason=refusal.message,
+        )
+        await self.audit.durable(event)  # refused either way
+        return refusal

@@ -37,6 +37,11 @@ SETTINGS_REFUSED = Refuse(
     "dbgate: this session's standard_conforming_strings/client_encoding "
     "differ from what dbgate can analyse (on/UTF8); statements are refused",
 )
+AUDIT_UNAVAILABLE = Refuse(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "dbgate: the audit trail cannot be written (the state database is unreachable), so "
+    "statements are refused until it can (audit.on_failure: refuse)",
+)
 PII_SCHEMA_UNAVAILABLE = Refuse(
     sqlstate.INSUFFICIENT_PRIVILEGE,
     "dbgate: the database's schema could not be read, so dbgate cannot tell which "

@@ -186,6 +186,11 @@ class Inspector(Protocol):
     Bind messages are shown to the inspector when it sets ``inspects_binds = True``,
     or for statements whose Parse it allowed with ``Allow(check_binds=True)``
     (bind-time decisions on parameter values).
+
+    An inspector may also have a ``strict`` attribute: while it is True, the relay
+    shows it every Query, Parse and Bind — no remembered verdict is reused and no
+    Bind is skipped — so that it can refuse statements that would otherwise run
+    without asking (the gate sets it while the audit trail cannot be written).
     """
 
     def inspect(self, session: SessionInfo, statement: Statement) -> Verdict | Awaitable[Verdict]:

@@ -39,6 +39,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable
+from dataclasses import replace
 from struct import Struct, unpack_from
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -317,6 +318,9 @@ class StatementTracker:
         self.info = info
         self.inspector: Inspector = inspector if inspector is not None else AllowAll()
         self.inspect_binds: bool = getattr(self.inspector, "inspects_binds", True)
+        # An inspector with a ``strict`` attribute may ask, while it is True, to see
+        # every Query, Parse and Bind (see Inspector in seams.py).
+        self._strictness = self.inspector if hasattr(self.inspector, "strict") else None
         self.observer = observer
         self.message_filter = message_filter
         # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
@@ -452,7 +456,9 @@ class StatementTracker:
         out: list[bytes] | None = None
         fwd = 0  # start of the range of chunk not yet forwarded
         queue = self._queue
-        memo = self._memo
+        strictness = self._strictness
+        strict = strictness is not None and strictness.strict  # type: ignore[attr-defined]
+        memo = self._memo if not strict else None
         observed = self.observer is not None
         for t, s, e in frames:
             hdr = s - 5
@@ -525,7 +531,7 @@ class StatementTracker:
             elif t == _BIND_MSG:
                 body = chunk[s:e]
                 statements = self.info.statements
-                if not self.inspect_binds and (
+                if not (strict or self.inspect_binds) and (
                     not statements.checked
                     or not statements.checks_binds(_bind_statement_name(chunk, s, e))
                 ):
@@ -726,6 +732,7 @@ class StatementTracker:
             self.parse_sent(rec, stmt.statement_name, prepared)
             return prepared
         elif t == _BIND_MSG:
+            verdict = self._refined(body, verdict)
             if verdict.plan is not None:
                 self._plans = self._watch = True
             if verdict.max_rows:
@@ -738,6 +745,25 @@ class StatementTracker:
         else:
             self.function_call_sent(rec)
         return None
+
+    def _refined(self, body: bytes, verdict: Allow) -> Allow:
+        """A Bind's verdict refines its statement's: what the Parse's verdict said
+        about the results (their plan, the row limit) stands unless the Bind's says
+        otherwise, since the Execute runs under the Bind's verdict alone."""
+        if verdict.plan is not None and verdict.max_rows:
+            return verdict
+        prepared = self._sent_stmts.get(name_key(_bind_names(body)[1]))
+        parsed = prepared.verdict if prepared is not None else None
+        if parsed is None or (parsed.plan is None and not parsed.max_rows):
+            return verdict
+        if verdict.max_rows:
+            return replace(verdict, plan=verdict.plan or parsed.plan)
+        return replace(
+            verdict,
+            plan=verdict.plan or parsed.plan,
+            max_rows=parsed.max_rows,
+            over_limit=parsed.over_limit,
+        )
 
     def query_sent(self, rec: StatementRecord | None, verdict: Allow) -> None:
         """An allowed Query was forwarded. ``verdict.changes``: SQL PREPARE/DEALLOCATE/

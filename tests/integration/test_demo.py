@@ -8,6 +8,7 @@ and checks from outside: connect, count, signal, look for leftover processes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -167,6 +168,34 @@ async def _check_connections(info: dict[str, str]) -> None:
         await state.close()
 
 
+async def _check_auditor(info: dict[str, str]) -> None:
+    """The reviewer of the info file reads the audit trail, which shows the agent's
+    statements (masked), and can change nothing."""
+    auditor = await asyncpg.connect(info["auditor_dsn"])
+    try:
+        deadline = time.monotonic() + 30
+        seen: list[str] = []
+        while time.monotonic() < deadline:  # records arrive in batches: wait for one
+            seen = [
+                r["statement"]
+                for r in await auditor.fetch(
+                    "select statement from dbgate.audit_log"
+                    " where identity = 'agent' and kind = 'statement'"
+                )
+            ]
+            if "select count(*) from customers" in seen:
+                break
+            await asyncio.sleep(0.2)
+        assert "select count(*) from customers" in seen
+        assert await auditor.fetchval("select current_user") == "dbgate_demo_auditor"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await auditor.execute("delete from dbgate.audit_events")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await auditor.fetch("select * from dbgate.approver_tokens")
+    finally:
+        await auditor.close()
+
+
 async def _check_approver(info: dict[str, str]) -> None:
     """The approver of the info file is real: its token reads the API, a wrong one
     does not."""
@@ -197,6 +226,7 @@ async def test_demo_serves_dataset_and_stops_cleanly(demo_dir: Path) -> None:
             "approver_user",
             "approver_password",
             "approver_token",
+            "auditor_dsn",
         }
         await _check_approver(info)
         agent_url = urlsplit(info["agent_dsn"])
@@ -207,6 +237,7 @@ async def test_demo_serves_dataset_and_stops_cleanly(demo_dir: Path) -> None:
             "/demo",
         )
         await _check_connections(info)
+        await _check_auditor(info)
         if SYSTEM_PSQL:
             out = subprocess.run(
                 [

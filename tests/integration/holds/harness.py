@@ -111,7 +111,13 @@ PII_SECRET = "base64:" + base64.b64encode(os.urandom(32)).decode()
 
 
 def app_config(
-    pg_server: Any, state_dsn: str, rules_dir: Path | None, *, replica: str, **approvals: Any
+    pg_server: Any,
+    state_dsn: str,
+    rules_dir: Path | None,
+    *,
+    replica: str,
+    audit: dict[str, Any] | None = None,
+    **approvals: Any,
 ) -> Config:
     data: dict[str, Any] = {
         "listen": "127.0.0.1:0",
@@ -138,6 +144,8 @@ def app_config(
         "pii": {"keys": [{"id": "holds", "secret": PII_SECRET}]},
         "shutdown_grace_seconds": 2,
     }
+    if audit is not None:
+        data["audit"] = audit
     return Config.model_validate(data)
 
 

@@ -1,0 +1,52 @@
+"""Approval requests' steps as audit records.
+
+The approval store tells each committed step of a request's life (requested,
+approved, rejected, expired, withdrawn, abandoned, executed) to a hook
+(:attr:`~dbgate.approvals.store.ApprovalStore.on_event`); :func:`recorder` turns an
+:class:`~dbgate.audit.writer.AuditWriter` into that hook. The statement is the
+request's stored text, already masked as approvers see it. Records go through the
+writer's queue: the step itself is committed in the approvals table already, and
+the queue never drops a record (it waits, or spills, while the database is away).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dbgate.audit.events import ApprovalEvent
+
+if TYPE_CHECKING:
+    from dbgate.approvals.store import RequestRecord, StepHook
+    from dbgate.audit.writer import AuditWriter
+
+_STEPS = frozenset(
+    {"requested", "approved", "rejected", "expired", "withdrawn", "abandoned", "executed"}
+)
+
+
+def approval_event(
+    step: str, request: RequestRecord, actor: str, reason: str, at: float
+) -> ApprovalEvent:
+    if step not in _STEPS:
+        raise ValueError(f"unknown approval step {step!r}")
+    return ApprovalEvent(
+        event=step,  # type: ignore[arg-type]
+        approval_id=str(request.id),
+        at=at,
+        identity=request.identity,
+        actor=actor,
+        reason=reason,
+        statement=request.statement,
+        fingerprint=request.fingerprint,
+        categories=request.categories,
+        rule=request.rule,
+    )
+
+
+def recorder(writer: AuditWriter) -> StepHook:
+    """The approval store's ``on_event`` hook, recording into ``writer``."""
+
+    def record(step: str, request: RequestRecord, actor: str, reason: str, at: float) -> None:
+        writer.record(approval_event(step, request, actor, reason, at))
+
+    return record

@@ -1,0 +1,246 @@
+"""The audit trail at the gate: every statement and session, recorded where it happens.
+
+Two paths into the audit writer (``dbgate.audit``):
+
+* **durable**, before anything unsafe: a denied statement's record is committed before
+  the client hears of the refusal; a held statement's before it waits, its approval's
+  before it is forwarded, a rejection's before the client is told (the gate and the
+  hold desk call :meth:`AuditTrail.durable` and fail closed when it cannot be done);
+* **batched**, for everything else: the relay's observer seam (received, decided,
+  forwarded, completed, failed — one place where a statement's whole life is visible)
+  hands each finished statement and each session event to :meth:`AuditWriter.record`,
+  which queues it for the next COPY.
+
+Statement text is recorded with every literal replaced by ``$n`` (the classifier's
+own literal mask: 0.2 µs, so it costs nothing on the hot path); Bind values go to the
+writer as raw bytes, which it stores only as keyed hashes. No raw value is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from dbgate.audit import SessionEvent, StatementEvent
+from dbgate.audit.errors import AuditUnavailable
+from dbgate.gate.notes import GateNote
+from dbgate.pii.sql_mask import mask_sql
+from dbgate.policy.literals import fast_mask, render_key
+from dbgate.proxy.seams import Refuse, StatementRecord
+from dbgate.proxy.session_info import SessionInfo
+
+if TYPE_CHECKING:
+    from dbgate.approvals.model import ApprovalRequest
+    from dbgate.audit import AuditWriter
+    from dbgate.policy.model import Decision
+
+log = logging.getLogger("dbgate.gate")
+
+_MASK_CACHE = 20_000
+_MAX_TEXT = 64 * 1024
+_RECORDED = frozenset({"query", "execute", "function_call"})
+
+
+def masked_text(sql: str, cache: dict[str, str]) -> str:
+    """``sql`` with every literal replaced by ``$n``, as PostgreSQL's normalize does."""
+    hit = cache.get(sql)
+    if hit is not None:
+        return hit
+    key = fast_mask(sql[:_MAX_TEXT])
+    masked = render_key(key) if key is not None else mask_sql(sql[:_MAX_TEXT])[0]
+    if len(cache) >= _MASK_CACHE:
+        cache.clear()
+    cache[sql] = masked
+    return masked
+
+
+class AuditTrail:
+    """The gate's side of the audit: events built from what the relay and gate know."""
+
+    def __init__(self, writer: AuditWriter) -> None:
+        self.writer = writer
+        self._masks: dict[str, str] = {}
+        self._started: dict[int, float] = {}  # session id -> monotonic start
+
+    # -- admission and durability ---------------------------------------------------------
+    def admit(self) -> Awaitable[None] | None:
+        """Before a statement is judged: None to go ahead, an awaitable to wait for
+        room in the queue; raises :class:`AuditUnavailable` when statements must be
+        refused (``audit.on_failure: refuse`` and the state database is away)."""
+        return self.writer.admit()
+
+    async def durable(self, event: StatementEvent) -> bool:
+        """Commit ``event`` now; False when it cannot be (the caller fails closed)."""
+        try:
+            await self.writer.record_durable(event)
+        except AuditUnavailable as e:
+            log.error("audit: a record could not be made durable (%s)", e)
+            return False
+        return True
+
+    def statement(
+        self,
+        session: SessionInfo,
+        stage: str,
+        decision: str,
+        sql: str,
+        note: GateNote | None,
+        *,
+        params: tuple[Any, ...] = (),
+        approval_id: str = "",
+        outcome: str = "",
+        reason: str = "",
+        rows: int | None = None,
+        duration_us: int | None = None,
+    ) -> StatementEvent:
+        c = note.classification if note is not None else None
+        return StatementEvent(
+            event=stage,  # type: ignore[arg-type]
+            statement=masked_text(sql, self._masks),
+            decision=decision,
+            identity=session.identity,
+            session_id=session.session_id,
+            application_name=session.server_params.get(
+                "application_name", session.application_name
+            ),
+            client_addr=session.client_addr,
+            database=session.database,
+            params=params,
+            fingerprint=c.fingerprint if c is not None else "",
+            categories=tuple(sorted(x.value for x in c.categories)) if c is not None else (),
+            tables=tuple(sorted(c.tables)) if c is not None else (),
+            columns=tuple(sorted({x for s in c.statements for x in s.columns}))
+            if c is not None
+            else (),
+            rule=note.rule if note is not None else "",
+            approval_id=approval_id,
+            outcome=outcome,
+            reason=reason,
+            rows=rows,
+            duration_us=duration_us,
+        )
+
+    def held(
+        self,
+        session: SessionInfo,
+        request: ApprovalRequest,
+        decision: Decision,
+        stage: str,
+        verdict: str,
+        *,
+        approval_id: str = "",
+        outcome: str = "",
+        reason: str = "",
+    ) -> StatementEvent:
+        """A held statement's record, from its approval request (who, what, why)."""
+        who = request.requester
+        return StatementEvent(
+            event=stage,  # type: ignore[arg-type]
+            statement=masked_text(request.sql, self._masks),
+            decision=verdict,
+            identity=who.identity,
+            session_id=who.session_id,
+            application_name=who.application_name,
+            client_addr=who.client_addr,
+            database=who.database,
+            purpose=who.purpose,
+            model=who.model,
+            params=request.params,
+            fingerprint=request.fingerprint,
+            categories=request.categories,
+            tables=request.tables,
+            columns=request.columns,
+            rule=decision.rule,
+            approval_id=approval_id,
+            outcome=outcome,
+            reason=reason or decision.message,
+        )
+
+    # -- the relay's observer -------------------------------------------------------------
+    def session_started(self, session: SessionInfo) -> None:
+        self._started[session.session_id] = time.monotonic()
+        self.writer.record(
+            SessionEvent(
+                "connect",
+                identity=session.identity,
+                session_id=session.session_id,
+                application_name=session.application_name,
+                client_addr=session.client_addr,
+                database=session.database,
+            )
+        )
+
+    def session_ended(self, session: SessionInfo) -> None:
+        started = self._started.pop(session.session_id, None)
+        self.writer.record(
+            SessionEvent(
+                "disconnect",
+                identity=session.identity,
+                session_id=session.session_id,
+                application_name=session.application_name,
+                client_addr=session.client_addr,
+                database=session.database,
+                duration_us=int((time.monotonic() - started) * 1e6) if started else None,
+            )
+        )
+
+    def session_refused(
+        self, user: str, database: str, client_addr: str, sqlstate: str, message: str
+    ) -> None:
+        self.writer.record(
+            SessionEvent(
+                "auth_failed",
+                identity=user,
+                client_addr=client_addr,
+                database=database,
+                outcome=sqlstate,
+                reason=message,
+            )
+        )
+
+    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
+        self._finished(session, record, "completed")
+
+    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
+        self._finished(session, record, "failed")
+
+    def _finished(self, session: SessionInfo, record: StatementRecord, stage: str) -> None:
+        verdict = record.verdict
+        note = record.note if isinstance(record.note, GateNote) else None
+        if isinstance(verdict, Refuse):
+            if note is not None:
+                return  # the gate recorded this refusal durably before it was sent
+            stage, decision = "refused", "refused"
+        elif record.kind not in _RECORDED:
+            return  # a Parse or Bind: its Execute is the statement that runs
+        elif note is not None and note.approval is not None:
+            decision = "approved"
+        else:
+            decision = "allow"
+        duration = int((record.finished_at - record.received_at) * 1e6)
+        outcome = record.sqlstate if stage != "completed" else ", ".join(record.tags)
+        self.writer.record(
+            self.statement(
+                session,
+                stage,
+                decision,
+                record.sql,
+                note,
+                params=record.params,
+                approval_id=note.approval.request_id if note and note.approval else "",
+                outcome=outcome,
+                rows=record.rows if stage == "completed" else None,
+                duration_us=duration,
+            )
+        )

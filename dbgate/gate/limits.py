@@ -1,0 +1,148 @@
+"""The rules' run-time limits, turned into what the relay enforces.
+
+An allowed statement that the classifier could not prove narrow carries limits in
+its :class:`~dbgate.policy.model.Decision` (docs/rules.md, "Run-time limits"):
+
+* ``max_rows`` — rows returned per statement: the relay counts them
+  (``Allow.max_rows``), stops forwarding past the limit, cancels upstream and fails
+  the statement with SQLSTATE 54000 (``Allow.over_limit``). A rule that says
+  ``over_limit: hold`` for reads cannot be honoured half-way through a result, so
+  such a read is held before it runs;
+* ``max_rows_changed`` — rows changed per statement. Measuring them needs the
+  statement to run under a savepoint the relay can roll back to; until the relay
+  does that, a write not proven within its limit is held before it runs (fail
+  closed), with the limit named in the reason;
+* ``guard_clamps`` — a statement that sets a session guard (``statement_timeout``
+  and friends) to 0, "no limit": it runs with the identity's ceiling instead
+  (``SET statement_timeout = 0`` is forwarded as ``SET statement_timeout = 120000``;
+  the client sees ``SET`` as usual). Only plain ``SET``/``SET LOCAL`` statements can
+  be rewritten so; anything else that clamps (``set_config``) is held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pglast
+
+from dbgate.gate.notes import GateNote
+from dbgate.policy.model import Action, Category, Classification, Decision, Reason
+from dbgate.proxy.seams import Allow, Refuse
+from dbgate.wire import sqlstate
+
+
+def has_limits(decision: Decision) -> bool:
+    return bool(decision.max_rows or decision.max_rows_changed is not None or decision.guard_clamps)
+
+
+def rows_refusal(decision: Decision) -> Refuse:
+    """What a read that returned more than ``max_rows`` rows gets."""
+    limit = decision.max_rows
+    return Refuse(
+        sqlstate.PROGRAM_LIMIT_EXCEEDED,
+        f"dbgate: the statement returned more than {limit} rows, the limit of rule "
+        f"'{decision.rule}' for statements not proven narrow; it was stopped",
+        hint="select fewer rows: filter on a unique key, or add LIMIT",
+    )
+
+
+def limited_verdict(
+    decision: Decision, classification: Classification, sql: str, note: GateNote
+) -> Allow | Decision:
+    """The relay's verdict for an allowed ``decision`` with limits, or a hold
+    decision when a limit cannot be enforced at run time."""
+    if decision.max_rows_changed is not None:
+        return _held(
+            decision,
+            classification,
+            "unmeasured-changes",
+            f"changes rows of a table without a unique key pinning them; the rule "
+            f"'{decision.rule}' allows at most {decision.max_rows_changed} changed rows, "
+            "which dbgate does not measure as the statement runs",
+            decision.changes_over_limit,
+        )
+    over = decision.rows_over_limit
+    if decision.max_rows and over is not None and over.action is Action.HOLD:
+        return _held(
+            decision,
+            classification,
+            "unmeasured-rows",
+            f"reads rows of a table without a unique key pinning them; the rule "
+            f"'{decision.rule}' holds reads past {decision.max_rows} rows, which cannot be "
+            "held once they are streaming",
+            over,
+        )
+    replace_sql = None
+    if decision.guard_clamps:
+        replace_sql = clamped_sql(sql, classification, dict(decision.guard_clamps))
+        if replace_sql is None:
+            return _held(
+                decision,
+                classification,
+                "guard-off",
+                "switches off a session guard (a timeout set to 0) in a way dbgate cannot "
+                "set back to the identity's ceiling",
+                None,
+            )
+    max_rows = decision.max_rows or 0
+    return Allow(
+        note=note,
+        max_rows=max_rows,
+        over_limit=rows_refusal(decision) if max_rows else None,
+        replace_sql=replace_sql,
+    )
+
+
+def clamped_sql(sql: str, classification: Classification, clamps: dict[str, int]) -> str | None:
+    """``sql`` with each plain ``SET`` of a guard to 0 replaced by a ``SET`` to its
+    ceiling; None when a clamp is not in a plain ``SET`` statement."""
+    try:
+        texts = pglast.split(sql)
+    except Exception:
+        return None
+    statements = classification.statements
+    if len(texts) != len(statements):
+        return None
+    out = []
+    for text, st in zip(texts, statements, strict=True):
+        zeroed = [g for g in st.guard_settings if g.value_ms == 0 and g.name in clamps]
+        if not zeroed:
+            out.append(text)
+            continue
+        if st.command != "SET" or len(st.guard_settings) != 1:
+            return None
+        g = zeroed[0]
+        out.append(f"SET {'LOCAL ' if g.local else ''}{g.name} = {int(clamps[g.name])}")
+    return "; ".join(out)
+
+
+def _held(
+    decision: Decision,
+    classification: Classification,
+    code: str,
+    why: str,
+    over: object,
+) -> Decision:
+    return replace(
+        decision,
+        action=Action.HOLD,
+        message=f"{why}: held for approval",
+        approver_groups=getattr(over, "approver_groups", ()) or decision.approver_groups,
+        approvals_needed=getattr(over, "approvals_needed", 1) or decision.approvals_needed,
+        wait_seconds=getattr(over, "expires_after_seconds", None) or decision.wait_seconds,
+        reasons=(Reason(Category.WRITE if "changes" in code else Category.READ, code, why),),
+        max_rows=None,
+        max_rows_changed=None,
+    )
+
+
+def verdict_hold(decision: Decision) -> Decision:
+    """A guard clamp that cannot be applied (a Bind cannot rewrite its statement)."""
+    return _held(
+        decision,
+        decision.classification,  # type: ignore[arg-type]
+        "guard-off",
+        "switches off a session guard (a timeout set to 0) in a way dbgate cannot set "
+        "back to the identity's ceiling",
+        None,
+    )

@@ -1,0 +1,181 @@
+"""What the gate reads from each upstream database's catalog, loaded and reloaded.
+
+The PII rooms (column lineage needs the schema) and the key catalogs (the classifier
+proves a statement narrow from unique keys) are both per upstream database, both
+loaded before the first statement on it is judged, and both go stale when the
+schema changes — by DDL through dbgate, or by anyone else. :class:`SchemaLoads`
+is the one place that decides when to read again:
+
+* the first statement on a database waits for the first load (shared by waiters);
+* after a DDL statement completes, a reload runs in the background
+  (:meth:`refresh_soon`); statements go on with the old snapshot, which errs on the
+  safe side (unknown columns are tokenized, unknown keys prove nothing);
+* a statement that names a relation the snapshot lacks waits for a load that
+  started after it arrived (:meth:`reload_since`) — at most one per
+  :data:`RELOAD_INTERVAL_SECONDS` per database, shared by every waiter — and a name
+  still unknown after such a load (a temporary table, a typo) causes no other for
+  :data:`ABSENT_SECONDS` (:meth:`may_be_new`, :meth:`still_unknown`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Generic, TypeVar
+
+from dbgate.policy.model import Category
+from dbgate.proxy.seams import StatementRecord
+from dbgate.proxy.session_info import SessionInfo
+
+log = logging.getLogger("dbgate.gate")
+
+T = TypeVar("T")
+
+#: At most one reload per database per this many seconds, however many statements
+#: name relations the snapshot does not know.
+RELOAD_INTERVAL_SECONDS = 1.0
+#: A name still unknown after a reload causes no other reload for this long.
+ABSENT_SECONDS = 60.0
+_MAX_ABSENT = 10_000
+
+
+def upstream_dsn(config: Any, database: str) -> dict[str, Any]:
+    """asyncpg connect arguments for dbgate's own catalog reads on ``database``."""
+    up = config.upstream
+    return {
+        "host": up.host,
+        "port": up.port,
+        "user": up.user,
+        "password": up.password,
+        "database": up.database or database,
+        "ssl": False if up.sslmode in ("disable", "prefer") else "require",
+    }
+
+
+class SchemaLoads(Generic[T]):
+    """Loads of one kind of catalog snapshot (``T``), per upstream database."""
+
+    def __init__(self, what: str, load: Callable[[str], Awaitable[T]]) -> None:
+        self.what = what  # for log lines: "the schema", "the unique keys"
+        self._load = load
+        self.loaded: dict[str, T] = {}
+        self._loading: dict[str, asyncio.Future[T]] = {}
+        self._started: dict[str, float] = {}  # database -> monotonic start of last load
+        self._absent: dict[str, dict[str, float]] = {}
+
+    async def _run(self, database: str) -> T:
+        value = await self._load(database)
+        self.loaded[database] = value
+        return value
+
+    def _start(self, database: str) -> asyncio.Future[T]:
+        self._started[database] = time.monotonic()
+        loading = self._loading[database] = asyncio.ensure_future(self._run(database))
+        return loading
+
+    def ensure(self, database: str) -> Awaitable[T]:
+        """The snapshot of ``database``, loaded once (a failed load is tried again)."""
+        loading = self._loading.get(database)
+        if loading is None or (loading.done() and loading.exception() is not None):
+            loading = self._start(database)
+        return loading
+
+    def refresh_soon(self, database: str) -> None:
+        """Reload ``database`` in the background (after DDL)."""
+        if database not in self.loaded:
+            return
+        task = self._loading.get(database)
+        if task is not None and not task.done():
+            return
+        self._start(database)
+
+    async def reload_since(self, database: str, since: float) -> None:
+        """Return once ``database`` was read by a load that started at or after
+        ``since`` (monotonic). A failed load is logged; the old snapshot stays."""
+        while True:
+            task = self._loading.get(database)
+            started = self._started.get(database, float("-inf"))
+            if task is not None and not task.done():
+                await asyncio.wait([task])
+                if started >= since:
+                    break
+                continue
+            if task is not None and started >= since:
+                break
+            wait = started + RELOAD_INTERVAL_SECONDS - time.monotonic()
+            if wait > 0:
+                # rate limiting, not synchronisation: a later load covers every waiter
+                await asyncio.sleep(wait)
+                continue
+            self._start(database)
+        error = self._loading[database].exception()
+        if error is not None:
+            log.error("cannot reload %s of %s: %s", self.what, database, error)
+
+    def may_be_new(self, database: str, names: Iterable[str]) -> bool:
+        """Whether a reload could teach the snapshot one of ``names``."""
+        absent = self._absent.get(database)
+        if not absent:
+            return True
+        limit = time.monotonic() - ABSENT_SECONDS
+        return any(absent.get(name, limit) <= limit for name in names)
+
+    def still_unknown(self, database: str, names: Iterable[str]) -> None:
+        """``names`` were not found by a load that started after they were asked for."""
+        absent = self._absent.setdefault(database, {})
+        if len(absent) > _MAX_ABSENT:
+            absent.clear()
+        now = time.monotonic()
+        for name in names:
+            absent[name] = now
+
+
+#: What can change the schema the snapshots describe.
+_SCHEMA_CHANGING = frozenset({Category.DDL, Category.DESTRUCTIVE})
+_DDL_KEY = "schema.ddl"  # the session changed the schema in its current transaction
+
+
+class SchemaWatch:
+    """An :class:`~dbgate.proxy.seams.Observer`: after a statement that may change the
+    schema completes (and once its transaction is over, so the reload sees it), the
+    database's snapshots reload in the background."""
+
+    def __init__(self, loads: Sequence[SchemaLoads[Any]]) -> None:
+        self.loads = tuple(loads)
+
+    def _reload(self, info: SessionInfo) -> None:
+        for loads in self.loads:
+            loads.refresh_soon(info.database)
+
+    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
+        note = getattr(record.verdict, "note", None)
+        classification = getattr(note, "classification", None)
+        if classification is not None and classification.categories & _SCHEMA_CHANGING:
+            session.state[_DDL_KEY] = True
+        if session.transaction_status == "I" and session.state.pop(_DDL_KEY, False):
+            self._reload(session)
+
+    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
+        if session.transaction_status == "I" and session.state.pop(_DDL_KEY, False):
+            self._reload(session)
+
+    def session_ended(self, session: SessionInfo) -> None:
+        if session.state.pop(_DDL_KEY, False):
+            self._reload(session)
+
+    def session_started(self, session: SessionInfo) -> None:
+        pass
+
+    def session_refused(self, *args: Any) -> None:
+        pass
+
+    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass

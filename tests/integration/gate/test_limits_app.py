@@ -1,0 +1,132 @@
+"""Run-time limits and proofs of narrowness in a running dbgate (the default pack).
+
+Reads the classifier cannot prove narrow from the upstream's unique keys return at
+most ``max_rows`` rows (1,000) and fail with 54000 past that; writes it cannot prove
+narrow are held before they run; a statement that switches a session guard off gets
+the identity's ceiling instead; tables created after start are proven from their
+keys without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.integration.holds.clients import AsyncpgNotices
+from tests.integration.holds.harness import HoldsEnv, admin_execute
+
+
+@pytest.fixture(scope="module")
+def big(env: HoldsEnv) -> str:
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS big",
+        "CREATE TABLE big (id int PRIMARY KEY, note text NOT NULL)",
+        "INSERT INTO big SELECT g, 'n' FROM generate_series(1, 1500) g",
+        "GRANT SELECT, UPDATE ON big TO PUBLIC",
+    )
+    return "big"
+
+
+async def test_a_read_not_proven_narrow_stops_at_the_row_limit(env: HoldsEnv, big: str) -> None:
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        with pytest.raises(asyncpg.ProgramLimitExceededError) as info:
+            await conn.fetch(f"SELECT id FROM {big} WHERE note = 'n'")
+        assert "more than 1000 rows" in info.value.message
+        # the session goes on, and a read under the limit is untouched
+        rows = await conn.fetch(f"SELECT id FROM {big} WHERE note = 'n' ORDER BY id LIMIT 10")
+        assert [r["id"] for r in rows] == list(range(1, 11))
+        assert await conn.fetchval(f"SELECT count(*) FROM {big}") == 1500
+    finally:
+        await conn.close()
+
+
+def test_the_row_limit_holds_for_simple_queries_too(env: HoldsEnv, big: str) -> None:
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            conn.execute(f"SELECT id, note FROM {big} WHERE id > 0").fetchall()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+async def test_a_key_pinned_read_runs_and_an_unpinned_one_is_stopped_past_the_limit(
+    env: HoldsEnv, big: str
+) -> None:
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        # A literal IN-list on the primary key pins its 1,000 rows (the most a proof counts).
+        in_list = ", ".join(str(i) for i in range(1, 1001))
+        rows = await conn.fetch(f"SELECT id FROM {big} WHERE id IN ({in_list})")
+        assert len(rows) == 1000
+        # = ANY($1) pins nothing (its length is a value): limited, and 1,200 > 1,000.
+        with pytest.raises(asyncpg.ProgramLimitExceededError):
+            await conn.fetch(
+                f"SELECT id FROM {big} WHERE id = ANY($1::int[])", list(range(1, 1201))
+            )
+        # the session is still usable, and a single key still reads
+        assert await conn.fetchval(f"SELECT note FROM {big} WHERE id = $1", 1499) == "n"
+    finally:
+        await conn.close()
+
+
+async def test_a_write_pinned_by_the_primary_key_runs(env: HoldsEnv, big: str) -> None:
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        for i in (1, 2, 3):  # prepared once, executed three times (pgbench-like)
+            assert await conn.execute(f"UPDATE {big} SET note = $1 WHERE id = $2", "w", i) == (
+                "UPDATE 1"
+            )
+    finally:
+        await conn.close()
+
+
+async def test_a_write_not_proven_narrow_is_held_before_it_runs(env: HoldsEnv, big: str) -> None:
+    conn = await asyncpg.connect(env.dsn)
+    notices = AsyncpgNotices(conn)
+    try:
+        running = asyncio.create_task(conn.execute(f"UPDATE {big} SET note = 'z' WHERE note = 'w'"))
+        rid = await notices.held()
+        row = await env.app.arequest(rid)
+        assert row["rule"] == "allow-bounded-writes"
+        assert any(r["code"] == "unmeasured-changes" for r in json.loads(row["reasons"]))
+        await env.app.areject(rid, "not now")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await running
+    finally:
+        running.cancel()
+        await conn.close()
+
+
+async def test_switching_a_guard_off_gets_the_ceiling(env: HoldsEnv) -> None:
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        assert await conn.execute("SET statement_timeout = 0") == "SET"
+        assert await conn.fetchval("SHOW statement_timeout") == "2min"
+        async with conn.transaction():
+            await conn.execute("SET LOCAL lock_timeout = 0")
+            assert await conn.fetchval("SHOW lock_timeout") == "10s"
+    finally:
+        await conn.close()
+
+
+async def test_a_table_created_after_start_is_proven_from_its_keys(env: HoldsEnv) -> None:
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS later_keys",
+        "CREATE TABLE later_keys (code text PRIMARY KEY, note text)",
+        "INSERT INTO later_keys SELECT 'c' || g, 'n' FROM generate_series(1, 1200) g",
+        "GRANT SELECT, UPDATE ON later_keys TO PUBLIC",
+    )
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        # pinned by the new table's key: runs at once, not held as an unproven write
+        done = await asyncio.wait_for(
+            conn.execute("UPDATE later_keys SET note = 'k' WHERE code = 'c7'"), 30
+        )
+        assert done == "UPDATE 1"
+    finally:
+        await conn.close()
