@@ -175,14 +175,14 @@ def judge(decision: Decision, guards: SessionGuards, classification: Classificat
         entry = held[0][1]
         if decision.action is Action.HOLD:
             return replace(decision, reasons=decision.reasons + reasons)
-        expiries = [e.expires_after_seconds for _, e in held if e.expires_after_seconds]
+        expiries = [e.expires_after_seconds for _, e in held if e.expires_after_seconds is not None]
         return Decision(
             Action.HOLD,
             entry.name,
             f"guard '{entry.name}' keeps the session's timeouts at or below their ceilings",
             approver_groups=entry.approver_groups,
             approvals_needed=max(e.approvals_needed for _, e in held),
-            wait_seconds=min(expiries) if expiries else None,
+            wait_seconds=min(expiries) if expiries else None,  # 0: approve, then retry
             classification=classification,
             reasons=reasons,
         )
