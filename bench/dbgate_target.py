@@ -69,6 +69,36 @@ def dbgate_binary() -> str:
 BENCH_PII_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
 
+# The streaming benchmark reads a million rows with a WHERE no unique key pins: the
+# default pack stops that at 1,000 rows (54000). A rule like one an operator writes for
+# a reporting agent lifts the ceiling above the result for these tables only, so the
+# run measures streaming *under* a max_rows limit (the relay counts every row).
+BENCH_RULES = """\
+version: 1
+rules:
+  - name: bench-streaming-reads
+    match:
+      identities: [bench]
+      categories: [read]
+      tables: [bench_stream, bench_stream_pii]
+    action: allow
+    max_rows: 2000000
+    max_rows_per_window: 100000000
+    window: 1h
+"""
+
+
+def write_rules(directory: Path) -> Path:
+    """The shipped pack plus the benchmark's rule, tried first (docs/rules.md, Recipes)."""
+    from dbgate.policy.rules import default_rules_dir
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in default_rules_dir().glob("*.yaml"):
+        (directory / source.name).write_bytes(source.read_bytes())
+    (directory / "05-bench.yaml").write_text(BENCH_RULES)
+    return directory
+
+
 def write_config(
     path: Path,
     port: int,
@@ -95,14 +125,15 @@ def write_config(
         # The benchmark's scratch server has only its superuser; dbgate warns and serves.
         "allow_privileged_upstream": True,
     }
+    # Tokenization is on wherever the policy is; every replica needs the same key.
+    config["rules_dir"] = str(write_rules(path.parent / "rules"))
+    config["pii"] = {"keys": [{"id": "bench", "secret": BENCH_PII_KEY}]}
     if policy is not None:
         config["policy"] = policy  # "off": relay without inspection (a diagnostic)
     if approvals is not None:  # the approval service and its API, on a state database
         config["state"] = {"dsn": approvals.state_dsn}
         config["web"] = {"listen": f"{LOOPBACK}:{approvals.web_port}"}
         config["approvals"] = {"replica_id": approvals.replica_id}
-        # The state database turns tokenization on; every replica needs the same key.
-        config["pii"] = {"keys": [{"id": "bench", "secret": BENCH_PII_KEY}]}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
 

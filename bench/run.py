@@ -4,7 +4,8 @@ One command, on a fresh machine, does everything (see bench/README.md):
 
 1. a real PostgreSQL (``dbgate.embedded.EmbeddedPostgres``, loopback TCP, SCRAM);
 2. PgBouncer in session mode in front of it (Debian's package, installed if missing);
-3. dbgate in front of it, as ``dbgate serve -c <generated config>``;
+3. dbgate in front of it, as ``dbgate serve -c <generated config>``, and a second
+   dbgate with a state database, the audit trail on ("dbgate-audit");
 4. pgbench ``-S`` and TPC-B-like, in simple/extended/prepared modes, against the
    three targets interleaved round-robin;
 5. a million rows through asyncpg against the three targets, interleaved;
@@ -47,14 +48,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import uvloop
+
 from bench import pgbench, report, streaming
-from bench.dbgate_target import Dbgate
+from bench.dbgate_target import Approvals, Dbgate, create_database
 from bench.pgbouncer import PgBouncer, ensure_pgbouncer, pgbouncer_version
+from bench.procs import free_port
 from bench.pump import start_pump
 from bench.targets import DEFAULT_TARGETS, TARGET_ORDER, Target
 
 WORK_ROOT = Path(__file__).resolve().parent / ".work"
 DBNAME = "bench"
+STATE_DBNAME = "bench_state"  # dbgate-audit's state database (audit, approvals)
 # Scratch-server settings on top of dbgate.embedded's defaults (fsync off etc.):
 # every pgbench table and the streaming table fit in shared buffers, so the runs
 # measure CPU and the relay, not the page cache.
@@ -101,9 +106,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stream-runs", type=int, default=5, help="streaming runs per target (median)")
     p.add_argument(
         "--stream-method",
-        choices=("fetch", "cursor", "both"),
-        default="fetch",
-        help="fetch: one Execute, all rows; cursor: 10,000-row Executes in a transaction",
+        choices=("fetch", "cursor", "pii", "both", "all", "default"),
+        default="default",
+        help="fetch: one Execute, all rows; cursor: 10,000-row Executes in a transaction; "
+        "pii: fetch of a table with an e-mail column dbgate tokenizes; both: fetch and "
+        "cursor; all: the three; default: fetch and pii",
     )
     p.add_argument("--no-pgbench", action="store_true", help="skip the pgbench matrix")
     p.add_argument("--no-streaming", action="store_true", help="skip the streaming benchmark")
@@ -303,6 +310,12 @@ class Bench:
             self._start_pgbouncer(pg.host, pg.port, pg.user, pg.password)
         if "dbgate" in a.targets:
             self._start_dbgate(pg.host, pg.port, pg.user, pg.password)
+        if "dbgate-audit" in a.targets:
+            state_dsn = uvloop.run(create_database(direct, STATE_DBNAME))
+            approvals = Approvals(state_dsn, free_port(), "bench-audit")
+            self._start_dbgate(
+                pg.host, pg.port, pg.user, pg.password, "dbgate-audit", approvals=approvals
+            )
         if "dbgate-nopolicy" in a.targets:
             self._start_dbgate(pg.host, pg.port, pg.user, pg.password, "dbgate-nopolicy", "off")
         if "pump" in a.targets:
@@ -352,6 +365,7 @@ class Bench:
         password: str,
         name: str = "dbgate",
         policy: str | None = None,
+        approvals: Approvals | None = None,
     ) -> None:
         say(f"starting {name} (dbgate serve{', policy off' if policy == 'off' else ''}) ...")
         try:
@@ -366,6 +380,7 @@ class Bench:
                 extra_args=self.args.dbgate_arg,
                 name=name,
                 policy=policy,
+                approvals=approvals,
             )
         except (RuntimeError, OSError) as e:
             say(f"{name} unavailable: {e}")
@@ -462,7 +477,11 @@ class Bench:
 
     def stream_methods(self) -> list[str]:
         m = self.args.stream_method
-        return ["fetch", "cursor"] if m == "both" else [m]
+        return {
+            "both": ["fetch", "cursor"],
+            "all": ["fetch", "cursor", "pii"],
+            "default": ["fetch", "pii"],
+        }.get(m, [m])
 
     # ----------------------------------------------------------------- profile
 

@@ -73,6 +73,10 @@ def build_gate(
     from dbgate.gate.holds import HoldDesk
     from dbgate.policy.rules import load_rules
 
+    if keys is None:  # the proof of narrowness reads the upstream's unique keys
+        from dbgate.gate.keys import KeyCatalogs
+
+        keys = KeyCatalogs(config)
     holds = None
     if approvals is not None:
         holds = HoldDesk(

@@ -245,8 +245,55 @@ def detokenize_command(
         _emit(DetokenizeEvent(time.time(), _user(), entity, token[:24], False, str(e)))
         typer.echo(f"dbgate: {e}", err=True)
         raise typer.Exit(1) from None
+    if cfg.state is not None:
+        # Recorded in the audit trail before the value is shown; if it cannot be, the
+        # value is not shown (a detokenization nobody can review did not happen).
+        problem = _record_in_audit(cfg.state.dsn, entity, token[:24])
+        if problem:
+            typer.echo(
+                f"dbgate: the audit trail cannot be written, so nothing is shown: {problem}",
+                err=True,
+            )
+            raise typer.Exit(2)
     _emit(DetokenizeEvent(time.time(), _user(), entity, token[:24], True))
     typer.echo(value.decode("utf-8", "backslashreplace"))
+
+
+def _record_in_audit(state_dsn: str, entity: str, token_prefix: str) -> str:
+    """Write one ``detokenize`` record on this host's shell chain (``cli-<host>``, as
+    decisions made with ``dbgate approvals`` are); the error text, or "" once durable."""
+    import asyncio
+    import socket
+
+    from dbgate.audit import AuditWriter
+    from dbgate.audit import DetokenizeEvent as AuditDetokenize
+    from dbgate.config import AuditConfig
+
+    async def record() -> None:
+        writer = AuditWriter(state_dsn, AuditConfig(), replica=f"cli-{socket.gethostname()}")
+        await writer.start()
+        if not writer.available:  # nothing recorded: nothing to wait for
+            await writer.stop(timeout=0.1)
+            raise OSError("cannot reach the state database")
+        try:
+            await writer.record_durable(
+                AuditDetokenize(
+                    identity="",
+                    actor=_user(),
+                    tokens=1,
+                    columns=(entity,) if entity else (),
+                    reason=f"dbgate detokenize {token_prefix}…",
+                ),
+                timeout=10,
+            )
+        finally:
+            await writer.stop(timeout=5)
+
+    try:
+        asyncio.run(record())
+    except Exception as e:  # any failure: not recorded, so not shown
+        return str(e) or type(e).__name__
+    return ""
 
 
 def _user() -> str:

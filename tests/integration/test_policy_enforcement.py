@@ -11,10 +11,10 @@ import psycopg
 import psycopg2
 import pytest
 
-from dbgate.gate import Gate
+from dbgate.app import build_gate
 from dbgate.gate.prepared_effects import sql_prepare_changes
-from dbgate.policy.rules import load_rules
 from dbgate.proxy.prepared import PreparedStatements
+from tests.integration.conftest import proxy_config
 
 
 @pytest.fixture
@@ -29,8 +29,8 @@ def table(pg_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def enforcing(make_proxy: Any, pg_database: str) -> str:
-    proxy = make_proxy(inspector=Gate(load_rules()))
+def enforcing(make_proxy: Any, pg_server: Any, pg_database: str) -> str:
+    proxy = make_proxy(inspector=build_gate(proxy_config(pg_server)))
     return proxy.dsn(pg_database)
 
 
@@ -216,7 +216,7 @@ async def test_sessions_with_nonstandard_strings_are_refused(enforcing: str) -> 
 
 
 def test_off_standard_strings_reported_by_server_refuse_everything(
-    make_proxy: Any, pg_database: str, pg_dsn: str
+    make_proxy: Any, pg_server: Any, pg_database: str, pg_dsn: str
 ) -> None:
     role = f"scs_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
@@ -225,7 +225,7 @@ def test_off_standard_strings_reported_by_server_refuse_everything(
         admin.execute(f"grant all on database {pg_database} to {role}")
     try:
         proxy = make_proxy(
-            inspector=Gate(load_rules()),
+            inspector=build_gate(proxy_config(pg_server)),
             identities=[
                 {
                     "name": "agent",

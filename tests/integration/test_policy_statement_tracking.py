@@ -14,17 +14,17 @@ from typing import Any
 
 import pytest
 
-from dbgate.gate import Gate
-from dbgate.policy.rules import load_rules
+from dbgate.app import build_gate
 from dbgate.wire import messages as m
+from tests.integration.conftest import proxy_config
 from tests.integration.rawclient import RawClient, agent, errors, extended, names, rows
 
 SET_CONFIG = "select set_config($1, $2, false)"
 
 
 @pytest.fixture
-def enforcing(make_proxy: Any) -> Any:
-    return make_proxy(inspector=Gate(load_rules()))
+def enforcing(make_proxy: Any, pg_server: Any) -> Any:
+    return make_proxy(inspector=build_gate(proxy_config(pg_server)))
 
 
 @pytest.fixture

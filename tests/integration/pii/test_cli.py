@@ -91,3 +91,51 @@ def test_detokenize_resolves_and_records(tmp_path: Path, monkeypatch: Any) -> No
     monkeypatch.delenv("DBGATE_PII_KEY", raising=False)
     nokey = runner.invoke(app, ["detokenize", token])
     assert nokey.exit_code == 2 and "needs a key" in nokey.output
+
+
+def test_detokenize_is_in_the_audit_trail_before_the_value_is_shown(
+    pg_server: Any, tmp_path: Path
+) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from dbgate.pii.keys import generate_key, keyring_from_config
+    from tests.integration.audit_support import create_state_database, drop_state_database
+
+    state_dsn = asyncio.run(create_state_database(pg_server, "pii_cli_detokenize_state"))
+    try:
+        secret, _ = generate_key()
+        ring = keyring_from_config([{"id": "k1", "secret": secret}], environ={})
+        token = Tokenizer(ring, "reversible").token("email", b"bea@x.io")
+
+        def config(dsn: str) -> str:
+            path = tmp_path / f"dbgate-{len(dsn)}.yaml"
+            path.write_text(
+                f"state:\n  dsn: '{dsn}'\npii:\n  mode: reversible\n"
+                f"  keys:\n    - id: k1\n      secret: '{secret}'\n"
+            )
+            return str(path)
+
+        shown = runner.invoke(app, ["detokenize", token, "-c", config(state_dsn)])
+        assert shown.exit_code == 0 and "bea@x.io" in shown.output, shown.output
+
+        async def records() -> list[Any]:
+            conn = await asyncpg.connect(state_dsn)
+            try:
+                return list(
+                    await conn.fetch("SELECT * FROM dbgate.audit_log WHERE kind = 'detokenize'")
+                )
+            finally:
+                await conn.close()
+
+        rows = asyncio.run(records())
+        assert len(rows) == 1
+        assert all("bea@x.io" not in str(v) for v in dict(rows[0]).values())
+
+        unreachable = "postgresql://nobody:pw@127.0.0.1:1/none"
+        hidden = runner.invoke(app, ["detokenize", token, "-c", config(unreachable)])
+        assert hidden.exit_code == 2 and "bea@x.io" not in hidden.output
+        assert "audit trail cannot be written" in hidden.output
+    finally:
+        asyncio.run(drop_state_database(pg_server, "pii_cli_detokenize_state"))
