@@ -179,6 +179,9 @@ class App:
 
             observers.append(SchemaWatch(watched))
         self.observer = combine(observers)
+        from dbgate.policy.startup import StartupGuards
+
+        rules = getattr(self.gate, "ruleset", None)  # the session guards: none with policy off
         tls = config.tls
         with startup_step(
             "tls",
@@ -190,6 +193,7 @@ class App:
                 inspector=self.gate,
                 observer=self.observer,
                 message_filter=self.pii.filter if self.pii is not None else None,
+                session_setup=None if rules is None else StartupGuards(rules),
             )
         with startup_step("listen", address=config.listen):
             await self.proxy.start()

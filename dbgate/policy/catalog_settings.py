@@ -37,6 +37,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from dbgate.identifiers import C_SPACE as _C_SPACE
+from dbgate.identifiers import search_path_escapes, split_identifier_list
 from dbgate.policy.catalog_builtin import SETTING_CONTEXTS
 from dbgate.policy.model import Category
 
@@ -80,87 +82,6 @@ def _truthy(v: str) -> bool | None:
     if v in _FALSE:
         return False
     return None
-
-
-#: C's isspace() in the "C" locale, as PostgreSQL's scanners use it.
-_C_SPACE = " \t\n\r\v\f"
-#: Identifiers are truncated to this many bytes (NAMEDATALEN - 1).
-_MAX_IDENTIFIER_BYTES = 63
-
-
-def _downcase(name: str) -> str:
-    """PostgreSQL's downcase_identifier for a UTF-8 database: ASCII letters only."""
-    return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in name)
-
-
-def _truncate(name: str) -> str:
-    """truncate_identifier: at most 63 bytes, cut at a character boundary."""
-    raw = name.encode("utf-8")
-    if len(raw) <= _MAX_IDENTIFIER_BYTES:
-        return name
-    return raw[:_MAX_IDENTIFIER_BYTES].decode("utf-8", "ignore")
-
-
-def split_identifier_list(text: str) -> list[str] | None:
-    """Split a list-valued setting exactly as PostgreSQL's ``SplitIdentifierString``.
-
-    How the server reads ``search_path`` given as one string (``set_config``, the
-    startup packet, ``ALTER ... SET x = 'a, b'``): elements separated by commas;
-    ``"quoted"`` elements keep their case and may hold commas (``""`` is a quote);
-    unquoted ones end at a comma or white space and are lower-cased (ASCII letters
-    only); both are truncated to 63 bytes. None when the server would refuse the
-    text as invalid list syntax (an empty element, text after a quoted name, a
-    zero-length quoted name): such a value never takes effect.
-    """
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n and text[i] in _C_SPACE:
-        i += 1
-    if i >= n:
-        return out  # an empty string is an empty list
-    while True:
-        if i < n and text[i] == '"':
-            i += 1
-            buf = []
-            while True:
-                if i >= n:
-                    return None  # unterminated quote
-                if text[i] == '"':
-                    if i + 1 < n and text[i + 1] == '"':
-                        buf.append('"')
-                        i += 2
-                        continue
-                    i += 1
-                    break
-                buf.append(text[i])
-                i += 1
-            out.append(_truncate("".join(buf)))  # "" is a (zero-length) name too
-        else:
-            j = i
-            while j < n and text[j] != "," and text[j] not in _C_SPACE:
-                j += 1
-            if j == i:
-                return None  # empty unquoted name
-            out.append(_truncate(_downcase(text[i:j])))
-            i = j
-        while i < n and text[i] in _C_SPACE:
-            i += 1
-        if i >= n:
-            return out
-        if text[i] != ",":
-            return None  # invalid syntax
-        i += 1
-        while i < n and text[i] in _C_SPACE:
-            i += 1
-
-
-def search_path_escapes(schemas: Sequence[str]) -> bool:
-    """True when some schema other than pg_temp is searched before pg_catalog."""
-    try:
-        idx = list(schemas).index("pg_catalog")
-    except ValueError:
-        return False  # pg_catalog is implicitly searched first
-    return any(s not in ("pg_temp", "") for s in schemas[:idx])
 
 
 def setting_effects(

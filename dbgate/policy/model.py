@@ -320,7 +320,8 @@ class Decision:
     # Rows per identity and table over a sliding window, for every allowed read.
     row_window: RowWindow | None = None
     # (setting, ms): guards the statement sets to 0 ("no limit") that must stay at the
-    # identity's ceiling: the run time sets each back right after the statement.
+    # identity's ceiling: the gate forwards a plain SET of each as a SET to the ceiling
+    # (and holds any other statement that carries one, such as set_config).
     guard_clamps: tuple[tuple[str, int], ...] = ()
 
     @property

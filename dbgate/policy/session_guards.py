@@ -11,9 +11,10 @@ ceiling. This module judges a classified statement against the ceilings:
 * a guard set to a value above the ceiling, or to a value dbgate cannot know in
   advance (computed, a parameter, text the server would read differently) → held;
 * a guard set to 0 ("no limit", what ``pg_dump`` and ``psql`` scripts send) → by
-  default *clamped*: the statement runs and the gate sets the guard back to the
-  ceiling right after it (``Decision.guard_clamps``), so the session keeps the limit
-  it had — or held, if the guard entry says ``set_to_zero: hold``;
+  default *clamped* (``Decision.guard_clamps``): the gate forwards a plain ``SET x =
+  0`` as ``SET x = <ceiling>``, so the session keeps its limit (a ``set_config`` to 0
+  cannot be rewritten so and is held) — or held, if the guard entry says
+  ``set_to_zero: hold``;
 * ``RESET`` / ``SET ... TO DEFAULT`` / ``RESET ALL`` / ``DISCARD ALL`` go back to the
   session's starting values, which are the ceilings dbgate set at startup: allowed;
 * a constant ``pg_sleep`` longer than the statement-timeout ceiling would only be
@@ -175,14 +176,14 @@ def judge(decision: Decision, guards: SessionGuards, classification: Classificat
         entry = held[0][1]
         if decision.action is Action.HOLD:
             return replace(decision, reasons=decision.reasons + reasons)
-        expiries = [e.expires_after_seconds for _, e in held if e.expires_after_seconds]
+        expiries = [e.expires_after_seconds for _, e in held if e.expires_after_seconds is not None]
         return Decision(
             Action.HOLD,
             entry.name,
             f"guard '{entry.name}' keeps the session's timeouts at or below their ceilings",
             approver_groups=entry.approver_groups,
             approvals_needed=max(e.approvals_needed for _, e in held),
-            wait_seconds=min(expiries) if expiries else None,
+            wait_seconds=min(expiries) if expiries else None,  # 0: approve, then retry
             classification=classification,
             reasons=reasons,
         )

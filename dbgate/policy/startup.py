@@ -16,17 +16,29 @@ need the server's own reading:
   identity's ceiling is forwarded; 0 ("no limit") or a value above it is replaced by
   the ceiling, which dbgate applies anyway; a value the server would refuse is
   refused.
+
+:class:`StartupGuards` answers the relay's two questions at session start (its
+``SessionSetup`` seam) from a :class:`~dbgate.policy.rules.RuleSet`: which guards
+to send in the upstream StartupMessage, and what each client startup parameter
+becomes. It takes any object with the arriving client's ``identity``, ``groups``,
+``application_name`` and ``client_addr`` (the proxy's ``Arrival``), so neither
+package imports the other.
 """
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from dbgate.policy.catalog_settings import parse_time_ms, search_path_escapes, split_identifier_list
-from dbgate.policy.model import GUARD_SETTINGS
+from dbgate.policy.model import GUARD_SETTINGS, Identity
 from dbgate.policy.session_guards import SessionGuards
 
-__all__ = ["StartupSetting", "startup_setting"]
+if TYPE_CHECKING:
+    from dbgate.policy.rules import RuleSet
+
+__all__ = ["StartupGuards", "StartupSetting", "startup_setting"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +76,42 @@ def startup_setting(name: str, value: str, guards: SessionGuards) -> StartupSett
             return StartupSetting(str(ceiling))
         return StartupSetting(value)
     return StartupSetting(value)
+
+
+class Arriving(Protocol):
+    """The arriving client, as the relay describes it."""
+
+    @property
+    def identity(self) -> str: ...
+    @property
+    def groups(self) -> Set[str]: ...
+    @property
+    def application_name(self) -> str: ...
+    @property
+    def client_addr(self) -> str: ...
+
+
+class StartupGuards:
+    """The session guards at session start, from a rule pack (the relay's
+    ``SessionSetup``)."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+
+    def guards(self, arrival: Arriving) -> SessionGuards:
+        identity = Identity(
+            arrival.identity,
+            arrival.application_name,
+            arrival.client_addr,
+            frozenset(arrival.groups),
+        )
+        return self.rules.session_guards(identity)
+
+    def upstream_settings(self, arrival: Arriving) -> dict[str, str]:
+        """The identity's ceilings, ``{setting: milliseconds}``."""
+        return self.guards(arrival).settings()
+
+    def startup_setting(self, arrival: Arriving, name: str, value: str) -> tuple[str, str | None]:
+        """:func:`startup_setting` for this client: (value to forward, problem)."""
+        judged = startup_setting(name, value, self.guards(arrival))
+        return judged.value, judged.problem

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import secrets
 import ssl
 from dataclasses import dataclass
 
 from dbgate.config import Config, IdentityConfig
 from dbgate.proxy.channel import Channel
+from dbgate.proxy.seams import Arrival, SessionSetup
 from dbgate.proxy.startup_params import StartupParamError, filter_startup_params
 from dbgate.wire.accept import authenticate_client, password_failed
 from dbgate.wire.codec import error_response
@@ -54,6 +56,7 @@ class ClientHello:
     database: str
     params: dict[str, str]  # settings to forward upstream
     tls: bool
+    arrival: Arrival  # what the SessionSetup seam decides by
 
 
 def build_verifiers(config: Config) -> dict[str, str]:
@@ -93,10 +96,17 @@ async def read_startup(
 
 
 async def authenticate(
-    channel: Channel, config: Config, verifiers: dict[str, str], startup: StartupMessage
+    channel: Channel,
+    config: Config,
+    verifiers: dict[str, str],
+    startup: StartupMessage,
+    *,
+    setup: SessionSetup | None = None,
+    client_addr: str = "",
 ) -> ClientHello:
     """Run SCRAM-SHA-256 for the identity named in the StartupMessage, then admit it
-    (or not) to the database it asked for."""
+    (or not) to the database it asked for, with the startup parameters ``setup``
+    lets it forward."""
     if startup.needs_negotiation:
         channel.write(startup.negotiation())
     user = startup.params.get("user", "")
@@ -117,8 +127,17 @@ async def authenticate(
         raise HandshakeRefused(
             INSUFFICIENT_PRIVILEGE, f'identity "{user}" may not connect to database "{database}"'
         )
+    arrival = Arrival(
+        identity.name,
+        frozenset(identity.groups),
+        # as the server will report it (libpq sends a fallback alongside)
+        startup.params.get("application_name")
+        or startup.params.get("fallback_application_name", ""),
+        client_addr,
+    )
+    check = None if setup is None else functools.partial(setup.startup_setting, arrival)
     try:
-        params = filter_startup_params(startup.params)
+        params = filter_startup_params(startup.params, check)
     except StartupParamError as e:
         raise HandshakeRefused(INSUFFICIENT_PRIVILEGE, str(e)) from None
     channel.write(final)
@@ -129,4 +148,5 @@ async def authenticate(
         params=params,
         tls=channel.transport is not None
         and channel.transport.get_extra_info("sslcontext") is not None,
+        arrival=arrival,
     )

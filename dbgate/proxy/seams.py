@@ -1,6 +1,6 @@
 """The seams the relay offers to the rest of dbgate, and the only ones.
 
-``proxy/`` knows nothing of policy, approvals, PII or audit. It calls three kinds of
+``proxy/`` knows nothing of policy, approvals, PII or audit. It calls four kinds of
 objects that the composition root (``dbgate.app``, through ``dbgate.gate``) hands it:
 
 * an :class:`Inspector`, once per statement before it is forwarded, which returns a
@@ -18,6 +18,12 @@ objects that the composition root (``dbgate.app``, through ``dbgate.gate``) hand
   failed (SQLSTATE). :class:`StatementRecord` is the one object that follows a
   statement through the relay, so whatever needs the whole story (audit, metrics)
   attaches here and nowhere else.
+* a :class:`SessionSetup`, once per arriving client, before its upstream session
+  exists: what the client's startup parameters may set, and which settings dbgate
+  itself sends in the upstream StartupMessage (the identity's session guards). Sent
+  there, they are the session's *reset* values: ``RESET``, ``RESET ALL``,
+  ``DISCARD ALL`` and ``SET ... TO DEFAULT`` come back to them, not to the server's
+  defaults, and the client sees them only through ``SHOW``.
 
 Verdicts may be returned synchronously (the common case costs one method call) or
 as an awaitable.
@@ -25,7 +31,7 @@ as an awaitable.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
@@ -302,3 +308,33 @@ class AllowAll:
 
     def inspect(self, session: SessionInfo, statement: Statement) -> Verdict:
         return ALLOW
+
+
+class Arrival(NamedTuple):
+    """A client that has authenticated and has no upstream session yet: what
+    :class:`SessionSetup` decides by."""
+
+    identity: str
+    groups: frozenset[str]
+    application_name: str  # as the client sent it in its StartupMessage ("" if not)
+    client_addr: str
+
+
+class SessionSetup(Protocol):
+    """How the upstream session of an arriving client starts.
+
+    Implementations must be quick and must not raise; if they do, the client is
+    refused (fail closed) with an internal error.
+    """
+
+    def upstream_settings(self, arrival: Arrival) -> Mapping[str, str]:
+        """Settings (name -> value, as PostgreSQL reads a setting's text) to send in
+        the upstream StartupMessage, unless the client's own startup parameters name
+        them. A setting the server's version does not know is left out."""
+        ...
+
+    def startup_setting(self, arrival: Arrival, name: str, value: str) -> tuple[str, str | None]:
+        """One startup parameter the client sent that the relay would forward: the
+        value to forward instead (often ``value`` itself), and None; or a message
+        for the client (the connection is refused with 42501)."""
+        ...

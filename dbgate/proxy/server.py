@@ -18,16 +18,23 @@ from dataclasses import dataclass
 from dbgate.config import Config
 from dbgate.proxy.channel import Channel, ConnectionLost
 from dbgate.proxy.handshake import (
+    ClientHello,
     HandshakeRefused,
     authenticate,
     build_verifiers,
     read_startup,
 )
-from dbgate.proxy.seams import AllowAll, Inspector, MessageFilter, Observer
+from dbgate.proxy.seams import AllowAll, Inspector, MessageFilter, Observer, SessionSetup
 from dbgate.proxy.session import Session
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.proxy.startup_params import startup_declarations
-from dbgate.proxy.upstream import UpstreamError, connect_upstream, send_cancel
+from dbgate.proxy.upstream import (
+    UpstreamConnection,
+    UpstreamError,
+    connect_upstream,
+    send_cancel,
+)
+from dbgate.proxy.upstream_settings import UpstreamSettings, merge_settings
 from dbgate.wire import sqlstate
 from dbgate.wire.codec import (
     auth_ok,
@@ -61,11 +68,14 @@ class ProxyServer:
         inspector: Inspector | None = None,
         observer: Observer | None = None,
         message_filter: MessageFilter | None = None,
+        session_setup: SessionSetup | None = None,
     ) -> None:
         self.config = config
         self.inspector: Inspector = inspector or AllowAll()
         self.observer = observer
         self.message_filter = message_filter
+        self.session_setup = session_setup
+        self.upstream_settings = UpstreamSettings()
         self._verifiers = build_verifiers(config)
         self._tls_context = self._make_tls_context()
         self._server: asyncio.base_events.Server | None = None
@@ -179,18 +189,17 @@ class ProxyServer:
         channel.startup = (packet.params.get("user", ""), packet.params.get("database", ""))
         if len(self._sessions) >= self.config.limits.max_connections:
             raise HandshakeRefused(sqlstate.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
-        hello = await authenticate(channel, self.config, self._verifiers, packet)
+        hello = await authenticate(
+            channel,
+            self.config,
+            self._verifiers,
+            packet,
+            setup=self.session_setup,
+            client_addr=client_addr,
+        )
         ident = hello.identity
-        upstream_cfg = self.config.upstream
         try:
-            up = await connect_upstream(
-                upstream_cfg,
-                user=ident.upstream_user or upstream_cfg.user,
-                password=ident.upstream_password or upstream_cfg.password,
-                database=upstream_cfg.database or hello.database,
-                params=hello.params,
-                max_message_size=self.config.limits.max_message_size,
-            )
+            up = await self._open_upstream(hello)
         except UpstreamError as e:
             log.warning("upstream refused session for %s: %s", ident.name, e)
             if e.error_body is not None:
@@ -253,6 +262,39 @@ class ProxyServer:
             info.application_name,
             client_addr,
         )
+
+    async def _open_upstream(self, hello: ClientHello) -> UpstreamConnection:
+        """The client's upstream session, started with the settings the session setup
+        adds (see :mod:`dbgate.proxy.upstream_settings`)."""
+        ident = hello.identity
+        cfg = self.config.upstream
+        added = {}
+        if self.session_setup is not None:
+            added = self.upstream_settings.known(
+                self.session_setup.upstream_settings(hello.arrival)
+            )
+        params = merge_settings(hello.params, added)
+        connect = functools.partial(
+            connect_upstream,
+            cfg,
+            user=ident.upstream_user or cfg.user,
+            password=ident.upstream_password or cfg.password,
+            database=cfg.database or hello.database,
+            max_message_size=self.config.limits.max_message_size,
+        )
+        try:
+            up = await connect(params=params)
+        except UpstreamError as e:
+            unknown = self.upstream_settings.retry_without(
+                {k: v for k, v in added.items() if k in params and k not in hello.params},
+                e.error_body,
+            )
+            if not unknown:
+                raise
+            log.info("upstream does not know %s; connecting without", ", ".join(sorted(unknown)))
+            up = await connect(params={k: v for k, v in params.items() if k not in unknown})
+        self.upstream_settings.learn(up.parameter_status)
+        return up
 
     def _report_refusal(self, channel: Channel, client_addr: str, e: HandshakeRefused) -> None:
         """Tell the observer of a client turned away before any session existed."""

@@ -121,6 +121,7 @@ class Session:
         """Tell the client why (FATAL), end the upstream session, close both."""
         if self._closed:
             return
+        self.info.ended_sqlstate, self.info.ended_message = code, message
         self.client.write(m.error_response(code, message, severity="FATAL"))
         self.upstream.write(_TERMINATE)
         self._close()
@@ -152,14 +153,29 @@ class Session:
     def _upstream_closed(self, exc: Exception | None) -> None:
         if self._closed:
             return
-        if not self.tracker.server_fatal and not self._terminating:
-            log.warning("session %s: upstream connection lost: %s", self.info.session_id, exc)
+        info = self.info
+        if self.tracker.server_fatal:
+            # The server ended the session itself and the client has its FATAL: an
+            # idle-in-transaction or transaction timeout (the session guards), a
+            # terminated backend. Its transaction is rolled back and its locks gone.
+            try:
+                fields = m.parse_error_fields(self.tracker.fatal_error)
+            except ProtocolError:
+                fields = {}
+            info.ended_sqlstate = fields.get("C", "")
+            info.ended_message = fields.get("M", "")
+            log.info(
+                "session %s: the server ended it: %s %s",
+                info.session_id,
+                info.ended_sqlstate,
+                info.ended_message,
+            )
+        elif not self._terminating:
+            log.warning("session %s: upstream connection lost: %s", info.session_id, exc)
+            message = "dbgate: the upstream server closed the connection"
+            info.ended_sqlstate, info.ended_message = sqlstate.CONNECTION_FAILURE, message
             self.client.write(
-                m.error_response(
-                    sqlstate.CONNECTION_FAILURE,
-                    "dbgate: the upstream server closed the connection",
-                    severity="FATAL",
-                )
+                m.error_response(sqlstate.CONNECTION_FAILURE, message, severity="FATAL")
             )
         self._close()
 

@@ -38,6 +38,13 @@ class SessionInfo:
     #: from the SET statements it lets through (custom settings are not reported by
     #: ParameterStatus).
     declared: dict[str, str] = field(default_factory=dict)
+    #: Why the session ended, when it was not the client's doing (for observers'
+    #: ``session_ended``): the SQLSTATE and message of the FATAL the client got — the
+    #: server's own (``25P03`` an idle-in-transaction timeout, ``25P04`` a
+    #: transaction timeout, ``57P01`` a terminated backend) or dbgate's; ``08006``
+    #: when the upstream connection was lost. Empty when the client left.
+    ended_sqlstate: str = ""
+    ended_message: str = ""
     _notify: Callable[[Notice], None] | None = None
 
     _forget: Callable[[], None] | None = None

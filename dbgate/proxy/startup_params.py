@@ -14,11 +14,21 @@ so they change nothing it does. They may come as startup parameters of their own
 (libpq, psql, psycopg), which is the only thing ``options`` may carry; dbgate
 forwards them as parameters of their own and reads them
 (:func:`startup_declarations`).
+
+Two allow-listed settings are read as the server reads them: ``search_path`` is
+split exactly as PostgreSQL splits it (:mod:`dbgate.identifiers`; a quoted
+``"pg_catalog,x"`` is one schema) and refused when a schema comes before
+``pg_catalog``; the session guards (``statement_timeout``, ``lock_timeout``,
+``idle_in_transaction_session_timeout``, ``transaction_timeout``) go through the
+relay's :class:`~dbgate.proxy.seams.SessionSetup`, which replaces a value above the
+identity's ceiling (or 0, "no limit") with the ceiling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+
+from dbgate.identifiers import search_path_escapes, split_identifier_list
 
 #: Settings drivers send at startup that do not affect what the proxy can see or do.
 HARMLESS = frozenset(
@@ -34,9 +44,10 @@ HARMLESS = frozenset(
         "lc_monetary",
         "lc_numeric",
         "lc_time",
-        "statement_timeout",
+        "statement_timeout",  # the session guards: judged by the SessionSetup seam
         "lock_timeout",
         "idle_in_transaction_session_timeout",
+        "transaction_timeout",
         "idle_session_timeout",
         "bytea_output",
         "jit",
@@ -60,24 +71,45 @@ _OPTIONS_REFUSED = (
 )
 
 
+#: Judges one forwarded setting (name as sent, value): the value to forward, or a
+#: message refusing the connection (``SessionSetup.startup_setting`` for one client).
+StartupCheck = Callable[[str, str], tuple[str, str | None]]
+
+
 class StartupParamError(Exception):
     """A startup parameter the gateway will not pass on; the message is for the client."""
 
 
-def check_search_path(value: str) -> bool:
-    """True when ``value`` cannot shadow built-in functions.
+def search_path_problem(value: str) -> str | None:
+    """Why a client's startup ``search_path`` is refused, or None when it may pass.
 
-    PostgreSQL searches ``pg_catalog`` first unless the path names it explicitly later,
-    so a path is safe when it omits pg_catalog or lists it first.
+    Split exactly as the server splits it (``SplitIdentifierString``): a quoted
+    ``"pg_catalog,x"`` is one schema, not two, and ``PG_CATALOG`` is ``pg_catalog``.
+    PostgreSQL searches ``pg_catalog`` first unless the path names it explicitly
+    later, so a path is safe when it omits pg_catalog or nothing but ``pg_temp``
+    comes before it. A value the server could not split is refused too: what it
+    would do with it is not ours to guess.
     """
-    parts = [p.strip().strip('"').lower() for p in value.split(",") if p.strip()]
-    if "pg_catalog" not in parts:
-        return True
-    return parts[0] == "pg_catalog"
+    schemas = split_identifier_list(value)
+    if schemas is None:
+        return "dbgate: the search_path is not a valid list of schema names"
+    if search_path_escapes(schemas):
+        return (
+            "dbgate: a search_path that puts a schema before pg_catalog is not allowed "
+            "(a function there could shadow a built-in)"
+        )
+    return None
 
 
-def filter_startup_params(params: Mapping[str, str]) -> dict[str, str]:
-    """Return the settings to forward upstream (without user/database), or raise."""
+def filter_startup_params(
+    params: Mapping[str, str], check: StartupCheck | None = None
+) -> dict[str, str]:
+    """Return the settings to forward upstream (without user/database), or raise.
+
+    ``check`` sees every allow-listed setting after the checks here and may replace
+    its value (a session guard above the identity's ceiling becomes the ceiling) or
+    refuse it.
+    """
     out: dict[str, str] = {}
     from_options: dict[str, str] = {}
     for key, value in params.items():
@@ -99,12 +131,14 @@ def filter_startup_params(params: Mapping[str, str]) -> dict[str, str]:
                 f"dbgate: startup parameter {key!r} is not allowed; "
                 "use SET after connecting so the statement can be inspected"
             )
-        if lk == "search_path" and not check_search_path(value):
-            raise StartupParamError(
-                "dbgate: a search_path that puts a schema before pg_catalog is not allowed"
-            )
+        if lk == "search_path" and (problem := search_path_problem(value)) is not None:
+            raise StartupParamError(problem)
         if lk == "standard_conforming_strings" and value.lower() not in ("on", "true", "1"):
             raise StartupParamError("dbgate: standard_conforming_strings must stay on")
+        if check is not None:
+            value, problem = check(key, value)
+            if problem is not None:
+                raise StartupParamError(problem)
         out[key] = value
     for name, value in from_options.items():  # PostgreSQL applies options first
         out.setdefault(name, value)

@@ -412,6 +412,9 @@ class StatementTracker:
         self.cancel_requested = False
         self._upstream: list[bytes] = []  # bytes for the server, from the server side
         self.server_fatal = False
+        #: The server's FATAL (or PANIC) ErrorResponse body, as the client got it: why
+        #: the server is ending the session (an idle-in-transaction timeout, say).
+        self.fatal_error = b""
         self._next_id = 0
         self._injection_seq = 0
         # With a message filter, notices and notifications are selected too (errors
@@ -1525,6 +1528,8 @@ class StatementTracker:
     def _on_error(self, body: bytes) -> bytes | None:
         if b"SFATAL\0" in body or b"SPANIC\0" in body:
             self.server_fatal = True
+            f = self.message_filter
+            self.fatal_error = body if f is None else f.error(self.info, body)
         queue = self._queue
         if len(queue) == self._markers:
             return self._filtered_error(body)  # e.g. a FATAL the server sends on its own

@@ -19,7 +19,7 @@ import pytest
 import uvloop
 
 from dbgate.config import Config
-from dbgate.proxy.seams import Inspector, MessageFilter, Observer
+from dbgate.proxy.seams import Inspector, MessageFilter, Observer, SessionSetup
 from dbgate.proxy.server import ProxyServer
 from tests.integration.certs import self_signed
 
@@ -36,11 +36,16 @@ class RunningProxy:
         inspector: Inspector | None = None,
         observer: Observer | None = None,
         message_filter: MessageFilter | None = None,
+        session_setup: SessionSetup | None = None,
     ) -> None:
         self.config = config
         self.loop = uvloop.new_event_loop()
         self.server = ProxyServer(
-            config, inspector=inspector, observer=observer, message_filter=message_filter
+            config,
+            inspector=inspector,
+            observer=observer,
+            message_filter=message_filter,
+            session_setup=session_setup,
         )
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -95,17 +100,23 @@ def proxy(pg_server: Any) -> Iterator[RunningProxy]:
 
 @pytest.fixture
 def make_proxy(pg_server: Any) -> Iterator[Callable[..., RunningProxy]]:
-    """Start extra proxies with a custom inspector/observer/filter/config for one test."""
+    """Start extra proxies with a custom inspector/observer/filter/session setup/config
+    for one test."""
     started: list[RunningProxy] = []
 
     def factory(
         inspector: Inspector | None = None,
         observer: Observer | None = None,
         message_filter: MessageFilter | None = None,
+        session_setup: SessionSetup | None = None,
         **config_overrides: Any,
     ) -> RunningProxy:
         running = RunningProxy(
-            proxy_config(pg_server, **config_overrides), inspector, observer, message_filter
+            proxy_config(pg_server, **config_overrides),
+            inspector,
+            observer,
+            message_filter,
+            session_setup,
         ).start()
         started.append(running)
         return running

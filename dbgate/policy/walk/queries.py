@@ -170,12 +170,26 @@ def _unbounded_tables(reads: dict[Any, bounds.Bound]) -> WholeTables:
 
 def _literal_limit(s: dict[str, Any], facts: StatementFacts) -> int | None:
     """The LIMIT / FETCH FIRST row count when it is a literal (WITH TIES may return more)."""
-    lc = s.get("limitCount")
-    if (
-        type(lc) is not dict
-        or "A_Const" not in lc
-        or s.get("limitOption") == "LIMIT_OPTION_WITH_TIES"
-    ):
+    if s.get("limitOption") == "LIMIT_OPTION_WITH_TIES":
+        return None
+    return _literal_count(s.get("limitCount"), facts)
+
+
+def _locked_rows_limit(s: dict[str, Any], facts: StatementFacts) -> int | None:
+    """How many rows a ``FOR UPDATE`` / ``FOR SHARE`` of this level can lock at most by
+    its LIMIT: the rows it skips by OFFSET are locked too (PostgreSQL locks each row
+    the Limit node pulls through LockRows), so LIMIT n OFFSET k locks n + k rows; an
+    OFFSET that is not a literal bounds nothing."""
+    limit = _literal_limit(s, facts)
+    if limit is None or s.get("limitOffset") is None:
+        return limit
+    offset = _literal_count(s.get("limitOffset"), facts)
+    return None if offset is None else limit + offset
+
+
+def _literal_count(lc: Any, facts: StatementFacts) -> int | None:
+    """A LIMIT or OFFSET count when it is a literal."""
+    if type(lc) is not dict or "A_Const" not in lc:
         return None
     state, text = value_of(lc, facts)
     if state != KNOWN or text is None:
@@ -414,7 +428,7 @@ def _row_locks(
     clauses = s.get("lockingClause")
     if not clauses:
         return
-    limit = _literal_limit(s, facts)
+    limit = _locked_rows_limit(s, facts)
     cap = rows if limit is None else limit if rows is None else min(rows, limit)
     named: set[str] = set()
     every = False

@@ -118,6 +118,14 @@ def enforcing_inspector(config: Any) -> Any:
     return build_gate(config)
 
 
+def enforcing_session_setup(inspector: Any) -> Any:
+    """The session guards ``dbgate serve`` sets on upstream sessions, from the rules
+    of ``inspector`` (as :class:`dbgate.app.App` wires them)."""
+    from dbgate.policy.startup import StartupGuards
+
+    return StartupGuards(inspector.ruleset)
+
+
 @pytest.fixture(scope="session")
 def gate(pg_server: PgServer, demo_role: DemoRole) -> Iterator[RunningProxy]:
     """A dbgate proxy enforcing the shipped default rule pack (as ``dbgate serve``).
@@ -137,7 +145,10 @@ def gate(pg_server: PgServer, demo_role: DemoRole) -> Iterator[RunningProxy]:
         ],
     )
     assert config.policy == "enforce" and config.rules_dir is None  # the shipped pack
-    running = RunningProxy(config, inspector=enforcing_inspector(config)).start()
+    inspector = enforcing_inspector(config)
+    running = RunningProxy(
+        config, inspector=inspector, session_setup=enforcing_session_setup(inspector)
+    ).start()
     yield running
     running.stop()
 

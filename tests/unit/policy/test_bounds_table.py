@@ -454,6 +454,18 @@ LOCKS = [
     row("SELECT pg_advisory_lock(1)", {R, L}, 0),
     row("SELECT pg_try_advisory_lock_shared(1)", {R, L}, 0),
     row("SELECT pg_advisory_xact_lock(1)", {R}, 0),
+    # LIMIT bounds the rows locked, but the rows OFFSET skips are locked too
+    row("SELECT * FROM orders WHERE status = 'x' LIMIT 1 FOR UPDATE", {R}, UNB),
+    row("SELECT * FROM orders WHERE status = 'x' LIMIT 10 OFFSET 900 FOR UPDATE", {R}, UNB),
+    row("SELECT * FROM orders WHERE status = 'x' LIMIT 1 OFFSET 100000 FOR UPDATE", {R, L}, UNB),
+    row("SELECT * FROM orders WHERE status = 'x' LIMIT 1 OFFSET $1 FOR SHARE", {R, L}, UNB),
+    row(
+        "SELECT * FROM orders WHERE status = 'x' OFFSET 5000 ROWS FETCH FIRST 1 ROW ONLY "
+        "FOR NO KEY UPDATE",
+        {R, L},
+        UNB,
+    ),
+    row("SELECT * FROM orders WHERE id = 1 OFFSET 100000 FOR UPDATE", {R}, 1),
 ]
 
 ALL = PROVEN + SHAPES + JOINS + ROWS_NOT_DATA + CHANNELS + WRITES + LOCKS

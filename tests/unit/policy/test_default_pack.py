@@ -420,6 +420,28 @@ def _docs_recipe() -> str:
         ),
         (Identity("agent"), "COPY customers TO STDOUT", HOLD, "customer-exports"),
         (Identity("agent"), "COPY orders TO STDOUT", HOLD, "hold-export"),
+        (
+            Identity("queue-worker"),
+            "SELECT pg_try_advisory_lock(7)",
+            ALLOW,
+            "worker-advisory-locks",
+        ),
+        (Identity("agent"), "SELECT pg_try_advisory_lock(7)", HOLD, "hold-lock"),
+        (
+            Identity("queue-worker"),
+            "SELECT pg_advisory_lock(7), pg_advisory_lock_shared(8)",
+            HOLD,
+            "hold-lock",
+        ),
+        (
+            Identity("queue-worker"),
+            "SELECT pg_advisory_lock(7), status FROM orders WHERE status = 'x' FOR UPDATE",
+            ALLOW,
+            "worker-advisory-locks",
+        ),
+        (Identity("agent"), "LOCK TABLE orders IN ACCESS SHARE MODE", HOLD, "hold-table-locks"),
+        (Identity("agent"), "LOCK orders IN ROW SHARE MODE", HOLD, "hold-table-locks"),
+        (Identity("agent"), "SELECT id FROM orders WHERE id = 1", ALLOW, "allow-reads"),
     ],
 )
 def test_docs_recipe_with_default_pack(

@@ -213,6 +213,29 @@ def test_ceilings_are_first_match_per_setting_and_per_identity(tmp_path: Path) -
     assert (free.action, free.guard_clamps) == (Action.ALLOW, ())
 
 
+def test_a_guards_wait_is_its_own_zero_included(tmp_path: Path) -> None:
+    """``wait_seconds: 0`` (approve, then retry) is a wait like any other, not "unset"."""
+    pack = _pack(
+        tmp_path,
+        """
+        session_guards:
+          - name: retry
+            match: {application_names: [retry]}
+            statement_timeout: 30s
+            wait_seconds: 0
+          - name: wait
+            statement_timeout: 30s
+            wait_seconds: 90
+        rules:
+          - name: all
+            action: allow
+        """,
+    )
+    raise_it = classify("SET statement_timeout = '1h'")
+    assert pack.decide(Identity("agent", application_name="retry"), raise_it).wait_seconds == 0
+    assert pack.decide(AGENT, raise_it).wait_seconds == 90
+
+
 def test_a_pack_without_guards_sets_none(tmp_path: Path) -> None:
     pack = _pack(tmp_path, "rules:\n  - name: all\n    action: allow\n")
     assert pack.session_guards(AGENT).settings() == {}
