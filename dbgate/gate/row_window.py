@@ -131,6 +131,17 @@ def _merge(into: Counts, other: Counts) -> None:
             mine[end] = mine.get(end, 0) + rows
 
 
+def _fold(counts: Counts) -> None:
+    """Every (identity, table)'s buckets into its newest one: the rows then leave the
+    window later than they would, never earlier."""
+    for buckets in counts.values():
+        if len(buckets) > 1:
+            total = sum(buckets.values())
+            newest = max(buckets)
+            buckets.clear()
+            buckets[newest] = total
+
+
 def _entries(counts: Counts) -> int:
     return sum(len(b) for b in counts.values())
 
@@ -199,14 +210,7 @@ class RowLedger:
         self._pending_entries += 1
 
     def _fold(self) -> None:
-        """Every pending (identity, table)'s buckets into its newest one: the rows
-        then leave the window later than they would, never earlier."""
-        for buckets in self.pending.values():
-            if len(buckets) > 1:
-                total = sum(buckets.values())
-                newest = max(buckets)
-                buckets.clear()
-                buckets[newest] = total
+        _fold(self.pending)
         self._pending_entries = len(self.pending)
         self.folded += 1
 
@@ -233,6 +237,9 @@ class RowLedger:
                 del self.in_flight[pair]
         if ok:
             _merge(self.sent, batch)
+            if _entries(self.sent) > self.max_entries:  # written, but never read back
+                _fold(self.sent)
+                self.folded += 1
             return
         _merge(self.pending, batch)
         self._pending_entries = _entries(self.pending)
@@ -271,12 +278,13 @@ class RowLedger:
         if length is None:
             return None
         since = now - seconds
-        total = self.totals.get((identity, table, length), 0)
-        total += self.totals.get((identity, EVERY_TABLE, length), 0)
-        for counts in (self.pending, self.in_flight, self.sent):
-            if counts:
-                total += _within(counts, (identity, table), since)
-                total += _within(counts, (identity, EVERY_TABLE), since)
+        names = (table,) if table == EVERY_TABLE else (table, EVERY_TABLE)
+        total = 0
+        for name in names:
+            total += self.totals.get((identity, name, length), 0)
+            for counts in (self.pending, self.in_flight, self.sent):
+                if counts:
+                    total += _within(counts, (identity, name), since)
         return total
 
     @property

@@ -151,3 +151,19 @@ def test_forget_before_drops_only_old_buckets() -> None:
 def test_bad_settings_are_refused(bucket: int, entries: int) -> None:
     with pytest.raises(ValueError, match="must be at least 1"):
         RowLedger(bucket_seconds=bucket, max_entries=entries)
+
+
+def test_the_every_table_account_itself_is_counted_once() -> None:
+    ledger = RowLedger(bucket_seconds=10)
+    ledger.read_totals({(A, EVERY_TABLE, 60): 5}, [60])
+    ledger.charge(A, [EVERY_TABLE], 2, now=1)
+    assert ledger.used(A, EVERY_TABLE, 60, now=1) == 7
+
+
+def test_rows_written_but_never_read_back_stay_bounded() -> None:
+    ledger = covered(RowLedger(bucket_seconds=1, max_entries=4), 100)
+    for s in range(12):
+        ledger.charge(A, [ORDERS], 1, now=float(s))
+        ledger.flushed(ledger.take_pending(), ok=True)  # the read of totals keeps failing
+    assert sum(len(b) for b in ledger.sent.values()) <= 4
+    assert ledger.used(A, ORDERS, 100, now=12.0) == 12
