@@ -339,6 +339,8 @@ class RowWindows:
         self._error = "the shared row counts have not been read yet"
         self._pruned_at: float | None = None
         self._cycle = asyncio.Lock()
+        self.reads = 0  # successful reads of the shared totals so far
+        self._read_event = asyncio.Event()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.watch(windows)
@@ -376,6 +378,12 @@ class RowWindows:
                 await self.refresh()
             except Exception:  # never let the loop die: reads would stay stopped
                 log.exception("row windows: refresh failed unexpectedly")
+
+    async def wait_read(self, after: int) -> None:
+        """Return once more than ``after`` reads of the shared totals have succeeded
+        (for readiness checks and tests; bound it with a timeout)."""
+        while self.reads <= after:
+            await self._read_event.wait()
 
     def watch(self, windows: Iterable[int]) -> None:
         """Read the totals of these window lengths (seconds) from the next refresh on."""
@@ -511,6 +519,9 @@ class RowWindows:
         if self._read_ok_at is None or self.stale():
             log.info("row windows: shared row counts read from the state database")
         self._read_ok_at = self._monotonic()
+        self.reads += 1
+        done, self._read_event = self._read_event, asyncio.Event()
+        done.set()
         return True
 
     def _failed(self, exc: BaseException) -> None:

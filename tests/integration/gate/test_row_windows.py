@@ -7,6 +7,7 @@ sleeps). The outage tests put a cuttable TCP link between a replica and the serv
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -291,3 +292,14 @@ async def test_old_buckets_are_deleted_past_the_retention(replicas: Replicas, cl
     assert await a.refresh()
     rows = await admin.fetch("SELECT rows FROM dbgate.row_window_counts")
     assert [r["rows"] for r in rows] == [2]
+
+
+async def test_the_background_task_reads_a_new_window_length_at_once(replicas: Replicas) -> None:
+    a = await replicas.make("a", refresh_seconds=3600.0)  # only a wake-up makes it run
+    await a.start()
+    hour = RowWindow(5000, 3600, "slow", MINUTE.tables)
+    before = a.reads
+    assert a.remaining("agent", hour, hour.tables) == 0  # never read: stopped, and asked for
+    await asyncio.wait_for(a.wait_read(before), timeout=30)
+    assert a.remaining("agent", hour, hour.tables) == 5000
+    await a.stop()
