@@ -312,7 +312,7 @@ class ClassifyPool:
         future: asyncio.Future[Decision | None] = loop.create_future()
         self.stats.offloaded += 1
         idle = self._idle()
-        if idle is None and len(self._queue) >= self.queue_size:
+        if idle is None and self.queued() >= self.queue_size:
             self.stats.busy += 1
             future.set_result(_unclassified(Action.HOLD, *BUSY))
             return future
@@ -451,8 +451,8 @@ class ClassifyPool:
                 job.future.set_result(_unclassified(Action.HOLD, *BUSY))
 
     def worker_pids(self) -> list[int]:
-        """Process ids of the live workers (operations and tests)."""
-        return [w.pid for w in self._workers if not w.killed]
+        """Process ids of the workers ready for statements (operations and tests)."""
+        return [w.pid for w in self._workers if w.ready and not w.killed]
 
     def running(self) -> int:
         """Statements being classified now."""
