@@ -188,6 +188,6 @@ def test_replies_carry_only_classifications() -> None:
     result = classify("SELECT * FROM orders FOR UPDATE; SET statement_timeout = 0")
     reply = _load_reply(pickle.dumps((1, "ok", result, True)))
     assert reply[2] == result
-    with pytest.raises(pickle.UnpicklingError, match="sent posix.system"):
+    with pytest.raises(pickle.UnpicklingError, match=r"sent posix\.system"):
         _load_reply(pickle.dumps((1, "ok", os.system, True)))
     assert isinstance(result, Classification)
