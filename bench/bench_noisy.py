@@ -149,9 +149,14 @@ def pgbench_select(
     for old in work.glob("pgbench_log.*"):
         old.unlink()
     argv = [binary, "-n", "-S", "-M", "simple", "-c", str(clients), "-j", "2"]
-    argv += ["-T", str(seconds), "-l", "--log-prefix", str(work / "pgbench_log")]
+    argv += ["-T", str(seconds), "-l"]  # pgbench_log.<pid>[.<thread>] in its directory
     out = subprocess.run(
-        argv, env=target.libpq_env(), capture_output=True, text=True, timeout=seconds * 3 + 60
+        argv,
+        env=target.libpq_env(),
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=seconds * 3 + 60,
     )
     if out.returncode != 0:
         raise RuntimeError(f"pgbench failed: {out.stderr.strip()[-300:]}")
