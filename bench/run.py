@@ -132,6 +132,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--holds-n", type=int, default=200, help="held statements to time (default 200)")
     p.add_argument(
+        "--no-noisy",
+        action="store_true",
+        help="skip the noisy-neighbour benchmark (pgbench -S beside hostile SQL, bench/bench_noisy.py)",
+    )
+    p.add_argument(
         "--dbgate-arg",
         action="append",
         default=[],
@@ -261,6 +266,8 @@ class Bench:
         self.profile: dict[str, Any] | None = None
         self.holds: dict[str, Any] | None = None
         self.holds_error: str | None = None
+        self.noisy: dict[str, Any] | None = None
+        self.noisy_error: str | None = None
         self.setup_log: list[str] = []
         self.meta: dict[str, Any] = {
             "started_at": self.stamp,
@@ -521,6 +528,27 @@ class Bench:
         else:
             say(f"  {format_result(self.holds)}")
 
+    # ----------------------------------------------------------------- noisy neighbour
+
+    def run_noisy(self) -> None:
+        """pgbench -S through dbgate, quiet and beside a client sending hostile SQL."""
+        from bench.bench_noisy import format_result, run_noisy
+
+        gate = self.targets.get("dbgate")
+        if gate is None or not gate.available:
+            self.noisy_error = "no dbgate target"
+            return
+        say("noisy neighbour: pgbench -S through dbgate beside issue 10's hostile SQL ...")
+        try:
+            self.noisy = run_noisy(
+                self.pgbench_bin, gate, self.work / "noisy", seconds=self.args.seconds
+            )
+        except Exception as e:  # report, and let the rest of the run finish
+            self.noisy_error = f"{type(e).__name__}: {e}"
+            say(f"  noisy-neighbour benchmark failed: {self.noisy_error}")
+        else:
+            say(f"  {format_result(self.noisy)}")
+
     # ----------------------------------------------------------------- classifier
 
     def run_classifier(self) -> None:
@@ -616,6 +644,8 @@ class Bench:
             "profile": self.profile,
             "holds": self.holds,
             "holds_error": self.holds_error,
+            "noisy": self.noisy,
+            "noisy_error": self.noisy_error,
         }
 
     def run_errors(self) -> list[str]:
@@ -692,6 +722,12 @@ class Bench:
             say(format_result(self.holds))
         else:
             say(f"held-statement latency: {self.holds_error or 'skipped'}")
+        if self.noisy is not None:
+            from bench.bench_noisy import format_result as format_noisy
+
+            say(format_noisy(self.noisy))
+        else:
+            say(f"noisy neighbour: {self.noisy_error or 'skipped'}")
         if self.classifier is not None:
             say("classifier microbenchmarks (bench/bench_classify.py):")
             say(report.format_flat(self.classifier))
@@ -732,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench.run_profile()
                 if not args.no_holds:
                     bench.run_holds()
+                if not args.no_noisy and not args.no_pgbench:
+                    bench.run_noisy()
             finally:
                 say("stopping dbgate, PgBouncer and PostgreSQL ...")
                 bench.stop_all()

@@ -9,7 +9,8 @@
    notifier;
 3. the policy (rules) and the gate that joins policy, approvals and the relay, with
    the observers of every statement (metrics, the audit trail, the PII rooms' schema
-   reload after DDL) and the key catalogs the classifier proves narrowness from;
+   reload after DDL), the key catalogs the classifier proves narrowness from and the
+   workers that classify costly statements off the event loop (``classify``);
 4. the proxy listener;
 5. the web server when ``web`` is configured: the approvers' page and API (with a
    state database), ``/healthz``, ``/readyz`` and ``/metrics``;
@@ -19,7 +20,7 @@ Stop: mark the process draining (``/readyz`` turns 503); stop the approval
 service first, so that statements still held end ``abandoned`` (recorded, and their
 clients get 42501 at once rather than waiting out the drain or being recorded as if
 they had left) and holds asked for from then on are refused; then stop accepting and
-drain sessions, then the web server, the notifier, the audit writer (it writes the
+drain sessions, then the web server, the classification workers, the notifier, the audit writer (it writes the
 sessions' last records), the pool. Nothing held runs by
 itself later. Each step that can fail names the problem and the fix in one line
 (:mod:`dbgate.startup_errors`).
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from dbgate.approvals.service import PgApprovalService
     from dbgate.audit import AuditWriter
     from dbgate.gate.audit import AuditTrail
+    from dbgate.gate.classify_pool import ClassifyPool
     from dbgate.gate.keys import KeyCatalogs
     from dbgate.gate.pii import PiiGate
     from dbgate.web.app import WebServer
@@ -64,6 +66,7 @@ def build_gate(
     pii: PiiGate | None = None,
     audit: AuditTrail | None = None,
     keys: KeyCatalogs | None = None,
+    offload: ClassifyPool | None = None,
 ) -> Inspector:
     """The relay's inspector for ``config``: the gate, or allow-all when policy is off."""
     if config.policy == "off":
@@ -85,7 +88,9 @@ def build_gate(
             replica=approvals.replica,
             audit=audit,
         )
-    return Gate(load_rules(config.rules_dir), holds=holds, pii=pii, audit=audit, keys=keys)
+    return Gate(
+        load_rules(config.rules_dir), holds=holds, pii=pii, audit=audit, keys=keys, offload=offload
+    )
 
 
 def _estimate_connection(config: Config, requester: Requester) -> Mapping[str, Any] | None:
@@ -119,6 +124,7 @@ class App:
         self.gate: Inspector | None = None
         self.pii: PiiGate | None = None
         self.keys: KeyCatalogs | None = None
+        self.classify_pool: ClassifyPool | None = None
         self.audit: AuditWriter | None = None
         self.trail: AuditTrail | None = None
         self.observer: Observer | None = None
@@ -168,8 +174,16 @@ class App:
             from dbgate.gate.keys import KeyCatalogs
 
             self.keys = KeyCatalogs(config)
+            from dbgate.gate.classify_pool import ClassifyPool
+
+            self.classify_pool = ClassifyPool.from_config(config)
+            if self.classify_pool is not None:
+                with startup_step("classify"):
+                    await self.classify_pool.start()
         with startup_step("rules"):
-            self.gate = build_gate(config, self.approvals, self.pii, self.trail, self.keys)
+            self.gate = build_gate(
+                config, self.approvals, self.pii, self.trail, self.keys, self.classify_pool
+            )
         observers: list[Observer] = [MetricsObserver()] if config.metrics.enabled else []
         if self.trail is not None:
             observers.append(self.trail)
@@ -301,6 +315,9 @@ class App:
             with contextlib.suppress(Exception):
                 await self.web.stop()
             self.web = None
+        if self.classify_pool is not None:  # after the drain: no statement waits for it
+            await self.classify_pool.close()
+            self.classify_pool = None
         if self.notifier is not None:
             with contextlib.suppress(Exception):
                 await self.notifier.stop()

@@ -117,6 +117,31 @@ class LimitsConfig(_Strict):
     max_connections: int = Field(1000, ge=1)
 
 
+class ClassifyConfig(_Strict):
+    """Where statements are classified (docs/config.md, ``classify``): inline on the
+    event loop when cheap, else in worker processes with a time budget."""
+
+    #: Worker processes (per dbgate process); null: min(2, cores); 0: everything inline.
+    workers: int | None = Field(None, ge=0, le=64)
+    #: Estimated cost (µs) under which a statement is classified inline.
+    inline_budget_us: int = Field(2000, ge=0, le=1_000_000)
+    #: Seconds a statement may wait for its classification, queue included; then it
+    #: is held as opaque.
+    time_budget_seconds: float = Field(2.0, gt=0, le=3600)
+    #: Statements that may wait for a busy worker; more are held as opaque at once.
+    queue_size: int = Field(64, ge=0, le=100_000)
+    #: Address-space limit of each worker in MiB (0: none). A worker past it stops,
+    #: and the statement it was classifying is refused.
+    worker_memory_mb: int = Field(2048, ge=0)
+
+    @field_validator("worker_memory_mb")
+    @classmethod
+    def _room_to_start(cls, v: int) -> int:
+        if 0 < v < 256:
+            raise ValueError("a worker needs at least 256 MiB to start (0: no limit)")
+        return v
+
+
 class LoggingConfig(_Strict):
     """Operator logs (docs/operations.md). The level is the top-level ``log_level``."""
 
@@ -371,6 +396,7 @@ class Config(_Strict):
     upstream: UpstreamConfig = UpstreamConfig()
     identities: list[IdentityConfig] = Field(default_factory=list)
     limits: LimitsConfig = LimitsConfig()
+    classify: ClassifyConfig = ClassifyConfig()
     state: StateConfig | None = None  # None: no approvals or audit (holds are refused)
     web: WebConfig | None = None
     audit: AuditConfig = AuditConfig()

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbgate.audit.errors import AuditUnavailable
 from dbgate.gate import refusals
@@ -51,6 +51,9 @@ from dbgate.proxy.seams import (
 )
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.wire.values import values_as_text
+
+if TYPE_CHECKING:
+    from dbgate.gate.classify_pool import ClassifyPool
 
 log = logging.getLogger("dbgate.gate")
 
@@ -82,6 +85,7 @@ class Gate:
         pii: PiiGate | None = None,
         audit: AuditTrail | None = None,
         keys: KeyCatalogs | None = None,
+        offload: ClassifyPool | None = None,
     ) -> None:
         self.holds = holds
         self.pii = pii
@@ -99,7 +103,9 @@ class Gate:
             from dbgate.policy.classify import classify, seen_exactly
 
             self._repeats = seen_exactly
-        self._classify = classify
+        #: Classifies expensive statements in worker processes (classify_pool.py).
+        self.offload = offload
+        self._classify = classify if offload is None else offload.wrap(classify)
         self._ruleset = ruleset
         # (identity, classification, outcome, Allow with its note, repeatable Allow)
         self._answers: dict[tuple[int, int], tuple[Any, ...]] = {}
@@ -215,6 +221,10 @@ class Gate:
         sql = statement.sql
         repeats = self._repeats(sql)  # asked first: classifying stores a new text
         catalog = self.keys.for_session(session) if self.keys is not None else None
+        if self.offload is not None:
+            ready = self.offload.ahead(sql, session.statements.texts, catalog)
+            if ready is not None:
+                return self._offloaded(ready, session, statement, sql), None
         classification = self._classified(sql, session.statements.texts, catalog)
         answer = self._answers.get((id(identity), id(classification)))
         if answer is None or answer[0] is not identity or answer[1] is not classification:
@@ -320,6 +330,27 @@ class Gate:
             return await verdict
         return verdict
 
+    async def _offloaded(
+        self,
+        ready: Awaitable[Decision | None],
+        session: SessionInfo,
+        statement: Statement,
+        sql: str,
+        params: tuple[str | None, ...] | list[str | None] = (),
+    ) -> Verdict:
+        """Judged once a worker has classified the statement, or by the pool's decision
+        (a hold or a refusal) when it could not be (see classify_pool.py)."""
+        unclassified = await ready
+        if unclassified is None:
+            verdict = self.inspect(session, statement)
+        elif statement.kind == "bind":
+            verdict = self.verdict(unclassified, session, sql, params)
+        else:
+            verdict = self._held(statement.kind, unclassified, session, sql)
+        if isinstance(verdict, Awaitable):
+            return await verdict
+        return verdict
+
     def _answer(self, identity: Identity, classification: Any) -> tuple[Any, ...]:
         """What a classification means for an identity, remembered while both live."""
         statements = classification.statements
@@ -371,6 +402,13 @@ class Gate:
         if not checked:
             return ALLOW  # judged in full at its Parse
         catalog = self.keys.for_session(session) if self.keys is not None else None
+        for candidate in checked if self.offload is not None else ():
+            ready = self.offload.ahead(candidate.sql, prepared.texts, catalog)  # type: ignore[union-attr]
+            if ready is not None:
+                params = values_as_text(
+                    statement.params, statement.param_formats, candidate.param_types
+                )
+                return self._offloaded(ready, session, statement, candidate.sql, params or ())
         limits: Decision | None = None
         for candidate in checked:
             if candidate.lost:

@@ -70,6 +70,8 @@ __all__ = [
     "classify",
     "classify_bind",
     "clear_cache",
+    "is_cached",
+    "remember",
     "seen_exactly",
 ]
 
@@ -114,6 +116,46 @@ def seen_exactly(sql: str) -> bool:
     client that inlines fresh values would cost more than it saves.
     """
     return sql in _exact
+
+
+def _context(extra: frozenset[str], keys: KeyCatalog | None) -> Any:
+    """The part of a cache key besides the text (None in the common case)."""
+    if extra or keys is not None:
+        return (extra, keys.cache_token if keys is not None else None)
+    return None
+
+
+def is_cached(
+    sql: str, *, extra_pure_functions: frozenset[str] = _EMPTY, keys: KeyCatalog | None = None
+) -> bool:
+    """Whether :func:`classify` would answer ``sql`` from its exact-text or masked
+    cache, without parsing: the gate classifies such a text inline however long it is.
+    Costs a dict lookup and, on a miss, one pass of the literal mask (C, linear)."""
+    if len(sql) > MAX_CACHED_SQL:
+        return False
+    context = _context(extra_pure_functions, keys)
+    if ((sql, context) if context is not None else sql) in _exact:
+        return True
+    masked = _mask(sql)
+    return masked is not None and ((masked, context) if context is not None else masked) in _masked
+
+
+def remember(
+    sql: str,
+    result: Classification,
+    *,
+    extra_pure_functions: frozenset[str] = _EMPTY,
+    keys: KeyCatalog | None = None,
+) -> bool:
+    """Store a classification of ``sql`` computed elsewhere (a worker process running
+    :func:`classify` with the same arguments) under its exact text, so the next
+    identical text is a cache hit. Texts :func:`classify` would not cache (too long,
+    or a result that depends on session state) are not stored; returns whether it was."""
+    if len(sql) > MAX_CACHED_SQL or result.session_dependent or "\x00" in sql:
+        return False
+    context = _context(extra_pure_functions, keys)
+    _store(_exact, (sql, context) if context is not None else sql, result)
+    return True
 
 
 def cache_info() -> dict[str, int]:
@@ -253,9 +295,7 @@ def classify(
                 return _cold(sql, params, prepared, extra_pure_functions, keys)[0]
         if params is not None:
             return _cold(sql, params, prepared, extra_pure_functions, keys)[0]
-        context: Any = None
-        if extra_pure_functions or keys is not None:
-            context = (extra_pure_functions, keys.cache_token if keys is not None else None)
+        context = _context(extra_pure_functions, keys)
         key: Any = (sql, context) if context is not None else sql
         hit = _exact.get(key)
         if hit is not None:

@@ -38,10 +38,11 @@ ShapeSource = tuple[str, WholeTables]
 class FromClause:
     """Everything one level's FROM (or an UPDATE's FROM, a DELETE's USING) produced."""
 
-    __slots__ = ("eqs", "found", "full_join", "lateral", "pins", "srcs")
+    __slots__ = ("_names", "eqs", "found", "full_join", "lateral", "pins", "srcs")
 
     def __init__(self) -> None:
-        self.found: list[ShapeSource] = []
+        self.found: list[ShapeSource] = []  # only ever appended to
+        self._names: tuple[int, frozenset[str]] = (0, frozenset())
         self.eqs: list[tuple[set[str], set[str]]] = []
         self.srcs: list[bounds.Source] = []
         self.pins = bounds.Pins()
@@ -50,7 +51,15 @@ class FromClause:
         self.full_join = False
 
     def names(self) -> frozenset[str]:
-        return frozenset(n for n, _ in self.found)
+        """The qualifiers found so far. Asked at every join of a chain: kept, and
+        extended by the new ones only, so a chain of k joins costs k small steps
+        rather than k walks over everything found before."""
+        count, names = self._names
+        found = self.found
+        if count != len(found):
+            names = names.union([n for n, _ in found[count:]])
+            self._names = (len(found), names)
+        return names
 
     def bounded_quals(self) -> set[str]:
         """Relations that hold a proven, small number of rows and no table: a VALUES

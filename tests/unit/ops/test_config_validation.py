@@ -42,7 +42,7 @@ def test_every_problem_is_listed_in_file_order(tmp_path: Path) -> None:
         f"{where}:6: state.dsn: required key is missing",
         f"{where}:9: logging.format: Input should be 'auto', 'text' or 'json' (got 'xml')",
         f"{where}:10: nonsense: unknown key; this section takes: listen, tls, upstream, "
-        "identities, limits, state, web, audit, approvals, pii, notifications, rules_dir, policy, "
+        "identities, limits, classify, state, web, audit, approvals, pii, notifications, rules_dir, policy, "
         "shutdown_grace_seconds, allow_privileged_upstream, log_level, logging, metrics",
     ]
 
@@ -139,3 +139,15 @@ def test_new_sections_have_safe_defaults(tmp_path: Path) -> None:
     assert cfg.logging.format == "auto" and cfg.logging.file is None
     assert cfg.logging.summary_interval_seconds == 60
     assert cfg.metrics.enabled is True and cfg.metrics.multiprocess_dir is None
+
+
+def test_classify_settings_are_validated(tmp_path: Path) -> None:
+    cfg = tmp_path / "dbgate.yaml"
+    cfg.write_text("classify:\n  workers: -1\n  time_budget_seconds: 0\n  worker_memory_mb: 100\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, environ={})
+    text = str(err.value)
+    assert ":2: classify.workers: Input should be greater than or equal to 0" in text
+    assert ":3: classify.time_budget_seconds: Input should be greater than 0" in text
+    assert ":4: classify.worker_memory_mb: a worker needs at least 256 MiB" in text
+    assert load_config(None, environ={}).classify.workers is None  # min(2, cores)

@@ -1,0 +1,123 @@
+"""A classification worker process: classifies one statement at a time for the gate.
+
+Run as ``python -m dbgate.gate.classify_worker [MEMORY_MB]`` by
+:class:`dbgate.gate.classify_pool.ClassifyPool`, which talks to it over its standard
+input and output in frames (:func:`write_frame`): a request is a pickled
+:class:`Request` followed by the statement's UTF-8 text; a reply is
+``(job, "ok", classification, fingerprint_is_text)`` or ``(job, "error", name)``.
+
+Why a process and not a thread: PostgreSQL's parser releases the GIL, but decoding
+its JSON tree and walking it hold it for as long as they run — seconds for a
+multi-megabyte statement — and a thread cannot be stopped when its time is up. A
+process runs beside the event loop and is killed when its budget is spent.
+
+The classification travels back compact: without ``fingerprint_source`` when that is
+the text itself (the gate has it), so a reply is as large as the facts found, not as
+the statement. The worker keeps the key catalogs it was sent (by the gate's key), so
+a catalog crosses the pipe once per worker, not once per statement. Standard output
+carries frames only: anything else the process prints goes to standard error.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import sys
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO
+
+__all__ = ["HEADER", "Request", "main", "write_frame"]
+
+#: A frame: two big-endian lengths (pickled part, text part), then both parts.
+HEADER = struct.Struct(">II")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One statement to classify, with what :func:`~dbgate.policy.classify.classify`
+    needs besides its text. ``catalog`` is the gate's key for a key catalog the worker
+    keeps, ``relations`` that catalog's relations when the worker does not have them
+    yet, and ``forget`` tells it to drop every catalog it kept first."""
+
+    job: int
+    prepared: dict[str, Any] | None = None
+    catalog: tuple[int, int | str] | None = None
+    search_path: tuple[str, ...] = ()
+    relations: Any = None
+    forget: bool = False
+
+
+def write_frame(out: BinaryIO, head: bytes, text: bytes = b"") -> None:
+    out.write(HEADER.pack(len(head), len(text)) + head)
+    if text:
+        out.write(text)
+    out.flush()
+
+
+def _read_exactly(src: BinaryIO, n: int) -> bytes | None:
+    data = src.read(n) if n else b""
+    return data if len(data) == n else None
+
+
+def _serve(src: BinaryIO, out: BinaryIO) -> None:
+    from dbgate.policy.classify import classify
+    from dbgate.policy.keys import KeyCatalog
+
+    catalogs: dict[tuple[int, int | str], Any] = {}
+    write_frame(out, pickle.dumps(("ready", os.getpid())))
+    while True:
+        header = _read_exactly(src, HEADER.size)
+        if header is None:
+            return  # the gate is gone (or closed the pipe): nothing left to do
+        head_len, text_len = HEADER.unpack(header)
+        head, text = _read_exactly(src, head_len), _read_exactly(src, text_len)
+        if head is None or text is None:
+            return
+        request: Request = pickle.loads(head)
+        sql = text.decode("utf-8", "surrogatepass")
+        if request.forget:
+            catalogs.clear()
+        keys = None
+        if request.catalog is not None:
+            if request.relations is not None:
+                catalogs[request.catalog] = request.relations
+            relations = catalogs.get(request.catalog)
+            if relations is None:
+                write_frame(out, pickle.dumps((request.job, "error", "missing key catalog")))
+                continue
+            keys = KeyCatalog(relations, request.search_path, request.catalog[1])
+        try:
+            result = classify(sql, prepared=request.prepared, keys=keys)
+            same = result.fingerprint_source == sql
+            if same:
+                result = replace(result, fingerprint_source="")
+            reply = pickle.dumps((request.job, "ok", result, same))
+        except BaseException as exc:  # classify never raises; MemoryError still may
+            reply = pickle.dumps((request.job, "error", type(exc).__name__))
+        del sql, text
+        write_frame(out, reply)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    # The gate stops its workers; a Ctrl-C in the terminal is its business.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Below the proxy and the server in the scheduler's eyes: a hostile statement
+    # burning its time budget must not take a core from the sessions' work.
+    os.nice(10)
+    if args and int(args[0]) > 0:
+        import resource
+
+        limit = int(args[0]) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr
+    sys.stdout = sys.stderr
+    _serve(sys.stdin.buffer, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The classification pool with real worker processes: inline or offloaded, the cache,
+and the bad cases — a worker over its time budget, a worker that dies, a full queue.
+
+A worker is made to hang with SIGSTOP (a real stopped process, not a fake), so every
+case is reached deterministically; waits poll the pool's state, never sleep a guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from dbgate.gate.classify_pool import BUSY, CRASHED, TIMED_OUT, ClassifyPool, _load_reply
+from dbgate.policy.classify import classify, clear_cache, is_cached
+from dbgate.policy.keys import KeyCatalog, Relation
+from dbgate.policy.model import Action, Category, Classification, Decision
+
+KEYS = KeyCatalog(
+    {"public.orders": Relation((frozenset({"id"}),), columns=frozenset({"id", "total"}))},
+    ("public",),
+    version="pool-test",
+)
+#: Costly to classify (thousands of estimated µs), quick in fact: for the plain cases.
+COSTLY = "SELECT * FROM orders WHERE id = 1 AND " + " AND ".join(
+    f"total <> {i}" for i in range(300)
+)
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not condition():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def make_pool() -> AsyncIterator[Callable[..., Awaitable[ClassifyPool]]]:
+    pools: list[ClassifyPool] = []
+
+    async def make(**kwargs: Any) -> ClassifyPool:
+        pool = ClassifyPool(**{"workers": 1, "inline_budget_us": 2000, **kwargs})
+        await pool.start()
+        pools.append(pool)
+        return pool
+
+    clear_cache()
+    yield make
+    for pool in pools:
+        for pid in pool.worker_pids():  # a stopped worker must be able to die
+            os.kill(pid, signal.SIGCONT)
+        await pool.close()
+    clear_cache()
+
+
+async def test_cheap_and_cached_texts_are_classified_inline(make_pool: Any) -> None:
+    pool = await make_pool()
+    assert pool.ahead("SELECT * FROM orders WHERE id = $1", None, KEYS) is None
+    assert pool.ahead("SELECT 1 " + " " * 400, None, None) is None  # estimated cheap
+    classify(COSTLY, keys=KEYS)
+    assert pool.ahead(COSTLY, None, KEYS) is None  # costly, but cached
+    assert pool.stats.offloaded == 0
+
+
+async def test_a_costly_text_is_classified_in_a_worker_and_cached(make_pool: Any) -> None:
+    pool = await make_pool()
+    gate_classify = pool.wrap(classify)
+    ready = pool.ahead(COSTLY, None, KEYS)
+    assert ready is not None
+    assert await ready is None
+    assert pool.ahead(COSTLY, None, KEYS) is None  # handed over: judged now
+    got = gate_classify(COSTLY, prepared=None, keys=KEYS)
+    assert is_cached(COSTLY, keys=KEYS)  # the next identical text is inline
+    clear_cache()
+    expected = classify(COSTLY, keys=KEYS)
+    assert got == expected
+    assert got.statements[0].read_bound == 1  # proven narrow with the shipped catalog
+    assert got.fingerprint_source == expected.fingerprint_source
+    assert pool.stats.classified == 1
+
+
+async def test_an_uncacheable_text_is_handed_over_once(make_pool: Any) -> None:
+    pool = await make_pool(inline_budget_us=0)
+    big = "SELECT count(*) FROM (VALUES " + ",".join(f"({i})" for i in range(12000)) + ") v(x)"
+    gate_classify = pool.wrap(classify)
+    assert await pool.ahead(big, None, None) is None  # type: ignore[misc]
+    assert gate_classify(big, prepared=None).categories == {Category.READ}
+    assert not is_cached(big)  # too long for the cache: the next one goes to a worker
+    assert pool.ahead(big, None, None) is not None
+
+
+async def test_execute_counts_the_prepared_body(make_pool: Any) -> None:
+    pool = await make_pool()
+    prepared = {"p": COSTLY}
+    ready = pool.ahead("EXECUTE p", prepared, KEYS)
+    assert ready is not None
+    assert await ready is None
+    result = pool.wrap(classify)("EXECUTE p", prepared=prepared, keys=KEYS)
+    assert result.categories == {Category.READ}
+    assert result.session_dependent
+
+
+def _decision(value: Any, code: tuple[str, str], action: Action) -> None:
+    assert isinstance(value, Decision)
+    assert value.action is action
+    assert value.rule == code[0]
+    assert value.classification is not None
+    assert value.classification.categories == {Category.OPAQUE}
+    assert value.reasons[0].message == code[1]
+    assert value.classification.session_dependent  # never cached
+
+
+async def test_a_worker_past_its_time_budget_is_replaced_and_the_statement_held(
+    make_pool: Any,
+) -> None:
+    pool = await make_pool(time_budget=0.5, inline_budget_us=0)
+    [pid] = pool.worker_pids()
+    os.kill(pid, signal.SIGSTOP)  # it hangs
+    ready = pool.ahead(COSTLY, None, KEYS)
+    assert ready is not None
+    _decision(await ready, TIMED_OUT, Action.HOLD)
+    await _until(lambda: pool.worker_pids() not in ([], [pid]) and pool.running() == 0)
+    assert not is_cached(COSTLY, keys=KEYS)
+    again = pool.ahead(COSTLY, None, KEYS)
+    assert again is not None
+    assert await again is None  # the new worker classifies it
+    assert pool.stats.timed_out == 1
+
+
+async def test_a_worker_that_dies_refuses_its_statement_and_the_pool_recovers(
+    make_pool: Any,
+) -> None:
+    pool = await make_pool(time_budget=60, inline_budget_us=0)
+    [pid] = pool.worker_pids()
+    os.kill(pid, signal.SIGSTOP)
+    ready = pool.ahead(COSTLY, None, KEYS)
+    assert ready is not None
+    await _until(lambda: pool.running() == 1)
+    os.kill(pid, signal.SIGKILL)
+    _decision(await ready, CRASHED, Action.DENY)
+    await _until(lambda: len(pool.worker_pids()) == 1 and pool.worker_pids() != [pid])
+    again = pool.ahead(COSTLY, None, KEYS)
+    assert again is not None
+    assert await again is None
+    assert pool.stats.crashed == 1 and pool.stats.restarts == 1
+
+
+async def test_a_full_queue_holds_new_statements_and_drops_none(make_pool: Any) -> None:
+    pool = await make_pool(time_budget=60, inline_budget_us=0, queue_size=1)
+    [pid] = pool.worker_pids()
+    os.kill(pid, signal.SIGSTOP)
+    first = pool.ahead(COSTLY, None, KEYS)
+    second = pool.ahead(COSTLY + " AND total <> -1", None, KEYS)
+    assert first is not None and second is not None
+    assert pool.running() == 1 and pool.queued() == 1
+    third = pool.ahead(COSTLY + " AND total <> -2", None, KEYS)
+    assert third is not None
+    _decision(await third, BUSY, Action.HOLD)  # at once, without waiting for a worker
+    os.kill(pid, signal.SIGCONT)
+    assert await first is None
+    assert await second is None  # the queued one was not dropped
+    assert pool.stats.busy == 1 and pool.stats.classified == 2
+
+
+async def test_a_waiting_statement_that_leaves_frees_its_place(make_pool: Any) -> None:
+    pool = await make_pool(time_budget=60, inline_budget_us=0, queue_size=1)
+    [pid] = pool.worker_pids()
+    os.kill(pid, signal.SIGSTOP)
+    first = pool.ahead(COSTLY, None, KEYS)
+    second = pool.ahead(COSTLY + " AND total <> -1", None, KEYS)
+    assert isinstance(second, asyncio.Future)
+    second.cancel()  # its session went away
+    assert pool.queued() == 0
+    third = pool.ahead(COSTLY + " AND total <> -2", None, KEYS)
+    assert isinstance(third, asyncio.Future) and not third.done()
+    os.kill(pid, signal.SIGCONT)
+    assert await first is None  # type: ignore[misc]
+    assert await third is None
+
+
+def test_replies_carry_only_classifications() -> None:
+    result = classify("SELECT * FROM orders FOR UPDATE; SET statement_timeout = 0")
+    reply = _load_reply(pickle.dumps((1, "ok", result, True)))
+    assert reply[2] == result
+    with pytest.raises(pickle.UnpicklingError, match=r"sent posix\.system"):
+        _load_reply(pickle.dumps((1, "ok", os.system, True)))
+    assert isinstance(result, Classification)
