@@ -137,15 +137,20 @@ class LimitsConfig(_Strict):
     #: The earlier name of max_client_conn, still accepted.
     max_connections: int | None = Field(None, ge=1)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> LimitsConfig:
-        if self.max_connections is not None:
-            if "max_client_conn" in self.model_fields_set:
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_connections") is not None:
+            if "max_client_conn" in data:
                 raise ValueError(
                     "limits.max_connections is the old name of limits.max_client_conn: "
                     "set only max_client_conn"
                 )
-            self.max_client_conn = self.max_connections
+            data = {**data, "max_client_conn": data["max_connections"]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LimitsConfig:
         if self.memory_budget < self.max_message_size:
             raise ValueError(
                 f"limits.memory_budget ({self.memory_budget}) must be at least "
