@@ -38,6 +38,7 @@ class Channel(asyncio.Protocol):
         self._incoming = HandshakeReader(max_message_size)
         self._buffer_limit = buffer_limit
         self._read_paused = False
+        self._held = False
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Callable[[bytes], None] | None = None
         self._closed = False
@@ -62,7 +63,9 @@ class Channel(asyncio.Protocol):
             return
         self._incoming.feed(data)
         limit = self._buffer_limit
-        if limit is not None and len(self._incoming) > limit and self.transport is not None:
+        if (
+            self._held or (limit is not None and len(self._incoming) > limit)
+        ) and self.transport is not None:
             self._read_paused = True
             self.transport.pause_reading()
         self._wake()
@@ -136,6 +139,19 @@ class Channel(asyncio.Protocol):
 
     def buffered(self) -> int:
         return len(self._incoming)
+
+    def hold(self) -> None:
+        """Read nothing more for now (a connection waiting for its turn to log in). The
+        event loop may already have started one read; that one is kept."""
+        self._held = self._read_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def release(self) -> None:
+        """Start (or go on) reading."""
+        self._held = False
+        if self._read_paused and len(self._incoming) <= (self._buffer_limit or 0):
+            self._resume_reading()
 
     def _resume_reading(self) -> None:
         self._read_paused = False

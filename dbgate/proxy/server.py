@@ -92,6 +92,7 @@ class ProxyServer:
         limits = config.limits
         self._logins = asyncio.Semaphore(limits.max_logins)
         self._logging_in = 0
+        self._unadmitted: set[Channel] = set()  # accepted, no session yet
         #: Clients past login: waiting for a server connection, connecting, or in a session.
         self._clients = 0
         self.server_slots = ServerSlots(config.upstream.max_server_conn)
@@ -127,6 +128,15 @@ class ProxyServer:
     def logins_in_progress(self) -> int:
         return self._logging_in
 
+    @property
+    def clients(self) -> int:
+        """Clients past login: waiting for a server connection or in a session."""
+        return self._clients
+
+    def unadmitted_bytes(self) -> int:
+        """Bytes read from clients that have no session yet (logging in or queued)."""
+        return sum(channel.buffered() for channel in self._unadmitted)
+
     def _new_channel(self) -> Channel:
         limits = self.config.limits
         # Before login a client may only send small messages, and only so many bytes
@@ -147,8 +157,21 @@ class ProxyServer:
             )
             channel.close()
             return
-        if channel.transport is not None:
-            channel.transport.pause_reading()  # read once it has a login slot
+        if len(self._unadmitted) >= self.config.limits.max_client_conn:
+            # Connections without a session are bounded too: each may hold a read.
+            metrics.connection_refused("too_many_clients")
+            channel.write(
+                error_response(
+                    sqlstate.TOO_MANY_CONNECTIONS,
+                    "sorry, too many clients already (dbgate: too many connections "
+                    "logging in or waiting for a server connection)",
+                    severity="FATAL",
+                )
+            )
+            channel.close()
+            return
+        channel.hold()  # read once it has a login slot
+        self._unadmitted.add(channel)
         task = asyncio.ensure_future(self._serve(channel))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
@@ -204,6 +227,7 @@ class ProxyServer:
             channel.close()
         finally:
             self._connections -= 1
+            self._unadmitted.discard(channel)
 
     async def _login(self, channel: Channel) -> ClientHello | None:
         """TLS, startup and authentication, holding one of ``limits.max_logins`` slots.
@@ -212,8 +236,7 @@ class ProxyServer:
         async with self._logins:
             self._logging_in += 1
             try:
-                if channel.transport is not None and not channel.closed:
-                    channel.transport.resume_reading()
+                channel.release()
                 packet = await read_startup(channel, self._tls_context)
                 if isinstance(packet, CancelRequest):
                     await self._handle_cancel(packet)
