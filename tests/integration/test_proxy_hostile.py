@@ -347,3 +347,29 @@ async def test_many_short_connections_leak_nothing(
     await until(lambda: settled(server), what="every session, slot and byte released")
     assert await wait_backends(pg_dsn, app, 0, timeout=10) == 0
     await until(lambda: open_fds() <= fds + 2, what="file descriptors back to the baseline")
+
+
+async def test_connections_and_statements_write_nothing_at_info(
+    make_proxy: Any, pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Operator log volume: connection events are DEBUG; a statement is never logged
+    at INFO (the interval summary counts them)."""
+    running = make_proxy(upstream={"max_server_conn": 1, "server_wait_timeout": 0.2})
+    with caplog.at_level("INFO", logger="dbgate"):
+        caplog.clear()
+        for _ in range(5):
+            client = await agent(running, pg_database)
+            await client.close()
+        bad = await agent(running, pg_database)
+        bad.send(b"?\x00\x00\x00\x04")  # a protocol error ends one session
+        await bad.until_closed(timeout=5)
+        await until(lambda: settled(running.server), what="the slot back")
+        holder = await agent(running, pg_database)
+        with pytest.raises(ServerError):
+            await agent(running, pg_database)  # refused: not worth a line each either
+        for i in range(20):
+            await holder.query(f"select {i}")
+        await holder.close()
+        await until(lambda: settled(running.server), what="everything released")
+    noisy = [r for r in caplog.records if r.name.startswith("dbgate") and r.levelno >= 20]
+    assert noisy == []
