@@ -71,6 +71,12 @@ class UpstreamConfig(_Strict):
     sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "disable"
     sslrootcert: Path | None = None  # CA certificates (PEM) for verify-ca/verify-full
     connect_timeout: float = Field(10.0, gt=0)
+    #: Server connections dbgate opens at once (PgBouncer's max_db_connections). Keep
+    #: it below the server's max_connections minus its reserved slots; clients above
+    #: it wait in a queue instead of getting the server's "too many clients".
+    max_server_conn: int = Field(90, ge=1)
+    #: Seconds a client waits in that queue before dbgate refuses it with 53300.
+    server_wait_timeout: float = Field(60.0, gt=0)
 
     @model_validator(mode="after")
     def _verification_needs_a_root(self) -> UpstreamConfig:
@@ -112,9 +118,46 @@ class IdentityConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    max_message_size: int = Field(64 * 1024 * 1024, ge=1024)  # larger messages are refused
+    """What one client, and all of them together, may make dbgate hold (docs/config.md)."""
+
+    #: After login: a larger message ends the session with 54000.
+    max_message_size: int = Field(64 * 1024 * 1024, ge=1024)
+    #: Before login: a larger message (SASL, password) ends the connection with 54000.
+    #: A SCRAM message is a few hundred bytes.
+    max_login_message_size: int = Field(16 * 1024, ge=512, le=1024 * 1024)
+    #: Logins (TLS + authentication) in progress at once; later connections are not
+    #: read from until one finishes (their startup_timeout runs meanwhile).
+    max_logins: int = Field(100, ge=1)
     startup_timeout: float = Field(15.0, gt=0)  # seconds a client has to finish authentication
-    max_connections: int = Field(1000, ge=1)
+    #: Client sessions at once (PgBouncer's max_client_conn); more are refused with 53300.
+    max_client_conn: int = Field(1000, ge=1)
+    #: Bytes of long client messages held at once across all sessions; beyond it,
+    #: reading pauses (backpressure) until room is free. At least max_message_size.
+    memory_budget: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    #: The earlier name of max_client_conn, still accepted.
+    max_connections: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_connections") is not None:
+            if "max_client_conn" in data:
+                raise ValueError(
+                    "limits.max_connections is the old name of limits.max_client_conn: "
+                    "set only max_client_conn"
+                )
+            data = {**data, "max_client_conn": data["max_connections"]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LimitsConfig:
+        if self.memory_budget < self.max_message_size:
+            raise ValueError(
+                f"limits.memory_budget ({self.memory_budget}) must be at least "
+                f"limits.max_message_size ({self.max_message_size}): one message "
+                "must fit in it"
+            )
+        return self
 
 
 class ClassifyConfig(_Strict):

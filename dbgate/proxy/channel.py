@@ -9,7 +9,10 @@ with ``await recv_startup()`` / ``await recv()``, or hands a sans-IO login flow
 callback with no queue, task or copy in between — the proxy's hot path.
 
 Backpressure: when this side's transport buffer fills, ``pause_writing`` tells the
-session to stop reading from the peer, and ``resume_writing`` resumes it.
+session to stop reading from the peer, and ``resume_writing`` resumes it. In
+handshake mode a client channel holds at most ``buffer_limit`` unread bytes: beyond
+that it stops reading until the login code has taken what it needs, so a client that
+sends megabytes before logging in costs no more memory than one that does not.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ class ConnectionLost(Exception):
 
 
 class Channel(asyncio.Protocol):
-    def __init__(self, max_message_size: int) -> None:
+    def __init__(self, max_message_size: int, buffer_limit: int | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.max_message_size = max_message_size
         self._incoming = HandshakeReader(max_message_size)
+        self._buffer_limit = buffer_limit
+        self._read_paused = False
+        self._held = False
         self._waiter: asyncio.Future[None] | None = None
         self._sink: Callable[[bytes], None] | None = None
         self._closed = False
@@ -56,6 +62,12 @@ class Channel(asyncio.Protocol):
             sink(data)
             return
         self._incoming.feed(data)
+        limit = self._buffer_limit
+        if (
+            self._held or (limit is not None and len(self._incoming) > limit)
+        ) and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
         self._wake()
 
     def eof_received(self) -> bool | None:
@@ -88,6 +100,8 @@ class Channel(asyncio.Protocol):
         while True:
             packet = take()
             if packet is not None:
+                if self._read_paused and len(self._incoming) <= (self._buffer_limit or 0):
+                    self._resume_reading()
                 return packet
             if self._closed:
                 raise ConnectionLost("connection closed by peer")
@@ -126,6 +140,24 @@ class Channel(asyncio.Protocol):
     def buffered(self) -> int:
         return len(self._incoming)
 
+    def hold(self) -> None:
+        """Read nothing more for now (a connection waiting for its turn to log in). The
+        event loop may already have started one read; that one is kept."""
+        self._held = self._read_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def release(self) -> None:
+        """Start (or go on) reading."""
+        self._held = False
+        if self._read_paused and len(self._incoming) <= (self._buffer_limit or 0):
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        self._read_paused = False
+        if self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self._closed:
             self.transport.write(data)
@@ -156,5 +188,7 @@ class Channel(asyncio.Protocol):
         leftover = self._incoming.take_all()
         self._sink = sink
         self.data_received = sink  # type: ignore[method-assign]
+        if self._read_paused:
+            self._resume_reading()
         if leftover:
             sink(leftover)

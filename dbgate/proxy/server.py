@@ -3,6 +3,14 @@
 Also owns the cancel-key map (clients get dbgate's own BackendKeyData, which maps to
 the upstream's key) and graceful shutdown (stop accepting, let sessions finish their
 transaction, then close with FATAL 57P01).
+
+Capacity, in the order a client meets it (docs/config.md, ``limits`` and ``upstream``):
+``limits.max_logins`` logins at once (later connections are not read from until one
+ends), each reading messages of at most ``limits.max_login_message_size``;
+``limits.max_client_conn`` client sessions; ``upstream.max_server_conn`` server
+connections, with a queue for the clients beyond it (:mod:`dbgate.proxy.capacity`);
+``limits.memory_budget`` for the long messages all sessions hold
+(:mod:`dbgate.proxy.budget`).
 """
 
 from __future__ import annotations
@@ -13,9 +21,13 @@ import hmac
 import logging
 import secrets
 import ssl
+import time
 from dataclasses import dataclass
 
+from dbgate import metrics
 from dbgate.config import Config
+from dbgate.proxy.budget import MemoryBudget
+from dbgate.proxy.capacity import NoServerSlot, ServerSlots
 from dbgate.proxy.channel import Channel, ConnectionLost
 from dbgate.proxy.handshake import (
     ClientHello,
@@ -44,7 +56,7 @@ from dbgate.wire.codec import (
     ready_for_query,
 )
 from dbgate.wire.errors import LimitExceeded, ProtocolError, ServerProtocolError
-from dbgate.wire.framing import frame
+from dbgate.wire.framing import MAX_STARTUP_PACKET, frame
 from dbgate.wire.startup import CancelRequest
 
 log = logging.getLogger("dbgate.proxy")
@@ -86,6 +98,14 @@ class ProxyServer:
         self._next_pid = secrets.randbelow(1 << 20) + 1000
         self._stopping = False
         self._connections = 0
+        limits = config.limits
+        self._logins = asyncio.Semaphore(limits.max_logins)
+        self._logging_in = 0
+        self._unadmitted: set[Channel] = set()  # accepted, no session yet
+        #: Clients past login: waiting for a server connection, connecting, or in a session.
+        self._clients = 0
+        self.server_slots = ServerSlots(config.upstream.max_server_conn)
+        self.budget = MemoryBudget(limits.memory_budget)
         self.port: int = 0
 
     def _make_tls_context(self) -> ssl.SSLContext | None:
@@ -113,8 +133,27 @@ class ProxyServer:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("dbgate listening on %s:%s", self.config.listen_host, self.port)
 
+    @property
+    def logins_in_progress(self) -> int:
+        return self._logging_in
+
+    @property
+    def clients(self) -> int:
+        """Clients past login: waiting for a server connection or in a session."""
+        return self._clients
+
+    def unadmitted_bytes(self) -> int:
+        """Bytes read from clients that have no session yet (logging in or queued)."""
+        return sum(channel.buffered() for channel in self._unadmitted)
+
     def _new_channel(self) -> Channel:
-        channel = Channel(self.config.limits.max_message_size)
+        limits = self.config.limits
+        # Before login a client may only send small messages, and only so many bytes
+        # are read ahead of what the login has taken.
+        channel = Channel(
+            limits.max_login_message_size,
+            buffer_limit=MAX_STARTUP_PACKET + limits.max_login_message_size + 5,
+        )
         channel.on_made = self._accepted
         return channel
 
@@ -127,6 +166,21 @@ class ProxyServer:
             )
             channel.close()
             return
+        if len(self._unadmitted) >= self.config.limits.max_client_conn:
+            # Connections without a session are bounded too: each may hold a read.
+            metrics.connection_refused("too_many_clients")
+            channel.write(
+                error_response(
+                    sqlstate.TOO_MANY_CONNECTIONS,
+                    "sorry, too many clients already (dbgate: too many connections "
+                    "logging in or waiting for a server connection)",
+                    severity="FATAL",
+                )
+            )
+            channel.close()
+            return
+        channel.hold()  # read once it has a login slot
+        self._unadmitted.add(channel)
         task = asyncio.ensure_future(self._serve(channel))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
@@ -136,11 +190,12 @@ class ProxyServer:
         client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
         self._connections += 1
         try:
-            await asyncio.wait_for(
-                self._handshake(channel, client_addr), self.config.limits.startup_timeout
-            )
+            async with asyncio.timeout(self.config.limits.startup_timeout):
+                hello = await self._login(channel, client_addr)
+            if hello is not None:
+                await self._open_session(channel, hello, client_addr)
         except HandshakeRefused as e:
-            log.info("refused %s: %s", client_addr, e)
+            log.debug("refused %s: %s", client_addr, e)
             self._report_refusal(channel, client_addr, e)  # before the client hears of it
             channel.write(e.response)
             channel.close()
@@ -155,13 +210,15 @@ class ProxyServer:
             )
             channel.close()
         except (ProtocolError, LimitExceeded) as e:  # the client's own bytes
-            log.info("protocol error from %s: %s", client_addr, e)
+            log.debug("protocol error from %s: %s", client_addr, e)
+            if isinstance(e, LimitExceeded):
+                e = LimitExceeded(f"{e} (limits.max_login_message_size) before login")
             channel.write(error_response(e.sqlstate, f"dbgate: {e}", severity="FATAL"))
             channel.close()
         except ConnectionLost:
             channel.close()
         except TimeoutError:
-            log.info("startup timeout for %s", client_addr)
+            log.debug("startup timeout for %s", client_addr)
             channel.write(
                 error_response(
                     sqlstate.PROTOCOL_VIOLATION, "dbgate: startup timed out", severity="FATAL"
@@ -179,24 +236,94 @@ class ProxyServer:
             channel.close()
         finally:
             self._connections -= 1
+            self._unadmitted.discard(channel)
 
-    async def _handshake(self, channel: Channel, client_addr: str) -> None:
-        packet = await read_startup(channel, self._tls_context)
-        if isinstance(packet, CancelRequest):
-            await self._handle_cancel(packet)
-            channel.close()
+    async def _login(self, channel: Channel, client_addr: str) -> ClientHello | None:
+        """TLS, startup and authentication, holding one of ``limits.max_logins`` slots.
+
+        Returns None when the connection was a CancelRequest (handled here)."""
+        async with self._logins:
+            self._logging_in += 1
+            try:
+                channel.release()
+                packet = await read_startup(channel, self._tls_context)
+                if isinstance(packet, CancelRequest):
+                    await self._handle_cancel(packet)
+                    channel.close()
+                    return None
+                user, database = packet.params.get("user", ""), packet.params.get("database", "")
+                channel.startup = (user, database)
+                self._check_client_limit()
+                return await authenticate(
+                    channel,
+                    self.config,
+                    self._verifiers,
+                    packet,
+                    setup=self.session_setup,
+                    client_addr=client_addr,
+                )
+            finally:
+                self._logging_in -= 1
+
+    def _check_client_limit(self) -> None:
+        if self._clients >= self.config.limits.max_client_conn:
+            raise HandshakeRefused(
+                sqlstate.TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already "
+                f"(dbgate's limits.max_client_conn = {self.config.limits.max_client_conn})",
+            )
+
+    async def _open_session(self, channel: Channel, hello: ClientHello, client_addr: str) -> None:
+        """Wait for a server slot, connect upstream, start the session."""
+        self._check_client_limit()  # again: other logins may have finished meanwhile
+        self._clients += 1
+        try:
+            await self._take_server_slot(channel)
+        except BaseException:
+            self._clients -= 1
+            raise
+        try:
+            started = await self._connect_session(channel, hello, client_addr)
+        except BaseException:
+            self._clients -= 1
+            self.server_slots.release()
+            raise
+        if not started:
+            self._clients -= 1
+            self.server_slots.release()
+
+    async def _take_server_slot(self, channel: Channel) -> None:
+        slots = self.server_slots
+        if slots.used < slots.limit and not slots.waiting:
+            await slots.acquire(0.0)  # free: taken without waiting
             return
-        channel.startup = (packet.params.get("user", ""), packet.params.get("database", ""))
-        if len(self._sessions) >= self.config.limits.max_connections:
-            raise HandshakeRefused(sqlstate.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
-        hello = await authenticate(
-            channel,
-            self.config,
-            self._verifiers,
-            packet,
-            setup=self.session_setup,
-            client_addr=client_addr,
-        )
+        upstream = self.config.upstream
+        metrics.client_wait_started()
+        began = time.monotonic()
+        previous = channel.on_close
+        task = asyncio.current_task()
+        channel.on_close = lambda exc: task.cancel() if task is not None else None
+        try:
+            await slots.acquire(upstream.server_wait_timeout)
+        except NoServerSlot:
+            raise HandshakeRefused(
+                sqlstate.TOO_MANY_CONNECTIONS,
+                f"dbgate: no server connection became free within "
+                f"{upstream.server_wait_timeout:g} s (upstream.max_server_conn = "
+                f"{slots.limit}); try again later",
+            ) from None
+        except asyncio.CancelledError:
+            if channel.closed:  # the client gave up waiting
+                raise ConnectionLost("client left while waiting for a server connection") from None
+            raise
+        finally:
+            channel.on_close = previous
+            metrics.client_wait_finished(time.monotonic() - began)
+
+    async def _connect_session(
+        self, channel: Channel, hello: ClientHello, client_addr: str
+    ) -> bool:
+        """Log in upstream and start the relay; False when no session was started."""
         ident = hello.identity
         try:
             up = await self._open_upstream(hello)
@@ -205,13 +332,13 @@ class ProxyServer:
             if e.error_body is not None:
                 channel.write(frame(ord("E"), e.error_body))
                 channel.close()
-                return
+                return False
             raise HandshakeRefused(
                 sqlstate.CONNECTION_FAILURE, "dbgate: cannot connect to the database"
             ) from e
         if channel.closed:
             up.channel.abort()
-            return
+            return False
         # Clients see the upstream backend's real pid (so pg_stat_activity, NOTIFY pids
         # and pg_backend_pid() agree with the driver) but dbgate's own secret key.
         pid = up.backend_pid
@@ -245,6 +372,7 @@ class ProxyServer:
             observer=self.observer,
             message_filter=self.message_filter,
             max_message_size=self.config.limits.max_message_size,
+            budget=self.budget,
             on_closed=self._session_closed,
             cancel_upstream=functools.partial(
                 send_cancel, self.config.upstream, up.backend_pid, up.backend_key
@@ -254,7 +382,7 @@ class ProxyServer:
         self._cancel[pid] = _CancelTarget(secret, session, up.backend_pid, up.backend_key)
         channel.write(b"".join(out))
         session.start()
-        log.info(
+        log.debug(
             "session %s: identity=%s db=%s app=%r from %s",
             pid,
             ident.name,
@@ -262,6 +390,7 @@ class ProxyServer:
             info.application_name,
             client_addr,
         )
+        return True
 
     async def _open_upstream(self, hello: ClientHello) -> UpstreamConnection:
         """The client's upstream session, started with the settings the session setup
@@ -314,7 +443,9 @@ class ProxyServer:
 
     def _session_closed(self, session: Session) -> None:
         pid = session.info.session_id
-        self._sessions.pop(pid, None)
+        if self._sessions.pop(pid, None) is not None:
+            self._clients -= 1
+            self.server_slots.release()
         target = self._cancel.pop(pid, None)
         if target is not None and session.running_upstream and not session.upstream.closed:
             # Closed while a statement runs upstream (the client vanished, or shutdown
@@ -323,7 +454,7 @@ class ProxyServer:
             task = asyncio.ensure_future(self._cancel_orphan(target))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        log.info("session %s closed", pid)
+        log.debug("session %s closed", pid)
 
     async def _cancel_orphan(self, target: _CancelTarget) -> None:
         try:
@@ -334,7 +465,7 @@ class ProxyServer:
     async def _handle_cancel(self, request: CancelRequest) -> None:
         target = self._cancel.get(request.pid)
         if target is None or not hmac.compare_digest(target.secret, request.secret):
-            log.info("cancel request with unknown key ignored")
+            log.debug("cancel request with unknown key ignored")
             return
         if target.session.cancel_wait():
             return  # the statement was waiting in dbgate, not running upstream

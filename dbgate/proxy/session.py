@@ -18,6 +18,13 @@ server -> client
 Every protocol rule (cycles, copy-in, skip to Sync, which answer belongs to which
 message) lives in the tracker; this module owns only sockets, pauses, the verdict
 memory and the waiting for awaitable verdicts.
+
+Memory: long messages are streamed through when nothing needs to see them whole, and
+collected (joined once) when something does (:class:`~dbgate.wire.framing.FrameReader`).
+Each collection, and whatever the client sends while a statement waits, is counted
+in the proxy's :class:`~dbgate.proxy.budget.MemoryBudget`; while the budget has no
+room for a message, the session stops reading that side (backpressure). Everything a
+session held is dropped when it closes.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from dbgate.proxy.budget import MemoryBudget, Reservation
 from dbgate.proxy.seams import Allow, MessageFilter, Notice, Observer, Refuse
 from dbgate.proxy.tracker import CLIENT_TYPES, StatementTracker
 from dbgate.wire import messages as m
@@ -61,6 +69,7 @@ class Session:
         inspector: Inspector,
         max_message_size: int,
         on_closed: Callable[[Session], None],
+        budget: MemoryBudget | None = None,
         observer: Observer | None = None,
         message_filter: MessageFilter | None = None,
         cancel_upstream: Callable[[], Awaitable[None]] | None = None,
@@ -72,14 +81,20 @@ class Session:
         self._on_closed = on_closed
         self._cancel_upstream = cancel_upstream
         self._background: set[asyncio.Task[None]] = set()
-        self._c2s = FrameReader(max_message_size)
-        self._s2c = FrameReader(max_message_size)
+        self.budget = budget if budget is not None else MemoryBudget(4 * max_message_size)
+        self._held: dict[str, Reservation] = {}  # side -> the long message it collects
+        self._c2s = FrameReader(max_message_size, on_collect=self._client_collects)
+        # The server's long values pass through unless a plan needs the row whole.
+        self._s2c = FrameReader(
+            max_message_size, limit_streamed=False, on_collect=self._server_collects
+        )
         self.tracker = StatementTracker(info, inspector, observer, message_filter)
         self._waiting: asyncio.Task[None] | None = None
         self._deciding: asyncio.Future[None] | None = None  # over_changes awaited
         self._queued: list[bytes] = []
         self._queued_bytes = 0
         self._read_pauses: set[str] = set()
+        self._upstream_pauses: set[str] = set()
         self._terminating = False
         self._draining = False
         self._closed = False
@@ -89,8 +104,8 @@ class Session:
     def start(self) -> None:
         self.client.on_close = self._client_closed
         self.upstream.on_close = self._upstream_closed
-        self.client.on_pause_writing = lambda: self._pause_upstream(True)
-        self.client.on_resume_writing = lambda: self._pause_upstream(False)
+        self.client.on_pause_writing = lambda: self._pause_upstream("backpressure", True)
+        self.client.on_resume_writing = lambda: self._pause_upstream("backpressure", False)
         self.upstream.on_pause_writing = lambda: self._pause_client("backpressure", True)
         self.upstream.on_resume_writing = lambda: self._pause_client("backpressure", False)
         if self.observer is not None:
@@ -136,6 +151,7 @@ class Session:
             self._deciding.cancel()
         self.client.close()
         self.upstream.close()
+        self._release_memory()
         if self.observer is not None:
             try:
                 self.observer.session_ended(self.info)
@@ -203,14 +219,69 @@ class Session:
         elif not self._read_pauses and was_paused:
             transport.resume_reading()
 
-    def _pause_upstream(self, pause: bool) -> None:
+    def _pause_upstream(self, reason: str, pause: bool) -> None:
         transport = self.upstream.transport
         if transport is None:
             return
+        was_paused = bool(self._upstream_pauses)
         if pause:
-            transport.pause_reading()
+            self._upstream_pauses.add(reason)
         else:
+            self._upstream_pauses.discard(reason)
+        if self._upstream_pauses and not was_paused:
+            transport.pause_reading()
+        elif not self._upstream_pauses and was_paused:
             transport.resume_reading()
+
+    # -- memory -------------------------------------------------------------------------
+    def _client_collects(self, size: int) -> None:
+        self._collects("client", size, self._pause_client)
+
+    def _server_collects(self, size: int) -> None:
+        self._collects("server", size, self._pause_upstream)
+
+    def _collects(self, side: str, size: int, pause: Callable[[str, bool], None]) -> None:
+        """A reader starts (``size``) or ends (0) holding one long message: reserve its
+        room in the budget, and stop reading that side until the room is granted."""
+        held = self._held.pop(side, None)
+        if held is not None:
+            held.release()
+            pause("memory", False)
+        if size and not self._closed:
+            reservation = self.budget.reserve(size, lambda: pause("memory", False))
+            self._held[side] = reservation
+            if not reservation.granted:
+                pause("memory", True)
+
+    def _queue(self, data: bytes, first: bool = False) -> None:
+        """Keep ``data`` until the statement ahead of it is decided (``first``: the
+        rest of the read that held that statement, ahead of anything queued)."""
+        if first:
+            self._queued.insert(0, data)
+        else:
+            self._queued.append(data)
+        self._queued_bytes += len(data)
+        self.budget.charge(len(data))
+        if self._queued_bytes > WAIT_BUFFER:
+            self._pause_client("waiting", True)
+
+    def _take_queued(self) -> list[bytes]:
+        queued, self._queued = self._queued, []
+        self.budget.discharge(self._queued_bytes)
+        self._queued_bytes = 0
+        self._pause_client("waiting", False)
+        return queued
+
+    def _release_memory(self) -> None:
+        """The session ended: give back what it held, now."""
+        self._c2s.reset()
+        self._s2c.reset()
+        for held in self._held.values():
+            held.release()
+        self._held.clear()
+        self._queued = []
+        self.budget.discharge(self._queued_bytes)
+        self._queued_bytes = 0
 
     def send_notice(self, notice: Notice) -> None:
         fields = {k: v for k, v in notice.fields.items() if k not in ("S", "V", "M")}
@@ -220,16 +291,14 @@ class Session:
         self.client.write(m.notice_response(notice.message, code=code, **fields))
 
     def _fail(self, e: ProtocolError | LimitExceeded, side: str) -> None:
-        log.info("session %s: protocol error %s: %s", self.info.session_id, side, e)
-        self.terminate(e.sqlstate, f"dbgate: {e}")
+        log.debug("session %s: protocol error %s: %s", self.info.session_id, side, e)
+        hint = " (limits.max_message_size)" if isinstance(e, LimitExceeded) else ""
+        self.terminate(e.sqlstate, f"dbgate: {e}{hint}")
 
     # -- client -> server ---------------------------------------------------------------
     def on_client_data(self, data: bytes) -> None:
         if self._waiting is not None or self.tracker.blocked:
-            self._queued.append(data)
-            self._queued_bytes += len(data)
-            if self._queued_bytes > WAIT_BUFFER:
-                self._pause_client("waiting", True)
+            self._queue(data)
             return
         tracker = self.tracker
         try:
@@ -259,8 +328,7 @@ class Session:
             # Park the rest of this read (and any partial message) until the verdict.
             rest = waiting.rest + self._c2s.take_pending()
             if rest:
-                self._queued.insert(0, rest)
-                self._queued_bytes += len(rest)
+                self._queue(rest, first=True)
             self._waiting = asyncio.ensure_future(self._await_verdict(waiting.verdict))
         elif tracker.blocked:
             self._park(tracker.blocked_rest)
@@ -270,13 +338,12 @@ class Session:
         ends (the tracker unblocks), so nothing else reaches the server meanwhile."""
         rest += self._c2s.take_pending()
         if rest:
-            self._queued.insert(0, rest)
+            self._queue(rest, first=True)
         self._pause_client("limit", True)
 
     def _unpark(self) -> None:
         self._pause_client("limit", False)
-        queued, self._queued = self._queued, []
-        for data in queued:
+        for data in self._take_queued():
             self.on_client_data(data)
 
     def _start_cancel(self) -> None:
@@ -356,10 +423,7 @@ class Session:
             self._pause_client("waiting", False)
             self._park(b"")
             return
-        queued, self._queued = self._queued, []
-        self._queued_bytes = 0
-        self._pause_client("waiting", False)
-        for data in queued:
+        for data in self._take_queued():
             self.on_client_data(data)
 
     # -- server -> client ---------------------------------------------------------------
@@ -368,7 +432,14 @@ class Session:
         full = tracker.full
         try:
             chunk, frames = self._s2c.feed_select(data, tracker.mask)
-        except (ProtocolError, LimitExceeded) as e:
+        except LimitExceeded as e:  # a row a plan must see whole is over the limit
+            log.warning("session %s: result from upstream: %s", self.info.session_id, e)
+            self.terminate(
+                e.sqlstate,
+                f"dbgate: a result message is too long to inspect: {e} (limits.max_message_size)",
+            )
+            return
+        except ProtocolError as e:
             log.error("session %s: protocol error from upstream: %s", self.info.session_id, e)
             self.terminate(
                 sqlstate.PROTOCOL_VIOLATION, "dbgate: the upstream server sent an invalid message"

@@ -24,6 +24,7 @@ itself), body``. Startup-phase packets have no type byte: ``length:u32, body``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from struct import Struct
 
 from dbgate.wire.errors import LimitExceeded, ProtocolError
@@ -36,27 +37,90 @@ Frame = tuple[int, int, int]  # (message type byte, body start, body end) within
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 MAX_STARTUP_PACKET = 10_000  # the server's own limit for startup packets
+#: A partial message longer than this is streamed or collected, not re-joined per read.
+LARGE_MESSAGE = 64 * 1024
+_NO_LIMIT = 0xFFFFFFFF
 
 
 class FrameReader:
-    """Split a byte stream of typed messages into whole messages."""
+    """Split a byte stream of typed messages into whole messages (see the module).
 
-    __slots__ = ("_pending", "max_size")
+    Messages longer than ``large`` that one read does not bring whole take one of
+    two roads, so that the cost of a 60 MB message is linear in its size:
 
-    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    * *streamed*: a message the caller did not select (a DataRow nobody rewrites, a
+      client's CopyData) is returned piece by piece as it arrives, never held. Its
+      first piece ends a chunk that holds no selected frame (the caller may change
+      its mask after looking at those frames, see :meth:`feed_select`); the pieces
+      that follow start the next chunks, before their frames;
+    * *collected*: a selected message (a statement to inspect, a row to rewrite) is
+      kept as a list of the reads that carry it and joined once, when the last
+      piece is here. ``on_collect(total_size)`` is called when a collection starts,
+      ``on_collect(0)`` when it ends (complete, taken or reset): the relay holds
+      that much memory for the session meanwhile, and asks its budget for it.
+
+    Shorter partial messages are kept as one ``bytes`` and joined with the next
+    read, as every read is: a copy of at most ``large`` bytes.
+
+    ``max_size`` limits every message when ``limit_streamed`` (a client: dbgate will
+    not relay a message above its limit, even in pieces); otherwise only those that
+    must be held whole (the server's: a 200 MB value passes through unless a result
+    plan needs the row whole).
+    """
+
+    __slots__ = (
+        "_have",
+        "_need",
+        "_parts",
+        "_pending",
+        "_scan_limit",
+        "large",
+        "max_size",
+        "on_collect",
+        "streaming",
+    )
+
+    def __init__(
+        self,
+        max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        *,
+        large: int = LARGE_MESSAGE,
+        limit_streamed: bool = True,
+        on_collect: Callable[[int], None] | None = None,
+    ) -> None:
         self._pending = b""
+        self._parts: list[bytes] | None = None
+        self._have = 0
+        self._need = 0
         self.max_size = max_size
+        self._scan_limit = max_size if limit_streamed else _NO_LIMIT
+        self.large = large
+        self.on_collect = on_collect
+        #: Bytes of a streamed message still to come (passed on as they arrive).
+        self.streaming = 0
 
     @property
     def pending(self) -> int:
         """Bytes held back because they are the start of an incomplete message."""
-        return len(self._pending)
+        return self._have if self._parts is not None else len(self._pending)
 
     def take_pending(self) -> bytes:
         """Remove and return the held-back partial message (used when the caller must
         re-queue the rest of a read in order, e.g. while a statement waits)."""
+        if self._parts is not None:
+            rest = b"".join(self._parts)
+            self._end_collection()
+            return rest
         rest, self._pending = self._pending, b""
         return rest
+
+    def reset(self) -> None:
+        """Drop everything held (the session ended): memory is released now, not at
+        the next garbage collection of whatever still refers to this reader."""
+        if self._parts is not None:
+            self._end_collection()
+        self._pending = b""
+        self.streaming = 0
 
     def feed(self, data: bytes) -> tuple[bytes, list[Frame]]:
         """Add ``data``; return ``(chunk, frames)`` for every complete message.
@@ -67,26 +131,77 @@ class FrameReader:
         Raises :class:`ProtocolError` on a length below 4, :class:`LimitExceeded`
         on one above ``max_size``.
         """
-        buf = self._pending + data if self._pending else data
-        n = len(buf)
-        pos = 0
-        frames: list[Frame] = []
-        append = frames.append
-        max_size = self.max_size
-        while n - pos >= 5:
-            length = _unpack_u32(buf, pos + 1)[0]
-            if length < 4 or length > max_size:
-                raise _bad_length(buf[pos], length, max_size)
-            end = pos + 1 + length
-            if end > n:
-                break
-            append((buf[pos], pos + 5, end))
-            pos = end
-        if pos == n:
+        return self.feed_select(data, ALL_TYPES)
+
+    def feed_select(self, data: bytes, mask: bytes) -> tuple[bytes, list[Frame]]:
+        """Like :meth:`feed`, but return frames only for the types in ``mask``, and
+        stream the long messages it does not select (see the class).
+
+        The relay's fast path asks only for the few types it tracks (ReadyForQuery,
+        ParameterStatus, ErrorResponse), so a stream of DataRows costs no Python
+        object per row. ``chunk`` may begin with the rest of a streamed message and
+        end with the start of one; every frame in it is whole, and nothing follows a
+        selected frame but whole messages.
+        """
+        start = 0
+        if self.streaming:
+            n = len(data)
+            if n <= self.streaming:
+                self.streaming -= n
+                return data, []
+            start, self.streaming = self.streaming, 0
+            buf = data
+        elif self._parts is not None:
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return b"", []
+            buf = b"".join(self._parts)
+            self._end_collection()
+        elif self._pending:
+            buf = self._pending + data
             self._pending = b""
+        else:
+            buf = data
+        if _c_scan is not None:  # inlined _select: this runs once per read of the relay
+            try:
+                end, frames = _c_scan(buf, start, self._scan_limit, mask)
+            except ValueError:
+                end, frames = _select(buf, start, self._scan_limit, mask)  # the length error
+        else:
+            end, frames = _py_scan(buf, start, self._scan_limit, mask)
+        if end == len(buf):
             return buf, frames
-        self._pending = bytes(buf[pos:])
-        return bytes(buf[:pos]), frames
+        return self._tail(buf, end, frames, mask)
+
+    def _tail(
+        self, buf: bytes, end: int, frames: list[Frame], mask: bytes
+    ) -> tuple[bytes, list[Frame]]:
+        """``buf[end:]`` starts a message that is not complete: stream, collect or keep."""
+        have = len(buf) - end
+        if have >= 5:
+            t = buf[end]
+            length = _unpack_u32(buf, end + 1)[0]
+            if length + 1 > self.large:
+                if mask[t]:
+                    if length > self.max_size:
+                        raise _bad_length(t, length, self.max_size)
+                    self._parts = [buf[end:]]
+                    self._have, self._need = have, length + 1
+                    if self.on_collect is not None:
+                        self.on_collect(length + 1)
+                    return buf[:end], frames
+                if not frames:
+                    self.streaming = length + 1 - have
+                    return buf, frames
+        self._pending = buf[end:]
+        return buf[:end], frames
+
+    def _end_collection(self) -> None:
+        self._parts = None
+        self._have = self._need = 0
+        if self.on_collect is not None:
+            self.on_collect(0)
 
 
 def type_mask(types: str | bytes) -> bytes:
@@ -103,9 +218,9 @@ except ImportError:  # pragma: no cover - exercised when no compiler was availab
     _c_scan = None
 
 
-def _py_scan(buf: bytes, max_size: int, mask: bytes) -> tuple[int, list[Frame]]:
+def _py_scan(buf: bytes, start: int, max_size: int, mask: bytes) -> tuple[int, list[Frame]]:
     n = len(buf)
-    pos = 0
+    pos = start
     frames: list[Frame] = []
     while n - pos >= 5:
         length = _unpack_u32(buf, pos + 1)[0]
@@ -120,46 +235,22 @@ def _py_scan(buf: bytes, max_size: int, mask: bytes) -> tuple[int, list[Frame]]:
     return pos, frames
 
 
-def _select(buf: bytes, max_size: int, mask: bytes) -> tuple[int, list[Frame]]:
+def _select(buf: bytes, start: int, max_size: int, mask: bytes) -> tuple[int, list[Frame]]:
     if _c_scan is None:
-        return _py_scan(buf, max_size, mask)
+        return _py_scan(buf, start, max_size, mask)
     try:
-        return _c_scan(buf, 0, max_size, mask)
+        return _c_scan(buf, start, max_size, mask)
     except ValueError as e:
         _, _pos, mtype, length = str(e).split()
         raise _bad_length(int(mtype), int(length), max_size) from None
 
-
-def _feed_select(self: FrameReader, data: bytes, mask: bytes) -> tuple[bytes, list[Frame]]:
-    """Like :meth:`FrameReader.feed`, but return frames only for types in ``mask``.
-
-    The relay's fast path asks only for the few types it tracks (ReadyForQuery,
-    ParameterStatus, ErrorResponse), so a stream of DataRows costs no Python object
-    per row. Uses the compiled scanner when it was built.
-    """
-    buf = self._pending + data if self._pending else data
-    if _c_scan is not None:  # inlined _select: this runs once per read of the relay
-        try:
-            end, frames = _c_scan(buf, 0, self.max_size, mask)
-        except ValueError:
-            end, frames = _select(buf, self.max_size, mask)  # raises the length error
-    else:
-        end, frames = _py_scan(buf, self.max_size, mask)
-    if end == len(buf):
-        self._pending = b""
-        return buf, frames
-    self._pending = bytes(buf[end:])
-    return bytes(buf[:end]), frames
-
-
-FrameReader.feed_select = _feed_select  # type: ignore[attr-defined]
 
 ALL_TYPES = bytes([1]) * 256
 
 
 def split_frames(buf: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[Frame]:
     """All frames of ``buf``, which must hold complete messages only."""
-    end, frames = _select(buf, max_size, ALL_TYPES)
+    end, frames = _select(buf, 0, max_size, ALL_TYPES)
     if end != len(buf):
         raise ProtocolError("incomplete message where complete messages were expected")
     return frames

@@ -86,7 +86,11 @@ def proxy_config(pg_server: Any, **overrides: Any) -> Config:
         "identities": [{"name": AGENT, "password": AGENT_PASSWORD, "groups": ["agents"]}],
         "shutdown_grace_seconds": 2,
     }
-    data.update(overrides)
+    for key, value in overrides.items():  # a section given in part keeps its other keys
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
     return Config.model_validate(data)
 
 

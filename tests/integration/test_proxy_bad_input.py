@@ -175,7 +175,7 @@ async def test_startup_timeout(make_proxy: Any, pg_database: str):
 
 
 async def test_too_many_connections(make_proxy: Any, pg_database: str):
-    running = make_proxy(limits={"max_connections": 2})
+    running = make_proxy(limits={"max_client_conn": 2})
     first = await agent(running, pg_database)
     second = await agent(running, pg_database)
     try:

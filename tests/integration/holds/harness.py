@@ -126,6 +126,9 @@ def app_config(
             "port": pg_server.port,
             "user": pg_server.user,
             "password": pg_server.password,
+            # The test server allows 200 connections; a hundred sessions held at once
+            # each keep theirs, above the default meant for PostgreSQL's 100.
+            "max_server_conn": 150,
         },
         "identities": [
             {"name": AGENT, "password": AGENT_PASSWORD, "groups": ["agents"], "owners": [OWNER]},
