@@ -36,6 +36,9 @@ def _ratios(value: Mapping[str, float | None]) -> dict[str, float | None]:
         "dbgate/pgbouncer": _ratio(value.get("dbgate"), value.get("pgbouncer")),
         "pgbouncer/direct": _ratio(value.get("pgbouncer"), value.get("direct")),
     }
+    if "dbgate-w2" in value:
+        ratios["dbgate-w2/dbgate"] = _ratio(value.get("dbgate-w2"), value.get("dbgate"))
+        ratios["dbgate-w2/pgbouncer"] = _ratio(value.get("dbgate-w2"), value.get("pgbouncer"))
     if "pump" in value:
         ratios["dbgate/pump"] = _ratio(value.get("dbgate"), value.get("pump"))
         ratios["pump/pgbouncer"] = _ratio(value.get("pump"), value.get("pgbouncer"))
@@ -252,7 +255,7 @@ def format_flat(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PROXIES = ("pgbouncer", "dbgate", "dbgate-nopolicy", "pump")
+PROXIES = ("pgbouncer", "dbgate", "dbgate-w2", "dbgate-nopolicy", "pump")
 
 
 def format_cpu_table(rows: list[dict[str, Any]], names: list[str]) -> str:

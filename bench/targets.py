@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-TARGET_ORDER = ("direct", "pgbouncer", "dbgate", "dbgate-nopolicy", "pump")
+TARGET_ORDER = ("direct", "pgbouncer", "dbgate", "dbgate-w2", "dbgate-nopolicy", "pump")
 # Opt-in diagnostics: "dbgate-nopolicy" is dbgate with ``policy: off`` (the relay
 # without the inspector: what the policy costs), "pump" (bench/pump.py) a blind
 # Python byte relay (the floor for any relay on uvloop).
-DEFAULT_TARGETS = ("direct", "pgbouncer", "dbgate")
+# "dbgate" is one process (``--workers 1``); "dbgate-w2" is ``dbgate serve --workers 2``
+# (two processes on one port): on this 2-core machine it must cost nothing.
+DEFAULT_TARGETS = ("direct", "pgbouncer", "dbgate", "dbgate-w2")
 
 
 @dataclass
