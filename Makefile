@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml setup.py dbgate/wire/_scan.c dbgate/policy/_literals.c 
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+DEMO_ARGS ?= --info-file demo.json
+
 demo: install
 	$(BIN)/dbgate demo $(DEMO_ARGS)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -183,7 +184,12 @@ class Dbgate:
         )
         self.approvals = approvals
         self.target = Target(name, LOOPBACK, self.port, IDENTITY, identity_password, dbname)
-        self.argv = [dbgate_binary(), "serve", "-c", str(self.config_path), *(extra_args or [])]
+        extra = list(extra_args or [])
+        if "--workers" not in extra:  # one process unless asked: what the numbers compare
+            extra = ["--workers", "1", *extra]
+        self.workers = int(extra[extra.index("--workers") + 1])
+        self.log_path = work_dir / "dbgate.log"
+        self.argv = [dbgate_binary(), "serve", "-c", str(self.config_path), *extra]
         self.process = ManagedProcess(name, self.argv, work_dir / "dbgate.log")
         self.target.pgid = self.process.pid  # its own session: group id == pid
 
@@ -192,6 +198,8 @@ class Dbgate:
         try:
             wait_for_port(LOOPBACK, self.port, timeout, self.process.proc)
             uvloop.run(_smoke(self.target))
+            if self.workers > 1:  # every worker serving, not only the first
+                self._wait_for_log(f"{self.workers} workers serving", timeout)
         except (
             RuntimeError,
             OSError,
@@ -202,6 +210,13 @@ class Dbgate:
             raise RuntimeError(
                 f"{type(e).__name__}: {e}\n--- dbgate.log (tail) ---\n{self.process.log_tail()}"
             ) from None
+
+    def _wait_for_log(self, fragment: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while fragment not in self.log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline or not self.process.alive():
+                raise RuntimeError(f"no {fragment!r} in dbgate.log")
+            time.sleep(0.1)
 
     @property
     def pid(self) -> int:

@@ -39,6 +39,9 @@ def _ratios(value: Mapping[str, float | None]) -> dict[str, float | None]:
     }
     if "dbgate-audit" in value:  # the audit trail's cost: target >= 0.9
         ratios["audit on/off"] = _ratio(value.get("dbgate-audit"), value.get("dbgate"))
+    if "dbgate-w2" in value:
+        ratios["dbgate-w2/dbgate"] = _ratio(value.get("dbgate-w2"), value.get("dbgate"))
+        ratios["dbgate-w2/pgbouncer"] = _ratio(value.get("dbgate-w2"), value.get("pgbouncer"))
     if "pump" in value:
         ratios["dbgate/pump"] = _ratio(value.get("dbgate"), value.get("pump"))
         ratios["pump/pgbouncer"] = _ratio(value.get("pump"), value.get("pgbouncer"))
@@ -262,7 +265,7 @@ def format_flat(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PROXIES = ("pgbouncer", "dbgate", "dbgate-audit", "dbgate-nopolicy", "pump")
+PROXIES = ("pgbouncer", "dbgate", "dbgate-w2", "dbgate-audit", "dbgate-nopolicy", "pump")
 
 
 def format_cpu_table(rows: list[dict[str, Any]], names: list[str]) -> str:

@@ -100,7 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default=",".join(DEFAULT_TARGETS),
-        help="direct,pgbouncer,dbgate (default); opt-in: dbgate-nopolicy (policy: off), pump",
+        help="direct,pgbouncer,dbgate,dbgate-w2 (default; dbgate-w2: --workers 2); "
+        "opt-in: dbgate-nopolicy (policy: off), pump",
     )
     p.add_argument("--stream-rows", type=int, default=1_000_000, help="rows per streaming run")
     p.add_argument("--stream-runs", type=int, default=5, help="streaming runs per target (median)")
@@ -323,6 +324,8 @@ class Bench:
             self._start_dbgate(
                 pg.host, pg.port, pg.user, pg.password, "dbgate-audit", approvals=approvals
             )
+        if "dbgate-w2" in a.targets:
+            self._start_dbgate(pg.host, pg.port, pg.user, pg.password, "dbgate-w2", workers=2)
         if "dbgate-nopolicy" in a.targets:
             self._start_dbgate(pg.host, pg.port, pg.user, pg.password, "dbgate-nopolicy", "off")
         if "pump" in a.targets:
@@ -373,8 +376,10 @@ class Bench:
         name: str = "dbgate",
         policy: str | None = None,
         approvals: Approvals | None = None,
+        workers: int = 1,
     ) -> None:
-        say(f"starting {name} (dbgate serve{', policy off' if policy == 'off' else ''}) ...")
+        flags = f" --workers {workers}" + (", policy off" if policy == "off" else "")
+        say(f"starting {name} (dbgate serve{flags}) ...")
         try:
             gate = Dbgate(
                 self.work / name,
@@ -384,7 +389,7 @@ class Bench:
                 password,
                 identity_password="bench-identity-secret",
                 dbname=DBNAME,
-                extra_args=self.args.dbgate_arg,
+                extra_args=["--workers", str(workers), *(self.args.dbgate_arg or [])],
                 name=name,
                 policy=policy,
                 approvals=approvals,

@@ -12,13 +12,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-TARGET_ORDER = ("direct", "pgbouncer", "dbgate", "dbgate-audit", "dbgate-nopolicy", "pump")
-# "dbgate-audit" is dbgate with a state database: every statement and session goes
-# to the audit trail (and holds, tokenization and approvals are on), so "audit on vs
-# off" is dbgate-audit/dbgate. Opt-in diagnostics: "dbgate-nopolicy" is dbgate with ``policy: off`` (the relay
-# without the inspector: what the policy costs), "pump" (bench/pump.py) a blind
-# Python byte relay (the floor for any relay on uvloop).
-DEFAULT_TARGETS = ("direct", "pgbouncer", "dbgate", "dbgate-audit")
+TARGET_ORDER = (
+    "direct",
+    "pgbouncer",
+    "dbgate",
+    "dbgate-w2",
+    "dbgate-audit",
+    "dbgate-nopolicy",
+    "pump",
+)
+# "dbgate" is one process (``--workers 1``); "dbgate-w2" is ``dbgate serve --workers 2``
+# (two processes on one port): on this 2-core machine it must cost nothing.
+# "dbgate-audit" is dbgate with a state database: every statement and session goes to
+# the audit trail (holds, tokenization and approvals are on), so "audit on vs off" is
+# dbgate-audit/dbgate. Opt-in diagnostics: "dbgate-nopolicy" is dbgate with
+# ``policy: off`` (the relay without the inspector: what the policy costs), "pump"
+# (bench/pump.py) a blind Python byte relay (the floor for any relay on uvloop).
+DEFAULT_TARGETS = ("direct", "pgbouncer", "dbgate", "dbgate-w2", "dbgate-audit")
 
 
 @dataclass

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dbgate import logs, metrics
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from dbgate.gate.keys import KeyCatalogs
     from dbgate.gate.pii import PiiGate
     from dbgate.web.app import WebServer
+    from dbgate.wire.startup import CancelRequest
 
 log = logging.getLogger("dbgate.app")
 
@@ -115,9 +116,19 @@ def _estimate_connection(config: Config, requester: Requester) -> Mapping[str, A
 class App:
     """Everything one dbgate process runs. ``await start()``, ``await stop()``."""
 
-    def __init__(self, config: Config, *, check_upstream: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        check_upstream: bool = True,
+        reuse_port: bool = False,
+        forward_cancel: Callable[[CancelRequest], Awaitable[None]] | None = None,
+    ) -> None:
         self.config = config
         self.check_upstream = check_upstream
+        #: One of several worker processes on the same ports (dbgate.workers).
+        self.reuse_port = reuse_port
+        self.forward_cancel = forward_cancel
         self.pool: asyncpg.Pool | None = None
         self.approvals: PgApprovalService | None = None
         self.notifier: Notifier | None = None
@@ -208,6 +219,8 @@ class App:
                 observer=self.observer,
                 message_filter=self.pii.filter if self.pii is not None else None,
                 session_setup=None if rules is None else StartupGuards(rules),
+                reuse_port=self.reuse_port,
+                forward_cancel=self.forward_cancel,
             )
         with startup_step("listen", address=config.listen):
             await self.proxy.start()
@@ -290,7 +303,9 @@ class App:
         host, port = _split_hostport(config.web.listen, 8080)
         with startup_step("web", address=config.web.listen):
             ssl_context = server_ssl_context(config.web.tls)
-            self.web = WebServer(app, host, port, ssl_context=ssl_context)
+            self.web = WebServer(
+                app, host, port, ssl_context=ssl_context, reuse_port=self.reuse_port
+            )
             await self.web.start()
         if self.approvals is not None and self.config.web.public_url is None:
             # Notices name where a request is decided: the port really listened on

@@ -40,6 +40,8 @@ EXAMPLES: dict[str, list[str]] = {
     "serve": [
         "dbgate serve -c /etc/dbgate/dbgate.yaml",
         "dbgate serve -c dbgate.yaml --listen 0.0.0.0:6432 --log-level debug",
+        "dbgate serve -c /etc/dbgate/dbgate.yaml --workers 4",
+        "kill -HUP $(pidof -s dbgate)   # reload rules, PII catalog, approvers",
     ],
     "demo": [
         "dbgate demo",
@@ -149,21 +151,37 @@ def serve(
     listen: Annotated[str | None, typer.Option(help="HOST:PORT to accept agents on.")] = None,
     rules: Annotated[Path | None, typer.Option(help="Rules directory.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug|info|warning|error")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            envvar="DBGATE_WORKERS",
+            show_envvar=True,
+            help="Processes sharing the port (SO_REUSEPORT). Default: the number of cores.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Run the proxy in front of an existing PostgreSQL server."""
-    from dbgate.app import run_serve
+    """Run the proxy in front of an existing PostgreSQL server.
+
+    SIGTERM drains the sessions and stops; SIGHUP reloads the rules, the PII catalog
+    and the approvers' settings without dropping a session (docs/operations.md).
+    """
+    import functools
+
     from dbgate.config import ConfigError, load_config
     from dbgate.startup_errors import explain
+    from dbgate.workers import default_workers, run
 
+    overrides = {"listen": listen, "rules_dir": rules, "log_level": log_level}
     try:
-        cfg = load_config(
-            config, overrides={"listen": listen, "rules_dir": rules, "log_level": log_level}
-        )
+        cfg = load_config(config, overrides=overrides)
     except ConfigError as e:
         for line in explain(e, step="config").splitlines():
             typer.echo(f"dbgate: {line}", err=True)
         raise typer.Exit(2) from None
-    raise typer.Exit(run_serve(cfg))
+    load = functools.partial(load_config, config, overrides=overrides)
+    raise typer.Exit(run(cfg, workers=workers or default_workers(), load=load))
 
 
 @app.command()

@@ -68,6 +68,10 @@ AUDITOR_PASSWORD_FILE = "auditor.password"  # the state database's read-only rev
 PII_KEY_FILE = "pii.key"  # the tokenization key: stable tokens across runs
 UPSTREAM_PORT_FILE = "upstream.port"
 SHUTDOWN_GRACE_SECONDS = 5.0
+#: The banner's three statements (examples/agent.py runs the same three paths).
+TRY_ALLOWED = "select id, full_name, email from customers where id = 42"
+TRY_HELD = "select id, email from customers"
+TRY_DENIED = "copy customers to program 'cat'"
 
 
 class _Server(Protocol):
@@ -432,10 +436,13 @@ def _print_banner(info: dict[str, str], data_dir: Path, info_path: Path | None) 
         "  As the agent, through dbgate:",
         f"    psql '{agent}'",
         "",
-        "  Things to try:",
-        f"    psql '{agent}' -c 'select count(*) from customers'          # allowed",
-        f"    psql '{agent}' -c 'select email from customers'             # held for approval",
-        f"    psql '{agent}' -c \"copy customers to program 'cat'\"       # denied",
+        "  Three things to paste:",
+        f"    psql '{agent}' -c '{TRY_ALLOWED}'   # allowed, PII tokenized",
+        f"    psql '{agent}' -c '{TRY_HELD}'   # held: approve it in the web page",
+        f"    psql '{agent}' -c \"{TRY_DENIED}\"   # denied",
+        "",
+        "  The same three paths as an agent sees them (asyncpg):",
+        f"    .venv/bin/python examples/agent.py --info {info_path or 'INFO_FILE'}",
         "",
         "  Approve or reject held statements (as approver, group dba):",
         f"    web / API: {info['web_url']}   user {info['approver_user']}"

@@ -115,9 +115,17 @@ class Gate:
 
     @property
     def ruleset(self) -> RuleSet:
-        """Read-only: a new rule set needs a new inspector (and sessions to forget
-        their remembered verdicts), or cached answers would outlive the rules."""
+        """Read-only: change it with :meth:`use_ruleset`, which drops the answers
+        cached for the old rules."""
         return self._ruleset
+
+    def use_ruleset(self, ruleset: RuleSet) -> None:
+        """Decide from now on by ``ruleset`` (a reload). Sessions must also forget the
+        verdicts they remember (``SessionInfo.forget_verdicts``); a statement already
+        waiting for approval keeps the decision that held it."""
+        self._ruleset = ruleset
+        self._answers.clear()
+        self._bind_allows.clear()
 
     @staticmethod
     def identity(session: SessionInfo) -> Identity | None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +98,11 @@ class PiiFilter:
         return body if f is None else f.notification(body)
 
 
+def _token_settings(pii: Any) -> tuple[Any, ...]:
+    """What a room's tokenizer is built from (see ``PiiRoom.from_config``)."""
+    return (pii.keys, pii.mode, pii.max_reversible_bytes, pii.token_cache_entries)
+
+
 class PiiGate:
     """The PII rooms (one per upstream database) and what the gate asks of them."""
 
@@ -115,6 +120,35 @@ class PiiGate:
     def check(self) -> None:
         """Build a room once: a missing or wrong key, or a bad catalog, stops the start."""
         PiiRoom.from_config(self.config.pii)
+
+    def use_config(self, config: Config, sessions: Iterable[SessionInfo]) -> None:
+        """Tokenize by ``config.pii`` from now on (a reload: catalog, keys, settings).
+
+        Raises like :meth:`check` and then changes nothing. Each database's room is
+        rebuilt on the schema snapshot it had (no catalog read), cached verdicts are
+        dropped, and ``sessions`` take the new room at their next statement; a
+        statement already relaying rows finishes under the room it was planned by.
+        """
+        from dbgate.pii.catalog_load import load_catalog
+        from dbgate.pii.room import PiiSettings
+
+        catalog = load_catalog(config.pii.catalog)  # raises on a bad catalog
+        settings = PiiSettings.from_config(config.pii)
+        same_tokens = _token_settings(config.pii) == _token_settings(self.config.pii)
+        if not same_tokens:
+            PiiRoom.from_config(config.pii)  # raises on a missing or wrong key
+        rooms = {}
+        for database, old in self.loads.loaded.items():
+            # Same keys: keep the tokenizer, so that tokens issued so far still resolve.
+            tokenizer = old.tokenizer if same_tokens else PiiRoom.from_config(config.pii).tokenizer
+            room = PiiRoom(catalog, tokenizer, settings)
+            room.set_snapshot(old.snapshot)
+            rooms[database] = room
+        self.config = config
+        self.loads.loaded.update(rooms)
+        self._verdicts.clear()
+        for info in sessions:
+            info.state.pop(_STATE_KEY, None)
 
     async def _load(self, database: str) -> PiiRoom:
         import asyncpg

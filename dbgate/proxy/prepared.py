@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
 from dbgate.wire.errors import LimitExceeded
@@ -196,6 +196,21 @@ class PreparedStatements:
 
     def names(self) -> set[str]:
         return set(self._known) | set(self._pending)
+
+    def judge_binds_again(self) -> None:
+        """Have every Bind of the statements held so far shown to the inspector.
+
+        After the rules changed (a reload), a statement allowed at its Parse may no
+        longer be allowed: its next executions are judged again, at their Binds.
+        Statements parsed from now on are judged as usual."""
+        for key, known in list(self._known.items()):
+            if not known.check_binds:
+                self._known[key] = replace(known, check_binds=True)
+        for queue in self._pending.values():
+            for p in queue:
+                if p.candidate is not None and not p.candidate.check_binds:
+                    p.candidate = replace(p.candidate, check_binds=True)
+        self.checked.update(self.names())
 
     # -- what the relay forwards -----------------------------------------------------
     def sent(self, batch: int, change: PreparedChange) -> PendingChange:

@@ -11,6 +11,11 @@ ends), each reading messages of at most ``limits.max_login_message_size``;
 connections, with a queue for the clients beyond it (:mod:`dbgate.proxy.capacity`);
 ``limits.memory_budget`` for the long messages all sessions hold
 (:mod:`dbgate.proxy.budget`).
+
+With several worker processes on one port (``reuse_port``, :mod:`dbgate.workers`) a
+CancelRequest may land on a worker that does not hold its session: a key unknown
+here goes to ``forward_cancel``, which hands it to the sibling workers, and each of
+them answers it with :meth:`ProxyServer.cancel_here`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import secrets
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from dbgate import metrics
@@ -81,8 +87,13 @@ class ProxyServer:
         observer: Observer | None = None,
         message_filter: MessageFilter | None = None,
         session_setup: SessionSetup | None = None,
+        reuse_port: bool = False,
+        forward_cancel: Callable[[CancelRequest], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
+        self.reuse_port = reuse_port
+        #: Where a CancelRequest with a key unknown here goes (the sibling workers).
+        self.forward_cancel = forward_cancel
         self.inspector: Inspector = inspector or AllowAll()
         self.observer = observer
         self.message_filter = message_filter
@@ -121,6 +132,10 @@ class ProxyServer:
     def session_count(self) -> int:
         return len(self._sessions)
 
+    def session_infos(self) -> list[SessionInfo]:
+        """The open sessions' shared state (a reload makes them forget cached verdicts)."""
+        return [s.info for s in self._sessions.values()]
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -129,6 +144,7 @@ class ProxyServer:
             self.config.listen_port,
             backlog=1024,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("dbgate listening on %s:%s", self.config.listen_host, self.port)
@@ -463,16 +479,28 @@ class ProxyServer:
             log.warning("could not cancel the statement of a closed session: %s", e)
 
     async def _handle_cancel(self, request: CancelRequest) -> None:
+        if await self.cancel_here(request):
+            return
+        if self.forward_cancel is not None:
+            await self.forward_cancel(request)  # another worker's session, perhaps
+        else:
+            log.info("cancel request with unknown key ignored")
+
+    async def cancel_here(self, request: CancelRequest) -> bool:
+        """Cancel the statement of this process's session that ``request`` names.
+
+        False when no session here has that key (the caller may ask elsewhere)."""
         target = self._cancel.get(request.pid)
         if target is None or not hmac.compare_digest(target.secret, request.secret):
             log.debug("cancel request with unknown key ignored")
-            return
+            return False
         if target.session.cancel_wait():
-            return  # the statement was waiting in dbgate, not running upstream
+            return True  # the statement was waiting in dbgate, not running upstream
         try:
             await send_cancel(self.config.upstream, target.upstream_pid, target.upstream_key)
         except (TimeoutError, OSError) as e:
             log.warning("could not forward cancel request: %s", e)
+        return True
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, drain sessions for up to ``grace`` seconds, then close the rest."""

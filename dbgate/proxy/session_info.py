@@ -51,9 +51,11 @@ class SessionInfo:
 
     def forget_verdicts(self) -> None:
         """Make the relay ask the inspector again about messages it allowed before
-        with ``Allow(repeatable=True)`` (e.g. after the rules changed)."""
+        with ``Allow(repeatable=True)`` (e.g. after the rules changed), and about
+        every Bind of the statements prepared so far."""
         if self._forget is not None:
             self._forget()
+        self.statements.judge_binds_again()
 
     def notify_client(self, notice: Notice) -> None:
         """Send a NoticeResponse to the client now (allowed at any time by the protocol)."""

@@ -268,8 +268,10 @@ class WebServer:
         *,
         ssl_context: ssl.SSLContext | None = None,
         shutdown_timeout: float = 5.0,
+        reuse_port: bool = False,
     ) -> None:
         self.app = app
+        self.reuse_port = reuse_port  # several worker processes on one port
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -279,7 +281,13 @@ class WebServer:
     async def start(self) -> None:
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.shutdown_timeout)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
+        site = web.TCPSite(
+            runner,
+            self.host,
+            self.port,
+            ssl_context=self.ssl_context,
+            reuse_port=self.reuse_port or None,
+        )
         await site.start()
         self._runner = runner
         for addr in runner.addresses:

@@ -62,7 +62,9 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [DBGATE, "serve", "-c", str(self.config_path)],
+                # One process, as one crashed pod is: with workers a SIGKILL of the
+                # supervisor makes its workers drain (and end their holds) instead.
+                [DBGATE, "serve", "-c", str(self.config_path), "--workers", "1"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
