@@ -74,6 +74,33 @@ class RunningProxy:
         return f"postgresql://{quote(user)}:{quote(password)}@127.0.0.1:{self.port}/{dbname}"
 
 
+def pack_with(directory: Path, extra_rules: str) -> Path:
+    """The shipped rule pack plus one file of rules tried first, as an operator adds
+    them (docs/rules.md, "Recipes")."""
+    from dbgate.policy.rules import default_rules_dir
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in default_rules_dir().glob("*.yaml"):
+        (directory / source.name).write_bytes(source.read_bytes())
+    (directory / "05-tests.yaml").write_text(extra_rules)
+    return directory
+
+
+#: The driver suites' agent writes its own scratch tables in bulk (COPY of 500 rows,
+#: range deletes): an operator gives such an agent a rule for those tables, because
+#: the shipped pack holds any write not proven within 100 rows (docs/rules.md).
+SCRATCH_WRITES = """\
+version: 1
+rules:
+  - name: tests-bulk-writes-to-scratch-tables
+    match:
+      identities: [agent]
+      categories: [write]
+      tables: ["scratch_*", "copy_cycles"]
+    action: allow
+"""
+
+
 def proxy_config(pg_server: Any, **overrides: Any) -> Config:
     data: dict[str, Any] = {
         "listen": "127.0.0.1:0",

@@ -35,7 +35,14 @@ import pytest
 
 from dbgate.demo_data import load_demo_dataset
 from tests.conftest import ExternalPostgres, PgServer, _admin_execute
-from tests.integration.conftest import AGENT, AGENT_PASSWORD, RunningProxy, proxy_config
+from tests.integration.conftest import (
+    AGENT,
+    AGENT_PASSWORD,
+    SCRATCH_WRITES,
+    RunningProxy,
+    pack_with,
+    proxy_config,
+)
 
 #: Customers generated for the suite (the demo itself loads 5,000).
 DEMO_CUSTOMERS = 1000
@@ -127,13 +134,18 @@ def enforcing_session_setup(inspector: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def gate(pg_server: PgServer, demo_role: DemoRole) -> Iterator[RunningProxy]:
-    """A dbgate proxy enforcing the shipped default rule pack (as ``dbgate serve``).
+def gate(
+    pg_server: PgServer, demo_role: DemoRole, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningProxy]:
+    """A dbgate proxy enforcing the shipped default rule pack (as ``dbgate serve``),
+    plus one rule for bulk writes to the suite's own scratch tables.
 
     Its agent identity reaches PostgreSQL as ``demo_role``.
     """
+    rules = pack_with(tmp_path_factory.mktemp("client-rules"), SCRATCH_WRITES)
     config = proxy_config(
         pg_server,
+        rules_dir=str(rules),
         identities=[
             {
                 "name": AGENT,
@@ -144,7 +156,7 @@ def gate(pg_server: PgServer, demo_role: DemoRole) -> Iterator[RunningProxy]:
             }
         ],
     )
-    assert config.policy == "enforce" and config.rules_dir is None  # the shipped pack
+    assert config.policy == "enforce"
     inspector = enforcing_inspector(config)
     running = RunningProxy(
         config, inspector=inspector, session_setup=enforcing_session_setup(inspector)
