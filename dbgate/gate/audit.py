@@ -183,6 +183,10 @@ class AuditTrail:
                 client_addr=session.client_addr,
                 database=session.database,
                 duration_us=int((time.monotonic() - started) * 1e6) if started else None,
+                # "" when the client ended it; the server's SQLSTATE (25P03, 25P04, ...)
+                # when the server did
+                outcome=session.ended_sqlstate,
+                reason=session.ended_message,
             )
         )
 

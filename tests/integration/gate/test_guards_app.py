@@ -404,11 +404,6 @@ async def test_an_idle_agent_is_ended_by_the_server_and_its_end_recorded(
     assert (record["identity"], record["database"]) == (AGENT, env.data_db)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dbgate/gate/audit.py AuditTrail.session_ended does not yet pass "
-    "SessionInfo.ended_sqlstate / ended_message into the disconnect record",
-)
 async def test_the_disconnect_record_says_the_server_ended_the_session(
     env: HoldsEnv, table: str, admin: asyncpg.Connection
 ) -> None:
