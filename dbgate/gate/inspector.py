@@ -284,6 +284,12 @@ class Gate:
         # Not a plain allow, or a Query whose statements would need Bind values.
         decision = self.ruleset.decide(identity, classification)
         if decision.action is not _ALLOW_ACTION:
+            if (
+                decision.action is _HOLD_ACTION
+                and catalog is not None
+                and self._may_learn_keys(session, catalog, classification)
+            ):  # perhaps a key of a table created since the catalog was read proves it
+                return self._after_keys(session, statement), classification
             return self._held(kind, decision, session, sql), classification
         if has_limits(decision):
             verdict = self._limited(decision, classification, sql)

@@ -291,12 +291,6 @@ async def test_locks_that_can_block_others_are_held(
         await conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dbgate/gate/inspector.py reloads the key catalog for an unknown table only "
-    "when the statement would run under limits (_ALLOW_LIMITED), not when an unproven "
-    "row lock makes it a hold",
-)
 async def test_a_row_lock_on_a_table_made_since_the_keys_loaded_is_proven_by_its_key(
     env: HoldsEnv, admin: asyncpg.Connection
 ) -> None:
