@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from dbgate.proxy.session_info import SessionInfo
 
 log = logging.getLogger("dbgate.session")
+#: idle_in_transaction_session_timeout, transaction_timeout
+_GUARD_ENDINGS = frozenset({"25P03", "25P04"})
 
 _TERMINATE = b"X\x00\x00\x00\x04"
 #: Bytes a client may send while one of its statements waits for a verdict before
@@ -180,7 +182,11 @@ class Session:
                 fields = {}
             info.ended_sqlstate = fields.get("C", "")
             info.ended_message = fields.get("M", "")
-            log.info(
+            # A guard that fired (idle or transaction timeout) is an operator's event;
+            # anything else the server ends (a client's protocol error) is connection
+            # noise, at DEBUG like the other connection events.
+            log.log(
+                logging.INFO if info.ended_sqlstate in _GUARD_ENDINGS else logging.DEBUG,
                 "session %s: the server ended it: %s %s",
                 info.session_id,
                 info.ended_sqlstate,
