@@ -88,10 +88,15 @@ async def test_an_agents_held_update_is_approved_on_the_page_and_completes(
         await page.get_by_label("Reason for approving (optional)").fill("checked")
         await page.get_by_role("button", name="Approve", exact=True).click()
         assert await asyncio.wait_for(running, 30) == "UPDATE 2"
-        # the page follows the request to its end: the approved statement ran
-        await expect(page.locator("h1 .status")).to_have_text(
-            "approved and executed", timeout=30_000
-        )
+        # the request's page shows its end once dbgate records that the approved
+        # statement ran (recorded after the client's answer: reload until it is)
+        status = page.locator("h1 .status")
+        for _ in range(60):
+            await page.reload()
+            if (await status.inner_text()).strip() == "approved and executed":
+                break
+            await page.wait_for_timeout(500)
+        await expect(status).to_have_text("approved and executed")
         assert await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE note = $1", "approved") == 2
     finally:
         await conn.close()
