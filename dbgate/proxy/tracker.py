@@ -148,6 +148,9 @@ _COPY_END_ENTRY = (COPY_END,)
 _ENDS_CYCLE = frozenset({QUERY, SYNC, FUNCTION, INJECTED_QUERY, SILENT_QUERY})
 
 _I16 = Struct("!h")
+#: Parameter counts are sent as Int16 but read unsigned: a statement may have up to
+#: 65,535 parameters (asyncpg checks 32,768 of them), past the signed range.
+_U16 = Struct("!H")
 _STATUS = {0x49: "I", 0x54: "T", 0x45: "E"}
 Entry = tuple[Any, ...]
 
@@ -1692,7 +1695,7 @@ class StatementTracker:
             self._portal_state.pop(name, None)
 
     def _on_parameter_description(self, entry: Entry, body: bytes) -> None:
-        n = _I16.unpack_from(body)[0] if len(body) >= 2 else 0
+        n = _U16.unpack_from(body)[0] if len(body) >= 2 else 0
         types = tuple(unpack_from(f"!{n}I", body, 2)) if n else ()
         stmt = self._stmts.get(entry[1])
         if stmt is not None:

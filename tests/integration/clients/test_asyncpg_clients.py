@@ -161,3 +161,17 @@ async def test_refusal_between_ordinary_statements(sides: dict[str, str]) -> Non
     assert got["gate"]["work"] == got["direct"]["work"]
     before, after, in_transaction = got["gate"]["work"]
     assert (after[0], in_transaction) == (before, False)
+
+
+async def test_a_statement_with_more_parameters_than_a_signed_int16(sides: dict[str, str]) -> None:
+    """PostgreSQL describes 32,768 parameters (its count is unsigned); asyncpg refuses
+    to bind them itself, and the session goes on (asyncpg's own test_prepare_28)."""
+    query = "select 1 where 1 in (" + ",".join(f"${i}" for i in range(1, 32_769)) + ")"
+
+    async def scenario(conn: asyncpg.Connection) -> Any:
+        with pytest.raises(asyncpg.InterfaceError) as refused:
+            await conn.fetchval(query, *range(1, 32_769))
+        return str(refused.value), await conn.fetchval("select 1")
+
+    message, one = same(await on_both(sides, scenario))
+    assert "cannot exceed 32767" in message and one == 1
