@@ -89,14 +89,15 @@ rules:
 """
 
 
-def write_rules(directory: Path) -> Path:
-    """The shipped pack plus the benchmark's rule, tried first (docs/rules.md, Recipes)."""
+def write_rules(directory: Path, extra_rules: str = BENCH_RULES) -> Path:
+    """The shipped pack plus one file of rules tried first (docs/rules.md, Recipes):
+    by default the benchmark's; the tests pass their own."""
     from dbgate.policy.rules import default_rules_dir
 
     directory.mkdir(parents=True, exist_ok=True)
     for source in default_rules_dir().glob("*.yaml"):
         (directory / source.name).write_bytes(source.read_bytes())
-    (directory / "05-bench.yaml").write_text(BENCH_RULES)
+    (directory / "05-extra.yaml").write_text(extra_rules)
     return directory
 
 

@@ -76,14 +76,10 @@ class RunningProxy:
 
 def pack_with(directory: Path, extra_rules: str) -> Path:
     """The shipped rule pack plus one file of rules tried first, as an operator adds
-    them (docs/rules.md, "Recipes")."""
-    from dbgate.policy.rules import default_rules_dir
+    them (docs/rules.md, "Recipes"); the benchmark builds its pack the same way."""
+    from bench.dbgate_target import write_rules
 
-    directory.mkdir(parents=True, exist_ok=True)
-    for source in default_rules_dir().glob("*.yaml"):
-        (directory / source.name).write_bytes(source.read_bytes())
-    (directory / "05-tests.yaml").write_text(extra_rules)
-    return directory
+    return write_rules(directory, extra_rules)
 
 
 #: The driver suites' agent writes its own scratch tables in bulk (COPY of 500 rows,
