@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from dbgate.gate.classify_pool import ClassifyPool
     from dbgate.gate.keys import KeyCatalogs
     from dbgate.gate.pii import PiiGate
+    from dbgate.gate.row_window import RowWindows
     from dbgate.web.app import WebServer
     from dbgate.wire.startup import CancelRequest
 
@@ -68,6 +69,7 @@ def build_gate(
     audit: AuditTrail | None = None,
     keys: KeyCatalogs | None = None,
     offload: ClassifyPool | None = None,
+    windows: RowWindows | None = None,
 ) -> Inspector:
     """The relay's inspector for ``config``: the gate, or allow-all when policy is off."""
     if config.policy == "off":
@@ -90,7 +92,13 @@ def build_gate(
             audit=audit,
         )
     return Gate(
-        load_rules(config.rules_dir), holds=holds, pii=pii, audit=audit, keys=keys, offload=offload
+        load_rules(config.rules_dir),
+        holds=holds,
+        pii=pii,
+        audit=audit,
+        keys=keys,
+        offload=offload,
+        windows=windows,
     )
 
 
@@ -136,6 +144,7 @@ class App:
         self.pii: PiiGate | None = None
         self.keys: KeyCatalogs | None = None
         self.classify_pool: ClassifyPool | None = None
+        self.windows: RowWindows | None = None
         self.audit: AuditWriter | None = None
         self.trail: AuditTrail | None = None
         self.observer: Observer | None = None
@@ -191,11 +200,41 @@ class App:
             if self.classify_pool is not None:
                 with startup_step("classify"):
                     await self.classify_pool.start()
+        if config.policy == "enforce" and self.pool is not None:
+            from dbgate.approvals.db import StateDB
+            from dbgate.gate.row_window import RowWindows
+
+            # rows per identity and table over a window, shared by every replica
+            self.windows = RowWindows(
+                StateDB(self.pool, timeout=config.approvals.state_timeout_seconds),
+                config.approvals.replica_id,
+            )
         with startup_step("rules"):
             self.gate = build_gate(
-                config, self.approvals, self.pii, self.trail, self.keys, self.classify_pool
+                config,
+                self.approvals,
+                self.pii,
+                self.trail,
+                self.keys,
+                self.classify_pool,
+                self.windows,
             )
         observers: list[Observer] = [MetricsObserver()] if config.metrics.enabled else []
+        if self.windows is None and config.policy == "enforce":
+            from dbgate.gate.windows import window_lengths
+
+            if window_lengths(self.gate.ruleset):  # type: ignore[attr-defined]
+                log.warning(
+                    "rules set max_rows_per_window, which is not enforced without a state "
+                    "database (state.dsn): the counts are shared through it"
+                )
+        if self.windows is not None:
+            from dbgate.gate.windows import WindowCharges, window_lengths
+
+            self.windows.watch(window_lengths(self.gate.ruleset))  # type: ignore[attr-defined]
+            with startup_step("state", what="the shared rows-per-window counts"):
+                await self.windows.start()
+            observers.append(WindowCharges(self.windows))
         if self.trail is not None:
             observers.append(self.trail)
         watched = [x.loads for x in (self.pii, self.keys) if x is not None]
@@ -338,6 +377,12 @@ class App:
                 await self.notifier.stop()
             self.notifier = None
         self.approvals = None
+        if self.windows is not None:  # after the drain: the sessions' last rows
+            try:
+                await self.windows.stop()
+            except Exception:
+                log.exception("row windows did not stop cleanly")
+            self.windows = None
         if self.audit is not None:  # after the drain: the sessions' last records
             try:
                 await self.audit.stop()

@@ -34,10 +34,18 @@ from dbgate.gate import refusals
 from dbgate.gate.audit import AuditTrail
 from dbgate.gate.holds import HoldDesk
 from dbgate.gate.keys import KeyCatalogs
-from dbgate.gate.limits import has_limits, limited_verdict, verdict_hold
+from dbgate.gate.limits import (
+    changes_refusal,
+    has_limits,
+    limited_verdict,
+    over_changes_decision,
+    unmeasured_hold,
+    verdict_hold,
+)
 from dbgate.gate.notes import GateNote, primary_category
 from dbgate.gate.pii import PiiGate
 from dbgate.gate.prepared_effects import PREPARED_COMMANDS, prepared_changes
+from dbgate.gate.windows import windowed
 from dbgate.policy.keys import KeyCatalog
 from dbgate.policy.model import Action, Decision, Identity
 from dbgate.policy.rules import RuleSet, decide_bind
@@ -54,6 +62,7 @@ from dbgate.wire.values import values_as_text
 
 if TYPE_CHECKING:
     from dbgate.gate.classify_pool import ClassifyPool
+    from dbgate.gate.row_window import RowWindows
 
 log = logging.getLogger("dbgate.gate")
 
@@ -86,8 +95,12 @@ class Gate:
         audit: AuditTrail | None = None,
         keys: KeyCatalogs | None = None,
         offload: ClassifyPool | None = None,
+        windows: RowWindows | None = None,
     ) -> None:
         self.holds = holds
+        #: The shared rows-per-window accounts; None: ``max_rows_per_window`` is not
+        #: enforced (no state database).
+        self.windows = windows
         self.pii = pii
         self.audit = audit
         self.keys = keys
@@ -126,6 +139,10 @@ class Gate:
         self._ruleset = ruleset
         self._answers.clear()
         self._bind_allows.clear()
+        if self.windows is not None:
+            from dbgate.gate.windows import window_lengths
+
+            self.windows.watch(window_lengths(ruleset))
 
     @staticmethod
     def identity(session: SessionInfo) -> Identity | None:
@@ -181,8 +198,13 @@ class Gate:
             changed = pii.bind_verdict(session, statement, statement.sql)
             if changed is None:
                 return verdict
-            if type(changed) is Allow and changed.note is None:
-                changed = replace(changed, note=verdict.note)  # the Execute's record reads it
+            if type(changed) is Allow:
+                if changed.note is None:  # the Execute's record reads it
+                    changed = replace(changed, note=verdict.note)
+                if verdict.max_rows and not changed.max_rows:
+                    changed = replace(
+                        changed, max_rows=verdict.max_rows, over_limit=verdict.over_limit
+                    )
             return changed
         verdict, classification = self._judge(session, identity, statement)
         if pii is None or type(verdict) is not Allow:
@@ -256,8 +278,16 @@ class Gate:
                 verdict = self._limited(answer[6], classification, sql)
                 if type(verdict) is not Allow:
                     return self._held(kind, verdict, session, sql), classification
-                return verdict, classification
+                return self._run_limited(kind, verdict, answer[6], session, sql, catalog), (
+                    classification
+                )
             if type(limited) is Allow:
+                if limited.max_changes or (
+                    answer[6].row_window is not None and self.windows is not None
+                ):
+                    return self._run_limited(kind, limited, answer[6], session, sql, catalog), (
+                        classification
+                    )
                 return (answer[4] if repeats else limited), classification
             return self._held(kind, limited, session, sql), classification
         if outcome is _ALLOW_DECLARES:
@@ -291,11 +321,11 @@ class Gate:
             ):  # perhaps a key of a table created since the catalog was read proves it
                 return self._after_keys(session, statement), classification
             return self._held(kind, decision, session, sql), classification
-        if has_limits(decision):
+        if self._has_limits(decision):
             verdict = self._limited(decision, classification, sql)
             if type(verdict) is not Allow:
                 return self._held(kind, verdict, session, sql), classification
-            return verdict, classification
+            return self._run_limited(kind, verdict, decision, session, sql, catalog), classification
         if kind == "query" and any(
             st.command in PREPARED_COMMANDS for st in classification.statements
         ):
@@ -311,6 +341,60 @@ class Gate:
             # each approval covers one execution with its values.
             return ALLOW_CHECKING_BINDS
         return self.verdict(decision, session, sql, ())
+
+    def _has_limits(self, decision: Decision) -> bool:
+        """Limits the relay enforces as the statement runs (the rows-per-window one
+        only with the shared accounts)."""
+        return has_limits(decision) or (
+            decision.row_window is not None and self.windows is not None
+        )
+
+    def _run_limited(
+        self,
+        kind: str,
+        verdict: Allow,
+        decision: Decision,
+        session: SessionInfo,
+        sql: str,
+        catalog: KeyCatalog | None,
+    ) -> Any:
+        """A limited Allow as the relay gets it: capped by the rows the identity has
+        left under its window (refused when none), and, for a write measured as it
+        runs, given what to do past its limit (held instead when it is not a simple
+        Query: the relay measures only those)."""
+        window = decision.row_window
+        if window is not None and self.windows is not None:
+            capped = windowed(verdict, window, self.windows, session.identity, catalog)
+            if type(capped) is Refuse:
+                return self._window_refused(session, sql, decision, capped)
+            verdict = capped  # type: ignore[assignment]
+            if kind == "parse":  # each execution is capped by what is left then
+                verdict = replace(verdict, check_binds=True)
+        if not verdict.max_changes:
+            return verdict
+        classification = decision.classification
+        if kind != "query":
+            return self._held(kind, unmeasured_hold(decision, classification), session, sql)  # type: ignore[arg-type]
+
+        def over_changes(count: int) -> Verdict | Awaitable[Verdict]:
+            over = over_changes_decision(decision, classification, count)  # type: ignore[arg-type]
+            if over.action is _HOLD_ACTION:
+                return self.verdict(over, session, sql, ())
+            refusals.log_refusal(session, over, sql)
+            return changes_refusal(over)
+
+        return replace(verdict, over_changes=over_changes, repeatable=False)
+
+    def _window_refused(
+        self, session: SessionInfo, sql: str, decision: Decision, refusal: Refuse
+    ) -> Verdict | Awaitable[Verdict]:
+        """A read with no rows left under its window: refused before it runs (and
+        recorded like any refusal)."""
+        refused = replace(decision, action=Action.DENY, message=refusal.message)
+        refusals.log_refusal(session, refused, sql)
+        if self.audit is None:
+            return refusal
+        return self._recorded(session, sql, (), refused, refusal)
 
     def _limited(self, decision: Decision, classification: Any, sql: str) -> Allow | Decision:
         note = GateNote(classification, "allow", primary_category(classification), decision)
@@ -382,7 +466,7 @@ class Gate:
             outcome = _ALLOW_SESSION
         elif any(getattr(st, "declares", ()) for st in statements):
             outcome = _ALLOW_DECLARES
-        elif has_limits(decision):  # type: ignore[arg-type]
+        elif self._has_limits(decision):  # type: ignore[arg-type]
             outcome = _ALLOW_LIMITED
         else:
             outcome = _ALLOW_PLAIN
@@ -396,7 +480,7 @@ class Gate:
                 limited = plain  # rewritten per text (see _judge); marks "not cached"
             else:
                 limited = limited_verdict(decision, classification, "", note)
-                if type(limited) is Allow:
+                if type(limited) is Allow and not limited.max_changes:
                     repeatable = replace(limited, repeatable=True)
         answer = (identity, classification, outcome, plain, repeatable, limited, decision)
         if not session_dependent:  # those are classified afresh each time: never reused
@@ -423,7 +507,7 @@ class Gate:
                     statement.params, statement.param_formats, candidate.param_types
                 )
                 return self._offloaded(ready, session, statement, candidate.sql, params or ())
-        limits: Decision | None = None
+        limited: tuple[Decision, Any, Any] | None = None  # (decision, classification, candidate)
         for candidate in checked:
             if candidate.lost:
                 return refusals.lost_track(statement.statement_name)
@@ -435,6 +519,8 @@ class Gate:
                 # a held statement is held at each execution, with its values.
                 decision = self.ruleset.decide(identity, classification)
                 if decision.action is _ALLOW_ACTION:
+                    if self._has_limits(decision):  # the Bind's verdict replaces the Parse's
+                        limited = (decision, classification, candidate)
                     continue
             params = values_as_text(
                 statement.params, statement.param_formats, candidate.param_types
@@ -453,21 +539,39 @@ class Gate:
                 )
             if decision.action is not _ALLOW_ACTION:
                 return self.verdict(decision, session, candidate.sql, params)
-            if has_limits(decision):
-                limits = decision
-        if limits is not None:
-            verdict = self._limited(limits, classification, candidate.sql)
-            if type(verdict) is not Allow:
-                return self.verdict(verdict, session, candidate.sql, params)
-            if verdict.replace_sql is not None:  # a Bind cannot rewrite its statement
-                return self.verdict(
-                    replace(verdict_hold(limits), classification=classification),
-                    session,
-                    candidate.sql,
-                    params,
-                )
-            return verdict
+            if self._has_limits(decision):
+                limited = (decision, classification, candidate)
+        if limited is not None:
+            return self._limited_bind(session, statement, catalog, *limited)
         return self._bind_allowed(classification)
+
+    def _limited_bind(
+        self,
+        session: SessionInfo,
+        statement: Statement,
+        catalog: KeyCatalog | None,
+        limits: Decision,
+        classification: Any,
+        candidate: Any,
+    ) -> Verdict | Awaitable[Verdict]:
+        """A Bind allowed under run-time limits: its verdict carries them (row limits,
+        the rows left under its window), or it is held when a limit needs what a Bind
+        cannot do (measure its changes, rewrite its text)."""
+        verdict = self._limited(limits, classification, candidate.sql)
+        if type(verdict) is Allow and not verdict.max_changes and verdict.replace_sql is None:
+            return self._run_limited("bind", verdict, limits, session, candidate.sql, catalog)
+        if type(verdict) is Allow:
+            held = (
+                unmeasured_hold(limits, classification)
+                if verdict.max_changes  # the relay does not measure a Bind
+                else replace(verdict_hold(limits), classification=classification)
+            )
+        else:
+            held = verdict
+        params = values_as_text(statement.params, statement.param_formats, candidate.param_types)
+        if params is None:
+            return refusals.UNREADABLE_VALUES_REFUSED
+        return self.verdict(held, session, candidate.sql, params)
 
     def _bind_allowed(self, classification: Any) -> Allow:
         """An allowed Bind's verdict: it replaces the Parse's for the portal, so it

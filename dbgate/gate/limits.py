@@ -8,10 +8,15 @@ its :class:`~dbgate.policy.model.Decision` (docs/rules.md, "Run-time limits"):
   the statement with SQLSTATE 54000 (``Allow.over_limit``). A rule that says
   ``over_limit: hold`` for reads cannot be honoured half-way through a result, so
   such a read is held before it runs;
-* ``max_rows_changed`` — rows changed per statement. Measuring them needs the
-  statement to run under a savepoint the relay can roll back to; until the relay
-  does that, a write not proven within its limit is held before it runs (fail
-  closed), with the limit named in the reason;
+* ``max_rows_changed`` — rows changed per statement. A simple Query of plain DML
+  runs measured (``Allow.max_changes``, :mod:`dbgate.proxy.measure`): under a
+  savepoint pipelined with it, kept when its command tags count at most the limit,
+  undone past it and then decided by :func:`over_changes_decision` — held for
+  approval with the measured count, or refused with 54000, as the rule's
+  ``over_limit`` says. What cannot be measured is held before it runs (fail
+  closed): the extended protocol (Parse/Bind), strings with transaction control or
+  other commands a savepoint would change, DML whose tag does not count its rows
+  (in ``WITH``, under ``EXPLAIN ANALYZE``), and a limit of 0;
 * ``guard_clamps`` — a statement that sets a session guard (``statement_timeout``
   and friends) to 0, "no limit": it runs with the identity's ceiling instead
   (``SET statement_timeout = 0`` is forwarded as ``SET statement_timeout = 120000``;
@@ -46,21 +51,98 @@ def rows_refusal(decision: Decision) -> Refuse:
     )
 
 
+#: Commands a measured Query may contain: running them inside dbgate's savepoint
+#: changes nothing about what they do. Anything else (transaction control, VACUUM,
+#: CREATE DATABASE, ...) would, so a string with it is not measured.
+MEASURABLE_COMMANDS = frozenset(
+    {"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES", "TABLE", "COPY"}
+)
+
+
+def measurable(classification: Classification) -> bool:
+    """Whether the rows a query string changes can be measured from its command tags
+    under a savepoint (see :mod:`dbgate.proxy.measure`)."""
+    return all(
+        st.command in MEASURABLE_COMMANDS and (st.writes_counted or st.write_bound == 0)
+        for st in classification.statements
+    )
+
+
+def unmeasured_hold(decision: Decision, classification: Classification) -> Decision:
+    """A write not proven within ``max_rows_changed`` that cannot be measured as it
+    runs: held before it runs."""
+    return _held(
+        decision,
+        classification,
+        "unmeasured-changes",
+        f"changes rows of a table without a unique key pinning them; the rule "
+        f"'{decision.rule}' allows at most {decision.max_rows_changed} changed rows, "
+        "which dbgate cannot measure for this statement as it runs (the extended "
+        "protocol, or a string with transaction control)",
+        decision.changes_over_limit,
+    )
+
+
+def over_changes_decision(
+    decision: Decision, classification: Classification, count: int
+) -> Decision:
+    """What a measured write that changed ``count`` rows, more than its limit, gets
+    (it is already undone): held with the count for approvers, or denied. ``count``
+    -1: the statement ran but its changes could not be counted."""
+    over = decision.changes_over_limit
+    limit = decision.max_rows_changed
+    written = _written_tables(classification)
+    if count >= 0:
+        why = (
+            f"would change {count:,} rows of {written}, more than the {limit:,} the rule "
+            f"'{decision.rule}' allows without approval; it was undone"
+        )
+    else:
+        why = (
+            f"changes rows of {written} in a way dbgate could not count (a result too "
+            f"large to hold back); the rule '{decision.rule}' allows at most {limit:,}"
+        )
+    if over is not None and over.action is Action.HOLD:
+        return _held(decision, classification, "changes-over-limit", why, over)
+    return replace(
+        decision,
+        action=Action.DENY,
+        message=f"{why}: refused",
+        reasons=(Reason(Category.WRITE, "changes-over-limit", why),),
+        max_rows=None,
+        max_rows_changed=None,
+    )
+
+
+def changes_refusal(decision: Decision) -> Refuse:
+    """A measured write past its limit that the rule refuses: 54000, as reads."""
+    return Refuse(
+        sqlstate.PROGRAM_LIMIT_EXCEEDED,
+        f"dbgate: the statement {decision.reasons[0].message}",
+        hint="change fewer rows: filter on a unique key",
+    )
+
+
+def _written_tables(classification: Classification) -> str:
+    names = sorted(
+        t
+        for st in classification.statements
+        if st.write_bound is None
+        for t in (st.unbounded_tables or st.tables)
+    )
+    return ", ".join(names) or "its tables"
+
+
 def limited_verdict(
     decision: Decision, classification: Classification, sql: str, note: GateNote
 ) -> Allow | Decision:
     """The relay's verdict for an allowed ``decision`` with limits, or a hold
-    decision when a limit cannot be enforced at run time."""
-    if decision.max_rows_changed is not None:
-        return _held(
-            decision,
-            classification,
-            "unmeasured-changes",
-            f"changes rows of a table without a unique key pinning them; the rule "
-            f"'{decision.rule}' allows at most {decision.max_rows_changed} changed rows, "
-            "which dbgate does not measure as the statement runs",
-            decision.changes_over_limit,
-        )
+    decision when a limit cannot be enforced at run time. A write is given
+    ``max_changes`` here; the gate binds its ``over_changes`` to the session (and
+    holds it instead when the message is not a simple Query)."""
+    changes = decision.max_rows_changed
+    if changes is not None and (changes <= 0 or not measurable(classification)):
+        return unmeasured_hold(decision, classification)
     over = decision.rows_over_limit
     if decision.max_rows and over is not None and over.action is Action.HOLD:
         return _held(
@@ -90,6 +172,7 @@ def limited_verdict(
         max_rows=max_rows,
         over_limit=rows_refusal(decision) if max_rows else None,
         replace_sql=replace_sql,
+        max_changes=changes or 0,
     )
 
 

@@ -48,6 +48,8 @@ class GateNote:
     category: str  # the category the statement is counted under
     decision: Decision | None = None  # the rules' decision, when they were asked
     approval: HoldOutcome | None = None  # for a held statement: how the wait ended
+    #: The tables a read under a rows-per-window limit is charged to (gate/windows.py).
+    window_tables: tuple[str, ...] = ()
 
     @property
     def rule(self) -> str:

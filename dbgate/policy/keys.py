@@ -140,6 +140,16 @@ class KeyCatalog:
                 return found
         return None
 
+    def schema_of(self, name: str) -> str | None:
+        """The schema an unqualified ``name`` resolves to through the search path, or
+        None when no schema of the path has it in the catalog."""
+        for s in self.search_path:
+            if s in ("pg_catalog", "pg_temp"):
+                continue
+            if f"{s}.{name}" in self.relations:
+                return s
+        return None
+
     def columns_of(self, schema: str | None, name: str) -> frozenset[str]:
         """Every column of the relation, empty when unknown."""
         rel = self.relation(schema, name)

@@ -18,7 +18,7 @@ from dbgate.proxy.seams import RowRewriter
 class RowLimiter:
     """A :class:`~dbgate.proxy.seams.RowRewriter` that returns None for rows to drop."""
 
-    __slots__ = ("hit", "inner", "limit", "on_hit", "rows")
+    __slots__ = ("hit", "inner", "limit", "on_hit", "rows", "taken")
 
     def __init__(
         self, inner: RowRewriter | None, limit: int, on_hit: Callable[[RowLimiter], None]
@@ -26,8 +26,16 @@ class RowLimiter:
         self.inner = inner
         self.limit = limit
         self.rows = 0
+        self.taken = 0  # rows already attributed to a statement record (take_forwarded)
         self.hit = False
         self.on_hit = on_hit
+
+    def take_forwarded(self) -> int:
+        """Rows forwarded to the client since the last call: what an Execute that
+        ended without a row count (suspended, failed, stopped) returned."""
+        n = min(self.rows, self.limit) - self.taken
+        self.taken += n
+        return n
 
     def _count(self) -> bool:
         self.rows += 1

@@ -1540,6 +1540,10 @@ class StatementTracker:
         kind = entry[0]
         replacement: bytes | None = None
         limit = self._limit
+        counted = self._rewriter
+        if type(counted) is RowLimiter and kind in (QUERY, EXECUTE) and entry[2] is not None:
+            # rows it forwarded before it failed or was stopped (charged to its windows)
+            entry[2].rows += counted.take_forwarded()
         if kind in (SILENT_QUERY, SILENT_PARSE):
             replacement = b""  # dbgate's own failure after a row limit: not shown
             code = sqlstate.PROGRAM_LIMIT_EXCEEDED
@@ -1823,7 +1827,11 @@ class StatementTracker:
     def _execute_done(self, entry: Entry, tag: str) -> bytes | None:
         """An Execute ended (CommandComplete, PortalSuspended, EmptyQueryResponse);
         returns what the client gets instead, when it went over its row limit."""
-        if self._rewriter is not None:
+        counted = self._rewriter
+        # rows forwarded by this Execute: its count when it has no tag (a suspended
+        # portal, one stopped at its limit)
+        forwarded = counted.take_forwarded() if type(counted) is RowLimiter else 0
+        if counted is not None:
             self._rewriter = None
             self._copy_out = False
             self.full = False
@@ -1835,6 +1843,7 @@ class StatementTracker:
                 # It finished before the cancel took effect: fail it for the client,
                 # and make the server fail the batch too (its answer is not shown).
                 if rec is not None:
+                    rec.rows += forwarded
                     self._finish(rec, limit.refusal.sqlstate)
                 limit.silent = True
                 self._inject_silent(SILENT_PARSE)
@@ -1843,7 +1852,8 @@ class StatementTracker:
         if rec is not None:
             if tag:
                 rec.tags.append(tag)
-                rec.rows += _row_count(tag)
+            # a suspended portal's tag counts nothing: the rows it forwarded do
+            rec.rows += max(_row_count(tag) if tag else 0, forwarded)
             self._finish(rec)
         return None
 

@@ -84,11 +84,96 @@ async def test_a_write_pinned_by_the_primary_key_runs(env: HoldsEnv, big: str) -
         await conn.close()
 
 
-async def test_a_write_not_proven_narrow_is_held_before_it_runs(env: HoldsEnv, big: str) -> None:
+async def test_a_write_not_proven_narrow_runs_measured_under_its_limit(
+    env: HoldsEnv, big: str
+) -> None:
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        # a range is no proof: measured under a savepoint, 50 rows <= 100, kept (not held)
+        done = conn.execute(f"UPDATE {big} SET note = 'm' WHERE id <= 50")
+        assert await asyncio.wait_for(done, 30) == "UPDATE 50"
+        assert await conn.fetchval(f"SELECT count(*) FROM {big} WHERE note = 'm'") == 50
+        # inside the client's own block: kept or undone by the client, as without dbgate
+        tr = conn.transaction()
+        await tr.start()
+        assert await conn.execute(f"UPDATE {big} SET note = 'r' WHERE id <= 60") == "UPDATE 60"
+        await tr.rollback()
+        assert await conn.fetchval(f"SELECT count(*) FROM {big} WHERE note = 'r'") == 0
+        async with conn.transaction():
+            assert await conn.execute(f"UPDATE {big} SET note = 'r' WHERE id <= 60") == (
+                "UPDATE 60"
+            )
+        assert await conn.fetchval(f"SELECT count(*) FROM {big} WHERE note = 'r'") == 60
+        assert not conn.is_in_transaction()
+    finally:
+        await conn.close()
+
+
+def test_a_measured_write_returns_its_rows_once(env: HoldsEnv, big: str) -> None:
+    """RETURNING through a simple Query (psycopg's client-side binding cursor): the
+    rows arrive once, and the session's status is the server's."""
+    with psycopg.connect(env.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        cur = conn.execute(f"UPDATE {big} SET note = 'n' WHERE id <= %s RETURNING id", (60,))
+        assert sorted(r[0] for r in cur.fetchall()) == list(range(1, 61))
+        assert cur.statusmessage == "UPDATE 60"
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with conn.transaction():
+            cur = conn.execute(f"DELETE FROM {big} WHERE id > %s RETURNING id", (1490,))
+            assert len(cur.fetchall()) == 10
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            raise psycopg.Rollback
+        assert conn.execute(f"SELECT count(*) FROM {big}").fetchone() == (1500,)
+
+
+async def test_a_write_over_its_limit_is_undone_and_held_with_the_measured_count(
+    env: HoldsEnv, big: str
+) -> None:
     conn = await asyncpg.connect(env.dsn)
     notices = AsyncpgNotices(conn)
     try:
-        running = asyncio.create_task(conn.execute(f"UPDATE {big} SET note = 'z' WHERE note = 'w'"))
+        running = asyncio.create_task(conn.execute(f"UPDATE {big} SET note = 'o' WHERE id <= 500"))
+        rid = await notices.held()
+        # undone while the approver decides: nothing changed, nothing locked
+        assert await env.app.acall(_count(env, big, "o")) == 0
+        row = await env.app.arequest(rid)
+        assert row["rule"] == "allow-bounded-writes"
+        reasons = json.loads(row["reasons"])
+        over = [r for r in reasons if r["code"] == "changes-over-limit"]
+        assert over and "would change 500 rows" in over[0]["text"], reasons
+        await env.app.aapprove(rid)
+        assert await running == "UPDATE 500"
+        assert await conn.fetchval(f"SELECT count(*) FROM {big} WHERE note = 'o'") == 500
+
+        running = asyncio.create_task(conn.execute(f"DELETE FROM {big} WHERE note = 'o'"))
+        rid = await notices.held()
+        await env.app.areject(rid, "too many")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await running
+        assert await conn.fetchval(f"SELECT count(*) FROM {big} WHERE note = 'o'") == 500
+        await conn.execute(f"UPDATE {big} SET note = 'n' WHERE id <= 80")
+    finally:
+        running.cancel()
+        await conn.close()
+
+
+async def _count(env: HoldsEnv, table: str, note: str) -> int:
+    conn = await asyncpg.connect(env.admin_dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table} WHERE note = $1", note))
+    finally:
+        await conn.close()
+
+
+async def test_a_write_not_proven_narrow_through_bind_is_held_before_it_runs(
+    env: HoldsEnv, big: str
+) -> None:
+    """The extended protocol is not measured: a Bind of an unproven write is held."""
+    conn = await asyncpg.connect(env.dsn)
+    notices = AsyncpgNotices(conn)
+    try:
+        running = asyncio.create_task(
+            conn.execute(f"UPDATE {big} SET note = $1 WHERE note = $2", "z", "w")
+        )
         rid = await notices.held()
         row = await env.app.arequest(rid)
         assert row["rule"] == "allow-bounded-writes"

@@ -63,6 +63,12 @@ rules:
     message: bulk change of an expiring table
     approver_groups: [dba]
     wait_seconds: 1
+  - name: small-window
+    description: a rows-per-window limit small enough to reach in a test
+    match: {categories: [read], tables: ["windowed_*"]}
+    action: allow
+    max_rows_per_window: 30
+    window: 1h
 """
 
 _REQUEST_ID = re.compile(r"\(request (\d+)\)")

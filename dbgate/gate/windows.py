@@ -1,0 +1,138 @@
+"""The rows-per-window limit, applied by the gate and charged by an observer.
+
+:mod:`dbgate.gate.row_window` keeps the shared counts; this module is what the gate
+does with them (docs/rules.md, "Run-time limits", ``max_rows_per_window``):
+
+* before an allowed read runs, :func:`windowed` asks how many rows the identity has
+  left for the tables it reads (named as the server resolves them through the
+  session's ``search_path``, so ``big`` and ``public.big`` are one account), and
+  caps the statement's ``max_rows`` with it; nothing left: refused with 54000 before
+  it runs, naming the rule and what was read;
+* after it ran, :class:`WindowCharges` (an observer) charges the rows it returned —
+  the command tag's count, or, for a statement that failed or was stopped, the rows
+  the relay forwarded before it ended — to each of those tables.
+
+A verdict under a window is never ``repeatable``, and a prepared statement under one
+is shown to the gate at every Bind (``check_binds``): the rows left change with
+every read, so each execution is capped afresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from dbgate.gate.notes import GateNote
+from dbgate.proxy.seams import Allow, Refuse
+from dbgate.wire import sqlstate
+
+if TYPE_CHECKING:
+    from dbgate.gate.row_window import RowWindows
+    from dbgate.policy.keys import KeyCatalog
+    from dbgate.policy.model import Decision, RowWindow
+    from dbgate.policy.rules import RuleSet
+    from dbgate.proxy.seams import StatementRecord
+    from dbgate.proxy.session_info import SessionInfo
+
+
+def window_lengths(ruleset: RuleSet) -> set[int]:
+    """The window lengths (seconds) the rules use: their shared totals are read from
+    the start, so the first read under each is not refused while they load."""
+    return {r.window_seconds for r in ruleset.rules if r.max_rows_per_window and r.window_seconds}
+
+
+def account_tables(tables: frozenset[str], catalog: KeyCatalog | None) -> tuple[str, ...]:
+    """The accounts a statement's tables are charged to: schema-qualified as the
+    server resolves them for this session (``public.<name>`` when unknown)."""
+    from dbgate.policy.rules_match import qualify_table
+
+    out = set()
+    for t in tables:
+        schema, _, name = t.rpartition(".")
+        if not schema and catalog is not None:
+            found = catalog.schema_of(name)
+            if found is not None:
+                out.add(f"{found}.{name}")
+                continue
+        out.add(t if schema else qualify_table(t))
+    return tuple(sorted(out))
+
+
+def windowed(
+    verdict: Allow,
+    window: RowWindow,
+    windows: RowWindows,
+    identity: str,
+    catalog: KeyCatalog | None,
+) -> Allow | Refuse:
+    """``verdict`` capped by the rows ``identity`` has left under ``window``, or a
+    refusal when it has none."""
+    tables = account_tables(window.tables, catalog)
+    left = windows.remaining(identity, window, tables)
+    if left <= 0:
+        return Refuse(
+            sqlstate.PROGRAM_LIMIT_EXCEEDED,
+            f"dbgate: {windows.describe(identity, window, tables)}",
+            hint="wait for the window to move on, or ask for the rule to be changed",
+            note=verdict.note,
+        )
+    note = verdict.note
+    if isinstance(note, GateNote):
+        note = replace(note, window_tables=tables)
+    if verdict.max_rows and verdict.max_rows <= left:
+        return replace(verdict, note=note, repeatable=False)
+    return replace(
+        verdict,
+        note=note,
+        repeatable=False,
+        max_rows=left,
+        over_limit=Refuse(
+            sqlstate.PROGRAM_LIMIT_EXCEEDED,
+            f"dbgate: the statement returned more than the {left} rows {identity} has "
+            f"left of {', '.join(tables)} under rule '{window.rule}' "
+            f"({window.rows} rows per table per {window.seconds} s); it was stopped",
+            hint="select fewer rows, or wait for the window to move on",
+        ),
+    )
+
+
+class WindowCharges:
+    """Charges every windowed statement's rows when it ends (an Observer)."""
+
+    def __init__(self, windows: RowWindows) -> None:
+        self.windows = windows
+
+    def _charge(self, session: SessionInfo, record: StatementRecord) -> None:
+        note = record.note
+        if not isinstance(note, GateNote) or not note.window_tables:
+            return
+        decision: Decision | None = note.decision
+        window = decision.row_window if decision is not None else None
+        if window is not None and record.rows > 0:
+            self.windows.add(session.identity, window, note.window_tables, record.rows)
+
+    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
+        self._charge(session, record)
+
+    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
+        self._charge(session, record)
+
+    def session_started(self, session: SessionInfo) -> None:
+        pass
+
+    def session_ended(self, session: SessionInfo) -> None:
+        pass
+
+    def session_refused(
+        self, user: str, database: str, client_addr: str, sqlstate: str, message: str
+    ) -> None:
+        pass
+
+    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass

@@ -1,0 +1,102 @@
+"""Rows per identity and table over a window (``max_rows_per_window``) in a running
+dbgate: counted across statements, sessions and prepared executions, per identity,
+and a read past what is left is stopped with 54000 (the test pack's rule
+``small-window``: 30 rows of each ``windowed_*`` table per hour)."""
+
+from __future__ import annotations
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.integration.holds.harness import (
+    OTHER_AGENT,
+    OTHER_PASSWORD,
+    HoldsEnv,
+    admin_execute,
+)
+
+
+@pytest.fixture(scope="module")
+def tables(env: HoldsEnv) -> None:
+    admin_execute(
+        env.admin_dsn,
+        "CREATE TABLE windowed_a (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_a SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "CREATE TABLE windowed_b (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_b SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "GRANT SELECT ON windowed_a, windowed_b TO PUBLIC",
+    )
+
+
+async def test_reads_are_counted_across_statements_and_sessions(
+    env: HoldsEnv, tables: None
+) -> None:
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        rows = await conn.fetch("SELECT id FROM windowed_a WHERE id <= 20 ORDER BY id")
+        assert len(rows) == 20
+        # 10 rows left: a read of 20 is stopped at the 10th, and the 10 count
+        with pytest.raises(asyncpg.ProgramLimitExceededError) as info:
+            await conn.fetch("SELECT id FROM windowed_a WHERE id > 50")
+        assert "10 rows agent has left of public.windowed_a" in info.value.message
+        assert "small-window" in info.value.message
+        # nothing left: refused before it runs, a key read too, qualified or not
+        for sql in (
+            "SELECT v FROM windowed_a WHERE id = 1",
+            "SELECT v FROM public.windowed_a WHERE id = 2",
+        ):
+            with pytest.raises(asyncpg.ProgramLimitExceededError) as info:
+                await conn.fetch(sql)
+            assert "agent has read 30 rows of public.windowed_a" in info.value.message
+        # the session goes on: another table has its own account
+        assert await conn.fetchval("SELECT v FROM windowed_b WHERE id = 1") == "v1"
+    finally:
+        await conn.close()
+    # another session of the same identity, simple Query protocol: the same account
+    with psycopg.connect(env.dsn, autocommit=True) as other:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            other.execute("SELECT v FROM windowed_a WHERE id = 3", prepare=False)
+        assert other.execute("SELECT 1").fetchone() == (1,)
+    # the refusal is in the audit trail like any other (literals masked)
+    rows = await env.app.acall(_audited(env))
+    assert {
+        "statement": "SELECT v FROM windowed_a WHERE id = $1",
+        "decision": "deny",
+        "outcome": "54000",
+    } in rows, rows
+
+
+async def _audited(env: HoldsEnv) -> list[dict[str, object]]:
+    conn = await asyncpg.connect(env.pg_server.dsn(env.state_db))
+    try:
+        found = await conn.fetch(
+            "SELECT statement, decision, outcome FROM dbgate.audit_log "
+            "WHERE kind = 'statement' ORDER BY id DESC LIMIT 10"
+        )
+        return [dict(r) for r in found]
+    finally:
+        await conn.close()
+
+
+async def test_each_execution_of_a_prepared_statement_is_counted(
+    env: HoldsEnv, tables: None
+) -> None:
+    """Another identity has its own account; a prepared statement executed again and
+    again (asyncpg's statement cache) is capped by what is left at each Bind."""
+    dsn = env.app.dsn(env.data_db, OTHER_AGENT, OTHER_PASSWORD)
+    conn = await asyncpg.connect(dsn)
+    try:
+        stmt = await conn.prepare("SELECT v FROM windowed_a WHERE id = $1")
+        for i in range(1, 31):
+            assert await stmt.fetchval(i) == f"v{i}"
+        with pytest.raises(asyncpg.ProgramLimitExceededError) as info:
+            await stmt.fetchval(31)
+        assert f"{OTHER_AGENT} has read 30 rows of public.windowed_a" in info.value.message
+        # a row-limited read of the other table stops at what is left
+        rows = await conn.fetch("SELECT id FROM windowed_b WHERE id <= 25")
+        assert len(rows) == 25
+        with pytest.raises(asyncpg.ProgramLimitExceededError):
+            await conn.fetch("SELECT id FROM windowed_b WHERE id <= 25")
+    finally:
+        await conn.close()
