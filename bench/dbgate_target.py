@@ -86,7 +86,30 @@ rules:
     max_rows: 2000000
     max_rows_per_window: 100000000
     window: 1h
+  - name: bench-pgbench-reads
+    description: the default pack's row limit, a window pgbench cannot exhaust (still counted)
+    match:
+      identities: [bench]
+      categories: [read]
+      tables: ["pgbench_*"]
+    action: allow
+    max_rows: 1000
+    max_rows_per_window: 1000000000
+    window: 1h
 """
+
+#: "dbgate-nolimits": the same, with pgbench's tables free of every run-time limit, so
+#: "limits on/off" (dbgate/dbgate-nolimits) is what the row and change limits cost.
+NO_LIMITS_RULES = (
+    BENCH_RULES
+    + """  - name: bench-pgbench-unlimited
+    match:
+      identities: [bench]
+      categories: [read, write]
+      tables: ["pgbench_*"]
+    action: allow
+"""
+)
 
 
 def write_rules(directory: Path, extra_rules: str = BENCH_RULES) -> Path:
@@ -112,6 +135,7 @@ def write_config(
     log_level: str,
     policy: str | None = None,
     approvals: Approvals | None = None,
+    extra_rules: str = BENCH_RULES,
 ) -> None:
     config: dict[str, object] = {
         "listen": f"{LOOPBACK}:{port}",
@@ -128,7 +152,7 @@ def write_config(
         "allow_privileged_upstream": True,
     }
     # Tokenization is on wherever the policy is; every replica needs the same key.
-    config["rules_dir"] = str(write_rules(path.parent / "rules"))
+    config["rules_dir"] = str(write_rules(path.parent / "rules", extra_rules))
     config["pii"] = {"keys": [{"id": "bench", "secret": BENCH_PII_KEY}]}
     if policy is not None:
         config["policy"] = policy  # "off": relay without inspection (a diagnostic)
@@ -167,6 +191,7 @@ class Dbgate:
         name: str = "dbgate",
         policy: str | None = None,
         approvals: Approvals | None = None,
+        extra_rules: str = BENCH_RULES,
     ) -> None:
         work_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -182,6 +207,7 @@ class Dbgate:
             log_level,
             policy,
             approvals,
+            extra_rules,
         )
         self.approvals = approvals
         self.target = Target(name, LOOPBACK, self.port, IDENTITY, identity_password, dbname)

@@ -39,6 +39,8 @@ def _ratios(value: Mapping[str, float | None]) -> dict[str, float | None]:
     }
     if "dbgate-audit" in value:  # the audit trail's cost: target >= 0.9
         ratios["audit on/off"] = _ratio(value.get("dbgate-audit"), value.get("dbgate"))
+    if "dbgate-nolimits" in value:  # the row and change limits' cost: target >= 0.9
+        ratios["limits on/off"] = _ratio(value.get("dbgate"), value.get("dbgate-nolimits"))
     if "dbgate-w2" in value:
         ratios["dbgate-w2/dbgate"] = _ratio(value.get("dbgate-w2"), value.get("dbgate"))
         ratios["dbgate-w2/pgbouncer"] = _ratio(value.get("dbgate-w2"), value.get("pgbouncer"))
@@ -185,6 +187,7 @@ def _format_ratio_table(
         + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}"
         + (f" {'dbg/pump':>8} {'pump/pgb':>8}" if "pump" in names else "")
         + (f" {'audit on/off':>12}" if "dbgate-audit" in names else "")
+        + (f" {'limits on/off':>13}" if "dbgate-nolimits" in names else "")
         + "  dbgate vs target"
     )
     lines = [head, "-" * len(head)]
@@ -204,6 +207,7 @@ def _format_ratio_table(
             f" {_fmt_ratio(r['pgbouncer/direct']):>7}"
             + _pump_cells(r, names)
             + (f" {_fmt_ratio(r.get('audit on/off')):>12}" if "dbgate-audit" in names else "")
+            + (f" {_fmt_ratio(r.get('limits on/off')):>13}" if "dbgate-nolimits" in names else "")
             + "  "
             + _fmt_verdict(row["target_met"], row.get("target", target), r[target_ratio])
         )
@@ -265,7 +269,15 @@ def format_flat(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PROXIES = ("pgbouncer", "dbgate", "dbgate-w2", "dbgate-audit", "dbgate-nopolicy", "pump")
+PROXIES = (
+    "pgbouncer",
+    "dbgate",
+    "dbgate-w2",
+    "dbgate-audit",
+    "dbgate-nolimits",
+    "dbgate-nopolicy",
+    "pump",
+)
 
 
 def format_cpu_table(rows: list[dict[str, Any]], names: list[str]) -> str:

@@ -51,7 +51,13 @@ from typing import Any
 import uvloop
 
 from bench import pgbench, report, streaming
-from bench.dbgate_target import Approvals, Dbgate, create_database
+from bench.dbgate_target import (
+    BENCH_RULES,
+    NO_LIMITS_RULES,
+    Approvals,
+    Dbgate,
+    create_database,
+)
 from bench.pgbouncer import PgBouncer, ensure_pgbouncer, pgbouncer_version
 from bench.procs import free_port
 from bench.pump import start_pump
@@ -326,6 +332,10 @@ class Bench:
             )
         if "dbgate-w2" in a.targets:
             self._start_dbgate(pg.host, pg.port, pg.user, pg.password, "dbgate-w2", workers=2)
+        if "dbgate-nolimits" in a.targets:
+            self._start_dbgate(
+                pg.host, pg.port, pg.user, pg.password, "dbgate-nolimits", rules=NO_LIMITS_RULES
+            )
         if "dbgate-nopolicy" in a.targets:
             self._start_dbgate(pg.host, pg.port, pg.user, pg.password, "dbgate-nopolicy", "off")
         if "pump" in a.targets:
@@ -377,6 +387,7 @@ class Bench:
         policy: str | None = None,
         approvals: Approvals | None = None,
         workers: int = 1,
+        rules: str = BENCH_RULES,
     ) -> None:
         flags = f" --workers {workers}" + (", policy off" if policy == "off" else "")
         say(f"starting {name} (dbgate serve{flags}) ...")
@@ -393,6 +404,7 @@ class Bench:
                 name=name,
                 policy=policy,
                 approvals=approvals,
+                extra_rules=rules,
             )
         except (RuntimeError, OSError) as e:
             say(f"{name} unavailable: {e}")

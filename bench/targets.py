@@ -18,6 +18,7 @@ TARGET_ORDER = (
     "dbgate",
     "dbgate-w2",
     "dbgate-audit",
+    "dbgate-nolimits",
     "dbgate-nopolicy",
     "pump",
 )
@@ -25,10 +26,11 @@ TARGET_ORDER = (
 # (two processes on one port): on this 2-core machine it must cost nothing.
 # "dbgate-audit" is dbgate with a state database: every statement and session goes to
 # the audit trail (holds, tokenization and approvals are on), so "audit on vs off" is
-# dbgate-audit/dbgate. Opt-in diagnostics: "dbgate-nopolicy" is dbgate with
+# dbgate-audit/dbgate. "dbgate-nolimits" lifts every run-time limit on pgbench's tables,
+# so "limits on/off" is dbgate/dbgate-nolimits. Opt-in diagnostics: "dbgate-nopolicy" is dbgate with
 # ``policy: off`` (the relay without the inspector: what the policy costs), "pump"
 # (bench/pump.py) a blind Python byte relay (the floor for any relay on uvloop).
-DEFAULT_TARGETS = ("direct", "pgbouncer", "dbgate", "dbgate-w2", "dbgate-audit")
+DEFAULT_TARGETS = ("direct", "pgbouncer", "dbgate", "dbgate-w2", "dbgate-audit", "dbgate-nolimits")
 
 
 @dataclass
