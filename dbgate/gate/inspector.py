@@ -420,6 +420,14 @@ class Gate:
         loads = self.keys.loads
         await loads.reload_since(session.database, time.monotonic())
         catalog = self.keys.for_session(session)
+        if catalog is not None and self.offload is not None:
+            # a new catalog is a new cache key: an expensive text is classified again
+            # in a worker, not here
+            ready = self.offload.ahead(statement.sql, session.statements.texts, catalog)
+            unclassified = None if ready is None else await ready
+            if unclassified is not None:  # it could not be: the pool's hold or refusal
+                held = self._held(statement.kind, unclassified, session, statement.sql)
+                return await held if isinstance(held, Awaitable) else held  # type: ignore[no-any-return]
         if catalog is not None:
             classification = self._classified(statement.sql, session.statements.texts, catalog)
             loads.still_unknown(session.database, self.keys.unknown(catalog, classification.tables))
@@ -527,6 +535,10 @@ class Gate:
             )
             if params is None:
                 return refusals.UNREADABLE_VALUES_REFUSED
+            if decision is None and self.offload is not None:
+                costly = self.offload.bind_verdict(candidate.sql, params)
+                if costly is not None:  # not parsed again on the event loop
+                    return self.verdict(costly, session, candidate.sql, params)
             if decision is None:
                 decision = decide_bind(
                     self.ruleset,
