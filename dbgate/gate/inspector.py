@@ -523,9 +523,10 @@ class Gate:
             if classification.needs_bind:
                 decision = None
             else:
-                # Checked at Bind for PII tokens (policy allowed it at Parse), or held:
-                # a held statement is held at each execution, with its values.
-                decision = self.ruleset.decide(identity, classification)
+                # Checked at Bind for PII tokens (policy allowed it at Parse), held (a
+                # held statement is held at each execution, with its values), or under
+                # a window (capped by what is left at each execution).
+                decision = self._decided(identity, classification)
                 if decision.action is _ALLOW_ACTION:
                     if self._has_limits(decision):  # the Bind's verdict replaces the Parse's
                         limited = (decision, classification, candidate)
@@ -556,6 +557,19 @@ class Gate:
         if limited is not None:
             return self._limited_bind(session, statement, catalog, *limited)
         return self._bind_allowed(classification)
+
+    def _decided(self, identity: Identity, classification: Any) -> Decision:
+        """The rules' decision, from the answer remembered at Parse when there is one
+        (a prepared statement's every Bind asks again)."""
+        answer = self._answers.get((id(identity), id(classification)))
+        if (
+            answer is not None
+            and answer[0] is identity
+            and answer[1] is classification
+            and answer[6] is not None
+        ):
+            return answer[6]  # type: ignore[no-any-return]
+        return self.ruleset.decide(identity, classification)
 
     def _limited_bind(
         self,
