@@ -487,19 +487,17 @@ class ProxyServer:
             log.info("cancel request with unknown key ignored")
 
     async def cancel_here(self, request: CancelRequest) -> bool:
-        """Cancel the statement of this process's session that ``request`` names.
+        """Cancel the statement of this process's session that ``request`` names, and
+        return once the server has confirmed it (:meth:`Session.cancel`).
 
-        False when no session here has that key (the caller may ask elsewhere)."""
+        False when no session here has that key (the caller may ask elsewhere). Up to
+        the session's first suspension this runs synchronously when awaited (the
+        worker relay relies on it)."""
         target = self._cancel.get(request.pid)
         if target is None or not hmac.compare_digest(target.secret, request.secret):
             log.debug("cancel request with unknown key ignored")
             return False
-        if target.session.cancel_wait():
-            return True  # the statement was waiting in dbgate, not running upstream
-        try:
-            await send_cancel(self.config.upstream, target.upstream_pid, target.upstream_key)
-        except (TimeoutError, OSError) as e:
-            log.warning("could not forward cancel request: %s", e)
+        await target.session.cancel()
         return True
 
     async def stop(self, grace: float | None = None) -> None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from dbgate.proxy.budget import MemoryBudget, Reservation
 from dbgate.proxy.seams import Allow, MessageFilter, Notice, Observer, Refuse
 from dbgate.proxy.tracker import CLIENT_TYPES, StatementTracker
+from dbgate.proxy.upstream import CancelNotConfirmed
 from dbgate.wire import messages as m
 from dbgate.wire import sqlstate
 from dbgate.wire.errors import LimitExceeded, ProtocolError
@@ -94,6 +95,8 @@ class Session:
         self._waiting: asyncio.Task[None] | None = None
         self._deciding: asyncio.Future[None] | None = None  # over_changes awaited
         self._queued: list[bytes] = []
+        #: CancelRequests of the client's on their way upstream: its later bytes wait.
+        self._cancelling = 0
         self._queued_bytes = 0
         self._read_pauses: set[str] = set()
         self._upstream_pauses: set[str] = set()
@@ -122,6 +125,12 @@ class Session:
     def idle(self) -> bool:
         """No statement in flight, none waiting, not inside a transaction."""
         return self.tracker.idle and self._waiting is None and self.info.transaction_status == "I"
+
+    @property
+    def parked_bytes(self) -> int:
+        """How much the client sent that dbgate keeps back for now: behind a statement
+        awaiting its verdict, a row-limited statement, or a cancel on its way upstream."""
+        return self._queued_bytes
 
     @property
     def running_upstream(self) -> bool:
@@ -210,6 +219,50 @@ class Session:
             self._deciding.cancel()
             return True
         return False
+
+    async def cancel(self) -> None:
+        """Answer the client's CancelRequest: end a wait in dbgate, or cancel upstream.
+
+        A PostgreSQL cancel is not bound to a statement: it interrupts whatever the
+        backend runs when the signal arrives. So that it can only hit what the client
+        had sent before asking: no cancel goes upstream when nothing of this session
+        runs there (the server would ignore it; arriving late it could only hit a
+        later statement), and while one is on its way nothing the client sends is
+        forwarded, until the server confirms it (closes the cancel connection: the
+        backend has been signalled). A cancel the server does not confirm in time
+        may still land at any moment, so the session is ended rather than go on.
+
+        Everything before the first suspension runs synchronously when this is
+        awaited: the worker relay (:mod:`dbgate.workers_cancel`) checks that the
+        worker which received the request still waits for it right before, and the
+        hold must be in place in that same step.
+        """
+        if self._closed or self.cancel_wait():
+            return
+        if self._cancel_upstream is None or self.tracker.idle:
+            return
+        self._cancelling += 1
+        try:
+            await self._cancel_upstream()
+        except CancelNotConfirmed as e:
+            self._cancel_unconfirmed(e)
+        except (TimeoutError, OSError) as e:
+            log.warning(
+                "session %s: could not forward a cancel request: %s", self.info.session_id, e
+            )
+        finally:
+            self._cancelling -= 1
+        if not self._closed and not self._cancelling and self._waiting is None:
+            for data in self._take_queued():
+                self.on_client_data(data)
+
+    def _cancel_unconfirmed(self, e: CancelNotConfirmed) -> None:
+        log.warning("session %s: %s; closing the session", self.info.session_id, e)
+        self.terminate(
+            sqlstate.CONNECTION_FAILURE,
+            f"dbgate: {e}; the session is closed so that the cancel cannot interrupt a "
+            "later statement",
+        )
 
     def _pause_client(self, reason: str, pause: bool) -> None:
         transport = self.client.transport
@@ -303,7 +356,7 @@ class Session:
 
     # -- client -> server ---------------------------------------------------------------
     def on_client_data(self, data: bytes) -> None:
-        if self._waiting is not None or self.tracker.blocked:
+        if self._waiting is not None or self.tracker.blocked or self._cancelling:
             self._queue(data)
             return
         tracker = self.tracker
@@ -359,6 +412,8 @@ class Session:
             try:
                 if self._cancel_upstream is not None:
                     await self._cancel_upstream()
+            except CancelNotConfirmed as e:
+                self._cancel_unconfirmed(e)
             except Exception:
                 log.warning("session %s: could not cancel upstream", self.info.session_id)
             if self._closed:
