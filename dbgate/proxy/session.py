@@ -17,7 +17,9 @@ server -> client
 
 Every protocol rule (cycles, copy-in, skip to Sync, which answer belongs to which
 message) lives in the tracker; this module owns only sockets, pauses, the verdict
-memory and the waiting for awaitable verdicts.
+memory and the waiting for awaitable verdicts — during which it asks the tracker,
+at an interval, for a ping that keeps the server's idle-in-transaction guard from
+ending the session while a human decides (:mod:`dbgate.proxy.hold_ping`).
 
 Memory: long messages are streamed through when nothing needs to see them whole, and
 collected (joined once) when something does (:class:`~dbgate.wire.framing.FrameReader`).
@@ -35,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from dbgate.proxy.budget import MemoryBudget, Reservation
+from dbgate.proxy.hold_ping import MAX_INTERVAL, HoldPinger
 from dbgate.proxy.seams import Allow, MessageFilter, Notice, Observer, Refuse
 from dbgate.proxy.tracker import CLIENT_TYPES, StatementTracker
 from dbgate.wire import messages as m
@@ -75,6 +78,7 @@ class Session:
         observer: Observer | None = None,
         message_filter: MessageFilter | None = None,
         cancel_upstream: Callable[[], Awaitable[None]] | None = None,
+        ping_interval: float = MAX_INTERVAL,
     ) -> None:
         self.info = info
         self.client = client
@@ -100,6 +104,7 @@ class Session:
         self._terminating = False
         self._draining = False
         self._closed = False
+        self._pinger = HoldPinger(ping_interval, self._ping)
         info._notify = self.send_notice
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -125,8 +130,10 @@ class Session:
 
     @property
     def running_upstream(self) -> bool:
-        """The server may still be working on something this session sent."""
-        return not self.tracker.idle
+        """The server may still be working on something this session sent (a ping
+        alone is answered at once)."""
+        tracker = self.tracker
+        return not tracker.idle and not (tracker.pinging and tracker.in_flight == 1)
 
     def drain(self) -> None:
         """Close as soon as the session is idle (graceful shutdown)."""
@@ -147,6 +154,7 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        self._pinger.stop()
         if self._waiting is not None:
             self._waiting.cancel()
         if self._deciding is not None:
@@ -336,6 +344,7 @@ class Session:
             if rest:
                 self._queue(rest, first=True)
             self._waiting = asyncio.ensure_future(self._await_verdict(waiting.verdict))
+            self._pinger.start()
         elif tracker.blocked:
             self._park(tracker.blocked_rest)
 
@@ -401,6 +410,7 @@ class Session:
                 self._unpark()
 
         self._deciding = asyncio.ensure_future(decide())
+        self._pinger.start()
 
     async def _await_verdict(self, pending: Awaitable[Allow | Refuse]) -> None:
         try:
@@ -424,6 +434,7 @@ class Session:
         self._waiting = None
         if self.tracker.waiting is not None:  # decided by over_changes(-1): awaited too
             self._waiting = asyncio.ensure_future(self._await_verdict(self.tracker.waiting.verdict))
+            self._pinger.start()
             return
         if self.tracker.blocked:  # the statement just sent runs under a row limit
             self._pause_client("waiting", False)
@@ -431,6 +442,16 @@ class Session:
             return
         for data in self._take_queued():
             self.on_client_data(data)
+
+    def _ping(self) -> bool:
+        """The pinger's tick: send the tracker's ping, if it may be sent now. False
+        once nothing waits any more (the pinger stops)."""
+        if self._closed or (self._waiting is None and self._deciding is None):
+            return False
+        ping = self.tracker.ping()
+        if ping:
+            self.upstream.write(ping)
+        return True
 
     # -- server -> client ---------------------------------------------------------------
     def on_server_data(self, data: bytes) -> None:
