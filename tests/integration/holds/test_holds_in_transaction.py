@@ -35,7 +35,7 @@ from tests.integration.holds.harness import (
     request_id,
     start_env,
 )
-from tests.integration.rawclient import RawClient, errors, names, status
+from tests.integration.rawclient import RawClient, errors, names, send_cancel, status
 
 GUARD_RULES = """\
 session_guards:
@@ -313,6 +313,29 @@ async def test_a_statement_held_inside_a_batch_outlives_the_guard(holds: HoldsEn
     finally:
         await client.close()
     assert holds.count(t) == 0
+
+
+async def test_a_cancel_ends_a_long_hold_in_a_transaction_as_the_server_would(
+    holds: HoldsEnv,
+) -> None:
+    """Cancelled after the guard's time (the pings ran): the statement fails with
+    57014, the transaction is failed on both sides, the request is withdrawn."""
+    t = holds.table("tx_cancel", 3)
+    client = await raw_agent(holds, "idle-guard-cancel")
+    try:
+        assert status(await client.query("BEGIN")) == "T"
+        client.send(m.query(f"DELETE FROM {t}"))
+        rid, _ = await until_notice(client)
+        await guard_ends_a_control_session(holds, "idle-guard-cancel-control")
+        assert client.key is not None
+        await send_cancel("127.0.0.1", holds.app.port, client.key.pid, client.key.secret)
+        answers = await client.until_ready()
+        assert [e.sqlstate for e in errors(answers)] == ["57014"] and status(answers) == "E"
+        assert status(await client.query("ROLLBACK")) == "I"
+    finally:
+        await client.close()
+    await holds.app.await_status(rid, "withdrawn")
+    assert holds.count(t) == 3
 
 
 async def test_the_transaction_timeout_still_ends_a_held_statement(holds: HoldsEnv) -> None:
