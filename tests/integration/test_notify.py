@@ -388,6 +388,27 @@ async def test_slack_reject_click(env: Env, slack: SlackSite) -> None:
 async def test_slack_refusals_decide_nothing_and_say_so_in_the_thread(
     env: Env, slack: SlackSite
 ) -> None:
+    told: list[tuple[str, str, str]] = []  # what the audit trail is told (store.on_event)
+    env.other.store.on_event = lambda step, _rec, actor, why, _at: told.append((step, actor, why))
+    try:
+        await _slack_refusals(env, slack)
+    finally:
+        env.other.store.on_event = None
+    assert [(step, actor) for step, actor, _ in told] == [
+        ("refused", "slack:U_STRANGER"),
+        ("refused", "ghost"),
+        ("refused", "olga"),
+        ("refused", "slack:U_STRANGER"),
+        ("approved", "bob"),
+        ("refused", "alice"),
+    ]
+    assert told[0][2] == (
+        "approve via slack refused: the Slack user is not mapped to a dbgate approver account"
+    )
+    assert "owns identity" in told[2][2] and "already approved" in told[5][2]
+
+
+async def _slack_refusals(env: Env, slack: SlackSite) -> None:
     rid, task = await env.held()
     reply_url = env.rx.url + f"/slack-response/no{rid}"
     # Unmapped Slack user.
