@@ -385,7 +385,10 @@ async def _detail_context(
         else []
     )
     deliveries = await request.app[DELIVERIES].for_request(rec.id)
+    audit = await queries.audit_records(svc.store.db, rec.id)
     return {
+        "audit": audit,
+        "audit_limit": queries.AUDIT_LIMIT,
         "rec": rec,
         "url": svc.url_for(rec.id),
         "cannot": may_decide(svc, session.approver, rec),

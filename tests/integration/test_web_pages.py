@@ -442,6 +442,42 @@ async def test_history_filters(site: Site) -> None:
     assert page.status == 400
 
 
+async def test_a_request_links_to_its_audit_records(site: Site) -> None:
+    from dbgate.audit import AuditWriter
+    from dbgate.audit.approval_steps import recorder
+    from dbgate.config import AuditConfig
+
+    b = await site.signed_in("alice")
+    rid, task = await site.held(identity="audited-agent", approver_groups=("dba",))
+    page = await b.get(f"/approvals/{rid}")
+    assert "No audit records of this request yet" in page.text
+    writer = AuditWriter(site.dsn, AuditConfig(), replica="web-test")
+    await writer.start()
+    site.web.store.on_event = recorder(writer)
+    try:
+        carol = await site.signed_in("carol")  # outside the rule's groups: refused, recorded
+        carol_csrf = (await carol.get(f"/approvals/{rid}")).csrf()
+        forced = await carol.post(f"/approvals/{rid}/approve", {"csrf": carol_csrf})
+        assert forced.status == 403
+        done = await b.post(f"/approvals/{rid}/approve", {"csrf": page.csrf(), "reason": "ok"})
+        assert done.status == 200
+        assert (await task).status is HoldStatus.APPROVED
+        await writer.flush()
+    finally:
+        site.web.store.on_event = None
+        await writer.stop()
+    page = await b.get(f"/approvals/{rid}")
+    section = page.plain.split('<h2 id="audit">Audit trail</h2>', 1)[1].split("</section>")[0]
+    records = re.findall(r'<td data-label="Record">(.*?)</td>', section)
+    assert records == ["approval refused", "approval approved"], section
+    who = re.findall(r'<td data-label="Who">(.*?)</td>', section)
+    assert who == ["carol", "alice"]
+    assert "approve via web refused: " in section and "<code>web-test." in section
+    assert f"WHERE approval_id = '{rid}'" in section
+    history = await b.get("/history?identity=audited-agent")
+    assert f'href="/approvals/{rid}#audit"' in history.text
+
+
 async def test_the_event_stream_announces_new_requests(site: Site) -> None:
     b = await site.signed_in("alice")
     async with b.http.get(site.url + "/events") as r:
