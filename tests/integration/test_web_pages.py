@@ -189,6 +189,34 @@ async def test_repeated_failures_lock_the_name_even_for_the_right_password(site:
     await site.signed_in("dave")  # the lock lapses (here: removed), and dave gets in
 
 
+async def test_many_names_failing_from_one_address_lock_the_address(site: Site) -> None:
+    """Four times the per-name limit from one address, spread over names that each stay
+    under it, locks the address: even a right password from there is not checked. The
+    lock lapses by itself."""
+    b = site.browser()
+    try:
+        # Known names (their test hashes are cheap), two failures each: under the
+        # per-name limit of three.
+        names = ["bob", "carol", "olga", "agent", "dave", "erin"] * 2
+        statuses = [(await b.sign_in(name, "wrong")).status for name in names]
+        assert statuses == [401] * 11 + [429]
+        page = await b.sign_in("alice", PASSWORD)
+        assert page.status == 429 and "from this address" in page.text
+        assert b.cookie(SESSION_COOKIE) is None
+        [row] = await site.sql(
+            "SELECT locked_until > now() AS locked FROM dbgate.web_login_failures "
+            "WHERE key = 'addr:127.0.0.1'"
+        )
+        assert row["locked"]
+        await site.sql(  # the lockout time passes
+            "UPDATE dbgate.web_login_failures SET locked_until = now() - interval '1 second' "
+            "WHERE key = 'addr:127.0.0.1'"
+        )
+        assert (await b.sign_in("alice", PASSWORD)).status == 200
+    finally:
+        await site.sql("DELETE FROM dbgate.web_login_failures")
+
+
 async def test_pages_need_a_session(site: Site) -> None:
     b = site.browser()
     async with b.http.get(site.url + "/approvals", allow_redirects=False) as r:
