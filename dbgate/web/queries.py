@@ -2,7 +2,7 @@
 
 The approvals store's records carry every field of a request (and the detail page
 uses them); a queue of a thousand rows needs a dozen columns, and reading only
-those keeps the page within its budget (bench/web_queue.py). Every text here is
+those keeps the page within its budget (bench/bench_web.py). Every text here is
 already masked in the state database.
 """
 

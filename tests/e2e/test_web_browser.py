@@ -181,15 +181,28 @@ async def test_approve_a_request_that_appears_in_the_live_queue(world: World) ->
     await page.context.close()
 
 
-async def test_reject_a_request_with_a_reason(world: World) -> None:
+async def _tab_to(page: Page, selector: str, limit: int = 60) -> None:
+    """Press Tab until the focused element matches ``selector`` (as a keyboard user
+    moves through the page); fails when it is not reachable that way."""
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("(s) => document.activeElement?.matches(s) ?? false", selector):
+            return
+    raise AssertionError(f"{selector} cannot be reached with the Tab key")
+
+
+async def test_reject_a_request_with_a_reason_using_only_the_keyboard(world: World) -> None:
     page = await world.signed_in_page()
     await page.evaluate("window.__noReload = 1")
     rid, task = await world.hold(identity="cleanup-agent")
     await _wait_for_row(page, rid)
-    await page.locator(f'#queue-rows tr[data-id="{rid}"] a').click()
+    await _tab_to(page, f'#queue-rows tr[data-id="{rid}"] a')
+    await page.keyboard.press("Enter")
     await page.wait_for_url(f"{world.url}/approvals/{rid}")
-    await page.get_by_label("Reason for rejecting").fill("use the archive job instead")
-    await page.get_by_role("button", name="Reject").click()
+    await _tab_to(page, "#reject-reason")
+    await page.keyboard.type("use the archive job instead")
+    await _tab_to(page, "#reject-button")
+    await page.keyboard.press("Enter")
     await expect(page.locator("h1 .status")).to_have_text("rejected")
     outcome = await asyncio.wait_for(task, 30)
     assert outcome.status is HoldStatus.REJECTED
