@@ -145,6 +145,13 @@ async def form_session(request: web.Request) -> tuple[WebSession, MultiDictProxy
     form = await request.post()
     session, why = await _session(request)
     if session is None:
+        log.info(
+            "web: %s %s from %s refused: no live session (%s); nothing submitted",
+            request.method,
+            request.path,
+            _client_addr(request),
+            why or "none",
+        )
         response = _login_page(
             request,
             message=(

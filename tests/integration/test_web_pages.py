@@ -350,7 +350,8 @@ async def test_a_form_without_or_with_a_wrong_csrf_token_decides_nothing(site: S
     await task
 
 
-async def test_a_stale_session_cookie_decides_nothing(site: Site) -> None:
+async def test_a_stale_session_cookie_decides_nothing(site: Site, caplog) -> None:
+    caplog.set_level("INFO", logger="dbgate.web")
     b = await site.signed_in("alice")
     rid, task = await site.held()
     csrf = (await b.get(f"/approvals/{rid}")).csrf()
@@ -365,6 +366,11 @@ async def test_a_stale_session_cookie_decides_nothing(site: Site) -> None:
         assert r.status == 303 and "why=signed_out" in r.headers["Location"]
     page = await replay.post(f"/approvals/{rid}/approve", {"csrf": csrf})
     assert page.status == 401 and "Nothing was submitted" in page.text
+    assert any(
+        f"POST /approvals/{rid}/approve" in r.getMessage()
+        and "no live session (signed_out)" in r.getMessage()
+        for r in caplog.records
+    )
     forged = site.browser()
     forged.http.cookie_jar.update_cookies({SESSION_COOKIE: "made-up"})
     page = await forged.post(f"/approvals/{rid}/approve", {"csrf": csrf})
