@@ -169,6 +169,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="py-spy --native: include C frames (uvloop, the kernel-call wrappers)",
     )
     p.add_argument(
+        "--profile-target",
+        default="dbgate",
+        metavar="NAME",
+        help="which dbgate target to profile (e.g. dbgate-audit); it must be among --targets",
+    )
+    p.add_argument(
         "--profile-mode",
         default="prepared",
         choices=pgbench.MODES,
@@ -520,9 +526,9 @@ class Bench:
     def run_profile(self) -> None:
         from bench.profile import profile_dbgate
 
-        gate = self.dbgate
+        gate = self.gates.get(self.args.profile_target)
         if gate is None or not gate.target.available:
-            say("profile skipped: dbgate is not running")
+            say(f"profile skipped: {self.args.profile_target} is not running")
             return
         self.profile = profile_dbgate(
             gate.pid,

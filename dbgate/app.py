@@ -202,12 +202,16 @@ class App:
                     await self.classify_pool.start()
         if config.policy == "enforce" and self.pool is not None:
             from dbgate.approvals.db import StateDB
-            from dbgate.gate.row_window import RowWindows
 
             # rows per identity and table over a window, shared by every replica
+            from dbgate.approvals.service import default_replica_id
+            from dbgate.gate.row_window import RowWindows
+
             self.windows = RowWindows(
                 StateDB(self.pool, timeout=config.approvals.state_timeout_seconds),
-                config.approvals.replica_id,
+                self.approvals.replica
+                if self.approvals is not None
+                else (config.approvals.replica_id or default_replica_id()),
             )
         with startup_step("rules"):
             self.gate = build_gate(

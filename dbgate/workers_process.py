@@ -51,11 +51,17 @@ class Seat:
 
 
 def worker_config(config: Config, seat: Seat) -> Config:
-    """``config`` as worker ``seat.index`` runs it: its own approval and audit names."""
+    """``config`` as worker ``seat.index`` runs it: its own approval and audit names,
+    and its share of ``upstream.max_server_conn`` — the limit protects the server, so
+    it holds for all workers together (the first ``limit % count`` workers get one
+    more; each gets at least one)."""
     name = f"{seat.replica}/w{seat.index}"
     approvals = config.approvals.model_copy(update={"replica_id": name})
     audit = config.audit.model_copy(update={"replica": name})
-    return config.model_copy(update={"approvals": approvals, "audit": audit})
+    total = config.upstream.max_server_conn
+    share = total // seat.count + (1 if seat.index < total % seat.count else 0)
+    upstream = config.upstream.model_copy(update={"max_server_conn": max(1, share)})
+    return config.model_copy(update={"approvals": approvals, "audit": audit, "upstream": upstream})
 
 
 async def serve(

@@ -127,6 +127,11 @@ CRASHED = (
     "classify-crashed",
     "the classification worker stopped while classifying this statement, so dbgate refuses it",
 )
+BIND_COSTLY = (
+    "classify-bind-costly",
+    "this statement is decided on its parameter values, and classifying it again with "
+    "them would take too long to do while other sessions wait, so dbgate holds it as opaque",
+)
 
 
 class _Replies(pickle.Unpickler):
@@ -287,6 +292,16 @@ class ClassifyPool:
             self.stats.inline += 1
             return None
         return self._submit(sql, prepared, keys)
+
+    def bind_verdict(self, sql: str, params: Any) -> Decision | None:
+        """Whether a statement re-classified at Bind with its values (``needs_bind``:
+        parsed again with them, never cached) is cheap enough to do inline: None when
+        it is, else the hold that replaces it. The values add to the text's cost."""
+        extra = sum(len(p) for p in params or () if p is not None)
+        cost = self._estimate(sql, None)
+        if cost is not None and cost + _US_PER_CHAR * extra <= self.inline_budget_us:
+            return None
+        return _unclassified(Action.HOLD, *BIND_COSTLY)
 
     def _estimate(self, sql: str, prepared: Prepared | None) -> int | None:
         """The estimated cost, or None when it is certainly over the budget."""

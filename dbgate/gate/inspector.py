@@ -420,6 +420,14 @@ class Gate:
         loads = self.keys.loads
         await loads.reload_since(session.database, time.monotonic())
         catalog = self.keys.for_session(session)
+        if catalog is not None and self.offload is not None:
+            # a new catalog is a new cache key: an expensive text is classified again
+            # in a worker, not here
+            ready = self.offload.ahead(statement.sql, session.statements.texts, catalog)
+            unclassified = None if ready is None else await ready
+            if unclassified is not None:  # it could not be: the pool's hold or refusal
+                held = self._held(statement.kind, unclassified, session, statement.sql)
+                return await held if isinstance(held, Awaitable) else held  # type: ignore[no-any-return]
         if catalog is not None:
             classification = self._classified(statement.sql, session.statements.texts, catalog)
             loads.still_unknown(session.database, self.keys.unknown(catalog, classification.tables))
@@ -515,9 +523,10 @@ class Gate:
             if classification.needs_bind:
                 decision = None
             else:
-                # Checked at Bind for PII tokens (policy allowed it at Parse), or held:
-                # a held statement is held at each execution, with its values.
-                decision = self.ruleset.decide(identity, classification)
+                # Checked at Bind for PII tokens (policy allowed it at Parse), held (a
+                # held statement is held at each execution, with its values), or under
+                # a window (capped by what is left at each execution).
+                decision = self._decided(identity, classification)
                 if decision.action is _ALLOW_ACTION:
                     if self._has_limits(decision):  # the Bind's verdict replaces the Parse's
                         limited = (decision, classification, candidate)
@@ -527,6 +536,10 @@ class Gate:
             )
             if params is None:
                 return refusals.UNREADABLE_VALUES_REFUSED
+            if decision is None and self.offload is not None:
+                costly = self.offload.bind_verdict(candidate.sql, params)
+                if costly is not None:  # not parsed again on the event loop
+                    return self.verdict(costly, session, candidate.sql, params)
             if decision is None:
                 decision = decide_bind(
                     self.ruleset,
@@ -544,6 +557,19 @@ class Gate:
         if limited is not None:
             return self._limited_bind(session, statement, catalog, *limited)
         return self._bind_allowed(classification)
+
+    def _decided(self, identity: Identity, classification: Any) -> Decision:
+        """The rules' decision, from the answer remembered at Parse when there is one
+        (a prepared statement's every Bind asks again)."""
+        answer = self._answers.get((id(identity), id(classification)))
+        if (
+            answer is not None
+            and answer[0] is identity
+            and answer[1] is classification
+            and answer[6] is not None
+        ):
+            return answer[6]  # type: ignore[no-any-return]
+        return self.ruleset.decide(identity, classification)
 
     def _limited_bind(
         self,

@@ -41,9 +41,29 @@ def window_lengths(ruleset: RuleSet) -> set[int]:
     return {r.window_seconds for r in ruleset.rules if r.max_rows_per_window and r.window_seconds}
 
 
+#: (tables, id of the catalog's relations, its cache token) -> (relations, accounts);
+#: the entry keeps the relations alive, so their id is not reused while it lives.
+_ACCOUNTS: dict[tuple[frozenset[str], int, object], tuple[object, tuple[str, ...]]] = {}
+_ACCOUNTS_SIZE = 4096
+
+
 def account_tables(tables: frozenset[str], catalog: KeyCatalog | None) -> tuple[str, ...]:
     """The accounts a statement's tables are charged to: schema-qualified as the
-    server resolves them for this session (``public.<name>`` when unknown)."""
+    server resolves them for this session (``public.<name>`` when unknown). Remembered
+    per (tables, catalog snapshot and search path): asked at every windowed read."""
+    if catalog is None:
+        return _accounts(tables, None)
+    relations = catalog.relations
+    key = (tables, id(relations), catalog.cache_token)
+    hit = _ACCOUNTS.get(key)
+    if hit is None or hit[0] is not relations:
+        if len(_ACCOUNTS) >= _ACCOUNTS_SIZE:
+            _ACCOUNTS.clear()
+        hit = _ACCOUNTS[key] = (relations, _accounts(tables, catalog))
+    return hit[1]
+
+
+def _accounts(tables: frozenset[str], catalog: KeyCatalog | None) -> tuple[str, ...]:
     from dbgate.policy.rules_match import qualify_table
 
     out = set()

@@ -42,6 +42,7 @@ from dbgate.proxy.handshake import (
     build_verifiers,
     read_startup,
 )
+from dbgate.proxy.hold_ping import ping_interval
 from dbgate.proxy.seams import AllowAll, Inspector, MessageFilter, Observer, SessionSetup
 from dbgate.proxy.session import Session
 from dbgate.proxy.session_info import SessionInfo
@@ -342,7 +343,7 @@ class ProxyServer:
         """Log in upstream and start the relay; False when no session was started."""
         ident = hello.identity
         try:
-            up = await self._open_upstream(hello)
+            up, settings = await self._open_upstream(hello)
         except UpstreamError as e:
             log.warning("upstream refused session for %s: %s", ident.name, e)
             if e.error_body is not None:
@@ -393,6 +394,7 @@ class ProxyServer:
             cancel_upstream=functools.partial(
                 send_cancel, self.config.upstream, up.backend_pid, up.backend_key
             ),
+            ping_interval=ping_interval(settings),
         )
         self._sessions[pid] = session
         self._cancel[pid] = _CancelTarget(secret, session, up.backend_pid, up.backend_key)
@@ -408,9 +410,10 @@ class ProxyServer:
         )
         return True
 
-    async def _open_upstream(self, hello: ClientHello) -> UpstreamConnection:
+    async def _open_upstream(self, hello: ClientHello) -> tuple[UpstreamConnection, dict[str, str]]:
         """The client's upstream session, started with the settings the session setup
-        adds (see :mod:`dbgate.proxy.upstream_settings`)."""
+        adds (see :mod:`dbgate.proxy.upstream_settings`), and the parameters of the
+        StartupMessage that started it."""
         ident = hello.identity
         cfg = self.config.upstream
         added = {}
@@ -437,9 +440,10 @@ class ProxyServer:
             if not unknown:
                 raise
             log.info("upstream does not know %s; connecting without", ", ".join(sorted(unknown)))
-            up = await connect(params={k: v for k, v in params.items() if k not in unknown})
+            params = {k: v for k, v in params.items() if k not in unknown}
+            up = await connect(params=params)
         self.upstream_settings.learn(up.parameter_status)
-        return up
+        return up, params
 
     def _report_refusal(self, channel: Channel, client_addr: str, e: HandshakeRefused) -> None:
         """Tell the observer of a client turned away before any session existed."""
@@ -487,19 +491,17 @@ class ProxyServer:
             log.info("cancel request with unknown key ignored")
 
     async def cancel_here(self, request: CancelRequest) -> bool:
-        """Cancel the statement of this process's session that ``request`` names.
+        """Cancel the statement of this process's session that ``request`` names, and
+        return once the server has confirmed it (:meth:`Session.cancel`).
 
-        False when no session here has that key (the caller may ask elsewhere)."""
+        False when no session here has that key (the caller may ask elsewhere). Up to
+        the session's first suspension this runs synchronously when awaited (the
+        worker relay relies on it)."""
         target = self._cancel.get(request.pid)
         if target is None or not hmac.compare_digest(target.secret, request.secret):
             log.debug("cancel request with unknown key ignored")
             return False
-        if target.session.cancel_wait():
-            return True  # the statement was waiting in dbgate, not running upstream
-        try:
-            await send_cancel(self.config.upstream, target.upstream_pid, target.upstream_key)
-        except (TimeoutError, OSError) as e:
-            log.warning("could not forward cancel request: %s", e)
+        await target.session.cancel()
         return True
 
     async def stop(self, grace: float | None = None) -> None:

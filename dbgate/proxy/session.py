@@ -17,7 +17,15 @@ server -> client
 
 Every protocol rule (cycles, copy-in, skip to Sync, which answer belongs to which
 message) lives in the tracker; this module owns only sockets, pauses, the verdict
-memory and the waiting for awaitable verdicts.
+memory and the waiting for awaitable verdicts — during which it asks the tracker,
+at an interval, for a ping that keeps the server's idle-in-transaction guard from
+ending the session while a human decides (:mod:`dbgate.proxy.hold_ping`).
+
+A bug (an exception the relay did not expect, on either side, in a decision's
+aftermath or in a ping) fails closed and only this session: it is logged with the
+session id, the client gets FATAL XX000 (unless it is in the middle of a message
+dbgate streamed to it, which an ErrorResponse would corrupt), the upstream backend is
+sent Terminate and a CancelRequest (whatever it runs stops), and both sides close.
 
 Memory: long messages are streamed through when nothing needs to see them whole, and
 collected (joined once) when something does (:class:`~dbgate.wire.framing.FrameReader`).
@@ -35,8 +43,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from dbgate.proxy.budget import MemoryBudget, Reservation
+from dbgate.proxy.hold_ping import MAX_INTERVAL, HoldPinger
 from dbgate.proxy.seams import Allow, MessageFilter, Notice, Observer, Refuse
 from dbgate.proxy.tracker import CLIENT_TYPES, StatementTracker
+from dbgate.proxy.upstream import CancelNotConfirmed
 from dbgate.wire import messages as m
 from dbgate.wire import sqlstate
 from dbgate.wire.errors import LimitExceeded, ProtocolError
@@ -57,6 +67,11 @@ _TERMINATE = b"X\x00\x00\x00\x04"
 #: paused transport would not notice the client hanging up, and a held statement
 #: whose client is gone must end (withdrawn) at once, not when someone decides.
 WAIT_BUFFER = 1 << 20
+#: What the client of a session that hit a bug in dbgate is told (FATAL XX000).
+INTERNAL_ERROR_MESSAGE = (
+    "dbgate hit an internal error and closed this session; nothing more of it runs "
+    "(dbgate's log names session {session})"
+)
 
 
 class Session:
@@ -75,6 +90,7 @@ class Session:
         observer: Observer | None = None,
         message_filter: MessageFilter | None = None,
         cancel_upstream: Callable[[], Awaitable[None]] | None = None,
+        ping_interval: float = MAX_INTERVAL,
     ) -> None:
         self.info = info
         self.client = client
@@ -94,12 +110,21 @@ class Session:
         self._waiting: asyncio.Task[None] | None = None
         self._deciding: asyncio.Future[None] | None = None  # over_changes awaited
         self._queued: list[bytes] = []
+        #: CancelRequests of the client's on their way upstream: its later bytes wait.
+        self._cancelling = 0
         self._queued_bytes = 0
         self._read_pauses: set[str] = set()
         self._upstream_pauses: set[str] = set()
         self._terminating = False
         self._draining = False
         self._closed = False
+        #: The session ended on a bug of dbgate's: its upstream state is not trusted.
+        self._failed = False
+        # Whether the client / the server is in the middle of a message dbgate relayed
+        # (a long one streamed through in pieces): nothing of dbgate's may go between.
+        self._client_cut = False
+        self._upstream_cut = False
+        self._pinger = HoldPinger(ping_interval, self._ping)
         info._notify = self.send_notice
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -124,9 +149,19 @@ class Session:
         return self.tracker.idle and self._waiting is None and self.info.transaction_status == "I"
 
     @property
+    def parked_bytes(self) -> int:
+        """How much the client sent that dbgate keeps back for now: behind a statement
+        awaiting its verdict, a row-limited statement, or a cancel on its way upstream."""
+        return self._queued_bytes
+
+    @property
     def running_upstream(self) -> bool:
-        """The server may still be working on something this session sent."""
-        return not self.tracker.idle
+        """The server may still be working on something this session sent (a ping
+        alone is answered at once; after a bug of dbgate's, anything may run)."""
+        tracker = self.tracker
+        if self._failed:
+            return True
+        return not tracker.idle and not (tracker.pinging and tracker.in_flight == 1)
 
     def drain(self) -> None:
         """Close as soon as the session is idle (graceful shutdown)."""
@@ -135,18 +170,26 @@ class Session:
             self.terminate(sqlstate.ADMIN_SHUTDOWN, "dbgate is shutting down; reconnect later")
 
     def terminate(self, code: str, message: str) -> None:
-        """Tell the client why (FATAL), end the upstream session, close both."""
+        """Tell the client why (FATAL), end the upstream session, close both.
+
+        Neither message goes into the middle of one dbgate is streaming to that side
+        (a long row or COPY data): that side then only sees the connection close."""
         if self._closed:
             return
         self.info.ended_sqlstate, self.info.ended_message = code, message
-        self.client.write(m.error_response(code, message, severity="FATAL"))
-        self.upstream.write(_TERMINATE)
-        self._close()
+        try:
+            if not self._client_cut:
+                self.client.write(m.error_response(code, message, severity="FATAL"))
+            if not self._upstream_cut:
+                self.upstream.write(_TERMINATE)
+        finally:
+            self._close()
 
     def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._pinger.stop()
         if self._waiting is not None:
             self._waiting.cancel()
         if self._deciding is not None:
@@ -210,6 +253,50 @@ class Session:
             self._deciding.cancel()
             return True
         return False
+
+    async def cancel(self) -> None:
+        """Answer the client's CancelRequest: end a wait in dbgate, or cancel upstream.
+
+        A PostgreSQL cancel is not bound to a statement: it interrupts whatever the
+        backend runs when the signal arrives. So that it can only hit what the client
+        had sent before asking: no cancel goes upstream when nothing of this session
+        runs there (the server would ignore it; arriving late it could only hit a
+        later statement), and while one is on its way nothing the client sends is
+        forwarded, until the server confirms it (closes the cancel connection: the
+        backend has been signalled). A cancel the server does not confirm in time
+        may still land at any moment, so the session is ended rather than go on.
+
+        Everything before the first suspension runs synchronously when this is
+        awaited: the worker relay (:mod:`dbgate.workers_cancel`) checks that the
+        worker which received the request still waits for it right before, and the
+        hold must be in place in that same step.
+        """
+        if self._closed or self.cancel_wait():
+            return
+        if self._cancel_upstream is None or self.tracker.idle:
+            return
+        self._cancelling += 1
+        try:
+            await self._cancel_upstream()
+        except CancelNotConfirmed as e:
+            self._cancel_unconfirmed(e)
+        except (TimeoutError, OSError) as e:
+            log.warning(
+                "session %s: could not forward a cancel request: %s", self.info.session_id, e
+            )
+        finally:
+            self._cancelling -= 1
+        if not self._closed and not self._cancelling and self._waiting is None:
+            for data in self._take_queued():
+                self.on_client_data(data)
+
+    def _cancel_unconfirmed(self, e: CancelNotConfirmed) -> None:
+        log.warning("session %s: %s; closing the session", self.info.session_id, e)
+        self.terminate(
+            sqlstate.CONNECTION_FAILURE,
+            f"dbgate: {e}; the session is closed so that the cancel cannot interrupt a "
+            "later statement",
+        )
 
     def _pause_client(self, reason: str, pause: bool) -> None:
         transport = self.client.transport
@@ -301,13 +388,27 @@ class Session:
         hint = " (limits.max_message_size)" if isinstance(e, LimitExceeded) else ""
         self.terminate(e.sqlstate, f"dbgate: {e}{hint}")
 
+    def _internal_error(self, where: str) -> None:
+        """A bug: an exception the relay did not expect while ``where``. Called from an
+        ``except`` block (the traceback is logged). Only this session ends: the client
+        is told (FATAL XX000) where the protocol allows, the upstream backend is sent
+        Terminate and, once closed, a CancelRequest (:attr:`running_upstream`)."""
+        sid = self.info.session_id
+        log.exception("session %s: internal error %s; closing the session", sid, where)
+        if self._closed:
+            return
+        self._failed = True
+        self.terminate(sqlstate.INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE.format(session=sid))
+
     # -- client -> server ---------------------------------------------------------------
     def on_client_data(self, data: bytes) -> None:
-        if self._waiting is not None or self.tracker.blocked:
-            self._queue(data)
+        if self._closed:  # reads replayed after the session ended
             return
         tracker = self.tracker
         try:
+            if self._waiting is not None or tracker.blocked or self._cancelling:
+                self._queue(data)
+                return
             if tracker.skip_until_sync:  # every message matters: all but Sync dropped
                 chunk, frames = self._c2s.feed(data)
                 full = True
@@ -317,27 +418,29 @@ class Session:
             if not chunk:
                 return
             out = tracker.client_chunk(chunk, frames, full)
+            if tracker.terminating:
+                self._terminating = True
+            if out is None:
+                self.upstream.write(chunk)
+                self._upstream_cut = self._c2s.streaming != 0
+                return
+            if out:
+                self.upstream.writelines(out)
+                self._upstream_cut = self._c2s.streaming != 0
+            waiting = tracker.waiting
+            if waiting is not None:
+                # Park the rest of this read (and any partial message) until the verdict.
+                rest = waiting.rest + self._c2s.take_pending()
+                if rest:
+                    self._queue(rest, first=True)
+                self._waiting = asyncio.ensure_future(self._await_verdict(waiting.verdict))
+                self._pinger.start()
+            elif tracker.blocked:
+                self._park(tracker.blocked_rest)
         except (ProtocolError, LimitExceeded) as e:
             self._fail(e, "from client")
-            return
-        if tracker.terminating:
-            self._terminating = True
-        if out is None:
-            self.upstream.write(chunk)
-            if tracker.terminating:  # a Terminate passed unchanged: the close is expected
-                self._terminating = True
-            return
-        if out:
-            self.upstream.writelines(out)
-        waiting = tracker.waiting
-        if waiting is not None:
-            # Park the rest of this read (and any partial message) until the verdict.
-            rest = waiting.rest + self._c2s.take_pending()
-            if rest:
-                self._queue(rest, first=True)
-            self._waiting = asyncio.ensure_future(self._await_verdict(waiting.verdict))
-        elif tracker.blocked:
-            self._park(tracker.blocked_rest)
+        except Exception:
+            self._internal_error("relaying the client's messages")
 
     def _park(self, rest: bytes) -> None:
         """A statement under a row limit runs: keep the client's later bytes until it
@@ -359,15 +462,20 @@ class Session:
             try:
                 if self._cancel_upstream is not None:
                     await self._cancel_upstream()
+            except CancelNotConfirmed as e:
+                self._cancel_unconfirmed(e)
             except Exception:
                 log.warning("session %s: could not cancel upstream", self.info.session_id)
             if self._closed:
                 return
             tracker = self.tracker
-            was_blocked = tracker.blocked
-            tracker.cancel_done()
-            if was_blocked and not tracker.blocked and self._waiting is None:
-                self._unpark()
+            try:
+                was_blocked = tracker.blocked
+                tracker.cancel_done()
+                if was_blocked and not tracker.blocked and self._waiting is None:
+                    self._unpark()
+            except Exception:
+                self._internal_error("after cancelling a statement over its row limit")
 
         task = asyncio.ensure_future(cancel())
         self._background.add(task)
@@ -396,11 +504,15 @@ class Session:
             if self._closed:
                 return
             tracker = self.tracker
-            self.upstream.write(tracker.measure_resume(verdict))
-            if not tracker.blocked and self._waiting is None:
-                self._unpark()
+            try:
+                self.upstream.write(tracker.measure_resume(verdict))
+                if not tracker.blocked and self._waiting is None:
+                    self._unpark()
+            except Exception:
+                self._internal_error("after deciding a statement over its change limit")
 
         self._deciding = asyncio.ensure_future(decide())
+        self._pinger.start()
 
     async def _await_verdict(self, pending: Awaitable[Allow | Refuse]) -> None:
         try:
@@ -417,13 +529,20 @@ class Session:
         if self._closed:
             return
         try:
-            self.upstream.write(self.tracker.resume(verdict))
+            self._decided(verdict)
         except (ProtocolError, LimitExceeded) as e:  # too much to keep track of
             self._fail(e, "after a decision")
-            return
+        except Exception:
+            self._internal_error("after a decision")
+
+    def _decided(self, verdict: object) -> None:
+        """The awaited verdict arrived: send what it means, then what the client
+        sent meanwhile."""
+        self.upstream.write(self.tracker.resume(verdict))
         self._waiting = None
         if self.tracker.waiting is not None:  # decided by over_changes(-1): awaited too
             self._waiting = asyncio.ensure_future(self._await_verdict(self.tracker.waiting.verdict))
+            self._pinger.start()
             return
         if self.tracker.blocked:  # the statement just sent runs under a row limit
             self._pause_client("waiting", False)
@@ -432,48 +551,68 @@ class Session:
         for data in self._take_queued():
             self.on_client_data(data)
 
+    def _ping(self) -> bool:
+        """The pinger's tick: send the tracker's ping, if it may be sent now. False
+        once nothing waits any more (the pinger stops)."""
+        if self._closed or (self._waiting is None and self._deciding is None):
+            return False
+        try:
+            ping = self.tracker.ping()
+            if ping:
+                self.upstream.write(ping)
+        except Exception:
+            self._internal_error("while keeping a held statement's transaction open")
+            return False
+        return True
+
     # -- server -> client ---------------------------------------------------------------
     def on_server_data(self, data: bytes) -> None:
         tracker = self.tracker
-        full = tracker.full
         try:
-            chunk, frames = self._s2c.feed_select(data, tracker.mask)
-        except LimitExceeded as e:  # a row a plan must see whole is over the limit
-            log.warning("session %s: result from upstream: %s", self.info.session_id, e)
-            self.terminate(
-                e.sqlstate,
-                f"dbgate: a result message is too long to inspect: {e} (limits.max_message_size)",
-            )
-            return
-        except ProtocolError as e:
-            log.error("session %s: protocol error from upstream: %s", self.info.session_id, e)
-            self.terminate(
-                sqlstate.PROTOCOL_VIOLATION, "dbgate: the upstream server sent an invalid message"
-            )
-            return
-        if not chunk:
-            return
-        was_blocked = tracker.blocked
-        try:
-            out = tracker.server_chunk(chunk, frames, full)
-        except (ProtocolError, LimitExceeded) as e:
-            log.error("session %s: %s", self.info.session_id, e)
-            self.terminate(e.sqlstate, f"dbgate: {e}")
-            return
-        if out is None:
-            self.client.write(chunk)
-        else:
-            self.client.transport.writelines(out)  # type: ignore[union-attr]
-        if was_blocked:
-            upstream = tracker.take_upstream()
-            if upstream:
-                self.upstream.write(upstream)
-            if tracker.cancel_requested:
-                tracker.cancel_requested = False
-                self._start_cancel()
-            if tracker.measure_waiting is not None:
-                self._await_over_changes(tracker.measure_waiting)
-            elif not tracker.blocked and self._waiting is None:
-                self._unpark()
-        if self._draining and self.idle:
-            self.terminate(sqlstate.ADMIN_SHUTDOWN, "dbgate is shutting down; reconnect later")
+            full = tracker.full
+            try:
+                chunk, frames = self._s2c.feed_select(data, tracker.mask)
+            except LimitExceeded as e:  # a row a plan must see whole is over the limit
+                log.warning("session %s: result from upstream: %s", self.info.session_id, e)
+                self.terminate(
+                    e.sqlstate,
+                    f"dbgate: a result message is too long to inspect: {e} "
+                    "(limits.max_message_size)",
+                )
+                return
+            except ProtocolError as e:
+                log.error("session %s: protocol error from upstream: %s", self.info.session_id, e)
+                self.terminate(
+                    sqlstate.PROTOCOL_VIOLATION,
+                    "dbgate: the upstream server sent an invalid message",
+                )
+                return
+            if not chunk:
+                return
+            was_blocked = tracker.blocked
+            try:
+                out = tracker.server_chunk(chunk, frames, full)
+            except (ProtocolError, LimitExceeded) as e:
+                log.error("session %s: %s", self.info.session_id, e)
+                self.terminate(e.sqlstate, f"dbgate: {e}")
+                return
+            if out is None:
+                self.client.write(chunk)
+            else:
+                self.client.transport.writelines(out)  # type: ignore[union-attr]
+            self._client_cut = self._s2c.streaming != 0
+            if was_blocked:
+                upstream = tracker.take_upstream()
+                if upstream:
+                    self.upstream.write(upstream)
+                if tracker.cancel_requested:
+                    tracker.cancel_requested = False
+                    self._start_cancel()
+                if tracker.measure_waiting is not None:
+                    self._await_over_changes(tracker.measure_waiting)
+                elif not tracker.blocked and self._waiting is None:
+                    self._unpark()
+            if self._draining and self.idle:
+                self.terminate(sqlstate.ADMIN_SHUTDOWN, "dbgate is shutting down; reconnect later")
+        except Exception:
+            self._internal_error("relaying the server's messages")

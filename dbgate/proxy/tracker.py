@@ -25,7 +25,10 @@ answers, and it is the single owner of:
   which decide the result plan an Execute runs under, and the exact resolution of
   prepared-statement changes (:mod:`dbgate.proxy.prepared`);
 * **statement records** (:class:`~dbgate.proxy.seams.StatementRecord`) and the
-  observer's events: received, decided, forwarded, completed or failed.
+  observer's events: received, decided, forwarded, completed or failed;
+* **pings**: a Sync of dbgate's, sent only at a cycle boundary inside a transaction
+  block while a statement waits for a human, whose ReadyForQuery is swallowed and
+  never counted as a client cycle (see :mod:`dbgate.proxy.hold_ping`).
 
 Transitions live in the ``_on_*`` methods of the server side, one per message type,
 and the ``*_sent`` methods of the client side. Nothing here does I/O: the relay
@@ -114,6 +117,7 @@ MAX_IN_FLIGHT = 100_000
 #   (SYNC,) / (COPY_END,)     COPY_END marks where the client ended COPY data
 #   (FUNCTION, record)
 #   (INJECTED_QUERY, refusal, record, token) / (INJECTED_PARSE, refusal, record, token)
+#   (PING,)                   a Sync of dbgate's (see :meth:`StatementTracker.ping`)
 QUERY, PARSE, BIND, DESCRIBE_S, DESCRIBE_P, EXECUTE, CLOSE, SYNC, FUNCTION = range(9)
 INJECTED_QUERY, INJECTED_PARSE, COPY_END = 9, 10, 11
 # Failures dbgate sends after a statement that went over its row limit finished
@@ -123,6 +127,9 @@ SILENT_QUERY, SILENT_PARSE = 12, 13
 # (BEGIN; SAVEPOINT), statements whose answers are never shown (release, undo), and
 # the COMMIT of a block dbgate opened (its error and ReadyForQuery are the client's).
 MEASURE_SETUP, MEASURE_SILENT, MEASURE_COMMIT = 14, 15, 16
+# A Sync of dbgate's that keeps a held statement's transaction from idling out: its
+# ReadyForQuery is not shown, and it is not a client cycle.
+PING = 17
 _KIND_NAMES = (
     "Query",
     "Parse",
@@ -141,10 +148,13 @@ _KIND_NAMES = (
     "measurement set-up of dbgate's",
     "Query of dbgate's",
     "COMMIT of dbgate's",
+    "Sync of dbgate's",
 )
 _SYNC_ENTRY = (SYNC,)
 _DESCRIBE_UNNAMED_PORTAL = (DESCRIBE_P, "")
 _COPY_END_ENTRY = (COPY_END,)
+_PING_ENTRY = (PING,)
+_PING = m.frame(ord("S"), b"")
 _ENDS_CYCLE = frozenset({QUERY, SYNC, FUNCTION, INJECTED_QUERY, SILENT_QUERY})
 
 _I16 = Struct("!h")
@@ -418,6 +428,11 @@ class StatementTracker:
         #: The server's FATAL (or PANIC) ErrorResponse body, as the client got it: why
         #: the server is ending the session (an idle-in-transaction timeout, say).
         self.fatal_error = b""
+        #: Extended-protocol messages were sent since the last message that ends a
+        #: cycle (Sync, Query, FunctionCall): the server is inside a batch.
+        self._batch_open = False
+        #: A ping of dbgate's is in flight (its entry is in the queue).
+        self.pinging = False
         self._next_id = 0
         self._injection_seq = 0
         # With a message filter, notices and notifications are selected too (errors
@@ -522,8 +537,10 @@ class StatementTracker:
                 if not self._copy_in_open:
                     self.sent_cycles += 1
                     queue.append(_SYNC_ENTRY)
+                    self._batch_open = False
                 continue
             if t == _EXECUTE:
+                self._batch_open = True
                 portal = "" if e - s == 5 and chunk[s] == 0 else m.parse_execute(chunk[s:e])[0]
                 rec = None if not observed else self._record("execute", "", portal=portal)
                 entry = (EXECUTE, portal, rec)
@@ -539,6 +556,7 @@ class StatementTracker:
                     return self._stop_at(chunk, e, out, fwd)
                 continue
             if t == _DESCRIBE:
+                self._batch_open = True
                 if e - s == 2 and chunk[s] == 0x50 and chunk[s + 1] == 0:
                     queue.append(_DESCRIBE_UNNAMED_PORTAL)
                 else:
@@ -581,6 +599,7 @@ class StatementTracker:
                     or not statements.checks_binds(_bind_statement_name(chunk, s, e))
                 ):
                     queue.append((BIND, body, None, None))
+                    self._batch_open = True
                     if self._limits:
                         self._note_portal_limit(body, None)
                     continue
@@ -718,6 +737,7 @@ class StatementTracker:
         return measure.settled(decision)
 
     def _measure_inject(self, kind: int, sql: str) -> None:
+        self._batch_open = False
         self.sent_cycles += 1
         self._measures += 1
         self._queue.append((kind,))
@@ -1008,6 +1028,7 @@ class StatementTracker:
             if refined.max_rows:
                 self._limits = self._watch = True
             self._queue.append((BIND, body, verdict, rec))
+            self._batch_open = True
             if self._limits:
                 self._note_portal_limit(body, verdict)
             if rec is not None:
@@ -1020,6 +1041,7 @@ class StatementTracker:
         """An allowed Query was forwarded. ``verdict.changes``: SQL PREPARE/DEALLOCATE/
         DISCARD ALL in it, each confirmed by its own statement's command tag."""
         self.sent_cycles += 1
+        self._batch_open = False
         if verdict.plan is not None:
             self._plans = self._watch = True
         changes = None
@@ -1050,10 +1072,12 @@ class StatementTracker:
         if prepared.verdict.max_rows:
             self._limits = self._watch = True
         self._queue.append((PARSE, key, prepared, handle, rec))
+        self._batch_open = True
         if rec is not None:
             self._emit("statement_forwarded", rec)
 
     def close_sent(self, body: bytes) -> None:
+        self._batch_open = True
         kind, name = m.parse_close(body)
         if kind == "S":
             key = name_key(name)
@@ -1068,12 +1092,41 @@ class StatementTracker:
         if not self._copy_in_open:
             self.sent_cycles += 1
             self._queue.append(_SYNC_ENTRY)
+            self._batch_open = False
 
     def function_call_sent(self, rec: StatementRecord | None) -> None:
         self.sent_cycles += 1
+        self._batch_open = False
         self._queue.append((FUNCTION, rec))
         if rec is not None:
             self._emit("statement_forwarded", rec)
+
+    def ping(self) -> bytes:
+        """A Sync of dbgate's to send the server now, or ``b""`` when none may be sent.
+
+        Asked (at an interval) while a statement waits for a human: a Sync re-arms the
+        server's idle-in-transaction timer. It is sent only inside a transaction block
+        (status T or E) and at a cycle boundary: everything sent has been answered and
+        nothing was sent since the last message that ended a cycle, so the server is
+        neither inside a batch (a Sync would end it early) nor skipping to Sync after
+        an error (a Sync would end the skipping), and is not copying. Inside a batch or
+        while skipping, the server runs no idle timer anyway (see
+        :mod:`dbgate.proxy.hold_ping`). One ping at a time; its ReadyForQuery is
+        swallowed and is not a client cycle (:attr:`sent_cycles` does not count it).
+        """
+        if (
+            self.pinging
+            or self._batch_open
+            or self.skip_until_sync
+            or self._copy_in_open
+            or self._copy_in
+            or self.info.transaction_status not in ("T", "E")
+            or not self.idle
+        ):
+            return b""
+        self.pinging = True
+        self._queue.append(_PING_ENTRY)
+        return _PING
 
     def copy_end_sent(self) -> None:
         """The client sent CopyDone or CopyFail."""
@@ -1107,6 +1160,7 @@ class StatementTracker:
             )
             self.sent_cycles += 1
             self._queue.append((INJECTED_QUERY, refusal, rec, token.encode()))
+            self._batch_open = False
             return m.frame(ord("Q"), sql.encode() + b"\0")
         out = m.frame(ord("P"), f"dbgate_{_NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
         self._queue.append((INJECTED_PARSE, refusal, rec, token.encode()))
@@ -1114,8 +1168,10 @@ class StatementTracker:
             # FunctionCall is a cycle of its own: our Sync ends it with one RFQ.
             self.sent_cycles += 1
             self._queue.append(_SYNC_ENTRY)
+            self._batch_open = False
             return out + m.frame(ord("S"), b"")
         self.skip_until_sync = True  # the rest of the batch is not forwarded
+        self._batch_open = True
         return out
 
     # ------------------------------------------------------------------ server side
@@ -1427,6 +1483,9 @@ class StatementTracker:
     def _on_ready(self, status: int) -> bytes | None:
         entry = self._head(_Z)
         kind = entry[0]
+        if kind == PING:
+            self._ping_done(status)
+            return b""
         if kind not in _ENDS_CYCLE:
             raise self._desync(_Z, entry)
         replacement: bytes | None = None
@@ -1475,11 +1534,13 @@ class StatementTracker:
             self.sent_cycles += 1
             self._upstream.append(m.frame(ord("Q"), sql.encode() + b"\0"))
             self._queue.append((SILENT_QUERY, None, None, None))
+            self._batch_open = False
         else:
             self._upstream.append(
                 m.frame(ord("P"), f"dbgate_{_NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
             )
             self._queue.append((SILENT_PARSE, None, None, None))
+            self._batch_open = True
 
     def _limit_error(self) -> bytes:
         r = self._limit.refusal  # type: ignore[union-attr]
@@ -1515,6 +1576,21 @@ class StatementTracker:
         if status == 0x49 and self._portals:  # 'I': portals end with their transaction
             self._portals.clear()
             self._portal_state.clear()
+        queue = self._queue
+        if self._markers:
+            while queue and queue[0][0] == COPY_END:
+                queue.popleft()
+                self._markers -= 1
+        if self._watch and queue and queue[0][0] == EXECUTE:
+            self._start_execute(queue[0])
+
+    def _ping_done(self, status: int) -> None:
+        """The ReadyForQuery of a ping: the server's timer is re-armed. Not shown and
+        not a cycle; what the client pipelined after the ping starts as after any
+        cycle."""
+        self._queue.popleft()
+        self.pinging = False
+        self.info.transaction_status = _STATUS[status]
         queue = self._queue
         if self._markers:
             while queue and queue[0][0] == COPY_END:
@@ -1581,7 +1657,7 @@ class StatementTracker:
             if kind == QUERY and entry[3] is not None:
                 self._resolve_query_changes(entry, failed=True)
             return replacement
-        if kind == SYNC:
+        if kind in (SYNC, PING):
             return replacement  # an error after the batch (e.g. at commit)
         if limit is not None and limit.entry is entry:
             limit.finished = True
@@ -1612,6 +1688,9 @@ class StatementTracker:
         """An entry the server failed, or skipped after an error (until Sync)."""
         kind = entry[0]
         rec: StatementRecord | None = None
+        if kind == PING:  # pragma: no cover - nothing is ever sent ahead of a ping
+            self.pinging = False
+            return
         if kind in (MEASURE_SETUP, MEASURE_SILENT, MEASURE_COMMIT):
             self.done_cycles += 1  # a Query of dbgate's skipped in a failed batch
             self._measures -= 1

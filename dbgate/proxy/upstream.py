@@ -135,6 +135,22 @@ async def connect_upstream(
     )
 
 
+#: How long delivering one CancelRequest upstream may take: connecting, then the
+#: server's confirmation (its close of the cancel connection).
+CANCEL_TIMEOUT = 5.0
+
+
+class CancelNotConfirmed(TimeoutError):
+    """A CancelRequest was sent upstream but the server did not confirm it in time.
+
+    Unlike a cancel that could not be sent (``OSError``, or a ``TimeoutError`` while
+    connecting), this one may still reach the backend later, and a PostgreSQL cancel
+    interrupts whatever the backend runs when it arrives: a later statement, a
+    ``COMMIT`` included. Callers must not let the session go on as if nothing were
+    pending (:meth:`dbgate.proxy.session.Session.cancel` ends it).
+    """
+
+
 class _UntilClosed(asyncio.Protocol):
     def __init__(self) -> None:
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -144,22 +160,34 @@ class _UntilClosed(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def send_cancel(cfg: UpstreamConfig, pid: int, key: bytes, timeout: float = 5.0) -> None:
+async def send_cancel(
+    cfg: UpstreamConfig, pid: int, key: bytes, timeout: float = CANCEL_TIMEOUT
+) -> None:
     """Forward a cancel request upstream and wait until the server has processed it.
 
     The server closes the connection once it has signalled the backend. Drivers take
     the close of *their* cancel connection as "delivered" and go on with the next
     statement, so closing ours before the server is done could let the cancel land
     on that next statement (a COMMIT, say). Hence: wait for the server's close.
+
+    Raises ``OSError`` or ``TimeoutError`` when the request could not be sent (nothing
+    will reach the backend), :class:`CancelNotConfirmed` when it was sent but the
+    server did not close within ``timeout`` (it may still arrive).
     """
     loop = asyncio.get_running_loop()
-    if cfg.host.startswith("/"):
-        path = f"{cfg.host.rstrip('/')}/.s.PGSQL.{cfg.port}"
-        transport, proto = await loop.create_unix_connection(_UntilClosed, path)
-    else:
-        transport, proto = await loop.create_connection(_UntilClosed, cfg.host, cfg.port)
+    async with asyncio.timeout(timeout):
+        if cfg.host.startswith("/"):
+            path = f"{cfg.host.rstrip('/')}/.s.PGSQL.{cfg.port}"
+            transport, proto = await loop.create_unix_connection(_UntilClosed, path)
+        else:
+            transport, proto = await loop.create_connection(_UntilClosed, cfg.host, cfg.port)
     try:
         transport.write(CancelRequest(pid=pid, secret=key).encode())
-        await asyncio.wait_for(asyncio.shield(proto.closed), timeout)
+        try:
+            await asyncio.wait_for(asyncio.shield(proto.closed), timeout)
+        except TimeoutError:
+            raise CancelNotConfirmed(
+                f"the server did not confirm a cancel request within {timeout:g} s"
+            ) from None
     finally:
         transport.close()

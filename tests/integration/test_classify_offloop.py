@@ -186,3 +186,20 @@ def test_a_saturated_pool_holds_new_statements_and_drops_none(offloop: Any) -> N
     queued.join(30)
     assert results == {"running": (3,), "queued": (3,)}
     assert pool.stats.busy == 1
+
+
+def test_a_costly_statement_decided_on_its_values_is_held_not_parsed_at_each_bind(
+    offloop: Any,
+) -> None:
+    """``set_config($1, $2, false)`` is re-classified with its values at every Bind,
+    uncached: for a costly text that would be a cold parse on the event loop each
+    time, so it is held (refused here: no approval service); a cheap one is judged."""
+    dsn, _ = offloop(workers=1, time_budget=30.0)
+    costly = COSTLY.replace("count(*)", "set_config(%s, %s, false)")
+    with Neighbour(dsn) as neighbour, psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+            conn.execute(costly, ("work_mem", "64MB")).fetchall()
+        assert "classifying it again with them would take too long" in str(info.value)
+        got = conn.execute("SELECT set_config(%s, %s, false)", ("work_mem", "64MB")).fetchone()
+        assert got == ("64MB",)
+    assert not neighbour.errors and max(neighbour.latencies) < 2.0

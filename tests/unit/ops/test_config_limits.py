@@ -49,3 +49,22 @@ def test_max_connections_is_the_old_name_of_max_client_conn() -> None:
     assert Config.model_validate({"limits": {"max_connections": 7}}).limits.max_client_conn == 7
     with pytest.raises(ValidationError, match="set only max_client_conn"):
         Config.model_validate({"limits": {"max_connections": 7, "max_client_conn": 8}})
+
+
+@pytest.mark.parametrize(
+    ("total", "count", "shares"),
+    [(90, 2, [45, 45]), (91, 2, [46, 45]), (10, 3, [4, 3, 3]), (2, 4, [1, 1, 1, 1])],
+)
+def test_workers_share_max_server_conn(total: int, count: int, shares: list[int]) -> None:
+    """The server's connection limit holds for all workers together, not per worker."""
+    from pathlib import Path
+
+    from dbgate.workers_process import Seat, worker_config
+
+    config = Config.model_validate({"upstream": {"max_server_conn": total}})
+    got = [
+        worker_config(config, Seat(i, count, Path("/tmp"), 1, "r")).upstream.max_server_conn
+        for i in range(count)
+    ]
+    assert got == shares
+    assert sum(got) == max(total, count)

@@ -1,0 +1,81 @@
+"""The gate's pure parts of run-time limits: which writes can be measured, what a
+measured write past its limit gets, and which account a windowed read is charged to."""
+
+from __future__ import annotations
+
+import pytest
+
+from dbgate.gate.limits import measurable, over_changes_decision
+from dbgate.gate.windows import account_tables
+from dbgate.policy.classify import classify
+from dbgate.policy.keys import KeyCatalog, Relation
+from dbgate.policy.model import Action, Decision, OverLimit
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("UPDATE t SET a = 1 WHERE b > 3", True),
+        ("DELETE FROM t WHERE b > 3; SELECT count(*) FROM t", True),
+        ("INSERT INTO t SELECT * FROM u WHERE b > 3", True),
+        ("MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN UPDATE SET a = u.a", True),
+        # transaction control would end dbgate's own block
+        ("BEGIN; UPDATE t SET a = 1 WHERE b > 3; COMMIT", False),
+        ("UPDATE t SET a = 1 WHERE b > 3; SAVEPOINT s", False),
+        # the command tag does not count DML in WITH or under EXPLAIN ANALYZE
+        ("WITH d AS (DELETE FROM t WHERE b > 3 RETURNING 1) SELECT count(*) FROM d", False),
+        ("EXPLAIN ANALYZE UPDATE t SET a = 1 WHERE b > 3", False),
+        # a command a transaction block changes
+        ("UPDATE t SET a = 1 WHERE b > 3; VACUUM t", False),
+    ],
+)
+def test_which_writes_can_be_measured(sql: str, expected: bool) -> None:
+    assert measurable(classify(sql)) is expected
+
+
+def _decision(over: OverLimit | None) -> Decision:
+    c = classify("UPDATE payments SET amount = 0 WHERE amount > 10")
+    return Decision(
+        Action.ALLOW,
+        "bounded-writes",
+        "ok",
+        classification=c,
+        max_rows_changed=100,
+        changes_over_limit=over,
+    )
+
+
+def test_a_write_past_its_limit_is_held_with_the_measured_count() -> None:
+    over = OverLimit(Action.HOLD, "bounded-writes", ("dba",), 2, 600)
+    held = over_changes_decision(_decision(over), _decision(over).classification, 15048)
+    assert held.action is Action.HOLD
+    assert held.approver_groups == ("dba",) and held.approvals_needed == 2
+    assert held.wait_seconds == 600
+    [reason] = held.reasons
+    assert reason.code == "changes-over-limit"
+    assert "would change 15,048 rows of payments" in reason.message
+    assert held.max_rows_changed is None  # approved, it runs unmeasured
+
+
+def test_a_write_past_its_limit_is_denied_when_the_rule_refuses() -> None:
+    denied = over_changes_decision(_decision(None), _decision(None).classification, 101)
+    assert denied.action is Action.DENY
+    assert "would change 101 rows" in denied.reasons[0].message
+    unknown = over_changes_decision(_decision(None), _decision(None).classification, -1)
+    assert "could not count" in unknown.reasons[0].message
+
+
+def test_windowed_reads_are_charged_to_the_table_the_search_path_resolves() -> None:
+    relations = {
+        "sales.orders": Relation(),
+        "public.orders": Relation(),
+        "public.items": Relation(),
+    }
+    sales_first = KeyCatalog(relations, ("sales", "public"), version=1)
+    public_only = KeyCatalog(relations, ("public",), version=1)
+    tables = frozenset({"orders", "items", "other.x"})
+    assert account_tables(tables, sales_first) == ("other.x", "public.items", "sales.orders")
+    assert account_tables(tables, public_only) == ("other.x", "public.items", "public.orders")
+    # unknown to the catalog (or no catalog): the default resolution
+    assert account_tables(frozenset({"new_t"}), sales_first) == ("public.new_t",)
+    assert account_tables(frozenset({"orders"}), None) == ("public.orders",)
