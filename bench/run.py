@@ -15,6 +15,9 @@ One command, on a fresh machine, does everything (see bench/README.md):
 8. the PII rewrite and planning microbenchmarks (``bench/bench_pii.py``) if present;
 9. the audit benchmarks (``bench/bench_audit.py``): records/s into a state database
    and ``audit verify`` records/s, on a PostgreSQL of their own;
+10. the approvers' page (``bench/bench_web.py``): the queue with 1,000 pending
+    requests, server time, and the approve form's latency to a held statement on
+    another replica, on a PostgreSQL of its own;
 
 then prints one table of medians and ratios and writes the raw runs as JSON to
 ``bench/.work/results-<timestamp>.json``. Everything it starts is stopped at the
@@ -126,6 +129,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-pii", action="store_true", help="skip the PII microbenchmarks")
     p.add_argument("--no-audit", action="store_true", help="skip the audit benchmarks")
+    p.add_argument(
+        "--no-web", action="store_true", help="skip the approvers' page benchmark (bench_web)"
+    )
     p.add_argument(
         "--audit-records",
         type=int,
@@ -276,6 +282,8 @@ class Bench:
         self.pii_error: str | None = None
         self.audit: dict[str, Any] | None = None
         self.audit_error: str | None = None
+        self.web: dict[str, Any] | None = None
+        self.web_error: str | None = None
         self.profile: dict[str, Any] | None = None
         self.holds: dict[str, Any] | None = None
         self.holds_error: str | None = None
@@ -614,6 +622,18 @@ class Bench:
         except Exception as e:  # report, never abort the run
             self.audit_error = f"{type(e).__name__}: {e}"
 
+    # ----------------------------------------------------------------- web page
+
+    def run_web(self) -> None:
+        """``bench.bench_web.run()``: starts and stops its own PostgreSQL."""
+        say("approvers' page (bench/bench_web.py: 1,000 pending, page decisions) ...")
+        try:
+            from bench.bench_web import run as run_web
+
+            self.web = run_web()
+        except Exception as e:  # report, never abort the run
+            self.web_error = f"{type(e).__name__}: {e}"
+
     # ----------------------------------------------------------------- teardown
 
     def stop_all(self) -> None:
@@ -664,6 +684,8 @@ class Bench:
             "pii_error": self.pii_error,
             "audit": self.audit,
             "audit_error": self.audit_error,
+            "web": self.web,
+            "web_error": self.web_error,
             "profile": self.profile,
             "holds": self.holds,
             "holds_error": self.holds_error,
@@ -769,6 +791,14 @@ class Bench:
             say(report.format_flat(self.audit))
         else:
             say(f"audit benchmarks: {self.audit_error or 'skipped'}")
+        if self.web is not None:
+            say(
+                "approvers' page (bench/bench_web.py): targets queue of 1,000 < 200 ms server "
+                "time; page decision to held statement p50 <= 50 ms, p99 <= 200 ms"
+            )
+            say(report.format_flat(self.web))
+        else:
+            say(f"approvers' page benchmark: {self.web_error or 'skipped'}")
         if self.profile:
             say("")
             say(self.profile.get("text", ""))
@@ -802,6 +832,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.run_pii()
             if not args.no_audit:
                 bench.run_audit()
+            if not args.no_web:
+                bench.run_web()
         except KeyboardInterrupt:
             say("\ninterrupted: everything started has been stopped; partial results follow")
             status = 130

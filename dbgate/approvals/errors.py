@@ -45,10 +45,16 @@ class NotFound(ApprovalError):
 
 
 class Conflict(ApprovalError):
-    """The request is no longer in a state that allows this (decided, expired, …)."""
+    """The request is no longer in a state that allows this (decided, expired, …).
+    ``expired_now``: this very attempt found the request overdue and marked it
+    expired (the expiry is a step of its own to record)."""
 
     status = 409
     code = "conflict"
+
+    def __init__(self, message: str, *, expired_now: bool = False) -> None:
+        super().__init__(message)
+        self.expired_now = expired_now
 
 
 class StateUnavailable(ApprovalError):

@@ -14,6 +14,11 @@ This is the only module that writes ``dbgate.approval_requests``. Its rules:
   (``FOR UPDATE SKIP LOCKED``), never by a second.
 * Every change of status is announced on channel ``dbgate_approvals`` by a trigger,
   at commit, which wakes the replica that holds the statement.
+* **Every step is told, refusals too.** Each committed step of a request's life, a
+  shape approval's revocation, and every decision that was refused (not eligible,
+  already decided, expired) is told to :attr:`ApprovalStore.on_event`, which the
+  audit trail attaches to: whoever tried to decide what, through which door, and why
+  it did not count.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import asyncpg
 
 from dbgate.approvals.db import StateDB
 from dbgate.approvals.eligibility import Approver, refusal
-from dbgate.approvals.errors import BadRequest, Conflict, Forbidden, NotFound
+from dbgate.approvals.errors import ApprovalError, BadRequest, Conflict, Forbidden, NotFound
 from dbgate.pii.sql_mask import mask_text
 
 log = logging.getLogger("dbgate.approvals")
@@ -252,6 +257,37 @@ class ApprovalStore:
             hook(event, await self.get(request_id), actor, reason, at)
         except Exception:  # the step is committed; its echo must not undo the caller's work
             log.exception("approval request %s: the %s event was not told", request_id, event)
+
+    async def refused(self, request_id: int, actor: str, what: str, why: str) -> None:
+        """Tell a refused attempt on ``request_id`` (step ``refused``): ``actor`` tried
+        ``what`` ("approve via api", …) and was refused because ``why``. Nothing is
+        told for a request that does not exist (there is nothing to attach it to)."""
+        why = mask_text(why)
+        log.info("approval request %s: %s by %s refused: %s", request_id, what, actor, why)
+        hook = self.on_event
+        if hook is None:
+            return
+        at = time.time()
+        try:
+            record = await self.get(request_id)
+        except NotFound:
+            return
+        except ApprovalError as e:  # the refusal stands; only its record is missing
+            log.warning("approval request %s: the refusal was not recorded: %s", request_id, e)
+            return
+        try:
+            hook("refused", record, actor, f"{what} refused: {why}", at)
+        except Exception:
+            log.exception("approval request %s: the refused event was not told", request_id)
+
+    async def _refusing(
+        self, request_id: int, approver: Approver, what: str, error: ApprovalError
+    ) -> ApprovalError:
+        """Tell a decision that did not count (forbidden, or no longer possible); the
+        error, for the caller to raise."""
+        if isinstance(error, Forbidden | Conflict):
+            await self.refused(request_id, approver.name, what, error.message)
+        return error
 
     # -- recording and the life of a hold ---------------------------------------------
 
@@ -488,13 +524,18 @@ class ApprovalStore:
         approvers said yes, rejected at the first no. Raises NotFound, Conflict (decided,
         expired, already decided by this approver) or Forbidden (may not decide)."""
         reason = mask_text(reason)
-        async with self.db.connection() as conn:
-            async with conn.transaction():
+        what = f"{'approve' if approve else 'reject'} via {via}"
+        try:
+            async with self.db.connection() as conn, conn.transaction():
                 conflict = await self._record_decision(
                     conn, request_id, approver, approve=approve, reason=reason, via=via
                 )
-            if conflict is not None:  # committed (an overdue request is marked expired)
-                raise conflict
+        except (Forbidden, Conflict) as e:
+            raise await self._refusing(request_id, approver, what, e) from None
+        if conflict is not None:  # committed (an overdue request is marked expired)
+            if conflict.expired_now:
+                await self._tell("expired", request_id, reason="nobody decided in time")
+            raise await self._refusing(request_id, approver, what, conflict)
         await self._tell("approved" if approve else "rejected", request_id, approver.name, reason)
         return await self.get(request_id)
 
@@ -525,7 +566,9 @@ class ApprovalStore:
                 "reason = 'nobody decided in time' WHERE id = $1",
                 request_id,
             )
-            return Conflict(f"approval request {request_id} expired before this decision")
+            return Conflict(
+                f"approval request {request_id} expired before this decision", expired_now=True
+            )
         owners = _owners_of(row["owners"], row["identity"], self.owners)
         why = refusal(approver, row["identity"], row["approver_groups"], owners)
         if why is not None:
@@ -602,6 +645,32 @@ class ApprovalStore:
         reason = mask_text(reason)
         if not (isinstance(minutes, int) and 1 <= minutes <= self.max_shape_minutes):
             raise BadRequest(f"'minutes' must be an integer from 1 to {self.max_shape_minutes}")
+        try:
+            return await self._approve_shape(
+                request_id,
+                approver,
+                minutes=minutes,
+                params_fixed=params_fixed,
+                reason=reason,
+                via=via,
+            )
+        except (Forbidden, Conflict) as e:
+            if isinstance(e, Conflict) and e.expired_now:
+                await self._tell("expired", request_id, reason="nobody decided in time")
+            raise await self._refusing(
+                request_id, approver, f"approve shape via {via}", e
+            ) from None
+
+    async def _approve_shape(
+        self,
+        request_id: int,
+        approver: Approver,
+        *,
+        minutes: int,
+        params_fixed: bool,
+        reason: str,
+        via: str,
+    ) -> tuple[ShapeRecord, RequestRecord]:
         async with self.db.connection() as conn:
             conflict: Conflict | None = None
             async with conn.transaction():
@@ -746,8 +815,32 @@ class ApprovalStore:
         return await self.get(rid)
 
     async def revoke_shape(self, shape_id: int, approver: Approver, reason: str) -> ShapeRecord:
-        """Any approver may revoke a shape approval (it only narrows what runs)."""
+        """Any approver may revoke a shape approval (it only narrows what runs). Told
+        as step ``revoked`` of the request the shape was given from."""
         reason = mask_text(reason)
+        try:
+            shape = await self._revoke_shape(shape_id, approver, reason)
+        except Conflict as e:
+            try:
+                source = await self._shape_source(shape_id)
+            except ApprovalError:  # the refusal stands; only its record is missing
+                source = None
+            if source is not None:
+                await self.refused(source, approver.name, f"revoke shape {shape_id}", e.message)
+            raise
+        if shape.source_request is not None:
+            why = f"shape {shape_id} revoked" + (f": {reason}" if reason else "")
+            await self._tell("revoked", shape.source_request, approver.name, why)
+        return shape
+
+    async def _shape_source(self, shape_id: int) -> int | None:
+        async with self.db.connection() as conn:
+            value = await conn.fetchval(
+                "SELECT source_request FROM dbgate.shape_approvals WHERE id = $1", shape_id
+            )
+        return int(value) if value is not None else None
+
+    async def _revoke_shape(self, shape_id: int, approver: Approver, reason: str) -> ShapeRecord:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 "UPDATE dbgate.shape_approvals SET revoked_at = now(), revoked_by = $2, "

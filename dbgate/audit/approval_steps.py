@@ -1,8 +1,10 @@
 """Approval requests' steps as audit records.
 
 The approval store tells each committed step of a request's life (requested,
-approved, rejected, expired, withdrawn, abandoned, executed) to a hook
-(:attr:`~dbgate.approvals.store.ApprovalStore.on_event`); :func:`recorder` turns an
+approved, rejected, expired, withdrawn, abandoned, executed; ``revoked`` for a
+shape approval given from it; ``refused`` for an attempt to decide that did not
+count) to a hook (:attr:`~dbgate.approvals.store.ApprovalStore.on_event`);
+:func:`recorder` turns an
 :class:`~dbgate.audit.writer.AuditWriter` into that hook. The statement is the
 request's stored text, already masked as approvers see it. Records go through the
 writer's queue: the step itself is committed in the approvals table already, and
@@ -20,7 +22,17 @@ if TYPE_CHECKING:
     from dbgate.audit.writer import AuditWriter
 
 _STEPS = frozenset(
-    {"requested", "approved", "rejected", "expired", "withdrawn", "abandoned", "executed"}
+    {
+        "requested",
+        "approved",
+        "rejected",
+        "expired",
+        "withdrawn",
+        "abandoned",
+        "executed",
+        "revoked",
+        "refused",
+    }
 )
 
 

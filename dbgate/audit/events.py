@@ -46,8 +46,18 @@ StatementStage = Literal["decided", "completed", "failed", "refused"]
 
 SessionStage = Literal["connect", "auth_ok", "auth_failed", "disconnect"]
 
+#: ``revoked``: a shape approval given from this request was revoked; ``refused``: an
+#: attempt to decide (or revoke) did not count — not eligible, already decided, expired.
 ApprovalStage = Literal[
-    "requested", "approved", "rejected", "expired", "withdrawn", "abandoned", "executed", "revoked"
+    "requested",
+    "approved",
+    "rejected",
+    "expired",
+    "withdrawn",
+    "abandoned",
+    "executed",
+    "revoked",
+    "refused",
 ]
 
 ReloadWhat = Literal["config", "rules", "catalog"]

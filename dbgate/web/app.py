@@ -29,6 +29,7 @@ from dbgate.approvals.notify.deliveries import DeliveryStore
 from dbgate.approvals.notify.sender import RetryPolicy, Sender
 from dbgate.approvals.notify.slack_actions import SlackActions
 from dbgate.approvals.service import PgApprovalService
+from dbgate.pii.sql_mask import mask_text
 from dbgate.web.api import ROUTES
 from dbgate.web.keys import (
     DELIVERIES,
@@ -128,6 +129,21 @@ async def server_timing(request: web.Request, handler: Handler) -> web.StreamRes
     return response
 
 
+def _log_refusal(request: web.Request, status: int, code: str, message: str) -> None:
+    """Every refused call is in the operator log (masked by look: a path or a message
+    may echo what the caller sent)."""
+    log.log(
+        logging.WARNING if status >= 500 else logging.INFO,
+        "web: %s %s from %s refused: %d %s: %s",
+        request.method,
+        mask_text(request.path),
+        request.remote or "?",
+        status,
+        code,
+        mask_text(message),
+    )
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -135,6 +151,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except PageRefusal as e:
         return e.response
     except ApprovalError as e:
+        _log_refusal(request, e.status, e.code, e.message)
         return _error(request, e.status, e.code, e.message)
     except web.HTTPException as e:
         if e.status < 400:
@@ -146,7 +163,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             message = f"{request.method} is not allowed on {request.path}"
         elif e.status == 413:
             message = "the body is too large"
-        return _error(request, e.status, _CODES.get(e.status, "error"), message)
+        code = _CODES.get(e.status, "error")
+        if _wants_json(request):
+            _log_refusal(request, e.status, code, message)
+        return _error(request, e.status, code, message)
     except Exception:
         log.exception("web: %s %s failed", request.method, request.path)
         return _error(request, 500, "internal", "internal error; the server log has the details")

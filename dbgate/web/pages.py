@@ -145,6 +145,13 @@ async def form_session(request: web.Request) -> tuple[WebSession, MultiDictProxy
     form = await request.post()
     session, why = await _session(request)
     if session is None:
+        log.info(
+            "web: %s %s from %s refused: no live session (%s); nothing submitted",
+            request.method,
+            request.path,
+            _client_addr(request),
+            why or "none",
+        )
         response = _login_page(
             request,
             message=(
@@ -385,7 +392,10 @@ async def _detail_context(
         else []
     )
     deliveries = await request.app[DELIVERIES].for_request(rec.id)
+    audit = await queries.audit_records(svc.store.db, rec.id)
     return {
+        "audit": audit,
+        "audit_limit": queries.AUDIT_LIMIT,
         "rec": rec,
         "url": svc.url_for(rec.id),
         "cannot": may_decide(svc, session.approver, rec),

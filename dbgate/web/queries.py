@@ -2,7 +2,7 @@
 
 The approvals store's records carry every field of a request (and the detail page
 uses them); a queue of a thousand rows needs a dozen columns, and reading only
-those keeps the page within its budget (bench/web_queue.py). Every text here is
+those keeps the page within its budget (bench/bench_web.py). Every text here is
 already masked in the state database.
 """
 
@@ -139,3 +139,40 @@ async def known_values(db: StateDB) -> tuple[list[str], list[str]]:
             "ORDER BY id DESC LIMIT 5000) t, unnest(t.categories) c ORDER BY 1 LIMIT 200"
         )
     return [r[0] for r in idents], [r[0] for r in cats]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit record of a request, as its page lists it (``dbgate.audit_log``)."""
+
+    at: datetime
+    kind: str
+    event: str
+    decision: str
+    outcome: str
+    rows: int | None
+    actor: str
+    reason: str
+    replica: str
+    chain: str
+    seq: int
+
+
+#: How many of a request's audit records its page lists (a request has a handful:
+#: requested, decided, approved, executed, completed — and any refused attempts).
+AUDIT_LIMIT = 100
+
+
+async def audit_records(db: StateDB, request_id: int) -> list[AuditRecord]:
+    """The audit records that belong to ``request_id`` (its approval steps and its
+    statement's records), in the order they happened. Text is masked at the source."""
+    async with db.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT at, kind, event, coalesce(decision, '') AS decision, "
+            "coalesce(outcome, '') AS outcome, rows, coalesce(actor, '') AS actor, "
+            "coalesce(reason, '') AS reason, coalesce(replica, '') AS replica, chain, seq "
+            "FROM dbgate.audit_log WHERE approval_id = $1 ORDER BY at, id LIMIT $2",
+            str(request_id),
+            AUDIT_LIMIT,
+        )
+    return [AuditRecord(**dict(r)) for r in rows]

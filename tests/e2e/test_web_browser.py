@@ -21,6 +21,9 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from dbgate.approvals.model import HoldStatus
 from dbgate.approvals.service import PgApprovalService
+from dbgate.audit import AuditWriter
+from dbgate.audit.approval_steps import recorder
+from dbgate.config import AuditConfig
 from dbgate.web import WebServer, build_web_app
 from tests.e2e.browser import CHROMIUM_ARGS, chromium_path, save_screenshot
 from tests.integration.approvals_helpers import (
@@ -44,6 +47,7 @@ class World:
     holder: PgApprovalService
     web: PgApprovalService
     browser: Browser
+    audit: AuditWriter
 
     async def hold(self, **kw: Any) -> tuple[int, asyncio.Task[Any]]:
         keys = ("tables", "columns", "categories", "reasons", "rule", "rule_message")
@@ -81,16 +85,24 @@ async def world(pg_server) -> AsyncIterator[World]:
             async_playwright() as pw,
         ):
             await add_person(web_svc, "alice", PASSWORD, "dba")
+            audit = AuditWriter(dsn, AuditConfig(), replica="e2e")
+            await audit.start()
+            holder.store.on_event = web_svc.store.on_event = recorder(audit)
             server = WebServer(build_web_app(web_svc), "127.0.0.1", 0)
             await server.start()
             browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
             try:
-                yield World(server.url, holder, web_svc, browser)
+                yield World(server.url, holder, web_svc, browser, audit)
             finally:
                 await browser.close()
                 await server.stop()
+                await audit.stop()
     finally:
         await drop_database(pg_server, DB)
+
+
+#: True when the page's content fits the viewport's width (no horizontal scrolling).
+NO_SIDEWAYS_SCROLL = "document.documentElement.scrollWidth <= window.innerWidth"
 
 
 async def _wait_for_row(page: Page, rid: int) -> None:
@@ -135,9 +147,13 @@ async def test_approve_a_request_that_appears_in_the_live_queue(world: World) ->
     await expect(row.locator('td[data-label="Est. rows"]')).to_have_text("1", timeout=30_000)
     save_screenshot("web-queue.png", await page.screenshot(full_page=True))
 
+    await world.audit.flush()  # the request's own audit record is on its page
     await row.get_by_role("link", name=f"#{rid}").click()
     await page.wait_for_url(f"{world.url}/approvals/{rid}")
     await expect(page.get_by_role("heading", name=f"Request #{rid}")).to_be_visible()
+    await expect(page.locator('#audit ~ table td[data-label="Record"]')).to_have_text(
+        ["approval requested"]
+    )
     await expect(page.locator("pre.sql").first).to_contain_text("'<email>'")
     save_screenshot("web-detail.png", await page.screenshot(full_page=True))
 
@@ -151,6 +167,11 @@ async def test_approve_a_request_that_appears_in_the_live_queue(world: World) ->
 
     phone = await world.signed_in_page(viewport={"width": 390, "height": 844}, is_mobile=True)
     save_screenshot("web-queue-phone.png", await phone.screenshot(full_page=True))
+    # Readable on a phone: nothing wider than the screen, so nothing to scroll sideways.
+    assert await phone.evaluate(NO_SIDEWAYS_SCROLL), "the queue is wider than a phone"
+    await phone.goto(f"{world.url}/approvals/{rid}")
+    assert await phone.evaluate(NO_SIDEWAYS_SCROLL), "a request is wider than a phone"
+    await expect(phone.get_by_role("heading", name="Audit trail")).to_be_visible()
     await phone.context.close()
     for orid, otask in others:
         await world.web.store.decide(
@@ -160,15 +181,28 @@ async def test_approve_a_request_that_appears_in_the_live_queue(world: World) ->
     await page.context.close()
 
 
-async def test_reject_a_request_with_a_reason(world: World) -> None:
+async def _tab_to(page: Page, selector: str, limit: int = 60) -> None:
+    """Press Tab until the focused element matches ``selector`` (as a keyboard user
+    moves through the page); fails when it is not reachable that way."""
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("(s) => document.activeElement?.matches(s) ?? false", selector):
+            return
+    raise AssertionError(f"{selector} cannot be reached with the Tab key")
+
+
+async def test_reject_a_request_with_a_reason_using_only_the_keyboard(world: World) -> None:
     page = await world.signed_in_page()
     await page.evaluate("window.__noReload = 1")
     rid, task = await world.hold(identity="cleanup-agent")
     await _wait_for_row(page, rid)
-    await page.locator(f'#queue-rows tr[data-id="{rid}"] a').click()
+    await _tab_to(page, f'#queue-rows tr[data-id="{rid}"] a')
+    await page.keyboard.press("Enter")
     await page.wait_for_url(f"{world.url}/approvals/{rid}")
-    await page.get_by_label("Reason for rejecting").fill("use the archive job instead")
-    await page.get_by_role("button", name="Reject").click()
+    await _tab_to(page, "#reject-reason")
+    await page.keyboard.type("use the archive job instead")
+    await _tab_to(page, "#reject-button")
+    await page.keyboard.press("Enter")
     await expect(page.locator("h1 .status")).to_have_text("rejected")
     outcome = await asyncio.wait_for(task, 30)
     assert outcome.status is HoldStatus.REJECTED

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -73,6 +74,24 @@ async def _open_when_it_arrives(page: Page, url: str, rid: int) -> None:
     await page.wait_for_url(f"{url}/approvals/{rid}")
 
 
+@asynccontextmanager
+async def _announced(env: HoldsEnv, payload: str) -> AsyncIterator[asyncio.Event]:
+    """An event set when the state database announces ``payload`` on channel
+    ``dbgate_approvals`` (listening from the start of the block)."""
+    heard = asyncio.Event()
+    conn = await asyncpg.connect(env.pg_server.dsn(env.state_db))
+
+    def on_notify(_conn: object, _pid: int, _channel: str, text: str) -> None:
+        if text == payload:
+            heard.set()
+
+    try:
+        await conn.add_listener("dbgate_approvals", on_notify)
+        yield heard
+    finally:
+        await conn.close()
+
+
 async def test_an_agents_held_update_is_approved_on_the_page_and_completes(
     env: HoldsEnv, browser: Browser
 ) -> None:
@@ -83,20 +102,18 @@ async def test_an_agents_held_update_is_approved_on_the_page_and_completes(
     try:
         running = asyncio.create_task(conn.execute(f"UPDATE {TABLE} SET note = 'approved'"))
         rid = await notices.held()
-        await _open_when_it_arrives(page, url, rid)
-        await expect(page.locator("pre.sql").first).to_contain_text(f"UPDATE {TABLE}")
-        await page.get_by_label("Reason for approving (optional)").fill("checked")
-        await page.get_by_role("button", name="Approve", exact=True).click()
-        assert await asyncio.wait_for(running, 30) == "UPDATE 2"
-        # the request's page shows its end once dbgate records that the approved
-        # statement ran (recorded after the client's answer: reload until it is)
-        status = page.locator("h1 .status")
-        for _ in range(60):
-            await page.reload()
-            if (await status.inner_text()).strip() == "approved and executed":
-                break
-            await page.wait_for_timeout(500)
-        await expect(status).to_have_text("approved and executed")
+        # dbgate records that the approved statement ran just after the client's
+        # answer; the state database announces it (LISTEN before the decision, so the
+        # announcement cannot be missed), and the page shows it from then on.
+        async with _announced(env, f"request:{rid}:executed") as executed:
+            await _open_when_it_arrives(page, url, rid)
+            await expect(page.locator("pre.sql").first).to_contain_text(f"UPDATE {TABLE}")
+            await page.get_by_label("Reason for approving (optional)").fill("checked")
+            await page.get_by_role("button", name="Approve", exact=True).click()
+            assert await asyncio.wait_for(running, 30) == "UPDATE 2"
+            await asyncio.wait_for(executed.wait(), 30)
+        await page.reload()
+        await expect(page.locator("h1 .status")).to_have_text("approved and executed")
         assert await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE note = $1", "approved") == 2
     finally:
         await conn.close()

@@ -462,3 +462,102 @@ async def test_the_view_matches_what_the_api_reports(api: Api) -> None:
     assert list(row["decided_by"]) == detail["decided_by"] == ["alice"]
     assert row["reason"] == detail["reason"] == "view check"
     assert row["statement"] == detail["statement"]
+
+
+async def test_refused_decisions_are_recorded_in_the_audit_trail(api: Api, caplog) -> None:
+    """Every refused decision — not eligible, already decided, expired under the
+    approver's hand, a shape revoked twice — is an ``approval``/``refused`` record
+    naming who tried what; a shape's revocation is one too; refused calls are logged."""
+    import logging
+
+    from dbgate.audit import AuditWriter
+    from dbgate.audit.approval_steps import recorder
+    from dbgate.config import AuditConfig
+
+    writer = AuditWriter(api.dsn, AuditConfig(), replica="api-test")
+    await writer.start()
+    api.web.store.on_event = recorder(writer)
+    caplog.set_level(logging.INFO, logger="dbgate.web")
+    try:
+        rid, task = await api.held(approver_groups=("dba",))
+        assert (await api.call("POST", f"/api/approvals/{rid}/approve", who="carol"))[0] == 403
+        assert (await api.call("POST", f"/api/approvals/{rid}/approve", who="olga"))[0] == 403
+        assert (await api.call("POST", f"/api/approvals/{rid}/approve", body={}))[0] == 200
+        await task
+        status, _ = await api.call(
+            "POST", f"/api/approvals/{rid}/reject", who="bob", body={"reason": "late"}
+        )
+        assert status == 409
+
+        # Overdue but not yet ended by its replica: the attempt expires it, and says so.
+        late, late_task = await api.held()
+        async with api.web.store.db.connection() as conn:
+            await conn.execute(
+                "UPDATE dbgate.approval_requests SET deadline = now() - interval '1 second' "
+                "WHERE id = $1",
+                late,
+            )
+        status, err = await api.call("POST", f"/api/approvals/{late}/approve", who="bob")
+        assert status == 409 and "expired before this decision" in err["message"]
+        assert (await late_task).status is HoldStatus.EXPIRED
+
+        outcome = await api.holder.hold(
+            make_request("SELECT * FROM orders", wait=0, fingerprint="fp-audit-shape"), Notices()
+        )
+        shaped = outcome.request_id
+        status, made = await api.call(
+            "POST", f"/api/approvals/{shaped}/approve-shape", body={"minutes": 5}
+        )
+        assert status == 201
+        sid = made["shape"]["id"]
+        revoke = f"/api/shapes/{sid}/revoke"
+        assert (await api.call("POST", revoke, who="bob", body={"reason": "done"}))[0] == 200
+        assert (await api.call("POST", revoke, who="alice", body={}))[0] == 409
+
+        status, _ = await api.call("POST", f"/api/approvals/{rid}/approve", who=None)
+        assert status == 401
+        await writer.flush()
+    finally:
+        api.web.store.on_event = None
+        await writer.stop()
+
+    async def steps(request_id: int) -> list[tuple[str, str, str]]:
+        conn = await asyncpg.connect(api.dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT event, actor, reason FROM dbgate.audit_log "
+                "WHERE kind = 'approval' AND approval_id = $1 ORDER BY chain, seq",
+                str(request_id),
+            )
+        finally:
+            await conn.close()
+        return [(r["event"], r["actor"] or "", r["reason"] or "") for r in rows]
+
+    recorded = await steps(rid)
+    assert [(e, a) for e, a, _ in recorded] == [
+        ("refused", "carol"),
+        ("refused", "olga"),
+        ("approved", "alice"),
+        ("refused", "bob"),
+    ]
+    assert recorded[0][2].startswith("approve via api refused: ") and "dba" in recorded[0][2]
+    assert "owns identity 'agent'" in recorded[1][2]
+    assert recorded[3][2] == (f"reject via api refused: approval request {rid} is already approved")
+    assert await steps(late) == [
+        ("expired", "", "nobody decided in time"),
+        (
+            "refused",
+            "bob",
+            f"approve via api refused: approval request {late} expired before this decision",
+        ),
+    ]
+    assert [(e, a) for e, a, _ in await steps(shaped)] == [
+        ("approved", "alice"),
+        ("revoked", "bob"),
+        ("refused", "alice"),
+    ]
+    assert (await steps(shaped))[1][2] == f"shape {sid} revoked: done"
+    assert "is already revoked" in (await steps(shaped))[2][2]
+    logged = [r.getMessage() for r in caplog.records if r.name == "dbgate.web"]
+    assert any(f"/api/approvals/{rid}/approve" in m and "401 unauthorized" in m for m in logged)
+    assert any(f"/api/approvals/{rid}/reject" in m and "409 conflict" in m for m in logged)

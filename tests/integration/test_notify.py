@@ -20,7 +20,7 @@ import pytest
 
 from dbgate.approvals.model import HoldStatus
 from dbgate.approvals.notify import Notifier, slack_signature, verify_webhook
-from dbgate.approvals.notify.sender import RetryPolicy
+from dbgate.approvals.notify.sender import RetryPolicy, Sender
 from dbgate.approvals.notify.targets import Target
 from dbgate.approvals.service import PgApprovalService
 from dbgate.config import SlackConfig
@@ -238,6 +238,45 @@ async def test_failing_receivers_are_retried_then_recorded_and_shown(env: Env, c
         await server.stop()
 
 
+async def test_retries_wait_with_doubling_backoff_between_attempts(env: Env) -> None:
+    """The back-off is waited between attempts (never after the last one, never after
+    a refusal that retrying cannot change), doubling up to its cap; every attempt is
+    signed afresh."""
+    policy = RetryPolicy(timeout=5, max_attempts=5, backoff=0.5, max_backoff=1.5)
+
+    async def deliver(path: str, statuses: list[int]) -> tuple[int, Any, list[Any], int]:
+        """(attempts, last result, [(seconds waited, attempts seen by then)], signings)"""
+        env.rx.script[path] = list(statuses)
+        waits: list[tuple[float, int]] = []
+        signed: list[int] = []
+
+        async def sleep(seconds: float) -> None:
+            waits.append((seconds, len(env.rx.at(path))))
+
+        def headers() -> dict[str, str]:
+            signed.append(1)
+            return {"Content-Type": "application/json"}
+
+        sender = Sender(policy, sleep=sleep)
+        await sender.start()
+        try:
+            attempts, result = await sender.deliver(env.rx.url + path, b"{}", headers)
+        finally:
+            await sender.close()
+        return attempts, result, waits, len(signed)
+
+    attempts, result, waits, signed = await deliver("/backoff/ok", [503, 500, 429, 502])
+    assert (attempts, result.ok, signed) == (5, True, 5)
+    assert waits == [(0.5, 1), (1.0, 2), (1.5, 3), (1.5, 4)]  # each after its attempt
+
+    attempts, result, waits, _ = await deliver("/backoff/down", [500] * 5)
+    assert (attempts, result.ok, result.error) == (5, False, "the receiver answered HTTP 500")
+    assert [s for s, _ in waits] == [0.5, 1.0, 1.5, 1.5]  # none after the last attempt
+
+    attempts, result, waits, _ = await deliver("/backoff/gone", [410])
+    assert (attempts, result.ok, result.retry, waits) == (1, False, False, [])
+
+
 async def test_a_hung_receiver_never_delays_the_hold(env: Env) -> None:
     env.rx.hang.add("/hook/hung")
     slow = RetryPolicy(timeout=600, max_attempts=1)
@@ -388,6 +427,27 @@ async def test_slack_reject_click(env: Env, slack: SlackSite) -> None:
 async def test_slack_refusals_decide_nothing_and_say_so_in_the_thread(
     env: Env, slack: SlackSite
 ) -> None:
+    told: list[tuple[str, str, str]] = []  # what the audit trail is told (store.on_event)
+    env.other.store.on_event = lambda step, _rec, actor, why, _at: told.append((step, actor, why))
+    try:
+        await _slack_refusals(env, slack)
+    finally:
+        env.other.store.on_event = None
+    assert [(step, actor) for step, actor, _ in told] == [
+        ("refused", "slack:U_STRANGER"),
+        ("refused", "ghost"),
+        ("refused", "olga"),
+        ("refused", "slack:U_STRANGER"),
+        ("approved", "bob"),
+        ("refused", "alice"),
+    ]
+    assert told[0][2] == (
+        "approve via slack refused: the Slack user is not mapped to a dbgate approver account"
+    )
+    assert "owns identity" in told[2][2] and "already approved" in told[5][2]
+
+
+async def _slack_refusals(env: Env, slack: SlackSite) -> None:
     rid, task = await env.held()
     reply_url = env.rx.url + f"/slack-response/no{rid}"
     # Unmapped Slack user.

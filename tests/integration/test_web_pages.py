@@ -189,6 +189,34 @@ async def test_repeated_failures_lock_the_name_even_for_the_right_password(site:
     await site.signed_in("dave")  # the lock lapses (here: removed), and dave gets in
 
 
+async def test_many_names_failing_from_one_address_lock_the_address(site: Site) -> None:
+    """Four times the per-name limit from one address, spread over names that each stay
+    under it, locks the address: even a right password from there is not checked. The
+    lock lapses by itself."""
+    b = site.browser()
+    try:
+        # Known names (their test hashes are cheap), two failures each: under the
+        # per-name limit of three.
+        names = ["bob", "carol", "olga", "agent", "dave", "erin"] * 2
+        statuses = [(await b.sign_in(name, "wrong")).status for name in names]
+        assert statuses == [401] * 11 + [429]
+        page = await b.sign_in("alice", PASSWORD)
+        assert page.status == 429 and "from this address" in page.text
+        assert b.cookie(SESSION_COOKIE) is None
+        [row] = await site.sql(
+            "SELECT locked_until > now() AS locked FROM dbgate.web_login_failures "
+            "WHERE key = 'addr:127.0.0.1'"
+        )
+        assert row["locked"]
+        await site.sql(  # the lockout time passes
+            "UPDATE dbgate.web_login_failures SET locked_until = now() - interval '1 second' "
+            "WHERE key = 'addr:127.0.0.1'"
+        )
+        assert (await b.sign_in("alice", PASSWORD)).status == 200
+    finally:
+        await site.sql("DELETE FROM dbgate.web_login_failures")
+
+
 async def test_pages_need_a_session(site: Site) -> None:
     b = site.browser()
     async with b.http.get(site.url + "/approvals", allow_redirects=False) as r:
@@ -322,7 +350,8 @@ async def test_a_form_without_or_with_a_wrong_csrf_token_decides_nothing(site: S
     await task
 
 
-async def test_a_stale_session_cookie_decides_nothing(site: Site) -> None:
+async def test_a_stale_session_cookie_decides_nothing(site: Site, caplog) -> None:
+    caplog.set_level("INFO", logger="dbgate.web")
     b = await site.signed_in("alice")
     rid, task = await site.held()
     csrf = (await b.get(f"/approvals/{rid}")).csrf()
@@ -337,6 +366,11 @@ async def test_a_stale_session_cookie_decides_nothing(site: Site) -> None:
         assert r.status == 303 and "why=signed_out" in r.headers["Location"]
     page = await replay.post(f"/approvals/{rid}/approve", {"csrf": csrf})
     assert page.status == 401 and "Nothing was submitted" in page.text
+    assert any(
+        f"POST /approvals/{rid}/approve" in r.getMessage()
+        and "no live session (signed_out)" in r.getMessage()
+        for r in caplog.records
+    )
     forged = site.browser()
     forged.http.cookie_jar.update_cookies({SESSION_COOKIE: "made-up"})
     page = await forged.post(f"/approvals/{rid}/approve", {"csrf": csrf})
@@ -440,6 +474,42 @@ async def test_history_filters(site: Site) -> None:
     assert page.status == 400 and "must be a date and time" in page.text
     page = await b.get("/history?status=bogus")
     assert page.status == 400
+
+
+async def test_a_request_links_to_its_audit_records(site: Site) -> None:
+    from dbgate.audit import AuditWriter
+    from dbgate.audit.approval_steps import recorder
+    from dbgate.config import AuditConfig
+
+    b = await site.signed_in("alice")
+    rid, task = await site.held(identity="audited-agent", approver_groups=("dba",))
+    page = await b.get(f"/approvals/{rid}")
+    assert "No audit records of this request yet" in page.text
+    writer = AuditWriter(site.dsn, AuditConfig(), replica="web-test")
+    await writer.start()
+    site.web.store.on_event = recorder(writer)
+    try:
+        carol = await site.signed_in("carol")  # outside the rule's groups: refused, recorded
+        carol_csrf = (await carol.get(f"/approvals/{rid}")).csrf()
+        forced = await carol.post(f"/approvals/{rid}/approve", {"csrf": carol_csrf})
+        assert forced.status == 403
+        done = await b.post(f"/approvals/{rid}/approve", {"csrf": page.csrf(), "reason": "ok"})
+        assert done.status == 200
+        assert (await task).status is HoldStatus.APPROVED
+        await writer.flush()
+    finally:
+        site.web.store.on_event = None
+        await writer.stop()
+    page = await b.get(f"/approvals/{rid}")
+    section = page.plain.split('<h2 id="audit">Audit trail</h2>', 1)[1].split("</section>")[0]
+    records = re.findall(r'<td data-label="Record">(.*?)</td>', section)
+    assert records == ["approval refused", "approval approved"], section
+    who = re.findall(r'<td data-label="Who">(.*?)</td>', section)
+    assert who == ["carol", "alice"]
+    assert "approve via web refused: " in section and "<code>web-test." in section
+    assert f"WHERE approval_id = '{rid}'" in section
+    history = await b.get("/history?identity=audited-agent")
+    assert f'href="/approvals/{rid}#audit"' in history.text
 
 
 async def test_the_event_stream_announces_new_requests(site: Site) -> None:

@@ -50,10 +50,18 @@ def _retryable(status: int) -> bool:
 class Sender:
     """One HTTP client for all notifications; call :meth:`start` before sending."""
 
-    def __init__(self, policy: RetryPolicy, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        concurrency: int = 8,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.policy = policy
         self._limit = asyncio.Semaphore(concurrency)
         self._http: aiohttp.ClientSession | None = None
+        #: How the back-off between attempts is waited (a test records the waits).
+        self._sleep = sleep
 
     async def start(self) -> None:
         if self._http is None:
@@ -126,5 +134,5 @@ class Sender:
                 result.error,
                 delay,
             )
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
         return attempt, result

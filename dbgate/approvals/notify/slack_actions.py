@@ -132,6 +132,7 @@ class SlackActions:
         slack_user = str(user.get("id") or "")
         thread_ts = _thread_ts(payload)
         name = self._users.get(slack_user)
+        verb = "approve" if approve else "reject"
         if name is None:
             message = (
                 f"<@{slack_user}> is not mapped to a dbgate approver account, so this click "
@@ -143,12 +144,17 @@ class SlackActions:
                 request_id,
                 slack_user,
             )
+            await self._store.refused(
+                request_id,
+                f"slack:{slack_user[:64]}",
+                f"{verb} via slack",
+                "the Slack user is not mapped to a dbgate approver account",
+            )
             return SlackAnswer(
                 200,
                 {"ok": False, "error": "unmapped_user", "message": message},
                 _thread_reply(message, thread_ts),
             )
-        verb = "approve" if approve else "reject"
         try:
             approver = await self._accounts.get(name)
             reason = f"{'approved' if approve else 'rejected'} in Slack by {name}"
@@ -158,6 +164,7 @@ class SlackActions:
         except NotFound as e:
             message = f"{name} cannot {verb} request {request_id}: {e.message}"
             log.warning("slack: %s", message)
+            await self._store.refused(request_id, name, f"{verb} via slack", e.message)
             return SlackAnswer(
                 200,
                 {"ok": False, "error": e.code, "message": message},
