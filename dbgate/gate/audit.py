@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from dbgate.audit import SessionEvent, StatementEvent
 from dbgate.audit.errors import AuditUnavailable
+from dbgate.gate.declarations import declared
 from dbgate.gate.notes import GateNote
-from dbgate.pii.sql_mask import mask_sql
+from dbgate.pii.sql_mask import mask_sql, mask_text
 from dbgate.policy.literals import fast_mask, render_key
-from dbgate.proxy.seams import Refuse, StatementRecord
+from dbgate.proxy.seams import Allow, Refuse, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 
 if TYPE_CHECKING:
@@ -94,8 +95,13 @@ class AuditTrail:
         reason: str = "",
         rows: int | None = None,
         duration_us: int | None = None,
+        tokenized: bool | None = None,
     ) -> StatementEvent:
         c = note.classification if note is not None else None
+        statement_declares = getattr(c, "declares", ()) if c is not None else ()
+        intent: dict[str, str] = {}
+        if session.declared or statement_declares or sql[:64].lstrip().startswith("/*"):
+            intent = declared(session.declared, statement_declares, sql)
         return StatementEvent(
             event=stage,  # type: ignore[arg-type]
             statement=masked_text(sql, self._masks),
@@ -120,6 +126,9 @@ class AuditTrail:
             reason=reason,
             rows=rows,
             duration_us=duration_us,
+            purpose=mask_text(intent.get("purpose", "")),
+            model=mask_text(intent.get("model", "")),
+            tokenized=tokenized,
         )
 
     def held(
@@ -246,5 +255,6 @@ class AuditTrail:
                 outcome=outcome,
                 rows=record.rows if stage == "completed" else None,
                 duration_us=duration,
+                tokenized=isinstance(verdict, Allow) and verdict.plan is not None,
             )
         )

@@ -289,3 +289,33 @@ async def test_the_readmes_reviewer_queries_run_as_the_auditor(env: HoldsEnv, pe
     finally:
         await auditor.close()
         admin_execute(admin, "DROP OWNED BY readme_auditor", "DROP ROLE readme_auditor")
+
+
+async def test_records_say_what_the_agent_declared_and_whether_results_were_tokenized(
+    env: HoldsEnv, people: str
+) -> None:
+    conn = await asyncpg.connect(env.dsn, server_settings={"dbgate.purpose": "ticket 42"})
+    try:
+        tokens = await conn.fetch(f"SELECT email, id AS declared FROM {people} WHERE id = 2")
+        assert tokens[0]["email"] != "b@example.net"
+        await conn.execute("SET dbgate.model = 'model-x'")
+        notes = await conn.fetch(
+            f"/* dbgate: purpose='just notes' */ SELECT note FROM {people} WHERE id IN (1, 2)"
+        )
+        assert len(notes) == 2
+    finally:
+        await conn.close()
+    [emails] = audit(
+        env,
+        "kind = 'statement' AND statement = $1",
+        f"SELECT email, id AS declared FROM {people} WHERE id = $1",
+    )
+    assert (emails["purpose"], emails["model"], emails["tokenized"]) == ("ticket 42", None, True)
+    [plain] = audit(
+        env, "kind = 'statement' AND statement LIKE $1", f"%SELECT note FROM {people} WHERE%"
+    )
+    assert (plain["purpose"], plain["model"], plain["tokenized"]) == (
+        "just notes",
+        "model-x",
+        False,
+    )
