@@ -18,6 +18,8 @@ One command, on a fresh machine, does everything (see bench/README.md):
 10. the approvers' page (``bench/bench_web.py``): the queue with 1,000 pending
     requests, server time, and the approve form's latency to a held statement on
     another replica, on a PostgreSQL of its own;
+11. worker scaling where the proxy is the bottleneck (``bench/bench_workers.py``):
+    statements new to the classifier against ``dbgate`` and ``dbgate-w2``;
 
 then prints one table of medians and ratios and writes the raw runs as JSON to
 ``bench/.work/results-<timestamp>.json``. Everything it starts is stopped at the
@@ -148,6 +150,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-noisy",
         action="store_true",
         help="skip the noisy-neighbour benchmark (pgbench -S beside hostile SQL, bench/bench_noisy.py)",
+    )
+    p.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="skip the proxy-bound workers scaling run (cold statements, --workers 1 vs 2, "
+        "bench/bench_workers.py)",
     )
     p.add_argument(
         "--dbgate-arg",
@@ -289,6 +297,8 @@ class Bench:
         self.holds_error: str | None = None
         self.noisy: dict[str, Any] | None = None
         self.noisy_error: str | None = None
+        self.workers: dict[str, Any] | None = None
+        self.workers_error: str | None = None
         self.setup_log: list[str] = []
         self.meta: dict[str, Any] = {
             "started_at": self.stamp,
@@ -580,6 +590,34 @@ class Bench:
         else:
             say(f"  {format_result(self.noisy)}")
 
+    # ----------------------------------------------------------------- workers
+
+    def run_workers(self) -> None:
+        """``--workers 1`` vs ``2`` with the proxy the bottleneck (bench/bench_workers.py)."""
+        from bench.bench_workers import format_result, run_workers
+
+        one, two = self.targets.get("dbgate"), self.targets.get("dbgate-w2")
+        if one is None or two is None or not (one.available and two.available):
+            self.workers_error = "needs the dbgate and dbgate-w2 targets"
+            return
+        say("proxy-bound workers scaling: statements new to the classifier, --workers 1 vs 2 ...")
+        try:
+            self.workers = run_workers(
+                self.pgbench_bin,
+                one,
+                two,
+                self.work / "workers",
+                seconds=self.args.seconds,
+                rounds=self.args.rounds,
+                threads=self.args.threads,
+                scale=self.args.scale,
+            )
+        except Exception as e:  # report, and let the rest of the run finish
+            self.workers_error = f"{type(e).__name__}: {e}"
+            say(f"  workers scaling benchmark failed: {self.workers_error}")
+        else:
+            say(f"  {format_result(self.workers)}")
+
     # ----------------------------------------------------------------- classifier
 
     def run_classifier(self) -> None:
@@ -691,6 +729,8 @@ class Bench:
             "holds_error": self.holds_error,
             "noisy": self.noisy,
             "noisy_error": self.noisy_error,
+            "workers": self.workers,
+            "workers_error": self.workers_error,
         }
 
     def run_errors(self) -> list[str]:
@@ -773,6 +813,12 @@ class Bench:
             say(format_noisy(self.noisy))
         else:
             say(f"noisy neighbour: {self.noisy_error or 'skipped'}")
+        if self.workers is not None:
+            from bench.bench_workers import format_result as format_workers
+
+            say(format_workers(self.workers))
+        else:
+            say(f"proxy-bound workers scaling: {self.workers_error or 'skipped'}")
         if self.classifier is not None:
             say("classifier microbenchmarks (bench/bench_classify.py):")
             say(report.format_flat(self.classifier))
@@ -823,6 +869,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench.run_holds()
                 if not args.no_noisy and not args.no_pgbench:
                     bench.run_noisy()
+                if not args.no_workers and not args.no_pgbench:
+                    bench.run_workers()
             finally:
                 say("stopping dbgate, PgBouncer and PostgreSQL ...")
                 bench.stop_all()

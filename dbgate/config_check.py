@@ -1,9 +1,9 @@
 """``dbgate config check``: everything about a config that can be known before serving.
 
 Beyond the schema (:func:`dbgate.config.load_config`), a config can name files that
-are missing or wrong, a rules directory that does not load, or a stored SCRAM
-verifier that is malformed — each of which would stop ``dbgate serve`` later, one at
-a time. :func:`file_problems` finds them all at once, without the network; with
+are missing or wrong, a rules directory or PII catalog that does not load, a
+tokenization key that is missing or unusable, or a stored SCRAM verifier that is
+malformed — each of which would stop ``dbgate serve`` later, one at a time. :func:`file_problems` finds them all at once, without the network; with
 ``--connect``, :func:`connect_problems` also tries the upstream and the state
 database. The composition root runs :func:`file_problems` at start, so ``serve``
 and ``config check`` agree.
@@ -15,6 +15,7 @@ import asyncio
 import os
 import ssl
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -36,8 +37,30 @@ def _dir_writable(path: Path) -> str | None:
     return None
 
 
-def file_problems(config: Config) -> list[str]:
-    """Problems with files, keys and rules the config refers to (no network)."""
+def _pii_problems(config: Config, environ: Mapping[str, str] | None) -> list[str]:
+    """What the start's PII step refuses (``PiiGate.check``): no usable key, a catalog
+    that does not load. Both are reported, where the start stops at the first."""
+    from dbgate.pii.catalog_load import CatalogError, load_catalog
+    from dbgate.pii.keys import PiiKeyError, keyring_from_config
+
+    problems: list[str] = []
+    try:
+        keyring_from_config(config.pii.keys, environ)
+    except PiiKeyError as e:
+        problems.append(str(e))
+    try:
+        load_catalog(config.pii.catalog)
+    except CatalogError as e:
+        problems += [f"pii.catalog: {p}" for p in e.problems]
+    return problems
+
+
+def file_problems(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Problems with files, keys and rules the config refers to (no network).
+
+    ``environ`` (default ``os.environ``) is where ``DBGATE_PII_KEY`` and a key's
+    ``secret_env`` are looked up, as ``dbgate serve`` would.
+    """
     problems: list[str] = []
     if config.tls is not None:
         line = diagnose_tls(config.tls.cert_file, config.tls.key_file)
@@ -70,6 +93,8 @@ def file_problems(config: Config) -> list[str]:
             load_rules(config.rules_dir)
         except RulesError as e:
             problems += [f"rules: {p}" for p in e.problems]
+        if config.pii.enabled:
+            problems += _pii_problems(config, environ)
     if config.logging.file is not None:
         why = _dir_writable(config.logging.file)
         if why:

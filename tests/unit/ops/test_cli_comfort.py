@@ -101,9 +101,15 @@ def test_shell_completion_is_offered() -> None:
     assert "_DBGATE_COMPLETE" in result.stdout
 
 
-def test_config_check_ok_and_problems(tmp_path: Path) -> None:
+def test_config_check_ok_and_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dbgate.pii.keys import generate_key
+
+    monkeypatch.delenv("DBGATE_PII_KEY", raising=False)
     good = tmp_path / "good.yaml"
-    good.write_text("identities:\n  - name: agent\n    password: pw\n")
+    good.write_text(
+        "identities:\n  - name: agent\n    password: pw\n"
+        f"pii:\n  keys:\n    - id: k1\n      secret: {generate_key()[0]}\n"
+    )
     result = runner.invoke(app, ["config", "check", "-c", str(good)])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"ok: {good}: listen 127.0.0.1:6432, upstream 127.0.0.1:5432")
@@ -119,17 +125,26 @@ def test_config_check_ok_and_problems(tmp_path: Path) -> None:
     assert "2 problems found" in result.stderr
 
 
-def test_config_check_reports_what_the_schema_cannot_see(tmp_path: Path) -> None:
+def test_config_check_reports_what_the_schema_cannot_see(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DBGATE_PII_KEY", raising=False)
     path = tmp_path / "c.yaml"
     (tmp_path / "afile").write_text("")
     path.write_text(
         "tls:\n  cert_file: /nonexistent/server.crt\n  key_file: /nonexistent/server.key\n"
         f"logging:\n  file: {tmp_path}/afile/dbgate.log\n"
+        f"pii:\n  catalog: {tmp_path}/no-catalog.yaml\n"
     )
     result = runner.invoke(app, ["config", "check", "-c", str(path)])
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [
         "tls.cert_file /nonexistent/server.crt does not exist: create it or fix tls.cert_file",
+        # what `dbgate serve` would refuse at its PII step: both, not the first only
+        "PII tokenization needs a key: set pii.keys in the config or the environment "
+        "variable DBGATE_PII_KEY (generate one with: dbgate pii keygen)",
+        f"pii.catalog: {tmp_path}/no-catalog.yaml: cannot read catalog: [Errno 2] No such "
+        f"file or directory: '{tmp_path}/no-catalog.yaml'",
         f"logging.file {tmp_path}/afile/dbgate.log: {tmp_path}/afile is not a directory: "
         "fix logging.file",
     ]

@@ -1,5 +1,9 @@
 """deploy/ is checked against the code: every port, path, config key, secret and
-probe route a manifest names must exist, and every config it ships must load.
+probe route a manifest names must exist, every config it ships must load, and each
+deployment — its config, secrets, rule pack and PII catalog laid out where its
+manifests put them (``tests/deploy_layout.py``) — must pass the checks ``dbgate
+serve`` makes before it serves, which refuse it when the key, the catalog or the
+rules are missing.
 
 Nothing here needs a container engine or a cluster; ``kubectl kustomize`` and
 ``systemd-analyze verify`` run too where they are installed (both are on these
@@ -20,18 +24,21 @@ import typer
 import yaml
 
 from dbgate.cli import app
-from dbgate.config import Config, load_config
-from dbgate.policy.rules import load_rules
+from dbgate.config import Config, ConfigError, load_config
+from dbgate.config_check import file_problems
+from dbgate.pii.catalog_load import CatalogError
+from dbgate.pii.keys import PiiKeyError, generate_key
+from dbgate.policy.rules import RulesError, load_rules
 from dbgate.web.ops import OPS_ROUTES
+from tests import deploy_layout
+from tests.deploy_layout import dash_c as _dash_c
+from tests.deploy_layout import unit_sections as _unit
+from tests.deploy_layout import yaml_docs as _yaml_docs
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 FILE_REF = re.compile(r"\$\{file:((?:\$\{[^}]*\}|[^}])+)\}")  # may hold ${ENV}
-
-
-def _yaml_docs(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
 def _port(hostport: str) -> int:
@@ -71,10 +78,6 @@ def _cli_options(*path: str) -> set[str]:
     for name in path:
         cmd = cmd.commands[name]
     return {opt for p in cmd.params if p.param_type_name == "option" for opt in p.opts}
-
-
-def _dash_c(args: list[str]) -> str:
-    return args[args.index("-c") + 1]
 
 
 # -- Dockerfile ----------------------------------------------------------------------
@@ -299,10 +302,12 @@ def test_service_and_pdb_select_the_pods() -> None:
 def test_the_rules_configmap_is_the_shipped_pack_and_loads_from_a_configmap_layout(
     tmp_path: Path,
 ) -> None:
+    for name in ("default.yaml", "pii.yaml"):
+        copy = K8S / "rules" / name
+        assert copy.read_text() == (ROOT / "rules" / name).read_text(), (
+            f"deploy/kubernetes/rules/{name} differs from rules/{name}: copy it again"
+        )
     copy = K8S / "rules" / "default.yaml"
-    assert copy.read_text() == (ROOT / "rules" / "default.yaml").read_text(), (
-        "deploy/kubernetes/rules/default.yaml differs from rules/default.yaml: copy it again"
-    )
     # A ConfigMap volume: files are symlinks into a hidden, timestamped directory.
     mount = tmp_path / "rules"
     data = mount / "..2025_01_01_00_00_00.000000000"
@@ -330,22 +335,6 @@ def test_kustomize_builds_offline() -> None:
 
 
 # -- systemd -------------------------------------------------------------------------
-
-
-def _unit() -> dict[str, dict[str, list[str]]]:
-    """Sections -> key -> values (systemd keys may repeat, e.g. LoadCredential=)."""
-    sections: dict[str, dict[str, list[str]]] = {}
-    current: dict[str, list[str]] = {}
-    for line in (DEPLOY / "systemd" / "dbgate.service").read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            current = sections.setdefault(line.strip("[]"), {})
-            continue
-        key, _, value = line.partition("=")
-        current.setdefault(key, []).append(value)
-    return sections
 
 
 def _unit_values(key: str) -> list[str]:
@@ -406,3 +395,106 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+# -- Each deployment starts: its files through dbgate's own start-up checks ----------
+
+DEPLOYMENTS = ("kubernetes", "compose", "systemd")
+
+
+def _layout(deployment: str, root: Path) -> deploy_layout.Layout:
+    """The deployment's files under ``root``; secrets an operator makes get fresh
+    test values (a real generated PII key), compose keeps its shipped demo files."""
+    if deployment == "kubernetes":
+        return deploy_layout.kubernetes(root, secrets={"pii-key": generate_key()[0]})
+    if deployment == "compose":
+        return deploy_layout.compose(root)
+    return deploy_layout.systemd(root, credentials={"pii-key": generate_key()[0]})
+
+
+def _start_checks(cfg: Config) -> None:
+    """What ``dbgate serve`` builds from files before it serves (dbgate.app): the PII
+    step (key and catalog), then the rules for the gate. Raises as the start would."""
+    from dbgate.gate.pii import PiiGate
+
+    PiiGate(cfg).check()
+    load_rules(cfg.rules_dir)
+
+
+@pytest.fixture
+def no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's environment must not lend a deployment a key or a rules dir."""
+    for name in ("DBGATE_PII_KEY", "DBGATE_RULES_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("no_ambient_settings")
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_each_deployment_passes_the_checks_dbgate_makes_before_serving(
+    deployment: str, tmp_path: Path
+) -> None:
+    layout = _layout(deployment, tmp_path / "fs")
+    cfg = load_config(layout.config, environ=layout.environ)
+    # The checks below apply: statements classified, PII tokenized with a key of its own.
+    assert cfg.policy == "enforce" and cfg.pii.enabled and cfg.pii.keys
+    assert cfg.pii.keys[0].secret is not None
+    assert cfg.pii.keys[0].secret == layout.pii_key.read_text().strip()
+    # The rules and the catalog are the deployment's own files, not an install's.
+    assert cfg.rules_dir is not None and cfg.rules_dir.is_relative_to(layout.root)
+    assert cfg.pii.catalog is not None and cfg.pii.catalog.is_relative_to(layout.root)
+    assert cfg.pii.catalog.parent == cfg.rules_dir  # shipped side by side, as in rules/
+    assert file_problems(cfg, layout.environ) == []
+    _start_checks(cfg)
+
+
+@pytest.mark.usefixtures("no_ambient_settings")
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+@pytest.mark.parametrize(
+    ("breakage", "refused_by", "named"),
+    [
+        ("placeholder key", PiiKeyError, "pii.keys[0] ("),
+        ("no catalog", CatalogError, "pii.catalog: "),
+        ("no rules", RulesError, "rules: "),
+    ],
+)
+def test_a_deployment_without_a_usable_key_catalog_or_rules_is_refused(
+    deployment: str, breakage: str, refused_by: type[Exception], named: str, tmp_path: Path
+) -> None:
+    layout = _layout(deployment, tmp_path / "fs")
+    if breakage == "placeholder key":
+        layout.pii_key.write_text("CHANGE-ME\n")  # secret.example.yaml's, never replaced
+    cfg = load_config(layout.config, environ=layout.environ)
+    assert cfg.pii.catalog is not None and cfg.rules_dir is not None
+    if breakage == "no catalog":
+        cfg.pii.catalog.unlink()
+    elif breakage == "no rules":
+        (cfg.rules_dir / "default.yaml").unlink()
+    problems = file_problems(cfg, layout.environ)
+    assert len(problems) == 1 and problems[0].startswith(named), problems
+    with pytest.raises(refused_by):
+        _start_checks(cfg)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_a_deployment_without_its_key_file_does_not_load(deployment: str, tmp_path: Path) -> None:
+    layout = _layout(deployment, tmp_path / "fs")
+    layout.pii_key.unlink()
+    with pytest.raises(ConfigError, match=r"pii\.keys\[0\]\.secret: cannot read secret file"):
+        load_config(layout.config, environ=layout.environ)
+
+
+def test_the_compose_demo_key_says_it_is_public() -> None:
+    import base64
+
+    text = (DEPLOY / "compose" / "secrets" / "pii-key").read_text().strip()
+    assert text.startswith("base64:")
+    assert b"DEMO" in base64.b64decode(text.removeprefix("base64:"))
+    assert "pii-key" in (DEPLOY / "compose" / "secrets" / "README.md").read_text()
+
+
+def test_the_systemd_unit_says_how_to_install_the_rules_and_make_the_key() -> None:
+    header = (DEPLOY / "systemd" / "dbgate.service").read_text().split("[Unit]")[0]
+    assert f"/opt/dbgate/share/dbgate/rules/*.yaml {deploy_layout.SYSTEMD_RULES}/" in header
+    assert "dbgate pii keygen" in header
+    creds = dict(v.split(":", 1) for v in _unit_values("LoadCredential"))
+    assert creds["pii-key"] in header
