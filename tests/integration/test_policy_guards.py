@@ -47,11 +47,14 @@ VALUES = sorted({n + u for n, u in itertools.product(NUMBERS, UNITS)} | {"inf", 
 
 
 def _server_ms(conn: psycopg.Connection[Any], value: str) -> int | None:
+    """How the server reads ``value`` for a guard. Read through ``lock_timeout``, which
+    has the very same unit and range as ``statement_timeout``: a 1 ms statement
+    timeout would also cut off the statements that read it back on a busy machine."""
     try:
         with conn.transaction():
-            conn.execute("SELECT set_config('statement_timeout', %s, true)", (value,))
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (value,))
             row = conn.execute(
-                "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"
+                "SELECT setting FROM pg_settings WHERE name = 'lock_timeout'"
             ).fetchone()
             assert row is not None
             return int(row[0])
