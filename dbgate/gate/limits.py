@@ -158,14 +158,7 @@ def limited_verdict(
     if decision.guard_clamps:
         replace_sql = clamped_sql(sql, classification, dict(decision.guard_clamps))
         if replace_sql is None:
-            return _held(
-                decision,
-                classification,
-                "guard-off",
-                "switches off a session guard (a timeout set to 0) in a way dbgate cannot "
-                "set back to the identity's ceiling",
-                None,
-            )
+            return verdict_hold(decision)
     max_rows = decision.max_rows or 0
     return Allow(
         note=note,
@@ -220,12 +213,17 @@ def _held(
 
 
 def verdict_hold(decision: Decision) -> Decision:
-    """A guard clamp that cannot be applied (a Bind cannot rewrite its statement)."""
-    return _held(
+    """A guard clamp that cannot be applied (``set_config``, or a Bind, which cannot
+    rewrite its statement): held for the guard entry's approvers, under its name."""
+    over = decision.guard_hold
+    held = _held(
         decision,
         decision.classification,  # type: ignore[arg-type]
         "guard-off",
         "switches off a session guard (a timeout set to 0) in a way dbgate cannot set "
         "back to the identity's ceiling",
-        None,
+        over,
     )
+    if over is None:
+        return held
+    return replace(held, rule=over.rule, approver_groups=over.approver_groups)

@@ -317,6 +317,9 @@ class Decision:
     max_rows_changed: int | None = None
     rows_over_limit: OverLimit | None = None
     changes_over_limit: OverLimit | None = None
+    #: Who decides when a clamped guard cannot be set back to its ceiling (the gate
+    #: holds it): the ``session_guards`` entry's approvers, not the allow rule's.
+    guard_hold: OverLimit | None = None
     # Rows per identity and table over a sliding window, for every allowed read.
     row_window: RowWindow | None = None
     # (setting, ms): guards the statement sets to 0 ("no limit") that must stay at the

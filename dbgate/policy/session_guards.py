@@ -36,6 +36,7 @@ from dbgate.policy.model import (
     Classification,
     Decision,
     Identity,
+    OverLimit,
     Reason,
 )
 from dbgate.policy.rules_match import Match, Rule
@@ -111,6 +112,7 @@ def judge(decision: Decision, guards: SessionGuards, classification: Classificat
         return decision
     held: list[tuple[Reason, GuardEntry]] = []
     clamps: dict[str, int] = {}
+    clamping: list[GuardEntry] = []  # the entries of those ceilings
     for st in classification.statements:
         timeout = guards.ceilings.get("statement_timeout")
         if timeout is not None and st.sleep_ms is not None and st.sleep_ms > timeout.ms:
@@ -159,6 +161,7 @@ def judge(decision: Decision, guards: SessionGuards, classification: Classificat
                     )
                 else:
                     clamps[gs.name] = ceiling.ms
+                    clamping.append(ceiling.entry)
             elif gs.value_ms > ceiling.ms:
                 held.append(
                     (
@@ -188,5 +191,16 @@ def judge(decision: Decision, guards: SessionGuards, classification: Classificat
             reasons=reasons,
         )
     if clamps and decision.action is Action.ALLOW:
-        return replace(decision, guard_clamps=tuple(sorted(clamps.items())))
+        entry = clamping[0]
+        return replace(
+            decision,
+            guard_clamps=tuple(sorted(clamps.items())),
+            guard_hold=OverLimit(
+                Action.HOLD,
+                entry.name,
+                entry.approver_groups,
+                entry.approvals_needed,
+                entry.expires_after_seconds,
+            ),
+        )
     return decision

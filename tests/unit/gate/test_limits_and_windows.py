@@ -79,3 +79,23 @@ def test_windowed_reads_are_charged_to_the_table_the_search_path_resolves() -> N
     # unknown to the catalog (or no catalog): the default resolution
     assert account_tables(frozenset({"new_t"}), sales_first) == ("public.new_t",)
     assert account_tables(frozenset({"orders"}), None) == ("public.orders",)
+
+
+def test_a_guard_switched_off_where_it_cannot_be_clamped_goes_to_the_guards_approvers() -> None:
+    """``set_config('statement_timeout', '0', …)`` cannot be rewritten to the ceiling:
+    held by the ``session_guards`` entry (default pack: dba, 1 approval, 1h), not by
+    the allow rule that let the statement through."""
+    from dbgate.gate.limits import limited_verdict
+    from dbgate.gate.notes import GateNote
+    from dbgate.policy.model import Identity
+    from dbgate.policy.rules import load_rules
+
+    sql = "SELECT set_config('statement_timeout', '0', false)"
+    c = classify(sql)
+    decision = load_rules().decide(Identity(name="agent"), c)
+    assert decision.action is Action.ALLOW and decision.guard_clamps
+    held = limited_verdict(decision, c, sql, GateNote(c, "allow", "control", decision))
+    assert isinstance(held, Decision) and held.action is Action.HOLD
+    assert held.rule == "default-guards"
+    assert held.approver_groups == ("dba",) and held.wait_seconds == 3600
+    assert [r.code for r in held.reasons] == ["guard-off"]
