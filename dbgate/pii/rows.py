@@ -29,11 +29,12 @@ from dbgate.pii.pseudonyms import TEXT, Pseudonymizer
 __all__ = ["ColumnAction", "RowRewriter", "ValueCache"]
 
 try:  # the compiled loop (dbgate/pii/_rows.c); optional, same results
+    from dbgate.pii._rows import IssuedTokens as _c_issued
     from dbgate.pii._rows import keyed_state as _c_keyed_state
     from dbgate.pii._rows import rewrite as _c_rewrite
     from dbgate.pii._rows import rewrite_rows as _c_rewrite_rows
 except ImportError:  # pragma: no cover - depends on the build
-    _c_rewrite = _c_keyed_state = _c_rewrite_rows = None
+    _c_rewrite = _c_keyed_state = _c_rewrite_rows = _c_issued = None
 
 _I32 = struct.Struct("!i")
 _unpack_i32 = _I32.unpack_from
@@ -128,10 +129,13 @@ class RowRewriter:
                 and pseudonymizer.types.kind(a.type_oid) == TEXT
                 and (pseudonymizer.tokenizer.mode == "hashed")
             ):
-                prefix, key, person, *rest = pseudonymizer.tokenizer.hasher_spec(a.entity)
+                prefix, key, person, issued, limit = pseudonymizer.tokenizer.hasher_spec(a.entity)
+                if not isinstance(issued, _c_issued):  # pragma: no cover - mixed builds
+                    continue
                 # the last item: the column's cache hit counters (see _rows.c)
                 stats = bytearray(24)
-                specs[i] = (prefix, _c_keyed_state(key, person), person, *rest, key, stats)
+                state = _c_keyed_state(key, person)
+                specs[i] = (prefix, state, person, issued, limit, key, stats)
         self._args = (tuple(self._positions), tuple(self._tables), tuple(specs))
         # the compiled loop when built, else the Python reference
         compiled = _c_rewrite is not None and _c_rewrite_rows is not None

@@ -16,13 +16,12 @@ third of HMAC-SHA-256's, which matters at a million rows). Short, and a stolen k
 decrypts nothing (it can only confirm guesses). A token the agent sends back
 resolves from the token -> value map of what this process issued (bounded:
 ``pii.token_cache_entries``, oldest forgotten first); after a restart, or on another
-replica, an old token is a clear 22023 and the agent reads it again. The map is kept
-in ten generations (dicts) of a tenth of the bound each: forgetting the oldest tenth
-drops one dict, where deleting the oldest keys of one big dict cost a scan over the
-holes they leave at its front, on every eviction. Whoever caches tokens by value (the
-row rewriters' :class:`~dbgate.pii.rows.ValueCache`) registers with
-:meth:`Tokenizer.on_forget` and forgets them with the generation, so a token shown in
-a result always resolves.
+replica, an old token is a clear 22023 and the agent reads it again. The map
+(:mod:`dbgate.pii.issued`) is kept in ten generations of a tenth of the bound each,
+and forgets a whole generation at a time; whoever caches tokens by value (the row
+rewriters' :class:`~dbgate.pii.rows.ValueCache`) registers with
+:meth:`Tokenizer.on_forget` and forgets with it, so a token shown in a result always
+resolves.
 
 ``r`` — *reversible*: the payload is AES-SIV (RFC 5297, the ``cryptography``
 package) of the value, padded to a multiple of 16 bytes so the token reveals its
@@ -50,6 +49,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
 
+from dbgate.pii.issued import IssuedTokens
 from dbgate.wire.sqlstate import INVALID_PARAMETER_VALUE
 
 __all__ = [
@@ -176,12 +176,10 @@ class Tokenizer:
         self._mac = {k.id: k.subkey(b"blake2b-token") for k in keyring.keys}
         self._pseudo = keyring.current.subkey(b"pseudonym")
         self._current = keyring.current.id
-        # hashed token -> value, in generations, oldest first; the newest is also
-        # _issued[0] (a cell the compiled row loop holds, so it sees the rotations)
-        self._generation_size = max(1, cache_entries // 10)
-        self._generations_kept = cache_entries // self._generation_size
-        self._generations: list[dict[bytes, bytes]] = [{}]
-        self._issued: list[dict[bytes, bytes]] = [self._generations[0]]
+        # hashed token -> value: ten generations of a tenth of the bound
+        generation = max(1, cache_entries // 10)
+        self._issued = IssuedTokens(generation, cache_entries // generation)
+        self._issued.on_forget = self._forgot
         # values longer than this are not remembered (none when nothing may be)
         self._cache_value_bytes = cache_value_bytes if cache_entries > 0 else -1
         self._forget_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
@@ -208,41 +206,30 @@ class Tokenizer:
         key = self._mac[self._current]
         person = _person(entity)
         prefix = b"tok_" + entity.encode() + b"_h"
-        cell = self._issued
+        add = self._issued.add
         limit = self._cache_value_bytes
-        size = self._generation_size
-        rotate = self._rotate
 
         def hashed(value: bytes) -> bytes:
             token = (
                 prefix + blake2b(value, key=key, digest_size=16, person=person).hexdigest().encode()
             )
             if len(value) <= limit:
-                issued = cell[0]
-                if len(issued) >= size:
-                    rotate()
-                    issued = cell[0]
-                issued[token] = value
+                add(token, value)
             return token
 
         return hashed
 
-    def hasher_spec(
-        self, entity: str
-    ) -> tuple[bytes, bytes, bytes, list[dict[bytes, bytes]], int, int, Callable[[], None]]:
+    def hasher_spec(self, entity: str) -> tuple[bytes, bytes, bytes, IssuedTokens, int]:
         """What the compiled row loop (dbgate/pii/_rows.c) needs to compute the same
         tokens as :meth:`hasher`, and remember them as it does, without calling back
-        into Python: prefix, BLAKE2b key, personalization, the cell holding the
-        newest generation, the longest value remembered, the generation size, and
-        the function that starts a new generation."""
+        into Python: prefix, BLAKE2b key, personalization, the issued-token store (the
+        compiled one whenever the loop is), and the longest value remembered."""
         return (
             b"tok_" + entity.encode() + b"_h",
             self._mac[self._current],
             _person(entity),
             self._issued,
             self._cache_value_bytes,
-            self._generation_size,
-            self._rotate,
         )
 
     def on_forget(self, callback: Callable[[], None]) -> None:
@@ -252,19 +239,10 @@ class Tokenizer:
             self._forget_callbacks = [w for w in self._forget_callbacks if w() is not None]
             self._forget_callbacks.append(weakref.WeakMethod(callback))  # type: ignore[arg-type]
 
-    def _rotate(self) -> None:
-        """The newest generation is full: start another, forget the oldest beyond
-        the bound (one dict dropped: cheap, and amortized over a tenth of it)."""
+    def _forgot(self) -> None:
+        """The issued-token store dropped its oldest generation."""
         with self._lock:
-            generations = self._generations
-            fresh: dict[bytes, bytes] = {}
-            generations.append(fresh)
-            self._issued[0] = fresh
-            forgot = False
-            while len(generations) > self._generations_kept:
-                del generations[0]
-                forgot = True
-            callbacks = list(self._forget_callbacks) if forgot else []
+            callbacks = list(self._forget_callbacks)
         for ref in callbacks:
             callback = ref()
             if callback is not None:
@@ -294,14 +272,7 @@ class Tokenizer:
                 "(issued under another or a retired key, or altered)",
                 token,
             )
-        key = token.encode()
-        with self._lock:
-            generations = list(self._generations)
-        value = None
-        for issued in reversed(generations):
-            value = issued.get(key)
-            if value is not None:
-                break
+        value = self._issued.get(token.encode())
         if value is None:
             raise TokenError(
                 f"hashed token {token[:40]}… is not in this dbgate's token cache "
