@@ -488,7 +488,7 @@ hashed_token(PyObject *self, PyObject *args)
  * IssuedTokens(generation_size, generations): the store of dbgate/pii/issued.py (which
  * says why, and holds the Python reference). Each generation is an arena of entries
  * (16-byte digest, u8 prefix length, prefix, u32 value length, value; 8-byte aligned)
- * and an open-addressing index at most half full of 8-byte slots: 32 bits of the
+ * and an open-addressing index at most two thirds full of 8-byte slots: 32 bits of the
  * digest as a tag, and where the entry is (in 8-byte units, + 1; 0: empty). The
  * digest is a keyed PRF's output, so its bits are the hash. Small slots keep the index
  * of a 20,000-token generation in 256 KB (in the CPU's cache: with 24-byte slots its
@@ -628,7 +628,7 @@ issued_add(IssuedObject *self, const char *prefix, Py_ssize_t plen, const uint8_
     }
     if (g->mask == 0) {
         size_t size = 16;
-        while (size < 2 * (size_t)self->generation_size + 2)
+        while (2 * size < 3 * (size_t)self->generation_size + 2)
             size *= 2;
         g->index = PyMem_Calloc(size, sizeof(islot));
         if (g->index == NULL) {
@@ -1122,6 +1122,9 @@ flush_hashes(plan_t *plan, wbuf *w)
         t[k] = 128 + (uint64_t)it->len;
     }
     b2b_last_x4(d, h, blk, t);
+    for (int k = 0; k < n; k++) /* their index slots load while the hex is written */
+        if (plan->batch[k].len <= plan->batch[k].slot->issued_value_bytes)
+            issued_prefetch(plan->batch[k].slot->issued, d[k]);
     plan->nbatch = 0; /* the keys are handed over below, whatever happens */
     for (int k = 0; k < n; k++) {
         pending_t *it = &plan->batch[k];
