@@ -9,8 +9,9 @@ This is the hot path of a result with PII. What keeps it cheap:
   them are copied as whole slices of the body, never decoded;
 * each replacement is cached per (entity, type, format, mode) under its raw bytes
   (values up to :data:`CACHE_VALUE_BYTES`), so a value repeated across rows (a
-  customer on each of their orders) costs a dict lookup; the cache forgets what the
-  tokenizer forgets, so a token shown always resolves (see ``Tokenizer.on_forget``).
+  customer on each of their orders) costs a dict lookup; the cache forgets when the
+  tokenizer forgets, so it never shows a token that no longer resolves (see
+  ``Tokenizer.on_forget``).
 
 ``dbgate.pii._rows`` (C, optional) does the same walk when it is built, and computes
 hashed tokens of string columns itself (BLAKE2b, the same bytes as hashlib); the

@@ -20,8 +20,8 @@ replica, an old token is a clear 22023 and the agent reads it again. The map
 (:mod:`dbgate.pii.issued`) is kept in ten generations of a tenth of the bound each,
 and forgets a whole generation at a time; whoever caches tokens by value (the row
 rewriters' :class:`~dbgate.pii.rows.ValueCache`) registers with
-:meth:`Tokenizer.on_forget` and forgets with it, so a token shown in a result always
-resolves.
+:meth:`Tokenizer.on_forget` and forgets with it, so it never shows a token the map
+no longer holds.
 
 ``r`` — *reversible*: the payload is AES-SIV (RFC 5297, the ``cryptography``
 package) of the value, padded to a multiple of 16 bytes so the token reveals its
