@@ -3,7 +3,8 @@
 * dbgate.wire._scan — the relay's frame scanner (fallback: dbgate/wire/framing.py);
 * dbgate.policy._literals — the classifier cache's literal mask (fallback:
   dbgate/policy/literals.py);
-* dbgate.pii._rows — the PII DataRow rewrite loop (fallback: dbgate/pii/rows.py).
+* dbgate.pii._rows — the PII DataRow rewrite loop, with its BLAKE2b and issued-token
+  store (fallbacks: dbgate/pii/rows.py, hashlib, dbgate/pii/issued.py).
 
 When one cannot be built (no compiler), dbgate uses the pure-Python version, which
 behaves identically (property-tested).
@@ -31,7 +32,12 @@ setup(
     ext_modules=[
         Extension("dbgate.wire._scan", ["dbgate/wire/_scan.c"], optional=True),
         Extension("dbgate.policy._literals", ["dbgate/policy/_literals.c"], optional=True),
-        Extension("dbgate.pii._rows", ["dbgate/pii/_rows.c"], optional=True),
+        Extension(
+            "dbgate.pii._rows",
+            ["dbgate/pii/_rows.c", "dbgate/pii/_blake2b.c", "dbgate/pii/_issued.c"],
+            depends=["dbgate/pii/_blake2b.h", "dbgate/pii/_issued.h"],
+            optional=True,
+        ),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -2,197 +2,45 @@
  * Hot loop of PII row rewriting (see dbgate/pii/rows.py, which holds the Python
  * reference implementation and says why).
  *
+ * rewrite_rows(buf, start, end, positions, tables, fns, cache_value_bytes, cache_entries)
  * rewrite(body, positions, tables, fns, cache_value_bytes, cache_entries)
  *
- *   body       a DataRow body: int16 column count, then per column an int32 length
+ *   buf[start:end]  complete framed messages, as the relay reads them: a run of
+ *              DataRows (other messages are copied as they are);
+ *   body       one DataRow body: int16 column count, then per column an int32 length
  *              (-1: NULL) and the value;
  *   positions  tuple of increasing column indexes to replace;
- *   tables     tuple of dicts, one per position: raw value -> replacement *with* its
- *              4-byte length prefix (the cache, shared with Python);
+ *   tables     tuple of dicts, one per position: raw value -> replacement value (the
+ *              cache, shared with Python);
  *   fns        one per position: a callable raw value -> replacement value, or the
- *              tuple (prefix, keyed state, person, issued, issued_value_bytes,
- *              issued_entries, evict, key) of a hashed token, computed here with the
- *              BLAKE2b below (keyed_state() makes the state).
+ *              tuple (prefix, keyed state, person, issued, issued_value_bytes, key,
+ *              stats) of a hashed token, computed here with _blake2b.c's BLAKE2b
+ *              (keyed_state() makes the state) and remembered in `issued` (an
+ *              IssuedTokens, _issued.c) as Tokenizer.hasher does; stats: a
+ *              bytearray(24) the rewriter keeps for the cache's hit counts.
  *
- * Returns the new body, or `body` itself when nothing was replaced (all PII columns
- * NULL). Values up to cache_value_bytes are cached; a table that reaches
- * cache_entries is emptied first. A body that does not parse raises ValueError, as
- * the Python version does.
+ * rewrite_rows returns the new messages, or None when nothing was replaced (every PII
+ * value NULL); rewrite returns the new body, or `body` itself. Only values up to
+ * cache_value_bytes are looked up and cached; a table that reaches cache_entries is
+ * emptied first. A body that does not parse raises ValueError, as the Python version
+ * does.
+ *
+ * A run costs one call: the plan is read once, each value is one dict lookup (and on a
+ * miss one BLAKE2b compression per 128 bytes, two stores), and the output is written
+ * into one buffer, with no Python object per row.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
+
+#include "_blake2b.h"
+#include "_issued.h"
 
 static inline int32_t
 rd32(const unsigned char *p)
 {
     return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) |
                      (uint32_t)p[3]);
-}
-
-/* ------------------------------------------------------------------ BLAKE2b (RFC 7693)
- * Keyed, with a 16-byte personalization, as hashlib.blake2b(value, key=..., person=...,
- * digest_size=16) computes it: the hashed tokens of rows.py, without a Python call per
- * value. A property test checks it against hashlib byte for byte. */
-static const uint64_t b2b_iv[8] = {
-    0x6A09E667F3BCC908ULL, 0xBB67AE8584CAA73BULL, 0x3C6EF372FE94F82BULL, 0xA54FF53A5F1D36F1ULL,
-    0x510E527FADE682D1ULL, 0x9B05688C2B3E6C1FULL, 0x1F83D9ABFB41BD6BULL, 0x5BE0CD19137E2179ULL};
-static const uint8_t b2b_sigma[12][16] = {
-    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
-    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
-    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
-    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
-    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
-    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
-    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
-    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
-    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
-    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
-    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
-    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
-
-typedef struct {
-    uint64_t h[8], t[2];
-    uint8_t b[128];
-    size_t c;
-} b2b_ctx;
-
-static inline uint64_t
-ld64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-#define ROTR64(x, y) (((x) >> (y)) ^ ((x) << (64 - (y))))
-#define B2B_G(a, b, c, d, x, y)                                                                    \
-    do {                                                                                           \
-        v[a] = v[a] + v[b] + x;                                                                    \
-        v[d] = ROTR64(v[d] ^ v[a], 32);                                                            \
-        v[c] = v[c] + v[d];                                                                        \
-        v[b] = ROTR64(v[b] ^ v[c], 24);                                                            \
-        v[a] = v[a] + v[b] + y;                                                                    \
-        v[d] = ROTR64(v[d] ^ v[a], 16);                                                            \
-        v[c] = v[c] + v[d];                                                                        \
-        v[b] = ROTR64(v[b] ^ v[c], 63);                                                            \
-    } while (0)
-
-static void
-b2b_compress(b2b_ctx *ctx, int last)
-{
-    uint64_t v[16], m[16];
-    for (int i = 0; i < 8; i++) {
-        v[i] = ctx->h[i];
-        v[i + 8] = b2b_iv[i];
-    }
-    v[12] ^= ctx->t[0];
-    v[13] ^= ctx->t[1];
-    if (last)
-        v[14] = ~v[14];
-    for (int i = 0; i < 16; i++)
-        m[i] = ld64(&ctx->b[8 * i]);
-    for (int i = 0; i < 12; i++) {
-        const uint8_t *s = b2b_sigma[i];
-        B2B_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
-        B2B_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
-        B2B_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
-        B2B_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
-        B2B_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
-        B2B_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
-        B2B_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
-        B2B_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
-    }
-    for (int i = 0; i < 8; i++)
-        ctx->h[i] ^= v[i] ^ v[i + 8];
-}
-
-static void
-b2b_update(b2b_ctx *ctx, const uint8_t *in, size_t inlen)
-{
-    while (inlen > 0) {
-        if (ctx->c == 128) {
-            ctx->t[0] += ctx->c;
-            if (ctx->t[0] < ctx->c)
-                ctx->t[1]++;
-            b2b_compress(ctx, 0);
-            ctx->c = 0;
-        }
-        size_t take = 128 - ctx->c;
-        if (take > inlen)
-            take = inlen;
-        memcpy(ctx->b + ctx->c, in, take);
-        ctx->c += take;
-        in += take;
-        inlen -= take;
-    }
-}
-
-/* The state after the key block: the same for every value under one key and person,
- * so it is computed once per column (keyed_state) and each value costs one
- * compression per 128 bytes. 64 bytes: h[0..7], little-endian. */
-static void
-b2b_key_state(uint64_t *h, size_t outlen, const uint8_t *key, size_t keylen, const uint8_t *person)
-{
-    b2b_ctx ctx;
-    for (int i = 0; i < 8; i++)
-        ctx.h[i] = b2b_iv[i];
-    ctx.h[0] ^= 0x01010000ULL ^ ((uint64_t)keylen << 8) ^ (uint64_t)outlen;
-    ctx.h[6] ^= ld64(person);
-    ctx.h[7] ^= ld64(person + 8);
-    ctx.t[0] = 128;
-    ctx.t[1] = 0;
-    memset(ctx.b, 0, sizeof ctx.b);
-    memcpy(ctx.b, key, keylen);
-    b2b_compress(&ctx, 0);
-    for (int i = 0; i < 8; i++)
-        h[i] = ctx.h[i];
-}
-
-/* digest of `in` continuing from a key state (the key block already counted) */
-static void
-b2b_from_state(uint8_t *out, size_t outlen, const uint64_t *state, const uint8_t *in, size_t inlen)
-{
-    b2b_ctx ctx;
-    for (int i = 0; i < 8; i++)
-        ctx.h[i] = state[i];
-    ctx.t[0] = 128;
-    ctx.t[1] = 0;
-    ctx.c = 0;
-    b2b_update(&ctx, in, inlen);
-    ctx.t[0] += ctx.c;
-    if (ctx.t[0] < ctx.c)
-        ctx.t[1]++;
-    memset(ctx.b + ctx.c, 0, 128 - ctx.c);
-    b2b_compress(&ctx, 1);
-    for (size_t i = 0; i < outlen; i++)
-        out[i] = (uint8_t)((ctx.h[i >> 3] >> (8 * (i & 7))) & 0xFF);
-}
-
-/* the whole computation (RFC 7693): with an empty value the key block is the last */
-static void
-b2b_keyed(uint8_t *out, size_t outlen, const uint8_t *key, size_t keylen, const uint8_t *person,
-          const uint8_t *in, size_t inlen)
-{
-    b2b_ctx ctx;
-    for (int i = 0; i < 8; i++)
-        ctx.h[i] = b2b_iv[i];
-    ctx.h[0] ^= 0x01010000ULL ^ ((uint64_t)keylen << 8) ^ (uint64_t)outlen;
-    ctx.h[6] ^= ld64(person);
-    ctx.h[7] ^= ld64(person + 8);
-    ctx.t[0] = ctx.t[1] = 0;
-    memset(ctx.b, 0, sizeof ctx.b);
-    memcpy(ctx.b, key, keylen);
-    ctx.c = 128;
-    b2b_update(&ctx, in, inlen);
-    ctx.t[0] += ctx.c;
-    if (ctx.t[0] < ctx.c)
-        ctx.t[1]++;
-    memset(ctx.b + ctx.c, 0, 128 - ctx.c);
-    b2b_compress(&ctx, 1);
-    for (size_t i = 0; i < outlen; i++)
-        out[i] = (uint8_t)((ctx.h[i >> 3] >> (8 * (i & 7))) & 0xFF);
 }
 
 /* keyed_state(key, person) -> the 64-byte state rewrite() takes in a hashed spec */
@@ -229,14 +77,10 @@ hashed_token(PyObject *self, PyObject *args)
         res = PyBytes_FromStringAndSize(NULL, prefix.len + 32);
         if (res != NULL) {
             uint8_t d[16];
-            static const char hex[] = "0123456789abcdef";
             char *o = PyBytes_AS_STRING(res);
             b2b_keyed(d, 16, key.buf, (size_t)key.len, person.buf, value.buf, (size_t)value.len);
             memcpy(o, prefix.buf, (size_t)prefix.len);
-            for (int i = 0; i < 16; i++) {
-                o[prefix.len + 2 * i] = hex[d[i] >> 4];
-                o[prefix.len + 2 * i + 1] = hex[d[i] & 15];
-            }
+            b2b_hex32(o + prefix.len, d);
         }
     }
     PyBuffer_Release(&prefix);
@@ -247,152 +91,401 @@ hashed_token(PyObject *self, PyObject *args)
 }
 
 
+/* use_simd(flag) -> whether the AVX2 compressions are now in use (tests compare both) */
 static PyObject *
-replacement(PyObject *table, PyObject *fn, const char *raw, Py_ssize_t len,
-            Py_ssize_t cache_value_bytes, Py_ssize_t cache_entries)
+use_simd(PyObject *self, PyObject *arg)
 {
-    PyObject *key = PyBytes_FromStringAndSize(raw, len);
-    if (key == NULL)
+    int want = PyObject_IsTrue(arg);
+    if (want < 0)
         return NULL;
-    PyObject *hit = PyDict_GetItemWithError(table, key);
-    if (hit != NULL) {
-        Py_INCREF(hit);
-        Py_DECREF(key);
-        return hit;
-    }
-    if (PyErr_Occurred()) {
-        Py_DECREF(key);
-        return NULL;
-    }
-    PyObject *value;
-    if (PyTuple_Check(fn)) {
-        /* (prefix, keyed state, person, issued, issued_value_bytes, issued_entries, evict, key):
-         * a hashed token computed here, remembered in `issued` so that it resolves */
-        PyObject *prefix = PyTuple_GET_ITEM(fn, 0), *k = PyTuple_GET_ITEM(fn, 1),
-                 *issued = PyTuple_GET_ITEM(fn, 3);
-        if (PyTuple_GET_SIZE(fn) != 8 || !PyBytes_Check(k) || PyBytes_GET_SIZE(k) != 64) {
-            Py_DECREF(key);
-            PyErr_SetString(PyExc_ValueError, "a hashed spec needs the 64-byte keyed state");
-            return NULL;
-        }
-        Py_ssize_t plen = PyBytes_GET_SIZE(prefix);
-        value = PyBytes_FromStringAndSize(NULL, plen + 32);
-        if (value == NULL) {
-            Py_DECREF(key);
-            return NULL;
-        }
-        uint8_t d[16];
-        static const char hex[] = "0123456789abcdef";
-        char *o = PyBytes_AS_STRING(value);
-        if (len > 0) {
-            uint64_t state[8];
-            memcpy(state, PyBytes_AS_STRING(k), sizeof state);
-            b2b_from_state(d, 16, state, (const uint8_t *)raw, (size_t)len);
-        } else { /* the key block is the last block: no shortcut */
-            PyObject *fullkey = PyTuple_GET_ITEM(fn, 7);
-            b2b_keyed(d, 16, (const uint8_t *)PyBytes_AS_STRING(fullkey),
-                      (size_t)PyBytes_GET_SIZE(fullkey),
-                      (const uint8_t *)PyBytes_AS_STRING(PyTuple_GET_ITEM(fn, 2)), NULL, 0);
-        }
-        memcpy(o, PyBytes_AS_STRING(prefix), (size_t)plen);
-        for (int i = 0; i < 16; i++) {
-            o[plen + 2 * i] = hex[d[i] >> 4];
-            o[plen + 2 * i + 1] = hex[d[i] & 15];
-        }
-        if (len <= PyLong_AsSsize_t(PyTuple_GET_ITEM(fn, 4))) {
-            if (PyDict_SetItem(issued, value, key) < 0) {
-                Py_DECREF(key);
-                Py_DECREF(value);
-                return NULL;
-            }
-            if (PyDict_GET_SIZE(issued) > PyLong_AsSsize_t(PyTuple_GET_ITEM(fn, 5))) {
-                PyObject *r = PyObject_CallNoArgs(PyTuple_GET_ITEM(fn, 6));
-                if (r == NULL) {
-                    Py_DECREF(key);
-                    Py_DECREF(value);
-                    return NULL;
-                }
-                Py_DECREF(r);
-            }
-        }
-    } else {
-        value = PyObject_CallOneArg(fn, key);
-    }
-    if (value == NULL) {
-        Py_DECREF(key);
-        return NULL;
-    }
-    if (!PyBytes_Check(value)) {
-        Py_DECREF(key);
-        Py_DECREF(value);
-        PyErr_SetString(PyExc_TypeError, "a PII replacement must be bytes");
-        return NULL;
-    }
-    Py_ssize_t vlen = PyBytes_GET_SIZE(value);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, vlen + 4);
-    if (out == NULL) {
-        Py_DECREF(key);
-        Py_DECREF(value);
-        return NULL;
-    }
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
-    o[0] = (unsigned char)((uint32_t)vlen >> 24);
-    o[1] = (unsigned char)((uint32_t)vlen >> 16);
-    o[2] = (unsigned char)((uint32_t)vlen >> 8);
-    o[3] = (unsigned char)vlen;
-    memcpy(o + 4, PyBytes_AS_STRING(value), (size_t)vlen);
-    Py_DECREF(value);
-    if (len <= cache_value_bytes) {
-        if (PyDict_GET_SIZE(table) >= cache_entries)
-            PyDict_Clear(table);
-        if (PyDict_SetItem(table, key, out) < 0) {
-            Py_DECREF(key);
-            Py_DECREF(out);
-            return NULL;
-        }
-    }
-    Py_DECREF(key);
-    return out;
+    return PyBool_FromLong(b2b_use_simd(want));
 }
 
+/* ------------------------------------------------------------------ the plan of a call */
 
-#define MAX_SLOTS 1600
+/* Caching a hashed token pays only when values repeat: a hit saves a BLAKE2b and a
+ * store of the issued token, a miss costs a lookup, two objects and a store more.
+ * Each hashed column of a rewriter counts its lookups and hits in windows of
+ * CACHE_WINDOW; when fewer than a third hit (a million distinct e-mails), the next
+ * CACHE_SKIP values are hashed without the cache (and without any Python object),
+ * then it is tried again. The tokens are the same either way. */
+#define CACHE_WINDOW 1024
+#define CACHE_SKIP 16384
+struct stats {
+    int64_t seen, hits, skip;
+};
 
-static PyObject *
-rewrite(PyObject *self, PyObject *args)
-{
-    PyObject *body, *positions, *tables, *fns;
+/* One PII column: where it is, its cache, and how to replace a value. */
+typedef struct {
+    long position;
+    PyObject *table; /* borrowed: raw value -> replacement value */
+    PyObject *fn;    /* borrowed: a callable, or NULL for a hashed token computed here */
+    /* a hashed token (fn == NULL) */
+    const char *prefix;
+    Py_ssize_t plen;
+    uint64_t state[8];
+    PyObject *key, *person; /* borrowed: the whole computation, for the empty value */
+    IssuedObject *issued;   /* borrowed: where the token is remembered */
+    Py_ssize_t issued_value_bytes;
+    struct stats *stats; /* in the spec's bytearray, kept across calls */
+} slot_t;
+
+/* A hashed token whose hex digits wait in the output for the batch's BLAKE2b. */
+typedef struct {
+    slot_t *slot;
+    const char *raw; /* the value, in the caller's buffer */
+    Py_ssize_t len;
+    Py_ssize_t at;   /* where its 32 hex digits go in the output */
+    PyObject *key;   /* the value as bytes when it is to be cached, else NULL */
+} pending_t;
+
+typedef struct {
+    slot_t *slots;
+    Py_ssize_t n;
     Py_ssize_t cache_value_bytes, cache_entries;
-    if (!PyArg_ParseTuple(args, "SO!O!O!nn", &body, &PyTuple_Type, &positions, &PyTuple_Type,
-                          &tables, &PyTuple_Type, &fns, &cache_value_bytes, &cache_entries))
-        return NULL;
-    Py_ssize_t nslots = PyTuple_GET_SIZE(positions);
-    if (nslots == 0) {
-        Py_INCREF(body);
-        return body;
+    pending_t batch[4];
+    int nbatch;
+} plan_t;
+
+static void
+plan_free(plan_t *plan)
+{
+    for (int i = 0; i < plan->nbatch; i++)
+        Py_XDECREF(plan->batch[i].key);
+    plan->nbatch = 0;
+    PyMem_Free(plan->slots);
+    plan->slots = NULL;
+}
+
+/* positions, tables and fns as rewrite() takes them -> plan (0), or -1 with an error */
+static int
+plan_parse(plan_t *plan, PyObject *positions, PyObject *tables, PyObject *fns,
+           Py_ssize_t cache_value_bytes, Py_ssize_t cache_entries)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(positions);
+    plan->slots = NULL;
+    plan->nbatch = 0;
+    plan->n = n;
+    plan->cache_value_bytes = cache_value_bytes;
+    plan->cache_entries = cache_entries;
+    if (PyTuple_GET_SIZE(tables) != n || PyTuple_GET_SIZE(fns) != n) {
+        PyErr_SetString(PyExc_ValueError, "positions, tables and fns must have one item each");
+        return -1;
     }
-    if (nslots > MAX_SLOTS || PyTuple_GET_SIZE(tables) != nslots || PyTuple_GET_SIZE(fns) != nslots) {
-        PyErr_SetString(PyExc_ValueError, "positions, tables and fns must match (at most 1600)");
-        return NULL;
+    if (n == 0)
+        return 0;
+    plan->slots = PyMem_Calloc((size_t)n, sizeof(slot_t));
+    if (plan->slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
     }
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(body);
-    Py_ssize_t size = PyBytes_GET_SIZE(body);
-    if (size < 2) {
-        Py_INCREF(body);
-        return body;
+    long last = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        slot_t *s = &plan->slots[i];
+        s->position = PyLong_AsLong(PyTuple_GET_ITEM(positions, i));
+        if (s->position == -1 && PyErr_Occurred())
+            goto fail;
+        if (s->position <= last) {
+            PyErr_SetString(PyExc_ValueError, "positions must increase");
+            goto fail;
+        }
+        last = s->position;
+        s->table = PyTuple_GET_ITEM(tables, i);
+        if (!PyDict_Check(s->table)) {
+            PyErr_SetString(PyExc_TypeError, "a cache table must be a dict");
+            goto fail;
+        }
+        PyObject *fn = PyTuple_GET_ITEM(fns, i);
+        if (!PyTuple_Check(fn)) {
+            s->fn = fn;
+            continue;
+        }
+        /* (prefix, keyed state, person, issued, issued_value_bytes, key, stats) */
+        if (PyTuple_GET_SIZE(fn) != 7) {
+            PyErr_SetString(PyExc_ValueError, "a hashed spec has 7 items");
+            goto fail;
+        }
+        PyObject *prefix = PyTuple_GET_ITEM(fn, 0), *state = PyTuple_GET_ITEM(fn, 1);
+        PyObject *issued = PyTuple_GET_ITEM(fn, 3), *stats = PyTuple_GET_ITEM(fn, 6);
+        s->person = PyTuple_GET_ITEM(fn, 2);
+        s->key = PyTuple_GET_ITEM(fn, 5);
+        if (!PyBytes_Check(prefix) || PyBytes_GET_SIZE(prefix) > 255 || !PyBytes_Check(state) ||
+            PyBytes_GET_SIZE(state) != 64 || !PyBytes_Check(s->person) ||
+            PyBytes_GET_SIZE(s->person) != 16 || !PyBytes_Check(s->key) ||
+            PyBytes_GET_SIZE(s->key) < 1 || PyBytes_GET_SIZE(s->key) > 64 ||
+            !PyObject_TypeCheck(issued, &IssuedType) || !PyByteArray_Check(stats) ||
+            PyByteArray_GET_SIZE(stats) != sizeof(struct stats)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "a hashed spec needs a prefix, the 64-byte keyed state, a 16-byte "
+                            "person, an IssuedTokens, the key and a 24-byte bytearray");
+            goto fail;
+        }
+        s->prefix = PyBytes_AS_STRING(prefix);
+        s->plen = PyBytes_GET_SIZE(prefix);
+        memcpy(s->state, PyBytes_AS_STRING(state), sizeof s->state);
+        s->issued = (IssuedObject *)issued;
+        s->stats = (struct stats *)PyByteArray_AS_STRING(stats);
+        s->issued_value_bytes = PyLong_AsSsize_t(PyTuple_GET_ITEM(fn, 4));
+        if (PyErr_Occurred())
+            goto fail;
     }
+    return 0;
+fail:
+    plan_free(plan);
+    return -1;
+}
+
+/* ------------------------------------------------------------------ output */
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} wbuf;
+
+static int
+wb_reserve(wbuf *w, Py_ssize_t extra)
+{
+    if (w->len + extra <= w->cap)
+        return 0;
+    Py_ssize_t cap = w->cap ? w->cap : 256;
+    while (cap < w->len + extra) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    char *p = PyMem_Realloc(w->p, (size_t)cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    w->p = p;
+    w->cap = cap;
+    return 0;
+}
+
+static inline int
+wb_put(wbuf *w, const void *src, Py_ssize_t n)
+{
+    if (wb_reserve(w, n) < 0)
+        return -1;
+    memcpy(w->p + w->len, src, (size_t)n);
+    w->len += n;
+    return 0;
+}
+
+static inline void
+put32(unsigned char *o, uint32_t n)
+{
+    o[0] = (unsigned char)(n >> 24);
+    o[1] = (unsigned char)(n >> 16);
+    o[2] = (unsigned char)(n >> 8);
+    o[3] = (unsigned char)n;
+}
+
+/* a replacement value with its int32 length word */
+static int
+wb_value(wbuf *w, PyObject *value)
+{
+    if (!PyBytes_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "a PII replacement must be bytes");
+        return -1;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(value);
+    if (n > 0x7FFFFFFF) {
+        PyErr_SetString(PyExc_ValueError, "a PII replacement is over 2 GB");
+        return -1;
+    }
+    if (wb_reserve(w, n + 4) < 0)
+        return -1;
+    put32((unsigned char *)w->p + w->len, (uint32_t)n);
+    memcpy(w->p + w->len + 4, PyBytes_AS_STRING(value), (size_t)n);
+    w->len += n + 4;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ replacements */
+
+/* After a token's hex is in the output: remember it as issued, and cache it (taking
+ * the reference to key, which may be NULL: not cached). */
+static int
+token_made(plan_t *plan, slot_t *s, const uint8_t *d, const char *raw, Py_ssize_t len,
+           wbuf *w, Py_ssize_t at, PyObject *key)
+{
+    /* issued_add may call on_forget, which empties the cache tables: the new token
+     * goes into the cache after it */
+    if (len <= s->issued_value_bytes && issued_add(s->issued, s->prefix, s->plen, d, raw, len) < 0)
+        goto fail;
+    if (key != NULL) {
+        PyObject *value = PyBytes_FromStringAndSize(w->p + at - s->plen, s->plen + 32);
+        if (value == NULL)
+            goto fail;
+        if (PyDict_GET_SIZE(s->table) >= plan->cache_entries)
+            PyDict_Clear(s->table);
+        int rc = PyDict_SetItem(s->table, key, value);
+        Py_DECREF(value);
+        if (rc < 0)
+            goto fail;
+        Py_DECREF(key);
+    }
+    return 0;
+fail:
+    Py_XDECREF(key);
+    return -1;
+}
+
+/* Hash the batched values (four at a time, see b2b_last_x4) and finish their tokens. */
+static int
+flush_hashes(plan_t *plan, wbuf *w)
+{
+    int n = plan->nbatch;
+    if (n == 0)
+        return 0;
+    int rc = 0;
+#ifdef B2B_AVX2
+    uint8_t blk[4][128], d[4][16];
+    const uint64_t *h[4];
+    uint64_t t[4];
+    for (int k = 0; k < 4; k++) { /* a short batch repeats its first value */
+        pending_t *it = &plan->batch[k < n ? k : 0];
+        memset(blk[k], 0, 128);
+        memcpy(blk[k], it->raw, (size_t)it->len);
+        h[k] = it->slot->state;
+        t[k] = 128 + (uint64_t)it->len;
+    }
+    b2b_last_x4(d, h, blk, t);
+    for (int k = 0; k < n; k++) /* their index slots load while the hex is written */
+        if (plan->batch[k].len <= plan->batch[k].slot->issued_value_bytes)
+            issued_prefetch(plan->batch[k].slot->issued, d[k]);
+    plan->nbatch = 0; /* the keys are handed over below, whatever happens */
+    for (int k = 0; k < n; k++) {
+        pending_t *it = &plan->batch[k];
+        if (rc < 0) {
+            Py_XDECREF(it->key);
+            continue;
+        }
+        b2b_hex32(w->p + it->at, d[k]);
+        rc = token_made(plan, it->slot, d[k], it->raw, it->len, w, it->at, it->key);
+    }
+#else
+    plan->nbatch = 0;
+    (void)w;
+    PyErr_SetString(PyExc_SystemError, "no batched hashing in this build");
+    rc = -1;
+#endif
+    return rc;
+}
+
+/* Write the hashed token of raw (prefix + 32 hex digits, with its length word) to w,
+ * remember it as issued and cache it (taking the reference to key, NULL: not
+ * cached). A value of 1 to 128 bytes (one block) waits in the batch for its hex when
+ * batching is on. */
+static int
+emit_hashed(plan_t *plan, slot_t *s, const char *raw, Py_ssize_t len, wbuf *w, PyObject *key)
+{
+    Py_ssize_t n = s->plen + 32;
+    if (wb_reserve(w, n + 4) < 0) {
+        Py_XDECREF(key);
+        return -1;
+    }
+    char *o = w->p + w->len;
+    put32((unsigned char *)o, (uint32_t)n);
+    memcpy(o + 4, s->prefix, (size_t)s->plen);
+    Py_ssize_t at = w->len + 4 + s->plen;
+    w->len += n + 4;
+    if (b2b_batch && len >= 1 && len <= 128) {
+        pending_t *it = &plan->batch[plan->nbatch++];
+        it->slot = s;
+        it->raw = raw;
+        it->len = len;
+        it->at = at;
+        it->key = key;
+        return plan->nbatch == 4 ? flush_hashes(plan, w) : 0;
+    }
+    uint8_t d[16];
+    if (len > 0) {
+        b2b_from_state(d, 16, s->state, (const uint8_t *)raw, (size_t)len);
+    } else { /* the key block is the last block: no shortcut */
+        b2b_keyed(d, 16, (const uint8_t *)PyBytes_AS_STRING(s->key),
+                  (size_t)PyBytes_GET_SIZE(s->key), (const uint8_t *)PyBytes_AS_STRING(s->person),
+                  NULL, 0);
+    }
+    if (len <= s->issued_value_bytes)
+        issued_prefetch(s->issued, d);
+    b2b_hex32(w->p + at, d);
+    return token_made(plan, s, d, raw, len, w, at, key);
+}
+
+/* Write the replacement of raw in slot s (with its length word) to w: from the cache,
+ * or made (and cached). 0, or -1 with an error. */
+static int
+emit(plan_t *plan, slot_t *s, const char *raw, Py_ssize_t len, wbuf *w)
+{
+    PyObject *key = NULL, *value = NULL;
+    int cacheable = len <= plan->cache_value_bytes; /* a longer value is never cached */
+    struct stats *st = s->fn == NULL ? s->stats : NULL;
+    if (cacheable && st != NULL && st->skip > 0) {
+        st->skip--;
+        cacheable = 0;
+    }
+    if (cacheable) {
+        key = PyBytes_FromStringAndSize(raw, len);
+        if (key == NULL)
+            return -1;
+        PyObject *hit = PyDict_GetItemWithError(s->table, key);
+        if (st != NULL && ++st->seen == CACHE_WINDOW) {
+            if (3 * (st->hits + (hit != NULL)) < CACHE_WINDOW)
+                st->skip = CACHE_SKIP;
+            st->seen = st->hits = 0;
+        } else if (st != NULL && hit != NULL) {
+            st->hits++;
+        }
+        if (hit != NULL) {
+            int rc = wb_value(w, hit);
+            Py_DECREF(key);
+            return rc;
+        }
+        if (PyErr_Occurred())
+            goto fail;
+    }
+    if (s->fn == NULL)
+        return emit_hashed(plan, s, raw, len, w, key); /* takes key */
+    if (key == NULL && (key = PyBytes_FromStringAndSize(raw, len)) == NULL)
+        return -1;
+    value = PyObject_CallOneArg(s->fn, key);
+    if (value == NULL || wb_value(w, value) < 0)
+        goto fail;
+    if (cacheable) {
+        if (PyDict_GET_SIZE(s->table) >= plan->cache_entries)
+            PyDict_Clear(s->table);
+        if (PyDict_SetItem(s->table, key, value) < 0)
+            goto fail;
+    }
+    Py_XDECREF(value);
+    Py_XDECREF(key);
+    return 0;
+fail:
+    Py_XDECREF(value);
+    Py_XDECREF(key);
+    return -1;
+}
+
+/* ------------------------------------------------------------------ rows */
+
+/* Write the rewritten DataRow body p[0:size] to w; *replaced counts the values
+ * replaced. 0, or -1 with an error (ValueError for a body that does not parse). */
+static int
+rewrite_body(plan_t *plan, const unsigned char *p, Py_ssize_t size, wbuf *w, Py_ssize_t *replaced)
+{
+    if (plan->n == 0 || size < 2)
+        return wb_put(w, p, size);
     long ncols = ((long)p[0] << 8) | p[1];
-    /* spans of the replaced values in the body, and their replacements */
-    Py_ssize_t starts[MAX_SLOTS], ends[MAX_SLOTS];
-    PyObject *repl[MAX_SLOTS];
-    int nrepl = 0;
-    Py_ssize_t pos = 2, total = size;
+    Py_ssize_t pos = 2, copied = 0;
     long col = 0;
     Py_ssize_t slot = 0;
-    long target = PyLong_AsLong(PyTuple_GET_ITEM(positions, 0));
-    if (target == -1 && PyErr_Occurred())
-        return NULL;
-    while (slot < nslots && col < ncols) {
+    long target = plan->slots[0].position;
+    while (slot < plan->n && col < ncols) {
         if (pos + 4 > size)
             goto bad;
         int32_t len = rd32(p + pos);
@@ -401,25 +494,17 @@ rewrite(PyObject *self, PyObject *args)
                 Py_ssize_t end = pos + 4 + len;
                 if (end > size)
                     goto bad;
-                PyObject *r = replacement(PyTuple_GET_ITEM(tables, slot), PyTuple_GET_ITEM(fns, slot),
-                                          (const char *)p + pos + 4, len, cache_value_bytes,
-                                          cache_entries);
-                if (r == NULL)
-                    goto fail;
-                starts[nrepl] = pos;
-                ends[nrepl] = end;
-                repl[nrepl++] = r;
-                total += PyBytes_GET_SIZE(r) - (end - pos);
-                pos = end;
+                if (wb_put(w, p + copied, pos - copied) < 0 ||
+                    emit(plan, &plan->slots[slot], (const char *)p + pos + 4, len, w) < 0)
+                    return -1;
+                (*replaced)++;
+                copied = pos = end;
             } else {
                 pos += 4;
             }
             slot++;
-            if (slot < nslots) {
-                target = PyLong_AsLong(PyTuple_GET_ITEM(positions, slot));
-                if (target == -1 && PyErr_Occurred())
-                    goto fail;
-            }
+            if (slot < plan->n)
+                target = plan->slots[slot].position;
         } else {
             pos += 4 + (len > 0 ? len : 0);
             if (pos > size)
@@ -427,38 +512,119 @@ rewrite(PyObject *self, PyObject *args)
         }
         col++;
     }
-    if (nrepl == 0) {
-        Py_INCREF(body);
-        return body;
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
-    if (out == NULL)
-        goto fail;
-    char *o = PyBytes_AS_STRING(out);
-    Py_ssize_t copied = 0;
-    for (int i = 0; i < nrepl; i++) {
-        memcpy(o, p + copied, (size_t)(starts[i] - copied));
-        o += starts[i] - copied;
-        Py_ssize_t rl = PyBytes_GET_SIZE(repl[i]);
-        memcpy(o, PyBytes_AS_STRING(repl[i]), (size_t)rl);
-        o += rl;
-        copied = ends[i];
-        Py_DECREF(repl[i]);
-    }
-    memcpy(o, p + copied, (size_t)(size - copied));
-    return out;
+    return wb_put(w, p + copied, size - copied);
 bad:
     PyErr_SetString(PyExc_ValueError, "DataRow value runs past the body");
-fail:
-    for (int i = 0; i < nrepl; i++)
-        Py_DECREF(repl[i]);
-    return NULL;
+    return -1;
+}
+
+/* rewrite(body, positions, tables, fns, cache_value_bytes, cache_entries): one row */
+static PyObject *
+rewrite(PyObject *self, PyObject *args)
+{
+    PyObject *body, *positions, *tables, *fns;
+    Py_ssize_t cache_value_bytes, cache_entries;
+    if (!PyArg_ParseTuple(args, "SO!O!O!nn", &body, &PyTuple_Type, &positions, &PyTuple_Type,
+                          &tables, &PyTuple_Type, &fns, &cache_value_bytes, &cache_entries))
+        return NULL;
+    plan_t plan;
+    if (plan_parse(&plan, positions, tables, fns, cache_value_bytes, cache_entries) < 0)
+        return NULL;
+    wbuf w = {NULL, 0, 0};
+    Py_ssize_t replaced = 0;
+    PyObject *res = NULL;
+    if (rewrite_body(&plan, (const unsigned char *)PyBytes_AS_STRING(body),
+                     PyBytes_GET_SIZE(body), &w, &replaced) == 0 &&
+        flush_hashes(&plan, &w) == 0) {
+        if (replaced == 0) {
+            Py_INCREF(body);
+            res = body;
+        } else {
+            res = PyBytes_FromStringAndSize(w.p, w.len);
+        }
+    }
+    PyMem_Free(w.p);
+    plan_free(&plan);
+    return res;
+}
+
+/* rewrite_rows(buf, start, end, positions, tables, fns, cache_value_bytes, cache_entries):
+ * the complete messages buf[start:end], DataRows rewritten; None when nothing changed */
+static PyObject *
+rewrite_rows(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t start, end;
+    PyObject *positions, *tables, *fns;
+    Py_ssize_t cache_value_bytes, cache_entries;
+    if (!PyArg_ParseTuple(args, "y*nnO!O!O!nn", &buf, &start, &end, &PyTuple_Type, &positions,
+                          &PyTuple_Type, &tables, &PyTuple_Type, &fns, &cache_value_bytes,
+                          &cache_entries))
+        return NULL;
+    PyObject *res = NULL;
+    wbuf w = {NULL, 0, 0};
+    plan_t plan = {NULL, 0, 0, 0};
+    if (start < 0 || end > buf.len || start > end) {
+        PyErr_SetString(PyExc_ValueError, "start and end must lie within the buffer");
+        goto done;
+    }
+    if (plan_parse(&plan, positions, tables, fns, cache_value_bytes, cache_entries) < 0)
+        goto done;
+    if (plan.n == 0) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    const unsigned char *p = (const unsigned char *)buf.buf;
+    /* tokens are usually longer than the values they replace */
+    Py_ssize_t size = end - start;
+    if (wb_reserve(&w, size + (size < 65536 ? size : 65536) + 256) < 0)
+        goto done;
+    Py_ssize_t pos = start, replaced = 0;
+    while (pos < end) {
+        if (end - pos < 5)
+            goto incomplete;
+        uint32_t len = ((uint32_t)p[pos + 1] << 24) | ((uint32_t)p[pos + 2] << 16) |
+                       ((uint32_t)p[pos + 3] << 8) | (uint32_t)p[pos + 4];
+        if (len < 4 || (Py_ssize_t)len > end - pos - 1)
+            goto incomplete;
+        Py_ssize_t next = pos + 1 + (Py_ssize_t)len;
+        if (p[pos] != 'D') {
+            if (wb_put(&w, p + pos, next - pos) < 0)
+                goto done;
+        } else {
+            Py_ssize_t hdr = w.len;
+            if (wb_put(&w, p + pos, 5) < 0 ||
+                rewrite_body(&plan, p + pos + 5, (Py_ssize_t)len - 4, &w, &replaced) < 0)
+                goto done;
+            Py_ssize_t n = w.len - hdr - 1;
+            if (n > 0x7FFFFFFF) {
+                PyErr_SetString(PyExc_ValueError, "a rewritten DataRow is over 2 GB");
+                goto done;
+            }
+            put32((unsigned char *)w.p + hdr + 1, (uint32_t)n);
+        }
+        pos = next;
+    }
+    if (flush_hashes(&plan, &w) < 0)
+        goto done;
+    res = replaced ? PyBytes_FromStringAndSize(w.p, w.len) : Py_NewRef(Py_None);
+    goto done;
+incomplete:
+    PyErr_SetString(PyExc_ValueError, "incomplete message in DataRow buffer");
+done:
+    PyMem_Free(w.p);
+    plan_free(&plan);
+    PyBuffer_Release(&buf);
+    return res;
 }
 
 static PyMethodDef methods[] = {
     {"rewrite", rewrite, METH_VARARGS, "Rewrite the PII columns of one DataRow body."},
+    {"rewrite_rows", rewrite_rows, METH_VARARGS,
+     "Rewrite the PII columns of the DataRows in a run of complete messages."},
     {"hashed_token", hashed_token, METH_VARARGS, "prefix + hex(keyed BLAKE2b-128 of value)."},
     {"keyed_state", keyed_state, METH_VARARGS, "BLAKE2b-128 state after a key block."},
+    {"use_simd", use_simd, METH_O, "Use the AVX2 BLAKE2b when the CPU has it; whether it is."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -467,5 +633,15 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rows", NULL, -1, me
 PyMODINIT_FUNC
 PyInit__rows(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&IssuedType) < 0)
+        return NULL;
+    b2b_use_simd(1);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "IssuedTokens", (PyObject *)&IssuedType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -438,6 +438,8 @@ class PiiRoom:
         self.tokenizer = tokenizer
         self.settings = settings or PiiSettings()
         self.values = ValueCache()
+        # a cached replacement holds a token: it must go when the token stops resolving
+        tokenizer.on_forget(self.values.forget)
         self.stale = False  # a relation or OID was seen that the snapshot lacks
         self.warnings: list[str] = []
         self._plans: dict[str, Analysis] = {}

@@ -1,16 +1,22 @@
 """Rewriting DataRow bodies: only the PII columns are touched, everything else is copied.
 
-This is the hot path of a result with PII: one call per row. What keeps it cheap:
+This is the hot path of a result with PII. What keeps it cheap:
 
+* the relay hands over *runs* of DataRows (every row of one read, framed) and
+  :meth:`RowRewriter.data_rows` rewrites a run in one call: with the compiled loop
+  no Python object is made per row, only per distinct value;
 * the plan lists the PII column positions once; columns before, between and after
   them are copied as whole slices of the body, never decoded;
-* each replacement is cached per (entity, type, format) under its raw bytes, so a
-  value repeated across rows (a customer on each of their orders) costs a dict lookup;
-* :meth:`RowRewriter.data_rows` rewrites a whole buffer of framed messages in one
-  call, for relays that hand over runs of DataRows instead of one message at a time.
+* each replacement is cached per (entity, type, format, mode) under its raw bytes
+  (values up to :data:`CACHE_VALUE_BYTES`), so a value repeated across rows (a
+  customer on each of their orders) costs a dict lookup; the cache forgets when the
+  tokenizer forgets, so it never shows a token that no longer resolves (see
+  ``Tokenizer.on_forget``).
 
-``dbgate.pii._rows`` (C, optional) does the same walk when it is built; the Python
-version here is the reference, and a property test checks both agree byte for byte.
+``dbgate.pii._rows`` (C, optional) does the same walk when it is built, and computes
+hashed tokens of string columns itself (BLAKE2b, the same bytes as hashlib); the
+Python version here is the reference, and property tests check both agree byte for
+byte.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from dbgate.pii.pseudonyms import TEXT, Pseudonymizer
 __all__ = ["ColumnAction", "RowRewriter", "ValueCache"]
 
 try:  # the compiled loop (dbgate/pii/_rows.c); optional, same results
+    from dbgate.pii._rows import IssuedTokens as _c_issued
     from dbgate.pii._rows import keyed_state as _c_keyed_state
     from dbgate.pii._rows import rewrite as _c_rewrite
+    from dbgate.pii._rows import rewrite_rows as _c_rewrite_rows
 except ImportError:  # pragma: no cover - depends on the build
-    _c_rewrite = _c_keyed_state = None
+    _c_rewrite = _c_keyed_state = _c_rewrite_rows = _c_issued = None
 
 _I32 = struct.Struct("!i")
 _unpack_i32 = _I32.unpack_from
@@ -53,7 +61,7 @@ class ColumnAction:
 
 
 class ValueCache:
-    """Replacement bytes, *with* their 4-byte length prefix, keyed by raw value.
+    """Replacement bytes keyed by raw value, one table per kind of column.
 
     Shared by every result of a room: the same e-mail in the next query is a hit.
     """
@@ -69,13 +77,30 @@ class ValueCache:
         return table
 
     def clear(self) -> None:
+        """Start afresh (a new schema): rewriters made from now on get new tables."""
         self.tables.clear()
+
+    def forget(self) -> None:
+        """Empty every table in place, those of running rewriters too: the tokenizer
+        forgot tokens (``Tokenizer.on_forget``) that some of them may hold."""
+        for table in list(self.tables.values()):
+            table.clear()
 
 
 class RowRewriter:
     """Rewrites the DataRows of one result set (a ``RowRewriter`` of proxy/seams.py)."""
 
-    __slots__ = ("_args", "_fns", "_last", "_positions", "_tables", "actions", "data_row", "ncols")
+    __slots__ = (
+        "_args",
+        "_fns",
+        "_last",
+        "_positions",
+        "_tables",
+        "actions",
+        "data_row",
+        "data_rows",
+        "ncols",
+    )
 
     def __init__(
         self,
@@ -105,25 +130,35 @@ class RowRewriter:
                 and pseudonymizer.types.kind(a.type_oid) == TEXT
                 and (pseudonymizer.tokenizer.mode == "hashed")
             ):
-                prefix, key, person, *rest = pseudonymizer.tokenizer.hasher_spec(a.entity)
-                specs[i] = (prefix, _c_keyed_state(key, person), person, *rest, key)
+                prefix, key, person, issued, limit = pseudonymizer.tokenizer.hasher_spec(a.entity)
+                if not isinstance(issued, _c_issued):  # pragma: no cover - mixed builds
+                    continue
+                # the last item: the column's cache hit counters (see _rows.c)
+                stats = bytearray(24)
+                state = _c_keyed_state(key, person)
+                specs[i] = (prefix, state, person, issued, limit, key, stats)
         self._args = (tuple(self._positions), tuple(self._tables), tuple(specs))
-        # the compiled loop when built (and fewer than 1600 PII columns), else Python
-        self.data_row = (
-            self._data_row_c if (_c_rewrite is not None and len(fns) <= 1600) else self.data_row_py
-        )
+        # the compiled loop when built, else the Python reference
+        compiled = _c_rewrite is not None and _c_rewrite_rows is not None
+        self.data_row = self._data_row_c if compiled else self.data_row_py
+        self.data_rows = self._data_rows_c if compiled else self.data_rows_py
 
     def _data_row_c(self, body: bytes) -> bytes:
         positions, tables, fns = self._args
         return _c_rewrite(body, positions, tables, fns, CACHE_VALUE_BYTES, CACHE_ENTRIES)  # type: ignore[misc]
 
+    def _data_rows_c(self, buf: bytes, start: int, end: int) -> bytes | None:
+        positions, tables, fns = self._args
+        return _c_rewrite_rows(  # type: ignore[misc]
+            buf, start, end, positions, tables, fns, CACHE_VALUE_BYTES, CACHE_ENTRIES
+        )
+
     def replace(self, slot: int, raw: bytes) -> bytes:
-        """Length-prefixed replacement for ``raw`` in PII slot ``slot`` (cached)."""
+        """The replacement for ``raw`` in PII slot ``slot`` (cached)."""
         table = self._tables[slot]
         out = table.get(raw)
         if out is None:
-            new = self._fns[slot](raw)
-            out = _pack_i32(len(new)) + new
+            out = self._fns[slot](raw)
             if len(raw) <= CACHE_VALUE_BYTES:
                 if len(table) >= CACHE_ENTRIES:
                     table.clear()
@@ -153,8 +188,10 @@ class RowRewriter:
                     end = pos + 4 + length
                     if end > size:
                         raise ValueError("DataRow value runs past the body")
+                    new = self.replace(slot, body[pos + 4 : end])
                     parts.append(body[copied:pos])
-                    parts.append(self.replace(slot, body[pos + 4 : end]))
+                    parts.append(_pack_i32(len(new)))
+                    parts.append(new)
                     copied = pos = end
                 else:
                     pos += 4
@@ -169,31 +206,34 @@ class RowRewriter:
         parts.append(body[copied:])
         return b"".join(parts)
 
-    def data_rows(self, buf: bytes) -> bytes:
-        """Rewrite every DataRow in a buffer of complete framed backend messages."""
+    def data_rows_py(self, buf: bytes, start: int, end: int) -> bytes | None:
+        """``buf[start:end]`` (complete framed messages) with every DataRow rewritten,
+        or None when nothing changed; the reference version of :attr:`data_rows`
+        (the relay's contract: ``dbgate.proxy.row_limit.rewrite_run``)."""
+        if start < 0 or end > len(buf) or start > end:
+            raise ValueError("start and end must lie within the buffer")
         out: list[bytes] = []
-        pos = 0
-        size = len(buf)
-        copied = 0
-        data_row = self.data_row
-        while pos + 5 <= size:
-            length = _U32.unpack_from(buf, pos + 1)[0]
-            end = pos + 1 + length
-            if end > size:
+        pos = start
+        copied = start
+        data_row = self.data_row_py
+        while pos < end:
+            if end - pos < 5:
                 raise ValueError("incomplete message in DataRow buffer")
+            length = _U32.unpack_from(buf, pos + 1)[0]
+            if length < 4 or length > end - pos - 1:
+                raise ValueError("incomplete message in DataRow buffer")
+            nxt = pos + 1 + length
             if buf[pos] == 0x44:  # 'D'
-                body = buf[pos + 5 : end]
+                body = buf[pos + 5 : nxt]
                 new = data_row(body)
                 if new is not body:
                     out.append(buf[copied:pos])
                     out.append(b"D" + _U32.pack(len(new) + 4) + new)
-                    copied = end
-            pos = end
-        if pos != size:
-            raise ValueError("incomplete message in DataRow buffer")
+                    copied = nxt
+            pos = nxt
         if not out:
-            return buf
-        out.append(buf[copied:])
+            return None
+        out.append(buf[copied:end])
         return b"".join(out)
 
     def copy_data(self, body: bytes) -> bytes:

@@ -16,7 +16,12 @@ third of HMAC-SHA-256's, which matters at a million rows). Short, and a stolen k
 decrypts nothing (it can only confirm guesses). A token the agent sends back
 resolves from the token -> value map of what this process issued (bounded:
 ``pii.token_cache_entries``, oldest forgotten first); after a restart, or on another
-replica, an old token is a clear 22023 and the agent reads it again.
+replica, an old token is a clear 22023 and the agent reads it again. The map
+(:mod:`dbgate.pii.issued`) is kept in ten generations of a tenth of the bound each,
+and forgets a whole generation at a time; whoever caches tokens by value (the row
+rewriters' :class:`~dbgate.pii.rows.ValueCache`) registers with
+:meth:`Tokenizer.on_forget` and forgets with it, so it never shows a token the map
+no longer holds.
 
 ``r`` — *reversible*: the payload is AES-SIV (RFC 5297, the ``cryptography``
 package) of the value, padded to a multiple of 16 bytes so the token reveals its
@@ -35,15 +40,16 @@ base32 is a Python loop (3 µs a token).
 from __future__ import annotations
 
 import hmac
-import itertools
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
 
+from dbgate.pii.issued import IssuedTokens
 from dbgate.wire.sqlstate import INVALID_PARAMETER_VALUE
 
 __all__ = [
@@ -170,9 +176,13 @@ class Tokenizer:
         self._mac = {k.id: k.subkey(b"blake2b-token") for k in keyring.keys}
         self._pseudo = keyring.current.subkey(b"pseudonym")
         self._current = keyring.current.id
-        self._issued: dict[bytes, bytes] = {}  # hashed token -> value, insertion-ordered
-        self._cache_entries = cache_entries
-        self._cache_value_bytes = cache_value_bytes
+        # hashed token -> value: ten generations of a tenth of the bound
+        generation = max(1, cache_entries // 10)
+        self._issued = IssuedTokens(generation, cache_entries // generation)
+        self._issued.on_forget = self._forgot
+        # values longer than this are not remembered (none when nothing may be)
+        self._cache_value_bytes = cache_value_bytes if cache_entries > 0 else -1
+        self._forget_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- making tokens
@@ -196,44 +206,47 @@ class Tokenizer:
         key = self._mac[self._current]
         person = _person(entity)
         prefix = b"tok_" + entity.encode() + b"_h"
-        issued = self._issued
+        add = self._issued.add
         limit = self._cache_value_bytes
-        entries = self._cache_entries
 
         def hashed(value: bytes) -> bytes:
             token = (
                 prefix + blake2b(value, key=key, digest_size=16, person=person).hexdigest().encode()
             )
             if len(value) <= limit:
-                issued[token] = value
-                if len(issued) > entries:
-                    self._evict()
+                add(token, value)
             return token
 
         return hashed
 
-    def hasher_spec(
-        self, entity: str
-    ) -> tuple[bytes, bytes, bytes, dict[bytes, bytes], int, int, Callable[[], None]]:
+    def hasher_spec(self, entity: str) -> tuple[bytes, bytes, bytes, IssuedTokens, int]:
         """What the compiled row loop (dbgate/pii/_rows.c) needs to compute the same
-        tokens as :meth:`hasher` without calling back into Python."""
+        tokens as :meth:`hasher`, and remember them as it does, without calling back
+        into Python: prefix, BLAKE2b key, personalization, the issued-token store (the
+        compiled one whenever the loop is), and the longest value remembered."""
         return (
             b"tok_" + entity.encode() + b"_h",
             self._mac[self._current],
             _person(entity),
             self._issued,
             self._cache_value_bytes,
-            self._cache_entries,
-            self._evict,
         )
 
-    def _evict(self) -> None:
-        """Forget the oldest tenth of issued hashed tokens (amortized over many stores)."""
+    def on_forget(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (a bound method, held weakly) whenever issued tokens are
+        forgotten: a cache of tokens by value must then forget them too."""
         with self._lock:
-            issued = self._issued
-            drop = max(1, len(issued) - self._cache_entries + self._cache_entries // 10)
-            for token in list(itertools.islice(issued, drop)):
-                issued.pop(token, None)
+            self._forget_callbacks = [w for w in self._forget_callbacks if w() is not None]
+            self._forget_callbacks.append(weakref.WeakMethod(callback))  # type: ignore[arg-type]
+
+    def _forgot(self) -> None:
+        """The issued-token store dropped its oldest generation."""
+        with self._lock:
+            callbacks = list(self._forget_callbacks)
+        for ref in callbacks:
+            callback = ref()
+            if callback is not None:
+                callback()
 
     def digest(self, domain: bytes, value: bytes) -> bytes:
         """32 keyed pseudo-random bytes for a type-preserving pseudonym of ``value``."""

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dbgate.proxy import measure
 from dbgate.proxy.prepared import name_key
-from dbgate.proxy.row_limit import RowLimiter
+from dbgate.proxy.row_limit import RowLimiter, rewrite_run
 from dbgate.proxy.seams import (
     Allow,
     AllowAll,
@@ -64,7 +64,14 @@ from dbgate.proxy.seams import (
 from dbgate.wire import messages as m
 from dbgate.wire import sqlstate
 from dbgate.wire.errors import ClientProtocolError, LimitExceeded, ServerProtocolError
-from dbgate.wire.framing import ALL_TYPES, Frame, split_frames, type_mask
+from dbgate.wire.framing import (
+    ALL_TYPES,
+    ALL_TYPES_ROW_RUNS,
+    DATA_ROW_RUN,
+    Frame,
+    split_frames,
+    type_mask,
+)
 
 if TYPE_CHECKING:
     from dbgate.proxy.session_info import SessionInfo
@@ -92,6 +99,7 @@ _Z, _PS, _E, _N, _A = (ord(c) for c in "ZSENA")
 _PARSE_OK, _BIND_OK, _CLOSE_OK = (ord(c) for c in "123")
 _PARAM_DESC, _ROW_DESC, _NO_DATA = (ord(c) for c in "tTn")
 _DATA_ROW, _CMD_COMPLETE, _EMPTY, _SUSPENDED = (ord(c) for c in "DCIs")
+_DATA_ROW_RUN = DATA_ROW_RUN  # DataRows folded into one frame (while rows are rewritten)
 _COPY_IN, _COPY_OUT, _COPY_BOTH, _COPY_DATA = (ord(c) for c in "GHWd")
 _COPY_DONE_SRV = ord("c")
 _FUNC_RESULT = ord("V")
@@ -454,7 +462,10 @@ class StatementTracker:
 
     @property
     def mask(self) -> bytes:
-        return ALL_TYPES if self.full or self._measures else self._track_mask
+        if self._measures:
+            return ALL_TYPES
+        # while rows are rewritten or counted, DataRows come folded into runs
+        return ALL_TYPES_ROW_RUNS if self.full else self._track_mask
 
     # ------------------------------------------------------------------ records
     def _record(
@@ -1304,7 +1315,14 @@ class StatementTracker:
                     queue.popleft()
                     self._stmts[head[1]] = head[2]
                     continue
-            if t == _DATA_ROW:
+            if t == _DATA_ROW_RUN:
+                rw = self._rewriter
+                if rw is None:
+                    continue
+                replacement = rewrite_run(rw, chunk, s - 5, e)
+                if replacement is None:
+                    continue
+            elif t == _DATA_ROW:
                 rw = self._rewriter
                 if rw is None:
                     continue
@@ -1371,7 +1389,7 @@ class StatementTracker:
             out.append(chunk[run:e])
         rest = chunk[e:]
         if rest:
-            more = self._server_frames(rest, split_frames(rest), 0, True)
+            more = self._server_frames(rest, split_frames(rest, mask=ALL_TYPES_ROW_RUNS), 0, True)
             out.extend(more if more is not None else (rest,))
         return out
 

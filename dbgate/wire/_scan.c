@@ -8,12 +8,32 @@
  * in the 256-byte `mask` is non-zero. A relay that streams a million DataRows
  * and only needs to see ReadyForQuery therefore builds no Python object per row.
  *
+ * A type whose mask byte is 2 is *folded*: a run of consecutive messages of that
+ * type is one frame (0x100 | type, body_start of the first, body_end of the last).
+ * While a result is rewritten or counted the relay folds DataRows, so a read of a
+ * thousand rows costs one frame and one rewriter call, not a thousand.
+ *
  * A length below 4 or above max_size raises ValueError("badlen", offset, type,
  * length); the Python wrapper turns it into the length error (ProtocolError, or
  * LimitExceeded for a message over max_size).
+ *
+ * count(buf, start, end) is the number of messages in buf[start:end] (complete
+ * messages only, as a folded frame holds), and skip(buf, start, n) the offset just
+ * past the first n messages from start: what a row limit needs of a folded run.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+static int
+append_frame(PyObject *frames, int type, Py_ssize_t start, Py_ssize_t end)
+{
+    PyObject *t = Py_BuildValue("(inn)", type, start, end);
+    if (t == NULL)
+        return -1;
+    int r = PyList_Append(frames, t);
+    Py_DECREF(t);
+    return r;
+}
 
 static PyObject *
 scan(PyObject *self, PyObject *args)
@@ -34,6 +54,8 @@ scan(PyObject *self, PyObject *args)
     const unsigned char *p = (const unsigned char *)buf.buf;
     const unsigned char *m = (const unsigned char *)mask.buf;
     Py_ssize_t n = buf.len, pos = start < 0 ? 0 : start;
+    int run_type = -1; /* the folded type whose run is open, its first body start */
+    Py_ssize_t run_start = 0, run_end = 0;
     while (n - pos >= 5) {
         unsigned long long len = ((unsigned long long)p[pos + 1] << 24) |
                                  ((unsigned long long)p[pos + 2] << 16) |
@@ -46,16 +68,25 @@ scan(PyObject *self, PyObject *args)
         Py_ssize_t end = pos + 1 + (Py_ssize_t)len;
         if (end > n)
             break;
-        if (m[p[pos]]) {
-            PyObject *t = Py_BuildValue("(inn)", (int)p[pos], pos + 5, end);
-            if (t == NULL || PyList_Append(frames, t) < 0) {
-                Py_XDECREF(t);
+        int type = p[pos];
+        if (run_type >= 0 && type != run_type) {
+            if (append_frame(frames, 0x100 | run_type, run_start, run_end) < 0)
                 goto fail;
+            run_type = -1;
+        }
+        if (m[type] == 2) {
+            if (run_type < 0) {
+                run_type = type;
+                run_start = pos + 5;
             }
-            Py_DECREF(t);
+            run_end = end;
+        } else if (m[type] && append_frame(frames, type, pos + 5, end) < 0) {
+            goto fail;
         }
         pos = end;
     }
+    if (run_type >= 0 && append_frame(frames, 0x100 | run_type, run_start, run_end) < 0)
+        goto fail;
     PyBuffer_Release(&buf);
     PyBuffer_Release(&mask);
     PyObject *res = Py_BuildValue("(nN)", pos, frames);
@@ -67,8 +98,73 @@ fail:
     return NULL;
 }
 
+/* the offset just past at most n messages from start (fewer when buf ends first) and
+ * how many were passed; the lengths are those scan() already checked */
+static Py_ssize_t
+skip_messages(const unsigned char *p, Py_ssize_t size, Py_ssize_t pos, Py_ssize_t n,
+              Py_ssize_t *passed)
+{
+    Py_ssize_t k = 0;
+    while (k < n && size - pos >= 5) {
+        uint32_t len = ((uint32_t)p[pos + 1] << 24) | ((uint32_t)p[pos + 2] << 16) |
+                       ((uint32_t)p[pos + 3] << 8) | (uint32_t)p[pos + 4];
+        if (len < 4 || (Py_ssize_t)len > size - pos - 1)
+            break;
+        pos += 1 + (Py_ssize_t)len;
+        k++;
+    }
+    *passed = k;
+    return pos;
+}
+
+static PyObject *
+count(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "y*nn", &buf, &start, &end))
+        return NULL;
+    PyObject *res = NULL;
+    if (start < 0 || end > buf.len || start > end) {
+        PyErr_SetString(PyExc_ValueError, "start and end must lie within the buffer");
+    } else {
+        Py_ssize_t k;
+        Py_ssize_t stop = skip_messages((const unsigned char *)buf.buf, end, start, PY_SSIZE_T_MAX, &k);
+        if (stop != end)
+            PyErr_SetString(PyExc_ValueError, "incomplete message in a run of messages");
+        else
+            res = PyLong_FromSsize_t(k);
+    }
+    PyBuffer_Release(&buf);
+    return res;
+}
+
+static PyObject *
+skip(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t start, n;
+    if (!PyArg_ParseTuple(args, "y*nn", &buf, &start, &n))
+        return NULL;
+    PyObject *res = NULL;
+    if (start < 0 || start > buf.len || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "start must lie within the buffer, n >= 0");
+    } else {
+        Py_ssize_t k;
+        Py_ssize_t stop = skip_messages((const unsigned char *)buf.buf, buf.len, start, n, &k);
+        if (k != n)
+            PyErr_SetString(PyExc_ValueError, "fewer complete messages than asked to skip");
+        else
+            res = PyLong_FromSsize_t(stop);
+    }
+    PyBuffer_Release(&buf);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "Scan complete messages; return (end, selected frames)."},
+    {"count", count, METH_VARARGS, "Number of the complete messages in buf[start:end]."},
+    {"skip", skip, METH_VARARGS, "Offset just past n messages from start."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,7 +16,11 @@ wrapped by :func:`frame`. Three readers, for three ways of reading:
   ``bytes`` object is used as is, with no copy;
 * complete messages are returned as ``(type, body_start, body_end)`` offsets into
   one ``chunk``; the caller forwards ``chunk`` with a single write unless it needs
-  to rewrite something, and decodes only the message types it cares about.
+  to rewrite something, and decodes only the message types it cares about;
+* a type the mask *folds* (:func:`type_mask`'s ``runs``) comes as one frame per run
+  of consecutive messages, ``(RUN | type, body_start of the first, body_end of the
+  last)``: a result whose rows are rewritten or counted costs one frame per read,
+  not one per row (``chunk[body_start - 5 : body_end]`` is the run, framed).
 
 Typed messages (everything after startup) are ``type:u8, length:u32 (includes
 itself), body``. Startup-phase packets have no type byte: ``length:u32, body``.
@@ -34,6 +38,11 @@ _unpack_u32 = _U32.unpack_from
 _pack_u32 = _U32.pack
 
 Frame = tuple[int, int, int]  # (message type byte, body start, body end) within the chunk
+
+#: Added to the type of a folded run's frame (see :func:`type_mask`).
+RUN = 0x100
+#: The frame of a run of DataRows, when the mask folds them.
+DATA_ROW_RUN = RUN | ord("D")
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 MAX_STARTUP_PACKET = 10_000  # the server's own limit for startup packets
@@ -204,24 +213,35 @@ class FrameReader:
             self.on_collect(0)
 
 
-def type_mask(types: str | bytes) -> bytes:
-    """A 256-byte mask selecting message types for :meth:`FrameReader.feed_select`."""
-    mask = bytearray(256)
+def type_mask(types: str | bytes, runs: str | bytes = b"", base: bytes | None = None) -> bytes:
+    """A 256-byte mask selecting message types for :meth:`FrameReader.feed_select`.
+
+    Types in ``types`` get a frame each; types in ``runs`` one frame per run of
+    consecutive messages of that type (type ``RUN | t``). ``base``: start from that
+    mask instead of an empty one.
+    """
+    mask = bytearray(base if base is not None else bytes(256))
     for t in types.encode() if isinstance(types, str) else types:
         mask[t] = 1
+    for t in runs.encode() if isinstance(runs, str) else runs:
+        mask[t] = 2
     return bytes(mask)
 
 
 try:  # the compiled scanner (dbgate/wire/_scan.c); optional, same semantics
+    from dbgate.wire._scan import count as _c_count
     from dbgate.wire._scan import scan as _c_scan
+    from dbgate.wire._scan import skip as _c_skip
 except ImportError:  # pragma: no cover - exercised when no compiler was available
-    _c_scan = None
+    _c_scan = _c_count = _c_skip = None
 
 
 def _py_scan(buf: bytes, start: int, max_size: int, mask: bytes) -> tuple[int, list[Frame]]:
     n = len(buf)
     pos = start
     frames: list[Frame] = []
+    run_type = -1  # the folded type whose run is open
+    run_start = run_end = 0
     while n - pos >= 5:
         length = _unpack_u32(buf, pos + 1)[0]
         if length < 4 or length > max_size:
@@ -229,10 +249,60 @@ def _py_scan(buf: bytes, start: int, max_size: int, mask: bytes) -> tuple[int, l
         end = pos + 1 + length
         if end > n:
             break
-        if mask[buf[pos]]:
-            frames.append((buf[pos], pos + 5, end))
+        t = buf[pos]
+        if run_type >= 0 and t != run_type:
+            frames.append((RUN | run_type, run_start, run_end))
+            run_type = -1
+        selected = mask[t]
+        if selected == 2:
+            if run_type < 0:
+                run_type, run_start = t, pos + 5
+            run_end = end
+        elif selected:
+            frames.append((t, pos + 5, end))
         pos = end
+    if run_type >= 0:
+        frames.append((RUN | run_type, run_start, run_end))
     return pos, frames
+
+
+def count_messages(buf: bytes, start: int, end: int) -> int:
+    """How many messages ``buf[start:end]`` holds; it must hold complete ones only
+    (a folded run does). ValueError otherwise."""
+    if _c_count is not None:
+        return _c_count(buf, start, end)  # type: ignore[no-any-return]
+    if start < 0 or end > len(buf) or start > end:
+        raise ValueError("start and end must lie within the buffer")
+    n = 0
+    pos = start
+    while end - pos >= 5:
+        length = _unpack_u32(buf, pos + 1)[0]
+        if length < 4 or length > end - pos - 1:
+            break
+        pos += 1 + length
+        n += 1
+    if pos != end:
+        raise ValueError("incomplete message in a run of messages")
+    return n
+
+
+def skip_messages(buf: bytes, start: int, n: int) -> int:
+    """The offset just past the ``n`` messages that start at ``start``. ValueError
+    when fewer than ``n`` complete messages are there."""
+    if _c_skip is not None:
+        return _c_skip(buf, start, n)  # type: ignore[no-any-return]
+    if start < 0 or start > len(buf) or n < 0:
+        raise ValueError("start must lie within the buffer, n >= 0")
+    size = len(buf)
+    pos = start
+    for _ in range(n):
+        if size - pos < 5:
+            raise ValueError("fewer complete messages than asked to skip")
+        length = _unpack_u32(buf, pos + 1)[0]
+        if length < 4 or length > size - pos - 1:
+            raise ValueError("fewer complete messages than asked to skip")
+        pos += 1 + length
+    return pos
 
 
 def _select(buf: bytes, start: int, max_size: int, mask: bytes) -> tuple[int, list[Frame]]:
@@ -246,11 +316,16 @@ def _select(buf: bytes, start: int, max_size: int, mask: bytes) -> tuple[int, li
 
 
 ALL_TYPES = bytes([1]) * 256
+#: Every type, DataRows folded into runs: what the relay reads while rows are rewritten.
+ALL_TYPES_ROW_RUNS = type_mask("", runs="D", base=ALL_TYPES)
 
 
-def split_frames(buf: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[Frame]:
-    """All frames of ``buf``, which must hold complete messages only."""
-    end, frames = _select(buf, 0, max_size, ALL_TYPES)
+def split_frames(
+    buf: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, mask: bytes = ALL_TYPES
+) -> list[Frame]:
+    """All frames of ``buf`` (as ``mask`` selects and folds them), which must hold
+    complete messages only."""
+    end, frames = _select(buf, 0, max_size, mask)
     if end != len(buf):
         raise ProtocolError("incomplete message where complete messages were expected")
     return frames

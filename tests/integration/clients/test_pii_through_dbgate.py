@@ -154,3 +154,41 @@ def test_copy_to_stdout_holds_no_raw_value(dsn: str, admin_dsn: str) -> None:
     text = bytes(out).decode()
     assert text.count("\n") == 5
     assert not any(e in text for e in emails)
+
+
+STREAM = (
+    "select c.id, c.email, g from customers c, generate_series(1, {n}) g "
+    "where c.id <= 300 order by g, c.id"
+)
+
+
+def test_a_long_result_is_tokenized_in_every_read(dsn: str, admin_dsn: str) -> None:
+    """900 rows arrive in several reads, each a run of DataRows rewritten in one call:
+    every e-mail is its token (the same one each of the three times it appears), every
+    other column is as the server sent it."""
+    sql = STREAM.format(n=3)
+    with psycopg.connect(admin_dsn) as direct:
+        expected = direct.execute(sql).fetchall()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        got = conn.execute(sql).fetchall()
+    assert len(got) == len(expected) == 900
+    tokens: dict[str, str] = {}
+    for (cid, email, g), (cid_raw, email_raw, g_raw) in zip(got, expected, strict=True):
+        assert (cid, g) == (cid_raw, g_raw)
+        assert email.startswith("tok_email_") and email_raw not in email
+        assert tokens.setdefault(email_raw, email) == email
+    assert len(set(tokens.values())) == len(tokens) == 300
+
+
+def test_a_long_result_past_its_row_limit_stops_inside_a_read(dsn: str) -> None:
+    """The default rules let an unproven read return 1,000 rows: the run in which the
+    1,001st row arrives is cut there, the rows before it are tokenized, then 54000."""
+    rows: list[Any] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            for row in conn.cursor().stream(STREAM.format(n=5)):
+                rows.append(row)
+        assert conn.execute("select 1").fetchone() == (1,)
+    assert len(rows) == 1000
+    assert [(r[0], r[2]) for r in rows[:3]] == [(1, 1), (2, 1), (3, 1)]
+    assert all(r[1].startswith("tok_email_") for r in rows)

@@ -35,6 +35,9 @@ class Demo:
     room: PiiRoom
     values: set[bytes]  # every raw PII value except birth dates
     dates: set[bytes]
+    #: The same room in hashed mode (the default): its string columns take the
+    #: compiled loop's own BLAKE2b path, where reversible tokens call back to Python.
+    hashed: PiiRoom
 
 
 @pytest.fixture(scope="session")
@@ -47,4 +50,6 @@ async def pii_demo(pg_server: Any) -> AsyncIterator[Demo]:
         await conn.close()
     room = make_room()
     await room.refresh_dsn(dsn)
-    yield Demo(dsn, room, await raw_pii_values(dsn), await birth_dates(dsn))
+    hashed = make_room(mode="hashed")
+    await hashed.refresh_dsn(dsn)
+    yield Demo(dsn, room, await raw_pii_values(dsn), await birth_dates(dsn), hashed)

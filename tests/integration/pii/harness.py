@@ -17,7 +17,9 @@ import asyncpg
 from dbgate.pii.catalog_load import load_catalog
 from dbgate.pii.room import PiiRoom, PiiSettings, StatementPlan
 from dbgate.pii.tokens import Key, Keyring, Tokenizer
+from dbgate.proxy.row_limit import rewrite_run
 from dbgate.wire import messages as m
+from dbgate.wire.framing import split_frames
 from tests.integration.rawclient import RawClient
 
 DEMO_CUSTOMERS = 400
@@ -94,13 +96,26 @@ def _body(msg: Any) -> bytes:
     return msg.encode()[5:]
 
 
+def _rows_as_the_relay_does(rewriter: Any, rows: list[Any]) -> list[bytes]:
+    """The bodies of a run of DataRows after ``rewriter``, the way the relay hands them
+    over (one ``rewrite_run`` call for the run, see dbgate/proxy/row_limit.py) — and
+    checked against the same rows rewritten one by one."""
+    framed = b"".join(r.encode() for r in rows)
+    out = rewrite_run(rewriter, framed, 0, len(framed))
+    run = framed if out is None else out
+    bodies = [run[s:e] for _t, s, e in split_frames(run)]
+    assert bodies == [rewriter.data_row(_body(r)) for r in rows]
+    return bodies
+
+
 def apply_plan(plan: StatementPlan, messages: list[Any], formats: tuple[int, ...] = ()) -> Result:
     """Put one query's backend messages through the plan and the session filter."""
     result = Result(original=messages)
     rewriter: Any = None
     copier: Any = None
     flt = plan.room.message_filter
-    for msg in messages:
+    pending: list[bytes] = []  # rewritten bodies of the run of DataRows being read
+    for i, msg in enumerate(messages):
         body = _body(msg)
         if isinstance(msg, m.RowDescription):
             fmts = formats or tuple(f.format for f in msg.fields)
@@ -108,7 +123,15 @@ def apply_plan(plan: StatementPlan, messages: list[Any], formats: tuple[int, ...
             result.sets.append(([], []))
             result.rewritten.append(body)
         elif isinstance(msg, m.DataRow):
-            new = rewriter.data_row(body) if rewriter is not None else body
+            if rewriter is None:
+                new = body
+            else:
+                if not pending:
+                    end = i
+                    while end < len(messages) and isinstance(messages[end], m.DataRow):
+                        end += 1
+                    pending = _rows_as_the_relay_does(rewriter, messages[i:end])
+                new = pending.pop(0)
             after = m.parse_data_row(new)
             result.rows_before.append(msg.columns)
             result.rows_after.append(after)

@@ -70,6 +70,38 @@ def test_hashed_tokens_resolve_from_a_bounded_cache() -> None:
     assert t.resolve(t.token("email", b"a@x.io")) == ("email", b"a@x.io")
 
 
+@pytest.mark.parametrize("entries", [1, 7, 20, 1000])
+def test_hashed_tokens_forgotten_oldest_first_within_a_tenth_of_the_bound(entries: int) -> None:
+    t = Tokenizer(Keyring([K1]), "hashed", cache_entries=entries)
+    forgotten: list[int] = []
+
+    class Cache:
+        def forget(self) -> None:
+            forgotten.append(1)
+
+    cache = Cache()
+    t.on_forget(cache.forget)
+    values = [f"v{i}@x.io".encode() for i in range(3 * entries + 5)]
+    tokens = [t.token("email", v) for v in values]
+    resolvable = []
+    for token, value in zip(tokens, values, strict=True):
+        try:
+            assert t.resolve(token) == ("email", value)
+            resolvable.append(value)
+        except TokenError:
+            resolvable.append(None)
+    kept = [v for v in resolvable if v is not None]
+    assert kept == values[-len(kept) :]  # the newest, in order: the oldest went first
+    assert entries - max(1, entries // 10) < len(kept) <= entries
+    assert forgotten  # whoever caches tokens by value was told
+
+
+def test_no_hashed_token_is_remembered_with_a_zero_bound() -> None:
+    t = Tokenizer(Keyring([K1]), "hashed", cache_entries=0)
+    with pytest.raises(TokenError, match="token cache"):
+        t.resolve(t.token("email", b"a@x.io"))
+
+
 def test_rotation_old_tokens_resolve_during_grace_only() -> None:
     now = [1000.0]
     old = Tokenizer(Keyring([K1]), "reversible")

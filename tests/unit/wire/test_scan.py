@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from dbgate.wire import framing
 from dbgate.wire.errors import LimitExceeded, ProtocolError
-from dbgate.wire.framing import FrameReader, split_frames, type_mask
+from dbgate.wire.framing import (
+    ALL_TYPES,
+    ALL_TYPES_ROW_RUNS,
+    DATA_ROW_RUN,
+    FrameReader,
+    count_messages,
+    skip_messages,
+    split_frames,
+    type_mask,
+)
 
 
 def msg(t: int, body: bytes) -> bytes:
@@ -73,3 +82,98 @@ def test_split_frames_requires_complete_messages() -> None:
     assert split_frames(data) == [(ord("Q"), 5, 14), (ord("S"), 19, 19)]
     with pytest.raises(ProtocolError):
         split_frames(data[:-1])
+
+
+# ------------------------------------------------------------------ folded runs
+
+
+def _folded(frames: list[tuple[int, int, int]], runs: bytes) -> list[tuple[int, int, int]]:
+    """What folding does to a list of frames: consecutive frames of a type in ``runs``
+    become one ``(RUN | type, first body start, last body end)``."""
+    out: list[tuple[int, int, int]] = []
+    for t, s, e in frames:
+        if t in runs and out and out[-1][0] == framing.RUN | t and consecutive(out[-1], s):
+            out[-1] = (out[-1][0], out[-1][1], e)
+        elif t in runs:
+            out.append((framing.RUN | t, s, e))
+        else:
+            out.append((t, s, e))
+    return out
+
+
+def consecutive(run: tuple[int, int, int], body_start: int) -> bool:
+    return run[2] == body_start - 5
+
+
+@st.composite
+def fold_masks(draw: st.DrawFn) -> bytes:
+    """A mask over the test's message types: each selected (1), folded (2) or not (0)."""
+    mask = bytearray(256)
+    for t in b"DZSTCE1":
+        mask[t] = draw(st.sampled_from([0, 1, 2]))
+    return bytes(mask)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages, fold_masks())
+def test_c_and_python_scanners_agree_on_folded_runs(
+    msgs: list[tuple[int, bytes]], mask: bytes
+) -> None:
+    stream = b"".join(msg(t, b) for t, b in msgs) + b"D\x00\x00"
+    c = framing._select(stream, 0, 1 << 20, mask)
+    assert framing._py_scan(stream, 0, 1 << 20, mask) == c
+    # folding is selecting every message of the type, then joining neighbours
+    end, every = framing._py_scan(stream, 0, 1 << 20, ALL_TYPES)
+    selected = [f for f in every if mask[f[0]]]
+    assert c == (end, _folded(selected, bytes(t for t in range(256) if mask[t] == 2)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages, st.lists(st.integers(1, 200), max_size=30))
+def test_a_run_frame_covers_its_messages_whole(
+    msgs: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    """Read in arbitrary pieces with DataRows folded: each run frame is exactly the
+    DataRows of that read, framed, and counts them."""
+    stream = b"".join(msg(t, b) for t, b in msgs)
+    reader = FrameReader()
+    pos = 0
+    rows_seen: list[bytes] = []
+    for cut in [*cuts, len(stream)]:
+        part, pos = stream[pos : pos + cut], pos + cut
+        chunk, frames = reader.feed_select(part, ALL_TYPES_ROW_RUNS)
+        for t, s, e in frames:
+            assert t != ord("D")
+            if t == DATA_ROW_RUN:
+                run = chunk[s - 5 : e]
+                inner = split_frames(run)
+                assert {f[0] for f in inner} == {ord("D")}
+                assert count_messages(chunk, s - 5, e) == len(inner)
+                rows_seen += [run[a:b] for _, a, b in inner]
+        if pos >= len(stream):
+            break
+    assert rows_seen == [b for t, b in msgs if t == ord("D")]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_count_and_skip_messages(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not compiled:
+        monkeypatch.setattr(framing, "_c_count", None)
+        monkeypatch.setattr(framing, "_c_skip", None)
+    rows = [msg(ord("D"), bytes(i)) for i in range(4)]
+    buf = msg(ord("T"), b"x") + b"".join(rows) + msg(ord("C"), b"x")
+    start = 6
+    end = start + sum(len(r) for r in rows)
+    assert count_messages(buf, start, end) == 4
+    assert count_messages(buf, start, start) == 0
+    assert skip_messages(buf, start, 0) == start
+    assert skip_messages(buf, start, 2) == start + len(rows[0]) + len(rows[1])
+    assert skip_messages(buf, start, 4) == end
+    with pytest.raises(ValueError):
+        count_messages(buf, start, end - 1)  # the last message is cut
+    with pytest.raises(ValueError):
+        count_messages(buf, start, len(buf) + 1)
+    with pytest.raises(ValueError):
+        skip_messages(buf, end, 2)  # only one message (the 'C') follows
+    with pytest.raises(ValueError):
+        skip_messages(buf, start, -1)

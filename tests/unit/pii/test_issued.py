@@ -1,0 +1,79 @@
+"""The issued-token store: the compiled one answers as the Python reference does."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dbgate.pii.issued import IssuedTokens, PyIssuedTokens
+
+rows_c = pytest.importorskip("dbgate.pii._rows", reason="the compiled store is optional")
+
+
+def token(prefix: bytes, n: int) -> bytes:
+    return prefix + hashlib.blake2b(n.to_bytes(4, "big"), digest_size=16).hexdigest().encode()
+
+
+PREFIXES = [b"tok_email_h", b"tok_phone_h", b""]
+
+# an operation: add (prefix, token number, value) or get (prefix, token number)
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "get"]),
+        st.sampled_from(PREFIXES),
+        st.integers(0, 30),
+        st.binary(max_size=12),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 5), ops)
+def test_property_compiled_store_equals_python(size: int, gens: int, seq: list) -> None:  # type: ignore[type-arg]
+    c, py = IssuedTokens(size, gens), PyIssuedTokens(size, gens)
+    assert type(c) is not PyIssuedTokens  # the compiled one is in use
+    forgot_c: list[int] = []
+    forgot_py: list[int] = []
+    c.on_forget = lambda: forgot_c.append(len(c))
+    py.on_forget = lambda: forgot_py.append(len(py))
+    for op, prefix, n, value in seq:
+        tok = token(prefix, n)
+        if op == "add":
+            c.add(tok, value)
+            py.add(tok, value)
+        assert c.get(tok) == py.get(tok)
+        assert len(c) == len(py)
+    assert forgot_c == forgot_py
+    for prefix in PREFIXES:
+        for n in range(31):
+            assert c.get(token(prefix, n)) == py.get(token(prefix, n))
+
+
+@pytest.mark.parametrize("store", [IssuedTokens, PyIssuedTokens])
+def test_malformed_tokens_are_refused_or_unknown(store: type) -> None:
+    s = store(4, 2)
+    good = token(b"tok_email_h", 1)
+    s.add(good, b"a@x.io")
+    for bad in (good[:-1], good.upper(), good[:-1] + b"g", b"", b"short"):
+        assert s.get(bad) is None
+        with pytest.raises(ValueError):
+            s.add(bad, b"x")
+    assert s.get(good) == b"a@x.io"
+    assert s.get(good + b"0") is None  # one hex digit more: another token
+    with pytest.raises(ValueError):
+        store(0, 2)
+
+
+def test_big_values_and_many_generations() -> None:
+    s = IssuedTokens(1000, 3)
+    big = b"v" * 5000
+    for i in range(3500):
+        s.add(token(b"tok_note_h", i), big if i % 100 == 0 else str(i).encode())
+    assert len(s) == 2500  # three generations, the newest half full
+    assert s.get(token(b"tok_note_h", 999)) is None  # the first generation is gone
+    assert s.get(token(b"tok_note_h", 1000)) == big
+    assert s.get(token(b"tok_note_h", 3499)) == b"3499"
