@@ -273,7 +273,13 @@ class PiiGate:
             return replace(allowed, plan=result_plan, replace_sql=sql, repeatable=False)
         if plan.params_may_hold_tokens:
             # Decided at each Bind: the values may be tokens to resolve.
-            return replace(allowed, plan=result_plan, check_binds=True, repeatable=False)
+            return replace(
+                allowed,
+                plan=result_plan,
+                check_binds=True,
+                check_only_tokens=not allowed.check_binds,  # nothing else to judge there
+                repeatable=False,
+            )
         if result_plan is None:
             return None
         return replace(allowed, plan=result_plan)

@@ -93,6 +93,10 @@ class Candidate:
     #: Parameter type OIDs: from Parse where the client named them, completed by the
     #: server's ParameterDescription once the client asked for it (0: not known).
     param_types: tuple[int, ...] = ()
+    #: ``check_binds`` only for PII tokens among the values: a Bind none of whose bytes
+    #: spell ``tok_`` has nothing to resolve and need not be shown (see
+    #: :meth:`PreparedStatements.checks_only_tokens`).
+    tokens_only: bool = False
 
 
 LOST = Candidate("", check_binds=True, lost=True)
@@ -110,6 +114,7 @@ class PreparedChange(NamedTuple):
     #: statement that makes the change, so it is confirmed by that statement's own
     #: command tag.
     statement: int = 0
+    tokens_only: bool = False  # see Candidate.tokens_only
 
 
 class PendingChange:
@@ -144,7 +149,15 @@ class PreparedStatements:
     names as they appear in messages.
     """
 
-    __slots__ = ("_known", "_pending", "_pending_count", "checked", "texts", "track_unnamed")
+    __slots__ = (
+        "_known",
+        "_pending",
+        "_pending_count",
+        "checked",
+        "texts",
+        "tokens_only",
+        "track_unnamed",
+    )
 
     def __init__(self) -> None:
         #: Track every unnamed Parse, not only those whose Binds need checks: set when
@@ -159,6 +172,8 @@ class PreparedStatements:
         #: Keys of names with a candidate (known or pending) whose Binds the inspector
         #: must see. Read-only outside; test a name with :meth:`checks_binds`.
         self.checked: set[str] = set()
+        #: Names in :attr:`checked` whose every checked candidate is ``tokens_only``.
+        self.tokens_only: set[str] = set()
         #: name -> candidate SQL texts, for classifying ``EXECUTE name``.
         self.texts: Mapping[str, tuple[str, ...]] = _Texts(self)
 
@@ -171,6 +186,11 @@ class PreparedStatements:
     def checks_binds(self, name: str | bytes) -> bool:
         """Whether Binds of ``name`` must be shown to the inspector (the relay's test)."""
         return bool(self.checked) and name_key(name) in self.checked
+
+    def checks_only_tokens(self, name: str | bytes) -> bool:
+        """Whether Binds of ``name`` (in :attr:`checked`) are checked only for PII
+        tokens in their values: then a Bind without ``tok_`` in its bytes is not."""
+        return bool(self.tokens_only) and name_key(name) in self.tokens_only
 
     def candidates(self, name: str | bytes, batch: int = 0) -> tuple[Candidate, ...]:
         """Every statement the server may hold under ``name`` (empty: none known).
@@ -204,13 +224,15 @@ class PreparedStatements:
         longer be allowed: its next executions are judged again, at their Binds.
         Statements parsed from now on are judged as usual."""
         for key, known in list(self._known.items()):
-            if not known.check_binds:
-                self._known[key] = replace(known, check_binds=True)
+            if not known.check_binds or known.tokens_only:
+                self._known[key] = replace(known, check_binds=True, tokens_only=False)
         for queue in self._pending.values():
             for p in queue:
-                if p.candidate is not None and not p.candidate.check_binds:
-                    p.candidate = replace(p.candidate, check_binds=True)
+                c = p.candidate
+                if c is not None and (not c.check_binds or c.tokens_only):
+                    p.candidate = replace(c, check_binds=True, tokens_only=False)
         self.checked.update(self.names())
+        self.tokens_only.clear()
 
     # -- what the relay forwards -----------------------------------------------------
     def sent(self, batch: int, change: PreparedChange) -> PendingChange:
@@ -226,13 +248,22 @@ class PreparedStatements:
         if change.kind == "add":
             if key not in self._known and len(self._known) >= MAX_NAMES:
                 raise TooManyStatements(f"more than {MAX_NAMES} prepared statements")
-            cand = Candidate(change.sql, change.check_binds, param_types=change.param_types)
-            if change.check_binds:
-                self.checked.add(key)
+            cand = Candidate(
+                change.sql,
+                change.check_binds,
+                param_types=change.param_types,
+                tokens_only=change.check_binds and change.tokens_only,
+            )
         handle = PendingChange(self, change, batch, cand)
         queue = self._pending.setdefault(key, [])
         queue.append(handle)
         self._pending_count += 1
+        if cand is not None and cand.check_binds:
+            self.checked.add(key)
+            if not cand.tokens_only:
+                self.tokens_only.discard(key)
+            elif len(queue) < MAX_CANDIDATES:
+                self._recheck(key)  # token-only for every candidate of the name?
         if len(queue) >= MAX_CANDIDATES:
             self._recheck(key)  # may have become LOST: every Bind of it is checked
         return handle
@@ -244,6 +275,7 @@ class PreparedStatements:
         sql: str,
         check_binds: bool,
         param_types: tuple[int, ...] = (),
+        tokens_only: bool = False,
     ) -> PendingChange | None:
         """An allowed Parse was forwarded (called for every one: keep it cheap).
 
@@ -261,7 +293,10 @@ class PreparedStatements:
         would be matched to it instead of to this Parse.
         """
         if name or check_binds or self.track_unnamed or "" in self.checked or "" in self._pending:
-            return self.sent(batch, PreparedChange("add", name, sql, check_binds, param_types))
+            return self.sent(
+                batch,
+                PreparedChange("add", name, sql, check_binds, param_types, tokens_only=tokens_only),
+            )
         if self._known:
             # An older unnamed statement needed no checks either: forget it rather than
             # keep a picture the server no longer has (it drops it at this Parse).
@@ -280,7 +315,7 @@ class PreparedStatements:
         key = name_key(name)
         known = self._known.get(key)
         if known is not None and known.param_types != param_types and not known.lost:
-            self._known[key] = Candidate(known.sql, known.check_binds, False, param_types)
+            self._known[key] = replace(known, param_types=param_types)
 
     # -- what the server answered ------------------------------------------------------
     def _resolve(self, handle: PendingChange, happened: bool) -> None:
@@ -314,10 +349,17 @@ class PreparedStatements:
                 self._recheck(key)
 
     def _recheck(self, name: str) -> None:
-        if any(c.check_binds for c in self.candidates(name)):
+        candidates = self.candidates(name)
+        checked = [c for c in candidates if c.check_binds]
+        if checked:
             self.checked.add(name)  # also a name that is LOST
+            if all(c.tokens_only for c in checked):
+                self.tokens_only.add(name)
+            else:
+                self.tokens_only.discard(name)
         else:
             self.checked.discard(name)
+            self.tokens_only.discard(name)
 
 
 class _Texts(Mapping[str, tuple[str, ...]]):

@@ -126,6 +126,10 @@ class Allow:
     """
 
     check_binds: bool = False
+    #: ``check_binds`` only to resolve PII tokens the agent may send as values: the
+    #: relay shows the inspector only Binds whose bytes contain ``tok_`` (a Bind
+    #: without one has nothing to resolve), and forwards the others under this verdict.
+    check_only_tokens: bool = False
     changes: tuple[PreparedChange, ...] = ()
     #: The inspector promises that the very same message would be allowed again in
     #: this session, with no other effect, until the server reports a changed

@@ -607,7 +607,11 @@ class StatementTracker:
                 statements = self.info.statements
                 if not (strict or self.inspect_binds) and (
                     not statements.checked
-                    or not statements.checks_binds(_bind_statement_name(chunk, s, e))
+                    or not statements.checks_binds(name := _bind_statement_name(chunk, s, e))
+                    or (
+                        # checked only for PII tokens to resolve, and none is in it
+                        statements.checks_only_tokens(name) and chunk.find(b"tok_", s, e) < 0
+                    )
                 ):
                     queue.append((BIND, body, None, None))
                     self._batch_open = True
@@ -1076,6 +1080,7 @@ class StatementTracker:
             prepared.sql,
             prepared.verdict.check_binds,
             prepared.param_types,
+            prepared.verdict.check_only_tokens,
         )
         self._sent_stmts[key] = prepared
         if prepared.verdict.plan is not None:

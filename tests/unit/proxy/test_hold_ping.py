@@ -187,6 +187,7 @@ def test_pings_never_change_what_the_client_sees(steps: list, sliding: bool, see
     tags = iter(range(1_000_000))
     for p in pairs:
         p.send(m.query("begin"))
+    batch_open = False
     for kind, *rest in steps:
         if kind == "ping":
             pinged.ping()
@@ -195,11 +196,20 @@ def test_pings_never_change_what_the_client_sees(steps: list, sliding: bool, see
             msgs = [_encode(op, next(tags)) for op in rest[0]]
             if rest[1]:
                 msgs.append(SYNC)
+            if msgs:  # an empty step leaves the batch as it was
+                batch_open = not rest[1]
             for p in pairs:
                 p.send(*msgs)
         else:
+            # A Query slipped into a batch the client has not ended, after that batch
+            # failed, is skipped by the server without a ReadyForQuery, and the relay's
+            # cycle count ends one behind (liveness only; see StatementTracker._fail_entry)
+            # with or without pings. The client ends its batch first here, so that this
+            # property is about pings alone.
+            msgs = [SYNC, m.query(rest[0])] if batch_open else [m.query(rest[0])]
+            batch_open = False
             for p in pairs:
-                p.send(m.query(rest[0]))
+                p.send(*msgs)
         for p in pairs:
             seen[id(p)] += p.answer(cycles=1) if sliding else p.answer()
         pinged.ping()

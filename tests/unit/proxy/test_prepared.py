@@ -344,3 +344,22 @@ def test_what_the_server_holds_is_always_a_candidate_and_exact_once_answered(
                 _assert_covers(p, server)
         if not in_flight:
             _assert_exact(p, server)
+
+
+def test_binds_checked_only_for_tokens_are_skipped_while_every_candidate_allows_it() -> None:
+    """A statement checked at Bind only because its values may be PII tokens needs its
+    Binds shown only when they spell ``tok_``; once a candidate of the same name needs
+    every Bind (its decision depends on the values), all of them are shown again."""
+    p = PreparedStatements()
+    p.parse_sent(1, "s", "select email from t where id = $1", True, tokens_only=True).resolve(True)
+    assert p.checks_binds("s") and p.checks_only_tokens("s")
+    h = p.parse_sent(2, "s", RISKY.sql, True)  # the same name, now value-dependent
+    assert p.checks_binds("s") and not p.checks_only_tokens("s")  # either may be held
+    h.resolve(True)
+    assert not p.checks_only_tokens("s")
+    p.parse_sent(3, "s", "select 2 where $1", True, tokens_only=True).resolve(True)
+    assert p.checks_only_tokens("s")
+    p.judge_binds_again()  # a reload: every Bind is judged again
+    assert p.checks_binds("s") and not p.checks_only_tokens("s")
+    p.sent(4, PreparedChange("remove", "s")).resolve(True)
+    assert not p.checks_binds("s") and not p.checks_only_tokens("s")
