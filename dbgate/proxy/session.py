@@ -489,17 +489,7 @@ class Session:
         self._pause_client("limit", False)
 
         async def decide() -> None:
-            try:
-                verdict: object = await pending
-            except asyncio.CancelledError:
-                if self._closed:
-                    return
-                verdict = Refuse(sqlstate.QUERY_CANCELED, "canceling statement due to user request")
-            except Exception:
-                log.exception("session %s: over_changes failed; refusing", self.info.session_id)
-                verdict = Refuse(
-                    sqlstate.INTERNAL_ERROR, "dbgate: internal error while deciding; not run"
-                )
+            verdict = await self._settled(pending, "over_changes")
             self._deciding = None
             if self._closed:
                 return
@@ -514,18 +504,22 @@ class Session:
         self._deciding = asyncio.ensure_future(decide())
         self._pinger.start()
 
-    async def _await_verdict(self, pending: Awaitable[Allow | Refuse]) -> None:
+    async def _settled(self, pending: Awaitable[object], what: str) -> object:
+        """What an awaited decision came to: a cancel (the client's CancelRequest) is
+        57014 and a failure an internal error, so a statement waiting for it is never
+        run by accident. After the session closed, what it came to no longer matters."""
         try:
-            verdict: object = await pending
+            return await pending
         except asyncio.CancelledError:
-            if self._closed:
-                return
-            verdict = Refuse(sqlstate.QUERY_CANCELED, "canceling statement due to user request")
+            return Refuse(sqlstate.QUERY_CANCELED, "canceling statement due to user request")
         except Exception:
-            log.exception("session %s: verdict failed; refusing", self.info.session_id)
-            verdict = Refuse(
+            log.exception("session %s: %s failed; refusing", self.info.session_id, what)
+            return Refuse(
                 sqlstate.INTERNAL_ERROR, "dbgate: internal error while deciding; statement not run"
             )
+
+    async def _await_verdict(self, pending: Awaitable[Allow | Refuse]) -> None:
+        verdict = await self._settled(pending, "verdict")
         if self._closed:
             return
         try:
