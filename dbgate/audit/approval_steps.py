@@ -13,27 +13,16 @@ the queue never drops a record (it waits, or spills, while the database is away)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
-from dbgate.audit.events import ApprovalEvent
+from dbgate.audit.events import ApprovalEvent, ApprovalStage
 
 if TYPE_CHECKING:
     from dbgate.approvals.store import RequestRecord, StepHook
     from dbgate.audit.writer import AuditWriter
 
-_STEPS = frozenset(
-    {
-        "requested",
-        "approved",
-        "rejected",
-        "expired",
-        "withdrawn",
-        "abandoned",
-        "executed",
-        "revoked",
-        "refused",
-    }
-)
+#: The approval steps the trail records: those of the events' vocabulary.
+_STEPS = frozenset(get_args(ApprovalStage))
 
 
 def approval_event(
