@@ -52,6 +52,7 @@ from dbgate.policy.rules import RuleSet, decide_bind
 from dbgate.proxy.seams import (
     ALLOW,
     ALLOW_CHECKING_BINDS,
+    ALLOW_OPENING_MEASUREMENT,
     Allow,
     Refuse,
     Statement,
@@ -77,6 +78,8 @@ _ALLOW_DECLARES = "allow-declares"  # allowed, and declares dbgate.purpose/model
 _ALLOW_PLAIN = "allow"
 _ALLOW_LIMITED = "allow-limited"  # allowed under run-time limits (or clamped guards)
 _ANSWERS_CACHE_SIZE = 8192
+#: Commands whose Bind may be measured (``max_rows_changed``).
+_WRITE_COMMANDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 
 
 class Gate:
@@ -298,7 +301,10 @@ class Gate:
             return answer[3], classification
         if kind == "parse":
             if outcome is _NEEDS_BIND:
-                # nothing runs at Parse; decided at each Bind
+                # nothing runs at Parse; decided at each Bind (a write's Bind may be
+                # measured: the relay may open the measurement before this Parse)
+                if any(st.command in _WRITE_COMMANDS for st in classification.statements):
+                    return ALLOW_OPENING_MEASUREMENT, classification
                 return ALLOW_CHECKING_BINDS, classification
             if outcome is _ALLOW_SESSION:
                 return refusals.EXECUTE_IN_PARSE_REFUSED, classification
@@ -357,11 +363,12 @@ class Gate:
         session: SessionInfo,
         sql: str,
         catalog: KeyCatalog | None,
+        params: tuple[str | None, ...] | None = (),
     ) -> Any:
         """A limited Allow as the relay gets it: capped by the rows the identity has
         left under its window (refused when none), and, for a write measured as it
-        runs, given what to do past its limit (held instead when it is not a simple
-        Query: the relay measures only those)."""
+        runs (a Query, or a Bind with its ``params``), given what to do past its
+        limit. A Parse of such a write lets the relay open the measurement before it."""
         window = decision.row_window
         if window is not None and self.windows is not None:
             capped = windowed(verdict, window, self.windows, session.identity, catalog)
@@ -373,13 +380,19 @@ class Gate:
         if not verdict.max_changes:
             return verdict
         classification = decision.classification
-        if kind != "query":
+        if kind == "parse":
+            # Nothing runs at Parse: each Bind is measured, in a batch the relay sets up
+            # before this Parse when it is the batch's first message.
+            return ALLOW_OPENING_MEASUREMENT
+        if kind not in ("query", "bind"):
             return self._held(kind, unmeasured_hold(decision, classification), session, sql)  # type: ignore[arg-type]
 
         def over_changes(count: int) -> Verdict | Awaitable[Verdict]:
             over = over_changes_decision(decision, classification, count)  # type: ignore[arg-type]
             if over.action is _HOLD_ACTION:
-                return self.verdict(over, session, sql, ())
+                if params is None:  # approvers could not be shown its values
+                    return refusals.UNREADABLE_VALUES_REFUSED
+                return self.verdict(over, session, sql, params)
             refusals.log_refusal(session, over, sql)
             return changes_refusal(over)
 
@@ -584,19 +597,18 @@ class Gate:
         the rows left under its window), or it is held when a limit needs what a Bind
         cannot do (measure its changes, rewrite its text)."""
         verdict = self._limited(limits, classification, candidate.sql)
-        if type(verdict) is Allow and not verdict.max_changes and verdict.replace_sql is None:
-            return self._run_limited("bind", verdict, limits, session, candidate.sql, catalog)
-        if type(verdict) is Allow:
-            held = (
-                unmeasured_hold(limits, classification)
-                if verdict.max_changes  # the relay does not measure a Bind
-                else replace(verdict_hold(limits), classification=classification)
-            )
-        else:
-            held = verdict
         params = values_as_text(statement.params, statement.param_formats, candidate.param_types)
+        if type(verdict) is Allow and verdict.replace_sql is None:
+            # the values are shown to approvers only if a measured write goes past its limit
+            return self._run_limited(
+                "bind", verdict, limits, session, candidate.sql, catalog, params
+            )
         if params is None:
             return refusals.UNREADABLE_VALUES_REFUSED
+        if type(verdict) is Allow:  # a guard clamp: a Bind cannot rewrite its statement
+            held = replace(verdict_hold(limits), classification=classification)
+        else:
+            held = verdict
         return self.verdict(held, session, candidate.sql, params)
 
     def _bind_allowed(self, classification: Any) -> Allow:

@@ -8,15 +8,16 @@ its :class:`~dbgate.policy.model.Decision` (docs/rules.md, "Run-time limits"):
   the statement with SQLSTATE 54000 (``Allow.over_limit``). A rule that says
   ``over_limit: hold`` for reads cannot be honoured half-way through a result, so
   such a read is held before it runs;
-* ``max_rows_changed`` — rows changed per statement. A simple Query of plain DML
-  runs measured (``Allow.max_changes``, :mod:`dbgate.proxy.measure`): under a
-  savepoint pipelined with it, kept when its command tags count at most the limit,
-  undone past it and then decided by :func:`over_changes_decision` — held for
-  approval with the measured count, or refused with 54000, as the rule's
-  ``over_limit`` says. What cannot be measured is held before it runs (fail
-  closed): the extended protocol (Parse/Bind), strings with transaction control or
-  other commands a savepoint would change, DML whose tag does not count its rows
-  (in ``WITH``, under ``EXPLAIN ANALYZE``), and a limit of 0;
+* ``max_rows_changed`` — rows changed per statement. A simple Query of plain DML,
+  and an extended-protocol batch that binds it, run measured (``Allow.max_changes``,
+  :mod:`dbgate.proxy.measure`): under a savepoint pipelined with them, kept when
+  their command tags count at most the limit, undone past it and then decided by
+  :func:`over_changes_decision` — held for approval with the measured count, or
+  refused with 54000, as the rule's ``over_limit`` says. What cannot be measured is
+  held before it runs (fail closed): a measured Bind in the middle of a batch the
+  relay could not set up, strings with transaction control or other commands a
+  savepoint would change, DML whose tag does not count its rows (in ``WITH``, under
+  ``EXPLAIN ANALYZE``), and a limit of 0;
 * ``guard_clamps`` — a statement that sets a session guard (``statement_timeout``
   and friends) to 0, "no limit": it runs with the identity's ceiling instead
   (``SET statement_timeout = 0`` is forwarded as ``SET statement_timeout = 120000``;
@@ -77,8 +78,8 @@ def unmeasured_hold(decision: Decision, classification: Classification) -> Decis
         "unmeasured-changes",
         f"changes rows of a table without a unique key pinning them; the rule "
         f"'{decision.rule}' allows at most {decision.max_rows_changed} changed rows, "
-        "which dbgate cannot measure for this statement as it runs (the extended "
-        "protocol, or a string with transaction control)",
+        "which dbgate cannot measure for this statement as it runs (a string with "
+        "transaction control, or a statement bound in the middle of a batch)",
         decision.changes_over_limit,
     )
 
@@ -99,8 +100,9 @@ def over_changes_decision(
         )
     else:
         why = (
-            f"changes rows of {written} in a way dbgate could not count (a result too "
-            f"large to hold back); the rule '{decision.rule}' allows at most {limit:,}"
+            f"changes rows of {written} in a way dbgate could not count as it ran (a "
+            "result too large to hold back, or a statement bound in the middle of a "
+            f"batch); the rule '{decision.rule}' allows at most {limit:,}"
         )
     if over is not None and over.action is Action.HOLD:
         return _held(decision, classification, "changes-over-limit", why, over)
@@ -138,8 +140,7 @@ def limited_verdict(
 ) -> Allow | Decision:
     """The relay's verdict for an allowed ``decision`` with limits, or a hold
     decision when a limit cannot be enforced at run time. A write is given
-    ``max_changes`` here; the gate binds its ``over_changes`` to the session (and
-    holds it instead when the message is not a simple Query)."""
+    ``max_changes`` here; the gate binds its ``over_changes`` to the session."""
     changes = decision.max_rows_changed
     if changes is not None and (changes <= 0 or not measurable(classification)):
         return unmeasured_hold(decision, classification)

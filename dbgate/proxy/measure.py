@@ -35,11 +35,35 @@ How, for a simple Query (the only message the relay measures, see below):
     an error the server raises itself, so an open block is failed (status ``E``,
     later statements 25P02) and outside one the status is ``I``.
 
-The extended protocol (Parse/Bind/Execute) is not measured: PostgreSQL's implicit
-transaction of a batch cannot take a savepoint, and dbgate's own statements would
-have to be prepared under names of its own. A Parse, Bind or FunctionCall allowed
-with ``max_changes`` is therefore decided before it runs by ``over_changes(-1)``
-("not measured"): the gate holds it, allows it unmeasured or refuses it.
+For the extended protocol, a *batch* (the messages up to a Sync) is measured as one
+unit, set up the same way but only where a Query of dbgate's can still go: before the
+batch's first message. A simple Query in the middle of a batch would end the
+client's implicit transaction and destroy its unnamed statement, so:
+
+* a Bind allowed with ``max_changes`` opens the measurement when it is the first
+  message of its batch (a driver that binds a named statement: asyncpg, psycopg
+  after its prepare threshold);
+* a Parse of such a write (``Allow.opens_measurement``) opens it when it is the
+  first message of its batch, because its Bind follows in the same batch (libpq,
+  psycopg, pg8000: Parse/Bind/Describe/Execute/Sync). A batch that then binds
+  nothing measured (a prepare-only Parse/Describe/Sync) is simply kept;
+* a measured Bind further into a batch that no measurement covers is not measured
+  and is decided before it runs by ``over_changes(-1)`` (held or refused).
+
+The answers of the whole batch are held back until its ReadyForQuery. The count is
+the sum of the tags of Executes of portals bound by measured Binds (changes by
+statements proven narrow in the same batch do not count against the limit), and
+past the limit it is undone as a Query is; the named statements the batch prepared
+are closed again (prepared statements outlive a rollback), so that a refusal leaves
+the server as the client then believes it, and an approval re-sends the client's
+batch as it sent it, judged again, unmeasured.
+
+Two cases cannot hold their answers back: the client asks for them before its Sync
+(Flush), or a COPY FROM STDIN waits for its data. The answers then go to the client
+as they come (rows past the held-back cap are still dropped and make the count
+unmeasurable), and past the limit the statement is undone and refused (54000) at its
+Sync, the way PostgreSQL fails a batch at commit; it cannot be held, because the
+client has seen its results.
 
 A rollback cannot undo everything a statement does: sequence values it drew
 (``nextval``, serial and identity columns), NOTIFY (sent on commit only, so an undone
@@ -53,10 +77,14 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from dbgate.proxy.prepared import name_key
 from dbgate.wire import sqlstate
+from dbgate.wire.messages import frame
 
 if TYPE_CHECKING:
     from dbgate.proxy.seams import Allow, Refuse, Verdict
+
+_FLUSH_MSG, _PARSE_MSG, _BIND_MSG, _EXECUTE_MSG = (ord(c) for c in "HPBE")
 
 #: Command tags whose count is rows changed.
 _CHANGE_TAGS = ("INSERT", "UPDATE", "DELETE", "MERGE", "COPY")
@@ -72,42 +100,95 @@ def changed_rows(tag: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-def setup_sql(savepoint: str) -> str:
-    return f"BEGIN; SAVEPOINT {savepoint}"
+def setup_sql(savepoint: str) -> list[str]:
+    return ["BEGIN", f"SAVEPOINT {savepoint}"]
 
 
-def undo_sql(savepoint: str, opened: bool) -> str:
+def undo_sql(savepoint: str, opened: bool) -> list[str]:
     if opened:
-        return "ROLLBACK"
-    return f"ROLLBACK TO SAVEPOINT {savepoint}; RELEASE SAVEPOINT {savepoint}"
+        return ["ROLLBACK"]
+    return [f"ROLLBACK TO SAVEPOINT {savepoint}", f"RELEASE SAVEPOINT {savepoint}"]
 
 
-def release_sql(savepoint: str) -> str:
-    return f"RELEASE SAVEPOINT {savepoint}"
+def release_sql(savepoint: str) -> list[str]:
+    return [f"RELEASE SAVEPOINT {savepoint}"]
+
+
+def as_query(statements: list[str]) -> bytes:
+    """dbgate's statements as one simple Query (around a measured Query, whose own
+    Query destroys the unnamed statement anyway)."""
+    return frame(ord("Q"), "; ".join(statements).encode() + b"\0")
+
+
+def as_batch(statements: list[str], name: str) -> bytes:
+    """dbgate's statements through the extended protocol, ended by a Sync of their
+    own (around a measured batch). A simple Query would destroy the client's unnamed
+    statement, which a client may Parse in one batch and Bind in the next (pg8000);
+    so each runs as a statement and a portal named ``name`` (a name no client can
+    guess), the statement closed right after its Bind, so that nothing of dbgate's
+    stays prepared even when a statement fails, and the portal after its Execute."""
+    b = name.encode()
+    out = []
+    for sql in statements:
+        out.append(frame(ord("P"), b + b"\0" + sql.encode() + b"\0\0\0"))
+        out.append(frame(ord("B"), b + b"\0" + b + b"\0\0\0\0\0\0\0"))
+        out.append(frame(ord("C"), b"S" + b + b"\0"))
+        out.append(frame(ord("E"), b + b"\0\0\0\0\0"))
+        out.append(frame(ord("C"), b"P" + b + b"\0"))
+    out.append(frame(ord("S"), b""))
+    return b"".join(out)
+
+
+#: Rows held back for a measured batch before any measured Bind says its limit.
+BATCH_ROWS_HELD = 1000
 
 
 class Measurement:
-    """One measured Query, from its forwarding to the relay's decision."""
+    """One measured Query or batch, from its forwarding to the relay's decision."""
 
     __slots__ = (
         "already",
+        "batch",
+        "bound",
         "buffer",
         "copying",
         "count",
+        "delivering",
         "entry",
         "errored",
         "failed",
+        "kept",
         "message",
+        "messages",
+        "named",
+        "open",
         "opened",
         "overflow",
+        "parsed",
+        "passing",
+        "portals",
+        "ran",
+        "resend_from",
         "rows",
+        "running",
+        "sql",
         "verdict",
     )
 
-    def __init__(self, verdict: Allow, message: bytes) -> None:
+    def __init__(self, verdict: Allow | None, message: bytes, batch: bool = False) -> None:
+        #: The measured statement's verdict (its limit and ``over_changes``); for a
+        #: batch, the measured Bind's with the smallest limit, None until one comes.
         self.verdict = verdict
         self.message = message  # the Query as forwarded (to run it again if approved)
+        self.sql = ""  # the measured statement's text (what a refusal is recorded with)
         self.entry: tuple[Any, ...] | None = None  # the client's Query in the queue
+        self.batch = batch  # an extended-protocol batch, up to its Sync
+        self.open = batch  # batch: its Sync is not sent yet
+        self.messages: list[bytes] = []  # batch: the client's messages, to send again
+        self.portals: set[str] = set()  # batch: portals bound by measured Binds
+        self.named: list[str] = []  # batch: named statements it prepared (closed if undone)
+        self.bound: list[str] = []  # batch: portals it bound (ended if undone)
+        self.running = False  # dbgate's set-up was answered: the answers are its own
         self.already = False  # dbgate's BEGIN warned: the client's block was open
         self.failed = False  # dbgate's BEGIN failed: a failed block, nothing measured
         self.opened = False  # dbgate's BEGIN opened the block: dbgate ends it
@@ -117,18 +198,74 @@ class Measurement:
         self.overflow = False  # more rows than may be held: not measurable
         self.buffer: list[bytes] = []
         self.copying = False  # a COPY FROM STDIN of it takes the client's data
+        #: The answers go to the client as they come (Flush, COPY FROM STDIN): past
+        #: the limit it can only be undone and refused, not held.
+        self.delivering = False
+        # A Flush before anything ran (asyncpg prepares with Parse/Describe/Flush and
+        # binds in the same batch once it has the answers): the answers so far pass,
+        # and the batch is measured (and sent again) from the message after it.
+        self.passing = False  # answers pass until the client sends on
+        self.resend_from = 0  # index in :attr:`messages` a re-send starts at
+        self.parsed: list[str] = []  # names of the Parses the client sent in it
+        self.kept: frozenset[str] = frozenset()  # those before the flush point: kept
+        self.ran = False  # a Bind or Execute was sent in it
+
+    def client_message(self, t: int, frame: bytes, in_flight: int) -> None:
+        """One more message of the client's in this batch (kept, to send again)."""
+        if self.passing and t != _FLUSH_MSG:
+            # The client sends on after its Flush: if the answers before it are all
+            # in, the rest is held back again; if not, they can no longer be told
+            # apart, and everything passes (the batch can then only be refused).
+            self.passing = False
+            if in_flight:
+                self.delivering = True
+        self.messages.append(frame)
+        if t == _FLUSH_MSG:
+            if self.verdict is None and not self.ran and not self.delivering:
+                self.passing = True
+                self.resend_from = len(self.messages)
+                self.kept = frozenset(self.parsed)
+            else:
+                self.delivering = True
+        elif t == _PARSE_MSG:
+            end = frame.find(b"\0", 5)
+            if end > 5:
+                self.parsed.append(name_key(frame[5:end]))
+        elif t in (_BIND_MSG, _EXECUTE_MSG):
+            self.ran = True
+
+    @property
+    def resent(self) -> bytes:
+        """The client's messages to send again once approved (after a flush point,
+        those whose answers it has not seen)."""
+        return b"".join(self.messages[self.resend_from :])
+
+    @property
+    def to_close(self) -> list[str]:
+        """Named statements the batch prepared that an undo must close: not those
+        whose ParseComplete the client saw before a flush point."""
+        return [k for k in self.named if k not in self.kept]
+
+    @property
+    def limit(self) -> int:
+        return self.verdict.max_changes if self.verdict is not None else 0
 
     @property
     def cap(self) -> int:
         """Rows that may be held back: RETURNING gives at most one per changed row,
         so the limit bounds the buffer (and a row limit, when smaller)."""
-        limit = self.verdict.max_changes
-        if self.verdict.max_rows and self.verdict.max_rows < limit:
-            return self.verdict.max_rows
+        verdict = self.verdict
+        if verdict is None:
+            return BATCH_ROWS_HELD
+        limit = verdict.max_changes
+        if verdict.max_rows and verdict.max_rows < limit:
+            return verdict.max_rows
         return limit
 
     @property
     def over(self) -> bool:
+        if self.verdict is None:  # nothing measured ran: kept as it ran
+            return False
         return self.overflow or self.count > self.verdict.max_changes
 
     @property
@@ -136,9 +273,17 @@ class Measurement:
         """The count ``over_changes`` is given. Rows past :attr:`cap` were dropped;
         when the changes counted do not explain them (a SELECT in the string returned
         them), -1: more rows than may be held, so not measurable."""
-        if self.overflow and self.count <= self.verdict.max_changes:
+        if self.overflow and self.count <= self.limit:
             return -1
         return self.count
+
+    def covers(self, verdict: Allow, sql: str) -> None:
+        """A measured Bind of this batch (of the statement ``sql``): its limit applies
+        to the batch, the smallest one deciding (it is the one whose ``over_changes``
+        is asked)."""
+        if self.verdict is None or verdict.max_changes < self.verdict.max_changes:
+            self.verdict = verdict
+            self.sql = sql
 
 
 def ask(verdict: Allow, count: int) -> Verdict | Awaitable[Verdict]:
@@ -166,6 +311,22 @@ def ask(verdict: Allow, count: int) -> Verdict | Awaitable[Verdict]:
         return Refuse(
             sqlstate.INTERNAL_ERROR, "dbgate: internal error while deciding; statement not run"
         )
+
+
+def delivered_refusal(m_: Measurement) -> Refuse:
+    """Past the limit after the client saw the answers (Flush, COPY FROM STDIN):
+    undone and refused, since a hold would show them twice."""
+    from dbgate.proxy.seams import Refuse
+
+    count = m_.measured
+    what = f"changed {count} rows" if count >= 0 else "returned more rows than may be held back"
+    return Refuse(
+        sqlstate.PROGRAM_LIMIT_EXCEEDED,
+        f"dbgate: this statement {what}, more than its limit of {m_.limit} changed rows; "
+        "it was undone. It could not be held for approval: the client had its results "
+        "before it ended (a Flush, or COPY data)",
+        hint="change fewer rows (a WHERE on a key); a batch sent without Flush is held instead",
+    )
 
 
 def settled(verdict: object) -> Allow | Refuse:

@@ -158,6 +158,11 @@ class Allow:
     #: See :mod:`dbgate.proxy.measure` for what is measured and what the client sees.
     max_changes: int = 0
     over_changes: Callable[[int], Verdict | Awaitable[Verdict]] | None = None
+    #: (A Parse) a write whose Binds will be measured (``max_changes``): when this
+    #: Parse is the first message of a batch, the relay sets the measurement up before
+    #: it, since the Bind that follows in the same batch is past the point where it
+    #: still could. A batch that binds nothing measured is kept as it ran.
+    opens_measurement: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,7 @@ class Notice:
 
 ALLOW = Allow()
 ALLOW_CHECKING_BINDS = Allow(check_binds=True)
+ALLOW_OPENING_MEASUREMENT = Allow(check_binds=True, opens_measurement=True)
 ALLOW_REPEATABLE = Allow(repeatable=True)
 Verdict = Allow | Refuse
 

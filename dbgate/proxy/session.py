@@ -409,7 +409,7 @@ class Session:
             if self._waiting is not None or tracker.blocked or self._cancelling:
                 self._queue(data)
                 return
-            if tracker.skip_until_sync:  # every message matters: all but Sync dropped
+            if tracker.sees_every_message:  # skipping to Sync, or a measured batch
                 chunk, frames = self._c2s.feed(data)
                 full = True
             else:
@@ -481,6 +481,21 @@ class Session:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _after_replay(self) -> None:
+        """A measured batch approved past its limit was sent again: what of it did
+        not go (a statement in it waits for a verdict, or runs under a row limit)
+        waits ahead of the client's later messages."""
+        tracker = self.tracker
+        waiting = tracker.waiting
+        if waiting is not None and self._waiting is None:
+            if waiting.rest:
+                self._queue(waiting.rest, first=True)
+            self._waiting = asyncio.ensure_future(self._await_verdict(waiting.verdict))
+            self._pinger.start()
+        elif tracker.replay_rest:
+            self._queue(tracker.replay_rest, first=True)
+            tracker.replay_rest = b""
+
     def _await_over_changes(self, pending: Awaitable[Allow | Refuse]) -> None:
         """A measured statement went over its limit and was undone; its fate is
         awaited (an approval). The client's later messages wait meanwhile."""
@@ -496,6 +511,7 @@ class Session:
             tracker = self.tracker
             try:
                 self.upstream.write(tracker.measure_resume(verdict))
+                self._after_replay()
                 if not tracker.blocked and self._waiting is None:
                     self._unpark()
             except Exception:
@@ -602,6 +618,7 @@ class Session:
                 if tracker.cancel_requested:
                     tracker.cancel_requested = False
                     self._start_cancel()
+                self._after_replay()
                 if tracker.measure_waiting is not None:
                     self._await_over_changes(tracker.measure_waiting)
                 elif not tracker.blocked and self._waiting is None:

@@ -138,6 +138,9 @@ MEASURE_SETUP, MEASURE_SILENT, MEASURE_COMMIT = 14, 15, 16
 # A Sync of dbgate's that keeps a held statement's transaction from idling out: its
 # ReadyForQuery is not shown, and it is not a client cycle.
 PING = 17
+# A Close of dbgate's: a named statement a measured batch prepared, closed again when
+# the batch is undone (its CloseComplete is not shown).
+MEASURE_CLOSE = 18
 _KIND_NAMES = (
     "Query",
     "Parse",
@@ -157,6 +160,7 @@ _KIND_NAMES = (
     "Query of dbgate's",
     "COMMIT of dbgate's",
     "Sync of dbgate's",
+    "Close of dbgate's",
 )
 _SYNC_ENTRY = (SYNC,)
 _DESCRIBE_UNNAMED_PORTAL = (DESCRIBE_P, "")
@@ -425,6 +429,12 @@ class StatementTracker:
         #: :meth:`measure_resume` with the verdict (the client's messages still wait).
         self.measure_waiting: Awaitable[Allow | Refuse] | None = None
         self._pending_decision: measure.Measurement | None = None
+        #: Parse and Bind bodies of a measured batch approved past its limit and sent
+        #: again: each is let through once without opening or joining a measurement.
+        self._approved: set[bytes] = set()
+        #: What a re-sent batch left unsent (it reached a statement under a row limit):
+        #: the relay parks it ahead of the client's later messages.
+        self.replay_rest = b""
         #: The client's messages wait: a statement under a row limit is running.
         self.blocked = False
         self.blocked_rest = b""  # what followed that statement in the same read
@@ -459,6 +469,12 @@ class StatementTracker:
     @property
     def in_flight(self) -> int:
         return len(self._queue) - self._markers
+
+    @property
+    def sees_every_message(self) -> bool:
+        """The relay must hand :meth:`client_chunk` every message, not only the
+        selected types: skipping to a Sync, or a measured batch that must see a Flush."""
+        return self.skip_until_sync or (self._measure is not None and self._measure.open)
 
     @property
     def mask(self) -> bytes:
@@ -533,9 +549,15 @@ class StatementTracker:
         observed = self.observer is not None
         for t, s, e in frames:
             hdr = s - 5
+            if self._measure is not None and self._measure.open:
+                self._measure.client_message(t, chunk[hdr:e], self.in_flight)
             if self.skip_until_sync:
                 if t == _SYNC_MSG:
                     self.sync_sent()
+                    if self._approved:
+                        self._approved.clear()  # a re-sent batch ends here
+                    if self._measure is not None and self._measure.batch:
+                        return self._end_measured_batch(chunk, e, out, fwd)
                 elif t != _FLUSH:
                     if out is None:
                         out = []
@@ -549,6 +571,10 @@ class StatementTracker:
                     self.sent_cycles += 1
                     queue.append(_SYNC_ENTRY)
                     self._batch_open = False
+                if self._approved:
+                    self._approved.clear()  # a re-sent batch ends here
+                if self._measure is not None and self._measure.batch:
+                    return self._end_measured_batch(chunk, e, out, fwd)
                 continue
             if t == _EXECUTE:
                 self._batch_open = True
@@ -629,10 +655,12 @@ class StatementTracker:
             elif t in (_COPY_DONE_MSG, _COPY_FAIL_MSG):
                 self.copy_end_sent()
                 if self._measure is not None and self._measure.copying:
-                    # The end of a measured COPY's data: wait again for the decision.
                     self._measure.copying = False
-                    self.blocked = True
-                    return self._stop_at(chunk, e, out, fwd)
+                    if not self._measure.batch:
+                        # The end of a measured COPY's data: wait again for the decision
+                        # (a batch waits at its Sync, which follows).
+                        self.blocked = True
+                        return self._stop_at(chunk, e, out, fwd)
                 continue
             elif t == _TERMINATE_MSG:
                 self.terminating = True
@@ -641,8 +669,9 @@ class StatementTracker:
                 continue
             rec = self.received(stmt) if observed else None
             verdict = self._inspect(stmt)
-            if type(verdict) is Allow and verdict.max_changes:
-                if t == _QUERY_MSG:
+            opened = False  # this message opens a measured batch
+            if type(verdict) is Allow and (verdict.max_changes or verdict.opens_measurement):
+                if t == _QUERY_MSG and verdict.max_changes and self._measure is None:
                     if observed:
                         self.decided(rec, verdict)
                     if out is None:
@@ -651,7 +680,16 @@ class StatementTracker:
                         out.append(chunk[fwd:hdr])
                     out.append(self._measured_query(rec, verdict, _rewritten(t, body, verdict)))
                     return self._stop_at(chunk, e, out, e)
-                verdict = self._unmeasurable(verdict)
+                setup, verdict = self._measured_extended(t, body, stmt.sql, verdict)
+                if setup:
+                    opened = True
+                    if out is None:
+                        out = []
+                    if hdr > fwd:
+                        out.append(chunk[fwd:hdr])
+                    out.append(setup)
+                    fwd = hdr
+                    self._measure.client_message(t, chunk[hdr:e], 0)  # type: ignore[union-attr]
             if type(verdict) is Allow and (
                 verdict.replace_sql is not None or verdict.replace_params is not None
             ):
@@ -667,6 +705,8 @@ class StatementTracker:
                 fwd = e
                 if self.blocked:
                     return self._stop_at(chunk, e, out, fwd)
+                if opened and not full:
+                    return self._rest_in_order(chunk, e, out, fwd)
                 continue
             if type(verdict) is Allow:
                 if observed:
@@ -678,6 +718,8 @@ class StatementTracker:
                     memo[body] = (stmt, verdict, prepared)
                 if self.blocked:
                     return self._stop_at(chunk, e, out, fwd)
+                if opened and not full:
+                    return self._rest_in_order(chunk, e, out, fwd)
                 continue
             if out is None:
                 out = []
@@ -733,6 +775,7 @@ class StatementTracker:
         """The bytes to send for a Query allowed with ``max_changes``: dbgate's set-up
         and the Query, pipelined. The client's later messages wait for the decision."""
         m_ = measure.Measurement(verdict, message)
+        m_.sql = rec.sql if rec is not None else ""
         self.sent_cycles += 1
         self._measures += 1
         self._queue.append((MEASURE_SETUP, m_))
@@ -741,7 +784,82 @@ class StatementTracker:
         self._measure = m_
         self._measures += 1
         self.blocked = True
-        return m.frame(_QUERY_MSG, measure.setup_sql(SAVEPOINT).encode() + b"\0") + message
+        return measure.as_query(measure.setup_sql(SAVEPOINT)) + message
+
+    def _measured_extended(
+        self, t: int, body: bytes, sql: str, verdict: Allow
+    ) -> tuple[bytes, Allow | Refuse | Awaitable[Allow | Refuse]]:
+        """An extended-protocol message (or a Query while a batch is measured) allowed
+        with ``max_changes`` or ``opens_measurement``: dbgate's set-up to send before
+        it when it opens a measured batch (else ``b""``), and its verdict now."""
+        if self._approved and body in self._approved:
+            self._approved.discard(body)  # a batch approved past its limit, again
+            return b"", measure.settled(verdict)
+        setup = b""
+        if verdict.opens_measurement or (t == _BIND_MSG and verdict.max_changes):
+            setup = self._open_measured_batch()
+        return setup, self._joined(t, body, sql, verdict)
+
+    def _open_measured_batch(self) -> bytes:
+        """dbgate's set-up of a measured batch, to send before the client's message
+        (a measured Bind, or a Parse that ``opens_measurement``), or ``b""`` when none
+        can be opened here: only at the batch's first message, where a Query of
+        dbgate's ends nothing of the client's (see :mod:`dbgate.proxy.measure`)."""
+        if (
+            self._measure is not None
+            or self._batch_open
+            or self.skip_until_sync
+            or self._copy_in_open
+            or self._copy_in
+            or self.measure_waiting is not None
+        ):
+            return b""
+        m_ = measure.Measurement(None, b"", batch=True)
+        self.sent_cycles += 1
+        self._measures += 2  # the set-up, and the batch until its ReadyForQuery
+        self._queue.append((MEASURE_SETUP, m_))
+        self._measure = m_
+        return measure.as_batch(measure.setup_sql(SAVEPOINT), SAVEPOINT)
+
+    def _joined(
+        self, t: int, body: bytes, sql: str, verdict: Allow
+    ) -> Allow | Refuse | Awaitable[Allow | Refuse]:
+        """A message allowed with ``max_changes`` (or opening a measurement): a Bind
+        in a measured batch is covered by it; anything else with a limit of its own
+        is not measured, and decided before it runs."""
+        m_ = self._measure
+        if t == _BIND_MSG and verdict.max_changes and m_ is not None and m_.open:
+            m_.covers(verdict, sql)
+            m_.portals.add(_bind_names(body)[0])
+            # Its rows are bounded by what the measurement may hold back.
+            return replace(verdict, max_changes=0, over_changes=None, max_rows=0, over_limit=None)
+        if verdict.max_changes:
+            return self._unmeasurable(verdict)
+        return verdict
+
+    def _end_measured_batch(
+        self, chunk: bytes, e: int, out: list[bytes] | None, fwd: int
+    ) -> list[bytes]:
+        """The client's Sync of a measured batch was forwarded: its later messages
+        wait for the batch's decision."""
+        self._measure.open = False  # type: ignore[union-attr]
+        self.blocked = True
+        return self._stop_at(chunk, e, out, fwd)
+
+    def _rest_in_order(
+        self, chunk: bytes, e: int, out: list[bytes] | None, fwd: int
+    ) -> list[bytes]:
+        """A measured batch opened at the message ending at ``e``: the rest of the
+        read is seen message by message (a Flush in it matters now)."""
+        if out is None:
+            out = []
+        if e > fwd:
+            out.append(chunk[fwd:e])
+        rest = chunk[e:]
+        if rest:
+            more = self.client_chunk(rest, split_frames(rest), True)
+            out.extend(more if more is not None else (rest,))
+        return out
 
     def _unmeasurable(self, verdict: Allow) -> Allow | Refuse | Awaitable[Allow | Refuse]:
         """A Parse, Bind or FunctionCall allowed with ``max_changes``: not measured, so
@@ -751,12 +869,14 @@ class StatementTracker:
             return _settle_later(decision)
         return measure.settled(decision)
 
-    def _measure_inject(self, kind: int, sql: str) -> None:
+    def _measure_inject(self, kind: int, statements: list[str], batch: bool) -> None:
         self._batch_open = False
         self.sent_cycles += 1
         self._measures += 1
         self._queue.append((kind,))
-        self._upstream.append(m.frame(_QUERY_MSG, sql.encode() + b"\0"))
+        self._upstream.append(
+            measure.as_batch(statements, SAVEPOINT) if batch else measure.as_query(statements)
+        )
 
     def measure_resume(self, verdict: object) -> bytes:
         """The awaited ``over_changes`` answered (:attr:`measure_waiting`): returns the
@@ -766,14 +886,59 @@ class StatementTracker:
         return self.take_upstream()
 
     def _measure_decided(self, m_: measure.Measurement, verdict: Allow | Refuse) -> None:
+        if isinstance(verdict, Allow) and m_.batch:
+            if self._limit is None:
+                self.blocked = False
+            self._replay(m_)
+            return
         if isinstance(verdict, Allow):
             # Approved: the client's Query again, unmeasured; its answers are the client's.
-            self.query_sent(None, replace(m_.verdict, max_changes=0, over_changes=None))
+            self.query_sent(None, replace(m_.verdict, max_changes=0, over_changes=None))  # type: ignore[type-var]
             self._upstream.append(m_.message)
         else:
             self._upstream.append(self.refuse(None, verdict, _QUERY_MSG))
         if self._limit is None:
             self.blocked = False
+
+    def _forget_batch(self, m_: measure.Measurement) -> None:
+        """An undone batch: its portals ended with the rollback; the named statements
+        it prepared did not (prepared statements outlive a rollback), so dbgate closes
+        them, silently: a refused batch then left nothing behind, and an approved one
+        prepares them again as the client sent it."""
+        for portal in m_.bound:
+            self._portals.pop(portal, None)
+            self._portal_state.pop(portal, None)
+            self._sent_limits.pop(portal, None)
+        to_close = m_.to_close
+        if not to_close:
+            return
+        for key in to_close:
+            handle = self.info.statements.close_sent(self.sent_cycles + 1, key)
+            self._queue.append((MEASURE_CLOSE, key, handle))
+            self._upstream.append(
+                m.frame(_CLOSE_MSG, b"S" + key.encode("utf-8", "surrogateescape") + b"\0")
+            )
+            self._measures += 1
+            if self._sent_stmts.get(key) is self._stmts.get(key):
+                self._sent_stmts.pop(key, None)
+        self.sent_cycles += 1
+        self._measures += 1
+        self._queue.append((MEASURE_SILENT,))
+        self._upstream.append(_PING)  # a Sync: ends the Closes' cycle
+
+    def _replay(self, m_: measure.Measurement) -> None:
+        """A measured batch approved past its limit: the client's messages again, as
+        it sent them, judged again; its measured Binds (and the Parses that opened the
+        measurement) pass once without a measurement."""
+        data = m_.resent
+        frames = split_frames(data)
+        self._approved = {data[s:e] for t, s, e in frames if t in (_PARSE_MSG, _BIND_MSG)}
+        self.blocked_rest = b""
+        out = self.client_chunk(data, frames, True)
+        self._upstream.extend(out if out is not None else (data,))
+        if self.blocked and self.blocked_rest:
+            self.replay_rest = self.blocked_rest  # parked ahead of the client's own
+            self.blocked_rest = b""
 
     def _measure_frames(self, chunk: bytes, frames: list[Frame], full: bool) -> list[bytes]:
         """The server's answers while a measurement has entries in flight."""
@@ -819,7 +984,10 @@ class StatementTracker:
                 self.done_cycles += 1
                 self.info.transaction_status = _STATUS[chunk[s]]
                 m_.opened = not (m_.already or m_.failed)
+                m_.running = True  # what the server answers next is the measured one's
             return b""
+        if kind == MEASURE_CLOSE:
+            return self._measure_closed(t, chunk, s, e)
         if kind in (MEASURE_SILENT, MEASURE_COMMIT):
             if t == _A:
                 return self._one(t, frame)
@@ -843,16 +1011,41 @@ class StatementTracker:
                 )
             return b""
         m_ = self._measure
-        if m_ is None or head is not m_.entry:
+        if m_ is None or not m_.running or (not m_.batch and head is not m_.entry):
             return self._one(t, frame)
         return self._measured_message(m_, t, chunk, s, e)
+
+    def _measure_closed(self, t: int, chunk: bytes, s: int, e: int) -> bytes:
+        """An answer to a Close of dbgate's (a measured batch undone): not shown."""
+        queue = self._queue
+        if t == _CLOSE_OK:
+            _, key, handle = queue.popleft()
+            self._measures -= 1
+            if handle is not None:
+                handle.resolve(True)
+            self._stmts.pop(key, None)
+            return b""
+        if t == _E:  # the server skips the other Closes to the Sync
+            log.warning(
+                "session %s: dbgate's Close after an undone batch failed: %s",
+                self.info.session_id,
+                m.decode_backend(t, chunk[s:e]),
+            )
+            while queue and queue[0][0] == MEASURE_CLOSE:
+                _, key, handle = queue.popleft()
+                self._measures -= 1
+                if handle is not None:
+                    handle.resolve(False)
+        return b""
 
     def _measured_message(
         self, m_: measure.Measurement, t: int, chunk: bytes, s: int, e: int
     ) -> bytes:
-        """One answer to the measured Query itself."""
+        """One answer to the measured Query itself, or to a message of the measured
+        batch."""
         frame = chunk[s - 5 : e]
-        if t == _Z:
+        head = self._queue[0] if self._queue else None
+        if t == _Z and (not m_.batch or (head is not None and head[0] == SYNC)):
             status = chunk[s]
             ready = self._one(t, frame)  # ends the entry (record, transaction status)
             self._measures -= 1
@@ -861,9 +1054,21 @@ class StatementTracker:
         if m_.failed:
             return self._one(t, frame)  # a failed block: passed as it comes
         if t == _CMD_COMPLETE:
-            m_.count += measure.changed_rows(m.parse_command_complete(chunk[s:e]))
+            if (
+                not m_.batch
+                or head is None
+                or head[0] == QUERY
+                or (head[0] == EXECUTE and head[1] in m_.portals)
+            ):
+                m_.count += measure.changed_rows(m.parse_command_complete(chunk[s:e]))
         elif t == _E:
             m_.errored = True
+        elif t == _PARSE_OK:
+            if m_.batch and head is not None and head[0] == PARSE and head[1]:
+                m_.named.append(head[1])  # closed again if the batch is undone
+        elif t == _BIND_OK:
+            if m_.batch and head is not None and head[0] == BIND:
+                m_.bound.append(_bind_names(head[1])[0])
         elif t == _COPY_IN:
             # The server waits for the client's data: what is held goes out now and the
             # client may send until it ends the copy (then it waits again).
@@ -871,16 +1076,27 @@ class StatementTracker:
             held = b"".join(m_.buffer)
             m_.buffer.clear()
             m_.copying = True
+            m_.delivering = True
             self.blocked = False
             return held + piece
         piece = self._one(t, frame)
         if t in (_DATA_ROW, _COPY_DATA):
             m_.rows += 1
             if m_.rows > m_.cap:
-                m_.overflow = True
-                m_.buffer = [b for b in m_.buffer if b[:1] not in (b"D", b"d")]
+                if m_.verdict is None:
+                    # Nothing measured has bound yet: the rows are not held back any
+                    # longer (a measured Bind after them can then only be refused).
+                    m_.delivering = True
+                else:
+                    m_.overflow = True
+                    m_.buffer = [b for b in m_.buffer if b[:1] not in (b"D", b"d")]
             if m_.overflow:
                 return b""
+        if m_.delivering or m_.passing:
+            if m_.buffer:
+                piece = b"".join(m_.buffer) + piece
+                m_.buffer.clear()
+            return piece
         if piece:
             m_.buffer.append(piece)
         return b""
@@ -896,7 +1112,7 @@ class StatementTracker:
             return held + ready
         if m_.errored or status == 0x45:  # 'E'
             if m_.opened:  # the client had no block: it sees its implicit one end
-                self._measure_inject(MEASURE_SILENT, "ROLLBACK")
+                self._measure_inject(MEASURE_SILENT, ["ROLLBACK"], m_.batch)
                 self.info.transaction_status = "I"
                 ready = m.ready_for_query("I")
             if release:
@@ -904,17 +1120,29 @@ class StatementTracker:
             return held + ready
         if not m_.over:
             if m_.opened:
-                self._measure_inject(MEASURE_COMMIT, "COMMIT")  # its ReadyForQuery is the client's
+                # its ReadyForQuery is the client's
+                self._measure_inject(MEASURE_COMMIT, ["COMMIT"], m_.batch)
                 return held
-            self._measure_inject(MEASURE_SILENT, measure.release_sql(SAVEPOINT))
+            self._measure_inject(MEASURE_SILENT, measure.release_sql(SAVEPOINT), m_.batch)
             if release:
                 self.blocked = False
             return held + ready
         # Over the limit: undone at once, then decided.
-        self._measure_inject(MEASURE_SILENT, measure.undo_sql(SAVEPOINT, m_.opened))
+        self._measure_inject(MEASURE_SILENT, measure.undo_sql(SAVEPOINT, m_.opened), m_.batch)
+        if m_.batch:
+            self._forget_batch(m_)
         if m_.opened:
             self.info.transaction_status = "I"
-        decision = measure.ask(m_.verdict, m_.measured)
+        if m_.delivering:  # the client saw its answers: it cannot be held
+            refusal = measure.delivered_refusal(m_)
+            log.warning("session %s: %s", self.info.session_id, refusal.message)
+            rec = self._record("query", m_.sql) if self.observer is not None else None
+            self.decided(rec, refusal)  # recorded as a refusal of dbgate's
+            self._upstream.append(self.refuse(rec, refusal, _QUERY_MSG))
+            if self._limit is None:
+                self.blocked = False
+            return held
+        decision = measure.ask(m_.verdict, m_.measured)  # type: ignore[arg-type]
         if isinstance(decision, Awaitable):
             self._pending_decision = m_
             self.measure_waiting = decision  # type: ignore[assignment]
@@ -974,11 +1202,17 @@ class StatementTracker:
             if waiting.record is not None:
                 self._finish(waiting.record, "", skipped=True)
             return b""
-        if isinstance(verdict, Allow) and verdict.max_changes:
-            if waiting.message_type == _QUERY_MSG:
-                message = _rewritten(waiting.message_type, waiting.body, verdict)
+        setup = b""
+        if isinstance(verdict, Allow) and (verdict.max_changes or verdict.opens_measurement):
+            t = waiting.message_type
+            if t == _QUERY_MSG and verdict.max_changes and self._measure is None:
+                message = _rewritten(t, waiting.body, verdict)
                 return self._measured_query(waiting.record, verdict, message)
-            unmeasured = self._unmeasurable(verdict)
+            setup, unmeasured = self._measured_extended(
+                t, waiting.body, waiting.statement.sql, verdict
+            )
+            if setup:
+                self._measure.client_message(t, waiting.message, 0)  # type: ignore[union-attr]
             if not isinstance(unmeasured, (Allow, Refuse)):
                 # decided by over_changes(-1), awaited in turn
                 self.waiting = Waiting(unmeasured, *waiting[1:])
@@ -988,8 +1222,8 @@ class StatementTracker:
             return self.refuse(waiting.record, verdict, waiting.message_type)
         self._sent(waiting.message_type, waiting.record, waiting.statement, verdict, waiting.body)
         if verdict.replace_sql is not None or verdict.replace_params is not None:
-            return _rewritten(waiting.message_type, waiting.body, verdict)
-        return waiting.message
+            return setup + _rewritten(waiting.message_type, waiting.body, verdict)
+        return setup + waiting.message
 
     def _inspect(self, stmt: Statement) -> Allow | Refuse | Awaitable[Allow | Refuse]:
         try:

@@ -1,0 +1,442 @@
+"""Writes sent through the extended protocol, measured as they run (the default pack).
+
+A write the classifier cannot prove narrow is allowed up to ``max_rows_changed``
+(100) rows. Sent as Parse/Bind/Execute/Sync — what asyncpg, psycopg 3 and
+SQLAlchemy send — its batch runs under a savepoint dbgate sets up before the batch's
+first message; the batch's answers wait for its ReadyForQuery; under the limit they
+are the client's as PostgreSQL sent them, past it the batch is undone and held with
+the measured count, and an approval sends it again. See dbgate/proxy/measure.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+import psycopg
+import pytest
+
+from dbgate.wire import messages as m
+from tests.integration.holds.clients import AsyncpgNotices, PsycopgNotices, check_notice
+from tests.integration.holds.harness import AGENT, AGENT_PASSWORD, HoldsEnv, admin_execute
+from tests.integration.rawclient import RawClient, errors, extended, names, rows, status
+
+TABLE = "mb"
+SYNC = m.Sync().encode()
+FLUSH = m.Flush().encode()
+
+
+@pytest.fixture
+def mb(env: HoldsEnv) -> str:
+    """600 rows, all noted 'n'; ``n`` may not reach 1000 (a check to violate)."""
+    admin_execute(
+        env.admin_dsn,
+        f"DROP TABLE IF EXISTS {TABLE}",
+        f"CREATE TABLE {TABLE} (id int PRIMARY KEY, note text NOT NULL, "
+        "n int NOT NULL DEFAULT 0 CHECK (n < 1000))",
+        f"INSERT INTO {TABLE} (id, note) SELECT g, 'n' FROM generate_series(1, 600) g",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {TABLE} TO PUBLIC",
+    )
+    return TABLE
+
+
+async def noted(env: HoldsEnv, note: str) -> int:
+    conn = await asyncpg.connect(env.admin_dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE note = $1", note))
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def agent_conn(env: HoldsEnv) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def held(client: RawClient) -> int:
+    """The request id of the hold notice the raw client gets next."""
+    notice = (await client.until(m.NoticeResponse))[-1]
+    return check_notice(notice.message, notice.fields.get("D", ""), notice.sqlstate)
+
+
+async def raw_agent(env: HoldsEnv) -> RawClient:
+    return await RawClient.connect(
+        "127.0.0.1", env.app.port, user=AGENT, password=AGENT_PASSWORD, database=env.data_db
+    )
+
+
+# -- asyncpg: a named statement, bound in a batch of its own -----------------------------
+
+
+async def test_an_unproven_write_through_bind_runs_measured_under_its_limit(
+    env: HoldsEnv, mb: str, agent_conn: asyncpg.Connection
+) -> None:
+    notices = AsyncpgNotices(agent_conn)
+    sql = f"UPDATE {mb} SET note = $1 WHERE id <= $2"
+    done = agent_conn.execute(sql, "a", 50)
+    assert await asyncio.wait_for(done, 30) == "UPDATE 50"
+    assert notices.empty()  # not held
+    assert await noted(env, "a") == 50
+    assert not agent_conn.is_in_transaction()
+    # the same prepared statement again, inside the client's own block
+    tr = agent_conn.transaction()
+    await tr.start()
+    assert await agent_conn.execute(sql, "b", 60) == "UPDATE 60"
+    assert agent_conn.is_in_transaction()
+    await tr.rollback()
+    assert await noted(env, "b") == 0
+    async with agent_conn.transaction():
+        assert await agent_conn.execute(sql, "b", 60) == "UPDATE 60"
+    assert await noted(env, "b") == 60
+    assert notices.empty()
+
+
+async def test_an_unproven_write_through_bind_over_its_limit_is_undone_and_held(
+    env: HoldsEnv, mb: str, agent_conn: asyncpg.Connection
+) -> None:
+    notices = AsyncpgNotices(agent_conn)
+    running = asyncio.create_task(
+        agent_conn.execute(f"UPDATE {mb} SET note = $1 WHERE id <= $2", "o", 500)
+    )
+    try:
+        rid = await notices.held()
+        assert await noted(env, "o") == 0  # undone while the approver decides
+        row = await env.app.arequest(rid)
+        reasons = json.loads(row["reasons"])
+        over = [r for r in reasons if r["code"] == "changes-over-limit"]
+        assert over and "would change 500 rows of" in over[0]["text"], reasons
+        await env.app.aapprove(rid)
+        assert await running == "UPDATE 500"  # sent again, once
+        assert await noted(env, "o") == 500
+
+        running = asyncio.create_task(agent_conn.execute(f"DELETE FROM {mb} WHERE note = $1", "o"))
+        rid = await notices.held()
+        await env.app.areject(rid, "too many")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await running
+        assert await noted(env, "o") == 500
+        # the session and its prepared statements go on
+        assert await agent_conn.fetchval(f"SELECT note FROM {mb} WHERE id = $1", 7) == "o"
+        assert await agent_conn.execute(f"DELETE FROM {mb} WHERE note = $1", "zz") == "DELETE 0"
+    finally:
+        running.cancel()
+
+
+async def test_an_error_in_a_measured_batch_is_the_clients_error(
+    env: HoldsEnv, mb: str, agent_conn: asyncpg.Connection
+) -> None:
+    sql = f"UPDATE {mb} SET n = n + $1 WHERE id <= $2"
+    with pytest.raises(asyncpg.CheckViolationError):
+        await agent_conn.execute(sql, 5000, 10)
+    assert not agent_conn.is_in_transaction()
+    assert await agent_conn.execute(sql, 1, 10) == "UPDATE 10"
+    with pytest.raises(asyncpg.InFailedSQLTransactionError):
+        async with agent_conn.transaction():
+            with pytest.raises(asyncpg.CheckViolationError):
+                await agent_conn.execute(sql, 5000, 10)
+            await agent_conn.execute(sql, 1, 10)
+    assert await agent_conn.fetchval(f"SELECT sum(n) FROM {mb}") == 10
+
+
+# -- psycopg 3: Parse/Bind/Describe/Execute/Sync of the unnamed statement --------------
+
+
+async def test_psycopg_returning_rows_arrive_once_and_the_status_is_the_servers(
+    env: HoldsEnv, mb: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            f"UPDATE {mb} SET note = %s WHERE id <= %s RETURNING id", ("r", 60)
+        )
+        assert sorted(r[0] for r in await cur.fetchall()) == list(range(1, 61))
+        assert cur.statusmessage == "UPDATE 60"
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        async with conn.transaction(force_rollback=True):
+            cur = await conn.execute(f"DELETE FROM {mb} WHERE id > %s RETURNING id", (590,))
+            assert len(await cur.fetchall()) == 10
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert (await (await conn.execute(f"SELECT count(*) FROM {mb}")).fetchone()) == (600,)
+        # prepared: a named Parse in the same batch as its Bind, then its Binds alone
+        for _ in range(3):
+            cur = await conn.execute(
+                f"UPDATE {mb} SET n = n + 1 WHERE id <= %s", (20,), prepare=True
+            )
+            assert cur.statusmessage == "UPDATE 20"
+        assert (await (await conn.execute(f"SELECT sum(n) FROM {mb}")).fetchone()) == (60,)
+
+
+async def test_psycopg_over_the_limit_held_then_approved_returns_its_rows(
+    env: HoldsEnv, mb: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as conn:
+        notices = PsycopgNotices(conn)
+        running = asyncio.create_task(
+            conn.execute(f"UPDATE {mb} SET note = %s WHERE id > %s RETURNING id", ("p", 100))
+        )
+        try:
+            rid = await notices.aheld()
+            assert await noted(env, "p") == 0
+            await env.app.aapprove(rid)
+            cur = await running
+            assert sorted(r[0] for r in await cur.fetchall()) == list(range(101, 601))
+            assert cur.statusmessage == "UPDATE 500"
+        finally:
+            running.cancel()
+        assert await noted(env, "p") == 500
+
+
+async def test_psycopg_prepared_over_the_limit_rejected_leaves_nothing_prepared(
+    env: HoldsEnv, mb: str
+) -> None:
+    """The rejected batch prepared a named statement; dbgate closed it again, so the
+    driver (which saw its batch fail) prepares it afresh next time."""
+    async with await psycopg.AsyncConnection.connect(
+        env.dsn, autocommit=True, prepare_threshold=0
+    ) as conn:
+        notices = PsycopgNotices(conn)
+        sql = f"UPDATE {mb} SET note = %s WHERE id <= %s"
+        running = asyncio.create_task(conn.execute(sql, ("q", 300)))
+        try:
+            rid = await notices.aheld()
+            await env.app.areject(rid, "no")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await running
+        finally:
+            running.cancel()
+        assert await noted(env, "q") == 0
+        cur = await conn.execute(sql, ("q", 30))
+        assert cur.statusmessage == "UPDATE 30"
+        cur = await conn.execute(sql, ("q", 40))
+        assert cur.statusmessage == "UPDATE 40"
+        assert await noted(env, "q") == 40
+
+
+# -- on the wire: what drivers do not send ------------------------------------------------
+
+
+async def test_a_named_statement_of_an_undone_batch_is_closed_then_prepared_again(
+    env: HoldsEnv, mb: str
+) -> None:
+    client = await raw_agent(env)
+    try:
+        batch = (
+            m.Parse("s1", f"UPDATE {mb} SET note = $1 WHERE id <= $2").encode(),
+            m.Bind("", "s1", params=(b"w", b"400")).encode(),
+            m.Execute("", 0).encode(),
+            SYNC,
+        )
+        client.send(*batch)
+        rid = await held(client)
+        await env.app.areject(rid, "no")
+        got = await client.until_ready()
+        assert [e.sqlstate for e in errors(got)] == ["42501"]
+        assert status(got) == "I"
+        # s1 is gone, as the client now believes: preparing it again works
+        client.send(*batch)
+        rid = await held(client)
+        await env.app.aapprove(rid)
+        got = await client.until_ready()
+        assert names(got) == ["ParseComplete", "BindComplete", "CommandComplete", "ReadyForQuery"]
+        assert got[2].tag == "UPDATE 400"
+        # and it exists now: a Bind alone runs it (measured, under the limit)
+        client.send(m.Bind("", "s1", params=(b"v", b"10")).encode(), m.Execute("", 0), SYNC)
+        got = await client.until_ready()
+        assert names(got) == ["BindComplete", "CommandComplete", "ReadyForQuery"]
+        assert got[1].tag == "UPDATE 10"
+    finally:
+        await client.close()
+    assert await noted(env, "w") == 390
+
+
+async def test_a_measured_bind_in_the_middle_of_a_batch_is_held_before_it_runs(
+    env: HoldsEnv, mb: str
+) -> None:
+    """A set-up can only go before a batch's first message: a write bound later in a
+    batch that no measurement covers is not run until a human says so."""
+    client = await raw_agent(env)
+    try:
+        client.send(
+            extended("SELECT 1"), extended(f"UPDATE {mb} SET note = 'x' WHERE note = 'n'"), SYNC
+        )
+        rid = await held(client)
+        assert await noted(env, "x") == 0
+        row = await env.app.arequest(rid)
+        assert any(
+            r["code"] == "changes-over-limit" and "could not count" in r["text"]
+            for r in json.loads(row["reasons"])
+        ), row["reasons"]
+        await env.app.areject(rid, "no")
+        got = await client.until_ready()
+        assert [e.sqlstate for e in errors(got)] == ["42501"]
+        assert rows(got) == [(b"1",)]
+        assert status(got) == "I"
+    finally:
+        await client.close()
+    assert await noted(env, "x") == 0
+
+
+async def test_batches_pipelined_behind_a_measured_one_wait_and_keep_their_order(
+    env: HoldsEnv, mb: str
+) -> None:
+    client = await raw_agent(env)
+    try:
+        client.send(
+            extended(f"UPDATE {mb} SET note = 'k' WHERE id <= 10"),
+            SYNC,
+            extended(f"UPDATE {mb} SET note = 'k' WHERE id <= 500"),
+            SYNC,
+            extended(f"SELECT count(*) FROM {mb} WHERE note = 'k'"),
+            SYNC,
+        )
+        first = await client.until_ready()
+        assert [x.tag for x in first if isinstance(x, m.CommandComplete)] == ["UPDATE 10"]
+        assert status(first) == "I"
+        rid = await held(client)
+        assert await noted(env, "k") == 10  # the second is undone, the third waits
+        await env.app.aapprove(rid)
+        second = await client.until_ready()
+        assert [x.tag for x in second if isinstance(x, m.CommandComplete)] == ["UPDATE 500"]
+        third = await client.until_ready()
+        assert rows(third) == [(b"500",)]
+    finally:
+        await client.close()
+
+
+async def test_a_batch_that_asks_for_its_answers_early_gets_them_and_past_the_limit_fails(
+    env: HoldsEnv, mb: str
+) -> None:
+    """Flush: the answers cannot wait for the Sync, so they go as they come; past the
+    limit the batch is undone and fails at its Sync (54000), like an error at commit."""
+    client = await raw_agent(env)
+    try:
+        client.send(extended(f"UPDATE {mb} SET note = 'f' WHERE id <= 20"), FLUSH)
+        got = await client.until(m.CommandComplete)
+        assert got[-1].tag == "UPDATE 20"
+        client.send(SYNC)
+        assert status(await client.until_ready()) == "I"
+        assert await noted(env, "f") == 20
+
+        client.send(extended(f"UPDATE {mb} SET note = 'g' WHERE id <= 300"), FLUSH)
+        got = await client.until(m.CommandComplete)
+        assert got[-1].tag == "UPDATE 300"
+        client.send(SYNC)
+        got = await client.until_ready()
+        assert [e.sqlstate for e in errors(got)] == ["54000"]
+        assert "undone" in errors(got)[0].message
+        assert status(got) == "I"
+        assert await noted(env, "g") == 0
+        assert await noted(env, "f") == 20
+    finally:
+        await client.close()
+
+
+async def test_a_prepare_only_batch_and_a_proven_write_are_not_held(
+    env: HoldsEnv, mb: str, agent_conn: asyncpg.Connection
+) -> None:
+    """asyncpg prepares in a batch of its own (Parse/Describe/Sync): a measurement
+    opened for it binds nothing and is simply kept."""
+    stmt = await agent_conn.prepare(f"UPDATE {mb} SET note = $1 WHERE note = $2")
+    assert stmt.get_parameters()
+    assert await stmt.fetch("h", "nothing") == []
+    assert await agent_conn.execute(f"UPDATE {mb} SET note = $1 WHERE id = $2", "h", 3) == (
+        "UPDATE 1"
+    )
+    assert await noted(env, "h") == 1
+
+
+# -- other clients, and a failed block -------------------------------------------------
+
+
+def test_sqlalchemy_and_pg8000_run_an_unproven_write_measured(env: HoldsEnv, mb: str) -> None:
+    """SQLAlchemy (psycopg dialect, inside the transaction it begins) and pg8000
+    (unnamed Parse/Bind/Execute/Sync) write under the limit without a hold."""
+    import pg8000.dbapi
+    import sqlalchemy as sa
+
+    url = env.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            done = conn.execute(
+                sa.text(f"UPDATE {mb} SET note = :n WHERE id <= :k"), {"n": "s", "k": 30}
+            )
+            assert done.rowcount == 30
+    finally:
+        engine.dispose()
+    assert asyncio.run(noted(env, "s")) == 30
+
+    port = env.app.port
+    conn = pg8000.dbapi.connect(
+        user=AGENT, password=AGENT_PASSWORD, host="127.0.0.1", port=port, database=env.data_db
+    )
+    try:
+        cur = conn.cursor()
+        cur.execute(f"UPDATE {mb} SET note = %s WHERE id <= %s", ("t", 40))
+        assert cur.rowcount == 40
+        conn.commit()
+    finally:
+        conn.close()
+    assert asyncio.run(noted(env, "t")) == 40
+
+
+async def test_a_measured_batch_in_a_failed_block_fails_as_the_block_does(
+    env: HoldsEnv, mb: str
+) -> None:
+    """The set-up fails in a failed block (25P02) and nothing is measured: the
+    client's batch fails by itself, exactly as without dbgate."""
+    client = await raw_agent(env)
+    try:
+        await client.query("BEGIN")
+        got = await client.query("SELECT 1/0")
+        assert [e.sqlstate for e in errors(got)] == ["22012"] and status(got) == "E"
+        client.send(extended(f"UPDATE {mb} SET note = 'e' WHERE id <= 10"), SYNC)
+        got = await client.until_ready()
+        assert [e.sqlstate for e in errors(got)] == ["25P02"]
+        assert status(got) == "E"
+        got = await client.query("ROLLBACK")
+        assert status(got) == "I"
+        client.send(extended(f"UPDATE {mb} SET note = 'e' WHERE id <= 10"), SYNC)
+        got = await client.until_ready()
+        assert [x.tag for x in got if isinstance(x, m.CommandComplete)] == ["UPDATE 10"]
+        assert status(got) == "I"
+    finally:
+        await client.close()
+    assert await noted(env, "e") == 10
+
+
+async def test_a_client_gone_during_the_hold_of_a_measured_batch_leaves_nothing_behind(
+    env: HoldsEnv, mb: str
+) -> None:
+    client = await RawClient.connect(
+        "127.0.0.1",
+        env.app.port,
+        user=AGENT,
+        password=AGENT_PASSWORD,
+        database=env.data_db,
+        params={"application_name": "mb-gone"},
+    )
+    try:
+        client.send(extended(f"UPDATE {mb} SET note = 'g' WHERE id <= 300"), SYNC)
+        await held(client)
+    finally:
+        client.abort()
+    assert await noted(env, "g") == 0
+    # the upstream session ends with the client: nothing left running or locked
+    conn = await asyncpg.connect(env.admin_dsn)
+    try:
+        for _ in range(500):
+            left = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mb-gone'"
+            )
+            if left == 0:
+                break
+            await conn.execute("SELECT pg_sleep(0.01)")
+        assert left == 0
+    finally:
+        await conn.close()
