@@ -36,9 +36,12 @@ How, for a simple Query (the only message the relay measures, see below):
     later statements 25P02) and outside one the status is ``I``.
 
 For the extended protocol, a *batch* (the messages up to a Sync) is measured as one
-unit, set up the same way but only where a Query of dbgate's can still go: before the
-batch's first message. A simple Query in the middle of a batch would end the
-client's implicit transaction and destroy its unnamed statement, so:
+unit. dbgate's own statements around it (set-up, release, commit, undo) go through
+the extended protocol under a statement and portal name of dbgate's, each ended by
+a Sync of their own (:func:`as_batch`): a simple Query would destroy the client's
+unnamed statement, which a client may Parse in one batch and Bind in the next. The
+set-up can only go before the batch's first message (a Sync in the middle of a batch
+would end it early), so:
 
 * a Bind allowed with ``max_changes`` opens the measurement when it is the first
   message of its batch (a driver that binds a named statement: asyncpg, psycopg
