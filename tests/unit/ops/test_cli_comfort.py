@@ -97,7 +97,7 @@ def test_version() -> None:
 
 def test_shell_completion_is_offered() -> None:
     result = runner.invoke(app, ["--show-completion", "bash"], prog_name="dbgate")
-    assert result.exit_code == 0
+    assert result.exit_code == 0, (result.output, repr(result.exception), result.exc_info)
     assert "_DBGATE_COMPLETE" in result.stdout
 
 
