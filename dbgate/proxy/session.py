@@ -43,9 +43,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from dbgate.proxy.budget import MemoryBudget, Reservation
+from dbgate.proxy.entries import CLIENT_TYPES
 from dbgate.proxy.hold_ping import MAX_INTERVAL, HoldPinger
 from dbgate.proxy.seams import Allow, MessageFilter, Notice, Observer, Refuse
-from dbgate.proxy.tracker import CLIENT_TYPES, StatementTracker
+from dbgate.proxy.tracker import StatementTracker
 from dbgate.proxy.upstream import CancelNotConfirmed
 from dbgate.wire import messages as m
 from dbgate.wire import sqlstate

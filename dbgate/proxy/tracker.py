@@ -31,22 +31,102 @@ answers, and it is the single owner of:
   never counted as a client cycle (see :mod:`dbgate.proxy.hold_ping`).
 
 Transitions live in the ``_on_*`` methods of the server side, one per message type,
-and the ``*_sent`` methods of the client side. Nothing here does I/O: the relay
+and the ``*_sent`` methods of the client side. The transitions of measured writes
+(``Allow.max_changes``) are a part of the same object kept in its own module,
+:mod:`dbgate.proxy.measured`; the message types and entry kinds both use are in
+:mod:`dbgate.proxy.entries`. Nothing here does I/O: the relay
 writes what :meth:`refuse` returns and what :meth:`server_chunk` returns.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import replace
-from struct import Struct, unpack_from
-from typing import TYPE_CHECKING, Any, NamedTuple
+from struct import unpack_from
+from typing import TYPE_CHECKING, NamedTuple
 
 from dbgate.proxy import measure
+from dbgate.proxy.entries import (
+    BIND,
+    BIND_MSG,
+    BIND_OK,
+    CLOSE,
+    CLOSE_MSG,
+    CLOSE_OK,
+    CMD_COMPLETE,
+    COPY_BOTH,
+    COPY_DATA,
+    COPY_DONE_MSG,
+    COPY_DONE_SRV,
+    COPY_END,
+    COPY_END_ENTRY,
+    COPY_FAIL_MSG,
+    COPY_IN,
+    COPY_OUT,
+    DATA_ROW,
+    DESCRIBE_MSG,
+    DESCRIBE_P,
+    DESCRIBE_S,
+    DESCRIBE_UNNAMED_PORTAL,
+    EMPTY_QUERY,
+    ENDS_CYCLE,
+    ERROR_MSG,
+    EXECUTE,
+    EXECUTE_MSG,
+    FLUSH_MSG,
+    FUNC_RESULT,
+    FUNCTION,
+    FUNCTION_MSG,
+    INJECTED_PARSE,
+    INJECTED_QUERY,
+    KIND_NAMES,
+    MAX_IN_FLIGHT,
+    MEASURE_COMMIT,
+    MEASURE_SETUP,
+    MEASURE_SILENT,
+    MEMO_MAX_ENTRIES,
+    MEMO_MAX_MESSAGE,
+    NO_DATA,
+    NONCE,
+    NOTICE_MSG,
+    NOTIFY_MSG,
+    PARAM_DESC,
+    PARAM_STATUS_MSG,
+    PARSE,
+    PARSE_MSG,
+    PARSE_OK,
+    PING,
+    PING_ENTRY,
+    QUERY,
+    QUERY_MSG,
+    READY_MSG,
+    ROW_DESC,
+    SILENT_PARSE,
+    SILENT_QUERY,
+    STATUS,
+    SUSPENDED,
+    SYNC,
+    SYNC_ENTRY,
+    SYNC_FRAME,
+    SYNC_MSG,
+    TERMINATE_MSG,
+    TRACK_TYPES,
+    TRACK_WITH_MESSAGES,
+    U16,
+    Entry,
+    bind_names,
+    bind_statement_name,
+    description_formats,
+    expand_formats,
+    field_count,
+    rewritten_message,
+    row_count,
+    sqlstate_of,
+)
+from dbgate.proxy.measured import MeasuredWrites
 from dbgate.proxy.prepared import name_key
 from dbgate.proxy.row_limit import RowLimiter, rewrite_run
 from dbgate.proxy.seams import (
@@ -70,111 +150,12 @@ from dbgate.wire.framing import (
     DATA_ROW_RUN,
     Frame,
     split_frames,
-    type_mask,
 )
 
 if TYPE_CHECKING:
     from dbgate.proxy.session_info import SessionInfo
 
 log = logging.getLogger("dbgate.session")
-
-_NONCE = secrets.token_hex(8)  # marks errors this process injected; unguessable by clients
-#: The savepoint of a measured statement: a name no client can guess, so it cannot
-#: release or roll back to it by accident (nor shadow it).
-SAVEPOINT = f"dbgate_measure_{_NONCE}"
-
-# Frontend message types
-_QUERY_MSG, _PARSE_MSG, _BIND_MSG, _FUNCTION_MSG = (ord(c) for c in "QPBF")
-_SYNC_MSG, _CLOSE_MSG, _TERMINATE_MSG, _FLUSH = (ord(c) for c in "SCXH")
-_EXECUTE, _DESCRIBE = ord("E"), ord("D")
-_COPY_DONE_MSG, _COPY_FAIL_MSG = ord("c"), ord("f")
-#: What the client side must see; all other messages pass as bytes.
-CLIENT_TYPES = type_mask("QPBFSCXEDcf")
-
-MEMO_MAX_ENTRIES = 128  # repeatable verdicts remembered per session
-MEMO_MAX_MESSAGE = 2048  # bytes; longer messages are always inspected
-
-# Backend message types
-_Z, _PS, _E, _N, _A = (ord(c) for c in "ZSENA")
-_PARSE_OK, _BIND_OK, _CLOSE_OK = (ord(c) for c in "123")
-_PARAM_DESC, _ROW_DESC, _NO_DATA = (ord(c) for c in "tTn")
-_DATA_ROW, _CMD_COMPLETE, _EMPTY, _SUSPENDED = (ord(c) for c in "DCIs")
-_DATA_ROW_RUN = DATA_ROW_RUN  # DataRows folded into one frame (while rows are rewritten)
-_COPY_IN, _COPY_OUT, _COPY_BOTH, _COPY_DATA = (ord(c) for c in "GHWd")
-_COPY_DONE_SRV = ord("c")
-_FUNC_RESULT = ord("V")
-
-#: What the server side must always see: everything that answers a client message,
-#: and ParameterStatus/ErrorResponse. DataRow/CopyData only while a rewriter is
-#: active; notices and notifications only when a message filter is configured.
-TRACK_TYPES = type_mask("ZSE123tTnCIsGHWV")
-TRACK_WITH_MESSAGES = type_mask("ZSE123tTnCIsGHWVNA")
-
-#: Entries in flight per session; a client that pipelines more without reading its
-#: answers is ended (54000) rather than allowed to grow dbgate's memory.
-MAX_IN_FLIGHT = 100_000
-
-# Entry kinds. Entries are tuples whose first item is the kind (tuples are several
-# times cheaper to make than objects, and one is made per message):
-#   (QUERY, verdict, record, changes)   changes: None or [index, [(i, handle), ...]]
-#   (PARSE, name key, _Prepared, handle, record)
-#   (BIND, body, verdict or None, record)
-#   (DESCRIBE_S, name key) / (DESCRIBE_P, portal)
-#   (EXECUTE, portal, record)
-#   (CLOSE, "S" or "P", name, handle)
-#   (SYNC,) / (COPY_END,)     COPY_END marks where the client ended COPY data
-#   (FUNCTION, record)
-#   (INJECTED_QUERY, refusal, record, token) / (INJECTED_PARSE, refusal, record, token)
-#   (PING,)                   a Sync of dbgate's (see :meth:`StatementTracker.ping`)
-QUERY, PARSE, BIND, DESCRIBE_S, DESCRIBE_P, EXECUTE, CLOSE, SYNC, FUNCTION = range(9)
-INJECTED_QUERY, INJECTED_PARSE, COPY_END = 9, 10, 11
-# Failures dbgate sends after a statement that went over its row limit finished
-# anyway, so that the server agrees it failed; their answers are not shown.
-SILENT_QUERY, SILENT_PARSE = 12, 13
-# Queries of dbgate's around a measured Query (see dbgate.proxy.measure): its set-up
-# (BEGIN; SAVEPOINT), statements whose answers are never shown (release, undo), and
-# the COMMIT of a block dbgate opened (its error and ReadyForQuery are the client's).
-MEASURE_SETUP, MEASURE_SILENT, MEASURE_COMMIT = 14, 15, 16
-# A Sync of dbgate's that keeps a held statement's transaction from idling out: its
-# ReadyForQuery is not shown, and it is not a client cycle.
-PING = 17
-# A Close of dbgate's: a named statement a measured batch prepared, closed again when
-# the batch is undone (its CloseComplete is not shown).
-MEASURE_CLOSE = 18
-_KIND_NAMES = (
-    "Query",
-    "Parse",
-    "Bind",
-    "Describe of a statement",
-    "Describe of a portal",
-    "Execute",
-    "Close",
-    "Sync",
-    "FunctionCall",
-    "refused Query",
-    "refused message",
-    "end of COPY data",
-    "Query of dbgate's",
-    "Parse of dbgate's",
-    "measurement set-up of dbgate's",
-    "Query of dbgate's",
-    "COMMIT of dbgate's",
-    "Sync of dbgate's",
-    "Close of dbgate's",
-)
-_SYNC_ENTRY = (SYNC,)
-_DESCRIBE_UNNAMED_PORTAL = (DESCRIBE_P, "")
-_COPY_END_ENTRY = (COPY_END,)
-_PING_ENTRY = (PING,)
-_PING = m.frame(ord("S"), b"")
-_ENDS_CYCLE = frozenset({QUERY, SYNC, FUNCTION, INJECTED_QUERY, SILENT_QUERY})
-
-_I16 = Struct("!h")
-#: Parameter counts are sent as Int16 but read unsigned: a statement may have up to
-#: 65,535 parameters (asyncpg checks 32,768 of them), past the signed range.
-_U16 = Struct("!H")
-_STATUS = {0x49: "I", 0x54: "T", 0x45: "E"}
-Entry = tuple[Any, ...]
 
 
 class TrackerDesync(ServerProtocolError):
@@ -237,10 +218,6 @@ def _refined(parsed: Allow | None, verdict: Allow) -> Allow:
     )
 
 
-async def _settle_later(decision: Awaitable[object]) -> Allow | Refuse:
-    return measure.settled(await decision)
-
-
 def _over_limit(verdict: Allow) -> Refuse:
     if verdict.over_limit is not None:
         return verdict.over_limit
@@ -274,96 +251,7 @@ class Waiting(NamedTuple):
     rest: bytes  # what followed it in the same read
 
 
-def _bind_statement_name(chunk: bytes, s: int, e: int) -> bytes:
-    """The statement name of a Bind message, as raw bytes, without decoding the rest."""
-    i = chunk.find(b"\0", s, e)
-    j = chunk.find(b"\0", i + 1, e) if i >= 0 else -1
-    if j < 0:
-        raise ClientProtocolError("malformed Bind message")
-    return chunk[i + 1 : j]
-
-
-def _rewritten(t: int, body: bytes, verdict: Allow) -> bytes:
-    """The message to forward for an Allow that replaces the SQL text or Bind values."""
-    if t == _QUERY_MSG and verdict.replace_sql is not None:
-        return m.frame(t, verdict.replace_sql.encode() + b"\0")
-    if t == _PARSE_MSG and verdict.replace_sql is not None:
-        name, _, types = m.parse_parse(body)
-        return m.Parse(name, verdict.replace_sql, types).encode()
-    if t == _BIND_MSG and verdict.replace_params is not None:
-        portal, stmt, formats, _, result_formats = m.parse_bind(body)
-        return m.Bind(
-            portal,
-            stmt,
-            param_formats=formats,
-            params=verdict.replace_params,
-            result_formats=result_formats,
-        ).encode()
-    return m.frame(t, body)
-
-
-def _row_count(tag: str) -> int:
-    """Rows returned or affected, from a command tag ("SELECT 5", "INSERT 0 5")."""
-    i = tag.rfind(" ")
-    if i > 0 and tag[i + 1 :].isdigit():
-        return int(tag[i + 1 :])
-    return 0
-
-
-def _expand_formats(formats: tuple[int, ...], n: int) -> tuple[int, ...]:
-    """Bind's format codes (none = all text, one = all alike, or one each) for n values."""
-    if not formats:
-        return (0,) * n
-    if len(formats) == 1:
-        return formats * n
-    return formats
-
-
-def _bind_names(body: bytes) -> tuple[str, str]:
-    """Portal and statement name of a Bind body, without decoding the values."""
-    if body[:2] == b"\0\0":
-        return "", ""  # the unnamed portal of the unnamed statement: the common case
-    i = body.find(b"\0")
-    j = body.find(b"\0", i + 1) if i >= 0 else -1
-    if j < 0:
-        raise ClientProtocolError("malformed Bind message")
-    return (
-        body[:i].decode("utf-8", "surrogateescape"),
-        body[i + 1 : j].decode("utf-8", "surrogateescape"),
-    )
-
-
-def _field_count(description: bytes | None) -> int:
-    return 0 if description is None or len(description) < 2 else _I16.unpack_from(description)[0]
-
-
-def _description_formats(body: bytes) -> tuple[int, ...]:
-    """The format code of each column of a RowDescription body."""
-    n = _I16.unpack_from(body)[0]
-    pos = 2
-    out = []
-    for _ in range(n):
-        pos = body.index(b"\0", pos) + 1 + 16  # name, table oid, attnum, type, size, mod
-        out.append(_I16.unpack_from(body, pos)[0])
-        pos += 2
-    return tuple(out)
-
-
-def _sqlstate_of(body: bytes) -> str:
-    """The C field of an ErrorResponse body, walking its (code, string) fields."""
-    pos = 0
-    n = len(body)
-    while pos < n and body[pos]:
-        end = body.find(b"\0", pos + 1)
-        if end < 0:
-            break
-        if body[pos] == 0x43:  # 'C'
-            return body[pos + 1 : end].decode("ascii", "replace")
-        pos = end + 1
-    return sqlstate.INTERNAL_ERROR
-
-
-class StatementTracker:
+class StatementTracker(MeasuredWrites):
     """Protocol bookkeeping of one relayed session (see the module docstring)."""
 
     def __init__(
@@ -552,31 +440,31 @@ class StatementTracker:
             if self._measure is not None and self._measure.open:
                 self._measure.client_message(t, chunk[hdr:e], self.in_flight)
             if self.skip_until_sync:
-                if t == _SYNC_MSG:
+                if t == SYNC_MSG:
                     self.sync_sent()
                     if self._approved:
                         self._approved.clear()  # a re-sent batch ends here
                     if self._measure is not None and self._measure.batch:
                         return self._end_measured_batch(chunk, e, out, fwd)
-                elif t != _FLUSH:
+                elif t != FLUSH_MSG:
                     if out is None:
                         out = []
                     if hdr > fwd:
                         out.append(chunk[fwd:hdr])
                     fwd = e
                 continue
-            if t == _SYNC_MSG:
+            if t == SYNC_MSG:
                 self.skip_until_sync = False
                 if not self._copy_in_open:
                     self.sent_cycles += 1
-                    queue.append(_SYNC_ENTRY)
+                    queue.append(SYNC_ENTRY)
                     self._batch_open = False
                 if self._approved:
                     self._approved.clear()  # a re-sent batch ends here
                 if self._measure is not None and self._measure.batch:
                     return self._end_measured_batch(chunk, e, out, fwd)
                 continue
-            if t == _EXECUTE:
+            if t == EXECUTE_MSG:
                 self._batch_open = True
                 portal = "" if e - s == 5 and chunk[s] == 0 else m.parse_execute(chunk[s:e])[0]
                 rec = None if not observed else self._record("execute", "", portal=portal)
@@ -592,10 +480,10 @@ class StatementTracker:
                 if self.blocked:
                     return self._stop_at(chunk, e, out, fwd)
                 continue
-            if t == _DESCRIBE:
+            if t == DESCRIBE_MSG:
                 self._batch_open = True
                 if e - s == 2 and chunk[s] == 0x50 and chunk[s + 1] == 0:
-                    queue.append(_DESCRIBE_UNNAMED_PORTAL)
+                    queue.append(DESCRIBE_UNNAMED_PORTAL)
                 else:
                     kind, name = m.parse_describe(chunk[s:e])
                     queue.append(
@@ -603,7 +491,7 @@ class StatementTracker:
                     )
                 continue
             body = b""
-            if t == _QUERY_MSG:
+            if t == QUERY_MSG:
                 body = chunk[s:e]
                 hit = memo.get(body) if memo else None
                 if hit is not None and hit[0].kind == "query":
@@ -616,7 +504,7 @@ class StatementTracker:
                         return self._stop_at(chunk, e, out, fwd)
                     continue
                 stmt = Statement("query", m.parse_query(body))
-            elif t == _PARSE_MSG:
+            elif t == PARSE_MSG:
                 body = chunk[s:e]
                 hit = memo.get(body) if memo else None
                 if hit is not None and hit[0].kind == "parse":
@@ -628,12 +516,12 @@ class StatementTracker:
                     continue
                 name, sql, types = m.parse_parse(body)
                 stmt = Statement("parse", sql, statement_name=name, param_types=types)
-            elif t == _BIND_MSG:
+            elif t == BIND_MSG:
                 body = chunk[s:e]
                 statements = self.info.statements
                 if not (strict or self.inspect_binds) and (
                     not statements.checked
-                    or not statements.checks_binds(name := _bind_statement_name(chunk, s, e))
+                    or not statements.checks_binds(name := bind_statement_name(chunk, s, e))
                     or (
                         # checked only for PII tokens to resolve, and none is in it
                         statements.checks_only_tokens(name) and chunk.find(b"tok_", s, e) < 0
@@ -645,14 +533,14 @@ class StatementTracker:
                         self._note_portal_limit(body, None)
                     continue
                 stmt = self._bind_statement(body)
-            elif t == _CLOSE_MSG:
+            elif t == CLOSE_MSG:
                 self.close_sent(chunk[s:e])
                 continue
-            elif t == _FUNCTION_MSG:
+            elif t == FUNCTION_MSG:
                 if e - s < 4:
                     raise ClientProtocolError("FunctionCall message too short")
                 stmt = Statement("function_call", "", function_oid=unpack_from("!I", chunk, s)[0])
-            elif t in (_COPY_DONE_MSG, _COPY_FAIL_MSG):
+            elif t in (COPY_DONE_MSG, COPY_FAIL_MSG):
                 self.copy_end_sent()
                 if self._measure is not None and self._measure.copying:
                     self._measure.copying = False
@@ -662,7 +550,7 @@ class StatementTracker:
                         self.blocked = True
                         return self._stop_at(chunk, e, out, fwd)
                 continue
-            elif t == _TERMINATE_MSG:
+            elif t == TERMINATE_MSG:
                 self.terminating = True
                 continue
             else:
@@ -671,14 +559,16 @@ class StatementTracker:
             verdict = self._inspect(stmt)
             opened = False  # this message opens a measured batch
             if type(verdict) is Allow and (verdict.max_changes or verdict.opens_measurement):
-                if t == _QUERY_MSG and verdict.max_changes and self._measure is None:
+                if t == QUERY_MSG and verdict.max_changes and self._measure is None:
                     if observed:
                         self.decided(rec, verdict)
                     if out is None:
                         out = []
                     if hdr > fwd:
                         out.append(chunk[fwd:hdr])
-                    out.append(self._measured_query(rec, verdict, _rewritten(t, body, verdict)))
+                    out.append(
+                        self._measured_query(rec, verdict, rewritten_message(t, body, verdict))
+                    )
                     return self._stop_at(chunk, e, out, e)
                 setup, verdict = self._measured_extended(t, body, stmt.sql, verdict)
                 if setup:
@@ -701,7 +591,7 @@ class StatementTracker:
                     out = []
                 if hdr > fwd:
                     out.append(chunk[fwd:hdr])
-                out.append(_rewritten(t, body, verdict))
+                out.append(rewritten_message(t, body, verdict))
                 fwd = e
                 if self.blocked:
                     return self._stop_at(chunk, e, out, fwd)
@@ -712,7 +602,7 @@ class StatementTracker:
                 if observed:
                     self.decided(rec, verdict)
                 prepared = self._sent(t, rec, stmt, verdict, body)
-                if verdict.repeatable and t != _BIND_MSG and len(body) <= MEMO_MAX_MESSAGE:
+                if verdict.repeatable and t != BIND_MSG and len(body) <= MEMO_MAX_MESSAGE:
                     if len(memo) >= MEMO_MAX_ENTRIES:
                         memo.clear()
                     memo[body] = (stmt, verdict, prepared)
@@ -771,389 +661,10 @@ class StatementTracker:
         self.blocked = True
 
     # -- measured writes ------------------------------------------------------------
-    def _measured_query(self, rec: StatementRecord | None, verdict: Allow, message: bytes) -> bytes:
-        """The bytes to send for a Query allowed with ``max_changes``: dbgate's set-up
-        and the Query, pipelined. The client's later messages wait for the decision."""
-        m_ = measure.Measurement(verdict, message)
-        m_.sql = rec.sql if rec is not None else ""
-        self.sent_cycles += 1
-        self._measures += 1
-        self._queue.append((MEASURE_SETUP, m_))
-        self.query_sent(rec, replace(verdict, max_rows=0, over_limit=None))
-        m_.entry = self._queue[-1]
-        self._measure = m_
-        self._measures += 1
-        self.blocked = True
-        return measure.as_query(measure.setup_sql(SAVEPOINT)) + message
-
-    def _measured_extended(
-        self, t: int, body: bytes, sql: str, verdict: Allow
-    ) -> tuple[bytes, Allow | Refuse | Awaitable[Allow | Refuse]]:
-        """An extended-protocol message (or a Query while a batch is measured) allowed
-        with ``max_changes`` or ``opens_measurement``: dbgate's set-up to send before
-        it when it opens a measured batch (else ``b""``), and its verdict now."""
-        if self._approved and body in self._approved:
-            self._approved.discard(body)  # a batch approved past its limit, again
-            return b"", measure.settled(verdict)
-        setup = b""
-        if verdict.opens_measurement or (t == _BIND_MSG and verdict.max_changes):
-            setup = self._open_measured_batch()
-        return setup, self._joined(t, body, sql, verdict)
-
-    def _open_measured_batch(self) -> bytes:
-        """dbgate's set-up of a measured batch, to send before the client's message
-        (a measured Bind, or a Parse that ``opens_measurement``), or ``b""`` when none
-        can be opened here: only at the batch's first message, where a Query of
-        dbgate's ends nothing of the client's (see :mod:`dbgate.proxy.measure`)."""
-        if (
-            self._measure is not None
-            or self._batch_open
-            or self.skip_until_sync
-            or self._copy_in_open
-            or self._copy_in
-            or self.measure_waiting is not None
-        ):
-            return b""
-        m_ = measure.Measurement(None, b"", batch=True)
-        self.sent_cycles += 1
-        self._measures += 2  # the set-up, and the batch until its ReadyForQuery
-        self._queue.append((MEASURE_SETUP, m_))
-        self._measure = m_
-        return measure.as_batch(measure.setup_sql(SAVEPOINT), SAVEPOINT)
-
-    def _joined(
-        self, t: int, body: bytes, sql: str, verdict: Allow
-    ) -> Allow | Refuse | Awaitable[Allow | Refuse]:
-        """A message allowed with ``max_changes`` (or opening a measurement): a Bind
-        in a measured batch is covered by it; anything else with a limit of its own
-        is not measured, and decided before it runs."""
-        m_ = self._measure
-        if t == _BIND_MSG and verdict.max_changes and m_ is not None and m_.open:
-            m_.covers(verdict, sql)
-            m_.portals.add(_bind_names(body)[0])
-            # Its rows are bounded by what the measurement may hold back.
-            return replace(verdict, max_changes=0, over_changes=None, max_rows=0, over_limit=None)
-        if verdict.max_changes:
-            return self._unmeasurable(verdict)
-        return verdict
-
-    def _end_measured_batch(
-        self, chunk: bytes, e: int, out: list[bytes] | None, fwd: int
-    ) -> list[bytes]:
-        """The client's Sync of a measured batch was forwarded: its later messages
-        wait for the batch's decision."""
-        self._measure.open = False  # type: ignore[union-attr]
-        self.blocked = True
-        return self._stop_at(chunk, e, out, fwd)
-
-    def _rest_in_order(
-        self, chunk: bytes, e: int, out: list[bytes] | None, fwd: int
-    ) -> list[bytes]:
-        """A measured batch opened at the message ending at ``e``: the rest of the
-        read is seen message by message (a Flush in it matters now)."""
-        if out is None:
-            out = []
-        if e > fwd:
-            out.append(chunk[fwd:e])
-        rest = chunk[e:]
-        if rest:
-            more = self.client_chunk(rest, split_frames(rest), True)
-            out.extend(more if more is not None else (rest,))
-        return out
-
-    def _unmeasurable(self, verdict: Allow) -> Allow | Refuse | Awaitable[Allow | Refuse]:
-        """A Parse, Bind or FunctionCall allowed with ``max_changes``: not measured, so
-        decided before it runs by ``over_changes(-1)``."""
-        decision = measure.ask(verdict, -1)
-        if isinstance(decision, Awaitable):
-            return _settle_later(decision)
-        return measure.settled(decision)
-
-    def _measure_inject(self, kind: int, statements: list[str], batch: bool) -> None:
-        self._batch_open = False
-        self.sent_cycles += 1
-        self._measures += 1
-        self._queue.append((kind,))
-        self._upstream.append(
-            measure.as_batch(statements, SAVEPOINT) if batch else measure.as_query(statements)
-        )
-
-    def measure_resume(self, verdict: object) -> bytes:
-        """The awaited ``over_changes`` answered (:attr:`measure_waiting`): returns the
-        bytes to send the server."""
-        self.measure_waiting = None
-        self._measure_decided(self._pending_decision, measure.settled(verdict))  # type: ignore[arg-type]
-        return self.take_upstream()
-
-    def _measure_decided(self, m_: measure.Measurement, verdict: Allow | Refuse) -> None:
-        if isinstance(verdict, Allow) and m_.batch:
-            if self._limit is None:
-                self.blocked = False
-            self._replay(m_)
-            return
-        if isinstance(verdict, Allow):
-            # Approved: the client's Query again, unmeasured; its answers are the client's.
-            self.query_sent(None, replace(m_.verdict, max_changes=0, over_changes=None))  # type: ignore[type-var]
-            self._upstream.append(m_.message)
-        else:
-            self._upstream.append(self.refuse(None, verdict, _QUERY_MSG))
-        if self._limit is None:
-            self.blocked = False
-
-    def _forget_batch(self, m_: measure.Measurement) -> None:
-        """An undone batch: its portals ended with the rollback; the named statements
-        it prepared did not (prepared statements outlive a rollback), so dbgate closes
-        them, silently: a refused batch then left nothing behind, and an approved one
-        prepares them again as the client sent it."""
-        for portal in m_.bound:
-            self._portals.pop(portal, None)
-            self._portal_state.pop(portal, None)
-            self._sent_limits.pop(portal, None)
-        to_close = m_.to_close
-        if not to_close:
-            return
-        for key in to_close:
-            handle = self.info.statements.close_sent(self.sent_cycles + 1, key)
-            self._queue.append((MEASURE_CLOSE, key, handle))
-            self._upstream.append(
-                m.frame(_CLOSE_MSG, b"S" + key.encode("utf-8", "surrogateescape") + b"\0")
-            )
-            self._measures += 1
-            if self._sent_stmts.get(key) is self._stmts.get(key):
-                self._sent_stmts.pop(key, None)
-        self.sent_cycles += 1
-        self._measures += 1
-        self._queue.append((MEASURE_SILENT,))
-        self._upstream.append(_PING)  # a Sync: ends the Closes' cycle
-
-    def _replay(self, m_: measure.Measurement) -> None:
-        """A measured batch approved past its limit: the client's messages again, as
-        it sent them, judged again; its measured Binds (and the Parses that opened the
-        measurement) pass once without a measurement."""
-        data = m_.resent
-        frames = split_frames(data)
-        self._approved = {data[s:e] for t, s, e in frames if t in (_PARSE_MSG, _BIND_MSG)}
-        self.blocked_rest = b""
-        out = self.client_chunk(data, frames, True)
-        self._upstream.extend(out if out is not None else (data,))
-        if self.blocked and self.blocked_rest:
-            self.replay_rest = self.blocked_rest  # parked ahead of the client's own
-            self.blocked_rest = b""
-
-    def _measure_frames(self, chunk: bytes, frames: list[Frame], full: bool) -> list[bytes]:
-        """The server's answers while a measurement has entries in flight."""
-        if not full:
-            frames = split_frames(chunk)
-        out: list[bytes] = []
-        for t, s, e in frames:
-            if not self._measures:
-                rest = chunk[s - 5 :]
-                more = self._server_frames(rest, split_frames(rest), 0, True)
-                out.extend(more if more is not None else (rest,))
-                break
-            out.append(self._measure_message(t, chunk, s, e))
-        return out
-
-    def _one(self, t: int, frame: bytes) -> bytes:
-        """One server message through the ordinary path: what the client would get."""
-        got = self._server_frames(frame, [(t, 5, len(frame))], 0, True)
-        return frame if got is None else b"".join(got)
-
-    def _measure_message(self, t: int, chunk: bytes, s: int, e: int) -> bytes:
-        frame = chunk[s - 5 : e]
-        queue = self._queue
-        if self._markers:
-            while queue and queue[0][0] == COPY_END:
-                queue.popleft()
-                self._markers -= 1
-        if not queue or t == _PS:
-            return self._one(t, frame)
-        head = queue[0]
-        kind = head[0]
-        if kind == MEASURE_SETUP:
-            if t == _A:
-                return self._one(t, frame)
-            m_ = head[1]
-            if t == _N and b"C25001\0" in chunk[s:e]:
-                m_.already = True  # BEGIN inside the client's block: only a warning
-            elif t == _E:
-                m_.failed = True  # a failed block: nothing is measured
-            elif t == _Z:
-                queue.popleft()
-                self._measures -= 1
-                self.done_cycles += 1
-                self.info.transaction_status = _STATUS[chunk[s]]
-                m_.opened = not (m_.already or m_.failed)
-                m_.running = True  # what the server answers next is the measured one's
-            return b""
-        if kind == MEASURE_CLOSE:
-            return self._measure_closed(t, chunk, s, e)
-        if kind in (MEASURE_SILENT, MEASURE_COMMIT):
-            if t == _A:
-                return self._one(t, frame)
-            if t == _Z:
-                queue.popleft()
-                self._measures -= 1
-                self.done_cycles += 1
-                self.info.transaction_status = _STATUS[chunk[s]]
-                if kind == MEASURE_COMMIT:
-                    if self._limit is None:
-                        self.blocked = False
-                    return frame
-                return b""
-            if t == _E:
-                if kind == MEASURE_COMMIT:  # e.g. a deferred constraint: the client's
-                    return self._filtered_error(chunk[s:e]) or frame
-                log.warning(
-                    "session %s: dbgate's statement after a measured one failed: %s",
-                    self.info.session_id,
-                    m.decode_backend(t, chunk[s:e]),
-                )
-            return b""
-        m_ = self._measure
-        if m_ is None or not m_.running or (not m_.batch and head is not m_.entry):
-            return self._one(t, frame)
-        return self._measured_message(m_, t, chunk, s, e)
-
-    def _measure_closed(self, t: int, chunk: bytes, s: int, e: int) -> bytes:
-        """An answer to a Close of dbgate's (a measured batch undone): not shown."""
-        queue = self._queue
-        if t == _CLOSE_OK:
-            _, key, handle = queue.popleft()
-            self._measures -= 1
-            if handle is not None:
-                handle.resolve(True)
-            self._stmts.pop(key, None)
-            return b""
-        if t == _E:  # the server skips the other Closes to the Sync
-            log.warning(
-                "session %s: dbgate's Close after an undone batch failed: %s",
-                self.info.session_id,
-                m.decode_backend(t, chunk[s:e]),
-            )
-            while queue and queue[0][0] == MEASURE_CLOSE:
-                _, key, handle = queue.popleft()
-                self._measures -= 1
-                if handle is not None:
-                    handle.resolve(False)
-        return b""
-
-    def _measured_message(
-        self, m_: measure.Measurement, t: int, chunk: bytes, s: int, e: int
-    ) -> bytes:
-        """One answer to the measured Query itself, or to a message of the measured
-        batch."""
-        frame = chunk[s - 5 : e]
-        head = self._queue[0] if self._queue else None
-        if t == _Z and (not m_.batch or (head is not None and head[0] == SYNC)):
-            status = chunk[s]
-            ready = self._one(t, frame)  # ends the entry (record, transaction status)
-            self._measures -= 1
-            self._measure = None
-            return self._measured_ready(m_, status, ready)
-        if m_.failed:
-            return self._one(t, frame)  # a failed block: passed as it comes
-        if t == _CMD_COMPLETE:
-            if (
-                not m_.batch
-                or head is None
-                or head[0] == QUERY
-                or (head[0] == EXECUTE and head[1] in m_.portals)
-            ):
-                m_.count += measure.changed_rows(m.parse_command_complete(chunk[s:e]))
-        elif t == _E:
-            m_.errored = True
-        elif t == _PARSE_OK:
-            if m_.batch and head is not None and head[0] == PARSE and head[1]:
-                m_.named.append(head[1])  # closed again if the batch is undone
-        elif t == _BIND_OK:
-            if m_.batch and head is not None and head[0] == BIND:
-                m_.bound.append(_bind_names(head[1])[0])
-        elif t == _COPY_IN:
-            # The server waits for the client's data: what is held goes out now and the
-            # client may send until it ends the copy (then it waits again).
-            piece = self._one(t, frame)
-            held = b"".join(m_.buffer)
-            m_.buffer.clear()
-            m_.copying = True
-            m_.delivering = True
-            self.blocked = False
-            return held + piece
-        piece = self._one(t, frame)
-        if t in (_DATA_ROW, _COPY_DATA):
-            m_.rows += 1
-            if m_.rows > m_.cap:
-                if m_.verdict is None:
-                    # Nothing measured has bound yet: the rows are not held back any
-                    # longer (a measured Bind after them can then only be refused).
-                    m_.delivering = True
-                else:
-                    m_.overflow = True
-                    m_.buffer = [b for b in m_.buffer if b[:1] not in (b"D", b"d")]
-            if m_.overflow:
-                return b""
-        if m_.delivering or m_.passing:
-            if m_.buffer:
-                piece = b"".join(m_.buffer) + piece
-                m_.buffer.clear()
-            return piece
-        if piece:
-            m_.buffer.append(piece)
-        return b""
-
-    def _measured_ready(self, m_: measure.Measurement, status: int, ready: bytes) -> bytes:
-        """The measured Query ended: keep it, or undo it and ask ``over_changes``."""
-        held = b"".join(m_.buffer)
-        m_.buffer.clear()
-        release = self._limit is None
-        if m_.failed:
-            if release:
-                self.blocked = False
-            return held + ready
-        if m_.errored or status == 0x45:  # 'E'
-            if m_.opened:  # the client had no block: it sees its implicit one end
-                self._measure_inject(MEASURE_SILENT, ["ROLLBACK"], m_.batch)
-                self.info.transaction_status = "I"
-                ready = m.ready_for_query("I")
-            if release:
-                self.blocked = False
-            return held + ready
-        if not m_.over:
-            if m_.opened:
-                # its ReadyForQuery is the client's
-                self._measure_inject(MEASURE_COMMIT, ["COMMIT"], m_.batch)
-                return held
-            self._measure_inject(MEASURE_SILENT, measure.release_sql(SAVEPOINT), m_.batch)
-            if release:
-                self.blocked = False
-            return held + ready
-        # Over the limit: undone at once, then decided.
-        self._measure_inject(MEASURE_SILENT, measure.undo_sql(SAVEPOINT, m_.opened), m_.batch)
-        if m_.batch:
-            self._forget_batch(m_)
-        if m_.opened:
-            self.info.transaction_status = "I"
-        if m_.delivering:  # the client saw its answers: it cannot be held
-            refusal = measure.delivered_refusal(m_)
-            log.warning("session %s: %s", self.info.session_id, refusal.message)
-            rec = self._record("query", m_.sql) if self.observer is not None else None
-            self.decided(rec, refusal)  # recorded as a refusal of dbgate's
-            self._upstream.append(self.refuse(rec, refusal, _QUERY_MSG))
-            if self._limit is None:
-                self.blocked = False
-            return held
-        decision = measure.ask(m_.verdict, m_.measured)  # type: ignore[arg-type]
-        if isinstance(decision, Awaitable):
-            self._pending_decision = m_
-            self.measure_waiting = decision  # type: ignore[assignment]
-            return b""
-        self._measure_decided(m_, measure.settled(decision))
-        return b""
-
     def _note_portal_limit(self, body: bytes, verdict: Allow | None) -> None:
         """Which portals will run under a row limit, as the client sees them (the
         Execute that runs one must make the client wait)."""
-        portal, stmt_name = _bind_names(body)
+        portal, stmt_name = bind_names(body)
         prepared = self._sent_stmts.get(name_key(stmt_name))
         if verdict is None:
             verdict = prepared.verdict if prepared is not None else None
@@ -1205,8 +716,8 @@ class StatementTracker:
         setup = b""
         if isinstance(verdict, Allow) and (verdict.max_changes or verdict.opens_measurement):
             t = waiting.message_type
-            if t == _QUERY_MSG and verdict.max_changes and self._measure is None:
-                message = _rewritten(t, waiting.body, verdict)
+            if t == QUERY_MSG and verdict.max_changes and self._measure is None:
+                message = rewritten_message(t, waiting.body, verdict)
                 return self._measured_query(waiting.record, verdict, message)
             setup, unmeasured = self._measured_extended(
                 t, waiting.body, waiting.statement.sql, verdict
@@ -1222,7 +733,7 @@ class StatementTracker:
             return self.refuse(waiting.record, verdict, waiting.message_type)
         self._sent(waiting.message_type, waiting.record, waiting.statement, verdict, waiting.body)
         if verdict.replace_sql is not None or verdict.replace_params is not None:
-            return setup + _rewritten(waiting.message_type, waiting.body, verdict)
+            return setup + rewritten_message(waiting.message_type, waiting.body, verdict)
         return setup + waiting.message
 
     def _inspect(self, stmt: Statement) -> Allow | Refuse | Awaitable[Allow | Refuse]:
@@ -1250,7 +761,7 @@ class StatementTracker:
             statement_name=name,
             portal=portal,
             params=params,
-            param_formats=_expand_formats(formats, len(params)),
+            param_formats=expand_formats(formats, len(params)),
             param_types=types,
             candidates=cands,
         )
@@ -1260,17 +771,17 @@ class StatementTracker:
     ) -> _Prepared | None:
         """Account for an allowed message on its way upstream (returns what a
         remembered Parse hands the tracker again)."""
-        if t == _QUERY_MSG:
+        if t == QUERY_MSG:
             self.query_sent(rec, verdict)
-        elif t == _PARSE_MSG:
+        elif t == PARSE_MSG:
             prepared = _Prepared(stmt.sql, verdict, stmt.param_types)
             self.parse_sent(rec, stmt.statement_name, prepared)
             return prepared
-        elif t == _BIND_MSG:
+        elif t == BIND_MSG:
             # The Bind's own verdict is kept: it refines the statement the server
             # holds once the Bind is answered (:meth:`_bind_done`); the client's view
             # (the statement it sent last) decides whether its Execute must wait.
-            prepared = self._sent_stmts.get(name_key(_bind_names(body)[1]))
+            prepared = self._sent_stmts.get(name_key(bind_names(body)[1]))
             refined = _refined(prepared.verdict if prepared is not None else None, verdict)
             if refined.plan is not None:
                 self._plans = self._watch = True
@@ -1341,7 +852,7 @@ class StatementTracker:
         self.skip_until_sync = False
         if not self._copy_in_open:
             self.sent_cycles += 1
-            self._queue.append(_SYNC_ENTRY)
+            self._queue.append(SYNC_ENTRY)
             self._batch_open = False
 
     def function_call_sent(self, rec: StatementRecord | None) -> None:
@@ -1375,14 +886,14 @@ class StatementTracker:
         ):
             return b""
         self.pinging = True
-        self._queue.append(_PING_ENTRY)
-        return _PING
+        self._queue.append(PING_ENTRY)
+        return SYNC_FRAME
 
     def copy_end_sent(self) -> None:
         """The client sent CopyDone or CopyFail."""
         self._copy_in_open = False
         self._markers += 1
-        self._queue.append(_COPY_END_ENTRY)
+        self._queue.append(COPY_END_ENTRY)
 
     def refuse(self, rec: StatementRecord | None, refusal: Refuse, message_type: int) -> bytes:
         """The bytes to send the server in place of a refused message.
@@ -1401,9 +912,9 @@ class StatementTracker:
             else sqlstate.INSUFFICIENT_PRIVILEGE
         )
         self._injection_seq += 1
-        token = f"dbgate-refusal-{_NONCE}-{self._injection_seq}"
+        token = f"dbgate-refusal-{NONCE}-{self._injection_seq}"
         if message_type == ord("Q"):
-            tag = f"$dbgate_{_NONCE}$"
+            tag = f"$dbgate_{NONCE}$"
             sql = (
                 f"DO {tag}BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', "
                 f"MESSAGE = '{token}'; END{tag}"
@@ -1412,12 +923,12 @@ class StatementTracker:
             self._queue.append((INJECTED_QUERY, refusal, rec, token.encode()))
             self._batch_open = False
             return m.frame(ord("Q"), sql.encode() + b"\0")
-        out = m.frame(ord("P"), f"dbgate_{_NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
+        out = m.frame(ord("P"), f"dbgate_{NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
         self._queue.append((INJECTED_PARSE, refusal, rec, token.encode()))
         if message_type == ord("F"):
             # FunctionCall is a cycle of its own: our Sync ends it with one RFQ.
             self.sent_cycles += 1
-            self._queue.append(_SYNC_ENTRY)
+            self._queue.append(SYNC_ENTRY)
             self._batch_open = False
             return out + m.frame(ord("S"), b"")
         self.skip_until_sync = True  # the rest of the batch is not forwarded
@@ -1447,19 +958,19 @@ class StatementTracker:
             if queue:
                 head = queue[0]
                 kind = head[0]
-                if t == _Z:
+                if t == READY_MSG:
                     if kind == SYNC or (kind == QUERY and head[2] is None and head[3] is None):
                         queue.popleft()
                         self.done_cycles += 1
-                        info.transaction_status = _STATUS[chunk[s]]
+                        info.transaction_status = STATUS[chunk[s]]
                         i += 1
                         continue
-                elif t == _BIND_OK:
+                elif t == BIND_OK:
                     if kind == BIND and head[3] is None:
                         queue.popleft()
                         i += 1
                         continue
-                elif t == _CMD_COMPLETE:
+                elif t == CMD_COMPLETE:
                     if kind == EXECUTE and head[2] is None:
                         queue.popleft()
                         i += 1
@@ -1467,7 +978,7 @@ class StatementTracker:
                     if kind == QUERY and head[2] is None and head[3] is None:
                         i += 1
                         continue
-                elif t == _ROW_DESC:
+                elif t == ROW_DESC:
                     if kind == DESCRIBE_P:
                         queue.popleft()
                         i += 1
@@ -1475,12 +986,12 @@ class StatementTracker:
                     if kind == QUERY:  # no plans: the verdict has none
                         i += 1
                         continue
-                elif t == _PARSE_OK:
+                elif t == PARSE_OK:
                     if kind == PARSE and head[3] is None and head[4] is None:
                         queue.popleft()
                         i += 1
                         continue
-                elif t == _NO_DATA and kind in (DESCRIBE_P, DESCRIBE_S):
+                elif t == NO_DATA and kind in (DESCRIBE_P, DESCRIBE_S):
                     queue.popleft()
                     i += 1
                     continue
@@ -1498,7 +1009,7 @@ class StatementTracker:
             # Fast paths for the answers of ordinary statements (no plan, no record,
             # no prepared-statement change, no marker ahead); the rest takes the
             # general path below.
-            if self._dropping and t != _Z:
+            if self._dropping and t != READY_MSG:
                 # The rest of a Query stopped at its row limit: not shown.
                 if out is None:
                     out = []
@@ -1509,14 +1020,14 @@ class StatementTracker:
             if queue and not self._markers and self._limit is None:
                 head = queue[0]
                 kind = head[0]
-                if t == _Z:
+                if t == READY_MSG:
                     if kind == SYNC or (kind == QUERY and head[2] is None and head[3] is None):
                         queue.popleft()
                         self._ready(chunk[s])
                         if self.full and not full:
                             return self._rest_in_full(chunk, e, out, run)
                         continue
-                elif t == _CMD_COMPLETE:
+                elif t == CMD_COMPLETE:
                     if kind == EXECUTE and head[2] is None:
                         queue.popleft()
                         if self._rewriter is not None:
@@ -1530,7 +1041,7 @@ class StatementTracker:
                         if self._rewriter is not None:
                             self._end_result()
                         continue
-                elif t == _ROW_DESC:
+                elif t == ROW_DESC:
                     if kind == DESCRIBE_P and not self._plans:
                         queue.popleft()
                         if self._watch and queue and queue[0][0] == EXECUTE:
@@ -1540,7 +1051,7 @@ class StatementTracker:
                         continue
                     if kind == QUERY and head[1].plan is None:
                         continue
-                elif t == _BIND_OK:
+                elif t == BIND_OK:
                     if kind == BIND and head[3] is None:
                         queue.popleft()
                         if self._watch:
@@ -1550,18 +1061,18 @@ class StatementTracker:
                             if self.full and not full:
                                 return self._rest_in_full(chunk, e, out, run)
                         continue
-                elif t == _PARSE_OK and kind == PARSE and head[3] is None and head[4] is None:
+                elif t == PARSE_OK and kind == PARSE and head[3] is None and head[4] is None:
                     queue.popleft()
                     self._stmts[head[1]] = head[2]
                     continue
-            if t == _DATA_ROW_RUN:
+            if t == DATA_ROW_RUN:
                 rw = self._rewriter
                 if rw is None:
                     continue
                 replacement = rewrite_run(rw, chunk, s - 5, e)
                 if replacement is None:
                     continue
-            elif t == _DATA_ROW:
+            elif t == DATA_ROW:
                 rw = self._rewriter
                 if rw is None:
                     continue
@@ -1570,11 +1081,11 @@ class StatementTracker:
                 if new is body:
                     continue
                 replacement = b"" if new is None else m.frame(t, new)
-            elif t == _Z:
+            elif t == READY_MSG:
                 replacement = self._on_ready(chunk[s])
                 if replacement is None:
                     continue
-            elif t == _COPY_DATA:
+            elif t == COPY_DATA:
                 rw = self._rewriter
                 if rw is None or not self._copy_out:
                     continue
@@ -1583,12 +1094,16 @@ class StatementTracker:
                 if new is body:
                     continue
                 replacement = b"" if new is None else m.frame(t, new)
-            elif t in (_N, _A):
+            elif t in (NOTICE_MSG, NOTIFY_MSG):
                 f = self.message_filter
                 if f is None:
                     continue
                 body = chunk[s:e]
-                new = f.notice(self.info, body) if t == _N else f.notification(self.info, body)
+                new = (
+                    f.notice(self.info, body)
+                    if t == NOTICE_MSG
+                    else f.notification(self.info, body)
+                )
                 if new == body:
                     continue
                 replacement = m.frame(t, new)
@@ -1645,7 +1160,7 @@ class StatementTracker:
 
     def _desync(self, t: int, entry: Entry) -> TrackerDesync:
         return TrackerDesync(
-            f"server sent {chr(t)!r} while dbgate expected the answer to a {_KIND_NAMES[entry[0]]}"
+            f"server sent {chr(t)!r} while dbgate expected the answer to a {KIND_NAMES[entry[0]]}"
         )
 
     def _pop(self) -> None:
@@ -1661,35 +1176,35 @@ class StatementTracker:
 
     def _on_message(self, t: int, chunk: bytes, s: int, e: int) -> bytes | None:
         """One tracked server message; returns a replacement or None."""
-        if t == _E:
+        if t == ERROR_MSG:
             return self._on_error(chunk[s:e])
-        if t == _PS:
+        if t == PARAM_STATUS_MSG:
             self._on_parameter_status_msg(chunk[s:e])
             return None
         entry = self._head(t)
         kind = entry[0]
-        if t == _PARSE_OK:
+        if t == PARSE_OK:
             if kind != PARSE:
                 raise self._desync(t, entry)
             self._parse_done(entry, True)
-        elif t == _BIND_OK:
+        elif t == BIND_OK:
             if kind != BIND:
                 raise self._desync(t, entry)
             self._bind_done(entry, True)
-        elif t == _CMD_COMPLETE:
+        elif t == CMD_COMPLETE:
             return self._on_command_complete(entry, chunk[s:e])
-        elif t == _ROW_DESC:
+        elif t == ROW_DESC:
             self._on_row_description(entry, chunk[s:e])
             return None
-        elif t == _NO_DATA:
+        elif t == NO_DATA:
             if kind != DESCRIBE_S and kind != DESCRIBE_P:
                 raise self._desync(t, entry)
-        elif t == _PARAM_DESC:
+        elif t == PARAM_DESC:
             if kind != DESCRIBE_S:
                 raise self._desync(t, entry)
             self._on_parameter_description(entry, chunk[s:e])
             return None
-        elif t == _EMPTY:
+        elif t == EMPTY_QUERY:
             if kind == QUERY:
                 return None  # an empty query string
             if kind != EXECUTE:
@@ -1697,33 +1212,33 @@ class StatementTracker:
             replacement = self._execute_done(entry, "")
             self._pop()
             return replacement
-        elif t == _SUSPENDED:
+        elif t == SUSPENDED:
             if kind != EXECUTE:
                 raise self._desync(t, entry)
             replacement = self._execute_done(entry, "suspended")
             self._pop()
             return replacement
-        elif t == _CLOSE_OK:
+        elif t == CLOSE_OK:
             if kind != CLOSE:
                 raise self._desync(t, entry)
             self._close_done(entry)
-        elif t == _COPY_IN:
+        elif t == COPY_IN:
             if kind != QUERY and kind != EXECUTE:
                 raise self._desync(t, entry)
             self._on_copy_in()
             return None
-        elif t in (_COPY_OUT, _COPY_BOTH):
+        elif t in (COPY_OUT, COPY_BOTH):
             if kind != QUERY and kind != EXECUTE:
                 raise self._desync(t, entry)
             self._on_copy_out(entry, chunk[s:e])
             return None
-        elif t == _FUNC_RESULT:
+        elif t == FUNC_RESULT:
             if kind != FUNCTION:
                 raise self._desync(t, entry)
             return None
         else:
             limit = self._limit
-            if t == _COPY_DONE_SRV and limit is not None and limit.hit:
+            if t == COPY_DONE_SRV and limit is not None and limit.hit:
                 return b""  # COPY TO STDOUT stopped at its row limit: it fails instead
             return None  # not an answer (CopyDone of a COPY TO STDOUT, ...)
         self._pop()
@@ -1738,13 +1253,13 @@ class StatementTracker:
         self._memo.clear()  # verdicts may depend on it (application_name, ...)
 
     def _on_ready(self, status: int) -> bytes | None:
-        entry = self._head(_Z)
+        entry = self._head(READY_MSG)
         kind = entry[0]
         if kind == PING:
             self._ping_done(status)
             return b""
-        if kind not in _ENDS_CYCLE:
-            raise self._desync(_Z, entry)
+        if kind not in ENDS_CYCLE:
+            raise self._desync(READY_MSG, entry)
         replacement: bytes | None = None
         if kind != SYNC:
             rec = entry[2] if kind != FUNCTION else entry[1]
@@ -1784,9 +1299,9 @@ class StatementTracker:
         """Make the server fail (inside the transaction or batch the client sees as
         failed) without the client seeing that error."""
         self._injection_seq += 1
-        token = f"dbgate-limit-{_NONCE}-{self._injection_seq}"
+        token = f"dbgate-limit-{NONCE}-{self._injection_seq}"
         if kind == SILENT_QUERY:
-            tag = f"$dbgate_{_NONCE}$"
+            tag = f"$dbgate_{NONCE}$"
             sql = f"DO {tag}BEGIN RAISE EXCEPTION '{token}'; END{tag}"
             self.sent_cycles += 1
             self._upstream.append(m.frame(ord("Q"), sql.encode() + b"\0"))
@@ -1794,7 +1309,7 @@ class StatementTracker:
             self._batch_open = False
         else:
             self._upstream.append(
-                m.frame(ord("P"), f"dbgate_{_NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
+                m.frame(ord("P"), f"dbgate_{NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
             )
             self._queue.append((SILENT_PARSE, None, None, None))
             self._batch_open = True
@@ -1829,7 +1344,7 @@ class StatementTracker:
             self._copy_out = self._copy_in = self._copy_in_open = False
             self.full = False
         self.done_cycles += 1
-        self.info.transaction_status = _STATUS[status]
+        self.info.transaction_status = STATUS[status]
         if status == 0x49 and self._portals:  # 'I': portals end with their transaction
             self._portals.clear()
             self._portal_state.clear()
@@ -1847,7 +1362,7 @@ class StatementTracker:
         cycle."""
         self._queue.popleft()
         self.pinging = False
-        self.info.transaction_status = _STATUS[status]
+        self.info.transaction_status = STATUS[status]
         queue = self._queue
         if self._markers:
             while queue and queue[0][0] == COPY_END:
@@ -1869,7 +1384,7 @@ class StatementTracker:
         queue = self._queue
         if len(queue) == self._markers:
             return self._filtered_error(body)  # e.g. a FATAL the server sends on its own
-        entry = self._head(_E)
+        entry = self._head(ERROR_MSG)
         kind = entry[0]
         replacement: bytes | None = None
         limit = self._limit
@@ -1898,7 +1413,7 @@ class StatementTracker:
             replacement = m.error_response(r.sqlstate, r.message, **extra)
             code = r.sqlstate
         else:
-            code = _sqlstate_of(body)
+            code = sqlstate_of(body)
             replacement = self._filtered_error(body)
         self._rewriter = None
         self._copy_out = False
@@ -1939,7 +1454,7 @@ class StatementTracker:
         if f is None:
             return None
         new = f.error(self.info, body)
-        return None if new == body else m.frame(_E, new)
+        return None if new == body else m.frame(ERROR_MSG, new)
 
     def _fail_entry(self, entry: Entry, code: str, skipped: bool) -> None:
         """An entry the server failed, or skipped after an error (until Sync)."""
@@ -2011,7 +1526,7 @@ class StatementTracker:
 
     def _bind_done(self, entry: Entry, ok: bool) -> None:
         _, body, verdict, rec = entry
-        portal, stmt_name = _bind_names(body)
+        portal, stmt_name = bind_names(body)
         if ok:
             stmt = self._stmts.get(name_key(stmt_name))
             if verdict is not None and stmt is not None:
@@ -2035,7 +1550,7 @@ class StatementTracker:
             self._portal_state.pop(name, None)
 
     def _on_parameter_description(self, entry: Entry, body: bytes) -> None:
-        n = _U16.unpack_from(body)[0] if len(body) >= 2 else 0
+        n = U16.unpack_from(body)[0] if len(body) >= 2 else 0
         types = tuple(unpack_from(f"!{n}I", body, 2)) if n else ()
         stmt = self._stmts.get(entry[1])
         if stmt is not None:
@@ -2059,10 +1574,10 @@ class StatementTracker:
             plan = verdict.plan
             inner = None
             if plan is not None:
-                inner = plan.rows(self.info, body, _description_formats(body))
+                inner = plan.rows(self.info, body, description_formats(body))
             self._set_rewriter(self._limited(entry, verdict, inner))
         else:
-            raise self._desync(_ROW_DESC, entry)
+            raise self._desync(ROW_DESC, entry)
 
     def _plan_state(self, portal: str) -> _PortalState | None:
         """Per-portal state, for portals whose statement has a result plan."""
@@ -2087,7 +1602,7 @@ class StatementTracker:
             self._pop()
             return replacement
         if kind != QUERY:
-            raise self._desync(_CMD_COMPLETE, entry)
+            raise self._desync(CMD_COMPLETE, entry)
         if self._rewriter is not None:
             self._rewriter = None
             self._copy_out = False
@@ -2096,7 +1611,7 @@ class StatementTracker:
         if rec is not None:
             tag = m.parse_command_complete(body)
             rec.tags.append(tag)
-            rec.rows += _row_count(tag)
+            rec.rows += row_count(tag)
         if entry[3] is not None:
             self._resolve_query_changes(entry, failed=False)
         limit = self._limit
@@ -2152,9 +1667,9 @@ class StatementTracker:
             if verdict.plan is not None:
                 description = state.description or (stmt.description if stmt else None)
                 formats = m.parse_bind(body)[4]
-                n = _field_count(description)
+                n = field_count(description)
                 if n:
-                    formats = _expand_formats(formats, n)
+                    formats = expand_formats(formats, n)
                 inner = verdict.plan.rows(self.info, description, formats)
             # One limiter per portal: the limit counts across row-limited Executes.
             state.rewriter = self._limited(entry, verdict, inner)
@@ -2189,7 +1704,7 @@ class StatementTracker:
             if tag:
                 rec.tags.append(tag)
             # a suspended portal's tag counts nothing: the rows it forwarded do
-            rec.rows += max(_row_count(tag) if tag else 0, forwarded)
+            rec.rows += max(row_count(tag) if tag else 0, forwarded)
             self._finish(rec)
         return None
 
