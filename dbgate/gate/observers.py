@@ -29,14 +29,33 @@ _REFUSED_REASONS = {
 }
 
 
+#: The statement events an observer may declare it ``ignores`` (see Observer).
+STATEMENT_EVENTS = (
+    "statement_received",
+    "statement_decided",
+    "statement_forwarded",
+    "statement_completed",
+    "statement_failed",
+)
+
+
 class FanOut:
-    """Tells each observer in turn (an :class:`Observer` itself)."""
+    """Tells each observer in turn (an :class:`Observer` itself). Each statement event
+    goes only to the observers that do not declare they ignore it, and the events all
+    of them ignore are this fan-out's ``ignores`` (the relay skips them)."""
 
     def __init__(self, observers: Sequence[Observer]) -> None:
         self.observers = tuple(observers)
+        self._hearing = {
+            event: tuple(
+                o for o in self.observers if event not in getattr(o, "ignores", frozenset())
+            )
+            for event in STATEMENT_EVENTS
+        }
+        self.ignores = frozenset(e for e, hearing in self._hearing.items() if not hearing)
 
     def _each(self, method: str, *args: Any) -> None:
-        for o in self.observers:
+        for o in self._hearing.get(method, self.observers):
             try:
                 getattr(o, method)(*args)
             except Exception:
@@ -85,6 +104,10 @@ class MetricsObserver:
     Parse that prepared it and is not counted again), by the category and action the
     gate's note gives.
     """
+
+    ignores = frozenset(
+        {"statement_received", "statement_forwarded", "statement_completed", "statement_failed"}
+    )
 
     def session_started(self, session: SessionInfo) -> None:
         metrics.session_opened()

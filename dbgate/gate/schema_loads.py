@@ -142,6 +142,8 @@ class SchemaWatch:
     schema completes (and once its transaction is over, so the reload sees it), the
     database's snapshots reload in the background."""
 
+    ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
+
     def __init__(self, loads: Sequence[SchemaLoads[Any]]) -> None:
         self.loads = tuple(loads)
 

@@ -287,6 +287,10 @@ class Observer(Protocol):
 
     Called on the relay's hot path, synchronously: implementations must be quick
     (append to a queue) and must not raise; an exception is logged and ignored.
+
+    An observer may name, in a class attribute ``ignores`` (a frozenset of method
+    names), the statement events it does nothing with: the relay then does not call
+    them (a statement's life is four or five events, and most observers want one).
     """
 
     def session_started(self, session: SessionInfo) -> None: ...

@@ -270,6 +270,8 @@ class StatementTracker(MeasuredWrites):
         # every Query, Parse and Bind (see Inspector in seams.py).
         self._strictness = self.inspector if hasattr(self.inspector, "strict") else None
         self.observer = observer
+        #: Statement events the observer does nothing with (``Observer.ignores``).
+        self._ignored: frozenset[str] = getattr(observer, "ignores", frozenset())
         self.message_filter = message_filter
         # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
         # same Parse (unnamed, $n parameters) or BEGIN/COMMIT for every transaction,
@@ -388,6 +390,8 @@ class StatementTracker(MeasuredWrites):
         return rec
 
     def _emit(self, event: str, rec: StatementRecord) -> None:
+        if event in self._ignored:
+            return
         try:
             getattr(self.observer, event)(self.info, rec)
         except Exception:
