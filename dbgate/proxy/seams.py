@@ -234,10 +234,11 @@ class StatementRecord:
     """
 
     __slots__ = (
+        "_bind",
+        "_params",
         "finished_at",
         "id",
         "kind",
-        "params",
         "portal",
         "received_at",
         "remembered",
@@ -264,7 +265,8 @@ class StatementRecord:
         self.sql = sql
         self.statement_name = statement_name
         self.portal = portal
-        self.params = params
+        self._params: tuple[bytes | None, ...] | None = params
+        self._bind = b""  # an Execute's Bind, read for its values only when asked
         self.received_at = received_at  # time.monotonic()
         self.verdict: Allow | Refuse | None = None
         self.remembered = False  # the verdict came from the session's memory
@@ -272,6 +274,25 @@ class StatementRecord:
         self.rows = 0  # rows returned or affected (sum over tags that count rows)
         self.sqlstate = ""  # set when the statement failed
         self.finished_at = 0.0
+
+    @property
+    def params(self) -> tuple[bytes | None, ...]:
+        """The statement's parameter values as sent (an Execute's: its Bind's)."""
+        if self._params is None:
+            from dbgate.wire.codec import parse_bind
+
+            self._params = parse_bind(self._bind)[3]
+        return self._params
+
+    @params.setter
+    def params(self, values: tuple[bytes | None, ...]) -> None:
+        self._params = values
+
+    def bound_by(self, bind: bytes) -> None:
+        """The Execute runs a portal bound by this Bind message body: its values are
+        read from it if an observer asks (most never do)."""
+        self._bind = bind
+        self._params = None
 
     @property
     def note(self) -> object:

@@ -1656,7 +1656,7 @@ class StatementTracker(MeasuredWrites):
         verdict = bind_verdict if bind_verdict is not None else stmt.verdict if stmt else None
         if rec is not None:
             rec.sql = stmt.sql if stmt is not None else ""
-            rec.params = m.parse_bind(body)[3]
+            rec.bound_by(body)
             rec.verdict = verdict
             rec.remembered = True
             self._emit("statement_decided", rec)
