@@ -144,6 +144,11 @@ def as_batch(statements: list[str], name: str) -> bytes:
 
 #: Rows held back for a measured batch before any measured Bind says its limit.
 BATCH_ROWS_HELD = 1000
+#: The client's messages of a measured batch kept to send again if it is approved;
+#: past this (a long pipeline, COPY data) its answers are no longer held back (and
+#: past its limit it is refused, not held), so that a batch cannot grow dbgate's
+#: memory.
+BATCH_BYTES_KEPT = 1 << 20
 
 
 class Measurement:
@@ -161,6 +166,7 @@ class Measurement:
         "errored",
         "failed",
         "kept",
+        "kept_bytes",
         "message",
         "messages",
         "named",
@@ -188,6 +194,7 @@ class Measurement:
         self.batch = batch  # an extended-protocol batch, up to its Sync
         self.open = batch  # batch: its Sync is not sent yet
         self.messages: list[bytes] = []  # batch: the client's messages, to send again
+        self.kept_bytes = 0
         self.portals: set[str] = set()  # batch: portals bound by measured Binds
         self.named: list[str] = []  # batch: named statements it prepared (closed if undone)
         self.bound: list[str] = []  # batch: portals it bound (ended if undone)
@@ -222,6 +229,13 @@ class Measurement:
             self.passing = False
             if in_flight:
                 self.delivering = True
+        if self.delivering:
+            return  # it will not be sent again: nothing to keep
+        self.kept_bytes += len(frame)
+        if self.kept_bytes > BATCH_BYTES_KEPT:
+            self.delivering = True
+            self.messages.clear()
+            return
         self.messages.append(frame)
         if t == _FLUSH_MSG:
             if self.verdict is None and not self.ran and not self.delivering:
@@ -247,6 +261,8 @@ class Measurement:
     def to_close(self) -> list[str]:
         """Named statements the batch prepared that an undo must close: not those
         whose ParseComplete the client saw before a flush point."""
+        if self.delivering:
+            return []  # the client saw every answer: it believes they exist
         return [k for k in self.named if k not in self.kept]
 
     @property

@@ -440,3 +440,33 @@ async def test_a_client_gone_during_the_hold_of_a_measured_batch_leaves_nothing_
         assert left == 0
     finally:
         await conn.close()
+
+
+async def test_an_executemany_pipeline_is_measured_as_one_batch(
+    env: HoldsEnv, mb: str, agent_conn: asyncpg.Connection
+) -> None:
+    """asyncpg's executemany: Bind/Execute per row, one Sync. Each Execute changes
+    one row that no key proves; together they change 150, more than the 100 allowed."""
+    notices = AsyncpgNotices(agent_conn)
+    sql = f"UPDATE {mb} SET n = n + 1 WHERE id + 0 = $1"
+    await agent_conn.executemany(sql, [(i,) for i in range(1, 41)])  # 40: kept
+    assert notices.empty()
+    running = asyncio.create_task(agent_conn.executemany(sql, [(i,) for i in range(1, 151)]))
+    try:
+        rid = await notices.held()
+        row = await env.app.arequest(rid)
+        assert "would change 150 rows" in row["reasons"], row["reasons"]
+        assert await total_n(env) == 40  # undone meanwhile
+        await env.app.aapprove(rid)
+        await running
+    finally:
+        running.cancel()
+    assert await total_n(env) == 190
+
+
+async def total_n(env: HoldsEnv) -> int:
+    conn = await asyncpg.connect(env.admin_dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT sum(n) FROM {TABLE}"))
+    finally:
+        await conn.close()

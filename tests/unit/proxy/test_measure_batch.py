@@ -63,6 +63,19 @@ def test_a_flush_after_a_measured_bind_cannot_be_held() -> None:
     assert m_.delivering
 
 
+def test_a_batch_too_long_to_keep_is_not_held_back() -> None:
+    """A long pipeline is not kept in memory to be sent again: its answers pass, and
+    what it prepared is not closed (the client saw it prepared)."""
+    m_ = fed(PARSE_S1, BIND, EXECUTE)
+    m_.named = ["s1"]
+    for _ in range(measure.BATCH_BYTES_KEPT // len(BIND + EXECUTE) + 1):
+        m_.client_message(BIND[0], BIND, 1)
+        m_.client_message(EXECUTE[0], EXECUTE, 1)
+    assert m_.delivering
+    assert m_.messages == [] and m_.kept_bytes > measure.BATCH_BYTES_KEPT
+    assert m_.to_close == []
+
+
 def test_the_smallest_limit_of_the_batch_decides() -> None:
     m_ = measure.Measurement(None, b"", batch=True)
     assert not m_.over and m_.cap == measure.BATCH_ROWS_HELD
