@@ -594,15 +594,20 @@ class Gate:
         candidate: Any,
     ) -> Verdict | Awaitable[Verdict]:
         """A Bind allowed under run-time limits: its verdict carries them (row limits,
-        the rows left under its window), or it is held when a limit needs what a Bind
-        cannot do (measure its changes, rewrite its text)."""
+        the rows left under its window, the change limit the relay measures), or it is
+        held when a limit needs what a Bind cannot do (rewrite its text)."""
         verdict = self._limited(limits, classification, candidate.sql)
-        params = values_as_text(statement.params, statement.param_formats, candidate.param_types)
         if type(verdict) is Allow and verdict.replace_sql is None:
             # the values are shown to approvers only if a measured write goes past its limit
-            return self._run_limited(
-                "bind", verdict, limits, session, candidate.sql, catalog, params
+            shown = (
+                values_as_text(statement.params, statement.param_formats, candidate.param_types)
+                if verdict.max_changes
+                else ()
             )
+            return self._run_limited(
+                "bind", verdict, limits, session, candidate.sql, catalog, shown
+            )
+        params = values_as_text(statement.params, statement.param_formats, candidate.param_types)
         if params is None:
             return refusals.UNREADABLE_VALUES_REFUSED
         if type(verdict) is Allow:  # a guard clamp: a Bind cannot rewrite its statement
