@@ -445,7 +445,11 @@ class MeasuredWrites:
             if release:
                 self.blocked = False
             return held + ready
-        if m_.errored or status == 0x45:  # 'E'
+        # Rows past what may be held back were dropped: what is held is no longer the
+        # client's answer, even when the statement failed by itself, so it is undone
+        # and decided like a statement over its limit (sent again if allowed).
+        cut = m_.overflow and not m_.delivering
+        if (m_.errored or status == 0x45) and not cut:  # 'E'
             if m_.opened:  # the client had no block: it sees its implicit one end
                 self._measure_inject(MEASURE_SILENT, ["ROLLBACK"], m_.batch)
                 self.info.transaction_status = "I"
