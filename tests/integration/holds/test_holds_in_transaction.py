@@ -243,6 +243,32 @@ async def test_a_write_over_its_change_limit_held_in_a_transaction(holds: HoldsE
     assert holds.notes(t) == ["m"] * 5
 
 
+async def test_a_bound_write_over_its_change_limit_held_in_a_transaction(
+    holds: HoldsEnv,
+) -> None:
+    """The same through the extended protocol: asyncpg binds its prepared statement
+    in a batch of its own, which dbgate measures, undoes and holds; the pings keep
+    the client's block alive meanwhile, and the approved batch is sent again."""
+    t = holds.table("measured_bind_tx", 5)
+    conn = await asyncpg.connect(
+        holds.dsn, server_settings={"application_name": "idle-guard-measured-bind"}
+    )
+    try:
+        notices = AsyncpgNotices(conn)
+        await conn.execute("BEGIN")
+        running = asyncio.create_task(
+            conn.execute(f"UPDATE {t} SET note = $1 WHERE id <= $2", "b", 5)
+        )
+        rid = await notices.held()
+        await guard_ends_a_control_session(holds, "idle-guard-measured-bind-control")
+        await holds.app.aapprove(rid)
+        assert await running == "UPDATE 5"
+        await conn.execute("COMMIT")
+    finally:
+        await conn.close()
+    assert holds.notes(t) == ["b"] * 5
+
+
 # -- on the wire ---------------------------------------------------------------------------
 async def test_the_pings_are_invisible_to_the_client(holds: HoldsEnv) -> None:
     """After a long hold at a cycle boundary (a Bind of a statement prepared in an
