@@ -563,7 +563,12 @@ class StatementTracker(MeasuredWrites):
             verdict = self._inspect(stmt)
             opened = False  # this message opens a measured batch
             if type(verdict) is Allow and (verdict.max_changes or verdict.opens_measurement):
-                if t == QUERY_MSG and verdict.max_changes and self._measure is None:
+                if (
+                    t == QUERY_MSG
+                    and verdict.max_changes
+                    and self._measure is None
+                    and not self._batch_open
+                ):
                     if observed:
                         self.decided(rec, verdict)
                     if out is None:
@@ -720,7 +725,12 @@ class StatementTracker(MeasuredWrites):
         setup = b""
         if isinstance(verdict, Allow) and (verdict.max_changes or verdict.opens_measurement):
             t = waiting.message_type
-            if t == QUERY_MSG and verdict.max_changes and self._measure is None:
+            if (
+                t == QUERY_MSG
+                and verdict.max_changes
+                and self._measure is None
+                and not self._batch_open
+            ):
                 message = rewritten_message(t, waiting.body, verdict)
                 return self._measured_query(waiting.record, verdict, message)
             setup, unmeasured = self._measured_extended(

@@ -470,3 +470,27 @@ async def total_n(env: HoldsEnv) -> int:
         return int(await conn.fetchval(f"SELECT sum(n) FROM {TABLE}"))
     finally:
         await conn.close()
+
+
+async def test_a_measured_query_slipped_into_an_open_batch_is_held_before_it_runs(
+    env: HoldsEnv, mb: str
+) -> None:
+    """A Query after extended messages with no Sync between them runs in the same
+    transaction as they do: a savepoint set up there would take their changes with it
+    when undone, so the write is decided before it runs instead."""
+    client = await raw_agent(env)
+    try:
+        client.send(
+            extended(f"UPDATE {mb} SET note = 'p' WHERE id = 1"),  # proven: one row
+            m.Query(f"UPDATE {mb} SET note = 'q' WHERE id <= 10").encode(),
+        )
+        rid = await held(client)
+        assert await noted(env, "q") == 0
+        await env.app.areject(rid, "no")
+        got = await client.until_ready()
+        assert [x.tag for x in got if isinstance(x, m.CommandComplete)] == ["UPDATE 1"]
+        assert [e.sqlstate for e in errors(got)] == ["42501"]
+        assert status(got) == "I"
+    finally:
+        await client.close()
+    assert await noted(env, "q") == 0
