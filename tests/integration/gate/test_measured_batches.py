@@ -494,3 +494,45 @@ async def test_a_measured_query_slipped_into_an_open_batch_is_held_before_it_run
     finally:
         await client.close()
     assert await noted(env, "q") == 0
+
+
+async def test_a_deferred_constraint_fails_a_measured_batch_at_its_end_as_without_dbgate(
+    env: HoldsEnv,
+) -> None:
+    """dbgate's COMMIT of a kept batch is where a deferred constraint fails: the
+    client gets the error before its ReadyForQuery, as from PostgreSQL's own commit
+    at Sync, and nothing is changed."""
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS mbd",
+        "CREATE TABLE mbd (id int PRIMARY KEY, u int UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+        "INSERT INTO mbd SELECT g, g FROM generate_series(1, 5) g",
+        "GRANT SELECT, UPDATE ON mbd TO PUBLIC",
+    )
+    batch = (extended("UPDATE mbd SET u = 1 WHERE u <= 2"), SYNC)
+    client = await raw_agent(env)
+    try:
+        client.send(*batch)
+        got = await client.until_ready()
+    finally:
+        await client.close()
+    admin = await asyncpg.connect(env.admin_dsn)
+    try:
+        assert await admin.fetchval("SELECT count(*) FROM mbd WHERE u = 1") == 1
+        straight = await RawClient.connect(
+            env.pg_server.host,
+            env.pg_server.port,
+            user=env.pg_server.user,
+            password=env.pg_server.password,
+            database=env.data_db,
+        )
+        try:
+            straight.send(*batch)
+            expected = await straight.until_ready()
+        finally:
+            await straight.close()
+    finally:
+        await admin.close()
+    assert names(got) == names(expected)
+    assert [e.sqlstate for e in errors(got)] == [e.sqlstate for e in errors(expected)] == ["23505"]
+    assert status(got) == "I"
