@@ -134,6 +134,29 @@ def _workloads() -> dict[str, tuple[list[bytes], list[bytes], bytes]]:
     }
 
 
+def _keys() -> Any:
+    """pgbench_accounts' primary key, as the gate would have loaded it from the
+    server: with it the replayed SELECT is proven narrow (one row by ``aid``), as it
+    is through a running dbgate, and runs without a row limit."""
+    from dbgate.gate.keys import KeyCatalogs
+    from dbgate.gate.schema_loads import SchemaLoads
+    from dbgate.policy.keys import KeyCatalog, Relation
+
+    async def never(database: str) -> KeyCatalog:  # pragma: no cover - preloaded
+        raise RuntimeError("the replay's keys are preloaded")
+
+    columns = frozenset({"aid", "bid", "abalance", "filler"})
+    catalog = KeyCatalog(
+        {"public.pgbench_accounts": Relation((frozenset({"aid"}),), False, columns)},
+        ("public",),
+        "replay",
+    )
+    keys = object.__new__(KeyCatalogs)
+    keys.loads = SchemaLoads("the unique keys", never)
+    keys.loads.loaded["bench"] = catalog
+    return keys
+
+
 def _session(observer: bool) -> Session:
     from dbgate.gate import Gate
     from dbgate.policy.rules import load_rules
@@ -150,7 +173,7 @@ def _session(observer: bool) -> Session:
         "info": info,
         "client": _Channel(),
         "upstream": _Channel(),
-        "inspector": Gate(load_rules()),
+        "inspector": Gate(load_rules(), keys=_keys()),
         "max_message_size": 1 << 26,
         "on_closed": lambda s: None,
     }
