@@ -40,6 +40,7 @@ __all__ = [
     "StatementLineage",
     "TokenSite",
     "analyze",
+    "filters_matter",
     "parse",
 ]
 
@@ -1139,6 +1140,17 @@ def parse(sql: str) -> list[Node]:
     return [s["stmt"] for s in json.loads(_pg.parse_sql_json(sql)).get("stmts", ()) if "stmt" in s]
 
 
+def filters_matter(sql: str) -> bool:
+    """Whether the clauses that only choose rows (WHERE, ORDER BY, ...) must be walked:
+    only when the text may hold a token, a bind parameter or a call that stores its
+    argument (see ``_Walker.control``). A plan depends on the text through this too,
+    so a cache that shares plans between texts keys on it (:mod:`.plan_cache`)."""
+    if "tok_" in sql or "$" in sql:
+        return True
+    lowered = sql.lower()
+    return any(name in lowered for name in SIDE_EFFECTS)
+
+
 def analyze(sql: str, source: ColumnSource, session: SessionState | None = None) -> Analysis:
     """Lineage of every statement in ``sql``; never raises.
 
@@ -1154,10 +1166,7 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
         result.statements.append(StatementLineage("?", Output(tail=UNKNOWN_LIN)))
         return result
     walker = _Walker(source, session, result)
-    lowered = sql.lower()
-    walker.filters_matter = (
-        "tok_" in sql or "$" in sql or any(name in lowered for name in SIDE_EFFECTS)
-    )
+    walker.filters_matter = filters_matter(sql)
     for stmt in stmts:
         try:
             result.statements.append(walker.statement(stmt))
