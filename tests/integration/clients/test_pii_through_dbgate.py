@@ -227,3 +227,17 @@ def test_statements_with_fresh_literals_are_planned_as_new_ones(
             assert cur.execute(f"select id from customers where email = '{token}'").fetchall() == [
                 (i,)
             ]
+
+
+def test_a_token_in_a_bind_resolves_among_repeated_parses(dsn: str) -> None:
+    """Drivers re-send the same Parse for every transaction, and the gate remembers its
+    verdict on that text; a Bind of it that carries a token must still reach the gate
+    and have the token resolved, and one without must find nothing."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        token = conn.execute("select email from customers where id = 42").fetchone()[0]
+        sql = "select id from customers where email = %s"
+        for i in range(4):  # unnamed Parses of one text, under psycopg's prepare threshold
+            assert conn.execute(sql, [f"nobody{i}@example.org"], prepare=False).fetchall() == []
+        assert conn.execute(sql, [token], prepare=False).fetchall() == [(42,)]
+        assert conn.execute(sql, ["x@example.org"], prepare=False).fetchall() == []
+        assert conn.execute(sql, [token], prepare=False).fetchall() == [(42,)]
