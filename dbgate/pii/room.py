@@ -24,6 +24,7 @@ from typing import Any
 
 from dbgate.pii.catalog import Catalog
 from dbgate.pii.catalog_load import load_catalog
+from dbgate.pii.collector import collector_paused
 from dbgate.pii.copyout import BinaryCopyRewriter, CsvCopyRewriter, TextCopyRewriter
 from dbgate.pii.coverage import Coverage
 from dbgate.pii.detectors import replace_detected
@@ -526,7 +527,8 @@ class PiiRoom:
             return cached
         coverage = self.coverage
         assert coverage is not None
-        result = analyze(sql, coverage, session)
+        with collector_paused():
+            result = analyze(sql, coverage, session)
         if result.unknown_relations:
             self.stale = True
         session_bound = any(
