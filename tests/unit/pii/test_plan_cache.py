@@ -388,3 +388,41 @@ def test_both_levels_are_bounded_by_entries_and_characters() -> None:
     long = "select email from customers where id = 1 or id = " + "1" * 50 + " -- " + "x" * 20_000
     cache.store(long, shape_of(long), analyze(long, room.coverage))  # type: ignore[arg-type]
     assert cache.info()["exact_chars"] <= 10_000
+
+
+def test_the_gate_judges_texts_of_a_shape_alike_and_remembers_only_repeats(
+    tmp_path: Any,
+) -> None:
+    """PiiGate.verdict on fresh literals: the same verdict as a fresh plan gives
+    (tokenize the e-mail, nothing for orders), and no entry in the gate's verdict
+    memory for a text that will not come again; a text that repeats gets one."""
+    from dbgate.config import Config
+    from dbgate.gate.pii import PiiGate, PiiResultPlan
+    from dbgate.policy.classify import classify
+    from dbgate.proxy.seams import Allow, Statement
+    from dbgate.proxy.session_info import SessionInfo
+
+    config = Config.model_validate({"pii": {"keys": [{"id": "k", "secret": "hex:" + "6b" * 32}]}})
+    gate = PiiGate(config)
+    room = PiiRoom.from_config(config.pii)
+    room.set_snapshot(SNAPSHOT)
+    gate.loads.loaded["db"] = room
+    info = SessionInfo(1, "agent", "db", "app", "127.0.0.1")
+    allowed = Allow()
+
+    def verdict(sql: str) -> Any:
+        return gate.verdict(info, Statement("query", sql), allowed, classify(sql), lambda _d: None)
+
+    for n in range(1, 6):
+        with_pii = verdict(f"select id, email from customers where id = {n}")
+        assert type(with_pii) is Allow and isinstance(with_pii.plan, PiiResultPlan)
+        assert with_pii.plan.plan.sql == f"select id, email from customers where id = {n}"
+        assert verdict(f"select id, status from orders where id = {n}") is None
+    assert room.plans.stats["shape"] == 8
+    remembered = {key[1] for key in gate._verdicts}
+    assert remembered == {
+        "select id, email from customers where id = 1",
+        "select id, status from orders where id = 1",
+    }
+    verdict("select id, email from customers where id = 5")
+    assert len(gate._verdicts) == 2  # served from the shape again, not remembered
