@@ -10,7 +10,11 @@
   ``*_scalar_*``) and with the Python reference (``*_python_*``). ``limit_rows_per_s`` is what the relay pays per row
   with no PII column under a row limit (``RowLimiter`` counting runs).
 * **plan**: µs to plan the PII columns of a new ~2 KB analytic query (cold: parse +
-  lineage) and of a statement seen before (cached). Target (issue 13): cold ≤ 1 ms.
+  lineage), of a statement seen before (cached), and of a text never seen whose
+  shape — the text with its literals masked — was planned before (``new_literals``:
+  what every statement of a client that inlines its values costs); the same for a
+  one-line point select as ``pgbench -S -M simple`` sends (``small``). Target
+  (issue 13): cold ≤ 1 ms.
 
 The end-to-end target (1M rows through dbgate ≥ 0.5 x direct) is the relay's and is
 measured by ``bench/streaming.py``; these numbers say how much of that budget the
@@ -22,6 +26,7 @@ Run: ``python -m bench.bench_pii`` (prints JSON), or as part of ``make bench``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -49,6 +54,8 @@ DEMO_CUSTOMERS = 5_000
 KEY = Key("bench", b"dbgate-bench-key-0123456789abcdef")
 
 TARGETS = {"plan_cold_us": 1000.0}
+#: What ``pgbench -S -M simple`` sends: a new literal in every transaction.
+SMALL = "SELECT abalance FROM pgbench_accounts WHERE aid = %d;"
 
 
 def _rows(n: int, distinct: int) -> list[bytes]:
@@ -144,6 +151,7 @@ def bench_plan() -> dict[str, float]:
                 ("created_at", 1184),
             ],
             "public.payments": [("id", 20), ("order_id", 20), "card_number", ("amount", 1700)],
+            "public.pgbench_accounts": [("aid", 23), ("bid", 23), ("abalance", 23), "filler"],
         }
     )
     # the hand-made schema lacks pg_catalog: the catalog's warning about it is noise here
@@ -152,8 +160,18 @@ def bench_plan() -> dict[str, float]:
     session = room.session("bench")
 
     def cold() -> None:
-        room._plans.clear()
+        room.plans.clear()
         session.plan(ANALYTIC)
+
+    def small_cold() -> None:
+        room.plans.clear()
+        session.plan(SMALL % 4711)
+
+    fresh = itertools.count(1)
+
+    def shaped(template: str) -> Callable[[], object]:
+        """A text never seen before whose shape is known: new literal values."""
+        return lambda: session.plan(template % next(fresh))
 
     def per_call_us(fn: Callable[[], object], number: int, rounds: int = 7) -> float:
         best = float("inf")
@@ -164,10 +182,18 @@ def bench_plan() -> dict[str, float]:
             best = min(best, (time.thread_time() - t0) / number)
         return best * 1e6
 
+    analytic = ANALYTIC.replace("LIMIT 500", "LIMIT %d")
+    session.plan(analytic % 0)  # the shape's first text, then one that checks its key
+    session.plan(analytic % 1)
+    session.plan(SMALL % 0)
+    session.plan(SMALL % 1)
     session.plan(ANALYTIC)
     return {
         "plan_cold_us": round(per_call_us(cold, 100), 1),
         "plan_cached_us": round(per_call_us(lambda: session.plan(ANALYTIC), 5000), 2),
+        "plan_new_literals_us": round(per_call_us(shaped(analytic), 5000), 2),
+        "plan_small_cold_us": round(per_call_us(small_cold, 2000), 1),
+        "plan_small_new_literals_us": round(per_call_us(shaped(SMALL), 5000), 2),
         "plan_query_bytes": float(len(ANALYTIC.encode())),
     }
 

@@ -239,7 +239,10 @@ class PiiGate:
         if unknown and self.loads.may_be_new(info.database, unknown):
             return self._after_reload(info, statement, allowed, classification, hold)
         result = self._judge(info, s, plan, allowed, classification, hold)
-        if cacheable and not isinstance(result, Awaitable):
+        # A text planned from its shape's plan (fresh literals: pgbench -M simple, ORMs
+        # that inline values) rarely comes again: remembering it would only push out
+        # the verdicts of texts that do repeat.
+        if cacheable and not isinstance(result, Awaitable) and room.seen_exactly(sql):
             if len(self._verdicts) >= _VERDICT_CACHE:
                 self._verdicts.clear()
             self._verdicts[key] = (room.version, allowed, result)

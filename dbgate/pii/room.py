@@ -24,6 +24,7 @@ from typing import Any
 
 from dbgate.pii.catalog import Catalog
 from dbgate.pii.catalog_load import load_catalog
+from dbgate.pii.collector import collector_paused
 from dbgate.pii.copyout import BinaryCopyRewriter, CsvCopyRewriter, TextCopyRewriter
 from dbgate.pii.coverage import Coverage
 from dbgate.pii.detectors import replace_detected
@@ -32,6 +33,7 @@ from dbgate.pii.filters import MessageFilter
 from dbgate.pii.keys import keyring_from_config
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.lineage import Analysis, Output, analyze, parse
+from dbgate.pii.plan_cache import PlanCache
 from dbgate.pii.pseudonyms import TEXT, Pseudonymizer, TypeRegistry
 from dbgate.pii.rows import ColumnAction, RowRewriter, ValueCache
 from dbgate.pii.schema import SchemaSnapshot, load_schema
@@ -41,10 +43,6 @@ from dbgate.pii.tokens_in import detokenize_params, detokenize_sql
 __all__ = ["Exemption", "PiiRoom", "PiiSession", "PiiSettings", "StatementPlan", "TokenError"]
 
 log = logging.getLogger("dbgate.pii")
-
-#: Query strings longer than this are planned but never cached.
-MAX_CACHED_SQL = 64 * 1024
-PLAN_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -442,7 +440,8 @@ class PiiRoom:
         tokenizer.on_forget(self.values.forget)
         self.stale = False  # a relation or OID was seen that the snapshot lacks
         self.warnings: list[str] = []
-        self._plans: dict[str, Analysis] = {}
+        #: Analyses by text and by shape (literals masked); cleared with the snapshot.
+        self.plans = PlanCache()
         self._lock = threading.Lock()
         self.snapshot = SchemaSnapshot()
         self.coverage: Coverage | None = None
@@ -496,7 +495,7 @@ class PiiRoom:
             self.types = types
             self.pseudonymizer = Pseudonymizer(self.tokenizer, types)
             self.version = snapshot.version
-            self._plans.clear()
+            self.plans.clear()
             self.values.clear()
             self.stale = False
             before = set(self.warnings)
@@ -521,24 +520,28 @@ class PiiRoom:
         return None
 
     def analysis(self, sql: str, session: PiiSession | None = None) -> Analysis:
-        cached = self._plans.get(sql)
+        """The lineage of ``sql``: from the plan cache (this text, or another of its
+        shape: see :mod:`dbgate.pii.plan_cache`), else parsed and walked."""
+        cached, shape = self.plans.lookup(sql)
         if cached is not None:
             return cached
         coverage = self.coverage
         assert coverage is not None
-        result = analyze(sql, coverage, session)
+        with collector_paused():
+            result = analyze(sql, coverage, session)
         if result.unknown_relations:
             self.stale = True
         session_bound = any(
             st.kind in ("FetchStmt", "ExecuteStmt") for st in result.statements
         ) or bool(result.declares or result.prepares or result.deallocates)
-        if len(sql) <= MAX_CACHED_SQL and not session_bound:
-            with self._lock:
-                if len(self._plans) >= PLAN_CACHE_SIZE:
-                    for key in list(self._plans)[: PLAN_CACHE_SIZE // 10]:
-                        del self._plans[key]
-                self._plans[sql] = result
+        if not session_bound and self.coverage is coverage:  # not planned on a stale schema
+            self.plans.store(sql, shape, result)
         return result
+
+    def seen_exactly(self, sql: str) -> bool:
+        """Whether the plan of ``sql`` itself is cached (not just its shape's): a text
+        that repeats, so decisions about it are worth remembering."""
+        return self.plans.seen_exactly(sql)
 
     def plan(self, sql: str) -> StatementPlan:
         """A plan without a session (tools, tests): no cursors, no exemption."""

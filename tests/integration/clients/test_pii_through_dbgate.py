@@ -192,3 +192,52 @@ def test_a_long_result_past_its_row_limit_stops_inside_a_read(dsn: str) -> None:
     assert len(rows) == 1000
     assert [(r[0], r[2]) for r in rows[:3]] == [(1, 1), (2, 1), (3, 1)]
     assert all(r[1].startswith("tok_email_") for r in rows)
+
+
+@pytest.mark.parametrize("simple", [True, False], ids=["simple-query", "extended"])
+def test_statements_with_fresh_literals_are_planned_as_new_ones(
+    dsn: str, admin_dsn: str, simple: bool
+) -> None:
+    """A client that inlines its values sends a text dbgate has never seen with each
+    statement; its PII plan comes from the text's shape (dbgate/pii/plan_cache.py) and
+    must do what a fresh plan does: PII tokenized, other columns byte-identical, and a
+    token sent back in a literal resolved — never served a shape's tokenless plan."""
+    ids = range(30, 60)
+    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(admin_dsn) as direct:
+        cur = psycopg.ClientCursor(conn) if simple else conn.cursor()
+        for i in ids:
+            cur.execute(f"select id, email, full_name from customers where id = {i}")
+            got = cur.fetchone()
+            real = direct.execute(
+                f"select id, email, full_name from customers where id = {i}"
+            ).fetchone()
+            assert got is not None and real is not None and got[0] == i
+            assert got[1].startswith("tok_email_") and got[1] != real[1]
+            assert got[2].startswith("tok_name_") and got[2] != real[2]
+            sql = f"select id, customer_id, total, status from orders where id = {i}"
+            assert cur.execute(sql).fetchall() == direct.execute(sql).fetchall()
+        for i in list(ids)[:5]:
+            token = cur.execute(f"select email from customers where id = {i}").fetchone()[0]
+            # texts of the token's shape without a token, then the token itself
+            for other in (f"nobody{i}@example.org", f"somebody{i}@example.org"):
+                assert (
+                    cur.execute(f"select id from customers where email = '{other}'").fetchall()
+                    == []
+                )
+            assert cur.execute(f"select id from customers where email = '{token}'").fetchall() == [
+                (i,)
+            ]
+
+
+def test_a_token_in_a_bind_resolves_among_repeated_parses(dsn: str) -> None:
+    """Drivers re-send the same Parse for every transaction, and the gate remembers its
+    verdict on that text; a Bind of it that carries a token must still reach the gate
+    and have the token resolved, and one without must find nothing."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        token = conn.execute("select email from customers where id = 42").fetchone()[0]
+        sql = "select id from customers where email = %s"
+        for i in range(4):  # unnamed Parses of one text, under psycopg's prepare threshold
+            assert conn.execute(sql, [f"nobody{i}@example.org"], prepare=False).fetchall() == []
+        assert conn.execute(sql, [token], prepare=False).fetchall() == [(42,)]
+        assert conn.execute(sql, ["x@example.org"], prepare=False).fetchall() == []
+        assert conn.execute(sql, [token], prepare=False).fetchall() == [(42,)]
