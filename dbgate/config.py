@@ -199,6 +199,9 @@ class ClassifyConfig(_Strict):
     #: Address-space limit of each worker in MiB (0: none). A worker past it stops,
     #: and the statement it was classifying is refused.
     worker_memory_mb: int = Field(2048, ge=0)
+    #: How workers yield the CPU to the sessions: "idle" (Linux SCHED_IDLE: they run
+    #: only on CPU nothing else wants) or "nice" (nice +10: a share under load).
+    worker_scheduling: Literal["idle", "nice"] = "idle"
 
     @field_validator("worker_memory_mb")
     @classmethod

@@ -95,13 +95,23 @@ HOPELESS = 20
 _SAMPLES, _SAMPLE_CHARS = 16, 4096
 #: The estimate's fixed term per text, not per window (prescan.classification_cost).
 _FIXED_US = 50
-#: How a worker starts: lower its priority first, then import (the imports of a
-#: replacement worker are a fair share of its cost, and must not compete with the
-#: sessions' work either).
-_WORKER_BOOT = (
-    "import os, runpy, sys; os.nice(10); sys.argv.insert(1, '--niced'); "
-    "runpy.run_module('dbgate.gate.classify_worker', run_name='__main__', alter_sys=True)"
-)
+#: How a worker starts: its priority lowered first, then its imports (a replacement
+#: worker's start is a fair share of its cost, and must not compete with the sessions'
+#: work either). ``idle``: also the SCHED_IDLE policy (Linux), under which any session's
+#: process that wakes takes the CPU at once: a niced process still delays a woken one
+#: by a scheduler slice, and a relay's every message is a wake-up (issue 10's noisy
+#: neighbour: pgbench at 0.55x of its TPS beside niced workers, ~0.95x beside idle ones).
+_IDLE = "hasattr(os, 'SCHED_IDLE') and os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)); "
+
+
+def worker_boot(scheduling: str = "idle") -> str:
+    """The ``python -c`` program that starts a worker with ``scheduling`` (idle | nice)."""
+    return (
+        "import os, runpy, sys; os.nice(10); "
+        + (_IDLE if scheduling == "idle" else "")
+        + "sys.argv.insert(1, '--niced'); "
+        "runpy.run_module('dbgate.gate.classify_worker', run_name='__main__', alter_sys=True)"
+    )
 
 
 def default_workers() -> int:
@@ -251,7 +261,7 @@ class ClassifyPool:
     the estimated cost under which a text is classified inline. ``time_budget``:
     seconds a statement may wait for its classification. ``queue_size``: statements
     that may wait for a free worker. ``memory_mb``: each worker's address-space limit
-    (0: none). ``command``: how a worker is started (tests may wrap it).
+    (0: none). ``scheduling``: ``idle`` (SCHED_IDLE and nice +10) or ``nice`` (+10). ``command``: how a worker is started (tests may wrap it).
     """
 
     def __init__(
@@ -262,6 +272,7 @@ class ClassifyPool:
         time_budget: float = 2.0,
         queue_size: int = 64,
         memory_mb: int = 0,
+        scheduling: str = "idle",
         command: tuple[str, ...] | None = None,
     ) -> None:
         self.size = default_workers() if workers is None else workers
@@ -269,7 +280,7 @@ class ClassifyPool:
         self.time_budget = time_budget
         self.queue_size = queue_size
         self.memory_mb = memory_mb
-        self._command = command or (sys.executable, "-c", _WORKER_BOOT)
+        self._command = command or (sys.executable, "-c", worker_boot(scheduling))
         self.stats = PoolStats()
         self._workers: list[_Worker] = []
         self._queue: deque[_Job] = deque()
@@ -298,6 +309,7 @@ class ClassifyPool:
             time_budget=c.time_budget_seconds,
             queue_size=c.queue_size,
             memory_mb=c.worker_memory_mb,
+            scheduling=c.worker_scheduling,
         )
 
     # --- the gate's side -------------------------------------------------------

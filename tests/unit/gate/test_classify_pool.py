@@ -234,7 +234,11 @@ def test_the_sampled_estimate_of_a_uniform_text_is_its_estimate(sql: str) -> Non
     assert abs(sampled_cost(sql) - classification_cost(sql)) <= 0.05 * classification_cost(sql)
 
 
-async def test_workers_run_below_the_sessions_priority(make_pool: Any) -> None:
-    pool = await make_pool()
+@pytest.mark.parametrize("scheduling", ["idle", "nice"])
+async def test_workers_run_below_the_sessions_priority(make_pool: Any, scheduling: str) -> None:
+    pool = await make_pool(scheduling=scheduling)
     [pid] = pool.worker_pids()
     assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, 10 + os.getpriority(os.PRIO_PROCESS, 0))
+    policy = os.sched_getscheduler(pid)
+    assert policy == (os.SCHED_IDLE if scheduling == "idle" else os.sched_getscheduler(0))
+    assert await pool.ahead(COSTLY, None, KEYS) is None  # type: ignore[misc]  # and it works
