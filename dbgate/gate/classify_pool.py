@@ -100,7 +100,8 @@ _FIXED_US = 50
 #: work either). ``idle``: also the SCHED_IDLE policy (Linux), under which any session's
 #: process that wakes takes the CPU at once: a niced process still delays a woken one
 #: by a scheduler slice, and a relay's every message is a wake-up (issue 10's noisy
-#: neighbour: pgbench at 0.55x of its TPS beside niced workers, ~0.95x beside idle ones).
+#: neighbour on a loaded 2-core host: pgbench at 0.51-0.58x of its TPS beside niced
+#: workers, 0.65-0.95x beside idle ones).
 _IDLE = "hasattr(os, 'SCHED_IDLE') and os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)); "
 
 
