@@ -89,8 +89,10 @@ _HANDOVER_CHARS = 64 * 1024 * 1024
 _CATALOGS_PER_WORKER = 16
 _RESTART_BACKOFF = (0.1, 5.0)
 #: A statement estimated to cost more than this many times the time budget is held at
-#: once (the estimate errs high by up to ~15x for one giant literal, its worst case).
-HOPELESS = 20
+#: once. The estimate errs high by up to ~17x for one giant literal (its worst case: 50 MB
+#: estimated at 30 s, classified in ~1.8 s), so a literal-heavy text just past this may
+#: have fit; a text this costly would be held after its budget on any busy host anyway.
+HOPELESS = 10
 #: Windows of a long text whose estimated cost stands for the whole text's.
 _SAMPLES, _SAMPLE_CHARS = 16, 4096
 #: The estimate's fixed term per text, not per window (prescan.classification_cost).
