@@ -152,6 +152,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the noisy-neighbour benchmark (pgbench -S beside hostile SQL, bench/bench_noisy.py)",
     )
     p.add_argument(
+        "--no-large",
+        action="store_true",
+        help="skip the large-values benchmark (30-60 MB rows and statements through the "
+        "relay vs direct, bench/bench_large_values.py)",
+    )
+    p.add_argument(
         "--no-workers",
         action="store_true",
         help="skip the proxy-bound workers scaling run (cold statements, --workers 1 vs 2, "
@@ -299,6 +305,8 @@ class Bench:
         self.noisy_error: str | None = None
         self.workers: dict[str, Any] | None = None
         self.workers_error: str | None = None
+        self.large: dict[str, Any] | None = None
+        self.large_error: str | None = None
         self.setup_log: list[str] = []
         self.meta: dict[str, Any] = {
             "started_at": self.stamp,
@@ -590,6 +598,41 @@ class Bench:
         else:
             say(f"  {format_result(self.noisy)}")
 
+    # ----------------------------------------------------------------- large values
+
+    def run_large(self) -> None:
+        """30-60 MB rows and statements through dbgate's relay (policy off) vs direct."""
+        from bench.bench_large_values import format_result, run_large_values
+
+        direct = self.targets["direct"]
+        say("large values: 10/30/60 MB rows and statements, relay (policy off) vs direct ...")
+        gate = self.gates.get("dbgate-nopolicy")
+        own = None
+        try:
+            if gate is None or not gate.target.available:
+                own = gate = Dbgate(
+                    self.work / "dbgate-relay",
+                    direct.host,
+                    direct.port,
+                    direct.user,
+                    direct.password,
+                    identity_password="bench-identity-secret",
+                    dbname=DBNAME,
+                    extra_args=list(self.args.dbgate_arg or []),
+                    name="dbgate-relay",
+                    policy="off",
+                )
+                gate.wait_ready()
+            self.large = run_large_values(direct, gate.target, pid=gate.pid)
+        except Exception as e:  # report, and let the rest of the run finish
+            self.large_error = f"{type(e).__name__}: {e}"
+            say(f"  large-values benchmark failed: {self.large_error}")
+        else:
+            say(f"  {format_result(self.large)}")
+        finally:
+            if own is not None:
+                own.stop()
+
     # ----------------------------------------------------------------- workers
 
     def run_workers(self) -> None:
@@ -731,6 +774,8 @@ class Bench:
             "noisy_error": self.noisy_error,
             "workers": self.workers,
             "workers_error": self.workers_error,
+            "large": self.large,
+            "large_error": self.large_error,
         }
 
     def run_errors(self) -> list[str]:
@@ -813,6 +858,12 @@ class Bench:
             say(format_noisy(self.noisy))
         else:
             say(f"noisy neighbour: {self.noisy_error or 'skipped'}")
+        if self.large is not None:
+            from bench.bench_large_values import format_result as format_large
+
+            say(format_large(self.large))
+        else:
+            say(f"large values: {self.large_error or 'skipped'}")
         if self.workers is not None:
             from bench.bench_workers import format_result as format_workers
 
@@ -869,6 +920,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench.run_holds()
                 if not args.no_noisy and not args.no_pgbench:
                     bench.run_noisy()
+                if not args.no_large:
+                    bench.run_large()
                 if not args.no_workers and not args.no_pgbench:
                     bench.run_workers()
             finally:

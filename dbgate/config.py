@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(Exception):
@@ -71,12 +79,27 @@ class UpstreamConfig(_Strict):
     sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "disable"
     sslrootcert: Path | None = None  # CA certificates (PEM) for verify-ca/verify-full
     connect_timeout: float = Field(10.0, gt=0)
-    #: Server connections dbgate opens at once (PgBouncer's max_db_connections). Keep
-    #: it below the server's max_connections minus its reserved slots; clients above
-    #: it wait in a queue instead of getting the server's "too many clients".
-    max_server_conn: int = Field(90, ge=1)
+    #: Server connections dbgate opens at once (PgBouncer's max_db_connections),
+    #: for all workers together. Never more than the server accepts from ordinary
+    #: roles (max_connections less its reserved slots, read from the server); null:
+    #: that, less a margin for other clients. Clients above it wait in a queue
+    #: instead of getting the server's "too many clients".
+    max_server_conn: int | None = Field(None, ge=1)
     #: Seconds a client waits in that queue before dbgate refuses it with 53300.
     server_wait_timeout: float = Field(60.0, gt=0)
+    #: Read the server's connection limits (on the first session, then every minute)
+    #: and keep max_server_conn below them. Off behind a connection pooler, whose
+    #: client limit is not the server's max_connections.
+    read_server_limits: bool = True
+    #: (index, count) of this process among ``--workers`` (set by
+    #: dbgate.workers_process.worker_config, never by the operator).
+    _seat: tuple[int, int] = PrivateAttr(default=(0, 1))
+
+    @property
+    def seat(self) -> tuple[int, int]:
+        """(index, count) of this process among the workers: its share of the server
+        connections is computed from it."""
+        return self._seat
 
     @model_validator(mode="after")
     def _verification_needs_a_root(self) -> UpstreamConfig:
@@ -176,6 +199,9 @@ class ClassifyConfig(_Strict):
     #: Address-space limit of each worker in MiB (0: none). A worker past it stops,
     #: and the statement it was classifying is refused.
     worker_memory_mb: int = Field(2048, ge=0)
+    #: How workers yield the CPU to the sessions: "idle" (Linux SCHED_IDLE: they run
+    #: only on CPU nothing else wants) or "nice" (nice +10: a share under load).
+    worker_scheduling: Literal["idle", "nice"] = "idle"
 
     @field_validator("worker_memory_mb")
     @classmethod

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dbgate.config import Config
+from dbgate.proxy.capacity import share
 
 log = logging.getLogger("dbgate.workers")
 
@@ -53,14 +54,16 @@ class Seat:
 def worker_config(config: Config, seat: Seat) -> Config:
     """``config`` as worker ``seat.index`` runs it: its own approval and audit names,
     and its share of ``upstream.max_server_conn`` — the limit protects the server, so
-    it holds for all workers together (the first ``limit % count`` workers get one
-    more; each gets at least one)."""
+    it holds for all workers together (:func:`dbgate.proxy.capacity.share`). The
+    upstream section also learns the worker's seat, so that a limit derived from the
+    server's is shared the same way."""
     name = f"{seat.replica}/w{seat.index}"
     approvals = config.approvals.model_copy(update={"replica_id": name})
     audit = config.audit.model_copy(update={"replica": name})
     total = config.upstream.max_server_conn
-    share = total // seat.count + (1 if seat.index < total % seat.count else 0)
-    upstream = config.upstream.model_copy(update={"max_server_conn": max(1, share)})
+    update = {} if total is None else {"max_server_conn": share(total, seat.index, seat.count)}
+    upstream = config.upstream.model_copy(update=update)
+    upstream._seat = (seat.index, seat.count)
     return config.model_copy(update={"approvals": approvals, "audit": audit, "upstream": upstream})
 
 

@@ -1,6 +1,7 @@
 """A classification worker process: classifies one statement at a time for the gate.
 
-Run as ``python -m dbgate.gate.classify_worker [MEMORY_MB]`` by
+Run as ``python -m dbgate.gate.classify_worker [--niced] [MEMORY_MB]`` (the pool
+runs it so, its priority lowered before any import: ``--niced``) by
 :class:`dbgate.gate.classify_pool.ClassifyPool`, which talks to it over its standard
 input and output in frames (:func:`write_frame`): a request is a pickled
 :class:`Request` followed by the statement's UTF-8 text; a reply is
@@ -105,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     # The gate stops its workers; a Ctrl-C in the terminal is its business.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Below the proxy and the server in the scheduler's eyes: a hostile statement
-    # burning its time budget must not take a core from the sessions' work.
-    os.nice(10)
+    # burning its time budget must not take a core from the sessions' work. The pool
+    # lowers it before any import (``--niced``); run alone, it does so here.
+    if args and args[0] == "--niced":
+        args = args[1:]
+    else:
+        os.nice(10)
     if args and int(args[0]) > 0:
         import resource
 

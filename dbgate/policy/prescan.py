@@ -15,6 +15,13 @@ that serves every session. So before parsing, :func:`prepare`
 * finds operator runs longer than :data:`MAX_OPERATOR_RUN` outside literals and
   comments — no SQL anyone writes has one — and the classifier refuses them as
   ``opaque`` without parsing;
+* finds, inside comments, runs of operator characters with so many comment openers
+  in them that the *server's* scanner would spend more than
+  :data:`MAX_COMMENT_RESCAN` character reads on them (at each ``/*`` it reads the
+  rest of the run and puts it back): the rewrite below spares dbgate that cost, but
+  the server reads the original text, and a backend burning seconds of CPU on one
+  comment takes them from every other session. They are reported as an operator
+  run too (refused as ``opaque``, never forwarded);
 * rewrites nested comments into plain ones: inside a comment whose depth goes past
   one, every ``*`` and ``/`` except the outer opener and closer becomes a space. A
   comment is whitespace to the parser whatever it contains, so the statement is the
@@ -30,19 +37,34 @@ in a worker.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 
 from pglast import parser as _pg
 
-__all__ = ["MAX_OPERATOR_RUN", "Prepared", "classification_cost", "prepare", "verified"]
+__all__ = [
+    "MAX_COMMENT_RESCAN",
+    "MAX_OPERATOR_RUN",
+    "Prepared",
+    "classification_cost",
+    "prepare",
+    "verified",
+]
 
 #: The longest run of operator characters dbgate parses (PostgreSQL refuses operator
 #: names of 64 bytes or more; longer runs only occur as many tokens in a row).
 MAX_OPERATOR_RUN = 64
+#: Characters PostgreSQL's scanner may read again and again at the comment openers of
+#: one text (see the module docstring) before dbgate refuses it: about a tenth of a
+#: second of the server's CPU. A comment with a few nested openers, or a banner of
+#: ``*`` of any length, stays far below; 16,000 openers in a row read ~10⁹.
+MAX_COMMENT_RESCAN = 50_000_000
 
 _OP_CHARS = "~!@#^&|`?+\\-*/%<>="
 _LONG_RUN = re.compile(f"[{_OP_CHARS}]{{{MAX_OPERATOR_RUN + 1},}}")
+_OP_TAIL = re.compile(f"[{_OP_CHARS}]*")
+_OPENER = "/*"
 _SPECIAL = re.compile(r"['\"$]|--|/\*")
 _DOLLAR = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9\x80-\U0010ffff]*)?\$")
 _E_STRING_END = re.compile(r"(?:[^'\\]|\\.|'')*'", re.DOTALL)
@@ -150,8 +172,13 @@ def _regions(sql: str) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]
     return spans, comments
 
 
-def _outside(spans: list[tuple[int, int]], pos: int) -> bool:
-    return not any(s <= pos < e for s, e in spans)
+def _span_end(spans: list[tuple[int, int]], pos: int) -> int | None:
+    """The end of the literal or comment span holding ``pos`` (spans are sorted and
+    apart), or None when ``pos`` is outside them all."""
+    i = bisect.bisect_right(spans, (pos + 1,)) - 1  # the last span starting at or before pos
+    if i >= 0 and spans[i][0] <= pos < spans[i][1]:
+        return spans[i][1]
+    return None
 
 
 def prepare(sql: str) -> Prepared:
@@ -161,9 +188,15 @@ def prepare(sql: str) -> Prepared:
         return Prepared(sql)
     spans, comments = _regions(sql)
     while long_run is not None:
-        if _outside(spans, long_run.start()):
+        end = _span_end(spans, long_run.start())
+        if end is None:
             return Prepared(sql, operator_run=(long_run.start(), len(long_run.group())))
-        long_run = _LONG_RUN.search(sql, long_run.end())
+        # A run that starts in a comment or literal may go on after it (``*/+++…``):
+        # the part outside is a run of its own for the scanner.
+        long_run = _LONG_RUN.search(sql, end)
+    rescanned = _costly_comment_run(sql, comments)
+    if rescanned is not None:
+        return Prepared(sql, operator_run=rescanned)
     nested = [(s, e) for s, e, deepest in comments if deepest > 1]
     if not nested:
         return Prepared(sql)
@@ -177,6 +210,33 @@ def prepare(sql: str) -> Prepared:
     if not verified(rewritten, nested):
         return Prepared(sql)
     return Prepared(rewritten, rewritten=True)
+
+
+def _costly_comment_run(sql: str, comments: list[tuple[int, int, int]]) -> tuple[int, int] | None:
+    """(start, length) of the first run of operator characters that starts in a
+    block comment and whose comment openers make PostgreSQL's scanner read more than
+    :data:`MAX_COMMENT_RESCAN` characters in all, or None.
+
+    At each ``/*`` (in a comment, or opening one) the scanner's rule for a comment
+    opener matches the opener and every operator character after it, then puts back
+    all but the two: the cost of an opener is the rest of its run. Only runs longer
+    than :data:`MAX_OPERATOR_RUN` can cost much; they are found with one C-speed
+    search per comment, and their openers counted with ``str.find``: linear."""
+    total = 0
+    for start, end, _ in comments:
+        stop = len(sql) if end < 0 else end
+        for run in _LONG_RUN.finditer(sql, start, stop):
+            run_end = run.end()
+            if run_end == stop:  # the run goes on after the comment: the scanner reads on
+                tail = _OP_TAIL.match(sql, stop)
+                run_end = tail.end() if tail is not None else stop
+            pos = sql.find(_OPENER, run.start(), run.end())
+            while pos >= 0:
+                total += run_end - pos
+                pos = sql.find(_OPENER, pos + 2, run.end())
+            if total > MAX_COMMENT_RESCAN:
+                return run.start(), run_end - run.start()
+    return None
 
 
 def verified(rewritten: str, comments: list[tuple[int, int]]) -> bool:

@@ -8,7 +8,10 @@ Capacity, in the order a client meets it (docs/config.md, ``limits`` and ``upstr
 ``limits.max_logins`` logins at once (later connections are not read from until one
 ends), each reading messages of at most ``limits.max_login_message_size``;
 ``limits.max_client_conn`` client sessions; ``upstream.max_server_conn`` server
-connections, with a queue for the clients beyond it (:mod:`dbgate.proxy.capacity`);
+connections, never more than the server accepts, with a queue for the clients beyond
+it (:mod:`dbgate.proxy.capacity`; a server that is full all the same is tried again
+until ``upstream.server_wait_timeout``, and the client gets dbgate's 53300, not the
+server's);
 ``limits.memory_budget`` for the long messages all sessions hold
 (:mod:`dbgate.proxy.budget`).
 
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from dbgate import metrics
 from dbgate.config import Config
 from dbgate.proxy.budget import MemoryBudget
-from dbgate.proxy.capacity import NoServerSlot, ServerSlots
+from dbgate.proxy.capacity import SETTINGS, NoServerSlot, ServerCapacity, ServerSlots
 from dbgate.proxy.channel import Channel, ConnectionLost
 from dbgate.proxy.handshake import (
     ClientHello,
@@ -59,14 +62,29 @@ from dbgate.wire.codec import (
     auth_ok,
     backend_key_data,
     error_response,
+    parse_error_fields,
     parse_parameter_status,
     ready_for_query,
 )
 from dbgate.wire.errors import LimitExceeded, ProtocolError, ServerProtocolError
 from dbgate.wire.framing import MAX_STARTUP_PACKET, frame
+from dbgate.wire.settings_query import SettingsRefused, read_settings
 from dbgate.wire.startup import CancelRequest
 
 log = logging.getLogger("dbgate.proxy")
+
+#: First and longest pause between logins to a server that is full (53300).
+_FULL_SERVER_PAUSE = (0.05, 1.0)
+
+
+def _sqlstate(error_body: bytes | None) -> str | None:
+    """The SQLSTATE of a server's ErrorResponse body, or None."""
+    if error_body is None:
+        return None
+    try:
+        return parse_error_fields(error_body).get("C")
+    except ProtocolError:
+        return None
 
 
 @dataclass(slots=True)
@@ -116,7 +134,15 @@ class ProxyServer:
         self._unadmitted: set[Channel] = set()  # accepted, no session yet
         #: Clients past login: waiting for a server connection, connecting, or in a session.
         self._clients = 0
-        self.server_slots = ServerSlots(config.upstream.max_server_conn)
+        upstream = config.upstream
+        self.server_slots = ServerSlots(1)
+        #: The server's connection limits and the effective max_server_conn.
+        self.capacity = ServerCapacity(
+            self.server_slots,
+            upstream.max_server_conn,
+            upstream.seat,
+            read=upstream.read_server_limits,
+        )
         self.budget = MemoryBudget(limits.memory_budget)
         self.port: int = 0
 
@@ -327,7 +353,7 @@ class ProxyServer:
                 sqlstate.TOO_MANY_CONNECTIONS,
                 f"dbgate: no server connection became free within "
                 f"{upstream.server_wait_timeout:g} s (upstream.max_server_conn = "
-                f"{slots.limit}); try again later",
+                f"{slots.limit}: {self.capacity.limit.reason}); try again later",
             ) from None
         except asyncio.CancelledError:
             if channel.closed:  # the client gave up waiting
@@ -343,7 +369,7 @@ class ProxyServer:
         """Log in upstream and start the relay; False when no session was started."""
         ident = hello.identity
         try:
-            up, settings = await self._open_upstream(hello)
+            up, settings = await self._open_upstream(hello, channel)
         except UpstreamError as e:
             log.warning("upstream refused session for %s: %s", ident.name, e)
             if e.error_body is not None:
@@ -410,7 +436,9 @@ class ProxyServer:
         )
         return True
 
-    async def _open_upstream(self, hello: ClientHello) -> tuple[UpstreamConnection, dict[str, str]]:
+    async def _open_upstream(
+        self, hello: ClientHello, client: Channel
+    ) -> tuple[UpstreamConnection, dict[str, str]]:
         """The client's upstream session, started with the settings the session setup
         adds (see :mod:`dbgate.proxy.upstream_settings`), and the parameters of the
         StartupMessage that started it."""
@@ -431,7 +459,7 @@ class ProxyServer:
             max_message_size=self.config.limits.max_message_size,
         )
         try:
-            up = await connect(params=params)
+            up = await self._connect_when_room(connect, params, hello, client)
         except UpstreamError as e:
             unknown = self.upstream_settings.retry_without(
                 {k: v for k, v in added.items() if k in params and k not in hello.params},
@@ -441,9 +469,70 @@ class ProxyServer:
                 raise
             log.info("upstream does not know %s; connecting without", ", ".join(sorted(unknown)))
             params = {k: v for k, v in params.items() if k not in unknown}
-            up = await connect(params=params)
+            up = await self._connect_when_room(connect, params, hello, client)
         self.upstream_settings.learn(up.parameter_status)
+        if self.capacity.due():
+            await self._read_limits(up)
         return up, params
+
+    async def _connect_when_room(
+        self,
+        connect: Callable[..., Awaitable[UpstreamConnection]],
+        params: dict[str, str],
+        hello: ClientHello,
+        client: Channel,
+    ) -> UpstreamConnection:
+        """Log in upstream; while the server refuses with "too many clients" (others'
+        connections fill it), try again with a growing pause, up to
+        ``upstream.server_wait_timeout``, then refuse the client with dbgate's own 53300.
+        Any failure makes the next login read the server's limits again."""
+        cfg = self.config.upstream
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.server_wait_timeout
+        pause = _FULL_SERVER_PAUSE[0]
+        while True:
+            try:
+                return await connect(params=params)
+            except UpstreamError as e:
+                self.capacity.forget()
+                if _sqlstate(e.error_body) != sqlstate.TOO_MANY_CONNECTIONS or client.closed:
+                    raise
+                if loop.time() + pause > deadline:
+                    log.warning(
+                        "the upstream server stayed full for %g s: refused %s",
+                        cfg.server_wait_timeout,
+                        hello.identity.name,
+                    )
+                    raise HandshakeRefused(
+                        sqlstate.TOO_MANY_CONNECTIONS,
+                        "dbgate: the database server has no connection free (others fill its "
+                        f"max_connections) and none became free within "
+                        f"{cfg.server_wait_timeout:g} s; try again later",
+                    ) from None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _FULL_SERVER_PAUSE[1])
+
+    async def _read_limits(self, up: UpstreamConnection) -> None:
+        """Read the server's connection limits on ``up``, a fresh session (left idle as
+        it was), and resize the pool (:class:`~dbgate.proxy.capacity.ServerCapacity`)."""
+        timeout = self.config.upstream.connect_timeout
+        try:
+            flow = read_settings(SETTINGS, up.parameter_status)
+            values = await asyncio.wait_for(up.channel.exchange(flow), timeout)
+        except SettingsRefused as e:
+            self.capacity.unreadable(str(e))
+            return
+        except BaseException as e:
+            self.capacity.abandoned()
+            up.channel.abort()
+            if isinstance(e, TimeoutError | ConnectionLost):
+                raise UpstreamError(f"upstream did not answer a query after login: {e}") from e
+            if isinstance(e, ProtocolError | LimitExceeded) and not isinstance(
+                e, ServerProtocolError
+            ):
+                raise ServerProtocolError(str(e)) from e
+            raise
+        self.capacity.learned(values)
 
     def _report_refusal(self, channel: Channel, client_addr: str, e: HandshakeRefused) -> None:
         """Tell the observer of a client turned away before any session existed."""

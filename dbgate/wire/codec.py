@@ -124,7 +124,7 @@ def parse_query(body: bytes) -> str:
         raise _bad_frontend("Query", "query string is not NUL-terminated")
     if end != len(body) - 1:
         raise _bad_frontend("Query", f"{len(body) - end - 1} unexpected trailing byte(s)")
-    return decode_str(body[:end], "Query", _CLIENT)
+    return decode_str(body, "Query", _CLIENT, 0, end)
 
 
 def parse_parse(body: bytes) -> tuple[str, str, tuple[int, ...]]:

@@ -86,10 +86,20 @@ def show(b: int) -> str:
     return repr(chr(b)) if 32 <= b < 127 else f"0x{b:02x}"
 
 
-def decode_str(raw: bytes, what: str, fault: Fault) -> str:
-    """Strict UTF-8: text dbgate analyses must be the text the server executes."""
+#: Strings longer than this are decoded from a view of the message, not a copy of
+#: the slice: a 60 MB statement is then read once by the decoder and not copied first.
+LONG_STRING = 64 * 1024
+
+
+def decode_str(raw: bytes, what: str, fault: Fault, start: int = 0, end: int = -1) -> str:
+    """Strict UTF-8 of ``raw[start:end]`` (``end`` -1: to the end): text dbgate analyses
+    must be the text the server executes."""
+    if end < 0:
+        end = len(raw)
     try:
-        return raw.decode()
+        if end - start > LONG_STRING:
+            return str(memoryview(raw)[start:end], "utf-8")
+        return raw[start:end].decode()
     except UnicodeDecodeError as exc:
         raise malformed(what, f"invalid UTF-8 at byte {exc.start} of a string", fault) from None
 
@@ -99,6 +109,8 @@ def cstr_at(body: bytes, pos: int, what: str, fault: Fault) -> tuple[str, int]:
     end = body.find(b"\0", pos)
     if end < 0:
         raise malformed(what, f"string at offset {pos} is not NUL-terminated", fault)
+    if end - pos > LONG_STRING:
+        return decode_str(body, what, fault, pos, end), end + 1
     try:
         return body[pos:end].decode(), end + 1
     except UnicodeDecodeError as exc:

@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from dbgate.gate.classify_pool import BUSY, CRASHED, TIMED_OUT, ClassifyPool, _load_reply
+from dbgate.gate.classify_pool import (
+    BUSY,
+    CRASHED,
+    HOPELESS,
+    TIMED_OUT,
+    TOO_LARGE,
+    ClassifyPool,
+    _load_reply,
+    sampled_cost,
+)
 from dbgate.policy.classify import classify, clear_cache, is_cached
 from dbgate.policy.keys import KeyCatalog, Relation
 from dbgate.policy.model import Action, Category, Classification, Decision
@@ -191,3 +200,45 @@ def test_replies_carry_only_classifications() -> None:
     with pytest.raises(pickle.UnpicklingError, match=r"sent posix\.system"):
         _load_reply(pickle.dumps((1, "ok", os.system, True)))
     assert isinstance(result, Classification)
+
+
+async def test_a_text_far_over_the_time_budget_is_held_at_once_without_a_worker(
+    make_pool: Any,
+) -> None:
+    """Issue 10's 40 MB OR chain is estimated at ~50 s: a worker would only burn its
+    budget and be replaced to reach the same hold."""
+    pool = await make_pool(time_budget=0.5)
+    chain = "select 1 where " + " or ".join(["1 = 1"] * 2_000_000)
+    assert sampled_cost(chain) > HOPELESS * 0.5 * 1_000_000
+    ready = pool.ahead(chain, None, None)
+    assert ready is not None
+    _decision(await ready, TOO_LARGE, Action.HOLD)
+    assert pool.stats.too_large == 1 and pool.stats.offloaded == 0 and pool.running() == 0
+    # a text over the inline budget but within reach still goes to a worker
+    assert await pool.ahead(COSTLY, None, KEYS) is None  # type: ignore[misc]
+    assert pool.stats.classified == 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select 1 where " + " or ".join(["1 = 1"] * 200_000),
+        "select count(*) from (values " + ",".join(f"({i})" for i in range(100_000)) + ") v(x)",
+        "select length('" + "x" * 2_000_000 + "')",
+        "select 1 as ux " + "/*" * 50_000 + "*/" * 50_000,
+    ],
+)
+def test_the_sampled_estimate_of_a_uniform_text_is_its_estimate(sql: str) -> None:
+    from dbgate.policy.prescan import classification_cost
+
+    assert abs(sampled_cost(sql) - classification_cost(sql)) <= 0.05 * classification_cost(sql)
+
+
+@pytest.mark.parametrize("scheduling", ["idle", "nice"])
+async def test_workers_run_below_the_sessions_priority(make_pool: Any, scheduling: str) -> None:
+    pool = await make_pool(scheduling=scheduling)
+    [pid] = pool.worker_pids()
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, 10 + os.getpriority(os.PRIO_PROCESS, 0))
+    policy = os.sched_getscheduler(pid)
+    assert policy == (os.SCHED_IDLE if scheduling == "idle" else os.sched_getscheduler(0))
+    assert await pool.ahead(COSTLY, None, KEYS) is None  # type: ignore[misc]  # and it works

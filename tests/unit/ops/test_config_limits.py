@@ -14,8 +14,12 @@ def test_defaults_are_bounded() -> None:
     assert cfg.limits.max_login_message_size == 16 * 1024
     assert cfg.limits.memory_budget >= cfg.limits.max_message_size
     assert cfg.limits.max_logins == 100 and cfg.limits.max_client_conn == 1000
-    # below PostgreSQL's default max_connections (100) minus its reserved slots
-    assert cfg.upstream.max_server_conn < 97
+    # derived from the server's limits, and then below PostgreSQL's default
+    # max_connections (100) minus its reserved slots
+    assert cfg.upstream.max_server_conn is None and cfg.upstream.read_server_limits
+    from dbgate.proxy.capacity import ServerLimits, effective_limit
+
+    assert effective_limit(None, ServerLimits(100, 3)).value < 97
     assert cfg.upstream.server_wait_timeout > 0
 
 
@@ -68,3 +72,15 @@ def test_workers_share_max_server_conn(total: int, count: int, shares: list[int]
     ]
     assert got == shares
     assert sum(got) == max(total, count)
+
+
+def test_workers_know_their_seat_for_a_limit_derived_from_the_server() -> None:
+    from pathlib import Path
+
+    from dbgate.workers_process import Seat, worker_config
+
+    config = Config()
+    seats = [worker_config(config, Seat(i, 3, Path("/tmp"), 1, "r")).upstream for i in range(3)]
+    assert [u.seat for u in seats] == [(0, 3), (1, 3), (2, 3)]
+    assert all(u.max_server_conn is None for u in seats)
+    assert config.upstream.seat == (0, 1)  # the supervisor's own config is untouched

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from dbgate.policy import classify as classify_module
 from dbgate.policy.classify import classification_cost, classify, clear_cache
 from dbgate.policy.model import Category
-from dbgate.policy.prescan import MAX_OPERATOR_RUN, Prepared, prepare
+from dbgate.policy.prescan import MAX_COMMENT_RESCAN, MAX_OPERATOR_RUN, Prepared, prepare
 
 
 def _without_prescan(sql: str, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -113,6 +113,35 @@ def test_long_operator_runs_are_refused_without_parsing(sql: str, opaque: bool) 
     if opaque:
         assert c.categories == {Category.OPAQUE}
         assert "operator characters" in c.reasons[0].message
+
+
+def _openers(n: int) -> str:
+    """A comment of ``n`` openers in a row, closed as often: PostgreSQL's scanner reads
+    the rest of the run at each opener (about 2.5 n² characters in all)."""
+    return "select 1 as ux " + "/*" * n + "*/" * n
+
+
+@pytest.mark.parametrize(
+    ("sql", "opaque"),
+    [
+        (_openers(1600), False),  # ~10⁷ characters read: a few ms of the server's time
+        (_openers(16000), True),  # ~10⁹: seconds
+        ("select 1 /*" + "*" * 100_000 + "*/", False),  # a banner: one opener, linear
+        ("select 1 /* " + "/**/" * 3000 + " */", False),  # openers, but each run is short
+        ("select 1 /* x " + "/**/" * 5000 + "*/", True),  # one run of 5,000 openers
+        ("select 1 /* x */" + "+" * 1000 + " 1", True),  # a run going on after a comment
+        ("select 1 /* x */" + "+" * MAX_OPERATOR_RUN + " 1", False),
+        ("select '+' " + "+" * 10 + " '" + "+" * 100 + "'", False),
+    ],
+)
+def test_runs_the_servers_scanner_reads_in_quadratic_time_are_refused(
+    sql: str, opaque: bool
+) -> None:
+    assert MAX_COMMENT_RESCAN < 2.5 * 16000**2
+    assert (prepare(sql).operator_run is not None) is opaque
+    clear_cache()
+    codes = [r.code for r in classify(sql).reasons]
+    assert ("operator-run" in codes) is opaque, codes
 
 
 def test_nested_sql_is_prescanned_too() -> None:
