@@ -497,7 +497,7 @@ class StatementTracker(MeasuredWrites):
             body = b""
             if t == QUERY_MSG:
                 body = chunk[s:e]
-                hit = memo.get(body) if memo else None
+                hit = memo.get(body) if memo and e - s <= MEMO_MAX_MESSAGE else None
                 if hit is not None and hit[0].kind == "query":
                     rec = None
                     if observed:
@@ -510,7 +510,7 @@ class StatementTracker(MeasuredWrites):
                 stmt = Statement("query", m.parse_query(body))
             elif t == PARSE_MSG:
                 body = chunk[s:e]
-                hit = memo.get(body) if memo else None
+                hit = memo.get(body) if memo and e - s <= MEMO_MAX_MESSAGE else None
                 if hit is not None and hit[0].kind == "parse":
                     rec = None
                     if observed:
