@@ -78,6 +78,13 @@ def _accounts(tables: frozenset[str], catalog: KeyCatalog | None) -> tuple[str, 
     return tuple(sorted(out))
 
 
+#: (id of a verdict, its accounts) -> (the verdict, its capped form). A verdict whose
+#: own ``max_rows`` fits in what is left is capped the same way at every read: made
+#: once, not twice per statement. The entry keeps the verdict alive (its id stays its).
+_CAPPED: dict[tuple[int, tuple[str, ...]], tuple[Allow, Allow]] = {}
+_CAPPED_SIZE = 4096
+
+
 def windowed(
     verdict: Allow,
     window: RowWindow,
@@ -96,11 +103,20 @@ def windowed(
             hint="wait for the window to move on, or ask for the rule to be changed",
             note=verdict.note,
         )
+    fits = bool(verdict.max_rows) and verdict.max_rows <= left
+    if fits:
+        hit = _CAPPED.get((id(verdict), tables))
+        if hit is not None and hit[0] is verdict:
+            return hit[1]
     note = verdict.note
     if isinstance(note, GateNote):
         note = replace(note, window_tables=tables)
-    if verdict.max_rows and verdict.max_rows <= left:
-        return replace(verdict, note=note, repeatable=False)
+    if fits:
+        capped = replace(verdict, note=note, repeatable=False)
+        if len(_CAPPED) >= _CAPPED_SIZE:
+            _CAPPED.clear()
+        _CAPPED[(id(verdict), tables)] = (verdict, capped)
+        return capped
     return replace(
         verdict,
         note=note,
