@@ -50,13 +50,29 @@ _MAX_TEXT = 64 * 1024
 _RECORDED = frozenset({"query", "execute", "function_call"})
 
 
-def masked_text(sql: str, cache: dict[str, str]) -> str:
-    """``sql`` with every literal replaced by ``$n``, as PostgreSQL's normalize does."""
+def masked_text(sql: str, cache: dict[str, str], shapes: dict[str, str] | None = None) -> str:
+    """``sql`` with every literal replaced by ``$n``, as PostgreSQL's normalize does.
+
+    ``cache`` remembers texts as sent (drivers re-send the same Parse); ``shapes``, when
+    given, the masked form of each literal mask, so that a client that inlines new
+    values every time (pgbench -M simple, ORMs) pays for the mask, not the rendering.
+    """
     hit = cache.get(sql)
     if hit is not None:
         return hit
     key = fast_mask(sql[:_MAX_TEXT])
-    masked = render_key(key) if key is not None else mask_sql(sql[:_MAX_TEXT])[0]
+    if key is None:
+        masked = mask_sql(sql[:_MAX_TEXT])[0]
+    elif shapes is None:
+        masked = render_key(key)
+    else:
+        masked = shapes.get(key)  # type: ignore[assignment]
+        if masked is None:
+            if len(shapes) >= _MASK_CACHE:
+                shapes.clear()
+            masked = shapes[key] = render_key(key)
+        if masked != sql:  # new literals: this very text will hardly come again
+            return masked
     if len(cache) >= _MASK_CACHE:
         cache.clear()
     cache[sql] = masked
@@ -89,6 +105,7 @@ class AuditTrail:
     def __init__(self, writer: AuditWriter) -> None:
         self.writer = writer
         self._masks: dict[str, str] = {}
+        self._masked_shapes: dict[str, str] = {}
         self._shapes: dict[int, _Shape] = {}
         self._started: dict[int, float] = {}  # session id -> monotonic start
 
@@ -132,7 +149,7 @@ class AuditTrail:
         shape = self._shape(c)
         return StatementEvent(
             event=stage,  # type: ignore[arg-type]
-            statement=masked_text(sql, self._masks),
+            statement=masked_text(sql, self._masks, self._masked_shapes),
             decision=decision,
             identity=session.identity,
             session_id=session.session_id,
@@ -183,7 +200,7 @@ class AuditTrail:
         who = request.requester
         return StatementEvent(
             event=stage,  # type: ignore[arg-type]
-            statement=masked_text(request.sql, self._masks),
+            statement=masked_text(request.sql, self._masks, self._masked_shapes),
             decision=verdict,
             identity=who.identity,
             session_id=who.session_id,

@@ -52,3 +52,24 @@ def test_another_shape_gets_its_own() -> None:
 def test_a_statement_without_a_classification_has_empty_names() -> None:
     event = _trail().statement(_session(), "refused", "refused", "SELECT 1", None)
     assert (event.fingerprint, event.categories, event.tables, event.columns) == ("", (), (), ())
+
+
+def test_masked_text_is_the_same_with_and_without_the_shape_cache() -> None:
+    from dbgate.gate.audit import masked_text
+
+    texts = [
+        "SELECT v FROM t WHERE id = 1",
+        "SELECT v FROM t WHERE id = 2",
+        "SELECT v FROM t WHERE id = $1",
+        "SELECT 'it''s', E'a\\\\b' FROM t WHERE x = 1.5 AND y = 'z'",
+        "SELECT v FROM t WHERE id = 1",
+        "not sql at all 'open",
+    ]
+    plain: dict[str, str] = {}
+    cache: dict[str, str] = {}
+    shapes: dict[str, str] = {}
+    for sql in texts:
+        assert masked_text(sql, cache, shapes) == masked_text(sql, plain)
+    assert masked_text(texts[0], cache, shapes) == "SELECT v FROM t WHERE id = $1"
+    # a text with literals is not kept as sent (it will hardly come again); its shape is
+    assert texts[0] not in cache and "SELECT v FROM t WHERE id = $1" in cache
