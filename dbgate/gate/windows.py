@@ -83,6 +83,9 @@ def _accounts(tables: frozenset[str], catalog: KeyCatalog | None) -> tuple[str, 
 #: once, not twice per statement. The entry keeps the verdict alive (its id stays its).
 _CAPPED: dict[tuple[int, tuple[str, ...]], tuple[Allow, Allow]] = {}
 _CAPPED_SIZE = 4096
+#: (id of a note, its accounts) -> (the note, the note naming them): the same for
+#: every read of one statement shape, whatever is left.
+_NOTES: dict[tuple[int, tuple[str, ...]], tuple[GateNote, GateNote]] = {}
 
 
 def windowed(
@@ -110,7 +113,7 @@ def windowed(
             return hit[1]
     note = verdict.note
     if isinstance(note, GateNote):
-        note = replace(note, window_tables=tables)
+        note = _charged_to(note, tables)
     if fits:
         capped = replace(verdict, note=note, repeatable=False)
         if len(_CAPPED) >= _CAPPED_SIZE:
@@ -130,6 +133,17 @@ def windowed(
             hint="select fewer rows, or wait for the window to move on",
         ),
     )
+
+
+def _charged_to(note: GateNote, tables: tuple[str, ...]) -> GateNote:
+    hit = _NOTES.get((id(note), tables))
+    if hit is not None and hit[0] is note:
+        return hit[1]
+    if len(_NOTES) >= _CAPPED_SIZE:
+        _NOTES.clear()
+    named = replace(note, window_tables=tables)
+    _NOTES[(id(note), tables)] = (note, named)
+    return named
 
 
 class WindowCharges:

@@ -331,3 +331,24 @@ async def test_a_verdict_is_capped_once_while_its_own_limit_fits_in_what_is_left
     assert isinstance(windowed(verdict, MINUTE, a, "agent", None), Refuse)
     other = windowed(verdict, MINUTE, a, "someone-else", None)
     assert other is first  # another identity with room: the same capped verdict
+
+
+async def test_a_verdict_without_its_own_limit_is_capped_at_what_is_left_every_time(
+    replicas: Replicas,
+) -> None:
+    from dbgate.gate.notes import GateNote
+    from dbgate.gate.windows import windowed
+    from dbgate.policy.classify import classify
+    from dbgate.proxy.seams import Allow
+
+    a = await replicas.make("a")
+    assert await a.refresh()
+    verdict = Allow(note=GateNote(classify("SELECT * FROM orders WHERE id = 1"), "allow", "read"))
+    first = windowed(verdict, MINUTE, a, "agent", None)
+    a.add("agent", MINUTE, MINUTE.tables, 1)
+    second = windowed(verdict, MINUTE, a, "agent", None)
+    assert isinstance(first, Allow) and isinstance(second, Allow)
+    assert (first.max_rows, second.max_rows) == (1000, 999)
+    assert "999 rows agent has left" in second.over_limit.message
+    assert first.note.window_tables == second.note.window_tables == (ORDERS,)
+    assert second.note is first.note  # the note naming the accounts is made once
