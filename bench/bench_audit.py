@@ -10,6 +10,11 @@ verified, on the benchmark machine.
   rate is records over that wall time. Events look like what the relay records:
   extended-protocol statements with raw parameters (hashed by the writer),
   simple-query statements with masked literals, categories, tables, tags.
+* **paced**: the same events at a steady rate (``--paced-rate``, default 5,000/s,
+  about what one dbgate process serves), as the relay hands them over: what the
+  writer costs per record when records trickle in rather than arrive in a flood,
+  and how many commits it makes for them (each one a WAL flush on the state
+  database).
 * **verify**: ``verify_database`` over everything written (median of three).
 
 Wall-clock rates depend on everything else the two cores run; the CPU figures
@@ -118,6 +123,7 @@ async def _write(dsn: str, records: int) -> dict[str, float]:
     await writer.flush()
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     await writer.stop()
+    commits = await _commits(dsn, writer.chain)
     cpu_us = cpu / records * 1e6
     writer_us = cpu_us - _producer_cpu_us(min(records, 50_000))
     return {
@@ -128,6 +134,64 @@ async def _write(dsn: str, records: int) -> dict[str, float]:
         "writer_cpu_us_per_record": round(writer_us, 1),
         "writer_records_per_cpu_s": round(1e6 / writer_us) if writer_us > 0 else 0,
         "write_backpressure_waits": waits,
+        # each commit is a transaction, a COPY and a WAL flush on the state database
+        "write_commits": commits,
+        "write_records_per_commit": round(records / commits) if commits else 0,
+    }
+
+
+async def _commits(dsn: str, chain: str) -> int:
+    """Transactions that wrote ``chain`` (a row's xmin is the one that inserted it)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(DISTINCT xmin::text) FROM dbgate.audit_events WHERE chain = $1",
+                chain,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def _paced(dsn: str, rate: int, seconds: float) -> dict[str, float]:
+    """Records at ``rate`` per second for ``seconds``, handed over every millisecond."""
+    from dbgate.audit.writer import AuditWriter
+    from dbgate.config import AuditConfig
+
+    total = int(rate * seconds)
+    writer = AuditWriter(dsn, AuditConfig(param_key="bench"), replica="bench-paced")
+    await writer.start()
+    await writer.flush()
+    events = _events(total)
+    sent = waits = peak = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    while sent < total:
+        due = min(total, int((time.perf_counter() - t0) * rate) + 1)
+        while sent < due:
+            admission = writer.admit()
+            if admission is not None:
+                waits += 1
+                await admission
+            writer.record(next(events))
+            sent += 1
+        peak = max(peak, writer.stats()["queued"])
+        await asyncio.sleep(0.001)
+    await writer.flush()
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    await writer.stop()
+    commits = await _commits(dsn, writer.chain)
+    writer_us = cpu / total * 1e6 - _producer_cpu_us(min(total, 50_000))
+    return {
+        "paced_rate": rate,
+        "paced_seconds": round(elapsed, 2),
+        "paced_writer_cpu_us_per_record": round(writer_us, 1),
+        "paced_commits_per_s": round(commits / elapsed, 1),
+        "paced_records_per_commit": round(total / commits) if commits else 0,
+        "paced_peak_queue": peak,
+        "paced_backpressure_waits": waits,
     }
 
 
@@ -150,7 +214,7 @@ async def _verify(dsn: str, rounds: int = 3) -> dict[str, float]:
     }
 
 
-async def _measure(dsn: str, records: int) -> dict[str, Any]:
+async def _measure(dsn: str, records: int, paced_rate: int = 5_000) -> dict[str, Any]:
     import asyncpg
 
     from dbgate.state import apply_migrations
@@ -162,11 +226,13 @@ async def _measure(dsn: str, records: int) -> dict[str, Any]:
         await conn.close()
     result: dict[str, Any] = {"records": records}
     result.update(await _write(dsn, records))
+    if paced_rate > 0:
+        result.update(await _paced(dsn, paced_rate, 5.0))
     result.update(await _verify(dsn))
     return result
 
 
-def run(records: int = 200_000, keep: bool = False) -> dict[str, Any]:
+def run(records: int = 200_000, keep: bool = False, paced_rate: int = 5_000) -> dict[str, Any]:
     """Start a private PostgreSQL, measure, stop it; returns the numbers."""
     from dbgate.embedded import EmbeddedPostgres
 
@@ -176,7 +242,7 @@ def run(records: int = 200_000, keep: bool = False) -> dict[str, Any]:
     pg.start()
     try:
         pg.psql("CREATE DATABASE audit_bench")
-        result = asyncio.run(_measure(pg.dsn("audit_bench"), records))
+        result = asyncio.run(_measure(pg.dsn("audit_bench"), records, paced_rate))
     finally:
         pg.stop()
         if not keep:
@@ -193,8 +259,14 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.bench_audit", description=__doc__)
     p.add_argument("--records", type=int, default=200_000, help="records to write (default 200000)")
     p.add_argument("--keep", action="store_true", help="keep the server's data directory")
+    p.add_argument(
+        "--paced-rate",
+        type=int,
+        default=5_000,
+        help="records/s of the paced run (default 5000; 0 skips it)",
+    )
     args = p.parse_args()
-    print(json.dumps(run(args.records, args.keep), indent=2))
+    print(json.dumps(run(args.records, args.keep, args.paced_rate), indent=2))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ safe to store, in this order:
    without being readable;
 3. truncate: the statement to ``max_statement_chars`` (``statement_length`` keeps
    the original length), other text to ``max_text_chars``;
-4. scrub free text (:mod:`dbgate.audit.scrub`);
+4. scrub free text (:mod:`dbgate.audit.scrub`); a statement's texts repeat (one
+   shape, one application name), so the scrubbed form of short texts is remembered;
 5. escape, when any text of the record cannot be stored as is (:mod:`dbgate.audit.text`).
 
 The chain fields (``chain``, ``seq``, ``logged_at``) are left for the writer, which
@@ -46,6 +47,9 @@ _INT_LIMITS = {
     "scrubbed": 2**31 - 1,  # integer column
 }
 _INT64 = 2**63 - 1
+#: Texts up to this long have their scrubbed form remembered, up to this many.
+_CLEAN_MAX_CHARS = 4096
+_CLEAN_ENTRIES = 4096
 
 #: Text fields a caller could fill with data values; the scrubber reads these.
 SCRUBBED_FIELDS = frozenset(
@@ -115,6 +119,8 @@ class RowBuilder:
         self.replica = replica
         # blake2b's keyed mode (a MAC in one pass) takes keys up to 64 bytes
         self._key = param_key if len(param_key) <= 64 else sha256(param_key).digest()
+        self._mac = blake2b(key=self._key, digest_size=16)  # copied for each value
+        self._clean: dict[str, tuple[str, int]] = {}
         self.max_statement_chars = max_statement_chars
         self.max_text_chars = max_text_chars
 
@@ -165,7 +171,7 @@ class RowBuilder:
             statement = statement[: self.max_statement_chars]
         scrubbed = 0
         if statement:
-            statement, scrubbed = scrub(statement)
+            statement, scrubbed = self._scrub(statement)
             v[_STATEMENT] = statement
         for i, name, x in zip(_TEXT_AT, _TEXT_NAMES, _get_text(e), strict=True):
             if not x:
@@ -179,7 +185,7 @@ class RowBuilder:
             if x:
                 x = _text(x, lim, notes, name)
                 if x:
-                    x, n = scrub(x)
+                    x, n = self._scrub(x)
                     scrubbed += n
                 v[i] = x
         if e.params:
@@ -207,6 +213,17 @@ class RowBuilder:
         v[SCRUBBED] = scrubbed
         v[ESCAPED] = False
         return v
+
+    def _scrub(self, text: str) -> tuple[str, int]:
+        """:func:`scrub`, remembered for short texts (they repeat from record to record)."""
+        if len(text) > _CLEAN_MAX_CHARS:
+            return scrub(text)
+        hit = self._clean.get(text)
+        if hit is None:
+            if len(self._clean) >= _CLEAN_ENTRIES:
+                self._clean.clear()
+            hit = self._clean[text] = scrub(text)
+        return hit
 
     # ------------------------------------------------------------------ other kinds
 
@@ -323,9 +340,9 @@ class RowBuilder:
             if item.__class__ is not str:
                 if isinstance(item, bytes | bytearray | memoryview):
                     if params:  # a raw value: keep only a keyed hash of it
-                        out.append(
-                            "h:" + blake2b(bytes(item), key=self._key, digest_size=16).hexdigest()
-                        )
+                        mac = self._mac.copy()
+                        mac.update(item)
+                        out.append("h:" + mac.hexdigest())
                         continue
                     item = from_bytes(bytes(item))
                 else:

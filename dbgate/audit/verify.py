@@ -44,6 +44,7 @@ from dbgate.audit.canonical import FORMAT, GENESIS, canonical, canonical_sql
 from dbgate.audit.serial import CSV_COLUMNS, Document, DocumentError, from_document, read_jsonl
 
 _sha256 = hashlib.sha256
+_unhex = bytes.fromhex
 _DIAGNOSE_OFFSETS = (-1, 1, -2, 2, -3, 3)
 
 
@@ -296,14 +297,15 @@ class Verifier:
             st.closed = True
 
     def feed_rows(self, rows: Iterable[Any]) -> None:
-        """Rows of ``(chain, seq, id, prev, hash, content, chain_end)``.
+        """Rows of ``(chain, seq, id, prev, hash, content, chain_end)``, the hashes in hex.
 
         The common case — the next record of an intact chain — is checked inline;
         anything else goes through :meth:`feed`, which finds and names the problem.
         """
-        chains, heads, feed, sha = self._chains, self._heads, self.feed, _sha256
+        chains, heads, feed, sha, unhex = self._chains, self._heads, self.feed, _sha256, _unhex
         fast = 0
-        for chain, seq, record_id, prev, hash_, content, end in rows:
+        for chain, seq, record_id, prev_hex, hash_hex, content, end in rows:
+            prev, hash_ = unhex(prev_hex), unhex(hash_hex)
             st = chains.get(chain)
             if (
                 st is None
@@ -541,8 +543,10 @@ def read_heads(path: Path) -> list[tuple[str, int, bytes]]:
 # ---------------------------------------------------------------------- the database
 
 
+# The view shows the hashes in hex; they are decoded here (cheaper than in the server,
+# which is the busier side of verification).
 _ROWS_SQL = (
-    "SELECT chain, seq, id, decode(prev_hash, 'hex') AS prev, decode(hash, 'hex') AS hash, "
+    "SELECT chain, seq, id, prev_hash AS prev, hash, "
     f"{canonical_sql()} AS content, "
     "(kind = 'audit' AND event = 'chain_end') AS chain_end "
     "FROM dbgate.audit_log"

@@ -21,6 +21,14 @@ records, chains them and writes them in batches with COPY. Why it is shaped so:
 * **durable before it matters.** :meth:`~AuditWriter.record_durable` jumps the queue
   and returns once its record is committed; the gate awaits it before a held,
   approved, denied or rejected statement is forwarded or refused.
+* **few, large commits.** Every commit is a WAL flush on the state database and a
+  transaction and a COPY on both sides, whatever its size: a writer that committed
+  whenever a record arrived would spend more on commits than on records. So ordinary
+  records wait up to ``batch_delay`` seconds after the previous write began, for
+  others to share their commit; a full batch, a durable record, :meth:`flush` and
+  :meth:`stop` end the wait at once (a durable record takes whatever is queued into
+  its commit). Under light load the first record after a quiet spell is written
+  straight away; under heavy load batches fill before the delay runs out.
 * **the database goes away.** ``on_failure: refuse`` keeps queued records in memory,
   reports :attr:`~AuditWriter.available` False (the gate refuses statements) and
   retries with back-off; ``buffer`` spills chained records to a file
@@ -80,6 +88,8 @@ log = logging.getLogger("dbgate.audit")
 
 COPY_COLUMNS: tuple[str, ...] = (*NAMES, "prev_hash", "hash")
 _CHAIN_STEP = 256  # records chained between yields to the event loop
+#: The longest an ordinary record waits for others to share its commit (see above).
+BATCH_DELAY = 0.05
 _REPLAY_CHUNK = 5_000
 _PERMANENT = (
     asyncpg.InvalidPasswordError,
@@ -143,6 +153,21 @@ def copy_rows(recs: list[_Rec]) -> list[list[Any]]:
             last_us, last_dt = us, from_us(us)
         rows.append(_copy_row(r.values, last_dt, r.prev, r.hash))  # type: ignore[arg-type]
     return rows
+
+
+def gather_for(
+    now: float, last_write: float, delay: float, queued: int, batch_size: int, hurry: bool
+) -> float:
+    """How long the writer waits for more records before it writes (0: write now).
+
+    It waits only while the last write began less than ``delay`` seconds ago, some
+    records are queued but not a full batch, and nobody is waiting for a commit
+    (``hurry``): so it commits at most once per ``delay`` unless batches fill, and a
+    record after a quiet spell goes straight out.
+    """
+    if delay <= 0 or hurry or queued <= 0 or queued >= batch_size:
+        return 0.0
+    return max(0.0, last_write + delay - now)
 
 
 class _Item:
@@ -215,8 +240,12 @@ class AuditWriter:
         replica: str | None = None,
         clock: Callable[[], float] = time.time,
         chain: str | None = None,
+        batch_delay: float = BATCH_DELAY,
     ) -> None:
+        if batch_delay < 0:
+            raise ValueError(f"batch_delay must not be negative, got {batch_delay}")
         self._dsn = dsn
+        self._batch_delay = batch_delay
         self.config = config = config if config is not None else AuditConfig()
         self.replica = replica or config.replica or socket.gethostname()
         self.chain = chain or f"{_safe_name(self.replica)}.{uuid.uuid4().hex[:16]}"
@@ -241,6 +270,14 @@ class AuditWriter:
         self._pending: list[_Rec] = []
         self._count = 0
         self._bytes = 0
+        # batching: when the last write began, whether the task is waiting for a batch
+        # to fill, and who must not wait (see _hurry)
+        self._last_write = float("-inf")
+        self._gathering = False
+        self._normal_in = 0  # ordinary events queued so far
+        self._normal_out = 0  # ... and chained so far
+        self._hurry_normal = 0  # flush(): ordinary events up to this one are awaited
+        self._hurry_seq = 0  # a record up to this seq is awaited (durable, flush)
         # the chain
         self._seq = 0
         self._head_hash = GENESIS
@@ -457,10 +494,12 @@ class AuditWriter:
         target: _Item | _Rec | None = None
         if self._normal:
             target = self._normal[-1]
+            self._hurry_normal = self._normal_in
         elif self._urgent:
             target = self._urgent[-1]
         elif self._pending:
             target = self._pending[-1]
+            self._hurry_seq = max(self._hurry_seq, target.seq)
         if target is None:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -526,10 +565,20 @@ class AuditWriter:
 
     def _enqueue(self, event: object, urgent: bool) -> _Item:
         item = _Item(event, _event_size(event))
-        (self._urgent if urgent else self._normal).append(item)
+        if urgent:
+            self._urgent.append(item)
+        else:
+            self._normal.append(item)
+            self._normal_in += 1
         self._count += 1
         self._bytes += item.size
-        if self._wake is not None:
+        # While the task gathers a batch, only what ends the wait wakes it.
+        if self._wake is not None and (
+            not self._gathering
+            or urgent
+            or len(self._normal) + len(self._pending) >= self.config.batch_size
+            or self._crowded()
+        ):
             self._wake.set()
         return item
 
@@ -542,10 +591,7 @@ class AuditWriter:
         self._bytes -= sum(r.size for r in recs)
         # Waiters wake below three quarters, so that they are not woken one record
         # at a time while the queue hovers at its bound.
-        if (
-            self._count <= self.config.queue_size * 3 // 4
-            and self._bytes <= self.config.queue_bytes * 3 // 4
-        ):
+        if not self._crowded():
             self._signal()
 
     def _signal(self) -> None:
@@ -581,7 +627,11 @@ class AuditWriter:
         self._last_logged_us = logged
         build = self._builder.build
         while n < limit and (self._urgent or self._normal):
-            item = self._urgent.popleft() if self._urgent else self._normal.popleft()
+            if self._urgent:
+                item = self._urgent.popleft()
+            else:
+                item = self._normal.popleft()
+                self._normal_out += 1
             try:
                 values = build(item.event, now_us)
             except Exception as e:  # the builder is total; this is a bug, still record it
@@ -597,8 +647,48 @@ class AuditWriter:
             h = seal(values, prev)
             self._head_hash = h
             self._pending.append(_Rec(values, prev, h, item.waiters, item.size))
+            if item.waiters:
+                self._hurry_seq = self._seq
             n += 1
         return n
+
+    def _crowded(self) -> bool:
+        """Past the mark below which clients waiting for room are let go (_release)."""
+        return (
+            self._count > self.config.queue_size * 3 // 4
+            or self._bytes > self.config.queue_bytes * 3 // 4
+        )
+
+    def _hurry(self) -> bool:
+        """Does anyone wait for records to be committed: a durable record, flush(),
+        stop(), or clients held back by a crowded queue?"""
+        return (
+            self._stopping
+            or bool(self._urgent)
+            or self._normal_out < self._hurry_normal
+            or self._committed_seq < self._hurry_seq
+            or self._crowded()
+        )
+
+    def _gather_for(self) -> float:
+        """Seconds to wait for more records before the next write (see gather_for)."""
+        return gather_for(
+            time.monotonic(),
+            self._last_write,
+            self._batch_delay,
+            len(self._pending) + len(self._normal),
+            self.config.batch_size,
+            self._hurry(),
+        )
+
+    async def _gather(self) -> None:
+        """Let a batch fill (see "few, large commits" above)."""
+        self._gathering = True
+        try:
+            while (wait := self._gather_for()) > 0:
+                await self._wait(wait)
+        finally:
+            self._gathering = False
 
     async def _chain_batch(self) -> None:
         """Fill pending up to a batch, yielding to the event loop between steps."""
@@ -647,7 +737,9 @@ class AuditWriter:
         if self._replay_due():
             await self._replay()
         self._wake.clear()
-        if not self._pending:
+        if self._gather_for() > 0:
+            await self._gather()
+        if len(self._pending) < self.config.batch_size:
             await self._chain_batch()
         if not self._pending:
             if self._stopping and not self._queued():
@@ -813,6 +905,7 @@ class AuditWriter:
     async def _write(self) -> None:
         """Commit one batch from the head of pending; chain the next one meanwhile."""
         conn = self._conn
+        self._last_write = time.monotonic()
         batch = self._pending[: self.config.batch_size]
         rows = copy_rows(batch)
 

@@ -14,6 +14,11 @@ Two paths into the audit writer (``dbgate.audit``):
 Statement text is recorded with every literal replaced by ``$n`` (the classifier's
 own literal mask: 0.2 µs, so it costs nothing on the hot path); Bind values go to the
 writer as raw bytes, which it stores only as keyed hashes. No raw value is written.
+
+What a record takes from the classification — the fingerprint (a full parse of the
+text), the sorted categories, tables and columns — is worked out once per
+classification and remembered (:class:`_Shape`): the classifier hands the same
+object to every statement of one shape, whatever its literals.
 """
 
 from __future__ import annotations
@@ -40,21 +45,58 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbgate.gate")
 
 _MASK_CACHE = 20_000
+_SHAPE_CACHE = 4_096
 _MAX_TEXT = 64 * 1024
 _RECORDED = frozenset({"query", "execute", "function_call"})
 
 
-def masked_text(sql: str, cache: dict[str, str]) -> str:
-    """``sql`` with every literal replaced by ``$n``, as PostgreSQL's normalize does."""
+def masked_text(sql: str, cache: dict[str, str], shapes: dict[str, str] | None = None) -> str:
+    """``sql`` with every literal replaced by ``$n``, as PostgreSQL's normalize does.
+
+    ``cache`` remembers texts as sent (drivers re-send the same Parse); ``shapes``, when
+    given, the masked form of each literal mask, so that a client that inlines new
+    values every time (pgbench -M simple, ORMs) pays for the mask, not the rendering.
+    """
     hit = cache.get(sql)
     if hit is not None:
         return hit
     key = fast_mask(sql[:_MAX_TEXT])
-    masked = render_key(key) if key is not None else mask_sql(sql[:_MAX_TEXT])[0]
+    if key is None:
+        masked = mask_sql(sql[:_MAX_TEXT])[0]
+    elif shapes is None:
+        masked = render_key(key)
+    else:
+        masked = shapes.get(key)  # type: ignore[assignment]
+        if masked is None:
+            if len(shapes) >= _MASK_CACHE:
+                shapes.clear()
+            masked = shapes[key] = render_key(key)
+        if masked != sql:  # new literals: this very text will hardly come again
+            return masked
     if len(cache) >= _MASK_CACHE:
         cache.clear()
     cache[sql] = masked
     return masked
+
+
+class _Shape:
+    """The parts of a record that depend only on the classification."""
+
+    __slots__ = ("categories", "classification", "columns", "fingerprint", "tables")
+
+    def __init__(self, c: Any) -> None:
+        self.classification = c  # kept alive: its id() keys the cache
+        self.fingerprint: str = c.fingerprint if c is not None else ""
+        self.categories: tuple[str, ...] = ()
+        self.tables: tuple[str, ...] = ()
+        self.columns: tuple[str, ...] = ()
+        if c is not None:
+            self.categories = tuple(sorted(x.value for x in c.categories))
+            self.tables = tuple(sorted(c.tables))
+            self.columns = tuple(sorted({x for s in c.statements for x in s.columns}))
+
+
+_NO_SHAPE = _Shape(None)
 
 
 class AuditTrail:
@@ -63,6 +105,8 @@ class AuditTrail:
     def __init__(self, writer: AuditWriter) -> None:
         self.writer = writer
         self._masks: dict[str, str] = {}
+        self._masked_shapes: dict[str, str] = {}
+        self._shapes: dict[int, _Shape] = {}
         self._started: dict[int, float] = {}  # session id -> monotonic start
 
     # -- admission and durability ---------------------------------------------------------
@@ -102,9 +146,10 @@ class AuditTrail:
         intent: dict[str, str] = {}
         if session.declared or statement_declares or sql[:64].lstrip().startswith("/*"):
             intent = declared(session.declared, statement_declares, sql)
+        shape = self._shape(c)
         return StatementEvent(
             event=stage,  # type: ignore[arg-type]
-            statement=masked_text(sql, self._masks),
+            statement=masked_text(sql, self._masks, self._masked_shapes),
             decision=decision,
             identity=session.identity,
             session_id=session.session_id,
@@ -114,22 +159,30 @@ class AuditTrail:
             client_addr=session.client_addr,
             database=session.database,
             params=params,
-            fingerprint=c.fingerprint if c is not None else "",
-            categories=tuple(sorted(x.value for x in c.categories)) if c is not None else (),
-            tables=tuple(sorted(c.tables)) if c is not None else (),
-            columns=tuple(sorted({x for s in c.statements for x in s.columns}))
-            if c is not None
-            else (),
+            fingerprint=shape.fingerprint,
+            categories=shape.categories,
+            tables=shape.tables,
+            columns=shape.columns,
             rule=note.rule if note is not None else "",
             approval_id=approval_id,
             outcome=outcome,
             reason=reason,
             rows=rows,
             duration_us=duration_us,
-            purpose=mask_text(intent.get("purpose", "")),
-            model=mask_text(intent.get("model", "")),
+            purpose=mask_text(intent["purpose"]) if "purpose" in intent else "",
+            model=mask_text(intent["model"]) if "model" in intent else "",
             tokenized=tokenized,
         )
+
+    def _shape(self, c: Any) -> _Shape:
+        if c is None:
+            return _NO_SHAPE
+        shape = self._shapes.get(id(c))
+        if shape is None or shape.classification is not c:
+            if len(self._shapes) >= _SHAPE_CACHE:
+                self._shapes.clear()
+            shape = self._shapes[id(c)] = _Shape(c)
+        return shape
 
     def held(
         self,
@@ -147,7 +200,7 @@ class AuditTrail:
         who = request.requester
         return StatementEvent(
             event=stage,  # type: ignore[arg-type]
-            statement=masked_text(request.sql, self._masks),
+            statement=masked_text(request.sql, self._masks, self._masked_shapes),
             decision=verdict,
             identity=who.identity,
             session_id=who.session_id,

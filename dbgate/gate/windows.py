@@ -78,6 +78,16 @@ def _accounts(tables: frozenset[str], catalog: KeyCatalog | None) -> tuple[str, 
     return tuple(sorted(out))
 
 
+#: (id of a verdict, its accounts) -> (the verdict, its capped form). A verdict whose
+#: own ``max_rows`` fits in what is left is capped the same way at every read: made
+#: once, not twice per statement. The entry keeps the verdict alive (its id stays its).
+_CAPPED: dict[tuple[int, tuple[str, ...]], tuple[Allow, Allow]] = {}
+_CAPPED_SIZE = 4096
+#: (id of a note, its accounts) -> (the note, the note naming them): the same for
+#: every read of one statement shape, whatever is left.
+_NOTES: dict[tuple[int, tuple[str, ...]], tuple[GateNote, GateNote]] = {}
+
+
 def windowed(
     verdict: Allow,
     window: RowWindow,
@@ -96,11 +106,20 @@ def windowed(
             hint="wait for the window to move on, or ask for the rule to be changed",
             note=verdict.note,
         )
+    fits = bool(verdict.max_rows) and verdict.max_rows <= left
+    if fits:
+        hit = _CAPPED.get((id(verdict), tables))
+        if hit is not None and hit[0] is verdict:
+            return hit[1]
     note = verdict.note
     if isinstance(note, GateNote):
-        note = replace(note, window_tables=tables)
-    if verdict.max_rows and verdict.max_rows <= left:
-        return replace(verdict, note=note, repeatable=False)
+        note = _charged_to(note, tables)
+    if fits:
+        capped = replace(verdict, note=note, repeatable=False)
+        if len(_CAPPED) >= _CAPPED_SIZE:
+            _CAPPED.clear()
+        _CAPPED[(id(verdict), tables)] = (verdict, capped)
+        return capped
     return replace(
         verdict,
         note=note,
@@ -114,6 +133,17 @@ def windowed(
             hint="select fewer rows, or wait for the window to move on",
         ),
     )
+
+
+def _charged_to(note: GateNote, tables: tuple[str, ...]) -> GateNote:
+    hit = _NOTES.get((id(note), tables))
+    if hit is not None and hit[0] is note:
+        return hit[1]
+    if len(_NOTES) >= _CAPPED_SIZE:
+        _NOTES.clear()
+    named = replace(note, window_tables=tables)
+    _NOTES[(id(note), tables)] = (note, named)
+    return named
 
 
 class WindowCharges:

@@ -5,7 +5,9 @@ can be cut, and events to record.
 it closes every connection and refuses new ones (the state database "disappears");
 restoring it lets connections through again. ``lose_next_commit_answer`` lets the
 server commit the next transaction but never delivers its answer — the case where
-a writer cannot know whether its batch is in the database.
+a writer cannot know whether its batch is in the database. ``cut_when_copy_starts``
+cuts the link the moment the server accepts the next COPY: the database disappears
+in the middle of a batch.
 """
 
 from __future__ import annotations
@@ -138,6 +140,9 @@ class StateLink:
         self.up = True
         self._lose_commit = False
         self.lost_commits = 0
+        self._cut_at_copy = False
+        self._copy_began = False
+        self.cut_copies = 0
         self.port = 0
 
     async def start(self) -> StateLink:
@@ -166,6 +171,11 @@ class StateLink:
 
     def lose_next_commit_answer(self) -> None:
         self._lose_commit = True
+
+    def cut_when_copy_starts(self) -> None:
+        """At the server's next CopyInResponse, cut the link (and refuse new
+        connections until :meth:`restore`)."""
+        self._cut_at_copy = True
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.up:
@@ -203,6 +213,11 @@ class StateLink:
                 if out is None:  # a COMMIT answer swallowed: the link dies here
                     self._abort(pair)
                     return
+                if self._copy_began:  # the database disappears mid-batch
+                    self._copy_began = False
+                    self.cut_copies += 1
+                    self.cut()
+                    return
                 writer.write(out)
         except (ConnectionError, OSError):
             pass
@@ -222,6 +237,10 @@ class StateLink:
                 self._lose_commit = False
                 self.lost_commits += 1
                 return None, b""
+            if self._cut_at_copy and kind == b"G":  # CopyInResponse: never delivered
+                self._cut_at_copy = False
+                self._copy_began = True
+                return bytes(out), b""
             out += buf[i : i + 1 + length]
             i += 1 + length
         return bytes(out), buf[i:]

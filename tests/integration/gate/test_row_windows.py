@@ -303,3 +303,52 @@ async def test_the_background_task_reads_a_new_window_length_at_once(replicas: R
     await asyncio.wait_for(a.wait_read(before), timeout=30)
     assert a.remaining("agent", hour, hour.tables) == 5000
     await a.stop()
+
+
+async def test_a_verdict_is_capped_once_while_its_own_limit_fits_in_what_is_left(
+    replicas: Replicas,
+) -> None:
+    from dbgate.gate.notes import GateNote
+    from dbgate.gate.windows import windowed
+    from dbgate.policy.classify import classify
+    from dbgate.proxy.seams import Allow, Refuse
+
+    a = await replicas.make("a")
+    assert await a.refresh()
+    note = GateNote(classify("SELECT * FROM orders"), "allow", "read")
+    verdict = Allow(note=note, max_rows=100, repeatable=True)
+    first = windowed(verdict, MINUTE, a, "agent", None)
+    assert isinstance(first, Allow)
+    assert (first.max_rows, first.repeatable, first.over_limit) == (100, False, None)
+    assert first.note.window_tables == (ORDERS,)
+    assert windowed(verdict, MINUTE, a, "agent", None) is first  # made once
+    a.add("agent", MINUTE, MINUTE.tables, 950)  # 50 left: the cap is what is left
+    capped = windowed(verdict, MINUTE, a, "agent", None)
+    assert isinstance(capped, Allow)
+    assert capped.max_rows == 50 and capped.over_limit is not None
+    assert "50 rows agent has left of public.orders" in capped.over_limit.message
+    a.add("agent", MINUTE, MINUTE.tables, 50)  # nothing left: refused
+    assert isinstance(windowed(verdict, MINUTE, a, "agent", None), Refuse)
+    other = windowed(verdict, MINUTE, a, "someone-else", None)
+    assert other is first  # another identity with room: the same capped verdict
+
+
+async def test_a_verdict_without_its_own_limit_is_capped_at_what_is_left_every_time(
+    replicas: Replicas,
+) -> None:
+    from dbgate.gate.notes import GateNote
+    from dbgate.gate.windows import windowed
+    from dbgate.policy.classify import classify
+    from dbgate.proxy.seams import Allow
+
+    a = await replicas.make("a")
+    assert await a.refresh()
+    verdict = Allow(note=GateNote(classify("SELECT * FROM orders WHERE id = 1"), "allow", "read"))
+    first = windowed(verdict, MINUTE, a, "agent", None)
+    a.add("agent", MINUTE, MINUTE.tables, 1)
+    second = windowed(verdict, MINUTE, a, "agent", None)
+    assert isinstance(first, Allow) and isinstance(second, Allow)
+    assert (first.max_rows, second.max_rows) == (1000, 999)
+    assert "999 rows agent has left" in second.over_limit.message
+    assert first.note.window_tables == second.note.window_tables == (ORDERS,)
+    assert second.note is first.note  # the note naming the accounts is made once

@@ -28,6 +28,7 @@ from dbgate.audit.events import (
     StatementEvent,
 )
 from dbgate.audit.rows import RowBuilder, WriterEvent, iso, parse_iso, seal, to_us
+from dbgate.audit.scrub import scrub
 
 NOW = 1_800_000_000_000_000
 
@@ -128,6 +129,29 @@ def test_scrubbed_values_are_counted() -> None:
     )
     assert row["statement"] == "SELECT '<email>'" and row["params"] == ["<ssn>"]
     assert row["purpose"] == "call <phone>" and row["scrubbed"] == 3
+
+
+def test_raw_parameters_hash_the_same_whatever_buffer_holds_them() -> None:
+    from hashlib import blake2b
+
+    builder = RowBuilder("r", b"k1")
+    expected = "h:" + blake2b(b"secret", key=b"k1", digest_size=16).hexdigest()
+    for value in (b"secret", bytearray(b"secret"), memoryview(b"secret")):
+        e = StatementEvent("completed", "SELECT $1", params=(value,))
+        assert builder.build(e, NOW)[INDEX["params"]] == [expected]
+
+
+def test_repeated_texts_are_scrubbed_alike_every_time() -> None:
+    builder = RowBuilder("r1", b"key")
+    long_text = "SELECT 'a@b.io' " + "x" * 5000  # past what is remembered
+    for _ in range(3):  # the first time scrubs, later ones remember: the same record
+        for sql in ("SELECT 'a@b.io', '078-05-1120'", "SELECT 1", long_text):
+            e = StatementEvent("completed", sql, application_name="app 078-05-1120")
+            row = dict(zip(NAMES, builder.build(e, NOW), strict=True))
+            expected, n = scrub(sql)
+            assert row["statement"] == expected
+            assert row["application_name"] == "app <ssn>"
+            assert row["scrubbed"] == n + 1
 
 
 def test_wrong_types_are_kept_and_noted() -> None:

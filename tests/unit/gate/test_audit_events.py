@@ -1,0 +1,75 @@
+"""The statement records the gate builds: what they take from the classification,
+worked out once per shape and the same as working it out each time."""
+
+from __future__ import annotations
+
+from pglast import parser
+
+from dbgate.audit.writer import AuditWriter
+from dbgate.gate.audit import AuditTrail
+from dbgate.gate.notes import GateNote
+from dbgate.policy.classify import classify
+from dbgate.proxy.session_info import SessionInfo
+
+
+def _trail() -> AuditTrail:
+    return AuditTrail(AuditWriter("postgresql://unused@127.0.0.1:1/state"))  # never started
+
+
+def _session() -> SessionInfo:
+    return SessionInfo(7, "agent", "demo", "psql", "10.0.0.7:5000")
+
+
+def _event(trail: AuditTrail, sql: str):
+    note = GateNote(classify(sql), "allow", "read")
+    return trail.statement(_session(), "completed", "allow", sql, note)
+
+
+def test_statements_of_one_shape_carry_the_same_fingerprint_and_names() -> None:
+    trail = _trail()
+    sql = "SELECT o.total, c.email FROM orders o JOIN customers c ON c.id = 42"
+    a = _event(trail, sql)
+    b = _event(trail, "SELECT o.total, c.email FROM orders o JOIN customers c ON c.id = 7")
+    assert a.statement == "SELECT o.total, c.email FROM orders o JOIN customers c ON c.id = $1"
+    assert b.statement == a.statement
+    assert a.fingerprint == b.fingerprint != ""
+    assert a.fingerprint == str(parser.fingerprint(sql))
+    assert a.categories == b.categories == tuple(sorted(x.value for x in classify(sql).categories))
+    assert "read" in a.categories
+    assert a.tables == b.tables == ("customers", "orders")
+    assert a.columns == b.columns
+    assert a.columns == tuple(sorted(a.columns)) and "customers.email" in a.columns
+
+
+def test_another_shape_gets_its_own() -> None:
+    trail = _trail()
+    read = _event(trail, "SELECT * FROM orders WHERE id = 1")
+    write = _event(trail, "UPDATE orders SET total = 0 WHERE id = 1")
+    assert read.fingerprint != write.fingerprint
+    assert write.categories == ("write",) and write.tables == ("orders",)
+
+
+def test_a_statement_without_a_classification_has_empty_names() -> None:
+    event = _trail().statement(_session(), "refused", "refused", "SELECT 1", None)
+    assert (event.fingerprint, event.categories, event.tables, event.columns) == ("", (), (), ())
+
+
+def test_masked_text_is_the_same_with_and_without_the_shape_cache() -> None:
+    from dbgate.gate.audit import masked_text
+
+    texts = [
+        "SELECT v FROM t WHERE id = 1",
+        "SELECT v FROM t WHERE id = 2",
+        "SELECT v FROM t WHERE id = $1",
+        "SELECT 'it''s', E'a\\\\b' FROM t WHERE x = 1.5 AND y = 'z'",
+        "SELECT v FROM t WHERE id = 1",
+        "not sql at all 'open",
+    ]
+    plain: dict[str, str] = {}
+    cache: dict[str, str] = {}
+    shapes: dict[str, str] = {}
+    for sql in texts:
+        assert masked_text(sql, cache, shapes) == masked_text(sql, plain)
+    assert masked_text(texts[0], cache, shapes) == "SELECT v FROM t WHERE id = $1"
+    # a text with literals is not kept as sent (it will hardly come again); its shape is
+    assert texts[0] not in cache and "SELECT v FROM t WHERE id = $1" in cache
