@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from typing import Any
 
 import asyncpg
@@ -194,7 +195,13 @@ async def test_approval_steps_are_recorded_with_who_decided(env: HoldsEnv, peopl
     finally:
         running.cancel()
         await conn.close()
-    recs = audit(env, "kind = 'approval' AND approval_id = $1", str(rid))
+    # The store reports "executed" just after committing the status the test waited
+    # for: flush until that step has been told (or the deadline says it never was).
+    deadline = time.monotonic() + 20
+    while True:
+        recs = audit(env, "kind = 'approval' AND approval_id = $1", str(rid))
+        if any(r["event"] == "executed" for r in recs) or time.monotonic() > deadline:
+            break
     recs.sort(key=lambda r: r["at"])  # one chain's order is the order events were told
     assert [(r["event"], r["actor"]) for r in recs] == [
         ("requested", None),
