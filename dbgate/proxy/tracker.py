@@ -1362,13 +1362,7 @@ class StatementTracker(MeasuredWrites):
         if status == 0x49 and self._portals:  # 'I': portals end with their transaction
             self._portals.clear()
             self._portal_state.clear()
-        queue = self._queue
-        if self._markers:
-            while queue and queue[0][0] == COPY_END:
-                queue.popleft()
-                self._markers -= 1
-        if self._watch and queue and queue[0][0] == EXECUTE:
-            self._start_execute(queue[0])
+        self._next_cycle()
 
     def _ping_done(self, status: int) -> None:
         """The ReadyForQuery of a ping: the server's timer is re-armed. Not shown and
@@ -1377,6 +1371,11 @@ class StatementTracker(MeasuredWrites):
         self._queue.popleft()
         self.pinging = False
         self.info.transaction_status = STATUS[status]
+        self._next_cycle()
+
+    def _next_cycle(self) -> None:
+        """A cycle ended: the client's COPY-end markers ahead are dropped, and an
+        Execute that now heads the queue starts (its portal is what the server has)."""
         queue = self._queue
         if self._markers:
             while queue and queue[0][0] == COPY_END:
