@@ -33,6 +33,21 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
+def counted_table(pg_dsn: str, prefix: str) -> Iterator[str]:
+    """A fresh table ``(id int primary key, v int)`` of 20 rows (v = 0) every role may
+    write, dropped afterwards: what the measured-writes tests count changes in."""
+    import psycopg
+
+    name = unique(prefix)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(f"create table {name} (id int primary key, v int not null default 0)")
+        admin.execute(f"insert into {name} select g, 0 from generate_series(1, 20) g")
+        admin.execute(f"grant all on {name} to public")
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(f"drop table if exists {name}")
+
+
 @dataclass(frozen=True)
 class DsnParts:
     host: str

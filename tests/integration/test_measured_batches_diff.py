@@ -17,7 +17,6 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,9 +24,13 @@ from hypothesis import strategies as st
 from dbgate.proxy.seams import Allow, Refuse, Statement
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.wire import messages as m
-from tests.integration.drivers_common import unique
+from tests.integration.drivers_common import counted_table
 from tests.integration.rawclient import RawClient, agent, direct
 
+#: Hypothesis for both tests: one proxy serves every example of a test.
+EXAMPLES = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 LIMIT = 1_000  # never reached here: every batch stays under it
 NEVER = Refuse("54000", "dbgate: over the limit (not expected in this test)")
 
@@ -60,14 +63,7 @@ class MeasureEveryWrite:
 
 @pytest.fixture(scope="module")
 def table(pg_dsn: str) -> Iterator[str]:
-    name = unique("mdiff")
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f"create table {name} (id int primary key, v int not null default 0)")
-        admin.execute(f"insert into {name} select g, 0 from generate_series(1, 20) g")
-        admin.execute(f"grant all on {name} to public")
-    yield name
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f"drop table if exists {name}")
+    yield from counted_table(pg_dsn, "mdiff")
 
 
 # -- programs --------------------------------------------------------------------------
@@ -160,11 +156,7 @@ def measuring(make_proxy: Any) -> tuple[Any, MeasureEveryWrite]:
     return make_proxy(inspector=inspector), inspector
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@EXAMPLES
 @given(program=programs())
 def test_a_measured_batch_under_its_limit_looks_as_without_dbgate(
     program: list[tuple[str, Any]],
@@ -186,11 +178,7 @@ def approving(make_proxy: Any) -> tuple[Any, MeasureEveryWrite]:
     return make_proxy(inspector=inspector), inspector
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@EXAMPLES
 @given(program=programs(flushes=False))
 def test_a_measured_batch_approved_past_its_limit_looks_as_without_dbgate(
     program: list[tuple[str, Any]],

@@ -23,7 +23,7 @@ import pytest
 
 from dbgate.proxy.seams import Allow, Refuse, Statement
 from dbgate.proxy.session_info import SessionInfo
-from tests.integration.drivers_common import unique
+from tests.integration.drivers_common import counted_table, unique
 from tests.integration.test_driver_psql import psql
 
 LIMIT = 5
@@ -51,14 +51,7 @@ class Measuring:
 
 @pytest.fixture
 def table(pg_dsn: str) -> Iterator[str]:
-    name = unique("measured")
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f"create table {name} (id int primary key, v int not null default 0)")
-        admin.execute(f"insert into {name} select g, 0 from generate_series(1, 20) g")
-        admin.execute(f"grant all on {name} to public")
-    yield name
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f"drop table if exists {name}")
+    yield from counted_table(pg_dsn, "measured")
 
 
 def _changed(pg_dsn: str, table: str) -> int:
