@@ -86,7 +86,7 @@ def _format(
 ) -> str:
     busy = total / (seconds * RATE) if seconds else 0.0
     lines = [
-        f"py-spy profile of dbgate under pgbench -S -M {mode}: {total} samples in {seconds}s "
+        f"py-spy profile of dbgate under pgbench {mode}: {total} samples in {seconds}s "
         f"(dbgate busy {busy:.0%} of one core); raw stacks: {raw}",
         "",
         f"top {top} by self time:",
@@ -109,18 +109,20 @@ def profile_dbgate(
     threads: int,
     out_dir: Path,
     native: bool = False,
+    script: str = "select",
 ) -> dict[str, Any]:
-    """Record ``pid`` for ``seconds`` while pgbench -S runs against ``target``."""
+    """Record ``pid`` for ``seconds`` while pgbench runs ``script`` (``select``: -S,
+    ``tpcb``: the default TPC-B-like transaction) against ``target``."""
     py_spy = find_py_spy()
     if py_spy is None:
         return {"text": "profile skipped: py-spy not found (.venv/bin/pip install py-spy)"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw = out_dir / f"dbgate-{mode}{'-native' if native else ''}.collapsed"
+    raw = out_dir / f"dbgate-{mode}-{script}{'-native' if native else ''}.collapsed"
     load = subprocess.Popen(
         [
             pgbench_bin,
             "-n",
-            "-S",
+            *(["-S"] if script == "select" else []),
             "-M",
             mode,
             "-c",
@@ -152,6 +154,7 @@ def profile_dbgate(
     total, self_time, inclusive = parse_collapsed(raw.read_text())
     if total == 0:
         return {"text": f"profile recorded no samples ({raw})"}
+    label = f"{'-S' if script == 'select' else 'TPC-B'} -M {mode}"
     return {
         "raw": str(raw),
         "mode": mode,
@@ -160,5 +163,5 @@ def profile_dbgate(
         "busy_fraction": total / (seconds * RATE),
         "top_self": [(f, n / total) for f, n in self_time.most_common(40)],
         "top_inclusive": [(f, n / total) for f, n in inclusive.most_common(40)],
-        "text": _format(total, seconds, self_time, inclusive, mode, raw),
+        "text": _format(total, seconds, self_time, inclusive, label, raw),
     }

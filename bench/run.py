@@ -175,7 +175,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         metavar="SECONDS",
-        help="also record dbgate with py-spy for SECONDS under pgbench -S (needs py-spy)",
+        help="also record dbgate with py-spy for SECONDS under pgbench (needs py-spy)",
+    )
+    p.add_argument(
+        "--profile-script",
+        default="select",
+        choices=("select", "tpcb"),
+        help="pgbench script while profiling: select (-S) or tpcb (the default transaction)",
     )
     p.add_argument(
         "--profile-native",
@@ -558,6 +564,7 @@ class Bench:
             self.args.threads,
             self.work / "profile",
             native=self.args.profile_native,
+            script=self.args.profile_script,
         )
 
     # ----------------------------------------------------------------- holds
