@@ -114,7 +114,7 @@ class Gate:
         if audit is not None:
             self.strict = not audit.writer.available
             audit.writer.on_available = self._audit_available
-        self._repeats: Callable[[str], bool] = lambda _sql: False
+        self._repeats: Callable[..., bool] = lambda _sql, **_: False
         if classify is None:
             from dbgate.policy.classify import classify, seen_exactly
 
@@ -125,6 +125,17 @@ class Gate:
         self._ruleset = ruleset
         # (identity, classification, outcome, Allow with its note, repeatable Allow)
         self._answers: dict[tuple[int, int], tuple[Any, ...]] = {}
+        #: Read by the relay (see Inspector in seams.py): bumped when the rules or a
+        #: catalog snapshot (keys, PII schema) change, so every session forgets the
+        #: verdicts it remembers — one proven narrow by a key that was dropped, or
+        #: planned for PII on a schema that gained a PII column, is taken again.
+        self.generation = 0
+        for loads in (keys.loads if keys is not None else None, pii.loads if pii else None):
+            if loads is not None:
+                loads.on_change.append(self._snapshot_changed)
+
+    def _snapshot_changed(self) -> None:
+        self.generation += 1
 
     def _audit_available(self, available: bool) -> None:
         self.strict = not available
@@ -142,6 +153,7 @@ class Gate:
         self._ruleset = ruleset
         self._answers.clear()
         self._bind_allows.clear()
+        self.generation += 1
         if self.windows is not None:
             from dbgate.gate.windows import window_lengths
 
@@ -252,8 +264,9 @@ class Gate:
         """The policy's verdict on a Query or Parse, and the classification."""
         kind = statement.kind
         sql = statement.sql
-        repeats = self._repeats(sql)  # asked first: classifying stores a new text
         catalog = self.keys.for_session(session) if self.keys is not None else None
+        # asked first: classifying stores a new text
+        repeats = self._repeats(sql, keys=catalog) if catalog is not None else self._repeats(sql)
         if self.offload is not None:
             ready = self.offload.ahead(sql, session.statements.texts, catalog)
             if ready is not None:

@@ -146,6 +146,7 @@ class PiiGate:
             rooms[database] = room
         self.config = config
         self.loads.loaded.update(rooms)
+        self.loads.changed()
         self._verdicts.clear()
         for info in sessions:
             info.state.pop(_STATE_KEY, None)
@@ -275,13 +276,15 @@ class PiiGate:
             # the policy's verdict (its limits, its note) with the tokens resolved
             return replace(allowed, plan=result_plan, replace_sql=sql, repeatable=False)
         if plan.params_may_hold_tokens:
-            # Decided at each Bind: the values may be tokens to resolve.
+            # Decided at each Bind: the values may be tokens to resolve. The Parse
+            # itself is judged the same way every time (it stays repeatable when the
+            # policy's verdict is): a driver's unnamed Parse of the same text is
+            # remembered, its Binds are still shown to the gate.
             return replace(
                 allowed,
                 plan=result_plan,
                 check_binds=True,
                 check_only_tokens=not allowed.check_binds,  # nothing else to judge there
-                repeatable=False,
             )
         if result_plan is None:
             return None

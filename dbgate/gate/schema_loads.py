@@ -64,11 +64,20 @@ class SchemaLoads(Generic[T]):
         self._loading: dict[str, asyncio.Future[T]] = {}
         self._started: dict[str, float] = {}  # database -> monotonic start of last load
         self._absent: dict[str, dict[str, float]] = {}
+        #: Called after a snapshot was loaded or replaced: decisions taken from the
+        #: old one (the relay's remembered verdicts) must be taken again.
+        self.on_change: list[Callable[[], None]] = []
 
     async def _run(self, database: str) -> T:
         value = await self._load(database)
         self.loaded[database] = value
+        self.changed()
         return value
+
+    def changed(self) -> None:
+        """A snapshot in :attr:`loaded` is new: tell :attr:`on_change`."""
+        for callback in self.on_change:
+            callback()
 
     def _start(self, database: str) -> asyncio.Future[T]:
         self._started[database] = time.monotonic()

@@ -109,13 +109,17 @@ def clear_cache() -> None:
             _stats[k] = 0
 
 
-def seen_exactly(sql: str) -> bool:
+def seen_exactly(
+    sql: str, *, extra_pure_functions: frozenset[str] = _EMPTY, keys: KeyCatalog | None = None
+) -> bool:
     """Whether ``sql`` itself (not just its shape) is in the cache: a text that repeats.
 
     The proxy remembers verdicts only for such texts; remembering every text of a
-    client that inlines fresh values would cost more than it saves.
+    client that inlines fresh values would cost more than it saves. Asked with the
+    arguments :func:`classify` gets: texts are cached per key catalog.
     """
-    return sql in _exact
+    context = _context(extra_pure_functions, keys)
+    return ((sql, context) if context is not None else sql) in _exact
 
 
 def _context(extra: frozenset[str], keys: KeyCatalog | None) -> Any:

@@ -208,6 +208,11 @@ class Inspector(Protocol):
     shows it every Query, Parse and Bind — no remembered verdict is reused and no
     Bind is skipped — so that it can refuse statements that would otherwise run
     without asking (the gate sets it while the audit trail cannot be written).
+
+    And a ``generation`` attribute (an int): whenever it changes, every session
+    forgets the verdicts it remembers (``Allow(repeatable=True)``) before its next
+    message — the gate bumps it when its rules or the catalog snapshots its
+    verdicts were taken from change.
     """
 
     def inspect(self, session: SessionInfo, statement: Statement) -> Verdict | Awaitable[Verdict]:

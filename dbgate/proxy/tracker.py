@@ -277,9 +277,12 @@ class StatementTracker(MeasuredWrites):
         # same Parse (unnamed, $n parameters) or BEGIN/COMMIT for every transaction,
         # and skipping the decode and the inspector for them is most of the relay's
         # per-statement work. Bounded in entries and message size; forgotten on any
-        # ParameterStatus and by SessionInfo.forget_verdicts().
+        # ParameterStatus, by SessionInfo.forget_verdicts() and when the inspector's
+        # ``generation`` changes (see Inspector in seams.py).
         self._memo: dict[bytes, tuple[Statement, Allow, _Prepared | None]] = {}
         info._forget = self._memo.clear
+        self._generations = self.inspector if hasattr(self.inspector, "generation") else None
+        self._memo_generation = getattr(self.inspector, "generation", 0)
         #: A statement waits for an awaitable verdict (see :meth:`client_chunk`).
         self.waiting: Waiting | None = None
         #: The client sent Terminate.
@@ -438,6 +441,10 @@ class StatementTracker(MeasuredWrites):
         strictness = self._strictness
         strict = strictness is not None and strictness.strict  # type: ignore[attr-defined]
         memo = self._memo if not strict else None
+        generations = self._generations
+        if generations is not None and generations.generation != self._memo_generation:  # type: ignore[attr-defined]
+            self._memo.clear()
+            self._memo_generation = generations.generation  # type: ignore[attr-defined]
         observed = self.observer is not None
         for t, s, e in frames:
             hdr = s - 5

@@ -8,16 +8,22 @@ inspector did not mark repeatable is always asked; the memory is bounded.
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from dbgate.gate import Gate
+from dbgate.gate.keys import KeyCatalogs
 from dbgate.policy.rules import load_rules
 from dbgate.proxy import tracker as tracker_mod
 from dbgate.proxy.seams import ALLOW, ALLOW_REPEATABLE, Allow, Refuse, Statement
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.wire import messages as m
+from tests.integration.conftest import proxy_config
 from tests.integration.rawclient import agent, errors, extended, rows
 
 
@@ -27,6 +33,7 @@ class CountingInspector:
     def __init__(self) -> None:
         self.asked: list[tuple[str, str]] = []
         self.sessions: list[SessionInfo] = []
+        self.generation = 0  # see Inspector in seams.py
 
     def inspect(self, session: SessionInfo, stmt: Statement) -> Allow | Refuse:
         self.asked.append((stmt.kind, stmt.sql))
@@ -80,6 +87,28 @@ async def test_parameter_status_and_forget_make_the_relay_ask_again(
 
 async def _forget(session: SessionInfo) -> None:
     session.forget_verdicts()
+
+
+async def test_a_new_inspector_generation_makes_the_relay_ask_again(
+    counting: Any, pg_database: str
+) -> None:
+    proxy, inspector = counting
+    client = await agent(proxy, pg_database)
+    try:
+        for _ in range(2):
+            await client.query("select 1")
+            client.send(extended("select $1::int", (b"1",)), m.SYNC)
+            await client.until_ready()
+        assert inspector.asked.count(("query", "select 1")) == 1
+        assert inspector.asked.count(("parse", "select $1::int")) == 1
+        inspector.generation += 1  # the inspector's rules or catalogs changed
+        await client.query("select 1")
+        client.send(extended("select $1::int", (b"1",)), m.SYNC)
+        await client.until_ready()
+        assert inspector.asked.count(("query", "select 1")) == 2
+        assert inspector.asked.count(("parse", "select $1::int")) == 2
+    finally:
+        await client.close()
 
 
 async def test_memory_is_bounded(
@@ -152,5 +181,59 @@ async def test_execute_is_never_remembered(make_proxy: Any, pg_database: str) ->
         await client.until_ready()
         got = await client.query(exploit)
         assert not rows(got) and errors(got)[0].sqlstate == "42501", got
+    finally:
+        await client.close()
+
+
+# -- with the upstream's unique keys, as ``dbgate serve`` runs the gate -----------------
+
+
+class CountingGate(Gate):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: list[str] = []
+
+    def inspect(self, session: SessionInfo, statement: Statement) -> Any:
+        self.asked.append(statement.sql)
+        return super().inspect(session, statement)
+
+
+@pytest.fixture
+def keyed(pg_dsn: str) -> Iterator[str]:
+    name = f"memo_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
+        conn.execute(f"INSERT INTO {name} VALUES (1, 'one')")
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+async def test_a_verdict_proven_by_a_key_is_remembered_until_the_keys_change(
+    make_proxy: Any, pg_server: Any, pg_database: str, pg_dsn: str, keyed: str
+) -> None:
+    """A read pinned by its primary key is proven to return one row and runs without a
+    row limit; the relay remembers that verdict for the same text. Once the key is
+    dropped and the catalog reloaded, the remembered verdict must not be used: the
+    read is limited again (the default pack's 1,000 rows) and fails past it."""
+    keys = KeyCatalogs(proxy_config(pg_server))
+    gate = CountingGate(load_rules(), keys=keys)
+    proxy = make_proxy(inspector=gate)
+    client = await agent(proxy, pg_database)
+    read = f"SELECT v FROM {keyed} WHERE id = 1"
+    try:
+        for _ in range(2):  # the first loads the catalogs; the second sees a repeat
+            assert rows(await client.query(read)) == [(b"one",)]
+        asked = gate.asked.count(read)
+        for _ in range(3):
+            assert rows(await client.query(read)) == [(b"one",)]
+        assert gate.asked.count(read) == asked  # remembered under the loaded key catalog
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE {keyed} DROP CONSTRAINT {keyed}_pkey")
+            conn.execute(f"INSERT INTO {keyed} SELECT 1, 'dup' FROM generate_series(1, 1500)")
+        proxy.call(keys.loads.reload_since(pg_database, time.monotonic()))
+        got = await client.query(read)
+        assert gate.asked.count(read) == asked + 1
+        assert errors(got) and errors(got)[0].sqlstate == "54000", got
     finally:
         await client.close()
