@@ -14,7 +14,7 @@ from typing import Any
 
 from dbgate import metrics
 from dbgate.gate.notes import GateNote
-from dbgate.proxy.seams import Observer, Refuse, StatementRecord
+from dbgate.proxy.seams import STATEMENT_EVENTS, Observer, Refuse, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 
 log = logging.getLogger("dbgate.gate")
@@ -27,16 +27,6 @@ _REFUSED_REASONS = {
     "42501": "not_allowed",
     "08P01": "protocol",
 }
-
-
-#: The statement events an observer may declare it ``ignores`` (see Observer).
-STATEMENT_EVENTS = (
-    "statement_received",
-    "statement_decided",
-    "statement_forwarded",
-    "statement_completed",
-    "statement_failed",
-)
 
 
 class FanOut:
@@ -53,6 +43,11 @@ class FanOut:
             for event in STATEMENT_EVENTS
         }
         self.ignores = frozenset(e for e, hearing in self._hearing.items() if not hearing)
+        # each statement event's listeners as bound methods: told once per statement
+        self._tell = {
+            event: tuple((o, getattr(o, event)) for o in hearing)
+            for event, hearing in self._hearing.items()
+        }
 
     def _each(self, method: str, *args: Any) -> None:
         for o in self._hearing.get(method, self.observers):
@@ -60,6 +55,13 @@ class FanOut:
                 getattr(o, method)(*args)
             except Exception:
                 log.exception("observer %s failed on %s", type(o).__name__, method)
+
+    def _statement(self, event: str, session: SessionInfo, record: StatementRecord) -> None:
+        for observer, tell in self._tell[event]:
+            try:
+                tell(session, record)
+            except Exception:
+                log.exception("observer %s failed on %s", type(observer).__name__, event)
 
     def session_started(self, session: SessionInfo) -> None:
         self._each("session_started", session)
@@ -73,19 +75,19 @@ class FanOut:
         self._each("session_refused", user, database, client_addr, sqlstate, message)
 
     def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._each("statement_received", session, record)
+        self._statement("statement_received", session, record)
 
     def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._each("statement_decided", session, record)
+        self._statement("statement_decided", session, record)
 
     def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._each("statement_forwarded", session, record)
+        self._statement("statement_forwarded", session, record)
 
     def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._each("statement_completed", session, record)
+        self._statement("statement_completed", session, record)
 
     def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._each("statement_failed", session, record)
+        self._statement("statement_failed", session, record)
 
 
 def combine(observers: Sequence[Observer]) -> Observer | None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbgate.gate.notes import GateNote, primary_category
 from dbgate.gate.schema_loads import SchemaLoads, upstream_dsn
+from dbgate.pii.plan_cache import shape_of
 from dbgate.pii.room import PiiRoom, PiiSession, StatementPlan
 from dbgate.pii.tokens import TokenError
 from dbgate.policy.model import Action, Category, Classification, Decision, Reason
@@ -235,11 +236,18 @@ class PiiGate:
             # the policy's verdict differs by identity (limits, note): it is part of the key
             if hit is not None and hit[0] == room.version and hit[1] is allowed:
                 return hit[2]
-        plan = s.plan(sql)
+            shape = shape_of(sql)
+            if shape is not None and room.plans.nothing_to_change(shape):
+                return None  # a fresh literal in a text of a shape PII leaves alone
+        else:
+            shape = False  # not computed
+        plan = s.plan(sql, shape)
         unknown = plan.analysis.unknown_relations
         if unknown and self.loads.may_be_new(info.database, unknown):
             return self._after_reload(info, statement, allowed, classification, hold)
         result = self._judge(info, s, plan, allowed, classification, hold)
+        if result is None and shape and not unknown:
+            room.plans.remember_unchanged(shape)  # the policy's verdict stands
         # A text planned from its shape's plan (fresh literals: pgbench -M simple, ORMs
         # that inline values) rarely comes again: remembering it would only push out
         # the verdicts of texts that do repeat.

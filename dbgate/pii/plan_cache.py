@@ -176,18 +176,25 @@ class PlanCache:
         self._exact: dict[str, Analysis] = {}
         self._shapes: dict[Shape, _Shaped] = {}
         self._held = {"exact": 0, "shape": 0}  # characters of keys per level
+        #: trusted shapes whose texts need nothing from PII (:meth:`nothing_to_change`)
+        self._unchanged: set[Shape] = set()
         self._lock = threading.Lock()
         #: How lookups were answered (``exact``, ``shape``, ``cold``): diagnostics, tests.
         self.stats = {"exact": 0, "shape": 0, "cold": 0}
 
-    def lookup(self, sql: str) -> tuple[Analysis | None, Shape | None]:
-        """The analysis of ``sql`` if known, else (None, its shape for :meth:`store`)."""
+    def lookup(
+        self, sql: str, shape: Shape | bool | None = False
+    ) -> tuple[Analysis | None, Shape | None]:
+        """The analysis of ``sql`` if known, else (None, its shape for :meth:`store`).
+        ``shape``: ``shape_of(sql)`` when the caller has it already (False: not yet)."""
         hit = self._exact.get(sql)
         if hit is not None:
             self.stats["exact"] += 1
             return hit, None
-        shape = shape_of(sql)
+        if shape is False:
+            shape = shape_of(sql)
         if shape is not None:
+            assert shape is not True
             entry = self._shapes.get(shape)
             if entry is not None:
                 if entry.state == _UNCHECKED:
@@ -197,6 +204,24 @@ class PlanCache:
                     return entry.analysis, shape
         self.stats["cold"] += 1
         return None, shape
+
+    def trusted(self, shape: Shape) -> bool:
+        """Whether texts of ``shape`` share one analysis (checked on a text of it)."""
+        entry = self._shapes.get(shape)
+        return entry is not None and entry.state == _TRUSTED
+
+    def nothing_to_change(self, shape: Shape) -> bool:
+        """Whether a text of the trusted ``shape`` was found to need nothing from PII
+        (no PII output, no token, no hold): every text of the shape has the same
+        analysis, so the same holds for it. Lets fresh literals (pgbench -M simple,
+        ORMs that inline values) skip planning."""
+        return shape in self._unchanged
+
+    def remember_unchanged(self, shape: Shape) -> None:
+        if self.trusted(shape):
+            if len(self._unchanged) >= self.entries:
+                self._unchanged.clear()
+            self._unchanged.add(shape)
 
     def seen_exactly(self, sql: str) -> bool:
         """Whether ``sql`` itself is remembered (not only its shape): a text that
@@ -237,6 +262,7 @@ class PlanCache:
         with self._lock:
             self._exact.clear()
             self._shapes.clear()
+            self._unchanged.clear()
             self._held = {"exact": 0, "shape": 0}
 
     def info(self) -> dict[str, int]:

@@ -33,7 +33,7 @@ from dbgate.pii.filters import MessageFilter
 from dbgate.pii.keys import keyring_from_config
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.lineage import Analysis, Output, analyze, parse
-from dbgate.pii.plan_cache import PlanCache
+from dbgate.pii.plan_cache import PlanCache, Shape
 from dbgate.pii.pseudonyms import TEXT, Pseudonymizer, TypeRegistry
 from dbgate.pii.rows import ColumnAction, RowRewriter, ValueCache
 from dbgate.pii.schema import SchemaSnapshot, load_schema
@@ -372,9 +372,10 @@ class PiiSession:
     def prepared(self, name: str) -> Output | None:
         return self._prepared.get(name)
 
-    def plan(self, sql: str) -> StatementPlan:
-        """The plan of one statement text (Query or Parse); cheap when seen before."""
-        analysis = self.room.analysis(sql, self)
+    def plan(self, sql: str, shape: Shape | bool | None = False) -> StatementPlan:
+        """The plan of one statement text (Query or Parse); cheap when seen before.
+        ``shape``: ``shape_of(sql)`` when the caller has computed it."""
+        analysis = self.room.analysis(sql, self, shape)
         self._cursors.update(analysis.declares)
         self._prepared.update(analysis.prepares)
         for name in analysis.deallocates:
@@ -519,10 +520,13 @@ class PiiRoom:
             )
         return None
 
-    def analysis(self, sql: str, session: PiiSession | None = None) -> Analysis:
+    def analysis(
+        self, sql: str, session: PiiSession | None = None, shape: Shape | bool | None = False
+    ) -> Analysis:
         """The lineage of ``sql``: from the plan cache (this text, or another of its
-        shape: see :mod:`dbgate.pii.plan_cache`), else parsed and walked."""
-        cached, shape = self.plans.lookup(sql)
+        shape: see :mod:`dbgate.pii.plan_cache`), else parsed and walked. ``shape``:
+        ``shape_of(sql)`` when the caller has computed it."""
+        cached, shape = self.plans.lookup(sql, shape)
         if cached is not None:
             return cached
         coverage = self.coverage

@@ -243,7 +243,8 @@ class PreparedStatements:
                 f"more than {MAX_PENDING} prepared-statement changes without an answer"
             )
         key = name_key(change.name)
-        change = change._replace(name=key)
+        if key != change.name:
+            change = change._replace(name=key)
         cand = None
         if change.kind == "add":
             if key not in self._known and len(self._known) >= MAX_NAMES:
@@ -255,13 +256,25 @@ class PreparedStatements:
                 tokens_only=change.check_binds and change.tokens_only,
             )
         handle = PendingChange(self, change, batch, cand)
-        queue = self._pending.setdefault(key, [])
-        queue.append(handle)
+        queue = self._pending.get(key)
+        if queue is None:
+            queue = self._pending[key] = [handle]
+        else:
+            queue.append(handle)
         self._pending_count += 1
         if cand is not None and cand.check_binds:
             self.checked.add(key)
             if not cand.tokens_only:
                 self.tokens_only.discard(key)
+            elif len(queue) == 1:
+                # What _recheck would find, cheaply (every extended-protocol query of
+                # a table the PII catalog covers comes here): the candidates are this
+                # one and the statement the server holds, if it holds one.
+                known = self._known.get(key)
+                if known is None or not known.check_binds or known.tokens_only:
+                    self.tokens_only.add(key)
+                else:
+                    self.tokens_only.discard(key)
             elif len(queue) < MAX_CANDIDATES:
                 self._recheck(key)  # token-only for every candidate of the name?
         if len(queue) >= MAX_CANDIDATES:
@@ -323,8 +336,11 @@ class PreparedStatements:
         name = change.name
         queue = self._pending.get(name)
         if queue is not None:
-            with contextlib.suppress(ValueError):  # a handle resolves once
-                queue.remove(handle)
+            if queue[0] is handle:  # answers come in order: the oldest, nearly always
+                del queue[0]
+            else:
+                with contextlib.suppress(ValueError):  # a handle resolves once
+                    queue.remove(handle)
             if not queue:
                 del self._pending[name]
         self._pending_count -= 1
@@ -335,8 +351,19 @@ class PreparedStatements:
             self._recheck(name)
             return
         if change.kind == "add":
-            self._known[name] = handle.candidate  # type: ignore[assignment]
-            self._recheck(name)
+            cand: Candidate = handle.candidate  # type: ignore[assignment]
+            self._known[name] = cand
+            if name in self._pending:
+                self._recheck(name)
+            elif cand.check_binds:  # what _recheck finds when this is the only candidate
+                self.checked.add(name)
+                if cand.tokens_only:
+                    self.tokens_only.add(name)
+                else:
+                    self.tokens_only.discard(name)
+            else:
+                self.checked.discard(name)
+                self.tokens_only.discard(name)
         elif change.kind == "remove":
             self._known.pop(name, None)
             self._recheck(name)

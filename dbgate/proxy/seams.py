@@ -308,6 +308,16 @@ class StatementRecord:
         return f"<StatementRecord #{self.id} {self.kind} {self.sql[:40]!r}>"
 
 
+#: The statement events of :class:`Observer`, the ones it may declare it ``ignores``.
+STATEMENT_EVENTS = (
+    "statement_received",
+    "statement_decided",
+    "statement_forwarded",
+    "statement_completed",
+    "statement_failed",
+)
+
+
 class Observer(Protocol):
     """Told of every statement's life and of sessions starting and ending.
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from struct import unpack_from
 from typing import TYPE_CHECKING, NamedTuple
@@ -130,6 +130,7 @@ from dbgate.proxy.measured import MeasuredWrites
 from dbgate.proxy.prepared import name_key
 from dbgate.proxy.row_limit import RowLimiter, rewrite_run
 from dbgate.proxy.seams import (
+    STATEMENT_EVENTS,
     Allow,
     AllowAll,
     Inspector,
@@ -270,8 +271,14 @@ class StatementTracker(MeasuredWrites):
         # every Query, Parse and Bind (see Inspector in seams.py).
         self._strictness = self.inspector if hasattr(self.inspector, "strict") else None
         self.observer = observer
-        #: Statement events the observer does nothing with (``Observer.ignores``).
-        self._ignored: frozenset[str] = getattr(observer, "ignores", frozenset())
+        # The observer's method per statement event it hears (``Observer.ignores``: the
+        # events it does nothing with are not called at all).
+        ignored: frozenset[str] = getattr(observer, "ignores", frozenset())
+        self._hearing: dict[str, Callable[[SessionInfo, StatementRecord], None]] = (
+            {}
+            if observer is None
+            else {e: getattr(observer, e) for e in STATEMENT_EVENTS if e not in ignored}
+        )
         self.message_filter = message_filter
         # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
         # same Parse (unnamed, $n parameters) or BEGIN/COMMIT for every transaction,
@@ -393,10 +400,11 @@ class StatementTracker(MeasuredWrites):
         return rec
 
     def _emit(self, event: str, rec: StatementRecord) -> None:
-        if event in self._ignored:
+        tell = self._hearing.get(event)
+        if tell is None:
             return
         try:
-            getattr(self.observer, event)(self.info, rec)
+            tell(self.info, rec)
         except Exception:
             log.exception("session %s: observer failed on %s", self.info.session_id, event)
 

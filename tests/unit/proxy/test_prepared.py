@@ -34,7 +34,7 @@ RISKY = Candidate("select set_config($1, $2, false)", check_binds=True)
 
 
 def _add(name: str, cand: Candidate) -> PreparedChange:
-    return PreparedChange("add", name, cand.sql, cand.check_binds)
+    return PreparedChange("add", name, cand.sql, cand.check_binds, tokens_only=cand.tokens_only)
 
 
 def test_an_added_statement_counts_before_the_server_confirms_it() -> None:
@@ -219,7 +219,14 @@ def test_too_many_possibilities_collapse_into_lost_until_answered() -> None:
 # -- model-based: a simulated server against the tracker ---------------------------------
 
 NAMES = ["", "a", "b"]
-CANDS = [SAFE, RISKY, Candidate("select 2"), Candidate("select $1::int", check_binds=True)]
+# the last: checked at Bind only for PII tokens among its values
+CANDS = [
+    SAFE,
+    RISKY,
+    Candidate("select 2"),
+    Candidate("select $1::int", check_binds=True),
+    Candidate("select 3 where $1", check_binds=True, tokens_only=True),
+]
 
 op = st.one_of(
     st.tuples(st.just("parse"), st.sampled_from(NAMES), st.sampled_from(CANDS)),
@@ -261,7 +268,10 @@ def _send(p: PreparedStatements, n: int, ops: list[tuple]) -> list[PendingChange
     for o in ops:
         kind = o[0]
         if kind == "parse":
-            out.append(p.parse_sent(n, o[1], o[2].sql, o[2].check_binds))
+            cand = o[2]
+            out.append(
+                p.parse_sent(n, o[1], cand.sql, cand.check_binds, tokens_only=cand.tokens_only)
+            )
         elif kind == "prepare":
             out.append(p.sent(n, _add(o[1], o[2])))
         elif kind in ("close", "deallocate"):
@@ -291,6 +301,16 @@ def _assert_covers(p: PreparedStatements, server: dict[str, Candidate]) -> None:
         assert cand in cands, (name, cand, cands)
         if cand.check_binds:
             assert name in p.checked, (name, cand)
+
+
+def _assert_flags(p: PreparedStatements) -> None:
+    """``checked`` and ``tokens_only`` say what the candidates say (kept incrementally,
+    they must agree with a count from scratch)."""
+    for name in NAMES:
+        checked = [c for c in p.candidates(name) if c.check_binds]
+        assert (name in p.checked) == bool(checked), (name, p.candidates(name))
+        only_tokens = bool(checked) and all(c.tokens_only for c in checked)
+        assert (name in p.tokens_only) == only_tokens, (name, p.candidates(name))
 
 
 def _assert_exact(p: PreparedStatements, server: dict[str, Candidate]) -> None:
@@ -329,6 +349,7 @@ def test_what_the_server_holds_is_always_a_candidate_and_exact_once_answered(
     for n, ops in enumerate(cycles, start=1):
         in_flight.append((ops, _send(p, n, ops)))
         _assert_covers(p, server)
+        _assert_flags(p)
         while len(in_flight) >= depth or (n == len(cycles) and in_flight):
             done_ops, handles = in_flight.pop(0)
             failed = False
@@ -342,6 +363,7 @@ def test_what_the_server_holds_is_always_a_candidate_and_exact_once_answered(
                 if h is not None:
                     h.resolve(happened)
                 _assert_covers(p, server)
+                _assert_flags(p)
         if not in_flight:
             _assert_exact(p, server)
 
