@@ -191,6 +191,9 @@ class Classification:
 
     @property
     def categories(self) -> frozenset[Category]:
+        statements = self.statements
+        if len(statements) == 1:  # the common case, asked of every statement
+            return statements[0].categories
         out: set[Category] = set()
         for s in self.statements:
             out |= s.categories
