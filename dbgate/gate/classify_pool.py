@@ -583,6 +583,7 @@ class ClassifyPool:
                 worker.job = None
                 job.worker = None
                 self._finish(worker, job, reply)
+                job = reply = None  # not kept until the next reply: the job holds its text
                 if not worker.killed:
                     self._next(worker)
         except asyncio.CancelledError:
