@@ -116,9 +116,10 @@ def seen_exactly(sql: str) -> bool:
     """Whether ``sql`` itself (not just its shape) is in the cache: a text that repeats.
 
     The proxy remembers verdicts only for such texts; remembering every text of a
-    client that inlines fresh values would cost more than it saves.
+    client that inlines fresh values would cost more than it saves. A text too long
+    to be cached is not looked up: hashing a hostile 50 MB statement costs ~25 ms.
     """
-    return sql in _exact
+    return len(sql) <= MAX_CACHED_SQL and sql in _exact
 
 
 def _context(extra: frozenset[str], keys: KeyCatalog | None) -> Any:
