@@ -2,8 +2,8 @@
 
 A relay that re-joins its buffer on every read pays O(n²) for an n-byte message (a
 60 MB row took 3.9 s against 0.46 s direct). dbgate streams long messages it does
-not need whole and collects the ones it does as a list joined once
-(``dbgate/wire/framing.py``). Issue 10's target: a 30-60 MB DataRow or statement
+not need whole and copies the ones it does, read by read, into one buffer of their
+size (``dbgate/wire/framing.py``). Issue 10's target: a 30-60 MB DataRow or statement
 costs at most 1.5 times direct, at the same ratio at every size (linear, not
 super-linear).
 

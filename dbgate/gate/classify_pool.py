@@ -342,7 +342,8 @@ class ClassifyPool:
         if len(sql) <= _TINY and (not prepared or _EXECUTE.search(sql) is None):
             self.stats.inline += 1
             return None
-        if (sql, keys.cache_token if keys is not None else None) in self._handover:
+        handover = self._handover  # looked up only when not empty: the key hashes the text
+        if handover and (sql, keys.cache_token if keys is not None else None) in handover:
             return None
         cost = self._estimate(sql, prepared)
         if (cost is not None and cost <= self.inline_budget_us) or self._is_cached(sql, keys=keys):
@@ -583,6 +584,7 @@ class ClassifyPool:
                 worker.job = None
                 job.worker = None
                 self._finish(worker, job, reply)
+                job = reply = None  # not kept until the next reply: the job holds its text
                 if not worker.killed:
                     self._next(worker)
         except asyncio.CancelledError:

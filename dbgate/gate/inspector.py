@@ -78,6 +78,14 @@ _ALLOW_DECLARES = "allow-declares"  # allowed, and declares dbgate.purpose/model
 _ALLOW_PLAIN = "allow"
 _ALLOW_LIMITED = "allow-limited"  # allowed under run-time limits (or clamped guards)
 _ANSWERS_CACHE_SIZE = 8192
+
+
+def _reusable(classification: Any) -> bool:
+    """Whether an answer about ``classification`` is worth remembering by its identity
+    (:attr:`Classification.reused <dbgate.policy.model.Classification.reused>`)."""
+    return getattr(classification, "reused", True)  # type: ignore[no-any-return]
+
+
 #: Commands whose Bind may be measured (``max_rows_changed``).
 _WRITE_COMMANDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 
@@ -517,7 +525,7 @@ class Gate:
                 if type(limited) is Allow and not limited.max_changes:
                     repeatable = replace(limited, repeatable=True)
         answer = (identity, classification, outcome, plain, repeatable, limited, decision)
-        if not session_dependent:  # those are classified afresh each time: never reused
+        if not session_dependent and _reusable(classification):  # else: never asked again
             if len(self._answers) >= _ANSWERS_CACHE_SIZE:
                 self._answers.clear()
             # The entry holds both objects, so their ids cannot be reused while it lives.
@@ -636,6 +644,8 @@ class Gate:
         if hit is not None and hit[0] is classification:
             return hit[1]  # type: ignore[no-any-return]
         allow = Allow(note=GateNote(classification, "allow", primary_category(classification)))
+        if not _reusable(classification):
+            return allow
         if len(self._bind_allows) >= 4096:
             self._bind_allows.clear()
         self._bind_allows[id(classification)] = (classification, allow)

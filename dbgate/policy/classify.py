@@ -55,7 +55,14 @@ from pglast import parser as _pg
 from dbgate.policy.keys import KeyCatalog
 from dbgate.policy.literals import fast_mask as _mask
 from dbgate.policy.literals import render_key
-from dbgate.policy.model import Category, Classification, Prepared, Reason, StatementClass
+from dbgate.policy.model import (
+    MAX_CACHED_SQL,
+    Category,
+    Classification,
+    Prepared,
+    Reason,
+    StatementClass,
+)
 from dbgate.policy.parse_errors import parser_complaint
 from dbgate.policy.prescan import MAX_OPERATOR_RUN, classification_cost, prepare
 from dbgate.policy.prescan import Prepared as Prescan
@@ -77,10 +84,6 @@ __all__ = [
 
 #: Entries per cache level; on overflow the oldest tenth is dropped.
 CACHE_SIZE = 20_000
-
-#: Query strings longer than this (characters) are never cached: keys are the text
-#: itself, and 20,000 entries of megabyte-long SQL would be a memory exhaustion vector.
-MAX_CACHED_SQL = 64 * 1024
 
 #: Total characters of keys per cache level (~32 MB of text): the memory bound that
 #: holds even when every entry is close to MAX_CACHED_SQL.
@@ -116,8 +119,11 @@ def seen_exactly(
 
     The proxy remembers verdicts only for such texts; remembering every text of a
     client that inlines fresh values would cost more than it saves. Asked with the
-    arguments :func:`classify` gets: texts are cached per key catalog.
+    arguments :func:`classify` gets: texts are cached per key catalog. A text too
+    long to be cached is not looked up: hashing a hostile 50 MB statement costs ~25 ms.
     """
+    if len(sql) > MAX_CACHED_SQL:
+        return False
     context = _context(extra_pure_functions, keys)
     return ((sql, context) if context is not None else sql) in _exact
 

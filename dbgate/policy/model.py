@@ -16,6 +16,11 @@ from typing import Literal
 #: the server holds (``()``: unknown, so opaque).
 Prepared = Mapping[str, str | tuple[str, ...]]
 
+#: Query strings longer than this (characters) are never cached by the classifier:
+#: keys are the text itself, and 20,000 entries of megabyte-long SQL would be a memory
+#: exhaustion vector.
+MAX_CACHED_SQL = 64 * 1024
+
 
 class Category(StrEnum):
     """What a statement does, as far as the gateway's policy is concerned.
@@ -175,6 +180,16 @@ class Classification:
     # True when the result depends on session state (EXECUTE of a prepared statement):
     # the same text may classify differently later in the same session.
     session_dependent: bool = False
+
+    @property
+    def reused(self) -> bool:
+        """Whether the classifier may hand out this same object again: it caches texts
+        up to :data:`MAX_CACHED_SQL` only. Memos keyed by a classification's identity
+        (the rules' decisions, the gate's answers) keep only these: a longer text's
+        classification is new each time, so its entry would never be asked for, and
+        would keep the text (:attr:`fingerprint_source`, 20 MB for a 20 MB statement)
+        alive until the memo fills up."""
+        return len(self.fingerprint_source) <= MAX_CACHED_SQL
 
     @property
     def fingerprint(self) -> str:

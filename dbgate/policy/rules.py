@@ -298,9 +298,10 @@ class RuleSet:
             decision = self._decide(identity, classification)
             if self.guards:
                 decision = judge_guards(decision, self.session_guards(identity), classification)
-            if len(self._decisions) >= _DECISION_CACHE_SIZE:
-                self._decisions.clear()
-            self._decisions[key] = decision
+            if classification.reused:  # (else never asked again: see Classification.reused)
+                if len(self._decisions) >= _DECISION_CACHE_SIZE:
+                    self._decisions.clear()
+                self._decisions[key] = decision
             return decision
         except Exception as e:  # the whole point: catch anything
             log.exception("rules engine failed; denying")

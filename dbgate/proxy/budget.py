@@ -6,6 +6,8 @@ DataRow without a result plan) is streamed through in pieces. What *is* held:
 
 * a long message the relay must see whole (a statement to inspect, a row to rewrite),
   while its pieces arrive — up to ``limits.max_message_size`` each;
+* a long statement that waits for its verdict (a worker classifies it, an approver
+  decides), with its decoded text;
 * what a client sends while one of its statements waits for a verdict.
 
 Without a ceiling a few hundred clients each sending a 60 MB statement would hold
@@ -17,9 +19,10 @@ whole message, so no two half-received messages can wait for each other's memory
 every granted reservation ends when its message is complete (or its session ends),
 and frees room for the next in line.
 
-Bytes queued behind a waiting statement are *charged*: counted, never refused (the
-session bounds them itself and pauses), so that a budget under pressure reflects them
-and long messages wait for that memory too.
+A waiting statement, and the bytes queued behind it, are *charged*: counted, never
+refused (the session bounds what it queues itself and pauses; the statement was read
+under a reservation already), so that a budget under pressure reflects them and long
+messages wait for that memory too.
 """
 
 from __future__ import annotations

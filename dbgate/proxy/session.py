@@ -28,17 +28,19 @@ dbgate streamed to it, which an ErrorResponse would corrupt), the upstream backe
 sent Terminate and a CancelRequest (whatever it runs stops), and both sides close.
 
 Memory: long messages are streamed through when nothing needs to see them whole, and
-collected (joined once) when something does (:class:`~dbgate.wire.framing.FrameReader`).
-Each collection, and whatever the client sends while a statement waits, is counted
-in the proxy's :class:`~dbgate.proxy.budget.MemoryBudget`; while the budget has no
-room for a message, the session stops reading that side (backpressure). Everything a
-session held is dropped when it closes.
+collected (held once, in one buffer of their size) when something does
+(:class:`~dbgate.wire.framing.FrameReader`). Each collection, a long statement waiting
+for its verdict, and whatever the client sends meanwhile, is counted in the proxy's
+:class:`~dbgate.proxy.budget.MemoryBudget`; while the budget has no room for a
+message, the session stops reading that side (backpressure). Everything a session
+held is dropped when it closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -51,12 +53,13 @@ from dbgate.proxy.upstream import CancelNotConfirmed
 from dbgate.wire import messages as m
 from dbgate.wire import sqlstate
 from dbgate.wire.errors import LimitExceeded, ProtocolError
-from dbgate.wire.framing import FrameReader
+from dbgate.wire.framing import LARGE_MESSAGE, FrameReader
 
 if TYPE_CHECKING:
     from dbgate.proxy.channel import Channel
     from dbgate.proxy.seams import Inspector
     from dbgate.proxy.session_info import SessionInfo
+    from dbgate.proxy.tracker import Waiting
 
 log = logging.getLogger("dbgate.session")
 #: idle_in_transaction_session_timeout, transaction_timeout
@@ -114,6 +117,7 @@ class Session:
         #: CancelRequests of the client's on their way upstream: its later bytes wait.
         self._cancelling = 0
         self._queued_bytes = 0
+        self._waiting_bytes = 0  # a long statement waiting for its verdict (_held_waiting)
         self._read_pauses: set[str] = set()
         self._upstream_pauses: set[str] = set()
         self._terminating = False
@@ -376,6 +380,7 @@ class Session:
         self._queued = []
         self.budget.discharge(self._queued_bytes)
         self._queued_bytes = 0
+        self._held_waiting(0)
 
     def send_notice(self, notice: Notice) -> None:
         fields = {k: v for k, v in notice.fields.items() if k not in ("S", "V", "M")}
@@ -434,8 +439,7 @@ class Session:
                 rest = waiting.rest + self._c2s.take_pending()
                 if rest:
                     self._queue(rest, first=True)
-                self._waiting = asyncio.ensure_future(self._await_verdict(waiting.verdict))
-                self._pinger.start()
+                self._wait_for(waiting)
             elif tracker.blocked:
                 self._park(tracker.blocked_rest)
         except (ProtocolError, LimitExceeded) as e:
@@ -491,8 +495,7 @@ class Session:
         if waiting is not None and self._waiting is None:
             if waiting.rest:
                 self._queue(waiting.rest, first=True)
-            self._waiting = asyncio.ensure_future(self._await_verdict(waiting.verdict))
-            self._pinger.start()
+            self._wait_for(waiting)
         elif tracker.replay_rest:
             self._queue(tracker.replay_rest, first=True)
             tracker.replay_rest = b""
@@ -535,6 +538,23 @@ class Session:
                 sqlstate.INTERNAL_ERROR, "dbgate: internal error while deciding; statement not run"
             )
 
+    def _wait_for(self, waiting: Waiting) -> None:
+        """Await the verdict on the statement the tracker parked."""
+        if len(waiting.message) > LARGE_MESSAGE:
+            self._held_waiting(len(waiting.message) + sys.getsizeof(waiting.statement.sql))
+        self._waiting = asyncio.ensure_future(self._await_verdict(waiting.verdict))
+        self._pinger.start()
+
+    def _held_waiting(self, size: int) -> None:
+        """A long statement that waits for its verdict stays in memory meanwhile, its
+        message and its text, for as long as a worker classifies it or an approver
+        decides (hours): charged to the budget until then (0: no longer), so that
+        such statements cannot add up past it. Its reservation ended when it was
+        read whole."""
+        self.budget.discharge(self._waiting_bytes)
+        self._waiting_bytes = size
+        self.budget.charge(size)
+
     async def _await_verdict(self, pending: Awaitable[Allow | Refuse]) -> None:
         verdict = await self._settled(pending, "verdict")
         if self._closed:
@@ -551,9 +571,9 @@ class Session:
         sent meanwhile."""
         self.upstream.write(self.tracker.resume(verdict))
         self._waiting = None
+        self._held_waiting(0)
         if self.tracker.waiting is not None:  # decided by over_changes(-1): awaited too
-            self._waiting = asyncio.ensure_future(self._await_verdict(self.tracker.waiting.verdict))
-            self._pinger.start()
+            self._wait_for(self.tracker.waiting)
             return
         if self.tracker.blocked:  # the statement just sent runs under a row limit
             self._pause_client("waiting", False)

@@ -149,6 +149,7 @@ from dbgate.wire.framing import (
     ALL_TYPES,
     ALL_TYPES_ROW_RUNS,
     DATA_ROW_RUN,
+    LARGE_MESSAGE,
     Frame,
     split_frames,
 )
@@ -240,15 +241,26 @@ class _PortalState:
         self.rewriter: RowRewriter | None = None
 
 
+def _query_part(chunk: bytes, s: int, e: int) -> bytes | memoryview:
+    """``chunk[s:e]`` of a Query: a long one's as a view of the read that holds it.
+
+    A copy would hold a 50 MB statement twice more while it is judged (its body and,
+    while a verdict is awaited, its message) beside its text; a view holds only the
+    read, which is alive meanwhile anyway."""
+    if e - s <= LARGE_MESSAGE:
+        return chunk[s:e]
+    return memoryview(chunk)[s:e]
+
+
 class Waiting(NamedTuple):
     """A statement whose verdict is awaited, and what the relay must keep meanwhile."""
 
     verdict: Awaitable[Allow | Refuse]
     message_type: int
-    message: bytes  # the whole message, to forward if allowed
+    message: bytes | memoryview  # the whole message, to forward if allowed
     statement: Statement
     record: StatementRecord | None
-    body: bytes
+    body: bytes | memoryview
     rest: bytes  # what followed it in the same read
 
 
@@ -509,9 +521,9 @@ class StatementTracker(MeasuredWrites):
                         (DESCRIBE_S, name_key(name)) if kind == "S" else (DESCRIBE_P, name)
                     )
                 continue
-            body = b""
+            body: bytes | memoryview = b""
             if t == QUERY_MSG:
-                body = chunk[s:e]
+                body = _query_part(chunk, s, e)
                 hit = memo.get(body) if memo and e - s <= MEMO_MAX_MESSAGE else None
                 if hit is not None and hit[0].kind == "query":
                     rec = None
@@ -522,7 +534,7 @@ class StatementTracker(MeasuredWrites):
                     if self.blocked:
                         return self._stop_at(chunk, e, out, fwd)
                     continue
-                stmt = Statement("query", m.parse_query(body))
+                stmt = Statement("query", m.parse_query(chunk, s, e))
             elif t == PARSE_MSG:
                 body = chunk[s:e]
                 hit = memo.get(body) if memo and e - s <= MEMO_MAX_MESSAGE else None
@@ -652,7 +664,8 @@ class StatementTracker(MeasuredWrites):
                     return out
                 continue
             # An awaitable verdict: the relay parks this message and everything after.
-            self.waiting = Waiting(verdict, t, chunk[hdr:e], stmt, rec, body, chunk[e:])
+            message = _query_part(chunk, hdr, e) if t == QUERY_MSG else chunk[hdr:e]
+            self.waiting = Waiting(verdict, t, message, stmt, rec, body, chunk[e:])
             return out
         if len(queue) > MAX_IN_FLIGHT:
             raise LimitExceeded(
@@ -720,7 +733,7 @@ class StatementTracker(MeasuredWrites):
             self._limit = None
             self.blocked = False
 
-    def resume(self, verdict: object) -> bytes:
+    def resume(self, verdict: object) -> bytes | memoryview:
         """The awaited verdict of :attr:`waiting` arrived (or the wait ended: pass the
         Refuse to send). Returns the bytes to send upstream in its place."""
         waiting = self.waiting
@@ -763,7 +776,7 @@ class StatementTracker(MeasuredWrites):
         self._sent(waiting.message_type, waiting.record, waiting.statement, verdict, waiting.body)
         if verdict.replace_sql is not None or verdict.replace_params is not None:
             return setup + rewritten_message(waiting.message_type, waiting.body, verdict)
-        return setup + waiting.message
+        return setup + waiting.message if setup else waiting.message
 
     def _inspect(self, stmt: Statement) -> Allow | Refuse | Awaitable[Allow | Refuse]:
         try:

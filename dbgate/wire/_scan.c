@@ -20,6 +20,15 @@
  * count(buf, start, end) is the number of messages in buf[start:end] (complete
  * messages only, as a folded frame holds), and skip(buf, start, n) the offset just
  * past the first n messages from start: what a row limit needs of a folded run.
+ *
+ * Collector(size) gathers the reads that carry one long message into a single
+ * bytes object of the message's size, allocated once when the message starts:
+ * add(data) copies a read in (growing the object only for what runs past the
+ * message, the rest of the last read) and take() hands the bytes over. Joining a
+ * list of reads instead holds the message twice while it is joined, and leaves the
+ * reads' freed memory scattered through the C heap. The bytes object is built
+ * with the documented PyBytes_FromStringAndSize(NULL, n) / _PyBytes_Resize pair
+ * and is never seen by Python code before take().
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -161,6 +170,104 @@ skip(PyObject *self, PyObject *args)
     return res;
 }
 
+typedef struct {
+    PyObject_HEAD
+    PyObject *bytes; /* owned alone until take(); NULL once taken */
+    Py_ssize_t have;
+} Collector;
+
+static int
+Collector_init(Collector *self, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t size;
+    static char *kwlist[] = {"size", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n", kwlist, &size))
+        return -1;
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "size must be >= 0");
+        return -1;
+    }
+    Py_CLEAR(self->bytes);
+    self->bytes = PyBytes_FromStringAndSize(NULL, size);
+    self->have = 0;
+    return self->bytes == NULL ? -1 : 0;
+}
+
+static void
+Collector_dealloc(Collector *self)
+{
+    Py_CLEAR(self->bytes);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Collector_add(Collector *self, PyObject *arg)
+{
+    Py_buffer data;
+    if (self->bytes == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the collector was taken");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t need = self->have + data.len;
+    if (need > PyBytes_GET_SIZE(self->bytes) && _PyBytes_Resize(&self->bytes, need) < 0) {
+        PyBuffer_Release(&data);
+        return NULL; /* self->bytes is NULL now: the collector is spent */
+    }
+    memcpy(PyBytes_AS_STRING(self->bytes) + self->have, data.buf, data.len);
+    self->have = need;
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(need);
+}
+
+static PyObject *
+Collector_take(Collector *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->bytes == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the collector was taken");
+        return NULL;
+    }
+    if (self->have < PyBytes_GET_SIZE(self->bytes) &&
+        _PyBytes_Resize(&self->bytes, self->have) < 0)
+        return NULL;
+    PyObject *out = self->bytes;
+    self->bytes = NULL;
+    self->have = 0;
+    return out;
+}
+
+static Py_ssize_t
+Collector_len(Collector *self)
+{
+    return self->have;
+}
+
+static PyMethodDef Collector_methods[] = {
+    {"add", (PyCFunction)Collector_add, METH_O,
+     "Copy one read in; return how many bytes are held."},
+    {"take", (PyCFunction)Collector_take, METH_NOARGS,
+     "The bytes held, as one bytes object; the collector is empty after."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Collector_as_sequence = {
+    .sq_length = (lenfunc)Collector_len,
+};
+
+static PyTypeObject CollectorType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dbgate.wire._scan.Collector",
+    .tp_doc = PyDoc_STR("The reads of one long message, gathered into one bytes object."),
+    .tp_basicsize = sizeof(Collector),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Collector_init,
+    .tp_dealloc = (destructor)Collector_dealloc,
+    .tp_methods = Collector_methods,
+    .tp_as_sequence = &Collector_as_sequence,
+};
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "Scan complete messages; return (end, selected frames)."},
     {"count", count, METH_VARARGS, "Number of the complete messages in buf[start:end]."},
@@ -173,5 +280,14 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", NULL, -1, me
 PyMODINIT_FUNC
 PyInit__scan(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&CollectorType) < 0)
+        return NULL;
+    PyObject *mod = PyModule_Create(&module);
+    if (mod == NULL)
+        return NULL;
+    if (PyModule_AddType(mod, &CollectorType) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
 }

@@ -117,14 +117,18 @@ MAX_SECRET_KEY_LENGTH = 256
 # ----------------------------------------------------------------- fast frontend parsers
 
 
-def parse_query(body: bytes) -> str:
-    """SQL text of a simple ``Query`` ('Q') body."""
-    end = body.find(b"\0")
+def parse_query(body: bytes, start: int = 0, end: int = -1) -> str:
+    """SQL text of a simple ``Query`` ('Q') body: ``body[start:end]`` (``end`` -1: to
+    the end). The relay passes the read that holds the message and its offsets, so a
+    50 MB statement is decoded where it lies, not sliced into a copy first."""
     if end < 0:
+        end = len(body)
+    nul = body.find(b"\0", start, end)
+    if nul < 0:
         raise _bad_frontend("Query", "query string is not NUL-terminated")
-    if end != len(body) - 1:
-        raise _bad_frontend("Query", f"{len(body) - end - 1} unexpected trailing byte(s)")
-    return decode_str(body, "Query", _CLIENT, 0, end)
+    if nul != end - 1:
+        raise _bad_frontend("Query", f"{end - nul - 1} unexpected trailing byte(s)")
+    return decode_str(body, "Query", _CLIENT, start, nul)
 
 
 def parse_parse(body: bytes) -> tuple[str, str, tuple[int, ...]]:

@@ -63,10 +63,13 @@ class FrameReader:
       its mask after looking at those frames, see :meth:`feed_select`); the pieces
       that follow start the next chunks, before their frames;
     * *collected*: a selected message (a statement to inspect, a row to rewrite) is
-      kept as a list of the reads that carry it and joined once, when the last
-      piece is here. ``on_collect(total_size)`` is called when a collection starts,
-      ``on_collect(0)`` when it ends (complete, taken or reset): the relay holds
-      that much memory for the session meanwhile, and asks its budget for it.
+      copied, read by read, into one ``bytes`` of its size, allocated when it starts
+      (:class:`Collector`), and handed on when the last piece is here: it is held
+      once, never as its reads and their join at the same time, and the reads'
+      buffers are freed (and reused) as they come. ``on_collect(total_size)`` is
+      called when a collection starts, ``on_collect(0)`` when it ends (complete,
+      taken or reset): the relay holds that much memory for the session meanwhile,
+      and asks its budget for it.
 
     Shorter partial messages are kept as one ``bytes`` and joined with the next
     read, as every read is: a copy of at most ``large`` bytes.
@@ -98,7 +101,7 @@ class FrameReader:
         on_collect: Callable[[int], None] | None = None,
     ) -> None:
         self._pending = b""
-        self._parts: list[bytes] | None = None
+        self._parts: Collector | None = None
         self._have = 0
         self._need = 0
         self.max_size = max_size
@@ -117,7 +120,7 @@ class FrameReader:
         """Remove and return the held-back partial message (used when the caller must
         re-queue the rest of a read in order, e.g. while a statement waits)."""
         if self._parts is not None:
-            rest = b"".join(self._parts)
+            rest = self._parts.take()
             self._end_collection()
             return rest
         rest, self._pending = self._pending, b""
@@ -161,11 +164,10 @@ class FrameReader:
             start, self.streaming = self.streaming, 0
             buf = data
         elif self._parts is not None:
-            self._parts.append(data)
-            self._have += len(data)
+            self._have = self._parts.add(data)
             if self._have < self._need:
                 return b"", []
-            buf = b"".join(self._parts)
+            buf = self._parts.take()
             self._end_collection()
         elif self._pending:
             buf = self._pending + data
@@ -195,7 +197,8 @@ class FrameReader:
                 if mask[t]:
                     if length > self.max_size:
                         raise _bad_length(t, length, self.max_size)
-                    self._parts = [buf[end:]]
+                    self._parts = Collector(length + 1)
+                    self._parts.add(memoryview(buf)[end:])
                     self._have, self._need = have, length + 1
                     if self.on_collect is not None:
                         self.on_collect(length + 1)
@@ -228,12 +231,43 @@ def type_mask(types: str | bytes, runs: str | bytes = b"", base: bytes | None = 
     return bytes(mask)
 
 
+class _PyCollector:
+    """:class:`Collector` without the compiled module: the reads, joined at the end
+    (the message is held twice while it is joined)."""
+
+    __slots__ = ("_have", "_parts")
+
+    def __init__(self, size: int) -> None:
+        self._parts: list[bytes] | None = []
+        self._have = 0
+
+    def add(self, data: bytes | memoryview) -> int:
+        if self._parts is None:
+            raise ValueError("the collector was taken")
+        self._parts.append(bytes(data))
+        self._have += len(data)
+        return self._have
+
+    def take(self) -> bytes:
+        if self._parts is None:
+            raise ValueError("the collector was taken")
+        out = b"".join(self._parts)
+        self._parts = None
+        self._have = 0
+        return out
+
+    def __len__(self) -> int:
+        return self._have
+
+
 try:  # the compiled scanner (dbgate/wire/_scan.c); optional, same semantics
+    from dbgate.wire._scan import Collector
     from dbgate.wire._scan import count as _c_count
     from dbgate.wire._scan import scan as _c_scan
     from dbgate.wire._scan import skip as _c_skip
 except ImportError:  # pragma: no cover - exercised when no compiler was available
     _c_scan = _c_count = _c_skip = None
+    Collector = _PyCollector
 
 
 def _py_scan(buf: bytes, start: int, max_size: int, mask: bytes) -> tuple[int, list[Frame]]:

@@ -16,17 +16,20 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from dbgate.proxy.seams import ALLOW
 from dbgate.wire import messages as m
 from dbgate.wire.startup import StartupMessage
 from tests.integration.conftest import AGENT
 from tests.integration.rawclient import RawClient, ServerError, agent, rows, send_cancel
 from tests.integration.test_proxy_bad_input import assert_healthy, backends, fatal, wait_backends
+from tests.integration.test_proxy_seams import HOLD, HoldingInspector, on_loop
 
 MB = 1024 * 1024
 
@@ -215,6 +218,24 @@ async def test_a_long_row_is_streamed_and_a_long_query_held_once(
     query = long_query(20 * MB)
     assert rows(await ask(client, query, timeout=60)) == [(str(20 * MB).encode(),)]
     assert budget.peak == len(query) and budget.used == 0
+    await client.close()
+
+
+async def test_a_long_statement_waiting_for_its_verdict_is_counted_until_decided(
+    make_proxy: Any, pg_database: str
+) -> None:
+    inspector = HoldingInspector()
+    running = make_proxy(inspector=inspector)
+    budget = running.server.budget
+    client = await agent(running, pg_database)
+    query = m.query(f"select length('{'x' * 2 * MB}') {HOLD}")
+    client.send(query)
+    _, stmt, fut = await asyncio.to_thread(inspector.wait_held, 1)
+    held = len(query) + sys.getsizeof(stmt.sql)  # its message and its decoded text
+    await until(lambda: budget.used == held, what="the waiting statement counted")
+    on_loop(running, fut.set_result, ALLOW)
+    assert rows(await client.until_ready()) == [(str(2 * MB).encode(),)]
+    assert budget.used == 0
     await client.close()
 
 

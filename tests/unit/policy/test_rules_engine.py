@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dbgate.policy.model import (
+    MAX_CACHED_SQL,
     Action,
     Category,
     Classification,
@@ -438,6 +439,17 @@ def test_decisions_are_remembered_per_classification_object(tmp_path: Path) -> N
     assert again is not first and again == first
     # another identity has its own entry
     assert rs.decide(Identity("other"), c) is not first
+
+
+def test_a_classification_that_cannot_come_back_is_not_remembered(tmp_path: Path) -> None:
+    """The classifier caches no text over MAX_CACHED_SQL: such a classification is a
+    new object every time, and an entry for it would keep its text alive."""
+    rs = pack(tmp_path, BASIC)
+    long = Classification(statements=(stmt(C.READ),), fingerprint_source="x" * (MAX_CACHED_SQL + 1))
+    short = Classification(statements=(stmt(C.READ),), fingerprint_source="select 1")
+    assert not long.reused and short.reused
+    assert rs.decide(AGENT, long) == rs.decide(AGENT, short)
+    assert [c for _, c in rs._decisions] == [id(short)]
 
 
 def test_catch_all_rule_without_match(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -177,3 +178,38 @@ def test_count_and_skip_messages(compiled: bool, monkeypatch: pytest.MonkeyPatch
         skip_messages(buf, end, 2)  # only one message (the 'C') follows
     with pytest.raises(ValueError):
         skip_messages(buf, start, -1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 300), st.lists(st.binary(max_size=120), max_size=8))
+def test_c_and_python_collectors_agree(size: int, pieces: list[bytes]) -> None:
+    compiled, python = framing.Collector(size), framing._PyCollector(size)
+    for piece in pieces:  # pieces past ``size`` grow it, as the last read's tail does
+        assert compiled.add(piece) == python.add(memoryview(piece)) == len(compiled)
+    assert compiled.take() == python.take() == b"".join(pieces)
+    for spent in (compiled, python):
+        with pytest.raises(ValueError, match="taken"):
+            spent.add(b"x")
+        with pytest.raises(ValueError, match="taken"):
+            spent.take()
+
+
+def test_a_collected_message_is_held_once_while_it_arrives() -> None:
+    """A long message is copied into one allocation of its size as its reads come:
+    the reads are not kept, and it is not held twice while it is put together."""
+    size, read = 8 << 20, 256 << 10
+    message = msg(ord("Q"), b"x" * (size - 6) + b"\0")
+    last = len(message) - read
+    reader = FrameReader(16 << 20, on_collect=lambda n: None)
+    mask = type_mask("Q")
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(0, last, read):  # each read a new object, as the socket's are
+            assert reader.feed_select(message[i : i + read], mask) == (b"", [])
+        chunk, frames = reader.feed_select(message[last:], mask)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert chunk == message and frames == [(ord("Q"), 5, len(message))]
+    assert peak < len(message) + 2 * read
