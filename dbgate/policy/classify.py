@@ -120,7 +120,7 @@ def seen_exactly(
     The proxy remembers verdicts only for such texts; remembering every text of a
     client that inlines fresh values would cost more than it saves. Asked with the
     arguments :func:`classify` gets: texts are cached per key catalog. A text too
-    long to be cached is not looked up: hashing a hostile 50 MB statement costs ~25 ms.
+    long to be cached is not looked up: hashing a hostile 50 MB statement costs ~15 ms.
     """
     if len(sql) > MAX_CACHED_SQL:
         return False

@@ -158,7 +158,7 @@ class Channel(asyncio.Protocol):
         if self.transport is not None and not self._closed:
             self.transport.resume_reading()
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes) -> None:
         if self.transport is not None and not self._closed:
             self.transport.write(data)
 

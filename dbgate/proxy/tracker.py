@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from struct import unpack_from
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from dbgate.proxy import measure
 from dbgate.proxy.entries import (
@@ -241,15 +241,18 @@ class _PortalState:
         self.rewriter: RowRewriter | None = None
 
 
-def _query_part(chunk: bytes, s: int, e: int) -> bytes | memoryview:
+def _query_part(chunk: bytes, s: int, e: int) -> bytes:
     """``chunk[s:e]`` of a Query: a long one's as a view of the read that holds it.
 
     A copy would hold a 50 MB statement twice more while it is judged (its body and,
     while a verdict is awaited, its message) beside its text; a view holds only the
-    read, which is alive meanwhile anyway."""
+    read, which is alive meanwhile anyway. The view stands in for bytes: what is done
+    with a Query's body and message takes any buffer (``len``, concatenation, a
+    lookup in a set of bytes, a transport's write), and a long one is never a memo
+    key (MEMO_MAX_MESSAGE)."""
     if e - s <= LARGE_MESSAGE:
         return chunk[s:e]
-    return memoryview(chunk)[s:e]
+    return cast(bytes, memoryview(chunk)[s:e])
 
 
 class Waiting(NamedTuple):
@@ -257,10 +260,10 @@ class Waiting(NamedTuple):
 
     verdict: Awaitable[Allow | Refuse]
     message_type: int
-    message: bytes | memoryview  # the whole message, to forward if allowed
+    message: bytes  # the whole message, to forward if allowed
     statement: Statement
     record: StatementRecord | None
-    body: bytes | memoryview
+    body: bytes
     rest: bytes  # what followed it in the same read
 
 
@@ -521,7 +524,7 @@ class StatementTracker(MeasuredWrites):
                         (DESCRIBE_S, name_key(name)) if kind == "S" else (DESCRIBE_P, name)
                     )
                 continue
-            body: bytes | memoryview = b""
+            body = b""
             if t == QUERY_MSG:
                 body = _query_part(chunk, s, e)
                 hit = memo.get(body) if memo and e - s <= MEMO_MAX_MESSAGE else None
@@ -733,7 +736,7 @@ class StatementTracker(MeasuredWrites):
             self._limit = None
             self.blocked = False
 
-    def resume(self, verdict: object) -> bytes | memoryview:
+    def resume(self, verdict: object) -> bytes:
         """The awaited verdict of :attr:`waiting` arrived (or the wait ended: pass the
         Refuse to send). Returns the bytes to send upstream in its place."""
         waiting = self.waiting
