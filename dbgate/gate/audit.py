@@ -102,6 +102,10 @@ _NO_SHAPE = _Shape(None)
 class AuditTrail:
     """The gate's side of the audit: events built from what the relay and gate know."""
 
+    #: A statement is recorded when it ends (see Observer): the relay need not tell the
+    #: rest of its life.
+    ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
+
     def __init__(self, writer: AuditWriter) -> None:
         self.writer = writer
         self._masks: dict[str, str] = {}

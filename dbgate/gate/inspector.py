@@ -108,6 +108,9 @@ class Gate:
         self.audit = audit
         self.keys = keys
         self._bind_allows: dict[int, tuple[Any, Allow]] = {}
+        #: (decision, classification) -> the limited verdict of its Binds: a prepared
+        #: statement under limits is judged at every Bind, by the same decision
+        self._bind_limits: dict[tuple[int, int], tuple[Decision, Any, Allow | Decision]] = {}
         #: Read by the relay (see Inspector in seams.py): while the audit trail cannot
         #: be written, every statement comes here, to be refused.
         self.strict = False
@@ -142,6 +145,7 @@ class Gate:
         self._ruleset = ruleset
         self._answers.clear()
         self._bind_allows.clear()
+        self._bind_limits.clear()
         if self.windows is not None:
             from dbgate.gate.windows import window_lengths
 
@@ -596,7 +600,7 @@ class Gate:
         """A Bind allowed under run-time limits: its verdict carries them (row limits,
         the rows left under its window, the change limit the relay measures), or it is
         held when a limit needs what a Bind cannot do (rewrite its text)."""
-        verdict = self._limited(limits, classification, candidate.sql)
+        verdict = self._bind_limited(limits, classification, candidate.sql)
         if type(verdict) is Allow and verdict.replace_sql is None:
             # the values are shown to approvers only if a measured write goes past its limit
             shown = (
@@ -615,6 +619,23 @@ class Gate:
         else:
             held = verdict
         return self.verdict(held, session, candidate.sql, params)
+
+    def _bind_limited(self, decision: Decision, classification: Any, sql: str) -> Allow | Decision:
+        """:meth:`_limited` for a Bind, made once per decision and classification
+        (the window's cap of it is then made once too, see gate/windows.py) unless it
+        rewrites the text (a guard clamp, which depends on the text itself)."""
+        if decision.guard_clamps:
+            return self._limited(decision, classification, sql)
+        key = (id(decision), id(classification))
+        hit = self._bind_limits.get(key)
+        if hit is not None and hit[0] is decision and hit[1] is classification:
+            return hit[2]
+        verdict = self._limited(decision, classification, sql)
+        if len(self._bind_limits) >= 4096:
+            self._bind_limits.clear()
+        # The entry holds both objects, so their ids cannot be reused while it lives.
+        self._bind_limits[key] = (decision, classification, verdict)
+        return verdict
 
     def _bind_allowed(self, classification: Any) -> Allow:
         """An allowed Bind's verdict: it replaces the Parse's for the portal, so it
