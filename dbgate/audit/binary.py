@@ -167,7 +167,9 @@ def _row_encoder(order: tuple[int, ...]) -> Any:
         parts = ["b[0]"]
         for n, i in enumerate(order, start=1):
             parts += [_expr(i), f"b[{n}]"]
-        source = "def row(b, v, p, h):\n    return " + " + ".join(parts) + " + p + _HASH + h\n"
+        parts += ["p", "_HASH", "h"]
+        # one join: a chain of + would allocate every longer prefix on the way
+        source = "def row(b, v, p, h):\n    return b''.join((" + ", ".join(parts) + "))\n"
         found = _ENCODERS[order] = _compile("row", source)
     return found
 

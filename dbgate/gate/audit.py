@@ -82,7 +82,7 @@ def masked_text(sql: str, cache: dict[str, str], shapes: dict[str, str] | None =
 class _Shape:
     """The parts of a record that depend only on the classification."""
 
-    __slots__ = ("categories", "classification", "columns", "fingerprint", "tables")
+    __slots__ = ("categories", "classification", "columns", "declares", "fingerprint", "tables")
 
     def __init__(self, c: Any) -> None:
         self.classification = c  # kept alive: its id() keys the cache
@@ -90,6 +90,9 @@ class _Shape:
         self.categories: tuple[str, ...] = ()
         self.tables: tuple[str, ...] = ()
         self.columns: tuple[str, ...] = ()
+        #: what the statement declares (SET dbgate.purpose ...): a property walked anew
+        #: at every read
+        self.declares: tuple[tuple[str, str], ...] = getattr(c, "declares", ()) or ()
         if c is not None:
             self.categories = tuple(sorted(x.value for x in c.categories))
             self.tables = tuple(sorted(c.tables))
@@ -145,12 +148,11 @@ class AuditTrail:
         duration_us: int | None = None,
         tokenized: bool | None = None,
     ) -> StatementEvent:
-        c = note.classification if note is not None else None
-        statement_declares = getattr(c, "declares", ()) if c is not None else ()
+        shape = self._shape(note.classification if note is not None else None)
+        statement_declares = shape.declares
         intent: dict[str, str] = {}
         if session.declared or statement_declares or sql[:64].lstrip().startswith("/*"):
             intent = declared(session.declared, statement_declares, sql)
-        shape = self._shape(c)
         return StatementEvent(
             event=stage,  # type: ignore[arg-type]
             statement=masked_text(sql, self._masks, self._masked_shapes),

@@ -111,6 +111,8 @@ class Gate:
         #: (decision, classification) -> the limited verdict of its Binds: a prepared
         #: statement under limits is judged at every Bind, by the same decision
         self._bind_limits: dict[tuple[int, int], tuple[Decision, Any, Allow | Decision]] = {}
+        #: capped verdict -> the same checking Binds (see _checking_binds)
+        self._bind_checked: dict[int, tuple[Allow, Allow]] = {}
         #: Read by the relay (see Inspector in seams.py): while the audit trail cannot
         #: be written, every statement comes here, to be refused.
         self.strict = False
@@ -146,6 +148,7 @@ class Gate:
         self._answers.clear()
         self._bind_allows.clear()
         self._bind_limits.clear()
+        self._bind_checked.clear()
         if self.windows is not None:
             from dbgate.gate.windows import window_lengths
 
@@ -380,7 +383,7 @@ class Gate:
                 return self._window_refused(session, sql, decision, capped)
             verdict = capped  # type: ignore[assignment]
             if kind == "parse":  # each execution is capped by what is left then
-                verdict = replace(verdict, check_binds=True)
+                verdict = self._checking_binds(verdict)
         if not verdict.max_changes:
             return verdict
         classification = decision.classification
@@ -401,6 +404,18 @@ class Gate:
             return changes_refusal(over)
 
         return replace(verdict, over_changes=over_changes, repeatable=False)
+
+    def _checking_binds(self, verdict: Allow) -> Allow:
+        """``verdict`` with ``check_binds``: a windowed Parse's, the same for every
+        Parse of one statement while its capped verdict is (gate/windows.py)."""
+        hit = self._bind_checked.get(id(verdict))
+        if hit is not None and hit[0] is verdict:
+            return hit[1]
+        checked = replace(verdict, check_binds=True)
+        if len(self._bind_checked) >= 4096:
+            self._bind_checked.clear()
+        self._bind_checked[id(verdict)] = (verdict, checked)  # keeps the verdict alive
+        return checked
 
     def _window_refused(
         self, session: SessionInfo, sql: str, decision: Decision, refusal: Refuse

@@ -53,13 +53,22 @@ class FanOut:
             for event in STATEMENT_EVENTS
         }
         self.ignores = frozenset(e for e, hearing in self._hearing.items() if not hearing)
+        # each event's bound methods, found once (an event is told several times a statement)
+        self._calls = {
+            event: tuple(getattr(o, event) for o in self._hearing.get(event, self.observers))
+            for event in (*STATEMENT_EVENTS, "session_started", "session_ended", "session_refused")
+        }
 
     def _each(self, method: str, *args: Any) -> None:
-        for o in self._hearing.get(method, self.observers):
+        for call in self._calls[method]:
             try:
-                getattr(o, method)(*args)
+                call(*args)
             except Exception:
-                log.exception("observer %s failed on %s", type(o).__name__, method)
+                log.exception(
+                    "observer %s failed on %s",
+                    type(getattr(call, "__self__", call)).__name__,
+                    method,
+                )
 
     def session_started(self, session: SessionInfo) -> None:
         self._each("session_started", session)

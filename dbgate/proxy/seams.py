@@ -286,9 +286,9 @@ class StatementRecord:
     def params(self) -> tuple[bytes | None, ...]:
         """The statement's parameter values as sent (an Execute's: its Bind's)."""
         if self._params is None:
-            from dbgate.wire.codec import parse_bind
+            from dbgate.wire.codec import bind_params
 
-            self._params = parse_bind(self._bind)[3]
+            self._params = bind_params(self._bind)
         return self._params
 
     @params.setter
