@@ -24,10 +24,10 @@ records, chains them and writes them in batches with COPY. Why it is shaped so:
 * **few, large commits.** Every commit is a WAL flush on the state database and a
   transaction and a COPY on both sides, whatever its size: a writer that committed
   whenever a record arrived would spend more on commits than on records. So ordinary
-  records wait up to ``batch_delay`` seconds after the previous write began, for
-  others to share their commit; a full batch, a durable record, :meth:`flush` and
-  :meth:`stop` end the wait at once (a durable record takes whatever is queued into
-  its commit). Under light load the first record after a quiet spell is written
+  records wait up to ``batch_delay`` seconds (``audit.batch_delay``, 50 ms by
+  default) after the previous write began, for others to share their commit; a full
+  batch, a durable record, :meth:`flush` and :meth:`stop` end the wait at once (a
+  durable record takes whatever is queued into its commit). Under light load the first record after a quiet spell is written
   straight away; under heavy load batches fill before the delay runs out.
 * **the database goes away.** ``on_failure: refuse`` keeps queued records in memory,
   reports :attr:`~AuditWriter.available` False (the gate refuses statements) and
@@ -88,8 +88,6 @@ log = logging.getLogger("dbgate.audit")
 
 COPY_COLUMNS: tuple[str, ...] = binary.COLUMNS
 _CHAIN_STEP = 256  # records chained between yields to the event loop
-#: The longest an ordinary record waits for others to share its commit (see above).
-BATCH_DELAY = 0.05
 _REPLAY_CHUNK = 5_000
 _PERMANENT = (
     asyncpg.InvalidPasswordError,
@@ -211,13 +209,15 @@ class AuditWriter:
         replica: str | None = None,
         clock: Callable[[], float] = time.time,
         chain: str | None = None,
-        batch_delay: float = BATCH_DELAY,
+        batch_delay: float | None = None,
     ) -> None:
+        self.config = config = config if config is not None else AuditConfig()
+        if batch_delay is None:
+            batch_delay = config.batch_delay
         if batch_delay < 0:
             raise ValueError(f"batch_delay must not be negative, got {batch_delay}")
         self._dsn = dsn
         self._batch_delay = batch_delay
-        self.config = config = config if config is not None else AuditConfig()
         self.replica = replica or config.replica or socket.gethostname()
         self.chain = chain or f"{_safe_name(self.replica)}.{uuid.uuid4().hex[:16]}"
         self._clock = clock
