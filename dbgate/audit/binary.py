@@ -132,11 +132,13 @@ class Blocks:
     """The binary row of records that agree in every field but some (``varying``):
     the fields between those are encoded once, as blocks of bytes; ``encode`` equals
     :func:`encode` whenever the values agree with those the blocks were made from
-    outside ``varying``."""
+    outside ``varying``. The field at ``given`` (one of ``varying``) is encoded by the
+    caller (:func:`field` of its text, or :data:`NULL`): ``encode(values, prev, hash,
+    encoded)``."""
 
     __slots__ = ("_blocks", "_encode")
 
-    def __init__(self, values: list[Any], varying: tuple[int, ...]) -> None:
+    def __init__(self, values: list[Any], varying: tuple[int, ...], given: int = -1) -> None:
         blocks: list[bytes] = []
         run = [_ROW_START]
         order: list[int] = []
@@ -150,28 +152,40 @@ class Blocks:
         run.append(_len(32))
         blocks.append(b"".join(run))
         self._blocks = tuple(blocks)
-        self._encode = _row_encoder(tuple(order))
+        self._encode = _row_encoder(tuple(order), given)
 
-    def encode(self, values: list[Any], prev_hash: bytes, hash_: bytes) -> bytes:
-        return self._encode(self._blocks, values, prev_hash, hash_)  # type: ignore[no-any-return]
+    def encode(
+        self, values: list[Any], prev_hash: bytes, hash_: bytes, given: bytes = b""
+    ) -> bytes:
+        return self._encode(self._blocks, values, prev_hash, hash_, given)  # type: ignore[no-any-return]
 
 
-_ENCODERS: dict[tuple[int, ...], Any] = {}
+_ENCODERS: dict[tuple[tuple[int, ...], int], Any] = {}
 
 
-def _row_encoder(order: tuple[int, ...]) -> Any:
-    """``f(blocks, values, prev_hash, hash)``: the blocks with the fields at ``order``
-    between them (generated once per set of varying fields)."""
-    found = _ENCODERS.get(order)
+def _row_encoder(order: tuple[int, ...], given: int) -> Any:
+    """``f(blocks, values, prev_hash, hash, given)``: the blocks with the fields at
+    ``order`` between them, ``given`` in the place of the field at that position
+    (generated once per set of varying fields)."""
+    found = _ENCODERS.get((order, given))
     if found is None:
         parts = ["b[0]"]
         for n, i in enumerate(order, start=1):
-            parts += [_expr(i), f"b[{n}]"]
+            parts += ["g" if i == given else _expr(i), f"b[{n}]"]
         parts += ["p", "_HASH", "h"]
         # one join: a chain of + would allocate every longer prefix on the way
-        source = "def row(b, v, p, h):\n    return b''.join((" + ", ".join(parts) + "))\n"
-        found = _ENCODERS[order] = _compile("row", source)
+        source = "def row(b, v, p, h, g):\n    return b''.join((" + ", ".join(parts) + "))\n"
+        found = _ENCODERS[(order, given)] = _compile("row", source)
     return found
+
+
+#: A NULL field.
+NULL = _NULL
+
+
+def field(text: str) -> bytes:
+    """A text field (its length, its UTF-8 bytes)."""
+    return _text(text)
 
 
 def batch(rows: list[bytes]) -> memoryview:

@@ -171,6 +171,8 @@ _namespace: dict[str, Any] = {"_s": encode_basestring, "_a": _array}
 exec(compile(_python_source(), "<dbgate.audit.canonical>", "exec"), _namespace)
 #: The canonical form as text (before UTF-8 encoding).
 canonical_text = _namespace["canonical_text"]
+#: A text array's canonical form (a JSON array; NULL elements as null).
+array_json = _array
 _render_one = {
     kind: eval(f"lambda x: {expr.format(v='x')}", dict(_namespace)) for kind, expr in _EXPR.items()
 }
@@ -185,12 +187,14 @@ class Template:
     keeps one template per statement shape and renders a record in a fraction of the
     time :func:`canonical_text` takes. ``render(values)`` equals
     ``canonical_text(values)`` whenever ``values`` agree with those the template was
-    made from outside ``varying``.
+    made from outside ``varying``. The field at ``given`` (one of ``varying``) is
+    rendered by the caller, who may know more about it (a list of hashes needs no
+    escaping): ``render(values, text)``.
     """
 
     __slots__ = ("_fragments", "_render")
 
-    def __init__(self, values: list[Any], varying: tuple[int, ...]) -> None:
+    def __init__(self, values: list[Any], varying: tuple[int, ...], given: int = -1) -> None:
         fragments: list[str] = []
         run: list[str] = []
         order: list[int] = []
@@ -205,29 +209,30 @@ class Template:
                 run.append(_render_one[FIELDS[x][1]](values[x]))
         fragments.append("".join(run))
         self._fragments = tuple(fragments)
-        self._render = _renderer(tuple(order))
+        self._render = _renderer(tuple(order), given)
 
-    def render(self, values: list[Any]) -> str:
-        return self._render(self._fragments, values)  # type: ignore[no-any-return]
-
-
-_RENDERERS: dict[tuple[int, ...], Any] = {}
+    def render(self, values: list[Any], given: str = "") -> str:
+        return self._render(self._fragments, values, given)  # type: ignore[no-any-return]
 
 
-def _renderer(order: tuple[int, ...]) -> Any:
-    """``f(fragments, values)``: the fragments with the fields at ``order`` between
-    them (generated once per set of varying fields)."""
-    found = _RENDERERS.get(order)
+_RENDERERS: dict[tuple[tuple[int, ...], int], Any] = {}
+
+
+def _renderer(order: tuple[int, ...], given: int) -> Any:
+    """``f(fragments, values, given)``: the fragments with the fields at ``order``
+    between them, ``given`` in the place of the field at that position (generated
+    once per set of varying fields)."""
+    found = _RENDERERS.get((order, given))
     if found is None:
         parts = ["c[0]"]
         for n, i in enumerate(order, start=1):
-            parts.append(_EXPR[FIELDS[i][1]].format(v=f"v[{i}]"))
+            parts.append("g" if i == given else _EXPR[FIELDS[i][1]].format(v=f"v[{i}]"))
             parts.append(f"c[{n}]")
         # one join: a chain of + would allocate every longer prefix on the way
-        source = "def render(c, v):\n    return ''.join((" + ", ".join(parts) + "))\n"
+        source = "def render(c, v, g):\n    return ''.join((" + ", ".join(parts) + "))\n"
         space = dict(_namespace)
         exec(compile(source, "<dbgate.audit.canonical template>", "exec"), space)
-        found = _RENDERERS[order] = space["render"]
+        found = _RENDERERS[(order, given)] = space["render"]
     return found
 
 

@@ -29,7 +29,15 @@ from operator import attrgetter
 from typing import Any
 
 from dbgate.audit import binary
-from dbgate.audit.canonical import FIELDS, FORMAT, INDEX, FieldType, Template, canonical_text
+from dbgate.audit.canonical import (
+    FIELDS,
+    FORMAT,
+    INDEX,
+    FieldType,
+    Template,
+    array_json,
+    canonical_text,
+)
 from dbgate.audit.events import (
     ApprovalEvent,
     DetokenizeEvent,
@@ -123,6 +131,7 @@ class RowBuilder:
         self._mac = blake2b(key=self._key, digest_size=16)  # copied for each value
         self._clean: dict[str, tuple[str, int]] = {}
         self._shapes: dict[tuple[Any, ...], _StatementShape] = {}
+        self._chain = ""  # the chain the shapes' templates and blocks were made for
         self.max_statement_chars = max_statement_chars
         self.max_text_chars = max_text_chars
 
@@ -142,32 +151,36 @@ class RowBuilder:
         if event.__class__ is not StatementEvent:
             values = self.build(event, now_us)
         else:
+            if chain is not self._chain:
+                if chain != self._chain:  # templates and blocks hold the chain's name
+                    self._shapes.clear()
+                self._chain = chain
             try:
                 key: tuple[Any, ...] | None = _shape_key(event)
                 shape = self._shapes.get(key)  # type: ignore[arg-type]
             except TypeError:  # a caller's unhashable value: nothing to remember
                 key, shape = None, None
-            if shape is not None:
-                values = self._varying(event, shape.values)  # type: ignore[arg-type]
-                if values is not None:
-                    values[CHAIN] = chain
-                    values[SEQ] = seq
-                    values[LOGGED_AT] = logged_us
-                    template = shape.template
-                    if template is None:
-                        template = shape.template = Template(values, _VARYING)
-                    text = template.render(values)
-                    if "\\u0000" not in text:  # else it is escaped below (see seal)
-                        try:
-                            data = text.encode()
-                        except UnicodeError:
-                            pass
-                        else:
-                            h = sha256(prev + sha256(data).digest()).digest()
-                            blocks = shape.blocks
-                            if blocks is None:
-                                blocks = shape.blocks = binary.Blocks(values, _VARYING)
-                            return values, h, blocks.encode(values, prev, h)
+            varied = None if shape is None else self._varying(event, shape.values)  # type: ignore[arg-type]
+            if varied is not None:
+                values, params_json, params_field = varied
+                values[CHAIN] = chain
+                values[SEQ] = seq
+                values[LOGGED_AT] = logged_us
+                template = shape.template  # type: ignore[union-attr]
+                if template is None:
+                    template = shape.template = Template(values, _RENDERED, _PARAMS)  # type: ignore[union-attr]
+                text = template.render(values, params_json)
+                if "\\u0000" not in text:  # else it is escaped below (see seal)
+                    try:
+                        data = text.encode()
+                    except UnicodeError:
+                        pass
+                    else:
+                        h = sha256(prev + sha256(data).digest()).digest()
+                        blocks = shape.blocks  # type: ignore[union-attr]
+                        if blocks is None:
+                            blocks = shape.blocks = binary.Blocks(values, _RENDERED, _PARAMS)  # type: ignore[union-attr]
+                        return values, h, blocks.encode(values, prev, h, params_field)
             values = self._statement(event, now_us)  # type: ignore[arg-type]
             if key is not None and shape is None:
                 self._learn(key, event, values)  # type: ignore[arg-type]
@@ -193,10 +206,11 @@ class RowBuilder:
             self._shapes.clear()
         self._shapes[key] = _StatementShape(shape)
 
-    def _varying(self, e: StatementEvent, shape: list[Any]) -> list[Any] | None:
+    def _varying(self, e: StatementEvent, shape: list[Any]) -> tuple[list[Any], str, bytes] | None:
         """``shape`` with the fields of ``e`` that vary from one execution to the next
-        (chain fields left to the caller), or None when one of them (or a field whose
-        type its shape's key cannot tell apart) needs the full path."""
+        (chain fields left to the caller), and its parameters' canonical text and
+        COPY field; None when one of them (or a field whose type its shape's key
+        cannot tell apart) needs the full path."""
         at = e.at
         if at.__class__ is not float or not _MIN_S < at < _MAX_S:
             return None
@@ -218,29 +232,38 @@ class RowBuilder:
         ):
             return None
         hashed: list[str | None] | None = None
+        params_json, params_field = "[]", binary.NULL
         params = e.params
         if params:
             if params.__class__ is not tuple:
                 return None
             hashed = []
             mac = self._mac
+            nulls = False
             for p in params:
                 if p is None:
                     hashed.append(None)
+                    nulls = True
                 elif p.__class__ is bytes:
                     h = mac.copy()
                     h.update(p)
                     hashed.append("h:" + h.hexdigest())
                 else:  # masked text is scrubbed: the full path
                     return None
-            hashed = hashed or None
+            if nulls:
+                params_json = array_json(hashed)
+                params_field = binary.field(binary.array_literal(hashed))
+            else:  # hashes need no escaping, in JSON or in an array literal
+                joined = '","'.join(hashed)  # type: ignore[arg-type]
+                params_json = '["' + joined + '"]'
+                params_field = binary.field('{"' + joined + '"}')
         values = shape.copy()
         values[AT] = round(at * 1_000_000)
         values[_PARAMS] = hashed
         values[_OUTCOME] = outcome or None
         values[_ROWS] = rows
         values[_DURATION_US] = duration
-        return values
+        return values, params_json, params_field
 
     def build(self, event: object, now_us: int) -> list[Any]:
         """The record of ``event``; ``now_us`` stands in for a missing or bad ``at``."""
@@ -572,8 +595,10 @@ _SHAPE_NAMES = (
     "tokenized",
 )
 _shape_key = attrgetter(*_SHAPE_NAMES)
-#: ... and the fields in which its records differ (the chain fields among them).
+#: ... and the fields in which its records differ (the chain fields among them); a
+#: builder writes one chain, so its name is rendered into templates and blocks.
 _VARYING = (CHAIN, SEQ, LOGGED_AT, AT, _PARAMS, _OUTCOME, _ROWS, _DURATION_US)
+_RENDERED = tuple(i for i in _VARYING if i != CHAIN)
 _SHAPES = 1024  # shapes remembered (each a few KB at most)
 
 

@@ -151,7 +151,12 @@ class AuditTrail:
         shape = self._shape(note.classification if note is not None else None)
         statement_declares = shape.declares
         intent: dict[str, str] = {}
-        if session.declared or statement_declares or sql[:64].lstrip().startswith("/*"):
+        if (
+            session.declared
+            or statement_declares
+            or sql.startswith("/*")
+            or (sql[:1].isspace() and sql[:64].lstrip().startswith("/*"))
+        ):
             intent = declared(session.declared, statement_declares, sql)
         return StatementEvent(
             event=stage,  # type: ignore[arg-type]
@@ -289,7 +294,9 @@ class AuditTrail:
 
     def _finished(self, session: SessionInfo, record: StatementRecord, stage: str) -> None:
         verdict = record.verdict
-        note = record.note if isinstance(record.note, GateNote) else None
+        note = verdict.note if verdict is not None else None
+        if not isinstance(note, GateNote):
+            note = None
         if isinstance(verdict, Refuse):
             if note is not None:
                 return  # the gate recorded this refusal durably before it was sent
@@ -301,7 +308,11 @@ class AuditTrail:
         else:
             decision = "allow"
         duration = int((record.finished_at - record.received_at) * 1e6)
-        outcome = record.sqlstate if stage != "completed" else ", ".join(record.tags)
+        tags = record.tags
+        if stage != "completed":
+            outcome = record.sqlstate
+        else:
+            outcome = tags[0] if len(tags) == 1 else ", ".join(tags)
         self.writer.record(
             self.statement(
                 session,

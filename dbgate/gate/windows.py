@@ -178,12 +178,14 @@ class WindowCharges:
         self.windows = windows
 
     def _charge(self, session: SessionInfo, record: StatementRecord) -> None:
+        if record.rows <= 0:  # nothing to charge (a Parse, a Bind, no rows)
+            return
         note = record.note
         if not isinstance(note, GateNote) or not note.window_tables:
             return
         decision: Decision | None = note.decision
         window = decision.row_window if decision is not None else None
-        if window is not None and record.rows > 0:
+        if window is not None:
             self.windows.add(session.identity, window, note.window_tables, record.rows)
 
     def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:

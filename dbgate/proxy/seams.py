@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from dbgate.proxy.prepared import Candidate, PreparedChange
+from dbgate.wire.codec import bind_params
 
 if TYPE_CHECKING:
     from dbgate.proxy.session_info import SessionInfo
@@ -286,8 +287,6 @@ class StatementRecord:
     def params(self) -> tuple[bytes | None, ...]:
         """The statement's parameter values as sent (an Execute's: its Bind's)."""
         if self._params is None:
-            from dbgate.wire.codec import bind_params
-
             self._params = bind_params(self._bind)
         return self._params
 

@@ -273,9 +273,10 @@ def test_a_record_sealed_in_one_pass_is_the_record_built_and_sealed(events, repe
     reference = RowBuilder("r1", b"key")
     prev = GENESIS
     for seq, event in enumerate(events + events[:1] * repeat, start=1):
-        values, h, row = builder.sealed(event, NOW, "r1.chain", seq, NOW + seq, prev)
+        chain = "r1.chain" if seq % 4 else "r1.other"  # one builder, another chain
+        values, h, row = builder.sealed(event, NOW, chain, seq, NOW + seq, prev)
         expected = reference.build(event, NOW)
-        expected[INDEX["chain"]] = "r1.chain"
+        expected[INDEX["chain"]] = chain
         expected[INDEX["seq"]] = seq
         expected[INDEX["logged_at"]] = NOW + seq
         expected_hash = seal(expected, prev)
