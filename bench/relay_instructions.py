@@ -6,7 +6,7 @@ machine; instruction counts do not. This runs the replay under ``valgrind
 difference divided by 2N: the instructions one more transaction costs, with start-up
 and warm-up cancelled out. Slow (valgrind runs Python ~50x slower): a minute or two.
 
-Run as ``python -m bench.relay_instructions [--observer] [--transactions N]``.
+Run as ``python -m bench.relay_instructions [--observer | --audit] [--transactions N]``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 _TOTAL = re.compile(r"Collected : (\d+)")
 
 
-def _count(mode: str, transactions: int, observer: bool, cwd: Path) -> int:
+def _count(mode: str, transactions: int, observer: bool, cwd: Path, audit: bool = False) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         cmd = [
@@ -41,6 +41,8 @@ def _count(mode: str, transactions: int, observer: bool, cwd: Path) -> int:
         ]
         if observer:
             cmd.append("--observer")
+        if audit:
+            cmd.append("--audit")
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True)
         found = _TOTAL.search(proc.stderr)
         if found is None:
@@ -51,6 +53,7 @@ def _count(mode: str, transactions: int, observer: bool, cwd: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--observer", action="store_true")
+    parser.add_argument("--audit", action="store_true")
     parser.add_argument("--transactions", type=int, default=2000)
     parser.add_argument("--mode", action="append", choices=("simple", "extended", "prepared"))
     args = parser.parse_args()
@@ -59,8 +62,8 @@ def main() -> None:
     cwd = Path(__file__).resolve().parent.parent
     n = args.transactions
     for mode in args.mode or ("simple", "extended", "prepared"):
-        small = _count(mode, n, args.observer, cwd)
-        large = _count(mode, 3 * n, args.observer, cwd)
+        small = _count(mode, n, args.observer, cwd, args.audit)
+        large = _count(mode, 3 * n, args.observer, cwd, args.audit)
         print(f"{mode:9s} {(large - small) / (2 * n):10,.0f} instructions/txn", flush=True)
 
 

@@ -8,9 +8,12 @@ default rule pack, with in-memory channels in place of sockets, and reports the
 microseconds of relay CPU per transaction (best of several runs, so background load
 only ever makes it look slower). Compare two trees by running it in each.
 
-Run as ``python -m bench.relay_replay [--observer]``; ``--observer`` attaches a no-op
-observer (what audit costs on the relay's side). For numbers that do not move with
-the machine's load, count instructions instead:
+Run as ``python -m bench.relay_replay [--observer | --audit]``; ``--observer``
+attaches a no-op observer; ``--audit`` runs what the ``dbgate-audit`` target adds to
+the relay's process: the benchmark's rules with their rows-per-window limits (over a
+local count, no state database), the window charges, and the audit trail with the
+writer's per-record work (build, hash, COPY row; the COPY itself is not sent). For
+numbers that do not move with the machine's load, count instructions instead:
 ``python -m bench.relay_instructions`` runs this under valgrind's callgrind.
 """
 
@@ -69,6 +72,57 @@ class _Channel:
 class _NoopObserver:
     def __getattr__(self, name: str) -> Any:
         return lambda *args: None
+
+
+class _ReplayWriter:
+    """An AuditWriter's side in the relay's process, without a state database: each
+    record is built, chained, hashed and encoded as it comes (what the writer's task
+    does with it), then dropped."""
+
+    available = True
+    on_available: Any = None
+
+    def __init__(self) -> None:
+        from dbgate.audit.canonical import GENESIS
+        from dbgate.audit.rows import RowBuilder
+
+        self._builder = RowBuilder("replay", b"replay-key")
+        self._head = GENESIS
+        self._seq = 0
+
+    def admit(self) -> None:
+        return None
+
+    def record(self, event: object) -> None:
+        self._seq += 1
+        now = round(time.time() * 1e6)
+        _, self._head, _ = self._builder.sealed(
+            event, now, "replay.chain", self._seq, now, self._head
+        )
+
+
+def _audited() -> tuple[Any, Any]:
+    """(inspector, observer) of a dbgate with a state database: the bench's rules
+    (their windows counted locally, read as empty), window charges, the audit trail."""
+    import tempfile
+    from pathlib import Path
+
+    from bench.dbgate_target import write_rules
+    from dbgate.gate import Gate
+    from dbgate.gate.audit import AuditTrail
+    from dbgate.gate.observers import FanOut
+    from dbgate.gate.row_window import RowWindows
+    from dbgate.gate.windows import WindowCharges
+    from dbgate.policy.rules import load_rules
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = load_rules(write_rules(Path(tmp) / "rules"))
+    windows = RowWindows(None, "replay", monotonic=lambda: 0.0)  # type: ignore[arg-type]
+    windows.ledger.read_totals({}, [3600])  # a read of the shared totals: nobody read
+    windows._read_ok_at = 0.0  # ... just now, as far as its clock goes (never stale)
+    trail = AuditTrail(_ReplayWriter())  # type: ignore[arg-type]
+    gate = Gate(rules, keys=_keys(), windows=windows, audit=trail)
+    return gate, FanOut([WindowCharges(windows), trail])
 
 
 def _row_description() -> bytes:
@@ -157,13 +211,13 @@ def _keys() -> Any:
     return keys
 
 
-def _session(observer: bool) -> Session:
+def _session(observer: bool, audit: bool = False) -> Session:
     from dbgate.gate import Gate
     from dbgate.policy.rules import load_rules
 
     info = SessionInfo(
         session_id=1,
-        identity="agent",
+        identity="bench" if audit else "agent",
         database="bench",
         application_name="pgbench",
         client_addr="127.0.0.1:1",
@@ -182,17 +236,21 @@ def _session(observer: bool) -> Session:
         kwargs["transformer"] = None
     if observer and "observer" in params:
         kwargs["observer"] = _NoopObserver()
+    if audit:
+        kwargs["inspector"], kwargs["observer"] = _audited()
     session = Session(**kwargs)
     session.start()
     return session
 
 
-def measure(mode: str, observer: bool, transactions: int = 20_000, runs: int = 5) -> float:
+def measure(
+    mode: str, observer: bool, transactions: int = 20_000, runs: int = 5, audit: bool = False
+) -> float:
     """Microseconds of relay CPU per transaction (best of ``runs``)."""
     setup_msgs, txns, answer = _workloads()[mode]
     best = float("inf")
     for _ in range(runs):
-        session = _session(observer)
+        session = _session(observer, audit)
         if setup_msgs:
             session.on_client_data(setup_msgs[1])
             session.on_server_data(setup_msgs[0])
@@ -211,12 +269,15 @@ def measure(mode: str, observer: bool, transactions: int = 20_000, runs: int = 5
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--observer", action="store_true", help="attach a no-op observer")
+    parser.add_argument(
+        "--audit", action="store_true", help="windows, window charges and the audit trail"
+    )
     parser.add_argument("--transactions", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=5, help="best of this many runs")
     parser.add_argument("--mode", action="append", choices=("simple", "extended", "prepared"))
     args = parser.parse_args()
     for mode in args.mode or ("simple", "extended", "prepared"):
-        us = measure(mode, args.observer, args.transactions, args.runs)
+        us = measure(mode, args.observer, args.transactions, args.runs, args.audit)
         print(f"{mode:9s} {us:6.2f} us/txn")
 
 

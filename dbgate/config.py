@@ -261,6 +261,9 @@ class AuditConfig(_Strict):
     queue_size: int = Field(10_000, ge=100)
     queue_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     batch_size: int = Field(2_000, ge=1, le=100_000)  # records per COPY
+    #: Seconds an ordinary record waits after the previous write began, for others to
+    #: share its commit (0: written at once). Durable records never wait.
+    batch_delay: float = Field(0.05, ge=0, le=10)
     #: How long a held/denied/approved statement waits for its record to be committed.
     durable_timeout: float = Field(5.0, gt=0)
     write_timeout: float = Field(10.0, gt=0)  # one COPY + COMMIT

@@ -75,7 +75,7 @@ async def serve(
     on_ready: Callable[[], None] | None = None,
 ) -> int:
     """Start ``app``, serve until a stop signal, drain. SIGHUP reloads (with ``load``)."""
-    from dbgate.app import StartupError
+    from dbgate.app import StartupError, freeze_startup_objects
     from dbgate.reload import Reloader
 
     try:
@@ -83,6 +83,7 @@ async def serve(
     except StartupError as e:
         print(f"dbgate: {e}", file=sys.stderr, flush=True)
         return 1
+    freeze_startup_objects()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloader = Reloader(app, load) if load is not None else None

@@ -108,6 +108,40 @@ def _groups() -> tuple[list[int], list[int], list[int], list[int], list[int]]:
     return numbers, texts, bools, arrays, jsons
 
 
+#: How each type of field is rendered, as a Python expression of the value ``{v}``.
+_EXPR: dict[FieldType, str] = {
+    T.INT: "('null' if {v} is None else str({v}))",
+    T.TIME: "('null' if {v} is None else str({v}))",
+    T.TEXT: "(_s({v}) if {v} else '\"\"')",
+    T.BOOL: "('null' if {v} is None else 'true' if {v} else 'false')",
+    T.ARRAY: "(_a({v}) if {v} else '[]')",
+    T.JSON: "({v} or '{{}}')",
+}
+
+
+def _layout() -> tuple[str | int, ...]:
+    """The canonical form in order: its punctuation (text) and its fields (positions)."""
+    numbers, texts, bools, arrays, jsons = _groups()
+    out: list[str | int] = []
+
+    def group(positions: list[int], opening: str) -> None:
+        out.append(opening)
+        for n, i in enumerate(positions):
+            if n:
+                out.append(",")
+            out.append(i)
+
+    group(numbers, "[[")
+    group(texts, "],[")
+    group(bools, "],[")
+    group(arrays + jsons, "],")
+    out.append("]")
+    return tuple(out)
+
+
+LAYOUT = _layout()
+
+
 def _python_source() -> str:
     """Source of a function that renders a values list (in FIELDS order) canonically.
 
@@ -115,16 +149,14 @@ def _python_source() -> str:
     no per-field dispatch, several times faster, and it cannot drift from the table.
     """
     numbers, texts, bools, arrays, jsons = _groups()
-    num = [f"('null' if v[{i}] is None else str(v[{i}]))" for i in numbers]
-    txt = [f"(_s(v[{i}]) if v[{i}] else '\"\"')" for i in texts]
-    boo = [f"('null' if v[{i}] is None else 'true' if v[{i}] else 'false')" for i in bools]
-    rest = [f"(_a(v[{i}]) if v[{i}] else '[]')" for i in arrays]
-    rest += [f"(v[{i}] or '{{}}')" for i in jsons]
+
+    def joined(positions: list[int]) -> str:
+        exprs = [_EXPR[FIELDS[i][1]].format(v=f"v[{i}]") for i in positions]
+        return "','.join((" + ", ".join(exprs) + ",))"
+
     body = (
-        "'[[' + ','.join((" + ", ".join(num) + ",)) + '],['"
-        " + ','.join((" + ", ".join(txt) + ",)) + '],['"
-        " + ','.join((" + ", ".join(boo) + ",)) + '],'"
-        " + ','.join((" + ", ".join(rest) + ",)) + ']'"
+        f"'[[' + {joined(numbers)} + '],[' + {joined(texts)} + '],['"
+        f" + {joined(bools)} + '],' + {joined(arrays + jsons)} + ']'"
     )
     return f"def canonical_text(v):\n    return {body}\n"
 
@@ -139,6 +171,69 @@ _namespace: dict[str, Any] = {"_s": encode_basestring, "_a": _array}
 exec(compile(_python_source(), "<dbgate.audit.canonical>", "exec"), _namespace)
 #: The canonical form as text (before UTF-8 encoding).
 canonical_text = _namespace["canonical_text"]
+#: A text array's canonical form (a JSON array; NULL elements as null).
+array_json = _array
+_render_one = {
+    kind: eval(f"lambda x: {expr.format(v='x')}", dict(_namespace)) for kind, expr in _EXPR.items()
+}
+
+
+class Template:
+    """The canonical text of records that agree in every field but some (``varying``):
+    the text around those fields is rendered once, they are rendered per record.
+
+    A statement's records differ from one execution to the next only in a few fields
+    (its time, parameters, outcome, rows, duration, place in the chain): the writer
+    keeps one template per statement shape and renders a record in a fraction of the
+    time :func:`canonical_text` takes. ``render(values)`` equals
+    ``canonical_text(values)`` whenever ``values`` agree with those the template was
+    made from outside ``varying``. The field at ``given`` (one of ``varying``) is
+    rendered by the caller, who may know more about it (a list of hashes needs no
+    escaping): ``render(values, text)``.
+    """
+
+    __slots__ = ("_fragments", "_render")
+
+    def __init__(self, values: list[Any], varying: tuple[int, ...], given: int = -1) -> None:
+        fragments: list[str] = []
+        run: list[str] = []
+        order: list[int] = []
+        for x in LAYOUT:
+            if isinstance(x, str):
+                run.append(x)
+            elif x in varying:
+                fragments.append("".join(run))
+                run = []
+                order.append(x)
+            else:
+                run.append(_render_one[FIELDS[x][1]](values[x]))
+        fragments.append("".join(run))
+        self._fragments = tuple(fragments)
+        self._render = _renderer(tuple(order), given)
+
+    def render(self, values: list[Any], given: str = "") -> str:
+        return self._render(self._fragments, values, given)  # type: ignore[no-any-return]
+
+
+_RENDERERS: dict[tuple[tuple[int, ...], int], Any] = {}
+
+
+def _renderer(order: tuple[int, ...], given: int) -> Any:
+    """``f(fragments, values, given)``: the fragments with the fields at ``order``
+    between them, ``given`` in the place of the field at that position (generated
+    once per set of varying fields)."""
+    found = _RENDERERS.get((order, given))
+    if found is None:
+        parts = ["c[0]"]
+        for n, i in enumerate(order, start=1):
+            parts.append("g" if i == given else _EXPR[FIELDS[i][1]].format(v=f"v[{i}]"))
+            parts.append(f"c[{n}]")
+        # one join: a chain of + would allocate every longer prefix on the way
+        source = "def render(c, v, g):\n    return ''.join((" + ", ".join(parts) + "))\n"
+        space = dict(_namespace)
+        exec(compile(source, "<dbgate.audit.canonical template>", "exec"), space)
+        found = _RENDERERS[(order, given)] = space["render"]
+    return found
 
 
 def canonical(values: list[Any] | tuple[Any, ...]) -> bytes:

@@ -28,7 +28,16 @@ from hashlib import blake2b, sha256
 from operator import attrgetter
 from typing import Any
 
-from dbgate.audit.canonical import FIELDS, FORMAT, INDEX, FieldType, canonical_text
+from dbgate.audit import binary
+from dbgate.audit.canonical import (
+    FIELDS,
+    FORMAT,
+    INDEX,
+    FieldType,
+    Template,
+    array_json,
+    canonical_text,
+)
 from dbgate.audit.events import (
     ApprovalEvent,
     DetokenizeEvent,
@@ -121,8 +130,140 @@ class RowBuilder:
         self._key = param_key if len(param_key) <= 64 else sha256(param_key).digest()
         self._mac = blake2b(key=self._key, digest_size=16)  # copied for each value
         self._clean: dict[str, tuple[str, int]] = {}
+        self._shapes: dict[tuple[Any, ...], _StatementShape] = {}
+        self._chain = ""  # the chain the shapes' templates and blocks were made for
         self.max_statement_chars = max_statement_chars
         self.max_text_chars = max_text_chars
+
+    def sealed(
+        self, event: object, now_us: int, chain: str, seq: int, logged_us: int, prev: bytes
+    ) -> tuple[list[Any], bytes, bytes]:
+        """The record of ``event`` as record ``seq`` of ``chain``, logged at
+        ``logged_us``, after the record whose hash is ``prev``: its values, its hash
+        and its binary COPY row (:mod:`dbgate.audit.binary`).
+
+        :meth:`build`, :func:`seal` and :func:`binary.encode` in one pass. A statement
+        of a shape seen before (:class:`_StatementShape`) is made from that shape's
+        values, canonical template and row blocks, so only what differs from one
+        execution to the next is worked out; anything unusual in it takes the full
+        path, which gives the same record.
+        """
+        if event.__class__ is not StatementEvent:
+            values = self.build(event, now_us)
+        else:
+            if chain is not self._chain:
+                if chain != self._chain:  # templates and blocks hold the chain's name
+                    self._shapes.clear()
+                self._chain = chain
+            try:
+                key: tuple[Any, ...] | None = _shape_key(event)
+                shape = self._shapes.get(key)  # type: ignore[arg-type]
+            except TypeError:  # a caller's unhashable value: nothing to remember
+                key, shape = None, None
+            varied = None if shape is None else self._varying(event, shape.values)  # type: ignore[arg-type]
+            if varied is not None:
+                values, params_json, params_field = varied
+                values[CHAIN] = chain
+                values[SEQ] = seq
+                values[LOGGED_AT] = logged_us
+                template = shape.template  # type: ignore[union-attr]
+                if template is None:
+                    template = shape.template = Template(values, _RENDERED, _PARAMS)  # type: ignore[union-attr]
+                text = template.render(values, params_json)
+                if "\\u0000" not in text:  # else it is escaped below (see seal)
+                    try:
+                        data = text.encode()
+                    except UnicodeError:
+                        pass
+                    else:
+                        h = sha256(prev + sha256(data).digest()).digest()
+                        blocks = shape.blocks  # type: ignore[union-attr]
+                        if blocks is None:
+                            blocks = shape.blocks = binary.Blocks(values, _RENDERED, _PARAMS)  # type: ignore[union-attr]
+                        return values, h, blocks.encode(values, prev, h, params_field)
+            values = self._statement(event, now_us)  # type: ignore[arg-type]
+            if key is not None and shape is None:
+                self._learn(key, event, values)  # type: ignore[arg-type]
+        values[CHAIN] = chain
+        values[SEQ] = seq
+        values[LOGGED_AT] = logged_us
+        h = seal(values, prev)
+        return values, h, binary.encode(values, prev, h)
+
+    def _learn(self, key: tuple[Any, ...], e: StatementEvent, values: list[Any]) -> None:
+        """Remember the shape of a statement built in full, when the fields that vary
+        from one execution to the next take the quick path in it too."""
+        if (
+            values[DETAILS] is not None  # something was coerced: not worth a shape
+            or len(values[_STATEMENT] or "") > _CLEAN_MAX_CHARS
+            or self._varying(e, values) is None
+        ):
+            return
+        shape = values.copy()
+        for i in _VARYING:
+            shape[i] = None
+        if len(self._shapes) >= _SHAPES:
+            self._shapes.clear()
+        self._shapes[key] = _StatementShape(shape)
+
+    def _varying(self, e: StatementEvent, shape: list[Any]) -> tuple[list[Any], str, bytes] | None:
+        """``shape`` with the fields of ``e`` that vary from one execution to the next
+        (chain fields left to the caller), and its parameters' canonical text and
+        COPY field; None when one of them (or a field whose type its shape's key
+        cannot tell apart) needs the full path."""
+        at = e.at
+        if at.__class__ is not float or not _MIN_S < at < _MAX_S:
+            return None
+        sid = e.session_id
+        if sid is not None and sid.__class__ is not int:
+            return None  # 1, 1.0 and True are one key; only an int is what the shape holds
+        t = e.tokenized
+        if t is not None and t.__class__ is not bool:
+            return None
+        outcome = e.outcome
+        if outcome.__class__ is not str or len(outcome) > self.max_text_chars:
+            return None
+        rows = e.rows
+        if rows is not None and (rows.__class__ is not int or not -_INT64 <= rows <= _INT64):
+            return None
+        duration = e.duration_us
+        if duration is not None and (
+            duration.__class__ is not int or not -_INT64 <= duration <= _INT64
+        ):
+            return None
+        hashed: list[str | None] | None = None
+        params_json, params_field = "[]", binary.NULL
+        params = e.params
+        if params:
+            if params.__class__ is not tuple:
+                return None
+            hashed = []
+            mac = self._mac
+            nulls = False
+            for p in params:
+                if p is None:
+                    hashed.append(None)
+                    nulls = True
+                elif p.__class__ is bytes:
+                    h = mac.copy()
+                    h.update(p)
+                    hashed.append("h:" + h.hexdigest())
+                else:  # masked text is scrubbed: the full path
+                    return None
+            if nulls:
+                params_json = array_json(hashed)
+                params_field = binary.field(binary.array_literal(hashed))
+            else:  # hashes need no escaping, in JSON or in an array literal
+                joined = '","'.join(hashed)  # type: ignore[arg-type]
+                params_json = '["' + joined + '"]'
+                params_field = binary.field('{"' + joined + '"}')
+        values = shape.copy()
+        values[AT] = round(at * 1_000_000)
+        values[_PARAMS] = hashed
+        values[_OUTCOME] = outcome or None
+        values[_ROWS] = rows
+        values[_DURATION_US] = duration
+        return values, params_json, params_field
 
     def build(self, event: object, now_us: int) -> list[Any]:
         """The record of ``event``; ``now_us`` stands in for a missing or bad ``at``."""
@@ -432,6 +573,48 @@ _get_free_text = attrgetter(*_FREE_NAMES)
 _get_ints = attrgetter(*_INT_NAMES)
 _MIN_S = _MIN_US / 1_000_000
 _MAX_S = _MAX_US / 1_000_000
+#: What tells one statement shape from another (see _StatementShape).
+_SHAPE_NAMES = (
+    "event",
+    "statement",
+    "decision",
+    "identity",
+    "session_id",
+    "application_name",
+    "client_addr",
+    "database",
+    "purpose",
+    "model",
+    "fingerprint",
+    "categories",
+    "tables",
+    "columns",
+    "rule",
+    "approval_id",
+    "reason",
+    "tokenized",
+)
+_shape_key = attrgetter(*_SHAPE_NAMES)
+#: ... and the fields in which its records differ (the chain fields among them); a
+#: builder writes one chain, so its name is rendered into templates and blocks.
+_VARYING = (CHAIN, SEQ, LOGGED_AT, AT, _PARAMS, _OUTCOME, _ROWS, _DURATION_US)
+_RENDERED = tuple(i for i in _VARYING if i != CHAIN)
+_SHAPES = 1024  # shapes remembered (each a few KB at most)
+
+
+class _StatementShape:
+    """What the records of one statement shape share: one text, session, decision and
+    rule, executed again and again (a driver's prepared statement, a loop of reads).
+    Its values are those of a record built in full, the varying fields left empty;
+    its canonical template and its row's blocks are made from its first record
+    (:class:`Template`, :class:`binary.Blocks`)."""
+
+    __slots__ = ("blocks", "template", "values")
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values
+        self.template: Template | None = None
+        self.blocks: binary.Blocks | None = None
 
 
 def _text(x: Any, limit: int, notes: list[str], name: str) -> str | None:

@@ -24,10 +24,10 @@ records, chains them and writes them in batches with COPY. Why it is shaped so:
 * **few, large commits.** Every commit is a WAL flush on the state database and a
   transaction and a COPY on both sides, whatever its size: a writer that committed
   whenever a record arrived would spend more on commits than on records. So ordinary
-  records wait up to ``batch_delay`` seconds after the previous write began, for
-  others to share their commit; a full batch, a durable record, :meth:`flush` and
-  :meth:`stop` end the wait at once (a durable record takes whatever is queued into
-  its commit). Under light load the first record after a quiet spell is written
+  records wait up to ``batch_delay`` seconds (``audit.batch_delay``, 50 ms by
+  default) after the previous write began, for others to share their commit; a full
+  batch, a durable record, :meth:`flush` and :meth:`stop` end the wait at once (a
+  durable record takes whatever is queued into its commit). Under light load the first record after a quiet spell is written
   straight away; under heavy load batches fill before the delay runs out.
 * **the database goes away.** ``on_failure: refuse`` keeps queued records in memory,
   reports :attr:`~AuditWriter.available` False (the gate refuses statements) and
@@ -64,12 +64,13 @@ from typing import Any
 import asyncpg
 
 from dbgate import __version__
-from dbgate.audit.canonical import FIELDS, GENESIS, INDEX, NAMES, FieldType
+from dbgate.audit import binary
+from dbgate.audit.binary import array_literal
+from dbgate.audit.canonical import FIELDS, GENESIS, INDEX, FieldType
 from dbgate.audit.errors import AuditError, AuditUnavailable
 from dbgate.audit.events import EVENT_TYPES, StatementEvent
 from dbgate.audit.rows import (
     AT,
-    CHAIN,
     EPOCH,
     LOGGED_AT,
     SEQ,
@@ -78,7 +79,6 @@ from dbgate.audit.rows import (
     from_us,
     iso,
     parse_iso,
-    seal,
 )
 from dbgate.audit.serial import Document, dumps, to_document
 from dbgate.audit.spill import Orphan, SpillFile, adopt_orphans
@@ -86,10 +86,8 @@ from dbgate.config import AuditConfig
 
 log = logging.getLogger("dbgate.audit")
 
-COPY_COLUMNS: tuple[str, ...] = (*NAMES, "prev_hash", "hash")
+COPY_COLUMNS: tuple[str, ...] = binary.COLUMNS
 _CHAIN_STEP = 256  # records chained between yields to the event loop
-#: The longest an ordinary record waits for others to share its commit (see above).
-BATCH_DELAY = 0.05
 _REPLAY_CHUNK = 5_000
 _PERMANENT = (
     asyncpg.InvalidPasswordError,
@@ -103,27 +101,7 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (chain) DO NOTHING
 """
 
 
-_ARRAY_ESCAPE = str.maketrans({"\\": "\\\\", '"': '\\"'})
 _ARRAYS = tuple(INDEX[name] for name, kind in FIELDS if kind is FieldType.ARRAY)
-
-
-def array_literal(items: list[str | None]) -> str:
-    """A text[] literal: the audit table stores arrays as text (see 0020_audit_tables.sql).
-
-    Nearly every array (categories, tables, hashed parameters) has no NULL, quote or
-    backslash: one join, checked by counting, instead of a pass per element.
-    """
-    try:
-        joined = '","'.join(items)  # type: ignore[arg-type]
-    except TypeError:  # a NULL element
-        joined = None
-    if joined is not None and "\\" not in joined and joined.count('"') == 2 * len(items) - 2:
-        return '{"' + joined + '"}'
-    return (
-        "{"
-        + ",".join(["NULL" if x is None else '"' + x.translate(_ARRAY_ESCAPE) + '"' for x in items])
-        + "}"
-    )
 
 
 def _copy_row(values: list[Any], logged: datetime, prev_hash: bytes, hash_: bytes) -> list[Any]:
@@ -139,20 +117,9 @@ def _copy_row(values: list[Any], logged: datetime, prev_hash: bytes, hash_: byte
 
 
 def copy_tuple(values: list[Any], prev_hash: bytes, hash_: bytes) -> list[Any]:
-    """The COPY row of a record given in canonical form."""
+    """A record (given in canonical form) as asyncpg binds the columns
+    :data:`COPY_COLUMNS` (the writer itself sends binary COPY rows)."""
     return _copy_row(values, from_us(values[LOGGED_AT]), prev_hash, hash_)
-
-
-def copy_rows(recs: list[_Rec]) -> list[list[Any]]:
-    """COPY rows of chained records (``logged_at`` is shared by whole chain steps)."""
-    rows = []
-    last_us, last_dt = None, None
-    for r in recs:
-        us = r.values[LOGGED_AT]
-        if us != last_us:
-            last_us, last_dt = us, from_us(us)
-        rows.append(_copy_row(r.values, last_dt, r.prev, r.hash))  # type: ignore[arg-type]
-    return rows
 
 
 def gather_for(
@@ -184,19 +151,21 @@ class _Item:
 class _Rec:
     """A chained record waiting to be committed (or spilled)."""
 
-    __slots__ = ("hash", "prev", "size", "values", "waiters")
+    __slots__ = ("hash", "prev", "row", "size", "values", "waiters")
 
     def __init__(
         self,
         values: list[Any],
         prev: bytes,
         hash_: bytes,
+        row: bytes,
         waiters: list[asyncio.Future[None]] | None,
         size: int,
     ) -> None:
         self.values = values
         self.prev = prev
         self.hash = hash_
+        self.row = row  # binary COPY row (dbgate.audit.binary)
         self.waiters = waiters
         self.size = size
 
@@ -240,13 +209,15 @@ class AuditWriter:
         replica: str | None = None,
         clock: Callable[[], float] = time.time,
         chain: str | None = None,
-        batch_delay: float = BATCH_DELAY,
+        batch_delay: float | None = None,
     ) -> None:
+        self.config = config = config if config is not None else AuditConfig()
+        if batch_delay is None:
+            batch_delay = config.batch_delay
         if batch_delay < 0:
             raise ValueError(f"batch_delay must not be negative, got {batch_delay}")
         self._dsn = dsn
         self._batch_delay = batch_delay
-        self.config = config = config if config is not None else AuditConfig()
         self.replica = replica or config.replica or socket.gethostname()
         self.chain = chain or f"{_safe_name(self.replica)}.{uuid.uuid4().hex[:16]}"
         self._clock = clock
@@ -625,28 +596,24 @@ class AuditWriter:
         now_us = round(self._clock() * 1_000_000)
         logged = max(self._last_logged_us, now_us)
         self._last_logged_us = logged
-        build = self._builder.build
+        sealed = self._builder.sealed
+        chain = self.chain
         while n < limit and (self._urgent or self._normal):
             if self._urgent:
                 item = self._urgent.popleft()
             else:
                 item = self._normal.popleft()
                 self._normal_out += 1
+            self._seq += 1
+            prev = self._head_hash
             try:
-                values = build(item.event, now_us)
+                values, h, row = sealed(item.event, now_us, chain, self._seq, logged, prev)
             except Exception as e:  # the builder is total; this is a bug, still record it
                 log.exception("audit: could not build a record; recording the failure instead")
-                values = build(
-                    WriterEvent("unrecordable", {"error": repr(e)}, now_us / 1e6), now_us
-                )
-            self._seq += 1
-            values[CHAIN] = self.chain
-            values[SEQ] = self._seq
-            values[LOGGED_AT] = logged
-            prev = self._head_hash
-            h = seal(values, prev)
+                failure = WriterEvent("unrecordable", {"error": repr(e)}, now_us / 1e6)
+                values, h, row = sealed(failure, now_us, chain, self._seq, logged, prev)
             self._head_hash = h
-            self._pending.append(_Rec(values, prev, h, item.waiters, item.size))
+            self._pending.append(_Rec(values, prev, h, row, item.waiters, item.size))
             if item.waiters:
                 self._hurry_seq = self._seq
             n += 1
@@ -894,12 +861,17 @@ class AuditWriter:
             await conn.fetchval("SELECT dbgate.audit_ensure_month($1)", month)
             self._months.add(month)
 
-    async def _copy(self, conn: Any, rows: list[list[Any]], identity: dict[str, Any]) -> None:
+    async def _copy(self, conn: Any, rows: list[bytes], identity: dict[str, Any]) -> None:
+        """Commit binary COPY rows (:mod:`dbgate.audit.binary`) in one transaction."""
         async with conn.transaction():
             if identity["chain"] != self.chain or not self._registered:
                 await self._register(conn, identity)
-            await conn.copy_records_to_table(
-                "audit_events", schema_name="dbgate", columns=COPY_COLUMNS, records=rows
+            await conn.copy_to_table(
+                "audit_events",
+                schema_name="dbgate",
+                columns=COPY_COLUMNS,
+                source=binary.batch(rows),
+                format="binary",
             )
 
     async def _write(self) -> None:
@@ -907,7 +879,7 @@ class AuditWriter:
         conn = self._conn
         self._last_write = time.monotonic()
         batch = self._pending[: self.config.batch_size]
-        rows = copy_rows(batch)
+        rows = [r.row for r in batch]
 
         async def write() -> None:
             await self._ensure_months(conn, {r.values[LOGGED_AT] for r in batch})
@@ -1006,7 +978,7 @@ class AuditWriter:
 
         async def flush() -> None:
             rows = [
-                copy_tuple(d.values, d.prev_hash, d.hash) for d in chunk if d.values is not None
+                binary.encode(d.values, d.prev_hash, d.hash) for d in chunk if d.values is not None
             ]
             if not rows:
                 return

@@ -82,7 +82,7 @@ def masked_text(sql: str, cache: dict[str, str], shapes: dict[str, str] | None =
 class _Shape:
     """The parts of a record that depend only on the classification."""
 
-    __slots__ = ("categories", "classification", "columns", "fingerprint", "tables")
+    __slots__ = ("categories", "classification", "columns", "declares", "fingerprint", "tables")
 
     def __init__(self, c: Any) -> None:
         self.classification = c  # kept alive: its id() keys the cache
@@ -90,6 +90,9 @@ class _Shape:
         self.categories: tuple[str, ...] = ()
         self.tables: tuple[str, ...] = ()
         self.columns: tuple[str, ...] = ()
+        #: what the statement declares (SET dbgate.purpose ...): a property walked anew
+        #: at every read
+        self.declares: tuple[tuple[str, str], ...] = getattr(c, "declares", ()) or ()
         if c is not None:
             self.categories = tuple(sorted(x.value for x in c.categories))
             self.tables = tuple(sorted(c.tables))
@@ -101,6 +104,10 @@ _NO_SHAPE = _Shape(None)
 
 class AuditTrail:
     """The gate's side of the audit: events built from what the relay and gate know."""
+
+    #: A statement is recorded when it ends (see Observer): the relay need not tell the
+    #: rest of its life.
+    ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
 
     def __init__(self, writer: AuditWriter) -> None:
         self.writer = writer
@@ -141,12 +148,16 @@ class AuditTrail:
         duration_us: int | None = None,
         tokenized: bool | None = None,
     ) -> StatementEvent:
-        c = note.classification if note is not None else None
-        statement_declares = getattr(c, "declares", ()) if c is not None else ()
+        shape = self._shape(note.classification if note is not None else None)
+        statement_declares = shape.declares
         intent: dict[str, str] = {}
-        if session.declared or statement_declares or sql[:64].lstrip().startswith("/*"):
+        if (
+            session.declared
+            or statement_declares
+            or sql.startswith("/*")
+            or (sql[:1].isspace() and sql[:64].lstrip().startswith("/*"))
+        ):
             intent = declared(session.declared, statement_declares, sql)
-        shape = self._shape(c)
         return StatementEvent(
             event=stage,  # type: ignore[arg-type]
             statement=masked_text(sql, self._masks, self._masked_shapes),
@@ -283,7 +294,9 @@ class AuditTrail:
 
     def _finished(self, session: SessionInfo, record: StatementRecord, stage: str) -> None:
         verdict = record.verdict
-        note = record.note if isinstance(record.note, GateNote) else None
+        note = verdict.note if verdict is not None else None
+        if not isinstance(note, GateNote):
+            note = None
         if isinstance(verdict, Refuse):
             if note is not None:
                 return  # the gate recorded this refusal durably before it was sent
@@ -295,7 +308,11 @@ class AuditTrail:
         else:
             decision = "allow"
         duration = int((record.finished_at - record.received_at) * 1e6)
-        outcome = record.sqlstate if stage != "completed" else ", ".join(record.tags)
+        tags = record.tags
+        if stage != "completed":
+            outcome = record.sqlstate
+        else:
+            outcome = tags[0] if len(tags) == 1 else ", ".join(tags)
         self.writer.record(
             self.statement(
                 session,

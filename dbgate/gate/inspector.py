@@ -116,6 +116,11 @@ class Gate:
         self.audit = audit
         self.keys = keys
         self._bind_allows: dict[int, tuple[Any, Allow]] = {}
+        #: (decision, classification) -> the limited verdict of its Binds: a prepared
+        #: statement under limits is judged at every Bind, by the same decision
+        self._bind_limits: dict[tuple[int, int], tuple[Decision, Any, Allow | Decision]] = {}
+        #: capped verdict -> the same checking Binds (see _checking_binds)
+        self._bind_checked: dict[int, tuple[Allow, Allow]] = {}
         #: Read by the relay (see Inspector in seams.py): while the audit trail cannot
         #: be written, every statement comes here, to be refused.
         self.strict = False
@@ -161,6 +166,8 @@ class Gate:
         self._ruleset = ruleset
         self._answers.clear()
         self._bind_allows.clear()
+        self._bind_limits.clear()
+        self._bind_checked.clear()
         self.generation += 1
         if self.windows is not None:
             from dbgate.gate.windows import window_lengths
@@ -397,7 +404,7 @@ class Gate:
                 return self._window_refused(session, sql, decision, capped)
             verdict = capped  # type: ignore[assignment]
             if kind == "parse":  # each execution is capped by what is left then
-                verdict = replace(verdict, check_binds=True)
+                verdict = self._checking_binds(verdict)
         if not verdict.max_changes:
             return verdict
         classification = decision.classification
@@ -418,6 +425,18 @@ class Gate:
             return changes_refusal(over)
 
         return replace(verdict, over_changes=over_changes, repeatable=False)
+
+    def _checking_binds(self, verdict: Allow) -> Allow:
+        """``verdict`` with ``check_binds``: a windowed Parse's, the same for every
+        Parse of one statement while its capped verdict is (gate/windows.py)."""
+        hit = self._bind_checked.get(id(verdict))
+        if hit is not None and hit[0] is verdict:
+            return hit[1]
+        checked = replace(verdict, check_binds=True)
+        if len(self._bind_checked) >= 4096:
+            self._bind_checked.clear()
+        self._bind_checked[id(verdict)] = (verdict, checked)  # keeps the verdict alive
+        return checked
 
     def _window_refused(
         self, session: SessionInfo, sql: str, decision: Decision, refusal: Refuse
@@ -617,7 +636,7 @@ class Gate:
         """A Bind allowed under run-time limits: its verdict carries them (row limits,
         the rows left under its window, the change limit the relay measures), or it is
         held when a limit needs what a Bind cannot do (rewrite its text)."""
-        verdict = self._limited(limits, classification, candidate.sql)
+        verdict = self._bind_limited(limits, classification, candidate.sql)
         if type(verdict) is Allow and verdict.replace_sql is None:
             # the values are shown to approvers only if a measured write goes past its limit
             shown = (
@@ -636,6 +655,23 @@ class Gate:
         else:
             held = verdict
         return self.verdict(held, session, candidate.sql, params)
+
+    def _bind_limited(self, decision: Decision, classification: Any, sql: str) -> Allow | Decision:
+        """:meth:`_limited` for a Bind, made once per decision and classification
+        (the window's cap of it is then made once too, see gate/windows.py) unless it
+        rewrites the text (a guard clamp, which depends on the text itself)."""
+        if decision.guard_clamps:
+            return self._limited(decision, classification, sql)
+        key = (id(decision), id(classification))
+        hit = self._bind_limits.get(key)
+        if hit is not None and hit[0] is decision and hit[1] is classification:
+            return hit[2]
+        verdict = self._limited(decision, classification, sql)
+        if len(self._bind_limits) >= 4096:
+            self._bind_limits.clear()
+        # The entry holds both objects, so their ids cannot be reused while it lives.
+        self._bind_limits[key] = (decision, classification, verdict)
+        return verdict
 
     def _bind_allowed(self, classification: Any) -> Allow:
         """An allowed Bind's verdict: it replaces the Parse's for the portal, so it

@@ -43,25 +43,22 @@ class FanOut:
             for event in STATEMENT_EVENTS
         }
         self.ignores = frozenset(e for e, hearing in self._hearing.items() if not hearing)
-        # each statement event's listeners as bound methods: told once per statement
-        self._tell = {
-            event: tuple((o, getattr(o, event)) for o in hearing)
-            for event, hearing in self._hearing.items()
+        # each event's bound methods, found once (an event is told several times a statement)
+        self._calls = {
+            event: tuple(getattr(o, event) for o in self._hearing.get(event, self.observers))
+            for event in (*STATEMENT_EVENTS, "session_started", "session_ended", "session_refused")
         }
 
     def _each(self, method: str, *args: Any) -> None:
-        for o in self._hearing.get(method, self.observers):
+        for call in self._calls[method]:
             try:
-                getattr(o, method)(*args)
+                call(*args)
             except Exception:
-                log.exception("observer %s failed on %s", type(o).__name__, method)
-
-    def _statement(self, event: str, session: SessionInfo, record: StatementRecord) -> None:
-        for observer, tell in self._tell[event]:
-            try:
-                tell(session, record)
-            except Exception:
-                log.exception("observer %s failed on %s", type(observer).__name__, event)
+                log.exception(
+                    "observer %s failed on %s",
+                    type(getattr(call, "__self__", call)).__name__,
+                    method,
+                )
 
     def session_started(self, session: SessionInfo) -> None:
         self._each("session_started", session)
@@ -75,19 +72,19 @@ class FanOut:
         self._each("session_refused", user, database, client_addr, sqlstate, message)
 
     def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._statement("statement_received", session, record)
+        self._each("statement_received", session, record)
 
     def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._statement("statement_decided", session, record)
+        self._each("statement_decided", session, record)
 
     def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._statement("statement_forwarded", session, record)
+        self._each("statement_forwarded", session, record)
 
     def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._statement("statement_completed", session, record)
+        self._each("statement_completed", session, record)
 
     def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._statement("statement_failed", session, record)
+        self._each("statement_failed", session, record)
 
 
 def combine(observers: Sequence[Observer]) -> Observer | None:

@@ -7,10 +7,13 @@ does with them (docs/rules.md, "Run-time limits", ``max_rows_per_window``):
   left for the tables it reads (named as the server resolves them through the
   session's ``search_path``, so ``big`` and ``public.big`` are one account), and
   caps the statement's ``max_rows`` with it; nothing left: refused with 54000 before
-  it runs, naming the rule and what was read;
+  it runs, naming the rule and what was read. A read proven to read no more than is
+  left (``Allow.read_bound``, a unique key pins it) is capped at that bound instead,
+  which the relay only counts;
 * after it ran, :class:`WindowCharges` (an observer) charges the rows it returned —
   the command tag's count, or, for a statement that failed or was stopped, the rows
-  the relay forwarded before it ended — to each of those tables.
+  the relay forwarded before it ended (for a counted one, its bound: never less) —
+  to each of those tables.
 
 A verdict under a window is never ``repeatable``, and a prepared statement under one
 is shown to the gate at every Bind (``check_binds``): the rows left change with
@@ -79,8 +82,9 @@ def _accounts(tables: frozenset[str], catalog: KeyCatalog | None) -> tuple[str, 
 
 
 #: (id of a verdict, its accounts) -> (the verdict, its capped form). A verdict whose
-#: own ``max_rows`` fits in what is left is capped the same way at every read: made
-#: once, not twice per statement. The entry keeps the verdict alive (its id stays its).
+#: own ``max_rows`` (or, without one, its proven ``read_bound``) fits in what is left
+#: is capped the same way at every read: made once, not twice per statement. The
+#: entry keeps the verdict alive (its id stays its).
 _CAPPED: dict[tuple[int, tuple[str, ...]], tuple[Allow, Allow]] = {}
 _CAPPED_SIZE = 4096
 #: (id of a note, its accounts) -> (the note, the note naming them): the same for
@@ -106,7 +110,10 @@ def windowed(
             hint="wait for the window to move on, or ask for the rule to be changed",
             note=verdict.note,
         )
-    fits = bool(verdict.max_rows) and verdict.max_rows <= left
+    # What bounds it besides the window: its own limit, or (none) the rows it is
+    # proven to read. Within what is left, that bound is the cap.
+    own = verdict.max_rows or verdict.read_bound
+    fits = own is not None and own <= left
     if fits:
         hit = _CAPPED.get((id(verdict), tables))
         if hit is not None and hit[0] is verdict:
@@ -115,7 +122,23 @@ def windowed(
     if isinstance(note, GateNote):
         note = _charged_to(note, tables)
     if fits:
-        capped = replace(verdict, note=note, repeatable=False)
+        if verdict.max_rows:
+            capped = replace(verdict, note=note, repeatable=False)
+        else:
+            # Proven to read no more than is left: capped at its bound, so the relay
+            # counts its rows instead of watching them (Allow.read_bound).
+            capped = replace(
+                verdict,
+                note=note,
+                repeatable=False,
+                max_rows=own,
+                over_limit=Refuse(
+                    sqlstate.PROGRAM_LIMIT_EXCEEDED,
+                    f"dbgate: the statement returned more than the {own} rows it was "
+                    f"proven to read of {', '.join(tables)} under rule '{window.rule}' "
+                    f"({window.rows} rows per table per {window.seconds} s); it was stopped",
+                ),
+            )
         if len(_CAPPED) >= _CAPPED_SIZE:
             _CAPPED.clear()
         _CAPPED[(id(verdict), tables)] = (verdict, capped)
@@ -149,16 +172,20 @@ def _charged_to(note: GateNote, tables: tuple[str, ...]) -> GateNote:
 class WindowCharges:
     """Charges every windowed statement's rows when it ends (an Observer)."""
 
+    ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
+
     def __init__(self, windows: RowWindows) -> None:
         self.windows = windows
 
     def _charge(self, session: SessionInfo, record: StatementRecord) -> None:
+        if record.rows <= 0:  # nothing to charge (a Parse, a Bind, no rows)
+            return
         note = record.note
         if not isinstance(note, GateNote) or not note.window_tables:
             return
         decision: Decision | None = note.decision
         window = decision.row_window if decision is not None else None
-        if window is not None and record.rows > 0:
+        if window is not None:
             self.windows.add(session.identity, window, note.window_tables, record.rows)
 
     def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:

@@ -58,7 +58,8 @@ MAX_IN_FLIGHT = 100_000
 #   (PARSE, name key, _Prepared, handle, record)
 #   (BIND, body, verdict or None, record)
 #   (DESCRIBE_S, name key) / (DESCRIBE_P, portal)
-#   (EXECUTE, portal, record)
+#   (EXECUTE, portal, record, fetch)  fetch: the Execute's row count (0: all) when its
+#                                     rows are counted, not watched (see _counted)
 #   (CLOSE, "S" or "P", name, handle)
 #   (SYNC,) / (COPY_END,)     COPY_END marks where the client ended COPY data
 #   (FUNCTION, record)

@@ -5,7 +5,9 @@ result (wrapping the result plan's own rewriter, if any). Rows up to the limit p
 (rewritten by the plan when there is one); from the first row past it, every row is
 dropped and the tracker is told once, so it can cancel the statement upstream and
 fail it for the client (see :mod:`dbgate.proxy.tracker`). A portal executed in
-row-limited steps keeps one limiter, so the limit counts across its Executes.
+row-limited steps keeps one limiter, so the limit counts across its Executes; it
+starts from the rows of the portal's earlier Executes that could not reach the limit
+and were only counted (the tracker's "counted" Executes need no limiter at all).
 
 While a rewriter is active the relay reads the server's DataRows folded into runs
 (:data:`dbgate.wire.framing.DATA_ROW_RUN`): one frame per run of consecutive rows in
@@ -58,12 +60,16 @@ class RowLimiter:
     __slots__ = ("hit", "inner", "limit", "on_hit", "rows", "taken")
 
     def __init__(
-        self, inner: RowRewriter | None, limit: int, on_hit: Callable[[RowLimiter], None]
+        self,
+        inner: RowRewriter | None,
+        limit: int,
+        on_hit: Callable[[RowLimiter], None],
+        rows: int = 0,
     ) -> None:
         self.inner = inner
         self.limit = limit
-        self.rows = 0
-        self.taken = 0  # rows already attributed to a statement record (take_forwarded)
+        self.rows = rows  # counted before this limiter took over (earlier Executes)
+        self.taken = rows  # rows already attributed to a statement record (take_forwarded)
         self.hit = False
         self.on_hit = on_hit
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from dbgate.proxy.prepared import Candidate, PreparedChange
+from dbgate.wire.codec import bind_params
 
 if TYPE_CHECKING:
     from dbgate.proxy.session_info import SessionInfo
@@ -146,6 +147,13 @@ class Allow:
     #: ``over_limit`` (default: 54000) so that client and server agree it failed.
     max_rows: int = 0
     over_limit: Refuse | None = None
+    #: A proven bound on the table rows the statement reads (a unique key pins them),
+    #: or None. As the rules lift ``max_rows`` for a statement proven to read fewer
+    #: (docs/rules.md, "Run-time limits"), the relay does not watch the rows of an
+    #: Execute one by one when this bound, or the Execute's own row count, fits in
+    #: what is left of ``max_rows``: it counts them from the command tag (from the
+    #: Execute's count at PortalSuspended) and lets the client's next messages go on.
+    read_bound: int | None = None
     #: Forward this text instead of the client's (Query, Parse): PII tokens the agent
     #: sent back, resolved to the values they stand for. Never ``repeatable``.
     replace_sql: str | None = None
@@ -284,9 +292,7 @@ class StatementRecord:
     def params(self) -> tuple[bytes | None, ...]:
         """The statement's parameter values as sent (an Execute's: its Bind's)."""
         if self._params is None:
-            from dbgate.wire.codec import parse_bind
-
-            self._params = parse_bind(self._bind)[3]
+            self._params = bind_params(self._bind)
         return self._params
 
     @params.setter

@@ -211,7 +211,9 @@ def _refined(parsed: Allow | None, verdict: Allow) -> Allow:
     if parsed is None or (parsed.plan is None and not parsed.max_rows):
         return verdict
     if verdict.max_rows:
-        return replace(verdict, plan=verdict.plan or parsed.plan)
+        # asked at every Bind of a prepared statement under a limit: no copy when
+        # there is no plan to add
+        return verdict if parsed.plan is None else replace(verdict, plan=parsed.plan)
     return replace(
         verdict,
         plan=verdict.plan or parsed.plan,
@@ -231,14 +233,35 @@ def _over_limit(verdict: Allow) -> Refuse:
     )
 
 
-class _PortalState:
-    """What a portal under a result plan needs across its Executes."""
+def _counted(verdict: Allow, fetch: int, used: int) -> int | None:
+    """Whether an Execute of ``fetch`` rows (0: all of them) under ``verdict``'s row
+    limit, ``used`` rows of it returned already, can be counted rather than watched.
 
-    __slots__ = ("description", "rewriter")
+    Returns the most rows it can return when that cannot take it past the limit (it
+    returns ``fetch`` rows at most, and the statement is proven to read no more than
+    ``verdict.read_bound``), else None: its rows must pass a :class:`RowLimiter` and
+    the client wait meanwhile. A result plan rewrites the rows anyway, limit or not.
+    """
+    if verdict.plan is not None:
+        return None
+    bound = verdict.read_bound
+    if fetch > 0 and (bound is None or fetch < bound):
+        bound = fetch
+    if bound is None or used + bound > verdict.max_rows:
+        return None
+    return bound
+
+
+class _PortalState:
+    """What a portal under a result plan or a row limit needs across its Executes."""
+
+    __slots__ = ("description", "rewriter", "rows")
 
     def __init__(self) -> None:
         self.description: bytes | None = None
         self.rewriter: RowRewriter | None = None
+        #: Rows its counted Executes returned (a limiter, once it has one, counts on)
+        self.rows = 0
 
 
 def _query_part(chunk: bytes, s: int, e: int) -> bytes:
@@ -335,6 +358,11 @@ class StatementTracker(MeasuredWrites):
         # -- row limits (Allow.max_rows)
         self._limits = False  # a verdict with a row limit was sent in this session
         self._sent_limits: dict[str, Allow] = {}  # portal -> its limited verdict (client view)
+        #: portal -> the most rows its Executes sent so far can return (client view);
+        #: -1 once one had to be watched row by row (then every later one is)
+        self._sent_used: dict[str, int] = {}
+        #: The Execute now answered is counted, not watched: the most rows it can return
+        self._counting: int | None = None
         self._limit: _Limit | None = None  # the limited statement in progress
         self._dropping = False  # drop the server's messages until ReadyForQuery
         # -- measured writes (Allow.max_changes), see dbgate.proxy.measure
@@ -502,13 +530,15 @@ class StatementTracker(MeasuredWrites):
                 self._batch_open = True
                 portal = "" if e - s == 5 and chunk[s] == 0 else m.parse_execute(chunk[s:e])[0]
                 rec = None if not observed else self._record("execute", "", portal=portal)
-                entry = (EXECUTE, portal, rec)
+                limited = self._sent_limits.get(portal) if self._limits else None
+                if limited is None:
+                    entry = (EXECUTE, portal, rec, None)
+                else:
+                    entry = self._limited_execute(portal, rec, limited, chunk, e)
                 first = len(queue) == self._markers
                 queue.append(entry)
-                if self._limits:
-                    limited = self._sent_limits.get(portal)
-                    if limited is not None:
-                        self._block(entry, limited)
+                if limited is not None and entry[3] is None:
+                    self._block(entry, limited)
                 if first and self._watch:
                     self._start_execute(entry)  # nothing ahead of it: its portal is known
                 if self.blocked:
@@ -714,6 +744,22 @@ class StatementTracker(MeasuredWrites):
             self._sent_limits[portal] = verdict
         else:
             self._sent_limits.pop(portal, None)
+        self._sent_used.pop(portal, None)  # a new portal: none of its rows returned yet
+
+    def _limited_execute(
+        self, portal: str, rec: StatementRecord | None, verdict: Allow, chunk: bytes, e: int
+    ) -> Entry:
+        """The entry of an Execute of a portal under a row limit (client view): with its
+        row count when it cannot reach the limit (its rows are counted, nothing
+        waits), with None when it must be watched (the client waits meanwhile)."""
+        fetch = unpack_from("!i", chunk, e - 4)[0]  # the Execute's last field
+        used = self._sent_used.get(portal, 0)
+        bound = _counted(verdict, fetch, used) if used >= 0 else None
+        if bound is None:
+            self._sent_used[portal] = -1
+            return (EXECUTE, portal, rec, None)
+        self._sent_used[portal] = used + bound
+        return (EXECUTE, portal, rec, max(fetch, 0))
 
     def take_upstream(self) -> bytes:
         """Bytes the server side decided to send the server (failures of dbgate's)."""
@@ -857,7 +903,8 @@ class StatementTracker(MeasuredWrites):
         self._queue.append(entry)
         if verdict.max_rows:
             self._limits = self._watch = True
-            self._block(entry, verdict)
+            if _counted(verdict, 0, 0) is None:
+                self._block(entry, verdict)
         if rec is not None:
             self._emit("statement_forwarded", rec)
 
@@ -1073,7 +1120,7 @@ class StatementTracker(MeasuredWrites):
                             return self._rest_in_full(chunk, e, out, run)
                         continue
                 elif t == CMD_COMPLETE:
-                    if kind == EXECUTE and head[2] is None:
+                    if kind == EXECUTE and head[2] is None and self._counting is None:
                         queue.popleft()
                         if self._rewriter is not None:
                             self._end_result()
@@ -1384,6 +1431,7 @@ class StatementTracker(MeasuredWrites):
 
     def _ready(self, status: int) -> None:
         """A cycle ended (its entry is already off the queue)."""
+        self._counting = None
         if self._rewriter is not None or self._copy_in or self._copy_out:
             self._rewriter = None
             self._copy_out = self._copy_in = self._copy_in_open = False
@@ -1436,6 +1484,8 @@ class StatementTracker(MeasuredWrites):
         if type(counted) is RowLimiter and kind in (QUERY, EXECUTE) and entry[2] is not None:
             # rows it forwarded before it failed or was stopped (charged to its windows)
             entry[2].rows += counted.take_forwarded()
+        elif self._counting is not None or (kind == QUERY and entry[1].max_rows):
+            self._charge_counted(entry)
         if kind in (SILENT_QUERY, SILENT_PARSE):
             replacement = b""  # dbgate's own failure after a row limit: not shown
             code = sqlstate.PROGRAM_LIMIT_EXCEEDED
@@ -1492,6 +1542,17 @@ class StatementTracker(MeasuredWrites):
         if limit is not None:
             self._maybe_release()
         return replacement
+
+    def _charge_counted(self, entry: Entry) -> None:
+        """A counted statement failed: its rows were not watched, so it is charged the
+        most it could have returned (never less than it did)."""
+        bound = self._counting
+        self._counting = None
+        kind = entry[0]
+        if kind == QUERY:
+            bound = _counted(entry[1], 0, 0)
+        if bound and kind in (QUERY, EXECUTE) and entry[2] is not None:
+            entry[2].rows += bound
 
     def _filtered_error(self, body: bytes) -> bytes | None:
         f = self.message_filter
@@ -1641,7 +1702,10 @@ class StatementTracker(MeasuredWrites):
         if kind == EXECUTE:
             rec = entry[2]
             replacement = self._execute_done(
-                entry, m.parse_command_complete(body) if rec is not None else ""
+                entry,
+                m.parse_command_complete(body)
+                if rec is not None or self._counting is not None
+                else "",
             )
             self._pop()
             return replacement
@@ -1703,6 +1767,14 @@ class StatementTracker(MeasuredWrites):
             self._emit("statement_forwarded", rec)
         if verdict is None or (verdict.plan is None and not verdict.max_rows):
             return
+        fetch = entry[3]
+        if fetch is not None:  # the client's view: it cannot reach the limit
+            state = self._portal_state.get(portal)
+            if state is None or state.rewriter is None:
+                bound = _counted(verdict, fetch, state.rows if state is not None else 0)
+                if bound is not None:
+                    self._counting = bound  # its rows are counted at its end
+                    return
         state = self._plan_state(portal)
         if state is None:  # pragma: no cover - a plan or a limit always has state
             return
@@ -1716,7 +1788,7 @@ class StatementTracker(MeasuredWrites):
                     formats = expand_formats(formats, n)
                 inner = verdict.plan.rows(self.info, description, formats)
             # One limiter per portal: the limit counts across row-limited Executes.
-            state.rewriter = self._limited(entry, verdict, inner)
+            state.rewriter = self._limited(entry, verdict, inner, state.rows)
         self._set_rewriter(state.rewriter)
 
     def _execute_done(self, entry: Entry, tag: str) -> bytes | None:
@@ -1726,6 +1798,9 @@ class StatementTracker(MeasuredWrites):
         # rows forwarded by this Execute: its count when it has no tag (a suspended
         # portal, one stopped at its limit)
         forwarded = counted.take_forwarded() if type(counted) is RowLimiter else 0
+        if self._counting is not None:
+            self._counting = None
+            forwarded = self._counted_rows(entry, tag)
         if counted is not None:
             self._rewriter = None
             self._copy_out = False
@@ -1752,13 +1827,32 @@ class StatementTracker(MeasuredWrites):
             self._finish(rec)
         return None
 
+    def _counted_rows(self, entry: Entry, tag: str) -> int:
+        """The rows a counted Execute returned, from how it ended; a portal that goes on
+        (suspended) keeps them, for the limit of its later Executes."""
+        if tag == "suspended":
+            rows = int(entry[3])  # PortalSuspended: exactly the Execute's row count
+        elif tag:
+            rows = row_count(tag)
+        else:
+            return 0  # EmptyQueryResponse
+        state = self._portal_state.get(entry[1])
+        if state is None and tag == "suspended":
+            state = self._plan_state(entry[1])
+        if state is not None:
+            state.rows += rows
+        return rows
+
     def _limited(
-        self, entry: Entry, verdict: Allow | None, inner: RowRewriter | None
+        self, entry: Entry, verdict: Allow | None, inner: RowRewriter | None, rows: int = 0
     ) -> RowRewriter | None:
-        """``inner`` wrapped in a row counter when ``verdict`` has a row limit."""
+        """``inner`` wrapped in a row counter when ``verdict`` has a row limit that
+        this result may reach (``rows``: returned by the portal's earlier Executes)."""
         if verdict is None or not verdict.max_rows:
             return inner
-        return RowLimiter(inner, verdict.max_rows, self._on_limit_hit)  # type: ignore[return-value]
+        if entry[0] == QUERY and _counted(verdict, 0, 0) is not None:
+            return inner  # counted from its command tags (see query_sent)
+        return RowLimiter(inner, verdict.max_rows, self._on_limit_hit, rows)  # type: ignore[return-value]
 
     def _set_rewriter(self, rewriter: RowRewriter | None) -> None:
         self._rewriter = rewriter
@@ -1802,7 +1896,7 @@ class StatementTracker(MeasuredWrites):
         if verdict is None:
             return
         inner = verdict.plan.copy_out(self.info, body) if verdict.plan is not None else None
-        rewriter = self._limited(entry, verdict, inner)
+        rewriter = inner if self._counting is not None else self._limited(entry, verdict, inner)
         if rewriter is not None:
             self._copy_out = True
             self._set_rewriter(rewriter)

@@ -71,6 +71,7 @@ __all__ = [
     "auth_sasl_continue",
     "auth_sasl_final",
     "backend_key_data",
+    "bind_params",
     "command_complete",
     "data_row",
     "error_response",
@@ -166,6 +167,23 @@ def parse_bind(
     if pos != len(body):
         raise _bad_frontend("Bind", f"{len(body) - pos} unexpected trailing byte(s)")
     return portal, statement, formats, params, result_formats
+
+
+def bind_params(body: bytes) -> tuple[bytes | None, ...]:
+    """The parameter values of a ``Bind`` body alone, as :func:`parse_bind` reads them:
+    what an observer records of the Bind an Execute ran, without decoding the names
+    and format codes around them."""
+    portal_end = body.find(b"\0")
+    end = body.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
+    if end < 0:
+        raise _bad_frontend("Bind", "portal or statement name is not NUL-terminated")
+    pos = end + 1
+    if pos + 2 > len(body):
+        raise _bad_frontend("Bind", f"truncated: parameter format count missing at offset {pos}")
+    params, _ = values_at(
+        body, pos + 2 + 2 * unpack_u16(body, pos)[0], "Bind", "parameter", _CLIENT
+    )
+    return params
 
 
 def parse_execute(body: bytes) -> tuple[str, int]:

@@ -60,8 +60,12 @@ async def _yield_to_the_writer(times: int = 20) -> None:
         await asyncio.sleep(0)
 
 
-async def test_records_that_arrive_one_by_one_share_a_commit(state_dsn) -> None:
-    w = AuditWriter(state_dsn, fast_config(batch_size=1000), batch_delay=NEVER)
+@pytest.mark.parametrize("configured", [False, True], ids=["argument", "audit.batch_delay"])
+async def test_records_that_arrive_one_by_one_share_a_commit(state_dsn, configured) -> None:
+    if configured:  # the longest the configuration allows, far beyond this test's run
+        w = AuditWriter(state_dsn, fast_config(batch_size=1000, batch_delay=10))
+    else:
+        w = AuditWriter(state_dsn, fast_config(batch_size=1000), batch_delay=NEVER)
     await w.start()
     w.record(statement(0))
     await w.flush()

@@ -39,3 +39,11 @@ def test_secrets_come_from_the_environment(tmp_path) -> None:
     with pytest.raises(ConfigError, match="AUDIT_KEY is not set"):
         load_config(path, environ={})
     assert load_config(path, environ={"AUDIT_KEY": "s3cret"}).audit.param_key == "s3cret"
+
+
+def test_batch_delay_is_a_bounded_number_of_seconds(tmp_path) -> None:
+    assert AuditConfig().batch_delay == 0.05
+    assert load_config(None, environ={"DBGATE__AUDIT__BATCH_DELAY": "0"}).audit.batch_delay == 0
+    for bad in ("-0.1", "11"):
+        with pytest.raises(ConfigError, match=r"audit\.batch_delay"):
+            load_config(None, environ={"DBGATE__AUDIT__BATCH_DELAY": bad})

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dbgate.audit import binary
 from dbgate.audit.canonical import (
     FIELDS,
     GENESIS,
@@ -223,3 +224,64 @@ def test_canonical_form_is_json_of_the_normalised_values(params, text, number) -
     assert fields["params"] == params
     assert fields["rows"] == number
     assert fields["chain"] == "r1.chain" and fields["seq"] == 1 and fields["details"] == {}
+
+
+# Statements as the gate makes them, and as a caller's bug might: values of the wrong
+# type, text that must be escaped, keys that compare equal across types (1, 1.0, True).
+_odd_text = st.one_of(
+    st.sampled_from(["", "agent", "pgbench", "a\x00b", "\ud800", "tok_x" + "y" * 20]),
+    st.text(max_size=12),
+)
+_statement_events = st.builds(
+    StatementEvent,
+    event=st.sampled_from(["completed", "failed"]),
+    statement=st.one_of(
+        st.sampled_from(["SELECT $1", "UPDATE t SET v = $1 WHERE id = $2", "x\x00y"]),
+        st.binary(max_size=8),
+    ),
+    decision=st.sampled_from(["allow", "approved"]),
+    at=st.one_of(
+        st.floats(1.6e9, 1.9e9), st.just(float("nan")), st.integers(1_600_000_000, 1_600_000_001)
+    ),
+    identity=_odd_text,
+    session_id=st.one_of(st.none(), st.sampled_from([1, 2, True, 1.0, "1"])),
+    application_name=_odd_text,
+    params=st.one_of(
+        st.just(()),
+        st.lists(
+            st.one_of(st.none(), st.binary(max_size=6), st.sampled_from(["masked", "a@b.example"])),
+            max_size=3,
+        ).map(tuple),
+        st.just(["not", "a", "tuple"]),
+    ),
+    categories=st.one_of(st.just(("read",)), st.just(("read", "write")), st.just(["read"])),
+    tables=st.sampled_from([(), ("public.t",)]),
+    outcome=st.one_of(_odd_text, st.just(b"SELECT 1"), st.just("x" * 9000)),
+    rows=st.one_of(st.none(), st.integers(-2, 3), st.just(2**64), st.just(True), st.just(1.5)),
+    duration_us=st.one_of(st.none(), st.integers(0, 10**6), st.just("12")),
+    tokenized=st.one_of(st.none(), st.booleans(), st.just(1)),
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(_statement_events, min_size=1, max_size=6), st.integers(0, 3))
+def test_a_record_sealed_in_one_pass_is_the_record_built_and_sealed(events, repeat) -> None:
+    """The writer's path (shapes remembered, canonical templates, row blocks) gives
+    exactly the record, hash and COPY row that build(), seal() and encode() give, for
+    the same statement again and again (``repeat``) and for anything unusual in it."""
+    builder = RowBuilder("r1", b"key")
+    reference = RowBuilder("r1", b"key")
+    prev = GENESIS
+    for seq, event in enumerate(events + events[:1] * repeat, start=1):
+        chain = "r1.chain" if seq % 4 else "r1.other"  # one builder, another chain
+        values, h, row = builder.sealed(event, NOW, chain, seq, NOW + seq, prev)
+        expected = reference.build(event, NOW)
+        expected[INDEX["chain"]] = chain
+        expected[INDEX["seq"]] = seq
+        expected[INDEX["logged_at"]] = NOW + seq
+        expected_hash = seal(expected, prev)
+        assert values == expected
+        assert [type(v) for v in values] == [type(v) for v in expected]
+        assert h == expected_hash
+        assert row == binary.encode(expected, prev, expected_hash)
+        prev = h

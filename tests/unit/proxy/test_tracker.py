@@ -20,6 +20,7 @@ pieces. After every exchange:
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import pytest
@@ -61,8 +62,9 @@ LIMITED = Allow(max_rows=2, over_limit=OVER_LIMIT)
 
 class Inspector:
     """Refuses statements that say ``refuse``; gives those that say ``plan`` a plan,
-    those that say ``limit`` a row limit and those that say ``checkbind`` Bind checks
-    (any of them together). Allows every Bind whose value does not start with ``no``.
+    those that say ``limit`` a row limit, those that say ``bound=N`` a proven read
+    bound of N rows and those that say ``checkbind`` Bind checks (any of them
+    together). Allows every Bind whose value does not start with ``no``.
 
     Notes every Bind it is shown: the statement the tracker says it binds."""
 
@@ -80,11 +82,13 @@ class Inspector:
         if "refuse" in sql:
             return REFUSED
         limited = "limit" in sql
+        bound = re.search(r"bound=(\d+)", sql)
         return Allow(
             check_binds="checkbind" in sql,
             plan=PLAN.plan if "plan" in sql else None,
             max_rows=LIMITED.max_rows if limited else 0,
             over_limit=LIMITED.over_limit if limited else None,
+            read_bound=int(bound.group(1)) if bound else None,
         )
 
 
@@ -483,11 +487,95 @@ def test_a_row_limited_portal_counts_its_limit_across_executes() -> None:
     assert not _rows(third) and _errors(third) == ["54000"] and _statuses(third) == ["E"]
 
 
+def _finished_rows(p: Pair) -> list[tuple[str, str, int]]:
+    assert p.events is not None
+    return [
+        (r.kind, p.events.finished[r.id], r.rows)
+        for r in p.events.records
+        if r.kind in ("query", "execute") and r.id in p.events.finished
+    ]
+
+
+def test_a_query_proven_within_its_limit_is_counted_and_nothing_waits() -> None:
+    p = Pair(16)
+    p.send(m.query("select limit bound=2 rows=2"), m.query("select rows=1"))
+    assert not p.tracker.blocked and not p.parked  # both went to the server at once
+    msgs = p.answer()
+    assert len(_rows(msgs)) == 3 and not _errors(msgs) and p.cancels == 0
+    assert _finished_rows(p) == [("query", "completed", 2), ("query", "completed", 1)]
+
+
+def test_an_execute_proven_within_its_limit_is_counted_and_nothing_waits() -> None:
+    p = Pair(17)
+    p.send(
+        m.Parse("s", "select limit bound=2 rows=2").encode(),
+        m.Bind("", "s").encode(),
+        m.Execute("", 0).encode(),
+        m.Bind("", "s").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    assert not p.tracker.blocked and not p.parked
+    msgs = p.answer()
+    assert len(_rows(msgs)) == 4 and not _errors(msgs)
+    assert _finished_rows(p) == [("execute", "completed", 2), ("execute", "completed", 2)]
+    # a bound above the limit is no proof of staying within it: watched, as ever
+    p.send(
+        m.Parse("t", "select limit bound=3 rows=1").encode(),
+        m.Bind("", "t").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    assert p.tracker.blocked
+    assert _rows(p.answer()) == [b"select limit bound=3 rows=1#0"]
+
+
+def test_executes_that_cannot_reach_the_limit_are_counted_and_the_rest_watched() -> None:
+    """A portal fetched a row at a time under a limit of two: the first two Executes
+    cannot pass it (one row each), so they are counted and pipelined; the third could,
+    so it is watched, starting from the two rows counted, and stopped at its first."""
+    p = Pair(18)
+    p.send(m.query("begin"))
+    p.send(
+        m.Parse("s", "select limit rows=5").encode(),
+        m.Bind("c", "s").encode(),
+        m.Execute("c", 1).encode(),
+        m.Execute("c", 1).encode(),
+        m.SYNC,
+    )
+    assert not p.tracker.blocked and not p.parked
+    first = p.answer()
+    assert _rows(first) == [b"select limit rows=5#0", b"select limit rows=5#1"]
+    assert _finished_rows(p)[-2:] == [("execute", "completed", 1), ("execute", "completed", 1)]
+    p.send(m.Execute("c", 1).encode(), m.SYNC)
+    assert p.tracker.blocked
+    third = p.answer()
+    assert not _rows(third) and _errors(third) == ["54000"] and p.cancels == 1
+
+
+def test_a_counted_statement_that_fails_is_charged_its_bound() -> None:
+    """Its rows were not watched: what it returned before it failed is not known, so
+    its record says the most it could have (the windows never count less)."""
+    p = Pair(19)
+    p.send(m.query("select limit bound=2 fail"))
+    p.send(
+        m.Parse("", "select limit bound=1 fail").encode(),
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    assert _errors(p.answer()) == ["XX001", "XX001"]
+    assert _finished_rows(p) == [("query", "failed", 2), ("execute", "failed", 1)]
+    assert p.tracker.idle
+
+
 # -- model-based ---------------------------------------------------------------------------
 
 SQLS = [
     "select limit rows=3",
     "select limit rows=1",
+    "select limit bound=2 rows=2",
+    "select limit bound=1 rows=0",
     "select checkbind rows=1",
     "select checkbind plan rows=2",
     "select checkbind limit rows=3",

@@ -83,6 +83,7 @@ def test_fast_parsers_agree_with_typed_decoding(msg: m.FrontendMessage) -> None:
             msg.params,
             msg.result_formats,
         )
+        assert m.bind_params(body) == msg.params
     elif isinstance(msg, m.Execute):
         assert m.parse_execute(body) == (msg.portal, msg.max_rows)
     elif isinstance(msg, m.Describe):
@@ -208,6 +209,7 @@ BODY_PARSERS: list[tuple[Callable[[bytes], object], type[ProtocolError]]] = [
     (m.parse_query, ClientProtocolError),
     (m.parse_parse, ClientProtocolError),
     (m.parse_bind, ClientProtocolError),
+    (m.bind_params, ClientProtocolError),
     (m.parse_execute, ClientProtocolError),
     (m.parse_describe, ClientProtocolError),
     (m.parse_close, ClientProtocolError),
