@@ -271,10 +271,7 @@ class PreparedStatements:
                 # a table the PII catalog covers comes here): the candidates are this
                 # one and the statement the server holds, if it holds one.
                 known = self._known.get(key)
-                if known is None or not known.check_binds or known.tokens_only:
-                    self.tokens_only.add(key)
-                else:
-                    self.tokens_only.discard(key)
+                self._mark(key, True, known is None or not known.check_binds or known.tokens_only)
             elif len(queue) < MAX_CANDIDATES:
                 self._recheck(key)  # token-only for every candidate of the name?
         if len(queue) >= MAX_CANDIDATES:
@@ -355,15 +352,8 @@ class PreparedStatements:
             self._known[name] = cand
             if name in self._pending:
                 self._recheck(name)
-            elif cand.check_binds:  # what _recheck finds when this is the only candidate
-                self.checked.add(name)
-                if cand.tokens_only:
-                    self.tokens_only.add(name)
-                else:
-                    self.tokens_only.discard(name)
-            else:
-                self.checked.discard(name)
-                self.tokens_only.discard(name)
+            else:  # what _recheck finds when this is the only candidate
+                self._mark(name, cand.check_binds, cand.tokens_only)
         elif change.kind == "remove":
             self._known.pop(name, None)
             self._recheck(name)
@@ -376,11 +366,15 @@ class PreparedStatements:
                 self._recheck(key)
 
     def _recheck(self, name: str) -> None:
-        candidates = self.candidates(name)
-        checked = [c for c in candidates if c.check_binds]
+        checked = [c for c in self.candidates(name) if c.check_binds]
+        # also a name that is LOST: its Binds are all checked
+        self._mark(name, bool(checked), all(c.tokens_only for c in checked))
+
+    def _mark(self, name: str, checked: bool, only_tokens: bool) -> None:
+        """Record whether ``name``'s Binds are checked, and whether only for tokens."""
         if checked:
-            self.checked.add(name)  # also a name that is LOST
-            if all(c.tokens_only for c in checked):
+            self.checked.add(name)
+            if only_tokens:
                 self.tokens_only.add(name)
             else:
                 self.tokens_only.discard(name)
