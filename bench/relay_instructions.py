@@ -22,7 +22,9 @@ from pathlib import Path
 _TOTAL = re.compile(r"Collected : (\d+)")
 
 
-def _count(mode: str, transactions: int, observer: bool, cwd: Path, audit: bool = False) -> int:
+def _count(
+    mode: str, transactions: int, observer: bool, cwd: Path, audit: bool = False, script: str = ""
+) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         cmd = [
@@ -43,6 +45,8 @@ def _count(mode: str, transactions: int, observer: bool, cwd: Path, audit: bool 
             cmd.append("--observer")
         if audit:
             cmd.append("--audit")
+        if script:
+            cmd += ["--script", script]
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True)
         found = _TOTAL.search(proc.stderr)
         if found is None:
@@ -54,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--observer", action="store_true")
     parser.add_argument("--audit", action="store_true")
+    parser.add_argument("--script", choices=("select", "tpcb"), default="select")
     parser.add_argument("--transactions", type=int, default=2000)
     parser.add_argument("--mode", action="append", choices=("simple", "extended", "prepared"))
     args = parser.parse_args()
@@ -62,8 +67,8 @@ def main() -> None:
     cwd = Path(__file__).resolve().parent.parent
     n = args.transactions
     for mode in args.mode or ("simple", "extended", "prepared"):
-        small = _count(mode, n, args.observer, cwd, args.audit)
-        large = _count(mode, 3 * n, args.observer, cwd, args.audit)
+        small = _count(mode, n, args.observer, cwd, args.audit, args.script)
+        large = _count(mode, 3 * n, args.observer, cwd, args.audit, args.script)
         print(f"{mode:9s} {(large - small) / (2 * n):10,.0f} instructions/txn", flush=True)
 
 

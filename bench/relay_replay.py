@@ -2,7 +2,8 @@
 
 pgbench ratios on a shared 2-core machine swing by ±10 % between runs, which hides
 the difference a few microseconds of relay work make. This replays one pgbench
-transaction's messages (select-only, in simple, extended and prepared mode) through a
+transaction's messages (select-only, or with ``--script tpcb`` the TPC-B-like one, a
+statement and its answer at a time; in simple, extended and prepared mode) through a
 real :class:`~dbgate.proxy.session.Session` with the real policy inspector and the
 default rule pack, with in-memory channels in place of sockets, and reports the
 microseconds of relay CPU per transaction (best of several runs, so background load
@@ -142,6 +143,68 @@ def _server_answer(extended: bool) -> bytes:
     return b"".join(parts)
 
 
+#: pgbench's TPC-B-like transaction: (statement, its answer's rows and tag, status after).
+_TPCB = (
+    ("BEGIN", None, "BEGIN", "T"),
+    ("UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", None, "UPDATE 1", "T"),
+    ("SELECT abalance FROM pgbench_accounts WHERE aid = $1", b"0", "SELECT 1", "T"),
+    ("UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2", None, "UPDATE 1", "T"),
+    ("UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = $2", None, "UPDATE 1", "T"),
+    (
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
+        "VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
+        None,
+        "INSERT 0 1",
+        "T",
+    ),
+    ("END", None, "COMMIT", "I"),
+)
+
+
+def _tpcb_values(sql: str, k: int) -> tuple[bytes, ...]:
+    return tuple(str(k * 7 + j + 1).encode() for j in range(sql.count("$")))
+
+
+def _tpcb_workload(mode: str) -> tuple[bytes, bytes, list[list[tuple[bytes, bytes]]]]:
+    """(setup client bytes, their answer, transactions): each transaction is its
+    statements, each sent and answered in turn, as pgbench runs them."""
+    setup = b""
+    if mode == "prepared":
+        setup = b"".join(m.Parse(f"P0_{i}", sql).encode() for i, (sql, *_) in enumerate(_TPCB))
+    txns = []
+    for k in range(50):
+        steps = []
+        for i, (sql, row, tag, status) in enumerate(_TPCB):
+            values = _tpcb_values(sql, k)
+            answer: list[bytes] = []
+            if mode == "simple":
+                text = sql
+                for j in range(len(values), 0, -1):
+                    text = text.replace(f"${j}", values[j - 1].decode())
+                client = m.query(text)
+            else:
+                parse = m.Parse("", sql).encode() if mode == "extended" else b""
+                name = "" if mode == "extended" else f"P0_{i}"
+                client = b"".join(
+                    (
+                        parse,
+                        m.Bind("", name, params=values).encode(),
+                        m.Describe("P", "").encode(),
+                        m.Execute("", 0).encode(),
+                        m.SYNC,
+                    )
+                )
+                answer += [m.PARSE_COMPLETE] if parse else []
+                answer += [m.BIND_COMPLETE] + ([] if row is not None else [m.NO_DATA])
+            if row is not None:
+                answer += [_row_description(), m.data_row([row])]
+            answer += [m.command_complete(tag), m.ready_for_query(status)]
+            steps.append((client, b"".join(answer)))
+        txns.append(steps)
+    setup_answer = m.PARSE_COMPLETE * len(_TPCB) + m.ready_for_query("I") if setup else b""
+    return setup + (m.SYNC if setup else b""), setup_answer, txns
+
+
 def _workloads() -> dict[str, tuple[list[bytes], list[bytes], bytes]]:
     """mode -> (setup client messages, per-transaction client bytes (one per txn
     variant), per-transaction server bytes)."""
@@ -199,9 +262,21 @@ def _keys() -> Any:
     async def never(database: str) -> KeyCatalog:  # pragma: no cover - preloaded
         raise RuntimeError("the replay's keys are preloaded")
 
-    columns = frozenset({"aid", "bid", "abalance", "filler"})
     catalog = KeyCatalog(
-        {"public.pgbench_accounts": Relation((frozenset({"aid"}),), False, columns)},
+        {
+            "public.pgbench_accounts": Relation(
+                (frozenset({"aid"}),), False, frozenset({"aid", "bid", "abalance", "filler"})
+            ),
+            "public.pgbench_tellers": Relation(
+                (frozenset({"tid"}),), False, frozenset({"tid", "bid", "tbalance", "filler"})
+            ),
+            "public.pgbench_branches": Relation(
+                (frozenset({"bid"}),), False, frozenset({"bid", "bbalance", "filler"})
+            ),
+            "public.pgbench_history": Relation(
+                (), False, frozenset({"tid", "bid", "aid", "delta", "mtime", "filler"})
+            ),
+        },
         ("public",),
         "replay",
     )
@@ -244,9 +319,16 @@ def _session(observer: bool, audit: bool = False) -> Session:
 
 
 def measure(
-    mode: str, observer: bool, transactions: int = 20_000, runs: int = 5, audit: bool = False
+    mode: str,
+    observer: bool,
+    transactions: int = 20_000,
+    runs: int = 5,
+    audit: bool = False,
+    script: str = "select",
 ) -> float:
     """Microseconds of relay CPU per transaction (best of ``runs``)."""
+    if script == "tpcb":
+        return _measure_steps(mode, observer, transactions, runs, audit)
     setup_msgs, txns, answer = _workloads()[mode]
     best = float("inf")
     for _ in range(runs):
@@ -266,6 +348,27 @@ def measure(
     return best
 
 
+def _measure_steps(mode: str, observer: bool, transactions: int, runs: int, audit: bool) -> float:
+    setup, setup_answer, txns = _tpcb_workload(mode)
+    best = float("inf")
+    for _ in range(runs):
+        session = _session(observer, audit)
+        if setup:
+            session.on_client_data(setup)
+            session.on_server_data(setup_answer)
+        n = len(txns)
+        client = session.on_client_data
+        server = session.on_server_data
+        started = time.process_time()
+        for i in range(transactions):
+            for sent, answer in txns[i % n]:
+                client(sent)
+                server(answer)
+        elapsed = time.process_time() - started
+        best = min(best, elapsed / transactions * 1e6)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--observer", action="store_true", help="attach a no-op observer")
@@ -275,9 +378,10 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=5, help="best of this many runs")
     parser.add_argument("--mode", action="append", choices=("simple", "extended", "prepared"))
+    parser.add_argument("--script", choices=("select", "tpcb"), default="select")
     args = parser.parse_args()
     for mode in args.mode or ("simple", "extended", "prepared"):
-        us = measure(mode, args.observer, args.transactions, args.runs, args.audit)
+        us = measure(mode, args.observer, args.transactions, args.runs, args.audit, args.script)
         print(f"{mode:9s} {us:6.2f} us/txn")
 
 
