@@ -32,15 +32,21 @@ it does any other (fail closed, never allowed):
 * the worker died while classifying it (a crash, the memory limit): **refused**;
   the worker is replaced and the statements queued behind it continue.
 
+**PII lineage** (which outputs of a statement carry PII, which tokens it sends back)
+is traced the same way: :meth:`ClassifyPool.trace_ahead` answers None (trace inline:
+cheap by the same estimate), or an awaitable that resolves to the statement's
+:class:`~dbgate.pii.lineage.Analysis` traced in a worker against the room's coverage,
+or to a Decision (held or refused, for the same reasons, in words about tracing PII).
+
 A hold without an approval service is the gate's usual refusal. Workers are started
 with ``start()`` and replaced in the background; a worker that dies before it is ready
 is restarted with a growing back-off, and while none is ready statements wait in the
 queue and are held when their budget ends. ``workers`` 0 turns the pool off
 (everything inline, as without it).
 
-Replies are unpickled with an allow-list of the classifier's value types: a worker
-reads hostile text, and even if one were subverted, its reply could only be a
-classification, never code.
+Replies are unpickled with an allow-list of the classifier's and the lineage walk's
+value types: a worker reads hostile text, and even if one were subverted, its reply
+could only be a classification or an analysis, never code.
 """
 
 from __future__ import annotations
@@ -87,6 +93,8 @@ _HANDOVER_ENTRIES = 256
 _HANDOVER_CHARS = 64 * 1024 * 1024
 #: Key catalogs a worker keeps before it is told to forget them all.
 _CATALOGS_PER_WORKER = 16
+#: PII coverages (one per database and schema snapshot) a worker keeps likewise.
+_COVERAGES_PER_WORKER = 4
 _RESTART_BACKOFF = (0.1, 5.0)
 #: A statement estimated to cost more than this many times the time budget is held at
 #: once. The estimate errs high by up to ~17x for one giant literal (its worst case: 50 MB
@@ -164,22 +172,30 @@ def _unclassified(action: Action, code: str, message: str) -> Decision:
     )
 
 
+# Each reason: (code, message when classifying, message when tracing PII).
 TIMED_OUT = (
     "classify-timeout",
     "classifying this statement took too long, so dbgate holds it as opaque",
+    "tracing PII through this statement took too long, so dbgate holds it",
 )
 BUSY = (
     "classify-busy",
     "dbgate's classification workers are all busy, so it holds this statement as opaque",
+    "dbgate's classification workers are all busy, so it holds this statement: its "
+    "PII could not be traced",
 )
 CRASHED = (
     "classify-crashed",
     "the classification worker stopped while classifying this statement, so dbgate refuses it",
+    "the classification worker stopped while tracing PII through this statement, so "
+    "dbgate refuses it",
 )
 TOO_LARGE = (
     "classify-too-large",
     "this statement is too large to classify within dbgate's time budget, so dbgate "
     "holds it as opaque",
+    "this statement is too large to trace PII through within dbgate's time budget, so "
+    "dbgate holds it",
 )
 BIND_COSTLY = (
     "classify-bind-costly",
@@ -191,24 +207,32 @@ BIND_COSTLY = (
 class _Replies(pickle.Unpickler):
     """Unpickles only the classifier's value types (see the module docstring)."""
 
-    _ALLOWED = frozenset(
-        {
-            ("builtins", "frozenset"),
-            ("builtins", "set"),
-            ("copyreg", "_reconstructor"),
-            ("builtins", "object"),
-        }
-    ) | {
-        ("dbgate.policy.model", name)
-        for name in (
-            "Category",
-            "Classification",
-            "GuardSetting",
-            "PreparedEffect",
-            "Reason",
-            "StatementClass",
+    _ALLOWED = (
+        frozenset(
+            {
+                ("builtins", "frozenset"),
+                ("builtins", "set"),
+                ("copyreg", "_reconstructor"),
+                ("builtins", "object"),
+            }
         )
-    }
+        | {
+            ("dbgate.policy.model", name)
+            for name in (
+                "Category",
+                "Classification",
+                "GuardSetting",
+                "PreparedEffect",
+                "Reason",
+                "StatementClass",
+            )
+        }
+        | {
+            ("dbgate.pii.lineage", name)
+            for name in ("Analysis", "Output", "StatementLineage", "TokenSite")
+        }
+        | {("dbgate.pii.lin", "lin")}
+    )
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
@@ -227,6 +251,8 @@ class PoolStats:
     inline: int = 0
     offloaded: int = 0
     classified: int = 0
+    #: statements whose PII lineage a worker traced
+    traced: int = 0
     timed_out: int = 0
     busy: int = 0
     too_large: int = 0
@@ -239,10 +265,17 @@ class _Job:
     sql: str
     prepared: dict[str, Any] | None
     keys: KeyCatalog | None
-    future: asyncio.Future[Decision | None]
+    future: asyncio.Future[Any]
     deadline: float
     timer: asyncio.TimerHandle | None = None
     worker: _Worker | None = None
+    #: the PII coverage to trace the statement's lineage against (else: classify it)
+    coverage: Any = None
+
+    def failed(self, reason: tuple[str, ...], action: Action = Action.HOLD) -> Decision:
+        """The decision when the statement's job could not be done, for ``reason``."""
+        code, classifying, tracing = reason
+        return _unclassified(action, code, tracing if self.coverage is not None else classifying)
 
 
 @dataclass(eq=False)
@@ -255,6 +288,8 @@ class _Worker:
     reader: asyncio.Task[None] | None = None
     #: Key catalogs sent to it, by key; holding the relations keeps their id unique.
     catalogs: OrderedDict[tuple[int, int | str], Any] = field(default_factory=OrderedDict)
+    #: PII coverages sent to it, by id (held, so the id stays unique).
+    coverages: OrderedDict[int, Any] = field(default_factory=OrderedDict)
 
 
 class ClassifyPool:
@@ -352,11 +387,33 @@ class ClassifyPool:
         if cost is None:
             cost = sampled_cost(sql)
         if cost > HOPELESS * self.time_budget * 1_000_000:
-            self.stats.too_large += 1
-            held: asyncio.Future[Decision | None] = asyncio.get_running_loop().create_future()
-            held.set_result(_unclassified(Action.HOLD, *TOO_LARGE))
-            return held
+            return self._too_large(TOO_LARGE[1])
         return self._submit(sql, prepared, keys)
+
+    def trace_ahead(self, sql: str, coverage: Any) -> Awaitable[Any] | None:
+        """None: trace the PII lineage of ``sql`` inline now (cheap). Otherwise an
+        awaitable that resolves to its :class:`~dbgate.pii.lineage.Analysis`, traced
+        in a worker against ``coverage`` (the room's
+        :class:`~dbgate.pii.coverage.Coverage`, sent to each worker once), or to a
+        :class:`Decision` when that could not be done (see the module docstring).
+        The walk parses and reads the whole tree as classifying does: the same
+        estimate decides."""
+        if len(sql) <= _TINY:
+            return None
+        cost = self._estimate(sql, None)
+        if cost is not None and cost <= self.inline_budget_us:
+            return None
+        if cost is None:
+            cost = sampled_cost(sql)
+        if cost > HOPELESS * self.time_budget * 1_000_000:
+            return self._too_large(TOO_LARGE[2])
+        return self._submit(sql, None, None, coverage)
+
+    def _too_large(self, message: str) -> Awaitable[Decision]:
+        self.stats.too_large += 1
+        held: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        held.set_result(_unclassified(Action.HOLD, TOO_LARGE[0], message))
+        return held
 
     def bind_verdict(self, sql: str, params: Any) -> Decision | None:
         """Whether a statement re-classified at Bind with its values (``needs_bind``:
@@ -386,23 +443,24 @@ class ClassifyPool:
     # --- the queue ---------------------------------------------------------------
 
     def _submit(
-        self, sql: str, prepared: Prepared | None, keys: KeyCatalog | None
-    ) -> Awaitable[Decision | None]:
+        self, sql: str, prepared: Prepared | None, keys: KeyCatalog | None, coverage: Any = None
+    ) -> Awaitable[Any]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Decision | None] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         self.stats.offloaded += 1
-        idle = self._idle()
-        if idle is None and self.queued() >= self.queue_size:
-            self.stats.busy += 1
-            future.set_result(_unclassified(Action.HOLD, *BUSY))
-            return future
         job = _Job(
             sql,
             dict(prepared.items()) if prepared else None,
             keys,
             future,
             deadline=loop.time() + self.time_budget,
+            coverage=coverage,
         )
+        idle = self._idle()
+        if idle is None and self.queued() >= self.queue_size:
+            self.stats.busy += 1
+            future.set_result(job.failed(BUSY))
+            return future
         job.timer = loop.call_at(job.deadline, self._expire, job)
         if idle is not None:
             self._dispatch(idle, job)
@@ -426,13 +484,16 @@ class ClassifyPool:
     def _dispatch(self, worker: _Worker, job: _Job) -> None:
         keys = job.keys
         request = Request(job=id(job), prepared=job.prepared)
-        if keys is not None:
+        if job.coverage is not None:
+            request = self._tracing(worker, request, job.coverage)
+        elif keys is not None:
             key = (id(keys.relations), keys.version)
             forget = False
             relations = None
             if key not in worker.catalogs:
                 if len(worker.catalogs) >= _CATALOGS_PER_WORKER:
                     worker.catalogs.clear()
+                    worker.coverages.clear()  # the worker forgets both
                     forget = True
                 worker.catalogs[key] = relations = keys.relations
             request = replace(
@@ -451,12 +512,26 @@ class ClassifyPool:
         stdin.write(HEADER.pack(len(head), len(text)) + head)
         stdin.write(text)  # the transport writes it as the pipe takes it
 
+    @staticmethod
+    def _tracing(worker: _Worker, request: Request, coverage: Any) -> Request:
+        """``request`` made a request to trace PII against ``coverage``, which goes
+        with it when the worker does not have it yet."""
+        key = id(coverage)
+        if key in worker.coverages:
+            return replace(request, trace=key)
+        forget = len(worker.coverages) >= _COVERAGES_PER_WORKER
+        if forget:  # the worker drops its key catalogs too: they are sent again
+            worker.coverages.clear()
+            worker.catalogs.clear()
+        worker.coverages[key] = coverage
+        return replace(request, trace=key, coverage=coverage, forget=forget)
+
     def _expire(self, job: _Job) -> None:
         """The time budget ran out: hold the statement; stop the worker busy with it."""
         job.timer = None
         if not job.future.done():
             self.stats.timed_out += 1
-            job.future.set_result(_unclassified(Action.HOLD, *TIMED_OUT))
+            job.future.set_result(job.failed(TIMED_OUT))
         worker = job.worker
         if worker is not None and worker.job is job:
             log.debug("classification worker %d over its time budget: replaced", worker.pid)
@@ -473,9 +548,18 @@ class ClassifyPool:
             log.warning("classification worker %d failed: %s", worker.pid, rest[0])
             self.stats.crashed += 1
             if not job.future.done():
-                job.future.set_result(_unclassified(Action.DENY, *CRASHED))
+                job.future.set_result(job.failed(CRASHED, Action.DENY))
             return
         result, same = rest
+        if job.coverage is not None:
+            from dbgate.pii.lineage import Analysis
+
+            if not isinstance(result, Analysis):
+                raise pickle.UnpicklingError("a classification worker sent something else")
+            self.stats.traced += 1
+            if not job.future.done():
+                job.future.set_result(result)
+            return
         if not isinstance(result, Classification):
             raise pickle.UnpicklingError("a classification worker sent something else")
         if same:
@@ -528,7 +612,7 @@ class ClassifyPool:
         while self._queue:
             job = self._queue.popleft()
             if not job.future.done():
-                job.future.set_result(_unclassified(Action.HOLD, *BUSY))
+                job.future.set_result(job.failed(BUSY))
 
     def worker_pids(self) -> list[int]:
         """Process ids of the workers ready for statements (operations and tests)."""
@@ -618,7 +702,7 @@ class ClassifyPool:
             if not job.future.done():
                 self.stats.crashed += 1
                 log.warning("classification worker %d stopped during a statement", worker.pid)
-                job.future.set_result(_unclassified(Action.DENY, *CRASHED))
+                job.future.set_result(job.failed(CRASHED, Action.DENY))
         task = asyncio.ensure_future(worker.process.wait())  # reap it
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

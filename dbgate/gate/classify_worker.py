@@ -1,11 +1,14 @@
-"""A classification worker process: classifies one statement at a time for the gate.
+"""A classification worker process: classifies one statement at a time for the gate,
+or traces its PII lineage.
 
 Run as ``python -m dbgate.gate.classify_worker [--niced] [MEMORY_MB]`` (the pool
 runs it so, its priority lowered before any import: ``--niced``) by
 :class:`dbgate.gate.classify_pool.ClassifyPool`, which talks to it over its standard
 input and output in frames (:func:`write_frame`): a request is a pickled
 :class:`Request` followed by the statement's UTF-8 text; a reply is
-``(job, "ok", classification, fingerprint_is_text)`` or ``(job, "error", name)``.
+``(job, "ok", classification, fingerprint_is_text)`` or ``(job, "error", name)``; a
+request to trace PII (``coverage`` set) is answered ``(job, "ok", analysis, False)``
+with the :class:`~dbgate.pii.lineage.Analysis` of the statement.
 
 Why a process and not a thread: PostgreSQL's parser releases the GIL, but decoding
 its JSON tree and walking it hold it for as long as they run — seconds for a
@@ -14,8 +17,9 @@ process runs beside the event loop and is killed when its budget is spent.
 
 The classification travels back compact: without ``fingerprint_source`` when that is
 the text itself (the gate has it), so a reply is as large as the facts found, not as
-the statement. The worker keeps the key catalogs it was sent (by the gate's key), so
-a catalog crosses the pipe once per worker, not once per statement. Standard output
+the statement. The worker keeps the key catalogs and PII coverages (the PII catalog
+applied to a schema snapshot) it was sent, by the gate's key, so each crosses the
+pipe once per worker, not once per statement. Standard output
 carries frames only: anything else the process prints goes to standard error.
 """
 
@@ -40,7 +44,11 @@ class Request:
     """One statement to classify, with what :func:`~dbgate.policy.classify.classify`
     needs besides its text. ``catalog`` is the gate's key for a key catalog the worker
     keeps, ``relations`` that catalog's relations when the worker does not have them
-    yet, and ``forget`` tells it to drop every catalog it kept first."""
+    yet, and ``forget`` tells it to drop every catalog it kept first.
+
+    ``trace``: trace the statement's PII lineage instead, against the coverage the
+    gate keys so (``coverage``: that :class:`~dbgate.pii.coverage.Coverage`, when the
+    worker does not have it yet); ``forget`` drops the coverages kept as well."""
 
     job: int
     prepared: dict[str, Any] | None = None
@@ -48,6 +56,8 @@ class Request:
     search_path: tuple[str, ...] = ()
     relations: Any = None
     forget: bool = False
+    trace: int | None = None
+    coverage: Any = None
 
 
 def write_frame(out: BinaryIO, head: bytes, text: bytes = b"") -> None:
@@ -67,6 +77,7 @@ def _serve(src: BinaryIO, out: BinaryIO) -> None:
     from dbgate.policy.keys import KeyCatalog
 
     catalogs: dict[tuple[int, int | str], Any] = {}
+    coverages: dict[int, Any] = {}
     write_frame(out, pickle.dumps(("ready", os.getpid())))
     while True:
         header = _read_exactly(src, HEADER.size)
@@ -80,6 +91,11 @@ def _serve(src: BinaryIO, out: BinaryIO) -> None:
         sql = text.decode("utf-8", "surrogatepass")
         if request.forget:
             catalogs.clear()
+            coverages.clear()
+        if request.trace is not None:
+            write_frame(out, _trace(request, sql, coverages))
+            del sql, text
+            continue
         keys = None
         if request.catalog is not None:
             if request.relations is not None:
@@ -99,6 +115,23 @@ def _serve(src: BinaryIO, out: BinaryIO) -> None:
             reply = pickle.dumps((request.job, "error", type(exc).__name__))
         del sql, text
         write_frame(out, reply)
+
+
+def _trace(request: Request, sql: str, coverages: dict[int, Any]) -> bytes:
+    """The reply to a request to trace PII through ``sql``."""
+    from dbgate.pii.lineage import analyze
+
+    if request.coverage is not None:
+        coverages[request.trace] = request.coverage  # type: ignore[index]
+    coverage = coverages.get(request.trace)  # type: ignore[arg-type]
+    if coverage is None:
+        return pickle.dumps((request.job, "error", "missing PII coverage"))
+    try:
+        # no session: its cursors and prepared statements stay with the gate, and
+        # what the walk cannot follow without them is unknown (tokenized)
+        return pickle.dumps((request.job, "ok", analyze(sql, coverage, None), False))
+    except BaseException as exc:  # analyze never raises; MemoryError still may
+        return pickle.dumps((request.job, "error", type(exc).__name__))
 
 
 def main(argv: list[str] | None = None) -> int:

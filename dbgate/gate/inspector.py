@@ -135,6 +135,8 @@ class Gate:
         #: Classifies expensive statements in worker processes (classify_pool.py).
         self.offload = offload
         self._classify = classify if offload is None else offload.wrap(classify)
+        if pii is not None and offload is not None:  # PII lineage too is traced there
+            pii.offload = offload
         self._ruleset = ruleset
         # (identity, classification, outcome, Allow with its note, repeatable Allow)
         self._answers: dict[tuple[int, int], tuple[Any, ...]] = {}
@@ -225,17 +227,21 @@ class Gate:
             verdict = self._inspect_bind(session, identity, statement)
             if pii is None or type(verdict) is not Allow:
                 return verdict
-            changed = pii.bind_verdict(session, statement, statement.sql)
-            if changed is None:
-                return verdict
-            if type(changed) is Allow:
-                if changed.note is None:  # the Execute's record reads it
-                    changed = replace(changed, note=verdict.note)
-                if verdict.max_rows and not changed.max_rows:
-                    changed = replace(
-                        changed, max_rows=verdict.max_rows, over_limit=verdict.over_limit
-                    )
-            return changed
+            changed = pii.bind_verdict(
+                session,
+                statement,
+                statement.sql,
+                lambda decision: self.verdict(
+                    decision,
+                    session,
+                    statement.sql,
+                    values_as_text(statement.params, statement.param_formats, statement.param_types)
+                    or (),
+                ),
+            )
+            if isinstance(changed, Awaitable):  # traced in a worker first
+                return self._bind_changed_later(verdict, changed)
+            return _bind_changed(verdict, changed)
         verdict, classification = self._judge(session, identity, statement)
         if pii is None or type(verdict) is not Allow:
             return verdict
@@ -247,6 +253,10 @@ class Gate:
             lambda decision: self.verdict(decision, session, statement.sql, ()),
         )
         return verdict if changed is None else changed
+
+    @staticmethod
+    async def _bind_changed_later(verdict: Allow, changed: Awaitable[Any]) -> Verdict:
+        return _bind_changed(verdict, await changed)
 
     async def _after(
         self, ready: Awaitable[None], session: SessionInfo, statement: Statement
@@ -737,3 +747,16 @@ class Gate:
         )
         await self.audit.durable(event)  # refused either way
         return refusal
+
+
+def _bind_changed(verdict: Allow, changed: Verdict | None) -> Verdict:
+    """A Bind's verdict after PII: the policy's (``verdict``) when PII changes nothing,
+    else PII's, which keeps the policy's note and row limit."""
+    if changed is None:
+        return verdict
+    if type(changed) is Allow:
+        if changed.note is None:  # the Execute's record reads it
+            changed = replace(changed, note=verdict.note)
+        if verdict.max_rows and not changed.max_rows:
+            changed = replace(changed, max_rows=verdict.max_rows, over_limit=verdict.over_limit)
+    return changed

@@ -21,6 +21,14 @@ the background after DDL, and before a statement that names a relation the snaps
 does not know (:mod:`dbgate.gate.schema_loads` decides when); a name still unknown
 after a reload (a temporary table, a typo) has its columns tokenized, as lineage
 does with anything it cannot follow.
+
+Tracing lineage parses and walks the whole statement, as classifying does: a
+statement too costly to trace on the event loop (by the classification pool's
+estimate) is traced in a worker process (:meth:`ClassifyPool.trace_ahead
+<dbgate.gate.classify_pool.ClassifyPool.trace_ahead>`) while every other session goes
+on, and held (or refused) when that cannot be done in time. Such a trace has no
+session: what it would need of one (a cursor's or SQL prepared statement's columns)
+is unknown, so tokenized.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ from dbgate.proxy.session_info import SessionInfo
 
 if TYPE_CHECKING:
     from dbgate.config import Config
+    from dbgate.gate.classify_pool import ClassifyPool
+    from dbgate.pii.lineage import Analysis
+    from dbgate.pii.plan_cache import Shape
 
 log = logging.getLogger("dbgate.pii")
 
@@ -50,6 +61,8 @@ _STATE_KEY = "pii"
 #: statements: planned per session, never from the shared cache.
 _SESSION_BOUND = frozenset({"DECLARE", "FETCH", "MOVE", "PREPARE", "EXECUTE", "DEALLOCATE"})
 _VERDICT_CACHE = 8192
+#: Texts this short are traced inline without asking the pool (as it would answer).
+_ALWAYS_INLINE = 256
 
 
 class PiiResultPlan:
@@ -117,6 +130,8 @@ class PiiGate:
         ] = {}
         #: Told of each exempt session (the audit records it).
         self.on_exemption: Callable[[SessionInfo, str], None] | None = None
+        #: Traces costly statements in worker processes (set by the gate that has one).
+        self.offload: ClassifyPool | None = None
 
     def check(self) -> None:
         """Build a room once: a missing or wrong key, or a bad catalog, stops the start."""
@@ -181,16 +196,63 @@ class PiiGate:
         classification: Classification,
         hold: Callable[[Decision], Any],
     ) -> Allow | Refuse:
-        """The statement names relations the snapshot lacks: judged after a reload."""
-        database = info.database
-        await self.loads.reload_since(database, time.monotonic())
-        s = self.session(info)
-        assert s is not None
-        self.loads.still_unknown(database, s.plan(statement.sql).analysis.unknown_relations)
-        result = self.verdict(info, statement, allowed, classification, hold)
+        """The statement names relations the snapshot lacks: judged after a reload
+        (what it still does not know then is tokenized)."""
+        await self.loads.reload_since(info.database, time.monotonic())
+        result = self.verdict(info, statement, allowed, classification, hold, reloaded=True)
         if isinstance(result, Awaitable):
             result = await result
         return allowed if result is None else result  # awaited: None is no verdict
+
+    async def _traced(
+        self,
+        ready: Awaitable[Analysis | Decision],
+        info: SessionInfo,
+        statement: Statement,
+        allowed: Allow,
+        classification: Classification,
+        hold: Callable[[Decision], Any],
+        reloaded: bool,
+        shape: Shape | None,
+        coverage: Any,
+        key: tuple[str, str, bool] | None,
+    ) -> Allow | Refuse:
+        """Judged once a worker has traced the statement's lineage, or held (refused)
+        when it could not."""
+        from dbgate.pii.lineage import Analysis
+
+        traced = await ready
+        if not isinstance(traced, Analysis):
+            decision = Decision(
+                traced.action,
+                "pii",
+                traced.message,
+                classification=classification,
+                reasons=traced.reasons,
+            )
+            result: Any = hold(decision)
+        else:
+            s = self.session(info)
+            assert s is not None
+            if s.room.coverage is coverage:
+                s.room.adopt(statement.sql, shape, traced, coverage)
+                result = self._decide(
+                    info,
+                    s,
+                    statement,
+                    allowed,
+                    classification,
+                    hold,
+                    reloaded,
+                    shape,
+                    traced,
+                    key,
+                )
+            else:  # the schema or the catalog changed meanwhile: trace it again
+                result = self.verdict(info, statement, allowed, classification, hold, reloaded)
+        if isinstance(result, Awaitable):
+            result = await result
+        return allowed if result is None else result  # type: ignore[no-any-return]
 
     def session(self, info: SessionInfo) -> PiiSession | None:
         """This client session's PII state, or None until its room is loaded."""
@@ -216,10 +278,12 @@ class PiiGate:
         allowed: Allow,
         classification: Classification,
         hold: Callable[[Decision], Any],
+        reloaded: bool = False,
     ) -> Allow | Refuse | Awaitable[Allow | Refuse] | None:
         """What PII changes about an allowed Query or Parse: None (nothing: the policy's
         verdict stands), or the verdict to use instead. Needs the session's room (see
-        :meth:`session`)."""
+        :meth:`session`). ``reloaded``: the schema was reloaded for this statement's
+        unknown relations (so they are not waited for again)."""
         s = self.session(info)
         assert s is not None
         if s.exemption is not None:
@@ -241,17 +305,71 @@ class PiiGate:
                 return None  # a fresh literal in a text of a shape PII leaves alone
         else:
             shape = False  # not computed
-        plan = s.plan(sql, shape)
+        analysis = None
+        offload = self.offload
+        if offload is not None and len(sql) > _ALWAYS_INLINE:
+            analysis, shape = room.plans.lookup(sql, shape)
+            if analysis is None:
+                ready = offload.trace_ahead(sql, room.coverage)
+                if ready is not None:  # too costly to trace here: in a worker
+                    return self._traced(
+                        ready,
+                        info,
+                        statement,
+                        allowed,
+                        classification,
+                        hold,
+                        reloaded,
+                        shape,
+                        room.coverage,
+                        key if cacheable else None,
+                    )
+                analysis = room.trace(sql, s, shape)
+        return self._decide(
+            info,
+            s,
+            statement,
+            allowed,
+            classification,
+            hold,
+            reloaded,
+            shape,
+            analysis,
+            key if cacheable else None,
+        )
+
+    def _decide(
+        self,
+        info: SessionInfo,
+        s: PiiSession,
+        statement: Statement,
+        allowed: Allow,
+        classification: Classification,
+        hold: Callable[[Decision], Any],
+        reloaded: bool,
+        shape: Shape | bool | None,
+        analysis: Analysis | None,
+        key: tuple[str, str, bool] | None,
+    ) -> Allow | Refuse | Awaitable[Allow | Refuse] | None:
+        """:meth:`verdict` once the statement's lineage is at hand (``analysis``, or
+        cheap to look up or trace); ``key``: where the verdict is remembered (None:
+        it is not)."""
+        sql = statement.sql
+        room = s.room
+        plan = s.plan(sql, shape, analysis)
         unknown = plan.analysis.unknown_relations
-        if unknown and self.loads.may_be_new(info.database, unknown):
-            return self._after_reload(info, statement, allowed, classification, hold)
+        if unknown:
+            if reloaded:
+                self.loads.still_unknown(info.database, unknown)
+            elif self.loads.may_be_new(info.database, unknown):
+                return self._after_reload(info, statement, allowed, classification, hold)
         result = self._judge(info, s, plan, allowed, classification, hold)
         if result is None and shape and not unknown:
             room.plans.remember_unchanged(shape)  # the policy's verdict stands
         # A text planned from its shape's plan (fresh literals: pgbench -M simple, ORMs
         # that inline values) rarely comes again: remembering it would only push out
         # the verdicts of texts that do repeat.
-        if cacheable and not isinstance(result, Awaitable) and room.seen_exactly(sql):
+        if key is not None and not isinstance(result, Awaitable) and room.seen_exactly(sql):
             if len(self._verdicts) >= _VERDICT_CACHE:
                 self._verdicts.clear()
             self._verdicts[key] = (room.version, allowed, result)
@@ -299,13 +417,66 @@ class PiiGate:
         return replace(allowed, plan=result_plan)
 
     def bind_verdict(
-        self, info: SessionInfo, statement: Statement, sql: str
-    ) -> Allow | Refuse | None:
-        """Tokens among a Bind's values, resolved; None when nothing changes."""
+        self,
+        info: SessionInfo,
+        statement: Statement,
+        sql: str,
+        hold: Callable[[Decision], Any] | None = None,
+    ) -> Allow | Refuse | Awaitable[Allow | Refuse | None] | None:
+        """Tokens among a Bind's values, resolved; None when nothing changes. ``hold``
+        makes the verdict of a statement whose lineage could not be traced (default:
+        a refusal)."""
         s = self.session(info)
         if s is None or s.exemption is not None:
             return None
-        plan = s.plan(sql)
+        room = s.room
+        analysis = None
+        if self.offload is not None and len(sql) > _ALWAYS_INLINE:
+            # The Parse's trace is usually remembered; a long text pushed out since
+            # is not traced again here
+            analysis, _ = room.plans.lookup(sql)
+            if analysis is None:
+                ready = self.offload.trace_ahead(sql, room.coverage)
+                if ready is not None:
+                    return self._bind_traced(ready, info, statement, sql, room.coverage, hold)
+        return self._bind_decide(s, statement, s.plan(sql, False, analysis))
+
+    async def _bind_traced(
+        self,
+        ready: Awaitable[Analysis | Decision],
+        info: SessionInfo,
+        statement: Statement,
+        sql: str,
+        coverage: Any,
+        hold: Callable[[Decision], Any] | None,
+    ) -> Allow | Refuse | None:
+        from dbgate.pii.lineage import Analysis
+
+        traced = await ready
+        result: Any
+        if not isinstance(traced, Analysis):
+            if hold is None:
+                return Refuse("42501", f"dbgate: {traced.message}")
+            result = hold(traced)
+            return await result if isinstance(result, Awaitable) else result  # type: ignore[no-any-return]
+        s = self.session(info)
+        assert s is not None
+        if s.room.coverage is not coverage:
+            traced = None  # the schema changed meanwhile: cheap again, or not
+        else:
+            s.room.adopt(sql, None, traced, coverage)
+        result = (
+            self._bind_decide(s, statement, s.plan(sql, False, traced))
+            if traced is not None
+            else self.bind_verdict(info, statement, sql, hold)
+        )
+        if isinstance(result, Awaitable):
+            result = await result
+        return result
+
+    def _bind_decide(
+        self, s: PiiSession, statement: Statement, plan: StatementPlan
+    ) -> Allow | Refuse | None:
         if not plan.params_may_hold_tokens:
             return None
         try:

@@ -13,9 +13,11 @@ that planning a large statement allocates little.
 
 from __future__ import annotations
 
+from typing import Any
+
 from dbgate.pii.entities import MIXED, UNKNOWN
 
-__all__ = ["CLEAN", "UNKNOWN_LIN", "Lin"]
+__all__ = ["CLEAN", "UNKNOWN_LIN", "Lin", "lin"]
 
 
 class Lin:
@@ -56,6 +58,11 @@ class Lin:
     def __hash__(self) -> int:
         return hash((self.entities, self.unknown, self.params, self.token))
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Analyses traced in a worker process come back pickled: the shared
+        # singletons must come back as themselves (``|`` and callers test identity).
+        return (lin, (self.entities, self.unknown, self.params, self.token))
+
     @property
     def pii(self) -> bool:
         """Derived from at least one PII column (or resolved token)."""
@@ -86,6 +93,18 @@ class Lin:
 
 CLEAN = Lin()
 UNKNOWN_LIN = Lin(unknown=True)
+
+
+def lin(
+    entities: frozenset[str] = frozenset(),
+    unknown: bool = False,
+    params: frozenset[int] = frozenset(),
+    token: bool = False,
+) -> Lin:
+    """A Lin, the shared singleton when it is one of them (unpickling uses this)."""
+    if not entities and not params and not token:
+        return UNKNOWN_LIN if unknown else CLEAN
+    return Lin(frozenset(entities), unknown, frozenset(params), token)
 
 
 def of_entity(entity: str, _cache: dict[str, Lin] = {}) -> Lin:  # noqa: B006 - a deliberate memo

@@ -52,7 +52,13 @@ the room calls whenever the schema snapshot or the catalog applied to it changes
 
 **Bounds.** Each level holds at most :data:`PLAN_CACHE_SIZE` entries and
 :data:`CACHE_CHARS` characters of keys; on overflow the oldest tenth goes. Texts
-longer than :data:`MAX_CACHED_SQL` are never stored.
+longer than :data:`MAX_CACHED_SQL` have a small level of their own, exact only:
+:data:`LONG_ENTRIES` of them and :data:`LONG_CHARS` characters at most, the oldest
+going first. A long text costs seconds to trace (in a worker, see
+:mod:`dbgate.gate.classify_pool`); remembered, its prepared statement's Binds and a
+driver's repeated Parse find it here instead of tracing it again on the event loop.
+Decisions about long texts are not remembered elsewhere (:meth:`PlanCache.seen_exactly`
+says no): their keys would hold megabytes each.
 
 **Concurrency.** Lookups take no lock (a dict read is atomic, entries never change
 but for a key's check, which every thread would settle the same way); stores and
@@ -69,6 +75,8 @@ from dbgate.policy.literals import fast_mask, mask, spans
 
 __all__ = [
     "CACHE_CHARS",
+    "LONG_CHARS",
+    "LONG_ENTRIES",
     "MAX_CACHED_SQL",
     "PLAN_CACHE_SIZE",
     "PlanCache",
@@ -83,6 +91,9 @@ MAX_CACHED_SQL = 64 * 1024
 PLAN_CACHE_SIZE = 10_000
 #: Characters of keys per level (~32 MB of text), whatever the entries' lengths.
 CACHE_CHARS = 32 * 1024 * 1024
+#: Texts longer than MAX_CACHED_SQL remembered at most, and their characters at most.
+LONG_ENTRIES = 8
+LONG_CHARS = 16 * 1024 * 1024
 
 #: (the text with its literals masked, whether its row-choosing clauses are walked)
 Shape = tuple[str, bool]
@@ -174,6 +185,8 @@ class PlanCache:
         self.entries = entries
         self.chars = chars
         self._exact: dict[str, Analysis] = {}
+        self._long: dict[str, Analysis] = {}  # texts over MAX_CACHED_SQL, oldest first
+        self._long_chars = 0
         self._shapes: dict[Shape, _Shaped] = {}
         self._held = {"exact": 0, "shape": 0}  # characters of keys per level
         #: trusted shapes whose texts need nothing from PII (:meth:`nothing_to_change`)
@@ -187,7 +200,7 @@ class PlanCache:
     ) -> tuple[Analysis | None, Shape | None]:
         """The analysis of ``sql`` if known, else (None, its shape for :meth:`store`).
         ``shape``: ``shape_of(sql)`` when the caller has it already (False: not yet)."""
-        hit = self._exact.get(sql)
+        hit = self._exact.get(sql) if len(sql) <= MAX_CACHED_SQL else self._long.get(sql)
         if hit is not None:
             self.stats["exact"] += 1
             return hit, None
@@ -232,6 +245,7 @@ class PlanCache:
         """Remember a fresh analysis of ``sql`` that the caller may reuse for that
         text (not session-bound); ``shape`` as :meth:`lookup` returned it."""
         if len(sql) > MAX_CACHED_SQL:
+            self._store_long(sql, analysis)
             return
         with self._lock:
             self._put(self._exact, "exact", sql, len(sql), analysis)
@@ -242,6 +256,22 @@ class PlanCache:
                 and not analysis.token_sites  # only a walker error adds one to such text
             ):
                 self._put(self._shapes, "shape", shape, len(shape[0]), _Shaped(analysis))
+
+    def _store_long(self, sql: str, analysis: Analysis) -> None:
+        size = len(sql)
+        if size > LONG_CHARS:
+            return
+        with self._lock:
+            long = self._long
+            if sql in long:
+                long[sql] = analysis
+                return
+            while long and (len(long) >= LONG_ENTRIES or self._long_chars + size > LONG_CHARS):
+                old = next(iter(long))
+                del long[old]
+                self._long_chars -= len(old)
+            long[sql] = analysis
+            self._long_chars += size
 
     def _put(self, cache: dict[Any, Any], level: str, key: Any, size: int, value: Any) -> None:
         if key in cache:
@@ -261,6 +291,8 @@ class PlanCache:
         """Forget everything (the schema snapshot or the catalog changed)."""
         with self._lock:
             self._exact.clear()
+            self._long.clear()
+            self._long_chars = 0
             self._shapes.clear()
             self._unchanged.clear()
             self._held = {"exact": 0, "shape": 0}
@@ -271,6 +303,7 @@ class PlanCache:
             **self.stats,
             "exact_size": len(self._exact),
             "shape_size": len(self._shapes),
+            "long_size": len(self._long),
             "exact_chars": self._held["exact"],
             "shape_chars": self._held["shape"],
         }

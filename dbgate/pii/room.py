@@ -372,10 +372,14 @@ class PiiSession:
     def prepared(self, name: str) -> Output | None:
         return self._prepared.get(name)
 
-    def plan(self, sql: str, shape: Shape | bool | None = False) -> StatementPlan:
+    def plan(
+        self, sql: str, shape: Shape | bool | None = False, analysis: Analysis | None = None
+    ) -> StatementPlan:
         """The plan of one statement text (Query or Parse); cheap when seen before.
-        ``shape``: ``shape_of(sql)`` when the caller has computed it."""
-        analysis = self.room.analysis(sql, self, shape)
+        ``shape``: ``shape_of(sql)`` when the caller has computed it; ``analysis``:
+        its lineage when the caller has it (traced in a worker, or looked up)."""
+        if analysis is None:
+            analysis = self.room.analysis(sql, self, shape)
         self._cursors.update(analysis.declares)
         self._prepared.update(analysis.prepares)
         for name in analysis.deallocates:
@@ -529,18 +533,28 @@ class PiiRoom:
         cached, shape = self.plans.lookup(sql, shape)
         if cached is not None:
             return cached
+        return self.trace(sql, session, shape)
+
+    def trace(self, sql: str, session: PiiSession | None, shape: Shape | None) -> Analysis:
+        """The lineage of ``sql`` walked now (its cache lookup missed), and kept."""
         coverage = self.coverage
         assert coverage is not None
         with collector_paused():
             result = analyze(sql, coverage, session)
+        self.adopt(sql, shape, result, coverage)
+        return result
+
+    def adopt(self, sql: str, shape: Shape | None, result: Analysis, coverage: Coverage) -> None:
+        """Keep the lineage of ``sql`` traced against ``coverage`` (here, or in a
+        worker process): cached unless it depends on the session, or the coverage
+        has been replaced since (it was traced on a stale schema)."""
         if result.unknown_relations:
             self.stale = True
         session_bound = any(
             st.kind in ("FetchStmt", "ExecuteStmt") for st in result.statements
         ) or bool(result.declares or result.prepares or result.deallocates)
-        if not session_bound and self.coverage is coverage:  # not planned on a stale schema
+        if not session_bound and self.coverage is coverage:
             self.plans.store(sql, shape, result)
-        return result
 
     def seen_exactly(self, sql: str) -> bool:
         """Whether the plan of ``sql`` itself is cached (not just its shape's): a text

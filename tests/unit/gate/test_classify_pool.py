@@ -242,3 +242,108 @@ async def test_workers_run_below_the_sessions_priority(make_pool: Any, schedulin
     policy = os.sched_getscheduler(pid)
     assert policy == (os.SCHED_IDLE if scheduling == "idle" else os.sched_getscheduler(0))
     assert await pool.ahead(COSTLY, None, KEYS) is None  # type: ignore[misc]  # and it works
+
+
+# --- PII lineage traced in a worker --------------------------------------------------
+
+
+def _coverage() -> Any:
+    from dbgate.pii.catalog_load import load_catalog
+    from dbgate.pii.coverage import Coverage
+    from dbgate.pii.schema import SchemaSnapshot
+
+    snap = SchemaSnapshot.build({"public.customers": ["id", "full_name", "email", "ssn"]})
+    return Coverage(snap, load_catalog())
+
+
+#: Costly to trace by the estimate, quick in fact; reads PII and sends a token back.
+TRACED = "select id, email, lower(full_name) from customers where id = 1 " + " ".join(
+    f"and id <> {-i}" for i in range(1, 400)
+)
+
+
+async def test_a_costly_text_is_traced_in_a_worker_as_it_would_be_inline(make_pool: Any) -> None:
+    from dbgate.pii.lin import CLEAN
+    from dbgate.pii.lineage import Analysis, analyze
+
+    pool = await make_pool()
+    coverage = _coverage()
+    assert pool.trace_ahead("select email from customers", coverage) is None  # cheap
+    ready = pool.trace_ahead(TRACED, coverage)
+    assert ready is not None
+    traced = await ready
+    assert isinstance(traced, Analysis)
+    inline = analyze(TRACED, coverage)
+    [got], [want] = traced.statements, inline.statements
+    assert got.output is not None and want.output is not None
+    assert got.output.columns == want.output.columns
+    assert [lin.entities for lin in got.output.columns] == [
+        frozenset(),
+        frozenset({"email"}),
+        frozenset({"name"}),
+    ]
+    assert got.output.columns[0] is CLEAN  # the shared singleton, as the walk's own
+    again = await pool.trace_ahead(TRACED.replace("id = 1", "id = 2"), coverage)  # type: ignore[misc]
+    assert isinstance(again, Analysis)
+    assert pool.stats.traced == 2
+
+
+async def test_a_coverage_crosses_to_a_worker_once_until_it_forgets_it(make_pool: Any) -> None:
+    from dbgate.gate import classify_pool
+    from dbgate.pii.lineage import Analysis
+
+    pool = await make_pool()
+    coverages = [_coverage() for _ in range(classify_pool._COVERAGES_PER_WORKER + 1)]
+    for coverage in coverages:
+        assert isinstance(await pool.trace_ahead(TRACED, coverage), Analysis)  # type: ignore[misc]
+    [worker] = pool._workers
+    # the fifth pushed the others out: the worker was told to forget, and was sent only it
+    assert list(worker.coverages) == [id(coverages[-1])]
+    assert isinstance(await pool.trace_ahead(TRACED, coverages[0]), Analysis)  # type: ignore[misc]
+    assert list(worker.coverages) == [id(coverages[-1]), id(coverages[0])]
+    # a classification still finds its key catalog after coverages came and went
+    assert await pool.ahead(COSTLY, None, KEYS) is None  # type: ignore[misc]
+    assert is_cached(COSTLY, keys=KEYS)
+
+
+async def test_a_trace_past_its_time_budget_holds_the_statement_in_words_about_pii(
+    make_pool: Any,
+) -> None:
+    pool = await make_pool(time_budget=0.5)
+    [pid] = pool.worker_pids()
+    os.kill(pid, signal.SIGSTOP)
+    decision = await pool.trace_ahead(TRACED, _coverage())  # type: ignore[misc]
+    assert isinstance(decision, Decision) and decision.action is Action.HOLD
+    assert decision.rule == TIMED_OUT[0]
+    assert decision.message == TIMED_OUT[2]
+    assert "tracing PII" in decision.message
+    await _until(lambda: pool.worker_pids() not in ([], [pid]))
+
+
+async def test_a_worker_that_dies_tracing_refuses_the_statement(make_pool: Any) -> None:
+    pool = await make_pool(time_budget=60)
+    [pid] = pool.worker_pids()
+    os.kill(pid, signal.SIGSTOP)
+    ready = pool.trace_ahead(TRACED, _coverage())
+    assert ready is not None
+    await _until(lambda: pool.running() == 1)
+    os.kill(pid, signal.SIGKILL)
+    decision = await ready
+    assert isinstance(decision, Decision) and decision.action is Action.DENY
+    assert decision.message == CRASHED[2]
+
+
+def test_replies_carry_only_analyses_besides_classifications() -> None:
+    from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
+    from dbgate.pii.lineage import analyze
+
+    analysis = analyze(TRACED + "; select x from nosuch", _coverage())
+    reply = _load_reply(pickle.dumps((1, "ok", analysis, False)))
+    assert reply[2] == analysis
+    outputs = [st.output for st in reply[2].statements]
+    assert outputs[0].columns[0] is CLEAN and outputs[1].columns[0] is UNKNOWN_LIN
+    assert pickle.loads(pickle.dumps(Lin(frozenset({"email"}), params=frozenset({1})))) == Lin(
+        frozenset({"email"}), params=frozenset({1})
+    )
+    with pytest.raises(pickle.UnpicklingError, match=r"sent dbgate\.pii\.coverage\.Coverage"):
+        _load_reply(pickle.dumps((1, "ok", _coverage(), False)))

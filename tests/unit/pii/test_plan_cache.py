@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 
 from dbgate.pii.catalog_load import load_catalog
 from dbgate.pii.lineage import analyze
-from dbgate.pii.plan_cache import MAX_CACHED_SQL, PlanCache, shape_holds, shape_of
+from dbgate.pii.plan_cache import (
+    LONG_CHARS,
+    LONG_ENTRIES,
+    MAX_CACHED_SQL,
+    PlanCache,
+    shape_holds,
+    shape_of,
+)
 from dbgate.pii.room import PiiRoom, PiiSettings
 from dbgate.pii.schema import SchemaSnapshot
 from dbgate.pii.tokens import Key, Keyring, Tokenizer
@@ -298,6 +305,35 @@ def test_what_a_shape_must_not_share_is_planned_per_text() -> None:
         _got, shaped = _served_from_shape(room, sql.replace("1", "2").replace("5", "6"))
         assert not shaped, sql
     assert room.plans.info()["shape_size"] == 0
+
+
+def test_long_texts_are_remembered_exactly_a_few_and_within_their_characters() -> None:
+    """A text over MAX_CACHED_SQL (seconds to trace, in a worker) is found again by its
+    own text — its prepared statement's Binds ask — but never by shape, never as a
+    decision worth remembering, and a few of them at most."""
+    room = _room()
+    pad = "x" * MAX_CACHED_SQL
+
+    def text(i: int, size: int = 0) -> str:
+        return f"select email from customers where id = {i} and email <> '{pad}{'y' * size}'"
+
+    first = room.analysis(text(0))
+    assert room.plans.lookup(text(0))[0] is first
+    assert not room.seen_exactly(text(0))
+    assert room.plans.lookup(text(1))[0] is None  # another long text: no shape
+    for i in range(1, LONG_ENTRIES + 1):
+        room.analysis(text(i))
+    assert room.plans.info()["long_size"] == LONG_ENTRIES
+    assert room.plans.lookup(text(0))[0] is None  # the oldest went
+    assert room.plans.lookup(text(LONG_ENTRIES))[0] is not None
+    huge = text(99, LONG_CHARS // 2)
+    room.analysis(huge)
+    assert room.plans.lookup(huge)[0] is not None
+    assert room.plans._long_chars <= LONG_CHARS
+    room.analysis(text(98, LONG_CHARS))  # over the whole level's budget: not kept
+    assert room.plans.lookup(text(98, LONG_CHARS))[0] is None
+    room.plans.clear()
+    assert room.plans.info()["long_size"] == 0 and room.plans.lookup(huge)[0] is None
 
 
 def test_filters_matter_is_part_of_the_shape() -> None:
