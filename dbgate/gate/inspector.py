@@ -751,12 +751,19 @@ class Gate:
 
 def _bind_changed(verdict: Allow, changed: Verdict | None) -> Verdict:
     """A Bind's verdict after PII: the policy's (``verdict``) when PII changes nothing,
-    else PII's, which keeps the policy's note and row limit."""
+    else PII's, which keeps the policy's note and row limit — with its proven read
+    bound, so that the relay still counts the rows from the command tag instead of
+    watching each one (``Allow.read_bound``)."""
     if changed is None:
         return verdict
     if type(changed) is Allow:
         if changed.note is None:  # the Execute's record reads it
             changed = replace(changed, note=verdict.note)
         if verdict.max_rows and not changed.max_rows:
-            changed = replace(changed, max_rows=verdict.max_rows, over_limit=verdict.over_limit)
+            changed = replace(
+                changed,
+                max_rows=verdict.max_rows,
+                over_limit=verdict.over_limit,
+                read_bound=verdict.read_bound,
+            )
     return changed

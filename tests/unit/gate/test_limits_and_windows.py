@@ -99,3 +99,21 @@ def test_a_guard_switched_off_where_it_cannot_be_clamped_goes_to_the_guards_appr
     assert held.rule == "default-guards"
     assert held.approver_groups == ("dba",) and held.wait_seconds == 3600
     assert [r.code for r in held.reasons] == ["guard-off"]
+
+
+def test_a_bind_verdict_changed_by_pii_keeps_the_policys_row_limit_and_bound() -> None:
+    """Tokens resolved in a Bind's values give a new Allow (new values, no result
+    plan): it keeps the policy's limit, its over-limit action and its proven read
+    bound, so the relay still counts that read from its command tag."""
+    from dbgate.gate.inspector import _bind_changed
+    from dbgate.proxy.seams import Allow
+
+    over = OverLimit(Action.DENY, "small-window")
+    policy = Allow(max_rows=30, over_limit=over, read_bound=1)
+    resolved = Allow(replace_params=(b"real@example.com",))
+    changed = _bind_changed(policy, resolved)
+    assert (changed.max_rows, changed.over_limit, changed.read_bound) == (30, over, 1)
+    assert changed.replace_params == (b"real@example.com",)
+    assert _bind_changed(policy, None) is policy
+    own = Allow(max_rows=5, replace_params=(b"x",))
+    assert _bind_changed(policy, own).max_rows == 5  # PII's own limit stands
