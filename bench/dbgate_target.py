@@ -34,6 +34,8 @@ class Approvals:
     state_dsn: str
     web_port: int
     replica_id: str
+    #: the audit trail (``audit.enabled``); off: the state database's other features only
+    audit: bool = True
 
     @property
     def web_url(self) -> str:
@@ -160,6 +162,8 @@ def write_config(
         config["state"] = {"dsn": approvals.state_dsn}
         config["web"] = {"listen": f"{LOOPBACK}:{approvals.web_port}"}
         config["approvals"] = {"replica_id": approvals.replica_id}
+        if not approvals.audit:
+            config["audit"] = {"enabled": False}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
 

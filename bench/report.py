@@ -38,7 +38,11 @@ def _ratios(value: Mapping[str, float | None]) -> dict[str, float | None]:
         "pgbouncer/direct": _ratio(value.get("pgbouncer"), value.get("direct")),
     }
     if "dbgate-audit" in value:  # the audit trail's cost: target >= 0.9
-        ratios["audit on/off"] = _ratio(value.get("dbgate-audit"), value.get("dbgate"))
+        # against the same state database features without it when measured
+        off = "dbgate-noaudit" if "dbgate-noaudit" in value else "dbgate"
+        ratios["audit on/off"] = _ratio(value.get("dbgate-audit"), value.get(off))
+    if "dbgate-noaudit" in value:  # row windows and approvals in the state database
+        ratios["state on/off"] = _ratio(value.get("dbgate-noaudit"), value.get("dbgate"))
     if "dbgate-nolimits" in value:  # the row and change limits' cost: target >= 0.9
         ratios["limits on/off"] = _ratio(value.get("dbgate"), value.get("dbgate-nolimits"))
     if "dbgate-w2" in value:
@@ -187,6 +191,7 @@ def _format_ratio_table(
         + f"  {'dbg/dir':>7} {'dbg/pgb':>7} {'pgb/dir':>7}"
         + (f" {'dbg/pump':>8} {'pump/pgb':>8}" if "pump" in names else "")
         + (f" {'audit on/off':>12}" if "dbgate-audit" in names else "")
+        + (f" {'state on/off':>12}" if "dbgate-noaudit" in names else "")
         + (f" {'limits on/off':>13}" if "dbgate-nolimits" in names else "")
         + "  dbgate vs target"
     )
@@ -207,6 +212,7 @@ def _format_ratio_table(
             f" {_fmt_ratio(r['pgbouncer/direct']):>7}"
             + _pump_cells(r, names)
             + (f" {_fmt_ratio(r.get('audit on/off')):>12}" if "dbgate-audit" in names else "")
+            + (f" {_fmt_ratio(r.get('state on/off')):>12}" if "dbgate-noaudit" in names else "")
             + (f" {_fmt_ratio(r.get('limits on/off')):>13}" if "dbgate-nolimits" in names else "")
             + "  "
             + _fmt_verdict(row["target_met"], row.get("target", target), r[target_ratio])
@@ -274,6 +280,7 @@ PROXIES = (
     "dbgate",
     "dbgate-w2",
     "dbgate-audit",
+    "dbgate-noaudit",
     "dbgate-nolimits",
     "dbgate-nopolicy",
     "pump",

@@ -4,8 +4,9 @@ One command, on a fresh machine, does everything (see bench/README.md):
 
 1. a real PostgreSQL (``dbgate.embedded.EmbeddedPostgres``, loopback TCP, SCRAM);
 2. PgBouncer in session mode in front of it (Debian's package, installed if missing);
-3. dbgate in front of it, as ``dbgate serve -c <generated config>``, and a second
-   dbgate with a state database, the audit trail on ("dbgate-audit");
+3. dbgate in front of it, as ``dbgate serve -c <generated config>``, and two more
+   sharing a state database: the audit trail on ("dbgate-audit") and off
+   ("dbgate-noaudit", so that "audit on/off" is what the trail alone costs);
 4. pgbench ``-S`` and TPC-B-like, in simple/extended/prepared modes, against the
    three targets interleaved round-robin;
 5. a million rows through asyncpg against the three targets, interleaved;
@@ -362,12 +363,14 @@ class Bench:
             self._start_pgbouncer(pg.host, pg.port, pg.user, pg.password)
         if "dbgate" in a.targets:
             self._start_dbgate(pg.host, pg.port, pg.user, pg.password)
-        if "dbgate-audit" in a.targets:
+        if "dbgate-audit" in a.targets or "dbgate-noaudit" in a.targets:
             state_dsn = uvloop.run(create_database(direct, STATE_DBNAME))
-            approvals = Approvals(state_dsn, free_port(), "bench-audit")
-            self._start_dbgate(
-                pg.host, pg.port, pg.user, pg.password, "dbgate-audit", approvals=approvals
-            )
+        for name, audit in (("dbgate-audit", True), ("dbgate-noaudit", False)):
+            if name in a.targets:  # one state database, shared as replicas would
+                approvals = Approvals(state_dsn, free_port(), f"bench-{name}", audit=audit)
+                self._start_dbgate(
+                    pg.host, pg.port, pg.user, pg.password, name, approvals=approvals
+                )
         if "dbgate-w2" in a.targets:
             self._start_dbgate(pg.host, pg.port, pg.user, pg.password, "dbgate-w2", workers=2)
         if "dbgate-nolimits" in a.targets:

@@ -18,6 +18,7 @@ TARGET_ORDER = (
     "dbgate",
     "dbgate-w2",
     "dbgate-audit",
+    "dbgate-noaudit",
     "dbgate-nolimits",
     "dbgate-nopolicy",
     "pump",
@@ -25,12 +26,23 @@ TARGET_ORDER = (
 # "dbgate" is one process (``--workers 1``); "dbgate-w2" is ``dbgate serve --workers 2``
 # (two processes on one port): on this 2-core machine it must cost nothing.
 # "dbgate-audit" is dbgate with a state database: every statement and session goes to
-# the audit trail (holds, tokenization and approvals are on), so "audit on vs off" is
-# dbgate-audit/dbgate. "dbgate-nolimits" lifts every run-time limit on pgbench's tables,
+# the audit trail (holds, tokenization and approvals are on, and the rows-per-window
+# accounts are kept there). "dbgate-noaudit" is the same with ``audit.enabled: false``,
+# so "audit on vs off" is dbgate-audit/dbgate-noaudit (the audit trail alone), and
+# "state on/off" dbgate-noaudit/dbgate (what the state database's other features —
+# shared row windows, approvals — cost). "dbgate-nolimits" lifts every run-time limit on pgbench's tables,
 # so "limits on/off" is dbgate/dbgate-nolimits. Opt-in diagnostics: "dbgate-nopolicy" is dbgate with
 # ``policy: off`` (the relay without the inspector: what the policy costs), "pump"
 # (bench/pump.py) a blind Python byte relay (the floor for any relay on uvloop).
-DEFAULT_TARGETS = ("direct", "pgbouncer", "dbgate", "dbgate-w2", "dbgate-audit", "dbgate-nolimits")
+DEFAULT_TARGETS = (
+    "direct",
+    "pgbouncer",
+    "dbgate",
+    "dbgate-w2",
+    "dbgate-audit",
+    "dbgate-noaudit",
+    "dbgate-nolimits",
+)
 
 
 @dataclass
