@@ -45,7 +45,7 @@ from dbgate.gate.limits import (
 from dbgate.gate.notes import GateNote, primary_category
 from dbgate.gate.pii import PiiGate
 from dbgate.gate.prepared_effects import PREPARED_COMMANDS, prepared_changes
-from dbgate.gate.windows import windowed
+from dbgate.gate.windows import WindowedBinds, windowed
 from dbgate.policy.keys import KeyCatalog
 from dbgate.policy.model import Action, Decision, Identity
 from dbgate.policy.rules import RuleSet, decide_bind
@@ -414,7 +414,7 @@ class Gate:
                 return self._window_refused(session, sql, decision, capped)
             verdict = capped  # type: ignore[assignment]
             if kind == "parse":  # each execution is capped by what is left then
-                verdict = self._checking_binds(verdict)
+                verdict = self._checking_binds(verdict, decision, sql)
         if not verdict.max_changes:
             return verdict
         classification = decision.classification
@@ -436,17 +436,61 @@ class Gate:
 
         return replace(verdict, over_changes=over_changes, repeatable=False)
 
-    def _checking_binds(self, verdict: Allow) -> Allow:
+    def _checking_binds(self, verdict: Allow, decision: Decision, sql: str) -> Allow:
         """``verdict`` with ``check_binds``: a windowed Parse's, the same for every
-        Parse of one statement while its capped verdict is (gate/windows.py)."""
+        Parse of one statement while its capped verdict is (gate/windows.py). A read's
+        carries the quick way to its Binds' verdicts (``WindowedBinds``), and is then
+        remembered by the relay (``repeatable``: its Binds are all judged)."""
         hit = self._bind_checked.get(id(verdict))
         if hit is not None and hit[0] is verdict:
-            return hit[1]
-        checked = replace(verdict, check_binds=True)
+            recheck = hit[1].recheck_bind
+            if recheck is None or recheck.generation == self.generation:  # type: ignore[attr-defined]
+                return hit[1]
+        classification = decision.classification
+        base = (
+            None
+            if classification is None or classification.needs_bind or verdict.max_changes
+            else self._bind_limited(decision, classification, sql)
+        )
+        if (
+            type(base) is Allow
+            and base.replace_sql is None
+            and not base.max_changes
+            and decision.row_window is not None
+        ):
+            checked = replace(
+                verdict,
+                check_binds=True,
+                repeatable=True,
+                recheck_bind=WindowedBinds(self, sql, base, decision.row_window),
+            )
+        else:
+            checked = replace(verdict, check_binds=True)
         if len(self._bind_checked) >= 4096:
             self._bind_checked.clear()
         self._bind_checked[id(verdict)] = (verdict, checked)  # keeps the verdict alive
         return checked
+
+    def windowed_bind_base(self, session: SessionInfo, sql: str) -> Allow | None:
+        """The verdict :class:`~dbgate.gate.windows.WindowedBinds` caps at each Bind of
+        ``sql`` in ``session``, as the gate would start from it now; None when that
+        would take more than cached lookups (the text's classification is not
+        cached) or the Bind needs more than a cap."""
+        identity = self.identity(session)
+        if identity is None:
+            return None
+        catalog = self.keys.for_session(session) if self.keys is not None else None
+        cached = self._repeats(sql, keys=catalog) if catalog is not None else self._repeats(sql)
+        if not cached:
+            return None
+        classification = self._classified(sql, session.statements.texts, catalog)
+        if classification.needs_bind:
+            return None
+        decision = self._decided(identity, classification)
+        if decision.action is not _ALLOW_ACTION or decision.row_window is None:
+            return None
+        base = self._bind_limited(decision, classification, sql)
+        return base if type(base) is Allow else None
 
     def _window_refused(
         self, session: SessionInfo, sql: str, decision: Decision, refusal: Refuse

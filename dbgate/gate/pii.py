@@ -400,18 +400,15 @@ class PiiGate:
             except TokenError as e:
                 return Refuse(e.sqlstate, f"dbgate: {e}", note=_note(classification, "refuse"))
             # the policy's verdict (its limits, its note) with the tokens resolved
-            return replace(allowed, plan=result_plan, replace_sql=sql, repeatable=False)
+            resolved = replace(allowed, plan=result_plan, replace_sql=sql, repeatable=False)
+            # and its Binds' values too, when they may be tokens
+            return _binds_may_hold_tokens(resolved) if plan.params_may_hold_tokens else resolved
         if plan.params_may_hold_tokens:
             # Decided at each Bind: the values may be tokens to resolve. The Parse
             # itself is judged the same way every time (it stays repeatable when the
             # policy's verdict is): a driver's unnamed Parse of the same text is
             # remembered, its Binds are still shown to the gate.
-            return replace(
-                allowed,
-                plan=result_plan,
-                check_binds=True,
-                check_only_tokens=not allowed.check_binds,  # nothing else to judge there
-            )
+            return _binds_may_hold_tokens(replace(allowed, plan=result_plan))
         if result_plan is None:
             return None
         return replace(allowed, plan=result_plan)
@@ -489,6 +486,32 @@ class PiiGate:
         if values == statement.params:
             return Allow(plan=result_plan) if result_plan is not None else None
         return Allow(plan=result_plan, replace_params=values)
+
+
+def _binds_may_hold_tokens(allowed: Allow) -> Allow:
+    """``allowed`` for a Parse whose Bind values may be PII tokens: every Bind with
+    ``tok_`` in its bytes is shown to the gate, to be resolved."""
+    recheck = allowed.recheck_bind
+    return replace(
+        allowed,
+        check_binds=True,
+        check_only_tokens=not allowed.check_binds,  # nothing else to judge there
+        # the policy's quick judge of its Binds knows nothing of tokens
+        recheck_bind=None if recheck is None else _UnlessTokens(recheck),
+    )
+
+
+class _UnlessTokens:
+    """A Parse verdict's ``recheck_bind`` for a statement whose values may be PII
+    tokens: a Bind whose bytes spell ``tok_`` goes to the gate, to be resolved."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Callable[[SessionInfo, bytes], Allow | None]) -> None:
+        self.inner = inner
+
+    def __call__(self, session: SessionInfo, body: bytes) -> Allow | None:
+        return None if b"tok_" in body else self.inner(session, body)
 
 
 def _note(classification: Classification, action: str) -> GateNote:

@@ -16,8 +16,15 @@ does with them (docs/rules.md, "Run-time limits", ``max_rows_per_window``):
   to each of those tables.
 
 A verdict under a window is never ``repeatable``, and a prepared statement under one
-is shown to the gate at every Bind (``check_binds``): the rows left change with
-every read, so each execution is capped afresh.
+is capped afresh at every Bind (``check_binds``): the rows left change with every
+read. A read's Bind needs nothing else (its values do not matter), so its Parse's
+verdict carries a :class:`WindowedBinds` (``Allow.recheck_bind``): the relay asks it
+for each Bind's verdict — the same cap the gate would give, without decoding the
+values or judging the statement again — and shows the gate the Bind only when it
+answers None: the rules or a catalog changed, the session's settings did (its
+identity may match other rules), the audit queue is full or away, or nothing is
+left (the gate refuses it, and records why). Such a Parse's verdict may then be
+remembered (``repeatable``): nothing runs at Parse.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dbgate.proxy.seams import Allow, Refuse
 from dbgate.wire import sqlstate
 
 if TYPE_CHECKING:
+    from dbgate.gate.inspector import Inspector
     from dbgate.gate.row_window import RowWindows
     from dbgate.policy.keys import KeyCatalog
     from dbgate.policy.model import Decision, RowWindow
@@ -156,6 +164,48 @@ def windowed(
             hint="select fewer rows, or wait for the window to move on",
         ),
     )
+
+
+class WindowedBinds:
+    """The verdict of each Bind of a prepared read under a window (an
+    ``Allow.recheck_bind``; see the module docstring): ``base``, the gate's verdict on
+    such a Bind before the window's cap, capped by what the session's identity has
+    left now."""
+
+    __slots__ = ("base", "gate", "generation", "sql", "window")
+
+    def __init__(self, gate: Inspector, sql: str, base: Allow, window: RowWindow) -> None:
+        self.gate = gate
+        self.sql = sql
+        self.base = base
+        self.window = window
+        self.generation = gate.generation
+
+    def __call__(self, session: SessionInfo, body: bytes) -> Allow | None:
+        gate = self.gate
+        if gate.windows is None:
+            return None
+        if gate.generation != self.generation:
+            # The rules or a catalog snapshot changed since its Parse: still good if
+            # the gate would start from the very same verdict now (a PII schema
+            # reload changes nothing here; a key catalog's or the rules' does).
+            if gate.windowed_bind_base(session, self.sql) is not self.base:
+                return None
+            self.generation = gate.generation
+        state = session.policy_state
+        if state is None or state[0] != session.params_version:
+            return None  # a setting its identity is matched on may have changed
+        audit = gate.audit
+        if audit is not None:
+            try:
+                if audit.admit() is not None:
+                    return None  # the gate waits for room in the audit queue
+            except Exception:  # AuditUnavailable: the gate refuses it
+                return None
+        keys = gate.keys
+        catalog = keys.for_session(session) if keys is not None else None
+        capped = windowed(self.base, self.window, gate.windows, session.identity, catalog)
+        return capped if type(capped) is Allow else None
 
 
 def _charged_to(note: GateNote, tables: tuple[str, ...]) -> GateNote:

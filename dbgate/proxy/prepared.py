@@ -32,9 +32,9 @@ rolled-back transaction stays), so only the server's answers matter.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from dbgate.wire.errors import LimitExceeded
 
@@ -97,6 +97,9 @@ class Candidate:
     #: spell ``tok_`` has nothing to resolve and need not be shown (see
     #: :meth:`PreparedStatements.checks_only_tokens`).
     tokens_only: bool = False
+    #: The Parse verdict's ``recheck_bind`` (``Allow.recheck_bind``): a Bind that can
+    #: mean only this statement is judged by it before the inspector is asked.
+    recheck: Callable[[Any, bytes], Any] | None = None
 
 
 LOST = Candidate("", check_binds=True, lost=True)
@@ -115,6 +118,7 @@ class PreparedChange(NamedTuple):
     #: command tag.
     statement: int = 0
     tokens_only: bool = False  # see Candidate.tokens_only
+    recheck: Callable[[Any, bytes], Any] | None = None  # see Candidate.recheck
 
 
 class PendingChange:
@@ -192,6 +196,12 @@ class PreparedStatements:
         tokens in their values: then a Bind without ``tok_`` in its bytes is not."""
         return bool(self.tokens_only) and name_key(name) in self.tokens_only
 
+    def recheck(self, name: str | bytes, batch: int = 0) -> Callable[[Any, bytes], Any] | None:
+        """The quick way to judge a Bind of ``name`` (``Candidate.recheck``), when the
+        Bind can mean only one statement and that one has it; else None."""
+        cands = self.candidates(name, batch)
+        return cands[0].recheck if len(cands) == 1 else None
+
     def candidates(self, name: str | bytes, batch: int = 0) -> tuple[Candidate, ...]:
         """Every statement the server may hold under ``name`` (empty: none known).
 
@@ -224,13 +234,13 @@ class PreparedStatements:
         longer be allowed: its next executions are judged again, at their Binds.
         Statements parsed from now on are judged as usual."""
         for key, known in list(self._known.items()):
-            if not known.check_binds or known.tokens_only:
-                self._known[key] = replace(known, check_binds=True, tokens_only=False)
+            if not known.check_binds or known.tokens_only or known.recheck is not None:
+                self._known[key] = replace(known, check_binds=True, tokens_only=False, recheck=None)
         for queue in self._pending.values():
             for p in queue:
                 c = p.candidate
-                if c is not None and (not c.check_binds or c.tokens_only):
-                    p.candidate = replace(c, check_binds=True, tokens_only=False)
+                if c is not None and (not c.check_binds or c.tokens_only or c.recheck is not None):
+                    p.candidate = replace(c, check_binds=True, tokens_only=False, recheck=None)
         self.checked.update(self.names())
         self.tokens_only.clear()
 
@@ -254,6 +264,7 @@ class PreparedStatements:
                 change.check_binds,
                 param_types=change.param_types,
                 tokens_only=change.check_binds and change.tokens_only,
+                recheck=change.recheck if change.check_binds else None,
             )
         handle = PendingChange(self, change, batch, cand)
         queue = self._pending.get(key)
@@ -286,6 +297,7 @@ class PreparedStatements:
         check_binds: bool,
         param_types: tuple[int, ...] = (),
         tokens_only: bool = False,
+        recheck: Callable[[Any, bytes], Any] | None = None,
     ) -> PendingChange | None:
         """An allowed Parse was forwarded (called for every one: keep it cheap).
 
@@ -305,7 +317,15 @@ class PreparedStatements:
         if name or check_binds or self.track_unnamed or "" in self.checked or "" in self._pending:
             return self.sent(
                 batch,
-                PreparedChange("add", name, sql, check_binds, param_types, tokens_only=tokens_only),
+                PreparedChange(
+                    "add",
+                    name,
+                    sql,
+                    check_binds,
+                    param_types,
+                    tokens_only=tokens_only,
+                    recheck=recheck,
+                ),
             )
         if self._known:
             # An older unnamed statement needed no checks either: forget it rather than

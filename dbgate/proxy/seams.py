@@ -131,6 +131,13 @@ class Allow:
     #: relay shows the inspector only Binds whose bytes contain ``tok_`` (a Bind
     #: without one has nothing to resolve), and forwards the others under this verdict.
     check_only_tokens: bool = False
+    #: (A Parse with ``check_binds``) a quick way to the verdict the inspector would
+    #: give one Bind of this statement: called with the session and the Bind's body,
+    #: it returns that Allow, or None when the inspector must see the Bind as usual.
+    #: The relay asks it only when the Bind can mean no other statement (see
+    #: :mod:`dbgate.proxy.prepared`); a prepared read under a rows-per-window limit is
+    #: capped afresh at every Bind this way without its values being decoded.
+    recheck_bind: Callable[[SessionInfo, bytes], Allow | None] | None = None
     changes: tuple[PreparedChange, ...] = ()
     #: The inspector promises that the very same message would be allowed again in
     #: this session, with no other effect, until the server reports a changed

@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from struct import unpack_from
-from typing import TYPE_CHECKING, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from dbgate.proxy import measure
 from dbgate.proxy.entries import (
@@ -596,6 +596,14 @@ class StatementTracker(MeasuredWrites):
                     if self._limits:
                         self._note_portal_limit(body, None)
                     continue
+                if not (strict or self.inspect_binds):
+                    # A Bind its statement's Parse verdict can judge (a prepared read
+                    # under a rows-per-window limit: capped afresh, values unread)
+                    recheck = statements.recheck(name, self.sent_cycles + 1)
+                    quick = None if recheck is None else self._quick(recheck, body)
+                    if quick is not None:
+                        self.bind_sent(None, quick, body)
+                        continue
                 stmt = self._bind_statement(body)
             elif t == CLOSE_MSG:
                 self.close_sent(chunk[s:e])
@@ -837,6 +845,16 @@ class StatementTracker(MeasuredWrites):
                 "dbgate: internal error while inspecting; statement not run",
             )
 
+    def _quick(self, recheck: Callable[[SessionInfo, bytes], Any], body: bytes) -> Allow | None:
+        """A Bind's verdict from its statement's quick judge (``Allow.recheck_bind``);
+        None when the inspector must judge it (the judge says so, or fails)."""
+        try:
+            verdict = recheck(self.info, body)
+        except Exception:
+            log.exception("session %s: a quick Bind verdict failed", self.info.session_id)
+            return None
+        return verdict if type(verdict) is Allow else None
+
     def _bind_statement(self, body: bytes) -> Statement:
         """The inspector's view of a Bind whose decision depends on its values."""
         portal, name, formats, params, _ = m.parse_bind(body)
@@ -869,24 +887,28 @@ class StatementTracker(MeasuredWrites):
             self.parse_sent(rec, stmt.statement_name, prepared)
             return prepared
         elif t == BIND_MSG:
-            # The Bind's own verdict is kept: it refines the statement the server
-            # holds once the Bind is answered (:meth:`_bind_done`); the client's view
-            # (the statement it sent last) decides whether its Execute must wait.
-            prepared = self._sent_stmts.get(name_key(bind_names(body)[1]))
-            refined = _refined(prepared.verdict if prepared is not None else None, verdict)
-            if refined.plan is not None:
-                self._plans = self._watch = True
-            if refined.max_rows:
-                self._limits = self._watch = True
-            self._queue.append((BIND, body, verdict, rec))
-            self._batch_open = True
-            if self._limits:
-                self._note_portal_limit(body, verdict)
-            if rec is not None:
-                self._emit("statement_forwarded", rec)
+            self.bind_sent(rec, verdict, body)
         else:
             self.function_call_sent(rec)
         return None
+
+    def bind_sent(self, rec: StatementRecord | None, verdict: Allow, body: bytes) -> None:
+        """An inspected Bind was forwarded. Its own verdict is kept: it refines the
+        statement the server holds once the Bind is answered (:meth:`_bind_done`); the
+        client's view (the statement it sent last) decides whether its Execute must
+        wait."""
+        prepared = self._sent_stmts.get(name_key(bind_names(body)[1]))
+        refined = _refined(prepared.verdict if prepared is not None else None, verdict)
+        if refined.plan is not None:
+            self._plans = self._watch = True
+        if refined.max_rows:
+            self._limits = self._watch = True
+        self._queue.append((BIND, body, verdict, rec))
+        self._batch_open = True
+        if self._limits:
+            self._note_portal_limit(body, verdict)
+        if rec is not None:
+            self._emit("statement_forwarded", rec)
 
     def query_sent(self, rec: StatementRecord | None, verdict: Allow) -> None:
         """An allowed Query was forwarded. ``verdict.changes``: SQL PREPARE/DEALLOCATE/
@@ -918,6 +940,7 @@ class StatementTracker(MeasuredWrites):
             prepared.verdict.check_binds,
             prepared.param_types,
             prepared.verdict.check_only_tokens,
+            prepared.verdict.recheck_bind,
         )
         self._sent_stmts[key] = prepared
         if prepared.verdict.plan is not None:

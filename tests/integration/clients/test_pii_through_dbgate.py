@@ -241,3 +241,30 @@ def test_a_token_in_a_bind_resolves_among_repeated_parses(dsn: str) -> None:
         assert conn.execute(sql, [token], prepare=False).fetchall() == [(42,)]
         assert conn.execute(sql, ["x@example.org"], prepare=False).fetchall() == []
         assert conn.execute(sql, [token], prepare=False).fetchall() == [(42,)]
+
+
+def test_tokens_in_the_text_and_in_the_values_of_one_statement_are_all_resolved(
+    dsn: str,
+) -> None:
+    """A statement whose text holds a token is forwarded with it resolved; its Bind
+    values may hold tokens too, and are resolved as well (never a silent miss)."""
+
+    async def run() -> tuple[list[int], str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            token = await conn.fetchval("select email from customers where id = 42")
+            sql = f"select id from customers where email = '{token}' and email = $1"
+            ids = [r["id"] for r in await conn.fetch(sql, token)]
+            forged = token[:-4] + ("aaaa" if not token.endswith("aaaa") else "bbbb")
+            try:
+                await conn.fetch(sql, forged)
+                outcome = "ran"
+            except asyncpg.InvalidParameterValueError:  # 22023
+                outcome = "22023"
+            return ids, outcome
+        finally:
+            await conn.close()
+
+    import asyncio
+
+    assert asyncio.run(run()) == ([42], "22023")

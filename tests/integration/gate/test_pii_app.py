@@ -85,3 +85,40 @@ async def test_a_statement_decided_at_bind_keeps_its_tokenization(
             assert row["email"] != SECRET and row["email"].startswith("tok_email_")
     finally:
         await conn.close()
+
+
+async def test_a_token_bound_to_a_prepared_read_under_a_window_is_resolved(
+    env: HoldsEnv, contacts: str
+) -> None:
+    """Every read here is under the default pack's rows-per-window limit, so the Binds
+    of a prepared read are judged by its Parse verdict's quick judge (the window's
+    cap); a Bind that carries a token must still reach the gate, to be resolved."""
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        token = await conn.fetchval(f"SELECT email FROM {contacts} WHERE id = 1")
+        assert token.startswith("tok_email_")
+        by_email = await conn.prepare(f"SELECT id, email FROM {contacts} WHERE email = $1")
+        by_id = await conn.prepare(f"SELECT id, email FROM {contacts} WHERE id = $1")
+        for _ in range(3):
+            assert [tuple(r) for r in await by_email.fetch(token)] == [(1, token)]
+            assert [tuple(r) for r in await by_id.fetch(1)] == [(1, token)]  # tokenized
+    finally:
+        await conn.close()
+
+
+async def test_tokens_in_the_text_and_in_the_values_of_one_statement_are_all_resolved(
+    env: HoldsEnv, contacts: str
+) -> None:
+    """A Parse whose text holds a token is forwarded with it resolved; its Binds'
+    values may hold tokens as well, and are resolved too (never a silent miss)."""
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        token = await conn.fetchval(f"SELECT email FROM {contacts} WHERE id = 1")
+        sql = f"SELECT id FROM {contacts} WHERE email = '{token}' AND email = $1"
+        for _ in range(2):  # the second run reuses asyncpg's prepared statement
+            assert [r["id"] for r in await conn.fetch(sql, token)] == [1]
+        forged = token[:-4] + ("aaaa" if not token.endswith("aaaa") else "bbbb")
+        with pytest.raises(asyncpg.InvalidParameterValueError):  # 22023
+            await conn.fetch(sql, forged)
+    finally:
+        await conn.close()

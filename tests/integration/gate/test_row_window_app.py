@@ -5,6 +5,8 @@ and a read past what is left is stopped with 54000 (the test pack's rule
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import psycopg
 import pytest
@@ -100,3 +102,53 @@ async def test_each_execution_of_a_prepared_statement_is_counted(
             await conn.fetch("SELECT id FROM windowed_b WHERE id <= 25")
     finally:
         await conn.close()
+
+
+async def test_the_binds_of_a_prepared_read_are_capped_without_asking_the_gate(
+    env: HoldsEnv,
+) -> None:
+    """Each Bind of a prepared read under a window is capped by its Parse verdict's
+    quick judge: counted as before, without the gate judging it again, until nothing
+    is left: then the gate sees the Bind and refuses it. The same for a driver that
+    sends an unnamed Parse with every execution (the Parse is remembered)."""
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS windowed_c",
+        "CREATE TABLE windowed_c (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_c SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "GRANT SELECT ON windowed_c TO PUBLIC",
+    )
+    gate = env.app.app.gate
+    judged: list[tuple[str, str]] = []
+    inspect = gate.inspect
+
+    def counting(session: Any, statement: Any) -> Any:
+        judged.append((statement.kind, statement.sql))
+        return inspect(session, statement)
+
+    gate.inspect = counting  # the relay asks the gate's attribute at each statement
+
+    def kinds(kind: str) -> int:
+        return sum(1 for k, _ in judged if k == kind)
+
+    try:
+        conn = await asyncpg.connect(env.dsn)
+        try:
+            stmt = await conn.prepare("SELECT v FROM windowed_c WHERE id = $1")
+            for i in range(1, 21):
+                assert await stmt.fetchval(i) == f"v{i}"
+            assert kinds("bind") == 0
+        finally:
+            await conn.close()
+        parses = kinds("parse")  # the first one may be judged twice (after a reload)
+        with psycopg.connect(env.dsn, autocommit=True) as other:  # unnamed Parse each time
+            for i in range(21, 31):
+                sql = "SELECT v FROM windowed_c WHERE id = %s"
+                assert other.execute(sql, (i,), prepare=False).fetchone() == (f"v{i}",)
+            assert (kinds("parse"), kinds("bind")) == (parses + 1, 0)  # then remembered
+            with pytest.raises(psycopg.errors.ProgramLimitExceeded) as info:
+                other.execute("SELECT v FROM windowed_c WHERE id = %s", (31,), prepare=False)
+            assert "agent has read 30 rows of public.windowed_c" in str(info.value)
+            assert (kinds("parse"), kinds("bind")) == (parses + 1, 1)  # refused by the gate
+    finally:
+        del gate.inspect

@@ -14,6 +14,8 @@ pipelined cycles and random errors, and checks both after every step.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -35,6 +37,32 @@ RISKY = Candidate("select set_config($1, $2, false)", check_binds=True)
 
 def _add(name: str, cand: Candidate) -> PreparedChange:
     return PreparedChange("add", name, cand.sql, cand.check_binds, tokens_only=cand.tokens_only)
+
+
+def _quick(session: object, body: bytes) -> object:
+    return "quick"
+
+
+def test_a_bind_is_judged_quickly_only_when_it_can_mean_one_statement_that_can_be() -> None:
+    """``recheck``: the Parse verdict's quick judge of its Binds (Allow.recheck_bind).
+    A Bind that may meet another statement (a Parse of its name in flight) is judged
+    in full, and so is every Bind after the rules change (judge_binds_again)."""
+    p = PreparedStatements()
+    windowed = Candidate("select v from w where id = $1", check_binds=True, recheck=_quick)
+    p.parse_sent(1, "s", windowed.sql, True, recheck=_quick).resolve(True)  # type: ignore[union-attr]
+    assert p.recheck("s") is _quick
+    assert p.recheck("other") is None
+    h = p.parse_sent(2, "s", RISKY.sql, True)  # replaced, not yet answered
+    assert p.recheck("s") is None  # the old statement or the new one
+    assert p.recheck("s", batch=2) is None  # the new one: it has no quick judge
+    h.resolve(False)  # type: ignore[union-attr]
+    assert p.recheck("s") is _quick
+    p.judge_binds_again()
+    assert p.recheck("s") is None
+    assert p.candidates("s") == (replace(windowed, recheck=None),)
+    # a change that asks for no Bind check has no quick judge to keep
+    p.parse_sent(3, "t", "select 1", False, recheck=_quick).resolve(True)  # type: ignore[union-attr]
+    assert p.recheck("t") is None and not p.checks_binds("t")
 
 
 def test_an_added_statement_counts_before_the_server_confirms_it() -> None:
