@@ -1,0 +1,66 @@
+"""A portal's verdict in the statement tracker: how a Bind's verdict combines with its
+statement's, and whether an Execute's rows can be counted instead of watched.
+
+Both halves of the tracker ask these (the client side when it forwards a Bind or an
+Execute, the server side when the server confirms them), so they live apart from
+either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dbgate.proxy.seams import Allow, RowRewriter
+
+__all__ = ["PortalState", "countable_rows", "refined_verdict"]
+
+
+def refined_verdict(parsed: Allow | None, verdict: Allow) -> Allow:
+    """A Bind's verdict refines its statement's: what the Parse's verdict said about
+    the results (their plan, the row limit) stands unless the Bind's says otherwise,
+    since the Execute runs under the Bind's verdict alone."""
+    if verdict.plan is not None and verdict.max_rows:
+        return verdict
+    if parsed is None or (parsed.plan is None and not parsed.max_rows):
+        return verdict
+    if verdict.max_rows:
+        # asked at every Bind of a prepared statement under a limit: no copy when
+        # there is no plan to add
+        return verdict if parsed.plan is None else replace(verdict, plan=parsed.plan)
+    return replace(
+        verdict,
+        plan=verdict.plan or parsed.plan,
+        max_rows=parsed.max_rows,
+        over_limit=parsed.over_limit,
+    )
+
+
+def countable_rows(verdict: Allow, fetch: int, used: int) -> int | None:
+    """Whether an Execute of ``fetch`` rows (0: all of them) under ``verdict``'s row
+    limit, ``used`` rows of it returned already, can be counted rather than watched.
+
+    Returns the most rows it can return when that cannot take it past the limit (it
+    returns ``fetch`` rows at most, and the statement is proven to read no more than
+    ``verdict.read_bound``), else None: its rows must pass a :class:`RowLimiter` and
+    the client wait meanwhile. A result plan rewrites the rows anyway, limit or not.
+    """
+    if verdict.plan is not None:
+        return None
+    bound = verdict.read_bound
+    if fetch > 0 and (bound is None or fetch < bound):
+        bound = fetch
+    if bound is None or used + bound > verdict.max_rows:
+        return None
+    return bound
+
+
+class PortalState:
+    """What a portal under a result plan or a row limit needs across its Executes."""
+
+    __slots__ = ("description", "rewriter", "rows")
+
+    def __init__(self) -> None:
+        self.description: bytes | None = None
+        self.rewriter: RowRewriter | None = None
+        #: Rows its counted Executes returned (a limiter, once it has one, counts on)
+        self.rows = 0
