@@ -30,14 +30,13 @@ remembered (``repeatable``): nothing runs at Parse.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dbgate.gate.notes import GateNote
 from dbgate.proxy.seams import Allow, Refuse
 from dbgate.wire import sqlstate
 
 if TYPE_CHECKING:
-    from dbgate.gate.inspector import Inspector
     from dbgate.gate.row_window import RowWindows
     from dbgate.policy.keys import KeyCatalog
     from dbgate.policy.model import Decision, RowWindow
@@ -166,6 +165,20 @@ def windowed(
     )
 
 
+class BindJudge(Protocol):
+    """What :class:`WindowedBinds` asks of the gate that made it."""
+
+    generation: int
+    windows: RowWindows | None
+    audit: Any
+    keys: Any
+
+    def windowed_bind_base(self, session: SessionInfo, sql: str) -> Allow | None:
+        """The verdict a Bind of ``sql`` is capped from, as the gate would make it now
+        (None: the Bind must be judged in full)."""
+        ...
+
+
 class WindowedBinds:
     """The verdict of each Bind of a prepared read under a window (an
     ``Allow.recheck_bind``; see the module docstring): ``base``, the gate's verdict on
@@ -174,7 +187,7 @@ class WindowedBinds:
 
     __slots__ = ("base", "gate", "generation", "sql", "window")
 
-    def __init__(self, gate: Inspector, sql: str, base: Allow, window: RowWindow) -> None:
+    def __init__(self, gate: BindJudge, sql: str, base: Allow, window: RowWindow) -> None:
         self.gate = gate
         self.sql = sql
         self.base = base
