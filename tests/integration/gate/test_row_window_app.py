@@ -152,3 +152,40 @@ async def test_the_binds_of_a_prepared_read_are_capped_without_asking_the_gate(
             assert (kinds("parse"), kinds("bind")) == (parses + 1, 1)  # refused by the gate
     finally:
         del gate.inspect
+
+
+async def test_a_changed_setting_has_the_next_bind_judged_by_the_gate(env: HoldsEnv) -> None:
+    """Rules may match on application_name: once the session changes it, the next
+    Bind of a prepared windowed read is judged by the gate (with the identity as it
+    is now), and the quick judge takes over again after it."""
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS windowed_d",
+        "CREATE TABLE windowed_d (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_d SELECT g, 'v' || g FROM generate_series(1, 10) g",
+        "GRANT SELECT ON windowed_d TO PUBLIC",
+    )
+    gate = env.app.app.gate
+    binds: list[str] = []
+    inspect = gate.inspect
+
+    def counting(session: Any, statement: Any) -> Any:
+        if statement.kind == "bind":
+            binds.append(session.application_name)
+        return inspect(session, statement)
+
+    gate.inspect = counting
+    try:
+        conn = await asyncpg.connect(env.dsn)
+        try:
+            stmt = await conn.prepare("SELECT v FROM windowed_d WHERE id = $1")
+            assert await stmt.fetchval(1) == "v1"
+            assert binds == []
+            await conn.execute("SET application_name = 'reporting'")
+            for i in (2, 3, 4):
+                assert await stmt.fetchval(i) == f"v{i}"
+            assert len(binds) == 1  # the first Bind after the change only
+        finally:
+            await conn.close()
+    finally:
+        del gate.inspect
