@@ -429,6 +429,15 @@ class AuditWriter:
             raise AuditUnavailable(self._why)
         return self.wait_for_room()
 
+    def admits_now(self) -> bool:
+        """Whether :meth:`admit` would let a statement go ahead at once (asks nothing
+        of the caller: no awaitable is made)."""
+        return (
+            self._available
+            and self._count < self.config.queue_size
+            and self._bytes < self.config.queue_bytes
+        )
+
     async def wait_for_room(self) -> None:
         """Return once the queue has room; raise AuditUnavailable if the audit
         becomes unavailable meanwhile."""

@@ -123,6 +123,10 @@ class AuditTrail:
         refused (``audit.on_failure: refuse`` and the state database is away)."""
         return self.writer.admit()
 
+    def admits_now(self) -> bool:
+        """Whether :meth:`admit` would let a statement go ahead at once."""
+        return self.writer.admits_now()
+
     async def durable(self, event: StatementEvent) -> bool:
         """Commit ``event`` now; False when it cannot be (the caller fails closed)."""
         try:

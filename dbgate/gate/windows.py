@@ -209,12 +209,8 @@ class WindowedBinds:
         if state is None or state[0] != session.params_version:
             return None  # a setting its identity is matched on may have changed
         audit = gate.audit
-        if audit is not None:
-            try:
-                if audit.admit() is not None:
-                    return None  # the gate waits for room in the audit queue
-            except Exception:  # AuditUnavailable: the gate refuses it
-                return None
+        if audit is not None and not audit.admits_now():
+            return None  # the gate waits for room in the audit queue, or refuses
         keys = gate.keys
         catalog = keys.for_session(session) if keys is not None else None
         capped = windowed(self.base, self.window, gate.windows, session.identity, catalog)

@@ -74,6 +74,7 @@ async def test_refuse_mode_outage_resumes_the_chain_without_a_gap(pg_server, sta
         assert not w.available
         with pytest.raises(AuditUnavailable):
             w.admit()  # new statements are refused
+        assert not w.admits_now()  # and nothing is let through without asking
         with pytest.raises(AuditUnavailable):
             await w.record_durable(statement(999, identity="held"))
         link.restore()
