@@ -71,6 +71,8 @@ class _Channel:
 
 
 class _NoopObserver:
+    ignores: frozenset[str] = frozenset()  # hears every event
+
     def __getattr__(self, name: str) -> Any:
         return lambda *args: None
 
@@ -93,6 +95,9 @@ class _ReplayWriter:
 
     def admit(self) -> None:
         return None
+
+    def admits_now(self) -> bool:
+        return True
 
     def record(self, event: object) -> None:
         self._seq += 1
