@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dbgate.gate.notes import GateNote, primary_category
 from dbgate.gate.schema_loads import SchemaLoads, upstream_dsn
@@ -63,6 +63,20 @@ _SESSION_BOUND = frozenset({"DECLARE", "FETCH", "MOVE", "PREPARE", "EXECUTE", "D
 _VERDICT_CACHE = 8192
 #: Texts this short are traced inline without asking the pool (as it would answer).
 _ALWAYS_INLINE = 256
+
+
+class _Question(NamedTuple):
+    """An allowed Query or Parse that PII is asked about, as :meth:`PiiGate.verdict`
+    was asked (carried through a reload or a worker's trace)."""
+
+    info: SessionInfo
+    statement: Statement
+    allowed: Allow
+    classification: Classification
+    hold: Callable[[Decision], Any]
+    reloaded: bool
+    #: where the verdict is remembered (None: it is not)
+    key: tuple[str, str, bool] | None
 
 
 class PiiResultPlan:
@@ -188,34 +202,24 @@ class PiiGate:
         PII (tokenized), so nothing new passes raw."""
         self.loads.refresh_soon(database)
 
-    async def _after_reload(
-        self,
-        info: SessionInfo,
-        statement: Statement,
-        allowed: Allow,
-        classification: Classification,
-        hold: Callable[[Decision], Any],
-    ) -> Allow | Refuse:
+    def _ask_again(self, q: _Question, reloaded: bool) -> Any:
+        return self.verdict(q.info, q.statement, q.allowed, q.classification, q.hold, reloaded)
+
+    async def _after_reload(self, q: _Question) -> Allow | Refuse:
         """The statement names relations the snapshot lacks: judged after a reload
         (what it still does not know then is tokenized)."""
-        await self.loads.reload_since(info.database, time.monotonic())
-        result = self.verdict(info, statement, allowed, classification, hold, reloaded=True)
+        await self.loads.reload_since(q.info.database, time.monotonic())
+        result = self._ask_again(q, reloaded=True)
         if isinstance(result, Awaitable):
             result = await result
-        return allowed if result is None else result  # awaited: None is no verdict
+        return q.allowed if result is None else result  # type: ignore[no-any-return]
 
     async def _traced(
         self,
         ready: Awaitable[Analysis | Decision],
-        info: SessionInfo,
-        statement: Statement,
-        allowed: Allow,
-        classification: Classification,
-        hold: Callable[[Decision], Any],
-        reloaded: bool,
+        q: _Question,
         shape: Shape | None,
         coverage: Any,
-        key: tuple[str, str, bool] | None,
     ) -> Allow | Refuse:
         """Judged once a worker has traced the statement's lineage, or held (refused)
         when it could not."""
@@ -227,32 +231,21 @@ class PiiGate:
                 traced.action,
                 "pii",
                 traced.message,
-                classification=classification,
+                classification=q.classification,
                 reasons=traced.reasons,
             )
-            result: Any = hold(decision)
+            result: Any = q.hold(decision)
         else:
-            s = self.session(info)
+            s = self.session(q.info)
             assert s is not None
             if s.room.coverage is coverage:
-                s.room.adopt(statement.sql, shape, traced, coverage)
-                result = self._decide(
-                    info,
-                    s,
-                    statement,
-                    allowed,
-                    classification,
-                    hold,
-                    reloaded,
-                    shape,
-                    traced,
-                    key,
-                )
+                s.room.adopt(q.statement.sql, shape, traced, coverage)
+                result = self._decide(q, s, shape, traced)
             else:  # the schema or the catalog changed meanwhile: trace it again
-                result = self.verdict(info, statement, allowed, classification, hold, reloaded)
+                result = self._ask_again(q, q.reloaded)
         if isinstance(result, Awaitable):
             result = await result
-        return allowed if result is None else result  # type: ignore[no-any-return]
+        return q.allowed if result is None else result  # type: ignore[no-any-return]
 
     def session(self, info: SessionInfo) -> PiiSession | None:
         """This client session's PII state, or None until its room is loaded."""
@@ -305,6 +298,9 @@ class PiiGate:
                 return None  # a fresh literal in a text of a shape PII leaves alone
         else:
             shape = False  # not computed
+        q = _Question(
+            info, statement, allowed, classification, hold, reloaded, key if cacheable else None
+        )
         analysis = None
         offload = self.offload
         if offload is not None and len(sql) > _ALWAYS_INLINE:
@@ -312,58 +308,26 @@ class PiiGate:
             if analysis is None:
                 ready = offload.trace_ahead(sql, room.coverage)
                 if ready is not None:  # too costly to trace here: in a worker
-                    return self._traced(
-                        ready,
-                        info,
-                        statement,
-                        allowed,
-                        classification,
-                        hold,
-                        reloaded,
-                        shape,
-                        room.coverage,
-                        key if cacheable else None,
-                    )
+                    return self._traced(ready, q, shape, room.coverage)
                 analysis = room.trace(sql, s, shape)
-        return self._decide(
-            info,
-            s,
-            statement,
-            allowed,
-            classification,
-            hold,
-            reloaded,
-            shape,
-            analysis,
-            key if cacheable else None,
-        )
+        return self._decide(q, s, shape, analysis)
 
     def _decide(
-        self,
-        info: SessionInfo,
-        s: PiiSession,
-        statement: Statement,
-        allowed: Allow,
-        classification: Classification,
-        hold: Callable[[Decision], Any],
-        reloaded: bool,
-        shape: Shape | bool | None,
-        analysis: Analysis | None,
-        key: tuple[str, str, bool] | None,
+        self, q: _Question, s: PiiSession, shape: Shape | bool | None, analysis: Analysis | None
     ) -> Allow | Refuse | Awaitable[Allow | Refuse] | None:
         """:meth:`verdict` once the statement's lineage is at hand (``analysis``, or
-        cheap to look up or trace); ``key``: where the verdict is remembered (None:
-        it is not)."""
-        sql = statement.sql
+        cheap to look up or trace)."""
+        info, allowed, classification, key = q.info, q.allowed, q.classification, q.key
+        sql = q.statement.sql
         room = s.room
         plan = s.plan(sql, shape, analysis)
         unknown = plan.analysis.unknown_relations
         if unknown:
-            if reloaded:
+            if q.reloaded:
                 self.loads.still_unknown(info.database, unknown)
             elif self.loads.may_be_new(info.database, unknown):
-                return self._after_reload(info, statement, allowed, classification, hold)
-        result = self._judge(info, s, plan, allowed, classification, hold)
+                return self._after_reload(q)
+        result = self._judge(info, s, plan, allowed, classification, q.hold)
         if result is None and shape and not unknown:
             room.plans.remember_unchanged(shape)  # the policy's verdict stands
         # A text planned from its shape's plan (fresh literals: pgbench -M simple, ORMs
