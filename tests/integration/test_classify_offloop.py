@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from dbgate.gate import Gate
 from dbgate.gate.classify_pool import ClassifyPool
 from dbgate.policy.classify import clear_cache
 from dbgate.policy.rules import load_rules
+from tests.integration.neighbour import Neighbour, until
 
 #: Issue 10's hostile inputs, at sizes that keep the suite quick but each costs far
 #: more than the neighbour's deadline to classify on the loop (or did, before).
@@ -50,13 +50,6 @@ COSTLY = "SELECT count(*) FROM generate_series(1, 3) g WHERE " + " AND ".join(
 )
 
 
-def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.005)
-
-
 @pytest.fixture
 def offloop(make_proxy: Any, pg_database: str) -> Iterator[Callable[..., tuple[str, ClassifyPool]]]:
     pools: list[tuple[Any, ClassifyPool]] = []
@@ -74,36 +67,6 @@ def offloop(make_proxy: Any, pg_database: str) -> Iterator[Callable[..., tuple[s
         for pid in pool.worker_pids():
             os.kill(pid, signal.SIGCONT)
         proxy.call(pool.close())
-
-
-class Neighbour:
-    """A session running ``SELECT 1`` in a loop; records each query's latency."""
-
-    def __init__(self, dsn: str) -> None:
-        self.conn = psycopg.connect(dsn, autocommit=True)
-        self.latencies: list[float] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                assert self.conn.execute("SELECT 1").fetchone() == (1,)
-                self.latencies.append(time.monotonic() - t0)
-        except BaseException as e:
-            self.errors.append(e)
-
-    def __enter__(self) -> Neighbour:
-        self._thread.start()
-        _until(lambda: len(self.latencies) > 0)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        self.conn.close()
 
 
 @pytest.mark.parametrize("family", sorted(HOSTILE))
@@ -145,10 +108,10 @@ def test_a_worker_that_dies_refuses_its_statement_and_the_pool_recovers(offloop:
     client = threading.Thread(target=send)
     with Neighbour(dsn) as neighbour:
         client.start()
-        _until(lambda: pool.running() == 1)
+        until(lambda: pool.running() == 1)
         os.kill(pid, signal.SIGKILL)
         client.join(30)
-        _until(lambda: len(pool.worker_pids()) == 1 and pool.worker_pids() != [pid])
+        until(lambda: len(pool.worker_pids()) == 1 and pool.worker_pids() != [pid])
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert conn.execute(COSTLY).fetchone() == (3,)  # the new worker classifies it
     assert len(failure) == 1
@@ -173,9 +136,9 @@ def test_a_saturated_pool_holds_new_statements_and_drops_none(offloop: Any) -> N
     running = threading.Thread(target=send, args=("running", COSTLY))
     queued = threading.Thread(target=send, args=("queued", COSTLY.replace("count(*)", "count(g)")))
     running.start()
-    _until(lambda: pool.running() == 1)
+    until(lambda: pool.running() == 1)
     queued.start()
-    _until(lambda: pool.queued() == 1)
+    until(lambda: pool.queued() == 1)
     with psycopg.connect(dsn, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
             conn.execute(COSTLY.replace("count(*)", "sum(g)"))  # answered at once

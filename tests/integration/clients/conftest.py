@@ -24,6 +24,8 @@ about a second).
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +45,25 @@ from tests.integration.conftest import (
     pack_with,
     proxy_config,
 )
+
+
+def agent_config(pg_server: PgServer, demo_role: DemoRole, **overrides: Any) -> Any:
+    """A proxy config whose agent identity reaches PostgreSQL as ``demo_role``."""
+    agent = {
+        "name": AGENT,
+        "password": AGENT_PASSWORD,
+        "groups": ["agents"],
+        "upstream_user": demo_role.name,
+        "upstream_password": demo_role.password,
+    }
+    return proxy_config(pg_server, identities=[agent], **overrides)
+
+
+def pii_config(pg_server: PgServer, demo_role: DemoRole) -> Any:
+    """:func:`agent_config` with tokenization on, under a fresh random key."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    return agent_config(pg_server, demo_role, pii={"keys": [{"id": "test", "secret": key}]})
+
 
 #: Customers generated for the suite (the demo itself loads 5,000).
 DEMO_CUSTOMERS = 1000
@@ -143,19 +164,7 @@ def gate(
     Its agent identity reaches PostgreSQL as ``demo_role``.
     """
     rules = pack_with(tmp_path_factory.mktemp("client-rules"), SCRATCH_WRITES)
-    config = proxy_config(
-        pg_server,
-        rules_dir=str(rules),
-        identities=[
-            {
-                "name": AGENT,
-                "password": AGENT_PASSWORD,
-                "groups": ["agents"],
-                "upstream_user": demo_role.name,
-                "upstream_password": demo_role.password,
-            }
-        ],
-    )
+    config = agent_config(pg_server, demo_role, rules_dir=str(rules))
     assert config.policy == "enforce"
     inspector = enforcing_inspector(config)
     running = RunningProxy(

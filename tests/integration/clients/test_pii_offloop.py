@@ -15,12 +15,9 @@ latency ratios).
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,18 +28,12 @@ from dbgate.app import build_gate
 from dbgate.gate.classify_pool import ClassifyPool
 from dbgate.gate.pii import PiiGate
 from dbgate.policy.classify import clear_cache
-from tests.integration.clients.conftest import DemoRole
-from tests.integration.conftest import AGENT, AGENT_PASSWORD, RunningProxy, proxy_config
+from tests.integration.clients.conftest import DemoRole, pii_config
+from tests.integration.conftest import RunningProxy
+from tests.integration.neighbour import Neighbour, until
 
 #: Costly by the pool's estimate (classified and traced in a worker), quick to do.
 NOT_IDS = " ".join(f"and id <> {-i}" for i in range(1, 1500))
-
-
-def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.005)
 
 
 @dataclass
@@ -57,20 +48,7 @@ class Traced:
 @pytest.fixture
 def traced(pg_server: Any, demo_role: DemoRole, demo_db: str) -> Iterator[Traced]:
     clear_cache()  # the texts below must be cold
-    key = base64.b64encode(os.urandom(32)).decode()
-    config = proxy_config(
-        pg_server,
-        identities=[
-            {
-                "name": AGENT,
-                "password": AGENT_PASSWORD,
-                "groups": ["agents"],
-                "upstream_user": demo_role.name,
-                "upstream_password": demo_role.password,
-            }
-        ],
-        pii={"keys": [{"id": "test", "secret": key}]},
-    )
+    config = pii_config(pg_server, demo_role)
     pii = PiiGate(config)
     pool = ClassifyPool(workers=1, time_budget=60.0)
     running = RunningProxy(
@@ -84,36 +62,6 @@ def traced(pg_server: Any, demo_role: DemoRole, demo_db: str) -> Iterator[Traced
             os.kill(pid, signal.SIGCONT)
         running.call(pool.close())
         running.stop()
-
-
-class Neighbour:
-    """A session running ``SELECT 1`` in a loop; records each query's latency."""
-
-    def __init__(self, dsn: str) -> None:
-        self.conn = psycopg.connect(dsn, autocommit=True)
-        self.latencies: list[float] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                assert self.conn.execute("SELECT 1").fetchone() == (1,)
-                self.latencies.append(time.monotonic() - t0)
-        except BaseException as e:
-            self.errors.append(e)
-
-    def __enter__(self) -> Neighbour:
-        self._thread.start()
-        _until(lambda: len(self.latencies) > 0)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        self.conn.close()
 
 
 def test_a_statement_costly_to_trace_does_not_stall_other_sessions(
@@ -199,6 +147,6 @@ def test_a_trace_that_cannot_finish_in_time_holds_the_statement(
             conn.execute(sql)
         assert "tracing PII through this statement took too long" in str(info.value)
         assert conn.execute("select 5").fetchone() == (5,)
-    _until(lambda: len(pool.worker_pids()) == 1 and pool.worker_pids() != [pid])
+    until(lambda: len(pool.worker_pids()) == 1 and pool.worker_pids() != [pid])
     assert not neighbour.errors and max(neighbour.latencies) < 1.0
     assert pool.stats.timed_out == 1

@@ -9,8 +9,6 @@ server: no raw PII value reaches the client, other columns are untouched.
 
 from __future__ import annotations
 
-import base64
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,26 +18,13 @@ import pytest
 
 from dbgate.app import build_gate
 from dbgate.gate.pii import PiiGate
-from tests.integration.clients.conftest import DemoRole
-from tests.integration.conftest import AGENT, AGENT_PASSWORD, RunningProxy, proxy_config
+from tests.integration.clients.conftest import DemoRole, pii_config
+from tests.integration.conftest import RunningProxy
 
 
 @pytest.fixture(scope="module")
 def pii_gate(pg_server: Any, demo_role: DemoRole) -> Iterator[RunningProxy]:
-    key = base64.b64encode(os.urandom(32)).decode()
-    config = proxy_config(
-        pg_server,
-        identities=[
-            {
-                "name": AGENT,
-                "password": AGENT_PASSWORD,
-                "groups": ["agents"],
-                "upstream_user": demo_role.name,
-                "upstream_password": demo_role.password,
-            }
-        ],
-        pii={"keys": [{"id": "test", "secret": key}]},
-    )
+    config = pii_config(pg_server, demo_role)
     pii = PiiGate(config)
     pii.check()
     running = RunningProxy(
