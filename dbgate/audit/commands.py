@@ -45,7 +45,7 @@ def verify_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     jobs: Annotated[
         int, typer.Option(min=1, max=32, help="Database connections reading ahead (--dsn).")
-    ] = 2,
+    ] = 3,
 ) -> None:
     """Recompute every hash chain; exit 1 naming the first bad record of each chain."""
     from dbgate.audit.serial import DocumentError

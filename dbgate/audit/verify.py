@@ -574,8 +574,8 @@ def verify_query() -> str:
 async def verify_database(
     dsn: str,
     heads: Iterable[tuple[str, int, bytes]] = (),
-    jobs: int = 2,
-    range_rows: int = 1_000,
+    jobs: int = 3,
+    range_rows: int = 4_000,
 ) -> Report:
     """Verify every chain in the state database at ``dsn`` (one consistent snapshot).
 
