@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.pgbench import SCRIPT_LABELS, PgbenchResult
 from bench.streaming import StreamResult
-from bench.targets import TARGET_ORDER
+from bench.targets import PROXIES, TARGET_ORDER
 
 # What dbgate must reach (issue 2, "Targets"). Shown next to the measured ratio.
 TARGET_DBGATE_VS_PGBOUNCER_TPS = 0.70
@@ -273,18 +273,6 @@ def format_flat(data: Mapping[str, Any]) -> str:
         shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
         lines.append(f"  {key:<{width}}  {shown}")
     return "\n".join(lines)
-
-
-PROXIES = (
-    "pgbouncer",
-    "dbgate",
-    "dbgate-w2",
-    "dbgate-audit",
-    "dbgate-noaudit",
-    "dbgate-nolimits",
-    "dbgate-nopolicy",
-    "pump",
-)
 
 
 def format_cpu_table(rows: list[dict[str, Any]], names: list[str]) -> str:

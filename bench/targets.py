@@ -30,19 +30,15 @@ TARGET_ORDER = (
 # accounts are kept there). "dbgate-noaudit" is the same with ``audit.enabled: false``,
 # so "audit on vs off" is dbgate-audit/dbgate-noaudit (the audit trail alone), and
 # "state on/off" dbgate-noaudit/dbgate (what the state database's other features —
-# shared row windows, approvals — cost). "dbgate-nolimits" lifts every run-time limit on pgbench's tables,
-# so "limits on/off" is dbgate/dbgate-nolimits. Opt-in diagnostics: "dbgate-nopolicy" is dbgate with
-# ``policy: off`` (the relay without the inspector: what the policy costs), "pump"
-# (bench/pump.py) a blind Python byte relay (the floor for any relay on uvloop).
-DEFAULT_TARGETS = (
-    "direct",
-    "pgbouncer",
-    "dbgate",
-    "dbgate-w2",
-    "dbgate-audit",
-    "dbgate-noaudit",
-    "dbgate-nolimits",
-)
+# shared row windows, approvals — cost). "dbgate-nolimits" lifts every run-time limit
+# on pgbench's tables, so "limits on/off" is dbgate/dbgate-nolimits. Opt-in
+# diagnostics: "dbgate-nopolicy" is dbgate with ``policy: off`` (the relay without the
+# inspector: what the policy costs), "pump" (bench/pump.py) a blind Python byte relay
+# (the floor for any relay on uvloop).
+OPT_IN_TARGETS = ("dbgate-nopolicy", "pump")
+DEFAULT_TARGETS = tuple(t for t in TARGET_ORDER if t not in OPT_IN_TARGETS)
+#: The targets with a proxy in front of PostgreSQL (their CPU is measured).
+PROXIES = tuple(t for t in TARGET_ORDER if t != "direct")
 
 
 @dataclass
