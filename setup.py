@@ -1,10 +1,12 @@
-"""Build hook for the three compiled modules, both optional hot-path helpers:
+"""Build hook for the four compiled modules, both optional hot-path helpers:
 
 * dbgate.wire._scan — the relay's frame scanner (fallback: dbgate/wire/framing.py);
 * dbgate.policy._literals — the classifier cache's literal mask (fallback:
   dbgate/policy/literals.py);
 * dbgate.pii._rows — the PII DataRow rewrite loop, with its BLAKE2b and issued-token
-  store (fallbacks: dbgate/pii/rows.py, hashlib, dbgate/pii/issued.py).
+  store (fallbacks: dbgate/pii/rows.py, hashlib, dbgate/pii/issued.py);
+* dbgate.audit._seal — the audit writer's record of a statement of a known shape, with
+  OpenSSL's SHA-256 (fallback: the Python path of dbgate/audit/rows.py).
 
 When one cannot be built (no compiler), dbgate uses the pure-Python version, which
 behaves identically (property-tested).
@@ -36,6 +38,13 @@ setup(
             "dbgate.pii._rows",
             ["dbgate/pii/_rows.c", "dbgate/pii/_blake2b.c", "dbgate/pii/_issued.c"],
             depends=["dbgate/pii/_blake2b.h", "dbgate/pii/_issued.h"],
+            optional=True,
+        ),
+        Extension(
+            "dbgate.audit._seal",
+            ["dbgate/audit/_seal.c", "dbgate/pii/_blake2b.c"],
+            depends=["dbgate/pii/_blake2b.h"],
+            libraries=["crypto"],
             optional=True,
         ),
     ],

@@ -159,6 +159,12 @@ class Blocks:
     ) -> bytes:
         return self._encode(self._blocks, values, prev_hash, hash_, given)  # type: ignore[no-any-return]
 
+    @property
+    def blocks(self) -> tuple[bytes, ...]:
+        """The bytes around the varying fields, in order (one more than the fields);
+        the last ends with the length of the previous hash."""
+        return self._blocks
+
 
 _ENCODERS: dict[tuple[tuple[int, ...], int], Any] = {}
 

@@ -214,6 +214,11 @@ class Template:
     def render(self, values: list[Any], given: str = "") -> str:
         return self._render(self._fragments, values, given)  # type: ignore[no-any-return]
 
+    @property
+    def fragments(self) -> tuple[str, ...]:
+        """The text around the varying fields, in order (one more than the fields)."""
+        return self._fragments
+
 
 _RENDERERS: dict[tuple[tuple[int, ...], int], Any] = {}
 

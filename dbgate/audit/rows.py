@@ -33,6 +33,7 @@ from dbgate.audit.canonical import (
     FIELDS,
     FORMAT,
     INDEX,
+    LAYOUT,
     FieldType,
     Template,
     array_json,
@@ -47,6 +48,11 @@ from dbgate.audit.events import (
 )
 from dbgate.audit.scrub import scrub
 from dbgate.audit.text import escape, from_bytes, needs_escape, truncate
+
+try:  # the compiled quick path of a statement of a known shape (setup.py)
+    from dbgate.audit import _seal
+except ImportError:  # pragma: no cover - depends on the build
+    _seal = None  # type: ignore[assignment]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
@@ -160,7 +166,13 @@ class RowBuilder:
                 shape = self._shapes.get(key)  # type: ignore[arg-type]
             except TypeError:  # a caller's unhashable value: nothing to remember
                 key, shape = None, None
-            varied = None if shape is None else self._varying(event, shape.values)  # type: ignore[arg-type]
+            if shape is not None and shape.native:
+                sealed = _seal.seal(shape.native, event, prev, seq, logged_us)  # type: ignore[union-attr]
+                if sealed is not None:
+                    return sealed  # type: ignore[no-any-return]
+                varied = None  # the compiled path gives up exactly where _varying does
+            else:
+                varied = None if shape is None else self._varying(event, shape.values)  # type: ignore[arg-type]
             if varied is not None:
                 values, params_json, params_field = varied
                 values[CHAIN] = chain
@@ -180,6 +192,7 @@ class RowBuilder:
                         blocks = shape.blocks  # type: ignore[union-attr]
                         if blocks is None:
                             blocks = shape.blocks = binary.Blocks(values, _RENDERED, _PARAMS)  # type: ignore[union-attr]
+                            shape.native = self._native(shape, chain)  # type: ignore[union-attr]
                         return values, h, blocks.encode(values, prev, h, params_field)
             values = self._statement(event, now_us)  # type: ignore[arg-type]
             if key is not None and shape is None:
@@ -189,6 +202,26 @@ class RowBuilder:
         values[LOGGED_AT] = logged_us
         h = seal(values, prev)
         return values, h, binary.encode(values, prev, h)
+
+    def _native(self, shape: _StatementShape, chain: str) -> tuple[Any, ...] | None:
+        """The shape as the compiled quick path (:mod:`dbgate.audit._seal`) takes it;
+        None without it, or when the shape's text does not encode."""
+        if _seal is None or shape.template is None or shape.blocks is None:
+            return None
+        try:
+            fragments = tuple(f.encode() for f in shape.template.fragments)
+        except UnicodeError:
+            return None
+        return (
+            shape.values,
+            fragments,
+            shape.blocks.blocks,
+            _NATIVE_TEXT_ORDER,
+            _NATIVE_ROW_ORDER,
+            self._key,
+            self.max_text_chars,
+            chain,
+        )
 
     def _learn(self, key: tuple[Any, ...], e: StatementEvent, values: list[Any]) -> None:
         """Remember the shape of a statement built in full, when the fields that vary
@@ -602,19 +635,34 @@ _RENDERED = tuple(i for i in _VARYING if i != CHAIN)
 _SHAPES = 1024  # shapes remembered (each a few KB at most)
 
 
+#: The compiled quick path's codes of the varying fields, in the order they come in
+#: the canonical text and in the row (see dbgate/audit/_seal.c).
+_NATIVE_CODES = {SEQ: 0, LOGGED_AT: 1, AT: 2, _ROWS: 3, _DURATION_US: 4, _OUTCOME: 5, _PARAMS: 6}
+_NATIVE_TEXT_ORDER = tuple(
+    _NATIVE_CODES[x] for x in LAYOUT if isinstance(x, int) and x in _RENDERED
+)
+_NATIVE_ROW_ORDER = tuple(_NATIVE_CODES[i] for i in sorted(_RENDERED))
+if _seal is not None:
+    _seal.configure(
+        _MIN_S, _MAX_S, CHAIN, tuple(sorted(_NATIVE_CODES, key=_NATIVE_CODES.__getitem__))
+    )
+
+
 class _StatementShape:
     """What the records of one statement shape share: one text, session, decision and
     rule, executed again and again (a driver's prepared statement, a loop of reads).
     Its values are those of a record built in full, the varying fields left empty;
     its canonical template and its row's blocks are made from its first record
-    (:class:`Template`, :class:`binary.Blocks`)."""
+    (:class:`Template`, :class:`binary.Blocks`), and from them its form for the
+    compiled quick path (``native``)."""
 
-    __slots__ = ("blocks", "template", "values")
+    __slots__ = ("blocks", "native", "template", "values")
 
     def __init__(self, values: list[Any]) -> None:
         self.values = values
         self.template: Template | None = None
         self.blocks: binary.Blocks | None = None
+        self.native: tuple[Any, ...] | None = None
 
 
 def _text(x: Any, limit: int, notes: list[str], name: str) -> str | None:

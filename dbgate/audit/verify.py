@@ -44,6 +44,15 @@ from dbgate.audit.canonical import FORMAT, GENESIS, canonical, canonical_sql
 from dbgate.audit.serial import CSV_COLUMNS, Document, DocumentError, from_document, read_jsonl
 
 _sha256 = hashlib.sha256
+
+try:  # sha256(prev || sha256(content)) in one call (dbgate/audit/_seal.c)
+    from dbgate.audit._seal import chain_hash as _chain_hash
+except ImportError:  # pragma: no cover - depends on the build
+
+    def _chain_hash(prev: bytes, content: bytes) -> bytes:
+        return _sha256(prev + _sha256(content).digest()).digest()
+
+
 _unhex = bytes.fromhex
 _DIAGNOSE_OFFSETS = (-1, 1, -2, 2, -3, 3)
 
@@ -302,7 +311,7 @@ class Verifier:
         The common case — the next record of an intact chain — is checked inline;
         anything else goes through :meth:`feed`, which finds and names the problem.
         """
-        chains, heads, feed, sha, unhex = self._chains, self._heads, self.feed, _sha256, _unhex
+        chains, heads, feed, link, unhex = self._chains, self._heads, self.feed, _chain_hash, _unhex
         fast = 0
         for chain, seq, record_id, prev_hex, hash_hex, content, end in rows:
             prev, hash_ = unhex(prev_hex), unhex(hash_hex)
@@ -316,7 +325,7 @@ class Verifier:
                 or seq != st.last_seq + 1
                 or prev != st.last_hash
                 or (heads and (chain, seq) in heads)
-                or sha(prev + sha(content).digest()).digest() != hash_
+                or link(prev, content) != hash_
             ):
                 feed(chain, seq, record_id, prev, hash_, content, None, end)
                 continue

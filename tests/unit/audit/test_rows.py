@@ -3,13 +3,16 @@ scrubbing, escaping, and the canonical form."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbgate.audit import binary
+from dbgate.audit import rows as rows_module
 from dbgate.audit.canonical import (
     FIELDS,
     GENESIS,
@@ -285,3 +288,98 @@ def test_a_record_sealed_in_one_pass_is_the_record_built_and_sealed(events, repe
         assert h == expected_hash
         assert row == binary.encode(expected, prev, expected_hash)
         prev = h
+
+
+def test_the_compiled_seal_is_built() -> None:
+    # make install builds it (setup.py); without it every statement record costs the
+    # writer about three times the CPU, which only the benchmarks would show.
+    assert rows_module._seal is not None
+
+
+_bounded = st.one_of(st.none(), st.integers(-5, 10**9), st.sampled_from([2**63 - 1, -(2**63 - 1)]))
+#: Varying fields the quick path takes ...
+_quick_fields = {
+    "at": st.one_of(st.floats(1.6e9, 1.9e9), st.sampled_from([-62135596799.5, 253402300799.0])),
+    "outcome": st.one_of(
+        st.text(max_size=12),
+        st.sampled_from(["", "SELECT 1", 'a"b\\c', "\x1f\x7f\n\t\r\b\f", "é" * 8192]),
+    ),
+    "params": st.one_of(
+        st.just(()),
+        st.lists(st.one_of(st.none(), st.binary(max_size=200)), min_size=1, max_size=3).map(tuple),
+    ),
+    "rows": _bounded,
+    "duration_us": _bounded,
+}
+#: ... and values that send a record down the full path.
+_odd_fields = {
+    "at": st.sampled_from(
+        [-62135596800.0, 253402300800.0, float("inf"), float("nan"), 1_600_000_000]
+    ),
+    "outcome": st.sampled_from(["\x00", "a\x00", "\ud800", "é" * 8193, b"SELECT 1"]),
+    "params": st.sampled_from([(b"1", "masked"), [b"a list"], ("masked",)]),
+    "rows": st.sampled_from([2**63, -(2**63), True, 1.5, "12", 10**30]),
+    "duration_us": st.sampled_from([2**63, -(2**63), False, 2.0, "12"]),
+}
+_varying_fields = st.tuples(
+    st.fixed_dictionaries(_quick_fields),
+    st.one_of(
+        st.none(),
+        st.sampled_from(sorted(_odd_fields)).flatmap(
+            lambda k: st.tuples(st.just(k), _odd_fields[k])
+        ),
+    ),
+).map(lambda t: t[0] if t[1] is None else {**t[0], t[1][0]: t[1][1]})
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(_varying_fields, min_size=1, max_size=8))
+def test_the_compiled_quick_path_gives_the_python_record(runs) -> None:
+    """One statement shape executed again and again with whatever its varying fields
+    hold: the compiled quick path (dbgate/audit/_seal.c) gives the record, hash and
+    row that the Python path gives, and gives up (the full path) where it does."""
+    base = StatementEvent(
+        "completed",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        identity="bench",
+        session_id=7,
+        application_name="pgbench",
+        params=(b"1",),
+        categories=("read",),
+        tables=("public.pgbench_accounts",),
+        outcome="SELECT 1",
+        rows=1,
+        duration_us=40,
+        tokenized=False,
+    )
+    events = [base, base] + [replace(base, **fields) for fields in runs]
+    compiled = RowBuilder("r1", b"key")
+    python = RowBuilder("r1", b"key")
+    reference = RowBuilder("r1", b"key")
+    prev = GENESIS
+    saved = rows_module._seal
+    for seq, event in enumerate(events, start=1):
+        got = compiled.sealed(event, NOW, "r1.chain", seq, NOW + seq, prev)
+        rows_module._seal = None
+        try:
+            want = python.sealed(event, NOW, "r1.chain", seq, NOW + seq, prev)
+        finally:
+            rows_module._seal = saved
+        assert got == want
+        assert [type(v) for v in got[0]] == [type(v) for v in want[0]]
+        expected = reference.build(event, NOW)
+        expected[INDEX["chain"]], expected[INDEX["seq"]] = "r1.chain", seq
+        expected[INDEX["logged_at"]] = NOW + seq
+        assert got[1] == seal(expected, prev)
+        prev = got[1]
+    assert any(shape.native for shape in compiled._shapes.values())
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.binary(max_size=70), st.binary(max_size=300))
+def test_the_compiled_chain_hash_is_the_link_of_a_record(prev, content) -> None:
+    """What ``audit verify`` checks each record with: its hash from its predecessor's
+    (of whatever length a tampered row holds) and its canonical bytes."""
+    want = hashlib.sha256(prev + hashlib.sha256(content).digest()).digest()
+    assert rows_module._seal.chain_hash(prev, content) == want
+    assert rows_module._seal.chain_hash(memoryview(prev), bytearray(content)) == want

@@ -1,0 +1,568 @@
+/*
+ * The writer's quick path for a statement record, compiled (see dbgate/audit/rows.py,
+ * RowBuilder.sealed; the Python path there is the reference and the fallback).
+ *
+ * A statement executed again and again (one shape: same text, session, decision,
+ * rule) gives records that differ only in a few fields: when it ran, its place in the
+ * chain, its parameters, outcome, rows and duration. The shape keeps its record's
+ * values, the canonical text around the varying fields (fragments, UTF-8) and the
+ * binary COPY row around them (blocks). seal() fills in the varying fields of one
+ * execution and returns what RowBuilder.sealed returns:
+ *
+ *     seal(shape, event, prev_hash, seq, logged_us) -> (values, hash, row) | None
+ *
+ * `shape` is the tuple made by rows.py (_native): (values, fragments, blocks,
+ * canonical order, row order, mac key, max_text_chars, chain). `event` is a
+ * StatementEvent. None means "take the full path": a field of an unexpected type or
+ * range, text that does not encode, or a NUL to escape, exactly where the Python quick
+ * path gives up too, so both paths give the same record byte for byte (a property
+ * test checks it).
+ *
+ * Parameters are stored as "h:" + hex(keyed BLAKE2b-128) (dbgate/pii/_blake2b.c, the
+ * same bytes as hashlib's); the record's hash is sha256(prev || sha256(canonical))
+ * with OpenSSL's SHA-256 (SHA-NI where the CPU has it).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+
+#define OPENSSL_API_COMPAT 0x10100000L
+#include <openssl/sha.h>
+
+#include "../pii/_blake2b.h"
+
+/* The varying fields, as the order tuples name them (rows.py's _NATIVE_CODES). */
+enum { V_SEQ, V_LOGGED, V_AT, V_ROWS, V_DURATION, V_OUTCOME, V_PARAMS, V_COUNT };
+
+#define PG_EPOCH_US 946684800000000LL
+#define INT64_LIM 9223372036854775807LL
+
+/* Set once by configure(), from rows.py: the range of `at` (seconds) the quick path
+ * takes, and the positions in FIELDS of chain, then of each V_* field. */
+static double min_s, max_s;
+static Py_ssize_t pos_chain = -1, pos[V_COUNT];
+
+/* sha256(prev || sha256(content)). The low-level calls: in OpenSSL 3 the one-shot
+ * SHA256() looks the digest up by name each time, several times the hashing here. */
+static void
+link_hash(unsigned char h[32], const void *prev, size_t prev_len, const void *content, size_t n)
+{
+    SHA256_CTX c;
+    unsigned char d[32];
+    SHA256_Init(&c);
+    SHA256_Update(&c, content, n);
+    SHA256_Final(d, &c);
+    SHA256_Init(&c);
+    SHA256_Update(&c, prev, prev_len);
+    SHA256_Update(&c, d, 32);
+    SHA256_Final(h, &c);
+}
+
+static PyObject *s_at, *s_session_id, *s_tokenized, *s_outcome, *s_rows, *s_duration_us,
+    *s_params;
+
+typedef struct {
+    char *p;
+    Py_ssize_t n, cap;
+} buf_t;
+
+static int
+buf_grow(buf_t *b, Py_ssize_t more)
+{
+    if (b->n + more <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 512;
+    while (cap < b->n + more)
+        cap *= 2;
+    char *p = PyMem_Realloc(b->p, cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int
+buf_put(buf_t *b, const void *src, Py_ssize_t n)
+{
+    if (buf_grow(b, n) < 0)
+        return -1;
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+    return 0;
+}
+
+static int
+buf_bytes(buf_t *b, PyObject *bytes)
+{
+    return buf_put(b, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+}
+
+static int
+buf_int(buf_t *b, long long v)
+{
+    char tmp[24], *o = tmp + sizeof tmp;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--o = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--o = '-';
+    return buf_put(b, o, tmp + sizeof tmp - o);
+}
+
+static int
+buf_be32(buf_t *b, int32_t v)
+{
+    uint32_t u = (uint32_t)v;
+    unsigned char o[4] = {u >> 24, u >> 16, u >> 8, u};
+    return buf_put(b, o, 4);
+}
+
+static int
+buf_int8_field(buf_t *b, long long v)
+{
+    uint64_t u = (uint64_t)v;
+    unsigned char o[12] = {0, 0, 0, 8};
+    for (int i = 0; i < 8; i++)
+        o[4 + i] = (unsigned char)(u >> (56 - 8 * i));
+    return buf_put(b, o, 12);
+}
+
+static const char NULL_FIELD[4] = {'\xff', '\xff', '\xff', '\xff'};
+
+/* JSON string of UTF-8 `s` as json.encoder.encode_basestring writes it (quotes,
+ * backslashes and control characters escaped; everything else as is). */
+static int
+buf_json_string(buf_t *b, const char *s, Py_ssize_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (buf_grow(b, n * 6 + 2) < 0)
+        return -1;
+    char *o = b->p + b->n;
+    *o++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+    }
+    *o++ = '"';
+    b->n = o - b->p;
+    return 0;
+}
+
+/* An optional int64 field of the event: 0 ok (*present says whether it is not None),
+ * 1 take the full path, -1 error. Only an exact int within +-(2**63 - 1) is taken. */
+static int
+opt_int64(PyObject *v, long long *out, int *present)
+{
+    if (v == Py_None) {
+        *present = 0;
+        return 0;
+    }
+    if (!PyLong_CheckExact(v))
+        return 1;
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || x < -INT64_LIM)
+        return 1;
+    *out = x;
+    *present = 1;
+    return 0;
+}
+
+typedef struct {
+    long long seq, logged, at, rows, duration;
+    int has_rows, has_duration;
+    PyObject *outcome_obj; /* the event's outcome (a str) */
+    const char *outcome;   /* its UTF-8, NULL when empty */
+    Py_ssize_t outcome_len;
+    buf_t params_json;  /* canonical text of the params field */
+    buf_t params_field; /* its binary COPY field */
+    PyObject *hashed;   /* list of "h:..." / None, or None */
+} varying_t;
+
+/* The parameters' hashes, their canonical text and their COPY field: 0 ok, 1 full
+ * path, -1 error. */
+static int
+hash_params(PyObject *params, const uint8_t *key, Py_ssize_t keylen, varying_t *v)
+{
+    int truth = PyObject_IsTrue(params);
+    if (truth < 0)
+        return -1;
+    if (!truth) {
+        v->hashed = Py_NewRef(Py_None);
+        if (buf_put(&v->params_json, "[]", 2) < 0 || buf_put(&v->params_field, NULL_FIELD, 4) < 0)
+            return -1;
+        return 0;
+    }
+    if (!PyTuple_CheckExact(params))
+        return 1;
+    Py_ssize_t n = PyTuple_GET_SIZE(params);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PyTuple_GET_ITEM(params, i);
+        if (p != Py_None && !PyBytes_CheckExact(p))
+            return 1; /* masked text is scrubbed: the full path */
+    }
+    v->hashed = PyList_New(n);
+    if (v->hashed == NULL)
+        return -1;
+    static const uint8_t person[16] = {0};
+    buf_t lit = {0}; /* the text[] literal */
+    int rc = -1;
+    if (buf_put(&v->params_json, "[", 1) < 0 || buf_put(&lit, "{", 1) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PyTuple_GET_ITEM(params, i);
+        if (i && (buf_put(&v->params_json, ",", 1) < 0 || buf_put(&lit, ",", 1) < 0))
+            goto done;
+        if (p == Py_None) {
+            PyList_SET_ITEM(v->hashed, i, Py_NewRef(Py_None));
+            if (buf_put(&v->params_json, "null", 4) < 0 || buf_put(&lit, "NULL", 4) < 0)
+                goto done;
+            continue;
+        }
+        uint8_t d[16];
+        char text[36] = {'h', ':'};
+        b2b_keyed(d, 16, key, (size_t)keylen, person, (const uint8_t *)PyBytes_AS_STRING(p),
+                  (size_t)PyBytes_GET_SIZE(p));
+        b2b_hex32(text + 2, d);
+        PyObject *s = PyUnicode_FromStringAndSize(text, 34);
+        if (s == NULL)
+            goto done;
+        PyList_SET_ITEM(v->hashed, i, s);
+        if (buf_put(&v->params_json, "\"", 1) < 0 || buf_put(&v->params_json, text, 34) < 0 ||
+            buf_put(&v->params_json, "\"", 1) < 0 || buf_put(&lit, "\"", 1) < 0 ||
+            buf_put(&lit, text, 34) < 0 || buf_put(&lit, "\"", 1) < 0)
+            goto done;
+    }
+    if (buf_put(&v->params_json, "]", 1) < 0 || buf_put(&lit, "}", 1) < 0)
+        goto done;
+    if (buf_be32(&v->params_field, (int32_t)lit.n) < 0 || buf_put(&v->params_field, lit.p, lit.n) < 0)
+        goto done;
+    rc = 0;
+done:
+    PyMem_Free(lit.p);
+    return rc;
+}
+
+/* The varying fields of `event`: 0 ok, 1 full path, -1 error. */
+static int
+read_varying(PyObject *event, const uint8_t *key, Py_ssize_t keylen, Py_ssize_t max_text,
+             varying_t *v)
+{
+    int rc = -1;
+    PyObject *at = NULL, *sid = NULL, *tok = NULL, *outcome = NULL, *rows = NULL,
+             *duration = NULL, *params = NULL;
+    if ((at = PyObject_GetAttr(event, s_at)) == NULL)
+        goto done;
+    rc = 1;
+    if (!PyFloat_CheckExact(at))
+        goto done;
+    double a = PyFloat_AS_DOUBLE(at);
+    if (!(min_s < a && a < max_s))
+        goto done;
+    v->at = (long long)nearbyint(a * 1000000.0); /* round(): half to even, as Python */
+    rc = -1;
+    if ((sid = PyObject_GetAttr(event, s_session_id)) == NULL)
+        goto done;
+    rc = 1;
+    if (sid != Py_None && !PyLong_CheckExact(sid))
+        goto done; /* 1, 1.0 and True are one key; only an int is what the shape holds */
+    rc = -1;
+    if ((tok = PyObject_GetAttr(event, s_tokenized)) == NULL)
+        goto done;
+    rc = 1;
+    if (tok != Py_None && !PyBool_Check(tok))
+        goto done;
+    rc = -1;
+    if ((outcome = PyObject_GetAttr(event, s_outcome)) == NULL)
+        goto done;
+    rc = 1;
+    if (!PyUnicode_CheckExact(outcome) || PyUnicode_GET_LENGTH(outcome) > max_text)
+        goto done;
+    v->outcome = NULL;
+    v->outcome_len = 0;
+    if (PyUnicode_GET_LENGTH(outcome)) {
+        v->outcome = PyUnicode_AsUTF8AndSize(outcome, &v->outcome_len);
+        if (v->outcome == NULL) { /* a lone surrogate: it does not encode */
+            PyErr_Clear();
+            goto done;
+        }
+    }
+    if ((rows = PyObject_GetAttr(event, s_rows)) == NULL ||
+        (duration = PyObject_GetAttr(event, s_duration_us)) == NULL) {
+        rc = -1;
+        goto done;
+    }
+    if ((rc = opt_int64(rows, &v->rows, &v->has_rows)) != 0)
+        goto done;
+    if ((rc = opt_int64(duration, &v->duration, &v->has_duration)) != 0)
+        goto done;
+    if ((params = PyObject_GetAttr(event, s_params)) == NULL) {
+        rc = -1;
+        goto done;
+    }
+    rc = hash_params(params, key, keylen, v);
+done:
+    Py_XDECREF(at);
+    Py_XDECREF(sid);
+    Py_XDECREF(tok);
+    v->outcome_obj = outcome; /* kept: its UTF-8 lives as long as it does */
+    Py_XDECREF(rows);
+    Py_XDECREF(duration);
+    Py_XDECREF(params);
+    return rc;
+}
+
+static int
+render_text(buf_t *b, int code, const varying_t *v)
+{
+    switch (code) {
+    case V_SEQ: return buf_int(b, v->seq);
+    case V_LOGGED: return buf_int(b, v->logged);
+    case V_AT: return buf_int(b, v->at);
+    case V_ROWS: return v->has_rows ? buf_int(b, v->rows) : buf_put(b, "null", 4);
+    case V_DURATION: return v->has_duration ? buf_int(b, v->duration) : buf_put(b, "null", 4);
+    case V_OUTCOME:
+        return v->outcome ? buf_json_string(b, v->outcome, v->outcome_len) : buf_put(b, "\"\"", 2);
+    case V_PARAMS: return buf_put(b, v->params_json.p, v->params_json.n);
+    }
+    PyErr_SetString(PyExc_ValueError, "unknown varying field");
+    return -1;
+}
+
+static int
+render_field(buf_t *b, int code, const varying_t *v)
+{
+    switch (code) {
+    case V_SEQ: return buf_int8_field(b, v->seq);
+    case V_LOGGED: return buf_int8_field(b, v->logged - PG_EPOCH_US);
+    case V_AT: return buf_int8_field(b, v->at - PG_EPOCH_US);
+    case V_ROWS: return v->has_rows ? buf_int8_field(b, v->rows) : buf_put(b, NULL_FIELD, 4);
+    case V_DURATION:
+        return v->has_duration ? buf_int8_field(b, v->duration) : buf_put(b, NULL_FIELD, 4);
+    case V_OUTCOME:
+        if (!v->outcome)
+            return buf_put(b, NULL_FIELD, 4);
+        if (buf_be32(b, (int32_t)v->outcome_len) < 0)
+            return -1;
+        return buf_put(b, v->outcome, v->outcome_len);
+    case V_PARAMS: return buf_put(b, v->params_field.p, v->params_field.n);
+    }
+    PyErr_SetString(PyExc_ValueError, "unknown varying field");
+    return -1;
+}
+
+/* (values, hash, row) of one execution; None for the full path. */
+static PyObject *
+seal(PyObject *self, PyObject *args)
+{
+    PyObject *shape, *event, *prev, *seq_o, *logged_o;
+    if (!PyArg_ParseTuple(args, "O!OSOO", &PyTuple_Type, &shape, &event, &prev, &seq_o,
+                          &logged_o))
+        return NULL;
+    PyObject *values, *fragments, *blocks, *text_order, *row_order, *key, *max_text_o, *chain;
+    if (!PyArg_ParseTuple(shape, "O!O!O!O!O!SOO", &PyList_Type, &values, &PyTuple_Type,
+                          &fragments, &PyTuple_Type, &blocks, &PyTuple_Type, &text_order,
+                          &PyTuple_Type, &row_order, &key, &max_text_o, &chain))
+        return NULL;
+    Py_ssize_t nv = PyTuple_GET_SIZE(text_order);
+    if (PyTuple_GET_SIZE(fragments) != nv + 1 || PyTuple_GET_SIZE(blocks) != nv + 1 ||
+        PyTuple_GET_SIZE(row_order) != nv || PyBytes_GET_SIZE(prev) != 32 ||
+        pos_chain < 0) {
+        PyErr_SetString(PyExc_ValueError, "malformed shape");
+        return NULL;
+    }
+    Py_ssize_t max_text = PyLong_AsSsize_t(max_text_o);
+    if (max_text == -1 && PyErr_Occurred())
+        return NULL;
+    varying_t v = {0};
+    v.seq = PyLong_AsLongLong(seq_o);
+    if (v.seq == -1 && PyErr_Occurred())
+        return NULL;
+    v.logged = PyLong_AsLongLong(logged_o);
+    if (v.logged == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *result = NULL, *out_values = NULL;
+    buf_t text = {0}, row = {0};
+    Py_ssize_t text_size = 256, row_size = 256;
+    for (Py_ssize_t i = 0; i <= nv; i++) {
+        PyObject *f = PyTuple_GET_ITEM(fragments, i), *b = PyTuple_GET_ITEM(blocks, i);
+        if (!PyBytes_Check(f) || !PyBytes_Check(b)) {
+            PyErr_SetString(PyExc_TypeError, "fragments and blocks must be bytes");
+            return NULL;
+        }
+        text_size += PyBytes_GET_SIZE(f);
+        row_size += PyBytes_GET_SIZE(b);
+    }
+    if (buf_grow(&text, text_size) < 0 || buf_grow(&row, row_size) < 0)
+        goto done;
+    int rc = read_varying(event, (const uint8_t *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                          max_text, &v);
+    if (rc < 0)
+        goto done;
+    if (rc > 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i <= nv; i++) {
+        if (buf_bytes(&text, PyTuple_GET_ITEM(fragments, i)) < 0 ||
+            buf_bytes(&row, PyTuple_GET_ITEM(blocks, i)) < 0)
+            goto done;
+        if (i == nv)
+            break;
+        int tc = (int)PyLong_AsLong(PyTuple_GET_ITEM(text_order, i));
+        int fc = (int)PyLong_AsLong(PyTuple_GET_ITEM(row_order, i));
+        if (PyErr_Occurred() || render_text(&text, tc, &v) < 0 || render_field(&row, fc, &v) < 0)
+            goto done;
+    }
+    /* A NUL is escaped by the full path (see rows.seal); the quick path leaves it */
+    for (const char *q = text.p, *end = text.p + text.n;
+         (q = memchr(q, '\\', end - q)) != NULL; q++) {
+        if (end - q >= 6 && memcmp(q, "\\u0000", 6) == 0) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    unsigned char h[32];
+    link_hash(h, PyBytes_AS_STRING(prev), 32, text.p, (size_t)text.n);
+    if (buf_put(&row, PyBytes_AS_STRING(prev), 32) < 0 || buf_be32(&row, 32) < 0 || buf_put(&row, h, 32) < 0)
+        goto done;
+    out_values = PyList_GetSlice(values, 0, PyList_GET_SIZE(values));
+    if (out_values == NULL)
+        goto done;
+    for (int i = 0; i < V_COUNT; i++) {
+        if (pos[i] >= PyList_GET_SIZE(out_values) || pos_chain >= PyList_GET_SIZE(out_values)) {
+            PyErr_SetString(PyExc_ValueError, "shape values too short");
+            goto done;
+        }
+    }
+    PyObject *set[V_COUNT + 1] = {
+        [V_SEQ] = Py_NewRef(seq_o),
+        [V_LOGGED] = Py_NewRef(logged_o),
+        [V_AT] = PyLong_FromLongLong(v.at),
+        [V_ROWS] = v.has_rows ? PyLong_FromLongLong(v.rows) : Py_NewRef(Py_None),
+        [V_DURATION] = v.has_duration ? PyLong_FromLongLong(v.duration) : Py_NewRef(Py_None),
+        [V_OUTCOME] = Py_NewRef(v.outcome ? v.outcome_obj : Py_None),
+        [V_PARAMS] = Py_NewRef(v.hashed),
+        [V_COUNT] = Py_NewRef(chain),
+    };
+    int failed = 0;
+    for (int i = 0; i <= V_COUNT; i++) {
+        if (set[i] == NULL)
+            failed = 1;
+    }
+    for (int i = 0; i <= V_COUNT; i++) {
+        Py_ssize_t at = i == V_COUNT ? pos_chain : pos[i];
+        if (!failed)
+            PyList_SetItem(out_values, at, set[i]); /* steals the reference */
+        else
+            Py_XDECREF(set[i]);
+    }
+    if (failed)
+        goto done;
+    PyObject *hash = PyBytes_FromStringAndSize((const char *)h, 32);
+    PyObject *row_b = PyBytes_FromStringAndSize(row.p, row.n);
+    if (hash != NULL && row_b != NULL)
+        result = PyTuple_Pack(3, out_values, hash, row_b);
+    Py_XDECREF(hash);
+    Py_XDECREF(row_b);
+done:
+    Py_XDECREF(out_values);
+    Py_XDECREF(v.hashed);
+    Py_XDECREF(v.outcome_obj);
+    PyMem_Free(v.params_json.p);
+    PyMem_Free(v.params_field.p);
+    PyMem_Free(text.p);
+    PyMem_Free(row.p);
+    return result;
+}
+
+/* chain_hash(prev, content) -> sha256(prev || sha256(content)): a record's hash
+ * (prev of any length, as hashlib would take it: the verifier reads it from rows). */
+static PyObject *
+chain_hash(PyObject *self, PyObject *args)
+{
+    Py_buffer prev, content;
+    if (!PyArg_ParseTuple(args, "y*y*", &prev, &content))
+        return NULL;
+    unsigned char h[32];
+    link_hash(h, prev.buf, (size_t)prev.len, content.buf, (size_t)content.len);
+    PyObject *out = PyBytes_FromStringAndSize((const char *)h, 32);
+    PyBuffer_Release(&prev);
+    PyBuffer_Release(&content);
+    return out;
+}
+
+/* configure(min_s, max_s, chain_position, positions) (see min_s above) */
+static PyObject *
+configure(PyObject *self, PyObject *args)
+{
+    PyObject *positions;
+    Py_ssize_t chain;
+    if (!PyArg_ParseTuple(args, "ddnO!", &min_s, &max_s, &chain, &PyTuple_Type, &positions))
+        return NULL;
+    if (PyTuple_GET_SIZE(positions) != V_COUNT || chain < 0) {
+        PyErr_SetString(PyExc_ValueError, "positions must name the seven varying fields");
+        return NULL;
+    }
+    for (int i = 0; i < V_COUNT; i++) {
+        pos[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(positions, i));
+        if (pos[i] < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "a position is negative");
+            return NULL;
+        }
+    }
+    pos_chain = chain;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, "The range of `at` and the varying fields' positions."},
+    {"seal", seal, METH_VARARGS, "(values, hash, row) of a statement of a known shape, or None."},
+    {"chain_hash", chain_hash, METH_VARARGS, "sha256(prev || sha256(content))."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_seal", NULL, -1, methods};
+
+PyMODINIT_FUNC
+PyInit__seal(void)
+{
+    if (!(s_at = PyUnicode_InternFromString("at")) ||
+        !(s_session_id = PyUnicode_InternFromString("session_id")) ||
+        !(s_tokenized = PyUnicode_InternFromString("tokenized")) ||
+        !(s_outcome = PyUnicode_InternFromString("outcome")) ||
+        !(s_rows = PyUnicode_InternFromString("rows")) ||
+        !(s_duration_us = PyUnicode_InternFromString("duration_us")) ||
+        !(s_params = PyUnicode_InternFromString("params")))
+        return NULL;
+    b2b_use_simd(1);
+    return PyModule_Create(&module);
+}
