@@ -181,6 +181,14 @@ class RowLedger:
         #: The window lengths ``totals`` covers, ascending.
         self.lengths: tuple[int, ...] = ()
         self.folded = 0  # times pending buckets were folded to stay in bounds
+        #: Moved by whatever can make an account count more other than a charge: a
+        #: read of the totals (other replicas' rows), a fold (rows kept past their
+        #: bucket). Within one epoch no table's :meth:`used` for an identity grows by
+        #: more than that identity's ``charged`` does (rows charged times the tables
+        #: charged): what a quick verdict that fits in what is left builds on
+        #: (:class:`dbgate.gate.windows.WindowedBinds`).
+        self.epoch = 0
+        self.charged: dict[str, int] = {}
 
     def bucket_end(self, now: float) -> int:
         """The end of the bucket that a row read at ``now`` (epoch seconds) falls in."""
@@ -191,8 +199,13 @@ class RowLedger:
     def charge(self, identity: str, tables: Iterable[str], rows: int, now: float) -> None:
         """``rows`` read by ``identity`` at ``now``, counted against each of ``tables``."""
         end = self.bucket_end(now)
+        n = 0
         for table in tables:
             self._charge_one(identity, table, rows, end)
+            n += 1
+        # a row charged to EVERY_TABLE (no room for a table) counts for every table:
+        # at most once per table charged here
+        self.charged[identity] = self.charged.get(identity, 0) + rows * n
 
     def _charge_one(self, identity: str, table: str, rows: int, end: int) -> None:
         buckets = self.pending.get((identity, table))
@@ -217,6 +230,7 @@ class RowLedger:
         _fold(self.pending)
         self._pending_entries = len(self.pending)
         self.folded += 1
+        self.epoch += 1
 
     # -- moving to the state database --------------------------------------------------
     def take_pending(self) -> Counts:
@@ -244,6 +258,7 @@ class RowLedger:
             if _entries(self.sent) > self.max_entries:  # written, but never read back
                 _fold(self.sent)
                 self.folded += 1
+                self.epoch += 1
             return
         _merge(self.pending, batch)
         self._pending_entries = _entries(self.pending)
@@ -255,6 +270,7 @@ class RowLedger:
         self.totals = totals
         self.lengths = tuple(sorted(set(lengths)))
         self.sent = {}
+        self.epoch += 1
 
     def forget_before(self, since: float) -> None:
         """Drop local buckets that ended before ``since`` (past every window)."""

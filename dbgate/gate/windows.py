@@ -109,7 +109,20 @@ def windowed(
     """``verdict`` capped by the rows ``identity`` has left under ``window``, or a
     refusal when it has none."""
     tables = account_tables(window.tables, catalog)
-    left = windows.remaining(identity, window, tables)
+    return _capped(
+        verdict, window, windows, identity, tables, windows.remaining(identity, window, tables)
+    )
+
+
+def _capped(
+    verdict: Allow,
+    window: RowWindow,
+    windows: RowWindows,
+    identity: str,
+    tables: tuple[str, ...],
+    left: int,
+) -> Allow | Refuse:
+    """:func:`windowed` once the accounts and the rows left in them are known."""
     if left <= 0:
         return Refuse(
             sqlstate.PROGRAM_LIMIT_EXCEEDED,
@@ -185,7 +198,7 @@ class WindowedBinds:
     such a Bind before the window's cap, capped by what the session's identity has
     left now."""
 
-    __slots__ = ("base", "gate", "generation", "sql", "window")
+    __slots__ = ("_credit", "base", "gate", "generation", "sql", "window")
 
     def __init__(self, gate: BindJudge, sql: str, base: Allow, window: RowWindow) -> None:
         self.gate = gate
@@ -193,6 +206,9 @@ class WindowedBinds:
         self.base = base
         self.window = window
         self.generation = gate.generation
+        #: (session id, ledger, epoch, mark, verdict): the last verdict that fitted in
+        #: what was left (see :meth:`_spend`).
+        self._credit: tuple[Any, ...] | None = None
 
     def __call__(self, session: SessionInfo, body: bytes) -> Allow | None:
         gate = self.gate
@@ -205,16 +221,53 @@ class WindowedBinds:
             if gate.windowed_bind_base(session, self.sql) is not self.base:
                 return None
             self.generation = gate.generation
+            self._credit = None  # a key catalog may name its tables otherwise now
         state = session.policy_state
         if state is None or state[0] != session.params_version:
             return None  # a setting its identity is matched on may have changed
         audit = gate.audit
         if audit is not None and not audit.admits_now():
             return None  # the gate waits for room in the audit queue, or refuses
+        windows = gate.windows
+        credit = self._credit
+        if credit is not None and credit[0] == session.session_id:
+            ledger = credit[1]
+            if (
+                ledger is windows.ledger
+                and ledger.epoch == credit[2]
+                and ledger.charged.get(session.identity, 0) <= credit[3]
+                and not windows.stale()
+            ):
+                return credit[4]  # type: ignore[no-any-return]
         keys = gate.keys
         catalog = keys.for_session(session) if keys is not None else None
-        capped = windowed(self.base, self.window, gate.windows, session.identity, catalog)
-        return capped if type(capped) is Allow else None
+        window, base, identity = self.window, self.base, session.identity
+        tables = account_tables(window.tables, catalog)
+        ledger = windows.ledger
+        epoch, charged = ledger.epoch, ledger.charged.get(identity, 0)
+        left = windows.remaining(identity, window, tables)
+        capped = _capped(base, window, windows, identity, tables, left)
+        if type(capped) is not Allow:
+            self._credit = None
+            return None
+        own = base.max_rows or base.read_bound
+        if own is not None and own <= left:
+            self._spend(session, ledger, epoch, charged + left - own, capped)
+        else:
+            self._credit = None
+        return capped
+
+    def _spend(
+        self, session: SessionInfo, ledger: Any, epoch: int, mark: int, verdict: Allow
+    ) -> None:
+        """Remember ``verdict`` for the session's next Binds: it is the same verdict
+        (the same object) for as long as the statement's bound still fits in what is
+        left. Within one ``RowLedger.epoch`` (no read of the shared totals, no fold)
+        what is left shrinks by no more than the rows its identity is charged
+        (``RowLedger.charged``; rows leaving the window only make more room), so it
+        fits while those stay within the room there was (``mark``); a stale ledger
+        ends it like a new epoch."""
+        self._credit = (session.session_id, ledger, epoch, mark, verdict)
 
 
 def _charged_to(note: GateNote, tables: tuple[str, ...]) -> GateNote:

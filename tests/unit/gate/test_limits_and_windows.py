@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 
 from dbgate.gate.limits import measurable, over_changes_decision
-from dbgate.gate.windows import account_tables
+from dbgate.gate.row_window import RowWindows
+from dbgate.gate.windows import WindowedBinds, account_tables
 from dbgate.policy.classify import classify
 from dbgate.policy.keys import KeyCatalog, Relation
-from dbgate.policy.model import Action, Decision, OverLimit
+from dbgate.policy.model import Action, Decision, OverLimit, RowWindow
+from dbgate.proxy.seams import Allow
+from dbgate.proxy.session_info import SessionInfo
 
 
 @pytest.mark.parametrize(
@@ -117,3 +120,86 @@ def test_a_bind_verdict_changed_by_pii_keeps_the_policys_row_limit_and_bound() -
     assert _bind_changed(policy, None) is policy
     own = Allow(max_rows=5, replace_params=(b"x",))
     assert _bind_changed(policy, own).max_rows == 5  # PII's own limit stands
+
+
+class _Gate:
+    """What a WindowedBinds asks of its gate (BindJudge)."""
+
+    def __init__(self, windows: RowWindows, base: Allow) -> None:
+        self.generation = 0
+        self.windows = windows
+        self.audit = None
+        self.keys = None
+        self.base = base
+
+    def windowed_bind_base(self, session: SessionInfo, sql: str) -> Allow | None:
+        return self.base
+
+
+def _windowed_binds(rows: int, bound: int) -> tuple[WindowedBinds, RowWindows, SessionInfo]:
+    now = [0.0]
+    windows = RowWindows(None, "r", monotonic=lambda: now[0], clock=lambda: 1_000_000.0)  # type: ignore[arg-type]
+    windows.ledger.read_totals({}, [3600])
+    windows._read_ok_at = 0.0
+    window = RowWindow(rows=rows, seconds=3600, rule="w", tables=frozenset({"public.t"}))
+    base = Allow(read_bound=bound)
+    judge = WindowedBinds(_Gate(windows, base), "select v from t where id = $1", base, window)
+    session = SessionInfo(
+        session_id=1, identity="agent", database="d", application_name="", client_addr=""
+    )
+    session.policy_state = (session.params_version,)
+    return judge, windows, session
+
+
+def test_a_windowed_bind_keeps_its_verdict_while_its_bound_fits_in_what_is_left() -> None:
+    """The quick judge of a prepared read's Binds answers from what it last found left
+    while the rows charged since cannot have used the room up: the same verdict, and
+    the gate's answer (None) as soon as they may have."""
+    judge, windows, session = _windowed_binds(rows=5, bound=2)
+    first = judge(session, b"")
+    assert first is not None and first.max_rows == 2
+    asked: list[int] = []
+    remaining = windows.remaining
+
+    def counting(*args: object) -> int:
+        asked.append(1)
+        return remaining(*args)  # type: ignore[arg-type]
+
+    windows.remaining = counting  # type: ignore[method-assign]
+    window = judge.window
+    windows.add("agent", window, ("public.t",), 2)  # 3 left: the bound of 2 still fits
+    windows.add("someone else", window, ("public.t",), 50)  # another account
+    assert judge(session, b"") is first and asked == []
+    windows.add("agent", window, ("public.t",), 2)  # 1 left: found out, capped at it
+    capped = judge(session, b"")
+    assert capped is not None and capped.max_rows == 1 and asked == [1]
+    assert judge(session, b"") is not first and asked == [1, 1]  # no credit below the bound
+    windows.add("agent", window, ("public.t",), 1)  # nothing left: the gate refuses
+    assert judge(session, b"") is None
+
+
+def test_a_windowed_bind_asks_again_after_a_read_of_the_shared_totals() -> None:
+    judge, windows, session = _windowed_binds(rows=5, bound=1)
+    first = judge(session, b"")
+    assert first is not None
+    # another replica's reads arrive with the next read of the totals
+    windows.ledger.read_totals({("agent", "public.t", 3600): 5}, [3600])
+    assert judge(session, b"") is None
+
+
+def test_a_windowed_bind_does_not_answer_for_another_session_or_a_stale_ledger() -> None:
+    judge, windows, session = _windowed_binds(rows=5, bound=1)
+    assert judge(session, b"") is not None
+    other = SessionInfo(
+        session_id=2, identity="agent", database="d", application_name="", client_addr=""
+    )
+    other.policy_state = (other.params_version,)
+    windows.add("agent", judge.window, ("public.t",), 4)  # the last row left
+    assert judge(other, b"") is not None  # found from the ledger, and remembered
+    windows.add("agent", judge.window, ("public.t",), 1)
+    assert judge(other, b"") is None
+    assert judge(session, b"") is None
+    judge2, windows2, session2 = _windowed_binds(rows=5, bound=1)
+    assert judge2(session2, b"") is not None
+    windows2._read_ok_at = -10_000.0  # the shared totals have not been read for long
+    assert judge2(session2, b"") is None

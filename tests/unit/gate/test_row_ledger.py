@@ -167,3 +167,65 @@ def test_rows_written_but_never_read_back_stay_bounded() -> None:
         ledger.flushed(ledger.take_pending(), ok=True)  # the read of totals keeps failing
     assert sum(len(b) for b in ledger.sent.values()) <= 4
     assert ledger.used(A, ORDERS, 100, now=12.0) == 12
+
+
+_steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("charge"),
+            st.sampled_from([A, "other"]),
+            st.lists(st.sampled_from([ORDERS, CUSTOMERS, "public.items"]), min_size=1, max_size=3),
+            st.integers(1, 50),
+            st.floats(0, 200),
+        ),
+        st.tuples(st.just("take"), st.booleans()),
+        st.tuples(st.just("forget"), st.floats(0, 200)),
+    ),
+    max_size=40,
+)
+
+
+def _run(ledger: RowLedger, steps: list[tuple]) -> None:
+    for step in steps:
+        if step[0] == "charge":
+            _, identity, names, rows, at = step
+            ledger.charge(identity, names, rows, at)
+        elif step[0] == "take":
+            ledger.flushed(ledger.take_pending(), ok=step[1])
+        else:
+            ledger.forget_before(step[1])
+
+
+@given(_steps, _steps, st.floats(0, 400))
+def test_no_account_grows_by_more_than_its_identity_was_charged(earlier, steps, now) -> None:
+    """What a windowed read's quick verdict builds on (WindowedBinds): between two
+    reads of the totals, whatever the ledger does — writes that succeed or fail,
+    folding past its bounds, rows counted against every table — no table's count for
+    an identity grows by more than ``charged[identity]`` does."""
+    ledger = covered(RowLedger(bucket_seconds=10, max_entries=8), 60, 600)
+    _run(ledger, earlier)
+    tables = (ORDERS, CUSTOMERS, "public.items", EVERY_TABLE)
+    before = {(t, w): ledger.used(A, t, w, now) for t in tables for w in (60, 600)}
+    charged = ledger.charged.get(A, 0)
+    epoch = ledger.epoch
+    _run(ledger, steps)
+    grown = ledger.charged.get(A, 0) - charged
+    if ledger.epoch == epoch:
+        for (t, w), was in before.items():
+            assert ledger.used(A, t, w, now) - was <= grown
+
+
+def test_what_can_count_rows_again_starts_a_new_epoch() -> None:
+    """A fold keeps rows past their bucket (they may count again at a later time) and
+    a read brings other replicas' rows: both move the epoch, charges do not."""
+    ledger = covered(RowLedger(bucket_seconds=10, max_entries=3), 60)
+    start = ledger.epoch
+    for t in (0, 10, 20):
+        ledger.charge(A, [ORDERS], 1, now=t)
+    assert ledger.epoch == start and ledger.charged[A] == 3
+    assert ledger.used(A, ORDERS, 60, now=80) == 1  # two are out of the window
+    ledger.charge(A, [CUSTOMERS], 1, now=20)  # no room: everything folded
+    assert ledger.epoch == start + 1
+    assert ledger.used(A, ORDERS, 60, now=80) == 3  # counted again, by the fold
+    covered(ledger, 60)
+    assert ledger.epoch == start + 2
