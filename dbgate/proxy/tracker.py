@@ -652,6 +652,11 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             verdict = prepared.verdict if prepared is not None else None
         elif prepared is not None:
             verdict = refined_verdict(prepared.verdict, verdict)
+        self._portal_limit(portal, verdict)
+
+    def _portal_limit(self, portal: str, verdict: Allow | None) -> None:
+        """``portal`` is bound anew under ``verdict`` (its statement's refined by its
+        Bind's), as the client sees it."""
         if verdict is not None and verdict.max_rows:
             self._sent_limits[portal] = verdict
         else:
@@ -801,7 +806,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         statement the server holds once the Bind is answered (:meth:`_bind_done`); the
         client's view (the statement it sent last) decides whether its Execute must
         wait."""
-        prepared = self._sent_stmts.get(name_key(bind_names(body)[1]))
+        portal, stmt_name = bind_names(body)
+        prepared = self._sent_stmts.get(name_key(stmt_name))
         refined = refined_verdict(prepared.verdict if prepared is not None else None, verdict)
         if refined.plan is not None:
             self._plans = self._watch = True
@@ -810,7 +816,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         self._queue.append((BIND, body, verdict, rec))
         self._batch_open = True
         if self._limits:
-            self._note_portal_limit(body, verdict)
+            self._portal_limit(portal, refined)
         if rec is not None:
             self._emit("statement_forwarded", rec)
 
