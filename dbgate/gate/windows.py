@@ -9,7 +9,8 @@ does with them (docs/rules.md, "Run-time limits", ``max_rows_per_window``):
   caps the statement's ``max_rows`` with it; nothing left: refused with 54000 before
   it runs, naming the rule and what was read. A read proven to read no more than is
   left (``Allow.read_bound``, a unique key pins it) is capped at that bound instead,
-  which the relay only counts;
+  which the relay only counts; such a cap is reused while the identity's charges
+  since cannot have used up the room it fitted in (``_CREDIT``);
 * after it ran, :class:`WindowCharges` (an observer) charges the rows it returned —
   the command tag's count, or, for a statement that failed or was stopped, the rows
   the relay forwarded before it ended (for a counted one, its bound: never less) —
@@ -97,6 +98,16 @@ _CAPPED_SIZE = 4096
 #: (id of a note, its accounts) -> (the note, the note naming them): the same for
 #: every read of one statement shape, whatever is left.
 _NOTES: dict[tuple[int, tuple[str, ...]], tuple[GateNote, GateNote]] = {}
+#: (id of a verdict, id of its window, its accounts, identity) -> (verdict, window,
+#: ledger, epoch, mark, capped verdict): the verdict last capped for that identity,
+#: when its bound fitted in what was left. Within one ``RowLedger.epoch`` (no read of
+#: the shared totals, no fold) what is left shrinks by no more than the rows the
+#: identity is charged (``RowLedger.charged``; rows leaving the window only make
+#: room), so the bound still fits while the identity's charges stay at or below
+#: ``mark`` (the charges then plus the room there was); a stale ledger refuses as
+#: before. Every read of a statement shape then costs a few comparisons instead of
+#: counting its accounts' buckets.
+_CREDIT: dict[tuple[int, int, tuple[str, ...], str], tuple[Any, ...]] = {}
 
 
 def windowed(
@@ -109,9 +120,31 @@ def windowed(
     """``verdict`` capped by the rows ``identity`` has left under ``window``, or a
     refusal when it has none."""
     tables = account_tables(window.tables, catalog)
-    return _capped(
-        verdict, window, windows, identity, tables, windows.remaining(identity, window, tables)
-    )
+    ledger = windows.ledger
+    key = (id(verdict), id(window), tables, identity)
+    credit = _CREDIT.get(key)
+    if (
+        credit is not None
+        and credit[0] is verdict
+        and credit[1] is window
+        and credit[2] is ledger
+        and credit[3] == ledger.epoch
+        and ledger.charged.get(identity, 0) <= credit[4]
+        and not windows.stale()
+    ):
+        return credit[5]  # type: ignore[no-any-return]
+    epoch, charged = ledger.epoch, ledger.charged.get(identity, 0)
+    left = windows.remaining(identity, window, tables)
+    capped = _capped(verdict, window, windows, identity, tables, left)
+    own = verdict.max_rows or verdict.read_bound
+    if type(capped) is Allow and own is not None and own <= left:
+        # the same capped verdict while the bound still fits in what is left (_CREDIT)
+        if len(_CREDIT) >= _CAPPED_SIZE:
+            _CREDIT.clear()
+        _CREDIT[key] = (verdict, window, ledger, epoch, charged + left - own, capped)
+    else:
+        _CREDIT.pop(key, None)
+    return capped
 
 
 def _capped(
@@ -198,7 +231,7 @@ class WindowedBinds:
     such a Bind before the window's cap, capped by what the session's identity has
     left now."""
 
-    __slots__ = ("_credit", "base", "gate", "generation", "sql", "window")
+    __slots__ = ("base", "gate", "generation", "sql", "window")
 
     def __init__(self, gate: BindJudge, sql: str, base: Allow, window: RowWindow) -> None:
         self.gate = gate
@@ -206,9 +239,6 @@ class WindowedBinds:
         self.base = base
         self.window = window
         self.generation = gate.generation
-        #: (session id, ledger, epoch, mark, verdict): the last verdict that fitted in
-        #: what was left (see :meth:`_spend`).
-        self._credit: tuple[Any, ...] | None = None
 
     def __call__(self, session: SessionInfo, body: bytes) -> Allow | None:
         gate = self.gate
@@ -221,53 +251,16 @@ class WindowedBinds:
             if gate.windowed_bind_base(session, self.sql) is not self.base:
                 return None
             self.generation = gate.generation
-            self._credit = None  # a key catalog may name its tables otherwise now
         state = session.policy_state
         if state is None or state[0] != session.params_version:
             return None  # a setting its identity is matched on may have changed
         audit = gate.audit
         if audit is not None and not audit.admits_now():
             return None  # the gate waits for room in the audit queue, or refuses
-        windows = gate.windows
-        credit = self._credit
-        if credit is not None and credit[0] == session.session_id:
-            ledger = credit[1]
-            if (
-                ledger is windows.ledger
-                and ledger.epoch == credit[2]
-                and ledger.charged.get(session.identity, 0) <= credit[3]
-                and not windows.stale()
-            ):
-                return credit[4]  # type: ignore[no-any-return]
         keys = gate.keys
         catalog = keys.for_session(session) if keys is not None else None
-        window, base, identity = self.window, self.base, session.identity
-        tables = account_tables(window.tables, catalog)
-        ledger = windows.ledger
-        epoch, charged = ledger.epoch, ledger.charged.get(identity, 0)
-        left = windows.remaining(identity, window, tables)
-        capped = _capped(base, window, windows, identity, tables, left)
-        if type(capped) is not Allow:
-            self._credit = None
-            return None
-        own = base.max_rows or base.read_bound
-        if own is not None and own <= left:
-            self._spend(session, ledger, epoch, charged + left - own, capped)
-        else:
-            self._credit = None
-        return capped
-
-    def _spend(
-        self, session: SessionInfo, ledger: Any, epoch: int, mark: int, verdict: Allow
-    ) -> None:
-        """Remember ``verdict`` for the session's next Binds: it is the same verdict
-        (the same object) for as long as the statement's bound still fits in what is
-        left. Within one ``RowLedger.epoch`` (no read of the shared totals, no fold)
-        what is left shrinks by no more than the rows its identity is charged
-        (``RowLedger.charged``; rows leaving the window only make more room), so it
-        fits while those stay within the room there was (``mark``); a stale ledger
-        ends it like a new epoch."""
-        self._credit = (session.session_id, ledger, epoch, mark, verdict)
+        capped = windowed(self.base, self.window, gate.windows, session.identity, catalog)
+        return capped if type(capped) is Allow else None
 
 
 def _charged_to(note: GateNote, tables: tuple[str, ...]) -> GateNote:

@@ -187,18 +187,21 @@ def test_a_windowed_bind_asks_again_after_a_read_of_the_shared_totals() -> None:
     assert judge(session, b"") is None
 
 
-def test_a_windowed_bind_does_not_answer_for_another_session_or_a_stale_ledger() -> None:
+def test_every_session_of_the_identity_spends_the_same_room() -> None:
+    """What is left is the identity's, whichever of its sessions reads: rows charged
+    through one session count for the quick verdicts of the others; a stale ledger
+    answers for nobody."""
     judge, windows, session = _windowed_binds(rows=5, bound=1)
-    assert judge(session, b"") is not None
     other = SessionInfo(
         session_id=2, identity="agent", database="d", application_name="", client_addr=""
     )
     other.policy_state = (other.params_version,)
-    windows.add("agent", judge.window, ("public.t",), 4)  # the last row left
-    assert judge(other, b"") is not None  # found from the ledger, and remembered
+    first = judge(session, b"")
+    assert first is not None and judge(other, b"") is first
+    windows.add("agent", judge.window, ("public.t",), 4)  # through `other`: 1 left
+    assert judge(session, b"") is first  # recounted: the last row still fits
     windows.add("agent", judge.window, ("public.t",), 1)
-    assert judge(other, b"") is None
-    assert judge(session, b"") is None
+    assert judge(other, b"") is None and judge(session, b"") is None
     judge2, windows2, session2 = _windowed_binds(rows=5, bound=1)
     assert judge2(session2, b"") is not None
     windows2._read_ok_at = -10_000.0  # the shared totals have not been read for long
