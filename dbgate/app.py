@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbgate import logs, metrics
 from dbgate.config import Config, _split_hostport
+from dbgate.heap import tune_heap
 from dbgate.proxy.seams import AllowAll, Inspector, Observer
 from dbgate.proxy.server import ProxyServer
 from dbgate.startup_errors import StartupError, startup_step
@@ -441,7 +442,9 @@ async def serve_until_signal(app: App) -> int:
 
 
 def setup_process(config: Config) -> None:
-    """What every dbgate process does once: logging and metrics."""
+    """What every dbgate process does once: the C heap (:mod:`dbgate.heap`), logging
+    and metrics."""
+    tune_heap()
     logs.setup_logging(
         config.log_level,
         format=config.logging.format,
