@@ -10,7 +10,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py dbgate/wire/_scan.c dbgate/policy/_literals.c dbgate/pii/_rows.c \
 		dbgate/pii/_blake2b.c dbgate/pii/_blake2b.h dbgate/pii/_issued.c dbgate/pii/_issued.h \
-		dbgate/audit/_seal.c
+		dbgate/audit/_seal.c dbgate/_wbuf.h
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

@@ -37,13 +37,13 @@ setup(
         Extension(
             "dbgate.pii._rows",
             ["dbgate/pii/_rows.c", "dbgate/pii/_blake2b.c", "dbgate/pii/_issued.c"],
-            depends=["dbgate/pii/_blake2b.h", "dbgate/pii/_issued.h"],
+            depends=["dbgate/_wbuf.h", "dbgate/pii/_blake2b.h", "dbgate/pii/_issued.h"],
             optional=True,
         ),
         Extension(
             "dbgate.audit._seal",
             ["dbgate/audit/_seal.c", "dbgate/pii/_blake2b.c"],
-            depends=["dbgate/pii/_blake2b.h"],
+            depends=["dbgate/_wbuf.h", "dbgate/pii/_blake2b.h"],
             libraries=["crypto"],
             optional=True,
         ),

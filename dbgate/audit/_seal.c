@@ -30,6 +30,7 @@
 #define OPENSSL_API_COMPAT 0x10100000L
 #include <openssl/sha.h>
 
+#include "../_wbuf.h"
 #include "../pii/_blake2b.h"
 
 /* The varying fields, as the order tuples name them (rows.py's _NATIVE_CODES). */
@@ -62,47 +63,14 @@ link_hash(unsigned char h[32], const void *prev, size_t prev_len, const void *co
 static PyObject *s_at, *s_session_id, *s_tokenized, *s_outcome, *s_rows, *s_duration_us,
     *s_params;
 
-typedef struct {
-    char *p;
-    Py_ssize_t n, cap;
-} buf_t;
-
 static int
-buf_grow(buf_t *b, Py_ssize_t more)
+buf_bytes(wbuf *b, PyObject *bytes)
 {
-    if (b->n + more <= b->cap)
-        return 0;
-    Py_ssize_t cap = b->cap ? b->cap : 512;
-    while (cap < b->n + more)
-        cap *= 2;
-    char *p = PyMem_Realloc(b->p, cap);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->p = p;
-    b->cap = cap;
-    return 0;
+    return wb_put(b, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
 }
 
 static int
-buf_put(buf_t *b, const void *src, Py_ssize_t n)
-{
-    if (buf_grow(b, n) < 0)
-        return -1;
-    memcpy(b->p + b->n, src, n);
-    b->n += n;
-    return 0;
-}
-
-static int
-buf_bytes(buf_t *b, PyObject *bytes)
-{
-    return buf_put(b, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
-}
-
-static int
-buf_int(buf_t *b, long long v)
+buf_int(wbuf *b, long long v)
 {
     char tmp[24], *o = tmp + sizeof tmp;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
@@ -112,25 +80,25 @@ buf_int(buf_t *b, long long v)
     } while (u);
     if (v < 0)
         *--o = '-';
-    return buf_put(b, o, tmp + sizeof tmp - o);
+    return wb_put(b, o, tmp + sizeof tmp - o);
 }
 
 static int
-buf_be32(buf_t *b, int32_t v)
+buf_be32(wbuf *b, int32_t v)
 {
     uint32_t u = (uint32_t)v;
     unsigned char o[4] = {u >> 24, u >> 16, u >> 8, u};
-    return buf_put(b, o, 4);
+    return wb_put(b, o, 4);
 }
 
 static int
-buf_int8_field(buf_t *b, long long v)
+buf_int8_field(wbuf *b, long long v)
 {
     uint64_t u = (uint64_t)v;
     unsigned char o[12] = {0, 0, 0, 8};
     for (int i = 0; i < 8; i++)
         o[4 + i] = (unsigned char)(u >> (56 - 8 * i));
-    return buf_put(b, o, 12);
+    return wb_put(b, o, 12);
 }
 
 static const char NULL_FIELD[4] = {'\xff', '\xff', '\xff', '\xff'};
@@ -138,12 +106,12 @@ static const char NULL_FIELD[4] = {'\xff', '\xff', '\xff', '\xff'};
 /* JSON string of UTF-8 `s` as json.encoder.encode_basestring writes it (quotes,
  * backslashes and control characters escaped; everything else as is). */
 static int
-buf_json_string(buf_t *b, const char *s, Py_ssize_t n)
+buf_json_string(wbuf *b, const char *s, Py_ssize_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    if (buf_grow(b, n * 6 + 2) < 0)
+    if (wb_reserve(b, n * 6 + 2) < 0)
         return -1;
-    char *o = b->p + b->n;
+    char *o = b->p + b->len;
     *o++ = '"';
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -169,7 +137,7 @@ buf_json_string(buf_t *b, const char *s, Py_ssize_t n)
         }
     }
     *o++ = '"';
-    b->n = o - b->p;
+    b->len = o - b->p;
     return 0;
 }
 
@@ -201,8 +169,8 @@ typedef struct {
     PyObject *outcome_obj; /* the event's outcome (a str) */
     const char *outcome;   /* its UTF-8, NULL when empty */
     Py_ssize_t outcome_len;
-    buf_t params_json;  /* canonical text of the params field */
-    buf_t params_field; /* its binary COPY field */
+    wbuf params_json;  /* canonical text of the params field */
+    wbuf params_field; /* its binary COPY field */
     PyObject *hashed;   /* list of "h:..." / None, or None */
 } varying_t;
 
@@ -216,7 +184,7 @@ hash_params(PyObject *params, const uint8_t *key, Py_ssize_t keylen, varying_t *
         return -1;
     if (!truth) {
         v->hashed = Py_NewRef(Py_None);
-        if (buf_put(&v->params_json, "[]", 2) < 0 || buf_put(&v->params_field, NULL_FIELD, 4) < 0)
+        if (wb_put(&v->params_json, "[]", 2) < 0 || wb_put(&v->params_field, NULL_FIELD, 4) < 0)
             return -1;
         return 0;
     }
@@ -232,17 +200,17 @@ hash_params(PyObject *params, const uint8_t *key, Py_ssize_t keylen, varying_t *
     if (v->hashed == NULL)
         return -1;
     static const uint8_t person[16] = {0};
-    buf_t lit = {0}; /* the text[] literal */
+    wbuf lit = {0}; /* the text[] literal */
     int rc = -1;
-    if (buf_put(&v->params_json, "[", 1) < 0 || buf_put(&lit, "{", 1) < 0)
+    if (wb_put(&v->params_json, "[", 1) < 0 || wb_put(&lit, "{", 1) < 0)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *p = PyTuple_GET_ITEM(params, i);
-        if (i && (buf_put(&v->params_json, ",", 1) < 0 || buf_put(&lit, ",", 1) < 0))
+        if (i && (wb_put(&v->params_json, ",", 1) < 0 || wb_put(&lit, ",", 1) < 0))
             goto done;
         if (p == Py_None) {
             PyList_SET_ITEM(v->hashed, i, Py_NewRef(Py_None));
-            if (buf_put(&v->params_json, "null", 4) < 0 || buf_put(&lit, "NULL", 4) < 0)
+            if (wb_put(&v->params_json, "null", 4) < 0 || wb_put(&lit, "NULL", 4) < 0)
                 goto done;
             continue;
         }
@@ -255,14 +223,14 @@ hash_params(PyObject *params, const uint8_t *key, Py_ssize_t keylen, varying_t *
         if (s == NULL)
             goto done;
         PyList_SET_ITEM(v->hashed, i, s);
-        if (buf_put(&v->params_json, "\"", 1) < 0 || buf_put(&v->params_json, text, 34) < 0 ||
-            buf_put(&v->params_json, "\"", 1) < 0 || buf_put(&lit, "\"", 1) < 0 ||
-            buf_put(&lit, text, 34) < 0 || buf_put(&lit, "\"", 1) < 0)
+        if (wb_put(&v->params_json, "\"", 1) < 0 || wb_put(&v->params_json, text, 34) < 0 ||
+            wb_put(&v->params_json, "\"", 1) < 0 || wb_put(&lit, "\"", 1) < 0 ||
+            wb_put(&lit, text, 34) < 0 || wb_put(&lit, "\"", 1) < 0)
             goto done;
     }
-    if (buf_put(&v->params_json, "]", 1) < 0 || buf_put(&lit, "}", 1) < 0)
+    if (wb_put(&v->params_json, "]", 1) < 0 || wb_put(&lit, "}", 1) < 0)
         goto done;
-    if (buf_be32(&v->params_field, (int32_t)lit.n) < 0 || buf_put(&v->params_field, lit.p, lit.n) < 0)
+    if (buf_be32(&v->params_field, (int32_t)lit.len) < 0 || wb_put(&v->params_field, lit.p, lit.len) < 0)
         goto done;
     rc = 0;
 done:
@@ -340,39 +308,39 @@ done:
 }
 
 static int
-render_text(buf_t *b, int code, const varying_t *v)
+render_text(wbuf *b, int code, const varying_t *v)
 {
     switch (code) {
     case V_SEQ: return buf_int(b, v->seq);
     case V_LOGGED: return buf_int(b, v->logged);
     case V_AT: return buf_int(b, v->at);
-    case V_ROWS: return v->has_rows ? buf_int(b, v->rows) : buf_put(b, "null", 4);
-    case V_DURATION: return v->has_duration ? buf_int(b, v->duration) : buf_put(b, "null", 4);
+    case V_ROWS: return v->has_rows ? buf_int(b, v->rows) : wb_put(b, "null", 4);
+    case V_DURATION: return v->has_duration ? buf_int(b, v->duration) : wb_put(b, "null", 4);
     case V_OUTCOME:
-        return v->outcome ? buf_json_string(b, v->outcome, v->outcome_len) : buf_put(b, "\"\"", 2);
-    case V_PARAMS: return buf_put(b, v->params_json.p, v->params_json.n);
+        return v->outcome ? buf_json_string(b, v->outcome, v->outcome_len) : wb_put(b, "\"\"", 2);
+    case V_PARAMS: return wb_put(b, v->params_json.p, v->params_json.len);
     }
     PyErr_SetString(PyExc_ValueError, "unknown varying field");
     return -1;
 }
 
 static int
-render_field(buf_t *b, int code, const varying_t *v)
+render_field(wbuf *b, int code, const varying_t *v)
 {
     switch (code) {
     case V_SEQ: return buf_int8_field(b, v->seq);
     case V_LOGGED: return buf_int8_field(b, v->logged - PG_EPOCH_US);
     case V_AT: return buf_int8_field(b, v->at - PG_EPOCH_US);
-    case V_ROWS: return v->has_rows ? buf_int8_field(b, v->rows) : buf_put(b, NULL_FIELD, 4);
+    case V_ROWS: return v->has_rows ? buf_int8_field(b, v->rows) : wb_put(b, NULL_FIELD, 4);
     case V_DURATION:
-        return v->has_duration ? buf_int8_field(b, v->duration) : buf_put(b, NULL_FIELD, 4);
+        return v->has_duration ? buf_int8_field(b, v->duration) : wb_put(b, NULL_FIELD, 4);
     case V_OUTCOME:
         if (!v->outcome)
-            return buf_put(b, NULL_FIELD, 4);
+            return wb_put(b, NULL_FIELD, 4);
         if (buf_be32(b, (int32_t)v->outcome_len) < 0)
             return -1;
-        return buf_put(b, v->outcome, v->outcome_len);
-    case V_PARAMS: return buf_put(b, v->params_field.p, v->params_field.n);
+        return wb_put(b, v->outcome, v->outcome_len);
+    case V_PARAMS: return wb_put(b, v->params_field.p, v->params_field.len);
     }
     PyErr_SetString(PyExc_ValueError, "unknown varying field");
     return -1;
@@ -409,7 +377,7 @@ seal(PyObject *self, PyObject *args)
     if (v.logged == -1 && PyErr_Occurred())
         return NULL;
     PyObject *result = NULL, *out_values = NULL;
-    buf_t text = {0}, row = {0};
+    wbuf text = {0}, row = {0};
     Py_ssize_t text_size = 256, row_size = 256;
     for (Py_ssize_t i = 0; i <= nv; i++) {
         PyObject *f = PyTuple_GET_ITEM(fragments, i), *b = PyTuple_GET_ITEM(blocks, i);
@@ -420,7 +388,7 @@ seal(PyObject *self, PyObject *args)
         text_size += PyBytes_GET_SIZE(f);
         row_size += PyBytes_GET_SIZE(b);
     }
-    if (buf_grow(&text, text_size) < 0 || buf_grow(&row, row_size) < 0)
+    if (wb_reserve(&text, text_size) < 0 || wb_reserve(&row, row_size) < 0)
         goto done;
     int rc = read_varying(event, (const uint8_t *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
                           max_text, &v);
@@ -442,7 +410,7 @@ seal(PyObject *self, PyObject *args)
             goto done;
     }
     /* A NUL is escaped by the full path (see rows.seal); the quick path leaves it */
-    for (const char *q = text.p, *end = text.p + text.n;
+    for (const char *q = text.p, *end = text.p + text.len;
          (q = memchr(q, '\\', end - q)) != NULL; q++) {
         if (end - q >= 6 && memcmp(q, "\\u0000", 6) == 0) {
             result = Py_NewRef(Py_None);
@@ -450,8 +418,8 @@ seal(PyObject *self, PyObject *args)
         }
     }
     unsigned char h[32];
-    link_hash(h, PyBytes_AS_STRING(prev), 32, text.p, (size_t)text.n);
-    if (buf_put(&row, PyBytes_AS_STRING(prev), 32) < 0 || buf_be32(&row, 32) < 0 || buf_put(&row, h, 32) < 0)
+    link_hash(h, PyBytes_AS_STRING(prev), 32, text.p, (size_t)text.len);
+    if (wb_put(&row, PyBytes_AS_STRING(prev), 32) < 0 || buf_be32(&row, 32) < 0 || wb_put(&row, h, 32) < 0)
         goto done;
     out_values = PyList_GetSlice(values, 0, PyList_GET_SIZE(values));
     if (out_values == NULL)
@@ -487,7 +455,7 @@ seal(PyObject *self, PyObject *args)
     if (failed)
         goto done;
     PyObject *hash = PyBytes_FromStringAndSize((const char *)h, 32);
-    PyObject *row_b = PyBytes_FromStringAndSize(row.p, row.n);
+    PyObject *row_b = PyBytes_FromStringAndSize(row.p, row.len);
     if (hash != NULL && row_b != NULL)
         result = PyTuple_Pack(3, out_values, hash, row_b);
     Py_XDECREF(hash);
