@@ -185,8 +185,8 @@ class RowLedger:
         #: read of the totals (other replicas' rows), a fold (rows kept past their
         #: bucket). Within one epoch no table's :meth:`used` for an identity grows by
         #: more than that identity's ``charged`` does (rows charged times the tables
-        #: charged): what a quick verdict that fits in what is left builds on
-        #: (:class:`dbgate.gate.windows.WindowedBinds`).
+        #: charged): what a cap reused while it still fits in what is left builds on
+        #: (``dbgate.gate.windows._CREDIT``).
         self.epoch = 0
         self.charged: dict[str, int] = {}
 
@@ -199,13 +199,13 @@ class RowLedger:
     def charge(self, identity: str, tables: Iterable[str], rows: int, now: float) -> None:
         """``rows`` read by ``identity`` at ``now``, counted against each of ``tables``."""
         end = self.bucket_end(now)
-        n = 0
+        tables = tuple(tables)
+        # Counted first (a charge that fails half-way is over-counted, never under):
+        # a row charged to EVERY_TABLE (no room for a table) counts for every table,
+        # at most once per table charged here.
+        self.charged[identity] = self.charged.get(identity, 0) + rows * len(tables)
         for table in tables:
             self._charge_one(identity, table, rows, end)
-            n += 1
-        # a row charged to EVERY_TABLE (no room for a table) counts for every table:
-        # at most once per table charged here
-        self.charged[identity] = self.charged.get(identity, 0) + rows * n
 
     def _charge_one(self, identity: str, table: str, rows: int, end: int) -> None:
         buckets = self.pending.get((identity, table))
