@@ -35,11 +35,11 @@ _OPERATOR_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 
 def tune_heap() -> bool:
     """Set this process's malloc for the relay's reads; whether it was done."""
-    if any(name in os.environ for name in _OPERATOR_SETTINGS):
+    if any(name in os.environ for name in _OPERATOR_SETTINGS) or not _glibc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
+    except (OSError, AttributeError):  # pragma: no cover - glibc has it
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
@@ -49,3 +49,11 @@ def tune_heap() -> bool:
     if not done:  # pragma: no cover - glibc accepts both values
         log.warning("could not set the C heap's thresholds (mallopt refused them)")
     return done
+
+
+def _glibc() -> bool:
+    """Whether this process runs on glibc (musl has a ``mallopt`` that does nothing)."""
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError, AttributeError):
+        return False
