@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbgate.audit.canonical import FORMAT, GENESIS, canonical, canonical_sql
+from dbgate.audit.canonical import FORMAT, GENESIS, canonical, canonical_sql, digest, link
 from dbgate.audit.serial import CSV_COLUMNS, Document, DocumentError, from_document, read_jsonl
 
 _sha256 = hashlib.sha256
@@ -50,7 +50,7 @@ try:  # sha256(prev || sha256(content)) in one call (dbgate/audit/_seal.c)
 except ImportError:  # pragma: no cover - depends on the build
 
     def _chain_hash(prev: bytes, content: bytes) -> bytes:
-        return _sha256(prev + _sha256(content).digest()).digest()
+        return link(prev, digest(content))
 
 
 _unhex = bytes.fromhex
