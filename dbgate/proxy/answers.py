@@ -167,6 +167,22 @@ class ServerAnswers:
             return self._server_frames(chunk, frames, i, full)
         return None
 
+    def run_room(self) -> int:
+        """How many more DataRows of the current result pass unchanged, whatever they
+        hold: the relay's reader may then split a run of them across reads (see
+        :class:`~dbgate.wire.framing.FrameReader`). Only a bare row limit leaves
+        rows unchanged; 0 while a plan rewrites them, rows are dropped or measured."""
+        rw = self._rewriter
+        if (
+            type(rw) is not RowLimiter
+            or rw.inner is not None
+            or rw.hit
+            or self._dropping
+            or self._measures
+        ):
+            return 0
+        return rw.limit - rw.rows
+
     def _server_frames(
         self, chunk: bytes, frames: list[Frame], start: int, full: bool
     ) -> list[bytes] | None:

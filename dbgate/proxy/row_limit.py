@@ -97,11 +97,20 @@ class RowLimiter:
     def data_rows(self, chunk: bytes, start: int, end: int) -> bytes | None:
         """A run of DataRows (see :func:`rewrite_run`): counted in one call, the rows
         within the limit rewritten by the inner rewriter, the rest dropped."""
-        n = count_messages(chunk, start, end)
+        # A run the relay's reader split ends inside its last row (the row's rest
+        # comes first in the next read): it is counted here, where it starts.
+        n = count_messages(chunk, start, end, True)
         room = self.limit - self.rows
         self.rows += n
         if n <= room:
             return None if self.inner is None else rewrite_run(self.inner, chunk, start, end)
+        try:
+            count_messages(chunk, start, end)  # complete rows only: not a split run
+        except ValueError:
+            # The reader splits a run only when its limiter said that all of it
+            # passes (run_room): a split run over the limit is a bug, and the rest of
+            # its last row would reach the client. Fail closed.
+            raise RuntimeError("a split run of rows passed its row limit") from None
         kept = b""
         if room > 0:  # the rows before the first one past the limit still pass
             cut = skip_messages(chunk, start, room)

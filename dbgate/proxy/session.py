@@ -111,6 +111,7 @@ class Session:
             max_message_size, limit_streamed=False, on_collect=self._server_collects
         )
         self.tracker = StatementTracker(info, inspector, observer, message_filter)
+        self._s2c.run_room = self.tracker.run_room
         self._waiting: asyncio.Task[None] | None = None
         self._deciding: asyncio.Future[None] | None = None  # over_changes awaited
         self._queued: list[bytes] = []

@@ -17,9 +17,11 @@
  * length); the Python wrapper turns it into the length error (ProtocolError, or
  * LimitExceeded for a message over max_size).
  *
- * count(buf, start, end) is the number of messages in buf[start:end] (complete
- * messages only, as a folded frame holds), and skip(buf, start, n) the offset just
- * past the first n messages from start: what a row limit needs of a folded run.
+ * count(buf, start, end[, split_last]) is the number of messages in buf[start:end]
+ * (complete messages only, as a folded frame holds; with split_last the last one
+ * may run past end, as in a run the reader split), and skip(buf, start, n) the
+ * offset just past the first n messages from start: what a row limit needs of a
+ * folded run.
  *
  * Collector(size) gathers the reads that carry one long message into a single
  * bytes object of the message's size, allocated once when the message starts:
@@ -131,14 +133,25 @@ count(PyObject *self, PyObject *args)
 {
     Py_buffer buf;
     Py_ssize_t start, end;
-    if (!PyArg_ParseTuple(args, "y*nn", &buf, &start, &end))
+    int split_last = 0;
+    if (!PyArg_ParseTuple(args, "y*nn|p", &buf, &start, &end, &split_last))
         return NULL;
     PyObject *res = NULL;
     if (start < 0 || end > buf.len || start > end) {
         PyErr_SetString(PyExc_ValueError, "start and end must lie within the buffer");
     } else {
+        const unsigned char *p = (const unsigned char *)buf.buf;
         Py_ssize_t k;
-        Py_ssize_t stop = skip_messages((const unsigned char *)buf.buf, end, start, PY_SSIZE_T_MAX, &k);
+        Py_ssize_t stop = skip_messages(p, end, start, PY_SSIZE_T_MAX, &k);
+        if (split_last && stop != end && end - stop >= 5) {
+            /* the last message starts here and runs past end (its header is here) */
+            uint32_t len = ((uint32_t)p[stop + 1] << 24) | ((uint32_t)p[stop + 2] << 16) |
+                           ((uint32_t)p[stop + 3] << 8) | (uint32_t)p[stop + 4];
+            if (len >= 4 && (Py_ssize_t)len > end - stop - 1) {
+                stop = end;
+                k++;
+            }
+        }
         if (stop != end)
             PyErr_SetString(PyExc_ValueError, "incomplete message in a run of messages");
         else
@@ -270,7 +283,7 @@ static PyTypeObject CollectorType = {
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "Scan complete messages; return (end, selected frames)."},
-    {"count", count, METH_VARARGS, "Number of the complete messages in buf[start:end]."},
+    {"count", count, METH_VARARGS, "Number of the messages in buf[start:end] (complete ones; with split_last the last may run past end)."},
     {"skip", skip, METH_VARARGS, "Offset just past n messages from start."},
     {NULL, NULL, 0, NULL},
 };

@@ -72,7 +72,15 @@ class FrameReader:
       and asks its budget for it.
 
     Shorter partial messages are kept as one ``bytes`` and joined with the next
-    read, as every read is: a copy of at most ``large`` bytes.
+    read, as every read is: a copy of at most ``large`` bytes. Except in a *split
+    run*: when a read is one folded run (:func:`type_mask`'s ``runs``) that ends in
+    the middle of a message of the run, and ``run_room()`` (set by the caller: how
+    many more messages of the run it would pass unchanged) covers every message the
+    run started, that message's start stays in the chunk, the run's frame ends at
+    the chunk's end (:func:`count_messages` with ``split_last`` counts it) and its
+    rest streams at the start of the next chunk. A result of a million rows under a
+    row limit it does not reach is then relayed without copying each read twice
+    (the joining and the cut): the caller has said that it looks at none of them.
 
     ``max_size`` limits every message when ``limit_streamed`` (a client: dbgate will
     not relay a message above its limit, even in pieces); otherwise only those that
@@ -89,6 +97,7 @@ class FrameReader:
         "large",
         "max_size",
         "on_collect",
+        "run_room",
         "streaming",
     )
 
@@ -110,6 +119,9 @@ class FrameReader:
         self.on_collect = on_collect
         #: Bytes of a streamed message still to come (passed on as they arrive).
         self.streaming = 0
+        #: How many more messages of a folded run the caller passes unchanged (see the
+        #: class); None: runs are never split.
+        self.run_room: Callable[[], int] | None = None
 
     @property
     def pending(self) -> int:
@@ -193,6 +205,10 @@ class FrameReader:
         if have >= 5:
             t = buf[end]
             length = _unpack_u32(buf, end + 1)[0]
+            if mask[t] == 2 and self._splits(buf, end, length, frames):
+                self.streaming = length + 1 - have
+                frames[0] = (RUN | t, frames[0][1], len(buf))
+                return buf, frames
             if length + 1 > self.large:
                 if mask[t]:
                     if length > self.max_size:
@@ -208,6 +224,23 @@ class FrameReader:
                     return buf, frames
         self._pending = buf[end:]
         return buf[:end], frames
+
+    def _splits(self, buf: bytes, end: int, length: int, frames: list[Frame]) -> bool:
+        """Whether the run that ``buf[end:]`` continues is split there (see the class):
+        the read is that one run, the message is within the limits, and the caller
+        passes every message of the run, the partial one too, unchanged."""
+        room = self.run_room
+        if room is None or len(frames) != 1:
+            return False
+        kind, body_start, run_end = frames[0]
+        if kind != RUN | buf[end] or run_end != end or length < 4 or length >= self._scan_limit:
+            return False
+        left = room()
+        if left <= 0:
+            return False
+        start = body_start - 5
+        # every message is at least 5 bytes: the cheap bound first, the count if needed
+        return (end - start) // 5 < left or count_messages(buf, start, end) < left
 
     def _end_collection(self) -> None:
         self._parts = None
@@ -300,18 +333,25 @@ def _py_scan(buf: bytes, start: int, max_size: int, mask: bytes) -> tuple[int, l
     return pos, frames
 
 
-def count_messages(buf: bytes, start: int, end: int) -> int:
+def count_messages(buf: bytes, start: int, end: int, split_last: bool = False) -> int:
     """How many messages ``buf[start:end]`` holds; it must hold complete ones only
-    (a folded run does). ValueError otherwise."""
+    (a folded run does), except that with ``split_last`` the last one may start
+    there and run past ``end`` (a run :class:`FrameReader` split, see ``run_room``).
+    ValueError otherwise."""
     if _c_count is not None:
-        return _c_count(buf, start, end)  # type: ignore[no-any-return]
+        return _c_count(buf, start, end, split_last)  # type: ignore[no-any-return]
     if start < 0 or end > len(buf) or start > end:
         raise ValueError("start and end must lie within the buffer")
     n = 0
     pos = start
     while end - pos >= 5:
         length = _unpack_u32(buf, pos + 1)[0]
-        if length < 4 or length > end - pos - 1:
+        if length < 4:
+            break
+        if length > end - pos - 1:
+            if split_last:
+                pos = end
+                n += 1
             break
         pos += 1 + length
         n += 1

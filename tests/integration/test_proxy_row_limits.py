@@ -17,6 +17,8 @@ import pytest
 
 from dbgate.proxy.seams import ALLOW, Allow, Refuse, Statement
 from dbgate.proxy.session_info import SessionInfo
+from dbgate.wire import messages as m
+from dbgate.wire.framing import FrameReader
 
 OVER = Refuse("54000", "dbgate: more rows than this statement may return", hint="test limit")
 LIMITED = Allow(max_rows=10, over_limit=OVER)
@@ -111,3 +113,91 @@ def test_nothing_is_left_running_upstream(dsn: str, pg_dsn: str) -> None:
                 ["%generate_series(1, 50000000)%"],
             ).fetchone()
         assert running == (0,)
+
+
+WIDE_LIMIT = Allow(max_rows=60_000, over_limit=OVER)
+WIDE = "select g, md5(g::text) as m /* wide */ from generate_series(1, {n}) g"
+
+
+class WideLimiting:
+    """Statements that mention ``wide`` may return at most 60,000 rows."""
+
+    inspects_binds = False
+
+    def inspect(self, session: SessionInfo, stmt: Statement) -> Allow:
+        return WIDE_LIMIT if "wide" in stmt.sql else ALLOW
+
+
+@pytest.fixture
+def split_runs(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every answer of the relay's reader to "split this run here?"."""
+    answers: list[bool] = []
+    real = FrameReader._splits
+
+    def recorded(self: FrameReader, *args: Any) -> bool:
+        answer = real(self, *args)
+        answers.append(answer)
+        return answer
+
+    monkeypatch.setattr(FrameReader, "_splits", recorded)
+    return answers
+
+
+def test_a_long_result_under_the_limit_is_relayed_in_split_runs(
+    make_proxy: Any, pg_database: str, pg_dsn: str, split_runs: list[bool]
+) -> None:
+    """Reads that end inside a row while the limit has room for it are relayed as
+    they came (the row's rest starts the next read): the client gets every row as
+    the server sent it, and the limit still counts each row once."""
+    dsn = make_proxy(inspector=WideLimiting()).dsn(pg_database)
+    with psycopg.connect(pg_dsn, autocommit=True) as direct:
+        expected = direct.execute(WIDE.format(n=60_000)).fetchall()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute(WIDE.format(n=60_000)).fetchall() == expected
+        assert True in split_runs  # the path under test was taken
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            conn.execute(WIDE.format(n=60_001)).fetchall()
+        assert conn.execute("select 9").fetchone() == (9,)
+
+
+class Upper:
+    """Upper-cases the second column of every row (a plan's rewriter)."""
+
+    def data_row(self, body: bytes) -> bytes:
+        cols = list(m.parse_data_row(body))
+        cols[1] = cols[1].upper()  # type: ignore[union-attr]
+        return m.data_row(cols)[5:]
+
+    def copy_data(self, body: bytes) -> bytes:  # pragma: no cover - no COPY here
+        return body
+
+
+class UpperPlan:
+    def rows(self, session: SessionInfo, description: bytes | None, formats: Any) -> Upper | None:
+        return Upper() if description is not None else None
+
+    def copy_out(self, session: SessionInfo, body: bytes) -> None:  # pragma: no cover
+        return None
+
+
+class RewrittenAndLimited:
+    inspects_binds = False
+
+    def inspect(self, session: SessionInfo, stmt: Statement) -> Allow:
+        if "wide" in stmt.sql:
+            return Allow(plan=UpperPlan(), max_rows=60_000, over_limit=OVER)
+        return ALLOW
+
+
+def test_rows_a_plan_rewrites_are_never_relayed_in_split_runs(
+    make_proxy: Any, pg_database: str, split_runs: list[bool]
+) -> None:
+    """Under a limit with room, rows that a plan rewrites are still cut at whole rows:
+    a split row's start would reach the client unrewritten."""
+    dsn = make_proxy(inspector=RewrittenAndLimited()).dsn(pg_database)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(WIDE.format(n=60_000)).fetchall()
+    assert len(rows) == 60_000
+    assert all(m == m.upper() and any(c.isalpha() for c in m) for _, m in rows[:1000])
+    assert all(m == m.upper() for _, m in rows)
+    assert True not in split_runs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,3 +112,28 @@ def test_a_limit_over_runs_counts_cuts_and_reports_as_row_by_row(
     if inner != "none":
         within = [r for r in within if m.parse_data_row(r[5:])[0] != b"drop"]
     assert len(split_frames(sent)) == len(within)
+
+
+def test_a_split_run_counts_its_last_row_where_it_starts() -> None:
+    """The relay's reader may end a run inside its last row when the limiter has
+    room for all of it (FrameReader.run_room): that row is counted in this run, and
+    the run passes unchanged."""
+    rows = b"".join(m.data_row([b"x" * 10]) for _ in range(4))
+    cut = len(rows) - 3  # inside the fourth row, past its header
+    limiter = RowLimiter(None, 4, lambda lim: None)
+    assert limiter.data_rows(rows, 0, cut) is None
+    assert limiter.rows == 4 and not limiter.hit
+
+
+def test_a_split_run_past_the_limit_fails_closed() -> None:
+    """Were a split run over the limit, the rest of its last row would reach the
+    client in the next read whatever the limiter dropped: it refuses instead."""
+    rows = b"".join(m.data_row([b"x" * 10]) for _ in range(4))
+    hits: list[int] = []
+    limiter = RowLimiter(None, 3, lambda lim: hits.append(lim.rows))
+    with pytest.raises(RuntimeError, match="split run"):
+        limiter.data_rows(rows, 0, len(rows) - 3)
+    # a whole run past the limit is cut as always
+    limiter = RowLimiter(None, 3, lambda lim: hits.append(lim.rows))
+    kept = limiter.data_rows(rows, 0, len(rows))
+    assert kept == rows[: 3 * len(m.data_row([b"x" * 10]))] and hits == [4]

@@ -180,6 +180,118 @@ def test_count_and_skip_messages(compiled: bool, monkeypatch: pytest.MonkeyPatch
         skip_messages(buf, start, -1)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_count_messages_with_a_split_last_message(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not compiled:
+        monkeypatch.setattr(framing, "_c_count", None)
+    rows = [msg(ord("D"), bytes(i + 3)) for i in range(3)]
+    buf = b"".join(rows)
+    whole = len(rows[0]) + len(rows[1])
+    for cut in range(whole + 5, len(buf)):  # the third row's header is there
+        assert count_messages(buf, 0, cut, True) == 3
+        with pytest.raises(ValueError):
+            count_messages(buf, 0, cut)
+    assert count_messages(buf, 0, len(buf), True) == 3  # whole: the flag changes nothing
+    assert count_messages(buf, 0, whole, True) == 2
+    for cut in range(whole + 1, whole + 5):  # not even its header: not a message
+        with pytest.raises(ValueError):
+            count_messages(buf, 0, cut, True)
+
+
+class _Room:
+    """A caller's run_room: what it would still pass, less what it was shown."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.asked = 0
+
+    def __call__(self) -> int:
+        self.asked += 1
+        return self.left
+
+
+def _feed_counting(
+    reader: FrameReader, stream: bytes, cuts: list[int], room: _Room | None
+) -> tuple[bytes, int, int]:
+    """Feed ``stream`` in pieces as the relay does with a row limit: returns what was
+    relayed, how many DataRows the run frames counted, and how many reads ended in
+    a split run."""
+    reader.run_room = room
+    relayed, counted, splits = [], 0, 0
+    pos = 0
+    for cut in [*cuts, len(stream)]:
+        part, pos = stream[pos : pos + cut], pos + cut
+        chunk, frames = reader.feed_select(part, ALL_TYPES_ROW_RUNS)
+        relayed.append(chunk)
+        for t, s, e in frames:
+            if t == DATA_ROW_RUN:
+                n = count_messages(chunk, s - 5, e, True)
+                counted += n
+                if room is not None:
+                    room.left -= n
+                try:
+                    count_messages(chunk, s - 5, e)
+                except ValueError:
+                    splits += 1
+                    # split only within the room: no row started past it
+                    assert room is not None and room.left >= 0
+        if pos >= len(stream):
+            break
+    return b"".join(relayed), counted, splits
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.binary(max_size=20), min_size=1, max_size=60),
+    st.lists(st.integers(1, 60), max_size=40),
+    st.integers(0, 20),
+)
+def test_a_split_run_relays_every_byte_and_counts_every_row_once(
+    bodies: list[bytes], cuts: list[int], left: int
+) -> None:
+    """A result read in arbitrary pieces under a row limit of ``left`` more rows: the
+    reader may split a run only when every row it started fits in the room; the bytes
+    relayed are the stream, each row is counted once (where it starts), and the rows
+    counted never pass the room the caller gave while a run was split."""
+    stream = (
+        msg(ord("T"), b"t")
+        + b"".join(msg(ord("D"), b) for b in bodies)
+        + msg(ord("C"), b"SELECT")
+        + msg(ord("Z"), b"I")
+    )
+    room = _Room(left)
+    relayed, counted, splits = _feed_counting(FrameReader(), stream, cuts, room)
+    assert relayed == stream
+    assert counted == len(bodies)
+    if splits:
+        assert left >= 1  # no split without room
+    # the same reads without a room: never split, the same count
+    plain, counted_plain, no_splits = _feed_counting(FrameReader(), stream, cuts, None)
+    assert (plain, counted_plain, no_splits) == (stream, len(bodies), 0)
+
+
+def test_a_split_run_never_reaches_past_the_room() -> None:
+    """Rows of 20 bytes read 105 bytes at a time (every read ends 5, 10 or 15 bytes
+    into a row): with room for 1000 rows every read is relayed as it came, no byte
+    copied; with room for 5 rows the first read, which starts 6 rows, is not split
+    and the start of its sixth row is held back."""
+    stream = b"".join(msg(ord("D"), bytes(15)) for _ in range(42))
+    reads = [stream[i : i + 105] for i in range(0, len(stream), 105)]
+    reader = FrameReader()
+    reader.run_room = _Room(1000)
+    for part in reads:
+        chunk, frames = reader.feed_select(part, ALL_TYPES_ROW_RUNS)
+        assert chunk is part
+    assert reader.pending == 0 and reader.streaming == 0  # 840 bytes: the reads end on a row
+    reader = FrameReader()
+    reader.run_room = _Room(5)
+    chunk, frames = reader.feed_select(reads[0], ALL_TYPES_ROW_RUNS)
+    assert len(chunk) == 100 and frames == [(DATA_ROW_RUN, 5, 100)]
+    assert reader.pending == 5 and reader.streaming == 0
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 300), st.lists(st.binary(max_size=120), max_size=8))
 def test_c_and_python_collectors_agree(size: int, pieces: list[bytes]) -> None:
