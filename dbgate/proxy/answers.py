@@ -723,10 +723,14 @@ class ServerAnswers:
             self._finish(rec, "" if ok else sqlstate.INTERNAL_ERROR, not ok)
 
     def _bind_done(self, entry: Entry, ok: bool) -> None:
-        _, body, verdict, rec = entry
-        portal, stmt_name = bind_names(body)
+        if len(entry) == 6:  # an inspected Bind: its names were read when it was sent
+            _, body, verdict, rec, portal, key = entry
+        else:
+            _, body, verdict, rec = entry
+            portal, stmt_name = bind_names(body)
+            key = name_key(stmt_name)
         if ok:
-            stmt = self._stmts.get(name_key(stmt_name))
+            stmt = self._stmts.get(key)
             if verdict is not None and stmt is not None:
                 verdict = refined_verdict(stmt.verdict, verdict)
             self._portals[portal] = (stmt, verdict, body)

@@ -807,13 +807,14 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         client's view (the statement it sent last) decides whether its Execute must
         wait."""
         portal, stmt_name = bind_names(body)
-        prepared = self._sent_stmts.get(name_key(stmt_name))
+        key = name_key(stmt_name)
+        prepared = self._sent_stmts.get(key)
         refined = refined_verdict(prepared.verdict if prepared is not None else None, verdict)
         if refined.plan is not None:
             self._plans = self._watch = True
         if refined.max_rows:
             self._limits = self._watch = True
-        self._queue.append((BIND, body, verdict, rec))
+        self._queue.append((BIND, body, verdict, rec, portal, key))
         self._batch_open = True
         if self._limits:
             self._portal_limit(portal, refined)
