@@ -73,3 +73,62 @@ def test_masked_text_is_the_same_with_and_without_the_shape_cache() -> None:
     assert masked_text(texts[0], cache, shapes) == "SELECT v FROM t WHERE id = $1"
     # a text with literals is not kept as sent (it will hardly come again); its shape is
     assert texts[0] not in cache and "SELECT v FROM t WHERE id = $1" in cache
+
+
+def test_every_field_of_a_statement_event_comes_from_its_own_source() -> None:
+    """The trail builds events positionally (cheaper per statement): each field must
+    still carry what its name says."""
+    import time
+
+    from dbgate.audit import StatementEvent
+
+    session = SessionInfo(7, "agent", "demo", "psql", "10.0.0.7:5000")
+    session.server_params["application_name"] = "app-from-server"
+    session.declared.update({"purpose": "find refunds", "model": "m-1"})
+    sql = "SELECT email FROM customers WHERE id = 42"
+    from dbgate.policy.model import Action, Decision
+
+    note = GateNote(classify(sql), "allow", "read", Decision(Action.ALLOW, "reads"))
+    before = time.time()
+    event = _trail().statement(
+        session,
+        "completed",
+        "approved",
+        sql,
+        note,
+        params=(b"p1", None),
+        approval_id="req-9",
+        outcome="SELECT 1",
+        reason="why not",
+        rows=3,
+        duration_us=1234,
+        tokenized=True,
+    )
+    assert before <= event.at <= time.time()  # type: ignore[operator]
+    expected = StatementEvent(
+        event="completed",
+        statement="SELECT email FROM customers WHERE id = $1",
+        decision="approved",
+        at=event.at,
+        identity="agent",
+        session_id=7,
+        application_name="app-from-server",
+        client_addr="10.0.0.7:5000",
+        database="demo",
+        purpose="find refunds",
+        model="m-1",
+        params=(b"p1", None),
+        fingerprint=str(parser.fingerprint(sql)),
+        categories=event.categories,
+        tables=("customers",),
+        columns=("customers.email", "customers.id"),
+        rule="reads",
+        approval_id="req-9",
+        outcome="SELECT 1",
+        rows=3,
+        duration_us=1234,
+        tokenized=True,
+        reason="why not",
+    )
+    assert event == expected
+    assert "read" in event.categories
