@@ -34,6 +34,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
 
 static int
 append_frame(PyObject *frames, int type, Py_ssize_t start, Py_ssize_t end)
@@ -281,8 +282,105 @@ static PyTypeObject CollectorType = {
     .tp_as_sequence = &Collector_as_sequence,
 };
 
+/* The int16 count at pos and that many int32-length-prefixed values after it (-1:
+ * NULL): (tuple of bytes or None, offset past the last), or NULL with ValueError. */
+static PyObject *
+read_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t pos)
+{
+    PyObject *out = NULL;
+    if (pos < 0 || pos > size - 2)
+        goto bad;
+    Py_ssize_t n = ((Py_ssize_t)p[pos] << 8) | p[pos + 1];
+    pos += 2;
+    if (4 * n > size - pos)
+        goto bad;
+    out = PyTuple_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (pos > size - 4)
+            goto bad;
+        int32_t len = (int32_t)(((uint32_t)p[pos] << 24) | ((uint32_t)p[pos + 1] << 16) |
+                                ((uint32_t)p[pos + 2] << 8) | (uint32_t)p[pos + 3]);
+        pos += 4;
+        PyObject *item;
+        if (len < 0) {
+            if (len != -1)
+                goto bad;
+            item = Py_NewRef(Py_None);
+        } else {
+            if ((Py_ssize_t)len > size - pos)
+                goto bad;
+            item = PyBytes_FromStringAndSize((const char *)p + pos, len);
+            if (item == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            pos += len;
+        }
+        PyTuple_SET_ITEM(out, i, item);
+    }
+    return Py_BuildValue("(Nn)", out, pos);
+bad:
+    Py_XDECREF(out);
+    PyErr_SetString(PyExc_ValueError, "malformed values");
+    return NULL;
+}
+
+/* values(buf, pos): read_values, for dbgate.wire.primitives.values_at (a Bind's or a
+ * DataRow's values). Any fault raises ValueError: the Python loop then reads the body
+ * again to name the fault exactly. */
+static PyObject *
+values(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t pos;
+    if (!PyArg_ParseTuple(args, "y*n", &buf, &pos))
+        return NULL;
+    PyObject *res = read_values((const unsigned char *)buf.buf, buf.len, pos);
+    PyBuffer_Release(&buf);
+    return res;
+}
+
+/* bind_values(body): the parameter values of a Bind body (past the portal and
+ * statement names and the format codes), as dbgate.wire.codec.bind_params reads them;
+ * ValueError on any fault (the Python reader then names it). */
+static PyObject *
+bind_values(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "y*", &buf))
+        return NULL;
+    const unsigned char *p = (const unsigned char *)buf.buf;
+    Py_ssize_t size = buf.len, pos = 0;
+    PyObject *res = NULL;
+    for (int names = 0; names < 2; names++) {
+        const unsigned char *nul = memchr(p + pos, 0, (size_t)(size - pos));
+        if (nul == NULL)
+            goto bad;
+        pos = (nul - p) + 1;
+    }
+    if (pos > size - 2)
+        goto bad;
+    pos += 2 + 2 * (((Py_ssize_t)p[pos] << 8) | p[pos + 1]);
+    res = read_values(p, size, pos);
+    if (res != NULL) {
+        PyObject *vals = Py_NewRef(PyTuple_GET_ITEM(res, 0));
+        Py_DECREF(res);
+        res = vals;
+    }
+    PyBuffer_Release(&buf);
+    return res;
+bad:
+    PyErr_SetString(PyExc_ValueError, "malformed Bind");
+    PyBuffer_Release(&buf);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "Scan complete messages; return (end, selected frames)."},
+    {"values", values, METH_VARARGS, "(values, end) of the counted values at pos."},
+    {"bind_values", bind_values, METH_VARARGS, "The parameter values of a Bind body."},
     {"count", count, METH_VARARGS, "Number of the messages in buf[start:end] (complete ones; with split_last the last may run past end)."},
     {"skip", skip, METH_VARARGS, "Offset just past n messages from start."},
     {NULL, NULL, 0, NULL},

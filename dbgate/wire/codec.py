@@ -49,6 +49,11 @@ from dbgate.wire.primitives import (
 )
 from dbgate.wire.sqlstate import SUCCESSFUL_COMPLETION
 
+try:
+    from dbgate.wire._scan import bind_values as _c_bind_values
+except ImportError:  # pragma: no cover - exercised when no compiler was available
+    _c_bind_values = None
+
 __all__ = [
     "AUTH_OK",
     "BIND_COMPLETE",
@@ -173,6 +178,11 @@ def bind_params(body: bytes) -> tuple[bytes | None, ...]:
     """The parameter values of a ``Bind`` body alone, as :func:`parse_bind` reads them:
     what an observer records of the Bind an Execute ran, without decoding the names
     and format codes around them."""
+    if _c_bind_values is not None:
+        try:
+            return _c_bind_values(body)  # type: ignore[no-any-return]
+        except ValueError:
+            pass  # malformed: the reader below says how
     portal_end = body.find(b"\0")
     end = body.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
     if end < 0:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbgate.wire import framing
-from dbgate.wire.errors import LimitExceeded, ProtocolError
+from dbgate.wire.errors import LimitExceeded, ProtocolError, ServerProtocolError
 from dbgate.wire.framing import (
     ALL_TYPES,
     ALL_TYPES_ROW_RUNS,
@@ -325,3 +325,86 @@ def test_a_collected_message_is_held_once_while_it_arrives() -> None:
         tracemalloc.stop()
     assert chunk == message and frames == [(ord("Q"), 5, len(message))]
     assert peak < len(message) + 2 * read
+
+
+def _encoded_values(values: list[bytes | None]) -> bytes:
+    out = struct.pack("!H", len(values))
+    for v in values:
+        out += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    return out
+
+
+@st.composite
+def value_bodies(draw: st.DrawFn) -> bytes:
+    """Counted values as a Bind or DataRow carries them, sometimes damaged: cut short,
+    a length word overwritten, or noise."""
+    body = _encoded_values(draw(st.lists(st.one_of(st.none(), st.binary(max_size=12)), max_size=6)))
+    damage = draw(st.sampled_from(["none", "cut", "length", "noise"]))
+    if damage == "cut":
+        body = body[: draw(st.integers(0, len(body)))]
+    elif damage == "length" and len(body) >= 6:
+        at = draw(st.integers(2, len(body) - 4))
+        body = (
+            body[:at] + struct.pack("!i", draw(st.integers(-(2**31), 2**31 - 1))) + body[at + 4 :]
+        )
+    elif damage == "noise":
+        body = draw(st.binary(max_size=40))
+    return body
+
+
+def _outcome(fn: object, *args: object) -> object:
+    try:
+        return fn(*args)  # type: ignore[operator]
+    except (ValueError, ProtocolError):
+        return "malformed"
+
+
+@settings(max_examples=400, deadline=None)
+@given(value_bodies(), st.binary(max_size=6))
+def test_c_and_python_value_readers_agree(body: bytes, prefix: bytes) -> None:
+    """The compiled reader of counted values gives exactly what the Python loop does,
+    and finds a body malformed exactly when the loop does."""
+    from dbgate.wire import _scan, primitives
+
+    data = prefix + body
+    saved = primitives._c_values
+    primitives._c_values = None
+    try:
+        expected = _outcome(
+            primitives.values_at, data, len(prefix), "DataRow", "column", ServerProtocolError
+        )
+    finally:
+        primitives._c_values = saved
+    assert _outcome(_scan.values, data, len(prefix)) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=8),
+    st.binary(max_size=8),
+    st.lists(st.integers(0, 1), max_size=3),
+    value_bodies(),
+)
+def test_c_and_python_bind_readers_agree(
+    portal: bytes, name: bytes, formats: list[int], values: bytes
+) -> None:
+    from dbgate.wire import codec
+
+    body = (
+        portal.replace(b"\0", b"")
+        + b"\0"
+        + name.replace(b"\0", b"")
+        + b"\0"
+        + struct.pack(f"!H{len(formats)}H", len(formats), *formats)
+        + values
+        + b"\x00\x00"
+    )
+    saved = codec._c_bind_values
+    codec._c_bind_values = None
+    try:
+        expected = _outcome(codec.bind_params, body)
+    finally:
+        codec._c_bind_values = saved
+    from dbgate.wire import _scan
+
+    assert _outcome(_scan.bind_values, body) == expected
