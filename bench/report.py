@@ -18,7 +18,9 @@ from bench.targets import PROXIES, TARGET_ORDER
 
 # What dbgate must reach (issue 2, "Targets"). Shown next to the measured ratio.
 TARGET_DBGATE_VS_PGBOUNCER_TPS = 0.70
-TARGET_DBGATE_VS_DIRECT_STREAM = 0.75
+# Issue 2 asked 0.75 of direct for a streamed result; issue 13 raised it: results
+# without PII columns stay at pass-through speed, >= 0.9 of direct.
+TARGET_DBGATE_VS_DIRECT_STREAM = 0.9
 TARGET_DBGATE_VS_DIRECT_STREAM_PII = 0.5  # every row's e-mail replaced by a token
 
 
