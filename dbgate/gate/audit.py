@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import fields
 from collections.abc import Awaitable
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from dbgate.audit import SessionEvent, StatementEvent
