@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -74,6 +75,7 @@ def test_a_hostile_statement_does_not_stall_other_sessions(offloop: Any, family:
     dsn, pool = offloop(workers=1, time_budget=2.0)
     with Neighbour(dsn) as neighbour, psycopg.connect(dsn, autocommit=True) as hostile:
         before = len(neighbour.latencies)
+        started = time.monotonic()
         try:
             hostile.execute(HOSTILE[family]).fetchall()
             outcome = "ran"
@@ -81,10 +83,16 @@ def test_a_hostile_statement_does_not_stall_other_sessions(offloop: Any, family:
             outcome = str(e)
         except psycopg.errors.SyntaxError as e:  # an operator run PostgreSQL reads too
             outcome = str(e)
+        took = time.monotonic() - started
         ran = len(neighbour.latencies) - before
         assert hostile.execute("SELECT 2").fetchone() == (2,)  # its own session goes on
     assert not neighbour.errors
-    assert ran >= 1
+    # A statement answered within a few milliseconds (the nesting is classified
+    # quickly now) leaves the neighbour no time to finish a query meanwhile, and
+    # stalls no one: the latency bound below covers it. One that took longer must
+    # have let the neighbour's queries through.
+    if took > 0.5:
+        assert ran >= 1, (family, took)
     assert max(neighbour.latencies) < 2.0, (family, outcome, max(neighbour.latencies))
     if family in ("or_chain", "values", "literal") and outcome != "ran":
         assert "classifying this statement took too long" in outcome
