@@ -72,8 +72,10 @@ class FrameReader:
       and asks its budget for it.
 
     Shorter partial messages are kept as one ``bytes`` and joined with the next
-    read, as every read is: a copy of at most ``large`` bytes. Except in a *split
-    run*: when a read is one folded run (:func:`type_mask`'s ``runs``) that ends in
+    read, as every read is: a copy of at most ``large`` bytes. Except on the server's
+    side (``limit_streamed`` false), where a read that selected nothing and ends in an
+    unselected message of any length streams it (the rows of a result nobody counts
+    or rewrites pass without the join and the cut); and in a *split run*: when a read is one folded run (:func:`type_mask`'s ``runs``) that ends in
     the middle of a message of the run, and ``run_room()`` (set by the caller: how
     many more messages of the run it would pass unchanged) covers every message the
     run started, that message's start stays in the chunk, the run's frame ends at
@@ -94,6 +96,7 @@ class FrameReader:
         "_parts",
         "_pending",
         "_scan_limit",
+        "_streams_short",
         "large",
         "max_size",
         "on_collect",
@@ -115,6 +118,7 @@ class FrameReader:
         self._need = 0
         self.max_size = max_size
         self._scan_limit = max_size if limit_streamed else _NO_LIMIT
+        self._streams_short = not limit_streamed
         self.large = large
         self.on_collect = on_collect
         #: Bytes of a streamed message still to come (passed on as they arrive).
@@ -209,19 +213,18 @@ class FrameReader:
                 self.streaming = length + 1 - have
                 frames[0] = (RUN | t, frames[0][1], len(buf))
                 return buf, frames
-            if length + 1 > self.large:
-                if mask[t]:
-                    if length > self.max_size:
-                        raise _bad_length(t, length, self.max_size)
-                    self._parts = Collector(length + 1)
-                    self._parts.add(memoryview(buf)[end:])
-                    self._have, self._need = have, length + 1
-                    if self.on_collect is not None:
-                        self.on_collect(length + 1)
-                    return buf[:end], frames
-                if not frames:
-                    self.streaming = length + 1 - have
-                    return buf, frames
+            if length + 1 > self.large and mask[t]:
+                if length > self.max_size:
+                    raise _bad_length(t, length, self.max_size)
+                self._parts = Collector(length + 1)
+                self._parts.add(memoryview(buf)[end:])
+                self._have, self._need = have, length + 1
+                if self.on_collect is not None:
+                    self.on_collect(length + 1)
+                return buf[:end], frames
+            if not (frames or mask[t]) and (length + 1 > self.large or self._streams_short):
+                self.streaming = length + 1 - have
+                return buf, frames
         self._pending = buf[end:]
         return buf[:end], frames
 

@@ -53,12 +53,15 @@ class Collects:
 
 
 @props
-@given(split_stream(), st.sampled_from(["", "D", "ZCE", "DZCTdE"]))
-def test_any_split_any_mask_forwards_everything_and_frames_the_selected(case, types) -> None:
+@given(split_stream(), st.sampled_from(["", "D", "ZCE", "DZCTdE"]), st.booleans())
+def test_any_split_any_mask_forwards_everything_and_frames_the_selected(
+    case, types, server
+) -> None:
+    """``server``: the server's reader, which also streams short unselected messages."""
     msgs, pieces = case
     mask = type_mask(types)
     collects = Collects()
-    reader = FrameReader(large=LARGE, on_collect=collects)
+    reader = FrameReader(large=LARGE, on_collect=collects, limit_streamed=not server)
     chunks, seen = [], []
     for piece in pieces:
         chunk, frames = reader.feed_select(piece, mask)
@@ -80,13 +83,20 @@ def test_any_split_any_mask_forwards_everything_and_frames_the_selected(case, ty
 
 
 @props
-@given(split_stream(), st.lists(st.sampled_from(["", "D", "ZCE", "DZCTdE"]), min_size=1))
-def test_a_mask_that_changes_between_reads_never_splits_a_selected_frame(case, masks) -> None:
+@given(
+    split_stream(),
+    st.lists(st.sampled_from(["", "D", "ZCE", "DZCTdE"]), min_size=1),
+    st.booleans(),
+)
+def test_a_mask_that_changes_between_reads_never_splits_a_selected_frame(
+    case, masks, server
+) -> None:
     """The relay changes its mask after reading frames (a result starts to need
     rewriting, or stops). Whatever the order, every chunk is forwardable as is and
-    every message selected by all masks is framed whole."""
+    every message selected by all masks is framed whole (``server``: the server's
+    reader, which streams short unselected messages too)."""
     msgs, pieces = case
-    reader = FrameReader(large=LARGE)
+    reader = FrameReader(large=LARGE, limit_streamed=not server)
     chunks, seen = [], []
     for i, piece in enumerate(pieces):
         chunk, frames = reader.feed_select(piece, type_mask(masks[i % len(masks)]))
@@ -167,3 +177,20 @@ def test_the_limit_applies_to_streamed_messages_only_when_asked() -> None:
     collected = FrameReader(1000, limit_streamed=False, large=100)
     with pytest.raises(LimitExceeded, match="'D' is 10000 bytes, over the limit of 1000"):
         collected.feed_select(huge, type_mask("D"))  # would have to be held whole
+
+
+def test_the_servers_reader_streams_a_short_unselected_message_a_read_ends_in() -> None:
+    """Rows nobody counts, read 54 bytes at a time: each read is relayed as it came
+    (no join with the next, no cut), also when the rows are short; a client's reader
+    keeps a short partial message back as before."""
+    rows = b"".join(msg(ord("D"), bytes(7)) for _ in range(20))  # 12 bytes each
+    reads = [rows[i : i + 54] for i in range(0, len(rows), 54)]
+    mask = type_mask("ZC")
+    server = FrameReader(large=LARGE, limit_streamed=False)
+    for part in reads:
+        chunk, frames = server.feed_select(part, mask)
+        assert chunk is part and frames == []
+    assert server.pending == 0 and server.streaming == 0
+    client = FrameReader(large=LARGE)
+    chunk, frames = client.feed_select(reads[0], mask)
+    assert len(chunk) == 48 and client.pending == 6
