@@ -72,17 +72,20 @@ class FrameReader:
       and asks its budget for it.
 
     Shorter partial messages are kept as one ``bytes`` and joined with the next
-    read, as every read is: a copy of at most ``large`` bytes. Except on the server's
-    side (``limit_streamed`` false), where a read that selected nothing and ends in an
-    unselected message of any length streams it (the rows of a result nobody counts
-    or rewrites pass without the join and the cut); and in a *split run*: when a read is one folded run (:func:`type_mask`'s ``runs``) that ends in
-    the middle of a message of the run, and ``run_room()`` (set by the caller: how
-    many more messages of the run it would pass unchanged) covers every message the
-    run started, that message's start stays in the chunk, the run's frame ends at
-    the chunk's end (:func:`count_messages` with ``split_last`` counts it) and its
-    rest streams at the start of the next chunk. A result of a million rows under a
-    row limit it does not reach is then relayed without copying each read twice
-    (the joining and the cut): the caller has said that it looks at none of them.
+    read (a copy of at most ``large`` bytes), except in two cases where the read is
+    relayed as it came and the message's rest streams at the start of the next chunk:
+
+    * on the server's side (``limit_streamed`` false), a read that selected nothing
+      and ends in an unselected message of any length (rows nobody counts or
+      rewrites);
+    * a *split run*: the read is one folded run (:func:`type_mask`'s ``runs``) that
+      ends in the middle of a message of the run, and ``run_room()`` (set by the
+      caller: how many more messages of the run it passes unchanged) covers every
+      message the run started. The run's frame then ends at the chunk's end
+      (:func:`count_messages` with ``split_last`` counts the partial message).
+
+    A result of a million rows under a row limit it does not reach is thus relayed
+    without copying each read twice (the join and the cut).
 
     ``max_size`` limits every message when ``limit_streamed`` (a client: dbgate will
     not relay a message above its limit, even in pieces); otherwise only those that
