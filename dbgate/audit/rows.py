@@ -205,8 +205,10 @@ class RowBuilder:
 
     def _native(self, shape: _StatementShape, chain: str) -> tuple[Any, ...] | None:
         """The shape as the compiled quick path (:mod:`dbgate.audit._seal`) takes it;
-        None without it, or when the shape's text does not encode."""
-        if _seal is None or shape.template is None or shape.blocks is None:
+        None without it, when the shape's text does not encode, or under an empty
+        parameter key (the compiled BLAKE2b always hashes a key block; hashlib's has
+        none for an empty key, and no writer uses one: it draws a random key)."""
+        if _seal is None or shape.template is None or shape.blocks is None or not self._key:
             return None
         try:
             fragments = tuple(f.encode() for f in shape.template.fragments)

@@ -375,6 +375,31 @@ def test_the_compiled_quick_path_gives_the_python_record(runs) -> None:
     assert any(shape.native for shape in compiled._shapes.values())
 
 
+def test_the_compiled_quick_path_hashes_parameters_under_each_builders_key() -> None:
+    """The compiled path keeps the BLAKE2b state of the last key it hashed under;
+    builders with different keys, used in turn, each get their own key's hashes."""
+    event = StatementEvent(
+        "completed", "SELECT $1, $2", params=(b"4242", b""), outcome="SELECT 1", rows=1
+    )
+    builders = {key: RowBuilder("r1", key) for key in (b"key-one", b"key-two", b"")}
+    seen = {}
+    saved = rows_module._seal
+    for seq in range(1, 7):  # each builder learns its shape, then takes the quick path
+        for key, builder in builders.items():
+            got = builder.sealed(event, NOW, "r1.chain", seq, NOW + seq, GENESIS)
+            rows_module._seal = None
+            try:
+                want = RowBuilder("r1", key).sealed(event, NOW, "r1.chain", seq, NOW + seq, GENESIS)
+            finally:
+                rows_module._seal = saved
+            assert got == want
+            seen[key] = got[0][INDEX["params"]]
+    natives = {key: [s.native for s in b._shapes.values()] for key, b in builders.items()}
+    assert all(natives[b"key-one"]) and all(natives[b"key-two"]) and natives[b"key-one"]
+    assert natives[b""] and not any(natives[b""])  # an empty key: the Python path
+    assert len({tuple(v) for v in seen.values()}) == 3
+
+
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.binary(max_size=70), st.binary(max_size=300))
 def test_the_compiled_chain_hash_is_the_link_of_a_record(prev, content) -> None:
