@@ -114,6 +114,11 @@ class AuditTrail:
         self._masks: dict[str, str] = {}
         self._masked_shapes: dict[str, str] = {}
         self._shapes: dict[int, _Shape] = {}
+        #: id(note) -> (note, its shape, its rule): a prepared statement's executions
+        #: share their Parse's note
+        self._notes: dict[int, tuple[GateNote, _Shape, str]] = {}
+        #: text as sent -> (masked, whether it starts with a comment that may declare)
+        self._texts: dict[str, tuple[str, bool]] = {}
         self._started: dict[int, float] = {}  # session id -> monotonic start
 
     # -- admission and durability ---------------------------------------------------------
@@ -152,22 +157,68 @@ class AuditTrail:
         duration_us: int | None = None,
         tokenized: bool | None = None,
     ) -> StatementEvent:
-        shape = self._shape(note.classification if note is not None else None)
+        return self._event(
+            session,
+            stage,
+            decision,
+            sql,
+            note,
+            params,
+            approval_id,
+            outcome,
+            reason,
+            rows,
+            duration_us,
+            tokenized,
+        )
+
+    def _event(
+        self,
+        session: SessionInfo,
+        stage: str,
+        decision: str,
+        sql: str,
+        note: GateNote | None,
+        params: tuple[Any, ...],
+        approval_id: str,
+        outcome: str,
+        reason: str,
+        rows: int | None,
+        duration_us: int | None,
+        tokenized: bool | None,
+    ) -> StatementEvent:
+        """:meth:`statement` with positional arguments: what the relay's observer calls
+        for every statement that ends."""
+        if note is None:
+            shape, rule = _NO_SHAPE, ""
+        else:
+            known = self._notes.get(id(note))
+            if known is None or known[0] is not note:
+                if len(self._notes) >= _SHAPE_CACHE:
+                    self._notes.clear()
+                known = self._notes[id(note)] = (note, self._shape(note.classification), note.rule)
+            shape, rule = known[1], known[2]
+        text = self._texts.get(sql)
+        if text is None:
+            masked = masked_text(sql, self._masks, self._masked_shapes)
+            text = (
+                masked,
+                sql.startswith("/*") or (sql[:1].isspace() and sql[:64].lstrip().startswith("/*")),
+            )
+            if sql in self._masks:  # a text that comes again (see masked_text)
+                if len(self._texts) >= _MASK_CACHE:
+                    self._texts.clear()
+                self._texts[sql] = text
         statement_declares = shape.declares
         intent: dict[str, str] = {}
-        if (
-            session.declared
-            or statement_declares
-            or sql.startswith("/*")
-            or (sql[:1].isspace() and sql[:64].lstrip().startswith("/*"))
-        ):
+        if session.declared or statement_declares or text[1]:
             intent = declared(session.declared, statement_declares, sql)
         # Positional, in the order of the dataclass's fields: once per statement, and
         # a third of the cost of keywords. A reordered field fails
         # test_every_field_of_a_statement_event_comes_from_its_own_source.
         return StatementEvent(
             stage,  # type: ignore[arg-type]
-            masked_text(sql, self._masks, self._masked_shapes),
+            text[0],
             decision,
             time.time(),  # as StatementEvent's own default
             session.identity,
@@ -182,7 +233,7 @@ class AuditTrail:
             shape.categories,
             shape.tables,
             shape.columns,
-            note.rule if note is not None else "",
+            rule,
             approval_id,
             outcome,
             rows,
@@ -320,17 +371,18 @@ class AuditTrail:
         else:
             outcome = tags[0] if len(tags) == 1 else ", ".join(tags)
         self.writer.record(
-            self.statement(
+            self._event(
                 session,
                 stage,
                 decision,
                 record.sql,
                 note,
-                params=record.params,
-                approval_id=note.approval.request_id if note and note.approval else "",
-                outcome=outcome,
-                rows=record.rows if stage == "completed" else None,
-                duration_us=duration,
-                tokenized=isinstance(verdict, Allow) and verdict.plan is not None,
+                record.params,
+                note.approval.request_id if note and note.approval else "",
+                outcome,
+                "",
+                record.rows if stage == "completed" else None,
+                duration,
+                isinstance(verdict, Allow) and verdict.plan is not None,
             )
         )

@@ -132,3 +132,29 @@ def test_every_field_of_a_statement_event_comes_from_its_own_source() -> None:
     )
     assert event == expected
     assert "read" in event.categories
+
+
+def test_what_the_trail_remembers_per_text_and_per_note_is_what_it_would_work_out() -> None:
+    """Executions of one prepared statement share a text and a note: the trail keeps
+    their masked text, whether the text may declare intent, and the note's shape and
+    rule. Every execution still gets what its own note and session say."""
+    from dbgate.policy.model import Action, Decision
+
+    trail = _trail()
+    sql = "/* dbgate: purpose='monthly close' */ SELECT v FROM t WHERE id = $1"
+    plain = "SELECT v FROM t WHERE id = $1"
+    by_reads = GateNote(classify(plain), "allow", "read", Decision(Action.ALLOW, "reads"))
+    by_other = GateNote(classify(plain), "allow", "read", Decision(Action.ALLOW, "other"))
+    session = _session()
+    for _ in range(3):
+        led = trail.statement(session, "completed", "allow", sql, by_reads)
+        assert led.purpose == "monthly close" and led.rule == "reads"
+        assert led.statement == sql
+        bare = trail.statement(session, "completed", "allow", plain, by_other)
+        assert bare.purpose == "" and bare.rule == "other"
+    session.declared["purpose"] = "set by the session"
+    assert trail.statement(session, "completed", "allow", plain, by_reads).purpose == (
+        "set by the session"
+    )
+    assert trail.statement(session, "completed", "allow", plain, None).rule == ""
+    assert sql in trail._texts and plain in trail._texts
