@@ -241,6 +241,12 @@ class AuditWriter:
         self._pending: list[_Rec] = []
         self._count = 0
         self._bytes = 0
+        # the bounds, read once per statement or record (the config is frozen)
+        self._queue_size = config.queue_size
+        self._queue_bytes = config.queue_bytes
+        self._crowded_size = config.queue_size * 3 // 4
+        self._crowded_bytes = config.queue_bytes * 3 // 4
+        self._batch_size = config.batch_size
         # batching: when the last write began, whether the task is waiting for a batch
         # to fill, and who must not wait (see _hurry)
         self._last_write = float("-inf")
@@ -385,7 +391,7 @@ class AuditWriter:
             raise TypeError(f"not an audit event: {type(event).__name__}")
         if self._closing or self._task is None:
             raise AuditError("the audit writer is not running")
-        self._enqueue(event, urgent=False)
+        self._enqueue(event, False)
 
     async def record_durable(self, event: object, timeout: float | None = None) -> None:
         """Record an event and return once it is committed to the state database.
@@ -419,11 +425,7 @@ class AuditWriter:
         (backpressure). Raises :class:`AuditUnavailable` when the audit cannot
         record: the statement must be refused.
         """
-        if (
-            self._available
-            and self._count < self.config.queue_size
-            and self._bytes < self.config.queue_bytes
-        ):
+        if self._available and self._count < self._queue_size and self._bytes < self._queue_bytes:
             return None
         if not self._available:
             raise AuditUnavailable(self._why)
@@ -433,9 +435,7 @@ class AuditWriter:
         """Whether :meth:`admit` would let a statement go ahead at once (asks nothing
         of the caller: no awaitable is made)."""
         return (
-            self._available
-            and self._count < self.config.queue_size
-            and self._bytes < self.config.queue_bytes
+            self._available and self._count < self._queue_size and self._bytes < self._queue_bytes
         )
 
     async def wait_for_room(self) -> None:
@@ -496,7 +496,7 @@ class AuditWriter:
 
     @property
     def has_room(self) -> bool:
-        return self._count < self.config.queue_size and self._bytes < self.config.queue_bytes
+        return self._count < self._queue_size and self._bytes < self._queue_bytes
 
     @property
     def head(self) -> tuple[str, int, bytes]:
@@ -556,7 +556,7 @@ class AuditWriter:
         if self._wake is not None and (
             not self._gathering
             or urgent
-            or len(self._normal) + len(self._pending) >= self.config.batch_size
+            or len(self._normal) + len(self._pending) >= self._batch_size
             or self._crowded()
         ):
             self._wake.set()
@@ -630,10 +630,7 @@ class AuditWriter:
 
     def _crowded(self) -> bool:
         """Past the mark below which clients waiting for room are let go (_release)."""
-        return (
-            self._count > self.config.queue_size * 3 // 4
-            or self._bytes > self.config.queue_bytes * 3 // 4
-        )
+        return self._count > self._crowded_size or self._bytes > self._crowded_bytes
 
     def _hurry(self) -> bool:
         """Does anyone wait for records to be committed: a durable record, flush(),
