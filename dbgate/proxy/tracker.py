@@ -489,7 +489,9 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 statements = self.info.statements
                 if not (strict or self.inspect_binds) and (
                     not statements.checked
-                    or not statements.checks_binds(name := bind_statement_name(chunk, s, e))
+                    or not statements.checks_binds(
+                        name := name_key(bind_statement_name(chunk, s, e))
+                    )
                     or (
                         # checked only for PII tokens to resolve, and none is in it
                         statements.checks_only_tokens(name) and chunk.find(b"tok_", s, e) < 0
