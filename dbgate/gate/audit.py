@@ -148,7 +148,6 @@ class AuditTrail:
         decision: str,
         sql: str,
         note: GateNote | None,
-        *,
         params: tuple[Any, ...] = (),
         approval_id: str = "",
         outcome: str = "",
@@ -157,38 +156,8 @@ class AuditTrail:
         duration_us: int | None = None,
         tokenized: bool | None = None,
     ) -> StatementEvent:
-        return self._event(
-            session,
-            stage,
-            decision,
-            sql,
-            note,
-            params,
-            approval_id,
-            outcome,
-            reason,
-            rows,
-            duration_us,
-            tokenized,
-        )
-
-    def _event(
-        self,
-        session: SessionInfo,
-        stage: str,
-        decision: str,
-        sql: str,
-        note: GateNote | None,
-        params: tuple[Any, ...],
-        approval_id: str,
-        outcome: str,
-        reason: str,
-        rows: int | None,
-        duration_us: int | None,
-        tokenized: bool | None,
-    ) -> StatementEvent:
-        """:meth:`statement` with positional arguments: what the relay's observer calls
-        for every statement that ends."""
+        """A statement's event. The relay's observer calls it for every statement
+        that ends, positionally (keywords cost a third of building the event)."""
         if note is None:
             shape, rule = _NO_SHAPE, ""
         else:
@@ -371,7 +340,7 @@ class AuditTrail:
         else:
             outcome = tags[0] if len(tags) == 1 else ", ".join(tags)
         self.writer.record(
-            self._event(
+            self.statement(
                 session,
                 stage,
                 decision,
