@@ -20,8 +20,9 @@
  *
  * Parameters are stored as "h:" + hex(keyed BLAKE2b-128) (dbgate/pii/_blake2b.c, the
  * same bytes as hashlib's; the state after the key block is kept for the next value,
- * and rows.py takes the Python path under an empty key); the record's hash is sha256(prev || sha256(canonical))
- * with OpenSSL's SHA-256 (SHA-NI where the CPU has it).
+ * and rows.py takes the Python path under an empty key); the record's hash is
+ * sha256(prev || sha256(canonical)) with OpenSSL's SHA-256 (SHA-NI where the CPU has
+ * it).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -175,11 +176,10 @@ typedef struct {
     PyObject *hashed;   /* list of "h:..." / None, or None */
 } varying_t;
 
-/* The parameters' hashes, their canonical text and their COPY field: 0 ok, 1 full
- * path, -1 error. */
 /* The BLAKE2b state after the key block, for the key object it was made from: the
  * same for every parameter the writer hashes, so each value costs one compression
- * instead of two. The key is the shape's bytes object (immutable), held here. */
+ * instead of two. The key is the shape's bytes object (immutable), held here; the
+ * personalization is always hash_params' zero block. */
 static PyObject *state_key;
 static uint64_t key_state[8];
 
@@ -194,6 +194,8 @@ state_for(PyObject *key_obj, const uint8_t *person)
     return key_state;
 }
 
+/* The parameters' hashes, their canonical text and their COPY field: 0 ok, 1 full
+ * path, -1 error. */
 static int
 hash_params(PyObject *params, PyObject *key_obj, varying_t *v)
 {
@@ -236,12 +238,12 @@ hash_params(PyObject *params, PyObject *key_obj, varying_t *v)
         }
         uint8_t d[16];
         char text[36] = {'h', ':'};
-        if (PyBytes_GET_SIZE(p) > 0 && keylen > 0) /* else the key block is the last */
-            b2b_from_state(d, 16, state_for(key_obj, person), (const uint8_t *)PyBytes_AS_STRING(p),
-                           (size_t)PyBytes_GET_SIZE(p));
+        const uint8_t *value = (const uint8_t *)PyBytes_AS_STRING(p);
+        size_t len = (size_t)PyBytes_GET_SIZE(p);
+        if (len > 0 && keylen > 0) /* else the key block is the last block */
+            b2b_from_state(d, 16, state_for(key_obj, person), value, len);
         else
-            b2b_keyed(d, 16, key, (size_t)keylen, person, (const uint8_t *)PyBytes_AS_STRING(p),
-                      (size_t)PyBytes_GET_SIZE(p));
+            b2b_keyed(d, 16, key, (size_t)keylen, person, value, len);
         b2b_hex32(text + 2, d);
         PyObject *s = PyUnicode_FromStringAndSize(text, 34);
         if (s == NULL)

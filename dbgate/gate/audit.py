@@ -111,13 +111,12 @@ class AuditTrail:
 
     def __init__(self, writer: AuditWriter) -> None:
         self.writer = writer
-        self._masks: dict[str, str] = {}
         self._masked_shapes: dict[str, str] = {}
         self._shapes: dict[int, _Shape] = {}
         #: id(note) -> (note, its shape, its rule): a prepared statement's executions
         #: share their Parse's note
         self._notes: dict[int, tuple[GateNote, _Shape, str]] = {}
-        #: text as sent -> (masked, whether it starts with a comment that may declare)
+        #: text as sent -> (masked, whether it opens with a comment that may declare)
         self._texts: dict[str, tuple[str, bool]] = {}
         self._started: dict[int, float] = {}  # session id -> monotonic start
 
@@ -167,17 +166,7 @@ class AuditTrail:
                     self._notes.clear()
                 known = self._notes[id(note)] = (note, self._shape(note.classification), note.rule)
             shape, rule = known[1], known[2]
-        text = self._texts.get(sql)
-        if text is None:
-            masked = masked_text(sql, self._masks, self._masked_shapes)
-            text = (
-                masked,
-                sql.startswith("/*") or (sql[:1].isspace() and sql[:64].lstrip().startswith("/*")),
-            )
-            if sql in self._masks:  # a text that comes again (see masked_text)
-                if len(self._texts) >= _MASK_CACHE:
-                    self._texts.clear()
-                self._texts[sql] = text
+        text = self._texts.get(sql) or self._text(sql)
         statement_declares = shape.declares
         intent: dict[str, str] = {}
         if session.declared or statement_declares or text[1]:
@@ -211,6 +200,22 @@ class AuditTrail:
             reason,
         )
 
+    def _text(self, sql: str) -> tuple[str, bool]:
+        """``sql`` masked, and whether it opens with a comment (that may declare
+        intent); kept when :func:`masked_text` would keep it (a text that comes again,
+        not one with fresh literals)."""
+        kept: dict[str, str] = {}
+        masked = masked_text(sql, kept, self._masked_shapes)
+        text = (
+            masked,
+            sql.startswith("/*") or (sql[:1].isspace() and sql[:64].lstrip().startswith("/*")),
+        )
+        if kept:
+            if len(self._texts) >= _MASK_CACHE:
+                self._texts.clear()
+            self._texts[sql] = text
+        return text
+
     def _shape(self, c: Any) -> _Shape:
         if c is None:
             return _NO_SHAPE
@@ -237,7 +242,7 @@ class AuditTrail:
         who = request.requester
         return StatementEvent(
             event=stage,  # type: ignore[arg-type]
-            statement=masked_text(request.sql, self._masks, self._masked_shapes),
+            statement=(self._texts.get(request.sql) or self._text(request.sql))[0],
             decision=verdict,
             identity=who.identity,
             session_id=who.session_id,

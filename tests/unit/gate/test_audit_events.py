@@ -158,3 +158,6 @@ def test_what_the_trail_remembers_per_text_and_per_note_is_what_it_would_work_ou
     )
     assert trail.statement(session, "completed", "allow", plain, None).rule == ""
     assert sql in trail._texts and plain in trail._texts
+    literal = "SELECT v FROM t WHERE id = 7"
+    assert trail.statement(session, "completed", "allow", literal, None).statement == plain
+    assert literal not in trail._texts  # fresh literals: the text will hardly come again
