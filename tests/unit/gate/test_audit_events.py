@@ -76,8 +76,9 @@ def test_masked_text_is_the_same_with_and_without_the_shape_cache() -> None:
 
 
 def test_every_field_of_a_statement_event_comes_from_its_own_source() -> None:
-    """The trail builds events positionally (cheaper per statement): each field must
-    still carry what its name says."""
+    """The trail builds events positionally and the relay's observer calls it
+    positionally (cheaper per statement): each field must still carry what its name
+    says."""
     import time
 
     from dbgate.audit import StatementEvent
@@ -89,21 +90,19 @@ def test_every_field_of_a_statement_event_comes_from_its_own_source() -> None:
     from dbgate.policy.model import Action, Decision
 
     note = GateNote(classify(sql), "allow", "read", Decision(Action.ALLOW, "reads"))
+    # what the caller passes through, in the order of statement()'s parameters: the
+    # relay's observer passes them positionally
+    passed = {
+        "params": (b"p1", None),
+        "approval_id": "req-9",
+        "outcome": "SELECT 1",
+        "reason": "why not",
+        "rows": 3,
+        "duration_us": 1234,
+        "tokenized": True,
+    }
     before = time.time()
-    event = _trail().statement(
-        session,
-        "completed",
-        "approved",
-        sql,
-        note,
-        params=(b"p1", None),
-        approval_id="req-9",
-        outcome="SELECT 1",
-        reason="why not",
-        rows=3,
-        duration_us=1234,
-        tokenized=True,
-    )
+    event = _trail().statement(session, "completed", "approved", sql, note, *passed.values())
     assert before <= event.at <= time.time()  # type: ignore[operator]
     expected = StatementEvent(
         event="completed",
@@ -117,18 +116,12 @@ def test_every_field_of_a_statement_event_comes_from_its_own_source() -> None:
         database="demo",
         purpose="find refunds",
         model="m-1",
-        params=(b"p1", None),
         fingerprint=str(parser.fingerprint(sql)),
         categories=event.categories,
         tables=("customers",),
         columns=("customers.email", "customers.id"),
         rule="reads",
-        approval_id="req-9",
-        outcome="SELECT 1",
-        rows=3,
-        duration_us=1234,
-        tokenized=True,
-        reason="why not",
+        **passed,
     )
     assert event == expected
     assert "read" in event.categories
