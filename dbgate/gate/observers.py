@@ -9,7 +9,7 @@ that raises is logged and the others still hear of it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dbgate import metrics
@@ -48,6 +48,17 @@ class FanOut:
             event: tuple(getattr(o, event) for o in self._hearing.get(event, self.observers))
             for event in (*STATEMENT_EVENTS, "session_started", "session_ended", "session_refused")
         }
+
+    def listener(self, event: str) -> Callable[..., None]:
+        """What the relay calls to tell ``event``: the one observer's own method when
+        only one hears it (the relay isolates its failures, see
+        :meth:`~dbgate.proxy.tracker.StatementTracker._emit`), else this fan-out's.
+        A statement's events mostly have one listener each (the metrics hear its
+        decision, the audit trail its end): no loop for those."""
+        calls = self._calls[event]
+        if len(calls) == 1:
+            return calls[0]
+        return getattr(self, event)  # type: ignore[no-any-return]
 
     def _each(self, method: str, *args: Any) -> None:
         for call in self._calls[method]:

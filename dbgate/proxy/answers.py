@@ -62,6 +62,7 @@ from dbgate.proxy.entries import (
     U16,
     Entry,
     bind_names,
+    command_tag,
     description_formats,
     expand_formats,
     field_count,
@@ -217,6 +218,16 @@ class ServerAnswers:
                         queue.popleft()
                         if self._rewriter is not None:
                             self._end_result()
+                        if self._watch and queue and queue[0][0] == EXECUTE:
+                            self._start_execute(queue[0])
+                            if self.full and not full:
+                                return self._rest_in_full(chunk, e, out, run)
+                        continue
+                    if kind == EXECUTE and self._rewriter is None:
+                        # An observed or counted Execute: _execute_done's work for one
+                        # whose rows nothing watched (no limiter: nothing forwarded
+                        # to add, no limit hit to report).
+                        self._executed(head, chunk[s:e])
                         if self._watch and queue and queue[0][0] == EXECUTE:
                             self._start_execute(queue[0])
                             if self.full and not full:
@@ -860,8 +871,11 @@ class ServerAnswers:
             rec.bound_by(body)
             rec.verdict = verdict
             rec.remembered = True
-            self._emit("statement_decided", rec)
-            self._emit("statement_forwarded", rec)
+            hearing = self._hearing  # once per Execute: only the events someone hears
+            if "statement_decided" in hearing:
+                self._emit("statement_decided", rec)
+            if "statement_forwarded" in hearing:
+                self._emit("statement_forwarded", rec)
         if verdict is None or (verdict.plan is None and not verdict.max_rows):
             return
         fetch = entry[3]
@@ -923,6 +937,25 @@ class ServerAnswers:
             rec.rows += max(row_count(tag) if tag else 0, forwarded)
             self._finish(rec)
         return None
+
+    def _executed(self, entry: Entry, body: bytes) -> None:
+        """The CommandComplete ``body`` of the Execute at the head, when no row limiter
+        watched its rows: what :meth:`_execute_done` and :meth:`_pop` do then, in one
+        step (the answer of every observed prepared statement comes here)."""
+        tag, rows = command_tag(body)
+        if self._counting is not None:
+            self._counting = None
+            if self._portal_state:
+                state = self._portal_state.get(entry[1])
+                if state is not None:
+                    state.rows += rows
+        rec = entry[2]
+        if rec is not None:
+            if tag:
+                rec.tags.append(tag)
+            rec.rows += rows
+            self._finish(rec)
+        self._queue.popleft()
 
     def _counted_rows(self, entry: Entry, tag: str) -> int:
         """The rows a counted Execute returned, from how it ended; a portal that goes on

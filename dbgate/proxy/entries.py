@@ -153,6 +153,27 @@ def row_count(tag: str) -> int:
     return 0
 
 
+#: CommandComplete body -> (tag, rows). A session repeats a handful of tags
+#: ("SELECT 1", "UPDATE 1"); only well-formed ones are kept, and the table is
+#: emptied when full, so a server that invents tags costs memory for 1,024 at most.
+_TAGS: dict[bytes, tuple[str, int]] = {}
+_TAGS_SIZE = 1024
+
+
+def command_tag(body: bytes) -> tuple[str, int]:
+    """The tag of a CommandComplete body and the rows it counts (:func:`row_count`);
+    a malformed body raises as :func:`~dbgate.wire.messages.parse_command_complete`
+    does. Read once per answered statement, so the answer is remembered."""
+    hit = _TAGS.get(body)
+    if hit is None:
+        tag = m.parse_command_complete(body)
+        hit = (tag, row_count(tag))
+        if len(_TAGS) >= _TAGS_SIZE:
+            _TAGS.clear()
+        _TAGS[body] = hit
+    return hit
+
+
 def expand_formats(formats: tuple[int, ...], n: int) -> tuple[int, ...]:
     """Bind's format codes (none = all text, one = all alike, or one each) for n values."""
     if not formats:
@@ -166,6 +187,11 @@ def bind_names(body: bytes) -> tuple[str, str]:
     """Portal and statement name of a Bind body, without decoding the values."""
     if body[:2] == b"\0\0":
         return "", ""  # the unnamed portal of the unnamed statement: the common case
+    if body[:1] == b"\0":  # the unnamed portal of a prepared statement: the next one
+        j = body.find(b"\0", 1)
+        if j < 0:
+            raise ClientProtocolError("malformed Bind message")
+        return "", body[1:j].decode("utf-8", "surrogateescape")
     i = body.find(b"\0")
     j = body.find(b"\0", i + 1) if i >= 0 else -1
     if j < 0:

@@ -214,12 +214,18 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         self._strictness = self.inspector if hasattr(self.inspector, "strict") else None
         self.observer = observer
         # The observer's method per statement event it hears (``Observer.ignores``: the
-        # events it does nothing with are not called at all).
+        # events it does nothing with are not called at all); a fan-out names the one
+        # observer that hears an event, when only one does (FanOut.listener).
         ignored: frozenset[str] = getattr(observer, "ignores", frozenset())
+        listener = getattr(observer, "listener", None)
         self._hearing: dict[str, Callable[[SessionInfo, StatementRecord], None]] = (
             {}
             if observer is None
-            else {e: getattr(observer, e) for e in STATEMENT_EVENTS if e not in ignored}
+            else {
+                e: listener(e) if listener is not None else getattr(observer, e)
+                for e in STATEMENT_EVENTS
+                if e not in ignored
+            }
         )
         self.message_filter = message_filter
         # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
@@ -343,7 +349,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         rec = StatementRecord(
             self._next_id, kind, sql, time.monotonic(), statement_name, portal, params
         )
-        self._emit("statement_received", rec)
+        if "statement_received" in self._hearing:  # few observers want it
+            self._emit("statement_received", rec)
         return rec
 
     def _emit(self, event: str, rec: StatementRecord) -> None:

@@ -58,3 +58,29 @@ def test_events_nobody_wants_are_not_emitted_by_the_relay() -> None:
     tracker.decided(rec, ALLOW)
     tracker.query_sent(rec, ALLOW)  # statement_forwarded
     assert spy.heard == ["statement_decided"]
+
+
+def test_an_event_one_observer_hears_goes_straight_to_it_and_its_failure_is_contained() -> None:
+    """The relay calls the one observer hearing an event directly (no loop of the
+    fan-out); one that fails there is logged and the statement goes on."""
+    decided_only = Recording(
+        "decided", frozenset(STATEMENT_EVENTS) - {"statement_decided"}, fail=True
+    )
+    ends_only = Recording(
+        "ends", frozenset(STATEMENT_EVENTS) - {"statement_completed", "statement_failed"}
+    )
+    also_ends = Recording(
+        "ends too", frozenset(STATEMENT_EVENTS) - {"statement_completed", "statement_failed"}
+    )
+    fan = FanOut([decided_only, ends_only, also_ends])
+    # decided: the observer's own method; completed (two hear it): the fan-out's
+    assert getattr(fan.listener("statement_decided"), "__self__", None) is not fan
+    assert getattr(fan.listener("statement_completed"), "__self__", None) is fan
+    info = SessionInfo(1, "agent", "db", "app", "127.0.0.1")
+    tracker = StatementTracker(info, observer=fan)
+    rec = tracker.received(Statement("query", "select 1"))
+    assert rec is not None
+    tracker.decided(rec, ALLOW)  # the observer raises: logged, not raised
+    tracker._finish(rec)
+    assert decided_only.heard == ["statement_decided"]
+    assert ends_only.heard == also_ends.heard == ["statement_completed"]

@@ -530,6 +530,34 @@ def test_an_execute_proven_within_its_limit_is_counted_and_nothing_waits() -> No
     assert _rows(p.answer()) == [b"select limit bound=3 rows=1#0"]
 
 
+def test_observed_executes_record_their_command_tags_and_rows() -> None:
+    """Each Execute's record gets its own CommandComplete's tag and row count, counted
+    (proven within its limit) or not, several to one batch."""
+    p = Pair(20)
+    p.send(
+        m.Parse("s", "select rows=3").encode(),
+        m.Parse("t", "select limit bound=2 rows=2").encode(),
+        m.Bind("", "s").encode(),
+        m.Execute("", 0).encode(),
+        m.Bind("", "t").encode(),
+        m.Execute("", 0).encode(),
+        m.Bind("", "s").encode(),
+        m.Execute("", 0).encode(),
+        m.SYNC,
+    )
+    assert len(_rows(p.answer())) == 8
+    assert p.events is not None
+    done = [
+        (r.tags, r.rows, p.events.finished[r.id]) for r in p.events.records if r.kind == "execute"
+    ]
+    assert done == [
+        (["SELECT 3"], 3, "completed"),
+        (["SELECT 2"], 2, "completed"),
+        (["SELECT 3"], 3, "completed"),
+    ]
+    assert p.tracker.idle
+
+
 def test_executes_that_cannot_reach_the_limit_are_counted_and_the_rest_watched() -> None:
     """A portal fetched a row at a time under a limit of two: the first two Executes
     cannot pass it (one row each), so they are counted and pipelined; the third could,
