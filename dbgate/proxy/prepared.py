@@ -174,7 +174,8 @@ class PreparedStatements:
         self._pending: dict[str, list[PendingChange]] = {}
         self._pending_count = 0
         #: Keys of names with a candidate (known or pending) whose Binds the inspector
-        #: must see. Read-only outside; test a name with :meth:`checks_binds`.
+        #: must see. Read-only outside; test a name with :meth:`checks_binds` (the
+        #: relay tests a key it already has here directly, once per Bind).
         self.checked: set[str] = set()
         #: Names in :attr:`checked` whose every checked candidate is ``tokens_only``.
         self.tokens_only: set[str] = set()

@@ -494,14 +494,13 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             elif t == BIND_MSG:
                 body = chunk[s:e]
                 statements = self.info.statements
+                checked = statements.checked  # keys: tested here once per Bind
                 if not (strict or self.inspect_binds) and (
-                    not statements.checked
-                    or not statements.checks_binds(
-                        name := name_key(bind_statement_name(chunk, s, e))
-                    )
+                    not checked
+                    or (name := name_key(bind_statement_name(chunk, s, e))) not in checked
                     or (
                         # checked only for PII tokens to resolve, and none is in it
-                        statements.checks_only_tokens(name) and chunk.find(b"tok_", s, e) < 0
+                        name in statements.tokens_only and chunk.find(b"tok_", s, e) < 0
                     )
                 ):
                     queue.append((BIND, body, None, None))
