@@ -734,7 +734,7 @@ class ServerAnswers:
             self._finish(rec, "" if ok else sqlstate.INTERNAL_ERROR, not ok)
 
     def _bind_done(self, entry: Entry, ok: bool) -> None:
-        if len(entry) == 6:  # an inspected Bind: its names were read when it was sent
+        if len(entry) == 6:  # its names were read when it was sent
             _, body, verdict, rec, portal, key = entry
         else:
             _, body, verdict, rec = entry

@@ -57,7 +57,8 @@ MAX_IN_FLIGHT = 100_000
 #   (QUERY, verdict, record, changes)   changes: None or [index, [(i, handle), ...]]
 #   (PARSE, name key, _Prepared, handle, record)
 #   (BIND, body, None, None) / (BIND, body, verdict, record, portal, statement key)
-#                              (an inspected Bind: its names, read once)
+#                              (its names, read once: an inspected Bind, or any
+#                              while row limits are in play; verdict may be None)
 #   (DESCRIBE_S, name key) / (DESCRIBE_P, portal)
 #   (EXECUTE, portal, record, fetch)  fetch: the Execute's row count (0: all) when its
 #                                     rows are counted, not watched (see _counted)

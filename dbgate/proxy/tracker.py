@@ -503,10 +503,12 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                         name in statements.tokens_only and chunk.find(b"tok_", s, e) < 0
                     )
                 ):
-                    queue.append((BIND, body, None, None))
-                    self._batch_open = True
                     if self._limits:
-                        self._note_portal_limit(body, None)
+                        # its names, read for the limit, go with it (see _bind_done)
+                        queue.append((BIND, body, None, None, *self._note_portal_limit(body)))
+                    else:
+                        queue.append((BIND, body, None, None))
+                    self._batch_open = True
                     continue
                 if not (strict or self.inspect_binds):
                     # A Bind its statement's Parse verdict can judge (a prepared read
@@ -651,16 +653,15 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         self.blocked = True
 
     # -- measured writes ------------------------------------------------------------
-    def _note_portal_limit(self, body: bytes, verdict: Allow | None) -> None:
+    def _note_portal_limit(self, body: bytes) -> tuple[str, str]:
         """Which portals will run under a row limit, as the client sees them (the
-        Execute that runs one must make the client wait)."""
+        Execute that runs one must make the client wait), for a Bind the inspector
+        was not shown; returns its portal and its statement's key."""
         portal, stmt_name = bind_names(body)
-        prepared = self._sent_stmts.get(name_key(stmt_name))
-        if verdict is None:
-            verdict = prepared.verdict if prepared is not None else None
-        elif prepared is not None:
-            verdict = refined_verdict(prepared.verdict, verdict)
-        self._portal_limit(portal, verdict)
+        key = name_key(stmt_name)
+        prepared = self._sent_stmts.get(key)
+        self._portal_limit(portal, prepared.verdict if prepared is not None else None)
+        return portal, key
 
     def _portal_limit(self, portal: str, verdict: Allow | None) -> None:
         """``portal`` is bound anew under ``verdict`` (its statement's refined by its
