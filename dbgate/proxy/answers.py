@@ -247,6 +247,16 @@ class ServerAnswers:
                         continue
                     if kind == QUERY and head[1].plan is None:
                         continue
+                elif t == NO_DATA:
+                    # libpq describes the portal of every prepared statement it runs:
+                    # a write or BEGIN answers NoData
+                    if kind == DESCRIBE_P or kind == DESCRIBE_S:
+                        queue.popleft()
+                        if self._watch and queue and queue[0][0] == EXECUTE:
+                            self._start_execute(queue[0])
+                            if self.full and not full:
+                                return self._rest_in_full(chunk, e, out, run)
+                        continue
                 elif t == BIND_OK:
                     if kind == BIND and head[3] is None:
                         queue.popleft()

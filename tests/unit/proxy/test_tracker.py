@@ -558,6 +558,39 @@ def test_observed_executes_record_their_command_tags_and_rows() -> None:
     assert p.tracker.idle
 
 
+def test_portals_described_as_libpq_does_start_their_executes_after_nodata() -> None:
+    """libpq sends Bind, Describe (portal), Execute, Sync for every prepared statement:
+    a statement without rows answers NoData, and the Execute after it starts under its
+    statement's verdict (its text, its limit) all the same."""
+    p = Pair(21)
+    p.send(
+        m.Parse("w", "insert one").encode(),
+        m.Parse("r", "select limit bound=2 rows=2").encode(),
+        *(
+            msg
+            for name in ("w", "r", "w")
+            for msg in (
+                m.Bind("", name).encode(),
+                m.Describe("P", "").encode(),
+                m.Execute("", 0).encode(),
+            )
+        ),
+        m.SYNC,
+    )
+    assert not p.tracker.blocked  # the limited read is counted, nothing waits
+    assert len(_rows(p.answer())) == 2
+    assert p.events is not None
+    done = [
+        (r.sql, r.tags, p.events.finished[r.id]) for r in p.events.records if r.kind == "execute"
+    ]
+    assert done == [
+        ("insert one", ["SELECT 0"], "completed"),
+        ("select limit bound=2 rows=2", ["SELECT 2"], "completed"),
+        ("insert one", ["SELECT 0"], "completed"),
+    ]
+    assert p.tracker.idle
+
+
 def test_executes_that_cannot_reach_the_limit_are_counted_and_the_rest_watched() -> None:
     """A portal fetched a row at a time under a limit of two: the first two Executes
     cannot pass it (one row each), so they are counted and pipelined; the third could,
