@@ -267,9 +267,17 @@ class ServerAnswers:
                             if self.full and not full:
                                 return self._rest_in_full(chunk, e, out, run)
                         continue
-                elif t == PARSE_OK and kind == PARSE and head[3] is None and head[4] is None:
-                    queue.popleft()
+                elif t == PARSE_OK and kind == PARSE and head[3] is None:
+                    # what _parse_done and _pop do for a Parse the server took
                     self._stmts[head[1]] = head[2]
+                    if head[4] is not None:
+                        self._finish(head[4])
+                    queue.popleft()
+                    # an Execute pipelined after it (its portal bound before) starts now
+                    if self._watch and queue and queue[0][0] == EXECUTE:
+                        self._start_execute(queue[0])
+                        if self.full and not full:
+                            return self._rest_in_full(chunk, e, out, run)
                     continue
             if t == DATA_ROW_RUN:
                 rw = self._rewriter
