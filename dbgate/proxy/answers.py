@@ -250,7 +250,7 @@ class ServerAnswers:
                 elif t == NO_DATA:
                     # libpq describes the portal of every prepared statement it runs:
                     # a write or BEGIN answers NoData
-                    if kind == DESCRIBE_P or kind == DESCRIBE_S:
+                    if kind in (DESCRIBE_P, DESCRIBE_S):
                         queue.popleft()
                         if self._watch and queue and queue[0][0] == EXECUTE:
                             self._start_execute(queue[0])

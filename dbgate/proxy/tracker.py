@@ -86,7 +86,6 @@ from dbgate.proxy.entries import (
     TRACK_WITH_MESSAGES,
     Entry,
     bind_names,
-    bind_statement_name,
     expand_formats,
     rewritten_message,
 )
@@ -493,30 +492,33 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 stmt = Statement("parse", sql, statement_name=name, param_types=types)
             elif t == BIND_MSG:
                 body = chunk[s:e]
-                statements = self.info.statements
-                checked = statements.checked  # keys: tested here once per Bind
-                if not (strict or self.inspect_binds) and (
-                    not checked
-                    or (name := name_key(bind_statement_name(chunk, s, e))) not in checked
-                    or (
-                        # checked only for PII tokens to resolve, and none is in it
-                        name in statements.tokens_only and chunk.find(b"tok_", s, e) < 0
-                    )
-                ):
-                    if self._limits:
-                        # its names, read for the limit, go with it (see _bind_done)
-                        queue.append((BIND, body, None, None, *self._note_portal_limit(body)))
-                    else:
-                        queue.append((BIND, body, None, None))
-                    self._batch_open = True
-                    continue
                 if not (strict or self.inspect_binds):
+                    statements = self.info.statements
+                    checked = statements.checked  # keys
+                    limits = self._limits
+                    if checked or limits:  # its names: read once, for both
+                        portal, name = bind_names(body)
+                        name = name_key(name)
+                    if (
+                        not checked
+                        or name not in checked
+                        # checked only for PII tokens to resolve, and none is in it
+                        or (name in statements.tokens_only and body.find(b"tok_") < 0)
+                    ):
+                        if limits:
+                            self._note_portal_limit(portal, name)
+                            # its names go with it (see _bind_done)
+                            queue.append((BIND, body, None, None, portal, name))
+                        else:
+                            queue.append((BIND, body, None, None))
+                        self._batch_open = True
+                        continue
                     # A Bind its statement's Parse verdict can judge (a prepared read
                     # under a rows-per-window limit: capped afresh, values unread)
                     recheck = statements.recheck(name, self.sent_cycles + 1)
                     quick = None if recheck is None else self._quick(recheck, body)
                     if quick is not None:
-                        self.bind_sent(None, quick, body)
+                        self.bind_sent(None, quick, body, (portal, name))
                         continue
                 stmt = self._bind_statement(body)
             elif t == CLOSE_MSG:
@@ -653,15 +655,12 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         self.blocked = True
 
     # -- measured writes ------------------------------------------------------------
-    def _note_portal_limit(self, body: bytes) -> tuple[str, str]:
+    def _note_portal_limit(self, portal: str, key: str) -> None:
         """Which portals will run under a row limit, as the client sees them (the
-        Execute that runs one must make the client wait), for a Bind the inspector
-        was not shown; returns its portal and its statement's key."""
-        portal, stmt_name = bind_names(body)
-        key = name_key(stmt_name)
+        Execute that runs one must make the client wait), for a Bind of ``portal`` to
+        the statement ``key`` that the inspector was not shown."""
         prepared = self._sent_stmts.get(key)
         self._portal_limit(portal, prepared.verdict if prepared is not None else None)
-        return portal, key
 
     def _portal_limit(self, portal: str, verdict: Allow | None) -> None:
         """``portal`` is bound anew under ``verdict`` (its statement's refined by its
@@ -810,13 +809,22 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             self.function_call_sent(rec)
         return None
 
-    def bind_sent(self, rec: StatementRecord | None, verdict: Allow, body: bytes) -> None:
+    def bind_sent(
+        self,
+        rec: StatementRecord | None,
+        verdict: Allow,
+        body: bytes,
+        names: tuple[str, str] | None = None,
+    ) -> None:
         """An inspected Bind was forwarded. Its own verdict is kept: it refines the
         statement the server holds once the Bind is answered (:meth:`_bind_done`); the
         client's view (the statement it sent last) decides whether its Execute must
-        wait."""
-        portal, stmt_name = bind_names(body)
-        key = name_key(stmt_name)
+        wait. ``names``: its portal and statement key, when already read."""
+        if names is None:
+            portal, stmt_name = bind_names(body)
+            key = name_key(stmt_name)
+        else:
+            portal, key = names
         prepared = self._sent_stmts.get(key)
         refined = refined_verdict(prepared.verdict if prepared is not None else None, verdict)
         if refined.plan is not None:
