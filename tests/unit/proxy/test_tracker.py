@@ -31,6 +31,7 @@ from dbgate.proxy.seams import Allow, Refuse, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.proxy.tracker import StatementTracker, TrackerDesync
 from dbgate.wire import messages as m
+from dbgate.wire.errors import ClientProtocolError
 from dbgate.wire.framing import FrameReader, split_frames
 from tests.unit.proxy.pgsim import SimServer
 
@@ -604,6 +605,18 @@ def test_a_portal_executed_right_after_a_parse_runs_under_its_own_plan(observe: 
     p.send(m.Parse("", "select rows=1").encode(), m.Execute("p", 0).encode(), m.SYNC)
     assert _rows(p.answer()) == [b"PLAN:select plan rows=2#0", b"PLAN:select plan rows=2#1"]
     assert p.tracker.idle
+
+
+@pytest.mark.parametrize("body", [b"p\0s", b"\0s", b"p"], ids=["named", "unnamed", "bare"])
+def test_a_bind_without_its_names_ends_is_a_protocol_error_under_limits(body: bytes) -> None:
+    """Once row limits are in play the client side reads every Bind's names: one
+    whose portal or statement name has no end is the client's protocol error."""
+    p = Pair(23)
+    p.send(m.Parse("s", "select limit bound=2 rows=2").encode(), m.SYNC)
+    p.answer()
+    bad = bytes([ord("B")]) + (len(body) + 4).to_bytes(4, "big") + body
+    with pytest.raises(ClientProtocolError, match="malformed Bind"):
+        p.tracker.client_chunk(bad, split_frames(bad), False)
 
 
 def test_executes_that_cannot_reach_the_limit_are_counted_and_the_rest_watched() -> None:
