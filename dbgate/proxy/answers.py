@@ -206,6 +206,7 @@ class ServerAnswers:
             if queue and not self._markers and self._limit is None:
                 head = queue[0]
                 kind = head[0]
+                answered = False  # the head is answered: it goes, an Execute after it starts
                 if t == READY_MSG:
                     if kind == SYNC or (kind == QUERY and head[2] is None and head[3] is None):
                         queue.popleft()
@@ -214,64 +215,42 @@ class ServerAnswers:
                             return self._rest_in_full(chunk, e, out, run)
                         continue
                 elif t == CMD_COMPLETE:
-                    if kind == EXECUTE and head[2] is None and self._counting is None:
-                        queue.popleft()
-                        if self._rewriter is not None:
-                            self._end_result()
-                        if self._watch and queue and queue[0][0] == EXECUTE:
-                            self._start_execute(queue[0])
-                            if self.full and not full:
-                                return self._rest_in_full(chunk, e, out, run)
-                        continue
-                    if kind == EXECUTE and self._rewriter is None:
-                        # An observed or counted Execute: _execute_done's work for one
-                        # whose rows nothing watched (no limiter: nothing forwarded
-                        # to add, no limit hit to report).
-                        self._executed(head, chunk[s:e])
-                        if self._watch and queue and queue[0][0] == EXECUTE:
-                            self._start_execute(queue[0])
-                            if self.full and not full:
-                                return self._rest_in_full(chunk, e, out, run)
-                        continue
-                    if kind == QUERY and head[2] is None and head[3] is None:
+                    if kind == EXECUTE:
+                        if head[2] is None and self._counting is None:
+                            if self._rewriter is not None:
+                                self._end_result()
+                            answered = True
+                        elif self._rewriter is None:
+                            # An observed or counted Execute: _execute_done's work for
+                            # one whose rows nothing watched (no limiter: nothing
+                            # forwarded to add, no limit hit to report).
+                            self._executed(head, chunk[s:e])
+                            answered = True
+                    elif kind == QUERY and head[2] is None and head[3] is None:
                         if self._rewriter is not None:
                             self._end_result()
                         continue
                 elif t == ROW_DESC:
                     if kind == DESCRIBE_P and not self._plans:
-                        queue.popleft()
-                        if self._watch and queue and queue[0][0] == EXECUTE:
-                            self._start_execute(queue[0])
-                            if self.full and not full:
-                                return self._rest_in_full(chunk, e, out, run)
-                        continue
-                    if kind == QUERY and head[1].plan is None:
+                        answered = True
+                    elif kind == QUERY and head[1].plan is None:
                         continue
                 elif t == NO_DATA:
                     # libpq describes the portal of every prepared statement it runs:
                     # a write or BEGIN answers NoData
-                    if kind in (DESCRIBE_P, DESCRIBE_S):
-                        queue.popleft()
-                        if self._watch and queue and queue[0][0] == EXECUTE:
-                            self._start_execute(queue[0])
-                            if self.full and not full:
-                                return self._rest_in_full(chunk, e, out, run)
-                        continue
+                    answered = kind in (DESCRIBE_P, DESCRIBE_S)
                 elif t == BIND_OK:
                     if kind == BIND and head[3] is None:
-                        queue.popleft()
                         if self._watch:
                             self._bind_done(head, True)
-                        if self._watch and queue and queue[0][0] == EXECUTE:
-                            self._start_execute(queue[0])
-                            if self.full and not full:
-                                return self._rest_in_full(chunk, e, out, run)
-                        continue
+                        answered = True
                 elif t == PARSE_OK and kind == PARSE and head[3] is None:
-                    # what _parse_done and _pop do for a Parse the server took
+                    # what _parse_done does for a Parse the server took
                     self._stmts[head[1]] = head[2]
                     if head[4] is not None:
                         self._finish(head[4])
+                    answered = True
+                if answered:
                     queue.popleft()
                     # an Execute pipelined after it (its portal bound before) starts now
                     if self._watch and queue and queue[0][0] == EXECUTE:
@@ -958,8 +937,8 @@ class ServerAnswers:
 
     def _executed(self, entry: Entry, body: bytes) -> None:
         """The CommandComplete ``body`` of the Execute at the head, when no row limiter
-        watched its rows: what :meth:`_execute_done` and :meth:`_pop` do then, in one
-        step (the answer of every observed prepared statement comes here)."""
+        watched its rows: what :meth:`_execute_done` does then, in one step (the answer
+        of every observed prepared statement comes here); the caller pops it."""
         tag, rows = command_tag(body)
         if self._counting is not None:
             self._counting = None
@@ -973,7 +952,6 @@ class ServerAnswers:
                 rec.tags.append(tag)
             rec.rows += rows
             self._finish(rec)
-        self._queue.popleft()
 
     def _counted_rows(self, entry: Entry, tag: str) -> int:
         """The rows a counted Execute returned, from how it ended; a portal that goes on
