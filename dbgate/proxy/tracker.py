@@ -495,17 +495,19 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 if not (strict or self.inspect_binds):
                     statements = self.info.statements
                     checked = statements.checked  # keys
-                    limits = self._limits
-                    if checked or limits:  # its names: read once, for both
-                        portal, name = bind_names(body)
-                        name = name_key(name)
+                    if not checked and not self._limits:
+                        # nothing to check or limit: its names are not even read
+                        queue.append((BIND, body, None, None))
+                        self._batch_open = True
+                        continue
+                    portal, name = bind_names(body)  # read once: checks, limit, verdict
+                    name = name_key(name)
                     if (
-                        not checked
-                        or name not in checked
+                        name not in checked
                         # checked only for PII tokens to resolve, and none is in it
                         or (name in statements.tokens_only and body.find(b"tok_") < 0)
                     ):
-                        if limits:
+                        if self._limits:
                             self._note_portal_limit(portal, name)
                             # its names go with it (see _bind_done)
                             queue.append((BIND, body, None, None, portal, name))
