@@ -198,14 +198,22 @@ class RowLedger:
     # -- recording ---------------------------------------------------------------------
     def charge(self, identity: str, tables: Iterable[str], rows: int, now: float) -> None:
         """``rows`` read by ``identity`` at ``now``, counted against each of ``tables``."""
-        end = self.bucket_end(now)
-        tables = tuple(tables)
+        b = self.bucket_seconds
+        end = (math.floor(now / b) + 1) * b  # bucket_end, inline: once per statement
+        if type(tables) is not tuple:
+            tables = tuple(tables)
         # Counted first (a charge that fails half-way is over-counted, never under):
         # a row charged to EVERY_TABLE (no room for a table) counts for every table,
         # at most once per table charged here.
-        self.charged[identity] = self.charged.get(identity, 0) + rows * len(tables)
+        charged = self.charged
+        charged[identity] = charged.get(identity, 0) + rows * len(tables)
+        pending = self.pending
         for table in tables:
-            self._charge_one(identity, table, rows, end)
+            buckets = pending.get((identity, table))
+            if buckets is not None and end in buckets:  # the common case: no new bucket
+                buckets[end] += rows
+            else:
+                self._charge_one(identity, table, rows, end)
 
     def _charge_one(self, identity: str, table: str, rows: int, end: int) -> None:
         buckets = self.pending.get((identity, table))
@@ -438,7 +446,9 @@ class RowWindows:
                 return
             if window.seconds not in self._lengths:
                 self.watch((window.seconds,))
-            self.ledger.charge(identity, tuple(tables) or (EVERY_TABLE,), int(rows), self._clock())
+            if type(tables) is not tuple:
+                tables = tuple(tables)
+            self.ledger.charge(identity, tables or (EVERY_TABLE,), int(rows), self._clock())
         except Exception:
             log.exception("row windows: could not record %r rows for %r", rows, identity)
 

@@ -98,9 +98,10 @@ _CAPPED_SIZE = 4096
 #: (id of a note, its accounts) -> (the note, the note naming them): the same for
 #: every read of one statement shape, whatever is left.
 _NOTES: dict[tuple[int, tuple[str, ...]], tuple[GateNote, GateNote]] = {}
-#: (id of a verdict, id of its window, its accounts, identity) -> (verdict, window,
-#: ledger, epoch, mark, capped verdict): the verdict last capped for that identity,
-#: when its bound fitted in what was left. Within one ``RowLedger.epoch`` (no read of
+#: (id of a verdict, id of its window, id of the session's key catalog, identity) ->
+#: (verdict, window, ledger, epoch, mark, capped verdict, catalog): the verdict last
+#: capped for that identity, when its bound fitted in what was left (a catalog is
+#: immutable: the same one always names the same accounts). Within one ``RowLedger.epoch`` (no read of
 #: the shared totals, no fold) what is left shrinks by no more than the rows the
 #: identity is charged (``RowLedger.charged``; rows leaving the window only make
 #: room), so the bound still fits while the identity's charges stay at or below
@@ -119,20 +120,21 @@ def windowed(
 ) -> Allow | Refuse:
     """``verdict`` capped by the rows ``identity`` has left under ``window``, or a
     refusal when it has none."""
-    tables = account_tables(window.tables, catalog)
     ledger = windows.ledger
-    key = (id(verdict), id(window), tables, identity)
+    key = (id(verdict), id(window), id(catalog), identity)
     credit = _CREDIT.get(key)
     if (
         credit is not None
         and credit[0] is verdict
         and credit[1] is window
+        and credit[6] is catalog
         and credit[2] is ledger
         and credit[3] == ledger.epoch
         and ledger.charged.get(identity, 0) <= credit[4]
         and not windows.stale()
     ):
         return credit[5]  # type: ignore[no-any-return]
+    tables = account_tables(window.tables, catalog)
     epoch, charged = ledger.epoch, ledger.charged.get(identity, 0)
     left = windows.remaining(identity, window, tables)
     capped = _capped(verdict, window, windows, identity, tables, left)
@@ -141,7 +143,7 @@ def windowed(
         # the same capped verdict while the bound still fits in what is left (_CREDIT)
         if len(_CREDIT) >= _CAPPED_SIZE:
             _CREDIT.clear()
-        _CREDIT[key] = (verdict, window, ledger, epoch, charged + left - own, capped)
+        _CREDIT[key] = (verdict, window, ledger, epoch, charged + left - own, capped, catalog)
     else:
         _CREDIT.pop(key, None)
     return capped
@@ -282,22 +284,23 @@ class WindowCharges:
     def __init__(self, windows: RowWindows) -> None:
         self.windows = windows
 
-    def _charge(self, session: SessionInfo, record: StatementRecord) -> None:
-        if record.rows <= 0:  # nothing to charge (a Parse, a Bind, no rows)
+    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
+        rows = record.rows
+        if rows <= 0:  # nothing to charge (a Parse, a Bind, no rows)
             return
-        note = record.note
-        if not isinstance(note, GateNote) or not note.window_tables:
+        verdict = record.verdict
+        note = verdict.note if verdict is not None else None
+        if not isinstance(note, GateNote):
+            return
+        tables = note.window_tables
+        if not tables:
             return
         decision: Decision | None = note.decision
         window = decision.row_window if decision is not None else None
         if window is not None:
-            self.windows.add(session.identity, window, note.window_tables, record.rows)
+            self.windows.add(session.identity, window, tables, rows)
 
-    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._charge(session, record)
-
-    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._charge(session, record)
+    statement_failed = statement_completed  # charged the same: the rows it returned
 
     def session_started(self, session: SessionInfo) -> None:
         pass

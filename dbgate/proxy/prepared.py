@@ -200,6 +200,10 @@ class PreparedStatements:
     def recheck(self, name: str | bytes, batch: int = 0) -> Callable[[Any, bytes], Any] | None:
         """The quick way to judge a Bind of ``name`` (``Candidate.recheck``), when the
         Bind can mean only one statement and that one has it; else None."""
+        key = name_key(name)
+        if not self._pending.get(key):  # candidates' common case: the one it holds
+            known = self._known.get(key)
+            return None if known is None else known.recheck
         cands = self.candidates(name, batch)
         return cands[0].recheck if len(cands) == 1 else None
 

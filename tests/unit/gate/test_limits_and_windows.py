@@ -206,3 +206,45 @@ def test_every_session_of_the_identity_spends_the_same_room() -> None:
     assert judge2(session2, b"") is not None
     windows2._read_ok_at = -10_000.0  # the shared totals have not been read for long
     assert judge2(session2, b"") is None
+
+
+def test_a_windowed_bind_is_charged_to_the_accounts_of_the_sessions_search_path() -> None:
+    """The quick verdict of a Bind is kept per key catalog: a session whose search
+    path now resolves ``orders`` to another table is answered from that table's room,
+    never from what it had left of the one it read before."""
+    relations = {"sales.orders": Relation(), "public.orders": Relation()}
+    catalogs = {
+        "sales, public": KeyCatalog(relations, ("sales", "public"), version=1),
+        "public": KeyCatalog(relations, ("public",), version=1),
+    }
+
+    class _Keys:
+        def for_session(self, session: SessionInfo) -> KeyCatalog:
+            return catalogs[session.server_params["search_path"]]
+
+    now = [0.0]
+    windows = RowWindows(None, "r", monotonic=lambda: now[0], clock=lambda: 1_000_000.0)  # type: ignore[arg-type]
+    windows.ledger.read_totals({}, [3600])
+    windows._read_ok_at = 0.0
+    window = RowWindow(rows=5, seconds=3600, rule="w", tables=frozenset({"orders"}))
+    base = Allow(read_bound=1)
+    gate = _Gate(windows, base)
+    gate.keys = _Keys()
+    judge = WindowedBinds(gate, "select v from orders where id = $1", base, window)
+    session = SessionInfo(
+        session_id=1,
+        identity="agent",
+        database="d",
+        application_name="",
+        client_addr="",
+        server_params={"search_path": "sales, public"},
+    )
+    session.policy_state = (session.params_version,)
+    windows.add("agent", window, ("public.orders",), 5)  # public.orders: nothing left
+    first = judge(session, b"")
+    assert first is not None and first.max_rows == 1  # sales.orders: all of it left
+    assert judge(session, b"") is first
+    session.server_params["search_path"] = "public"  # SET search_path, seen by the keys
+    assert judge(session, b"") is None  # the gate refuses: public.orders is spent
+    session.server_params["search_path"] = "sales, public"
+    assert judge(session, b"") is first
