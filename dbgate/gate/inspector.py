@@ -351,10 +351,18 @@ class Gate:
                 # any number of times: not recorded. A name they create is unknown
                 # (EXECUTE of it is opaque); one they remove keeps being checked.
                 return ALLOW, classification
-        elif outcome is _ALLOW_SESSION:
-            return ALLOW, classification  # read session state (EXECUTE): may differ next time
-        elif outcome is _ALLOW_PREPARES:
-            return Allow(changes=prepared_changes(classification)), classification
+        elif outcome is _ALLOW_SESSION or outcome is _ALLOW_PREPARES:
+            # EXECUTE reads session state (never remembered); PREPARE/DEALLOCATE
+            # change it. The rule's limits still hold for whatever else the string
+            # runs (an EXECUTE, a statement beside a PREPARE): then it takes the
+            # general path below. A PREPARE alone runs nothing (its EXECUTE is judged).
+            if not self._has_limits(answer[6]) or (
+                outcome is _ALLOW_PREPARES
+                and all(st.command in PREPARED_COMMANDS for st in classification.statements)
+            ):
+                if outcome is _ALLOW_SESSION:
+                    return ALLOW, classification
+                return Allow(changes=prepared_changes(classification)), classification
         # Not a plain allow, or a Query whose statements would need Bind values.
         decision = self.ruleset.decide(identity, classification)
         if decision.action is not _ALLOW_ACTION:
@@ -365,14 +373,18 @@ class Gate:
             ):  # perhaps a key of a table created since the catalog was read proves it
                 return self._after_keys(session, statement), classification
             return self._held(kind, decision, session, sql), classification
+        prepares = kind == "query" and any(
+            st.command in PREPARED_COMMANDS for st in classification.statements
+        )
         if self._has_limits(decision):
             verdict = self._limited(decision, classification, sql)
             if type(verdict) is not Allow:
                 return self._held(kind, verdict, session, sql), classification
-            return self._run_limited(kind, verdict, decision, session, sql, catalog), classification
-        if kind == "query" and any(
-            st.command in PREPARED_COMMANDS for st in classification.statements
-        ):
+            limited = self._run_limited(kind, verdict, decision, session, sql, catalog)
+            if prepares and type(limited) is Allow:  # the relay learns what it prepares
+                limited = replace(limited, changes=prepared_changes(classification))
+            return limited, classification
+        if prepares:
             return Allow(changes=prepared_changes(classification)), classification
         return ALLOW, classification
 

@@ -121,6 +121,54 @@ def test_sql_prepare_and_execute_are_classified_by_the_body(enforcing: str, tabl
         conn.close()
 
 
+@pytest.fixture
+def big_table(pg_dsn: str) -> Iterator[str]:
+    """More rows than the default pack lets one read return (1,000) or one write
+    change (100)."""
+    name = f"polbig_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"create table {name} (id int primary key, v text)")
+        conn.execute(f"insert into {name} select g, 'v' || g from generate_series(1, 1500) g")
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"drop table if exists {name}")
+
+
+def test_execute_keeps_the_limits_of_the_statement_it_runs(
+    enforcing: str, big_table: str, pg_dsn: str
+) -> None:
+    """EXECUTE, and whatever a string runs beside it or beside a PREPARE, is held to
+    the rule's limits like the statement written out: a read past max_rows stops, a
+    write that cannot be measured is held, a session guard is clamped."""
+    t = big_table
+    conn = psycopg2.connect(enforcing)  # simple protocol, as psql sends EXECUTE
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        cur.execute(f"prepare wipe_some as delete from {t} where id > $1")  # runs nothing
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("execute wipe_some(0)")
+        cur.execute(f"prepare read_some as select id, v from {t} where id > $1")
+        with pytest.raises(psycopg2.errors.ProgramLimitExceeded):
+            cur.execute("execute read_some(0)")
+        cur.execute("execute read_some(1490)")
+        assert len(cur.fetchall()) == 10
+        cur.execute("prepare nothing as select 1")
+        with pytest.raises(psycopg2.errors.ProgramLimitExceeded):
+            cur.execute(f"execute nothing; select id from {t} where id > 0")
+        with pytest.raises(psycopg2.errors.ProgramLimitExceeded):
+            cur.execute(f"prepare other as select 2; select id from {t} where id > 0")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute(f"execute nothing; update {t} set v = 'x' where id > 0")
+        cur.execute("execute nothing; set statement_timeout = 0")
+        cur.execute("show statement_timeout")
+        assert cur.fetchone() != ("0",)  # clamped to the pack's ceiling
+    finally:
+        conn.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as direct:
+        assert direct.execute(f"select count(*) from {t} where v like 'v%'").fetchone() == (1500,)
+
+
 async def test_execute_through_the_extended_protocol_is_refused(enforcing: str) -> None:
     """Through Parse/Bind/Execute the name would be looked up when the portal runs,
     after any Close/Parse the client pipelined in between: not what was checked."""
