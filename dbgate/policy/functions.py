@@ -295,6 +295,21 @@ COLLECTING_AGGREGATES: frozenset[str] = _cat._names(
     jsonb_object_agg_unique_strict xmlagg range_agg"""
 )
 
+#: Ordered-set aggregates whose result is drawn from their ``WITHIN GROUP (ORDER BY
+#: ...)`` input: one value per fraction, and an array of fractions
+#: (``percentile_disc(ARRAY(SELECT ...))``) makes them return as many input values as
+#: it has fractions. Called with anything but one numeric constant, they are recorded
+#: under the name ``<name>[]`` (see ``walk.expressions``), which collects.
+FRACTION_AGGREGATES: frozenset[str] = frozenset({"percentile_disc", "percentile_cont"})
+#: The names of calls that collect their input, as the walk records them.
+COLLECTING_CALLS: frozenset[str] = COLLECTING_AGGREGATES | {f"{n}[]" for n in FRACTION_AGGREGATES}
+
+#: Hypothetical-set aggregates: ``rank(v) WITHIN GROUP (ORDER BY x)`` returns a number,
+#: not a value of ``x``.
+HYPOTHETICAL_AGGREGATES: frozenset[str] = frozenset(
+    {"rank", "dense_rank", "percent_rank", "cume_dist"}
+)
+
 #: Set-returning built-ins (``proretset``): in a target list, any number of rows.
 SET_RETURNING: frozenset[str] = _cat._names(
     """aclexplode generate_series generate_subscripts json_array_elements

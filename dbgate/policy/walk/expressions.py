@@ -152,15 +152,40 @@ def _names(tables: tuple[str, ...]) -> str:
 
 def _func_call(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
     names = strs(x.get("funcname"))
+    name = names[-1] if names else ""
+    within = bool(x.get("agg_within_group"))
     if facts.calls is not None:
-        facts.calls.append(
-            (names[-1] if names else "", names[-2] if len(names) > 1 else None, "over" in x)
-        )
+        recorded = name
+        if within and name in _fn.FRACTION_AGGREGATES:
+            facts.sensitive = True  # 0.5 and '{0.1,0.5}' mask alike: exact text only
+            if not _one_number(x.get("args")):
+                recorded = f"{name}[]"  # perhaps many fractions: collects (functions.py)
+        facts.calls.append((recorded, names[-2] if len(names) > 1 else None, "over" in x))
     func_names(names, x, facts, out, ctes)
     walk(x.get("args"), facts, out, ctes)
     for f in ("agg_order", "agg_filter", "over"):
         if f in x:
-            walk(x[f], facts, False, ctes)
+            # An ordered-set aggregate's WITHIN GROUP input is what it returns (mode,
+            # percentile_disc ...), not only an order.
+            carries = out and f == "agg_order" and within
+            carries = carries and name not in _fn.HYPOTHETICAL_AGGREGATES
+            walk(x[f], facts, carries, ctes)
+
+
+def _one_number(args: Any) -> bool:
+    """Whether an aggregate's arguments are one numeric constant (``0.5``,
+    ``'0.5'::float8``): a single fraction."""
+    if not isinstance(args, list) or len(args) != 1 or not isinstance(args[0], dict):
+        return False
+    node = args[0]
+    cast = node.get("TypeCast")
+    if cast is not None:  # '0.5'::float8, not '{0.1,0.5}'::float8[]
+        if (cast.get("typeName") or {}).get("arrayBounds"):
+            return False
+        const = (cast.get("arg") or {}).get("A_Const")
+        return const is not None and ("fval" in const or "ival" in const or "sval" in const)
+    const = node.get("A_Const")  # a bare '...' could be read as an array of fractions
+    return const is not None and ("fval" in const or "ival" in const)
 
 
 def func_names(

@@ -259,7 +259,7 @@ def agg_kind(found: list[Call]) -> int:
     for name, schema, windowed in found:
         if windowed or schema not in (None, "pg_catalog"):
             continue
-        if name in _fn.COLLECTING_AGGREGATES or name in ("JSON_ARRAYAGG", "JSON_OBJECTAGG"):
+        if name in _fn.COLLECTING_CALLS or name in ("JSON_ARRAYAGG", "JSON_OBJECTAGG"):
             return 2
         if name in _fn.REDUCING_AGGREGATES:
             kind = 1
@@ -272,7 +272,7 @@ def collecting(found: list[Call]) -> str | None:
     too), or None."""
     for name, schema, _ in found:
         if schema in (None, "pg_catalog") and (
-            name in _fn.COLLECTING_AGGREGATES or name in ("JSON_ARRAYAGG", "JSON_OBJECTAGG")
+            name in _fn.COLLECTING_CALLS or name in ("JSON_ARRAYAGG", "JSON_OBJECTAGG")
         ):
             return name
     return None

@@ -606,6 +606,26 @@ DUMP = [
     row("SELECT jsonb_agg(c) FROM customers c", R, D),
     row("SELECT json_arrayagg(email) FROM customers", R, D),
     row("SELECT xmlagg(xmlelement(name e, email)) FROM customers", R, D),
+    # an ordered-set aggregate returns values of its WITHIN GROUP input: one per
+    # fraction, and an array of fractions is as many rows as it has elements
+    row(
+        "SELECT percentile_disc(ARRAY(SELECT g / 5000.0 FROM generate_series(1, 5000) g))"
+        " WITHIN GROUP (ORDER BY ssn) FROM customers WHERE id > 0",
+        R,
+        D,
+        id="percentile-of-many-fractions-collects",
+    ),
+    row(
+        "SELECT percentile_cont('{0.1,0.9}'::float8[]) WITHIN GROUP (ORDER BY id) FROM customers",
+        R,
+        D,
+    ),
+    row("SELECT percentile_disc($1) WITHIN GROUP (ORDER BY email) FROM customers", R, D),
+    row("SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY email) FROM customers", R),
+    # the same shape once its literals are masked: never served from the other's cache
+    row("SELECT percentile_disc('{0.1,0.5}') WITHIN GROUP (ORDER BY email) FROM customers", R, D),
+    row("SELECT percentile_cont('0.5'::float8) WITHIN GROUP (ORDER BY id) FROM customers", R),
+    row("SELECT mode() WITHIN GROUP (ORDER BY email) FROM customers", R),
     row("SELECT email, count(*) OVER () FROM customers", R, D, id="window-is-not-aggregate"),
     row("SELECT (SELECT array_agg(email) FROM customers)", R, D, id="sublink-in-target"),
     row(
