@@ -93,9 +93,10 @@ def limited(decision: Decision, rules: Sequence[Rule], classification: Classific
                         Category.WRITE,
                         "uncounted-changes",
                         f"changes rows that its command tag does not count ({st.command} with "
-                        "a data-modifying WITH or under EXPLAIN ANALYZE), so the limit of "
-                        f"{limit} changed rows cannot be measured; run the change as its own "
-                        "statement",
+                        "a data-modifying WITH, under EXPLAIN ANALYZE, or calling a function "
+                        "that writes, such as nextval or lo_create, once per row), so the "
+                        f"limit of {limit} changed rows cannot be measured; run the change as "
+                        "its own statement",
                     )
                 )
     if uncounted and changes_rule is not None:

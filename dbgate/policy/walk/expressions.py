@@ -208,6 +208,8 @@ def func_names(
     if eff is not None:
         for c in eff.categories:
             facts.add(c, eff.code, f"calls {qual}, which {eff.message}")
+        if WRITE in eff.categories:
+            facts.write_calls += 1
     builtin = schema is None or schema == "pg_catalog"
     if builtin and name in _fn.SPECIAL:
         _special(name, qual, x, facts)
@@ -270,6 +272,7 @@ def _special(name: str, qual: str, x: dict[str, Any], facts: StatementFacts) -> 
     elif name in _fn.LO_WRITES:
         if all(guards.single_value(a) for a in args):
             facts.add(WRITE, "lo-write", f"calls {qual}, which creates or changes a large object")
+            facts.write_calls += 1
         else:
             facts.add(
                 EXPORT,

@@ -67,6 +67,7 @@ class StatementFacts:
         "top",
         "uncacheable",
         "uncounted_writes",
+        "write_calls",
         "writes",
     )
 
@@ -89,6 +90,9 @@ class StatementFacts:
         self.command = ""
         self.needs_bind = False
         self.sensitive = False  # consulted a literal value: cache by exact text only
+        #: calls that write (nextval, lo_create ...) walked so far: a query level that
+        #: may evaluate them many times cannot have their effects counted by its tag
+        self.write_calls = 0
         self.uncacheable = False  # consulted session state (prepared statements)
         self.params = params
         self.prepared = prepared

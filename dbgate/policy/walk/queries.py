@@ -339,6 +339,7 @@ def _level(
     the catalog's columns of a table, a sub-select's output names).
     """
     outer = facts.scope
+    write_calls = facts.write_calls
     fc = sources.FromClause()
     for item in s.get("fromClause", ()):
         sources.item(item, facts, out, ctes, fc)
@@ -352,6 +353,7 @@ def _level(
         if where is not None:
             bounds.collect(where, level, fc.pins, None, lambda n: memo_rows(facts, n))
     rows = None if fc.full_join else bounds.solve(fc.srcs, fc.pins)
+    evaluated = rows  # the rows its expressions are evaluated for (before aggregation)
     fc.finish(facts)
     tl = s.get("targetList")
     saved_rows = facts.setting_rows
@@ -395,6 +397,14 @@ def _level(
     elif rows is not None and narrowing.returns_sets(level_calls):
         rows = None
     _row_locks(s, fc, rows, facts)
+    if facts.write_calls > write_calls and (
+        (s.get("fromClause") and (evaluated is None or evaluated > 1))
+        or narrowing.returns_sets(level_calls)
+    ):
+        # nextval(), lo_create() ... once per row of a FROM or a set-returning call:
+        # their effects are not rows its command tag counts, nor bounded by one
+        facts.writes[f"\x00calls{len(facts.writes)}"] = None
+        facts.uncounted_writes = True
     names = fc.names()
     only = fc.srcs[0] if len(fc.srcs) == 1 else None
     key_columns = {c for k in only.keys for c in k} if only is not None else set()

@@ -309,8 +309,15 @@ CHANNELS = [  # class 4: data out by other channels
         {R, D},
         UNB,
     ),
-    row("SELECT lo_from_bytea(0, ssn::bytea) FROM customers WHERE id > 0", {R, W, E}, UNB),
-    row("SELECT count(lo_from_bytea(0, ssn::bytea)) FROM customers", {R, W, E}, UNB),
+    # a writing call once per row of its FROM: as many effects as rows, none of them
+    # rows its command tag counts (write bound None: held unless approved)
+    row("SELECT lo_from_bytea(0, ssn::bytea) FROM customers WHERE id > 0", {R, W, E}, UNB, UNB),
+    row("SELECT count(lo_from_bytea(0, ssn::bytea)) FROM customers", {R, W, E}, UNB, UNB),
+    row("SELECT count(lo_create(0)) FROM generate_series(1, 5000)", {R, W}, 0, UNB),
+    row("SELECT count(nextval('orders_id_seq')) FROM orders WHERE id > 0", {R, W}, UNB, UNB),
+    row("SELECT nextval('orders_id_seq'), generate_series(1, 10)", {R, W}, 0, UNB),
+    row("SELECT nextval('orders_id_seq')", {R, W}, 0),
+    row("SELECT nextval('orders_id_seq') FROM orders WHERE id = 1", {R, W}, 1),
     row("SELECT lo_put(16385, 0, ssn::bytea) FROM customers WHERE id = 1", {R, W, E}, 1),
     row("SELECT lo_truncate(0, length(ssn)) FROM customers WHERE id = 1", {R, W, E}, 1),
     row("SELECT lo_from_bytea(0, 'x')", {R, W}, 0),

@@ -123,6 +123,29 @@ def test_an_unmeasurable_write_names_its_reason(pack: RuleSet) -> None:
     assert decision.approver_groups == ("dba",)
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT count(lo_create(0)) FROM generate_series(1, 5000)",
+        "SELECT count(nextval('orders_id_seq')) FROM generate_series(1, 100000)",
+        "SELECT nextval('orders_id_seq'), generate_series(1, 10)",
+    ],
+)
+def test_a_writing_call_once_per_row_is_held_as_unmeasurable(pack: RuleSet, sql: str) -> None:
+    """Its effects are as many as the rows it runs for, and its command tag counts
+    none of them: measuring the SELECT would let 100,000 sequence values or 5,000
+    large objects through as "1 row changed"."""
+    decision = pack.decide(AGENT, classify(sql))
+    assert decision.action is Action.HOLD
+    assert [r.code for r in decision.reasons] == ["uncounted-changes"]
+    assert "nextval or lo_create" in decision.reasons[0].message
+
+
+def test_one_writing_call_runs_as_allowed(pack: RuleSet) -> None:
+    """An ORM's ``SELECT nextval(...)``: one call, one effect."""
+    assert pack.decide(AGENT, classify("SELECT nextval('orders_id_seq')")).action is Action.ALLOW
+
+
 def test_every_read_of_a_table_counts_against_the_window(pack: RuleSet) -> None:
     proven = pack.decide(AGENT, classify("SELECT * FROM orders WHERE id = 1", keys=KEYS))
     assert proven.limits is None
