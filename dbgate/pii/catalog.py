@@ -4,6 +4,9 @@ Three sources, in this order of precedence for one column:
 
 1. ``columns`` entries of the catalog file (``schema.table.column`` globs -> entity,
    or ``none`` to switch a column off). The operator's word is final.
+   Then :data:`QUERY_TEXT_COLUMNS`: system views that return SQL text
+   (``pg_stat_activity.query``, ``pg_cursors.statement`` ...) — that text holds the
+   raw values of the tokens dbgate resolved, so it is PII by default.
 2. ``COMMENT ON COLUMN … IS 'pii:email'`` in the database. A comment can only *add*
    PII, never remove it: whoever may comment on a column (perhaps the agent itself)
    must not be able to unmask it.
@@ -25,7 +28,14 @@ from functools import lru_cache
 
 from dbgate.pii.entities import DEFAULT_NAME_PATTERNS, KNOWN_ENTITIES, MIXED, NONE
 
-__all__ = ["Catalog", "ColumnRule", "NameRule", "compile_glob", "entity_from_comment"]
+__all__ = [
+    "QUERY_TEXT_COLUMNS",
+    "Catalog",
+    "ColumnRule",
+    "NameRule",
+    "compile_glob",
+    "entity_from_comment",
+]
 
 
 @lru_cache(maxsize=4096)
@@ -83,6 +93,22 @@ class NameRule:
 
     def matches(self, column: str) -> bool:
         return compile_glob(self.pattern).match(column) is not None
+
+
+#: Columns that return SQL text the server received. dbgate forwards SQL in which the
+#: tokens the agent sent are replaced by their raw values, so this text is PII whatever
+#: the catalog file says; only an explicit ``columns`` entry overrides these (the
+#: operator's word is final). Functions that return such text are in
+#: :data:`dbgate.pii.lineage.DATA_READERS`.
+QUERY_TEXT_COLUMNS: tuple[str, ...] = (
+    "pg_catalog.pg_stat_activity.query",
+    "pg_catalog.pg_cursors.statement",
+    "pg_catalog.pg_prepared_statements.statement",
+    "pg_catalog.pg_backend_memory_contexts.ident",
+    "*.pg_stat_statements.query",
+    "*.pg_stat_monitor.query",
+    "*.pg_stat_monitor.query_plan",
+)
 
 
 _COMMENT = re.compile(r"(?<![A-Za-z0-9_])pii\s*:\s*([A-Za-z][A-Za-z0-9_]*)?", re.IGNORECASE)
@@ -156,6 +182,9 @@ class Catalog:
             if rule.entity == NONE:
                 return None, f"switched off by {rule.pattern!r} ({where})"
             return rule.entity, f"catalog {rule.pattern!r} ({where})"
+        for pattern in QUERY_TEXT_COLUMNS:
+            if compile_glob(pattern).match(f"{schema}.{table}.{column}") is not None:
+                return MIXED, f"built-in: {pattern!r} returns query text (resolved tokens)"
         if self.comments:
             from_comment = entity_from_comment(comment, self._entities)
             if from_comment is not None:

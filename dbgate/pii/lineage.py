@@ -75,8 +75,19 @@ DATA_READERS = frozenset(
         "pg_logical_slot_peek_changes",
         "pg_logical_slot_get_binary_changes",
         "pg_logical_slot_peek_binary_changes",
+        # the text of this session's statements, cursors and prepared statements: it
+        # holds the raw values of the tokens dbgate resolved in the SQL it forwarded
+        "current_query",
+        "pg_cursor",
+        "pg_prepared_statement",
+        "pg_get_backend_memory_contexts",
     }
 )
+#: Ordered-set aggregates whose result is *not* drawn from the WITHIN GROUP input
+#: (hypothetical-set aggregates return a rank or a fraction). Every other aggregate
+#: called WITHIN GROUP (mode, percentile_disc, percentile_cont, user-defined ones)
+#: takes its value from the ORDER BY expressions: they flow like arguments.
+HYPOTHETICAL_SET_AGGREGATES = frozenset({"rank", "dense_rank", "percent_rank", "cume_dist"})
 #: Built-in functions whose arguments are stored or sent somewhere a later read does
 #: not trace back to a PII column: a resolved token must not reach them.
 SIDE_EFFECTS = frozenset(
@@ -103,6 +114,63 @@ _BUILTIN_SRF_WIDTH = {
     "jsonb_each_text": 2,
     "pg_options_to_table": 2,
 }
+#: Polymorphic pseudo-types (anyelement, anynonarray, anycompatible,
+#: anycompatiblenonarray): a set-returning function declared to return one of them
+#: has as many columns as its actual argument type, which may be composite.
+_POLYMORPHIC_TYPES = frozenset({2283, 2776, 5077, 5079})
+#: Built-in set-returning functions returning such a type, for snapshots without functions.
+_POLYMORPHIC_SRFS = frozenset(
+    {
+        "unnest",
+        "json_populate_record",
+        "json_populate_recordset",
+        "jsonb_populate_record",
+        "jsonb_populate_recordset",
+    }
+)
+#: Base types whose values are scalars (an array of them unnests to one column).
+_SCALAR_TYPE_NAMES = frozenset(
+    [
+        "bool",
+        "boolean",
+        "bytea",
+        "char",
+        "bpchar",
+        "varchar",
+        "text",
+        "name",
+        "int2",
+        "int4",
+        "int8",
+        "int",
+        "smallint",
+        "integer",
+        "bigint",
+        "numeric",
+        "decimal",
+        "float4",
+        "float8",
+        "real",
+        "date",
+        "time",
+        "timetz",
+        "timestamp",
+        "timestamptz",
+        "interval",
+        "uuid",
+        "json",
+        "jsonb",
+        "xml",
+        "inet",
+        "cidr",
+        "macaddr",
+        "macaddr8",
+        "money",
+        "oid",
+        "bit",
+        "varbit",
+    ]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -701,6 +769,13 @@ class _Walker:
         return item
 
     def range_function(self, body: Node, scope: _Scope) -> _Item:
+        """A function (or ROWS FROM list) in FROM, WITH ORDINALITY adding a last column.
+
+        Columns are laid out function after function, so once one function's width is
+        not known (``unnest`` of an array that may hold composites, a polymorphic or
+        opaque function), no later position is known either: that function, every
+        later one and the ordinality column all go to the item's ``rest`` (fail closed).
+        """
         names: list[str] = []
         cols: list[Lin] = []
         open_ = False
@@ -708,35 +783,47 @@ class _Walker:
         alias = body.get("alias") or {}
         alias_name = alias.get("aliasname")
         functions = body.get("functions") or ()
+
+        def place(lin: Lin, width: int | None, fnames: list[str]) -> None:
+            nonlocal open_, rest
+            if open_ or width is None:
+                open_ = True
+                rest = rest | lin
+                return
+            names.extend(fnames)
+            cols.extend([lin] * width)
+
         for entry in functions:
             items = entry["List"]["items"]
             call = items[0]
             coldef = items[1] if len(items) > 1 and items[1] else None
             coldefs = coldef if isinstance(coldef, list) else body.get("coldeflist")
             kind, fbody = _one(call)
-            lin = self.expr(call, scope, OUTPUT)
             if kind != "FuncCall":
-                names.append(alias_name or "?column?")
-                cols.append(lin)
+                lin = self.expr(call, scope, OUTPUT)
+                # CAST(... AS composite), COALESCE of rows ...: one column only for the
+                # SQL value functions (current_date, current_user ...)
+                width = 1 if kind == "SQLValueFunction" else None
+                place(lin, width, [alias_name or "?column?"])
                 continue
             fname = _strs(fbody["funcname"])[-1]
-            if fname == "unnest" and len(fbody.get("args") or ()) > 1 and len(functions) == 1:
-                for arg in fbody["args"]:
-                    names.append("unnest")
-                    cols.append(self.expr(arg, scope, OUTPUT))
+            args = fbody.get("args") or ()
+            if fname == "unnest" and not coldefs and len(args) > 1 and len(functions) == 1:
+                # unnest(a, b, ...) is ROWS FROM (unnest(a), unnest(b), ...)
+                for arg in args:
+                    lin = self.expr(arg, scope, OUTPUT)
+                    place(lin, 1 if self.scalar_array(arg) else None, ["unnest"])
                 continue
-            width, fnames = self.function_width(fbody, coldefs)
-            if width is None:
-                open_ = True
-                rest = rest | lin
-                continue
+            lin = self.expr(call, scope, OUTPUT)
+            if fname == "unnest" and not coldefs and len(args) == 1:
+                width, fnames = (1, []) if self.scalar_array(args[0]) else (None, [])
+            else:
+                width, fnames = self.function_width(fbody, coldefs)
             if width == 1 and not fnames:
                 fnames = [alias_name if (alias_name and len(functions) == 1) else fname]
-            names.extend(fnames or [fname] * width)
-            cols.extend([lin] * width)
+            place(lin, width, fnames or [fname] * (width or 0))
         if body.get("ordinality"):
-            names.append("ordinality")
-            cols.append(CLEAN)
+            place(CLEAN, 1, ["ordinality"])
         if alias.get("colnames"):
             renamed = _strs(alias["colnames"])
             names[: len(renamed)] = renamed[: len(names)]
@@ -745,6 +832,39 @@ class _Walker:
         )
         scope.items.append(item)
         return item
+
+    def scalar_array(self, node: Node) -> bool:
+        """Whether ``node`` is surely an array of scalars (unnest gives one column).
+
+        ``ARRAY['a', 'b']`` of constants, or a cast to ``text[]``, ``int[]`` ... of a
+        base type no relation or composite type of the snapshot shadows.
+        """
+        kind, body = _one(node)
+        if kind == "A_ArrayExpr":
+            elements = body.get("elements") or ()
+            return bool(elements) and all(
+                _one(e)[0] == "A_Const"
+                or (_one(e)[0] in ("A_ArrayExpr", "TypeCast") and self.scalar_array(e))
+                or (_one(e)[0] == "TypeCast" and self.scalar_type(e["TypeCast"]["typeName"]))
+                for e in elements
+            )
+        if kind == "TypeCast":
+            tn = body.get("typeName") or {}
+            return bool(tn.get("arrayBounds")) and self.scalar_type(tn)
+        return False
+
+    def scalar_type(self, tn: Node) -> bool:
+        parts = _strs(tn.get("names"))
+        if not parts or tn.get("setof") or tn.get("pct_type"):
+            return False
+        name = parts[-1].lower()
+        if len(parts) > 1 and parts[-2] != "pg_catalog":
+            return False
+        if name not in _SCALAR_TYPE_NAMES or self.snap.lookup(name):
+            return False
+        return all(
+            t.kind in ("b", "e", "r", "m") for t in self.snap.types.values() if t.name == name
+        )
 
     def function_width(
         self, fbody: Node, coldefs: list[Node] | None
@@ -765,11 +885,15 @@ class _Walker:
                 if rel is not None:
                     widths.add(len(rel.columns))
                     names = [c.name for c in rel.columns]
-                elif f.ret_type == 2249:  # record without a column definition list
+                elif f.ret_type == 2249 or f.ret_type in _POLYMORPHIC_TYPES:
+                    # record without a column definition list; anyelement (a composite
+                    # argument makes it as wide as that type)
                     return None, []
                 else:
                     widths.add(1)
         if not funcs:
+            if name in _POLYMORPHIC_SRFS:
+                return None, []
             if name in _BUILTIN_SRF_WIDTH:
                 return _BUILTIN_SRF_WIDTH[name], ["key", "value"]
             return (1, []) if self.snap.assume_builtin_functions else (None, [])
@@ -1068,11 +1192,17 @@ class _Walker:
         parts = _strs(body["funcname"])
         name = parts[-1].lower()
         schema = parts[-2] if len(parts) > 1 else None
-        for key in ("agg_filter", "over", "agg_order"):
+        builtin = schema in (None, "pg_catalog") and self.is_builtin(name, schema)
+        # WITHIN GROUP (ORDER BY x) of mode()/percentile_*(): x is the value input
+        within = bool(body.get("agg_within_group")) and not (
+            builtin and name in HYPOTHETICAL_SET_AGGREGATES
+        )
+        for key in ("agg_filter", "over") if within else ("agg_filter", "over", "agg_order"):
             if body.get(key):
                 self.expr(body[key], scope, FILTER)
         args = body.get("args")
-        builtin = schema in (None, "pg_catalog") and self.is_builtin(name, schema)
+        if within and body.get("agg_order"):
+            args = [*(args or ()), *body["agg_order"]]
         if builtin and name in SIDE_EFFECTS:
             lin = self.expr(args, scope, _refused(f"an argument of {name}()"))
             if lin.pii and name == "set_config":

@@ -1,0 +1,147 @@
+"""The lineage leaks a security tester found, on the real server (demo dataset).
+
+Ordered-set aggregates (their WITHIN GROUP input is the value returned), WITH
+ORDINALITY / ROWS FROM after a function of unknown width, and query text
+(``current_query()``, ``pg_cursors``, ``pg_prepared_statements``) that holds the raw
+values of resolved tokens. Unit-level: tests/unit/pii/test_lineage_hunt.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from dbgate.wire import messages as m
+from tests.integration.pii.conftest import DBNAME, Demo
+from tests.integration.pii.harness import apply_plan, connect, leaked, run_simple
+
+
+async def _customer(pii_demo: Demo) -> asyncpg.Record:
+    conn = await asyncpg.connect(pii_demo.dsn)
+    try:
+        return await conn.fetchrow(
+            "select id, email, full_name, extract(epoch from birth_date)::text as epoch"
+            " from customers where id = 1"
+        )
+    finally:
+        await conn.close()
+
+
+async def _agent(pg_server: Any, pii_demo: Demo, sql: str, client: Any = None) -> Any:
+    """Plan ``sql`` as the agent's session, forward it with tokens resolved, filter."""
+    session = pii_demo.room.session("agent")
+    plan = session.plan(sql)
+    forwarded = session.detokenize_sql(plan)
+    own = client is None
+    client = client or await connect(pg_server, DBNAME)
+    try:
+        res = apply_plan(plan, await run_simple(client, forwarded))
+    finally:
+        if own:
+            await client.close()
+    assert not res.errors, res.errors
+    assert not leaked(res.output_bytes, pii_demo.values), sql
+    return res
+
+
+ORDERED_SET = [
+    "select mode() within group (order by email) from customers where id=1",
+    "select percentile_disc(0.5) within group (order by full_name) from customers where id=1",
+    "select percentile_disc(array(select g/4999.0 from generate_series(0,4999) g))"
+    " within group (order by concat_ws('|', id::text, full_name, email, ssn))"
+    " from customers where id > 0",
+]
+
+
+@pytest.mark.parametrize("sql", ORDERED_SET, ids=[f"osa{i}" for i in range(len(ORDERED_SET))])
+async def test_ordered_set_aggregates(pg_server: Any, pii_demo: Demo, sql: str) -> None:
+    res = await _agent(pg_server, pii_demo, sql)
+    (row,) = res.rows_after
+    assert row[0].lstrip(b"{").startswith(b"tok_")  # an array's elements are tokens
+
+
+async def test_percentile_cont_of_a_birth_date(pg_server: Any, pii_demo: Demo) -> None:
+    c = await _customer(pii_demo)
+    sql = (
+        "select percentile_cont(0.5) within group (order by extract(epoch from birth_date))"
+        " from customers where id=1"
+    )
+    res = await _agent(pg_server, pii_demo, sql)
+    ((before,),) = res.rows_before
+    ((after,),) = res.rows_after
+    assert float(before) == float(c["epoch"]) and after != before
+
+
+async def test_token_in_within_group_comes_back_as_a_token(pg_server: Any, pii_demo: Demo) -> None:
+    c = await _customer(pii_demo)
+    token = pii_demo.room.tokenizer.token("email", c["email"].encode())
+    res = await _agent(
+        pg_server, pii_demo, f"select mode() within group (order by '{token}'::text)"
+    )
+    assert [list(r) for r in res.rows_before] == [[c["email"].encode()]]  # the raw value
+    assert res.rows_after[0][0].startswith(b"tok_email_")
+
+
+async def test_unnest_with_ordinality(pg_server: Any, pii_demo: Demo) -> None:
+    c = await _customer(pii_demo)
+    token = pii_demo.room.tokenizer.token("email", c["email"].encode())
+    arr = "(select array_agg(email) from customers where id = 1)"
+    for sql in (
+        f"select * from unnest({arr}) with ordinality",
+        f"select u from unnest({arr}) with ordinality as t(u, o)",
+        f"select * from rows from (unnest(array['{token}']), generate_series(1,1))",
+        f"select * from unnest(array['{token}']) with ordinality",
+    ):
+        res = await _agent(pg_server, pii_demo, sql)
+        (row,) = res.rows_after
+        assert row[0].startswith(b"tok_email_"), sql
+    # a scalar array: the ordinality column stays readable
+    assert row[1] == b"1"
+
+
+async def test_current_query_with_a_resolved_token(pg_server: Any, pii_demo: Demo) -> None:
+    c = await _customer(pii_demo)
+    token = pii_demo.room.tokenizer.token("name", c["full_name"].encode())
+    res = await _agent(pg_server, pii_demo, f"select current_query() where 'x' <> '{token}'")
+    (row,) = res.rows_before
+    assert c["full_name"].encode() in row[0]  # what the server returned
+    assert c["full_name"].encode() not in res.output_bytes
+
+
+async def test_pg_cursors_statement(pg_server: Any, pii_demo: Demo) -> None:
+    c = await _customer(pii_demo)
+    token = pii_demo.room.tokenizer.token("name", c["full_name"].encode())
+    sql = (
+        "begin; declare cc cursor for select id from customers"
+        f" where full_name = '{token}'; select name, statement from pg_cursors; commit"
+    )
+    res = await _agent(pg_server, pii_demo, sql)
+    assert any(c["full_name"].encode() in b"".join(r) for r in res.rows_before)
+    assert c["full_name"].encode() not in res.output_bytes
+    (row,) = res.rows_after
+    assert row[0] == b"cc"  # the cursor's name stays readable
+
+
+async def test_pg_prepared_statements_statement(pg_server: Any, pii_demo: Demo) -> None:
+    c = await _customer(pii_demo)
+    token = pii_demo.room.tokenizer.token("name", c["full_name"].encode())
+    session = pii_demo.room.session("agent")
+    plan = session.plan(f"select id from customers where full_name = '{token}'")
+    forwarded = session.detokenize_sql(plan)
+    client = await connect(pg_server, DBNAME)
+    try:
+        # a driver's named prepare (asyncpg does this), through the extended protocol
+        client.send(m.Parse("s1", forwarded).encode(), m.SYNC)
+        await client.until_ready()
+        for sql in (
+            "select name, statement from pg_prepared_statements",
+            "select statement from pg_catalog.pg_prepared_statements",
+            "select p.statement from pg_catalog.pg_prepared_statement() p",
+        ):
+            res = await _agent(pg_server, pii_demo, sql, client)
+            assert any(c["full_name"].encode() in b"".join(r) for r in res.rows_before), sql
+            assert c["full_name"].encode() not in res.output_bytes, sql
+    finally:
+        await client.close()

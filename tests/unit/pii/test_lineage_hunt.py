@@ -1,0 +1,286 @@
+"""Leaks a security tester found in column lineage, one test per way out.
+
+1. Ordered-set aggregates: ``mode() WITHIN GROUP (ORDER BY email)`` returns a value
+   of the ORDER BY input, which must flow into the output like an argument.
+2. ``WITH ORDINALITY`` / ``ROWS FROM``: after a function of unknown width (unnest of an
+   array that may hold composites, a polymorphic function), no later column position
+   is known: the ordinality column and later functions must not be called clean.
+3. Query text (``current_query()``, ``pg_cursors.statement``,
+   ``pg_prepared_statements.statement`` ...) holds the raw values of resolved tokens.
+
+Hand-made schema (no server); tests/integration/pii/test_hunt_lineage.py runs the same
+queries against the demo database.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dbgate.pii.catalog import Catalog, ColumnRule
+from dbgate.pii.catalog_load import load_catalog
+from dbgate.pii.coverage import Coverage
+from dbgate.pii.lin import Lin
+from dbgate.pii.lineage import Output, analyze
+from dbgate.pii.schema import Column, FunctionInfo, Relation, SchemaSnapshot
+
+TOKEN = "tok_email_r" + "0123456789abcdef" * 2
+
+
+def _fn(oid: int, name: str, ret: int, out: tuple[str, ...] | None = None) -> FunctionInfo:
+    return FunctionInfo(oid, "pg_catalog", name, True, ret, out)
+
+
+def _snapshot() -> SchemaSnapshot:
+    base = SchemaSnapshot.build(
+        {
+            "public.customers": [
+                "id",
+                "full_name",
+                "email",
+                "phone",
+                "ssn",
+                ("birth_date", 1082),
+                "address",
+            ],
+            "public.orders": ["id", "customer_id", "total", "status"],
+            "public.pg_stat_statements": ["userid", "queryid", "query", "calls"],
+        }
+    )
+    rels = dict(base.relations)
+
+    def view(oid: int, schema: str, name: str, cols: list[str], definition: str) -> None:
+        columns = tuple(Column(c, i, 25) for i, c in enumerate(cols, start=1))
+        rels[oid] = Relation(oid, schema, name, "v", oid + 1, columns, definition)
+
+    view(900, "pg_catalog", "pg_cursors", ["name", "statement", "is_holdable"], "SELECT ...")
+    view(902, "pg_catalog", "pg_prepared_statements", ["name", "statement"], "SELECT ...")
+    view(904, "pg_catalog", "pg_stat_activity", ["pid", "query"], "SELECT ...")
+    view(906, "pg_catalog", "pg_backend_memory_contexts", ["name", "ident"], "SELECT ...")
+    view(908, "public", "v_cursors", ["s"], "SELECT statement AS s FROM pg_cursors")
+    # As a real server lists them: unnest(anyarray) returns anyelement (as wide as a
+    # composite element type), unnest(tsvector) three columns; jsonb_populate_record
+    # returns its first argument's (composite) type.
+    functions = {
+        "unnest": [
+            _fn(1, "unnest", 2283),
+            _fn(2, "unnest", 2249, ("lexeme", "positions", "weights")),
+            _fn(3, "unnest", 3831),
+        ],
+        "jsonb_populate_record": [_fn(4, "jsonb_populate_record", 2283)],
+        "generate_series": [_fn(5, "generate_series", 23), _fn(6, "generate_series", 20)],
+    }
+    return SchemaSnapshot(relations=rels, functions=functions, assume_builtin_functions=True)
+
+
+# The shipped catalog without its pg_stat_activity line: query text is PII built in.
+CATALOG = Catalog(
+    columns=tuple(r for r in load_catalog().columns if "pg_stat_activity" not in r.pattern)
+)
+COV = Coverage(_snapshot(), CATALOG)
+
+
+def _show(lin: Lin) -> str:
+    parts = sorted(lin.entities)
+    if lin.unknown:
+        parts.append("?")
+    return "+".join(parts) or "-"
+
+
+def _out(sql: str) -> Output:
+    outs = [s.output for s in analyze(sql, COV).statements if s.output is not None]
+    assert len(outs) == 1
+    return outs[0]
+
+
+def _cols(sql: str, n: int) -> list[str]:
+    out = _out(sql)
+    return [_show(out.at(i)) for i in range(n)]
+
+
+# ----------------------------------------------------------- 1. ordered-set aggregates
+
+ORDERED_SET = [
+    ("select mode() within group (order by email) from customers where id=1", ["email"]),
+    (
+        "select percentile_disc(0.5) within group (order by full_name) from customers where id=1",
+        ["name"],
+    ),
+    (
+        "select percentile_disc(array(select g/4999.0 from generate_series(0,4999) g))"
+        " within group (order by concat_ws('|', id::text, full_name, email, ssn))"
+        " from customers where id > 0",
+        ["email+name+ssn"],
+    ),
+    (
+        "select percentile_cont(0.5) within group (order by extract(epoch from birth_date))"
+        " from customers where id=1",
+        ["birth_date"],
+    ),
+    (
+        "select pg_catalog.mode() within group (order by phone desc nulls last), id"
+        " from customers group by id",
+        ["phone", "-"],
+    ),
+    (
+        "select percentile_disc(0.5) within group (order by email)"
+        " filter (where ssn like '1%') from customers",
+        ["email"],
+    ),
+    # hypothetical-set aggregates return a rank or a fraction, not the input
+    ("select rank('a') within group (order by email) from customers", ["-"]),
+    ("select percent_rank('a') within group (order by full_name) from customers", ["-"]),
+    ("select cume_dist('a') within group (order by ssn) from customers", ["-"]),
+    # an ordinary aggregate's ORDER BY only orders: unchanged
+    ("select string_agg(id::text, ',' order by email) from customers", ["-"]),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), ORDERED_SET, ids=[c[0][:60] for c in ORDERED_SET])
+def test_ordered_set_aggregate_input_flows_to_the_output(sql: str, expected: list[str]) -> None:
+    assert _cols(sql, len(expected)) == expected
+
+
+def test_token_in_within_group_is_tokenized_again() -> None:
+    a = analyze(f"select mode() within group (order by '{TOKEN}'::text)", COV)
+    (lin,) = a.statements[0].output.columns  # type: ignore[union-attr]
+    assert lin.token and lin.entities == {"email"}
+    assert [s.allowed for s in a.token_sites] == [True]
+
+
+def test_user_ordered_set_aggregate_input_is_refused_for_tokens() -> None:
+    snap = _snapshot()
+    snap.functions["myagg"] = [FunctionInfo(7, "public", "myagg", False, 25, None)]
+    cov = Coverage(snap, CATALOG)
+    a = analyze(f"select myagg() within group (order by '{TOKEN}'::text)", cov)
+    assert [s.allowed for s in a.token_sites] == [False]
+    assert a.statements[0].output.columns[0].unknown  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------- 2. ordinality, ROWS FROM
+
+ARRAY_OF_EMAILS = "(select array_agg(email) from customers where id = 1)"
+
+
+def test_unnest_of_unknown_width_with_ordinality_fails_closed() -> None:
+    sql = f"select * from unnest({ARRAY_OF_EMAILS}) with ordinality"
+    # the value column, and (unknown position) the ordinality column, are PII
+    assert _cols(sql, 3) == ["email", "email", "email"]
+
+
+def test_alias_colnames_after_an_unknown_width_resolve_to_its_lineage() -> None:
+    sql = f"select u, o from unnest({ARRAY_OF_EMAILS}) with ordinality as t(u, o)"
+    assert _cols(sql, 2) == ["email", "email"]
+    sql = f"select t.u from unnest({ARRAY_OF_EMAILS}) with ordinality as t(u, o)"
+    assert _cols(sql, 1) == ["email"]
+
+
+def test_rows_from_with_token_array() -> None:
+    sql = f"select * from rows from (unnest(array['{TOKEN}']), generate_series(1,1))"
+    out = _out(sql)
+    assert out.tail is None and [_show(c) for c in out.columns] == ["email", "-"]
+    assert out.columns[0].token
+
+
+def test_unnest_of_scalar_array_with_ordinality_is_exact() -> None:
+    out = _out(f"select * from unnest(array['{TOKEN}']) with ordinality")
+    assert out.tail is None and [_show(c) for c in out.columns] == ["email", "-"]
+    out = _out(f"select * from unnest('{{{TOKEN}}}'::text[]) with ordinality as t(v, n)")
+    assert out.tail is None and out.names == ["v", "n"]
+    assert [_show(c) for c in out.columns] == ["email", "-"]
+
+
+def test_rows_from_after_an_unknown_width_function_fails_closed() -> None:
+    sql = (
+        f"select * from rows from (generate_series(1,2), unnest({ARRAY_OF_EMAILS}),"
+        " generate_series(3,4)) with ordinality"
+    )
+    out = _out(sql)
+    assert [_show(c) for c in out.columns] == ["-"]  # the first position is known
+    assert all(out.at(i).pii for i in range(1, 6))
+
+
+def test_multi_argument_unnest_of_unknown_width() -> None:
+    sql = f"select * from unnest(array[1, 2], {ARRAY_OF_EMAILS}) with ordinality"
+    out = _out(sql)
+    assert [_show(c) for c in out.columns] == ["-"]
+    assert all(out.at(i).pii for i in range(1, 4))
+
+
+def test_polymorphic_function_with_ordinality_fails_closed() -> None:
+    # jsonb_populate_record(null::customers, ...) is as wide as customers: position 1
+    # is full_name from the token, not the ordinality column
+    sql = (
+        "select * from jsonb_populate_record(null::customers,"
+        f' \'{{"full_name": "{TOKEN}"}}\') with ordinality'
+    )
+    out = _out(sql)
+    assert all(out.at(i).pii for i in range(9))
+
+
+def test_unnest_of_whole_rows_fails_closed() -> None:
+    sql = "select u.* from customers c, unnest(array[c]) with ordinality u"
+    out = _out(sql)
+    assert all(out.at(i).pii for i in range(8))
+
+
+def test_polymorphic_functions_without_function_info_fail_closed() -> None:
+    snap = SchemaSnapshot(relations=_snapshot().relations, assume_builtin_functions=True)
+    cov = Coverage(snap, CATALOG)
+    sql = (
+        "select * from rows from (jsonb_populate_record(null::customers,"
+        f' \'{{"ssn": "{TOKEN}"}}\'), generate_series(1, 1))'
+    )
+    out = analyze(sql, cov).statements[0].output
+    assert out is not None and all(out.at(i).pii for i in range(8))
+
+
+# ----------------------------------------------------------- 3. query text
+
+QUERY_TEXT = [
+    "select current_query()",
+    f"select current_query() where 'x' <> '{TOKEN}'",
+    "select pg_catalog.current_query()",
+    "select name, statement from pg_cursors",
+    "select statement from pg_catalog.pg_cursors",
+    "select * from pg_prepared_statements",
+    "select statement from pg_catalog.pg_prepared_statements",
+    "select query from pg_stat_activity",
+    "select query from pg_stat_statements",
+    "select ident from pg_backend_memory_contexts",
+    "select * from pg_cursor()",
+    "select p.statement from pg_catalog.pg_prepared_statement() p",
+    "select s from v_cursors",
+    "select upper(statement) from pg_cursors",
+]
+
+
+@pytest.mark.parametrize("sql", QUERY_TEXT)
+def test_query_text_is_never_clean(sql: str) -> None:
+    out = _out(sql)
+    lins = [*out.columns, *([out.tail] if out.tail is not None else [])]
+    assert any(lin.pii or lin.unknown for lin in lins), sql
+    # the text column itself, wherever it is
+    names = out.names
+    for col in ("statement", "query", "ident", "s", "current_query", "upper"):
+        if col in names:
+            assert not out.columns[names.index(col)].clean, (sql, col)
+
+
+def test_other_columns_of_those_views_stay_readable() -> None:
+    out = _out("select name, is_holdable from pg_cursors")
+    assert all(c.clean for c in out.columns)
+
+
+def test_query_text_columns_are_built_in_and_can_be_switched_off() -> None:
+    cat = Catalog()
+    for schema, table, column in (
+        ("pg_catalog", "pg_stat_activity", "query"),
+        ("pg_catalog", "pg_cursors", "statement"),
+        ("pg_catalog", "pg_prepared_statements", "statement"),
+        ("public", "pg_stat_statements", "query"),
+    ):
+        entity, why = cat.classify(schema, table, column)
+        assert entity == "pii" and "query text" in why
+    assert cat.classify("pg_catalog", "pg_cursors", "name")[0] is None
+    off = Catalog(columns=(ColumnRule("pg_catalog.pg_cursors.statement", "none"),))
+    assert off.classify("pg_catalog", "pg_cursors", "statement")[0] is None
