@@ -357,6 +357,8 @@ class AuditTrail:
                 "",
                 record.rows if stage == "completed" else None,
                 duration,
-                isinstance(verdict, Allow) and verdict.plan is not None,
+                isinstance(verdict, Allow)
+                and verdict.plan is not None
+                and getattr(verdict.plan, "tokenizes", True),
             )
         )

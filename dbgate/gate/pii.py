@@ -102,6 +102,12 @@ class PiiResultPlan:
     def copy_out(self, session: SessionInfo, response: bytes) -> RowRewriter | None:
         return self._current().copy_out(response)  # type: ignore[no-any-return]
 
+    @property
+    def tokenizes(self) -> bool:
+        """Whether any output is tokenized (a plan may only mark a statement that reads
+        PII where its rows are chosen, whose errors are withheld)."""
+        return bool(self.plan.pii_outputs)
+
 
 class PiiFilter:
     """The proxy's :class:`~dbgate.proxy.seams.MessageFilter`: each session's room."""
@@ -113,17 +119,41 @@ class PiiFilter:
         s = session.state.get(_STATE_KEY)
         return None if s is None else s.filter
 
-    def notice(self, session: SessionInfo, body: bytes) -> bytes:
+    def notice(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes:
         f = self._filter(session)
-        return body if f is None else f.notice(body)
+        if f is None:
+            return body
+        return f.notice(body, involves_pii=_involves_pii(verdict), positions=_positions(verdict))
 
-    def error(self, session: SessionInfo, body: bytes) -> bytes:
+    def error(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes:
         f = self._filter(session)
-        return body if f is None else f.error(body)
+        if f is None:
+            return body
+        return f.error(body, involves_pii=_involves_pii(verdict), positions=_positions(verdict))
 
     def notification(self, session: SessionInfo, body: bytes) -> bytes:
         f = self._filter(session)
         return body if f is None else f.notification(body)
+
+
+def _involves_pii(verdict: Allow | None) -> bool:
+    """Whether the statement a notice or error is about involves PII (fail closed:
+    unknown counts): its verdict carries this gate's result plan (PII outputs, or PII
+    read anywhere, see ``StatementPlan.involves_pii``), or tokens were resolved into
+    its text or its Bind's values."""
+    if verdict is None:
+        return True
+    return (
+        isinstance(verdict.plan, PiiResultPlan)
+        or verdict.replace_sql is not None
+        or verdict.replace_params is not None
+    )
+
+
+def _positions(verdict: Allow | None) -> bool:
+    """Whether the server's positions are in the client's text (not when dbgate
+    forwarded another: tokens resolved into it)."""
+    return verdict is not None and verdict.replace_sql is None
 
 
 def _token_settings(pii: Any) -> tuple[Any, ...]:
@@ -357,7 +387,9 @@ class PiiGate:
                 reasons=tuple(Reason(Category.EXPORT, "pii-copy", r) for r in plan.hold_reasons),
             )
             return hold(decision)  # type: ignore[no-any-return]
-        result_plan = PiiResultPlan(plan) if plan.pii_outputs else None
+        # Also for a statement that reads PII only where its rows are chosen: the plan
+        # rewrites no row then, it marks the statement whose errors are withheld
+        result_plan = PiiResultPlan(plan) if plan.involves_pii else None
         if plan.has_tokens:
             try:
                 sql = s.detokenize_sql(plan)
@@ -446,7 +478,7 @@ class PiiGate:
             )
         except TokenError as e:
             return Refuse(e.sqlstate, f"dbgate: {e}")
-        result_plan = PiiResultPlan(bound) if bound.pii_outputs else None
+        result_plan = PiiResultPlan(bound) if bound.involves_pii else None
         if values == statement.params:
             return Allow(plan=result_plan) if result_plan is not None else None
         return Allow(plan=result_plan, replace_params=values)

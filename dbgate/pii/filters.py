@@ -12,6 +12,15 @@ email: "…"``; user functions RAISE whatever they like; triggers NOTIFY row dat
 * **Detectors** (:mod:`dbgate.pii.detectors`) over every free-text field (message,
   detail, hint, context, internal query): the backstop for RAISE and anything else.
   ``pii.raise_messages: tokenize`` replaces the text of RAISE messages whole instead.
+* **Withheld**, for an error or notice of a statement that involves PII (it reads a
+  PII column anywhere, had tokens resolved into it, or its PII involvement is not
+  known): the server echoes values in messages no template covers
+  (``unrecognized configuration parameter "…"``, ``relation "…" does not exist``,
+  ``date field value out of range: 1991-08-54``, ``JSON data, line 1: …``), so the
+  message, detail, hint, context and internal query are replaced by a fixed text
+  (:meth:`MessageFilter.withhold`). The SQLSTATE, severity, position and the names
+  (schema, table, column, data type, constraint) stay. Integrity violations (class
+  23, written by the server, not RAISE) keep their tokenized text.
 * **Notifications**: payloads are tokenized whole by default (a trigger may send a
   whole row as JSON); ``detect`` or ``pass`` per channel where that is too much.
 
@@ -29,7 +38,7 @@ from dbgate.pii.entities import MIXED, UNKNOWN
 from dbgate.wire.errors import ProtocolError
 from dbgate.wire.messages import parse_error_fields
 
-__all__ = ["MessageFilter"]
+__all__ = ["WITHHELD_HINT", "MessageFilter", "withheld_message"]
 
 _KEY = re.compile(
     r"Key \((?P<cols>.*?)\)=\((?P<vals>.*)\) (?P<rest>already exists|is not present in table|is still referenced from table|conflicts with existing key)"
@@ -39,6 +48,35 @@ _FAILING = re.compile(r"^(Failing row contains )\((?P<vals>.*)\)(\.?)$", re.DOTA
 _QUOTED = re.compile(r'"((?:[^"]|"")*)"')
 _COPY_CTX = re.compile(r'^(COPY \S+, line \d+, column [^:]+: )"(?P<val>.*)"$', re.MULTILINE)
 _FREE_TEXT = ("M", "D", "H", "W", "q")
+#: Fields a withheld message keeps: severity, SQLSTATE, position, the names the
+#: server reports separately, and where in the server's source it was raised.
+_KEPT = frozenset("SVCPpstcdnFLR")
+#: Whole texts of class-23 details that hold nothing but tokens after the templates.
+_SAFE_23_DETAIL = re.compile(
+    r"^(?:Key \((?P<kc>[^()]*(?:\([^()]*\)[^()]*)*)\)=\(tok_[A-Za-z0-9_]+\) "
+    r"(?:already exists|is not present in table \"[^\"]*\"|is still referenced from table \"[^\"]*\")\.?"
+    r"|Failing row contains \(tok_[A-Za-z0-9_]+\)\.?)$"
+)
+_SAFE_23_MESSAGE = re.compile(
+    r'^(?:duplicate key value violates unique constraint "[^"]*"'
+    r'|null value in column "[^"]*"(?: of relation "[^"]*")? violates not-null constraint'
+    r'|new row for relation "[^"]*" violates check constraint "[^"]*"'
+    r'|insert or update on table "[^"]*" violates foreign key constraint "[^"]*"'
+    r'|update or delete on table "[^"]*" violates foreign key constraint "[^"]*" on table "[^"]*")$'
+)
+WITHHELD_HINT = (
+    "dbgate withholds the text of errors and notices of statements that read PII or "
+    "resolve tokens, because the server may echo values in it; the SQLSTATE, position "
+    "and names (schema, table, column, constraint) are kept."
+)
+
+
+def withheld_message(code: str) -> str:
+    return (
+        "dbgate: the server's message was withheld: the statement involves PII "
+        f"(SQLSTATE {code or 'unknown'})"
+    )
+
 
 #: (schema or None, table, column) -> entity, ``unknown`` when the relation is unknown,
 #: or None when the column is not PII
@@ -78,11 +116,16 @@ class MessageFilter:
         self.detectors = detectors
 
     # ------------------------------------------------------------------ seam methods
-    def notice(self, body: bytes) -> bytes:
-        return self._fields(body, "NoticeResponse")
+    def notice(self, body: bytes, *, involves_pii: bool = False, positions: bool = True) -> bytes:
+        """``involves_pii``: the notice comes from a statement that reads PII or had
+        tokens resolved (or whose involvement is unknown): its text is withheld.
+        ``positions``: whether the statement's positions are the client's (False when
+        dbgate rewrote its text: they are dropped)."""
+        return self._fields(body, "NoticeResponse", involves_pii, positions)
 
-    def error(self, body: bytes) -> bytes:
-        return self._fields(body, "ErrorResponse")
+    def error(self, body: bytes, *, involves_pii: bool = False, positions: bool = True) -> bytes:
+        """As :meth:`notice`."""
+        return self._fields(body, "ErrorResponse", involves_pii, positions)
 
     def notification(self, body: bytes) -> bytes:
         if len(body) < 6:
@@ -105,13 +148,39 @@ class MessageFilter:
         return body[: end + 1] + new + b"\0"
 
     # ------------------------------------------------------------------ errors/notices
-    def _fields(self, body: bytes, what: str) -> bytes:
+    def _fields(
+        self, body: bytes, what: str, involves_pii: bool = False, positions: bool = True
+    ) -> bytes:
         try:
             fields = parse_error_fields(body, what)
         except ProtocolError:
-            return body
-        new = self.scrub(fields)
+            if not involves_pii:
+                return body
+            # fail closed: nothing of an unreadable message of a PII statement
+            fields = {"S": "ERROR" if what == "ErrorResponse" else "NOTICE", "C": "XX000"}
+            return _encode_fields(self.withhold(fields, positions=False))
+        new = self.withhold(fields, positions=positions) if involves_pii else self.scrub(fields)
         return body if new == fields else _encode_fields(new)
+
+    def withhold(self, fields: dict[str, str], *, positions: bool = True) -> dict[str, str]:
+        """The fields of a message of a statement that involves PII: the message,
+        detail, hint, context and internal query replaced by a fixed text, except an
+        integrity violation the templates fully tokenized (a new dict)."""
+        code = fields.get("C", "")
+        out = {k: v for k, v in fields.items() if k in _KEPT}
+        if not positions:
+            out.pop("P", None)
+        if code.startswith("23") and fields.get("R") != "exec_stmt_raise":
+            scrubbed = self.scrub(fields)
+            msg, detail = scrubbed.get("M", ""), scrubbed.get("D")
+            if _SAFE_23_MESSAGE.match(msg) and (detail is None or _SAFE_23_DETAIL.match(detail)):
+                out["M"] = msg
+                if detail is not None:
+                    out["D"] = detail
+                return out
+        out["M"] = withheld_message(code)
+        out["H"] = WITHHELD_HINT
+        return out
 
     def scrub(self, fields: dict[str, str]) -> dict[str, str]:
         """The fields with echoed values tokenized (a new dict; the input is not changed)."""

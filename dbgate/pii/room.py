@@ -17,6 +17,7 @@ Everything is synchronous except the schema load.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -172,6 +173,31 @@ class StatementPlan:
                 return True
         return False
 
+    @property
+    def involves_pii(self) -> bool:
+        """Whether the server's errors and notices about this statement may echo PII
+        (their text is then withheld, see :meth:`MessageFilter.withhold`): some output
+        is or may be PII, it holds tokens (in its text, or its Bind's values), lineage could not
+        follow all of it, or its text names a relation with PII columns or a PII column
+        (anywhere: a WHERE clause, a function's argument; lineage walks those clauses
+        only for tokens, so the names decide)."""
+        if self.exemption is not None:
+            return False
+        a = self.analysis
+        if (
+            a.token_sites
+            or self.token_params
+            or a.unknown_reasons
+            or a.unknown_relations
+            or a.parse_error
+            or self.pii_outputs
+        ):
+            return True
+        names = self.room.pii_names()
+        return any(
+            word.strip('"').replace('""', '"').lower() in names for word in _WORD.findall(self.sql)
+        )
+
     def with_token_params(self, numbers: Iterable[int]) -> StatementPlan:
         """This plan for a Bind whose parameters ``numbers`` (1-based) held tokens."""
         numbers = frozenset(numbers)
@@ -310,6 +336,11 @@ class StatementPlan:
         return TextCopyRewriter(pii, options.get("delimiter", "\t"), options.get("null", "\\N"))
 
 
+#: identifiers as the statement's text spells them (quoted or not; keywords match too,
+#: which only ever errs towards withholding)
+_WORD = re.compile(r'[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*|"(?:[^"]|"")+"')
+
+
 def _unknown_outputs(analysis: Analysis) -> bool:
     """Some output of the statement could not be followed (only outputs matter for a
     hold: an unresolvable name in WHERE is the server's error to report)."""
@@ -417,10 +448,10 @@ class PiiSession:
 
 
 class _PassFilter:
-    def notice(self, body: bytes) -> bytes:
+    def notice(self, body: bytes, **_: Any) -> bytes:
         return body
 
-    def error(self, body: bytes) -> bytes:
+    def error(self, body: bytes, **_: Any) -> bytes:
         return body
 
     def notification(self, body: bytes) -> bytes:
@@ -450,6 +481,7 @@ class PiiRoom:
         self._lock = threading.Lock()
         self.snapshot = SchemaSnapshot()
         self.coverage: Coverage | None = None
+        self._pii_names: tuple[Coverage | None, frozenset[str]] | None = None
         self.types = TypeRegistry()
         self.pseudonymizer = Pseudonymizer(tokenizer, self.types)
         self.version = 0
@@ -633,6 +665,26 @@ class PiiRoom:
                 if c.name == column:
                     out = out | lin
         return None if out.clean else out.entity()
+
+    def pii_names(self) -> frozenset[str]:
+        """Lower-cased names of the relations with PII columns (views included) and of
+        the PII columns themselves, for :attr:`StatementPlan.involves_pii`; computed
+        once per schema snapshot."""
+        coverage = self.coverage
+        cached = self._pii_names
+        if cached is not None and cached[0] is coverage:
+            return cached[1]
+        names: set[str] = set()
+        if coverage is not None:
+            for rel in list(self.snapshot.relations.values()):
+                lins = coverage.relation_lins(rel)
+                pii = [c.name for c, lin in zip(rel.columns, lins, strict=True) if not lin.clean]
+                if pii:
+                    names.add(rel.name.lower())
+                    names.update(n.lower() for n in pii)
+        result = frozenset(names)
+        self._pii_names = (coverage, result)
+        return result
 
     def _relation_has_pii(self, schema: str | None, table: str) -> bool:
         rels = self.snapshot.lookup(table, schema)

@@ -90,6 +90,10 @@ from dbgate.wire.framing import (
 
 log = logging.getLogger("dbgate.session")
 
+#: The verdict told to the message filter for a Describe or Close (they read no data)
+#: and for what the server says with nothing of the client's in flight.
+NOTHING_RUN = Allow()
+
 __all__ = ["ServerAnswers", "TrackerDesync"]
 
 
@@ -293,7 +297,7 @@ class ServerAnswers:
                     continue
                 body = chunk[s:e]
                 new = (
-                    f.notice(self.info, body)
+                    f.notice(self.info, body, self._verdict_of_head())
                     if t == NOTICE_MSG
                     else f.notification(self.info, body)
                 )
@@ -573,10 +577,14 @@ class ServerAnswers:
         if b"SFATAL\0" in body or b"SPANIC\0" in body:
             self.server_fatal = True
             f = self.message_filter
-            self.fatal_error = body if f is None else f.error(self.info, body)
+            self.fatal_error = (
+                body if f is None else f.error(self.info, body, self._verdict_of_head())
+            )
         queue = self._queue
         if len(queue) == self._markers:
-            return self._filtered_error(body)  # e.g. a FATAL the server sends on its own
+            # e.g. a FATAL the server sends on its own (idle-in-transaction timeout,
+            # terminated by an administrator): about no statement of the client's
+            return self._filtered_error(body, NOTHING_RUN)
         entry = self._head(ERROR_MSG)
         kind = entry[0]
         replacement: bytes | None = None
@@ -609,7 +617,7 @@ class ServerAnswers:
             code = r.sqlstate
         else:
             code = sqlstate_of(body)
-            replacement = self._filtered_error(body)
+            replacement = self._filtered_error(body, self._verdict_of(entry))
         self._rewriter = None
         self._copy_out = False
         if self._copy_in:
@@ -655,12 +663,49 @@ class ServerAnswers:
         if bound and kind in (QUERY, EXECUTE) and entry[2] is not None:
             entry[2].rows += bound
 
-    def _filtered_error(self, body: bytes) -> bytes | None:
+    def _filtered_error(self, body: bytes, verdict: Allow | None = None) -> bytes | None:
         f = self.message_filter
         if f is None:
             return None
-        new = f.error(self.info, body)
+        new = f.error(self.info, body, verdict)
         return None if new == body else m.frame(ERROR_MSG, new)
+
+    def _verdict_of_head(self) -> Allow | None:
+        """:meth:`_verdict_of` the entry the server answers now; :data:`NOTHING_RUN`
+        when the client has nothing in flight (the server speaks on its own)."""
+        queue = self._queue
+        if len(queue) == self._markers:
+            return NOTHING_RUN
+        for entry in queue:
+            if entry[0] != COPY_END:
+                return self._verdict_of(entry)
+        return None
+
+    def _verdict_of(self, entry: Entry) -> Allow | None:
+        """The verdict the message ``entry`` runs under, for the message filter (what
+        the server's errors and notices about it may echo); None when not known."""
+        kind = entry[0]
+        if kind == QUERY:
+            return entry[1]  # type: ignore[no-any-return]
+        if kind == PARSE:
+            return entry[2].verdict  # type: ignore[no-any-return]
+        if kind == EXECUTE:
+            p = self._portals.get(entry[1])
+            if p is None:
+                return None
+            stmt, bind_verdict, _body = p
+            return bind_verdict if bind_verdict is not None else stmt.verdict if stmt else None
+        if kind == BIND:
+            key = entry[5] if len(entry) == 6 else name_key(bind_names(entry[1])[1])
+            stmt = self._sent_stmts.get(key) or self._stmts.get(key)
+            parsed = stmt.verdict if stmt is not None else None
+            verdict = entry[2]
+            if verdict is None:
+                return parsed  # type: ignore[no-any-return]
+            return verdict if parsed is None else refined_verdict(parsed, verdict)
+        if kind in (DESCRIBE_S, DESCRIBE_P, CLOSE):
+            return NOTHING_RUN  # names only: nothing of the data is read
+        return None
 
     def _fail_entry(self, entry: Entry, code: str, skipped: bool) -> None:
         """An entry the server failed, or skipped after an error (until Sync)."""

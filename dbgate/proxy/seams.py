@@ -105,11 +105,15 @@ class ResultPlan(Protocol):
 
 class MessageFilter(Protocol):
     """Sees every NoticeResponse, ErrorResponse and NotificationResponse of a session
-    (values echoed in errors, payloads of NOTIFY) and returns the body to send."""
+    (values echoed in errors, payloads of NOTIFY) and returns the body to send.
 
-    def notice(self, session: SessionInfo, body: bytes) -> bytes: ...
+    ``verdict``: the verdict of the statement the server was running when it sent the
+    notice or error (its result plan, its resolved tokens), or None when the relay
+    cannot tell (an error after a Sync, a FunctionCall, nothing in flight)."""
 
-    def error(self, session: SessionInfo, body: bytes) -> bytes: ...
+    def notice(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes: ...
+
+    def error(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes: ...
 
     def notification(self, session: SessionInfo, body: bytes) -> bytes: ...
 
