@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dbgate.audit.errors import AuditUnavailable
-from dbgate.gate import refusals
+from dbgate.gate import cursors, refusals
 from dbgate.gate.audit import AuditTrail
 from dbgate.gate.holds import HoldDesk
 from dbgate.gate.keys import KeyCatalogs
@@ -73,6 +73,7 @@ _HOLD_ACTION = Action.HOLD
 _NEEDS_BIND = "needs-bind"  # decided at each Bind (a Parse); a Query is decided as usual
 _DECIDE = "decide"  # not a plain allow: ask the rules (and log) each time
 _ALLOW_SESSION = "allow-session"  # allowed, but read session state (EXECUTE)
+_CURSOR_COMMANDS = frozenset({cursors.DECLARE, cursors.FETCH})
 _ALLOW_PREPARES = "allow-prepares"  # allowed, and changes prepared statements
 _ALLOW_DECLARES = "allow-declares"  # allowed, and declares dbgate.purpose/model
 _ALLOW_PLAIN = "allow"
@@ -297,6 +298,12 @@ class Gate:
             if ready is not None:
                 return self._offloaded(ready, session, statement, sql), None
         classification = self._classified(sql, session.statements.texts, catalog)
+        if self.windows is not None and any(
+            st.command in _CURSOR_COMMANDS for st in classification.statements
+        ):
+            fetched = self._cursor_reads(session, identity, statement, classification, catalog)
+            if fetched is not None:
+                return fetched, classification
         answer = self._answers.get((id(identity), id(classification)))
         if answer is None or answer[0] is not identity or answer[1] is not classification:
             answer = self._answer(identity, classification)
@@ -351,18 +358,20 @@ class Gate:
                 # any number of times: not recorded. A name they create is unknown
                 # (EXECUTE of it is opaque); one they remove keeps being checked.
                 return ALLOW, classification
-        elif outcome is _ALLOW_SESSION or outcome is _ALLOW_PREPARES:
+        elif (outcome is _ALLOW_SESSION or outcome is _ALLOW_PREPARES) and (
+            not self._has_limits(answer[6])
+            or (
+                outcome is _ALLOW_PREPARES
+                and all(st.command in PREPARED_COMMANDS for st in classification.statements)
+            )
+        ):
             # EXECUTE reads session state (never remembered); PREPARE/DEALLOCATE
             # change it. The rule's limits still hold for whatever else the string
             # runs (an EXECUTE, a statement beside a PREPARE): then it takes the
             # general path below. A PREPARE alone runs nothing (its EXECUTE is judged).
-            if not self._has_limits(answer[6]) or (
-                outcome is _ALLOW_PREPARES
-                and all(st.command in PREPARED_COMMANDS for st in classification.statements)
-            ):
-                if outcome is _ALLOW_SESSION:
-                    return ALLOW, classification
-                return Allow(changes=prepared_changes(classification)), classification
+            if outcome is _ALLOW_SESSION:
+                return ALLOW, classification
+            return Allow(changes=prepared_changes(classification)), classification
         # Not a plain allow, or a Query whose statements would need Bind values.
         decision = self.ruleset.decide(identity, classification)
         if decision.action is not _ALLOW_ACTION:
@@ -387,6 +396,39 @@ class Gate:
         if prepares:
             return Allow(changes=prepared_changes(classification)), classification
         return ALLOW, classification
+
+    def _cursor_reads(
+        self,
+        session: SessionInfo,
+        identity: Identity,
+        statement: Statement,
+        classification: Any,
+        catalog: KeyCatalog | None,
+    ) -> Verdict | None:
+        """A string that declares or fetches from SQL cursors, under row windows
+        (gate/cursors.py): the tables each DECLARE reads are remembered, and a FETCH
+        of a cursor this session declared is judged as a read of them — capped by what
+        the identity has left and charged to them, never remembered by the relay (the
+        name may be declared again over other tables). None: judge it as usual."""
+        sql = statement.sql
+        if any(st.command == cursors.DECLARE for st in classification.statements):
+            cursors.remember_declared(session, sql, classification)
+        fetching = cursors.with_cursor_tables(session, sql, classification)
+        if fetching is None:
+            return None
+        kind = statement.kind
+        decision = self.ruleset.decide(identity, fetching)
+        if decision.action is not _ALLOW_ACTION:
+            return self._held(kind, decision, session, sql)  # type: ignore[no-any-return]
+        if not self._has_limits(decision):
+            return ALLOW
+        verdict = self._limited(decision, fetching, sql)
+        if type(verdict) is not Allow:
+            return self._held(kind, verdict, session, sql)  # type: ignore[no-any-return]
+        limited = self._run_limited(kind, verdict, decision, session, sql, catalog)
+        if type(limited) is Allow and limited.repeatable:
+            limited = replace(limited, repeatable=False)
+        return limited  # type: ignore[no-any-return]
 
     def _held(self, kind: str, decision: Decision, session: SessionInfo, sql: str) -> Any:
         """The verdict for a decision that is not an allow."""

@@ -55,7 +55,7 @@ def _over(rule: Rule) -> OverLimit:
     )
 
 
-def _read_tables(classification: Classification) -> frozenset[str]:
+def read_tables(classification: Classification) -> frozenset[str]:
     """The tables the string reads, as the rows-per-window account names them."""
     out = set()
     for st in classification.statements:
@@ -113,7 +113,7 @@ def limited(decision: Decision, rules: Sequence[Rule], classification: Classific
         )
     window = None
     if window_rule is not None:
-        tables = _read_tables(classification)
+        tables = read_tables(classification)
         if tables:
             assert window_rule.max_rows_per_window is not None
             window = RowWindow(

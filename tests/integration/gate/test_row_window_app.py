@@ -189,3 +189,34 @@ async def test_a_changed_setting_has_the_next_bind_judged_by_the_gate(env: Holds
             await conn.close()
     finally:
         del gate.inspect
+
+
+def test_rows_fetched_from_a_cursor_count_against_the_tables_it_reads(env: HoldsEnv) -> None:
+    """A FETCH names no table: it is charged to the tables its cursor's DECLARE reads,
+    and capped by what is left of them, through the simple Query protocol (psql,
+    psycopg2's named cursors) and the extended one (psycopg 3's named cursors)."""
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS windowed_cur, windowed_cur2",
+        "CREATE TABLE windowed_cur (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_cur SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "CREATE TABLE windowed_cur2 (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_cur2 SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "GRANT SELECT ON windowed_cur, windowed_cur2 TO PUBLIC",
+    )
+    with psycopg.connect(env.dsn) as conn:
+        conn.execute("DECLARE c CURSOR FOR SELECT id FROM windowed_cur WHERE id > 0", prepare=False)
+        assert len(conn.execute("FETCH 20 FROM c", prepare=False).fetchall()) == 20
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded) as info:
+            conn.execute("FETCH 20 FROM c", prepare=False).fetchall()  # 10 left
+        assert "public.windowed_cur" in info.value.diag.message_primary
+    with psycopg.connect(env.dsn, autocommit=True) as other:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):  # all 30 were read
+            other.execute("SELECT v FROM windowed_cur WHERE id = 1", prepare=False)
+    with psycopg.connect(env.dsn) as conn, conn.cursor(name="named") as cur:
+        cur.execute("SELECT id FROM windowed_cur2 WHERE id > 0")
+        got = []
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            while len(got) < 100:
+                got += cur.fetchmany(7)
+        assert len(got) == 28  # four fetches of 7; the fifth would pass the 30
