@@ -95,16 +95,23 @@ def _sublink(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) ->
     if isinstance(sub, dict):
         for k, body in sub.items():
             produced = queries.nested_query(k, body, facts, carries, ctes)
-            if kind == "ARRAY_SUBLINK" and queries.carries_rows(produced.reads, produced.rows):
+            if kind == "ARRAY_SUBLINK":
                 # ARRAY(SELECT ...) puts every row it reads in one value: in the
                 # result, or in an error message when cast to something it is not.
-                tables = tuple(t for t, n in produced.reads.items() if type(t) is str and n is None)
-                facts.add(
-                    DUMP,
-                    "collects-rows",
-                    f"collects rows of {_names(tables)} into one array (ARRAY(SELECT ...)) "
-                    "with no unique key that bounds them, so a row limit cannot bound it",
-                )
+                _collected(produced, facts, "ARRAY(SELECT ...)")
+
+
+def _collected(produced: Any, facts: StatementFacts, construct: str) -> None:
+    """``dump`` when the query a construct collects into one array reads rows no key
+    bounds."""
+    if queries.carries_rows(produced.reads, produced.rows):
+        tables = tuple(t for t, n in produced.reads.items() if type(t) is str and n is None)
+        facts.add(
+            DUMP,
+            "collects-rows",
+            f"collects rows of {_names(tables)} into one array ({construct}) "
+            "with no unique key that bounds them, so a row limit cannot bound it",
+        )
 
 
 #: Operator "names" the grammar uses for constructs that are not pg_operator entries.
@@ -409,6 +416,17 @@ def _json_agg(name: str) -> Callable[[dict[str, Any], StatementFacts, bool, Ctes
     return handler
 
 
+def _json_array_query(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
+    """JSON_ARRAY(SELECT ...): every row the query reads in one value, as
+    ARRAY(SELECT ...) (see :func:`_sublink`)."""
+    walk(x.get("format"), facts, False, ctes)
+    query = x.get("query")
+    if not isinstance(query, dict):
+        return
+    for k, body in query.items():
+        _collected(queries.nested_query(k, body, facts, out, ctes), facts, "JSON_ARRAY(SELECT ...)")
+
+
 _EXPR: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]] = {
     "ColumnRef": _column_ref,
     "SubLink": _sublink,
@@ -418,4 +436,5 @@ _EXPR: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]] =
     "RangeFunction": _range_function,
     "JsonArrayAgg": _json_agg("JSON_ARRAYAGG"),
     "JsonObjectAgg": _json_agg("JSON_OBJECTAGG"),
+    "JsonArrayQueryConstructor": _json_array_query,
 }

@@ -605,6 +605,8 @@ DUMP = [
     row("SELECT json_agg(c) FROM customers c", R, D),
     row("SELECT jsonb_agg(c) FROM customers c", R, D),
     row("SELECT json_arrayagg(email) FROM customers", R, D),
+    row("SELECT json_array(SELECT json_build_array(id, email) FROM customers WHERE id > 0)", R, D),
+    row("SELECT json_array(SELECT email FROM customers)", R, D, id="json_array-of-a-query"),
     row("SELECT xmlagg(xmlelement(name e, email)) FROM customers", R, D),
     # an ordered-set aggregate returns values of its WITHIN GROUP input: one per
     # fraction, and an array of fractions is as many rows as it has elements
