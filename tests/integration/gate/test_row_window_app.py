@@ -210,9 +210,11 @@ def test_rows_fetched_from_a_cursor_count_against_the_tables_it_reads(env: Holds
         with pytest.raises(psycopg.errors.ProgramLimitExceeded) as info:
             conn.execute("FETCH 20 FROM c", prepare=False).fetchall()  # 10 left
         assert "public.windowed_cur" in info.value.diag.message_primary
-    with psycopg.connect(env.dsn, autocommit=True) as other:
-        with pytest.raises(psycopg.errors.ProgramLimitExceeded):  # all 30 were read
-            other.execute("SELECT v FROM windowed_cur WHERE id = 1", prepare=False)
+    with (
+        psycopg.connect(env.dsn, autocommit=True) as other,
+        pytest.raises(psycopg.errors.ProgramLimitExceeded),  # all 30 were read
+    ):
+        other.execute("SELECT v FROM windowed_cur WHERE id = 1", prepare=False)
     with psycopg.connect(env.dsn) as conn, conn.cursor(name="named") as cur:
         cur.execute("SELECT id FROM windowed_cur2 WHERE id > 0")
         got = []
