@@ -8,7 +8,11 @@ function argument, a CASE branch, a scalar sub-select's output, an aggregate or 
 window function's argument flows into the result; a column in WHERE, JOIN ... ON,
 GROUP BY, ORDER BY, a window's PARTITION BY or an aggregate's FILTER only decides
 *which* rows appear, which is what an agent is allowed to do. ``count(...)`` carries
-no value. Everything the walker cannot follow — a user-defined function, a relation
+no value. Except when the choice *is* a value: a predicate that relates a PII-derived
+value with columns of another row source (``g = ascii(substr(full_name, 1, 1))``, ``g
+IN (SELECT ... full_name ...)``) makes the rows of those columns spell the PII, so
+every output of their query level is derived from it (``_Walker.choose``).
+Everything the walker cannot follow — a user-defined function, a relation
 not in the schema snapshot, a cursor it did not see declared, a node type it does not
 know — makes the value *unknown*, which callers treat as PII (fail closed).
 
@@ -209,11 +213,16 @@ class Output:
 
     ``tail`` is set when the width is not known (``SELECT *`` over something opaque):
     every position past ``columns`` has that lineage.
+
+    ``chosen`` is the part every column has because PII chose the rows (already in
+    ``columns`` and ``tail``): a plain column is described by its table and attribute
+    in the RowDescription and takes its lineage from there, plus this.
     """
 
     columns: list[Lin] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     tail: Lin | None = None
+    chosen: Lin = CLEAN
 
     def add(self, lin: Lin, name: str = "?column?") -> None:
         if self.tail is not None:
@@ -239,6 +248,7 @@ class Output:
         out = Output(
             [a | b for a, b in zip(self.columns[:n], other.columns[:n], strict=True)],
             list(self.names[:n]),
+            chosen=self.chosen | other.chosen,
         )
         if (
             self.tail is not None
@@ -303,7 +313,7 @@ class SessionState(Protocol):
 class _Item:
     """One FROM-clause entry as name resolution sees it."""
 
-    __slots__ = ("alias", "cols", "names", "open", "rest", "schema")
+    __slots__ = ("alias", "chosen", "cols", "names", "open", "rest", "schema", "table")
 
     def __init__(
         self,
@@ -313,6 +323,8 @@ class _Item:
         open: bool = False,
         rest: Lin = CLEAN,
         schema: str | None = None,
+        chosen: Lin = CLEAN,
+        table: bool = False,
     ) -> None:
         self.alias = alias
         self.names = names
@@ -320,6 +332,8 @@ class _Item:
         self.open = open
         self.rest = rest
         self.schema = schema
+        self.chosen = chosen  # its source's rows were chosen by PII (Output.chosen)
+        self.table = table  # one row of a table: its columns are one stored row's
 
     def get(self, name: str) -> Lin | None:
         found: Lin | None = None
@@ -338,13 +352,33 @@ class _Item:
 
 
 class _Scope:
-    __slots__ = ("ctes", "items", "parent", "stars")
+    __slots__ = ("chosen", "ctes", "items", "parent", "stars")
 
     def __init__(self, parent: _Scope | None) -> None:
         self.parent = parent
         self.items: list[_Item] = []  # everything resolvable by name
         self.stars: list[_Item] = []  # top-level FROM entries, for SELECT *
         self.ctes: dict[str, tuple[Output, list[str]]] = {}
+        #: PII that chose this level's rows (``_Walker.choose``): every output has it
+        self.chosen = CLEAN
+
+    def level_chosen(self) -> Lin:
+        """What PII chose in this level's rows: here, or in a FROM entry's source."""
+        out = self.chosen
+        for item in self.items:
+            out = out | item.chosen
+        return out
+
+    def mark(self, out: Output) -> Output:
+        """``out`` with this level's chosen PII added to every column."""
+        chosen = self.level_chosen()
+        if chosen is CLEAN:
+            return out
+        out.columns = [lin | chosen for lin in out.columns]
+        if out.tail is not None:
+            out.tail = out.tail | chosen
+        out.chosen = out.chosen | chosen
+        return out
 
     def cte(self, name: str) -> tuple[Output, list[str]] | None:
         scope: _Scope | None = self
@@ -353,6 +387,10 @@ class _Scope:
                 return scope.ctes[name]
             scope = scope.parent
         return None
+
+
+#: Where an opaque function given no column reads from (``_Walker.met_opaque``).
+_OPAQUE = _Item(None, [], [], open=True, rest=UNKNOWN_LIN)
 
 
 def _strs(nodes: Iterable[Node] | None) -> list[str]:
@@ -378,6 +416,9 @@ class _Walker:
         self.r = result
         self.depth = 0
         self.filters_matter = True
+        #: column references met while walking one predicate (``choose``): the level
+        #: each resolved at, the FROM entry, its lineage; None outside predicates
+        self.refs: list[tuple[_Scope, _Item, Lin]] | None = None
 
     # ------------------------------------------------------------------ bookkeeping
     def unknown(self, why: str) -> Lin:
@@ -534,7 +575,7 @@ class _Walker:
             left = self.select(body["larg"], scope, ctx)
             right = self.select(body["rarg"], scope, ctx)
             self.control(body, scope)
-            return left.merged(right)
+            return scope.mark(left.merged(right))
         if "valuesLists" in body:
             out: Output | None = None
             for row in body["valuesLists"]:
@@ -545,7 +586,7 @@ class _Walker:
                 )
                 out = row_out if out is None else out.merged(row_out)
             self.control(body, scope)
-            return out or Output()
+            return scope.mark(out or Output())
         for item in body.get("fromClause") or ():
             scope.stars.append(self.from_item(item, scope))
         out = Output()
@@ -553,20 +594,30 @@ class _Walker:
             rt = target["ResTarget"]
             self.target(rt.get("val"), rt.get("name"), scope, ctx, out)
         self.control(body, scope)
-        return out
+        # last: a correlated predicate anywhere below may have chosen this level's rows
+        return scope.mark(out)
 
     def control(self, body: Node, scope: _Scope) -> None:
-        """Clauses that choose rows but carry no values: walk them for tokens only.
+        """Clauses that choose rows but carry no values: walk them for tokens.
 
         Their lineage is discarded; what matters there is a token literal, a bind
-        parameter or a call that stores its argument. When the text has none of those
-        (the common case, checked once per statement), the walk is skipped.
+        parameter or a call that stores its argument, and, in WHERE and HAVING, a
+        predicate that turns the choice into a value (``choose``, always walked). When
+        the text has none of the former (the common case, checked once per statement),
+        the other clauses are skipped.
         """
+        self.choose(body.get("whereClause"), scope)
+        self.choose(body.get("havingClause"), scope)
         if not self.filters_matter:
             return
+        saved, self.refs = self.refs, None  # ORDER BY, GROUP BY ... relate no values
+        try:
+            self.clauses(body, scope)
+        finally:
+            self.refs = saved
+
+    def clauses(self, body: Node, scope: _Scope) -> None:
         for key in (
-            "whereClause",
-            "havingClause",
             "groupClause",
             "sortClause",
             "distinctClause",
@@ -576,6 +627,53 @@ class _Walker:
         ):
             if body.get(key):
                 self.expr(body[key], scope, FILTER)
+
+    def choose(self, node: Node | None, scope: _Scope) -> None:
+        """Walk a clause that chooses rows (WHERE, HAVING, JOIN ... ON, FILTER).
+
+        Choosing rows is allowed, but a choice can be made to spell a value: ``SELECT
+        g FROM generate_series(1, 20000) g WHERE g IN (SELECT n * 256 +
+        ascii(substr(full_name, n, 1)) ...)`` returns numbers whose low byte is the
+        name, and any column of the chosen rows (an ordinality, a lateral copy of
+        ``g``, a lookup table's label, ``count(*)`` of ``g < ascii(...)``) tells which
+        rows they were. So each predicate (a leaf under AND / OR / NOT) is walked like
+        a value: when PII (or something unknown) flows into it, every column it
+        compares that is not PII marks the query level that column comes from, and
+        all outputs of that level get the predicate's PII (``_Scope.mark``). A whole
+        level rather than the columns, because columns already copied elsewhere (a
+        lateral sub-select, a correlated sub-select) were walked before the WHERE.
+
+        Nothing new is marked when the predicate compares PII only with constants,
+        parameters or other PII columns (``email = $1``, ``email LIKE 'a%'``,
+        ``c.email = o.contact_email``), nor when every column it references is of one
+        table row (``birth_date < created_at``, ``get_email(id) IS NULL``): a row
+        chosen by its own values answers one bit, as with a constant. That holds for a
+        table's rows only (a sub-select's row may pair a customer with every number),
+        and not when a token or an opaque function given no column
+        (``met_opaque``) brings a value from elsewhere.
+        """
+        if node is None:
+            return
+        if "BoolExpr" in node:
+            for arg in node["BoolExpr"].get("args") or ():
+                self.choose(arg, scope)
+            return
+        saved, self.refs = self.refs, []
+        refs = self.refs
+        try:
+            lin = self.expr(node, scope, FILTER)
+        finally:
+            self.refs = saved
+        if not (lin.pii or lin.unknown):
+            return
+        row = refs[0][1] if refs else None
+        own_row = row is not None and row.table and all(item is row for _, item, _ in refs)
+        if own_row and not lin.token:
+            return  # one table row chosen by its own values
+        chosen = Lin(lin.entities, lin.unknown)
+        for level, _item, ref in refs:
+            if not (ref.pii or ref.unknown):
+                level.chosen = level.chosen | chosen
 
     def target(
         self, val: Node | None, name: str | None, scope: _Scope, ctx: _Ctx, out: Output
@@ -684,6 +782,7 @@ class _Walker:
             list(out.columns),
             open=out.tail is not None,
             rest=out.tail or CLEAN,
+            chosen=out.chosen,
         )
         scope.items.append(item)
         return item
@@ -701,6 +800,7 @@ class _Walker:
                         list(out.columns),
                         colnames[: len(out.columns)] + out.names[len(colnames) :],
                         out.tail,
+                        out.chosen,
                     )
                 return self.item_from_output(out, alias or {"aliasname": name}, scope)
         rels = self.snap.lookup(name, schema)
@@ -729,7 +829,11 @@ class _Walker:
             renamed = _strs(alias["colnames"])
             names[: len(renamed)] = renamed[: len(names)]
         item = _Item(
-            (alias or {}).get("aliasname", name), names, lins, schema=schema or primary.schema
+            (alias or {}).get("aliasname", name),
+            names,
+            lins,
+            schema=schema or primary.schema,
+            table=len(rels) == 1 and primary.kind in ("r", "p"),
         )
         scope.items.append(item)
         return item
@@ -738,7 +842,7 @@ class _Walker:
         left = self.from_item(body["larg"], scope)
         right = self.from_item(body["rarg"], scope)
         if body.get("quals"):
-            self.expr(body["quals"], scope, FILTER)
+            self.choose(body["quals"], scope)
         using = _strs(body.get("usingClause"))
         if body.get("isNatural"):
             using = [n for n in left.names if n in right.names]
@@ -759,7 +863,7 @@ class _Walker:
             names, cols = [], []
             rest = rest | left.whole() | right.whole()
         alias = (body.get("alias") or {}).get("aliasname")
-        item = _Item(alias, names, cols, open=open_, rest=rest)
+        item = _Item(alias, names, cols, open=open_, rest=rest, chosen=left.chosen | right.chosen)
         if alias or (body.get("join_using_alias")):
             if body.get("join_using_alias"):
                 ua = body["join_using_alias"].get("aliasname")
@@ -902,15 +1006,33 @@ class _Walker:
         return widths.pop(), names
 
     def find_item(self, qualifier: list[str], scope: _Scope) -> _Item | None:
+        found = self.lookup(qualifier, scope)
+        return found[0] if found is not None else None
+
+    def lookup(self, qualifier: list[str], scope: _Scope) -> tuple[_Item, _Scope] | None:
+        """The FROM entry a qualifier names, and the query level it belongs to."""
         alias = qualifier[-1]
         schema = qualifier[-2] if len(qualifier) > 1 else None
         s: _Scope | None = scope
         while s is not None:
             for item in reversed(s.items):
                 if item.alias == alias and (schema is None or item.schema in (None, schema)):
-                    return item
+                    return item, s
             s = s.parent
         return None
+
+    def met(self, level: _Scope, item: _Item, lin: Lin) -> Lin:
+        """Note a column reference for the predicate being walked (``choose``)."""
+        if self.refs is not None:
+            self.refs.append((level, item, lin))
+        return lin
+
+    def met_opaque(self, level: _Scope, before: int) -> None:
+        """An opaque function given no column (``query_to_xml('...')``, ``secret()``)
+        reads data of its own: for ``choose`` it is a row source of its own, never the
+        row being chosen. Given columns (``get_email(c.id)``), it is taken as theirs."""
+        if self.refs is not None and len(self.refs) == before:
+            self.refs.append((level, _OPAQUE, UNKNOWN_LIN))
 
     # ------------------------------------------------------------------ DML
     def target_relation(self, rv: Node, scope: _Scope) -> tuple[_Item, Relation | None]:
@@ -931,7 +1053,7 @@ class _Walker:
         for target in exprs:
             rt = target["ResTarget"]
             self.target(rt.get("val"), rt.get("name"), scope, OUTPUT, out)
-        return out
+        return scope.mark(out)
 
     def column_ctx(self, item: _Item, rel_name: str, column: str) -> _Ctx:
         lin = item.get(column)
@@ -986,7 +1108,7 @@ class _Walker:
             )
             self.assignments(occ.get("targetList"), target_scope, item, rel_name)
             if occ.get("whereClause"):
-                self.expr(occ["whereClause"], target_scope, FILTER)
+                self.choose(occ["whereClause"], target_scope)
         return self.returning(body, target_scope, item)
 
     def assignments(
@@ -1015,8 +1137,7 @@ class _Walker:
         for f in body.get("fromClause") or ():
             self.from_item(f, scope)
         self.assignments(body.get("targetList"), scope, item, body["relation"].get("relname", ""))
-        if body.get("whereClause"):
-            self.expr(body["whereClause"], scope, FILTER)
+        self.choose(body.get("whereClause"), scope)
         return self.returning(body, scope, item)
 
     def dml_DeleteStmt(self, body: Node, outer: _Scope | None) -> Output | None:
@@ -1026,8 +1147,7 @@ class _Walker:
         item, _rel = self.target_relation(body["relation"], scope)
         for f in body.get("usingClause") or ():
             self.from_item(f, scope)
-        if body.get("whereClause"):
-            self.expr(body["whereClause"], scope, FILTER)
+        self.choose(body.get("whereClause"), scope)
         return self.returning(body, scope, item)
 
     def dml_MergeStmt(self, body: Node, outer: _Scope | None) -> Output | None:
@@ -1036,11 +1156,11 @@ class _Walker:
             self.with_clause(body["withClause"], scope)
         item, _rel = self.target_relation(body["relation"], scope)
         self.from_item(body["sourceRelation"], scope)
-        self.expr(body.get("joinCondition"), scope, FILTER)
+        self.choose(body.get("joinCondition"), scope)
         rel_name = body["relation"].get("relname", "")
         for w in body.get("mergeWhenClauses") or ():
             clause = w["MergeWhenClause"]
-            self.expr(clause.get("condition"), scope, FILTER)
+            self.choose(clause.get("condition"), scope)
             targets = clause.get("targetList") or ()
             values = clause.get("values")
             if values is not None:
@@ -1113,15 +1233,15 @@ class _Walker:
         fields = body["fields"]
         names = _strs(fields)
         if "A_Star" in fields[-1]:
-            item = self.find_item(names[:-1], scope) if len(names) > 1 else None
-            if item is None:
+            found = self.lookup(names[:-1], scope) if len(names) > 1 else None
+            if found is None:
                 if len(names) == 1:
                     out = CLEAN
                     for it in scope.stars:
-                        out = out | it.whole()
+                        out = out | self.met(scope, it, it.whole())
                     return out
                 return self.unknown(f"{'.'.join(names)} of an unknown relation")
-            return item.whole()
+            return self.met(found[1], found[0], found[0].whole())
         return self.resolve(names, scope)
 
     def resolve(self, names: list[str], scope: _Scope) -> Lin:
@@ -1134,18 +1254,21 @@ class _Walker:
                     lin = item.get(name)
                     if lin is not None:
                         found = lin if found is None else found | lin
+                        self.met(s, item, lin)
                 if found is not None:
                     return found
                 for item in reversed(s.items):
                     if item.alias == name:
-                        return item.whole()  # a whole-row reference: t, row_to_json(t)
+                        # a whole-row reference: t, row_to_json(t)
+                        return self.met(s, item, item.whole())
                 s = s.parent
             return self.unknown(f"column {name!r} could not be resolved")
-        item = self.find_item(names[:-1], scope)
-        if item is not None:
+        hit = self.lookup(names[:-1], scope)
+        if hit is not None:
+            item, level = hit
             lin = item.get(names[-1])
             if lin is not None:
-                return lin
+                return self.met(level, item, lin)
             return self.unknown(f"column {'.'.join(names)} does not exist in dbgate's snapshot")
         # t.c where t is a column of a composite type: the whole of that column
         base = self.resolve(names[:1], scope) if len(names) == 2 else UNKNOWN_LIN
@@ -1197,7 +1320,9 @@ class _Walker:
         within = bool(body.get("agg_within_group")) and not (
             builtin and name in HYPOTHETICAL_SET_AGGREGATES
         )
-        for key in ("agg_filter", "over") if within else ("agg_filter", "over", "agg_order"):
+        # an aggregate's FILTER chooses the rows it adds up: sum(g) FILTER (WHERE g = ...)
+        self.choose(body.get("agg_filter"), scope)
+        for key in ("over",) if within else ("over", "agg_order"):
             if body.get(key):
                 self.expr(body[key], scope, FILTER)
         args = body.get("args")
@@ -1210,13 +1335,17 @@ class _Walker:
             self.r.param_writes |= lin.params
             return lin
         if not builtin:
+            met = len(self.refs) if self.refs is not None else 0
             lin = self.expr(
                 args, scope, _refused(f"an argument of the user function {'.'.join(parts)}()")
             )
             self.r.param_writes |= lin.params
+            self.met_opaque(scope, met)
             return lin | self.unknown(f"{'.'.join(parts)}() is not a PostgreSQL built-in function")
         if name in DATA_READERS:
+            met = len(self.refs) if self.refs is not None else 0
             self.expr(args, scope, FILTER)
+            self.met_opaque(scope, met)
             return self.unknown(f"{name}() reads data dbgate cannot follow")
         if name in VALUE_FREE_FUNCTIONS:
             self.expr(args, scope, FILTER)

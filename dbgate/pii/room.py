@@ -238,6 +238,9 @@ class StatementPlan:
                     room.stale = True
                     named = room.catalog.name_rule(name)
                     lin = merged.at(i) | (Lin(frozenset((named.entity,))) if named else UNKNOWN_LIN)
+                else:
+                    # exact for the value; but PII may have chosen the rows it is from
+                    lin = lin | merged.chosen
             if lin is None:
                 lin = merged.at(i)
             action = self._action(i, lin, type_oid, fmts[i])

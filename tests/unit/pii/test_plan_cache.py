@@ -337,10 +337,12 @@ def test_long_texts_are_remembered_exactly_a_few_and_within_their_characters() -
 
 
 def test_filters_matter_is_part_of_the_shape() -> None:
-    """A side-effect name in a literal makes the walk look at WHERE (where an unknown
-    relation is then noticed): the two texts must not share an analysis."""
-    quiet = "select id from customers where id = (select x from nosuch where y = 'a')"
-    loud = "select id from customers where id = (select x from nosuch where y = 'set_config')"
+    """A side-effect name in a literal makes the walk look at ORDER BY (where an unknown
+    relation is then noticed): the two texts must not share an analysis. (WHERE and
+    HAVING are always walked: a predicate there may turn the choice of rows into a
+    value.)"""
+    quiet = "select id from customers order by (select x from nosuch where y = 'a')"
+    loud = "select id from customers order by (select x from nosuch where y = 'set_config')"
     assert shape_of(quiet)[0] == shape_of(loud)[0]  # type: ignore[index]
     room = _room()
     room.analysis(quiet)

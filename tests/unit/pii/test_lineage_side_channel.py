@@ -1,0 +1,297 @@
+"""The row-selection side channel: rows chosen by comparing other columns with PII.
+
+Lineage follows values, and a WHERE clause only chooses rows, but an agent can make
+the choice spell a value: ``SELECT g FROM generate_series(1, 20000) g WHERE g IN
+(SELECT n * 256 + ascii(substr(full_name, n, 1)) ...)`` returns numbers whose low
+byte is the name. A predicate that relates a PII-derived value with columns of
+another row source makes every output of the query level those columns belong to
+derived from that PII. A PII column compared with constants or parameters, two PII
+columns joined, a row's own PII compared with its own columns and joins on
+non-PII keys stay as they were.
+
+Hand-made schema (no server), as in test_lineage_hunt.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dbgate.pii.catalog_load import load_catalog
+from dbgate.pii.coverage import Coverage
+from dbgate.pii.lin import Lin
+from dbgate.pii.lineage import Output, analyze
+from dbgate.pii.schema import FunctionInfo, SchemaSnapshot
+
+TOKEN = "tok_email_r" + "0123456789abcdef" * 2
+
+
+def _fn(oid: int, name: str, ret: int) -> FunctionInfo:
+    return FunctionInfo(oid, "pg_catalog", name, True, ret, None)
+
+
+def _snapshot() -> SchemaSnapshot:
+    base = SchemaSnapshot.build(
+        {
+            "public.customers": ["id", "full_name", "email", "ssn", ("birth_date", 1082)],
+            "public.orders": ["id", "customer_id", "total", "status", "contact_email", "note"],
+            "public.digits": ["n", "label"],
+        }
+    )
+    functions = {"generate_series": [_fn(5, "generate_series", 23), _fn(6, "generate_series", 20)]}
+    return SchemaSnapshot(
+        relations=dict(base.relations), functions=functions, assume_builtin_functions=True
+    )
+
+
+COV = Coverage(_snapshot(), load_catalog())
+
+
+def _show(lin: Lin) -> str:
+    parts = sorted(lin.entities)
+    if lin.unknown:
+        parts.append("?")
+    return "+".join(parts) or "-"
+
+
+def _out(sql: str) -> Output:
+    outs = [s.output for s in analyze(sql, COV).statements if s.output is not None]
+    assert len(outs) == 1
+    return outs[0]
+
+
+def _cols(sql: str) -> list[str]:
+    out = _out(sql)
+    assert out.tail is None
+    return [_show(c) for c in out.columns]
+
+
+GS = "generate_series(1, 20000) g"
+NAME1 = "ascii(substr(full_name, 1, 1))"
+
+# ----------------------------------------------------------- leaks: each output is PII
+
+LEAKS = [
+    # the headline query of docs/security.md
+    (
+        f"select g from {GS} where g in (select n * 256 + ascii(substr(full_name, n, 1))"
+        " from customers, generate_series(1, 60) n where customers.id = 1)",
+        ["name"],
+    ),
+    # PII in FROM at the same level
+    (f"select g from {GS}, customers where customers.id = 1 and g = {NAME1}", ["name"]),
+    (f"select g from customers, {GS} where {NAME1} = g", ["name"]),
+    # = ANY / <> ALL of an array of a sub-select
+    (
+        f"select g from {GS} where g = any(array(select {NAME1} from customers where id = 1))",
+        ["name"],
+    ),
+    (
+        f"select g from {GS} where not (g <> all(array(select {NAME1} from customers)))",
+        ["name"],
+    ),
+    # correlated EXISTS
+    (
+        f"select g from {GS} where exists (select 1 from customers c"
+        " where c.id = 1 and ascii(substr(c.full_name, 1, 1)) = g)",
+        ["name"],
+    ),
+    # ranges
+    (
+        f"select g from {GS}, customers c where c.id = 1"
+        " and g between length(c.email) and length(c.email)",
+        ["email"],
+    ),
+    (
+        f"select g from {GS}, customers c where c.id = 1"
+        " and g < length(c.ssn) + 1 and g >= length(c.ssn)",
+        ["ssn"],
+    ),
+    (f"select g from {GS}, customers c where g is not distinct from length(c.email)", ["email"]),
+    # IN of a list
+    (f"select g from {GS}, customers where g in ({NAME1}, 0)", ["name"]),
+    # JOIN ... ON
+    (f"select g from {GS} join customers c on g = ascii(c.full_name)", ["name"]),
+    (f"select g from customers c join {GS} on ascii(c.full_name) = g where c.id = 1", ["name"]),
+    # HAVING
+    (
+        f"select g from {GS}, customers c where c.id = 1 group by g, c.full_name"
+        " having g = ascii(c.full_name)",
+        ["name"],
+    ),
+    # an aggregate's FILTER chooses the rows it adds up
+    (f"select sum(g) filter (where g = {NAME1}) from {GS}, customers where id = 1", ["name"]),
+    # count of the rows below a PII value is that value
+    (f"select count(*) from {GS}, customers where id = 1 and g < {NAME1}", ["name"]),
+    # other columns of the chosen rows: ordinality, a lateral copy, a lookup table
+    (
+        "select n from generate_series(1, 255) with ordinality as s(g, n), customers c"
+        " where c.id = 1 and g = ascii(c.full_name)",
+        ["name"],
+    ),
+    (
+        f"select x.g2 from {GS}, lateral (select g) x(g2), customers c"
+        " where c.id = 1 and g = ascii(c.full_name)",
+        ["name"],
+    ),
+    ("select d.label from digits d, customers c where d.n = ascii(c.full_name)", ["name"]),
+    # a non-PII column of another table compared with PII
+    ("select o.id from orders o join customers c on o.note = c.email", ["email"]),
+    # through a sub-select in FROM, a CTE, a scalar sub-select
+    (
+        f"select t.g from (select g from {GS}, customers c where g = ascii(c.full_name)) t",
+        ["name"],
+    ),
+    (
+        f"with s as (select g from {GS}, customers c where g = ascii(c.full_name))"
+        " select g + 1 from s",
+        ["name"],
+    ),
+    (
+        f"select (select c.id from customers c where ascii(c.full_name) = g) from {GS}",
+        ["name"],
+    ),
+    # a token sent back is PII too: its length is the real value's
+    (f"select g from {GS} where g = length('{TOKEN}')", ["email"]),
+    # several PII sources: mixed
+    (
+        f"select g from {GS}, customers c where g = ascii(c.full_name) + length(c.email)",
+        ["email+name"],
+    ),
+    # the same row source, but a made-up one: not a single table row
+    (
+        "select t.x from (select g as x, c.full_name from generate_series(1, 255) g,"
+        " customers c where c.id = 1) t where t.x = ascii(t.full_name)",
+        ["name"],
+    ),
+    # UPDATE ... RETURNING
+    (
+        "update orders o set status = status from customers c"
+        " where o.total = ascii(c.full_name) returning o.id",
+        ["name"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), LEAKS, ids=[c[0][:70] for c in LEAKS])
+def test_rows_chosen_by_pii_carry_it(sql: str, expected: list[str]) -> None:
+    assert _cols(sql) == expected
+
+
+def test_a_user_function_compared_with_a_column_is_unknown() -> None:
+    snap = _snapshot()
+    snap.functions["secret_of"] = [FunctionInfo(7, "public", "secret_of", False, 23, None)]
+    cov = Coverage(snap, load_catalog())
+    sql = f"select g from {GS} where g = secret_of(1)"
+    (lin,) = analyze(sql, cov).statements[0].output.columns  # type: ignore[union-attr]
+    assert lin.unknown
+
+
+def test_direct_columns_carry_the_choice_too() -> None:
+    # a plain column reference is described by its table and attribute in the
+    # RowDescription, and the room takes its lineage from there: the choice must be
+    # kept beside the columns for it to add
+    out = _out("select d.n from digits d, customers c where d.n = ascii(c.full_name)")
+    assert out.chosen.entities == {"name"}
+    assert _out("select d.n from digits d where d.n = 3").chosen.clean
+
+
+# ----------------------------------------------------------- stays as it was
+
+CLEAN_QUERIES = [
+    ("select count(*) from customers where email like 'a%'", ["-"]),
+    ("select id from customers where email = $1", ["-"]),
+    (f"select id from customers where email = '{TOKEN}'", ["-"]),
+    (
+        "select o.id from orders o join customers c on o.customer_id = c.id where c.email = 'x'",
+        ["-"],
+    ),
+    (
+        "select id from orders where customer_id in (select id from customers where email = $1)",
+        ["-"],
+    ),
+    (
+        "select o.id from orders o where exists (select 1 from customers c"
+        " where c.id = o.customer_id and c.email like 'a%')",
+        ["-"],
+    ),
+    # two PII columns joined: nothing new
+    ("select o.id, c.id from orders o join customers c on c.email = o.contact_email", ["-", "-"]),
+    (
+        "select o.total from orders o, customers c where lower(c.email) = lower(o.contact_email)",
+        ["-"],
+    ),
+    # a table row's own PII compared with its own columns: one bit per row, as `LIKE`
+    ("select id from customers where birth_date < now() - interval '18 years'", ["-"]),
+    ("select id from customers c where c.id + length(c.email) > 20", ["-"]),
+    # PII compared with constants, sub-selects of clean values, other clauses
+    (f"select g from {GS} where g < 10", ["-"]),
+    (f"select g from {GS}, customers c where length(c.email) > 3 and g < 10", ["-"]),
+    ("select id from customers order by full_name limit 3", ["-"]),
+    (f"select g from {GS} where g in (select id from customers where email like 'a%')", ["-"]),
+    ("select status, count(*) from orders group by status having count(*) > 1", ["-", "-"]),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), CLEAN_QUERIES, ids=[c[0][:70] for c in CLEAN_QUERIES])
+def test_other_row_choices_stay_clean(sql: str, expected: list[str]) -> None:
+    assert _cols(sql) == expected
+
+
+def test_pii_outputs_keep_their_entity() -> None:
+    # the choice adds to what a column already carries
+    sql = f"select c.email, g from customers c, {GS} where g = ascii(c.full_name)"
+    assert _cols(sql) == ["email+name", "name"]
+
+
+def test_the_choice_does_not_depend_on_filters_being_walked_for_tokens() -> None:
+    # no token, no parameter: WHERE used to be skipped altogether
+    sql = f"select g from {GS}, customers where g = {NAME1}"
+    assert _cols(sql) == ["name"]
+    assert _cols(sql + " and id = $1") == ["name"]
+
+
+def test_the_room_adds_the_choice_to_a_column_described_by_its_table() -> None:
+    """A plain column's lineage comes from its RowDescription origin (table OID,
+    attribute), not from the walk: the choice must still reach it."""
+    from dbgate.pii.room import PiiRoom, PiiSettings
+    from dbgate.pii.tokens import Key, Keyring, Tokenizer
+    from dbgate.wire.messages import FieldDescription, RowDescription
+
+    snap = _snapshot()
+    room = PiiRoom(load_catalog(), Tokenizer(Keyring([Key("k", b"k" * 32)])), PiiSettings(), snap)
+    (digits,) = snap.lookup("digits")
+    desc = RowDescription((FieldDescription("n", digits.oid, 1, 23),)).encode()[5:]
+    leak = room.plan("select d.n from digits d, customers c where d.n = ascii(c.full_name)")
+    rewriter = leak.rows(desc, (0,))
+    assert rewriter is not None and [a.entity for a in rewriter.actions] == ["name"]
+    assert room.plan("select d.n from digits d where d.n < 3").rows(desc, (0,)) is None
+
+
+def _cov_with_user_functions() -> Coverage:
+    snap = _snapshot()
+    snap.functions["get_email"] = [FunctionInfo(8, "public", "get_email", False, 25, None)]
+    snap.functions["secret_len"] = [FunctionInfo(9, "public", "secret_len", False, 23, None)]
+    return Coverage(snap, load_catalog())
+
+
+@pytest.mark.parametrize(
+    ("sql", "unknown"),
+    [
+        # an opaque function of the row's own columns: the row chooses itself
+        ("select id from customers where get_email(id) is null", False),
+        ("select o.id from orders o where get_email(o.customer_id) like 'a%'", False),
+        # one given no column reads data of its own: the chosen row spells it
+        ("select id from customers where id = secret_len()", True),
+        ("select d.label from digits d where d.n = length(get_email(1))", True),
+        (
+            "select id from orders where id = length(query_to_xml("
+            "'select full_name from customers', true, false, '')::text)",
+            True,
+        ),
+        # a row source that is not one table row
+        (f"select g from {GS} where get_email(g) is null", True),
+    ],
+)
+def test_opaque_functions_in_predicates(sql: str, unknown: bool) -> None:
+    out = analyze(sql, _cov_with_user_functions()).statements[0].output
+    assert out is not None and out.columns[0].unknown is unknown
