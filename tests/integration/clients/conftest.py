@@ -65,6 +65,20 @@ def pii_config(pg_server: PgServer, demo_role: DemoRole) -> Any:
     return agent_config(pg_server, demo_role, pii={"keys": [{"id": "test", "secret": key}]})
 
 
+def start_pii_proxy(pg_server: PgServer, demo_role: DemoRole) -> RunningProxy:
+    """A running proxy with the policy gate and PII tokenization (:func:`pii_config`);
+    the caller stops it."""
+    from dbgate.app import build_gate
+    from dbgate.gate.pii import PiiGate
+
+    config = pii_config(pg_server, demo_role)
+    pii = PiiGate(config)
+    pii.check()
+    return RunningProxy(
+        config, inspector=build_gate(config, None, pii), message_filter=pii.filter
+    ).start()
+
+
 #: Customers generated for the suite (the demo itself loads 5,000).
 DEMO_CUSTOMERS = 1000
 

@@ -16,20 +16,13 @@ import asyncpg
 import psycopg
 import pytest
 
-from dbgate.app import build_gate
-from dbgate.gate.pii import PiiGate
-from tests.integration.clients.conftest import DemoRole, pii_config
+from tests.integration.clients.conftest import DemoRole, start_pii_proxy
 from tests.integration.conftest import RunningProxy
 
 
 @pytest.fixture(scope="module")
 def pii_gate(pg_server: Any, demo_role: DemoRole) -> Iterator[RunningProxy]:
-    config = pii_config(pg_server, demo_role)
-    pii = PiiGate(config)
-    pii.check()
-    running = RunningProxy(
-        config, inspector=build_gate(config, None, pii), message_filter=pii.filter
-    ).start()
+    running = start_pii_proxy(pg_server, demo_role)
     yield running
     running.stop()
 

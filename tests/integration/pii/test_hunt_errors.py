@@ -15,25 +15,18 @@ import asyncpg
 import psycopg
 import pytest
 
-from dbgate.app import build_gate
-from dbgate.gate.pii import PiiGate
 from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
     admin_dsn,
     demo_db,
     demo_role,
-    pii_config,
+    start_pii_proxy,
 )
 from tests.integration.conftest import RunningProxy
 
 
 @pytest.fixture(scope="module")
 def hunt_proxy(pg_server: Any, demo_role: Any) -> Iterator[RunningProxy]:  # noqa: F811
-    config = pii_config(pg_server, demo_role)
-    pii = PiiGate(config)
-    pii.check()
-    running = RunningProxy(
-        config, inspector=build_gate(config, None, pii), message_filter=pii.filter
-    ).start()
+    running = start_pii_proxy(pg_server, demo_role)
     yield running
     running.stop()
 

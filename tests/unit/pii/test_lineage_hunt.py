@@ -79,22 +79,29 @@ CATALOG = Catalog(
 COV = Coverage(_snapshot(), CATALOG)
 
 
-def _show(lin: Lin) -> str:
+def show(lin: Lin) -> str:
+    """A lineage as the tables below write it: its entities joined by +, ? for
+    unknown, - for clean."""
     parts = sorted(lin.entities)
     if lin.unknown:
         parts.append("?")
     return "+".join(parts) or "-"
 
 
-def _out(sql: str) -> Output:
-    outs = [s.output for s in analyze(sql, COV).statements if s.output is not None]
+def output_of(sql: str, cov: Coverage) -> Output:
+    """The one result ``sql`` returns, as the lineage planner sees it under ``cov``."""
+    outs = [s.output for s in analyze(sql, cov).statements if s.output is not None]
     assert len(outs) == 1
     return outs[0]
 
 
+def _out(sql: str) -> Output:
+    return output_of(sql, COV)
+
+
 def _cols(sql: str, n: int) -> list[str]:
     out = _out(sql)
-    return [_show(out.at(i)) for i in range(n)]
+    return [show(out.at(i)) for i in range(n)]
 
 
 # ----------------------------------------------------------- 1. ordered-set aggregates
@@ -177,16 +184,16 @@ def test_alias_colnames_after_an_unknown_width_resolve_to_its_lineage() -> None:
 def test_rows_from_with_token_array() -> None:
     sql = f"select * from rows from (unnest(array['{TOKEN}']), generate_series(1,1))"
     out = _out(sql)
-    assert out.tail is None and [_show(c) for c in out.columns] == ["email", "-"]
+    assert out.tail is None and [show(c) for c in out.columns] == ["email", "-"]
     assert out.columns[0].token
 
 
 def test_unnest_of_scalar_array_with_ordinality_is_exact() -> None:
     out = _out(f"select * from unnest(array['{TOKEN}']) with ordinality")
-    assert out.tail is None and [_show(c) for c in out.columns] == ["email", "-"]
+    assert out.tail is None and [show(c) for c in out.columns] == ["email", "-"]
     out = _out(f"select * from unnest('{{{TOKEN}}}'::text[]) with ordinality as t(v, n)")
     assert out.tail is None and out.names == ["v", "n"]
-    assert [_show(c) for c in out.columns] == ["email", "-"]
+    assert [show(c) for c in out.columns] == ["email", "-"]
 
 
 def test_rows_from_after_an_unknown_width_function_fails_closed() -> None:
@@ -195,14 +202,14 @@ def test_rows_from_after_an_unknown_width_function_fails_closed() -> None:
         " generate_series(3,4)) with ordinality"
     )
     out = _out(sql)
-    assert [_show(c) for c in out.columns] == ["-"]  # the first position is known
+    assert [show(c) for c in out.columns] == ["-"]  # the first position is known
     assert all(out.at(i).pii for i in range(1, 6))
 
 
 def test_multi_argument_unnest_of_unknown_width() -> None:
     sql = f"select * from unnest(array[1, 2], {ARRAY_OF_EMAILS}) with ordinality"
     out = _out(sql)
-    assert [_show(c) for c in out.columns] == ["-"]
+    assert [show(c) for c in out.columns] == ["-"]
     assert all(out.at(i).pii for i in range(1, 4))
 
 

@@ -18,9 +18,9 @@ import pytest
 
 from dbgate.pii.catalog_load import load_catalog
 from dbgate.pii.coverage import Coverage
-from dbgate.pii.lin import Lin
 from dbgate.pii.lineage import Output, analyze
 from dbgate.pii.schema import FunctionInfo, SchemaSnapshot
+from tests.unit.pii.test_lineage_hunt import output_of, show
 
 TOKEN = "tok_email_r" + "0123456789abcdef" * 2
 
@@ -46,23 +46,14 @@ def _snapshot() -> SchemaSnapshot:
 COV = Coverage(_snapshot(), load_catalog())
 
 
-def _show(lin: Lin) -> str:
-    parts = sorted(lin.entities)
-    if lin.unknown:
-        parts.append("?")
-    return "+".join(parts) or "-"
-
-
 def _out(sql: str) -> Output:
-    outs = [s.output for s in analyze(sql, COV).statements if s.output is not None]
-    assert len(outs) == 1
-    return outs[0]
+    return output_of(sql, COV)
 
 
 def _cols(sql: str) -> list[str]:
     out = _out(sql)
     assert out.tail is None
-    return [_show(c) for c in out.columns]
+    return [show(c) for c in out.columns]
 
 
 GS = "generate_series(1, 20000) g"
