@@ -110,6 +110,9 @@ async def test_an_agents_held_update_is_approved_on_the_page_and_completes(
             await expect(page.locator("pre.sql").first).to_contain_text(f"UPDATE {TABLE}")
             await page.get_by_label("Reason for approving (optional)").fill("checked")
             await page.get_by_role("button", name="Approve", exact=True).click()
+            # the page the approval's POST answers with has loaded: a reload now cannot
+            # land in the middle of that navigation
+            await expect(page.get_by_text("Your approval was recorded.")).to_be_visible()
             assert await asyncio.wait_for(running, 30) == "UPDATE 2"
             await asyncio.wait_for(executed.wait(), 30)
         await page.reload()
