@@ -313,7 +313,7 @@ class SessionState(Protocol):
 class _Item:
     """One FROM-clause entry as name resolution sees it."""
 
-    __slots__ = ("alias", "chosen", "cols", "names", "open", "rest", "schema", "table")
+    __slots__ = ("_index", "alias", "chosen", "cols", "names", "open", "rest", "schema", "table")
 
     def __init__(
         self,
@@ -334,12 +334,17 @@ class _Item:
         self.schema = schema
         self.chosen = chosen  # its source's rows were chosen by PII (Output.chosen)
         self.table = table  # one row of a table: its columns are one stored row's
+        self._index: dict[str, Lin] | None = None
 
     def get(self, name: str) -> Lin | None:
-        found: Lin | None = None
-        for n, lin in zip(self.names, self.cols, strict=True):
-            if n == name:
-                found = lin if found is None else found | lin
+        index = self._index
+        if index is None:
+            # built on the first lookup: an item's names are final once it is in scope
+            index = self._index = {}
+            for n, lin in zip(self.names, self.cols, strict=True):
+                seen = index.get(n)
+                index[n] = lin if seen is None else seen | lin
+        found = index.get(name)
         if found is None and self.open:
             return self.rest
         return found
@@ -394,11 +399,12 @@ _OPAQUE = _Item(None, [], [], open=True, rest=UNKNOWN_LIN)
 
 
 def _strs(nodes: Iterable[Node] | None) -> list[str]:
-    out = []
-    for n in nodes or ():
-        s = n.get("String")
-        out.append(s.get("sval", "") if s is not None else "*")
-    return out
+    return [_str(n) for n in nodes or ()]
+
+
+def _str(node: Node) -> str:
+    s = node.get("String")
+    return s.get("sval", "") if s is not None else "*"
 
 
 def _one(node: Node) -> tuple[str, Any]:
@@ -1186,33 +1192,31 @@ class _Walker:
 
     # ------------------------------------------------------------------ expressions
     def expr(self, node: Any, scope: _Scope, ctx: _Ctx) -> Lin:
-        if node is None:
-            return CLEAN
+        # the hottest function of a cold plan: one dict lookup per node where it can
+        if isinstance(node, dict):
+            if len(node) == 1:
+                ((kind, body),) = node.items()
+                handler = _EXPR.get(kind)
+                if handler is not None:
+                    return handler(self, body, scope, ctx)
+                if kind[:1].isupper():
+                    return self.generic(body, scope, ctx)
+            return self.generic(node, scope, ctx)
         if isinstance(node, list):
             out = CLEAN
             for n in node:
                 out = out | self.expr(n, scope, ctx)
             return out
-        if not isinstance(node, dict):
-            return CLEAN
-        if len(node) == 1:
-            kind, body = next(iter(node.items()))
-            if kind[:1].isupper():
-                handler = _EXPR.get(kind)
-                if handler is not None:
-                    return handler(self, body, scope, ctx)
-                if kind in _LEAVES:
-                    return CLEAN
-                return self.generic(body, scope, ctx)
-        return self.generic(node, scope, ctx)
+        return CLEAN
 
     def generic(self, body: Any, scope: _Scope, ctx: _Ctx) -> Lin:
         """Any node without a handler: the union of everything inside (fail closed)."""
         out = CLEAN
         if isinstance(body, dict):
+            expr = self.expr
             for key, value in body.items():
-                if isinstance(value, (dict, list)) and key not in ("typeName", "location"):
-                    out = out | self.expr(value, scope, ctx)
+                if isinstance(value, (dict, list)) and key not in _NOT_VALUES:
+                    out = out | expr(value, scope, ctx)
         elif isinstance(body, list):
             for value in body:
                 out = out | self.expr(value, scope, ctx)
@@ -1375,9 +1379,12 @@ class _Walker:
         return self.query(body["subquery"], scope, ctx).union()
 
 
-_EXPR: dict[str, Callable[[_Walker, Any, _Scope, _Ctx], Lin]] = {
-    name[2:]: getattr(_Walker, name) for name in dir(_Walker) if name.startswith("e_")
-}
+def _leaf(self: _Walker, body: Any, scope: _Scope, ctx: _Ctx) -> Lin:
+    return CLEAN
+
+
+#: Keys of a node that hold no values (a type's name is not data).
+_NOT_VALUES = frozenset({"typeName", "location"})
 #: Nodes that hold no values: names, types, sort directions.
 _LEAVES = frozenset(
     {
@@ -1393,6 +1400,11 @@ _LEAVES = frozenset(
         "ColumnDef",
     }
 )
+#: Each node kind with a handler of its own; any other kind is walked generically.
+_EXPR: dict[str, Callable[[_Walker, Any, _Scope, _Ctx], Lin]] = {
+    **{name: _leaf for name in _LEAVES},
+    **{name[2:]: getattr(_Walker, name) for name in dir(_Walker) if name.startswith("e_")},
+}
 
 
 def parse(sql: str) -> list[Node]:
