@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dbgate import logs, metrics
-from dbgate.config import Config, _split_hostport
+from dbgate.config import Config, split_hostport
 from dbgate.heap import tune_heap
 from dbgate.proxy.seams import AllowAll, Inspector, Observer
 from dbgate.proxy.server import ProxyServer
@@ -345,7 +345,7 @@ class App:
             draining=lambda: self.draining,
             expose_metrics=config.metrics.enabled,
         )
-        host, port = _split_hostport(config.web.listen, 8080)
+        host, port = split_hostport(config.web.listen, 8080)
         with startup_step("web", address=config.web.listen):
             ssl_context = server_ssl_context(config.web.tls)
             self.web = WebServer(

@@ -48,7 +48,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _split_hostport(value: str, default_port: int) -> tuple[str, int]:
+def split_hostport(value: str, default_port: int) -> tuple[str, int]:
     if value.startswith("["):  # [::1]:6432
         host, _, rest = value[1:].partition("]")
         port = rest.lstrip(":")
@@ -491,7 +491,7 @@ class Config(_Strict):
     @field_validator("listen")
     @classmethod
     def _valid_listen(cls, v: str) -> str:
-        host, port = _split_hostport(v, 6432)
+        host, port = split_hostport(v, 6432)
         if not host or not (0 <= port <= 65535):
             raise ValueError(f"listen must be HOST:PORT, got {v!r}")
         return v
@@ -511,11 +511,11 @@ class Config(_Strict):
 
     @property
     def listen_host(self) -> str:
-        return _split_hostport(self.listen, 6432)[0]
+        return split_hostport(self.listen, 6432)[0]
 
     @property
     def listen_port(self) -> int:
-        return _split_hostport(self.listen, 6432)[1]
+        return split_hostport(self.listen, 6432)[1]
 
     def identity(self, name: str) -> IdentityConfig | None:
         for ident in self.identities:

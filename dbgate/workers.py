@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbgate.config import Config, _split_hostport
+from dbgate.config import Config, split_hostport
 from dbgate.startup_errors import StartupError, startup_step
 from dbgate.workers_process import Seat, replica_name, serve_alone, worker_main
 
@@ -93,7 +93,7 @@ def run(config: Config, *, workers: int, load: Callable[[], Config] | None = Non
 def _reserve(address: str, default_port: int, step: str) -> tuple[socket.socket, int]:
     """Check nobody listens on ``address``, then hold it for the workers (bound with
     SO_REUSEPORT, not listening). Returns the socket and the port (port 0: chosen)."""
-    host, port = _split_hostport(address, default_port)
+    host, port = split_hostport(address, default_port)
     with startup_step(step, address=address):
         family, kind, proto, _, sockaddr = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -115,7 +115,7 @@ def _reserve(address: str, default_port: int, step: str) -> tuple[socket.socket,
 
 
 def _with_port(address: str, default_port: int, port: int) -> str:
-    host, _ = _split_hostport(address, default_port)
+    host, _ = split_hostport(address, default_port)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

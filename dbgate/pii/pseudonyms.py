@@ -32,6 +32,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 
 from dbgate.pii.schema import SchemaSnapshot
+from dbgate.pii.text_arrays import map_elements
 from dbgate.pii.tokens import Tokenizer
 
 __all__ = ["BUILTIN_ARRAYS", "Pseudonymizer", "TypeRegistry"]
@@ -187,71 +188,6 @@ class TypeRegistry:
         if oid in self.elems:
             return ARRAY
         return self.kinds.get(oid, OPAQUE)
-
-
-def _text_array_items(text: str, delim: str) -> tuple[str, list[tuple[int, int, str | None]]]:
-    """Parse a text-format array: ``(prefix, [(start, end, element or None)])``.
-
-    Start/end delimit each element's source text (quotes included), so the caller can
-    splice replacements into the original and keep braces, dimensions and spacing.
-    """
-    i = 0
-    n = len(text)
-    items: list[tuple[int, int, str | None]] = []
-    if text.startswith("["):  # explicit bounds: [1:2]={...}
-        eq = text.find("=")
-        if eq < 0:
-            raise ValueError("array bounds without '='")
-        i = eq + 1
-    prefix_end = i
-    depth = 0
-    while i < n:
-        ch = text[i]
-        if ch == "{":
-            depth += 1
-            i += 1
-        elif ch == "}":
-            depth -= 1
-            i += 1
-        elif ch == delim or ch.isspace():
-            i += 1
-        elif ch == '"':
-            start = i
-            i += 1
-            buf = []
-            while i < n and text[i] != '"':
-                if text[i] == "\\":
-                    i += 1
-                buf.append(text[i] if i < n else "")
-                i += 1
-            i += 1
-            items.append((start, i, "".join(buf)))
-        else:
-            start = i
-            buf = []
-            while i < n and text[i] not in ("{", "}", delim):
-                if text[i] == "\\":
-                    i += 1
-                buf.append(text[i] if i < n else "")
-                i += 1
-            raw = "".join(buf).rstrip()
-            items.append(
-                (start, i, None if raw.upper() == "NULL" and "\\" not in text[start:i] else raw)
-            )
-    if depth != 0:
-        raise ValueError("unbalanced braces in array")
-    return text[:prefix_end], items
-
-
-def _quote_array_elem(value: str, delim: str) -> str:
-    if (
-        value == ""
-        or value.upper() == "NULL"
-        or any(c in value for c in '{}"\\' + delim)
-        or any(c.isspace() for c in value)
-    ):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return value
 
 
 def _record_fields(text: str) -> list[str | None]:
@@ -524,20 +460,11 @@ class Pseudonymizer:
 
     # ---------------------------------------------------------------- containers
     def _text_array(self, entity: str, elem: int, raw: bytes, delim: str, depth: int) -> bytes:
-        text = raw.decode()
-        prefix, items = _text_array_items(text, delim)
-        out = [text[: len(prefix)]]
-        pos = len(prefix)
-        for start, end, value in items:
-            out.append(text[pos:start])
-            if value is None:
-                out.append(text[start:end])
-            else:
-                new = self.value(entity, elem, 0, value.encode(), depth + 1).decode()
-                out.append(_quote_array_elem(new, delim))
-            pos = end
-        out.append(text[pos:])
-        return "".join(out).encode()
+        return map_elements(
+            raw.decode(),
+            delim,
+            lambda value: self.value(entity, elem, 0, value.encode(), depth + 1).decode(),
+        ).encode()
 
     def _binary_array(self, entity: str, raw: bytes, depth: int) -> bytes:
         ndim, _flags, elem = struct.unpack_from("!iiI", raw, 0)

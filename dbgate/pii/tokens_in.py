@@ -37,9 +37,8 @@ from dbgate.pii.pseudonyms import (
     JSONB,
     TEXT,
     TypeRegistry,
-    _quote_array_elem,
-    _text_array_items,
 )
+from dbgate.pii.text_arrays import map_elements
 from dbgate.pii.tokens import TOKEN_RE, TOKEN_RE_BYTES, TokenError
 
 __all__ = ["Resolver", "detokenize_params", "detokenize_sql"]
@@ -90,19 +89,15 @@ def _json_replace(doc: object, resolve: Resolver) -> object:
 
 
 def _array_replace(text: str, resolve: Resolver, delim: str) -> str:
-    prefix, items = _text_array_items(text, delim)
-    out = [prefix]
-    pos = len(prefix)
-    for start, end, value in items:
-        out.append(text[pos:start])
-        if value is None or "tok_" not in value:
-            out.append(text[start:end])
-        else:
-            new = TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), value)
-            out.append(_quote_array_elem(new, delim))
-        pos = end
-    out.append(text[pos:])
-    return "".join(out)
+    return map_elements(
+        text,
+        delim,
+        lambda value: (
+            TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), value)
+            if "tok_" in value
+            else None
+        ),
+    )
 
 
 def _dollar_quote(value: str) -> str:
