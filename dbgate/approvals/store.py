@@ -78,6 +78,45 @@ class NewRequest:
     approvals_needed: int
     wait_seconds: float
 
+    def values(self) -> tuple[Any, ...]:
+        """The values of :data:`_REQUEST_FIELDS`, in order, as the driver sends them."""
+        return (
+            self.identity,
+            list(self.identity_groups),
+            list(self.owners),
+            self.application_name,
+            self.client_addr,
+            self.session_id,
+            self.replica,
+            self.purpose,
+            self.model,
+            self.statement,
+            json.dumps(list(self.params)),
+            self.match_hash,
+            self.fingerprint,
+            list(self.categories),
+            json.dumps([{"code": c, "text": t} for c, t in self.reasons]),
+            self.rule,
+            self.rule_message,
+            list(self.tables),
+            list(self.columns),
+            list(self.approver_groups),
+            self.approvals_needed,
+            self.wait_seconds,
+        )
+
+
+#: The columns of approval_requests a :class:`NewRequest` fills (``NewRequest.values``).
+_REQUEST_FIELDS = (
+    "identity, identity_groups, owners, application_name, client_addr, session_id, replica, "
+    "purpose, model, statement, params, match_hash, fingerprint, categories, reasons, rule, "
+    "rule_message, tables, columns, approver_groups, approvals_needed, wait_seconds"
+)
+
+
+def _placeholders(first: int, count: int = 22) -> str:
+    return ", ".join(f"${i}" for i in range(first, first + count))
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -295,42 +334,17 @@ class ApprovalStore:
         """Record a new pending request; durable when this returns."""
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
-                """
-                INSERT INTO dbgate.approval_requests AS r (
-                    mode, deadline, identity, identity_groups, owners, application_name,
-                    client_addr, session_id, replica, purpose, model, statement, params,
-                    match_hash, fingerprint, categories, reasons, rule, rule_message, tables,
-                    columns, approver_groups, approvals_needed, wait_seconds)
-                VALUES ($1, now() + $2 * interval '1 second', $3, $4, $5, $6, $7, $8, $9, $10,
-                        $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
-                RETURNING """
+                "INSERT INTO dbgate.approval_requests AS r (mode, deadline, "
+                + _REQUEST_FIELDS
+                + ") VALUES ($1, now() + $2 * interval '1 second', "
+                + _placeholders(3)
+                + ") RETURNING "
                 + _COLUMNS.replace("coalesce(d.approvals, 0)", "0::bigint").replace(
                     "coalesce(d.decided_by, '{}')", "'{}'::text[]"
                 ),
                 req.mode,
                 req.deadline_seconds,
-                req.identity,
-                list(req.identity_groups),
-                list(req.owners),
-                req.application_name,
-                req.client_addr,
-                req.session_id,
-                req.replica,
-                req.purpose,
-                req.model,
-                req.statement,
-                json.dumps(list(req.params)),
-                req.match_hash,
-                req.fingerprint,
-                list(req.categories),
-                json.dumps([{"code": c, "text": t} for c, t in req.reasons]),
-                req.rule,
-                req.rule_message,
-                list(req.tables),
-                list(req.columns),
-                list(req.approver_groups),
-                req.approvals_needed,
-                req.wait_seconds,
+                *req.values(),
             )
         record = _record(row)
         await self._tell("requested", record.id)
@@ -767,41 +781,13 @@ class ApprovalStore:
                 f": {shape['reason']}" if shape["reason"] else ""
             )
             rid = await conn.fetchval(
-                """
-                    INSERT INTO dbgate.approval_requests (
-                        status, mode, deadline, identity, identity_groups, owners,
-                        application_name, client_addr, session_id, replica, purpose, model,
-                        statement, params, match_hash, fingerprint, categories, reasons, rule,
-                        rule_message, tables, columns, approver_groups, approvals_needed,
-                        wait_seconds, decided_at, finished_at, valid_until, claimed_at,
-                        reason, shape_id)
-                    VALUES ('approved', 'shape', now(), $1, $2, $3, $4, $5, $6, $7, $8, $9,
-                            $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-                            now(), now(), now(), now(), $23, $24)
-                    RETURNING id
-                    """,
-                req.identity,
-                list(req.identity_groups),
-                list(req.owners),
-                req.application_name,
-                req.client_addr,
-                req.session_id,
-                req.replica,
-                req.purpose,
-                req.model,
-                req.statement,
-                json.dumps(list(req.params)),
-                req.match_hash,
-                req.fingerprint,
-                list(req.categories),
-                json.dumps([{"code": c, "text": t} for c, t in req.reasons]),
-                req.rule,
-                req.rule_message,
-                list(req.tables),
-                list(req.columns),
-                list(req.approver_groups),
-                req.approvals_needed,
-                req.wait_seconds,
+                "INSERT INTO dbgate.approval_requests (status, mode, deadline, "
+                + _REQUEST_FIELDS
+                + ", decided_at, finished_at, valid_until, claimed_at, reason, shape_id) "
+                "VALUES ('approved', 'shape', now(), "
+                + _placeholders(1)
+                + ", now(), now(), now(), now(), $23, $24) RETURNING id",
+                *req.values(),
                 why,
                 shape_id,
             )
