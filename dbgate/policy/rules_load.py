@@ -348,20 +348,7 @@ class _FileLoader:
                     )
                     self.problem(keys[k][0], f"'{k}' only applies to 'action: hold' {why}")
 
-        approver_groups: tuple[str, ...] = ()
-        if "approver_groups" in keys:
-            items = self.string_list(keys["approver_groups"][1], "'approver_groups'")
-            approver_groups = tuple(s for _, s in items or [])
-        approvals_needed = 1
-        if "approvals_needed" in keys:
-            vnode = keys["approvals_needed"][1]
-            v = self.scalar(vnode)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                self.problem(
-                    vnode, f"'approvals_needed' must be an integer >= 1, got {_describe(vnode)}"
-                )
-            else:
-                approvals_needed = v
+        approver_groups, approvals_needed = self.approvers(keys)
         wait = self.wait_seconds(keys)
         match = Match()
         if "match" in keys:
@@ -505,20 +492,7 @@ class _FileLoader:
                 )
             elif v is not None:
                 zero = SET_TO_ZERO[v]
-        approver_groups: tuple[str, ...] = ()
-        if "approver_groups" in keys:
-            items = self.string_list(keys["approver_groups"][1], "'approver_groups'")
-            approver_groups = tuple(s for _, s in items or [])
-        approvals_needed = 1
-        if "approvals_needed" in keys:
-            vnode = keys["approvals_needed"][1]
-            v = self.scalar(vnode)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                self.problem(
-                    vnode, f"'approvals_needed' must be an integer >= 1, got {_describe(vnode)}"
-                )
-            else:
-                approvals_needed = v
+        approver_groups, approvals_needed = self.approvers(keys)
         expires = self.wait_seconds(keys)
         match = Match()
         if "match" in keys:
@@ -547,6 +521,26 @@ class _FileLoader:
             self.display,
             _line(node),
         )
+
+    def approvers(
+        self, keys: dict[str, tuple[yaml.Node, yaml.Node]]
+    ) -> tuple[tuple[str, ...], int]:
+        """``approver_groups`` and ``approvals_needed`` of a rule or an approval entry."""
+        approver_groups: tuple[str, ...] = ()
+        if "approver_groups" in keys:
+            items = self.string_list(keys["approver_groups"][1], "'approver_groups'")
+            approver_groups = tuple(s for _, s in items or [])
+        approvals_needed = 1
+        if "approvals_needed" in keys:
+            vnode = keys["approvals_needed"][1]
+            v = self.scalar(vnode)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                self.problem(
+                    vnode, f"'approvals_needed' must be an integer >= 1, got {_describe(vnode)}"
+                )
+            else:
+                approvals_needed = v
+        return approver_groups, approvals_needed
 
     def wait_seconds(self, keys: dict[str, tuple[yaml.Node, yaml.Node]]) -> float | None:
         """How long a held statement waits: ``wait_seconds`` (seconds >= 0, or a
