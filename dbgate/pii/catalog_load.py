@@ -10,11 +10,11 @@ there, not an error here: the schema may simply not have been migrated yet).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from dbgate.file_problems import FileProblem, FileProblems
 from dbgate.pii.catalog import Catalog, ColumnRule, NameRule
 from dbgate.pii.entities import ENTITY_NAME, KNOWN_ENTITIES, NONE
 
@@ -25,28 +25,14 @@ _STR = "tag:yaml.org,2002:str"
 _BOOL = "tag:yaml.org,2002:bool"
 
 
-@dataclass(frozen=True, slots=True)
-class CatalogProblem:
+class CatalogProblem(FileProblem):
     """One thing wrong with a catalog file; ``line`` is 1-based, 0 for the whole file."""
 
-    file: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return (
-            f"{self.file}:{self.line}: {self.message}"
-            if self.line
-            else f"{self.file}: {self.message}"
-        )
+    __slots__ = ()
 
 
-class CatalogError(Exception):
+class CatalogError(FileProblems):
     """The catalog could not be loaded; carries every problem found."""
-
-    def __init__(self, problems: list[CatalogProblem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 def default_catalog_path() -> Path:

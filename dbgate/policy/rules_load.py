@@ -15,12 +15,13 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from dbgate.file_problems import FileProblem, FileProblems
 from dbgate.policy.catalog_settings import parse_time_ms
 from dbgate.policy.model import GUARD_SETTINGS, Action, Category
 from dbgate.policy.rules_match import Glob, Match, Rule, command_key
@@ -86,28 +87,14 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _MAX_WAIT = 7 * 86400
 
 
-@dataclass(frozen=True, slots=True)
-class RuleProblem:
+class RuleProblem(FileProblem):
     """One thing wrong with a rules directory. ``line`` is 1-based; 0 = whole file."""
 
-    file: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return (
-            f"{self.file}:{self.line}: {self.message}"
-            if self.line
-            else f"{self.file}: {self.message}"
-        )
+    __slots__ = ()
 
 
-class RulesError(Exception):
+class RulesError(FileProblems):
     """A rules directory could not be loaded. Carries every problem found."""
-
-    def __init__(self, problems: list[RuleProblem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 def suggest(word: str, valid: tuple[str, ...] | list[str]) -> str:
