@@ -39,6 +39,8 @@ from pglast import parser as pg
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
 
+from dbgate.pii.detectors import luhn_ok
+
 __all__ = ["is_pii_column", "mask_sql", "mask_text", "mask_value"]
 
 #: Parts of a column name (split at ``_``) that mark it as personal data. A name
@@ -144,18 +146,6 @@ class _Span:
     quoted: bool  # replace with a quoted placeholder (a whole literal)
 
 
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
 def _iban_ok(text: str) -> bool:
     s = text.replace(" ", "")
     if not 15 <= len(s) <= 34:
@@ -171,7 +161,7 @@ def _shaped(text: str, numeric: bool = False) -> Iterator[tuple[int, int, str]]:
     """Spans of ``text`` that look like PII, as (start, end, label)."""
     for m in _CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group())
-        if 13 <= len(digits) <= 19 and _luhn(digits):
+        if 13 <= len(digits) <= 19 and luhn_ok(digits):
             yield m.start(), m.end(), "card"
     if numeric:
         return
