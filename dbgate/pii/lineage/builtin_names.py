@@ -1,0 +1,134 @@
+"""The built-in functions and types the walk knows by name.
+
+A function's name decides how values flow through it: most built-ins pass their
+arguments' values on, but some carry none (``count``), some read data the walk cannot
+follow (``query_to_xml``), some store or send their arguments (``set_config``), and
+set-returning ones in FROM have a width the schema snapshot may not give.
+"""
+
+from __future__ import annotations
+
+#: Results that never carry their arguments' values.
+VALUE_FREE_FUNCTIONS = frozenset(
+    {"count", "grouping", "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile"}
+)
+#: Built-in functions that read data by name, or files, or other sessions' text: their
+#: result's provenance cannot be followed.
+DATA_READERS = frozenset(
+    {
+        "query_to_xml",
+        "query_to_xml_and_xmlschema",
+        "table_to_xml",
+        "table_to_xml_and_xmlschema",
+        "cursor_to_xml",
+        "schema_to_xml",
+        "schema_to_xml_and_xmlschema",
+        "database_to_xml",
+        "database_to_xml_and_xmlschema",
+        "ts_stat",
+        "pg_read_file",
+        "pg_read_binary_file",
+        "lo_get",
+        "loread",
+        "pg_stat_get_activity",
+        "pg_stat_get_backend_activity",
+        "pg_logical_slot_get_changes",
+        "pg_logical_slot_peek_changes",
+        "pg_logical_slot_get_binary_changes",
+        "pg_logical_slot_peek_binary_changes",
+        # the text of this session's statements, cursors and prepared statements: it
+        # holds the raw values of the tokens dbgate resolved in the SQL it forwarded
+        "current_query",
+        "pg_cursor",
+        "pg_prepared_statement",
+        "pg_get_backend_memory_contexts",
+    }
+)
+#: Ordered-set aggregates whose result is *not* drawn from the WITHIN GROUP input
+#: (hypothetical-set aggregates return a rank or a fraction). Every other aggregate
+#: called WITHIN GROUP (mode, percentile_disc, percentile_cont, user-defined ones)
+#: takes its value from the ORDER BY expressions: they flow like arguments.
+HYPOTHETICAL_SET_AGGREGATES = frozenset({"rank", "dense_rank", "percent_rank", "cume_dist"})
+#: Built-in functions whose arguments are stored or sent somewhere a later read does
+#: not trace back to a PII column: a resolved token must not reach them.
+SIDE_EFFECTS = frozenset(
+    {
+        "set_config",
+        "pg_notify",
+        "lo_from_bytea",
+        "lo_put",
+        "lowrite",
+        "lo_import",
+        "lo_export",
+        "pg_logical_emit_message",
+        "pg_file_write",
+        "dblink",
+        "dblink_exec",
+        "pg_advisory_lock",
+    }
+)
+#: Width of built-in set-returning functions when no schema snapshot says.
+BUILTIN_SRF_WIDTH = {
+    "json_each": 2,
+    "jsonb_each": 2,
+    "json_each_text": 2,
+    "jsonb_each_text": 2,
+    "pg_options_to_table": 2,
+}
+#: Polymorphic pseudo-types (anyelement, anynonarray, anycompatible,
+#: anycompatiblenonarray): a set-returning function declared to return one of them
+#: has as many columns as its actual argument type, which may be composite.
+POLYMORPHIC_TYPES = frozenset({2283, 2776, 5077, 5079})
+#: Built-in set-returning functions returning such a type, for snapshots without functions.
+POLYMORPHIC_SRFS = frozenset(
+    {
+        "unnest",
+        "json_populate_record",
+        "json_populate_recordset",
+        "jsonb_populate_record",
+        "jsonb_populate_recordset",
+    }
+)
+#: Base types whose values are scalars (an array of them unnests to one column).
+SCALAR_TYPE_NAMES = frozenset(
+    [
+        "bool",
+        "boolean",
+        "bytea",
+        "char",
+        "bpchar",
+        "varchar",
+        "text",
+        "name",
+        "int2",
+        "int4",
+        "int8",
+        "int",
+        "smallint",
+        "integer",
+        "bigint",
+        "numeric",
+        "decimal",
+        "float4",
+        "float8",
+        "real",
+        "date",
+        "time",
+        "timetz",
+        "timestamp",
+        "timestamptz",
+        "interval",
+        "uuid",
+        "json",
+        "jsonb",
+        "xml",
+        "inet",
+        "cidr",
+        "macaddr",
+        "macaddr8",
+        "money",
+        "oid",
+        "bit",
+        "varbit",
+    ]
+)

@@ -1,0 +1,248 @@
+"""Expressions: the generic descent, and a handler for each node kind that needs one.
+
+A value's lineage is the union of what flows into it (any node kind without a handler
+is walked that way: fail closed), except where a handler knows better: ``count(...)``
+carries no value, a user function or a data reader is unknown, a column reference
+resolves through the scope, a token literal or a bind parameter notes where it sits.
+
+:meth:`Expressions.expr` and :meth:`Expressions.generic` are the hottest functions of a
+cold plan: one lookup per node in ``_EXPR``, a plain dict of functions built once, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
+from dbgate.pii.lineage.builtin_names import (
+    DATA_READERS,
+    HYPOTHETICAL_SET_AGGREGATES,
+    SIDE_EFFECTS,
+    VALUE_FREE_FUNCTIONS,
+)
+from dbgate.pii.lineage.context import FILTER, Ctx, refused
+from dbgate.pii.lineage.nodes import Node, strs
+from dbgate.pii.lineage.results import TokenSite
+from dbgate.pii.lineage.scope import Scope
+from dbgate.pii.lineage.state import WalkState
+from dbgate.pii.tokens import TOKEN_RE
+
+
+class Expressions(WalkState):
+    """Values, and where the tokens and parameters inside them sit."""
+
+    def expr(self, node: Any, scope: Scope, ctx: Ctx) -> Lin:
+        # the hottest function of a cold plan: one dict lookup per node where it can
+        if isinstance(node, dict):
+            if len(node) == 1:
+                ((kind, body),) = node.items()
+                handler = _EXPR.get(kind)
+                if handler is not None:
+                    return handler(self, body, scope, ctx)
+                if kind[:1].isupper():
+                    return self.generic(body, scope, ctx)
+            return self.generic(node, scope, ctx)
+        if isinstance(node, list):
+            out = CLEAN
+            for n in node:
+                out = out | self.expr(n, scope, ctx)
+            return out
+        return CLEAN
+
+    def generic(self, body: Any, scope: Scope, ctx: Ctx) -> Lin:
+        """Any node without a handler: the union of everything inside (fail closed)."""
+        out = CLEAN
+        if isinstance(body, dict):
+            expr = self.expr
+            for key, value in body.items():
+                if isinstance(value, (dict, list)) and key not in _NOT_VALUES:
+                    out = out | expr(value, scope, ctx)
+        elif isinstance(body, list):
+            for value in body:
+                out = out | self.expr(value, scope, ctx)
+        return out
+
+    def walk_side(self, node: Any, why: str) -> None:
+        """Walk a part whose values may be stored or echoed: tokens there are refused.
+
+        Only token sites matter here: names that do not resolve without their scope
+        are not reported as unknown outputs.
+        """
+        if node is not None:
+            reasons = len(self.r.unknown_reasons)
+            self.expr(node, Scope(None), refused(why))
+            del self.r.unknown_reasons[reasons:]
+
+    def e_ColumnRef(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        fields = body["fields"]
+        names = strs(fields)
+        if "A_Star" in fields[-1]:
+            found = self.lookup(names[:-1], scope) if len(names) > 1 else None
+            if found is None:
+                if len(names) == 1:
+                    out = CLEAN
+                    for it in scope.stars:
+                        out = out | self.met(scope, it, it.whole())
+                    return out
+                return self.unknown(f"{'.'.join(names)} of an unknown relation")
+            return self.met(found[1], found[0], found[0].whole())
+        return self.resolve(names, scope)
+
+    def resolve(self, names: list[str], scope: Scope) -> Lin:
+        if len(names) == 1:
+            name = names[0]
+            s: Scope | None = scope
+            while s is not None:
+                found: Lin | None = None
+                for item in s.items:
+                    lin = item.get(name)
+                    if lin is not None:
+                        found = lin if found is None else found | lin
+                        self.met(s, item, lin)
+                if found is not None:
+                    return found
+                for item in reversed(s.items):
+                    if item.alias == name:
+                        # a whole-row reference: t, row_to_json(t)
+                        return self.met(s, item, item.whole())
+                s = s.parent
+            return self.unknown(f"column {name!r} could not be resolved")
+        hit = self.lookup(names[:-1], scope)
+        if hit is not None:
+            item, level = hit
+            lin = item.get(names[-1])
+            if lin is not None:
+                return self.met(level, item, lin)
+            return self.unknown(f"column {'.'.join(names)} does not exist in dbgate's snapshot")
+        # t.c where t is a column of a composite type: the whole of that column
+        base = self.resolve(names[:1], scope) if len(names) == 2 else UNKNOWN_LIN
+        if base is UNKNOWN_LIN:
+            return self.unknown(f"column {'.'.join(names)} could not be resolved")
+        return base
+
+    def e_A_Const(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        sval = body.get("sval")
+        if sval is None:
+            return CLEAN
+        text = sval.get("sval", "")
+        if "tok_" not in text:
+            return CLEAN
+        entities = frozenset(m.group(1) for m in TOKEN_RE.finditer(text))
+        if not entities:
+            return CLEAN
+        self.r.token_sites.append(TokenSite(body.get("location", -1), ctx.allowed, ctx.why, text))
+        return Lin(entities, token=True)
+
+    def e_ParamRef(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        n = body.get("number", 0)
+        if not ctx.allowed:
+            self.r.param_sites[n] = ctx.why
+        else:
+            self.r.param_sites.setdefault(n, "")
+        return Lin(params=frozenset((n,)))
+
+    def e_TypeCast(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        return self.expr(body.get("arg"), scope, ctx)
+
+    def e_SubLink(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        test = self.expr(body.get("testexpr"), scope, ctx)
+        sub = body.get("subselect")
+        if body.get("subLinkType") == "EXISTS_SUBLINK":
+            if sub is not None:
+                self.query(sub, scope, FILTER)
+            return test
+        if sub is None:
+            return test
+        return test | self.query(sub, scope, ctx).union()
+
+    def e_FuncCall(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        parts = strs(body["funcname"])
+        name = parts[-1].lower()
+        schema = parts[-2] if len(parts) > 1 else None
+        builtin = schema in (None, "pg_catalog") and self.is_builtin(name, schema)
+        # WITHIN GROUP (ORDER BY x) of mode()/percentile_*(): x is the value input
+        within = bool(body.get("agg_within_group")) and not (
+            builtin and name in HYPOTHETICAL_SET_AGGREGATES
+        )
+        # an aggregate's FILTER chooses the rows it adds up: sum(g) FILTER (WHERE g = ...)
+        self.choose(body.get("agg_filter"), scope)
+        for key in ("over",) if within else ("over", "agg_order"):
+            if body.get(key):
+                self.expr(body[key], scope, FILTER)
+        args = body.get("args")
+        if within and body.get("agg_order"):
+            args = [*(args or ()), *body["agg_order"]]
+        if builtin and name in SIDE_EFFECTS:
+            lin = self.expr(args, scope, refused(f"an argument of {name}()"))
+            if lin.pii and name == "set_config":
+                self.r.pii_writes.append("set_config stores PII in a setting")
+            self.r.param_writes |= lin.params
+            return lin
+        if not builtin:
+            met = len(self.refs) if self.refs is not None else 0
+            lin = self.expr(
+                args, scope, refused(f"an argument of the user function {'.'.join(parts)}()")
+            )
+            self.r.param_writes |= lin.params
+            self.met_opaque(scope, met)
+            return lin | self.unknown(f"{'.'.join(parts)}() is not a PostgreSQL built-in function")
+        if name in DATA_READERS:
+            met = len(self.refs) if self.refs is not None else 0
+            self.expr(args, scope, FILTER)
+            self.met_opaque(scope, met)
+            return self.unknown(f"{name}() reads data dbgate cannot follow")
+        if name in VALUE_FREE_FUNCTIONS:
+            self.expr(args, scope, FILTER)
+            return CLEAN
+        return self.expr(args, scope, ctx)
+
+    def is_builtin(self, name: str, schema: str | None) -> bool:
+        funcs = self.snap.functions_named(name)
+        if not funcs:
+            return self.snap.assume_builtin_functions
+        if schema == "pg_catalog":
+            return any(f.builtin for f in funcs)
+        # an unqualified name may resolve to a user function first (search_path):
+        # built-in only when every function of that name is
+        return all(f.builtin for f in funcs)
+
+    def e_GroupingFunc(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        self.expr(body.get("args"), scope, FILTER)  # a bit mask of grouping columns
+        return CLEAN
+
+    def e_A_Indirection(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        return self.expr(body.get("arg"), scope, ctx) | self.expr(
+            body.get("indirection"), scope, FILTER
+        )
+
+    def e_RangeSubselect(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        return self.query(body["subquery"], scope, ctx).union()
+
+
+def _leaf(self: Expressions, body: Any, scope: Scope, ctx: Ctx) -> Lin:
+    return CLEAN
+
+
+#: Keys of a node that hold no values (a type's name is not data).
+_NOT_VALUES = frozenset({"typeName", "location"})
+#: Nodes that hold no values: names, types, sort directions.
+_LEAVES = frozenset(
+    {
+        "String",
+        "Integer",
+        "Float",
+        "Boolean",
+        "BitString",
+        "TypeName",
+        "SQLValueFunction",
+        "SetToDefault",
+        "A_Star",
+        "ColumnDef",
+    }
+)
+#: Each node kind with a handler of its own; any other kind is walked generically.
+_EXPR: dict[str, Callable[[Expressions, Any, Scope, Ctx], Lin]] = {
+    **{name: _leaf for name in _LEAVES},
+    **{name[2:]: getattr(Expressions, name) for name in dir(Expressions) if name.startswith("e_")},
+}

@@ -1,0 +1,28 @@
+"""Reading pglast's JSON parse tree.
+
+A node under a generic ``Node*`` field is a one-key dict (``{"ColumnRef": {...}}``:
+:func:`one` splits it into kind and body); a name is a list of ``String`` nodes
+(:func:`strs`, with ``*`` for an ``A_Star``). Fields equal to their zero value are
+omitted, so every read uses ``.get`` with a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+Node = dict[str, Any]
+
+
+def strs(nodes: Iterable[Node] | None) -> list[str]:
+    return [_str(n) for n in nodes or ()]
+
+
+def _str(node: Node) -> str:
+    s = node.get("String")
+    return s.get("sval", "") if s is not None else "*"
+
+
+def one(node: Node) -> tuple[str, Any]:
+    ((kind, body),) = node.items()
+    return kind, body

@@ -1,0 +1,208 @@
+"""SELECT, wherever it nests: set operations, VALUES, target lists and ``*``, CTEs.
+
+Values flow from the target list into the output. The clauses that only choose rows
+(WHERE, HAVING, GROUP BY, ORDER BY, LIMIT ...) carry none; they are walked for tokens,
+and WHERE and HAVING (and JOIN ... ON, in :mod:`.sources`) for predicates that turn the
+choice into a value (:meth:`Queries.choose`).
+"""
+
+from __future__ import annotations
+
+from dbgate.pii.lin import CLEAN, Lin
+from dbgate.pii.lineage.context import FILTER, OUTPUT, Ctx
+from dbgate.pii.lineage.nodes import Node, one, strs
+from dbgate.pii.lineage.results import Output
+from dbgate.pii.lineage.scope import Item, Scope
+from dbgate.pii.lineage.state import WalkState
+
+
+class Queries(WalkState):
+    """SELECT and the clauses around it."""
+
+    def select(self, body: Node, outer: Scope | None, ctx: Ctx) -> Output:
+        self.depth += 1
+        try:
+            if self.depth > 200:
+                return Output(tail=self.unknown("statement nested too deeply"))
+            return self._select(body, outer, ctx)
+        finally:
+            self.depth -= 1
+
+    def _select(self, body: Node, outer: Scope | None, ctx: Ctx) -> Output:
+        scope = Scope(outer)
+        if body.get("withClause"):
+            self.with_clause(body["withClause"], scope)
+        op = body.get("op", "SETOP_NONE")
+        if op != "SETOP_NONE":
+            left = self.select(body["larg"], scope, ctx)
+            right = self.select(body["rarg"], scope, ctx)
+            self.control(body, scope)
+            return scope.mark(left.merged(right))
+        if "valuesLists" in body:
+            out: Output | None = None
+            for row in body["valuesLists"]:
+                items = row["List"]["items"]
+                row_out = Output(
+                    [self.expr(e, scope, ctx) for e in items],
+                    [f"column{i + 1}" for i in range(len(items))],
+                )
+                out = row_out if out is None else out.merged(row_out)
+            self.control(body, scope)
+            return scope.mark(out or Output())
+        for item in body.get("fromClause") or ():
+            scope.stars.append(self.from_item(item, scope))
+        out = Output()
+        for target in body.get("targetList") or ():
+            rt = target["ResTarget"]
+            self.target(rt.get("val"), rt.get("name"), scope, ctx, out)
+        self.control(body, scope)
+        # last: a correlated predicate anywhere below may have chosen this level's rows
+        return scope.mark(out)
+
+    def control(self, body: Node, scope: Scope) -> None:
+        """Clauses that choose rows but carry no values: walk them for tokens.
+
+        Their lineage is discarded; what matters there is a token literal, a bind
+        parameter or a call that stores its argument, and, in WHERE and HAVING, a
+        predicate that turns the choice into a value (``choose``, always walked). When
+        the text has none of the former (the common case, checked once per statement),
+        the other clauses are skipped.
+        """
+        self.choose(body.get("whereClause"), scope)
+        self.choose(body.get("havingClause"), scope)
+        if not self.filters_matter:
+            return
+        saved, self.refs = self.refs, None  # ORDER BY, GROUP BY ... relate no values
+        try:
+            self.clauses(body, scope)
+        finally:
+            self.refs = saved
+
+    def clauses(self, body: Node, scope: Scope) -> None:
+        for key in (
+            "groupClause",
+            "sortClause",
+            "distinctClause",
+            "windowClause",
+            "limitCount",
+            "limitOffset",
+        ):
+            if body.get(key):
+                self.expr(body[key], scope, FILTER)
+
+    def choose(self, node: Node | None, scope: Scope) -> None:
+        """Walk a clause that chooses rows (WHERE, HAVING, JOIN ... ON, FILTER).
+
+        Choosing rows is allowed, but a choice can be made to spell a value: ``SELECT
+        g FROM generate_series(1, 20000) g WHERE g IN (SELECT n * 256 +
+        ascii(substr(full_name, n, 1)) ...)`` returns numbers whose low byte is the
+        name, and any column of the chosen rows (an ordinality, a lateral copy of
+        ``g``, a lookup table's label, ``count(*)`` of ``g < ascii(...)``) tells which
+        rows they were. So each predicate (a leaf under AND / OR / NOT) is walked like
+        a value: when PII (or something unknown) flows into it, every column it
+        compares that is not PII marks the query level that column comes from, and
+        all outputs of that level get the predicate's PII (``Scope.mark``). A whole
+        level rather than the columns, because columns already copied elsewhere (a
+        lateral sub-select, a correlated sub-select) were walked before the WHERE.
+
+        Nothing new is marked when the predicate compares PII only with constants,
+        parameters or other PII columns (``email = $1``, ``email LIKE 'a%'``,
+        ``c.email = o.contact_email``), nor when every column it references is of one
+        table row (``birth_date < created_at``, ``get_email(id) IS NULL``): a row
+        chosen by its own values answers one bit, as with a constant. That holds for a
+        table's rows only (a sub-select's row may pair a customer with every number),
+        and not when a token or an opaque function given no column
+        (``met_opaque``) brings a value from elsewhere.
+        """
+        if node is None:
+            return
+        if "BoolExpr" in node:
+            for arg in node["BoolExpr"].get("args") or ():
+                self.choose(arg, scope)
+            return
+        saved, self.refs = self.refs, []
+        refs = self.refs
+        try:
+            lin = self.expr(node, scope, FILTER)
+        finally:
+            self.refs = saved
+        if not (lin.pii or lin.unknown):
+            return
+        row = refs[0][1] if refs else None
+        own_row = row is not None and row.table and all(item is row for _, item, _ in refs)
+        if own_row and not lin.token:
+            return  # one table row chosen by its own values
+        chosen = Lin(lin.entities, lin.unknown)
+        for level, _item, ref in refs:
+            if not (ref.pii or ref.unknown):
+                level.chosen = level.chosen | chosen
+
+    def target(
+        self, val: Node | None, name: str | None, scope: Scope, ctx: Ctx, out: Output
+    ) -> None:
+        if val is not None and "ColumnRef" in val:
+            fields = val["ColumnRef"]["fields"]
+            if "A_Star" in fields[-1]:
+                self.star(strs(fields[:-1]), scope, out)
+                return
+        lin = self.expr(val, scope, ctx)
+        out.add(lin, name or self.name_of(val))
+
+    @staticmethod
+    def name_of(val: Node | None) -> str:
+        if not val:
+            return "?column?"
+        kind, body = one(val)
+        if kind == "ColumnRef":
+            return strs(body["fields"])[-1]
+        if kind == "FuncCall":
+            return strs(body["funcname"])[-1]
+        if kind == "TypeCast":
+            return Queries.name_of(body.get("arg"))
+        return "?column?"
+
+    def star(self, qualifier: list[str], scope: Scope, out: Output) -> None:
+        if not qualifier:
+            if not scope.stars:
+                out.tail = (out.tail or CLEAN) | self.unknown("SELECT * without FROM")
+            for item in scope.stars:
+                self.expand(item, out)
+            return
+        item = self.find_item(qualifier, scope)
+        if item is None:
+            out.tail = (out.tail or CLEAN) | self.unknown(
+                f"{'.'.join(qualifier)}.* of an unknown relation"
+            )
+            return
+        self.expand(item, out)
+
+    @staticmethod
+    def expand(item: Item, out: Output) -> None:
+        for name, lin in zip(item.names, item.cols, strict=True):
+            out.add(lin, name)
+        if item.open:
+            out.tail = (out.tail or CLEAN) | item.rest
+
+    def with_clause(self, wc: Node, scope: Scope) -> None:
+        recursive = bool(wc.get("recursive"))
+        for c in wc.get("ctes") or ():
+            cte = c["CommonTableExpr"]
+            name = cte["ctename"]
+            colnames = strs(cte.get("aliascolnames"))
+            query = cte["ctequery"]
+            kind, body = one(query)
+            if recursive and kind == "SelectStmt" and body.get("op", "SETOP_NONE") != "SETOP_NONE":
+                seed = self.select(body["larg"], scope, OUTPUT)
+                scope.ctes[name] = (seed, colnames)
+                current = seed
+                for _ in range(8):
+                    nxt = current.merged(self.select(body["rarg"], scope, OUTPUT))
+                    if nxt.columns == current.columns and nxt.tail == current.tail:
+                        break
+                    current = nxt
+                    scope.ctes[name] = (current, colnames)
+                else:
+                    current = Output(tail=self.unknown(f"recursive CTE {name!r} did not settle"))
+                scope.ctes[name] = (current, colnames)
+            else:
+                scope.ctes[name] = (self.query(query, scope, OUTPUT), colnames)

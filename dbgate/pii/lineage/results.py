@@ -1,0 +1,147 @@
+"""What the walk returns, and what it reads from its caller.
+
+:class:`Analysis` is everything learned about one query string: a
+:class:`StatementLineage` per statement with its :class:`Output` (the lineage of each
+column it returns), the token literals found (:class:`TokenSite`), where bind parameters
+flow, what is written where the catalog will not find it again. :class:`ColumnSource`
+(the catalog applied to a schema) and :class:`SessionState` (cursors and prepared
+statements declared earlier) are what the walk reads.
+
+A classification worker traces analyses and pickles them back to the pool, which
+unpickles only the names it allows (:mod:`dbgate.gate.classify_pool`): the classes an
+analysis holds are pickled under the package's name, ``dbgate.pii.lineage.Analysis``
+(``__module__ = PICKLED_AS``), which re-exports them, so where they are defined is not
+part of that exchange.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
+from dbgate.pii.schema import Relation, SchemaSnapshot
+
+#: The module the classes an :class:`Analysis` holds are pickled under.
+PICKLED_AS = "dbgate.pii.lineage"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSite:
+    """A string literal holding at least one token, and whether it may be resolved."""
+
+    __module__ = PICKLED_AS
+
+    location: int  # byte offset of the literal in the statement text
+    allowed: bool
+    why: str = ""
+    text: str = ""  # the literal's value as the server reads it
+
+
+@dataclass
+class Output:
+    """Lineage of the columns a statement returns, in order.
+
+    ``tail`` is set when the width is not known (``SELECT *`` over something opaque):
+    every position past ``columns`` has that lineage.
+
+    ``chosen`` is the part every column has because PII chose the rows (already in
+    ``columns`` and ``tail``): a plain column is described by its table and attribute
+    in the RowDescription and takes its lineage from there, plus this.
+    """
+
+    __module__ = PICKLED_AS
+
+    columns: list[Lin] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    tail: Lin | None = None
+    chosen: Lin = CLEAN
+
+    def add(self, lin: Lin, name: str = "?column?") -> None:
+        if self.tail is not None:
+            self.tail = self.tail | lin
+        else:
+            self.columns.append(lin)
+            self.names.append(name)
+
+    def at(self, i: int) -> Lin:
+        if i < len(self.columns):
+            return self.columns[i]
+        return self.tail if self.tail is not None else UNKNOWN_LIN
+
+    def union(self) -> Lin:
+        out = self.tail or CLEAN
+        for lin in self.columns:
+            out = out | lin
+        return out
+
+    def merged(self, other: Output) -> Output:
+        """Positional union (set operations, statements sharing a description)."""
+        n = min(len(self.columns), len(other.columns))
+        out = Output(
+            [a | b for a, b in zip(self.columns[:n], other.columns[:n], strict=True)],
+            list(self.names[:n]),
+            chosen=self.chosen | other.chosen,
+        )
+        if (
+            self.tail is not None
+            or other.tail is not None
+            or len(self.columns) != len(other.columns)
+        ):
+            rest = (self.tail or CLEAN) | (other.tail or CLEAN)
+            for lin in self.columns[n:] + other.columns[n:]:
+                rest = rest | lin
+            out.tail = rest
+        return out
+
+
+@dataclass
+class StatementLineage:
+    """One statement of a query string: what it is and what its rows carry."""
+
+    __module__ = PICKLED_AS
+
+    kind: str  # parse-tree node name: SelectStmt, InsertStmt, CopyStmt, ...
+    output: Output | None  # None: the statement returns no rows
+    copy_out: bool = False  # COPY ... TO STDOUT: ``output`` describes its columns
+
+
+@dataclass
+class Analysis:
+    """Everything the walk learned about one query string."""
+
+    __module__ = PICKLED_AS
+
+    statements: list[StatementLineage] = field(default_factory=list)
+    unknown_reasons: list[str] = field(default_factory=list)
+    token_sites: list[TokenSite] = field(default_factory=list)
+    #: bind parameter number -> why a token there must not be resolved ("" = it may)
+    param_sites: dict[int, str] = field(default_factory=dict)
+    #: PII that the statement stores where the catalog will not find it again
+    pii_writes: list[str] = field(default_factory=list)
+    #: bind parameters whose values flow into such places
+    param_writes: set[int] = field(default_factory=set)
+    token_writes: list[str] = field(default_factory=list)
+    #: relation names the snapshot did not know (the schema may be stale)
+    unknown_relations: set[str] = field(default_factory=set)
+    parse_error: str = ""
+    #: cursors and prepared statements this query declares, for the session to remember
+    declares: dict[str, Output] = field(default_factory=dict)
+    prepares: dict[str, Output] = field(default_factory=dict)
+    deallocates: set[str] = field(default_factory=set)
+
+
+class ColumnSource(Protocol):
+    """What the walk needs from the catalog applied to a schema (dbgate.pii.coverage)."""
+
+    snapshot: SchemaSnapshot
+
+    def relation_lins(self, rel: Relation) -> list[Lin]: ...
+
+
+class SessionState(Protocol):
+    """Cursors and SQL-level prepared statements a session declared earlier."""
+
+    def cursor(self, name: str) -> Output | None: ...
+
+    def prepared(self, name: str) -> Output | None: ...

@@ -1,0 +1,299 @@
+"""FROM items: tables, sub-selects, joins and functions, and what a qualifier names.
+
+A table's columns take their lineage from the catalog (:class:`~.results.ColumnSource`),
+a CTE's or a sub-select's from its output. A function in FROM is laid out by its width
+(how many columns it returns: a column definition list, the snapshot's functions, or
+the built-ins known by name), and once a width is unknown so is every later position.
+"""
+
+from __future__ import annotations
+
+from dbgate.pii.lin import CLEAN, Lin
+from dbgate.pii.lineage.builtin_names import (
+    BUILTIN_SRF_WIDTH,
+    POLYMORPHIC_SRFS,
+    POLYMORPHIC_TYPES,
+    SCALAR_TYPE_NAMES,
+)
+from dbgate.pii.lineage.context import FILTER, OUTPUT
+from dbgate.pii.lineage.nodes import Node, one, strs
+from dbgate.pii.lineage.results import Output
+from dbgate.pii.lineage.scope import Item, Scope
+from dbgate.pii.lineage.state import WalkState
+
+
+class Sources(WalkState):
+    """FROM entries, as name resolution will see them."""
+
+    def from_item(self, node: Node, scope: Scope) -> Item:
+        kind, body = one(node)
+        if kind == "RangeVar":
+            return self.range_var(body, scope)
+        if kind == "RangeSubselect":
+            out = self.query(body["subquery"], scope, OUTPUT)
+            return self.item_from_output(out, body.get("alias"), scope)
+        if kind == "JoinExpr":
+            return self.join(body, scope)
+        if kind == "RangeFunction":
+            return self.range_function(body, scope)
+        if kind == "RangeTableSample":
+            self.expr(body.get("args"), scope, FILTER)
+            return self.from_item(body["relation"], scope)
+        if kind in ("RangeTableFunc", "JsonTable"):
+            source = self.expr(body.get("docexpr") or body.get("context_item"), scope, OUTPUT)
+            alias = (body.get("alias") or {}).get("aliasname")
+            item = Item(alias, [], [], open=True, rest=source)
+            scope.items.append(item)
+            return item
+        self.walk_side(body, f"a {kind} in FROM")
+        item = Item(None, [], [], open=True, rest=self.unknown(f"cannot follow a {kind} in FROM"))
+        scope.items.append(item)
+        return item
+
+    def item_from_output(self, out: Output, alias: Node | None, scope: Scope) -> Item:
+        names = list(out.names)
+        if alias:
+            renamed = strs(alias.get("colnames"))
+            names[: len(renamed)] = renamed[: len(names)]
+        item = Item(
+            (alias or {}).get("aliasname"),
+            names,
+            list(out.columns),
+            open=out.tail is not None,
+            rest=out.tail or CLEAN,
+            chosen=out.chosen,
+        )
+        scope.items.append(item)
+        return item
+
+    def range_var(self, body: Node, scope: Scope) -> Item:
+        name = body.get("relname", "")
+        schema = body.get("schemaname")
+        alias = body.get("alias")
+        if schema is None:
+            found = scope.cte(name)
+            if found is not None:
+                out, colnames = found
+                if colnames:
+                    out = Output(
+                        list(out.columns),
+                        colnames[: len(out.columns)] + out.names[len(colnames) :],
+                        out.tail,
+                        out.chosen,
+                    )
+                return self.item_from_output(out, alias or {"aliasname": name}, scope)
+        rels = self.snap.lookup(name, schema)
+        shown = f"{schema}.{name}" if schema else name
+        if not rels:
+            self.r.unknown_relations.add(shown)
+            item = Item(
+                (alias or {}).get("aliasname", name),
+                [],
+                [],
+                open=True,
+                rest=self.unknown(f"relation {shown} is not in dbgate's schema snapshot"),
+                schema=schema,
+            )
+            scope.items.append(item)
+            return item
+        primary = rels[0]
+        lins = self.source.relation_lins(primary)
+        names = [c.name for c in primary.columns]
+        for other in rels[1:]:  # same name in other schemas: the session's search_path decides
+            other_lins = dict(
+                zip([c.name for c in other.columns], self.source.relation_lins(other), strict=True)
+            )
+            lins = [lin | other_lins.get(n, CLEAN) for n, lin in zip(names, lins, strict=True)]
+        if alias and alias.get("colnames"):
+            renamed = strs(alias["colnames"])
+            names[: len(renamed)] = renamed[: len(names)]
+        item = Item(
+            (alias or {}).get("aliasname", name),
+            names,
+            lins,
+            schema=schema or primary.schema,
+            table=len(rels) == 1 and primary.kind in ("r", "p"),
+        )
+        scope.items.append(item)
+        return item
+
+    def join(self, body: Node, scope: Scope) -> Item:
+        left = self.from_item(body["larg"], scope)
+        right = self.from_item(body["rarg"], scope)
+        if body.get("quals"):
+            self.choose(body["quals"], scope)
+        using = strs(body.get("usingClause"))
+        if body.get("isNatural"):
+            using = [n for n in left.names if n in right.names]
+        names: list[str] = []
+        cols: list[Lin] = []
+        for n in using:
+            names.append(n)
+            cols.append((left.get(n) or CLEAN) | (right.get(n) or CLEAN))
+        for side in (left, right):
+            for n, lin in zip(side.names, side.cols, strict=True):
+                if n not in using:
+                    names.append(n)
+                    cols.append(lin)
+        open_ = left.open or right.open
+        rest = (left.rest if left.open else CLEAN) | (right.rest if right.open else CLEAN)
+        if open_ and using:
+            # the merged columns of an open side sit in an unknown place: keep order honest
+            names, cols = [], []
+            rest = rest | left.whole() | right.whole()
+        alias = (body.get("alias") or {}).get("aliasname")
+        item = Item(alias, names, cols, open=open_, rest=rest, chosen=left.chosen | right.chosen)
+        if alias or (body.get("join_using_alias")):
+            if body.get("join_using_alias"):
+                ua = body["join_using_alias"].get("aliasname")
+                scope.items.append(Item(ua, using, cols[: len(using)]))
+            if alias:
+                scope.items.append(item)
+        return item
+
+    def range_function(self, body: Node, scope: Scope) -> Item:
+        """A function (or ROWS FROM list) in FROM, WITH ORDINALITY adding a last column.
+
+        Columns are laid out function after function, so once one function's width is
+        not known (``unnest`` of an array that may hold composites, a polymorphic or
+        opaque function), no later position is known either: that function, every
+        later one and the ordinality column all go to the item's ``rest`` (fail closed).
+        """
+        names: list[str] = []
+        cols: list[Lin] = []
+        open_ = False
+        rest = CLEAN
+        alias = body.get("alias") or {}
+        alias_name = alias.get("aliasname")
+        functions = body.get("functions") or ()
+
+        def place(lin: Lin, width: int | None, fnames: list[str]) -> None:
+            nonlocal open_, rest
+            if open_ or width is None:
+                open_ = True
+                rest = rest | lin
+                return
+            names.extend(fnames)
+            cols.extend([lin] * width)
+
+        for entry in functions:
+            items = entry["List"]["items"]
+            call = items[0]
+            coldef = items[1] if len(items) > 1 and items[1] else None
+            coldefs = coldef if isinstance(coldef, list) else body.get("coldeflist")
+            kind, fbody = one(call)
+            if kind != "FuncCall":
+                lin = self.expr(call, scope, OUTPUT)
+                # CAST(... AS composite), COALESCE of rows ...: one column only for the
+                # SQL value functions (current_date, current_user ...)
+                width = 1 if kind == "SQLValueFunction" else None
+                place(lin, width, [alias_name or "?column?"])
+                continue
+            fname = strs(fbody["funcname"])[-1]
+            args = fbody.get("args") or ()
+            if fname == "unnest" and not coldefs and len(args) > 1 and len(functions) == 1:
+                # unnest(a, b, ...) is ROWS FROM (unnest(a), unnest(b), ...)
+                for arg in args:
+                    lin = self.expr(arg, scope, OUTPUT)
+                    place(lin, 1 if self.scalar_array(arg) else None, ["unnest"])
+                continue
+            lin = self.expr(call, scope, OUTPUT)
+            if fname == "unnest" and not coldefs and len(args) == 1:
+                width, fnames = (1, []) if self.scalar_array(args[0]) else (None, [])
+            else:
+                width, fnames = self.function_width(fbody, coldefs)
+            if width == 1 and not fnames:
+                fnames = [alias_name if (alias_name and len(functions) == 1) else fname]
+            place(lin, width, fnames or [fname] * (width or 0))
+        if body.get("ordinality"):
+            place(CLEAN, 1, ["ordinality"])
+        if alias.get("colnames"):
+            renamed = strs(alias["colnames"])
+            names[: len(renamed)] = renamed[: len(names)]
+        item = Item(alias_name or (names[0] if names else None), names, cols, open=open_, rest=rest)
+        scope.items.append(item)
+        return item
+
+    def scalar_array(self, node: Node) -> bool:
+        """Whether ``node`` is surely an array of scalars (unnest gives one column).
+
+        ``ARRAY['a', 'b']`` of constants, or a cast to ``text[]``, ``int[]`` ... of a
+        base type no relation or composite type of the snapshot shadows.
+        """
+        kind, body = one(node)
+        if kind == "A_ArrayExpr":
+            elements = body.get("elements") or ()
+            return bool(elements) and all(
+                one(e)[0] == "A_Const"
+                or (one(e)[0] in ("A_ArrayExpr", "TypeCast") and self.scalar_array(e))
+                or (one(e)[0] == "TypeCast" and self.scalar_type(e["TypeCast"]["typeName"]))
+                for e in elements
+            )
+        if kind == "TypeCast":
+            tn = body.get("typeName") or {}
+            return bool(tn.get("arrayBounds")) and self.scalar_type(tn)
+        return False
+
+    def scalar_type(self, tn: Node) -> bool:
+        parts = strs(tn.get("names"))
+        if not parts or tn.get("setof") or tn.get("pct_type"):
+            return False
+        name = parts[-1].lower()
+        if len(parts) > 1 and parts[-2] != "pg_catalog":
+            return False
+        if name not in SCALAR_TYPE_NAMES or self.snap.lookup(name):
+            return False
+        return all(
+            t.kind in ("b", "e", "r", "m") for t in self.snap.types.values() if t.name == name
+        )
+
+    def function_width(
+        self, fbody: Node, coldefs: list[Node] | None
+    ) -> tuple[int | None, list[str]]:
+        if coldefs:
+            return len(coldefs), [c["ColumnDef"].get("colname", "") for c in coldefs]
+        parts = strs(fbody["funcname"])
+        name, schema = parts[-1], (parts[-2] if len(parts) > 1 else None)
+        funcs = self.snap.functions_named(name, schema)
+        widths: set[int] = set()
+        names: list[str] = []
+        for f in funcs:
+            if f.out_names is not None:
+                widths.add(len(f.out_names))
+                names = list(f.out_names)
+            else:
+                rel = self.snap.by_row_type.get(f.ret_type)
+                if rel is not None:
+                    widths.add(len(rel.columns))
+                    names = [c.name for c in rel.columns]
+                elif f.ret_type == 2249 or f.ret_type in POLYMORPHIC_TYPES:
+                    # record without a column definition list; anyelement (a composite
+                    # argument makes it as wide as that type)
+                    return None, []
+                else:
+                    widths.add(1)
+        if not funcs:
+            if name in POLYMORPHIC_SRFS:
+                return None, []
+            if name in BUILTIN_SRF_WIDTH:
+                return BUILTIN_SRF_WIDTH[name], ["key", "value"]
+            return (1, []) if self.snap.assume_builtin_functions else (None, [])
+        if len(widths) != 1:
+            return None, []
+        return widths.pop(), names
+
+    def find_item(self, qualifier: list[str], scope: Scope) -> Item | None:
+        found = self.lookup(qualifier, scope)
+        return found[0] if found is not None else None
+
+    def lookup(self, qualifier: list[str], scope: Scope) -> tuple[Item, Scope] | None:
+        """The FROM entry a qualifier names, and the query level it belongs to."""
+        alias = qualifier[-1]
+        schema = qualifier[-2] if len(qualifier) > 1 else None
+        s: Scope | None = scope
+        while s is not None:
+            for item in reversed(s.items):
+                if item.alias == alias and (schema is None or item.schema in (None, schema)):
+                    return item, s
+            s = s.parent
+        return None

@@ -1,0 +1,50 @@
+"""The walk's state for one query string, and its bookkeeping.
+
+:class:`WalkState` is the base of every part of the walker (:mod:`.walker`): the column
+source and session it reads, the :class:`~.results.Analysis` it fills, how deeply
+SELECTs nest, and the column references met in the predicate being walked (``refs``,
+for ``Queries.choose``). Its methods note what the parts find: a value that cannot be
+followed (:meth:`~WalkState.unknown`), a column reference (:meth:`~WalkState.met`), an
+opaque function that reads data of its own (:meth:`~WalkState.met_opaque`).
+"""
+
+from __future__ import annotations
+
+from dbgate.pii.lin import UNKNOWN_LIN, Lin
+from dbgate.pii.lineage.results import Analysis, ColumnSource, SessionState
+from dbgate.pii.lineage.scope import OPAQUE, Item, Scope
+
+
+class WalkState:
+    """The walk's state, which every part of the walker shares."""
+
+    def __init__(
+        self, source: ColumnSource, session: SessionState | None, result: Analysis
+    ) -> None:
+        self.source = source
+        self.snap = source.snapshot
+        self.session = session
+        self.r = result
+        self.depth = 0
+        self.filters_matter = True
+        #: column references met while walking one predicate (``choose``): the level
+        #: each resolved at, the FROM entry, its lineage; None outside predicates
+        self.refs: list[tuple[Scope, Item, Lin]] | None = None
+
+    def unknown(self, why: str) -> Lin:
+        if why not in self.r.unknown_reasons:
+            self.r.unknown_reasons.append(why)
+        return UNKNOWN_LIN
+
+    def met(self, level: Scope, item: Item, lin: Lin) -> Lin:
+        """Note a column reference for the predicate being walked (``choose``)."""
+        if self.refs is not None:
+            self.refs.append((level, item, lin))
+        return lin
+
+    def met_opaque(self, level: Scope, before: int) -> None:
+        """An opaque function given no column (``query_to_xml('...')``, ``secret()``)
+        reads data of its own: for ``choose`` it is a row source of its own, never the
+        row being chosen. Given columns (``get_email(c.id)``), it is taken as theirs."""
+        if self.refs is not None and len(self.refs) == before:
+            self.refs.append((level, OPAQUE, UNKNOWN_LIN))

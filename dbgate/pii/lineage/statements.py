@@ -1,0 +1,150 @@
+"""Statements: one handler per statement type, and a query wherever one nests.
+
+:meth:`Statements.statement` dispatches on the parse-tree node name to
+``stmt_<name>``; a statement type without a handler returns no rows and is walked for
+tokens only (refused: it may store them). :meth:`Statements.query` walks a query node
+wherever it nests (a CTE, a sub-select, DECLARE, CREATE ... AS): a SELECT, or DML with
+RETURNING.
+"""
+
+from __future__ import annotations
+
+from dbgate.pii.lin import CLEAN
+from dbgate.pii.lineage.context import OUTPUT, Ctx, refused
+from dbgate.pii.lineage.nodes import Node, one, strs
+from dbgate.pii.lineage.results import Output, StatementLineage
+from dbgate.pii.lineage.scope import Scope
+from dbgate.pii.lineage.state import WalkState
+
+
+class Statements(WalkState):
+    """The walker's entry: a statement, or a query nested in one."""
+
+    def statement(self, node: Node) -> StatementLineage:
+        kind, body = one(node)
+        handler = getattr(self, "stmt_" + kind, None)
+        if handler is None:
+            self.walk_side(body, f"a {kind} statement")
+            return StatementLineage(kind, None)
+        out = handler(body)
+        return out if isinstance(out, StatementLineage) else StatementLineage(kind, out)
+
+    def query(self, node: Node, scope: Scope | None, ctx: Ctx) -> Output:
+        """Output of a query node (SELECT, or DML with RETURNING inside a CTE)."""
+        kind, body = one(node)
+        if kind == "SelectStmt":
+            return self.select(body, scope, ctx)
+        if kind in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
+            return getattr(self, "dml_" + kind)(body, scope) or Output()
+        self.walk_side(body, f"a {kind} inside a query")
+        out = Output(tail=self.unknown(f"cannot follow a {kind} inside a query"))
+        return out
+
+    def stmt_SelectStmt(self, body: Node) -> StatementLineage:
+        if body.get("intoClause"):
+            out = self.select(body, None, OUTPUT)
+            self.note_copy(out, "SELECT INTO copies PII into a new table")
+            return StatementLineage("SelectStmt", None)
+        return StatementLineage("SelectStmt", self.select(body, None, OUTPUT))
+
+    def stmt_InsertStmt(self, body: Node) -> Output | None:
+        return self.dml_InsertStmt(body, None)
+
+    def stmt_UpdateStmt(self, body: Node) -> Output | None:
+        return self.dml_UpdateStmt(body, None)
+
+    def stmt_DeleteStmt(self, body: Node) -> Output | None:
+        return self.dml_DeleteStmt(body, None)
+
+    def stmt_MergeStmt(self, body: Node) -> Output | None:
+        return self.dml_MergeStmt(body, None)
+
+    def stmt_ExplainStmt(self, body: Node) -> Output:
+        # The plan text echoes literals (a resolved token would come back raw), but
+        # no data values: the output is clean, tokens inside are refused.
+        self.walk_side(body.get("query"), "EXPLAIN (its plan shows literal values)")
+        return Output([CLEAN], ["QUERY PLAN"])
+
+    def stmt_VariableShowStmt(self, body: Node) -> Output:
+        return Output([CLEAN], [body.get("name", "")])
+
+    def stmt_DeclareCursorStmt(self, body: Node) -> None:
+        out = self.query(body["query"], None, OUTPUT)
+        self.r.declares[body.get("portalname", "")] = out
+
+    def stmt_FetchStmt(self, body: Node) -> Output | None:
+        if body.get("ismove"):
+            return None
+        name = body.get("portalname", "")
+        out = self.r.declares.get(name)  # declared earlier in the same query string
+        if out is None and self.session is not None:
+            out = self.session.cursor(name)
+        if out is None:
+            return Output(
+                tail=self.unknown(
+                    f"FETCH from cursor {name!r} declared where dbgate did not see it"
+                )
+            )
+        return out
+
+    def stmt_PrepareStmt(self, body: Node) -> None:
+        out = self.query(
+            body["query"], None, refused("PREPARE (the value would outlive the statement)")
+        )
+        self.r.prepares[body.get("name", "")] = out
+
+    def stmt_ExecuteStmt(self, body: Node) -> Output:
+        self.walk_side(body.get("params"), "EXECUTE parameters")
+        name = body.get("name", "")
+        out = self.r.prepares.get(name)
+        if out is None and self.session is not None:
+            out = self.session.prepared(name)
+        if out is None:
+            return Output(
+                tail=self.unknown(f"EXECUTE of {name!r}, prepared where dbgate did not see it")
+            )
+        return out
+
+    def stmt_DeallocateStmt(self, body: Node) -> None:
+        self.r.deallocates.add(body.get("name") or "*")
+
+    def stmt_CallStmt(self, body: Node) -> Output:
+        self.walk_side(body, "CALL (a procedure may store its arguments)")
+        return Output(tail=self.unknown("CALL returns what a procedure chose to return"))
+
+    def stmt_CopyStmt(self, body: Node) -> StatementLineage:
+        if body.get("is_from"):
+            self.walk_side(body, "COPY FROM")
+            return StatementLineage("CopyStmt", None)
+        if body.get("query") is not None:
+            out = self.query(body["query"], None, OUTPUT)
+        else:
+            item = self.range_var(body["relation"], Scope(None))
+            attlist = strs(body.get("attlist"))
+            out = Output()
+            if attlist:
+                for name in attlist:
+                    out.add(
+                        item.get(name) or self.unknown(f"COPY of unknown column {name!r}"), name
+                    )
+            else:
+                for name, lin in zip(item.names, item.cols, strict=True):
+                    out.add(lin, name)
+                if item.open:
+                    out.tail = item.rest
+        if body.get("filename") is not None or body.get("is_program"):
+            self.note_copy(out, "COPY TO a file or program writes PII outside the database")
+            return StatementLineage("CopyStmt", None)
+        return StatementLineage("CopyStmt", out, copy_out=True)
+
+    def stmt_CreateTableAsStmt(self, body: Node) -> None:
+        ctx = refused("CREATE ... AS (the value would be stored)")
+        out = self.query(body["query"], None, ctx)
+        if body.get("objtype") != "OBJECT_MATVIEW":  # a matview is covered by its definition
+            self.note_copy(out, "CREATE TABLE AS copies PII into a new table")
+
+    def stmt_ViewStmt(self, body: Node) -> None:
+        self.query(body["query"], None, refused("a view definition (the value would be stored)"))
+
+    def stmt_RuleStmt(self, body: Node) -> None:
+        self.walk_side(body, "a rule definition")

@@ -1,0 +1,168 @@
+"""Writes: INSERT, UPDATE, DELETE and MERGE, and PII stored out of the catalog's sight.
+
+A value written into a column the catalog marks as PII is fine (it is read back
+tokenized); written anywhere else it is noted (:meth:`Writes.check_write`), as is PII a
+statement copies out whole (:meth:`Writes.note_copy`: SELECT INTO, CREATE TABLE AS,
+COPY TO a file). RETURNING is an output like a SELECT's.
+"""
+
+from __future__ import annotations
+
+from dbgate.pii.lin import Lin
+from dbgate.pii.lineage.context import OUTPUT, WRITE_PII, Ctx, refused
+from dbgate.pii.lineage.nodes import Node
+from dbgate.pii.lineage.results import Output
+from dbgate.pii.lineage.scope import Item, Scope
+from dbgate.pii.lineage.state import WalkState
+from dbgate.pii.schema import Relation
+
+
+class Writes(WalkState):
+    """DML statements, and the bookkeeping of what a statement writes."""
+
+    def target_relation(self, rv: Node, scope: Scope) -> tuple[Item, Relation | None]:
+        item = self.range_var(rv, scope)
+        rels = self.snap.lookup(rv.get("relname", ""), rv.get("schemaname"))
+        return item, (rels[0] if rels else None)
+
+    def returning(self, body: Node, scope: Scope, item: Item) -> Output | None:
+        rc = body.get("returningClause") or {}
+        exprs = rc.get("exprs") if isinstance(rc, dict) else None
+        if exprs is None:
+            exprs = body.get("returningList")
+        if not exprs:
+            return None
+        for alias in ("old", "new"):
+            scope.items.append(Item(alias, item.names, item.cols, item.open, item.rest))
+        out = Output()
+        for target in exprs:
+            rt = target["ResTarget"]
+            self.target(rt.get("val"), rt.get("name"), scope, OUTPUT, out)
+        return scope.mark(out)
+
+    def column_ctx(self, item: Item, rel_name: str, column: str) -> Ctx:
+        lin = item.get(column)
+        if lin is not None and (lin.pii or lin.unknown):
+            return WRITE_PII
+        return Ctx(
+            False,
+            f"column {rel_name}.{column} is not PII in the catalog",
+            target=f"{rel_name}.{column}",
+        )
+
+    def check_write(self, lin: Lin, ctx: Ctx) -> None:
+        if ctx.allowed or ctx.target is None:
+            return
+        if lin.pii:
+            what = f"writes PII ({', '.join(sorted(lin.entities))}) into {ctx.target}, which the catalog does not mark"
+            if lin.token:
+                self.r.token_writes.append(what)
+            if what not in self.r.pii_writes:
+                self.r.pii_writes.append(what)
+        if lin.params:
+            self.r.param_writes |= lin.params
+
+    def dml_InsertStmt(self, body: Node, outer: Scope | None) -> Output | None:
+        scope = Scope(outer)
+        if body.get("withClause"):
+            self.with_clause(body["withClause"], scope)
+        item, _rel = self.target_relation(body["relation"], Scope(None))
+        rel_name = body["relation"].get("relname", "")
+        cols = [c["ResTarget"]["name"] for c in body.get("cols") or ()] or list(item.names)
+        ctxs = [self.column_ctx(item, rel_name, c) for c in cols]
+        select = body.get("selectStmt")
+        if select is not None:
+            sbody = select["SelectStmt"]
+            if "valuesLists" in sbody and sbody.get("op", "SETOP_NONE") == "SETOP_NONE":
+                for row in sbody["valuesLists"]:
+                    for i, e in enumerate(row["List"]["items"]):
+                        ctx = (
+                            ctxs[i] if i < len(ctxs) else refused("a value beyond the column list")
+                        )
+                        self.check_write(self.expr(e, scope, ctx), ctx)
+            else:
+                out = self.select(sbody, scope, OUTPUT)
+                for i, ctx in enumerate(ctxs):
+                    self.check_write(out.at(i), ctx)
+        occ = body.get("onConflictClause")
+        target_scope = Scope(scope)
+        target_scope.items.append(item)
+        if occ:
+            target_scope.items.append(Item("excluded", item.names, item.cols, item.open, item.rest))
+            self.assignments(occ.get("targetList"), target_scope, item, rel_name)
+            if occ.get("whereClause"):
+                self.choose(occ["whereClause"], target_scope)
+        return self.returning(body, target_scope, item)
+
+    def assignments(
+        self, targets: list[Node] | None, scope: Scope, item: Item, rel_name: str
+    ) -> None:
+        for t in targets or ():
+            rt = t["ResTarget"]
+            val = rt.get("val")
+            ctx = self.column_ctx(item, rel_name, rt.get("name", ""))
+            if val is not None and "MultiAssignRef" in val:
+                src = val["MultiAssignRef"]["source"]
+                ctx = (
+                    Ctx(False, "a multi-column assignment", target=f"{rel_name}.{rt.get('name')}")
+                    if not ctx.allowed
+                    else ctx
+                )
+                self.check_write(self.expr(src, scope, ctx), ctx)
+                continue
+            self.check_write(self.expr(val, scope, ctx), ctx)
+
+    def dml_UpdateStmt(self, body: Node, outer: Scope | None) -> Output | None:
+        scope = Scope(outer)
+        if body.get("withClause"):
+            self.with_clause(body["withClause"], scope)
+        item, _rel = self.target_relation(body["relation"], scope)
+        for f in body.get("fromClause") or ():
+            self.from_item(f, scope)
+        self.assignments(body.get("targetList"), scope, item, body["relation"].get("relname", ""))
+        self.choose(body.get("whereClause"), scope)
+        return self.returning(body, scope, item)
+
+    def dml_DeleteStmt(self, body: Node, outer: Scope | None) -> Output | None:
+        scope = Scope(outer)
+        if body.get("withClause"):
+            self.with_clause(body["withClause"], scope)
+        item, _rel = self.target_relation(body["relation"], scope)
+        for f in body.get("usingClause") or ():
+            self.from_item(f, scope)
+        self.choose(body.get("whereClause"), scope)
+        return self.returning(body, scope, item)
+
+    def dml_MergeStmt(self, body: Node, outer: Scope | None) -> Output | None:
+        scope = Scope(outer)
+        if body.get("withClause"):
+            self.with_clause(body["withClause"], scope)
+        item, _rel = self.target_relation(body["relation"], scope)
+        self.from_item(body["sourceRelation"], scope)
+        self.choose(body.get("joinCondition"), scope)
+        rel_name = body["relation"].get("relname", "")
+        for w in body.get("mergeWhenClauses") or ():
+            clause = w["MergeWhenClause"]
+            self.choose(clause.get("condition"), scope)
+            targets = clause.get("targetList") or ()
+            values = clause.get("values")
+            if values is not None:
+                names = [t["ResTarget"]["name"] for t in targets] or list(item.names)
+                for i, v in enumerate(values):
+                    ctx = (
+                        self.column_ctx(item, rel_name, names[i])
+                        if i < len(names)
+                        else refused("MERGE")
+                    )
+                    self.check_write(self.expr(v, scope, ctx), ctx)
+            else:
+                self.assignments(list(targets), scope, item, rel_name)
+        return self.returning(body, scope, item)
+
+    def note_copy(self, out: Output, what: str) -> None:
+        lin = out.union()
+        if lin.pii or lin.unknown:
+            self.r.pii_writes.append(what)
+            if lin.token:
+                self.r.token_writes.append(what)
+        self.r.param_writes |= lin.params
