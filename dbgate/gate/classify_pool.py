@@ -228,7 +228,7 @@ class _Replies(pickle.Unpickler):
             )
         }
         | {
-            ("dbgate.pii.lineage", name)
+            ("dbgate.pii.lineage.results", name)
             for name in ("Analysis", "Output", "StatementLineage", "TokenSite")
         }
         | {("dbgate.pii.lin", "lin")}

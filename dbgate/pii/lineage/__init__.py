@@ -53,9 +53,8 @@ time, so any of them can be imported first. ``Expressions.expr`` and ``generic``
 hottest functions of a cold plan, dispatch through ``_EXPR``, a plain dict of functions
 built once when ``expressions`` is imported.
 
-The result classes keep this package's name (``dbgate.pii.lineage.Analysis``) for
-pickling: analyses traced in a classification worker come back pickled, and the pool
-unpickles only the names it allows (see :mod:`.results`).
+Analyses traced in a classification worker come back pickled; the pool unpickles only
+the names it allows, the result classes of :mod:`.results` among them.
 """
 
 from __future__ import annotations

@@ -8,10 +8,8 @@ flow, what is written where the catalog will not find it again. :class:`ColumnSo
 statements declared earlier) are what the walk reads.
 
 A classification worker traces analyses and pickles them back to the pool, which
-unpickles only the names it allows (:mod:`dbgate.gate.classify_pool`): the classes an
-analysis holds are pickled under the package's name, ``dbgate.pii.lineage.Analysis``
-(``__module__ = PICKLED_AS``), which re-exports them, so where they are defined is not
-part of that exchange.
+unpickles only the names it allows (:mod:`dbgate.gate.classify_pool` lists these
+classes under this module's name).
 """
 
 from __future__ import annotations
@@ -22,15 +20,10 @@ from typing import Protocol
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.schema import Relation, SchemaSnapshot
 
-#: The module the classes an :class:`Analysis` holds are pickled under.
-PICKLED_AS = "dbgate.pii.lineage"
-
 
 @dataclass(frozen=True, slots=True)
 class TokenSite:
     """A string literal holding at least one token, and whether it may be resolved."""
-
-    __module__ = PICKLED_AS
 
     location: int  # byte offset of the literal in the statement text
     allowed: bool
@@ -49,8 +42,6 @@ class Output:
     ``columns`` and ``tail``): a plain column is described by its table and attribute
     in the RowDescription and takes its lineage from there, plus this.
     """
-
-    __module__ = PICKLED_AS
 
     columns: list[Lin] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
@@ -99,8 +90,6 @@ class Output:
 class StatementLineage:
     """One statement of a query string: what it is and what its rows carry."""
 
-    __module__ = PICKLED_AS
-
     kind: str  # parse-tree node name: SelectStmt, InsertStmt, CopyStmt, ...
     output: Output | None  # None: the statement returns no rows
     copy_out: bool = False  # COPY ... TO STDOUT: ``output`` describes its columns
@@ -109,8 +98,6 @@ class StatementLineage:
 @dataclass
 class Analysis:
     """Everything the walk learned about one query string."""
-
-    __module__ = PICKLED_AS
 
     statements: list[StatementLineage] = field(default_factory=list)
     unknown_reasons: list[str] = field(default_factory=list)
