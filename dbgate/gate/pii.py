@@ -95,9 +95,13 @@ class PiiResultPlan:
         return plan
 
     def rows(
-        self, session: SessionInfo, description: bytes | None, formats: tuple[int, ...]
+        self,
+        session: SessionInfo,
+        description: bytes | None,
+        formats: tuple[int, ...],
+        statement: int | None = None,
     ) -> RowRewriter | None:
-        return self._current().rows(description, formats)  # type: ignore[return-value]
+        return self._current().rows(description, formats, statement)  # type: ignore[return-value]
 
     def copy_out(self, session: SessionInfo, response: bytes) -> RowRewriter | None:
         return self._current().copy_out(response)  # type: ignore[no-any-return]

@@ -177,10 +177,11 @@ class StatementPlan:
     def involves_pii(self) -> bool:
         """Whether the server's errors and notices about this statement may echo PII
         (their text is then withheld, see :meth:`MessageFilter.withhold`): some output
-        is or may be PII, it holds tokens (in its text, or its Bind's values), lineage could not
-        follow all of it, or its text names a relation with PII columns or a PII column
-        (anywhere: a WHERE clause, a function's argument; lineage walks those clauses
-        only for tokens, so the names decide)."""
+        is or may be PII, it holds tokens (in its text, or its Bind's values), lineage
+        could not follow all of it, it writes to a relation whose own rules or triggers
+        run (code that may read anything and say it), or its text names a relation with
+        PII columns or a PII column (anywhere: a WHERE clause, a function's argument;
+        lineage walks those clauses only for tokens, so the names decide)."""
         if self.exemption is not None:
             return False
         a = self.analysis
@@ -190,6 +191,7 @@ class StatementPlan:
             or a.unknown_reasons
             or a.unknown_relations
             or a.parse_error
+            or a.hidden_code
             or self.pii_outputs
         ):
             return True
@@ -208,14 +210,25 @@ class StatementPlan:
         )
 
     # ---------------------------------------------------------------- seam methods
-    def rows(self, description: bytes | None, formats: Sequence[int] = ()) -> RowRewriter | None:
-        """A rewriter for one result set, or None when nothing in it is PII."""
+    def rows(
+        self,
+        description: bytes | None,
+        formats: Sequence[int] = (),
+        statement: int | None = None,
+    ) -> RowRewriter | None:
+        """A rewriter for one result set, or None when nothing in it is PII.
+
+        ``statement``: which statement of the text the result set is of (the relay
+        counts them in a simple Query); without it, the outputs of all statements
+        that fit the description are merged position by position."""
         if self.exemption is not None:
             return None
         outputs = [
             s.output for s in self.analysis.statements if s.output is not None and not s.copy_out
         ]
         room = self.room
+        if statement is not None and description is not None:
+            outputs = self._of_statement(statement)
         if description is None:
             merged = self._merged(outputs, None)
             n = len(merged.columns) if merged.tail is None else 0
@@ -249,6 +262,18 @@ class StatementPlan:
         if not actions:
             return None
         return RowRewriter(actions, len(fields), room.pseudonymizer, room.values, room.detect_bytes)
+
+    def _of_statement(self, index: int) -> list[Output]:
+        """The output of statement ``index`` alone, as :meth:`_merged` takes it. A
+        statement that returns no rows yet has a result set (a rule's ``DO ALSO
+        SELECT``), or an index past the text's statements: unknown, every column."""
+        statements = self.analysis.statements
+        if 0 <= index < len(statements):
+            st = statements[index]
+            if st.output is not None and not st.copy_out:
+                return [st.output]
+        why = f"a result set of statement {index + 1}, which returns none dbgate can follow"
+        return [Output(tail=self.room.note_unknown(why))]
 
     def _merged(self, outputs: list[Output], width: int | None) -> Output:
         if not outputs:

@@ -57,6 +57,12 @@ class Relation:
     columns: tuple[Column, ...]
     definition: str | None = None  # views and materialized views: pg_get_viewdef
     parents: tuple[int, ...] = ()  # pg_inherits
+    #: Rewrite rules of its own (a view's ``_RETURN`` aside): a write to it may run
+    #: other statements, and return their rows (``DO ALSO SELECT ...``).
+    rules: bool = False
+    #: Triggers of its own (not the internal ones of foreign keys): a write to it runs
+    #: code that may read anything and say it in a notice or an error.
+    triggers: bool = False
 
     @property
     def qualified(self) -> str:
@@ -143,11 +149,15 @@ class SchemaSnapshot:
         views: Mapping[str, str] | None = None,
         comments: Mapping[str, str] | None = None,
         search_path: tuple[str, ...] = ("public",),
+        rules: Iterable[str] = (),
+        triggers: Iterable[str] = (),
     ) -> SchemaSnapshot:
         """A snapshot made by hand (tests, tools): ``{"public.t": [("c", type_oid), ...]}``.
 
         Functions are not listed, so every function name counts as PostgreSQL's own.
+        ``rules``/``triggers``: the relations (qualified) that have some of their own.
         """
+        rules, triggers = frozenset(rules), frozenset(triggers)
         relations: dict[int, Relation] = {}
         oid = 100_000
         comments = comments or {}
@@ -161,14 +171,28 @@ class SchemaSnapshot:
                     columns.append(Column(cname, i, ctype, comments.get(f"{qualified}.{cname}")))
                 definition = (views or {}).get(qualified) if kind == "v" else None
                 relations[oid] = Relation(
-                    oid, schema or "public", name, kind, oid + 1, tuple(columns), definition
+                    oid,
+                    schema or "public",
+                    name,
+                    kind,
+                    oid + 1,
+                    tuple(columns),
+                    definition,
+                    rules=qualified in rules,
+                    triggers=qualified in triggers,
                 )
         return cls(relations=relations, search_path=search_path, assume_builtin_functions=True)
 
 
 _RELATIONS = """
 SELECT c.oid, n.nspname, c.relname, c.relkind::text AS relkind, c.reltype,
-       CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END AS definition
+       CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END AS definition,
+       c.relhasrules AND EXISTS (
+           SELECT 1 FROM pg_catalog.pg_rewrite w
+           WHERE w.ev_class = c.oid AND w.rulename <> '_RETURN') AS rules,
+       c.relhastriggers AND EXISTS (
+           SELECT 1 FROM pg_catalog.pg_trigger t
+           WHERE t.tgrelid = c.oid AND NOT t.tgisinternal) AS triggers
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind::text = ANY($1::text[])
 """
@@ -232,6 +256,8 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
             tuple(columns.get(r["oid"], ())),
             r["definition"],
             tuple(parents.get(r["oid"], ())),
+            r["rules"],
+            r["triggers"],
         )
         for r in rel_rows
     }

@@ -230,7 +230,12 @@ class ServerAnswers:
                             # forwarded to add, no limit hit to report).
                             self._executed(head, chunk[s:e])
                             answered = True
-                    elif kind == QUERY and head[2] is None and head[3] is None:
+                    elif (
+                        kind == QUERY
+                        and head[2] is None
+                        and head[3] is None
+                        and head[1].plan is None
+                    ):
                         if self._rewriter is not None:
                             self._end_result()
                         continue
@@ -829,7 +834,9 @@ class ServerAnswers:
             plan = verdict.plan
             inner = None
             if plan is not None:
-                inner = plan.rows(self.info, body, description_formats(body))
+                # which statement of the string: one CommandComplete ended each before
+                done = self._query_done if self._query_entry is entry else 0
+                inner = plan.rows(self.info, body, description_formats(body), done)
             self._set_rewriter(self._limited(entry, verdict, inner))
         else:
             raise self._desync(ROW_DESC, entry)
@@ -865,6 +872,11 @@ class ServerAnswers:
             self._rewriter = None
             self._copy_out = False
             self.full = False
+        if entry[1].plan is not None:
+            if self._query_entry is entry:
+                self._query_done += 1
+            else:
+                self._query_entry, self._query_done = entry, 1
         rec = entry[2]
         if rec is not None:
             tag = m.parse_command_complete(body)

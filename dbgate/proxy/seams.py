@@ -86,7 +86,11 @@ class ResultPlan(Protocol):
     """What to do with the results of one statement, decided when it was allowed."""
 
     def rows(
-        self, session: SessionInfo, description: bytes | None, formats: tuple[int, ...]
+        self,
+        session: SessionInfo,
+        description: bytes | None,
+        formats: tuple[int, ...],
+        statement: int | None = None,
     ) -> RowRewriter | None:
         """A rewriter for a result set, or None to pass its rows untouched.
 
@@ -94,6 +98,9 @@ class ResultPlan(Protocol):
         (None when the client executed a portal without ever describing it);
         ``formats`` is the format code of each column as the client receives it
         (from the RowDescription of a simple query, from Bind for a portal).
+        ``statement``: in a simple Query, which of its statements (0-based) the result
+        set belongs to, counted by the relay from the CommandCompletes before it; None
+        for a portal (one statement).
         """
         ...
 

@@ -264,6 +264,10 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         self._watch = observer is not None
         self._rewriter: RowRewriter | None = None  # for the result now arriving
         self._copy_out = False
+        #: The Query with a result plan whose statements are being answered, and how
+        #: many of them have completed: which statement a RowDescription is of.
+        self._query_entry: Entry | None = None
+        self._query_done = 0
         # -- row limits (Allow.max_rows)
         self._limits = False  # a verdict with a row limit was sent in this session
         self._sent_limits: dict[str, Allow] = {}  # portal -> its limited verdict (client view)

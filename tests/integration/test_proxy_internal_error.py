@@ -36,7 +36,11 @@ class FailingRows:
 
 class FailingPlan:
     def rows(
-        self, session: SessionInfo, description: bytes | None, formats: tuple[int, ...]
+        self,
+        session: SessionInfo,
+        description: bytes | None,
+        formats: tuple[int, ...],
+        statement: int | None = None,
     ) -> FailingRows:
         return FailingRows()
 

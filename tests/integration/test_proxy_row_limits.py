@@ -175,7 +175,13 @@ class Upper:
 
 
 class UpperPlan:
-    def rows(self, session: SessionInfo, description: bytes | None, formats: Any) -> Upper | None:
+    def rows(
+        self,
+        session: SessionInfo,
+        description: bytes | None,
+        formats: Any,
+        statement: int | None = None,
+    ) -> Upper | None:
         return Upper() if description is not None else None
 
     def copy_out(self, session: SessionInfo, body: bytes) -> None:  # pragma: no cover

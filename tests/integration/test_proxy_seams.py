@@ -108,7 +108,11 @@ class UpperPlan:
     """A result plan that upper-cases the text (OID 25) columns of its statement."""
 
     def rows(
-        self, session: SessionInfo, description: bytes | None, formats: tuple[int, ...]
+        self,
+        session: SessionInfo,
+        description: bytes | None,
+        formats: tuple[int, ...],
+        statement: int | None = None,
     ) -> Upper | None:
         if description is None:
             return None

@@ -116,6 +116,9 @@ class Analysis:
     declares: dict[str, Output] = field(default_factory=dict)
     prepares: dict[str, Output] = field(default_factory=dict)
     deallocates: set[str] = field(default_factory=set)
+    #: relations written whose own rules or triggers run code the walk does not see:
+    #: what that code reads may come back in its notices and errors
+    hidden_code: list[str] = field(default_factory=list)
 
 
 class ColumnSource(Protocol):

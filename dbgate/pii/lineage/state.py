@@ -30,6 +30,8 @@ class WalkState:
         #: column references met while walking one predicate (``choose``): the level
         #: each resolved at, the FROM entry, its lineage; None outside predicates
         self.refs: list[tuple[Scope, Item, Lin]] | None = None
+        #: the statement being walked writes to a relation with rewrite rules of its own
+        self.rules_met = False
 
     def unknown(self, why: str) -> Lin:
         if why not in self.r.unknown_reasons:

@@ -26,7 +26,12 @@ class Statements(WalkState):
         if handler is None:
             self.walk_side(body, f"a {kind} statement")
             return StatementLineage(kind, None)
+        self.rules_met = False
         out = handler(body)
+        if self.rules_met:
+            # a rule's DO ALSO SELECT answers with rows of its own, of any shape
+            why = "a write to a relation with rewrite rules may return their rows"
+            return StatementLineage(kind, Output(tail=self.unknown(why)))
         return out if isinstance(out, StatementLineage) else StatementLineage(kind, out)
 
     def query(self, node: Node, scope: Scope | None, ctx: Ctx) -> Output:

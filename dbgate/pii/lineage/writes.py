@@ -23,7 +23,23 @@ class Writes(WalkState):
     def target_relation(self, rv: Node, scope: Scope) -> tuple[Item, Relation | None]:
         item = self.range_var(rv, scope)
         rels = self.snap.lookup(rv.get("relname", ""), rv.get("schemaname"))
-        return item, (rels[0] if rels else None)
+        rel = rels[0] if rels else None
+        if rel is not None and (rel.rules or rel.triggers):
+            self.hidden_code(rel)
+        return item, rel
+
+    def hidden_code(self, rel: Relation) -> None:
+        """A write to ``rel`` runs its rules or triggers: code the walk does not see.
+
+        Its notices and errors may say what it read (``Analysis.hidden_code``), and a
+        rule's ``DO ALSO SELECT`` returns rows of its own, which nothing in the
+        statement explains (``rules_met``: the statement's output is unknown)."""
+        kinds = [k for k, on in (("rules", rel.rules), ("triggers", rel.triggers)) if on]
+        note = f"the {' and '.join(kinds)} of {rel.qualified}"
+        if note not in self.r.hidden_code:
+            self.r.hidden_code.append(note)
+        if rel.rules:
+            self.rules_met = True
 
     def returning(self, body: Node, scope: Scope, item: Item) -> Output | None:
         rc = body.get("returningClause") or {}

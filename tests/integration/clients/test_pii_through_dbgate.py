@@ -21,7 +21,34 @@ from tests.integration.conftest import RunningProxy
 
 
 @pytest.fixture(scope="module")
-def pii_gate(pg_server: Any, demo_role: DemoRole) -> Iterator[RunningProxy]:
+def hidden_code(admin_dsn: str) -> Iterator[None]:
+    """Two tables whose writes run code lineage does not see, made before the proxy
+    reads the schema: a rule that answers an INSERT with customer 42's e-mail, and a
+    trigger that says the customer's name in a notice."""
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(
+            """
+            create table rule_echo (x int);
+            create rule rule_echo_select as on insert to rule_echo do also
+                select lower(email) || '' as label from customers where id = 42;
+            create table trigger_echo (x int);
+            create function trigger_echo_say() returns trigger language plpgsql as $$
+            begin
+                raise notice 'seen %', (select full_name from customers where id = 42);
+                return new;
+            end $$;
+            create trigger trigger_echo_say before insert on trigger_echo
+                for each row execute function trigger_echo_say();
+            grant insert on rule_echo, trigger_echo to public;
+            """
+        )
+    yield
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("drop table rule_echo, trigger_echo; drop function trigger_echo_say()")
+
+
+@pytest.fixture(scope="module")
+def pii_gate(pg_server: Any, demo_role: DemoRole, hidden_code: None) -> Iterator[RunningProxy]:
     running = start_pii_proxy(pg_server, demo_role)
     yield running
     running.stop()
@@ -246,3 +273,66 @@ def test_tokens_in_the_text_and_in_the_values_of_one_statement_are_all_resolved(
     import asyncio
 
     assert asyncio.run(run()) == ([42], "22023")
+
+
+def _result_sets(dsn: str, sql: str) -> list[list[tuple[Any, ...]]]:
+    """Every result set of a simple Query of several statements (psycopg 3 sends a
+    text without parameters as one Query and steps through its results)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql)
+        sets = [cur.fetchall()]
+        while cur.nextset():
+            sets.append(cur.fetchall() if cur.description else [])
+    return sets
+
+
+@pytest.mark.parametrize("pii_first", [False, True], ids=["clean-first", "pii-first"])
+def test_each_statement_of_a_query_string_gets_its_own_plan(
+    dsn: str, raw: dict[str, Any], pii_first: bool
+) -> None:
+    """A clean computed column is not tokenized because another statement of the
+    same string has a PII column in its position: the relay tells the plan which
+    statement each result set is of."""
+    clean = "select 1 as n, upper('plain') as label"
+    pii = "select 2 as n, lower(email) as label from customers where id = 42"
+    sets = _result_sets(dsn, f"{pii}; {clean}" if pii_first else f"{clean}; {pii}")
+    clean_rows, pii_rows = (sets[1], sets[0]) if pii_first else (sets[0], sets[1])
+    assert clean_rows == [(1, "PLAIN")]
+    assert pii_rows[0][0] == 2
+    assert pii_rows[0][1].startswith("tok_") and pii_rows[0][1] != raw["email"].lower()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "insert into rule_echo values (1)",
+        "select 'plain' as label; insert into rule_echo values (1)",
+    ],
+    ids=["alone", "after-a-select"],
+)
+def test_rows_a_rule_returns_for_a_write_are_tokenized_whole(
+    dsn: str, raw: dict[str, Any], sql: str
+) -> None:
+    """A rule's ``DO ALSO SELECT`` answers the INSERT with rows its own lineage does
+    not explain (none): every column of them is tokenized, whatever else the string
+    holds; the SELECT before it keeps its clean value."""
+    sets = _result_sets(dsn, sql)
+    if sql.startswith("select"):
+        assert sets[0] == [("plain",)]
+        sets = sets[1:]
+    echoed = [row for s in sets for row in s]
+    assert echoed, "the rule returned no rows: the test proves nothing"
+    for (value,) in echoed:
+        assert raw["email"].lower() not in value and value.startswith("tok_"), value
+
+
+def test_a_notice_of_a_trigger_is_withheld(dsn: str, raw: dict[str, Any]) -> None:
+    """A trigger runs code no statement shows: what it says is withheld like the
+    errors and notices of statements that involve PII."""
+    notices: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.add_notice_handler(lambda d: notices.append(f"{d.sqlstate} {d.message_primary}"))
+        conn.execute("insert into trigger_echo values (1)")
+    assert len(notices) == 1, notices
+    # a name: no content detector would catch it in the text
+    assert raw["full_name"] not in notices[0] and notices[0].startswith("00000"), notices

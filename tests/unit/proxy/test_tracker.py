@@ -39,17 +39,28 @@ REFUSED = Refuse("42501", "dbgate: refused by the test inspector")
 
 
 class Upper:
+    """Prefixes each value with ``PLAN:`` (``PLAN<k>:`` for statement k > 0 of a Query)."""
+
+    def __init__(self, statement: int | None = None) -> None:
+        self.prefix = f"PLAN{statement}:".encode() if statement else b"PLAN:"
+
     def data_row(self, body: bytes) -> bytes:
         cols = m.parse_data_row(body)
-        return m.data_row([None if c is None else b"PLAN:" + c for c in cols])[5:]
+        return m.data_row([None if c is None else self.prefix + c for c in cols])[5:]
 
     def copy_data(self, body: bytes) -> bytes:  # pragma: no cover - no COPY here
         return body
 
 
 class UpperPlan:
-    def rows(self, session: Any, description: bytes | None, formats: tuple[int, ...]) -> Upper:
-        return Upper()
+    def rows(
+        self,
+        session: Any,
+        description: bytes | None,
+        formats: tuple[int, ...],
+        statement: int | None = None,
+    ) -> Upper:
+        return Upper(statement)
 
     def copy_out(self, session: Any, response: bytes) -> None:  # pragma: no cover
         return None
@@ -243,6 +254,19 @@ def test_a_plan_rewrites_only_its_own_statements_rows() -> None:
         b"PLAN:select plan rows=2#1",
         b"select rows=1#0",
     ]
+    assert p.tracker.idle
+
+
+def test_each_result_set_of_a_query_is_planned_with_its_statement_index() -> None:
+    """The plan is told which statement of a simple Query a result set is of: one
+    CommandComplete ended each statement before it, rows or not."""
+    p = Pair(1)
+    sql = "select plan rows=1; set x; select rows=1"
+    p.send(m.Query(sql).encode())
+    assert _rows(p.answer()) == [f"PLAN:{sql}#0".encode(), f"PLAN2:{sql}#0".encode()]
+    # the next Query counts from its own first statement
+    p.send(m.Query("select plan rows=1").encode())
+    assert _rows(p.answer()) == [b"PLAN:select plan rows=1#0"]
     assert p.tracker.idle
 
 
@@ -719,8 +743,9 @@ def _encode(op: tuple, tag: int) -> bytes:
 
 def _check_rows(msgs: list[Any]) -> None:
     for row in _rows(msgs):
-        # a row is rewritten exactly when its statement's verdict had a plan
-        text = row.removeprefix(b"PLAN:")
+        # a row is rewritten exactly when its statement's verdict had a plan (PLAN<k>:
+        # for statement k > 0 of a Query; the table test above checks the k)
+        text = re.sub(rb"^PLAN\d*:", b"", row)
         assert (row != text) == (b"plan" in text), row
         if b"limit" in text:  # and no row past its limit gets through
             assert int(text.rsplit(b"#", 1)[1]) < LIMITED.max_rows, row
