@@ -6,7 +6,8 @@ Three sources, in this order of precedence for one column:
    or ``none`` to switch a column off). The operator's word is final.
    Then :data:`QUERY_TEXT_COLUMNS`: system views that return SQL text
    (``pg_stat_activity.query``, ``pg_cursors.statement`` ...) — that text holds the
-   raw values of the tokens dbgate resolved, so it is PII by default.
+   raw values of the tokens dbgate resolved, so it is PII by default; and
+   :data:`SAMPLED_VALUE_COLUMNS`: the planner's statistics, samples of column values.
 2. ``COMMENT ON COLUMN … IS 'pii:email'`` in the database. A comment can only *add*
    PII, never remove it: whoever may comment on a column (perhaps the agent itself)
    must not be able to unmask it.
@@ -30,6 +31,7 @@ from dbgate.pii.entities import DEFAULT_NAME_PATTERNS, KNOWN_ENTITIES, MIXED, NO
 
 __all__ = [
     "QUERY_TEXT_COLUMNS",
+    "SAMPLED_VALUE_COLUMNS",
     "Catalog",
     "ColumnRule",
     "NameRule",
@@ -109,6 +111,20 @@ QUERY_TEXT_COLUMNS: tuple[str, ...] = (
     "*.pg_stat_monitor.query",
     "*.pg_stat_monitor.query_plan",
 )
+#: Columns that return values sampled from other columns: the planner's statistics
+#: (``most_common_vals``, ``histogram_bounds`` ...) of a PII column are PII. Reading
+#: them is held by the default rules (a dump); once approved, they are tokenized.
+SAMPLED_VALUE_COLUMNS: tuple[str, ...] = (
+    "pg_catalog.pg_stats.most_common_vals",
+    "pg_catalog.pg_stats.histogram_bounds",
+    "pg_catalog.pg_stats.most_common_elems",
+    "pg_catalog.pg_stats_ext.most_common_vals",
+    "pg_catalog.pg_stats_ext_exprs.most_common_vals",
+    "pg_catalog.pg_stats_ext_exprs.histogram_bounds",
+    "pg_catalog.pg_stats_ext_exprs.most_common_elems",
+    "pg_catalog.pg_statistic.stavalues?",
+    "pg_catalog.pg_statistic_ext_data.stxdmcv",
+)
 
 
 _COMMENT = re.compile(r"(?<![A-Za-z0-9_])pii\s*:\s*([A-Za-z][A-Za-z0-9_]*)?", re.IGNORECASE)
@@ -182,9 +198,13 @@ class Catalog:
             if rule.entity == NONE:
                 return None, f"switched off by {rule.pattern!r} ({where})"
             return rule.entity, f"catalog {rule.pattern!r} ({where})"
+        qualified = f"{schema}.{table}.{column}"
         for pattern in QUERY_TEXT_COLUMNS:
-            if compile_glob(pattern).match(f"{schema}.{table}.{column}") is not None:
+            if compile_glob(pattern).match(qualified) is not None:
                 return MIXED, f"built-in: {pattern!r} returns query text (resolved tokens)"
+        for pattern in SAMPLED_VALUE_COLUMNS:
+            if compile_glob(pattern).match(qualified) is not None:
+                return MIXED, f"built-in: {pattern!r} returns values sampled from columns"
         if self.comments:
             from_comment = entity_from_comment(comment, self._entities)
             if from_comment is not None:

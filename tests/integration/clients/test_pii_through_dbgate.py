@@ -336,3 +336,4 @@ def test_a_notice_of_a_trigger_is_withheld(dsn: str, raw: dict[str, Any]) -> Non
     assert len(notices) == 1, notices
     # a name: no content detector would catch it in the text
     assert raw["full_name"] not in notices[0] and notices[0].startswith("00000"), notices
+

@@ -145,3 +145,27 @@ async def test_pg_prepared_statements_statement(pg_server: Any, pii_demo: Demo) 
             assert c["full_name"].encode() not in res.output_bytes, sql
     finally:
         await client.close()
+
+
+async def test_planner_statistics_of_pii_columns(pg_server: Any, pii_demo: Demo) -> None:
+    """``pg_stats`` shows values sampled from every column its reader may select. The
+    default rules hold such a read (a dump); once approved, the samples of PII
+    columns come back as tokens."""
+    admin = await asyncpg.connect(pii_demo.dsn)
+    try:
+        await admin.execute("analyze customers")
+        direct = await admin.fetchval(
+            "select histogram_bounds::text from pg_stats"
+            " where tablename = 'customers' and attname = 'email'"
+        )
+    finally:
+        await admin.close()
+    assert direct is not None and leaked(direct.encode(), pii_demo.values)  # raw, directly
+    res = await _agent(
+        pg_server,
+        pii_demo,
+        "select attname, most_common_vals::text, histogram_bounds::text,"
+        " most_common_elems::text from pg_stats where tablename = 'customers'",
+    )
+    # the server sent raw samples; the agent got none of them (``_agent`` checks)
+    assert any(leaked(b"".join(v or b"" for v in row), pii_demo.values) for row in res.rows_before)
