@@ -60,8 +60,9 @@ class Relation:
     #: Rewrite rules of its own (a view's ``_RETURN`` aside): a write to it may run
     #: other statements, and return their rows (``DO ALSO SELECT ...``).
     rules: bool = False
-    #: Triggers of its own (not the internal ones of foreign keys): a write to it runs
-    #: code that may read anything and say it in a notice or an error.
+    #: Triggers of its own or of a child or partition (not the internal ones of foreign
+    #: keys): a write to it runs code that may read anything and say it in a notice or
+    #: an error.
     triggers: bool = False
 
     @property
@@ -225,6 +226,20 @@ JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 """
 
 
+def _with_ancestors(oids: set[int], parents: Mapping[int, Iterable[int]]) -> set[int]:
+    """``oids`` and every relation they inherit from or are partitions of: an UPDATE or
+    DELETE of a parent reaches its children's rows, and an INSERT into a partitioned
+    table lands in a partition, so their triggers fire for a write to the parent."""
+    out = set(oids)
+    todo = list(oids)
+    while todo:
+        for parent in parents.get(todo.pop(), ()):
+            if parent not in out:
+                out.add(parent)
+                todo.append(parent)
+    return out
+
+
 async def load_schema(conn: Any) -> SchemaSnapshot:
     """Read a snapshot through an asyncpg connection (any role that can read pg_catalog).
 
@@ -246,6 +261,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
     parents: dict[int, list[int]] = {}
     for r in inh_rows:
         parents.setdefault(r["inhrelid"], []).append(r["inhparent"])
+    triggered = _with_ancestors({r["oid"] for r in rel_rows if r["triggers"]}, parents)
     relations = {
         r["oid"]: Relation(
             r["oid"],
@@ -257,7 +273,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
             r["definition"],
             tuple(parents.get(r["oid"], ())),
             r["rules"],
-            r["triggers"],
+            r["oid"] in triggered,
         )
         for r in rel_rows
     }
