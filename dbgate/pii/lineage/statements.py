@@ -120,6 +120,9 @@ class Statements(WalkState):
     def stmt_CopyStmt(self, body: Node) -> StatementLineage:
         if body.get("is_from"):
             self.walk_side(body, "COPY FROM")
+            if body.get("relation") is not None:  # its rows fire the table's triggers
+                self.target_relation(body["relation"], Scope(None))
+                self.rules_met = False  # (COPY applies no rewrite rules)
             return StatementLineage("CopyStmt", None)
         if body.get("query") is not None:
             out = self.query(body["query"], None, OUTPUT)

@@ -65,6 +65,11 @@ def test_a_write_to_a_relation_with_triggers_is_noted(sql: str) -> None:
     ]
 
 
+def test_copy_into_a_relation_with_triggers_is_noted() -> None:
+    assert analyze("copy audited from stdin", COV).hidden_code == ["the triggers of public.audited"]
+    assert analyze("copy plain from stdin", COV).hidden_code == []
+
+
 def test_reading_such_a_relation_runs_nothing_hidden() -> None:
     for t in ("echoing", "audited"):
         analysis = analyze(f"select x from {t}", COV)
