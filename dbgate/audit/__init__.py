@@ -6,7 +6,8 @@ schema. Records are hash-chained, one chain per writing process; reviewers read
 ``dbgate.audit_log`` with psql and prove it untouched with ``dbgate audit verify``.
 
 Rooms: :mod:`~dbgate.audit.events` (what callers build), :mod:`~dbgate.audit.writer`
-(queue, chain, COPY, backpressure, outages), :mod:`~dbgate.audit.rows` and
+(a package: queue and backpressure, the batching task, the state database, the spill
+path), :mod:`~dbgate.audit.rows` and
 :mod:`~dbgate.audit.scrub` (making a record safe to store),
 :mod:`~dbgate.audit.canonical` (what the hash covers), :mod:`~dbgate.audit.verify`,
 :mod:`~dbgate.audit.export`, :mod:`~dbgate.audit.archive`, :mod:`~dbgate.audit.spill`.
