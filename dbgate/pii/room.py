@@ -412,6 +412,17 @@ class _AllColumns:
         return body
 
 
+def _declare(known: dict[str, Output], declared: dict[str, Output]) -> None:
+    """Remember what cursors or prepared statements ``declared`` return. A name this
+    session declared before keeps what it returned too: the new declaration is planned
+    before it runs and may fail (``cursor "c" already exists``, or refused by the
+    rules), leaving the server with the old one, so a later FETCH or EXECUTE of the
+    name is judged by both (over-tokenized at worst, never raw)."""
+    for name, out in declared.items():
+        before = known.get(name)
+        known[name] = out if before is None else before.merged(out)
+
+
 class PiiSession:
     """PII state of one client connection."""
 
@@ -439,8 +450,8 @@ class PiiSession:
         its lineage when the caller has it (traced in a worker, or looked up)."""
         if analysis is None:
             analysis = self.room.analysis(sql, self, shape)
-        self._cursors.update(analysis.declares)
-        self._prepared.update(analysis.prepares)
+        _declare(self._cursors, analysis.declares)
+        _declare(self._prepared, analysis.prepares)
         for name in analysis.deallocates:
             if name == "*":
                 self._prepared.clear()

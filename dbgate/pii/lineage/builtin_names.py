@@ -8,16 +8,22 @@ set-returning ones in FROM have a width the schema snapshot may not give.
 
 from __future__ import annotations
 
-#: Results that never carry their arguments' values.
+#: Window functions whose result, called without arguments, is a position, not a value
+#: (their window's PARTITION BY and ORDER BY are walked as choices). Called with
+#: arguments (the hypothetical-set aggregates: ``rank(x) WITHIN GROUP (ORDER BY g)``)
+#: the arguments flow into the result. ``count`` is its own case (``e_FuncCall``).
 VALUE_FREE_FUNCTIONS = frozenset(
-    {"count", "grouping", "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile"}
+    {"grouping", "row_number", "rank", "dense_rank", "percent_rank", "cume_dist"}
 )
 #: Built-in functions that read data by name, or files, or other sessions' text: their
 #: result's provenance cannot be followed.
 DATA_READERS = frozenset(
     {
+        # functions that run SQL given as text (the classifier's SQL_STRING_FUNCTIONS)
         "query_to_xml",
+        "query_to_xmlschema",
         "query_to_xml_and_xmlschema",
+        "ts_rewrite",
         "table_to_xml",
         "table_to_xml_and_xmlschema",
         "cursor_to_xml",

@@ -167,9 +167,10 @@ class Expressions(WalkState):
         )
         # an aggregate's FILTER chooses the rows it adds up: sum(g) FILTER (WHERE g = ...)
         self.choose(body.get("agg_filter"), scope)
-        for key in ("over",) if within else ("over", "agg_order"):
-            if body.get(key):
-                self.expr(body[key], scope, FILTER)
+        if body.get("over"):
+            self.window(body["over"], scope)
+        if not within and body.get("agg_order"):
+            self.expr(body["agg_order"], scope, FILTER)
         args = body.get("args")
         if within and body.get("agg_order"):
             args = [*(args or ()), *body["agg_order"]]
@@ -192,8 +193,11 @@ class Expressions(WalkState):
             self.expr(args, scope, FILTER)
             self.met_opaque(scope, met)
             return self.unknown(f"{name}() reads data dbgate cannot follow")
-        if name in VALUE_FREE_FUNCTIONS:
-            self.expr(args, scope, FILTER)
+        if name == "count" or (name in VALUE_FREE_FUNCTIONS and not args):
+            # count(x) counts the rows where x is not null, count(DISTINCT x) the values
+            # of x: a choice, like FILTER (count(nullif(g <= ascii(...), false)))
+            for arg in args or ():
+                self.choose(arg, scope)
             return CLEAN
         return self.expr(args, scope, ctx)
 

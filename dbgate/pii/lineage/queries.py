@@ -60,35 +60,57 @@ class Queries(WalkState):
         return scope.mark(out)
 
     def control(self, body: Node, scope: Scope) -> None:
-        """Clauses that choose rows but carry no values: walk them for tokens.
+        """Clauses that choose rows but carry no values of their own.
 
-        Their lineage is discarded; what matters there is a token literal, a bind
-        parameter or a call that stores its argument, and, in WHERE and HAVING, a
-        predicate that turns the choice into a value (``choose``, always walked). When
-        the text has none of the former (the common case, checked once per statement),
-        the other clauses are skipped.
+        Choosing rows is allowed, but each of these can make the choice spell a value,
+        so each is walked as ``choose`` walks a predicate: WHERE and HAVING; GROUP BY
+        (``GROUP BY g % ascii(...)`` makes as many groups as the code, which a
+        ``count(*)`` over them returns); DISTINCT ON, and ORDER BY when LIMIT, OFFSET
+        or DISTINCT ON keep only some rows in that order (``ORDER BY abs(g -
+        ascii(...)) LIMIT 1`` returns the code itself); the windows' PARTITION BY and
+        ORDER BY. LIMIT and OFFSET, and a window frame's offsets, choose by their value
+        alone: PII or anything unknown there marks the level. An ORDER BY that keeps
+        every row only orders it (by design, see docs/security.md), and is walked for
+        tokens only, when the text may hold one.
         """
         self.choose(body.get("whereClause"), scope)
         self.choose(body.get("havingClause"), scope)
-        if not self.filters_matter:
-            return
-        saved, self.refs = self.refs, None  # ORDER BY, GROUP BY ... relate no values
-        try:
-            self.clauses(body, scope)
-        finally:
-            self.refs = saved
-
-    def clauses(self, body: Node, scope: Scope) -> None:
-        for key in (
-            "groupClause",
-            "sortClause",
-            "distinctClause",
-            "windowClause",
-            "limitCount",
-            "limitOffset",
-        ):
+        for item in body.get("groupClause") or ():
+            self.choose(item, scope)
+        distinct_on = [d for d in body.get("distinctClause") or () if d]
+        for item in distinct_on:
+            self.choose(item, scope)
+        cut = bool(body.get("limitCount") or body.get("limitOffset") or distinct_on)
+        for key in ("limitCount", "limitOffset"):
             if body.get(key):
-                self.expr(body[key], scope, FILTER)
+                self.chosen_by(self.expr(body[key], scope, FILTER), scope)
+        for wdef in body.get("windowClause") or ():
+            self.window(wdef.get("WindowDef") or wdef, scope)
+        sort = body.get("sortClause") or ()
+        if cut:
+            for item in sort:
+                self.choose(item, scope)
+        elif sort and self.filters_matter:
+            saved, self.refs = self.refs, None  # an ORDER BY alone relates no values
+            try:
+                self.expr(sort, scope, FILTER)
+            finally:
+                self.refs = saved
+
+    def window(self, wdef: Node, scope: Scope) -> None:
+        """A window's PARTITION BY and ORDER BY choose like predicates; its frame's
+        offsets (``ROWS BETWEEN CURRENT ROW AND ascii(...) FOLLOWING``) by value."""
+        for key in ("partitionClause", "orderClause"):
+            for item in wdef.get(key) or ():
+                self.choose(item, scope)
+        for key in ("startOffset", "endOffset"):
+            if wdef.get(key):
+                self.chosen_by(self.expr(wdef[key], scope, FILTER), scope)
+
+    def chosen_by(self, lin: Lin, scope: Scope) -> None:
+        """Rows of this level were chosen by the value of ``lin`` itself."""
+        if lin.pii or lin.unknown:
+            scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown)
 
     def choose(self, node: Node | None, scope: Scope) -> None:
         """Walk a clause that chooses rows (WHERE, HAVING, JOIN ... ON, FILTER).

@@ -40,7 +40,10 @@ class Sources(WalkState):
             self.expr(body.get("args"), scope, FILTER)
             return self.from_item(body["relation"], scope)
         if kind in ("RangeTableFunc", "JsonTable"):
-            source = self.expr(body.get("docexpr") or body.get("context_item"), scope, OUTPUT)
+            # every part flows into every column: the document, and the PASSING
+            # arguments, paths, defaults that pick what of it comes out
+            parts = {k: v for k, v in body.items() if k != "alias"}
+            source = self.generic(parts, scope, OUTPUT)
             alias = (body.get("alias") or {}).get("aliasname")
             item = Item(alias, [], [], open=True, rest=source)
             scope.items.append(item)
@@ -163,6 +166,9 @@ class Sources(WalkState):
         cols: list[Lin] = []
         open_ = False
         rest = CLEAN
+        # what decides how many rows the functions return (generate_series(1,
+        # ascii(...)): a count(*) of them is the value): every row of the level
+        sized = CLEAN
         alias = body.get("alias") or {}
         alias_name = alias.get("aliasname")
         functions = body.get("functions") or ()
@@ -184,6 +190,7 @@ class Sources(WalkState):
             kind, fbody = one(call)
             if kind != "FuncCall":
                 lin = self.expr(call, scope, OUTPUT)
+                sized = sized | lin
                 # CAST(... AS composite), COALESCE of rows ...: one column only for the
                 # SQL value functions (current_date, current_user ...)
                 width = 1 if kind == "SQLValueFunction" else None
@@ -195,9 +202,20 @@ class Sources(WalkState):
                 # unnest(a, b, ...) is ROWS FROM (unnest(a), unnest(b), ...)
                 for arg in args:
                     lin = self.expr(arg, scope, OUTPUT)
+                    if not _listed(arg):
+                        sized = sized | lin
                     place(lin, 1 if self.scalar_array(arg) else None, ["unnest"])
                 continue
             lin = self.expr(call, scope, OUTPUT)
+            if fname == "unnest" and all(_listed(a) for a in args):
+                pass  # as many rows as the text lists elements
+            elif self.is_builtin(fname.lower(), None):
+                # a built-in's lineage is its arguments'
+                sized = sized | lin
+            else:
+                # an opaque function's is also unknown for its own sake, which says
+                # nothing of how many rows it returns
+                sized = sized | Lin(lin.entities)
             if fname == "unnest" and not coldefs and len(args) == 1:
                 width, fnames = (1, []) if self.scalar_array(args[0]) else (None, [])
             else:
@@ -210,7 +228,14 @@ class Sources(WalkState):
         if alias.get("colnames"):
             renamed = strs(alias["colnames"])
             names[: len(renamed)] = renamed[: len(names)]
-        item = Item(alias_name or (names[0] if names else None), names, cols, open=open_, rest=rest)
+        item = Item(
+            alias_name or (names[0] if names else None),
+            names,
+            cols,
+            open=open_,
+            rest=rest,
+            chosen=Lin(sized.entities, sized.unknown) if sized.pii or sized.unknown else CLEAN,
+        )
         scope.items.append(item)
         return item
 
@@ -297,3 +322,11 @@ class Sources(WalkState):
                     return item, s
             s = s.parent
         return None
+
+
+def _listed(arg: Node) -> bool:
+    """An array whose elements the text lists (``ARRAY[a, b]``, ``'{a,b}'::text[]``):
+    unnesting it returns that many rows, whatever the values."""
+    if "TypeCast" in arg:
+        arg = arg["TypeCast"].get("arg") or {}
+    return "A_ArrayExpr" in arg or "A_Const" in arg

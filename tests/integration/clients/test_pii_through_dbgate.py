@@ -344,3 +344,45 @@ def test_a_notice_of_a_trigger_is_withheld(dsn: str, raw: dict[str, Any], table:
     assert len(notices) == 1, notices
     # a name: no content detector would catch it in the text
     assert raw["full_name"] not in notices[0] and notices[0].startswith("00000"), notices
+
+
+#: What a security tester sent to read customer 42 in the clear (each was allowed).
+SPELLED = {
+    "ts_rewrite": "select ts_rewrite('a'::tsquery, 'select ''a''::tsquery,"
+    " quote_literal(full_name)::tsquery from customers where id = 42')::text",
+    "rank-within-group": "select (select string_agg(chr(nullif((select rank(ascii(substr("
+    "c.email, n, 1))) within group (order by g) - 1 from generate_series(0, 2000) g)::int, 0)),"
+    " '' order by n) from generate_series(1, 60) n) from customers c where c.id = 42",
+    "offset": "select (select string_agg(chr((select g from generate_series(0, 300) g offset"
+    " ascii(substr(c.full_name, n, 1)) limit 1)), '' order by n) from generate_series(1, 30) n)"
+    " from customers c where c.id = 42",
+}
+
+
+@pytest.mark.parametrize("sql", list(SPELLED.values()), ids=list(SPELLED))
+def test_values_spelled_as_numbers_come_back_tokenized(
+    dsn: str, raw: dict[str, Any], sql: str
+) -> None:
+    """Tokenized, or refused by a limit (the offset form reads past its proven row
+    bound: 54000); never the raw value."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            (value,) = conn.execute(sql).fetchone()
+        except psycopg.errors.ProgramLimitExceeded:
+            return
+    assert value is not None
+    for column in ("email", "full_name"):
+        assert raw[column] not in str(value), value
+
+
+def test_a_failed_redeclaration_leaves_the_cursor_tokenized(dsn: str, raw: dict[str, Any]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "declare c cursor with hold for select full_name, email from customers where id = 42"
+        )
+        with pytest.raises(psycopg.errors.DuplicateCursor):
+            conn.execute("declare c cursor with hold for select 'a'::text, 'b'::text")
+        name, email = conn.execute("fetch all from c").fetchone()
+        conn.execute("close c")
+    assert name != raw["full_name"] and email != raw["email"]
+    assert email.startswith("tok_")

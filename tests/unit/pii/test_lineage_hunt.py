@@ -202,15 +202,18 @@ def test_rows_from_after_an_unknown_width_function_fails_closed() -> None:
         " generate_series(3,4)) with ordinality"
     )
     out = _out(sql)
-    assert [show(c) for c in out.columns] == ["-"]  # the first position is known
-    assert all(out.at(i).pii for i in range(1, 6))
+    # the first position is known, and how many rows there are is the e-mails' count:
+    # every column carries it (a function sized by PII sizes its level)
+    assert len(out.columns) == 1
+    assert all(out.at(i).pii for i in range(6))
 
 
 def test_multi_argument_unnest_of_unknown_width() -> None:
     sql = f"select * from unnest(array[1, 2], {ARRAY_OF_EMAILS}) with ordinality"
     out = _out(sql)
-    assert [show(c) for c in out.columns] == ["-"]
-    assert all(out.at(i).pii for i in range(1, 4))
+    # array[1, 2] lists its two rows; the e-mails' array sizes the rest: every column
+    assert len(out.columns) == 1
+    assert all(out.at(i).pii for i in range(4))
 
 
 def test_polymorphic_function_with_ordinality_fails_closed() -> None:

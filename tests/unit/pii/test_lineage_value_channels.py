@@ -1,0 +1,123 @@
+"""Numbers that spell PII: functions and clauses that were taken to carry no value.
+
+A security tester read customers' names, e-mails and card numbers as plain numbers,
+one character code at a time, through constructs the walk treated as value-free or
+as "only choosing rows" — and, wrapped in ``string_agg(chr(...))``, as text again.
+Each leaking shape must now come out PII (tokenized); the clean controls stay clean.
+
+``S`` below is ``(select ascii(substr(full_name, 1, 1)) from customers where id = 42)``.
+Hand-made schema (no server); tests/integration/clients/test_pii_through_dbgate.py runs
+some of them through the relay against the demo database.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dbgate.pii.lineage import analyze
+from dbgate.pii.room import PiiRoom, PiiSettings
+from dbgate.pii.tokens import Key, Keyring, Tokenizer
+from dbgate.policy.functions import SQL_STRING_FUNCTIONS
+from tests.unit.pii.test_lineage_hunt import CATALOG, COV, _snapshot, output_of, show
+
+S = "(select ascii(substr(full_name, 1, 1)) from customers where id = 42)"
+
+LEAKS = [
+    # functions that ran SQL given as text (the classifier knew, lineage did not)
+    "select ts_rewrite('a'::tsquery, 'select ''a''::tsquery, quote_literal(full_name)::tsquery"
+    " from customers where id = 42')",
+    "select query_to_xmlschema('select email from customers', true, false, '')",
+    # arguments that were dropped
+    f"select max(x) from (select ntile({S}) over () as x from generate_series(1, 300)) z",
+    f"select rank({S}) within group (order by g) from generate_series(0, 300) g",
+    f"select dense_rank({S}) within group (order by g) from generate_series(0, 300) g",
+    f"select percent_rank({S}) within group (order by g) from generate_series(0, 300) g",
+    f"select cume_dist({S}) within group (order by g) from generate_series(0, 300) g",
+    # count of a choice
+    f"select count(nullif(g <= {S}, false)) from generate_series(1, 300) g",
+    f"select count(case when g <= {S} then 1 end) from generate_series(1, 300) g",
+    f"select count(distinct g % {S}) from generate_series(1, 300) g",
+    # how many rows a function returns, how many groups
+    f"select count(*) from generate_series(1, {S})",
+    "select count(*) from customers c, unnest(string_to_array(c.email, '')) where c.id = 42",
+    f"select count(*) from (select 1 from generate_series(1, 300) g group by g % {S}) z",
+    # which rows a limit keeps
+    f"select g from generate_series(0, 300) g order by abs(g - {S}) limit 1",
+    f"select g from generate_series(0, 300) g offset {S} limit 1",
+    f"select g from generate_series(0, 300) g limit {S}",
+    f"select distinct on (g < {S}) g from generate_series(0, 300) g order by g < {S}, g desc",
+    # windows
+    f"select count(*) over (rows between current row and {S} following) from generate_series(1, 9)",
+    f"select count(*) over w from generate_series(1, 9) window w as (rows between current row"
+    f" and {S} following)",
+    f"select count(*) over (partition by g % {S}) from generate_series(1, 300) g",
+    f"select max(r) from (select rank() over (order by g % {S}, g) r from generate_series(1, 9) g) z",
+    # positions of a value's characters
+    "select n from customers c, unnest(string_to_array(c.email, '')) with ordinality t(ch, n)"
+    " where c.id = 42 and ch = 'a'",
+    # JSON_TABLE's PASSING arguments
+    "select jt.v from customers c, json_table('[[0,1,2,3]]'::jsonb, '$[0][$i]'"
+    " passing ascii(substr(c.address, 1, 1)) as i columns (v int path '$')) jt where c.id = 42",
+    # EXPLAIN ANALYZE counts the rows each node returns
+    f"explain (analyze, costs off, timing off) select 1 from generate_series(1, {S})",
+    f"explain analyze select 1 from generate_series(1, 300) g where g < {S}",
+]
+
+
+@pytest.mark.parametrize("sql", LEAKS, ids=[f"leak{i}" for i in range(len(LEAKS))])
+def test_numbers_derived_from_pii_are_pii(sql: str) -> None:
+    out = output_of(sql, COV)
+    lin = out.union()
+    assert lin.pii or lin.unknown, (sql, show(lin))
+
+
+CLEAN = [
+    "select count(*) from customers",
+    "select count(email), count(distinct email) from customers",
+    "select count(*) from customers where email like 'a%'",  # a one-bit oracle, by design
+    "select row_number() over (order by email), rank() over (order by full_name) from customers",
+    "select ntile(4) over (order by id) from customers",
+    "select g from generate_series(1, 10) g order by g limit 3",
+    "select id from customers order by email limit 1",  # which customer is first: order
+    "select * from unnest(array[1, 2]) with ordinality",
+    "select count(*) over (partition by id % 3) from customers",
+    "explain select email from customers",
+    "explain analyze select id, status from orders",
+]
+
+
+@pytest.mark.parametrize("sql", CLEAN, ids=[f"clean{i}" for i in range(len(CLEAN))])
+def test_clean_controls_stay_clean(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert all(not (c.pii or c.unknown) for c in out.columns), (sql, [show(c) for c in out.columns])
+
+
+def test_counting_by_a_pii_group_keeps_counts_clean() -> None:
+    """Orders per customer: the customer is tokenized, the count is not."""
+    out = output_of("select email, count(*) from customers group by email", COV)
+    assert [show(c) for c in out.columns] == ["email", "-"]
+
+
+def test_every_function_that_runs_sql_text_is_a_data_reader() -> None:
+    from dbgate.pii.lineage.builtin_names import DATA_READERS
+
+    assert set(SQL_STRING_FUNCTIONS) <= DATA_READERS
+
+
+def _room() -> PiiRoom:
+    key = Key("k", b"k" * 32)
+    return PiiRoom(CATALOG, Tokenizer(Keyring([key])), PiiSettings(), _snapshot())
+
+
+def test_a_cursor_declared_again_keeps_what_it_returned() -> None:
+    """The second DECLARE of a name is planned before it runs, and fails on the server
+    (``cursor "c" already exists``): a FETCH still returns the first one's rows."""
+    session = _room().session("agent")
+    session.plan("declare c cursor with hold for select full_name, email from customers")
+    session.plan("declare c cursor with hold for select 'a'::text, 'b'::text")
+    fetch = analyze("fetch all from c", COV, session).statements[0].output
+    assert fetch is not None and all(c.pii for c in fetch.columns)
+    session.plan("prepare p as select email from customers")
+    session.plan("prepare p as select 'a'::text")
+    run = analyze("execute p", COV, session).statements[0].output
+    assert run is not None and run.columns[0].pii
