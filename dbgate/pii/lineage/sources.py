@@ -37,8 +37,13 @@ class Sources(WalkState):
         if kind == "RangeFunction":
             return self.range_function(body, scope)
         if kind == "RangeTableSample":
-            self.expr(body.get("args"), scope, FILTER)
-            return self.from_item(body["relation"], scope)
+            # how many rows the sample keeps is its arguments' (TABLESAMPLE
+            # system_rows(ascii(...)) returns exactly that many): they size the level
+            sized = self.expr([body.get("args"), body.get("repeatable")], scope, FILTER)
+            item = self.from_item(body["relation"], scope)
+            if sized.pii or sized.unknown:
+                item.chosen = item.chosen | Lin(sized.entities, sized.unknown)
+            return item
         if kind in ("RangeTableFunc", "JsonTable"):
             # every part flows into every column: the document, and the PASSING
             # arguments, paths, defaults that pick what of it comes out

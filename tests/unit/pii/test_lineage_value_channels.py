@@ -52,6 +52,9 @@ LEAKS = [
     f" and {S} following)",
     f"select count(*) over (partition by g % {S}) from generate_series(1, 300) g",
     f"select max(r) from (select rank() over (order by g % {S}, g) r from generate_series(1, 9) g) z",
+    # a sample sized by PII (system_rows would keep exactly that many rows)
+    f"select count(*) from customers tablesample bernoulli({S})",
+    f"select count(*) from customers tablesample system (1) repeatable ({S})",
     # positions of a value's characters
     "select n from customers c, unnest(string_to_array(c.email, '')) with ordinality t(ch, n)"
     " where c.id = 42 and ch = 'a'",
