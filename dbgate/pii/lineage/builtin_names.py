@@ -138,3 +138,35 @@ SCALAR_TYPE_NAMES = frozenset(
         "varbit",
     ]
 )
+#: Built-in set-returning functions, for snapshots without function information: in a
+#: select list, the rows they return multiply the level's (``SELECT generate_series(1,
+#: ascii(...))``), so what sizes them sizes the level.
+BUILTIN_SET_RETURNING = frozenset(
+    {
+        "generate_series",
+        "generate_subscripts",
+        "unnest",
+        "regexp_matches",
+        "regexp_split_to_table",
+        "string_to_table",
+        "json_array_elements",
+        "json_array_elements_text",
+        "jsonb_array_elements",
+        "jsonb_array_elements_text",
+        "json_each",
+        "json_each_text",
+        "jsonb_each",
+        "jsonb_each_text",
+        "json_object_keys",
+        "jsonb_object_keys",
+        "json_populate_recordset",
+        "jsonb_populate_recordset",
+        "json_to_recordset",
+        "jsonb_to_recordset",
+        "jsonb_path_query",
+        "ts_stat",
+        "ts_debug",
+        "ts_parse",
+        "ts_token_type",
+    }
+)

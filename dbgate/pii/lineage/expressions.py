@@ -1,8 +1,8 @@
 """Expressions: the generic descent, and a handler for each node kind that needs one.
 
 A value's lineage is the union of what flows into it (any node kind without a handler
-is walked that way: fail closed), except where a handler knows better: ``count(...)``
-carries no value, a user function or a data reader is unknown, a column reference
+is walked that way: fail closed), except where a handler knows better: ``count(*)``
+carries no value (``count(x)`` counts a choice), a user function or a data reader is unknown, a column reference
 resolves through the scope, a token literal or a bind parameter notes where it sits.
 
 :meth:`Expressions.expr` and :meth:`Expressions.generic` are the hottest functions of a
@@ -16,13 +16,14 @@ from typing import Any
 
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.lineage.builtin_names import (
+    BUILTIN_SET_RETURNING,
     DATA_READERS,
     HYPOTHETICAL_SET_AGGREGATES,
     SIDE_EFFECTS,
     VALUE_FREE_FUNCTIONS,
 )
 from dbgate.pii.lineage.context import FILTER, Ctx, refused
-from dbgate.pii.lineage.nodes import Node, strs
+from dbgate.pii.lineage.nodes import Node, listed, strs
 from dbgate.pii.lineage.results import TokenSite
 from dbgate.pii.lineage.scope import Scope
 from dbgate.pii.lineage.state import WalkState
@@ -199,7 +200,22 @@ class Expressions(WalkState):
             for arg in args or ():
                 self.choose(arg, scope)
             return CLEAN
-        return self.expr(args, scope, ctx)
+        lin = self.expr(args, scope, ctx)
+        if (lin.pii or lin.unknown) and self.sets_rows(name, args):
+            # as many rows as its arguments say (SELECT generate_series(1, ascii(...))):
+            # they size this level, and a count of its rows is the value
+            scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown)
+        return lin
+
+    def sets_rows(self, name: str, args: list[Node] | None) -> bool:
+        """Whether the built-in ``name`` returns a set whose size its arguments decide
+        (``unnest`` of arrays the text lists returns that many rows)."""
+        if name == "unnest" and args and all(listed(a) for a in args):
+            return False
+        funcs = self.snap.functions_named(name)
+        if funcs:
+            return any(f.returns_set for f in funcs if f.builtin)
+        return name in BUILTIN_SET_RETURNING
 
     def is_builtin(self, name: str, schema: str | None) -> bool:
         funcs = self.snap.functions_named(name)

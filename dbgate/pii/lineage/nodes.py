@@ -23,3 +23,11 @@ def strs(nodes: Iterable[Node] | None) -> list[str]:
 def one(node: Node) -> tuple[str, Any]:
     ((kind, body),) = node.items()
     return kind, body
+
+
+def listed(arg: Node) -> bool:
+    """An array whose elements the text lists (``ARRAY[a, b]``, ``'{a,b}'::text[]``):
+    unnesting it returns that many rows, whatever the values."""
+    if "TypeCast" in arg:
+        arg = arg["TypeCast"].get("arg") or {}
+    return "A_ArrayExpr" in arg or "A_Const" in arg

@@ -16,7 +16,7 @@ from dbgate.pii.lineage.builtin_names import (
     SCALAR_TYPE_NAMES,
 )
 from dbgate.pii.lineage.context import FILTER, OUTPUT
-from dbgate.pii.lineage.nodes import Node, one, strs
+from dbgate.pii.lineage.nodes import Node, listed, one, strs
 from dbgate.pii.lineage.results import Output
 from dbgate.pii.lineage.scope import Item, Scope
 from dbgate.pii.lineage.state import WalkState
@@ -207,12 +207,12 @@ class Sources(WalkState):
                 # unnest(a, b, ...) is ROWS FROM (unnest(a), unnest(b), ...)
                 for arg in args:
                     lin = self.expr(arg, scope, OUTPUT)
-                    if not _listed(arg):
+                    if not listed(arg):
                         sized = sized | lin
                     place(lin, 1 if self.scalar_array(arg) else None, ["unnest"])
                 continue
             lin = self.expr(call, scope, OUTPUT)
-            if fname == "unnest" and all(_listed(a) for a in args):
+            if fname == "unnest" and all(listed(a) for a in args):
                 pass  # as many rows as the text lists elements
             elif self.is_builtin(fname.lower(), None):
                 # a built-in's lineage is its arguments'
@@ -327,11 +327,3 @@ class Sources(WalkState):
                     return item, s
             s = s.parent
         return None
-
-
-def _listed(arg: Node) -> bool:
-    """An array whose elements the text lists (``ARRAY[a, b]``, ``'{a,b}'::text[]``):
-    unnesting it returns that many rows, whatever the values."""
-    if "TypeCast" in arg:
-        arg = arg["TypeCast"].get("arg") or {}
-    return "A_ArrayExpr" in arg or "A_Const" in arg

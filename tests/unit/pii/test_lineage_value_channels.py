@@ -52,6 +52,12 @@ LEAKS = [
     f" and {S} following)",
     f"select count(*) over (partition by g % {S}) from generate_series(1, 300) g",
     f"select max(r) from (select rank() over (order by g % {S}, g) r from generate_series(1, 9) g) z",
+    # set-returning functions in a select list multiply its rows
+    f"select count(*) from (select generate_series(1, {S})) z",
+    "select count(*) from (select unnest(string_to_array(email, '')) from customers"
+    " where id = 42) z",
+    "select count(*) from (select regexp_split_to_table(email, '') from customers where id = 42) z",
+    f"select max(rn) from (select row_number() over () rn, generate_series(1, {S})) z",
     # a sample sized by PII (system_rows would keep exactly that many rows)
     f"select count(*) from customers tablesample bernoulli({S})",
     f"select count(*) from customers tablesample system (1) repeatable ({S})",
@@ -83,6 +89,8 @@ CLEAN = [
     "select g from generate_series(1, 10) g order by g limit 3",
     "select id from customers order by email limit 1",  # which customer is first: order
     "select * from unnest(array[1, 2]) with ordinality",
+    "select count(*) from (select unnest(array[email, phone]) from customers) z",
+    "select id, generate_series(1, 3) from customers",
     "select count(*) over (partition by id % 3) from customers",
     "explain select email from customers",
     "explain analyze select id, status from orders",
