@@ -52,9 +52,24 @@ class Queries(WalkState):
         for item in body.get("fromClause") or ():
             scope.stars.append(self.from_item(item, scope))
         out = Output()
+        # a plain DISTINCT groups by every output: each chooses like a GROUP BY item
+        distinct = body.get("distinctClause") == [{}]
         for target in body.get("targetList") or ():
             rt = target["ResTarget"]
-            self.target(rt.get("val"), rt.get("name"), scope, ctx, out)
+            if not distinct:
+                self.target(rt.get("val"), rt.get("name"), scope, ctx, out)
+                continue
+            n = len(out.columns)
+            saved, self.refs = self.refs, []
+            refs = self.refs
+            try:
+                self.target(rt.get("val"), rt.get("name"), scope, ctx, out)
+            finally:
+                self.refs = saved
+            lin = out.tail or CLEAN
+            for column in out.columns[n:]:
+                lin = lin | column
+            self.chose(lin, refs)
         self.control(body, scope)
         # last: a correlated predicate anywhere below may have chosen this level's rows
         return scope.mark(out)
@@ -148,6 +163,11 @@ class Queries(WalkState):
             lin = self.expr(node, scope, FILTER)
         finally:
             self.refs = saved
+        self.chose(lin, refs)
+
+    def chose(self, lin: Lin, refs: list[tuple[Scope, Item, Lin]]) -> None:
+        """Mark the levels of the clean columns a choice of lineage ``lin`` related
+        with it (``refs``: the column references met walking it); see ``choose``."""
         if not (lin.pii or lin.unknown):
             return
         row = refs[0][1] if refs else None
