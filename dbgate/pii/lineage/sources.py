@@ -136,8 +136,14 @@ class Sources(WalkState):
         names: list[str] = []
         cols: list[Lin] = []
         for n in using:
+            a, b = left.get(n) or CLEAN, right.get(n) or CLEAN
             names.append(n)
-            cols.append((left.get(n) or CLEAN) | (right.get(n) or CLEAN))
+            cols.append(a | b)
+            # USING / NATURAL is an equality like ON's: relating a PII-derived column with
+            # a clean one of the other side chooses this level's rows by that value
+            for this, other in ((a, b), (b, a)):
+                if (this.pii or this.unknown) and not (other.pii or other.unknown):
+                    scope.chosen = scope.chosen | Lin(this.entities, this.unknown)
         for side in (left, right):
             for n, lin in zip(side.names, side.cols, strict=True):
                 if n not in using:

@@ -47,6 +47,9 @@ LEAKS = [
     f"select g from generate_series(0, 300) g offset {S} limit 1",
     f"select g from generate_series(0, 300) g limit {S}",
     f"select distinct on (g < {S}) g from generate_series(0, 300) g order by g < {S}, g desc",
+    # JOIN USING and NATURAL JOIN are equalities too
+    f"select g.x from generate_series(1, 300) g(x) natural join (select {S} as x) s",
+    f"select count(*) from generate_series(1, 300) g(x) join (select {S} as x) s using (x)",
     # windows
     f"select count(*) over (rows between current row and {S} following) from generate_series(1, 9)",
     f"select count(*) over w from generate_series(1, 9) window w as (rows between current row"
@@ -94,6 +97,7 @@ CLEAN = [
     "select count(*) from (select unnest(array[email, phone]) from customers) z",
     "select id, generate_series(1, 3) from customers",
     "select count(*) over (partition by id % 3) from customers",
+    "select o.id from orders o join customers c using (id)",
     "explain select email from customers",
     "explain analyze select id, status from orders",
 ]
