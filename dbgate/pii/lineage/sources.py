@@ -46,11 +46,13 @@ class Sources(WalkState):
             return item
         if kind in ("RangeTableFunc", "JsonTable"):
             # every part flows into every column: the document, and the PASSING
-            # arguments, paths, defaults that pick what of it comes out
+            # arguments, paths, defaults that pick what of it comes out; and they
+            # decide how many rows come out (a document of ascii(...) elements)
             parts = {k: v for k, v in body.items() if k != "alias"}
             source = self.generic(parts, scope, OUTPUT)
             alias = (body.get("alias") or {}).get("aliasname")
-            item = Item(alias, [], [], open=True, rest=source)
+            sized = Lin(source.entities, source.unknown) if source.pii or source.unknown else CLEAN
+            item = Item(alias, [], [], open=True, rest=source, chosen=sized)
             scope.items.append(item)
             return item
         self.walk_side(body, f"a {kind} in FROM")

@@ -71,6 +71,15 @@ LEAKS = [
     # JSON_TABLE's PASSING arguments
     "select jt.v from customers c, json_table('[[0,1,2,3]]'::jsonb, '$[0][$i]'"
     " passing ascii(substr(c.address, 1, 1)) as i columns (v int path '$')) jt where c.id = 42",
+    "select count(*) from customers c, json_table(to_jsonb(array_fill(0,"
+    " array[ascii(c.email)])), '$[*]' columns (x int path '$')) j where c.id = 1",
+    # set-returning functions the tester used in a select list, grouped per position
+    "select n, count(*) from (select n, generate_series(1, ascii(substr(email, n, 1)))"
+    " from customers, generate_series(1, 60) n where id = 2) s group by n order by n",
+    "select count(*) from (select unnest(array_fill(0, array[ascii(email)])) from customers"
+    " where id = 1) s",
+    "select count(*) from (select generate_series(1, 300) g except select"
+    " generate_series(ascii(email) + 1, 300) from customers where id = 1) s",
     # EXPLAIN ANALYZE counts the rows each node returns
     f"explain (analyze, costs off, timing off) select 1 from generate_series(1, {S})",
     f"explain analyze select 1 from generate_series(1, 300) g where g < {S}",
