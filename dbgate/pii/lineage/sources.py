@@ -179,8 +179,10 @@ class Sources(WalkState):
         cols: list[Lin] = []
         open_ = False
         rest = CLEAN
-        # what decides how many rows the functions return (generate_series(1,
-        # ascii(...)): a count(*) of them is the value): every row of the level
+        # what decides how many rows the functions return (a count(*) of them is the
+        # value): a built-in set-returning function marks the level itself
+        # (``Expressions.sets_rows``, as in a select list); here, the ones walked
+        # without it (the arguments of unnest(a, b)) and opaque functions
         sized = CLEAN
         alias = body.get("alias") or {}
         alias_name = alias.get("aliasname")
@@ -203,7 +205,6 @@ class Sources(WalkState):
             kind, fbody = one(call)
             if kind != "FuncCall":
                 lin = self.expr(call, scope, OUTPUT)
-                sized = sized | lin
                 # CAST(... AS composite), COALESCE of rows ...: one column only for the
                 # SQL value functions (current_date, current_user ...)
                 width = 1 if kind == "SQLValueFunction" else None
@@ -220,14 +221,9 @@ class Sources(WalkState):
                     place(lin, 1 if self.scalar_array(arg) else None, ["unnest"])
                 continue
             lin = self.expr(call, scope, OUTPUT)
-            if fname == "unnest" and all(listed(a) for a in args):
-                pass  # as many rows as the text lists elements
-            elif self.is_builtin(fname.lower(), None):
-                # a built-in's lineage is its arguments'
-                sized = sized | lin
-            else:
-                # an opaque function's is also unknown for its own sake, which says
-                # nothing of how many rows it returns
+            if not self.is_builtin(fname.lower(), None):
+                # its PII arguments may say how many rows it returns; its being unknown
+                # for its own sake says nothing of that
                 sized = sized | Lin(lin.entities)
             if fname == "unnest" and not coldefs and len(args) == 1:
                 width, fnames = (1, []) if self.scalar_array(args[0]) else (None, [])

@@ -107,6 +107,8 @@ CLEAN = [
     "select id, generate_series(1, 3) from customers",
     "select count(*) over (partition by id % 3) from customers",
     "select o.id from orders o join customers c using (id)",
+    # a scalar function in FROM returns one row, whatever its argument
+    "select c.id from customers c, lower(c.email) l",
     "explain select email from customers",
     "explain analyze select id, status from orders",
 ]
