@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dbgate.approvals.db import StateDB
-from dbgate.approvals.store import STATUSES
+from dbgate.approvals.store import DECIDED_JOIN, STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,21 +37,17 @@ class Row:
     wait_seconds: float
 
 
-_SELECT = """
+_SELECT = (
+    """
 SELECT r.id, r.status, r.mode, r.created_at, r.identity, r.application_name, r.purpose,
        r.model, r.categories, r.tables, r.estimated_rows, r.approvals_needed,
        coalesce(d.approvals, 0) AS approvals, coalesce(d.decided_by, '{}') AS decided_by,
        r.reason, r.wait_seconds,
        extract(epoch FROM coalesce(r.finished_at, now()) - r.created_at)::float8 AS waited_seconds
 FROM dbgate.approval_requests r
-LEFT JOIN LATERAL (
-    SELECT array_agg(x.approver ORDER BY x.decided_at, x.approver)
-               FILTER (WHERE x.decision = CASE WHEN r.status = 'rejected' THEN 'reject'
-                                                ELSE 'approve' END) AS decided_by,
-           count(*) FILTER (WHERE x.decision = 'approve') AS approvals
-    FROM dbgate.approval_decisions x WHERE x.request_id = r.id
-) d ON true
 """
+    + DECIDED_JOIN
+)
 
 
 def _row(r: object) -> Row:

@@ -60,8 +60,10 @@ from dbgate.approvals.store.records import (
     RequestRecord,
     ShapeRecord,
 )
+from dbgate.approvals.store.requests import DECIDED_JOIN
 
 __all__ = [
+    "DECIDED_JOIN",
     "MAX_REASON",
     "STATUSES",
     "ApprovalStore",

@@ -36,7 +36,9 @@ _COLUMNS = """
     coalesce(d.approvals, 0) AS approvals, coalesce(d.decided_by, '{}') AS decided_by,
     extract(epoch FROM coalesce(r.finished_at, now()) - r.created_at)::float8 AS waited_seconds
 """
-_DECIDED = """
+#: The decisions of request ``r`` (who decided it, how many approved): also the
+#: approvers' page's list (dbgate.web.queries).
+DECIDED_JOIN = """
 LEFT JOIN LATERAL (
     SELECT array_agg(x.approver ORDER BY x.decided_at, x.approver)
                FILTER (WHERE x.decision = CASE WHEN r.status = 'rejected' THEN 'reject'
@@ -45,7 +47,7 @@ LEFT JOIN LATERAL (
     FROM dbgate.approval_decisions x WHERE x.request_id = r.id
 ) d ON true
 """
-_SELECT = f"SELECT {_COLUMNS} FROM dbgate.approval_requests r {_DECIDED}"
+_SELECT = f"SELECT {_COLUMNS} FROM dbgate.approval_requests r {DECIDED_JOIN}"
 
 
 def _record(row: asyncpg.Record, decisions: Iterable[asyncpg.Record] = ()) -> RequestRecord:
