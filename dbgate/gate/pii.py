@@ -317,7 +317,7 @@ class PiiGate:
             return None
         sql = statement.sql
         cacheable = (
-            not ({st.command for st in classification.statements} & _SESSION_BOUND)
+            not any(st.command in _SESSION_BOUND for st in classification.statements)
             and not allowed.check_binds
         )
         room = s.room

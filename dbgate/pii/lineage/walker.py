@@ -53,7 +53,15 @@ def filters_matter(sql: str) -> bool:
     if "tok_" in sql or "$" in sql:
         return True
     lowered = sql.lower()
+    # most texts name none: five substring tests rule them out (the plain-query path)
+    if not any(part in lowered for part in _SIDE_EFFECT_PARTS):
+        return False
     return any(name in lowered for name in SIDE_EFFECTS)
+
+
+#: Every name of SIDE_EFFECTS contains one of these.
+_SIDE_EFFECT_PARTS = ("pg_", "lo_", "lowrite", "set_config", "dblink")
+assert all(any(part in name for part in _SIDE_EFFECT_PARTS) for name in SIDE_EFFECTS)
 
 
 def analyze(sql: str, source: ColumnSource, session: SessionState | None = None) -> Analysis:
