@@ -14,7 +14,7 @@ from typing import Any
 
 from dbgate import metrics
 from dbgate.gate.notes import GateNote
-from dbgate.proxy.seams import STATEMENT_EVENTS, Observer, Refuse, StatementRecord
+from dbgate.proxy.seams import STATEMENT_EVENTS, Allow, Observer, Refuse, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 
 log = logging.getLogger("dbgate.gate")
@@ -27,6 +27,10 @@ _REFUSED_REASONS = {
     "42501": "not_allowed",
     "08P01": "protocol",
 }
+
+
+def _follows_nothing(session: SessionInfo, verdict: Allow) -> bool:
+    return False
 
 
 class FanOut:
@@ -43,11 +47,52 @@ class FanOut:
             for event in STATEMENT_EVENTS
         }
         self.ignores = frozenset(e for e, hearing in self._hearing.items() if not hearing)
+        # A statement is followed when one of the observers follows it; one that does
+        # not say (``follows`` absent or None) follows every statement, one that hears
+        # nothing after a decision follows none.
+        after = {"statement_forwarded", "statement_completed", "statement_failed"}
+        each = tuple(
+            getattr(o, "follows", None)
+            for o in self.observers
+            if not after <= getattr(o, "ignores", frozenset())
+        )
+        self._follows = each
+        self.follows: Callable[[SessionInfo, Allow], bool] | None = (
+            None
+            if any(f is None for f in each)
+            else _follows_nothing
+            if not each
+            else each[0]
+            if len(each) == 1
+            else self._any_follows
+        )
+        given = tuple(
+            g for g in (getattr(o, "verdict_given", None) for o in self.observers) if g is not None
+        )
+        self._given = given
+        self.verdict_given: Callable[..., None] | None = (
+            None if not given else given[0] if len(given) == 1 else self._each_given
+        )
         # each event's bound methods, found once (an event is told several times a statement)
         self._calls = {
             event: tuple(getattr(o, event) for o in self._hearing.get(event, self.observers))
             for event in (*STATEMENT_EVENTS, "session_started", "session_ended", "session_refused")
         }
+
+    def _each_given(
+        self, session: SessionInfo, kind: str, verdict: Allow | Refuse, remembered: bool
+    ) -> None:
+        for given in self._given:
+            try:
+                given(session, kind, verdict, remembered)
+            except Exception:
+                log.exception(
+                    "observer %s failed on verdict_given",
+                    type(getattr(given, "__self__", given)).__name__,
+                )
+
+    def _any_follows(self, session: SessionInfo, verdict: Allow) -> bool:
+        return any(f(session, verdict) for f in self._follows)  # type: ignore[misc]
 
     def listener(self, event: str) -> Callable[..., None]:
         """What the relay calls to tell ``event``: the one observer's own method when
@@ -115,9 +160,11 @@ class MetricsObserver:
     gate's note gives.
     """
 
-    ignores = frozenset(
-        {"statement_received", "statement_forwarded", "statement_completed", "statement_failed"}
-    )
+    ignores = frozenset(STATEMENT_EVENTS)  # a decision is told by verdict_given
+
+    def follows(self, session: SessionInfo, verdict: Allow) -> bool:
+        """No statement: the metrics count decisions only."""
+        return False
 
     def session_started(self, session: SessionInfo) -> None:
         metrics.session_opened()
@@ -133,16 +180,21 @@ class MetricsObserver:
     def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
         pass
 
-    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
-        if record.kind == "execute":
+    def verdict_given(
+        self, session: SessionInfo, kind: str, verdict: Allow | Refuse, remembered: bool
+    ) -> None:
+        if kind == "execute":
             return
-        note = record.note
+        note = verdict.note
         if isinstance(note, GateNote):
             metrics.statement(note.category, note.action)
-        elif isinstance(record.verdict, Refuse):
+        elif isinstance(verdict, Refuse):
             metrics.statement("unknown", "refuse")
         else:
             metrics.statement("unknown", "allow")
+
+    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
 
     def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
         pass

@@ -146,6 +146,12 @@ _SCHEMA_CHANGING = frozenset({Category.DDL, Category.DESTRUCTIVE})
 _DDL_KEY = "schema.ddl"  # the session changed the schema in its current transaction
 
 
+def _changes_schema(verdict: Any) -> bool:
+    note = getattr(verdict, "note", None)
+    classification = getattr(note, "classification", None)
+    return classification is not None and bool(classification.categories & _SCHEMA_CHANGING)
+
+
 class SchemaWatch:
     """An :class:`~dbgate.proxy.seams.Observer`: after a statement that may change the
     schema completes (and once its transaction is over, so the reload sees it), the
@@ -160,10 +166,19 @@ class SchemaWatch:
         for loads in self.loads:
             loads.refresh_soon(info.database)
 
+    def follows(self, session: SessionInfo, verdict: Any) -> bool:
+        """A statement that may change the schema, and every statement after it until
+        its session's transaction is over. Marked here, at the decision, so a statement
+        pipelined behind it is followed too."""
+        if _DDL_KEY in session.state:
+            return True
+        if _changes_schema(verdict):
+            session.state[_DDL_KEY] = True
+            return True
+        return False
+
     def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
-        note = getattr(record.verdict, "note", None)
-        classification = getattr(note, "classification", None)
-        if classification is not None and classification.categories & _SCHEMA_CHANGING:
+        if _changes_schema(record.verdict):
             session.state[_DDL_KEY] = True
         if session.transaction_status == "I" and session.state.pop(_DDL_KEY, False):
             self._reload(session)

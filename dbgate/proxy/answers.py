@@ -469,6 +469,9 @@ class ServerAnswers:
                 for _, handle in entry[3][1]:
                     handle.resolve(False)  # statements after an error did not run
             if rec is not None:
+                # the record ends with its cycle: the observer sees the status after it
+                # (a schema watch reloads once a COMMIT ended the transaction)
+                self.info.transaction_status = STATUS[status]
                 self._finish(rec, rec.sqlstate)
             limit = self._limit
             if limit is not None and (limit.entry is entry or kind == SILENT_QUERY):

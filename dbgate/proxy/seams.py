@@ -351,6 +351,18 @@ class Observer(Protocol):
     An observer may name, in a class attribute ``ignores`` (a frozenset of method
     names), the statement events it does nothing with: the relay then does not call
     them (a statement's life is four or five events, and most observers want one).
+
+    An observer may also have a ``follows(session, verdict) -> bool`` method (or a
+    ``follows`` attribute of None: every statement): whether it wants the events of an
+    allowed statement after ``statement_decided``. The relay may then skip the later
+    events of statements it does not follow (an observer must still accept them: they
+    come for the Executes of a session that prepared a followed statement). Not
+    following a statement keeps the relay's lean path for its answers: an observer
+    that hears only decisions (metrics) or a few kinds of statements (DDL) says so.
+
+    An observer that only counts decisions may instead have a ``verdict_given(session,
+    kind, verdict, remembered)`` method: told of every Query, Parse, Bind and
+    FunctionCall decided (and of a remembered one again), with no record made for it.
     """
 
     def session_started(self, session: SessionInfo) -> None: ...

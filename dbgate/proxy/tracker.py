@@ -226,6 +226,26 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 if e not in ignored
             }
         )
+        #: ``Observer.follows``: which statements the observer wants told of past their
+        #: decision (None: every statement). The others' records end at their decision,
+        #: and an Execute is recorded only once a followed statement was prepared, so a
+        #: session whose statements nobody follows keeps the lean answer loop.
+        self._follows: Callable[[SessionInfo, Allow], bool] | None = getattr(
+            observer, "follows", None
+        )
+        #: Executes get records (their statements may be followed)
+        self._exec_records = observer is not None and self._follows is None
+        #: A statement's record starts when it is received (else at its decision, and
+        #: only when it is followed): someone hears it received or decided.
+        self._early = observer is not None and (
+            self._follows is None
+            or "statement_received" in self._hearing
+            or "statement_decided" in self._hearing
+        )
+        #: ``Observer.verdict_given``: told of each decision without a record
+        self._verdict_given: Callable[[SessionInfo, str, Allow | Refuse, bool], None] | None = (
+            getattr(observer, "verdict_given", None)
+        )
         self.message_filter = message_filter
         # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
         # same Parse (unnamed, $n parameters) or BEGIN/COMMIT for every transaction,
@@ -261,7 +281,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         #: can run under a plan, so there is nothing to keep).
         self._plans = False
         # Whether Executes need their portal looked up (plans or records)
-        self._watch = observer is not None
+        self._watch = self._exec_records
         self._rewriter: RowRewriter | None = None  # for the result now arriving
         self._copy_out = False
         #: The Query with a result plan whose statements are being answered, and how
@@ -376,9 +396,52 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         self, rec: StatementRecord | None, verdict: Allow | Refuse, remembered: bool = False
     ) -> None:
         if rec is not None:
+            if self._verdict_given is not None:
+                self._given(rec.kind, verdict, remembered)
             rec.verdict = verdict
             rec.remembered = remembered
             self._emit("statement_decided", rec)
+
+    def _given(self, kind: str, verdict: Allow | Refuse, remembered: bool) -> None:
+        try:
+            self._verdict_given(self.info, kind, verdict, remembered)  # type: ignore[misc]
+        except Exception:
+            log.exception("session %s: observer failed on verdict_given", self.info.session_id)
+
+    def _decision(
+        self,
+        t: int,
+        stmt: Statement,
+        rec: StatementRecord | None,
+        verdict: Allow | Refuse,
+        remembered: bool = False,
+    ) -> StatementRecord | None:
+        """Tell the observer of a statement's verdict; returns the record its life goes
+        on with: None when the observer does not follow it (``Observer.follows``), one
+        made now when the statement is followed and was not recorded on receipt."""
+        if self._verdict_given is not None:
+            self._given(stmt.kind, verdict, remembered)
+        if rec is not None:
+            rec.verdict = verdict
+            rec.remembered = remembered
+            self._emit("statement_decided", rec)
+        if self._follows is None or type(verdict) is not Allow:
+            return rec
+        try:
+            followed = self._follows(self.info, verdict)
+        except Exception:
+            log.exception("session %s: observer failed on follows", self.info.session_id)
+            followed = True  # told too much rather than too little
+        if not followed:
+            return None
+        if t != QUERY_MSG and t != FUNCTION_MSG:
+            # a followed Parse or Bind has Executes: from now on they are recorded
+            self._exec_records = self._watch = True
+        if rec is None:
+            rec = self._record(stmt.kind, stmt.sql, stmt.statement_name, stmt.portal, stmt.params)
+            rec.verdict = verdict
+            rec.remembered = remembered
+        return rec
 
     def _finish(self, rec: StatementRecord, code: str = "", skipped: bool = False) -> None:
         if rec.finished_at:
@@ -411,6 +474,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             self._memo.clear()
             self._memo_generation = generations.generation  # type: ignore[attr-defined]
         observed = self.observer is not None
+        early = self._early
         for t, s, e in frames:
             hdr = s - 5
             if self._measure is not None and self._measure.open:
@@ -443,7 +507,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             if t == EXECUTE_MSG:
                 self._batch_open = True
                 portal = "" if e - s == 5 and chunk[s] == 0 else m.parse_execute(chunk[s:e])[0]
-                rec = None if not observed else self._record("execute", "", portal=portal)
+                rec = self._record("execute", "", portal=portal) if self._exec_records else None
                 limited = self._sent_limits.get(portal) if self._limits else None
                 if limited is None:
                     entry = (EXECUTE, portal, rec, None)
@@ -475,8 +539,9 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 if hit is not None and hit[0].kind == "query":
                     rec = None
                     if observed:
-                        rec = self._record("query", hit[0].sql)
-                        self.decided(rec, hit[1], True)
+                        if early:
+                            rec = self._record("query", hit[0].sql)
+                        rec = self._decision(t, hit[0], rec, hit[1], True)
                     self.query_sent(rec, hit[1])
                     if self.blocked:
                         return self._stop_at(chunk, e, out, fwd)
@@ -488,8 +553,9 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 if hit is not None and hit[0].kind == "parse":
                     rec = None
                     if observed:
-                        rec = self._record("parse", hit[0].sql, hit[0].statement_name)
-                        self.decided(rec, hit[1], True)
+                        if early:
+                            rec = self._record("parse", hit[0].sql, hit[0].statement_name)
+                        rec = self._decision(t, hit[0], rec, hit[1], True)
                     self.parse_sent(rec, hit[0].statement_name, hit[2])  # type: ignore[arg-type]
                     continue
                 name, sql, types = m.parse_parse(body)
@@ -549,7 +615,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 continue
             else:
                 continue
-            rec = self.received(stmt) if observed else None
+            rec = self.received(stmt) if early else None
             verdict = self._inspect(stmt)
             opened = False  # this message opens a measured batch
             if type(verdict) is Allow and (verdict.max_changes or verdict.opens_measurement):
@@ -560,7 +626,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                     and not self._batch_open
                 ):
                     if observed:
-                        self.decided(rec, verdict)
+                        rec = self._decision(t, stmt, rec, verdict)
                     if out is None:
                         out = []
                     if hdr > fwd:
@@ -584,7 +650,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             ):
                 # Forwarded in a form of the gate's (tokens resolved): not byte for byte.
                 if observed:
-                    self.decided(rec, verdict)
+                    rec = self._decision(t, stmt, rec, verdict)
                 self._sent(t, rec, stmt, verdict, body)
                 if out is None:
                     out = []
@@ -599,7 +665,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 continue
             if type(verdict) is Allow:
                 if observed:
-                    self.decided(rec, verdict)
+                    rec = self._decision(t, stmt, rec, verdict)
                 prepared = self._sent(t, rec, stmt, verdict, body)
                 if verdict.repeatable and t != BIND_MSG and len(body) <= MEMO_MAX_MESSAGE:
                     if len(memo) >= MEMO_MAX_ENTRIES:
@@ -616,7 +682,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 out.append(chunk[fwd:hdr])
             fwd = e
             if isinstance(verdict, Refuse):
-                self.decided(rec, verdict)
+                if observed:
+                    rec = self._decision(t, stmt, rec, verdict)
                 out.append(self.refuse(rec, verdict, t))
                 if self.skip_until_sync and not full:
                     # The rest of this read must now be seen message by message.
@@ -723,12 +790,14 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             verdict = Refuse(
                 sqlstate.INTERNAL_ERROR, "dbgate: inspector returned no verdict; statement not run"
             )
-        self.decided(waiting.record, verdict)
+        rec = waiting.record
+        if self.observer is not None:
+            rec = self._decision(waiting.message_type, waiting.statement, rec, verdict)
         if self.skip_until_sync:
             # An earlier message of its batch failed meanwhile: the server would skip
             # this one, so it is not sent at all.
-            if waiting.record is not None:
-                self._finish(waiting.record, "", skipped=True)
+            if rec is not None:
+                self._finish(rec, "", skipped=True)
             return b""
         setup = b""
         if isinstance(verdict, Allow) and (verdict.max_changes or verdict.opens_measurement):
@@ -740,7 +809,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 and not self._batch_open
             ):
                 message = rewritten_message(t, waiting.body, verdict)
-                return self._measured_query(waiting.record, verdict, message)
+                return self._measured_query(rec, verdict, message)
             setup, unmeasured = self._measured_extended(
                 t, waiting.body, waiting.statement.sql, verdict
             )
@@ -748,12 +817,12 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 self._measure.client_message(t, waiting.message, 0)  # type: ignore[union-attr]
             if not isinstance(unmeasured, (Allow, Refuse)):
                 # decided by over_changes(-1), awaited in turn
-                self.waiting = Waiting(unmeasured, *waiting[1:])
+                self.waiting = waiting._replace(verdict=unmeasured, record=rec)
                 return b""
             verdict = unmeasured
         if isinstance(verdict, Refuse):
-            return self.refuse(waiting.record, verdict, waiting.message_type)
-        self._sent(waiting.message_type, waiting.record, waiting.statement, verdict, waiting.body)
+            return self.refuse(rec, verdict, waiting.message_type)
+        self._sent(waiting.message_type, rec, waiting.statement, verdict, waiting.body)
         if verdict.replace_sql is not None or verdict.replace_params is not None:
             return setup + rewritten_message(waiting.message_type, waiting.body, verdict)
         return setup + waiting.message if setup else waiting.message

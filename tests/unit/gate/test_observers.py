@@ -4,13 +4,17 @@ is told which events nobody wants (it does not emit them)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from dbgate.gate.observers import STATEMENT_EVENTS, FanOut, MetricsObserver, combine
 from dbgate.gate.schema_loads import SchemaWatch
-from dbgate.proxy.seams import ALLOW, Statement, StatementRecord
+from dbgate.policy.model import Category
+from dbgate.proxy.seams import ALLOW, Allow, Statement, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.proxy.tracker import StatementTracker
+from dbgate.wire import messages as m
+from tests.unit.proxy.test_tracker import Pair
 
 
 class Recording:
@@ -49,7 +53,9 @@ def test_each_event_reaches_the_observers_that_do_not_ignore_it() -> None:
 def test_events_nobody_wants_are_not_emitted_by_the_relay() -> None:
     fan = combine([MetricsObserver(), SchemaWatch(())])
     assert isinstance(fan, FanOut)
-    assert fan.ignores == {"statement_received", "statement_forwarded"}
+    # the metrics count decisions through verdict_given, with no record
+    assert fan.ignores == {"statement_received", "statement_decided", "statement_forwarded"}
+    assert fan.verdict_given is not None and fan.follows is not None
     spy = Recording("spy", frozenset({"statement_received", "statement_forwarded"}))
     info = SessionInfo(1, "agent", "db", "app", "127.0.0.1")
     tracker = StatementTracker(info, observer=spy)  # type: ignore[arg-type]
@@ -84,3 +90,92 @@ def test_an_event_one_observer_hears_goes_straight_to_it_and_its_failure_is_cont
     tracker._finish(rec)
     assert decided_only.heard == ["statement_decided"]
     assert ends_only.heard == also_ends.heard == ["statement_completed"]
+
+
+class Loads:
+    """What :class:`SchemaWatch` asks of a database's schema snapshots."""
+
+    def __init__(self) -> None:
+        self.refreshed: list[str] = []
+
+    def refresh_soon(self, database: str) -> None:
+        self.refreshed.append(database)
+
+
+class DdlInspector:
+    """Allows everything; a text that says ``ddl`` is classified as DDL."""
+
+    inspects_binds = False
+
+    def inspect(self, session: SessionInfo, stmt: Any) -> Allow:
+        categories = frozenset({Category.DDL}) if "ddl" in stmt.sql else frozenset()
+        return Allow(note=SimpleNamespace(classification=SimpleNamespace(categories=categories)))
+
+
+def _schema_watched(seed: int) -> tuple[Pair, Loads]:
+    loads = Loads()
+    watch = combine([MetricsObserver(), SchemaWatch([loads])])  # type: ignore[list-item]
+    return Pair(seed, inspector=DdlInspector(), observer=watch), loads
+
+
+def test_the_schema_reloads_once_the_transaction_of_a_ddl_statement_is_over() -> None:
+    """The schema watch follows a DDL statement and every statement after it until its
+    transaction ends, also one pipelined behind it before its answer came: the reload
+    comes after the COMMIT, not after the DDL statement."""
+    p, loads = _schema_watched(30)
+    p.send(m.query("select rows=1"), m.query("begin"))
+    p.answer()
+    assert loads.refreshed == [] and not p.tracker._watch  # nothing followed
+    p.send(m.query("create ddl"), m.query("select rows=2"))
+    p.answer()
+    assert loads.refreshed == []  # still in the transaction
+    p.send(m.query("commit"))
+    p.answer()
+    assert loads.refreshed == ["db"]
+    p.send(m.query("select rows=1"))
+    p.answer()
+    assert loads.refreshed == ["db"]
+
+
+def test_a_ddl_statement_pipelined_with_its_commit_reloads_the_schema() -> None:
+    p, loads = _schema_watched(31)
+    p.send(m.query("begin"), m.query("create ddl"), m.query("commit"))
+    p.answer()
+    assert loads.refreshed == ["db"]
+    # prepared, then executed in the extended protocol, outside a transaction
+    p.send(m.Parse("s", "alter ddl").encode(), m.SYNC)
+    p.answer()
+    before = len(loads.refreshed)
+    p.send(m.Bind("", "s").encode(), m.Execute("", 0).encode(), m.SYNC)
+    p.answer()
+    assert len(loads.refreshed) == before + 1
+
+
+def test_a_fan_out_follows_what_any_observer_follows_and_all_when_one_does_not_say() -> None:
+    class Follows(Recording):
+        def __init__(self, word: str) -> None:
+            super().__init__(word, frozenset(STATEMENT_EVENTS) - {"statement_completed"})
+            self.word = word
+            self.given: list[str] = []
+
+        def follows(self, session: Any, verdict: Allow) -> bool:
+            return verdict.note == self.word
+
+        def verdict_given(self, session: Any, kind: str, verdict: Any, remembered: bool) -> None:
+            self.given.append(kind)
+
+    a, b = Follows("a"), Follows("b")
+    fan = FanOut([a, b])
+    assert fan.follows is not None
+    assert [fan.follows(None, Allow(note=w)) for w in ("a", "b", "c")] == [True, True, False]
+    fan.verdict_given(None, "query", ALLOW, False)  # type: ignore[misc]
+    assert a.given == b.given == ["query"]
+    # an observer without ``follows`` (the audit trail) follows every statement; one
+    # that hears nothing after a decision follows none
+    assert FanOut([a, Recording("all")]).follows is None
+    decided_only = Recording("decided", frozenset(STATEMENT_EVENTS) - {"statement_decided"})
+    one = FanOut([a, decided_only]).follows
+    assert one is not None and [one(None, Allow(note=w)) for w in "ab"] == [True, False]
+    none = FanOut([MetricsObserver(), decided_only]).follows
+    assert none is not None and not none(None, Allow(note="a"))
+    assert FanOut([Recording("x"), Recording("y")]).verdict_given is None

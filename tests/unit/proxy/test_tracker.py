@@ -101,6 +101,7 @@ class Inspector:
             max_rows=LIMITED.max_rows if limited else 0,
             over_limit=LIMITED.over_limit if limited else None,
             read_bound=int(bound.group(1)) if bound else None,
+            note=FOLLOW if "rows=2" in sql else None,
         )
 
 
@@ -108,6 +109,10 @@ class BindWatcher(Inspector):
     """An inspector that is shown every Bind."""
 
     inspects_binds = True
+
+
+#: The note of the verdicts a :class:`Following` observer follows (``rows=2`` in the text).
+FOLLOW = "follow"
 
 
 class Events:
@@ -137,6 +142,25 @@ class Events:
         self.finished[rec.id] = "failed"
 
 
+class Following(Events):
+    """An observer that follows only the statements whose verdict has the note
+    :data:`FOLLOW` (``Observer.follows``) and is told every decision without a record
+    (``verdict_given``): the relay makes a record only for a followed statement, at its
+    decision, and for the Executes of a session that prepared one."""
+
+    ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: list[tuple[str, object]] = []
+
+    def follows(self, session: Any, verdict: Allow) -> bool:
+        return verdict.note == FOLLOW
+
+    def verdict_given(self, session: Any, kind: str, verdict: Any, remembered: bool) -> None:
+        self.given.append((kind, verdict))
+
+
 def _info() -> SessionInfo:
     return SessionInfo(
         session_id=1, identity="agent", database="db", application_name="", client_addr=""
@@ -146,9 +170,21 @@ def _info() -> SessionInfo:
 class Pair:
     """A client, the tracker and a simulated server, wired together."""
 
-    def __init__(self, seed: int, observe: bool = True, inspector: Any = None) -> None:
-        self.events = Events() if observe else None
-        self.tracker = StatementTracker(_info(), inspector or Inspector(), self.events)
+    def __init__(
+        self, seed: int, observe: bool | str = True, inspector: Any = None, observer: Any = None
+    ) -> None:
+        self.events = Following() if observe == "selective" else Events() if observe else None
+        self.tracker = StatementTracker(
+            _info(), inspector or Inspector(), observer if observer is not None else self.events
+        )
+        if isinstance(self.events, Following):  # records are made lazily: keep them all
+            make, records = self.tracker._record, self.events.records
+
+            def recorded(*args: Any, **kwargs: Any) -> StatementRecord:
+                records.append(make(*args, **kwargs))
+                return records[-1]
+
+            self.tracker._record = recorded  # type: ignore[method-assign]
         self.server = SimServer()
         self.reader = FrameReader()
         self.rnd = random.Random(seed)
@@ -616,6 +652,34 @@ def test_portals_described_as_libpq_does_start_their_executes_after_nodata() -> 
     assert p.tracker.idle
 
 
+def test_an_observer_that_follows_no_statement_leaves_the_answers_on_the_lean_path() -> None:
+    """Statements nobody follows get no record and their answers no bookkeeping;
+    a followed prepared statement's Executes are recorded with their tags and rows
+    (and, from then on, every Execute is), and every decision is told."""
+    p = Pair(23, observe="selective")
+    events = p.events
+    assert isinstance(events, Following)
+    p.send(m.query("select rows=1"))
+    p.send(m.Parse("s", "select rows=3").encode(), m.Bind("", "s").encode())
+    p.send(m.Execute("", 0).encode(), m.SYNC)
+    assert len(_rows(p.answer())) == 4
+    assert events.records == [] and not p.tracker._watch  # nothing followed yet
+    assert [k for k, _ in events.given] == ["query", "parse"]
+    p.send(m.Parse("t", "select rows=2").encode(), m.Bind("", "t").encode())
+    p.send(m.Execute("", 0).encode(), m.Bind("", "s").encode(), m.Execute("", 0).encode())
+    p.send(m.SYNC, m.query("select rows=2"))
+    assert len(_rows(p.answer())) == 7
+    done = [(r.kind, r.sql, r.tags, events.finished[r.id]) for r in events.records]
+    assert done == [
+        ("parse", "select rows=2", [], "completed"),
+        ("execute", "select rows=2", ["SELECT 2"], "completed"),
+        ("execute", "select rows=3", ["SELECT 3"], "completed"),  # told, not followed
+        ("query", "select rows=2", ["SELECT 2"], "completed"),
+    ]
+    assert [k for k, _ in events.given] == ["query", "parse", "parse", "query"]
+    assert p.tracker.idle
+
+
 @pytest.mark.parametrize("observe", [False, True])
 def test_a_portal_executed_right_after_a_parse_runs_under_its_own_plan(observe: bool) -> None:
     """In a transaction a portal outlives its batch: executed in a later one right
@@ -781,23 +845,26 @@ _SKIPPED_REPARSE = [
 )
 @example(_SKIPPED_REPARSE, 1, False, False, 0, True)
 @example(_SKIPPED_REPARSE, 1, False, True, 0, True)
+@example(_SKIPPED_REPARSE, 1, False, True, 0, "selective")
 @given(
     st.lists(batch, max_size=10),
     st.integers(min_value=1, max_value=3),
     st.booleans(),
     st.booleans(),
     st.integers(0, 2**32),
-    st.booleans(),
+    st.sampled_from([False, True, "selective"]),
 )
 def test_the_tracker_follows_the_server(
-    batches: list, depth: int, sliding: bool, every_bind: bool, seed: int, observe: bool
+    batches: list, depth: int, sliding: bool, every_bind: bool, seed: int, observe: bool | str
 ) -> None:
     """Pipelined batches, random chunking of answers. ``depth`` batches are sent
     before reading; then all answers are read, or (``sliding``) only the oldest
     batch's, so that later batches are sent while earlier ones are unanswered. The
     inspector is shown the Binds of checked statements, or (``every_bind``) all.
     With an observer (``observe``) every statement has a record and the answers go
-    through the tracker's general path; without one, through its fast paths."""
+    through the tracker's general path; without one, through its fast paths; with one
+    that follows some statements (``"selective"``), those have records, and every
+    decision is told."""
     inspector = BindWatcher() if every_bind else Inspector()
     p = Pair(seed, observe=observe, inspector=inspector)
     in_flight = 0
@@ -854,3 +921,14 @@ def test_the_tracker_follows_the_server(
         events = p.events
         unfinished = [r for r in events.records if r.id not in events.finished and r.kind != "bind"]
         assert not unfinished, unfinished
+    if isinstance(p.events, Following):
+        # every decision was told; a record was made only for a followed statement
+        # (or an Execute, once one was prepared), and it carries its verdict
+        queries = [b for kind, b in batches if kind == "query"]
+        assert [k for k, _ in p.events.given if k == "query"] == ["query"] * len(queries)
+        for r in p.events.records:
+            if r.kind != "execute":
+                assert r.verdict is not None and r.verdict.note == FOLLOW, r
+        followed = [b for b in queries if "rows=2" in b and "refuse" not in b]
+        completed = [r for r in p.events.records if r.kind == "query"]
+        assert len(completed) == len(followed), (completed, followed)
