@@ -319,6 +319,22 @@ class PreparedStatements:
         stay a candidate the server no longer holds, and within this batch a Bind
         would be matched to it instead of to this Parse.
         """
+        if not name and "" not in self._pending:
+            known = self._known.get("")
+            if (
+                known is not None
+                and known.sql == sql
+                and known.check_binds == check_binds
+                and known.param_types == param_types
+                and known.tokens_only == (check_binds and tokens_only)
+                and known.recheck == (recheck if check_binds else None)
+                and not known.lost
+            ):
+                # The unnamed statement the server holds, parsed again (drivers do it
+                # for every execution): whether the server takes it or not, the picture
+                # is the same afterwards (a failed unnamed Parse keeps the old one as a
+                # candidate), so there is nothing to track.
+                return None
         if name or check_binds or self.track_unnamed or "" in self.checked or "" in self._pending:
             return self.sent(
                 batch,

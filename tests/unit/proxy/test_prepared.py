@@ -396,6 +396,34 @@ def test_what_the_server_holds_is_always_a_candidate_and_exact_once_answered(
             _assert_exact(p, server)
 
 
+def test_the_held_unnamed_statement_parsed_again_is_not_tracked_and_stays_checked() -> None:
+    """Drivers parse the same unnamed statement for every execution: whether the
+    server takes it again or not, dbgate's picture stays the one it has, so nothing is
+    queued; a different text, check or judge is tracked as ever."""
+    p = PreparedStatements()
+    sql = "select email from t where id = $1"
+    p.parse_sent(1, "", sql, True, tokens_only=True, recheck=_quick).resolve(True)
+    held = p.candidates("")
+    for cycle in range(2, 10):
+        assert p.parse_sent(cycle, "", sql, True, tokens_only=True, recheck=_quick) is None
+        assert not p.pending and p.candidates("") == held
+        assert p.checks_binds("") and p.checks_only_tokens("")
+    for other in (
+        {"sql": "select 2 where $1"},
+        {"tokens_only": False},
+        {"recheck": None},
+        {"param_types": (23,)},
+    ):
+        args = {"sql": sql, "tokens_only": True, "recheck": _quick, **other}
+        handle = p.parse_sent(10, "", args.pop("sql"), True, **args)
+        assert handle is not None and p.pending
+        handle.resolve(False)  # failed: the old statement stays the candidate
+        assert p.candidates("") == held and p.checks_only_tokens("")
+    # a name the server already holds fails when parsed again: tracked as ever
+    p.parse_sent(11, "s", sql, True, tokens_only=True).resolve(True)
+    assert p.parse_sent(12, "s", sql, True, tokens_only=True) is not None
+
+
 def test_binds_checked_only_for_tokens_are_skipped_while_every_candidate_allows_it() -> None:
     """A statement checked at Bind only because its values may be PII tokens needs its
     Binds shown only when they spell ``tok_``; once a candidate of the same name needs
