@@ -284,6 +284,17 @@ class WindowCharges:
     def __init__(self, windows: RowWindows) -> None:
         self.windows = windows
 
+    def follows(self, session: SessionInfo, verdict: Allow) -> bool:
+        """A statement under a rows-per-window rule: a windowed verdict (a Query's,
+        a Parse's whose Executes are charged, a Bind's), named tables or not."""
+        note = verdict.note
+        if not isinstance(note, GateNote):
+            return False
+        if note.window_tables:
+            return True
+        decision = note.decision
+        return decision is not None and decision.row_window is not None
+
     def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
         rows = record.rows
         if rows <= 0:  # nothing to charge (a Parse, a Bind, no rows)

@@ -5,6 +5,7 @@ and a read past what is left is stopped with 54000 (the test pack's rule
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -16,7 +17,20 @@ from tests.integration.holds.harness import (
     OTHER_PASSWORD,
     HoldsEnv,
     admin_execute,
+    start_env,
 )
+
+
+@pytest.fixture(scope="module", params=["audited", "unaudited"])
+def env(
+    pg_server: Any, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HoldsEnv]:
+    """The App with its audit trail, and without: then no observer follows every
+    statement, and the windows' charges come only from the statements the window
+    observer follows (``Observer.follows``) — which must be every windowed one."""
+    name = f"gate_row_window_{request.param}"
+    audit = None if request.param == "audited" else {"enabled": False}
+    yield from start_env(pg_server, name, tmp_path_factory.mktemp(name), audit=audit)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +74,8 @@ async def test_reads_are_counted_across_statements_and_sessions(
         with pytest.raises(psycopg.errors.ProgramLimitExceeded):
             other.execute("SELECT v FROM windowed_a WHERE id = 3", prepare=False)
         assert other.execute("SELECT 1").fetchone() == (1,)
+    if not env.app.config.audit.enabled:
+        return
     # the refusal is in the audit trail like any other (literals masked)
     rows = await env.app.acall(_audited(env))
     assert {
