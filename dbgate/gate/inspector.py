@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from dbgate.audit.errors import AuditUnavailable
 from dbgate.gate import cursors, refusals
 from dbgate.gate.audit import AuditTrail
+from dbgate.gate.fresh_literals import FreshLiterals
 from dbgate.gate.holds import HoldDesk
 from dbgate.gate.keys import KeyCatalogs
 from dbgate.gate.limits import (
@@ -141,6 +142,8 @@ class Gate:
         self._ruleset = ruleset
         # (identity, classification, outcome, Allow with its note, repeatable Allow)
         self._answers: dict[tuple[int, int], tuple[Any, ...]] = {}
+        #: plain reads sent again with fresh literals (gate/fresh_literals.py)
+        self._fresh = FreshLiterals(pii)
         #: Read by the relay (see Inspector in seams.py): bumped when the rules or a
         #: catalog snapshot (keys, PII schema) change, so every session forgets the
         #: verdicts it remembers — one proven narrow by a key that was dropped, or
@@ -243,17 +246,38 @@ class Gate:
             if isinstance(changed, Awaitable):  # traced in a worker first
                 return self._bind_changed_later(verdict, changed)
             return _bind_changed(verdict, changed)
+        catalog = None
+        if kind == "query":
+            catalog = self.keys.for_session(session) if self.keys is not None else None
+            fresh = self._fresh.lookup(session, identity, catalog, self.generation, statement.sql)
+            if fresh is not None:
+                return fresh
         verdict, classification = self._judge(session, identity, statement)
-        if pii is None or type(verdict) is not Allow:
+        if type(verdict) is not Allow:
             return verdict
-        changed = pii.verdict(
-            session,
-            statement,
-            verdict,
-            classification,
-            lambda decision: self.verdict(decision, session, statement.sql, ()),
-        )
-        return verdict if changed is None else changed
+        if pii is not None:
+            changed = pii.verdict(
+                session,
+                statement,
+                verdict,
+                classification,
+                lambda decision: self.verdict(decision, session, statement.sql, ()),
+            )
+            if changed is not None:
+                return changed
+        if kind == "query":
+            answer = self._answers.get((id(identity), id(classification)))
+            if answer is not None and answer[2] is _ALLOW_PLAIN and verdict is answer[3]:
+                self._fresh.remember(
+                    session,
+                    identity,
+                    catalog,
+                    self.generation,
+                    statement.sql,
+                    verdict,
+                    classification,
+                )
+        return verdict
 
     @staticmethod
     async def _bind_changed_later(verdict: Allow, changed: Awaitable[Any]) -> Verdict:

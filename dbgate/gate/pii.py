@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dbgate.gate.notes import GateNote, primary_category
 from dbgate.gate.schema_loads import SchemaLoads, upstream_dsn
-from dbgate.pii.plan_cache import shape_of
+from dbgate.pii.plan_cache import shape_from_mask, shape_of
 from dbgate.pii.room import PiiRoom, PiiSession, StatementPlan
 from dbgate.pii.tokens import TokenError
 from dbgate.policy.model import Action, Category, Classification, Decision, Reason
@@ -296,6 +296,19 @@ class PiiGate:
             if self.on_exemption is not None:
                 self.on_exemption(info, s.exemption.reason)
         return s
+
+    def shape_unchanged(self, info: SessionInfo, sql: str, masked: str) -> bool:
+        """Whether :meth:`verdict` leaves an allowed read (no session-bound command,
+        no Bind checks) as it is for ``sql`` (whose literal mask is ``masked``) and for
+        every other text of its shape: the session sees raw values, or the shape is one
+        PII was found to have nothing to change in (what :meth:`verdict` asks first)."""
+        s = self.session(info)
+        if s is None:
+            return False
+        if s.exemption is not None:
+            return True
+        shape = shape_from_mask(sql, masked)
+        return shape is not None and s.room.plans.nothing_to_change(shape)
 
     # -- judging --------------------------------------------------------------------------
     def verdict(

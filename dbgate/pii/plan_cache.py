@@ -81,6 +81,7 @@ __all__ = [
     "PLAN_CACHE_SIZE",
     "PlanCache",
     "Shape",
+    "shape_from_mask",
     "shape_holds",
     "shape_of",
 ]
@@ -103,6 +104,13 @@ _UNCHECKED, _TRUSTED, _REFUTED = 0, 1, 2
 
 def shape_of(sql: str) -> Shape | None:
     """The shape key of ``sql``, or None when it must only ever match itself."""
+    if len(sql) > MAX_CACHED_SQL:
+        return None
+    return shape_from_mask(sql, fast_mask(sql))
+
+
+def shape_from_mask(sql: str, masked: str | None) -> Shape | None:
+    """:func:`shape_of` for a text whose literal mask (``fast_mask``) is at hand."""
     if len(sql) > MAX_CACHED_SQL or "tok_" in sql:
         return None
     if not sql.isascii():
@@ -110,7 +118,6 @@ def shape_of(sql: str) -> Shape | None:
             sql.encode()
         except UnicodeEncodeError:
             return None
-    masked = fast_mask(sql)
     if masked is None or "\x00" not in masked:  # unreadable, or no literal at all
         return None
     return (masked, filters_matter(sql))

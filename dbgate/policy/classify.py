@@ -135,6 +135,22 @@ def _context(extra: frozenset[str], keys: KeyCatalog | None) -> Any:
     return None
 
 
+def cached_shape(
+    sql: str,
+    masked: str,
+    *,
+    extra_pure_functions: frozenset[str] = _EMPTY,
+    keys: KeyCatalog | None = None,
+) -> Classification | None:
+    """What :func:`classify` answers for ``sql`` (whose literal mask is ``masked``,
+    ``literals.fast_mask``) from its masked cache: None when the shape is not cached,
+    or when ``sql`` itself is (it repeats: see :func:`seen_exactly`)."""
+    context = _context(extra_pure_functions, keys)
+    if context is None:
+        return None if sql in _exact else _masked.get(masked)
+    return None if (sql, context) in _exact else _masked.get((masked, context))
+
+
 def is_cached(
     sql: str, *, extra_pure_functions: frozenset[str] = _EMPTY, keys: KeyCatalog | None = None
 ) -> bool:

@@ -468,3 +468,25 @@ def test_execute_of_a_name_that_may_hold_several_statements_takes_them_all() -> 
     prepared = {"p": ("SELECT 1", "DELETE FROM orders")}
     assert Category.DESTRUCTIVE in classify("EXECUTE p", prepared=prepared).categories
     assert OPQ in classify("EXECUTE p", prepared={"p": ()}).categories  # lost track
+
+
+def test_cached_shape_answers_a_fresh_text_of_a_cached_shape_only() -> None:
+    """What the gate's fresh-literals path asks: the masked cache's classification for
+    a text of a known shape that is not itself cached; never for a text whose literal
+    values decide its category (those shapes are not in the masked cache)."""
+    from dbgate.policy.classify import cached_shape
+    from dbgate.policy.literals import fast_mask
+
+    clear_cache()
+    first = "SELECT v FROM shaped WHERE id = 1"
+    c = classify(first)
+    assert cached_shape(first, fast_mask(first)) is None  # cached verbatim: it repeats
+    second = "SELECT v FROM shaped WHERE id = 2"
+    assert cached_shape(second, fast_mask(second)) is c
+    assert classify(second) is c
+    other = "SELECT w FROM shaped WHERE id = 2"
+    assert cached_shape(other, fast_mask(other)) is None
+    for sql in ("SELECT set_config('a.b', 'x', false)", "SELECT set_config('a.c', 'y', false)"):
+        classify(sql)
+    fresh = "SELECT set_config('role', 'z', false)"
+    assert cached_shape(fresh, fast_mask(fresh)) is None
