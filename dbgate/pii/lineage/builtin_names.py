@@ -71,8 +71,23 @@ SIDE_EFFECTS = frozenset(
         "dblink",
         "dblink_exec",
         "pg_advisory_lock",
+        *(
+            f"pg_{t}advisory_{x}lock{sh}"
+            for t in ("", "try_")
+            for x in ("", "xact_")
+            for sh in ("", "_shared")
+        ),
+        "pg_advisory_unlock",
+        "pg_advisory_unlock_shared",
+        "setseed",
+        "setval",
     }
 )
+#: Built-in functions that keep an argument where a later statement reads it back
+#: (a setting, a lock key in pg_locks, the random seed behind random(), a sequence's
+#: value, a large object, a notification): a value derived from PII given to one is a
+#: copy the catalog cannot follow, held like an INSERT of it into a plain column.
+STATE_WRITERS = SIDE_EFFECTS - {"pg_advisory_unlock", "pg_advisory_unlock_shared"}
 #: Width of built-in set-returning functions when no schema snapshot says.
 BUILTIN_SRF_WIDTH = {
     "json_each": 2,

@@ -20,6 +20,7 @@ from dbgate.pii.lineage.builtin_names import (
     DATA_READERS,
     HYPOTHETICAL_SET_AGGREGATES,
     SIDE_EFFECTS,
+    STATE_WRITERS,
     VALUE_FREE_FUNCTIONS,
 )
 from dbgate.pii.lineage.context import FILTER, Ctx, refused
@@ -177,8 +178,8 @@ class Expressions(WalkState):
             args = [*(args or ()), *body["agg_order"]]
         if builtin and name in SIDE_EFFECTS:
             lin = self.expr(args, scope, refused(f"an argument of {name}()"))
-            if lin.pii and name == "set_config":
-                self.r.pii_writes.append("set_config stores PII in a setting")
+            if name in STATE_WRITERS:
+                self.state_writes.append((name, lin, scope))
             self.r.param_writes |= lin.params
             return lin
         if not builtin:

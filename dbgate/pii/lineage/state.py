@@ -32,6 +32,22 @@ class WalkState:
         self.refs: list[tuple[Scope, Item, Lin]] | None = None
         #: the statement being walked writes to a relation with rewrite rules of its own
         self.rules_met = False
+        #: calls of STATE_WRITERS: the function, its arguments' lineage, its level (whose
+        #: rows PII may choose in a clause walked after the call)
+        self.state_writes: list[tuple[str, Lin, Scope | None]] = []
+
+    def state_written(self) -> None:
+        """After the walk: a value derived from PII (its own, or the rows it is
+        given for) that a STATE_WRITERS call keeps is a copy: hold the statement."""
+        for name, lin, level in self.state_writes:
+            kept = lin | level.level_chosen() if level is not None else lin
+            if kept.pii or kept.unknown:
+                why = (
+                    f"{name}() keeps a value derived from PII (or from what dbgate cannot"
+                    " follow) where a later statement reads it back"
+                )
+                if why not in self.r.pii_writes:
+                    self.r.pii_writes.append(why)
 
     def unknown(self, why: str) -> Lin:
         if why not in self.r.unknown_reasons:

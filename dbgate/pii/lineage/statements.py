@@ -70,6 +70,16 @@ class Statements(WalkState):
         # ANALYZE it also counts the rows each node returned and removed, which a
         # query can make spell values: the plan carries what the query's rows do.
         why = "EXPLAIN (its plan shows literal values)"
+        if "ExecuteStmt" in (body.get("query") or {}):
+            # the plan of a prepared statement shows the literals it was prepared with,
+            # which may be values dbgate resolved from tokens: not the agent's to read
+            self.walk_side(body.get("query"), why)
+            return Output(
+                tail=self.unknown(
+                    "EXPLAIN EXECUTE shows the literals of a prepared statement, which may"
+                    " hold values resolved from tokens"
+                )
+            )
         if not _analyzes(body) or body.get("query") is None:
             self.walk_side(body.get("query"), why)
             return Output([CLEAN], ["QUERY PLAN"])

@@ -60,7 +60,7 @@ def filters_matter(sql: str) -> bool:
 
 
 #: Every name of SIDE_EFFECTS contains one of these.
-_SIDE_EFFECT_PARTS = ("pg_", "lo_", "lowrite", "set_config", "dblink")
+_SIDE_EFFECT_PARTS = ("pg_", "lo_", "lowrite", "set_config", "dblink", "setseed", "setval")
 assert all(any(part in name for part in _SIDE_EFFECT_PARTS) for name in SIDE_EFFECTS)
 
 
@@ -88,4 +88,5 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
             result.unknown_reasons.append(why)
             result.statements.append(StatementLineage(next(iter(stmt)), Output(tail=UNKNOWN_LIN)))
             result.token_sites.append(TokenSite(-1, False, why))
+    walker.state_written()
     return result

@@ -386,3 +386,46 @@ def test_a_failed_redeclaration_leaves_the_cursor_tokenized(dsn: str, raw: dict[
         conn.execute("close c")
     assert name != raw["full_name"] and email != raw["email"]
     assert email.startswith("tok_")
+
+
+def test_pii_kept_in_session_state_is_held(dsn: str, admin_dsn: str, raw: dict[str, Any]) -> None:
+    """Values derived from PII given to a function that keeps them where a later,
+    clean statement reads them back — a transaction's advisory lock keys (pg_locks),
+    the random seed (random()), a sequence (currval) — are copies: held, never run."""
+    keys = ", ".join(
+        f"pg_advisory_xact_lock({k}, ascii(substr(c.email, {k}, 1)))" for k in range(1, 9)
+    )
+    attacks = [
+        f"select {keys} from customers c where c.id = 42",
+        "select pg_try_advisory_xact_lock_shared(('x' || encode(convert_to(substr(ssn, 1, 8),"
+        " 'UTF8'), 'hex'))::bit(64)::bigint) from customers where id = 42",
+        "select setseed(ascii(substr(email, 1, 1)) / 1000.0) from customers where id = 42",
+    ]
+    for sql in attacks:
+        with psycopg.connect(dsn) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+                conn.execute(sql)
+            assert "later statement reads it back" in str(info.value), info.value
+            conn.rollback()
+            locks = conn.execute(
+                "select classid, objid from pg_locks"
+                " where locktype = 'advisory' and pid = pg_backend_pid()"
+            ).fetchall()
+            assert locks == []
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the clean forms still run
+        conn.execute("select pg_advisory_xact_lock(1, 2), setseed(0.5)")
+
+
+def test_explain_execute_shows_no_value_resolved_from_a_token(
+    dsn: str, raw: dict[str, Any]
+) -> None:
+    """A token in a PREPARE's WHERE is resolved before the server sees it, and the
+    plan EXPLAIN EXECUTE prints carries that literal: the plan comes back tokenized."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (token,) = conn.execute("select email from customers where id = 42").fetchone()
+        assert token.startswith("tok_email_")
+        conn.execute(f"prepare by_email as select id from customers where email = '{token}'")
+        assert conn.execute("execute by_email").fetchall() == [(42,)]
+        plan = [r[0] for r in conn.execute("explain execute by_email").fetchall()]
+        conn.execute("deallocate by_email")
+    assert plan and all(raw["email"] not in line for line in plan), plan

@@ -149,3 +149,45 @@ def test_a_cursor_declared_again_keeps_what_it_returned() -> None:
     session.plan("prepare p as select 'a'::text")
     run = analyze("execute p", COV, session).statements[0].output
     assert run is not None and run.columns[0].pii
+
+
+# A value kept in session or transaction state, read back by a later clean statement.
+STATE_KEPT = [
+    f"select pg_advisory_xact_lock(1, {S})",
+    f"select pg_advisory_xact_lock_shared({S})",
+    f"select pg_try_advisory_xact_lock(2, {S})",
+    "select pg_try_advisory_xact_lock_shared(('x' || encode(convert_to(substr(ssn, 1, 8),"
+    " 'UTF8'), 'hex'))::bit(64)::bigint) from customers where id = 42",
+    f"select pg_advisory_lock({S})",
+    f"select setseed({S} / 1000.0)",
+    "select setseed(ascii(substr(email, 1, 1)) / 1000.0) from customers where id = 42",
+    f"select setval('s', {S})",
+    f"select set_config('a.b', ({S})::text, false)",
+    # the rows given to it chosen by PII against another row source
+    f"select pg_advisory_xact_lock(g) from generate_series(1, 300) g where g = {S}",
+]
+STATE_CLEAN = [
+    "select pg_advisory_xact_lock(1, 2)",
+    "select setseed(0.5)",
+    "select pg_advisory_xact_lock(id) from customers where id < 10",
+    "select setval('s', 10)",
+]
+
+
+@pytest.mark.parametrize("sql", STATE_KEPT)
+def test_pii_kept_in_session_state_is_a_copy_that_is_held(sql: str) -> None:
+    analysis = analyze(sql, COV)
+    assert analysis.pii_writes and "reads it back" in analysis.pii_writes[0], show(sql)
+
+
+@pytest.mark.parametrize("sql", STATE_CLEAN)
+def test_clean_values_kept_in_session_state_are_not_held(sql: str) -> None:
+    assert analyze(sql, COV).pii_writes == []
+
+
+def test_explain_execute_is_tokenized_whole() -> None:
+    """The plan of a prepared statement shows its literals, which may be values dbgate
+    resolved from tokens."""
+    for sql in ("explain execute p", "explain (analyze, verbose) execute p(1)"):
+        out = output_of(sql, COV)
+        assert out.tail.unknown or any(c.unknown for c in out.columns), show(sql)
