@@ -81,6 +81,7 @@ SIDE_EFFECTS = frozenset(
         "pg_advisory_unlock_shared",
         "setseed",
         "setval",
+        "nextval",  # how many times it ran is the sequence's value
     }
 )
 #: Built-in functions that keep an argument where a later statement reads it back

@@ -60,7 +60,16 @@ def filters_matter(sql: str) -> bool:
 
 
 #: Every name of SIDE_EFFECTS contains one of these.
-_SIDE_EFFECT_PARTS = ("pg_", "lo_", "lowrite", "set_config", "dblink", "setseed", "setval")
+_SIDE_EFFECT_PARTS = (
+    "pg_",
+    "lo_",
+    "lowrite",
+    "set_config",
+    "dblink",
+    "setseed",
+    "setval",
+    "nextval",
+)
 assert all(any(part in name for part in _SIDE_EFFECT_PARTS) for name in SIDE_EFFECTS)
 
 

@@ -165,12 +165,17 @@ STATE_KEPT = [
     f"select set_config('a.b', ({S})::text, false)",
     # the rows given to it chosen by PII against another row source
     f"select pg_advisory_xact_lock(g) from generate_series(1, 300) g where g = {S}",
+    # as many calls as a character code: currval() reads the count back
+    f"select nextval('s') from generate_series(1, {S})",
+    f"select count(nextval('s')) from generate_series(1, 300) g where g <= {S}",
 ]
 STATE_CLEAN = [
     "select pg_advisory_xact_lock(1, 2)",
     "select setseed(0.5)",
     "select pg_advisory_xact_lock(id) from customers where id < 10",
     "select setval('s', 10)",
+    "select nextval('s')",
+    "select nextval('s') from generate_series(1, 5)",
 ]
 
 
