@@ -32,6 +32,7 @@ from dbgate.pii.entities import DEFAULT_NAME_PATTERNS, KNOWN_ENTITIES, MIXED, NO
 __all__ = [
     "QUERY_TEXT_COLUMNS",
     "SAMPLED_VALUE_COLUMNS",
+    "WORK_COUNTER_COLUMNS",
     "Catalog",
     "ColumnRule",
     "NameRule",
@@ -127,6 +128,29 @@ SAMPLED_VALUE_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: Columns that count work: rows read or returned, scans, blocks, calls. A statement
+#: can do as much work as a value derived from PII says (``count(*) FROM payments
+#: WHERE id <= ascii(email)`` returns nothing raw, yet ``idx_tup_read`` grows by the
+#: character code), and a later statement reads the counter: a counter is PII.
+WORK_COUNTER_COLUMNS: tuple[str, ...] = (
+    "pg_catalog.pg_stat_all_*.*",
+    "pg_catalog.pg_stat_sys_*.*",
+    "pg_catalog.pg_stat_user_*.*",
+    "pg_catalog.pg_stat_xact_*.*",
+    "pg_catalog.pg_statio_*.*",
+    "pg_catalog.pg_stat_database*.*",
+    "pg_catalog.pg_stat_io.*",
+    "pg_catalog.pg_stat_wal.*",
+    "pg_catalog.pg_stat_bgwriter.*",
+    "pg_catalog.pg_stat_checkpointer.*",
+    "pg_catalog.pg_stat_slru.*",
+    "pg_catalog.pg_stat_progress_*.*",
+    "pg_catalog.pg_backend_memory_contexts.*",
+    "*.pg_stat_statements.*",
+    "*.pg_stat_monitor.*",
+)
+
+
 _COMMENT = re.compile(r"(?<![A-Za-z0-9_])pii\s*:\s*([A-Za-z][A-Za-z0-9_]*)?", re.IGNORECASE)
 
 
@@ -205,6 +229,9 @@ class Catalog:
         for pattern in SAMPLED_VALUE_COLUMNS:
             if compile_glob(pattern).match(qualified) is not None:
                 return MIXED, f"built-in: {pattern!r} returns values sampled from columns"
+        for pattern in WORK_COUNTER_COLUMNS:
+            if compile_glob(pattern).match(qualified) is not None:
+                return MIXED, f"built-in: {pattern!r} counts work a statement can size by PII"
         if self.comments:
             from_comment = entity_from_comment(comment, self._entities)
             if from_comment is not None:

@@ -18,9 +18,11 @@ email: "…"``; user functions RAISE whatever they like; triggers NOTIFY row dat
   (``unrecognized configuration parameter "…"``, ``relation "…" does not exist``,
   ``date field value out of range: 1991-08-54``, ``JSON data, line 1: …``), so the
   message, detail, hint, context and internal query are replaced by a fixed text
-  (:meth:`MessageFilter.withhold`). The SQLSTATE, severity, position and the names
-  (schema, table, column, data type, constraint) stay. Integrity violations (class
-  23, written by the server, not RAISE) keep their tokenized text.
+  (:meth:`MessageFilter.withhold`). The SQLSTATE, severity and the names (schema,
+  table, column, data type, constraint) stay; the positions go too (an input function
+  run on a value, ``repeat('a', ascii(…))::regtype``, reports a position inside that
+  value). Integrity violations (class 23, written by the server, not RAISE) keep their
+  tokenized text.
 * **Notifications**: payloads are tokenized whole by default (a trigger may send a
   whole row as JSON); ``detect`` or ``pass`` per channel where that is too much.
 
@@ -48,9 +50,11 @@ _FAILING = re.compile(r"^(Failing row contains )\((?P<vals>.*)\)(\.?)$", re.DOTA
 _QUOTED = re.compile(r'"((?:[^"]|"")*)"')
 _COPY_CTX = re.compile(r'^(COPY \S+, line \d+, column [^:]+: )"(?P<val>.*)"$', re.MULTILINE)
 _FREE_TEXT = ("M", "D", "H", "W", "q")
-#: Fields a withheld message keeps: severity, SQLSTATE, position, the names the
-#: server reports separately, and where in the server's source it was raised.
-_KEPT = frozenset("SVCPpstcdnFLR")
+#: Fields a withheld message keeps: severity, SQLSTATE, the names the server reports
+#: separately, and where in the server's source it was raised. Not the positions: an
+#: error of an input function run on a value (a type name parsed at run time) points
+#: into that value, so a position can spell a number derived from PII.
+_KEPT = frozenset("SVCstcdnFLR")
 #: Whole texts of class-23 details that hold nothing but tokens after the templates.
 _SAFE_23_DETAIL = re.compile(
     r"^(?:Key \((?P<kc>[^()]*(?:\([^()]*\)[^()]*)*)\)=\(tok_[A-Za-z0-9_]+\) "
@@ -66,8 +70,8 @@ _SAFE_23_MESSAGE = re.compile(
 )
 WITHHELD_HINT = (
     "dbgate withholds the text of errors and notices of statements that read PII or "
-    "resolve tokens, because the server may echo values in it; the SQLSTATE, position "
-    "and names (schema, table, column, constraint) are kept."
+    "resolve tokens, because the server may echo values in it; the SQLSTATE and names "
+    "(schema, table, column, constraint) are kept."
 )
 
 
@@ -168,8 +172,6 @@ class MessageFilter:
         integrity violation the templates fully tokenized (a new dict)."""
         code = fields.get("C", "")
         out = {k: v for k, v in fields.items() if k in _KEPT}
-        if not positions:
-            out.pop("P", None)
         if code.startswith("23") and fields.get("R") != "exec_stmt_raise":
             scrubbed = self.scrub(fields)
             msg, detail = scrubbed.get("M", ""), scrubbed.get("D")

@@ -84,6 +84,10 @@ SIDE_EFFECTS = frozenset(
         "nextval",  # how many times it ran is the sequence's value
     }
 )
+#: Built-in functions named so count work (``pg_stat_get_xact_tuples_returned``,
+#: ``pg_stat_get_numscans`` ...): read like data dbgate cannot follow, as the
+#: ``pg_stat_*`` views are (``dbgate.pii.catalog.WORK_COUNTER_COLUMNS``).
+WORK_COUNTER_PREFIX = ("pg_stat_get_", "pg_stat_statements", "pg_get_backend_memory_contexts")
 #: Built-in functions that keep an argument where a later statement reads it back
 #: (a setting, a lock key in pg_locks, the random seed behind random(), a sequence's
 #: value, a large object, a notification): a value derived from PII given to one is a

@@ -22,6 +22,7 @@ from dbgate.pii.lineage.builtin_names import (
     SIDE_EFFECTS,
     STATE_WRITERS,
     VALUE_FREE_FUNCTIONS,
+    WORK_COUNTER_PREFIX,
 )
 from dbgate.pii.lineage.context import FILTER, Ctx, refused
 from dbgate.pii.lineage.nodes import Node, listed, strs
@@ -190,7 +191,7 @@ class Expressions(WalkState):
             self.r.param_writes |= lin.params
             self.met_opaque(scope, met)
             return lin | self.unknown(f"{'.'.join(parts)}() is not a PostgreSQL built-in function")
-        if name in DATA_READERS:
+        if name in DATA_READERS or name.startswith(WORK_COUNTER_PREFIX):
             met = len(self.refs) if self.refs is not None else 0
             self.expr(args, scope, FILTER)
             self.met_opaque(scope, met)

@@ -429,3 +429,21 @@ def test_explain_execute_shows_no_value_resolved_from_a_token(
         plan = [r[0] for r in conn.execute("explain execute by_email").fetchall()]
         conn.execute("deallocate by_email")
     assert plan and all(raw["email"] not in line for line in plan), plan
+
+
+def test_a_withheld_error_has_no_position_inside_a_value(dsn: str, raw: dict[str, Any]) -> None:
+    """A type name parsed at run time fails with a position inside the parsed value:
+    ``repeat('a', code)`` puts that position at ``code``, two characters of the e-mail
+    per statement. A withheld error keeps its SQLSTATE, never that position."""
+    sql = (
+        "select 1 from customers where id = 42 and (repeat('a', ascii(substr(email, 1, 1))"
+        " * 128 + ascii(substr(email, 2, 1))) || ' @')::regtype is null"
+    )
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.SyntaxError) as info,
+    ):
+        conn.execute(sql)
+    diag = info.value.diag
+    assert "withheld" in (diag.message_primary or "")
+    assert diag.statement_position is None and diag.internal_position is None

@@ -53,7 +53,16 @@ def test_withheld_for_a_statement_involving_pii() -> None:
             assert needle not in text, (fields, text)
         got = parse_error_fields(out, "ErrorResponse")
         assert got["C"] == fields["C"] and fields["C"] in got["M"] and "withheld" in got["M"]
-        assert got.get("P") == fields.get("P")
+        assert "P" not in got  # a position can point into a value (see below)
+
+
+def test_positions_of_a_withheld_message_are_dropped() -> None:
+    """``(repeat('a', ascii(substr(email, 1, 1)) * 128 + ...) || ' @')::regtype``
+    fails in the type-name parser with a position inside the value it parsed: the
+    position would spell two characters of the e-mail per statement."""
+    body = _body(S="ERROR", C="42601", M='syntax error at or near "@"', P="14051", p="3")
+    out = parse_error_fields(_filter().error(body, involves_pii=True), "ErrorResponse")
+    assert "P" not in out and "p" not in out and out["C"] == "42601"
 
 
 def test_positions_dropped_when_the_text_was_rewritten() -> None:

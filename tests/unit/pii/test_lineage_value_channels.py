@@ -195,4 +195,32 @@ def test_explain_execute_is_tokenized_whole() -> None:
     resolved from tokens."""
     for sql in ("explain execute p", "explain (analyze, verbose) execute p(1)"):
         out = output_of(sql, COV)
-        assert out.tail.unknown or any(c.unknown for c in out.columns), show(sql)
+        assert (out.tail is not None and out.tail.unknown) or any(c.unknown for c in out.columns), (
+            show(sql)
+        )
+
+
+def test_work_counters_are_read_like_data_dbgate_cannot_follow() -> None:
+    """A statement can do as much work as a character code says; a counter of that
+    work read afterwards spells it (pg_stat_get_* functions, pg_stat_* views)."""
+    from dbgate.pii.catalog import Catalog
+
+    for sql in (
+        "select pg_stat_get_xact_tuples_returned('payments_pkey'::regclass)",
+        "select pg_stat_get_numscans(16384)",
+    ):
+        out = output_of(sql, COV)
+        assert (out.tail is not None and out.tail.unknown) or any(c.unknown for c in out.columns), (
+            show(sql)
+        )
+    catalog = Catalog()
+    for table, column in (
+        ("pg_stat_user_indexes", "idx_tup_read"),
+        ("pg_stat_xact_user_tables", "seq_tup_read"),
+        ("pg_statio_user_tables", "heap_blks_read"),
+        ("pg_stat_user_functions", "calls"),
+        ("pg_stat_database", "tup_returned"),
+    ):
+        assert catalog.classify("pg_catalog", table, column)[0] is not None, (table, column)
+    # connection facts are not work counts
+    assert catalog.classify("pg_catalog", "pg_stat_activity", "state")[0] is None
