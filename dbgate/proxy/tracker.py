@@ -419,12 +419,10 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         """Tell the observer of a statement's verdict; returns the record its life goes
         on with: None when the observer does not follow it (``Observer.follows``), one
         made now when the statement is followed and was not recorded on receipt."""
-        if self._verdict_given is not None:
-            self._given(stmt.kind, verdict, remembered)
         if rec is not None:
-            rec.verdict = verdict
-            rec.remembered = remembered
-            self._emit("statement_decided", rec)
+            self.decided(rec, verdict, remembered)
+        elif self._verdict_given is not None:
+            self._given(stmt.kind, verdict, remembered)
         if self._follows is None or type(verdict) is not Allow:
             return rec
         try:
