@@ -144,6 +144,9 @@ class SchemaLoads(Generic[T]):
 #: What can change the schema the snapshots describe.
 _SCHEMA_CHANGING = frozenset({Category.DDL, Category.DESTRUCTIVE})
 _DDL_KEY = "schema.ddl"  # the session changed the schema in its current transaction
+_AFTER_SYNC_KEY = "schema.after_sync"  # a reload waits for the session to be idle
+#: Records that end with their own ReadyForQuery: the status then is the one after them.
+_ENDS_AT_ITS_READY = frozenset({"query", "function_call"})
 
 
 def _changes_schema(verdict: Any) -> bool:
@@ -180,11 +183,28 @@ class SchemaWatch:
     def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
         if _changes_schema(record.verdict):
             session.state[_DDL_KEY] = True
-        if session.transaction_status == "I" and session.state.pop(_DDL_KEY, False):
-            self._reload(session)
+        self._ended(session, record)
 
     def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
-        if session.transaction_status == "I" and session.state.pop(_DDL_KEY, False):
+        self._ended(session, record)
+
+    def _ended(self, session: SessionInfo, record: StatementRecord) -> None:
+        state = session.state
+        if _DDL_KEY not in state:
+            return
+        if record.kind not in _ENDS_AT_ITS_READY:
+            # An Execute (Parse, Bind) completes before its Sync: the status known now
+            # is the one before it, and its implicit transaction commits at the Sync.
+            if _AFTER_SYNC_KEY not in state:
+                state[_AFTER_SYNC_KEY] = True
+                session.when_idle(lambda: self._idle(session))
+            return
+        if session.transaction_status == "I" and state.pop(_DDL_KEY, False):
+            self._reload(session)
+
+    def _idle(self, session: SessionInfo) -> None:
+        session.state.pop(_AFTER_SYNC_KEY, None)
+        if session.state.pop(_DDL_KEY, False):
             self._reload(session)
 
     def session_ended(self, session: SessionInfo) -> None:

@@ -137,6 +137,8 @@ class ServerAnswers:
                         queue.popleft()
                         self.done_cycles += 1
                         info.transaction_status = STATUS[chunk[s]]
+                        if info.idle_waiters and chunk[s] == 0x49:
+                            info.went_idle()
                         i += 1
                         continue
                 elif t == BIND_OK:
@@ -550,10 +552,14 @@ class ServerAnswers:
             self._copy_out = self._copy_in = self._copy_in_open = False
             self.full = False
         self.done_cycles += 1
-        self.info.transaction_status = STATUS[status]
-        if status == 0x49 and self._portals:  # 'I': portals end with their transaction
-            self._portals.clear()
-            self._portal_state.clear()
+        info = self.info
+        info.transaction_status = STATUS[status]
+        if status == 0x49:  # 'I': portals end with their transaction
+            if self._portals:
+                self._portals.clear()
+                self._portal_state.clear()
+            if info.idle_waiters:
+                info.went_idle()
         self._next_cycle()
 
     def _ping_done(self, status: int) -> None:
@@ -563,6 +569,8 @@ class ServerAnswers:
         self._queue.popleft()
         self.pinging = False
         self.info.transaction_status = STATUS[status]
+        if status == 0x49 and self.info.idle_waiters:
+            self.info.went_idle()
         self._next_cycle()
 
     def _next_cycle(self) -> None:

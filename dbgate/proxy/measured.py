@@ -331,6 +331,8 @@ class MeasuredWrites:
                 self._measures -= 1
                 self.done_cycles += 1
                 self.info.transaction_status = STATUS[chunk[s]]
+                if chunk[s] == 0x49 and self.info.idle_waiters:
+                    self.info.went_idle()
                 if kind == MEASURE_COMMIT:
                     if self._limit is None:
                         self.blocked = False

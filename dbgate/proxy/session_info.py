@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dbgate.proxy.prepared import PreparedStatements
+
+log = logging.getLogger("dbgate.session")
 
 if TYPE_CHECKING:
     from dbgate.proxy.seams import Notice
@@ -45,6 +48,9 @@ class SessionInfo:
     #: when the upstream connection was lost. Empty when the client left.
     ended_sqlstate: str = ""
     ended_message: str = ""
+    #: Called once at the next ReadyForQuery that says the session is idle (status
+    #: ``I``): see :meth:`when_idle`.
+    idle_waiters: list[Callable[[], None]] = field(default_factory=list)
     _notify: Callable[[Notice], None] | None = None
 
     _forget: Callable[[], None] | None = None
@@ -56,6 +62,23 @@ class SessionInfo:
         if self._forget is not None:
             self._forget()
         self.statements.judge_binds_again()
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, at the next ReadyForQuery with status ``I``: when
+        what the session did so far is committed or rolled back. A message of the
+        extended protocol completes before its Sync, and the transaction it ran in (an
+        implicit one, or the client's block) ends at a ReadyForQuery after it."""
+        self.idle_waiters.append(callback)
+
+    def went_idle(self) -> None:
+        """The relay read a ReadyForQuery with status ``I``: run the waiters (each
+        once; one that fails is logged, the others still run)."""
+        waiters, self.idle_waiters = self.idle_waiters, []
+        for callback in waiters:
+            try:
+                callback()
+            except Exception:
+                log.exception("session %s: a callback at idle failed", self.session_id)
 
     def notify_client(self, notice: Notice) -> None:
         """Send a NoticeResponse to the client now (allowed at any time by the protocol)."""

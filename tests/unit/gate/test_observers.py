@@ -151,6 +151,40 @@ def test_a_ddl_statement_pipelined_with_its_commit_reloads_the_schema() -> None:
     assert len(loads.refreshed) == before + 1
 
 
+def test_a_ddl_execute_answered_before_its_sync_reloads_once_the_sync_committed_it() -> None:
+    """An Execute's CommandComplete comes before its Sync (the client sent Flush, or
+    pipelines the Sync later): the implicit transaction commits at the Sync, so a
+    reload started at the CommandComplete could read the schema before the change."""
+    p, loads = _schema_watched(32)
+    p.send(m.Parse("", "alter ddl").encode(), m.Bind("", "").encode(), m.Execute("", 0).encode())
+    p.send(m.FLUSH)
+    p.answer()  # ParseComplete, BindComplete, CommandComplete: no ReadyForQuery yet
+    assert loads.refreshed == []
+    p.send(m.SYNC)
+    p.answer()
+    assert loads.refreshed == ["db"]
+    p.send(m.query("select rows=1"))
+    p.answer()
+    assert loads.refreshed == ["db"]  # once
+
+
+def test_a_ddl_execute_inside_a_block_reloads_at_the_commit_not_at_its_sync() -> None:
+    p, loads = _schema_watched(33)
+    p.send(m.query("begin"))
+    p.answer()
+    p.send(m.Parse("", "alter ddl").encode(), m.Bind("", "").encode(), m.Execute("", 0).encode())
+    p.send(m.SYNC)
+    p.answer()
+    assert loads.refreshed == []  # status T: the change is not committed
+    p.send(m.Parse("", "select rows=1").encode(), m.Bind("", "").encode())
+    p.send(m.Execute("", 0).encode(), m.SYNC)
+    p.answer()
+    assert loads.refreshed == []
+    p.send(m.query("commit"))
+    p.answer()
+    assert loads.refreshed == ["db"]
+
+
 def test_a_fan_out_follows_what_any_observer_follows_and_all_when_one_does_not_say() -> None:
     class Follows(Recording):
         def __init__(self, word: str) -> None:
