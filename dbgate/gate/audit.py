@@ -108,6 +108,8 @@ class AuditTrail:
     #: A statement is recorded when it ends (see Observer): the relay need not tell the
     #: rest of its life.
     ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
+    #: An allowed Parse or Bind is not recorded (see ``_finished``): its Executes are.
+    executes_only = True
 
     def __init__(self, writer: AuditWriter) -> None:
         self.writer = writer

@@ -66,6 +66,13 @@ class FanOut:
             if len(each) == 1
             else self._any_follows
         )
+        # No record of an allowed Parse or Bind when none of those that hear a
+        # statement's end wants one (Observer.executes_only).
+        self.executes_only = all(
+            getattr(o, "executes_only", False)
+            for o in self.observers
+            if not after <= getattr(o, "ignores", frozenset())
+        )
         given = tuple(
             g for g in (getattr(o, "verdict_given", None) for o in self.observers) if g is not None
         )

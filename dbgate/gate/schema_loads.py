@@ -161,6 +161,9 @@ class SchemaWatch:
     database's snapshots reload in the background."""
 
     ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
+    #: A prepared DDL statement is marked when it is decided (``follows``); what
+    #: changes the schema is its Execute, which is recorded.
+    executes_only = True
 
     def __init__(self, loads: Sequence[SchemaLoads[Any]]) -> None:
         self.loads = tuple(loads)

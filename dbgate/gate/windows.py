@@ -280,6 +280,8 @@ class WindowCharges:
     """Charges every windowed statement's rows when it ends (an Observer)."""
 
     ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
+    #: A Parse or Bind returns no rows: only Executes (and Queries) are charged.
+    executes_only = True
 
     def __init__(self, windows: RowWindows) -> None:
         self.windows = windows

@@ -363,6 +363,11 @@ class Observer(Protocol):
     An observer that only counts decisions may instead have a ``verdict_given(session,
     kind, verdict, remembered)`` method: told of every Query, Parse, Bind and
     FunctionCall decided (and of a remembered one again), with no record made for it.
+
+    An observer with a true class attribute ``executes_only`` needs no record of an
+    allowed Parse or Bind: what runs is recorded by the Executes of the statements
+    they prepare (and a refused one is still recorded). Drivers send a Parse and a
+    Bind with almost every Execute, so this is a third of the records.
     """
 
     def session_started(self, session: SessionInfo) -> None: ...

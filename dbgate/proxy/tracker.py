@@ -235,10 +235,13 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         )
         #: Executes get records (their statements may be followed)
         self._exec_records = observer is not None and self._follows is None
+        #: ``Observer.executes_only``: an allowed Parse or Bind gets no record of its
+        #: own (what runs is recorded by its Executes).
+        self._executes_only = bool(getattr(observer, "executes_only", False))
         #: A statement's record starts when it is received (else at its decision, and
         #: only when it is followed): someone hears it received or decided.
         self._early = observer is not None and (
-            self._follows is None
+            (self._follows is None and not self._executes_only)
             or "statement_received" in self._hearing
             or "statement_decided" in self._hearing
         )
@@ -423,22 +426,33 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             self.decided(rec, verdict, remembered)
         elif self._verdict_given is not None:
             self._given(stmt.kind, verdict, remembered)
-        if self._follows is None or type(verdict) is not Allow:
+        follows = self._follows
+        if type(verdict) is not Allow:
+            if rec is None and follows is None:  # every statement is followed
+                rec = self._made(stmt, verdict, remembered)
             return rec
-        try:
-            followed = self._follows(self.info, verdict)
-        except Exception:
-            log.exception("session %s: observer failed on follows", self.info.session_id)
-            followed = True  # told too much rather than too little
-        if not followed:
-            return None
+        if follows is not None:
+            try:
+                followed = follows(self.info, verdict)
+            except Exception:
+                log.exception("session %s: observer failed on follows", self.info.session_id)
+                followed = True  # told too much rather than too little
+            if not followed:
+                return None
         if t != QUERY_MSG and t != FUNCTION_MSG:
             # a followed Parse or Bind has Executes: from now on they are recorded
             self._exec_records = self._watch = True
+            if self._executes_only:
+                return rec
         if rec is None:
-            rec = self._record(stmt.kind, stmt.sql, stmt.statement_name, stmt.portal, stmt.params)
-            rec.verdict = verdict
-            rec.remembered = remembered
+            rec = self._made(stmt, verdict, remembered)
+        return rec
+
+    def _made(self, stmt: Statement, verdict: Allow | Refuse, remembered: bool) -> StatementRecord:
+        """The record of a statement followed from its decision on."""
+        rec = self._record(stmt.kind, stmt.sql, stmt.statement_name, stmt.portal, stmt.params)
+        rec.verdict = verdict
+        rec.remembered = remembered
         return rec
 
     def _finish(self, rec: StatementRecord, code: str = "", skipped: bool = False) -> None:

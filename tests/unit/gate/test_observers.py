@@ -213,3 +213,49 @@ def test_a_fan_out_follows_what_any_observer_follows_and_all_when_one_does_not_s
     none = FanOut([MetricsObserver(), decided_only]).follows
     assert none is not None and not none(None, Allow(note="a"))
     assert FanOut([Recording("x"), Recording("y")]).verdict_given is None
+
+
+class ExecutesOnly:
+    """Hears statement ends only, follows every statement (no ``follows``, like the
+    audit trail) and needs no record of an allowed Parse or Bind."""
+
+    ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
+    executes_only = True
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, str, str]] = []
+
+    def statement_completed(self, session: Any, record: StatementRecord) -> None:
+        self.ended.append((record.kind, record.sql, "completed"))
+
+    def statement_failed(self, session: Any, record: StatementRecord) -> None:
+        self.ended.append((record.kind, record.sql, "failed"))
+
+    def __getattr__(self, event: str) -> Any:
+        if event.startswith("session_"):
+            return lambda *_: None
+        raise AttributeError(event)
+
+
+def test_an_observer_of_executes_only_gets_no_record_of_an_allowed_parse_or_bind() -> None:
+    from tests.unit.proxy.test_tracker import Inspector
+
+    watch = ExecutesOnly()
+    fan = FanOut([MetricsObserver(), watch])
+    assert fan.executes_only and fan.follows is None
+    assert not FanOut([watch, Recording("all")]).executes_only  # one that wants them all
+    p = Pair(34, inspector=Inspector(), observer=fan)
+    p.send(m.Parse("s", "select rows=2").encode(), m.SYNC)
+    p.answer()
+    assert watch.ended == []  # the Parse: no record
+    p.send(m.Bind("", "s").encode(), m.Execute("", 0).encode(), m.SYNC)
+    p.send(m.query("select rows=1"))
+    p.answer()
+    assert [(k, e) for k, _, e in watch.ended] == [("execute", "completed"), ("query", "completed")]
+    # a refused Parse is still recorded (and so is a refused Query)
+    p.send(m.Parse("", "refuse me").encode(), m.SYNC, m.query("refuse this"))
+    p.answer()
+    assert watch.ended[2:] == [
+        ("parse", "refuse me", "failed"),
+        ("query", "refuse this", "failed"),
+    ]
