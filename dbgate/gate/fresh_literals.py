@@ -11,14 +11,17 @@ transaction; this remembers their joint answer per shape and session identity.
 An answer is remembered only when each layer's own answer is one it gives every text
 of the shape, and it is checked again against the cheap parts of each at every use:
 
-* the statements are plain reads (SELECT): no cursor, prepared statement, setting or
-  write, whose verdicts depend on the session or are worked out per text;
+* the statements are reads (SELECT) or writes (INSERT, UPDATE, DELETE): no cursor,
+  prepared statement, setting or MERGE, whose verdicts depend on the session;
 * the classification is the one the classifier's masked cache holds for the shape
   (so every text of the shape that is not cached verbatim classifies to it), and the
   text itself is not cached verbatim (a text that repeats takes the path that lets
   the relay remember it);
-* the policy's outcome is its plain allow (the same Allow object for every text of
-  the classification, for this identity);
+* the policy's outcome is the same Allow object for every text of the
+  classification, for this identity: its plain allow, or the allow of a statement
+  whose bound the catalog proves (a write whose WHERE pins a unique key) — never one
+  under a row limit, a measurement of its changes, a row window or a clamp, which
+  are counted or rewritten per text;
 * PII has nothing to change in the shape (``PlanCache.nothing_to_change``, which only
   a trusted shape reaches), or the session sees raw values;
 * nothing changed since: the gate's ``generation`` (rules, key catalog, PII schema),
@@ -41,7 +44,8 @@ __all__ = ["MAX_ENTRIES", "MAX_TEXT", "FreshLiterals"]
 MAX_ENTRIES = 4096
 #: Longer texts are not remembered (bounds the memory to about 8 MB of keys).
 MAX_TEXT = 2048
-_READ = "SELECT"
+#: Reads, and the writes the catalog proves bounded (the gate only offers those).
+_PLAIN_COMMANDS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
 
 
 class FreshLiterals:
@@ -97,7 +101,7 @@ class FreshLiterals:
         all of them (see the module docstring)."""
         if len(sql) > MAX_TEXT or type(verdict) is not Allow or verdict.check_binds:
             return
-        if not all(st.command == _READ for st in classification.statements):
+        if not all(st.command in _PLAIN_COMMANDS for st in classification.statements):
             return
         masked = fast_mask(sql)
         if masked is None or cached_shape(sql, masked, keys=catalog) is not classification:

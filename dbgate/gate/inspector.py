@@ -267,7 +267,7 @@ class Gate:
                 return changed
         if kind == "query":
             answer = self._answers.get((id(identity), id(classification)))
-            if answer is not None and answer[2] is _ALLOW_PLAIN and verdict is answer[3]:
+            if answer is not None and self._same_for_the_shape(answer, verdict):
                 self._fresh.remember(
                     session,
                     identity,
@@ -278,6 +278,26 @@ class Gate:
                     classification,
                 )
         return verdict
+
+    def _same_for_the_shape(self, answer: tuple[Any, ...], verdict: Verdict) -> bool:
+        """Whether ``verdict`` is the policy's answer for every text of its
+        classification: its plain allow, or the allow of a statement the catalog
+        proves bounded (no row limit, no measurement, no window, no clamp: nothing
+        counted or rewritten per text)."""
+        outcome = answer[2]
+        if outcome is _ALLOW_PLAIN:
+            return verdict is answer[3]
+        if outcome is not _ALLOW_LIMITED:
+            return False
+        limited = answer[5]
+        return (
+            verdict is limited
+            and limited is not answer[3]  # a clamp: the text is rewritten per statement
+            and type(limited) is Allow
+            and not limited.max_rows
+            and not limited.max_changes
+            and (answer[6].row_window is None or self.windows is None)
+        )
 
     @staticmethod
     async def _bind_changed_later(verdict: Allow, changed: Awaitable[Any]) -> Verdict:

@@ -179,3 +179,99 @@ async def _reload_pii_schema(env: HoldsEnv) -> None:
     since = time.monotonic()
     loads.refresh_soon(env.data_db)
     await loads.reload_since(env.data_db, since)
+
+
+@pytest.fixture
+def writable(env: HoldsEnv) -> Iterator[None]:
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS fresh_writes, fresh_counts",
+        "CREATE TABLE fresh_writes (id int PRIMARY KEY, v text NOT NULL, email text)",
+        "INSERT INTO fresh_writes SELECT g, 'v' || g, 'w' || g || '@example.org'"
+        " FROM generate_series(1, 300) g",
+        # no PII column: a write to a table with one is planned for its error messages
+        "CREATE TABLE fresh_counts (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO fresh_counts SELECT g, 'v' || g FROM generate_series(1, 300) g",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON fresh_writes, fresh_counts TO PUBLIC",
+    )
+    env.app.call(_reload_keys(env))  # their primary keys prove writes bounded
+    yield
+    admin_execute(env.admin_dsn, "DROP TABLE fresh_writes, fresh_counts")
+
+
+async def _reload_keys(env: HoldsEnv) -> None:
+    loads = env.app.app.keys.loads
+    since = time.monotonic()
+    loads.refresh_soon(env.data_db)
+    await loads.reload_since(env.data_db, since)
+
+
+def _values(env: HoldsEnv, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(env.admin_dsn) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_fresh_literals_of_writes_their_key_proves_bounded_come_from_the_shape(
+    env: HoldsEnv, writable: None, judged: list[str]
+) -> None:
+    """The default pack lets a write change at most 100 rows unless its WHERE pins a
+    unique key: such a write's verdict is the same for every text of its shape."""
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        for i in range(1, 21):
+            cur = conn.execute(f"UPDATE fresh_counts SET v = 'u{i}' WHERE id = {i}", prepare=False)
+            assert cur.rowcount == 1
+        for i in range(301, 311):
+            conn.execute(f"INSERT INTO fresh_counts (id, v) VALUES ({i}, 'n{i}')", prepare=False)
+        for i in range(301, 306):
+            conn.execute(f"DELETE FROM fresh_counts WHERE id = {i}", prepare=False)
+    assert len([t for t in judged if t.startswith("UPDATE")]) <= 3, judged
+    assert len([t for t in judged if t.startswith("INSERT")]) <= 3, judged
+    assert len([t for t in judged if t.startswith("DELETE")]) <= 3, judged
+    assert _values(env, "SELECT id, v FROM fresh_counts WHERE id IN (1, 20) ORDER BY id") == [
+        (1, "u1"),
+        (20, "u20"),
+    ]
+    assert _values(env, "SELECT count(*) FROM fresh_counts WHERE id > 300") == [(5,)]
+
+
+def test_a_write_no_key_bounds_is_measured_for_every_text(
+    env: HoldsEnv, writable: None, judged: list[str]
+) -> None:
+    """Nothing proves how many rows ``WHERE v = ...`` changes: each text runs under the
+    pack's measurement (100 rows), judged the long way, never from the shape."""
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        for i in range(1, 6):
+            sql = f"UPDATE fresh_counts SET v = 'm{i}' WHERE v = 'v{i}'"
+            assert conn.execute(sql, prepare=False).rowcount == 1
+    assert len([t for t in judged if t.startswith("UPDATE")]) == 5, judged
+    assert _values(env, "SELECT count(*) FROM fresh_counts WHERE v LIKE 'm_'") == [(5,)]
+
+
+def test_a_write_whose_shape_pii_changes_is_judged_every_time(
+    env: HoldsEnv, writable: None, judged: list[str]
+) -> None:
+    """RETURNING a PII column: tokenized for every text; a token in a literal: resolved
+    for every text (never from a shape)."""
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        tokens = []
+        for i in range(1, 5):
+            (value,) = conn.execute(
+                f"UPDATE fresh_writes SET v = 'r{i}' WHERE id = {i} RETURNING email",
+                prepare=False,
+            ).fetchone()
+            assert value.startswith("tok_email_") and value != f"w{i}@example.org"
+            tokens.append(value)
+        for i, token in enumerate(tokens, 1):
+            cur = conn.execute(
+                f"UPDATE fresh_writes SET v = 't{i}' WHERE email = '{token}' AND id = {i}",
+                prepare=False,
+            )
+            assert cur.rowcount == 1
+    assert len([t for t in judged if "RETURNING" in t]) == 4, judged
+    assert len([t for t in judged if "tok_" in t]) == 4, judged
+    assert _values(env, "SELECT v FROM fresh_writes WHERE id <= 4 ORDER BY id") == [
+        ("t1",),
+        ("t2",),
+        ("t3",),
+        ("t4",),
+    ]
