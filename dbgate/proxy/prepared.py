@@ -47,6 +47,9 @@ MAX_CANDIDATES = 16
 #: picture must stay exact, so it cannot simply forget.
 MAX_PENDING = 4096
 MAX_NAMES = 20_000
+#: Unnamed Parses whose change and candidate a session keeps made (all forgotten on
+#: overflow).
+_UNNAMED_MADE = 64
 #: PostgreSQL keys prepared statements by the first NAMEDATALEN - 1 bytes of the name.
 MAX_NAME_BYTES = 63
 
@@ -157,6 +160,7 @@ class PreparedStatements:
         "_known",
         "_pending",
         "_pending_count",
+        "_unnamed_made",
         "checked",
         "texts",
         "tokens_only",
@@ -170,6 +174,9 @@ class PreparedStatements:
         #: error, leaving the older statement in place).
         self.track_unnamed = False
         self._known: dict[str, Candidate] = {}
+        #: (sql, check_binds, param_types, tokens_only, recheck) -> the change and
+        #: candidate of an unnamed Parse (see :meth:`_unnamed_sent`)
+        self._unnamed_made: dict[tuple[Any, ...], tuple[PreparedChange, Candidate]] = {}
         # name -> changes sent for it and not yet resolved, oldest first
         self._pending: dict[str, list[PendingChange]] = {}
         self._pending_count = 0
@@ -335,7 +342,12 @@ class PreparedStatements:
                 # is the same afterwards (a failed unnamed Parse keeps the old one as a
                 # candidate), so there is nothing to track.
                 return None
-        if name or check_binds or self.track_unnamed or "" in self.checked or "" in self._pending:
+        if not name and "" not in self._pending and self._pending_count < MAX_PENDING:
+            if check_binds or self.track_unnamed or "" in self.checked:
+                return self._unnamed_sent(
+                    batch, sql, check_binds, param_types, tokens_only, recheck
+                )
+        elif name or check_binds or self.track_unnamed or "" in self.checked or "" in self._pending:
             return self.sent(
                 batch,
                 PreparedChange(
@@ -353,6 +365,48 @@ class PreparedStatements:
             # keep a picture the server no longer has (it drops it at this Parse).
             self._known.pop("", None)
         return None
+
+    def _unnamed_sent(
+        self,
+        batch: int,
+        sql: str,
+        check_binds: bool,
+        param_types: tuple[int, ...],
+        tokens_only: bool,
+        recheck: Callable[[Any, bytes], Any] | None,
+    ) -> PendingChange:
+        """:meth:`sent` for an unnamed Parse with no other change of it in flight: a
+        driver that sends Parse/Bind/Execute/Sync for every statement cycles through
+        a few texts, so their change and candidate (both immutable) are made once."""
+        made_key = (sql, check_binds, param_types, tokens_only, recheck)
+        made = self._unnamed_made.get(made_key)
+        if made is None:
+            change = PreparedChange(
+                "add", "", sql, check_binds, param_types, tokens_only=tokens_only, recheck=recheck
+            )
+            cand = Candidate(
+                sql,
+                check_binds,
+                param_types=param_types,
+                tokens_only=check_binds and tokens_only,
+                recheck=recheck if check_binds else None,
+            )
+            if len(self._unnamed_made) >= _UNNAMED_MADE:
+                self._unnamed_made.clear()
+            made = self._unnamed_made[made_key] = (change, cand)
+        change, cand = made
+        handle = PendingChange(self, change, batch, cand)
+        self._pending[""] = [handle]
+        self._pending_count += 1
+        if cand.check_binds:
+            # what sent() does for the only change of a name in flight
+            self.checked.add("")
+            if not cand.tokens_only:
+                self.tokens_only.discard("")
+            else:
+                known = self._known.get("")
+                self._mark("", True, known is None or not known.check_binds or known.tokens_only)
+        return handle
 
     def close_sent(self, batch: int, name: str | bytes) -> PendingChange | None:
         key = name_key(name)
