@@ -36,8 +36,10 @@ class Queries(WalkState):
         if op != "SETOP_NONE":
             left = self.select(body["larg"], scope, ctx)
             right = self.select(body["rarg"], scope, ctx)
-            self.control(body, scope)
-            return scope.mark(left.merged(right))
+            merged = left.merged(right)
+            # ORDER BY 2 / ORDER BY name of a set operation: its outputs, by value
+            self.control(body, scope, [(n, c, None) for n, c in zip(merged.names, merged.columns)])
+            return scope.mark(merged)
         if "valuesLists" in body:
             out: Output | None = None
             for row in body["valuesLists"]:
@@ -54,11 +56,11 @@ class Queries(WalkState):
         out = Output()
         # a plain DISTINCT groups by every output: each chooses like a GROUP BY item
         distinct = body.get("distinctClause") == [{}]
+        # per output column: (name, lineage, the column references met walking it), for
+        # ORDER BY / GROUP BY / DISTINCT ON items that name an output by position or alias
+        targets: list[tuple[str, Lin, list[tuple[Scope, Item, Lin]] | None]] = []
         for target in body.get("targetList") or ():
             rt = target["ResTarget"]
-            if not distinct:
-                self.target(rt.get("val"), rt.get("name"), scope, ctx, out)
-                continue
             n = len(out.columns)
             saved, self.refs = self.refs, []
             refs = self.refs
@@ -66,15 +68,25 @@ class Queries(WalkState):
                 self.target(rt.get("val"), rt.get("name"), scope, ctx, out)
             finally:
                 self.refs = saved
-            lin = out.tail or CLEAN
-            for column in out.columns[n:]:
-                lin = lin | column
-            self.chose(lin, refs)
-        self.control(body, scope)
+            if saved is not None:
+                saved.extend(refs)
+            tail = out.tail or CLEAN
+            lin = tail
+            for k in range(n, len(out.columns)):
+                lin = lin | out.columns[k]
+                targets.append((out.names[k], out.columns[k] | tail, refs))
+            if distinct:
+                self.chose(lin, refs)
+        self.control(body, scope, targets)
         # last: a correlated predicate anywhere below may have chosen this level's rows
         return scope.mark(out)
 
-    def control(self, body: Node, scope: Scope) -> None:
+    def control(
+        self,
+        body: Node,
+        scope: Scope,
+        targets: list[tuple[str, Lin, list[tuple[Scope, Item, Lin]] | None]] = (),  # type: ignore[assignment]
+    ) -> None:
         """Clauses that choose rows but carry no values of their own.
 
         Choosing rows is allowed, but each of these can make the choice spell a value,
@@ -92,10 +104,17 @@ class Queries(WalkState):
         self.choose(body.get("havingClause"), scope)
         for item in body.get("groupClause") or ():
             self.choose(item, scope)
+            self.choose_output(item, scope, targets)
         distinct_on = [d for d in body.get("distinctClause") or () if d]
         for item in distinct_on:
             self.choose(item, scope)
-        cut = bool(body.get("limitCount") or body.get("limitOffset") or distinct_on)
+            self.choose_output(item, scope, targets)
+        # a sub-select's order survives into the level above, whose LIMIT, DISTINCT ON
+        # or first row may cut it (``SELECT * FROM (... ORDER BY abs(g - ascii(...))) s
+        # LIMIT 1``): below the top level every ORDER BY chooses
+        cut = bool(
+            body.get("limitCount") or body.get("limitOffset") or distinct_on or self.depth > 1
+        )
         for key in ("limitCount", "limitOffset"):
             if body.get(key):
                 self.chosen_by(self.expr(body[key], scope, FILTER), scope)
@@ -105,12 +124,45 @@ class Queries(WalkState):
         if cut:
             for item in sort:
                 self.choose(item, scope)
+                self.choose_output(item, scope, targets)
         elif sort and self.filters_matter:
             saved, self.refs = self.refs, None  # an ORDER BY alone relates no values
             try:
                 self.expr(sort, scope, FILTER)
             finally:
                 self.refs = saved
+
+    def choose_output(
+        self,
+        item: Node,
+        scope: Scope,
+        targets: list[tuple[str, Lin, list[tuple[Scope, Item, Lin]] | None]],
+    ) -> None:
+        """An ORDER BY, GROUP BY or DISTINCT ON item that names an output column — by
+        its position (``ORDER BY 2``) or by its name or alias (``ORDER BY x``; GROUP BY
+        reads a name as an input column first, so both are taken) — chooses by that
+        output's value, which ``choose`` on the item itself (a constant, or a name no
+        input has) does not see."""
+        if not targets:
+            return
+        node = item.get("SortBy", {}).get("node", item) if "SortBy" in item else item
+        hits: list[tuple[str, Lin, list[tuple[Scope, Item, Lin]] | None]] = []
+        if "A_Const" in node:
+            ival = node["A_Const"].get("ival")
+            if isinstance(ival, dict):
+                k = ival.get("ival", 0)
+                if isinstance(k, int) and 1 <= k <= len(targets):
+                    hits.append(targets[k - 1])
+        elif "ColumnRef" in node:
+            fields = node["ColumnRef"].get("fields") or ()
+            if len(fields) == 1 and "String" in fields[0]:
+                name = fields[0]["String"].get("sval")
+                hits.extend(t for t in targets if t[0] == name)
+        for _name, lin, refs in hits:
+            if refs is None:  # an output of a set operation: no row to relate it with
+                self.chosen_by(lin, scope)
+            else:
+                self.chose(lin, refs)
 
     def window(self, wdef: Node, scope: Scope) -> None:
         """A window's PARTITION BY and ORDER BY choose like predicates; its frame's
