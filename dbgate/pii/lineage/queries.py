@@ -92,13 +92,12 @@ class Queries(WalkState):
         Choosing rows is allowed, but each of these can make the choice spell a value,
         so each is walked as ``choose`` walks a predicate: WHERE and HAVING; GROUP BY
         (``GROUP BY g % ascii(...)`` makes as many groups as the code, which a
-        ``count(*)`` over them returns); DISTINCT ON, and ORDER BY when LIMIT, OFFSET
-        or DISTINCT ON keep only some rows in that order (``ORDER BY abs(g -
-        ascii(...)) LIMIT 1`` returns the code itself); the windows' PARTITION BY and
-        ORDER BY. LIMIT and OFFSET, and a window frame's offsets, choose by their value
-        alone: PII or anything unknown there marks the level. An ORDER BY that keeps
-        every row only orders it (by design, see docs/security.md), and is walked for
-        tokens only, when the text may hold one.
+        ``count(*)`` over them returns); DISTINCT ON, and ORDER BY, which a LIMIT,
+        OFFSET, DISTINCT ON, an outer level or a cursor's FETCH may cut (``ORDER BY
+        abs(g - ascii(...)) LIMIT 1`` returns the code itself); the windows' PARTITION
+        BY and ORDER BY. Items naming an output by position or alias choose by that
+        output. LIMIT and OFFSET, and a window frame's offsets, choose by their value
+        alone: PII or anything unknown there marks the level.
         """
         self.choose(body.get("whereClause"), scope)
         self.choose(body.get("havingClause"), scope)
@@ -109,28 +108,20 @@ class Queries(WalkState):
         for item in distinct_on:
             self.choose(item, scope)
             self.choose_output(item, scope, targets)
-        # a sub-select's order survives into the level above, whose LIMIT, DISTINCT ON
-        # or first row may cut it (``SELECT * FROM (... ORDER BY abs(g - ascii(...))) s
-        # LIMIT 1``): below the top level every ORDER BY chooses
-        cut = bool(
-            body.get("limitCount") or body.get("limitOffset") or distinct_on or self.depth > 1
-        )
         for key in ("limitCount", "limitOffset"):
             if body.get(key):
                 self.chosen_by(self.expr(body[key], scope, FILTER), scope)
         for wdef in body.get("windowClause") or ():
             self.window(wdef.get("WindowDef") or wdef, scope)
-        sort = body.get("sortClause") or ()
-        if cut:
-            for item in sort:
-                self.choose(item, scope)
-                self.choose_output(item, scope, targets)
-        elif sort and self.filters_matter:
-            saved, self.refs = self.refs, None  # an ORDER BY alone relates no values
-            try:
-                self.expr(sort, scope, FILTER)
-            finally:
-                self.refs = saved
+        # Every ORDER BY may keep only some rows in its order: a sub-select's order
+        # survives into the level above, whose LIMIT or DISTINCT ON cuts it (``SELECT *
+        # FROM (... ORDER BY abs(g - ascii(...))) s LIMIT 1``), and a top-level one is cut
+        # by ``FETCH 1`` from a cursor or an Execute with a row limit on a portal, which
+        # the text does not show. So each ORDER BY chooses (a PII key that relates no
+        # other row source, ``ORDER BY email``, still only orders).
+        for item in body.get("sortClause") or ():
+            self.choose(item, scope)
+            self.choose_output(item, scope, targets)
 
     def choose_output(
         self,

@@ -4,8 +4,10 @@ A red-team run read a customer's e-mail one character code at a time with
 ``SELECT g, abs(g - ascii(substr(c.email, n, 1))) ... ORDER BY 2 LIMIT 1``: the walk
 chose rows by the *constant* ``2`` (or the bare alias), not by the output column it
 stands for, so ``g`` came back clean. The same with ``GROUP BY 2`` / ``GROUP BY alias``
-and ``DISTINCT ON (2)`` feeding an outer ``max``, and with an ORDER BY in a sub-select
-whose rows an outer LIMIT cuts.
+and ``DISTINCT ON (2)`` feeding an outer ``max``, with an ORDER BY in a sub-select
+whose rows an outer LIMIT cuts, and with a top-level ORDER BY cut by ``FETCH 1`` from a
+cursor (``DECLARE c CURSOR FOR SELECT g ... ORDER BY abs(g - ascii(...))``) or by a
+portal's row-limited Execute.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ LEAKS = [
     f"select * from (select g, abs(g - {S}) {FROM} order by 2) s limit 1",
     f"select * from (select g {FROM} order by abs(g - {S})) s limit 1",
     f"select g, abs(g - {S}) {FROM} union all select 0, 0 order by 2 limit 1",
+    # no LIMIT in the text: ``FETCH 1`` from a cursor or a portal's row-limited Execute
+    f"select g {FROM} order by abs(g - {S})",
+    f"select g, abs(g - {S}) {FROM} order by 2",
 ]
 
 
@@ -46,6 +51,8 @@ CLEAN = [
     "select id from customers order by 1 limit 3",
     "select g from generate_series(1, 10) g order by 1 limit 3",
     "select status, count(*) from orders group by 1",
+    "select id from customers order by email",
+    "select o.id from orders o join customers c on c.id = o.customer_id order by c.email",
 ]
 
 
