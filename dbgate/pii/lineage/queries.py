@@ -137,6 +137,12 @@ class Queries(WalkState):
         if not targets:
             return
         node = item.get("SortBy", {}).get("node", item) if "SortBy" in item else item
+        # ROLLUP (2), CUBE (b), GROUPING SETS ((1, b)) name outputs too
+        nested = node.get("GroupingSet", {}).get("content") or node.get("RowExpr", {}).get("args")
+        if nested:
+            for sub in nested:
+                self.choose_output(sub, scope, targets)
+            return
         hits: list[tuple[str, Lin, list[tuple[Scope, Item, Lin]] | None]] = []
         if "A_Const" in node:
             ival = node["A_Const"].get("ival")

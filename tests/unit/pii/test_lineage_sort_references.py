@@ -26,6 +26,13 @@ LEAKS = [
     f"select g, abs(g - {S}) {FROM} order by 2 fetch first 1 rows only",
     f"select max(m) from (select min(g) m, g >= {S} b {FROM} group by 2) s where b",
     f"select max(m) from (select min(g) m, g >= {S} b {FROM} group by b) s where b",
+    f"select max(m) from (select min(g) m, g >= {S} b {FROM} group by rollup (2)) s where b",
+    f"select max(m) from (select min(g) m, g >= {S} b {FROM} group by cube (b)) s where b",
+    f"select max(m) from (select min(g) m, g >= {S} b {FROM} group by grouping sets ((2), ()))"
+    " s where b",
+    f"select max(m) from (select min(g) m, g >= {S} b {FROM} group by grouping sets ((1, b)))"
+    " s where b",
+    f"select max(g) from (select distinct on (b) g, g >= {S} b {FROM} order by b, g) s where b",
     f"select max(g) from (select distinct on (2) g, g >= {S} b {FROM} order by 2, g) s where b",
     f"select * from (select g, abs(g - {S}) {FROM} order by 2) s limit 1",
     f"select * from (select g {FROM} order by abs(g - {S})) s limit 1",
