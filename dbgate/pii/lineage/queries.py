@@ -49,8 +49,10 @@ class Queries(WalkState):
                     [f"column{i + 1}" for i in range(len(items))],
                 )
                 out = row_out if out is None else out.merged(row_out)
-            self.control(body, scope)
-            return scope.mark(out or Output())
+            values = out or Output()
+            # ORDER BY 2 / column2 of a VALUES list: its outputs, by value
+            self.control(body, scope, [(n, c, None) for n, c in zip(values.names, values.columns)])
+            return scope.mark(values)
         for item in body.get("fromClause") or ():
             scope.stars.append(self.from_item(item, scope))
         out = Output()
@@ -224,8 +226,15 @@ class Queries(WalkState):
         if own_row and not lin.token:
             return  # one table row chosen by its own values
         chosen = Lin(lin.entities, lin.unknown)
-        for level, _item, ref in refs:
+        for level, item, ref in refs:
             if not (ref.pii or ref.unknown):
+                level.chosen = level.chosen | chosen
+            elif item.schema is None:
+                # a PII column of a row some query made (a sub-select, CTE, VALUES,
+                # function) may have been paired there with clean values, its own or a
+                # lateral neighbour's: ``SELECT g FROM (SELECT g, g - ascii(...) d FROM
+                # generate_series(0, 300) g, ...) s WHERE d = 0`` chooses the row whose
+                # g is the code
                 level.chosen = level.chosen | chosen
 
     def target(

@@ -37,6 +37,17 @@ LEAKS = [
     f"select * from (select g, abs(g - {S}) {FROM} order by 2) s limit 1",
     f"select * from (select g {FROM} order by abs(g - {S})) s limit 1",
     f"select g, abs(g - {S}) {FROM} union all select 0, 0 order by 2 limit 1",
+    # a PII column of a sub-select row, paired there with a clean one
+    f"select g from (select g, g - {S} d {FROM}) s where d = 0",
+    f"select g from (select g, abs(g - {S}) d {FROM}) s order by d limit 1",
+    f"with s as (select g, g - {S} d {FROM}) select g from s where d = 0",
+    "select g from generate_series(0, 300) g, lateral (select g - ascii(substr(c.email, 1, 1)) d"
+    " from customers c where c.id = 42) s where d = 0",
+    "select * from (values (108, abs(108 - (select ascii(email) from customers where id = 1))),"
+    " (109, abs(109 - (select ascii(email) from customers where id = 1)))) v(a, b)"
+    " order by b limit 1",
+    "values (108, abs(108 - (select ascii(email) from customers where id = 1))),"
+    " (109, abs(109 - (select ascii(email) from customers where id = 1))) order by 2 limit 1",
     # no LIMIT in the text: ``FETCH 1`` from a cursor or a portal's row-limited Execute
     f"select g {FROM} order by abs(g - {S})",
     f"select g, abs(g - {S}) {FROM} order by 2",
