@@ -26,6 +26,8 @@ from dbgate.pii.schema import Relation, SchemaSnapshot
 __all__ = ["ColumnDecision", "Coverage"]
 
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+#: pg_class.relkind of relations whose columns hold stored values
+_STORED_KINDS = frozenset({"r", "p", "f"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,12 @@ class Coverage:
                 out = out | col_lin
             return out
         return CLEAN
+
+    def stored(self, table_oid: int) -> bool:
+        """Whether the columns of relation ``table_oid`` hold their values as stored (a
+        table, partitioned or foreign table), not as a view's definition makes them."""
+        rel = self.snapshot.relations.get(table_oid)
+        return rel is not None and rel.kind in _STORED_KINDS
 
     def relation_lins(self, rel: Relation) -> list[Lin]:
         """Lin of each column of ``rel``, in attribute order (computed once)."""

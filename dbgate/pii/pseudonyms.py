@@ -33,7 +33,7 @@ from datetime import date, timedelta
 
 from dbgate.pii.schema import SchemaSnapshot
 from dbgate.pii.text_arrays import map_elements
-from dbgate.pii.tokens import Tokenizer
+from dbgate.pii.tokens import FreshTokens, Tokenizer
 
 __all__ = ["BUILTIN_ARRAYS", "Pseudonymizer", "TypeRegistry"]
 
@@ -238,7 +238,9 @@ def _quote_record_field(value: str | None) -> str:
 class Pseudonymizer:
     """Replaces one wire value by its token or pseudonym, for a type OID and format."""
 
-    def __init__(self, tokenizer: Tokenizer, types: TypeRegistry | None = None) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer | FreshTokens, types: TypeRegistry | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.types = types or TypeRegistry()
         self._text: dict[str, Callable[[str, bytes, str], bytes]] = {

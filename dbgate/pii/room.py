@@ -245,6 +245,7 @@ class StatementPlan:
         cov = room.coverage
         for i, (name, table_oid, attnum, type_oid) in enumerate(fields):
             lin: Lin | None = None
+            stored = False  # the value is a table column's, as stored
             if table_oid and cov is not None:
                 lin = cov.attr(table_oid, attnum)
                 if lin is None:  # a relation created after the last refresh
@@ -254,14 +255,22 @@ class StatementPlan:
                 else:
                     # exact for the value; but PII may have chosen the rows it is from
                     lin = lin | merged.chosen
+                    stored = attnum > 0 and cov.stored(table_oid)
             if lin is None:
                 lin = merged.at(i)
-            action = self._action(i, lin, type_oid, fmts[i])
+            action = self._action(i, lin, type_oid, fmts[i], stored)
             if action is not None:
                 actions.append(action)
         if not actions:
             return None
-        return RowRewriter(actions, len(fields), room.pseudonymizer, room.values, room.detect_bytes)
+        return RowRewriter(
+            actions,
+            len(fields),
+            room.pseudonymizer,
+            room.values,
+            room.detect_bytes,
+            room.fresh_pseudonymizer,
+        )
 
     def _of_statement(self, index: int) -> list[Output]:
         """The output of statement ``index`` alone, as :meth:`_merged` takes it. A
@@ -299,15 +308,22 @@ class StatementPlan:
             return lin | Lin(frozenset((MIXED,)))
         return lin
 
-    def _action(self, i: int, lin: Lin, type_oid: int, fmt: int) -> ColumnAction | None:
+    def _action(
+        self, i: int, lin: Lin, type_oid: int, fmt: int, stored: bool = False
+    ) -> ColumnAction | None:
+        """What to do with column ``i``. Only a table column's stored value
+        (``stored``: the RowDescription names it) keeps the same token for the same
+        value; anything else made from PII or not followed gets a new one each time
+        (``FreshTokens``: a derived value's token must not be comparable)."""
         lin = self._lin_params(lin)
         settings = self.room.settings
+        mode = "token" if stored else "fresh"
         if lin.pii:
-            return ColumnAction(i, lin.entity(), type_oid, fmt)
+            return ColumnAction(i, lin.entity(), type_oid, fmt, mode)
         if lin.unknown:
             if settings.unknown == "detect" and self.room.types.kind(type_oid) == TEXT:
                 return ColumnAction(i, UNKNOWN, type_oid, fmt, "detect")
-            return ColumnAction(i, UNKNOWN, type_oid, fmt)
+            return ColumnAction(i, UNKNOWN, type_oid, fmt, mode)
         if settings.detect_clean_text and fmt == 0 and self.room.types.kind(type_oid) == TEXT:
             return ColumnAction(i, UNKNOWN, type_oid, fmt, "detect")
         return None
@@ -335,7 +351,9 @@ class StatementPlan:
             types = self.room.copy_types(self.sql)
         ncols = int.from_bytes(response[1:3], "big")
         pii: dict[int, Any] = {}
-        pseudo = self.room.pseudonymizer
+        # COPY output carries no column origins: every PII value in it is treated as
+        # derived (a new token each time, see FreshTokens)
+        pseudo = self.room.fresh_pseudonymizer
         for i in range(ncols):
             lin = self._lin_params(out.at(i))
             if lin.clean:
@@ -404,7 +422,7 @@ class _AllColumns:
         from dbgate.wire.messages import data_row, parse_data_row
 
         cols = parse_data_row(body)
-        tok = self.plan.room.tokenizer
+        tok = self.plan.room.fresh_pseudonymizer.tokenizer
         new = [None if c is None else tok.token(UNKNOWN, c).encode() for c in cols]
         return data_row(new)[5:]
 
@@ -523,6 +541,8 @@ class PiiRoom:
         self._pii_names: tuple[Coverage | None, frozenset[str]] | None = None
         self.types = TypeRegistry()
         self.pseudonymizer = Pseudonymizer(tokenizer, self.types)
+        #: for values derived from PII: new tokens and pseudonyms at every use
+        self.fresh_pseudonymizer = Pseudonymizer(tokenizer.fresh(), self.types)
         self.version = 0
         self.message_filter = MessageFilter(
             self._token_text,
@@ -570,6 +590,7 @@ class PiiRoom:
             self.coverage = coverage
             self.types = types
             self.pseudonymizer = Pseudonymizer(self.tokenizer, types)
+            self.fresh_pseudonymizer = Pseudonymizer(self.tokenizer.fresh(), types)
             self.version = snapshot.version
             self.plans.clear()
             self.values.clear()

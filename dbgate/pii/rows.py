@@ -57,7 +57,11 @@ class ColumnAction:
     entity: str
     type_oid: int
     format: int
-    mode: str = "token"  # "token" | "detect"
+    #: "token": the column's stored value, the same token for the same value (joins
+    #: and filters on tokens work); "fresh": a value derived from PII, a new token or
+    #: pseudonym each time (see ``dbgate.pii.tokens.FreshTokens``); "detect": only
+    #: what the content detectors find inside it is replaced
+    mode: str = "token"
 
 
 class ValueCache:
@@ -109,16 +113,24 @@ class RowRewriter:
         pseudonymizer: Pseudonymizer,
         cache: ValueCache,
         detect: Callable[[bytes], bytes] | None = None,
+        fresh: Pseudonymizer | None = None,
     ) -> None:
         self.actions = sorted(actions, key=lambda a: a.index)
         self.ncols = ncols
         self._positions = [a.index for a in self.actions]
         self._last = self._positions[-1] if self._positions else -1
-        self._tables = [cache.table(a) for a in self.actions]
+        # a fresh value is never cached: the same value must not give the same token
+        self._tables: list[dict[bytes, bytes] | None] = [
+            None if a.mode == "fresh" else cache.table(a) for a in self.actions
+        ]
         fns: list[Callable[[bytes], bytes]] = []
         for a in self.actions:
             if a.mode == "detect" and detect is not None:
                 fns.append(detect)
+            elif a.mode == "fresh":
+                if fresh is None:
+                    raise ValueError("a column of derived values needs the fresh pseudonymizer")
+                fns.append(_replacer(fresh, a))
             else:
                 fns.append(_replacer(pseudonymizer, a))
         self._fns = fns
@@ -126,7 +138,7 @@ class RowRewriter:
         for i, a in enumerate(self.actions):
             if (
                 _c_keyed_state is not None
-                and a.mode != "detect"
+                and a.mode == "token"
                 and pseudonymizer.types.kind(a.type_oid) == TEXT
                 and (pseudonymizer.tokenizer.mode == "hashed")
             ):
@@ -138,8 +150,12 @@ class RowRewriter:
                 state = _c_keyed_state(key, person)
                 specs[i] = (prefix, state, person, issued, limit, key, stats)
         self._args = (tuple(self._positions), tuple(self._tables), tuple(specs))
-        # the compiled loop when built, else the Python reference
-        compiled = _c_rewrite is not None and _c_rewrite_rows is not None
+        # the compiled loop when built (it caches every value), else the Python reference
+        compiled = (
+            _c_rewrite is not None
+            and _c_rewrite_rows is not None
+            and all(a.mode != "fresh" for a in self.actions)
+        )
         self.data_row = self._data_row_c if compiled else self.data_row_py
         self.data_rows = self._data_rows_c if compiled else self.data_rows_py
 
@@ -156,6 +172,8 @@ class RowRewriter:
     def replace(self, slot: int, raw: bytes) -> bytes:
         """The replacement for ``raw`` in PII slot ``slot`` (cached)."""
         table = self._tables[slot]
+        if table is None:
+            return self._fns[slot](raw)
         out = table.get(raw)
         if out is None:
             out = self._fns[slot](raw)

@@ -40,6 +40,8 @@ base32 is a Python loop (3 µs a token).
 from __future__ import annotations
 
 import hmac
+import itertools
+import os
 import re
 import threading
 import time
@@ -54,6 +56,7 @@ from dbgate.wire.sqlstate import INVALID_PARAMETER_VALUE
 
 __all__ = [
     "TOKEN_RE",
+    "FreshTokens",
     "Key",
     "Keyring",
     "TokenError",
@@ -184,6 +187,9 @@ class Tokenizer:
         self._cache_value_bytes = cache_value_bytes if cache_entries > 0 else -1
         self._forget_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._lock = threading.Lock()
+        # FreshTokens: a secret of this process and a count no two cells share
+        self._fresh_key = _fresh_seed()
+        self._fresh_count = itertools.count()
 
     # ---------------------------------------------------------------- making tokens
     def token(self, entity: str, value: bytes) -> str:
@@ -231,6 +237,10 @@ class Tokenizer:
             self._issued,
             self._cache_value_bytes,
         )
+
+    def fresh(self) -> FreshTokens:
+        """Tokens that are new at every use: see :class:`FreshTokens`."""
+        return FreshTokens(self)
 
     def on_forget(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (a bound method, held weakly) whenever issued tokens are
@@ -280,3 +290,63 @@ class Tokenizer:
                 token,
             )
         return entity, value
+
+
+#: Tests pin the secret behind fresh tokens (hex, 32 bytes) so that the pseudonyms a
+#: run draws are the same every run; a deployment never sets it.
+FRESH_SEED_ENV = "DBGATE_TEST_FRESH_SEED"
+
+
+def _fresh_seed() -> bytes:
+    pinned = os.environ.get(FRESH_SEED_ENV)
+    if pinned:
+        return bytes.fromhex(pinned)[:32].ljust(32, b"\0")
+    return os.urandom(32)
+
+
+class FreshTokens:
+    """A :class:`Tokenizer` whose every token is new: for values *derived* from PII.
+
+    A deterministic token is the same for the same value, which is what lets an agent
+    join and follow one customer by the tokens of a stored column. For a value an
+    expression made from PII (``substr(email, 1, 1)``, ``lower(email)``, ``c::text``)
+    it is also an oracle: the agent can make the token of any text it chooses by
+    folding a constant into a PII expression (``left(email, 0) || 'm'``, which is PII
+    by lineage) and compare it with the tokens of a value's pieces, a codebook that
+    spells the value back. So a derived value gets a new token each time it is sent
+    (128 bits from a keyed hash of a count no two cells share, under a secret of the
+    process; resolvable like a hashed token while recently issued) and a pseudonym of
+    its type drawn the same way: the tokens of two cells say nothing about whether
+    their values are equal.
+    """
+
+    mode = "fresh"
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._issued = tokenizer._issued
+        self._limit = tokenizer._cache_value_bytes
+        self._key = tokenizer._fresh_key
+        self._count = tokenizer._fresh_count
+
+    def _draw(self, size: int) -> bytes:
+        n = next(self._count).to_bytes(8, "big")
+        return blake2b(n, key=self._key, digest_size=size).digest()
+
+    def token(self, entity: str, value: bytes) -> str:
+        return self.token_bytes(entity, value).decode("ascii")
+
+    def token_bytes(self, entity: str, value: bytes) -> bytes:
+        token = b"tok_" + entity.encode() + b"_h" + self._draw(16).hex().encode()
+        if len(value) <= self._limit:
+            self._issued.add(token, value)
+        return token
+
+    def hasher(self, entity: str) -> Callable[[bytes], bytes]:
+        def fresh(value: bytes) -> bytes:
+            return self.token_bytes(entity, value)
+
+        return fresh
+
+    def digest(self, domain: bytes, value: bytes) -> bytes:
+        """Bytes for a type-preserving pseudonym, unrelated to the value."""
+        return self._draw(32)

@@ -38,7 +38,11 @@ class Queries(WalkState):
             right = self.select(body["rarg"], scope, ctx)
             merged = left.merged(right)
             # ORDER BY 2 / ORDER BY name of a set operation: its outputs, by value
-            self.control(body, scope, [(n, c, None) for n, c in zip(merged.names, merged.columns)])
+            self.control(
+                body,
+                scope,
+                [(n, c, None) for n, c in zip(merged.names, merged.columns, strict=False)],
+            )
             return scope.mark(merged)
         if "valuesLists" in body:
             out: Output | None = None
@@ -51,7 +55,11 @@ class Queries(WalkState):
                 out = row_out if out is None else out.merged(row_out)
             values = out or Output()
             # ORDER BY 2 / column2 of a VALUES list: its outputs, by value
-            self.control(body, scope, [(n, c, None) for n, c in zip(values.names, values.columns)])
+            self.control(
+                body,
+                scope,
+                [(n, c, None) for n, c in zip(values.names, values.columns, strict=False)],
+            )
             return scope.mark(values)
         for item in body.get("fromClause") or ():
             scope.stars.append(self.from_item(item, scope))

@@ -447,3 +447,57 @@ def test_a_withheld_error_has_no_position_inside_a_value(dsn: str, raw: dict[str
     diag = info.value.diag
     assert "withheld" in (diag.message_primary or "")
     assert diag.statement_position is None and diag.internal_position is None
+
+
+def _decode(codebook: dict[Any, str], pieces: list[Any]) -> str:
+    return "".join(codebook.get(p, "?") for p in pieces)
+
+
+def test_no_codebook_of_derived_tokens_spells_a_value_back(dsn: str, raw: dict[str, Any]) -> None:
+    """The tokens of values made from PII are new in every cell. Were they
+    deterministic, ``left(email, 0) || 'm'`` (PII by lineage, a value the agent
+    chooses) would give the token of ``'m'``, and the tokens of ``substr(email, i, 1)``
+    looked up among them would spell the e-mail back, character by character."""
+    email = raw["email"]
+    chars = sorted(set(email))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        book_sql = ", ".join(f"left(email, 0) || '{c}'" for c in chars)
+        book = conn.execute(f"select {book_sql} from customers where id = 42").fetchone()
+        codebook = dict(zip(book, chars, strict=True))
+        value_sql = ", ".join(f"substr(email, {i + 1}, 1)" for i in range(len(email)))
+        pieces = list(conn.execute(f"select {value_sql} from customers where id = 42").fetchone())
+        # in one statement and one column too (a union), and as numbers
+        union = conn.execute(
+            "select substr(email, 1, 1) from customers where id = 42 union all "
+            f"select left(email, 0) || '{email[0]}' from customers where id = 42"
+        ).fetchall()
+        numbers = conn.execute(
+            "select ascii(substr(email, 1, 1)), "
+            f"ascii(substr(email, 1, 1)) * 0 + {ord(email[0])} from customers where id = 42"
+        ).fetchone()
+        again = conn.execute("select substr(email, 1, 1) from customers where id = 42").fetchone()
+        stored = [
+            conn.execute("select email from customers where id = 42").fetchone()[0]
+            for _ in range(2)
+        ]
+    assert all(t.startswith("tok_email_") for t in book + tuple(pieces))
+    assert len(set(book)) == len(book) and not set(book) & set(pieces)
+    assert _decode(codebook, pieces).count("?") == len(email)
+    assert len(set(pieces)) == len(pieces)  # repeated characters: new tokens each time
+    assert union[0][0] != union[1][0]
+    assert numbers[0] != numbers[1]
+    assert again[0] != pieces[0]
+    # a stored column keeps its token: joins and follow-one-customer still work
+    assert stored[0] == stored[1] and stored[0] != email
+
+
+def test_a_derived_token_still_resolves_when_sent_back(dsn: str, raw: dict[str, Any]) -> None:
+    """A fresh token is issued like a hashed one: sent back in a literal, it stands for
+    its value (the agent can act on what it was shown)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (token,) = conn.execute("select lower(email) from customers where id = 42").fetchone()
+        found = conn.execute(
+            "select id from customers where lower(email) = %s", (token,)
+        ).fetchall()
+    assert token.startswith("tok_email_") and token != raw["email"].lower()
+    assert found == [(42,)]
