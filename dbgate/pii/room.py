@@ -711,9 +711,15 @@ class PiiRoom:
         return self.tokenizer.token(entity, value)
 
     def detect_bytes(self, raw: bytes) -> bytes:
+        """``raw`` with what the content detectors find replaced by fresh tokens: the
+        text around a finding may be the agent's to choose, so a deterministic token
+        of it would be a codebook entry (see ``FreshTokens``)."""
         text = raw.decode("utf-8", "replace")
-        new = replace_detected(text, self._token_text)
+        new = replace_detected(text, self._fresh_token_text)
         return raw if new == text else new.encode()
+
+    def _fresh_token_text(self, entity: str, value: bytes) -> str:
+        return self.fresh_pseudonymizer.tokenizer.token(entity, value)
 
     def _column_entity(self, schema: str | None, table: str, column: str) -> str | None:
         rels = self.snapshot.lookup(table, schema)

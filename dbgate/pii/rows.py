@@ -120,8 +120,9 @@ class RowRewriter:
         self._positions = [a.index for a in self.actions]
         self._last = self._positions[-1] if self._positions else -1
         # a fresh value is never cached: the same value must not give the same token
+        # (nor what the detectors find, which get fresh tokens)
         self._tables: list[dict[bytes, bytes] | None] = [
-            None if a.mode == "fresh" else cache.table(a) for a in self.actions
+            None if a.mode in ("fresh", "detect") else cache.table(a) for a in self.actions
         ]
         fns: list[Callable[[bytes], bytes]] = []
         for a in self.actions:
@@ -154,7 +155,7 @@ class RowRewriter:
         compiled = (
             _c_rewrite is not None
             and _c_rewrite_rows is not None
-            and all(a.mode != "fresh" for a in self.actions)
+            and all(a.mode == "token" for a in self.actions)
         )
         self.data_row = self._data_row_c if compiled else self.data_row_py
         self.data_rows = self._data_rows_c if compiled else self.data_rows_py
