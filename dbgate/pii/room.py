@@ -483,7 +483,8 @@ class PiiSession:
         Records nothing itself: the gate records that tokens were resolved (how many:
         ``len(plan.analysis.token_sites)``), never the values.
         """
-        return detokenize_sql(plan.sql, plan.analysis, self.room.tokenizer.resolve)
+        tokenizer = self.room.tokenizer
+        return detokenize_sql(plan.sql, plan.analysis, tokenizer.resolve, tokenizer.resolve_stored)
 
     def detokenize_params(
         self,
@@ -500,6 +501,7 @@ class PiiSession:
             param_types,
             self.room.types,
             self.room.tokenizer.resolve,
+            self.room.tokenizer.resolve_stored,
         )
         return values, plan.with_token_params(replaced)
 

@@ -183,6 +183,8 @@ class Tokenizer:
         generation = max(1, cache_entries // 10)
         self._issued = IssuedTokens(generation, cache_entries // generation)
         self._issued.on_forget = self._forgot
+        # FreshTokens' tokens -> values, kept apart: one may not be stored (resolve_stored)
+        self._fresh_issued = IssuedTokens(generation, cache_entries // generation)
         # values longer than this are not remembered (none when nothing may be)
         self._cache_value_bytes = cache_value_bytes if cache_entries > 0 else -1
         self._forget_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
@@ -238,6 +240,18 @@ class Tokenizer:
             self._cache_value_bytes,
         )
 
+    def resolve_stored(self, token: str) -> tuple[str, bytes]:
+        """:meth:`resolve` for a value to be stored in a PII column: a fresh token (of a
+        value made from PII) is refused, since read back from there its value would get
+        a stored value's deterministic token (see :class:`FreshTokens`)."""
+        if self._fresh_issued.get(token.encode()) is not None:
+            raise TokenError(
+                f"token {token[:40]}… stands for a value made from PII (a fresh token): it "
+                "cannot be stored in a PII column",
+                token,
+            )
+        return self.resolve(token)
+
     def fresh(self) -> FreshTokens:
         """Tokens that are new at every use: see :class:`FreshTokens`."""
         return FreshTokens(self)
@@ -284,6 +298,8 @@ class Tokenizer:
             )
         value = self._issued.get(token.encode())
         if value is None:
+            value = self._fresh_issued.get(token.encode())
+        if value is None:
             raise TokenError(
                 f"hashed token {token[:40]}… is not in this dbgate's token cache "
                 "(hashed tokens resolve only while recently issued; see docs/pii.md)",
@@ -323,7 +339,7 @@ class FreshTokens:
     mode = "fresh"
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        self._issued = tokenizer._issued
+        self._issued = tokenizer._fresh_issued
         self._limit = tokenizer._cache_value_bytes
         self._key = tokenizer._fresh_key
         self._count = tokenizer._fresh_count

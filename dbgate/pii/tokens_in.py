@@ -107,10 +107,13 @@ def _dollar_quote(value: str) -> str:
     return f"{tag}{value}{tag}"
 
 
-def detokenize_sql(sql: str, analysis: Analysis, resolve: Resolver) -> str:
+def detokenize_sql(
+    sql: str, analysis: Analysis, resolve: Resolver, resolve_stored: Resolver | None = None
+) -> str:
     """``sql`` with every token literal resolved; TokenError (22023) when one may not be.
 
-    ``analysis`` must be the lineage of this very text (the plan's).
+    ``analysis`` must be the lineage of this very text (the plan's). ``resolve_stored``
+    resolves a token whose value is stored in a PII column (``TokenSite.stores``).
     """
     sites = analysis.token_sites
     if not sites:
@@ -133,7 +136,8 @@ def detokenize_sql(sql: str, analysis: Analysis, resolve: Resolver) -> str:
         span = spans.get(char_at)
         if span is None:
             raise TokenError("a token literal could not be located in the statement text")
-        replacements.append((span[0], span[1], _dollar_quote(_replace_in_text(site.text, resolve))))
+        how = resolve_stored if site.stores and resolve_stored is not None else resolve
+        replacements.append((span[0], span[1], _dollar_quote(_replace_in_text(site.text, how))))
     out = []
     pos = 0
     for start, end, text in sorted(set(replacements)):
@@ -155,13 +159,16 @@ def detokenize_params(
     param_types: Sequence[int],
     types: TypeRegistry,
     resolve: Resolver,
+    resolve_stored: Resolver | None = None,
 ) -> tuple[tuple[bytes | None, ...], frozenset[int]]:
     """Bind values with tokens resolved, and the 1-based numbers of those that held one.
 
-    ``formats`` and ``param_types`` are per parameter (expanded; 0 where unknown).
+    ``formats`` and ``param_types`` are per parameter (expanded; 0 where unknown);
+    ``resolve_stored`` resolves a parameter stored in a PII column (``param_stores``).
     """
     out = list(params)
     replaced: set[int] = set()
+    any_resolve = resolve
     for i, value in enumerate(params):
         if value is None or b"tok_" not in value:
             continue
@@ -169,6 +176,11 @@ def detokenize_params(
         if fmt == 0 and TOKEN_RE_BYTES.search(value) is None:
             continue
         n = i + 1
+        resolve = (
+            resolve_stored
+            if resolve_stored is not None and n in analysis.param_stores
+            else any_resolve
+        )
         oid = param_types[i] if i < len(param_types) else 0
         kind = types.kind(oid) if oid else TEXT
         if fmt == 0:
@@ -188,7 +200,10 @@ def detokenize_params(
             elif kind == BYTEA:
                 raise TokenError(f"parameter ${n}: tokens are not resolved inside bytea values")
             else:
-                new = TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), text).encode()
+                new = TOKEN_RE.sub(
+                    lambda m, how=resolve: _value_text(how, m.group(0)),  # type: ignore[misc]
+                    text,
+                ).encode()
         elif kind == TEXT:
             new = _replace_bytes(value, resolve)
         elif kind == ARRAY and types.kind(types.elems.get(oid, 0)) == TEXT:

@@ -13,17 +13,22 @@ from __future__ import annotations
 class Ctx:
     """Where a value being walked ends up (decides whether a token may be resolved)."""
 
-    __slots__ = ("allowed", "target", "why")
+    __slots__ = ("allowed", "stores", "target", "why")
 
-    def __init__(self, allowed: bool, why: str = "", target: str | None = None) -> None:
+    def __init__(
+        self, allowed: bool, why: str = "", target: str | None = None, stores: bool = False
+    ) -> None:
         self.allowed = allowed
         self.why = why
         self.target = target
+        #: the value is stored in a PII column, where it will read back with the
+        #: deterministic token of a stored value (see ``FreshTokens``)
+        self.stores = stores
 
 
 OUTPUT = Ctx(True)
 FILTER = Ctx(True)
-WRITE_PII = Ctx(True)
+WRITE_PII = Ctx(True, stores=True)
 
 
 def refused(why: str) -> Ctx:

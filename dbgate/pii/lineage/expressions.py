@@ -134,7 +134,9 @@ class Expressions(WalkState):
         entities = frozenset(m.group(1) for m in TOKEN_RE.finditer(text))
         if not entities:
             return CLEAN
-        self.r.token_sites.append(TokenSite(body.get("location", -1), ctx.allowed, ctx.why, text))
+        self.r.token_sites.append(
+            TokenSite(body.get("location", -1), ctx.allowed, ctx.why, text, ctx.stores)
+        )
         return Lin(entities, token=True)
 
     def e_ParamRef(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
@@ -143,6 +145,8 @@ class Expressions(WalkState):
             self.r.param_sites[n] = ctx.why
         else:
             self.r.param_sites.setdefault(n, "")
+            if ctx.stores:
+                self.r.param_stores.add(n)
         return Lin(params=frozenset((n,)))
 
     def e_TypeCast(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:

@@ -29,6 +29,7 @@ class TokenSite:
     allowed: bool
     why: str = ""
     text: str = ""  # the literal's value as the server reads it
+    stores: bool = False  # its value is stored in a PII column (Ctx.stores)
 
 
 @dataclass
@@ -108,6 +109,8 @@ class Analysis:
     pii_writes: list[str] = field(default_factory=list)
     #: bind parameters whose values flow into such places
     param_writes: set[int] = field(default_factory=set)
+    #: parameters whose values are stored in a PII column (Ctx.stores)
+    param_stores: set[int] = field(default_factory=set)
     token_writes: list[str] = field(default_factory=list)
     #: relation names the snapshot did not know (the schema may be stale)
     unknown_relations: set[str] = field(default_factory=set)

@@ -9,7 +9,7 @@ COPY TO a file). RETURNING is an output like a SELECT's.
 from __future__ import annotations
 
 from dbgate.pii.lin import Lin
-from dbgate.pii.lineage.context import OUTPUT, WRITE_PII, Ctx, refused
+from dbgate.pii.lineage.context import OUTPUT, Ctx, refused
 from dbgate.pii.lineage.nodes import Node
 from dbgate.pii.lineage.results import Output
 from dbgate.pii.lineage.scope import Item, Scope
@@ -59,14 +59,31 @@ class Writes(WalkState):
     def column_ctx(self, item: Item, rel_name: str, column: str) -> Ctx:
         lin = item.get(column)
         if lin is not None and (lin.pii or lin.unknown):
-            return WRITE_PII
+            return Ctx(True, target=f"{rel_name}.{column}", stores=True)
         return Ctx(
             False,
             f"column {rel_name}.{column} is not PII in the catalog",
             target=f"{rel_name}.{column}",
         )
 
-    def check_write(self, lin: Lin, ctx: Ctx) -> None:
+    def check_write(self, lin: Lin, ctx: Ctx, value: Node | None = None) -> None:
+        """``lin`` (of the expression ``value``, when one is at hand) is written where
+        ``ctx`` says: PII into a column the catalog does not mark is held; so is a
+        value *made* from PII stored in a PII column (``SET email = substr(email, 1,
+        1)``): read back it would get the deterministic token of a stored value, which
+        the agent could compare with the token of a text it stored itself, a codebook
+        one character at a time. A copy (a column, a constant, a parameter) is not made
+        from anything; a token among them is resolved only when it stands for a stored
+        value (see ``tokens_in``)."""
+        if ctx.stores:
+            if (lin.pii or lin.unknown) and not _a_copy(value):
+                what = (
+                    f"stores a value made from PII ({', '.join(sorted(lin.entities)) or 'unknown'}) in "
+                    f"{ctx.target}: read back, its token could be matched to a chosen text's"
+                )
+                if what not in self.r.pii_writes:
+                    self.r.pii_writes.append(what)
+            return
         if ctx.allowed or ctx.target is None:
             return
         if lin.pii:
@@ -95,11 +112,17 @@ class Writes(WalkState):
                         ctx = (
                             ctxs[i] if i < len(ctxs) else refused("a value beyond the column list")
                         )
-                        self.check_write(self.expr(e, scope, ctx), ctx)
+                        self.check_write(self.expr(e, scope, ctx), ctx, e)
             else:
                 out = self.select(sbody, scope, OUTPUT)
+                plain = sbody.get("op", "SETOP_NONE") == "SETOP_NONE" and "valuesLists" not in sbody
+                vals = [t["ResTarget"].get("val") for t in sbody.get("targetList") or ()]
                 for i, ctx in enumerate(ctxs):
-                    self.check_write(out.at(i), ctx)
+                    # a column of the select list is its value (SELECT * copies them all)
+                    val = vals[i] if plain and i < len(vals) else None
+                    if plain and len(vals) == 1 and _a_star(vals[0]):
+                        val = vals[0]
+                    self.check_write(out.at(i), ctx, val)
         occ = body.get("onConflictClause")
         target_scope = Scope(scope)
         target_scope.items.append(item)
@@ -126,7 +149,7 @@ class Writes(WalkState):
                 )
                 self.check_write(self.expr(src, scope, ctx), ctx)
                 continue
-            self.check_write(self.expr(val, scope, ctx), ctx)
+            self.check_write(self.expr(val, scope, ctx), ctx, val)
 
     def dml_UpdateStmt(self, body: Node, outer: Scope | None) -> Output | None:
         scope = Scope(outer)
@@ -170,7 +193,7 @@ class Writes(WalkState):
                         if i < len(names)
                         else refused("MERGE")
                     )
-                    self.check_write(self.expr(v, scope, ctx), ctx)
+                    self.check_write(self.expr(v, scope, ctx), ctx, v)
             else:
                 self.assignments(list(targets), scope, item, rel_name)
         return self.returning(body, scope, item)
@@ -182,3 +205,17 @@ class Writes(WalkState):
             if lin.token:
                 self.r.token_writes.append(what)
         self.r.param_writes |= lin.params
+
+
+def _a_copy(value: Node | None) -> bool:
+    """A value written as it is: a column, a constant or a parameter (cast or not)."""
+    while value is not None and "TypeCast" in value:
+        value = value["TypeCast"].get("arg")
+    return value is not None and ("ColumnRef" in value or "A_Const" in value or "ParamRef" in value)
+
+
+def _a_star(value: Node | None) -> bool:
+    if value is None or "ColumnRef" not in value:
+        return False
+    fields = value["ColumnRef"].get("fields") or ()
+    return bool(fields) and "A_Star" in fields[-1]

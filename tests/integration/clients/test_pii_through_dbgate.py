@@ -54,7 +54,23 @@ def hidden_code(admin_dsn: str) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def pii_gate(pg_server: Any, demo_role: DemoRole, hidden_code: None) -> Iterator[RunningProxy]:
+def notes_table(admin_dsn: str) -> Iterator[None]:
+    """A table with a PII column (``email``, PII by its name) the agent may write, made
+    before the proxy reads the schema."""
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(
+            "create table codebook_notes (id int primary key, email text);"
+            "grant select, insert, update on codebook_notes to public"
+        )
+    yield
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("drop table codebook_notes")
+
+
+@pytest.fixture(scope="module")
+def pii_gate(
+    pg_server: Any, demo_role: DemoRole, hidden_code: None, notes_table: None
+) -> Iterator[RunningProxy]:
     running = start_pii_proxy(pg_server, demo_role)
     yield running
     running.stop()
@@ -501,3 +517,35 @@ def test_a_derived_token_still_resolves_when_sent_back(dsn: str, raw: dict[str, 
         ).fetchall()
     assert token.startswith("tok_email_") and token != raw["email"].lower()
     assert found == [(42,)]
+
+
+def test_a_value_made_from_pii_is_not_stored_where_it_would_read_back_deterministic(
+    dsn: str, raw: dict[str, Any]
+) -> None:
+    """Stored in a PII column, a piece of a value would read back with a stored
+    column's deterministic token, comparable with the token of a text the agent stored
+    itself: a codebook one write at a time. Such writes are held; a fresh token (of a
+    value made from PII) is not resolved into one; a copy of a stored value is."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("insert into codebook_notes values (1, 'a')")  # the agent's own text
+        for sql in (
+            "insert into codebook_notes select 2, substr(email, 1, 1) from customers where id = 42",
+            "update codebook_notes set email = (select lower(email) from customers where id = 42)"
+            " where id = 1",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="made from PII"):
+                conn.execute(sql)
+        (fresh,) = conn.execute(
+            "select substr(email, 1, 1) from customers where id = 42"
+        ).fetchone()
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="fresh token"):
+            conn.execute(f"insert into codebook_notes values (3, '{fresh}')")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="fresh token"):
+            conn.execute("insert into codebook_notes values (3, %s)", (fresh,))
+        # a stored value's token is a copy: stored, it reads back with the same token
+        (stored,) = conn.execute("select email from customers where id = 42").fetchone()
+        conn.execute(f"insert into codebook_notes values (4, '{stored}')")
+        conn.execute("insert into codebook_notes values (5, %s)", (stored,))
+        back = conn.execute("select email from codebook_notes where id in (4, 5)").fetchall()
+        assert back == [(stored,), (stored,)]
+        assert conn.execute("select count(*) from codebook_notes").fetchone() == (3,)
