@@ -83,7 +83,10 @@ def programs(flushes: bool = True) -> st.SearchStrategy[list[tuple[str, Any]]]:
                 ("query", "COMMIT"),
                 ("query", "ROLLBACK"),
                 ("query", "UPDATE {t} SET v = v WHERE id <= 5"),
-                ("query", "UPDATE {t} SET v = v WHERE id <= 2; SELECT id FROM {t} WHERE id < 5"),
+                (
+                    "query",
+                    "UPDATE {t} SET v = v WHERE id <= 2; SELECT id FROM {t} WHERE id < 5 ORDER BY id",
+                ),
                 ("query", "UPDATE {t} SET v = v WHERE id <= 2 RETURNING id; SELECT 1 / 0"),
             ]
         ),
