@@ -254,6 +254,11 @@ class Gate:
                 return fresh
         verdict, classification = self._judge(session, identity, statement)
         if type(verdict) is not Allow:
+            if pii is not None and isinstance(verdict, Awaitable):
+                # a hold: once approved, the statement's results are tokenized and its
+                # tokens resolved like any allowed statement's (an approval is no
+                # exemption from PII)
+                return self._pii_after_hold(verdict, session, statement, classification)
             return verdict
         if pii is not None:
             changed = pii.verdict(
@@ -298,6 +303,28 @@ class Gate:
             and not limited.max_changes
             and (answer[6].row_window is None or self.windows is None)
         )
+
+    async def _pii_after_hold(
+        self,
+        held: Awaitable[Verdict],
+        session: SessionInfo,
+        statement: Statement,
+        classification: Any,
+    ) -> Verdict:
+        verdict = await held
+        pii = self.pii
+        if pii is None or type(verdict) is not Allow or classification is None:
+            return verdict
+        changed = pii.verdict(
+            session,
+            statement,
+            verdict,
+            classification,
+            lambda decision: self.verdict(decision, session, statement.sql, ()),
+        )
+        if isinstance(changed, Awaitable):
+            changed = await changed
+        return verdict if changed is None else changed
 
     @staticmethod
     async def _bind_changed_later(verdict: Allow, changed: Awaitable[Any]) -> Verdict:

@@ -549,3 +549,60 @@ def test_a_value_made_from_pii_is_not_stored_where_it_would_read_back_determinis
         back = conn.execute("select email from codebook_notes where id in (4, 5)").fetchall()
         assert back == [(stored,), (stored,)]
         assert conn.execute("select count(*) from codebook_notes").fetchone() == (3,)
+
+
+class _ApproveAll:
+    """An approval service whose approver says yes to every hold at once."""
+
+    replica = "test"
+
+    async def hold(self, request: Any, notify: Any) -> Any:
+        from dbgate.approvals.model import HoldOutcome, HoldStatus
+
+        return HoldOutcome(HoldStatus.APPROVED, request_id="1")
+
+    async def approved_before(self, request: Any) -> Any:
+        return None
+
+    async def executed(self, request_id: str) -> None:
+        return None
+
+
+def test_a_read_approved_after_a_hold_is_still_tokenized(
+    pg_server: Any, demo_role: DemoRole, demo_db: str, admin_dsn: str
+) -> None:
+    """A simple Query the rules hold (a whole table, a dump; the planner's samples in
+    pg_stats) and a human approves runs under the same PII plan as an allowed one:
+    an approval is no exemption. Before, the approved Query's verdict skipped the PII
+    gate and psql got every e-mail address raw."""
+    from dbgate.app import build_gate
+    from dbgate.gate.pii import PiiGate
+    from tests.integration.clients.conftest import pii_config
+
+    config = pii_config(pg_server, demo_role)
+    pii = PiiGate(config)
+    pii.check()
+    running = RunningProxy(
+        config,
+        inspector=build_gate(config, _ApproveAll(), pii),  # type: ignore[arg-type]
+        message_filter=pii.filter,
+    ).start()
+    try:
+        with psycopg.connect(admin_dsn) as admin:
+            emails = {r[0] for r in admin.execute("select email from customers")}
+            admin.execute("analyze customers")
+            admin.commit()
+        with psycopg.connect(running.dsn(demo_db), autocommit=True) as conn:
+            cur = psycopg.ClientCursor(conn)  # a simple Query, as psql sends it
+            got = cur.execute("select id, email from customers").fetchall()
+            assert len(got) == len(emails)
+            assert not emails & {r[1] for r in got}
+            assert all(r[1].startswith("tok_email_") for r in got)
+            samples = cur.execute(
+                "select most_common_vals::text, histogram_bounds::text from pg_stats"
+                " where tablename = 'customers' and attname = 'email'"
+            ).fetchall()
+            text = repr(samples)
+            assert not any(e in text for e in emails), text
+    finally:
+        running.stop()
