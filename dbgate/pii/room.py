@@ -255,7 +255,13 @@ class StatementPlan:
                 else:
                     # exact for the value; but PII may have chosen the rows it is from
                     lin = lin | merged.chosen
-                    stored = attnum > 0 and cov.stored(table_oid)
+                    # a RETURNING of a write names the table's column for the value
+                    # it wrote, which the statement made: not a stored value
+                    stored = (
+                        attnum > 0
+                        and cov.stored(table_oid)
+                        and not self.analysis.returns_written
+                    )
             if lin is None:
                 lin = merged.at(i)
             action = self._action(i, lin, type_oid, fmts[i], stored)

@@ -122,6 +122,11 @@ class Analysis:
     #: relations written whose own rules or triggers run code the walk does not see:
     #: what that code reads may come back in its notices and errors
     hidden_code: list[str] = field(default_factory=list)
+    #: an INSERT, UPDATE or MERGE of the text has a RETURNING list: the server names
+    #: the written table's columns as the origins of values the statement made
+    #: (``SET email = substr(email, 1, 1) RETURNING email``), so no origin in it is a
+    #: stored value (see ``StatementPlan.rows``)
+    returns_written: bool = False
 
 
 class ColumnSource(Protocol):

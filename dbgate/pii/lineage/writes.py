@@ -41,13 +41,18 @@ class Writes(WalkState):
         if rel.rules:
             self.rules_met = True
 
-    def returning(self, body: Node, scope: Scope, item: Item) -> Output | None:
+    def returning(
+        self, body: Node, scope: Scope, item: Item, written_only: bool = False
+    ) -> Output | None:
+        """``written_only``: a DELETE's (its RETURNING shows the rows as they were stored)."""
         rc = body.get("returningClause") or {}
         exprs = rc.get("exprs") if isinstance(rc, dict) else None
         if exprs is None:
             exprs = body.get("returningList")
         if not exprs:
             return None
+        if not written_only:
+            self.r.returns_written = True
         for alias in ("old", "new"):
             scope.items.append(Item(alias, item.names, item.cols, item.open, item.rest))
         out = Output()
@@ -170,7 +175,7 @@ class Writes(WalkState):
         for f in body.get("usingClause") or ():
             self.from_item(f, scope)
         self.choose(body.get("whereClause"), scope)
-        return self.returning(body, scope, item)
+        return self.returning(body, scope, item, written_only=True)
 
     def dml_MergeStmt(self, body: Node, outer: Scope | None) -> Output | None:
         scope = Scope(outer)

@@ -606,3 +606,30 @@ def test_a_read_approved_after_a_hold_is_still_tokenized(
             assert not any(e in text for e in emails), text
     finally:
         running.stop()
+
+
+def test_returning_of_a_rolled_back_write_is_no_codebook(dsn: str, raw: dict[str, Any]) -> None:
+    """PostgreSQL names the written column as the origin of a RETURNING value, which
+    the statement made: ``SET email = substr(email, 1, 1) RETURNING email`` gave the
+    stored column's deterministic token of one character, equal to the token of
+    ``SET email = 'm' RETURNING email``, both rolled back (nothing written): a codebook
+    again. Values an INSERT/UPDATE/MERGE returns get fresh tokens."""
+    first = raw["email"][:1]
+    with psycopg.connect(dsn) as conn:
+        piece = conn.execute(
+            "update customers set email = substr(email, 1, 1) where id = 42 returning email"
+        ).fetchone()
+        conn.rollback()
+        chosen = conn.execute(
+            f"update customers set email = '{first}' where id = 42 returning email"
+        ).fetchone()
+        conn.rollback()
+        assert piece is not None and chosen is not None
+        assert piece[0].startswith("tok_email_") and chosen[0].startswith("tok_email_")
+        assert piece[0] != chosen[0]
+        stored = conn.execute("select email from customers where id = 42").fetchone()
+        conn.rollback()
+        assert stored is not None
+        # the token of a value as read is the same in every statement
+        again = conn.execute("select email from customers where id = 42").fetchone()
+        assert again == stored
