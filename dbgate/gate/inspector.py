@@ -254,10 +254,11 @@ class Gate:
                 return fresh
         verdict, classification = self._judge(session, identity, statement)
         if type(verdict) is not Allow:
-            if pii is not None and isinstance(verdict, Awaitable):
+            if pii is not None and classification is not None and isinstance(verdict, Awaitable):
                 # a hold: once approved, the statement's results are tokenized and its
                 # tokens resolved like any allowed statement's (an approval is no
-                # exemption from PII)
+                # exemption from PII). Without a classification the awaitable is the
+                # classification pool's, which judges PII itself (_offloaded).
                 return self._pii_after_hold(verdict, session, statement, classification)
             return verdict
         if pii is not None:
@@ -311,9 +312,11 @@ class Gate:
         statement: Statement,
         classification: Any,
     ) -> Verdict:
+        """An awaited verdict of a Query the gate classified (a hold, or a judgment
+        after the key catalog was read anew), then what PII changes about it."""
         verdict = await held
         pii = self.pii
-        if pii is None or type(verdict) is not Allow or classification is None:
+        if pii is None or type(verdict) is not Allow:
             return verdict
         changed = pii.verdict(
             session,
@@ -658,8 +661,7 @@ class Gate:
             ready = self.offload.ahead(statement.sql, session.statements.texts, catalog)
             unclassified = None if ready is None else await ready
             if unclassified is not None:  # it could not be: the pool's hold or refusal
-                held = self._held(statement.kind, unclassified, session, statement.sql)
-                return await held if isinstance(held, Awaitable) else held  # type: ignore[no-any-return]
+                return await self._unclassified(unclassified, session, statement, statement.sql)
         if catalog is not None:
             classification = self._classified(statement.sql, session.statements.texts, catalog)
             loads.still_unknown(session.database, self.keys.unknown(catalog, classification.tables))
@@ -679,15 +681,33 @@ class Gate:
         """Judged once a worker has classified the statement, or by the pool's decision
         (a hold or a refusal) when it could not be (see classify_pool.py)."""
         unclassified = await ready
-        if unclassified is None:
-            verdict = self.inspect(session, statement)
-        elif statement.kind == "bind":
-            verdict = self.verdict(unclassified, session, sql, params)
-        else:
-            verdict = self._held(statement.kind, unclassified, session, sql)
+        if unclassified is not None:
+            return await self._unclassified(unclassified, session, statement, sql, params)
+        verdict = self.inspect(session, statement)
         if isinstance(verdict, Awaitable):
             return await verdict
         return verdict
+
+    async def _unclassified(
+        self,
+        decision: Decision,
+        session: SessionInfo,
+        statement: Statement,
+        sql: str,
+        params: tuple[str | None, ...] | list[str | None] = (),
+    ) -> Verdict:
+        """The pool's decision (a hold or a refusal) on a statement it could not
+        classify. Approved, a Query or a Bind of it runs with every column of its
+        results tokenized: nothing is known of them (``PiiGate.unclassified``)."""
+        kind = statement.kind
+        if kind == "bind":
+            held = self.verdict(decision, session, sql, params)
+        else:
+            held = self._held(kind, decision, session, sql)
+        verdict = await held if isinstance(held, Awaitable) else held
+        if self.pii is not None and type(verdict) is Allow and kind in ("query", "bind"):
+            return self.pii.unclassified(session, verdict, sql)  # type: ignore[no-any-return]
+        return verdict  # type: ignore[no-any-return]
 
     def _answer(self, identity: Identity, classification: Any) -> tuple[Any, ...]:
         """What a classification means for an identity, remembered while both live."""

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dbgate.gate.notes import GateNote, primary_category
 from dbgate.gate.schema_loads import SchemaLoads, upstream_dsn
+from dbgate.pii.lin import UNKNOWN_LIN
+from dbgate.pii.lineage.results import Analysis, Output, StatementLineage
 from dbgate.pii.plan_cache import shape_from_mask, shape_of
 from dbgate.pii.room import PiiRoom, PiiSession, StatementPlan
 from dbgate.pii.tokens import TokenError
@@ -77,6 +79,14 @@ class _Question(NamedTuple):
     reloaded: bool
     #: where the verdict is remembered (None: it is not)
     key: tuple[str, str, bool] | None
+
+
+#: No room yet for the session's database: fail closed.
+_SCHEMA_UNKNOWN = Refuse(
+    "42501",
+    "dbgate: the database's schema is not loaded, so dbgate cannot tell which results "
+    "carry PII; statement not run",
+)
 
 
 class PiiResultPlan:
@@ -309,6 +319,21 @@ class PiiGate:
             return True
         shape = shape_from_mask(sql, masked)
         return shape is not None and s.room.plans.nothing_to_change(shape)
+
+    def unclassified(self, info: SessionInfo, allowed: Allow, sql: str) -> Allow | Refuse:
+        """``allowed`` for a statement a human approved that dbgate could not classify
+        (its classification ran out of time or of workers): nothing is known of its
+        outputs, so every column of its results is tokenized (fresh tokens) and its
+        errors are withheld; tokens in its text are not resolved."""
+        s = self.session(info)
+        if s is None:
+            return _SCHEMA_UNKNOWN
+        if s.exemption is not None:
+            return allowed
+        analysis = Analysis()
+        analysis.unknown_reasons.append("approved without a classification")
+        analysis.statements.append(StatementLineage("?", Output(tail=UNKNOWN_LIN)))
+        return replace(allowed, plan=PiiResultPlan(StatementPlan(s.room, sql, analysis, None)))
 
     # -- judging --------------------------------------------------------------------------
     def verdict(

@@ -258,9 +258,7 @@ class StatementPlan:
                     # a RETURNING of a write names the table's column for the value
                     # it wrote, which the statement made: not a stored value
                     stored = (
-                        attnum > 0
-                        and cov.stored(table_oid)
-                        and not self.analysis.returns_written
+                        attnum > 0 and cov.stored(table_oid) and not self.analysis.returns_written
                     )
             if lin is None:
                 lin = merged.at(i)

@@ -633,3 +633,59 @@ def test_returning_of_a_rolled_back_write_is_no_codebook(dsn: str, raw: dict[str
         # the token of a value as read is the same in every statement
         again = conn.execute("select email from customers where id = 42").fetchone()
         assert again == stored
+
+
+class _CannotClassify:
+    """A classification pool that cannot classify statements naming ``unclassifiable``
+    (out of time, say): it holds them as opaque, as ClassifyPool does."""
+
+    def ahead(self, sql: str, prepared: Any, keys: Any) -> Any:
+        if "unclassifiable" not in sql:
+            return None
+        from dbgate.gate.classify_pool import TIMED_OUT, _unclassified
+        from dbgate.policy.model import Action
+
+        async def held() -> Any:
+            return _unclassified(Action.HOLD, TIMED_OUT[0], TIMED_OUT[1])
+
+        return held()
+
+    def trace_ahead(self, sql: str, coverage: Any) -> Any:
+        return None
+
+    def wrap(self, classify: Any) -> Any:
+        return classify
+
+    def bind_verdict(self, sql: str, params: Any) -> Any:
+        return None
+
+
+def test_an_approved_statement_dbgate_could_not_classify_has_every_column_tokenized(
+    pg_server: Any, demo_role: DemoRole, demo_db: str, admin_dsn: str
+) -> None:
+    """Held because its classification ran out of time, then approved: nothing is
+    known of its results but what the RowDescription says, so a clean column of a table
+    comes back as it is stored, a PII one tokenized, and every column without an origin
+    tokenized (a simple Query and the Bind of a prepared statement alike)."""
+    from dbgate.app import build_gate
+    from dbgate.gate.pii import PiiGate
+    from tests.integration.clients.conftest import pii_config
+
+    config = pii_config(pg_server, demo_role)
+    pii = PiiGate(config)
+    pii.check()
+    gate = build_gate(config, _ApproveAll(), pii, offload=_CannotClassify())  # type: ignore[arg-type]
+    running = RunningProxy(config, inspector=gate, message_filter=pii.filter).start()
+    sql = "select id, email, 'unclassifiable' as note from customers where id = 42"
+    try:
+        with psycopg.connect(admin_dsn) as admin:
+            (email,) = admin.execute("select email from customers where id = 42").fetchone()
+        with psycopg.connect(running.dsn(demo_db), autocommit=True) as conn:
+            simple = psycopg.ClientCursor(conn).execute(sql).fetchone()
+            prepared = conn.execute(sql, prepare=True).fetchone()
+        for row in (simple, prepared):
+            assert row is not None and email not in repr(row)
+            assert row[0] == 42  # customers.id, clean in the catalog
+            assert row[1].startswith("tok_email_") and row[2].startswith("tok_unknown_"), row
+    finally:
+        running.stop()
