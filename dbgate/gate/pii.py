@@ -428,7 +428,36 @@ class PiiGate:
                 classification=classification,
                 reasons=tuple(Reason(Category.EXPORT, "pii-copy", r) for r in plan.hold_reasons),
             )
-            return hold(decision)  # type: ignore[no-any-return]
+            held = hold(decision)
+            if isinstance(held, Awaitable):
+                return self._after_hold(held, s, plan, allowed, classification)
+            if type(held) is not Allow:
+                return held  # type: ignore[no-any-return]
+            # an approval is no exemption from PII: the statement runs under its plan
+            allowed = _approved(allowed, held)
+        return self._planned(s, plan, allowed, classification)
+
+    async def _after_hold(
+        self,
+        held: Awaitable[Any],
+        s: PiiSession,
+        plan: StatementPlan,
+        allowed: Allow,
+        classification: Classification,
+    ) -> Allow | Refuse:
+        """A statement the PII gate held, once decided: approved, it runs under its
+        PII plan (results tokenized, tokens in it resolved) like any allowed one; an
+        approval lets its copy through, never its rows raw."""
+        verdict = await held
+        if type(verdict) is not Allow:
+            return verdict  # type: ignore[no-any-return]
+        planned = self._planned(s, plan, _approved(allowed, verdict), classification)
+        return _approved(allowed, verdict) if planned is None else planned
+
+    def _planned(
+        self, s: PiiSession, plan: StatementPlan, allowed: Allow, classification: Classification
+    ) -> Allow | Refuse | None:
+        """``allowed`` under ``plan``: its results tokenized, its tokens resolved."""
         # Also for a statement that reads PII only where its rows are chosen: the plan
         # rewrites no row then, it marks the statement whose errors are withheld
         result_plan = PiiResultPlan(plan) if plan.involves_pii else None
@@ -524,6 +553,14 @@ class PiiGate:
         if values == statement.params:
             return Allow(plan=result_plan) if result_plan is not None else None
         return Allow(plan=result_plan, replace_params=values)
+
+
+def _approved(allowed: Allow, approved: Allow) -> Allow:
+    """The policy's verdict (its limits) for a statement the PII gate held and a human
+    approved, with the approval's note (the audit records the approval); never
+    remembered by the relay (the next one is held again)."""
+    note = allowed.note if approved.note is None else approved.note
+    return replace(allowed, note=note, repeatable=False)
 
 
 def _binds_may_hold_tokens(allowed: Allow) -> Allow:

@@ -608,6 +608,63 @@ def test_a_read_approved_after_a_hold_is_still_tokenized(
         running.stop()
 
 
+class _CountingApproveAll(_ApproveAll):
+    """:class:`_ApproveAll` that remembers which rules held what."""
+
+    def __init__(self) -> None:
+        self.rules: list[str] = []
+
+    async def hold(self, request: Any, notify: Any) -> Any:
+        self.rules.append(request.rule)
+        return await super().hold(request, notify)
+
+
+def _approving_proxy(pg_server: Any, demo_role: DemoRole) -> tuple[RunningProxy, Any]:
+    from dbgate.app import build_gate
+    from dbgate.gate.pii import PiiGate
+    from tests.integration.clients.conftest import pii_config
+
+    config = pii_config(pg_server, demo_role)
+    pii = PiiGate(config)
+    pii.check()
+    approvals = _CountingApproveAll()
+    running = RunningProxy(
+        config,
+        inspector=build_gate(config, approvals, pii),  # type: ignore[arg-type]
+        message_filter=pii.filter,
+    ).start()
+    return running, approvals
+
+
+def test_a_copy_the_pii_gate_held_runs_tokenized_once_approved(
+    pg_server: Any, demo_role: DemoRole, demo_db: str, admin_dsn: str
+) -> None:
+    """A statement the PII gate itself holds (it copies an e-mail address into a
+    setting) and a human approves still runs under its PII plan: the approval lets the
+    copy through, not the rows raw. Before, the approved verdict carried no result plan
+    and psql, psycopg, a COPY TO STDOUT, a cursor and the other statements of the same
+    query string all got the addresses raw."""
+    with psycopg.connect(admin_dsn) as admin:
+        emails = {r[0] for r in admin.execute("select email from customers")}
+    running, approvals = _approving_proxy(pg_server, demo_role)
+    copy = "select id, email, set_config('app.rt3', email, false) from customers where id <= 3"
+    try:
+        with psycopg.connect(running.dsn(demo_db), autocommit=True) as conn:
+            simple = psycopg.ClientCursor(conn)  # a simple Query, as psql sends it
+            got: list[Any] = []
+            got += simple.execute(copy).fetchall()
+            got += conn.execute(copy).fetchall()  # Parse/Bind/Execute
+            got += simple.execute(f"select email from customers where id = 4; {copy}").fetchall()
+            with simple.copy(f"copy ({copy}) to stdout") as out:
+                got += list(out.rows())
+            assert "pii" in approvals.rules, approvals.rules
+            values = {str(v) for row in got for v in row[1:]}
+            assert len(got) >= 9 and not emails & values, got
+            assert all(v.startswith("tok_email_") for v in values), got
+    finally:
+        running.stop()
+
+
 def test_returning_of_a_rolled_back_write_is_no_codebook(dsn: str, raw: dict[str, Any]) -> None:
     """PostgreSQL names the written column as the origin of a RETURNING value, which
     the statement made: ``SET email = substr(email, 1, 1) RETURNING email`` gave the
