@@ -231,21 +231,7 @@ class Gate:
             verdict = self._inspect_bind(session, identity, statement)
             if pii is None or type(verdict) is not Allow:
                 return verdict
-            changed = pii.bind_verdict(
-                session,
-                statement,
-                statement.sql,
-                lambda decision: self.verdict(
-                    decision,
-                    session,
-                    statement.sql,
-                    values_as_text(statement.params, statement.param_formats, statement.param_types)
-                    or (),
-                ),
-            )
-            if isinstance(changed, Awaitable):  # traced in a worker first
-                return self._bind_changed_later(verdict, changed)
-            return _bind_changed(verdict, changed)
+            return self._bind_pii(session, statement, verdict)
         catalog = None
         if kind == "query":
             catalog = self.keys.for_session(session) if self.keys is not None else None
@@ -328,6 +314,53 @@ class Gate:
         if isinstance(changed, Awaitable):
             changed = await changed
         return verdict if changed is None else changed
+
+    def _bind_pii(
+        self, session: SessionInfo, statement: Statement, verdict: Allow
+    ) -> Verdict | Awaitable[Verdict]:
+        """An allowed (or approved) Bind's verdict after PII: the tokens among its
+        values resolved, its results under its plan."""
+        assert self.pii is not None
+        changed = self.pii.bind_verdict(
+            session,
+            statement,
+            statement.sql,
+            lambda decision: self.verdict(
+                decision,
+                session,
+                statement.sql,
+                values_as_text(statement.params, statement.param_formats, statement.param_types)
+                or (),
+            ),
+        )
+        if isinstance(changed, Awaitable):  # traced in a worker first
+            return self._bind_changed_later(verdict, changed)
+        return _bind_changed(verdict, changed)
+
+    def _bind_held(
+        self,
+        decision: Decision,
+        session: SessionInfo,
+        statement: Statement,
+        sql: str,
+        params: tuple[str | None, ...] | list[str | None],
+    ) -> Verdict | Awaitable[Verdict]:
+        """The verdict of a Bind the rules hold: once approved, its values' tokens are
+        resolved and its results tokenized like any allowed Bind's (an approval is no
+        exemption from PII)."""
+        held = self.verdict(decision, session, sql, params)
+        if self.pii is None or not isinstance(held, Awaitable):
+            return held
+        return self._bind_pii_after_hold(held, session, statement)
+
+    async def _bind_pii_after_hold(
+        self, held: Awaitable[Verdict], session: SessionInfo, statement: Statement
+    ) -> Verdict:
+        verdict = await held
+        if type(verdict) is not Allow:
+            return verdict
+        changed = self._bind_pii(session, statement, verdict)
+        return await changed if isinstance(changed, Awaitable) else changed
 
     @staticmethod
     async def _bind_changed_later(verdict: Allow, changed: Awaitable[Any]) -> Verdict:
@@ -791,7 +824,7 @@ class Gate:
             if decision is None and self.offload is not None:
                 costly = self.offload.bind_verdict(candidate.sql, params)
                 if costly is not None:  # not parsed again on the event loop
-                    return self.verdict(costly, session, candidate.sql, params)
+                    return self._bind_held(costly, session, statement, candidate.sql, params)
             if decision is None:
                 decision = decide_bind(
                     self.ruleset,
@@ -803,7 +836,7 @@ class Gate:
                     keys=catalog,
                 )
             if decision.action is not _ALLOW_ACTION:
-                return self.verdict(decision, session, candidate.sql, params)
+                return self._bind_held(decision, session, statement, candidate.sql, params)
             if self._has_limits(decision):
                 limited = (decision, classification, candidate)
         if limited is not None:
@@ -853,7 +886,7 @@ class Gate:
             held = replace(verdict_hold(limits), classification=classification)
         else:
             held = verdict
-        return self.verdict(held, session, candidate.sql, params)
+        return self._bind_held(held, session, statement, candidate.sql, params)
 
     def _bind_limited(self, decision: Decision, classification: Any, sql: str) -> Allow | Decision:
         """:meth:`_limited` for a Bind, made once per decision and classification

@@ -665,6 +665,43 @@ def test_a_copy_the_pii_gate_held_runs_tokenized_once_approved(
         running.stop()
 
 
+def test_a_bind_approved_after_a_hold_has_its_tokens_resolved(
+    pg_server: Any, demo_role: DemoRole, demo_db: str
+) -> None:
+    """A Bind the rules hold and a human approves runs like an allowed one: the tokens
+    among its values are resolved, its results tokenized. Before, the approved Bind
+    skipped the PII gate: the token reached the server as it was and matched nothing
+    (or would be written as it was)."""
+    running, approvals = _approving_proxy(pg_server, demo_role)
+    held = (
+        "select id, email from customers"
+        " where email = %s and set_config('app.rt3', 'x', false) = 'x'"
+    )
+    try:
+        with psycopg.connect(running.dsn(demo_db), autocommit=True) as conn:
+            row = conn.execute("select email from customers where id = 42").fetchone()
+            assert row is not None and row[0].startswith("tok_email_")
+            token = row[0]
+            for prepare in (False, True):
+                got = conn.execute(held, (token,), prepare=prepare).fetchall()
+                assert got == [(42, token)], got
+
+        async def prepared() -> list[Any]:
+            c = await asyncpg.connect(running.dsn(demo_db))
+            try:
+                st = await c.prepare(held.replace("%s", "$1"))
+                return [tuple(r) for r in await st.fetch(token)]
+            finally:
+                await c.close()
+
+        from tests.integration.clients.conftest import run_async
+
+        assert run_async(prepared()) == [(42, token)]
+        assert len(approvals.rules) >= 3, approvals.rules
+    finally:
+        running.stop()
+
+
 def test_returning_of_a_rolled_back_write_is_no_codebook(dsn: str, raw: dict[str, Any]) -> None:
     """PostgreSQL names the written column as the origin of a RETURNING value, which
     the statement made: ``SET email = substr(email, 1, 1) RETURNING email`` gave the
