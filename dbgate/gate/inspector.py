@@ -248,13 +248,7 @@ class Gate:
                 return self._pii_after_hold(verdict, session, statement, classification)
             return verdict
         if pii is not None:
-            changed = pii.verdict(
-                session,
-                statement,
-                verdict,
-                classification,
-                lambda decision: self.verdict(decision, session, statement.sql, ()),
-            )
+            changed = self._pii_changed(session, statement, verdict, classification)
             if changed is not None:
                 return changed
         if kind == "query":
@@ -291,6 +285,20 @@ class Gate:
             and (answer[6].row_window is None or self.windows is None)
         )
 
+    def _pii_changed(
+        self, session: SessionInfo, statement: Statement, verdict: Allow, classification: Any
+    ) -> Verdict | Awaitable[Verdict] | None:
+        """What PII changes about an allowed Query or Parse (``PiiGate.verdict``): None,
+        or the verdict to use; a statement PII must hold is held through the gate."""
+        assert self.pii is not None
+        return self.pii.verdict(  # type: ignore[no-any-return]
+            session,
+            statement,
+            verdict,
+            classification,
+            lambda decision: self.verdict(decision, session, statement.sql, ()),
+        )
+
     async def _pii_after_hold(
         self,
         held: Awaitable[Verdict],
@@ -301,16 +309,9 @@ class Gate:
         """An awaited verdict of a Query the gate classified (a hold, or a judgment
         after the key catalog was read anew), then what PII changes about it."""
         verdict = await held
-        pii = self.pii
-        if pii is None or type(verdict) is not Allow:
+        if self.pii is None or type(verdict) is not Allow:
             return verdict
-        changed = pii.verdict(
-            session,
-            statement,
-            verdict,
-            classification,
-            lambda decision: self.verdict(decision, session, statement.sql, ()),
-        )
+        changed = self._pii_changed(session, statement, verdict, classification)
         if isinstance(changed, Awaitable):
             changed = await changed
         return verdict if changed is None else changed
