@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hmac
 import itertools
+import logging
 import os
 import re
 import threading
@@ -316,6 +317,11 @@ FRESH_SEED_ENV = "DBGATE_TEST_FRESH_SEED"
 def _fresh_seed() -> bytes:
     pinned = os.environ.get(FRESH_SEED_ENV)
     if pinned:
+        logging.getLogger("dbgate.pii").warning(
+            "%s is set: the tokens of values derived from PII are the same in every run "
+            "(for tests only; unset it in a deployment)",
+            FRESH_SEED_ENV,
+        )
         return bytes.fromhex(pinned)[:32].ljust(32, b"\0")
     return os.urandom(32)
 
