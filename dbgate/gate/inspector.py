@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbgate.audit.errors import AuditUnavailable
 from dbgate.gate import cursors, refusals
+from dbgate.gate.approved_pii import ApprovedPii
 from dbgate.gate.audit import AuditTrail
 from dbgate.gate.fresh_literals import FreshLiterals
 from dbgate.gate.holds import HoldDesk
@@ -92,7 +93,7 @@ def _reusable(classification: Any) -> bool:
 _WRITE_COMMANDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 
 
-class Gate:
+class Gate(ApprovedPii):
     """The relay's inspector, backed by the classifier, a RuleSet and (optionally)
     the approval service."""
 
@@ -284,88 +285,6 @@ class Gate:
             and not limited.max_changes
             and (answer[6].row_window is None or self.windows is None)
         )
-
-    def _pii_changed(
-        self, session: SessionInfo, statement: Statement, verdict: Allow, classification: Any
-    ) -> Verdict | Awaitable[Verdict] | None:
-        """What PII changes about an allowed Query or Parse (``PiiGate.verdict``): None,
-        or the verdict to use; a statement PII must hold is held through the gate."""
-        assert self.pii is not None
-        return self.pii.verdict(  # type: ignore[no-any-return]
-            session,
-            statement,
-            verdict,
-            classification,
-            lambda decision: self.verdict(decision, session, statement.sql, ()),
-        )
-
-    async def _pii_after_hold(
-        self,
-        held: Awaitable[Verdict],
-        session: SessionInfo,
-        statement: Statement,
-        classification: Any,
-    ) -> Verdict:
-        """An awaited verdict of a Query the gate classified (a hold, or a judgment
-        after the key catalog was read anew), then what PII changes about it."""
-        verdict = await held
-        if self.pii is None or type(verdict) is not Allow:
-            return verdict
-        changed = self._pii_changed(session, statement, verdict, classification)
-        if isinstance(changed, Awaitable):
-            changed = await changed
-        return verdict if changed is None else changed
-
-    def _bind_pii(
-        self, session: SessionInfo, statement: Statement, verdict: Allow
-    ) -> Verdict | Awaitable[Verdict]:
-        """An allowed (or approved) Bind's verdict after PII: the tokens among its
-        values resolved, its results under its plan."""
-        assert self.pii is not None
-        changed = self.pii.bind_verdict(
-            session,
-            statement,
-            statement.sql,
-            lambda decision: self.verdict(
-                decision,
-                session,
-                statement.sql,
-                values_as_text(statement.params, statement.param_formats, statement.param_types)
-                or (),
-            ),
-        )
-        if isinstance(changed, Awaitable):  # traced in a worker first
-            return self._bind_changed_later(verdict, changed)
-        return _bind_changed(verdict, changed)
-
-    def _bind_held(
-        self,
-        decision: Decision,
-        session: SessionInfo,
-        statement: Statement,
-        sql: str,
-        params: tuple[str | None, ...] | list[str | None],
-    ) -> Verdict | Awaitable[Verdict]:
-        """The verdict of a Bind the rules hold: once approved, its values' tokens are
-        resolved and its results tokenized like any allowed Bind's (an approval is no
-        exemption from PII)."""
-        held = self.verdict(decision, session, sql, params)
-        if self.pii is None or not isinstance(held, Awaitable):
-            return held
-        return self._bind_pii_after_hold(held, session, statement)
-
-    async def _bind_pii_after_hold(
-        self, held: Awaitable[Verdict], session: SessionInfo, statement: Statement
-    ) -> Verdict:
-        verdict = await held
-        if type(verdict) is not Allow:
-            return verdict
-        changed = self._bind_pii(session, statement, verdict)
-        return await changed if isinstance(changed, Awaitable) else changed
-
-    @staticmethod
-    async def _bind_changed_later(verdict: Allow, changed: Awaitable[Any]) -> Verdict:
-        return _bind_changed(verdict, await changed)
 
     async def _after(
         self, ready: Awaitable[None], session: SessionInfo, statement: Statement
@@ -722,27 +641,6 @@ class Gate:
             return await verdict
         return verdict
 
-    async def _unclassified(
-        self,
-        decision: Decision,
-        session: SessionInfo,
-        statement: Statement,
-        sql: str,
-        params: tuple[str | None, ...] | list[str | None] = (),
-    ) -> Verdict:
-        """The pool's decision (a hold or a refusal) on a statement it could not
-        classify. Approved, a Query or a Bind of it runs with every column of its
-        results tokenized: nothing is known of them (``PiiGate.unclassified``)."""
-        kind = statement.kind
-        if kind == "bind":
-            held = self.verdict(decision, session, sql, params)
-        else:
-            held = self._held(kind, decision, session, sql)
-        verdict = await held if isinstance(held, Awaitable) else held
-        if self.pii is not None and type(verdict) is Allow and kind in ("query", "bind"):
-            return self.pii.unclassified(session, verdict, sql)  # type: ignore[no-any-return]
-        return verdict  # type: ignore[no-any-return]
-
     def _answer(self, identity: Identity, classification: Any) -> tuple[Any, ...]:
         """What a classification means for an identity, remembered while both live."""
         statements = classification.statements
@@ -970,23 +868,3 @@ class Gate:
         )
         await self.audit.durable(event)  # refused either way
         return refusal
-
-
-def _bind_changed(verdict: Allow, changed: Verdict | None) -> Verdict:
-    """A Bind's verdict after PII: the policy's (``verdict``) when PII changes nothing,
-    else PII's, which keeps the policy's note and row limit — with its proven read
-    bound, so that the relay still counts the rows from the command tag instead of
-    watching each one (``Allow.read_bound``)."""
-    if changed is None:
-        return verdict
-    if type(changed) is Allow:
-        if changed.note is None:  # the Execute's record reads it
-            changed = replace(changed, note=verdict.note)
-        if verdict.max_rows and not changed.max_rows:
-            changed = replace(
-                changed,
-                max_rows=verdict.max_rows,
-                over_limit=verdict.over_limit,
-                read_bound=verdict.read_bound,
-            )
-    return changed

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from dbgate.gate import refusals
 from dbgate.gate.notes import GateNote, primary_category
 from dbgate.gate.schema_loads import SchemaLoads, upstream_dsn
 from dbgate.pii.lin import UNKNOWN_LIN
@@ -79,14 +80,6 @@ class _Question(NamedTuple):
     reloaded: bool
     #: where the verdict is remembered (None: it is not)
     key: tuple[str, str, bool] | None
-
-
-#: No room yet for the session's database: fail closed.
-_SCHEMA_UNKNOWN = Refuse(
-    "42501",
-    "dbgate: the database's schema is not loaded, so dbgate cannot tell which results "
-    "carry PII; statement not run",
-)
 
 
 class PiiResultPlan:
@@ -327,7 +320,7 @@ class PiiGate:
         errors are withheld; tokens in its text are not resolved."""
         s = self.session(info)
         if s is None:
-            return _SCHEMA_UNKNOWN
+            return refusals.PII_SCHEMA_UNAVAILABLE  # fail closed
         if s.exemption is not None:
             return allowed
         analysis = Analysis()

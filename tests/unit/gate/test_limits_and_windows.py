@@ -108,7 +108,7 @@ def test_a_bind_verdict_changed_by_pii_keeps_the_policys_row_limit_and_bound() -
     """Tokens resolved in a Bind's values give a new Allow (new values, no result
     plan): it keeps the policy's limit, its over-limit action and its proven read
     bound, so the relay still counts that read from its command tag."""
-    from dbgate.gate.inspector import _bind_changed
+    from dbgate.gate.approved_pii import _bind_changed
     from dbgate.proxy.seams import Allow
 
     over = OverLimit(Action.DENY, "small-window")
