@@ -119,7 +119,8 @@ class SchemaLoads(Generic[T]):
                 await asyncio.sleep(wait)
                 continue
             self._start(database)
-        error = self._loading[database].exception()
+        # the load waited for, not the newest: another waiter may have started one since
+        error = None if task.cancelled() else task.exception()
         if error is not None:
             log.error("cannot reload %s of %s: %s", self.what, database, error)
 
