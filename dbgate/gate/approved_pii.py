@@ -37,18 +37,23 @@ class ApprovedPii:
 
         def _held(self, kind: str, decision: Decision, session: SessionInfo, sql: str) -> Any: ...
 
+        def _classified(self, sql: str, prepared: Any, catalog: Any) -> Any: ...
+
+        keys: Any
+
     def _pii_changed(
         self, session: SessionInfo, statement: Statement, verdict: Allow, classification: Any
     ) -> Verdict | Awaitable[Verdict] | None:
         """What PII changes about an allowed Query or Parse (``PiiGate.verdict``): None,
-        or the verdict to use; a statement PII must hold is held through the gate."""
+        or the verdict to use; a statement PII must hold is held through the gate (a
+        Parse at each of its Binds)."""
         assert self.pii is not None
         return self.pii.verdict(  # type: ignore[no-any-return]
             session,
             statement,
             verdict,
             classification,
-            lambda decision: self.verdict(decision, session, statement.sql, ()),
+            lambda decision: self._held(statement.kind, decision, session, statement.sql),
         )
 
     async def _pii_after_hold(
@@ -79,7 +84,7 @@ class ApprovedPii:
             statement,
             statement.sql,
             lambda decision: self.verdict(
-                decision,
+                self._classifying(decision, session, statement.sql),
                 session,
                 statement.sql,
                 values_as_text(statement.params, statement.param_formats, statement.param_types)
@@ -89,6 +94,16 @@ class ApprovedPii:
         if isinstance(changed, Awaitable):  # traced in a worker first
             return self._bind_changed_later(verdict, changed)
         return _bind_changed(verdict, changed)
+
+    def _classifying(self, decision: Decision, session: SessionInfo, sql: str) -> Decision:
+        """``decision`` with the classification of ``sql`` (what approvers are shown),
+        when the PII gate, which does not classify, made it."""
+        if decision.classification is not None:
+            return decision
+        catalog = self.keys.for_session(session) if self.keys is not None else None
+        return replace(
+            decision, classification=self._classified(sql, session.statements.texts, catalog)
+        )
 
     def _bind_held(
         self,

@@ -397,8 +397,15 @@ class PiiGate:
             room.plans.remember_unchanged(shape)  # the policy's verdict stands
         # A text planned from its shape's plan (fresh literals: pgbench -M simple, ORMs
         # that inline values) rarely comes again: remembering it would only push out
-        # the verdicts of texts that do repeat.
-        if key is not None and not isinstance(result, Awaitable) and room.seen_exactly(sql):
+        # the verdicts of texts that do repeat. A held one is never remembered: each
+        # sending is held again (and a Parse's verdict, held at its Binds, is no
+        # Query's).
+        if (
+            key is not None
+            and not plan.hold
+            and not isinstance(result, Awaitable)
+            and room.seen_exactly(sql)
+        ):
             if len(self._verdicts) >= _VERDICT_CACHE:
                 self._verdicts.clear()
             self._verdicts[key] = (room.version, allowed, result)
@@ -414,18 +421,15 @@ class PiiGate:
         hold: Callable[[Decision], Any],
     ) -> Allow | Refuse | Awaitable[Allow | Refuse] | None:
         if plan.hold:
-            decision = Decision(
-                Action.HOLD,
-                "pii",
-                "copies PII where the PII catalog cannot follow it",
-                classification=classification,
-                reasons=tuple(Reason(Category.EXPORT, "pii-copy", r) for r in plan.hold_reasons),
-            )
-            held = hold(decision)
+            held = hold(_pii_hold(plan, classification))
             if isinstance(held, Awaitable):
                 return self._after_hold(held, s, plan, allowed, classification)
             if type(held) is not Allow:
                 return held  # type: ignore[no-any-return]
+            if held.check_binds:
+                # A Parse: nothing runs yet, and an approval here would cover every
+                # execution of the statement. Each Bind is held instead, with its values.
+                return _held_at_each_bind(self._planned(s, plan, allowed, classification), allowed)
             # an approval is no exemption from PII: the statement runs under its plan
             allowed = _approved(allowed, held)
         return self._planned(s, plan, allowed, classification)
@@ -496,7 +500,7 @@ class PiiGate:
                 ready = self.offload.trace_ahead(sql, room.coverage)
                 if ready is not None:
                     return self._bind_traced(ready, info, statement, sql, room.coverage, hold)
-        return self._bind_decide(s, statement, s.plan(sql, False, analysis))
+        return self._bind_decide(s, statement, s.plan(sql, False, analysis), hold)
 
     async def _bind_traced(
         self,
@@ -523,7 +527,7 @@ class PiiGate:
         else:
             s.room.adopt(sql, None, traced, coverage)
         result = (
-            self._bind_decide(s, statement, s.plan(sql, False, traced))
+            self._bind_decide(s, statement, s.plan(sql, False, traced), hold)
             if traced is not None
             else self.bind_verdict(info, statement, sql, hold)
         )
@@ -532,8 +536,39 @@ class PiiGate:
         return result
 
     def _bind_decide(
+        self,
+        s: PiiSession,
+        statement: Statement,
+        plan: StatementPlan,
+        hold: Callable[[Decision], Any] | None = None,
+    ) -> Allow | Refuse | Awaitable[Allow | Refuse | None] | None:
+        """A Bind's verdict under its statement's ``plan``. A statement PII holds is
+        held at every Bind (its Parse let it through, see :meth:`_judge`): one
+        approval covers one execution, with these values."""
+        if plan.hold:
+            if hold is None:
+                return Refuse("42501", f"dbgate: {_pii_hold(plan, None).message}")
+            held = hold(_pii_hold(plan, None))
+            if isinstance(held, Awaitable):
+                return self._bind_after_hold(held, s, statement, plan)
+            if type(held) is not Allow:
+                return held  # type: ignore[no-any-return]
+            return _bind_approved(held, self._bind_values(s, statement, plan))
+        return self._bind_values(s, statement, plan)
+
+    async def _bind_after_hold(
+        self, held: Awaitable[Any], s: PiiSession, statement: Statement, plan: StatementPlan
+    ) -> Allow | Refuse | None:
+        verdict = await held
+        if type(verdict) is not Allow:
+            return verdict  # type: ignore[no-any-return]
+        return _bind_approved(verdict, self._bind_values(s, statement, plan))
+
+    def _bind_values(
         self, s: PiiSession, statement: Statement, plan: StatementPlan
     ) -> Allow | Refuse | None:
+        """The tokens among a Bind's values resolved, its results under ``plan``;
+        None when nothing changes."""
         if not plan.params_may_hold_tokens:
             return None
         try:
@@ -546,6 +581,42 @@ class PiiGate:
         if values == statement.params:
             return Allow(plan=result_plan) if result_plan is not None else None
         return Allow(plan=result_plan, replace_params=values)
+
+
+def _pii_hold(plan: StatementPlan, classification: Classification | None) -> Decision:
+    """The hold of a statement that copies PII where the catalog cannot follow it (a
+    Bind's hold gets its classification from the gate that asks)."""
+    return Decision(
+        Action.HOLD,
+        "pii",
+        "copies PII where the PII catalog cannot follow it",
+        classification=classification,
+        reasons=tuple(Reason(Category.EXPORT, "pii-copy", r) for r in plan.hold_reasons),
+    )
+
+
+def _held_at_each_bind(planned: Allow | Refuse | None, allowed: Allow) -> Allow | Refuse:
+    """The verdict of a Parse PII holds: let through under its plan, every Bind shown
+    to the gate (none judged by a quick recheck, none skipped for lacking tokens), and
+    never remembered by the relay."""
+    if planned is None:
+        planned = allowed
+    if type(planned) is not Allow:
+        return planned
+    return replace(
+        planned, check_binds=True, check_only_tokens=False, recheck_bind=None, repeatable=False
+    )
+
+
+def _bind_approved(approved: Allow, changed: Allow | Refuse | None) -> Allow | Refuse:
+    """An approved Bind's verdict: what PII makes of its values (``changed``) with the
+    approval's note (the audit records the approval), never remembered."""
+    if changed is None:
+        return replace(approved, repeatable=False)
+    if type(changed) is not Allow:
+        return changed
+    note = changed.note if approved.note is None else approved.note
+    return replace(changed, note=note, repeatable=False)
 
 
 def _approved(allowed: Allow, approved: Allow) -> Allow:

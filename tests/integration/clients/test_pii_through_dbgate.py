@@ -665,6 +665,56 @@ def test_a_copy_the_pii_gate_held_runs_tokenized_once_approved(
         running.stop()
 
 
+def test_a_prepared_statement_the_pii_gate_holds_is_held_at_every_execution(
+    pg_server: Any, demo_role: DemoRole, demo_db: str, admin_dsn: str
+) -> None:
+    """A prepared statement that copies PII where the catalog cannot follow it is held
+    at each execution, with its values: one approval runs it once. Before, the PII gate
+    held it once, at Parse, and that approval covered every later Execute of it (and a
+    simple Query of the same text took the Parse's remembered verdict)."""
+    with psycopg.connect(admin_dsn) as admin:
+        emails = {r[0] for r in admin.execute("select email from customers")}
+    running, approvals = _approving_proxy(pg_server, demo_role)
+    copy = "select id, email, set_config('app.held', email, false) from customers where id <= $1"
+
+    def held() -> int:
+        return approvals.rules.count("pii")
+
+    async def prepared() -> list[Any]:
+        c = await asyncpg.connect(running.dsn(demo_db))
+        try:
+            st = await c.prepare(copy)
+            got = []
+            for limit in (1, 2, 3):
+                before = held()
+                got += [tuple(r) for r in await st.fetch(limit)]
+                assert held() == before + 1, (limit, approvals.rules)
+            return got
+        finally:
+            await c.close()
+
+    from tests.integration.clients.conftest import run_async
+
+    try:
+        got = run_async(prepared())
+        with psycopg.connect(running.dsn(demo_db), autocommit=True) as conn:
+            fixed = copy.replace("$1", "2")
+            for text, args in ((copy.replace("$1", "%s"), (2,)), (fixed, None)):
+                for _ in range(2):  # psycopg prepares it server-side, then reuses it
+                    before = held()
+                    got += conn.execute(text, args, prepare=True).fetchall()
+                    assert held() == before + 1, approvals.rules
+            before = held()
+            simple = psycopg.ClientCursor(conn)  # the text a Parse had, as a simple Query
+            got += simple.execute(fixed).fetchall()
+            assert held() == before + 1, approvals.rules
+        values = {str(v) for row in got for v in row[1:]}
+        assert len(got) == 1 + 2 + 3 + 2 * 2 + 2 * 2 + 2 and not emails & values, got
+        assert all(v.startswith("tok_email_") for v in values), got
+    finally:
+        running.stop()
+
+
 def test_a_bind_approved_after_a_hold_has_its_tokens_resolved(
     pg_server: Any, demo_role: DemoRole, demo_db: str
 ) -> None:
