@@ -50,6 +50,11 @@ class GateNote:
     approval: HoldOutcome | None = None  # for a held statement: how the wait ended
     #: The tables a read under a rows-per-window limit is charged to (gate/windows.py).
     window_tables: tuple[str, ...] = ()
+    #: How those tables are charged: "" when the statement ends (the rows it
+    #: returned), "ahead" when it was let through (it is proven to read no more than
+    #: its bound, and was charged that), "binds" for a Parse (each of its Binds is
+    #: judged and charged on its own).
+    window_charge: str = ""
 
     @property
     def rule(self) -> str:

@@ -11,10 +11,15 @@ does with them (docs/rules.md, "Run-time limits", ``max_rows_per_window``):
   left (``Allow.read_bound``, a unique key pins it) is capped at that bound instead,
   which the relay only counts; such a cap is reused while the identity's charges
   since cannot have used up the room it fitted in (``_CREDIT``);
-* after it ran, :class:`WindowCharges` (an observer) charges the rows it returned —
-  the command tag's count, or, for a statement that failed or was stopped, the rows
-  the relay forwarded before it ended (for a counted one, its bound: never less) —
-  to each of those tables.
+* a read proven to read no more than is left is charged that bound as it is let
+  through (``GateNote.window_charge`` "ahead"): it cannot return more (the relay
+  stops it at its bound), so nothing about it needs following to its end, and the
+  relay keeps its lean answer loop. Fewer rows returned still count the bound: more,
+  never less;
+* any other read is charged after it ran, by :class:`WindowCharges` (an observer):
+  the rows it returned — the command tag's count, or, for a statement that failed or
+  was stopped, the rows the relay forwarded before it ended (for a counted one, its
+  bound: never less) — to each of those tables.
 
 A verdict under a window is never ``repeatable``, and a prepared statement under one
 is capped afresh at every Bind (``check_binds``): the rows left change with every
@@ -95,9 +100,9 @@ def _accounts(tables: frozenset[str], catalog: KeyCatalog | None) -> tuple[str, 
 #: entry keeps the verdict alive (its id stays its).
 _CAPPED: dict[tuple[int, tuple[str, ...]], tuple[Allow, Allow]] = {}
 _CAPPED_SIZE = 4096
-#: (id of a note, its accounts) -> (the note, the note naming them): the same for
+#: (id of a note, its accounts, how charged) -> (the note, the note naming them): the same for
 #: every read of one statement shape, whatever is left.
-_NOTES: dict[tuple[int, tuple[str, ...]], tuple[GateNote, GateNote]] = {}
+_NOTES: dict[tuple[int, tuple[str, ...], str], tuple[GateNote, GateNote]] = {}
 #: (id of a verdict, id of its window, id of the session's key catalog, identity) ->
 #: (verdict, window, ledger, epoch, mark, capped verdict, catalog): the verdict last
 #: capped for that identity, when its bound fitted in what was left (a catalog is
@@ -117,9 +122,12 @@ def windowed(
     windows: RowWindows,
     identity: str,
     catalog: KeyCatalog | None,
+    runs: bool = False,
 ) -> Allow | Refuse:
     """``verdict`` capped by the rows ``identity`` has left under ``window``, or a
-    refusal when it has none."""
+    refusal when it has none. ``runs``: the verdict lets a read run (a Query's, a
+    Bind's; not a Parse's): one capped at its proven bound is charged that bound now
+    (see the module docstring)."""
     ledger = windows.ledger
     key = (id(verdict), id(window), id(catalog), identity)
     credit = _CREDIT.get(key)
@@ -133,7 +141,12 @@ def windowed(
         and ledger.charged.get(identity, 0) <= credit[4]
         and not windows.stale()
     ):
-        return credit[5]  # type: ignore[no-any-return]
+        capped = credit[5]
+        if runs:
+            note = capped.note
+            if isinstance(note, GateNote) and note.window_charge == "ahead":
+                windows.add(identity, window, note.window_tables, capped.max_rows)
+        return capped  # type: ignore[no-any-return]
     tables = account_tables(window.tables, catalog)
     epoch, charged = ledger.epoch, ledger.charged.get(identity, 0)
     left = windows.remaining(identity, window, tables)
@@ -146,6 +159,10 @@ def windowed(
         _CREDIT[key] = (verdict, window, ledger, epoch, charged + left - own, capped, catalog)
     else:
         _CREDIT.pop(key, None)
+    if runs and type(capped) is Allow:
+        note = capped.note
+        if isinstance(note, GateNote) and note.window_charge == "ahead":
+            windows.add(identity, window, tables, capped.max_rows)
     return capped
 
 
@@ -174,14 +191,17 @@ def _capped(
         if hit is not None and hit[0] is verdict:
             return hit[1]
     note = verdict.note
-    if isinstance(note, GateNote):
-        note = _charged_to(note, tables)
     if fits:
         if verdict.max_rows:
+            if isinstance(note, GateNote):
+                note = _charged_to(note, tables, "")
             capped = replace(verdict, note=note, repeatable=False)
         else:
             # Proven to read no more than is left: capped at its bound, so the relay
-            # counts its rows instead of watching them (Allow.read_bound).
+            # counts its rows instead of watching them (Allow.read_bound), and charged
+            # that bound as it is let through.
+            if isinstance(note, GateNote):
+                note = _charged_to(note, tables, "ahead")
             capped = replace(
                 verdict,
                 note=note,
@@ -198,6 +218,8 @@ def _capped(
             _CAPPED.clear()
         _CAPPED[(id(verdict), tables)] = (verdict, capped)
         return capped
+    if isinstance(note, GateNote):
+        note = _charged_to(note, tables, "")
     return replace(
         verdict,
         note=note,
@@ -261,19 +283,32 @@ class WindowedBinds:
             return None  # the gate waits for room in the audit queue, or refuses
         keys = gate.keys
         catalog = keys.for_session(session) if keys is not None else None
-        capped = windowed(self.base, self.window, gate.windows, session.identity, catalog)
+        capped = windowed(
+            self.base, self.window, gate.windows, session.identity, catalog, runs=True
+        )
         return capped if type(capped) is Allow else None
 
 
-def _charged_to(note: GateNote, tables: tuple[str, ...]) -> GateNote:
-    hit = _NOTES.get((id(note), tables))
+def _charged_to(note: GateNote, tables: tuple[str, ...], charge: str) -> GateNote:
+    key = (id(note), tables, charge)
+    hit = _NOTES.get(key)
     if hit is not None and hit[0] is note:
         return hit[1]
     if len(_NOTES) >= _CAPPED_SIZE:
         _NOTES.clear()
-    named = replace(note, window_tables=tables)
-    _NOTES[(id(note), tables)] = (note, named)
+    named = replace(note, window_tables=tables, window_charge=charge)
+    _NOTES[key] = (note, named)
     return named
+
+
+def charged_by_binds(verdict: Allow) -> Allow:
+    """A windowed Parse's verdict (``check_binds``): each Bind is judged and charged on
+    its own (the relay follows a Bind's Executes when its verdict is followed), so the
+    Parse itself is not followed for the window."""
+    note = verdict.note
+    if not isinstance(note, GateNote) or not note.window_tables:
+        return verdict
+    return replace(verdict, note=_charged_to(note, note.window_tables, "binds"))
 
 
 class WindowCharges:
@@ -293,7 +328,7 @@ class WindowCharges:
         if not isinstance(note, GateNote):
             return False
         if note.window_tables:
-            return True
+            return not note.window_charge  # else charged already, or by its Binds
         decision = note.decision
         return decision is not None and decision.row_window is not None
 
@@ -306,7 +341,7 @@ class WindowCharges:
         if not isinstance(note, GateNote):
             return
         tables = note.window_tables
-        if not tables:
+        if not tables or note.window_charge:
             return
         decision: Decision | None = note.decision
         window = decision.row_window if decision is not None else None

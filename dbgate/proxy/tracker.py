@@ -285,6 +285,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         self._plans = False
         # Whether Executes need their portal looked up (plans or records)
         self._watch = self._exec_records
+        #: The quick Bind verdict the observer last did not follow (_quick_followed)
+        self._unfollowed: Allow | None = None
         self._rewriter: RowRewriter | None = None  # for the result now arriving
         self._copy_out = False
         #: The Query with a result plan whose statements are being answered, and how
@@ -602,6 +604,12 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                     recheck = statements.recheck(name, self.sent_cycles + 1)
                     quick = None if recheck is None else self._quick(recheck, body)
                     if quick is not None:
+                        if (
+                            not self._exec_records
+                            and self._follows is not None
+                            and quick is not self._unfollowed
+                        ):
+                            self._quick_followed(quick)
                         self.bind_sent(None, quick, body, (portal, name))
                         continue
                 stmt = self._bind_statement(body)
@@ -858,6 +866,19 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             log.exception("session %s: a quick Bind verdict failed", self.info.session_id)
             return None
         return verdict if type(verdict) is Allow else None
+
+    def _quick_followed(self, verdict: Allow) -> None:
+        """A Bind judged quickly gets no record, but its Executes do when the observer
+        follows its verdict (as for a Bind the inspector judged)."""
+        try:
+            followed = self._follows(self.info, verdict)  # type: ignore[misc]
+        except Exception:
+            log.exception("session %s: observer failed on follows", self.info.session_id)
+            followed = True  # told too much rather than too little
+        if followed:
+            self._exec_records = self._watch = True
+        else:
+            self._unfollowed = verdict  # a quick judge often gives the same one again
 
     def _bind_statement(self, body: bytes) -> Statement:
         """The inspector's view of a Bind whose decision depends on its values."""

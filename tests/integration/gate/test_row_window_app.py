@@ -41,7 +41,11 @@ def tables(env: HoldsEnv) -> None:
         "INSERT INTO windowed_a SELECT g, 'v' || g FROM generate_series(1, 100) g",
         "CREATE TABLE windowed_b (id int PRIMARY KEY, v text NOT NULL)",
         "INSERT INTO windowed_b SELECT g, 'v' || g FROM generate_series(1, 100) g",
-        "GRANT SELECT ON windowed_a, windowed_b TO PUBLIC",
+        "CREATE TABLE windowed_e (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_e SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "CREATE TABLE windowed_f (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_f SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "GRANT SELECT ON windowed_a, windowed_b, windowed_e, windowed_f TO PUBLIC",
     )
 
 
@@ -238,3 +242,62 @@ def test_rows_fetched_from_a_cursor_count_against_the_tables_it_reads(env: Holds
             while len(got) < 100:
                 got += cur.fetchmany(7)
         assert len(got) == 28  # four fetches of 7; the fifth would pass the 30
+
+
+async def test_a_read_proven_bounded_is_charged_its_bound_once(env: HoldsEnv, tables: None) -> None:
+    """A key read (proven to read at most one row: the key catalog, read at the
+    session's start, knows the table's key) is charged that row as it is let through,
+    found or not, and only once, with the audit trail following every statement or
+    without: 15 reads that find their row and 15 that do not use the 30 rows of the
+    window, prepared or sent as simple Queries, and the 31st is refused."""
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        stmt = await conn.prepare("SELECT v FROM windowed_e WHERE id = $1")
+        for i in range(1, 11):
+            assert await stmt.fetchval(i) == f"v{i}"
+            assert await stmt.fetchval(1000 + i) is None  # no row: still charged one
+    finally:
+        await conn.close()
+    with psycopg.connect(env.dsn, autocommit=True) as other:
+        for i in range(11, 16):
+            sql = f"SELECT v FROM windowed_e WHERE id = {i}"
+            assert other.execute(sql, prepare=False).fetchone() == (f"v{i}",)
+            missing = f"SELECT v FROM windowed_e WHERE id = {1000 + i}"
+            assert other.execute(missing, prepare=False).fetchone() is None
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded) as info:
+            other.execute("SELECT v FROM windowed_e WHERE id = 99", prepare=False)
+        assert "agent has read 30 rows of public.windowed_e" in str(info.value)
+
+
+async def test_a_prepared_read_not_proven_bounded_is_charged_what_it_returned(
+    env: HoldsEnv, tables: None
+) -> None:
+    """A prepared read no key bounds (``v`` is not unique) is capped at each Bind by
+    its Parse's quick judge, and charged the rows each execution returned: the relay
+    follows its Executes although nothing else in the session is followed (the Parse
+    is not: each Bind is charged on its own)."""
+    gate = env.app.app.gate
+    binds: list[str] = []
+    inspect = gate.inspect
+
+    def counting(session: Any, statement: Any) -> Any:
+        if statement.kind == "bind":
+            binds.append(statement.sql)
+        return inspect(session, statement)
+
+    gate.inspect = counting
+    try:
+        conn = await asyncpg.connect(env.dsn)
+        try:
+            stmt = await conn.prepare("SELECT id FROM windowed_f WHERE v = $1")
+            for i in range(1, 31):
+                assert await stmt.fetch("nothing") == []  # charged nothing
+                assert await stmt.fetch(f"v{i}") == [(i,)]
+            assert binds == []  # every Bind judged by the quick judge
+            with pytest.raises(asyncpg.ProgramLimitExceededError) as info:
+                await stmt.fetch("nothing")  # nothing left: refused before it runs
+            assert "agent has read 30 rows of public.windowed_f" in info.value.message
+        finally:
+            await conn.close()
+    finally:
+        del gate.inspect

@@ -6,8 +6,15 @@ from __future__ import annotations
 import pytest
 
 from dbgate.gate.limits import measurable, over_changes_decision
+from dbgate.gate.notes import GateNote
 from dbgate.gate.row_window import RowWindows
-from dbgate.gate.windows import WindowedBinds, account_tables
+from dbgate.gate.windows import (
+    WindowCharges,
+    WindowedBinds,
+    account_tables,
+    charged_by_binds,
+    windowed,
+)
 from dbgate.policy.classify import classify
 from dbgate.policy.keys import KeyCatalog, Relation
 from dbgate.policy.model import Action, Decision, OverLimit, RowWindow
@@ -248,3 +255,50 @@ def test_a_windowed_bind_is_charged_to_the_accounts_of_the_sessions_search_path(
     assert judge(session, b"") is None  # the gate refuses: public.orders is spent
     session.server_params["search_path"] = "sales, public"
     assert judge(session, b"") is first
+
+
+def _used(windows: RowWindows, window: RowWindow) -> int:
+    return windows.ledger.used("agent", "public.t", window.seconds, 1_000_000.0) or 0
+
+
+def test_a_read_proven_bounded_is_charged_its_bound_as_it_is_let_through() -> None:
+    """A verdict capped at its proven bound is charged that bound when it lets a read
+    run (not at a Parse, which runs nothing), and the observer then neither follows
+    it nor charges it again; one capped at what is left, below its bound, is charged
+    by the observer when it ends."""
+    now = [0.0]
+    windows = RowWindows(None, "r", monotonic=lambda: now[0], clock=lambda: 1_000_000.0)  # type: ignore[arg-type]
+    windows.ledger.read_totals({}, [3600])
+    windows._read_ok_at = 0.0
+    window = RowWindow(rows=5, seconds=3600, rule="w", tables=frozenset({"public.t"}))
+    note = GateNote(None, "allow", "read", Decision(Action.ALLOW, "w", row_window=window))
+    base = Allow(read_bound=2, note=note)
+    charges = WindowCharges(windows)
+    session = SessionInfo(
+        session_id=1, identity="agent", database="d", application_name="", client_addr=""
+    )
+    parsed = windowed(base, window, windows, "agent", None)
+    assert parsed.max_rows == 2 and _used(windows, window) == 0  # type: ignore[union-attr]
+    first = windowed(base, window, windows, "agent", None, runs=True)
+    assert type(first) is Allow and first.max_rows == 2 and _used(windows, window) == 2
+    assert first.note.window_charge == "ahead"  # type: ignore[union-attr]
+    assert not charges.follows(session, first)
+    again = windowed(base, window, windows, "agent", None, runs=True)  # the credit's
+    assert again is first and _used(windows, window) == 4
+
+    class _Record:
+        rows = 2
+        verdict = first
+
+    charges.statement_completed(session, _Record())  # type: ignore[arg-type]
+    assert _used(windows, window) == 4  # charged ahead: not again
+    last = windowed(base, window, windows, "agent", None, runs=True)  # 1 left, bound 2
+    assert type(last) is Allow and last.max_rows == 1 and _used(windows, window) == 4
+    assert last.note.window_charge == "" and charges.follows(session, last)  # type: ignore[union-attr]
+    _Record.verdict = last
+    _Record.rows = 1
+    charges.statement_completed(session, _Record())  # type: ignore[arg-type]
+    assert _used(windows, window) == 5
+    assert type(windowed(base, window, windows, "agent", None, runs=True)) is not Allow
+    parse = charged_by_binds(first)
+    assert parse.note.window_charge == "binds" and not charges.follows(session, parse)  # type: ignore[union-attr]
