@@ -8,11 +8,56 @@ either.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import replace
 
-from dbgate.proxy.seams import Allow, RowRewriter
+from dbgate.proxy.seams import Allow, Refuse, RowRewriter, Statement
+from dbgate.wire import sqlstate
 
-__all__ = ["PortalState", "countable_rows", "refined_verdict"]
+__all__ = ["PortalState", "countable_rows", "for_every_candidate", "refined_verdict"]
+
+#: A Bind that may bind one of several statements, under a verdict made for one
+AMBIGUOUS_BIND = Refuse(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "dbgate: this Bind may bind either of two statements (a Parse of its name is not "
+    "answered yet) and its verdict holds for one of them only; wait for the answer "
+    "(Sync) before binding",
+)
+
+
+def for_every_candidate(
+    stmt: Statement, verdict: Allow | Refuse | Awaitable[Allow | Refuse]
+) -> Allow | Refuse | Awaitable[Allow | Refuse]:
+    """A Bind's verdict, valid whichever of its candidates the server binds.
+
+    The server may hold another statement under the name than the one last parsed
+    (a Parse skipped after an error, not answered yet). The inspector judges every
+    candidate, but what it makes of a Bind — values it replaces (PII tokens resolved),
+    a result plan, a row limit — is made for one statement: applied to another, the
+    resolved values would be echoed raw, or the other's own limit and plan replaced.
+    Such a verdict is refused when the candidates differ; a plain allow holds for all.
+    """
+    cands = stmt.candidates
+    if len(cands) < 2 or len({c.sql for c in cands}) < 2:
+        return verdict
+    if isinstance(verdict, Awaitable):
+        return _later(verdict)
+    return _checked(verdict)
+
+
+def _checked(verdict: Allow | Refuse) -> Allow | Refuse:
+    if type(verdict) is Allow and (
+        verdict.replace_params is not None
+        or verdict.replace_sql is not None
+        or verdict.plan is not None
+        or verdict.max_rows
+    ):
+        return AMBIGUOUS_BIND
+    return verdict
+
+
+async def _later(verdict: Awaitable[Allow | Refuse]) -> Allow | Refuse:
+    return _checked(await verdict)
 
 
 def refined_verdict(parsed: Allow | None, verdict: Allow) -> Allow:

@@ -313,11 +313,11 @@ class PreparedStatements:
     ) -> PendingChange | None:
         """An allowed Parse was forwarded (called for every one: keep it cheap).
 
-        Returns None when nothing needs tracking: the unnamed statement cannot be
-        EXECUTEd, so only its Bind checks matter, there are none before or after this
-        Parse, no earlier change of it is still unanswered, and the inspector is not
-        shown every Bind (:attr:`track_unnamed`). That keeps the Parse/Bind/Execute/Sync
-        of every extended-protocol query free.
+        Returns None when nothing needs tracking: the unnamed statement the server
+        holds, parsed again with nothing of it in flight (drivers do it for every
+        execution). That keeps the Parse/Bind/Execute/Sync of a repeated
+        extended-protocol query free; a new text is tracked like any change, so that
+        whatever the server holds under a name is always among its candidates.
 
         An earlier change still in flight makes this Parse tracked even when nothing
         asks for checks: it is answered before this Parse runs, and its resolution
@@ -343,28 +343,22 @@ class PreparedStatements:
                 # candidate), so there is nothing to track.
                 return None
         if not name and "" not in self._pending and self._pending_count < MAX_PENDING:
-            if check_binds or self.track_unnamed or "" in self.checked:
-                return self._unnamed_sent(
-                    batch, sql, check_binds, param_types, tokens_only, recheck
-                )
-        elif name or check_binds or self.track_unnamed or "" in self.checked or "" in self._pending:
-            return self.sent(
-                batch,
-                PreparedChange(
-                    "add",
-                    name,
-                    sql,
-                    check_binds,
-                    param_types,
-                    tokens_only=tokens_only,
-                    recheck=recheck,
-                ),
-            )
-        if self._known:
-            # An older unnamed statement needed no checks either: forget it rather than
-            # keep a picture the server no longer has (it drops it at this Parse).
-            self._known.pop("", None)
-        return None
+            # Tracked even when its Binds need no checks: were a checked unnamed Parse
+            # that follows skipped after an error, a Bind sent before its answer would
+            # bind this statement, which must then be among its candidates.
+            return self._unnamed_sent(batch, sql, check_binds, param_types, tokens_only, recheck)
+        return self.sent(
+            batch,
+            PreparedChange(
+                "add",
+                name,
+                sql,
+                check_binds,
+                param_types,
+                tokens_only=tokens_only,
+                recheck=recheck,
+            ),
+        )
 
     def _unnamed_sent(
         self,

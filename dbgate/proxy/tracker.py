@@ -90,7 +90,12 @@ from dbgate.proxy.entries import (
     rewritten_message,
 )
 from dbgate.proxy.measured import MeasuredWrites
-from dbgate.proxy.portals import PortalState, countable_rows, refined_verdict
+from dbgate.proxy.portals import (
+    PortalState,
+    countable_rows,
+    for_every_candidate,
+    refined_verdict,
+)
 from dbgate.proxy.prepared import name_key
 from dbgate.proxy.seams import (
     STATEMENT_EVENTS,
@@ -849,7 +854,10 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
 
     def _inspect(self, stmt: Statement) -> Allow | Refuse | Awaitable[Allow | Refuse]:
         try:
-            return self.inspector.inspect(self.info, stmt)
+            verdict = self.inspector.inspect(self.info, stmt)
+            if stmt.candidates:
+                return for_every_candidate(stmt, verdict)
+            return verdict
         except Exception:
             log.exception("session %s: inspector failed; refusing", self.info.session_id)
             return Refuse(

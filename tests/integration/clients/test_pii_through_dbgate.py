@@ -837,3 +837,52 @@ def test_an_approved_statement_dbgate_could_not_classify_has_every_column_tokeni
             assert row[1].startswith("tok_email_") and row[2].startswith("tok_unknown_"), row
     finally:
         running.stop()
+
+
+def test_a_bind_that_may_bind_another_statement_gets_no_tokens_resolved(
+    dsn: str, raw: dict[str, Any]
+) -> None:
+    """A plain unnamed Parse (it echoes its parameter), an error, then an unnamed Parse
+    whose parameter may be a PII token, all in one batch: the server skips the second.
+    A Bind in the next batch, sent before the answers, with customer 42's token: the
+    server binds the first statement. Before, dbgate judged the Bind as the second
+    statement alone, resolved the token and the first echoed the raw e-mail address."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from dbgate.wire import messages as m
+    from tests.integration.clients.conftest import run_async
+    from tests.integration.rawclient import RawClient, errors, rows
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("select email from customers where id = 42").fetchone()
+    assert row is not None and row[0].startswith("tok_email_")
+    token = row[0]
+    info = conninfo_to_dict(dsn)
+
+    async def attack() -> list[Any]:
+        client = await RawClient.connect(
+            str(info["host"]),
+            int(info["port"]),
+            user=str(info["user"]),
+            password=str(info["password"]),
+            database=str(info["dbname"]),
+        )
+        try:
+            client.send(
+                m.Parse("", "select $1::text"),
+                m.Describe("S", "no_such_statement"),  # fails: the next Parse is skipped
+                m.Parse("", "select id from customers where email = $1"),
+                m.SYNC,
+                m.Bind("", "", params=(token.encode(),)),
+                m.Execute("", 0),
+                m.SYNC,
+            )
+            return await client.until_ready() + await client.until_ready()
+        finally:
+            await client.close()
+
+    got = run_async(attack())
+    echoed = [v for r in rows(got) for v in r]
+    assert raw["email"].encode() not in echoed, got
+    assert [e.sqlstate for e in errors(got)] == ["26000", "42501"], got
+    assert "may bind either of two statements" in errors(got)[1].message

@@ -141,9 +141,13 @@ def test_a_plain_unnamed_parse_queues_behind_an_unanswered_one(checked_ran: bool
     h3.resolve(True)
     assert p.pending == 0
     assert p.candidates("") == (third,) and not p.checks_binds("")
-    # and once nothing is in flight the common case is untracked again
-    assert p.parse_sent(4, "", "select 4", check_binds=False) is None
-    assert p.candidates("") == () and not p.checked
+    # once nothing is in flight, the same text parsed again is untracked; a new one
+    # is tracked until answered
+    assert p.parse_sent(4, "", third.sql, check_binds=False) is None
+    h5 = p.parse_sent(5, "", "select 5", check_binds=False)
+    assert h5 is not None and p.candidates("") == (third, Candidate("select 5"))
+    h5.resolve(True)
+    assert p.candidates("") == (Candidate("select 5"),) and not p.checked
 
 
 def test_a_plain_unnamed_parse_in_the_same_batch_replaces_an_unanswered_one() -> None:
@@ -191,11 +195,33 @@ def test_clear_keeps_the_unnamed_statement() -> None:
 
 
 def test_the_common_unnamed_parse_leaves_no_trace() -> None:
+    """A driver's unnamed Parse of the same text for every execution: tracked once,
+    then nothing to track while the server holds it."""
     p = PreparedStatements()
-    for cycle in range(1, 100):
-        assert p.parse_sent(cycle, "", f"select {cycle}", check_binds=False) is None
+    first = p.parse_sent(1, "", "select $1", check_binds=False)
+    assert first is not None
+    first.resolve(True)
+    for cycle in range(2, 100):
+        assert p.parse_sent(cycle, "", "select $1", check_binds=False) is None
         assert not p.pending
-    assert p.candidates("") == () and not p.checked
+    assert p.candidates("") == (Candidate("select $1"),) and not p.checked
+
+
+def test_a_plain_unnamed_statement_is_a_candidate_while_a_checked_parse_is_unanswered() -> None:
+    """A plain unnamed Parse, an error, then a checked unnamed Parse the server skips,
+    all in one batch; a Bind in the next batch, sent before the answers: the server
+    binds the plain statement, which must be among the candidates the Bind is judged
+    by (before, it was forgotten at its Parse, and the Bind was judged as the checked
+    statement alone)."""
+    p = PreparedStatements()
+    plain = p.parse_sent(1, "", SAFE.sql, check_binds=False)
+    checked = p.parse_sent(1, "", RISKY.sql, check_binds=True)
+    assert plain is not None and checked is not None
+    assert SAFE.sql in [c.sql for c in p.candidates("", batch=2)]
+    assert p.checks_binds("")
+    plain.resolve(True)
+    checked.resolve(False)  # skipped after the error
+    assert p.candidates("") == (Candidate(SAFE.sql),) and not p.checks_binds("")
 
 
 def test_parameter_types_follow_the_server_description() -> None:

@@ -844,6 +844,26 @@ _SKIPPED_REPARSE = [
     False,
 )
 @example(_SKIPPED_REPARSE, 1, False, False, 0, True)
+# A plain unnamed statement, an error, a checked unnamed Parse the server skips; a Bind
+# in the next batch, before the answers, binds the plain one: it must be a candidate.
+@example(
+    [
+        (
+            "extended",
+            [
+                ("parse", "", "select limit rows=3"),
+                ("describe", "S", "a"),
+                ("parse", "", "select checkbind rows=1"),
+            ],
+        ),
+        ("extended", [("bind", "", "", b"ok")]),
+    ],
+    2,
+    False,
+    False,
+    0,
+    False,
+)
 @example(_SKIPPED_REPARSE, 1, False, True, 0, True)
 @example(_SKIPPED_REPARSE, 1, False, True, 0, "selective")
 @given(
