@@ -20,8 +20,10 @@ of the shape, and it is checked again against the cheap parts of each at every u
 * the policy's outcome is the same Allow object for every text of the
   classification, for this identity: its plain allow, or the allow of a statement
   whose bound the catalog proves (a write whose WHERE pins a unique key) — never one
-  under a row limit, a measurement of its changes, a row window or a clamp, which
-  are counted or rewritten per text;
+  under a row limit, a measurement of its changes or a clamp, which are counted or
+  rewritten per text. A read under a rows-per-window limit is remembered with its
+  window, and capped by what the identity has left (and charged) at every use, as
+  the gate would (``RowWindow``, ``dbgate.gate.windows.windowed``);
 * PII has nothing to change in the shape (``PlanCache.nothing_to_change``, which only
   a trusted shape reaches), or the session sees raw values;
 * nothing changed since: the gate's ``generation`` (rules, key catalog, PII schema),
@@ -34,7 +36,7 @@ from typing import Any
 
 from dbgate.policy.classify import cached_shape
 from dbgate.policy.literals import fast_mask
-from dbgate.policy.model import Identity
+from dbgate.policy.model import Identity, RowWindow
 from dbgate.proxy.seams import Allow
 from dbgate.proxy.session_info import SessionInfo
 
@@ -55,8 +57,10 @@ class FreshLiterals:
         #: the PII gate (``dbgate.gate.pii.PiiGate``), or None without tokenization
         self.pii = pii
         #: (masked text, id(identity)) -> (verdict, identity, classification, catalog,
-        #: generation)
-        self._entries: dict[tuple[str, int], tuple[Allow, Identity, Any, Any, int]] = {}
+        #: generation, window)
+        self._entries: dict[
+            tuple[str, int], tuple[Allow, Identity, Any, Any, int, RowWindow | None]
+        ] = {}
 
     def lookup(
         self,
@@ -65,8 +69,9 @@ class FreshLiterals:
         catalog: Any,
         generation: int,
         sql: str,
-    ) -> Allow | None:
-        """The remembered verdict for ``sql``, or None to judge it the long way."""
+    ) -> tuple[Allow, RowWindow | None] | None:
+        """The remembered verdict for ``sql`` and the window it is capped by at each
+        use (None: none), or None to judge it the long way."""
         if len(sql) > MAX_TEXT or not self._entries:
             return None
         masked = fast_mask(sql)
@@ -84,7 +89,7 @@ class FreshLiterals:
         pii = self.pii
         if pii is not None and not pii.shape_unchanged(session, sql, masked):
             return None
-        return entry[0]
+        return entry[0], entry[5]
 
     def remember(
         self,
@@ -95,10 +100,12 @@ class FreshLiterals:
         sql: str,
         verdict: Allow,
         classification: Any,
+        window: RowWindow | None = None,
     ) -> None:
-        """``verdict`` is the policy's plain allow for ``classification`` and PII left
-        it as it is: remember it for the texts of ``sql``'s shape, when that holds for
-        all of them (see the module docstring)."""
+        """``verdict`` is the policy's plain allow for ``classification`` (before the
+        cap of ``window``, when it reads under one) and PII left it as it is: remember
+        it for the texts of ``sql``'s shape, when that holds for all of them (see the
+        module docstring)."""
         if len(sql) > MAX_TEXT or type(verdict) is not Allow or verdict.check_binds:
             return
         if not all(st.command in _PLAIN_COMMANDS for st in classification.statements):
@@ -117,6 +124,7 @@ class FreshLiterals:
             classification,
             catalog,
             generation,
+            window,
         )
 
     def clear(self) -> None:

@@ -240,7 +240,16 @@ class Gate(ApprovedPii):
             catalog = self.keys.for_session(session) if self.keys is not None else None
             fresh = self._fresh.lookup(session, identity, catalog, self.generation, statement.sql)
             if fresh is not None:
-                return fresh
+                remembered, window = fresh
+                if window is None:
+                    return remembered
+                if self.windows is not None:
+                    capped = windowed(
+                        remembered, window, self.windows, session.identity, catalog, runs=True
+                    )
+                    if type(capped) is Allow:
+                        return capped
+                # nothing left: the long way, which records the refusal
         verdict, classification = self._judge(session, identity, statement)
         if type(verdict) is not Allow:
             if pii is not None and classification is not None and isinstance(verdict, Awaitable):
@@ -256,16 +265,28 @@ class Gate(ApprovedPii):
                 return changed
         if kind == "query":
             answer = self._answers.get((id(identity), id(classification)))
-            if answer is not None and self._same_for_the_shape(answer, verdict):
-                self._fresh.remember(
-                    session,
-                    identity,
-                    catalog,
-                    self.generation,
-                    statement.sql,
-                    verdict,
-                    classification,
-                )
+            if answer is not None:
+                if self._same_for_the_shape(answer, verdict):
+                    self._fresh.remember(
+                        session,
+                        identity,
+                        catalog,
+                        self.generation,
+                        statement.sql,
+                        verdict,
+                        classification,
+                    )
+                elif self._windowed_for_the_shape(answer):
+                    self._fresh.remember(
+                        session,
+                        identity,
+                        catalog,
+                        self.generation,
+                        statement.sql,
+                        answer[5],
+                        classification,
+                        answer[6].row_window,
+                    )
         return verdict
 
     def _same_for_the_shape(self, answer: tuple[Any, ...], verdict: Verdict) -> bool:
@@ -286,6 +307,22 @@ class Gate(ApprovedPii):
             and not limited.max_rows
             and not limited.max_changes
             and (answer[6].row_window is None or self.windows is None)
+        )
+
+    def _windowed_for_the_shape(self, answer: tuple[Any, ...]) -> bool:
+        """Whether the policy's answer is, for every text of its classification, one
+        allow capped by a rows-per-window limit and nothing else per text (no row
+        limit, no measurement, no clamp): the verdict the gate gave this text, before
+        its cap."""
+        if answer[2] is not _ALLOW_LIMITED or self.windows is None:
+            return False
+        limited = answer[5]
+        return (
+            type(limited) is Allow
+            and limited is not answer[3]  # a clamp: the text is rewritten per statement
+            and not limited.max_rows
+            and not limited.max_changes
+            and answer[6].row_window is not None
         )
 
     async def _after(

@@ -38,7 +38,8 @@ def tables(env: HoldsEnv) -> None:
 
 
 #: Reads of these tables are allowed with no run-time limit: the policy's plain allow
-#: (a read under a rows-per-window limit is capped per statement, never from a shape).
+#: (a read under a rows-per-window limit is capped at each use of its shape: see
+#: test_row_window_app.py).
 PLAIN_READS = """\
 version: 1
 rules:

@@ -45,7 +45,12 @@ def tables(env: HoldsEnv) -> None:
         "INSERT INTO windowed_e SELECT g, 'v' || g FROM generate_series(1, 100) g",
         "CREATE TABLE windowed_f (id int PRIMARY KEY, v text NOT NULL)",
         "INSERT INTO windowed_f SELECT g, 'v' || g FROM generate_series(1, 100) g",
-        "GRANT SELECT ON windowed_a, windowed_b, windowed_e, windowed_f TO PUBLIC",
+        "CREATE TABLE windowed_g (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_g SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "CREATE TABLE windowed_h (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_h SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "GRANT SELECT ON windowed_a, windowed_b, windowed_e, windowed_f, windowed_g,"
+        " windowed_h TO PUBLIC",
     )
 
 
@@ -301,3 +306,37 @@ async def test_a_prepared_read_not_proven_bounded_is_charged_what_it_returned(
             await conn.close()
     finally:
         del gate.inspect
+
+
+@pytest.mark.parametrize(
+    ("table", "where"),
+    [("windowed_g", "id = {i}"), ("windowed_h", "v = 'v{i}'")],
+    ids=["proven", "unproven"],
+)
+async def test_fresh_literals_of_a_windowed_read_are_capped_and_charged_from_the_shape(
+    env: HoldsEnv, tables: None, table: str, where: str
+) -> None:
+    """Simple Queries that differ only in their literals (pgbench -M simple, agents
+    that inline values) are answered from their shape, each capped by what is left and
+    charged — its proven bound ahead, or what it returned — and the read that finds
+    nothing left goes the long way, which refuses it."""
+    gate = env.app.app.gate
+    judged: list[str] = []
+    judge = gate._judge
+
+    def counting(session: Any, identity: Any, statement: Any) -> Any:
+        judged.append(statement.sql)
+        return judge(session, identity, statement)
+
+    gate._judge = counting
+    try:
+        with psycopg.connect(env.dsn, autocommit=True) as conn:
+            for i in range(1, 31):
+                sql = f"SELECT id FROM {table} WHERE {where.format(i=i)}"
+                assert conn.execute(sql, prepare=False).fetchone() == (i,)
+            assert 1 <= len(judged) <= 3, judged  # the rest came from the shape
+            with pytest.raises(psycopg.errors.ProgramLimitExceeded) as info:
+                conn.execute(f"SELECT id FROM {table} WHERE {where.format(i=31)}", prepare=False)
+            assert f"agent has read 30 rows of public.{table}" in str(info.value)
+    finally:
+        del gate._judge
