@@ -359,6 +359,8 @@ class Observer(Protocol):
     come for the Executes of a session that prepared a followed statement). Not
     following a statement keeps the relay's lean path for its answers: an observer
     that hears only decisions (metrics) or a few kinds of statements (DDL) says so.
+    Its answer may depend on the session's state only through statements it follows:
+    the relay does not ask again for a verdict given again until it followed one.
 
     An observer that only counts decisions may instead have a ``verdict_given(session,
     kind, verdict, remembered)`` method: told of every Query, Parse, Bind and

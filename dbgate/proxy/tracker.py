@@ -290,8 +290,11 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         self._plans = False
         # Whether Executes need their portal looked up (plans or records)
         self._watch = self._exec_records
-        #: The quick Bind verdict the observer last did not follow (_quick_followed)
-        self._unfollowed: Allow | None = None
+        #: Verdicts the observer did not follow (by id): not asked again when a
+        #: remembered verdict (or a Bind's quick judge) gives one again, until the
+        #: observer follows a statement (which may change its answer: the schema
+        #: watch follows everything after DDL until the transaction ends)
+        self._unfollowed: dict[int, Allow] = {}
         self._rewriter: RowRewriter | None = None  # for the result now arriving
         self._copy_out = False
         #: The Query with a result plan whose statements are being answered, and how
@@ -439,13 +442,17 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                 rec = self._made(stmt, verdict, remembered)
             return rec
         if follows is not None:
+            if self._unfollowed.get(id(verdict)) is verdict:  # a verdict given again
+                return None
             try:
                 followed = follows(self.info, verdict)
             except Exception:
                 log.exception("session %s: observer failed on follows", self.info.session_id)
                 followed = True  # told too much rather than too little
             if not followed:
+                self._not_followed(verdict)
                 return None
+            self._unfollowed.clear()  # following one may change the answer for others
         if t != QUERY_MSG and t != FUNCTION_MSG:
             # a followed Parse or Bind has Executes: from now on they are recorded
             self._exec_records = self._watch = True
@@ -612,7 +619,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                         if (
                             not self._exec_records
                             and self._follows is not None
-                            and quick is not self._unfollowed
+                            and self._unfollowed.get(id(quick)) is not quick
                         ):
                             self._quick_followed(quick)
                         self.bind_sent(None, quick, body, (portal, name))
@@ -885,8 +892,15 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             followed = True  # told too much rather than too little
         if followed:
             self._exec_records = self._watch = True
+            self._unfollowed.clear()
         else:
-            self._unfollowed = verdict  # a quick judge often gives the same one again
+            self._not_followed(verdict)  # a quick judge often gives the same one again
+
+    def _not_followed(self, verdict: Allow) -> None:
+        unfollowed = self._unfollowed
+        if len(unfollowed) >= 16:
+            unfollowed.clear()
+        unfollowed[id(verdict)] = verdict  # kept alive: its id stays its own
 
     def _bind_statement(self, body: bytes) -> Statement:
         """The inspector's view of a Bind whose decision depends on its values."""

@@ -137,6 +137,39 @@ def test_the_schema_reloads_once_the_transaction_of_a_ddl_statement_is_over() ->
     assert loads.refreshed == ["db"]
 
 
+class RememberingDdlInspector(DdlInspector):
+    """:class:`DdlInspector` that gives a text the same verdict object every time, as
+    remembered verdicts are given again."""
+
+    def __init__(self) -> None:
+        self.verdicts: dict[str, Allow] = {}
+
+    def inspect(self, session: SessionInfo, stmt: Any) -> Allow:
+        verdict = self.verdicts.get(stmt.sql)
+        if verdict is None:
+            verdict = self.verdicts[stmt.sql] = super().inspect(session, stmt)
+        return verdict
+
+
+def test_a_verdict_not_followed_before_is_followed_after_ddl_in_its_transaction() -> None:
+    """The relay does not ask the observer again about a verdict it did not follow
+    when the same verdict is given again, until the observer follows a statement: a
+    COMMIT not followed before is followed after DDL, so the schema reloads at it."""
+    loads = Loads()
+    watch = combine([MetricsObserver(), SchemaWatch([loads])])  # type: ignore[list-item]
+    p = Pair(31, inspector=RememberingDdlInspector(), observer=watch)
+    for _ in range(2):
+        p.send(m.query("begin"), m.query("select rows=1"), m.query("commit"))
+        p.answer()
+    assert loads.refreshed == [] and not p.tracker._watch  # nothing followed
+    p.send(m.query("begin"), m.query("create ddl"))
+    p.answer()
+    assert loads.refreshed == []  # still in the transaction
+    p.send(m.query("commit"))
+    p.answer()
+    assert loads.refreshed == ["db"]
+
+
 def test_a_ddl_statement_pipelined_with_its_commit_reloads_the_schema() -> None:
     p, loads = _schema_watched(31)
     p.send(m.query("begin"), m.query("create ddl"), m.query("commit"))
