@@ -248,6 +248,8 @@ class App:
             from dbgate.gate.schema_loads import SchemaWatch
 
             observers.append(SchemaWatch(watched))
+        if self.pii is not None:
+            observers.append(self.pii.held_cursors)
         self.observer = combine(observers)
         from dbgate.policy.startup import StartupGuards
 

@@ -48,7 +48,7 @@ from dbgate.pii.plan_cache import shape_from_mask, shape_of
 from dbgate.pii.room import PiiRoom, PiiSession, StatementPlan
 from dbgate.pii.tokens import TokenError
 from dbgate.policy.model import Action, Category, Classification, Decision, Reason
-from dbgate.proxy.seams import Allow, Refuse, RowRewriter, Statement
+from dbgate.proxy.seams import Allow, Refuse, RowRewriter, Statement, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 
 if TYPE_CHECKING:
@@ -116,6 +116,65 @@ class PiiResultPlan:
         return bool(self.plan.pii_outputs)
 
 
+#: The session declared a cursor WITH HOLD over PII in a transaction not yet over
+_HELD_CURSOR = "pii.held_cursor"
+
+
+def _declares_held_cursor(verdict: Any) -> bool:
+    plan = getattr(verdict, "plan", None)
+    return isinstance(plan, PiiResultPlan) and bool(plan.plan.analysis.hold_cursors)
+
+
+class HeldCursorWatch:
+    """An :class:`~dbgate.proxy.seams.Observer`: a cursor declared WITH HOLD runs its
+    query when the transaction that declared it commits, so an error of that query
+    (``current_setting(full_name)`` names the value) is the COMMIT's — a statement that
+    names no PII. Once such a DECLARE over PII has completed in a transaction that is
+    not over, every error and notice of the session is withheld (:class:`PiiFilter`)
+    until the session is next idle: its transaction is over, the cursor has run or is
+    gone. Marked when the server answered the DECLARE, so a pipelined statement's idle
+    status from before it does not end the mark."""
+
+    ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
+    executes_only = True
+
+    def follows(self, session: SessionInfo, verdict: Allow) -> bool:
+        return _declares_held_cursor(verdict)
+
+    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
+        if not _declares_held_cursor(record.verdict):
+            return
+        state = session.state
+        if record.kind in ("query", "function_call") and session.transaction_status == "I":
+            return  # its own transaction is over: an error of the cursor was the Query's
+        if _HELD_CURSOR not in state:
+            state[_HELD_CURSOR] = True
+            session.when_idle(lambda: state.pop(_HELD_CURSOR, None))
+
+    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass  # the transaction is failed: it ends in a rollback, the cursor never runs
+
+    def session_started(self, session: SessionInfo) -> None:
+        pass
+
+    def session_ended(self, session: SessionInfo) -> None:
+        pass
+
+    def session_refused(
+        self, user: str, database: str, client_addr: str, sqlstate: str, message: str
+    ) -> None:
+        pass
+
+    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+
 class PiiFilter:
     """The proxy's :class:`~dbgate.proxy.seams.MessageFilter`: each session's room."""
 
@@ -130,13 +189,15 @@ class PiiFilter:
         f = self._filter(session)
         if f is None:
             return body
-        return f.notice(body, involves_pii=_involves_pii(verdict), positions=_positions(verdict))
+        involves = _involves_pii(verdict) or _HELD_CURSOR in session.state
+        return f.notice(body, involves_pii=involves, positions=_positions(verdict))
 
     def error(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes:
         f = self._filter(session)
         if f is None:
             return body
-        return f.error(body, involves_pii=_involves_pii(verdict), positions=_positions(verdict))
+        involves = _involves_pii(verdict) or _HELD_CURSOR in session.state
+        return f.error(body, involves_pii=involves, positions=_positions(verdict))
 
     def notification(self, session: SessionInfo, body: bytes) -> bytes:
         f = self._filter(session)
@@ -175,6 +236,8 @@ class PiiGate:
         self.config = config
         self.loads: SchemaLoads[PiiRoom] = SchemaLoads("the schema", self._load)
         self.filter = PiiFilter(self)
+        #: The relay's observer of cursors that run at COMMIT (see HeldCursorWatch)
+        self.held_cursors = HeldCursorWatch()
         # (database, sql, exempt) -> (room version, the policy's verdict, PII's verdict)
         self._verdicts: dict[
             tuple[str, str, bool], tuple[int, Allow, Allow | Refuse | Awaitable[Any] | None]

@@ -117,6 +117,7 @@ class StatementPlan:
         "hold",
         "hold_reasons",
         "room",
+        "runs_pii",
         "sql",
         "token_params",
         "version",
@@ -129,12 +130,16 @@ class StatementPlan:
         analysis: Analysis,
         exemption: Exemption | None = None,
         token_params: frozenset[int] = frozenset(),
+        runs_pii: bool = False,
     ) -> None:
         self.room = room
         self.sql = sql
         self.analysis = analysis
         self.exemption = exemption
         self.token_params = token_params
+        #: it runs a cursor or SQL prepared statement that the session declared over PII
+        #: (or that dbgate did not see declared): see ``PiiSession.plan``
+        self.runs_pii = runs_pii
         self.version = room.version
         reasons: list[str] = []
         if exemption is None:
@@ -179,15 +184,18 @@ class StatementPlan:
         (their text is then withheld, see :meth:`MessageFilter.withhold`): some output
         is or may be PII, it holds tokens (in its text, or its Bind's values), lineage
         could not follow all of it, it writes to a relation whose own rules or triggers
-        run (code that may read anything and say it), or its text names a relation with
-        PII columns or a PII column (anywhere: a WHERE clause, a function's argument;
-        lineage walks those clauses only for tokens, so the names decide)."""
+        run (code that may read anything and say it), it runs a cursor or SQL prepared
+        statement declared over PII (FETCH, MOVE, EXECUTE: the declared query runs now,
+        its WHERE clause included), or its text names a relation with PII columns or a
+        PII column (anywhere: a WHERE clause, a function's argument; lineage walks those
+        clauses only for tokens, so the names decide)."""
         if self.exemption is not None:
             return False
         a = self.analysis
         if (
             a.token_sites
             or self.token_params
+            or self.runs_pii
             or a.unknown_reasons
             or a.unknown_relations
             or a.parse_error
@@ -206,7 +214,12 @@ class StatementPlan:
         if not numbers:
             return self
         return StatementPlan(
-            self.room, self.sql, self.analysis, self.exemption, numbers | self.token_params
+            self.room,
+            self.sql,
+            self.analysis,
+            self.exemption,
+            numbers | self.token_params,
+            self.runs_pii,
         )
 
     # ---------------------------------------------------------------- seam methods
@@ -455,6 +468,12 @@ class PiiSession:
         self.exemption = room.exemption_for(identity, self.groups)
         self._cursors: dict[str, Output] = {}
         self._prepared: dict[str, Output] = {}
+        # names declared by a text that involves PII (StatementPlan.involves_pii): a
+        # FETCH, MOVE or EXECUTE of one runs that query, whose errors may echo PII even
+        # where its outputs are clean (``WHERE current_setting(full_name) IS NULL``).
+        # Never forgotten: a redeclaration or DEALLOCATE may fail on the server.
+        self._pii_cursors: set[str] = set()
+        self._pii_prepared: set[str] = set()
         self.filter = room.message_filter if self.exemption is None else _PassFilter()
 
     # SessionState for the lineage walker
@@ -479,7 +498,25 @@ class PiiSession:
                 self._prepared.clear()
             else:
                 self._prepared.pop(name, None)
-        return StatementPlan(self.room, sql, analysis, self.exemption)
+        plan = StatementPlan(self.room, sql, analysis, self.exemption)
+        if not (
+            analysis.declares
+            or analysis.prepares
+            or analysis.runs_cursors
+            or analysis.runs_prepared
+        ):
+            return plan
+        involved = plan.involves_pii
+        if involved:
+            self._pii_cursors.update(analysis.declares)
+            self._pii_prepared.update(analysis.prepares)
+            return plan
+        cursors, prepared = self._pii_cursors, self._pii_prepared
+        if any(n in cursors or n not in self._cursors for n in analysis.runs_cursors) or any(
+            n in prepared or n not in self._prepared for n in analysis.runs_prepared
+        ):
+            return StatementPlan(self.room, sql, analysis, self.exemption, runs_pii=True)
+        return plan
 
     def detokenize_sql(self, plan: StatementPlan) -> str:
         """The text to forward, with tokens resolved; TokenError (22023) if one may not be.

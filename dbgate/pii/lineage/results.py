@@ -119,6 +119,13 @@ class Analysis:
     declares: dict[str, Output] = field(default_factory=dict)
     prepares: dict[str, Output] = field(default_factory=dict)
     deallocates: set[str] = field(default_factory=set)
+    #: cursors this query runs (FETCH, MOVE) and SQL prepared statements it executes
+    #: (EXECUTE), by name: their queries run now, and what the session declared them
+    #: over may come back in the server's errors and notices
+    runs_cursors: set[str] = field(default_factory=set)
+    runs_prepared: set[str] = field(default_factory=set)
+    #: cursors it declares WITH HOLD: their query runs when the transaction commits
+    hold_cursors: set[str] = field(default_factory=set)
     #: relations written whose own rules or triggers run code the walk does not see:
     #: what that code reads may come back in its notices and errors
     hidden_code: list[str] = field(default_factory=list)

@@ -91,12 +91,16 @@ class Statements(WalkState):
 
     def stmt_DeclareCursorStmt(self, body: Node) -> None:
         out = self.query(body["query"], None, OUTPUT)
-        self.r.declares[body.get("portalname", "")] = out
+        name = body.get("portalname", "")
+        self.r.declares[name] = out
+        if int(body.get("options") or 0) & _CURSOR_OPT_HOLD:
+            self.r.hold_cursors.add(name)
 
     def stmt_FetchStmt(self, body: Node) -> Output | None:
+        name = body.get("portalname", "")
+        self.r.runs_cursors.add(name)  # MOVE too: it runs the query, returning nothing
         if body.get("ismove"):
             return None
-        name = body.get("portalname", "")
         out = self.r.declares.get(name)  # declared earlier in the same query string
         if out is None and self.session is not None:
             out = self.session.cursor(name)
@@ -117,6 +121,7 @@ class Statements(WalkState):
     def stmt_ExecuteStmt(self, body: Node) -> Output:
         self.walk_side(body.get("params"), "EXECUTE parameters")
         name = body.get("name", "")
+        self.r.runs_prepared.add(name)
         out = self.r.prepares.get(name)
         if out is None and self.session is not None:
             out = self.session.prepared(name)
@@ -172,6 +177,10 @@ class Statements(WalkState):
 
     def stmt_RuleStmt(self, body: Node) -> None:
         self.walk_side(body, "a rule definition")
+
+
+#: DECLARE ... WITH HOLD (PostgreSQL's CURSOR_OPT_HOLD)
+_CURSOR_OPT_HOLD = 0x0020
 
 
 def _analyzes(body: Node) -> bool:

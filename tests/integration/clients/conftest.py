@@ -75,7 +75,10 @@ def start_pii_proxy(pg_server: PgServer, demo_role: DemoRole) -> RunningProxy:
     pii = PiiGate(config)
     pii.check()
     return RunningProxy(
-        config, inspector=build_gate(config, None, pii), message_filter=pii.filter
+        config,
+        inspector=build_gate(config, None, pii),
+        observer=pii.held_cursors,
+        message_filter=pii.filter,
     ).start()
 
 

@@ -886,3 +886,58 @@ def test_a_bind_that_may_bind_another_statement_gets_no_tokens_resolved(
     assert raw["email"].encode() not in echoed, got
     assert [e.sqlstate for e in errors(got)] == ["26000", "42501"], got
     assert "may bind either of two statements" in errors(got)[1].message
+
+
+#: A query whose outputs are clean and whose WHERE clause echoes a name in its error:
+#: ``current_setting`` of an unknown setting names it.
+_ECHOES_IN_WHERE = "select 1 from customers where id = 42 and current_setting(full_name) is null"
+
+#: Statements that run a query a session declared earlier (its text names no PII).
+DECLARED_RUNS = {
+    "fetch": (f"declare c cursor for {_ECHOES_IN_WHERE}", "fetch 1 from c"),
+    "move": (f"declare c cursor for {_ECHOES_IN_WHERE}", "move all in c"),
+    "move-clean-output": (
+        "declare c scroll cursor for select current_setting(full_name) from customers"
+        " where id = 42",
+        "move last in c",
+    ),
+    "execute": (f"prepare echo_p as {_ECHOES_IN_WHERE}", "execute echo_p"),
+}
+
+
+@pytest.mark.parametrize("declare, run", list(DECLARED_RUNS.values()), ids=list(DECLARED_RUNS))
+def test_errors_of_a_cursor_or_prepared_statement_declared_over_pii_are_withheld(
+    dsn: str, raw: dict[str, Any], declare: str, run: str
+) -> None:
+    """FETCH, MOVE and EXECUTE run the query declared earlier, WHERE clause and all: an
+    error it raises is about that query, so it is withheld when the declaration read
+    PII, even though the text that runs it names none."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(declare)
+        with pytest.raises(psycopg.errors.UndefinedObject) as info:
+            conn.execute(run)
+        conn.rollback()
+        if declare.startswith("prepare"):
+            conn.execute("deallocate all")
+    message = info.value.diag.message_primary or ""
+    assert raw["full_name"] not in message and "withheld" in message, message
+
+
+def test_a_cursor_kept_past_commit_is_run_there_and_its_errors_withheld(
+    dsn: str, raw: dict[str, Any]
+) -> None:
+    """A cursor WITH HOLD runs its query when the transaction that declared it commits:
+    an error it raises then is the COMMIT's, and withheld like the cursor's own."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for end in ("commit", "end", "commit and chain"):
+            conn.execute("begin")
+            conn.execute(f"declare held cursor with hold for {_ECHOES_IN_WHERE}")
+            with pytest.raises(psycopg.errors.UndefinedObject) as info:
+                conn.execute(end)
+            conn.execute("rollback")
+            message = info.value.diag.message_primary or ""
+            assert raw["full_name"] not in message and "withheld" in message, (end, message)
+        # and once the transaction is over, the next statements' errors are the server's
+        with pytest.raises(psycopg.errors.DivisionByZero) as info:
+            conn.execute("select 1 / 0")
+        assert "division by zero" in (info.value.diag.message_primary or "")
