@@ -203,6 +203,8 @@ class StatementPlan:
             or self.pii_outputs
         ):
             return True
+        if _UNICODE_IDENTIFIER.search(self.sql):
+            return True  # U&"cust\006Fmers": a name the words below do not spell
         names = self.room.pii_names()
         return any(
             word.strip('"').replace('""', '"').lower() in names for word in _WORD.findall(self.sql)
@@ -402,6 +404,10 @@ class StatementPlan:
 #: identifiers as the statement's text spells them (quoted or not; keywords match too,
 #: which only ever errs towards withholding)
 _WORD = re.compile(r'[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*|"(?:[^"]|"")+"')
+#: a quoted identifier with Unicode escapes (``U&"..."``, perhaps with ``UESCAPE``):
+#: the server reads a name its text does not spell, so any such text counts as naming
+#: PII (only ever errs towards withholding)
+_UNICODE_IDENTIFIER = re.compile(r'[Uu]&"')
 
 
 def _unknown_outputs(analysis: Analysis) -> bool:

@@ -941,3 +941,29 @@ def test_a_cursor_kept_past_commit_is_run_there_and_its_errors_withheld(
         with pytest.raises(psycopg.errors.DivisionByZero) as info:
             conn.execute("select 1 / 0")
         assert "division by zero" in (info.value.diag.message_primary or "")
+
+
+#: Names of PII written with Unicode escapes: the server reads ``customers`` and
+#: ``full_name``, the text spells neither.
+UNICODE_NAMES = {
+    "backslash": 'select 1 from U&"cust\\006Fmers" where id = 42'
+    ' and current_setting(U&"full\\005Fname") is null',
+    "uescape": "select 1 from u&\"cust!006Fmers\" UESCAPE '!' where id = 42"
+    " and current_setting(U&\"full!005Fname\" uescape '!') is null",
+}
+
+
+@pytest.mark.parametrize("sql", list(UNICODE_NAMES.values()), ids=list(UNICODE_NAMES))
+def test_errors_are_withheld_when_pii_is_named_with_unicode_escapes(
+    dsn: str, raw: dict[str, Any], sql: str
+) -> None:
+    """Whether a statement reads PII outside its outputs is told by the names its text
+    spells; a name written ``U&"cust\\006Fmers"`` spells none of them, and its error
+    (``current_setting(full_name)`` says the value) is withheld all the same."""
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.UndefinedObject) as info,
+    ):
+        conn.execute(sql)
+    message = info.value.diag.message_primary or ""
+    assert raw["full_name"] not in message and "withheld" in message, message
