@@ -20,7 +20,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-__all__ = ["BinaryCopyRewriter", "CsvCopyRewriter", "TextCopyRewriter"]
+__all__ = [
+    "BinaryCopyRewriter",
+    "CsvCopyRewriter",
+    "LineCopyRewriter",
+    "TextCopyRewriter",
+    "embeds_ascii",
+]
 
 #: (column index) -> replacement of the field's *decoded* bytes, for PII columns
 Replace = Callable[[int, bytes], bytes]
@@ -37,6 +43,38 @@ _TEXT_ESCAPES = {
     ord("t"): b"\t",
     ord("v"): b"\v",
 }
+
+
+#: PostgreSQL's client-only encodings, as its encoding names and aliases read once
+#: cleaned (letters and digits, lower case): a byte of their multibyte characters may
+#: be ASCII — a backslash, a delimiter, a quote — which COPY writes unescaped.
+_EMBEDS_ASCII = frozenset(
+    {
+        "sjis",
+        "shiftjis",
+        "mskanji",
+        "win932",
+        "windows932",
+        "shiftjis2004",
+        "big5",
+        "win950",
+        "windows950",
+        "gbk",
+        "win936",
+        "windows936",
+        "uhc",
+        "win949",
+        "windows949",
+        "gb18030",
+        "johab",
+    }
+)
+
+
+def embeds_ascii(encoding: str) -> bool:
+    """Whether COPY output in ``encoding`` (its ``ENCODING`` option) may have ASCII
+    bytes inside characters, so that its fields cannot be split by their bytes."""
+    return "".join(c for c in encoding.lower() if c.isascii() and c.isalnum()) in _EMBEDS_ASCII
 
 
 def _unescape_text(field: bytes) -> bytes:
@@ -128,6 +166,32 @@ class TextCopyRewriter:
             i += 1
         fields.append(line[start:])
         return fields
+
+    def data_row(self, body: bytes) -> bytes:
+        return body
+
+
+class LineCopyRewriter:
+    """COPY TO STDOUT in text or CSV format in an encoding that hides ASCII bytes in
+    its characters (:func:`embeds_ascii`): the second byte of a character can be a
+    backslash, a delimiter or a quote that the server did not escape, so the fields of
+    a row cannot be told apart (a parser would shift a PII value into a clean column).
+    Every line is replaced whole (its columns are lost; a newline is never inside a
+    character in these encodings)."""
+
+    def __init__(self, replace: Callable[[bytes], bytes]) -> None:
+        self.replace = replace
+        self.pending = b""
+
+    def copy_data(self, body: bytes) -> bytes:
+        data = self.pending + body
+        last = data.rfind(b"\n")
+        if last < 0:
+            self.pending = data
+            return b""
+        self.pending = data[last + 1 :]
+        lines = data[: last + 1].split(b"\n")[:-1]
+        return b"".join(self.replace(line) + b"\n" for line in lines)
 
     def data_row(self, body: bytes) -> bytes:
         return body

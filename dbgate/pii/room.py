@@ -26,7 +26,13 @@ from typing import Any
 from dbgate.pii.catalog import Catalog
 from dbgate.pii.catalog_load import load_catalog
 from dbgate.pii.collector import collector_paused
-from dbgate.pii.copyout import BinaryCopyRewriter, CsvCopyRewriter, TextCopyRewriter
+from dbgate.pii.copyout import (
+    BinaryCopyRewriter,
+    CsvCopyRewriter,
+    LineCopyRewriter,
+    TextCopyRewriter,
+    embeds_ascii,
+)
 from dbgate.pii.coverage import Coverage
 from dbgate.pii.detectors import replace_detected
 from dbgate.pii.entities import MIXED, UNKNOWN
@@ -389,6 +395,11 @@ class StatementPlan:
             return None
         if overall == 1:
             return BinaryCopyRewriter(pii)
+        encoding = options.get("encoding")
+        if isinstance(encoding, str) and embeds_ascii(encoding):
+            # fields that cannot be told apart by their bytes: each line whole
+            whole = _copy_replacer(pseudo, UNKNOWN_LIN.entity(), 25, 0, "token", self.room)
+            return LineCopyRewriter(lambda line: whole(0, line))
         if options.get("format") == "csv":
             return CsvCopyRewriter(
                 pii,

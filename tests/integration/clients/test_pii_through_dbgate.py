@@ -967,3 +967,30 @@ def test_errors_are_withheld_when_pii_is_named_with_unicode_escapes(
         conn.execute(sql)
     message = info.value.diag.message_primary or ""
     assert raw["full_name"] not in message and "withheld" in message, message
+
+
+#: COPY in an encoding whose characters may end in an ASCII byte the server does not
+#: escape: 'ソ' is 0x83 0x5C in SJIS (a backslash), 'ポ' is 0x83 0x7C (a '|').
+COPY_ENCODINGS = {
+    "text-backslash": "copy (select 'ソ', full_name, email from customers where id = 42)"
+    " to stdout with (encoding 'SJIS')",
+    "text-alias": "copy (select 'ソ', full_name, email from customers where id = 42)"
+    " to stdout with (encoding 'Windows932')",
+    "csv-delimiter": "copy (select 'ポ', full_name, email from customers where id = 42)"
+    " to stdout with (format csv, delimiter '|', encoding 'SJIS')",
+}
+
+
+@pytest.mark.parametrize("sql", list(COPY_ENCODINGS.values()), ids=list(COPY_ENCODINGS))
+def test_copy_in_an_encoding_that_hides_ascii_in_characters_leaks_nothing(
+    dsn: str, raw: dict[str, Any], sql: str
+) -> None:
+    """In SJIS (and BIG5, GBK, UHC, GB18030, JOHAB) the second byte of a character may
+    be a backslash or a delimiter, which COPY writes as it is: split by its bytes, the
+    row's fields shift and a PII value lands in a column that is not PII. Such output
+    is tokenized line by line."""
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor().copy(sql) as copy:
+        data = b"".join(bytes(block) for block in copy)
+    assert data.count(b"\n") == 1, data
+    for value in (raw["full_name"], raw["email"]):
+        assert value.encode() not in data, data
