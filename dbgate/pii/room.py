@@ -370,10 +370,18 @@ class StatementPlan:
         else:
             st = copies[0]
             out = st.output or Output(tail=UNKNOWN_LIN)
-            options = self.room.copy_options(
-                self.sql, len([s for s in self.analysis.statements if s is not st and s.copy_out])
-            )
-            types = self.room.copy_types(self.sql)
+            # its options and columns: the COPY statements before it (COPY ... FROM too)
+            before = 0
+            for other in self.analysis.statements:
+                if other is st:
+                    break
+                before += other.kind == "CopyStmt"
+            options = self.room.copy_options(self.sql, before)
+            types = self.room.copy_types(self.sql, before)
+            if len(copies) > 1:
+                # the relay does not say which of the text's COPY statements this
+                # output is of: every value of it, whatever its options
+                out = Output(tail=self.room.note_unknown("one of several COPY TO STDOUT in a text"))
         ncols = int.from_bytes(response[1:3], "big")
         pii: dict[int, Any] = {}
         # COPY output carries no column origins: every PII value in it is treated as
@@ -396,8 +404,9 @@ class StatementPlan:
         if overall == 1:
             return BinaryCopyRewriter(pii)
         encoding = options.get("encoding")
-        if isinstance(encoding, str) and embeds_ascii(encoding):
-            # fields that cannot be told apart by their bytes: each line whole
+        if len(copies) > 1 or (isinstance(encoding, str) and embeds_ascii(encoding)):
+            # fields that cannot be told apart by their bytes (or by options that may
+            # be another statement's): each line whole
             whole = _copy_replacer(pseudo, UNKNOWN_LIN.entity(), 25, 0, "token", self.room)
             return LineCopyRewriter(lambda line: whole(0, line))
         if options.get("format") == "csv":
@@ -747,20 +756,21 @@ class PiiRoom:
             out["header"] = out["header"].lower() not in ("false", "off", "0")
         return out
 
-    def copy_types(self, sql: str) -> list[int]:
-        """Type OIDs of a ``COPY table [(cols)] TO`` (empty for ``COPY (query)``)."""
+    def copy_types(self, sql: str, skip: int = 0) -> list[int]:
+        """Type OIDs of a ``COPY table [(cols)] TO`` (empty for ``COPY (query)``), the
+        one after ``skip`` other COPY statements of ``sql``."""
         try:
             stmts = [s["CopyStmt"] for s in parse(sql) if "CopyStmt" in s]
         except Exception:
             return []
-        if not stmts or stmts[0].get("relation") is None:
+        if len(stmts) <= skip or stmts[skip].get("relation") is None:
             return []
-        rv = stmts[0]["relation"]
+        rv = stmts[skip]["relation"]
         rels = self.snapshot.lookup(rv.get("relname", ""), rv.get("schemaname"))
         if not rels:
             return []
         rel = rels[0]
-        attlist = [a["String"]["sval"] for a in stmts[0].get("attlist") or () if "String" in a]
+        attlist = [a["String"]["sval"] for a in stmts[skip].get("attlist") or () if "String" in a]
         if attlist:
             by_name = {c.name: c.type_oid for c in rel.columns}
             return [by_name.get(n, 25) for n in attlist]

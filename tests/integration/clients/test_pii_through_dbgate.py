@@ -994,3 +994,38 @@ def test_copy_in_an_encoding_that_hides_ascii_in_characters_leaks_nothing(
     assert data.count(b"\n") == 1, data
     for value in (raw["full_name"], raw["email"]):
         assert value.encode() not in data, data
+
+
+def _copy_out_all(dsn: str, sql: str) -> bytes:
+    """Every CopyData of a simple Query that may hold several COPY TO STDOUT (psql
+    sends the text as one Query and writes each COPY's data out)."""
+    import subprocess
+
+    done = subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-c", sql],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+#: Several COPY TO STDOUT in one Query: each output is of its own statement.
+COPIES_IN_ONE_QUERY = {
+    "clean-first": "copy (select 1, 'x') to stdout;"
+    " copy (select full_name, email from customers where id = 42) to stdout",
+    "csv-second": "copy (select 1, 2 from orders where id = 1) to stdout;"
+    " copy (select full_name, 'x' from customers where id = 42) to stdout with (format csv)",
+}
+
+
+@pytest.mark.parametrize("sql", list(COPIES_IN_ONE_QUERY.values()), ids=list(COPIES_IN_ONE_QUERY))
+def test_every_copy_of_a_query_with_several_is_tokenized(
+    dsn: str, raw: dict[str, Any], sql: str
+) -> None:
+    """The relay does not tell which COPY of a Query an output is of: the second must
+    never be rewritten by the first's columns (clean: passed raw) or options."""
+    data = _copy_out_all(dsn, sql)
+    assert data.count(b"\n") == 2, data
+    for value in (raw["full_name"], raw["email"]):
+        assert value.encode() not in data, data
