@@ -110,8 +110,14 @@ class MessageFilter:
         notification_payloads: str = "tokenize",
         notification_channels: Mapping[str, str] | None = None,
         detectors: bool = True,
+        fresh: Token | None = None,
     ) -> None:
         self.token = token
+        #: Tokens new at every use, for every echoed value but a PII key column's: an
+        #: agent can have a text of its choosing echoed (a NOTIFY payload, a value its
+        #: statement fails on), and a deterministic token of it would be a codebook
+        #: entry for whatever PII reaches the same place. ``token`` when not given.
+        self.fresh = token if fresh is None else fresh
         self.column_entity = column_entity
         self.relation_has_pii = relation_has_pii
         self.raise_messages = raise_messages
@@ -144,9 +150,9 @@ class MessageFilter:
             return body
         if mode == "detect":
             text = payload.decode("utf-8", "replace")
-            new = replace_detected(text, self.token).encode()
+            new = replace_detected(text, self.fresh).encode()
         else:
-            new = self.token(MIXED, payload).encode()
+            new = self.fresh(MIXED, payload).encode()
         if new == payload:
             return body
         return body[: end + 1] + new + b"\0"
@@ -198,7 +204,7 @@ class MessageFilter:
                 if key in out:
                     out[key] = _QUOTED.sub(
                         lambda m: (
-                            '"' + self.token(MIXED, m.group(1).replace('""', '"').encode()) + '"'
+                            '"' + self.fresh(MIXED, m.group(1).replace('""', '"').encode()) + '"'
                         ),
                         out[key],
                     )
@@ -209,15 +215,15 @@ class MessageFilter:
         if user_raise and self.raise_messages == "tokenize":
             for key in ("M", "D", "H"):
                 if out.get(key):
-                    out[key] = self.token(MIXED, out[key].encode())
+                    out[key] = self.fresh(MIXED, out[key].encode())
         elif self.detectors:
             for key in _FREE_TEXT:
                 if out.get(key):
-                    out[key] = replace_detected(out[key], self.token)
+                    out[key] = replace_detected(out[key], self.fresh)
         return out
 
     def _copy_value(self, m: re.Match[str], fields: Mapping[str, str]) -> str:
-        return self.token(MIXED, m.group("val").encode())
+        return self.fresh(MIXED, m.group("val").encode())
 
     def _detail(self, text: str, schema: str | None, table: str) -> str:
         key = _KEY.search(text)
@@ -228,7 +234,7 @@ class MessageFilter:
                 cols = [c.strip() for c in conflict.group("cols").split(",")]
                 entity = self._entity_of(cols, schema, table)
                 if entity is not None:
-                    tok = self.token(entity, conflict.group("vals").encode())
+                    tok = self._key_token(entity, conflict.group("vals").encode())
                     text = text[: conflict.start("vals")] + tok + text[conflict.end("vals") :]
             return text
         failing = _FAILING.match(text)
@@ -236,7 +242,7 @@ class MessageFilter:
             return (
                 failing.group(1)
                 + "("
-                + self.token(MIXED, failing.group("vals").encode())
+                + self.fresh(MIXED, failing.group("vals").encode())
                 + ")"
                 + failing.group(3)
             )
@@ -261,5 +267,13 @@ class MessageFilter:
         entity = self._entity_of(cols, schema, table)
         if entity is None:
             return text
-        tok = self.token(entity, vals.encode())
+        tok = self._key_token(entity, vals.encode())
         return text[: m.start("vals")] + tok + text[m.end("vals") :]
+
+    def _key_token(self, entity: str, value: bytes) -> str:
+        """A key value's token: the column's own (deterministic, so the agent can tell
+        which row a unique violation names) when the key is one PII column of a known
+        kind; else a fresh one, like every other value a message echoes."""
+        if entity in (MIXED, UNKNOWN):
+            return self.fresh(entity, value)
+        return self.token(entity, value)

@@ -620,6 +620,7 @@ class PiiRoom:
             raise_messages=self.settings.raise_messages,
             notification_payloads=self.settings.notification_payloads,
             notification_channels=self.settings.notification_channels,
+            fresh=self._fresh_token_text,
         )
         self.set_snapshot(snapshot or SchemaSnapshot())
 

@@ -93,6 +93,28 @@ def test_notifications_modes() -> None:
     assert room.message_filter.notification(other) == other
 
 
+def test_echoed_values_get_fresh_tokens_but_a_pii_key_keeps_its_columns() -> None:
+    """A text the agent chooses, echoed in a NOTIFY payload, a data exception or a
+    failing row, gets a new token every time: a deterministic one would be a codebook
+    entry for whatever PII reaches the same place. A unique violation's key keeps the
+    column's token (the agent can tell which row it names); each token resolves."""
+    payload = struct.pack("!I", 7) + b"ch\0chosen text\0"
+    notified = {ROOM.message_filter.notification(payload) for _ in range(2)}
+    assert len(notified) == 2
+    cast = {err(C="22P02", M='invalid input syntax for type integer: "Ann Lee"')["M"] for _ in "ab"}
+    assert len(cast) == 2
+    failing = {
+        err(C="23502", M="null", D="Failing row contains (null, a@x.io).", t="customers")["D"]
+        for _ in "ab"
+    }
+    assert len(failing) == 2
+    detail = "Key (email)=(ann@x.io) already exists."
+    keys = {err(C="23505", M="dup", D=detail, t="customers", s="public")["D"] for _ in "ab"}
+    assert keys == {f"Key (email)=({TOK.token('email', b'ann@x.io')}) already exists."}
+    (token,) = (t for t in cast.pop().split('"') if t.startswith("tok_pii_"))
+    assert TOK.resolve(token) == ("pii", b"Ann Lee")
+
+
 @pytest.mark.parametrize(
     ("text", "entities"),
     [
