@@ -34,7 +34,7 @@ from dbgate.gate.declarations import declared
 from dbgate.gate.notes import GateNote
 from dbgate.pii.sql_mask import mask_sql, mask_text
 from dbgate.policy.literals import fast_mask, render_key
-from dbgate.proxy.seams import Allow, Refuse, StatementRecord
+from dbgate.proxy.seams import Allow, QuietObserver, Refuse, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class _Shape:
 _NO_SHAPE = _Shape(None)
 
 
-class AuditTrail:
+class AuditTrail(QuietObserver):
     """The gate's side of the audit: events built from what the relay and gate know."""
 
     #: A statement is recorded when it ends (see Observer): the relay need not tell the
@@ -309,15 +309,6 @@ class AuditTrail:
                 reason=message,
             )
         )
-
-    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
-    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
-    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
 
     def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
         self._finished(session, record, "completed")

@@ -14,7 +14,14 @@ from typing import Any
 
 from dbgate import metrics
 from dbgate.gate.notes import GateNote
-from dbgate.proxy.seams import STATEMENT_EVENTS, Allow, Observer, Refuse, StatementRecord
+from dbgate.proxy.seams import (
+    STATEMENT_EVENTS,
+    Allow,
+    Observer,
+    QuietObserver,
+    Refuse,
+    StatementRecord,
+)
 from dbgate.proxy.session_info import SessionInfo
 
 log = logging.getLogger("dbgate.gate")
@@ -159,7 +166,7 @@ def combine(observers: Sequence[Observer]) -> Observer | None:
     return FanOut(observers)
 
 
-class MetricsObserver:
+class MetricsObserver(QuietObserver):
     """Counts sessions, refusals at startup and decided statements (Prometheus).
 
     A statement is counted once, when it is decided (an Execute is decided by the
@@ -184,9 +191,6 @@ class MetricsObserver:
     ) -> None:
         metrics.connection_refused(_REFUSED_REASONS.get(sqlstate, "other"))
 
-    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
     def verdict_given(
         self, session: SessionInfo, kind: str, verdict: Allow | Refuse, remembered: bool
     ) -> None:
@@ -199,15 +203,3 @@ class MetricsObserver:
             metrics.statement("unknown", "refuse")
         else:
             metrics.statement("unknown", "allow")
-
-    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
-    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
-    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
-    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass

@@ -48,7 +48,14 @@ from dbgate.pii.plan_cache import shape_from_mask, shape_of
 from dbgate.pii.room import PiiRoom, PiiSession, StatementPlan
 from dbgate.pii.tokens import TokenError
 from dbgate.policy.model import Action, Category, Classification, Decision, Reason
-from dbgate.proxy.seams import Allow, Refuse, RowRewriter, Statement, StatementRecord
+from dbgate.proxy.seams import (
+    Allow,
+    QuietObserver,
+    Refuse,
+    RowRewriter,
+    Statement,
+    StatementRecord,
+)
 from dbgate.proxy.session_info import SessionInfo
 
 if TYPE_CHECKING:
@@ -125,7 +132,7 @@ def _declares_held_cursor(verdict: Any) -> bool:
     return isinstance(plan, PiiResultPlan) and bool(plan.plan.analysis.hold_cursors)
 
 
-class HeldCursorWatch:
+class HeldCursorWatch(QuietObserver):
     """An :class:`~dbgate.proxy.seams.Observer`: a cursor declared WITH HOLD runs its
     query when the transaction that declared it commits, so an error of that query
     (``current_setting(full_name)`` names the value) is the COMMIT's — a statement that
@@ -153,26 +160,6 @@ class HeldCursorWatch:
 
     def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
         pass  # the transaction is failed: it ends in a rollback, the cursor never runs
-
-    def session_started(self, session: SessionInfo) -> None:
-        pass
-
-    def session_ended(self, session: SessionInfo) -> None:
-        pass
-
-    def session_refused(
-        self, user: str, database: str, client_addr: str, sqlstate: str, message: str
-    ) -> None:
-        pass
-
-    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
-    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
-    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
 
 
 class PiiFilter:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 from dbgate.policy.model import Category
-from dbgate.proxy.seams import StatementRecord
+from dbgate.proxy.seams import QuietObserver, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 
 log = logging.getLogger("dbgate.gate")
@@ -156,7 +156,7 @@ def _changes_schema(verdict: Any) -> bool:
     return classification is not None and bool(classification.categories & _SCHEMA_CHANGING)
 
 
-class SchemaWatch:
+class SchemaWatch(QuietObserver):
     """An :class:`~dbgate.proxy.seams.Observer`: after a statement that may change the
     schema completes (and once its transaction is over, so the reload sees it), the
     database's snapshots reload in the background."""
@@ -214,18 +214,3 @@ class SchemaWatch:
     def session_ended(self, session: SessionInfo) -> None:
         if session.state.pop(_DDL_KEY, False):
             self._reload(session)
-
-    def session_started(self, session: SessionInfo) -> None:
-        pass
-
-    def session_refused(self, *args: Any) -> None:
-        pass
-
-    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
-    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
-    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass

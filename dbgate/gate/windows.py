@@ -39,7 +39,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dbgate.gate.notes import GateNote
-from dbgate.proxy.seams import Allow, Refuse
+from dbgate.proxy.seams import Allow, QuietObserver, Refuse
 from dbgate.wire import sqlstate
 
 if TYPE_CHECKING:
@@ -311,7 +311,7 @@ def charged_by_binds(verdict: Allow) -> Allow:
     return replace(verdict, note=_charged_to(note, note.window_tables, "binds"))
 
 
-class WindowCharges:
+class WindowCharges(QuietObserver):
     """Charges every windowed statement's rows when it ends (an Observer)."""
 
     ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
@@ -349,23 +349,3 @@ class WindowCharges:
             self.windows.add(session.identity, window, tables, rows)
 
     statement_failed = statement_completed  # charged the same: the rows it returned
-
-    def session_started(self, session: SessionInfo) -> None:
-        pass
-
-    def session_ended(self, session: SessionInfo) -> None:
-        pass
-
-    def session_refused(
-        self, user: str, database: str, client_addr: str, sqlstate: str, message: str
-    ) -> None:
-        pass
-
-    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
-    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass
-
-    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass

@@ -394,6 +394,37 @@ class Observer(Protocol):
     def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None: ...
 
 
+class QuietObserver:
+    """An :class:`Observer` that does nothing with any event: a subclass defines the
+    events it hears (and names the others in ``ignores``, so the relay skips them)."""
+
+    def session_started(self, session: SessionInfo) -> None:
+        pass
+
+    def session_ended(self, session: SessionInfo) -> None:
+        pass
+
+    def session_refused(
+        self, user: str, database: str, client_addr: str, sqlstate: str, message: str
+    ) -> None:
+        pass
+
+    def statement_received(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_decided(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_forwarded(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass
+
+
 class AllowAll:
     """The inspector used until policy is configured: every statement is forwarded."""
 
