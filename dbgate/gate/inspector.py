@@ -265,28 +265,23 @@ class Gate(ApprovedPii):
                 return changed
         if kind == "query":
             answer = self._answers.get((id(identity), id(classification)))
+            shaped: tuple[Allow, Any] | None = None  # (the verdict before a cap, window)
             if answer is not None:
                 if self._same_for_the_shape(answer, verdict):
-                    self._fresh.remember(
-                        session,
-                        identity,
-                        catalog,
-                        self.generation,
-                        statement.sql,
-                        verdict,
-                        classification,
-                    )
+                    shaped = (verdict, None)  # type: ignore[assignment]
                 elif self._windowed_for_the_shape(answer):
-                    self._fresh.remember(
-                        session,
-                        identity,
-                        catalog,
-                        self.generation,
-                        statement.sql,
-                        answer[5],
-                        classification,
-                        answer[6].row_window,
-                    )
+                    shaped = (answer[5], answer[6].row_window)
+            if shaped is not None:
+                self._fresh.remember(
+                    session,
+                    identity,
+                    catalog,
+                    self.generation,
+                    statement.sql,
+                    shaped[0],
+                    classification,
+                    shaped[1],
+                )
         return verdict
 
     def _same_for_the_shape(self, answer: tuple[Any, ...], verdict: Verdict) -> bool:

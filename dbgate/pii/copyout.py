@@ -77,6 +77,14 @@ def embeds_ascii(encoding: str) -> bool:
     return "".join(c for c in encoding.lower() if c.isascii() and c.isalnum()) in _EMBEDS_ASCII
 
 
+def _whole_lines(data: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines of ``data`` (without their newlines) and what follows them."""
+    last = data.rfind(b"\n")
+    if last < 0:
+        return [], data
+    return data[:last].split(b"\n"), data[last + 1 :]
+
+
 def _unescape_text(field: bytes) -> bytes:
     if b"\\" not in field:
         return field
@@ -129,14 +137,10 @@ class TextCopyRewriter:
         self.pending = b""
 
     def copy_data(self, body: bytes) -> bytes:
-        data = self.pending + body
-        last = data.rfind(b"\n")
-        if last < 0:
-            self.pending = data
+        lines, self.pending = _whole_lines(self.pending + body)
+        if not lines:
             return b""
-        self.pending = data[last + 1 :]
-        out = [self.row(line) for line in data[: last + 1].split(b"\n")[:-1]]
-        return b"\n".join(out) + b"\n"
+        return b"\n".join([self.row(line) for line in lines]) + b"\n"
 
     def row(self, line: bytes) -> bytes:
         if line == b"\\.":
@@ -184,13 +188,7 @@ class LineCopyRewriter:
         self.pending = b""
 
     def copy_data(self, body: bytes) -> bytes:
-        data = self.pending + body
-        last = data.rfind(b"\n")
-        if last < 0:
-            self.pending = data
-            return b""
-        self.pending = data[last + 1 :]
-        lines = data[: last + 1].split(b"\n")[:-1]
+        lines, self.pending = _whole_lines(self.pending + body)
         return b"".join(self.replace(line) + b"\n" for line in lines)
 
     def data_row(self, body: bytes) -> bytes:
