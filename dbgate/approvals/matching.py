@@ -47,3 +47,54 @@ def match_hash(key: bytes, sql: str, params: Sequence[str | None] = ()) -> bytes
     """Keyed hash of the normalized statement and its parameter values."""
     payload = json.dumps([normalized_sql(sql), list(params)], ensure_ascii=False)
     return hmac.new(key, payload.encode("utf-8"), hashlib.sha256).digest()
+
+
+#: Statements whose literal constants are data (compared, assigned, inserted, limits):
+#: a shape approval with free values lets these vary. Everywhere else (SET, DO, COPY,
+#: GRANT, CREATE FUNCTION, EXECUTE, ...) a constant names a role, a setting, a program
+#: or carries code, and must be the same.
+_DATA_STATEMENTS = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+
+_VALUES = frozenset({"A_Const", "ParamRef"})
+
+
+def _shape_tree(node: object, free: bool) -> object:
+    if isinstance(node, dict):
+        if free and node.keys() & _VALUES:  # a literal or a parameter: a value
+            return "?"
+        out = {}
+        for name, value in node.items():
+            if name == "location" or name.endswith("_location") or name == "stmt_len":
+                continue
+            if name == "FuncCall":
+                # A function's constant arguments name what it does (set_config's
+                # setting, query_to_xml's query, a file, a sequence): kept.
+                out[name] = _shape_tree(value, False)
+            else:
+                out[name] = _shape_tree(value, free)
+        return out
+    if isinstance(node, list):
+        return [_shape_tree(item, free) for item in node]
+    return node
+
+
+def shape_key(sql: str) -> str | None:
+    """What a shape approval with free values compares: the statement's parse tree
+    without positions, with the literal constants that are data left out.
+
+    pglast's fingerprint leaves out far more than data: the body of a ``DO`` block or
+    of ``CREATE FUNCTION``, role names (``SET ROLE``, ``GRANT … TO``), prepared
+    statement names, the arguments of ``set_config``. Two statements with one
+    fingerprint may do entirely different things, so a shape is found by fingerprint
+    and then must also have this key. None when the text does not parse (nothing
+    matches it).
+    """
+    try:
+        tree = json.loads(pg.parse_sql_json(sql))
+    except (pg.ParseError, ValueError, RecursionError):
+        return None
+    stmts = []
+    for raw in tree.get("stmts", ()):
+        stmt = raw.get("stmt") or {}
+        stmts.append(_shape_tree(stmt, stmt.keys() <= _DATA_STATEMENTS))
+    return json.dumps(stmts, sort_keys=True, ensure_ascii=False)

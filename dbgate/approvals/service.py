@@ -35,9 +35,15 @@ from dbgate.approvals.accounts import AccountStore
 from dbgate.approvals.db import StateDB, create_pool
 from dbgate.approvals.eligibility import refusal
 from dbgate.approvals.errors import ApprovalError, StateUnavailable
-from dbgate.approvals.matching import match_hash
+from dbgate.approvals.matching import match_hash, shape_key
 from dbgate.approvals.model import ApprovalRequest, HoldOutcome, HoldStatus, Notify
-from dbgate.approvals.store import ApprovalStore, NewRequest, RequestRecord, StepHook
+from dbgate.approvals.store import (
+    ApprovalStore,
+    NewRequest,
+    RequestRecord,
+    ShapeRecord,
+    StepHook,
+)
 from dbgate.approvals.wake import Waker
 from dbgate.pii.sql_mask import mask_sql, mask_text
 
@@ -524,24 +530,47 @@ class PgApprovalService:
 
     async def _use_shape(self, request: ApprovalRequest, h: bytes) -> RequestRecord | None:
         identity = request.requester.identity
-        shape = await self.store.find_shape(identity, request.fingerprint, h)
-        if shape is None:
+        shapes = await self.store.find_shapes(identity, request.fingerprint, h)
+        if not shapes:
             return None
-        creator = await self.store.creator(shape.created_by)
-        owners = set(self.owners.get(identity, ()))
-        why = (
-            "its approver no longer exists"
-            if creator is None
-            else refusal(creator, identity, request.approver_groups, owners)
-        )
-        if why is None and request.approvals_needed > 1:
-            why = f"this statement's rule needs {request.approvals_needed} approvers"
-        if why is not None:
+        masked, _ = mask_sql(request.sql, request.params, pii_columns=request.pii_columns)
+        key = shape_key(masked)
+        for shape in shapes:
+            why = await self._shape_refusal(shape, request, key)
+            if why is None:
+                return await self.store.record_shape_use(
+                    shape.id, self._new_request(request, "shape")
+                )
             log.info(
                 "approvals: shape approval %d does not cover this statement: %s", shape.id, why
             )
-            return None
-        return await self.store.record_shape_use(shape.id, self._new_request(request, "shape"))
+        return None
+
+    async def _shape_refusal(
+        self, shape: ShapeRecord, request: ApprovalRequest, key: str | None
+    ) -> str | None:
+        """Why this shape approval does not cover the statement, or None when it does:
+        the same statement up to its data values (:func:`shape_key`, on the masked
+        texts approvers saw), held by the same rule for the same reasons, and a
+        creator who may still decide it alone."""
+        if key is None or shape_key(shape.statement) != key:
+            return "the statement differs in more than its values"
+        source = await self.store.get(shape.source_request) if shape.source_request else None
+        if source is None or (
+            source.rule != request.rule
+            or tuple(sorted(source.categories)) != tuple(sorted(request.categories))
+            or sorted(code for code, _ in source.reasons)
+            != sorted(code for code, _ in request.reasons)
+        ):
+            return "the statement is not held by the same rule for the same reasons"
+        creator = await self.store.creator(shape.created_by)
+        if creator is None:
+            return "its approver no longer exists"
+        owners = set(self.owners.get(request.requester.identity, ()))
+        why = refusal(creator, request.requester.identity, request.approver_groups, owners)
+        if why is None and request.approvals_needed > 1:
+            why = f"this statement's rule needs {request.approvals_needed} approvers"
+        return why
 
 
 def _expired_reason(wait_seconds: float) -> str:

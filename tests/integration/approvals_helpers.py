@@ -52,6 +52,9 @@ def make_request(
     approver_groups: tuple[str, ...] = (),
     approvals_needed: int = 1,
     purpose: str = "clean up a test order",
+    categories: tuple[str, ...] = ("destructive",),
+    reasons: tuple[tuple[str, str], ...] = (("delete", "DELETE removes rows"),),
+    rule: str = "hold-destructive",
     **extra: Any,
 ) -> ApprovalRequest:
     return ApprovalRequest(
@@ -67,9 +70,9 @@ def make_request(
         sql=sql,
         params=params,
         fingerprint=fingerprint,
-        categories=("destructive",),
-        reasons=(("delete", "DELETE removes rows"),),
-        rule="hold-destructive",
+        categories=categories,
+        reasons=reasons,
+        rule=rule,
         rule_message="destructive statements are held",
         approver_groups=approver_groups,
         approvals_needed=approvals_needed,

@@ -240,6 +240,84 @@ async def test_shape_approval_with_free_values_covers_one_identity_and_fingerpri
         await svc.store.revoke_shape(shape.id, BOB, "again")
 
 
+@pytest.mark.parametrize(
+    ("approved", "sent", "category", "reason"),
+    [
+        # Each pair has one pglast fingerprint.
+        (
+            "DO $$ begin perform pg_sleep(0); end $$",
+            "DO $$ begin delete from customers; end $$",
+            "opaque",
+            "do-block",
+        ),
+        ("SET ROLE reporting", "SET ROLE postgres", "privilege", "set-role"),
+        (
+            "GRANT SELECT ON orders TO analyst",
+            "GRANT SELECT ON orders TO agent",
+            "privilege",
+            "grant",
+        ),
+        (
+            "CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql",
+            "CREATE FUNCTION f() RETURNS int AS 'delete from orders returning 1' LANGUAGE sql",
+            "ddl",
+            "create-function",
+        ),
+        (
+            "SELECT query_to_xml('select id from orders', true, true, '')",
+            "SELECT query_to_xml('select ssn from customers', true, true, '')",
+            "dump",
+            "xml-query-export",
+        ),
+    ],
+)
+async def test_a_free_shape_frees_data_values_not_code_names_or_settings(
+    svc, approved, sent, category, reason
+) -> None:
+    from pglast import parser
+
+    fingerprint = str(parser.fingerprint(approved))
+    assert str(parser.fingerprint(sent)) == fingerprint
+
+    def request(sql: str):
+        return make_request(
+            sql,
+            wait=0,
+            identity="shaper-2",
+            fingerprint=fingerprint,
+            categories=(category,),
+            reasons=((reason, reason),),
+        )
+
+    outcome = await svc.hold(request(approved), Notices())
+    shape, _ = await svc.store.approve_shape(
+        int(outcome.request_id), ALICE, minutes=30, params_fixed=False, reason="harmless"
+    )
+    try:
+        assert await svc.approved_before(request(approved)) is not None  # its own approval
+        assert await svc.approved_before(request(sent)) is None
+    finally:
+        await svc.store.revoke_shape(shape.id, BOB, "done")
+
+
+async def test_a_free_shape_covers_only_statements_held_for_the_same_reasons(svc) -> None:
+    sql = "DELETE FROM orders WHERE id = 7"
+    outcome = await svc.hold(make_request(sql, wait=0, identity="shaper-3"), Notices())
+    shape, _ = await svc.store.approve_shape(
+        int(outcome.request_id), ALICE, minutes=30, params_fixed=False, reason=""
+    )
+    try:
+        same = make_request("delete from orders where id = 8", wait=0, identity="shaper-3")
+        assert await svc.approved_before(same) is not None  # its own approval is taken first
+        assert await svc.approved_before(same) is not None  # then the shape: other values
+        other_rule = make_request(
+            "DELETE FROM orders WHERE id = 9", wait=0, identity="shaper-3", rule="hold-other"
+        )
+        assert await svc.approved_before(other_rule) is None
+    finally:
+        await svc.store.revoke_shape(shape.id, BOB, "done")
+
+
 async def test_shape_approval_with_fixed_values_and_its_expiry(svc, state_dsn) -> None:
     sql = "UPDATE orders SET status = $2 WHERE id = $1"
     first = make_request(

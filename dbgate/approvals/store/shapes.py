@@ -1,6 +1,6 @@
 """Shape approvals (mixin of :class:`~dbgate.approvals.store.ApprovalStore`): "this
 fingerprint, for this identity, until then" — given from a request (``approve_shape``),
-found and used by later statements (``find_shape``, ``record_shape_use``), revoked by
+found and used by later statements (``find_shapes``, ``record_shape_use``), revoked by
 any approver (``revoke_shape``), and read back (``get_shape``, ``list_shapes``).
 
 A shape is given only by an approver who may decide the request it comes from, and
@@ -134,22 +134,25 @@ class Shapes:
         await self._tell("approved", request_id, approver.name, f"shape {shape['id']}: {reason}")
         return _shape(shape), await self.get(request_id)
 
-    async def find_shape(
+    async def find_shapes(
         self, identity: str, fingerprint: str, match_hash: bytes
-    ) -> ShapeRecord | None:
+    ) -> list[ShapeRecord]:
+        """Active shape approvals of this identity and fingerprint (a fixed one only
+        with these very values), oldest first. A fingerprint is no proof of sameness:
+        the caller compares the statement too."""
         if not fingerprint:
-            return None
+            return []
         async with self.db.connection() as conn:
-            row = await conn.fetchrow(
+            rows = await conn.fetch(
                 f"SELECT {_SHAPE_COLUMNS} FROM dbgate.shape_approvals "
                 "WHERE identity = $1 AND fingerprint = $2 AND revoked_at IS NULL "
                 "AND expires_at > now() AND (NOT params_fixed OR match_hash = $3) "
-                "ORDER BY id LIMIT 1",
+                "ORDER BY id LIMIT 20",
                 identity,
                 fingerprint,
                 match_hash,
             )
-        return _shape(row) if row is not None else None
+        return [_shape(row) for row in rows]
 
     async def creator(self, name: str) -> Approver | None:
         async with self.db.connection() as conn:
