@@ -21,6 +21,7 @@ from dbgate.approvals.eligibility import Approver, refusal
 from dbgate.approvals.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized
 from dbgate.approvals.service import PgApprovalService
 from dbgate.approvals.store import STATUSES, RequestRecord, clean_reason
+from dbgate.approvals.store.decisions import storable_text
 from dbgate.web.keys import MAX_BODY, SERVICE
 from dbgate.web.serialize import history_item, request_detail, request_summary, shape_json
 
@@ -86,6 +87,13 @@ def _int_query(
     return int(raw)
 
 
+def _identity_query(request: web.Request) -> str | None:
+    identity = request.query.get("identity") or None
+    if identity is not None and not storable_text(identity):
+        raise BadRequest("'identity' must be text PostgreSQL can store (no NUL)")
+    return identity
+
+
 def may_decide(svc: PgApprovalService, approver: Approver, rec: RequestRecord) -> str | None:
     """None when ``approver`` may decide ``rec`` now, else why not (for the page's buttons)."""
     if rec.status != "pending":
@@ -129,7 +137,7 @@ async def list_approvals(request: web.Request) -> web.Response:
             raise BadRequest(f"unknown status {s!r}; use one of {', '.join(STATUSES)} or all")
     limit = _int_query(request, "limit", 100, 1, 500) or 100
     before = _int_query(request, "before", None, 1, _MAX_ID)
-    identity = request.query.get("identity") or None
+    identity = _identity_query(request)
     records = await svc.store.list(statuses=statuses, identity=identity, before=before, limit=limit)
     return web.json_response(
         {
@@ -190,7 +198,7 @@ async def list_shapes(request: web.Request) -> web.Response:
     active = None if raw == "all" else raw == "true"
     limit = _int_query(request, "limit", 100, 1, 500) or 100
     shapes = await service(request).store.list_shapes(
-        active=active, identity=request.query.get("identity") or None, limit=limit
+        active=active, identity=_identity_query(request), limit=limit
     )
     return web.json_response({"shapes": [shape_json(s) for s in shapes]})
 

@@ -288,6 +288,8 @@ async def test_oversized_and_malformed_bodies(api: Api) -> None:
         ('{"reason": "ok", "force": true}', "unknown key(s) 'force'"),
         (b"\xff\xfe", "not valid JSON"),
         ('{"reason": "' + "y" * 2100 + '"}', "longer than 2000"),
+        ('{"reason": "a\\u0000b"}', "'reason' must be text PostgreSQL can store"),
+        ('{"reason": "\\ud800"}', "'reason' must be text PostgreSQL can store"),
     ]:
         status, err = await api.call("POST", path, data=data)
         assert (status, err["error"]) == (400, "bad_request"), data
@@ -297,9 +299,12 @@ async def test_oversized_and_malformed_bodies(api: Api) -> None:
         ("limit=0", "'limit' must be an integer"),
         ("limit=x", "'limit' must be an integer"),
         ("before=-1", "'before' must be an integer"),
+        ("identity=a%00b", "'identity' must be text"),
     ]:
         status, err = await api.call("GET", f"/api/approvals?{query}")
         assert status == 400 and why in err["message"], query
+    status, err = await api.call("GET", "/api/shapes?identity=a%00b")
+    assert status == 400 and "'identity' must be text" in err["message"]
     status, detail = await api.call("GET", f"/api/approvals/{rid}")
     assert detail["status"] == "pending"  # nothing was decided by any of it
     await api.call("POST", path)

@@ -36,7 +36,22 @@ def clean_reason(reason: Any, *, required: bool) -> str:
         raise BadRequest("a reason is required: the agent is told why its statement was refused")
     if len(reason) > MAX_REASON:
         raise BadRequest(f"'reason' is longer than {MAX_REASON} characters")
+    if not storable_text(reason):
+        raise BadRequest("'reason' must be text PostgreSQL can store (no NUL, no lone surrogate)")
     return mask_text(reason)
+
+
+def storable_text(text: str) -> bool:
+    """Whether a text column can hold ``text``: PostgreSQL refuses NUL, and UTF-8
+    cannot encode a lone surrogate (JSON's ``"\\ud800"``). Refused before it reaches the
+    state database, such a value is the caller's error (400), not the database's (503)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def owners_of(
