@@ -344,6 +344,16 @@ async def test_shape_approval_with_fixed_values_and_its_expiry(svc, state_dsn) -
     assert await svc.approved_before(first) is None
 
 
+async def test_a_rejected_request_cannot_become_a_shape_approval(svc) -> None:
+    outcome = await svc.hold(make_request(wait=0, identity="shaper-4"), Notices())
+    rid = int(outcome.request_id)
+    await svc.store.decide(rid, BOB, approve=False, reason="not this")
+    with pytest.raises(Conflict, match="is rejected"):
+        await svc.store.approve_shape(rid, ALICE, minutes=5, params_fixed=False, reason="")
+    shapes = await svc.store.list_shapes(active=True, identity="shaper-4")
+    assert shapes == []
+
+
 async def test_a_shape_approval_is_refused_when_the_rule_needs_several_approvers(svc) -> None:
     outcome = await svc.hold(make_request(wait=0, approvals_needed=2), Notices())
     with pytest.raises(Forbidden, match="needs 2 approvers"):

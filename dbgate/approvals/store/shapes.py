@@ -104,6 +104,12 @@ class Shapes:
                         needs_single=True,
                     )
                 else:
+                    if row["status"] not in ("approved", "executed"):
+                        # A refused, lapsed or dead request is no approval to extend.
+                        raise Conflict(
+                            f"approval request {request_id} is {row['status']}: only a pending "
+                            "or approved request can be approved as a shape"
+                        )
                     owners = owners_of(row["owners"], row["identity"], self.owners)
                     why = refusal(approver, row["identity"], row["approver_groups"], owners)
                     if why is not None:
