@@ -43,9 +43,13 @@ def normalized_sql(sql: str) -> str:
     return " ".join(out)
 
 
-def match_hash(key: bytes, sql: str, params: Sequence[str | None] = ()) -> bytes:
-    """Keyed hash of the normalized statement and its parameter values."""
-    payload = json.dumps([normalized_sql(sql), list(params)], ensure_ascii=False)
+def match_hash(
+    key: bytes, sql: str, params: Sequence[str | None] = (), database: str = ""
+) -> bytes:
+    """Keyed hash of the normalized statement, its parameter values and the database
+    it is sent to (an identity may reach several: ``DROP TABLE orders`` approved in
+    one is not approved in another)."""
+    payload = json.dumps([normalized_sql(sql), list(params), database], ensure_ascii=False)
     return hmac.new(key, payload.encode("utf-8"), hashlib.sha256).digest()
 
 

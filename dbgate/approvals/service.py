@@ -323,7 +323,7 @@ class PgApprovalService:
         try:
             await self._get_ready()
             key = self._key()
-            h = match_hash(key, request.sql, request.params)
+            h = match_hash(key, request.sql, request.params, request.requester.database)
             identity = request.requester.identity
             rec = await self.store.claim_retry(identity, h)
             if rec is None:
@@ -378,7 +378,9 @@ class PgApprovalService:
             model=mask_text(who.model),
             statement=statement,
             params=params,
-            match_hash=match_hash(self._key(), request.sql, request.params),
+            match_hash=match_hash(
+                self._key(), request.sql, request.params, request.requester.database
+            ),
             fingerprint=request.fingerprint,
             categories=tuple(request.categories),
             reasons=tuple((code, mask_text(text)) for code, text in request.reasons),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -188,6 +189,20 @@ async def test_a_retry_window_that_passed_is_not_used(svc, state_dsn) -> None:
     finally:
         await conn.close()
     assert await svc.approved_before(request) is None
+
+
+async def test_an_approved_retry_runs_only_in_the_database_it_was_asked_in(svc) -> None:
+    def in_database(name: str):
+        request = make_request("DROP TABLE orders", wait=0, identity="two-dbs")
+        return dataclasses.replace(
+            request, requester=dataclasses.replace(request.requester, database=name)
+        )
+
+    outcome = await svc.hold(in_database("staging"), Notices())
+    await svc.store.decide(int(outcome.request_id), ALICE, approve=True, reason="staging only")
+    assert await svc.approved_before(in_database("production")) is None
+    used = await svc.approved_before(in_database("staging"))
+    assert used is not None and used.request_id == outcome.request_id
 
 
 async def test_shape_approval_with_free_values_covers_one_identity_and_fingerprint(
