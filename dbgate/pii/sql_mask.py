@@ -103,7 +103,9 @@ _NUMERIC_TOKENS = frozenset({"ICONST", "FCONST"})
 
 #: Nodes whose constants are masked when any column under them is a PII column:
 #: ``email = 'x'``, ``lower(email) LIKE 'x%'``, ``coalesce(phone, 'x')``, ``email IN (…)``.
-_CONTEXT_NODES = frozenset({"A_Expr", "FuncCall", "CoalesceExpr", "MinMaxExpr", "NullIfExpr"})
+_CONTEXT_NODES = frozenset(
+    {"A_Expr", "FuncCall", "CoalesceExpr", "MinMaxExpr", "NullIfExpr", "SubLink"}
+)
 
 _EMAIL = re.compile(r"[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}")
 _SSN = re.compile(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])")
@@ -267,6 +269,12 @@ class _Places:
         self.extra = extra
         self.consts: dict[int, str] = {}  # byte location -> label
         self.params: dict[int, str] = {}  # parameter number -> label
+        # VALUES lists that are not an INSERT's rows (FROM (VALUES …) v(n), a CTE, a
+        # MERGE's USING) and the select lists of subqueries in FROM and of CTEs: their
+        # values reach columns through aliases no place follows.
+        self.loose_rows: list[Any] = []
+        self.insert_rows: set[int] = set()
+        self.touches_pii = False  # a PII column is named anywhere in the statement
 
     def pii(self, name: str | None) -> str | None:
         if name and is_pii_column(name, self.extra):
@@ -290,7 +298,22 @@ class _Places:
                 elif kind == "ResTarget":
                     self._target(body)
                 elif kind == "InsertStmt":
+                    source = (body.get("selectStmt") or {}).get("SelectStmt")
+                    if isinstance(source, dict):
+                        self.insert_rows.add(id(source))
                     self._positional(body.get("cols"), body.get("selectStmt"))
+                elif kind == "SelectStmt" and body.get("valuesLists"):
+                    if id(body) not in self.insert_rows:
+                        self.loose_rows.append(body["valuesLists"])
+                elif kind in ("RangeSubselect", "CommonTableExpr"):
+                    query = body.get("subquery") or body.get("ctequery") or {}
+                    select = query.get("SelectStmt") if isinstance(query, dict) else None
+                    if isinstance(select, dict) and select.get("targetList"):
+                        self.loose_rows.append(
+                            [t.get("ResTarget", {}).get("val") for t in select["targetList"]]
+                        )
+                elif kind == "ColumnRef" and not self.touches_pii:
+                    self.touches_pii = any(map(self.pii, _columns_under(node)))
                 elif kind == "MergeWhenClause" and body.get("commandType") == "CMD_INSERT":
                     self._positional(
                         body.get("targetList"), {"List": {"items": body.get("values")}}
@@ -298,8 +321,17 @@ class _Places:
         for child in _node_items(node):
             self.walk(child)
 
+    def finish(self) -> None:
+        """A statement that names a PII column has its loose VALUES masked: which
+        column each value ends up in is not followed through aliases."""
+        if self.touches_pii:
+            for rows in self.loose_rows:
+                self.mark(rows, "value")
+
     def _target(self, body: dict[str, Any]) -> None:
         label = self.pii(body.get("name"))
+        if label:
+            self.touches_pii = True
         val = body.get("val")
         if not label or val is None:
             return
@@ -365,6 +397,7 @@ def mask_sql(
     # Unparseable SQL has no places; masking by look still applies below.
     with contextlib.suppress(pg.ParseError, ValueError, RecursionError):
         places.walk(json.loads(pg.parse_sql_json(sql)))
+    places.finish()
     to_char = _char_offsets(sql)
     const_at = {to_char(loc): label for loc, label in places.consts.items()}
     tokens, failed = _scan(sql)

@@ -62,6 +62,43 @@ BY_PLACE = [
         "MERGE INTO c USING s ON c.id = s.id WHEN MATCHED THEN UPDATE SET email = '<email>' "
         "WHEN NOT MATCHED THEN INSERT (id, phone) VALUES (1, '<phone>')",
     ),
+    # a subquery compared with a PII column
+    (
+        "DELETE FROM customers WHERE full_name IN (VALUES ('Ann Lee'))",
+        "DELETE FROM customers WHERE full_name IN (VALUES ('<full_name>'))",
+    ),
+    (
+        "DELETE FROM customers WHERE full_name IN (SELECT 'Ann Lee')",
+        "DELETE FROM customers WHERE full_name IN (SELECT '<full_name>')",
+    ),
+    # values reaching a PII column through an alias: every loose value is masked
+    (
+        "UPDATE customers SET full_name = v.n FROM (VALUES (1, 'Ann Lee')) v(id, n) "
+        "WHERE customers.id = v.id",
+        "UPDATE customers SET full_name = v.n FROM (VALUES ('<value>', '<value>')) v(id, n) "
+        "WHERE customers.id = v.id",
+    ),
+    (
+        "MERGE INTO customers c USING (VALUES (1, 'Ann Lee')) v(id, n) ON c.id = v.id "
+        "WHEN MATCHED THEN UPDATE SET full_name = v.n",
+        "MERGE INTO customers c USING (VALUES ('<value>', '<value>')) v(id, n) ON c.id = v.id "
+        "WHEN MATCHED THEN UPDATE SET full_name = v.n",
+    ),
+    (
+        "WITH v(n) AS (VALUES ('Ann Lee')) DELETE FROM customers "
+        "WHERE full_name IN (SELECT n FROM v)",
+        "WITH v(n) AS (VALUES ('<value>')) DELETE FROM customers "
+        "WHERE full_name IN (SELECT n FROM v)",
+    ),
+    (
+        "DELETE FROM customers c USING (SELECT 'Ann Lee' AS n) v WHERE c.full_name = v.n",
+        "DELETE FROM customers c USING (SELECT '<value>' AS n) v WHERE c.full_name = v.n",
+    ),
+    # ... but not where no PII column is named
+    (
+        "UPDATE orders SET status = v.s FROM (VALUES (1, 'paid')) v(id, s) WHERE orders.id = v.id",
+        "UPDATE orders SET status = v.s FROM (VALUES (1, 'paid')) v(id, s) WHERE orders.id = v.id",
+    ),
     # ordinary values stay visible
     (
         "DELETE FROM orders WHERE created_at < '2020-01-01 12:00:00' AND total > 100.5",
