@@ -391,6 +391,7 @@ class PgApprovalService:
             approver_groups=tuple(request.approver_groups),
             approvals_needed=max(1, request.approvals_needed),
             wait_seconds=max(0.0, request.wait_seconds),
+            database=who.database,
         )
 
     def _unavailable(self, request: ApprovalRequest, reason: str) -> HoldOutcome:
@@ -532,7 +533,9 @@ class PgApprovalService:
 
     async def _use_shape(self, request: ApprovalRequest, h: bytes) -> RequestRecord | None:
         identity = request.requester.identity
-        shapes = await self.store.find_shapes(identity, request.fingerprint, h)
+        shapes = await self.store.find_shapes(
+            identity, request.fingerprint, h, request.requester.database
+        )
         if not shapes:
             return None
         masked, _ = mask_sql(request.sql, request.params, pii_columns=request.pii_columns)

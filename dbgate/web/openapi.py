@@ -30,6 +30,7 @@ _SUMMARY_PROPS: dict[str, Any] = {
     "deadline": {**_TIME, "description": "A pending request expires at this time."},
     "waited_seconds": {"type": "number"},
     "identity": _STR,
+    "database": {**_STR, "description": "The database the statement was sent to."},
     "application_name": {**_STR, "description": "PII-shaped values masked."},
     "client_addr": _STR,
     "purpose": {**_STR, "description": "The agent's declared purpose (masked)."},
@@ -82,6 +83,7 @@ _DETAIL_PROPS: dict[str, Any] = {
 _SHAPE_PROPS: dict[str, Any] = {
     "id": _STR,
     "identity": _STR,
+    "database": _STR,
     "fingerprint": _STR,
     "params": {"type": "string", "enum": ["free", "fixed"]},
     "statement": _STR,

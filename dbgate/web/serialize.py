@@ -29,6 +29,7 @@ def request_summary(rec: RequestRecord, url: str) -> dict[str, Any]:
         "deadline": iso(rec.deadline),
         "waited_seconds": round(rec.waited_seconds, 3),
         "identity": rec.identity,
+        "database": rec.database,
         "application_name": rec.application_name,
         "client_addr": rec.client_addr,
         "purpose": rec.purpose,
@@ -113,6 +114,7 @@ def shape_json(shape: ShapeRecord) -> dict[str, Any]:
     return {
         "id": str(shape.id),
         "identity": shape.identity,
+        "database": shape.database,
         "fingerprint": shape.fingerprint,
         "params": "fixed" if shape.params_fixed else "free",
         "statement": shape.statement,

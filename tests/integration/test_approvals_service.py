@@ -199,10 +199,23 @@ async def test_an_approved_retry_runs_only_in_the_database_it_was_asked_in(svc) 
         )
 
     outcome = await svc.hold(in_database("staging"), Notices())
+    rec = await svc.store.get(int(outcome.request_id))
+    assert rec.database == "staging"  # approvers are shown where it would run
     await svc.store.decide(int(outcome.request_id), ALICE, approve=True, reason="staging only")
     assert await svc.approved_before(in_database("production")) is None
     used = await svc.approved_before(in_database("staging"))
     assert used is not None and used.request_id == outcome.request_id
+
+    # A shape, free values or fixed, is given for the request's database only.
+    shape, _ = await svc.store.approve_shape(
+        int(outcome.request_id), ALICE, minutes=5, params_fixed=False, reason=""
+    )
+    assert shape.database == "staging"
+    try:
+        assert await svc.approved_before(in_database("production")) is None
+        assert await svc.approved_before(in_database("staging")) is not None
+    finally:
+        await svc.store.revoke_shape(shape.id, BOB, "done")
 
 
 async def test_shape_approval_with_free_values_covers_one_identity_and_fingerprint(

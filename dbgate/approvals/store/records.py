@@ -49,6 +49,7 @@ class NewRequest:
     approver_groups: tuple[str, ...]
     approvals_needed: int
     wait_seconds: float
+    database: str = ""  # the database the statement was sent to
 
     def values(self) -> tuple[Any, ...]:
         """The values of :data:`REQUEST_FIELDS`, in order, as the driver sends them."""
@@ -75,6 +76,7 @@ class NewRequest:
             list(self.approver_groups),
             self.approvals_needed,
             self.wait_seconds,
+            self.database,
         )
 
 
@@ -82,11 +84,11 @@ class NewRequest:
 REQUEST_FIELDS = (
     "identity, identity_groups, owners, application_name, client_addr, session_id, replica, "
     "purpose, model, statement, params, match_hash, fingerprint, categories, reasons, rule, "
-    "rule_message, tables, columns, approver_groups, approvals_needed, wait_seconds"
+    "rule_message, tables, columns, approver_groups, approvals_needed, wait_seconds, database"
 )
 
 
-def placeholders(first: int, count: int = 22) -> str:
+def placeholders(first: int, count: int = 23) -> str:
     return ", ".join(f"${i}" for i in range(first, first + count))
 
 
@@ -142,6 +144,7 @@ class RequestRecord:
     decided_by: tuple[str, ...]
     waited_seconds: float
     decisions: tuple[Decision, ...] = ()
+    database: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +166,4 @@ class ShapeRecord:
     revoke_reason: str
     uses: int
     active: bool
+    database: str = ""

@@ -32,7 +32,7 @@ _COLUMNS = """
     r.statement, r.params, r.fingerprint, r.categories, r.reasons, r.rule, r.rule_message,
     r.tables, r.columns, r.approver_groups, r.approvals_needed, r.wait_seconds,
     r.estimated_rows, r.estimate_note, r.decided_at, r.finished_at, r.reason, r.valid_until,
-    r.claimed_at, r.executed_at, r.shape_id,
+    r.claimed_at, r.executed_at, r.shape_id, r.database,
     coalesce(d.approvals, 0) AS approvals, coalesce(d.decided_by, '{}') AS decided_by,
     extract(epoch FROM coalesce(r.finished_at, now()) - r.created_at)::float8 AS waited_seconds
 """

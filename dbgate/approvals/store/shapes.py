@@ -27,7 +27,7 @@ from dbgate.pii.sql_mask import mask_text
 _SHAPE_COLUMNS = """
     id, identity, fingerprint, params_fixed, statement, source_request, created_by, reason,
     created_at, expires_at, revoked_at, revoked_by, revoke_reason, uses,
-    (revoked_at IS NULL AND expires_at > now()) AS active
+    (revoked_at IS NULL AND expires_at > now()) AS active, database
 """
 
 
@@ -85,7 +85,7 @@ class Shapes:
             async with conn.transaction():
                 row = await conn.fetchrow(
                     "SELECT status, identity, owners, approver_groups, approvals_needed, "
-                    "fingerprint, statement, match_hash FROM dbgate.approval_requests "
+                    "fingerprint, statement, match_hash, database FROM dbgate.approval_requests "
                     "WHERE id = $1 FOR UPDATE",
                     request_id,
                 )
@@ -122,8 +122,9 @@ class Shapes:
                 if conflict is None:
                     shape = await conn.fetchrow(
                         "INSERT INTO dbgate.shape_approvals (identity, fingerprint, params_fixed, "
-                        "match_hash, statement, source_request, created_by, reason, expires_at) "
-                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9 * interval '1 minute') "
+                        "match_hash, statement, source_request, created_by, reason, expires_at, "
+                        "database) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+                        "now() + $9 * interval '1 minute', $10) "
                         f"RETURNING {_SHAPE_COLUMNS}",
                         row["identity"],
                         row["fingerprint"],
@@ -134,6 +135,7 @@ class Shapes:
                         approver.name,
                         reason,
                         minutes,
+                        row["database"],
                     )
             if conflict is not None:
                 raise conflict
@@ -141,7 +143,7 @@ class Shapes:
         return _shape(shape), await self.get(request_id)
 
     async def find_shapes(
-        self, identity: str, fingerprint: str, match_hash: bytes
+        self, identity: str, fingerprint: str, match_hash: bytes, database: str = ""
     ) -> list[ShapeRecord]:
         """Active shape approvals of this identity and fingerprint (a fixed one only
         with these very values), oldest first. A fingerprint is no proof of sameness:
@@ -153,10 +155,11 @@ class Shapes:
                 f"SELECT {_SHAPE_COLUMNS} FROM dbgate.shape_approvals "
                 "WHERE identity = $1 AND fingerprint = $2 AND revoked_at IS NULL "
                 "AND expires_at > now() AND (NOT params_fixed OR match_hash = $3) "
-                "ORDER BY id LIMIT 20",
+                "AND database = $4 ORDER BY id LIMIT 20",
                 identity,
                 fingerprint,
                 match_hash,
+                database,
             )
         return [_shape(row) for row in rows]
 
@@ -190,7 +193,7 @@ class Shapes:
                 + ", decided_at, finished_at, valid_until, claimed_at, reason, shape_id) "
                 "VALUES ('approved', 'shape', now(), "
                 + placeholders(1)
-                + ", now(), now(), now(), now(), $23, $24) RETURNING id",
+                + ", now(), now(), now(), now(), $24, $25) RETURNING id",
                 *req.values(),
                 why,
                 shape_id,
