@@ -236,6 +236,19 @@ class PreparedStatements:
                 out += (cand,)
         return (LOST,) if len(out) > MAX_CANDIDATES else out
 
+    def tokens_only_in(self, name: str, batch: int) -> bool:
+        """Whether a Bind of ``name`` in ``batch`` can meet only a Parse of that batch
+        whose Binds are checked only for PII tokens (``candidates(name, batch)``).
+        The name's own mark (:attr:`tokens_only`) also counts the statement the server
+        held before, which a Bind of a later batch may still meet."""
+        pending = self._pending.get(name)
+        if not pending:
+            return False
+        for p in reversed(pending):
+            if p.batch == batch and p.change.kind == "add":
+                return p.candidate is not None and p.candidate.tokens_only
+        return False
+
     def names(self) -> set[str]:
         return set(self._known) | set(self._pending)
 

@@ -601,7 +601,13 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
                     if (
                         name not in checked
                         # checked only for PII tokens to resolve, and none is in it
-                        or (name in statements.tokens_only and body.find(b"tok_") < 0)
+                        or (
+                            body.find(b"tok_") < 0
+                            and (
+                                name in statements.tokens_only
+                                or statements.tokens_only_in(name, self.sent_cycles + 1)
+                            )
+                        )
                     ):
                         if self._limits:
                             self._note_portal_limit(portal, name)

@@ -467,3 +467,17 @@ def test_binds_checked_only_for_tokens_are_skipped_while_every_candidate_allows_
     assert p.checks_binds("s") and not p.checks_only_tokens("s")
     p.sent(4, PreparedChange("remove", "s")).resolve(True)
     assert not p.checks_binds("s") and not p.checks_only_tokens("s")
+
+
+def test_a_bind_of_the_batch_of_a_tokens_only_parse_meets_only_it() -> None:
+    """The name's mark counts the statement the server held before (checked in full),
+    which a Bind of a later batch may still meet; a Bind of the Parse's own batch can
+    meet only that Parse, checked only for tokens."""
+    p = PreparedStatements()
+    p.parse_sent(1, "", RISKY.sql, check_binds=True).resolve(True)  # type: ignore[union-attr]
+    h = p.parse_sent(2, "", "select $1", check_binds=True, tokens_only=True)
+    assert h is not None
+    assert not p.checks_only_tokens("")  # the older statement may still be met
+    assert p.tokens_only_in("", 2) and not p.tokens_only_in("", 3)
+    h.resolve(True)
+    assert p.checks_only_tokens("") and not p.tokens_only_in("", 2)  # nothing pending
