@@ -12,8 +12,10 @@ For every statement the policy allows, the room's plan says what PII means for i
   token that does not resolve is refused with 22023.
 
 Every notice, error and notification of a session goes through the room's message
-filter (values echoed in errors, NOTIFY payloads). Exempt identities (``pii.exempt_*``)
-see raw values; that is recorded with their sessions.
+filter (values echoed in errors, NOTIFY payloads). What the relay calls per row and
+per message — the result plan and the message filter — lives in
+:mod:`dbgate.gate.pii_outputs`. Exempt identities (``pii.exempt_*``) see raw values;
+that is recorded with their sessions.
 
 One room per upstream database (each has its own schema): its schema snapshot is
 loaded before the first statement of a session on that database is judged, again in
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dbgate.gate import refusals
 from dbgate.gate.notes import GateNote, primary_category
+from dbgate.gate.pii_outputs import STATE_KEY, HeldCursorWatch, PiiFilter, PiiResultPlan
 from dbgate.gate.schema_loads import SchemaLoads, upstream_dsn
 from dbgate.pii.lin import UNKNOWN_LIN
 from dbgate.pii.lineage.results import Analysis, Output, StatementLineage
@@ -50,11 +53,8 @@ from dbgate.pii.tokens import TokenError
 from dbgate.policy.model import Action, Category, Classification, Decision, Reason
 from dbgate.proxy.seams import (
     Allow,
-    QuietObserver,
     Refuse,
-    RowRewriter,
     Statement,
-    StatementRecord,
 )
 from dbgate.proxy.session_info import SessionInfo
 
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbgate.pii")
 
-_STATE_KEY = "pii"
 #: Statements whose PII meaning depends on the session's cursors and prepared
 #: statements: planned per session, never from the shared cache.
 _SESSION_BOUND = frozenset({"DECLARE", "FETCH", "MOVE", "PREPARE", "EXECUTE", "DEALLOCATE"})
@@ -89,128 +88,6 @@ class _Question(NamedTuple):
     key: tuple[str, str, bool] | None
 
 
-class PiiResultPlan:
-    """A :class:`~dbgate.proxy.seams.ResultPlan` for one statement's PII plan."""
-
-    __slots__ = ("plan",)
-
-    def __init__(self, plan: StatementPlan) -> None:
-        self.plan = plan
-
-    def _current(self) -> StatementPlan:
-        plan = self.plan
-        room = plan.room
-        if plan.version != room.version:  # the schema was reloaded since it was planned
-            plan = self.plan = room.plan(plan.sql)
-        return plan
-
-    def rows(
-        self,
-        session: SessionInfo,
-        description: bytes | None,
-        formats: tuple[int, ...],
-        statement: int | None = None,
-    ) -> RowRewriter | None:
-        return self._current().rows(description, formats, statement)  # type: ignore[return-value]
-
-    def copy_out(self, session: SessionInfo, response: bytes) -> RowRewriter | None:
-        return self._current().copy_out(response)  # type: ignore[no-any-return]
-
-    @property
-    def tokenizes(self) -> bool:
-        """Whether any output is tokenized (a plan may only mark a statement that reads
-        PII where its rows are chosen, whose errors are withheld)."""
-        return bool(self.plan.pii_outputs)
-
-
-#: The session declared a cursor WITH HOLD over PII in a transaction not yet over
-_HELD_CURSOR = "pii.held_cursor"
-
-
-def _declares_held_cursor(verdict: Any) -> bool:
-    plan = getattr(verdict, "plan", None)
-    return isinstance(plan, PiiResultPlan) and bool(plan.plan.analysis.hold_cursors)
-
-
-class HeldCursorWatch(QuietObserver):
-    """An :class:`~dbgate.proxy.seams.Observer`: a cursor declared WITH HOLD runs its
-    query when the transaction that declared it commits, so an error of that query
-    (``current_setting(full_name)`` names the value) is the COMMIT's — a statement that
-    names no PII. Once such a DECLARE over PII has completed in a transaction that is
-    not over, every error and notice of the session is withheld (:class:`PiiFilter`)
-    until the session is next idle: its transaction is over, the cursor has run or is
-    gone. Marked when the server answered the DECLARE, so a pipelined statement's idle
-    status from before it does not end the mark."""
-
-    ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
-    executes_only = True
-
-    def follows(self, session: SessionInfo, verdict: Allow) -> bool:
-        return _declares_held_cursor(verdict)
-
-    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
-        if not _declares_held_cursor(record.verdict):
-            return
-        state = session.state
-        if record.kind in ("query", "function_call") and session.transaction_status == "I":
-            return  # its own transaction is over: an error of the cursor was the Query's
-        if _HELD_CURSOR not in state:
-            state[_HELD_CURSOR] = True
-            session.when_idle(lambda: state.pop(_HELD_CURSOR, None))
-
-    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
-        pass  # the transaction is failed: it ends in a rollback, the cursor never runs
-
-
-class PiiFilter:
-    """The proxy's :class:`~dbgate.proxy.seams.MessageFilter`: each session's room."""
-
-    def __init__(self, gate: PiiGate) -> None:
-        self.gate = gate
-
-    def _filter(self, session: SessionInfo) -> Any:
-        s = session.state.get(_STATE_KEY)
-        return None if s is None else s.filter
-
-    def notice(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes:
-        f = self._filter(session)
-        if f is None:
-            return body
-        involves = _involves_pii(verdict) or _HELD_CURSOR in session.state
-        return f.notice(body, involves_pii=involves, positions=_positions(verdict))
-
-    def error(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes:
-        f = self._filter(session)
-        if f is None:
-            return body
-        involves = _involves_pii(verdict) or _HELD_CURSOR in session.state
-        return f.error(body, involves_pii=involves, positions=_positions(verdict))
-
-    def notification(self, session: SessionInfo, body: bytes) -> bytes:
-        f = self._filter(session)
-        return body if f is None else f.notification(body)
-
-
-def _involves_pii(verdict: Allow | None) -> bool:
-    """Whether the statement a notice or error is about involves PII (fail closed:
-    unknown counts): its verdict carries this gate's result plan (PII outputs, or PII
-    read anywhere, see ``StatementPlan.involves_pii``), or tokens were resolved into
-    its text or its Bind's values."""
-    if verdict is None:
-        return True
-    return (
-        isinstance(verdict.plan, PiiResultPlan)
-        or verdict.replace_sql is not None
-        or verdict.replace_params is not None
-    )
-
-
-def _positions(verdict: Allow | None) -> bool:
-    """Whether the server's positions are in the client's text (not when dbgate
-    forwarded another: tokens resolved into it)."""
-    return verdict is not None and verdict.replace_sql is None
-
-
 def _token_settings(pii: Any) -> tuple[Any, ...]:
     """What a room's tokenizer is built from (see ``PiiRoom.from_config``)."""
     return (pii.keys, pii.mode, pii.max_reversible_bytes, pii.token_cache_entries)
@@ -222,7 +99,7 @@ class PiiGate:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.loads: SchemaLoads[PiiRoom] = SchemaLoads("the schema", self._load)
-        self.filter = PiiFilter(self)
+        self.filter = PiiFilter()
         #: The relay's observer of cursors that run at COMMIT (see HeldCursorWatch)
         self.held_cursors = HeldCursorWatch()
         # (database, sql, exempt) -> (room version, the policy's verdict, PII's verdict)
@@ -266,7 +143,7 @@ class PiiGate:
         self.loads.changed()
         self._verdicts.clear()
         for info in sessions:
-            info.state.pop(_STATE_KEY, None)
+            info.state.pop(STATE_KEY, None)
 
     async def _load(self, database: str) -> PiiRoom:
         import asyncpg
@@ -336,14 +213,14 @@ class PiiGate:
 
     def session(self, info: SessionInfo) -> PiiSession | None:
         """This client session's PII state, or None until its room is loaded."""
-        s = info.state.get(_STATE_KEY)
+        s = info.state.get(STATE_KEY)
         if s is not None:
             return s  # type: ignore[no-any-return]
         room = self.loads.loaded.get(info.database)
         if room is None:
             return None
         s = room.session(info.identity, info.groups)
-        info.state[_STATE_KEY] = s
+        info.state[STATE_KEY] = s
         if s.exemption is not None:
             log.info("session %s: %s sees raw values", info.session_id, s.exemption.reason)
             if self.on_exemption is not None:

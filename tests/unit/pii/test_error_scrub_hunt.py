@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dbgate.gate.pii import PiiResultPlan, _involves_pii, _positions
+from dbgate.gate.pii_outputs import PiiResultPlan, _involves_pii, _positions
 from dbgate.pii.filters import MessageFilter, _encode_fields
 from dbgate.proxy.seams import Allow
 from dbgate.wire.messages import parse_error_fields
@@ -130,6 +130,6 @@ def test_which_verdicts_involve_pii() -> None:
 
 
 def test_gate_filter_still_filters_notifications() -> None:
-    from dbgate.gate.pii import PiiFilter
+    from dbgate.gate.pii_outputs import PiiFilter
 
     assert callable(getattr(PiiFilter, "notification", None))

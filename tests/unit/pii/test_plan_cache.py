@@ -436,7 +436,8 @@ def test_the_gate_judges_texts_of_a_shape_alike_and_remembers_only_repeats(
     (tokenize the e-mail, nothing for orders), and no entry in the gate's verdict
     memory for a text that will not come again; a text that repeats gets one."""
     from dbgate.config import Config
-    from dbgate.gate.pii import PiiGate, PiiResultPlan
+    from dbgate.gate.pii import PiiGate
+    from dbgate.gate.pii_outputs import PiiResultPlan
     from dbgate.policy.classify import classify
     from dbgate.proxy.seams import Allow, Statement
     from dbgate.proxy.session_info import SessionInfo

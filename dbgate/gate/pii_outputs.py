@@ -1,0 +1,140 @@
+"""What the PII gate hands the relay for a statement it let through: the plan of its
+results (:class:`PiiResultPlan`, a ``ResultPlan``), and the filter of the notices,
+errors and notifications a session receives (:class:`PiiFilter`, a ``MessageFilter``),
+with the watch of cursors that run their query at COMMIT (:class:`HeldCursorWatch`).
+
+The relay calls these per row, per message and per statement; the gate that decides
+(``dbgate.gate.pii.PiiGate``) only makes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbgate.pii.room import StatementPlan
+from dbgate.proxy.seams import Allow, QuietObserver, RowRewriter, StatementRecord
+from dbgate.proxy.session_info import SessionInfo
+
+__all__ = ["STATE_KEY", "HeldCursorWatch", "PiiFilter", "PiiResultPlan"]
+
+#: Where a session keeps its PII state (``PiiSession``): its room and message filter
+STATE_KEY = "pii"
+
+
+class PiiResultPlan:
+    """A :class:`~dbgate.proxy.seams.ResultPlan` for one statement's PII plan."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self, plan: StatementPlan) -> None:
+        self.plan = plan
+
+    def _current(self) -> StatementPlan:
+        plan = self.plan
+        room = plan.room
+        if plan.version != room.version:  # the schema was reloaded since it was planned
+            plan = self.plan = room.plan(plan.sql)
+        return plan
+
+    def rows(
+        self,
+        session: SessionInfo,
+        description: bytes | None,
+        formats: tuple[int, ...],
+        statement: int | None = None,
+    ) -> RowRewriter | None:
+        return self._current().rows(description, formats, statement)  # type: ignore[return-value]
+
+    def copy_out(self, session: SessionInfo, response: bytes) -> RowRewriter | None:
+        return self._current().copy_out(response)  # type: ignore[no-any-return]
+
+    @property
+    def tokenizes(self) -> bool:
+        """Whether any output is tokenized (a plan may only mark a statement that reads
+        PII where its rows are chosen, whose errors are withheld)."""
+        return bool(self.plan.pii_outputs)
+
+
+#: The session declared a cursor WITH HOLD over PII in a transaction not yet over
+_HELD_CURSOR = "pii.held_cursor"
+
+
+def _declares_held_cursor(verdict: Any) -> bool:
+    plan = getattr(verdict, "plan", None)
+    return isinstance(plan, PiiResultPlan) and bool(plan.plan.analysis.hold_cursors)
+
+
+class HeldCursorWatch(QuietObserver):
+    """An :class:`~dbgate.proxy.seams.Observer`: a cursor declared WITH HOLD runs its
+    query when the transaction that declared it commits, so an error of that query
+    (``current_setting(full_name)`` names the value) is the COMMIT's — a statement that
+    names no PII. Once such a DECLARE over PII has completed in a transaction that is
+    not over, every error and notice of the session is withheld (:class:`PiiFilter`)
+    until the session is next idle: its transaction is over, the cursor has run or is
+    gone. Marked when the server answered the DECLARE, so a pipelined statement's idle
+    status from before it does not end the mark."""
+
+    ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
+    executes_only = True
+
+    def follows(self, session: SessionInfo, verdict: Allow) -> bool:
+        return _declares_held_cursor(verdict)
+
+    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
+        if not _declares_held_cursor(record.verdict):
+            return
+        state = session.state
+        if record.kind in ("query", "function_call") and session.transaction_status == "I":
+            return  # its own transaction is over: an error of the cursor was the Query's
+        if _HELD_CURSOR not in state:
+            state[_HELD_CURSOR] = True
+            session.when_idle(lambda: state.pop(_HELD_CURSOR, None))
+
+    def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
+        pass  # the transaction is failed: it ends in a rollback, the cursor never runs
+
+
+class PiiFilter:
+    """The proxy's :class:`~dbgate.proxy.seams.MessageFilter`: each session's room."""
+
+    def _filter(self, session: SessionInfo) -> Any:
+        s = session.state.get(STATE_KEY)
+        return None if s is None else s.filter
+
+    def notice(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes:
+        f = self._filter(session)
+        if f is None:
+            return body
+        involves = _involves_pii(verdict) or _HELD_CURSOR in session.state
+        return f.notice(body, involves_pii=involves, positions=_positions(verdict))
+
+    def error(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes:
+        f = self._filter(session)
+        if f is None:
+            return body
+        involves = _involves_pii(verdict) or _HELD_CURSOR in session.state
+        return f.error(body, involves_pii=involves, positions=_positions(verdict))
+
+    def notification(self, session: SessionInfo, body: bytes) -> bytes:
+        f = self._filter(session)
+        return body if f is None else f.notification(body)
+
+
+def _involves_pii(verdict: Allow | None) -> bool:
+    """Whether the statement a notice or error is about involves PII (fail closed:
+    unknown counts): its verdict carries this gate's result plan (PII outputs, or PII
+    read anywhere, see ``StatementPlan.involves_pii``), or tokens were resolved into
+    its text or its Bind's values."""
+    if verdict is None:
+        return True
+    return (
+        isinstance(verdict.plan, PiiResultPlan)
+        or verdict.replace_sql is not None
+        or verdict.replace_params is not None
+    )
+
+
+def _positions(verdict: Allow | None) -> bool:
+    """Whether the server's positions are in the client's text (not when dbgate
+    forwarded another: tokens resolved into it)."""
+    return verdict is not None and verdict.replace_sql is None
