@@ -6,7 +6,8 @@ write runs under the rules' run-time limits. The gate loads one
 :class:`~dbgate.policy.keys.KeyCatalog` per upstream database (as dbgate's
 upstream login, which sees at least what the agents' roles see), through
 :class:`~dbgate.gate.schema_loads.SchemaLoads`: before the first statement there,
-again after DDL, and when a statement names a relation the catalog lacks. Each
+again after DDL, when a statement names a relation the catalog lacks, and in the
+background once a snapshot is older than ``schema_loads.MAX_AGE_SECONDS``. Each
 session sees it through its own ``search_path`` and user, as the server resolves
 names (both are reported by the server: ParameterStatus).
 """
@@ -52,9 +53,13 @@ class KeyCatalogs:
 
     def for_session(self, session: SessionInfo) -> KeyCatalog | None:
         """The session's view of its database's keys (None until they are loaded)."""
-        base = self.loads.loaded.get(session.database)
+        loads = self.loads
+        base = loads.loaded.get(session.database)
         if base is None:
             return None
+        # a key dropped, or inheritance children added, outside dbgate: an old
+        # snapshot would go on proving reads narrow that are not
+        loads.refresh_if_old(session.database)
         server = session.server_params
         path = server.get("search_path")
         user = server.get("session_authorization", "")

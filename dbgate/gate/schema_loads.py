@@ -9,7 +9,13 @@ is the one place that decides when to read again:
 * the first statement on a database waits for the first load (shared by waiters);
 * after a DDL statement completes, a reload runs in the background
   (:meth:`refresh_soon`); statements go on with the old snapshot, which errs on the
-  safe side (unknown columns are tokenized, unknown keys prove nothing);
+  safe side about what the DDL added (unknown columns are tokenized, unknown keys
+  prove nothing), not about what it took away (below);
+* a snapshot older than :data:`MAX_AGE_SECONDS` is read again in the background when a
+  session asks for it (:meth:`refresh_if_old`): DDL that did not pass through dbgate
+  (a migration, a DBA's session) is seen within that time. For the unique keys this
+  matters: an old snapshot that still lists a dropped key, or a table without the
+  inheritance children added since, proves reads narrow that are not;
 * a statement that names a relation the snapshot lacks waits for a load that
   started after it arrived (:meth:`reload_since`) — at most one per
   :data:`RELOAD_INTERVAL_SECONDS` per database, shared by every waiter — and a name
@@ -36,6 +42,9 @@ T = TypeVar("T")
 #: At most one reload per database per this many seconds, however many statements
 #: name relations the snapshot does not know.
 RELOAD_INTERVAL_SECONDS = 1.0
+#: A snapshot whose load started longer ago than this is reloaded in the background
+#: when it is next asked for (:meth:`SchemaLoads.refresh_if_old`).
+MAX_AGE_SECONDS = 30.0
 #: A name still unknown after a reload causes no other reload for this long.
 ABSENT_SECONDS = 60.0
 _MAX_ABSENT = 10_000
@@ -99,6 +108,14 @@ class SchemaLoads(Generic[T]):
         if task is not None and not task.done():
             return
         self._start(database)
+
+    def refresh_if_old(self, database: str) -> None:
+        """Reload ``database`` in the background when its snapshot's load started more
+        than :data:`MAX_AGE_SECONDS` ago (the schema may have changed without dbgate
+        seeing the DDL). Cheap: asked at every statement."""
+        started = self._started.get(database)
+        if started is not None and time.monotonic() - started > MAX_AGE_SECONDS:
+            self.refresh_soon(database)
 
     async def reload_since(self, database: str, since: float) -> None:
         """Return once ``database`` was read by a load that started at or after
