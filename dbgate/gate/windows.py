@@ -12,10 +12,12 @@ does with them (docs/rules.md, "Run-time limits", ``max_rows_per_window``):
   which the relay only counts; such a cap is reused while the identity's charges
   since cannot have used up the room it fitted in (``_CREDIT``);
 * a read proven to read no more than is left is charged that bound as it is let
-  through (``GateNote.window_charge`` "ahead"): it cannot return more (the relay
-  stops it at its bound), so nothing about it needs following to its end, and the
-  relay keeps its lean answer loop. Fewer rows returned still count the bound: more,
-  never less;
+  through (``GateNote.window_charge`` "ahead"): the key proof bounds the rows it reads
+  of its tables, so nothing about it needs following to its end, and the relay keeps
+  its lean answer loop. Fewer rows returned still count the bound: more, never less.
+  Its result may repeat those rows (a cross join with ``generate_series`` or VALUES)
+  or add rows of no table the window counts; those are not charged (docs/security.md,
+  "Not yet covered");
 * any other read is charged after it ran, by :class:`WindowCharges` (an observer):
   the rows it returned — the command tag's count, or, for a statement that failed or
   was stopped, the rows the relay forwarded before it ended (for a counted one, its
