@@ -18,6 +18,7 @@ from tests.integration.holds.harness import (
     HoldsEnv,
     admin_execute,
     start_env,
+    statements_seen,
 )
 
 
@@ -281,31 +282,20 @@ async def test_a_prepared_read_not_proven_bounded_is_charged_what_it_returned(
     its Parse's quick judge, and charged the rows each execution returned: the relay
     follows its Executes although nothing else in the session is followed (the Parse
     is not: each Bind is charged on its own)."""
-    gate = env.app.app.gate
-    binds: list[str] = []
-    inspect = gate.inspect
-
-    def counting(session: Any, statement: Any) -> Any:
-        if statement.kind == "bind":
-            binds.append(statement.sql)
-        return inspect(session, statement)
-
-    gate.inspect = counting
-    try:
+    with statements_seen(env.app.app.gate) as seen:
         conn = await asyncpg.connect(env.dsn)
         try:
             stmt = await conn.prepare("SELECT id FROM windowed_f WHERE v = $1")
             for i in range(1, 31):
                 assert await stmt.fetch("nothing") == []  # charged nothing
                 assert await stmt.fetch(f"v{i}") == [(i,)]
-            assert binds == []  # every Bind judged by the quick judge
+            # every Bind judged by the quick judge
+            assert [st for st in seen if st.kind == "bind"] == []
             with pytest.raises(asyncpg.ProgramLimitExceededError) as info:
                 await stmt.fetch("nothing")  # nothing left: refused before it runs
             assert "agent has read 30 rows of public.windowed_f" in info.value.message
         finally:
             await conn.close()
-    finally:
-        del gate.inspect
 
 
 @pytest.mark.parametrize(
@@ -320,23 +310,14 @@ async def test_fresh_literals_of_a_windowed_read_are_capped_and_charged_from_the
     that inline values) are answered from their shape, each capped by what is left and
     charged — its proven bound ahead, or what it returned — and the read that finds
     nothing left goes the long way, which refuses it."""
-    gate = env.app.app.gate
-    judged: list[str] = []
-    judge = gate._judge
-
-    def counting(session: Any, identity: Any, statement: Any) -> Any:
-        judged.append(statement.sql)
-        return judge(session, identity, statement)
-
-    gate._judge = counting
-    try:
-        with psycopg.connect(env.dsn, autocommit=True) as conn:
-            for i in range(1, 31):
-                sql = f"SELECT id FROM {table} WHERE {where.format(i=i)}"
-                assert conn.execute(sql, prepare=False).fetchone() == (i,)
-            assert 1 <= len(judged) <= 3, judged  # the rest came from the shape
-            with pytest.raises(psycopg.errors.ProgramLimitExceeded) as info:
-                conn.execute(f"SELECT id FROM {table} WHERE {where.format(i=31)}", prepare=False)
-            assert f"agent has read 30 rows of public.{table}" in str(info.value)
-    finally:
-        del gate._judge
+    with (
+        statements_seen(env.app.app.gate, "_judge") as judged,
+        psycopg.connect(env.dsn, autocommit=True) as conn,
+    ):
+        for i in range(1, 31):
+            sql = f"SELECT id FROM {table} WHERE {where.format(i=i)}"
+            assert conn.execute(sql, prepare=False).fetchone() == (i,)
+        assert 1 <= len(judged) <= 3, judged  # the rest came from the shape
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded) as info:
+            conn.execute(f"SELECT id FROM {table} WHERE {where.format(i=31)}", prepare=False)
+        assert f"agent has read 30 rows of public.{table}" in str(info.value)

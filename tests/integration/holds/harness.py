@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,26 @@ def request_id(text: str) -> int:
     if m is None:
         raise AssertionError(f"no approval request named in {text!r}")
     return int(m.group(1))
+
+
+@contextmanager
+def statements_seen(gate: Any, method: str = "inspect") -> Iterator[list[Any]]:
+    """The statements the running gate's ``method`` (``inspect``: every statement the
+    relay shows it; ``_judge``: those judged the long way) is called with, in order.
+    The relay asks the gate's attribute at each statement, so the wrapper takes effect
+    at once and is removed on exit."""
+    seen: list[Any] = []
+    inner = getattr(gate, method)
+
+    def recording(*args: Any) -> Any:
+        seen.append(args[-1])  # the Statement is the last argument of both
+        return inner(*args)
+
+    setattr(gate, method, recording)
+    try:
+        yield seen
+    finally:
+        delattr(gate, method)
 
 
 def admin_execute(dsn: str, *statements: str) -> None:
