@@ -160,7 +160,7 @@ def _bind_changed(verdict: Allow, changed: Verdict | None) -> Verdict:
     """A Bind's verdict after PII: the policy's (``verdict``) when PII changes nothing,
     else PII's, which keeps the policy's note and row limit — with its proven read
     bound, so that the relay still counts the rows from the command tag instead of
-    watching each one (``Allow.read_bound``)."""
+    watching each one (``Allow.result_bound``)."""
     if changed is None:
         return verdict
     if type(changed) is Allow:
@@ -171,6 +171,6 @@ def _bind_changed(verdict: Allow, changed: Verdict | None) -> Verdict:
                 changed,
                 max_rows=verdict.max_rows,
                 over_limit=verdict.over_limit,
-                read_bound=verdict.read_bound,
+                result_bound=verdict.result_bound,
             )
     return changed

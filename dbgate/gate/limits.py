@@ -165,20 +165,20 @@ def limited_verdict(
         note=note,
         max_rows=max_rows,
         over_limit=rows_refusal(decision) if max_rows else None,
-        read_bound=select_bound(classification),
+        result_bound=select_bound(classification),
         replace_sql=replace_sql,
         max_changes=changes or 0,
     )
 
 
 def select_bound(classification: Classification) -> int | None:
-    """The proven bound on the table rows a string of plain SELECTs reads, for the
-    relay (``Allow.read_bound``); None for anything else, whose rows the relay must
+    """The proven bound on the rows a string of plain SELECTs returns, for the relay
+    (``Allow.result_bound``); None for anything else, whose rows the relay must
     watch under a limit: COPY's come as CopyData, FETCH reads a cursor, and so on."""
     statements = classification.statements
     if not statements or any(st.command != "SELECT" for st in statements):
         return None
-    return classification.read_bound
+    return classification.result_bound
 
 
 def clamped_sql(sql: str, classification: Classification, clamps: dict[str, int]) -> str | None:

@@ -8,16 +8,17 @@ does with them (docs/rules.md, "Run-time limits", ``max_rows_per_window``):
   session's ``search_path``, so ``big`` and ``public.big`` are one account), and
   caps the statement's ``max_rows`` with it; nothing left: refused with 54000 before
   it runs, naming the rule and what was read. A read proven to read no more than is
-  left (``Allow.read_bound``, a unique key pins it) is capped at that bound instead,
+  left (``Allow.result_bound``: a unique key pins the rows it reads and nothing
+  repeats them) is capped at that bound instead,
   which the relay only counts; such a cap is reused while the identity's charges
   since cannot have used up the room it fitted in (``_CREDIT``);
-* a read proven to read no more than is left is charged that bound as it is let
-  through (``GateNote.window_charge`` "ahead"): the key proof bounds the rows it reads
-  of its tables, so nothing about it needs following to its end, and the relay keeps
-  its lean answer loop. Fewer rows returned still count the bound: more, never less.
-  Its result may repeat those rows (a cross join with ``generate_series`` or VALUES)
-  or add rows of no table the window counts; those are not charged (docs/security.md,
-  "Not yet covered");
+* a read proven to return no more than is left is charged that bound as it is let
+  through (``GateNote.window_charge`` "ahead"): the proof bounds the rows it returns,
+  so nothing about it needs following to its end, and the relay keeps its lean
+  answer loop. Fewer rows returned still count the bound: more, never less. A read
+  whose result may repeat the rows it reads (a cross join with ``generate_series``,
+  grouping sets) or add rows of no table (a catalog) has no such bound: it is
+  watched and charged what it returned;
 * any other read is charged after it ran, by :class:`WindowCharges` (an observer):
   the rows it returned — the command tag's count, or, for a statement that failed or
   was stopped, the rows the relay forwarded before it ended (for a counted one, its
@@ -97,7 +98,7 @@ def _accounts(tables: frozenset[str], catalog: KeyCatalog | None) -> tuple[str, 
 
 
 #: (id of a verdict, its accounts) -> (the verdict, its capped form). A verdict whose
-#: own ``max_rows`` (or, without one, its proven ``read_bound``) fits in what is left
+#: own ``max_rows`` (or, without one, its proven ``result_bound``) fits in what is left
 #: is capped the same way at every read: made once, not twice per statement. The
 #: entry keeps the verdict alive (its id stays its).
 _CAPPED: dict[tuple[int, tuple[str, ...]], tuple[Allow, Allow]] = {}
@@ -153,7 +154,7 @@ def windowed(
     epoch, charged = ledger.epoch, ledger.charged.get(identity, 0)
     left = windows.remaining(identity, window, tables)
     capped = _capped(verdict, window, windows, identity, tables, left)
-    own = verdict.max_rows or verdict.read_bound
+    own = verdict.max_rows or verdict.result_bound
     if type(capped) is Allow and own is not None and own <= left:
         # the same capped verdict while the bound still fits in what is left (_CREDIT)
         if len(_CREDIT) >= _CAPPED_SIZE:
@@ -185,8 +186,8 @@ def _capped(
             note=verdict.note,
         )
     # What bounds it besides the window: its own limit, or (none) the rows it is
-    # proven to read. Within what is left, that bound is the cap.
-    own = verdict.max_rows or verdict.read_bound
+    # proven to return. Within what is left, that bound is the cap.
+    own = verdict.max_rows or verdict.result_bound
     fits = own is not None and own <= left
     if fits:
         hit = _CAPPED.get((id(verdict), tables))
@@ -199,8 +200,8 @@ def _capped(
                 note = _charged_to(note, tables, "")
             capped = replace(verdict, note=note, repeatable=False)
         else:
-            # Proven to read no more than is left: capped at its bound, so the relay
-            # counts its rows instead of watching them (Allow.read_bound), and charged
+            # Proven to return no more than is left: capped at its bound, so the relay
+            # counts its rows instead of watching them (Allow.result_bound), and charged
             # that bound as it is let through.
             if isinstance(note, GateNote):
                 note = _charged_to(note, tables, "ahead")
@@ -212,7 +213,7 @@ def _capped(
                 over_limit=Refuse(
                     sqlstate.PROGRAM_LIMIT_EXCEEDED,
                     f"dbgate: the statement returned more than the {own} rows it was "
-                    f"proven to read of {', '.join(tables)} under rule '{window.rule}' "
+                    f"proven to return of {', '.join(tables)} under rule '{window.rule}' "
                     f"({window.rows} rows per table per {window.seconds} s); it was stopped",
                 ),
             )

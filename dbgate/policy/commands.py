@@ -42,6 +42,7 @@ def _statement_json(index: int, sd: StatementDecision) -> dict[str, Any]:
         "functions": sorted(st.functions),
         "needs_bind": st.needs_bind,
         "read_bound": st.read_bound,
+        "result_bound": st.result_bound,
         "unbounded_tables": sorted(st.unbounded_tables),
         "write_bound": st.write_bound,
         "writes_counted": st.writes_counted,

@@ -34,6 +34,7 @@ from dbgate.policy.model import (
     OverLimit,
     Reason,
     RowWindow,
+    StatementClass,
 )
 from dbgate.policy.rules_match import Rule, qualify_table
 
@@ -67,6 +68,17 @@ def read_tables(classification: Classification) -> frozenset[str]:
     return frozenset(out)
 
 
+def _rows_unproven(st: StatementClass, limit: int) -> bool:
+    """Whether ``st`` may return more than ``limit`` rows of table data: it reads more
+    table rows, or it reads some and its result may repeat them (a read pinned to one
+    row of ``orders`` by its key, cross-joined with ``generate_series`` or a catalog).
+    A statement that reads no table rows returns none (``SELECT * FROM pg_class``)."""
+    read = st.read_bound
+    if read is None or read > limit:
+        return True
+    return read > 0 and (st.result_bound is None or st.result_bound > limit)
+
+
 def limited(decision: Decision, rules: Sequence[Rule], classification: Classification) -> Decision:
     """``decision`` (an allow by ``rules``) with the run-time limits that apply to it."""
     statements = classification.statements
@@ -77,7 +89,7 @@ def limited(decision: Decision, rules: Sequence[Rule], classification: Classific
     if rows_rule is not None:
         limit = rows_rule.max_rows
         assert limit is not None
-        if any(st.read_bound is None or st.read_bound > limit for st in statements):
+        if any(_rows_unproven(st, limit) for st in statements):
             max_rows = limit
     uncounted: list[Reason] = []
     if changes_rule is not None:

@@ -139,7 +139,11 @@ class StatementClass:
     ``write_bound`` bounds the rows it inserts, updates or deletes (0: it changes no
     rows; None: unbounded, ``max_rows_changed`` applies), and ``writes_counted`` says
     whether the statement's command tag counts them (not so for a DML in WITH or
-    under EXPLAIN ANALYZE).
+    under EXPLAIN ANALYZE). ``result_bound`` bounds the rows it returns: a SELECT
+    can return more rows than it reads from tables (``FROM orders o,
+    generate_series(1, 5000) WHERE o.id = 1`` reads one and returns 5,000), so only
+    this bound lets a row limit go unwatched; for statements whose handler proves no
+    such bound it is ``read_bound``.
     """
 
     categories: frozenset[Category]
@@ -157,6 +161,7 @@ class StatementClass:
     # for approvers, as (key, value) pairs ("purpose" or "model"; "" after RESET).
     declares: tuple[tuple[str, str], ...] = ()
     read_bound: int | None = 0
+    result_bound: int | None = 0
     unbounded_tables: frozenset[str] = frozenset()
     write_bound: int | None = 0
     writes_counted: bool = True
@@ -243,6 +248,16 @@ class Classification:
             if s.read_bound is None:
                 return None
             out += s.read_bound
+        return out
+
+    @property
+    def result_bound(self) -> int | None:
+        """Rows the whole string returns (None: some statement is unbounded)."""
+        out = 0
+        for s in self.statements:
+            if s.result_bound is None:
+                return None
+            out += s.result_bound
         return out
 
     @property

@@ -86,12 +86,12 @@ def countable_rows(verdict: Allow, fetch: int, used: int) -> int | None:
 
     Returns the most rows it can return when that cannot take it past the limit (it
     returns ``fetch`` rows at most, and the statement is proven to read no more than
-    ``verdict.read_bound``), else None: its rows must pass a :class:`RowLimiter` and
+    ``verdict.result_bound``), else None: its rows must pass a :class:`RowLimiter` and
     the client wait meanwhile. A result plan rewrites the rows anyway, limit or not.
     """
     if verdict.plan is not None:
         return None
-    bound = verdict.read_bound
+    bound = verdict.result_bound
     if fetch > 0 and (bound is None or fetch < bound):
         bound = fetch
     if bound is None or used + bound > verdict.max_rows:

@@ -165,13 +165,15 @@ class Allow:
     #: ``over_limit`` (default: 54000) so that client and server agree it failed.
     max_rows: int = 0
     over_limit: Refuse | None = None
-    #: A proven bound on the table rows the statement reads (a unique key pins them),
-    #: or None. As the rules lift ``max_rows`` for a statement proven to read fewer
+    #: A proven bound on the rows the statement returns (a unique key pins the table
+    #: rows it reads, and nothing in it repeats them: no FROM function, VALUES list,
+    #: catalog, grouping sets or set-returning call), or None. As the rules lift
+    #: ``max_rows`` for a statement proven to return fewer
     #: (docs/rules.md, "Run-time limits"), the relay does not watch the rows of an
     #: Execute one by one when this bound, or the Execute's own row count, fits in
     #: what is left of ``max_rows``: it counts them from the command tag (from the
     #: Execute's count at PortalSuspended) and lets the client's next messages go on.
-    read_bound: int | None = None
+    result_bound: int | None = None
     #: Forward this text instead of the client's (Query, Parse): PII tokens the agent
     #: sent back, resolved to the values they stand for. Never ``repeatable``.
     replace_sql: str | None = None

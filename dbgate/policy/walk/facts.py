@@ -26,6 +26,9 @@ from dbgate.policy.model import (
     StatementClass,
 )
 
+#: ``StatementFacts.result_rows`` before a handler proves the statement's rows.
+UNPROVEN = object()
+
 if TYPE_CHECKING:
     from dbgate.policy.keys import KeyCatalog
 
@@ -49,12 +52,14 @@ class StatementFacts:
         "keys",
         "memo",
         "needs_bind",
+        "nested_rows",
         "params",
         "pending",
         "prepared",
         "prepared_effect",
         "reads",
         "reasons",
+        "result_rows",
         "scan_source",
         "scope",
         "seen",
@@ -130,6 +135,14 @@ class StatementFacts:
         # WITH, EXPLAIN ANALYZE): a run-time limit on changed rows cannot see them.
         self.uncounted_writes = False
         self.top: Any = None  # the statement's own node, to tell it from nested DML
+        # The rows the statement returns, when a handler proves them (a top-level
+        # SELECT: its level's row bound, which FROM functions, VALUES, grouping sets
+        # and set-returning calls can make larger than the table rows it reads);
+        # UNPROVEN: the table rows it reads bound them (see ``result``).
+        self.result_rows: int | object | None = UNPROVEN
+        # What nested statements that run as part of this one return (EXECUTE of a
+        # prepared SELECT): summed, None once one is unbounded.
+        self.nested_rows: int | None = 0
         # -- session guards -------------------------------------------------------------
         self.guard_settings: list[GuardSetting] = []
         self.sleep_ms: int | None = None  # the longest constant pg_sleep, in ms
@@ -209,6 +222,14 @@ class StatementFacts:
             if other.write_bound != 0:
                 self.writes[f"\x00{len(self.writes)}"] = other.write_bound
             self.uncounted_writes |= not other.writes_counted
+            if self.nested_rows is not None:
+                from dbgate.policy.walk.bounds import plus
+
+                self.nested_rows = (
+                    None
+                    if other.result_bound is None
+                    else plus(self.nested_rows, other.result_bound)
+                )
             self.guard_settings.extend(other.guard_settings)
             if other.sleep_ms is not None:
                 self.sleep_ms = max(self.sleep_ms or 0, other.sleep_ms)
@@ -245,10 +266,24 @@ class StatementFacts:
             write = plus(write, n) if write is not None else None
         return read, frozenset(unbounded), write
 
+    def _result_bound(self, read_bound: int | None) -> int | None:
+        """The rows the statement returns: what its handler proved, else what the
+        nested statements it runs return (EXECUTE), else the table rows it reads (a
+        statement that returns no table data reads none: 0)."""
+        proven = self.result_rows
+        if proven is not UNPROVEN:
+            return proven  # type: ignore[return-value]
+        if self.nested_rows != 0:
+            if self.nested_rows is None or read_bound is None:
+                return None
+            return max(self.nested_rows, read_bound)
+        return read_bound
+
     def result(self) -> StatementClass:
         if self.guarded_reads:
             self._settle_guarded_reads()
         read_bound, unbounded, write_bound = self._settle_bounds()
+        result_bound = self._result_bound(read_bound)
         if not self.cats:  # never return an empty classification
             self.add(OPAQUE, "no-category", "is a statement dbgate found nothing to say about")
         columns = self.columns
@@ -275,6 +310,7 @@ class StatementFacts:
             prepared_effect=self.prepared_effect,
             declares=tuple(self.declares),
             read_bound=read_bound,
+            result_bound=result_bound,
             unbounded_tables=unbounded,
             write_bound=write_bound,
             writes_counted=not self.uncounted_writes,

@@ -394,7 +394,9 @@ def _level(
     # -- the rows it returns ---------------------------------------------------------
     if kind and "groupClause" not in s:  # one row, unless a set-returning call unrolls it
         rows = None if narrowing.returns_sets(level_calls) else 1
-    elif rows is not None and narrowing.returns_sets(level_calls):
+    elif rows is not None and (
+        narrowing.returns_sets(level_calls) or _grouping_sets(s.get("groupClause"))
+    ):
         rows = None
     _row_locks(s, fc, rows, facts)
     if facts.write_calls > write_calls and (
@@ -415,6 +417,17 @@ def _level(
         return ref in names
 
     return whole, rows, resolves
+
+
+def _grouping_sets(groups: list[Any] | None) -> bool:
+    """Whether a GROUP BY has grouping sets (ROLLUP, CUBE, GROUPING SETS): each input
+    row then counts in several groups, so the level may return more rows than it
+    reads (``GROUP BY ()`` alone returns one row)."""
+    for g in groups or ():
+        gs = g.get("GroupingSet") if type(g) is dict else None
+        if gs is not None and gs.get("kind") != "GROUPING_SET_EMPTY":
+            return True
+    return False
 
 
 def _grouped_by_key(s: dict[str, Any], level: bounds.Level) -> frozenset[str]:

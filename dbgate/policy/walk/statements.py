@@ -59,7 +59,9 @@ def statement(node: dict[str, Any], facts: StatementFacts) -> None:
 
 def stmt_body(k: str, body: dict[str, Any], facts: StatementFacts) -> None:
     if k in QUERY_NODES:
-        queries.query(k, body, facts, True, {})
+        produced = queries.query(k, body, facts, True, {})
+        if k == "SelectStmt" and body is facts.top:
+            facts.result_rows = 0 if "intoClause" in body else produced.rows
         return
     h = _STMT.get(k)
     if h is not None:
@@ -211,7 +213,9 @@ def _copy(body: dict[str, Any], facts: StatementFacts) -> None:
         return
     q = body.get("query") or {}
     for k, b in q.items():
-        queries.query(k, b, facts, True, {})
+        produced = queries.query(k, b, facts, True, {})
+        if k == "SelectStmt":
+            facts.result_rows = produced.rows  # the rows it copies out
     if on_server:
         facts.add(
             EXPORT, "copy-to", "writes a query's result to a file or program on the database server"

@@ -73,6 +73,48 @@ async def test_a_key_pinned_read_runs_and_an_unpinned_one_is_stopped_past_the_li
         await conn.close()
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "generate_series(1, 1200) g",
+        "(SELECT 1 FROM generate_series(1, 1200)) g",
+        "pg_attribute g",
+    ],
+    ids=["function", "sub-select", "catalog"],
+)
+async def test_a_key_read_that_repeats_its_row_stops_at_the_row_limit(
+    env: HoldsEnv, big: str, source: str
+) -> None:
+    """A key pins the one row of ``big`` the read reads, but the cross join returns it
+    more than 1,000 times: the proof bounds the rows it reads, not the rows it returns,
+    so the row limit applies and stops it, prepared and as a simple Query."""
+    sql = f"SELECT b.id, b.note FROM {big} b, {source} WHERE b.id = 1"
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        with pytest.raises(asyncpg.ProgramLimitExceededError) as info:
+            await conn.fetch(sql)
+        assert "more than 1000 rows" in info.value.message
+        assert await conn.fetchval(f"SELECT note FROM {big} WHERE id = 1") is not None
+    finally:
+        await conn.close()
+    with psycopg.connect(env.dsn, autocommit=True) as simple:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            simple.execute(sql).fetchall()
+        assert simple.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_grouping_sets_over_a_key_read_stop_at_the_row_limit(env: HoldsEnv, big: str) -> None:
+    """``GROUP BY ROLLUP`` counts each row in several groups: 1,000 key-pinned rows
+    give 1,001 groups, one more than the limit."""
+    in_list = ", ".join(str(i) for i in range(1, 1001))
+    sql = f"SELECT id, count(*) FROM {big} WHERE id IN ({in_list}) GROUP BY ROLLUP (id)"
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            conn.execute(sql).fetchall()
+        plain = sql.replace("ROLLUP (id)", "id")
+        assert len(conn.execute(plain).fetchall()) == 1000
+
+
 async def test_a_write_pinned_by_the_primary_key_runs(env: HoldsEnv, big: str) -> None:
     conn = await asyncpg.connect(env.dsn)
     try:

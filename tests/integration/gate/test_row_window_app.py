@@ -50,8 +50,12 @@ def tables(env: HoldsEnv) -> None:
         "INSERT INTO windowed_g SELECT g, 'v' || g FROM generate_series(1, 100) g",
         "CREATE TABLE windowed_h (id int PRIMARY KEY, v text NOT NULL)",
         "INSERT INTO windowed_h SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "CREATE TABLE windowed_i (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_i SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "CREATE TABLE windowed_j (id int PRIMARY KEY, v text NOT NULL)",
+        "INSERT INTO windowed_j SELECT g, 'v' || g FROM generate_series(1, 100) g",
         "GRANT SELECT ON windowed_a, windowed_b, windowed_e, windowed_f, windowed_g,"
-        " windowed_h TO PUBLIC",
+        " windowed_h, windowed_i, windowed_j TO PUBLIC",
     )
 
 
@@ -273,6 +277,41 @@ async def test_a_read_proven_bounded_is_charged_its_bound_once(env: HoldsEnv, ta
         with pytest.raises(psycopg.errors.ProgramLimitExceeded) as info:
             other.execute("SELECT v FROM windowed_e WHERE id = 99", prepare=False)
         assert "agent has read 30 rows of public.windowed_e" in str(info.value)
+
+
+async def test_a_key_read_that_repeats_its_row_is_charged_the_rows_it_returned(
+    env: HoldsEnv, tables: None
+) -> None:
+    """A key pins the one row of ``windowed_i`` this read reads, but the cross join
+    with ``generate_series`` returns it 20 times: it is not proven to return one row,
+    so it is watched and charged the 20 rows it returned (not the one it read); ten
+    key reads use the rest of the window, and the next is refused."""
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        sql = "SELECT w.v, g FROM windowed_i w, generate_series(1, 20) g WHERE w.id = 1"
+        assert len(await conn.fetch(sql)) == 20
+        for i in range(2, 12):
+            assert await conn.fetchval("SELECT v FROM windowed_i WHERE id = $1", i) == f"v{i}"
+        with pytest.raises(asyncpg.ProgramLimitExceededError) as info:
+            await conn.fetchval("SELECT v FROM windowed_i WHERE id = 50")
+        assert "agent has read 30 rows of public.windowed_i" in info.value.message
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
+def test_a_key_read_that_repeats_its_row_stops_at_what_is_left(
+    env: HoldsEnv, tables: None, prepare: bool
+) -> None:
+    """The same kind of read asking for more rows than the window has left (40 of
+    30) is stopped there with 54000, through the simple and the extended protocol."""
+    # one identity per protocol: the first run uses up its window
+    dsn = env.app.dsn(env.data_db, OTHER_AGENT, OTHER_PASSWORD) if prepare else env.dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        sql = "SELECT w.v, g FROM windowed_j w, generate_series(1, 40) g WHERE w.id = 1"
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            conn.execute(sql, prepare=prepare).fetchall()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 async def test_a_prepared_read_not_proven_bounded_is_charged_what_it_returned(

@@ -357,7 +357,7 @@ async def test_a_verdict_without_its_own_limit_is_capped_at_what_is_left_every_t
 async def test_a_read_proven_within_what_is_left_is_capped_at_its_bound_once(
     replicas: Replicas,
 ) -> None:
-    """A read a unique key pins (``read_bound``) is capped at its bound while that
+    """A read a unique key pins (``result_bound``) is capped at its bound while that
     fits in what is left: the same verdict at every read, which the relay counts
     rather than watches; once less is left, it is capped at what is left."""
     from dbgate.gate.notes import GateNote
@@ -368,14 +368,14 @@ async def test_a_read_proven_within_what_is_left_is_capped_at_its_bound_once(
     a = await replicas.make("a")
     assert await a.refresh()
     note = GateNote(classify("SELECT * FROM orders WHERE id = 1"), "allow", "read")
-    verdict = Allow(note=note, read_bound=1)
+    verdict = Allow(note=note, result_bound=1)
     first = windowed(verdict, MINUTE, a, "agent", None)
     assert isinstance(first, Allow)
-    assert (first.max_rows, first.read_bound, first.repeatable) == (1, 1, False)
+    assert (first.max_rows, first.result_bound, first.repeatable) == (1, 1, False)
     assert first.note.window_tables == (ORDERS,)
     a.add("agent", MINUTE, MINUTE.tables, 998)
     assert windowed(verdict, MINUTE, a, "agent", None) is first  # 2 left: the same
-    two = Allow(note=note, read_bound=2)
+    two = Allow(note=note, result_bound=2)
     assert windowed(two, MINUTE, a, "agent", None).max_rows == 2  # type: ignore[union-attr]
     a.add("agent", MINUTE, MINUTE.tables, 1)
     capped = windowed(two, MINUTE, a, "agent", None)  # 1 left, below its bound

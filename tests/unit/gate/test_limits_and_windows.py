@@ -119,10 +119,10 @@ def test_a_bind_verdict_changed_by_pii_keeps_the_policys_row_limit_and_bound() -
     from dbgate.proxy.seams import Allow
 
     over = OverLimit(Action.DENY, "small-window")
-    policy = Allow(max_rows=30, over_limit=over, read_bound=1)
+    policy = Allow(max_rows=30, over_limit=over, result_bound=1)
     resolved = Allow(replace_params=(b"real@example.com",))
     changed = _bind_changed(policy, resolved)
-    assert (changed.max_rows, changed.over_limit, changed.read_bound) == (30, over, 1)
+    assert (changed.max_rows, changed.over_limit, changed.result_bound) == (30, over, 1)
     assert changed.replace_params == (b"real@example.com",)
     assert _bind_changed(policy, None) is policy
     own = Allow(max_rows=5, replace_params=(b"x",))
@@ -149,7 +149,7 @@ def _windowed_binds(rows: int, bound: int) -> tuple[WindowedBinds, RowWindows, S
     windows.ledger.read_totals({}, [3600])
     windows._read_ok_at = 0.0
     window = RowWindow(rows=rows, seconds=3600, rule="w", tables=frozenset({"public.t"}))
-    base = Allow(read_bound=bound)
+    base = Allow(result_bound=bound)
     judge = WindowedBinds(_Gate(windows, base), "select v from t where id = $1", base, window)
     session = SessionInfo(
         session_id=1, identity="agent", database="d", application_name="", client_addr=""
@@ -234,7 +234,7 @@ def test_a_windowed_bind_is_charged_to_the_accounts_of_the_sessions_search_path(
     windows.ledger.read_totals({}, [3600])
     windows._read_ok_at = 0.0
     window = RowWindow(rows=5, seconds=3600, rule="w", tables=frozenset({"orders"}))
-    base = Allow(read_bound=1)
+    base = Allow(result_bound=1)
     gate = _Gate(windows, base)
     gate.keys = _Keys()
     judge = WindowedBinds(gate, "select v from orders where id = $1", base, window)
@@ -272,7 +272,7 @@ def test_a_read_proven_bounded_is_charged_its_bound_as_it_is_let_through() -> No
     windows._read_ok_at = 0.0
     window = RowWindow(rows=5, seconds=3600, rule="w", tables=frozenset({"public.t"}))
     note = GateNote(None, "allow", "read", Decision(Action.ALLOW, "w", row_window=window))
-    base = Allow(read_bound=2, note=note)
+    base = Allow(result_bound=2, note=note)
     charges = WindowCharges(windows)
     session = SessionInfo(
         session_id=1, identity="agent", database="d", application_name="", client_addr=""

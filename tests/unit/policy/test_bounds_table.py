@@ -526,3 +526,63 @@ def test_results_are_cached_per_catalog_snapshot_and_search_path() -> None:
     newer = KeyCatalog({}, ("public",), version=2)
     assert classify(sql, keys=newer).read_bound is None
     assert classify(sql, keys=KEYS).read_bound == 1
+
+
+# (sql, table rows read, rows returned): the key proof bounds the rows a statement
+# reads of its tables; what it returns can be more, and only a proof of that lets a
+# row limit go unwatched (``StatementClass.result_bound``).
+RESULTS = [
+    ("SELECT * FROM orders WHERE id = 1", 1, 1),
+    ("SELECT * FROM orders WHERE id IN (1, 2) UNION ALL SELECT * FROM orders WHERE id = 3", 3, 3),
+    ("SELECT o.* FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = 1", 2, 1),
+    ("SELECT * FROM (SELECT * FROM orders WHERE id = 1) s, orders t WHERE t.id IN (2, 3)", 3, 2),
+    ("SELECT o.* FROM orders o, (VALUES (1), (2), (3)) v WHERE o.id = 1", 1, 3),
+    ("SELECT count(*) FROM orders", UNB, 1),
+    ("SELECT status, count(*) FROM orders WHERE id IN (1, 2) GROUP BY status", 2, 2),
+    ("SELECT count(*) FROM orders WHERE id IN (1, 2) GROUP BY ()", 2, 2),
+    ("SELECT 1 INTO t FROM orders WHERE id = 1", 1, 0),
+    ("COPY (SELECT * FROM orders WHERE id = 1) TO STDOUT", 1, 1),
+    # the read is pinned, its result is not
+    ("SELECT o.* FROM orders o, generate_series(1, 5000) g WHERE o.id = 1", 1, UNB),
+    ("SELECT * FROM ROWS FROM (generate_series(1, 3)) g, orders WHERE orders.id = 1", 1, UNB),
+    ("SELECT o.*, generate_series(1, 5000) FROM orders o WHERE o.id = 1", 1, UNB),
+    ("SELECT unnest(ARRAY[1, 2]) FROM orders WHERE id = 1", 1, UNB),
+    ("SELECT o.id, c.relname FROM orders o, pg_class c WHERE o.id = 1", 1, UNB),
+    (
+        "SELECT o.* FROM orders o, LATERAL (SELECT * FROM generate_series(1, 9)) g WHERE o.id = 1",
+        1,
+        UNB,
+    ),
+    ("SELECT id FROM orders WHERE id = 1 UNION SELECT generate_series(1, 5000)", 1, UNB),
+    ("SELECT status FROM orders WHERE id IN (1, 2) GROUP BY ROLLUP (status)", 2, UNB),
+    ("SELECT status FROM orders WHERE id IN (1, 2) GROUP BY CUBE (status, id)", 2, UNB),
+    ("SELECT status FROM orders WHERE id IN (1, 2) GROUP BY GROUPING SETS ((status), ())", 2, UNB),
+    (
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) "
+        "SELECT o.* FROM orders o, r WHERE o.id = 1",
+        1,
+        UNB,
+    ),
+    ("COPY (SELECT o.* FROM orders o, generate_series(1, 9) g WHERE o.id = 1) TO STDOUT", 1, UNB),
+]
+
+
+@pytest.mark.parametrize(("sql", "reads", "returns"), RESULTS, ids=[r[0][:70] for r in RESULTS])
+def test_result_bounds(sql: str, reads: int | None, returns: int | None) -> None:
+    clear_cache()
+    (st,) = classify(sql, keys=KEYS).statements
+    assert (st.read_bound, st.result_bound) == (reads, returns)
+
+
+@pytest.mark.parametrize(
+    ("body", "returns"),
+    [
+        ("SELECT * FROM orders WHERE id = 1", 1),
+        ("SELECT o.* FROM orders o, generate_series(1, 5000) g WHERE o.id = 1", UNB),
+    ],
+)
+def test_execute_returns_what_its_prepared_statement_returns(
+    body: str, returns: int | None
+) -> None:
+    c = classify("EXECUTE p", prepared={"p": f"PREPARE p AS {body}"}, keys=KEYS)
+    assert (c.read_bound, c.result_bound) == (1, returns)

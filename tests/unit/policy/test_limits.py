@@ -223,3 +223,21 @@ def test_a_proven_bound_above_the_limit_still_gets_it(tmp_path: Path) -> None:
     assert pack.decide(AGENT, three).max_rows == 2
     two = classify("SELECT * FROM orders WHERE id IN (1, 2)", keys=KEYS)
     assert pack.decide(AGENT, two).max_rows is None
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT o.* FROM orders o, generate_series(1, 5000) g WHERE o.id = 1",
+        "SELECT o.id, c.relname FROM orders o, pg_class c WHERE o.id = 1",
+        "SELECT status FROM orders WHERE id IN (1, 2) GROUP BY ROLLUP (status)",
+        "SELECT o.*, generate_series(1, 5000) FROM orders o WHERE o.id = 1",
+    ],
+)
+def test_a_key_read_whose_result_may_repeat_its_rows_keeps_the_row_limit(
+    pack: RuleSet, sql: str
+) -> None:
+    """Reading one row by its key proves nothing about the rows returned."""
+    decision = pack.decide(AGENT, classify(sql, keys=KEYS))
+    assert decision.action is Action.ALLOW, (decision.rule, decision.reasons)
+    assert decision.limits == limits(1000)

@@ -100,7 +100,7 @@ class Inspector:
             plan=PLAN.plan if "plan" in sql else None,
             max_rows=LIMITED.max_rows if limited else 0,
             over_limit=LIMITED.over_limit if limited else None,
-            read_bound=int(bound.group(1)) if bound else None,
+            result_bound=int(bound.group(1)) if bound else None,
             note=FOLLOW if "rows=2" in sql else None,
         )
 
