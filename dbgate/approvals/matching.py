@@ -70,9 +70,11 @@ def _shape_tree(node: object, free: bool) -> object:
         for name, value in node.items():
             if name == "location" or name.endswith("_location") or name == "stmt_len":
                 continue
-            if name == "FuncCall":
+            if name == "FuncCall" or (name == "TypeCast" and _names_an_object(value)):
                 # A function's constant arguments name what it does (set_config's
-                # setting, query_to_xml's query, a file, a sequence): kept.
+                # setting, query_to_xml's query, a file, a sequence), and a cast to
+                # an object identifier type names the object ('orders'::regclass):
+                # kept, parameters included (see :func:`fixes_parameters`).
                 out[name] = _shape_tree(value, False)
             else:
                 out[name] = _shape_tree(value, free)
@@ -80,6 +82,25 @@ def _shape_tree(node: object, free: bool) -> object:
     if isinstance(node, list):
         return [_shape_tree(item, free) for item in node]
     return node
+
+
+def _names_an_object(cast: object) -> bool:
+    """Whether a TypeCast is to an object identifier type (regclass, regproc, ...)."""
+    if not isinstance(cast, dict):
+        return False
+    names = (cast.get("typeName") or {}).get("names") or []
+    last = names[-1] if names else {}
+    name = (last.get("String") or {}).get("sval", "") if isinstance(last, dict) else ""
+    return name.startswith("reg")
+
+
+def fixes_parameters(key: str) -> bool:
+    """Whether a statement with this :func:`shape_key` has parameters that are not
+    data — arguments of a function (``set_config($1, $2, false)``), casts to an
+    object type, any parameter of a statement other than a SELECT or DML: their
+    values decide what it does, so only a shape approval with fixed values covers
+    it. (A literal that spells ``ParamRef`` makes this True: stricter, never wider.)"""
+    return "ParamRef" in key
 
 
 def shape_key(sql: str) -> str | None:

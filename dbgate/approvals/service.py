@@ -35,7 +35,7 @@ from dbgate.approvals.accounts import AccountStore
 from dbgate.approvals.db import StateDB, create_pool
 from dbgate.approvals.eligibility import refusal
 from dbgate.approvals.errors import ApprovalError, StateUnavailable
-from dbgate.approvals.matching import match_hash, shape_key
+from dbgate.approvals.matching import fixes_parameters, match_hash, shape_key
 from dbgate.approvals.model import ApprovalRequest, HoldOutcome, HoldStatus, Notify
 from dbgate.approvals.store import (
     ApprovalStore,
@@ -560,6 +560,11 @@ class PgApprovalService:
         creator who may still decide it alone."""
         if key is None or shape_key(shape.statement) != key:
             return "the statement differs in more than its values"
+        if not shape.params_fixed and fixes_parameters(key):
+            return (
+                "its parameters are not data (arguments of a function, such as "
+                "set_config($1, $2, false)): only a shape approval with fixed values covers it"
+            )
         source = await self.store.get(shape.source_request) if shape.source_request else None
         if source is None or (
             source.rule != request.rule

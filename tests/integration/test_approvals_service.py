@@ -328,6 +328,69 @@ async def test_a_free_shape_frees_data_values_not_code_names_or_settings(
         await svc.store.revoke_shape(shape.id, BOB, "done")
 
 
+@pytest.mark.parametrize(
+    ("sql", "approved", "sent"),
+    [
+        # the Bind values of a function's arguments are what it does
+        ("SELECT set_config($1, $2, false)", ("app.mode", "report"), ("role", "postgres")),
+        ("SELECT pg_read_file($1)", ("log/today.log",), ("/etc/passwd",)),
+        # a parameter cast to an object type names the object
+        (
+            "SELECT * FROM pg_class WHERE oid = $1::regclass",
+            ("orders",),
+            ("customers",),
+        ),
+    ],
+    ids=["set-config", "read-file", "regclass"],
+)
+async def test_a_free_shape_does_not_free_parameters_that_are_not_data(
+    svc, state_dsn, sql, approved, sent
+) -> None:
+    """A statement whose parameters are arguments of a function (or name an object) is
+    covered only by a shape with fixed values: with free values, another setting or
+    file would pass under the approval of the first."""
+    fingerprint = f"fp-not-data-{sql}"
+
+    def request(params: tuple[str, ...]):
+        return make_request(sql, params, wait=0, identity="shaper-4", fingerprint=fingerprint)
+
+    outcome = await svc.hold(request(approved), Notices())
+    rid = int(outcome.request_id)
+    with pytest.raises(Conflict, match="only be approved with fixed values"):
+        await svc.store.approve_shape(
+            rid, ALICE, minutes=30, params_fixed=False, reason="one setting"
+        )
+    assert (await svc.store.get(rid)).status == "pending"  # nothing was decided
+    # A free shape already in the state database (given before this check) covers
+    # nothing but the request it was given from, which its own approval covers.
+    conn = await asyncpg.connect(state_dsn)
+    try:
+        shape_id = await conn.fetchval(
+            "INSERT INTO dbgate.shape_approvals (identity, fingerprint, params_fixed, "
+            "statement, source_request, created_by, reason, expires_at, database) "
+            "SELECT identity, fingerprint, false, statement, id, 'alice', '', "
+            "now() + interval '30 minutes', database FROM dbgate.approval_requests "
+            "WHERE id = $1 RETURNING id",
+            rid,
+        )
+    finally:
+        await conn.close()
+    try:
+        assert await svc.approved_before(request(sent)) is None
+        assert await svc.approved_before(request(approved)) is None
+    finally:
+        await svc.store.revoke_shape(shape_id, BOB, "done")
+    fixed, _ = await svc.store.approve_shape(
+        rid, ALICE, minutes=30, params_fixed=True, reason="these values"
+    )
+    try:
+        assert await svc.approved_before(request(approved)) is not None  # its own approval
+        assert await svc.approved_before(request(approved)) is not None  # the fixed shape
+        assert await svc.approved_before(request(sent)) is None
+    finally:
+        await svc.store.revoke_shape(fixed.id, BOB, "done")
+
+
 async def test_a_free_shape_covers_only_statements_held_for_the_same_reasons(svc) -> None:
     sql = "DELETE FROM orders WHERE id = 7"
     outcome = await svc.hold(make_request(sql, wait=0, identity="shaper-3"), Notices())

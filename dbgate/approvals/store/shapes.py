@@ -14,6 +14,7 @@ import asyncpg
 
 from dbgate.approvals.eligibility import Approver, refusal
 from dbgate.approvals.errors import ApprovalError, BadRequest, Conflict, Forbidden, NotFound
+from dbgate.approvals.matching import fixes_parameters, shape_key
 from dbgate.approvals.store.decisions import owners_of
 from dbgate.approvals.store.records import (
     REQUEST_FIELDS,
@@ -93,6 +94,12 @@ class Shapes:
                     raise NotFound(f"approval request {request_id} does not exist")
                 if not row["fingerprint"]:
                     raise Conflict(f"approval request {request_id} has no fingerprint to approve")
+                if not params_fixed and fixes_parameters(shape_key(row["statement"]) or ""):
+                    raise Conflict(
+                        f"approval request {request_id} has parameters that are not data "
+                        "(arguments of a function, such as set_config($1, $2, false), or "
+                        "object names): its shape can only be approved with fixed values"
+                    )
                 if row["status"] == "pending":
                     conflict = await self._record_decision(
                         conn,
