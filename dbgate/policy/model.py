@@ -6,7 +6,7 @@ statement fingerprint and shared between sessions without copying.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -170,6 +170,16 @@ class StatementClass:
     sleep_ms: int | None = None
 
 
+def _sum_of_bounds(bounds: Iterable[int | None]) -> int | None:
+    """The sum of the statements' bounds, or None when one of them is unbounded."""
+    out = 0
+    for n in bounds:
+        if n is None:
+            return None
+        out += n
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Classification:
     """Classification of a whole query string (one or more statements)."""
@@ -243,32 +253,17 @@ class Classification:
     @property
     def read_bound(self) -> int | None:
         """Table rows the whole string reads (None: some statement is unbounded)."""
-        out = 0
-        for s in self.statements:
-            if s.read_bound is None:
-                return None
-            out += s.read_bound
-        return out
+        return _sum_of_bounds(s.read_bound for s in self.statements)
 
     @property
     def result_bound(self) -> int | None:
         """Rows the whole string returns (None: some statement is unbounded)."""
-        out = 0
-        for s in self.statements:
-            if s.result_bound is None:
-                return None
-            out += s.result_bound
-        return out
+        return _sum_of_bounds(s.result_bound for s in self.statements)
 
     @property
     def write_bound(self) -> int | None:
         """Rows the whole string changes (None: some statement is unbounded)."""
-        out = 0
-        for s in self.statements:
-            if s.write_bound is None:
-                return None
-            out += s.write_bound
-        return out
+        return _sum_of_bounds(s.write_bound for s in self.statements)
 
     @property
     def prepared_effects(self) -> tuple[PreparedEffect, ...]:
