@@ -100,6 +100,18 @@ rules:
     window: 1h
 """
 
+#: "dbgate-approvals": the same row limit on pgbench's tables, with no rows-per-window
+#: rule there, so its state database holds approvals only (the audit trail is off).
+APPROVALS_ONLY_RULES = BENCH_RULES.replace(
+    """    max_rows: 1000
+    max_rows_per_window: 1000000000
+    window: 1h
+""",
+    """    max_rows: 1000
+""",
+)
+assert APPROVALS_ONLY_RULES != BENCH_RULES
+
 #: "dbgate-nolimits": the same, with pgbench's tables free of every run-time limit, so
 #: "limits on/off" (dbgate/dbgate-nolimits) is what the row and change limits cost.
 NO_LIMITS_RULES = (

@@ -45,6 +45,11 @@ def _ratios(value: Mapping[str, float | None]) -> dict[str, float | None]:
         ratios["audit on/off"] = _ratio(value.get("dbgate-audit"), value.get(off))
     if "dbgate-noaudit" in value:  # row windows and approvals in the state database
         ratios["state on/off"] = _ratio(value.get("dbgate-noaudit"), value.get("dbgate"))
+    if "dbgate-approvals" in value:  # the approval service alone (issue 11: >= 0.7 x PgBouncer)
+        ratios["approvals on/off"] = _ratio(value.get("dbgate-approvals"), value.get("dbgate"))
+        ratios["approvals/pgbouncer"] = _ratio(
+            value.get("dbgate-approvals"), value.get("pgbouncer")
+        )
     if "dbgate-nolimits" in value:  # the row and change limits' cost: target >= 0.9
         ratios["limits on/off"] = _ratio(value.get("dbgate"), value.get("dbgate-nolimits"))
     if "dbgate-w2" in value:
@@ -194,6 +199,7 @@ def _format_ratio_table(
         + (f" {'dbg/pump':>8} {'pump/pgb':>8}" if "pump" in names else "")
         + (f" {'audit on/off':>12}" if "dbgate-audit" in names else "")
         + (f" {'state on/off':>12}" if "dbgate-noaudit" in names else "")
+        + (f" {'appr/pgb':>8}" if "dbgate-approvals" in names else "")
         + (f" {'limits on/off':>13}" if "dbgate-nolimits" in names else "")
         + "  dbgate vs target"
     )
@@ -215,6 +221,11 @@ def _format_ratio_table(
             + _pump_cells(r, names)
             + (f" {_fmt_ratio(r.get('audit on/off')):>12}" if "dbgate-audit" in names else "")
             + (f" {_fmt_ratio(r.get('state on/off')):>12}" if "dbgate-noaudit" in names else "")
+            + (
+                f" {_fmt_ratio(r.get('approvals/pgbouncer')):>8}"
+                if "dbgate-approvals" in names
+                else ""
+            )
             + (f" {_fmt_ratio(r.get('limits on/off')):>13}" if "dbgate-nolimits" in names else "")
             + "  "
             + _fmt_verdict(row["target_met"], row.get("target", target), r[target_ratio])

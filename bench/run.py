@@ -58,6 +58,7 @@ import uvloop
 
 from bench import pgbench, report, streaming
 from bench.dbgate_target import (
+    APPROVALS_ONLY_RULES,
     BENCH_RULES,
     NO_LIMITS_RULES,
     Approvals,
@@ -363,13 +364,18 @@ class Bench:
             self._start_pgbouncer(pg.host, pg.port, pg.user, pg.password)
         if "dbgate" in a.targets:
             self._start_dbgate(pg.host, pg.port, pg.user, pg.password)
-        if "dbgate-audit" in a.targets or "dbgate-noaudit" in a.targets:
+        stateful = (
+            ("dbgate-audit", True, BENCH_RULES),
+            ("dbgate-noaudit", False, BENCH_RULES),
+            ("dbgate-approvals", False, APPROVALS_ONLY_RULES),
+        )
+        if any(name in a.targets for name, _, _ in stateful):
             state_dsn = uvloop.run(create_database(direct, STATE_DBNAME))
-        for name, audit in (("dbgate-audit", True), ("dbgate-noaudit", False)):
+        for name, audit, rules in stateful:
             if name in a.targets:  # one state database, shared as replicas would
                 approvals = Approvals(state_dsn, free_port(), f"bench-{name}", audit=audit)
                 self._start_dbgate(
-                    pg.host, pg.port, pg.user, pg.password, name, approvals=approvals
+                    pg.host, pg.port, pg.user, pg.password, name, approvals=approvals, rules=rules
                 )
         if "dbgate-w2" in a.targets:
             self._start_dbgate(pg.host, pg.port, pg.user, pg.password, "dbgate-w2", workers=2)

@@ -19,6 +19,7 @@ TARGET_ORDER = (
     "dbgate-w2",
     "dbgate-audit",
     "dbgate-noaudit",
+    "dbgate-approvals",
     "dbgate-nolimits",
     "dbgate-nopolicy",
     "pump",
@@ -30,7 +31,10 @@ TARGET_ORDER = (
 # accounts are kept there). "dbgate-noaudit" is the same with ``audit.enabled: false``,
 # so "audit on vs off" is dbgate-audit/dbgate-noaudit (the audit trail alone), and
 # "state on/off" dbgate-noaudit/dbgate (what the state database's other features —
-# shared row windows, approvals — cost). "dbgate-nolimits" lifts every run-time limit
+# shared row windows, approvals — cost). "dbgate-approvals" is dbgate-noaudit without a
+# rows-per-window rule on pgbench's tables: the approval service on its state database
+# and nothing else there, so "approvals on/off" (dbgate-approvals/dbgate) is what
+# ordinary traffic pays for approvals alone. "dbgate-nolimits" lifts every run-time limit
 # on pgbench's tables, so "limits on/off" is dbgate/dbgate-nolimits. Opt-in
 # diagnostics: "dbgate-nopolicy" is dbgate with ``policy: off`` (the relay without the
 # inspector: what the policy costs), "pump" (bench/pump.py) a blind Python byte relay
