@@ -19,6 +19,34 @@ What it adds to the pure policy package, for the relay:
 
 The hot path is one classifier lookup, one cached answer per (identity,
 classification) and, for texts that repeat, a verdict the relay may remember.
+
+One class, one module per job. :class:`Gate` (here) holds the state its parts share
+and the entry the relay calls; the other modules each give it one mixin, because
+every one of them is the same object's judgment (they call each other's methods and
+read the same caches):
+
+========================  ==============================================================
+``inspector``             :class:`Gate`: its state and caches, reloads (``use_ruleset``,
+                          ``generation``), the session's ``identity``, ``inspect``; the
+                          waits before a judgment (audit room, catalogs, a catalog read
+                          anew, a worker's classification); ``verdict``, ``_held`` and
+                          ``_recorded``: what a decision that is not an allow becomes
+``statement_verdicts``    a Query's or Parse's verdict (``_judge``), the answer it is
+                          made from (``_answer``, ``_decided``), SQL cursors under
+                          windows (``_cursor_reads``), which verdicts fresh literals
+                          may reuse (``_same_for_the_shape``,
+                          ``_windowed_for_the_shape``)
+``bind_verdicts``         a Bind's verdict (``_inspect_bind``, ``_limited_bind``,
+                          ``_bind_allowed``)
+``run_limits``            what run-time limits make of an allowed verdict: row limits,
+                          rows per window, measured changes (``_run_limited``,
+                          ``_limited``, ``_bind_limited``, ``_checking_binds``,
+                          ``windowed_bind_base``, ``_window_refused``, ``_has_limits``)
+``approved_pii``          what PII makes of an awaited or approved verdict
+========================  ==============================================================
+
+The per-statement path is plain method calls on one object: no hop through a helper
+object.
 """
 
 from __future__ import annotations
@@ -26,37 +54,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dbgate.audit.errors import AuditUnavailable
 from dbgate.gate import refusals
 from dbgate.gate.approved_pii import ApprovedPii
 from dbgate.gate.audit import AuditTrail
+from dbgate.gate.bind_verdicts import BindVerdicts
 from dbgate.gate.fresh_literals import FreshLiterals
 from dbgate.gate.holds import HoldDesk
 from dbgate.gate.keys import KeyCatalogs
-from dbgate.gate.limits import (
-    verdict_hold,
-)
-from dbgate.gate.notes import GateNote, primary_category
+from dbgate.gate.notes import GateNote
 from dbgate.gate.pii import PiiGate
 from dbgate.gate.run_limits import RunLimits
-from dbgate.gate.statement_verdicts import StatementVerdicts, _reusable
+from dbgate.gate.statement_verdicts import StatementVerdicts
 from dbgate.gate.windows import windowed
 from dbgate.policy.keys import KeyCatalog
 from dbgate.policy.model import Action, Decision, Identity
-from dbgate.policy.rules import RuleSet, decide_bind
-from dbgate.proxy.seams import (
-    ALLOW,
-    ALLOW_CHECKING_BINDS,
-    Allow,
-    Refuse,
-    Statement,
-    Verdict,
-)
+from dbgate.policy.rules import RuleSet
+from dbgate.proxy.seams import ALLOW, ALLOW_CHECKING_BINDS, Allow, Refuse, Statement, Verdict
 from dbgate.proxy.session_info import SessionInfo
-from dbgate.wire.values import values_as_text
 
 if TYPE_CHECKING:
     from dbgate.gate.classify_pool import ClassifyPool
@@ -68,7 +85,7 @@ _ALLOW_ACTION = Action.ALLOW  # enum member lookups cost ~0.4 us each on Python 
 _HOLD_ACTION = Action.HOLD
 
 
-class Gate(StatementVerdicts, RunLimits, ApprovedPii):
+class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
     """The relay's inspector, backed by the classifier, a RuleSet and (optionally)
     the approval service."""
 
@@ -344,112 +361,6 @@ class Gate(StatementVerdicts, RunLimits, ApprovedPii):
         if isinstance(verdict, Awaitable):
             return await verdict
         return verdict
-
-    def _inspect_bind(
-        self, session: SessionInfo, identity: Identity, statement: Statement
-    ) -> Verdict | Awaitable[Verdict]:
-        """Judge a Bind by every statement the server may hold under its name, with
-        its values read by each statement's parameter types."""
-        prepared = session.statements
-        checked = [c for c in statement.candidates if c.check_binds]
-        if not checked:
-            return ALLOW  # judged in full at its Parse
-        catalog = self.keys.for_session(session) if self.keys is not None else None
-        for candidate in checked if self.offload is not None else ():
-            ready = self.offload.ahead(candidate.sql, prepared.texts, catalog)  # type: ignore[union-attr]
-            if ready is not None:
-                params = values_as_text(
-                    statement.params, statement.param_formats, candidate.param_types
-                )
-                return self._offloaded(ready, session, statement, candidate.sql, params or ())
-        limited: tuple[Decision, Any, Any] | None = None  # (decision, classification, candidate)
-        for candidate in checked:
-            if candidate.lost:
-                return refusals.lost_track(statement.statement_name)
-            classification = self._classified(candidate.sql, prepared.texts, catalog)
-            if classification.needs_bind:
-                decision = None
-            else:
-                # Checked at Bind for PII tokens (policy allowed it at Parse), held (a
-                # held statement is held at each execution, with its values), or under
-                # a window (capped by what is left at each execution).
-                decision = self._decided(identity, classification)
-                if decision.action is _ALLOW_ACTION:
-                    if self._has_limits(decision):  # the Bind's verdict replaces the Parse's
-                        limited = (decision, classification, candidate)
-                    continue
-            params = values_as_text(
-                statement.params, statement.param_formats, candidate.param_types
-            )
-            if params is None:
-                return refusals.UNREADABLE_VALUES_REFUSED
-            if decision is None and self.offload is not None:
-                costly = self.offload.bind_verdict(candidate.sql, params)
-                if costly is not None:  # not parsed again on the event loop
-                    return self._bind_held(costly, session, statement, candidate.sql, params)
-            if decision is None:
-                decision = decide_bind(
-                    self.ruleset,
-                    identity,
-                    classification,  # type: ignore[arg-type]
-                    candidate.sql,
-                    params,
-                    prepared=prepared.texts,
-                    keys=catalog,
-                )
-            if decision.action is not _ALLOW_ACTION:
-                return self._bind_held(decision, session, statement, candidate.sql, params)
-            if self._has_limits(decision):
-                limited = (decision, classification, candidate)
-        if limited is not None:
-            return self._limited_bind(session, statement, catalog, *limited)
-        return self._bind_allowed(classification)
-
-    def _limited_bind(
-        self,
-        session: SessionInfo,
-        statement: Statement,
-        catalog: KeyCatalog | None,
-        limits: Decision,
-        classification: Any,
-        candidate: Any,
-    ) -> Verdict | Awaitable[Verdict]:
-        """A Bind allowed under run-time limits: its verdict carries them (row limits,
-        the rows left under its window, the change limit the relay measures), or it is
-        held when a limit needs what a Bind cannot do (rewrite its text)."""
-        verdict = self._bind_limited(limits, classification, candidate.sql)
-        if type(verdict) is Allow and verdict.replace_sql is None:
-            # the values are shown to approvers only if a measured write goes past its limit
-            shown = (
-                values_as_text(statement.params, statement.param_formats, candidate.param_types)
-                if verdict.max_changes
-                else ()
-            )
-            return self._run_limited(
-                "bind", verdict, limits, session, candidate.sql, catalog, shown
-            )
-        params = values_as_text(statement.params, statement.param_formats, candidate.param_types)
-        if params is None:
-            return refusals.UNREADABLE_VALUES_REFUSED
-        if type(verdict) is Allow:  # a guard clamp: a Bind cannot rewrite its statement
-            held = replace(verdict_hold(limits), classification=classification)
-        else:
-            held = verdict
-        return self._bind_held(held, session, statement, candidate.sql, params)
-
-    def _bind_allowed(self, classification: Any) -> Allow:
-        """An allowed Bind's verdict: it replaces the Parse's for the portal, so it
-        carries the statement's note (the observer and the audit read it)."""
-        hit = self._bind_allows.get(id(classification))
-        if hit is not None and hit[0] is classification:
-            return hit[1]  # type: ignore[no-any-return]
-        allow = Allow(note=GateNote(classification, "allow", primary_category(classification)))
-        if not _reusable(classification):
-            return allow
-        if len(self._bind_allows) >= 4096:
-            self._bind_allows.clear()
-        self._bind_allows[id(classification)] = (classification, allow)
-        return allow
 
     def verdict(
         self,
