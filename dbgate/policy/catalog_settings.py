@@ -71,6 +71,7 @@ VALUE_SENSITIVE = frozenset(
         "transaction_read_only",
         "session_replication_role",
         "search_path",
+        "transform_null_equals",
     }
 )
 
@@ -188,6 +189,11 @@ _ESCAPES = {
         "puts a schema before pg_catalog in search_path, so a user function could "
         "shadow a built-in that dbgate trusts"
     ),
+    "transform_null_equals": (
+        "turns transform_null_equals on, so the server would read `col = NULL` as "
+        "`col IS NULL`, matching every row whose unique key is NULL where dbgate proves "
+        "at most one"
+    ),
 }
 
 
@@ -218,6 +224,8 @@ def _value_escapes(name: str, values: Sequence[str], as_list: bool) -> bool:
         return v.strip().lower().replace("_", "") not in _UTF8
     if name == "session_replication_role":
         return v.strip().lower() != "origin"
+    if name == "transform_null_equals":
+        return _truthy(v) is not False
     return True  # pragma: no cover - every VALUE_SENSITIVE name is handled above
 
 

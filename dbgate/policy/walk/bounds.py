@@ -199,9 +199,16 @@ class Level:
 
 
 def _single_value(node: Any, level: Level) -> bool:
-    """A constant, a Bind parameter, an enclosing row's column, or a cast of one."""
+    """A constant, a Bind parameter, an enclosing row's column, or a cast of one.
+
+    Not a bare ``NULL``: under ``transform_null_equals`` the server reads ``col =
+    NULL`` as ``col IS NULL``, which a unique key that allows several NULLs does not
+    bound (otherwise it matches nothing, so nothing is lost by proving nothing)."""
     while type(node) is dict:
-        if "A_Const" in node or "ParamRef" in node:
+        const = node.get("A_Const")
+        if const is not None:
+            return not const.get("isnull")
+        if "ParamRef" in node:
             return True
         tc = node.get("TypeCast")
         if tc is not None:

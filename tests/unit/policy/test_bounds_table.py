@@ -129,6 +129,10 @@ SHAPES = [  # class 1: a predicate that looks narrow but pins no key
     row("SELECT * FROM customers WHERE id - id = 0", {R}, UNB),
     row("SELECT * FROM customers WHERE NULLIF(id, id) IS NULL", {R}, UNB),
     row("SELECT * FROM customers WHERE id = ALL('{}')", {R}, UNB),
+    # transform_null_equals reads `= NULL` as IS NULL: every row of a nullable unique key
+    row("SELECT * FROM customers WHERE email = NULL", {R}, UNB, id="eq-null-literal"),
+    row("SELECT * FROM customers WHERE NULL = email", {R}, UNB, id="null-literal-eq"),
+    row("SELECT * FROM customers WHERE email IN (NULL)", {R}, UNB, id="in-null-literal"),
     row("SELECT * FROM customers WHERE id = (SELECT id)", {R}, UNB, id="echoing-sub-select"),
     row("SELECT * FROM customers WHERE id IN (SELECT id)", {R}, UNB, id="echoing-in-sub-select"),
     row("SELECT * FROM customers c WHERE id IN (SELECT c.id)", {R}, UNB),
@@ -340,6 +344,7 @@ WRITES = [  # class 5 and the write bounds
     row("UPDATE orders SET status = 'x' WHERE id IN (1, 2)", {W}, 0, 2),
     row("UPDATE orders SET status = 'x' WHERE status = 'y'", {W}, 0, UNB),
     row("UPDATE orders SET status = 'x' WHERE id - id = 0", {W}, 0, UNB),
+    row("DELETE FROM customers WHERE email = NULL", {W}, 0, UNB, id="delete-eq-null"),
     row("UPDATE orders SET status = 'x'", {X}, 0, UNB),
     row("DELETE FROM orders WHERE id = 1", {W}, 0, 1),
     row("DELETE FROM orders WHERE id = 1 RETURNING *", {W}, 1, 1),

@@ -906,6 +906,12 @@ ESCAPE = [
     ),
     row("ALTER ROLE agent SET search_path = evil, pg_catalog", P, ESC),
     row("SET session_replication_role = replica", ESC),
+    # `col = NULL` becomes `col IS NULL`: a nullable unique key then pins no row
+    row("SET transform_null_equals = on", ESC),
+    row("SET transform_null_equals TO 'yes'", ESC),
+    row("SELECT set_config('transform_null_equals', 'on', false)", R, ESC),
+    row("SET transform_null_equals = off", C),
+    row("RESET transform_null_equals", C),
     # row_security = off makes RLS raise instead of filter: it can only show fewer rows
     row("SET row_security = off", C),
     row("SELECT set_config('row_security', 'off', true)", R, C),
