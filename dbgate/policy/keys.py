@@ -26,8 +26,9 @@ What counts as a unique key, and why each condition is there:
 
 ``NULL`` never equals anything, so a unique index that allows several ``NULL`` keys
 still lets an equality match at most one row — except ``col = NULL`` written as a bare
-``NULL``, which ``transform_null_equals`` turns into ``col IS NULL``: the proof never
-counts it as a pin, and turning that setting on is ``escape``.
+``NULL``, which ``transform_null_equals`` turns into ``col IS NULL``. Turning that
+setting on is ``escape``; the proof does not count a bare NULL as a pin either (best
+effort: the normalized cache gives ``= NULL`` the entry of ``= 'x'``).
 
 Every relation of the database is listed, with or without keys, so that an
 unqualified name resolves as the server resolves it: through the ``search_path``, to
