@@ -130,9 +130,9 @@ class StatementVerdicts:
             limited = answer[5]
             if (
                 catalog is not None
-                and (limited.max_rows or type(limited) is not Allow)
+                and (limited.max_rows or limited.max_changes or type(limited) is not Allow)
                 and self._may_learn_keys(session, catalog, classification)
-            ):
+            ):  # a key may prove it narrow, or a foreign key make its changes uncounted
                 return self._after_keys(session, statement), classification
             if limited is answer[3]:  # a clamp: the text is rewritten per statement
                 verdict = self._limited(answer[6], classification, sql)

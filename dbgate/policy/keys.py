@@ -57,14 +57,25 @@ Keys = tuple[frozenset[str], ...]
 #: unqualified name in a sub-select can be placed: ``id IN (SELECT customer_id FROM
 #: orders WHERE ...)`` is not correlated only if ``orders`` has ``customer_id``).
 #: Catalog schemas are left out: the classifier knows PostgreSQL's own relations and
-#: never counts them as data.
+#: never counts them as data. ``cascades_delete`` and ``cascade_update_columns`` say
+#: which writes of the relation change rows of other tables through foreign keys
+#: (``ON DELETE``/``ON UPDATE`` ``CASCADE``, ``SET NULL``, ``SET DEFAULT``): rows its
+#: command tag does not count.
 KEYS_QUERY = """\
 SELECT n.nspname AS schema, c.relname AS relation, c.relkind::text AS relkind,
        (c.relkind = 'r' AND c.relhassubclass) AS has_children,
        k.key_columns,
        ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-             ORDER BY a.attnum) AS columns
+             ORDER BY a.attnum) AS columns,
+       EXISTS (SELECT FROM pg_catalog.pg_constraint f
+               WHERE f.confrelid = c.oid AND f.contype = 'f'
+                 AND f.confdeltype IN ('c', 'n', 'd')) AS cascades_delete,
+       ARRAY(SELECT DISTINCT a.attname::text FROM pg_catalog.pg_constraint f
+             CROSS JOIN LATERAL unnest(f.confkey) AS u(attnum)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = u.attnum
+             WHERE f.confrelid = c.oid AND f.contype = 'f'
+               AND f.confupdtype IN ('c', 'n', 'd')) AS cascade_update_columns
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN LATERAL (
@@ -95,6 +106,11 @@ class Relation:
     has_children: bool = False
     #: Every column it has (empty when not known: then no unqualified name is placed).
     columns: frozenset[str] = frozenset()
+    #: A foreign key of another table deletes or changes that table's rows when a row
+    #: of this one is deleted (``ON DELETE CASCADE``, ``SET NULL``, ``SET DEFAULT``).
+    cascades_delete: bool = False
+    #: Columns whose update changes rows of another table through a foreign key.
+    cascade_update_columns: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +197,21 @@ def key_catalog_from_rows(
     keys: dict[str, list[frozenset[str]]] = {}
     children: dict[str, bool] = {}
     all_columns: dict[str, frozenset[str]] = {}
+    cascades: dict[str, bool] = {}
+    cascade_columns: dict[str, frozenset[str]] = {}
     for i, row in enumerate(rows):
         names: Any = ()
+        on_delete: Any = False
+        on_update: Any = ()
         try:
             if isinstance(row, Mapping):
                 schema, relation = row["schema"], row["relation"]
                 has_children, columns = row["has_children"], row["key_columns"]
                 names = row.get("columns") or ()
+                on_delete = row.get("cascades_delete") or False
+                on_update = row.get("cascade_update_columns") or ()
+            elif len(row) == 8:
+                schema, relation, _kind, has_children, columns, names, on_delete, on_update = row
             elif len(row) == 6:
                 schema, relation, _kind, has_children, columns, names = row
             else:
@@ -199,6 +223,11 @@ def key_catalog_from_rows(
         name = f"{schema}.{relation}"
         entry = keys.setdefault(name, [])
         children[name] = children.get(name, False) or bool(has_children)
+        cascades[name] = cascades.get(name, False) or bool(on_delete)
+        if on_update:
+            if not all(isinstance(c, str) for c in on_update):
+                raise ValueError(f"row {i} of the key query has a column name that is not text")
+            cascade_columns[name] = cascade_columns.get(name, frozenset()) | frozenset(on_update)
         if names:
             if not all(isinstance(c, str) for c in names):
                 raise ValueError(f"row {i} of the key query has a column name that is not text")
@@ -211,7 +240,11 @@ def key_catalog_from_rows(
                 entry.append(key)
     relations = {
         name: Relation(
-            tuple(sorted(ks, key=len)), children[name], all_columns.get(name, frozenset())
+            tuple(sorted(ks, key=len)),
+            children[name],
+            all_columns.get(name, frozenset()),
+            cascades[name],
+            cascade_columns.get(name, frozenset()),
         )
         for name, ks in keys.items()
     }

@@ -105,8 +105,9 @@ def limited(decision: Decision, rules: Sequence[Rule], classification: Classific
                         Category.WRITE,
                         "uncounted-changes",
                         f"changes rows that its command tag does not count ({st.command} with "
-                        "a data-modifying WITH, under EXPLAIN ANALYZE, or calling a function "
-                        "that writes, such as nextval or lo_create, once per row), so the "
+                        "a data-modifying WITH, under EXPLAIN ANALYZE, calling a function "
+                        "that writes, such as nextval or lo_create, once per row, or "
+                        "deleting rows that cascading foreign keys follow), so the "
                         f"limit of {limit} changed rows cannot be measured; run the change as "
                         "its own statement",
                     )

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbgate.policy.classify import classify
+from dbgate.policy.classify import classify, clear_cache
 from dbgate.policy.keys import KEYS_QUERY, KeyCatalog, key_catalog_from_rows
 
 SCHEMA = """
@@ -53,6 +53,12 @@ INSERT INTO child VALUES (1, 'child');
 INSERT INTO part VALUES (1, 'eu', 'a'), (1, 'us', 'b');
 INSERT INTO other.pk VALUES (1, 'x'), (1, 'y');
 REFRESH MATERIALIZED VIEW mv;
+CREATE TABLE acct (id int PRIMARY KEY, code text UNIQUE, v text);
+CREATE TABLE acct_item (id int PRIMARY KEY, acct_id int REFERENCES acct (id) ON DELETE CASCADE,
+                        code text REFERENCES acct (code) ON UPDATE SET NULL);
+CREATE TABLE acct_note (acct_id int REFERENCES acct (id));  -- NO ACTION: changes nothing
+INSERT INTO acct VALUES (1, 'a', 'x'), (2, 'b', 'y');
+INSERT INTO acct_item SELECT g, 1, 'a' FROM generate_series(1, 50) g;
 """
 
 
@@ -167,3 +173,64 @@ def test_a_deferred_unique_constraint_holds_duplicates_inside_a_transaction(
         conn.execute("INSERT INTO deferred VALUES (5, 'a'), (5, 'b')")
         assert len(conn.execute(sql).fetchall()) == 2  # type: ignore[arg-type]
         conn.rollback()
+
+
+def test_transform_null_equals_makes_key_equals_null_match_every_null_key(
+    keys_db: str, catalog: KeyCatalog
+) -> None:
+    """``k = NULL`` under transform_null_equals is ``k IS NULL``: several rows of a
+    unique key that allows NULLs. The proof pins nothing with NULL, and the setting is
+    ``escape``. (The normalized cache gives ``k = NULL`` the entry of ``k = 1``, which
+    is right while the setting is off: then it matches no row.)"""
+    sql = "SELECT * FROM nulls WHERE k = NULL"
+    clear_cache()
+    assert classify(sql, keys=catalog).read_bound is None
+    assert "escape" in classify("SET transform_null_equals = on").categories
+    with psycopg.connect(keys_db) as conn:
+        conn.execute("SET transform_null_equals = on")
+        assert len(conn.execute(sql).fetchall()) == 2  # type: ignore[arg-type]
+
+
+def test_loader_lists_the_foreign_keys_that_cascade(catalog: KeyCatalog) -> None:
+    acct = catalog.relation("public", "acct")
+    assert acct is not None and acct.cascades_delete
+    assert acct.cascade_update_columns == frozenset({"code"})
+    for name in ("acct_item", "acct_note", "pk"):
+        rel = catalog.relation("public", name)
+        assert rel is not None and not rel.cascades_delete and not rel.cascade_update_columns
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM acct WHERE id = 1",
+        "UPDATE acct SET code = 'c' WHERE id = 1",
+        "MERGE INTO acct a USING (VALUES (1)) v(id) ON a.id = v.id WHEN MATCHED THEN DELETE",
+    ],
+)
+def test_a_write_that_cascades_changes_rows_its_tag_does_not_count(
+    keys_db: str, catalog: KeyCatalog, sql: str
+) -> None:
+    """The tag says one row; the foreign keys change fifty more. Such a write has no
+    proven bound and its tag does not count its changes: a change limit holds it."""
+    c = classify(sql, keys=catalog)
+    assert c.write_bound is None
+    assert not c.statements[0].writes_counted
+    with psycopg.connect(keys_db) as conn:
+        before = conn.execute("SELECT count(*) FROM acct_item WHERE acct_id = 1 AND code = 'a'")
+        assert before.fetchone() == (50,)
+        cur = conn.execute(sql)  # type: ignore[arg-type]
+        assert cur.rowcount == 1
+        after = conn.execute("SELECT count(*) FROM acct_item WHERE acct_id = 1 AND code = 'a'")
+        assert after.fetchone() == (0,)
+        conn.rollback()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["UPDATE acct SET v = 'z' WHERE id = 1", "DELETE FROM acct_item WHERE id = 1"],
+)
+def test_writes_that_cascade_nothing_keep_their_proof(catalog: KeyCatalog, sql: str) -> None:
+    c = classify(sql, keys=catalog)
+    assert c.write_bound == 1
+    assert c.statements[0].writes_counted

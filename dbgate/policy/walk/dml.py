@@ -55,6 +55,33 @@ def _changes(facts: StatementFacts, body: dict[str, Any], table: str, rows: boun
         facts.uncounted_writes = True
 
 
+def _cascades(relation: dict[str, Any], facts: StatementFacts, deletes: bool, targets: Any) -> None:
+    """Rows of other tables that deleting or updating rows of ``relation`` deletes or
+    changes through their foreign keys (``ON DELETE CASCADE``, ``SET NULL``, ``SET
+    DEFAULT``, and the same ``ON UPDATE`` of the referenced columns): the command tag
+    does not count them and no key bounds them, so a change limit cannot measure them.
+    Known only from a key catalog (``Relation.cascades_delete``)."""
+    if facts.keys is None:
+        return
+    schema, name = relname(relation)
+    rel = facts.keys.relation(schema, name)
+    if rel is None:
+        return
+    updated = {(t.get("ResTarget") or {}).get("name") for t in targets or () if type(t) is dict}
+    if not ((deletes and rel.cascades_delete) or updated & rel.cascade_update_columns):
+        return
+    table = table_key(schema, name)
+    facts.writes[f"\x00cascade{len(facts.writes)}"] = None
+    facts.uncounted_writes = True
+    facts.add(
+        WRITE,
+        "cascading-write",
+        f"{'deletes' if deletes and rel.cascades_delete else 'updates'} rows of {table} that "
+        "other tables' foreign keys follow (ON DELETE/UPDATE CASCADE, SET NULL or SET "
+        "DEFAULT): it changes their rows too, which its command tag does not count",
+    )
+
+
 def _returning(
     body: dict[str, Any], facts: StatementFacts, ctes: Ctes, table: str, rows: bounds.Bound
 ) -> bool:
@@ -121,7 +148,10 @@ def insert(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -
                     f"narrows it, no LIMIT of at most {queries.DUMP_LIMIT_THRESHOLD} rows)",
                 )
     _changes(facts, body, target, rows)
-    _per_row(facts, lambda: expressions.walk(body.get("onConflictClause"), facts, True, ctes), rows)
+    conflict = body.get("onConflictClause")
+    if type(conflict) is dict and conflict.get("action") == "ONCONFLICT_UPDATE":
+        _cascades(relation, facts, False, conflict.get("targetList"))
+    _per_row(facts, lambda: expressions.walk(conflict, facts, True, ctes), rows)
     returns = _returning(body, facts, ctes, target, rows)
     return Produced(whole if returns else (), rows if returns else 0)
 
@@ -164,6 +194,7 @@ def _row_write(
         bounds.merge_reads(facts.reads, reads, changed)
     facts.pending = saved
     _changes(facts, body, table, changed)
+    _cascades(relation, facts, verb == "delete", body.get("targetList"))
     restricted = _target_narrowed(target, fc, where, facts, ctes, outer)
     if restricted:
         facts.add(WRITE, verb, f"{verb}s the rows of {table} its WHERE selects")
@@ -268,6 +299,8 @@ def merge(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) ->
             deletes |= command == "CMD_DELETE"
             destroys |= not restricted
             changed = bounds.plus(changed, matched)
+        if command in ("CMD_DELETE", "CMD_UPDATE"):
+            _cascades(relation, facts, command == "CMD_DELETE", mw.get("targetList"))
         expressions.walk(mw.get("condition"), facts, False, ctes)
         expressions.walk(mw.get("targetList"), facts, True, ctes)
         expressions.walk(mw.get("values"), facts, True, ctes)

@@ -235,3 +235,41 @@ async def test_a_table_created_after_start_is_proven_from_its_keys(env: HoldsEnv
         assert done == "UPDATE 1"
     finally:
         await conn.close()
+
+
+async def test_a_delete_that_foreign_keys_cascade_is_held_though_its_key_pins_one_row(
+    env: HoldsEnv,
+) -> None:
+    """``DELETE FROM acct WHERE id = 1`` is proven to delete one row of ``acct`` and its
+    tag says ``DELETE 1``, while ON DELETE CASCADE takes every item of that account
+    with it: held before it runs, and rejected nothing is lost."""
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS acct_item, acct",
+        "CREATE TABLE acct (id int PRIMARY KEY, note text)",
+        "CREATE TABLE acct_item (id int PRIMARY KEY, "
+        "acct_id int NOT NULL REFERENCES acct (id) ON DELETE CASCADE)",
+        "INSERT INTO acct VALUES (1, 'a'), (2, 'b')",
+        "INSERT INTO acct_item SELECT g, 1 FROM generate_series(1, 500) g",
+        "GRANT SELECT, DELETE, UPDATE ON acct, acct_item TO PUBLIC",
+    )
+    conn = await asyncpg.connect(env.dsn)
+    notices = AsyncpgNotices(conn)
+    running = None
+    try:
+        running = asyncio.create_task(conn.execute("DELETE FROM acct WHERE id = 1"))
+        rid = await notices.held()
+        row = await env.app.arequest(rid)
+        codes = [r["code"] for r in json.loads(row["reasons"])]
+        assert "uncounted-changes" in codes, codes
+        await env.app.areject(rid, "cascades")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await running
+        assert await conn.fetchval("SELECT count(*) FROM acct_item") == 500
+        # a write no foreign key follows keeps its proof: it runs at once
+        assert await conn.execute("UPDATE acct SET note = 'x' WHERE id = 2") == "UPDATE 1"
+        assert await conn.execute("DELETE FROM acct_item WHERE id = 1") == "DELETE 1"
+    finally:
+        if running is not None:
+            running.cancel()
+        await conn.close()

@@ -102,6 +102,23 @@ def test_columns_come_with_the_rows() -> None:
         key_catalog_from_rows([("s", "t", "r", False, None, [1])])
 
 
+def test_cascading_foreign_keys_come_with_the_rows() -> None:
+    rows = [
+        ("s", "t", "r", False, ["id"], ["id", "code"], True, ["code"]),
+        ("s", "t", "r", False, None, ["id", "code"], True, ["code"]),
+        ("s", "u", "r", False, None, ["x"], False, []),
+        {"schema": "s", "relation": "v", "has_children": False, "key_columns": None},
+    ]
+    catalog = key_catalog_from_rows(rows, search_path=["s"])
+    t = catalog.relation(None, "t")
+    assert t is not None and t.cascades_delete and t.cascade_update_columns == {"code"}
+    for name in ("u", "v"):
+        rel = catalog.relation(None, name)
+        assert rel is not None and not rel.cascades_delete and not rel.cascade_update_columns
+    with pytest.raises(ValueError, match="column name that is not text"):
+        key_catalog_from_rows([("s", "t", "r", False, None, [], False, [1])])
+
+
 def test_duplicate_keys_are_kept_once() -> None:
     rows = [("s", "t", "r", False, ["a", "b"]), ("s", "t", "r", False, ["b", "a"])]
     assert key_catalog_from_rows(rows).keys_of("s", "t") == (frozenset({"a", "b"}),)

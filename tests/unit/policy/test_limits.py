@@ -141,6 +141,52 @@ def test_a_writing_call_once_per_row_is_held_as_unmeasurable(pack: RuleSet, sql:
     assert "nextval or lo_create" in decision.reasons[0].message
 
 
+CASCADING = KeyCatalog(
+    {
+        "public.customers": Relation(
+            (frozenset({"id"}),), cascades_delete=True, cascade_update_columns=frozenset({"id"})
+        ),
+        "public.orders": Relation((frozenset({"id"}),)),
+    },
+    ("public",),
+    version=1,
+)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM customers WHERE id = 1",
+        "DELETE FROM customers WHERE id BETWEEN 1 AND 50",
+        "UPDATE customers SET id = 9 WHERE id = 1",
+        "INSERT INTO customers (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = 7",
+        "MERGE INTO customers c USING (VALUES (1)) v(id) ON c.id = v.id WHEN MATCHED THEN DELETE",
+    ],
+)
+def test_a_write_that_foreign_keys_cascade_is_held_as_unmeasurable(pack: RuleSet, sql: str) -> None:
+    """``DELETE FROM customers WHERE id = 1`` says ``DELETE 1`` while ON DELETE CASCADE
+    deletes every order of that customer: neither the key's proof nor the command tag
+    bounds what it changes."""
+    decision = pack.decide(AGENT, classify(sql, keys=CASCADING))
+    assert decision.action is Action.HOLD
+    assert "uncounted-changes" in [r.code for r in decision.reasons]
+    assert "cascading foreign keys" in decision.reasons[-1].message
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE customers SET full_name = 'x' WHERE id = 1",
+        "DELETE FROM orders WHERE id = 1",
+        "INSERT INTO customers (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET full_name = 'x'",
+    ],
+)
+def test_writes_no_foreign_key_follows_keep_their_proof(pack: RuleSet, sql: str) -> None:
+    decision = pack.decide(AGENT, classify(sql, keys=CASCADING))
+    assert decision.action is Action.ALLOW
+    assert decision.max_rows_changed is None
+
+
 def test_one_writing_call_runs_as_allowed(pack: RuleSet) -> None:
     """An ORM's ``SELECT nextval(...)``: one call, one effect."""
     assert pack.decide(AGENT, classify("SELECT nextval('orders_id_seq')")).action is Action.ALLOW
