@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dbgate.policy.catalog_builtin import BUILTIN_TYPES
 from dbgate.policy.walk.nodes import op_name
 
 #: A static bound above this many rows is no bound: the run-time limits decide.
@@ -38,8 +39,26 @@ PROOF_ROW_LIMIT = 1000
 
 Bound = int | None
 
-#: Cast targets whose equality is coarser than the key's own (float8 merges bigints).
-_LOSSY_CASTS = frozenset({"float4", "float8", "real", "double precision", "money"})
+#: Cast targets whose equality is coarser than the key's own: float8 merges bigints,
+#: and a ``varchar`` key compared with a ``bpchar`` value is compared as ``bpchar``,
+#: which ignores trailing spaces (``'x'`` and ``'x  '`` are two keys and one value).
+_LOSSY_CASTS = frozenset(
+    {"float4", "float8", "real", "double precision", "money", "bpchar", "char", "character"}
+)
+
+
+def _lossy_cast(tc: dict[str, Any]) -> bool:
+    """A cast to a type whose equality may merge distinct keys: one of
+    :data:`_LOSSY_CASTS`, or a type PostgreSQL does not ship (``citext``, a domain, an
+    extension's type), whose operators dbgate does not know."""
+    names = [
+        (n.get("String") or {}).get("sval", "") for n in (tc.get("typeName") or {}).get("names", ())
+    ]
+    if not names:
+        return True
+    if names[-1] in _LOSSY_CASTS:
+        return True
+    return (len(names) > 1 and names[-2] != "pg_catalog") or names[-1] not in BUILTIN_TYPES
 
 
 def cap(n: int | None) -> Bound:
@@ -212,11 +231,7 @@ def _single_value(node: Any, level: Level) -> bool:
             return True
         tc = node.get("TypeCast")
         if tc is not None:
-            names = [
-                (n.get("String") or {}).get("sval", "")
-                for n in (tc.get("typeName") or {}).get("names", ())
-            ]
-            if names and names[-1] in _LOSSY_CASTS:
+            if _lossy_cast(tc):
                 return False
             node = tc.get("arg")
             continue
@@ -230,6 +245,8 @@ def _array_count(node: Any, level: Level) -> int | None:
         return None
     tc = node.get("TypeCast")
     if tc is not None:
+        if _lossy_cast(tc):  # '{1,2}'::float8[]: the element type compares
+            return None
         arg = tc.get("arg")
         if type(arg) is dict and "A_Const" in arg:
             node = arg

@@ -133,6 +133,18 @@ SHAPES = [  # class 1: a predicate that looks narrow but pins no key
     row("SELECT * FROM customers WHERE email = NULL", {R}, UNB, id="eq-null-literal"),
     row("SELECT * FROM customers WHERE NULL = email", {R}, UNB, id="null-literal-eq"),
     row("SELECT * FROM customers WHERE email IN (NULL)", {R}, UNB, id="in-null-literal"),
+    # compared as bpchar, a varchar key ignores trailing spaces: 'x' = 'x  '
+    row("SELECT * FROM customers WHERE email = 'x'::char(3)", {R}, UNB, id="bpchar-cast"),
+    row("SELECT * FROM customers WHERE email = bpchar 'x'", {R}, UNB, id="bpchar-literal"),
+    row("SELECT * FROM customers WHERE email IN ('x'::bpchar)", {R}, UNB, id="bpchar-in"),
+    row("SELECT * FROM customers WHERE email = ANY('{x}'::bpchar[])", {R}, UNB, id="bpchar-any"),
+    row("SELECT * FROM customers WHERE id = ANY('{1,2}'::float8[])", {R}, UNB, id="float8-any"),
+    row("SELECT * FROM customers WHERE id = ANY(ARRAY[1]::float8[])", {R}, UNB, id="float8-array"),
+    # a type dbgate does not know (an extension's, a domain) has equality it cannot read
+    row("SELECT * FROM customers WHERE email = 'x'::citext", {R}, UNB, id="citext-cast"),
+    row("SELECT * FROM customers WHERE email = 'x'::public.text", {R}, UNB, id="user-text"),
+    row("SELECT * FROM customers WHERE email = 'x'::varchar(20)", {R}, 1, id="varchar-cast"),
+    row("SELECT * FROM customers WHERE id = ANY('{1,2}'::int8[])", {R}, 2, id="int8-any"),
     row("SELECT * FROM customers WHERE id = (SELECT id)", {R}, UNB, id="echoing-sub-select"),
     row("SELECT * FROM customers WHERE id IN (SELECT id)", {R}, UNB, id="echoing-in-sub-select"),
     row("SELECT * FROM customers c WHERE id IN (SELECT c.id)", {R}, UNB),
