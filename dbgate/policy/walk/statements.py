@@ -72,6 +72,13 @@ def stmt_body(k: str, body: dict[str, Any], facts: StatementFacts) -> None:
         command = command_name(k, body)
         for cat, code, msg in static:
             facts.add(cat, code, msg.replace("{command}", command))
+        if k == "RefreshMatViewStmt" and body.get("skipData"):
+            facts.add(
+                DESTRUCTIVE,
+                "refresh-no-data",
+                "empties a materialized view (REFRESH ... WITH NO DATA): every row is "
+                "discarded and it cannot be read until refreshed again",
+            )
         rel = body.get("relation")
         if isinstance(rel, dict) and "relname" in rel:
             facts.tables.add(table_key(*relname(rel)))

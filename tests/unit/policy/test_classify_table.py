@@ -343,6 +343,9 @@ WRITES = [
     # ACCESS SHARE (every SELECT's lock) conflicts only with ACCESS EXCLUSIVE
     row("LOCK TABLE public.customers, public.orders IN ACCESS SHARE MODE", R),
     row("REFRESH MATERIALIZED VIEW order_stats", W),
+    # WITH NO DATA discards every row: the view is unreadable until refreshed again
+    row("REFRESH MATERIALIZED VIEW order_stats WITH NO DATA", W, X),
+    row("REFRESH MATERIALIZED VIEW CONCURRENTLY order_stats WITH DATA", W),
     # ORM unit-of-work statements (SQLAlchemy 2, Django, Hibernate via JDBC)
     row("UPDATE orders SET status=$1::VARCHAR WHERE orders.id = $2::INTEGER", W),
     row("DELETE FROM orders WHERE orders.id = $1::INTEGER", W),
