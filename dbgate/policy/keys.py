@@ -60,7 +60,8 @@ Keys = tuple[frozenset[str], ...]
 #: never counts them as data. ``cascades_delete`` and ``cascade_update_columns`` say
 #: which writes of the relation change rows of other tables through foreign keys
 #: (``ON DELETE``/``ON UPDATE`` ``CASCADE``, ``SET NULL``, ``SET DEFAULT``): rows its
-#: command tag does not count.
+#: command tag does not count. ``has_rules``: rewrite rules (``CREATE RULE``) replace
+#: or add to every write of it, and the tag counts what the rule ran, if anything.
 KEYS_QUERY = """\
 SELECT n.nspname AS schema, c.relname AS relation, c.relkind::text AS relkind,
        (c.relkind = 'r' AND c.relhassubclass) AS has_children,
@@ -75,7 +76,9 @@ SELECT n.nspname AS schema, c.relname AS relation, c.relkind::text AS relkind,
              CROSS JOIN LATERAL unnest(f.confkey) AS u(attnum)
              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = u.attnum
              WHERE f.confrelid = c.oid AND f.contype = 'f'
-               AND f.confupdtype IN ('c', 'n', 'd')) AS cascade_update_columns
+               AND f.confupdtype IN ('c', 'n', 'd')) AS cascade_update_columns,
+       EXISTS (SELECT FROM pg_catalog.pg_rewrite r
+               WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN') AS has_rules
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN LATERAL (
@@ -111,6 +114,8 @@ class Relation:
     cascades_delete: bool = False
     #: Columns whose update changes rows of another table through a foreign key.
     cascade_update_columns: frozenset[str] = frozenset()
+    #: Rewrite rules (other than a view's own): a write of it runs the rules' actions.
+    has_rules: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +204,12 @@ def key_catalog_from_rows(
     all_columns: dict[str, frozenset[str]] = {}
     cascades: dict[str, bool] = {}
     cascade_columns: dict[str, frozenset[str]] = {}
+    rules: dict[str, bool] = {}
     for i, row in enumerate(rows):
         names: Any = ()
         on_delete: Any = False
         on_update: Any = ()
+        has_rules: Any = False
         try:
             if isinstance(row, Mapping):
                 schema, relation = row["schema"], row["relation"]
@@ -210,6 +217,10 @@ def key_catalog_from_rows(
                 names = row.get("columns") or ()
                 on_delete = row.get("cascades_delete") or False
                 on_update = row.get("cascade_update_columns") or ()
+                has_rules = row.get("has_rules") or False
+            elif len(row) == 9:
+                schema, relation, _kind, has_children, columns, names = row[:6]
+                on_delete, on_update, has_rules = row[6:]
             elif len(row) == 8:
                 schema, relation, _kind, has_children, columns, names, on_delete, on_update = row
             elif len(row) == 6:
@@ -224,6 +235,7 @@ def key_catalog_from_rows(
         entry = keys.setdefault(name, [])
         children[name] = children.get(name, False) or bool(has_children)
         cascades[name] = cascades.get(name, False) or bool(on_delete)
+        rules[name] = rules.get(name, False) or bool(has_rules)
         if on_update:
             if not all(isinstance(c, str) for c in on_update):
                 raise ValueError(f"row {i} of the key query has a column name that is not text")
@@ -245,6 +257,7 @@ def key_catalog_from_rows(
             all_columns.get(name, frozenset()),
             cascades[name],
             cascade_columns.get(name, frozenset()),
+            rules[name],
         )
         for name, ks in keys.items()
     }

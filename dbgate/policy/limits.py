@@ -107,7 +107,8 @@ def limited(decision: Decision, rules: Sequence[Rule], classification: Classific
                         f"changes rows that its command tag does not count ({st.command} with "
                         "a data-modifying WITH, under EXPLAIN ANALYZE, calling a function "
                         "that writes, such as nextval or lo_create, once per row, or "
-                        "deleting rows that cascading foreign keys follow), so the "
+                        "deleting rows that cascading foreign keys follow, or writing a table "
+                        "with rewrite rules), so the "
                         f"limit of {limit} changed rows cannot be measured; run the change as "
                         "its own statement",
                     )

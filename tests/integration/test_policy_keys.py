@@ -61,6 +61,11 @@ CREATE TABLE acct_item (id int PRIMARY KEY, acct_id int REFERENCES acct (id) ON 
 CREATE TABLE acct_note (acct_id int REFERENCES acct (id));  -- NO ACTION: changes nothing
 INSERT INTO acct VALUES (1, 'a', 'x'), (2, 'b', 'y');
 INSERT INTO acct_item SELECT g, 1, 'a' FROM generate_series(1, 50) g;
+CREATE TABLE ruled (id int PRIMARY KEY, v text);
+CREATE TABLE ruled_log (id int);
+CREATE RULE ruled_delete AS ON DELETE TO ruled DO ALSO DELETE FROM ruled_log;
+INSERT INTO ruled VALUES (1, 'a'), (2, 'b');
+INSERT INTO ruled_log SELECT g FROM generate_series(1, 50) g;
 """
 
 
@@ -193,6 +198,22 @@ def test_transform_null_equals_makes_key_equals_null_match_every_null_key(
     with psycopg.connect(keys_db) as conn:
         conn.execute("SET transform_null_equals = on")
         assert len(conn.execute(sql).fetchall()) == 2  # type: ignore[arg-type]
+
+
+def test_a_write_of_a_table_with_rules_runs_statements_its_tag_does_not_count(
+    keys_db: str, catalog: KeyCatalog
+) -> None:
+    ruled = catalog.relation("public", "ruled")
+    assert ruled is not None and ruled.has_rules
+    view = catalog.relation("public", "pk_view")  # a view's own _RETURN rule is not one
+    assert view is not None and not view.has_rules
+    sql = "DELETE FROM ruled WHERE id = 1"
+    c = classify(sql, keys=catalog)
+    assert c.write_bound is None and not c.statements[0].writes_counted
+    with psycopg.connect(keys_db) as conn:
+        assert conn.execute(sql).rowcount == 1  # type: ignore[arg-type]
+        assert conn.execute("SELECT count(*) FROM ruled_log").fetchone() == (0,)
+        conn.rollback()
 
 
 def test_loader_lists_the_foreign_keys_that_cascade(catalog: KeyCatalog) -> None:

@@ -58,28 +58,35 @@ def _changes(facts: StatementFacts, body: dict[str, Any], table: str, rows: boun
 def _cascades(relation: dict[str, Any], facts: StatementFacts, deletes: bool, targets: Any) -> None:
     """Rows of other tables that deleting or updating rows of ``relation`` deletes or
     changes through their foreign keys (``ON DELETE CASCADE``, ``SET NULL``, ``SET
-    DEFAULT``, and the same ``ON UPDATE`` of the referenced columns): the command tag
-    does not count them and no key bounds them, so a change limit cannot measure them.
-    Known only from a key catalog (``Relation.cascades_delete``)."""
+    DEFAULT``, and the same ``ON UPDATE`` of the referenced columns), or that its rewrite
+    rules change: the command tag does not count them and no key bounds them, so a
+    change limit cannot measure them. Known only from a key catalog
+    (``Relation.cascades_delete``, ``cascade_update_columns``, ``has_rules``); an
+    INSERT passes ``deletes=False`` and the columns an ON CONFLICT DO UPDATE sets."""
     if facts.keys is None:
         return
     schema, name = relname(relation)
     rel = facts.keys.relation(schema, name)
     if rel is None:
         return
-    updated = {(t.get("ResTarget") or {}).get("name") for t in targets or () if type(t) is dict}
-    if not ((deletes and rel.cascades_delete) or updated & rel.cascade_update_columns):
-        return
     table = table_key(schema, name)
+    if rel.has_rules:
+        why = (
+            f"writes {table}, whose rewrite rules (CREATE RULE) run their own statements "
+            "instead of or besides it: what they change its command tag does not count"
+        )
+    else:
+        updated = {(t.get("ResTarget") or {}).get("name") for t in targets or () if type(t) is dict}
+        if not ((deletes and rel.cascades_delete) or updated & rel.cascade_update_columns):
+            return
+        why = (
+            f"{'deletes' if deletes and rel.cascades_delete else 'updates'} rows of {table} "
+            "that other tables' foreign keys follow (ON DELETE/UPDATE CASCADE, SET NULL or "
+            "SET DEFAULT): it changes their rows too, which its command tag does not count"
+        )
     facts.writes[f"\x00cascade{len(facts.writes)}"] = None
     facts.uncounted_writes = True
-    facts.add(
-        WRITE,
-        "cascading-write",
-        f"{'deletes' if deletes and rel.cascades_delete else 'updates'} rows of {table} that "
-        "other tables' foreign keys follow (ON DELETE/UPDATE CASCADE, SET NULL or SET "
-        "DEFAULT): it changes their rows too, which its command tag does not count",
-    )
+    facts.add(WRITE, "cascading-write", why)
 
 
 def _returning(
@@ -151,6 +158,8 @@ def insert(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -
     conflict = body.get("onConflictClause")
     if type(conflict) is dict and conflict.get("action") == "ONCONFLICT_UPDATE":
         _cascades(relation, facts, False, conflict.get("targetList"))
+    else:
+        _cascades(relation, facts, False, None)
     _per_row(facts, lambda: expressions.walk(conflict, facts, True, ctes), rows)
     returns = _returning(body, facts, ctes, target, rows)
     return Produced(whole if returns else (), rows if returns else 0)

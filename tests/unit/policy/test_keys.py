@@ -117,6 +117,10 @@ def test_cascading_foreign_keys_come_with_the_rows() -> None:
         assert rel is not None and not rel.cascades_delete and not rel.cascade_update_columns
     with pytest.raises(ValueError, match="column name that is not text"):
         key_catalog_from_rows([("s", "t", "r", False, None, [], False, [1])])
+    ruled = key_catalog_from_rows([("s", "r", "r", False, ["id"], ["id"], False, [], True)])
+    r = ruled.relation("s", "r")
+    assert r is not None and r.has_rules and not r.cascades_delete
+    assert r.keys == (frozenset({"id"}),)
 
 
 def test_duplicate_keys_are_kept_once() -> None:

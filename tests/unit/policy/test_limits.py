@@ -147,10 +147,31 @@ CASCADING = KeyCatalog(
             (frozenset({"id"}),), cascades_delete=True, cascade_update_columns=frozenset({"id"})
         ),
         "public.orders": Relation((frozenset({"id"}),)),
+        "public.ruled": Relation((frozenset({"id"}),), has_rules=True),
     },
     ("public",),
     version=1,
 )
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM ruled WHERE id = 1",
+        "UPDATE ruled SET v = 1 WHERE id = 1",
+        "INSERT INTO ruled (id) VALUES (1)",
+    ],
+)
+def test_a_write_of_a_table_with_rewrite_rules_is_held_as_unmeasurable(
+    pack: RuleSet, sql: str
+) -> None:
+    """A rule (``ON DELETE TO ruled DO ALSO DELETE FROM items``) runs its own
+    statements with the write; the tag counts the write, or the rule's last
+    statement of its kind, not what the rules changed."""
+    decision = pack.decide(AGENT, classify(sql, keys=CASCADING))
+    assert decision.action is Action.HOLD
+    assert [r.code for r in decision.reasons] == ["uncounted-changes"]
+    assert "rewrite rules" in decision.reasons[0].message
 
 
 @pytest.mark.parametrize(
