@@ -290,6 +290,11 @@ ROWS_NOT_DATA = [
         "3-rows-not-data",
     ),
     value("SELECT ARRAY(SELECT ssn FROM customers)", "3-rows-not-data"),
+    value(  # each row rewrites 'a' into 'ssn | a': every SSN folded into one tsquery
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, "
+        "(quote_literal(ssn) || '' | a'')::tsquery FROM customers WHERE id > 0')::text",
+        "3-rows-not-data",
+    ),
     value("SELECT ARRAY(SELECT card_number FROM payments WHERE amount > 0)", "3-rows-not-data"),
     value(
         "SELECT string_agg(ssn, ',') FROM customers WHERE email LIKE '%' GROUP BY length('')",

@@ -18,6 +18,7 @@ from dbgate.policy.catalog_builtin import OPERATORS
 from dbgate.policy.catalog_settings import VALUE_SENSITIVE, setting_effects
 from dbgate.policy.model import DUMP, EXPORT, OPAQUE, READ, WRITE
 from dbgate.policy.walk import guards, nested, queries, sources, statements
+from dbgate.policy.walk.bounds import plus
 from dbgate.policy.walk.facts import StatementFacts
 from dbgate.policy.walk.nodes import (
     DYNAMIC,
@@ -307,7 +308,21 @@ def _special(name: str, qual: str, x: dict[str, Any], facts: StatementFacts) -> 
             )
         state, text = value_of(args[idx], facts) if len(args) > idx else (DYNAMIC, None)
         if state == KNOWN and text is not None:
+            before = facts.nested_rows
+            facts.nested_rows = 0
             nested.nested_sql(text, facts, f"SQL executed by {qual}")
+            rows = facts.nested_rows
+            facts.nested_rows = None if before is None or rows is None else plus(before, rows)
+            if name == "ts_rewrite" and rows is None:
+                # each (target, substitute) row rewrites the query in turn, so a
+                # substitute that puts the target back ('ssn | a') folds every row into
+                # the one tsquery returned: a collecting aggregate by another name
+                facts.add(
+                    DUMP,
+                    "collects-rows",
+                    f"calls {qual} with a query no unique key or LIMIT bounds, whose every "
+                    "row can be folded into the one value it returns",
+                )
         elif state == NEED_BIND:
             facts.add(
                 OPAQUE, "needs-bind", f"calls {qual}, which runs SQL given as a parameter at Bind"

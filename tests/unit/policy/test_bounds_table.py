@@ -284,6 +284,29 @@ ROWS_NOT_DATA = [  # class 3: bounds that count rows, not data
 ]
 
 CHANNELS = [  # class 4: data out by other channels
+    # ts_rewrite(query, 'SELECT target, substitute ...') applies every row in turn: a
+    # substitute that puts the target back ('ssn | a') folds every row into one value
+    row(
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, (ssn || '' | a'')::tsquery "
+        "FROM customers WHERE id > 0')",
+        {R, D},
+        UNB,
+        id="ts-rewrite-collects-rows",
+    ),
+    row(
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ssn::tsquery "
+        "FROM customers WHERE id = 1')",
+        {R},
+        1,
+        id="ts-rewrite-of-a-pinned-row",
+    ),
+    row(
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ssn::tsquery "
+        "FROM customers WHERE id > 0 LIMIT 10')",
+        {R},
+        UNB,
+        id="ts-rewrite-under-a-limit",
+    ),
     row(
         "SELECT 1 FROM orders WHERE id = 1 AND "
         "(SELECT string_agg(ssn, ',') FROM customers)::int = 1",
