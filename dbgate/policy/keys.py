@@ -60,7 +60,8 @@ Keys = tuple[frozenset[str], ...]
 #: never counts them as data. ``cascades_delete`` and ``cascade_update_columns`` say
 #: which writes of the relation change rows of other tables through foreign keys
 #: (``ON DELETE``/``ON UPDATE`` ``CASCADE``, ``SET NULL``, ``SET DEFAULT``): rows its
-#: command tag does not count. ``has_rules``: rewrite rules (``CREATE RULE``) replace
+#: command tag does not count (a DELETE of a parent deletes its partitions' and
+#: inheritance children's rows too, so their foreign keys count for it). ``has_rules``: rewrite rules (``CREATE RULE``) replace
 #: or add to every write of it, and the tag counts what the rule ran, if anything.
 KEYS_QUERY = """\
 SELECT n.nspname AS schema, c.relname AS relation, c.relkind::text AS relkind,
@@ -70,8 +71,15 @@ SELECT n.nspname AS schema, c.relname AS relation, c.relkind::text AS relkind,
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum) AS columns,
        EXISTS (SELECT FROM pg_catalog.pg_constraint f
-               WHERE f.confrelid = c.oid AND f.contype = 'f'
-                 AND f.confdeltype IN ('c', 'n', 'd')) AS cascades_delete,
+               WHERE f.contype = 'f' AND f.confdeltype IN ('c', 'n', 'd')
+                 AND (f.confrelid = c.oid OR c.relhassubclass AND f.confrelid IN (
+                      WITH RECURSIVE d(oid) AS (
+                          SELECT h.inhrelid FROM pg_catalog.pg_inherits h
+                          WHERE h.inhparent = c.oid
+                          UNION
+                          SELECT h.inhrelid FROM pg_catalog.pg_inherits h
+                          JOIN d ON h.inhparent = d.oid)
+                      SELECT oid FROM d))) AS cascades_delete,
        ARRAY(SELECT DISTINCT a.attname::text FROM pg_catalog.pg_constraint f
              CROSS JOIN LATERAL unnest(f.confkey) AS u(attnum)
              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = u.attnum

@@ -61,6 +61,8 @@ CREATE TABLE acct_item (id int PRIMARY KEY, acct_id int REFERENCES acct (id) ON 
 CREATE TABLE acct_note (acct_id int REFERENCES acct (id));  -- NO ACTION: changes nothing
 INSERT INTO acct VALUES (1, 'a', 'x'), (2, 'b', 'y');
 INSERT INTO acct_item SELECT g, 1, 'a' FROM generate_series(1, 50) g;
+CREATE TABLE part_note (id int, region text,
+                        FOREIGN KEY (id, region) REFERENCES part_eu ON DELETE CASCADE);
 CREATE TABLE ruled (id int PRIMARY KEY, v text);
 CREATE TABLE ruled_log (id int);
 CREATE RULE ruled_delete AS ON DELETE TO ruled DO ALSO DELETE FROM ruled_log;
@@ -220,7 +222,11 @@ def test_loader_lists_the_foreign_keys_that_cascade(catalog: KeyCatalog) -> None
     acct = catalog.relation("public", "acct")
     assert acct is not None and acct.cascades_delete
     assert acct.cascade_update_columns == frozenset({"code"})
-    for name in ("acct_item", "acct_note", "pk"):
+    # a DELETE of the partitioned table deletes its partitions' rows: their keys count
+    for name in ("part", "part_eu"):
+        rel = catalog.relation("public", name)
+        assert rel is not None and rel.cascades_delete, name
+    for name in ("acct_item", "acct_note", "pk", "part_us"):
         rel = catalog.relation("public", name)
         assert rel is not None and not rel.cascades_delete and not rel.cascade_update_columns
 
