@@ -226,7 +226,11 @@ def _single_value(node: Any, level: Level) -> bool:
     while type(node) is dict:
         const = node.get("A_Const")
         if const is not None:
-            return not const.get("isnull")
+            if const.get("isnull"):
+                if level.facts is not None:  # `= NULL` must not share `= 'x'`'s entry
+                    level.facts.sensitive = True
+                return False
+            return True
         if "ParamRef" in node:
             return True
         tc = node.get("TypeCast")

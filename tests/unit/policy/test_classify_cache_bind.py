@@ -490,3 +490,19 @@ def test_cached_shape_answers_a_fresh_text_of_a_cached_shape_only() -> None:
         classify(sql)
     fresh = "SELECT set_config('role', 'z', false)"
     assert cached_shape(fresh, fast_mask(fresh)) is None
+
+
+def test_a_null_key_value_does_not_share_the_normalized_entry_of_a_value() -> None:
+    """``email = NULL`` pins nothing (transform_null_equals would read it as IS NULL)
+    while ``email = 'x'`` pins one row; both normalize to ``email = $1``. Classified
+    first, the NULL form must not leave its entry for every value."""
+    from dbgate.policy.keys import KeyCatalog, Relation
+
+    keys = KeyCatalog({"public.customers": Relation((frozenset({"email"}),))}, ("public",))
+    clear_cache()
+    assert classify("SELECT * FROM customers WHERE email = NULL", keys=keys).read_bound is None
+    assert classify("SELECT * FROM customers WHERE email = 'x'", keys=keys).read_bound == 1
+    assert classify("DELETE FROM customers WHERE email = 'y'", keys=keys).write_bound == 1
+    clear_cache()
+    assert classify("DELETE FROM customers WHERE email = NULL", keys=keys).write_bound is None
+    assert classify("DELETE FROM customers WHERE email = 'y'", keys=keys).write_bound == 1
