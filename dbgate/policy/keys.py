@@ -98,6 +98,10 @@ LEFT JOIN LATERAL (
       AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL
       AND u.ord <= i.indnkeyatts
     GROUP BY i.indexrelid
+    -- unique under the index's collation, compared under the column's: a key only
+    -- when they are the same (a case-insensitive column over a case-sensitive index
+    -- has several rows equal to one value)
+    HAVING bool_and(a.attcollation = 0 OR i.indcollation[u.ord - 1] = a.attcollation)
     UNION ALL
     SELECT NULL
 ) k ON true

@@ -68,6 +68,10 @@ CREATE TABLE ruled_log (id int);
 CREATE RULE ruled_delete AS ON DELETE TO ruled DO ALSO DELETE FROM ruled_log;
 INSERT INTO ruled VALUES (1, 'a'), (2, 'b');
 INSERT INTO ruled_log SELECT g FROM generate_series(1, 50) g;
+-- unique under another collation than the column's: equal under one may be several
+-- under the other (with ICU, a case-insensitive column over a case-sensitive index)
+CREATE TABLE collated (id int, code text COLLATE "C", plain text COLLATE "C" UNIQUE);
+CREATE UNIQUE INDEX collated_code ON collated (code COLLATE "POSIX");
 """
 
 
@@ -114,6 +118,7 @@ def _rows(dsn: str, sql: str) -> int:
         ("public.pk_view", set()),
         ("other.pk", set()),
         ("public.mv", {("id",)}),
+        ("public.collated", {("plain",)}),
     ],
 )
 def test_loader_lists_exactly_the_keys_that_prove_uniqueness(
