@@ -91,9 +91,15 @@ def _accounts(tables: frozenset[str], catalog: KeyCatalog | None) -> tuple[str, 
         if not schema and catalog is not None:
             found = catalog.schema_of(name)
             if found is not None:
-                out.add(f"{found}.{name}")
-                continue
-        out.add(t if schema else qualify_table(t))
+                schema = found
+        account = f"{schema}.{name}" if schema else qualify_table(t)
+        rel = catalog.relations.get(account) if catalog is not None else None
+        if rel is not None and rel.accounts:
+            # a partition's or inheritance child's rows are its root's: one account,
+            # however they are read (else each partition would have a window of its own)
+            out.update(rel.accounts)
+        else:
+            out.add(account)
     return tuple(sorted(out))
 
 

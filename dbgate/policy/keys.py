@@ -86,7 +86,17 @@ SELECT n.nspname AS schema, c.relname AS relation, c.relkind::text AS relkind,
              WHERE f.confrelid = c.oid AND f.contype = 'f'
                AND f.confupdtype IN ('c', 'n', 'd')) AS cascade_update_columns,
        EXISTS (SELECT FROM pg_catalog.pg_rewrite r
-               WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN') AS has_rules
+               WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN') AS has_rules,
+       ARRAY(WITH RECURSIVE up(oid, depth) AS (
+                 SELECT h.inhparent, 1 FROM pg_catalog.pg_inherits h WHERE h.inhrelid = c.oid
+                 UNION
+                 SELECT h.inhparent, up.depth + 1 FROM pg_catalog.pg_inherits h
+                 JOIN up ON h.inhrelid = up.oid WHERE up.depth < 64)
+             SELECT DISTINCT rn.nspname || '.' || rc.relname
+             FROM up JOIN pg_catalog.pg_class rc ON rc.oid = up.oid
+             JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+             WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_inherits p
+                               WHERE p.inhrelid = up.oid)) AS accounts
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN LATERAL (
@@ -128,6 +138,10 @@ class Relation:
     cascade_update_columns: frozenset[str] = frozenset()
     #: Rewrite rules (other than a view's own): a write of it runs the rules' actions.
     has_rules: bool = False
+    #: The topmost ancestors of a partition or inheritance child (``schema.name``):
+    #: its rows are theirs, read through them or directly, so rows-per-window limits
+    #: count its reads against them. Empty for a relation with no parent.
+    accounts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,11 +231,13 @@ def key_catalog_from_rows(
     cascades: dict[str, bool] = {}
     cascade_columns: dict[str, frozenset[str]] = {}
     rules: dict[str, bool] = {}
+    roots: dict[str, tuple[str, ...]] = {}
     for i, row in enumerate(rows):
         names: Any = ()
         on_delete: Any = False
         on_update: Any = ()
         has_rules: Any = False
+        accounts: Any = ()
         try:
             if isinstance(row, Mapping):
                 schema, relation = row["schema"], row["relation"]
@@ -230,6 +246,10 @@ def key_catalog_from_rows(
                 on_delete = row.get("cascades_delete") or False
                 on_update = row.get("cascade_update_columns") or ()
                 has_rules = row.get("has_rules") or False
+                accounts = row.get("accounts") or ()
+            elif len(row) == 10:
+                schema, relation, _kind, has_children, columns, names = row[:6]
+                on_delete, on_update, has_rules, accounts = row[6:]
             elif len(row) == 9:
                 schema, relation, _kind, has_children, columns, names = row[:6]
                 on_delete, on_update, has_rules = row[6:]
@@ -252,6 +272,10 @@ def key_catalog_from_rows(
             if not all(isinstance(c, str) for c in on_update):
                 raise ValueError(f"row {i} of the key query has a column name that is not text")
             cascade_columns[name] = cascade_columns.get(name, frozenset()) | frozenset(on_update)
+        if accounts:
+            if not all(isinstance(a, str) for a in accounts):
+                raise ValueError(f"row {i} of the key query has an ancestor that is not text")
+            roots[name] = tuple(sorted(set(accounts)))
         if names:
             if not all(isinstance(c, str) for c in names):
                 raise ValueError(f"row {i} of the key query has a column name that is not text")
@@ -270,6 +294,7 @@ def key_catalog_from_rows(
             cascades[name],
             cascade_columns.get(name, frozenset()),
             rules[name],
+            roots.get(name, ()),
         )
         for name, ks in keys.items()
     }

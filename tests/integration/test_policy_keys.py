@@ -134,6 +134,21 @@ def test_loader_lists_every_column_to_place_bare_names(catalog: KeyCatalog) -> N
     assert catalog.columns_of(None, "nowhere") == frozenset()
 
 
+def test_loader_names_the_ancestors_whose_rows_a_partition_or_child_holds(
+    catalog: KeyCatalog,
+) -> None:
+    for name, accounts in [
+        ("part_eu", ("public.part",)),
+        ("part_us", ("public.part",)),
+        ("child", ("public.parent",)),
+        ("part", ()),
+        ("parent", ()),
+        ("pk", ()),
+    ]:
+        rel = catalog.relation("public", name)
+        assert rel is not None and rel.accounts == accounts, name
+
+
 def test_inheritance_parent_keys_hold_only_with_only(catalog: KeyCatalog) -> None:
     assert catalog.keys_of(None, "parent") == ()
     assert catalog.keys_of(None, "parent", only=True) == (frozenset({"id"}),)

@@ -54,8 +54,15 @@ def tables(env: HoldsEnv) -> None:
         "INSERT INTO windowed_i SELECT g, 'v' || g FROM generate_series(1, 100) g",
         "CREATE TABLE windowed_j (id int PRIMARY KEY, v text NOT NULL)",
         "INSERT INTO windowed_j SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        "CREATE TABLE windowed_p (id int, region text NOT NULL, v text NOT NULL)"
+        " PARTITION BY LIST (region)",
+        "CREATE TABLE windowed_p_eu PARTITION OF windowed_p FOR VALUES IN ('eu')",
+        "CREATE TABLE windowed_p_us PARTITION OF windowed_p FOR VALUES IN ('us')",
+        "INSERT INTO windowed_p SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END,"
+        " 'v' || g FROM generate_series(1, 100) g",
         "GRANT SELECT ON windowed_a, windowed_b, windowed_e, windowed_f, windowed_g,"
-        " windowed_h, windowed_i, windowed_j TO PUBLIC",
+        " windowed_h, windowed_i, windowed_j, windowed_p, windowed_p_eu, windowed_p_us"
+        " TO PUBLIC",
     )
 
 
@@ -312,6 +319,24 @@ def test_a_key_read_that_repeats_its_row_stops_at_what_is_left(
         with pytest.raises(psycopg.errors.ProgramLimitExceeded):
             conn.execute(sql, prepare=prepare).fetchall()
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+async def test_the_partitions_of_a_table_share_its_window(env: HoldsEnv, tables: None) -> None:
+    """Rows read from a partition are rows of the partitioned table: one account for
+    all of them, read through the parent or from each partition directly (else every
+    partition would have a window of its own: 30 rows of each)."""
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        eu = await conn.fetch("SELECT v FROM windowed_p_eu WHERE v LIKE 'v1%'")
+        us = await conn.fetch("SELECT v FROM windowed_p_us WHERE v LIKE 'v2%'")
+        assert len(eu) + len(us) == 6 + 5  # v10..v18 even + v1, v100; v21..v29 odd
+        parent = await conn.fetch("SELECT v FROM windowed_p WHERE v LIKE 'v3%'")
+        assert len(parent) == 11  # charged to the same account: 22 of 30 now
+        with pytest.raises(asyncpg.ProgramLimitExceededError) as info:
+            await conn.fetch("SELECT v FROM windowed_p_us WHERE v LIKE 'v5%' OR v LIKE 'v7%'")
+        assert "public.windowed_p" in info.value.message
+    finally:
+        await conn.close()
 
 
 async def test_a_prepared_read_not_proven_bounded_is_charged_what_it_returned(
