@@ -55,7 +55,7 @@ MAX_IN_FLIGHT = 100_000
 # Entry kinds. Entries are tuples whose first item is the kind (tuples are several
 # times cheaper to make than objects, and one is made per message):
 #   (QUERY, verdict, record, changes)   changes: None or [index, [(i, handle), ...]]
-#   (PARSE, name key, _Prepared, handle, record)
+#   (PARSE, name key, KnownStatement, handle, record)
 #   (BIND, body, None, None) / (BIND, body, verdict, record, portal, statement key)
 #                              (its names, read once: an inspected Bind, or any
 #                              while row limits are in play; verdict may be None)

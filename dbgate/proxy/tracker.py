@@ -30,19 +30,30 @@ answers, and it is the single owner of:
   block while a statement waits for a human, whose ReadyForQuery is swallowed and
   never counted as a client cycle (see :mod:`dbgate.proxy.hold_ping`).
 
-Transitions live in the ``*_sent`` methods of the client side (here) and the ``_on_*``
-methods of the server side, one per message type, kept in their own module
-(:mod:`dbgate.proxy.answers`, a mixin of the same object), as are the transitions of
-measured writes (``Allow.max_changes``, :mod:`dbgate.proxy.measured`); what both
-sides ask of a portal's verdict is in :mod:`dbgate.proxy.portals`, the message types
-and entry kinds they use in :mod:`dbgate.proxy.entries`. Nothing here does I/O: the
-relay writes what :meth:`refuse` returns and what :meth:`server_chunk` returns.
+One object, one module per job; each of the others gives it one mixin, since they all
+work on the same queue and books:
+
+=======================  ===============================================================
+``tracker``              :class:`StatementTracker`: its state, the client's chunks
+                         (``client_chunk``: judge, remember, park, forward), what waits
+                         for a verdict (``resume``), the inspector and quick Bind judges
+``client_messages``      an allowed message on its way upstream (the ``*_sent``
+                         transitions), pings, injected refusals (``refuse``), portals'
+                         row limits as the client sees them
+``answers``              the server's answers, one ``_on_*`` per message type
+``measured``             measured writes (``Allow.max_changes``)
+``statement_events``     statement records and the observer's events
+=======================  ===============================================================
+
+What both sides ask of a portal's verdict is in :mod:`dbgate.proxy.portals`, the
+message types and entry kinds they use in :mod:`dbgate.proxy.entries`. Nothing here
+does I/O: the relay writes what :meth:`refuse` returns and what :meth:`server_chunk`
+returns.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from struct import unpack_from
@@ -50,13 +61,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from dbgate.proxy import measure
 from dbgate.proxy.answers import ServerAnswers, TrackerDesync
+from dbgate.proxy.client_messages import ClientMessages, KnownStatement
 from dbgate.proxy.entries import (
     BIND,
     BIND_MSG,
-    CLOSE,
     CLOSE_MSG,
     COPY_DONE_MSG,
-    COPY_END_ENTRY,
     COPY_FAIL_MSG,
     DESCRIBE_MSG,
     DESCRIBE_P,
@@ -65,21 +75,13 @@ from dbgate.proxy.entries import (
     EXECUTE,
     EXECUTE_MSG,
     FLUSH_MSG,
-    FUNCTION,
     FUNCTION_MSG,
-    INJECTED_PARSE,
-    INJECTED_QUERY,
     MAX_IN_FLIGHT,
     MEMO_MAX_ENTRIES,
     MEMO_MAX_MESSAGE,
-    NONCE,
-    PARSE,
     PARSE_MSG,
-    PING_ENTRY,
-    QUERY,
     QUERY_MSG,
     SYNC_ENTRY,
-    SYNC_FRAME,
     SYNC_MSG,
     TERMINATE_MSG,
     TRACK_TYPES,
@@ -92,9 +94,7 @@ from dbgate.proxy.entries import (
 from dbgate.proxy.measured import MeasuredWrites
 from dbgate.proxy.portals import (
     PortalState,
-    countable_rows,
     for_every_candidate,
-    refined_verdict,
 )
 from dbgate.proxy.prepared import name_key
 from dbgate.proxy.seams import (
@@ -104,12 +104,12 @@ from dbgate.proxy.seams import (
     Inspector,
     MessageFilter,
     Observer,
-    RecordKind,
     Refuse,
     RowRewriter,
     Statement,
     StatementRecord,
 )
+from dbgate.proxy.statement_events import StatementEvents
 from dbgate.wire import messages as m
 from dbgate.wire import sqlstate
 from dbgate.wire.errors import ClientProtocolError, LimitExceeded
@@ -127,20 +127,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbgate.session")
 
 __all__ = ["StatementTracker", "TrackerDesync", "Waiting"]
-
-
-class _Prepared:
-    """A statement as the relay knows it: its text, the verdict it was allowed with,
-    its parameter types and (once described) its RowDescription. One per distinct
-    Parse; a remembered Parse reuses it."""
-
-    __slots__ = ("description", "param_types", "sql", "verdict")
-
-    def __init__(self, sql: str, verdict: Allow, param_types: tuple[int, ...]) -> None:
-        self.sql = sql
-        self.verdict = verdict
-        self.param_types = param_types
-        self.description: bytes | None = None
 
 
 class _Limit:
@@ -198,7 +184,7 @@ class Waiting(NamedTuple):
     rest: bytes  # what followed it in the same read
 
 
-class StatementTracker(ServerAnswers, MeasuredWrites):
+class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementEvents):
     """Protocol bookkeeping of one relayed session (see the module docstring)."""
 
     def __init__(
@@ -261,7 +247,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         # per-statement work. Bounded in entries and message size; forgotten on any
         # ParameterStatus, by SessionInfo.forget_verdicts() and when the inspector's
         # ``generation`` changes (see Inspector in seams.py).
-        self._memo: dict[bytes, tuple[Statement, Allow, _Prepared | None]] = {}
+        self._memo: dict[bytes, tuple[Statement, Allow, KnownStatement | None]] = {}
         info._forget = self._memo.clear
         self._generations = self.inspector if hasattr(self.inspector, "generation") else None
         self._memo_generation = getattr(self.inspector, "generation", 0)
@@ -279,11 +265,11 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         self._copy_in = False  # the server is in copy-in mode (since CopyInResponse)
         # Statements and portals as the server confirmed them (ParseComplete,
         # BindComplete): they decide the plan an Execute runs under.
-        self._stmts: dict[str, _Prepared] = {}
-        self._portals: dict[str, tuple[_Prepared | None, Allow | None, bytes]] = {}
+        self._stmts: dict[str, KnownStatement] = {}
+        self._portals: dict[str, tuple[KnownStatement | None, Allow | None, bytes]] = {}
         self._portal_state: dict[str, PortalState] = {}  # only portals with a plan
         # what the client prepared last under each name (the text a Bind refers to)
-        self._sent_stmts: dict[str, _Prepared] = {}
+        self._sent_stmts: dict[str, KnownStatement] = {}
         #: A verdict with a result plan was sent in this session: from then on the
         #: relay keeps its portals' statements and descriptions (before, no portal
         #: can run under a plan, so there is nothing to keep).
@@ -311,7 +297,6 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         self._counting: int | None = None
         self._limit: _Limit | None = None  # the limited statement in progress
         self._dropping = False  # drop the server's messages until ReadyForQuery
-        # -- measured writes (Allow.max_changes), see dbgate.proxy.measure
         self._measure: measure.Measurement | None = None  # the measured Query in flight
         self._measures = 0  # entries of measurements in the queue (theirs and dbgate's)
         #: ``over_changes`` answered with an awaitable: the relay awaits it and calls
@@ -371,113 +356,6 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             return ALL_TYPES
         # while rows are rewritten or counted, DataRows come folded into runs
         return ALL_TYPES_ROW_RUNS if self.full else self._track_mask
-
-    # ------------------------------------------------------------------ records
-    def _record(
-        self,
-        kind: RecordKind,
-        sql: str,
-        statement_name: str = "",
-        portal: str = "",
-        params: tuple[bytes | None, ...] = (),
-    ) -> StatementRecord:
-        self._next_id += 1
-        rec = StatementRecord(
-            self._next_id, kind, sql, time.monotonic(), statement_name, portal, params
-        )
-        if "statement_received" in self._hearing:  # few observers want it
-            self._emit("statement_received", rec)
-        return rec
-
-    def _emit(self, event: str, rec: StatementRecord) -> None:
-        tell = self._hearing.get(event)
-        if tell is None:
-            return
-        try:
-            tell(self.info, rec)
-        except Exception:
-            log.exception("session %s: observer failed on %s", self.info.session_id, event)
-
-    def received(self, stmt: Statement) -> StatementRecord | None:
-        """The client sent a statement the inspector will judge (Query, Parse, an
-        inspected Bind, FunctionCall): start its record."""
-        if self.observer is None:
-            return None
-        return self._record(stmt.kind, stmt.sql, stmt.statement_name, stmt.portal, stmt.params)
-
-    def decided(
-        self, rec: StatementRecord | None, verdict: Allow | Refuse, remembered: bool = False
-    ) -> None:
-        if rec is not None:
-            if self._verdict_given is not None:
-                self._given(rec.kind, verdict, remembered)
-            rec.verdict = verdict
-            rec.remembered = remembered
-            self._emit("statement_decided", rec)
-
-    def _given(self, kind: str, verdict: Allow | Refuse, remembered: bool) -> None:
-        try:
-            self._verdict_given(self.info, kind, verdict, remembered)  # type: ignore[misc]
-        except Exception:
-            log.exception("session %s: observer failed on verdict_given", self.info.session_id)
-
-    def _decision(
-        self,
-        t: int,
-        stmt: Statement,
-        rec: StatementRecord | None,
-        verdict: Allow | Refuse,
-        remembered: bool = False,
-    ) -> StatementRecord | None:
-        """Tell the observer of a statement's verdict; returns the record its life goes
-        on with: None when the observer does not follow it (``Observer.follows``), one
-        made now when the statement is followed and was not recorded on receipt."""
-        if rec is not None:
-            self.decided(rec, verdict, remembered)
-        elif self._verdict_given is not None:
-            self._given(stmt.kind, verdict, remembered)
-        follows = self._follows
-        if type(verdict) is not Allow:
-            if rec is None and follows is None:  # every statement is followed
-                rec = self._made(stmt, verdict, remembered)
-            return rec
-        if follows is not None:
-            if self._unfollowed.get(id(verdict)) is verdict:  # a verdict given again
-                return None
-            try:
-                followed = follows(self.info, verdict)
-            except Exception:
-                log.exception("session %s: observer failed on follows", self.info.session_id)
-                followed = True  # told too much rather than too little
-            if not followed:
-                self._not_followed(verdict)
-                return None
-            self._unfollowed.clear()  # following one may change the answer for others
-        if t != QUERY_MSG and t != FUNCTION_MSG:
-            # a followed Parse or Bind has Executes: from now on they are recorded
-            self._exec_records = self._watch = True
-            if self._executes_only:
-                return rec
-        if rec is None:
-            rec = self._made(stmt, verdict, remembered)
-        return rec
-
-    def _made(self, stmt: Statement, verdict: Allow | Refuse, remembered: bool) -> StatementRecord:
-        """The record of a statement followed from its decision on."""
-        rec = self._record(stmt.kind, stmt.sql, stmt.statement_name, stmt.portal, stmt.params)
-        rec.verdict = verdict
-        rec.remembered = remembered
-        return rec
-
-    def _finish(self, rec: StatementRecord, code: str = "", skipped: bool = False) -> None:
-        if rec.finished_at:
-            return
-        rec.finished_at = time.monotonic()
-        if code or skipped:
-            rec.sqlstate = code
-            self._emit("statement_failed", rec)
-        else:
-            self._emit("statement_completed", rec)
 
     # ------------------------------------------------------------------ client side
     def client_chunk(self, chunk: bytes, frames: list[Frame], full: bool) -> list[bytes] | None:
@@ -765,38 +643,6 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
         self._limit = _Limit(entry, _over_limit(verdict))
         self.blocked = True
 
-    # -- measured writes ------------------------------------------------------------
-    def _note_portal_limit(self, portal: str, key: str) -> None:
-        """Which portals will run under a row limit, as the client sees them (the
-        Execute that runs one must make the client wait), for a Bind of ``portal`` to
-        the statement ``key`` that the inspector was not shown."""
-        prepared = self._sent_stmts.get(key)
-        self._portal_limit(portal, prepared.verdict if prepared is not None else None)
-
-    def _portal_limit(self, portal: str, verdict: Allow | None) -> None:
-        """``portal`` is bound anew under ``verdict`` (its statement's refined by its
-        Bind's), as the client sees it."""
-        if verdict is not None and verdict.max_rows:
-            self._sent_limits[portal] = verdict
-        else:
-            self._sent_limits.pop(portal, None)
-        self._sent_used.pop(portal, None)  # a new portal: none of its rows returned yet
-
-    def _limited_execute(
-        self, portal: str, rec: StatementRecord | None, verdict: Allow, chunk: bytes, e: int
-    ) -> Entry:
-        """The entry of an Execute of a portal under a row limit (client view): with its
-        row count when it cannot reach the limit (its rows are counted, nothing
-        waits), with None when it must be watched (the client waits meanwhile)."""
-        fetch = unpack_from("!i", chunk, e - 4)[0]  # the Execute's last field
-        used = self._sent_used.get(portal, 0)
-        bound = countable_rows(verdict, fetch, used) if used >= 0 else None
-        if bound is None:
-            self._sent_used[portal] = -1
-            return (EXECUTE, portal, rec, None)
-        self._sent_used[portal] = used + bound
-        return (EXECUTE, portal, rec, max(fetch, 0))
-
     def take_upstream(self) -> bytes:
         """Bytes the server side decided to send the server (failures of dbgate's)."""
         if not self._upstream:
@@ -927,189 +773,3 @@ class StatementTracker(ServerAnswers, MeasuredWrites):
             param_types=types,
             candidates=cands,
         )
-
-    def _sent(
-        self, t: int, rec: StatementRecord | None, stmt: Statement, verdict: Allow, body: bytes
-    ) -> _Prepared | None:
-        """Account for an allowed message on its way upstream (returns what a
-        remembered Parse hands the tracker again)."""
-        if t == QUERY_MSG:
-            self.query_sent(rec, verdict)
-        elif t == PARSE_MSG:
-            prepared = _Prepared(stmt.sql, verdict, stmt.param_types)
-            self.parse_sent(rec, stmt.statement_name, prepared)
-            return prepared
-        elif t == BIND_MSG:
-            self.bind_sent(rec, verdict, body)
-        else:
-            self.function_call_sent(rec)
-        return None
-
-    def bind_sent(
-        self,
-        rec: StatementRecord | None,
-        verdict: Allow,
-        body: bytes,
-        names: tuple[str, str] | None = None,
-    ) -> None:
-        """An inspected Bind was forwarded. Its own verdict is kept: it refines the
-        statement the server holds once the Bind is answered (:meth:`_bind_done`); the
-        client's view (the statement it sent last) decides whether its Execute must
-        wait. ``names``: its portal and statement key, when already read."""
-        if names is None:
-            portal, stmt_name = bind_names(body)
-            key = name_key(stmt_name)
-        else:
-            portal, key = names
-        prepared = self._sent_stmts.get(key)
-        refined = refined_verdict(prepared.verdict if prepared is not None else None, verdict)
-        if refined.plan is not None:
-            self._plans = self._watch = True
-        if refined.max_rows:
-            self._limits = self._watch = True
-        self._queue.append((BIND, body, verdict, rec, portal, key))
-        self._batch_open = True
-        if self._limits:
-            self._portal_limit(portal, refined)
-        if rec is not None:
-            self._emit("statement_forwarded", rec)
-
-    def query_sent(self, rec: StatementRecord | None, verdict: Allow) -> None:
-        """An allowed Query was forwarded. ``verdict.changes``: SQL PREPARE/DEALLOCATE/
-        DISCARD ALL in it, each confirmed by its own statement's command tag."""
-        self.sent_cycles += 1
-        self._batch_open = False
-        if verdict.plan is not None:
-            self._plans = self._watch = True
-        changes = None
-        if verdict.changes:
-            sent = self.info.statements.sent
-            changes = [0, [(c.statement, sent(self.sent_cycles, c)) for c in verdict.changes]]
-        entry = (QUERY, verdict, rec, changes)
-        self._queue.append(entry)
-        if verdict.max_rows:
-            self._limits = self._watch = True
-            if countable_rows(verdict, 0, 0) is None:
-                self._block(entry, verdict)
-        if rec is not None:
-            self._emit("statement_forwarded", rec)
-
-    def parse_sent(self, rec: StatementRecord | None, name: str, prepared: _Prepared) -> None:
-        """An allowed Parse was forwarded (part of the cycle its Sync will end)."""
-        key = name_key(name) if name else ""
-        handle = self.info.statements.parse_sent(
-            self.sent_cycles + 1,
-            key,
-            prepared.sql,
-            prepared.verdict.check_binds,
-            prepared.param_types,
-            prepared.verdict.check_only_tokens,
-            prepared.verdict.recheck_bind,
-        )
-        self._sent_stmts[key] = prepared
-        if prepared.verdict.plan is not None:
-            self._plans = self._watch = True
-        if prepared.verdict.max_rows:
-            self._limits = self._watch = True
-        self._queue.append((PARSE, key, prepared, handle, rec))
-        self._batch_open = True
-        if rec is not None:
-            self._emit("statement_forwarded", rec)
-
-    def close_sent(self, body: bytes) -> None:
-        self._batch_open = True
-        kind, name = m.parse_close(body)
-        if kind == "S":
-            key = name_key(name)
-            handle = self.info.statements.close_sent(self.sent_cycles + 1, key)
-            self._queue.append((CLOSE, "S", key, handle))
-        else:
-            self._queue.append((CLOSE, "P", name, None))
-
-    def sync_sent(self) -> None:
-        """A Sync was forwarded. The server ignores it while it copies in: not a cycle."""
-        self.skip_until_sync = False
-        if not self._copy_in_open:
-            self.sent_cycles += 1
-            self._queue.append(SYNC_ENTRY)
-            self._batch_open = False
-
-    def function_call_sent(self, rec: StatementRecord | None) -> None:
-        self.sent_cycles += 1
-        self._batch_open = False
-        self._queue.append((FUNCTION, rec))
-        if rec is not None:
-            self._emit("statement_forwarded", rec)
-
-    def ping(self) -> bytes:
-        """A Sync of dbgate's to send the server now, or ``b""`` when none may be sent.
-
-        Asked (at an interval) while a statement waits for a human: a Sync re-arms the
-        server's idle-in-transaction timer. It is sent only inside a transaction block
-        (status T or E) and at a cycle boundary: everything sent has been answered and
-        nothing was sent since the last message that ended a cycle, so the server is
-        neither inside a batch (a Sync would end it early) nor skipping to Sync after
-        an error (a Sync would end the skipping), and is not copying. Inside a batch or
-        while skipping, the server runs no idle timer anyway (see
-        :mod:`dbgate.proxy.hold_ping`). One ping at a time; its ReadyForQuery is
-        swallowed and is not a client cycle (:attr:`sent_cycles` does not count it).
-        """
-        if (
-            self.pinging
-            or self._batch_open
-            or self.skip_until_sync
-            or self._copy_in_open
-            or self._copy_in
-            or self.info.transaction_status not in ("T", "E")
-            or not self.idle
-        ):
-            return b""
-        self.pinging = True
-        self._queue.append(PING_ENTRY)
-        return SYNC_FRAME
-
-    def copy_end_sent(self) -> None:
-        """The client sent CopyDone or CopyFail."""
-        self._copy_in_open = False
-        self._markers += 1
-        self._queue.append(COPY_END_ENTRY)
-
-    def refuse(self, rec: StatementRecord | None, refusal: Refuse, message_type: int) -> bytes:
-        """The bytes to send the server in place of a refused message.
-
-        The server itself then raises the error at the refused message's position, so
-        PostgreSQL's own rules (roll back an implicit transaction, fail an explicit
-        one, skip to Sync) hold by construction. A simple Query becomes a ``DO`` block
-        that raises; an extended-protocol message (or FunctionCall) becomes a Parse of
-        a *named* statement whose text fails parse analysis — a failed named Parse
-        creates nothing, so the client's unnamed statement and portal are left alone.
-        The error carries a per-process nonce that clients cannot forge.
-        """
-        code = (
-            refusal.sqlstate
-            if sqlstate.is_valid(refusal.sqlstate)
-            else sqlstate.INSUFFICIENT_PRIVILEGE
-        )
-        self._injection_seq += 1
-        token = f"dbgate-refusal-{NONCE}-{self._injection_seq}"
-        if message_type == ord("Q"):
-            tag = f"$dbgate_{NONCE}$"
-            sql = (
-                f"DO {tag}BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', "
-                f"MESSAGE = '{token}'; END{tag}"
-            )
-            self.sent_cycles += 1
-            self._queue.append((INJECTED_QUERY, refusal, rec, token.encode()))
-            self._batch_open = False
-            return m.frame(ord("Q"), sql.encode() + b"\0")
-        out = m.frame(ord("P"), f"dbgate_{NONCE}\0SELECT '{token}'::int4\0".encode() + b"\0\0")
-        self._queue.append((INJECTED_PARSE, refusal, rec, token.encode()))
-        if message_type == ord("F"):
-            # FunctionCall is a cycle of its own: our Sync ends it with one RFQ.
-            self.sent_cycles += 1
-            self._queue.append(SYNC_ENTRY)
-            self._batch_open = False
-            return out + m.frame(ord("S"), b"")
-        self.skip_until_sync = True  # the rest of the batch is not forwarded
-        self._batch_open = True
-        return out
