@@ -28,12 +28,14 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from pglast import parser as pg
+
 from dbgate.audit import SessionEvent, StatementEvent
 from dbgate.audit.errors import AuditUnavailable
 from dbgate.gate.declarations import declared
 from dbgate.gate.notes import GateNote
-from dbgate.pii.sql_mask import mask_sql, mask_text
-from dbgate.policy.literals import fast_mask, render_key
+from dbgate.pii.sql_mask import looks_like_pii, mask_every_literal, mask_text
+from dbgate.policy.literals import fast_mask, render_key, spans
 from dbgate.proxy.seams import Allow, QuietObserver, Refuse, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 
@@ -48,6 +50,10 @@ _MASK_CACHE = 20_000
 _SHAPE_CACHE = 4_096
 _MAX_TEXT = 64 * 1024
 _RECORDED = frozenset({"query", "execute", "function_call"})
+#: Scanner tokens that are constants.
+_LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+#: Scanner tokens the quick mask copies: comments and quoted identifiers.
+_SEARCHED_TOKENS = frozenset({"IDENT", "UIDENT", "C_COMMENT", "SQL_COMMENT"})
 
 
 def masked_text(sql: str, cache: dict[str, str], shapes: dict[str, str] | None = None) -> str:
@@ -56,27 +62,61 @@ def masked_text(sql: str, cache: dict[str, str], shapes: dict[str, str] | None =
     ``cache`` remembers texts as sent (drivers re-send the same Parse); ``shapes``, when
     given, the masked form of each literal mask, so that a client that inlines new
     values every time (pgbench -M simple, ORMs) pays for the mask, not the rendering.
+
+    The quick literal mask is only used where PostgreSQL's scanner agrees with it (see
+    :func:`_mask_agrees`, checked once per mask): it copies what it does not recognise
+    verbatim (``5551234567``, ``123456789.``, ``555_123_4567``), which is fine for a
+    cache key and not for a record. Everything else is masked by the scanner
+    (:func:`dbgate.pii.sql_mask.mask_every_literal`): every literal, whatever its
+    place.
     """
     hit = cache.get(sql)
     if hit is not None:
         return hit
-    key = fast_mask(sql[:_MAX_TEXT])
+    text = sql[:_MAX_TEXT]
+    key = fast_mask(text)
     if key is None:
-        masked = mask_sql(sql[:_MAX_TEXT])[0]
+        masked = mask_every_literal(text)
     elif shapes is None:
-        masked = render_key(key)
+        masked = render_key(key) if _mask_agrees(text) else mask_every_literal(text)
     else:
         masked = shapes.get(key)  # type: ignore[assignment]
         if masked is None:
             if len(shapes) >= _MASK_CACHE:
                 shapes.clear()
-            masked = shapes[key] = render_key(key)
+            # "" marks a mask the scanner disagrees with: such texts are scanned
+            masked = shapes[key] = render_key(key) if _mask_agrees(text) else ""
+        if not masked:
+            masked = mask_every_literal(text)
         if masked != sql:  # new literals: this very text will hardly come again
             return masked
     if len(cache) >= _MASK_CACHE:
         cache.clear()
     cache[sql] = masked
     return masked
+
+
+def _mask_agrees(text: str) -> bool:
+    """Whether the quick literal mask found exactly the constants PostgreSQL's scanner
+    finds in ``text`` (a leading ``-`` it folds into a number aside). Then it does for
+    every text with the same mask: the mask is injective and the text outside the
+    literals is the same (see :mod:`dbgate.policy.literals`). A comment or quoted
+    identifier that looks like PII (the same in every such text) also says no: the
+    scanner's mask masks it."""
+    found = spans(text)
+    if found is None:
+        return False
+    try:
+        tokens = pg.scan(text)
+    except pg.ParseError:
+        return False
+    scanned = [(t.start, t.end + 1) for t in tokens if t.name in _LITERAL_TOKENS]
+    if any(
+        t.name in _SEARCHED_TOKENS and looks_like_pii(text[t.start : t.end + 1]) for t in tokens
+    ):
+        return False
+    quick = [(s + 1 if kind in "MG" else s, e) for s, e, kind in found]
+    return scanned == quick
 
 
 class _Shape:

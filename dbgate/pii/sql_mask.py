@@ -41,7 +41,14 @@ from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
 
 from dbgate.pii.detectors import luhn_ok
 
-__all__ = ["is_pii_column", "mask_sql", "mask_text", "mask_value"]
+__all__ = [
+    "is_pii_column",
+    "looks_like_pii",
+    "mask_every_literal",
+    "mask_sql",
+    "mask_text",
+    "mask_value",
+]
 
 #: Parts of a column name (split at ``_``) that mark it as personal data. A name
 #: matches when one of its parts, or two adjacent parts joined, is listed:
@@ -206,6 +213,11 @@ def _apply(text: str, spans: Iterable[_Span]) -> str:
         operators[entity] = OperatorConfig("replace", {"new_value": new_value})
         results.append(RecognizerResult(entity, s.start, s.end, 1.0))
     return _engine().anonymize(text=text, analyzer_results=results, operators=operators).text
+
+
+def looks_like_pii(text: str) -> bool:
+    """Whether :func:`mask_text` would mask something in ``text``."""
+    return next(_shaped(text), None) is not None
 
 
 def mask_text(text: str) -> str:
@@ -432,3 +444,44 @@ def mask_sql(
 
     out_params = tuple(mask_value(v, places.params.get(i + 1)) for i, v in enumerate(params))
     return masked, out_params
+
+
+def mask_every_literal(sql: str) -> str:
+    """``sql`` with **every** literal replaced by ``$n`` (numbered after the highest
+    parameter the text already has), and PII-shaped values in comments and quoted
+    identifiers masked by look; text the scanner cannot read is masked from there on.
+
+    For records that need the statement's shape, not its values (the audit trail, the
+    operator log). Unlike :func:`mask_sql` it does not depend on knowing which column a
+    literal ends up in (an alias, a JSON key, a whole-row reference, ``EXECUTE p('…')``
+    hide that), and unlike PostgreSQL's own normalization it also replaces the
+    literals of utility statements (``PREPARE``, ``EXECUTE``, ``COMMENT``, ``CREATE
+    VIEW``): every scanner token that is a constant goes, whatever the grammar makes of
+    it.
+    """
+    tokens, failed = _scan(sql)
+    top = 0
+    for tok in tokens:
+        if tok.name == "PARAM":
+            with contextlib.suppress(ValueError):
+                top = max(top, int(sql[tok.start + 1 : tok.end + 1]))
+    parts: list[str] = []
+    pos = 0
+    for tok in tokens:
+        start, end = tok.start, tok.end + 1
+        if tok.name in _LITERAL_TOKENS:
+            top += 1
+            parts.append(sql[pos:start])
+            parts.append(f"${top}")
+            pos = end
+        elif tok.name in _SEARCHED_TOKENS:
+            spans = [_Span(a, b, label, False) for a, b, label in _shaped(sql[start:end])]
+            if spans:
+                parts.append(sql[pos:start])
+                parts.append(_apply(sql[start:end], spans))
+                pos = end
+    end_of_text = len(sql) if failed is None else failed
+    parts.append(sql[pos:end_of_text])
+    if failed is not None:
+        parts.append("<masked: the rest could not be scanned>")
+    return "".join(parts)

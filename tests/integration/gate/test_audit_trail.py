@@ -148,6 +148,27 @@ async def test_no_raw_pii_reaches_the_audit(env: HoldsEnv, people: str) -> None:
     assert len(bound) == 1 and bound[0]["params"][0].startswith("h:")
 
 
+async def test_no_literal_reaches_the_audit_whatever_its_place(env: HoldsEnv, people: str) -> None:
+    """Literals the quick mask copies (a long number) or whose column an alias hides, in
+    a text with a parameter: every one is masked, not only those next to a PII column."""
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        await conn.fetch(f"SELECT id FROM {people} WHERE id = 1 AND length(email) <> 5551234567")
+        await conn.fetch(
+            f"SELECT id FROM (SELECT id, email AS e FROM {people}) x "
+            "WHERE e = E'Zelda Quist' AND id = $1",
+            1,
+        )
+    finally:
+        await conn.close()
+    recs = audit(env, "kind = 'statement' AND statement LIKE $1", f"%FROM {people}%")
+    texts = [r["statement"] for r in recs]
+    assert any("length(email) <> $" in t for t in texts)
+    assert any("WHERE e = $" in t for t in texts)
+    dump = env.app.rows("SELECT string_agg(t::text, ' ') AS all FROM dbgate.audit_log t")[0]["all"]
+    assert "5551234567" not in dump and "Zelda Quist" not in dump
+
+
 async def test_sessions_are_recorded(env: HoldsEnv) -> None:
     conn = await asyncpg.connect(env.dsn, server_settings={"application_name": "sess-audit"})
     sid = await conn.fetchval("SELECT 1")
