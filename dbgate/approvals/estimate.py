@@ -15,7 +15,8 @@ anything: ``EXPLAIN (FORMAT JSON)``. This module asks it under these guards:
 * Bind values are passed through ``PREPARE`` / ``EXPLAIN EXECUTE`` as quoted
   literals, so the plan is the one for those values.
 
-Errors become a note (PII-masked: an error may quote a value), never an exception.
+Errors become a note, never an exception: the server's primary message, with what it
+quotes masked (an error may quote a value) and no DETAIL or HINT.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,7 +117,27 @@ async def estimate_rows(
     except TimeoutError:
         return RowEstimate(None, "the planner did not answer in time")
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-        return RowEstimate(None, mask_text(f"the planner could not estimate: {e}"))
+        return RowEstimate(None, f"the planner could not estimate: {_error_text(e)}")
+
+
+#: What PostgreSQL quotes in a message: a value it could not read (``invalid input
+#: syntax for type integer: "…"``, ``date/time field value out of range: "…"``) or a name.
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+
+
+def _error_text(e: BaseException) -> str:
+    """An error for approvers: the primary message only (a DETAIL or HINT may quote a
+    row: ``Key (email)=(…)``, ``Token "…" is invalid``), with whatever it quotes
+    replaced: the value it echoes is the agent's, masked in the statement by place
+    (``birth_date = $1``) but not shaped like anything masking by look finds."""
+    if isinstance(e, asyncpg.PostgresError):
+        text = str(e.args[0]) if e.args else type(e).__name__
+        code = getattr(e, "sqlstate", None)
+        if code:
+            text = f"{text} (SQLSTATE {code})"
+    else:
+        text = str(e)
+    return mask_text(_QUOTED.sub('"…"', text))
 
 
 async def _explain(
