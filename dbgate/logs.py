@@ -94,10 +94,11 @@ RAW_TEXT_FIELDS = frozenset(
 WITHHELD = "<withheld>"
 SQL_WITHHELD = "<sql withheld>"
 
-# A %s argument that starts like a statement (after comments and parentheses): a
-# keyword followed by more words, so that names like ``copy-to-program`` pass.
+# A %s argument that starts like a statement (after comments, empty statements and
+# parentheses): a keyword followed by more words, so that names like
+# ``copy-to-program`` pass.
 _SQL_START = re.compile(
-    r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*\(*\s*"
+    r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/|;)\s*)*\(*\s*"
     r"(?:select|insert|update|delete|merge|with|values|table|copy|create|alter|drop|"
     r"truncate|grant|revoke|call|do|explain|prepare|execute|declare|fetch|lock|set|"
     r"reset|show|listen|notify|begin|start|commit|rollback|savepoint|release|vacuum|"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from dbgate.gate.notes import note_for
-from dbgate.pii.sql_mask import mask_sql
+from dbgate.pii.sql_mask import mask_every_literal
 from dbgate.policy.model import Action, Classification, Decision
 from dbgate.proxy.seams import Refuse
 from dbgate.proxy.session_info import SessionInfo
@@ -82,7 +82,8 @@ _LOGGED_SQL_CHARS = 4096
 
 
 def log_refusal(session: SessionInfo, decision: Decision, sql: str) -> None:
-    """One INFO line per refused or held statement, values masked."""
+    """One INFO line per refused or held statement, every literal masked (masking by
+    place cannot place a literal behind an alias, a JSON key or a syntax error)."""
     if not log.isEnabledFor(logging.INFO):
         return
     if len(sql) > _LOGGED_SQL_CHARS:
@@ -90,7 +91,7 @@ def log_refusal(session: SessionInfo, decision: Decision, sql: str) -> None:
         # megabyte, and a cut-off prefix could end inside a literal it cannot mask.
         masked = f"<a statement of {len(sql):,} characters, not shown>"
     else:
-        masked, _ = mask_sql(sql)
+        masked = mask_every_literal(sql)
     log.info(
         "session %s identity=%s %s by rule %s: %s",
         session.session_id,

@@ -32,3 +32,18 @@ def test_a_huge_statement_is_logged_by_size_only(caplog: pytest.LogCaptureFixtur
     line = _line(caplog, sql)
     assert "ann@example.com" not in line
     assert f"a statement of {len(sql):,} characters, not shown" in line
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "; select * from customers c where to_jsonb(c)->>'full_name' = 'Zelda Quist'",
+        "select * from (select full_name as n from customers) x where n = 'Zelda Quist'",
+        "select * from customers where full_name = 'Zelda Quist' and",  # a syntax error
+        "execute p('Zelda Quist')",
+    ],
+)
+def test_no_literal_is_logged_whatever_its_place(
+    caplog: pytest.LogCaptureFixture, sql: str
+) -> None:
+    assert "Zelda" not in _line(caplog, sql)

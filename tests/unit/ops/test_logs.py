@@ -89,6 +89,7 @@ def test_statement_text_and_pii_never_reach_the_log(tmp_path: Path) -> None:
     sql = "SELECT * FROM customers WHERE email = 'ann@example.com'"
     log.info("running %s", sql)
     log.info("running %s", "-- a comment first\nupdate customers set ssn = '123-45-6789'")
+    log.info("running %s", "; ;select * from customers where full_name = 'Zelda Quist'")
     log.info("bytes %s", b"\x00secret")
     log.info("decided", extra={"sql": sql, "params": ["4111 1111 1111 1111"]})
     log.info("held", extra={"statement_masked": "SELECT * FROM customers WHERE email = '<email>'"})
@@ -100,17 +101,25 @@ def test_statement_text_and_pii_never_reach_the_log(tmp_path: Path) -> None:
         log.exception("failed")
     assert pipeline.stop()
     text = path.read_text()
-    for raw in ("ann@example.com", "123-45-6789", "secret", "4111 1111", "bob@example.org"):
+    for raw in (
+        "ann@example.com",
+        "123-45-6789",
+        "secret",
+        "4111 1111",
+        "bob@example.org",
+        "Zelda",
+    ):
         assert raw not in text
     records = [json.loads(line) for line in _read_lines(path)]
     assert records[0]["msg"] == "running <sql withheld>"
     assert records[1]["msg"] == "running <sql withheld>"
-    assert records[2]["msg"] == "bytes <7 bytes withheld>"
-    assert records[3]["sql"] == "<withheld>" and records[3]["params"] == "<withheld>"
-    assert records[4]["statement_masked"] == "SELECT * FROM customers WHERE email = '<email>'"
-    assert records[5]["msg"] == "denied by rule copy-to-program"
-    assert "<email>" in records[6]["msg"]
-    assert "ValueError" in records[7]["exc"] and "<card>" in records[7]["exc"]
+    assert records[2]["msg"] == "running <sql withheld>"
+    assert records[3]["msg"] == "bytes <7 bytes withheld>"
+    assert records[4]["sql"] == "<withheld>" and records[4]["params"] == "<withheld>"
+    assert records[5]["statement_masked"] == "SELECT * FROM customers WHERE email = '<email>'"
+    assert records[6]["msg"] == "denied by rule copy-to-program"
+    assert "<email>" in records[7]["msg"]
+    assert "ValueError" in records[8]["exc"] and "<card>" in records[8]["exc"]
 
 
 def test_a_full_disk_costs_records_not_the_process(tmp_path: Path) -> None:
