@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Sequence
 
 from pglast import parser as pg
@@ -62,10 +63,24 @@ _DATA_STATEMENTS = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteS
 _VALUES = frozenset({"A_Const", "ParamRef"})
 
 
+#: What masking leaves of a value (``'<email>'``, ``'call <phone>'``): the text the
+#: approver saw, not the value.
+_MASKED = re.compile(r"<[^<>\s]+>")
+
+
 def _shape_tree(node: object, free: bool) -> object:
     if isinstance(node, dict):
         if free and node.keys() & _VALUES:  # a literal or a parameter: a value
             return "?"
+        const = node.get("A_Const")
+        if isinstance(const, dict):
+            sval = (const.get("sval") or {}).get("sval")
+            if isinstance(sval, str) and _MASKED.search(sval):
+                # A constant that must be the same (see below) but was masked: two
+                # different values read alike, so it counts as a parameter that is
+                # not data — only a shape with fixed values (compared by the keyed
+                # hash of the raw text) covers it.
+                return {"ParamRef": "masked"}
         out = {}
         for name, value in node.items():
             if name == "location" or name.endswith("_location") or name == "stmt_len":
@@ -99,7 +114,10 @@ def fixes_parameters(key: str) -> bool:
     data — arguments of a function (``set_config($1, $2, false)``), casts to an
     object type, any parameter of a statement other than a SELECT or DML: their
     values decide what it does, so only a shape approval with fixed values covers
-    it. (A literal that spells ``ParamRef`` makes this True: stricter, never wider.)"""
+    it. So does a constant of that kind that masking replaced (``EXECUTE p('<value>')``,
+    ``set_config('<full_name>', full_name, false)``): the masked text no longer tells
+    two values apart. (A literal that spells ``ParamRef`` makes this True: stricter,
+    never wider.)"""
     return "ParamRef" in key
 
 

@@ -109,9 +109,10 @@ _SEARCHED_TOKENS = frozenset({"SCONST", "USCONST", "IDENT", "UIDENT", "C_COMMENT
 _NUMERIC_TOKENS = frozenset({"ICONST", "FCONST"})
 
 #: Nodes whose constants are masked when any column under them is a PII column:
-#: ``email = 'x'``, ``lower(email) LIKE 'x%'``, ``coalesce(phone, 'x')``, ``email IN (…)``.
+#: ``email = 'x'``, ``lower(email) LIKE 'x%'``, ``coalesce(phone, 'x')``, ``email IN (…)``,
+#: ``CASE email WHEN 'x' …``.
 _CONTEXT_NODES = frozenset(
-    {"A_Expr", "FuncCall", "CoalesceExpr", "MinMaxExpr", "NullIfExpr", "SubLink"}
+    {"A_Expr", "FuncCall", "CoalesceExpr", "MinMaxExpr", "NullIfExpr", "SubLink", "CaseExpr"}
 )
 
 _EMAIL = re.compile(r"[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}")
@@ -249,16 +250,94 @@ def _node_items(node: Any) -> Iterator[Any]:
         yield from node
 
 
-def _columns_under(node: Any) -> Iterator[str]:
-    """Column names referenced anywhere under a JSON parse-tree node."""
+#: Operators whose right operand names a field of a JSON value: ``doc->>'email'``.
+_JSON_KEY_OPS = frozenset({"->", "->>", "#>", "#>>"})
+#: What :func:`_columns_under` yields for a whole row (``c``, ``c.*``, ``ROW(c.*)``):
+#: it holds every column of its table, PII ones included.
+WHOLE_ROW = "*"
+
+
+def _columns_under(node: Any, rows: frozenset[str] = frozenset()) -> Iterator[str]:
+    """Column names referenced anywhere under a JSON parse-tree node: column
+    references, fields picked from a composite (``(c).email``) or named as a JSON key
+    (``to_jsonb(c)->>'email'``), and :data:`WHOLE_ROW` for a reference to a whole row
+    (``*``, or a name in ``rows``: the statement's tables and aliases)."""
     if isinstance(node, dict):
         ref = node.get("ColumnRef")
         if isinstance(ref, dict):
-            fields = [f["String"]["sval"] for f in ref.get("fields", ()) if "String" in f]
-            if fields:
-                yield fields[-1]
+            fields = ref.get("fields", ())
+            names = [f["String"]["sval"] for f in fields if "String" in f]
+            if any("A_Star" in f for f in fields) or (len(names) == 1 and names[0] in rows):
+                yield WHOLE_ROW
+            if names:
+                yield names[-1]
+        ind = node.get("A_Indirection")
+        if isinstance(ind, dict):
+            for f in ind.get("indirection") or ():
+                if isinstance(f, dict) and "String" in f:
+                    yield f["String"]["sval"]
+                elif isinstance(f, dict) and "A_Star" in f:
+                    yield WHOLE_ROW
+        expr = node.get("A_Expr")
+        if isinstance(expr, dict):
+            ops = [n["String"]["sval"] for n in expr.get("name") or () if "String" in n]
+            key = ((expr.get("rexpr") or {}).get("A_Const") or {}).get("sval")
+            if ops and ops[-1] in _JSON_KEY_OPS and isinstance(key, dict) and "sval" in key:
+                yield key["sval"]
     for child in _node_items(node):
-        yield from _columns_under(child)
+        yield from _columns_under(child, rows)
+
+
+def _range_names(node: Any) -> Iterator[str]:
+    """Names a whole row can be referred to by: tables, their aliases, CTEs."""
+    if isinstance(node, dict):
+        if isinstance(node.get("relname"), str):  # a RangeVar in a field of its own type
+            yield node["relname"]
+            alias = node.get("alias")
+            if isinstance(alias, dict) and alias.get("aliasname"):
+                yield alias["aliasname"]
+        for kind, body in node.items():
+            if not isinstance(body, dict):
+                continue
+            if kind == "RangeVar" and body.get("relname"):
+                yield body["relname"]
+            if kind in ("RangeVar", "RangeSubselect", "RangeFunction"):
+                alias = body.get("alias")
+                if isinstance(alias, dict) and alias.get("aliasname"):
+                    yield alias["aliasname"]
+            if kind == "CommonTableExpr" and body.get("ctename"):
+                yield body["ctename"]
+    for child in _node_items(node):
+        yield from _range_names(child)
+
+
+def _output_names(node: Any) -> Iterator[tuple[list[str], Any]]:
+    """(names, value) for what a query hands on under another name: a select list
+    entry ``full_name AS n``, and the column aliases of a subquery in FROM or a CTE
+    (``v(n)``, ``x(n) AS (…)``) with the whole query they name."""
+    if isinstance(node, dict):
+        # a SELECT in a field of its own type (a UNION's sides) is not wrapped
+        wrapped = {"SelectStmt": node} if "op" in node and node.get("targetList") else node
+        for kind, body in wrapped.items():
+            if not isinstance(body, dict):
+                continue
+            if kind == "SelectStmt":
+                for t in body.get("targetList") or ():
+                    res = t.get("ResTarget") if isinstance(t, dict) else None
+                    if isinstance(res, dict) and res.get("name") and res.get("val"):
+                        yield [res["name"]], res["val"]
+            elif kind == "RangeSubselect":
+                cols = (body.get("alias") or {}).get("colnames") or ()
+                names = [c["String"]["sval"] for c in cols if "String" in c]
+                if names:
+                    yield names, body.get("subquery")
+            elif kind == "CommonTableExpr":
+                cols = body.get("aliascolnames") or ()
+                names = [c["String"]["sval"] for c in cols if "String" in c]
+                if names:
+                    yield names, body.get("ctequery")
+    for child in _node_items(node):
+        yield from _output_names(child)
 
 
 def _values_under(node: Any) -> Iterator[tuple[str, int]]:
@@ -278,7 +357,8 @@ class _Places:
     """Collects the constants and parameters that sit in a PII column's place."""
 
     def __init__(self, extra: Sequence[str]) -> None:
-        self.extra = extra
+        self.extra: tuple[str, ...] = tuple(extra)
+        self.rows: frozenset[str] = frozenset()  # names of whole rows (tables, aliases)
         self.consts: dict[int, str] = {}  # byte location -> label
         self.params: dict[int, str] = {}  # parameter number -> label
         # VALUES lists that are not an INSERT's rows (FROM (VALUES …) v(n), a CTE, a
@@ -289,9 +369,32 @@ class _Places:
         self.touches_pii = False  # a PII column is named anywhere in the statement
 
     def pii(self, name: str | None) -> str | None:
+        if name == WHOLE_ROW:
+            return "value"
         if name and is_pii_column(name, self.extra):
             return name.lower()
         return None
+
+    def learn(self, tree: Any) -> None:
+        """Before :meth:`walk`: the names a PII value goes by in this statement besides
+        its column's (``SELECT full_name AS n``, ``(SELECT full_name …) v(n)``,
+        ``WITH x(n) AS (SELECT full_name …)``, followed through as many levels as there
+        are), and the names of whole rows."""
+        self.rows = frozenset(_range_names(tree))
+        outputs = list(_output_names(tree))
+        known = set(self.extra)
+        while True:
+            new = {
+                name
+                for names, value in outputs
+                if any(map(self.pii, _columns_under(value, self.rows)))
+                for name in names
+                if name not in known
+            }
+            if not new:
+                return
+            known |= new
+            self.extra = tuple(known)
 
     def mark(self, node: Any, label: str) -> None:
         for kind, where in _values_under(node):
@@ -304,7 +407,7 @@ class _Places:
                 if not isinstance(body, dict):
                     continue
                 if kind in _CONTEXT_NODES:
-                    label = next(filter(None, map(self.pii, _columns_under(body))), None)
+                    label = next(filter(None, map(self.pii, _columns_under(body, self.rows))), None)
                     if label:
                         self.mark(body, label)
                 elif kind == "ResTarget":
@@ -325,7 +428,9 @@ class _Places:
                             [t.get("ResTarget", {}).get("val") for t in select["targetList"]]
                         )
                 elif kind == "ColumnRef" and not self.touches_pii:
-                    self.touches_pii = any(map(self.pii, _columns_under(node)))
+                    self.touches_pii = any(map(self.pii, _columns_under(node, self.rows)))
+                elif kind == "ExecuteStmt":  # the prepared statement's places are unknown
+                    self.mark(body.get("params"), "value")
                 elif kind == "MergeWhenClause" and body.get("commandType") == "CMD_INSERT":
                     self._positional(
                         body.get("targetList"), {"List": {"items": body.get("values")}}
@@ -362,10 +467,7 @@ class _Places:
         rows: list[list[Any]] = []
         select = source.get("SelectStmt") if isinstance(source, dict) else None
         if isinstance(select, dict):
-            for row in select.get("valuesLists") or ():
-                rows.append(list((row.get("List") or {}).get("items") or ()))
-            if select.get("targetList"):
-                rows.append([t.get("ResTarget", {}).get("val") for t in select["targetList"]])
+            rows.extend(_select_rows(select))
         elif isinstance(source, dict) and "List" in source:
             rows.append(list(source["List"].get("items") or ()))
         for row in rows:
@@ -374,6 +476,19 @@ class _Places:
                     self.mark(value, "value")
                 elif i < len(names) and (label := self.pii(names[i])):
                     self.mark(value, label)
+
+
+def _select_rows(select: dict[str, Any]) -> Iterator[list[Any]]:
+    """The rows a SELECT hands to an INSERT, position by position: its VALUES, its
+    select list, both sides of a UNION / INTERSECT / EXCEPT."""
+    for side in ("larg", "rarg"):
+        part = select.get(side)
+        if isinstance(part, dict):
+            yield from _select_rows(part)
+    for row in select.get("valuesLists") or ():
+        yield list((row.get("List") or {}).get("items") or ())
+    if select.get("targetList"):
+        yield [t.get("ResTarget", {}).get("val") for t in select["targetList"]]
 
 
 def _char_offsets(sql: str) -> Any:
@@ -408,7 +523,9 @@ def mask_sql(
     places = _Places(pii_columns)
     # Unparseable SQL has no places; masking by look still applies below.
     with contextlib.suppress(pg.ParseError, ValueError, RecursionError):
-        places.walk(json.loads(pg.parse_sql_json(sql)))
+        tree = json.loads(pg.parse_sql_json(sql))
+        places.learn(tree)
+        places.walk(tree)
     places.finish()
     to_char = _char_offsets(sql)
     const_at = {to_char(loc): label for loc, label in places.consts.items()}

@@ -391,6 +391,52 @@ async def test_a_free_shape_does_not_free_parameters_that_are_not_data(
         await svc.store.revoke_shape(fixed.id, BOB, "done")
 
 
+@pytest.mark.parametrize(
+    ("approved", "sent"),
+    [
+        # a prepared statement's arguments, masked for the approver (their columns
+        # are unknown) but not data: they may name a setting, a file, a role
+        ("EXECUTE p('Ann Lee')", "EXECUTE p('postgres')"),
+        # a function's constants, masked because a PII column is among its arguments
+        (
+            "SELECT set_config('app.who', full_name, false) FROM customers WHERE id = 1",
+            "SELECT set_config('role', full_name, false) FROM customers WHERE id = 1",
+        ),
+    ],
+    ids=["execute", "function-next-to-pii"],
+)
+async def test_a_masked_constant_that_is_not_data_is_not_freed_by_a_shape(
+    svc, state_dsn, approved, sent
+) -> None:
+    """The shape is compared on the masked text: two constants masked alike would
+    pass as the same statement. Only a shape with fixed values covers them."""
+    fingerprint = f"fp-masked-{approved}"
+
+    def request(sql: str):
+        return make_request(sql, wait=0, identity="shaper-5", fingerprint=fingerprint)
+
+    outcome = await svc.hold(request(approved), Notices())
+    rid = int(outcome.request_id)
+    with pytest.raises(Conflict, match="only be approved with fixed values"):
+        await svc.store.approve_shape(rid, ALICE, minutes=30, params_fixed=False, reason="")
+    conn = await asyncpg.connect(state_dsn)
+    try:
+        shape_id = await conn.fetchval(
+            "INSERT INTO dbgate.shape_approvals (identity, fingerprint, params_fixed, "
+            "statement, source_request, created_by, reason, expires_at, database) "
+            "SELECT identity, fingerprint, false, statement, id, 'alice', '', "
+            "now() + interval '30 minutes', database FROM dbgate.approval_requests "
+            "WHERE id = $1 RETURNING id",
+            rid,
+        )
+    finally:
+        await conn.close()
+    try:
+        assert await svc.approved_before(request(sent)) is None
+    finally:
+        await svc.store.revoke_shape(shape_id, BOB, "done")
+
+
 async def test_a_free_shape_covers_only_statements_held_for_the_same_reasons(svc) -> None:
     sql = "DELETE FROM orders WHERE id = 7"
     outcome = await svc.hold(make_request(sql, wait=0, identity="shaper-3"), Notices())

@@ -94,7 +94,48 @@ BY_PLACE = [
         "DELETE FROM customers c USING (SELECT 'Ann Lee' AS n) v WHERE c.full_name = v.n",
         "DELETE FROM customers c USING (SELECT '<value>' AS n) v WHERE c.full_name = v.n",
     ),
+    # a PII column behind an alias, however many levels, a JSON key, a composite's
+    # field, a whole row, a CASE, a UNION; a prepared statement's arguments
+    (
+        "SELECT * FROM (SELECT full_name AS n FROM customers) x WHERE n = 'Ann Lee'",
+        "SELECT * FROM (SELECT full_name AS n FROM customers) x WHERE n = '<n>'",
+    ),
+    (
+        "SELECT * FROM (SELECT full_name FROM customers) x(n) WHERE n = 'Ann Lee'",
+        "SELECT * FROM (SELECT full_name FROM customers) x(n) WHERE n = '<n>'",
+    ),
+    (
+        "WITH x AS (SELECT upper(full_name) AS u FROM customers), y(w) AS (SELECT u FROM x) "
+        "SELECT * FROM y WHERE w = 'ANN LEE'",
+        "WITH x AS (SELECT upper(full_name) AS u FROM customers), y(w) AS (SELECT u FROM x) "
+        "SELECT * FROM y WHERE w = '<w>'",
+    ),
+    (
+        "SELECT * FROM customers c WHERE to_jsonb(c)->>'full_name' = 'Ann Lee'",
+        "SELECT * FROM customers c WHERE to_jsonb(c)->>'<full_name>' = '<full_name>'",
+    ),
+    (
+        "SELECT * FROM customers c WHERE (c).full_name = 'Ann Lee'",
+        "SELECT * FROM customers c WHERE (c).full_name = '<full_name>'",
+    ),
+    (
+        "SELECT * FROM customers c WHERE c::text LIKE '%Ann Lee%' OR c = ROW(1, 'Ann')",
+        "SELECT * FROM customers c WHERE c::text LIKE '<value>' OR c = ROW('<value>', '<value>')",
+    ),
+    (
+        "SELECT CASE full_name WHEN 'Ann Lee' THEN 1 END FROM customers",
+        "SELECT CASE full_name WHEN '<full_name>' THEN '<full_name>' END FROM customers",
+    ),
+    (
+        "INSERT INTO customers (id, full_name) SELECT 1, 'Ann Lee' UNION SELECT 2, 'Bo Li'",
+        "INSERT INTO customers (id, full_name) SELECT 1, '<full_name>' UNION SELECT 2, '<full_name>'",
+    ),
+    ("EXECUTE p(7, 'Ann Lee')", "EXECUTE p('<value>', '<value>')"),
     # ... but not where no PII column is named
+    (
+        "SELECT * FROM (SELECT status AS s FROM orders) x WHERE s = 'paid'",
+        "SELECT * FROM (SELECT status AS s FROM orders) x WHERE s = 'paid'",
+    ),
     (
         "UPDATE orders SET status = v.s FROM (VALUES (1, 'paid')) v(id, s) WHERE orders.id = v.id",
         "UPDATE orders SET status = v.s FROM (VALUES (1, 'paid')) v(id, s) WHERE orders.id = v.id",
