@@ -10,7 +10,8 @@ a client reads a syntax error, not a permission problem. Two details matter:
   reports one past the last character.
 * **message**: the message travels to the agent, the audit log and the approval
   page. The parser echoes the token where it stopped, which may be a literal value
-  (an SSN in an unterminated string): that token is replaced first.
+  (an SSN in an unterminated string, the rest of the text after an unterminated
+  comment, a quoted identifier): that token is replaced first.
 """
 
 from __future__ import annotations
@@ -28,13 +29,24 @@ def safe_parse_message(message: str) -> str:
     """The parser's message with any echoed literal replaced by ``<literal>``.
 
     ``unterminated quoted string at or near "'123-45-6789"`` would carry a value into
-    the audit log and the approval page; keywords and identifiers stay (they are what
-    makes the message useful: ``syntax error at or near "SELEC"``).
+    the audit log and the approval page; so would an unterminated comment (the rest of
+    the text, ``<comment>``) and a quoted identifier (``<identifier>``). Keywords and
+    plain identifiers stay (they are what makes the message useful: ``syntax error at
+    or near "SELEC"``).
     """
     m = _NEAR.search(message)
-    if m is None or not _LITERAL_START.match(m.group(1)):
+    if m is None:
         return message
-    return message[: m.start()] + "at or near <literal>" + (m.group(2) or "")
+    near = m.group(1)
+    if _LITERAL_START.match(near):
+        what = "<literal>"
+    elif near.startswith("/*"):  # an unterminated comment: the rest of the text
+        what = "<comment>"
+    elif near.startswith(('"', 'U&"', 'u&"')):  # a quoted identifier holds anything
+        what = "<identifier>"
+    else:
+        return message
+    return message[: m.start()] + "at or near " + what + (m.group(2) or "")
 
 
 class ParserComplaint(NamedTuple):

@@ -32,13 +32,25 @@ TABLE = [
     row("SELECT ü +", "syntax error at end of input", 11, id="end-of-input-after-unicode"),
     row("SELECT 1 -- comment\nFROM WHERE", 'syntax error at or near "WHERE"', 26, id="newline"),
     row("SELECT 'abc", "unterminated quoted string at or near <literal>", 8, id="literal-masked"),
-    row("SELECT 1 /* open", 'unterminated /* comment at or near "/* open"', 10, id="comment"),
+    row(
+        "SELECT 1 /* Ann Lee, 1 Main St",
+        "unterminated /* comment at or near <comment>",
+        10,
+        id="comment-masked",
+    ),
     row(
         "SELECT 1 /* a /* b */ c",
-        'unterminated /* comment at or near "/* a /* b */ c"',
+        "unterminated /* comment at or near <comment>",
         10,
         id="nested-comment-parsed-flattened",
     ),
+    row(
+        'SELECT 1 FROM t WHERE "Ann Lee" "Bo Li"',
+        "syntax error at or near <identifier>",
+        33,
+        id="quoted-identifier-masked",
+    ),
+    row('SELECT "Ann Lee', "unterminated quoted identifier at or near <identifier>", 8),
     row("\tSELECT\t1\tWHERE", "syntax error at end of input", 16, id="tabs"),
 ]
 

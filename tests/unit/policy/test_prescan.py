@@ -88,7 +88,8 @@ def test_a_prepare_body_keeps_its_original_comments() -> None:
 
 def test_an_unterminated_comment_is_a_parse_error_at_its_start() -> None:
     c = classify("select 1 /* /* a */")
-    assert c.parse_error == 'unterminated /* comment at or near "/* /* a */"'  # as PostgreSQL
+    # as PostgreSQL, but what it quotes (the rest of the text) masked
+    assert c.parse_error == "unterminated /* comment at or near <comment>"
     assert c.parse_error_position == 10
 
 
