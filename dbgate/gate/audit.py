@@ -119,6 +119,14 @@ def _mask_agrees(text: str) -> bool:
     return scanned == quick
 
 
+def raw_params(params: Any) -> tuple[bytes | None, ...]:
+    """Bind values as the writer hashes them: bytes (text values in UTF-8, as a client
+    sends them in text format, so they hash as on the allowed path). The writer stores
+    a ``str`` parameter as text, scrubbed only by look: a decoded value handed on as it
+    is — a held or refused statement's — would be recorded as typed."""
+    return tuple(p.encode("utf-8", "surrogateescape") if isinstance(p, str) else p for p in params)
+
+
 class _Shape:
     """The parts of a record that depend only on the classification."""
 
@@ -293,7 +301,7 @@ class AuditTrail(QuietObserver):
             database=who.database,
             purpose=who.purpose,
             model=who.model,
-            params=request.params,
+            params=raw_params(request.params),
             fingerprint=request.fingerprint,
             categories=request.categories,
             tables=request.tables,

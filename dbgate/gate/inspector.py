@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 from dbgate.audit.errors import AuditUnavailable
 from dbgate.gate import refusals
 from dbgate.gate.approved_pii import ApprovedPii
-from dbgate.gate.audit import AuditTrail
+from dbgate.gate.audit import AuditTrail, raw_params
 from dbgate.gate.bind_verdicts import BindVerdicts
 from dbgate.gate.fresh_literals import FreshLiterals
 from dbgate.gate.holds import HoldDesk
@@ -406,7 +406,7 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
             "deny" if decision.action is Action.DENY else "refused",
             sql,
             note,
-            params=tuple(params),
+            params=raw_params(params),
             outcome=refusal.sqlstate,
             reason=refusal.message,
         )

@@ -169,6 +169,34 @@ async def test_no_literal_reaches_the_audit_whatever_its_place(env: HoldsEnv, pe
     assert "5551234567" not in dump and "Zelda Quist" not in dump
 
 
+async def test_bind_values_of_held_and_refused_statements_are_hashed(
+    env: HoldsEnv, people: str
+) -> None:
+    """A held, rejected or denied statement's Bind values reach the trail as the gate
+    decoded them (text): they are hashed like an allowed statement's, not stored."""
+    conn = await asyncpg.connect(env.dsn)
+    notices = AsyncpgNotices(conn)
+    try:
+        running = asyncio.create_task(
+            conn.execute(f"UPDATE {people} SET note = $1", "Zelda Quist, 1 Quist Lane")
+        )
+        rid = await notices.held()
+        await env.app.areject(rid, "no")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await running
+        # decided at Bind, with the values: a logging setting is server administration
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetchval("SELECT set_config($1, $2, false)", "log_statement", "all -- Quist")
+    finally:
+        running.cancel()
+        await conn.close()
+    recs = audit(env, "kind = 'statement' AND params IS NOT NULL AND event <> 'completed'")
+    assert {(r["event"], r["decision"]) for r in recs} >= {("decided", "hold"), ("refused", "deny")}
+    assert all(p.startswith("h:") for r in recs for p in r["params"] if p is not None)
+    dump = env.app.rows("SELECT string_agg(t::text, ' ') AS all FROM dbgate.audit_log t")[0]["all"]
+    assert "Quist" not in dump
+
+
 async def test_sessions_are_recorded(env: HoldsEnv) -> None:
     conn = await asyncpg.connect(env.dsn, server_settings={"application_name": "sess-audit"})
     sid = await conn.fetchval("SELECT 1")

@@ -209,3 +209,26 @@ def test_a_mask_the_scanner_disagrees_with_is_not_remembered_as_a_shape() -> Non
     assert masked_text("SELECT * FROM t WHERE a > -5 AND b = 'x'", {}, shapes) == (
         "SELECT * FROM t WHERE a > $1 AND b = $2"
     )
+
+
+def test_decoded_bind_values_are_handed_on_to_be_hashed() -> None:
+    """The writer keeps a str parameter as text (scrubbed by look only): what the gate
+    decoded must reach it as bytes, hashed like the allowed path's raw values."""
+    from dbgate.audit.canonical import INDEX
+    from dbgate.audit.rows import RowBuilder
+    from dbgate.gate.audit import raw_params
+    from dbgate.policy.model import Action, Decision
+    from tests.integration.approvals_helpers import make_request
+
+    request = make_request("DELETE FROM customers WHERE note = $1", ("Zelda Quist", None))
+    event = _trail().held(_session(), request, Decision(Action.HOLD, "h"), "decided", "hold")
+    assert event.params == (b"Zelda Quist", None)
+    values = RowBuilder("r", b"k" * 16).build(event, 0)
+    stored = values[INDEX["params"]]
+    assert stored[0].startswith("h:") and stored[1] is None
+    allowed = RowBuilder("r", b"k" * 16).build(
+        _trail().statement(_session(), "completed", "allow", "SELECT 1", None, (b"Zelda Quist",)),
+        0,
+    )
+    assert allowed[INDEX["params"]][0] == stored[0]  # equal values match across paths
+    assert raw_params(("é", b"\x00", None)) == ("é".encode(), b"\x00", None)
