@@ -96,6 +96,8 @@ def _shape_tree(node: object, free: bool) -> object:
         return out
     if isinstance(node, list):
         return [_shape_tree(item, free) for item in node]
+    if not free and isinstance(node, str) and _MASKED.search(node):
+        return {"ParamRef": "masked"}  # masked code (a DO block's literals): as above
     return node
 
 

@@ -512,6 +512,48 @@ def _scan(sql: str) -> tuple[list[Any], int | None]:
         return [], 0
 
 
+_DOLLAR_TAG = re.compile(r"\$(?:[^\W\d]\w*)?\$")
+#: Scanner token kinds that may name a column (a column may be called ``name``, a
+#: keyword).
+_NAME_KINDS = frozenset({"NO_KEYWORD", "UNRESERVED_KEYWORD", "COL_NAME_KEYWORD"})
+
+
+def _code_spans(text: str, offset: int, extra: Sequence[str]) -> list[_Span]:
+    """A string that holds code — a ``DO`` block, a function's body, the query of
+    ``query_to_xml`` — which names a PII column: its literals are masked too
+    (``DO $$ … SET full_name = '<value>' … $$``). A dollar-quoted body keeps the rest
+    of its text; a single-quoted one (its quotes doubled) is masked whole."""
+    tag = _DOLLAR_TAG.match(text)
+    if tag is not None:
+        size = len(tag.group())
+        if len(text) < 2 * size or not text.endswith(tag.group()):
+            return []
+        body, at = text[size:-size], offset + size
+    elif text[:1] == "'":
+        body, at = text[1:-1].replace("''", "'"), -1
+    else:  # E'', U&'': escapes would move the offsets
+        body, at = text[2:-1], -1
+    if not body.strip():
+        return []
+    tokens, failed = _scan(body)
+    names_pii = any(
+        (t.name in ("IDENT", "UIDENT") or t.kind in _NAME_KINDS)
+        and is_pii_column(body[t.start : t.end + 1], extra)
+        for t in tokens
+    )
+    if not names_pii:
+        return []
+    literals = [t for t in tokens if t.name in _LITERAL_TOKENS]
+    if not literals and failed is None:
+        return []
+    if at < 0:
+        return [_Span(offset, offset + len(text), "value", True)]
+    spans = [_Span(at + t.start, at + t.end + 1, "value", True) for t in literals]
+    if failed is not None:
+        spans.append(_Span(at + failed, at + len(body), "value", False))
+    return spans
+
+
 def mask_sql(
     sql: str, params: Sequence[str | None] = (), *, pii_columns: Sequence[str] = ()
 ) -> tuple[str, tuple[str | None, ...]]:
@@ -555,6 +597,8 @@ def mask_sql(
             quoted = tok.name == "SCONST" and len(text) >= 2 and text[0] == "'" == text[-1]
             if quoted and _BARE_PHONE.fullmatch(text[1:-1].strip()):
                 spans.append(_Span(start, end, "phone", True))
+            if tok.name == "SCONST":
+                spans.extend(_code_spans(text, start, places.extra))
     masked = _apply(sql if failed is None else sql[:failed], spans)
     if failed is not None:
         masked += "<masked: the rest could not be scanned>"

@@ -402,8 +402,13 @@ async def test_a_free_shape_does_not_free_parameters_that_are_not_data(
             "SELECT set_config('app.who', full_name, false) FROM customers WHERE id = 1",
             "SELECT set_config('role', full_name, false) FROM customers WHERE id = 1",
         ),
+        # a DO block's literals, masked because it names a PII column
+        (
+            "DO $$BEGIN UPDATE customers SET full_name = 'Ann Lee' WHERE id = 1; END$$",
+            "DO $$BEGIN UPDATE customers SET full_name = 'Ann Lee' WHERE id = 2; END$$",
+        ),
     ],
-    ids=["execute", "function-next-to-pii"],
+    ids=["execute", "function-next-to-pii", "do-block"],
 )
 async def test_a_masked_constant_that_is_not_data_is_not_freed_by_a_shape(
     svc, state_dsn, approved, sent

@@ -131,6 +131,27 @@ BY_PLACE = [
         "INSERT INTO customers (id, full_name) SELECT 1, '<full_name>' UNION SELECT 2, '<full_name>'",
     ),
     ("EXECUTE p(7, 'Ann Lee')", "EXECUTE p('<value>', '<value>')"),
+    # code in a string (a DO block, a function's body, query_to_xml's query) that names
+    # a PII column: its literals
+    (
+        "DO $$BEGIN UPDATE customers SET full_name = 'Ann Lee' WHERE id = 7; END$$",
+        "DO $$BEGIN UPDATE customers SET full_name = '<value>' WHERE id = '<value>'; END$$",
+    ),
+    (
+        "CREATE FUNCTION f() RETURNS bigint LANGUAGE sql AS "
+        "$f$ SELECT count(*) FROM customers WHERE address = '1 Main St' $f$",
+        "CREATE FUNCTION f() RETURNS bigint LANGUAGE sql AS "
+        "$f$ SELECT count(*) FROM customers WHERE address = '<value>' $f$",
+    ),
+    (
+        "SELECT query_to_xml('select 1 from customers where full_name = ''Ann Lee''', "
+        "true, true, '')",
+        "SELECT query_to_xml('<value>', true, true, '')",
+    ),
+    (
+        "DO $$BEGIN UPDATE orders SET status = 'paid' WHERE id = 7; END$$",
+        "DO $$BEGIN UPDATE orders SET status = 'paid' WHERE id = 7; END$$",
+    ),
     # ... but not where no PII column is named
     (
         "SELECT * FROM (SELECT status AS s FROM orders) x WHERE s = 'paid'",
