@@ -3,8 +3,9 @@
 Callers mask statement text and parameters before they record them (the PII room
 knows which literals touch PII columns). This module runs on every free-text value
 just before it is hashed and written, and replaces whatever still *looks* like an
-email address, a payment card number (Luhn-valid), a US social security number or a
-phone number with a marker (``<email>``, ``<card>``, ``<ssn>``, ``<phone>``), so
+email address, a payment card number (Luhn-valid), a US social security number, a
+phone number, a UK National Insurance number or an IBAN (mod-97-valid) with a marker
+(``<email>``, ``<card>``, ``<ssn>``, ``<phone>``, ``<national_id>``, ``<iban>``), so
 that a bug in a caller cannot put raw PII into an append-only, tamper-evident log
 where it could never be removed. The record counts what was replaced (``scrubbed``):
 anything above zero is a caller bug worth a look.
@@ -23,6 +24,8 @@ EMAIL_MARK = "<email>"
 CARD_MARK = "<card>"
 SSN_MARK = "<ssn>"
 PHONE_MARK = "<phone>"
+NATIONAL_ID_MARK = "<national_id>"
+IBAN_MARK = "<iban>"
 
 _EMAIL = re.compile(
     r"(?<![\w.%+\-])[\w.%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){1,8}"
@@ -37,6 +40,24 @@ _PHONE = re.compile(
     r"(?<![\w+])(?:\+?1[ .\-]?)?(?:\(\d{3}\)[ .\-]?|\d{3}[ .\-])\d{3}[ .\-]\d{4}(?:\s?x\d{1,6})?(?![\d])"
     r"|(?<![\w+])\+\d(?:[ .\-]?\d){7,14}(?![\d])"
 )
+
+
+# A UK National Insurance number, spaced or not (AB 12 34 56 C).
+_NINO = re.compile(
+    r"(?<![A-Za-z0-9])[A-CEGHJ-PR-TW-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"
+)
+# An IBAN, compact or in groups of four; checked with its mod-97 checksum.
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
+_ID_HINT = re.compile(r"[A-Z]{2} ?\d{2}")
+
+
+def iban_valid(text: str) -> bool:
+    """The mod-97 checksum of an IBAN (spaces ignored)."""
+    s = text.replace(" ", "")
+    if not 15 <= len(s) <= 34:
+        return False
+    moved = s[4:] + s[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
 def luhn_valid(digits: str) -> bool:
@@ -68,6 +89,17 @@ class _Counter:
         self.count += 1
         return CARD_MARK
 
+    def iban(self, m: re.Match[str]) -> str:
+        """The longest prefix of the match that ends at a group boundary and passes
+        the checksum (the pattern may run on into a word that follows: ``… 32 AND``)."""
+        text = m.group(0)
+        ends = [len(text)] + [i for i in range(len(text) - 1, 0, -1) if text[i] == " "]
+        for end in ends:
+            if iban_valid(text[:end]):
+                self.count += 1
+                return IBAN_MARK + text[end:]
+        return text
+
 
 def scrub(text: str) -> tuple[str, int]:
     """``text`` with PII-looking values replaced, and how many were replaced."""
@@ -77,9 +109,15 @@ def scrub(text: str) -> tuple[str, int]:
     if "@" in text:
         text, k = _EMAIL.subn(EMAIL_MARK, text)
         n += k
+    counter = _Counter()
+    if _ID_HINT.search(text) is not None:  # two capitals and two digits
+        text = _IBAN.sub(counter.iban, text)
+        text, k = _NINO.subn(NATIONAL_ID_MARK, text)
+        n += k
+    n += counter.count
+    counter.count = 0
     if not _has_digit_run(text):
         return text, n
-    counter = _Counter()
     text = _CARD.sub(counter.card, text)
     n += counter.count
     text, k = _SSN.subn(SSN_MARK, text)

@@ -33,6 +33,12 @@ from dbgate.audit.scrub import luhn_valid, scrub
         ("+1 415 555 0134", "<phone>", 1),
         ("+44 20 7946 0958", "<phone>", 1),
         ("001-415-555-0134x1234", "001-<phone>", 1),
+        # what masking by look finds in comments and names, the scrubber finds too
+        ("/* NI number AB 12 34 56 C */", "/* NI number <national_id> */", 1),
+        ('SELECT 1 AS "AB123456C"', 'SELECT 1 AS "<national_id>"', 1),
+        ("iban GB82 WEST 1234 5698 7654 32 AND x", "iban <iban> AND x", 1),
+        ("DE89370400440532013000", "<iban>", 1),
+        ("XX12 3456 7890 1234 5", None, 0),  # fails mod-97
     ],
 )
 def test_replaces_what_looks_like_pii(text: str, expected: str | None, count: int) -> None:
@@ -72,6 +78,9 @@ def test_luhn() -> None:
         "+1" * 200_000,
         "(555) " * 100_000,
         "4111 " * 100_000,
+        "AB12 " * 100_000,
+        "AB12" * 200_000,
+        "AB 12 " * 100_000,
     ],
 )
 def test_hostile_input_finishes(hostile: str) -> None:
