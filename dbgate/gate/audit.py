@@ -35,7 +35,7 @@ from dbgate.audit.errors import AuditUnavailable
 from dbgate.gate.declarations import declared
 from dbgate.gate.notes import GateNote
 from dbgate.pii.sql_mask import looks_like_pii, mask_every_literal, mask_text
-from dbgate.policy.literals import fast_mask, render_key, spans
+from dbgate.policy.literals import fast_mask, mask, render_key, spans
 from dbgate.proxy.seams import Allow, QuietObserver, Refuse, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 
@@ -78,14 +78,14 @@ def masked_text(sql: str, cache: dict[str, str], shapes: dict[str, str] | None =
     if key is None:
         masked = mask_every_literal(text)
     elif shapes is None:
-        masked = render_key(key) if _mask_agrees(text) else mask_every_literal(text)
+        masked = render_key(key) if _mask_agrees(text, key) else mask_every_literal(text)
     else:
         masked = shapes.get(key)  # type: ignore[assignment]
         if masked is None:
             if len(shapes) >= _MASK_CACHE:
                 shapes.clear()
             # "" marks a mask the scanner disagrees with: such texts are scanned
-            masked = shapes[key] = render_key(key) if _mask_agrees(text) else ""
+            masked = shapes[key] = render_key(key) if _mask_agrees(text, key) else ""
         if not masked:
             masked = mask_every_literal(text)
         if masked != sql:  # new literals: this very text will hardly come again
@@ -96,7 +96,7 @@ def masked_text(sql: str, cache: dict[str, str], shapes: dict[str, str] | None =
     return masked
 
 
-def _mask_agrees(text: str) -> bool:
+def _mask_agrees(text: str, key: str) -> bool:
     """Whether the quick literal mask found exactly the constants PostgreSQL's scanner
     finds in ``text`` (a leading ``-`` it folds into a number aside). Then it does for
     every text with the same mask: the mask is injective and the text outside the
@@ -104,7 +104,7 @@ def _mask_agrees(text: str) -> bool:
     identifier that looks like PII (the same in every such text) also says no: the
     scanner's mask masks it."""
     found = spans(text)
-    if found is None:
+    if found is None or mask(text) != key:  # the key as the compiled mask made it
         return False
     try:
         tokens = pg.scan(text)
