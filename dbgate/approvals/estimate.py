@@ -125,16 +125,42 @@ async def estimate_rows(
 _QUOTED = re.compile(r'"(?:[^"]|"")*"')
 
 
+#: SQLSTATE classes whose messages the server writes itself when it plans: syntax
+#: and access (42), data (22), resources and limits (53, 54, 57), connection (08),
+#: unsupported (0A), transaction state (25).
+_SAID_BY_THE_SERVER = frozenset({"42", "22", "53", "54", "57", "08", "0A", "25"})
+
+
+_CONTEXT_LINE = re.compile(
+    r"(?:SQL function |SQL statement |PL/pgSQL function .* at (?!RAISE|ASSERT)\w)"
+)
+
+
+def _server_wrote(e: BaseException) -> bool:
+    """Whether the server wrote this message, not a function's own code (``RAISE``,
+    ``ASSERT``, a procedural language's error call): no context, or only SQL and
+    PL/pgSQL statements that are not RAISE or ASSERT in it."""
+    context = getattr(e, "context", None)
+    if not context:
+        return True
+    return all(_CONTEXT_LINE.match(line) for line in str(context).splitlines() if line)
+
+
 def _error_text(e: BaseException) -> str:
     """An error for approvers: the primary message only (a DETAIL or HINT may quote a
     row: ``Key (email)=(…)``, ``Token "…" is invalid``), with whatever it quotes
     replaced: the value it echoes is the agent's, masked in the statement by place
-    (``birth_date = $1``) but not shaped like anything masking by look finds."""
+    (``birth_date = $1``) but not shaped like anything masking by look finds. An error
+    raised inside a function, or of a class the server's own checks do not raise, is
+    noted by its SQLSTATE alone."""
     if isinstance(e, asyncpg.PostgresError):
+        code = getattr(e, "sqlstate", None) or ""
+        if code[:2] not in _SAID_BY_THE_SERVER or not _server_wrote(e):
+            # raised by a function the planner ran (an IMMUTABLE one on constants):
+            # its message is the function's to write, table data included
+            return f"an error in a function the planner evaluated (SQLSTATE {code or '?'})"
         text = str(e.args[0]) if e.args else type(e).__name__
-        code = getattr(e, "sqlstate", None)
-        if code:
-            text = f"{text} (SQLSTATE {code})"
+        text = f"{text} (SQLSTATE {code})"
     else:
         text = str(e)
     return mask_text(_QUOTED.sub('"…"', text))

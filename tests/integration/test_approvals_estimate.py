@@ -38,6 +38,13 @@ async def agent_connect(pg_server) -> AsyncIterator[dict[str, Any]]:
               $$ SELECT nextval('side_effects')::int $$;
             CREATE FUNCTION slow_when_planned() RETURNS int IMMUTABLE LANGUAGE plpgsql AS
               $$ BEGIN PERFORM pg_sleep(30); RETURN 1; END $$;
+            -- Mislabelled too, and it says what it read when it fails.
+            CREATE TABLE people (id int, full_name text);
+            INSERT INTO people VALUES (1, 'Zelda Quist');
+            CREATE FUNCTION tells_when_planned(n int) RETURNS int IMMUTABLE LANGUAGE plpgsql
+              SECURITY DEFINER AS
+              $$ BEGIN RAISE EXCEPTION USING ERRCODE = '22000',
+                   MESSAGE = (SELECT full_name FROM people WHERE id = n); END $$;
             """
         )
     finally:
@@ -137,6 +144,8 @@ async def test_errors_echo_no_value_whatever_it_looks_like(agent_connect) -> Non
         ("SELECT * FROM orders WHERE id = $1", ("Zelda Quist",), "Zelda Quist"),
         ("SELECT * FROM orders WHERE id = $1 AND $2::date IS NULL", ("1", "17/31/1980"), "1980"),
         ("SELECT * FROM orders WHERE status::jsonb = '{\"n\": Zelda}'", (), "Zelda"),
+        # a function the planner evaluates raises with table data
+        ("SELECT * FROM orders WHERE id = tells_when_planned(1)", (), "Zelda"),
     ]:
         bad = await estimate_rows(sql, params, connect=agent_connect)
         assert bad.rows is None and "could not estimate" in bad.note, bad
