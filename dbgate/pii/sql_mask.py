@@ -359,6 +359,7 @@ class _Places:
     def __init__(self, extra: Sequence[str]) -> None:
         self.extra: tuple[str, ...] = tuple(extra)
         self.rows: frozenset[str] = frozenset()  # names of whole rows (tables, aliases)
+        self.aliases: set[str] = set()  # other names PII values go by (see learn)
         self.consts: dict[int, str] = {}  # byte location -> label
         self.params: dict[int, str] = {}  # parameter number -> label
         # VALUES lists that are not an INSERT's rows (FROM (VALUES …) v(n), a CTE, a
@@ -371,7 +372,7 @@ class _Places:
     def pii(self, name: str | None) -> str | None:
         if name == WHOLE_ROW:
             return "value"
-        if name and is_pii_column(name, self.extra):
+        if name and (name.lower() in self.aliases or is_pii_column(name, self.extra)):
             return name.lower()
         return None
 
@@ -379,22 +380,29 @@ class _Places:
         """Before :meth:`walk`: the names a PII value goes by in this statement besides
         its column's (``SELECT full_name AS n``, ``(SELECT full_name …) v(n)``,
         ``WITH x(n) AS (SELECT full_name …)``, followed through as many levels as there
-        are), and the names of whole rows."""
+        are), and the names of whole rows. Each output is looked at once (a worklist),
+        however long a chain of aliases a statement builds."""
         self.rows = frozenset(_range_names(tree))
-        outputs = list(_output_names(tree))
-        known = set(self.extra)
-        while True:
-            new = {
-                name
-                for names, value in outputs
-                if any(map(self.pii, _columns_under(value, self.rows)))
-                for name in names
-                if name not in known
-            }
-            if not new:
-                return
-            known |= new
-            self.extra = tuple(known)
+        outputs = [(names, set(_columns_under(v, self.rows))) for names, v in _output_names(tree)]
+        users: dict[str, list[int]] = {}
+        work: list[int] = []
+        for i, (_names, columns) in enumerate(outputs):
+            if any(map(self.pii, columns)):
+                work.append(i)
+            else:
+                for c in columns:
+                    users.setdefault(c.lower(), []).append(i)
+        seen: set[int] = set()
+        while work:
+            i = work.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            for name in outputs[i][0]:
+                if self.pii(name):
+                    continue  # a PII name already: whoever uses it was queued above
+                self.aliases.add(name.lower())
+                work.extend(users.get(name.lower(), ()))
 
     def mark(self, node: Any, label: str) -> None:
         for kind, where in _values_under(node):
