@@ -386,8 +386,8 @@ class PgApprovalService:
             reasons=tuple((code, mask_text(text)) for code, text in request.reasons),
             rule=request.rule,
             rule_message=mask_text(request.rule_message),
-            tables=tuple(request.tables),
-            columns=tuple(request.columns),
+            tables=tuple(mask_text(t) for t in request.tables),  # a quoted name holds anything
+            columns=tuple(mask_text(c) for c in request.columns),
             approver_groups=tuple(request.approver_groups),
             approvals_needed=max(1, request.approvals_needed),
             wait_seconds=max(0.0, request.wait_seconds),

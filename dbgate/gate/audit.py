@@ -119,6 +119,13 @@ def _mask_agrees(text: str, key: str) -> bool:
     return scanned == quick
 
 
+def masked_names(names: Any) -> tuple[str, ...]:
+    """Table or column names, sorted, with what looks like PII masked by look: a name
+    is whatever the agent quoted (``FROM "ann@example.com"``), and the writer does not
+    scrub names."""
+    return tuple(sorted({mask_text(n) for n in names}))
+
+
 def raw_params(params: Any) -> tuple[bytes | None, ...]:
     """Bind values as the writer hashes them: bytes (text values in UTF-8, as a client
     sends them in text format, so they hash as on the allowed path). The writer stores
@@ -143,8 +150,9 @@ class _Shape:
         self.declares: tuple[tuple[str, str], ...] = getattr(c, "declares", ()) or ()
         if c is not None:
             self.categories = tuple(sorted(x.value for x in c.categories))
-            self.tables = tuple(sorted(c.tables))
-            self.columns = tuple(sorted({x for s in c.statements for x in s.columns}))
+            # names the agent typed: a quoted identifier may hold anything
+            self.tables = masked_names(c.tables)
+            self.columns = masked_names({x for s in c.statements for x in s.columns})
 
 
 _NO_SHAPE = _Shape(None)
@@ -304,8 +312,8 @@ class AuditTrail(QuietObserver):
             params=raw_params(request.params),
             fingerprint=request.fingerprint,
             categories=request.categories,
-            tables=request.tables,
-            columns=request.columns,
+            tables=masked_names(request.tables),
+            columns=masked_names(request.columns),
             rule=decision.rule,
             approval_id=approval_id,
             outcome=outcome,

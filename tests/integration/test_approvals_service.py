@@ -99,6 +99,22 @@ async def test_hold_records_masked_then_waits_for_an_approval(svc, state_dsn) ->
     assert (await _row(state_dsn, rid))["status"] == "executed"
 
 
+async def test_names_the_agent_quoted_are_masked_by_look(svc, state_dsn) -> None:
+    """A quoted identifier holds whatever the agent typed: FROM "ann.lee@example.com"."""
+    from dataclasses import replace
+
+    sql = 'DELETE FROM "ann.lee@example.com" WHERE "078-05-1120" = 1'
+    request = replace(
+        make_request(sql, wait=0, identity="names"),
+        tables=("ann.lee@example.com",),
+        columns=("ann.lee@example.com.078-05-1120",),
+    )
+    outcome = await svc.hold(request, Notices())
+    row = await _row(state_dsn, int(outcome.request_id))
+    assert "ann.lee" not in row["everything"] and "078-05-1120" not in row["everything"]
+    assert '"tables":["<email>"]' in row["everything"]
+
+
 async def test_a_rejection_returns_the_approvers_reason(svc) -> None:
     notices = Notices()
     task = asyncio.create_task(svc.hold(make_request(), notices))

@@ -232,3 +232,12 @@ def test_decoded_bind_values_are_handed_on_to_be_hashed() -> None:
     )
     assert allowed[INDEX["params"]][0] == stored[0]  # equal values match across paths
     assert raw_params(("é", b"\x00", None)) == ("é".encode(), b"\x00", None)
+
+
+def test_names_the_agent_quoted_are_masked_by_look() -> None:
+    """The writer never scrubs table and column names; a quoted one holds anything."""
+    sql = 'SELECT "ann.lee@example.com"."078-05-1120" FROM "ann.lee@example.com"'
+    event = _event(_trail(), sql)
+    assert event.tables == ("<email>",)
+    assert all("ann.lee" not in c and "078-05-1120" not in c for c in event.columns)
+    assert "ann.lee" not in event.statement
