@@ -13,7 +13,8 @@ carries: ``UPDATE customers SET email = 'ann@example.com' WHERE id = 7`` is show
 * **by look**: any string literal, comment, quoted identifier or parameter value that
   contains something shaped like an e-mail address, a phone number, a payment card
   number (Luhn-checked), a US SSN, a UK National Insurance number or an IBAN
-  (mod-97-checked), wherever it appears.
+  (mod-97-checked), wherever it appears; an escaped literal (``E'…'``, ``U&'…'``) is
+  read as its value.
 
 Literals are found with PostgreSQL's own scanner and parser (pglast), not with
 regular expressions over the text, so quoting tricks (``E'\\''``, ``$$…$$``,
@@ -520,6 +521,48 @@ def _scan(sql: str) -> tuple[list[Any], int | None]:
         return [], 0
 
 
+_C_ESCAPE = re.compile(
+    r"\\(?:x([0-9A-Fa-f]{1,2})|([0-7]{1,3})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|(.))", re.DOTALL
+)
+_UESCAPE = re.compile(r"\s*(?i:uescape)\s*'([^'])'")
+_C_SIMPLE = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescaped(text: str, escape: str = "\\") -> str | None:
+    """The value of an escaped literal — ``E'ann\\x40example.com'``, ``U&'ann\\0040…'``
+    — for masking by look, which its escapes would otherwise hide; None for a literal
+    whose text is its value."""
+
+    def char(code: str, base: int) -> str:
+        try:
+            return chr(int(code, base))
+        except (ValueError, OverflowError):
+            return "?"
+
+    if text[:2] in ("E'", "e'"):
+        body = text[2:-1].replace("''", "'")
+        return _C_ESCAPE.sub(
+            lambda m: (
+                char(m.group(1), 16)
+                if m.group(1)
+                else char(m.group(2), 8)
+                if m.group(2)
+                else char(m.group(3) or m.group(4), 16)
+                if m.group(3) or m.group(4)
+                else _C_SIMPLE.get(m.group(5), m.group(5))
+            ),
+            body,
+        )
+    if text[:3] in ("U&'", "u&'"):
+        body = text[3:-1].replace("''", "'")
+        e = re.escape(escape)
+        pattern = re.compile(e + r"(?:\+([0-9A-Fa-f]{6})|([0-9A-Fa-f]{4})|(" + e + "))")
+        return pattern.sub(
+            lambda m: escape if m.group(3) else char(m.group(1) or m.group(2), 16), body
+        )
+    return None
+
+
 _DOLLAR_TAG = re.compile(r"\$(?:[^\W\d]\w*)?\$")
 #: Scanner token kinds that may name a column (a column may be called ``name``, a
 #: keyword).
@@ -607,6 +650,15 @@ def mask_sql(
                 spans.append(_Span(start, end, "phone", True))
             if tok.name == "SCONST":
                 spans.extend(_code_spans(text, start, places.extra))
+            decoded = None
+            if tok.name in ("SCONST", "USCONST"):
+                uescape = _UESCAPE.match(sql, end) if tok.name == "USCONST" else None
+                decoded = _unescaped(text, uescape.group(1) if uescape else "\\")
+            if decoded is not None and decoded != text:
+                hidden = list(_shaped(decoded))
+                # more than the text shows as written: an escape hides one
+                if len(hidden) > sum(1 for _ in _shaped(text)):
+                    spans.append(_Span(start, end, hidden[0][2], True))
     masked = _apply(sql if failed is None else sql[:failed], spans)
     if failed is not None:
         masked += "<masked: the rest could not be scanned>"

@@ -189,6 +189,12 @@ BY_LOOK = [
     ("SELECT 1 -- call 206.269.0743", "SELECT 1 -- call <phone>"),
     ("SELECT E'a\\'b ann@x.org', $$ 427-73-4135 $$", "SELECT E'a\\'b <email>', $$ <ssn> $$"),
     ('SELECT 1 AS "ann@example.com"', 'SELECT 1 AS "<email>"'),
+    # escapes do not hide a value from masking by look
+    (r"SELECT E'ann\x40example.com'", "SELECT '<email>'"),
+    (r"SELECT E'427\05573\0554135'", "SELECT '<ssn>'"),
+    (r"SELECT U&'ann\0040example.com'", "SELECT '<email>'"),
+    (r"SELECT U&'ann!0040example.com' UESCAPE '!'", "SELECT '<email>' UESCAPE '!'"),
+    (r"SELECT E'plain\n', U&'d\0061ta'", r"SELECT E'plain\n', U&'d\0061ta'"),
 ]
 
 
