@@ -438,6 +438,11 @@ class _Places:
                         )
                 elif kind == "ColumnRef" and not self.touches_pii:
                     self.touches_pii = any(map(self.pii, _columns_under(node, self.rows)))
+                elif kind == "AlterTableCmd" and (label := self.pii(body.get("name"))):
+                    self.mark(body.get("def"), label)  # ALTER COLUMN email SET DEFAULT 'x'
+                elif kind == "ColumnDef" and (label := self.pii(body.get("colname"))):
+                    self.mark(body.get("constraints"), label)  # email text DEFAULT 'x'
+                    self.mark(body.get("raw_default"), label)
                 elif kind == "ExecuteStmt":  # the prepared statement's places are unknown
                     self.mark(body.get("params"), "value")
                 elif kind == "MergeWhenClause" and body.get("commandType") == "CMD_INSERT":

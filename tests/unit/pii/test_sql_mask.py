@@ -131,6 +131,15 @@ BY_PLACE = [
         "INSERT INTO customers (id, full_name) SELECT 1, '<full_name>' UNION SELECT 2, '<full_name>'",
     ),
     ("EXECUTE p(7, 'Ann Lee')", "EXECUTE p('<value>', '<value>')"),
+    # a PII column's default
+    (
+        "ALTER TABLE customers ALTER COLUMN full_name SET DEFAULT 'Ann Lee'",
+        "ALTER TABLE customers ALTER COLUMN full_name SET DEFAULT '<full_name>'",
+    ),
+    (
+        "CREATE TABLE t (id int DEFAULT 7, full_name text DEFAULT 'Ann Lee')",
+        "CREATE TABLE t (id int DEFAULT 7, full_name text DEFAULT '<full_name>')",
+    ),
     # code in a string (a DO block, a function's body, query_to_xml's query) that names
     # a PII column: its literals
     (
