@@ -80,6 +80,7 @@ class HoldDesk:
         params: Sequence[str | None],
         decision: Decision,
         classification: Classification,
+        pii_columns: Sequence[str] = (),
     ) -> ApprovalRequest:
         server = session.server_params
         intent = declared(session.declared, classification.declares, sql)
@@ -110,6 +111,7 @@ class HoldDesk:
             wait_seconds=float(wait) if wait is not None else self.default_wait_seconds,
             tables=tuple(sorted(classification.tables)),
             columns=tuple(sorted({c for s in classification.statements for c in s.columns})),
+            pii_columns=tuple(pii_columns),
         )
 
     async def wait(

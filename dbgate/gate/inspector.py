@@ -382,12 +382,33 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
                 and self.holds is not None
                 and classification is not None
             ):
+                if self.pii is not None:
+                    return self._held_with_catalog(session, sql, params, decision, classification)
                 request = self.holds.request(session, sql, params, decision, classification)
                 return self.holds.wait(session, request, decision)
             refusal = refusals.refusal(decision, approvals=False)
         if self.audit is None:
             return refusal
         return self._recorded(session, sql, params, decision, refusal)
+
+    async def _held_with_catalog(
+        self,
+        session: SessionInfo,
+        sql: str,
+        params: tuple[str | None, ...] | list[str | None],
+        decision: Decision,
+        classification: Any,
+    ) -> Verdict:
+        """A hold whose request names the columns the PII catalog marks in the tables
+        it touches, so that the approver sees their values masked."""
+        assert self.pii is not None and self.holds is not None
+        try:
+            pii_columns = await self.pii.pii_columns_for(session.database, classification.tables)
+        except Exception:  # no schema: masking by name still applies
+            log.exception("session %s: PII columns for an approval unknown", session.session_id)
+            pii_columns = ()
+        request = self.holds.request(session, sql, params, decision, classification, pii_columns)
+        return await self.holds.wait(session, request, decision)
 
     async def _recorded(
         self,

@@ -211,6 +211,36 @@ class PiiGate:
             result = await result
         return q.allowed if result is None else result  # type: ignore[no-any-return]
 
+    async def pii_columns_for(self, database: str, tables: Iterable[str]) -> tuple[str, ...]:
+        """:meth:`pii_column_names` on a snapshot that knows the tables: one a statement
+        names before the snapshot was taken (created since) is read again first."""
+        tables = tuple(tables)
+        room = await self.loads.ensure(database)
+        names = [t.rpartition(".")[2] for t in tables]
+        if any(not room.snapshot.lookup(n) for n in names) and self.loads.may_be_new(
+            database, names
+        ):
+            await self.loads.reload_since(database, time.monotonic())
+        return self.pii_column_names(database, tables)
+
+    def pii_column_names(self, database: str, tables: Iterable[str]) -> tuple[str, ...]:
+        """Names of the columns of ``tables`` the catalog marks as PII (by entry, name
+        pattern or comment), for masking what approvers are shown: a column whose name
+        says nothing (``holder``, ``contact``) is still in a PII place. Empty until the
+        database's schema is loaded (masking by name still applies)."""
+        room = self.loads.loaded.get(database)
+        if room is None:
+            return ()
+        names: set[str] = set()
+        for table in tables:
+            schema, _, name = table.rpartition(".")
+            for rel in room.snapshot.lookup(name, schema or None):
+                for col in rel.columns:
+                    entity, _ = room.catalog.classify(rel.schema, rel.name, col.name, col.comment)
+                    if entity is not None:
+                        names.add(col.name)
+        return tuple(sorted(names))
+
     def session(self, info: SessionInfo) -> PiiSession | None:
         """This client session's PII state, or None until its room is loaded."""
         s = info.state.get(STATE_KEY)

@@ -197,6 +197,32 @@ async def test_bind_values_of_held_and_refused_statements_are_hashed(
     assert "Quist" not in dump
 
 
+async def test_approvers_see_a_catalog_pii_columns_values_masked(env: HoldsEnv) -> None:
+    """A column the PII catalog knows by its comment, whose name says nothing: what
+    is assigned to it is masked for the approver as a PII-named column's would be."""
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS holders",
+        "CREATE TABLE holders (id int PRIMARY KEY, holder text)",
+        "COMMENT ON COLUMN holders.holder IS 'pii:name'",
+        "INSERT INTO holders VALUES (1, 'x')",
+        "GRANT SELECT, UPDATE ON holders TO PUBLIC",
+    )
+    conn = await asyncpg.connect(env.dsn)
+    notices = AsyncpgNotices(conn)
+    try:
+        running = asyncio.create_task(conn.execute("UPDATE holders SET holder = 'Zelda Quist'"))
+        rid = await notices.held()
+        await env.app.areject(rid, "no")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await running
+    finally:
+        running.cancel()
+        await conn.close()
+    (row,) = env.app.rows("SELECT statement FROM dbgate.approvals WHERE id = $1", rid)
+    assert row["statement"] == "UPDATE holders SET holder = '<holder>'"
+
+
 async def test_sessions_are_recorded(env: HoldsEnv) -> None:
     conn = await asyncpg.connect(env.dsn, server_settings={"application_name": "sess-audit"})
     sid = await conn.fetchval("SELECT 1")
