@@ -241,3 +241,18 @@ def test_names_the_agent_quoted_are_masked_by_look() -> None:
     assert event.tables == ("<email>",)
     assert all("ann.lee" not in c and "078-05-1120" not in c for c in event.columns)
     assert "ann.lee" not in event.statement
+
+
+def test_a_held_statements_declared_intent_is_masked_as_an_allowed_ones() -> None:
+    """Masking by look (an ITIN's 9xx area, which the writer's scrubber leaves) applies
+    to a held statement's purpose as to an allowed statement's."""
+    from dataclasses import replace
+
+    from dbgate.policy.model import Action, Decision
+    from tests.integration.approvals_helpers import make_request
+
+    request = make_request("DELETE FROM orders", purpose="check ITIN 912-70-1234")
+    request = replace(request, requester=replace(request.requester, model="GB33LJSR17410409016103"))
+    event = _trail().held(_session(), request, Decision(Action.HOLD, "h"), "decided", "hold")
+    assert "912-70-1234" not in event.purpose and "<ssn>" in event.purpose
+    assert event.model == "<iban>"
