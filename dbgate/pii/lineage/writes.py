@@ -100,6 +100,25 @@ class Writes(WalkState):
         if lin.params:
             self.r.param_writes |= lin.params
 
+    def written_rows_chosen(self, chosen: Lin, what: str) -> None:
+        """The rows a write changes were chosen by a value derived from PII (or
+        unknown) related with another row source: which rows changed spells the value
+        (``UPDATE orders SET total = 1000 + n FROM customers c, generate_series(1, 40)
+        n WHERE c.id = 1 AND orders.id = n * 128 + ascii(substr(c.email, n, 1))``
+        marks one order per character, and a clean read of ``orders`` spells the
+        e-mail back). A read of those rows would have every output tokenized
+        (``Scope.mark``); a write keeps the choice in the table, where a later, clean
+        statement reads it: held, like a copy of PII into a plain column. A row chosen
+        by its own PII (``WHERE email LIKE 'a%'``) marks nothing (one bit per row)."""
+        if chosen.pii or chosen.unknown:
+            why = (
+                f"{what} chosen by a value derived from PII"
+                f" ({', '.join(sorted(chosen.entities)) or 'unknown'}): which rows they are"
+                " spells the value"
+            )
+            if why not in self.r.pii_writes:
+                self.r.pii_writes.append(why)
+
     def dml_InsertStmt(self, body: Node, outer: Scope | None) -> Output | None:
         scope = Scope(outer)
         if body.get("withClause"):
@@ -120,6 +139,9 @@ class Writes(WalkState):
                         self.check_write(self.expr(e, scope, ctx), ctx, e)
             else:
                 out = self.select(sbody, scope, OUTPUT)
+                # which rows it copies spells the value, even copies into PII
+                # columns: their stored tokens tell which rows they were
+                self.written_rows_chosen(out.chosen, f"inserts into {rel_name} rows")
                 plain = sbody.get("op", "SETOP_NONE") == "SETOP_NONE" and "valuesLists" not in sbody
                 vals = [t["ResTarget"].get("val") for t in sbody.get("targetList") or ()]
                 for i, ctx in enumerate(ctxs):
@@ -136,6 +158,8 @@ class Writes(WalkState):
             self.assignments(occ.get("targetList"), target_scope, item, rel_name)
             if occ.get("whereClause"):
                 self.choose(occ["whereClause"], target_scope)
+            if occ.get("action") == "ONCONFLICT_UPDATE":
+                self.written_rows_chosen(target_scope.level_chosen(), f"updates rows of {rel_name}")
         return self.returning(body, target_scope, item)
 
     def assignments(
@@ -163,8 +187,10 @@ class Writes(WalkState):
         item, _rel = self.target_relation(body["relation"], scope)
         for f in body.get("fromClause") or ():
             self.from_item(f, scope)
-        self.assignments(body.get("targetList"), scope, item, body["relation"].get("relname", ""))
+        rel_name = body["relation"].get("relname", "")
+        self.assignments(body.get("targetList"), scope, item, rel_name)
         self.choose(body.get("whereClause"), scope)
+        self.written_rows_chosen(scope.level_chosen(), f"updates rows of {rel_name}")
         return self.returning(body, scope, item)
 
     def dml_DeleteStmt(self, body: Node, outer: Scope | None) -> Output | None:
@@ -175,6 +201,8 @@ class Writes(WalkState):
         for f in body.get("usingClause") or ():
             self.from_item(f, scope)
         self.choose(body.get("whereClause"), scope)
+        rel_name = body["relation"].get("relname", "")
+        self.written_rows_chosen(scope.level_chosen(), f"deletes rows of {rel_name}")
         return self.returning(body, scope, item, written_only=True)
 
     def dml_MergeStmt(self, body: Node, outer: Scope | None) -> Output | None:
@@ -201,6 +229,7 @@ class Writes(WalkState):
                     self.check_write(self.expr(v, scope, ctx), ctx, v)
             else:
                 self.assignments(list(targets), scope, item, rel_name)
+        self.written_rows_chosen(scope.level_chosen(), f"merges into rows of {rel_name}")
         return self.returning(body, scope, item)
 
     def note_copy(self, out: Output, what: str) -> None:

@@ -432,6 +432,44 @@ def test_pii_kept_in_session_state_is_held(dsn: str, admin_dsn: str, raw: dict[s
         conn.execute("select pg_advisory_xact_lock(1, 2), setseed(0.5)")
 
 
+def test_a_write_to_rows_chosen_by_pii_is_held(dsn: str, admin_dsn: str) -> None:
+    """An UPDATE that marks one order per character of an e-mail (the order whose id
+    is ``n * 128 + ascii(character n)``) stores the choice in a clean column, and a
+    clean read of ``orders`` spells the e-mail back; an INSERT that copies the customer
+    whose id is a character's code stores tokens that name that customer: held like a
+    copy, never run."""
+    with psycopg.connect(admin_dsn) as direct:
+        before = direct.execute("select id, total from orders order by id").fetchall()
+        customers = direct.execute("select count(*) from customers").fetchone()
+    attacks = [
+        "update orders set total = 1000 + n from customers c, generate_series(1, 40) n"
+        " where c.id = 42 and orders.id = n * 128 + ascii(substr(c.email, n, 1))",
+        "delete from orders where id = (select ascii(email) from customers where id = 42)",
+        "merge into orders o using customers c on o.id = ascii(c.email) and c.id = 42"
+        " when matched then update set total = 5",
+        # a copy of the customer whose id is the code: its stored token names it
+        "insert into customers (full_name, email, phone, ssn, birth_date, address)"
+        " select c2.full_name, c2.email, c2.phone, c2.ssn, c2.birth_date, c2.address"
+        " from customers c2, customers c where c.id = 42 and c2.id = ascii(c.email)",
+    ]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for sql in attacks:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+                conn.execute(sql)
+            assert "chosen by a value derived from PII" in str(info.value), info.value
+        # rows chosen by a key, or a customer's by its token, are written as ever
+        (token,) = conn.execute("select email from customers where id = 42").fetchone()
+        cur = conn.execute(
+            "update orders set total = total from customers c"
+            " where c.id = orders.customer_id and c.email = %s",
+            [token],
+        )
+        assert cur.rowcount > 0
+    with psycopg.connect(admin_dsn) as direct:
+        assert direct.execute("select id, total from orders order by id").fetchall() == before
+        assert direct.execute("select count(*) from customers").fetchone() == customers
+
+
 def test_explain_execute_shows_no_value_resolved_from_a_token(
     dsn: str, raw: dict[str, Any]
 ) -> None:
