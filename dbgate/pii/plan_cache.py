@@ -25,15 +25,20 @@ key.
 
 **Why one analysis serves every text of a shape.** Lineage follows values, never
 literals: a constant is clean, whatever it says (``lower(email)`` is PII with any
-``LIMIT``, ``CASE`` branches are unioned, subscripts and ``LIMIT``/``ORDER BY n`` only
-choose rows), and function widths, relations and names come from identifiers, which
-the mask never touches. The walk reads a literal's value in one place only: a string
-holding ``tok_`` is a token sent back, to be resolved. So:
+``LIMIT``, ``CASE`` branches are unioned, subscripts and ``LIMIT`` only choose rows),
+and function widths, relations and names come from identifiers, which
+the mask never touches. The walk reads a literal's value in two places only: a string
+holding ``tok_`` is a token sent back, to be resolved; and an integer that names an
+output by position (``ORDER BY 2``, ``GROUP BY 1``, ``DISTINCT ON (2)``), which chooses
+by that output's value (``SELECT g, abs(g - ascii(...)) FROM ... ORDER BY 2 LIMIT 1``
+returns the code in ``g``; ``ORDER BY 1`` does not). So:
 
 * a text with ``tok_`` anywhere has no shape (it is never served from, nor stored
   under, one): a masked literal is a plain ``'...'`` string whose value is its text
   with ``''`` read as ``'``, so a token in any literal's value shows as ``tok_`` in
   the text;
+* an analysis in which an integer named an output (``Analysis.reads_literals``) is
+  remembered for its own text only;
 * whether the row-choosing clauses are walked at all depends on the whole text
   (:func:`dbgate.pii.lineage.filters_matter`, which a literal can switch on), so it is
   part of the key;
@@ -261,6 +266,7 @@ class PlanCache:
                 and shape not in self._shapes
                 and not analysis.parse_error
                 and not analysis.token_sites  # only a walker error adds one to such text
+                and not analysis.reads_literals  # ORDER BY 2: the literal picks an output
             ):
                 self._put(self._shapes, "shape", shape, len(shape[0]), _Shaped(analysis))
 

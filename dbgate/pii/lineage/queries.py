@@ -155,6 +155,8 @@ class Queries(WalkState):
             return
         hits: list[tuple[str, Lin, list[tuple[Scope, Item, Lin]] | None]] = []
         if "A_Const" in node:
+            # the position is a literal: another text of this shape names another output
+            self.r.reads_literals = True
             ival = node["A_Const"].get("ival")
             if isinstance(ival, dict):
                 k = ival.get("ival", 0)

@@ -134,6 +134,10 @@ class Analysis:
     #: (``SET email = substr(email, 1, 1) RETURNING email``), so no origin in it is a
     #: stored value (see ``StatementPlan.rows``)
     returns_written: bool = False
+    #: the walk read a literal's value as more than a constant: ``ORDER BY 2``, ``GROUP
+    #: BY 1`` name an output by position, so texts that differ in that literal differ
+    #: in lineage and may not share one analysis (``dbgate.pii.plan_cache``)
+    reads_literals: bool = False
 
 
 class ColumnSource(Protocol):

@@ -470,6 +470,25 @@ def test_a_write_to_rows_chosen_by_pii_is_held(dsn: str, admin_dsn: str) -> None
         assert direct.execute("select count(*) from customers").fetchone() == customers
 
 
+def test_an_output_named_by_its_position_is_planned_per_text(dsn: str, admin_dsn: str) -> None:
+    """``ORDER BY 2 LIMIT 1`` returns in ``g`` the code of a character of the e-mail;
+    ``ORDER BY 1`` (the same text but for that literal, planned first) returns 0. The
+    second must not be answered from the first's plan."""
+    sql = (
+        "select g, abs(g - ascii(substr(c.email, {n}, 1))) as d"
+        " from generate_series(0, 200) g, customers c where c.id = 42 order by {by} limit 1"
+    )
+    with psycopg.connect(admin_dsn) as direct:
+        codes = [direct.execute(sql.format(n=n, by=2)).fetchone()[0] for n in (1, 2, 3)]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for simple in (True, False):
+            cur = psycopg.ClientCursor(conn) if simple else conn.cursor()
+            for n in (1, 2, 3):
+                assert cur.execute(sql.format(n=n, by=1)).fetchone()[0] == 0
+                (g, _d) = cur.execute(sql.format(n=n, by=2)).fetchone()
+                assert g != codes[n - 1], (simple, n)
+
+
 def test_explain_execute_shows_no_value_resolved_from_a_token(
     dsn: str, raw: dict[str, Any]
 ) -> None:

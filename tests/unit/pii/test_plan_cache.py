@@ -198,6 +198,7 @@ def test_every_verified_shape_serves_its_other_texts(template: str) -> None:
         and not a1.parse_error
         and not (a1.declares or a1.prepares or a1.deallocates)
         and not any(s.kind in ("FetchStmt", "ExecuteStmt") for s in a1.statements)
+        and not a1.reads_literals  # ORDER BY 2: the literal names an output
     )
     assert shaped == shareable, (first, second)
     assert a2 == _fresh(room, second)
@@ -305,6 +306,34 @@ def test_what_a_shape_must_not_share_is_planned_per_text() -> None:
         _got, shaped = _served_from_shape(room, sql.replace("1", "2").replace("5", "6"))
         assert not shaped, sql
     assert room.plans.info()["shape_size"] == 0
+
+
+_FROM = " from generate_series(0, 200) g, customers c where c.id = 1"
+#: (a text whose literal names an output, that literal for a clean output, for a PII one)
+_BY_POSITION = [
+    ("select g, abs(g - ascii(substr(c.email, 2, 1))) as d" + _FROM + " order by {} limit 1", 1, 2),
+    ("select distinct on ({}) g, ascii(substr(c.email, 2, 1)) - g as d" + _FROM, 1, 2),
+    ("select count(*), g % ascii(substr(c.email, 2, 1))" + _FROM + " group by {}", 3, 2),
+]
+
+
+@pytest.mark.parametrize(("sql", "clean", "pii"), _BY_POSITION)
+def test_an_output_named_by_its_position_is_planned_per_text(
+    sql: str, clean: int, pii: int
+) -> None:
+    """``ORDER BY 2 LIMIT 1`` chooses by the second output: ``g`` of the row where
+    ``abs(g - ascii(...))`` is least is the code, and is tokenized; ``ORDER BY 1``
+    does not make ``g`` PII. The texts differ in one literal only, so a plan shared
+    by their shape handed the first one's clean ``g`` to the second: raw codes."""
+    room = _room()
+    first = room.analysis(sql.format(clean))
+    assert first.statements[0].output is not None
+    assert not first.statements[0].output.columns[0].pii
+    second, shaped = _served_from_shape(room, sql.format(pii))
+    assert not shaped
+    assert second == _fresh(room, sql.format(pii))
+    assert second.statements[0].output is not None
+    assert second.statements[0].output.columns[0].pii, sql.format(pii)
 
 
 def test_long_texts_are_remembered_exactly_a_few_and_within_their_characters() -> None:
