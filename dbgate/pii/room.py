@@ -179,10 +179,19 @@ class StatementPlan:
         """Some output of the statement is (or may be) PII: results will be rewritten."""
         for st in self.analysis.statements:
             if st.output is not None and (
-                st.output.tail is not None or any(not lin.clean for lin in st.output.columns)
+                st.output.tail is not None
+                or any(self._may_be_pii(lin) for lin in st.output.columns)
             ):
                 return True
         return False
+
+    def _may_be_pii(self, lin: Lin) -> bool:
+        """A bind parameter is PII where a Bind's value there was a token (resolved);
+        a parameter that chose the rows is in every output of their level (``WHERE id
+        = $1``), and with a plain value changes nothing."""
+        if lin.pii or lin.unknown:
+            return True
+        return bool(lin.params & self.token_params)
 
     @property
     def involves_pii(self) -> bool:
@@ -570,7 +579,30 @@ class PiiSession:
             self.room.tokenizer.resolve,
             self.room.tokenizer.resolve_stored,
         )
+        if replaced and plan.analysis.declares:
+            self._declared_with_tokens(plan.analysis.declares, replaced)
         return values, plan.with_token_params(replaced)
+
+    def _declared_with_tokens(self, declares: dict[str, Output], replaced: frozenset[int]) -> None:
+        """A Bind of ``DECLARE c CURSOR FOR SELECT $1::text`` resolved tokens into
+        parameters ``replaced``: a later FETCH (planned without that Bind's values)
+        returns the resolved values wherever those parameters flow, so the session's
+        cursor carries them as PII, and its errors are withheld."""
+        pii = Lin(frozenset((MIXED,)))
+
+        def mark(lin: Lin) -> Lin:
+            return lin | pii if lin.params & replaced else lin
+
+        for name in declares:
+            self._pii_cursors.add(name)
+            out = self._cursors.get(name)
+            if out is not None:
+                self._cursors[name] = Output(
+                    [mark(lin) for lin in out.columns],
+                    list(out.names),
+                    None if out.tail is None else mark(out.tail),
+                    mark(out.chosen),
+                )
 
 
 class _PassFilter:

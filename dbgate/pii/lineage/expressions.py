@@ -207,10 +207,11 @@ class Expressions(WalkState):
                 self.choose(arg, scope)
             return CLEAN
         lin = self.expr(args, scope, ctx)
-        if (lin.pii or lin.unknown) and self.sets_rows(name, args):
+        if (lin.pii or lin.unknown or lin.params) and self.sets_rows(name, args):
             # as many rows as its arguments say (SELECT generate_series(1, ascii(...))):
-            # they size this level, and a count of its rows is the value
-            scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown)
+            # they size this level, and a count of its rows is the value (a bind
+            # parameter's too: it may be a token, resolved)
+            scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
         return lin
 
     def sets_rows(self, name: str, args: list[Node] | None) -> bool:

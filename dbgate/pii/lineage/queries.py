@@ -184,9 +184,10 @@ class Queries(WalkState):
                 self.chosen_by(self.expr(wdef[key], scope, FILTER), scope)
 
     def chosen_by(self, lin: Lin, scope: Scope) -> None:
-        """Rows of this level were chosen by the value of ``lin`` itself."""
-        if lin.pii or lin.unknown:
-            scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown)
+        """Rows of this level were chosen by the value of ``lin`` itself (a bind
+        parameter's too: it may carry a token, resolved to a value)."""
+        if lin.pii or lin.unknown or lin.params:
+            scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
 
     def choose(self, node: Node | None, scope: Scope) -> None:
         """Walk a clause that chooses rows (WHERE, HAVING, JOIN ... ON, FILTER).
@@ -229,13 +230,19 @@ class Queries(WalkState):
     def chose(self, lin: Lin, refs: list[tuple[Scope, Item, Lin]]) -> None:
         """Mark the levels of the clean columns a choice of lineage ``lin`` related
         with it (``refs``: the column references met walking it); see ``choose``."""
-        if not (lin.pii or lin.unknown):
+        if not (lin.pii or lin.unknown or lin.params):
             return
         row = refs[0][1] if refs else None
         own_row = row is not None and row.table and all(item is row for _, item, _ in refs)
         if own_row and not lin.token:
-            return  # one table row chosen by its own values
-        chosen = Lin(lin.entities, lin.unknown)
+            if not lin.params:
+                return  # one table row chosen by its own values
+            # a bind parameter may carry a token, a value from elsewhere, like a token
+            # literal (``WHERE id = ascii($1)``): its rows carry the parameter, which
+            # the results are tokenized for when a Bind's value there was a token
+            chosen = Lin(params=lin.params)
+        else:
+            chosen = Lin(lin.entities, lin.unknown, lin.params)
         for level, item, ref in refs:
             if not (ref.pii or ref.unknown):
                 level.chosen = level.chosen | chosen

@@ -41,8 +41,8 @@ class Sources(WalkState):
             # system_rows(ascii(...)) returns exactly that many): they size the level
             sized = self.expr([body.get("args"), body.get("repeatable")], scope, FILTER)
             item = self.from_item(body["relation"], scope)
-            if sized.pii or sized.unknown:
-                item.chosen = item.chosen | Lin(sized.entities, sized.unknown)
+            if sized.pii or sized.unknown or sized.params:
+                item.chosen = item.chosen | Lin(sized.entities, sized.unknown, sized.params)
             return item
         if kind in ("RangeTableFunc", "JsonTable"):
             # every part flows into every column: the document, and the PASSING
@@ -51,7 +51,11 @@ class Sources(WalkState):
             parts = {k: v for k, v in body.items() if k != "alias"}
             source = self.generic(parts, scope, OUTPUT)
             alias = (body.get("alias") or {}).get("aliasname")
-            sized = Lin(source.entities, source.unknown) if source.pii or source.unknown else CLEAN
+            sized = (
+                Lin(source.entities, source.unknown, source.params)
+                if source.pii or source.unknown or source.params
+                else CLEAN
+            )
             item = Item(alias, [], [], open=True, rest=source, chosen=sized)
             scope.items.append(item)
             return item
@@ -144,8 +148,8 @@ class Sources(WalkState):
             # USING / NATURAL is an equality like ON's: relating a PII-derived column with
             # a clean one of the other side chooses this level's rows by that value
             for this, other in ((a, b), (b, a)):
-                if (this.pii or this.unknown) and not (other.pii or other.unknown):
-                    scope.chosen = scope.chosen | Lin(this.entities, this.unknown)
+                if (this.pii or this.unknown or this.params) and not (other.pii or other.unknown):
+                    scope.chosen = scope.chosen | Lin(this.entities, this.unknown, this.params)
         for side in (left, right):
             for n, lin in zip(side.names, side.cols, strict=True):
                 if n not in using:
@@ -224,7 +228,7 @@ class Sources(WalkState):
             if not self.is_builtin(fname.lower(), None):
                 # its PII arguments may say how many rows it returns; its being unknown
                 # for its own sake says nothing of that
-                sized = sized | Lin(lin.entities)
+                sized = sized | Lin(lin.entities, False, lin.params)
             if fname == "unnest" and not coldefs and len(args) == 1:
                 width, fnames = (1, []) if self.scalar_array(args[0]) else (None, [])
             else:
@@ -243,7 +247,11 @@ class Sources(WalkState):
             cols,
             open=open_,
             rest=rest,
-            chosen=Lin(sized.entities, sized.unknown) if sized.pii or sized.unknown else CLEAN,
+            chosen=(
+                Lin(sized.entities, sized.unknown, sized.params)
+                if sized.pii or sized.unknown or sized.params
+                else CLEAN
+            ),
         )
         scope.items.append(item)
         return item

@@ -41,6 +41,8 @@ class WalkState:
         given for) that a STATE_WRITERS call keeps is a copy: hold the statement."""
         for name, lin, level in self.state_writes:
             kept = lin | level.level_chosen() if level is not None else lin
+            # a bind parameter among them may carry a token: one there is refused
+            self.r.param_writes |= kept.params
             if kept.pii or kept.unknown:
                 why = (
                     f"{name}() keeps a value derived from PII (or from what dbgate cannot"

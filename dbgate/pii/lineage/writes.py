@@ -110,6 +110,8 @@ class Writes(WalkState):
         (``Scope.mark``); a write keeps the choice in the table, where a later, clean
         statement reads it: held, like a copy of PII into a plain column. A row chosen
         by its own PII (``WHERE email LIKE 'a%'``) marks nothing (one bit per row)."""
+        # a bind parameter that chose them may carry a token: one there is refused
+        self.r.param_writes |= chosen.params
         if chosen.pii or chosen.unknown:
             why = (
                 f"{what} chosen by a value derived from PII"

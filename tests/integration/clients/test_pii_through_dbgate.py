@@ -489,6 +489,65 @@ def test_an_output_named_by_its_position_is_planned_per_text(dsn: str, admin_dsn
                 assert g != codes[n - 1], (simple, n)
 
 
+def test_a_token_bound_where_it_chooses_rows_is_tokenized_with_them(
+    dsn: str, admin_dsn: str
+) -> None:
+    """A token sent as a Bind value is resolved like one in a literal; where it chooses
+    rows (``g = ascii($1)``, ``ORDER BY abs(g - ascii($1)) LIMIT 1``, ``generate_series(1,
+    ascii($1))``) the rows spell the value, and are tokenized as with a literal token.
+    A write whose rows such a parameter chooses refuses the token (22023); a lookup by
+    token (``WHERE email = $1``) and a clean parameter change nothing."""
+    with psycopg.connect(admin_dsn) as direct:
+        (email,) = direct.execute("select email from customers where id = 42").fetchone()
+        before = direct.execute("select id, total from orders order by id").fetchall()
+    code = ord(email[0])
+    reads = [
+        "select g from generate_series(0, 255) g where g = ascii(%s::text)",
+        "select g from generate_series(0, 255) g order by abs(g - ascii(%s::text)) limit 1",
+        "select count(*) from generate_series(1, ascii(%s::text))",
+        "select g from generate_series(0, 255) g, (select %s::text as e) s where g = ascii(s.e)",
+        "select id from orders where id = ascii(%s::text)",
+    ]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (token,) = conn.execute("select email from customers where id = 42").fetchone()
+        for sql in reads:
+            rows = conn.execute(sql, [token]).fetchall()
+            assert len(rows) == 1 and rows[0][0] != code, (sql, rows)
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            conn.execute("update orders set total = 5 where id = ascii(%s::text)", [token])
+        # a lookup by token, and plain values, as ever
+        assert conn.execute("select id from customers where email = %s", [token]).fetchone() == (
+            42,
+        )
+        assert conn.execute(
+            "select g from generate_series(0, 9) g where g = %s", [7]
+        ).fetchone() == (7,)
+    with psycopg.connect(admin_dsn) as direct:
+        assert direct.execute("select id, total from orders order by id").fetchall() == before
+
+
+def test_a_cursor_declared_over_a_bound_token_fetches_it_tokenized(
+    dsn: str, admin_dsn: str
+) -> None:
+    """``DECLARE c CURSOR FOR SELECT $1::text`` bound with a token declares the cursor
+    over the resolved value; the FETCH, planned without that Bind, returns it: it must
+    come back as a token, the cursor's other columns as they are."""
+    with psycopg.connect(admin_dsn) as direct:
+        (email,) = direct.execute("select email from customers where id = 42").fetchone()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (token,) = conn.execute("select email from customers where id = 42").fetchone()
+        for hold in ("with hold", ""):
+            conn.execute("begin")
+            conn.execute(f"declare c cursor {hold} for select %s::text as x, 1 as one", [token])
+            if hold:
+                conn.execute("commit")
+            ((x, one),) = conn.execute("fetch all from c").fetchall()
+            conn.execute("close c")
+            if not hold:
+                conn.execute("commit")
+            assert x != email and x.startswith("tok_") and one == 1, hold
+
+
 def test_explain_execute_shows_no_value_resolved_from_a_token(
     dsn: str, raw: dict[str, Any]
 ) -> None:

@@ -224,3 +224,39 @@ def test_work_counters_are_read_like_data_dbgate_cannot_follow() -> None:
         assert catalog.classify("pg_catalog", table, column)[0] is not None, (table, column)
     # connection facts are not work counts
     assert catalog.classify("pg_catalog", "pg_stat_activity", "state")[0] is None
+
+
+#: A bind parameter may carry a token, resolved to the value before the server sees
+#: it: where it chooses rows, the rows carry the parameter, and results are tokenized
+#: when a Bind's value there was a token (``StatementPlan.with_token_params``).
+PARAM_CHOICES = [
+    "select g from generate_series(0, 255) g where g = ascii($1::text)",
+    "select g from generate_series(0, 255) g order by abs(g - ascii($1::text)) limit 1",
+    "select count(*) from generate_series(1, ascii($1::text))",
+    "select generate_series(1, ascii($1::text))",
+    "select g from generate_series(0, 255) g limit ascii($1::text)",
+    "select g from generate_series(0, 255) g, (select $1::text as e) s where g = ascii(s.e)",
+    "select id from customers where id = ascii($1)",
+    "select id from orders tablesample system_rows (ascii($1))",
+]
+
+
+@pytest.mark.parametrize("sql", PARAM_CHOICES)
+def test_a_parameter_that_chooses_rows_is_in_their_outputs(sql: str) -> None:
+    room = PiiRoom(CATALOG, Tokenizer(Keyring([Key("k", b"k" * 32)])), PiiSettings(), _snapshot())
+    plan = room.plan(sql)
+    assert plan.params_may_hold_tokens
+    assert not plan.pii_outputs  # a plain value: nothing to rewrite
+    bound = plan.with_token_params([1])
+    assert bound.pii_outputs, sql
+
+
+def test_a_lookup_by_a_parameter_chooses_nothing() -> None:
+    a = analyze("select id, email from customers where email = $1", COV)
+    (st,) = a.statements
+    assert st.output is not None and not st.output.columns[0].params
+
+
+def test_a_write_to_rows_a_parameter_chooses_refuses_a_token_there() -> None:
+    a = analyze("update orders set total = 5 where id = ascii($1)", COV)
+    assert a.param_writes == {1}
