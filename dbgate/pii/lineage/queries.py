@@ -88,8 +88,27 @@ class Queries(WalkState):
             if distinct:
                 self.chose(lin, refs)
         self.control(body, scope, targets)
+        if body.get("lockingClause"):
+            self.locks_chosen(scope)
         # last: a correlated predicate anywhere below may have chosen this level's rows
         return scope.mark(out)
+
+    def locks_chosen(self, scope: Scope) -> None:
+        """``FOR SHARE`` (``KEY SHARE``, ``NO KEY UPDATE``, ``UPDATE``) locks the rows
+        of this level until the transaction ends, and another session finds them
+        (``SKIP LOCKED``, ``NOWAIT``): locked rows that PII chose (``WHERE o.id = 128 +
+        ascii(...)``) spell the value there, as the rows a write changes do
+        (``Writes.written_rows_chosen``), whatever this statement returns."""
+        chosen = scope.level_chosen()
+        self.r.param_writes |= chosen.params
+        if chosen.pii or chosen.unknown:
+            why = (
+                "locks rows chosen by a value derived from PII"
+                f" ({', '.join(sorted(chosen.entities)) or 'unknown'}): another session"
+                " finds which rows they are"
+            )
+            if why not in self.r.pii_writes:
+                self.r.pii_writes.append(why)
 
     def control(
         self,

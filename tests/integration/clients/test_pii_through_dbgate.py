@@ -548,6 +548,28 @@ def test_a_cursor_declared_over_a_bound_token_fetches_it_tokenized(
             assert x != email and x.startswith("tok_") and one == 1, hold
 
 
+def test_a_lock_on_rows_chosen_by_pii_is_held(dsn: str) -> None:
+    """``FOR SHARE`` on the order whose id is ``n * 128 + ascii(character n)`` (a read
+    bounded by its key list, so the rules let it lock) keeps that choice in the lock
+    until the transaction ends: another session's ``FOR NO KEY UPDATE SKIP LOCKED``
+    finds the locked order, and its id spells the character. Held, never run."""
+    ids = ", ".join(str(i) for i in range(128, 256))
+    lock = (
+        f"select o.id from orders o where o.id in ({ids}) and o.id = 128"
+        " + (select ascii(substr(email, 1, 1)) from customers where id = 42) for share"
+    )
+    probe = f"select id from orders where id in ({ids}) for no key update skip locked"
+    with psycopg.connect(dsn) as a, psycopg.connect(dsn, autocommit=True) as b:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+            a.execute(lock)
+        assert "locks rows chosen by a value derived from PII" in str(info.value)
+        a.rollback()
+        a.execute(f"select o.id from orders o where o.id in ({ids}) and o.id = 200 for share")
+        free = {r[0] for r in b.execute(probe).fetchall()}
+        a.rollback()
+    assert set(range(128, 256)) - free == {200}  # a lock by key is taken as ever
+
+
 def test_explain_execute_shows_no_value_resolved_from_a_token(
     dsn: str, raw: dict[str, Any]
 ) -> None:

@@ -108,3 +108,36 @@ def test_a_write_to_rows_chosen_by_pii_is_held(sql: str) -> None:
 @pytest.mark.parametrize("sql", CHOSEN_FREELY)
 def test_a_write_to_rows_chosen_otherwise_is_not(sql: str) -> None:
     assert analyze(sql, COV).pii_writes == [], sql
+
+
+#: Reads that lock rows a value derived from PII chose: another session finds the
+#: locked rows (``SKIP LOCKED``), one order per character of the e-mail.
+LOCKS_CHOSEN = [
+    "select o.id from orders o where o.id in (128, 129) and o.id = 128"
+    " + (select ascii(substr(email, 1, 1)) from customers where id = 1) for share",
+    "select 1 from orders o, customers c, generate_series(1, 30) n where c.id = 1"
+    " and o.id = n * 128 + ascii(substr(c.email, n, 1)) for no key update of o",
+    "select * from (select o.id from orders o where o.id = (select ascii(email)"
+    " from customers where id = 1)) s for key share",
+    "with x as (select o.id from orders o where o.id = (select ascii(email) from customers"
+    " where id = 1) for update) select 1",
+]
+
+
+@pytest.mark.parametrize("sql", LOCKS_CHOSEN)
+def test_a_lock_on_rows_chosen_by_pii_is_held(sql: str) -> None:
+    writes = analyze(sql, COV).pii_writes
+    assert any("locks rows chosen by a value derived from PII" in w for w in writes), sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select id from orders where id = 5 for key share",
+        "select id from customers where id = 1 and email like 'a%' for share",
+        f"select o.id from orders o join customers c on c.id = o.customer_id"
+        f" where c.email = '{TOKEN}' for share of o",
+    ],
+)
+def test_a_lock_on_rows_chosen_otherwise_is_not(sql: str) -> None:
+    assert analyze(sql, COV).pii_writes == [], sql
