@@ -9,7 +9,7 @@ RETURNING.
 
 from __future__ import annotations
 
-from dbgate.pii.lin import CLEAN
+from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.lineage.context import OUTPUT, Ctx, refused
 from dbgate.pii.lineage.nodes import Node, one, strs
 from dbgate.pii.lineage.results import Output, StatementLineage
@@ -119,7 +119,11 @@ class Statements(WalkState):
         self.r.prepares[body.get("name", "")] = out
 
     def stmt_ExecuteStmt(self, body: Node) -> Output:
-        self.walk_side(body.get("params"), "EXECUTE parameters")
+        # each argument is the value of a parameter of the prepared statement: what
+        # flows from it (pg_stat_get_backend_activity(n), another session's query text
+        # with the values of the tokens it sent) flows wherever that parameter does
+        ctx = refused("EXECUTE parameters")
+        args = [self.expr(arg, Scope(None), ctx) for arg in body.get("params") or ()]
         name = body.get("name", "")
         self.r.runs_prepared.add(name)
         out = self.r.prepares.get(name)
@@ -129,7 +133,7 @@ class Statements(WalkState):
             return Output(
                 tail=self.unknown(f"EXECUTE of {name!r}, prepared where dbgate did not see it")
             )
-        return out
+        return _with_arguments(out, args)
 
     def stmt_DeallocateStmt(self, body: Node) -> None:
         self.r.deallocates.add(body.get("name") or "*")
@@ -177,6 +181,26 @@ class Statements(WalkState):
 
     def stmt_RuleStmt(self, body: Node) -> None:
         self.walk_side(body, "a rule definition")
+
+
+def _with_arguments(out: Output, args: list[Lin]) -> Output:
+    """``out`` (a prepared statement's) with each of its parameters ``$n`` replaced by
+    the lineage of EXECUTE's ``n``-th argument (unknown when there is none)."""
+
+    def bound(lin: Lin) -> Lin:
+        if not lin.params:
+            return lin
+        flows = Lin(lin.entities, lin.unknown, token=lin.token)
+        for n in lin.params:
+            flows = flows | (args[n - 1] if 0 < n <= len(args) else UNKNOWN_LIN)
+        return flows
+
+    return Output(
+        [bound(lin) for lin in out.columns],
+        list(out.names),
+        None if out.tail is None else bound(out.tail),
+        bound(out.chosen),
+    )
 
 
 #: DECLARE ... WITH HOLD (PostgreSQL's CURSOR_OPT_HOLD)

@@ -570,6 +570,44 @@ def test_a_lock_on_rows_chosen_by_pii_is_held(dsn: str) -> None:
     assert set(range(128, 256)) - free == {200}  # a lock by key is taken as ever
 
 
+def test_an_execute_argument_is_traced_into_the_prepared_statement(
+    dsn: str, admin_dsn: str
+) -> None:
+    """Another session's query text holds the values of the tokens dbgate resolved in
+    it; ``pg_stat_get_backend_activity(n)`` reads it, and given as EXECUTE's argument
+    to ``PREPARE p(text) AS SELECT $1`` it came back raw: it is tokenized like the
+    function's own result."""
+    import threading
+
+    with psycopg.connect(admin_dsn) as direct:
+        (email,) = direct.execute("select email from customers where id = 42").fetchone()
+    with (
+        psycopg.connect(dsn, autocommit=True) as a,
+        psycopg.connect(dsn, autocommit=True) as b,
+        psycopg.connect(admin_dsn, autocommit=True) as direct,
+    ):
+        (token,) = b.execute("select email from customers where id = 42").fetchone()
+        sleeper = threading.Thread(
+            target=lambda: b.execute(f"select pg_sleep(2) where 'x' <> '{token}'")
+        )
+        sleeper.start()
+        try:
+            a.execute("prepare p(text) as select $1 as x")
+            got = [
+                a.execute(f"execute p(pg_stat_get_backend_activity({n}))").fetchone()[0]
+                for n in range(0, 200)
+            ]
+            # the server really had the value there while the agent read
+            running = direct.execute(
+                "select count(*) from pg_stat_activity where query like %s", [f"%{email}%"]
+            ).fetchone()
+            a.execute("deallocate p")
+        finally:
+            sleeper.join()
+    assert running == (1,)
+    assert not [x for x in got if x and email in x]
+
+
 def test_explain_execute_shows_no_value_resolved_from_a_token(
     dsn: str, raw: dict[str, Any]
 ) -> None:

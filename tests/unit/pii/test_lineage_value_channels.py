@@ -260,3 +260,23 @@ def test_a_lookup_by_a_parameter_chooses_nothing() -> None:
 def test_a_write_to_rows_a_parameter_chooses_refuses_a_token_there() -> None:
     a = analyze("update orders set total = 5 where id = ascii($1)", COV)
     assert a.param_writes == {1}
+
+
+def test_an_execute_argument_flows_where_its_parameter_does() -> None:
+    """``EXECUTE p(pg_stat_get_backend_activity(n))`` reads another session's query
+    text (with the values of the tokens it sent) into ``$1`` of ``p``: every output
+    ``$1`` flows into, or chooses, carries what the argument does."""
+    room = PiiRoom(CATALOG, Tokenizer(Keyring([Key("k", b"k" * 32)])), PiiSettings(), _snapshot())
+    session = room.session("agent")
+    session.plan("prepare p(text) as select $1::text as x, 1 as one")
+    session.plan("prepare q(text) as select g from generate_series(0, 255) g where g = ascii($1)")
+    read = "pg_stat_get_backend_activity(7)"
+    for sql, pii in (
+        (f"execute p({read})", [True, False]),
+        (f"execute q({read})", [True]),
+        ("execute p('abc')", [False, False]),
+    ):
+        (st,) = session.plan(sql).analysis.statements
+        assert st.output is not None
+        got = [lin.pii or lin.unknown for lin in st.output.columns]
+        assert got == pii, sql
