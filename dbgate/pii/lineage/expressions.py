@@ -69,13 +69,18 @@ class Expressions(WalkState):
     def walk_side(self, node: Any, why: str) -> None:
         """Walk a part whose values may be stored or echoed: tokens there are refused.
 
-        Only token sites matter here: names that do not resolve without their scope
-        are not reported as unknown outputs.
+        Token sites matter here, and what the part reads that the walk cannot follow
+        (``COPY t FROM STDIN WHERE current_setting(pg_stat_get_backend_activity(n))
+        IS NULL`` runs its WHERE and fails naming another session's query text, with
+        the values of the tokens that session sent: its errors must be withheld);
+        names that do not resolve without their scope are not reported as unknown.
         """
         if node is not None:
             reasons = len(self.r.unknown_reasons)
             self.expr(node, Scope(None), refused(why))
-            del self.r.unknown_reasons[reasons:]
+            self.r.unknown_reasons[reasons:] = [
+                r for r in self.r.unknown_reasons[reasons:] if r.endswith(_READS_UNFOLLOWED)
+            ]
 
     def e_ColumnRef(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
         fields = body["fields"]
@@ -245,6 +250,11 @@ class Expressions(WalkState):
 
     def e_RangeSubselect(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
         return self.query(body["subquery"], scope, ctx).union()
+
+
+#: The reasons :meth:`Expressions.e_FuncCall` gives for a call that reads data of its
+#: own (a data reader, a user function): kept by ``walk_side``.
+_READS_UNFOLLOWED = ("reads data dbgate cannot follow", "is not a PostgreSQL built-in function")
 
 
 def _leaf(self: Expressions, body: Any, scope: Scope, ctx: Ctx) -> Lin:

@@ -608,6 +608,48 @@ def test_an_execute_argument_is_traced_into_the_prepared_statement(
     assert not [x for x in got if x and email in x]
 
 
+def test_an_error_of_a_copy_where_clause_reading_query_text_is_withheld(
+    dsn: str, admin_dsn: str
+) -> None:
+    """``COPY orders FROM STDIN WHERE current_setting(pg_stat_get_backend_activity(n))
+    IS NULL`` fails with ``unrecognized configuration parameter "…"`` naming another
+    session's query text, which holds the value of the name token it sent. The WHERE
+    was walked for tokens only and the statement names no PII: its error is withheld."""
+    import threading
+
+    with psycopg.connect(admin_dsn) as direct:
+        (name,) = direct.execute("select full_name from customers where id = 42").fetchone()
+    messages: list[str] = []
+    with (
+        psycopg.connect(dsn, autocommit=True) as a,
+        psycopg.connect(dsn, autocommit=True) as b,
+        psycopg.connect(admin_dsn, autocommit=True) as direct,
+    ):
+        (token,) = b.execute("select full_name from customers where id = 42").fetchone()
+        sleeper = threading.Thread(
+            target=lambda: b.execute(f"select pg_sleep(2) where 'x' <> '{token}'")
+        )
+        sleeper.start()
+        try:
+            for n in range(0, 120):
+                copy = (
+                    "copy orders (customer_id, total, status) from stdin"
+                    f" where current_setting(pg_stat_get_backend_activity({n})) is null"
+                )
+                try:
+                    with a.cursor().copy(copy) as cp:
+                        cp.write_row((1, 1, "new"))
+                except psycopg.Error as e:
+                    messages.append(f"{e} {e.diag.context}")
+            running = direct.execute(
+                "select count(*) from pg_stat_activity where query like %s", [f"%{name}%"]
+            ).fetchone()
+        finally:
+            sleeper.join()
+    assert running == (1,)
+    assert messages and not [m for m in messages if name in m]
+
+
 def test_explain_execute_shows_no_value_resolved_from_a_token(
     dsn: str, raw: dict[str, Any]
 ) -> None:

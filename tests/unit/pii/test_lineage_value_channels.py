@@ -280,3 +280,20 @@ def test_an_execute_argument_flows_where_its_parameter_does() -> None:
         assert st.output is not None
         got = [lin.pii or lin.unknown for lin in st.output.columns]
         assert got == pii, sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "copy orders (customer_id, total, status) from stdin"
+        " where current_setting(pg_stat_get_backend_activity(7)) is null",
+        "explain select current_setting(pg_stat_get_backend_activity(7))",
+    ],
+)
+def test_what_a_side_part_reads_unfollowed_withholds_its_errors(sql: str) -> None:
+    """A part walked for tokens only (COPY FROM's WHERE, a plain EXPLAIN's query) may
+    still run a data reader: another session's query text, with the values of the
+    tokens it sent, comes back in the error of ``current_setting(...)``."""
+    room = PiiRoom(CATALOG, Tokenizer(Keyring([Key("k", b"k" * 32)])), PiiSettings(), _snapshot())
+    assert room.plan(sql).involves_pii
+    assert not room.plan(sql.replace("pg_stat_get_backend_activity(7)", "'x'")).involves_pii
