@@ -182,7 +182,11 @@ class Expressions(WalkState):
         if body.get("over"):
             self.window(body["over"], scope)
         if not within and body.get("agg_order"):
-            self.expr(body["agg_order"], scope, FILTER)
+            # the order of an aggregate's input is kept in its result, which a subscript
+            # cuts like a LIMIT (``(json_agg(g ORDER BY abs(g - ascii(...))))->0`` is the
+            # code): each item chooses, as a query's ORDER BY does
+            for item in body["agg_order"]:
+                self.choose(item, scope)
         args = body.get("args")
         if within and body.get("agg_order"):
             args = [*(args or ()), *body["agg_order"]]

@@ -1247,3 +1247,34 @@ def test_every_copy_of_a_query_with_several_is_tokenized(
     assert data.count(b"\n") == 2, data
     for value in (raw["full_name"], raw["email"]):
         assert value.encode() not in data, data
+
+
+def test_an_aggregate_ordered_by_pii_is_tokenized_once_approved(
+    pg_server: Any, demo_role: DemoRole, demo_db: str, admin_dsn: str
+) -> None:
+    """The rules hold ``json_agg`` and friends (bulk data); approved, the statement runs
+    under its PII plan. ``(json_agg(g ORDER BY abs(g - ascii(...))))->0`` is the code of
+    the character (the aggregate keeps its input's order, the subscript cuts it like a
+    LIMIT): it must come back tokenized, not as the code."""
+    with psycopg.connect(admin_dsn) as admin:
+        (email,) = admin.execute("select email from customers where id = 42").fetchone()
+    code = ord(email[0])
+    x = "(select ascii(substr(email, 1, 1)) from customers where id = 42)"
+    running, _approvals = _approving_proxy(pg_server, demo_role)
+    try:
+        with psycopg.connect(running.dsn(demo_db), autocommit=True) as conn:
+            for sql in (
+                f"select (json_agg(g order by abs(g - {x})) ->> 0)::int"
+                " from generate_series(0, 255) g",
+                f"select (array_agg(g order by g = {x} desc))[1] from generate_series(0, 255) g",
+                f"select split_part(string_agg(g::text, ',' order by abs(g - {x})), ',', 1)::int"
+                " from generate_series(0, 255) g",
+            ):
+                (got,) = conn.execute(sql).fetchone()
+                assert got != code, sql
+            # an order by the rows' own values stays a plain result
+            assert conn.execute(
+                "select (array_agg(g order by g desc))[1] from generate_series(0, 9) g"
+            ).fetchone() == (9,)
+    finally:
+        running.stop()

@@ -297,3 +297,25 @@ def test_what_a_side_part_reads_unfollowed_withholds_its_errors(sql: str) -> Non
     room = PiiRoom(CATALOG, Tokenizer(Keyring([Key("k", b"k" * 32)])), PiiSettings(), _snapshot())
     assert room.plan(sql).involves_pii
     assert not room.plan(sql.replace("pg_stat_get_backend_activity(7)", "'x'")).involves_pii
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"select json_agg(g order by abs(g - {S}))->0 from generate_series(0, 255) g",
+        f"select (array_agg(g order by g = {S} desc))[1] from generate_series(0, 255) g",
+        f"select string_agg(g::text, ',' order by abs(g - {S})) from generate_series(0, 255) g",
+    ],
+)
+def test_an_aggregate_ordered_by_pii_is_pii(sql: str) -> None:
+    (st,) = analyze(sql, COV).statements
+    assert st.output is not None and st.output.columns[0].pii, sql
+
+
+def test_an_aggregate_ordered_by_its_rows_own_values_is_not() -> None:
+    for sql in (
+        "select json_agg(id order by email) from customers where id < 3",
+        "select string_agg(g::text, ',' order by g) from generate_series(0, 9) g",
+    ):
+        (st,) = analyze(sql, COV).statements
+        assert st.output is not None and st.output.columns[0].clean, sql
