@@ -273,6 +273,11 @@ class StatementPlan:
         fmts = _formats(formats, len(fields))
         actions: list[ColumnAction] = []
         cov = room.coverage
+        # rows that PII chose (``c2.id = ascii(substr(c.email, n, 1))``): a stored
+        # value of one is the value of the row the code names, and its deterministic
+        # token, matched with the tokens of rows read by id, spells the code back
+        chosen = self._lin_params(merged.chosen)
+        by_pii = chosen.pii or chosen.unknown
         for i, (name, table_oid, attnum, type_oid) in enumerate(fields):
             lin: Lin | None = None
             stored = False  # the value is a table column's, as stored
@@ -288,7 +293,10 @@ class StatementPlan:
                     # a RETURNING of a write names the table's column for the value
                     # it wrote, which the statement made: not a stored value
                     stored = (
-                        attnum > 0 and cov.stored(table_oid) and not self.analysis.returns_written
+                        attnum > 0
+                        and cov.stored(table_oid)
+                        and not self.analysis.returns_written
+                        and not by_pii
                     )
             if lin is None:
                 lin = merged.at(i)

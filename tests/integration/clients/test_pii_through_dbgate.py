@@ -650,6 +650,34 @@ def test_an_error_of_a_copy_where_clause_reading_query_text_is_withheld(
     assert messages and not [m for m in messages if name in m]
 
 
+def test_a_stored_value_of_a_row_pii_chose_has_no_stored_token(dsn: str, admin_dsn: str) -> None:
+    """``SELECT c2.email FROM customers c2, customers c WHERE c.id = 42 AND c2.id =
+    ascii(substr(c.email, n, 1))`` returns the e-mail of the customer whose id is the
+    code of character ``n``. With that stored column's deterministic token, a read of
+    customers 32-127 by id was a codebook: the id of the matching token is the code.
+    A value of a row chosen by PII gets a fresh token; a row read by id keeps its own."""
+    with psycopg.connect(admin_dsn) as direct:
+        (email,) = direct.execute("select email from customers where id = 42").fetchone()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        book = {}
+        for lo in range(32, 128, 16):
+            for cid, tok in conn.execute(
+                f"select id, email from customers where id between {lo} and {lo + 15}"
+            ):
+                book[tok] = cid
+        spelled = ""
+        for n in range(1, 6):
+            rows = conn.execute(
+                "select c2.email, c2.full_name from customers c2, customers c where c.id = 42"
+                f" and c2.id = ascii(substr(c.email, {n}, 1))"
+            ).fetchall()
+            assert len(rows) == 1
+            spelled += chr(book.get(rows[0][0], ord("?")))
+        again = conn.execute("select email from customers where id = 64").fetchone()[0]
+    assert spelled == "?????" and spelled != email[:5]
+    assert book[again] == 64  # a row read by its key: the stored value's own token
+
+
 def test_explain_execute_shows_no_value_resolved_from_a_token(
     dsn: str, raw: dict[str, Any]
 ) -> None:
