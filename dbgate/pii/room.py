@@ -754,7 +754,7 @@ class PiiRoom:
             self.stale = True
         session_bound = any(
             st.kind in ("FetchStmt", "ExecuteStmt") for st in result.statements
-        ) or bool(result.declares or result.prepares or result.deallocates)
+        ) or bool(result.declares or result.prepares or result.deallocates or result.current_of)
         if not session_bound and self.coverage is coverage:
             self.plans.store(sql, shape, result)
 

@@ -126,6 +126,9 @@ class Analysis:
     runs_prepared: set[str] = field(default_factory=set)
     #: cursors it declares WITH HOLD: their query runs when the transaction commits
     hold_cursors: set[str] = field(default_factory=set)
+    #: cursors a write names in ``WHERE CURRENT OF``: what it writes depends on what
+    #: the session declared them over, so the analysis is not remembered for the text
+    current_of: set[str] = field(default_factory=set)
     #: relations written whose own rules or triggers run code the walk does not see:
     #: what that code reads may come back in its notices and errors
     hidden_code: list[str] = field(default_factory=list)

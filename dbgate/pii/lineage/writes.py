@@ -8,7 +8,7 @@ COPY TO a file). RETURNING is an output like a SELECT's.
 
 from __future__ import annotations
 
-from dbgate.pii.lin import Lin
+from dbgate.pii.lin import CLEAN, Lin
 from dbgate.pii.lineage.context import OUTPUT, Ctx, refused
 from dbgate.pii.lineage.nodes import Node
 from dbgate.pii.lineage.results import Output
@@ -121,6 +121,22 @@ class Writes(WalkState):
             if why not in self.r.pii_writes:
                 self.r.pii_writes.append(why)
 
+    def current_of(self, where: Node | None) -> Lin:
+        """``WHERE CURRENT OF c`` writes the row cursor ``c`` stands on: one of the rows
+        its query chose, by what chose them (``DECLARE c CURSOR FOR SELECT id FROM
+        orders WHERE id = 128 + ascii(...)``, then ``FETCH``). A cursor dbgate did not
+        see declared is unknown."""
+        if not where or "CurrentOfExpr" not in where:
+            return CLEAN
+        name = where["CurrentOfExpr"].get("cursor_name", "")
+        self.r.current_of.add(name)
+        out = self.r.declares.get(name)
+        if out is None and self.session is not None:
+            out = self.session.cursor(name)
+        if out is None:
+            return self.unknown(f"WHERE CURRENT OF {name!r}, declared where dbgate did not see it")
+        return out.chosen
+
     def dml_InsertStmt(self, body: Node, outer: Scope | None) -> Output | None:
         scope = Scope(outer)
         if body.get("withClause"):
@@ -192,7 +208,8 @@ class Writes(WalkState):
         rel_name = body["relation"].get("relname", "")
         self.assignments(body.get("targetList"), scope, item, rel_name)
         self.choose(body.get("whereClause"), scope)
-        self.written_rows_chosen(scope.level_chosen(), f"updates rows of {rel_name}")
+        chosen = scope.level_chosen() | self.current_of(body.get("whereClause"))
+        self.written_rows_chosen(chosen, f"updates rows of {rel_name}")
         return self.returning(body, scope, item)
 
     def dml_DeleteStmt(self, body: Node, outer: Scope | None) -> Output | None:
@@ -204,7 +221,8 @@ class Writes(WalkState):
             self.from_item(f, scope)
         self.choose(body.get("whereClause"), scope)
         rel_name = body["relation"].get("relname", "")
-        self.written_rows_chosen(scope.level_chosen(), f"deletes rows of {rel_name}")
+        chosen = scope.level_chosen() | self.current_of(body.get("whereClause"))
+        self.written_rows_chosen(chosen, f"deletes rows of {rel_name}")
         return self.returning(body, scope, item, written_only=True)
 
     def dml_MergeStmt(self, body: Node, outer: Scope | None) -> Output | None:

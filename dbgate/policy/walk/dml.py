@@ -242,11 +242,22 @@ def _target_narrowed(
 
 
 def update(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> Produced:
+    _current_of(body, facts)
     return _row_write(body, facts, ctes, "update", "fromClause")
 
 
 def delete(body: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> Produced:
+    _current_of(body, facts)
     return _row_write(body, facts, ctes, "delete", "usingClause")
+
+
+def _current_of(body: dict[str, Any], facts: StatementFacts) -> None:
+    """``WHERE CURRENT OF c`` writes the row the session's cursor ``c`` stands on:
+    what it means depends on that cursor (the PII gate holds it when PII chose the
+    cursor's rows), so its verdict is never remembered for the text."""
+    where = body.get("whereClause")
+    if isinstance(where, dict) and "CurrentOfExpr" in where:
+        facts.uncacheable = True
 
 
 _MATCHED = "MERGE_WHEN_MATCHED"

@@ -678,6 +678,36 @@ def test_a_stored_value_of_a_row_pii_chose_has_no_stored_token(dsn: str, admin_d
     assert book[again] == 64  # a row read by its key: the stored value's own token
 
 
+def test_a_write_where_current_of_a_cursor_pii_chose_is_held(dsn: str, admin_dsn: str) -> None:
+    """``DECLARE c CURSOR FOR SELECT id FROM orders WHERE id IN (...) AND id = 128 +
+    ascii(...)``, ``FETCH 1 FROM c``, then ``UPDATE orders SET total = 777 WHERE
+    CURRENT OF c`` marked the order whose id is the code: a clean read spelled it back.
+    Held; the same text over a cursor chosen by key runs, and its verdict is not
+    remembered for the text (the relay would forward it again without asking)."""
+    ids = ", ".join(str(i) for i in range(128, 256))
+    x = "(select ascii(substr(email, 1, 1)) from customers where id = 42)"
+    write = "update orders set total = total where current of c"
+    with psycopg.connect(admin_dsn) as direct:
+        before = direct.execute("select id, total from orders order by id").fetchall()
+    with psycopg.connect(dsn) as conn:
+        simple = psycopg.ClientCursor(conn)  # a simple Query, as psql sends it
+        for _ in range(2):  # a clean cursor first, twice: the text is seen again
+            simple.execute(f"declare c cursor for select id from orders where id in ({ids})")
+            simple.execute("fetch 1 from c")
+            assert simple.execute(write).rowcount == 1
+            conn.rollback()
+        simple.execute(
+            f"declare c cursor for select id from orders where id in ({ids}) and id = 128 + {x}"
+        )
+        simple.execute("fetch 1 from c")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+            simple.execute(write)
+        assert "chosen by a value derived from PII" in str(info.value)
+        conn.rollback()
+    with psycopg.connect(admin_dsn) as direct:
+        assert direct.execute("select id, total from orders order by id").fetchall() == before
+
+
 def test_explain_execute_shows_no_value_resolved_from_a_token(
     dsn: str, raw: dict[str, Any]
 ) -> None:

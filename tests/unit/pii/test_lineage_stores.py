@@ -141,3 +141,34 @@ def test_a_lock_on_rows_chosen_by_pii_is_held(sql: str) -> None:
 )
 def test_a_lock_on_rows_chosen_otherwise_is_not(sql: str) -> None:
     assert analyze(sql, COV).pii_writes == [], sql
+
+
+def test_a_write_where_current_of_a_cursor_pii_chose_is_held() -> None:
+    """``WHERE CURRENT OF c`` writes the row cursor ``c`` stands on: one its query
+    chose. Over rows PII chose, the write spells the value; a cursor dbgate did not
+    see declared is unknown. What it means depends on the session: never cached."""
+    from dbgate.pii.room import PiiRoom, PiiSettings
+    from dbgate.pii.tokens import Key, Keyring, Tokenizer
+    from tests.unit.pii.test_lineage_hunt import CATALOG, _snapshot
+
+    room = PiiRoom(CATALOG, Tokenizer(Keyring([Key("k", b"k" * 32)])), PiiSettings(), _snapshot())
+    session = room.session("agent")
+    write = "update orders set total = 777 where current of c"
+    session.plan("declare c cursor for select id from orders where id in (128, 129)")
+    assert session.plan(write).hold_reasons == []
+    session.plan(
+        "declare c cursor for select id from orders where id in (128, 129) and id = 128"
+        " + (select ascii(substr(email, 1, 1)) from customers where id = 1)"
+    )
+    assert any("chosen by a value derived from PII" in r for r in session.plan(write).hold_reasons)
+    assert session.plan("delete from orders where current of c").hold
+    assert room.session("other").plan(write).hold  # declared where dbgate did not see it
+    assert not room.seen_exactly(write)
+
+
+def test_a_write_where_current_of_is_never_classified_once_for_its_text() -> None:
+    from dbgate.policy.classify import classify
+
+    assert classify("update orders set total = 1 where current of c").session_dependent
+    assert classify("delete from orders where current of c").session_dependent
+    assert not classify("update orders set total = 1 where id = 3").session_dependent
