@@ -48,6 +48,9 @@ class Output:
     names: list[str] = field(default_factory=list)
     tail: Lin | None = None
     chosen: Lin = CLEAN
+    #: of a prepared statement: its parameters whose values it writes, keeps in session
+    #: state, or lets choose the rows it writes (an EXECUTE argument there is a copy)
+    writes: frozenset[int] = frozenset()
 
     def add(self, lin: Lin, name: str = "?column?") -> None:
         if self.tail is not None:
@@ -74,6 +77,7 @@ class Output:
             [a | b for a, b in zip(self.columns[:n], other.columns[:n], strict=True)],
             list(self.names[:n]),
             chosen=self.chosen | other.chosen,
+            writes=self.writes | other.writes,
         )
         if (
             self.tail is not None

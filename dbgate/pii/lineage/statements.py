@@ -113,9 +113,18 @@ class Statements(WalkState):
         return out
 
     def stmt_PrepareStmt(self, body: Node) -> None:
-        out = self.query(
-            body["query"], None, refused("PREPARE (the value would outlive the statement)")
-        )
+        # the parameters it writes (into a plain column, a setting, the rows it writes
+        # chosen by them): an EXECUTE argument derived from PII there is a copy
+        writes, stores = self.r.param_writes, self.r.param_stores
+        self.r.param_writes, self.r.param_stores = set(), set()
+        try:
+            out = self.query(
+                body["query"], None, refused("PREPARE (the value would outlive the statement)")
+            )
+            out.writes = frozenset(self.r.param_writes | self.r.param_stores)
+        finally:
+            self.r.param_writes = writes | self.r.param_writes
+            self.r.param_stores = stores | self.r.param_stores
         self.r.prepares[body.get("name", "")] = out
 
     def stmt_ExecuteStmt(self, body: Node) -> Output:
@@ -130,9 +139,19 @@ class Statements(WalkState):
         if out is None and self.session is not None:
             out = self.session.prepared(name)
         if out is None:
-            return Output(
+            out = Output(
                 tail=self.unknown(f"EXECUTE of {name!r}, prepared where dbgate did not see it")
             )
+            written = range(1, len(args) + 1)  # what it does is not known
+        else:
+            written = out.writes
+        if any(n > len(args) or args[n - 1].pii or args[n - 1].unknown for n in written):
+            why = (
+                f"EXECUTE of {name!r} writes, keeps or chooses by an argument derived from PII"
+                " (or from what dbgate cannot follow)"
+            )
+            if why not in self.r.pii_writes:
+                self.r.pii_writes.append(why)
         return _with_arguments(out, args)
 
     def stmt_DeallocateStmt(self, body: Node) -> None:

@@ -708,6 +708,47 @@ def test_a_write_where_current_of_a_cursor_pii_chose_is_held(dsn: str, admin_dsn
         assert direct.execute("select id, total from orders order by id").fetchall() == before
 
 
+def test_an_execute_that_writes_query_text_of_another_session_is_held(
+    dsn: str, admin_dsn: str
+) -> None:
+    """``EXECUTE pu(128 * k + ascii(substr(pg_stat_get_backend_activity(n), i, 1)))`` of
+    ``PREPARE pu(int) AS UPDATE orders SET total = 777 WHERE id = $1`` marked one order
+    per character of another session's query text, which holds the value of the name
+    token it sent: a clean read of ``orders`` spelled the name. Held, never run."""
+    import threading
+
+    with psycopg.connect(admin_dsn) as direct:
+        before = direct.execute("select id, total from orders order by id").fetchall()
+    with (
+        psycopg.connect(dsn, autocommit=True) as a,
+        psycopg.connect(dsn, autocommit=True) as b,
+        psycopg.connect(admin_dsn, autocommit=True) as direct,
+    ):
+        a.execute("prepare pu(int) as update orders set total = total where id = $1")
+        (token,) = b.execute("select full_name from customers where id = 42").fetchone()
+        (pid,) = b.execute("select pg_backend_pid()").fetchone()
+        (n,) = direct.execute(
+            "select n from generate_series(0, 1000) n where pg_stat_get_backend_pid(n) = %s",
+            [pid],
+        ).fetchone()
+        sleeper = threading.Thread(
+            target=lambda: b.execute(f"select pg_sleep(1) where 'x' <> '{token}'")
+        )
+        sleeper.start()
+        try:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+                a.execute(
+                    f"execute pu(128 + ascii(substr(pg_stat_get_backend_activity({n}), 41, 1)))"
+                )
+            assert "argument derived from PII" in str(info.value)
+            a.execute("execute pu(5)")  # a plain argument runs as ever
+        finally:
+            sleeper.join()
+        a.execute("deallocate pu")
+    with psycopg.connect(admin_dsn) as direct:
+        assert direct.execute("select id, total from orders order by id").fetchall() == before
+
+
 def test_explain_execute_shows_no_value_resolved_from_a_token(
     dsn: str, raw: dict[str, Any]
 ) -> None:

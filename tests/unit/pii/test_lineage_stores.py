@@ -172,3 +172,26 @@ def test_a_write_where_current_of_is_never_classified_once_for_its_text() -> Non
     assert classify("update orders set total = 1 where current of c").session_dependent
     assert classify("delete from orders where current of c").session_dependent
     assert not classify("update orders set total = 1 where id = 3").session_dependent
+
+
+def test_an_execute_that_writes_an_argument_derived_from_pii_is_held() -> None:
+    """``PREPARE pu(int) AS UPDATE orders SET total = 777 WHERE id = $1`` then ``EXECUTE
+    pu(128 + ascii(substr(pg_stat_get_backend_activity(n), k, 1)))`` marks the order
+    whose id is the code of a character of another session's query text (with the
+    values of the tokens it sent): the argument is written, like a copy."""
+    from dbgate.pii.room import PiiRoom, PiiSettings
+    from dbgate.pii.tokens import Key, Keyring, Tokenizer
+    from tests.unit.pii.test_lineage_hunt import CATALOG, _snapshot
+
+    room = PiiRoom(CATALOG, Tokenizer(Keyring([Key("k", b"k" * 32)])), PiiSettings(), _snapshot())
+    session = room.session("agent")
+    session.plan("prepare pu(int) as update orders set total = 777 where id = $1")
+    session.plan("prepare pi(text) as insert into orders (customer_id, status) values (1, $1)")
+    session.plan("prepare ps(text) as select $1 as x")
+    read = "pg_stat_get_backend_activity(7)"
+    for sql in (f"execute pu(128 + ascii(substr({read}, 40, 1)))", f"execute pi({read})"):
+        assert session.plan(sql).hold, sql
+    assert not session.plan("execute pu(5)").hold
+    assert not session.plan("execute pi('x')").hold
+    assert not session.plan(f"execute ps({read})").hold  # a read: its output is tokenized
+    assert room.session("other").plan(f"execute pu({read})").hold  # prepared unseen
