@@ -10,10 +10,12 @@ safe to store, in this order:
 2. hash raw parameters (``bytes``) with a keyed hash (BLAKE2b in its MAC mode, a
    third of HMAC-SHA256's cost here), so equal values can be matched across records
    without being readable;
-3. truncate: the statement to ``max_statement_chars`` (``statement_length`` keeps
-   the original length), other text to ``max_text_chars``;
-4. scrub free text (:mod:`dbgate.audit.scrub`); a statement's texts repeat (one
+3. scrub free text (:mod:`dbgate.audit.scrub`); a statement's texts repeat (one
    shape, one application name), so the scrubbed form of short texts is remembered;
+4. truncate: the statement to ``max_statement_chars`` (``statement_length`` keeps
+   the original length), other text to ``max_text_chars`` — after scrubbing, which
+   reads :data:`SCRUB_MARGIN` characters past the cut, so a value across it is
+   replaced whole;
 5. escape, when any text of the record cannot be stored as is (:mod:`dbgate.audit.text`).
 
 The chain fields (``chain``, ``seq``, ``logged_at``) are left for the writer, which
@@ -62,6 +64,9 @@ _INT_LIMITS = {
     "scrubbed": 2**31 - 1,  # integer column
 }
 _INT64 = 2**63 - 1
+#: A text cut to its limit is scrubbed this far past the cut first: longer than any
+#: value the scrubber finds, so a value across the cut is replaced whole.
+SCRUB_MARGIN = 512
 #: Texts up to this long have their scrubbed form remembered, up to this many.
 _CLEAN_MAX_CHARS = 4096
 _CLEAN_ENTRIES = 4096
@@ -343,11 +348,9 @@ class RowBuilder:
         if statement.__class__ is not str:
             statement = _text_slow(statement, "statement", notes) or ""
         v[_STATEMENT_LENGTH] = len(statement)
-        if len(statement) > self.max_statement_chars:
-            statement = statement[: self.max_statement_chars]
         scrubbed = 0
         if statement:
-            statement, scrubbed = self._scrub(statement)
+            statement, scrubbed = self._scrub_cut(statement, self.max_statement_chars)
             v[_STATEMENT] = statement
         for i, name, x in zip(_TEXT_AT, _TEXT_NAMES, _get_text(e), strict=True):
             if not x:
@@ -359,9 +362,9 @@ class RowBuilder:
                 v[i] = _text(x, lim, notes, name)
         for i, name, x in zip(_FREE_AT, _FREE_NAMES, _get_free_text(e), strict=True):
             if x:
-                x = _text(x, lim, notes, name)
+                x = _text(x, lim + SCRUB_MARGIN, notes, name)
                 if x:
-                    x, n = self._scrub(x)
+                    x, n = self._scrub_cut(x, lim)
                     scrubbed += n
                 v[i] = x
         if e.params:
@@ -389,6 +392,14 @@ class RowBuilder:
         v[SCRUBBED] = scrubbed
         v[ESCAPED] = False
         return v
+
+    def _scrub_cut(self, text: str, limit: int) -> tuple[str, int]:
+        """``text`` scrubbed, then cut to ``limit`` characters: scrubbed first, so that a
+        value across the cut is found whole (cut first, ``alice@exam`` would stay)."""
+        if len(text) <= limit:
+            return self._scrub(text)
+        clean, n = scrub(text[: limit + SCRUB_MARGIN])
+        return clean[:limit], n
 
     def _scrub(self, text: str) -> tuple[str, int]:
         """:func:`scrub`, remembered for short texts (they repeat from record to record)."""
@@ -471,14 +482,15 @@ class RowBuilder:
                 value = raw[name]
                 if value is not None and value.__class__ is not str:
                     value = _text_slow(value, name, notes)
+                limit = self.max_text_chars
                 if name == "statement" and value is not None:
                     values[_STATEMENT_LENGTH] = len(value)
-                    value = truncate(value, self.max_statement_chars)
-                elif value is not None:
-                    value = truncate(value, self.max_text_chars)
+                    limit = self.max_statement_chars
                 if value and name in SCRUBBED_FIELDS:
-                    value, n = scrub(value)
+                    value, n = self._scrub_cut(value, limit)
                     scrubbed += n
+                elif value is not None:
+                    value = truncate(value, limit)
                 values[INDEX[name]] = value or None
         for name in _ARRAY_FIELDS:
             if raw.get(name):
@@ -524,11 +536,11 @@ class RowBuilder:
                 else:
                     notes.append(name)
                     item = str(item)
-            if len(item) > limit:
-                item = item[:limit]
             if params and item:
-                item, n = scrub(item)
+                item, n = self._scrub_cut(item, limit)
                 scrubbed += n
+            elif len(item) > limit:
+                item = item[:limit]
             out.append(item)
         return (out or None), scrubbed
 

@@ -125,6 +125,34 @@ def test_truncation_keeps_the_length() -> None:
     assert len(row["reason"]) == 256
 
 
+def test_a_value_across_the_cut_is_scrubbed_whole() -> None:
+    """Cut first and scrubbed after, ``alice.w@example.com`` across the limit would
+    stay as ``alice.w@exa``: no pattern finds half a value."""
+    email = "alice.w@example.com"
+    for cut in range(1, len(email)):
+        statement = "x" * (1024 - cut) + " " + email + " y"
+        reason = "r" * (256 - cut) + " " + email
+        row = build(
+            StatementEvent(
+                "completed",
+                statement,
+                params=(reason,),
+                reason=reason,
+                purpose=reason,
+            ),
+            max_statement_chars=1024,
+            max_text_chars=256,
+        )
+        assert len(row["statement"]) <= 1024 and row["statement_length"] == len(statement)
+        for text in (row["statement"], row["reason"], row["purpose"], row["params"][0]):
+            assert "alice" not in text and "@" not in text, (cut, text)
+            assert len(text) <= (1024 if text is row["statement"] else 256)
+    session = RowBuilder("r", b"k").build(
+        SessionEvent("auth_failed", reason="f" * 8190 + " " + email), NOW
+    )
+    assert "alice" not in session[INDEX["reason"]]
+
+
 def test_scrubbed_values_are_counted() -> None:
     row = build(
         StatementEvent(
