@@ -344,6 +344,24 @@ async def test_a_free_shape_frees_data_values_not_code_names_or_settings(
         await svc.store.revoke_shape(shape.id, BOB, "done")
 
 
+async def _free_shape_given_before_the_check(state_dsn: str, request_id: int) -> int:
+    """A free shape of the request written straight into the state database, as an
+    earlier dbgate could have given it (it now refuses to): matching must still
+    refuse what it should not cover."""
+    conn = await asyncpg.connect(state_dsn)
+    try:
+        return await conn.fetchval(  # type: ignore[no-any-return]
+            "INSERT INTO dbgate.shape_approvals (identity, fingerprint, params_fixed, "
+            "statement, source_request, created_by, reason, expires_at, database) "
+            "SELECT identity, fingerprint, false, statement, id, 'alice', '', "
+            "now() + interval '30 minutes', database FROM dbgate.approval_requests "
+            "WHERE id = $1 RETURNING id",
+            request_id,
+        )
+    finally:
+        await conn.close()
+
+
 @pytest.mark.parametrize(
     ("sql", "approved", "sent"),
     [
@@ -379,18 +397,7 @@ async def test_a_free_shape_does_not_free_parameters_that_are_not_data(
     assert (await svc.store.get(rid)).status == "pending"  # nothing was decided
     # A free shape already in the state database (given before this check) covers
     # nothing but the request it was given from, which its own approval covers.
-    conn = await asyncpg.connect(state_dsn)
-    try:
-        shape_id = await conn.fetchval(
-            "INSERT INTO dbgate.shape_approvals (identity, fingerprint, params_fixed, "
-            "statement, source_request, created_by, reason, expires_at, database) "
-            "SELECT identity, fingerprint, false, statement, id, 'alice', '', "
-            "now() + interval '30 minutes', database FROM dbgate.approval_requests "
-            "WHERE id = $1 RETURNING id",
-            rid,
-        )
-    finally:
-        await conn.close()
+    shape_id = await _free_shape_given_before_the_check(state_dsn, rid)
     try:
         assert await svc.approved_before(request(sent)) is None
         assert await svc.approved_before(request(approved)) is None
@@ -440,18 +447,7 @@ async def test_a_masked_constant_that_is_not_data_is_not_freed_by_a_shape(
     rid = int(outcome.request_id)
     with pytest.raises(Conflict, match="only be approved with fixed values"):
         await svc.store.approve_shape(rid, ALICE, minutes=30, params_fixed=False, reason="")
-    conn = await asyncpg.connect(state_dsn)
-    try:
-        shape_id = await conn.fetchval(
-            "INSERT INTO dbgate.shape_approvals (identity, fingerprint, params_fixed, "
-            "statement, source_request, created_by, reason, expires_at, database) "
-            "SELECT identity, fingerprint, false, statement, id, 'alice', '', "
-            "now() + interval '30 minutes', database FROM dbgate.approval_requests "
-            "WHERE id = $1 RETURNING id",
-            rid,
-        )
-    finally:
-        await conn.close()
+    shape_id = await _free_shape_given_before_the_check(state_dsn, rid)
     try:
         assert await svc.approved_before(request(sent)) is None
     finally:
