@@ -115,7 +115,7 @@ class Expressions(WalkState):
                         # a whole-row reference: t, row_to_json(t)
                         return self.met(s, item, item.whole())
                 s = s.parent
-            return self.unknown(f"column {name!r} could not be resolved")
+            return self.unknown(f"column {name!r} could not be resolved", computed=False)
         hit = self.lookup(names[:-1], scope)
         if hit is not None:
             item, level = hit
@@ -142,7 +142,9 @@ class Expressions(WalkState):
         self.r.token_sites.append(
             TokenSite(body.get("location", -1), ctx.allowed, ctx.why, text, ctx.stores)
         )
-        return Lin(entities, token=True)
+        lin = Lin(entities, token=True)
+        self.saw(lin)
+        return lin
 
     def e_ParamRef(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
         n = body.get("number", 0)
@@ -152,7 +154,9 @@ class Expressions(WalkState):
             self.r.param_sites.setdefault(n, "")
             if ctx.stores:
                 self.r.param_stores.add(n)
-        return Lin(params=frozenset((n,)))
+        lin = Lin(params=frozenset((n,)))
+        self.saw(lin)
+        return lin
 
     def e_TypeCast(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
         return self.expr(body.get("arg"), scope, ctx)

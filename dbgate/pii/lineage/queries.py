@@ -312,8 +312,8 @@ class Queries(WalkState):
             return
         self.expand(item, out)
 
-    @staticmethod
-    def expand(item: Item, out: Output) -> None:
+    def expand(self, item: Item, out: Output) -> None:
+        self.saw(item.whole())
         for name, lin in zip(item.names, item.cols, strict=True):
             out.add(lin, name)
         if item.open:

@@ -143,6 +143,7 @@ class Sources(WalkState):
         cols: list[Lin] = []
         for n in using:
             a, b = left.get(n) or CLEAN, right.get(n) or CLEAN
+            self.saw(a | b)
             names.append(n)
             cols.append(a | b)
             # USING / NATURAL is an equality like ON's: relating a PII-derived column with

@@ -35,6 +35,17 @@ class WalkState:
         #: calls of STATE_WRITERS: the function, its arguments' lineage, its level (whose
         #: rows PII may choose in a clause walked after the call)
         self.state_writes: list[tuple[str, Lin, Scope | None]] = []
+        #: under EXPLAIN ANALYZE, every value the query computes anywhere (columns met,
+        #: whole rows and ``*`` expanded, USING keys, unknowns, tokens, parameters):
+        #: the plan's memory, disk and buffer figures are sizes of those values
+        #: (``Sort Method: quicksort  Memory: 150kB`` of ``repeat('x', ascii(...))``
+        #: in a sub-select); None when not recording
+        self.seen: Lin | None = None
+
+    def saw(self, lin: Lin) -> None:
+        """Note a value the query computes, for ``seen`` (EXPLAIN ANALYZE)."""
+        if self.seen is not None:
+            self.seen = self.seen | lin
 
     def state_written(self) -> None:
         """After the walk: a value derived from PII (its own, or the rows it is
@@ -51,15 +62,22 @@ class WalkState:
                 if why not in self.r.pii_writes:
                     self.r.pii_writes.append(why)
 
-    def unknown(self, why: str) -> Lin:
+    def unknown(self, why: str, computed: bool = True) -> Lin:
+        """A value the walk cannot follow. ``computed`` False: a name the walk could not
+        resolve (an output's alias in ORDER BY), whose value is walked where it is
+        defined; not noted in ``seen``."""
         if why not in self.r.unknown_reasons:
             self.r.unknown_reasons.append(why)
+        if computed and self.seen is not None:
+            self.seen = self.seen | UNKNOWN_LIN
         return UNKNOWN_LIN
 
     def met(self, level: Scope, item: Item, lin: Lin) -> Lin:
         """Note a column reference for the predicate being walked (``choose``)."""
         if self.refs is not None:
             self.refs.append((level, item, lin))
+        if self.seen is not None:
+            self.seen = self.seen | lin
         return lin
 
     def met_opaque(self, level: Scope, before: int) -> None:

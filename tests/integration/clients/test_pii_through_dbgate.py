@@ -772,6 +772,32 @@ def test_explain_execute_shows_no_value_resolved_from_a_token(
     assert plan and all(raw["email"] not in line for line in plan), plan
 
 
+def test_explain_analyze_memory_figures_do_not_spell_a_value(
+    dsn: str, admin_dsn: str, raw: dict[str, Any]
+) -> None:
+    """EXPLAIN ANALYZE prints how much memory each sort used: a thousand rows of
+    ``repeat('x', ascii(...))``, sorted in a sub-select whose rows the query only counts,
+    take as many kilobytes as the character code says. The plan is tokenized whole."""
+    sql = (
+        "explain (analyze, costs off, timing off, summary off, buffers off) select count(*)"
+        " from (select g, repeat('x', ascii(substr(email, {n}, 1)) * 8) r from customers c,"
+        " generate_series(1, 1000) g where c.id = 42 order by r, g) s"
+    )
+    with psycopg.connect(admin_dsn) as direct:
+        plain = [r[0] for r in direct.execute(sql.format(n=1)).fetchall()]
+    assert any("Memory:" in line for line in plain), plain  # the channel is there
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for n in (1, 2):
+            plan = [r[0] for r in conn.execute(sql.format(n=n)).fetchall()]
+            assert plan and all(line.startswith("tok_") for line in plan), plan
+            assert not any("Memory" in line for line in plan)
+        clean = conn.execute(
+            "explain (analyze, costs off, timing off, summary off, buffers off)"
+            " select id from customers where id < 10 order by id"
+        ).fetchall()
+    assert any("Sort" in r[0] or "Index" in r[0] for r in clean), clean
+
+
 def test_a_withheld_error_has_no_position_inside_a_value(dsn: str, raw: dict[str, Any]) -> None:
     """A type name parsed at run time fails with a position inside the parsed value:
     ``repeat('a', code)`` puts that position at ``code``, two characters of the e-mail

@@ -83,6 +83,16 @@ LEAKS = [
     # EXPLAIN ANALYZE counts the rows each node returns
     f"explain (analyze, costs off, timing off) select 1 from generate_series(1, {S})",
     f"explain analyze select 1 from generate_series(1, 300) g where g < {S}",
+    # ... and the memory, disk and buffers each node used: sizes of values the query
+    # computes, its outputs' or not (``Sort Method: quicksort  Memory: 150kB``)
+    "explain analyze select count(*) from (select g, repeat('x', ascii(substr(email, 1, 1)))"
+    " r from customers c, generate_series(1, 1000) g where c.id = 42 order by r, g) s",
+    "explain (analyze, costs off) select 1 from (select repeat('x', ascii(full_name) * 10240)"
+    " r from customers where id = 42 order by r) s",
+    "explain analyze select count(*) from (select * from customers c, generate_series(1, 1000)"
+    " g where c.id = 42 order by g) s",
+    "explain analyze select count(*) from (select c from customers c order by 1) s",
+    "explain analyze select count(*) from orders natural join (select id, email from customers) c",
 ]
 
 
@@ -111,6 +121,8 @@ CLEAN = [
     "select c.id from customers c, lower(c.email) l",
     "explain select email from customers",
     "explain analyze select id, status from orders",
+    "explain analyze select id from customers where id < 10 order by id",
+    "explain analyze select g as x from generate_series(1, 10) g order by x",
 ]
 
 
