@@ -165,9 +165,14 @@ class Expressions(WalkState):
         test = self.expr(body.get("testexpr"), scope, ctx)
         sub = body.get("subselect")
         if body.get("subLinkType") == "EXISTS_SUBLINK":
-            if sub is not None:
-                self.query(sub, scope, FILTER)
-            return test
+            if sub is None:
+                return test
+            # whether the sub-select has rows: what chose, sized or cut them decides it
+            # (``EXISTS (SELECT 1 FROM customers c, generate_series(1, ascii(c.email))
+            # WHERE c.id = 42 OFFSET g - 1)`` is true for g up to the code), so the
+            # answer carries that, and relates it with the outer columns met inside
+            chosen = self.query(sub, scope, FILTER).chosen
+            return test | Lin(chosen.entities, chosen.unknown, chosen.params)
         if sub is None:
             return test
         return test | self.query(sub, scope, ctx).union()

@@ -772,6 +772,25 @@ def test_explain_execute_shows_no_value_resolved_from_a_token(
     assert plan and all(raw["email"] not in line for line in plan), plan
 
 
+def test_exists_of_rows_pii_sized_does_not_spell_a_value(dsn: str, raw: dict[str, Any]) -> None:
+    """``EXISTS (SELECT 1 FROM customers c, generate_series(1, ascii(...)) WHERE c.id =
+    42 OFFSET g - 1)`` is true for every g up to the character code: the largest such g,
+    one per position, was the whole e-mail as plain numbers in one statement."""
+    sql = (
+        "select n, (select max(g) from generate_series(1, 300) g where exists (select 1"
+        " from customers c, generate_series(1, ascii(substr(c.email, n, 1))) x"
+        " where c.id = 42 offset g - 1)) from generate_series(1, {n}) n order by n"
+    )
+    email = raw["email"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(sql.format(n=len(email))).fetchall()
+    codes = [m for _, m in rows]
+    assert codes != [ord(ch) for ch in email], codes
+    assert "".join(chr(m) if isinstance(m, int) and 0 < m < 0x110000 else "?" for m in codes) != (
+        email
+    )
+
+
 def test_explain_analyze_memory_figures_do_not_spell_a_value(
     dsn: str, admin_dsn: str, raw: dict[str, Any]
 ) -> None:

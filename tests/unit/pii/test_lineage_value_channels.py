@@ -80,6 +80,15 @@ LEAKS = [
     " where id = 1) s",
     "select count(*) from (select generate_series(1, 300) g except select"
     " generate_series(ascii(email) + 1, 300) from customers where id = 1) s",
+    # whether a sub-select has rows, when PII sized them and an outer column cuts them
+    "select max(g) from generate_series(1, 300) g where exists (select 1 from customers c,"
+    " generate_series(1, ascii(c.email)) x where c.id = 42 offset g - 1)",
+    "select max(g) from generate_series(1, 300) g where not exists (select 1 from customers c,"
+    " generate_series(1, ascii(c.email)) x where c.id = 42 offset g - 1)",
+    "select max(g) from generate_series(1, 300) g where exists (select 1 from customers c,"
+    " generate_series(1, ascii(c.email)) x where c.id = 42 limit g - 100)",
+    "select case when exists (select 1 from customers c, generate_series(1, ascii(c.email)) x"
+    " where c.id = 42 offset g - 1) then g end from generate_series(1, 300) g",
     # EXPLAIN ANALYZE counts the rows each node returns
     f"explain (analyze, costs off, timing off) select 1 from generate_series(1, {S})",
     f"explain analyze select 1 from generate_series(1, 300) g where g < {S}",
@@ -122,6 +131,9 @@ CLEAN = [
     "explain select email from customers",
     "explain analyze select id, status from orders",
     "explain analyze select id from customers where id < 10 order by id",
+    "select id from customers c where exists (select 1 from orders o where o.customer_id = c.id)",
+    "select g from generate_series(1, 10) g where exists (select 1 from customers c where"
+    " c.id = g and c.email like 'a%')",
     "explain analyze select g as x from generate_series(1, 10) g order by x",
 ]
 
