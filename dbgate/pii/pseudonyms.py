@@ -141,6 +141,56 @@ _TS_SPAN = 60 * 365 * 86_400 * 1_000_000
 _DAY_US = 86_400 * 1_000_000
 
 
+#: a value of each kind, replaced for a NULL of a value derived from PII (``null``)
+_NULL_TEXT: dict[str, bytes] = {
+    TEXT: b"",
+    JSON: b"null",
+    JSONB: b"null",
+    JSONPATH: b"$",
+    BYTEA: b"\\x",
+    **{k: b"0" for k in (INT2, INT4, INT8, OID, FLOAT4, FLOAT8, NUMERIC, MONEY)},
+    BOOL: b"f",
+    DATE: b"2000-01-01",
+    TIME: b"00:00:00",
+    TIMETZ: b"00:00:00+00",
+    INTERVAL: b"00:00:00",
+    TIMESTAMP: b"2000-01-01 00:00:00",
+    TIMESTAMPTZ: b"2000-01-01 00:00:00+00",
+    UUID: b"00000000-0000-4000-8000-000000000000",
+    INET: b"10.0.0.0",
+    CIDR: b"10.0.0.0/32",
+    MACADDR: b"02:00:00:00:00:00",
+    MACADDR8: b"02:00:00:00:00:00:00:00",
+}
+_NULL_BINARY: dict[str, bytes] = {
+    TEXT: b"",
+    JSON: b"null",
+    JSONB: b"\x01null",
+    JSONPATH: b"\x01$",
+    BYTEA: b"",
+    INT2: bytes(2),
+    INT4: bytes(4),
+    INT8: bytes(8),
+    OID: bytes(4),
+    FLOAT4: bytes(4),
+    FLOAT8: bytes(8),
+    NUMERIC: bytes(8),
+    MONEY: bytes(8),
+    BOOL: b"\x00",
+    DATE: bytes(4),
+    TIME: bytes(8),
+    TIMETZ: bytes(12),
+    INTERVAL: bytes(16),
+    TIMESTAMP: bytes(8),
+    TIMESTAMPTZ: bytes(8),
+    UUID: bytes(16),
+    INET: b"\x02\x20\x00\x04" + bytes(4),
+    CIDR: b"\x02\x20\x01\x04" + bytes(4),
+    MACADDR: bytes(6),
+    MACADDR8: bytes(8),
+}
+
+
 class TypeRegistry:
     """Type OID -> how to replace a value of it (built-ins plus the schema's types)."""
 
@@ -243,6 +293,11 @@ class Pseudonymizer:
     ) -> None:
         self.tokenizer = tokenizer
         self.types = types or TypeRegistry()
+        #: of values derived from PII (fresh tokens): a NULL and the shape of an array
+        #: are made by the same expression as the value, and would pass where the
+        #: value does not (``CASE WHEN ascii(...) & (1 << b) <> 0 THEN 1 END`` beside
+        #: ``b``, ``array_fill(0, ARRAY[ascii(...)])``): hidden too (``null``)
+        self.shapeless = isinstance(tokenizer, FreshTokens)
         self._text: dict[str, Callable[[str, bytes, str], bytes]] = {
             TEXT: self._t_token,
             JSON: self._t_json,
@@ -278,6 +333,9 @@ class Pseudonymizer:
         try:
             if kind == ARRAY:
                 elem = self.types.elems[type_oid]
+                if self.shapeless and depth < 8:
+                    # how many elements, and which are NULL, may spell the value
+                    return self._one_element(entity, type_oid, fmt, depth)
                 if fmt:
                     return self._binary_array(entity, raw, depth)
                 return self._text_array(
@@ -299,6 +357,37 @@ class Pseudonymizer:
 
     def _token(self, entity: str, raw: bytes) -> bytes:
         return self.tokenizer.token(entity, raw).encode()
+
+    def null(self, entity: str, type_oid: int, fmt: int, depth: int = 0) -> bytes:
+        """A stand-in for a NULL where a value derived from PII would be: a fresh
+        value of the type, as a value's own replacement looks."""
+        kind = self.types.kind(type_oid)
+        if kind == ARRAY:
+            return self._one_element(entity, type_oid, fmt, depth)
+        if kind == RECORD and type_oid in self.types.fields:
+            fields = self.types.fields[type_oid]
+            if fmt:
+                parts = [_I32.pack(len(fields))]
+                for oid in fields:
+                    new = self.null(entity, oid, 1, depth + 1)
+                    parts.append(_U32.pack(oid) + _I32.pack(len(new)) + new)
+                return b"".join(parts)
+            inner = [self.null(entity, oid, 0, depth + 1).decode() for oid in fields]
+            return ("(" + ",".join(_quote_record_field(v) for v in inner) + ")").encode()
+        stand_in = (_NULL_BINARY if fmt else _NULL_TEXT).get(kind)
+        if stand_in is None:
+            return self._token(entity, b"")
+        return self.value(entity, type_oid, fmt, stand_in, depth + 1)
+
+    def _one_element(self, entity: str, type_oid: int, fmt: int, depth: int) -> bytes:
+        elem = self.types.elems[type_oid]
+        new = self.null(entity, elem, fmt, depth + 1)
+        if fmt:
+            return struct.pack("!iiIii", 1, 0, elem, 1, 1) + _I32.pack(len(new)) + new
+        from dbgate.pii.text_arrays import quote_element
+
+        delim = self.types.delims.get(type_oid, ",")
+        return ("{" + quote_element(new.decode(), delim) + "}").encode()
 
     def _seed(self, kind: str, entity: str, canonical: bytes) -> bytes:
         return self.tokenizer.digest(f"{kind}:{entity}".encode(), canonical)
@@ -498,10 +587,12 @@ class Pseudonymizer:
         types = self.types.fields.get(type_oid, ())
         out = []
         for i, value in enumerate(fields):
-            if value is None:
-                out.append(None)
-                continue
             oid = types[i] if i < len(types) else 25
+            if value is None:
+                out.append(
+                    self.null(entity, oid, 0, depth + 1).decode() if self.shapeless else None
+                )
+                continue
             out.append(self.value(entity, oid, 0, value.encode(), depth + 1).decode())
         return ("(" + ",".join(_quote_record_field(v) for v in out) + ")").encode()
 
@@ -513,7 +604,11 @@ class Pseudonymizer:
             oid, length = struct.unpack_from("!Ii", raw, pos)
             pos += 8
             if length < 0:
-                parts.append(raw[pos - 8 : pos])
+                if self.shapeless:
+                    new = self.null(entity, oid, 1, depth + 1)
+                    parts.append(_U32.pack(oid) + _I32.pack(len(new)) + new)
+                else:
+                    parts.append(raw[pos - 8 : pos])
                 continue
             new = self.value(entity, oid, 1, raw[pos : pos + length], depth + 1)
             parts.append(_U32.pack(oid) + _I32.pack(len(new)) + new)

@@ -98,6 +98,7 @@ class RowRewriter:
         "_args",
         "_fns",
         "_last",
+        "_nulls",
         "_positions",
         "_tables",
         "actions",
@@ -135,6 +136,15 @@ class RowRewriter:
             else:
                 fns.append(_replacer(pseudonymizer, a))
         self._fns = fns
+        # a NULL where a derived value would be is made by the same expression: it
+        # gets a fresh stand-in, or it would say what the value's token does not
+        # (``CASE WHEN ascii(...) & (1 << b) <> 0 THEN 1 END`` beside ``b``)
+        self._nulls: list[Callable[[], bytes] | None] = [
+            (lambda a=a: fresh.null(a.entity, a.type_oid, a.format))  # type: ignore[misc]
+            if a.mode == "fresh" and fresh is not None
+            else None
+            for a in self.actions
+        ]
         specs: list[object] = list(fns)
         for i, a in enumerate(self.actions):
             if (
@@ -213,6 +223,13 @@ class RowRewriter:
                     parts.append(new)
                     copied = pos = end
                 else:
+                    null = self._nulls[slot]
+                    if null is not None:
+                        new = null()
+                        parts.append(body[copied:pos])
+                        parts.append(_pack_i32(len(new)))
+                        parts.append(new)
+                        copied = pos + 4
                     pos += 4
                 slot += 1
                 if slot < nslots:

@@ -791,6 +791,34 @@ def test_exists_of_rows_pii_sized_does_not_spell_a_value(dsn: str, raw: dict[str
     )
 
 
+def test_nulls_and_array_shapes_of_derived_values_do_not_spell_a_value(
+    dsn: str, raw: dict[str, Any]
+) -> None:
+    """``CASE WHEN ascii(substr(email, n, 1)) & (1 << b) <> 0 THEN 1 END`` beside a clean
+    ``b`` is a token or NULL: the NULLs were the bits of every character, in text and
+    binary results alike; ``array_fill(0, ARRAY[ascii(...)])`` had as many (tokenized)
+    elements as the code. A derived value's NULL gets a fresh stand-in, and its array
+    one element."""
+    email = raw["email"]
+    sql = (
+        "select n, b, case when ascii(substr(email, n, 1)) & (1 << b) <> 0 then 1 end,"
+        " array[case when ascii(substr(email, n, 1)) & (1 << b) <> 0 then 1 end],"
+        " array_fill(0, array[ascii(substr(email, n, 1))])"
+        " from customers c, generate_series(1, 3) n, generate_series(0, 7) b"
+        " where c.id = 42 order by n, b"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for binary in (False, True):
+            rows = conn.cursor(binary=binary).execute(sql).fetchall()
+            assert len(rows) == 24
+            for _, _, bit, in_array, filled in rows:
+                assert bit is not None
+                assert in_array is not None and len(in_array) == 1 and in_array[0] is not None
+                assert len(filled) == 1
+    codes = [ord(ch) for ch in email[:3]]
+    assert not any(len(f) == c for c in codes for f in [filled])
+
+
 def test_explain_analyze_memory_figures_do_not_spell_a_value(
     dsn: str, admin_dsn: str, raw: dict[str, Any]
 ) -> None:
