@@ -148,7 +148,12 @@ class TextCopyRewriter:
         fields = self._split(line)
         for i, raw in enumerate(fields):
             replace = self.pii.get(i)
-            if replace is None or raw == self.null:
+            if replace is None:
+                continue
+            if raw == self.null:
+                null = getattr(replace, "null", None)
+                if null is not None:  # a derived value's NULL: a fresh stand-in
+                    fields[i] = _escape_text(null(), self.delim)
                 continue
             fields[i] = _escape_text(replace(i, _unescape_text(raw)), self.delim)
         return bytes((self.delim,)).join(fields)
@@ -307,6 +312,11 @@ class CsvCopyRewriter:
         out = []
         for i, (value, quoted) in enumerate(fields):
             replace = self.pii.get(i)
+            if replace is not None and not quoted and value == self.null:
+                null = getattr(replace, "null", None)
+                if null is not None:  # a derived value's NULL: a fresh stand-in
+                    out.append(self._quote(null()))
+                    continue
             if replace is None or (not quoted and value == self.null):
                 out.append(self._quote(value) if quoted else value)
                 continue
@@ -370,6 +380,11 @@ class BinaryCopyRewriter:
             parts = [data[pos : pos + 2]]
             for i, (start, length) in enumerate(spans):
                 replace = self.pii.get(i)
+                null = getattr(replace, "null", None) if length < 0 else None
+                if null is not None:  # a derived value's NULL: a fresh stand-in
+                    new = null()
+                    parts.append(_I32.pack(len(new)) + new)
+                    continue
                 if replace is None or length < 0:
                     parts.append(data[start : start + 4 + max(length, 0)])
                     continue

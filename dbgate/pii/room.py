@@ -467,12 +467,17 @@ def _copy_replacer(
             return room.detect_bytes(raw)
         return pseudo.value(entity, oid, fmt, raw)
 
+    if mode != "detect":
+        # every PII value of a COPY is taken as derived, and a derived value's NULL is
+        # made by the same expression (``CASE WHEN ascii(...) & (1 << b) <> 0 THEN 1
+        # END`` beside ``b``): a fresh stand-in, not the NULL marker
+        replace.null = lambda: pseudo.null(entity, oid, fmt)  # type: ignore[attr-defined]
     return replace
 
 
 class _AllColumns:
     """Rows of a portal that was never described and whose width lineage cannot give:
-    every non-NULL column is tokenized as text (fail closed)."""
+    every column, NULLs too, is tokenized as text (fail closed)."""
 
     def __init__(self, plan: StatementPlan, formats: list[int]) -> None:
         self.plan = plan
@@ -483,7 +488,8 @@ class _AllColumns:
 
         cols = parse_data_row(body)
         tok = self.plan.room.fresh_pseudonymizer.tokenizer
-        new = [None if c is None else tok.token(UNKNOWN, c).encode() for c in cols]
+        # a NULL too: it may be made by the expression that makes a value (a bit of it)
+        new = [tok.token(UNKNOWN, b"" if c is None else c).encode() for c in cols]
         return data_row(new)[5:]
 
     def copy_data(self, body: bytes) -> bytes:

@@ -819,6 +819,25 @@ def test_nulls_and_array_shapes_of_derived_values_do_not_spell_a_value(
     assert not any(len(f) == c for c in codes for f in [filled])
 
 
+@pytest.mark.parametrize("options", ["", " (format csv)", " (format binary)"])
+def test_copy_nulls_of_derived_values_do_not_spell_a_value(
+    dsn: str, options: str, raw: dict[str, Any]
+) -> None:
+    """The same bits through COPY TO STDOUT: the NULL marker (``\\N``, an empty CSV
+    field, a -1 length) where a derived value's token would be."""
+    sql = (
+        "copy (select b, case when ascii(substr(email, 1, 1)) & (1 << b) <> 0 then 1 end"
+        " from customers c, generate_series(0, 7) b where c.id = 42 order by b) to stdout" + options
+    )
+    out = bytearray()
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor().copy(sql) as copy:
+        for block in copy:
+            out += block
+    data = bytes(out)
+    assert data.count(b"tok_") == 8, data
+    assert b"\\N" not in data and b",\n" not in data and b"\xff\xff\xff\xff\x00" not in data
+
+
 def test_explain_analyze_memory_figures_do_not_spell_a_value(
     dsn: str, admin_dsn: str, raw: dict[str, Any]
 ) -> None:
