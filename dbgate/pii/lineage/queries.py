@@ -129,7 +129,10 @@ class Queries(WalkState):
         alone: PII or anything unknown there marks the level.
         """
         self.choose(body.get("whereClause"), scope)
-        self.choose(body.get("havingClause"), scope)
+        # HAVING compares aggregates of this level's rows, which carry what chose or
+        # sized them (``EXISTS (SELECT 1 FROM customers c, generate_series(1,
+        # ascii(c.email)) WHERE c.id = 42 HAVING count(*) >= g)``: count(*) is the code)
+        self.choose(body.get("havingClause"), scope, aggregated=True)
         for item in body.get("groupClause") or ():
             self.choose(item, scope)
             self.choose_output(item, scope, targets)
@@ -208,7 +211,7 @@ class Queries(WalkState):
         if lin.pii or lin.unknown or lin.params:
             scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
 
-    def choose(self, node: Node | None, scope: Scope) -> None:
+    def choose(self, node: Node | None, scope: Scope, aggregated: bool = False) -> None:
         """Walk a clause that chooses rows (WHERE, HAVING, JOIN ... ON, FILTER).
 
         Choosing rows is allowed, but a choice can be made to spell a value: ``SELECT
@@ -236,7 +239,7 @@ class Queries(WalkState):
             return
         if "BoolExpr" in node:
             for arg in node["BoolExpr"].get("args") or ():
-                self.choose(arg, scope)
+                self.choose(arg, scope, aggregated)
             return
         saved, self.refs = self.refs, []
         refs = self.refs
@@ -244,6 +247,9 @@ class Queries(WalkState):
             lin = self.expr(node, scope, FILTER)
         finally:
             self.refs = saved
+        if aggregated:
+            chosen = scope.level_chosen()
+            lin = lin | Lin(chosen.entities, chosen.unknown, chosen.params)
         self.chose(lin, refs)
 
     def chose(self, lin: Lin, refs: list[tuple[Scope, Item, Lin]]) -> None:

@@ -782,7 +782,14 @@ def test_exists_of_rows_pii_sized_does_not_spell_a_value(dsn: str, raw: dict[str
         " where c.id = 42 offset g - 1)) from generate_series(1, {n}) n order by n"
     )
     email = raw["email"]
+    having = (
+        "select max(g) from generate_series(1, 300) g where exists (select from customers c,"
+        " generate_series(1, ascii(substr(c.email, {n}, 1))) x where c.id = 42"
+        " having count(*) >= g)"
+    )
     with psycopg.connect(dsn, autocommit=True) as conn:
+        counted = [conn.execute(having.format(n=n)).fetchone()[0] for n in (1, 2, 3)]
+        assert counted != [ord(ch) for ch in email[:3]], counted
         rows = conn.execute(sql.format(n=len(email))).fetchall()
     codes = [m for _, m in rows]
     assert codes != [ord(ch) for ch in email], codes
