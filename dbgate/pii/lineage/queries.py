@@ -247,19 +247,24 @@ class Queries(WalkState):
             lin = self.expr(node, scope, FILTER)
         finally:
             self.refs = saved
+        elsewhere = False
         if aggregated:
             chosen = scope.level_chosen()
-            lin = lin | Lin(chosen.entities, chosen.unknown, chosen.params)
-        self.chose(lin, refs)
+            if chosen.pii or chosen.unknown or chosen.params:
+                # from this level's rows, not from the row a reference names: no one
+                # table row is chosen by its own values here (``HAVING count(*) >= o.id``)
+                lin = lin | Lin(chosen.entities, chosen.unknown, chosen.params)
+                elsewhere = True
+        self.chose(lin, refs, elsewhere)
 
-    def chose(self, lin: Lin, refs: list[tuple[Scope, Item, Lin]]) -> None:
+    def chose(self, lin: Lin, refs: list[tuple[Scope, Item, Lin]], elsewhere: bool = False) -> None:
         """Mark the levels of the clean columns a choice of lineage ``lin`` related
         with it (``refs``: the column references met walking it); see ``choose``."""
         if not (lin.pii or lin.unknown or lin.params):
             return
         row = refs[0][1] if refs else None
         own_row = row is not None and row.table and all(item is row for _, item, _ in refs)
-        if own_row and not lin.token:
+        if own_row and not lin.token and not elsewhere:
             if not lin.params:
                 return  # one table row chosen by its own values
             # a bind parameter may carry a token, a value from elsewhere, like a token

@@ -76,6 +76,11 @@ CHOSEN_ROWS = [
     " o.id = (select ascii(email) from customers where id = 1) then delete",
     "insert into orders (id, total) values (1, 0) on conflict (id) do update set total = 5"
     " where orders.customer_id = (select ascii(email) from customers where id = 1)",
+    # a count of rows PII sized, compared in HAVING with the written row's key
+    "update orders set total = 1 where exists (select from customers c,"
+    " generate_series(1, ascii(c.email)) x where c.id = 42 having count(*) >= orders.id)",
+    "delete from orders where exists (select 1 from customers c,"
+    " generate_series(1, ascii(c.email)) x where c.id = 42 offset orders.id - 1)",
     # copies into PII columns: their stored tokens tell which customer was copied
     "insert into customers (full_name, email, phone, ssn, birth_date, address)"
     " select c2.full_name, c2.email, c2.phone, c2.ssn, c2.birth_date, c2.address"

@@ -94,6 +94,8 @@ LEAKS = [
     " generate_series(1, ascii(c.email)) x where c.id = 42 having count(*) >= g)",
     "select g from generate_series(1, 300) g where exists (select 1 from customers c,"
     " generate_series(1, ascii(c.email)) x where c.id = 42 having max(x) >= g)",
+    "select max(o.id) from orders o where exists (select from customers c,"
+    " generate_series(1, ascii(c.email)) x where c.id = 42 having count(*) >= o.id)",
     # EXPLAIN ANALYZE counts the rows each node returns
     f"explain (analyze, costs off, timing off) select 1 from generate_series(1, {S})",
     f"explain analyze select 1 from generate_series(1, 300) g where g < {S}",
