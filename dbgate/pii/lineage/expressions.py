@@ -172,10 +172,17 @@ class Expressions(WalkState):
             # WHERE c.id = 42 OFFSET g - 1)`` is true for g up to the code), so the
             # answer carries that, and relates it with the outer columns met inside
             chosen = self.query(sub, scope, FILTER).chosen
-            return test | Lin(chosen.entities, chosen.unknown, chosen.params)
+            return test | self.from_elsewhere(Lin(chosen.entities, chosen.unknown, chosen.params))
         if sub is None:
             return test
-        return test | self.query(sub, scope, ctx).union()
+        return test | self.from_elsewhere(self.query(sub, scope, ctx).union())
+
+    def from_elsewhere(self, lin: Lin) -> Lin:
+        """A sub-select's value: PII in it comes from its own rows, not from a row the
+        predicate around it names (see ``Queries.chose``)."""
+        if lin.pii or lin.unknown or lin.params:
+            self.sublinks += 1
+        return lin
 
     def e_FuncCall(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
         parts = strs(body["funcname"])

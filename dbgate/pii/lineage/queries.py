@@ -243,11 +243,14 @@ class Queries(WalkState):
             return
         saved, self.refs = self.refs, []
         refs = self.refs
+        sublinks = self.sublinks
         try:
             lin = self.expr(node, scope, FILTER)
         finally:
             self.refs = saved
-        elsewhere = False
+        # PII a sub-select brings (``c.id <= (SELECT count(*) FROM s)``, s sized by
+        # PII) is not the referenced row's own: no row is chosen by its own values
+        elsewhere = self.sublinks != sublinks
         if aggregated:
             chosen = scope.level_chosen()
             if chosen.pii or chosen.unknown or chosen.params:

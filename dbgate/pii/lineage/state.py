@@ -41,6 +41,8 @@ class WalkState:
         #: (``Sort Method: quicksort  Memory: 150kB`` of ``repeat('x', ascii(...))``
         #: in a sub-select); None when not recording
         self.seen: Lin | None = None
+        #: sub-selects walked whose value is PII (``Expressions.from_elsewhere``)
+        self.sublinks = 0
 
     def saw(self, lin: Lin) -> None:
         """Note a value the query computes, for ``seen`` (EXPLAIN ANALYZE)."""

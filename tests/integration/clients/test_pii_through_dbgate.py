@@ -790,6 +790,13 @@ def test_exists_of_rows_pii_sized_does_not_spell_a_value(dsn: str, raw: dict[str
     with psycopg.connect(dsn, autocommit=True) as conn:
         counted = [conn.execute(having.format(n=n)).fetchone()[0] for n in (1, 2, 3)]
         assert counted != [ord(ch) for ch in email[:3]], counted
+        # a count a sub-select brings, compared with a table row's own key
+        (by_key,) = conn.execute(
+            "with s as (select 1 from customers c, generate_series(1, ascii(substr(c.email,"
+            " 1, 1))) x where c.id = 42) select max(o.id) from orders o"
+            " where (select count(*) from s) >= o.id"
+        ).fetchone()
+        assert by_key != ord(email[0]), by_key
         rows = conn.execute(sql.format(n=len(email))).fetchall()
     codes = [m for _, m in rows]
     assert codes != [ord(ch) for ch in email], codes

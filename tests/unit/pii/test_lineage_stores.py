@@ -81,6 +81,8 @@ CHOSEN_ROWS = [
     " generate_series(1, ascii(c.email)) x where c.id = 42 having count(*) >= orders.id)",
     "delete from orders where exists (select 1 from customers c,"
     " generate_series(1, ascii(c.email)) x where c.id = 42 offset orders.id - 1)",
+    "with s as (select 1 from customers c, generate_series(1, ascii(c.email)) x where"
+    " c.id = 42) update orders set total = 1 where (select count(*) from s) >= orders.id",
     # copies into PII columns: their stored tokens tell which customer was copied
     "insert into customers (full_name, email, phone, ssn, birth_date, address)"
     " select c2.full_name, c2.email, c2.phone, c2.ssn, c2.birth_date, c2.address"

@@ -96,6 +96,14 @@ LEAKS = [
     " generate_series(1, ascii(c.email)) x where c.id = 42 having max(x) >= g)",
     "select max(o.id) from orders o where exists (select from customers c,"
     " generate_series(1, ascii(c.email)) x where c.id = 42 having count(*) >= o.id)",
+    # a count a sub-select brings, compared with one table row's key
+    "with s as (select 1 from customers c, generate_series(1, ascii(c.email)) x where"
+    " c.id = 42) select max(o.id) from orders o where (select count(*) from s) >= o.id",
+    "with s as (select 1 from customers c, generate_series(1, ascii(c.email)) x where"
+    " c.id = 42) select max(o.id) from orders o where exists (select 1 from s offset o.id - 1)",
+    "with s as (select 1 from customers c, generate_series(1, ascii(c.email)) x where"
+    " c.id = 42) select max(c.id) from customers c where length(c.email) * 0 + c.id"
+    " <= (select count(*) from s)",
     # EXPLAIN ANALYZE counts the rows each node returns
     f"explain (analyze, costs off, timing off) select 1 from generate_series(1, {S})",
     f"explain analyze select 1 from generate_series(1, 300) g where g < {S}",
@@ -139,6 +147,7 @@ CLEAN = [
     "explain analyze select id, status from orders",
     "explain analyze select id from customers where id < 10 order by id",
     "select id from customers c where exists (select 1 from orders o where o.customer_id = c.id)",
+    "select id from customers c where c.email = (select email from customers where id = 42)",
     "select g from generate_series(1, 10) g where exists (select 1 from orders o where"
     " o.customer_id = g having count(*) > 2)",
     "select g from generate_series(1, 10) g where exists (select 1 from customers c where"
