@@ -92,6 +92,63 @@ _FLUSH_MSG, _PARSE_MSG, _BIND_MSG, _EXECUTE_MSG = (ord(c) for c in "HPBE")
 #: Command tags whose count is rows changed.
 _CHANGE_TAGS = ("INSERT", "UPDATE", "DELETE", "MERGE", "COPY")
 
+#: First keywords of the statements that end, or act on, a transaction block
+#: (PostgreSQL's ``TransactionStmt``): ``COMMIT``/``END`` would keep a measured
+#: batch's changes before dbgate decides on them, ``ROLLBACK`` would end its block.
+_BLOCK_KEYWORDS = frozenset(
+    {"ABORT", "BEGIN", "COMMIT", "END", "PREPARE", "RELEASE", "ROLLBACK", "SAVEPOINT", "START"}
+)
+_SPACE = b" \t\n\r\f\v;"  # what the server's lexer skips before a statement (and ;)
+
+
+def first_keyword(sql: bytes) -> str:
+    """The first word of ``sql`` as PostgreSQL's lexer reads it: after whitespace,
+    ``--`` and (nested) ``/* */`` comments and empty statements (``;``, which the
+    grammar drops: ``;COMMIT`` is one statement, a COMMIT). Uppercased ASCII
+    letters; ``""`` when something else comes first (an unterminated comment, a
+    quote, a parenthesis)."""
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in _SPACE:
+            i += 1
+        elif sql.startswith(b"--", i):
+            j = i + 2
+            while j < n and sql[j] not in b"\n\r":
+                j += 1
+            i = j
+        elif sql.startswith(b"/*", i):
+            depth, j = 1, i + 2
+            while j < n and depth:
+                if sql.startswith(b"/*", j):
+                    depth, j = depth + 1, j + 2
+                elif sql.startswith(b"*/", j):
+                    depth, j = depth - 1, j + 2
+                else:
+                    j += 1
+            if depth:
+                return ""
+            i = j
+        else:
+            break
+    j = i
+    while j < n and (65 <= sql[j] <= 90 or 97 <= sql[j] <= 122):
+        j += 1
+    return sql[i:j].decode("ascii").upper()
+
+
+def acts_on_block(sql: str | bytes) -> bool:
+    """Whether the statement ``sql`` (one, as a Parse holds it) may end or act on
+    the transaction block a measurement runs in. Fail closed: a statement whose
+    first word cannot be read is taken to."""
+    raw = sql.encode("utf-8", "surrogateescape") if isinstance(sql, str) else sql
+    word = first_keyword(raw)
+    if word:
+        return word in _BLOCK_KEYWORDS
+    rest = raw.lstrip(_SPACE)
+    # an empty statement, or a parenthesized query: no transaction statement
+    return not (rest == b"" or rest.startswith(b"("))
+
 
 def changed_rows(tag: str) -> int:
     """Rows a statement changed, from its command tag ("INSERT 0 5", "UPDATE 3");
@@ -158,6 +215,7 @@ class Measurement:
         "already",
         "batch",
         "bound",
+        "bound_here",
         "buffer",
         "copying",
         "count",
@@ -198,6 +256,9 @@ class Measurement:
         self.portals: set[str] = set()  # batch: portals bound by measured Binds
         self.named: list[str] = []  # batch: named statements it prepared (closed if undone)
         self.bound: list[str] = []  # batch: portals it bound (ended if undone)
+        #: batch: portals the client's Binds in it name (its Executes may run only
+        #: those: a portal bound before it may run a COMMIT)
+        self.bound_here: set[bytes] = set()
         self.running = False  # dbgate's set-up was answered: the answers are its own
         self.already = False  # dbgate's BEGIN warned: the client's block was open
         self.failed = False  # dbgate's BEGIN failed: a failed block, nothing measured
@@ -229,6 +290,9 @@ class Measurement:
             self.passing = False
             if in_flight:
                 self.delivering = True
+        if t == _BIND_MSG:
+            end = frame.find(b"\0", 5)
+            self.bound_here.add(frame[5:end])  # raw bytes, as its Executes name it
         if self.delivering:
             return  # it will not be sent again: nothing to keep
         self.kept_bytes += len(frame)

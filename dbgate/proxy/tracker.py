@@ -147,6 +147,17 @@ class _Limit:
         self.cancel_pending = False
 
 
+#: A message of an open measured batch that could take its changes out of the
+#: measurement (see StatementTracker._outside_measurement)
+OUTSIDE_MEASUREMENT = Refuse(
+    sqlstate.FEATURE_NOT_SUPPORTED,
+    "dbgate: this batch runs a write measured against its change limit; a statement "
+    "that ends or acts on the transaction (COMMIT, ROLLBACK, SAVEPOINT ...), a simple "
+    "Query, or an Execute of a portal bound before the batch cannot run inside it",
+    hint="send it in a batch of its own, after this one's Sync",
+)
+
+
 def _over_limit(verdict: Allow) -> Refuse:
     if verdict.over_limit is not None:
         return verdict.over_limit
@@ -383,6 +394,26 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
             hdr = s - 5
             if self._measure is not None and self._measure.open:
                 self._measure.client_message(t, chunk[hdr:e], self.in_flight)
+                if self._measure.batch and not self.skip_until_sync:
+                    refusal = self._outside_measurement(t, chunk, s, e)
+                    if refusal is not None:
+                        if out is None:
+                            out = []
+                        if hdr > fwd:
+                            out.append(chunk[fwd:hdr])
+                        fwd = e
+                        rec = None
+                        if observed:
+                            rec = self._record("query" if t == QUERY_MSG else "parse", "")
+                            self.decided(rec, refusal)
+                        out.append(self.refuse(rec, refusal, t))
+                        if t != QUERY_MSG and not full:
+                            rest = chunk[e:]
+                            if rest:
+                                more = self.client_chunk(rest, split_frames(rest), True)
+                                out.extend(more if more is not None else (rest,))
+                            return out
+                        continue
             if self.skip_until_sync:
                 if t == SYNC_MSG:
                     self.sync_sent()
@@ -622,6 +653,36 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         if fwd < len(chunk):
             out.append(chunk[fwd:])
         return out
+
+    def _outside_measurement(self, t: int, chunk: bytes, s: int, e: int) -> Refuse | None:
+        """A message of an open measured batch that could take its changes out of
+        dbgate's hands, refused before it runs: a statement that ends or acts on the
+        transaction block (``COMMIT`` would keep the changes before they are counted,
+        ``ROLLBACK`` end the block dbgate undoes them in) — parsed, bound or run
+        through a portal bound before the batch — and any simple Query (a string of
+        any statements, amid the batch). See :mod:`dbgate.proxy.measure`."""
+        if t == QUERY_MSG:
+            return OUTSIDE_MEASUREMENT
+        if t == PARSE_MSG:
+            i = chunk.find(b"\0", s, e)
+            j = chunk.find(b"\0", i + 1, e) if i >= 0 else -1
+            if j < 0 or measure.acts_on_block(chunk[i + 1 : j]):
+                return OUTSIDE_MEASUREMENT
+            return None
+        if t == BIND_MSG:
+            _portal, name = bind_names(chunk[s:e])
+            cands = self.info.statements.candidates(name, self.sent_cycles + 1)
+            if any(c.lost or measure.acts_on_block(c.sql) for c in cands):
+                return OUTSIDE_MEASUREMENT
+            sent = self._sent_stmts.get(name_key(name))
+            if sent is not None and measure.acts_on_block(sent.sql):
+                return OUTSIDE_MEASUREMENT
+            return None
+        if t == EXECUTE_MSG:
+            i = chunk.find(b"\0", s, e)
+            if i < 0 or chunk[s:i] not in self._measure.bound_here:  # type: ignore[union-attr]
+                return OUTSIDE_MEASUREMENT
+        return None
 
     def _stop_at(self, chunk: bytes, e: int, out: list[bytes] | None, fwd: int) -> list[bytes]:
         """Forward up to ``e`` and park the rest: a limited statement is running.

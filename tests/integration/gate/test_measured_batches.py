@@ -536,3 +536,49 @@ async def test_a_deferred_constraint_fails_a_measured_batch_at_its_end_as_withou
     assert names(got) == names(expected)
     assert [e.sqlstate for e in errors(got)] == [e.sqlstate for e in errors(expected)] == ["23505"]
     assert status(got) == "I"
+
+
+async def _pipelined_after_a_measured_write(client: RawClient, mb: str, how: str) -> None:
+    write = extended(f"UPDATE {mb} SET note = 'c' WHERE id <= 500")
+    if how == "portal":  # a COMMIT bound to a portal before the batch, in the block
+        client.send(m.Query("BEGIN").encode())
+        await client.until_ready()
+        client.send(m.Parse("", "COMMIT").encode(), m.Bind("pc", "").encode(), SYNC)
+        await client.until_ready()
+        client.send(write, m.Execute("pc", 0).encode(), SYNC)
+    elif how == "named":  # a COMMIT prepared before the batch, bound in it
+        client.send(m.Parse("cm", "commit").encode(), SYNC)
+        await client.until_ready()
+        client.send(write, m.Bind("", "cm").encode(), m.Execute("", 0).encode(), SYNC)
+    elif how == "query":  # a simple Query amid the batch
+        client.send(write, m.Query("SELECT 1; COMMIT").encode(), SYNC)
+    else:
+        client.send(write, extended(how), SYNC)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["COMMIT", "END", ";/* c */ -- x\rcommit and chain", "ROLLBACK", "portal", "named", "query"],
+)
+async def test_a_measured_batch_cannot_commit_its_write_before_it_is_counted(
+    env: HoldsEnv, mb: str, how: str
+) -> None:
+    """dbgate measures a batch inside a block of its own (or under a savepoint in the
+    client's): a COMMIT the client pipelines after the write, in the same batch, would
+    keep 500 changed rows past a limit of 100 before dbgate counts them, and its undo
+    would then find nothing to roll back. Whatever could end or act on that block —
+    parsed in the batch, bound from a statement prepared before it, run through a
+    portal bound before it, or a simple Query amid it — is refused before it runs,
+    and the write is undone with the batch."""
+    client = await raw_agent(env)
+    try:
+        await _pipelined_after_a_measured_write(client, mb, how)
+        got = await client.until_ready()
+        if how == "query":  # the Query's ReadyForQuery, then the Sync's
+            got += await client.until_ready()
+        assert [e.sqlstate for e in errors(got)] == ["0A000"], names(got)
+        assert "measured against its change limit" in errors(got)[0].message
+        assert status(got) == ("E" if how == "portal" else "I")
+    finally:
+        await client.close()
+    assert await noted(env, "c") == 0

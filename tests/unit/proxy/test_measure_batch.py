@@ -4,6 +4,8 @@ its answers can no longer be held back."""
 
 from __future__ import annotations
 
+import pytest
+
 from dbgate.proxy import measure
 from dbgate.proxy.seams import Allow
 from dbgate.wire import messages as m
@@ -111,3 +113,28 @@ def _frames(data: bytes) -> list[tuple[str, bytes]]:
         out.append((chr(data[i]), data[i + 5 : i + 1 + n]))
         i += 1 + n
     return out
+
+
+@pytest.mark.parametrize(
+    ("sql", "acts"),
+    [
+        ("COMMIT", True),
+        ("end", True),
+        ("  /* a /* nested */ comment */ ;; Commit and chain", True),
+        ("-- a comment\rROLLBACK", True),
+        ("prepare transaction 'x'", True),
+        ("release savepoint s", True),
+        ("savepoint s", True),
+        ("abort", True),
+        ("start transaction", True),
+        ("/* unterminated", True),  # unreadable: taken to
+        ('"COMMIT"', True),  # not a word it knows: taken to
+        ("UPDATE t SET a = 1", False),
+        ("with x as (select 1) select * from x", False),
+        ("(select 1)", False),
+        ("", False),
+        ("select 'commit'", False),
+    ],
+)
+def test_what_acts_on_a_measured_block(sql: str, acts: bool) -> None:
+    assert measure.acts_on_block(sql) is acts
