@@ -180,13 +180,14 @@ def as_query(statements: list[str]) -> bytes:
     return frame(ord("Q"), "; ".join(statements).encode() + b"\0")
 
 
-def as_batch(statements: list[str], name: str) -> bytes:
+def as_batch(statements: list[str], name: str, close_portals: tuple[str, ...] = ()) -> bytes:
     """dbgate's statements through the extended protocol, ended by a Sync of their
     own (around a measured batch). A simple Query would destroy the client's unnamed
     statement, which a client may Parse in one batch and Bind in the next (pg8000);
     so each runs as a statement and a portal named ``name`` (a name no client can
     guess), the statement closed right after its Bind, so that nothing of dbgate's
-    stays prepared even when a statement fails, and the portal after its Execute."""
+    stays prepared even when a statement fails, and the portal after its Execute.
+    ``close_portals``: portals of the client's closed after them (a kept batch's)."""
     b = name.encode()
     out = []
     for sql in statements:
@@ -195,6 +196,8 @@ def as_batch(statements: list[str], name: str) -> bytes:
         out.append(frame(ord("C"), b"S" + b + b"\0"))
         out.append(frame(ord("E"), b + b"\0\0\0\0\0"))
         out.append(frame(ord("C"), b"P" + b + b"\0"))
+    for portal in close_portals:  # the client's, closed after the statements
+        out.append(frame(ord("C"), b"P" + portal.encode("utf-8", "surrogateescape") + b"\0"))
     out.append(frame(ord("S"), b""))
     return b"".join(out)
 

@@ -45,6 +45,7 @@ from dbgate.proxy.entries import (
     READY_MSG,
     SAVEPOINT,
     STATUS,
+    SUSPENDED,
     SYNC,
     SYNC_FRAME,
     Entry,
@@ -204,14 +205,32 @@ class MeasuredWrites:
             return _settle_later(decision)
         return measure.settled(decision)
 
-    def _measure_inject(self, kind: int, statements: list[str], batch: bool) -> None:
+    def _measure_inject(
+        self, kind: int, statements: list[str], batch: bool, close: tuple[str, ...] = ()
+    ) -> None:
         self._batch_open = False
         self.sent_cycles += 1
         self._measures += 1
         self._queue.append((kind,))
         self._upstream.append(
-            measure.as_batch(statements, SAVEPOINT) if batch else measure.as_query(statements)
+            measure.as_batch(statements, SAVEPOINT, close)
+            if batch
+            else measure.as_query(statements)
         )
+
+    def _kept_portals(self, m_: measure.Measurement) -> tuple[str, ...]:
+        """The portals a kept batch's measured Binds bound, which dbgate closes with
+        its release: inside the client's block they would outlive the batch, and an
+        Execute of one in a later batch (a write bound here, run there) would run
+        unmeasured. Their Executes in the batch were measured; a later one fails as
+        an Execute of a closed portal does."""
+        if not m_.batch or not m_.portals:
+            return ()
+        for portal in m_.portals:
+            self._portals.pop(portal, None)
+            self._portal_state.pop(portal, None)
+            self._sent_limits.pop(portal, None)
+        return tuple(sorted(m_.portals))
 
     def measure_resume(self, verdict: object) -> bytes:
         """The awaited ``over_changes`` answered (:attr:`measure_waiting`): returns the
@@ -400,6 +419,13 @@ class MeasuredWrites:
                 m_.count += measure.changed_rows(m.parse_command_complete(chunk[s:e]))
         elif t == ERROR_MSG:
             m_.errored = True
+        elif t == SUSPENDED:
+            if m_.batch and head is not None and head[0] == EXECUTE and head[1] in m_.portals:
+                # An Execute with a row count of a measured write (RETURNING): the
+                # server ran the whole write, but a suspended portal has no tag to
+                # count its changes by. Not measurable: undone and decided as such.
+                m_.overflow = True
+                m_.buffer = [b for b in m_.buffer if b[:1] not in (b"D", b"d")]
         elif t == PARSE_OK:
             if m_.batch and head is not None and head[0] == PARSE and head[1]:
                 m_.named.append(head[1])  # closed again if the batch is undone
@@ -464,7 +490,9 @@ class MeasuredWrites:
                 # its ReadyForQuery is the client's
                 self._measure_inject(MEASURE_COMMIT, ["COMMIT"], m_.batch)
                 return held
-            self._measure_inject(MEASURE_SILENT, measure.release_sql(SAVEPOINT), m_.batch)
+            self._measure_inject(
+                MEASURE_SILENT, measure.release_sql(SAVEPOINT), m_.batch, self._kept_portals(m_)
+            )
             if release:
                 self.blocked = False
             return held + ready

@@ -582,3 +582,57 @@ async def test_a_measured_batch_cannot_commit_its_write_before_it_is_counted(
     finally:
         await client.close()
     assert await noted(env, "c") == 0
+
+
+@pytest.mark.parametrize("portal", ["", "p"])
+async def test_a_write_bound_in_a_measured_batch_cannot_run_in_a_later_one(
+    env: HoldsEnv, mb: str, portal: str
+) -> None:
+    """Inside the client's block a portal outlives its batch: a write bound in a
+    measured batch and executed in the next (which binds nothing, so nothing measures
+    it) would change 500 rows past a limit of 100. dbgate closes the portals of a
+    kept batch's measured Binds with its release, so the later Execute fails."""
+    client = await raw_agent(env)
+    try:
+        client.send(m.Query("BEGIN").encode())
+        await client.until_ready()
+        client.send(
+            m.Parse("", f"UPDATE {mb} SET note = 'l' WHERE id <= 500").encode(),
+            m.Bind(portal, "").encode(),
+            SYNC,
+        )
+        got = await client.until_ready()
+        assert names(got) == ["ParseComplete", "BindComplete", "ReadyForQuery"]
+        client.send(m.Execute(portal, 0).encode(), SYNC)
+        got = await client.until_ready()
+        assert [e.sqlstate for e in errors(got)] == ["34000"], names(got)  # no such portal
+        client.send(m.Query("ROLLBACK").encode())
+        await client.until_ready()
+    finally:
+        await client.close()
+    assert await noted(env, "l") == 0
+
+
+async def test_a_measured_write_executed_a_row_at_a_time_is_not_measurable_and_held(
+    env: HoldsEnv, mb: str
+) -> None:
+    """An Execute with a row count of an UPDATE … RETURNING runs the whole update and
+    ends suspended, with no command tag to count it by: it is undone and held as not
+    measurable, not kept as a batch that changed nothing."""
+    client = await raw_agent(env)
+    try:
+        client.send(
+            m.Parse("", f"UPDATE {mb} SET note = 'r' WHERE id <= 500 RETURNING id").encode(),
+            m.Bind("", "").encode(),
+            m.Execute("", 1).encode(),
+            SYNC,
+        )
+        rid = await held(client)
+        assert await noted(env, "r") == 0  # undone while the approver decides
+        await env.app.areject(rid, "no")
+        got = await client.until_ready()
+        assert [e.sqlstate for e in errors(got)] == ["42501"], names(got)
+        assert not rows(got)
+    finally:
+        await client.close()
+    assert await noted(env, "r") == 0
