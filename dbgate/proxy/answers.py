@@ -287,6 +287,18 @@ class ServerAnswers:
                 replacement = b"" if new is None else m.frame(t, new)
             elif t == READY_MSG:
                 replacement = self._on_ready(chunk[s])
+                if self.full and not full:
+                    # An Execute pipelined after this cycle started under a limiter
+                    # or a plan: its rows may follow in this read, which was split
+                    # without them.
+                    if replacement is not None:
+                        if out is None:
+                            out = []
+                        if s - 5 > run:
+                            out.append(chunk[run : s - 5])
+                        out.append(replacement)
+                        run = e
+                    return self._rest_in_full(chunk, e, out, run)
                 if replacement is None:
                     continue
             elif t == COPY_DATA:
@@ -803,10 +815,14 @@ class ServerAnswers:
             if verdict is not None and stmt is not None:
                 verdict = refined_verdict(stmt.verdict, verdict)
             self._portals[portal] = (stmt, verdict, body)
-        else:
-            self._portals.pop(portal, None)
-        if self._portal_state:
-            self._portal_state.pop(portal, None)  # a new portal: plan it afresh
+            if self._portal_state:
+                self._portal_state.pop(portal, None)  # a new portal: plan it afresh
+            rebound = self._rebound.get(portal)
+            if rebound is not None and rebound[1] is body:
+                del self._rebound[portal]  # the client's view is right again
+        # A failed (or skipped) Bind leaves the portal of that name as it was: a named
+        # one already open makes it fail ("cursor already exists"), and the old
+        # portal, its rows counted so far with it, runs on after ROLLBACK TO SAVEPOINT.
         if rec is not None:
             self._finish(rec, "" if ok else sqlstate.INTERNAL_ERROR, not ok)
 

@@ -90,6 +90,7 @@ class ClientMessages:
     _sent_limits: dict[str, Allow]
     _sent_stmts: dict[str, KnownStatement]
     _sent_used: dict[str, int]
+    _rebound: dict[str, tuple[int, bytes, Allow | None]]
 
     if TYPE_CHECKING:  # the tracker's own members these call
 
@@ -98,21 +99,43 @@ class ClientMessages:
         def _block(self, entry: Entry, verdict: Allow) -> None: ...
         def _emit(self, event: str, rec: StatementRecord) -> None: ...
 
-    def _note_portal_limit(self, portal: str, key: str) -> None:
+    def _note_portal_limit(self, portal: str, key: str, body: bytes = b"") -> None:
         """Which portals will run under a row limit, as the client sees them (the
         Execute that runs one must make the client wait), for a Bind of ``portal`` to
         the statement ``key`` that the inspector was not shown."""
         prepared = self._sent_stmts.get(key)
-        self._portal_limit(portal, prepared.verdict if prepared is not None else None)
+        self._portal_limit(portal, prepared.verdict if prepared is not None else None, body)
 
-    def _portal_limit(self, portal: str, verdict: Allow | None) -> None:
+    def _portal_limit(self, portal: str, verdict: Allow | None, body: bytes = b"") -> None:
         """``portal`` is bound anew under ``verdict`` (its statement's refined by its
-        Bind's), as the client sees it."""
+        Bind's), as the client sees it.
+
+        The Bind may fail and leave the old portal of that name in place (a named
+        portal still open: "cursor already exists"; ROLLBACK TO SAVEPOINT then makes
+        it usable again). Executes in the Bind's own batch run only if it succeeded;
+        for those of later batches, until the server confirms it, the portal is
+        either (see :meth:`_ambiguous_portal`)."""
+        old = self._sent_limits.get(portal)
+        if old is not None or portal in self._sent_used:
+            self._rebound[portal] = (self.sent_cycles + 1, body, old)
+        else:
+            self._rebound.pop(portal, None)
         if verdict is not None and verdict.max_rows:
             self._sent_limits[portal] = verdict
         else:
             self._sent_limits.pop(portal, None)
         self._sent_used.pop(portal, None)  # a new portal: none of its rows returned yet
+
+    def _ambiguous_portal(self, portal: str) -> None:
+        """An Execute of ``portal`` after the batch of a Bind of it whose answer is
+        not confirmed: it runs the new portal or the old one, so it runs under either
+        limit and is watched (the server's side then knows which one it runs)."""
+        cycle, _body, old = self._rebound[portal]
+        if cycle == self.sent_cycles + 1:
+            return  # the Bind's own batch: the new portal, or skipped
+        if portal not in self._sent_limits and old is not None:
+            self._sent_limits[portal] = old
+        self._sent_used[portal] = -1
 
     def _limited_execute(
         self, portal: str, rec: StatementRecord | None, verdict: Allow, chunk: bytes, e: int
@@ -171,7 +194,7 @@ class ClientMessages:
         self._queue.append((BIND, body, verdict, rec, portal, key))
         self._batch_open = True
         if self._limits:
-            self._portal_limit(portal, refined)
+            self._portal_limit(portal, refined, body)
         if rec is not None:
             self._emit("statement_forwarded", rec)
 

@@ -304,6 +304,9 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         #: portal -> the most rows its Executes sent so far can return (client view);
         #: -1 once one had to be watched row by row (then every later one is)
         self._sent_used: dict[str, int] = {}
+        #: portal -> (batch, Bind body, the old portal's limited verdict) of a Bind of
+        #: a portal the client view already had, not yet confirmed by the server
+        self._rebound: dict[str, tuple[int, bytes, Allow | None]] = {}
         #: The Execute now answered is counted, not watched: the most rows it can return
         self._counting: int | None = None
         self._limit: _Limit | None = None  # the limited statement in progress
@@ -443,6 +446,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 self._batch_open = True
                 portal = "" if e - s == 5 and chunk[s] == 0 else m.parse_execute(chunk[s:e])[0]
                 rec = self._record("execute", "", portal=portal) if self._exec_records else None
+                if self._rebound and portal in self._rebound:
+                    self._ambiguous_portal(portal)
                 limited = self._sent_limits.get(portal) if self._limits else None
                 if limited is None:
                     entry = (EXECUTE, portal, rec, None)
@@ -519,7 +524,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                         )
                     ):
                         if self._limits:
-                            self._note_portal_limit(portal, name)
+                            self._note_portal_limit(portal, name, body)
                             # its names go with it (see _bind_done)
                             queue.append((BIND, body, None, None, portal, name))
                         else:

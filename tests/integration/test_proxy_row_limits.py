@@ -209,3 +209,84 @@ def test_rows_a_plan_rewrites_are_never_relayed_in_split_runs(
     assert all(m == m.upper() and any(c.isalpha() for c in m) for _, m in rows[:1000])
     assert all(m == m.upper() for _, m in rows)
     assert not any(split_runs)
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+@pytest.mark.parametrize(
+    "second", ["select 1", "select g /* limited */ from generate_series(1, 3) g"]
+)
+async def test_a_failed_bind_of_an_open_portal_does_not_reset_its_count(
+    make_proxy: Any, pg_database: str, second: str, pipelined: bool
+) -> None:
+    """A Bind of a named portal that is still open fails ("cursor already exists")
+    and leaves the old portal as it was: after ROLLBACK TO SAVEPOINT it runs on. Its
+    rows returned so far still count, and its limit still holds, whatever the failed
+    Bind would have bound (an unlimited statement, or a limited one counted afresh)."""
+    from tests.integration.rawclient import agent, rows
+
+    proxy = make_proxy(inspector=Limiting())
+    client = await agent(proxy, pg_database)
+    sync = m.Sync().encode()
+    try:
+        await client.query("BEGIN")
+        client.send(
+            m.Parse("s1", "select g /* limited */ from generate_series(1, 100) g").encode(),
+            m.Bind("p", "s1").encode(),
+            m.Execute("p", 5).encode(),
+            sync,
+        )
+        got = rows(await client.until_ready())
+        rebind = (m.Parse("s2", second).encode(), m.Bind("p", "s2").encode(), sync)
+        later = m.Query("ROLLBACK TO SAVEPOINT sp").encode()
+        await client.query("SAVEPOINT sp")
+        if pipelined:  # the Executes are sent before the Bind's error is back
+            client.send(*rebind, later, m.Execute("p", 5).encode(), sync)
+            await client.until_ready()
+            await client.until_ready()
+        else:
+            client.send(*rebind)
+            await client.until_ready()
+            client.send(later)
+            await client.until_ready()
+            client.send(m.Execute("p", 5).encode(), sync)
+        answers = await client.until_ready()
+        got += rows(answers)
+        while not [x for x in answers if isinstance(x, m.ErrorResponse)]:
+            client.send(m.Execute("p", 5).encode(), sync)
+            answers = await client.until_ready()
+            got += rows(answers)
+            assert len(got) <= 10
+        assert [x.sqlstate for x in answers if isinstance(x, m.ErrorResponse)] == ["54000"]
+        assert len(got) == 10
+    finally:
+        await client.close()
+
+
+async def test_a_limited_execute_pipelined_after_a_query_is_limited(
+    make_proxy: Any, pg_database: str
+) -> None:
+    """A portal bound earlier, executed right behind a simple Query in one write: the
+    Execute starts when the Query's ReadyForQuery arrives, and its rows often come in
+    the same read. They are counted all the same (the read is split anew from there)."""
+    from tests.integration.rawclient import agent, rows
+
+    proxy = make_proxy(inspector=Limiting())
+    client = await agent(proxy, pg_database)
+    sync = m.Sync().encode()
+    try:
+        for _ in range(5):
+            await client.query("BEGIN")
+            client.send(
+                m.Parse("", "select g /* limited */ from generate_series(1, 100) g").encode(),
+                m.Bind("p", "").encode(),
+                sync,
+            )
+            await client.until_ready()
+            client.send(m.Query("select 1").encode(), m.Execute("p", 0).encode(), sync)
+            got = await client.until_ready()
+            got += await client.until_ready()
+            assert len(rows(got)) <= 11  # the Query's row, and at most 10 of the portal's
+            assert [x.sqlstate for x in got if isinstance(x, m.ErrorResponse)] == ["54000"]
+            await client.query("ROLLBACK")
+    finally:
+        await client.close()
