@@ -291,14 +291,7 @@ class ServerAnswers:
                     # An Execute pipelined after this cycle started under a limiter
                     # or a plan: its rows may follow in this read, which was split
                     # without them.
-                    if replacement is not None:
-                        if out is None:
-                            out = []
-                        if s - 5 > run:
-                            out.append(chunk[run : s - 5])
-                        out.append(replacement)
-                        run = e
-                    return self._rest_in_full(chunk, e, out, run)
+                    return self._replaced_then_in_full(chunk, s, e, out, run, replacement)
                 if replacement is None:
                     continue
             elif t == COPY_DATA:
@@ -326,14 +319,7 @@ class ServerAnswers:
             else:
                 replacement = self._on_message(t, chunk, s, e)
                 if self.full and not full:
-                    if replacement is not None:
-                        if out is None:
-                            out = []
-                        if s - 5 > run:
-                            out.append(chunk[run : s - 5])
-                        out.append(replacement)
-                        run = e
-                    return self._rest_in_full(chunk, e, out, run)
+                    return self._replaced_then_in_full(chunk, s, e, out, run, replacement)
                 if replacement is None:
                     continue
             if out is None:
@@ -348,6 +334,26 @@ class ServerAnswers:
         if run < len(chunk):
             out.append(chunk[run:])
         return out
+
+    def _replaced_then_in_full(
+        self,
+        chunk: bytes,
+        s: int,
+        e: int,
+        out: list[bytes] | None,
+        run: int,
+        replacement: bytes | None,
+    ) -> list[bytes]:
+        """The message at ``s``..``e`` answered (``replacement`` in its place, when
+        not None) turned rows on: the rest of the read goes through the full loop."""
+        if replacement is not None:
+            if out is None:
+                out = []
+            if s - 5 > run:
+                out.append(chunk[run : s - 5])
+            out.append(replacement)
+            run = e
+        return self._rest_in_full(chunk, e, out, run)
 
     def _rest_in_full(self, chunk: bytes, e: int, out: list[bytes] | None, run: int) -> list[bytes]:
         """A rewriter started at the message ending at ``e``: the rows after it were

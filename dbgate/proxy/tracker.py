@@ -411,11 +411,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                             self.decided(rec, refusal)
                         out.append(self.refuse(rec, refusal, t))
                         if t != QUERY_MSG and not full:
-                            rest = chunk[e:]
-                            if rest:
-                                more = self.client_chunk(rest, split_frames(rest), True)
-                                out.extend(more if more is not None else (rest,))
-                            return out
+                            return self._rest_message_by_message(chunk, e, out)
                         continue
             if self.skip_until_sync:
                 if t == SYNC_MSG:
@@ -638,12 +634,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                     rec = self._decision(t, stmt, rec, verdict)
                 out.append(self.refuse(rec, verdict, t))
                 if self.skip_until_sync and not full:
-                    # The rest of this read must now be seen message by message.
-                    rest = chunk[e:]
-                    if rest:
-                        more = self.client_chunk(rest, split_frames(rest), True)
-                        out.extend(more if more is not None else (rest,))
-                    return out
+                    return self._rest_message_by_message(chunk, e, out)
                 continue
             # An awaitable verdict: the relay parks this message and everything after.
             message = _query_part(chunk, hdr, e) if t == QUERY_MSG else chunk[hdr:e]
@@ -688,6 +679,15 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
             if i < 0 or chunk[s:i] not in self._measure.bound_here:  # type: ignore[union-attr]
                 return OUTSIDE_MEASUREMENT
         return None
+
+    def _rest_message_by_message(self, chunk: bytes, e: int, out: list[bytes]) -> list[bytes]:
+        """After a refusal that makes the server skip to Sync: the rest of this read
+        (from ``e``), split message by message, follows ``out``."""
+        rest = chunk[e:]
+        if rest:
+            more = self.client_chunk(rest, split_frames(rest), True)
+            out.extend(more if more is not None else (rest,))
+        return out
 
     def _stop_at(self, chunk: bytes, e: int, out: list[bytes] | None, fwd: int) -> list[bytes]:
         """Forward up to ``e`` and park the rest: a limited statement is running.
