@@ -11,6 +11,15 @@ dropped, keywords and unquoted identifiers lower-cased, literals and quoted
 identifiers kept byte for byte. The result and the parameters are then hashed with
 HMAC-SHA-256 under a key the state database's readers do not have, so the stored
 hash cannot be used to confirm guesses of the values (an SSN has only 10^9).
+
+One text with one set of values does not always do one thing: the session's
+``search_path`` decides which ``orders`` a ``DROP TABLE orders`` drops, its user
+whose privileges it runs with, ``standard_conforming_strings`` and the client
+encoding how its literals read, ``DateStyle``/``IntervalStyle``/``TimeZone`` which
+rows ``WHERE day = '01/02/2026'`` matches, and a parameter's declared type which
+function or operator it calls. So the hash also covers that *context*
+(:func:`statement_context`), and a shape approval — which frees the values — is tied
+to it by :func:`context_hash`.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pglast import parser as pg
 
@@ -44,13 +53,61 @@ def normalized_sql(sql: str) -> str:
     return " ".join(out)
 
 
+#: Settings the server reports (ParameterStatus) that change what a statement does
+#: without changing its text. ``search_path`` is reported from PostgreSQL 18 on; an
+#: older server does not report it, and its changes are not seen (docs/approvals.md).
+CONTEXT_SETTINGS = (
+    "search_path",
+    "session_authorization",
+    "standard_conforming_strings",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+)
+
+#: A statement's context: (name, value) pairs, in a fixed order.
+Context = tuple[tuple[str, str], ...]
+
+#: The context entry :func:`statement_context` adds for declared parameter types.
+_PARAMETER_TYPES = "parameter types"
+
+
+def statement_context(server_params: Mapping[str, str], param_types: Sequence[int] = ()) -> Context:
+    """The session's settings that decide what a statement does, and the types its
+    parameters were declared with (0: left to the server, which infers them from
+    the text — the same text infers the same types)."""
+    pairs = [(name, server_params[name]) for name in CONTEXT_SETTINGS if name in server_params]
+    if any(param_types):
+        pairs.append((_PARAMETER_TYPES, ",".join(str(oid) for oid in param_types)))
+    return tuple(pairs)
+
+
 def match_hash(
-    key: bytes, sql: str, params: Sequence[str | None] = (), database: str = ""
+    key: bytes,
+    sql: str,
+    params: Sequence[str | None] = (),
+    database: str = "",
+    context: Context = (),
 ) -> bytes:
-    """Keyed hash of the normalized statement, its parameter values and the database
-    it is sent to (an identity may reach several: ``DROP TABLE orders`` approved in
-    one is not approved in another)."""
-    payload = json.dumps([normalized_sql(sql), list(params), database], ensure_ascii=False)
+    """Keyed hash of the normalized statement, its parameter values, the database it
+    is sent to (an identity may reach several: ``DROP TABLE orders`` approved in one
+    is not approved in another) and its context (:func:`statement_context`)."""
+    payload = json.dumps(
+        [normalized_sql(sql), list(params), database, [list(p) for p in context]],
+        ensure_ascii=False,
+    )
+    return hmac.new(key, payload.encode("utf-8"), hashlib.sha256).digest()
+
+
+def context_hash(key: bytes, database: str, context: Context) -> bytes:
+    """Keyed hash of where and how a statement runs, without its text and values:
+    what a shape approval with free values must still share with its source. The
+    parameters' types are left out: the values are free, and a value bound as a
+    parameter or written as a literal is one value (a shape approved from a Bind
+    covers the literal form too)."""
+    kept = [list(p) for p in context if p[0] != _PARAMETER_TYPES]
+    payload = json.dumps(["context", database, kept], ensure_ascii=False)
     return hmac.new(key, payload.encode("utf-8"), hashlib.sha256).digest()
 
 

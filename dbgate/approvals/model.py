@@ -64,6 +64,10 @@ class ApprovalRequest:
     columns: tuple[str, ...] = ()
     #: Columns of the statement the PII catalog marks, for masking what approvers see.
     pii_columns: tuple[str, ...] = ()
+    #: The session's settings and the parameters' declared types that decide what the
+    #: text does (:func:`dbgate.approvals.matching.statement_context`): an approval
+    #: covers the statement in this context only.
+    context: tuple[tuple[str, str], ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
 

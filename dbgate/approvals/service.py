@@ -35,7 +35,7 @@ from dbgate.approvals.accounts import AccountStore
 from dbgate.approvals.db import StateDB, create_pool
 from dbgate.approvals.eligibility import refusal
 from dbgate.approvals.errors import ApprovalError, StateUnavailable
-from dbgate.approvals.matching import fixes_parameters, match_hash, shape_key
+from dbgate.approvals.matching import context_hash, fixes_parameters, match_hash, shape_key
 from dbgate.approvals.model import ApprovalRequest, HoldOutcome, HoldStatus, Notify
 from dbgate.approvals.store import (
     ApprovalStore,
@@ -323,11 +323,14 @@ class PgApprovalService:
         try:
             await self._get_ready()
             key = self._key()
-            h = match_hash(key, request.sql, request.params, request.requester.database)
+            database = request.requester.database
+            h = match_hash(key, request.sql, request.params, database, request.context)
             identity = request.requester.identity
             rec = await self.store.claim_retry(identity, h)
             if rec is None:
-                rec = await self._use_shape(request, h)
+                rec = await self._use_shape(
+                    request, h, context_hash(key, database, request.context)
+                )
         except ApprovalError as e:
             log.warning("approvals: cannot look for an earlier approval: %s", e)
             return None
@@ -379,8 +382,9 @@ class PgApprovalService:
             statement=statement,
             params=params,
             match_hash=match_hash(
-                self._key(), request.sql, request.params, request.requester.database
+                self._key(), request.sql, request.params, who.database, request.context
             ),
+            context_hash=context_hash(self._key(), who.database, request.context),
             fingerprint=request.fingerprint,
             categories=tuple(request.categories),
             reasons=tuple((code, mask_text(text)) for code, text in request.reasons),
@@ -531,10 +535,12 @@ class PgApprovalService:
             url=url,
         )
 
-    async def _use_shape(self, request: ApprovalRequest, h: bytes) -> RequestRecord | None:
+    async def _use_shape(
+        self, request: ApprovalRequest, h: bytes, context: bytes
+    ) -> RequestRecord | None:
         identity = request.requester.identity
         shapes = await self.store.find_shapes(
-            identity, request.fingerprint, h, request.requester.database
+            identity, request.fingerprint, h, request.requester.database, context
         )
         if not shapes:
             return None

@@ -32,7 +32,12 @@ class ApprovedPii:
         pii: PiiGate | None
 
         def verdict(
-            self, decision: Decision, session: SessionInfo, sql: str, params: Any
+            self,
+            decision: Decision,
+            session: SessionInfo,
+            sql: str,
+            params: Any,
+            param_types: tuple[int, ...] = (),
         ) -> Verdict | Awaitable[Verdict]: ...
 
         def _held(self, kind: str, decision: Decision, session: SessionInfo, sql: str) -> Any: ...
@@ -89,6 +94,7 @@ class ApprovedPii:
                 statement.sql,
                 values_as_text(statement.params, statement.param_formats, statement.param_types)
                 or (),
+                statement.param_types,
             ),
         )
         if isinstance(changed, Awaitable):  # traced in a worker first
@@ -116,7 +122,7 @@ class ApprovedPii:
         """The verdict of a Bind the rules hold: once approved, its values' tokens are
         resolved and its results tokenized like any allowed Bind's (an approval is no
         exemption from PII)."""
-        held = self.verdict(decision, session, sql, params)
+        held = self.verdict(decision, session, sql, params, statement.param_types)
         if self.pii is None or not isinstance(held, Awaitable):
             return held
         return self._bind_pii_after_hold(held, session, statement)
@@ -147,7 +153,7 @@ class ApprovedPii:
         results tokenized: nothing is known of them (``PiiGate.unclassified``)."""
         kind = statement.kind
         if kind == "bind":
-            held = self.verdict(decision, session, sql, params)
+            held = self.verdict(decision, session, sql, params, statement.param_types)
         else:
             held = self._held(kind, decision, session, sql)
         verdict = await held if isinstance(held, Awaitable) else held

@@ -140,7 +140,14 @@ class BindVerdicts:
                 else ()
             )
             return self._run_limited(
-                "bind", verdict, limits, session, candidate.sql, catalog, shown
+                "bind",
+                verdict,
+                limits,
+                session,
+                candidate.sql,
+                catalog,
+                shown,
+                statement.param_types,
             )
         params = values_as_text(statement.params, statement.param_formats, candidate.param_types)
         if params is None:

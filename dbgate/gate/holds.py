@@ -27,6 +27,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from dbgate.approvals.matching import statement_context
 from dbgate.approvals.model import (
     ApprovalRequest,
     ApprovalService,
@@ -81,6 +82,7 @@ class HoldDesk:
         decision: Decision,
         classification: Classification,
         pii_columns: Sequence[str] = (),
+        param_types: Sequence[int] = (),
     ) -> ApprovalRequest:
         server = session.server_params
         intent = declared(session.declared, classification.declares, sql)
@@ -112,6 +114,7 @@ class HoldDesk:
             tables=tuple(sorted(classification.tables)),
             columns=tuple(sorted({c for s in classification.statements for c in s.columns})),
             pii_columns=tuple(pii_columns),
+            context=statement_context(server, param_types),
         )
 
     async def wait(

@@ -368,8 +368,10 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         session: SessionInfo,
         sql: str,
         params: tuple[str | None, ...] | list[str | None],
+        param_types: tuple[int, ...] = (),
     ) -> Verdict | Awaitable[Verdict]:
-        """What the relay does with a decision that is not a plain allow."""
+        """What the relay does with a decision that is not a plain allow (a Bind's
+        ``param_types``: what its values are read as, part of what an approval covers)."""
         if decision.action is _ALLOW_ACTION:
             return ALLOW
         classification = decision.classification
@@ -383,8 +385,12 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
                 and classification is not None
             ):
                 if self.pii is not None:
-                    return self._held_with_catalog(session, sql, params, decision, classification)
-                request = self.holds.request(session, sql, params, decision, classification)
+                    return self._held_with_catalog(
+                        session, sql, params, decision, classification, param_types
+                    )
+                request = self.holds.request(
+                    session, sql, params, decision, classification, param_types=param_types
+                )
                 return self.holds.wait(session, request, decision)
             refusal = refusals.refusal(decision, approvals=False)
         if self.audit is None:
@@ -398,6 +404,7 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         params: tuple[str | None, ...] | list[str | None],
         decision: Decision,
         classification: Any,
+        param_types: tuple[int, ...] = (),
     ) -> Verdict:
         """A hold whose request names the columns the PII catalog marks in the tables
         it touches, so that the approver sees their values masked."""
@@ -407,7 +414,9 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         except Exception:  # no schema: masking by name still applies
             log.exception("session %s: PII columns for an approval unknown", session.session_id)
             pii_columns = ()
-        request = self.holds.request(session, sql, params, decision, classification, pii_columns)
+        request = self.holds.request(
+            session, sql, params, decision, classification, pii_columns, param_types
+        )
         return await self.holds.wait(session, request, decision)
 
     async def _recorded(

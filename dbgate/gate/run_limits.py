@@ -65,7 +65,12 @@ class RunLimits:
         @staticmethod
         def identity(session: SessionInfo) -> Identity | None: ...
         def verdict(
-            self, decision: Decision, session: SessionInfo, sql: str, params: Any
+            self,
+            decision: Decision,
+            session: SessionInfo,
+            sql: str,
+            params: Any,
+            param_types: tuple[int, ...] = (),
         ) -> Verdict | Awaitable[Verdict]: ...
         def _held(self, kind: str, decision: Decision, session: SessionInfo, sql: str) -> Any: ...
         async def _recorded(
@@ -94,6 +99,7 @@ class RunLimits:
         sql: str,
         catalog: KeyCatalog | None,
         params: tuple[str | None, ...] | None = (),
+        param_types: tuple[int, ...] = (),
     ) -> Any:
         """A limited Allow as the relay gets it: capped by the rows the identity has
         left under its window (refused when none), and, for a write measured as it
@@ -124,7 +130,7 @@ class RunLimits:
             if over.action is _HOLD_ACTION:
                 if params is None:  # approvers could not be shown its values
                     return refusals.UNREADABLE_VALUES_REFUSED
-                return self.verdict(over, session, sql, params)
+                return self.verdict(over, session, sql, params, param_types)
             refusals.log_refusal(session, over, sql)
             return changes_refusal(over)
 

@@ -50,6 +50,9 @@ class NewRequest:
     approvals_needed: int
     wait_seconds: float
     database: str = ""  # the database the statement was sent to
+    #: Keyed hash of the statement's context (matching.context_hash): what a shape
+    #: approved from this request must share with the statements it covers.
+    context_hash: bytes | None = None
 
     def values(self) -> tuple[Any, ...]:
         """The values of :data:`REQUEST_FIELDS`, in order, as the driver sends them."""
@@ -77,6 +80,7 @@ class NewRequest:
             self.approvals_needed,
             self.wait_seconds,
             self.database,
+            self.context_hash,
         )
 
 
@@ -84,11 +88,16 @@ class NewRequest:
 REQUEST_FIELDS = (
     "identity, identity_groups, owners, application_name, client_addr, session_id, replica, "
     "purpose, model, statement, params, match_hash, fingerprint, categories, reasons, rule, "
-    "rule_message, tables, columns, approver_groups, approvals_needed, wait_seconds, database"
+    "rule_message, tables, columns, approver_groups, approvals_needed, wait_seconds, database, "
+    "context_hash"
 )
 
 
-def placeholders(first: int, count: int = 23) -> str:
+#: How many values :meth:`NewRequest.values` gives.
+REQUEST_FIELD_COUNT = REQUEST_FIELDS.count(",") + 1
+
+
+def placeholders(first: int, count: int = REQUEST_FIELD_COUNT) -> str:
     return ", ".join(f"${i}" for i in range(first, first + count))
 
 

@@ -17,6 +17,7 @@ from dbgate.approvals.errors import ApprovalError, BadRequest, Conflict, Forbidd
 from dbgate.approvals.matching import fixes_parameters, shape_key
 from dbgate.approvals.store.decisions import owners_of
 from dbgate.approvals.store.records import (
+    REQUEST_FIELD_COUNT,
     REQUEST_FIELDS,
     NewRequest,
     RequestRecord,
@@ -86,7 +87,8 @@ class Shapes:
             async with conn.transaction():
                 row = await conn.fetchrow(
                     "SELECT status, identity, owners, approver_groups, approvals_needed, "
-                    "fingerprint, statement, match_hash, database FROM dbgate.approval_requests "
+                    "fingerprint, statement, match_hash, database, context_hash "
+                    "FROM dbgate.approval_requests "
                     "WHERE id = $1 FOR UPDATE",
                     request_id,
                 )
@@ -130,8 +132,8 @@ class Shapes:
                     shape = await conn.fetchrow(
                         "INSERT INTO dbgate.shape_approvals (identity, fingerprint, params_fixed, "
                         "match_hash, statement, source_request, created_by, reason, expires_at, "
-                        "database) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-                        "now() + $9 * interval '1 minute', $10) "
+                        "database, context_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+                        "now() + $9 * interval '1 minute', $10, $11) "
                         f"RETURNING {_SHAPE_COLUMNS}",
                         row["identity"],
                         row["fingerprint"],
@@ -143,6 +145,7 @@ class Shapes:
                         reason,
                         minutes,
                         row["database"],
+                        row["context_hash"],
                     )
             if conflict is not None:
                 raise conflict
@@ -150,11 +153,17 @@ class Shapes:
         return _shape(shape), await self.get(request_id)
 
     async def find_shapes(
-        self, identity: str, fingerprint: str, match_hash: bytes, database: str = ""
+        self,
+        identity: str,
+        fingerprint: str,
+        match_hash: bytes,
+        database: str = "",
+        context_hash: bytes = b"",
     ) -> list[ShapeRecord]:
-        """Active shape approvals of this identity and fingerprint (a fixed one only
-        with these very values), oldest first. A fingerprint is no proof of sameness:
-        the caller compares the statement too."""
+        """Active shape approvals of this identity and fingerprint in this context (a
+        fixed one only with these very values), oldest first. A fingerprint is no
+        proof of sameness: the caller compares the statement too. A shape approved
+        before contexts were recorded has none and covers nothing."""
         if not fingerprint:
             return []
         async with self.db.connection() as conn:
@@ -162,11 +171,12 @@ class Shapes:
                 f"SELECT {_SHAPE_COLUMNS} FROM dbgate.shape_approvals "
                 "WHERE identity = $1 AND fingerprint = $2 AND revoked_at IS NULL "
                 "AND expires_at > now() AND (NOT params_fixed OR match_hash = $3) "
-                "AND database = $4 ORDER BY id LIMIT 20",
+                "AND database = $4 AND context_hash = $5 ORDER BY id LIMIT 20",
                 identity,
                 fingerprint,
                 match_hash,
                 database,
+                context_hash,
             )
         return [_shape(row) for row in rows]
 
@@ -200,7 +210,7 @@ class Shapes:
                 + ", decided_at, finished_at, valid_until, claimed_at, reason, shape_id) "
                 "VALUES ('approved', 'shape', now(), "
                 + placeholders(1)
-                + ", now(), now(), now(), now(), $24, $25) RETURNING id",
+                + f", now(), now(), now(), now(), ${REQUEST_FIELD_COUNT + 1}, ${REQUEST_FIELD_COUNT + 2}) RETURNING id",
                 *req.values(),
                 why,
                 shape_id,

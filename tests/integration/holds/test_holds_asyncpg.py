@@ -25,6 +25,8 @@ from tests.integration.holds.harness import (
     OWNER,
     PUBLIC_URL,
     HoldsEnv,
+    admin_execute,
+    admin_query,
 )
 
 
@@ -227,6 +229,76 @@ async def test_approve_then_retry_runs_the_identical_statement_exactly_once(
             seen.append((await notices.next()).message)
         assert len(seen) == 4
         assert all("retry the identical statement once approved" in m for m in seen), seen
+    finally:
+        await conn.close()
+
+
+def _same_name_in_another_schema(holds: HoldsEnv, table: str, schema: str) -> None:
+    admin_execute(
+        holds.admin_dsn,
+        f"DROP SCHEMA IF EXISTS {schema} CASCADE",
+        f"CREATE SCHEMA {schema}",
+        f"CREATE TABLE {schema}.{table} (id int PRIMARY KEY, note text NOT NULL DEFAULT 'n')",
+        f"INSERT INTO {schema}.{table} (id) SELECT g FROM generate_series(1, 3) g",
+    )
+
+
+def _other_notes(holds: HoldsEnv, table: str) -> list[str]:
+    return [r[0] for r in admin_query(holds.admin_dsn, f"SELECT note FROM {table} ORDER BY id")]
+
+
+async def test_an_approved_retry_covers_the_search_path_it_was_approved_under(
+    holds: HoldsEnv,
+) -> None:
+    """``UPDATE retry_sp …`` approved while the session's search_path found
+    ``public.retry_sp`` is no approval for the same text once the path finds another
+    schema's ``retry_sp`` first: the approver saw one table, the retry would change
+    another."""
+    t = holds.table("retry_sp", 3)
+    _same_name_in_another_schema(holds, t, "sp_other")
+    sql = f"UPDATE {t} SET note = 'approved'"
+    conn, _ = await connect(holds)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as first:
+            await conn.execute(sql)
+        rid = check_retry_error(first.value.message, first.value.hint)
+        await holds.app.aapprove(rid)
+        await conn.execute("SET search_path = sp_other, public")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as moved:
+            await conn.execute(sql)
+        assert check_retry_error(moved.value.message, moved.value.hint) > rid
+        assert _other_notes(holds, f"sp_other.{t}") == ["n"] * 3
+        await conn.execute("RESET search_path")
+        assert await conn.execute(sql) == "UPDATE 3"  # where it was approved: runs once
+        assert holds.notes(t) == ["approved"] * 3
+        assert _other_notes(holds, f"sp_other.{t}") == ["n"] * 3
+    finally:
+        await conn.close()
+
+
+async def test_a_shape_approval_covers_the_search_path_it_was_approved_under(
+    holds: HoldsEnv,
+) -> None:
+    t = holds.table("ap_shape_sp", 3)
+    _same_name_in_another_schema(holds, t, "shape_other")
+    sql = f"UPDATE {t} SET note = $1"
+    conn, notices = await connect(holds)
+    try:
+        first = asyncio.create_task(conn.execute(sql, "a"))
+        rid = await notices.held()
+        status, body = await holds.app.aapi(
+            "POST", f"/api/approvals/{rid}/approve-shape", body={"minutes": 10, "params": "free"}
+        )
+        assert status == 201, body
+        assert await first == "UPDATE 3"
+        assert await conn.execute(sql, "b") == "UPDATE 3" and notices.empty()
+        await conn.execute("SET search_path = shape_other, public")
+        moved = asyncio.create_task(conn.execute(sql, "c"))
+        await holds.app.areject(await notices.held(), "another schema's table")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await moved
+        assert _other_notes(holds, f"shape_other.{t}") == ["n"] * 3
+        assert holds.notes(t) == ["b"] * 3
     finally:
         await conn.close()
 

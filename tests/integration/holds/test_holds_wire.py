@@ -13,7 +13,7 @@ import logging
 import pytest
 
 from dbgate.wire import messages as m
-from tests.integration.holds.clients import check_notice
+from tests.integration.holds.clients import check_notice, check_retry_error
 from tests.integration.holds.harness import AGENT, AGENT_PASSWORD, HoldsEnv
 from tests.integration.rawclient import RawClient, errors, names, rows, status
 
@@ -243,5 +243,43 @@ async def test_a_startup_declaration_and_options_reach_the_request(holds: HoldsE
         assert (row["purpose"], row["model"]) == ("nightly cleanup", "test-model-1")
         await holds.app.areject(rid, "no")
         await client.until_ready()
+    finally:
+        await client.close()
+
+
+async def test_an_approved_retry_covers_the_parameter_types_it_was_approved_with(
+    holds: HoldsEnv,
+) -> None:
+    """One text, one value, another declared type: ``length($1)`` of '€' is 1 as text
+    and 3 as bytea. A retry approved with ``$1`` declared text is no approval of it
+    declared bytea."""
+    t = holds.table("retry_types", 3)
+    sql = f"UPDATE {t} SET note = length($1)::text"
+
+    def typed(oid: int) -> bytes:
+        return b"".join(
+            (
+                m.Parse("", sql, (oid,)).encode(),
+                m.Bind("", "", params=("€".encode(),)).encode(),
+                m.Execute("", 0).encode(),
+                SYNC,
+            )
+        )
+
+    client = await agent(holds)
+    try:
+        client.send(typed(25))
+        first = errors(await client.until_ready())
+        assert [e.sqlstate for e in first] == ["42501"], first
+        rid = check_retry_error(first[0].message, first[0].fields.get("H", ""))
+        await holds.app.aapprove(rid)
+        client.send(typed(17))
+        other = errors(await client.until_ready())
+        assert [e.sqlstate for e in other] == ["42501"], other
+        assert check_retry_error(other[0].message, other[0].fields.get("H", "")) > rid
+        assert holds.notes(t) == ["n"] * 3
+        client.send(typed(25))
+        ran = await client.until_ready()
+        assert not errors(ran) and holds.notes(t) == ["1"] * 3
     finally:
         await client.close()

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from dbgate.approvals.matching import match_hash, normalized_sql
+from dbgate.approvals.matching import (
+    context_hash,
+    match_hash,
+    normalized_sql,
+    statement_context,
+)
 
 KEY = b"k" * 32
 
@@ -45,3 +50,28 @@ def test_parameters_and_key_are_part_of_the_hash() -> None:
 def test_unscannable_text_matches_only_itself() -> None:
     assert normalized_sql("  SELECT 'open  ") == "SELECT 'open"
     assert match_hash(KEY, "SELECT 'open") != match_hash(KEY, "select 'open")
+
+
+def test_the_context_a_statement_runs_in_is_part_of_the_retry_match() -> None:
+    sql = "DROP TABLE orders"
+    public = statement_context({"search_path": "public", "application_name": "a"})
+    other = statement_context({"search_path": "other, public", "application_name": "a"})
+    assert public == (("search_path", "public"),)  # the application's name is no context
+    assert match_hash(KEY, sql, (), "db", public) != match_hash(KEY, sql, (), "db", other)
+    assert match_hash(KEY, sql, (), "db", public) == match_hash(KEY, sql, (), "db", public)
+    dates = statement_context({"DateStyle": "ISO, DMY"})
+    assert match_hash(KEY, sql, (), "db", dates) != match_hash(KEY, sql, (), "db", ())
+
+
+def test_declared_parameter_types_are_context_for_a_retry_not_for_a_shape() -> None:
+    sql = "UPDATE t SET note = length($1)::text"
+    as_text = statement_context({"search_path": "public"}, (25,))
+    as_bytea = statement_context({"search_path": "public"}, (17,))
+    inferred = statement_context({"search_path": "public"}, (0,))
+    assert inferred == (("search_path", "public"),)  # left to the server: no entry
+    assert match_hash(KEY, sql, ("€",), "", as_text) != match_hash(KEY, sql, ("€",), "", as_bytea)
+    assert context_hash(KEY, "db", as_text) == context_hash(KEY, "db", as_bytea)
+    assert context_hash(KEY, "db", as_text) == context_hash(KEY, "db", inferred)
+    moved = statement_context({"search_path": "other"})
+    assert context_hash(KEY, "db", as_text) != context_hash(KEY, "db", moved)
+    assert context_hash(KEY, "db", moved) != context_hash(KEY, "db2", moved)
