@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from dbgate.gate import refusals
 from dbgate.gate.limits import verdict_hold
 from dbgate.gate.notes import GateNote, primary_category
-from dbgate.gate.statement_verdicts import _reusable
+from dbgate.gate.statement_verdicts import reusable
 from dbgate.policy.keys import KeyCatalog
 from dbgate.policy.model import Action, Decision, Identity
 from dbgate.policy.rules import decide_bind
@@ -165,7 +165,7 @@ class BindVerdicts:
         if hit is not None and hit[0] is classification:
             return hit[1]  # type: ignore[no-any-return]
         allow = Allow(note=GateNote(classification, "allow", primary_category(classification)))
-        if not _reusable(classification):
+        if not reusable(classification):
             return allow
         if len(self._bind_allows) >= 4096:
             self._bind_allows.clear()

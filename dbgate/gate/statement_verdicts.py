@@ -59,7 +59,7 @@ _ALLOW_LIMITED = "allow-limited"  # allowed under run-time limits (or clamped gu
 _ANSWERS_CACHE_SIZE = 8192
 
 
-def _reusable(classification: Any) -> bool:
+def reusable(classification: Any) -> bool:
     """Whether an answer about ``classification`` is worth remembering by its identity
     (:attr:`Classification.reused <dbgate.policy.model.Classification.reused>`)."""
     return getattr(classification, "reused", True)  # type: ignore[no-any-return]
@@ -276,7 +276,7 @@ class StatementVerdicts:
                 if type(limited) is Allow and not limited.max_changes:
                     repeatable = replace(limited, repeatable=True)
         answer = (identity, classification, outcome, plain, repeatable, limited, decision)
-        if not session_dependent and _reusable(classification):  # else: never asked again
+        if not session_dependent and reusable(classification):  # else: never asked again
             if len(self._answers) >= _ANSWERS_CACHE_SIZE:
                 self._answers.clear()
             # The entry holds both objects, so their ids cannot be reused while it lives.
