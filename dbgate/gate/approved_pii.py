@@ -118,11 +118,14 @@ class ApprovedPii:
         statement: Statement,
         sql: str,
         params: tuple[str | None, ...] | list[str | None],
+        param_types: tuple[int, ...] | None = None,
     ) -> Verdict | Awaitable[Verdict]:
         """The verdict of a Bind the rules hold: once approved, its values' tokens are
         resolved and its results tokenized like any allowed Bind's (an approval is no
-        exemption from PII)."""
-        held = self.verdict(decision, session, sql, params, statement.param_types)
+        exemption from PII). ``param_types``: those of the statement ``sql`` is (the
+        Bind's newest by default)."""
+        types = statement.param_types if param_types is None else param_types
+        held = self.verdict(decision, session, sql, params, types)
         if self.pii is None or not isinstance(held, Awaitable):
             return held
         return self._bind_pii_after_hold(held, session, statement)

@@ -100,7 +100,9 @@ class BindVerdicts:
             if decision is None and self.offload is not None:
                 costly = self.offload.bind_verdict(candidate.sql, params)
                 if costly is not None:  # not parsed again on the event loop
-                    return self._bind_held(costly, session, statement, candidate.sql, params)
+                    return self._bind_held(
+                        costly, session, statement, candidate.sql, params, candidate.param_types
+                    )
             if decision is None:
                 decision = decide_bind(
                     self.ruleset,
@@ -112,7 +114,9 @@ class BindVerdicts:
                     keys=catalog,
                 )
             if decision.action is not _ALLOW_ACTION:
-                return self._bind_held(decision, session, statement, candidate.sql, params)
+                return self._bind_held(
+                    decision, session, statement, candidate.sql, params, candidate.param_types
+                )
             if self._has_limits(decision):
                 limited = (decision, classification, candidate)
         if limited is not None:
@@ -147,7 +151,7 @@ class BindVerdicts:
                 candidate.sql,
                 catalog,
                 shown,
-                statement.param_types,
+                candidate.param_types,
             )
         params = values_as_text(statement.params, statement.param_formats, candidate.param_types)
         if params is None:
@@ -156,7 +160,9 @@ class BindVerdicts:
             held = replace(verdict_hold(limits), classification=classification)
         else:
             held = verdict
-        return self._bind_held(held, session, statement, candidate.sql, params)
+        return self._bind_held(
+            held, session, statement, candidate.sql, params, candidate.param_types
+        )
 
     def _bind_allowed(self, classification: Any) -> Allow:
         """An allowed Bind's verdict: it replaces the Parse's for the portal, so it
