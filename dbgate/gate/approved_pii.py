@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from dbgate.gate import refusals
 from dbgate.policy.model import Decision
 from dbgate.proxy.seams import Allow, Statement, Verdict
 from dbgate.proxy.session_info import SessionInfo
@@ -88,13 +89,17 @@ class ApprovedPii:
             session,
             statement,
             statement.sql,
-            lambda decision: self.verdict(
-                self._classifying(decision, session, statement.sql),
-                session,
-                statement.sql,
-                values_as_text(statement.params, statement.param_formats, statement.param_types)
-                or (),
-                statement.param_types,
+            lambda decision: (
+                refusals.AMBIGUOUS_HOLD
+                if refusals.ambiguous_hold(decision, statement)
+                else self.verdict(
+                    self._classifying(decision, session, statement.sql),
+                    session,
+                    statement.sql,
+                    values_as_text(statement.params, statement.param_formats, statement.param_types)
+                    or (),
+                    statement.param_types,
+                )
             ),
         )
         if isinstance(changed, Awaitable):  # traced in a worker first
@@ -124,6 +129,8 @@ class ApprovedPii:
         resolved and its results tokenized like any allowed Bind's (an approval is no
         exemption from PII). ``param_types``: those of the statement ``sql`` is (the
         Bind's newest by default)."""
+        if refusals.ambiguous_hold(decision, statement):
+            return refusals.AMBIGUOUS_HOLD
         types = statement.param_types if param_types is None else param_types
         held = self.verdict(decision, session, sql, params, types)
         if self.pii is None or not isinstance(held, Awaitable):
@@ -156,6 +163,8 @@ class ApprovedPii:
         results tokenized: nothing is known of them (``PiiGate.unclassified``)."""
         kind = statement.kind
         if kind == "bind":
+            if refusals.ambiguous_hold(decision, statement):
+                return refusals.AMBIGUOUS_HOLD
             held = self.verdict(decision, session, sql, params, statement.param_types)
         else:
             held = self._held(kind, decision, session, sql)

@@ -15,7 +15,7 @@ import logging
 from dbgate.gate.notes import note_for
 from dbgate.pii.sql_mask import mask_every_literal
 from dbgate.policy.model import Action, Classification, Decision
-from dbgate.proxy.seams import Refuse
+from dbgate.proxy.seams import Refuse, Statement
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.wire import sqlstate
 
@@ -53,6 +53,24 @@ UNREADABLE_VALUES_REFUSED = Refuse(
     "not be read (a binary value of a type dbgate does not decode, or of a type the "
     "server has not reported); send it in text format or describe the statement first",
 )
+
+
+#: A held Bind that may bind either of two statements: an approval would show the
+#: approver one of them while the server may run the other.
+AMBIGUOUS_HOLD = Refuse(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "dbgate: this Bind needs approval and may bind either of two statements (a Parse "
+    "of its name is not answered yet), so no approval can say which one runs; wait "
+    "for the answer (Sync) before binding",
+)
+
+
+def ambiguous_hold(decision: Decision, statement: Statement) -> bool:
+    """Whether ``decision`` holds a Bind that may bind either of two different texts
+    (a Parse of its name not answered yet). An approval is asked for one text: the
+    approver would see that one while the server runs the other, so such a Bind is
+    refused (:data:`AMBIGUOUS_HOLD`), never held."""
+    return decision.action is Action.HOLD and len({c.sql for c in statement.candidates}) > 1
 
 
 def lost_track(name: str) -> Refuse:

@@ -35,7 +35,9 @@ def for_every_candidate(
     candidate, but what it makes of a Bind — values it replaces (PII tokens resolved),
     a result plan, a row limit — is made for one statement: applied to another, the
     resolved values would be echoed raw, or the other's own limit and plan replaced.
-    Such a verdict is refused when the candidates differ; a plain allow holds for all.
+    So is a change limit: past it, approvers would be asked to keep one statement's
+    changes while the server ran the other. Such a verdict is refused when the
+    candidates differ; a plain allow holds for all.
     """
     cands = stmt.candidates
     if len(cands) < 2 or len({c.sql for c in cands}) < 2:
@@ -51,6 +53,7 @@ def _checked(verdict: Allow | Refuse) -> Allow | Refuse:
         or verdict.replace_sql is not None
         or verdict.plan is not None
         or verdict.max_rows
+        or verdict.max_changes
     ):
         return AMBIGUOUS_BIND
     return verdict

@@ -283,3 +283,43 @@ async def test_an_approved_retry_covers_the_parameter_types_it_was_approved_with
         assert not errors(ran) and holds.notes(t) == ["1"] * 3
     finally:
         await client.close()
+
+
+async def test_a_held_bind_that_may_bind_either_of_two_statements_is_refused(
+    holds: HoldsEnv,
+) -> None:
+    """Regression: a Bind sent while a Close and a new Parse of its name were not
+    answered yet was held as the statement known before (the first candidate); once
+    that was approved the server bound the new one. The approver saw ``DELETE FROM``
+    one table and the other was emptied."""
+    shown = holds.table("w_cand_shown", 3)
+    other = holds.table("w_cand_other", 3)
+    client = await agent(holds)
+    try:
+        client.send(m.Parse("s", f"DELETE FROM {shown}").encode(), SYNC)
+        assert names(await client.until_ready()) == ["ParseComplete", "ReadyForQuery"]
+        last = holds.app.last_id()
+        client.send(
+            m.Close("S", "s").encode(),
+            m.Parse("s", f"DELETE FROM {other}").encode(),
+            SYNC,
+            m.Bind("", "s").encode(),
+            m.Execute("", 0).encode(),
+            SYNC,
+        )
+        first = await client.until_ready()
+        second = await client.until_ready()
+        assert names(first) == ["CloseComplete", "ParseComplete", "ReadyForQuery"]
+        assert names(second) == ["ErrorResponse", "ReadyForQuery"]
+        (error,) = errors(second)
+        assert error.sqlstate == "42501" and "either of two statements" in error.message
+        assert holds.app.requests_since(last) == []  # nobody was asked to approve either
+        # answered, the name means one statement again: held as that one
+        client.send(m.Bind("", "s").encode(), m.Execute("", 0).encode(), SYNC)
+        rid, _ = await until_notice(client)
+        assert (await holds.app.arequest(rid))["statement"] == f"DELETE FROM {other}"
+        await holds.app.areject(rid, "no")
+        await client.until_ready()
+    finally:
+        await client.close()
+    assert (holds.count(shown), holds.count(other)) == (3, 3)
