@@ -68,6 +68,10 @@ class ApprovalRequest:
     #: text does (:func:`dbgate.approvals.matching.statement_context`): an approval
     #: covers the statement in this context only.
     context: tuple[tuple[str, str], ...] = ()
+    #: For a statement that runs prepared statements (``EXECUTE name``): each name it
+    #: executes followed by the texts the session may hold under it. ``EXECUTE p``
+    #: says nothing of what it runs, so an approval of it covers these texts only.
+    prepared: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
 

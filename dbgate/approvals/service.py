@@ -324,7 +324,7 @@ class PgApprovalService:
             await self._get_ready()
             key = self._key()
             database = request.requester.database
-            h = match_hash(key, request.sql, request.params, database, request.context)
+            h = _match_hash(key, request)
             identity = request.requester.identity
             rec = await self.store.claim_retry(identity, h)
             if rec is None:
@@ -381,9 +381,7 @@ class PgApprovalService:
             model=mask_text(who.model),
             statement=statement,
             params=params,
-            match_hash=match_hash(
-                self._key(), request.sql, request.params, who.database, request.context
-            ),
+            match_hash=_match_hash(self._key(), request),
             context_hash=context_hash(self._key(), who.database, request.context),
             fingerprint=request.fingerprint,
             categories=tuple(request.categories),
@@ -566,6 +564,11 @@ class PgApprovalService:
         creator who may still decide it alone."""
         if key is None or shape_key(shape.statement) != key:
             return "the statement differs in more than its values"
+        if not shape.params_fixed and request.prepared:
+            return (
+                "it runs a prepared statement (EXECUTE): only a shape approval with fixed "
+                "values covers it, and only while the statement is the one approved"
+            )
         if not shape.params_fixed and fixes_parameters(key):
             return (
                 "its parameters are not data (arguments of a function, such as "
@@ -587,6 +590,16 @@ class PgApprovalService:
         if why is None and request.approvals_needed > 1:
             why = f"this statement's rule needs {request.approvals_needed} approvers"
         return why
+
+
+def _match_hash(key: bytes, request: ApprovalRequest) -> bytes:
+    """What recognises the identical statement again: its text and values, and the
+    texts of the prepared statements it runs (``EXECUTE p`` is the same text whatever
+    ``p`` was prepared as). A NUL cannot be in a value, so the marker is no value."""
+    params = request.params
+    if request.prepared:
+        params = (*params, "\0prepared", *request.prepared)
+    return match_hash(key, request.sql, params, request.requester.database, request.context)
 
 
 def _expired_reason(wait_seconds: float) -> str:

@@ -51,11 +51,13 @@ object.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from dbgate.approvals.model import ApprovalRequest
 from dbgate.audit.errors import AuditUnavailable
 from dbgate.gate import refusals
 from dbgate.gate.approved_pii import ApprovedPii
@@ -66,6 +68,7 @@ from dbgate.gate.holds import HoldDesk
 from dbgate.gate.keys import KeyCatalogs
 from dbgate.gate.notes import GateNote
 from dbgate.gate.pii import PiiGate
+from dbgate.gate.prepared_effects import executed_texts
 from dbgate.gate.run_limits import RunLimits
 from dbgate.gate.statement_verdicts import StatementVerdicts
 from dbgate.gate.windows import windowed
@@ -388,7 +391,7 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
                     return self._held_with_catalog(
                         session, sql, params, decision, classification, param_types
                     )
-                request = self.holds.request(
+                request = self._request(
                     session, sql, params, decision, classification, param_types=param_types
                 )
                 return self.holds.wait(session, request, decision)
@@ -414,10 +417,29 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         except Exception:  # no schema: masking by name still applies
             log.exception("session %s: PII columns for an approval unknown", session.session_id)
             pii_columns = ()
-        request = self.holds.request(
+        request = self._request(
             session, sql, params, decision, classification, pii_columns, param_types
         )
         return await self.holds.wait(session, request, decision)
+
+    def _request(
+        self,
+        session: SessionInfo,
+        sql: str,
+        params: tuple[str | None, ...] | list[str | None],
+        decision: Decision,
+        classification: Any,
+        pii_columns: tuple[str, ...] = (),
+        param_types: tuple[int, ...] = (),
+    ) -> ApprovalRequest:
+        """The approval request of a hold, with the prepared statements it runs (an
+        approval of ``EXECUTE p`` covers what ``p`` was then, not what it is later)."""
+        assert self.holds is not None
+        request = self.holds.request(
+            session, sql, params, decision, classification, pii_columns, param_types
+        )
+        executed = executed_texts(sql, session.statements.texts)
+        return dataclasses.replace(request, prepared=executed) if executed else request
 
     async def _recorded(
         self,

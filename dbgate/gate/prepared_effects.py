@@ -11,6 +11,12 @@ command tag.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pglast import parser as pg
+
 from dbgate.policy.model import Classification
 from dbgate.proxy.prepared import PreparedChange
 
@@ -41,3 +47,32 @@ def sql_prepare_changes(sql: str) -> tuple[PreparedChange, ...]:
     from dbgate.policy.classify import classify
 
     return prepared_changes(classify(sql))
+
+
+def executed_texts(sql: str, texts: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """Each prepared statement ``sql`` runs (``EXECUTE name``, also under ``EXPLAIN``
+    or ``CREATE TABLE ... AS``), as its name followed by the texts the session may
+    hold under it: what an approval of ``sql`` is an approval of (the text
+    ``EXECUTE p`` stays the same when ``p`` is prepared anew)."""
+    if "execute" not in sql.lower():
+        return ()
+    try:
+        tree = json.loads(pg.parse_sql_json(sql))
+    except (pg.ParseError, ValueError, RecursionError):
+        return ()
+    names: list[str] = []
+    todo: list[Any] = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            execute = node.get("ExecuteStmt")
+            if isinstance(execute, dict):
+                names.append(str(execute.get("name", "")))
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    out: list[str] = []
+    for name in sorted(set(names)):
+        out.append(name)
+        out.extend(sorted(texts.get(name, ()) or ()))
+    return tuple(out)

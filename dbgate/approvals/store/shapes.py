@@ -96,11 +96,13 @@ class Shapes:
                     raise NotFound(f"approval request {request_id} does not exist")
                 if not row["fingerprint"]:
                     raise Conflict(f"approval request {request_id} has no fingerprint to approve")
-                if not params_fixed and fixes_parameters(shape_key(row["statement"]) or ""):
+                key = shape_key(row["statement"]) or ""
+                if not params_fixed and (fixes_parameters(key) or '"ExecuteStmt"' in key):
                     raise Conflict(
                         f"approval request {request_id} has parameters that are not data "
-                        "(arguments of a function, such as set_config($1, $2, false), or "
-                        "object names): its shape can only be approved with fixed values"
+                        "(arguments of a function, such as set_config($1, $2, false), "
+                        "object names, or a prepared statement it EXECUTEs): its shape can "
+                        "only be approved with fixed values"
                     )
                 if row["status"] == "pending":
                     conflict = await self._record_decision(

@@ -14,7 +14,7 @@ import pytest
 
 from dbgate.wire import messages as m
 from tests.integration.holds.clients import check_notice, check_retry_error
-from tests.integration.holds.harness import AGENT, AGENT_PASSWORD, HoldsEnv
+from tests.integration.holds.harness import AGENT, AGENT_PASSWORD, HoldsEnv, request_id
 from tests.integration.rawclient import RawClient, errors, names, rows, status
 
 
@@ -323,3 +323,58 @@ async def test_a_held_bind_that_may_bind_either_of_two_statements_is_refused(
     finally:
         await client.close()
     assert (holds.count(shown), holds.count(other)) == (3, 3)
+
+
+async def test_an_approved_execute_covers_the_statement_it_ran_then_only(
+    holds: HoldsEnv,
+) -> None:
+    """Regression: approve-then-retry matched ``EXECUTE p`` by its text alone. Once
+    approved while ``p`` deleted one table, the agent prepared ``p`` anew for another
+    table and the identical ``EXECUTE p`` ran it without a request."""
+    shown = holds.table("retry_exec_shown", 3)
+    other = holds.table("retry_exec_other", 3)
+    client = await agent(holds)
+    try:
+        client.send(m.Parse("p", f"DELETE FROM {shown}").encode(), SYNC)
+        await client.until_ready()
+        (error,) = errors(await client.query("EXECUTE p"))
+        rid = request_id(error.message)
+        await holds.app.aapprove(rid)
+        client.send(m.Close("S", "p").encode(), m.Parse("p", f"DELETE FROM {other}").encode())
+        client.send(SYNC)
+        await client.until_ready()
+        (error,) = errors(await client.query("EXECUTE p"))  # a new request, not rid
+        assert error.sqlstate == "42501" and request_id(error.message) != rid
+        assert holds.count(other) == 3
+        # prepared as it was approved again: the approval covers it, once
+        client.send(m.Close("S", "p").encode(), m.Parse("p", f"DELETE FROM {shown}").encode())
+        client.send(SYNC)
+        await client.until_ready()
+        answer = await client.query("EXECUTE p")
+        assert [x.tag for x in answer if isinstance(x, m.CommandComplete)] == ["DELETE 3"]
+    finally:
+        await client.close()
+    assert (holds.count(shown), holds.count(other)) == (0, 3)
+
+
+async def test_the_shape_of_an_execute_is_approved_with_fixed_values_only(
+    holds: HoldsEnv,
+) -> None:
+    """Regression: a free shape approval of ``EXECUTE p`` covered ``EXECUTE p`` of
+    whatever ``p`` was prepared as later (the text has no constants to differ in)."""
+    t = holds.table("w_exec_shape", 3)
+    client = await agent(holds)
+    try:
+        client.send(m.Parse("p", f"DELETE FROM {t}").encode(), SYNC)
+        await client.until_ready()
+        client.send(m.query("EXECUTE p"))
+        rid, _ = await until_notice(client)
+        status, body = await holds.app.aapi(
+            "POST", f"/api/approvals/{rid}/approve-shape", body={"minutes": 5, "params": "free"}
+        )
+        assert status == 409 and "EXECUTE" in str(body), body
+        await holds.app.areject(rid, "no")
+        await client.until_ready()
+    finally:
+        await client.close()
+    assert holds.count(t) == 3
