@@ -66,11 +66,15 @@ AMBIGUOUS_HOLD = Refuse(
 
 
 def ambiguous_hold(decision: Decision, statement: Statement) -> bool:
-    """Whether ``decision`` holds a Bind that may bind either of two different texts
-    (a Parse of its name not answered yet). An approval is asked for one text: the
+    """Whether ``decision`` holds a Bind that may bind either of two different texts,
+    or one text with other parameter types (binary values read otherwise), while a
+    Parse of its name is not answered yet. An approval is asked for one text: the
     approver would see that one while the server runs the other, so such a Bind is
     refused (:data:`AMBIGUOUS_HOLD`), never held."""
-    return decision.action is Action.HOLD and len({c.sql for c in statement.candidates}) > 1
+    return (
+        decision.action is Action.HOLD
+        and len({(c.sql, c.param_types) for c in statement.candidates}) > 1
+    )
 
 
 def lost_track(name: str) -> Refuse:
