@@ -504,3 +504,19 @@ async def test_the_slack_endpoint_is_absent_without_a_signing_secret(env: Env) -
             assert r.status == 404 and (await r.json())["error"] == "not_found"
     finally:
         await server.stop()
+
+
+async def test_a_statement_cut_short_in_slack_is_not_approved_from_slack(
+    env: Env, slack: SlackSite
+) -> None:
+    """Regression: the Slack message cut the statement at 1,500 characters (and never
+    showed the values) yet offered Approve: a harmless start padded past the cut
+    hid what followed. Such a click is refused; Reject still works from Slack."""
+    sql = "SELECT 1 /* " + "x" * 1600 + " */; DELETE FROM orders"
+    rid, task = await env.held(sql=sql)
+    status, body = await slack.click(rid, "U_ALICE")
+    assert status == 200 and body["error"] == "open_the_page", body
+    assert (await env.other.store.get(rid)).status == "pending"
+    status, body = await slack.click(rid, "U_ALICE", "dbgate_reject")
+    assert status == 200 and body["status"] == "rejected"
+    assert (await task).status is HoldStatus.REJECTED

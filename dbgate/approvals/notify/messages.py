@@ -30,6 +30,39 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: Longest reasons, tables and parameter values a chat message quotes.
+CHAT_REASONS_CHARS = 500
+CHAT_TABLES_CHARS = 300
+CHAT_VALUES_CHARS = 500
+
+
+def values_text(rec: RequestRecord) -> str:
+    """The (masked) parameter values, as ``$1 = '…'``."""
+    return ", ".join(
+        f"${i} = " + ("NULL" if v is None else "'" + v.replace("'", "''") + "'")
+        for i, v in enumerate(rec.params, 1)
+    )
+
+
+def _reasons_text(rec: RequestRecord) -> str:
+    return "; ".join(t for _, t in rec.reasons) or rec.rule_message or "held by the rules"
+
+
+def whole_in_chat(rec: RequestRecord) -> bool:
+    """Whether a chat message shows everything an approver decides on: the statement,
+    its values, reasons and tables, none of them cut short, and a statement that
+    cannot end Slack's code block early. Otherwise the message offers no Approve
+    button (an approval of a statement whose end was cut off is an approval of what
+    the approver did not see) and a click on an older one is refused."""
+    return (
+        len(rec.statement) <= CHAT_STATEMENT_CHARS
+        and "`" not in rec.statement
+        and len(values_text(rec)) <= CHAT_VALUES_CHARS
+        and len(_reasons_text(rec)) <= CHAT_REASONS_CHARS
+        and len(", ".join(rec.tables)) <= CHAT_TABLES_CHARS
+    )
+
+
 def rows_text(rec: RequestRecord) -> str:
     if rec.estimated_rows is None:
         return "not estimated"
@@ -110,14 +143,17 @@ def _slack_fields(rec: RequestRecord) -> list[dict[str, str]]:
         ("Rows", rows_text(rec)),
         ("Needs", needs_text(rec)),
     ]
-    return [{"type": "mrkdwn", "text": f"*{k}*\n{slack_escape(_clip(v, 300))}"} for k, v in pairs]
+    return [
+        {"type": "mrkdwn", "text": f"*{k}*\n{slack_escape(_clip(v, CHAT_TABLES_CHARS))}"}
+        for k, v in pairs
+    ]
 
 
 def slack_request_blocks(
     rec: RequestRecord, url: str, *, buttons: bool, status_line: str = ""
 ) -> list[dict[str, Any]]:
     """The blocks of the message about ``rec`` (also used to replace it once decided)."""
-    reasons = "; ".join(t for _, t in rec.reasons) or rec.rule_message or "held by the rules"
+    reasons = _reasons_text(rec)
     blocks: list[dict[str, Any]] = [
         {
             "type": "section",
@@ -125,7 +161,7 @@ def slack_request_blocks(
                 "type": "mrkdwn",
                 "text": (
                     f"*dbgate: statement held for approval* (request {rec.id})\n"
-                    f"{slack_escape(_clip(reasons, 500))}"
+                    f"{slack_escape(_clip(reasons, CHAT_REASONS_CHARS))}"
                 ),
             },
         },
@@ -138,16 +174,27 @@ def slack_request_blocks(
             },
         },
     ]
+    if rec.params:
+        values = slack_escape(_clip(values_text(rec), CHAT_VALUES_CHARS))
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Values*\n{values}"}}
+        )
+    whole = whole_in_chat(rec)
+    if buttons and not whole and not status_line:
+        status_line = "Too long to show here in full: open it in dbgate to approve it."
     elements: list[dict[str, Any]] = []
-    if buttons:
-        elements += [
+    if buttons and whole:
+        elements.append(
             {
                 "type": "button",
                 "action_id": ACTION_APPROVE,
                 "style": "primary",
                 "text": {"type": "plain_text", "text": "Approve"},
                 "value": str(rec.id),
-            },
+            }
+        )
+    if buttons:
+        elements += [
             {
                 "type": "button",
                 "action_id": ACTION_REJECT,

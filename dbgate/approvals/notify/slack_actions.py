@@ -37,6 +37,7 @@ from dbgate.approvals.notify.messages import (
     ACTION_REJECT,
     outcome_text,
     slack_request_blocks,
+    whole_in_chat,
 )
 from dbgate.approvals.notify.sender import Sender
 from dbgate.approvals.notify.signing import SignatureError, verify_slack
@@ -156,6 +157,19 @@ class SlackActions:
                 _thread_reply(message, thread_ts),
             )
         try:
+            if approve and not whole_in_chat(await self._store.get(request_id)):
+                why = (
+                    "the message could not show the whole statement, its values, reasons "
+                    "and tables: it is approved on its page, where all of it is shown"
+                )
+                message = f"{name} cannot approve request {request_id} in Slack: {why}"
+                log.info("slack: %s", message)
+                await self._store.refused(request_id, name, "approve via slack", why)
+                return SlackAnswer(
+                    200,
+                    {"ok": False, "error": "open_the_page", "message": message},
+                    _thread_reply(message, thread_ts),
+                )
             approver = await self._accounts.get(name)
             reason = f"{'approved' if approve else 'rejected'} in Slack by {name}"
             rec = await self._store.decide(

@@ -196,3 +196,31 @@ def test_the_default_public_url_follows_web_tls() -> None:
     assert PgApprovalService.from_config(plain).public_url == "http://0.0.0.0:8443"
     assert PgApprovalService.from_config(secure).public_url == "https://0.0.0.0:8443"
     assert WebSettings.from_config(secure.web).secure_cookies is True
+
+
+def _actions(msg: dict) -> list[str]:
+    return [e["action_id"] for b in msg["blocks"] if b["type"] == "actions" for e in b["elements"]]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(statement="SELECT 1 /* " + "x" * 1600 + " */; DELETE FROM orders"),
+        dict(statement="SELECT 1 /* ``` */"),  # would end Slack's code block early
+        dict(params=("y" * 600,)),
+        dict(reasons=(("r", "z" * 600),)),
+        dict(tables=tuple(f"table_{i}" for i in range(60))),
+    ],
+)
+def test_slack_offers_no_approve_button_for_what_it_cannot_show_whole(kw) -> None:
+    """Regression: the statement was cut at 1,500 characters, reasons at 500, tables at
+    300, values not shown at all, and the Approve button was offered anyway."""
+    msg = slack_message("created", record(**kw), "http://x/approvals/7", buttons=True)
+    assert _actions(msg) == ["dbgate_reject", "dbgate_open"]
+    assert "open it in dbgate to approve it" in json.dumps(msg)
+
+
+def test_slack_shows_the_values() -> None:
+    msg = slack_message("created", record(params=("<card>", None)), "u", buttons=True)
+    assert "$1 = '&lt;card&gt;', $2 = NULL" in json.dumps(msg)
+    assert _actions(msg) == ["dbgate_approve", "dbgate_reject", "dbgate_open"]
