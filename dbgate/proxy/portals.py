@@ -8,13 +8,22 @@ either.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable
 from dataclasses import replace
+
+from pglast import parser as pg
 
 from dbgate.proxy.seams import Allow, Refuse, RowRewriter, Statement
 from dbgate.wire import sqlstate
 
-__all__ = ["PortalState", "countable_rows", "for_every_candidate", "refined_verdict"]
+__all__ = [
+    "PortalState",
+    "countable_rows",
+    "declared_cursors",
+    "for_every_candidate",
+    "refined_verdict",
+]
 
 #: A Bind that may bind one of several statements, under a verdict made for one
 AMBIGUOUS_BIND = Refuse(
@@ -23,6 +32,23 @@ AMBIGUOUS_BIND = Refuse(
     "answered yet) and its verdict holds for one of them only; wait for the answer "
     "(Sync) before binding",
 )
+
+
+def declared_cursors(sql: str) -> tuple[str, ...]:
+    """The names of the SQL cursors ``sql`` declares (``DECLARE c CURSOR ...``); a
+    text that cannot be parsed declares none it could name (its Query or Parse is
+    refused by the gate)."""
+    try:
+        tree = json.loads(pg.parse_sql_json(sql))
+    except (pg.ParseError, ValueError, RecursionError):
+        return ()
+    out: list[str] = []
+    for raw in tree.get("stmts", ()):
+        stmt = raw.get("stmt") or {}
+        declare = stmt.get("DeclareCursorStmt")
+        if isinstance(declare, dict):
+            out.append(str(declare.get("portalname", "")))
+    return tuple(out)
 
 
 def for_every_candidate(

@@ -54,6 +54,7 @@ returns.
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from struct import unpack_from
@@ -94,6 +95,7 @@ from dbgate.proxy.entries import (
 from dbgate.proxy.measured import MeasuredWrites
 from dbgate.proxy.portals import (
     PortalState,
+    declared_cursors,
     for_every_candidate,
 )
 from dbgate.proxy.prepared import name_key
@@ -146,6 +148,19 @@ class _Limit:
         self.silent = False  # a failure of dbgate's is in flight (its answers dropped)
         self.cancel_pending = False
 
+
+#: An Execute of a portal the client never bound (an SQL cursor, a cursor a function
+#: opened): see StatementTracker._foreign_portal
+FOREIGN_PORTAL = Refuse(
+    sqlstate.FEATURE_NOT_SUPPORTED,
+    "dbgate: Execute runs only portals bound with Bind in this session; an SQL cursor "
+    "(DECLARE) is read with FETCH",
+)
+#: Named portals and cursor names remembered per session
+MAX_BOUND_PORTALS = 10_000
+#: PostgreSQL compares portal names by their first NAMEDATALEN - 1 bytes
+NAME_BYTES = 63
+_DECLARE = re.compile(rb"declare", re.IGNORECASE)
 
 #: A message of an open measured batch that could take its changes out of the
 #: measurement (see StatementTracker._outside_measurement)
@@ -307,6 +322,11 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         #: portal -> (batch, Bind body, the old portal's limited verdict) of a Bind of
         #: a portal the client view already had, not yet confirmed by the server
         self._rebound: dict[str, tuple[int, bytes, Allow | None]] = {}
+        #: Named portals the client bound (their first 63 bytes, as the server compares
+        #: them), and the names of SQL cursors it may have declared: an Execute runs
+        #: only a portal of the client's own Bind (see :meth:`_foreign_portal`).
+        self._bound_portals: set[bytes] = set()
+        self._sql_cursors: set[bytes] = set()
         #: The Execute now answered is counted, not watched: the most rows it can return
         self._counting: int | None = None
         self._limit: _Limit | None = None  # the limited statement in progress
@@ -439,6 +459,20 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                     return self._end_measured_batch(chunk, e, out, fwd)
                 continue
             if t == EXECUTE_MSG:
+                if chunk[s] and self._foreign_portal(chunk, s, e):
+                    if out is None:
+                        out = []
+                    if hdr > fwd:
+                        out.append(chunk[fwd:hdr])
+                    fwd = e
+                    rec = None
+                    if observed:
+                        rec = self._record("execute", "")
+                        self.decided(rec, FOREIGN_PORTAL)
+                    out.append(self.refuse(rec, FOREIGN_PORTAL, t))
+                    if not full:
+                        return self._rest_message_by_message(chunk, e, out)
+                    continue
                 self._batch_open = True
                 portal = "" if e - s == 5 and chunk[s] == 0 else m.parse_execute(chunk[s:e])[0]
                 rec = self._record("execute", "", portal=portal) if self._exec_records else None
@@ -470,6 +504,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 continue
             body = b""
             if t == QUERY_MSG:
+                if _DECLARE.search(chunk, s, e) is not None:
+                    self._declared(m.parse_query(chunk, s, e))
                 body = _query_part(chunk, s, e)
                 hit = memo.get(body) if memo and e - s <= MEMO_MAX_MESSAGE else None
                 if hit is not None and hit[0].kind == "query":
@@ -485,6 +521,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 stmt = Statement("query", m.parse_query(chunk, s, e))
             elif t == PARSE_MSG:
                 body = chunk[s:e]
+                if _DECLARE.search(chunk, s, e) is not None:
+                    self._declared(m.parse_parse(body)[1])
                 hit = memo.get(body) if memo and e - s <= MEMO_MAX_MESSAGE else None
                 if hit is not None and hit[0].kind == "parse":
                     rec = None
@@ -498,6 +536,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 stmt = Statement("parse", sql, statement_name=name, param_types=types)
             elif t == BIND_MSG:
                 body = chunk[s:e]
+                if chunk[s]:  # a named portal (the unnamed one is b"")
+                    self._bound(chunk, s, e)
                 if not (strict or self.inspect_binds):
                     statements = self.info.statements
                     checked = statements.checked  # keys
@@ -649,6 +689,34 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         if fwd < len(chunk):
             out.append(chunk[fwd:])
         return out
+
+    def _bound(self, chunk: bytes, s: int, e: int) -> None:
+        """A Bind of a named portal (``chunk[s:e]`` is its body)."""
+        i = chunk.find(b"\0", s, e)
+        if i > s:
+            names = self._bound_portals
+            if len(names) >= MAX_BOUND_PORTALS:
+                names.clear()  # their Executes are refused: stricter, never wider
+            names.add(chunk[s:i][:NAME_BYTES])
+
+    def _declared(self, sql: str) -> None:
+        """A Query or Parse whose text may declare SQL cursors: their names."""
+        names = self._sql_cursors
+        if len(names) >= MAX_BOUND_PORTALS:
+            names.clear()
+        names.update(n.encode("utf-8")[:NAME_BYTES] for n in declared_cursors(sql))
+
+    def _foreign_portal(self, chunk: bytes, s: int, e: int) -> bool:
+        """Whether an Execute names a portal the client did not bind: an SQL cursor
+        (``DECLARE c CURSOR ...``) or one a function opened. SQL cursors and protocol
+        portals share one namespace, so ``Execute "c"`` would run a cursor the gate
+        judged only for its ``FETCH``es: outside their row limits, their windows and
+        the PII plan of its results."""
+        i = chunk.find(b"\0", s, e)
+        if i < 0:
+            return True
+        name = chunk[s:i][:NAME_BYTES]
+        return name not in self._bound_portals or name in self._sql_cursors
 
     def _outside_measurement(self, t: int, chunk: bytes, s: int, e: int) -> Refuse | None:
         """A message of an open measured batch that could take its changes out of

@@ -13,8 +13,7 @@ import logging
 import pytest
 
 from dbgate.wire import messages as m
-from tests.integration.holds.clients import check_notice, check_retry_error
-from tests.integration.holds.harness import AGENT, AGENT_PASSWORD, HoldsEnv, request_id
+from tests.integration.holds.clients import AGENT, AGENT_PASSWORD, (, HoldsEnv, admin_execute, check_notice, check_retry_error, from, import, request_id, tests.integration.holds.clients, tests.integration.holds.harness
 from tests.integration.rawclient import RawClient, errors, names, rows, status
 
 
@@ -378,3 +377,50 @@ async def test_the_shape_of_an_execute_is_approved_with_fixed_values_only(
     finally:
         await client.close()
     assert holds.count(t) == 3
+
+
+async def test_execute_runs_no_sql_cursor(holds: HoldsEnv) -> None:
+    """Regression: SQL cursors and protocol portals share one namespace, and an
+    Execute of a portal the client never bound ran the SQL cursor ``DECLARE c`` made:
+    its rows came back raw (PII untokenized) and past the row limit its FETCHes
+    were held to. An Execute runs only a portal of the client's own Bind."""
+    admin_execute(
+        holds.admin_dsn,
+        "DROP TABLE IF EXISTS w_cursor_people",
+        "CREATE TABLE w_cursor_people (id int PRIMARY KEY, email text)",
+        "INSERT INTO w_cursor_people SELECT g, 'person' || g || '@example.com' "
+        "FROM generate_series(1, 5) g",
+    )
+    client = await agent(holds)
+    try:
+        assert status(await client.query("BEGIN")) == "T"
+        declare = "DECLARE c CURSOR FOR SELECT email FROM w_cursor_people WHERE id < 4"
+        assert not errors(await client.query(declare))
+        (fetched,) = rows(await client.query("FETCH 1 FROM c"))
+        assert fetched[0].startswith(b"tok_email_")  # FETCH is tokenized
+        client.send(m.Execute("c", 0).encode(), SYNC)
+        answer = await client.until_ready()
+        assert rows(answer) == []
+        (error,) = errors(answer)
+        assert error.sqlstate == "0A000" and "SQL cursor" in error.message
+        assert status(await client.query("ROLLBACK")) == "I"
+        # a declaration sent through the extended protocol is one too
+        client.send(pbe("BEGIN"), pbe(declare.replace(" c ", " c2 ")), SYNC)
+        await client.until_ready()
+        client.send(m.Execute("c2", 0).encode(), SYNC)
+        assert [e.sqlstate for e in errors(await client.until_ready())] == ["0A000"]
+        assert status(await client.query("ROLLBACK")) == "I"
+        # a portal the client bound runs as ever, Execute after Execute
+        assert status(await client.query("BEGIN")) == "T"
+        client.send(
+            m.Parse("", "SELECT id FROM w_cursor_people WHERE id <= 5 ORDER BY id").encode(),
+            m.Bind("mine", "").encode(),
+            m.Execute("mine", 2).encode(),
+            SYNC,
+        )
+        assert rows(await client.until_ready()) == [(b"1",), (b"2",)]
+        client.send(m.Execute("mine", 0).encode(), SYNC)
+        assert rows(await client.until_ready()) == [(b"3",), (b"4",), (b"5",)]
+        assert status(await client.query("COMMIT")) == "I"
+    finally:
+        await client.close()
