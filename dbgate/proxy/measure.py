@@ -56,7 +56,8 @@ would end it early), so:
 The answers of the whole batch are held back until its ReadyForQuery. The count is
 the sum of the tags of Executes of portals bound by measured Binds (changes by
 statements proven narrow in the same batch do not count against the limit), and
-past the limit it is undone as a Query is; the named statements the batch prepared
+past the limit it is undone as a Query is (and each of its measured Binds is asked
+in turn, one approval request each, before the batch is sent again); the named statements the batch prepared
 are closed again (prepared statements outlive a rollback), so that a refusal leaves
 the server as the client then believes it, and an approval re-sends the client's
 batch as it sent it, judged again, unmeasured.
@@ -222,6 +223,7 @@ class Measurement:
         "buffer",
         "copying",
         "count",
+        "covered",
         "delivering",
         "entry",
         "errored",
@@ -268,6 +270,9 @@ class Measurement:
         self.opened = False  # dbgate's BEGIN opened the block: dbgate ends it
         self.errored = False  # the client's statement failed
         self.count = 0
+        #: batch: the verdicts of its measured Binds. Past the limit the whole batch is
+        #: sent again if approved, so each of them is asked (:func:`ask_all`).
+        self.covered: list[Allow] = []
         self.rows = 0  # rows held back
         self.overflow = False  # more rows than may be held: not measurable
         self.buffer: list[bytes] = []
@@ -370,6 +375,7 @@ class Measurement:
         if self.verdict is None or verdict.max_changes < self.verdict.max_changes:
             self.verdict = verdict
             self.sql = sql
+        self.covered.append(verdict)
 
 
 def ask(verdict: Allow, count: int) -> Verdict | Awaitable[Verdict]:
@@ -413,6 +419,31 @@ def delivered_refusal(m_: Measurement) -> Refuse:
         "before it ended (a Flush, or COPY data)",
         hint="change fewer rows (a WHERE on a key); a batch sent without Flush is held instead",
     )
+
+
+def ask_all(verdicts: list[Allow], count: int) -> Verdict | Awaitable[Verdict]:
+    """Every measured Bind of a batch past its limit asked in turn (one approval
+    request each, with its own statement and values): the batch is sent again only
+    if all allow it. Asking only the smallest limit's showed approvers one statement
+    while the approval ran them all."""
+    first = ask(verdicts[0], count)
+    if len(verdicts) == 1:
+        return first
+
+    async def in_turn() -> Verdict:
+        from dbgate.proxy.seams import Allow
+
+        decision: Any = first
+        for i, verdict in enumerate(verdicts):
+            if i:
+                decision = ask(verdict, count)
+            if isinstance(decision, Awaitable):
+                decision = await decision
+            if not isinstance(decision, Allow):
+                return decision  # type: ignore[no-any-return]
+        return decision  # type: ignore[no-any-return]
+
+    return in_turn()
 
 
 def settled(verdict: object) -> Allow | Refuse:

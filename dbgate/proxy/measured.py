@@ -511,7 +511,10 @@ class MeasuredWrites:
             if self._limit is None:
                 self.blocked = False
             return held
-        decision = measure.ask(m_.verdict, m_.measured)  # type: ignore[arg-type]
+        if m_.batch and len(m_.covered) > 1:
+            decision = measure.ask_all(m_.covered, m_.measured)
+        else:
+            decision = measure.ask(m_.verdict, m_.measured)  # type: ignore[arg-type]
         if isinstance(decision, Awaitable):
             self._pending_decision = m_
             self.measure_waiting = decision  # type: ignore[assignment]

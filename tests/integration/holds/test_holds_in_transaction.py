@@ -381,3 +381,50 @@ async def test_the_transaction_timeout_still_ends_a_held_statement(holds: HoldsE
         client.abort()
     await holds.app.await_status(rid, "withdrawn")
     assert holds.count(t) == 3
+
+
+async def test_each_measured_write_of_a_batch_past_its_limit_is_shown_to_approvers(
+    holds: HoldsEnv,
+) -> None:
+    """Regression: past the limit, a batch of two measured Binds was held as the one
+    with the smallest limit (here the first, an UPDATE of one row) while the approval
+    sent the whole batch again, the other write (a DELETE the approver never saw)
+    unmeasured. Each is now a request of its own; the batch runs once all are
+    approved, and not at all when one is rejected."""
+    t = holds.table("measured_batch_two", 5)
+    update = f"UPDATE {t} SET note = 'seen' WHERE id < 2"
+    delete = f"DELETE FROM {t} WHERE id > 1"
+    client = await raw_agent(holds, "measured-batch-two")
+    try:
+        client.send(m.Parse("u", update).encode(), m.Parse("d", delete).encode(), m.Sync().encode())
+        assert not errors(await client.until_ready())
+        batch = (
+            m.Bind("", "u").encode(),
+            m.Execute("", 0).encode(),
+            m.Bind("", "d").encode(),
+            m.Execute("", 0).encode(),
+            m.Sync().encode(),
+        )
+        client.send(*batch)
+        first, _ = await until_notice(client)
+        assert holds.app.request(first)["statement"] == update
+        await holds.app.aapprove(first)
+        second, _ = await until_notice(client)
+        assert holds.app.request(second)["statement"] == delete
+        await holds.app.areject(second, "not the delete")
+        (error,) = errors(await client.until_ready())
+        assert error.sqlstate == "42501" and "rejected" in error.message
+        assert holds.notes(t) == ["n"] * 5  # undone, both
+        client.send(*batch)  # again: both approved, the batch runs once
+        for statement in (update, delete):
+            rid, _ = await until_notice(client)
+            assert holds.app.request(rid)["statement"] == statement
+            await holds.app.aapprove(rid)
+        answer = await client.until_ready()
+        assert [x.tag for x in answer if isinstance(x, m.CommandComplete)] == [
+            "UPDATE 1",
+            "DELETE 4",
+        ]
+    finally:
+        await client.close()
+    assert holds.notes(t) == ["seen"]
