@@ -65,6 +65,8 @@ class BindVerdicts:
         """Judge a Bind by every statement the server may hold under its name, with
         its values read by each statement's parameter types."""
         prepared = session.statements
+        if any(c.sql_prepared for c in statement.candidates):
+            return refusals.SQL_PREPARED_BIND
         checked = [c for c in statement.candidates if c.check_binds]
         if not checked:
             return ALLOW  # judged in full at its Parse

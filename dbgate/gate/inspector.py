@@ -68,7 +68,7 @@ from dbgate.gate.holds import HoldDesk
 from dbgate.gate.keys import KeyCatalogs
 from dbgate.gate.notes import GateNote
 from dbgate.gate.pii import PiiGate
-from dbgate.gate.prepared_effects import executed_texts
+from dbgate.gate.prepared_effects import executed_texts, prepared_changes
 from dbgate.gate.run_limits import RunLimits
 from dbgate.gate.statement_verdicts import StatementVerdicts
 from dbgate.gate.windows import windowed
@@ -86,6 +86,16 @@ log = logging.getLogger("dbgate.gate")
 
 _ALLOW_ACTION = Action.ALLOW  # enum member lookups cost ~0.4 us each on Python 3.11
 _HOLD_ACTION = Action.HOLD
+
+
+async def _with_changes(held: Awaitable[Verdict], classification: Any) -> Verdict:
+    """An approved Query's verdict with the prepared statements it makes or removes,
+    so that the relay follows them (a protocol Bind of a name an approved ``PREPARE``
+    made ran unjudged at every Bind)."""
+    verdict = await held
+    if type(verdict) is Allow:
+        return dataclasses.replace(verdict, changes=prepared_changes(classification))
+    return verdict
 
 
 class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
@@ -310,7 +320,16 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
             # it. So a held statement is let through Parse and held at each Bind, and
             # each approval covers one execution with its values.
             return ALLOW_CHECKING_BINDS
-        return self.verdict(decision, session, sql, ())
+        held = self.verdict(decision, session, sql, ())
+        classification = decision.classification
+        if (
+            kind == "query"
+            and isinstance(held, Awaitable)
+            and classification is not None
+            and any(st.prepared_effect is not None for st in classification.statements)
+        ):
+            return _with_changes(held, classification)
+        return held
 
     def _classified(self, sql: str, prepared: Any, catalog: KeyCatalog | None) -> Any:
         if catalog is None:

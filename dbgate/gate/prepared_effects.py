@@ -25,7 +25,6 @@ PREPARED_COMMANDS = frozenset({"PREPARE", "DEALLOCATE", "DISCARD"})
 
 def prepared_changes(classification: Classification) -> tuple[PreparedChange, ...]:
     """The prepared-statement changes of a classified query string, in order."""
-    from dbgate.policy.classify import classify
 
     changes: list[PreparedChange] = []
     for index, st in enumerate(classification.statements):
@@ -33,9 +32,14 @@ def prepared_changes(classification: Classification) -> tuple[PreparedChange, ..
         if effect is None:
             continue
         if effect.kind == "add":
-            check_binds = classify(effect.body).needs_bind
+            # A protocol Bind of it is refused (the gate sees each one): the PREPARE
+            # was judged as a PREPARE (it runs nothing), never as a Parse whose Binds
+            # carry its holds, limits and PII plan (a Bind of it ran an approved-once
+            # DELETE again and again, and returned PII raw). EXECUTE is judged.
             changes.append(
-                PreparedChange("add", effect.name, effect.body, check_binds, statement=index)
+                PreparedChange(
+                    "add", effect.name, effect.body, True, statement=index, sql_prepared=True
+                )
             )
         else:
             changes.append(PreparedChange(effect.kind, effect.name, statement=index))

@@ -55,6 +55,14 @@ UNREADABLE_VALUES_REFUSED = Refuse(
 )
 
 
+#: A protocol Bind of a statement made by SQL PREPARE (see Candidate.sql_prepared)
+SQL_PREPARED_BIND = Refuse(
+    sqlstate.FEATURE_NOT_SUPPORTED,
+    "dbgate: a statement prepared with SQL PREPARE is run with EXECUTE, not bound "
+    "through the extended protocol (dbgate judges it at each EXECUTE)",
+)
+
+
 #: A held Bind that may bind either of two statements: an approval would show the
 #: approver one of them while the server may run the other.
 AMBIGUOUS_HOLD = Refuse(

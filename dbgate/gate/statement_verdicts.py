@@ -168,7 +168,12 @@ class StatementVerdicts:
             if outcome is _ALLOW_PREPARES:
                 # SQL PREPARE/DEALLOCATE through the extended protocol run at Execute,
                 # any number of times: not recorded. A name they create is unknown
-                # (EXECUTE of it is opaque); one they remove keeps being checked.
+                # (EXECUTE of it is opaque, a Bind of it refused); one they remove
+                # keeps being checked.
+                for st in classification.statements:
+                    effect = st.prepared_effect
+                    if effect is not None and effect.kind == "add":
+                        session.statements.sql_prepared(effect.name)
                 return ALLOW, classification
         elif (outcome is _ALLOW_SESSION or outcome is _ALLOW_PREPARES) and (
             not self._has_limits(answer[6])

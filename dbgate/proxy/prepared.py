@@ -103,9 +103,15 @@ class Candidate:
     #: The Parse verdict's ``recheck_bind`` (``Allow.recheck_bind``): a Bind that can
     #: mean only this statement is judged by it before the inspector is asked.
     recheck: Callable[[Any, bytes], Any] | None = None
+    #: Made by SQL ``PREPARE``: the gate never judged its text as a Parse (its result
+    #: plan, its holds), so a protocol Bind of it is refused (``EXECUTE`` runs it).
+    sql_prepared: bool = False
 
 
 LOST = Candidate("", check_binds=True, lost=True)
+#: What the server may hold under a name an SQL ``PREPARE`` sent through the extended
+#: protocol creates (it runs at Execute, any number of times, and is not followed)
+SQL_PREPARED = Candidate("", check_binds=True, sql_prepared=True)
 
 
 class PreparedChange(NamedTuple):
@@ -122,6 +128,7 @@ class PreparedChange(NamedTuple):
     statement: int = 0
     tokens_only: bool = False  # see Candidate.tokens_only
     recheck: Callable[[Any, bytes], Any] | None = None  # see Candidate.recheck
+    sql_prepared: bool = False  # see Candidate.sql_prepared
 
 
 class PendingChange:
@@ -252,6 +259,17 @@ class PreparedStatements:
     def names(self) -> set[str]:
         return set(self._known) | set(self._pending)
 
+    def sql_prepared(self, name: str) -> None:
+        """An SQL ``PREPARE`` of ``name`` was let through in a Parse: whatever the
+        server holds under the name may be what it prepares, which the relay does not
+        follow. Every Bind of the name is shown to the inspector, which refuses it."""
+        key = name_key(name)
+        if key not in self._known and len(self._known) >= MAX_NAMES:
+            raise TooManyStatements(f"more than {MAX_NAMES} prepared statements")
+        self._known[key] = SQL_PREPARED
+        self.checked.add(key)
+        self.tokens_only.discard(key)
+
     def judge_binds_again(self) -> None:
         """Have every Bind of the statements held so far shown to the inspector.
 
@@ -290,6 +308,7 @@ class PreparedStatements:
                 param_types=change.param_types,
                 tokens_only=change.check_binds and change.tokens_only,
                 recheck=change.recheck if change.check_binds else None,
+                sql_prepared=change.sql_prepared,
             )
         handle = PendingChange(self, change, batch, cand)
         queue = self._pending.get(key)
@@ -486,7 +505,8 @@ class PreparedStatements:
 
 
 class _Texts(Mapping[str, tuple[str, ...]]):
-    """Read-only name -> candidate texts; a lost name maps to () (unknown: opaque)."""
+    """Read-only name -> candidate texts; a lost name, or one an unfollowed SQL PREPARE
+    made, maps to () (unknown: opaque)."""
 
     __slots__ = ("_owner",)
 
@@ -497,8 +517,8 @@ class _Texts(Mapping[str, tuple[str, ...]]):
         cands = self._owner.candidates(identifier_key(name))
         if not cands:
             raise KeyError(name)
-        if any(c.lost for c in cands):
-            return ()
+        if any(c.lost or c is SQL_PREPARED for c in cands):
+            return ()  # a text the relay does not know: EXECUTE of it is opaque
         return tuple(c.sql for c in cands)
 
     def __iter__(self) -> Iterator[str]:

@@ -13,7 +13,14 @@ import logging
 import pytest
 
 from dbgate.wire import messages as m
-from tests.integration.holds.clients import AGENT, AGENT_PASSWORD, (, HoldsEnv, admin_execute, check_notice, check_retry_error, from, import, request_id, tests.integration.holds.clients, tests.integration.holds.harness
+from tests.integration.holds.clients import check_notice, check_retry_error
+from tests.integration.holds.harness import (
+    AGENT,
+    AGENT_PASSWORD,
+    HoldsEnv,
+    admin_execute,
+    request_id,
+)
 from tests.integration.rawclient import RawClient, errors, names, rows, status
 
 
@@ -424,3 +431,38 @@ async def test_execute_runs_no_sql_cursor(holds: HoldsEnv) -> None:
         assert status(await client.query("COMMIT")) == "I"
     finally:
         await client.close()
+
+
+async def test_a_statement_made_by_sql_prepare_is_not_bound(holds: HoldsEnv) -> None:
+    """Regression: a protocol Bind of a statement made by SQL PREPARE was judged by
+    nothing: its PREPARE ran nothing and was judged as such, and the relay knew no
+    Parse verdict for it. One approval of ``PREPARE p AS UPDATE ...`` ran the UPDATE
+    at every Bind, and ``PREPARE q AS SELECT email ...`` bound returned PII raw."""
+    t = holds.table("w_sql_prepared", 3)
+    admin_execute(
+        holds.admin_dsn,
+        "DROP TABLE IF EXISTS w_prepared_people",
+        "CREATE TABLE w_prepared_people (id int PRIMARY KEY, email text)",
+        "INSERT INTO w_prepared_people VALUES (1, 'someone@example.com')",
+    )
+    client = await agent(holds)
+    try:
+        client.send(m.query(f"PREPARE p AS UPDATE {t} SET note = note || 'x'"))
+        rid, _ = await until_notice(client)
+        await holds.app.aapprove(rid)
+        assert not errors(await client.until_ready())
+        select = "SELECT email FROM w_prepared_people WHERE id < 4"
+        assert not errors(await client.query(f"PREPARE q AS {select}"))
+        client.send(pbe(f"PREPARE q2 AS {select}"), SYNC)  # through the extended protocol
+        assert not errors(await client.until_ready())
+        for name in ("p", "q", "q2"):
+            client.send(m.Bind("", name).encode(), m.Execute("", 0).encode(), SYNC)
+            answer = await client.until_ready()
+            assert rows(answer) == []
+            (error,) = errors(answer)
+            assert error.sqlstate == "0A000" and "SQL PREPARE" in error.message
+        (token,) = rows(await client.query("EXECUTE q"))  # judged, tokenized
+        assert token[0].startswith(b"tok_email_")
+    finally:
+        await client.close()
+    assert holds.notes(t) == ["n"] * 3  # the approved PREPARE ran nothing
