@@ -373,12 +373,8 @@ render_field(wbuf *b, int code, const varying_t *v)
 
 /* (values, hash, row) of one execution; None for the full path. */
 static PyObject *
-seal(PyObject *self, PyObject *args)
+seal_one(PyObject *shape, PyObject *event, PyObject *prev, PyObject *seq_o, PyObject *logged_o)
 {
-    PyObject *shape, *event, *prev, *seq_o, *logged_o;
-    if (!PyArg_ParseTuple(args, "O!OSOO", &PyTuple_Type, &shape, &event, &prev, &seq_o,
-                          &logged_o))
-        return NULL;
     PyObject *values, *fragments, *blocks, *text_order, *row_order, *key, *max_text_o, *chain;
     if (!PyArg_ParseTuple(shape, "O!O!O!O!O!SOO", &PyList_Type, &values, &PyTuple_Type,
                           &fragments, &PyTuple_Type, &blocks, &PyTuple_Type, &text_order,
@@ -495,6 +491,148 @@ done:
     return result;
 }
 
+static PyObject *
+seal(PyObject *self, PyObject *args)
+{
+    PyObject *shape, *event, *prev, *seq_o, *logged_o;
+    if (!PyArg_ParseTuple(args, "O!OSOO", &PyTuple_Type, &shape, &event, &prev, &seq_o,
+                          &logged_o))
+        return NULL;
+    return seal_one(shape, event, prev, seq_o, logged_o);
+}
+
+static PyObject *s_event, *s_size, *s_waiters, *s_native, *s_popleft;
+
+/* chain_run(shapes, key_of, event_type, queue, limit, prev, seq, logged, rec_type,
+ *           pending) -> None
+ *
+ * The writer's chaining loop (dbgate/audit/writer/batching.py, _chain_some) for a run
+ * of ordinary statements of known shapes: while the item at the head of `queue` (a
+ * deque of Items) holds an event of exactly `event_type` whose shape (`shapes`, keyed
+ * by `key_of(event)`) has a native form that seals it, and nobody waits for it, it is
+ * popped and rec_type(values, prev, hash, row, None, size) appended to `pending`, as
+ * record `seq`, `seq` + 1, ... chained from `prev`; at most `limit` of them. The first
+ * item that is not such is left at the head for the Python path, which gives the same
+ * record (RowBuilder.sealed). The caller learns how many were chained from `pending`
+ * (also after an error: each record is appended as its item is popped). */
+static PyObject *
+chain_run(PyObject *self, PyObject *args)
+{
+    PyObject *shapes, *key_of, *event_type, *queue, *prev, *rec_type, *pending;
+    Py_ssize_t limit;
+    long long seq, logged;
+    if (!PyArg_ParseTuple(args, "O!OOOnSLLOO!", &PyDict_Type, &shapes, &key_of, &event_type,
+                          &queue, &limit, &prev, &seq, &logged, &rec_type, &PyList_Type,
+                          &pending))
+        return NULL;
+    PyObject *logged_o = PyLong_FromLongLong(logged);
+    if (logged_o == NULL)
+        return NULL;
+    Py_INCREF(prev);
+    PyObject *ret = NULL;
+    for (Py_ssize_t n = 0; n < limit; n++) {
+        Py_ssize_t len = PyObject_Length(queue);
+        if (len < 0)
+            goto done;
+        if (len == 0)
+            break;
+        /* the head of the deque, without popping it yet */
+        PyObject *item = PySequence_GetItem(queue, 0);
+        if (item == NULL)
+            goto done;
+        PyObject *waiters = PyObject_GetAttr(item, s_waiters);
+        PyObject *event = waiters == NULL ? NULL : PyObject_GetAttr(item, s_event);
+        PyObject *size = event == NULL ? NULL : PyObject_GetAttr(item, s_size);
+        Py_DECREF(item);
+        if (size == NULL) {
+            Py_XDECREF(waiters);
+            Py_XDECREF(event);
+            goto done;
+        }
+        int stop = waiters != Py_None || (PyObject *)Py_TYPE(event) != event_type;
+        Py_DECREF(waiters);
+        PyObject *native = NULL, *sealed = NULL;
+        if (!stop) {
+            PyObject *key = PyObject_CallOneArg(key_of, event);
+            if (key == NULL) {
+                Py_DECREF(event);
+                Py_DECREF(size);
+                goto done;
+            }
+            PyObject *shape = PyDict_GetItemWithError(shapes, key); /* borrowed */
+            Py_DECREF(key);
+            if (shape == NULL) {
+                if (PyErr_Occurred()) {
+                    if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+                        Py_DECREF(event);
+                        Py_DECREF(size);
+                        goto done;
+                    }
+                    PyErr_Clear(); /* a caller's unhashable value: the Python path */
+                }
+                stop = 1;
+            } else {
+                native = PyObject_GetAttr(shape, s_native);
+                if (native == NULL) {
+                    Py_DECREF(event);
+                    Py_DECREF(size);
+                    goto done;
+                }
+                if (!PyTuple_Check(native))
+                    stop = 1;
+            }
+        }
+        if (!stop) {
+            PyObject *seq_o = PyLong_FromLongLong(seq);
+            sealed = seq_o == NULL ? NULL : seal_one(native, event, prev, seq_o, logged_o);
+            Py_XDECREF(seq_o);
+            if (sealed == NULL) {
+                Py_XDECREF(native);
+                Py_DECREF(event);
+                Py_DECREF(size);
+                goto done;
+            }
+            if (sealed == Py_None)
+                stop = 1;
+        }
+        Py_XDECREF(native);
+        Py_DECREF(event);
+        if (stop) {
+            Py_XDECREF(sealed);
+            Py_DECREF(size);
+            break;
+        }
+        PyObject *popped = PyObject_CallMethodNoArgs(queue, s_popleft);
+        if (popped == NULL) {
+            Py_DECREF(sealed);
+            Py_DECREF(size);
+            goto done;
+        }
+        Py_DECREF(popped);
+        PyObject *hash = PyTuple_GET_ITEM(sealed, 1);
+        PyObject *rec_args[6] = {PyTuple_GET_ITEM(sealed, 0), prev, hash,
+                                 PyTuple_GET_ITEM(sealed, 2), Py_None, size};
+        PyObject *rec = PyObject_Vectorcall(rec_type, rec_args, 6, NULL);
+        Py_DECREF(size);
+        if (rec == NULL) {
+            Py_DECREF(sealed);
+            goto done;
+        }
+        int appended = PyList_Append(pending, rec);
+        Py_DECREF(rec);
+        Py_SETREF(prev, Py_NewRef(hash));
+        Py_DECREF(sealed);
+        if (appended < 0)
+            goto done;
+        seq++;
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    Py_DECREF(prev);
+    Py_DECREF(logged_o);
+    return ret;
+}
+
 /* chain_hash(prev, content) -> sha256(prev || sha256(content)): a record's hash
  * (prev of any length, as hashlib would take it: the verifier reads it from rows). */
 static PyObject *
@@ -538,6 +676,7 @@ configure(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "The range of `at` and the varying fields' positions."},
     {"seal", seal, METH_VARARGS, "(values, hash, row) of a statement of a known shape, or None."},
+    {"chain_run", chain_run, METH_VARARGS, "Chain a run of queued statements of known shapes."},
     {"chain_hash", chain_hash, METH_VARARGS, "sha256(prev || sha256(content))."},
     {NULL, NULL, 0, NULL},
 };
@@ -553,7 +692,12 @@ PyInit__seal(void)
         !(s_outcome = PyUnicode_InternFromString("outcome")) ||
         !(s_rows = PyUnicode_InternFromString("rows")) ||
         !(s_duration_us = PyUnicode_InternFromString("duration_us")) ||
-        !(s_params = PyUnicode_InternFromString("params")))
+        !(s_params = PyUnicode_InternFromString("params")) ||
+        !(s_event = PyUnicode_InternFromString("event")) ||
+        !(s_size = PyUnicode_InternFromString("size")) ||
+        !(s_waiters = PyUnicode_InternFromString("waiters")) ||
+        !(s_native = PyUnicode_InternFromString("native")) ||
+        !(s_popleft = PyUnicode_InternFromString("popleft")))
         return NULL;
     b2b_use_simd(1);
     return PyModule_Create(&module);

@@ -208,6 +208,45 @@ class RowBuilder:
         h = seal(values, prev)
         return values, h, binary.encode(values, prev, h)
 
+    def chain_run(
+        self,
+        queue: Any,
+        limit: int,
+        chain: str,
+        seq: int,
+        logged_us: int,
+        prev: bytes,
+        rec_type: Any,
+        pending: list[Any],
+    ) -> None:
+        """Chain a run of queued statements of known shapes in one compiled loop
+        (:func:`dbgate.audit._seal.chain_run`): from the head of ``queue`` (a deque of
+        the writer's items), each ordinary statement whose shape has its compiled form
+        becomes ``rec_type(values, prev, hash, row, None, size)`` appended to
+        ``pending``, as record ``seq``, ``seq + 1``, ... of ``chain``, logged at
+        ``logged_us``, after the record whose hash is ``prev`` — the records
+        :meth:`sealed` gives, without a turn of Python per record. It stops at the first
+        item it cannot chain so (left in the queue for :meth:`sealed`) or after
+        ``limit``; the caller counts what it chained in ``pending``."""
+        if _seal is None:
+            return
+        if chain is not self._chain:
+            if chain != self._chain:
+                self._shapes.clear()
+            self._chain = chain
+        _seal.chain_run(
+            self._shapes,
+            _shape_key,
+            StatementEvent,
+            queue,
+            limit,
+            prev,
+            seq,
+            logged_us,
+            rec_type,
+            pending,
+        )
+
     def _native(self, shape: _StatementShape, chain: str) -> tuple[Any, ...] | None:
         """The shape as the compiled quick path (:mod:`dbgate.audit._seal`) takes it;
         None without it, when the shape's text does not encode, or under an empty

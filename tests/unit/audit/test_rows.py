@@ -436,3 +436,64 @@ def test_the_compiled_chain_hash_is_the_link_of_a_record(prev, content) -> None:
     want = hashlib.sha256(prev + hashlib.sha256(content).digest()).digest()
     assert rows_module._seal.chain_hash(prev, content) == want
     assert rows_module._seal.chain_hash(memoryview(prev), bytearray(content)) == want
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), _varying_fields, st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(1, 12),
+)
+def test_a_run_chained_in_one_compiled_loop_is_the_records_sealed_one_by_one(items, limit) -> None:
+    """The writer's compiled loop (RowBuilder.chain_run) over queued items — statements
+    of shapes seen before or not, with odd fields, with someone waiting, other kinds —
+    chains exactly the records sealed() gives one at a time, and stops at the first
+    item it leaves to sealed(), or after ``limit``."""
+    from collections import deque
+
+    from dbgate.audit.writer.queue import Item, Rec
+
+    texts = ("SELECT a FROM t WHERE id = $1", "UPDATE t SET a = a + $1 WHERE id = $2", "BEGIN")
+    builder, reference = RowBuilder("r1", b"key"), RowBuilder("r1", b"key")
+    queue: deque[Item] = deque()
+    for shape, fields, waited, session in items:
+        if shape == 2 and session:
+            event: object = SessionEvent("connect", identity="bench", session_id=7)
+        else:
+            event = replace(
+                StatementEvent("completed", texts[shape], identity="bench", session_id=7),
+                **fields,
+            )
+        item = Item(event, 300)
+        if waited:
+            item.waiters = []
+        queue.append(item)
+    # the shapes of the first two texts are known
+    for seq, text in enumerate(texts[:2], start=1):
+        e = StatementEvent("completed", text, identity="bench", session_id=7, params=(b"1",))
+        for b in (builder, reference):
+            b.sealed(e, NOW, "r1.chain", seq, NOW, GENESIS)
+            b.sealed(e, NOW, "r1.chain", seq, NOW, GENESIS)  # and their templates
+    events = [item.event for item in queue]
+    prev, seq, pending, taken = GENESIS, 10, [], 0
+    while queue:
+        before = len(pending)
+        builder.chain_run(queue, limit, "r1.chain", seq, NOW + 5, prev, Rec, pending)
+        done = len(pending) - before
+        assert done <= limit
+        for rec in pending[before:]:
+            want = reference.sealed(events[taken], NOW, "r1.chain", seq, NOW + 5, prev)
+            assert (rec.values, rec.hash, rec.row) == want
+            assert [type(v) for v in rec.values] == [type(v) for v in want[0]]
+            assert (rec.prev, rec.waiters, rec.size, rec.seq) == (prev, None, 300, seq)
+            prev, seq, taken = rec.hash, seq + 1, taken + 1
+        if done < limit and queue:  # the item it left: sealed on its own, as the writer does
+            item = queue.popleft()
+            assert item.event is events[taken]
+            got = builder.sealed(item.event, NOW, "r1.chain", seq, NOW + 5, prev)
+            assert got == reference.sealed(item.event, NOW, "r1.chain", seq, NOW + 5, prev)
+            prev, seq, taken = got[1], seq + 1, taken + 1
+    assert taken == len(events)
