@@ -169,6 +169,12 @@ class AuditTrail(QuietObserver):
 
     def __init__(self, writer: AuditWriter) -> None:
         self.writer = writer
+        # asked before every statement: the writer's own methods, without a hop here
+        self.admit = writer.admit  # type: ignore[method-assign]
+        self.admits_now = writer.admits_now  # type: ignore[method-assign]
+        #: id(note) -> what an allowed statement's record takes from its note (see
+        #: _of_note): the statements of one shape share a note
+        self._allowed: dict[int, tuple[Any, ...]] = {}
         self._masked_shapes: dict[str, str] = {}
         self._shapes: dict[int, _Shape] = {}
         #: id(note) -> (note, its shape, its rule): a prepared statement's executions
@@ -257,6 +263,26 @@ class AuditTrail(QuietObserver):
             tokenized,
             reason,
         )
+
+    def _of_note(self, note: Any) -> tuple[Any, ...]:
+        """What the record of a statement allowed with ``note`` takes from it, as
+        statement() and _finished() work it out: (note, shape, rule, decision,
+        approval id)."""
+        if isinstance(note, GateNote):
+            approval = note.approval
+            known: tuple[Any, ...] = (
+                note,
+                self._shape(note.classification),
+                note.rule,
+                "approved" if approval is not None else "allow",
+                approval.request_id if approval is not None else "",
+            )
+        else:
+            known = (note, _NO_SHAPE, "", "allow", "")
+        if len(self._allowed) >= _SHAPE_CACHE:
+            self._allowed.clear()
+        self._allowed[id(note)] = known
+        return known
 
     def _text(self, sql: str) -> tuple[str, bool]:
         """``sql`` masked, and whether it opens with a comment (that may declare
@@ -374,6 +400,61 @@ class AuditTrail(QuietObserver):
 
     def _finished(self, session: SessionInfo, record: StatementRecord, stage: str) -> None:
         verdict = record.verdict
+        if type(verdict) is Allow:
+            if record.kind not in _RECORDED:
+                return  # a Parse or Bind: its Execute is the statement that runs
+            note = verdict.note  # one per statement shape (a verdict may be new each time)
+            known = self._allowed.get(id(note))
+            if known is None or known[0] is not note:
+                known = self._of_note(note)
+            # statement() inlined, for what nearly every record is: an allowed
+            # statement that ran (one event per statement; a call and its dozen
+            # arguments are a quarter of the cost here)
+            _, shape, rule, decision, approval_id = known
+            plan = verdict.plan
+            sql = record.sql
+            text = self._texts.get(sql) or self._text(sql)
+            if session.declared or shape.declares or text[1]:
+                intent = declared(session.declared, shape.declares, sql)
+                purpose = mask_text(intent["purpose"]) if "purpose" in intent else ""
+                model = mask_text(intent["model"]) if "model" in intent else ""
+            else:
+                purpose = model = ""
+            if stage == "completed":
+                tags = record.tags
+                outcome = tags[0] if len(tags) == 1 else ", ".join(tags)
+                rows: int | None = record.rows
+            else:
+                outcome, rows = record.sqlstate, None
+            # positional, in the order of the dataclass's fields (see statement())
+            self.writer.record(
+                StatementEvent(
+                    stage,  # type: ignore[arg-type]
+                    text[0],
+                    decision,
+                    time.time(),
+                    session.identity,
+                    session.session_id,
+                    session.server_params.get("application_name", session.application_name),
+                    session.client_addr,
+                    session.database,
+                    purpose,
+                    model,
+                    record.params,
+                    shape.fingerprint,
+                    shape.categories,
+                    shape.tables,
+                    shape.columns,
+                    rule,
+                    approval_id,
+                    outcome,
+                    rows,
+                    int((record.finished_at - record.received_at) * 1e6),
+                    plan is not None and getattr(plan, "tokenizes", True),
+                    "",
+                )
+            )
+            return
         note = verdict.note if verdict is not None else None
         if not isinstance(note, GateNote):
             note = None

@@ -96,11 +96,30 @@ class Queueing:
         recorded). Raises TypeError for an object that is not an audit event, and
         AuditError once :meth:`stop` has closed the chain.
         """
-        if type(event) not in EVENT_TYPES:
-            raise TypeError(f"not an audit event: {type(event).__name__}")
         if self._closing or self._task is None:
+            if type(event) not in EVENT_TYPES:
+                raise TypeError(f"not an audit event: {type(event).__name__}")
             raise AuditError("the audit writer is not running")
-        self._enqueue(event, False)
+        if event.__class__ is not StatementEvent:
+            if type(event) not in EVENT_TYPES:
+                raise TypeError(f"not an audit event: {type(event).__name__}")
+            self._enqueue(event, False)
+            return
+        # _enqueue inlined for what nearly every event is: a statement, at the back
+        item = Item(event, _event_size(event))
+        self._normal.append(item)
+        self._normal_in += 1
+        self._count += 1
+        self._bytes += item.size
+        # While the task gathers a batch, only what ends the wait wakes it.
+        wake = self._wake
+        if wake is not None and (
+            not self._gathering
+            or len(self._normal) + len(self._pending) >= self._batch_size
+            or self._count > self._crowded_size
+            or self._bytes > self._crowded_bytes
+        ):
+            wake.set()
 
     async def record_durable(self, event: object, timeout: float | None = None) -> None:
         """Record an event and return once it is committed to the state database.

@@ -256,3 +256,65 @@ def test_a_held_statements_declared_intent_is_masked_as_an_allowed_ones() -> Non
     event = _trail().held(_session(), request, Decision(Action.HOLD, "h"), "decided", "hold")
     assert "912-70-1234" not in event.purpose and "<ssn>" in event.purpose
     assert event.model == "<iban>"
+
+
+def test_an_allowed_statement_that_ran_is_recorded_as_statement_builds_it() -> None:
+    """The relay's observer builds the event of an allowed statement that ran itself,
+    from what it keeps per verdict (the common case, inlined): every field is what
+    statement() gives for the same record, whatever the note, approval, plan, stage."""
+    from dataclasses import replace
+
+    from dbgate.approvals.model import HoldOutcome
+    from dbgate.policy.model import Action, Decision
+    from dbgate.proxy.seams import Allow, StatementRecord
+
+    class Tokenizes:
+        tokenizes = False
+
+    trail = _trail()
+    heard: list = []
+    trail.writer.record = heard.append  # type: ignore[method-assign]
+    session = _session()
+    session.server_params["application_name"] = "from-server"
+    sql = "/* dbgate: model='m-2' */ UPDATE t SET v = v + $1 WHERE id = $2"
+    note = GateNote(classify(sql), "allow", "write", Decision(Action.ALLOW, "writes"))
+    approved = replace(note, approval=HoldOutcome("approved", request_id="req-3"))  # type: ignore[arg-type]
+    verdicts = [
+        Allow(),
+        Allow(note=note),
+        Allow(note=approved),
+        Allow(note=note, plan=Tokenizes()),  # type: ignore[arg-type]
+        Allow(note="not a gate note"),
+    ]
+    for verdict in verdicts * 2:  # worked out, then remembered
+        for stage, code in (("completed", ""), ("failed", "42P01")):
+            record = StatementRecord(1, "execute", sql, 10.0, params=(b"1", None))
+            record.verdict = verdict
+            record.tags, record.rows, record.finished_at = ["UPDATE 1", "UPDATE 2"], 3, 10.5
+            record.sqlstate = code
+            (trail.statement_completed if stage == "completed" else trail.statement_failed)(
+                session, record
+            )
+            got = heard.pop()
+            gate_note = verdict.note if isinstance(verdict.note, GateNote) else None
+            approval = gate_note.approval if gate_note is not None else None
+            want = trail.statement(
+                session,
+                stage,
+                "approved" if approval is not None else "allow",
+                sql,
+                gate_note,
+                (b"1", None),
+                approval.request_id if approval is not None else "",
+                "UPDATE 1, UPDATE 2" if stage == "completed" else code,
+                "",
+                3 if stage == "completed" else None,
+                500_000,
+                verdict.plan is not None and getattr(verdict.plan, "tokenizes", True),
+            )
+            assert replace(got, at=0.0) == replace(want, at=0.0)
+            assert got.model == "m-2" and got.application_name == "from-server"
+    bind = StatementRecord(2, "bind", sql, 10.0)
+    bind.verdict, bind.finished_at = Allow(note=note), 11.0
+    trail.statement_completed(session, bind)
+    assert not heard  # a Parse or Bind: its Execute is recorded
