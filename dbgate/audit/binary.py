@@ -197,3 +197,39 @@ def field(text: str) -> bytes:
 def batch(rows: list[bytes]) -> memoryview:
     """The COPY data of ``rows`` (a memoryview: asyncpg would take bytes for a path)."""
     return memoryview(b"".join((HEADER, *rows, TRAILER)))
+
+
+#: Bytes of COPY data per CopyData message the writer sends (see :class:`Chunks`).
+CHUNK_BYTES = 128 * 1024
+
+
+class Chunks:
+    """The COPY data of ``rows`` (what :func:`batch` holds) as an asynchronous iterable
+    of pieces of about ``size`` bytes, each sent as one CopyData message once the
+    connection may write again. One message of a whole batch (about 0.8 MB for 2,000
+    statements) cost the writer's process 1.2-1.3 us of CPU per record, most of it in
+    the kernel (a send far larger than the socket's buffer); pieces of 64-256 KB
+    0.7-0.8 us."""
+
+    __slots__ = ("rows", "size")
+
+    def __init__(self, rows: list[bytes], size: int = CHUNK_BYTES) -> None:
+        self.rows = rows
+        self.size = size
+
+    def __aiter__(self) -> Any:
+        return self._pieces()
+
+    async def _pieces(self) -> Any:
+        piece = [HEADER]
+        held = len(HEADER)
+        size = self.size
+        for row in self.rows:
+            piece.append(row)
+            held += len(row)
+            if held >= size:
+                yield b"".join(piece)
+                piece = []
+                held = 0
+        piece.append(TRAILER)
+        yield b"".join(piece)

@@ -236,6 +236,6 @@ class Database:
                 "audit_events",
                 schema_name="dbgate",
                 columns=COPY_COLUMNS,
-                source=binary.batch(rows),
+                source=binary.Chunks(rows),
                 format="binary",
             )

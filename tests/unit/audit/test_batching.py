@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dbgate.audit.writer import AuditWriter, gather_for
 
@@ -36,3 +38,21 @@ def test_gather_for(now, last_write, delay, queued, batch, hurry, wait) -> None:
 def test_a_negative_batch_delay_is_refused() -> None:
     with pytest.raises(ValueError, match="batch_delay"):
         AuditWriter("postgresql://unused/state", batch_delay=-1)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.binary(min_size=1, max_size=50), max_size=40), st.integers(1, 200))
+def test_a_batch_sent_in_pieces_is_the_batch(rows, size) -> None:
+    """The writer sends a batch's COPY data in pieces (binary.Chunks): together they
+    are the batch byte for byte, none empty, each of at least ``size`` bytes but the
+    last."""
+    import asyncio
+
+    from dbgate.audit import binary
+
+    async def pieces() -> list[bytes]:
+        return [p async for p in binary.Chunks(rows, size)]
+
+    got = asyncio.run(pieces())
+    assert b"".join(got) == bytes(binary.batch(rows))
+    assert all(got) and all(len(p) >= size for p in got[:-1])
