@@ -204,6 +204,8 @@ class SchemaWatch(QuietObserver):
     def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
         if _changes_schema(record.verdict):
             session.state[_DDL_KEY] = True
+        elif _DDL_KEY not in session.state:
+            return  # what _ended would find: nothing to do (nearly every statement)
         self._ended(session, record)
 
     def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
