@@ -893,9 +893,7 @@ class ServerAnswers:
             rec = entry[2]
             replacement = self._execute_done(
                 entry,
-                m.parse_command_complete(body)
-                if rec is not None or self._counting is not None
-                else "",
+                command_tag(body)[0] if rec is not None or self._counting is not None else "",
             )
             self._pop()
             return replacement
@@ -911,10 +909,10 @@ class ServerAnswers:
             else:
                 self._query_entry, self._query_done = entry, 1
         rec = entry[2]
-        if rec is not None:
-            tag = m.parse_command_complete(body)
+        if rec is not None:  # a session repeats a handful of tags: read once each
+            tag, rows = command_tag(body)
             rec.tags.append(tag)
-            rec.rows += row_count(tag)
+            rec.rows += rows
         if entry[3] is not None:
             self._resolve_query_changes(entry, failed=False)
         limit = self._limit
