@@ -514,7 +514,7 @@ static PyObject *s_event, *s_size, *s_waiters, *s_native, *s_popleft;
  * record `seq`, `seq` + 1, ... chained from `prev`; at most `limit` of them. The first
  * item that is not such is left at the head for the Python path, which gives the same
  * record (RowBuilder.sealed). The caller learns how many were chained from `pending`
- * (also after an error: each record is appended as its item is popped). */
+ * (also after an error: each record is appended just before its item is popped). */
 static PyObject *
 chain_run(PyObject *self, PyObject *args)
 {
@@ -602,29 +602,26 @@ chain_run(PyObject *self, PyObject *args)
             Py_DECREF(size);
             break;
         }
-        PyObject *popped = PyObject_CallMethodNoArgs(queue, s_popleft);
-        if (popped == NULL) {
-            Py_DECREF(sealed);
-            Py_DECREF(size);
-            goto done;
-        }
-        Py_DECREF(popped);
+        /* the record first, then the item off the queue (a deque's popleft of a
+         * non-empty deque does not fail): an error leaves the item queued, unchained */
         PyObject *hash = PyTuple_GET_ITEM(sealed, 1);
         PyObject *rec_args[6] = {PyTuple_GET_ITEM(sealed, 0), prev, hash,
                                  PyTuple_GET_ITEM(sealed, 2), Py_None, size};
         PyObject *rec = PyObject_Vectorcall(rec_type, rec_args, 6, NULL);
         Py_DECREF(size);
-        if (rec == NULL) {
+        if (rec == NULL || PyList_Append(pending, rec) < 0) {
+            Py_XDECREF(rec);
             Py_DECREF(sealed);
             goto done;
         }
-        int appended = PyList_Append(pending, rec);
         Py_DECREF(rec);
         Py_SETREF(prev, Py_NewRef(hash));
         Py_DECREF(sealed);
-        if (appended < 0)
-            goto done;
         seq++;
+        PyObject *popped = PyObject_CallMethodNoArgs(queue, s_popleft);
+        if (popped == NULL)
+            goto done;
+        Py_DECREF(popped);
     }
     ret = Py_NewRef(Py_None);
 done:
