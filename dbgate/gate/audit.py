@@ -392,13 +392,12 @@ class AuditTrail(QuietObserver):
             )
         )
 
-    def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
-        self._finished(session, record, "completed")
-
     def statement_failed(self, session: SessionInfo, record: StatementRecord) -> None:
         self._finished(session, record, "failed")
 
-    def _finished(self, session: SessionInfo, record: StatementRecord, stage: str) -> None:
+    def _finished(
+        self, session: SessionInfo, record: StatementRecord, stage: str = "completed"
+    ) -> None:
         verdict = record.verdict
         if type(verdict) is Allow:
             if record.kind not in _RECORDED:
@@ -492,3 +491,7 @@ class AuditTrail(QuietObserver):
                 and getattr(verdict.plan, "tokenizes", True),
             )
         )
+
+    #: The relay's observer hears a statement's end here, without a hop (once per
+    #: statement): _finished with its default stage.
+    statement_completed = _finished

@@ -105,8 +105,16 @@ class Queueing:
                 raise TypeError(f"not an audit event: {type(event).__name__}")
             self._enqueue(event, False)
             return
-        # _enqueue inlined for what nearly every event is: a statement, at the back
-        item = Item(event, _event_size(event))
+        # _enqueue inlined for what nearly every event is: a statement, at the back,
+        # with _event_size's
+        try:
+            size = 256 + len(event.statement)  # type: ignore[attr-defined]
+            for p in event.params:  # type: ignore[attr-defined]
+                if p is not None:
+                    size += len(p)
+        except TypeError:  # a caller's bad types: the builder will note them
+            size = 4096
+        item = Item(event, size)
         self._normal.append(item)
         self._normal_in += 1
         self._count += 1
