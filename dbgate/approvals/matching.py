@@ -34,6 +34,10 @@ from pglast import parser as pg
 
 _DROPPED = frozenset({"C_COMMENT", "SQL_COMMENT"})
 _FOLDED = frozenset({"IDENT"})  # unquoted identifiers: the server folds them
+#: How the server folds an unquoted identifier (``downcase_identifier``): ASCII
+#: letters only. ``str.lower`` would also fold ``Äpfel`` to ``äpfel`` and the Kelvin
+#: sign to ``k`` — two different tables, one approval.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def normalized_sql(sql: str) -> str:
@@ -48,7 +52,7 @@ def normalized_sql(sql: str) -> str:
             continue
         text = sql[tok.start : tok.end + 1]
         if tok.kind != "NO_KEYWORD" or (tok.name in _FOLDED and not text.startswith('"')):
-            text = text.lower()
+            text = text.translate(_ASCII_LOWER)  # the server folds A-Z only: Ä stays Ä
         out.append(text)
     return " ".join(out)
 
@@ -119,6 +123,11 @@ _DATA_STATEMENTS = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteS
 
 _VALUES = frozenset({"A_Const", "ParamRef"})
 
+#: A LIMIT or OFFSET (FETCH FIRST) decides how many rows a statement reads or changes,
+#: not which values it compares: ``LIMIT 5000`` approved is no approval of
+#: ``LIMIT ALL``. Kept like a function's arguments (a parameter there fixes values).
+_COUNTS = frozenset({"limitCount", "limitOffset"})
+
 
 #: What masking leaves of a value (``'<email>'``, ``'call <phone>'``): the text the
 #: approver saw, not the value.
@@ -142,7 +151,11 @@ def _shape_tree(node: object, free: bool) -> object:
         for name, value in node.items():
             if name == "location" or name.endswith("_location") or name == "stmt_len":
                 continue
-            if name == "FuncCall" or (name == "TypeCast" and _names_an_object(value)):
+            if (
+                name == "FuncCall"
+                or name in _COUNTS
+                or (name == "TypeCast" and _names_an_object(value))
+            ):
                 # A function's constant arguments name what it does (set_config's
                 # setting, query_to_xml's query, a file, a sequence), and a cast to
                 # an object identifier type names the object ('orders'::regclass):

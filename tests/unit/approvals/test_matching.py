@@ -6,8 +6,10 @@ import pytest
 
 from dbgate.approvals.matching import (
     context_hash,
+    fixes_parameters,
     match_hash,
     normalized_sql,
+    shape_key,
     statement_context,
 )
 
@@ -20,6 +22,9 @@ SAME = [
     ("SELECT $1", "select $1"),
 ]
 DIFFERENT = [
+    # the server folds A-Z only: two tables, not one
+    ("DROP TABLE Äpfel", "DROP TABLE äpfel"),
+    ("DROP TABLE \u212aelvin", "DROP TABLE kelvin"),  # the Kelvin sign is no K
     ("DELETE FROM orders WHERE id = 7", "DELETE FROM orders WHERE id = 8"),
     ("SELECT 'Ann'", "SELECT 'ann'"),  # literals keep their case
     ('SELECT "Orders".id FROM "Orders"', "SELECT orders.id FROM orders"),  # quoted names too
@@ -75,3 +80,18 @@ def test_declared_parameter_types_are_context_for_a_retry_not_for_a_shape() -> N
     moved = statement_context({"search_path": "other"})
     assert context_hash(KEY, "db", as_text) != context_hash(KEY, "db", moved)
     assert context_hash(KEY, "db", moved) != context_hash(KEY, "db2", moved)
+
+
+def test_a_free_shape_frees_compared_values_not_row_counts() -> None:
+    """LIMIT and OFFSET decide how many rows a statement reads or changes: a shape
+    approved with ``LIMIT 5000`` covers other ids, never ``LIMIT ALL``."""
+    approved = shape_key("SELECT * FROM orders WHERE id = 1 LIMIT 5000")
+    assert approved == shape_key("SELECT * FROM orders WHERE id = 2 LIMIT 5000")
+    assert approved != shape_key("SELECT * FROM orders WHERE id = 1 LIMIT ALL")
+    assert approved != shape_key("SELECT * FROM orders WHERE id = 1 LIMIT 1e12")
+    offset = shape_key("SELECT * FROM orders OFFSET 10 ROWS FETCH FIRST 5 ROWS ONLY")
+    assert offset != shape_key("SELECT * FROM orders OFFSET 10 ROWS FETCH FIRST 500 ROWS ONLY")
+    assert offset != shape_key("SELECT * FROM orders OFFSET 0 ROWS FETCH FIRST 5 ROWS ONLY")
+    # a parameter there is no data value either: only fixed values cover it
+    assert fixes_parameters(shape_key("SELECT * FROM orders LIMIT $1") or "")
+    assert not fixes_parameters(shape_key("SELECT * FROM orders WHERE id = $1") or "")
