@@ -139,8 +139,9 @@ class Expressions(WalkState):
         entities = frozenset(m.group(1) for m in TOKEN_RE.finditer(text))
         if not entities:
             return CLEAN
+        why = ctx.token_refusal()
         self.r.token_sites.append(
-            TokenSite(body.get("location", -1), ctx.allowed, ctx.why, text, ctx.stores)
+            TokenSite(body.get("location", -1), why is None, why or "", text, ctx.stores)
         )
         lin = Lin(entities, token=True)
         self.saw(lin)
@@ -148,8 +149,9 @@ class Expressions(WalkState):
 
     def e_ParamRef(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
         n = body.get("number", 0)
-        if not ctx.allowed:
-            self.r.param_sites[n] = ctx.why
+        why = ctx.token_refusal()
+        if why is not None:
+            self.r.param_sites[n] = why
         else:
             self.r.param_sites.setdefault(n, "")
             if ctx.stores:
@@ -157,6 +159,22 @@ class Expressions(WalkState):
         lin = Lin(params=frozenset((n,)))
         self.saw(lin)
         return lin
+
+    def e_A_Expr(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        """An operator: its operands' union. A bare value (a literal or a parameter,
+        cast, listed or in an array) compared with PII may be a token to resolve;
+        one an operator computes on may not (:mod:`~dbgate.pii.lineage.context`)."""
+        left, right = body.get("lexpr"), body.get("rexpr")
+        if _compares(body):
+            if _bare_value(right) and not _bare_value(left):
+                other = self.expr(left, scope, ctx)
+                value_ctx = ctx.comparing() if _is_pii(other) else ctx
+                return other | self.expr(right, scope, value_ctx)
+            if _bare_value(left) and not _bare_value(right):
+                other = self.expr(right, scope, ctx)
+                value_ctx = ctx.comparing() if _is_pii(other) else ctx
+                return self.expr(left, scope, value_ctx) | other
+        return self.expr(left, scope, ctx) | self.expr(right, scope, ctx)
 
     def e_TypeCast(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
         return self.expr(body.get("arg"), scope, ctx)
@@ -282,6 +300,43 @@ def _leaf(self: Expressions, body: Any, scope: Scope, ctx: Ctx) -> Lin:
 
 
 #: Keys of a node that hold no values (a type's name is not data).
+#: Comparisons a token may be an operand of (``AEXPR_IN``: ``x IN (…)``).
+_COMPARING_KINDS = frozenset(
+    {"AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_IN", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT"}
+)
+_COMPARING_OPS = frozenset({"=", "<>", "!=", "@>", "<@"})
+
+
+def _compares(body: Node) -> bool:
+    if body.get("kind") not in _COMPARING_KINDS:
+        return False
+    names = strs(body.get("name") or [])
+    return len(names) == 1 and names[0] in _COMPARING_OPS
+
+
+def _bare_value(node: Any) -> bool:
+    """A literal or a parameter as it is (cast, in an IN list, in an ARRAY[…])."""
+    if isinstance(node, list):
+        return bool(node) and all(_bare_value(n) for n in node)
+    if not isinstance(node, dict) or len(node) != 1:
+        return False
+    ((kind, body),) = node.items()
+    if kind in ("A_Const", "ParamRef"):
+        return True
+    if kind == "TypeCast":
+        return _bare_value(body.get("arg"))
+    if kind == "List":
+        return _bare_value(body.get("items") or [])
+    if kind == "A_ArrayExpr":
+        return _bare_value(body.get("elements") or [])
+    return False
+
+
+def _is_pii(lin: Lin) -> bool:
+    """Whether a value is PII read from the database (not from a token)."""
+    return bool(lin.entities) and not lin.token and not lin.unknown
+
+
 _NOT_VALUES = frozenset({"typeName", "location"})
 #: Nodes that hold no values: names, types, sort directions.
 _LEAVES = frozenset(

@@ -241,12 +241,16 @@ async def test_tokens_in_an_array_literal_and_a_selected_literal(
     t_email = room.tokenizer.token("email", email.encode())
     t_addr = room.tokenizer.token("address", address.encode())  # has commas and spaces
     session = room.session("agent")
-    sql = f"select id, '{t_email}'::text as echo from customers where address = any('{{{t_addr}}}') or email = '{t_email}'"
+    sql = f"select id, email from customers where address = any('{{{t_addr}}}') or email = '{t_email}'"
     plan = session.plan(sql)
     res = apply_plan(plan, await _run(pg_server, session.detokenize_sql(plan)))
     assert len(res.rows_after) == 1
-    assert res.rows_after[0][1].startswith(b"tok_email_")  # the echoed literal is tokenized again
+    assert res.rows_after[0][1] == t_email.encode()  # the row it named, its own token
     assert not leaked(res.output_bytes, pii_demo.values)
+    # Selected, the value would only be computed on (or echoed): not resolved.
+    echo = session.plan(f"select '{t_email}'::text as echo")
+    with pytest.raises(TokenError, match="compared with a PII column"):
+        session.detokenize_sql(echo)
 
 
 async def test_tokens_in_bind_parameters(pg_server: Any, pii_demo: Demo) -> None:
@@ -255,13 +259,18 @@ async def test_tokens_in_bind_parameters(pg_server: Any, pii_demo: Demo) -> None
     session = room.session("agent")
     t_email = room.tokenizer.token("email", email.encode())
     t_addr = room.tokenizer.token("address", address.encode())
-    sql = "select id, $2::text from customers where email = any($1::text[])"
+    sql = "select id, address from customers where email = any($1::text[]) and address = $2"
     plan = session.plan(sql)
     assert plan.params_may_hold_tokens
     params, bound = session.detokenize_params(
         plan, (f"{{{t_email},nobody}}".encode(), t_addr.encode()), (0, 0), (1009, 25)
     )
     assert email.encode() in params[0] and params[1] == address.encode()
+    selected = session.plan("select id, $2::text from customers where email = any($1::text[])")
+    with pytest.raises(TokenError, match=r"parameter \$2 .*compared with a PII column"):
+        session.detokenize_params(
+            selected, (f"{{{t_email}}}".encode(), t_addr.encode()), (0, 0), (1009, 25)
+        )
     client = await connect(pg_server, DBNAME)
     try:
         messages = await run_extended(client, sql, result_format=0, params=params)

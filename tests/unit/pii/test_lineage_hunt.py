@@ -147,11 +147,14 @@ def test_ordered_set_aggregate_input_flows_to_the_output(sql: str, expected: lis
     assert _cols(sql, len(expected)) == expected
 
 
-def test_token_in_within_group_is_tokenized_again() -> None:
+def test_token_in_within_group_is_refused_and_its_output_is_pii() -> None:
+    """The aggregate computes on the value: the token is refused (resolved only where
+    it is compared with PII), and the output would be tokenized again anyway."""
     a = analyze(f"select mode() within group (order by '{TOKEN}'::text)", COV)
     (lin,) = a.statements[0].output.columns  # type: ignore[union-attr]
     assert lin.token and lin.entities == {"email"}
-    assert [s.allowed for s in a.token_sites] == [True]
+    assert [s.allowed for s in a.token_sites] == [False]
+    assert "compared with a PII column" in a.token_sites[0].why
 
 
 def test_user_ordered_set_aggregate_input_is_refused_for_tokens() -> None:

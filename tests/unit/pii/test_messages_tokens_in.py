@@ -156,7 +156,9 @@ def test_every_quoting_style_and_nothing_outside_literals() -> None:
 
 def test_json_and_array_literals_are_escaped() -> None:
     t = TOK.token("full_name", b'Ann "the" Lee, Jr.')
-    out = plan_sql(f'select id from customers where note::jsonb @> \'{{"n": "{t}"}}\'')
+    out = plan_sql(
+        f"select id from customers where jsonb_build_object('n', full_name) @> '{{\"n\": \"{t}\"}}'"
+    )
     inner = out.split("$dbgate$")[1]
     assert json.loads(inner) == {"n": 'Ann "the" Lee, Jr.'}
     out = plan_sql(f"select id from customers where full_name = any('{{{t},plain}}')")
@@ -205,15 +207,31 @@ def test_bind_parameters_that_would_be_stored_are_refused() -> None:
             detokenize_params(analysis, (a.encode(),), (0,), (25,), TypeRegistry(), resolve)
 
 
-def test_a_selected_token_parameter_is_tokenized_again() -> None:
-    session = ROOM.session("agent")
-    plan = session.plan("select $1::text")
-    _values, bound = session.detokenize_params(
-        plan, (TOK.token("email", b"a@x.io").encode(),), (0,), (25,)
-    )
-    assert bound.token_params == {1}
-    from dbgate.wire.messages import FieldDescription, RowDescription
-
-    desc = RowDescription((FieldDescription("text"),)).encode()[5:]
-    assert plan.rows(desc, (0,)) is None
-    assert bound.rows(desc, (0,)) is not None
+def test_a_token_is_resolved_only_where_it_is_compared_with_pii_or_stored_in_it() -> None:
+    """Anywhere else the server would compute on the value: ``ascii(substr($1, i, 1))``
+    chooses rows by one bit of it per branch, reading no table (22023 instead)."""
+    a = TOK.token("email", b"a@x.io").encode()
+    for sql in (
+        "select $1::text",
+        "select 1 where ascii(substr($1, 1, 1)) & 1 <> 0",
+        "select 1 where $1 = 'a@x.io'",  # compared with no PII: a guess confirmed
+        "select id from customers where lower(email) = lower($1)",  # computed on
+        "select g from generate_series(1, 9) g limit length($1)",
+    ):
+        analysis = analyze(sql, ROOM.coverage)  # type: ignore[arg-type]
+        with pytest.raises(TokenError, match="compared with a PII column"):
+            detokenize_params(analysis, (a,), (0,), (25,), TypeRegistry(), resolve)
+    for sql in (
+        "select id from customers where email = $1",
+        "select id from customers where $1::text <> email",
+        "select id from customers where email in ($1, 'x')",
+        "select id from customers where email = any($1::text[])",
+        "select id from customers where lower(email) is not distinct from $1",
+        "update customers set email = $1 where id = 7",
+    ):
+        analysis = analyze(sql, ROOM.coverage)  # type: ignore[arg-type]
+        value = b"{" + a + b"}" if "any" in sql else a
+        values, replaced = detokenize_params(
+            analysis, (value,), (0,), (1009 if "any" in sql else 25,), TypeRegistry(), resolve
+        )
+        assert replaced == {1} and b"a@x.io" in values[0], sql
