@@ -12,7 +12,7 @@ from __future__ import annotations
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.lineage.context import OUTPUT, Ctx, refused
 from dbgate.pii.lineage.nodes import Node, one, strs
-from dbgate.pii.lineage.results import Output, StatementLineage
+from dbgate.pii.lineage.results import Output, StatementLineage, TokenSite
 from dbgate.pii.lineage.scope import Scope
 from dbgate.pii.lineage.state import WalkState
 
@@ -201,13 +201,27 @@ class Statements(WalkState):
         return StatementLineage("CopyStmt", out, copy_out=True)
 
     def stmt_CreateTableAsStmt(self, body: Node) -> None:
+        if body.get("objtype") == "OBJECT_MATVIEW":  # a matview is covered by its definition
+            self.definition(body["query"], "a materialized view definition")
+            return
         ctx = refused("CREATE ... AS (the value would be stored)")
         out = self.query(body["query"], None, ctx)
-        if body.get("objtype") != "OBJECT_MATVIEW":  # a matview is covered by its definition
-            self.note_copy(out, "CREATE TABLE AS copies PII into a new table")
+        self.note_copy(out, "CREATE TABLE AS copies PII into a new table")
 
     def stmt_ViewStmt(self, body: Node) -> None:
-        self.query(body["query"], None, refused("a view definition (the value would be stored)"))
+        self.definition(body["query"], "a view definition")
+
+    def definition(self, query: Node, what: str) -> None:
+        """The query of a view: the server stores its text (``pg_views.definition``,
+        ``pg_get_viewdef``), literals included, so a token anywhere in it — WHERE,
+        JOIN, a sub-select, not only an output — would be stored as the raw value."""
+        why = f"{what} (the value would be stored)"
+        first = len(self.r.token_sites)
+        self.query(query, None, refused(why))
+        sites = self.r.token_sites
+        sites[first:] = [
+            s if not s.allowed else TokenSite(s.location, False, why, s.text) for s in sites[first:]
+        ]
 
     def stmt_RuleStmt(self, body: Node) -> None:
         self.walk_side(body, "a rule definition")

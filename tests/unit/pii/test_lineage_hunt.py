@@ -297,3 +297,31 @@ def test_query_text_columns_are_built_in_and_can_be_switched_off() -> None:
     assert cat.classify("pg_catalog", "pg_cursors", "name")[0] is None
     off = Catalog(columns=(ColumnRule("pg_catalog.pg_cursors.statement", "none"),))
     assert off.classify("pg_catalog", "pg_cursors", "statement")[0] is None
+
+
+# ------------------------------------------------- 4. tokens stored in a view's text
+
+VIEW_DEFINITIONS = [
+    f"create view v as select id from customers where email = '{TOKEN}'",
+    f"create or replace view v as select c.id from customers c join orders o"
+    f" on o.customer_id = c.id and c.email = '{TOKEN}'",
+    f"create view v as select id from customers where id in"
+    f" (select id from customers where email = '{TOKEN}')",
+    f"create materialized view v as select id from customers where email = '{TOKEN}'",
+    f"create temp view v as select '{TOKEN}'::text as e",
+]
+
+
+@pytest.mark.parametrize("sql", VIEW_DEFINITIONS)
+def test_a_token_anywhere_in_a_view_definition_is_refused(sql: str) -> None:
+    """The server keeps a view's text (``pg_views.definition``, ``pg_get_viewdef``)
+    with its literals: a token resolved in its WHERE would be stored as the raw value,
+    for any later plain read of the catalog."""
+    a = analyze(sql, COV)
+    assert a.token_sites and not any(s.allowed for s in a.token_sites), sql
+
+
+def test_a_token_in_the_filter_of_create_table_as_is_still_resolved() -> None:
+    """CREATE TABLE AS stores rows, not its query's text: its filter may use a token."""
+    a = analyze(f"create table t as select id from customers where email = '{TOKEN}'", COV)
+    assert [s.allowed for s in a.token_sites] == [True]
