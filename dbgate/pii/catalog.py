@@ -125,6 +125,7 @@ SAMPLED_VALUE_COLUMNS: tuple[str, ...] = (
     "pg_catalog.pg_stats_ext_exprs.most_common_elems",
     "pg_catalog.pg_statistic.stavalues?",
     "pg_catalog.pg_statistic_ext_data.stxdmcv",
+    "pg_catalog.pg_statistic_ext_data.stxdexpr",  # pg_statistic rows of each expression
 )
 
 

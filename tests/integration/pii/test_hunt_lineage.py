@@ -177,3 +177,23 @@ async def test_planner_statistics_of_pii_columns(pg_server: Any, pii_demo: Demo)
     )
     # the server sent raw samples; the agent got none of them (``_agent`` checks)
     assert any(leaked(b"".join(v or b"" for v in row), pii_demo.values) for row in res.rows_before)
+
+
+async def test_statistics_of_expressions_are_sampled_values(pg_server: Any, pii_demo: Demo) -> None:
+    """Extended statistics on expressions keep, per expression, a whole pg_statistic
+    row (``pg_statistic_ext_data.stxdexpr``) with its most common values and
+    histogram: values of the expression, as ``stxdmcv`` holds those of columns."""
+    admin = await asyncpg.connect(pii_demo.dsn)
+    try:
+        await admin.execute(
+            "create statistics hunt_expr_stats on lower(email), (ssn || '') from customers;"
+            " analyze customers"
+        )
+        res = await _agent(
+            pg_server, pii_demo, "select stxdexpr::text, stxdexpr from pg_statistic_ext_data"
+        )
+    finally:
+        await admin.execute("drop statistics if exists hunt_expr_stats")
+        await admin.close()
+    # the server sent raw samples; the agent got none of them (``_agent`` checks)
+    assert any(leaked(b"".join(v or b"" for v in row), pii_demo.values) for row in res.rows_before)
