@@ -226,6 +226,30 @@ class Statements(WalkState):
     def stmt_RuleStmt(self, body: Node) -> None:
         self.walk_side(body, "a rule definition")
 
+    # Statements that run over the rows of an existing relation, whose errors quote
+    # them: REFRESH ... CONCURRENTLY's ``DETAIL: Row: (…)`` of a duplicate, CREATE
+    # UNIQUE INDEX's ``Key (…)=(…) is duplicated``, ALTER TABLE's casts of stored
+    # values. Their relation is looked up, so that one the snapshot lacks (created
+    # since) is reported unknown: the snapshot is read again, and until then their
+    # errors are withheld.
+    def stmt_RefreshMatViewStmt(self, body: Node) -> None:
+        self.walk_side(body, "a RefreshMatViewStmt statement")
+        self.existing_relation(body.get("relation"))
+
+    def stmt_IndexStmt(self, body: Node) -> None:
+        self.walk_side(body, "a IndexStmt statement")
+        self.existing_relation(body.get("relation"))
+
+    def stmt_AlterTableStmt(self, body: Node) -> None:
+        self.walk_side(body, "a AlterTableStmt statement")
+        if body.get("objtype") in ("OBJECT_TABLE", "OBJECT_MATVIEW"):  # not an index's
+            self.existing_relation(body.get("relation"))
+
+    def existing_relation(self, rv: Node | None) -> None:
+        if rv and not self.snap.lookup(rv.get("relname", ""), rv.get("schemaname")):
+            name, schema = rv.get("relname", ""), rv.get("schemaname")
+            self.r.unknown_relations.add(f"{schema}.{name}" if schema else name)
+
 
 def _with_arguments(out: Output, args: list[Lin]) -> Output:
     """``out`` (a prepared statement's) with each of its parameters ``$n`` replaced by

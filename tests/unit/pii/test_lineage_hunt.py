@@ -325,3 +325,26 @@ def test_a_token_in_the_filter_of_create_table_as_is_still_resolved() -> None:
     """CREATE TABLE AS stores rows, not its query's text: its filter may use a token."""
     a = analyze(f"create table t as select id from customers where email = '{TOKEN}'", COV)
     assert [s.allowed for s in a.token_sites] == [True]
+
+
+# ----------------------------- 5. statements over the rows of a relation, by name only
+
+OVER_A_RELATION = [
+    "refresh materialized view concurrently {}",
+    "create unique index on {} (id)",
+    "alter table {} alter column id type int using id::int",
+]
+
+
+@pytest.mark.parametrize("sql", OVER_A_RELATION)
+def test_a_relation_the_snapshot_lacks_is_unknown_in_statements_over_its_rows(sql: str) -> None:
+    """Their errors quote rows (``DETAIL: Row: (…)``, ``Key (…)=(…) is duplicated``):
+    a relation created since the snapshot must be reported, to be read again."""
+    assert analyze(sql.format("made_later"), COV).unknown_relations == {"made_later"}
+    assert analyze(sql.format("public.customers"), COV).unknown_relations == set()
+
+
+def test_an_index_altered_by_name_is_not_an_unknown_relation() -> None:
+    assert (
+        analyze("alter index customers_pkey set (fillfactor = 90)", COV).unknown_relations == set()
+    )
