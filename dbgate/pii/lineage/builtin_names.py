@@ -64,6 +64,18 @@ SIDE_EFFECTS = frozenset(
         "lo_from_bytea",
         "lo_put",
         "lowrite",
+        # a large object's size, an open descriptor's position (lo_tell), which
+        # descriptors and objects exist (their numbers, pg_largeobject_metadata): all
+        # read back later in the transaction or the database
+        "lo_lseek",
+        "lo_lseek64",
+        "lo_truncate",
+        "lo_truncate64",
+        "lo_create",
+        "lo_creat",
+        "lo_open",
+        "lo_close",
+        "lo_unlink",
         "lo_import",
         "lo_export",
         "pg_logical_emit_message",

@@ -348,3 +348,27 @@ def test_an_index_altered_by_name_is_not_an_unknown_relation() -> None:
     assert (
         analyze("alter index customers_pkey set (fillfactor = 90)", COV).unknown_relations == set()
     )
+
+
+# ------------------------------------------ 6. large-object state a later read gives back
+
+LO_STATE = [
+    "select lo_lseek64(0, ascii(email), 0) from customers where id = 1",
+    "select lo_lseek(0, ascii(email), 0) from customers where id = 1",
+    "select lo_truncate64(0, ascii(email)) from customers where id = 1",
+    "select lo_create(ascii(email)) from customers where id = 1",
+    "select lo_unlink(ascii(email)) from customers where id = 1",
+    "select lo_open(1234, 262144) from generate_series(1, 200) g, customers c"
+    " where c.id = 1 and g <= ascii(c.email)",
+]
+
+
+@pytest.mark.parametrize("sql", LO_STATE)
+def test_large_object_state_set_from_pii_is_held(sql: str) -> None:
+    """A descriptor's position (``lo_tell64``), an object's size or number, how many
+    descriptors are open: kept for a later statement, like a setting."""
+    assert any("keeps a value derived from PII" in w for w in analyze(sql, COV).pii_writes), sql
+
+
+def test_large_object_calls_of_constants_are_not_held() -> None:
+    assert analyze("select lo_lseek64(0, 5, 0), lo_open(1234, 262144)", COV).pii_writes == []
