@@ -45,6 +45,9 @@ class Column:
     attnum: int
     type_oid: int
     comment: str | None = None
+    #: a generated column's expression (``pg_get_expr`` of its default), over the
+    #: columns of its own row: ``lower(full_name)``, ``to_tsvector(address)``
+    generated: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,12 +201,15 @@ FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamesp
 WHERE c.relkind::text = ANY($1::text[])
 """
 _COLUMNS = """
-SELECT a.attrelid, a.attname, a.attnum, a.atttypid, d.description
+SELECT a.attrelid, a.attname, a.attnum, a.atttypid, d.description,
+       CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(g.adbin, g.adrelid)
+       END AS generated
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid AND c.relkind::text = ANY($1::text[])
 LEFT JOIN pg_catalog.pg_description d
        ON d.objoid = a.attrelid AND d.classoid = 'pg_catalog.pg_class'::regclass
       AND d.objsubid = a.attnum
+LEFT JOIN pg_catalog.pg_attrdef g ON g.adrelid = a.attrelid AND g.adnum = a.attnum
 WHERE a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
@@ -256,7 +262,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
     columns: dict[int, list[Column]] = {}
     for r in col_rows:
         columns.setdefault(r["attrelid"], []).append(
-            Column(r["attname"], r["attnum"], r["atttypid"], r["description"])
+            Column(r["attname"], r["attnum"], r["atttypid"], r["description"], r["generated"])
         )
     parents: dict[int, list[int]] = {}
     for r in inh_rows:

@@ -197,3 +197,40 @@ async def test_statistics_of_expressions_are_sampled_values(pg_server: Any, pii_
         await admin.close()
     # the server sent raw samples; the agent got none of them (``_agent`` checks)
     assert any(leaked(b"".join(v or b"" for v in row), pii_demo.values) for row in res.rows_before)
+
+
+async def test_generated_columns_carry_what_they_are_generated_from(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """A column GENERATED ALWAYS AS an expression of PII columns (a lower-cased name,
+    a full-text vector of an address, a virtual prefix) stores values derived from
+    PII under a name no catalog rule or default marks."""
+    admin = await asyncpg.connect(pii_demo.dsn)
+    try:
+        await admin.execute(
+            "create table hunt_generated (id int primary key, full_name text,"
+            " name_lc text generated always as (lower(full_name)) stored,"
+            " words tsvector generated always as (to_tsvector('simple', full_name)) stored,"
+            " prefix text generated always as (left(full_name, 3)) virtual,"
+            " id_text text generated always as (id::text) stored);"
+            " insert into hunt_generated (id, full_name)"
+            " select id, full_name from customers where id <= 3"
+        )
+        names = await admin.fetch("select lower(full_name) n from customers where id <= 3")
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+        res = await _agent(
+            pg_server,
+            pii_demo,
+            "select id, name_lc, words, prefix, id_text from hunt_generated order by id",
+        )
+    finally:
+        await admin.execute("drop table if exists hunt_generated")
+        await admin.close()
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+    out = res.output_bytes
+    for r in names:
+        assert r["n"].encode() not in out
+        for word in r["n"].split():
+            assert f"'{word}'".encode() not in out  # a tsvector lexeme
+    assert res.replaced == [{1, 2, 3}]  # id and the text made from it stay readable
+    assert [row[4] for row in res.rows_after] == [b"1", b"2", b"3"]

@@ -372,3 +372,35 @@ def test_large_object_state_set_from_pii_is_held(sql: str) -> None:
 
 def test_large_object_calls_of_constants_are_not_held() -> None:
     assert analyze("select lo_lseek64(0, 5, 0), lo_open(1234, 262144)", COV).pii_writes == []
+
+
+# -------------------------------------------------- 7. generated columns of PII columns
+
+
+def _with_generated(expr: str, name: str = "made") -> Coverage:
+    from dataclasses import replace
+
+    from dbgate.pii.schema import Column
+
+    snap = SchemaSnapshot.build({"public.people": ["id", "full_name", "note"]})
+    (rel,) = snap.relations.values()
+    col = Column(name, len(rel.columns) + 1, 25, None, expr)
+    rel = replace(rel, columns=(*rel.columns, col))
+    return Coverage(SchemaSnapshot({rel.oid: rel}, assume_builtin_functions=True), CATALOG)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["lower(full_name)", "to_tsvector('simple'::regconfig, full_name)", '"left"(full_name, 3)'],
+)
+def test_a_column_generated_from_pii_is_pii(expr: str) -> None:
+    cov = _with_generated(expr)
+    (rel,) = cov.snapshot.relations.values()
+    assert cov.relation_lins(rel)[-1].entities == {"name"}
+    assert [d.why for d in cov.decisions if d.column == "made"] == ["generated from name"]
+
+
+def test_a_column_generated_from_plain_columns_stays_clean() -> None:
+    cov = _with_generated("upper(note) || (id)::text")
+    (rel,) = cov.snapshot.relations.values()
+    assert cov.relation_lins(rel)[-1].clean
