@@ -117,3 +117,28 @@ def test_a_catalog_column_that_does_not_exist_is_a_warning() -> None:
         "pii.yaml:3: catalog pattern '*.ghosts.*' matches no column of the database",
     ]
     assert cov.relation_lins(snap.lookup("customers")[0])[1].entities == {"email"}
+
+
+@pytest.mark.parametrize(
+    ("column", "entity"),
+    [
+        ("emails", "email"),
+        ("work_emails", "email"),
+        ("phonenumber", "phone"),
+        ("phones", "phone"),
+        ("tel", "phone"),
+        ("ssn_last4", "ssn"),
+        ("card_no", "card"),
+        ("cvv", "card"),
+        ("address1", "address"),
+        ("fname", "name"),
+        ("lname", "name"),
+        ("ipaddr", "ip"),
+        ("hotel_tel", None),
+        ("telemetry", None),
+        ("addresses_count", None),
+    ],
+)
+def test_common_spellings_of_pii_names_are_defaults(column: str, entity: str | None) -> None:
+    """Plural, run-together and numbered spellings of the default names."""
+    assert Catalog().classify("public", "t", column, None)[0] == entity
