@@ -4,7 +4,8 @@ Built once per snapshot (at start and after each refresh), then read-only:
 
 * tables, partitioned and foreign tables: the catalog's decision per column
   (:meth:`dbgate.pii.catalog.Catalog.classify`), plus whatever a parent table marks
-  (a partition or child inherits its parent's PII columns, whatever it is called);
+  (a partition or child inherits its parent's PII columns, whatever it is called),
+  plus the PII fields of a column's composite type (``contact contact_t``);
 * generated columns: the lineage of their expression over the row's other columns,
   so ``name_lc text GENERATED ALWAYS AS (lower(full_name))`` is PII with no entry;
 * views and materialized views: the lineage of their definition, so a view column
@@ -133,6 +134,10 @@ class Coverage:
                 if col.name in inherited:
                     lin = lin | inherited[col.name]
                     why = why or "inherited from a parent table"
+                held = self._type_lin(col.type_oid)
+                if not held.clean:
+                    lin = lin | held
+                    why = why or "its composite type has PII fields"
             lin = Lin(lin.entities, lin.unknown) if (lin.params or lin.token) else lin
             lins.append(lin)
             reasons.append(why)
@@ -149,6 +154,23 @@ class Coverage:
                 )
             )
         return lins
+
+    def _type_lin(self, type_oid: int, depth: int = 0) -> Lin:
+        """What a value of type ``type_oid`` holds when it is (an array or domain of) a
+        composite type: the union of its fields' (a column ``contact contact_t`` whose
+        type has fields ``full_name`` and ``email`` holds both)."""
+        t = self.snapshot.types.get(type_oid)
+        if t is None or depth > 8:
+            return CLEAN
+        if t.elem or t.base:
+            return self._type_lin(t.elem or t.base, depth + 1)
+        rel = self.snapshot.relations.get(t.relid) if t.relid else None
+        if rel is None or rel.schema in SYSTEM_SCHEMAS:
+            return CLEAN
+        out = CLEAN
+        for lin in self.relation_lins(rel):
+            out = out | lin
+        return out
 
     def _generated(self, rel: Relation, lins: list[Lin], catalog: Catalog) -> dict[str, str]:
         """Add to ``lins`` what each generated column's expression reads (it may only

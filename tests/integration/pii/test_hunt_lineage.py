@@ -234,3 +234,37 @@ async def test_generated_columns_carry_what_they_are_generated_from(
             assert f"'{word}'".encode() not in out  # a tsvector lexeme
     assert res.replaced == [{1, 2, 3}]  # id and the text made from it stay readable
     assert [row[4] for row in res.rows_after] == [b"1", b"2", b"3"]
+
+
+async def test_a_column_of_a_composite_type_with_pii_fields_is_pii(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """``contact contact_t`` where the type has fields ``full_name`` and ``email``
+    (and an array of them): the column holds both, whatever it is called."""
+    admin = await asyncpg.connect(pii_demo.dsn)
+    try:
+        await admin.execute(
+            "create type hunt_contact as (full_name text, email text);"
+            " create table hunt_crm (id int, contact hunt_contact, history hunt_contact[]);"
+            " insert into hunt_crm select id, row(full_name, email)::hunt_contact,"
+            " array[row(full_name, email)::hunt_contact] from customers where id <= 3"
+        )
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+        for sql in (
+            "select id, contact, history from hunt_crm order by id",
+            "select (contact).email, (history[1]).full_name from hunt_crm",
+        ):
+            res = await _agent(pg_server, pii_demo, sql)  # no raw value: ``_agent`` checks
+            assert leaked(
+                b"".join(b"".join(v or b"" for v in r) for r in res.rows_before), pii_demo.values
+            ), sql  # the server sent them raw
+        assert [
+            r[0]
+            for r in (
+                await _agent(pg_server, pii_demo, "select id from hunt_crm order by id")
+            ).rows_after
+        ] == [b"1", b"2", b"3"]
+    finally:
+        await admin.execute("drop table if exists hunt_crm; drop type if exists hunt_contact")
+        await admin.close()
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
