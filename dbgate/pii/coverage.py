@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dbgate.pii.catalog import Catalog
+from dbgate.pii.entities import NONE
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin, of_entity
 from dbgate.pii.schema import Relation, SchemaSnapshot
 
@@ -138,6 +139,11 @@ class Coverage:
                 if not held.clean:
                     lin = lin | held
                     why = why or "its composite type has PII fields"
+                if entity is None:
+                    named = self._domain_rule(col.type_oid)
+                    if named is not None:
+                        lin = lin | of_entity(named[1])
+                        why = f"its type {named[0]!r} is named as PII"
             lin = Lin(lin.entities, lin.unknown) if (lin.params or lin.token) else lin
             lins.append(lin)
             reasons.append(why)
@@ -171,6 +177,23 @@ class Coverage:
         for lin in self.relation_lins(rel):
             out = out | lin
         return out
+
+    def _domain_rule(self, type_oid: int) -> tuple[str, str] | None:
+        """``(domain name, entity)`` when the column's type is a domain (or an array
+        of one) named like a PII column (``CREATE DOMAIN email_address AS citext``:
+        a column ``contact email_address`` holds e-mail addresses)."""
+        for _ in range(8):
+            t = self.snapshot.types.get(type_oid)
+            if t is None:
+                return None
+            if t.kind == "d":
+                rule = self.catalog.name_rule(t.name)
+                if rule is not None and rule.entity != NONE:
+                    return t.name, rule.entity
+            type_oid = t.elem or t.base
+            if not type_oid:
+                return None
+        return None
 
     def _generated(self, rel: Relation, lins: list[Lin], catalog: Catalog) -> dict[str, str]:
         """Add to ``lins`` what each generated column's expression reads (it may only

@@ -268,3 +268,28 @@ async def test_a_column_of_a_composite_type_with_pii_fields_is_pii(
         await admin.execute("drop table if exists hunt_crm; drop type if exists hunt_contact")
         await admin.close()
         await pii_demo.room.refresh_dsn(pii_demo.dsn)
+
+
+async def test_a_column_of_a_domain_named_as_pii_is_pii(pg_server: Any, pii_demo: Demo) -> None:
+    """``CREATE DOMAIN email_address AS text``: a column ``contact email_address``
+    (or an array of them) holds e-mail addresses, whatever the column is called."""
+    admin = await asyncpg.connect(pii_demo.dsn)
+    try:
+        await admin.execute(
+            "create domain hunt_email_address as text; create domain hunt_state as text;"
+            " create table hunt_leads (id int, contact hunt_email_address,"
+            " previous hunt_email_address[], state hunt_state);"
+            " insert into hunt_leads select id, email, array[email], 'new' from customers"
+            " where id <= 3"
+        )
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+        res = await _agent(pg_server, pii_demo, "select * from hunt_leads order by id")
+    finally:
+        await admin.execute(
+            "drop table if exists hunt_leads; drop domain if exists hunt_email_address, hunt_state"
+        )
+        await admin.close()
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+    assert leaked(b"".join(b"".join(v or b"" for v in r) for r in res.rows_before), pii_demo.values)
+    assert res.replaced == [{1, 2}]
+    assert [r[3] for r in res.rows_after] == [b"new"] * 3
