@@ -130,17 +130,31 @@ def _escape_text(value: bytes, delim: int) -> bytes:
 class TextCopyRewriter:
     """COPY TO STDOUT in text format."""
 
-    def __init__(self, pii: dict[int, Replace], delimiter: str = "\t", null: str = "\\N") -> None:
+    def __init__(
+        self,
+        pii: dict[int, Replace],
+        delimiter: str = "\t",
+        null: str = "\\N",
+        header: bool = False,
+    ) -> None:
         self.pii = pii
         self.delim = delimiter.encode()[0]
         self.null = null.encode()
+        self.header = header  # HEADER (PostgreSQL 15+): the column names come first
         self.pending = b""
 
     def copy_data(self, body: bytes) -> bytes:
         lines, self.pending = _whole_lines(self.pending + body)
         if not lines:
             return b""
-        return b"\n".join([self.row(line) for line in lines]) + b"\n"
+        out = []
+        for line in lines:
+            if self.header:
+                self.header = False
+                out.append(line)
+            else:
+                out.append(self.row(line))
+        return b"\n".join(out) + b"\n"
 
     def row(self, line: bytes) -> bytes:
         if line == b"\\.":

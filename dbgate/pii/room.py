@@ -435,7 +435,12 @@ class StatementPlan:
                 null=options.get("null", ""),
                 header=bool(options.get("header")),
             )
-        return TextCopyRewriter(pii, options.get("delimiter", "\t"), options.get("null", "\\N"))
+        return TextCopyRewriter(
+            pii,
+            options.get("delimiter", "\t"),
+            options.get("null", "\\N"),
+            header=bool(options.get("header")),
+        )
 
 
 #: identifiers as the statement's text spells them (quoted or not; keywords match too,

@@ -293,3 +293,18 @@ async def test_a_column_of_a_domain_named_as_pii_is_pii(pg_server: Any, pii_demo
     assert leaked(b"".join(b"".join(v or b"" for v in r) for r in res.rows_before), pii_demo.values)
     assert res.replaced == [{1, 2}]
     assert [r[3] for r in res.rows_after] == [b"new"] * 3
+
+
+async def test_copy_in_text_format_with_a_header(pg_server: Any, pii_demo: Demo) -> None:
+    """COPY ... (FORMAT text, HEADER): the first line names the columns, the rows
+    follow with their PII tokenized."""
+    res = await _agent(
+        pg_server,
+        pii_demo,
+        "copy (select id, full_name from customers where id < 3 order by id)"
+        " to stdout (format text, header true)",
+    )
+    after = [new for _old, new in res.copies]
+    assert after[0] == b"id\tfull_name\n"
+    assert [line.split(b"\t")[0] for line in after[1:]] == [b"1", b"2"]
+    assert all(line.split(b"\t")[1].startswith(b"tok_name_") for line in after[1:])

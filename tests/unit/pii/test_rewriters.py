@@ -382,3 +382,10 @@ def test_a_cached_token_always_resolves_after_the_tokenizer_forgets() -> None:
 
 def decode(body: bytes) -> DataRow:
     return DataRow(parse_data_row(body))
+
+
+def test_text_copy_header_line_is_kept() -> None:
+    """HEADER in text format (PostgreSQL 15+): the column names come first, as is."""
+    rw = TextCopyRewriter({1: rep}, header=True)
+    assert rw.copy_data(b"id\tfull_name\n1\tann\n") == b"id\tfull_name\n1\tT(ann)\n"
+    assert rw.copy_data(b"2\tbob\n") == b"2\tT(bob)\n"
