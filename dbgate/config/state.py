@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, model_validator
 
@@ -20,6 +21,20 @@ class StateConfig(Strict):
     dsn: str = Field(min_length=1)  # postgresql://user:password@host:port/dbname
     pool_min: int = Field(1, ge=0)
     pool_max: int = Field(10, ge=1)
+
+    def is_database(self, port: int, database: str) -> bool:
+        """Whether ``database`` on the upstream server (listening on ``port``) may be
+        this state database: same name, same port (host names have aliases, so they
+        are not compared). An agent there could read the audit trail — the literals of
+        every statement, the values other sessions sent — and approval secrets."""
+        try:
+            parts = urlsplit(self.dsn)
+            query = parse_qs(parts.query)
+            name = unquote(parts.path.lstrip("/")) or query.get("dbname", [""])[0]
+            state_port = parts.port or int(query.get("port", ["5432"])[0])
+        except ValueError:
+            return False
+        return bool(name) and name == database and state_port == port
 
 
 class AuditConfig(Strict):

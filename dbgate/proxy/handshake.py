@@ -123,7 +123,9 @@ async def authenticate(
         failed = password_failed(user)
         raise HandshakeRefused(failed.sqlstate, str(failed))
     database = startup.params.get("database") or user
-    if not any(fnmatch.fnmatchcase(database, pat) for pat in identity.databases):
+    if not any(fnmatch.fnmatchcase(database, pat) for pat in identity.databases) or (
+        config.state is not None and config.state.is_database(config.upstream.port, database)
+    ):  # dbgate's own state database: never an identity's, whatever its patterns say
         raise HandshakeRefused(
             INSUFFICIENT_PRIVILEGE, f'identity "{user}" may not connect to database "{database}"'
         )

@@ -155,3 +155,13 @@ async def test_errors_about_a_relation_created_after_start_are_withheld(env: Hol
     assert err.sqlstate == "21000", said  # the server's own failure, not a refusal
     assert name not in said and "Zorn" not in said
     assert "withheld" in said
+
+
+async def test_the_state_database_is_never_an_identitys(env: HoldsEnv) -> None:
+    """The identities here may open any database (``databases: ["*"]``); the state
+    database is still refused: its audit trail holds the literals other sessions
+    sent (a name typed in a filter, an address in an update), raw."""
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="may not connect"):
+        await asyncpg.connect(env.app.dsn(env.state_db))
+    conn = await asyncpg.connect(env.dsn)  # the data database still opens
+    await conn.close()
