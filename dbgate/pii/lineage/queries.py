@@ -211,7 +211,7 @@ class Queries(WalkState):
         if lin.pii or lin.unknown or lin.params:
             scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
 
-    def choose(self, node: Node | None, scope: Scope, aggregated: bool = False) -> None:
+    def choose(self, node: Node | None, scope: Scope, aggregated: bool = False) -> Lin:
         """Walk a clause that chooses rows (WHERE, HAVING, JOIN ... ON, FILTER).
 
         Choosing rows is allowed, but a choice can be made to spell a value: ``SELECT
@@ -236,11 +236,12 @@ class Queries(WalkState):
         (``met_opaque``) brings a value from elsewhere.
         """
         if node is None:
-            return
+            return CLEAN
         if "BoolExpr" in node:
+            out = CLEAN
             for arg in node["BoolExpr"].get("args") or ():
-                self.choose(arg, scope, aggregated)
-            return
+                out = out | self.choose(arg, scope, aggregated)
+            return out
         saved, self.refs = self.refs, []
         refs = self.refs
         sublinks = self.sublinks
@@ -258,15 +259,30 @@ class Queries(WalkState):
                 # table row is chosen by its own values here (``HAVING count(*) >= o.id``)
                 lin = lin | Lin(chosen.entities, chosen.unknown, chosen.params)
                 elsewhere = True
-        self.chose(lin, refs, elsewhere)
+        self.chose(lin, refs, elsewhere, scope)
+        return lin
 
-    def chose(self, lin: Lin, refs: list[tuple[Scope, Item, Lin]], elsewhere: bool = False) -> None:
+    def chose(
+        self,
+        lin: Lin,
+        refs: list[tuple[Scope, Item, Lin]],
+        elsewhere: bool = False,
+        scope: Scope | None = None,
+    ) -> None:
         """Mark the levels of the clean columns a choice of lineage ``lin`` related
-        with it (``refs``: the column references met walking it); see ``choose``."""
+        with it (``refs``: the column references met walking it); see ``choose``.
+        ``scope``: the level whose rows the choice keeps or drops."""
         if not (lin.pii or lin.unknown or lin.params):
             return
         row = refs[0][1] if refs else None
         own_row = row is not None and row.table and all(item is row for _, item, _ in refs)
+        if own_row and scope is not None and refs[0][0] is not scope:
+            # the row is an outer level's (a correlated sub-select, a lateral one): what
+            # is chosen is this level's rows, whose presence is a value of that outer
+            # row — ``(SELECT 1 WHERE ascii(c.email) & 4 <> 0)`` is one bit of it, and
+            # a select list holds as many as it likes
+            scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
+            return
         if own_row and not lin.token and not elsewhere:
             if not lin.params:
                 return  # one table row chosen by its own values

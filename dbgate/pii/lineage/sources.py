@@ -135,7 +135,16 @@ class Sources(WalkState):
         left = self.from_item(body["larg"], scope)
         right = self.from_item(body["rarg"], scope)
         if body.get("quals"):
-            self.choose(body["quals"], scope)
+            on = self.choose(body["quals"], scope)
+            if body.get("jointype", "JOIN_INNER") != "JOIN_INNER" and (
+                on.pii or on.unknown or on.params
+            ):
+                # an outer join keeps the rows of one side whatever ON says, and fills
+                # the other side's columns with NULLs where it is false: those NULLs are
+                # the predicate's value, one per join (``LEFT JOIN (SELECT 1 v) x ON
+                # ascii(c.email) & 4 <> 0`` is a bit of each row's e-mail), so this level
+                # carries it, even when ON names one table row only
+                scope.chosen = scope.chosen | Lin(on.entities, on.unknown, on.params)
         using = strs(body.get("usingClause"))
         if body.get("isNatural"):
             using = [n for n in left.names if n in right.names]

@@ -308,3 +308,48 @@ async def test_copy_in_text_format_with_a_header(pg_server: Any, pii_demo: Demo)
     assert after[0] == b"id\tfull_name\n"
     assert [line.split(b"\t")[0] for line in after[1:]] == [b"1", b"2"]
     assert all(line.split(b"\t")[1].startswith(b"tok_name_") for line in after[1:])
+
+
+def _bits(row: tuple[bytes | None, ...]) -> int | None:
+    """The character the columns spell, one bit each (``1`` or NULL), or None."""
+    if any(v not in (b"1", None) for v in row):
+        return None
+    return sum(1 << i for i, v in enumerate(row) if v == b"1")
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # a correlated sub-select with no rows of its own: its row is there or not
+        "(select 1 where ascii(c.email) & {bit} <> 0)",
+        # the other side of an outer join: NULLs where ON is false
+        "x{i}.v",
+    ],
+    ids=["scalar-subselect", "left-join"],
+)
+async def test_values_chosen_by_the_rows_own_pii_spell_it(
+    pg_server: Any, pii_demo: Demo, shape: str
+) -> None:
+    """Eight columns, each NULL or not by one bit of the row's own e-mail: a whole
+    character per row, of every row, in one statement — not a one-bit oracle."""
+    cols = ", ".join(shape.format(bit=1 << i, i=i) for i in range(8))
+    joins = ""
+    if shape.startswith("x"):
+        joins = " ".join(
+            f"left join (select 1 as v) x{i} on ascii(c.email) & {1 << i} <> 0" for i in range(8)
+        )
+    sql = f"select {cols} from customers c {joins} where c.id <= 3 order by c.id"
+    conn = await asyncpg.connect(pii_demo.dsn)
+    try:
+        codes = [
+            r[0]
+            for r in await conn.fetch(
+                "select ascii(email) from customers where id <= 3 order by id"
+            )
+        ]
+    finally:
+        await conn.close()
+    res = await _agent(pg_server, pii_demo, sql)
+    assert [_bits(r) for r in res.rows_before] == codes  # what the server sent spells it
+    assert res.replaced == [set(range(8))]
+    assert [_bits(r) for r in res.rows_after] != codes

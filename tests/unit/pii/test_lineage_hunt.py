@@ -404,3 +404,28 @@ def test_a_column_generated_from_plain_columns_stays_clean() -> None:
     cov = _with_generated("upper(note) || (id)::text")
     (rel,) = cov.snapshot.relations.values()
     assert cov.relation_lins(rel)[-1].clean
+
+
+# ------------------------------- 8. values that a row's own PII makes present or NULL
+
+OWN_ROW_VALUES = [
+    "select (select 1 where ascii(c.email) & 4 <> 0) from customers c",
+    "select (select count(*) filter (where ascii(c.email) & 4 <> 0)) from customers c",
+    "select x.v from customers c left join (select 1 as v) x on ascii(c.email) & 4 <> 0",
+    "select x.v from customers c left join lateral (select 1 as v where ascii(c.email) & 4 <> 0)"
+    " x on true",
+    "select x.v from (select 1 as v) x right join customers c on ascii(c.email) & 4 <> 0",
+]
+
+
+@pytest.mark.parametrize("sql", OWN_ROW_VALUES)
+def test_a_value_made_present_by_the_rows_own_pii_is_pii(sql: str) -> None:
+    assert _cols(sql, 1) == ["email"], sql
+
+
+def test_a_row_kept_by_its_own_pii_is_still_one_bit() -> None:
+    """WHERE and an inner join keep or drop the row itself: one bit, as documented."""
+    assert _cols("select id from customers where ascii(email) & 4 <> 0", 1) == ["-"]
+    assert _cols(
+        "select c.id from customers c join (select 1 as v) x on ascii(c.email) & 4 <> 0", 1
+    ) == ["-"]
