@@ -274,6 +274,12 @@ class Queries(WalkState):
         ``scope``: the level whose rows the choice keeps or drops."""
         if not (lin.pii or lin.unknown or lin.params):
             return
+        if not refs and scope is not None and scope.parent is not None:
+            # no column of this level in it (``EXISTS (SELECT 1 WHERE ascii(c.email) ...)``
+            # of an outer row): in a nested query that is the rows of this level, kept
+            # or not per outer row — a value of it, as below
+            scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
+            return
         row = refs[0][1] if refs else None
         own_row = row is not None and row.table and all(item is row for _, item, _ in refs)
         if own_row and scope is not None and refs[0][0] is not scope:

@@ -415,6 +415,7 @@ OWN_ROW_VALUES = [
     "select x.v from customers c left join lateral (select 1 as v where ascii(c.email) & 4 <> 0)"
     " x on true",
     "select x.v from (select 1 as v) x right join customers c on ascii(c.email) & 4 <> 0",
+    "select (select 1 where exists (select 1 where ascii(c.email) & 4 <> 0)) from customers c",
 ]
 
 
@@ -429,3 +430,7 @@ def test_a_row_kept_by_its_own_pii_is_still_one_bit() -> None:
     assert _cols(
         "select c.id from customers c join (select 1 as v) x on ascii(c.email) & 4 <> 0", 1
     ) == ["-"]
+    # a constant row a sub-select's rows keep: one bit per statement (docs/security.md)
+    assert _cols("select 1 where exists (select 1 from customers where ascii(email) > 9)", 1) == [
+        "-"
+    ]
