@@ -56,8 +56,8 @@ would end it early), so:
 The answers of the whole batch are held back until its ReadyForQuery. The count is
 the sum of the tags of Executes of portals bound by measured Binds (changes by
 statements proven narrow in the same batch do not count against the limit), and
-past the limit it is undone as a Query is (and each of its measured Binds is asked
-in turn, one approval request each, before the batch is sent again); the named statements the batch prepared
+past the limit it is undone as a Query is (and each statement of its measured Binds
+is asked in turn, one approval request per text, before the batch is sent again); the named statements the batch prepared
 are closed again (prepared statements outlive a rollback), so that a refusal leaves
 the server as the client then believes it, and an approval re-sends the client's
 batch as it sent it, judged again, unmeasured.
@@ -224,6 +224,7 @@ class Measurement:
         "copying",
         "count",
         "covered",
+        "covered_texts",
         "delivering",
         "entry",
         "errored",
@@ -273,6 +274,7 @@ class Measurement:
         #: batch: the verdicts of its measured Binds. Past the limit the whole batch is
         #: sent again if approved, so each of them is asked (:func:`ask_all`).
         self.covered: list[Allow] = []
+        self.covered_texts: set[str] = set()
         self.rows = 0  # rows held back
         self.overflow = False  # more rows than may be held: not measurable
         self.buffer: list[bytes] = []
@@ -375,7 +377,11 @@ class Measurement:
         if self.verdict is None or verdict.max_changes < self.verdict.max_changes:
             self.verdict = verdict
             self.sql = sql
-        self.covered.append(verdict)
+        if sql not in self.covered_texts:
+            # one request per statement: an executemany binds one text many times,
+            # and its approval shows that text with the first values and the count
+            self.covered_texts.add(sql)
+            self.covered.append(verdict)
 
 
 def ask(verdict: Allow, count: int) -> Verdict | Awaitable[Verdict]:
@@ -422,9 +428,9 @@ def delivered_refusal(m_: Measurement) -> Refuse:
 
 
 def ask_all(verdicts: list[Allow], count: int) -> Verdict | Awaitable[Verdict]:
-    """Every measured Bind of a batch past its limit asked in turn (one approval
-    request each, with its own statement and values): the batch is sent again only
-    if all allow it. Asking only the smallest limit's showed approvers one statement
+    """Every statement of a batch's measured Binds past its limit asked in turn (one
+    approval request per text, with the values of its first Bind): the batch is sent
+    again only if all allow it. Asking only the smallest limit's showed approvers one statement
     while the approval ran them all."""
     first = ask(verdicts[0], count)
     if len(verdicts) == 1:
