@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dbgate.policy import functions as _fn
-from dbgate.policy.catalog_builtin import OPERATORS
+from dbgate.policy.catalog_builtin import BUILTIN_TYPES, OPERATORS
 from dbgate.policy.catalog_settings import VALUE_SENSITIVE, setting_effects
 from dbgate.policy.model import DUMP, EXPORT, OPAQUE, READ, WRITE
 from dbgate.policy.walk import guards, nested, queries, sources, statements
@@ -442,7 +442,40 @@ def _json_array_query(x: dict[str, Any], facts: StatementFacts, out: bool, ctes:
         _collected(queries.nested_query(k, body, facts, out, ctes), facts, "JSON_ARRAY(SELECT ...)")
 
 
+#: Types a cast may name besides BUILTIN_TYPES: pseudo-types (a cast to them is an
+#: error or a no-op) and information_schema's domains, whose checks are built in.
+_CAST_TYPES = frozenset(
+    {"record", "unknown", "cstring", "void", "anyelement", "anyarray", "anynonarray"}
+)
+_INFORMATION_SCHEMA_TYPES = frozenset(
+    {"cardinal_number", "character_data", "sql_identifier", "time_stamp", "yes_or_no"}
+)
+
+
+def _type_cast(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
+    """A cast runs code of its target type: a domain's CHECK constraints (which may call
+    any function), a user-defined cast's function. Only PostgreSQL's own types are
+    known: a type of any other schema (``public.int4`` is not ``int4``) or name is
+    code dbgate cannot see, like an unknown function."""
+    names = strs((x.get("typeName") or {}).get("names"))
+    name = names[-1] if names else ""
+    schema = names[-2] if len(names) > 1 else None
+    if len(names) > 2 or not (
+        (schema in (None, "pg_catalog") and (name in BUILTIN_TYPES or name in _CAST_TYPES))
+        or (schema == "information_schema" and name in _INFORMATION_SCHEMA_TYPES)
+    ):
+        qual = ".".join(names)
+        facts.add(
+            OPAQUE,
+            "unknown-type",
+            f"casts to {qual}, which is not a type dbgate knows: a domain's checks or a "
+            "user-defined cast run code whose effect is unknown",
+        )
+    walk(x, facts, out, ctes)
+
+
 _EXPR: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]] = {
+    "TypeCast": _type_cast,
     "ColumnRef": _column_ref,
     "SubLink": _sublink,
     "FuncCall": _func_call,
