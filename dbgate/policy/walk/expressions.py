@@ -51,6 +51,8 @@ def walk(v: Any, facts: StatementFacts, out: bool, ctes: Ctes) -> None:
         tx = type(x)
         if tx is dict:
             if k in _SKIP:
+                if k == "typeName":
+                    type_name(x, facts)
                 continue
             h = _EXPR.get(k)
             if h is not None:
@@ -418,6 +420,9 @@ def _pg_settings_names(arg: Any, facts: StatementFacts) -> frozenset[str] | None
 
 def _range_function(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
     walk(x.get("functions"), facts, out, ctes)
+    for col in x.get("coldeflist") or ():  # json_to_record(...) AS x(a my_domain)
+        if type(col) is dict:
+            type_name((col.get("ColumnDef") or {}).get("typeName"), facts)
 
 
 def _json_agg(name: str) -> Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]:
@@ -452,30 +457,32 @@ _INFORMATION_SCHEMA_TYPES = frozenset(
 )
 
 
-def _type_cast(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) -> None:
-    """A cast runs code of its target type: a domain's CHECK constraints (which may call
-    any function), a user-defined cast's function. Only PostgreSQL's own types are
-    known: a type of any other schema (``public.int4`` is not ``int4``) or name is
-    code dbgate cannot see, like an unknown function."""
-    names = strs((x.get("typeName") or {}).get("names"))
+def type_name(x: Any, facts: StatementFacts) -> None:
+    """A value is made of a named type (a cast, a typed column of ``json_to_record(...)
+    AS x(a t)``, xmltable or JSON_TABLE, JSON ``RETURNING t``, a PREPARE's parameter):
+    that runs code of the type, a domain's CHECK constraints (which may call any
+    function) or a user-defined cast's function. Only PostgreSQL's own types are
+    known: a type of any other schema (``public.int4`` is not ``int4``) or name is code
+    dbgate cannot see, like an unknown function."""
+    if type(x) is not dict:
+        return
+    names = strs(x.get("names"))
     name = names[-1] if names else ""
     schema = names[-2] if len(names) > 1 else None
     if len(names) > 2 or not (
         (schema in (None, "pg_catalog") and (name in BUILTIN_TYPES or name in _CAST_TYPES))
         or (schema == "information_schema" and name in _INFORMATION_SCHEMA_TYPES)
     ):
-        qual = ".".join(names)
+        qual = ".".join(names) or "a type without a name"
         facts.add(
             OPAQUE,
             "unknown-type",
-            f"casts to {qual}, which is not a type dbgate knows: a domain's checks or a "
-            "user-defined cast run code whose effect is unknown",
+            f"makes a value of type {qual}, which is not a type dbgate knows: a domain's "
+            "checks or a user-defined cast run code whose effect is unknown",
         )
-    walk(x, facts, out, ctes)
 
 
 _EXPR: dict[str, Callable[[dict[str, Any], StatementFacts, bool, Ctes], None]] = {
-    "TypeCast": _type_cast,
     "ColumnRef": _column_ref,
     "SubLink": _sublink,
     "FuncCall": _func_call,

@@ -64,6 +64,9 @@ def prepare(body: dict[str, Any], facts: StatementFacts) -> None:
     facts.add(
         CONTROL, "prepare", "prepares a statement (PREPARE), judged by the statement it stores"
     )
+    for arg in body.get("argtypes") or ():  # PREPARE q(my_domain): EXECUTE q('x') casts
+        if type(arg) is dict:
+            expressions.type_name(arg.get("TypeName"), facts)
     q = body.get("query") or {}
     sub = StatementFacts(None, facts.prepared, facts.extra_pure, facts.depth)
     for k, b in q.items():
