@@ -474,6 +474,10 @@ def type_name(x: Any, facts: StatementFacts) -> None:
         or (schema == "information_schema" and name in _INFORMATION_SCHEMA_TYPES)
     ):
         qual = ".".join(names) or "a type without a name"
+        if facts.extra_pure and (
+            qual in facts.extra_pure or (schema is None and name in facts.extra_pure)
+        ):
+            return  # the operator vouched for the type (an extension's vector, citext)
         facts.add(
             OPAQUE,
             "unknown-type",

@@ -190,6 +190,14 @@ def test_extra_pure_unqualified_name_does_not_cover_other_schemas() -> None:
     assert OPQ in classify("SELECT evil.fmt(1)", extra_pure_functions=extra).categories
 
 
+def test_a_vouched_type_may_be_cast_to_and_others_stay_opaque() -> None:
+    """A cast runs its type's code (a domain's checks): opaque unless vouched."""
+    assert OPQ in classify("SELECT '[1,2]'::vector").categories
+    extra = frozenset({"vector"})
+    assert classify("SELECT '[1,2]'::vector", extra_pure_functions=extra).categories == {R}
+    assert OPQ in classify("SELECT '[1,2]'::evil.vector", extra_pure_functions=extra).categories
+
+
 def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(classify_mod, "CACHE_SIZE", 50)
     for i in range(200):
