@@ -165,7 +165,9 @@ def _request_id(raw: str) -> int:
 
 
 def _one_line(text: str, width: int) -> str:
-    flat = " ".join(text.split())
+    from dbgate.approvals.notify.messages import reveal_hidden
+
+    flat = " ".join(reveal_hidden(text).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
@@ -202,9 +204,16 @@ def _print_detail(r: RequestRecord) -> None:
     for code, text in r.reasons:
         lines.append(f"reason      [{code}] {text}")
     lines.append("statement")
-    lines.extend("    " + line for line in r.statement.splitlines() or [""])
+    from dbgate.approvals.notify.messages import reveal_hidden
+
+    # an escape sequence or a right-to-left override in a literal would redraw the
+    # terminal: such characters are shown as their code points
+    lines.extend("    " + line for line in reveal_hidden(r.statement).split("\n"))
     if r.params:
-        lines.append("parameters  " + ", ".join("NULL" if p is None else repr(p) for p in r.params))
+        lines.append(
+            "parameters  "
+            + ", ".join("NULL" if p is None else repr(reveal_hidden(p)) for p in r.params)
+        )
     for d in r.decisions:
         lines.append(
             f"decision    {d.decision} by {d.approver} via {d.via} at {d.decided_at.isoformat()}"

@@ -17,6 +17,7 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PostgresLexer
 
+from dbgate.approvals.notify.messages import reveal_hidden
 from dbgate.pii.sql_mask import is_pii_column
 
 _FORMATTER = HtmlFormatter(nowrap=True, classprefix="sql-")
@@ -25,11 +26,13 @@ _LEXER = PostgresLexer()
 
 @lru_cache(maxsize=512)
 def formatted_sql(statement: str) -> str:
-    """The statement laid out by pglast; the text as stored if pglast cannot."""
+    """The statement laid out by pglast; the text as stored if pglast cannot. A
+    character that is invisible or reorders the text on screen (a right-to-left
+    override in a literal) is shown as its code point, ``[U+202E]``."""
     try:
-        return pglast.prettify(statement)
+        return reveal_hidden(pglast.prettify(statement))
     except Exception:  # anything pglast cannot lay out is shown as it was stored
-        return statement
+        return reveal_hidden(statement)
 
 
 @lru_cache(maxsize=512)
@@ -89,6 +92,7 @@ FILTERS = {
     "rows": rows,
     "sql_format": formatted_sql,
     "sql_highlight": highlighted_sql,
+    "revealed": reveal_hidden,
     "pii_column": pii_column,
     "status_words": lambda s: STATUS_WORDS.get(s, s),
 }

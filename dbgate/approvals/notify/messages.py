@@ -12,6 +12,7 @@ approved, rejected, expired, withdrawn or abandoned).
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 from dbgate.approvals.store import RequestRecord
@@ -36,6 +37,33 @@ CHAT_TABLES_CHARS = 300
 CHAT_VALUES_CHARS = 500
 
 
+def _hidden(ch: str) -> bool:
+    """A character that changes how the text around it is shown without being seen:
+    bidirectional overrides and isolates (U+202E, U+2066 ...), zero-width and other
+    format characters, line and paragraph separators, control characters other than
+    tab and line ends."""
+    cat = unicodedata.category(ch)
+    return cat in ("Cf", "Zl", "Zp") or (cat == "Cc" and ch not in "\t\n\r")
+
+
+def has_hidden(text: str) -> bool:
+    """Whether ``text`` holds a character :func:`reveal_hidden` would show."""
+    if text.isascii():
+        return any((c < " " and c not in "\t\n\r") or c == "\x7f" for c in text)
+    return any(_hidden(c) for c in text)
+
+
+def reveal_hidden(text: str) -> str:
+    """``text`` with each invisible or reordering character shown as ``[U+202E]``.
+
+    A right-to-left override in a string literal or quoted identifier reorders what
+    follows it on screen ("Trojan Source"): an approver would read another statement
+    than the one that runs. Shown as its code point, it reorders nothing."""
+    if not has_hidden(text):
+        return text
+    return "".join(f"[U+{ord(c):04X}]" if _hidden(c) else c for c in text)
+
+
 def values_text(rec: RequestRecord) -> str:
     """The (masked) parameter values, as ``$1 = '…'``."""
     return ", ".join(
@@ -57,6 +85,8 @@ def whole_in_chat(rec: RequestRecord) -> bool:
     return (
         len(rec.statement) <= CHAT_STATEMENT_CHARS
         and "`" not in rec.statement
+        and not has_hidden(rec.statement)
+        and not any(v is not None and has_hidden(v) for v in rec.params)
         and len(values_text(rec)) <= CHAT_VALUES_CHARS
         and len(_reasons_text(rec)) <= CHAT_REASONS_CHARS
         and len(", ".join(rec.tables)) <= CHAT_TABLES_CHARS
@@ -170,12 +200,14 @@ def slack_request_blocks(
             "type": "section",
             "text": {
                 "type": "mrkdwn",
-                "text": "```" + slack_escape(_clip(rec.statement, CHAT_STATEMENT_CHARS)) + "```",
+                "text": "```"
+                + slack_escape(_clip(reveal_hidden(rec.statement), CHAT_STATEMENT_CHARS))
+                + "```",
             },
         },
     ]
     if rec.params:
-        values = slack_escape(_clip(values_text(rec), CHAT_VALUES_CHARS))
+        values = slack_escape(_clip(reveal_hidden(values_text(rec)), CHAT_VALUES_CHARS))
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": f"*Values*\n{values}"}}
         )
@@ -271,7 +303,7 @@ def teams_message(event: str, rec: RequestRecord, url: str) -> dict[str, Any]:
             },
             {
                 "type": "TextBlock",
-                "text": _clip(rec.statement, CHAT_STATEMENT_CHARS),
+                "text": _clip(reveal_hidden(rec.statement), CHAT_STATEMENT_CHARS),
                 "fontType": "Monospace",
                 "wrap": True,
             },

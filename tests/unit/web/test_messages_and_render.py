@@ -210,6 +210,9 @@ def _actions(msg: dict) -> list[str]:
         dict(params=("y" * 600,)),
         dict(reasons=(("r", "z" * 600),)),
         dict(tables=tuple(f"table_{i}" for i in range(60))),
+        # a right-to-left override shows what follows it reordered (Trojan Source)
+        dict(statement="DELETE FROM orders WHERE note = '\u202e' OR id > 0 --'"),
+        dict(params=("a\u2066b",)),
     ],
 )
 def test_slack_offers_no_approve_button_for_what_it_cannot_show_whole(kw) -> None:
@@ -224,3 +227,32 @@ def test_slack_shows_the_values() -> None:
     msg = slack_message("created", record(params=("<card>", None)), "u", buttons=True)
     assert "$1 = '&lt;card&gt;', $2 = NULL" in json.dumps(msg)
     assert _actions(msg) == ["dbgate_approve", "dbgate_reject", "dbgate_open"]
+
+
+def test_characters_that_reorder_or_hide_text_are_shown_as_code_points() -> None:
+    """Regression: a right-to-left override (U+202E) or isolate in a literal was shown
+    as is, so the page (and Slack) drew the rest of the line reversed: an approver
+    read another statement than the one that runs."""
+    sql = "DELETE FROM orders WHERE note = '\u202e' OR id > 0 --'"
+    shown = formatted_sql(sql)
+    assert "\u202e" not in shown and "[U+202E]" in shown
+    assert "[U+202E]" in formatted_sql("not sql \u202e at all '")  # shown as stored
+    assert "[U+200B]" in str(highlighted_sql(formatted_sql("SELECT 'a\u200bb'")))
+    assert formatted_sql("SELECT 'ä\tb'") == "SELECT 'ä\tb'"  # nothing else changes
+    msg = json.dumps(slack_message("created", record(statement=sql), "u", buttons=True))
+    assert "\\u202e" not in msg and "[U+202E]" in msg
+
+
+def test_the_cli_shows_terminal_escapes_as_code_points(capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: ``dbgate approvals show`` printed the statement as stored, so an
+    escape sequence in a literal (cursor up, erase line) redrew the operator's
+    terminal over the statement."""
+    from dbgate.approvals.commands import _print_detail, _print_list
+
+    sql = "DELETE FROM orders WHERE note = '\x1b[1A\x1b[2K' OR id > 0"
+    rec = record(statement=sql, params=("\u202e",))
+    _print_detail(rec)
+    _print_list([rec])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out
+    assert "[U+001B][1A[U+001B][2K" in out and "[U+202E]" in out
