@@ -160,8 +160,9 @@ def webhook_body(event: str, rec: RequestRecord, url: str, delivery_id: str) -> 
 
 
 def slack_escape(text: str) -> str:
-    """Slack's three control characters; the masked statement's ``<email>`` needs it."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Slack's three control characters; the masked statement's ``<email>`` needs it.
+    Characters that reorder or hide text are shown as code points (:func:`reveal_hidden`)."""
+    return reveal_hidden(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _slack_fields(rec: RequestRecord) -> list[dict[str, str]]:
@@ -294,7 +295,10 @@ def teams_message(event: str, rec: RequestRecord, url: str) -> dict[str, Any]:
                 "type": "FactSet",
                 "facts": [
                     {"title": "Identity", "value": rec.identity},
-                    {"title": "Purpose", "value": _clip(rec.purpose or "not given", 300)},
+                    {
+                        "title": "Purpose",
+                        "value": _clip(reveal_hidden(rec.purpose or "not given"), 300),
+                    },
                     {"title": "Categories", "value": ", ".join(rec.categories) or "none"},
                     {"title": "Tables", "value": ", ".join(rec.tables) or "none"},
                     {"title": "Rows", "value": rows_text(rec)},
