@@ -152,6 +152,11 @@ def _replace_bytes(value: bytes, resolve: Resolver) -> bytes:
     return TOKEN_RE_BYTES.sub(lambda m: resolve(m.group(0).decode())[1], value)
 
 
+#: ``"char"`` (its first byte) and ``name`` (63 bytes): a Bind value of these types
+#: reaches the server cut.
+TRUNCATING_TYPE_OIDS = frozenset({18, 19})
+
+
 def detokenize_params(
     analysis: Analysis,
     params: Sequence[bytes | None],
@@ -182,6 +187,13 @@ def detokenize_params(
             else any_resolve
         )
         oid = param_types[i] if i < len(param_types) else 0
+        if oid in TRUNCATING_TYPE_OIDS or types.elems.get(oid) in TRUNCATING_TYPE_OIDS:
+            # its input keeps a part of the text ("char" the first byte): the
+            # server would compare or store that part, not the value
+            raise TokenError(
+                f"a token in parameter ${n} cannot be resolved here: its type keeps only "
+                "part of a value"
+            )
         kind = types.kind(oid) if oid else TEXT
         if fmt == 0:
             try:

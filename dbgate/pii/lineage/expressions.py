@@ -25,7 +25,7 @@ from dbgate.pii.lineage.builtin_names import (
     WORK_COUNTER_PREFIX,
 )
 from dbgate.pii.lineage.context import FILTER, Ctx, refused
-from dbgate.pii.lineage.nodes import Node, listed, strs
+from dbgate.pii.lineage.nodes import Node, listed, lossless_cast, strs
 from dbgate.pii.lineage.results import TokenSite
 from dbgate.pii.lineage.scope import Scope
 from dbgate.pii.lineage.state import WalkState
@@ -324,7 +324,14 @@ def _bare_value(node: Any) -> bool:
     if kind in ("A_Const", "ParamRef"):
         return True
     if kind == "TypeCast":
-        return _bare_value(body.get("arg"))
+        # the input of a type that keeps less than it is given computes on the value:
+        # 'tok_…'::varchar(1) is its first character, compared with stored guesses
+        arg = body.get("arg")
+        return (
+            lossless_cast(body.get("typeName") or {})
+            and not (isinstance(arg, dict) and "TypeCast" in arg)
+            and _bare_value(arg)
+        )
     if kind == "List":
         return _bare_value(body.get("items") or [])
     if kind == "A_ArrayExpr":

@@ -31,3 +31,17 @@ def listed(arg: Node) -> bool:
     if "TypeCast" in arg:
         arg = arg["TypeCast"].get("arg") or {}
     return "A_ArrayExpr" in arg or "A_Const" in arg
+
+
+#: Types whose input keeps only part of a text: ``"char"`` its first byte, ``name``
+#: 63 bytes (a length, ``varchar(n)``, ``numeric(p, s)``, is refused as well).
+_TRUNCATING_TYPES = frozenset({"char", "name"})
+
+
+def lossless_cast(type_name: Node) -> bool:
+    """Whether a cast to ``type_name`` keeps a value whole: no length or precision
+    that would cut or round it, not a type whose input keeps a part of it."""
+    if type_name.get("typmods"):
+        return False
+    names = strs(type_name.get("names") or [])
+    return not names or names[-1].lower() not in _TRUNCATING_TYPES

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dbgate.pii.lin import CLEAN, Lin
 from dbgate.pii.lineage.context import OUTPUT, Ctx, refused
-from dbgate.pii.lineage.nodes import Node
+from dbgate.pii.lineage.nodes import Node, lossless_cast
 from dbgate.pii.lineage.results import Output
 from dbgate.pii.lineage.scope import Item, Scope
 from dbgate.pii.lineage.state import WalkState
@@ -81,6 +81,11 @@ class Writes(WalkState):
         from anything; a token among them is resolved only when it stands for a stored
         value (see ``tokens_in``)."""
         if ctx.stores:
+            if lin.params and not _a_copy(value):
+                # a parameter computed on (``$1::varchar(1)``) may be a token: its value
+                # would be stored made from PII, as above
+                for n in lin.params:
+                    self.r.param_sites[n] = f"a value made from it would be stored in {ctx.target}"
             if (lin.pii or lin.unknown) and not _a_copy(value):
                 what = (
                     f"stores a value made from PII ({', '.join(sorted(lin.entities)) or 'unknown'}) in "
@@ -262,8 +267,11 @@ class Writes(WalkState):
 
 
 def _a_copy(value: Node | None) -> bool:
-    """A value written as it is: a column, a constant or a parameter (cast or not)."""
+    """A value written as it is: a column, a constant or a parameter (cast or not, to a
+    type that keeps it whole: ``email::varchar(1)`` is its first character)."""
     while value is not None and "TypeCast" in value:
+        if not lossless_cast(value["TypeCast"].get("typeName") or {}):
+            return False
         value = value["TypeCast"].get("arg")
     return value is not None and ("ColumnRef" in value or "A_Const" in value or "ParamRef" in value)
 

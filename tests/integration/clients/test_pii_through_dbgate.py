@@ -68,8 +68,23 @@ def notes_table(admin_dsn: str) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
+def guesses_table(admin_dsn: str) -> Iterator[None]:
+    """A PII column (``email``) holding every printable character, one a row, id its
+    code: the guesses an agent allowed to write a PII column can store itself."""
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(
+            "create table prefix_guesses (id int primary key, email text);"
+            "insert into prefix_guesses select g, chr(g) from generate_series(32, 126) g;"
+            "grant select on prefix_guesses to public"
+        )
+    yield
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("drop table prefix_guesses")
+
+
+@pytest.fixture(scope="module")
 def pii_gate(
-    pg_server: Any, demo_role: DemoRole, hidden_code: None, notes_table: None
+    pg_server: Any, demo_role: DemoRole, hidden_code: None, notes_table: None, guesses_table: None
 ) -> Iterator[RunningProxy]:
     running = start_pii_proxy(pg_server, demo_role)
     yield running
@@ -1501,3 +1516,38 @@ def test_an_aggregate_ordered_by_pii_is_tokenized_once_approved(
             ).fetchone() == (9,)
     finally:
         running.stop()
+
+
+def test_a_token_cut_by_a_cast_is_refused(dsn: str) -> None:
+    """``email = 'tok_…'::varchar(1)`` compares the value's first character with stored
+    guesses (its id is the code), then ``varchar(2)`` the next: the value a character a
+    statement. A cast that cuts, a Bind typed ``"char"`` (its first byte) and a column
+    cut and stored in a PII column (its token matched with a guess's) are refused."""
+    from psycopg.types.string import StrDumper
+
+    class CharDumper(StrDumper):
+        oid = 18  # "char"
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (token,) = conn.execute("select email from customers where id = 42").fetchone()
+        assert (
+            conn.execute(  # compared as it is: resolved, no guess is the whole value
+                f"select id from prefix_guesses where email = '{token}'"
+            ).fetchall()
+            == []
+        )
+        for cut in ("varchar(1)", "char(1)", '"char"', "name", "text::varchar(1)"):
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="compared with"):
+                conn.execute(f"select id from prefix_guesses where email = '{token}'::{cut}")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="compared with"):
+            conn.execute(
+                f"select id from prefix_guesses where email = any(array['{token}']::varchar(1)[])"
+            )
+        cur = conn.cursor()
+        cur.adapters.register_dumper(str, CharDumper)
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="part of a value"):
+            cur.execute("select id from prefix_guesses where email = %s", (token,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="made from PII"):
+            conn.execute(
+                "insert into codebook_notes select 7, email::varchar(1) from customers where id = 42"
+            )

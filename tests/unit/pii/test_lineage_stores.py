@@ -202,3 +202,19 @@ def test_an_execute_that_writes_an_argument_derived_from_pii_is_held() -> None:
     assert not session.plan("execute pi('x')").hold
     assert not session.plan(f"execute ps({read})").hold  # a read: its output is tokenized
     assert room.session("other").plan(f"execute pu({read})").hold  # prepared unseen
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "update customers set email = email::varchar(1) where id = 1",
+        "insert into customers (id, email) select 2, email::char(2) from customers where id = 1",
+        'update customers set email = full_name::"char" where id = 1',
+    ],
+)
+def test_a_column_cut_by_a_cast_is_made_from_pii(sql: str) -> None:
+    """``email::varchar(1)`` is the first character, not a copy: stored in a PII column
+    it would read back with a stored value's deterministic token, matched to the token
+    of a character the agent stored itself."""
+    a = analyze(sql, COV)
+    assert any("made from PII" in w for w in a.pii_writes), sql
