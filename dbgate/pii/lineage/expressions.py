@@ -25,7 +25,7 @@ from dbgate.pii.lineage.builtin_names import (
     WORK_COUNTER_PREFIX,
 )
 from dbgate.pii.lineage.context import FILTER, Ctx, refused
-from dbgate.pii.lineage.nodes import Node, listed, lossless_cast, strs
+from dbgate.pii.lineage.nodes import Node, casts_to_cut, listed, lossless_cast, strs
 from dbgate.pii.lineage.results import TokenSite
 from dbgate.pii.lineage.scope import Scope
 from dbgate.pii.lineage.state import WalkState
@@ -168,11 +168,13 @@ class Expressions(WalkState):
         if _compares(body):
             if _bare_value(right) and not _bare_value(left):
                 other = self.expr(left, scope, ctx)
-                value_ctx = ctx.comparing() if _is_pii(other) else ctx
+                as_is = _is_pii(other) and not casts_to_cut(left)
+                value_ctx = ctx.comparing() if as_is else ctx
                 return other | self.expr(right, scope, value_ctx)
             if _bare_value(left) and not _bare_value(right):
                 other = self.expr(right, scope, ctx)
-                value_ctx = ctx.comparing() if _is_pii(other) else ctx
+                as_is = _is_pii(other) and not casts_to_cut(right)
+                value_ctx = ctx.comparing() if as_is else ctx
                 return self.expr(left, scope, value_ctx) | other
         return self.expr(left, scope, ctx) | self.expr(right, scope, ctx)
 

@@ -34,8 +34,9 @@ def listed(arg: Node) -> bool:
 
 
 #: Types whose input keeps only part of a text: ``"char"`` its first byte, ``name``
-#: 63 bytes (a length, ``varchar(n)``, ``numeric(p, s)``, is refused as well).
-_TRUNCATING_TYPES = frozenset({"char", "name"})
+#: 63 bytes, ``float4``/``float8`` the leading digits (a length, ``varchar(n)``,
+#: ``numeric(p, s)``, is refused as well).
+_TRUNCATING_TYPES = frozenset({"char", "name", "float4", "float8"})
 
 
 def lossless_cast(type_name: Node) -> bool:
@@ -45,3 +46,19 @@ def lossless_cast(type_name: Node) -> bool:
         return False
     names = strs(type_name.get("names") or [])
     return not names or names[-1].lower() not in _TRUNCATING_TYPES
+
+
+def casts_to_cut(node: object) -> bool:
+    """Whether an expression has a cast to a type that keeps part of a text anywhere in
+    it: compared with a literal, it is of that type, and so is the literal the server
+    reads (``email::"char" = 'tok_…'`` compares the value's first byte)."""
+    if isinstance(node, dict):
+        cast = node.get("TypeCast")
+        if cast is not None:
+            names = strs((cast.get("typeName") or {}).get("names") or [])
+            if names and names[-1].lower() in _TRUNCATING_TYPES:
+                return True
+        return any(casts_to_cut(v) for v in node.values())
+    if isinstance(node, list):
+        return any(casts_to_cut(v) for v in node)
+    return False

@@ -246,6 +246,11 @@ CUT_CASTS = [
     "select id from customers where email = any($1::varchar(2)[])",
     "select id from customers where email = $1::text::varchar(2)",
     "select id from customers where email = $1::text::text",
+    "select id from customers where email = $1::float8",
+    # the literal takes the type of what it is compared with
+    'select id from customers where email::"char" = $1',
+    "select id from customers where coalesce(email::\"char\", 'x') <> $1",
+    "select id from customers where email::real in ($1, 'x')",
     "insert into customers (id, email) values (1, $1::varchar(1))",
     "update customers set email = $1::char(2) where id = 7",
 ]
