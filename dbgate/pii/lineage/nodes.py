@@ -58,6 +58,12 @@ def casts_to_cut(node: object) -> bool:
             names = strs((cast.get("typeName") or {}).get("names") or [])
             if names and names[-1].lower() in _TRUNCATING_TYPES:
                 return True
+        call = node.get("FuncCall")
+        if call is not None:
+            # a cast written as a call: "char"(email), name(email), float8(...)
+            names = strs(call.get("funcname") or [])
+            if names and names[-1].lower() in _TRUNCATING_TYPES:
+                return True
         return any(casts_to_cut(v) for v in node.values())
     if isinstance(node, list):
         return any(casts_to_cut(v) for v in node)

@@ -251,6 +251,7 @@ CUT_CASTS = [
     'select id from customers where email::"char" = $1',
     "select id from customers where coalesce(email::\"char\", 'x') <> $1",
     "select id from customers where email::real in ($1, 'x')",
+    'select id from customers where "char"(lower(email)) = $1',
     "insert into customers (id, email) values (1, $1::varchar(1))",
     "update customers set email = $1::char(2) where id = 7",
 ]
