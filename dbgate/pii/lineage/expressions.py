@@ -168,12 +168,12 @@ class Expressions(WalkState):
         if _compares(body):
             if _bare_value(right) and not _bare_value(left):
                 other = self.expr(left, scope, ctx)
-                as_is = _is_pii(other) and not casts_to_cut(left)
+                as_is = _is_pii(other) and not casts_to_cut(left) and not self.cuts_anywhere()
                 value_ctx = ctx.comparing() if as_is else ctx
                 return other | self.expr(right, scope, value_ctx)
             if _bare_value(left) and not _bare_value(right):
                 other = self.expr(right, scope, ctx)
-                as_is = _is_pii(other) and not casts_to_cut(right)
+                as_is = _is_pii(other) and not casts_to_cut(right) and not self.cuts_anywhere()
                 value_ctx = ctx.comparing() if as_is else ctx
                 return self.expr(left, scope, value_ctx) | other
         return self.expr(left, scope, ctx) | self.expr(right, scope, ctx)

@@ -37,6 +37,8 @@ def listed(arg: Node) -> bool:
 #: 63 bytes, ``float4``/``float8`` the leading digits (a length, ``varchar(n)``,
 #: ``numeric(p, s)``, is refused as well).
 _TRUNCATING_TYPES = frozenset({"char", "name", "float4", "float8"})
+#: Of those, the ones whose cut is a prefix of any text (floats cut only digits).
+TYPES_THAT_CUT = frozenset({"char", "name"})
 
 
 def lossless_cast(type_name: Node) -> bool:
@@ -48,7 +50,7 @@ def lossless_cast(type_name: Node) -> bool:
     return not names or names[-1].lower() not in _TRUNCATING_TYPES
 
 
-def casts_to_cut(node: object) -> bool:
+def casts_to_cut(node: object, types: frozenset[str] = _TRUNCATING_TYPES) -> bool:
     """Whether an expression has a cast to a type that keeps part of a text anywhere in
     it: compared with a literal, it is of that type, and so is the literal the server
     reads (``email::"char" = 'tok_…'`` compares the value's first byte)."""
@@ -56,15 +58,15 @@ def casts_to_cut(node: object) -> bool:
         cast = node.get("TypeCast")
         if cast is not None:
             names = strs((cast.get("typeName") or {}).get("names") or [])
-            if names and names[-1].lower() in _TRUNCATING_TYPES:
+            if names and names[-1].lower() in types:
                 return True
         call = node.get("FuncCall")
         if call is not None:
             # a cast written as a call: "char"(email), name(email), float8(...)
             names = strs(call.get("funcname") or [])
-            if names and names[-1].lower() in _TRUNCATING_TYPES:
+            if names and names[-1].lower() in types:
                 return True
-        return any(casts_to_cut(v) for v in node.values())
+        return any(casts_to_cut(v, types) for v in node.values())
     if isinstance(node, list):
-        return any(casts_to_cut(v) for v in node)
+        return any(casts_to_cut(v, types) for v in node)
     return False

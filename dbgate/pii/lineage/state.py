@@ -11,6 +11,7 @@ opaque function that reads data of its own (:meth:`~WalkState.met_opaque`).
 from __future__ import annotations
 
 from dbgate.pii.lin import UNKNOWN_LIN, Lin
+from dbgate.pii.lineage.nodes import TYPES_THAT_CUT, Node, casts_to_cut
 from dbgate.pii.lineage.results import Analysis, ColumnSource, SessionState
 from dbgate.pii.lineage.scope import OPAQUE, Item, Scope
 
@@ -43,6 +44,19 @@ class WalkState:
         self.seen: Lin | None = None
         #: sub-selects walked whose value is PII (``Expressions.from_elsewhere``)
         self.sublinks = 0
+        #: the parsed statements of the text, for :meth:`cuts_anywhere`
+        self.tree: list[Node] = []
+        self._cuts: bool | None = None
+
+    def cuts_anywhere(self) -> bool:
+        """Whether the text casts to ``"char"`` or ``name`` anywhere: a value a
+        sub-select, a CTE or a join cut so is of that type wherever its column is
+        compared, and so is a literal compared with it (``(SELECT email::"char" e
+        ...) s WHERE s.e = 'tok_…'`` reads the token's first byte). Found once, when a
+        comparison first needs it."""
+        if self._cuts is None:
+            self._cuts = casts_to_cut(self.tree, TYPES_THAT_CUT)
+        return self._cuts
 
     def saw(self, lin: Lin) -> None:
         """Note a value the query computes, for ``seen`` (EXPLAIN ANALYZE)."""

@@ -92,6 +92,7 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
         return result
     walker = Walker(source, session, result)
     walker.filters_matter = filters_matter(sql)
+    walker.tree = stmts
     for stmt in stmts:
         try:
             result.statements.append(walker.statement(stmt))

@@ -1547,6 +1547,11 @@ def test_a_token_cut_by_a_cast_is_refused(dsn: str) -> None:
         for cut in ('email::"char"', '"char"(email)'):
             with pytest.raises(psycopg.errors.InvalidParameterValue, match="compared with"):
                 conn.execute(f"select id from prefix_guesses where {cut} = '{token}'")
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="compared with"):
+                conn.execute(
+                    f"select s.id from (select id, {cut} e from prefix_guesses) s"
+                    f" where s.e = '{token}'"
+                )
         cur = conn.cursor()
         cur.adapters.register_dumper(str, CharDumper)
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="part of a value"):

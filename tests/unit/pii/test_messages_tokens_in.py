@@ -252,6 +252,9 @@ CUT_CASTS = [
     "select id from customers where coalesce(email::\"char\", 'x') <> $1",
     "select id from customers where email::real in ($1, 'x')",
     'select id from customers where "char"(lower(email)) = $1',
+    # cut in a sub-select or a CTE, compared by its column's name
+    'select s.id from (select id, email::"char" e from customers) s where s.e = $1',
+    "with s as (select id, name(email) e from customers) select id from s where e = $1",
     "insert into customers (id, email) values (1, $1::varchar(1))",
     "update customers set email = $1::char(2) where id = 7",
 ]
