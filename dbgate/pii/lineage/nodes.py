@@ -37,8 +37,9 @@ def listed(arg: Node) -> bool:
 #: 63 bytes, ``float4``/``float8`` the leading digits (a length, ``varchar(n)``,
 #: ``numeric(p, s)``, is refused as well).
 _TRUNCATING_TYPES = frozenset({"char", "name", "float4", "float8"})
-#: Of those, the ones whose cut is a prefix of any text (floats cut only digits).
-TYPES_THAT_CUT = frozenset({"char", "name"})
+#: Of those, the ones looked for anywhere in a text (float8 keeps 15 digits: a phone
+#: whole; its casts are common in queries that also send tokens back).
+TYPES_THAT_CUT = frozenset({"char", "name", "float4"})
 
 
 def lossless_cast(type_name: Node) -> bool:

@@ -49,7 +49,7 @@ class WalkState:
         self._cuts: bool | None = None
 
     def cuts_anywhere(self) -> bool:
-        """Whether the text casts to ``"char"`` or ``name`` anywhere: a value a
+        """Whether the text casts to ``"char"``, ``name`` or ``float4`` anywhere: a value a
         sub-select, a CTE or a join cut so is of that type wherever its column is
         compared, and so is a literal compared with it (``(SELECT email::"char" e
         ...) s WHERE s.e = 'tok_…'`` reads the token's first byte). Found once, when a

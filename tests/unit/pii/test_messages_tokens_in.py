@@ -255,6 +255,7 @@ CUT_CASTS = [
     # cut in a sub-select or a CTE, compared by its column's name
     'select s.id from (select id, email::"char" e from customers) s where s.e = $1',
     "with s as (select id, name(email) e from customers) select id from s where e = $1",
+    "select s.id from (select id, email::real e from customers) s where s.e = $1",
     "insert into customers (id, email) values (1, $1::varchar(1))",
     "update customers set email = $1::char(2) where id = 7",
 ]
