@@ -765,13 +765,16 @@ def test_an_execute_that_writes_query_text_of_another_session_is_held(
             [pid],
         ).fetchone()
         sleeper = threading.Thread(
-            target=lambda: b.execute(f"select pg_sleep(1) where 'x' <> '{token}'")
+            target=lambda: b.execute(
+                f"select pg_sleep(1) from customers where full_name = '{token}'"
+            )
         )
         sleeper.start()
         try:
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+                # character 55 of the sleeper's text: the first of the resolved name
                 a.execute(
-                    f"execute pu(128 + ascii(substr(pg_stat_get_backend_activity({n}), 41, 1)))"
+                    f"execute pu(128 + ascii(substr(pg_stat_get_backend_activity({n}), 55, 1)))"
                 )
             assert "argument derived from PII" in str(info.value)
             a.execute("execute pu(5)")  # a plain argument runs as ever
