@@ -420,16 +420,9 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 if self._measure.batch and not self.skip_until_sync:
                     refusal = self._outside_measurement(t, chunk, s, e)
                     if refusal is not None:
-                        if out is None:
-                            out = []
-                        if hdr > fwd:
-                            out.append(chunk[fwd:hdr])
+                        kind = "query" if t == QUERY_MSG else "parse"
+                        out = self._refused_here(out, chunk, fwd, hdr, kind, refusal, t)
                         fwd = e
-                        rec = None
-                        if observed:
-                            rec = self._record("query" if t == QUERY_MSG else "parse", "")
-                            self.decided(rec, refusal)
-                        out.append(self.refuse(rec, refusal, t))
                         if t != QUERY_MSG and not full:
                             return self._rest_message_by_message(chunk, e, out)
                         continue
@@ -460,16 +453,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 continue
             if t == EXECUTE_MSG:
                 if chunk[s] and self._foreign_portal(chunk, s, e):
-                    if out is None:
-                        out = []
-                    if hdr > fwd:
-                        out.append(chunk[fwd:hdr])
+                    out = self._refused_here(out, chunk, fwd, hdr, "execute", FOREIGN_PORTAL, t)
                     fwd = e
-                    rec = None
-                    if observed:
-                        rec = self._record("execute", "")
-                        self.decided(rec, FOREIGN_PORTAL)
-                    out.append(self.refuse(rec, FOREIGN_PORTAL, t))
                     if not full:
                         return self._rest_message_by_message(chunk, e, out)
                     continue
@@ -705,6 +690,30 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         if len(names) >= MAX_BOUND_PORTALS:
             names.clear()
         names.update(n.encode("utf-8")[:NAME_BYTES] for n in declared_cursors(sql))
+
+    def _refused_here(
+        self,
+        out: list[bytes] | None,
+        chunk: bytes,
+        fwd: int,
+        hdr: int,
+        kind: str,
+        refusal: Refuse,
+        t: int,
+    ) -> list[bytes]:
+        """A message refused in the middle of a read: what came before it is
+        forwarded, the message itself is replaced by its refusal (recorded for the
+        observers). The caller moves its forwarding mark past the message."""
+        if out is None:
+            out = []
+        if hdr > fwd:
+            out.append(chunk[fwd:hdr])
+        rec = None
+        if self.observer is not None:
+            rec = self._record(kind, "")
+            self.decided(rec, refusal)
+        out.append(self.refuse(rec, refusal, t))
+        return out
 
     def _foreign_portal(self, chunk: bytes, s: int, e: int) -> bool:
         """Whether an Execute names a portal the client did not bind: an SQL cursor
