@@ -11,7 +11,7 @@ cold plan: one lookup per node in ``_EXPR``, a plain dict of functions built onc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
@@ -27,9 +27,10 @@ from dbgate.pii.lineage.builtin_names import (
 from dbgate.pii.lineage.context import FILTER, Ctx, refused
 from dbgate.pii.lineage.nodes import Node, casts_to_cut, listed, lossless_cast, strs
 from dbgate.pii.lineage.results import TokenSite
-from dbgate.pii.lineage.scope import Scope
+from dbgate.pii.lineage.scope import Item, Scope
 from dbgate.pii.lineage.state import WalkState
 from dbgate.pii.tokens import TOKEN_RE
+from dbgate.policy.catalog_builtin import VOLATILE
 
 
 class Expressions(WalkState):
@@ -107,7 +108,7 @@ class Expressions(WalkState):
                     lin = item.get(name)
                     if lin is not None:
                         found = lin if found is None else found | lin
-                        self.met(s, item, lin)
+                        self.met(s, item, lin, name)
                 if found is not None:
                     return found
                 for item in reversed(s.items):
@@ -115,13 +116,20 @@ class Expressions(WalkState):
                         # a whole-row reference: t, row_to_json(t)
                         return self.met(s, item, item.whole())
                 s = s.parent
+            if name in SYSTEM_COLUMNS:
+                for s, item in _tables_out(scope):
+                    self.met(s, item, CLEAN, name)
+                    return CLEAN
             return self.unknown(f"column {name!r} could not be resolved", computed=False)
         hit = self.lookup(names[:-1], scope)
         if hit is not None:
             item, level = hit
             lin = item.get(names[-1])
             if lin is not None:
-                return self.met(level, item, lin)
+                return self.met(level, item, lin, names[-1])
+            if item.table and names[-1] in SYSTEM_COLUMNS:
+                # ``o.ctid``: where the row is stored, which differs per row
+                return self.met(level, item, CLEAN, names[-1])
             return self.unknown(f"column {'.'.join(names)} does not exist in dbgate's snapshot")
         # t.c where t is a column of a composite type: the whole of that column
         base = self.resolve(names[:1], scope) if len(names) == 2 else UNKNOWN_LIN
@@ -209,6 +217,8 @@ class Expressions(WalkState):
         name = parts[-1].lower()
         schema = parts[-2] if len(parts) > 1 else None
         builtin = schema in (None, "pg_catalog") and self.is_builtin(name, schema)
+        if builtin and name in VOLATILE:
+            self.met_varying(scope)
         # WITHIN GROUP (ORDER BY x) of mode()/percentile_*(): x is the value input
         within = bool(body.get("agg_within_group")) and not (
             builtin and name in HYPOTHETICAL_SET_AGGREGATES
@@ -367,3 +377,19 @@ _EXPR: dict[str, Callable[[Expressions, Any, Scope, Ctx], Lin]] = {
     **{name: _leaf for name in _LEAVES},
     **{name[2:]: getattr(Expressions, name) for name in dir(Expressions) if name.startswith("e_")},
 }
+
+
+#: The system columns every table row has (``ctid``: where it is stored, ``xmin``: the
+#: transaction that wrote it ...): clean, and different per row.
+SYSTEM_COLUMNS = frozenset(("ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"))
+
+
+def _tables_out(scope: Scope) -> Iterator[tuple[Scope, Item]]:
+    """The table rows an unqualified system column may name, innermost level first
+    (the server takes the one table of the level; an ambiguous name fails there)."""
+    s: Scope | None = scope
+    while s is not None:
+        for item in s.items:
+            if item.table:
+                yield s, item
+        s = s.parent

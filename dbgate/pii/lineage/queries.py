@@ -12,7 +12,7 @@ from dbgate.pii.lin import CLEAN, Lin
 from dbgate.pii.lineage.context import FILTER, OUTPUT, Ctx
 from dbgate.pii.lineage.nodes import Node, one, strs
 from dbgate.pii.lineage.results import Output
-from dbgate.pii.lineage.scope import Item, Scope
+from dbgate.pii.lineage.scope import Item, Ref, Scope
 from dbgate.pii.lineage.state import WalkState
 
 
@@ -68,7 +68,7 @@ class Queries(WalkState):
         distinct = body.get("distinctClause") == [{}]
         # per output column: (name, lineage, the column references met walking it), for
         # ORDER BY / GROUP BY / DISTINCT ON items that name an output by position or alias
-        targets: list[tuple[str, Lin, list[tuple[Scope, Item, Lin]] | None]] = []
+        targets: list[tuple[str, Lin, list[Ref] | None]] = []
         for target in body.get("targetList") or ():
             rt = target["ResTarget"]
             n = len(out.columns)
@@ -114,7 +114,7 @@ class Queries(WalkState):
         self,
         body: Node,
         scope: Scope,
-        targets: list[tuple[str, Lin, list[tuple[Scope, Item, Lin]] | None]] = (),  # type: ignore[assignment]
+        targets: list[tuple[str, Lin, list[Ref] | None]] = (),  # type: ignore[assignment]
     ) -> None:
         """Clauses that choose rows but carry no values of their own.
 
@@ -159,7 +159,7 @@ class Queries(WalkState):
         self,
         item: Node,
         scope: Scope,
-        targets: list[tuple[str, Lin, list[tuple[Scope, Item, Lin]] | None]],
+        targets: list[tuple[str, Lin, list[Ref] | None]],
     ) -> None:
         """An ORDER BY, GROUP BY or DISTINCT ON item that names an output column — by
         its position (``ORDER BY 2``) or by its name or alias (``ORDER BY x``; GROUP BY
@@ -175,7 +175,7 @@ class Queries(WalkState):
             for sub in nested:
                 self.choose_output(sub, scope, targets)
             return
-        hits: list[tuple[str, Lin, list[tuple[Scope, Item, Lin]] | None]] = []
+        hits: list[tuple[str, Lin, list[Ref] | None]] = []
         if "A_Const" in node:
             # the position is a literal: another text of this shape names another output
             self.r.reads_literals = True
@@ -228,12 +228,20 @@ class Queries(WalkState):
 
         Nothing new is marked when the predicate compares PII only with constants,
         parameters or other PII columns (``email = $1``, ``email LIKE 'a%'``,
-        ``c.email = o.contact_email``), nor when every column it references is of one
-        table row (``birth_date < created_at``, ``get_email(id) IS NULL``): a row
-        chosen by its own values answers one bit, as with a constant. That holds for a
-        table's rows only (a sub-select's row may pair a customer with every number),
-        and not when a token or an opaque function given no column
-        (``met_opaque``) brings a value from elsewhere.
+        ``c.email = o.contact_email``), nor when it reads one column of one table row
+        (``birth_date < now() - interval '18 years'``, ``get_email(id) IS NULL``): a
+        row chosen by its own value answers one bit, the same question of every row.
+        PII with a clean column of the row (or the whole row), or with a built-in
+        whose value changes per row (``random()``), asks each row another question
+        (``ascii(substr(email, id / 8 + 1, 1)) & (1 << id % 8) <> 0``, ``birth_date <
+        created_at``): over rows that hold copies of one value (an agent allowed to
+        write can make them), the rows kept spell it, one bit per row — so that
+        relates, and marks the row's level, unless it is a whole-value equality of
+        two columns (``email = backup_email``: one guess per row, as a stored guess
+        is). PII columns of one row with each other (``first_name || ' ' || last_name
+        LIKE 'J%'``) still answer one question per row. That holds for a table's rows only (a sub-select's row may
+        pair a customer with every number), and not when a token or an opaque function
+        given no column (``met_opaque``) brings a value from elsewhere.
         """
         if node is None:
             return CLEAN
@@ -259,19 +267,21 @@ class Queries(WalkState):
                 # table row is chosen by its own values here (``HAVING count(*) >= o.id``)
                 lin = lin | Lin(chosen.entities, chosen.unknown, chosen.params)
                 elsewhere = True
-        self.chose(lin, refs, elsewhere, scope)
+        self.chose(lin, refs, elsewhere, scope, _whole_equality(node))
         return lin
 
     def chose(
         self,
         lin: Lin,
-        refs: list[tuple[Scope, Item, Lin]],
+        refs: list[Ref],
         elsewhere: bool = False,
         scope: Scope | None = None,
+        equality: bool = False,
     ) -> None:
         """Mark the levels of the clean columns a choice of lineage ``lin`` related
         with it (``refs``: the column references met walking it); see ``choose``.
-        ``scope``: the level whose rows the choice keeps or drops."""
+        ``scope``: the level whose rows the choice keeps or drops; ``equality``: the
+        choice is a whole-value equality of two columns (``_whole_equality``)."""
         if not (lin.pii or lin.unknown or lin.params):
             return
         if not refs and scope is not None and scope.parent is not None:
@@ -281,7 +291,7 @@ class Queries(WalkState):
             scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
             return
         row = refs[0][1] if refs else None
-        own_row = row is not None and row.table and all(item is row for _, item, _ in refs)
+        own_row = row is not None and row.table and all(ref[1] is row for ref in refs)
         if own_row and scope is not None and refs[0][0] is not scope:
             # the row is an outer level's (a correlated sub-select, a lateral one): what
             # is chosen is this level's rows, whose presence is a value of that outer
@@ -290,15 +300,20 @@ class Queries(WalkState):
             scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
             return
         if own_row and not lin.token and not elsewhere:
+            if (lin.pii or lin.unknown) and not equality and _asks_each_row(refs):
+                # each row asked another question of its own PII (see ``choose``)
+                level = refs[0][0]
+                level.chosen = level.chosen | Lin(lin.entities, lin.unknown, lin.params)
+                return
             if not lin.params:
-                return  # one table row chosen by its own values
+                return  # one table row chosen by its own value
             # a bind parameter may carry a token, a value from elsewhere, like a token
             # literal (``WHERE id = ascii($1)``): its rows carry the parameter, which
             # the results are tokenized for when a Bind's value there was a token
             chosen = Lin(params=lin.params)
         else:
             chosen = Lin(lin.entities, lin.unknown, lin.params)
-        for level, item, ref in refs:
+        for level, item, ref, _column in refs:
             if not (ref.pii or ref.unknown):
                 level.chosen = level.chosen | chosen
             elif item.schema is None:
@@ -378,3 +393,41 @@ class Queries(WalkState):
                 scope.ctes[name] = (current, colnames)
             else:
                 scope.ctes[name] = (self.query(query, scope, OUTPUT), colnames)
+
+
+def _asks_each_row(refs: list[Ref]) -> bool:
+    """Whether a predicate over one table row's columns reads a clean column of it
+    besides PII, or the whole row: the clean value may pick which piece of the PII
+    each row answers for (see ``Queries.choose``)."""
+    clean = pii = False
+    for ref in refs:
+        if ref[3] == "*":
+            return True
+        lin = ref[2]
+        if lin.pii or lin.unknown:
+            pii = True
+        else:
+            clean = True
+    return clean and pii
+
+
+#: Operators of a whole-value equality (``_whole_equality``).
+_EQUALITY_OPERATORS = frozenset(("=", "<>", "!="))
+
+
+def _whole_equality(node: Node) -> bool:
+    """Whether a predicate is ``a = b``, ``a <> b`` or ``a IS [NOT] DISTINCT FROM b``
+    of two bare column references: over copies of one value it tests one whole guess
+    per row, never a piece of the value."""
+    expr = node.get("A_Expr")
+    if expr is None:
+        return False
+    kind = expr.get("kind", "AEXPR_OP")
+    if kind == "AEXPR_OP":
+        names = strs(expr.get("name"))
+        if len(names) != 1 or names[0] not in _EQUALITY_OPERATORS:
+            return False
+    elif kind not in ("AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT"):
+        return False
+    sides = (expr.get("lexpr"), expr.get("rexpr"))
+    return all(isinstance(side, dict) and "ColumnRef" in side for side in sides)

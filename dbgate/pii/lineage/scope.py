@@ -99,3 +99,11 @@ class Scope:
 
 #: Where an opaque function given no column reads from (``WalkState.met_opaque``).
 OPAQUE = Item(None, [], [], open=True, rest=UNKNOWN_LIN)
+
+#: Where a built-in that returns another value per row reads from
+#: (``WalkState.met_varying``): no table row.
+VARYING = Item(None, [], [])
+
+#: A column reference met in a predicate: the level it resolved at, its FROM entry, its
+#: lineage, its name (``*`` for a whole row).
+Ref = tuple[Scope, Item, Lin, str]

@@ -10,10 +10,10 @@ opaque function that reads data of its own (:meth:`~WalkState.met_opaque`).
 
 from __future__ import annotations
 
-from dbgate.pii.lin import UNKNOWN_LIN, Lin
+from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.lineage.nodes import TYPES_THAT_CUT, Node, casts_to_cut
 from dbgate.pii.lineage.results import Analysis, ColumnSource, SessionState
-from dbgate.pii.lineage.scope import OPAQUE, Item, Scope
+from dbgate.pii.lineage.scope import OPAQUE, VARYING, Item, Ref, Scope
 
 
 class WalkState:
@@ -29,8 +29,9 @@ class WalkState:
         self.depth = 0
         self.filters_matter = True
         #: column references met while walking one predicate (``choose``): the level
-        #: each resolved at, the FROM entry, its lineage; None outside predicates
-        self.refs: list[tuple[Scope, Item, Lin]] | None = None
+        #: each resolved at, the FROM entry, its lineage, the column's name (``*`` for
+        #: a whole row); None outside predicates
+        self.refs: list[Ref] | None = None
         #: the statement being walked writes to a relation with rewrite rules of its own
         self.rules_met = False
         #: calls of STATE_WRITERS: the function, its arguments' lineage, its level (whose
@@ -88,10 +89,11 @@ class WalkState:
             self.seen = self.seen | UNKNOWN_LIN
         return UNKNOWN_LIN
 
-    def met(self, level: Scope, item: Item, lin: Lin) -> Lin:
-        """Note a column reference for the predicate being walked (``choose``)."""
+    def met(self, level: Scope, item: Item, lin: Lin, column: str = "*") -> Lin:
+        """Note a column reference for the predicate being walked (``choose``):
+        ``column`` is its name, ``*`` for a whole row."""
         if self.refs is not None:
-            self.refs.append((level, item, lin))
+            self.refs.append((level, item, lin, column))
         if self.seen is not None:
             self.seen = self.seen | lin
         return lin
@@ -101,4 +103,13 @@ class WalkState:
         reads data of its own: for ``choose`` it is a row source of its own, never the
         row being chosen. Given columns (``get_email(c.id)``), it is taken as theirs."""
         if self.refs is not None and len(self.refs) == before:
-            self.refs.append((level, OPAQUE, UNKNOWN_LIN))
+            self.refs.append((level, OPAQUE, UNKNOWN_LIN, "*"))
+
+    def met_varying(self, level: Scope) -> None:
+        """A built-in that may return another value for each row (``random()``,
+        ``nextval``, ``clock_timestamp()``: VOLATILE) is, for ``choose``, a row source
+        of its own: after ``setseed(0.5)`` the agent knows what each row's call
+        returns, so ``ascii(substr(email, (random() * 20)::int, 1)) & 4 <> 0`` tests
+        another bit in each row, as a column of the row would."""
+        if self.refs is not None:
+            self.refs.append((level, VARYING, CLEAN, "*"))

@@ -1563,3 +1563,44 @@ def test_a_token_cut_by_a_cast_is_refused(dsn: str) -> None:
             conn.execute(
                 "insert into codebook_notes select 7, email::varchar(1) from customers where id = 42"
             )
+
+
+def test_copies_of_one_value_do_not_spell_it_row_by_row(
+    dsn: str, admin_dsn: str, raw: dict[str, Any]
+) -> None:
+    """An agent allowed to write a PII column stores copies of one e-mail in many rows
+    (a copy is allowed), then asks each row for another bit of its own copy, the bit
+    picked by the row's id: the ids kept would spell the e-mail in one statement. A
+    row's PII related with a clean column of the row marks the rows' level, so the ids
+    come back as pseudonyms; the same choice in a write is held."""
+    email = raw["email"]
+    bits = len(email.encode()) * 8
+    truth = {i for i in range(bits) if email.encode()[i // 8] & (1 << (i % 8))}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            for start in range(0, bits, 96):  # under the rule's 100 rows changed
+                conn.execute(
+                    "insert into codebook_notes select 1000 + g, c.email from customers c,"
+                    f" generate_series({start}, {min(start + 95, bits - 1)}) g where c.id = 42"
+                )
+            oracle = "ascii(substr(email, (id - 1000) / 8 + 1, 1)) & (1 << (id - 1000) % 8) <> 0"
+            got = conn.execute(
+                f"select id - 1000 from codebook_notes where id >= 1000 and {oracle}"
+            ).fetchall()
+            assert len(got) == len(truth)  # the count is a number, as count(*) is
+            assert {g for (g,) in got} != truth
+            assert all(isinstance(g, int) for (g,) in got)  # a pseudonym of the type
+            # a clean question asked of every row alike still reads them plainly
+            assert conn.execute(
+                "select count(*) from codebook_notes where id >= 1000 and email like '%@%'"
+            ).fetchone() == (bits,)
+            assert conn.execute(
+                "select min(id), max(id) from codebook_notes where id >= 1000"
+            ).fetchone() == (1000, 1000 + bits - 1)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="chosen by"):
+                conn.execute(
+                    f"update codebook_notes set id = id + 5000 where id >= 1000 and {oracle}"
+                )
+        finally:
+            with psycopg.connect(admin_dsn, autocommit=True) as admin:
+                admin.execute("delete from codebook_notes where id >= 1000")

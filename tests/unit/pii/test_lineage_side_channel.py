@@ -5,9 +5,10 @@ the choice spell a value: ``SELECT g FROM generate_series(1, 20000) g WHERE g IN
 (SELECT n * 256 + ascii(substr(full_name, n, 1)) ...)`` returns numbers whose low
 byte is the name. A predicate that relates a PII-derived value with columns of
 another row source makes every output of the query level those columns belong to
-derived from that PII. A PII column compared with constants or parameters, two PII
-columns joined, a row's own PII compared with its own columns and joins on
-non-PII keys stay as they were.
+derived from that PII; so does a row's own PII related with a clean column of that
+row (each row asks another question of its own value, and rows can hold copies of one
+value). A PII column compared with constants or parameters, two PII columns joined,
+and joins on non-PII keys stay as they were.
 
 Hand-made schema (no server), as in test_lineage_hunt.py.
 """
@@ -211,9 +212,12 @@ CLEAN_QUERIES = [
         "select o.total from orders o, customers c where lower(c.email) = lower(o.contact_email)",
         ["-"],
     ),
-    # a table row's own PII compared with its own columns: one bit per row, as `LIKE`
+    # a table row's own PII compared with constants: the same question of every row
     ("select id from customers where birth_date < now() - interval '18 years'", ["-"]),
-    ("select id from customers c where c.id + length(c.email) > 20", ["-"]),
+    ("select id from customers where full_name || ' ' || email like 'j%'", ["-"]),
+    # a whole-value equality of two columns of the row: one guess per row
+    ("select id from orders where contact_email = note", ["-"]),
+    ("select id from orders where contact_email is distinct from status", ["-"]),
     # PII compared with constants, sub-selects of clean values, other clauses
     (f"select g from {GS} where g < 10", ["-"]),
     (f"select g from {GS}, customers c where length(c.email) > 3 and g < 10", ["-"]),
@@ -286,3 +290,48 @@ def _cov_with_user_functions() -> Coverage:
 def test_opaque_functions_in_predicates(sql: str, unknown: bool) -> None:
     out = analyze(sql, _cov_with_user_functions()).statements[0].output
     assert out is not None and out.columns[0].unknown is unknown
+
+
+#: A table row's own PII related with a clean column of the row, the whole row or a
+#: built-in whose value changes per row: over rows holding copies of one value (an
+#: agent allowed to write makes them: ``INSERT INTO orders (id, contact_email) SELECT
+#: g, c.email FROM customers c, generate_series(0, 95) g WHERE c.id = 42``), each row
+#: answers for another bit, and the ids kept spell the value in one statement.
+EACH_ROW_ASKED = [
+    "select id from orders where ascii(substr(contact_email, id / 8 + 1, 1)) & (1 << id % 8) <> 0",
+    "select id from customers c where c.id + length(c.email) > 20",
+    "select id from customers where birth_date < now() - (id || ' days')::interval",
+    "select id from orders where left(contact_email, 1) = status",
+    "select id from orders where contact_email like status || '%'",
+    "select id from orders o where o::text like '%@%'",
+    "select id from orders where ascii(substr(contact_email, (random() * 20)::int, 1)) & 4 <> 0",
+    # where the row is stored, or which transaction wrote it, differs per row too
+    "select id from orders where ascii(substr(contact_email, ((ctid::text::point)[1])::int,"
+    " 1)) & 4 <> 0",
+    "select o.id from orders o where length(o.contact_email) > o.xmin::text::int % 40",
+    # the same question, asked by the order or the grouping of the rows
+    "select id from orders order by ascii(substr(contact_email, id / 8 + 1, 1))"
+    " & (1 << id % 8), id",
+    "select array_agg(id) from orders group by ascii(substr(contact_email, id / 8 + 1, 1))"
+    " & (1 << id % 8) <> 0",
+    "select id from orders o join digits d on d.n = 1"
+    " and ascii(substr(o.contact_email, o.id, 1)) & 4 <> 0",
+]
+
+
+@pytest.mark.parametrize("sql", EACH_ROW_ASKED)
+def test_a_row_asked_its_own_question_carries_its_pii(sql: str) -> None:
+    assert _cols(sql)[0] != "-", sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "update orders set total = 1 where ascii(substr(contact_email, id / 8 + 1, 1))"
+        " & (1 << id % 8) <> 0",
+        "delete from orders where length(contact_email) > id",
+    ],
+)
+def test_a_write_to_rows_each_asked_its_own_question_is_held(sql: str) -> None:
+    writes = analyze(sql, COV).pii_writes
+    assert any("chosen by a value derived from PII" in w for w in writes), (sql, writes)
