@@ -257,6 +257,12 @@ class Queries(WalkState):
             lin = self.expr(node, scope, FILTER)
         finally:
             self.refs = saved
+        if saved is not None:
+            # the columns of outer rows this choice reads (a correlated sub-select's
+            # WHERE) belong to the predicate around it too: ``EXISTS (SELECT 1 WHERE
+            # ascii(substr(o.email, o.id / 8 + 1, 1)) & (1 << o.id % 8) <> 0)`` asks
+            # each row ``o`` another question, as the same test in o's own WHERE does
+            saved.extend(ref for ref in refs if _encloses(ref[0], scope))
         # PII a sub-select brings (``c.id <= (SELECT count(*) FROM s)``, s sized by
         # PII) is not the referenced row's own: no row is chosen by its own values
         elsewhere = self.sublinks != sublinks
@@ -393,6 +399,16 @@ class Queries(WalkState):
                 scope.ctes[name] = (current, colnames)
             else:
                 scope.ctes[name] = (self.query(query, scope, OUTPUT), colnames)
+
+
+def _encloses(level: Scope, scope: Scope) -> bool:
+    """Whether ``level`` is a query level around ``scope`` (not ``scope`` itself)."""
+    s = scope.parent
+    while s is not None:
+        if s is level:
+            return True
+        s = s.parent
+    return False
 
 
 def _asks_each_row(refs: list[Ref]) -> bool:

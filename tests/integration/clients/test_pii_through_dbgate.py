@@ -1604,3 +1604,39 @@ def test_copies_of_one_value_do_not_spell_it_row_by_row(
         finally:
             with psycopg.connect(admin_dsn, autocommit=True) as admin:
                 admin.execute("delete from codebook_notes where id >= 1000")
+
+
+def test_copies_of_one_value_asked_through_a_correlated_sub_select(
+    dsn: str, admin_dsn: str, raw: dict[str, Any]
+) -> None:
+    """The same per-row question, asked inside a correlated sub-select of the row
+    (``EXISTS (SELECT 1 WHERE …)`` reading the outer row's e-mail and id): the outer
+    columns it reads there belong to the predicate around it, so the ids come back as
+    pseudonyms and the write is held."""
+    email = raw["email"]
+    bits = len(email.encode()) * 8
+    truth = {i for i in range(bits) if email.encode()[i // 8] & (1 << (i % 8))}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            for start in range(0, bits, 96):  # under the rule's 100 rows changed
+                conn.execute(
+                    "insert into codebook_notes select 1000 + g, c.email from customers c,"
+                    f" generate_series({start}, {min(start + 95, bits - 1)}) g where c.id = 42"
+                )
+            oracle = (
+                "exists (select 1 where ascii(substr(n.email, (n.id - 1000) / 8 + 1, 1))"
+                " & (1 << (n.id - 1000) % 8) <> 0)"
+            )
+            got = conn.execute(
+                f"select id - 1000 from codebook_notes n where id >= 1000 and {oracle}"
+            ).fetchall()
+            assert len(got) == len(truth)
+            assert {g for (g,) in got} != truth
+            assert all(isinstance(g, int) for (g,) in got)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="chosen by"):
+                conn.execute(
+                    f"update codebook_notes n set id = id + 5000 where id >= 1000 and {oracle}"
+                )
+        finally:
+            with psycopg.connect(admin_dsn, autocommit=True) as admin:
+                admin.execute("delete from codebook_notes where id >= 1000")

@@ -206,6 +206,23 @@ CLEAN_QUERIES = [
         " where c.id = o.customer_id and c.email like 'a%')",
         ["-"],
     ),
+    # a correlated sub-select that reads the outer row's key and its own row's PII
+    # against constants, or two PII columns: one question of every outer row
+    (
+        "select c.id from customers c where exists (select 1 from orders o"
+        " where o.customer_id = c.id and o.contact_email like '%@example.com')",
+        ["-"],
+    ),
+    (
+        "select c.id from customers c where exists (select 1 from orders o"
+        " where o.customer_id = c.id and o.contact_email = c.email)",
+        ["-"],
+    ),
+    (
+        "select o.id from orders o where o.total > (select avg(p.total) from orders p"
+        " where p.customer_id = o.customer_id)",
+        ["-"],
+    ),
     # two PII columns joined: nothing new
     ("select o.id, c.id from orders o join customers c on c.email = o.contact_email", ["-", "-"]),
     (
@@ -324,12 +341,49 @@ def test_a_row_asked_its_own_question_carries_its_pii(sql: str) -> None:
     assert _cols(sql)[0] != "-", sql
 
 
+#: The same question asked in a correlated sub-select of the row (its WHERE, an EXISTS,
+#: a scalar sub-select, a rank counted by one): the outer columns it reads there are
+#: the predicate's as much as a column named beside it.
+ASKED_THROUGH_A_SUB_SELECT = [
+    "select id from orders o where exists (select 1"
+    " where ascii(substr(o.contact_email, o.id / 8 + 1, 1)) & (1 << o.id % 8) <> 0)",
+    "select id from orders o where not exists (select 1"
+    " where ascii(substr(o.contact_email, o.id / 8 + 1, 1)) & (1 << o.id % 8) = 0)",
+    "select id from orders o where (select true"
+    " where ascii(substr(o.contact_email, o.id / 8 + 1, 1)) & (1 << o.id % 8) <> 0)",
+    "select id from orders o where exists (select 1 from digits d where d.n = o.id"
+    " and ascii(substr(o.contact_email, d.n / 8 + 1, 1)) & (1 << d.n % 8) <> 0)",
+    "select id from orders o where 1 = (select 1 from digits d where d.n = o.id"
+    " and ascii(substr(o.contact_email, d.n / 8 + 1, 1)) & (1 << d.n % 8) <> 0)",
+    "select id from orders o where exists (select 1 from orders p where p.id = o.id"
+    " and ascii(substr(p.contact_email, p.id / 8 + 1, 1)) & (1 << p.id % 8) <> 0)",
+    "select id from orders o where exists (select 1 where exists (select 1"
+    " where ascii(substr(o.contact_email, o.id / 8 + 1, 1)) & (1 << o.id % 8) <> 0))",
+    "select id from orders o where ascii(substr(o.contact_email, 1, 1))"
+    " & (1 << (select count(*) from orders p where p.id < o.id)::int % 8) <> 0",
+    "select id from orders o order by exists (select 1"
+    " where ascii(substr(o.contact_email, o.id / 8 + 1, 1)) & (1 << o.id % 8) <> 0) limit 3",
+    "select count(*) filter (where exists (select 1"
+    " where ascii(substr(o.contact_email, o.id / 8 + 1, 1)) & (1 << o.id % 8) <> 0))"
+    " from orders o group by id",
+]
+
+
+@pytest.mark.parametrize("sql", ASKED_THROUGH_A_SUB_SELECT)
+def test_a_row_asked_its_own_question_in_a_sub_select_carries_its_pii(sql: str) -> None:
+    assert _cols(sql)[0] != "-", sql
+
+
 @pytest.mark.parametrize(
     "sql",
     [
         "update orders set total = 1 where ascii(substr(contact_email, id / 8 + 1, 1))"
         " & (1 << id % 8) <> 0",
         "delete from orders where length(contact_email) > id",
+        "update orders o set note = 'x' where exists (select 1"
+        " where ascii(substr(o.contact_email, o.id / 8 + 1, 1)) & (1 << o.id % 8) <> 0)",
+        "delete from orders o where (select true"
+        " where ascii(substr(o.contact_email, o.id / 8 + 1, 1)) & (1 << o.id % 8) <> 0)",
     ],
 )
 def test_a_write_to_rows_each_asked_its_own_question_is_held(sql: str) -> None:
