@@ -224,7 +224,26 @@ class Expressions(WalkState):
             builtin and name in HYPOTHETICAL_SET_AGGREGATES
         )
         # an aggregate's FILTER chooses the rows it adds up: sum(g) FILTER (WHERE g = ...)
-        self.choose(body.get("agg_filter"), scope)
+        filtered = self.choose(body.get("agg_filter"), scope)
+        lin = self._func_call(body, scope, ctx, parts, name, builtin, within)
+        if filtered.pii or filtered.unknown or filtered.params:
+            # and which rows one aggregate adds up is a value of it, as a CASE's
+            # condition is (``sum(CASE WHEN ... THEN 1 END)``): over one row
+            # ``count(*) FILTER (WHERE ascii(email) & 4 <> 0)`` is a bit of the e-mail,
+            # and a select list holds as many as it likes, reading that one row
+            lin = lin | Lin(filtered.entities, filtered.unknown, filtered.params)
+        return lin
+
+    def _func_call(
+        self,
+        body: Node,
+        scope: Scope,
+        ctx: Ctx,
+        parts: list[str],
+        name: str,
+        builtin: bool,
+        within: bool,
+    ) -> Lin:
         if body.get("over"):
             self.window(body["over"], scope)
         if not within and body.get("agg_order"):
@@ -257,10 +276,16 @@ class Expressions(WalkState):
             return self.unknown(f"{name}() reads data dbgate cannot follow")
         if name == "count" or (name in VALUE_FREE_FUNCTIONS and not args):
             # count(x) counts the rows where x is not null, count(DISTINCT x) the values
-            # of x: a choice, like FILTER (count(nullif(g <= ascii(...), false)))
+            # of x: a choice, like FILTER (count(nullif(g <= ascii(...), false))) — and,
+            # like FILTER, a value of this count when x is computed: over one row
+            # ``count(nullif(ascii(email) & 4, 0))`` is a bit. A stored column's count
+            # (``count(email)``, ``count(DISTINCT email)``) stays a number.
+            counted = CLEAN
             for arg in args or ():
-                self.choose(arg, scope)
-            return CLEAN
+                chose = self.choose(arg, scope)
+                if not _bare_column(arg) and (chose.pii or chose.unknown or chose.params):
+                    counted = counted | Lin(chose.entities, chose.unknown, chose.params)
+            return counted
         lin = self.expr(args, scope, ctx)
         if (lin.pii or lin.unknown or lin.params) and self.sets_rows(name, args):
             # as many rows as its arguments say (SELECT generate_series(1, ascii(...))):
@@ -382,6 +407,14 @@ _EXPR: dict[str, Callable[[Expressions, Any, Scope, Ctx], Lin]] = {
 #: The system columns every table row has (``ctid``: where it is stored, ``xmin``: the
 #: transaction that wrote it ...): clean, and different per row.
 SYSTEM_COLUMNS = frozenset(("ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"))
+
+
+def _bare_column(node: Node) -> bool:
+    """Whether an expression is a column reference, perhaps cast (``email``,
+    ``c.email::text``, a whole row ``c``): whether it is NULL is the stored value's."""
+    while isinstance(node, dict) and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    return isinstance(node, dict) and "ColumnRef" in node
 
 
 def _tables_out(scope: Scope) -> Iterator[tuple[Scope, Item]]:

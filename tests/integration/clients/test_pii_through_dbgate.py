@@ -1640,3 +1640,31 @@ def test_copies_of_one_value_asked_through_a_correlated_sub_select(
         finally:
             with psycopg.connect(admin_dsn, autocommit=True) as admin:
                 admin.execute("delete from codebook_notes where id >= 1000")
+
+
+def test_one_row_counted_under_many_filters_does_not_spell_its_value(
+    dsn: str, raw: dict[str, Any]
+) -> None:
+    """Each aggregate's FILTER asks the one row read another bit of its e-mail, and a
+    select list holds a count per bit: one statement, one row read, the whole value.
+    An aggregate whose FILTER (or computed count argument) reads PII carries it, so
+    the counts come back as pseudonyms; a stored column's count stays a number."""
+    email = raw["email"].encode()
+    bits = len(email) * 8
+    truth = [bool(email[i // 8] & (1 << (i % 8))) for i in range(bits)]
+    counts = ", ".join(
+        f"count(*) filter (where ascii(substr(email, {i // 8 + 1}, 1)) & {1 << (i % 8)} <> 0)"
+        for i in range(bits)
+    )
+    nullifs = ", ".join(
+        f"count(nullif(ascii(substr(email, {i // 8 + 1}, 1)) & {1 << (i % 8)}, 0))"
+        for i in range(bits)
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for select_list in (counts, nullifs):
+            row = conn.execute(f"select {select_list} from customers where id = 42").fetchone()
+            assert row is not None and len(row) == bits
+            assert [v == 1 for v in row] != truth
+        assert conn.execute(
+            "select count(email), count(distinct email) from customers where id = 42"
+        ).fetchone() == (1, 1)

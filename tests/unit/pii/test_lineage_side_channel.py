@@ -389,3 +389,58 @@ def test_a_row_asked_its_own_question_in_a_sub_select_carries_its_pii(sql: str) 
 def test_a_write_to_rows_each_asked_its_own_question_is_held(sql: str) -> None:
     writes = analyze(sql, COV).pii_writes
     assert any("chosen by a value derived from PII" in w for w in writes), (sql, writes)
+
+
+#: One aggregate's FILTER, or the computed argument of count(x), asks the rows it adds
+#: up a question of their PII: over one row the count is the answer, a bit, and a
+#: select list holds as many as it likes while reading that one row. Which rows an
+#: aggregate adds up is a value of it, as a CASE's condition is
+#: (``sum(CASE WHEN ... THEN 1 END)``).
+STACKED_IN_AGGREGATES = [
+    (
+        "select count(*) filter (where ascii(substr(email, 1, 1)) & 1 <> 0),"
+        " count(*) filter (where ascii(substr(email, 1, 1)) & 2 <> 0)"
+        " from customers where id = 42",
+        ["email", "email"],
+    ),
+    (
+        "select count(nullif(ascii(substr(email, 1, 1)) & 1, 0)),"
+        " count(nullif(ascii(substr(email, 1, 1)) & 2, 0)) from customers where id = 42",
+        ["email", "email"],
+    ),
+    (
+        "select count(distinct nullif(ascii(substr(ssn, 1, 1)) & 1, 0))"
+        " from customers where id = 42",
+        ["ssn"],
+    ),
+    (
+        "select count(*) filter (where ascii(substr(email, 1, 1)) & 1 <> 0) over ()"
+        " from customers where id = 42",
+        ["email"],
+    ),
+    (
+        "select array_agg(id) filter (where birth_date < '1970-01-01')"
+        " from customers where id = 42",
+        ["birth_date"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), STACKED_IN_AGGREGATES)
+def test_an_aggregate_chosen_by_pii_carries_it(sql: str, expected: list[str]) -> None:
+    assert _cols(sql) == expected
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        # a stored column's count, and a FILTER of clean columns: numbers
+        ("select count(email), count(distinct email) from customers", ["-", "-"]),
+        ("select count(email::text) from customers", ["-"]),
+        ("select count(*) filter (where status = 'paid') from orders", ["-"]),
+        # the same one question asked of the level's rows in WHERE: a number
+        ("select count(*) from customers where email like '%@example.com'", ["-"]),
+    ],
+)
+def test_counts_of_stored_columns_stay_numbers(sql: str, expected: list[str]) -> None:
+    assert _cols(sql) == expected
