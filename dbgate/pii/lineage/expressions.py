@@ -190,6 +190,12 @@ class Expressions(WalkState):
         return self.expr(body.get("arg"), scope, ctx)
 
     def e_SubLink(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        # standing as a whole predicate, a sub-select keeps or drops the rows around it
+        # (one bit per row); anywhere else its rows kept by their own PII are a value:
+        # ``(SELECT count(*) FROM customers WHERE id = 42 AND ascii(email) & 4 <> 0)``
+        # is a bit, and a select list holds as many as it likes in one row
+        leaf = self.leaf_sublink is body
+        self.leaf_sublink = None
         test = self.expr(body.get("testexpr"), scope, ctx)
         sub = body.get("subselect")
         if body.get("subLinkType") == "EXISTS_SUBLINK":
@@ -199,11 +205,13 @@ class Expressions(WalkState):
             # (``EXISTS (SELECT 1 FROM customers c, generate_series(1, ascii(c.email))
             # WHERE c.id = 42 OFFSET g - 1)`` is true for g up to the code), so the
             # answer carries that, and relates it with the outer columns met inside
-            chosen = self.query(sub, scope, FILTER).chosen
+            out = self.query(sub, scope, FILTER)
+            chosen = out.chosen if leaf else out.chosen | out.asked
             return test | self.from_elsewhere(Lin(chosen.entities, chosen.unknown, chosen.params))
         if sub is None:
             return test
-        return test | self.from_elsewhere(self.query(sub, scope, ctx).union())
+        out = self.query(sub, scope, ctx)
+        return test | self.from_elsewhere(out.union() if leaf else out.union() | out.asked)
 
     def from_elsewhere(self, lin: Lin) -> Lin:
         """A sub-select's value: PII in it comes from its own rows, not from a row the

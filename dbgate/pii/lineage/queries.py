@@ -14,6 +14,7 @@ from dbgate.pii.lineage.nodes import Node, one, strs
 from dbgate.pii.lineage.results import Output
 from dbgate.pii.lineage.scope import Item, Ref, Scope
 from dbgate.pii.lineage.state import WalkState
+from dbgate.policy.catalog_builtin import AGGREGATES
 
 
 class Queries(WalkState):
@@ -91,7 +92,7 @@ class Queries(WalkState):
         if body.get("lockingClause"):
             self.locks_chosen(scope)
         # last: a correlated predicate anywhere below may have chosen this level's rows
-        return scope.mark(out)
+        return scope.mark(out, _aggregates(body))
 
     def locks_chosen(self, scope: Scope) -> None:
         """``FOR SHARE`` (``KEY SHARE``, ``NO KEY UPDATE``, ``UPDATE``) locks the rows
@@ -253,10 +254,14 @@ class Queries(WalkState):
         saved, self.refs = self.refs, []
         refs = self.refs
         sublinks = self.sublinks
+        # a sub-select standing as the whole predicate (``EXISTS (...)``, ``x IN
+        # (...)``) only keeps or drops this level's rows; see ``Expressions.e_SubLink``
+        saved_leaf, self.leaf_sublink = self.leaf_sublink, node.get("SubLink")
         try:
             lin = self.expr(node, scope, FILTER)
         finally:
             self.refs = saved
+            self.leaf_sublink = saved_leaf
         if saved is not None:
             # the columns of outer rows this choice reads (a correlated sub-select's
             # WHERE) belong to the predicate around it too: ``EXISTS (SELECT 1 WHERE
@@ -273,7 +278,7 @@ class Queries(WalkState):
                 # table row is chosen by its own values here (``HAVING count(*) >= o.id``)
                 lin = lin | Lin(chosen.entities, chosen.unknown, chosen.params)
                 elsewhere = True
-        self.chose(lin, refs, elsewhere, scope, _whole_equality(node))
+        self.chose(lin, refs, elsewhere, scope, _whole_equality(node), _whole_value_guess(node))
         return lin
 
     def chose(
@@ -283,11 +288,13 @@ class Queries(WalkState):
         elsewhere: bool = False,
         scope: Scope | None = None,
         equality: bool = False,
+        guess: bool = False,
     ) -> None:
         """Mark the levels of the clean columns a choice of lineage ``lin`` related
         with it (``refs``: the column references met walking it); see ``choose``.
         ``scope``: the level whose rows the choice keeps or drops; ``equality``: the
-        choice is a whole-value equality of two columns (``_whole_equality``)."""
+        choice is a whole-value equality of two columns (``_whole_equality``);
+        ``guess``: of a column with constants (``_whole_value_guess``)."""
         if not (lin.pii or lin.unknown or lin.params):
             return
         if not refs and scope is not None and scope.parent is not None:
@@ -311,6 +318,11 @@ class Queries(WalkState):
                 level = refs[0][0]
                 level.chosen = level.chosen | Lin(lin.entities, lin.unknown, lin.params)
                 return
+            if (lin.pii or lin.unknown) and scope is not None and not guess:
+                # one bit per row, but a sub-select that stands as a value, or an
+                # aggregate over these rows, makes it a value (``Scope.mark``)
+                level = refs[0][0]
+                level.asked = level.asked | Lin(lin.entities, lin.unknown)
             if not lin.params:
                 return  # one table row chosen by its own value
             # a bind parameter may carry a token, a value from elsewhere, like a token
@@ -425,6 +437,72 @@ def _asks_each_row(refs: list[Ref]) -> bool:
         else:
             clean = True
     return clean and pii
+
+
+def _aggregates(body: Node) -> bool:
+    """Whether a SELECT aggregates its rows: GROUP BY, HAVING, or an aggregate call
+    (not a window's) in its select list, outside sub-selects."""
+    if body.get("groupClause") or body.get("havingClause"):
+        return True
+    return _has_aggregate(body.get("targetList"))
+
+
+def _has_aggregate(node: object) -> bool:
+    if isinstance(node, list):
+        return any(_has_aggregate(n) for n in node)
+    if not isinstance(node, dict):
+        return False
+    for kind, body in node.items():
+        if kind in ("SubLink", "SelectStmt"):
+            continue
+        if kind == "FuncCall" and isinstance(body, dict) and not body.get("over"):
+            name = strs(body.get("funcname"))[-1].lower()
+            if name in AGGREGATES or body.get("agg_star") or body.get("agg_filter"):
+                return True
+        if _has_aggregate(body):
+            return True
+    return False
+
+
+def _whole_value_guess(node: Node) -> bool:
+    """Whether a predicate compares one bare column, whole, with constants or
+    parameters (``email = $1``, ``email IN ('a', 'b')``, ``email = ANY ($1)``, ``email
+    IS NULL``): a guess at the whole value, so k of them in one statement find it
+    among k candidates, never k bits of it."""
+    if "NullTest" in node:
+        return _bare(node["NullTest"].get("arg"))
+    expr = node.get("A_Expr")
+    if expr is None:
+        return False
+    kind = expr.get("kind", "AEXPR_OP")
+    names = strs(expr.get("name"))
+    if kind in ("AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_IN", "AEXPR_NOT_DISTINCT"):
+        if kind != "AEXPR_NOT_DISTINCT" and names != ["="]:
+            return False
+    else:
+        return False
+    left, right = expr.get("lexpr"), expr.get("rexpr")
+    return (_bare(left) and _constant(right)) or (_bare(right) and _constant(left))
+
+
+def _bare(node: object) -> bool:
+    while isinstance(node, dict) and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    return isinstance(node, dict) and "ColumnRef" in node
+
+
+def _constant(node: object) -> bool:
+    """No column, call or sub-select in it: literals, parameters, casts, lists."""
+    if isinstance(node, list):
+        return all(_constant(n) for n in node)
+    if not isinstance(node, dict):
+        return True
+    for kind, body in node.items():
+        if kind in ("ColumnRef", "FuncCall", "SubLink", "SelectStmt"):
+            return False
+        if not _constant(body):
+            return False
+    return True
 
 
 #: Operators of a whole-value equality (``_whole_equality``).

@@ -48,6 +48,11 @@ class Output:
     names: list[str] = field(default_factory=list)
     tail: Lin | None = None
     chosen: Lin = CLEAN
+    #: PII that kept rows of it (or of a level below) by each row's own value, and the
+    #: levels where (``Scope.level_asked``): in no column, but a value of a sub-select
+    #: standing as a value (``(SELECT count(*) ... WHERE ascii(email) & 4 <> 0)``)
+    asked: Lin = CLEAN
+    asked_levels: frozenset[int] = frozenset()
     #: of a prepared statement: its parameters whose values it writes, keeps in session
     #: state, or lets choose the rows it writes (an EXECUTE argument there is a copy)
     writes: frozenset[int] = frozenset()
@@ -77,6 +82,8 @@ class Output:
             [a | b for a, b in zip(self.columns[:n], other.columns[:n], strict=True)],
             list(self.names[:n]),
             chosen=self.chosen | other.chosen,
+            asked=self.asked | other.asked,
+            asked_levels=self.asked_levels | other.asked_levels,
             writes=self.writes | other.writes,
         )
         if (

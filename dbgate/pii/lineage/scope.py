@@ -9,14 +9,30 @@ resolves outward), and the PII that chose its rows (``chosen``).
 
 from __future__ import annotations
 
+from itertools import count
+
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.lineage.results import Output
+
+_SERIAL = count()
 
 
 class Item:
     """One FROM-clause entry as name resolution sees it."""
 
-    __slots__ = ("_index", "alias", "chosen", "cols", "names", "open", "rest", "schema", "table")
+    __slots__ = (
+        "_index",
+        "alias",
+        "asked",
+        "asked_levels",
+        "chosen",
+        "cols",
+        "names",
+        "open",
+        "rest",
+        "schema",
+        "table",
+    )
 
     def __init__(
         self,
@@ -28,6 +44,8 @@ class Item:
         schema: str | None = None,
         chosen: Lin = CLEAN,
         table: bool = False,
+        asked: Lin = CLEAN,
+        asked_levels: frozenset[int] = frozenset(),
     ) -> None:
         self.alias = alias
         self.names = names
@@ -37,6 +55,9 @@ class Item:
         self.schema = schema
         self.chosen = chosen  # its source's rows were chosen by PII (Output.chosen)
         self.table = table  # one row of a table: its columns are one stored row's
+        #: its source's rows were kept by their own PII, at these levels (Output.asked)
+        self.asked = asked
+        self.asked_levels = asked_levels
         self._index: dict[str, Lin] | None = None
 
     def get(self, name: str) -> Lin | None:
@@ -60,15 +81,20 @@ class Item:
 
 
 class Scope:
-    __slots__ = ("chosen", "ctes", "items", "parent", "stars")
+    __slots__ = ("asked", "chosen", "ctes", "items", "parent", "serial", "stars")
 
     def __init__(self, parent: Scope | None) -> None:
+        self.serial = next(_SERIAL)
         self.parent = parent
         self.items: list[Item] = []  # everything resolvable by name
         self.stars: list[Item] = []  # top-level FROM entries, for SELECT *
         self.ctes: dict[str, tuple[Output, list[str]]] = {}
         #: PII that chose this level's rows (``Queries.choose``): every output has it
         self.chosen = CLEAN
+        #: PII that kept or dropped each table row of this level by the row's own value
+        #: (``email LIKE 'a%'``): one bit per row, carried by no output of the level,
+        #: but a value of whatever turns the rows' presence into one (``Output.asked``)
+        self.asked = CLEAN
 
     def level_chosen(self) -> Lin:
         """What PII chose in this level's rows: here, or in a FROM entry's source."""
@@ -77,8 +103,31 @@ class Scope:
             out = out | item.chosen
         return out
 
-    def mark(self, out: Output) -> Output:
-        """``out`` with this level's chosen PII added to every column."""
+    def level_asked(self) -> tuple[Lin, frozenset[int]]:
+        """What PII kept rows by their own value, here or in a FROM entry's source, and
+        at which levels (``Scope.serial``)."""
+        lin = self.asked
+        levels = frozenset((self.serial,)) if self.asked is not CLEAN else frozenset()
+        for item in self.items:
+            lin = lin | item.asked
+            levels = levels | item.asked_levels
+        return lin, levels
+
+    def mark(self, out: Output, aggregates: bool = False) -> Output:
+        """``out`` with this level's chosen PII added to every column.
+
+        A level that aggregates turns the presence of its rows into values: rows
+        kept by their own PII at several levels (sub-selects, CTEs or the branches of
+        a set operation, each a one-bit question: ``SELECT sum(v) FROM (SELECT 1 v ...
+        WHERE ascii(email) & 1 <> 0 UNION ALL SELECT 2 ...)``), or at all when the
+        level is itself nested, make its outputs carry that PII. One level's question
+        counted at a statement's top level (``count(*) ... WHERE email LIKE 'a%'``, or
+        over a sub-select or CTE that asks it) stays one number."""
+        asked, levels = self.level_asked()
+        out.asked = out.asked | asked
+        out.asked_levels = out.asked_levels | levels
+        if aggregates and asked is not CLEAN and (len(levels) > 1 or self.parent is not None):
+            self.chosen = self.chosen | Lin(asked.entities, asked.unknown)
         chosen = self.level_chosen()
         if chosen is CLEAN:
             return out

@@ -76,6 +76,8 @@ class Sources(WalkState):
             open=out.tail is not None,
             rest=out.tail or CLEAN,
             chosen=out.chosen,
+            asked=out.asked,
+            asked_levels=out.asked_levels,
         )
         scope.items.append(item)
         return item
@@ -94,6 +96,8 @@ class Sources(WalkState):
                         colnames[: len(out.columns)] + out.names[len(colnames) :],
                         out.tail,
                         out.chosen,
+                        asked=out.asked,
+                        asked_levels=out.asked_levels,
                     )
                 return self.item_from_output(out, alias or {"aliasname": name}, scope)
         rels = self.snap.lookup(name, schema)
@@ -172,7 +176,16 @@ class Sources(WalkState):
             names, cols = [], []
             rest = rest | left.whole() | right.whole()
         alias = (body.get("alias") or {}).get("aliasname")
-        item = Item(alias, names, cols, open=open_, rest=rest, chosen=left.chosen | right.chosen)
+        item = Item(
+            alias,
+            names,
+            cols,
+            open=open_,
+            rest=rest,
+            chosen=left.chosen | right.chosen,
+            asked=left.asked | right.asked,
+            asked_levels=left.asked_levels | right.asked_levels,
+        )
         if alias or (body.get("join_using_alias")):
             if body.get("join_using_alias"):
                 ua = body["join_using_alias"].get("aliasname")

@@ -32,6 +32,8 @@ class WalkState:
         #: each resolved at, the FROM entry, its lineage, the column's name (``*`` for
         #: a whole row); None outside predicates
         self.refs: list[Ref] | None = None
+        #: the SubLink a predicate being walked consists of (``Queries.choose``)
+        self.leaf_sublink: Node | None = None
         #: the statement being walked writes to a relation with rewrite rules of its own
         self.rules_met = False
         #: calls of STATE_WRITERS: the function, its arguments' lineage, its level (whose

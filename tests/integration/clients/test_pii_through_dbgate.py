@@ -1668,3 +1668,34 @@ def test_one_row_counted_under_many_filters_does_not_spell_its_value(
         assert conn.execute(
             "select count(email), count(distinct email) from customers where id = 42"
         ).fetchone() == (1, 1)
+
+
+def test_one_row_asked_in_many_sub_selects_does_not_spell_its_value(
+    dsn: str, raw: dict[str, Any]
+) -> None:
+    """A select list of sub-selects, each keeping customer 42's row by one bit of its
+    e-mail (``EXISTS (…)``, a scalar ``count(*)``): one statement, one row returned,
+    the whole value. A sub-select whose rows were kept by their own PII, standing as a
+    value, carries that PII; the same sub-select as a whole predicate, or a lookup by
+    the whole value, still reads plainly."""
+    email = raw["email"].encode()
+    bits = len(email) * 8
+    truth = [bool(email[i // 8] & (1 << (i % 8))) for i in range(bits)]
+    one_row = "from customers where id = 42 and ascii(substr(email, {p}, 1)) & {b} <> 0"
+    forms = (
+        "exists (select 1 " + one_row + ")",
+        "(select count(*) " + one_row + ")",
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for form in forms:
+            select_list = ", ".join(form.format(p=i // 8 + 1, b=1 << (i % 8)) for i in range(bits))
+            row = conn.execute(f"select {select_list}").fetchone()
+            assert row is not None and len(row) == bits
+            assert [v is True or v == 1 for v in row] != truth
+        token = conn.execute("select email from customers where id = 42").fetchone()[0]
+        assert conn.execute(
+            "select (select id from customers where email = %s)", (token,)
+        ).fetchone() == (42,)
+        assert conn.execute(
+            "select 1 where exists (select 1 from customers where id = 42 and email like '%%@%%')"
+        ).fetchone() == (1,)

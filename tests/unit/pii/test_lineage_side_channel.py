@@ -444,3 +444,80 @@ def test_an_aggregate_chosen_by_pii_carries_it(sql: str, expected: list[str]) ->
 )
 def test_counts_of_stored_columns_stay_numbers(sql: str, expected: list[str]) -> None:
     assert _cols(sql) == expected
+
+
+#: A sub-select whose table rows were kept by their own PII, standing as a value
+#: (scalar, EXISTS, ARRAY, in a select list or inside an expression) rather than as a
+#: whole predicate: over one row it is a bit, and a select list holds as many as it
+#: likes in one returned row (so the rows-per-window budget does not bound them), as
+#: does an aggregate over several such sub-selects or a nested one.
+BIT = "ascii(substr(email, 1, 1)) & {b} <> 0"
+ONE_ROW = "from customers where id = 42 and " + BIT
+STACKED_IN_SUB_SELECTS = [
+    (
+        f"select exists (select 1 {ONE_ROW.format(b=1)}), exists (select 1 {ONE_ROW.format(b=2)})",
+        ["email", "email"],
+    ),
+    (f"select (select count(*) {ONE_ROW.format(b=1)})", ["email"]),
+    (f"select (select 1 {ONE_ROW.format(b=1)})", ["email"]),
+    (f"select array(select 1 {ONE_ROW.format(b=1)})", ["email"]),
+    (f"select case when exists (select 1 {ONE_ROW.format(b=1)}) then 1 end", ["email"]),
+    (
+        f"select a.n, b.n from (select count(*) n {ONE_ROW.format(b=1)}) a,"
+        f" (select count(*) n {ONE_ROW.format(b=2)}) b",
+        ["email", "email"],
+    ),
+    (
+        f"select sum(v) from (select 1 v {ONE_ROW.format(b=1)}"
+        f" union all select 2 {ONE_ROW.format(b=2)}) s",
+        ["email"],
+    ),
+    (
+        "select g from generate_series(0, 3) g where g ="
+        f" (select count(*) {ONE_ROW.format(b=1)}) + 2 * (select count(*) {ONE_ROW.format(b=2)})",
+        ["email"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), STACKED_IN_SUB_SELECTS)
+def test_a_sub_select_kept_by_its_own_pii_is_a_value(sql: str, expected: list[str]) -> None:
+    assert _cols(sql) == expected
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        # one question, counted at the top level: a number
+        ("select count(*) from (select id from customers where email like '%@x.com') s", ["-"]),
+        (
+            "with g as (select id from customers where email like '%@x.com') select count(*) from g",
+            ["-"],
+        ),
+        # a sub-select standing as the whole predicate only keeps or drops rows
+        (
+            "select c.id from customers c where c.id in"
+            " (select customer_id from orders where contact_email like '%@x.com')",
+            ["-"],
+        ),
+        (f"select 1 where exists (select 1 {ONE_ROW.format(b=1)})", ["-"]),
+        # a lookup by the whole value: a guess, not a bit of it
+        ("select (select id from customers where email = 'a@example.com')", ["-"]),
+        ("select (select id from customers where email in ('a@example.com', 'b@x.org'))", ["-"]),
+        ("select (select id from customers where email = $1)", ["-"]),
+    ],
+)
+def test_one_question_or_a_lookup_stays_clean(sql: str, expected: list[str]) -> None:
+    assert _cols(sql) == expected
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"update digits set label = (select count(*) {ONE_ROW.format(b=1)})::text",
+        f"insert into digits (n) select (select count(*) {ONE_ROW.format(b=1)})",
+    ],
+)
+def test_a_sub_select_kept_by_its_own_pii_written_is_a_copy(sql: str) -> None:
+    writes = analyze(sql, COV).pii_writes
+    assert any("PII" in w for w in writes), (sql, writes)
