@@ -246,7 +246,12 @@ class Queries(WalkState):
         """
         if node is None:
             return CLEAN
-        if "BoolExpr" in node:
+        if "BoolExpr" in node and node["BoolExpr"].get("boolop") == "AND_EXPR":
+            # the conjuncts each keep or drop rows on their own; an OR or a NOT is one
+            # predicate, its leaves deciding together which rows it keeps: ``(id = 1
+            # AND ascii(substr(email, 1, 1)) & 1 <> 0) OR (id = 2 AND ... & 2 <> 0)``,
+            # or ``(id <> 1 OR ... & 1 = 0) AND (id <> 2 OR ...)``, asks each row
+            # another question, as ``... & (1 << id) ...`` does
             out = CLEAN
             for arg in node["BoolExpr"].get("args") or ():
                 out = out | self.choose(arg, scope, aggregated)

@@ -1699,3 +1699,40 @@ def test_one_row_asked_in_many_sub_selects_does_not_spell_its_value(
         assert conn.execute(
             "select 1 where exists (select 1 from customers where id = 42 and email like '%%@%%')"
         ).fetchone() == (1,)
+
+
+def test_copies_of_one_value_asked_under_or_do_not_spell_it(
+    dsn: str, admin_dsn: str, raw: dict[str, Any]
+) -> None:
+    """Over rows holding copies of one e-mail, ``(id = 1000 AND <bit 0>) OR (id = 1001
+    AND <bit 1>) …``: every leaf reads one column, but the OR makes the row's id pick
+    its question, and the rows kept (or their ids summed into one row) spell it."""
+    email = raw["email"].encode()
+    bits = len(email) * 8
+    truth = {i for i in range(bits) if email[i // 8] & (1 << (i % 8))}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            for start in range(0, bits, 96):
+                conn.execute(
+                    "insert into codebook_notes select 1000 + g, c.email from customers c,"
+                    f" generate_series({start}, {min(start + 95, bits - 1)}) g where c.id = 42"
+                )
+            oracle = " or ".join(
+                f"(id = {1000 + i} and ascii(substr(email, {i // 8 + 1}, 1)) & {1 << (i % 8)} <> 0)"
+                for i in range(bits)
+            )
+            got = conn.execute(f"select id - 1000 from codebook_notes where {oracle}").fetchall()
+            assert len(got) == len(truth)
+            assert {g for (g,) in got} != truth
+            packed = conn.execute(
+                f"select sum(2::numeric ^ (id - 1000)) from codebook_notes where {oracle}"
+            ).fetchone()[0]
+            assert packed != sum(2**i for i in truth)
+            # PII alone under OR still reads plainly
+            assert conn.execute(
+                "select count(*) from codebook_notes where id >= 1000"
+                " and (email like '%@%' or email is null)"
+            ).fetchone() == (bits,)
+        finally:
+            with psycopg.connect(admin_dsn, autocommit=True) as admin:
+                admin.execute("delete from codebook_notes where id >= 1000")

@@ -521,3 +521,39 @@ def test_one_question_or_a_lookup_stays_clean(sql: str, expected: list[str]) -> 
 def test_a_sub_select_kept_by_its_own_pii_written_is_a_copy(sql: str) -> None:
     writes = analyze(sql, COV).pii_writes
     assert any("PII" in w for w in writes), (sql, writes)
+
+
+#: Under OR or NOT the leaves decide together which rows are kept: a clean column of
+#: the row there picks which question of its PII each row answers, as ``... & (1 <<
+#: id % 8)`` does; over rows holding copies of one value the rows kept spell it.
+ASKED_UNDER_OR = [
+    "select id from orders where (id = 1 and ascii(substr(contact_email, 1, 1)) & 1 <> 0)"
+    " or (id = 2 and ascii(substr(contact_email, 1, 1)) & 2 <> 0)",
+    "select sum(id) from orders where (id = 1 and ascii(substr(contact_email, 1, 1)) & 1 <> 0)"
+    " or (id = 2 and ascii(substr(contact_email, 1, 1)) & 2 <> 0)",
+    "select id from orders where (id <> 1 or ascii(substr(contact_email, 1, 1)) & 1 = 0)"
+    " and (id <> 2 or ascii(substr(contact_email, 1, 1)) & 2 = 0)",
+    "select id from orders where not (id = 1 and ascii(substr(contact_email, 1, 1)) & 1 <> 0)",
+]
+
+
+@pytest.mark.parametrize("sql", ASKED_UNDER_OR)
+def test_a_row_asked_its_own_question_under_or_carries_its_pii(sql: str) -> None:
+    assert _cols(sql)[0] != "-", sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # conjuncts keep rows on their own; PII leaves alone under OR ask every row alike
+        "select id from orders where id = 5 and contact_email like 'a%'",
+        "select id from orders o where (o.status = 'paid' or o.status = 'open')"
+        " and o.contact_email like '%@example.com'",
+        "select id from orders where status = 'paid'"
+        " and (contact_email like '%@x.com' or contact_email like '%@y.com')",
+        "select id from customers where (full_name like 'J%' and email like '%@x') or ssn is null",
+        "select id from customers where not (email like 'a%')",
+    ],
+)
+def test_pii_alone_under_or_stays_clean(sql: str) -> None:
+    assert _cols(sql)[0] == "-", sql
