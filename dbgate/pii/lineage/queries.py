@@ -445,8 +445,8 @@ def _asks_each_row(refs: list[Ref]) -> bool:
 
 
 def _aggregates(body: Node) -> bool:
-    """Whether a SELECT aggregates its rows: GROUP BY, HAVING, or an aggregate call
-    (not a window's) in its select list, outside sub-selects."""
+    """Whether a SELECT aggregates its rows: GROUP BY, HAVING, or an aggregate or
+    window call in its select list, outside sub-selects."""
     if body.get("groupClause") or body.get("havingClause"):
         return True
     return _has_aggregate(body.get("targetList"))
@@ -460,7 +460,9 @@ def _has_aggregate(node: object) -> bool:
     for kind, body in node.items():
         if kind in ("SubLink", "SelectStmt"):
             continue
-        if kind == "FuncCall" and isinstance(body, dict) and not body.get("over"):
+        if kind == "FuncCall" and isinstance(body, dict):
+            if body.get("over"):
+                return True  # a window function adds up the rows of its partition
             name = strs(body.get("funcname"))[-1].lower()
             if name in AGGREGATES or body.get("agg_star") or body.get("agg_filter"):
                 return True

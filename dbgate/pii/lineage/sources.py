@@ -149,6 +149,19 @@ class Sources(WalkState):
                 # ascii(c.email) & 4 <> 0`` is a bit of each row's e-mail), so this level
                 # carries it, even when ON names one table row only
                 scope.chosen = scope.chosen | Lin(on.entities, on.unknown, on.params)
+        jointype = body.get("jointype", "JOIN_INNER")
+        nullable = {
+            "JOIN_LEFT": (right,),
+            "JOIN_RIGHT": (left,),
+            "JOIN_FULL": (left, right),
+        }.get(jointype, ())
+        for side in nullable:
+            if side.asked is not CLEAN:
+                # rows of a sub-select kept by their own PII, on the side an outer join
+                # fills with NULLs where it has none: each NULL is a bit of the row
+                # around it (``(SELECT 1) b LEFT JOIN (SELECT 1 x FROM customers WHERE
+                # id = 42 AND ascii(email) & 4 <> 0) a ON true``, one join per bit)
+                scope.chosen = scope.chosen | Lin(side.asked.entities, side.asked.unknown)
         using = strs(body.get("usingClause"))
         if body.get("isNatural"):
             using = [n for n in left.names if n in right.names]

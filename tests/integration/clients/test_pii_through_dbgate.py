@@ -1692,6 +1692,15 @@ def test_one_row_asked_in_many_sub_selects_does_not_spell_its_value(
             row = conn.execute(f"select {select_list}").fetchone()
             assert row is not None and len(row) == bits
             assert [v is True or v == 1 for v in row] != truth
+        # outer joins fill the sub-selects without rows with NULLs: a bit per join
+        joins = " ".join(
+            f"left join (select 1 x {one_row.format(p=i // 8 + 1, b=1 << (i % 8))}) j{i} on true"
+            for i in range(16)
+        )
+        row = conn.execute(
+            f"select {', '.join(f'j{i}.x' for i in range(16))} from (select 1) base {joins}"
+        ).fetchone()
+        assert row is not None and [v is not None and v == 1 for v in row] != truth[:16]
         token = conn.execute("select email from customers where id = 42").fetchone()[0]
         assert conn.execute(
             "select (select id from customers where email = %s)", (token,)

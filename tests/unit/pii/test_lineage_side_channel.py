@@ -472,6 +472,23 @@ STACKED_IN_SUB_SELECTS = [
         f" union all select 2 {ONE_ROW.format(b=2)}) s",
         ["email"],
     ),
+    # a window adds up its partition's rows as an aggregate does
+    (
+        f"select sum(v) over () from (select 1 v {ONE_ROW.format(b=1)}"
+        f" union all select 2 {ONE_ROW.format(b=2)}) s limit 1",
+        ["email"],
+    ),
+    # an outer join fills the side with no rows with NULLs: one join per bit
+    (
+        f"select a.x, b.x from (select 1 x {ONE_ROW.format(b=1)}) a"
+        f" full join (select 1 x {ONE_ROW.format(b=2)}) b on true",
+        ["email", "email"],
+    ),
+    (
+        f"select a.x, b.x from (select 1) base left join (select 1 x {ONE_ROW.format(b=1)}) a"
+        f" on true left join lateral (select 1 x {ONE_ROW.format(b=2)}) b on true",
+        ["email", "email"],
+    ),
     (
         "select g from generate_series(0, 3) g where g ="
         f" (select count(*) {ONE_ROW.format(b=1)}) + 2 * (select count(*) {ONE_ROW.format(b=2)})",
