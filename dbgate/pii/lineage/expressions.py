@@ -194,24 +194,26 @@ class Expressions(WalkState):
         # (one bit per row); anywhere else its rows kept by their own PII are a value:
         # ``(SELECT count(*) FROM customers WHERE id = 42 AND ascii(email) & 4 <> 0)``
         # is a bit, and a select list holds as many as it likes in one row
+        # (as a whole predicate, that is one bit of the level whose rows it keeps)
         leaf = self.leaf_sublink is body
         self.leaf_sublink = None
         test = self.expr(body.get("testexpr"), scope, ctx)
         sub = body.get("subselect")
-        if body.get("subLinkType") == "EXISTS_SUBLINK":
-            if sub is None:
-                return test
+        if sub is None:
+            return test
+        exists = body.get("subLinkType") == "EXISTS_SUBLINK"
+        out = self.query(sub, scope, FILTER if exists else ctx)
+        if leaf:
+            scope.asked = scope.asked | out.asked
+        asked = CLEAN if leaf else out.asked
+        if exists:
             # whether the sub-select has rows: what chose, sized or cut them decides it
             # (``EXISTS (SELECT 1 FROM customers c, generate_series(1, ascii(c.email))
             # WHERE c.id = 42 OFFSET g - 1)`` is true for g up to the code), so the
             # answer carries that, and relates it with the outer columns met inside
-            out = self.query(sub, scope, FILTER)
-            chosen = out.chosen if leaf else out.chosen | out.asked
+            chosen = out.chosen | asked
             return test | self.from_elsewhere(Lin(chosen.entities, chosen.unknown, chosen.params))
-        if sub is None:
-            return test
-        out = self.query(sub, scope, ctx)
-        return test | self.from_elsewhere(out.union() if leaf else out.union() | out.asked)
+        return test | self.from_elsewhere(out.union() | asked)
 
     def from_elsewhere(self, lin: Lin) -> Lin:
         """A sub-select's value: PII in it comes from its own rows, not from a row the
@@ -232,7 +234,7 @@ class Expressions(WalkState):
             builtin and name in HYPOTHETICAL_SET_AGGREGATES
         )
         # an aggregate's FILTER chooses the rows it adds up: sum(g) FILTER (WHERE g = ...)
-        filtered = self.choose(body.get("agg_filter"), scope)
+        filtered = self.choose(body.get("agg_filter"), scope, rows=False)
         lin = self._func_call(body, scope, ctx, parts, name, builtin, within)
         if filtered.pii or filtered.unknown or filtered.params:
             # and which rows one aggregate adds up is a value of it, as a CASE's
@@ -259,7 +261,7 @@ class Expressions(WalkState):
             # cuts like a LIMIT (``(json_agg(g ORDER BY abs(g - ascii(...))))->0`` is the
             # code): each item chooses, as a query's ORDER BY does
             for item in body["agg_order"]:
-                self.choose(item, scope)
+                self.choose(item, scope, rows=False)
         args = body.get("args")
         if within and body.get("agg_order"):
             args = [*(args or ()), *body["agg_order"]]
@@ -290,7 +292,7 @@ class Expressions(WalkState):
             # (``count(email)``, ``count(DISTINCT email)``) stays a number.
             counted = CLEAN
             for arg in args or ():
-                chose = self.choose(arg, scope)
+                chose = self.choose(arg, scope, rows=False)
                 if not _bare_column(arg) and (chose.pii or chose.unknown or chose.params):
                     counted = counted | Lin(chose.entities, chose.unknown, chose.params)
             return counted

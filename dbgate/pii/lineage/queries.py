@@ -212,7 +212,9 @@ class Queries(WalkState):
         if lin.pii or lin.unknown or lin.params:
             scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
 
-    def choose(self, node: Node | None, scope: Scope, aggregated: bool = False) -> Lin:
+    def choose(
+        self, node: Node | None, scope: Scope, aggregated: bool = False, rows: bool = True
+    ) -> Lin:
         """Walk a clause that chooses rows (WHERE, HAVING, JOIN ... ON, FILTER).
 
         Choosing rows is allowed, but a choice can be made to spell a value: ``SELECT
@@ -254,14 +256,17 @@ class Queries(WalkState):
             # another question, as ``... & (1 << id) ...`` does
             out = CLEAN
             for arg in node["BoolExpr"].get("args") or ():
-                out = out | self.choose(arg, scope, aggregated)
+                out = out | self.choose(arg, scope, aggregated, rows)
             return out
         saved, self.refs = self.refs, []
         refs = self.refs
         sublinks = self.sublinks
         # a sub-select standing as the whole predicate (``EXISTS (...)``, ``x IN
-        # (...)``) only keeps or drops this level's rows; see ``Expressions.e_SubLink``
-        saved_leaf, self.leaf_sublink = self.leaf_sublink, node.get("SubLink")
+        # (...)``) only keeps or drops this level's rows (``rows``: not an aggregate's
+        # FILTER or argument, nor an outer join's ON, where what it keeps is a value);
+        # see ``Expressions.e_SubLink``
+        saved_leaf = self.leaf_sublink
+        self.leaf_sublink = node.get("SubLink") if rows else None
         try:
             lin = self.expr(node, scope, FILTER)
         finally:

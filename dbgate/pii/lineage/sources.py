@@ -139,7 +139,8 @@ class Sources(WalkState):
         left = self.from_item(body["larg"], scope)
         right = self.from_item(body["rarg"], scope)
         if body.get("quals"):
-            on = self.choose(body["quals"], scope)
+            inner = body.get("jointype", "JOIN_INNER") == "JOIN_INNER"
+            on = self.choose(body["quals"], scope, rows=inner)
             if body.get("jointype", "JOIN_INNER") != "JOIN_INNER" and (
                 on.pii or on.unknown or on.params
             ):

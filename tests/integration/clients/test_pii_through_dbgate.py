@@ -1685,6 +1685,9 @@ def test_one_row_asked_in_many_sub_selects_does_not_spell_its_value(
     forms = (
         "exists (select 1 " + one_row + ")",
         "(select count(*) " + one_row + ")",
+        # the sub-select as a whole predicate, of a nested level or of a FILTER
+        "(select 1 where exists (select 1 " + one_row + "))",
+        "count(*) filter (where exists (select 1 " + one_row + "))",
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
         for form in forms:

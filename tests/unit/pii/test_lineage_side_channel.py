@@ -478,6 +478,18 @@ STACKED_IN_SUB_SELECTS = [
         f" union all select 2 {ONE_ROW.format(b=2)}) s limit 1",
         ["email"],
     ),
+    # a sub-select as the whole predicate of a nested level, or of a FILTER, a count's
+    # argument or an outer join's ON, where what it keeps is a value
+    (f"select (select 1 where exists (select 1 {ONE_ROW.format(b=1)}))", ["email"]),
+    (f"select (select 1 having exists (select 1 {ONE_ROW.format(b=1)}))", ["email"]),
+    (f"select (select 1 where 1 in (select 1 {ONE_ROW.format(b=1)}))", ["email"]),
+    (f"select count(*) filter (where exists (select 1 {ONE_ROW.format(b=1)}))", ["email"]),
+    (f"select count((select 1 {ONE_ROW.format(b=1)}))", ["email"]),
+    (
+        "select a.x from (select 1) base left join (select 1 x) a"
+        f" on exists (select 1 {ONE_ROW.format(b=1)})",
+        ["email"],
+    ),
     # an outer join fills the side with no rows with NULLs: one join per bit
     (
         f"select a.x, b.x from (select 1 x {ONE_ROW.format(b=1)}) a"
