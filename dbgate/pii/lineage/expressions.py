@@ -203,8 +203,8 @@ class Expressions(WalkState):
             return test
         exists = body.get("subLinkType") == "EXISTS_SUBLINK"
         out = self.query(sub, scope, FILTER if exists else ctx)
-        if leaf:
-            scope.asked = scope.asked | out.asked
+        if leaf and out.asked is not CLEAN:
+            scope.ask(out.asked, out.asked_levels)
         asked = CLEAN if leaf else out.asked
         if exists:
             # whether the sub-select has rows: what chose, sized or cut them decides it

@@ -331,8 +331,7 @@ class Queries(WalkState):
             if (lin.pii or lin.unknown) and scope is not None and not guess:
                 # one bit per row, but a sub-select that stands as a value, or an
                 # aggregate over these rows, makes it a value (``Scope.mark``)
-                level = refs[0][0]
-                level.asked = level.asked | Lin(lin.entities, lin.unknown)
+                refs[0][0].ask(lin)
             if not lin.params:
                 return  # one table row chosen by its own value
             # a bind parameter may carry a token, a value from elsewhere, like a token

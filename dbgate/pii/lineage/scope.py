@@ -81,7 +81,7 @@ class Item:
 
 
 class Scope:
-    __slots__ = ("asked", "chosen", "ctes", "items", "parent", "serial", "stars")
+    __slots__ = ("asked", "asked_levels", "chosen", "ctes", "items", "parent", "serial", "stars")
 
     def __init__(self, parent: Scope | None) -> None:
         self.serial = next(_SERIAL)
@@ -95,6 +95,17 @@ class Scope:
         #: (``email LIKE 'a%'``): one bit per row, carried by no output of the level,
         #: but a value of whatever turns the rows' presence into one (``Output.asked``)
         self.asked = CLEAN
+        #: the levels whose questions those are: this one, or the levels of a
+        #: sub-select standing as a whole predicate here (``Scope.serial``)
+        self.asked_levels: frozenset[int] = frozenset()
+
+    def ask(self, lin: Lin, levels: frozenset[int] | None = None) -> None:
+        """Rows of this level were kept by their own PII (``lin``): asked here, or at
+        ``levels`` (a sub-select standing as a whole predicate)."""
+        self.asked = self.asked | Lin(lin.entities, lin.unknown)
+        self.asked_levels = self.asked_levels | (
+            frozenset((self.serial,)) if levels is None else levels
+        )
 
     def level_chosen(self) -> Lin:
         """What PII chose in this level's rows: here, or in a FROM entry's source."""
@@ -107,7 +118,7 @@ class Scope:
         """What PII kept rows by their own value, here or in a FROM entry's source, and
         at which levels (``Scope.serial``)."""
         lin = self.asked
-        levels = frozenset((self.serial,)) if self.asked is not CLEAN else frozenset()
+        levels = self.asked_levels
         for item in self.items:
             lin = lin | item.asked
             levels = levels | item.asked_levels

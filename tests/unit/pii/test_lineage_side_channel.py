@@ -490,6 +490,18 @@ STACKED_IN_SUB_SELECTS = [
         f" on exists (select 1 {ONE_ROW.format(b=1)})",
         ["email"],
     ),
+    # an aggregate over rows kept by a sub-select whose branches ask different bits
+    (
+        "select string_agg(v::text, ',') from (values (1), (2)) t(v) where v in"
+        f" (select 1 {ONE_ROW.format(b=1)} union all select 2 {ONE_ROW.format(b=2)})",
+        ["email"],
+    ),
+    (
+        "select sum(v) from (values (1), (2)) t(v) where exists"
+        f" (select 1 {ONE_ROW.format(b=1)} and v = 1 union all select 1 {ONE_ROW.format(b=2)}"
+        " and v = 2)",
+        ["email"],
+    ),
     # an outer join fills the side with no rows with NULLs: one join per bit
     (
         f"select a.x, b.x from (select 1 x {ONE_ROW.format(b=1)}) a"
