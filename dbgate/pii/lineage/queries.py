@@ -343,7 +343,13 @@ class Queries(WalkState):
         for level, item, ref, _column in refs:
             if not (ref.pii or ref.unknown):
                 level.chosen = level.chosen | chosen
-            elif item.schema is None:
+            elif item.schema is not None:
+                if scope is not None and not (guess or equality or lin.token):
+                    # a stored row kept by its PII that is not one table's own (a view's,
+                    # a name several schemas hold): one bit per row, as above, that a
+                    # sub-select standing as a value turns into a value
+                    level.ask(Lin(lin.entities, lin.unknown))
+            else:
                 # a PII column of a row some query made (a sub-select, CTE, VALUES,
                 # function) may have been paired there with clean values, its own or a
                 # lateral neighbour's: ``SELECT g FROM (SELECT g, g - ascii(...) d FROM

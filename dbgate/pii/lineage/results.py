@@ -52,7 +52,7 @@ class Output:
     #: levels where (``Scope.level_asked``): in no column, but a value of a sub-select
     #: standing as a value (``(SELECT count(*) ... WHERE ascii(email) & 4 <> 0)``)
     asked: Lin = CLEAN
-    asked_levels: frozenset[int] = frozenset()
+    asked_levels: frozenset[int] = field(default=frozenset(), compare=False, repr=False)
     #: of a prepared statement: its parameters whose values it writes, keeps in session
     #: state, or lets choose the rows it writes (an EXECUTE argument there is a copy)
     writes: frozenset[int] = frozenset()

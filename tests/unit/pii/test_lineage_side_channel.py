@@ -598,3 +598,27 @@ def test_a_row_asked_its_own_question_under_or_carries_its_pii(sql: str) -> None
 )
 def test_pii_alone_under_or_stays_clean(sql: str) -> None:
     assert _cols(sql)[0] == "-", sql
+
+
+def test_a_sub_select_of_a_view_kept_by_its_pii_is_a_value() -> None:
+    """A view's row is not one table's own, so its PII choosing it was neither marked
+    nor noted: ``(SELECT count(*) FROM v WHERE id = 42 AND <bit>)`` read as a number."""
+    from dbgate.pii.schema import Column, Relation
+
+    base = _snapshot()
+    rels = dict(base.relations)
+    columns = tuple(Column(c, i, 25) for i, c in enumerate(["id", "email"], start=1))
+    rels[900] = Relation(900, "public", "cv", "v", 901, columns, "SELECT id, email FROM customers")
+    snap = SchemaSnapshot(
+        relations=rels, functions=dict(base.functions), assume_builtin_functions=True
+    )
+    cov = Coverage(snap, load_catalog())
+
+    def cols(sql: str) -> list[str]:
+        return [show(c) for c in output_of(sql, cov).columns]
+
+    assert cols("select (select count(*) from cv where id = 42 and ascii(email) & 1 <> 0)") == [
+        "email"
+    ]
+    assert cols("select id from cv where email like 'a%'") == ["-"]
+    assert cols("select (select id from cv where email = 'a@example.com')") == ["-"]
