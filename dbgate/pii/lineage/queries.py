@@ -266,7 +266,7 @@ class Queries(WalkState):
         # FILTER or argument, nor an outer join's ON, where what it keeps is a value);
         # see ``Expressions.e_SubLink``
         saved_leaf = self.leaf_sublink
-        self.leaf_sublink = node.get("SubLink") if rows else None
+        self.leaf_sublink = _sublink_of(node) if rows else None
         try:
             lin = self.expr(node, scope, FILTER)
         finally:
@@ -426,6 +426,17 @@ class Queries(WalkState):
                 scope.ctes[name] = (current, colnames)
             else:
                 scope.ctes[name] = (self.query(query, scope, OUTPUT), colnames)
+
+
+def _sublink_of(node: Node) -> Node | None:
+    """The sub-select a predicate consists of, perhaps negated (``EXISTS (...)``,
+    ``NOT EXISTS (...)``, ``x NOT IN (...)``)."""
+    while "BoolExpr" in node and node["BoolExpr"].get("boolop") == "NOT_EXPR":
+        args = node["BoolExpr"].get("args") or ()
+        if len(args) != 1:
+            return None
+        node = args[0]
+    return node.get("SubLink")
 
 
 def _encloses(level: Scope, scope: Scope) -> bool:

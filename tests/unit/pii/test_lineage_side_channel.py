@@ -542,6 +542,17 @@ def test_a_sub_select_kept_by_its_own_pii_is_a_value(sql: str, expected: list[st
             ["-"],
         ),
         (f"select 1 where exists (select 1 {ONE_ROW.format(b=1)})", ["-"]),
+        # negated too: an anti-join on a PII filter
+        (
+            "select c.id from customers c where not exists (select 1 from orders o"
+            " where o.customer_id = c.id and o.contact_email like '%@x.com')",
+            ["-"],
+        ),
+        (
+            "select c.id from customers c where c.id not in"
+            " (select customer_id from orders where contact_email like '%@x.com')",
+            ["-"],
+        ),
         # a lookup by the whole value: a guess, not a bit of it
         ("select (select id from customers where email = 'a@example.com')", ["-"]),
         ("select (select id from customers where email in ('a@example.com', 'b@x.org'))", ["-"]),
