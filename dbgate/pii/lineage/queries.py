@@ -323,7 +323,7 @@ class Queries(WalkState):
             scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
             return
         if own_row and not lin.token and not elsewhere:
-            if (lin.pii or lin.unknown) and not equality and _asks_each_row(refs):
+            if (lin.pii or lin.unknown) and not (equality or guess) and _asks_each_row(refs):
                 # each row asked another question of its own PII (see ``choose``)
                 level = refs[0][0]
                 level.chosen = level.chosen | Lin(lin.entities, lin.unknown, lin.params)
@@ -496,7 +496,11 @@ def _whole_value_guess(node: Node) -> bool:
     """Whether a predicate compares one bare column, whole, with constants or
     parameters (``email = $1``, ``email IN ('a', 'b')``, ``email = ANY ($1)``, ``email
     IS NULL``): a guess at the whole value, so k of them in one statement find it
-    among k candidates, never k bits of it."""
+    among k candidates, never k bits of it. Under AND, OR and NOT, when every leaf is
+    one (``email = $1 OR id = $2``)."""
+    if "BoolExpr" in node:
+        args = node["BoolExpr"].get("args") or ()
+        return bool(args) and all(_whole_value_guess(arg) for arg in args)
     if "NullTest" in node:
         return _bare(node["NullTest"].get("arg"))
     expr = node.get("A_Expr")

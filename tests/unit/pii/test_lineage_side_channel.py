@@ -605,6 +605,10 @@ def test_a_row_asked_its_own_question_under_or_carries_its_pii(sql: str) -> None
         " and (contact_email like '%@x.com' or contact_email like '%@y.com')",
         "select id from customers where (full_name like 'J%' and email like '%@x') or ssn is null",
         "select id from customers where not (email like 'a%')",
+        # whole-value guesses and clean keys under OR: a lookup, a guess per row
+        "select id from customers where email = 'a@example.com' or id = 7",
+        "select id from orders where (id = 1 and contact_email = 'a@x.org')"
+        " or (id = 2 and contact_email = 'b@x.org')",
     ],
 )
 def test_pii_alone_under_or_stays_clean(sql: str) -> None:
