@@ -238,9 +238,17 @@ class Writes(WalkState):
         self.from_item(body["sourceRelation"], scope)
         self.choose(body.get("joinCondition"), scope)
         rel_name = body["relation"].get("relname", "")
-        for w in body.get("mergeWhenClauses") or ():
-            clause = w["MergeWhenClause"]
-            self.choose(clause.get("condition"), scope)
+        whens = [w["MergeWhenClause"] for w in body.get("mergeWhenClauses") or ()]
+        conditions = [c["condition"] for c in whens if c.get("condition")]
+        if len(conditions) > 1:
+            # the first WHEN whose condition holds acts on a row: the conditions decide
+            # together, as the leaves of an OR (``WHEN MATCHED AND o.id = 1 AND <bit 1>
+            # THEN UPDATE ... WHEN MATCHED AND o.id = 2 AND <bit 2> THEN UPDATE ...``
+            # asks each row its own question, as ``(o.id = 1 AND ...) OR ...`` does)
+            self.choose({"BoolExpr": {"boolop": "OR_EXPR", "args": conditions}}, scope)
+        else:
+            self.choose(conditions[0] if conditions else None, scope)
+        for clause in whens:
             targets = clause.get("targetList") or ()
             values = clause.get("values")
             if values is not None:

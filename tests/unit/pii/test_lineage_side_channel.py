@@ -384,6 +384,12 @@ def test_a_row_asked_its_own_question_in_a_sub_select_carries_its_pii(sql: str) 
         " where ascii(substr(o.contact_email, o.id / 8 + 1, 1)) & (1 << o.id % 8) <> 0)",
         "delete from orders o where (select true"
         " where ascii(substr(o.contact_email, o.id / 8 + 1, 1)) & (1 << o.id % 8) <> 0)",
+        # the first WHEN whose condition holds acts: the conditions decide together
+        "merge into orders o using (select 1) s on true"
+        " when matched and o.id = 1 and ascii(substr(o.contact_email, 1, 1)) & 1 <> 0"
+        " then update set note = 'x'"
+        " when matched and o.id = 2 and ascii(substr(o.contact_email, 1, 1)) & 2 <> 0"
+        " then update set note = 'x'",
     ],
 )
 def test_a_write_to_rows_each_asked_its_own_question_is_held(sql: str) -> None:
@@ -637,3 +643,11 @@ def test_a_sub_select_of_a_view_kept_by_its_pii_is_a_value() -> None:
     ]
     assert cols("select id from cv where email like 'a%'") == ["-"]
     assert cols("select (select id from cv where email = 'a@example.com')") == ["-"]
+
+
+def test_one_merge_condition_still_asks_every_row_alike() -> None:
+    sql = (
+        "merge into orders o using (select 1) s on true"
+        " when matched and o.id = 5 and o.contact_email like 'a%' then update set note = 'x'"
+    )
+    assert not analyze(sql, COV).pii_writes
