@@ -55,24 +55,36 @@ class PiiResultPlan:
         return bool(self.plan.pii_outputs)
 
 
-#: The session declared a cursor WITH HOLD over PII in a transaction not yet over
+#: The session ran a statement whose code may run again when its transaction ends (a
+#: cursor WITH HOLD over PII, a write that queued deferred triggers), in a
+#: transaction not yet over
 _HELD_CURSOR = "pii.held_cursor"
 
 
 def _declares_held_cursor(verdict: Any) -> bool:
+    """Whether the statement leaves code to run when its transaction ends: a cursor
+    WITH HOLD over PII (its query runs at COMMIT), or a write to a relation whose own
+    triggers or rules run (a constraint trigger ``DEFERRABLE INITIALLY DEFERRED``, or
+    one ``SET CONSTRAINTS … DEFERRED`` made so, fires at COMMIT or at ``SET
+    CONSTRAINTS … IMMEDIATE``; its ``RAISE`` may say what it read)."""
     plan = getattr(verdict, "plan", None)
-    return isinstance(plan, PiiResultPlan) and bool(plan.plan.analysis.hold_cursors)
+    if not isinstance(plan, PiiResultPlan):
+        return False
+    analysis = plan.plan.analysis
+    return bool(analysis.hold_cursors or analysis.hidden_code)
 
 
 class HeldCursorWatch(QuietObserver):
     """An :class:`~dbgate.proxy.seams.Observer`: a cursor declared WITH HOLD runs its
     query when the transaction that declared it commits, so an error of that query
     (``current_setting(full_name)`` names the value) is the COMMIT's — a statement that
-    names no PII. Once such a DECLARE over PII has completed in a transaction that is
+    names no PII. So does a deferred constraint trigger a write queued (``RAISE
+    EXCEPTION 'bad name %', NEW.full_name`` is the COMMIT's error, or ``SET CONSTRAINTS
+    ALL IMMEDIATE``'s). Once such a statement has completed in a transaction that is
     not over, every error and notice of the session is withheld (:class:`PiiFilter`)
-    until the session is next idle: its transaction is over, the cursor has run or is
-    gone. Marked when the server answered the DECLARE, so a pipelined statement's idle
-    status from before it does not end the mark."""
+    until the session is next idle: its transaction is over, the cursor or trigger has
+    run or is gone. Marked when the server answered the statement, so a pipelined
+    statement's idle status from before it does not end the mark."""
 
     ignores = frozenset({"statement_received", "statement_decided", "statement_forwarded"})
     executes_only = True
