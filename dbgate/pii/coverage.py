@@ -55,6 +55,9 @@ class Coverage:
     warnings: list[str] = field(default_factory=list)
     decisions: list[ColumnDecision] = field(default_factory=list)
     _lins: dict[int, list[Lin]] = field(default_factory=dict, repr=False)
+    #: views whose definition reads relations with row-level security policies (a read
+    #: of the view runs them): those relations, by the view's oid
+    policed_views: dict[int, list[str]] = field(default_factory=dict, repr=False)
     _busy: set[int] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
@@ -229,6 +232,8 @@ class Coverage:
         from dbgate.pii.lineage import analyze
 
         analysis = analyze(rel.definition or "", self)
+        if analysis.policies_met and rel.kind == "v":
+            self.policed_views[rel.oid] = list(analysis.policies_met)
         outs = [s.output for s in analysis.statements if s.output is not None]
         if len(outs) != 1:
             return [UNKNOWN_LIN] * len(rel.columns)

@@ -199,7 +199,8 @@ class StatementPlan:
         (their text is then withheld, see :meth:`MessageFilter.withhold`): some output
         is or may be PII, it holds tokens (in its text, or its Bind's values), lineage
         could not follow all of it, it writes to a relation whose own rules or triggers
-        run (code that may read anything and say it), it runs a cursor or SQL prepared
+        run (code that may read anything and say it), it reads or writes a relation
+        whose row-level security policies run (code too), it runs a cursor or SQL prepared
         statement declared over PII (FETCH, MOVE, EXECUTE: the declared query runs now,
         its WHERE clause included), or its text names a relation with PII columns or a
         PII column (anywhere: a WHERE clause, a function's argument; lineage walks those
@@ -215,6 +216,7 @@ class StatementPlan:
             or a.unknown_relations
             or a.parse_error
             or a.hidden_code
+            or a.policies_met
             or self.pii_outputs
         ):
             return True

@@ -67,6 +67,10 @@ class Relation:
     #: keys): a write to it runs code that may read anything and say it in a notice or
     #: an error.
     triggers: bool = False
+    #: Row-level security on, with policies: a read of it runs their expressions, code
+    #: the statement does not show, which may read PII and say it in an error
+    #: (``current_setting('x.' || (SELECT full_name …))`` in a ``USING`` clause).
+    policies: bool = False
 
     @property
     def qualified(self) -> str:
@@ -155,13 +159,16 @@ class SchemaSnapshot:
         search_path: tuple[str, ...] = ("public",),
         rules: Iterable[str] = (),
         triggers: Iterable[str] = (),
+        policies: Iterable[str] = (),
     ) -> SchemaSnapshot:
         """A snapshot made by hand (tests, tools): ``{"public.t": [("c", type_oid), ...]}``.
 
         Functions are not listed, so every function name counts as PostgreSQL's own.
-        ``rules``/``triggers``: the relations (qualified) that have some of their own.
+        ``rules``/``triggers``/``policies``: the relations (qualified) that have some of
+        their own.
         """
         rules, triggers = frozenset(rules), frozenset(triggers)
+        policies = frozenset(policies)
         relations: dict[int, Relation] = {}
         oid = 100_000
         comments = comments or {}
@@ -184,6 +191,7 @@ class SchemaSnapshot:
                     definition,
                     rules=qualified in rules,
                     triggers=qualified in triggers,
+                    policies=qualified in policies,
                 )
         return cls(relations=relations, search_path=search_path, assume_builtin_functions=True)
 
@@ -196,7 +204,9 @@ SELECT c.oid, n.nspname, c.relname, c.relkind::text AS relkind, c.reltype,
            WHERE w.ev_class = c.oid AND w.rulename <> '_RETURN') AS rules,
        c.relhastriggers AND EXISTS (
            SELECT 1 FROM pg_catalog.pg_trigger t
-           WHERE t.tgrelid = c.oid AND NOT t.tgisinternal) AS triggers
+           WHERE t.tgrelid = c.oid AND NOT t.tgisinternal) AS triggers,
+       c.relrowsecurity AND EXISTS (
+           SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) AS policies
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind::text = ANY($1::text[])
 """
@@ -280,6 +290,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
             tuple(parents.get(r["oid"], ())),
             r["rules"],
             r["oid"] in triggered,
+            policies=r["policies"],
         )
         for r in rel_rows
     }

@@ -143,6 +143,9 @@ class Analysis:
     #: relations written whose own rules or triggers run code the walk does not see:
     #: what that code reads may come back in its notices and errors
     hidden_code: list[str] = field(default_factory=list)
+    #: relations read or written whose row-level security policies run: code the walk
+    #: does not see, whose errors may say what it read
+    policies_met: list[str] = field(default_factory=list)
     #: an INSERT, UPDATE or MERGE of the text has a RETURNING list: the server names
     #: the written table's columns as the origins of values the statement made
     #: (``SET email = substr(email, 1, 1) RETURNING email``), so no origin in it is a
@@ -158,6 +161,9 @@ class ColumnSource(Protocol):
     """What the walk needs from the catalog applied to a schema (dbgate.pii.coverage)."""
 
     snapshot: SchemaSnapshot
+    #: views whose definition reads relations with row-level security policies: those
+    #: relations, by the view's oid
+    policed_views: dict[int, list[str]]
 
     def relation_lins(self, rel: Relation) -> list[Lin]: ...
 

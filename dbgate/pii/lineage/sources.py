@@ -20,6 +20,7 @@ from dbgate.pii.lineage.nodes import Node, listed, one, strs
 from dbgate.pii.lineage.results import Output
 from dbgate.pii.lineage.scope import Item, Scope
 from dbgate.pii.lineage.state import WalkState
+from dbgate.pii.schema import Relation
 
 
 class Sources(WalkState):
@@ -82,6 +83,16 @@ class Sources(WalkState):
         scope.items.append(item)
         return item
 
+    def policies_met(self, rels: list[Relation]) -> None:
+        """Row-level security policies a read of ``rels`` runs: their own, or those of
+        the tables a view's definition reads (known once its lineage is computed)."""
+        policed = self.source.policed_views
+        for rel in rels:
+            met = ([rel.qualified] if rel.policies else []) + policed.get(rel.oid, [])
+            for name in met:
+                if name not in self.r.policies_met:
+                    self.r.policies_met.append(name)
+
     def range_var(self, body: Node, scope: Scope) -> Item:
         name = body.get("relname", "")
         schema = body.get("schemaname")
@@ -122,6 +133,7 @@ class Sources(WalkState):
                 zip([c.name for c in other.columns], self.source.relation_lins(other), strict=True)
             )
             lins = [lin | other_lins.get(n, CLEAN) for n, lin in zip(names, lins, strict=True)]
+        self.policies_met(rels)
         if alias and alias.get("colnames"):
             renamed = strs(alias["colnames"])
             names[: len(renamed)] = renamed[: len(names)]

@@ -1,10 +1,12 @@
-"""Messages of code that runs when a transaction ends, through the real proxy.
+"""Messages of code no statement shows, through the real proxy: code that runs when a
+transaction ends, and row-level security policies.
 
 A constraint trigger ``DEFERRABLE INITIALLY DEFERRED`` (or one ``SET CONSTRAINTS``
 deferred) fires at COMMIT, or at ``SET CONSTRAINTS … IMMEDIATE``: its ``RAISE`` is
 then the error or notice of a statement that names no PII. The write that queued it
 ran code lineage does not read, so every message of the session is withheld until its
-transaction is over.
+transaction is over. A policy's expressions run at every read of its table, one
+without PII too: its errors are withheld like those of a statement that reads PII.
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ end $$;
 create constraint trigger commit_notes_t after insert on commit_notes
     deferrable initially immediate for each row execute function commit_notes_f();
 grant insert on commit_says, commit_notes to public;
+create table policy_says (id int, label text);
+insert into policy_says values (1, 'a');
+alter table policy_says enable row level security;
+create policy policy_says_p on policy_says using (
+    current_setting('x.' || (select replace(full_name, ' ', '_') from customers where id = 1))
+    is null);
+grant select on policy_says to public;
 """
 
 
@@ -142,3 +151,12 @@ async def test_a_deferred_trigger_error_at_commit_through_the_extended_protocol(
     assert e.sqlstate == "P0001"
     assert "withheld" in str(e.message)
     assert not _said(name, texts)
+
+
+def test_an_error_of_a_row_level_security_policy_is_withheld(dsn: str, name: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.Error) as info:
+        conn.execute("select label from policy_says where id = 1")
+    texts = _texts(info.value)
+    assert info.value.diag.sqlstate == "42704"
+    assert "withheld" in texts[0]
+    assert not _said(name, [t.replace("_", " ") for t in texts])

@@ -104,3 +104,29 @@ def test_each_result_set_of_a_query_string_is_planned_with_its_own_statement() -
     for index in (1, 2):  # a statement with no rows of its own, or past the last one
         rewriter = writes.rows(desc, (0,), index)
         assert rewriter is not None and [a.entity for a in rewriter.actions] == ["unknown"]
+
+
+POLICED = SchemaSnapshot.build(
+    {"public.customers": ["id", "full_name", "email"], "public.policed": [("x", 23)]},
+    views={"public.policed_view": "SELECT policed.x FROM policed"},
+    policies=["public.policed"],
+)
+POLICED_COV = Coverage(POLICED, load_catalog())
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select x from policed where x = 1",
+        "select 1 from (select * from policed) p",
+        "with p as (select x from policed) select count(*) from p",
+        "update policed set x = 2 where x = 1",
+        "delete from policed where x = 1",
+        "select 1 from policed_view",  # the view's query runs them
+    ],
+)
+def test_a_relation_with_row_level_security_policies_is_noted(sql: str) -> None:
+    """Its policies' expressions run at every read or write, unseen: their errors may
+    say what they read, so the statement involves PII whatever it names."""
+    assert analyze(sql, POLICED_COV).policies_met == ["public.policed"]
+    assert analyze("select 1 from customers where id = 1", POLICED_COV).policies_met == []
