@@ -25,7 +25,7 @@ from dbgate.pii.lineage.builtin_names import (
     WORK_COUNTER_PREFIX,
 )
 from dbgate.pii.lineage.context import FILTER, Ctx, refused
-from dbgate.pii.lineage.nodes import Node, casts_to_cut, listed, lossless_cast, strs
+from dbgate.pii.lineage.nodes import ROUNDING, Node, casts_to_cut, listed, lossless_cast, strs
 from dbgate.pii.lineage.results import TokenSite
 from dbgate.pii.lineage.scope import Item, Scope
 from dbgate.pii.lineage.state import WalkState
@@ -176,15 +176,45 @@ class Expressions(WalkState):
         if _compares(body):
             if _bare_value(right) and not _bare_value(left):
                 other = self.expr(left, scope, ctx)
-                as_is = _is_pii(other) and not casts_to_cut(left) and not self.cuts_anywhere()
+                as_is = _is_pii(other) and self.keeps_whole(left, scope)
                 value_ctx = ctx.comparing() if as_is else ctx
                 return other | self.expr(right, scope, value_ctx)
             if _bare_value(left) and not _bare_value(right):
                 other = self.expr(right, scope, ctx)
-                as_is = _is_pii(other) and not casts_to_cut(right) and not self.cuts_anywhere()
+                as_is = _is_pii(other) and self.keeps_whole(right, scope)
                 value_ctx = ctx.comparing() if as_is else ctx
                 return self.expr(left, scope, value_ctx) | other
         return self.expr(left, scope, ctx) | self.expr(right, scope, ctx)
+
+    def keeps_whole(self, side: Node, scope: Scope) -> bool:
+        """Whether a literal compared with ``side`` is read whole: ``side`` casts to no
+        type that keeps part of a text, nor does the text anywhere (``cuts_anywhere``),
+        and it is not of a float type (``ROUNDING``: a built-in returning one in it, or,
+        unless it is a stored table's column, anywhere in the text) — a token's value
+        read as a float keeps about 15 digits, and a near-miss guess matches."""
+        if casts_to_cut(side) or self.cuts_anywhere() or casts_to_cut(side, ROUNDING):
+            return False
+        return self.stored_column(side, scope) or not self.rounds_anywhere()
+
+    def stored_column(self, side: Node, scope: Scope) -> bool:
+        """Whether ``side`` is a column of one stored table (its type is the table's,
+        whatever the rest of the text computes)."""
+        ref = side.get("ColumnRef") if isinstance(side, dict) else None
+        if ref is None:
+            return False
+        names = strs(ref.get("fields") or [])
+        if not names or len(names) != len(ref.get("fields") or []):
+            return False  # a star
+        if len(names) > 1:
+            found = self.lookup(names[:-1], scope)
+            return found is not None and found[0].table and names[-1] in found[0].names
+        s: Scope | None = scope
+        while s is not None:
+            items = [item for item in s.items if item.get(names[0]) is not None]
+            if items:
+                return all(item.table and names[0] in item.names for item in items)
+            s = s.parent
+        return False
 
     def e_TypeCast(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
         return self.expr(body.get("arg"), scope, ctx)

@@ -11,7 +11,7 @@ opaque function that reads data of its own (:meth:`~WalkState.met_opaque`).
 from __future__ import annotations
 
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
-from dbgate.pii.lineage.nodes import TYPES_THAT_CUT, Node, casts_to_cut
+from dbgate.pii.lineage.nodes import ROUNDING, TYPES_THAT_CUT, Node, casts_to_cut
 from dbgate.pii.lineage.results import Analysis, ColumnSource, SessionState
 from dbgate.pii.lineage.scope import OPAQUE, VARYING, Item, Ref, Scope
 
@@ -50,6 +50,7 @@ class WalkState:
         #: the parsed statements of the text, for :meth:`cuts_anywhere`
         self.tree: list[Node] = []
         self._cuts: bool | None = None
+        self._rounds: bool | None = None
 
     def cuts_anywhere(self) -> bool:
         """Whether the text casts to ``"char"``, ``name`` or ``float4`` anywhere: a value a
@@ -60,6 +61,17 @@ class WalkState:
         if self._cuts is None:
             self._cuts = casts_to_cut(self.tree, TYPES_THAT_CUT)
         return self._cuts
+
+    def rounds_anywhere(self) -> bool:
+        """Whether the text casts to a float or calls a built-in that returns one
+        anywhere (``ROUNDING``): a sub-select's, a CTE's or a view's column may then be
+        a float, and a literal compared with it is read as one (``(SELECT power(0 *
+        length(card_number) + 4111111111111111, 1) p …) s WHERE s.p = 'tok_…'``
+        matches a near miss of the value). Found once, when a comparison first needs
+        it."""
+        if self._rounds is None:
+            self._rounds = casts_to_cut(self.tree, ROUNDING)
+        return self._rounds
 
     def saw(self, lin: Lin) -> None:
         """Note a value the query computes, for ``seen`` (EXPLAIN ANALYZE)."""

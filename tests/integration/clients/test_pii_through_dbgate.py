@@ -1565,6 +1565,34 @@ def test_a_token_cut_by_a_cast_is_refused(dsn: str) -> None:
             )
 
 
+def test_a_token_compared_with_a_float_is_refused(dsn: str) -> None:
+    """A literal compared with a float is read as one: ``power(0 * length(card_number) +
+    g, 1) = 'tok_…'`` compares the card number rounded to about 15 digits with the
+    guess ``g``, whose near misses match. A built-in returning a float in what the
+    token is compared with, or a float anywhere in a text whose compared column is not
+    a stored table's, leaves the token unresolved; a stored column beside a float
+    resolves it."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (pid, token) = conn.execute("select id, card_number from payments where id = 1").fetchone()
+        assert token.startswith("tok_")
+        for sql in (
+            "select id from payments where power(0 * length(card_number) + 4111111111111111,"
+            " 1) = '{t}'",
+            "select id from payments where '{t}' = date_part('year', now())"
+            " + 0 * length(card_number)",
+            "select s.id from (select id, power(0 * length(card_number) + 1, 1) p from payments)"
+            " s where s.p = '{t}'",
+            "select s.id from (select id, (0 * length(card_number) + 1)::float8 p"
+            " from payments) s where s.p = '{t}'",
+        ):
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="compared with"):
+                conn.execute(sql.format(t=token))
+        rows = conn.execute(
+            f"select id, power(amount, 2) from payments where card_number = '{token}'"
+        ).fetchall()
+        assert pid in [r[0] for r in rows]
+
+
 def test_copies_of_one_value_do_not_spell_it_row_by_row(
     dsn: str, admin_dsn: str, raw: dict[str, Any]
 ) -> None:
