@@ -160,3 +160,33 @@ def test_an_error_of_a_row_level_security_policy_is_withheld(dsn: str, name: str
     assert info.value.diag.sqlstate == "42704"
     assert "withheld" in texts[0]
     assert not _said(name, [t.replace("_", " ") for t in texts])
+
+
+def test_a_deferred_trigger_queued_by_a_query_that_opened_the_transaction(
+    dsn: str, name: str
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "begin; insert into commit_says select 1, full_name from customers where id = 1"
+        )
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("commit")
+    assert info.value.diag.sqlstate == "P0001"
+    assert not _said(name, _texts(info.value))
+
+
+async def test_a_deferred_trigger_in_an_implicit_transaction_of_the_extended_protocol(
+    dsn: str, name: str
+) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await conn.execute(
+                "insert into commit_says select $1::int, full_name from customers where id = 1", 1
+            )
+    finally:
+        await conn.close()
+    e = info.value
+    texts = [str(getattr(e, a, "") or "") for a in ("message", "detail", "hint", "context")]
+    assert e.sqlstate == "P0001"
+    assert not _said(name, texts)
