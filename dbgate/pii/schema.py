@@ -71,6 +71,10 @@ class Relation:
     #: the statement does not show, which may read PII and say it in an error
     #: (``current_setting('x.' || (SELECT full_name …))`` in a ``USING`` clause).
     policies: bool = False
+    #: Column defaults or CHECK constraints (of its own or of a child or partition) that
+    #: call a function PostgreSQL does not ship, in a language that may read tables: a
+    #: write runs it, and it may say what it read in an error (as a trigger may).
+    code: bool = False
 
     @property
     def qualified(self) -> str:
@@ -160,15 +164,16 @@ class SchemaSnapshot:
         rules: Iterable[str] = (),
         triggers: Iterable[str] = (),
         policies: Iterable[str] = (),
+        code: Iterable[str] = (),
     ) -> SchemaSnapshot:
         """A snapshot made by hand (tests, tools): ``{"public.t": [("c", type_oid), ...]}``.
 
         Functions are not listed, so every function name counts as PostgreSQL's own.
-        ``rules``/``triggers``/``policies``: the relations (qualified) that have some of
-        their own.
+        ``rules``/``triggers``/``policies``/``code``: the relations (qualified) that
+        have some of their own.
         """
         rules, triggers = frozenset(rules), frozenset(triggers)
-        policies = frozenset(policies)
+        policies, code = frozenset(policies), frozenset(code)
         relations: dict[int, Relation] = {}
         oid = 100_000
         comments = comments or {}
@@ -192,6 +197,7 @@ class SchemaSnapshot:
                     rules=qualified in rules,
                     triggers=qualified in triggers,
                     policies=qualified in policies,
+                    code=qualified in code,
                 )
         return cls(relations=relations, search_path=search_path, assume_builtin_functions=True)
 
@@ -209,6 +215,23 @@ SELECT c.oid, n.nspname, c.relname, c.relkind::text AS relkind, c.reltype,
            SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) AS policies
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind::text = ANY($1::text[])
+"""
+#: Relations whose column defaults or CHECK constraints call a function not in
+#: pg_catalog, written in a language that may run queries (not C or internal)
+_CODE_IN_DEFAULTS = """
+SELECT DISTINCT COALESCE(d.adrelid, k.conrelid) AS oid
+FROM pg_catalog.pg_depend dep
+JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+LEFT JOIN pg_catalog.pg_attrdef d
+       ON dep.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.oid = dep.objid
+LEFT JOIN pg_catalog.pg_constraint k
+       ON dep.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND k.oid = dep.objid
+      AND k.contype = 'c' AND k.conrelid <> 0
+WHERE dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+  AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace
+  AND l.lanname NOT IN ('c', 'internal')
+  AND (d.oid IS NOT NULL OR k.oid IS NOT NULL)
 """
 _COLUMNS = """
 SELECT a.attrelid, a.attname, a.attnum, a.atttypid, d.description,
@@ -266,6 +289,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         rel_rows = await conn.fetch(_RELATIONS, kinds)
         col_rows = await conn.fetch(_COLUMNS, kinds)
         inh_rows = await conn.fetch(_INHERITS)
+        code_rows = await conn.fetch(_CODE_IN_DEFAULTS)
         type_rows = await conn.fetch(_TYPES)
         func_rows = await conn.fetch(_FUNCTIONS)
         search_path = await conn.fetchval("SELECT pg_catalog.current_schemas(false)")
@@ -278,6 +302,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
     for r in inh_rows:
         parents.setdefault(r["inhrelid"], []).append(r["inhparent"])
     triggered = _with_ancestors({r["oid"] for r in rel_rows if r["triggers"]}, parents)
+    coded = _with_ancestors({r["oid"] for r in code_rows}, parents)
     relations = {
         r["oid"]: Relation(
             r["oid"],
@@ -291,6 +316,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
             r["rules"],
             r["oid"] in triggered,
             policies=r["policies"],
+            code=r["oid"] in coded,
         )
         for r in rel_rows
     }

@@ -24,7 +24,7 @@ class Writes(WalkState):
         item = self.range_var(rv, scope)
         rels = self.snap.lookup(rv.get("relname", ""), rv.get("schemaname"))
         rel = rels[0] if rels else None
-        if rel is not None and (rel.rules or rel.triggers):
+        if rel is not None and (rel.rules or rel.triggers or rel.code):
             self.hidden_code(rel)
         return item, rel
 
@@ -34,7 +34,15 @@ class Writes(WalkState):
         Its notices and errors may say what it read (``Analysis.hidden_code``), and a
         rule's ``DO ALSO SELECT`` returns rows of its own, which nothing in the
         statement explains (``rules_met``: the statement's output is unknown)."""
-        kinds = [k for k, on in (("rules", rel.rules), ("triggers", rel.triggers)) if on]
+        kinds = [
+            k
+            for k, on in (
+                ("rules", rel.rules),
+                ("triggers", rel.triggers),
+                ("column defaults and checks", rel.code),
+            )
+            if on
+        ]
         note = f"the {' and '.join(kinds)} of {rel.qualified}"
         if note not in self.r.hidden_code:
             self.r.hidden_code.append(note)

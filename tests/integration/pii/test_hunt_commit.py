@@ -1,5 +1,6 @@
 """Messages of code no statement shows, through the real proxy: code that runs when a
-transaction ends, and row-level security policies.
+transaction ends, row-level security policies, column defaults and CHECK constraints
+that call the database's own functions.
 
 A constraint trigger ``DEFERRABLE INITIALLY DEFERRED`` (or one ``SET CONSTRAINTS``
 deferred) fires at COMMIT, or at ``SET CONSTRAINTS … IMMEDIATE``: its ``RAISE`` is
@@ -48,6 +49,13 @@ create policy policy_says_p on policy_says using (
     current_setting('x.' || (select replace(full_name, ' ', '_') from customers where id = 1))
     is null);
 grant select on policy_says to public;
+create function checks_say(n int) returns boolean language plpgsql as $$
+begin
+    raise exception 'checked %', (select full_name from customers where id = n);
+end $$;
+create table check_says (id int check (checks_say(id)));
+create table default_says (id int, n int default checks_say(1)::int);
+grant insert on check_says, default_says to public;
 """
 
 
@@ -59,7 +67,8 @@ def deferred_code(admin_dsn: str) -> Iterator[None]:  # noqa: F811
     yield
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         admin.execute(
-            "drop table commit_says, commit_notes;drop function commit_says_f(), commit_notes_f()"
+            "drop table commit_says, commit_notes, policy_says, check_says, default_says;"
+            "drop function commit_says_f(), commit_notes_f(), checks_say(int)"
         )
 
 
@@ -190,3 +199,15 @@ async def test_a_deferred_trigger_in_an_implicit_transaction_of_the_extended_pro
     texts = [str(getattr(e, a, "") or "") for a in ("message", "detail", "hint", "context")]
     assert e.sqlstate == "P0001"
     assert not _said(name, texts)
+
+
+@pytest.mark.parametrize("table", ["check_says", "default_says"])
+def test_an_error_of_a_check_or_default_calling_a_function_is_withheld(
+    dsn: str, name: str, table: str
+) -> None:
+    """``insert into check_says values (1)`` names no PII, but the CHECK constraint's
+    function reads customer 1 and says its name."""
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.Error) as info:
+        conn.execute(f"insert into {table} (id) values (1)")
+    assert info.value.diag.sqlstate == "P0001"
+    assert not _said(name, _texts(info.value))

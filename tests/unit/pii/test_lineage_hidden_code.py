@@ -130,3 +130,17 @@ def test_a_relation_with_row_level_security_policies_is_noted(sql: str) -> None:
     say what they read, so the statement involves PII whatever it names."""
     assert analyze(sql, POLICED_COV).policies_met == ["public.policed"]
     assert analyze("select 1 from customers where id = 1", POLICED_COV).policies_met == []
+
+
+CODED = SchemaSnapshot.build(
+    {"public.customers": ["id", "full_name", "email"], "public.coded": [("x", 23)]},
+    code=["public.coded"],
+)
+
+
+@pytest.mark.parametrize("sql", WRITES)
+def test_a_write_to_a_relation_whose_defaults_or_checks_call_code_is_noted(sql: str) -> None:
+    """A column default or CHECK constraint calling a function of the database's own
+    runs at the write, unseen, as a trigger does."""
+    analysis = analyze(sql.format(t="coded"), Coverage(CODED, load_catalog()))
+    assert analysis.hidden_code == ["the column defaults and checks of public.coded"]
