@@ -216,3 +216,22 @@ def test_an_error_of_a_check_or_default_calling_a_function_is_withheld(
         conn.execute(f"insert into {table} (id) values (1)")
     assert info.value.diag.sqlstate == "P0001"
     assert not _said(name, _texts(info.value))
+
+
+def test_a_deferred_trigger_error_at_a_pipelined_commit_is_withheld(dsn: str, name: str) -> None:
+    """The write and its COMMIT in one pipelined batch: the COMMIT's error follows the
+    write's completion without a ReadyForQuery between them."""
+    conn = psycopg.connect(dsn, autocommit=True)
+    try:
+        with pytest.raises(psycopg.Error) as info, conn.pipeline():
+            conn.execute("begin")
+            conn.execute(
+                "insert into commit_says select %s::int, full_name from customers where id = 1",
+                (1,),
+            )
+            conn.execute("commit")
+            conn.execute("select 1")
+    finally:
+        conn.close()
+    assert info.value.diag.sqlstate == "P0001"
+    assert not _said(name, _texts(info.value))
