@@ -216,22 +216,38 @@ SELECT c.oid, n.nspname, c.relname, c.relkind::text AS relkind, c.reltype,
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind::text = ANY($1::text[])
 """
-#: Relations whose column defaults or CHECK constraints call a function not in
+#: Relations whose column defaults or CHECK constraints, or the CHECK constraints of
+#: their columns' domains (and of the domains those are over), call a function not in
 #: pg_catalog, written in a language that may run queries (not C or internal)
 _CODE_IN_DEFAULTS = """
-SELECT DISTINCT COALESCE(d.adrelid, k.conrelid) AS oid
-FROM pg_catalog.pg_depend dep
-JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
-JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-LEFT JOIN pg_catalog.pg_attrdef d
-       ON dep.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.oid = dep.objid
-LEFT JOIN pg_catalog.pg_constraint k
-       ON dep.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND k.oid = dep.objid
-      AND k.contype = 'c' AND k.conrelid <> 0
-WHERE dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-  AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace
-  AND l.lanname NOT IN ('c', 'internal')
-  AND (d.oid IS NOT NULL OR k.oid IS NOT NULL)
+WITH RECURSIVE calls AS (
+    SELECT dep.classid, dep.objid
+    FROM pg_catalog.pg_depend dep
+    JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
+    JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+    WHERE dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+      AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace
+      AND l.lanname NOT IN ('c', 'internal')
+), coded_types AS (
+    SELECT k.contypid AS oid
+    FROM calls JOIN pg_catalog.pg_constraint k
+      ON calls.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
+     AND k.oid = calls.objid AND k.contypid <> 0
+    UNION
+    SELECT t.oid FROM pg_catalog.pg_type t JOIN coded_types c ON t.typbasetype = c.oid
+)
+SELECT d.adrelid AS oid
+FROM calls JOIN pg_catalog.pg_attrdef d
+  ON calls.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.oid = calls.objid
+UNION
+SELECT k.conrelid
+FROM calls JOIN pg_catalog.pg_constraint k
+  ON calls.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
+ AND k.oid = calls.objid AND k.contype = 'c' AND k.conrelid <> 0
+UNION
+SELECT a.attrelid
+FROM pg_catalog.pg_attribute a JOIN coded_types c ON a.atttypid = c.oid
+WHERE a.attnum > 0 AND NOT a.attisdropped
 """
 _COLUMNS = """
 SELECT a.attrelid, a.attname, a.attnum, a.atttypid, d.description,

@@ -55,7 +55,10 @@ begin
 end $$;
 create table check_says (id int check (checks_say(id)));
 create table default_says (id int, n int default checks_say(1)::int);
-grant insert on check_says, default_says to public;
+create domain checked_id as int check (checks_say(value));
+create domain checked_id_2 as checked_id;
+create table domain_says (id checked_id_2);
+grant insert on check_says, default_says, domain_says to public;
 """
 
 
@@ -67,7 +70,8 @@ def deferred_code(admin_dsn: str) -> Iterator[None]:  # noqa: F811
     yield
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         admin.execute(
-            "drop table commit_says, commit_notes, policy_says, check_says, default_says;"
+            "drop table commit_says, commit_notes, policy_says, check_says, default_says,"
+            " domain_says; drop domain checked_id_2, checked_id;"
             "drop function commit_says_f(), commit_notes_f(), checks_say(int)"
         )
 
@@ -206,12 +210,13 @@ async def test_a_deferred_trigger_in_an_implicit_transaction_of_the_extended_pro
     assert not _said(name, texts)
 
 
-@pytest.mark.parametrize("table", ["check_says", "default_says"])
+@pytest.mark.parametrize("table", ["check_says", "default_says", "domain_says"])
 def test_an_error_of_a_check_or_default_calling_a_function_is_withheld(
     dsn: str, name: str, table: str
 ) -> None:
     """``insert into check_says values (1)`` names no PII, but the CHECK constraint's
-    function reads customer 1 and says its name."""
+    function (or the check of the column's domain, over another domain) reads customer
+    1 and says its name."""
     with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.Error) as info:
         conn.execute(f"insert into {table} (id) values (1)")
     assert info.value.diag.sqlstate == "P0001"
