@@ -28,6 +28,7 @@
 #include <Python.h>
 #include <math.h>
 #include <string.h>
+#include <structmember.h>
 
 #define OPENSSL_API_COMPAT 0x10100000L
 #include <openssl/sha.h>
@@ -64,6 +65,63 @@ link_hash(unsigned char h[32], const void *prev, size_t prev_len, const void *co
 
 static PyObject *s_at, *s_session_id, *s_tokenized, *s_outcome, *s_rows, *s_duration_us,
     *s_params;
+
+/* Reads of a slotted class's attributes straight from the object (its member
+ * descriptors' offsets), for the exact class they were found in: an event, a queue
+ * item, a shape are read several times each per record, and PyObject_GetAttr finds
+ * the descriptor through the type every time. Another class, a descriptor that is not
+ * a plain object slot, or an unset slot takes PyObject_GetAttr (same value, same
+ * error). */
+#define MAX_SLOTS 24
+typedef struct {
+    PyTypeObject *type; /* the class the offsets are of (a strong reference), or NULL */
+    unsigned int version; /* its tp_version_tag then (it changes with the class) */
+    int ok;               /* every name is a plain object slot of `type` */
+    Py_ssize_t off[MAX_SLOTS];
+} slots_t;
+
+static void
+slots_learn(slots_t *s, PyTypeObject *type, PyObject *const *names, int n)
+{
+    Py_XSETREF(s->type, (PyTypeObject *)Py_NewRef(type));
+    s->ok = 0;
+    s->version = type->tp_version_tag;
+    if (!s->version || type->tp_getattro != PyObject_GenericGetAttr)
+        return;
+    for (int i = 0; i < n; i++) {
+        PyObject *d = _PyType_Lookup(type, names[i]); /* borrowed; no error set */
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type))
+            return;
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY) ||
+            m->offset < (Py_ssize_t)sizeof(PyObject) ||
+            m->offset + (Py_ssize_t)sizeof(PyObject *) > type->tp_basicsize)
+            return;
+        s->off[i] = m->offset;
+    }
+    s->ok = 1;
+}
+
+/* obj.<names[i]> as a new reference (NULL with an error set, as PyObject_GetAttr). */
+static inline PyObject *
+slot_get(slots_t *s, PyObject *obj, PyObject *const *names, int n, int i)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    if (type != s->type || type->tp_version_tag != s->version)
+        slots_learn(s, type, names, n);
+    if (s->ok) {
+        PyObject *v = *(PyObject **)((char *)obj + s->off[i]);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(obj, names[i]);
+}
+
+/* A StatementEvent's varying fields, in this order (read_varying). */
+enum { E_AT, E_SID, E_TOK, E_OUTCOME, E_ROWS, E_DURATION, E_PARAMS, E_COUNT };
+static PyObject *event_names[E_COUNT];
+static slots_t event_slots;
+#define EVENT_GET(event, i) slot_get(&event_slots, (event), event_names, E_COUNT, (i))
 
 static int
 buf_bytes(wbuf *b, PyObject *bytes)
@@ -271,7 +329,7 @@ read_varying(PyObject *event, PyObject *key, Py_ssize_t max_text, varying_t *v)
     int rc = -1;
     PyObject *at = NULL, *sid = NULL, *tok = NULL, *outcome = NULL, *rows = NULL,
              *duration = NULL, *params = NULL;
-    if ((at = PyObject_GetAttr(event, s_at)) == NULL)
+    if ((at = EVENT_GET(event, E_AT)) == NULL)
         goto done;
     rc = 1;
     if (!PyFloat_CheckExact(at))
@@ -281,19 +339,19 @@ read_varying(PyObject *event, PyObject *key, Py_ssize_t max_text, varying_t *v)
         goto done;
     v->at = (long long)nearbyint(a * 1000000.0); /* round(): half to even, as Python */
     rc = -1;
-    if ((sid = PyObject_GetAttr(event, s_session_id)) == NULL)
+    if ((sid = EVENT_GET(event, E_SID)) == NULL)
         goto done;
     rc = 1;
     if (sid != Py_None && !PyLong_CheckExact(sid))
         goto done; /* 1, 1.0 and True are one key; only an int is what the shape holds */
     rc = -1;
-    if ((tok = PyObject_GetAttr(event, s_tokenized)) == NULL)
+    if ((tok = EVENT_GET(event, E_TOK)) == NULL)
         goto done;
     rc = 1;
     if (tok != Py_None && !PyBool_Check(tok))
         goto done;
     rc = -1;
-    if ((outcome = PyObject_GetAttr(event, s_outcome)) == NULL)
+    if ((outcome = EVENT_GET(event, E_OUTCOME)) == NULL)
         goto done;
     rc = 1;
     if (!PyUnicode_CheckExact(outcome) || PyUnicode_GET_LENGTH(outcome) > max_text)
@@ -307,8 +365,8 @@ read_varying(PyObject *event, PyObject *key, Py_ssize_t max_text, varying_t *v)
             goto done;
         }
     }
-    if ((rows = PyObject_GetAttr(event, s_rows)) == NULL ||
-        (duration = PyObject_GetAttr(event, s_duration_us)) == NULL) {
+    if ((rows = EVENT_GET(event, E_ROWS)) == NULL ||
+        (duration = EVENT_GET(event, E_DURATION)) == NULL) {
         rc = -1;
         goto done;
     }
@@ -316,7 +374,7 @@ read_varying(PyObject *event, PyObject *key, Py_ssize_t max_text, varying_t *v)
         goto done;
     if ((rc = opt_int64(duration, &v->duration, &v->has_duration)) != 0)
         goto done;
-    if ((params = PyObject_GetAttr(event, s_params)) == NULL) {
+    if ((params = EVENT_GET(event, E_PARAMS)) == NULL) {
         rc = -1;
         goto done;
     }
@@ -375,11 +433,22 @@ render_field(wbuf *b, int code, const varying_t *v)
 static PyObject *
 seal_one(PyObject *shape, PyObject *event, PyObject *prev, PyObject *seq_o, PyObject *logged_o)
 {
-    PyObject *values, *fragments, *blocks, *text_order, *row_order, *key, *max_text_o, *chain;
-    if (!PyArg_ParseTuple(shape, "O!O!O!O!O!SOO", &PyList_Type, &values, &PyTuple_Type,
-                          &fragments, &PyTuple_Type, &blocks, &PyTuple_Type, &text_order,
-                          &PyTuple_Type, &row_order, &key, &max_text_o, &chain))
+    /* (values, fragments, blocks, text order, row order, key, max_text, chain): what
+     * PyArg_ParseTuple(shape, "O!O!O!O!O!SOO", ...) checks, without parsing a format
+     * once per record */
+    if (!PyTuple_Check(shape) || PyTuple_GET_SIZE(shape) != 8) {
+        PyErr_SetString(PyExc_TypeError, "a shape is a tuple of 8 items");
         return NULL;
+    }
+    PyObject *values = PyTuple_GET_ITEM(shape, 0), *fragments = PyTuple_GET_ITEM(shape, 1),
+             *blocks = PyTuple_GET_ITEM(shape, 2), *text_order = PyTuple_GET_ITEM(shape, 3),
+             *row_order = PyTuple_GET_ITEM(shape, 4), *key = PyTuple_GET_ITEM(shape, 5),
+             *max_text_o = PyTuple_GET_ITEM(shape, 6), *chain = PyTuple_GET_ITEM(shape, 7);
+    if (!PyList_Check(values) || !PyTuple_Check(fragments) || !PyTuple_Check(blocks) ||
+        !PyTuple_Check(text_order) || !PyTuple_Check(row_order) || !PyBytes_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, "malformed shape");
+        return NULL;
+    }
     Py_ssize_t nv = PyTuple_GET_SIZE(text_order);
     if (PyTuple_GET_SIZE(fragments) != nv + 1 || PyTuple_GET_SIZE(blocks) != nv + 1 ||
         PyTuple_GET_SIZE(row_order) != nv || PyBytes_GET_SIZE(prev) != 32 ||
@@ -492,16 +561,25 @@ done:
 }
 
 static PyObject *
-seal(PyObject *self, PyObject *args)
+seal(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *shape, *event, *prev, *seq_o, *logged_o;
-    if (!PyArg_ParseTuple(args, "O!OSOO", &PyTuple_Type, &shape, &event, &prev, &seq_o,
-                          &logged_o))
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "seal() takes 5 arguments (%zd given)", nargs);
         return NULL;
-    return seal_one(shape, event, prev, seq_o, logged_o);
+    }
+    if (!PyTuple_Check(args[0]) || !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "seal(shape: tuple, event, prev: bytes, seq, logged)");
+        return NULL;
+    }
+    return seal_one(args[0], args[1], args[2], args[3], args[4]);
 }
 
 static PyObject *s_event, *s_size, *s_waiters, *s_native, *s_popleft;
+
+/* A queued Item's fields (waiters, event, size) and a shape's native form. */
+enum { I_WAITERS, I_EVENT, I_SIZE, I_COUNT };
+static PyObject *item_names[I_COUNT];
+static slots_t item_slots, shape_slots;
 
 /* chain_run(shapes, key_of, event_type, queue, limit, prev, seq, logged, rec_type,
  *           pending) -> None
@@ -540,9 +618,11 @@ chain_run(PyObject *self, PyObject *args)
         PyObject *item = PySequence_GetItem(queue, 0);
         if (item == NULL)
             goto done;
-        PyObject *waiters = PyObject_GetAttr(item, s_waiters);
-        PyObject *event = waiters == NULL ? NULL : PyObject_GetAttr(item, s_event);
-        PyObject *size = event == NULL ? NULL : PyObject_GetAttr(item, s_size);
+        PyObject *waiters = slot_get(&item_slots, item, item_names, I_COUNT, I_WAITERS);
+        PyObject *event =
+            waiters == NULL ? NULL : slot_get(&item_slots, item, item_names, I_COUNT, I_EVENT);
+        PyObject *size =
+            event == NULL ? NULL : slot_get(&item_slots, item, item_names, I_COUNT, I_SIZE);
         Py_DECREF(item);
         if (size == NULL) {
             Py_XDECREF(waiters);
@@ -572,7 +652,7 @@ chain_run(PyObject *self, PyObject *args)
                 }
                 stop = 1;
             } else {
-                native = PyObject_GetAttr(shape, s_native);
+                native = slot_get(&shape_slots, shape, &s_native, 1, 0);
                 if (native == NULL) {
                     Py_DECREF(event);
                     Py_DECREF(size);
@@ -646,6 +726,159 @@ chain_hash(PyObject *self, PyObject *args)
     return out;
 }
 
+/* A statement's shape key (rows.py's _SHAPE_NAMES): configure_key(names) once, then
+ * shape_key(event) is the tuple operator.attrgetter(*names)(event) gives. */
+static PyObject *key_names[MAX_SLOTS];
+static int key_count;
+static slots_t key_slots;
+
+static PyObject *
+configure_key(PyObject *self, PyObject *names)
+{
+    if (!PyTuple_Check(names) || PyTuple_GET_SIZE(names) < 1 ||
+        PyTuple_GET_SIZE(names) > MAX_SLOTS) {
+        PyErr_SetString(PyExc_ValueError, "a tuple of 1 to 24 attribute names");
+        return NULL;
+    }
+    int n = (int)PyTuple_GET_SIZE(names);
+    PyObject *interned[MAX_SLOTS];
+    for (int i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        if (!PyUnicode_CheckExact(name) || PyUnicode_FindChar(name, '.', 0, PY_SSIZE_T_MAX, 1) != -1) {
+            for (int j = 0; j < i; j++)
+                Py_DECREF(interned[j]);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "plain attribute names only");
+            return NULL;
+        }
+        Py_INCREF(name);
+        PyUnicode_InternInPlace(&name);
+        interned[i] = name;
+    }
+    for (int i = 0; i < key_count; i++)
+        Py_CLEAR(key_names[i]);
+    memcpy(key_names, interned, sizeof(PyObject *) * (size_t)n);
+    key_count = n;
+    Py_CLEAR(key_slots.type); /* learnt again for these names */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+shape_key(PyObject *self, PyObject *event)
+{
+    if (key_count == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "configure_key() was not called");
+        return NULL;
+    }
+    PyObject *key = PyTuple_New(key_count);
+    if (key == NULL)
+        return NULL;
+    for (int i = 0; i < key_count; i++) {
+        PyObject *v = slot_get(&key_slots, event, key_names, key_count, i);
+        if (v == NULL) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(key, i, v);
+    }
+    return key;
+}
+
+/* A statement's event made from another of its class (events.statement_like): the
+ * relay's records of one statement shape in one session differ only in a few fields,
+ * and copying the others beats passing 23 arguments to the dataclass's __init__.
+ * configure_like(type, fields, varying): every field of `type` (a slotted class without
+ * __dict__ or weak references), and the 7 varying ones (event, at, params, outcome,
+ * rows, duration_us, tokenized) as indexes into them; True when `type` can be copied
+ * so. */
+enum { L_EVENT, L_AT, L_PARAMS, L_OUTCOME, L_ROWS, L_DURATION, L_TOKENIZED, L_COUNT };
+static PyObject *like_names[MAX_SLOTS];
+static int like_count, like_at[L_COUNT];
+static slots_t like_slots;
+
+static PyObject *
+configure_like(PyObject *self, PyObject *args)
+{
+    PyTypeObject *type;
+    PyObject *fields, *varying;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyType_Type, &type, &PyTuple_Type, &fields,
+                          &PyTuple_Type, &varying))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(fields);
+    if (n < 1 || n > MAX_SLOTS || PyTuple_GET_SIZE(varying) != L_COUNT) {
+        PyErr_SetString(PyExc_ValueError, "1 to 24 fields, 7 of them varying");
+        return NULL;
+    }
+    for (int i = 0; i < like_count; i++)
+        Py_CLEAR(like_names[i]);
+    like_count = 0;
+    Py_CLEAR(like_slots.type);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(fields, i);
+        if (!PyUnicode_CheckExact(name)) {
+            PyErr_SetString(PyExc_TypeError, "field names are str");
+            goto fail;
+        }
+        Py_INCREF(name);
+        PyUnicode_InternInPlace(&name);
+        like_names[like_count++] = name;
+    }
+    for (int i = 0; i < L_COUNT; i++) {
+        long at = PyLong_AsLong(PyTuple_GET_ITEM(varying, i));
+        if (at == -1 && PyErr_Occurred())
+            goto fail;
+        if (at < 0 || at >= n) {
+            PyErr_SetString(PyExc_ValueError, "a varying field's index is out of range");
+            goto fail;
+        }
+        like_at[i] = (int)at;
+    }
+    slots_learn(&like_slots, type, like_names, like_count);
+    /* every slot of the instance is a field (nothing else to copy or leave unset) */
+    Py_ssize_t slots_size = type->tp_basicsize - (Py_ssize_t)sizeof(PyObject);
+    if (!like_slots.ok || type->tp_dictoffset != 0 || type->tp_weaklistoffset != 0 ||
+        type->tp_itemsize != 0 || slots_size != n * (Py_ssize_t)sizeof(PyObject *) ||
+        type->tp_alloc == NULL) {
+        Py_CLEAR(like_slots.type);
+        Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+fail:
+    for (int i = 0; i < like_count; i++)
+        Py_CLEAR(like_names[i]);
+    like_count = 0;
+    return NULL;
+}
+
+/* statement_like(proto, event, at, params, outcome, rows, duration_us, tokenized) */
+static PyObject *
+statement_like(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1 + L_COUNT) {
+        PyErr_Format(PyExc_TypeError, "statement_like() takes 8 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *proto = args[0];
+    PyTypeObject *type = Py_TYPE(proto);
+    if (like_slots.type == NULL || type != like_slots.type ||
+        type->tp_version_tag != like_slots.version) {
+        PyErr_SetString(PyExc_TypeError, "statement_like() copies the configured class only");
+        return NULL;
+    }
+    PyObject *obj = type->tp_alloc(type, 0);
+    if (obj == NULL)
+        return NULL;
+    for (int i = 0; i < like_count; i++) {
+        PyObject *v = *(PyObject **)((char *)proto + like_slots.off[i]);
+        *(PyObject **)((char *)obj + like_slots.off[i]) = Py_XNewRef(v);
+    }
+    for (int i = 0; i < L_COUNT; i++) {
+        PyObject **slot = (PyObject **)((char *)obj + like_slots.off[like_at[i]]);
+        Py_XSETREF(*slot, Py_NewRef(args[1 + i]));
+    }
+    return obj;
+}
+
 /* configure(min_s, max_s, chain_position, positions) (see min_s above) */
 static PyObject *
 configure(PyObject *self, PyObject *args)
@@ -672,8 +905,13 @@ configure(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "The range of `at` and the varying fields' positions."},
-    {"seal", seal, METH_VARARGS, "(values, hash, row) of a statement of a known shape, or None."},
+    {"seal", (PyCFunction)(void (*)(void))seal, METH_FASTCALL, "(values, hash, row) of a statement of a known shape, or None."},
     {"chain_run", chain_run, METH_VARARGS, "Chain a run of queued statements of known shapes."},
+    {"configure_like", configure_like, METH_VARARGS, "The class statement_like() copies."},
+    {"statement_like", (PyCFunction)(void (*)(void))statement_like, METH_FASTCALL,
+     "A copy of an event with its varying fields given."},
+    {"configure_key", configure_key, METH_O, "The attributes shape_key() reads."},
+    {"shape_key", shape_key, METH_O, "A statement's shape key: its configured attributes."},
     {"chain_hash", chain_hash, METH_VARARGS, "sha256(prev || sha256(content))."},
     {NULL, NULL, 0, NULL},
 };
@@ -696,6 +934,12 @@ PyInit__seal(void)
         !(s_native = PyUnicode_InternFromString("native")) ||
         !(s_popleft = PyUnicode_InternFromString("popleft")))
         return NULL;
+    PyObject *const ev[E_COUNT] = {s_at, s_session_id, s_tokenized, s_outcome, s_rows,
+                                   s_duration_us, s_params};
+    memcpy(event_names, ev, sizeof ev);
+    item_names[I_WAITERS] = s_waiters;
+    item_names[I_EVENT] = s_event;
+    item_names[I_SIZE] = s_size;
     b2b_use_simd(1);
     return PyModule_Create(&module);
 }

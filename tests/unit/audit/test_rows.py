@@ -7,6 +7,7 @@ import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -322,6 +323,36 @@ def test_the_compiled_seal_is_built() -> None:
     # make install builds it (setup.py); without it every statement record costs the
     # writer about three times the CPU, which only the benchmarks would show.
     assert rows_module._seal is not None
+
+
+def test_the_compiled_shape_key_reads_what_attrgetter_reads() -> None:
+    # read from the event's slots: the same tuple, also for a subclass (whose own
+    # attribute wins) and an event missing a field (the same error)
+    from operator import attrgetter
+
+    names = rows_module._SHAPE_NAMES
+    reference = attrgetter(*names)
+    e = StatementEvent("completed", "SELECT $1", session_id=7, tables=("t",), tokenized=True)
+    assert rows_module._shape_key(e) == reference(e)
+    assert [type(x) for x in rows_module._shape_key(e)] == [type(x) for x in reference(e)]
+
+    class Sub(StatementEvent):
+        __slots__ = ()
+
+    sub = Sub("completed", "SELECT 1", rule="r")
+    assert rows_module._shape_key(sub) == reference(sub)
+    duck = SimpleNamespace(**{n: f"<{n}>" for n in names})  # no slots: read by name
+    assert rows_module._shape_key(duck) == reference(duck)
+    assert rows_module._shape_key(e) == reference(e)  # the class's own offsets again
+    missing = StatementEvent("completed", "SELECT 1")
+    del missing.rule
+    for read in (rows_module._shape_key, reference):
+        try:
+            read(missing)
+        except AttributeError:
+            pass
+        else:  # pragma: no cover - the assertion
+            raise AssertionError("an unset field reads as an error")
 
 
 _bounded = st.one_of(st.none(), st.integers(-5, 10**9), st.sampled_from([2**63 - 1, -(2**63 - 1)]))
