@@ -32,6 +32,7 @@ from pglast import parser as pg
 
 from dbgate.audit import SessionEvent, StatementEvent
 from dbgate.audit.errors import AuditUnavailable
+from dbgate.audit.events import statement_like
 from dbgate.gate.declarations import declared
 from dbgate.gate.notes import GateNote
 from dbgate.pii.sql_mask import looks_like_pii, mask_every_literal, mask_text
@@ -183,6 +184,11 @@ class AuditTrail(QuietObserver):
         #: text as sent -> (masked, whether it opens with a comment that may declare)
         self._texts: dict[str, tuple[str, bool]] = {}
         self._started: dict[int, float] = {}  # session id -> monotonic start
+        #: session id -> id(note) -> (note, masked text, application name, session,
+        #: the event it was made for or None): an allowed statement's record is a copy
+        #: of its shape's last one in the session, its varying fields replaced (see
+        #: _finished); None when its intent is read anew each time (declarations)
+        self._protos: dict[int, dict[int, tuple[Any, ...]]] = {}
 
     # -- admission and durability ---------------------------------------------------------
     def admit(self) -> Awaitable[None] | None:
@@ -284,6 +290,54 @@ class AuditTrail(QuietObserver):
         self._allowed[id(note)] = known
         return known
 
+    def _proto(
+        self, session: SessionInfo, note: Any, sql: str, text: tuple[str, bool], app: str
+    ) -> tuple[Any, ...]:
+        """(note, masked text, application name, session, event): what _finished copies
+        the records of an allowed statement with ``note`` from, in ``session``; the
+        event is None when the statement's text or note may declare intent (read anew
+        for each record, with the session's declarations)."""
+        allowed = self._allowed.get(id(note))
+        if allowed is None or allowed[0] is not note:
+            allowed = self._of_note(note)
+        _, shape, rule, decision, approval_id = allowed
+        proto = None
+        if not (shape.declares or text[1]):
+            proto = StatementEvent(
+                "completed",
+                text[0],
+                decision,
+                0.0,
+                session.identity,
+                session.session_id,
+                app,
+                session.client_addr,
+                session.database,
+                "",
+                "",
+                (),
+                shape.fingerprint,
+                shape.categories,
+                shape.tables,
+                shape.columns,
+                rule,
+                approval_id,
+                "",
+                None,
+                None,
+                None,
+                "",
+            )
+        protos = self._protos.get(session.session_id)
+        if protos is None:
+            if len(self._protos) >= _SHAPE_CACHE:
+                self._protos.clear()
+            protos = self._protos[session.session_id] = {}
+        elif len(protos) >= _SHAPE_CACHE:
+            protos.clear()
+        known = protos[id(note)] = (note, text[0], app, session, proto)
+        return known
+
     def _text(self, sql: str) -> tuple[str, bool]:
         """``sql`` masked, and whether it opens with a comment (that may declare
         intent); kept when :func:`masked_text` would keep it (a text that comes again,
@@ -362,6 +416,7 @@ class AuditTrail(QuietObserver):
 
     def session_ended(self, session: SessionInfo) -> None:
         started = self._started.pop(session.session_id, None)
+        self._protos.pop(session.session_id, None)
         self.writer.record(
             SessionEvent(
                 "disconnect",
@@ -402,29 +457,57 @@ class AuditTrail(QuietObserver):
         if type(verdict) is Allow:
             if record.kind not in _RECORDED:
                 return  # a Parse or Bind: its Execute is the statement that runs
-            note = verdict.note  # one per statement shape (a verdict may be new each time)
-            known = self._allowed.get(id(note))
-            if known is None or known[0] is not note:
-                known = self._of_note(note)
-            # statement() inlined, for what nearly every record is: an allowed
-            # statement that ran (one event per statement; a call and its dozen
-            # arguments are a quarter of the cost here)
-            _, shape, rule, decision, approval_id = known
-            plan = verdict.plan
+            # What nearly every record is: an allowed statement that ran. Its record
+            # is a copy of the one its note (one per statement shape) last gave in this
+            # session, with the fields in which executions differ replaced: every other
+            # field comes from the note, the text and the session, checked unchanged
+            # (the application name may be SET; the text is the note's statement's).
+            note = verdict.note
             sql = record.sql
             text = self._texts.get(sql) or self._text(sql)
-            if session.declared or shape.declares or text[1]:
-                intent = declared(session.declared, shape.declares, sql)
-                purpose = mask_text(intent["purpose"]) if "purpose" in intent else ""
-                model = mask_text(intent["model"]) if "model" in intent else ""
-            else:
-                purpose = model = ""
+            app = session.server_params.get("application_name", session.application_name)
+            protos = self._protos.get(session.session_id)
+            known = protos.get(id(note)) if protos is not None else None
+            if (
+                known is None
+                or known[0] is not note
+                or known[1] is not text[0]
+                or known[2] != app
+                or known[3] is not session
+            ):
+                known = self._proto(session, note, sql, text, app)
+            plan = verdict.plan
             if stage == "completed":
                 tags = record.tags
                 outcome = tags[0] if len(tags) == 1 else ", ".join(tags)
                 rows: int | None = record.rows
             else:
                 outcome, rows = record.sqlstate, None
+            proto = known[4]
+            if proto is not None and not session.declared:
+                self.writer.record(
+                    statement_like(
+                        proto,
+                        stage,
+                        time.time(),
+                        record.params,
+                        outcome,
+                        rows,
+                        int((record.finished_at - record.received_at) * 1e6),
+                        plan is not None and getattr(plan, "tokenizes", True),
+                    )
+                )
+                return
+            allowed = self._allowed.get(id(note))
+            if allowed is None or allowed[0] is not note:
+                allowed = self._of_note(note)
+            _, shape, rule, decision, approval_id = allowed
+            if session.declared or shape.declares or text[1]:
+                intent = declared(session.declared, shape.declares, sql)
+                purpose = mask_text(intent["purpose"]) if "purpose" in intent else ""
+                model = mask_text(intent["model"]) if "model" in intent else ""
+            else:
+                purpose = model = ""
             # positional, in the order of the dataclass's fields (see statement())
             self.writer.record(
                 StatementEvent(
@@ -434,7 +517,7 @@ class AuditTrail(QuietObserver):
                     time.time(),
                     session.identity,
                     session.session_id,
-                    session.server_params.get("application_name", session.application_name),
+                    app,
                     session.client_addr,
                     session.database,
                     purpose,

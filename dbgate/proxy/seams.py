@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from dbgate.proxy.prepared import Candidate, PreparedChange
+from dbgate.wire.codec import _c_bind_values as _bind_values
 from dbgate.wire.codec import bind_params
 
 if TYPE_CHECKING:
@@ -311,9 +312,16 @@ class StatementRecord:
     @property
     def params(self) -> tuple[bytes | None, ...]:
         """The statement's parameter values as sent (an Execute's: its Bind's)."""
-        if self._params is None:
-            self._params = bind_params(self._bind)
-        return self._params
+        params = self._params
+        if params is None:
+            if _bind_values is not None:  # the compiled reader, without a hop
+                try:
+                    params = self._params = _bind_values(self._bind)
+                    return params
+                except ValueError:
+                    pass  # malformed: bind_params says how
+            params = self._params = bind_params(self._bind)
+        return params
 
     @params.setter
     def params(self, values: tuple[bytes | None, ...]) -> None:

@@ -318,3 +318,74 @@ def test_an_allowed_statement_that_ran_is_recorded_as_statement_builds_it() -> N
     bind.verdict, bind.finished_at = Allow(note=note), 11.0
     trail.statement_completed(session, bind)
     assert not heard  # a Parse or Bind: its Execute is recorded
+
+
+def test_a_record_copied_from_the_last_of_its_shape_is_what_statement_builds() -> None:
+    """An allowed statement's record is copied from the last its note gave in the
+    session (its varying fields replaced): the same as statement() gives, also once the
+    application name is SET, the session declares its intent, or another session runs
+    the same statement."""
+    from dataclasses import fields, replace
+
+    from dbgate.audit.events import StatementEvent, _statement_like, statement_like
+    from dbgate.policy.model import Action, Decision
+    from dbgate.proxy.seams import Allow, StatementRecord
+
+    trail = _trail()
+    heard: list = []
+    trail.writer.record = heard.append  # type: ignore[method-assign]
+    sql = "SELECT v FROM t WHERE id = $1"
+    note = GateNote(classify(sql), "allow", "read", Decision(Action.ALLOW, "reads"))
+    other = GateNote(classify(sql), "allow", "read", Decision(Action.ALLOW, "other"))
+    first, second = _session(), SessionInfo(8, "robot", "demo", "cron", "10.0.0.8:6000")
+
+    def run(session: SessionInfo, verdict: Allow, stage: str = "completed") -> None:
+        record = StatementRecord(1, "execute", sql, 10.0, params=(b"7",))
+        record.verdict = verdict
+        record.tags, record.rows, record.finished_at = ["SELECT 1"], 1, 10.25
+        record.sqlstate = "" if stage == "completed" else "57014"
+        (trail.statement_completed if stage == "completed" else trail.statement_failed)(
+            session, record
+        )
+        got = heard.pop()
+        want = trail.statement(
+            session,
+            stage,
+            "allow",
+            sql,
+            verdict.note,  # type: ignore[arg-type]
+            (b"7",),
+            "",
+            "SELECT 1" if stage == "completed" else "57014",
+            "",
+            1 if stage == "completed" else None,
+            250_000,
+            False,
+        )
+        assert type(got) is StatementEvent
+        assert replace(got, at=0.0) == replace(want, at=0.0)
+
+    for _ in range(2):
+        run(first, Allow(note=note))
+        run(first, Allow(note=note), "failed")
+        run(second, Allow(note=note))
+        run(first, Allow(note=other))
+    first.server_params["application_name"] = "renamed"
+    run(first, Allow(note=note))
+    first.declared["purpose"] = "month end"
+    run(first, Allow(note=note))
+    del first.declared["purpose"]
+    run(first, Allow(note=note))
+    trail.session_ended(first)
+    heard.clear()
+    run(first, Allow(note=note))
+    # the compiled copy (built by make install) is the dataclass's own
+    assert statement_like is not _statement_like
+    proto = StatementEvent("completed", "SELECT 1", identity="a", tables=("t",))
+    args = ("failed", 1.5, (b"1", None), "57014", None, 9, True)
+    assert statement_like(proto, *args) == _statement_like(proto, *args)
+    copied = statement_like(proto, *args)
+    assert [getattr(copied, f.name) for f in fields(StatementEvent)][4:] == [
+        getattr(_statement_like(proto, *args), f.name) for f in fields(StatementEvent)
+    ][4:]
+    assert proto.event == "completed" and proto.params == ()  # the original unchanged
