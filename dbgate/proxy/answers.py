@@ -13,6 +13,7 @@ bookkeeping: it reads and changes the queue the client side fills. The client si
 from __future__ import annotations
 
 import logging
+import time
 from struct import unpack_from
 
 from dbgate.proxy.entries import (
@@ -956,10 +957,8 @@ class ServerAnswers:
             rec.bound_by(body)
             rec.verdict = verdict
             rec.remembered = True
-            hearing = self._hearing  # once per Execute: only the events someone hears
-            if "statement_decided" in hearing:
+            if self._tell_started:  # only the events someone hears
                 self._emit("statement_decided", rec)
-            if "statement_forwarded" in hearing:
                 self._emit("statement_forwarded", rec)
         if verdict is None or (verdict.plan is None and not verdict.max_rows):
             return
@@ -1039,7 +1038,17 @@ class ServerAnswers:
             if tag:
                 rec.tags.append(tag)
             rec.rows += rows
-            self._finish(rec)
+            if not rec.finished_at:  # _finish(rec), inlined: once per followed Execute
+                rec.finished_at = time.monotonic()
+                tell = self._tell_completed
+                if tell is not None:
+                    try:
+                        tell(self.info, rec)
+                    except Exception:
+                        log.exception(
+                            "session %s: observer failed on statement_completed",
+                            self.info.session_id,
+                        )
 
     def _counted_rows(self, entry: Entry, tag: str) -> int:
         """The rows a counted Execute returned, from how it ended; a portal that goes on

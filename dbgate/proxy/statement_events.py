@@ -42,6 +42,9 @@ class StatementEvents:
     info: SessionInfo
     observer: Observer | None
     _hearing: dict[str, Callable[[SessionInfo, StatementRecord], None]]
+    _tell_completed: Callable[[SessionInfo, StatementRecord], None] | None
+    _tell_received: bool
+    _tell_started: bool
     _follows: Callable[[SessionInfo, Allow], bool] | None
     _exec_records: bool
     _executes_only: bool
@@ -66,7 +69,7 @@ class StatementEvents:
         rec = StatementRecord(
             self._next_id, kind, sql, time.monotonic(), statement_name, portal, params
         )
-        if "statement_received" in self._hearing:  # few observers want it
+        if self._tell_received:  # few observers want it
             self._emit("statement_received", rec)
         return rec
 

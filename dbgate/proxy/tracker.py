@@ -243,6 +243,14 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 if e not in ignored
             }
         )
+        #: What a followed statement's answer tells, found once (once per statement):
+        #: the observer's listener of its end, and whether anyone hears an Execute's
+        #: record received, or decided and forwarded when its portal is known.
+        self._tell_completed = self._hearing.get("statement_completed")
+        self._tell_received = "statement_received" in self._hearing
+        self._tell_started = (
+            "statement_decided" in self._hearing or "statement_forwarded" in self._hearing
+        )
         #: ``Observer.follows``: which statements the observer wants told of past their
         #: decision (None: every statement). The others' records end at their decision,
         #: and an Execute is recorded only once a followed statement was prepared, so a

@@ -96,6 +96,14 @@ def test_an_event_one_observer_hears_goes_straight_to_it_and_its_failure_is_cont
     tracker._finish(rec)
     assert decided_only.heard == ["statement_decided"]
     assert ends_only.heard == also_ends.heard == ["statement_completed"]
+    # three that hear it (a loop): the same
+    third = Recording(
+        "third", frozenset(STATEMENT_EVENTS) - {"statement_completed", "statement_failed"}
+    )
+    fan = FanOut([also_ends, third, ends_only])
+    fan.listener("statement_completed")(info, rec)
+    assert also_ends.heard == ends_only.heard == ["statement_completed"] * 2
+    assert third.heard == ["statement_completed"]
 
 
 class Loads:
