@@ -282,11 +282,12 @@ static PyTypeObject CollectorType = {
     .tp_as_sequence = &Collector_as_sequence,
 };
 
-/* The int16 count at pos and that many int32-length-prefixed values after it (-1:
- * NULL): (tuple of bytes or None, offset past the last), or NULL with ValueError. */
+/* The int16 count at *at and that many int32-length-prefixed values after it (-1:
+ * NULL): a tuple of bytes or None, *at moved past the last; NULL with ValueError. */
 static PyObject *
-read_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t pos)
+read_tuple(const unsigned char *p, Py_ssize_t size, Py_ssize_t *at)
 {
+    Py_ssize_t pos = *at;
     PyObject *out = NULL;
     if (pos < 0 || pos > size - 2)
         goto bad;
@@ -320,11 +321,20 @@ read_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t pos)
         }
         PyTuple_SET_ITEM(out, i, item);
     }
-    return Py_BuildValue("(Nn)", out, pos);
+    *at = pos;
+    return out;
 bad:
     Py_XDECREF(out);
     PyErr_SetString(PyExc_ValueError, "malformed values");
     return NULL;
+}
+
+/* read_tuple's values and the offset past the last, as a pair. */
+static PyObject *
+read_values(const unsigned char *p, Py_ssize_t size, Py_ssize_t pos)
+{
+    PyObject *out = read_tuple(p, size, &pos);
+    return out == NULL ? NULL : Py_BuildValue("(Nn)", out, pos);
 }
 
 /* values(buf, pos): read_values, for dbgate.wire.primitives.values_at (a Bind's or a
@@ -346,14 +356,9 @@ values(PyObject *self, PyObject *args)
  * statement names and the format codes), as dbgate.wire.codec.bind_params reads them;
  * ValueError on any fault (the Python reader then names it). */
 static PyObject *
-bind_values(PyObject *self, PyObject *args)
+bind_values_of(const unsigned char *p, Py_ssize_t size)
 {
-    Py_buffer buf;
-    if (!PyArg_ParseTuple(args, "y*", &buf))
-        return NULL;
-    const unsigned char *p = (const unsigned char *)buf.buf;
-    Py_ssize_t size = buf.len, pos = 0;
-    PyObject *res = NULL;
+    Py_ssize_t pos = 0;
     for (int names = 0; names < 2; names++) {
         const unsigned char *nul = memchr(p + pos, 0, (size_t)(size - pos));
         if (nul == NULL)
@@ -363,24 +368,32 @@ bind_values(PyObject *self, PyObject *args)
     if (pos > size - 2)
         goto bad;
     pos += 2 + 2 * (((Py_ssize_t)p[pos] << 8) | p[pos + 1]);
-    res = read_values(p, size, pos);
-    if (res != NULL) {
-        PyObject *vals = Py_NewRef(PyTuple_GET_ITEM(res, 0));
-        Py_DECREF(res);
-        res = vals;
-    }
-    PyBuffer_Release(&buf);
-    return res;
+    return read_tuple(p, size, &pos);
 bad:
     PyErr_SetString(PyExc_ValueError, "malformed Bind");
-    PyBuffer_Release(&buf);
     return NULL;
+}
+
+/* One argument (METH_O): a bytes body is read in place (what the relay hands it,
+ * once per recorded Execute), any other buffer through the buffer protocol. */
+static PyObject *
+bind_values(PyObject *self, PyObject *arg)
+{
+    if (PyBytes_CheckExact(arg))
+        return bind_values_of((const unsigned char *)PyBytes_AS_STRING(arg),
+                              PyBytes_GET_SIZE(arg));
+    Py_buffer buf;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *res = bind_values_of((const unsigned char *)buf.buf, buf.len);
+    PyBuffer_Release(&buf);
+    return res;
 }
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "Scan complete messages; return (end, selected frames)."},
     {"values", values, METH_VARARGS, "(values, end) of the counted values at pos."},
-    {"bind_values", bind_values, METH_VARARGS, "The parameter values of a Bind body."},
+    {"bind_values", bind_values, METH_O, "The parameter values of a Bind body."},
     {"count", count, METH_VARARGS, "Number of the messages in buf[start:end] (complete ones; with split_last the last may run past end)."},
     {"skip", skip, METH_VARARGS, "Offset just past n messages from start."},
     {NULL, NULL, 0, NULL},

@@ -408,3 +408,6 @@ def test_c_and_python_bind_readers_agree(
     from dbgate.wire import _scan
 
     assert _outcome(_scan.bind_values, body) == expected
+    # bytes are read in place, other buffers through the buffer protocol: the same
+    assert _outcome(_scan.bind_values, bytearray(body)) == expected
+    assert _outcome(_scan.bind_values, memoryview(body)) == expected
