@@ -191,5 +191,23 @@ try:  # the C port (dbgate/policy/_literals.c); optional, identical results
 except ImportError:  # pragma: no cover - only without a compiler
     _c_mask = None
 
-#: What the classifier calls: the C port when it was built, else :func:`mask`.
-fast_mask: Callable[[str], str | None] = _c_mask if _c_mask is not None else mask
+_MASK_ANY: Callable[[str], str | None] = _c_mask if _c_mask is not None else mask
+#: Texts up to this long are remembered as the last one masked.
+_LAST_MAX = 65_536
+#: (text, its mask) of the last text masked: one statement's text is masked by the gate
+#: (its remembered verdict, its shape) and again by the audit trail (its record), the
+#: very same str each time. One tuple, swapped whole: a reader never sees the text of
+#: one call with the mask of another.
+_last: list[tuple[str | None, str | None]] = [(None, None)]
+
+
+def fast_mask(sql: str) -> str | None:
+    """What the classifier calls: the C port when it was built, else :func:`mask`
+    (the same mask); the last text masked is answered from memory."""
+    last = _last[0]
+    if last[0] is sql:
+        return last[1]
+    key = _MASK_ANY(sql)
+    if len(sql) <= _LAST_MAX:
+        _last[0] = (sql, key)
+    return key

@@ -30,7 +30,19 @@ def _fresh_cache() -> Iterator[None]:
 def test_the_c_port_is_built() -> None:
     # make install builds it; without it simple-mode statements pay a full parse each.
     assert literals._c_mask is not None
-    assert literals.fast_mask is literals._c_mask
+    assert literals._MASK_ANY is literals._c_mask  # what fast_mask masks with
+
+
+def test_the_last_text_masked_is_answered_from_memory_and_only_itself() -> None:
+    a = "SELECT a FROM t WHERE id = 17"
+    b = "SELECT a FROM t WHERE id = 'x'"
+    assert literals.fast_mask(a) == literals.fast_mask(a) == mask(a)
+    assert literals.fast_mask(b) == mask(b) != mask(a)
+    same_text = "".join(["SELECT a FROM t ", "WHERE id = 17"])  # equal, another object
+    assert literals.fast_mask(same_text) == mask(a)
+    long = "SELECT 1 " * 10_000  # longer than remembered: masked each time
+    assert literals.fast_mask(long) == mask(long)
+    assert literals._last[0][0] is same_text
 
 
 @pytest.mark.parametrize(
