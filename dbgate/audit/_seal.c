@@ -581,6 +581,33 @@ enum { I_WAITERS, I_EVENT, I_SIZE, I_COUNT };
 static PyObject *item_names[I_COUNT];
 static slots_t item_slots, shape_slots;
 
+/* A record's fields, in the order of rec_type's arguments. A class that says its
+ * __init__ only stores them (a true class attribute `plain_init`) is filled in here,
+ * without a call of its __init__. */
+enum { R_VALUES, R_PREV, R_HASH, R_ROW, R_WAITERS, R_SIZE, R_COUNT };
+static PyObject *rec_names[R_COUNT], *s_plain_init;
+static slots_t rec_slots;
+
+/* rec_type(*args) (a new reference), or NULL with an error set. */
+static PyObject *
+make_rec(PyObject *rec_type, int plain, PyObject *const *args)
+{
+    if (plain) {
+        PyTypeObject *type = (PyTypeObject *)rec_type;
+        if (type != rec_slots.type || type->tp_version_tag != rec_slots.version)
+            slots_learn(&rec_slots, type, rec_names, R_COUNT);
+        if (rec_slots.ok) {
+            PyObject *rec = type->tp_alloc(type, 0);
+            if (rec == NULL)
+                return NULL;
+            for (int i = 0; i < R_COUNT; i++)
+                *(PyObject **)((char *)rec + rec_slots.off[i]) = Py_NewRef(args[i]);
+            return rec;
+        }
+    }
+    return PyObject_Vectorcall(rec_type, args, R_COUNT, NULL);
+}
+
 /* chain_run(shapes, key_of, event_type, queue, limit, prev, seq, logged, rec_type,
  *           pending) -> None
  *
@@ -603,9 +630,22 @@ chain_run(PyObject *self, PyObject *args)
                           &queue, &limit, &prev, &seq, &logged, &rec_type, &PyList_Type,
                           &pending))
         return NULL;
-    PyObject *logged_o = PyLong_FromLongLong(logged);
-    if (logged_o == NULL)
+    int plain = 0;
+    if (PyType_Check(rec_type) && !((PyTypeObject *)rec_type)->tp_dictoffset) {
+        PyObject *flag = PyObject_GetAttr(rec_type, s_plain_init);
+        if (flag == NULL)
+            PyErr_Clear();
+        plain = flag == Py_True;
+        Py_XDECREF(flag);
+    }
+    PyObject *popleft = PyObject_GetAttr(queue, s_popleft); /* found once a run */
+    if (popleft == NULL)
         return NULL;
+    PyObject *logged_o = PyLong_FromLongLong(logged);
+    if (logged_o == NULL) {
+        Py_DECREF(popleft);
+        return NULL;
+    }
     Py_INCREF(prev);
     PyObject *ret = NULL;
     for (Py_ssize_t n = 0; n < limit; n++) {
@@ -687,7 +727,7 @@ chain_run(PyObject *self, PyObject *args)
         PyObject *hash = PyTuple_GET_ITEM(sealed, 1);
         PyObject *rec_args[6] = {PyTuple_GET_ITEM(sealed, 0), prev, hash,
                                  PyTuple_GET_ITEM(sealed, 2), Py_None, size};
-        PyObject *rec = PyObject_Vectorcall(rec_type, rec_args, 6, NULL);
+        PyObject *rec = make_rec(rec_type, plain, rec_args);
         Py_DECREF(size);
         if (rec == NULL || PyList_Append(pending, rec) < 0) {
             Py_XDECREF(rec);
@@ -698,7 +738,7 @@ chain_run(PyObject *self, PyObject *args)
         Py_SETREF(prev, Py_NewRef(hash));
         Py_DECREF(sealed);
         seq++;
-        PyObject *popped = PyObject_CallMethodNoArgs(queue, s_popleft);
+        PyObject *popped = PyObject_CallNoArgs(popleft);
         if (popped == NULL)
             goto done;
         Py_DECREF(popped);
@@ -707,6 +747,7 @@ chain_run(PyObject *self, PyObject *args)
 done:
     Py_DECREF(prev);
     Py_DECREF(logged_o);
+    Py_DECREF(popleft);
     return ret;
 }
 
@@ -937,6 +978,13 @@ PyInit__seal(void)
     PyObject *const ev[E_COUNT] = {s_at, s_session_id, s_tokenized, s_outcome, s_rows,
                                    s_duration_us, s_params};
     memcpy(event_names, ev, sizeof ev);
+    static const char *const rec_fields[R_COUNT] = {"values", "prev", "hash",
+                                                    "row", "waiters", "size"};
+    for (int i = 0; i < R_COUNT; i++)
+        if (!(rec_names[i] = PyUnicode_InternFromString(rec_fields[i])))
+            return NULL;
+    if (!(s_plain_init = PyUnicode_InternFromString("plain_init")))
+        return NULL;
     item_names[I_WAITERS] = s_waiters;
     item_names[I_EVENT] = s_event;
     item_names[I_SIZE] = s_size;

@@ -37,6 +37,9 @@ class Rec:
     """A chained record waiting to be committed (or spilled)."""
 
     __slots__ = ("hash", "prev", "row", "size", "values", "waiters")
+    #: __init__ only stores its arguments: the compiled chaining (_seal.chain_run)
+    #: fills the slots of the records it makes itself, without calling it.
+    plain_init = True
 
     def __init__(
         self,

@@ -528,3 +528,34 @@ def test_a_run_chained_in_one_compiled_loop_is_the_records_sealed_one_by_one(ite
             assert got == reference.sealed(item.event, NOW, "r1.chain", seq, NOW + 5, prev)
             prev, seq, taken = got[1], seq + 1, taken + 1
     assert taken == len(events)
+
+
+def test_a_record_class_whose_init_does_more_is_made_by_calling_it() -> None:
+    # the compiled chaining fills a record's slots itself only for a class that says
+    # its __init__ only stores its arguments (queue.Rec.plain_init)
+    from collections import deque
+
+    from dbgate.audit.writer.queue import Item, Rec
+
+    class Counted(Rec):
+        __slots__ = ()
+        plain_init = False
+        made = 0
+
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)  # type: ignore[arg-type]
+            type(self).made += 1
+
+    assert Rec.plain_init is True
+    builder = RowBuilder("r1", b"k" * 16)
+    event = StatementEvent("completed", "SELECT $1", at=1.8e9, params=(b"1",))
+    for _ in range(2):  # its shape learnt, then its compiled form made
+        builder.sealed(event, NOW, "r1.chain", 1, NOW, GENESIS)
+    for rec_type in (Counted, Rec):  # called twice, then not at all
+        queue = deque(Item(event, 300) for _ in range(2))
+        pending: list = []
+        builder.chain_run(queue, 5, "r1.chain", 2, NOW, GENESIS, rec_type, pending)
+        assert len(pending) == 2 and not queue
+        assert all(type(r) is rec_type for r in pending)
+        assert (pending[0].prev, pending[1].prev) == (GENESIS, pending[0].hash)
+        assert Counted.made == 2
