@@ -185,7 +185,7 @@ class AuditTrail(QuietObserver):
         self._texts: dict[str, tuple[str, bool]] = {}
         self._started: dict[int, float] = {}  # session id -> monotonic start
         #: session id -> id(note) -> (note, masked text, application name, session,
-        #: the event it was made for or None): an allowed statement's record is a copy
+        #: the event it was made for or None, the text as sent): an allowed statement's record is a copy
         #: of its shape's last one in the session, its varying fields replaced (see
         #: _finished); None when its intent is read anew each time (declarations)
         self._protos: dict[int, dict[int, tuple[Any, ...]]] = {}
@@ -293,9 +293,9 @@ class AuditTrail(QuietObserver):
     def _proto(
         self, session: SessionInfo, note: Any, sql: str, text: tuple[str, bool], app: str
     ) -> tuple[Any, ...]:
-        """(note, masked text, application name, session, event): what _finished copies
-        the records of an allowed statement with ``note`` from, in ``session``; the
-        event is None when the statement's text or note may declare intent (read anew
+        """(note, masked text, application name, session, event, text as sent): what
+        _finished copies the records of an allowed statement with ``note`` from, in
+        ``session``; the event is None when the statement's text or note may declare intent (read anew
         for each record, with the session's declarations)."""
         allowed = self._allowed.get(id(note))
         if allowed is None or allowed[0] is not note:
@@ -335,7 +335,7 @@ class AuditTrail(QuietObserver):
             protos = self._protos[session.session_id] = {}
         elif len(protos) >= _SHAPE_CACHE:
             protos.clear()
-        known = protos[id(note)] = (note, text[0], app, session, proto)
+        known = protos[id(note)] = (note, text[0], app, session, proto, sql)
         return known
 
     def _text(self, sql: str) -> tuple[str, bool]:
@@ -464,18 +464,26 @@ class AuditTrail(QuietObserver):
             # (the application name may be SET; the text is the note's statement's).
             note = verdict.note
             sql = record.sql
-            text = self._texts.get(sql) or self._text(sql)
             app = session.server_params.get("application_name", session.application_name)
             protos = self._protos.get(session.session_id)
             known = protos.get(id(note)) if protos is not None else None
+            text: tuple[str, bool] | None = None
             if (
                 known is None
                 or known[0] is not note
-                or known[1] is not text[0]
+                or known[5] is not sql  # a prepared statement's text: the same str
                 or known[2] != app
                 or known[3] is not session
             ):
-                known = self._proto(session, note, sql, text, app)
+                text = self._texts.get(sql) or self._text(sql)
+                if (
+                    known is None
+                    or known[0] is not note
+                    or known[1] is not text[0]  # fresh literals, the same masked text
+                    or known[2] != app
+                    or known[3] is not session
+                ):
+                    known = self._proto(session, note, sql, text, app)
             plan = verdict.plan
             if stage == "completed":
                 tags = record.tags
@@ -498,6 +506,8 @@ class AuditTrail(QuietObserver):
                     )
                 )
                 return
+            if text is None:
+                text = self._texts.get(sql) or self._text(sql)
             allowed = self._allowed.get(id(note))
             if allowed is None or allowed[0] is not note:
                 allowed = self._of_note(note)

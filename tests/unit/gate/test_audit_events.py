@@ -339,8 +339,10 @@ def test_a_record_copied_from_the_last_of_its_shape_is_what_statement_builds() -
     other = GateNote(classify(sql), "allow", "read", Decision(Action.ALLOW, "other"))
     first, second = _session(), SessionInfo(8, "robot", "demo", "cron", "10.0.0.8:6000")
 
-    def run(session: SessionInfo, verdict: Allow, stage: str = "completed") -> None:
-        record = StatementRecord(1, "execute", sql, 10.0, params=(b"7",))
+    def run(
+        session: SessionInfo, verdict: Allow, stage: str = "completed", text: str = sql
+    ) -> None:
+        record = StatementRecord(1, "execute", text, 10.0, params=(b"7",))
         record.verdict = verdict
         record.tags, record.rows, record.finished_at = ["SELECT 1"], 1, 10.25
         record.sqlstate = "" if stage == "completed" else "57014"
@@ -368,6 +370,7 @@ def test_a_record_copied_from_the_last_of_its_shape_is_what_statement_builds() -
     for _ in range(2):
         run(first, Allow(note=note))
         run(first, Allow(note=note), "failed")
+        run(first, Allow(note=note), text="".join(["SELECT v FROM t ", "WHERE id = $1"]))
         run(second, Allow(note=note))
         run(first, Allow(note=other))
     first.server_params["application_name"] = "renamed"
