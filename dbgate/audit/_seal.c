@@ -84,22 +84,27 @@ static void
 slots_learn(slots_t *s, PyTypeObject *type, PyObject *const *names, int n)
 {
     Py_XSETREF(s->type, (PyTypeObject *)Py_NewRef(type));
-    s->ok = 0;
-    s->version = type->tp_version_tag;
-    if (!s->version || type->tp_getattro != PyObject_GenericGetAttr)
-        return;
-    for (int i = 0; i < n; i++) {
+    int ok = type->tp_getattro == PyObject_GenericGetAttr;
+    for (int i = 0; ok && i < n; i++) {
         PyObject *d = _PyType_Lookup(type, names[i]); /* borrowed; no error set */
-        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type))
-            return;
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+            ok = 0;
+            break;
+        }
         PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
         if (m->type != T_OBJECT_EX || (m->flags & READONLY) ||
             m->offset < (Py_ssize_t)sizeof(PyObject) ||
-            m->offset + (Py_ssize_t)sizeof(PyObject *) > type->tp_basicsize)
-            return;
+            m->offset + (Py_ssize_t)sizeof(PyObject *) > type->tp_basicsize) {
+            ok = 0;
+            break;
+        }
         s->off[i] = m->offset;
     }
-    s->ok = 1;
+    /* read after the lookups, which give the class a version tag if it had none: what
+     * was learnt holds while the tag does (a class without one, which may change
+     * unseen, is read with PyObject_GetAttr and learnt again once it has one) */
+    s->version = type->tp_version_tag;
+    s->ok = ok && s->version != 0;
 }
 
 /* obj.<names[i]> as a new reference (NULL with an error set, as PyObject_GetAttr). */
@@ -901,10 +906,17 @@ statement_like(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *proto = args[0];
     PyTypeObject *type = Py_TYPE(proto);
-    if (like_slots.type == NULL || type != like_slots.type ||
-        type->tp_version_tag != like_slots.version) {
+    if (like_slots.type == NULL || type != like_slots.type) {
         PyErr_SetString(PyExc_TypeError, "statement_like() copies the configured class only");
         return NULL;
+    }
+    if (type->tp_version_tag != like_slots.version || !like_slots.ok) {
+        /* the class changed since (an attribute set on it): its fields learnt again */
+        slots_learn(&like_slots, type, like_names, like_count);
+        if (!like_slots.ok) {
+            PyErr_SetString(PyExc_TypeError, "statement_like(): the class's fields moved");
+            return NULL;
+        }
     }
     PyObject *obj = type->tp_alloc(type, 0);
     if (obj == NULL)

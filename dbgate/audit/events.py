@@ -157,7 +157,7 @@ class ReloadEvent:
     reason: str = ""  # the error, when it failed
 
 
-def _statement_like(
+def statement_like_plain(
     proto: StatementEvent,
     event: StatementStage,
     at: Timestamp,
@@ -176,7 +176,7 @@ def _statement_like(
 #: a new StatementEvent with ``proto``'s values but these (the fields in which one
 #: statement shape's executions in one session differ): copied in one compiled step
 #: (dbgate/audit/_seal.c), a fifth of building it field by field.
-statement_like = _statement_like
+statement_like = statement_like_plain
 _VARYING = ("event", "at", "params", "outcome", "rows", "duration_us", "tokenized")
 try:
     from dbgate.audit import _seal

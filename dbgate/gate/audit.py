@@ -32,7 +32,7 @@ from pglast import parser as pg
 
 from dbgate.audit import SessionEvent, StatementEvent
 from dbgate.audit.errors import AuditUnavailable
-from dbgate.audit.events import statement_like
+from dbgate.audit.events import statement_like, statement_like_plain
 from dbgate.gate.declarations import declared
 from dbgate.gate.notes import GateNote
 from dbgate.pii.sql_mask import looks_like_pii, mask_every_literal, mask_text
@@ -493,18 +493,19 @@ class AuditTrail(QuietObserver):
                 outcome, rows = record.sqlstate, None
             proto = known[4]
             if proto is not None and not session.declared:
-                self.writer.record(
-                    statement_like(
-                        proto,
-                        stage,
-                        time.time(),
-                        record.params,
-                        outcome,
-                        rows,
-                        int((record.finished_at - record.received_at) * 1e6),
-                        plan is not None and getattr(plan, "tokenizes", True),
+                at = time.time()
+                params = record.params
+                duration = int((record.finished_at - record.received_at) * 1e6)
+                tokenized = plan is not None and getattr(plan, "tokenizes", True)
+                try:
+                    event = statement_like(
+                        proto, stage, at, params, outcome, rows, duration, tokenized
                     )
-                )
+                except TypeError:  # the compiled copy cannot read the class: field by field
+                    event = statement_like_plain(
+                        proto, stage, at, params, outcome, rows, duration, tokenized
+                    )
+                self.writer.record(event)
                 return
             if text is None:
                 text = self._texts.get(sql) or self._text(sql)

@@ -327,7 +327,7 @@ def test_a_record_copied_from_the_last_of_its_shape_is_what_statement_builds() -
     the same statement."""
     from dataclasses import fields, replace
 
-    from dbgate.audit.events import StatementEvent, _statement_like, statement_like
+    from dbgate.audit.events import StatementEvent, statement_like, statement_like_plain
     from dbgate.policy.model import Action, Decision
     from dbgate.proxy.seams import Allow, StatementRecord
 
@@ -383,12 +383,61 @@ def test_a_record_copied_from_the_last_of_its_shape_is_what_statement_builds() -
     heard.clear()
     run(first, Allow(note=note))
     # the compiled copy (built by make install) is the dataclass's own
-    assert statement_like is not _statement_like
+    assert statement_like is not statement_like_plain
     proto = StatementEvent("completed", "SELECT 1", identity="a", tables=("t",))
     args = ("failed", 1.5, (b"1", None), "57014", None, 9, True)
-    assert statement_like(proto, *args) == _statement_like(proto, *args)
+    assert statement_like(proto, *args) == statement_like_plain(proto, *args)
     copied = statement_like(proto, *args)
     assert [getattr(copied, f.name) for f in fields(StatementEvent)][4:] == [
-        getattr(_statement_like(proto, *args), f.name) for f in fields(StatementEvent)
+        getattr(statement_like_plain(proto, *args), f.name) for f in fields(StatementEvent)
     ][4:]
     assert proto.event == "completed" and proto.params == ()  # the original unchanged
+
+
+def test_the_compiled_copy_follows_a_changed_class_and_the_trail_survives_it_failing() -> None:
+    """A class attribute set on StatementEvent after start (its version changes): the
+    compiled copy learns its fields again. Should it ever refuse, the trail copies the
+    event field by field: a record is never lost to it."""
+    from dataclasses import replace
+
+    from dbgate.audit import events
+    from dbgate.audit.events import StatementEvent, statement_like, statement_like_plain
+    from dbgate.policy.model import Action, Decision
+    from dbgate.proxy.seams import Allow, StatementRecord
+
+    proto = StatementEvent("completed", "SELECT 1", identity="a")
+    args = ("failed", 1.5, (b"1",), "57014", None, 9, False)
+    StatementEvent.marker_for_a_test = 1  # type: ignore[attr-defined]
+    try:
+        assert statement_like(proto, *args) == statement_like_plain(proto, *args)
+    finally:
+        del StatementEvent.marker_for_a_test  # type: ignore[attr-defined]
+    assert statement_like(proto, *args) == statement_like_plain(proto, *args)
+
+    trail = _trail()
+    heard: list = []
+    trail.writer.record = heard.append  # type: ignore[method-assign]
+    sql = "SELECT v FROM t WHERE id = $1"
+    note = GateNote(classify(sql), "allow", "read", Decision(Action.ALLOW, "reads"))
+
+    def refusing(*_: object) -> None:
+        raise TypeError("no")
+
+    import dbgate.gate.audit as gate_audit
+
+    saved = gate_audit.statement_like
+    gate_audit.statement_like = refusing  # type: ignore[assignment]
+    try:
+        for _ in range(2):
+            record = StatementRecord(1, "execute", sql, 10.0, params=(b"7",))
+            record.verdict = Allow(note=note)
+            record.tags, record.rows, record.finished_at = ["SELECT 1"], 1, 10.25
+            trail.statement_completed(_session(), record)
+    finally:
+        gate_audit.statement_like = saved  # type: ignore[assignment]
+    want = trail.statement(
+        _session(), "completed", "allow", sql, note, (b"7",), "", "SELECT 1", "", 1, 250_000, False
+    )
+    assert len(heard) == 2
+    assert all(replace(e, at=0.0) == replace(want, at=0.0) for e in heard)
+    assert events.statement_like is statement_like
