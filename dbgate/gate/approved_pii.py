@@ -23,29 +23,13 @@ from dbgate.proxy.session_info import SessionInfo
 from dbgate.wire.values import values_as_text
 
 if TYPE_CHECKING:
-    from dbgate.gate.pii import PiiGate
+    from dbgate.gate.parts import GateParts as _GateParts
+else:
+    _GateParts = object
 
 
-class ApprovedPii:
+class ApprovedPii(_GateParts):
     """PII after an awaited or approved verdict (a mixin of ``Gate``)."""
-
-    if TYPE_CHECKING:
-        pii: PiiGate | None
-
-        def verdict(
-            self,
-            decision: Decision,
-            session: SessionInfo,
-            sql: str,
-            params: Any,
-            param_types: tuple[int, ...] = (),
-        ) -> Verdict | Awaitable[Verdict]: ...
-
-        def _held(self, kind: str, decision: Decision, session: SessionInfo, sql: str) -> Any: ...
-
-        def _classified(self, sql: str, prepared: Any, catalog: Any) -> Any: ...
-
-        keys: Any
 
     def _pii_changed(
         self, session: SessionInfo, statement: Statement, verdict: Allow, classification: Any

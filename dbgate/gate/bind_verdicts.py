@@ -28,36 +28,16 @@ from dbgate.proxy.session_info import SessionInfo
 from dbgate.wire.values import values_as_text
 
 if TYPE_CHECKING:
-    from dbgate.gate.classify_pool import ClassifyPool
-    from dbgate.gate.keys import KeyCatalogs
-    from dbgate.policy.rules import RuleSet
+    from dbgate.gate.parts import GateParts as _GateParts
+else:
+    _GateParts = object
 
 _ALLOW_ACTION = Action.ALLOW  # enum member lookups cost ~0.4 us each on Python 3.11
 
 
-class BindVerdicts:
+class BindVerdicts(_GateParts):
     """The verdict on a Bind (a mixin of ``Gate``, whose ``__init__`` holds the
     state: ``_bind_allows`` is the cache of allowed Binds' verdicts)."""
-
-    if TYPE_CHECKING:
-        keys: KeyCatalogs | None
-        offload: ClassifyPool | None
-        ruleset: RuleSet
-        _bind_allows: dict[int, tuple[Any, Allow]]
-
-        def _classified(self, sql: str, prepared: Any, catalog: KeyCatalog | None) -> Any: ...
-        def _decided(self, identity: Identity, classification: Any) -> Decision: ...
-        def _has_limits(self, decision: Decision) -> bool: ...
-        def _bind_limited(
-            self, decision: Decision, classification: Any, sql: str
-        ) -> Allow | Decision: ...
-        def _run_limited(self, kind: str, verdict: Allow, decision: Decision, *a: Any) -> Any: ...
-        def _bind_held(
-            self, decision: Decision, session: SessionInfo, statement: Statement, *a: Any
-        ) -> Verdict | Awaitable[Verdict]: ...
-        async def _offloaded(
-            self, ready: Awaitable[Decision | None], session: SessionInfo, *a: Any
-        ) -> Verdict: ...
 
     def _inspect_bind(
         self, session: SessionInfo, identity: Identity, statement: Statement

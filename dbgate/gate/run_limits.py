@@ -32,16 +32,14 @@ from dbgate.gate.limits import (
 from dbgate.gate.notes import GateNote, primary_category
 from dbgate.gate.windows import WindowedBinds, charged_by_binds, windowed
 from dbgate.policy.keys import KeyCatalog
-from dbgate.policy.model import Action, Decision, Identity
+from dbgate.policy.model import Action, Decision
 from dbgate.proxy.seams import ALLOW_OPENING_MEASUREMENT, Allow, Refuse, Verdict
 from dbgate.proxy.session_info import SessionInfo
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from dbgate.gate.audit import AuditTrail
-    from dbgate.gate.keys import KeyCatalogs
-    from dbgate.gate.row_window import RowWindows
+    from dbgate.gate.parts import GateParts as _GateParts
+else:
+    _GateParts = object
 
 _ALLOW_ACTION = Action.ALLOW  # enum member lookups cost ~0.4 us each on Python 3.11
 _HOLD_ACTION = Action.HOLD
@@ -49,35 +47,9 @@ _HOLD_ACTION = Action.HOLD
 _RUNS = frozenset({"query", "bind"})
 
 
-class RunLimits:
+class RunLimits(_GateParts):
     """Run-time limits of allowed verdicts (a mixin of ``Gate``, whose ``__init__``
     holds the state: ``_bind_limits`` and ``_bind_checked`` are their caches)."""
-
-    if TYPE_CHECKING:
-        windows: RowWindows | None
-        audit: AuditTrail | None
-        keys: KeyCatalogs | None
-        generation: int
-        _bind_limits: dict[tuple[int, int], tuple[Decision, Any, Allow | Decision]]
-        _bind_checked: dict[int, tuple[Allow, Allow]]
-        _repeats: Callable[..., bool]
-
-        @staticmethod
-        def identity(session: SessionInfo) -> Identity | None: ...
-        def verdict(
-            self,
-            decision: Decision,
-            session: SessionInfo,
-            sql: str,
-            params: Any,
-            param_types: tuple[int, ...] = (),
-        ) -> Verdict | Awaitable[Verdict]: ...
-        def _held(self, kind: str, decision: Decision, session: SessionInfo, sql: str) -> Any: ...
-        async def _recorded(
-            self, session: SessionInfo, sql: str, params: Any, decision: Decision, refusal: Refuse
-        ) -> Verdict: ...
-        def _classified(self, sql: str, prepared: Any, catalog: KeyCatalog | None) -> Any: ...
-        def _decided(self, identity: Identity, classification: Any) -> Decision: ...
 
     def _has_limits(self, decision: Decision) -> bool:
         """Limits the relay enforces as the statement runs (the rows-per-window one

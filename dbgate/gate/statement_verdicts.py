@@ -38,12 +38,9 @@ from dbgate.proxy.seams import (
 from dbgate.proxy.session_info import SessionInfo
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from dbgate.gate.classify_pool import ClassifyPool
-    from dbgate.gate.keys import KeyCatalogs
-    from dbgate.gate.row_window import RowWindows
-    from dbgate.policy.rules import RuleSet
+    from dbgate.gate.parts import GateParts as _GateParts
+else:
+    _GateParts = object
 
 _ALLOW_ACTION = Action.ALLOW  # enum member lookups cost ~0.4 us each on Python 3.11
 _HOLD_ACTION = Action.HOLD
@@ -69,32 +66,9 @@ def reusable(classification: Any) -> bool:
 _WRITE_COMMANDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 
 
-class StatementVerdicts:
+class StatementVerdicts(_GateParts):
     """The verdict on a Query or a Parse (a mixin of ``Gate``, whose ``__init__``
     holds the state: ``_answers`` is the cache of answers)."""
-
-    if TYPE_CHECKING:
-        keys: KeyCatalogs | None
-        offload: ClassifyPool | None
-        windows: RowWindows | None
-        ruleset: RuleSet
-        _answers: dict[tuple[int, int], tuple[Any, ...]]
-        _repeats: Callable[..., bool]
-
-        def _classified(self, sql: str, prepared: Any, catalog: KeyCatalog | None) -> Any: ...
-        def _held(self, kind: str, decision: Decision, session: SessionInfo, sql: str) -> Any: ...
-        def _may_learn_keys(
-            self, session: SessionInfo, catalog: KeyCatalog, classification: Any
-        ) -> bool: ...
-        async def _after_keys(self, session: SessionInfo, statement: Statement) -> Verdict: ...
-        async def _offloaded(
-            self, ready: Awaitable[Decision | None], session: SessionInfo, *a: Any
-        ) -> Verdict: ...
-        def _has_limits(self, decision: Decision) -> bool: ...
-        def _limited(
-            self, decision: Decision, classification: Any, sql: str
-        ) -> Allow | Decision: ...
-        def _run_limited(self, kind: str, verdict: Allow, decision: Decision, *a: Any) -> Any: ...
 
     def _judge(
         self, session: SessionInfo, identity: Identity, statement: Statement
