@@ -1593,6 +1593,24 @@ def test_a_token_compared_with_a_float_is_refused(dsn: str) -> None:
         assert pid in [r[0] for r in rows]
 
 
+def _bits_of(email: str) -> tuple[int, set[int]]:
+    """How many bits an e-mail has in UTF-8, and which of them are set."""
+    data = email.encode()
+    bits = len(data) * 8
+    return bits, {i for i in range(bits) if data[i // 8] & (1 << (i % 8))}
+
+
+def _store_copies(conn: psycopg.Connection[Any], bits: int) -> None:
+    """One copy of customer 42's e-mail per bit in ``codebook_notes`` (ids 1000 + the
+    bit), stored as an agent allowed to write would: a copy is allowed, 96 rows a
+    statement stays under the rule's 100 rows changed."""
+    for start in range(0, bits, 96):
+        conn.execute(
+            "insert into codebook_notes select 1000 + g, c.email from customers c,"
+            f" generate_series({start}, {min(start + 95, bits - 1)}) g where c.id = 42"
+        )
+
+
 def test_copies_of_one_value_do_not_spell_it_row_by_row(
     dsn: str, admin_dsn: str, raw: dict[str, Any]
 ) -> None:
@@ -1601,16 +1619,10 @@ def test_copies_of_one_value_do_not_spell_it_row_by_row(
     picked by the row's id: the ids kept would spell the e-mail in one statement. A
     row's PII related with a clean column of the row marks the rows' level, so the ids
     come back as pseudonyms; the same choice in a write is held."""
-    email = raw["email"]
-    bits = len(email.encode()) * 8
-    truth = {i for i in range(bits) if email.encode()[i // 8] & (1 << (i % 8))}
+    bits, truth = _bits_of(raw["email"])
     with psycopg.connect(dsn, autocommit=True) as conn:
         try:
-            for start in range(0, bits, 96):  # under the rule's 100 rows changed
-                conn.execute(
-                    "insert into codebook_notes select 1000 + g, c.email from customers c,"
-                    f" generate_series({start}, {min(start + 95, bits - 1)}) g where c.id = 42"
-                )
+            _store_copies(conn, bits)
             oracle = "ascii(substr(email, (id - 1000) / 8 + 1, 1)) & (1 << (id - 1000) % 8) <> 0"
             got = conn.execute(
                 f"select id - 1000 from codebook_notes where id >= 1000 and {oracle}"
@@ -1641,16 +1653,10 @@ def test_copies_of_one_value_asked_through_a_correlated_sub_select(
     (``EXISTS (SELECT 1 WHERE …)`` reading the outer row's e-mail and id): the outer
     columns it reads there belong to the predicate around it, so the ids come back as
     pseudonyms and the write is held."""
-    email = raw["email"]
-    bits = len(email.encode()) * 8
-    truth = {i for i in range(bits) if email.encode()[i // 8] & (1 << (i % 8))}
+    bits, truth = _bits_of(raw["email"])
     with psycopg.connect(dsn, autocommit=True) as conn:
         try:
-            for start in range(0, bits, 96):  # under the rule's 100 rows changed
-                conn.execute(
-                    "insert into codebook_notes select 1000 + g, c.email from customers c,"
-                    f" generate_series({start}, {min(start + 95, bits - 1)}) g where c.id = 42"
-                )
+            _store_copies(conn, bits)
             oracle = (
                 "exists (select 1 where ascii(substr(n.email, (n.id - 1000) / 8 + 1, 1))"
                 " & (1 << (n.id - 1000) % 8) <> 0)"
@@ -1747,16 +1753,10 @@ def test_copies_of_one_value_asked_under_or_do_not_spell_it(
     """Over rows holding copies of one e-mail, ``(id = 1000 AND <bit 0>) OR (id = 1001
     AND <bit 1>) …``: every leaf reads one column, but the OR makes the row's id pick
     its question, and the rows kept (or their ids summed into one row) spell it."""
-    email = raw["email"].encode()
-    bits = len(email) * 8
-    truth = {i for i in range(bits) if email[i // 8] & (1 << (i % 8))}
+    bits, truth = _bits_of(raw["email"])
     with psycopg.connect(dsn, autocommit=True) as conn:
         try:
-            for start in range(0, bits, 96):
-                conn.execute(
-                    "insert into codebook_notes select 1000 + g, c.email from customers c,"
-                    f" generate_series({start}, {min(start + 95, bits - 1)}) g where c.id = 42"
-                )
+            _store_copies(conn, bits)
             oracle = " or ".join(
                 f"(id = {1000 + i} and ascii(substr(email, {i // 8 + 1}, 1)) & {1 << (i % 8)} <> 0)"
                 for i in range(bits)
