@@ -335,7 +335,7 @@ class Pseudonymizer:
                 elem = self.types.elems[type_oid]
                 if self.shapeless and depth < 8:
                     # how many elements, and which are NULL, may spell the value
-                    return self._one_element(entity, type_oid, fmt, depth)
+                    return self._one_element(entity, type_oid, fmt, depth, raw)
                 if fmt:
                     return self._binary_array(entity, raw, depth)
                 return self._text_array(
@@ -364,7 +364,11 @@ class Pseudonymizer:
         kind = self.types.kind(type_oid)
         if kind == ARRAY:
             return self._one_element(entity, type_oid, fmt, depth)
-        if kind == RECORD and type_oid in self.types.fields:
+        if kind == RECORD and type_oid not in self.types.fields:
+            # an anonymous record (``row(...)``) has no declared fields: one with none
+            # decodes as the type (a token's bytes would be read as a field count)
+            return b"\x00\x00\x00\x00" if fmt else b"()"
+        if kind == RECORD:
             fields = self.types.fields[type_oid]
             if fmt:
                 parts = [_I32.pack(len(fields))]
@@ -379,15 +383,46 @@ class Pseudonymizer:
             return self._token(entity, b"")
         return self.value(entity, type_oid, fmt, stand_in, depth + 1)
 
-    def _one_element(self, entity: str, type_oid: int, fmt: int, depth: int) -> bytes:
+    def _one_element(
+        self, entity: str, type_oid: int, fmt: int, depth: int, raw: bytes | None = None
+    ) -> bytes:
         elem = self.types.elems[type_oid]
-        new = self.null(entity, elem, fmt, depth + 1)
+        first = None if raw is None else self._first_element(raw, fmt, type_oid)
+        if first is None:
+            new = self.null(entity, elem, fmt, depth + 1)
+        else:
+            # the array's first element, replaced: an anonymous record's fields (and
+            # those of records and arrays inside it) are told only by its value
+            new = self.value(entity, elem, fmt, first, depth + 1)
         if fmt:
             return struct.pack("!iiIii", 1, 0, elem, 1, 1) + _I32.pack(len(new)) + new
         from dbgate.pii.text_arrays import quote_element
 
         delim = self.types.delims.get(type_oid, ",")
         return ("{" + quote_element(new.decode(), delim) + "}").encode()
+
+    def _first_element(self, raw: bytes, fmt: int, type_oid: int) -> bytes | None:
+        """The first non-NULL element of an array's wire value, or None."""
+        if not fmt:
+            from dbgate.pii.text_arrays import elements
+
+            _, items = elements(raw.decode(), self.types.delims.get(type_oid, ","))
+            return next((v.encode() for _, _, v in items if v is not None), None)
+        ndim = _I32.unpack_from(raw, 0)[0]
+        if not 0 < ndim <= 6:
+            return None
+        count = 1
+        for i in range(ndim):
+            count *= _I32.unpack_from(raw, 12 + 8 * i)[0]
+        pos = 12 + 8 * ndim
+        for _ in range(count):
+            n = _I32.unpack_from(raw, pos)[0]
+            pos += 4
+            if n >= 0:
+                if pos + n > len(raw):
+                    raise ValueError("array element runs past the value")
+                return raw[pos : pos + n]
+        return None
 
     def _seed(self, kind: str, entity: str, canonical: bytes) -> bytes:
         return self.tokenizer.digest(f"{kind}:{entity}".encode(), canonical)

@@ -1,0 +1,90 @@
+"""Arrays of anonymous records (and records holding arrays) in the binary format: the
+replacement keeps the declared type's layout, so asyncpg and psycopg 3 binary cursors
+decode it, and no raw value reaches them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.integration.pii.conftest import DBNAME, Demo
+from tests.integration.pii.relay import PiiTestRelay
+
+QUERIES = [
+    "select array[row(email, birth_date)] as v from customers order by id limit 5",
+    "select array[row(email, birth_date), row(phone, birth_date)] as v from customers"
+    " order by id limit 5",
+    "select row(array[email, phone], birth_date) as v from customers order by id limit 5",
+    "select array[row(array[row(email, id)], birth_date)] as v from customers order by id limit 5",
+    "select row(id, row(email, array[phone])) as v from customers order by id limit 5",
+    "select array(select row(email, birth_date) from customers c2 where c2.id <= c.id)"
+    " as v from customers c order by id limit 5",
+    "select array(select row(email) from customers where false) as v",
+    "select array[null::record, row(email, 1)] as v from customers order by id limit 3",
+]
+
+
+@pytest.fixture(scope="module")
+def relay(pg_server: Any, pii_demo: Demo) -> Iterator[PiiTestRelay]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    r = PiiTestRelay(pii_demo.room, (pg_server.host, pg_server.port))
+    asyncio.run_coroutine_threadsafe(r.start(), loop).result(10)
+    yield r
+    asyncio.run_coroutine_threadsafe(r.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def _no_raw(data: bytes, demo: Demo) -> None:
+    hits = [v for v in demo.values | demo.dates if v in data]
+    assert not hits, hits[:3]
+
+
+@pytest.mark.parametrize("query", QUERIES)
+async def test_asyncpg_decodes_records_in_arrays(
+    relay: PiiTestRelay, pg_server: Any, pii_demo: Demo, query: str
+) -> None:
+    conn = await asyncpg.connect(relay.dsn(pg_server.user, pg_server.password, DBNAME), ssl=False)
+    try:
+        rows = await conn.fetch(query)
+    finally:
+        await conn.close()
+    direct = await asyncpg.connect(pii_demo.dsn)
+    try:
+        raw = await direct.fetch(query)  # the same query decodes without dbgate
+    finally:
+        await direct.close()
+    assert rows and len(rows) == len(raw)
+    if query == QUERIES[0]:  # a record of the declared fields, the e-mail a token
+        for row in rows:
+            ((email, birth_date),) = row["v"]
+            assert email.startswith("tok_") and isinstance(birth_date, date)
+    _no_raw(repr([tuple(r) for r in rows]).encode(), pii_demo)
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_psycopg_binary_decodes_records_in_arrays(
+    relay: PiiTestRelay, pg_server: Any, pii_demo: Demo, query: str
+) -> None:
+    with psycopg.connect(relay.dsn(pg_server.user, pg_server.password, DBNAME)) as conn:
+        for binary in (True, False):
+            with conn.cursor(binary=binary) as cur:
+                cur.execute(query)  # type: ignore[arg-type]
+                rows = cur.fetchall()
+                assert cur.pgresult is not None
+                data = b"".join(
+                    cur.pgresult.get_value(i, j) or b""
+                    for i in range(cur.pgresult.ntuples)
+                    for j in range(cur.pgresult.nfields)
+                )
+            assert rows
+            _no_raw(data + repr(rows).encode(), pii_demo)
