@@ -202,11 +202,21 @@ def detokenize_params(
                 raise TokenError(f"parameter ${n} is not valid UTF-8 text") from None
             if kind == ARRAY or (oid == 0 and text.startswith("{")):
                 delim = types.delims.get(oid, ",")
-                new = (
-                    _array_replace(text, resolve, delim)
-                    if kind == ARRAY
-                    else _replace_in_text(text, resolve)
-                ).encode()
+                if kind == ARRAY and types.kind(types.elems.get(oid, 0)) in (JSON, JSONB):
+                    # each element a JSON text: the value JSON-escaped inside it
+                    new = map_elements(
+                        text,
+                        delim,
+                        lambda v, how=resolve: (  # type: ignore[misc]
+                            _replace_in_text(v, how) if "tok_" in v else None
+                        ),
+                    ).encode()
+                else:
+                    new = (
+                        _array_replace(text, resolve, delim)
+                        if kind == ARRAY
+                        else _replace_in_text(text, resolve)
+                    ).encode()
             elif kind in (JSON, JSONB):
                 new = _replace_in_text(text, resolve).encode()
             elif kind == BYTEA:
@@ -218,8 +228,16 @@ def detokenize_params(
                 ).encode()
         elif kind == TEXT:
             new = _replace_bytes(value, resolve)
+        elif kind in (JSON, JSONB):
+            new = _binary_json(value, kind, resolve, n)
         elif kind == ARRAY and types.kind(types.elems.get(oid, 0)) == TEXT:
-            new = _binary_text_array(value, resolve)
+            new = _binary_array(value, lambda v, how=resolve: _replace_bytes(v, how))  # type: ignore[misc]
+        elif kind == ARRAY and types.kind(types.elems.get(oid, 0)) in (JSON, JSONB):
+            elem_kind = types.kind(types.elems.get(oid, 0))
+            new = _binary_array(
+                value,
+                lambda v, how=resolve, k=elem_kind, m=n: _binary_json(v, k, how, m),  # type: ignore[misc]
+            )
         else:
             continue  # a binary value of another type: "tok_" is only a coincidence of bytes
         if new == value:
@@ -237,7 +255,24 @@ def detokenize_params(
     return tuple(out), frozenset(replaced)
 
 
-def _binary_text_array(raw: bytes, resolve: Resolver) -> bytes:
+def _binary_json(value: bytes, kind: str, resolve: Resolver, n: int) -> bytes:
+    """A binary json (its text) or jsonb (a version byte, then its text) value with
+    the tokens inside it resolved, as in the text format."""
+    if TOKEN_RE_BYTES.search(value) is None:
+        return value  # "tok_" and no token: kept byte for byte
+    head = b""
+    if kind == JSONB:
+        if value[:1] != b"\x01":
+            raise TokenError(f"parameter ${n}: a jsonb value of an unknown version")
+        head, value = value[:1], value[1:]
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        raise TokenError(f"parameter ${n} is not valid UTF-8 text") from None
+    return head + _replace_in_text(text, resolve).encode()
+
+
+def _binary_array(raw: bytes, replace: Callable[[bytes], bytes]) -> bytes:
     ndim, _flags, _elem = struct.unpack_from("!iiI", raw, 0)
     pos = 12 + 8 * ndim
     count = 1 if ndim else 0
@@ -250,7 +285,7 @@ def _binary_text_array(raw: bytes, resolve: Resolver) -> bytes:
         if n < 0:
             parts.append(b"\xff\xff\xff\xff")
             continue
-        new = _replace_bytes(raw[pos : pos + n], resolve)
+        new = replace(raw[pos : pos + n])
         parts.append(struct.pack("!i", len(new)) + new)
         pos += n
     return b"".join(parts)

@@ -9,12 +9,14 @@ server: no raw PII value reaches the client, other columns are untouched.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from tests.integration.clients.conftest import DemoRole, start_pii_proxy
 from tests.integration.conftest import RunningProxy
@@ -1776,3 +1778,55 @@ def test_copies_of_one_value_asked_under_or_do_not_spell_it(
         finally:
             with psycopg.connect(admin_dsn, autocommit=True) as admin:
                 admin.execute("delete from codebook_notes where id >= 1000")
+
+
+def test_a_token_in_a_binary_json_parameter_is_resolved_or_refused(dsn: str) -> None:
+    """asyncpg sends json and jsonb in the binary format (jsonb: a version byte, then
+    the text): a token inside one is resolved where the text format's would be, and
+    refused where the value would come back — never forwarded as it is, a silent miss."""
+    import asyncio
+
+    async def run() -> list[object]:
+        conn = await asyncpg.connect(dsn)
+        out: list[object] = []
+        try:
+            token = await conn.fetchval("select email from customers where id = 42")
+            for sql, arg in [
+                ("select id from customers where to_jsonb(email) = $1::jsonb", json.dumps(token)),
+                (
+                    "select id from customers where to_jsonb(email) = any($1::jsonb[])",
+                    [json.dumps(token)],
+                ),
+                ("select $1::jsonb ->> 'e' as e", json.dumps({"e": token})),
+                ("select $1::json as j", json.dumps([token])),
+            ]:
+                try:
+                    out.append([r[0] for r in await conn.fetch(sql, arg)])
+                except asyncpg.InvalidParameterValueError:  # 22023
+                    out.append("22023")
+            return out
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == [[42], [42], "22023", "22023"]
+
+
+def test_a_token_in_a_text_jsonb_array_parameter_is_resolved_as_json(
+    dsn: str, admin_dsn: str
+) -> None:
+    """A jsonb[] parameter in the text format: each element is a JSON text, so the value
+    goes in JSON-escaped — a value with a quote or a backslash is found, not cut."""
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("insert into codebook_notes values (77, %s)", ['a"b\\c@example.com'])
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            token = conn.execute("select email from codebook_notes where id = 77").fetchone()[0]
+            assert token.startswith("tok_email_")
+            ids = conn.execute(
+                "select id from codebook_notes where to_jsonb(email) = any(%s)",
+                [[Jsonb(token)]],  # a jsonb[] in the text format, its type declared
+            ).fetchall()
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute("delete from codebook_notes where id = 77")
+    assert ids == [(77,)]
