@@ -40,6 +40,8 @@ _TRUNCATING_TYPES = frozenset({"char", "name", "float4", "float8"})
 #: Of those, the ones looked for anywhere in a text (float8 keeps 15 digits: a phone
 #: whole; its casts are common in queries that also send tokens back).
 TYPES_THAT_CUT = frozenset({"char", "name", "float4"})
+#: Their OIDs: a column of one of these (or a domain over one, an array of one)
+CUTTING_TYPE_OIDS = {18: '"char"', 19: "name", 700: "float4"}
 #: Built-ins that return a float (``float8``, ``float4``) under these names (some have a
 #: ``numeric`` form too: by name alone it is not known which is called), and the float
 #: types themselves. A literal compared with one is read as a float, keeping about 15
@@ -140,6 +142,12 @@ def casts_to_cut(node: object, types: frozenset[str] = _TRUNCATING_TYPES) -> boo
         cast = node.get("TypeCast")
         if cast is not None:
             names = strs((cast.get("typeName") or {}).get("names") or [])
+            if names and names[-1].lower() in types:
+                return True
+        type_name = node.get("typeName")
+        if isinstance(type_name, dict):
+            # a column definition list's type (``AS t(email "char")``) is a cast too
+            names = strs(type_name.get("names") or [])
             if names and names[-1].lower() in types:
                 return True
         call = node.get("FuncCall")

@@ -11,7 +11,13 @@ opaque function that reads data of its own (:meth:`~WalkState.met_opaque`).
 from __future__ import annotations
 
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
-from dbgate.pii.lineage.nodes import ROUNDING, TYPES_THAT_CUT, Node, casts_to_cut
+from dbgate.pii.lineage.nodes import (
+    CUTTING_TYPE_OIDS,
+    ROUNDING,
+    TYPES_THAT_CUT,
+    Node,
+    casts_to_cut,
+)
 from dbgate.pii.lineage.results import Analysis, ColumnSource, SessionState
 from dbgate.pii.lineage.scope import OPAQUE, VARYING, Item, Ref, Scope
 
@@ -59,8 +65,47 @@ class WalkState:
         ...) s WHERE s.e = 'tok_…'`` reads the token's first byte). Found once, when a
         comparison first needs it."""
         if self._cuts is None:
-            self._cuts = casts_to_cut(self.tree, TYPES_THAT_CUT)
+            self._cuts = casts_to_cut(self.tree, TYPES_THAT_CUT) or self._reads_cut_pii(
+                self.tree, 0
+            )
         return self._cuts
+
+    def cutting_type(self, type_oid: int) -> str | None:
+        """The name of a type whose input keeps only part of a text (``TYPES_THAT_CUT``)
+        that ``type_oid`` is, is a domain over or an array of; None when it is none."""
+        types = self.snap.types
+        for _ in range(20):
+            name = CUTTING_TYPE_OIDS.get(type_oid)
+            if name is not None:
+                return name
+            info = types.get(type_oid)
+            if info is None:
+                return None
+            type_oid = info.elem or info.base
+            if not type_oid:
+                return None
+        return None
+
+    def _reads_cut_pii(self, node: object, depth: int) -> bool:
+        """Whether the text names a relation with a PII column of a type that keeps
+        only part of a text (an agent's own ``email "char"``): compared with it, a
+        literal or parameter is of that type, and the server reads the token's value
+        cut (its first byte) — wherever the column is compared, through a sub-select,
+        a CTE or a view of it too."""
+        if depth > 200:
+            return True
+        if isinstance(node, dict):
+            name = node.get("relname")
+            if isinstance(name, str):
+                for rel in self.snap.lookup(name, node.get("schemaname")):
+                    lins = self.source.relation_lins(rel)
+                    for col, lin in zip(rel.columns, lins, strict=False):
+                        if (lin.pii or lin.unknown) and self.cutting_type(col.type_oid):
+                            return True
+            return any(self._reads_cut_pii(v, depth + 1) for v in node.values())
+        if isinstance(node, list):
+            return any(self._reads_cut_pii(v, depth + 1) for v in node)
+        return False
 
     def rounds_anywhere(self) -> bool:
         """Whether the text casts to a float or calls a built-in that returns one

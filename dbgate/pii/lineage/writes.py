@@ -72,6 +72,18 @@ class Writes(WalkState):
     def column_ctx(self, item: Item, rel_name: str, column: str) -> Ctx:
         lin = item.get(column)
         if lin is not None and (lin.pii or lin.unknown):
+            for rel in self.snap.lookup(rel_name):
+                col = rel.column(column)
+                cut = None if col is None else self.cutting_type(col.type_oid)
+                if cut is not None:
+                    # stored cut (its first byte), read back as that part's token
+                    return Ctx(
+                        False,
+                        f"column {rel_name}.{column} is of type {cut}, which keeps only "
+                        "part of a value",
+                        target=f"{rel_name}.{column}",
+                        stores=True,
+                    )
             return Ctx(True, target=f"{rel_name}.{column}", stores=True)
         return Ctx(
             False,

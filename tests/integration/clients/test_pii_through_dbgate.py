@@ -85,8 +85,30 @@ def guesses_table(admin_dsn: str) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
+def cut_guesses(admin_dsn: str) -> Iterator[None]:
+    """PII columns (``email``) of types whose input keeps part of a text: ``"char"``
+    holding every printable character (id its code), ``name`` — as an agent allowed to
+    create tables could make them."""
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(
+            'create table char_guesses (id int primary key, email "char");'
+            'insert into char_guesses select g, chr(g)::"char" from generate_series(32, 126) g;'
+            "create table name_guesses (id int primary key, email name);"
+            "grant select, insert on char_guesses, name_guesses to public"
+        )
+    yield
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("drop table char_guesses, name_guesses")
+
+
+@pytest.fixture(scope="module")
 def pii_gate(
-    pg_server: Any, demo_role: DemoRole, hidden_code: None, notes_table: None, guesses_table: None
+    pg_server: Any,
+    demo_role: DemoRole,
+    hidden_code: None,
+    notes_table: None,
+    guesses_table: None,
+    cut_guesses: None,
 ) -> Iterator[RunningProxy]:
     running = start_pii_proxy(pg_server, demo_role)
     yield running
@@ -1830,3 +1852,38 @@ def test_a_token_in_a_text_jsonb_array_parameter_is_resolved_as_json(
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
             admin.execute("delete from codebook_notes where id = 77")
     assert ids == [(77,)]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select id from char_guesses where email = %s",
+        "select id from char_guesses where email = any(%s)",
+        "select id from (select id, email from char_guesses) s where s.email = %s",
+        "with s as (select * from char_guesses) select id from s where email in (%s)",
+        "select id from name_guesses where email = %s",
+        "insert into char_guesses values (1000, %s)",
+        "insert into name_guesses values (1000, %s)",
+    ],
+)
+def test_a_token_compared_with_or_stored_in_a_column_that_cuts_is_refused(
+    dsn: str, raw: dict[str, Any], sql: str
+) -> None:
+    """A PII column of type ``"char"`` or ``name`` makes a literal or parameter compared
+    with it (or written into it) of its type: the server would read the token's value
+    cut — its first byte matched against the stored guesses names the e-mail's first
+    character. Such a token is refused (22023); with a text column it resolves."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        token = conn.execute("select email from customers where id = 42").fetchone()[0]
+        assert conn.execute("select id from customers where email = %s", [token]).fetchall() == [
+            (42,)
+        ]
+        arg: object = [token] if "any" in sql else token
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            cur = conn.execute(sql, [arg])
+            # what the server answered: the first character's code, or nothing
+            got = cur.fetchall() if cur.description else cur.statusmessage
+            pytest.fail(f"resolved: {got} (the e-mail starts with {ord(raw['email'][0])})")
+        if "any" not in sql:
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                conn.execute(sql.replace("%s", f"'{token}'"))  # type: ignore[arg-type]
