@@ -199,6 +199,8 @@ class TypeRegistry:
         self.elems: dict[int, int] = dict(BUILTIN_ARRAYS)
         self.fields: dict[int, tuple[int, ...]] = {}
         self.delims: dict[int, str] = {}
+        #: domain -> the base type under it (through domains over domains)
+        self.bases: dict[int, int] = {}
         if snapshot is None:
             return
         types = snapshot.types
@@ -214,6 +216,7 @@ class TypeRegistry:
                 seen = 0
                 while base in types and types[base].kind == "d" and seen < 20:
                     base, seen = types[base].base, seen + 1
+                self.bases[oid] = base
                 self.kinds[oid] = self.kinds.get(base, "") or ("@" + str(base))
             elif t.kind == "e" or t.name in ("citext",):
                 self.kinds[oid] = TEXT

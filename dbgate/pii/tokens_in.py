@@ -152,9 +152,10 @@ def _replace_bytes(value: bytes, resolve: Resolver) -> bytes:
     return TOKEN_RE_BYTES.sub(lambda m: resolve(m.group(0).decode())[1], value)
 
 
-#: ``"char"`` (its first byte) and ``name`` (63 bytes): a Bind value of these types
-#: reaches the server cut.
-TRUNCATING_TYPE_OIDS = frozenset({18, 19})
+#: ``"char"`` (its first byte), ``name`` (63 bytes), ``float4`` and ``float8`` (the
+#: leading digits): a Bind value of these types (or of a domain over one, or an array
+#: of one) reaches the server cut.
+TRUNCATING_TYPE_OIDS = frozenset({18, 19, 700, 701})
 
 
 def detokenize_params(
@@ -187,7 +188,9 @@ def detokenize_params(
             else any_resolve
         )
         oid = param_types[i] if i < len(param_types) else 0
-        if oid in TRUNCATING_TYPE_OIDS or types.elems.get(oid) in TRUNCATING_TYPE_OIDS:
+        base = types.bases.get(oid, oid)
+        elem = types.elems.get(oid, 0)
+        if base in TRUNCATING_TYPE_OIDS or types.bases.get(elem, elem) in TRUNCATING_TYPE_OIDS:
             # its input keeps a part of the text ("char" the first byte): the
             # server would compare or store that part, not the value
             raise TokenError(

@@ -94,11 +94,12 @@ def cut_guesses(admin_dsn: str) -> Iterator[None]:
             'create table char_guesses (id int primary key, email "char");'
             'insert into char_guesses select g, chr(g)::"char" from generate_series(32, 126) g;'
             "create table name_guesses (id int primary key, email name);"
-            "grant select, insert on char_guesses, name_guesses to public"
+            "grant select, insert on char_guesses, name_guesses to public;"
+            'create domain char_d as "char"; create domain char_dd as char_d'
         )
     yield
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute("drop table char_guesses, name_guesses")
+        admin.execute("drop table char_guesses, name_guesses; drop domain char_dd, char_d")
 
 
 @pytest.fixture(scope="module")
@@ -1887,3 +1888,51 @@ def test_a_token_compared_with_or_stored_in_a_column_that_cuts_is_refused(
         if "any" not in sql:
             with pytest.raises(psycopg.errors.InvalidParameterValue):
                 conn.execute(sql.replace("%s", f"'{token}'"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("type_name", ["char_d", "char_dd", "_char_d", "float4", "float8", "name"])
+def test_a_token_in_a_parameter_declared_of_a_type_that_cuts_is_refused(
+    dsn: str, raw: dict[str, Any], type_name: str
+) -> None:
+    """A Parse may declare its parameter's type by OID: a domain over ``"char"`` (or an
+    array of one, or a float type) makes the server read the token's value cut — its
+    first byte compared with the stored single characters names the e-mail's first
+    character. Such a Bind's token is refused (22023), like ``"char"``'s own OID."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from dbgate.wire import messages as m
+    from tests.integration.clients.conftest import run_async
+    from tests.integration.rawclient import RawClient, errors, rows
+
+    with psycopg.connect(dsn) as conn:
+        token = conn.execute("select email from customers where id = 42").fetchone()[0]
+        oid = conn.execute("select %s::regtype::oid::int", [type_name]).fetchone()[0]
+    array = type_name.startswith("_")
+    sql = "select id from prefix_guesses where email = " + (
+        "any($1::text[])" if array else "$1::text"
+    )
+    value = ("{" + token + "}") if array else token
+    info = conninfo_to_dict(dsn)
+
+    async def run() -> list[Any]:
+        client = await RawClient.connect(
+            str(info["host"]),
+            int(info["port"]),
+            user=str(info["user"]),
+            password=str(info["password"]),
+            database=str(info["dbname"]),
+        )
+        try:
+            client.send(
+                m.Parse("", sql, (oid,)),
+                m.Bind("", "", params=(value.encode(),)),
+                m.Execute("", 0),
+                m.SYNC,
+            )
+            return await client.until_ready()
+        finally:
+            await client.close()
+
+    got = run_async(run())
+    assert str(ord(raw["email"][0])).encode() not in [v for r in rows(got) for v in r], got
+    assert [e.sqlstate for e in errors(got)] == ["22023"], got
