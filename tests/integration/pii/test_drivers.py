@@ -31,7 +31,8 @@ select id, email, birth_date, birth_date::timestamp as ts, birth_date::timestamp
        array[md5(email)::uuid] as uarr, length(phone)::int as i4, length(ssn)::float8 as f8,
        length(ssn)::int2 as i2, (birth_date - date '1900-01-01') * interval '1 day' as iv,
        birth_date = birth_date as b, ssn::bytea as by, c as rec, array[c] as recs,
-       ('10.0.' || length(email) || '.0/24')::cidr as net, created_at
+       ('10.0.' || length(email) || '.0/24')::cidr as net, created_at,
+       array[row(email, birth_date)] as arecs, row(array[phone], id) as rarr
 from customers c order by id limit 5
 """
 
