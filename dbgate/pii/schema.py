@@ -48,6 +48,9 @@ class Column:
     #: a generated column's expression (``pg_get_expr`` of its default), over the
     #: columns of its own row: ``lower(full_name)``, ``to_tsvector(address)``
     generated: str | None = None
+    #: its collation is not deterministic (ICU, ``deterministic = false``): equal
+    #: under it is not equal byte for byte, and a tailoring may compare only a part
+    nondeterministic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +160,7 @@ class SchemaSnapshot:
     @classmethod
     def build(
         cls,
-        tables: Mapping[str, Iterable[tuple[str, int] | str]],
+        tables: Mapping[str, Iterable[tuple[str, int] | tuple[str, int, bool] | str]],
         views: Mapping[str, str] | None = None,
         comments: Mapping[str, str] | None = None,
         search_path: tuple[str, ...] = ("public",),
@@ -183,8 +186,17 @@ class SchemaSnapshot:
                 oid += 2
                 columns = []
                 for i, c in enumerate(cols, start=1):
-                    cname, ctype = (c, 25) if isinstance(c, str) else c
-                    columns.append(Column(cname, i, ctype, comments.get(f"{qualified}.{cname}")))
+                    # (name, type) or (name, type, True): its collation is not deterministic
+                    cname, ctype, *nondet = (c, 25) if isinstance(c, str) else c
+                    columns.append(
+                        Column(
+                            cname,
+                            i,
+                            ctype,
+                            comments.get(f"{qualified}.{cname}"),
+                            nondeterministic=bool(nondet and nondet[0]),
+                        )
+                    )
                 definition = (views or {}).get(qualified) if kind == "v" else None
                 relations[oid] = Relation(
                     oid,
@@ -252,8 +264,10 @@ WHERE a.attnum > 0 AND NOT a.attisdropped
 _COLUMNS = """
 SELECT a.attrelid, a.attname, a.attnum, a.atttypid, d.description,
        CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(g.adbin, g.adrelid)
-       END AS generated
+       END AS generated,
+       COALESCE(co.collisdeterministic, true) AS deterministic
 FROM pg_catalog.pg_attribute a
+LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid AND c.relkind::text = ANY($1::text[])
 LEFT JOIN pg_catalog.pg_description d
        ON d.objoid = a.attrelid AND d.classoid = 'pg_catalog.pg_class'::regclass
@@ -312,7 +326,14 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
     columns: dict[int, list[Column]] = {}
     for r in col_rows:
         columns.setdefault(r["attrelid"], []).append(
-            Column(r["attname"], r["attnum"], r["atttypid"], r["description"], r["generated"])
+            Column(
+                r["attname"],
+                r["attnum"],
+                r["atttypid"],
+                r["description"],
+                r["generated"],
+                not r["deterministic"],
+            )
         )
     parents: dict[int, list[int]] = {}
     for r in inh_rows:

@@ -160,3 +160,24 @@ def casts_to_cut(node: object, types: frozenset[str] = _TRUNCATING_TYPES) -> boo
     if isinstance(node, list):
         return any(casts_to_cut(v, types) for v in node)
     return False
+
+
+#: Collations whose equality is byte for byte whatever the database defines.
+_BYTEWISE_COLLATIONS = frozenset({"c", "posix", "default", "ucs_basic", "pg_c_utf8"})
+
+
+def collates(node: object) -> bool:
+    """Whether a ``COLLATE`` clause names a collation other than the built-in bytewise
+    ones anywhere in ``node``: a nondeterministic one (ICU, ``deterministic = false``)
+    makes a value compared under it equal to others than itself — as its tailoring
+    says, which may compare a part of the value or its shape only."""
+    if isinstance(node, dict):
+        clause = node.get("CollateClause")
+        if clause is not None:
+            names = strs(clause.get("collname") or [])
+            if not names or names[-1].lower() not in _BYTEWISE_COLLATIONS:
+                return True
+        return any(collates(v) for v in node.values())
+    if isinstance(node, list):
+        return any(collates(v) for v in node)
+    return False

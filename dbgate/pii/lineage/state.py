@@ -17,6 +17,7 @@ from dbgate.pii.lineage.nodes import (
     TYPES_THAT_CUT,
     Node,
     casts_to_cut,
+    collates,
 )
 from dbgate.pii.lineage.results import Analysis, ColumnSource, SessionState
 from dbgate.pii.lineage.scope import OPAQUE, VARYING, Item, Ref, Scope
@@ -65,8 +66,10 @@ class WalkState:
         ...) s WHERE s.e = 'tok_…'`` reads the token's first byte). Found once, when a
         comparison first needs it."""
         if self._cuts is None:
-            self._cuts = casts_to_cut(self.tree, TYPES_THAT_CUT) or self._reads_cut_pii(
-                self.tree, 0
+            self._cuts = (
+                casts_to_cut(self.tree, TYPES_THAT_CUT)
+                or collates(self.tree)
+                or self._reads_cut_pii(self.tree, 0)
             )
         return self._cuts
 
@@ -91,7 +94,8 @@ class WalkState:
         only part of a text (an agent's own ``email "char"``): compared with it, a
         literal or parameter is of that type, and the server reads the token's value
         cut (its first byte) — wherever the column is compared, through a sub-select,
-        a CTE or a view of it too."""
+        a CTE or a view of it too; or of a collation that is not deterministic, under
+        which equal is what its tailoring says (a part of the value, or its shape)."""
         if depth > 200:
             return True
         if isinstance(node, dict):
@@ -100,7 +104,9 @@ class WalkState:
                 for rel in self.snap.lookup(name, node.get("schemaname")):
                     lins = self.source.relation_lins(rel)
                     for col, lin in zip(rel.columns, lins, strict=False):
-                        if (lin.pii or lin.unknown) and self.cutting_type(col.type_oid):
+                        if (lin.pii or lin.unknown) and (
+                            col.nondeterministic or self.cutting_type(col.type_oid)
+                        ):
                             return True
             return any(self._reads_cut_pii(v, depth + 1) for v in node.values())
         if isinstance(node, list):

@@ -95,11 +95,15 @@ def cut_guesses(admin_dsn: str) -> Iterator[None]:
             'insert into char_guesses select g, chr(g)::"char" from generate_series(32, 126) g;'
             "create table name_guesses (id int primary key, email name);"
             "grant select, insert on char_guesses, name_guesses to public;"
-            'create domain char_d as "char"; create domain char_dd as char_d'
+            'create domain char_d as "char"; create domain char_dd as char_d;'
+            "create collation agent_coll (locale = 'C')"
         )
     yield
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute("drop table char_guesses, name_guesses; drop domain char_dd, char_d")
+        admin.execute(
+            "drop table char_guesses, name_guesses; drop domain char_dd, char_d;"
+            "drop collation agent_coll"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -1936,3 +1940,20 @@ def test_a_token_in_a_parameter_declared_of_a_type_that_cuts_is_refused(
     got = run_async(run())
     assert str(ord(raw["email"][0])).encode() not in [v for r in rows(got) for v in r], got
     assert [e.sqlstate for e in errors(got)] == ["22023"], got
+
+
+def test_a_token_compared_under_a_collation_the_database_defines_is_refused(dsn: str) -> None:
+    """A collation a database defines may be nondeterministic (ICU, ``deterministic =
+    false``): equal under it is what its tailoring says, a part of the value or its
+    shape. A token compared under a ``COLLATE`` clause naming one is refused (22023);
+    under ``"C"`` it is compared byte for byte, and resolved."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        token = conn.execute("select email from customers where id = 42").fetchone()[0]
+        sql = "select id from customers where email collate {} = %s"
+        assert conn.execute(sql.format('"C"'), [token]).fetchall() == [(42,)]
+        for how in ([token], None):
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                if how is None:
+                    conn.execute(sql.format("agent_coll").replace("%s", f"'{token}'"))  # type: ignore[arg-type]
+                else:
+                    conn.execute(sql.format("agent_coll"), how)  # type: ignore[arg-type]
