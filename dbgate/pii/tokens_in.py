@@ -241,6 +241,10 @@ def detokenize_params(
                 value,
                 lambda v, how=resolve, k=elem_kind, m=n: _binary_json(v, k, how, m),  # type: ignore[misc]
             )
+        elif kind == BYTEA and TOKEN_RE_BYTES.search(value) is not None:
+            # its bytes are the value itself, as in the text format: a token there is
+            # not resolved, and never passed on as if it had been
+            raise TokenError(f"parameter ${n}: tokens are not resolved inside bytea values")
         else:
             continue  # a binary value of another type: "tok_" is only a coincidence of bytes
         if new == value:

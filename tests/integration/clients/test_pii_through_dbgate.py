@@ -1957,3 +1957,30 @@ def test_a_token_compared_under_a_collation_the_database_defines_is_refused(dsn:
                     conn.execute(sql.format("agent_coll").replace("%s", f"'{token}'"))  # type: ignore[arg-type]
                 else:
                     conn.execute(sql.format("agent_coll"), how)  # type: ignore[arg-type]
+
+
+def test_a_token_in_a_binary_bytea_parameter_is_refused_as_in_text(dsn: str) -> None:
+    """A bytea parameter holds the value's bytes themselves: a token there is not
+    resolved, and is refused (22023) in the binary format (asyncpg's) as in the text
+    format — never forwarded as it is, to match nothing silently."""
+    import asyncio
+
+    async def run() -> list[object]:
+        conn = await asyncpg.connect(dsn)
+        out: list[object] = []
+        try:
+            token = await conn.fetchval("select email from customers where id = 42")
+            for arg in (token.encode(), b"\x00tok_ and no token"):
+                try:
+                    out.append(
+                        await conn.fetch(
+                            "select id from customers where convert_to(email, 'UTF8') = $1", arg
+                        )
+                    )
+                except asyncpg.InvalidParameterValueError:  # 22023
+                    out.append("22023")
+            return out
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == ["22023", []]
