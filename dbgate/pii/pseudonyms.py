@@ -345,6 +345,10 @@ class Pseudonymizer:
                     entity, elem, raw, self.types.delims.get(type_oid, ","), depth
                 )
             if kind == RECORD:
+                if self.shapeless and type_oid not in self.types.fields:
+                    # the count and types of an anonymous record's fields may spell
+                    # the value (``CASE … THEN row(1) … THEN row(1, 1) END``)
+                    return self._one_field(entity, fmt, raw)
                 if fmt:
                     return self._binary_record(entity, raw, depth)
                 return self._text_record(entity, type_oid, raw, depth)
@@ -368,9 +372,9 @@ class Pseudonymizer:
         if kind == ARRAY:
             return self._one_element(entity, type_oid, fmt, depth)
         if kind == RECORD and type_oid not in self.types.fields:
-            # an anonymous record (``row(...)``) has no declared fields: one with none
-            # decodes as the type (a token's bytes would be read as a field count)
-            return b"\x00\x00\x00\x00" if fmt else b"()"
+            # an anonymous record (``row(...)``) has no declared fields: the layout
+            # its values get (a token's bytes would be read as a field count)
+            return self._one_field(entity, fmt, b"")
         if kind == RECORD:
             fields = self.types.fields[type_oid]
             if fmt:
@@ -385,6 +389,15 @@ class Pseudonymizer:
         if stand_in is None:
             return self._token(entity, b"")
         return self.value(entity, type_oid, fmt, stand_in, depth + 1)
+
+    def _one_field(self, entity: str, fmt: int, raw: bytes) -> bytes:
+        """An anonymous record derived from PII, as it reaches the client: one text
+        field holding the whole value's token, whatever fields the server gave it —
+        they may have been chosen by the value. Every driver decodes it as a record."""
+        token = self._token(entity, raw)
+        if fmt:
+            return _I32.pack(1) + _U32.pack(25) + _I32.pack(len(token)) + token
+        return ("(" + _quote_record_field(token.decode()) + ")").encode()
 
     def _one_element(
         self, entity: str, type_oid: int, fmt: int, depth: int, raw: bytes | None = None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from datetime import date
 from typing import Any
 
 import asyncpg
@@ -64,10 +63,10 @@ async def test_asyncpg_decodes_records_in_arrays(
     finally:
         await direct.close()
     assert rows and len(rows) == len(raw)
-    if query == QUERIES[0]:  # a record of the declared fields, the e-mail a token
+    if query == QUERIES[0]:  # one record whose one text field is the whole value's token
         for row in rows:
-            ((email, birth_date),) = row["v"]
-            assert email.startswith("tok_") and isinstance(birth_date, date)
+            ((token,),) = row["v"]
+            assert token.startswith("tok_")
     _no_raw(repr([tuple(r) for r in rows]).encode(), pii_demo)
 
 
@@ -88,3 +87,35 @@ def test_psycopg_binary_decodes_records_in_arrays(
                 )
             assert rows
             _no_raw(data + repr(rows).encode(), pii_demo)
+
+
+#: Records whose width the value chooses: the first character of the e-mail.
+WIDTH_BY_VALUE = (
+    "select case ascii(substr(email, 1, 1)) % 3 when 0 then row(1) when 1 then row(1, 1)"
+    " else row(1, 1, 1) end as v from customers order by id limit 30"
+)
+
+
+async def test_a_records_width_does_not_spell_the_value(
+    relay: PiiTestRelay, pg_server: Any, pii_demo: Demo
+) -> None:
+    """``CASE … THEN row(1) … THEN row(1, 1)`` gives records as wide as a character
+    code says; each reaches the client as one text field, the whole value's token, in
+    binary (asyncpg) and in text (psycopg)."""
+    direct = await asyncpg.connect(pii_demo.dsn)
+    try:
+        widths = {len(r["v"]) for r in await direct.fetch(WIDTH_BY_VALUE)}
+    finally:
+        await direct.close()
+    assert widths == {1, 2, 3}  # the query does spell it without dbgate
+    conn = await asyncpg.connect(relay.dsn(pg_server.user, pg_server.password, DBNAME), ssl=False)
+    try:
+        rows = await conn.fetch(WIDTH_BY_VALUE)
+    finally:
+        await conn.close()
+    assert [len(r["v"]) for r in rows] == [1] * 30
+    assert all(r["v"][0].startswith("tok_") for r in rows)
+    with psycopg.connect(relay.dsn(pg_server.user, pg_server.password, DBNAME)) as text_conn:
+        texts = [v for (v,) in text_conn.execute(WIDTH_BY_VALUE).fetchall()]
+    assert len(texts) == 30
+    assert all(len(v) == 1 and v[0].startswith("tok_") for v in texts)
