@@ -20,24 +20,52 @@ from dbgate.policy.catalog_builtin import AGGREGATES
 class Queries(WalkState):
     """SELECT and the clauses around it."""
 
-    def select(self, body: Node, outer: Scope | None, ctx: Ctx) -> Output:
+    def select(
+        self,
+        body: Node,
+        outer: Scope | None,
+        ctx: Ctx,
+        distinct: bool = False,
+        rows: list[list[tuple[Lin, list[Ref] | None]]] | None = None,
+    ) -> Output:
         self.depth += 1
         try:
             if self.depth > 200:
                 return Output(tail=self.unknown("statement nested too deeply"))
-            return self._select(body, outer, ctx)
+            return self._select(body, outer, ctx, distinct, rows)
         finally:
             self.depth -= 1
 
-    def _select(self, body: Node, outer: Scope | None, ctx: Ctx) -> Output:
+    def _select(
+        self,
+        body: Node,
+        outer: Scope | None,
+        ctx: Ctx,
+        distinct: bool = False,
+        rows: list[list[tuple[Lin, list[Ref] | None]]] | None = None,
+    ) -> Output:
+        """``distinct``: a branch of a set operation that merges equal rows (``UNION``,
+        ``INTERSECT``, ``EXCEPT`` without ``ALL``), as a plain DISTINCT does; ``rows``:
+        where a branch of a set operation that compares rows lists, per output, its
+        lineage and the column references it read (``Queries.compared``)."""
         scope = Scope(outer)
         if body.get("withClause"):
             self.with_clause(body["withClause"], scope)
         op = body.get("op", "SETOP_NONE")
         if op != "SETOP_NONE":
-            left = self.select(body["larg"], scope, ctx)
-            right = self.select(body["rarg"], scope, ctx)
+            # every set operation but UNION ALL compares rows: UNION, INTERSECT and
+            # EXCEPT merge equal rows, as DISTINCT does, and INTERSECT and EXCEPT (ALL
+            # too) keep a row of one branch by the rows of the other
+            merges = not body.get("all")
+            compares = merges or op != "SETOP_UNION"
+            branches: list[list[tuple[Lin, list[Ref] | None]]] | None = [] if compares else rows
+            left = self.select(body["larg"], scope, ctx, distinct or merges, branches)
+            right = self.select(body["rarg"], scope, ctx, distinct or merges, branches)
             merged = left.merged(right)
+            if compares and branches:
+                self.compared(branches, merged, scope)
+                if rows is not None:
+                    rows.extend(branches)
             # ORDER BY 2 / ORDER BY name of a set operation: its outputs, by value
             self.control(
                 body,
@@ -55,6 +83,9 @@ class Queries(WalkState):
                 )
                 out = row_out if out is None else out.merged(row_out)
             values = out or Output()
+            if rows is not None:
+                # constants and sub-selects: no column of a row to relate
+                rows.append([(lin, []) for lin in values.columns])
             # ORDER BY 2 / column2 of a VALUES list: its outputs, by value
             self.control(
                 body,
@@ -66,7 +97,7 @@ class Queries(WalkState):
             scope.stars.append(self.from_item(item, scope))
         out = Output()
         # a plain DISTINCT groups by every output: each chooses like a GROUP BY item
-        distinct = body.get("distinctClause") == [{}]
+        distinct = distinct or body.get("distinctClause") == [{}]
         # per output column: (name, lineage, the column references met walking it), for
         # ORDER BY / GROUP BY / DISTINCT ON items that name an output by position or alias
         targets: list[tuple[str, Lin, list[Ref] | None]] = []
@@ -88,11 +119,48 @@ class Queries(WalkState):
                 targets.append((out.names[k], out.columns[k] | tail, refs))
             if distinct:
                 self.chose(lin, refs)
+        if rows is not None:
+            rows.append([(lin, refs) for _name, lin, refs in targets])
         self.control(body, scope, targets)
         if body.get("lockingClause"):
             self.locks_chosen(scope)
         # last: a correlated predicate anywhere below may have chosen this level's rows
         return scope.mark(out, _aggregates(body))
+
+    def compared(
+        self,
+        branches: list[list[tuple[Lin, list[Ref] | None]]],
+        merged: Output,
+        scope: Scope,
+    ) -> None:
+        """A set operation that compares rows (all but UNION ALL) keeps or merges a
+        branch's rows by the values of the others, output by output, as ``a = b``
+        conjuncts would: ``SELECT g FROM generate_series(0, 255) g EXCEPT SELECT
+        ascii(email) ...`` keeps all numbers but the code, and ``SELECT g % ascii(...)
+        FROM generate_series(1, 300) g UNION SELECT 0`` as many rows as the code. So a
+        position whose values carry PII (either branch's) chooses by it the rows of
+        each branch whose output there reads clean columns (``g``), as ``choose``
+        judges a predicate: two PII columns (``SELECT email ... EXCEPT SELECT
+        contact_email ...``) and one table row's own value compared change nothing.
+        The branches' rows were marked as they were walked, so what this chooses in
+        them marks the set operation's own level (every output, and a ``count(*)``
+        over it)."""
+        levels: dict[int, tuple[Scope, Lin]] = {}
+        for branch in branches:
+            for _lin, refs in branch:
+                for ref in refs or ():
+                    levels.setdefault(id(ref[0]), (ref[0], ref[0].chosen))
+        for i, lin in enumerate(merged.columns):
+            if not (lin.pii or lin.unknown or lin.params):
+                continue
+            for branch in branches:
+                if i < len(branch):
+                    own, refs = branch[i]
+                    # PII brought from another branch is not the row's own value
+                    self.chose(lin, refs or [], elsewhere=lin != own, equality=True)
+        for level, before in levels.values():
+            if level is not scope and not _encloses(level, scope) and level.chosen != before:
+                scope.chosen = scope.chosen | level.chosen
 
     def locks_chosen(self, scope: Scope) -> None:
         """``FOR SHARE`` (``KEY SHARE``, ``NO KEY UPDATE``, ``UPDATE``) locks the rows
@@ -412,17 +480,28 @@ class Queries(WalkState):
             query = cte["ctequery"]
             kind, body = one(query)
             if recursive and kind == "SelectStmt" and body.get("op", "SETOP_NONE") != "SETOP_NONE":
-                seed = self.select(body["larg"], scope, OUTPUT)
+                # UNION without ALL stops the recursion when a step finds no row it has
+                # not seen: merged as a set operation's (``Queries.compared``), so
+                # ``SELECT 0 UNION SELECT (n + 1) % ascii(...) FROM t`` has as many rows
+                # as the code
+                merges = not body.get("all")
+                branches: list[list[tuple[Lin, list[Ref] | None]]] | None = [] if merges else None
+                seed = self.select(body["larg"], scope, OUTPUT, merges, branches)
                 scope.ctes[name] = (seed, colnames)
                 current = seed
                 for _ in range(8):
-                    nxt = current.merged(self.select(body["rarg"], scope, OUTPUT))
+                    step = self.select(body["rarg"], scope, OUTPUT, merges, branches)
+                    nxt = current.merged(step)
                     if nxt.columns == current.columns and nxt.tail == current.tail:
                         break
                     current = nxt
                     scope.ctes[name] = (current, colnames)
                 else:
                     current = Output(tail=self.unknown(f"recursive CTE {name!r} did not settle"))
+                if branches:
+                    level = Scope(scope)
+                    self.compared(branches, current, level)
+                    current = level.mark(current)
                 scope.ctes[name] = (current, colnames)
             else:
                 scope.ctes[name] = (self.query(query, scope, OUTPUT), colnames)

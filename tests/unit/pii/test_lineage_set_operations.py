@@ -1,0 +1,82 @@
+"""Set operations that spelled PII through clean numbers.
+
+1. A set operation other than UNION ALL compares rows: UNION, INTERSECT and EXCEPT
+   merge equal rows, as DISTINCT does, and INTERSECT and EXCEPT keep one branch's rows
+   by the other's. ``SELECT count(*) FROM (SELECT g % ascii(...) FROM
+   generate_series(1, 300) g UNION SELECT 0) s`` returned the code as a plain number,
+   and so did a recursive CTE whose UNION stopped when ``(n + 1) % ascii(...)`` came
+   round again.
+
+Hand-made schema (no server); tests/integration/clients/test_pii_through_dbgate.py runs
+some of them through the relay.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.pii.test_lineage_hunt import COV, output_of, show
+
+S = "(select ascii(substr(email, 1, 1)) from customers where id = 42)"
+BIT = "c.id = 42 and ascii(substr(c.email, 1, 1)) & {} <> 0"
+
+LEAKS = [
+    # merged duplicates: as many rows as the code
+    f"select count(*) from (select g % {S} from generate_series(1, 300) g union select 0) s",
+    f"select count(*) from (select g % {S} from generate_series(1, 300) g"
+    " intersect select g from generate_series(0, 300) g) s",
+    f"select count(*) from (select g % {S} from generate_series(1, 300) g except select -1) s",
+    # a clean branch's rows kept by another branch's PII values
+    "select g from generate_series(0, 255) g except select ascii(substr(email, 1, 1))"
+    " from customers where id = 42",
+    "select count(*) from (select g from generate_series(0, 255) g except select"
+    " ascii(substr(email, 1, 1)) from customers where id = 42) s",
+    # multiplicities matched: floor(300 / code) zeros kept
+    f"select count(*) from (select g % {S} from generate_series(1, 300) g intersect all"
+    " select 0 from generate_series(1, 300)) s",
+    f"select count(*) from (select 0 from generate_series(1, 300) except all"
+    f" select g % {S} from generate_series(1, 300) g) s",
+    # nested set operations compare through
+    f"select count(*) from (select 0 union (select g % {S} from generate_series(1, 300) g"
+    " union all select 1)) s",
+    # a recursive UNION stops when a step finds no new row
+    f"with recursive t(n) as (select 0 union select (n + 1) % {S} from t) select count(*) from t",
+    "with recursive t(n) as (select 0 union select (n + 1) % ascii(c.email) from t, customers c"
+    " where c.id = 42) select count(*) from t",
+    # the same shapes in a sub-select of a WHERE
+    f"select count(*) from generate_series(1, 300) x where x in (select g % {S}"
+    " from generate_series(1, 300) g union select -1)",
+]
+
+CLEAN = [
+    "select id from customers union select customer_id from orders",
+    "select id from customers intersect select customer_id from orders",
+    "select count(*) from (select id from customers except select customer_id from orders) s",
+    # two PII columns compared (as ``c.email = o.contact_email`` in a WHERE)
+    "select count(*) from (select email from customers union select email from customers) s",
+    "select count(*) from (select id, email from customers"
+    " except select id, email from customers where id > 10) s",
+    "select count(*) from (select lower(email) from customers"
+    " intersect select upper(email) from customers) s",
+    "select status, count(*) from orders group by status union select 'all', count(*) from orders",
+    "with recursive t(n) as (select 1 union select n + 1 from t where n < 10) select count(*)"
+    " from t",
+    "with recursive sub(id) as (select id from orders where id = 1 union select o.id from orders"
+    " o join sub s on o.customer_id = s.id) select count(*) from sub",
+    # UNION ALL merges nothing
+    f"select count(*) from (select {S} union all select 1) s",
+    # one table row's own value merged: one bit per row, as a DISTINCT of it
+    "select count(*) from (select ascii(email) & 1 from customers union select 0) s",
+]
+
+
+@pytest.mark.parametrize("sql", LEAKS, ids=[f"leak{i}" for i in range(len(LEAKS))])
+def test_rows_a_set_operation_keeps_by_pii_carry_it(sql: str) -> None:
+    lin = output_of(sql, COV).union()
+    assert lin.pii or lin.unknown, (sql, show(lin))
+
+
+@pytest.mark.parametrize("sql", CLEAN, ids=[f"clean{i}" for i in range(len(CLEAN))])
+def test_ordinary_set_operations_stay_clean(sql: str) -> None:
+    lin = output_of(sql, COV).at(0)
+    assert not (lin.pii or lin.unknown), (sql, show(lin))
