@@ -171,6 +171,7 @@ class Writes(WalkState):
         cols = [c["ResTarget"]["name"] for c in body.get("cols") or ()] or list(item.names)
         ctxs = [self.column_ctx(item, rel_name, c) for c in cols]
         select = body.get("selectStmt")
+        source: Output | None = None
         if select is not None:
             sbody = select["SelectStmt"]
             if "valuesLists" in sbody and sbody.get("op", "SETOP_NONE") == "SETOP_NONE":
@@ -181,7 +182,7 @@ class Writes(WalkState):
                         )
                         self.check_write(self.expr(e, scope, ctx), ctx, e)
             else:
-                out = self.select(sbody, scope, OUTPUT)
+                out = source = self.select(sbody, scope, OUTPUT)
                 # which rows it copies spells the value, even copies into PII
                 # columns: their stored tokens tell which rows they were
                 self.written_rows_chosen(out.chosen, f"inserts into {rel_name} rows")
@@ -196,6 +197,15 @@ class Writes(WalkState):
         occ = body.get("onConflictClause")
         target_scope = Scope(scope)
         target_scope.items.append(item)
+        if source is not None:
+            # RETURNING returns a row per row inserted: what chose or kept the rows
+            # inserted (``INSERT ... SELECT email ... WHERE ascii(email) & 4 <> 0``,
+            # a copy, allowed) chose or kept these, and a ``count(*)`` of each of
+            # several such writes in one statement is a bit each, as it is of a
+            # SELECT's or a DELETE's
+            target_scope.chosen = target_scope.chosen | source.chosen
+            if source.asked.pii or source.asked.unknown:
+                target_scope.ask(source.asked, source.asked_levels)
         if occ:
             target_scope.items.append(Item("excluded", item.names, item.cols, item.open, item.rest))
             self.assignments(occ.get("targetList"), target_scope, item, rel_name)

@@ -2014,3 +2014,36 @@ def test_set_operations_do_not_spell_a_value_in_clean_numbers(
             "select count(*) from (select g from generate_series(1, 10) g"
             " except select g from generate_series(1, 3) g) s"
         ).fetchone() == (7,)
+
+
+def test_counts_of_inserted_copies_do_not_spell_a_value(
+    dsn: str, admin_dsn: str, raw: dict[str, Any]
+) -> None:
+    """Copies of an e-mail may be stored (a copy is allowed), and a statement may
+    hold many inserts, each a CTE that copies customer 42's row only when one bit of
+    its e-mail is set and returns a row per row inserted: counted side by side, the
+    RETURNING rows spelled the bits in one row. They carry what kept the rows
+    inserted, as a SELECT's or a DELETE's would."""
+    email = raw["email"].encode()
+    bits = 16
+    truth = [bool(email[i // 8] & (1 << (i % 8))) for i in range(bits)]
+    ctes = ", ".join(
+        f"i{i} as (insert into codebook_notes select {2000 + i}, email from customers"
+        f" where id = 42 and ascii(substr(email, {i // 8 + 1}, 1)) & {1 << (i % 8)} <> 0"
+        " returning 1)"
+        for i in range(bits)
+    )
+    counts = ", ".join(f"(select count(*) from i{i})" for i in range(bits))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            row = conn.execute(f"with {ctes} select {counts}").fetchone()
+            assert row is not None and len(row) == bits
+            assert [v == 1 for v in row] != truth
+            # one insert's own rows still read plainly
+            assert conn.execute(
+                "insert into codebook_notes select 3000, email from customers where id = 42"
+                " returning id"
+            ).fetchone() == (3000,)
+        finally:
+            with psycopg.connect(admin_dsn, autocommit=True) as admin:
+                admin.execute("delete from codebook_notes where id >= 2000")

@@ -1,4 +1,4 @@
-"""Set operations that spelled PII through clean numbers.
+"""Set operations and writes' RETURNING lists that spelled PII through clean numbers.
 
 1. A set operation other than UNION ALL compares rows: UNION, INTERSECT and EXCEPT
    merge equal rows, as DISTINCT does, and INTERSECT and EXCEPT keep one branch's rows
@@ -6,6 +6,9 @@
    generate_series(1, 300) g UNION SELECT 0) s`` returned the code as a plain number,
    and so did a recursive CTE whose UNION stopped when ``(n + 1) % ascii(...)`` came
    round again.
+2. An ``INSERT ... SELECT ... RETURNING`` returns a row per row inserted: several
+   inserts of copies (allowed) in one statement, each kept by a bit of its own row,
+   counted side by side, spelled the bits in one clean row.
 
 Hand-made schema (no server); tests/integration/clients/test_pii_through_dbgate.py runs
 some of them through the relay.
@@ -43,6 +46,14 @@ LEAKS = [
     f"with recursive t(n) as (select 0 union select (n + 1) % {S} from t) select count(*) from t",
     "with recursive t(n) as (select 0 union select (n + 1) % ascii(c.email) from t, customers c"
     " where c.id = 42) select count(*) from t",
+    # RETURNING counts of inserts kept by a bit of their own row each
+    "with a as (insert into customers(email) select c.email from customers c where "
+    + BIT.format(1)
+    + " returning 1), b as (insert into customers(email) select c.email from customers c"
+    " where " + BIT.format(2) + " returning 1) select (select count(*) from a),"
+    " (select count(*) from b)",
+    "with a as (insert into customers(email) select c.email from customers c,"
+    " generate_series(1, ascii(c.email)) where c.id = 42 returning id) select count(*) from a",
     # the same shapes in a sub-select of a WHERE
     f"select count(*) from generate_series(1, 300) x where x in (select g % {S}"
     " from generate_series(1, 300) g union select -1)",
@@ -63,6 +74,12 @@ CLEAN = [
     " from t",
     "with recursive sub(id) as (select id from orders where id = 1 union select o.id from orders"
     " o join sub s on o.customer_id = s.id) select count(*) from sub",
+    # an insert of copies kept by one bit, returned once
+    "insert into customers(email) select c.email from customers c where "
+    + BIT.format(1)
+    + " returning id",
+    "with a as (insert into orders(total) select total from orders where id < 10 returning id)"
+    " select count(*) from a",
     # UNION ALL merges nothing
     f"select count(*) from (select {S} union all select 1) s",
     # one table row's own value merged: one bit per row, as a DISTINCT of it
@@ -71,7 +88,7 @@ CLEAN = [
 
 
 @pytest.mark.parametrize("sql", LEAKS, ids=[f"leak{i}" for i in range(len(LEAKS))])
-def test_rows_a_set_operation_keeps_by_pii_carry_it(sql: str) -> None:
+def test_rows_a_set_operation_or_a_write_keeps_by_pii_carry_it(sql: str) -> None:
     lin = output_of(sql, COV).union()
     assert lin.pii or lin.unknown, (sql, show(lin))
 
