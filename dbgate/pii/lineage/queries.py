@@ -16,6 +16,10 @@ from dbgate.pii.lineage.scope import Item, Ref, Scope
 from dbgate.pii.lineage.state import WalkState
 from dbgate.policy.catalog_builtin import AGGREGATES
 
+#: A branch of a set operation that compares rows: its level, and per output its
+#: lineage, the column references it read and whether it is a column as it is
+Branch = tuple[Scope, list[tuple[Lin, list[Ref], bool]]]
+
 
 class Queries(WalkState):
     """SELECT and the clauses around it."""
@@ -26,7 +30,7 @@ class Queries(WalkState):
         outer: Scope | None,
         ctx: Ctx,
         distinct: bool = False,
-        rows: list[list[tuple[Lin, list[Ref] | None]]] | None = None,
+        rows: list[Branch] | None = None,
     ) -> Output:
         self.depth += 1
         try:
@@ -42,7 +46,7 @@ class Queries(WalkState):
         outer: Scope | None,
         ctx: Ctx,
         distinct: bool = False,
-        rows: list[list[tuple[Lin, list[Ref] | None]]] | None = None,
+        rows: list[Branch] | None = None,
     ) -> Output:
         """``distinct``: a branch of a set operation that merges equal rows (``UNION``,
         ``INTERSECT``, ``EXCEPT`` without ``ALL``), as a plain DISTINCT does; ``rows``:
@@ -58,7 +62,7 @@ class Queries(WalkState):
             # too) keep a row of one branch by the rows of the other
             merges = not body.get("all")
             compares = merges or op != "SETOP_UNION"
-            branches: list[list[tuple[Lin, list[Ref] | None]]] | None = [] if compares else rows
+            branches: list[Branch] | None = [] if compares else rows
             left = self.select(body["larg"], scope, ctx, distinct or merges, branches)
             right = self.select(body["rarg"], scope, ctx, distinct or merges, branches)
             merged = left.merged(right)
@@ -85,7 +89,7 @@ class Queries(WalkState):
             values = out or Output()
             if rows is not None:
                 # constants and sub-selects: no column of a row to relate
-                rows.append([(lin, []) for lin in values.columns])
+                rows.append((scope, [(lin, [], False) for lin in values.columns]))
             # ORDER BY 2 / column2 of a VALUES list: its outputs, by value
             self.control(
                 body,
@@ -101,6 +105,7 @@ class Queries(WalkState):
         # per output column: (name, lineage, the column references met walking it), for
         # ORDER BY / GROUP BY / DISTINCT ON items that name an output by position or alias
         targets: list[tuple[str, Lin, list[Ref] | None]] = []
+        bare: list[bool] = []  # per output column: its target is a column as it is
         for target in body.get("targetList") or ():
             rt = target["ResTarget"]
             n = len(out.columns)
@@ -117,22 +122,26 @@ class Queries(WalkState):
             for k in range(n, len(out.columns)):
                 lin = lin | out.columns[k]
                 targets.append((out.names[k], out.columns[k] | tail, refs))
+                bare.append(_bare(rt.get("val")))
             if distinct:
                 self.chose(lin, refs)
         if rows is not None:
-            rows.append([(lin, refs) for _name, lin, refs in targets])
+            rows.append(
+                (
+                    scope,
+                    [
+                        (lin, refs or [], b)
+                        for (_n, lin, refs), b in zip(targets, bare, strict=True)
+                    ],
+                )
+            )
         self.control(body, scope, targets)
         if body.get("lockingClause"):
             self.locks_chosen(scope)
         # last: a correlated predicate anywhere below may have chosen this level's rows
         return scope.mark(out, _aggregates(body))
 
-    def compared(
-        self,
-        branches: list[list[tuple[Lin, list[Ref] | None]]],
-        merged: Output,
-        scope: Scope,
-    ) -> None:
+    def compared(self, branches: list[Branch], merged: Output, scope: Scope) -> None:
         """A set operation that compares rows (all but UNION ALL) keeps or merges a
         branch's rows by the values of the others, output by output, as ``a = b``
         conjuncts would: ``SELECT g FROM generate_series(0, 255) g EXCEPT SELECT
@@ -141,26 +150,44 @@ class Queries(WalkState):
         position whose values carry PII (either branch's) chooses by it the rows of
         each branch whose output there reads clean columns (``g``), as ``choose``
         judges a predicate: two PII columns (``SELECT email ... EXCEPT SELECT
-        contact_email ...``) and one table row's own value compared change nothing.
-        The branches' rows were marked as they were walked, so what this chooses in
-        them marks the set operation's own level (every output, and a ``count(*)``
-        over it)."""
-        levels: dict[int, tuple[Scope, Lin]] = {}
-        for branch in branches:
-            for _lin, refs in branch:
-                for ref in refs or ():
-                    levels.setdefault(id(ref[0]), (ref[0], ref[0].chosen))
+        contact_email ...``) and clean keys change nothing, and a table row kept by
+        its own value (``SELECT 1 INTERSECT SELECT ascii(email) & 1 FROM customers
+        WHERE id = 42``) answers one bit, which a sub-select standing as a value turns
+        into a value. The branches' rows were marked as they were walked, so what
+        this chooses or asks of them marks the set operation's own level (every
+        output, and a ``count(*)`` over it)."""
+        levels: dict[int, tuple[Scope, Lin, Lin]] = {}
+        for level, columns in branches:
+            levels.setdefault(id(level), (level, level.chosen, level.asked))
+            for _lin, refs, _bare in columns:
+                for ref in refs:
+                    levels.setdefault(id(ref[0]), (ref[0], ref[0].chosen, ref[0].asked))
         for i, lin in enumerate(merged.columns):
             if not (lin.pii or lin.unknown or lin.params):
                 continue
-            for branch in branches:
-                if i < len(branch):
-                    own, refs = branch[i]
-                    # PII brought from another branch is not the row's own value
-                    self.chose(lin, refs or [], elsewhere=lin != own, equality=True)
-        for level, before in levels.values():
-            if level is not scope and not _encloses(level, scope) and level.chosen != before:
+            for k, (level, columns) in enumerate(branches):
+                if i >= len(columns) or not columns[i][1]:
+                    continue
+                _own, refs, whole = columns[i]
+                others = CLEAN
+                for j, (_level, other) in enumerate(branches):
+                    if j != k and i < len(other):
+                        others = others | other[i][0]
+                if others.pii or others.unknown or others.params:
+                    # compared with PII another branch brings: not the row's own value
+                    # alone, and PII with PII (``email`` with ``contact_email``) is free
+                    self.chose(lin, refs, True, None, whole)
+                else:
+                    # the row's own value with constants or clean columns: as a WHERE
+                    # of the branch would (a whole value is a guess)
+                    self.chose(lin, refs, False, level, whole, whole)
+        for level, chosen, asked in levels.values():
+            if level is scope or _encloses(level, scope):
+                continue
+            if level.chosen != chosen:
                 scope.chosen = scope.chosen | level.chosen
+            if level.asked != asked:
+                scope.ask(level.asked, level.asked_levels)
 
     def locks_chosen(self, scope: Scope) -> None:
         """``FOR SHARE`` (``KEY SHARE``, ``NO KEY UPDATE``, ``UPDATE``) locks the rows
@@ -485,7 +512,7 @@ class Queries(WalkState):
                 # ``SELECT 0 UNION SELECT (n + 1) % ascii(...) FROM t`` has as many rows
                 # as the code
                 merges = not body.get("all")
-                branches: list[list[tuple[Lin, list[Ref] | None]]] | None = [] if merges else None
+                branches: list[Branch] | None = [] if merges else None
                 seed = self.select(body["larg"], scope, OUTPUT, merges, branches)
                 scope.ctes[name] = (seed, colnames)
                 current = seed

@@ -2047,3 +2047,24 @@ def test_counts_of_inserted_copies_do_not_spell_a_value(
         finally:
             with psycopg.connect(admin_dsn, autocommit=True) as admin:
                 admin.execute("delete from codebook_notes where id >= 2000")
+
+
+def test_one_row_asked_in_many_set_operations_does_not_spell_its_value(
+    dsn: str, raw: dict[str, Any]
+) -> None:
+    """``EXISTS (SELECT 1 INTERSECT SELECT ascii(substr(email, p, 1)) & b FROM customers
+    WHERE id = 42)``, one per bit in a select list: the INTERSECT keeps customer 42's
+    row by a bit of its own e-mail, as a WHERE would, and a sub-select standing as a
+    value carries what kept its rows."""
+    email = raw["email"].encode()
+    bits = 16
+    truth = [bool(email[i // 8] & (1 << (i % 8))) for i in range(bits)]
+    select_list = ", ".join(
+        f"exists (select {1 << (i % 8)} intersect select ascii(substr(email, {i // 8 + 1}, 1))"
+        f" & {1 << (i % 8)} from customers where id = 42)"
+        for i in range(bits)
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(f"select {select_list}").fetchone()
+        assert row is not None and len(row) == bits
+        assert [v is True for v in row] != truth

@@ -46,6 +46,12 @@ LEAKS = [
     f"with recursive t(n) as (select 0 union select (n + 1) % {S} from t) select count(*) from t",
     "with recursive t(n) as (select 0 union select (n + 1) % ascii(c.email) from t, customers c"
     " where c.id = 42) select count(*) from t",
+    # a table row kept by a bit of its own value, one sub-select standing as a value each
+    "select exists (select 1 intersect select ascii(substr(email, 1, 1)) & 1 from customers"
+    " where id = 42), exists (select 2 intersect select ascii(substr(email, 1, 1)) & 2"
+    " from customers where id = 42)",
+    "select (select count(*) from (select 1 except select 1 - (ascii(substr(email, 1, 1)) & 1)"
+    " from customers where id = 42) s), 0",
     # RETURNING counts of inserts kept by a bit of their own row each
     "with a as (insert into customers(email) select c.email from customers c where "
     + BIT.format(1)
