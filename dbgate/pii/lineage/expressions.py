@@ -286,12 +286,34 @@ class Expressions(WalkState):
     ) -> Lin:
         if body.get("over"):
             self.window(body["over"], scope)
+        ranked = CLEAN
         if not within and body.get("agg_order"):
             # the order of an aggregate's input is kept in its result, which a subscript
             # cuts like a LIMIT (``(json_agg(g ORDER BY abs(g - ascii(...))))->0`` is the
             # code): each item chooses, as a query's ORDER BY does
             for item in body["agg_order"]:
-                self.choose(item, scope, rows=False)
+                ranked = ranked | self.choose(item, scope, rows=False)
+            if not (builtin and body.get("agg_within_group")):
+                ranked = CLEAN
+        # a hypothetical-set aggregate counts the rows whose WITHIN GROUP key sorts
+        # before its argument: ``rank(x) WITHIN GROUP (ORDER BY k)`` is ``1 + count(*)
+        # FILTER (WHERE k < x)``, whose FILTER is a value of it (over one row,
+        # ``rank(1) WITHIN GROUP (ORDER BY ascii(email) & 4)`` is a bit)
+        if ranked.pii or ranked.unknown or ranked.params:
+            ranked = Lin(ranked.entities, ranked.unknown, ranked.params)
+            return self._func_value(body, scope, ctx, parts, name, builtin, within) | ranked
+        return self._func_value(body, scope, ctx, parts, name, builtin, within)
+
+    def _func_value(
+        self,
+        body: Node,
+        scope: Scope,
+        ctx: Ctx,
+        parts: list[str],
+        name: str,
+        builtin: bool,
+        within: bool,
+    ) -> Lin:
         args = body.get("args")
         if within and body.get("agg_order"):
             args = [*(args or ()), *body["agg_order"]]

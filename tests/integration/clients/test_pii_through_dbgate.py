@@ -2068,3 +2068,26 @@ def test_one_row_asked_in_many_set_operations_does_not_spell_its_value(
         row = conn.execute(f"select {select_list}").fetchone()
         assert row is not None and len(row) == bits
         assert [v is True for v in row] != truth
+
+
+def test_one_row_ranked_by_many_keys_does_not_spell_its_value(
+    dsn: str, raw: dict[str, Any]
+) -> None:
+    """``rank(1) WITHIN GROUP (ORDER BY ascii(substr(email, p, 1)) & b)`` over customer
+    42's one row is 1 + (bit < 1): a select list of them spelled the e-mail from one row
+    read. A hypothetical-set aggregate counts the rows its keys sort before its
+    argument, as a FILTER's count does, and carries what the keys read."""
+    email = raw["email"].encode()
+    bits = 16
+    truth = [bool(email[i // 8] & (1 << (i % 8))) for i in range(bits)]
+    select_list = ", ".join(
+        f"rank(1) within group (order by ascii(substr(email, {i // 8 + 1}, 1)) & {1 << (i % 8)})"
+        for i in range(bits)
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(f"select {select_list} from customers where id = 42").fetchone()
+        assert row is not None and len(row) == bits
+        assert [v == 1 for v in row] != truth
+        assert conn.execute(
+            "select rank(3) within group (order by id) from customers where id < 10"
+        ).fetchone() == (3,)

@@ -134,10 +134,12 @@ ORDERED_SET = [
         # the FILTER picks which rows the value is of: its PII is the value's too
         ["email+ssn"],
     ),
-    # hypothetical-set aggregates return a rank or a fraction, not the input
-    ("select rank('a') within group (order by email) from customers", ["-"]),
-    ("select percent_rank('a') within group (order by full_name) from customers", ["-"]),
-    ("select cume_dist('a') within group (order by ssn) from customers", ["-"]),
+    # hypothetical-set aggregates return a rank or a fraction, not the input: a count
+    # of the rows whose key sorts before the argument, as a FILTER's count is
+    ("select rank('a') within group (order by email) from customers", ["email"]),
+    ("select percent_rank('a') within group (order by full_name) from customers", ["name"]),
+    ("select cume_dist('a') within group (order by ssn) from customers", ["ssn"]),
+    ("select rank(3) within group (order by id) from customers", ["-"]),
     # an ordinary aggregate's ORDER BY only orders: unchanged
     ("select string_agg(id::text, ',' order by email) from customers", ["-"]),
 ]

@@ -33,6 +33,12 @@ LEAKS = [
     f"select dense_rank({S}) within group (order by g) from generate_series(0, 300) g",
     f"select percent_rank({S}) within group (order by g) from generate_series(0, 300) g",
     f"select cume_dist({S}) within group (order by g) from generate_series(0, 300) g",
+    # ... and the keys they rank by: over one row, rank(x) is 1 + (key < x)
+    "select rank(1) within group (order by ascii(substr(email, 1, 1)) & 4),"
+    " cume_dist(1) within group (order by ascii(substr(email, 1, 1)) & 8) from customers"
+    " where id = 42",
+    "select g, rank(g) within group (order by ascii(substr(email, 1, 1))) from customers c,"
+    " generate_series(0, 255) g where c.id = 42 group by g",
     # count of a choice
     f"select count(nullif(g <= {S}, false)) from generate_series(1, 300) g",
     f"select count(case when g <= {S} then 1 end) from generate_series(1, 300) g",
