@@ -68,8 +68,21 @@ class Queries(WalkState):
             merged = left.merged(right)
             if compares and branches:
                 self.compared(branches, merged, scope)
-                if rows is not None:
-                    rows.extend(branches)
+            if compares and rows is not None:
+                # to a set operation around this one, this is one branch: its rows are
+                # those of its level, their values ``merged`` (each level compares its
+                # own two sides once, however deep the nesting)
+                width = len(merged.columns)
+                columns: list[tuple[Lin, list[Ref], bool]] = []
+                for i in range(width):
+                    refs: list[Ref] = []
+                    whole = True
+                    for _level, branch in branches or ():
+                        if i < len(branch):
+                            refs.extend(branch[i][1])
+                            whole = whole and branch[i][2]
+                    columns.append((merged.columns[i], _kinds(refs, scope), whole))
+                rows.append((scope, columns))
             # ORDER BY 2 / ORDER BY name of a set operation: its outputs, by value
             self.control(
                 body,
@@ -165,14 +178,21 @@ class Queries(WalkState):
         for i, lin in enumerate(merged.columns):
             if not (lin.pii or lin.unknown or lin.params):
                 continue
+            at = [columns[i][0] if i < len(columns) else CLEAN for _level, columns in branches]
+            # what the branches before and after each bring here (a UNION ALL chain
+            # under an INTERSECT lists all its branches)
+            before = [CLEAN]
+            for one_lin in at[:-1]:
+                before.append(before[-1] | one_lin)
+            after = [CLEAN]
+            for one_lin in reversed(at[1:]):
+                after.append(after[-1] | one_lin)
+            after.reverse()
             for k, (level, columns) in enumerate(branches):
                 if i >= len(columns) or not columns[i][1]:
                     continue
                 _own, refs, whole = columns[i]
-                others = CLEAN
-                for j, (_level, other) in enumerate(branches):
-                    if j != k and i < len(other):
-                        others = others | other[i][0]
+                others = before[k] | after[k]
                 if others.pii or others.unknown or others.params:
                     # compared with PII another branch brings: not the row's own value
                     # alone, and PII with PII (``email`` with ``contact_email``) is free
@@ -532,6 +552,29 @@ class Queries(WalkState):
                 scope.ctes[name] = (current, colnames)
             else:
                 scope.ctes[name] = (self.query(query, scope, OUTPUT), colnames)
+
+
+def _kinds(refs: list[Ref], scope: Scope) -> list[Ref]:
+    """The column references a nested set operation's branches read at one output, as
+    the comparison around it judges them: every outer level's (a correlated one), and
+    of the rest one of each kind (clean or PII, a stored row's or a query's, another
+    row than the first or not, a whole row or a column) — what ``Queries.chose``
+    tells apart — so that a chain of set operations costs no more than its branches."""
+    if len(refs) <= 4:
+        return refs
+    kept: list[Ref] = []
+    seen: set[tuple[bool, bool, bool, bool]] = set()
+    first = refs[0][1]
+    for ref in refs:
+        if _encloses(ref[0], scope):
+            kept.append(ref)
+            continue
+        lin = ref[2]
+        key = (ref[1] is first, lin.pii or lin.unknown, ref[1].schema is None, ref[3] == "*")
+        if key not in seen:
+            seen.add(key)
+            kept.append(ref)
+    return kept
 
 
 def _sublink_of(node: Node) -> Node | None:

@@ -42,6 +42,10 @@ LEAKS = [
     # nested set operations compare through
     f"select count(*) from (select 0 union (select g % {S} from generate_series(1, 300) g"
     " union all select 1)) s",
+    # deep in a chain of set operations
+    "select count(*) from (select g from generate_series(0, 255) g except select -1 except"
+    " select -2 except select -3 except select -4 except select -5 except"
+    " select ascii(substr(email, 1, 1)) from customers where id = 42) s",
     # a recursive UNION stops when a step finds no new row
     f"with recursive t(n) as (select 0 union select (n + 1) % {S} from t) select count(*) from t",
     "with recursive t(n) as (select 0 union select (n + 1) % ascii(c.email) from t, customers c"
