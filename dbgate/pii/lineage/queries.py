@@ -201,6 +201,41 @@ class Queries(WalkState):
                     # the row's own value with constants or clean columns: as a WHERE
                     # of the branch would (a whole value is a guess)
                     self.chose(lin, refs, False, level, whole, whole)
+        # A row is compared whole: a position where PII meets a value without any
+        # (``SELECT g, 0 ... EXCEPT SELECT 5, ascii(email) & 1 ...``) asks a question,
+        # and its answer keeps or drops the rows of the other branches by every column
+        # they return (``g``), as ``(g, 0) NOT IN (SELECT ...)`` would
+        asks: list[Lin] = [CLEAN] * len(branches)
+        for i, lin in enumerate(merged.columns):
+            if not (lin.pii or lin.unknown):
+                continue
+            cells = [
+                columns[i] if i < len(columns) else (CLEAN, [], False) for _l, columns in branches
+            ]
+            carry = [cell[0].pii or cell[0].unknown for cell in cells]
+            if all(carry):
+                continue  # PII with PII only: free
+            # a whole value with constants only is a guess, not a question
+            if not any(
+                (cell[1] and not has) or (has and not cell[2])
+                for cell, has in zip(cells, carry, strict=True)
+            ):
+                continue
+            asks = [a | cell[0] for a, cell in zip(asks, cells, strict=True)]
+        if any(a.pii or a.unknown for a in asks):
+            before = [CLEAN]
+            for one_lin in asks[:-1]:
+                before.append(before[-1] | one_lin)
+            after = [CLEAN]
+            for one_lin in reversed(asks[1:]):
+                after.append(after[-1] | one_lin)
+            after.reverse()
+            for k, (_level, columns) in enumerate(branches):
+                others = before[k] | after[k]
+                refs = [ref for column in columns for ref in column[1]]
+                if refs and (others.pii or others.unknown):
+                    whole = all(column[2] for column in columns)
+                    self.chose(Lin(others.entities, others.unknown), refs, True, None, whole)
         for level, chosen, asked in levels.values():
             if level is scope or _encloses(level, scope):
                 continue

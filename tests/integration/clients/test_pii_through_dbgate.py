@@ -2091,3 +2091,24 @@ def test_one_row_ranked_by_many_keys_does_not_spell_its_value(
         assert conn.execute(
             "select rank(3) within group (order by id) from customers where id < 10"
         ).fetchone() == (3,)
+
+
+def test_a_set_operation_compares_whole_rows(dsn: str, raw: dict[str, Any]) -> None:
+    """``SELECT g, 0 … EXCEPT (SELECT 0, <bit 0> … UNION ALL SELECT 1, <bit 1> …)``
+    drops ``(g, 0)`` where bit ``g`` is clear: the bit asked in one output chooses the
+    rows by ``g`` in another, as ``(g, 0) NOT IN (…)`` would, and the numbers kept,
+    aggregated into one value, spelled the bits."""
+    email = raw["email"].encode()
+    bits = 16
+    truth = sum(1 << i for i in range(bits) if email[i // 8] & (1 << (i % 8)))
+    branches = " union all ".join(
+        f"select {i}, ascii(substr(email, {i // 8 + 1}, 1)) & {1 << (i % 8)} from customers"
+        " where id = 42"
+        for i in range(bits)
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (got,) = conn.execute(
+            f"select sum(1 << g) from (select g, 0 from"
+            f" generate_series(0, {bits - 1}) g except ({branches})) s"
+        ).fetchone()
+        assert got != truth
