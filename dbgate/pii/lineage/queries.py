@@ -181,18 +181,12 @@ class Queries(WalkState):
             at = [columns[i][0] if i < len(columns) else CLEAN for _level, columns in branches]
             # what the branches before and after each bring here (a UNION ALL chain
             # under an INTERSECT lists all its branches)
-            before = [CLEAN]
-            for one_lin in at[:-1]:
-                before.append(before[-1] | one_lin)
-            after = [CLEAN]
-            for one_lin in reversed(at[1:]):
-                after.append(after[-1] | one_lin)
-            after.reverse()
+            rest = _all_but_each(at)
             for k, (level, columns) in enumerate(branches):
                 if i >= len(columns) or not columns[i][1]:
                     continue
                 _own, refs, whole = columns[i]
-                others = before[k] | after[k]
+                others = rest[k]
                 if others.pii or others.unknown or others.params:
                     # compared with PII another branch brings: not the row's own value
                     # alone, and PII with PII (``email`` with ``contact_email``) is free
@@ -223,15 +217,9 @@ class Queries(WalkState):
                 continue
             asks = [a | cell[0] for a, cell in zip(asks, cells, strict=True)]
         if any(a.pii or a.unknown for a in asks):
-            before = [CLEAN]
-            for one_lin in asks[:-1]:
-                before.append(before[-1] | one_lin)
-            after = [CLEAN]
-            for one_lin in reversed(asks[1:]):
-                after.append(after[-1] | one_lin)
-            after.reverse()
+            rest = _all_but_each(asks)
             for k, (_level, columns) in enumerate(branches):
-                others = before[k] | after[k]
+                others = rest[k]
                 refs = [ref for column in columns for ref in column[1]]
                 if refs and (others.pii or others.unknown):
                     whole = all(column[2] for column in columns)
@@ -631,6 +619,19 @@ def _encloses(level: Scope, scope: Scope) -> bool:
             return True
         s = s.parent
     return False
+
+
+def _all_but_each(lins: list[Lin]) -> list[Lin]:
+    """For each position, the union of every other position's lineage (what the other
+    branches of a set operation bring), in one pass each way."""
+    before = [CLEAN]
+    for lin in lins[:-1]:
+        before.append(before[-1] | lin)
+    after = [CLEAN]
+    for lin in reversed(lins[1:]):
+        after.append(after[-1] | lin)
+    after.reverse()
+    return [b | a for b, a in zip(before, after, strict=True)]
 
 
 def _asks_each_row(refs: list[Ref]) -> bool:
