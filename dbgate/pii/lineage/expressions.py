@@ -299,10 +299,10 @@ class Expressions(WalkState):
         # before its argument: ``rank(x) WITHIN GROUP (ORDER BY k)`` is ``1 + count(*)
         # FILTER (WHERE k < x)``, whose FILTER is a value of it (over one row,
         # ``rank(1) WITHIN GROUP (ORDER BY ascii(email) & 4)`` is a bit)
+        value = self._func_value(body, scope, ctx, parts, name, builtin, within)
         if ranked.pii or ranked.unknown or ranked.params:
-            ranked = Lin(ranked.entities, ranked.unknown, ranked.params)
-            return self._func_value(body, scope, ctx, parts, name, builtin, within) | ranked
-        return self._func_value(body, scope, ctx, parts, name, builtin, within)
+            return value | Lin(ranked.entities, ranked.unknown, ranked.params)
+        return value
 
     def _func_value(
         self,
