@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from dbgate.pii.room import PiiRoom, StatementPlan
@@ -119,6 +121,7 @@ class PiiTestRelay:
         self.upstream = upstream
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> PiiTestRelay:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -126,14 +129,28 @@ class PiiTestRelay:
         return self
 
     async def stop(self) -> None:
+        """Stop listening and end the connections still open: a handler left
+        pending when its loop stops is collected later, mid-await, in another test."""
         if self.server is not None:
             self.server.close()
+            for task in self._handlers:
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
             await self.server.wait_closed()
 
     def dsn(self, user: str, password: str, dbname: str) -> str:
         return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{dbname}?sslmode=disable"
 
     async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._relay(cr, cw)
+        finally:
+            self._handlers.discard(task)
+
+    async def _relay(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         ur, uw = await asyncio.open_connection(*self.upstream)
         try:
             while True:  # SSLRequest / GSSENCRequest: decline; then the StartupMessage
@@ -167,3 +184,22 @@ class PiiTestRelay:
             t, body = await _read_message(ur)
             cw.write(conn.server(t, body))
             await cw.drain()
+
+
+@contextlib.contextmanager
+def running_relay(room: PiiRoom, upstream: tuple[str, int]) -> Iterator[PiiTestRelay]:
+    """A relay on a loop of its own thread, for synchronous and asynchronous clients
+    alike; stopped, its connections ended and the loop closed on exit."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    relay = PiiTestRelay(room, upstream)
+    try:
+        asyncio.run_coroutine_threadsafe(relay.start(), loop).result(10)
+        yield relay
+        asyncio.run_coroutine_threadsafe(relay.stop(), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        if not thread.is_alive():
+            loop.close()

@@ -4,8 +4,6 @@ decode it, and no raw value reaches them."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.integration.pii.conftest import DBNAME, Demo
-from tests.integration.pii.relay import PiiTestRelay
+from tests.integration.pii.relay import PiiTestRelay, running_relay
 
 QUERIES = [
     "select array[row(email, birth_date)] as v from customers order by id limit 5",
@@ -32,15 +30,8 @@ QUERIES = [
 
 @pytest.fixture(scope="module")
 def relay(pg_server: Any, pii_demo: Demo) -> Iterator[PiiTestRelay]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    r = PiiTestRelay(pii_demo.room, (pg_server.host, pg_server.port))
-    asyncio.run_coroutine_threadsafe(r.start(), loop).result(10)
-    yield r
-    asyncio.run_coroutine_threadsafe(r.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with running_relay(pii_demo.room, (pg_server.host, pg_server.port)) as r:
+        yield r
 
 
 def _no_raw(data: bytes, demo: Demo) -> None:

@@ -8,9 +8,7 @@ same query shows the raw values, which proves the check can fail.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +20,7 @@ import pytest
 
 from dbgate.embedded import pg_bin_dir
 from tests.integration.pii.conftest import DBNAME, Demo
-from tests.integration.pii.relay import PiiTestRelay
+from tests.integration.pii.relay import PiiTestRelay, running_relay
 
 QUERY = """
 select id, email, birth_date, birth_date::timestamp as ts, birth_date::timestamptz as tstz,
@@ -45,15 +43,8 @@ def _no_raw(text: str, demo: Demo) -> None:
 
 @pytest.fixture(scope="module")
 def relay(pg_server: Any, pii_demo: Demo) -> Iterator[PiiTestRelay]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    r = PiiTestRelay(pii_demo.room, (pg_server.host, pg_server.port))
-    asyncio.run_coroutine_threadsafe(r.start(), loop).result(10)
-    yield r
-    asyncio.run_coroutine_threadsafe(r.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with running_relay(pii_demo.room, (pg_server.host, pg_server.port)) as r:
+        yield r
 
 
 def _dsn(relay: PiiTestRelay, pg_server: Any) -> str:
