@@ -81,6 +81,7 @@ class ClientMessages:
     _queue: deque[Entry]
     _markers: int
     _batch_open: bool
+    _batch_ran: bool
     _copy_in: bool
     _copy_in_open: bool
     _injection_seq: int
@@ -202,7 +203,7 @@ class ClientMessages:
         """An allowed Query was forwarded. ``verdict.changes``: SQL PREPARE/DEALLOCATE/
         DISCARD ALL in it, each confirmed by its own statement's command tag."""
         self.sent_cycles += 1
-        self._batch_open = False
+        self._batch_open = self._batch_ran = False
         if verdict.plan is not None:
             self._plans = self._watch = True
         changes = None
@@ -256,7 +257,7 @@ class ClientMessages:
         if not self._copy_in_open:
             self.sent_cycles += 1
             self._queue.append(SYNC_ENTRY)
-            self._batch_open = False
+            self._batch_open = self._batch_ran = False
 
     def function_call_sent(self, rec: StatementRecord | None) -> None:
         self.sent_cycles += 1

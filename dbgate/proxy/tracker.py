@@ -365,6 +365,10 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         #: Extended-protocol messages were sent since the last message that ends a
         #: cycle (Sync, Query, FunctionCall): the server is inside a batch.
         self._batch_open = False
+        #: An Execute was sent in the open batch. A batch that only prepared (Parse,
+        #: Describe, Close: asyncpg's prepare ends with a Flush, not a Sync) changed
+        #: nothing a measured Query's set-up could commit or undo with it.
+        self._batch_ran = False
         #: A ping of dbgate's is in flight (its entry is in the queue).
         self.pinging = False
         self._next_id = 0
@@ -453,7 +457,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 if not self._copy_in_open:
                     self.sent_cycles += 1
                     queue.append(SYNC_ENTRY)
-                    self._batch_open = False
+                    self._batch_open = self._batch_ran = False
                 if self._approved:
                     self._approved.clear()  # a re-sent batch ends here
                 if self._measure is not None and self._measure.batch:
@@ -466,7 +470,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                     if not full:
                         return self._rest_message_by_message(chunk, e, out)
                     continue
-                self._batch_open = True
+                self._batch_open = self._batch_ran = True
                 portal = "" if e - s == 5 and chunk[s] == 0 else m.parse_execute(chunk[s:e])[0]
                 rec = self._record("execute", "", portal=portal) if self._exec_records else None
                 if self._rebound and portal in self._rebound:
@@ -600,11 +604,13 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
             verdict = self._inspect(stmt)
             opened = False  # this message opens a measured batch
             if type(verdict) is Allow and (verdict.max_changes or verdict.opens_measurement):
+                # A Query is measured at a cycle's start, or after a batch that only
+                # prepared (asyncpg: Parse/Describe/Flush, then the Query, no Sync).
                 if (
                     t == QUERY_MSG
                     and verdict.max_changes
                     and self._measure is None
-                    and not self._batch_open
+                    and not (self._batch_open and self._batch_ran)
                 ):
                     if observed:
                         rec = self._decision(t, stmt, rec, verdict)
@@ -841,7 +847,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 t == QUERY_MSG
                 and verdict.max_changes
                 and self._measure is None
-                and not self._batch_open
+                and not (self._batch_open and self._batch_ran)
             ):
                 message = rewritten_message(t, waiting.body, verdict)
                 return self._measured_query(rec, verdict, message)

@@ -636,3 +636,88 @@ async def test_a_measured_write_executed_a_row_at_a_time_is_not_measurable_and_h
     finally:
         await client.close()
     assert await noted(env, "r") == 0
+
+
+# -- asyncpg: a prepare (Parse/Describe/Flush, no Sync) right before a simple Query ------
+
+
+async def test_asyncpg_copy_records_first_call_is_measured_not_held(
+    env: HoldsEnv, mb: str, agent_conn: asyncpg.Connection
+) -> None:
+    """``copy_records_to_table`` prepares ``SELECT … LIMIT 1`` with Parse, Describe and a
+    Flush, then sends the COPY as a Query with no Sync between: the batch prepared and
+    ran nothing, so the COPY is measured as at a boundary, not held as a write bound
+    in the middle of a batch."""
+    notices = AsyncpgNotices(agent_conn)
+    records = [(1000 + i, "copied") for i in range(20)]
+    done = agent_conn.copy_records_to_table(mb, records=records, columns=["id", "note"])
+    assert await asyncio.wait_for(done, 30) == "COPY 20"
+    assert notices.empty()
+    assert await noted(env, "copied") == 20
+    assert not agent_conn.is_in_transaction()
+    # past the limit it is undone and refused, as a COPY at a boundary is (its data
+    # went to the server as it came: there is nothing to send again once approved)
+    more = [(2000 + i, "bulk") for i in range(150)]
+    with pytest.raises(asyncpg.PostgresError) as caught:
+        await asyncio.wait_for(
+            agent_conn.copy_records_to_table(mb, records=more, columns=["id", "note"]), 30
+        )
+    assert "changed 150 rows, more than its limit of 100" in str(caught.value)
+    assert notices.empty()
+    assert await noted(env, "bulk") == 0
+    assert await agent_conn.fetchval("SELECT 41 + 1") == 42
+
+
+async def test_a_write_query_right_after_a_prepare_is_measured(env: HoldsEnv, mb: str) -> None:
+    """The same on the wire: Parse/Describe/Flush answered, then an unproven UPDATE as
+    a Query (no Sync): measured and kept, the prepared statement still usable."""
+    client = await raw_agent(env)
+    try:
+        client.send(
+            m.Parse("s1", f"SELECT note FROM {mb} WHERE id = $1", ()).encode(),
+            m.Describe("S", "s1").encode(),
+            FLUSH,
+        )
+        assert names(await client.until(m.RowDescription)) == [
+            "ParseComplete",
+            "ParameterDescription",
+            "RowDescription",
+        ]
+        answers = await client.query(f"UPDATE {mb} SET note = 'q' WHERE id <= 30")
+        assert not errors(answers), answers
+        assert [x.tag for x in answers if isinstance(x, m.CommandComplete)] == ["UPDATE 30"]
+        assert status(answers) == "I"
+        client.send(
+            m.Bind("", "s1", (0,), (b"7",), ()).encode(),
+            m.Execute("", 0).encode(),
+            SYNC,
+        )
+        assert rows(await client.until_ready()) == [(b"q",)]
+    finally:
+        await client.close()
+    assert await noted(env, "q") == 30
+
+
+async def test_a_write_query_after_an_unsynced_execute_is_held_before_it_runs(
+    env: HoldsEnv, mb: str
+) -> None:
+    """After an Execute with no Sync since, dbgate's set-up would take the client's
+    executed statement into its own block (and undo it with the write): the Query
+    is not measured, it is held before it runs."""
+    client = await raw_agent(env)
+    try:
+        client.send(
+            m.Parse("", "SELECT 1", ()).encode(),
+            m.Bind("", "", (), (), ()).encode(),
+            m.Execute("", 0).encode(),
+            FLUSH,
+        )
+        assert rows(await client.until(m.CommandComplete)) == [(b"1",)]
+        client.send(m.Query(f"UPDATE {mb} SET note = 'u' WHERE id <= 30").encode())
+        rid = await held(client)
+        assert await noted(env, "u") == 0
+        await env.app.areject(rid, "no")
+        assert errors(await client.until_ready())
+    finally:
+        await client.close()
+    assert await noted(env, "u") == 0
