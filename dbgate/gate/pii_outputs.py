@@ -131,6 +131,12 @@ class PiiFilter:
         f = self._filter(session)
         return body if f is None else f.notification(body)
 
+    def copy_in(self, session: SessionInfo, data: bytes) -> str | None:
+        """Why the client's COPY FROM STDIN data must not be stored (a token in it), or
+        None (see :mod:`dbgate.proxy.copy_in`)."""
+        f = self._filter(session)
+        return None if f is None else f.copy_data(data)  # type: ignore[no-any-return]
+
 
 def _involves_pii(verdict: Allow | None) -> bool:
     """Whether the statement a notice or error is about involves PII (fail closed:

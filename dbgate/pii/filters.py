@@ -40,7 +40,7 @@ from dbgate.pii.entities import MIXED, UNKNOWN
 from dbgate.wire.errors import ProtocolError
 from dbgate.wire.messages import parse_error_fields
 
-__all__ = ["WITHHELD_HINT", "MessageFilter", "withheld_message"]
+__all__ = ["COPY_TOKEN_REFUSAL", "WITHHELD_HINT", "MessageFilter", "withheld_message"]
 
 _KEY = re.compile(
     r"Key \((?P<cols>.*?)\)=\((?P<vals>.*)\) (?P<rest>already exists|is not present in table|is still referenced from table|conflicts with existing key)"
@@ -68,6 +68,21 @@ _SAFE_23_MESSAGE = re.compile(
     r'|insert or update on table "[^"]*" violates foreign key constraint "[^"]*"'
     r'|update or delete on table "[^"]*" violates foreign key constraint "[^"]*" on table "[^"]*")$'
 )
+#: The reason dbgate gives the server's COPY when the client's data holds a token
+#: (``MessageFilter.copy_data``): the server's error quotes it, and is then told to
+#: the client as this text with SQLSTATE 22023.
+COPY_TOKEN_REFUSAL = (
+    "dbgate: COPY data holds a PII token; tokens stand for their values in statement "
+    "texts and Bind values only"
+)
+COPY_TOKEN_HINT = (
+    "Send these rows with INSERT, where a token written into a PII column is resolved, "
+    "or leave the tokens out of the COPY's data; the COPY stored none of its rows."
+)
+_COPY_FAILED = "COPY from stdin failed: " + COPY_TOKEN_REFUSAL
+#: A token in data of any format: no look around it (in binary COPY a field's length
+#: bytes stand right before it, and may be letters or digits).
+_TOKEN_IN_DATA = re.compile(rb"tok_[a-z][a-z0-9]*(?:_[a-z0-9]+)*?_[rh][0-9a-f]{32}")
 WITHHELD_HINT = (
     "dbgate withholds the text of errors and notices of statements that read PII or "
     "resolve tokens, because the server may echo values in it; the SQLSTATE and names "
@@ -137,6 +152,15 @@ class MessageFilter:
         """As :meth:`notice`."""
         return self._fields(body, "ErrorResponse", involves_pii, positions)
 
+    def copy_data(self, data: bytes) -> str | None:
+        """The reason to end a COPY FROM STDIN whose data (``data``: the client's
+        CopyData, with the end of the one before) holds a token, or None. Tokens are
+        resolved where the gate sees what they are compared with or written into; in
+        COPY data one would be stored as its own text, silently."""
+        if b"tok_" not in data or _TOKEN_IN_DATA.search(data) is None:
+            return None
+        return COPY_TOKEN_REFUSAL
+
     def notification(self, body: bytes) -> bytes:
         if len(body) < 6:
             return body
@@ -169,6 +193,17 @@ class MessageFilter:
             # fail closed: nothing of an unreadable message of a PII statement
             fields = {"S": "ERROR" if what == "ErrorResponse" else "NOTICE", "C": "XX000"}
             return _encode_fields(self.withhold(fields, positions=False))
+        if fields.get("M") == _COPY_FAILED and fields.get("C") == "57014":
+            # the server quoting dbgate's own CopyFail (copy_data): said as dbgate's
+            return _encode_fields(
+                {
+                    "S": fields.get("S", "ERROR"),
+                    "V": fields.get("V", "ERROR"),
+                    "C": "22023",
+                    "M": COPY_TOKEN_REFUSAL,
+                    "H": COPY_TOKEN_HINT,
+                }
+            )
         new = self.withhold(fields, positions=positions) if involves_pii else self.scrub(fields)
         return body if new == fields else _encode_fields(new)
 

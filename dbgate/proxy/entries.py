@@ -29,6 +29,8 @@ EXECUTE_MSG, DESCRIBE_MSG = ord("E"), ord("D")
 COPY_DONE_MSG, COPY_FAIL_MSG = ord("c"), ord("f")
 #: What the client side must see; all other messages pass as bytes.
 CLIENT_TYPES = type_mask("QPBFSCXEDcf")
+#: The same and CopyData, for a session whose COPY data is looked at (proxy/copy_in.py).
+CLIENT_TYPES_COPY = type_mask("QPBFSCXEDcfd")
 
 MEMO_MAX_ENTRIES = 128  # repeatable verdicts remembered per session
 MEMO_MAX_MESSAGE = 2048  # bytes; longer messages are always inspected

@@ -117,7 +117,12 @@ class MessageFilter(Protocol):
 
     ``verdict``: the verdict of the statement the server was running when it sent the
     notice or error (its result plan, its resolved tokens), or None when the relay
-    cannot tell (an error after a Sync, a FunctionCall, nothing in flight)."""
+    cannot tell (an error after a Sync, a FunctionCall, nothing in flight).
+
+    A filter may also have ``copy_in(session, data) -> str | None``: then the relay
+    shows it the client's COPY FROM STDIN data (each CopyData with the end of the one
+    before), and a reason it returns ends the COPY with a CopyFail carrying it
+    (:mod:`dbgate.proxy.copy_in`)."""
 
     def notice(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes: ...
 

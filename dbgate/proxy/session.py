@@ -45,7 +45,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from dbgate.proxy.budget import MemoryBudget, Reservation
-from dbgate.proxy.entries import CLIENT_TYPES
 from dbgate.proxy.hold_ping import MAX_INTERVAL, HoldPinger
 from dbgate.proxy.seams import Allow, MessageFilter, Notice, Observer, Refuse
 from dbgate.proxy.tracker import StatementTracker
@@ -420,7 +419,7 @@ class Session:
                 chunk, frames = self._c2s.feed(data)
                 full = True
             else:
-                chunk, frames = self._c2s.feed_select(data, CLIENT_TYPES)
+                chunk, frames = self._c2s.feed_select(data, tracker.client_types)
                 full = False
             if not chunk:
                 return

@@ -63,10 +63,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from dbgate.proxy import measure
 from dbgate.proxy.answers import ServerAnswers, TrackerDesync
 from dbgate.proxy.client_messages import ClientMessages, KnownStatement
+from dbgate.proxy.copy_in import CopyInCheck
 from dbgate.proxy.entries import (
     BIND,
     BIND_MSG,
+    CLIENT_TYPES,
+    CLIENT_TYPES_COPY,
     CLOSE_MSG,
+    COPY_DATA,
     COPY_DONE_MSG,
     COPY_FAIL_MSG,
     DESCRIBE_MSG,
@@ -275,6 +279,14 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
             getattr(observer, "verdict_given", None)
         )
         self.message_filter = message_filter
+        #: The filter's look at the client's COPY FROM STDIN data, if it has one: the
+        #: relay then hands this tracker every CopyData (:attr:`client_types`).
+        copy_in = getattr(message_filter, "copy_in", None)
+        self._copy_check: CopyInCheck | None = (
+            None if copy_in is None else CopyInCheck(lambda data: copy_in(info, data))
+        )
+        #: The message types the relay must hand :meth:`client_chunk`.
+        self.client_types = CLIENT_TYPES if self._copy_check is None else CLIENT_TYPES_COPY
         # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
         # same Parse (unnamed, $n parameters) or BEGIN/COMMIT for every transaction,
         # and skipping the decode and the inspector for them is most of the relay's
@@ -585,15 +597,31 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 if e - s < 4:
                     raise ClientProtocolError("FunctionCall message too short")
                 stmt = Statement("function_call", "", function_oid=unpack_from("!I", chunk, s)[0])
+            elif t == COPY_DATA:
+                check = self._copy_check
+                if check is None:
+                    continue
+                refusal = check.data(chunk[s:e])
+                if refusal is None:
+                    continue
+                # Sent instead of this CopyData: the server ends the COPY (its error
+                # quotes the reason); what the client sends after it, it ignores.
+                if out is None:
+                    out = []
+                if hdr > fwd:
+                    out.append(chunk[fwd:hdr])
+                out.append(refusal)
+                fwd = e
+                if self._measure is not None and self._measure.open:
+                    self._measure.client_message(COPY_FAIL_MSG, refusal, self.in_flight)
+                if self._copy_ended():
+                    return self._stop_at(chunk, e, out, fwd)
+                continue
             elif t in (COPY_DONE_MSG, COPY_FAIL_MSG):
-                self.copy_end_sent()
-                if self._measure is not None and self._measure.copying:
-                    self._measure.copying = False
-                    if not self._measure.batch:
-                        # The end of a measured COPY's data: wait again for the decision
-                        # (a batch waits at its Sync, which follows).
-                        self.blocked = True
-                        return self._stop_at(chunk, e, out, fwd)
+                if self._copy_check is not None:
+                    self._copy_check.ended()
+                if self._copy_ended():
+                    return self._stop_at(chunk, e, out, fwd)
                 continue
             elif t == TERMINATE_MSG:
                 self.terminating = True
@@ -688,6 +716,19 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         if fwd < len(chunk):
             out.append(chunk[fwd:])
         return out
+
+    def _copy_ended(self) -> bool:
+        """The COPY's data ended (the client's CopyDone or CopyFail, or dbgate's
+        CopyFail); True when a measured COPY must now wait again for its decision (a
+        batch waits at its Sync, which follows)."""
+        self.copy_end_sent()
+        measured = self._measure
+        if measured is not None and measured.copying:
+            measured.copying = False
+            if not measured.batch:
+                self.blocked = True
+                return True
+        return False
 
     def _bound(self, chunk: bytes, s: int, e: int) -> None:
         """A Bind of a named portal (``chunk[s:e]`` is its body)."""
