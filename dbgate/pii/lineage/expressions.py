@@ -284,17 +284,19 @@ class Expressions(WalkState):
         builtin: bool,
         within: bool,
     ) -> Lin:
-        if body.get("over"):
-            self.window(body["over"], scope)
-        ranked = CLEAN
+        # a window function's value is computed from its window's order and
+        # partitions: it carries their keys' PII (``Queries.window``)
+        windowed = self.window(body["over"], scope) if body.get("over") else CLEAN
+        ranked = windowed
         if not within and body.get("agg_order"):
             # the order of an aggregate's input is kept in its result, which a subscript
             # cuts like a LIMIT (``(json_agg(g ORDER BY abs(g - ascii(...))))->0`` is the
             # code): each item chooses, as a query's ORDER BY does
+            keys = CLEAN
             for item in body["agg_order"]:
-                ranked = ranked | self.choose(item, scope, rows=False)
-            if not (builtin and body.get("agg_within_group")):
-                ranked = CLEAN
+                keys = keys | self.choose(item, scope, rows=False)
+            if builtin and body.get("agg_within_group"):
+                ranked = ranked | keys
         # a hypothetical-set aggregate counts the rows whose WITHIN GROUP key sorts
         # before its argument: ``rank(x) WITHIN GROUP (ORDER BY k)`` is ``1 + count(*)
         # FILTER (WHERE k < x)``, whose FILTER is a value of it (over one row,

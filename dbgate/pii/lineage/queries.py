@@ -112,6 +112,12 @@ class Queries(WalkState):
             return scope.mark(values)
         for item in body.get("fromClause") or ():
             scope.stars.append(self.from_item(item, scope))
+        if body.get("windowClause"):
+            # before the select list, whose window functions name them (``OVER w``)
+            scope.windows = {}
+            for wdef in body["windowClause"]:
+                wd = wdef.get("WindowDef") or wdef
+                scope.windows[wd.get("name") or ""] = self.window(wd, scope)
         out = Output()
         # a plain DISTINCT groups by every output: each chooses like a GROUP BY item
         distinct = distinct or body.get("distinctClause") == [{}]
@@ -282,8 +288,6 @@ class Queries(WalkState):
         for key in ("limitCount", "limitOffset"):
             if body.get(key):
                 self.chosen_by(self.expr(body[key], scope, FILTER), scope)
-        for wdef in body.get("windowClause") or ():
-            self.window(wdef.get("WindowDef") or wdef, scope)
         # Every ORDER BY may keep only some rows in its order: a sub-select's order
         # survives into the level above, whose LIMIT or DISTINCT ON cuts it (``SELECT *
         # FROM (... ORDER BY abs(g - ascii(...))) s LIMIT 1``), and a top-level one is cut
@@ -334,15 +338,40 @@ class Queries(WalkState):
             else:
                 self.chose(lin, refs)
 
-    def window(self, wdef: Node, scope: Scope) -> None:
+    def window(self, wdef: Node, scope: Scope) -> Lin:
         """A window's PARTITION BY and ORDER BY choose like predicates; its frame's
-        offsets (``ROWS BETWEEN CURRENT ROW AND ascii(...) FOLLOWING``) by value."""
-        for key in ("partitionClause", "orderClause"):
-            for item in wdef.get(key) or ():
-                self.choose(item, scope)
+        offsets (``ROWS BETWEEN CURRENT ROW AND ascii(...) FOLLOWING``) by value.
+
+        Returns the PII they put in the value of a window function over it: every
+        one of them (``rank()``, ``row_number()``, ``first_value(id)``, ``lag(id)``,
+        ``sum(1)``, ``count(*)``) is computed from the order and the partitions, so
+        over a table's rows ``rank() OVER (ORDER BY ascii(substr(email, 1, 1)) & 4)``
+        is 1 exactly where the bit is 0, and a select list of a few hundred of them
+        spells every row's e-mail, each row ranked among the others (a LIMIT after
+        them returns one). A PARTITION BY of a column as it is groups rows by whole
+        values, as ``GROUP BY email`` does: ``row_number() OVER (PARTITION BY email
+        ORDER BY created_at)`` stays a number. A window named (``OVER w``, ``OVER (w
+        ORDER BY ...)``) adds what the WINDOW clause's keys put there."""
+        carried = CLEAN
+        for item in wdef.get("partitionClause") or ():
+            lin = self.choose(item, scope)
+            if not _bare(item):
+                carried = carried | lin
+        for item in wdef.get("orderClause") or ():
+            carried = carried | self.choose(item, scope)
         for key in ("startOffset", "endOffset"):
             if wdef.get(key):
                 self.chosen_by(self.expr(wdef[key], scope, FILTER), scope)
+        named = wdef.get("refname") or (
+            wdef.get("name")
+            if not (wdef.get("partitionClause") or wdef.get("orderClause"))
+            else None
+        )
+        if named and scope.windows is not None:
+            carried = carried | scope.windows.get(named, CLEAN)
+        if carried.pii or carried.unknown or carried.params:
+            return Lin(carried.entities, carried.unknown, carried.params)
+        return CLEAN
 
     def chosen_by(self, lin: Lin, scope: Scope) -> None:
         """Rows of this level were chosen by the value of ``lin`` itself (a bind

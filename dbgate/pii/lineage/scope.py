@@ -81,7 +81,17 @@ class Item:
 
 
 class Scope:
-    __slots__ = ("asked", "asked_levels", "chosen", "ctes", "items", "parent", "serial", "stars")
+    __slots__ = (
+        "asked",
+        "asked_levels",
+        "chosen",
+        "ctes",
+        "items",
+        "parent",
+        "serial",
+        "stars",
+        "windows",
+    )
 
     def __init__(self, parent: Scope | None) -> None:
         self.serial = next(_SERIAL)
@@ -98,6 +108,9 @@ class Scope:
         #: the levels whose questions those are: this one, or the levels of a
         #: sub-select standing as a whole predicate here (``Scope.serial``)
         self.asked_levels: frozenset[int] = frozenset()
+        #: the named windows of its WINDOW clause: the PII their keys put in the value
+        #: of every window function over them (``Queries.window``)
+        self.windows: dict[str, Lin] | None = None
 
     def ask(self, lin: Lin, levels: frozenset[int] | None = None) -> None:
         """Rows of this level were kept by their own PII (``lin``): asked here, or at

@@ -1,0 +1,75 @@
+"""Orders chosen by PII, read through clean columns, on the real server (demo dataset).
+
+An agent that may not write reads which clean value comes first (or where it ranks)
+when rows are ordered by a bit of each row's own e-mail: ``rank() OVER (ORDER BY
+ascii(substr(email, i, 1)) & b)`` is 1 exactly when the bit is 0 (and some row has
+it), and ``(array_agg(id ORDER BY ... DESC, id <> 1))[1]`` is 1 exactly when customer
+1's bit is 1. Hundreds of them side by side in one select list spell a whole e-mail in
+one statement that returns one row. Unit-level: tests/unit/pii/test_lineage_order.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from tests.integration.pii.conftest import Demo
+from tests.integration.pii.test_hunt_lineage import _agent
+
+BITS = range(7)
+
+
+async def _email(pii_demo: Demo) -> str:
+    conn = await asyncpg.connect(pii_demo.dsn)
+    try:
+        return str(await conn.fetchval("select email from customers where id = 1"))
+    finally:
+        await conn.close()
+
+
+def _key(i: int, b: int) -> str:
+    return f"ascii(substr(email, {i}, 1)) & {1 << b}"
+
+
+def _decode(pairs: list[tuple[bool, bool]], length: int) -> str:
+    """Each bit from two answers: (says 1, says 0). When neither answers, every row has
+    the same bit (the agent cannot tell which): e-mail characters are mostly lower-case
+    letters and digits, whose bits 5 and 6 are what an agent would guess."""
+    chars = []
+    for i in range(length):
+        code = 0
+        for b in BITS:
+            one, zero = pairs[i * len(BITS) + b]
+            if one or (not zero and b in (5, 6)):
+                code |= 1 << b
+        chars.append(chr(code))
+    return "".join(chars)
+
+
+def _answers(row: tuple[bytes | None, ...], one: Any, zero: Any) -> list[tuple[bool, bool]]:
+    return [(one(row[k]), zero(row[k + 1])) for k in range(0, len(row), 2)]
+
+
+async def test_ranks_by_a_bit_of_the_rows_own_email_spell_it(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """Windows ordered by a PII-derived key: each rank says one bit of every row's
+    e-mail (rank > 1 under ASC: the bit is 1; under DESC: it is 0)."""
+    email = await _email(pii_demo)
+    cols = ", ".join(
+        f"rank() over (order by {_key(i, b)}), rank() over (order by {_key(i, b)} desc)"
+        for i in range(1, len(email) + 1)
+        for b in BITS
+    )
+    # windows are computed before the LIMIT: every row is ranked, one is returned
+    sql = f"select id, {cols} from customers order by id limit 1"
+    res = await _agent(pg_server, pii_demo, sql)
+    (sent,) = res.rows_before
+    (got,) = res.rows_after
+    ranked = _answers(sent[1:], lambda v: v != b"1", lambda v: v != b"1")
+    assert _decode(ranked, len(email)) == email  # what the server sent spells it
+    assert res.replaced == [set(range(1, len(sent)))]
+    assert got[0] == b"1"  # the id, chosen by nothing but itself, stays clean
+    after = _answers(got[1:], lambda v: v != b"1", lambda v: v != b"1")
+    assert _decode(after, len(email)) != email

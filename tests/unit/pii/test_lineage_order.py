@@ -1,0 +1,68 @@
+"""Orders chosen by PII, read through clean columns.
+
+A red-team run spelled every customer's e-mail in one statement that returned one row,
+without writing anything, by ranking the customers' own rows by bits of their e-mails:
+``select id, rank() over (order by ascii(substr(email, 1, 1)) & 1), ... from customers
+order by id limit 1`` (a rank is 1 exactly where the bit is 0; the windows are computed
+before the LIMIT), and the same with ``(array_agg(id order by ... desc, id <> 1))[1]``
+(1 exactly where customer 1's bit is 1). A window function's value, and an ordered
+aggregate's, is computed from the order and the partitions its keys make: it carries
+their PII. End to end: tests/integration/pii/test_hunt_order.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.pii.test_lineage_hunt import COV, output_of, show
+
+B = "ascii(substr(email, 1, 1)) & 4"
+
+WINDOW_LEAKS = [
+    f"select id, rank() over (order by {B}) from customers order by id limit 1",
+    f"select id, dense_rank() over (order by {B} desc) from customers",
+    f"select id, row_number() over (order by {B}, id) from customers",
+    f"select id, percent_rank() over (order by {B}) from customers",
+    f"select id, cume_dist() over (order by {B}) from customers",
+    f"select id, ntile(2) over (order by {B}) from customers",
+    f"select id, count(*) over (partition by {B}) from customers",
+    f"select id, count(*) over (order by {B}) from customers",
+    f"select id, sum(1) over (order by {B}) from customers",
+    f"select id, first_value(id) over (order by {B}) from customers",
+    f"select id, last_value(id) over (order by {B}) from customers",
+    f"select id, nth_value(id, 2) over (order by {B}) from customers",
+    f"select id, lag(id) over (order by {B}) from customers",
+    f"select id, lead(id) over (partition by {B} order by id) from customers",
+    f"select id, rank() over w from customers window w as (order by {B})",
+    f"select id, rank() over (w order by id) from customers window w as (partition by {B})",
+    f"select id, rank() over w2 from customers window w as (order by {B}), w2 as (w)",
+    "select id, rank() over (order by birth_date) from customers",
+    "select id, rank() over (order by (birth_date - date '1900-01-01') & 8) from customers",
+    "select id, row_number() over (order by email) from customers",
+    f"select id, (select rank() over (order by {B}) from customers c2 where c2.id = c.id)"
+    " from customers c",
+]
+
+
+@pytest.mark.parametrize("sql", WINDOW_LEAKS, ids=[f"w{i}" for i in range(len(WINDOW_LEAKS))])
+def test_a_window_ordered_or_partitioned_by_pii_is_pii(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert show(out.columns[0]) == "-", sql  # the rows' own ids stay clean
+    assert out.columns[1].pii, (sql, [show(c) for c in out.columns])
+
+
+WINDOW_CLEAN = [
+    "select id, row_number() over (order by id) from customers",
+    "select id, rank() over (partition by status order by total) from orders",
+    # whole values grouped, as GROUP BY email does: a count, not a bit
+    "select id, row_number() over (partition by email order by id) from customers",
+    "select id, count(*) over (partition by email) from customers",
+    "select id, count(*) over (partition by c.email::text) from customers c",
+    "select id, sum(1) over () from customers order by email",
+]
+
+
+@pytest.mark.parametrize("sql", WINDOW_CLEAN, ids=[f"c{i}" for i in range(len(WINDOW_CLEAN))])
+def test_a_window_over_clean_keys_or_whole_values_stays_clean(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert all(c.clean for c in out.columns), (sql, [show(c) for c in out.columns])
