@@ -291,12 +291,14 @@ class Expressions(WalkState):
         if not within and body.get("agg_order"):
             # the order of an aggregate's input is kept in its result, which a subscript
             # cuts like a LIMIT (``(json_agg(g ORDER BY abs(g - ascii(...))))->0`` is the
-            # code): each item chooses, as a query's ORDER BY does
-            keys = CLEAN
+            # code): each item chooses, as a query's ORDER BY does, and the value
+            # carries what the items read, from any row: over a table's own rows,
+            # ``(array_agg(id ORDER BY ascii(substr(email, i, 1)) & b DESC, id <>
+            # 1))[1]`` is 1 exactly where customer 1's bit is 1, and a select list of a
+            # few hundred spelled the e-mail in one returned row; ``string_agg(id::text,
+            # ',' ORDER BY birth_date)`` lists every customer by birth date in one row
             for item in body["agg_order"]:
-                keys = keys | self.choose(item, scope, rows=False)
-            if builtin and body.get("agg_within_group"):
-                ranked = ranked | keys
+                ranked = ranked | self.choose(item, scope, rows=False)
         # a hypothetical-set aggregate counts the rows whose WITHIN GROUP key sorts
         # before its argument: ``rank(x) WITHIN GROUP (ORDER BY k)`` is ``1 + count(*)
         # FILTER (WHERE k < x)``, whose FILTER is a value of it (over one row,

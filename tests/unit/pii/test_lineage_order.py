@@ -66,3 +66,41 @@ WINDOW_CLEAN = [
 def test_a_window_over_clean_keys_or_whole_values_stays_clean(sql: str) -> None:
     out = output_of(sql, COV)
     assert all(c.clean for c in out.columns), (sql, [show(c) for c in out.columns])
+
+
+AGGREGATE_LEAKS = [
+    f"select (array_agg(id order by {B} desc, id <> 1))[1] from customers",
+    f"select string_agg(id::text, ',' order by {B}, id) from customers",
+    f"select json_agg(id order by {B}) -> 0 from customers",
+    f"select jsonb_agg(id order by {B}) from customers",
+    f"select array_agg(id order by id, {B}) from customers",
+    "select string_agg(id::text, ',' order by birth_date) from customers",
+    "select json_agg(id order by email) from customers where id < 3",
+    f"select xmlagg(xmlelement(name i, id) order by {B}) from customers",
+    f"select (array_agg(distinct id order by id))[1], (array_agg(id order by {B}))[1]"
+    " from customers",
+    # inside a window: both orders
+    f"select (array_agg(id order by {B}) over ())[1] from customers",
+    # percentile_disc's WITHIN GROUP key is its input: that flowed already
+    f"select percentile_disc(0.5) within group (order by {B}) from customers",
+    f"select (min(array[{B}, id]))[2] from customers",
+]
+
+
+@pytest.mark.parametrize("sql", AGGREGATE_LEAKS, ids=[f"a{i}" for i in range(len(AGGREGATE_LEAKS))])
+def test_an_aggregate_ordered_by_pii_is_pii(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert out.columns[-1].pii, (sql, [show(c) for c in out.columns])
+
+
+AGGREGATE_CLEAN = [
+    "select array_agg(id order by id) from customers",
+    "select string_agg(status, ',' order by total desc) from orders",
+    "select array_agg(id order by id) from customers where email like 'a%'",
+]
+
+
+@pytest.mark.parametrize("sql", AGGREGATE_CLEAN, ids=[f"c{i}" for i in range(len(AGGREGATE_CLEAN))])
+def test_an_aggregate_ordered_by_clean_keys_stays_clean(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert all(c.clean for c in out.columns), (sql, [show(c) for c in out.columns])
