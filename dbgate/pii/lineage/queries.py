@@ -154,7 +154,7 @@ class Queries(WalkState):
                     ],
                 )
             )
-        self.control(body, scope, targets)
+        self.control(body, scope, targets, bare)
         if body.get("lockingClause"):
             self.locks_chosen(scope)
         # last: a correlated predicate anywhere below may have chosen this level's rows
@@ -260,6 +260,7 @@ class Queries(WalkState):
         body: Node,
         scope: Scope,
         targets: list[tuple[str, Lin, list[Ref] | None]] = (),  # type: ignore[assignment]
+        bare: list[bool] | None = None,
     ) -> None:
         """Clauses that choose rows but carry no values of their own.
 
@@ -281,10 +282,15 @@ class Queries(WalkState):
         for item in body.get("groupClause") or ():
             self.choose(item, scope)
             self.choose_output(item, scope, targets)
+        # A nested level's order is a value of its rows (below): not the statement's
+        # own query (a top-level SELECT, an INSERT's), whose order only orders
+        nested = scope.parent is not None and body is not self.statement_query
         distinct_on = [d for d in body.get("distinctClause") or () if d]
         for item in distinct_on:
-            self.choose(item, scope)
-            self.choose_output(item, scope, targets)
+            key = self.choose(item, scope)
+            hits = self.choose_output(item, scope, targets)
+            if nested:
+                self.ordered_by(item, key, hits, targets, bare, scope)
         for key in ("limitCount", "limitOffset"):
             if body.get(key):
                 self.chosen_by(self.expr(body[key], scope, FILTER), scope)
@@ -295,30 +301,60 @@ class Queries(WalkState):
         # the text does not show. So each ORDER BY chooses (a PII key that relates no
         # other row source, ``ORDER BY email``, still only orders).
         for item in body.get("sortClause") or ():
-            self.choose(item, scope)
-            self.choose_output(item, scope, targets)
+            key = self.choose(item, scope)
+            hits = self.choose_output(item, scope, targets)
+            if nested:
+                self.ordered_by(item, key, hits, targets, bare, scope)
+
+    def ordered_by(
+        self,
+        item: Node,
+        key: Lin,
+        hits: list[int],
+        targets: list[tuple[str, Lin, list[Ref] | None]],
+        bare: list[bool] | None,
+        scope: Scope,
+    ) -> None:
+        """An ORDER BY or DISTINCT ON item of a nested level (a sub-select, a CTE, a
+        set operation's branch) whose key is computed from PII chooses that level's
+        rows by it, even from a table row's own values: which rows come first, which a
+        LIMIT, an OFFSET, WITH TIES, DISTINCT ON or the level above keeps (its LIMIT,
+        an aggregate or a window reading the rows in that order), is decided by every
+        row's key compared with the others', not by each row alone. ``(SELECT id FROM
+        customers ORDER BY ascii(substr(email, i, 1)) & b, id <> 1 LIMIT 1)`` is 1
+        exactly where customer 1's bit is 0, and a few hundred such derived tables
+        cross-joined spelled the e-mail in one returned row. A column as it is
+        (``ORDER BY email``, ``DISTINCT ON (email)``) orders every level alike: stacked,
+        it says nothing more than the statement's own ORDER BY email, and stays clean."""
+        lin = CLEAN if _bare(item.get("SortBy", {}).get("node", item)) else key
+        for k in hits:
+            if not (bare is not None and k < len(bare) and bare[k]):
+                lin = lin | targets[k][1]
+        if lin.pii or lin.unknown:
+            scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown)
 
     def choose_output(
         self,
         item: Node,
         scope: Scope,
         targets: list[tuple[str, Lin, list[Ref] | None]],
-    ) -> None:
+    ) -> list[int]:
         """An ORDER BY, GROUP BY or DISTINCT ON item that names an output column — by
         its position (``ORDER BY 2``) or by its name or alias (``ORDER BY x``; GROUP BY
         reads a name as an input column first, so both are taken) — chooses by that
         output's value, which ``choose`` on the item itself (a constant, or a name no
-        input has) does not see."""
+        input has) does not see. Returns the positions of the outputs it names."""
         if not targets:
-            return
+            return []
         node = item.get("SortBy", {}).get("node", item) if "SortBy" in item else item
         # ROLLUP (2), CUBE (b), GROUPING SETS ((1, b)) name outputs too
         nested = node.get("GroupingSet", {}).get("content") or node.get("RowExpr", {}).get("args")
         if nested:
+            out: list[int] = []
             for sub in nested:
-                self.choose_output(sub, scope, targets)
-            return
-        hits: list[tuple[str, Lin, list[Ref] | None]] = []
+                out.extend(self.choose_output(sub, scope, targets))
+            return out
+        hits: list[int] = []
         if "A_Const" in node:
             # the position is a literal: another text of this shape names another output
             self.r.reads_literals = True
@@ -326,17 +362,19 @@ class Queries(WalkState):
             if isinstance(ival, dict):
                 k = ival.get("ival", 0)
                 if isinstance(k, int) and 1 <= k <= len(targets):
-                    hits.append(targets[k - 1])
+                    hits.append(k - 1)
         elif "ColumnRef" in node:
             fields = node["ColumnRef"].get("fields") or ()
             if len(fields) == 1 and "String" in fields[0]:
                 name = fields[0]["String"].get("sval")
-                hits.extend(t for t in targets if t[0] == name)
-        for _name, lin, refs in hits:
+                hits.extend(k for k, t in enumerate(targets) if t[0] == name)
+        for k in hits:
+            _name, lin, refs = targets[k]
             if refs is None:  # an output of a set operation: no row to relate it with
                 self.chosen_by(lin, scope)
             else:
                 self.chose(lin, refs)
+        return hits
 
     def window(self, wdef: Node, scope: Scope) -> Lin:
         """A window's PARTITION BY and ORDER BY choose like predicates; its frame's

@@ -52,6 +52,9 @@ class WalkState:
         #: (``Sort Method: quicksort  Memory: 150kB`` of ``repeat('x', ascii(...))``
         #: in a sub-select); None when not recording
         self.seen: Lin | None = None
+        #: the SELECT an INSERT copies from: the statement's own query, whose order
+        #: only orders, as a top-level SELECT's does (``Queries.control``)
+        self.statement_query: Node | None = None
         #: sub-selects walked whose value is PII (``Expressions.from_elsewhere``)
         self.sublinks = 0
         #: the parsed statements of the text, for :meth:`cuts_anywhere`

@@ -182,6 +182,7 @@ class Writes(WalkState):
                         )
                         self.check_write(self.expr(e, scope, ctx), ctx, e)
             else:
+                self.statement_query = sbody
                 out = source = self.select(sbody, scope, OUTPUT)
                 # which rows it copies spells the value, even copies into PII
                 # columns: their stored tokens tell which rows they were

@@ -97,3 +97,27 @@ async def test_ordered_aggregates_by_a_bit_of_the_rows_own_email_spell_it(
     assert res.replaced == [set(range(len(sent)))]
     after = _answers(got, lambda v: v == b"1", lambda v: v == b"1")
     assert _decode([(o and not z, z and not o) for o, z in after], len(email)) != email
+
+
+async def test_derived_tables_cut_in_an_order_by_a_bit_of_the_rows_own_email_spell_it(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """A sub-select's ORDER BY ... LIMIT 1 by a PII-derived key returns one row whose
+    id says one bit of customer 1's e-mail; cross-joined, many such sub-selects return
+    one row holding them all (the first six characters here)."""
+    email = (await _email(pii_demo))[:6]
+    tables = ", ".join(
+        f"(select id from customers order by {_key(i, b)}{d}, id <> 1 limit 1) t{i}_{b}{k}"
+        for i in range(1, len(email) + 1)
+        for b in BITS
+        for k, d in enumerate((" desc", ""))
+    )
+    res = await _agent(pg_server, pii_demo, f"select * from {tables}")
+    (sent,) = res.rows_before
+    (got,) = res.rows_after
+    first = _answers(sent, lambda v: v == b"1", lambda v: v == b"1")
+    first = [(o and not z, z and not o) for o, z in first]
+    assert _decode(first, len(email)) == email  # what the server sent spells it
+    assert res.replaced == [set(range(len(sent)))]
+    after = _answers(got, lambda v: v == b"1", lambda v: v == b"1")
+    assert _decode([(o and not z, z and not o) for o, z in after], len(email)) != email
