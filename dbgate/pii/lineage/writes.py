@@ -182,7 +182,10 @@ class Writes(WalkState):
                         )
                         self.check_write(self.expr(e, scope, ctx), ctx, e)
             else:
-                self.statement_query = sbody
+                if outer is None:
+                    # the statement's own query (``Queries.control``); in a CTE, what
+                    # it inserts comes back as rows of a level (RETURNING)
+                    self.statement_query = sbody
                 out = source = self.select(sbody, scope, OUTPUT)
                 # which rows it copies spells the value, even copies into PII
                 # columns: their stored tokens tell which rows they were

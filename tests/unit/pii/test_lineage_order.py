@@ -168,3 +168,10 @@ def test_an_insert_copying_rows_in_an_order_of_pii_is_not_held() -> None:
         COV,
     )
     assert a.pii_writes
+    a = analyze(
+        f"with x as (insert into orders (id) select id from customers order by {B}, id <> 1"
+        " limit 1 returning id) select x.id from x",
+        COV,
+    )
+    (st,) = a.statements
+    assert st.output is not None and st.output.columns[0].pii
