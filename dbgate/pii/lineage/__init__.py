@@ -11,7 +11,11 @@ GROUP BY, ORDER BY, a window's PARTITION BY or an aggregate's FILTER only decide
 no value. Except when the choice *is* a value: a predicate that relates a PII-derived
 value with columns of another row source (``g = ascii(substr(full_name, 1, 1))``, ``g
 IN (SELECT ... full_name ...)``) makes the rows of those columns spell the PII, so
-every output of their query level is derived from it (``Queries.choose``).
+every output of their query level is derived from it (``Queries.choose``). And a value
+computed from an order carries what ordered it, a row's own PII too: a window
+function's value its window's keys (``Queries.window``), an ordered aggregate's value
+its ORDER BY, and a nested level's rows an ORDER BY or DISTINCT ON of an expression of
+PII (``Queries.ordered_by``).
 Everything the walker cannot follow — a user-defined function, a relation
 not in the schema snapshot, a cursor it did not see declared, a node type it does not
 know — makes the value *unknown*, which callers treat as PII (fail closed).
