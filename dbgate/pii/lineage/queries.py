@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dbgate.pii.lin import CLEAN, Lin
 from dbgate.pii.lineage.context import FILTER, OUTPUT, Ctx
-from dbgate.pii.lineage.nodes import Node, one, strs
+from dbgate.pii.lineage.nodes import Node, lossless_cast, one, strs
 from dbgate.pii.lineage.results import Output
 from dbgate.pii.lineage.scope import Item, Ref, Scope
 from dbgate.pii.lineage.state import WalkState
@@ -326,7 +326,7 @@ class Queries(WalkState):
         cross-joined spelled the e-mail in one returned row. A column as it is
         (``ORDER BY email``, ``DISTINCT ON (email)``) orders every level alike: stacked,
         it says nothing more than the statement's own ORDER BY email, and stays clean."""
-        lin = CLEAN if _bare(item.get("SortBy", {}).get("node", item)) else key
+        lin = CLEAN if _whole_column(item.get("SortBy", {}).get("node", item)) else key
         for k in hits:
             if not (bare is not None and k < len(bare) and bare[k]):
                 lin = lin | targets[k][1]
@@ -393,7 +393,7 @@ class Queries(WalkState):
         carried = CLEAN
         for item in wdef.get("partitionClause") or ():
             lin = self.choose(item, scope)
-            if not _bare(item):
+            if not _whole_column(item):
                 carried = carried | lin
         for item in wdef.get("orderClause") or ():
             carried = carried | self.choose(item, scope)
@@ -772,6 +772,19 @@ def _whole_value_guess(node: Node) -> bool:
 def _bare(node: object) -> bool:
     while isinstance(node, dict) and "TypeCast" in node:
         node = node["TypeCast"].get("arg")
+    return isinstance(node, dict) and "ColumnRef" in node
+
+
+def _whole_column(node: object) -> bool:
+    """Whether an ORDER BY, DISTINCT ON or PARTITION BY item is a column as it is, cast
+    or not to a type that keeps it whole (``email``, ``c.email::text``): not
+    ``email::varchar(1)``, which orders and groups by the first character, one of as
+    many orders as there are lengths."""
+    while isinstance(node, dict) and "TypeCast" in node:
+        cast = node["TypeCast"]
+        if not lossless_cast(cast.get("typeName") or {}):
+            return False
+        node = cast.get("arg")
     return isinstance(node, dict) and "ColumnRef" in node
 
 

@@ -39,6 +39,9 @@ WINDOW_LEAKS = [
     "select id, rank() over (order by birth_date) from customers",
     "select id, rank() over (order by (birth_date - date '1900-01-01') & 8) from customers",
     "select id, row_number() over (order by email) from customers",
+    # a cast that keeps a part groups by that part: one of as many groupings as lengths
+    "select id, count(*) over (partition by email::varchar(1)) from customers",
+    'select id, count(*) over (partition by email::"char") from customers',
     f"select id, (select rank() over (order by {B}) from customers c2 where c2.id = c.id)"
     " from customers c",
 ]
@@ -120,6 +123,8 @@ NESTED_LEAKS = [
     "select a.id from (select id from customers order by birth_date - date '1900-01-01' & 8,"
     " id <> 1 limit 1) a",
     'select a.id from (select id from customers order by email collate "C" limit 1) a',
+    "select a.id from (select id from customers order by email::varchar(3), id <> 1 limit 1) a",
+    "select a.id from (select distinct on (email::varchar(1)) id from customers) a",
     # cut by the level above, or read in order by an aggregate or a window there
     f"select id from (select id from customers order by {B}, id <> 1) s limit 1",
     f"select string_agg(id::text, ',') from (select id from customers order by {B}, id) s",
