@@ -121,3 +121,37 @@ async def test_derived_tables_cut_in_an_order_by_a_bit_of_the_rows_own_email_spe
     assert res.replaced == [set(range(len(sent)))]
     after = _answers(got, lambda v: v == b"1", lambda v: v == b"1")
     assert _decode([(o and not z, z and not o) for o, z in after], len(email)) != email
+
+
+async def test_ranks_by_bits_of_a_birth_date_spell_it(pg_server: Any, pii_demo: Demo) -> None:
+    """The same windows over the days since 1900 of each birth date: sixteen pairs of
+    ranks pin customer 1's birth date (up to bits no customer differs in)."""
+    conn = await asyncpg.connect(pii_demo.dsn)
+    try:
+        days = [
+            int(r[0])
+            for r in await conn.fetch(
+                "select birth_date - date '1900-01-01' from customers order by id"
+            )
+        ]
+    finally:
+        await conn.close()
+    key = "(birth_date - date '1900-01-01') & {}"
+    cols = ", ".join(
+        f"rank() over (order by {key.format(1 << b)}), rank() over (order by {key.format(1 << b)} desc)"
+        for b in range(16)
+    )
+    res = await _agent(pg_server, pii_demo, f"select id, {cols} from customers order by id limit 1")
+    (sent,) = res.rows_before
+    (got,) = res.rows_after
+    mixed = [b for b in range(16) if len({d >> b & 1 for d in days}) == 2]
+    assert len(mixed) >= 12
+
+    def spelled(row: tuple[bytes | None, ...]) -> int:
+        pairs = _answers(row[1:], lambda v: v != b"1", lambda v: v != b"1")
+        return sum(1 << b for b in mixed if pairs[b][0])
+
+    truth = sum(days[0] & (1 << b) for b in mixed)
+    assert spelled(sent) == truth  # what the server sent spells it
+    assert res.replaced == [set(range(1, len(sent)))]
+    assert spelled(got) != truth
