@@ -125,6 +125,7 @@ class Queries(WalkState):
         # ORDER BY / GROUP BY / DISTINCT ON items that name an output by position or alias
         targets: list[tuple[str, Lin, list[Ref] | None]] = []
         bare: list[bool] = []  # per output column: its target is a column as it is
+        whole: list[bool] = []  # ... and not cut by its cast (``_whole_column``)
         for target in body.get("targetList") or ():
             rt = target["ResTarget"]
             n = len(out.columns)
@@ -142,6 +143,7 @@ class Queries(WalkState):
                 lin = lin | out.columns[k]
                 targets.append((out.names[k], out.columns[k] | tail, refs))
                 bare.append(_bare(rt.get("val")))
+                whole.append(_whole_column(rt.get("val")))
             if distinct:
                 self.chose(lin, refs)
         if rows is not None:
@@ -154,7 +156,7 @@ class Queries(WalkState):
                     ],
                 )
             )
-        self.control(body, scope, targets, bare)
+        self.control(body, scope, targets, whole)
         if body.get("lockingClause"):
             self.locks_chosen(scope)
         # last: a correlated predicate anywhere below may have chosen this level's rows
@@ -260,7 +262,7 @@ class Queries(WalkState):
         body: Node,
         scope: Scope,
         targets: list[tuple[str, Lin, list[Ref] | None]] = (),  # type: ignore[assignment]
-        bare: list[bool] | None = None,
+        whole: list[bool] | None = None,
     ) -> None:
         """Clauses that choose rows but carry no values of their own.
 
@@ -290,7 +292,7 @@ class Queries(WalkState):
             key = self.choose(item, scope)
             hits = self.choose_output(item, scope, targets)
             if nested:
-                self.ordered_by(item, key, hits, targets, bare, scope)
+                self.ordered_by(item, key, hits, targets, whole, scope)
         for key in ("limitCount", "limitOffset"):
             if body.get(key):
                 self.chosen_by(self.expr(body[key], scope, FILTER), scope)
@@ -304,7 +306,7 @@ class Queries(WalkState):
             key = self.choose(item, scope)
             hits = self.choose_output(item, scope, targets)
             if nested:
-                self.ordered_by(item, key, hits, targets, bare, scope)
+                self.ordered_by(item, key, hits, targets, whole, scope)
 
     def ordered_by(
         self,
@@ -312,7 +314,7 @@ class Queries(WalkState):
         key: Lin,
         hits: list[int],
         targets: list[tuple[str, Lin, list[Ref] | None]],
-        bare: list[bool] | None,
+        whole: list[bool] | None,
         scope: Scope,
     ) -> None:
         """An ORDER BY or DISTINCT ON item of a nested level (a sub-select, a CTE, a
@@ -325,10 +327,11 @@ class Queries(WalkState):
         exactly where customer 1's bit is 0, and a few hundred such derived tables
         cross-joined spelled the e-mail in one returned row. A column as it is
         (``ORDER BY email``, ``DISTINCT ON (email)``) orders every level alike: stacked,
-        it says nothing more than the statement's own ORDER BY email, and stays clean."""
+        it says nothing more than the statement's own ORDER BY email, and stays clean
+        (``whole``: per output column, whether it is one, for ``ORDER BY 2``)."""
         lin = CLEAN if _whole_column(item.get("SortBy", {}).get("node", item)) else key
         for k in hits:
-            if not (bare is not None and k < len(bare) and bare[k]):
+            if not (whole is not None and k < len(whole) and whole[k]):
                 lin = lin | targets[k][1]
         if lin.pii or lin.unknown:
             scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown)

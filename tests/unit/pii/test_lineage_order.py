@@ -125,6 +125,7 @@ NESTED_LEAKS = [
     'select a.id from (select id from customers order by email collate "C" limit 1) a',
     "select a.id from (select id from customers order by email::varchar(3), id <> 1 limit 1) a",
     "select a.id from (select distinct on (email::varchar(1)) id from customers) a",
+    "select a.id from (select id, email::varchar(2) from customers order by 2, id <> 1 limit 1) a",
     # cut by the level above, or read in order by an aggregate or a window there
     f"select id from (select id from customers order by {B}, id <> 1) s limit 1",
     f"select string_agg(id::text, ',') from (select id from customers order by {B}, id) s",
