@@ -181,3 +181,29 @@ def test_an_insert_copying_rows_in_an_order_of_pii_is_not_held() -> None:
     )
     (st,) = a.statements
     assert st.output is not None and st.output.columns[0].pii
+
+
+# PII related with another row source's clean columns in an order, or with guesses
+# the agent supplies: these chose their level's rows before (``Queries.choose``)
+RELATED = [
+    "select g, first_value(g) over (order by ascii(substr(c.email, g, 1)) # g)"
+    " from customers c, generate_series(1, 20) g where c.id = 42",
+    "select string_agg(g::text, ',' order by ascii(substr(c.email, g, 1)) # g)"
+    " from customers c, generate_series(1, 20) g where c.id = 42",
+    "select g, rank() over (partition by g order by ascii(substr(c.email, g / 8 + 1, 1))"
+    " & (1 << g % 8)) from customers c, generate_series(0, 167) g where c.id = 42",
+    "select k, rank() over (order by e) from (select 1 k, email e from customers where id = 42"
+    " union all select 2, 'm') s",
+    "select (array_agg(k order by e))[1] from (select 1 k, email e from customers where id = 42"
+    " union all select 2, 'm') s",
+    "select k from (select 1 k, email e from customers where id = 42 union all"
+    " select 2, 'm') s order by e fetch first 1 rows with ties",
+    "select distinct on (true) v from customers c, (values (1), (2)) t(v) where c.id = 42"
+    " order by true, ascii(substr(c.email, v, 1)) & 4",
+]
+
+
+@pytest.mark.parametrize("sql", RELATED, ids=[f"r{i}" for i in range(len(RELATED))])
+def test_an_order_relating_pii_with_other_rows_is_pii(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert out.columns[0].pii, (sql, [show(c) for c in out.columns])
