@@ -2112,3 +2112,41 @@ def test_a_set_operation_compares_whole_rows(dsn: str, raw: dict[str, Any]) -> N
             f" generate_series(0, {bits - 1}) g except ({branches})) s"
         ).fetchone()
         assert got != truth
+
+
+def test_ranks_in_an_order_of_pii_come_back_tokenized(
+    dsn: str, admin_dsn: str, raw: dict[str, Any]
+) -> None:
+    """Windows ranked by bits of every customer's e-mail, cut to customer 42's row by a
+    LIMIT the server applies after them: straight from the server the ranks spell the
+    e-mail's first characters (rank > 1 in the ascending order: the bit is 1; in the
+    descending one: 0), through the gate they are pseudonyms."""
+    chars = raw["email"][:4]
+    key = "ascii(substr(email, {i}, 1)) & {bit}"
+    cols = ", ".join(
+        f"rank() over (order by {key.format(i=i, bit=1 << b)}),"
+        f" rank() over (order by {key.format(i=i, bit=1 << b)} desc)"
+        for i in range(1, len(chars) + 1)
+        for b in range(7)
+    )
+    sql = f"select id, {cols} from customers order by id <> 42, id limit 1"
+
+    def spelled(row: tuple[Any, ...]) -> str:
+        out = ""
+        for i in range(len(chars)):
+            code = 0
+            for b in range(7):
+                up, down = row[1 + 2 * (7 * i + b)], row[2 + 2 * (7 * i + b)]
+                # neither: every customer has the same bit; letters have bits 5 and 6
+                if up != 1 or (down == 1 and b in (5, 6)):
+                    code |= 1 << b
+            out += chr(code)
+        return out
+
+    with psycopg.connect(admin_dsn) as admin:
+        assert spelled(admin.execute(sql).fetchone()) == chars
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(sql).fetchone()
+    assert row[0] == 42
+    assert spelled(row) != chars
+    assert all(v != 1 for v in row[1:])
