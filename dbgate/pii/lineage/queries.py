@@ -390,13 +390,15 @@ class Queries(WalkState):
         is 1 exactly where the bit is 0, and a select list of a few hundred of them
         spells every row's e-mail, each row ranked among the others (a LIMIT after
         them returns one). A PARTITION BY of a column as it is groups rows by whole
-        values, as ``GROUP BY email`` does: ``row_number() OVER (PARTITION BY email
-        ORDER BY created_at)`` stays a number. A window named (``OVER w``, ``OVER (w
+        values, as ``GROUP BY email`` does, and asks no row a question of its own
+        (``Queries.chose``): ``row_number() OVER (PARTITION BY email ORDER BY
+        created_at)`` stays a number, in a sub-select too (``... WHERE rn = 1``). A window named (``OVER w``, ``OVER (w
         ORDER BY ...)``) adds what the WINDOW clause's keys put there."""
         carried = CLEAN
         for item in wdef.get("partitionClause") or ():
-            lin = self.choose(item, scope)
-            if not _whole_column(item):
+            whole = _whole_column(item)
+            lin = self.choose(item, scope, whole=whole)
+            if not whole:
                 carried = carried | lin
         for item in wdef.get("orderClause") or ():
             carried = carried | self.choose(item, scope)
@@ -421,7 +423,12 @@ class Queries(WalkState):
             scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
 
     def choose(
-        self, node: Node | None, scope: Scope, aggregated: bool = False, rows: bool = True
+        self,
+        node: Node | None,
+        scope: Scope,
+        aggregated: bool = False,
+        rows: bool = True,
+        whole: bool = False,
     ) -> Lin:
         """Walk a clause that chooses rows (WHERE, HAVING, JOIN ... ON, FILTER).
 
@@ -496,7 +503,10 @@ class Queries(WalkState):
                 # table row is chosen by its own values here (``HAVING count(*) >= o.id``)
                 lin = lin | Lin(chosen.entities, chosen.unknown, chosen.params)
                 elsewhere = True
-        self.chose(lin, refs, elsewhere, scope, _whole_equality(node), _whole_value_guess(node))
+        # ``whole``: a column as it is that groups rows by their whole values (a
+        # window's PARTITION BY email): no question of a row, as a guess is not
+        guess = whole or _whole_value_guess(node)
+        self.chose(lin, refs, elsewhere, scope, _whole_equality(node), guess)
         return lin
 
     def chose(

@@ -207,3 +207,24 @@ RELATED = [
 def test_an_order_relating_pii_with_other_rows_is_pii(sql: str) -> None:
     out = output_of(sql, COV)
     assert out.columns[0].pii, (sql, [show(c) for c in out.columns])
+
+
+def test_a_deduplication_by_a_whole_value_keeps_its_rows_clean() -> None:
+    """``PARTITION BY email`` groups whole values: in a sub-select, ``rn = 1`` keeps
+    one row per e-mail, and asks no row a question of its own value."""
+    for sql in (
+        "select id from (select id, row_number() over (partition by email order by id desc) rn"
+        " from customers) s where rn = 1",
+        "select count(*) from (select id, count(*) over (partition by email) n"
+        " from customers) s where n > 1",
+    ):
+        out = output_of(sql, COV)
+        assert out.columns[0].clean, (sql, [show(c) for c in out.columns])
+    # a whole column of a row a query made (guesses beside PII) is not one stored value
+    out = output_of(
+        "select k from (select k, row_number() over (partition by e order by k) rn from"
+        " (select 1 k, email e from customers where id = 42 union all select 2, 'm') g) s"
+        " where rn = 1",
+        COV,
+    )
+    assert out.columns[0].pii
