@@ -97,6 +97,21 @@ class RawClient:
         return cls(reader, writer)
 
     @classmethod
+    async def from_dsn(cls, dsn: str) -> RawClient:
+        """Connected and authenticated as a libpq DSN names (host, port, user, password,
+        database): a driver's DSN through dbgate, for the same session at the wire."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(dsn)
+        return await cls.connect(
+            str(info["host"]),
+            int(info["port"]),
+            user=str(info["user"]),
+            password=str(info["password"]),
+            database=str(info["dbname"]),
+        )
+
+    @classmethod
     async def connect(
         cls,
         host: str,

@@ -1335,7 +1335,6 @@ def test_a_bind_that_may_bind_another_statement_gets_no_tokens_resolved(
     A Bind in the next batch, sent before the answers, with customer 42's token: the
     server binds the first statement. Before, dbgate judged the Bind as the second
     statement alone, resolved the token and the first echoed the raw e-mail address."""
-    from psycopg.conninfo import conninfo_to_dict
 
     from dbgate.wire import messages as m
     from tests.integration.clients.conftest import run_async
@@ -1345,16 +1344,9 @@ def test_a_bind_that_may_bind_another_statement_gets_no_tokens_resolved(
         row = conn.execute("select email from customers where id = 42").fetchone()
     assert row is not None and row[0].startswith("tok_email_")
     token = row[0]
-    info = conninfo_to_dict(dsn)
 
     async def attack() -> list[Any]:
-        client = await RawClient.connect(
-            str(info["host"]),
-            int(info["port"]),
-            user=str(info["user"]),
-            password=str(info["password"]),
-            database=str(info["dbname"]),
-        )
+        client = await RawClient.from_dsn(dsn)
         try:
             client.send(
                 m.Parse("", "select $1::text"),
@@ -1902,7 +1894,6 @@ def test_a_token_in_a_parameter_declared_of_a_type_that_cuts_is_refused(
     array of one, or a float type) makes the server read the token's value cut — its
     first byte compared with the stored single characters names the e-mail's first
     character. Such a Bind's token is refused (22023), like ``"char"``'s own OID."""
-    from psycopg.conninfo import conninfo_to_dict
 
     from dbgate.wire import messages as m
     from tests.integration.clients.conftest import run_async
@@ -1916,16 +1907,9 @@ def test_a_token_in_a_parameter_declared_of_a_type_that_cuts_is_refused(
         "any($1::text[])" if array else "$1::text"
     )
     value = ("{" + token + "}") if array else token
-    info = conninfo_to_dict(dsn)
 
     async def run() -> list[Any]:
-        client = await RawClient.connect(
-            str(info["host"]),
-            int(info["port"]),
-            user=str(info["user"]),
-            password=str(info["password"]),
-            database=str(info["dbname"]),
-        )
+        client = await RawClient.from_dsn(dsn)
         try:
             client.send(
                 m.Parse("", sql, (oid,)),

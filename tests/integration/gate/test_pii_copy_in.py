@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncpg
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from dbgate.wire import messages as m
 from tests.integration.holds.harness import HoldsEnv, admin_execute, admin_query
@@ -96,14 +95,7 @@ async def test_a_token_cut_across_copydata_messages_is_still_found(
     """Drivers cut CopyData wherever their buffer ends; the first half of the token
     ends one message and the rest begins the next."""
     _clear(env)
-    info = conninfo_to_dict(env.dsn)
-    client = await RawClient.connect(
-        str(info["host"]),
-        int(info["port"]),
-        user=str(info["user"]),
-        password=str(info["password"]),
-        database=str(info["dbname"]),
-    )
+    client = await RawClient.from_dsn(env.dsn)
     try:
         client.send(m.Query(f"COPY {TABLE} (id, email, note) FROM STDIN").encode())
         await client.until(m.CopyInResponse)
