@@ -124,3 +124,30 @@ async def test_copy_data_that_only_looks_like_a_token_is_stored(env: HoldsEnv) -
     finally:
         await conn.close()
     assert [r[2] for r in _stored(env)[1:]] == near
+
+
+async def test_long_copydata_messages_are_looked_at_whole(env: HoldsEnv, token: str) -> None:
+    """A CopyData over 64 KiB is held whole to be looked at (within the memory budget):
+    a clean one is stored as sent, one whose last line holds a token is refused."""
+    _clear(env)
+    clean = b"".join(b"%d\tbulk\t%s\n" % (1000 + i, b"x" * 10_000) for i in range(90))
+    assert len(clean) > 512 * 1024
+    client = await RawClient.from_dsn(env.dsn)
+    try:
+        for data, refused in (
+            (clean, False),
+            (clean + f"5\t{token}\tx\n".encode(), True),
+        ):
+            _clear(env)
+            client.send(m.Query(f"COPY {TABLE} (id, email, note) FROM STDIN").encode())
+            await client.until(m.CopyInResponse)
+            client.send(m.CopyData(data), m.CopyDone())
+            answers = await client.until_ready()
+            if refused:
+                assert [e.sqlstate for e in errors(answers)] == ["22023"]
+                assert [r[0] for r in _stored(env)] == [1]
+            else:
+                assert not errors(answers)
+                assert len(_stored(env)) == 91
+    finally:
+        await client.close()
