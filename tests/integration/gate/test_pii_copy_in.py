@@ -8,9 +8,13 @@ and the connection goes on serving (a pool keeps it).
 
 from __future__ import annotations
 
+import io
+
 import asyncpg
+import pg8000.native
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from dbgate.wire import messages as m
 from tests.integration.holds.harness import HoldsEnv, admin_execute, admin_query
@@ -151,3 +155,33 @@ async def test_long_copydata_messages_are_looked_at_whole(env: HoldsEnv, token: 
                 assert len(_stored(env)) == 91
     finally:
         await client.close()
+
+
+def test_pg8000_extended_protocol_copy_with_a_token_is_refused(env: HoldsEnv, token: str) -> None:
+    """pg8000 sends COPY through Parse/Bind/Execute and its data before the Sync (a
+    measured batch here): refused the same way, inside a transaction block too."""
+    _clear(env)
+    info = conninfo_to_dict(env.dsn)
+    conn = pg8000.native.Connection(
+        str(info["user"]),
+        host=str(info["host"]),
+        port=int(info["port"]),
+        database=str(info["dbname"]),
+        password=str(info["password"]),
+        timeout=30,
+    )
+    try:
+        with pytest.raises(pg8000.native.DatabaseError) as caught:
+            conn.run(f"COPY {TABLE} (id, email) FROM STDIN", stream=io.StringIO(f"2\t{token}\n"))
+        assert caught.value.args[0]["C"] == "22023"
+        assert conn.run("SELECT 42") == [[42]]
+        conn.run("START TRANSACTION")
+        with pytest.raises(pg8000.native.DatabaseError):
+            conn.run(f"COPY {TABLE} (id, email) FROM STDIN", stream=io.StringIO(f"3\t{token}\n"))
+        conn.run("ROLLBACK")
+        conn.run(
+            f"COPY {TABLE} (id, email) FROM STDIN", stream=io.StringIO("4\tplain@example.com\n")
+        )
+    finally:
+        conn.close()
+    assert [r[0] for r in _stored(env)] == [1, 4]
