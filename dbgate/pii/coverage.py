@@ -6,6 +6,9 @@ Built once per snapshot (at start and after each refresh), then read-only:
   (:meth:`dbgate.pii.catalog.Catalog.classify`), plus whatever a parent table marks
   (a partition or child inherits its parent's PII columns, whatever it is called),
   plus the PII fields of a column's composite type (``contact contact_t``);
+* foreign keys: a column that references a PII column, or that a PII column
+  references, holds the same values (``buyer text REFERENCES customers(email)``), so
+  every column a chain of foreign keys links to a PII column is PII with no entry;
 * generated columns: the lineage of their expression over the row's other columns,
   so ``name_lc text GENERATED ALWAYS AS (lower(full_name))`` is PII with no entry;
 * views and materialized views: the lineage of their definition, so a view column
@@ -59,14 +62,70 @@ class Coverage:
     #: of the view runs them): those relations, by the view's oid
     policed_views: dict[int, list[str]] = field(default_factory=dict, repr=False)
     _busy: set[int] = field(default_factory=set, repr=False)
+    #: (relation oid, attnum) -> what the columns a foreign key links it to hold, and
+    #: the first of them, for the reason shown
+    _linked: dict[tuple[int, int], tuple[Lin, str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         snap = self.snapshot
-        for rel in snap.relations.values():
-            if rel.kind != "c":
-                self.relation_lins(rel)
+        self._compute_all()
+        # A foreign key's columns hold the same values: what one of them holds (by the
+        # catalog, a parent, a view ... or another key) the others hold too. Each round
+        # starts over with what the previous one found linked, until nothing changes.
+        own = dict(self.by_attr)  # before any key: a reason names one of these
+        for _ in range(8):
+            linked = self._linked_by_keys(own)
+            if {k: v[0] for k, v in linked.items()} == {k: v[0] for k, v in self._linked.items()}:
+                break
+            self._linked = linked
+            self.by_attr, self._lins, self.decisions = {}, {}, []
+            self.policed_views = {}
+            self._compute_all()
         if snap.relations:  # an empty snapshot (before the first load) proves nothing
             self._check_catalog()
+
+    def _compute_all(self) -> None:
+        for rel in self.snapshot.relations.values():
+            if rel.kind != "c":
+                self.relation_lins(rel)
+
+    def _linked_by_keys(
+        self, own: dict[tuple[int, int], Lin]
+    ) -> dict[tuple[int, int], tuple[Lin, str]]:
+        """For every column a chain of foreign keys links to a PII column: the union of
+        what the columns of its chain hold, and the first of them (by name) that holds
+        PII of its own (``own``: before any key was followed)."""
+        keys = self.snapshot.foreign_keys
+        if not keys:
+            return {}
+        up: dict[tuple[int, int], tuple[int, int]] = {}
+
+        def root(a: tuple[int, int]) -> tuple[int, int]:
+            while up.get(a, a) != a:
+                a = up[a]
+            return a
+
+        for rel, att, frel, fatt in keys:
+            a, b = root((rel, att)), root((frel, fatt))
+            if a != b:
+                up[a] = b
+        held: dict[tuple[int, int], Lin] = {}
+        names: dict[tuple[int, int], list[str]] = {}
+        for node in up.keys() | set(up.values()):
+            lin = self.by_attr.get(node)
+            if lin is None or lin.clean:
+                continue
+            r = root(node)
+            held[r] = held.get(r, CLEAN) | Lin(lin.entities, lin.unknown)
+            if node in own:
+                rel = self.snapshot.relations[node[0]]
+                col = next(c.name for c in rel.columns if c.attnum == node[1])
+                names.setdefault(r, []).append(f"{rel.qualified}.{col}")
+        return {
+            node: (held[r], min(names.get(r, ["another column"])))
+            for node in up.keys() | set(up.values())
+            if (r := root(node)) in held
+        }
 
     # ------------------------------------------------------------------ lookups
     def attr(self, table_oid: int, attnum: int) -> Lin | None:
@@ -138,6 +197,10 @@ class Coverage:
                 if col.name in inherited:
                     lin = lin | inherited[col.name]
                     why = why or "inherited from a parent table"
+                linked = self._linked.get((rel.oid, col.attnum))
+                if linked is not None and rel.kind in _STORED_KINDS:
+                    lin = lin | linked[0]
+                    why = why or f"a foreign key links it to {linked[1]}"
                 held = self._type_lin(col.type_oid)
                 if not held.clean:
                     lin = lin | held

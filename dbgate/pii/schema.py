@@ -13,6 +13,8 @@ Why each piece is here:
 * names, search path, columns: lineage resolves the SQL the agent wrote;
 * view definitions: a view column carries PII when its definition says so;
 * inheritance: a partition or child table inherits its parent's PII columns;
+* foreign keys: a column that references a PII column, or that a PII column
+  references, holds the same values;
 * types: arrays, domains and composite types decide how a value is pseudonymized;
 * functions: which calls are PostgreSQL's own (values flow from arguments to the
   result) and which are user code (opaque: the result's provenance is unknown).
@@ -125,6 +127,9 @@ class SchemaSnapshot:
     types: dict[int, TypeInfo] = field(default_factory=dict)
     functions: dict[str, list[FunctionInfo]] = field(default_factory=dict)
     search_path: tuple[str, ...] = ("public",)
+    #: Foreign keys, one pair of columns each: (relation oid, attnum, referenced
+    #: relation oid, referenced attnum). Both columns hold the same values.
+    foreign_keys: tuple[tuple[int, int, int, int], ...] = ()
     #: True for hand-made snapshots in tests: unknown function names count as built-in.
     assume_builtin_functions: bool = False
     version: int = field(default_factory=lambda: next(_versions))
@@ -168,12 +173,14 @@ class SchemaSnapshot:
         triggers: Iterable[str] = (),
         policies: Iterable[str] = (),
         code: Iterable[str] = (),
+        foreign_keys: Iterable[tuple[str, str]] = (),
     ) -> SchemaSnapshot:
         """A snapshot made by hand (tests, tools): ``{"public.t": [("c", type_oid), ...]}``.
 
         Functions are not listed, so every function name counts as PostgreSQL's own.
         ``rules``/``triggers``/``policies``/``code``: the relations (qualified) that
-        have some of their own.
+        have some of their own. ``foreign_keys``: ``("public.t.c", "public.u.d")``, t.c
+        references u.d.
         """
         rules, triggers = frozenset(rules), frozenset(triggers)
         policies, code = frozenset(policies), frozenset(code)
@@ -211,7 +218,18 @@ class SchemaSnapshot:
                     policies=qualified in policies,
                     code=qualified in code,
                 )
-        return cls(relations=relations, search_path=search_path, assume_builtin_functions=True)
+        attrs = {
+            f"{r.qualified}.{c.name}": (r.oid, c.attnum)
+            for r in relations.values()
+            for c in r.columns
+        }
+        keys = tuple((*attrs[a], *attrs[b]) for a, b in foreign_keys)
+        return cls(
+            relations=relations,
+            search_path=search_path,
+            foreign_keys=keys,
+            assume_builtin_functions=True,
+        )
 
 
 _RELATIONS = """
@@ -277,6 +295,10 @@ WHERE a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
 _INHERITS = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits"
+_FOREIGN_KEYS = """
+SELECT k.conrelid, k.conkey, k.confrelid, k.confkey
+FROM pg_catalog.pg_constraint k WHERE k.contype = 'f'
+"""
 _TYPES = """
 SELECT t.oid, t.typname, t.typtype::text AS typtype, t.typelem, t.typbasetype, t.typrelid,
        t.typcategory::text AS typcategory, t.typdelim::text AS typdelim,
@@ -319,6 +341,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         rel_rows = await conn.fetch(_RELATIONS, kinds)
         col_rows = await conn.fetch(_COLUMNS, kinds)
         inh_rows = await conn.fetch(_INHERITS)
+        fk_rows = await conn.fetch(_FOREIGN_KEYS)
         code_rows = await conn.fetch(_CODE_IN_DEFAULTS)
         type_rows = await conn.fetch(_TYPES)
         func_rows = await conn.fetch(_FUNCTIONS)
@@ -384,9 +407,15 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
                 r["lanname"],
             )
         )
+    foreign_keys = tuple(
+        (r["conrelid"], a, r["confrelid"], b)
+        for r in fk_rows
+        for a, b in zip(r["conkey"] or (), r["confkey"] or (), strict=False)
+    )
     return SchemaSnapshot(
         relations=relations,
         types=types,
         functions=functions,
         search_path=tuple(search_path or ("public",)),
+        foreign_keys=foreign_keys,
     )

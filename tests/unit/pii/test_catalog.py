@@ -119,6 +119,40 @@ def test_a_catalog_column_that_does_not_exist_is_a_warning() -> None:
     assert cov.relation_lins(snap.lookup("customers")[0])[1].entities == {"email"}
 
 
+def test_a_foreign_key_links_the_values_of_its_columns() -> None:
+    """``buyer REFERENCES customers(email)`` holds e-mails; so does the column a PII
+    column references, and every column a chain of keys links to them. An explicit
+    ``none`` still switches one off; clean keys (``customer_id -> id``) stay clean."""
+    cat = parse_catalog("columns:\n  public.archive.addr: none\n", "pii.yaml")
+    snap = SchemaSnapshot.build(
+        {
+            "public.customers": ["id", "email"],
+            "public.orders": ["id", "customer_id", "buyer"],
+            "public.registry": ["addr", "kind"],
+            "public.refs": ["k"],
+            "public.archive": ["addr"],
+        },
+        foreign_keys=[
+            ("public.orders.customer_id", "public.customers.id"),
+            ("public.orders.buyer", "public.customers.email"),
+            ("public.customers.email", "public.registry.addr"),
+            ("public.refs.k", "public.registry.addr"),
+            ("public.archive.addr", "public.refs.k"),
+        ],
+    )
+    cov = Coverage(snap, cat)
+
+    def entities(rel: str) -> list[set[str]]:
+        return [set(lin.entities) for lin in cov.relation_lins(snap.lookup(rel)[0])]
+
+    assert entities("orders") == [set(), set(), {"email"}]
+    assert entities("registry") == [{"email"}, set()]
+    assert entities("refs") == [{"email"}]
+    assert entities("archive") == [set()]
+    why = {(d.relation.name, d.column): d.why for d in cov.decisions}
+    assert why[("orders", "buyer")] == "a foreign key links it to public.customers.email"
+
+
 @pytest.mark.parametrize(
     ("column", "entity"),
     [
