@@ -243,6 +243,9 @@ class PiiGate:
 
     def session(self, info: SessionInfo) -> PiiSession | None:
         """This client session's PII state, or None until its room is loaded."""
+        # a column added or commented outside dbgate (a migration, a DBA's session):
+        # an old snapshot would go on judging the table as it was
+        self.loads.refresh_if_old(info.database)
         s = info.state.get(STATE_KEY)
         if s is not None:
             return s  # type: ignore[no-any-return]

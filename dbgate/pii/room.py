@@ -285,7 +285,7 @@ class StatementPlan:
             stored = False  # the value is a table column's, as stored
             if table_oid and cov is not None:
                 lin = cov.attr(table_oid, attnum)
-                if lin is None:  # a relation created after the last refresh
+                if lin is None:  # a relation or column created after the last refresh
                     room.stale = True
                     named = room.catalog.name_rule(name)
                     lin = merged.at(i) | (Lin(frozenset((named.entity,))) if named else UNKNOWN_LIN)

@@ -4,15 +4,30 @@ server (demo dataset).
 A foreign key says that one column holds values of another: ``buyer text REFERENCES
 customers(email)`` holds e-mail addresses whatever it is called, and so does the
 column a PII column references (``customers.email REFERENCES registry(addr)``: every
-customer's address is in ``registry``). Unit-level: tests/unit/pii/test_coverage.py.
+customer's address is in ``registry``). Unit-level: tests/unit/pii/test_catalog.py.
+
+A column a migration added outside dbgate, which the schema snapshot does not know
+yet, is tokenized until the snapshot is read again (within ``MAX_AGE_SECONDS``).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+import psycopg
+import pytest
 
+from dbgate.gate import schema_loads
+from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
+    admin_dsn,
+    demo_db,
+    demo_role,
+    start_pii_proxy,
+)
+from tests.integration.conftest import RunningProxy
 from tests.integration.pii.conftest import DBNAME, Demo
 from tests.integration.pii.harness import apply_plan, connect, leaked, run_simple
 
@@ -72,3 +87,84 @@ async def test_columns_linked_to_pii_by_a_foreign_key_are_pii(
         )
         await admin.close()
         await pii_demo.room.refresh_dsn(pii_demo.dsn)
+
+
+# --------------------------------------------------------------------------------------
+# DDL that did not pass through dbgate: a migration adds a column, a DBA comments one.
+
+
+@pytest.fixture(scope="module")
+def stale_proxy(pg_server: Any, demo_role: Any) -> Iterator[RunningProxy]:  # noqa: F811
+    running = start_pii_proxy(pg_server, demo_role)
+    yield running
+    running.stop()
+
+
+def _raw_phone_and_email(admin_dsn: str) -> tuple[str, str]:  # noqa: F811
+    with psycopg.connect(admin_dsn) as conn:
+        row = conn.execute("select phone, email from customers where id = 1").fetchone()
+    assert row is not None
+    return str(row[0]), str(row[1])
+
+
+def test_a_column_added_outside_dbgate_is_not_read_raw(
+    stale_proxy: RunningProxy,
+    demo_db: str,  # noqa: F811
+    admin_dsn: str,  # noqa: F811
+    demo_role: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The snapshot knows the table but not the column a migration added since: the
+    RowDescription names the column by an attribute number the snapshot lacks. Until
+    the schema is read again that column is tokenized (as a name default says, or as
+    unknown); a snapshot older than ``MAX_AGE_SECONDS`` is read again when a session
+    asks for it, after which it is what the catalog says."""
+    phone, email = _raw_phone_and_email(admin_dsn)
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(
+            "drop table if exists hunt_migrated; create table hunt_migrated (id int primary key,"
+            f" label text); insert into hunt_migrated values (1, 'a');"
+            f" grant select on hunt_migrated to {demo_role.name}"
+        )
+    try:
+        with psycopg.connect(stale_proxy.dsn(demo_db), autocommit=True) as conn:
+            # the proxy learns the table (a name it did not know: read again)
+            assert conn.execute("select label from hunt_migrated where id = 1").fetchall() == [
+                ("a",)
+            ]
+            with psycopg.connect(admin_dsn, autocommit=True) as admin:
+                admin.execute(
+                    "alter table hunt_migrated add column phone text, add column contact text;"
+                    " update hunt_migrated set phone = c.phone, contact = c.email"
+                    " from customers c where c.id = 1;"
+                    " comment on column hunt_migrated.contact is 'pii:email'"
+                )
+            for sql in (
+                "select id, label, phone, contact from hunt_migrated where id = 1",
+                "select id, phone as p, contact as c from hunt_migrated where id = 1",
+                "select x.phone, x.contact from (select id, phone, contact from hunt_migrated) x"
+                " where id = 1",
+            ):
+                (row,) = conn.execute(sql).fetchall()
+                text = repr(row)
+                assert phone not in text and email not in text, (sql, row)
+                assert row[0] == 1 or sql.startswith("select x."), row  # clean columns stay
+            # once the snapshot is old, a statement has it read again: the catalog's
+            # own word for the column (an e-mail, by its comment) replaces "unknown"
+            (row,) = conn.execute("select contact from hunt_migrated where id = 1").fetchall()
+            assert row[0].startswith("tok_unknown_"), row  # its comment is not known yet
+            monkeypatch.setattr(schema_loads, "MAX_AGE_SECONDS", 0.0)
+            deadline = time.monotonic() + 10
+            while not row[0].startswith("tok_email_") and time.monotonic() < deadline:
+                time.sleep(0.1)
+                (row,) = conn.execute("select contact from hunt_migrated where id = 1").fetchall()
+                assert email not in repr(row), row
+            # read again: SELECT * now expands to the columns it names, each as the
+            # catalog says (until then it was judged by the old snapshot: docs/security.md)
+            (row,) = conn.execute("select * from hunt_migrated where id = 1").fetchall()
+            assert phone not in repr(row) and email not in repr(row), row
+            assert row[:2] == (1, "a") and row[2].startswith("tok_phone_"), row
+            assert row[3].startswith("tok_email_"), row
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute("drop table if exists hunt_migrated")

@@ -119,6 +119,18 @@ def test_a_catalog_column_that_does_not_exist_is_a_warning() -> None:
     assert cov.relation_lins(snap.lookup("customers")[0])[1].entities == {"email"}
 
 
+def test_a_column_the_snapshot_does_not_know_is_not_clean() -> None:
+    """A RowDescription names a column by its attribute number: one past the
+    snapshot's last (added since, by a migration that did not pass through dbgate) is
+    not known to be clean (None: the plan tokenizes it, as for an unknown relation)."""
+    snap = SchemaSnapshot.build({"public.tags": ["id", "label"]})
+    cov = Coverage(snap, Catalog())
+    oid = snap.lookup("tags")[0].oid
+    assert cov.attr(oid, 2) is not None and cov.attr(oid, 2).clean
+    assert cov.attr(oid, 3) is None
+    assert cov.attr(oid + 100, 1) is None  # a relation it does not know
+
+
 def test_a_foreign_key_links_the_values_of_its_columns() -> None:
     """``buyer REFERENCES customers(email)`` holds e-mails; so does the column a PII
     column references, and every column a chain of keys links to them. An explicit
