@@ -34,6 +34,11 @@ CLIENT_TYPES_COPY = type_mask("QPBFSCXEDcfd")
 
 MEMO_MAX_ENTRIES = 128  # repeatable verdicts remembered per session
 MEMO_MAX_MESSAGE = 2048  # bytes; longer messages are always inspected
+#: Remembered verdicts older than this are forgotten: the inspector, asked again, also
+#: reads again the catalog snapshots its verdicts came from once they are old (the
+#: keys, the PII schema: a migration outside dbgate), which a session repeating only
+#: remembered texts would otherwise never make it do.
+MEMO_MAX_AGE_SECONDS = 30.0
 
 # Backend message types
 READY_MSG, PARAM_STATUS_MSG, ERROR_MSG, NOTICE_MSG, NOTIFY_MSG = (ord(c) for c in "ZSENA")

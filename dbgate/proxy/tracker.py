@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from struct import unpack_from
@@ -82,6 +83,7 @@ from dbgate.proxy.entries import (
     FLUSH_MSG,
     FUNCTION_MSG,
     MAX_IN_FLIGHT,
+    MEMO_MAX_AGE_SECONDS,
     MEMO_MAX_ENTRIES,
     MEMO_MAX_MESSAGE,
     PARSE_MSG,
@@ -290,10 +292,11 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         # Repeatable verdicts (Allow.repeatable), by message body: drivers re-send the
         # same Parse (unnamed, $n parameters) or BEGIN/COMMIT for every transaction,
         # and skipping the decode and the inspector for them is most of the relay's
-        # per-statement work. Bounded in entries and message size; forgotten on any
+        # per-statement work. Bounded in entries, message size and age; forgotten on any
         # ParameterStatus, by SessionInfo.forget_verdicts() and when the inspector's
         # ``generation`` changes (see Inspector in seams.py).
         self._memo: dict[bytes, tuple[Statement, Allow, KnownStatement | None]] = {}
+        self._memo_since = 0.0  # when the oldest verdict remembered was (MEMO_MAX_AGE_SECONDS)
         info._forget = self._memo.clear
         self._generations = self.inspector if hasattr(self.inspector, "generation") else None
         self._memo_generation = getattr(self.inspector, "generation", 0)
@@ -435,6 +438,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         if generations is not None and generations.generation != self._memo_generation:  # type: ignore[attr-defined]
             self._memo.clear()
             self._memo_generation = generations.generation  # type: ignore[attr-defined]
+        if memo and time.monotonic() - self._memo_since > MEMO_MAX_AGE_SECONDS:
+            memo.clear()
         observed = self.observer is not None
         early = self._early
         for t, s, e in frames:
@@ -685,6 +690,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 if verdict.repeatable and t != BIND_MSG and len(body) <= MEMO_MAX_MESSAGE:
                     if len(memo) >= MEMO_MAX_ENTRIES:
                         memo.clear()
+                    if not memo:
+                        self._memo_since = time.monotonic()
                     memo[body] = (stmt, verdict, prepared)
                 if self.blocked:
                     return self._stop_at(chunk, e, out, fwd)

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from dbgate.gate import schema_loads
+from dbgate.proxy import tracker
 from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
     admin_dsn,
     demo_db,
@@ -168,3 +169,45 @@ def test_a_column_added_outside_dbgate_is_not_read_raw(
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
             admin.execute("drop table if exists hunt_migrated")
+
+
+def test_a_remembered_verdict_does_not_keep_an_old_snapshot(
+    stale_proxy: RunningProxy,
+    demo_db: str,  # noqa: F811
+    admin_dsn: str,  # noqa: F811
+    demo_role: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay remembers the verdict of a text it was allowed to send again, and
+    asks nothing when it comes back: a session that only repeats a ``SELECT *`` it sent
+    before a migration added a PII column must not keep the snapshot from being read
+    again (nor its own verdict from being taken again) for ever."""
+    phone, _email = _raw_phone_and_email(admin_dsn)
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(
+            "drop table if exists hunt_polled; create table hunt_polled (id int primary key,"
+            " label text); insert into hunt_polled values (1, 'a');"
+            f" grant select on hunt_polled to {demo_role.name}"
+        )
+    sql = "select * from hunt_polled where id = 1"
+    try:
+        with psycopg.connect(stale_proxy.dsn(demo_db), autocommit=True) as conn:
+            assert conn.execute(sql).fetchall() == [(1, "a")]
+            assert conn.execute(sql).fetchall() == [(1, "a")]  # remembered now
+            with psycopg.connect(admin_dsn, autocommit=True) as admin:
+                admin.execute(
+                    "alter table hunt_polled add column phone text;"
+                    " update hunt_polled set phone = c.phone from customers c where c.id = 1"
+                )
+            monkeypatch.setattr(schema_loads, "MAX_AGE_SECONDS", 0.0)
+            monkeypatch.setattr(tracker, "MEMO_MAX_AGE_SECONDS", 0.0)
+            deadline = time.monotonic() + 10
+            rows = conn.execute(sql).fetchall()
+            while phone in repr(rows) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                rows = conn.execute(sql).fetchall()
+            assert phone not in repr(rows), rows
+            assert rows[0][:2] == (1, "a") and rows[0][2].startswith("tok_phone_"), rows
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute("drop table if exists hunt_polled")
