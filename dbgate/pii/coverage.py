@@ -9,6 +9,8 @@ Built once per snapshot (at start and after each refresh), then read-only:
 * foreign keys: a column that references a PII column, or that a PII column
   references, holds the same values (``buyer text REFERENCES customers(email)``), so
   every column a chain of foreign keys links to a PII column is PII with no entry;
+  and a parent table's column holds its children's rows: one a partition's comment or
+  catalog entry marks is PII in the parent (and so in the other partitions) too;
 * generated columns: the lineage of their expression over the row's other columns,
   so ``name_lc text GENERATED ALWAYS AS (lower(full_name))`` is PII with no entry;
 * views and materialized views: the lineage of their definition, so a view column
@@ -69,13 +71,18 @@ class Coverage:
     def __post_init__(self) -> None:
         snap = self.snapshot
         self._compute_all()
-        # A foreign key's columns hold the same values: what one of them holds (by the
-        # catalog, a parent, a view ... or another key) the others hold too. Each round
-        # starts over with what the previous one found linked, until nothing changes.
-        own = dict(self.by_attr)  # before any key: a reason names one of these
+        # A foreign key's columns hold the same values, and a parent's column its
+        # children's: what one of them holds (by the catalog, a comment, a view ... or
+        # another link) the others hold too. Each round starts over with what the
+        # previous one found linked, until no column would hold more.
+        own = dict(self.by_attr)  # before any link: a reason names one of these
         for _ in range(8):
-            linked = self._linked_by_keys(own)
-            if {k: v[0] for k, v in linked.items()} == {k: v[0] for k, v in self._linked.items()}:
+            linked = self._linked_columns(own)
+            if not any(
+                self._takes_link(node)
+                and (self.by_attr.get(node, CLEAN) | lin) != self.by_attr.get(node, CLEAN)
+                for node, (lin, _why) in linked.items()
+            ):
                 break
             self._linked = linked
             self.by_attr, self._lins, self.decisions = {}, {}, []
@@ -84,19 +91,41 @@ class Coverage:
         if snap.relations:  # an empty snapshot (before the first load) proves nothing
             self._check_catalog()
 
+    def _takes_link(self, node: tuple[int, int]) -> bool:
+        """Whether a column takes what a link brings: a stored one the catalog does not
+        name (the operator's word is final)."""
+        rel = self.snapshot.relations.get(node[0])
+        if rel is None or rel.kind not in _STORED_KINDS:
+            return False
+        col = next((c for c in rel.columns if c.attnum == node[1]), None)
+        return col is not None and self.catalog.column_rule(rel.schema, rel.name, col.name) is None
+
     def _compute_all(self) -> None:
         for rel in self.snapshot.relations.values():
             if rel.kind != "c":
                 self.relation_lins(rel)
 
-    def _linked_by_keys(
+    def _linked_columns(
         self, own: dict[tuple[int, int], Lin]
     ) -> dict[tuple[int, int], tuple[Lin, str]]:
         """For every column a chain of foreign keys links to a PII column: the union of
         what the columns of its chain hold, and the first of them (by name) that holds
         PII of its own (``own``: before any key was followed)."""
-        keys = self.snapshot.foreign_keys
-        if not keys:
+        snap = self.snapshot
+        # a read of a parent table reads its children's rows (partitions, inheritance
+        # children): a column a child's comment or catalog entry marks is its parent's
+        # column too (the parent's own PII reaches its children in _compute)
+        pairs = list(snap.foreign_keys)
+        for rel in snap.relations.values():
+            for parent_oid in rel.parents:
+                parent = snap.relations.get(parent_oid)
+                if parent is None:
+                    continue
+                attnums = {c.name: c.attnum for c in parent.columns}
+                for c in rel.columns:
+                    if c.name in attnums:
+                        pairs.append((rel.oid, c.attnum, parent.oid, attnums[c.name]))
+        if not pairs:
             return {}
         up: dict[tuple[int, int], tuple[int, int]] = {}
 
@@ -105,8 +134,8 @@ class Coverage:
                 a = up[a]
             return a
 
-        for rel, att, frel, fatt in keys:
-            a, b = root((rel, att)), root((frel, fatt))
+        for rel_oid, att, frel, fatt in pairs:
+            a, b = root((rel_oid, att)), root((frel, fatt))
             if a != b:
                 up[a] = b
         held: dict[tuple[int, int], Lin] = {}
@@ -205,7 +234,7 @@ class Coverage:
                 linked = self._linked.get((rel.oid, col.attnum))
                 if linked is not None and rel.kind in _STORED_KINDS:
                     lin = lin | linked[0]
-                    why = why or f"a foreign key links it to {linked[1]}"
+                    why = why or f"a foreign key or table inheritance links it to {linked[1]}"
                 held = self._type_lin(col.type_oid)
                 if not held.clean:
                     lin = lin | held

@@ -6,6 +6,9 @@ customers(email)`` holds e-mail addresses whatever it is called, and so does the
 column a PII column references (``customers.email REFERENCES registry(addr)``: every
 customer's address is in ``registry``). Unit-level: tests/unit/pii/test_catalog.py.
 
+So does a parent table's column hold what a child's comment marks: its rows are the
+parent's too.
+
 A column a migration added outside dbgate, which the schema snapshot does not know
 yet, is tokenized until the snapshot is read again (within ``MAX_AGE_SECONDS``).
 """
@@ -86,6 +89,38 @@ async def test_columns_linked_to_pii_by_a_foreign_key_are_pii(
         await admin.execute(
             "drop table if exists hunt_refs, hunt_buyers, hunt_people, hunt_registry"
         )
+        await admin.close()
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+
+
+async def test_a_parent_table_holds_what_a_child_marks(pg_server: Any, pii_demo: Demo) -> None:
+    """A comment on a partition's column (or on an inheritance child's) marks what the
+    parent returns too: a read of the parent reads the child's rows."""
+    admin = await asyncpg.connect(pii_demo.dsn)
+    try:
+        await admin.execute(
+            "create table hunt_events (id int, k int, note text) partition by list (k);"
+            " create table hunt_events_a partition of hunt_events for values in (1);"
+            " create table hunt_events_b partition of hunt_events for values in (2);"
+            " comment on column hunt_events_a.note is 'pii:email';"
+            " insert into hunt_events select id, 1 + id % 2, email from customers where id <= 4;"
+            " create table hunt_base (id int, note text);"
+            " create table hunt_kid (extra int) inherits (hunt_base);"
+            " comment on column hunt_kid.note is 'pii:email';"
+            " insert into hunt_kid select id, email, 0 from customers where id <= 3"
+        )
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+        for sql in (
+            "select id, note from hunt_events order by id",
+            "select id, note from hunt_events_b order by id",
+            "select id, note from hunt_base order by id",
+        ):
+            res = await _agent(pg_server, pii_demo, sql)
+            assert leaked(_sent(res), pii_demo.values), sql  # the server sent them raw
+            assert not leaked(res.output_bytes, pii_demo.values), sql
+            assert res.replaced == [{1}], sql
+    finally:
+        await admin.execute("drop table if exists hunt_events, hunt_base, hunt_kid")
         await admin.close()
         await pii_demo.room.refresh_dsn(pii_demo.dsn)
 

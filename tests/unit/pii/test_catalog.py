@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -162,7 +163,37 @@ def test_a_foreign_key_links_the_values_of_its_columns() -> None:
     assert entities("refs") == [{"email"}]
     assert entities("archive") == [set()]
     why = {(d.relation.name, d.column): d.why for d in cov.decisions}
-    assert why[("orders", "buyer")] == "a foreign key links it to public.customers.email"
+    assert why[("orders", "buyer")] == (
+        "a foreign key or table inheritance links it to public.customers.email"
+    )
+
+
+def test_a_parent_table_holds_what_its_children_hold() -> None:
+    """A read of a parent reads its partitions' rows: a column a partition's comment
+    (or a catalog entry matching only partitions) marks is PII in the parent, and so in
+    the other partitions, whatever it is called."""
+    built = SchemaSnapshot.build(
+        {"public.events": ["id", "note"], "public.events_a": ["id", "note"]},
+        comments={"public.events_a.note": "pii:email"},
+    )
+    parent = built.lookup("events")[0]
+    relations = dict(built.relations)
+    for name in ("events_a", "events_b"):
+        kid = built.lookup("events_a")[0]
+        oid = kid.oid if name == "events_a" else kid.oid + 10
+        relations[oid] = dataclasses.replace(
+            kid, oid=oid, name=name, parents=(parent.oid,), row_type=oid + 1
+        )
+        if name == "events_b":
+            relations[oid] = dataclasses.replace(
+                relations[oid],
+                columns=tuple(dataclasses.replace(c, comment=None) for c in kid.columns),
+            )
+    snap = SchemaSnapshot(relations=relations, assume_builtin_functions=True)
+    cov = Coverage(snap, Catalog())
+    for name in ("events", "events_a", "events_b"):
+        lins = cov.relation_lins(snap.lookup(name)[0])
+        assert [set(lin.entities) for lin in lins] == [set(), {"email"}], name
 
 
 @pytest.mark.parametrize(
