@@ -81,7 +81,30 @@ class Statements(WalkState):
                 )
             )
         if not _analyzes(body) or body.get("query") is None:
-            self.walk_side(body.get("query"), why)
+            # Nothing runs, but the planner evaluates the stable expressions that read
+            # no column, and prints what they gave: row estimates (``LIMIT f()``,
+            # ``id < f()``, ``generate_series(1, f())``) and the partitions pruned when
+            # the executor starts. Values of columns never get there (only their
+            # statistics: docs/security.md); a built-in that reads what dbgate cannot
+            # follow does (``pg_stat_get_backend_activity(n)``, another session's text
+            # with the raw values of its tokens; ``table_to_xml``): the plan is unknown.
+            saved, self.seen = self.seen, CLEAN
+            try:
+                self.walk_side(body.get("query"), why)
+                seen = self.seen
+            finally:
+                self.seen = saved
+            self.saw(seen)
+            if seen.unknown:
+                return Output(
+                    [
+                        self.unknown(
+                            "EXPLAIN: the planner evaluates what the statement computes"
+                            " without reading a column, and prints it in its estimates"
+                        )
+                    ],
+                    ["QUERY PLAN"],
+                )
             return Output([CLEAN], ["QUERY PLAN"])
         # ... and its memory, disk and buffer figures are sizes of every value the
         # query computes, its outputs' or not: ``Sort Method: quicksort  Memory:

@@ -15,6 +15,7 @@ yet, is tokenized until the snapshot is read again (within ``MAX_AGE_SECONDS``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -123,6 +124,76 @@ async def test_a_parent_table_holds_what_a_child_marks(pg_server: Any, pii_demo:
         await admin.execute("drop table if exists hunt_events, hunt_base, hunt_kid")
         await admin.close()
         await pii_demo.room.refresh_dsn(pii_demo.dsn)
+
+
+async def test_a_plain_explain_shows_what_the_planner_evaluated(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """A plain EXPLAIN runs nothing, but the planner evaluates the stable expressions
+    that read no column — for its row estimates (``LIMIT f()``, ``id < f()``) and for
+    pruning partitions when the executor starts — and prints what they gave. A built-in
+    that reads data dbgate cannot follow, ``pg_stat_get_backend_activity(n)`` (another
+    session's query text, holding the raw value of a token that session sent back), is
+    such an expression: ``rows=109`` was the e-mail's first character."""
+    c = await asyncpg.connect(pii_demo.dsn)
+    try:
+        email = await c.fetchval("select email from customers where id = 1")
+    finally:
+        await c.close()
+    token = pii_demo.room.tokenizer.token("email", email.encode())
+    session = pii_demo.room.session("agent")
+    plan = session.plan(f"select id from customers where email = '{token}'")
+    other = await connect(pg_server, DBNAME)  # the agent's other session, left idle
+    try:
+        await run_simple(other, session.detokenize_sql(plan))
+        text = await _activity_text(pii_demo, other)
+        at = text.index(email) + 1  # 1-based position of the raw value in that text
+        backend = await _backend_id(pii_demo, text)
+        code = ord(email[0])
+        for sql in (
+            f"explain select * from orders limit ascii(substr("
+            f"pg_stat_get_backend_activity({backend}), {at}, 1))",
+            f"explain select * from generate_series(1, ascii(substr("
+            f"pg_stat_get_backend_activity({backend}), {at}, 1)))",
+        ):
+            res = await _agent(pg_server, pii_demo, sql)
+            assert f"rows={code} ".encode() in _sent(res), sql  # the server said it
+            assert f"rows={code} ".encode() not in res.output_bytes, sql
+            assert all(row[0].startswith(b"tok_unknown_") for row in res.rows_after), sql
+        res = await _agent(pg_server, pii_demo, "explain select * from orders limit 109")
+        assert b"rows=109 " in res.output_bytes  # the agent's own literals stay readable
+    finally:
+        await other.close()
+
+
+async def _activity_text(pii_demo: Demo, client: Any) -> str:
+    c = await asyncpg.connect(pii_demo.dsn)
+    try:
+        for _ in range(50):
+            rows = await c.fetch(
+                "select query from pg_stat_activity where query like '%$dbgate$%'"
+                " and pid <> pg_backend_pid()"
+            )
+            if rows:
+                return str(rows[0]["query"])
+            await asyncio.sleep(0.05)
+    finally:
+        await c.close()
+    raise AssertionError("the other session's text is not in pg_stat_activity")
+
+
+async def _backend_id(pii_demo: Demo, text: str) -> int:
+    c = await asyncpg.connect(pii_demo.dsn)
+    try:
+        return int(
+            await c.fetchval(
+                "select b from pg_stat_get_backend_idset() b"
+                " where pg_stat_get_backend_activity(b) = $1",
+                text,
+            )
+        )
+    finally:
+        await c.close()
 
 
 # --------------------------------------------------------------------------------------

@@ -249,6 +249,34 @@ def test_explain_execute_is_tokenized_whole() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "explain select * from orders limit ascii(pg_stat_get_backend_activity(3))",
+        "explain select * from orders where id < ascii(pg_stat_get_backend_activity(3))",
+        "explain (costs) select * from generate_series(1, pg_stat_get_numscans(16384))",
+        "explain select 1 from orders where id < length(table_to_xml('customers', true,"
+        " false, '')::text)",
+    ],
+)
+def test_a_plain_explain_of_what_dbgate_cannot_follow_is_unknown(sql: str) -> None:
+    """The planner evaluates the stable expressions that read no column, for its row
+    estimates and for partition pruning, and prints what they gave (``rows=109``)."""
+    out = output_of(sql, COV)
+    assert [show(c) for c in out.columns] == ["?"], show(out.columns[0])
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "explain select email from customers where id < 10 limit 5",
+        "explain select * from orders where id < ascii('m')",
+    ],
+)
+def test_a_plain_explain_of_columns_and_literals_stays_clean(sql: str) -> None:
+    assert [show(c) for c in output_of(sql, COV).columns] == ["-"]
+
+
 def test_work_counters_are_read_like_data_dbgate_cannot_follow() -> None:
     """A statement can do as much work as a character code says; a counter of that
     work read afterwards spells it (pg_stat_get_* functions, pg_stat_* views)."""
