@@ -38,6 +38,7 @@ __all__ = [
     "NameRule",
     "compile_glob",
     "entity_from_comment",
+    "snake_case",
 ]
 
 
@@ -152,6 +153,18 @@ WORK_COUNTER_COLUMNS: tuple[str, ...] = (
 )
 
 
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_SEPARATORS = re.compile(r"[-\s.]+")
+
+
+@lru_cache(maxsize=8192)
+def snake_case(name: str) -> str:
+    """``name`` with its words joined by ``_``: ``emailAddress`` -> ``email_address``,
+    ``IPAddress`` -> ``IP_Address``, ``e-mail`` -> ``e_mail`` (case is kept: the globs
+    ignore it)."""
+    return _SEPARATORS.sub("_", _CAMEL.sub("_", name))
+
+
 _COMMENT = re.compile(r"(?<![A-Za-z0-9_])pii\s*:\s*([A-Za-z][A-Za-z0-9_]*)?", re.IGNORECASE)
 
 
@@ -208,8 +221,12 @@ class Catalog:
         return None
 
     def name_rule(self, column: str) -> NameRule | None:
+        """The first name rule ``column`` matches, as it is spelled or as its words
+        are: ``"emailAddress"``, ``"dateOfBirth"``, ``"e-mail"`` (an ORM's quoted
+        camelCase) are ``email_address``, ``date_of_birth``, ``e_mail``."""
+        words = snake_case(column)
         for rule in self._name_rules:
-            if rule.matches(column):
+            if rule.matches(column) or (words != column and rule.matches(words)):
                 return rule
         return None
 

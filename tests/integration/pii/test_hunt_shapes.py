@@ -126,6 +126,33 @@ async def test_a_parent_table_holds_what_a_child_marks(pg_server: Any, pii_demo:
         await pii_demo.room.refresh_dsn(pii_demo.dsn)
 
 
+async def test_camel_case_column_names_are_read_as_their_words(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """ORMs name columns in camelCase, quoted (Prisma, TypeORM, Sequelize):
+    ``"emailAddress"``, ``"dateOfBirth"``, ``"mobileNumber"``, ``"postalCode"`` are the
+    name defaults' ``email_address``, ``date_of_birth`` ... spelled another way."""
+    admin = await asyncpg.connect(pii_demo.dsn)
+    try:
+        await admin.execute(
+            'create table hunt_orm (id int primary key, "emailAddress" text,'
+            ' "dateOfBirth" date, "mobileNumber" text, "homeAddress" text,'
+            ' "socialSecurityNumber" text, "createdAt" timestamptz default now());'
+            " insert into hunt_orm select id, email, birth_date, phone, address, ssn"
+            " from customers where id <= 3"
+        )
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+        res = await _agent(pg_server, pii_demo, "select * from hunt_orm order by id")
+    finally:
+        await admin.execute("drop table if exists hunt_orm")
+        await admin.close()
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+    assert leaked(_sent(res), pii_demo.values)  # the server sent them raw
+    assert not leaked(res.output_bytes, pii_demo.values)
+    assert res.replaced == [{1, 2, 3, 4, 5}]
+    assert not any(row[2] in pii_demo.dates for row in res.rows_after)
+
+
 async def test_a_plain_explain_shows_what_the_planner_evaluated(
     pg_server: Any, pii_demo: Demo
 ) -> None:

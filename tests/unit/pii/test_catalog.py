@@ -214,8 +214,24 @@ def test_a_parent_table_holds_what_its_children_hold() -> None:
         ("hotel_tel", None),
         ("telemetry", None),
         ("addresses_count", None),
+        # an ORM's quoted camelCase, and other separators, read as words
+        ("emailAddress", "email"),
+        ("contactEmail", "email"),
+        ("e-mail", "email"),
+        ("dateOfBirth", "birth_date"),
+        ("mobileNumber", "phone"),
+        ("homeAddress", "address"),
+        ("postalCode", "postal_code"),
+        ("socialSecurityNumber", "ssn"),
+        ("creditCardNumber", "card"),
+        ("nationalId", "national_id"),
+        ("IPAddress", "ip"),
+        ("first name", "name"),
+        ("createdAt", None),
+        ("userId", None),
+        ("ZIP", "postal_code"),
     ],
 )
 def test_common_spellings_of_pii_names_are_defaults(column: str, entity: str | None) -> None:
-    """Plural, run-together and numbered spellings of the default names."""
+    """Plural, run-together, numbered and camelCase spellings of the default names."""
     assert Catalog().classify("public", "t", column, None)[0] == entity
