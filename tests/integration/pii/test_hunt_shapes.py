@@ -131,15 +131,17 @@ async def test_camel_case_column_names_are_read_as_their_words(
 ) -> None:
     """ORMs name columns in camelCase, quoted (Prisma, TypeORM, Sequelize):
     ``"emailAddress"``, ``"dateOfBirth"``, ``"mobileNumber"``, ``"postalCode"`` are the
-    name defaults' ``email_address``, ``date_of_birth`` ... spelled another way."""
+    name defaults' ``email_address``, ``date_of_birth`` ... spelled another way; and
+    unquoted, PostgreSQL folds them to ``emailaddress``, ``homephone``."""
     admin = await asyncpg.connect(pii_demo.dsn)
     try:
         await admin.execute(
             'create table hunt_orm (id int primary key, "emailAddress" text,'
             ' "dateOfBirth" date, "mobileNumber" text, "homeAddress" text,'
-            ' "socialSecurityNumber" text, "createdAt" timestamptz default now());'
-            " insert into hunt_orm select id, email, birth_date, phone, address, ssn"
-            " from customers where id <= 3"
+            ' "socialSecurityNumber" text, "createdAt" timestamptz default now(),'
+            " homePhone text);"  # unquoted: folded to homephone
+            " insert into hunt_orm select id, email, birth_date, phone, address, ssn,"
+            " now(), phone from customers where id <= 3"
         )
         await pii_demo.room.refresh_dsn(pii_demo.dsn)
         res = await _agent(pg_server, pii_demo, "select * from hunt_orm order by id")
@@ -149,7 +151,7 @@ async def test_camel_case_column_names_are_read_as_their_words(
         await pii_demo.room.refresh_dsn(pii_demo.dsn)
     assert leaked(_sent(res), pii_demo.values)  # the server sent them raw
     assert not leaked(res.output_bytes, pii_demo.values)
-    assert res.replaced == [{1, 2, 3, 4, 5}]
+    assert res.replaced == [{1, 2, 3, 4, 5, 7}]
     assert not any(row[2] in pii_demo.dates for row in res.rows_after)
 
 

@@ -230,6 +230,20 @@ def test_a_parent_table_holds_what_its_children_hold() -> None:
         ("createdAt", None),
         ("userId", None),
         ("ZIP", "postal_code"),
+        # the same unquoted: PostgreSQL folds emailAddress to emailaddress
+        ("emailaddress", "email"),
+        ("useremail", "email"),
+        ("homephone", "phone"),
+        ("mobilenumber", "phone"),
+        ("dateofbirth", "birth_date"),
+        ("postalcode", "postal_code"),
+        ("cardnumber", "card"),
+        ("socialsecuritynumber", "ssn"),
+        ("homeaddress", "address"),
+        ("ipaddress", "ip"),
+        ("middlename", "name"),
+        ("emailverified", None),
+        ("createdat", None),
     ],
 )
 def test_common_spellings_of_pii_names_are_defaults(column: str, entity: str | None) -> None:
