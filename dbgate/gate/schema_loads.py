@@ -80,7 +80,10 @@ class SchemaLoads(Generic[T]):
     async def _run(self, database: str) -> T:
         value = await self._load(database)
         self.loaded[database] = value
-        self.changed()
+        # a reload that found nothing changed (``reloaded_unchanged``) leaves every
+        # decision taken from the old snapshot standing
+        if not getattr(value, "reloaded_unchanged", False):
+            self.changed()
         return value
 
     def changed(self) -> None:

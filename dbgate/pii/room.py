@@ -654,6 +654,8 @@ class PiiRoom:
         # a cached replacement holds a token: it must go when the token stops resolving
         tokenizer.on_forget(self.values.forget)
         self.stale = False  # a relation or OID was seen that the snapshot lacks
+        #: the last refresh found the schema as it was, and kept the snapshot
+        self.reloaded_unchanged = False
         self.warnings: list[str] = []
         #: Analyses by text and by shape (literals masked); cleared with the snapshot.
         self.plans = PlanCache()
@@ -691,9 +693,18 @@ class PiiRoom:
 
     # ---------------------------------------------------------------- schema
     async def refresh(self, conn: Any) -> list[str]:
-        """Reload the upstream schema through an asyncpg connection; returns warnings."""
+        """Reload the upstream schema through an asyncpg connection; returns warnings.
+
+        A schema found unchanged keeps the snapshot, its coverage and the plans made on
+        it (``reloaded_unchanged``): the gate reads it again every 30 s while it is
+        used, and a coverage of thousands of tables takes a second to build."""
         snapshot = await load_schema(conn)
-        self.set_snapshot(snapshot)
+        old = self.snapshot
+        self.reloaded_unchanged = (
+            self.coverage is not None and bool(old.relations) and old.same_as(snapshot)
+        )
+        if not self.reloaded_unchanged:
+            self.set_snapshot(snapshot)
         return self.warnings
 
     async def refresh_dsn(self, dsn: str) -> list[str]:

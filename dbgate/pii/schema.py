@@ -145,6 +145,17 @@ class SchemaSnapshot:
         for rels in self.by_name.values():
             rels.sort(key=lambda r: (order.get(r.schema, len(order)), r.oid))
 
+    def same_as(self, other: SchemaSnapshot) -> bool:
+        """Whether ``other`` describes the same schema (its version aside): a reload
+        that found nothing changed keeps the old snapshot and what was built on it."""
+        return (
+            self.search_path == other.search_path
+            and self.foreign_keys == other.foreign_keys
+            and self.relations == other.relations
+            and self.types == other.types
+            and self.functions == other.functions
+        )
+
     def lookup(self, name: str, schema: str | None = None) -> list[Relation]:
         """Relations a (possibly unqualified) name may denote, most likely first.
 

@@ -346,3 +346,22 @@ def test_a_remembered_verdict_does_not_keep_an_old_snapshot(
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
             admin.execute("drop table if exists hunt_polled")
+
+
+async def test_a_reload_of_an_unchanged_schema_keeps_the_snapshot(pii_demo: Demo) -> None:
+    """Read again every 30 s while used: an unchanged schema keeps its snapshot, its
+    coverage and the plans made on it; a changed one is taken."""
+    room = pii_demo.room
+    await room.refresh_dsn(pii_demo.dsn)
+    version, coverage = room.version, room.coverage
+    await room.refresh_dsn(pii_demo.dsn)
+    assert room.reloaded_unchanged and room.version == version and room.coverage is coverage
+    admin = await asyncpg.connect(pii_demo.dsn)
+    try:
+        await admin.execute("create table hunt_new (id int)")
+        await room.refresh_dsn(pii_demo.dsn)
+        assert not room.reloaded_unchanged and room.version != version
+    finally:
+        await admin.execute("drop table if exists hunt_new")
+        await admin.close()
+        await room.refresh_dsn(pii_demo.dsn)

@@ -40,3 +40,39 @@ def test_a_waiter_reads_the_load_it_waited_for_even_when_a_newer_one_runs(
         assert loads.loaded["db"] in ("snapshot 1", "snapshot 2")
 
     asyncio.run(scenario())
+
+
+def test_a_reload_that_found_nothing_changed_keeps_decisions() -> None:
+    """The PII schema is read again every 30 s while it is used: a reload that found
+    the schema as it was (``reloaded_unchanged``) must not make every session forget
+    its remembered verdicts, and the room keeps its coverage and plans."""
+    from dbgate.pii.schema import SchemaSnapshot
+
+    class Room:
+        reloaded_unchanged = False
+
+    async def scenario() -> None:
+        room = Room()
+
+        async def load(database: str) -> Room:
+            return room
+
+        loads: SchemaLoads[Room] = SchemaLoads("the schema", load)
+        changes: list[int] = []
+        loads.on_change.append(lambda: changes.append(1))
+        await loads.ensure("db")
+        assert changes == [1]
+        room.reloaded_unchanged = True
+        loads.refresh_soon("db")
+        await loads._loading["db"]
+        assert changes == [1]
+        room.reloaded_unchanged = False
+        loads.refresh_soon("db")
+        await loads._loading["db"]
+        assert changes == [1, 1]
+
+    asyncio.run(scenario())
+    a = SchemaSnapshot.build({"public.t": ["id", "email"]})
+    b = SchemaSnapshot.build({"public.t": ["id", "email"]})
+    c = SchemaSnapshot.build({"public.t": ["id", "email", "phone"]})
+    assert a.version != b.version and a.same_as(b) and not a.same_as(c)
