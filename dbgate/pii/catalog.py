@@ -200,6 +200,7 @@ class Catalog:
     source: str = "(built-in defaults)"
     _name_rules: tuple[NameRule, ...] = field(init=False, repr=False, compare=False)
     _entities: frozenset[str] = field(init=False, repr=False, compare=False)
+    _name_cache: dict[str, NameRule | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         builtin = (
@@ -208,6 +209,7 @@ class Catalog:
         object.__setattr__(self, "_name_rules", self.names + builtin)
         used = {r.entity for r in self.columns} | {r.entity for r in self.names}
         object.__setattr__(self, "_entities", frozenset(KNOWN_ENTITIES) | (used - {NONE}))
+        object.__setattr__(self, "_name_cache", {})
 
     @property
     def entities(self) -> frozenset[str]:
@@ -224,11 +226,19 @@ class Catalog:
         """The first name rule ``column`` matches, as it is spelled or as its words
         are: ``"emailAddress"``, ``"dateOfBirth"``, ``"e-mail"`` (an ORM's quoted
         camelCase) are ``email_address``, ``date_of_birth``, ``e_mail``."""
+        cache = self._name_cache
+        if column in cache:
+            return cache[column]
         words = snake_case(column)
+        found = None
         for rule in self._name_rules:
             if rule.matches(column) or (words != column and rule.matches(words)):
-                return rule
-        return None
+                found = rule
+                break
+        if len(cache) >= 65536:  # names repeat across tables (id, created_at ...)
+            cache.clear()
+        cache[column] = found
+        return found
 
     def classify(
         self, schema: str, table: str, column: str, comment: str | None = None

@@ -131,6 +131,7 @@ class Coverage:
 
         def root(a: tuple[int, int]) -> tuple[int, int]:
             while up.get(a, a) != a:
+                up[a] = up.get(up[a], up[a])  # path halving: chains of keys stay short
                 a = up[a]
             return a
 
