@@ -245,6 +245,11 @@ class Coverage:
                     if named is not None:
                         lin = lin | of_entity(named[1])
                         why = f"its type {named[0]!r} is named as PII"
+                if entity is None and col.remote_name:
+                    remote = catalog.name_rule(col.remote_name)
+                    if remote is not None and remote.entity != NONE:
+                        lin = lin | of_entity(remote.entity)
+                        why = why or f"it reads the remote column {col.remote_name!r}"
             lin = Lin(lin.entities, lin.unknown) if (lin.params or lin.token) else lin
             lins.append(lin)
             reasons.append(why)

@@ -53,6 +53,9 @@ class Column:
     #: its collation is not deterministic (ICU, ``deterministic = false``): equal
     #: under it is not equal byte for byte, and a tailoring may compare only a part
     nondeterministic: bool = False
+    #: a foreign table's column that reads another name on the remote server
+    #: (``OPTIONS (column_name 'email')``): that column's values, under a local name
+    remote_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +297,9 @@ _COLUMNS = """
 SELECT a.attrelid, a.attname, a.attnum, a.atttypid, d.description,
        CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(g.adbin, g.adrelid)
        END AS generated,
-       COALESCE(co.collisdeterministic, true) AS deterministic
+       COALESCE(co.collisdeterministic, true) AS deterministic,
+       (SELECT substr(o, 13) FROM pg_catalog.unnest(a.attfdwoptions) o
+        WHERE o LIKE 'column\\_name=%' LIMIT 1) AS remote_name
 FROM pg_catalog.pg_attribute a
 LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid AND c.relkind::text = ANY($1::text[])
@@ -367,6 +372,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
                 r["description"],
                 r["generated"],
                 not r["deterministic"],
+                r["remote_name"],
             )
         )
     parents: dict[int, list[int]] = {}

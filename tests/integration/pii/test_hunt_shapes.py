@@ -126,6 +126,40 @@ async def test_a_parent_table_holds_what_a_child_marks(pg_server: Any, pii_demo:
         await pii_demo.room.refresh_dsn(pii_demo.dsn)
 
 
+async def test_a_foreign_tables_column_is_named_by_its_remote_column(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """``c1 text OPTIONS (column_name 'email')``: a foreign table's column reads the
+    remote ``email`` under a local name no default marks."""
+    admin = await asyncpg.connect(pii_demo.dsn)
+    try:
+        if not await admin.fetchval(
+            "select count(*) from pg_available_extensions where name = 'postgres_fdw'"
+        ):
+            pytest.skip("postgres_fdw is not available on this server")
+        await admin.execute(
+            "create extension if not exists postgres_fdw;"
+            " create server hunt_loop foreign data wrapper postgres_fdw options"
+            f" (host '{pg_server.host}', port '{pg_server.port}', dbname '{DBNAME}');"
+            " create user mapping for current_user server hunt_loop options"
+            f" (user '{pg_server.user}', password '{pg_server.password}');"
+            " create foreign table hunt_remote (id int, c1 text options (column_name 'email'),"
+            " c2 text options (column_name 'created_at')) server hunt_loop"
+            " options (table_name 'customers')"
+        )
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+        res = await _agent(
+            pg_server, pii_demo, "select id, c1, c2 from hunt_remote where id <= 3 order by id"
+        )
+    finally:
+        await admin.execute("drop server if exists hunt_loop cascade")
+        await admin.close()
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+    assert leaked(_sent(res), pii_demo.values)  # the server sent them raw
+    assert not leaked(res.output_bytes, pii_demo.values)
+    assert res.replaced == [{1}]  # created_at stays readable
+
+
 async def test_camel_case_column_names_are_read_as_their_words(
     pg_server: Any, pii_demo: Demo
 ) -> None:
