@@ -64,8 +64,8 @@ class Coverage:
     #: of the view runs them): those relations, by the view's oid
     policed_views: dict[int, list[str]] = field(default_factory=dict, repr=False)
     _busy: set[int] = field(default_factory=set, repr=False)
-    #: (relation oid, attnum) -> what the columns a foreign key links it to hold, and
-    #: the first of them, for the reason shown
+    #: (relation oid, attnum) -> what the columns a foreign key or table inheritance
+    #: links it to hold, and the first of them, for the reason shown
     _linked: dict[tuple[int, int], tuple[Lin, str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -108,9 +108,10 @@ class Coverage:
     def _linked_columns(
         self, own: dict[tuple[int, int], Lin]
     ) -> dict[tuple[int, int], tuple[Lin, str]]:
-        """For every column a chain of foreign keys links to a PII column: the union of
-        what the columns of its chain hold, and the first of them (by name) that holds
-        PII of its own (``own``: before any key was followed)."""
+        """For every column a chain of foreign keys (or of parents and children) links to
+        a PII column: the union of what the columns of its chain hold, and the first of
+        them (by name) that holds PII of its own (``own``: before any link was
+        followed)."""
         snap = self.snapshot
         # a read of a parent table reads its children's rows (partitions, inheritance
         # children): a column a child's comment or catalog entry marks is its parent's
