@@ -1,16 +1,20 @@
-"""Where a security tester found PII under names no catalog rule marks, on the real
-server (demo dataset).
+"""Where a security tester found PII under names no catalog rule marks, and in a plan
+that runs nothing, on the real server (demo dataset).
 
 A foreign key says that one column holds values of another: ``buyer text REFERENCES
 customers(email)`` holds e-mail addresses whatever it is called, and so does the
 column a PII column references (``customers.email REFERENCES registry(addr)``: every
-customer's address is in ``registry``). Unit-level: tests/unit/pii/test_catalog.py.
+customer's address is in ``registry``). So does a parent table's column hold what a
+child's comment marks (its rows are the parent's too), a foreign table's column the
+remote column it reads, and a camelCase column (``"emailAddress"``, or unquoted,
+``emailaddress``) what its words say. Unit-level: tests/unit/pii/test_catalog.py.
 
-So does a parent table's column hold what a child's comment marks: its rows are the
-parent's too.
+A plain EXPLAIN prints what the planner evaluated for its estimates: a built-in that
+reads what dbgate cannot follow (``pg_stat_get_backend_activity``) makes it unknown.
 
 A column a migration added outside dbgate, which the schema snapshot does not know
-yet, is tokenized until the snapshot is read again (within ``MAX_AGE_SECONDS``).
+yet, is tokenized until the snapshot is read again (within ``MAX_AGE_SECONDS``), and a
+session that only repeats remembered texts does not keep the old snapshot.
 """
 
 from __future__ import annotations
