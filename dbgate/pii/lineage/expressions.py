@@ -30,7 +30,7 @@ from dbgate.pii.lineage.results import TokenSite
 from dbgate.pii.lineage.scope import Item, Scope
 from dbgate.pii.lineage.state import WalkState
 from dbgate.pii.tokens import TOKEN_RE
-from dbgate.policy.catalog_builtin import VOLATILE
+from dbgate.policy.catalog_builtin import AGGREGATES, VOLATILE
 
 
 class Expressions(WalkState):
@@ -231,8 +231,13 @@ class Expressions(WalkState):
         sub = body.get("subselect")
         if sub is None:
             return test
-        exists = body.get("subLinkType") == "EXISTS_SUBLINK"
+        kind = body.get("subLinkType")
+        exists = kind == "EXISTS_SUBLINK"
         out = self.query(sub, scope, FILTER if exists else ctx)
+        if kind == "ARRAY_SUBLINK" and (out.ordered.pii or out.ordered.unknown):
+            # the rows listed in their order, as ``array_agg`` over them:
+            # ``ARRAY(SELECT id FROM customers ORDER BY email)`` is the e-mails' order
+            test = test | Lin(out.ordered.entities, out.ordered.unknown)
         if leaf and out.asked is not CLEAN:
             scope.ask(out.asked, out.asked_levels)
         asked = CLEAN if leaf else out.asked
@@ -265,7 +270,19 @@ class Expressions(WalkState):
         )
         # an aggregate's FILTER chooses the rows it adds up: sum(g) FILTER (WHERE g = ...)
         filtered = self.choose(body.get("agg_filter"), scope, rows=False)
+        met = len(self.refs) if self.refs is not None else -1
         lin = self._func_call(body, scope, ctx, parts, name, builtin, within)
+        over = body.get("over")
+        if over or (
+            builtin
+            and (
+                name in AGGREGATES
+                or body.get("agg_star")
+                or body.get("agg_filter")
+                or body.get("agg_distinct")
+            )
+        ):
+            self.packs(body, name, scope, over, met)
         if filtered.pii or filtered.unknown or filtered.params:
             # and which rows one aggregate adds up is a value of it, as a CASE's
             # condition is (``sum(CASE WHEN ... THEN 1 END)``): over one row
@@ -273,6 +290,30 @@ class Expressions(WalkState):
             # and a select list holds as many as it likes, reading that one row
             lin = lin | Lin(filtered.entities, filtered.unknown, filtered.params)
         return lin
+
+    def packs(self, body: Node, name: str, scope: Scope, over: Node | None, met: int) -> None:
+        """Count an aggregate or window function at its level (``Scope.packs``,
+        ``Scope.sorts``) when it packs rows: its value can hold more than one bounded
+        number (``string_agg(id::text, ',')``, ``sum(power(2::numeric, id))``,
+        ``count(*) FILTER (WHERE id = 7)``: all but ``_bounded``), or depends on the
+        order of the rows it reads (``array_agg``, ``row_number() OVER ()``: all but
+        ``ORDER_FREE``). Over rows kept by a question of their own PII, or in an order
+        PII chose, the value carries that PII (``Scope.mark``). An aggregate whose
+        arguments name only an outer level's columns is that level's, as the server
+        reads it (``SELECT (SELECT string_agg(c.id::text, ',')) FROM customers c``)."""
+        level = scope
+        if not over and met >= 0 and self.refs is not None:
+            level = _aggregate_level(self.refs[met:], scope)
+        if over:
+            bounded = _bounded_window(body, name, over, level)
+            sorts = True
+        else:
+            bounded = _bounded_aggregate(body, name)
+            sorts = name not in ORDER_FREE
+        if not bounded:
+            level.packs += 1
+        if sorts:
+            level.sorts += 1
 
     def _func_call(
         self,
@@ -492,3 +533,122 @@ def _tables_out(scope: Scope) -> Iterator[tuple[Scope, Item]]:
             if item.table:
                 yield s, item
         s = s.parent
+
+
+#: Aggregates whose value does not depend on the order of the rows they read (the
+#: rest, ``array_agg``, ``string_agg``, ``json_agg``, ``any_value`` ..., list or pick
+#: rows in it).
+ORDER_FREE = frozenset(
+    (
+        "count",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "bit_and",
+        "bit_or",
+        "bit_xor",
+        "bool_and",
+        "bool_or",
+        "every",
+        "range_agg",
+        "range_intersect_agg",
+        "stddev",
+        "stddev_pop",
+        "stddev_samp",
+        "variance",
+        "var_pop",
+        "var_samp",
+        "corr",
+        "covar_pop",
+        "covar_samp",
+        "regr_avgx",
+        "regr_avgy",
+        "regr_count",
+        "regr_intercept",
+        "regr_r2",
+        "regr_slope",
+        "regr_sxx",
+        "regr_sxy",
+        "regr_syy",
+        "percentile_cont",
+        "percentile_disc",
+        "mode",
+        "rank",
+        "dense_rank",
+        "percent_rank",
+        "cume_dist",
+    )
+)
+
+#: Aggregates that return one of their rows' values as it is (``_bounded_aggregate``).
+_PICKING = frozenset(("min", "max", "bool_and", "bool_or", "every"))
+#: Window functions that number rows (``_bounded_window``).
+_NUMBERING = frozenset(("row_number", "rank", "dense_rank"))
+
+
+def _bounded_aggregate(body: Node, name: str) -> bool:
+    """Whether an aggregate's value is one bounded number whatever rows it reads:
+    ``count(*)``, ``count(col)``, ``min(col)``/``max(col)`` of a column as it is,
+    ``bool_and``/``bool_or``/``every`` of one — no FILTER, which one such call
+    per id would turn into a bit per id in one row (``count(*) FILTER (WHERE id =
+    7)``), no computed argument (``bool_or(id = 7)``, ``min(CASE ...)``), for the same
+    reason."""
+    if body.get("agg_filter") or body.get("agg_within_group"):
+        return False
+    args = body.get("args") or ()
+    if name == "count" and body.get("agg_star"):
+        return not args
+    if name == "count" or name in _PICKING:
+        return len(args) == 1 and _bare_column(args[0])
+    return False
+
+
+def _bounded_window(body: Node, name: str, over: Node, scope: Scope) -> bool:
+    """Whether a window function's value is one bounded number per row: it numbers
+    or counts the rows (``row_number()``, ``rank()``, ``dense_rank()``, ``count(*)``,
+    ``count(col)``) of a window partitioned and ordered by columns as they are, with
+    no frame offsets — ``count(*) OVER (PARTITION BY id = 7)``, ``rank() OVER (ORDER
+    BY id <> 7)`` or a frame of ``7 FOLLOWING`` say whether id 7 was kept, one per
+    window, side by side in one row."""
+    if body.get("agg_filter"):
+        return False
+    args = body.get("args") or ()
+    if name in _NUMBERING:
+        if args:
+            return False
+    elif name != "count" or not (
+        (body.get("agg_star") and not args) or (len(args) == 1 and _bare_column(args[0]))
+    ):
+        return False
+    defs = [over]
+    named = over.get("refname") or over.get("name")
+    if named:
+        found = (scope.window_defs or {}).get(named)
+        if found is None:
+            return False
+        defs.append(found)
+    for wd in defs:
+        if wd.get("startOffset") or wd.get("endOffset"):
+            return False
+        for item in wd.get("partitionClause") or ():
+            if not _bare_column(item):
+                return False
+        for item in wd.get("orderClause") or ():
+            if not _bare_column(item.get("SortBy", {}).get("node", item)):
+                return False
+    return True
+
+
+def _aggregate_level(refs: list[Any], scope: Scope) -> Scope:
+    """The level an aggregate belongs to: ``scope``, unless its arguments name only
+    columns of outer levels, then the nearest of those (as PostgreSQL reads it)."""
+    if not refs:
+        return scope
+    levels = {id(ref[0]) for ref in refs}
+    s: Scope | None = scope
+    while s is not None:
+        if id(s) in levels:
+            return s
+        s = s.parent
+    return scope

@@ -115,9 +115,11 @@ class Queries(WalkState):
         if body.get("windowClause"):
             # before the select list, whose window functions name them (``OVER w``)
             scope.windows = {}
+            scope.window_defs = {}
             for wdef in body["windowClause"]:
                 wd = wdef.get("WindowDef") or wdef
                 scope.windows[wd.get("name") or ""] = self.window(wd, scope)
+                scope.window_defs[wd.get("name") or ""] = wd
         out = Output()
         # a plain DISTINCT groups by every output: each chooses like a GROUP BY item
         distinct = distinct or body.get("distinctClause") == [{}]
@@ -126,17 +128,26 @@ class Queries(WalkState):
         targets: list[tuple[str, Lin, list[Ref] | None]] = []
         bare: list[bool] = []  # per output column: its target is a column as it is
         whole: list[bool] = []  # ... and not cut by its cast (``_whole_column``)
+        # the outputs holding an aggregate or window function that packs rows, or
+        # that reads them in their order (``Scope.mark``; -1: the tail)
+        packed: list[tuple[int, bool, bool]] = []
         for target in body.get("targetList") or ():
             rt = target["ResTarget"]
             n = len(out.columns)
             saved, self.refs = self.refs, []
             refs = self.refs
+            packs, sorts = scope.packs, scope.sorts
             try:
                 self.target(rt.get("val"), rt.get("name"), scope, ctx, out)
             finally:
                 self.refs = saved
             if saved is not None:
                 saved.extend(refs)
+            if scope.packs != packs or scope.sorts != sorts:
+                flags = (scope.packs != packs, scope.sorts != sorts)
+                packed.extend((k, *flags) for k in range(n, len(out.columns)))
+                if out.tail is not None:
+                    packed.append((-1, *flags))
             tail = out.tail or CLEAN
             lin = tail
             for k in range(n, len(out.columns)):
@@ -160,7 +171,7 @@ class Queries(WalkState):
         if body.get("lockingClause"):
             self.locks_chosen(scope)
         # last: a correlated predicate anywhere below may have chosen this level's rows
-        return scope.mark(out, _aggregates(body))
+        return scope.mark(out, _aggregates(body), packed)
 
     def compared(self, branches: list[Branch], merged: Output, scope: Scope) -> None:
         """A set operation that compares rows (all but UNION ALL) keeps or merges a
@@ -282,11 +293,20 @@ class Queries(WalkState):
         # ascii(c.email)) WHERE c.id = 42 HAVING count(*) >= g)``: count(*) is the code)
         self.choose(body.get("havingClause"), scope, aggregated=True)
         for item in body.get("groupClause") or ():
-            self.choose(item, scope)
-            self.choose_output(item, scope, targets)
+            # a column as it is groups whole values (``GROUP BY email``: a group per
+            # returned row), as a window's PARTITION BY does, and asks no row a question
+            key = self.choose(item, scope, whole=_whole_column(item))
+            hits = self.choose_output(item, scope, targets)
+            # grouped by sorting, the rows come out in the keys' order
+            for k in hits:
+                key = key | targets[k][1]
+            self.orders(key, scope)
         # A nested level's order is a value of its rows (below): not the statement's
         # own query (a top-level SELECT, an INSERT's), whose order only orders
         nested = scope.parent is not None and body is not self.statement_query
+        # what kept rows before DISTINCT ON and ORDER BY, which come after this
+        # level's aggregates and windows (``Scope.pack``)
+        scope.kept = scope.asked
         distinct_on = [d for d in body.get("distinctClause") or () if d]
         for item in distinct_on:
             key = self.choose(item, scope)
@@ -330,11 +350,22 @@ class Queries(WalkState):
         it says nothing more than the statement's own ORDER BY email, and stays clean
         (``whole``: per output column, whether it is one, for ``ORDER BY 2``)."""
         lin = CLEAN if _whole_column(item.get("SortBy", {}).get("node", item)) else key
+        order = key
         for k in hits:
+            order = order | targets[k][1]
             if not (whole is not None and k < len(whole) and whole[k]):
                 lin = lin | targets[k][1]
         if lin.pii or lin.unknown:
             scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown)
+        # even by a whole column, the order is a value of whatever packs the rows in
+        # it above (``string_agg`` over ``(SELECT id ... ORDER BY email) s``)
+        self.orders(order, scope)
+
+    @staticmethod
+    def orders(lin: Lin, scope: Scope) -> None:
+        """The rows of this level come out in an order ``lin`` chose (``Scope.ordered``)."""
+        if lin.pii or lin.unknown:
+            scope.ordered = scope.ordered | Lin(lin.entities, lin.unknown)
 
     def choose_output(
         self,
@@ -395,13 +426,17 @@ class Queries(WalkState):
         created_at)`` stays a number, in a sub-select too (``... WHERE rn = 1``). A window named (``OVER w``, ``OVER (w
         ORDER BY ...)``) adds what the WINDOW clause's keys put there."""
         carried = CLEAN
+        keys = CLEAN
         for item in wdef.get("partitionClause") or ():
             whole = _whole_column(item)
             lin = self.choose(item, scope, whole=whole)
+            keys = keys | lin
             if not whole:
                 carried = carried | lin
         for item in wdef.get("orderClause") or ():
             carried = carried | self.choose(item, scope)
+        # the rows come out of a window sorted by its keys (for the level above)
+        self.orders(keys | carried, scope)
         for key in ("startOffset", "endOffset"):
             if wdef.get(key):
                 self.chosen_by(self.expr(wdef[key], scope, FILTER), scope)

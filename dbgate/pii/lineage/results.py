@@ -53,6 +53,10 @@ class Output:
     #: standing as a value (``(SELECT count(*) ... WHERE ascii(email) & 4 <> 0)``)
     asked: Lin = CLEAN
     asked_levels: frozenset[int] = field(default=frozenset(), compare=False, repr=False)
+    #: PII that chose the order of its rows (a nested ``ORDER BY email``, whole column
+    #: too, here or below): in no column, but a value of whatever packs the rows in
+    #: their order (``string_agg``, ``row_number() OVER ()``, ``ARRAY(...)``)
+    ordered: Lin = CLEAN
     #: of a prepared statement: its parameters whose values it writes, keeps in session
     #: state, or lets choose the rows it writes (an EXECUTE argument there is a copy)
     writes: frozenset[int] = frozenset()
@@ -84,6 +88,7 @@ class Output:
             chosen=self.chosen | other.chosen,
             asked=self.asked | other.asked,
             asked_levels=self.asked_levels | other.asked_levels,
+            ordered=self.ordered | other.ordered,
             writes=self.writes | other.writes,
         )
         if (

@@ -29,6 +29,7 @@ class Item:
         "cols",
         "names",
         "open",
+        "ordered",
         "rest",
         "schema",
         "table",
@@ -46,6 +47,7 @@ class Item:
         table: bool = False,
         asked: Lin = CLEAN,
         asked_levels: frozenset[int] = frozenset(),
+        ordered: Lin = CLEAN,
     ) -> None:
         self.alias = alias
         self.names = names
@@ -58,6 +60,8 @@ class Item:
         #: its source's rows were kept by their own PII, at these levels (Output.asked)
         self.asked = asked
         self.asked_levels = asked_levels
+        #: PII that chose the order of its source's rows (Output.ordered)
+        self.ordered = ordered
         self._index: dict[str, Lin] | None = None
 
     def get(self, name: str) -> Lin | None:
@@ -87,9 +91,14 @@ class Scope:
         "chosen",
         "ctes",
         "items",
+        "kept",
+        "ordered",
+        "packs",
         "parent",
         "serial",
+        "sorts",
         "stars",
+        "window_defs",
         "windows",
     )
 
@@ -111,6 +120,20 @@ class Scope:
         #: the named windows of its WINDOW clause: the PII their keys put in the value
         #: of every window function over them (``Queries.window``)
         self.windows: dict[str, Lin] | None = None
+        #: and their definitions, for a window function's ``_bounded`` test
+        self.window_defs: dict[str, dict] | None = None
+        #: PII that chose the order of this level's rows for the level above (a nested
+        #: ORDER BY, DISTINCT ON, GROUP BY or window of PII, whole columns too)
+        self.ordered = CLEAN
+        #: ``asked`` as it was before this level's DISTINCT ON and ORDER BY, which
+        #: come after its aggregates and windows (None: no such clause walked)
+        self.kept: Lin | None = None
+        #: aggregates and window functions of this level met so far whose value can
+        #: hold more than one bounded number (``Expressions.packs``): counted, so the
+        #: select list knows which of its outputs hold one (``Queries._select``)
+        self.packs = 0
+        #: ... and those whose value depends on the order of the rows they read
+        self.sorts = 0
 
     def ask(self, lin: Lin, levels: frozenset[int] | None = None) -> None:
         """Rows of this level were kept by their own PII (``lin``): asked here, or at
@@ -137,7 +160,19 @@ class Scope:
             levels = levels | item.asked_levels
         return lin, levels
 
-    def mark(self, out: Output, aggregates: bool = False) -> Output:
+    def level_ordered(self) -> Lin:
+        """What PII chose the order of the rows this level reads (its FROM entries')."""
+        out = CLEAN
+        for item in self.items:
+            out = out | item.ordered
+        return out
+
+    def mark(
+        self,
+        out: Output,
+        aggregates: bool = False,
+        packed: list[tuple[int, bool, bool]] | None = None,
+    ) -> Output:
         """``out`` with this level's chosen PII added to every column.
 
         A level that aggregates turns the presence of its rows into values: rows
@@ -146,10 +181,21 @@ class Scope:
         WHERE ascii(email) & 1 <> 0 UNION ALL SELECT 2 ...)``), or at all when the
         level is itself nested, make its outputs carry that PII. One level's question
         counted at a statement's top level (``count(*) ... WHERE email LIKE 'a%'``, or
-        over a sub-select or CTE that asks it) stays one number."""
+        over a sub-select or CTE that asks it) stays one number — but an aggregate or
+        window function that packs rows (``packed``: per output holding one, -1 for
+        the tail, whether one packs them and whether one reads their order) carries it
+        there, and one that reads them in their order the PII that chose it:
+        ``string_agg(id::text, ',') ... WHERE ascii(substr(email, 3, 1)) & 4 <>
+        0`` lists the ids whose bit is 1, every customer's bit in one row, and over
+        ``(SELECT id FROM customers ORDER BY email) s`` every id in the e-mails'
+        order."""
         asked, levels = self.level_asked()
         out.asked = out.asked | asked
         out.asked_levels = out.asked_levels | levels
+        ordered = self.level_ordered()
+        out.ordered = out.ordered | ordered | self.ordered
+        if packed:
+            self.pack(out, packed, ordered)
         if aggregates and asked is not CLEAN and (len(levels) > 1 or self.parent is not None):
             self.chosen = self.chosen | Lin(asked.entities, asked.unknown)
         chosen = self.level_chosen()
@@ -160,6 +206,25 @@ class Scope:
             out.tail = out.tail | chosen
         out.chosen = out.chosen | chosen
         return out
+
+    def pack(self, out: Output, packed: list[tuple[int, bool, bool]], ordered: Lin) -> None:
+        """Add to the outputs that pack rows the PII that kept them (before this
+        level's own ORDER BY and DISTINCT ON, which come after its aggregates and
+        windows), to those that read their order the PII that chose it."""
+        asked = self.asked if self.kept is None else self.kept
+        for item in self.items:
+            asked = asked | item.asked
+        if not (asked.pii or asked.unknown or ordered.pii or ordered.unknown):
+            return
+        kept = Lin(asked.entities, asked.unknown)
+        order = Lin(ordered.entities, ordered.unknown)
+        for k, packs, sorts in packed:
+            add = (kept if packs else CLEAN) | (order if sorts else CLEAN)
+            if k < 0:
+                if out.tail is not None:
+                    out.tail = out.tail | add
+            elif k < len(out.columns):
+                out.columns[k] = out.columns[k] | add
 
     def cte(self, name: str) -> tuple[Output, list[str]] | None:
         scope: Scope | None = self

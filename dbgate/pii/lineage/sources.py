@@ -79,6 +79,7 @@ class Sources(WalkState):
             chosen=out.chosen,
             asked=out.asked,
             asked_levels=out.asked_levels,
+            ordered=out.ordered,
         )
         scope.items.append(item)
         return item
@@ -109,6 +110,7 @@ class Sources(WalkState):
                         out.chosen,
                         asked=out.asked,
                         asked_levels=out.asked_levels,
+                        ordered=out.ordered,
                     )
                 return self.item_from_output(out, alias or {"aliasname": name}, scope)
         rels = self.snap.lookup(name, schema)
@@ -211,6 +213,7 @@ class Sources(WalkState):
             chosen=left.chosen | right.chosen,
             asked=left.asked | right.asked,
             asked_levels=left.asked_levels | right.asked_levels,
+            ordered=left.ordered | right.ordered,
         )
         if alias or (body.get("join_using_alias")):
             if body.get("join_using_alias"):
