@@ -2171,3 +2171,45 @@ def test_sub_selects_cut_in_an_order_of_pii_come_back_tokenized(
         row = conn.execute(sql).fetchone()
     assert spelled(row) != chars
     assert all(v != 42 for v in row)
+
+
+def test_aggregates_over_rows_kept_by_bits_of_pii_come_back_tokenized(
+    dsn: str, admin_dsn: str
+) -> None:
+    """``sum(power(2::numeric, id)) ... WHERE ascii(substr(email, i, 1)) & b <> 0``:
+    one number whose bits are the customers whose bit is 1, so fourteen statements
+    read the first two characters of every e-mail straight from the server (the rules
+    let it through: no list of rows is collected); through the gate the sums are
+    pseudonyms. The same for the e-mails' order, listed by ``string_agg`` over a
+    sub-select ordered by them (its LIMIT bounds the rows the rules see)."""
+    with psycopg.connect(admin_dsn) as admin:
+        emails = dict(admin.execute("select id, email from customers").fetchall())
+        order = [r[0] for r in admin.execute("select id from customers order by email")]
+
+    def spelled(conn: psycopg.Connection[Any]) -> dict[int, str]:
+        bits: dict[tuple[int, int], int] = {}
+        for i in (1, 2):
+            for b in range(7):
+                (got,) = conn.execute(
+                    f"select sum(power(2::numeric, id)) from customers"
+                    f" where ascii(substr(email, {i}, 1)) & {1 << b} <> 0"
+                ).fetchone()
+                bits[(i, b)] = int(got or 0)
+        return {
+            k: "".join(chr(sum(1 << b for b in range(7) if bits[(i, b)] >> k & 1)) for i in (1, 2))
+            for k in emails
+        }
+
+    ordered = (
+        "select string_agg(id::text, ',') from"
+        " (select id from customers order by email limit 1000) s"
+    )
+    with psycopg.connect(admin_dsn) as admin:
+        assert spelled(admin) == {k: e[:2] for k, e in emails.items()}
+        (listed,) = admin.execute(ordered).fetchone()
+        assert [int(n) for n in listed.split(",")] == order
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        got = spelled(conn)
+        (listed,) = conn.execute(ordered).fetchone()
+    assert sum(got[k] == e[:2] for k, e in emails.items()) < len(emails) // 4
+    assert listed.startswith("tok_")
