@@ -157,6 +157,8 @@ class Queries(WalkState):
                 whole.append(_whole_column(rt.get("val")))
             if distinct:
                 self.chose(lin, refs)
+                # made distinct by sorting, the rows come out in their values' order
+                self.orders(lin, scope)
         if rows is not None:
             rows.append(
                 (

@@ -155,6 +155,11 @@ class Sources(WalkState):
         if body.get("quals"):
             inner = body.get("jointype", "JOIN_INNER") == "JOIN_INNER"
             on = self.choose(body["quals"], scope, rows=inner)
+            if on.pii or on.unknown:
+                # merged by sorting on its keys, a join's rows come out in their order
+                # (``ON c.email = o.contact_email``): what reads them in it carries them
+                for side in (left, right):
+                    side.ordered = side.ordered | Lin(on.entities, on.unknown)
             if body.get("jointype", "JOIN_INNER") != "JOIN_INNER" and (
                 on.pii or on.unknown or on.params
             ):

@@ -79,6 +79,21 @@ LEAKS = [
     "select id, row_number() over () from (select id from customers order by email) s",
     "select id, lag(id) over () from (select id from customers order by email) s",
     "select sum(id) from (select id from customers order by email) s",
+    # made distinct, or merged, by sorting on PII; joined by sorting on it
+    "select string_agg(i::text, ',') from (select distinct email, id i from customers) s",
+    "select string_agg(i::text, ',') from (select email, id i from customers"
+    " union select null, 0) s",
+    "select string_agg(c.id::text, ',') from customers c join customers d on c.email = d.email",
+    # kept by a correlated sub-select's or EXISTS' question of PII
+    "select string_agg(c.id::text, ',') from customers c"
+    " where (select ascii(substr(c.email, 3, 1)) & 4) <> 0",
+    "select string_agg(c.id::text, ',') from customers c where exists"
+    " (select 1 from customers d where d.id = c.id and d.email like 'a%')",
+    # in a set operation's branch, a LATERAL one
+    "select string_agg(id::text, ',') from ((select id from customers order by email)"
+    " union all select 0) s",
+    f"select x.s from (select 1) d, lateral (select string_agg(id::text, ',') s"
+    f" from customers where {B}) x",
 ]
 
 
