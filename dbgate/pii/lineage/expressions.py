@@ -268,12 +268,8 @@ class Expressions(WalkState):
         within = bool(body.get("agg_within_group")) and not (
             builtin and name in HYPOTHETICAL_SET_AGGREGATES
         )
-        # an aggregate's FILTER chooses the rows it adds up: sum(g) FILTER (WHERE g = ...)
-        filtered = self.choose(body.get("agg_filter"), scope, rows=False)
-        met = len(self.refs) if self.refs is not None else -1
-        lin = self._func_call(body, scope, ctx, parts, name, builtin, within)
         over = body.get("over")
-        if over or (
+        aggregate = over or (
             builtin
             and (
                 name in AGGREGATES
@@ -281,7 +277,15 @@ class Expressions(WalkState):
                 or body.get("agg_filter")
                 or body.get("agg_distinct")
             )
-        ):
+        )
+        # what its own argument, FILTER or keys ask keeps no row of the level
+        asks = _asks(scope) if aggregate else None
+        # an aggregate's FILTER chooses the rows it adds up: sum(g) FILTER (WHERE g = ...)
+        filtered = self.choose(body.get("agg_filter"), scope, rows=False)
+        met = len(self.refs) if self.refs is not None else -1
+        lin = self._func_call(body, scope, ctx, parts, name, builtin, within)
+        if asks is not None:
+            _set_aside(asks)
             self.packs(body, name, scope, over, met)
         if filtered.pii or filtered.unknown or filtered.params:
             # and which rows one aggregate adds up is a value of it, as a CASE's
@@ -304,11 +308,12 @@ class Expressions(WalkState):
         level = scope
         if not over and met >= 0 and self.refs is not None:
             level = _aggregate_level(self.refs[met:], scope)
+        stored = self.stored_column
         if over:
-            bounded = _bounded_window(body, name, over, level)
+            bounded = _bounded_window(body, name, over, level, lambda n: stored(n, scope))
             sorts = True
         else:
-            bounded = _bounded_aggregate(body, name)
+            bounded = _bounded_aggregate(body, name, lambda n: stored(n, scope))
             sorts = name not in ORDER_FREE
         if not bounded:
             level.packs += 1
@@ -587,27 +592,37 @@ _PICKING = frozenset(("min", "max", "bool_and", "bool_or", "every"))
 _NUMBERING = frozenset(("row_number", "rank", "dense_rank"))
 
 
-def _bounded_aggregate(body: Node, name: str) -> bool:
+def _bounded_aggregate(body: Node, name: str, stored: Callable[[Node], bool]) -> bool:
     """Whether an aggregate's value is one bounded number whatever rows it reads:
-    ``count(*)``, ``count(col)``, ``min(col)``/``max(col)`` of a column as it is,
-    ``bool_and``/``bool_or``/``every`` of one — no FILTER, which one such call
-    per id would turn into a bit per id in one row (``count(*) FILTER (WHERE id =
-    7)``), no computed argument (``bool_or(id = 7)``, ``min(CASE ...)``), for the same
-    reason."""
+    ``count(*)``, ``count(col)``, ``min(col)``/``max(col)`` of a stored table's column
+    as it is (``stored``), ``bool_and``/``bool_or``/``every`` of one — no FILTER,
+    which one such call per id would turn into a bit per id in one row (``count(*)
+    FILTER (WHERE id = 7)``), no computed argument (``bool_or(id = 7)``, ``min(CASE
+    ...)``), nor a sub-select's column, which may be one (``min(k7) FROM (SELECT id <>
+    7 k7 ...) s``), for the same reason."""
     if body.get("agg_filter") or body.get("agg_within_group"):
         return False
     args = body.get("args") or ()
     if name == "count" and body.get("agg_star"):
         return not args
     if name == "count" or name in _PICKING:
-        return len(args) == 1 and _bare_column(args[0])
+        return len(args) == 1 and _stored_as_is(args[0], stored)
     return False
 
 
-def _bounded_window(body: Node, name: str, over: Node, scope: Scope) -> bool:
+def _stored_as_is(node: Node, stored: Callable[[Node], bool]) -> bool:
+    """A stored table's column, perhaps cast (``id``, ``c.id::text``)."""
+    while isinstance(node, dict) and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    return isinstance(node, dict) and "ColumnRef" in node and stored(node)
+
+
+def _bounded_window(
+    body: Node, name: str, over: Node, scope: Scope, stored: Callable[[Node], bool]
+) -> bool:
     """Whether a window function's value is one bounded number per row: it numbers
     or counts the rows (``row_number()``, ``rank()``, ``dense_rank()``, ``count(*)``,
-    ``count(col)``) of a window partitioned and ordered by columns as they are, with
+    ``count(col)``) of a window partitioned and ordered by stored columns as they are, with
     no frame offsets — ``count(*) OVER (PARTITION BY id = 7)``, ``rank() OVER (ORDER
     BY id <> 7)`` or a frame of ``7 FOLLOWING`` say whether id 7 was kept, one per
     window, side by side in one row."""
@@ -618,7 +633,7 @@ def _bounded_window(body: Node, name: str, over: Node, scope: Scope) -> bool:
         if args:
             return False
     elif name != "count" or not (
-        (body.get("agg_star") and not args) or (len(args) == 1 and _bare_column(args[0]))
+        (body.get("agg_star") and not args) or (len(args) == 1 and _stored_as_is(args[0], stored))
     ):
         return False
     defs = [over]
@@ -632,12 +647,31 @@ def _bounded_window(body: Node, name: str, over: Node, scope: Scope) -> bool:
         if wd.get("startOffset") or wd.get("endOffset"):
             return False
         for item in wd.get("partitionClause") or ():
-            if not _bare_column(item):
+            if not _stored_as_is(item, stored):
                 return False
         for item in wd.get("orderClause") or ():
-            if not _bare_column(item.get("SortBy", {}).get("node", item)):
+            if not _stored_as_is(item.get("SortBy", {}).get("node", item), stored):
                 return False
     return True
+
+
+def _asks(scope: Scope) -> list[tuple[Scope, Lin]]:
+    """What each level from ``scope`` outward was asked so far (``Scope.asked``)."""
+    out = []
+    s: Scope | None = scope
+    while s is not None:
+        out.append((s, s.asked))
+        s = s.parent
+    return out
+
+
+def _set_aside(asks: list[tuple[Scope, Lin]]) -> None:
+    """Move what an aggregate's or window's own parts asked of each level since
+    ``asks`` to ``Scope.aggregate_asked``: it kept none of the level's rows."""
+    for s, before in asks:
+        if s.asked is not before:
+            s.aggregate_asked = s.aggregate_asked | s.asked
+            s.asked = before
 
 
 def _aggregate_level(refs: list[Any], scope: Scope) -> Scope:

@@ -86,6 +86,7 @@ class Item:
 
 class Scope:
     __slots__ = (
+        "aggregate_asked",
         "asked",
         "asked_levels",
         "chosen",
@@ -117,6 +118,10 @@ class Scope:
         #: the levels whose questions those are: this one, or the levels of a
         #: sub-select standing as a whole predicate here (``Scope.serial``)
         self.asked_levels: frozenset[int] = frozenset()
+        #: the same, asked by an aggregate's or window's own argument, FILTER or keys
+        #: (``count(email)``): no row of the level is kept or dropped by it, so the
+        #: other aggregates of the level read every row (``Scope.pack``)
+        self.aggregate_asked = CLEAN
         #: the named windows of its WINDOW clause: the PII their keys put in the value
         #: of every window function over them (``Queries.window``)
         self.windows: dict[str, Lin] | None = None
@@ -153,7 +158,7 @@ class Scope:
     def level_asked(self) -> tuple[Lin, frozenset[int]]:
         """What PII kept rows by their own value, here or in a FROM entry's source, and
         at which levels (``Scope.serial``)."""
-        lin = self.asked
+        lin = self.asked | self.aggregate_asked
         levels = self.asked_levels
         for item in self.items:
             lin = lin | item.asked

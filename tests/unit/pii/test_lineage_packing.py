@@ -60,6 +60,15 @@ LEAKS = [
     f"select id, max(id) over (order by id rows between 1 preceding and 1 preceding)"
     f" from customers where {B} limit 1",
     f"select id, sum(count(*)) over () from customers where {B} group by id limit 1",
+    # a bounded aggregate of a sub-select's column, which may be computed there
+    f"select min(k1), min(k2) from (select id <> 1 k1, id <> 2 k2 from customers where {B}) s",
+    f"select count(k1) from (select nullif(id, 1) k1 from customers where {B}) s",
+    f"select bool_or(k1) from (select id = 1 k1 from customers where {B}) s",
+    f"select id, count(*) over (partition by k1) from (select id, id = 1 k1 from customers"
+    f" where {B}) s limit 1",
+    f"select id, rank() over (order by k1) from (select id, id <> 1 k1 from customers"
+    f" where {B}) s limit 1",
+    f"with s as (select id <> 1 k1 from customers where {B}) select min(k1) from s",
     # an aggregate of the outer level written inside a sub-select
     f"select (select string_agg(c.id::text, ',')) from customers c where {B}",
     # an order chosen by PII, by a column as it is too
@@ -113,7 +122,7 @@ CLEAN = [
     f"select count(*) from (select id from customers where {B}) s",
     "select count(*) from customers group by email",
     f"select id, row_number() over (order by id) from customers where {B}",
-    f"select id, rank() over (partition by id order by created_at) from customers where {B}",
+    f"select id, rank() over (partition by id order by id) from customers where {B}",
     f"select id, count(*) over () from customers where {B}",
     f"select id, count(*) over w from customers where {B} window w as (order by id)",
     # rows returned one by one stay as they were
@@ -127,7 +136,10 @@ CLEAN = [
     "select id, sum(1) over () from customers order by email",
     "select status, sum(total) from orders group by status order by min(contact_email)",
     # a bounded aggregate over an order PII chose
-    "select count(*), max(id) from (select id from customers order by email) s",
+    "select count(*) from (select id from customers order by email) s",
+    # what an aggregate's own argument asks keeps no row for the others
+    "select count(email), sum(id), array_agg(id) from customers",
+    "select count(distinct email), avg(id) from customers",
     # a whole e-mail grouped, a group per returned row
     "select email, array_agg(id) from customers group by email",
 ]
