@@ -69,6 +69,9 @@ LEAKS = [
     f"select id, rank() over (order by k1) from (select id, id <> 1 k1 from customers"
     f" where {B}) s limit 1",
     f"with s as (select id <> 1 k1 from customers where {B}) select min(k1) from s",
+    # groups kept by HAVING, then numbered by a window over them
+    "select string_agg(id::text, ',') over () from customers group by id"
+    " having bool_or(ascii(substr(email, 3, 1)) & 4 <> 0) limit 1",
     # an aggregate of the outer level written inside a sub-select
     f"select (select string_agg(c.id::text, ',')) from customers c where {B}",
     # an order chosen by PII, by a column as it is too
