@@ -598,7 +598,7 @@ def _bounded_aggregate(body: Node, name: str, stored: Callable[[Node], bool]) ->
     as it is (``stored``), ``bool_and``/``bool_or``/``every`` of one — no FILTER,
     which one such call per id would turn into a bit per id in one row (``count(*)
     FILTER (WHERE id = 7)``), no computed argument (``bool_or(id = 7)``, ``min(CASE
-    ...)``), nor a sub-select's column, which may be one (``min(k7) FROM (SELECT id <>
+    ...)``), nor a sub-select's column, which may be one (``bool_or(k7) FROM (SELECT id =
     7 k7 ...) s``), for the same reason."""
     if body.get("agg_filter") or body.get("agg_within_group"):
         return False

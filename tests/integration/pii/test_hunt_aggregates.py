@@ -116,6 +116,16 @@ PACKED: list[tuple[str, Callable[[bytes | None], set[int]], int]] = [
         _ids,
         400,
     ),
+    # one bool_or per id, side by side, of a sub-select's computed columns
+    (
+        "select "
+        + ", ".join(f"bool_or(k{k})" for k in range(1, 401))
+        + " from (select "
+        + ", ".join(f"id = {k} k{k}" for k in range(1, 401))
+        + " from customers where {bit} <> 0) s",
+        _ids,  # read below, column by column
+        400,
+    ),
     # one count per id, side by side, of the kept rows: a FILTER of clean columns
     (
         "select "
@@ -145,9 +155,9 @@ def _spelled(bits: dict[tuple[int, int], set[int]], ids: list[int]) -> dict[int,
 
 
 def _read(sql: str, row_set: list[tuple[bytes | None, ...]], parse: Any, b: int) -> set[int]:
-    if "filter (where id =" in sql:
+    if "filter (where id =" in sql or "bool_or(k" in sql:
         (row,) = row_set
-        return {k + 1 for k, v in enumerate(row) if v == b"1"}
+        return {k + 1 for k, v in enumerate(row) if v in (b"1", b"t")}
     if "group by" in sql:
         # two groups in the bit's order; one when every row has the same bit, which
         # the agent guesses as ``_decode`` does (e-mails are mostly lower-case)

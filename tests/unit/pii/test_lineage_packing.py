@@ -61,14 +61,16 @@ LEAKS = [
     f" from customers where {B} limit 1",
     f"select id, sum(count(*)) over () from customers where {B} group by id limit 1",
     # a bounded aggregate of a sub-select's column, which may be computed there
-    f"select min(k1), min(k2) from (select id <> 1 k1, id <> 2 k2 from customers where {B}) s",
+    f"select bool_or(k1), bool_or(k2) from (select id = 1 k1, id = 2 k2 from customers"
+    f" where {B}) s",
+    f"select max(k1) from (select (id = 1)::int k1 from customers where {B}) s",
     f"select count(k1) from (select nullif(id, 1) k1 from customers where {B}) s",
     f"select bool_or(k1) from (select id = 1 k1 from customers where {B}) s",
     f"select id, count(*) over (partition by k1) from (select id, id = 1 k1 from customers"
     f" where {B}) s limit 1",
     f"select id, rank() over (order by k1) from (select id, id <> 1 k1 from customers"
     f" where {B}) s limit 1",
-    f"with s as (select id <> 1 k1 from customers where {B}) select min(k1) from s",
+    f"with s as (select id = 1 k1 from customers where {B}) select bool_and(k1) from s",
     # groups kept by HAVING, then numbered by a window over them
     "select string_agg(id::text, ',') over () from customers group by id"
     " having bool_or(ascii(substr(email, 3, 1)) & 4 <> 0) limit 1",
