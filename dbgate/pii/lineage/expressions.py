@@ -196,9 +196,11 @@ class Expressions(WalkState):
             return False
         return self.stored_column(side, scope) or not self.rounds_anywhere()
 
-    def stored_column(self, side: Node, scope: Scope) -> bool:
+    def stored_column(self, side: Node, scope: Scope, relation: bool = False) -> bool:
         """Whether ``side`` is a column of one stored table (its type is the table's,
-        whatever the rest of the text computes)."""
+        whatever the rest of the text computes); ``relation``: of a relation the
+        snapshot knows, a view or a name several schemas hold too — the catalog's, not
+        a value the text computes (``Expressions.packs``)."""
         ref = side.get("ColumnRef") if isinstance(side, dict) else None
         if ref is None:
             return False
@@ -207,12 +209,12 @@ class Expressions(WalkState):
             return False  # a star
         if len(names) > 1:
             found = self.lookup(names[:-1], scope)
-            return found is not None and found[0].table and names[-1] in found[0].names
+            return found is not None and _stored(found[0], relation) and names[-1] in found[0].names
         s: Scope | None = scope
         while s is not None:
             items = [item for item in s.items if item.get(names[0]) is not None]
             if items:
-                return all(item.table and names[0] in item.names for item in items)
+                return all(_stored(item, relation) and names[0] in item.names for item in items)
             s = s.parent
         return False
 
@@ -310,10 +312,10 @@ class Expressions(WalkState):
             level = _aggregate_level(self.refs[met:], scope)
         stored = self.stored_column
         if over:
-            bounded = _bounded_window(body, name, over, level, lambda n: stored(n, scope))
+            bounded = _bounded_window(body, name, over, level, lambda n: stored(n, scope, True))
             sorts = True
         else:
-            bounded = _bounded_aggregate(body, name, lambda n: stored(n, scope))
+            bounded = _bounded_aggregate(body, name, lambda n: stored(n, scope, True))
             sorts = name not in ORDER_FREE
         if not bounded:
             level.packs += 1
@@ -608,6 +610,13 @@ def _bounded_aggregate(body: Node, name: str, stored: Callable[[Node], bool]) ->
     if name == "count" or name in _PICKING:
         return len(args) == 1 and _stored_as_is(args[0], stored)
     return False
+
+
+def _stored(item: Item, relation: bool) -> bool:
+    """One stored table's row; ``relation``: or a relation's the snapshot knows."""
+    if relation:
+        return item.table or (item.schema is not None and not item.open)
+    return item.table
 
 
 def _stored_as_is(node: Node, stored: Callable[[Node], bool]) -> bool:

@@ -239,3 +239,21 @@ async def test_row_numbers_over_a_sub_select_ordered_by_birth_date_rank_it(
     assert res.replaced == [{1}]  # the ranks, not the ids
     after = {int(row[0]): row[1] for row in res.rows_after}
     assert sum(after[k] == str(r).encode() for k, r in ranks.items()) < len(ranks) // 4
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select count(*), count(id), min(id), max(id) from customers"
+        " where ascii(substr(email, 3, 1)) & 4 <> 0",
+        "select max(id), count(id) from v_contacts where email_lc like 'a%'",
+        "select status, count(*) from orders o join customers c on c.id = o.customer_id"
+        " where c.email like '%@gmail.com' group by status order by status",
+        "select count(email), sum(id), array_agg(id order by id) from customers where id < 5",
+    ],
+    ids=["bounded", "view", "per-group", "own-argument"],
+)
+async def test_bounded_aggregates_stay_numbers(pg_server: Any, pii_demo: Demo, sql: str) -> None:
+    """One bounded number per aggregate, or a row per group, comes back as it is."""
+    res = await _agent(pg_server, pii_demo, sql)
+    assert res.rows_after == res.rows_before
