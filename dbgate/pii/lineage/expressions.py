@@ -647,11 +647,13 @@ def _bounded_window(
         return False
     defs = [over]
     named = over.get("refname") or over.get("name")
-    if named:
+    while named:
+        # a named window, and the one it names in turn (``WINDOW w2 AS (w)``)
         found = (scope.window_defs or {}).get(named)
-        if found is None:
+        if found is None or len(defs) > 20:
             return False
         defs.append(found)
+        named = found.get("refname")
     for wd in defs:
         if wd.get("startOffset") or wd.get("endOffset"):
             return False

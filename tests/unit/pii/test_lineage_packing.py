@@ -71,6 +71,8 @@ LEAKS = [
     f"select id, rank() over (order by k1) from (select id, id <> 1 k1 from customers"
     f" where {B}) s limit 1",
     f"with s as (select id = 1 k1 from customers where {B}) select bool_and(k1) from s",
+    f"select id, count(*) over w2 from customers where {B}"
+    " window w as (partition by id = 7), w2 as (w) limit 1",
     # groups kept by HAVING, then numbered by a window over them
     "select string_agg(id::text, ',') over () from customers group by id"
     " having bool_or(ascii(substr(email, 3, 1)) & 4 <> 0) limit 1",
