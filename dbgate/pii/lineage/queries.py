@@ -116,10 +116,15 @@ class Queries(WalkState):
             # before the select list, whose window functions name them (``OVER w``)
             scope.windows = {}
             scope.window_defs = {}
+            asked = scope.asked
             for wdef in body["windowClause"]:
                 wd = wdef.get("WindowDef") or wdef
                 scope.windows[wd.get("name") or ""] = self.window(wd, scope)
                 scope.window_defs[wd.get("name") or ""] = wd
+            if scope.asked is not asked:
+                # a window's keys keep none of the level's rows (``Scope.aggregate_asked``)
+                scope.aggregate_asked = scope.aggregate_asked | scope.asked
+                scope.asked = asked
         out = Output()
         # a plain DISTINCT groups by every output: each chooses like a GROUP BY item
         distinct = distinct or body.get("distinctClause") == [{}]
@@ -293,7 +298,13 @@ class Queries(WalkState):
         # HAVING compares aggregates of this level's rows, which carry what chose or
         # sized them (``EXISTS (SELECT 1 FROM customers c, generate_series(1,
         # ascii(c.email)) WHERE c.id = 42 HAVING count(*) >= g)``: count(*) is the code)
+        # what HAVING's own aggregates ask (``count(*) FILTER (WHERE email LIKE 'a%')
+        # > 0``) keeps or drops this level's groups, which a window over them reads
+        aside, scope.aggregate_asked = scope.aggregate_asked, CLEAN
         self.choose(body.get("havingClause"), scope, aggregated=True)
+        if scope.aggregate_asked is not CLEAN:
+            scope.asked = scope.asked | scope.aggregate_asked
+        scope.aggregate_asked = aside | scope.aggregate_asked
         for item in body.get("groupClause") or ():
             # a column as it is groups whole values (``GROUP BY email``: a group per
             # returned row), as a window's PARTITION BY does, and asks no row a question

@@ -76,6 +76,8 @@ LEAKS = [
     # groups kept by HAVING, then numbered by a window over them
     "select string_agg(id::text, ',') over () from customers group by id"
     " having bool_or(ascii(substr(email, 3, 1)) & 4 <> 0) limit 1",
+    "select string_agg(id::text, ',') over () from customers group by id"
+    " having count(*) filter (where ascii(substr(email, 3, 1)) & 4 <> 0) > 0 limit 1",
     # an aggregate of the outer level written inside a sub-select
     f"select (select string_agg(c.id::text, ',')) from customers c where {B}",
     # an order chosen by PII, by a column as it is too
@@ -132,6 +134,9 @@ CLEAN = [
     f"select id, rank() over (partition by id order by id) from customers where {B}",
     f"select id, count(*) over () from customers where {B}",
     f"select id, count(*) over w from customers where {B} window w as (order by id)",
+    # a named window's keys keep no row for the level's other aggregates
+    "select array_agg(id) over w2 from customers"
+    " window w as (partition by lower(email)), w2 as (order by id)",
     # rows returned one by one stay as they were
     f"select id from customers where {B}",
     # no PII kept or ordered the rows
