@@ -25,7 +25,15 @@ from dbgate.pii.lineage.builtin_names import (
     WORK_COUNTER_PREFIX,
 )
 from dbgate.pii.lineage.context import FILTER, Ctx, refused
-from dbgate.pii.lineage.nodes import ROUNDING, Node, casts_to_cut, listed, lossless_cast, strs
+from dbgate.pii.lineage.nodes import (
+    ROUNDING,
+    STATISTICS,
+    Node,
+    casts_to_cut,
+    listed,
+    lossless_cast,
+    strs,
+)
 from dbgate.pii.lineage.results import TokenSite
 from dbgate.pii.lineage.scope import Item, Scope
 from dbgate.pii.lineage.state import WalkState
@@ -560,24 +568,8 @@ ORDER_FREE = frozenset(
         "every",
         "range_agg",
         "range_intersect_agg",
-        "stddev",
-        "stddev_pop",
-        "stddev_samp",
-        "variance",
-        "var_pop",
-        "var_samp",
-        "corr",
-        "covar_pop",
-        "covar_samp",
-        "regr_avgx",
-        "regr_avgy",
+        *STATISTICS,
         "regr_count",
-        "regr_intercept",
-        "regr_r2",
-        "regr_slope",
-        "regr_sxx",
-        "regr_sxy",
-        "regr_syy",
         "percentile_cont",
         "percentile_disc",
         "mode",

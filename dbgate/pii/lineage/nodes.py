@@ -42,6 +42,27 @@ _TRUNCATING_TYPES = frozenset({"char", "name", "float4", "float8"})
 TYPES_THAT_CUT = frozenset({"char", "name", "float4"})
 #: Their OIDs: a column of one of these (or a domain over one, an array of one)
 CUTTING_TYPE_OIDS = {18: '"char"', 19: "name", 700: "float4"}
+#: Statistical aggregates: each returns a float (so rounds) and reads its rows in any
+#: order (``ROUNDING`` here, ``ORDER_FREE`` in expressions.py).
+STATISTICS = (
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+)
 #: Built-ins that return a float (``float8``, ``float4``) under these names (some have a
 #: ``numeric`` form too: by name alone it is not known which is called), and the float
 #: types themselves. A literal compared with one is read as a float, keeping about 15
@@ -93,23 +114,7 @@ ROUNDING = frozenset(
         "percentile_cont",
         "percent_rank",
         "cume_dist",
-        "stddev",
-        "stddev_pop",
-        "stddev_samp",
-        "variance",
-        "var_pop",
-        "var_samp",
-        "corr",
-        "covar_pop",
-        "covar_samp",
-        "regr_avgx",
-        "regr_avgy",
-        "regr_intercept",
-        "regr_r2",
-        "regr_slope",
-        "regr_sxx",
-        "regr_sxy",
-        "regr_syy",
+        *STATISTICS,
         "similarity",
         "word_similarity",
         "strict_word_similarity",
