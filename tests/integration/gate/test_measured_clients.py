@@ -19,8 +19,8 @@ import psycopg
 import psycopg2
 import psycopg2.extras
 import sqlalchemy as sa
-from psycopg.conninfo import conninfo_to_dict
 
+from tests.integration.drivers_common import split_dsn
 from tests.integration.holds.harness import HoldsEnv, admin_execute, admin_query
 
 TABLE = "mc"
@@ -79,15 +79,7 @@ def test_psycopg2_copy_expert_and_execute_batch(env: HoldsEnv) -> None:
 
 def test_pg8000_copy_and_an_unkeyed_update(env: HoldsEnv) -> None:
     _table(env)
-    info = conninfo_to_dict(env.dsn)
-    conn = pg8000.native.Connection(
-        str(info["user"]),
-        host=str(info["host"]),
-        port=int(info["port"]),
-        database=str(info["dbname"]),
-        password=str(info["password"]),
-        timeout=WAIT,
-    )
+    conn = pg8000.native.Connection(**split_dsn(env.dsn).kwargs(), timeout=WAIT)  # type: ignore[arg-type]
     try:
         conn.run(f"COPY {TABLE} (id, note) FROM STDIN", stream=io.StringIO("300\tq\n301\tq\n"))
         conn.run(f"UPDATE {TABLE} SET n = n + 3 WHERE note = :v", v="q")

@@ -14,9 +14,9 @@ import asyncpg
 import pg8000.native
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from dbgate.wire import messages as m
+from tests.integration.drivers_common import split_dsn
 from tests.integration.holds.harness import HoldsEnv, admin_execute, admin_query
 from tests.integration.rawclient import RawClient, errors, rows
 
@@ -161,15 +161,7 @@ def test_pg8000_extended_protocol_copy_with_a_token_is_refused(env: HoldsEnv, to
     """pg8000 sends COPY through Parse/Bind/Execute and its data before the Sync (a
     measured batch here): refused the same way, inside a transaction block too."""
     _clear(env)
-    info = conninfo_to_dict(env.dsn)
-    conn = pg8000.native.Connection(
-        str(info["user"]),
-        host=str(info["host"]),
-        port=int(info["port"]),
-        database=str(info["dbname"]),
-        password=str(info["password"]),
-        timeout=30,
-    )
+    conn = pg8000.native.Connection(**split_dsn(env.dsn).kwargs(), timeout=30)  # type: ignore[arg-type]
     try:
         with pytest.raises(pg8000.native.DatabaseError) as caught:
             conn.run(f"COPY {TABLE} (id, email) FROM STDIN", stream=io.StringIO(f"2\t{token}\n"))
