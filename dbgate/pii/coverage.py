@@ -13,6 +13,9 @@ Built once per snapshot (at start and after each refresh), then read-only:
   catalog entry marks is PII in the parent (and so in the other partitions) too;
 * generated columns: the lineage of their expression over the row's other columns,
   so ``name_lc text GENERATED ALWAYS AS (lower(full_name))`` is PII with no entry;
+* a column a built-in full-text trigger fills (``tsvector_update_trigger(tsv, …,
+  title, body)``): what its source columns hold; a column whose DEFAULT calls a
+  function of the database's own that may read tables: unknown;
 * views and materialized views: the lineage of their definition, so a view column
   that selects ``lower(email)`` is PII with no catalog entry; a catalog entry on the
   view column itself still wins (``none`` included: the operator's word is final);
@@ -251,10 +254,15 @@ class Coverage:
                     if remote is not None and remote.entity != NONE:
                         lin = lin | of_entity(remote.entity)
                         why = why or f"it reads the remote column {col.remote_name!r}"
+                if col.coded_default:
+                    lin = lin | UNKNOWN_LIN
+                    why = why or "its default calls a function of the database's own"
             lin = Lin(lin.entities, lin.unknown) if (lin.params or lin.token) else lin
             lins.append(lin)
             reasons.append(why)
         whys = self._generated(rel, lins, catalog)
+        if rel.fed:
+            whys.update(self._fed(rel, lins, catalog))
         for col, lin, why in zip(rel.columns, lins, reasons, strict=True):
             self.decisions.append(
                 ColumnDecision(
@@ -330,6 +338,27 @@ class Coverage:
                     )
         finally:
             self._lins.pop(rel.oid, None)
+        return whys
+
+    def _fed(self, rel: Relation, lins: list[Lin], catalog: Catalog) -> dict[str, str]:
+        """Add to ``lins`` what a built-in full-text trigger makes each column it fills
+        of (``tsvector_update_trigger(tsv, 'pg_catalog.english', title, body)``: the
+        words of ``title`` and ``body``, raw); an explicit catalog entry still wins."""
+        whys: dict[str, str] = {}
+        index = {c.name: i for i, c in enumerate(rel.columns)}
+        for target, sources in rel.fed:
+            i = index.get(target)
+            if i is None or catalog.column_rule(rel.schema, rel.name, target):
+                continue
+            made = CLEAN
+            for source in sources:
+                j = index.get(source)
+                made = made | (Lin(lins[j].entities, lins[j].unknown) if j is not None else CLEAN)
+            if not made.clean:
+                lins[i] = lins[i] | made
+                whys[target] = "a full-text trigger fills it from " + ", ".join(
+                    sorted(made.entities) or ["an unknown value"]
+                )
         return whys
 
     def _view_lins(self, rel: Relation) -> list[Lin]:

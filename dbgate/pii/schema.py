@@ -56,6 +56,10 @@ class Column:
     #: a foreign table's column that reads another name on the remote server
     #: (``OPTIONS (column_name 'email')``): that column's values, under a local name
     remote_name: str | None = None
+    #: its DEFAULT calls a function PostgreSQL does not ship, in a language that may
+    #: read tables (``DEFAULT pick_contact()``): the value stored may be anything that
+    #: function read
+    coded_default: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,10 @@ class Relation:
     #: call a function PostgreSQL does not ship, in a language that may read tables: a
     #: write runs it, and it may say what it read in an error (as a trigger may).
     code: bool = False
+    #: Columns a built-in full-text trigger fills (``tsvector_update_trigger(tsv,
+    #: 'pg_catalog.english', title, body)``): (the filled column, the columns it is
+    #: made of), each by name
+    fed: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -293,6 +301,29 @@ SELECT a.attrelid
 FROM pg_catalog.pg_attribute a JOIN coded_types c ON a.atttypid = c.oid
 WHERE a.attnum > 0 AND NOT a.attisdropped
 """
+#: Columns whose DEFAULT calls such a function (a generated column's expression is
+#: followed by lineage instead)
+_CODED_DEFAULTS = """
+SELECT DISTINCT d.adrelid, d.adnum
+FROM pg_catalog.pg_depend dep
+JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+JOIN pg_catalog.pg_attrdef d
+  ON dep.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.oid = dep.objid
+JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+WHERE dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+  AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace
+  AND l.lanname NOT IN ('c', 'internal')
+  AND a.attgenerated = ''
+"""
+#: Triggers of the built-in full-text functions: their arguments name the column they
+#: fill and the columns they make it of
+_FULL_TEXT_TRIGGERS = """
+SELECT t.tgrelid, t.tgargs
+FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+  AND p.proname IN ('tsvector_update_trigger', 'tsvector_update_trigger_column')
+"""
 _COLUMNS = """
 SELECT a.attrelid, a.attname, a.attnum, a.atttypid, d.description,
        CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(g.adbin, g.adrelid)
@@ -359,9 +390,18 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         inh_rows = await conn.fetch(_INHERITS)
         fk_rows = await conn.fetch(_FOREIGN_KEYS)
         code_rows = await conn.fetch(_CODE_IN_DEFAULTS)
+        coded_rows = await conn.fetch(_CODED_DEFAULTS)
+        fts_rows = await conn.fetch(_FULL_TEXT_TRIGGERS)
         type_rows = await conn.fetch(_TYPES)
         func_rows = await conn.fetch(_FUNCTIONS)
         search_path = await conn.fetchval("SELECT pg_catalog.current_schemas(false)")
+    coded_defaults = {(r["adrelid"], r["adnum"]) for r in coded_rows}
+    fed: dict[int, list[tuple[str, tuple[str, ...]]]] = {}
+    for r in fts_rows:
+        # tgargs: the arguments, each ended by a NUL: (column, config, source, ...)
+        args = [a.decode("utf-8", "replace") for a in bytes(r["tgargs"] or b"").split(b"\0")]
+        if len(args) >= 3:
+            fed.setdefault(r["tgrelid"], []).append((args[0], tuple(a for a in args[2:] if a)))
     columns: dict[int, list[Column]] = {}
     for r in col_rows:
         columns.setdefault(r["attrelid"], []).append(
@@ -373,6 +413,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
                 r["generated"],
                 not r["deterministic"],
                 r["remote_name"],
+                (r["attrelid"], r["attnum"]) in coded_defaults,
             )
         )
     parents: dict[int, list[int]] = {}
@@ -394,6 +435,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
             r["oid"] in triggered,
             policies=r["policies"],
             code=r["oid"] in coded,
+            fed=tuple(fed.get(r["oid"], ())),
         )
         for r in rel_rows
     }

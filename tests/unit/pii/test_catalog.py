@@ -196,6 +196,43 @@ def test_a_parent_table_holds_what_its_children_hold() -> None:
         assert [set(lin.entities) for lin in lins] == [set(), {"email"}], name
 
 
+def test_a_column_a_full_text_trigger_fills_holds_its_sources() -> None:
+    """``tsvector_update_trigger(tsv, 'pg_catalog.simple', title, body)`` stores the
+    words of ``title`` and ``body`` in ``tsv``; one fed by clean columns stays clean,
+    and a catalog entry on the filled column still wins."""
+    cat = parse_catalog("columns:\n  public.docs.tsv3: none\n", "pii.yaml")
+    built = SchemaSnapshot.build(
+        {"public.docs": ["title", "body", "tsv", "tsv2", "tsv3"]},
+        comments={"public.docs.body": "pii:email"},
+    )
+    rel = built.lookup("docs")[0]
+    fed = (("tsv", ("title", "body")), ("tsv2", ("title",)), ("tsv3", ("body",)))
+    snap = SchemaSnapshot(
+        relations={rel.oid: dataclasses.replace(rel, fed=fed)}, assume_builtin_functions=True
+    )
+    cov = Coverage(snap, cat)
+    lins = cov.relation_lins(snap.lookup("docs")[0])
+    assert [set(lin.entities) for lin in lins] == [set(), {"email"}, {"email"}, set(), set()]
+    why = {d.column: d.why for d in cov.decisions}
+    assert why["tsv"] == "a full-text trigger fills it from email"
+
+
+def test_a_default_that_calls_a_function_of_the_database_is_unknown() -> None:
+    """``note text DEFAULT pick()`` stores whatever ``pick()`` read: unknown, unless
+    the catalog names the column."""
+    cat = parse_catalog("columns:\n  public.t.ref: none\n", "pii.yaml")
+    built = SchemaSnapshot.build({"public.t": ["id", "note", "ref"]})
+    rel = built.lookup("t")[0]
+    cols = tuple(dataclasses.replace(c, coded_default=c.name != "id") for c in rel.columns)
+    snap = SchemaSnapshot(
+        relations={rel.oid: dataclasses.replace(rel, columns=cols)},
+        assume_builtin_functions=True,
+    )
+    lins = Coverage(snap, cat).relation_lins(snap.lookup("t")[0])
+    assert [lin.clean for lin in lins] == [True, False, True]
+    assert lins[1].unknown
+
+
 @pytest.mark.parametrize(
     ("column", "entity"),
     [
