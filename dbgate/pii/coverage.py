@@ -67,12 +67,17 @@ class Coverage:
     #: of the view runs them): those relations, by the view's oid
     policed_views: dict[int, list[str]] = field(default_factory=dict, repr=False)
     _busy: set[int] = field(default_factory=set, repr=False)
+    #: (relation oid, attnum) of columns unknown only for a default that calls the
+    #: database's code: a foreign key does not carry that (see _linked_columns)
+    _default_only: set[tuple[int, int]] = field(default_factory=set, repr=False)
+    _referencing: frozenset[tuple[int, int]] = field(default=frozenset(), repr=False)
     #: (relation oid, attnum) -> what the columns a foreign key or table inheritance
     #: links it to hold, and the first of them, for the reason shown
     _linked: dict[tuple[int, int], tuple[Lin, str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         snap = self.snapshot
+        self._referencing = frozenset((a, b) for a, b, _c, _d in snap.foreign_keys)
         self._compute_all()
         # A foreign key's columns hold the same values, and a parent's column its
         # children's: what one of them holds (by the catalog, a comment, a view ... or
@@ -89,6 +94,7 @@ class Coverage:
                 break
             self._linked = linked
             self.by_attr, self._lins, self.decisions = {}, {}, []
+            self._default_only = set()
             self.policed_views = {}
             self._compute_all()
         if snap.relations:  # an empty snapshot (before the first load) proves nothing
@@ -145,9 +151,14 @@ class Coverage:
                 up[a] = b
         held: dict[tuple[int, int], Lin] = {}
         names: dict[tuple[int, int], list[str]] = {}
+        # a column unknown only for its default's code holds values of the column a key
+        # links it to (``created_by int DEFAULT current_user_id() REFERENCES
+        # users(id)``: ids): that guess would make every key to users(id) unknown
+        keyed = {(a, b) for a, b, _c, _d in snap.foreign_keys}
+        keyed |= {(c, d) for _a, _b, c, d in snap.foreign_keys}
         for node in up.keys() | set(up.values()):
             lin = self.by_attr.get(node)
-            if lin is None or lin.clean:
+            if lin is None or lin.clean or (node in self._default_only and node in keyed):
                 continue
             r = root(node)
             held[r] = held.get(r, CLEAN) | Lin(lin.entities, lin.unknown)
@@ -254,7 +265,10 @@ class Coverage:
                     if remote is not None and remote.entity != NONE:
                         lin = lin | of_entity(remote.entity)
                         why = why or f"it reads the remote column {col.remote_name!r}"
-                if col.coded_default:
+                # a referencing column holds only values of the column it references
+                if col.coded_default and (rel.oid, col.attnum) not in self._referencing:
+                    if lin.clean:
+                        self._default_only.add((rel.oid, col.attnum))
                     lin = lin | UNKNOWN_LIN
                     why = why or "its default calls a function of the database's own"
             lin = Lin(lin.entities, lin.unknown) if (lin.params or lin.token) else lin

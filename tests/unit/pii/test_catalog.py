@@ -233,6 +233,45 @@ def test_a_default_that_calls_a_function_of_the_database_is_unknown() -> None:
     assert lins[1].unknown
 
 
+def test_a_default_that_calls_code_does_not_spread_along_foreign_keys() -> None:
+    """``created_by int DEFAULT current_user_id() REFERENCES users(id)`` holds ids of
+    users: clean as ``users.id`` is; and ``users.id DEFAULT make_id()`` is unknown
+    itself without making every key to it unknown."""
+    built = SchemaSnapshot.build(
+        {
+            "public.users": ["id", "email"],
+            "public.orders": ["id", "created_by"],
+            "public.notes": ["id", "author"],
+        },
+        foreign_keys=[
+            ("public.orders.created_by", "public.users.id"),
+            ("public.notes.author", "public.users.id"),
+        ],
+    )
+    coded = {("users", "id"), ("orders", "created_by")}
+    relations = {
+        oid: dataclasses.replace(
+            rel,
+            columns=tuple(
+                dataclasses.replace(c, coded_default=(rel.name, c.name) in coded)
+                for c in rel.columns
+            ),
+        )
+        for oid, rel in built.relations.items()
+    }
+    snap = SchemaSnapshot(
+        relations=relations, foreign_keys=built.foreign_keys, assume_builtin_functions=True
+    )
+    cov = Coverage(snap, Catalog())
+
+    def unknown(rel: str) -> list[bool]:
+        return [lin.unknown for lin in cov.relation_lins(snap.lookup(rel)[0])]
+
+    assert unknown("users") == [True, False]
+    assert unknown("orders") == [False, False]
+    assert unknown("notes") == [False, False]
+
+
 @pytest.mark.parametrize(
     ("column", "entity"),
     [
