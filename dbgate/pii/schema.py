@@ -301,20 +301,35 @@ SELECT a.attrelid
 FROM pg_catalog.pg_attribute a JOIN coded_types c ON a.atttypid = c.oid
 WHERE a.attnum > 0 AND NOT a.attisdropped
 """
-#: Columns whose DEFAULT calls such a function (a generated column's expression is
-#: followed by lineage instead)
+#: Columns whose DEFAULT calls such a function, or whose domain's default does (of
+#: its own, or of the domain it is over, when it has none of its own): a generated
+#: column's expression is followed by lineage instead
 _CODED_DEFAULTS = """
-SELECT DISTINCT d.adrelid, d.adnum
-FROM pg_catalog.pg_depend dep
-JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
-JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-JOIN pg_catalog.pg_attrdef d
-  ON dep.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.oid = dep.objid
+WITH RECURSIVE calls AS (
+    SELECT dep.classid, dep.objid
+    FROM pg_catalog.pg_depend dep
+    JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
+    JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+    WHERE dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+      AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace
+      AND l.lanname NOT IN ('c', 'internal')
+), coded_types AS (
+    SELECT t.oid FROM calls JOIN pg_catalog.pg_type t
+      ON calls.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND t.oid = calls.objid
+     AND t.typtype = 'd' AND t.typdefaultbin IS NOT NULL
+    UNION
+    SELECT t.oid FROM pg_catalog.pg_type t JOIN coded_types c
+      ON t.typbasetype = c.oid AND t.typdefaultbin IS NULL
+)
+SELECT a.attrelid AS adrelid, a.attnum AS adnum
+FROM calls JOIN pg_catalog.pg_attrdef d
+  ON calls.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.oid = calls.objid
 JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
-WHERE dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-  AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace
-  AND l.lanname NOT IN ('c', 'internal')
-  AND a.attgenerated = ''
+WHERE a.attgenerated = ''
+UNION
+SELECT a.attrelid, a.attnum
+FROM pg_catalog.pg_attribute a JOIN coded_types c ON a.atttypid = c.oid
+WHERE a.attnum > 0 AND NOT a.attisdropped AND NOT a.atthasdef
 """
 #: Triggers of the built-in full-text functions: their arguments name the column they
 #: fill and the columns they make it of

@@ -9,7 +9,8 @@ server (demo dataset): what an agent reads from them comes back tokenized.
   DATA`` and refreshed since): their definition's lineage, as a view's;
 * a column filled by the built-in full-text trigger (``tsvector_update_trigger``),
   whose arguments name the columns it is made of;
-* a column whose DEFAULT calls a function of the database's own that reads PII.
+* a column whose DEFAULT (or whose domain's) calls a function of the database's own
+  that reads PII.
 
 Unit-level: tests/unit/pii/test_catalog.py.
 """
@@ -199,3 +200,25 @@ async def test_a_default_that_calls_a_function_of_the_database(
         "drop table if exists hunt_def; drop function if exists hunt_pick()",
     ):
         await _tokenized(pg_server, pii_demo, set(), (("select note, made from hunt_def", {0}),))
+
+
+async def test_a_domain_default_that_calls_a_function_of_the_database(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """``CREATE DOMAIN d AS text DEFAULT pick()``: a column of ``d`` (or of a domain
+    over it) that has no default of its own stores what ``pick()`` read."""
+    async with _schema(
+        pii_demo,
+        "create function hunt_pick2() returns text volatile language sql"
+        " as $$ select email from customers order by random() limit 1 $$;"
+        " create domain hunt_dom as text default hunt_pick2();"
+        " create domain hunt_dom2 as hunt_dom;"
+        " create table hunt_ddef (id int, note hunt_dom, n2 hunt_dom2,"
+        "  own hunt_dom default 'x');"
+        " insert into hunt_ddef (id) select generate_series(1, 3)",
+        "drop table if exists hunt_ddef; drop domain if exists hunt_dom2;"
+        " drop domain if exists hunt_dom; drop function if exists hunt_pick2()",
+    ):
+        await _tokenized(
+            pg_server, pii_demo, set(), (("select note, n2, own from hunt_ddef", {0, 1}),)
+        )
