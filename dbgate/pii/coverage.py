@@ -40,6 +40,7 @@ __all__ = ["ColumnDecision", "Coverage"]
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 #: pg_class.relkind of relations whose columns hold stored values
 _STORED_KINDS = frozenset({"r", "p", "f"})
+TSVECTOR_OID = 3614
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +278,8 @@ class Coverage:
         whys = self._generated(rel, lins, catalog)
         if rel.fed:
             whys.update(self._fed(rel, lins, catalog))
+        if rel.triggers and rel.kind in _STORED_KINDS:
+            whys.update(self._trigger_vectors(rel, lins, catalog))
         for col, lin, why in zip(rel.columns, lins, reasons, strict=True):
             self.decisions.append(
                 ColumnDecision(
@@ -373,6 +376,34 @@ class Coverage:
                 whys[target] = "a full-text trigger fills it from " + ", ".join(
                     sorted(made.entities) or ["an unknown value"]
                 )
+        return whys
+
+    def _trigger_vectors(self, rel: Relation, lins: list[Lin], catalog: Catalog) -> dict[str, str]:
+        """A ``tsvector`` column of a table with triggers of the database's own, which
+        no expression or built-in trigger is known to fill: such a trigger most often
+        fills it from the row's text (``NEW.search := to_tsvector(NEW.body)``), whose
+        words it holds raw; so it holds what the row's PII columns hold, as a guess
+        (unknown too). The trigger's code is not read; a catalog entry still wins."""
+        whys: dict[str, str] = {}
+        filled = {target for target, _ in rel.fed}
+        row = CLEAN
+        for lin in lins:
+            row = row | Lin(lin.entities, lin.unknown)
+        if row.clean:
+            return whys
+        for i, col in enumerate(rel.columns):
+            if (
+                col.type_oid != TSVECTOR_OID
+                or col.generated
+                or col.name in filled
+                or not lins[i].clean
+                or catalog.column_rule(rel.schema, rel.name, col.name)
+            ):
+                continue
+            lins[i] = lins[i] | row | UNKNOWN_LIN
+            whys[col.name] = "a trigger of the table may fill it from " + ", ".join(
+                sorted(row.entities) or ["an unknown value"]
+            )
         return whys
 
     def _view_lins(self, rel: Relation) -> list[Lin]:

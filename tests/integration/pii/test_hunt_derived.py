@@ -9,6 +9,8 @@ server (demo dataset): what an agent reads from them comes back tokenized.
   DATA`` and refreshed since): their definition's lineage, as a view's;
 * a column filled by the built-in full-text trigger (``tsvector_update_trigger``),
   whose arguments name the columns it is made of;
+* a ``tsvector`` column of a table whose triggers are the database's own (their
+  code is not read: taken to hold what the row's PII columns hold);
 * a column whose DEFAULT (or whose domain's) calls a function of the database's own
   that reads PII.
 
@@ -222,3 +224,35 @@ async def test_a_domain_default_that_calls_a_function_of_the_database(
         await _tokenized(
             pg_server, pii_demo, set(), (("select note, n2, own from hunt_ddef", {0, 1}),)
         )
+
+
+async def test_a_vector_a_trigger_of_the_database_fills(pg_server: Any, pii_demo: Demo) -> None:
+    """A PL/pgSQL trigger sets ``NEW.search := to_tsvector(NEW.full_name)``: its code
+    is not read, but a ``tsvector`` column of a table whose triggers are the database's
+    own is taken to hold what the row's PII columns hold. A table with no PII column
+    keeps its vector readable."""
+    async with _schema(
+        pii_demo,
+        "create function hunt_fill() returns trigger language plpgsql as $$ begin"
+        "  new.search := to_tsvector('simple', new.full_name); return new; end $$;"
+        " create table hunt_tdoc (id int, full_name text, search tsvector);"
+        " create trigger hunt_fill before insert on hunt_tdoc for each row"
+        "  execute function hunt_fill();"
+        " insert into hunt_tdoc (id, full_name) select id, full_name from customers where id <= 3;"
+        " create function hunt_fill2() returns trigger language plpgsql as $$ begin"
+        "  new.search := to_tsvector('simple', new.body); return new; end $$;"
+        " create table hunt_tnote (id int, body text, search tsvector);"
+        " create trigger hunt_fill2 before insert on hunt_tnote for each row"
+        "  execute function hunt_fill2();"
+        " insert into hunt_tnote (id, body) values (1, 'hi')",
+        "drop table if exists hunt_tdoc, hunt_tnote;"
+        " drop function if exists hunt_fill(), hunt_fill2()",
+    ) as admin:
+        await _tokenized(
+            pg_server,
+            pii_demo,
+            await _derived(admin),
+            (("select id, search::text from hunt_tdoc", {1}),),
+        )
+        res = await _agent(pg_server, pii_demo, "select search::text from hunt_tnote")
+        assert [r[0] for r in res.rows_after] == [b"'hi':1"]

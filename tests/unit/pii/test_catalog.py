@@ -217,6 +217,29 @@ def test_a_column_a_full_text_trigger_fills_holds_its_sources() -> None:
     assert why["tsv"] == "a full-text trigger fills it from email"
 
 
+def test_a_vector_of_a_table_with_triggers_holds_the_rows_pii() -> None:
+    """A ``tsvector`` column no expression or built-in trigger is known to fill, in a
+    table with triggers of its own, is taken to hold the row's PII (a trigger's
+    ``to_tsvector(NEW.body)``); without triggers, or PII in the row, it stays clean."""
+    built = SchemaSnapshot.build(
+        {
+            "public.docs": ["id", "full_name", ("search", 3614)],
+            "public.notes": ["id", "body", ("search", 3614)],
+            "public.plain": ["id", "full_name", ("search", 3614)],
+        },
+        triggers=["public.docs", "public.notes"],
+    )
+    cov = Coverage(built, Catalog())
+
+    def entities(rel: str) -> list[set[str]]:
+        return [set(lin.entities) for lin in cov.relation_lins(built.lookup(rel)[0])]
+
+    assert entities("docs") == [set(), {"name"}, {"name"}]
+    assert cov.relation_lins(built.lookup("docs")[0])[2].unknown
+    assert entities("notes") == [set(), set(), set()]
+    assert entities("plain") == [set(), {"name"}, set()]
+
+
 def test_a_default_that_calls_a_function_of_the_database_is_unknown() -> None:
     """``note text DEFAULT pick()`` stores whatever ``pick()`` read: unknown, unless
     the catalog names the column."""
