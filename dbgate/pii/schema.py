@@ -60,6 +60,9 @@ class Column:
     #: read tables (``DEFAULT pick_contact()``): the value stored may be anything that
     #: function read
     coded_default: bool = False
+    #: a plain column's DEFAULT expression (``pg_get_expr``), when it calls only
+    #: PostgreSQL's own functions: ``now()``, ``current_query()``
+    default: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +346,14 @@ _COLUMNS = """
 SELECT a.attrelid, a.attname, a.attnum, a.atttypid, d.description,
        CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(g.adbin, g.adrelid)
        END AS generated,
+       CASE WHEN a.attgenerated = '' AND a.atthasdef AND NOT EXISTS (
+                SELECT 1 FROM pg_catalog.pg_depend dep
+                JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
+                WHERE dep.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                  AND dep.objid = g.oid
+                  AND dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                  AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace)
+            THEN pg_catalog.pg_get_expr(g.adbin, g.adrelid) END AS default_expr,
        COALESCE(co.collisdeterministic, true) AS deterministic,
        (SELECT substr(o, 13) FROM pg_catalog.unnest(a.attfdwoptions) o
         WHERE o LIKE 'column\\_name=%' LIMIT 1) AS remote_name
@@ -429,6 +440,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
                 not r["deterministic"],
                 r["remote_name"],
                 (r["attrelid"], r["attnum"]) in coded_defaults,
+                r["default_expr"],
             )
         )
     parents: dict[int, list[int]] = {}

@@ -256,3 +256,23 @@ async def test_a_vector_a_trigger_of_the_database_fills(pg_server: Any, pii_demo
         )
         res = await _agent(pg_server, pii_demo, "select search::text from hunt_tnote")
         assert [r[0] for r in res.rows_after] == [b"'hi':1"]
+
+
+async def test_a_default_of_postgresqls_own_that_reads_data(pg_server: Any, pii_demo: Demo) -> None:
+    """``q text DEFAULT current_query()`` keeps the text of the statement that wrote
+    the row, with its literals (an address), as ``DEFAULT query_to_xml('select email
+    …')`` would what its query read. Lineage reads a default of PostgreSQL's own functions as it
+    reads a generated column's expression; ``now()`` and ``gen_random_uuid()`` stay
+    readable."""
+    async with _schema(
+        pii_demo,
+        "create table hunt_audit (id int, q text default current_query(),"
+        "  made timestamptz default now(), u uuid default gen_random_uuid(),"
+        "  k int generated always as identity)",
+        "drop table if exists hunt_audit",
+    ) as admin:
+        email = await admin.fetchval("select email from customers where id = 1")
+        await admin.execute(f"insert into hunt_audit (id) select 1 where '{email}' <> ''")
+        await _tokenized(
+            pg_server, pii_demo, set(), (("select q, made, u, k from hunt_audit", {0}),)
+        )

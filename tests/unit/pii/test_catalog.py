@@ -256,6 +256,29 @@ def test_a_default_that_calls_a_function_of_the_database_is_unknown() -> None:
     assert lins[1].unknown
 
 
+def test_a_default_of_postgresqls_own_is_read_by_lineage() -> None:
+    """``DEFAULT current_query()`` keeps statement texts (literals and all): unknown;
+    ``now()``, a sequence's next value and constants stay clean."""
+    built = SchemaSnapshot.build({"public.audit": ["id", "q", "made", "note"]})
+    rel = built.lookup("audit")[0]
+    defaults = {
+        "id": "nextval('audit_id_seq'::regclass)",
+        "q": "current_query()",
+        "made": "now()",
+        "note": "'x'::text",
+    }
+    cols = tuple(dataclasses.replace(c, default=defaults[c.name]) for c in rel.columns)
+    snap = SchemaSnapshot(
+        relations={rel.oid: dataclasses.replace(rel, columns=cols)},
+        assume_builtin_functions=True,
+    )
+    cov = Coverage(snap, Catalog())
+    lins = cov.relation_lins(snap.lookup("audit")[0])
+    assert [lin.clean for lin in lins] == [True, False, True, True]
+    why = {d.column: d.why for d in cov.decisions}
+    assert why["q"] == "its default is made by an expression that could not be followed"
+
+
 def test_a_default_that_calls_code_does_not_spread_along_foreign_keys() -> None:
     """``created_by int DEFAULT current_user_id() REFERENCES users(id)`` holds ids of
     users: clean as ``users.id`` is; and ``users.id DEFAULT make_id()`` is unknown
