@@ -284,11 +284,13 @@ class Coverage:
             lin = Lin(lin.entities, lin.unknown) if (lin.params or lin.token) else lin
             lins.append(lin)
             reasons.append(why)
-        whys = self._generated(rel, lins, catalog)
+        # triggers fill plain columns, which a generated column's expression may read
+        whys: dict[str, str] = {}
         if rel.fed:
             whys.update(self._fed(rel, lins, catalog))
         if rel.triggers and rel.kind in _STORED_KINDS:
             whys.update(self._trigger_vectors(rel, lins, catalog))
+        whys.update(self._generated(rel, lins, catalog))
         for col, lin, why in zip(rel.columns, lins, reasons, strict=True):
             self.decisions.append(
                 ColumnDecision(

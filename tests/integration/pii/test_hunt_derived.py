@@ -167,7 +167,7 @@ async def test_a_column_a_full_text_trigger_fills(pg_server: Any, pii_demo: Demo
     async with _schema(
         pii_demo,
         "create table hunt_doc (id int, full_name text, body text, lang regconfig,"
-        "  tsv tsvector, tsv2 tsvector);"
+        "  tsv tsvector, tsv2 tsvector, shown text generated always as (tsv::text) stored);"
         " create trigger hunt_tsv before insert or update on hunt_doc for each row"
         "  execute function tsvector_update_trigger(tsv, 'pg_catalog.simple', body);"
         " create trigger hunt_tsv2 before insert or update on hunt_doc for each row"
@@ -181,7 +181,7 @@ async def test_a_column_a_full_text_trigger_fills(pg_server: Any, pii_demo: Demo
             pg_server,
             pii_demo,
             await _derived(admin),
-            (("select tsv::text, tsv2::text from hunt_doc", {0, 1}),),
+            (("select tsv::text, tsv2::text, shown from hunt_doc", {0, 1, 2}),),
         )
         res = await _agent(pg_server, pii_demo, "select lang from hunt_doc")
         assert [r[0] for r in res.rows_after] == [b"simple"] * 3  # the clean column
