@@ -276,3 +276,44 @@ async def test_a_default_of_postgresqls_own_that_reads_data(pg_server: Any, pii_
         await _tokenized(
             pg_server, pii_demo, set(), (("select q, made, u, k from hunt_audit", {0}),)
         )
+
+
+async def test_partitions_and_children_carry_what_fills_them(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """A full-text trigger on a partitioned table (cloned to each partition), a coded
+    default set on an inheritance child only (the parent reads its rows), and a
+    partition's own generation expression over an address."""
+    async with _schema(
+        pii_demo,
+        "create table hunt_pd (id int, k int, body text, tsv tsvector) partition by list (k);"
+        " create table hunt_pd1 partition of hunt_pd for values in (1);"
+        " create trigger hunt_t before insert on hunt_pd for each row"
+        "  execute function tsvector_update_trigger(tsv, 'pg_catalog.simple', body);"
+        " comment on column hunt_pd.body is 'pii:email';"
+        " insert into hunt_pd (id, k, body) select id, 1, email from customers where id <= 3;"
+        " create function hunt_pk() returns text language sql"
+        "  as $$ select email from customers limit 1 $$;"
+        " create table hunt_par (id int, note text);"
+        " create table hunt_kid () inherits (hunt_par);"
+        " alter table hunt_kid alter column note set default hunt_pk();"
+        " insert into hunt_kid (id) values (1);"
+        " create table hunt_gpp2 (id int, k int, email text,"
+        "  g text generated always as (id::text) stored) partition by list (k);"
+        " create table hunt_gpp2a partition of hunt_gpp2"
+        "  (g generated always as (lower(email)) stored) for values in (1);"
+        " insert into hunt_gpp2 (id, k, email) select id, 1, email from customers where id <= 3",
+        "drop table if exists hunt_pd, hunt_kid, hunt_par, hunt_gpp2;"
+        " drop function if exists hunt_pk()",
+    ) as admin:
+        await _tokenized(
+            pg_server,
+            pii_demo,
+            await _derived(admin),
+            (
+                ("select tsv::text from hunt_pd", {0}),
+                ("select tsv::text from hunt_pd1", {0}),
+                ("select note from hunt_par", {0}),
+                ("select g from hunt_gpp2", {0}),
+            ),
+        )
