@@ -43,11 +43,26 @@ _STORED_KINDS = frozenset({"r", "p", "f"})
 TSVECTOR_OID = 3614
 
 
+#: the most common defaults that call something, which read nothing (skipped, as the
+#: snapshot may have thousands of them)
+_PLAIN_DEFAULTS = frozenset(
+    {
+        "now()",
+        "clock_timestamp()",
+        "statement_timestamp()",
+        "transaction_timestamp()",
+        "gen_random_uuid()",
+        "uuidv7()",
+        "random()",
+    }
+)
+
+
 def _worth_reading(default: str | None) -> bool:
     """Whether a column's DEFAULT may store what it read (``current_query()``,
     ``query_to_xml('select email …')``): any call but a sequence's next value (a
     constant or a cast of one calls nothing)."""
-    if not default or "(" not in default:
+    if not default or "(" not in default or default in _PLAIN_DEFAULTS:
         return False
     return not (default.startswith("nextval('") and default.endswith("'::regclass)"))
 
