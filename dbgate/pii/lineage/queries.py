@@ -787,22 +787,38 @@ def _aggregates(body: Node) -> bool:
 
 
 def _has_aggregate(node: object) -> bool:
-    if isinstance(node, list):
-        return any(_has_aggregate(n) for n in node)
-    if not isinstance(node, dict):
-        return False
-    for kind, body in node.items():
-        if kind in ("SubLink", "SelectStmt"):
+    """Whether ``node`` calls an aggregate or window function outside sub-selects.
+
+    A walk over the parse tree's dicts and lists only (every SELECT level asks it of
+    its select list, on every cold plan): scalars are never visited."""
+    pending = [node]
+    pop, push, extend = pending.pop, pending.append, pending.extend
+    while pending:
+        n = pop()
+        if type(n) is list:
+            extend(n)
             continue
-        if kind == "FuncCall" and isinstance(body, dict):
-            if body.get("over"):
-                return True  # a window function adds up the rows of its partition
-            name = strs(body.get("funcname"))[-1].lower()
-            if name in AGGREGATES or body.get("agg_star") or body.get("agg_filter"):
-                return True
-        if _has_aggregate(body):
-            return True
+        if type(n) is not dict:
+            continue
+        for kind, body in n.items():
+            t = type(body)
+            if t is dict:
+                if kind in _OTHER_LEVELS:
+                    continue
+                if kind == "FuncCall":
+                    if body.get("over"):
+                        return True  # a window function adds up the rows of its partition
+                    name = strs(body.get("funcname"))[-1].lower()
+                    if name in AGGREGATES or body.get("agg_star") or body.get("agg_filter"):
+                        return True
+                push(body)
+            elif t is list:
+                push(body)
     return False
+
+
+#: Parse-tree nodes whose aggregates belong to another SELECT level.
+_OTHER_LEVELS = frozenset(("SubLink", "SelectStmt"))
 
 
 def _whole_value_guess(node: Node) -> bool:
