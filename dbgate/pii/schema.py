@@ -271,10 +271,10 @@ SELECT c.oid, n.nspname, c.relname, c.relkind::text AS relkind, c.reltype,
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind::text = ANY($1::text[])
 """
-#: Relations whose column defaults or CHECK constraints, or the CHECK constraints of
-#: their columns' domains (and of the domains those are over), call a function not in
-#: pg_catalog, written in a language that may run queries (not C or internal)
-_CODE_IN_DEFAULTS = """
+#: What calls a function not in pg_catalog, written in a language that may run queries
+#: (not C or internal): the dependency rows of defaults, constraints and domains (the
+#: first CTE of the two queries below).
+_CALLS = """
 WITH RECURSIVE calls AS (
     SELECT dep.classid, dep.objid
     FROM pg_catalog.pg_depend dep
@@ -283,7 +283,13 @@ WITH RECURSIVE calls AS (
     WHERE dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
       AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace
       AND l.lanname NOT IN ('c', 'internal')
-), coded_types AS (
+), """
+#: Relations whose column defaults or CHECK constraints, or the CHECK constraints of
+#: their columns' domains (and of the domains those are over), call a function not in
+#: pg_catalog, written in a language that may run queries (not C or internal)
+_CODE_IN_DEFAULTS = (
+    _CALLS
+    + """coded_types AS (
     SELECT k.contypid AS oid
     FROM calls JOIN pg_catalog.pg_constraint k
       ON calls.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
@@ -304,19 +310,13 @@ SELECT a.attrelid
 FROM pg_catalog.pg_attribute a JOIN coded_types c ON a.atttypid = c.oid
 WHERE a.attnum > 0 AND NOT a.attisdropped
 """
+)
 #: Columns whose DEFAULT calls such a function, or whose domain's default does (of
 #: its own, or of the domain it is over, when it has none of its own): a generated
 #: column's expression is followed by lineage instead
-_CODED_DEFAULTS = """
-WITH RECURSIVE calls AS (
-    SELECT dep.classid, dep.objid
-    FROM pg_catalog.pg_depend dep
-    JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
-    JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-    WHERE dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-      AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace
-      AND l.lanname NOT IN ('c', 'internal')
-), coded_types AS (
+_CODED_DEFAULTS = (
+    _CALLS
+    + """coded_types AS (
     SELECT t.oid FROM calls JOIN pg_catalog.pg_type t
       ON calls.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND t.oid = calls.objid
      AND t.typtype = 'd' AND t.typdefaultbin IS NOT NULL
@@ -334,6 +334,7 @@ SELECT a.attrelid, a.attnum
 FROM pg_catalog.pg_attribute a JOIN coded_types c ON a.atttypid = c.oid
 WHERE a.attnum > 0 AND NOT a.attisdropped AND NOT a.atthasdef
 """
+)
 #: Triggers of the built-in full-text functions: their arguments name the column they
 #: fill and the columns they make it of
 _FULL_TEXT_TRIGGERS = """
