@@ -10,11 +10,22 @@ from __future__ import annotations
 
 from dbgate.pii.lin import CLEAN, Lin
 from dbgate.pii.lineage.context import FILTER, OUTPUT, Ctx
-from dbgate.pii.lineage.nodes import Node, lossless_cast, one, strs
+from dbgate.pii.lineage.nodes import Node, one, strs
+from dbgate.pii.lineage.predicates import (
+    aggregates,
+    all_but_each,
+    asks_each_row,
+    bare_column,
+    encloses,
+    kinds,
+    sublink_of,
+    whole_column,
+    whole_equality,
+    whole_value_guess,
+)
 from dbgate.pii.lineage.results import Output
 from dbgate.pii.lineage.scope import Item, Ref, Scope
 from dbgate.pii.lineage.state import WalkState
-from dbgate.policy.catalog_builtin import AGGREGATES
 
 #: A branch of a set operation that compares rows: its level, and per output its
 #: lineage, the column references it read and whether it is a column as it is
@@ -81,7 +92,7 @@ class Queries(WalkState):
                         if i < len(branch):
                             refs.extend(branch[i][1])
                             whole = whole and branch[i][2]
-                    columns.append((merged.columns[i], _kinds(refs, scope), whole))
+                    columns.append((merged.columns[i], kinds(refs, scope), whole))
                 rows.append((scope, columns))
             # ORDER BY 2 / ORDER BY name of a set operation: its outputs, by value
             self.control(
@@ -132,7 +143,7 @@ class Queries(WalkState):
         # ORDER BY / GROUP BY / DISTINCT ON items that name an output by position or alias
         targets: list[tuple[str, Lin, list[Ref] | None]] = []
         bare: list[bool] = []  # per output column: its target is a column as it is
-        whole: list[bool] = []  # ... and not cut by its cast (``_whole_column``)
+        whole: list[bool] = []  # ... and not cut by its cast (``whole_column``)
         # the outputs holding an aggregate or window function that packs rows, or
         # that reads them in their order (``Scope.mark``; -1: the tail)
         packed: list[tuple[int, bool, bool]] = []
@@ -158,8 +169,8 @@ class Queries(WalkState):
             for k in range(n, len(out.columns)):
                 lin = lin | out.columns[k]
                 targets.append((out.names[k], out.columns[k] | tail, refs))
-                bare.append(_bare(rt.get("val")))
-                whole.append(_whole_column(rt.get("val")))
+                bare.append(bare_column(rt.get("val")))
+                whole.append(whole_column(rt.get("val")))
             if distinct:
                 self.chose(lin, refs)
                 # made distinct by sorting, the rows come out in their values' order
@@ -178,7 +189,7 @@ class Queries(WalkState):
         if body.get("lockingClause"):
             self.locks_chosen(scope)
         # last: a correlated predicate anywhere below may have chosen this level's rows
-        return scope.mark(out, _aggregates(body), packed)
+        return scope.mark(out, aggregates(body), packed)
 
     def compared(self, branches: list[Branch], merged: Output, scope: Scope) -> None:
         """A set operation that compares rows (all but UNION ALL) keeps or merges a
@@ -198,7 +209,7 @@ class Queries(WalkState):
         levels: dict[int, tuple[Scope, Lin, Lin]] = {}
         for level, columns in branches:
             levels.setdefault(id(level), (level, level.chosen, level.asked))
-            for _lin, refs, _bare in columns:
+            for _lin, refs, _whole in columns:
                 for ref in refs:
                     levels.setdefault(id(ref[0]), (ref[0], ref[0].chosen, ref[0].asked))
         for i, lin in enumerate(merged.columns):
@@ -207,7 +218,7 @@ class Queries(WalkState):
             at = [columns[i][0] if i < len(columns) else CLEAN for _level, columns in branches]
             # what the branches before and after each bring here (a UNION ALL chain
             # under an INTERSECT lists all its branches)
-            rest = _all_but_each(at)
+            rest = all_but_each(at)
             for k, (level, columns) in enumerate(branches):
                 if i >= len(columns) or not columns[i][1]:
                     continue
@@ -243,7 +254,7 @@ class Queries(WalkState):
                 continue
             asks = [a | cell[0] for a, cell in zip(asks, cells, strict=True)]
         if any(a.pii or a.unknown for a in asks):
-            rest = _all_but_each(asks)
+            rest = all_but_each(asks)
             for k, (_level, columns) in enumerate(branches):
                 others = rest[k]
                 refs = [ref for column in columns for ref in column[1]]
@@ -251,7 +262,7 @@ class Queries(WalkState):
                     whole = all(column[2] for column in columns)
                     self.chose(Lin(others.entities, others.unknown), refs, True, None, whole)
         for level, chosen, asked in levels.values():
-            if level is scope or _encloses(level, scope):
+            if level is scope or encloses(level, scope):
                 continue
             if level.chosen != chosen:
                 scope.chosen = scope.chosen | level.chosen
@@ -308,7 +319,7 @@ class Queries(WalkState):
         for item in body.get("groupClause") or ():
             # a column as it is groups whole values (``GROUP BY email``: a group per
             # returned row), as a window's PARTITION BY does, and asks no row a question
-            key = self.choose(item, scope, whole=_whole_column(item))
+            key = self.choose(item, scope, whole=whole_column(item))
             hits = self.choose_output(item, scope, targets)
             # grouped by sorting, the rows come out in the keys' order
             for k in hits:
@@ -362,7 +373,7 @@ class Queries(WalkState):
         (``ORDER BY email``, ``DISTINCT ON (email)``) orders every level alike: stacked,
         it says nothing more than the statement's own ORDER BY email, and stays clean
         (``whole``: per output column, whether it is one, for ``ORDER BY 2``)."""
-        lin = CLEAN if _whole_column(item.get("SortBy", {}).get("node", item)) else key
+        lin = CLEAN if whole_column(item.get("SortBy", {}).get("node", item)) else key
         order = key
         for k in hits:
             order = order | targets[k][1]
@@ -441,7 +452,7 @@ class Queries(WalkState):
         carried = CLEAN
         keys = CLEAN
         for item in wdef.get("partitionClause") or ():
-            whole = _whole_column(item)
+            whole = whole_column(item)
             lin = self.choose(item, scope, whole=whole)
             keys = keys | lin
             if not whole:
@@ -529,7 +540,7 @@ class Queries(WalkState):
         # FILTER or argument, nor an outer join's ON, where what it keeps is a value);
         # see ``Expressions.e_SubLink``
         saved_leaf = self.leaf_sublink
-        self.leaf_sublink = _sublink_of(node) if rows else None
+        self.leaf_sublink = sublink_of(node) if rows else None
         try:
             lin = self.expr(node, scope, FILTER)
         finally:
@@ -540,7 +551,7 @@ class Queries(WalkState):
             # WHERE) belong to the predicate around it too: ``EXISTS (SELECT 1 WHERE
             # ascii(substr(o.email, o.id / 8 + 1, 1)) & (1 << o.id % 8) <> 0)`` asks
             # each row ``o`` another question, as the same test in o's own WHERE does
-            saved.extend(ref for ref in refs if _encloses(ref[0], scope))
+            saved.extend(ref for ref in refs if encloses(ref[0], scope))
         # PII a sub-select brings (``c.id <= (SELECT count(*) FROM s)``, s sized by
         # PII) is not the referenced row's own: no row is chosen by its own values
         elsewhere = self.sublinks != sublinks
@@ -553,8 +564,8 @@ class Queries(WalkState):
                 elsewhere = True
         # ``whole``: a column as it is that groups rows by their whole values (a
         # window's PARTITION BY email): no question of a row, as a guess is not
-        guess = whole or _whole_value_guess(node)
-        self.chose(lin, refs, elsewhere, scope, _whole_equality(node), guess)
+        guess = whole or whole_value_guess(node)
+        self.chose(lin, refs, elsewhere, scope, whole_equality(node), guess)
         return lin
 
     def chose(
@@ -569,8 +580,8 @@ class Queries(WalkState):
         """Mark the levels of the clean columns a choice of lineage ``lin`` related
         with it (``refs``: the column references met walking it); see ``choose``.
         ``scope``: the level whose rows the choice keeps or drops; ``equality``: the
-        choice is a whole-value equality of two columns (``_whole_equality``);
-        ``guess``: of a column with constants (``_whole_value_guess``)."""
+        choice is a whole-value equality of two columns (``whole_equality``);
+        ``guess``: of a column with constants (``whole_value_guess``)."""
         if not (lin.pii or lin.unknown or lin.params):
             return
         if not refs and scope is not None and scope.parent is not None:
@@ -589,7 +600,7 @@ class Queries(WalkState):
             scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
             return
         if own_row and not lin.token and not elsewhere:
-            if (lin.pii or lin.unknown) and not (equality or guess) and _asks_each_row(refs):
+            if (lin.pii or lin.unknown) and not (equality or guess) and asks_each_row(refs):
                 # each row asked another question of its own PII (see ``choose``)
                 level = refs[0][0]
                 level.chosen = level.chosen | Lin(lin.entities, lin.unknown, lin.params)
@@ -703,199 +714,3 @@ class Queries(WalkState):
                 scope.ctes[name] = (current, colnames)
             else:
                 scope.ctes[name] = (self.query(query, scope, OUTPUT), colnames)
-
-
-def _kinds(refs: list[Ref], scope: Scope) -> list[Ref]:
-    """The column references a nested set operation's branches read at one output, as
-    the comparison around it judges them: every outer level's (a correlated one), and
-    of the rest one of each kind (clean or PII, a stored row's or a query's, another
-    row than the first or not, a whole row or a column) — what ``Queries.chose``
-    tells apart — so that a chain of set operations costs no more than its branches."""
-    if len(refs) <= 4:
-        return refs
-    kept: list[Ref] = []
-    seen: set[tuple[bool, bool, bool, bool]] = set()
-    first = refs[0][1]
-    for ref in refs:
-        if _encloses(ref[0], scope):
-            kept.append(ref)
-            continue
-        lin = ref[2]
-        key = (ref[1] is first, lin.pii or lin.unknown, ref[1].schema is None, ref[3] == "*")
-        if key not in seen:
-            seen.add(key)
-            kept.append(ref)
-    return kept
-
-
-def _sublink_of(node: Node) -> Node | None:
-    """The sub-select a predicate consists of, perhaps negated (``EXISTS (...)``,
-    ``NOT EXISTS (...)``, ``x NOT IN (...)``)."""
-    while "BoolExpr" in node and node["BoolExpr"].get("boolop") == "NOT_EXPR":
-        args = node["BoolExpr"].get("args") or ()
-        if len(args) != 1:
-            return None
-        node = args[0]
-    return node.get("SubLink")
-
-
-def _encloses(level: Scope, scope: Scope) -> bool:
-    """Whether ``level`` is a query level around ``scope`` (not ``scope`` itself)."""
-    s = scope.parent
-    while s is not None:
-        if s is level:
-            return True
-        s = s.parent
-    return False
-
-
-def _all_but_each(lins: list[Lin]) -> list[Lin]:
-    """For each position, the union of every other position's lineage (what the other
-    branches of a set operation bring), in one pass each way."""
-    before = [CLEAN]
-    for lin in lins[:-1]:
-        before.append(before[-1] | lin)
-    after = [CLEAN]
-    for lin in reversed(lins[1:]):
-        after.append(after[-1] | lin)
-    after.reverse()
-    return [b | a for b, a in zip(before, after, strict=True)]
-
-
-def _asks_each_row(refs: list[Ref]) -> bool:
-    """Whether a predicate over one table row's columns reads a clean column of it
-    besides PII, or the whole row: the clean value may pick which piece of the PII
-    each row answers for (see ``Queries.choose``)."""
-    clean = pii = False
-    for ref in refs:
-        if ref[3] == "*":
-            return True
-        lin = ref[2]
-        if lin.pii or lin.unknown:
-            pii = True
-        else:
-            clean = True
-    return clean and pii
-
-
-def _aggregates(body: Node) -> bool:
-    """Whether a SELECT aggregates its rows: GROUP BY, HAVING, or an aggregate or
-    window call in its select list, outside sub-selects."""
-    if body.get("groupClause") or body.get("havingClause"):
-        return True
-    return _has_aggregate(body.get("targetList"))
-
-
-def _has_aggregate(node: object) -> bool:
-    """Whether ``node`` calls an aggregate or window function outside sub-selects.
-
-    A walk over the parse tree's dicts and lists only (every SELECT level asks it of
-    its select list, on every cold plan): scalars are never visited."""
-    pending = [node]
-    pop, push, extend = pending.pop, pending.append, pending.extend
-    while pending:
-        n = pop()
-        if type(n) is list:
-            extend(n)
-            continue
-        if type(n) is not dict:
-            continue
-        for kind, body in n.items():
-            t = type(body)
-            if t is dict:
-                if kind in _OTHER_LEVELS:
-                    continue
-                if kind == "FuncCall":
-                    if body.get("over"):
-                        return True  # a window function adds up the rows of its partition
-                    name = strs(body.get("funcname"))[-1].lower()
-                    if name in AGGREGATES or body.get("agg_star") or body.get("agg_filter"):
-                        return True
-                push(body)
-            elif t is list:
-                push(body)
-    return False
-
-
-#: Parse-tree nodes whose aggregates belong to another SELECT level.
-_OTHER_LEVELS = frozenset(("SubLink", "SelectStmt"))
-
-
-def _whole_value_guess(node: Node) -> bool:
-    """Whether a predicate compares one bare column, whole, with constants or
-    parameters (``email = $1``, ``email IN ('a', 'b')``, ``email = ANY ($1)``, ``email
-    IS NULL``): a guess at the whole value, so k of them in one statement find it
-    among k candidates, never k bits of it. Under AND, OR and NOT, when every leaf is
-    one (``email = $1 OR id = $2``)."""
-    if "BoolExpr" in node:
-        args = node["BoolExpr"].get("args") or ()
-        return bool(args) and all(_whole_value_guess(arg) for arg in args)
-    if "NullTest" in node:
-        return _bare(node["NullTest"].get("arg"))
-    expr = node.get("A_Expr")
-    if expr is None:
-        return False
-    kind = expr.get("kind", "AEXPR_OP")
-    names = strs(expr.get("name"))
-    if kind in ("AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_IN", "AEXPR_NOT_DISTINCT"):
-        if kind != "AEXPR_NOT_DISTINCT" and names != ["="]:
-            return False
-    else:
-        return False
-    left, right = expr.get("lexpr"), expr.get("rexpr")
-    return (_bare(left) and _constant(right)) or (_bare(right) and _constant(left))
-
-
-def _bare(node: object) -> bool:
-    while isinstance(node, dict) and "TypeCast" in node:
-        node = node["TypeCast"].get("arg")
-    return isinstance(node, dict) and "ColumnRef" in node
-
-
-def _whole_column(node: object) -> bool:
-    """Whether an ORDER BY, DISTINCT ON or PARTITION BY item is a column as it is, cast
-    or not to a type that keeps it whole (``email``, ``c.email::text``): not
-    ``email::varchar(1)``, which orders and groups by the first character, one of as
-    many orders as there are lengths."""
-    while isinstance(node, dict) and "TypeCast" in node:
-        cast = node["TypeCast"]
-        if not lossless_cast(cast.get("typeName") or {}):
-            return False
-        node = cast.get("arg")
-    return isinstance(node, dict) and "ColumnRef" in node
-
-
-def _constant(node: object) -> bool:
-    """No column, call or sub-select in it: literals, parameters, casts, lists."""
-    if isinstance(node, list):
-        return all(_constant(n) for n in node)
-    if not isinstance(node, dict):
-        return True
-    for kind, body in node.items():
-        if kind in ("ColumnRef", "FuncCall", "SubLink", "SelectStmt"):
-            return False
-        if not _constant(body):
-            return False
-    return True
-
-
-#: Operators of a whole-value equality (``_whole_equality``).
-_EQUALITY_OPERATORS = frozenset(("=", "<>", "!="))
-
-
-def _whole_equality(node: Node) -> bool:
-    """Whether a predicate is ``a = b``, ``a <> b`` or ``a IS [NOT] DISTINCT FROM b``
-    of two bare column references: over copies of one value it tests one whole guess
-    per row, never a piece of the value."""
-    expr = node.get("A_Expr")
-    if expr is None:
-        return False
-    kind = expr.get("kind", "AEXPR_OP")
-    if kind == "AEXPR_OP":
-        names = strs(expr.get("name"))
-        if len(names) != 1 or names[0] not in _EQUALITY_OPERATORS:
-            return False
-    elif kind not in ("AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT"):
-        return False
-    sides = (expr.get("lexpr"), expr.get("rexpr"))
-    return all(isinstance(side, dict) and "ColumnRef" in side for side in sides)
