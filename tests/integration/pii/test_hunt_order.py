@@ -51,6 +51,14 @@ def _answers(row: tuple[bytes | None, ...], one: Any, zero: Any) -> list[tuple[b
     return [(one(row[k]), zero(row[k + 1])) for k in range(0, len(row), 2)]
 
 
+def _first_spells(row: tuple[bytes | None, ...], n: int) -> str:
+    """The ``n`` characters a row of (descending, ascending) pairs spells, each answer
+    "customer 1 came first"; both first means every row has the same bit, and the pair
+    then says nothing."""
+    pairs = _answers(row, lambda v: v == b"1", lambda v: v == b"1")
+    return _decode([(o and not z, z and not o) for o, z in pairs], n)
+
+
 async def test_ranks_by_a_bit_of_the_rows_own_email_spell_it(
     pg_server: Any, pii_demo: Demo
 ) -> None:
@@ -90,13 +98,9 @@ async def test_ordered_aggregates_by_a_bit_of_the_rows_own_email_spell_it(
     res = await _agent(pg_server, pii_demo, f"select {cols} from customers")
     (sent,) = res.rows_before
     (got,) = res.rows_after
-    first = _answers(sent, lambda v: v == b"1", lambda v: v == b"1")
-    # both first: every row has the same bit; the pair then says nothing
-    first = [(o and not z, z and not o) for o, z in first]
-    assert _decode(first, len(email)) == email  # what the server sent spells it
+    assert _first_spells(sent, len(email)) == email  # what the server sent spells it
     assert res.replaced == [set(range(len(sent)))]
-    after = _answers(got, lambda v: v == b"1", lambda v: v == b"1")
-    assert _decode([(o and not z, z and not o) for o, z in after], len(email)) != email
+    assert _first_spells(got, len(email)) != email
 
 
 async def test_derived_tables_cut_in_an_order_by_a_bit_of_the_rows_own_email_spell_it(
@@ -115,12 +119,9 @@ async def test_derived_tables_cut_in_an_order_by_a_bit_of_the_rows_own_email_spe
     res = await _agent(pg_server, pii_demo, f"select * from {tables}")
     (sent,) = res.rows_before
     (got,) = res.rows_after
-    first = _answers(sent, lambda v: v == b"1", lambda v: v == b"1")
-    first = [(o and not z, z and not o) for o, z in first]
-    assert _decode(first, len(email)) == email  # what the server sent spells it
+    assert _first_spells(sent, len(email)) == email  # what the server sent spells it
     assert res.replaced == [set(range(len(sent)))]
-    after = _answers(got, lambda v: v == b"1", lambda v: v == b"1")
-    assert _decode([(o and not z, z and not o) for o, z in after], len(email)) != email
+    assert _first_spells(got, len(email)) != email
 
 
 async def test_ranks_by_bits_of_a_birth_date_spell_it(pg_server: Any, pii_demo: Demo) -> None:
