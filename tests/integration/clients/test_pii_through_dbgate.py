@@ -10,7 +10,7 @@ server: no raw PII value reaches the client, other columns are untouched.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -2116,16 +2116,12 @@ def test_ranks_in_an_order_of_pii_come_back_tokenized(
     sql = f"select id, {cols} from customers order by id <> 42, id limit 1"
 
     def spelled(row: tuple[Any, ...]) -> str:
-        out = ""
-        for i in range(len(chars)):
-            code = 0
-            for b in range(7):
-                up, down = row[1 + 2 * (7 * i + b)], row[2 + 2 * (7 * i + b)]
-                # neither: every customer has the same bit; letters have bits 5 and 6
-                if up != 1 or (down == 1 and b in (5, 6)):
-                    code |= 1 << b
-            out += chr(code)
-        return out
+        def bit(i: int, b: int) -> bool:
+            up, down = row[1 + 2 * (7 * i + b)], row[2 + 2 * (7 * i + b)]
+            # neither: every customer has the same bit; letters have bits 5 and 6
+            return up != 1 or (down == 1 and b in (5, 6))
+
+        return _spell(len(chars), bit)
 
     with psycopg.connect(admin_dsn) as admin:
         assert spelled(admin.execute(sql).fetchone()) == chars
@@ -2154,16 +2150,12 @@ def test_sub_selects_cut_in_an_order_of_pii_come_back_tokenized(
     sql = f"select * from {tables}"
 
     def spelled(row: tuple[Any, ...]) -> str:
-        out = ""
-        for i in range(len(chars)):
-            code = 0
-            for b in range(7):
-                up, down = row[2 * (7 * i + b)] == 42, row[2 * (7 * i + b) + 1] == 42
-                # both: every customer has the same bit; letters have bits 5 and 6
-                if (up and not down) or (up and down and b in (5, 6)):
-                    code |= 1 << b
-            out += chr(code)
-        return out
+        def bit(i: int, b: int) -> bool:
+            up, down = row[2 * (7 * i + b)] == 42, row[2 * (7 * i + b) + 1] == 42
+            # both: every customer has the same bit; letters have bits 5 and 6
+            return (up and not down) or (up and down and b in (5, 6))
+
+        return _spell(len(chars), bit)
 
     with psycopg.connect(admin_dsn) as admin:
         assert spelled(admin.execute(sql).fetchone()) == chars
@@ -2213,3 +2205,8 @@ def test_aggregates_over_rows_kept_by_bits_of_pii_come_back_tokenized(
         (listed,) = conn.execute(ordered).fetchone()
     assert sum(got[k] == e[:2] for k, e in emails.items()) < len(emails) // 4
     assert listed.startswith("tok_")
+
+
+def _spell(n: int, bit: Callable[[int, int], bool]) -> str:
+    """``n`` seven-bit characters, bit ``b`` of character ``i`` as ``bit(i, b)`` says."""
+    return "".join(chr(sum(1 << b for b in range(7) if bit(i, b))) for i in range(n))
