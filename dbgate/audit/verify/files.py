@@ -1,0 +1,70 @@
+"""Verify an ``audit export`` file on its own, and read chain heads anchored outside
+the database (a head file, or the operator log's lines)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from dbgate.audit.canonical import canonical
+from dbgate.audit.serial import CSV_COLUMNS, Document, DocumentError, from_document, read_jsonl
+from dbgate.audit.verify.chains import Report, Verifier
+
+_HEAD_TEXT = re.compile(r"chain=(\S+)\s+seq=(\d+)\s+hash=([0-9a-f]{64})")
+
+
+def read_heads(path: Path) -> list[tuple[str, int, bytes]]:
+    """Chain heads from a head file (JSON lines) or from operator log lines
+    (``audit chain head: chain=... seq=... hash=...``)."""
+    heads = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+                heads.append((str(obj["chain"]), int(obj["seq"]), bytes.fromhex(obj["hash"])))
+                continue
+            except (ValueError, KeyError, TypeError):
+                raise DocumentError(f"{path}:{n}: not a chain head") from None
+        m = _HEAD_TEXT.search(line)
+        if m is None:
+            continue  # other log lines
+        heads.append((m.group(1), int(m.group(2)), bytes.fromhex(m.group(3))))
+    return heads
+
+
+def _documents(path: Path) -> Iterator[tuple[int, Document]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        first = f.readline()
+        f.seek(0)
+        if first.lstrip().startswith("{"):
+            yield from read_jsonl(f)
+            return
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or list(reader.fieldnames) != list(CSV_COLUMNS):
+            raise DocumentError(f"{path}: neither JSON lines nor dbgate's CSV columns")
+        for n, row in enumerate(reader, 2):
+            try:
+                yield n, from_document(row)
+            except DocumentError as e:
+                raise DocumentError(f"line {n}: {e}") from None
+
+
+def verify_file(path: Path, heads: Iterable[tuple[str, int, bytes]] = ()) -> Report:
+    """Verify an ``audit export`` file (JSON lines or CSV) on its own."""
+    verifier = Verifier(str(path), heads=heads, segments_allowed=True)
+    try:
+        for _, doc in _documents(path):
+            content = canonical(doc.values) if doc.values is not None else None
+            end = doc.values is not None and doc.kind == "audit" and doc.event == "chain_end"
+            verifier.feed(
+                doc.chain, doc.seq, doc.id, doc.prev_hash, doc.hash, content, doc.digest, end
+            )
+    except DocumentError as e:
+        raise DocumentError(f"{path}: {e}") from None
+    return verifier.finish()
