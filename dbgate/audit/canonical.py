@@ -90,6 +90,9 @@ NAMES: tuple[str, ...] = tuple(name for name, _ in FIELDS)
 INDEX: dict[str, int] = {name: i for i, name in enumerate(NAMES)}
 TYPES: dict[str, FieldType] = dict(FIELDS)
 GENESIS = bytes(32)
+#: Positions of the fields the writer and the sealing read by number.
+CHAIN, SEQ, LOGGED_AT, AT = INDEX["chain"], INDEX["seq"], INDEX["logged_at"], INDEX["at"]
+ESCAPED, SCRUBBED, DETAILS = INDEX["escaped"], INDEX["scrubbed"], INDEX["details"]
 
 
 def _groups() -> tuple[list[int], list[int], list[int], list[int], list[int]]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 Timestamp = float | datetime
 
@@ -196,3 +196,14 @@ EVENT_TYPES: tuple[type, ...] = (
     DetokenizeEvent,
     ReloadEvent,
 )
+
+
+class WriterEvent:
+    """Records the writer makes about itself: chain start and end, outages."""
+
+    __slots__ = ("at", "details", "event")
+
+    def __init__(self, event: str, details: dict[str, Any], at: float) -> None:
+        self.event = event
+        self.details = details
+        self.at = at

@@ -24,46 +24,46 @@ assigns them in the order it writes.
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime, timedelta
 from hashlib import blake2b, sha256
 from operator import attrgetter
 from typing import Any
 
 from dbgate.audit import binary
 from dbgate.audit.canonical import (
+    AT,
+    CHAIN,
+    DETAILS,
+    ESCAPED,
     FIELDS,
     FORMAT,
     INDEX,
     LAYOUT,
+    LOGGED_AT,
+    SCRUBBED,
+    SEQ,
     FieldType,
     Template,
     array_json,
-    canonical_text,
 )
+from dbgate.audit.coerce import INT64, at_slow, int_value, names, text_slow, text_value
 from dbgate.audit.events import (
     ApprovalEvent,
     DetokenizeEvent,
     ReloadEvent,
     SessionEvent,
     StatementEvent,
+    WriterEvent,
 )
 from dbgate.audit.scrub import scrub
-from dbgate.audit.text import escape, from_bytes, needs_escape, truncate
+from dbgate.audit.sealing import dump_details, seal
+from dbgate.audit.text import from_bytes, truncate
+from dbgate.audit.times import MAX_US, MIN_US, iso, to_us
 
 try:  # the compiled quick path of a statement of a known shape (setup.py)
     from dbgate.audit import _seal
 except ImportError:  # pragma: no cover - depends on the build
     _seal = None  # type: ignore[assignment]
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_US = timedelta(microseconds=1)
-_MIN_US = (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // ONE_US
-_MAX_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - EPOCH) // ONE_US
-_INT_LIMITS = {
-    "scrubbed": 2**31 - 1,  # integer column
-}
-_INT64 = 2**63 - 1
 #: A text cut to its limit is scrubbed this far past the cut first: longer than any
 #: value the scrubber finds, so a value across the cut is replaced whole.
 SCRUB_MARGIN = 512
@@ -78,47 +78,6 @@ SCRUBBED_FIELDS = frozenset(
 _TEXT_FIELDS = tuple(name for name, kind in FIELDS if kind is FieldType.TEXT)
 _ARRAY_FIELDS = tuple(name for name, kind in FIELDS if kind is FieldType.ARRAY)
 _INT_FIELDS = tuple(name for name, kind in FIELDS if kind is FieldType.INT)
-
-CHAIN, SEQ, LOGGED_AT, AT = INDEX["chain"], INDEX["seq"], INDEX["logged_at"], INDEX["at"]
-ESCAPED, SCRUBBED, DETAILS = INDEX["escaped"], INDEX["scrubbed"], INDEX["details"]
-
-
-def to_us(value: Any) -> int | None:
-    """Microseconds since the epoch of a ``time.time()`` float or an aware datetime."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        if value != value or value in (float("inf"), float("-inf")):
-            return None
-        us = round(value * 1_000_000)
-    elif isinstance(value, datetime):
-        dt = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        us = (dt - EPOCH) // ONE_US
-    else:
-        return None
-    return us if _MIN_US <= us <= _MAX_US else None
-
-
-def from_us(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
-
-
-def iso(us: int) -> str:
-    """The export form of a timestamp: always six fractional digits and ``Z``."""
-    d = from_us(us)
-    return (
-        f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:"
-        f"{d.second:02d}.{d.microsecond:06d}Z"
-    )
-
-
-def parse_iso(value: str) -> int:
-    """Microseconds since the epoch of a timestamp written by :func:`iso` (or any
-    ISO 8601 form with a zone)."""
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        raise ValueError(f"timestamp without a time zone: {value!r}")
-    return (dt - EPOCH) // ONE_US
 
 
 class RowBuilder:
@@ -303,11 +262,11 @@ class RowBuilder:
         if outcome.__class__ is not str or len(outcome) > self.max_text_chars:
             return None
         rows = e.rows
-        if rows is not None and (rows.__class__ is not int or not -_INT64 <= rows <= _INT64):
+        if rows is not None and (rows.__class__ is not int or not -INT64 <= rows <= INT64):
             return None
         duration = e.duration_us
         if duration is not None and (
-            duration.__class__ is not int or not -_INT64 <= duration <= _INT64
+            duration.__class__ is not int or not -INT64 <= duration <= INT64
         ):
             return None
         hashed: list[str | None] | None = None
@@ -381,11 +340,11 @@ class RowBuilder:
         v[AT] = (
             round(at * 1_000_000)
             if at.__class__ is float and _MIN_S < at < _MAX_S
-            else _at_slow(at, now_us, notes)
+            else at_slow(at, now_us, notes)
         )
         statement = e.statement
         if statement.__class__ is not str:
-            statement = _text_slow(statement, "statement", notes) or ""
+            statement = text_slow(statement, "statement", notes) or ""
         v[_STATEMENT_LENGTH] = len(statement)
         scrubbed = 0
         if statement:
@@ -394,14 +353,14 @@ class RowBuilder:
         for i, name, x in zip(_TEXT_AT, _TEXT_NAMES, _get_text(e), strict=True):
             if not x:
                 if x is not None and x.__class__ is not str:
-                    v[i] = _text(x, lim, notes, name)
+                    v[i] = text_value(x, lim, notes, name)
             elif x.__class__ is str and len(x) <= lim:
                 v[i] = x
             else:
-                v[i] = _text(x, lim, notes, name)
+                v[i] = text_value(x, lim, notes, name)
         for i, name, x in zip(_FREE_AT, _FREE_NAMES, _get_free_text(e), strict=True):
             if x:
-                x = _text(x, lim + SCRUB_MARGIN, notes, name)
+                x = text_value(x, lim + SCRUB_MARGIN, notes, name)
                 if x:
                     x, n = self._scrub_cut(x, lim)
                     scrubbed += n
@@ -410,16 +369,16 @@ class RowBuilder:
             v[_PARAMS], n = self._array(e.params, "params", notes)
             scrubbed += n
         if e.categories:
-            v[_CATEGORIES] = _names(e.categories, lim, notes, "categories")
+            v[_CATEGORIES] = names(e.categories, lim, notes, "categories")
         if e.tables:
-            v[_TABLES] = _names(e.tables, lim, notes, "tables")
+            v[_TABLES] = names(e.tables, lim, notes, "tables")
         if e.columns:
-            v[_COLUMNS] = _names(e.columns, lim, notes, "columns")
+            v[_COLUMNS] = names(e.columns, lim, notes, "columns")
         for i, name, x in zip(_INT_AT, _INT_NAMES, _get_ints(e), strict=True):
-            if x.__class__ is int and -_INT64 <= x <= _INT64:
+            if x.__class__ is int and -INT64 <= x <= INT64:
                 v[i] = x
             elif x is not None:
-                v[i] = _int(x, name, notes)
+                v[i] = int_value(x, name, notes)
         t = e.tokenized
         if t is not None and t.__class__ is not bool:
             notes.append("tokenized")
@@ -427,7 +386,7 @@ class RowBuilder:
         v[_TOKENIZED] = t
         if notes:
             details, _ = self._details(None, notes)
-            v[DETAILS] = _dump_details(details)
+            v[DETAILS] = dump_details(details)
         v[SCRUBBED] = scrubbed
         v[ESCAPED] = False
         return v
@@ -520,7 +479,7 @@ class RowBuilder:
             if name in raw:
                 value = raw[name]
                 if value is not None and value.__class__ is not str:
-                    value = _text_slow(value, name, notes)
+                    value = text_slow(value, name, notes)
                 limit = self.max_text_chars
                 if name == "statement" and value is not None:
                     values[_STATEMENT_LENGTH] = len(value)
@@ -538,12 +497,12 @@ class RowBuilder:
                 values[INDEX[name]] = items
         for name in _INT_FIELDS:
             if name in raw:
-                values[INDEX[name]] = _int(raw[name], name, notes)
+                values[INDEX[name]] = int_value(raw[name], name, notes)
         details = raw.get("details")
         if details is not None or notes:
             details, n = self._details(details, notes)
             scrubbed += n
-            values[DETAILS] = _dump_details(details)
+            values[DETAILS] = dump_details(details)
         values[SCRUBBED] = scrubbed
         values[ESCAPED] = False
         return values
@@ -601,7 +560,7 @@ class RowBuilder:
         if value is None or isinstance(value, bool):
             return value, 0
         if isinstance(value, int):
-            return (value if -_INT64 - 1 <= value <= _INT64 else str(value)), 0
+            return (value if -INT64 - 1 <= value <= INT64 else str(value)), 0
         if isinstance(value, list | tuple):
             items = [self._detail_value(v) for v in value]
             return [v for v, _ in items], sum(n for _, n in items)
@@ -657,8 +616,8 @@ _INT_AT = tuple(INDEX[n] for n in _INT_NAMES)
 _get_text = attrgetter(*_TEXT_NAMES)
 _get_free_text = attrgetter(*_FREE_NAMES)
 _get_ints = attrgetter(*_INT_NAMES)
-_MIN_S = _MIN_US / 1_000_000
-_MAX_S = _MAX_US / 1_000_000
+_MIN_S = MIN_US / 1_000_000
+_MAX_S = MAX_US / 1_000_000
 #: What tells one statement shape from another (see _StatementShape).
 _SHAPE_NAMES = (
     "event",
@@ -719,148 +678,3 @@ class _StatementShape:
         self.template: Template | None = None
         self.blocks: binary.Blocks | None = None
         self.native: tuple[Any, ...] | None = None
-
-
-def _text(x: Any, limit: int, notes: list[str], name: str) -> str | None:
-    if x.__class__ is str:
-        if len(x) > limit:
-            return x[:limit]
-        return x or None
-    if x is None:
-        return None
-    x = _text_slow(x, name, notes)
-    return x[:limit] or None
-
-
-def _text_slow(x: Any, name: str, notes: list[str]) -> str:
-    if isinstance(x, str):
-        return str(x)
-    if isinstance(x, bytes | bytearray | memoryview):
-        return from_bytes(bytes(x))
-    notes.append(name)
-    return str(x)
-
-
-def _names(items: Any, limit: int, notes: list[str], name: str) -> list[str | None] | None:
-    """Categories, tables, columns: short names, never scrubbed."""
-    if items.__class__ is tuple or items.__class__ is list:
-        for x in items:
-            if x.__class__ is not str or len(x) > limit:
-                break
-        else:
-            return list(items)
-    elif items.__class__ is str:
-        notes.append(name)
-        return [items[:limit]]
-    out: list[str | None] = []
-    for x in items:
-        t = _text(x, limit, notes, name)
-        out.append(t if t is not None else "")
-    return out or None
-
-
-def _int(value: Any, name: str, notes: list[str]) -> int | None:
-    if value is None:
-        return None
-    if value.__class__ is not int:
-        try:
-            value = int(value)
-        except (TypeError, ValueError, OverflowError):
-            notes.append(name)
-            return None
-        notes.append(name)
-    limit = _INT_LIMITS.get(name, _INT64)
-    if not -limit - 1 <= value <= limit:
-        notes.append(name)
-        return None
-    return value  # type: ignore[no-any-return]
-
-
-def _at_slow(at: Any, now_us: int, notes: list[str]) -> int:
-    us = to_us(at)
-    if us is None:
-        notes.append("at")
-        return now_us
-    return us
-
-
-def _dump_details(details: dict[str, Any]) -> str:
-    return json.dumps(details, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-
-
-def seal(values: list[Any], prev_hash: bytes) -> bytes:
-    """Hash a record (its chain fields set), escaping it first if it must be.
-
-    The canonical text shows whether escaping is needed at no extra cost in the
-    common case: a NUL appears in it as ``\\u0000`` and a lone surrogate makes
-    UTF-8 encoding fail. Only then are the values examined and escaped.
-    """
-    text = canonical_text(values)
-    try:
-        if "\\u0000" in text:
-            raise UnicodeError
-        data = text.encode()
-    except UnicodeError:
-        if _needs_escape(values):
-            _escape_values(values)
-            values[ESCAPED] = True
-        data = canonical_text(values).encode()
-    d = sha256(data).digest()
-    return sha256(prev_hash + d).digest()
-
-
-class WriterEvent:
-    """Records the writer makes about itself: chain start and end, outages."""
-
-    __slots__ = ("at", "details", "event")
-
-    def __init__(self, event: str, details: dict[str, Any], at: float) -> None:
-        self.event = event
-        self.details = details
-        self.at = at
-
-
-def _needs_escape(values: list[Any]) -> bool:
-    for name in _TEXT_FIELDS:
-        v = values[INDEX[name]]
-        if v and needs_escape(v):
-            return True
-    for name in _ARRAY_FIELDS:
-        for item in values[INDEX[name]] or ():
-            if item and needs_escape(item):
-                return True
-    details = values[DETAILS]
-    return bool(details) and _json_needs_escape(json.loads(details))
-
-
-def _json_needs_escape(value: Any) -> bool:
-    if isinstance(value, str):
-        return needs_escape(value)
-    if isinstance(value, dict):
-        return any(_json_needs_escape(k) or _json_needs_escape(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_json_needs_escape(v) for v in value)
-    return False
-
-
-def _escape_values(values: list[Any]) -> None:
-    if values[DETAILS]:
-        values[DETAILS] = _dump_details(_escape_json(json.loads(values[DETAILS])))
-    for name in _TEXT_FIELDS:
-        i = INDEX[name]
-        if values[i]:
-            values[i] = escape(values[i])
-    for name in _ARRAY_FIELDS:
-        i = INDEX[name]
-        if values[i]:
-            values[i] = [None if x is None else escape(x) for x in values[i]]
-
-
-def _escape_json(value: Any) -> Any:
-    if isinstance(value, str):
-        return escape(value)
-    if isinstance(value, dict):
-        return {_escape_json(k): _escape_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_escape_json(v) for v in value]
-    return value

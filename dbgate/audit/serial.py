@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbgate.audit.canonical import FIELDS, INDEX, NAMES, FieldType, canonical, digest
-from dbgate.audit.rows import iso, parse_iso, to_us
+from dbgate.audit.times import iso, parse_iso, to_us
 
 LINK_KIND = "link"
 CSV_COLUMNS: tuple[str, ...] = ("id", *NAMES, "digest", "prev_hash", "hash")

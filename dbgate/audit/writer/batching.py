@@ -13,8 +13,9 @@ import contextlib
 import logging
 import time
 
+from dbgate.audit.canonical import LOGGED_AT
 from dbgate.audit.errors import AuditError, AuditUnavailable
-from dbgate.audit.rows import LOGGED_AT, WriterEvent
+from dbgate.audit.events import WriterEvent
 from dbgate.audit.writer.queue import Rec, fail
 
 log = logging.getLogger("dbgate.audit")

@@ -22,9 +22,11 @@ from typing import Any
 from dbgate import __version__
 from dbgate.audit.canonical import GENESIS
 from dbgate.audit.errors import AuditError, AuditUnavailable
-from dbgate.audit.rows import RowBuilder, WriterEvent, iso
+from dbgate.audit.events import WriterEvent
+from dbgate.audit.rows import RowBuilder
 from dbgate.audit.serial import dumps
 from dbgate.audit.spill import Orphan, SpillFile
+from dbgate.audit.times import iso
 from dbgate.audit.writer.batching import Batching
 from dbgate.audit.writer.database import Database
 from dbgate.audit.writer.queue import Item, Queueing, Rec

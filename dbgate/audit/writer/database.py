@@ -17,9 +17,10 @@ import asyncpg
 
 from dbgate.audit import binary
 from dbgate.audit.binary import array_literal
-from dbgate.audit.canonical import FIELDS, INDEX, FieldType
+from dbgate.audit.canonical import AT, FIELDS, INDEX, LOGGED_AT, FieldType
 from dbgate.audit.errors import AuditError
-from dbgate.audit.rows import AT, EPOCH, LOGGED_AT, WriterEvent, from_us, iso, parse_iso
+from dbgate.audit.events import WriterEvent
+from dbgate.audit.times import EPOCH, from_us, iso, parse_iso
 
 log = logging.getLogger("dbgate.audit")
 

@@ -15,9 +15,9 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
+from dbgate.audit.canonical import SEQ
 from dbgate.audit.errors import AuditError, AuditUnavailable
 from dbgate.audit.events import EVENT_TYPES, StatementEvent
-from dbgate.audit.rows import SEQ
 
 log = logging.getLogger("dbgate.audit")
 

@@ -31,9 +31,12 @@ from dbgate.audit.events import (
     ReloadEvent,
     SessionEvent,
     StatementEvent,
+    WriterEvent,
 )
-from dbgate.audit.rows import RowBuilder, WriterEvent, iso, parse_iso, seal, to_us
+from dbgate.audit.rows import RowBuilder
 from dbgate.audit.scrub import scrub
+from dbgate.audit.sealing import seal
+from dbgate.audit.times import iso, parse_iso, to_us
 
 NOW = 1_800_000_000_000_000
 

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from dbgate.audit.canonical import GENESIS, INDEX, canonical, digest
-from dbgate.audit.events import StatementEvent
-from dbgate.audit.rows import RowBuilder, WriterEvent, seal
+from dbgate.audit.events import StatementEvent, WriterEvent
+from dbgate.audit.rows import RowBuilder
+from dbgate.audit.sealing import seal
 from dbgate.audit.serial import dumps, from_document, link_document, to_document
 from dbgate.audit.verify import read_heads, verify_file
 
