@@ -327,6 +327,8 @@ class Expressions(WalkState):
             sorts = name not in ORDER_FREE
         if not bounded:
             level.packs += 1
+        elif not over and name == "count":
+            level.counts += 1
         if sorts:
             level.sorts += 1
 
@@ -408,12 +410,22 @@ class Expressions(WalkState):
                 if not _bare_column(arg) and (chose.pii or chose.unknown or chose.params):
                     counted = counted | Lin(chose.entities, chose.unknown, chose.params)
             return counted
+        met = len(self.refs) if self.refs is not None else -1
         lin = self.expr(args, scope, ctx)
         if (lin.pii or lin.unknown or lin.params) and self.sets_rows(name, args):
             # as many rows as its arguments say (SELECT generate_series(1, ascii(...))):
             # they size this level, and a count of its rows is the value (a bind
             # parameter's too: it may be a token, resolved)
             scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
+        elif (
+            not scope.multiplied
+            and met >= 0
+            and len(self.refs or ()) > met
+            and self.sets_rows(name, args)
+        ):
+            # as many rows per row as a column says (``generate_series(1, 1 << id %
+            # 20)``): a count of them one level up is the text's to choose
+            scope.multiplied = True
         return lin
 
     def sets_rows(self, name: str, args: list[Node] | None) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dbgate.pii.lin import CLEAN, Lin
 from dbgate.pii.lineage.nodes import Node, lossless_cast, strs
-from dbgate.pii.lineage.scope import Ref, Scope
+from dbgate.pii.lineage.scope import Item, Ref, Scope
 from dbgate.policy.catalog_builtin import AGGREGATES
 
 
@@ -206,3 +206,56 @@ def whole_equality(node: Node) -> bool:
         return False
     sides = (expr.get("lexpr"), expr.get("rexpr"))
     return all(isinstance(side, dict) and "ColumnRef" in side for side in sides)
+
+
+def multiplies(node: Node, refs: list[Ref], scope: Scope) -> bool:
+    """Whether a WHERE or ON predicate lets the text choose how many rows of one FROM
+    entry each row of another meets (``Scope.multiplied``): it relates two entries of
+    ``scope`` other than by an equality of two stored relations' columns as they are
+    (``o.customer_id = c.id`` meets as many orders as the data holds; ``g <= 1 << c.id
+    % 20`` over a series meets as many as the text says, and so does ``m.k = c.id``
+    over a sub-select that repeats each ``k`` at will)."""
+    items: list[Item] = []
+    for ref in refs:
+        if ref[0] is scope and all(ref[1] is not seen for seen in items):
+            items.append(ref[1])
+    if len(items) < 2:
+        return False
+    return not (len(items) == 2 and _equi_join(node) and all(map(_stored_relation, items)))
+
+
+def _equi_join(node: Node) -> bool:
+    """``a = b`` or ``a IS NOT DISTINCT FROM b`` of two columns as they are."""
+    expr = node.get("A_Expr")
+    if expr is None:
+        return False
+    kind = expr.get("kind", "AEXPR_OP")
+    if kind == "AEXPR_OP":
+        if strs(expr.get("name")) != ["="]:
+            return False
+    elif kind != "AEXPR_NOT_DISTINCT":
+        return False
+    return bare_column(expr.get("lexpr")) and bare_column(expr.get("rexpr"))
+
+
+def _stored_relation(item: Item) -> bool:
+    """A table's or a view's row the snapshot knows, not one a query made."""
+    return item.table or (item.schema is not None and not item.open)
+
+
+def mentions_column(node: object) -> bool:
+    """Whether a column reference stands anywhere in ``node`` (a FROM function's
+    arguments: a lateral one, sized per row)."""
+    pending = [node]
+    pop, push, extend = pending.pop, pending.append, pending.extend
+    while pending:
+        n = pop()
+        if type(n) is list:
+            extend(n)
+        elif type(n) is dict:
+            if "ColumnRef" in n:
+                return True
+            for body in n.values():
+                if type(body) is dict or type(body) is list:
+                    push(body)
+    return False

@@ -18,6 +18,7 @@ from dbgate.pii.lineage.predicates import (
     bare_column,
     encloses,
     kinds,
+    multiplies,
     sublink_of,
     whole_column,
     whole_equality,
@@ -147,12 +148,13 @@ class Queries(WalkState):
         # the outputs holding an aggregate or window function that packs rows, or
         # that reads them in their order (``Scope.mark``; -1: the tail)
         packed: list[tuple[int, bool, bool]] = []
+        counted: list[int] = []  # the outputs holding a count (``Scope.multiplied``)
         for target in body.get("targetList") or ():
             rt = target["ResTarget"]
             n = len(out.columns)
             saved, self.refs = self.refs, []
             refs = self.refs
-            packs, sorts = scope.packs, scope.sorts
+            packs, sorts, counts = scope.packs, scope.sorts, scope.counts
             try:
                 self.target(rt.get("val"), rt.get("name"), scope, ctx, out)
             finally:
@@ -164,6 +166,10 @@ class Queries(WalkState):
                 packed.extend((k, *flags) for k in range(n, len(out.columns)))
                 if out.tail is not None:
                     packed.append((-1, *flags))
+            if scope.counts != counts:
+                counted.extend(range(n, len(out.columns)))
+                if out.tail is not None:
+                    counted.append(-1)
             tail = out.tail or CLEAN
             lin = tail
             for k in range(n, len(out.columns)):
@@ -186,6 +192,10 @@ class Queries(WalkState):
                 )
             )
         self.control(body, scope, targets, whole)
+        if counted and scope.multiplied:
+            # a count of rows each kept row brings as many of as the text chose packs
+            # them like a sum of powers of two (``Scope.multiplied``)
+            packed.extend((k, True, False) for k in counted)
         if body.get("lockingClause"):
             self.locks_chosen(scope)
         # last: a correlated predicate anywhere below may have chosen this level's rows
@@ -305,7 +315,7 @@ class Queries(WalkState):
         output. LIMIT and OFFSET, and a window frame's offsets, choose by their value
         alone: PII or anything unknown there marks the level.
         """
-        self.choose(body.get("whereClause"), scope)
+        self.choose(body.get("whereClause"), scope, joins=True)
         # HAVING compares aggregates of this level's rows, which carry what chose or
         # sized them (``EXISTS (SELECT 1 FROM customers c, generate_series(1,
         # ascii(c.email)) WHERE c.id = 42 HAVING count(*) >= g)``: count(*) is the code)
@@ -488,6 +498,7 @@ class Queries(WalkState):
         aggregated: bool = False,
         rows: bool = True,
         whole: bool = False,
+        joins: bool = False,
     ) -> Lin:
         """Walk a clause that chooses rows (WHERE, HAVING, JOIN ... ON, FILTER).
 
@@ -530,7 +541,7 @@ class Queries(WalkState):
             # another question, as ``... & (1 << id) ...`` does
             out = CLEAN
             for arg in node["BoolExpr"].get("args") or ():
-                out = out | self.choose(arg, scope, aggregated, rows)
+                out = out | self.choose(arg, scope, aggregated, rows, joins=joins)
             return out
         saved, self.refs = self.refs, []
         refs = self.refs
@@ -566,6 +577,8 @@ class Queries(WalkState):
         # window's PARTITION BY email): no question of a row, as a guess is not
         guess = whole or whole_value_guess(node)
         self.chose(lin, refs, elsewhere, scope, whole_equality(node), guess)
+        if joins and not scope.multiplied and multiplies(node, refs, scope):
+            scope.multiplied = True
         return lin
 
     def chose(

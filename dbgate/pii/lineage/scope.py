@@ -90,9 +90,11 @@ class Scope:
         "asked",
         "asked_levels",
         "chosen",
+        "counts",
         "ctes",
         "items",
         "kept",
+        "multiplied",
         "ordered",
         "packs",
         "parent",
@@ -139,6 +141,17 @@ class Scope:
         self.packs = 0
         #: ... and those whose value depends on the order of the rows they read
         self.sorts = 0
+        #: ... and the counts among the rest (``count(*)``, ``count(col)``): one bounded
+        #: number, unless the level is ``multiplied``
+        self.counts = 0
+        #: how many rows of one FROM entry each row of another meets is the text's to
+        #: choose, not the stored data's: a function or LATERAL sub-select given a
+        #: column (``generate_series(1, 1 << c.id % 20)``), a set-returning function of
+        #: a column in the select list, or a predicate relating two entries other than
+        #: an equality of stored columns (``g <= 1 << c.id % 20``). A count of such a
+        #: level's rows kept by their own PII adds up as many bits as the multiplicities
+        #: spell (``Queries.choose``, ``Scope.mark``)
+        self.multiplied = False
 
     def ask(self, lin: Lin, levels: frozenset[int] | None = None) -> None:
         """Rows of this level were kept by their own PII (``lin``): asked here, or at
@@ -195,6 +208,12 @@ class Scope:
         ``(SELECT id FROM customers ORDER BY email) s`` every id in the e-mails'
         order."""
         asked, levels = self.level_asked()
+        if self.multiplied and asked is not CLEAN and self.parent is not None:
+            # a count of this level's rows one level up is a sum of multiplicities the
+            # text chose, one per kept row (``SELECT count(*) FROM (SELECT 1 FROM
+            # customers c, generate_series(1, 1 << c.id % 20) WHERE ... ascii(c.email)
+            # ...) s``): every output carries what kept them
+            self.chosen = self.chosen | Lin(asked.entities, asked.unknown)
         out.asked = out.asked | asked
         out.asked_levels = out.asked_levels | levels
         ordered = self.level_ordered()

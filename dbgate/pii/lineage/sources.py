@@ -17,6 +17,7 @@ from dbgate.pii.lineage.builtin_names import (
 )
 from dbgate.pii.lineage.context import FILTER, OUTPUT
 from dbgate.pii.lineage.nodes import Node, listed, one, strs
+from dbgate.pii.lineage.predicates import mentions_column
 from dbgate.pii.lineage.results import Output
 from dbgate.pii.lineage.scope import Item, Scope
 from dbgate.pii.lineage.state import WalkState
@@ -31,11 +32,15 @@ class Sources(WalkState):
         if kind == "RangeVar":
             return self.range_var(body, scope)
         if kind == "RangeSubselect":
+            if body.get("lateral"):
+                scope.multiplied = True  # its rows per row of the others are its own
             out = self.query(body["subquery"], scope, OUTPUT)
             return self.item_from_output(out, body.get("alias"), scope)
         if kind == "JoinExpr":
             return self.join(body, scope)
         if kind == "RangeFunction":
+            if mentions_column(body.get("functions")):
+                scope.multiplied = True  # ``generate_series(1, 1 << c.id % 20)``
             return self.range_function(body, scope)
         if kind == "RangeTableSample":
             # how many rows the sample keeps is its arguments' (TABLESAMPLE
@@ -50,6 +55,8 @@ class Sources(WalkState):
             # arguments, paths, defaults that pick what of it comes out; and they
             # decide how many rows come out (a document of ascii(...) elements)
             parts = {k: v for k, v in body.items() if k != "alias"}
+            if mentions_column(parts):
+                scope.multiplied = True
             source = self.generic(parts, scope, OUTPUT)
             alias = (body.get("alias") or {}).get("aliasname")
             sized = (
@@ -154,7 +161,7 @@ class Sources(WalkState):
         right = self.from_item(body["rarg"], scope)
         if body.get("quals"):
             inner = body.get("jointype", "JOIN_INNER") == "JOIN_INNER"
-            on = self.choose(body["quals"], scope, rows=inner)
+            on = self.choose(body["quals"], scope, rows=inner, joins=True)
             if on.pii or on.unknown:
                 # merged by sorting on its keys, a join's rows come out in their order
                 # (``ON c.email = o.contact_email``): what reads them in it carries them

@@ -248,6 +248,28 @@ async def test_row_numbers_over_a_sub_select_ordered_by_birth_date_rank_it(
     assert sum(after[k] == str(r).encode() for k, r in ranks.items()) < len(ranks) // 4
 
 
+async def test_a_count_over_rows_the_text_multiplied_spells_a_bit_of_each_customer(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """Each kept customer repeated ``2^(id - 1)`` times: the count is the sum of those
+    powers, the bit ``b`` of character ``i`` of twenty customers' e-mails in one number
+    (``generate_series`` lateral, or a series met by ``g <= …``)."""
+    emails = await _emails(pii_demo)
+    bit = "ascii(substr(c.email, 1, 1)) & 2 <> 0"
+    truth = {k for k in range(1, 21) if ord(emails[k][0]) & 2}
+    for sql in (
+        "select count(*) from customers c, generate_series(1, 1 << (c.id - 1)::int)"
+        f" where c.id <= 20 and {bit}",
+        "select count(*) from customers c join generate_series(1, 1048576) g"
+        f" on g <= 1 << (c.id - 1)::int where c.id <= 20 and {bit}",
+    ):
+        res = await _agent(pg_server, pii_demo, sql)
+        ((sent,),) = res.rows_before
+        assert _powers_from_1(sent) == truth, sql  # what the server sent spells the bits
+        ((got,),) = res.rows_after
+        assert res.replaced == [{0}] and got != sent, sql
+
+
 @pytest.mark.parametrize(
     "sql",
     [
@@ -257,8 +279,10 @@ async def test_row_numbers_over_a_sub_select_ordered_by_birth_date_rank_it(
         "select status, count(*) from orders o join customers c on c.id = o.customer_id"
         " where c.email like '%@gmail.com' group by status order by status",
         "select count(email), sum(id), array_agg(id order by id) from customers where id < 5",
+        "select count(*) from orders o, customers c where o.customer_id = c.id"
+        " and ascii(substr(c.email, 3, 1)) & 4 <> 0",
     ],
-    ids=["bounded", "view", "per-group", "own-argument"],
+    ids=["bounded", "view", "per-group", "own-argument", "fan-out"],
 )
 async def test_bounded_aggregates_stay_numbers(pg_server: Any, pii_demo: Demo, sql: str) -> None:
     """One bounded number per aggregate, or a row per group, comes back as it is."""
