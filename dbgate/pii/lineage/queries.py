@@ -723,7 +723,84 @@ class Queries(WalkState):
                 if branches:
                     level = Scope(scope)
                     self.compared(branches, current, level)
+                    level.chosen = level.chosen | self.recursion_stopped(branches, current)
                     current = level.mark(current)
-                scope.ctes[name] = (current, colnames)
+                scope.ctes[name] = (self.search_cycle(cte, current, colnames), colnames)
             else:
-                scope.ctes[name] = (self.query(query, scope, OUTPUT), colnames)
+                out = self.query(query, scope, OUTPUT)
+                scope.ctes[name] = (self.search_cycle(cte, out, colnames), colnames)
+
+    @staticmethod
+    def recursion_stopped(branches: list[Branch], merged: Output) -> Lin:
+        """A recursive ``UNION`` stops when a step makes only rows seen before, so
+        how many rows it makes is decided by its own values compared with its earlier
+        ones — PII with PII, which a set operation's two branches may compare freely
+        (``Queries.compared``), but here the same PII-derived sequence met again:
+        ``SELECT 0 * ascii(email) ... UNION SELECT (s + 1) % ascii(email) ...`` makes as
+        many rows as the code. Every output of the CTE carries the PII of its outputs
+        that are not a stored table's column as it is in every branch."""
+        out = CLEAN
+        for i, lin in enumerate(merged.columns):
+            if not (lin.pii or lin.unknown):
+                continue
+            cells = [columns[i] for _level, columns in branches if i < len(columns)]
+            if cells and all(
+                bare and refs and all(ref[1].table for ref in refs) for _lin, refs, bare in cells
+            ):
+                continue  # whole stored values met again: a lookup, not a count
+            out = out | Lin(lin.entities, lin.unknown)
+        tail = merged.tail
+        if tail is not None and (tail.pii or tail.unknown):
+            out = out | Lin(tail.entities, tail.unknown)
+        return out
+
+    def search_cycle(self, cte: Node, out: Output, colnames: list[str]) -> Output:
+        """A recursive CTE's ``SEARCH`` and ``CYCLE`` clauses (PostgreSQL 14+) add
+        columns made of the columns they name: the search order's sequence (``SET
+        ord``), the cycle mark and the path. ``CYCLE`` also stops the recursion where a
+        row's values there repeat an earlier row's on its path, so how many rows the
+        CTE makes is decided by them: ``CYCLE s`` over ``s = n % ascii(email)`` makes
+        as many rows as the code, and every output carries their PII (as a
+        ``UNION``'s recursion, ``recursion_stopped``)."""
+        search = cte.get("search_clause")
+        cycle = cte.get("cycle_clause")
+        if not (search or cycle):
+            return out
+        names = colnames[: len(out.columns)] + out.names[len(colnames) :]
+
+        def of(cols: object) -> Lin:
+            lin = CLEAN
+            for c in strs(cols):
+                hits = [out.columns[i] for i, n in enumerate(names) if n == c]
+                if not hits:
+                    hits = [
+                        out.tail
+                        if out.tail is not None
+                        else self.unknown(f"column {c!r} of CTE {cte.get('ctename')!r}")
+                    ]
+                for hit in hits:
+                    lin = lin | hit
+            return lin
+
+        new = Output(
+            list(out.columns),
+            list(out.names),
+            out.tail,
+            out.chosen,
+            asked=out.asked,
+            asked_levels=out.asked_levels,
+            ordered=out.ordered,
+        )
+        if search:
+            new.add(of(search.get("search_col_list")), search.get("search_seq_column") or "?")
+        if cycle:
+            lin = of(cycle.get("cycle_col_list"))
+            new.add(lin, cycle.get("cycle_mark_column") or "?")
+            new.add(lin, cycle.get("cycle_path_column") or "?")
+            if lin.pii or lin.unknown:
+                cut = Lin(lin.entities, lin.unknown)
+                new.columns = [c | cut for c in new.columns]
+                if new.tail is not None:
+                    new.tail = new.tail | cut
+                new.chosen = new.chosen | cut
+        return new

@@ -134,9 +134,27 @@ class WalkState:
 
     def state_written(self) -> None:
         """After the walk: a value derived from PII (its own, or the rows it is
-        given for) that a STATE_WRITERS call keeps is a copy: hold the statement."""
+        given for) that a STATE_WRITERS call keeps is a copy: hold the statement.
+        A sub-select runs again for each row of the levels around it, so the rows a
+        call is given for are theirs too: ``LATERAL (SELECT nextval('s') WHERE g > 0)``
+        beside ``generate_series(1, ascii(email)) g`` advanced the sequence by the
+        code, which a later ``SELECT nextval('s')`` read back. Rows kept by their own
+        PII count too (``Scope.level_asked``): one bit per row, but a call per kept
+        row keeps them all, as an aggregate packs them — ``count(set_config('x.y',
+        current_setting('x.y') || id || ',', false)) FROM customers WHERE
+        ascii(substr(email, 3, 1)) & 4 <> 0`` left that bit of every customer in a
+        setting a later ``current_setting('x.y')`` read in one row (``pg_advisory_lock(id)``
+        the same, in ``pg_locks``). A sequence's ``nextval`` per kept row keeps only
+        their number, as ``count(*)`` would."""
         for name, lin, level in self.state_writes:
-            kept = lin | level.level_chosen() if level is not None else lin
+            kept = lin
+            around = level
+            while around is not None:
+                kept = kept | around.level_chosen()
+                if name != "nextval":
+                    asked, _levels = around.level_asked()
+                    kept = kept | Lin(asked.entities, asked.unknown)
+                around = around.parent
             # a bind parameter among them may carry a token: one there is refused
             self.r.param_writes |= kept.params
             if kept.pii or kept.unknown:
