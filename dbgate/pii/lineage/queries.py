@@ -713,11 +713,15 @@ class Queries(WalkState):
                 current = seed
                 for _ in range(8):
                     step = self.select(body["rarg"], scope, OUTPUT, merges, branches)
+                    # what chose, kept or ordered the step's rows too, not only its
+                    # columns: ``SELECT substr(e, 2) FROM t WHERE e <> ''`` adds no
+                    # lineage to ``e`` but stops where the value ends (a count of it)
                     nxt = current.merged(step)
-                    if nxt.columns == current.columns and nxt.tail == current.tail:
-                        break
+                    settled = nxt == current
                     current = nxt
                     scope.ctes[name] = (current, colnames)
+                    if settled:
+                        break
                 else:
                     current = Output(tail=self.unknown(f"recursive CTE {name!r} did not settle"))
                 if branches:

@@ -4,8 +4,9 @@ state for rows PII chose or kept, on the real server (demo dataset).
 * ``CYCLE s SET c USING p`` stops the recursion where ``s`` repeats: over ``s = n %
   ascii(substr(email, i, 1))`` the CTE has as many rows as the code, and a select list
   of one such count per character spelled customer 1's e-mail in one returned row. A
-  recursive ``UNION`` does the same when its seed is PII-derived too, and a nested
-  ``ORDER BY`` of ``SEARCH``'s sequence column chose rows by the PII it is made of.
+  recursive ``UNION`` does the same when its seed is PII-derived too, and so does a
+  ``UNION ALL`` whose step cuts a value shorter until it is empty (``WHERE e <> ''``).
+  ``SEARCH``'s sequence column carries the PII of the columns it is made of.
 * ``nextval`` in a lateral sub-select beside ``generate_series(1, ascii(email))``
   advanced a sequence by the code, and ``set_config`` called once per customer kept by a
   bit of their e-mail left the list of those customers in a setting: read back by a
@@ -55,8 +56,16 @@ UNION = (
     " select count(*) from t"
 )
 
+# a value cut shorter at each step, until it is empty: the step's WHERE asks the
+# value, not a column beside it, and the CTE's lineage did not change
+CHAIN = (
+    "with recursive t(e) as (select repeat('x', ascii(substr(email, {i}, 1)))"
+    " from customers where id = 1 union all select substr(e, 2) from t where e <> '')"
+    " select count(*) - 1 from t"
+)
 
-@pytest.mark.parametrize("cte", [CYCLE, UNION], ids=["cycle", "union"])
+
+@pytest.mark.parametrize("cte", [CYCLE, UNION, CHAIN], ids=["cycle", "union", "chain"])
 async def test_a_recursion_cut_by_pii_does_not_count_the_email_out(
     pg_server: Any, pii_demo: Demo, cte: str
 ) -> None:

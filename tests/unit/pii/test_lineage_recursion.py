@@ -7,7 +7,9 @@ and where a built-in keeps state for rows a level around its call chose or kept.
    columns they name (``ORDER BY o`` in a nested level chose rows by PII while ``o``
    read as a column as it is).
 2. A recursive ``UNION`` stops when a step makes only rows seen before: a PII-derived
-   sequence met again, even when the seed is PII-derived too (``0 * ascii(...)``).
+   sequence met again, even when the seed is PII-derived too (``0 * ascii(...)``). A
+   step that keeps rows by the value it shortens (``substr(e, 2) ... WHERE e <> ''``)
+   counts it: what chose a step's rows was lost when its columns added no lineage.
 3. A state-keeping built-in (``nextval``, ``set_config``, ``pg_advisory_lock``) in a
    sub-select runs for every row of the levels around it; and called once per row
    kept by its own PII it keeps every kept row, as an aggregate packs them.
@@ -80,6 +82,17 @@ UNION_CUT = [
     " select count(*) from t",
     f"with recursive t(s) as (select 0 * {CODE} union select (s + 1) % {CODE} from t)"
     " select count(*) from t",
+]
+
+# a step that asks the value it shortens: its lineage is the seed's, but the rows it
+# keeps are a count of it
+UNION_CUT += [
+    "with recursive t(e) as (select email from customers where id = 1"
+    " union all select substr(e, 2) from t where e <> '') select count(*) from t",
+    "with recursive t(e) as (select repeat('x', ascii(email)) from customers where id = 1"
+    " union all select substr(e, 2) from t where e <> '') select (select count(*) from t)",
+    "with recursive t(e) as (select email from customers where id = 1"
+    " union all select substr(e, 2) from t where ascii(e) & 1 = 0) select count(*) from t",
 ]
 
 
