@@ -695,8 +695,10 @@ class Queries(WalkState):
 
     def with_clause(self, wc: Node, scope: Scope) -> None:
         recursive = bool(wc.get("recursive"))
-        for c in wc.get("ctes") or ():
-            cte = c["CommonTableExpr"]
+        ctes = [c["CommonTableExpr"] for c in wc.get("ctes") or ()]
+        if recursive:
+            ctes = self.cte_order(ctes, scope)
+        for cte in ctes:
             name = cte["ctename"]
             colnames = strs(cte.get("aliascolnames"))
             query = cte["ctequery"]
@@ -733,6 +735,38 @@ class Queries(WalkState):
             else:
                 out = self.query(query, scope, OUTPUT)
                 scope.ctes[name] = (self.search_cycle(cte, out, colnames), colnames)
+
+    def cte_order(self, ctes: list[Node], scope: Scope) -> list[Node]:
+        """Under ``WITH RECURSIVE`` a CTE may read one listed after it, which the
+        server walks first: ``WITH RECURSIVE a(x) AS (SELECT lower(label) FROM tags),
+        tags(id, label) AS (SELECT id, email FROM customers)`` reads the CTE ``tags``,
+        not the table of that name, whose clean ``label`` lineage read as. So the CTEs
+        are walked in the order of what they read, and a name read before it is walked
+        (mutual recursion, which the server refuses, or a name an inner WITH shadows)
+        is unknown until then."""
+        names = {cte["ctename"] for cte in ctes}
+        reads = {
+            cte["ctename"]: _relations_read(cte["ctequery"]) & (names - {cte["ctename"]})
+            for cte in ctes
+        }
+        ordered: list[Node] = []
+        done: set[str] = set()
+        pending = list(ctes)
+        while pending:
+            ready = [cte for cte in pending if reads[cte["ctename"]] <= done]
+            if not ready:
+                ready = pending[:1]
+            for cte in ready:
+                pending.remove(cte)
+                ordered.append(cte)
+                done.add(cte["ctename"])
+        for cte in ctes:
+            if reads[cte["ctename"]]:
+                unknown = self.unknown(f"CTE {cte['ctename']!r} read before it was walked")
+                for name in names:
+                    scope.ctes.setdefault(name, (Output(tail=unknown), []))
+                break
+        return ordered
 
     @staticmethod
     def recursion_stopped(branches: list[Branch], merged: Output) -> Lin:
@@ -808,3 +842,19 @@ class Queries(WalkState):
                     new.tail = new.tail | cut
                 new.chosen = new.chosen | cut
         return new
+
+
+def _relations_read(node: object) -> set[str]:
+    """The unqualified relation names a query reads anywhere in it (``FROM tags``)."""
+    out: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            rv = n.get("RangeVar")
+            if isinstance(rv, dict) and not rv.get("schemaname") and rv.get("relname"):
+                out.add(rv["relname"])
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+    return out

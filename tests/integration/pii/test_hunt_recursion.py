@@ -181,3 +181,21 @@ async def test_a_setting_appended_to_per_row_kept_by_pii_is_held(
     assert kept and kept.encode() not in got[2]
     assert b"set_config() keeps a value derived from PII" in got[0]
     assert b"set_config() keeps a value derived from PII" in got[1]
+
+
+FORWARD = [
+    # under WITH RECURSIVE a CTE reads one listed after it, not the table ``tags``
+    "with recursive a(x) as (select lower(label) from tags),"
+    " tags(id, label) as (select id, email from customers) select x from a",
+    "with recursive a(x) as (select label || '' from notes n join tags using (id)),"
+    " tags(id, label) as (select id, full_name from customers) select x from a",
+]
+
+
+@pytest.mark.parametrize("sql", FORWARD)
+async def test_a_cte_read_before_it_is_listed_is_not_the_table_of_its_name(
+    pg_server: Any, pii_demo: Demo, sql: str
+) -> None:
+    res = await _agent(pg_server, pii_demo, sql)
+    assert leaked(_sent(res), pii_demo.values)  # the server sent them raw
+    assert res.replaced == [{0}]

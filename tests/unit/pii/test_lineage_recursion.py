@@ -145,3 +145,38 @@ NOT_HELD = [
 @pytest.mark.parametrize("sql", NOT_HELD)
 def test_state_kept_for_rows_no_pii_chose_is_not_held(sql: str) -> None:
     assert analyze(sql, COV).pii_writes == [], sql
+
+
+# ---------------------------------------------------------------- 4. forward references
+
+
+FORWARD = [
+    (
+        "with recursive a(x) as (select lower(label) from orders_t),"
+        " orders_t(id, label) as (select id, email from customers) select x from a",
+        ["email"],
+    ),
+    (
+        "with recursive a(x) as (select lower(status) from orders),"
+        " orders(status) as (select email from customers) select x from a",
+        ["email"],
+    ),
+    # mutual reference (the server refuses it): unknown, not the table
+    (
+        "with recursive a(x) as (select status from orders),"
+        " orders(status) as (select x from a) select x from a",
+        ["?"],
+    ),
+    # read after it is listed: as before
+    (
+        "with recursive orders(status) as (select email from customers),"
+        " a(x) as (select lower(status) from orders) select x from a",
+        ["email"],
+    ),
+    ("with recursive a(x) as (select lower(status) from orders) select x from a", ["-"]),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), FORWARD)
+def test_a_recursive_with_reads_a_cte_listed_later(sql: str, expected: list[str]) -> None:
+    assert _cols(sql, 1) == expected
