@@ -267,11 +267,109 @@ class Statements(WalkState):
         self.walk_side(body, "a AlterTableStmt statement")
         if body.get("objtype") in ("OBJECT_TABLE", "OBJECT_MATVIEW"):  # not an index's
             self.existing_relation(body.get("relation"))
+        subtypes = {(c.get("AlterTableCmd") or {}).get("subtype") for c in body.get("cmds") or ()}
+        if body.get("objtype") == "OBJECT_TYPE" and subtypes:
+            self.unmarks("changes a composite type")
+        elif subtypes & _UNMARKING and self.holds_pii(body.get("relation")):
+            self.unmarks(
+                f"changes a column's type, key, parent or options of {_shown(body.get('relation'))}"
+            )
+
+    def stmt_RenameStmt(self, body: Node) -> None:
+        self.walk_side(body, "a RenameStmt statement")
+        kind = body.get("renameType")
+        if kind == "OBJECT_SCHEMA":
+            name = body.get("subname") or ""
+            if any(self.rel_has_pii(r) for r in self.snap.relations.values() if r.schema == name):
+                self.unmarks(f"renames schema {name}")
+        elif kind in _TYPE_OBJECTS or body.get("relationType") in _TYPE_OBJECTS:
+            self.unmarks("renames a type, a domain or a field of one")
+        elif self.holds_pii(body.get("relation")):
+            self.unmarks(f"renames {_shown(body.get('relation'))} or a column of it")
+
+    def stmt_AlterObjectSchemaStmt(self, body: Node) -> None:
+        self.walk_side(body, "a AlterObjectSchemaStmt statement")
+        if body.get("objectType") in _TYPE_OBJECTS:
+            self.unmarks("moves a type or a domain to another schema")
+        elif self.holds_pii(body.get("relation")):
+            self.unmarks(f"moves {_shown(body.get('relation'))} to another schema")
+
+    def stmt_CommentStmt(self, body: Node) -> None:
+        self.walk_side(body, "a CommentStmt statement")
+        if body.get("objtype") != "OBJECT_COLUMN" or "pii:" in (body.get("comment") or "").lower():
+            return
+        names = strs((body.get("object") or {}).get("List", {}).get("items"))
+        if len(names) < 2:
+            return
+        *qualifier, column = names
+        for rel in self.snap.lookup(qualifier[-1], qualifier[-2] if len(qualifier) > 1 else None):
+            for col, lin in zip(rel.columns, self.source.relation_lins(rel), strict=False):
+                if col.name == column and (lin.pii or lin.unknown):
+                    self.unmarks(f"replaces the comment of {'.'.join(names)}")
+                    return
+
+    def stmt_DropStmt(self, body: Node) -> None:
+        self.walk_side(body, "a DropStmt statement")
+        if body.get("removeType") != "OBJECT_TRIGGER":
+            return
+        for obj in body.get("objects") or ():
+            names = strs(obj.get("List", {}).get("items"))
+            rv = {"relname": names[-2], "schemaname": names[-3] if len(names) > 2 else None}
+            if len(names) >= 2 and self.holds_pii(rv):
+                self.unmarks(f"drops a trigger of {_shown(rv)}")
+                return
+
+    def unmarks(self, what: str) -> None:
+        """A schema change after which the catalog may no longer find PII a relation
+        holds: what marks a column is its name, its comment, its type's or domain's name,
+        a key, a parent, a generation expression, a foreign table's options — change it
+        (``ALTER TABLE t RENAME COLUMN email TO x``, ``COMMENT ON COLUMN t.body IS
+        NULL`` of a ``pii:`` comment) and the stored values read back raw. Held like a
+        copy of PII where the catalog will not find it."""
+        why = f"{what}, which holds PII: the catalog may no longer find it there"
+        if why not in self.r.pii_writes:
+            self.r.pii_writes.append(why)
+
+    def holds_pii(self, rv: Node | None) -> bool:
+        if not rv:
+            return False
+        rels = self.snap.lookup(rv.get("relname") or "", rv.get("schemaname"))
+        return any(self.rel_has_pii(rel) for rel in rels)
+
+    def rel_has_pii(self, rel: object) -> bool:
+        return any(lin.pii or lin.unknown for lin in self.source.relation_lins(rel))  # type: ignore[arg-type]
 
     def existing_relation(self, rv: Node | None) -> None:
         if rv and not self.snap.lookup(rv.get("relname", ""), rv.get("schemaname")):
             name, schema = rv.get("relname", ""), rv.get("schemaname")
             self.r.unknown_relations.add(f"{schema}.{name}" if schema else name)
+
+
+#: Objects whose names may be what marks a column as PII (a domain ``email_address``,
+#: a composite type's field ``email``).
+_TYPE_OBJECTS = frozenset({"OBJECT_TYPE", "OBJECT_DOMAIN", "OBJECT_ATTRIBUTE"})
+#: ALTER TABLE commands after which a column may no longer be found PII: its type (a
+#: domain's name), a generation expression dropped, a foreign key or a parent dropped,
+#: a partition detached, a foreign table's options (the remote column's name).
+_UNMARKING = frozenset(
+    {
+        "AT_AlterColumnType",
+        "AT_DropExpression",
+        "AT_DropConstraint",
+        "AT_DropInherit",
+        "AT_DetachPartition",
+        "AT_DetachPartitionFinalize",
+        "AT_AlterColumnGenericOptions",
+        "AT_GenericOptions",
+        "AT_DropOf",
+    }
+)
+
+
+def _shown(rv: Node | None) -> str:
+    rv = rv or {}
+    name = rv.get("relname") or "?"
+    return f"{rv['schemaname']}.{name}" if rv.get("schemaname") else name
 
 
 def _with_arguments(out: Output, args: list[Lin]) -> Output:
