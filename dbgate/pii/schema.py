@@ -146,6 +146,10 @@ class SchemaSnapshot:
     foreign_keys: tuple[tuple[int, int, int, int], ...] = ()
     #: True for hand-made snapshots in tests: unknown function names count as built-in.
     assume_builtin_functions: bool = False
+    #: Names of operators the database defines itself over functions in a language
+    #: that may read tables (SQL, PL/pgSQL ...; not C or internal): ``1 + 'x'::text``
+    #: may call one, whose body reads what it likes, as a user function does.
+    coded_operators: frozenset[str] = frozenset()
     version: int = field(default_factory=lambda: next(_versions))
     by_name: dict[str, list[Relation]] = field(default_factory=dict, init=False)
     by_row_type: dict[int, Relation] = field(default_factory=dict, init=False)
@@ -168,6 +172,7 @@ class SchemaSnapshot:
             and self.relations == other.relations
             and self.types == other.types
             and self.functions == other.functions
+            and self.coded_operators == other.coded_operators
         )
 
     def lookup(self, name: str, schema: str | None = None) -> list[Relation]:
@@ -390,6 +395,16 @@ JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 """
 
+_CODED_OPERATORS = """
+SELECT DISTINCT o.oprname
+FROM pg_catalog.pg_operator o
+JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE l.lanname NOT IN ('c', 'internal')
+  AND (o.oprnamespace <> 'pg_catalog'::pg_catalog.regnamespace
+       OR p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace)
+"""
+
 
 def _with_ancestors(oids: set[int], parents: Mapping[int, Iterable[int]]) -> set[int]:
     """``oids`` and every relation they inherit from or are partitions of: an UPDATE or
@@ -421,6 +436,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         fts_rows = await conn.fetch(_FULL_TEXT_TRIGGERS)
         type_rows = await conn.fetch(_TYPES)
         func_rows = await conn.fetch(_FUNCTIONS)
+        op_rows = await conn.fetch(_CODED_OPERATORS)
         search_path = await conn.fetchval("SELECT pg_catalog.current_schemas(false)")
     coded_defaults = {(r["adrelid"], r["adnum"]) for r in coded_rows}
     fed: dict[int, list[tuple[str, tuple[str, ...]]]] = {}
@@ -503,6 +519,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         relations=relations,
         types=types,
         functions=functions,
+        coded_operators=frozenset(r["oprname"] for r in op_rows),
         search_path=tuple(search_path or ("public",)),
         foreign_keys=foreign_keys,
     )

@@ -181,6 +181,15 @@ class Expressions(WalkState):
         cast, listed or in an array) compared with PII may be a token to resolve;
         one an operator computes on may not (:mod:`~dbgate.pii.lineage.context`)."""
         left, right = body.get("lexpr"), body.get("rexpr")
+        coded = self.snap.coded_operators
+        if coded and (op := strs(body.get("name"))) and op[-1] in coded:
+            # an operator the database defines over code that may read tables (``1 +
+            # 'x'::text`` calling a SQL function that returns an e-mail): as a user
+            # function given its operands
+            met = len(self.refs) if self.refs is not None else 0
+            lin = self.expr([left, right], scope, refused(f"an operand of the operator {op[-1]}"))
+            self.met_opaque(scope, met)
+            return lin | self.unknown(f"the operator {op[-1]} may be the database's own code")
         if _compares(body):
             if _bare_value(right) and not _bare_value(left):
                 other = self.expr(left, scope, ctx)
@@ -251,6 +260,10 @@ class Expressions(WalkState):
         if leaf and out.asked is not CLEAN:
             scope.ask(out.asked, out.asked_levels)
         asked = CLEAN if leaf else out.asked
+        op = strs(body.get("operName"))
+        if op and op[-1] in self.snap.coded_operators:
+            # ``x + ANY (SELECT ...)`` of an operator of the database's own code
+            test = test | self.unknown(f"the operator {op[-1]} may be the database's own code")
         if exists:
             # whether the sub-select has rows: what chose, sized or cut them decides it
             # (``EXISTS (SELECT 1 FROM customers c, generate_series(1, ascii(c.email))

@@ -16,6 +16,8 @@ import pytest
 
 from tests.integration.pii.conftest import Demo
 from tests.integration.pii.harness import leaked
+from tests.integration.pii.test_hunt_derived import _schema
+from tests.integration.pii.test_hunt_shapes import _agent, _sent
 from tests.integration.pii.test_hunt_stores import _session
 
 
@@ -89,3 +91,21 @@ async def test_a_schema_change_of_a_table_without_pii_runs(pg_server: Any, pii_d
         await pii_demo.room.refresh_dsn(pii_demo.dsn)
     assert b"vip" in received
     assert b"catalog" not in received
+
+
+async def test_an_operator_of_the_databases_own_code_is_unknown(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """``1 + 'x'::text`` calls the database's ``+ (int, text)``, a SQL function that
+    returns an e-mail: tokenized as a call of that function would be."""
+    async with _schema(
+        pii_demo,
+        "create function hunt_opf(int, text) returns text language sql stable"
+        " as $$ select email from customers where id = $1 $$;"
+        " create operator + (leftarg = int, rightarg = text, function = hunt_opf)",
+        "drop operator if exists + (int, text); drop function if exists hunt_opf(int, text)",
+    ):
+        res = await _agent(pg_server, pii_demo, "select 1 + 'x'::text, 'a' || 'b'")
+    assert leaked(_sent(res), pii_demo.values)  # the server sent it raw
+    assert not leaked(res.output_bytes, pii_demo.values)
+    assert res.replaced == [{0}]

@@ -4,6 +4,9 @@ a generation expression. ``ALTER TABLE t RENAME COLUMN email TO x`` or ``COMMENT
 COLUMN t.body IS NULL`` (of a ``pii:`` comment), and the stored e-mails read back raw:
 held like a copy of PII where the catalog will not find it.
 
+An operator the database defines over a SQL function runs that function's code, which
+may read any table: as unknown as a call of the function.
+
 Hand-made schema (no server); tests/integration/pii/test_hunt_unmarking.py runs them
 against the demo database.
 """
@@ -12,8 +15,9 @@ from __future__ import annotations
 
 import pytest
 
+from dbgate.pii.coverage import Coverage
 from dbgate.pii.lineage import analyze
-from tests.unit.pii.test_lineage_hunt import COV
+from tests.unit.pii.test_lineage_hunt import CATALOG, COV, _snapshot, output_of
 
 HELD = [
     "alter table customers rename column email to contact",
@@ -54,3 +58,23 @@ NOT_HELD = [
 @pytest.mark.parametrize("sql", NOT_HELD)
 def test_a_schema_change_that_keeps_pii_marked_is_not_held(sql: str) -> None:
     assert analyze(sql, COV).pii_writes == [], sql
+
+
+# ------------------------------------------------- operators of the database's own code
+
+
+def _with_operator(name: str) -> Coverage:
+    snap = _snapshot()
+    snap.coded_operators = frozenset({name})
+    return Coverage(snap, CATALOG)
+
+
+def test_an_operator_over_code_of_the_database_is_unknown() -> None:
+    """``CREATE OPERATOR + (leftarg = int, rightarg = text, function = f)`` over a SQL
+    function that returns an e-mail: ``1 + 'x'::text`` calls it, as ``f(1, 'x')``."""
+    cov = _with_operator("+")
+    for sql in ("select 1 + 'x'::text", "select id + 1 from orders", "select 1 + 2"):
+        assert output_of(sql, cov).columns[0].unknown, sql
+    # other operators, and without such an operator, as before
+    assert not output_of("select 'a' || 'b', 1 * 2", cov).union().unknown
+    assert not output_of("select 1 + 'x'::text", COV).union().unknown
