@@ -150,6 +150,9 @@ class SchemaSnapshot:
     #: that may read tables (SQL, PL/pgSQL ...; not C or internal): ``1 + 'x'::text``
     #: may call one, whose body reads what it likes, as a user function does.
     coded_operators: frozenset[str] = frozenset()
+    #: ... and names of the types a cast the database defines over such a function
+    #: converts to (``1::wrap`` calling ``CREATE CAST (int AS wrap) WITH FUNCTION f``)
+    coded_casts: frozenset[str] = frozenset()
     version: int = field(default_factory=lambda: next(_versions))
     by_name: dict[str, list[Relation]] = field(default_factory=dict, init=False)
     by_row_type: dict[int, Relation] = field(default_factory=dict, init=False)
@@ -173,6 +176,7 @@ class SchemaSnapshot:
             and self.types == other.types
             and self.functions == other.functions
             and self.coded_operators == other.coded_operators
+            and self.coded_casts == other.coded_casts
         )
 
     def lookup(self, name: str, schema: str | None = None) -> list[Relation]:
@@ -405,6 +409,16 @@ WHERE l.lanname NOT IN ('c', 'internal')
        OR p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace)
 """
 
+_CODED_CASTS = """
+SELECT DISTINCT t.typname
+FROM pg_catalog.pg_cast c
+JOIN pg_catalog.pg_type t ON t.oid = c.casttarget
+JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE l.lanname NOT IN ('c', 'internal')
+  AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace
+"""
+
 
 def _with_ancestors(oids: set[int], parents: Mapping[int, Iterable[int]]) -> set[int]:
     """``oids`` and every relation they inherit from or are partitions of: an UPDATE or
@@ -437,6 +451,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         type_rows = await conn.fetch(_TYPES)
         func_rows = await conn.fetch(_FUNCTIONS)
         op_rows = await conn.fetch(_CODED_OPERATORS)
+        cast_rows = await conn.fetch(_CODED_CASTS)
         search_path = await conn.fetchval("SELECT pg_catalog.current_schemas(false)")
     coded_defaults = {(r["adrelid"], r["adnum"]) for r in coded_rows}
     fed: dict[int, list[tuple[str, tuple[str, ...]]]] = {}
@@ -520,6 +535,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         types=types,
         functions=functions,
         coded_operators=frozenset(r["oprname"] for r in op_rows),
+        coded_casts=frozenset(r["typname"] for r in cast_rows),
         search_path=tuple(search_path or ("public",)),
         foreign_keys=foreign_keys,
     )

@@ -109,3 +109,20 @@ async def test_an_operator_of_the_databases_own_code_is_unknown(
     assert leaked(_sent(res), pii_demo.values)  # the server sent it raw
     assert not leaked(res.output_bytes, pii_demo.values)
     assert res.replaced == [{0}]
+
+
+async def test_a_cast_of_the_databases_own_code_is_unknown(pg_server: Any, pii_demo: Demo) -> None:
+    """``1::hunt_wrap`` calls ``CREATE CAST (int AS hunt_wrap) WITH FUNCTION``, a SQL
+    function that returns a customer's e-mail in a record."""
+    async with _schema(
+        pii_demo,
+        "create type hunt_wrap as (v text);"
+        " create function hunt_castf(int) returns hunt_wrap language sql stable"
+        " as $$ select row(email)::hunt_wrap from customers where id = $1 $$;"
+        " create cast (int as hunt_wrap) with function hunt_castf(int)",
+        "drop cast if exists (int as hunt_wrap); drop function if exists hunt_castf(int);"
+        " drop type if exists hunt_wrap",
+    ):
+        res = await _agent(pg_server, pii_demo, "select (1::hunt_wrap).v, 2::text")
+    assert leaked(_sent(res), pii_demo.values)  # the server sent it raw
+    assert res.replaced == [{0}]

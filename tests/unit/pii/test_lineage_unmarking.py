@@ -78,3 +78,19 @@ def test_an_operator_over_code_of_the_database_is_unknown() -> None:
     # other operators, and without such an operator, as before
     assert not output_of("select 'a' || 'b', 1 * 2", cov).union().unknown
     assert not output_of("select 1 + 'x'::text", COV).union().unknown
+
+
+def test_a_cast_over_code_of_the_database_is_unknown() -> None:
+    """``CREATE CAST (int AS wrap) WITH FUNCTION f(int)`` over a SQL function that
+    returns an e-mail: ``1::wrap`` calls it."""
+    snap = _snapshot()
+    snap.coded_casts = frozenset({"wrap"})
+    cov = Coverage(snap, CATALOG)
+    for sql in (
+        "select 1::wrap",
+        "select (cast(2 as wrap)).v",
+        "select id::public.wrap from orders",
+    ):
+        assert output_of(sql, cov).columns[0].unknown, sql
+    assert not output_of("select 1::text, 'x'::varchar", cov).union().unknown
+    assert not output_of("select 1::wrap", COV).union().unknown
