@@ -91,6 +91,10 @@ class Coverage:
     #: views whose definition reads relations with row-level security policies (a read
     #: of the view runs them): those relations, by the view's oid
     policed_views: dict[int, list[str]] = field(default_factory=dict, repr=False)
+    #: views and materialized views whose definition chooses, keeps or orders its rows
+    #: by PII: (chosen, asked, ordered) of the definition's output, by the view's oid
+    #: (``view_rows``)
+    _view_rows: dict[int, tuple[Lin, Lin, Lin]] = field(default_factory=dict, repr=False)
     _busy: set[int] = field(default_factory=set, repr=False)
     #: (relation oid, attnum) of columns unknown only for a default that calls the
     #: database's code: a foreign key does not carry that (see _linked_columns)
@@ -121,6 +125,7 @@ class Coverage:
             self.by_attr, self._lins, self.decisions = {}, {}, []
             self._default_only = set()
             self.policed_views = {}
+            self._view_rows = {}
             self._compute_all()
         if snap.relations:  # an empty snapshot (before the first load) proves nothing
             self._check_catalog()
@@ -448,7 +453,19 @@ class Coverage:
         if len(outs) != 1:
             return [UNKNOWN_LIN] * len(rel.columns)
         out = outs[0]
+        rows = (out.chosen, out.asked, out.ordered)
+        if any(lin.pii or lin.unknown for lin in rows):
+            self._view_rows[rel.oid] = tuple(Lin(x.entities, x.unknown) for x in rows)  # type: ignore[assignment]
         return [out.at(i) for i in range(len(rel.columns))]
+
+    def view_rows(self, rel: Relation) -> tuple[Lin, Lin, Lin] | None:
+        """What chose, kept by their own PII, or ordered the rows of a view or
+        materialized view (its definition's ``Output.chosen``, ``asked``, ``ordered``),
+        or None: its columns carry the chosen part, but a ``count(*)`` of it reads
+        none — ``SELECT count(*) FROM v`` over ``SELECT g FROM generate_series(1, 300)
+        g, customers c WHERE c.id = 1 AND g < ascii(c.email)`` is the code."""
+        self.relation_lins(rel)
+        return self._view_rows.get(rel.oid)
 
     # ------------------------------------------------------------------ catalog check
     def _check_catalog(self) -> None:

@@ -153,6 +153,18 @@ class Sources(WalkState):
             schema=schema or primary.schema,
             table=len(rels) == 1 and primary.kind in ("r", "p"),
         )
+        # a view's rows chosen, kept or ordered by PII in its definition: as a
+        # sub-select's would be (``Coverage.view_rows``)
+        view_rows = getattr(self.source, "view_rows", None)
+        for rel in rels if view_rows is not None else ():
+            rows = view_rows(rel)
+            if rows is not None:
+                chosen, asked, ordered = rows
+                item.chosen = item.chosen | chosen
+                if asked is not CLEAN:
+                    item.asked = item.asked | asked
+                    item.asked_levels = item.asked_levels | frozenset((-rel.oid,))
+                item.ordered = item.ordered | ordered
         scope.items.append(item)
         return item
 
