@@ -453,9 +453,12 @@ class Coverage:
         if len(outs) != 1:
             return [UNKNOWN_LIN] * len(rel.columns)
         out = outs[0]
-        rows = (out.chosen, out.asked, out.ordered)
-        if any(lin.pii or lin.unknown for lin in rows):
-            self._view_rows[rel.oid] = tuple(Lin(x.entities, x.unknown) for x in rows)  # type: ignore[assignment]
+        chosen, asked, ordered = (
+            Lin(x.entities, x.unknown) if x.pii or x.unknown else CLEAN
+            for x in (out.chosen, out.asked, out.ordered)
+        )
+        if chosen is not CLEAN or asked is not CLEAN or ordered is not CLEAN:
+            self._view_rows[rel.oid] = (chosen, asked, ordered)
         return [out.at(i) for i in range(len(rel.columns))]
 
     def view_rows(self, rel: Relation) -> tuple[Lin, Lin, Lin] | None:

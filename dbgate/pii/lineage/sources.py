@@ -161,7 +161,7 @@ class Sources(WalkState):
             if rows is not None:
                 chosen, asked, ordered = rows
                 item.chosen = item.chosen | chosen
-                if asked is not CLEAN:
+                if asked.pii or asked.unknown:
                     item.asked = item.asked | asked
                     item.asked_levels = item.asked_levels | frozenset((-rel.oid,))
                 item.ordered = item.ordered | ordered

@@ -15,6 +15,7 @@ from dbgate.pii.lineage.nodes import Node, one, strs
 from dbgate.pii.lineage.results import Output, StatementLineage, TokenSite
 from dbgate.pii.lineage.scope import Scope
 from dbgate.pii.lineage.state import WalkState
+from dbgate.pii.schema import Relation
 
 
 class Statements(WalkState):
@@ -314,8 +315,10 @@ class Statements(WalkState):
             return
         for obj in body.get("objects") or ():
             names = strs(obj.get("List", {}).get("items"))
+            if len(names) < 2:
+                continue
             rv = {"relname": names[-2], "schemaname": names[-3] if len(names) > 2 else None}
-            if len(names) >= 2 and self.holds_pii(rv):
+            if self.holds_pii(rv):
                 self.unmarks(f"drops a trigger of {_shown(rv)}")
                 return
 
@@ -336,8 +339,8 @@ class Statements(WalkState):
         rels = self.snap.lookup(rv.get("relname") or "", rv.get("schemaname"))
         return any(self.rel_has_pii(rel) for rel in rels)
 
-    def rel_has_pii(self, rel: object) -> bool:
-        return any(lin.pii or lin.unknown for lin in self.source.relation_lins(rel))  # type: ignore[arg-type]
+    def rel_has_pii(self, rel: Relation) -> bool:
+        return any(lin.pii or lin.unknown for lin in self.source.relation_lins(rel))
 
     def existing_relation(self, rv: Node | None) -> None:
         if rv and not self.snap.lookup(rv.get("relname", ""), rv.get("schemaname")):
