@@ -157,7 +157,7 @@ class Sources(WalkState):
         # sub-select's would be (``Coverage.view_rows``)
         view_rows = getattr(self.source, "view_rows", None)
         for rel in rels if view_rows is not None else ():
-            rows = view_rows(rel)
+            rows = view_rows(rel) if rel.kind in ("v", "m") else None
             if rows is not None:
                 chosen, asked, ordered = rows
                 item.chosen = item.chosen | chosen
