@@ -126,10 +126,10 @@ def with_clause(w: dict[str, Any] | None, facts: StatementFacts, ctes: Ctes) -> 
         return ctes
     scope = dict(ctes)
     recursive = w.get("recursive", False)
-    for c in w.get("ctes", ()):
-        cte = c.get("CommonTableExpr")
-        if cte is None:
-            continue
+    listed = [c["CommonTableExpr"] for c in w.get("ctes", ()) if c.get("CommonTableExpr")]
+    if recursive:
+        listed = _in_reading_order(listed, scope)
+    for cte in listed:
         name = cte.get("ctename", "")
         if recursive:
             scope[name] = Produced()  # self-reference inside the recursive term: any rows
@@ -149,6 +149,50 @@ def with_clause(w: dict[str, Any] | None, facts: StatementFacts, ctes: Ctes) -> 
             produced = Produced(produced.whole, None, produced.reads)
         scope[name] = produced
     return scope
+
+
+def _in_reading_order(listed: list[dict[str, Any]], scope: Ctes) -> list[dict[str, Any]]:
+    """Under ``WITH RECURSIVE`` a CTE may read one listed after it, which the server
+    runs first: ``WITH RECURSIVE a AS (SELECT * FROM orders WHERE id = 1), orders AS
+    (SELECT ... FROM customers) SELECT * FROM a`` reads the CTE ``orders``, not the
+    table, so a key of the table bounds nothing. The CTEs are walked in the order of
+    what they read; a name read before it is walked (mutual recursion, which the server
+    refuses) stands for any rows meanwhile (``Produced()``), as a self-reference does."""
+    names = {cte.get("ctename", "") for cte in listed}
+    reads = {
+        cte.get("ctename", ""): _relations_read(cte.get("ctequery"))
+        & (names - {cte.get("ctename", "")})
+        for cte in listed
+    }
+    ordered: list[dict[str, Any]] = []
+    done: set[str] = set()
+    pending = list(listed)
+    while pending:
+        ready = [cte for cte in pending if reads[cte.get("ctename", "")] <= done] or pending[:1]
+        for cte in ready:
+            pending.remove(cte)
+            ordered.append(cte)
+            done.add(cte.get("ctename", ""))
+    if any(reads[cte.get("ctename", "")] for cte in listed):
+        for name in names:
+            scope.setdefault(name, Produced())
+    return ordered
+
+
+def _relations_read(node: object) -> set[str]:
+    """The unqualified relation names a query reads anywhere in it (``FROM orders``)."""
+    out: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            rv = n.get("RangeVar")
+            if isinstance(rv, dict) and not rv.get("schemaname") and rv.get("relname"):
+                out.add(rv["relname"])
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+    return out
 
 
 def carries_rows(reads: dict[Any, bounds.Bound], rows: bounds.Bound) -> bool:

@@ -605,6 +605,20 @@ RESULTS = [
         UNB,
     ),
     ("COPY (SELECT o.* FROM orders o, generate_series(1, 9) g WHERE o.id = 1) TO STDOUT", 1, UNB),
+    # under WITH RECURSIVE a CTE read before it is listed is that CTE, not the table:
+    # the key of orders pins nothing here
+    (
+        "WITH RECURSIVE a AS (SELECT * FROM orders WHERE id = 1), "
+        "orders AS (SELECT generate_series(1, 5000) AS id) SELECT * FROM a",
+        0,
+        UNB,
+    ),
+    (
+        "WITH RECURSIVE a AS (SELECT * FROM orders WHERE id = 1), "
+        "orders AS (SELECT * FROM customers) SELECT * FROM a",
+        UNB,
+        UNB,
+    ),
 ]
 
 
