@@ -165,6 +165,26 @@ class WalkState:
                 if why not in self.r.pii_writes:
                     self.r.pii_writes.append(why)
 
+    def state_run_by(self, writes: int, seen: Lin) -> None:
+        """After one statement: the calls of STATE_WRITERS it made (those past index
+        ``writes``) run or not as any value it computes decides, its arguments aside:
+        ``CASE WHEN ascii(substr(email, 1, 1)) & 1 <> 0 THEN set_config('enable_seqscan',
+        'off', false) END``, a ``WHERE`` or ``FILTER`` of PII around ``pg_notify('c1',
+        'x')``, a scalar sub-select whose rows a bit keeps. Each such call is a bit kept
+        for a later, clean read (``pg_settings``, a ParameterStatus, a notification's
+        channel, a sequence's value), and a select list of them spelled a whole value in
+        one statement: a statement that computes anything derived from PII (or what
+        dbgate cannot follow) with one is held."""
+        if len(self.state_writes) > writes and (seen.pii or seen.unknown):
+            name = self.state_writes[writes][0]
+            why = (
+                f"{name}() runs in a statement that reads PII (or what dbgate cannot"
+                " follow), which may decide whether it runs, and keeps what it is given"
+                " where a later statement reads it back"
+            )
+            if why not in self.r.pii_writes:
+                self.r.pii_writes.append(why)
+
     def unknown(self, why: str, computed: bool = True) -> Lin:
         """A value the walk cannot follow. ``computed`` False: a name the walk could not
         resolve (an output's alias in ORDER BY), whose value is walked where it is

@@ -12,8 +12,8 @@ import re
 import orjson
 from pglast import parser as _pg
 
-from dbgate.pii.lin import UNKNOWN_LIN
-from dbgate.pii.lineage.builtin_names import SIDE_EFFECTS
+from dbgate.pii.lin import CLEAN, UNKNOWN_LIN
+from dbgate.pii.lineage.builtin_names import SIDE_EFFECTS, STATE_WRITERS
 from dbgate.pii.lineage.expressions import Expressions
 from dbgate.pii.lineage.nodes import Node
 from dbgate.pii.lineage.queries import Queries
@@ -93,7 +93,14 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
     walker = Walker(source, session, result)
     walker.filters_matter = filters_matter(sql)
     walker.tree = stmts
+    # a call that keeps state may run or not as any value the statement computes says
+    # (a CASE, a WHERE, a FILTER, a scalar sub-select's rows): every such value is noted
+    lowered = sql.lower() if walker.filters_matter else ""
+    watch = any(name in lowered for name in STATE_WRITERS)
     for stmt in stmts:
+        writes = len(walker.state_writes)
+        if watch:
+            walker.seen = CLEAN
         try:
             result.statements.append(walker.statement(stmt))
         except Exception as e:  # a tree shape the walker did not expect: fail closed
@@ -101,5 +108,8 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
             result.unknown_reasons.append(why)
             result.statements.append(StatementLineage(next(iter(stmt)), Output(tail=UNKNOWN_LIN)))
             result.token_sites.append(TokenSite(-1, False, why))
+        if watch:
+            walker.state_run_by(writes, UNKNOWN_LIN if walker.seen is None else walker.seen)
+            walker.seen = None
     walker.state_written()
     return result

@@ -1,0 +1,185 @@
+"""Session state the server reports or gives back (ParameterStatus, settings,
+notifications, sequences), through the real gate and the demo dataset.
+
+A call that keeps state (``set_config``, ``pg_notify``, ``nextval`` …) may run or not
+as a value the statement computes says: a ``CASE`` around it, a ``WHERE`` or a
+``FILTER`` beside it, a scalar sub-select whose rows a question of PII keeps. Each
+such call is a bit kept for a later, clean read: eight of them spelled a character
+of customer 1's e-mail in one statement that returned one row, read back from
+``pg_settings``, the ParameterStatus of ``application_name`` and the channels of the
+notifications received. Such a statement is held (refused here: no approval
+service); state set by clean statements still comes back as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
+    admin_dsn,
+    demo_db,
+    demo_role,
+    start_pii_proxy,
+)
+from tests.integration.conftest import RunningProxy
+
+#: boolean settings any role may set, one per bit of a character code
+BIT_SETTINGS = [
+    "enable_seqscan",
+    "enable_hashjoin",
+    "enable_mergejoin",
+    "enable_nestloop",
+    "enable_sort",
+    "enable_material",
+    "enable_bitmapscan",
+    "enable_tidscan",
+]
+
+
+@pytest.fixture(scope="module")
+def hunt_proxy(pg_server: Any, demo_role: Any) -> Iterator[RunningProxy]:  # noqa: F811
+    running = start_pii_proxy(pg_server, demo_role)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def dsn(hunt_proxy: RunningProxy, demo_db: str) -> str:  # noqa: F811
+    return hunt_proxy.dsn(demo_db)
+
+
+@pytest.fixture(scope="module")
+def first_char(admin_dsn: str) -> int:  # noqa: F811
+    with psycopg.connect(admin_dsn) as conn:
+        row = conn.execute("select ascii(email) from customers where id = 1").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _bit(b: int) -> str:
+    return f"ascii(substr(email, 1, 1)) & {1 << b} <> 0"
+
+
+def _settings(b: int) -> str:
+    return f"set_config('{BIT_SETTINGS[b]}', 'off', false)"
+
+
+ATTACKS = {
+    "scalar sub-selects kept by a bit": "select "
+    + ", ".join(
+        f"(select {_settings(b)} from customers where id = 1 and {_bit(b)}) b{b}" for b in range(8)
+    ),
+    "case": "select "
+    + ", ".join(f"case when {_bit(b)} then {_settings(b)} end" for b in range(8))
+    + " from customers where id = 1",
+    "filter": "select "
+    + ", ".join(f"count(*) filter (where {_bit(b)} and {_settings(b)} = 'off')" for b in range(8))
+    + " from customers where id = 1",
+    "local settings": "select "
+    + ", ".join(
+        f"case when {_bit(b)} then {_settings(b).replace('false', 'true')} end" for b in range(8)
+    )
+    + " from customers where id = 1",
+}
+
+
+def _session_settings(conn: psycopg.Connection[Any]) -> list[str]:
+    rows = conn.execute(
+        "select name from pg_settings where source = 'session' and name like 'enable%'"
+    ).fetchall()
+    return sorted(str(r[0]) for r in rows)
+
+
+def _spelled(settings: list[str]) -> int:
+    return sum(1 << b for b, name in enumerate(BIT_SETTINGS) if name in settings)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_settings_set_as_pii_decides_are_not_kept(dsn: str, first_char: int, name: str) -> None:
+    sql = ATTACKS[name]
+    with psycopg.connect(dsn, autocommit=name != "local settings") as conn:
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(sql)
+        assert info.value.diag.sqlstate == "42501", info.value
+        assert "may decide whether it runs" in str(info.value)
+        if name == "local settings":
+            conn.rollback()
+        settings = _session_settings(conn)
+    assert _spelled(settings) != first_char
+    assert settings == []
+
+
+def test_application_name_set_as_pii_decides_is_not_reported(dsn: str, first_char: int) -> None:
+    """ParameterStatus reports application_name after every change: the value the
+    last branch kept (one per bit here) would name the bits."""
+    branches = " union all ".join(
+        f"select set_config('application_name', 'b{b}', false) from customers"
+        f" where id = 1 and {_bit(b)}"
+        for b in range(8)
+    )
+    with psycopg.connect(dsn, autocommit=True, application_name="hunt") as conn:
+        with pytest.raises(psycopg.Error):
+            conn.execute(f"select count(*) from ({branches}) s")
+        assert conn.info.parameter_status("application_name") == "hunt"
+        shown = conn.execute("show application_name").fetchone()
+    assert shown == ("hunt",)
+
+
+def test_notification_channels_chosen_by_pii_are_not_sent(dsn: str, first_char: int) -> None:
+    """A payload is tokenized whole, a channel's name is not: which channels hear
+    something would spell the bits."""
+    got: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.add_notify_handler(lambda n: got.append(n.channel))
+        for b in range(8):
+            conn.execute(f"listen hunt_c{b}")
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(
+                "select "
+                + ", ".join(
+                    f"case when {_bit(b)} then pg_notify('hunt_c{b}', 'x') end" for b in range(8)
+                )
+                + " from customers where id = 1"
+            )
+        assert info.value.diag.sqlstate == "42501"
+        conn.execute("select 1")
+    assert got == []
+
+
+def test_sequences_drawn_as_pii_decides_are_held(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.Error) as info:
+        conn.execute(
+            f"select case when {_bit(0)} then nextval('orders_id_seq') end"
+            " from customers where id = 1"
+        )
+    assert info.value.diag.sqlstate == "42501"
+
+
+def test_state_set_by_clean_statements_comes_back_as_it_is(dsn: str, admin_dsn: str) -> None:  # noqa: F811
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("select set_config('application_name', 'agent-7', false)")
+        assert conn.info.parameter_status("application_name") == "agent-7"
+        assert conn.execute("show application_name").fetchone() == ("agent-7",)
+        assert conn.execute("select current_setting('application_name')").fetchone() == ("agent-7",)
+        conn.execute("set datestyle = 'SQL, DMY'")
+        assert conn.info.parameter_status("DateStyle") == "SQL, DMY"
+        row = conn.execute(
+            "select set_config('enable_seqscan', 'off', false), id, status from orders where id = 3"
+        ).fetchone()
+        got = conn.execute(
+            "select id, email, to_char(created_at, 'YYYY-MM-DD HH24:MI') from customers where id = 2"
+        ).fetchone()
+        assert _session_settings(conn) == ["enable_seqscan"]
+    with psycopg.connect(admin_dsn) as direct:
+        want = direct.execute("select 'off', id, status from orders where id = 3").fetchone()
+        raw = direct.execute(
+            "select id, email, to_char(created_at, 'YYYY-MM-DD HH24:MI') from customers where id = 2"
+        ).fetchone()
+    assert row == want
+    assert got is not None and raw is not None
+    assert (got[0], got[2]) == (raw[0], raw[2]) and got[1] != raw[1]
+    assert str(got[1]).startswith("tok_email_")

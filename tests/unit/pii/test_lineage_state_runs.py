@@ -1,0 +1,54 @@
+"""A call that keeps state, run or not as a value derived from PII says.
+
+``set_config``, ``pg_notify``, ``nextval`` … keep something a later, clean statement
+reads back (``pg_settings``, a ParameterStatus, a notification's channel, a sequence).
+Given constants they carry nothing, but a ``CASE``, a ``WHERE``, a ``FILTER`` or a
+scalar sub-select's rows decide whether each runs: a select list of them kept a bit
+each. tests/integration/pii/test_hunt_session_state.py runs them through the gate.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dbgate.pii.lineage import analyze
+from tests.unit.pii.test_lineage_hunt import COV
+
+BIT = "ascii(substr(email, 1, 1)) & 4 <> 0"
+
+HELD = [
+    f"select case when {BIT} then set_config('enable_seqscan', 'off', false) end"
+    " from customers where id = 1",
+    f"select (select set_config('enable_seqscan', 'off', false) from customers"
+    f" where id = 1 and {BIT})",
+    f"select 1 from customers where id = 1 and {BIT} and pg_notify('c', 'x') is null",
+    f"select count(*) filter (where {BIT} and pg_notify('c', 'x') is null)"
+    " from customers where id = 1",
+    f"select case when {BIT} then nextval('s') end from customers where id = 1",
+    f"select set_config('application_name', 'b2', false) from customers where id = 1 and {BIT}",
+    f"select coalesce(nullif({BIT}, true)::text, set_config('a', 'b', true))"
+    " from customers where id = 1",
+    f"with c as (select id from customers where {BIT}) select setval('s', 5) from c",
+    "select case when public.get_email(1) like 'a%' then pg_notify('c', 'x') end",
+]
+
+
+@pytest.mark.parametrize("sql", HELD)
+def test_a_state_write_in_a_statement_reading_pii_is_held(sql: str) -> None:
+    assert any("may decide whether it runs" in w for w in analyze(sql, COV).pii_writes), sql
+
+
+CLEAN = [
+    "select set_config('application_name', 'agent', false)",
+    "select nextval('orders_id_seq')",
+    "insert into customers (id, email) values (nextval('s'), $1) returning id",
+    "select set_config('enable_seqscan', 'off', false), id from orders where id = 3",
+    # statement by statement: the second reads PII, the first's call runs whatever it says
+    "select setseed(0.5); select email from customers order by random() limit 3",
+    f"select id, email from customers where {BIT}",
+]
+
+
+@pytest.mark.parametrize("sql", CLEAN)
+def test_a_state_write_of_constants_beside_no_pii_is_not_held(sql: str) -> None:
+    assert analyze(sql, COV).pii_writes == [], sql
