@@ -105,6 +105,12 @@ WORK_COUNTER_PREFIX = ("pg_stat_get_", "pg_stat_statements", "pg_get_backend_mem
 #: value, a large object, a notification): a value derived from PII given to one is a
 #: copy the catalog cannot follow, held like an INSERT of it into a plain column.
 STATE_WRITERS = SIDE_EFFECTS - {"pg_advisory_unlock", "pg_advisory_unlock_shared"}
+#: Built-in functions that draw from the session's random generator, which
+#: ``setseed`` seeds (and whose state a few of its outputs give away): how many times
+#: they ran is where the next ``random()`` stands in a sequence the agent can compute,
+#: a count a later, clean statement reads back. TABLESAMPLE without REPEATABLE draws
+#: its seed from it too, at each scan (``Sources``).
+PRNG_DRAWS = frozenset({"random", "random_normal", "array_shuffle", "array_sample"})
 #: Width of built-in set-returning functions when no schema snapshot says.
 BUILTIN_SRF_WIDTH = {
     "json_each": 2,

@@ -19,6 +19,7 @@ from dbgate.pii.lineage.builtin_names import (
     BUILTIN_SET_RETURNING,
     DATA_READERS,
     HYPOTHETICAL_SET_AGGREGATES,
+    PRNG_DRAWS,
     SIDE_EFFECTS,
     STATE_WRITERS,
     VALUE_FREE_FUNCTIONS,
@@ -296,6 +297,8 @@ class Expressions(WalkState):
         builtin = schema in (None, "pg_catalog") and self.is_builtin(name, schema)
         if builtin and name in VOLATILE:
             self.met_varying(scope)
+            if name in PRNG_DRAWS:
+                self.draws.append((name, scope, body.get("location", -1)))
         # WITHIN GROUP (ORDER BY x) of mode()/percentile_*(): x is the value input
         within = bool(body.get("agg_within_group")) and not (
             builtin and name in HYPOTHETICAL_SET_AGGREGATES

@@ -46,6 +46,9 @@ class Sources(WalkState):
             # how many rows the sample keeps is its arguments' (TABLESAMPLE
             # system_rows(ascii(...)) returns exactly that many): they size the level
             sized = self.expr([body.get("args"), body.get("repeatable")], scope, FILTER)
+            if body.get("repeatable") is None:
+                # its seed is drawn from the session's random generator at each scan
+                self.draws.append(("TABLESAMPLE", scope, body.get("location", -1)))
             item = self.from_item(body["relation"], scope)
             if sized.pii or sized.unknown or sized.params:
                 item.chosen = item.chosen | Lin(sized.entities, sized.unknown, sized.params)

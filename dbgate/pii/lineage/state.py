@@ -46,6 +46,9 @@ class WalkState:
         #: calls of STATE_WRITERS: the function, its arguments' lineage, its level (whose
         #: rows PII may choose in a clause walked after the call)
         self.state_writes: list[tuple[str, Lin, Scope | None]] = []
+        #: draws from the session's random generator (``PRNG_DRAWS``, a TABLESAMPLE
+        #: without REPEATABLE): the function, its level, its location in the text
+        self.draws: list[tuple[str, Scope, int]] = []
         #: under EXPLAIN ANALYZE, every value the query computes anywhere (columns met,
         #: whole rows and ``*`` expanded, USING keys, unknowns, tokens, parameters):
         #: the plan's memory, disk and buffer figures are sizes of those values
@@ -165,7 +168,9 @@ class WalkState:
                 if why not in self.r.pii_writes:
                     self.r.pii_writes.append(why)
 
-    def state_run_by(self, writes: int, seen: Lin) -> None:
+    def state_run_by(
+        self, writes: int, draws: int, seen: Lin, counted: frozenset[int] = frozenset()
+    ) -> None:
         """After one statement: the calls of STATE_WRITERS it made (those past index
         ``writes``) run or not as any value it computes decides, its arguments aside:
         ``CASE WHEN ascii(substr(email, 1, 1)) & 1 <> 0 THEN set_config('enable_seqscan',
@@ -174,16 +179,36 @@ class WalkState:
         for a later, clean read (``pg_settings``, a ParameterStatus, a notification's
         channel, a sequence's value), and a select list of them spelled a whole value in
         one statement: a statement that computes anything derived from PII (or what
-        dbgate cannot follow) with one is held."""
-        if len(self.state_writes) > writes and (seen.pii or seen.unknown):
-            name = self.state_writes[writes][0]
+        dbgate cannot follow) with one is held.
+
+        So are the draws from the session's random generator past index ``draws``:
+        after ``setseed(0.25)`` the agent knows the sequence ``random()`` gives, and
+        ``count(random()) … generate_series(1, ascii(substr(email, 1, 1)))`` moved it on
+        by the code, which the next ``random()`` names. Those at ``counted`` locations
+        (a bare ``ORDER BY random()`` of the statement's own query, run once per row of
+        a level no PII chose) draw as many times as that level has rows: a count."""
+        if not (seen.pii or seen.unknown):
+            return
+        why = None
+        if len(self.state_writes) > writes:
             why = (
-                f"{name}() runs in a statement that reads PII (or what dbgate cannot"
-                " follow), which may decide whether it runs, and keeps what it is given"
-                " where a later statement reads it back"
+                f"{self.state_writes[writes][0]}() runs in a statement that reads PII (or"
+                " what dbgate cannot follow), which may decide whether it runs, and keeps"
+                " what it is given where a later statement reads it back"
             )
-            if why not in self.r.pii_writes:
-                self.r.pii_writes.append(why)
+        else:
+            for fn, level, where in self.draws[draws:]:
+                chosen = level.level_chosen()
+                if where not in counted or chosen.pii or chosen.unknown:
+                    what = f"{fn}()" if fn != "TABLESAMPLE" else "TABLESAMPLE without REPEATABLE"
+                    why = (
+                        f"{what} draws from the session's random generator in a statement"
+                        " that reads PII (or what dbgate cannot follow), which may decide"
+                        " how many times it runs: the next random() reads the count back"
+                    )
+                    break
+        if why is not None and why not in self.r.pii_writes:
+            self.r.pii_writes.append(why)
 
     def unknown(self, why: str, computed: bool = True) -> Lin:
         """A value the walk cannot follow. ``computed`` False: a name the walk could not

@@ -13,7 +13,7 @@ import orjson
 from pglast import parser as _pg
 
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN
-from dbgate.pii.lineage.builtin_names import SIDE_EFFECTS, STATE_WRITERS
+from dbgate.pii.lineage.builtin_names import PRNG_DRAWS, SIDE_EFFECTS, STATE_WRITERS
 from dbgate.pii.lineage.expressions import Expressions
 from dbgate.pii.lineage.nodes import Node
 from dbgate.pii.lineage.queries import Queries
@@ -76,6 +76,40 @@ _side_effect_part = re.compile("|".join(map(re.escape, _SIDE_EFFECT_PARTS))).sea
 assert all(any(part in name for part in _SIDE_EFFECT_PARTS) for name in SIDE_EFFECTS)
 
 
+#: Every name of PRNG_DRAWS contains one of these (and TABLESAMPLE its own).
+_DRAW_PARTS = ("random", "array_s", "tablesample")
+assert all(any(part in name for part in _DRAW_PARTS) for name in PRNG_DRAWS)
+
+
+def _counted_draws(stmt: Node) -> frozenset[int]:
+    """Locations of the draws that run once per row of the statement's own query: a
+    bare ``random()`` or ``random_normal()`` its ORDER BY sorts by, in a plain SELECT
+    (no set operation, grouping, DISTINCT or window: once per row kept by WHERE), and
+    a TABLESAMPLE that is its only FROM item (scanned once)."""
+    body = stmt.get("SelectStmt")
+    if (
+        body is None
+        or body.get("op", "SETOP_NONE") != "SETOP_NONE"
+        or body.get("groupClause")
+        or body.get("distinctClause")
+        or body.get("havingClause")
+        or body.get("windowClause")
+    ):
+        return frozenset()
+    out: set[int] = set()
+    for item in body.get("sortClause") or ():
+        call = (item.get("SortBy") or {}).get("node", {}).get("FuncCall")
+        if call is None or call.get("args") or call.get("over"):
+            continue
+        parts = [p.get("String", {}).get("sval", "").lower() for p in call.get("funcname", ())]
+        if parts[-1:] in (["random"], ["random_normal"]) and parts[:-1] in ([], ["pg_catalog"]):
+            out.add(call.get("location", -1))
+    from_ = body.get("fromClause") or ()
+    if len(from_) == 1 and "RangeTableSample" in from_[0]:
+        out.add(from_[0]["RangeTableSample"].get("location", -1))
+    return frozenset(out)
+
+
 def analyze(sql: str, source: ColumnSource, session: SessionState | None = None) -> Analysis:
     """Lineage of every statement in ``sql``; never raises.
 
@@ -95,10 +129,12 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
     walker.tree = stmts
     # a call that keeps state may run or not as any value the statement computes says
     # (a CASE, a WHERE, a FILTER, a scalar sub-select's rows): every such value is noted
-    lowered = sql.lower() if walker.filters_matter else ""
-    watch = any(name in lowered for name in STATE_WRITERS)
+    lowered = sql.lower()
+    watch = (walker.filters_matter and any(name in lowered for name in STATE_WRITERS)) or any(
+        name in lowered for name in _DRAW_PARTS
+    )
     for stmt in stmts:
-        writes = len(walker.state_writes)
+        writes, draws = len(walker.state_writes), len(walker.draws)
         if watch:
             walker.seen = CLEAN
         try:
@@ -109,7 +145,8 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
             result.statements.append(StatementLineage(next(iter(stmt)), Output(tail=UNKNOWN_LIN)))
             result.token_sites.append(TokenSite(-1, False, why))
         if watch:
-            walker.state_run_by(writes, UNKNOWN_LIN if walker.seen is None else walker.seen)
+            seen = UNKNOWN_LIN if walker.seen is None else walker.seen
+            walker.state_run_by(writes, draws, seen, _counted_draws(stmt))
             walker.seen = None
     walker.state_written()
     return result

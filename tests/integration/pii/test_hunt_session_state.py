@@ -183,3 +183,45 @@ def test_state_set_by_clean_statements_comes_back_as_it_is(dsn: str, admin_dsn: 
     assert got is not None and raw is not None
     assert (got[0], got[2]) == (raw[0], raw[2]) and got[1] != raw[1]
     assert str(got[1]).startswith("tok_email_")
+
+
+def _stream(conn: psycopg.Connection[Any], n: int) -> list[float]:
+    conn.execute("select setseed(0.25)")
+    rows = conn.execute(f"select random() from generate_series(1, {n})").fetchall()
+    return [float(r[0]) for r in rows]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select count(random()) from customers c,"
+        " generate_series(1, ascii(substr(c.email, 1, 1))) g where c.id = 1",
+        "select array_length(array_shuffle(string_to_array(email, null)), 1)"
+        " from customers where id = 1",
+        "select id from customers c, generate_series(1, ascii(substr(c.email, 1, 1))) g"
+        " where c.id = 1 order by random() limit 1",
+    ],
+)
+def test_random_draws_as_many_as_pii_says_are_held(dsn: str, first_char: int, sql: str) -> None:
+    """After ``setseed`` the agent knows the sequence ``random()`` gives: a statement
+    that draws as many times as a character code says moves it on by the code, which
+    the next ``random()`` names (the 110th value of the sequence said ``m``)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        stream = _stream(conn, 300)
+        conn.execute("select setseed(0.25)")
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(sql)
+        assert info.value.diag.sqlstate == "42501", info.value
+        row = conn.execute("select random()").fetchone()
+    assert row is not None
+    assert stream.index(float(row[0])) == 0 != first_char - 1
+
+
+def test_sampling_with_random_still_reads_rows(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("select id, email from customers order by random() limit 3").fetchall()
+        sampled = conn.execute(
+            "select id, email from customers tablesample bernoulli (5) repeatable (7) limit 3"
+        ).fetchall()
+    assert len(rows) == 3 and all(str(e).startswith("tok_email_") for _, e in rows)
+    assert len(sampled) == 3 and all(str(e).startswith("tok_email_") for _, e in sampled)
