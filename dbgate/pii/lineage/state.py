@@ -49,6 +49,9 @@ class WalkState:
         #: draws from the session's random generator (``PRNG_DRAWS``, a TABLESAMPLE
         #: without REPEATABLE): the function, its level, its location in the text
         self.draws: list[tuple[str, Scope, int]] = []
+        #: the levels whose questions of PII kept rows the statement being walked
+        #: stores (``Writes.written_rows_asked``)
+        self.written_asked: frozenset[int] = frozenset()
         #: under EXPLAIN ANALYZE, every value the query computes anywhere (columns met,
         #: whole rows and ``*`` expanded, USING keys, unknowns, tokens, parameters):
         #: the plan's memory, disk and buffer figures are sizes of those values

@@ -135,6 +135,7 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
     )
     for stmt in stmts:
         writes, draws = len(walker.state_writes), len(walker.draws)
+        walker.written_asked = frozenset()
         if watch:
             walker.seen = CLEAN
         try:

@@ -146,6 +146,25 @@ class Writes(WalkState):
             if why not in self.r.pii_writes:
                 self.r.pii_writes.append(why)
 
+    def written_rows_asked(self, out: Output, what: str) -> None:
+        """The rows a write stores were kept by questions of their own PII: one level's
+        rows answer a bit each, as a read of them would (``INSERT INTO seg SELECT id
+        FROM customers WHERE email LIKE '%@x.com'``), but rows kept at several levels
+        — the branches of a ``UNION ALL``, or several ``INSERT``s in CTEs, each keeping
+        a row of constants by another bit of one value — store a bit per level, which a
+        clean ``string_agg`` of the table gives back in one row: held, as a read that
+        packs them is tokenized. Counted over the whole statement (``written_asked``)."""
+        if not (out.asked.pii or out.asked.unknown):
+            return
+        self.written_asked = self.written_asked | out.asked_levels
+        if len(self.written_asked) > 1:
+            why = (
+                f"{what} rows kept by questions of PII at several levels: which of them"
+                " are stored spells a bit per level"
+            )
+            if why not in self.r.pii_writes:
+                self.r.pii_writes.append(why)
+
     def current_of(self, where: Node | None) -> Lin:
         """``WHERE CURRENT OF c`` writes the row cursor ``c`` stands on: one of the rows
         its query chose, by what chose them (``DECLARE c CURSOR FOR SELECT id FROM
@@ -190,6 +209,7 @@ class Writes(WalkState):
                 # which rows it copies spells the value, even copies into PII
                 # columns: their stored tokens tell which rows they were
                 self.written_rows_chosen(out.chosen, f"inserts into {rel_name} rows")
+                self.written_rows_asked(out, f"inserts into {rel_name}")
                 plain = sbody.get("op", "SETOP_NONE") == "SETOP_NONE" and "valuesLists" not in sbody
                 vals = [t["ResTarget"].get("val") for t in sbody.get("targetList") or ()]
                 for i, ctx in enumerate(ctxs):
@@ -300,6 +320,7 @@ class Writes(WalkState):
         return self.returning(body, scope, item)
 
     def note_copy(self, out: Output, what: str) -> None:
+        self.written_rows_asked(out, what.split(" copies", 1)[0] + " stores")
         lin = out.union()
         if lin.pii or lin.unknown:
             self.r.pii_writes.append(what)

@@ -225,3 +225,56 @@ def test_sampling_with_random_still_reads_rows(dsn: str) -> None:
         ).fetchall()
     assert len(rows) == 3 and all(str(e).startswith("tok_email_") for _, e in rows)
     assert len(sampled) == 3 and all(str(e).startswith("tok_email_") for _, e in sampled)
+
+
+@pytest.fixture
+def scratch_bits(admin_dsn: str, demo_role: Any) -> Iterator[str]:  # noqa: F811
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(
+            "drop table if exists scratch_hunt_bits; create table scratch_hunt_bits (k int);"
+            f" grant all on scratch_hunt_bits to {demo_role.name}"
+        )
+    yield "scratch_hunt_bits"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("drop table scratch_hunt_bits")
+
+
+def _kept_by_bit(b: int) -> str:
+    return f"select {1 << b} from customers where id = 1 and {_bit(b)}"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "with "
+        + ", ".join(
+            f"w{b} as (insert into scratch_hunt_bits (k) {_kept_by_bit(b)} returning 1)"
+            for b in range(8)
+        )
+        + " select 1",
+        "insert into scratch_hunt_bits (k) "
+        + " union all ".join(_kept_by_bit(b) for b in range(8)),
+    ],
+)
+def test_rows_stored_as_several_bits_say_are_held(
+    dsn: str, first_char: int, scratch_bits: str, sql: str
+) -> None:
+    """Each level keeps its row of constants by another bit of one value: a clean
+    ``sum(k)`` of the table would give the character code back in one row."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(sql)
+        assert info.value.diag.sqlstate == "42501", info.value
+        row = conn.execute(f"select coalesce(sum(k), 0)::int from {scratch_bits}").fetchone()
+    assert row is not None and row[0] != first_char
+    assert row[0] == 0
+
+
+def test_a_segment_kept_by_one_question_is_still_stored(dsn: str, scratch_bits: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(
+            f"insert into {scratch_bits} (k) select id from customers"
+            " where email like '%@gmail.com' and id < 200"
+        )
+        stored = conn.execute(f"select count(*) from {scratch_bits}").fetchone()
+    assert cur.rowcount > 0 and stored == (cur.rowcount,)
