@@ -61,6 +61,7 @@ CLEAN = [
     "select id, email from customers tablesample system (10)",
     "select id, email from customers tablesample bernoulli (10) repeatable (3) order by email",
     "select id, random() from customers where id < 5",
+    "declare c cursor for select id, email from customers order by random()",
 ]
 
 
