@@ -113,11 +113,19 @@ class PiiFilter:
         s = session.state.get(STATE_KEY)
         return None if s is None else s.filter
 
-    def notice(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes:
+    def notice(
+        self, session: SessionInfo, body: bytes, verdict: Allow | None = None
+    ) -> bytes | None:
+        """A notice of a statement that involves PII is withheld, and only its first is
+        sent: how many it raised may be a value (``count(to_tsquery('english',
+        left('the' || g, 3)))`` over ``generate_series(1, ascii(substr(email, 1, 1)))``
+        raised one NOTICE per row, 109 of them for an ``m``)."""
         f = self._filter(session)
         if f is None:
             return body
         involves = _involves_pii(verdict) or _HELD_CURSOR in session.state
+        if involves and not _first_notice(session, verdict):
+            return None
         return f.notice(body, involves_pii=involves, positions=_positions(verdict))
 
     def error(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes:
@@ -136,6 +144,25 @@ class PiiFilter:
         None (see :mod:`dbgate.proxy.copy_in`)."""
         f = self._filter(session)
         return None if f is None else f.copy_data(data)  # type: ignore[no-any-return]
+
+
+#: The verdict of the statement whose first withheld notice was sent, until the session
+#: is next idle (``PiiFilter.notice``)
+_NOTICED = "pii.noticed"
+
+
+def _first_notice(session: SessionInfo, verdict: Allow | None) -> bool:
+    """Whether this is the first withheld notice of the statement running under
+    ``verdict`` (the same object for every message of one statement; None, for what
+    the relay cannot tell, counts as one statement until the session is idle)."""
+    state = session.state
+    noticed = state.get(_NOTICED)
+    if noticed is not None and noticed[0] is verdict:
+        return False
+    if noticed is None:
+        session.when_idle(lambda: state.pop(_NOTICED, None))
+    state[_NOTICED] = (verdict,)
+    return True
 
 
 def _involves_pii(verdict: Allow | None) -> bool:

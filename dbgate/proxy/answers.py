@@ -288,9 +288,12 @@ class ServerAnswers(StatementOutcomes):
                     if t == NOTICE_MSG
                     else f.notification(self.info, body)
                 )
-                if new == body:
+                if new is None:
+                    replacement = b""  # dropped by the filter
+                elif new == body:
                     continue
-                replacement = m.frame(t, new)
+                else:
+                    replacement = m.frame(t, new)
             else:
                 replacement = self._on_message(t, chunk, s, e)
                 if self.full and not full:

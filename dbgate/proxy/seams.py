@@ -122,9 +122,13 @@ class MessageFilter(Protocol):
     A filter may also have ``copy_in(session, data) -> str | None``: then the relay
     shows it the client's COPY FROM STDIN data (each CopyData with the end of the one
     before), and a reason it returns ends the COPY with a CopyFail carrying it
-    (:mod:`dbgate.proxy.copy_in`)."""
+    (:mod:`dbgate.proxy.copy_in`).
 
-    def notice(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes: ...
+    ``notice`` may return None: the NoticeResponse is not sent at all."""
+
+    def notice(
+        self, session: SessionInfo, body: bytes, verdict: Allow | None = None
+    ) -> bytes | None: ...
 
     def error(self, session: SessionInfo, body: bytes, verdict: Allow | None = None) -> bytes: ...
 
