@@ -189,7 +189,8 @@ class WalkState:
         ``count(random()) … generate_series(1, ascii(substr(email, 1, 1)))`` moved it on
         by the code, which the next ``random()`` names. Those at ``counted`` locations
         (a bare ``ORDER BY random()`` of the statement's own query, run once per row of
-        a level no PII chose) draw as many times as that level has rows: a count."""
+        a level no PII chose, whose rows one level's question kept at most) draw as
+        many times as that level has rows: a count."""
         if not (seen.pii or seen.unknown):
             return
         why = None
@@ -202,7 +203,10 @@ class WalkState:
         else:
             for fn, level, where in self.draws[draws:]:
                 chosen = level.level_chosen()
-                if where not in counted or chosen.pii or chosen.unknown:
+                # rows kept at several levels (a UNION ALL of branches, each a bit
+                # repeated 2^k times) are counted as a value, not a count
+                several = len(level.level_asked()[1]) > 1
+                if where not in counted or chosen.pii or chosen.unknown or several:
                     what = f"{fn}()" if fn != "TABLESAMPLE" else "TABLESAMPLE without REPEATABLE"
                     why = (
                         f"{what} draws from the session's random generator in a statement"

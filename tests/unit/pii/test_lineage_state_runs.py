@@ -39,6 +39,12 @@ HELD = [
     "select id from customers c, generate_series(1, ascii(c.email)) g where c.id = 1"
     " order by random() limit 1",
     "select distinct email from customers order by random()",
+    # rows kept at several levels, each bit repeated 2^k times: as many rows as the code,
+    # drawn for before a LIMIT keeps one
+    "select 1 from (select 1 from customers c, generate_series(1, 1) g where c.id = 1"
+    " and ascii(c.email) & 1 <> 0 union all select 1 from customers c,"
+    " generate_series(1, 2) g where c.id = 1 and ascii(c.email) & 2 <> 0) s"
+    " order by random() limit 1",
 ]
 
 
