@@ -192,6 +192,16 @@ class Statements(WalkState):
     def stmt_DeallocateStmt(self, body: Node) -> None:
         self.r.deallocates.add(body.get("name") or "*")
 
+    def stmt_DoStmt(self, body: Node) -> StatementLineage:
+        """A DO block runs code dbgate does not read (held before it runs): once
+        approved, it may read any PII and say it (``RAISE NOTICE '%', r`` of a name it
+        selected through ``EXECUTE 'SELECT full' || '_name FROM cust' || 'omers'``,
+        which names nothing the text shows), as a user function may: unknown, so its
+        errors and notices are withheld."""
+        self.walk_side(body, "a DoStmt statement")
+        self.unknown("a DO block runs code dbgate does not read", computed=False)
+        return StatementLineage("DoStmt", None)
+
     def stmt_CallStmt(self, body: Node) -> Output:
         self.walk_side(body, "CALL (a procedure may store its arguments)")
         return Output(tail=self.unknown("CALL returns what a procedure chose to return"))

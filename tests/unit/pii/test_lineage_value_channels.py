@@ -398,3 +398,16 @@ def test_an_aggregate_ordered_by_clean_keys_is_not() -> None:
         (st,) = analyze(sql, COV).statements
         assert st.output is not None and not st.output.columns[0].unknown, sql
         assert st.output.columns[0].pii == sql.startswith("select json_agg(email"), sql
+
+
+def test_the_errors_and_notices_of_a_do_block_are_withheld() -> None:
+    """Approved, a DO block may read PII through names it builds at run time and
+    RAISE it: nothing in its text names PII, as a user function's call does not."""
+    room = PiiRoom(CATALOG, Tokenizer(Keyring([Key("k", b"k" * 32)])), PiiSettings(), _snapshot())
+    sql = (
+        "DO $$DECLARE r text; BEGIN EXECUTE 'SELECT full' || '_name FROM cust' || 'omers"
+        " WHERE id = 1' INTO r; RAISE NOTICE '%', r; END$$"
+    )
+    plan = room.plan(sql)
+    assert plan.involves_pii
+    assert not plan.hold_reasons  # held by the rules as opaque code, not by PII
