@@ -8,6 +8,7 @@ only choose rows need walking (:func:`filters_matter`), and walks each statement
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 from pglast import parser as _pg
@@ -85,7 +86,8 @@ def _counted_draws(stmt: Node) -> frozenset[int]:
     """Locations of the draws that run once per row of the statement's own query (a
     cursor's too): a bare ``random()`` or ``random_normal()`` its ORDER BY sorts by, in
     a plain SELECT (no set operation, grouping, DISTINCT or window: once per row kept by
-    WHERE), and a TABLESAMPLE that is its only FROM item (scanned once)."""
+    WHERE), one in a conjunct of its WHERE that reads no column (once per row scanned),
+    and a TABLESAMPLE that is its only FROM item (scanned once)."""
     declared = stmt.get("DeclareCursorStmt")
     if declared is not None:
         stmt = declared.get("query") or {}
@@ -102,15 +104,46 @@ def _counted_draws(stmt: Node) -> frozenset[int]:
     out: set[int] = set()
     for item in body.get("sortClause") or ():
         call = (item.get("SortBy") or {}).get("node", {}).get("FuncCall")
-        if call is None or call.get("args") or call.get("over"):
-            continue
-        parts = [p.get("String", {}).get("sval", "").lower() for p in call.get("funcname", ())]
-        if parts[-1:] in (["random"], ["random_normal"]) and parts[:-1] in ([], ["pg_catalog"]):
+        if call is not None and _a_draw(call):
             out.add(call.get("location", -1))
+    # ... and one in a conjunct of its WHERE that reads nothing (``random() < 0.01``)
+    where = body.get("whereClause")
+    conjuncts = [where] if where is not None else []
+    boolean = (where or {}).get("BoolExpr")
+    if boolean is not None and boolean.get("boolop") == "AND_EXPR":
+        conjuncts = boolean.get("args") or []
+    for conjunct in conjuncts:
+        calls: list[Node] = []
+        if _reads_nothing(conjunct, calls):
+            out.update(c.get("location", -1) for c in calls if _a_draw(c))
     from_ = body.get("fromClause") or ()
     if len(from_) == 1 and "RangeTableSample" in from_[0]:
         out.add(from_[0]["RangeTableSample"].get("location", -1))
     return frozenset(out)
+
+
+def _a_draw(call: Node) -> bool:
+    """``random()`` or ``random_normal()`` of PostgreSQL's own, with no arguments."""
+    if call.get("args") or call.get("over") or call.get("agg_filter"):
+        return False
+    parts = [p.get("String", {}).get("sval", "").lower() for p in call.get("funcname", ())]
+    return parts[-1:] in (["random"], ["random_normal"]) and parts[:-1] in ([], ["pg_catalog"])
+
+
+def _reads_nothing(node: Any, calls: list[Node]) -> bool:
+    """Whether ``node`` names no column and holds no sub-select (its function calls are
+    collected in ``calls``)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("ColumnRef", "SubLink"):
+                return False
+            if key == "FuncCall":
+                calls.append(value)
+            if not _reads_nothing(value, calls):
+                return False
+    elif isinstance(node, list):
+        return all(_reads_nothing(v, calls) for v in node)
+    return True
 
 
 def analyze(sql: str, source: ColumnSource, session: SessionState | None = None) -> Analysis:

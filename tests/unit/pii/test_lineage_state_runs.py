@@ -39,6 +39,10 @@ HELD = [
     "select id from customers c, generate_series(1, ascii(c.email)) g where c.id = 1"
     " order by random() limit 1",
     "select distinct email from customers order by random()",
+    # a conjunct that reads a column decides with it
+    f"select id from customers where id = 1 and ({BIT} or random() < 2)",
+    "select id from customers c, generate_series(1, ascii(c.email)) g"
+    " where c.id = 1 and random() < 2 limit 1",
     # rows kept at several levels, each bit repeated 2^k times: as many rows as the code,
     # drawn for before a LIMIT keeps one
     "select 1 from (select 1 from customers c, generate_series(1, 1) g where c.id = 1"
@@ -68,6 +72,8 @@ CLEAN = [
     "select id, email from customers tablesample bernoulli (10) repeatable (3) order by email",
     "select id, random() from customers where id < 5",
     "declare c cursor for select id, email from customers order by random()",
+    "select id, email from customers where random() < 0.01",
+    "select id, email from customers where id < 500 and pg_catalog.random() < 0.1 limit 5",
 ]
 
 
