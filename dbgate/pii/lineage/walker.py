@@ -86,8 +86,9 @@ def _counted_draws(stmt: Node) -> frozenset[int]:
     """Locations of the draws that run once per row of the statement's own query (a
     cursor's too): a bare ``random()`` or ``random_normal()`` its ORDER BY sorts by, in
     a plain SELECT (no set operation, grouping, DISTINCT or window: once per row kept by
-    WHERE), one in a conjunct of its WHERE that reads no column (once per row scanned),
-    and a TABLESAMPLE that is its only FROM item (scanned once)."""
+    WHERE) or its select list returns as it is, one in a conjunct of its WHERE that
+    reads no column (once per row scanned), and a TABLESAMPLE that is its only FROM
+    item (scanned once)."""
     declared = stmt.get("DeclareCursorStmt")
     if declared is not None:
         stmt = declared.get("query") or {}
@@ -104,6 +105,11 @@ def _counted_draws(stmt: Node) -> frozenset[int]:
     out: set[int] = set()
     for item in body.get("sortClause") or ():
         call = (item.get("SortBy") or {}).get("node", {}).get("FuncCall")
+        if call is not None and _a_draw(call):
+            out.add(call.get("location", -1))
+    # ... one its select list returns as it is (``SELECT id, email, random()``)
+    for target in body.get("targetList") or ():
+        call = (target.get("ResTarget") or {}).get("val", {}).get("FuncCall")
         if call is not None and _a_draw(call):
             out.add(call.get("location", -1))
     # ... and one in a conjunct of its WHERE that reads nothing (``random() < 0.01``)

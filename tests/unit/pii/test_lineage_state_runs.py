@@ -39,6 +39,8 @@ HELD = [
     "select id from customers c, generate_series(1, ascii(c.email)) g where c.id = 1"
     " order by random() limit 1",
     "select distinct email from customers order by random()",
+    f"select id, email, case when {BIT} then random() end from customers where id = 1",
+    "select id, random() + ascii(email) from customers where id = 1",
     # a conjunct that reads a column decides with it
     f"select id from customers where id = 1 and ({BIT} or random() < 2)",
     "select id from customers c, generate_series(1, ascii(c.email)) g"
@@ -73,6 +75,7 @@ CLEAN = [
     "select id, random() from customers where id < 5",
     "declare c cursor for select id, email from customers order by random()",
     "select id, email from customers where random() < 0.01",
+    "select id, email, random() from customers where id < 5",
     "select id, email from customers where id < 500 and pg_catalog.random() < 0.1 limit 5",
 ]
 
