@@ -50,11 +50,14 @@ _FAILING = re.compile(r"^(Failing row contains )\((?P<vals>.*)\)(\.?)$", re.DOTA
 _QUOTED = re.compile(r'"((?:[^"]|"")*)"')
 _COPY_CTX = re.compile(r'^(COPY \S+, line \d+, column [^:]+: )"(?P<val>.*)"$', re.MULTILINE)
 _FREE_TEXT = ("M", "D", "H", "W", "q")
-#: Fields a withheld message keeps: severity, SQLSTATE, the names the server reports
-#: separately, and where in the server's source it was raised. Not the positions: an
-#: error of an input function run on a value (a type name parsed at run time) points
-#: into that value, so a position can spell a number derived from PII.
-_KEPT = frozenset("SVCstcdnFLR")
+#: Fields a withheld message keeps: severity, SQLSTATE and the names the server reports
+#: separately. Not the positions: an error of an input function run on a value (a type
+#: name parsed at run time) points into that value, so a position can spell a number
+#: derived from PII. Nor where in the server's source it was raised (file, line,
+#: routine): a CASE over a character code can choose among dozens of failing calls
+#: (``int4div``, ``pg_strtoint32_safe``, ``numeric_in``, ``string_to_uuid`` …), and the
+#: routine and line of the one that ran named the character.
+_KEPT = frozenset("SVCstcdn")
 #: Whole texts of class-23 details that hold nothing but tokens after the templates.
 _SAFE_23_DETAIL = re.compile(
     r"^(?:Key \((?P<kc>[^()]*(?:\([^()]*\)[^()]*)*)\)=\(tok_[A-Za-z0-9_]+\) "
