@@ -58,6 +58,8 @@ _FREE_TEXT = ("M", "D", "H", "W", "q")
 #: (``int4div``, ``pg_strtoint32_safe``, ``numeric_in``, ``string_to_uuid`` …), and the
 #: routine and line of the one that ran named the character.
 _KEPT = frozenset("SVCstcdn")
+#: ... and of a RAISE in PL/pgSQL, whose name fields are whatever its code gave them
+_KEPT_OF_RAISE = frozenset("SVC")
 #: Whole texts of class-23 details that hold nothing but tokens after the templates.
 _SAFE_23_DETAIL = re.compile(
     r"^(?:Key \((?P<kc>[^()]*(?:\([^()]*\)[^()]*)*)\)=\(tok_[A-Za-z0-9_]+\) "
@@ -215,8 +217,12 @@ class MessageFilter:
         detail, hint, context and internal query replaced by a fixed text, except an
         integrity violation the templates fully tokenized (a new dict)."""
         code = fields.get("C", "")
-        out = {k: v for k, v in fields.items() if k in _KEPT}
-        if code.startswith("23") and fields.get("R") != "exec_stmt_raise":
+        user_raise = fields.get("R") == "exec_stmt_raise"
+        # a RAISE in PL/pgSQL names what it likes (``USING COLUMN = NEW.full_name``):
+        # of its message, only the severity and SQLSTATE stay
+        kept = _KEPT_OF_RAISE if user_raise else _KEPT
+        out = {k: v for k, v in fields.items() if k in kept}
+        if code.startswith("23") and not user_raise:
             scrubbed = self.scrub(fields)
             msg, detail = scrubbed.get("M", ""), scrubbed.get("D")
             if _SAFE_23_MESSAGE.match(msg) and (detail is None or _SAFE_23_DETAIL.match(detail)):

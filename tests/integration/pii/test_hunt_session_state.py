@@ -354,3 +354,54 @@ def test_where_a_withheld_error_was_raised_is_not_told(dsn: str, first_char: int
     diag = info.value.diag
     assert "withheld" in (diag.message_primary or "")
     assert (diag.source_function, diag.source_file, diag.source_line) == (None, None, None)
+
+
+@pytest.fixture
+def raising_trigger(admin_dsn: str, demo_role: Any) -> Iterator[str]:  # noqa: F811
+    """A scratch table whose trigger RAISEs with name fields of its choosing (code the
+    application wrote; a DO block an approver let run may do the same)."""
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(
+            """
+            drop table if exists scratch_hunt_raise;
+            create table scratch_hunt_raise (x int);
+            create or replace function scratch_hunt_raise_say() returns trigger
+            language plpgsql as $$
+            declare who text := (select full_name from customers where id = 1);
+            begin
+                raise notice 'checked' using column = who, table = who, schema = who,
+                    constraint = who, datatype = who;
+                if new.x < 0 then
+                    raise exception 'refused' using column = who, constraint = who;
+                end if;
+                return new;
+            end $$;
+            create trigger scratch_hunt_raise_say before insert on scratch_hunt_raise
+                for each row execute function scratch_hunt_raise_say();
+            """
+            f"grant all on scratch_hunt_raise to {demo_role.name}"
+        )
+        row = admin.execute("select full_name from customers where id = 1").fetchone()
+    assert row is not None
+    yield str(row[0])
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("drop table scratch_hunt_raise; drop function scratch_hunt_raise_say()")
+
+
+def test_name_fields_a_raise_chose_are_not_kept(dsn: str, raising_trigger: str) -> None:
+    """A withheld message keeps the schema, table, column, type and constraint names the
+    server reports, but a RAISE's are what its code put there: the name of customer 1."""
+    name = raising_trigger
+    got: list[str] = []
+    fields = ("schema_name", "table_name", "column_name", "constraint_name", "datatype_name")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.add_notice_handler(
+            lambda d: got.extend(str(getattr(d, f)) for f in ("message_primary", *fields))
+        )
+        conn.execute("insert into scratch_hunt_raise values (1)")
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("insert into scratch_hunt_raise values (-1)")
+    diag = info.value.diag
+    got += [str(getattr(diag, f)) for f in ("message_primary", *fields)]
+    assert any("withheld" in g for g in got)
+    assert not [g for g in got if name in g]
