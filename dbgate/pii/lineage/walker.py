@@ -84,14 +84,14 @@ assert all(any(part in name for part in _DRAW_PARTS) for name in PRNG_DRAWS)
 
 def _counted_draws(stmt: Node) -> frozenset[int]:
     """Locations of the draws that run once per row of the statement's own query (a
-    cursor's too): a bare ``random()`` or ``random_normal()`` its ORDER BY sorts by, in
+    cursor's or an EXPLAIN's too): a bare ``random()`` or ``random_normal()`` its ORDER BY sorts by, in
     a plain SELECT (no set operation, grouping, DISTINCT or window: once per row kept by
     WHERE) or its select list returns as it is, one in a conjunct of its WHERE that
     reads no column (once per row scanned), and a TABLESAMPLE that is its only FROM
     item (scanned once)."""
-    declared = stmt.get("DeclareCursorStmt")
-    if declared is not None:
-        stmt = declared.get("query") or {}
+    around = stmt.get("DeclareCursorStmt") or stmt.get("ExplainStmt")
+    if around is not None:
+        stmt = around.get("query") or {}
     body = stmt.get("SelectStmt")
     if (
         body is None

@@ -74,6 +74,7 @@ CLEAN = [
     "select id, email from customers tablesample bernoulli (10) repeatable (3) order by email",
     "select id, random() from customers where id < 5",
     "declare c cursor for select id, email from customers order by random()",
+    "explain analyze select id, email from customers order by random()",
     "select id, email from customers where random() < 0.01",
     "select id, email, random() from customers where id < 5",
     "select id, email from customers where id < 500 and pg_catalog.random() < 0.1 limit 5",
