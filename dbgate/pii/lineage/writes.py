@@ -146,20 +146,25 @@ class Writes(WalkState):
             if why not in self.r.pii_writes:
                 self.r.pii_writes.append(why)
 
-    def written_rows_asked(self, out: Output, what: str) -> None:
+    def written_rows_asked(self, out: Output | Scope, what: str) -> None:
         """The rows a write stores were kept by questions of their own PII: one level's
         rows answer a bit each, as a read of them would (``INSERT INTO seg SELECT id
         FROM customers WHERE email LIKE '%@x.com'``), but rows kept at several levels
         — the branches of a ``UNION ALL``, or several ``INSERT``s in CTEs, each keeping
         a row of constants by another bit of one value — store a bit per level, which a
         clean ``string_agg`` of the table gives back in one row: held, as a read that
-        packs them is tokenized. Counted over the whole statement (``written_asked``)."""
-        if not (out.asked.pii or out.asked.unknown):
+        packs them is tokenized. So are the rows an ``UPDATE``, ``DELETE`` or ``MERGE``
+        changes (``WHERE id IN (SELECT 0 … <bit 0> UNION ALL SELECT 1 … <bit 1> …)``,
+        ``out`` its level). Counted over the whole statement (``written_asked``)."""
+        asked, levels = (
+            out.level_asked() if isinstance(out, Scope) else (out.asked, out.asked_levels)
+        )
+        if not (asked.pii or asked.unknown):
             return
-        self.written_asked = self.written_asked | out.asked_levels
+        self.written_asked = self.written_asked | levels
         if len(self.written_asked) > 1:
             why = (
-                f"{what} rows kept by questions of PII at several levels: which of them"
+                f"{what} kept by questions of PII at several levels: which of them"
                 " are stored spells a bit per level"
             )
             if why not in self.r.pii_writes:
@@ -209,7 +214,7 @@ class Writes(WalkState):
                 # which rows it copies spells the value, even copies into PII
                 # columns: their stored tokens tell which rows they were
                 self.written_rows_chosen(out.chosen, f"inserts into {rel_name} rows")
-                self.written_rows_asked(out, f"inserts into {rel_name}")
+                self.written_rows_asked(out, f"inserts into {rel_name} rows")
                 plain = sbody.get("op", "SETOP_NONE") == "SETOP_NONE" and "valuesLists" not in sbody
                 vals = [t["ResTarget"].get("val") for t in sbody.get("targetList") or ()]
                 for i, ctx in enumerate(ctxs):
@@ -269,6 +274,7 @@ class Writes(WalkState):
         self.choose(body.get("whereClause"), scope)
         chosen = scope.level_chosen() | self.current_of(body.get("whereClause"))
         self.written_rows_chosen(chosen, f"updates rows of {rel_name}")
+        self.written_rows_asked(scope, f"updates rows of {rel_name}")
         return self.returning(body, scope, item)
 
     def dml_DeleteStmt(self, body: Node, outer: Scope | None) -> Output | None:
@@ -282,6 +288,7 @@ class Writes(WalkState):
         rel_name = body["relation"].get("relname", "")
         chosen = scope.level_chosen() | self.current_of(body.get("whereClause"))
         self.written_rows_chosen(chosen, f"deletes rows of {rel_name}")
+        self.written_rows_asked(scope, f"deletes rows of {rel_name}")
         return self.returning(body, scope, item, written_only=True)
 
     def dml_MergeStmt(self, body: Node, outer: Scope | None) -> Output | None:
@@ -317,10 +324,11 @@ class Writes(WalkState):
             else:
                 self.assignments(list(targets), scope, item, rel_name)
         self.written_rows_chosen(scope.level_chosen(), f"merges into rows of {rel_name}")
+        self.written_rows_asked(scope, f"merges into rows of {rel_name}")
         return self.returning(body, scope, item)
 
     def note_copy(self, out: Output, what: str) -> None:
-        self.written_rows_asked(out, what.split(" copies", 1)[0] + " stores")
+        self.written_rows_asked(out, what.split(" copies", 1)[0] + " stores rows")
         lin = out.union()
         if lin.pii or lin.unknown:
             self.r.pii_writes.append(what)

@@ -270,6 +270,42 @@ def test_rows_stored_as_several_bits_say_are_held(
     assert row[0] == 0
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "update scratch_hunt_bits set k = k + 1000 where k in ("
+        + " union all ".join(_kept_by_bit(b) for b in range(8))
+        + ")",
+        "delete from scratch_hunt_bits where k in ("
+        + " union all ".join(_kept_by_bit(b) for b in range(8))
+        + ")",
+        "merge into scratch_hunt_bits s using ("
+        + " union all ".join(_kept_by_bit(b) for b in range(8))
+        + ") x (k) on s.k = x.k when matched then update set k = s.k + 1000",
+    ],
+)
+def test_rows_changed_as_several_bits_say_are_held(
+    dsn: str,
+    admin_dsn: str,  # noqa: F811
+    first_char: int,
+    scratch_bits: str,
+    sql: str,
+) -> None:
+    """Rows 1, 2, 4 … 128 of a table, each changed when another bit of one value is
+    set: a clean read of which changed spelled the character."""
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f"insert into {scratch_bits} select 1 << b from generate_series(0, 7) b")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(sql)
+        assert info.value.diag.sqlstate == "42501", info.value
+        row = conn.execute(
+            f"select coalesce(sum(k), 0)::int from {scratch_bits} where k < 1000"
+        ).fetchone()
+    assert row is not None and 255 - row[0] != first_char
+    assert row[0] == 255
+
+
 def test_a_segment_kept_by_one_question_is_still_stored(dsn: str, scratch_bits: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         cur = conn.execute(

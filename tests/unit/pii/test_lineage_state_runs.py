@@ -96,6 +96,12 @@ STORED_BITS = [
     f"insert into notes (id) {_kept(0)} union all {_kept(1)}",
     f"create table x as {_kept(0)} union all {_kept(1)}",
     f"select * into x from ({_kept(0)} union all {_kept(1)}) s",
+    f"update orders set total = 1 where id in ({_kept(0)} union all {_kept(1)})",
+    f"delete from orders where id in ({_kept(0)} union all {_kept(1)})",
+    f"merge into orders o using ({_kept(0)} union all {_kept(1)}) x (k) on o.id = x.k"
+    " when matched then update set total = 2",
+    f"with a as (update orders set total = 1 where id = 4 and exists ({_kept(0)})),"
+    f" b as (update orders set total = 1 where id = 5 and exists ({_kept(1)})) select 1",
 ]
 
 
@@ -109,5 +115,8 @@ def test_rows_stored_as_one_question_says_are_not_held() -> None:
     for sql in (
         "insert into notes (id) select id from customers where email like '%@gmail.com'",
         f"insert into notes (id) {_kept(0)}; insert into notes (id) {_kept(1)}",
+        f"update orders set total = 1 where id = 3 and exists ({_kept(0)})",
+        "delete from orders where customer_id in"
+        " (select id from customers where email like '%@test.com')",
     ):
         assert analyze(sql, COV).pii_writes == [], sql
