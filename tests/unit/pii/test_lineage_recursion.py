@@ -135,9 +135,6 @@ def test_state_kept_for_rows_pii_chose_or_kept_is_held(sql: str) -> None:
 NOT_HELD = [
     "select set_config('app.x', 'v', false)",
     "select pg_advisory_xact_lock(id) from orders where status = 'paid'",
-    "select pg_advisory_xact_lock(id) from customers where email = 'x@y.z'",
-    # a sequence's nextval per kept row keeps their number only, as count(*) does
-    "select count(nextval('s')) from customers where ascii(substr(email, 3, 1)) & 4 <> 0",
     "select (select nextval('s')), id from orders where status = 'paid'",
 ]
 
@@ -145,6 +142,22 @@ NOT_HELD = [
 @pytest.mark.parametrize("sql", NOT_HELD)
 def test_state_kept_for_rows_no_pii_chose_is_not_held(sql: str) -> None:
     assert analyze(sql, COV).pii_writes == [], sql
+
+
+#: What one call per kept row keeps here is no more than the rows or their count say
+#: (a whole-value guess's ids, a count), but a state-keeping call anywhere in a
+#: statement that reads PII is held whatever decides its runs (docs/pii.md, "Held,
+#: always": a CASE of eight bits beside eight calls spelled a character), so these are
+#: held too — false positives, by the blunter rule.
+HELD_BY_THE_BLUNT_RULE = [
+    "select pg_advisory_xact_lock(id) from customers where email = 'x@y.z'",
+    "select count(nextval('s')) from customers where ascii(substr(email, 3, 1)) & 4 <> 0",
+]
+
+
+@pytest.mark.parametrize("sql", HELD_BY_THE_BLUNT_RULE)
+def test_state_kept_in_a_statement_reading_pii_is_held(sql: str) -> None:
+    assert any("runs in a statement that reads PII" in w for w in analyze(sql, COV).pii_writes)
 
 
 # ---------------------------------------------------------------- 4. forward references
