@@ -73,6 +73,9 @@ class Writes(WalkState):
         lin = item.get(column)
         if lin is not None and (lin.pii or lin.unknown):
             for rel in self.snap.lookup(rel_name):
+                stored = self.view_stores_pii(rel, column)
+                if stored is not None:
+                    return Ctx(False, stored, target=f"{rel_name}.{column} ({stored})")
                 col = rel.column(column)
                 cut = None if col is None else self.cutting_type(col.type_oid)
                 if cut is not None:
@@ -90,6 +93,46 @@ class Writes(WalkState):
             f"column {rel_name}.{column} is not PII in the catalog",
             target=f"{rel_name}.{column}",
         )
+
+    def view_stores_pii(self, rel: Relation, column: str, depth: int = 0) -> str | None:
+        """Why a value written into ``column`` of view ``rel`` is not stored in a PII
+        column (None when it is, or ``rel`` is no view). A view's column is PII by what
+        its definition reads, and by its name too (``SELECT id, note AS email FROM
+        memos``); a write into it is stored in the column of the base relation the
+        definition names, which is PII only by its own name, mark or lineage: a copy
+        written there would be read back raw from the base relation. A column dbgate
+        cannot map to one base column (not an automatically updatable view's: an
+        ``INSTEAD OF`` trigger or rule decides) is not known to store PII either."""
+        if rel.kind != "v":
+            return None
+        from dbgate.pii.lineage.walker import parse
+
+        names = [c.name for c in rel.columns]
+        base: Relation | None = None
+        target = ""
+        try:
+            (stmt,) = parse(rel.definition or "")
+            body = stmt["SelectStmt"]
+            (source,) = body.get("fromClause") or ()
+            rv = source["RangeVar"]
+            val = body["targetList"][names.index(column)]["ResTarget"]["val"]
+            target = val["ColumnRef"]["fields"][-1]["String"]["sval"]
+            if body.get("op", "SETOP_NONE") == "SETOP_NONE":
+                found = self.snap.lookup(rv.get("relname", ""), rv.get("schemaname"))
+                base = found[0] if len(found) == 1 else None
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            base = None
+        if base is None or depth > 16:
+            return "a view column whose stored column dbgate cannot tell"
+        if base.kind == "v":
+            return self.view_stores_pii(base, target, depth + 1)
+        base_names = [c.name for c in base.columns]
+        if target not in base_names:
+            return "a view column whose stored column dbgate cannot tell"
+        lin = self.source.relation_lins(base)[base_names.index(target)]
+        if lin.pii or lin.unknown:
+            return None
+        return f"a view column stored in {base.qualified}.{target}"
 
     def check_write(self, lin: Lin, ctx: Ctx, value: Node | None = None) -> None:
         """``lin`` (of the expression ``value``, when one is at hand) is written where

@@ -1,0 +1,127 @@
+"""Objects an agent creates, or an approver lets it create as ordinary DDL, that would
+hide a PII value under a clean name (demo dataset, real server): each test runs the
+agent's statements as the relay would — planned, held ones not sent, tokens resolved,
+results through the room — on one session, and checks every byte the agent gets back.
+Objects the test makes as the server's own user stand for DDL an approver let through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from dbgate.pii.tokens import TokenError
+from tests.integration.pii.conftest import DBNAME, Demo
+from tests.integration.pii.harness import apply_plan, connect, leaked, run_simple
+
+
+async def _admin(pii_demo: Demo, sql: str) -> None:
+    conn = await asyncpg.connect(pii_demo.dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+    await pii_demo.room.refresh_dsn(pii_demo.dsn)
+
+
+async def _email(pii_demo: Demo, cid: int) -> tuple[str, str]:
+    conn = await asyncpg.connect(pii_demo.dsn)
+    try:
+        email = await conn.fetchval("select email from customers where id = $1", cid)
+    finally:
+        await conn.close()
+    return email, pii_demo.room.tokenizer.token("email", email.encode())
+
+
+async def _session(
+    pg_server: Any, pii_demo: Demo, statements: list[str]
+) -> tuple[bytes, list[str]]:
+    """Run ``statements`` as the agent on one connection (the room's snapshot read
+    again after each, as after DDL): all the agent received, and the reasons of the
+    statements held or refused (not sent)."""
+    session = pii_demo.room.session("agent")
+    client = await connect(pg_server, DBNAME)
+    received = b""
+    stopped: list[str] = []
+    try:
+        for sql in statements:
+            plan = session.plan(sql)
+            if plan.hold_reasons:
+                stopped.append("; ".join(plan.hold_reasons))
+                continue
+            try:
+                forwarded = session.detokenize_sql(plan)
+            except TokenError as e:
+                stopped.append(str(e))
+                continue
+            res = apply_plan(plan, await run_simple(client, forwarded))
+            received += res.output_bytes
+            await pii_demo.room.refresh_dsn(pii_demo.dsn)
+    finally:
+        await client.close()
+    return received, stopped
+
+
+async def test_a_copy_into_a_view_column_named_as_pii_over_a_clean_one_is_held(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """``email`` of ``memo_view`` is PII by its name (it is read back tokenized), but
+    a value written into it is stored in ``memos.body``, which nothing marks: a read
+    of ``memos`` returned the copied e-mails raw, and a token written there was
+    resolved into the plain column."""
+    await _admin(
+        pii_demo,
+        "create table memos (id int primary key, body text);"
+        " create view memo_view as select id, body as email from memos",
+    )
+    email, token = await _email(pii_demo, 1)
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                "insert into memo_view (id, email) select id, email from customers where id < 4",
+                f"insert into memo_view values (10, '{token}')",
+                "update memo_view set email = c.email from customers c"
+                " where c.id = 5 and memo_view.id = 1",
+                "insert into memos values (20, 'plain')",
+                "select id, body from memos order by id",
+            ],
+        )
+    finally:
+        await _admin(pii_demo, "drop table memos cascade")
+    assert email.encode() not in received
+    assert not leaked(received, pii_demo.values)
+    assert len(stopped) == 3 and all("memos.body" in s for s in stopped), stopped
+    assert b"plain" in received  # the clean read itself runs, its values as they are
+
+
+async def test_a_copy_into_a_view_of_a_pii_column_still_runs(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """A view that passes a PII column on stores into that column: copies and tokens
+    written through it are not held, and read back tokenized."""
+    await _admin(
+        pii_demo,
+        "create table contacts2 (id int primary key, email text, note text);"
+        " create view contacts2_v as select id, email, note from contacts2 where id > 0;"
+        " create view contacts2_vv as select * from contacts2_v",
+    )
+    email, token = await _email(pii_demo, 2)
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                "insert into contacts2_v (id, email, note) select id, email, 'n'"
+                " from customers where id < 3",
+                f"insert into contacts2_vv values (10, '{token}', 'x')",
+                "select id, email, note from contacts2 order by id",
+            ],
+        )
+    finally:
+        await _admin(pii_demo, "drop table contacts2 cascade")
+    assert stopped == []
+    assert email.encode() not in received and not leaked(received, pii_demo.values)
+    assert received.count(b"tok_email_") == 3
