@@ -136,7 +136,7 @@ class PiiGate:
             # Same keys: keep the tokenizer, so that tokens issued so far still resolve.
             tokenizer = old.tokenizer if same_tokens else PiiRoom.from_config(config.pii).tokenizer
             room = PiiRoom(catalog, tokenizer, settings)
-            room.set_snapshot(old.snapshot)
+            room.set_snapshot(old.snapshot, before=old.coverage)
             rooms[database] = room
         self.config = config
         self.loads.loaded.update(rooms)

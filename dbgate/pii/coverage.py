@@ -28,6 +28,7 @@ the catalog may be ahead of a migration.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dbgate.pii.catalog import Catalog
@@ -103,6 +104,12 @@ class Coverage:
     #: (relation oid, attnum) -> what the columns a foreign key or table inheritance
     #: links it to hold, and the first of them, for the reason shown
     _linked: dict[tuple[int, int], tuple[Lin, str]] = field(default_factory=dict, repr=False)
+    #: (relation oid, attnum) -> what the stored column held under the snapshot before
+    #: this one (:meth:`kept_from`): DDL that takes a column's mark away — a ``pii:``
+    #: comment replaced, a column or table renamed out of its name default or
+    #: ``columns`` entry, its PII domain or composite type cast away, its foreign key
+    #: dropped — does not take the values away, which a later read would return raw
+    kept: Mapping[tuple[int, int], Lin] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         snap = self.snapshot
@@ -202,6 +209,19 @@ class Coverage:
             if (r := root(node)) in held
         }
 
+    def kept_from(self, snapshot: SchemaSnapshot) -> dict[tuple[int, int], Lin]:
+        """What this coverage's stored columns hold that are still in ``snapshot`` (same
+        relation OID and attribute number: a rename or a new comment keeps both), for
+        the coverage of ``snapshot`` to keep (:attr:`kept`)."""
+        kept: dict[tuple[int, int], Lin] = {}
+        for (oid, attnum), lin in self.by_attr.items():
+            rel = snapshot.relations.get(oid)
+            if rel is None or rel.kind not in _STORED_KINDS or not (lin.pii or lin.unknown):
+                continue
+            if any(c.attnum == attnum for c in rel.columns):
+                kept[(oid, attnum)] = Lin(lin.entities, lin.unknown)
+        return kept
+
     # ------------------------------------------------------------------ lookups
     def attr(self, table_oid: int, attnum: int) -> Lin | None:
         """Lin of a RowDescription origin; None when the relation is not in the snapshot,
@@ -295,6 +315,10 @@ class Coverage:
                     if remote is not None and remote.entity != NONE:
                         lin = lin | of_entity(remote.entity)
                         why = why or f"it reads the remote column {col.remote_name!r}"
+                was = self.kept.get((rel.oid, col.attnum)) if rel.kind in _STORED_KINDS else None
+                if was is not None and (lin | was) != lin:
+                    lin = lin | was
+                    why = why or "it held PII before a change of the schema (until a restart)"
                 # a referencing column holds only values of the column it references
                 if col.coded_default and (rel.oid, col.attnum) not in self._referencing:
                     if lin.clean:

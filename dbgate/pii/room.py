@@ -716,8 +716,13 @@ class PiiRoom:
         finally:
             await conn.close()
 
-    def set_snapshot(self, snapshot: SchemaSnapshot) -> None:
-        coverage = Coverage(snapshot, self.catalog)
+    def set_snapshot(self, snapshot: SchemaSnapshot, before: Coverage | None = None) -> None:
+        """Use ``snapshot`` from now on. A column the last snapshot (or ``before``, the
+        coverage of a room this one replaces) found PII stays PII: DDL, perhaps the
+        agent's approved as ordinary, may take its mark away, not its values."""
+        before = before or self.coverage
+        kept = before.kept_from(snapshot) if before is not None else {}
+        coverage = Coverage(snapshot, self.catalog, kept=kept)
         types = TypeRegistry(snapshot)
         with self._lock:
             self.snapshot = snapshot

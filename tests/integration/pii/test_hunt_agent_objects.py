@@ -125,3 +125,72 @@ async def test_a_copy_into_a_view_of_a_pii_column_still_runs(
     assert stopped == []
     assert email.encode() not in received and not leaked(received, pii_demo.values)
     assert received.count(b"tok_email_") == 3
+
+
+MARKED = """
+create domain email_address as text;
+create table marked (id int primary key, contact text, holder email_address, mobile text, memo text);
+comment on column marked.contact is 'pii:email';
+insert into marked select id, email, email, phone, 'plain' from customers where id < 4;
+"""
+
+#: DDL an approver would take for housekeeping, each of which takes the mark off a
+#: column that holds PII: its ``pii:`` comment, its name, the PII name of its domain
+UNMARKING = [
+    "comment on column marked.contact is ''",
+    "comment on column marked.contact is null",
+    "comment on column marked.contact is 'contact of the account'",
+    "alter table marked rename column mobile to line2",
+    "alter table marked alter column holder type text",
+    "alter domain email_address rename to addr_t",
+    "alter table marked rename to marked2",
+]
+
+
+async def test_ddl_that_takes_a_columns_pii_mark_away_leaves_its_values_tokenized(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """A comment can only add PII, but replacing the comment took it away: a later
+    read of the column returned every e-mail raw. A column the room found PII stays
+    PII through a new comment, a rename, a change of type; a new column does not."""
+    for ddl in UNMARKING:
+        await _admin(pii_demo, MARKED)
+        try:
+            received, stopped = await _session(
+                pg_server,
+                pii_demo,
+                [
+                    "select contact, holder, mobile from marked order by id",
+                    ddl,
+                    "select * from marked2" if "marked2" in ddl else "select * from marked",
+                ],
+            )
+        finally:
+            await _admin(
+                pii_demo,
+                "drop table if exists marked, marked2; drop domain if exists email_address, addr_t",
+            )
+        assert stopped == [], ddl
+        assert not leaked(received, pii_demo.values), ddl
+        assert b"plain" in received, ddl
+
+
+async def test_a_column_added_after_a_pii_one_was_dropped_is_clean(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    await _admin(pii_demo, MARKED)
+    try:
+        received, _stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                "select contact from marked where id = 1",
+                "alter table marked drop column contact",
+                "alter table marked add column contact text",
+                "update marked set contact = 'note ' || id where id = 1",
+                "select id, contact, memo from marked where id = 1",
+            ],
+        )
+    finally:
+        await _admin(pii_demo, "drop table marked; drop domain email_address")
+    assert b"note 1" in received and b"plain" in received
