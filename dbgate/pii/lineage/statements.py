@@ -258,7 +258,33 @@ class Statements(WalkState):
         ]
 
     def stmt_RuleStmt(self, body: Node) -> None:
+        self.rule_writes(body)
         self.walk_side(body, "a rule definition")
+
+    def rule_writes(self, body: Node) -> None:
+        """What a rule's actions write, judged as the statements would be: once the rule
+        is made (an approver may take it for ordinary DDL), every write to its relation
+        runs them, and ``DO ALSO INSERT INTO notes SELECT id, email FROM customers`` or
+        ``VALUES (NEW.email)`` stores PII where the catalog will not find it, read back
+        raw from ``notes``. ``NEW`` and ``OLD`` are rows of the rule's relation. Tokens
+        are refused anywhere in a rule (its text is stored), as by ``walk_side``."""
+        rv = body.get("relation")
+        if not rv:
+            return
+        first = len(self.r.token_sites)
+        for action in body.get("actions") or ():
+            kind = next(iter(action), "")
+            if kind not in ("InsertStmt", "UpdateStmt", "DeleteStmt"):
+                continue
+            scope = Scope(None)
+            for alias in ("new", "old"):
+                self.range_var({**rv, "alias": {"aliasname": alias}}, scope)
+            getattr(self, f"dml_{kind}")(action[kind], scope)
+        why = "a rule definition (the value would be stored)"
+        sites = self.r.token_sites
+        sites[first:] = [
+            s if not s.allowed else TokenSite(s.location, False, why, s.text) for s in sites[first:]
+        ]
 
     # Statements that run over the rows of an existing relation, whose errors quote
     # them: REFRESH ... CONCURRENTLY's ``DETAIL: Row: (…)`` of a duplicate, CREATE

@@ -194,3 +194,35 @@ async def test_a_column_added_after_a_pii_one_was_dropped_is_clean(
     finally:
         await _admin(pii_demo, "drop table marked; drop domain email_address")
     assert b"note 1" in received and b"plain" in received
+
+
+async def test_a_rule_whose_actions_copy_pii_into_a_plain_column_is_held(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """``CREATE RULE`` is DDL an approver may take for ordinary; once made, every
+    clean insert into its relation ran its action, which copied e-mails into a plain
+    column (straight from ``customers``, or from the ``NEW`` row), read back raw."""
+    await _admin(
+        pii_demo,
+        "create table rule_src (id int, email text); create table rule_sink (id int, body text)",
+    )
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                "create rule rule_copy as on insert to rule_src do also"
+                " insert into rule_sink select id, email from customers where id < 4",
+                "create rule rule_new as on insert to rule_src do also"
+                " insert into rule_sink values (new.id, new.email)",
+                "create rule rule_plain as on insert to rule_src do also"
+                " insert into rule_sink values (new.id, 'row ' || new.id)",
+                "insert into rule_src select id, email from customers where id = 5",
+                "select id, body from rule_sink order by id",
+            ],
+        )
+    finally:
+        await _admin(pii_demo, "drop table rule_src, rule_sink")
+    assert not leaked(received, pii_demo.values)
+    assert len(stopped) == 2 and all("rule_sink.body" in s for s in stopped), stopped
+    assert b"row 5" in received  # the rule that writes no PII was made, and ran
