@@ -9,6 +9,8 @@ RETURNING.
 
 from __future__ import annotations
 
+from typing import Any
+
 from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.lineage.context import OUTPUT, Ctx, refused
 from dbgate.pii.lineage.nodes import Node, one, strs
@@ -269,18 +271,53 @@ class Statements(WalkState):
         raw from ``notes``. ``NEW`` and ``OLD`` are rows of the rule's relation. Tokens
         are refused anywhere in a rule (its text is stored), as by ``walk_side``."""
         rv = body.get("relation")
-        if not rv:
+        if rv:
+            self.stored_writes(body.get("actions") or (), "a rule definition", rv)
+
+    def stmt_CreateFunctionStmt(self, body: Node) -> None:
+        """A function in SQL is judged by what its body writes, as a rule's actions
+        are (``LANGUAGE sql AS 'INSERT INTO notes SELECT id, email FROM customers'``,
+        or ``BEGIN ATOMIC … END``): a call of it, or a trigger that runs it, copies
+        PII where the catalog will not find it. Other languages stay opaque."""
+        self.walk_side(body, "a CreateFunctionStmt statement")
+        options = {
+            d["DefElem"].get("defname"): d["DefElem"].get("arg")
+            for d in body.get("options") or ()
+            if "DefElem" in d
+        }
+        language = ((options.get("language") or {}).get("String") or {}).get("sval", "sql")
+        if language.lower() != "sql":
             return
+        stmts: list[Node] = []
+        sql_body = body.get("sql_body")
+        if sql_body:
+            for part in (sql_body.get("List") or {}).get("items") or ():
+                stmts.extend((part.get("List") or {}).get("items") or ())
+        for item in ((options.get("as") or {}).get("List") or {}).get("items") or ():
+            text = (item.get("String") or {}).get("sval")
+            if text:
+                from dbgate.pii.lineage.walker import parse
+
+                try:
+                    stmts.extend(parse(text))
+                except Exception:  # the server rejects it too
+                    continue
+        self.stored_writes(stmts, "a function body")
+
+    def stored_writes(self, stmts: Any, what: str, rv: Node | None = None) -> None:
+        """Walk the writes among ``stmts`` (code the server stores and runs later) for
+        what they copy where; ``NEW`` and ``OLD`` are rows of ``rv``. Tokens there
+        are refused (the text is stored)."""
         first = len(self.r.token_sites)
-        for action in body.get("actions") or ():
+        for action in stmts:
             kind = next(iter(action), "")
-            if kind not in ("InsertStmt", "UpdateStmt", "DeleteStmt"):
+            if kind not in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
                 continue
             scope = Scope(None)
-            for alias in ("new", "old"):
+            for alias in ("new", "old") if rv else ():
                 self.range_var({**rv, "alias": {"aliasname": alias}}, scope)
             getattr(self, f"dml_{kind}")(action[kind], scope)
-        why = "a rule definition (the value would be stored)"
+        why = f"{what} (the value would be stored)"
         sites = self.r.token_sites
         sites[first:] = [
             s if not s.allowed else TokenSite(s.location, False, why, s.text) for s in sites[first:]

@@ -226,3 +226,39 @@ async def test_a_rule_whose_actions_copy_pii_into_a_plain_column_is_held(
     assert not leaked(received, pii_demo.values)
     assert len(stopped) == 2 and all("rule_sink.body" in s for s in stopped), stopped
     assert b"row 5" in received  # the rule that writes no PII was made, and ran
+
+
+async def test_a_sql_function_whose_body_copies_pii_into_a_plain_column_is_held(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """A function in SQL spells its writes in its body: once made (held as DDL, then
+    its call as opaque code, both of which an approver may take for ordinary), a call
+    copied e-mails into a plain column, read back raw."""
+    await _admin(
+        pii_demo, "drop table if exists fn_sink cascade; create table fn_sink (id int, body text)"
+    )
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                "create function fn_copy() returns void language sql as"
+                " 'insert into fn_sink select id, email from customers where id < 4'",
+                "create function fn_atomic() returns void language sql begin atomic"
+                " insert into fn_sink select id, full_name from customers where id < 4; end",
+                "create function fn_plain() returns void language sql as"
+                " 'insert into fn_sink values (9, ''plain'')'",
+                "select fn_copy()",
+                "select fn_atomic()",
+                "select fn_plain()",
+                "select id, body from fn_sink order by id",
+            ],
+        )
+    finally:
+        await _admin(
+            pii_demo,
+            "drop function if exists fn_copy(), fn_atomic(), fn_plain(); drop table fn_sink",
+        )
+    assert not leaked(received, pii_demo.values)
+    assert len(stopped) == 2 and all("fn_sink.body" in s for s in stopped), stopped
+    assert b"plain" in received
