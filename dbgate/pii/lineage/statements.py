@@ -348,6 +348,7 @@ class Statements(WalkState):
             self.unmarks(
                 f"changes a column's type, key, parent or options of {_shown(body.get('relation'))}"
             )
+        self.retyped(body)
 
     def stmt_RenameStmt(self, body: Node) -> None:
         self.walk_side(body, "a RenameStmt statement")
@@ -414,6 +415,37 @@ class Statements(WalkState):
 
     def rel_has_pii(self, rel: Relation) -> bool:
         return any(lin.pii or lin.unknown for lin in self.source.relation_lins(rel))
+
+    def retyped(self, body: Node) -> None:
+        """``ALTER COLUMN c TYPE … USING expr`` rewrites every row's ``c`` with ``expr``
+        over the row's columns: an UPDATE by another name. ``ALTER COLUMN created_at
+        TYPE text USING email`` copies the e-mails into a plain column, read back raw;
+        ``USING substr(email, 1, 1)`` stores a value made from PII in a PII column.
+        Judged as the assignment would be. Tokens stay refused."""
+        rv = body.get("relation")
+        cmds = [
+            c["AlterTableCmd"]
+            for c in body.get("cmds") or ()
+            if c.get("AlterTableCmd", {}).get("subtype") == "AT_AlterColumnType"
+        ]
+        using = [
+            (c.get("name", ""), c["def"]["ColumnDef"]["raw_default"])
+            for c in cmds
+            if rv and ((c.get("def") or {}).get("ColumnDef") or {}).get("raw_default")
+        ]
+        if not using:
+            return
+        first = len(self.r.token_sites)
+        scope = Scope(None)
+        item = self.range_var(rv, scope)
+        for name, expr in using:
+            ctx = self.column_ctx(item, rv.get("relname", ""), name)
+            self.check_write(self.expr(expr, scope, ctx), ctx, expr)
+        why = "ALTER TABLE (the value would be stored)"
+        sites = self.r.token_sites
+        sites[first:] = [
+            s if not s.allowed else TokenSite(s.location, False, why, s.text) for s in sites[first:]
+        ]
 
     def existing_relation(self, rv: Node | None) -> None:
         if rv and not self.snap.lookup(rv.get("relname", ""), rv.get("schemaname")):

@@ -262,3 +262,30 @@ async def test_a_sql_function_whose_body_copies_pii_into_a_plain_column_is_held(
     assert not leaked(received, pii_demo.values)
     assert len(stopped) == 2 and all("fn_sink.body" in s for s in stopped), stopped
     assert b"plain" in received
+
+
+async def test_a_type_change_using_pii_is_held(pg_server: Any, pii_demo: Demo) -> None:
+    """``ALTER COLUMN … TYPE … USING`` rewrites every row, an UPDATE by another name
+    that DDL approvals see as a schema change: ``USING email`` on a plain column copied
+    the e-mails there, read back raw."""
+    await _admin(
+        pii_demo,
+        "drop table if exists retyped; create table retyped (id int, email text, made text);"
+        " insert into retyped select id, email, 'plain' from customers where id < 4",
+    )
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                "alter table retyped alter column made type varchar(200) using email",
+                "alter table retyped alter column email type text using upper(email)",
+                "alter table retyped alter column id type bigint using id::bigint",
+                "select id, made from retyped order by id",
+            ],
+        )
+    finally:
+        await _admin(pii_demo, "drop table retyped")
+    assert not leaked(received, pii_demo.values)
+    assert len(stopped) == 2 and "retyped.made" in stopped[0] and "made from PII" in stopped[1]
+    assert b"plain" in received
