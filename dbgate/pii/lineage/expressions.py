@@ -87,9 +87,19 @@ class Expressions(WalkState):
         """
         if node is not None:
             reasons = len(self.r.unknown_reasons)
+            first = len(self.r.token_sites)
             self.expr(node, Scope(None), refused(why))
             self.r.unknown_reasons[reasons:] = [
                 r for r in self.r.unknown_reasons[reasons:] if r.endswith(_READS_UNFOLLOWED)
+            ]
+            # a sub-select in the part walks its own comparisons, where a token stands
+            # for its value: ``EXPLAIN SELECT … WHERE id IN (SELECT id FROM customers
+            # WHERE email = 'tok_…')`` printed the resolved value in its plan, and a
+            # policy's or a SQL function's stored text kept it. Refused, all of them.
+            sites = self.r.token_sites
+            sites[first:] = [
+                s if not s.allowed else TokenSite(s.location, False, why, s.text)
+                for s in sites[first:]
             ]
 
     def e_ColumnRef(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:

@@ -254,3 +254,22 @@ async def test_tokens_bound_in_binary_are_resolved_only_where_compared(
     stored = admin_query(env.admin_dsn, "SELECT email FROM people WHERE id >= 20 ORDER BY id")
     assert [r[0] for r in stored] == [ROWS[0][1], ROWS[1][1]]
     admin_execute(env.admin_dsn, "DELETE FROM people WHERE id >= 9")
+
+
+async def test_a_token_in_a_sub_select_of_an_explain_is_refused(env: HoldsEnv, people: Any) -> None:
+    """A plain EXPLAIN is a read the default rules let through; its plan prints the
+    literals, so a token resolved in its sub-select came back as the raw value."""
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        t1 = await conn.fetchval("SELECT email FROM people WHERE id = 1")
+        sql = (
+            f"EXPLAIN SELECT 1 FROM people WHERE id IN (SELECT id FROM people WHERE email = '{t1}')"
+        )
+        with pytest.raises(asyncpg.InvalidParameterValueError):  # 22023
+            print(await conn.fetch(sql, timeout=10))
+        plan = "\n".join(
+            r[0] for r in await conn.fetch("EXPLAIN SELECT id FROM people WHERE id = 1")
+        )
+        assert "people_pkey" in plan  # a plan without a token reads as it is
+    finally:
+        await conn.close()

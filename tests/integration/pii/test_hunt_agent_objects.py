@@ -289,3 +289,40 @@ async def test_a_type_change_using_pii_is_held(pg_server: Any, pii_demo: Demo) -
     assert not leaked(received, pii_demo.values)
     assert len(stopped) == 2 and "retyped.made" in stopped[0] and "made from PII" in stopped[1]
     assert b"plain" in received
+
+
+async def test_a_token_in_a_sub_select_of_a_part_that_echoes_or_stores_is_refused(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """Parts whose literals the server prints or stores refused a token compared with
+    PII at their own level only: in a sub-select, the comparison resolved it. A plain
+    EXPLAIN (a read) printed the resolved value in its plan, whole, for any token the
+    agent held; a policy's ``USING`` and a SQL function's ``RETURN`` stored it, read
+    back from ``pg_policies`` and ``pg_get_functiondef``."""
+    email, token = await _email(pii_demo, 1)
+    await _admin(pii_demo, "drop table if exists pol_t; create table pol_t (id int)")
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                f"explain select 1 from tags where id in (select id from customers where email = '{token}')",
+                f"explain (costs off) select (select id from customers where email = '{token}')",
+                f"explain select 1 where exists (select 1 from customers where email = '{token}')",
+                f"create policy pol_p on pol_t using (exists (select 1 from customers where email = '{token}'))",
+                "select qual from pg_policies where policyname = 'pol_p'",
+                "create function pol_f() returns bigint language sql"
+                f" return (select id from customers where email = '{token}')",
+                "select pg_get_functiondef('pol_f'::regproc)",
+                # the same sub-select in a read is resolved, and an EXPLAIN without a
+                # token prints its plan as it is
+                f"select id from tags where id in (select id from customers where email = '{token}')",
+                "explain (costs off) select id from tags where id = 1",
+            ],
+        )
+    finally:
+        await _admin(pii_demo, "drop table pol_t; drop function if exists pol_f()")
+    assert email.encode() not in received
+    assert not leaked(received, pii_demo.values)
+    assert len(stopped) == 5, stopped
+    assert b"Index Only Scan using tags_pkey" in received or b"Seq Scan on tags" in received
