@@ -341,7 +341,15 @@ class Statements(WalkState):
         self.walk_side(body, "a AlterTableStmt statement")
         if body.get("objtype") in ("OBJECT_TABLE", "OBJECT_MATVIEW"):  # not an index's
             self.existing_relation(body.get("relation"))
-        subtypes = {(c.get("AlterTableCmd") or {}).get("subtype") for c in body.get("cmds") or ()}
+        subtypes = {
+            cmd.get("subtype")
+            for c in body.get("cmds") or ()
+            if (cmd := c.get("AlterTableCmd") or {})
+            and not (
+                cmd.get("subtype") == "AT_AlterColumnType"
+                and not self.column_holds_pii(body.get("relation"), cmd.get("name") or "")
+            )
+        }
         if body.get("objtype") == "OBJECT_TYPE" and subtypes:
             self.unmarks("changes a composite type")
         elif subtypes & _UNMARKING and self.holds_pii(body.get("relation")):
@@ -413,6 +421,17 @@ class Statements(WalkState):
         rels = self.snap.lookup(rv.get("relname") or "", rv.get("schemaname"))
         return any(self.rel_has_pii(rel) for rel in rels)
 
+    def column_holds_pii(self, rv: Node | None, column: str) -> bool:
+        """Whether ``column`` of the relation ``rv`` names is PII (or unknown): a type
+        change of a clean column (``id TYPE bigint``) takes no mark away."""
+        if not rv:
+            return False
+        for rel in self.snap.lookup(rv.get("relname") or "", rv.get("schemaname")):
+            for col, lin in zip(rel.columns, self.source.relation_lins(rel), strict=False):
+                if col.name == column and (lin.pii or lin.unknown):
+                    return True
+        return False
+
     def rel_has_pii(self, rel: Relation) -> bool:
         return any(lin.pii or lin.unknown for lin in self.source.relation_lins(rel))
 
@@ -433,6 +452,21 @@ class Statements(WalkState):
             for c in cmds
             if rv and ((c.get("def") or {}).get("ColumnDef") or {}).get("raw_default")
         ]
+        catalog = getattr(self.source, "catalog", None)
+        for c in cmds if rv and catalog is not None else ():
+            # a column PII by its type (a domain named as PII, a composite with PII
+            # fields) or a link only: a new type may take that away
+            for rel in self.snap.lookup(rv.get("relname", ""), rv.get("schemaname")):
+                col = rel.column(c.get("name", ""))
+                if col is None or rel.kind not in ("r", "p", "f"):
+                    continue
+                lin = self.source.relation_lins(rel)[rel.columns.index(col)]
+                named, _ = catalog.classify(rel.schema, rel.name, col.name, col.comment)
+                if (lin.pii or lin.unknown) and named is None:
+                    self.r.pii_writes.append(
+                        f"changes the type of {rel.qualified}.{col.name}, PII by its type or"
+                        " a link only: its values would be read raw once dbgate restarts"
+                    )
         if not using:
             return
         first = len(self.r.token_sites)

@@ -35,11 +35,11 @@ async def _email(pii_demo: Demo, cid: int) -> tuple[str, str]:
 
 
 async def _session(
-    pg_server: Any, pii_demo: Demo, statements: list[str]
+    pg_server: Any, pii_demo: Demo, statements: list[str], approved: bool = False
 ) -> tuple[bytes, list[str]]:
     """Run ``statements`` as the agent on one connection (the room's snapshot read
     again after each, as after DDL): all the agent received, and the reasons of the
-    statements held or refused (not sent)."""
+    statements held (not sent, unless ``approved``) or refused (not sent)."""
     session = pii_demo.room.session("agent")
     client = await connect(pg_server, DBNAME)
     received = b""
@@ -49,7 +49,8 @@ async def _session(
             plan = session.plan(sql)
             if plan.hold_reasons:
                 stopped.append("; ".join(plan.hold_reasons))
-                continue
+                if not approved:
+                    continue
             try:
                 forwarded = session.detokenize_sql(plan)
             except TokenError as e:
@@ -152,11 +153,24 @@ async def test_ddl_that_takes_a_columns_pii_mark_away_leaves_its_values_tokenize
 ) -> None:
     """A comment can only add PII, but replacing the comment took it away: a later
     read of the column returned every e-mail raw. A column the room found PII stays
-    PII through a new comment, a rename, a change of type; a new column does not."""
+    PII through a new comment, a rename, a change of type (approved here); a new
+    column does not. Such DDL is held, saying so: after a restart the room would
+    judge the column by what the schema says then."""
     for ddl in UNMARKING:
         await _admin(pii_demo, MARKED)
         try:
-            received, stopped = await _session(
+            held = pii_demo.room.session("agent").plan(ddl).hold_reasons
+        finally:
+            await _admin(
+                pii_demo,
+                "drop table if exists marked, marked2; drop domain if exists email_address, addr_t",
+            )
+        # renaming the table too: a catalog entry names it (``public.marked.contact``)
+        assert held, (ddl, held)
+    for ddl in UNMARKING:
+        await _admin(pii_demo, MARKED)
+        try:
+            received, _stopped = await _session(
                 pg_server,
                 pii_demo,
                 [
@@ -164,13 +178,13 @@ async def test_ddl_that_takes_a_columns_pii_mark_away_leaves_its_values_tokenize
                     ddl,
                     "select * from marked2" if "marked2" in ddl else "select * from marked",
                 ],
+                approved=True,
             )
         finally:
             await _admin(
                 pii_demo,
                 "drop table if exists marked, marked2; drop domain if exists email_address, addr_t",
             )
-        assert stopped == [], ddl
         assert not leaked(received, pii_demo.values), ddl
         assert b"plain" in received, ddl
 
