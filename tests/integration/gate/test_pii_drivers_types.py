@@ -3,6 +3,7 @@ text formats, server-side cursors, row-limited Execute, COPY, executemany."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import asyncpg
@@ -273,3 +274,43 @@ async def test_a_token_in_a_sub_select_of_an_explain_is_refused(env: HoldsEnv, p
         assert "people_pkey" in plan  # a plan without a token reads as it is
     finally:
         await conn.close()
+
+
+def test_executemany_returning_in_a_pipeline_is_tokenized(env: HoldsEnv, people: Any) -> None:
+    """psycopg's executemany(returning=True) sends every row's Parse/Bind/Execute in
+    one pipeline; SQLAlchemy's insertmanyvalues one multi-row INSERT … RETURNING."""
+    import psycopg
+    import sqlalchemy as sa
+
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        cur = conn.cursor(binary=True)
+        cur.executemany(
+            "INSERT INTO people (id, email, birth_date, note) VALUES (%s, %s, %s, %s)"
+            " RETURNING id, email, birth_date, note",
+            [
+                (30 + i, f"pipe{i}.secret@example.org", "1950-01-0" + str(i + 1), "p")
+                for i in range(3)
+            ],
+            returning=True,
+        )
+        got = []
+        while True:
+            got.extend(cur.fetchall())
+            if not cur.nextset():
+                break
+    assert [r[0] for r in got] == [30, 31, 32] and all(r[3] == "p" for r in got)
+    assert not any(
+        "secret@" in str(r) or r[2] == datetime.date(1950, 1, i + 1) for i, r in enumerate(got)
+    )
+    eng = sa.create_engine(env.dsn.replace("postgresql://", "postgresql+psycopg://"))
+    meta = sa.MetaData()
+    people_t = sa.Table("people", meta, autoload_with=eng)
+    with eng.begin() as c:
+        rows = c.execute(
+            people_t.insert().returning(people_t.c.id, people_t.c.email, people_t.c.note),
+            [{"id": 40 + i, "email": f"sa{i}.secret@example.org", "note": "s"} for i in range(3)],
+        ).all()
+    eng.dispose()
+    assert sorted(r[0] for r in rows) == [40, 41, 42] and all(r[2] == "s" for r in rows)
+    assert not any("secret@" in str(r) for r in rows)
+    admin_execute(env.admin_dsn, "DELETE FROM people WHERE id >= 30")
