@@ -72,7 +72,16 @@ class Writes(WalkState):
     def column_ctx(self, item: Item, rel_name: str, column: str) -> Ctx:
         lin = item.get(column)
         if lin is not None and (lin.pii or lin.unknown):
-            for rel in self.snap.lookup(rel_name):
+            rels = self.snap.lookup(rel_name)
+            if not rels:
+                # made since the snapshot, perhaps by this very text or an uncommitted
+                # transaction a reload cannot see (``CREATE TABLE sink (id int, body
+                # text); INSERT INTO sink SELECT id, email FROM customers``): its
+                # columns are not known to be PII, and the next snapshot would call the
+                # copies clean
+                why = f"relation {rel_name} is not in dbgate's schema snapshot"
+                return Ctx(False, why, target=f"{rel_name}.{column} ({why})")
+            for rel in rels:
                 stored = self.view_stores_pii(rel, column)
                 if stored is not None:
                     return Ctx(False, stored, target=f"{rel_name}.{column} ({stored})")
@@ -266,6 +275,15 @@ class Writes(WalkState):
                     if plain and len(vals) == 1 and _a_star(vals[0]):
                         val = vals[0]
                     self.check_write(out.at(i), ctx, val)
+                if (len(out.columns) > len(ctxs) or out.tail is not None) and not (
+                    self.snap.lookup(rel_name)
+                ):
+                    # columns dbgate does not know (a relation made since the snapshot)
+                    why = f"relation {rel_name} is not in dbgate's schema snapshot"
+                    rest = out.tail or CLEAN
+                    for lin in out.columns[len(ctxs) :]:
+                        rest = rest | lin
+                    self.check_write(rest, Ctx(False, why, target=f"{rel_name} ({why})"))
         occ = body.get("onConflictClause")
         target_scope = Scope(scope)
         target_scope.items.append(item)

@@ -340,3 +340,36 @@ async def test_a_token_in_a_sub_select_of_a_part_that_echoes_or_stores_is_refuse
     assert not leaked(received, pii_demo.values)
     assert len(stopped) == 5, stopped
     assert b"Index Only Scan using tags_pkey" in received or b"Seq Scan on tags" in received
+
+
+async def test_a_copy_into_a_relation_the_snapshot_does_not_know_is_held(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """A relation made by the same text, or earlier in a transaction still open (a
+    reload reads the schema on another connection, which cannot see it), was taken
+    for one whose columns are PII: copies of e-mails and resolved tokens went into its
+    plain column, read back raw once the snapshot knew it."""
+    email, token = await _email(pii_demo, 1)
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                "create table new_sink (id int, body text);"
+                " insert into new_sink select id, email from customers where id < 4",
+                "begin",
+                "create table new_sink2 (id int, body text)",
+                "insert into new_sink2 (id, body) select id, email from customers where id < 4",
+                f"insert into new_sink2 values (10, '{token}')",
+                "insert into new_sink2 values (11, 'plain')",
+                "commit",
+                "select * from new_sink2 order by id",
+            ],
+        )
+    finally:
+        await _admin(pii_demo, "drop table if exists new_sink, new_sink2")
+    assert email.encode() not in received
+    assert not leaked(received, pii_demo.values)
+    assert len(stopped) == 3, stopped
+    assert all("snapshot" in s for s in stopped[:2]) and "cannot be resolved" in stopped[2]
+    assert b"plain" in received
