@@ -373,3 +373,34 @@ async def test_a_copy_into_a_relation_the_snapshot_does_not_know_is_held(
     assert len(stopped) == 3, stopped
     assert all("snapshot" in s for s in stopped[:2]) and "cannot be resolved" in stopped[2]
     assert b"plain" in received
+
+
+async def test_an_operator_of_the_databases_own_is_read_as_unknown(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """An operator was read as its operands' union, as PostgreSQL's own are; one the
+    database defines over a SQL function returns what the function reads: ``#@# 3``
+    returned customer 3's e-mail raw."""
+    await _admin(
+        pii_demo,
+        "create function public.em_of(x bigint) returns text language sql"
+        " as 'select email from customers where id = x';"
+        " create operator public.#@# (rightarg = bigint, function = public.em_of)",
+    )
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                "select #@# 3::bigint",
+                "select id, #@# id from tags order by id",
+                "select 1 + 2 as three, 'a' || 'b' as ab",  # PostgreSQL's own: as they are
+            ],
+        )
+    finally:
+        await _admin(
+            pii_demo, "drop operator public.#@# (none, bigint); drop function public.em_of(bigint)"
+        )
+    assert stopped == []
+    assert not leaked(received, pii_demo.values)
+    assert b"tok_unknown_" in received and b"\x00\x00\x00\x013\x00\x00\x00\x02ab" in received
