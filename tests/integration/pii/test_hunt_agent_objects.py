@@ -404,3 +404,29 @@ async def test_an_operator_of_the_databases_own_is_read_as_unknown(
     assert stopped == []
     assert not leaked(received, pii_demo.values)
     assert b"tok_unknown_" in received and b"\x00\x00\x00\x013\x00\x00\x00\x02ab" in received
+
+
+async def test_a_cast_of_the_databases_own_is_read_as_unknown(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """A cast was read as its argument, as PostgreSQL's own are; one the database
+    defines with a SQL function (``CREATE CAST (mycomp AS text) WITH FUNCTION …``, DDL
+    a user may run on a type of its own) returns what the function reads."""
+    await _admin(
+        pii_demo,
+        "create type cast_t as (n bigint);"
+        " create function public.cast_t_text(x cast_t) returns text language sql"
+        " as 'select email from customers where id = x.n';"
+        " create cast (cast_t as text) with function public.cast_t_text(cast_t)",
+    )
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            ["select (row(3)::cast_t)::text", "select cast(row(4)::cast_t as text)"],
+        )
+    finally:
+        await _admin(pii_demo, "drop type cast_t cascade")
+    assert stopped == []
+    assert not leaked(received, pii_demo.values)
+    assert received.count(b"tok_unknown_") == 2
