@@ -280,6 +280,9 @@ class Statements(WalkState):
         or ``BEGIN ATOMIC … END``): a call of it, or a trigger that runs it, copies
         PII where the catalog will not find it. Other languages stay opaque."""
         self.walk_side(body, "a CreateFunctionStmt statement")
+        names = strs(body.get("funcname") or [])
+        if names:
+            self.shadows(names[-1], "a function")
         options = {
             d["DefElem"].get("defname"): d["DefElem"].get("arg")
             for d in body.get("options") or ()
@@ -303,6 +306,40 @@ class Statements(WalkState):
                 except Exception:  # the server rejects it too
                     continue
         self.stored_writes(stmts, "a function body")
+
+    def shadows(self, name: str, what: str) -> None:
+        """A function or aggregate named like one of PostgreSQL's own: dbgate reads a
+        call of the name as the built-in's until its snapshot lists the new one, which
+        it cannot while the transaction that made it is open (``public.lower(bigint)``
+        returning a customer's e-mail: ``lower(2::bigint)`` came back raw)."""
+        if self.snap.assume_builtin_functions:
+            return
+        if any(f.builtin for f in self.snap.functions_named(name)):
+            self.r.pii_writes.append(
+                f"creates {what} named like PostgreSQL's own {name}(): until dbgate reads"
+                " the schema again (after this transaction) a call is taken for the built-in's"
+            )
+
+    def stmt_DefineStmt(self, body: Node) -> None:
+        self.walk_side(body, "a DefineStmt statement")
+        names = strs(body.get("defnames") or [])
+        if body.get("kind") == "OBJECT_AGGREGATE" and names:
+            self.shadows(names[-1], "an aggregate")
+        elif body.get("kind") == "OBJECT_OPERATOR" and names:
+            self.r.pii_writes.append(
+                f"creates operator {names[-1]}: until dbgate reads the schema again (after"
+                " this transaction) its uses are taken for PostgreSQL's own, which return"
+                " their operands"
+            )
+
+    def stmt_CreateCastStmt(self, body: Node) -> None:
+        self.walk_side(body, "a CreateCastStmt statement")
+        if body.get("func"):
+            self.r.pii_writes.append(
+                "creates a cast that runs a function: until dbgate reads the schema again"
+                " (after this transaction) it is taken for PostgreSQL's own, which returns"
+                " its argument"
+            )
 
     def stored_writes(self, stmts: Any, what: str, rv: Node | None = None) -> None:
         """Walk the writes among ``stmts`` (code the server stores and runs later) for

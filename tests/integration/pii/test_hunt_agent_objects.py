@@ -430,3 +430,23 @@ async def test_a_cast_of_the_databases_own_is_read_as_unknown(
     assert stopped == []
     assert not leaked(received, pii_demo.values)
     assert received.count(b"tok_unknown_") == 2
+
+
+async def test_a_function_named_like_a_built_in_is_held(pg_server: Any, pii_demo: Demo) -> None:
+    """Made in a transaction still open, ``public.lower(bigint)`` is not in the snapshot
+    (a reload on another connection cannot see it): ``lower(2::bigint)`` was read as
+    PostgreSQL's own lower of a constant, and returned customer 2's e-mail raw."""
+    received, stopped = await _session(
+        pg_server,
+        pii_demo,
+        [
+            "begin",
+            "create function public.lower(x bigint) returns text language sql"
+            " as 'select email from customers where id = x'",
+            "create operator public.#@@# (rightarg = bigint, function = public.lower)",
+            "select lower(2::bigint)",
+            "rollback",
+        ],
+    )
+    assert not leaked(received, pii_demo.values)
+    assert len(stopped) == 2 and "lower()" in stopped[0] and "#@@#" in stopped[1], stopped
