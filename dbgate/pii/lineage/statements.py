@@ -490,9 +490,16 @@ class Statements(WalkState):
             if rv and ((c.get("def") or {}).get("ColumnDef") or {}).get("raw_default")
         ]
         catalog = getattr(self.source, "catalog", None)
-        for c in cmds if rv and catalog is not None else ():
+        # DROP EXPRESSION makes a generated column a plain one, its values kept
+        dropped = [
+            c["AlterTableCmd"]
+            for c in body.get("cmds") or ()
+            if c.get("AlterTableCmd", {}).get("subtype") == "AT_DropExpression"
+        ]
+        for c in [*cmds, *dropped] if rv and catalog is not None else ():
             # a column PII by its type (a domain named as PII, a composite with PII
-            # fields) or a link only: a new type may take that away
+            # fields), its generation expression or a link only: a new type, or a
+            # plain column, may take that away
             for rel in self.snap.lookup(rv.get("relname", ""), rv.get("schemaname")):
                 col = rel.column(c.get("name", ""))
                 if col is None or rel.kind not in ("r", "p", "f"):
@@ -501,8 +508,9 @@ class Statements(WalkState):
                 named, _ = catalog.classify(rel.schema, rel.name, col.name, col.comment)
                 if (lin.pii or lin.unknown) and named is None:
                     self.r.pii_writes.append(
-                        f"changes the type of {rel.qualified}.{col.name}, PII by its type or"
-                        " a link only: its values would be read raw once dbgate restarts"
+                        f"changes the type or expression of {rel.qualified}.{col.name}, PII by"
+                        " its type, its expression or a link only: its values would be read"
+                        " raw once dbgate restarts"
                     )
         if not using:
             return

@@ -450,3 +450,33 @@ async def test_a_function_named_like_a_built_in_is_held(pg_server: Any, pii_demo
     )
     assert not leaked(received, pii_demo.values)
     assert len(stopped) == 2 and "lower()" in stopped[0] and "#@@#" in stopped[1], stopped
+
+
+async def test_dropping_a_generated_columns_expression_is_held_and_keeps_it_pii(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """``DROP EXPRESSION`` makes a generated column a plain one and keeps its values:
+    ``g``, PII only by its expression over an e-mail, would be clean to the next
+    snapshot. Held; approved, the running room still tokenizes it."""
+    await _admin(
+        pii_demo,
+        "drop table if exists gen_t; create table gen_t (id int, mail text,"
+        " g text generated always as (lower(mail)) stored);"
+        " comment on column gen_t.mail is 'pii:email';"
+        " insert into gen_t (id, mail) select id, email from customers where id < 4",
+    )
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                "select g from gen_t",
+                "alter table gen_t alter column g drop expression",
+                "select g from gen_t",
+            ],
+            approved=True,
+        )
+    finally:
+        await _admin(pii_demo, "drop table gen_t")
+    assert len(stopped) == 1 and "gen_t.g" in stopped[0]
+    assert not leaked(received, pii_demo.values)
