@@ -489,28 +489,28 @@ class Statements(WalkState):
             for c in cmds
             if rv and ((c.get("def") or {}).get("ColumnDef") or {}).get("raw_default")
         ]
-        catalog = getattr(self.source, "catalog", None)
-        # DROP EXPRESSION makes a generated column a plain one, its values kept
-        dropped = [
-            c["AlterTableCmd"]
-            for c in body.get("cmds") or ()
-            if c.get("AlterTableCmd", {}).get("subtype") == "AT_DropExpression"
-        ]
-        for c in [*cmds, *dropped] if rv and catalog is not None else ():
-            # a column PII by its type (a domain named as PII, a composite with PII
-            # fields), its generation expression or a link only: a new type, or a
-            # plain column, may take that away
-            for rel in self.snap.lookup(rv.get("relname", ""), rv.get("schemaname")):
+        for c in cmds if rv else ():
+            # a type that keeps a part of each value (``"char"`` its first byte, a
+            # precision rounds): the PII column then holds values made from PII, whose
+            # stored tokens match those of texts the agent stores itself
+            type_name = ((c.get("def") or {}).get("ColumnDef") or {}).get("typeName") or {}
+            tname = (strs(type_name.get("names") or []) or [""])[-1].lower()
+            cuts = tname in ("char", "name", "float4", "float8") or (
+                bool(type_name.get("typmods"))
+                and tname not in ("varchar", "bpchar", "bit", "varbit")
+            )
+            for rel in (
+                self.snap.lookup(rv.get("relname", ""), rv.get("schemaname")) if cuts else ()
+            ):
                 col = rel.column(c.get("name", ""))
-                if col is None or rel.kind not in ("r", "p", "f"):
+                if col is None:
                     continue
                 lin = self.source.relation_lins(rel)[rel.columns.index(col)]
-                named, _ = catalog.classify(rel.schema, rel.name, col.name, col.comment)
-                if (lin.pii or lin.unknown) and named is None:
+                if lin.pii or lin.unknown:
                     self.r.pii_writes.append(
-                        f"changes the type or expression of {rel.qualified}.{col.name}, PII by"
-                        " its type, its expression or a link only: its values would be read"
-                        " raw once dbgate restarts"
+                        f"stores a value made from PII in {rel.qualified}.{col.name}: its new"
+                        f" type {tname} keeps a part of each value, whose token could be"
+                        " matched to a chosen text's"
                     )
         if not using:
             return

@@ -480,3 +480,36 @@ async def test_dropping_a_generated_columns_expression_is_held_and_keeps_it_pii(
         await _admin(pii_demo, "drop table gen_t")
     assert len(stopped) == 1 and "gen_t.g" in stopped[0]
     assert not leaked(received, pii_demo.values)
+
+
+async def test_a_copy_into_a_column_that_keeps_a_part_of_it_is_held(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """A PII column of type ``"char"`` keeps a value's first byte: a copy of e-mails
+    written there, or a PII column retyped so, read back as the stored tokens of their
+    first characters, the same as those of ``'a'``…``'z'`` the agent stored beside them
+    (a codebook: the first character of every e-mail in one statement)."""
+    await _admin(
+        pii_demo,
+        'drop table if exists cut_t, book_t; create table cut_t (id int, email "char");'
+        " create table book_t (id int, email text);"
+        ' insert into cut_t select g, chr(g)::"char" from generate_series(97, 122) g',
+    )
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                "insert into cut_t (id, email) select id, email from customers where id < 4",
+                "insert into book_t select id, email from customers where id < 4",
+                'alter table book_t alter column email type "char"',
+                "select id, email from cut_t order by id",
+                "select id, email from book_t order by id",
+            ],
+        )
+    finally:
+        await _admin(pii_demo, "drop table cut_t, book_t")
+    tokens = received.split(b"tok_email_")[1:]
+    assert len({t[:40] for t in tokens}) == len(tokens)  # no e-mail matches a letter
+    assert len(tokens) == 26 + 3  # the codebook, and book_t's e-mails whole
+    assert len(stopped) == 2 and all("made from PII" in s for s in stopped), stopped
