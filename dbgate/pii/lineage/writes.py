@@ -82,6 +82,15 @@ class Writes(WalkState):
                 why = f"relation {rel_name} is not in dbgate's schema snapshot"
                 return Ctx(False, why, target=f"{rel_name}.{column} ({why})")
             for rel in rels:
+                # the same name in several schemas (a temporary table over a table):
+                # the session's search_path decides which one is written, so each must
+                # store PII there (a read takes the union, a write the intersection)
+                col = rel.column(column)
+                if col is not None and len(rels) > 1:
+                    other = self.source.relation_lins(rel)[rel.columns.index(col)]
+                    if not (other.pii or other.unknown):
+                        why = f"{rel.qualified}.{column} is not PII in the catalog"
+                        return Ctx(False, why, target=f"{rel_name}.{column} ({why})")
                 stored = self.view_stores_pii(rel, column)
                 if stored is not None:
                     return Ctx(False, stored, target=f"{rel_name}.{column} ({stored})")

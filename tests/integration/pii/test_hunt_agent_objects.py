@@ -513,3 +513,59 @@ async def test_a_copy_into_a_column_that_keeps_a_part_of_it_is_held(
     assert len({t[:40] for t in tokens}) == len(tokens)  # no e-mail matches a letter
     assert len(tokens) == 26 + 3  # the codebook, and book_t's e-mails whole
     assert len(stopped) == 2 and all("made from PII" in s for s in stopped), stopped
+
+
+async def test_dropping_the_foreign_key_that_makes_a_column_pii_is_held(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """``buyer`` holds e-mails because it references ``customers.email``; dropped, the
+    key takes the mark away (after a restart) but not the values."""
+    await _admin(
+        pii_demo,
+        "drop table if exists fk_t; create table fk_t (id int,"
+        " buyer text constraint fk_buyer references customers(email));"
+        " insert into fk_t select id, email from customers where id < 4",
+    )
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            ["alter table fk_t drop constraint fk_buyer", "select id, buyer from fk_t"],
+            approved=True,
+        )
+    finally:
+        await _admin(pii_demo, "drop table fk_t")
+    assert len(stopped) == 1 and "fk_t.buyer" in stopped[0], stopped
+    assert not leaked(received, pii_demo.values)
+
+
+async def test_a_copy_into_a_name_a_temporary_table_takes_over_is_held(
+    pg_server: Any, pii_demo: Demo
+) -> None:
+    """A temporary table comes first on the search_path: ``marked`` then names the
+    agent's own table, whose ``contact`` nothing marks, while dbgate judged the write
+    by ``public.marked.contact`` (PII by its comment). The copies were read back raw."""
+    email, token = await _email(pii_demo, 1)
+    await _admin(
+        pii_demo,
+        "drop table if exists marked; create table marked (id int, contact text);"
+        " comment on column marked.contact is 'pii:email'",
+    )
+    try:
+        received, stopped = await _session(
+            pg_server,
+            pii_demo,
+            [
+                "create temp table marked (id int, contact text)",
+                "insert into marked (id, contact) select id, email from customers where id < 4",
+                f"insert into marked values (10, '{token}')",
+                "insert into marked values (11, 'plain')",
+                "select id, contact from marked order by id",
+            ],
+        )
+    finally:
+        await _admin(pii_demo, "drop table marked")
+    assert email.encode() not in received
+    assert not leaked(received, pii_demo.values)
+    assert len(stopped) == 2 and all("pg_temp" in s for s in stopped), stopped
+    assert b"plain" in received
