@@ -535,7 +535,7 @@ async def test_dropping_the_foreign_key_that_makes_a_column_pii_is_held(
         )
     finally:
         await _admin(pii_demo, "drop table fk_t")
-    assert len(stopped) == 1 and "fk_t.buyer" in stopped[0], stopped
+    assert len(stopped) == 1 and "fk_t" in stopped[0], stopped
     assert not leaked(received, pii_demo.values)
 
 
