@@ -24,7 +24,9 @@ object to every statement of one shape, whatever its literals.
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,47 @@ _RECORDED = frozenset({"query", "execute", "function_call"})
 _LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
 #: Scanner tokens the quick mask copies: comments and quoted identifiers.
 _SEARCHED_TOKENS = frozenset({"IDENT", "UIDENT", "C_COMMENT", "SQL_COMMENT"})
+#: What a record and an approval request say instead of an ``application_name`` the
+#: server reported that the client never gave (see :func:`client_gave`).
+SERVER_SET_APPLICATION_NAME = "<set by the server>"
+#: Statements of a session whose text and values a newly reported application name is
+#: looked for in (an extended-protocol batch reports it at its Sync, after them all).
+_RECENT = 16
+_ESCAPED_BYTE = re.compile(r"\\x[0-9a-fA-F]{2}")
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+
+
+def client_gave(value: str, texts: Any) -> bool:
+    """Whether ``value``, an ``application_name`` the server reports, is one the client
+    itself wrote: in the text or a value of one of ``texts`` ((sql, params) pairs).
+
+    The server reports whatever the setting holds, and a statement can fill it from
+    the data (``set_config('application_name', full_name, false)``, a ``DO`` block):
+    recorded as reported, that value would be written raw into every later record of
+    the session and shown to approvers, where masking by look finds no name, address
+    or birth date. A name the client gave appears in what it sent (a ``SET``, a
+    ``set_config`` literal or Bind value), possibly cut to 63 bytes, with non-ASCII
+    bytes replaced (``?``, or ``\\xNN`` since PostgreSQL 16), or, unquoted, folded to
+    lower case."""
+    if not value:
+        return True
+    folded = value.lower()
+    quoted = value.replace("'", "''")
+    cleaned = _ESCAPED_BYTE.sub("?", value) if "\\x" in value else value
+    for sql, params in texts:
+        if sql and (value in sql or quoted in sql or folded in sql.lower()):
+            return True
+        for p in params:
+            if p is None:
+                continue
+            raw = p if isinstance(p, bytes) else str(p).encode("utf-8", "surrogateescape")
+            if value.encode("utf-8", "surrogateescape") in raw:
+                return True
+            if cleaned.encode("ascii", "replace") in _NOT_PRINTABLE.sub(b"?", raw):
+                return True
+        if sql and cleaned in _NOT_PRINTABLE.sub(b"?", sql.encode("utf-8", "replace")).decode():
+            return True
+    return False
 
 
 def masked_text(sql: str, cache: dict[str, str], shapes: dict[str, str] | None = None) -> str:
@@ -118,6 +161,16 @@ def _mask_agrees(text: str, key: str) -> bool:
         return False
     quick = [(s + 1 if kind in "MG" else s, e) for s, e, kind in found]
     return scanned == quick
+
+
+def recorded_application_name(session: SessionInfo, texts: Any = ()) -> str:
+    """The ``application_name`` a record or an approval request carries: the one the
+    session started with, or one the server reported since that the client gave in
+    ``texts`` (:func:`client_gave`); anything else is :data:`SERVER_SET_APPLICATION_NAME`."""
+    value = session.server_params.get("application_name", session.application_name)
+    if value == session.application_name or client_gave(value, texts):
+        return value
+    return SERVER_SET_APPLICATION_NAME
 
 
 def masked_names(names: Any) -> tuple[str, ...]:
@@ -184,6 +237,12 @@ class AuditTrail(QuietObserver):
         #: text as sent -> (masked, whether it opens with a comment that may declare)
         self._texts: dict[str, tuple[str, bool]] = {}
         self._started: dict[int, float] = {}  # session id -> monotonic start
+        #: session id -> (application_name as the server reports it, as recorded): a
+        #: name the client did not give is not recorded (see client_gave)
+        self._apps: dict[int, tuple[str, str]] = {}
+        #: session id -> (text, values) of its last statements, where a newly reported
+        #: application_name is looked for
+        self._recent: dict[int, deque[tuple[str, Any]]] = {}
         #: session id -> id(note) -> (note, masked text, application name, session,
         #: the event it was made for or None, the text as sent): an allowed statement's record is a copy
         #: of its shape's last one in the session, its varying fields replaced (see
@@ -200,6 +259,30 @@ class AuditTrail(QuietObserver):
     def admits_now(self) -> bool:
         """Whether :meth:`admit` would let a statement go ahead at once."""
         return self.writer.admits_now()
+
+    def application_name(self, session: SessionInfo, sql: str = "", params: Any = ()) -> str:
+        """The session's ``application_name`` as its records (and approval requests)
+        carry it: as the session began, or as the server reports it since when the
+        client gave that name in a statement (``sql``/``params`` the one now recorded,
+        also noted among the session's recent ones); otherwise
+        :data:`SERVER_SET_APPLICATION_NAME` — a value the server filled from the data
+        is not written raw."""
+        sid = session.session_id
+        recent = self._recent.get(sid)
+        if recent is None:
+            recent = self._recent[sid] = deque(maxlen=_RECENT)
+        if sql or params:
+            recent.append((sql, params))
+        value = session.server_params.get("application_name", session.application_name)
+        known = self._apps.get(sid)
+        if known is not None and known[0] == value:
+            return known[1]
+        if value == session.application_name or client_gave(value, recent):
+            recorded = value
+        else:
+            recorded = SERVER_SET_APPLICATION_NAME
+        self._apps[sid] = (value, recorded)
+        return recorded
 
     async def durable(self, event: StatementEvent) -> bool:
         """Commit ``event`` now; False when it cannot be (the caller fails closed)."""
@@ -251,7 +334,7 @@ class AuditTrail(QuietObserver):
             time.time(),  # as StatementEvent's own default
             session.identity,
             session.session_id,
-            session.server_params.get("application_name", session.application_name),
+            self.application_name(session, sql, params),
             session.client_addr,
             session.database,
             mask_text(intent["purpose"]) if "purpose" in intent else "",
@@ -403,6 +486,10 @@ class AuditTrail(QuietObserver):
     # -- the relay's observer -------------------------------------------------------------
     def session_started(self, session: SessionInfo) -> None:
         self._started[session.session_id] = time.monotonic()
+        # the name the session logged in with (its startup packet's, else the role's
+        # or database's default): not filled from the data
+        first = session.server_params.get("application_name", session.application_name)
+        self._apps[session.session_id] = (first, first)
         self.writer.record(
             SessionEvent(
                 "connect",
@@ -417,6 +504,8 @@ class AuditTrail(QuietObserver):
     def session_ended(self, session: SessionInfo) -> None:
         started = self._started.pop(session.session_id, None)
         self._protos.pop(session.session_id, None)
+        self._apps.pop(session.session_id, None)
+        self._recent.pop(session.session_id, None)
         self.writer.record(
             SessionEvent(
                 "disconnect",
@@ -464,7 +553,7 @@ class AuditTrail(QuietObserver):
             # (the application name may be SET; the text is the note's statement's).
             note = verdict.note
             sql = record.sql
-            app = session.server_params.get("application_name", session.application_name)
+            app = self.application_name(session, sql, record.params)
             protos = self._protos.get(session.session_id)
             known = protos.get(id(note)) if protos is not None else None
             text: tuple[str, bool] | None = None

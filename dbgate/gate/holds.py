@@ -35,6 +35,7 @@ from dbgate.approvals.model import (
     HoldStatus,
     Requester,
 )
+from dbgate.gate.audit import recorded_application_name
 from dbgate.gate.declarations import declared
 from dbgate.gate.notes import note_for
 from dbgate.gate.refusals import reasons_text, rule_hint
@@ -90,7 +91,13 @@ class HoldDesk:
             identity=session.identity,
             groups=session.groups,
             database=session.database,
-            application_name=server.get("application_name", session.application_name),
+            # as its records carry it: a name the server reports and the client never
+            # gave (filled from the data) is not shown or stored
+            application_name=(
+                self.audit.application_name(session, sql, tuple(params))
+                if self.audit is not None
+                else recorded_application_name(session, ((sql, tuple(params)),))
+            ),
             client_addr=session.client_addr,
             session_id=session.session_id,
             replica=self.replica,

@@ -89,6 +89,10 @@ def test_every_field_of_a_statement_event_comes_from_its_own_source() -> None:
     sql = "SELECT email FROM customers WHERE id = 42"
     from dbgate.policy.model import Action, Decision
 
+    trail = _trail()
+    # the name the server reports is one the client gave (a SET it sent before)
+    trail.application_name(session, "SET application_name = 'app-from-server'")
+
     note = GateNote(classify(sql), "allow", "read", Decision(Action.ALLOW, "reads"))
     # what the caller passes through, in the order of statement()'s parameters: the
     # relay's observer passes them positionally
@@ -102,7 +106,7 @@ def test_every_field_of_a_statement_event_comes_from_its_own_source() -> None:
         "tokenized": True,
     }
     before = time.time()
-    event = _trail().statement(session, "completed", "approved", sql, note, *passed.values())
+    event = trail.statement(session, "completed", "approved", sql, note, *passed.values())
     assert before <= event.at <= time.time()  # type: ignore[operator]
     expected = StatementEvent(
         event="completed",
@@ -276,6 +280,9 @@ def test_an_allowed_statement_that_ran_is_recorded_as_statement_builds_it() -> N
     trail.writer.record = heard.append  # type: ignore[method-assign]
     session = _session()
     session.server_params["application_name"] = "from-server"
+    trail.application_name(
+        session, "SELECT set_config('application_name', $1, false)", (b"from-server",)
+    )
     sql = "/* dbgate: model='m-2' */ UPDATE t SET v = v + $1 WHERE id = $2"
     note = GateNote(classify(sql), "allow", "write", Decision(Action.ALLOW, "writes"))
     approved = replace(note, approval=HoldOutcome("approved", request_id="req-3"))  # type: ignore[arg-type]
@@ -441,3 +448,38 @@ def test_the_compiled_copy_follows_a_changed_class_and_the_trail_survives_it_fai
     assert len(heard) == 2
     assert all(replace(e, at=0.0) == replace(want, at=0.0) for e in heard)
     assert events.statement_like is statement_like
+
+
+def test_an_application_name_the_server_filled_from_the_data_is_not_recorded() -> None:
+    """The server reports application_name whatever filled it: after an approved
+    ``set_config('application_name', full_name, false)`` it holds a customer's name,
+    which masking by look cannot find. Records carry a name the session started with
+    or one the client itself gave; anything else as a marker."""
+    from dbgate.gate.audit import SERVER_SET_APPLICATION_NAME, client_gave
+
+    trail = _trail()
+    session = _session()
+    assert trail.application_name(session, "SELECT 1") == "psql"
+    session.server_params["application_name"] = "Quirinus Vellacott"
+    sql = "SELECT set_config('application_name', full_name, false) FROM customers WHERE id = 1"
+    assert trail.application_name(session, sql) == SERVER_SET_APPLICATION_NAME
+    note = GateNote(classify("SELECT 1"), "allow", "read")
+    event = trail.statement(session, "completed", "allow", "SELECT 1", note)
+    assert event.application_name == SERVER_SET_APPLICATION_NAME
+    session.server_params["application_name"] = "psql"  # RESET application_name
+    assert trail.application_name(session, "RESET application_name") == "psql"
+    # the client's own names, as the server reports them
+    session.server_params["application_name"] = "nightly-report"
+    assert trail.application_name(session, "SET application_name = 'nightly-report'") == (
+        "nightly-report"
+    )
+    assert client_gave("o'brien", [("SET application_name = 'o''brien'", ())])
+    assert client_gave("myapp", [("SET application_name = MyApp", ())])
+    assert client_gave(
+        "job-7", [("SELECT set_config($1, $2, false)", (b"application_name", b"job-7"))]
+    )
+    assert client_gave("J??rg", [("SET application_name = 'J\u00f6rg'", ())])
+    assert client_gave("J\\xc3\\xb6rg", [("SET application_name = 'J\u00f6rg'", ())])
+    assert client_gave("x" * 63, [("SET application_name = '" + "x" * 80 + "'", ())])
+    assert not client_gave("Quirinus Vellacott", [("SELECT set_config('a', full_name, false)", ())])
+    assert not client_gave("1961-07-23", [("SELECT 1", (b"1961",))])
