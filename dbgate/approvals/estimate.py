@@ -125,6 +125,12 @@ async def estimate_rows(
 _QUOTED = re.compile(r'"(?:[^"]|"")*"')
 
 
+#: A word with a digit in it: a number the server echoes unquoted (``requested
+#: character too large for encoding: 219099999``, ``date field value out of range:
+#: 1961-07-99``, ``index 9999 out of valid range``, bytes ``0xc3 0xa9``).
+_NUMBER = re.compile(r"[^\s\"]*\d[^\s\"]*")
+
+
 #: SQLSTATE classes whose messages the server writes itself when it plans: syntax
 #: and access (42), data (22), resources and limits (53, 54, 57), connection (08),
 #: unsupported (0A), transaction state (25).
@@ -148,9 +154,10 @@ def _server_wrote(e: BaseException) -> bool:
 
 def _error_text(e: BaseException) -> str:
     """An error for approvers: the primary message only (a DETAIL or HINT may quote a
-    row: ``Key (email)=(…)``, ``Token "…" is invalid``), with whatever it quotes
-    replaced: the value it echoes is the agent's, masked in the statement by place
-    (``birth_date = $1``) but not shaped like anything masking by look finds. An error
+    row: ``Key (email)=(…)``, ``Token "…" is invalid``), with whatever it quotes and
+    every number in it replaced: the value it echoes is the agent's, masked in the
+    statement by place (``birth_date = $1``) but not shaped like anything masking by
+    look finds, or one a function the planner evaluated read from a table. An error
     raised inside a function, or of a class the server's own checks do not raise, is
     noted by its SQLSTATE alone."""
     if isinstance(e, asyncpg.PostgresError):
@@ -160,7 +167,12 @@ def _error_text(e: BaseException) -> str:
             # its message is the function's to write, table data included
             return f"an error in a function the planner evaluated (SQLSTATE {code or '?'})"
         text = str(e.args[0]) if e.args else type(e).__name__
-        text = f"{text} (SQLSTATE {code})"
+        # The planner evaluates STABLE functions on constants to estimate a clause,
+        # and a function of the database's own (or table_to_xml) may read a PII
+        # column: the server's own message then names a number made of the value,
+        # unquoted (chr(replace(ssn, '-', '')::int)). Numbers go with quoted values.
+        text = _NUMBER.sub("…", _QUOTED.sub('"…"', text))
+        return f"{mask_text(text)} (SQLSTATE {code})"
     else:
         text = str(e)
     return mask_text(_QUOTED.sub('"…"', text))

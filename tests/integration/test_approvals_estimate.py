@@ -45,6 +45,12 @@ async def agent_connect(pg_server) -> AsyncIterator[dict[str, Any]]:
               SECURITY DEFINER AS
               $$ BEGIN RAISE EXCEPTION USING ERRCODE = '22000',
                    MESSAGE = (SELECT full_name FROM people WHERE id = n); END $$;
+            -- A STABLE function that reads a PII column: the planner evaluates it
+            -- on constants when it estimates a restriction (not only IMMUTABLE ones).
+            CREATE TABLE cards (id int, ssn text);
+            INSERT INTO cards VALUES (1, '219-09-9999');
+            CREATE FUNCTION ssn_of(n int) RETURNS text STABLE LANGUAGE sql SECURITY DEFINER
+              AS $$ SELECT ssn FROM cards WHERE id = n $$;
             """
         )
     finally:
@@ -146,6 +152,22 @@ async def test_errors_echo_no_value_whatever_it_looks_like(agent_connect) -> Non
         ("SELECT * FROM orders WHERE status::jsonb = '{\"n\": Zelda}'", (), "Zelda"),
         # a function the planner evaluates raises with table data
         ("SELECT * FROM orders WHERE id = tells_when_planned(1)", (), "Zelda"),
+        # the server's own errors name a number made of what a STABLE function read
+        (
+            "SELECT * FROM orders WHERE status = chr(replace(ssn_of(1), '-', '')::int)",
+            (),
+            "219099999",
+        ),
+        (
+            "SELECT * FROM orders WHERE status = make_date(replace(ssn_of(1), '-', '')::int, 1, 1)::text",
+            (),
+            "219099999",
+        ),
+        (
+            "SELECT * FROM orders WHERE status = set_bit('\\x00'::bytea, split_part(ssn_of(1), '-', 3)::int, 1)::text",
+            (),
+            "9999",
+        ),
     ]:
         bad = await estimate_rows(sql, params, connect=agent_connect)
         assert bad.rows is None and "could not estimate" in bad.note, bad
