@@ -6,7 +6,10 @@ anything: ``EXPLAIN (FORMAT JSON)``. This module asks it under these guards:
 
 * never ``ANALYZE`` — the statement is not executed;
 * only for ``SELECT`` (without ``INTO``), ``INSERT``, ``UPDATE``, ``DELETE`` and
-  ``MERGE``; anything else (DDL, ``COPY``, utility commands) is not explained;
+  ``MERGE``; anything else (DDL, ``COPY``, utility commands) is not explained, nor
+  (:func:`make_estimator`) a statement that calls code dbgate cannot follow or reads
+  whole tables (categories ``opaque``, ``dump``): the planner runs STABLE functions
+  on constants to estimate, and what they read would be the estimate;
 * on a *separate* connection, as the agent's own upstream role (so the estimate can
   see nothing the agent could not), never the agent's session;
 * inside a ``READ ONLY`` transaction that is rolled back, with a short
@@ -212,6 +215,18 @@ async def _explain(
     return RowEstimate(round(total))
 
 
+#: Categories of statements that call code dbgate cannot follow (a function of the
+#: database's own) or built-ins that read whole tables (``table_to_xml``): to estimate
+#: a clause or a set-returning function's rows the planner runs STABLE functions on
+#: constants, and what they read comes back as the estimate itself
+#: (``generate_series(1, replace(ssn_of(1), '-', '')::int)`` is 219099999 rows).
+_UNSEEN_CODE = frozenset({"opaque", "dump"})
+_UNSEEN_CODE_NOTE = (
+    "the planner is not asked about statements that call code dbgate cannot follow "
+    "or read whole tables: it would run them to estimate"
+)
+
+
 def make_estimator(
     connect_for: Callable[[Requester], Mapping[str, Any] | None],
     *,
@@ -224,6 +239,8 @@ def make_estimator(
     """
 
     async def estimate(request: ApprovalRequest) -> tuple[int | None, str]:
+        if _UNSEEN_CODE.intersection(request.categories):
+            return None, _UNSEEN_CODE_NOTE
         connect = connect_for(request.requester)
         if connect is None:
             return None, "no upstream connection for this identity"

@@ -209,5 +209,16 @@ async def test_the_service_stores_the_estimate_for_approvers(agent_connect, pg_s
             rec = await svc.store.get(int(outcome.request_id))
             assert rec.estimated_rows is None
             assert rec.estimate_note == "no upstream connection for this identity"
+
+            # The planner runs a STABLE function on constants to estimate: its rows
+            # would be what the function read (a whole SSN, 219099999 rows)
+            sql = "SELECT * FROM generate_series(1, replace(ssn_of(1), '-', '')::int)"
+            assert (await estimate_rows(sql, connect=agent_connect)).rows == 219099999
+            estimated.clear()
+            request = make_request(sql, wait=0, categories=("opaque", "read"))
+            outcome = await svc.hold(request, Notices())
+            await asyncio.wait_for(estimated.wait(), 30)
+            rec = await svc.store.get(int(outcome.request_id))
+            assert rec.estimated_rows is None and "cannot follow" in rec.estimate_note
     finally:
         await drop_database(pg_server, "dbgate_estimate_state_test")
