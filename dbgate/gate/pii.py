@@ -225,19 +225,25 @@ class PiiGate:
 
     def pii_column_names(self, database: str, tables: Iterable[str]) -> tuple[str, ...]:
         """Names of the columns of ``tables`` the catalog marks as PII (by entry, name
-        pattern or comment), for masking what approvers are shown: a column whose name
-        says nothing (``holder``, ``contact``) is still in a PII place. Empty until the
-        database's schema is loaded (masking by name still applies)."""
+        pattern or comment), or that hold PII as the gate follows it (a view's column
+        over one, ``label`` of ``SELECT full_name AS label``; a generated column, one a
+        foreign key links to a PII column), for masking what approvers are shown: a
+        column whose name says nothing (``holder``, ``contact``) is still in a PII
+        place. Empty until the database's schema is loaded (masking by name still
+        applies)."""
         room = self.loads.loaded.get(database)
         if room is None:
             return ()
+        coverage = room.coverage
         names: set[str] = set()
         for table in tables:
             schema, _, name = table.rpartition(".")
             for rel in room.snapshot.lookup(name, schema or None):
-                for col in rel.columns:
+                lins = coverage.relation_lins(rel) if coverage is not None else None
+                for i, col in enumerate(rel.columns):
                     entity, _ = room.catalog.classify(rel.schema, rel.name, col.name, col.comment)
-                    if entity is not None:
+                    followed = lins is not None and i < len(lins) and not lins[i].clean
+                    if entity is not None or followed:
                         names.add(col.name)
         return tuple(sorted(names))
 

@@ -132,3 +132,36 @@ async def test_an_application_name_the_client_sets_is_recorded_as_set(env: Holds
     assert ("SET application_name = $1", "second-name") in got
     assert got[-2:] == [("RESET application_name", "first-name"), ("SELECT $1", "first-name")]
     assert ("SELECT $1", "second-name") in got and ("SELECT $1", "third-name") in got
+
+
+async def test_a_value_compared_with_a_view_column_over_pii_is_masked_for_approvers(
+    env: HoldsEnv, customers: str
+) -> None:
+    """A view column over a PII column (``full_name AS label``) is PII to the gate,
+    which tokenizes it; the approver's masking knew only the catalog's columns, so a
+    held statement comparing it with a name showed the name, and the approval
+    request and its audit records (the text as approvers see it) kept it raw."""
+    admin_execute(
+        env.admin_dsn,
+        "CREATE OR REPLACE VIEW customer_labels AS"
+        f" SELECT id, full_name AS label, birth_date AS born FROM {customers}",
+        "GRANT SELECT ON customer_labels TO PUBLIC",
+    )
+    conn = await asyncpg.connect(env.dsn)
+    notices = AsyncpgNotices(conn)
+    try:
+        held = asyncio.create_task(
+            conn.execute(
+                "CREATE TABLE picked AS SELECT id FROM customer_labels"
+                f" WHERE label = '{NAME}' OR born = '{BIRTH}'"
+            )
+        )
+        rid = request_id((await notices.next()).message)
+        request = await env.app.arequest(rid)
+        await env.app.areject(rid, "no")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await held
+    finally:
+        await conn.close()
+    assert "WHERE label = '<label>' OR born = '<born>'" in request["statement"]
+    assert leaks(env) == []
