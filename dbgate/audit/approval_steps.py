@@ -6,7 +6,10 @@ shape approval given from it; ``refused`` for an attempt to decide that did not
 count) to a hook (:attr:`~dbgate.approvals.store.ApprovalStore.on_event`);
 :func:`recorder` turns an
 :class:`~dbgate.audit.writer.AuditWriter` into that hook. The statement is the
-request's stored text, already masked as approvers see it. Records go through the
+request's stored text as approvers see it (PII masked by place), with every literal
+then replaced by ``$n`` as in statement records: approvers are shown values in places
+not known to hold PII (a function's argument, ``lookup_customer('Ann Lee')``), which
+the append-only trail does not keep. Records go through the
 writer's queue: the step itself is committed in the approvals table already, and
 the queue never drops a record (it waits, or spills, while the database is away).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, get_args
 
 from dbgate.audit.events import ApprovalEvent, ApprovalStage
+from dbgate.pii.sql_mask import mask_every_literal
 
 if TYPE_CHECKING:
     from dbgate.approvals.store import RequestRecord, StepHook
@@ -37,7 +41,7 @@ def approval_event(
         identity=request.identity,
         actor=actor,
         reason=reason,
-        statement=request.statement,
+        statement=mask_every_literal(request.statement),
         fingerprint=request.fingerprint,
         categories=request.categories,
         rule=request.rule,

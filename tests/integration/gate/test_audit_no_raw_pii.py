@@ -165,3 +165,37 @@ async def test_a_value_compared_with_a_view_column_over_pii_is_masked_for_approv
         await conn.close()
     assert "WHERE label = '<label>' OR born = '<born>'" in request["statement"]
     assert leaks(env) == []
+
+
+async def test_a_value_approvers_are_shown_is_not_kept_in_the_audit(
+    env: HoldsEnv, customers: str
+) -> None:
+    """Approvers see values in places not known to hold PII (an argument of a function
+    of the database's own): they need them to decide. The approval-step records of
+    the append-only audit took that text as it was; they now mask every literal, as
+    statement records do."""
+    admin_execute(
+        env.admin_dsn,
+        "CREATE OR REPLACE FUNCTION customer_id_by_name(text) RETURNS int STABLE"
+        f" LANGUAGE sql AS 'SELECT id FROM {customers} WHERE full_name = $1'",
+        "GRANT EXECUTE ON FUNCTION customer_id_by_name(text) TO PUBLIC",
+    )
+    conn = await asyncpg.connect(env.dsn)
+    notices = AsyncpgNotices(conn)
+    try:
+        held = asyncio.create_task(conn.fetchval(f"SELECT customer_id_by_name('{NAME}')"))
+        rid = request_id((await notices.next()).message)
+        await env.app.areject(rid, "no")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await held
+    finally:
+        await conn.close()
+    env.app.call(env.app.app.audit.flush())
+    recs = env.app.rows(
+        "SELECT event, statement FROM dbgate.audit_log WHERE approval_id = $1 OR (kind ="
+        " 'statement' AND statement LIKE 'SELECT customer_id_by_name%')",
+        str(rid),
+    )
+    assert {r["statement"] for r in recs} == {"SELECT customer_id_by_name($1)"}
+    assert any(r["event"] == "requested" for r in recs)
+    assert not [r for r in recs if NAME in r["statement"]]

@@ -284,7 +284,8 @@ async def test_approval_steps_are_recorded_with_who_decided(env: HoldsEnv, peopl
         ("executed", None),
     ]
     assert recs[1]["reason"] == "looks fine"
-    assert recs[0]["statement"] == f"UPDATE {people} SET note = 'n3'"  # as approvers see it
+    # as approvers see it, every literal then masked as in statement records
+    assert recs[0]["statement"] == f"UPDATE {people} SET note = $1"
 
 
 def test_a_decision_from_the_shell_is_recorded(env: HoldsEnv, people: str) -> None:
