@@ -63,6 +63,9 @@ SERVER_SET_APPLICATION_NAME = "<set by the server>"
 #: Statements of a session whose text and values a newly reported application name is
 #: looked for in (an extended-protocol batch reports it at its Sync, after them all).
 _RECENT = 16
+#: Names a session gave that are remembered as its own (beyond, each is looked for
+#: again among its recent statements).
+_GIVEN_NAMES = 64
 _ESCAPED_BYTE = re.compile(r"\\x[0-9a-fA-F]{2}")
 _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
@@ -240,6 +243,9 @@ class AuditTrail(QuietObserver):
         #: session id -> (application_name as the server reports it, as recorded): a
         #: name the client did not give is not recorded (see client_gave)
         self._apps: dict[int, tuple[str, str]] = {}
+        #: session id -> the names it began with or gave since (a SET rolled back
+        #: reports the one before again, maybe long after it was sent)
+        self._given: dict[int, set[str]] = {}
         #: session id -> (text, values) of its last statements, where a newly reported
         #: application_name is looked for
         self._recent: dict[int, deque[tuple[str, Any]]] = {}
@@ -277,8 +283,15 @@ class AuditTrail(QuietObserver):
         known = self._apps.get(sid)
         if known is not None and known[0] == value:
             return known[1]
-        if value == session.application_name or client_gave(value, recent):
+        given = self._given.get(sid)
+        if given is None:
+            given = self._given[sid] = {session.application_name}
+        if value in given:
             recorded = value
+        elif client_gave(value, recent):
+            recorded = value
+            if len(given) < _GIVEN_NAMES:
+                given.add(value)
         else:
             recorded = SERVER_SET_APPLICATION_NAME
         self._apps[sid] = (value, recorded)
@@ -490,6 +503,7 @@ class AuditTrail(QuietObserver):
         # or database's default): not filled from the data
         first = session.server_params.get("application_name", session.application_name)
         self._apps[session.session_id] = (first, first)
+        self._given[session.session_id] = {first, session.application_name}
         self.writer.record(
             SessionEvent(
                 "connect",
@@ -505,6 +519,7 @@ class AuditTrail(QuietObserver):
         started = self._started.pop(session.session_id, None)
         self._protos.pop(session.session_id, None)
         self._apps.pop(session.session_id, None)
+        self._given.pop(session.session_id, None)
         self._recent.pop(session.session_id, None)
         self.writer.record(
             SessionEvent(

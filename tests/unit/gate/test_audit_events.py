@@ -483,3 +483,18 @@ def test_an_application_name_the_server_filled_from_the_data_is_not_recorded() -
     assert client_gave("x" * 63, [("SET application_name = '" + "x" * 80 + "'", ())])
     assert not client_gave("Quirinus Vellacott", [("SELECT set_config('a', full_name, false)", ())])
     assert not client_gave("1961-07-23", [("SELECT 1", (b"1961",))])
+
+
+def test_a_name_the_client_gave_long_ago_is_still_its_own() -> None:
+    """SET application_name in a transaction rolled back: the server reports the name
+    before it again, which the client gave many statements earlier."""
+    trail = _trail()
+    session = _session()
+    session.server_params["application_name"] = "etl-a"
+    assert trail.application_name(session, "SET application_name = 'etl-a'") == "etl-a"
+    for i in range(40):
+        trail.application_name(session, f"SELECT {i}")
+    session.server_params["application_name"] = "etl-b"
+    assert trail.application_name(session, "SET application_name = 'etl-b'") == "etl-b"
+    session.server_params["application_name"] = "etl-a"  # ROLLBACK
+    assert trail.application_name(session, "ROLLBACK") == "etl-a"
