@@ -88,10 +88,12 @@ def client_gave(value: str, texts: Any) -> bool:
     quoted = value.replace("'", "''")
     cleaned = _ESCAPED_BYTE.sub("?", value) if "\\x" in value else value
     for sql, params in texts:
+        if len(sql) > _MAX_TEXT:  # a name is given in a short statement: not rescanned
+            sql, params = "", ()
         if sql and (value in sql or quoted in sql or folded in sql.lower()):
             return True
         for p in params:
-            if p is None:
+            if p is None or len(p) > _MAX_TEXT:
                 continue
             raw = p if isinstance(p, bytes) else str(p).encode("utf-8", "surrogateescape")
             if value.encode("utf-8", "surrogateescape") in raw:
