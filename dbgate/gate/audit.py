@@ -290,7 +290,10 @@ class AuditTrail(QuietObserver):
             given = self._given[sid] = {session.application_name}
         if value in given:
             recorded = value
-        elif client_gave(value, recent):
+        elif client_gave(
+            value,
+            [(t, p.params if type(p) is StatementRecord else p) for t, p in recent],
+        ):
             recorded = value
             if len(given) < _GIVEN_NAMES:
                 given.add(value)
@@ -506,6 +509,7 @@ class AuditTrail(QuietObserver):
         first = session.server_params.get("application_name", session.application_name)
         self._apps[session.session_id] = (first, first)
         self._given[session.session_id] = {first, session.application_name}
+        self._recent[session.session_id] = deque(maxlen=_RECENT)
         self.writer.record(
             SessionEvent(
                 "connect",
@@ -570,7 +574,21 @@ class AuditTrail(QuietObserver):
             # (the application name may be SET; the text is the note's statement's).
             note = verdict.note
             sql = record.sql
-            app = self.application_name(session, sql, record.params)
+            sid = session.session_id
+            recent = self._recent.get(sid)
+            if recent is not None:
+                # the session's statements are noted for a name the server reports
+                # later (``application_name``); unchanged since, the name is known
+                recent.append((sql, record))  # its values read only if a name is looked for
+                reported = self._apps[sid]
+                app = (
+                    reported[1]
+                    if reported[0]
+                    == session.server_params.get("application_name", session.application_name)
+                    else self.application_name(session)
+                )
+            else:
+                app = self.application_name(session, sql, record.params)
             protos = self._protos.get(session.session_id)
             known = protos.get(id(note)) if protos is not None else None
             text: tuple[str, bool] | None = None
