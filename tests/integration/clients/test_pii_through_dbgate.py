@@ -1876,13 +1876,18 @@ def test_a_token_compared_with_or_stored_in_a_column_that_cuts_is_refused(
             (42,)
         ]
         arg: object = [token] if "any" in sql else token
-        with pytest.raises(psycopg.errors.InvalidParameterValue):
+        # a write into such a column is held before its token is looked at (it stores
+        # a value made from PII); held with no approval service, it is refused as well
+        refused: tuple[type[Exception], ...] = (psycopg.errors.InvalidParameterValue,)
+        if sql.startswith("insert"):
+            refused += (psycopg.errors.InsufficientPrivilege,)
+        with pytest.raises(refused):
             cur = conn.execute(sql, [arg])
             # what the server answered: the first character's code, or nothing
             got = cur.fetchall() if cur.description else cur.statusmessage
             pytest.fail(f"resolved: {got} (the e-mail starts with {ord(raw['email'][0])})")
         if "any" not in sql:
-            with pytest.raises(psycopg.errors.InvalidParameterValue):
+            with pytest.raises(refused):
                 conn.execute(sql.replace("%s", f"'{token}'"))  # type: ignore[arg-type]
 
 

@@ -7,6 +7,8 @@ meet the result plans.
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import psycopg
 import pytest
@@ -74,15 +76,21 @@ async def test_a_table_created_after_start_is_known_without_a_restart(env: Holds
 async def test_a_statement_decided_at_bind_keeps_its_tokenization(
     env: HoldsEnv, contacts: str
 ) -> None:
-    """set_config($1, ...) is decided at each Bind (the setting's name is a value);
-    the Bind's verdict must not drop the result plan made at Parse."""
+    """set_config($1, ...) is decided at each Bind (the setting's name is a value).
+    Beside PII it is held (what PII says may decide whether a state-keeping call runs:
+    docs/pii.md, "Held, always"); once approved, the Bind's verdict must not drop the
+    result plan made at Parse."""
     conn = await asyncpg.connect(env.dsn)
     try:
         sql = f"SELECT email, set_config($1, '8MB', false) AS s FROM {contacts} WHERE id = 1"
-        for _ in range(2):
-            row = await conn.fetchrow(sql, "work_mem")
-            assert row["s"] == "8MB"
-            assert row["email"] != SECRET and row["email"].startswith("tok_email_")
+        after = env.app.last_id()
+        fetch = asyncio.ensure_future(conn.fetchrow(sql, "work_mem"))
+        (request,) = await env.app.await_pending(after)
+        assert "set_config() runs in a statement that reads PII" in str(request["reasons"])
+        await env.app.aapprove(request["id"])
+        row = await fetch
+        assert row["s"] == "8MB"
+        assert row["email"] != SECRET and row["email"].startswith("tok_email_")
     finally:
         await conn.close()
 
