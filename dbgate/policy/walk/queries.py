@@ -29,6 +29,7 @@ append to what the previous one carried.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -219,6 +220,17 @@ def _literal_limit(s: dict[str, Any], facts: StatementFacts) -> int | None:
     return _literal_count(s.get("limitCount"), facts)
 
 
+def _parameter_count(s: dict[str, Any]) -> bool:
+    """Whether the level's LIMIT is a parameter (cast to an integer type or not)."""
+    lc = s.get("limitCount")
+    if type(lc) is not dict or s.get("limitOption") == "LIMIT_OPTION_WITH_TIES":
+        return False
+    tc = lc.get("TypeCast")
+    if type(tc) is dict:
+        lc = tc.get("arg")
+    return type(lc) is dict and "ParamRef" in lc
+
+
 def _locked_rows_limit(s: dict[str, Any], facts: StatementFacts) -> int | None:
     """How many rows a ``FOR UPDATE`` / ``FOR SHARE`` of this level can lock at most by
     its LIMIT: the rows it skips by OFFSET are locked too (PostgreSQL locks each row
@@ -231,16 +243,47 @@ def _locked_rows_limit(s: dict[str, Any], facts: StatementFacts) -> int | None:
     return None if offset is None else limit + offset
 
 
+#: Cast targets a LIMIT or OFFSET count may pass through and keep its value exactly
+#: (``LIMIT $1::INTEGER``, as SQLAlchemy writes it): a text that is not an integer
+#: fails on the server.
+_INTEGER_TYPES = frozenset({"int2", "int4", "int8", "smallint", "integer", "bigint", "int"})
+
+
 def _literal_count(lc: Any, facts: StatementFacts) -> int | None:
-    """A LIMIT or OFFSET count when it is a literal."""
-    if type(lc) is not dict or "A_Const" not in lc:
+    """A LIMIT or OFFSET count when it is a literal, or a parameter whose Bind value
+    the walk was given (either one cast to an integer type at most).
+
+    A parameter is read only at Bind: at Parse it bounds nothing and asks for no
+    Bind-time decision of its own (a LIMIT that decides ``dump`` asks for one in
+    :func:`_small_limit`). A count that is not a whole number is rounded up: the
+    server rounds a ``numeric`` one to the nearest, never above that."""
+    if type(lc) is not dict:
+        return None
+    tc = lc.get("TypeCast")
+    if type(tc) is dict:
+        names = [
+            (n.get("String") or {}).get("sval", "")
+            for n in (tc.get("typeName") or {}).get("names", ())
+        ]
+        if (
+            not names
+            or names[-1] not in _INTEGER_TYPES
+            or (tc.get("typeName") or {}).get("arrayBounds")
+        ):
+            return None
+        if len(names) > 1 and names[:-1] != ["pg_catalog"]:
+            return None
+        lc = tc.get("arg")
+        if type(lc) is not dict:
+            return None
+    if "A_Const" not in lc and ("ParamRef" not in lc or facts.params is None):
         return None
     state, text = value_of(lc, facts)
     if state != KNOWN or text is None:
         return None
     try:
-        n = int(float(text.strip()))
-    except ValueError:
+        n = math.ceil(float(text.strip()))
+    except (ValueError, OverflowError):
         return None
     return max(n, 0)
 
@@ -312,6 +355,10 @@ def select(
     if limit is not None:
         rows = limit if rows is None else min(rows, limit)
         rows = bounds.cap(rows)
+    elif rows is None and not decide and facts.params is None and _parameter_count(s):
+        # A sub-select's, CTE's or set arm's rows bound what is joined to them (the
+        # ORM's ``joinedload`` with ``.limit()``): decided again with the value.
+        facts.needs_bind = True
     if whole and _small_limit(s, facts):
         whole = ()
     into = s.get("intoClause")

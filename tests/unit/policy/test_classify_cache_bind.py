@@ -278,6 +278,42 @@ def test_limit_parameter_inside_in_subselect_is_decided_at_bind() -> None:
     assert classify_bind(c, sql, ["50000"]).categories == {R, D}
 
 
+#: What SQLAlchemy's ``joinedload`` sends for ``select(Customer).limit(3)`` with a
+#: driver that binds on the server (psycopg 3, pg8000): the limited query becomes a
+#: FROM sub-select, and the collection is joined to its rows.
+JOINEDLOAD_LIMIT = (
+    "SELECT anon_1.id, anon_1.email, orders_1.id AS id_1, orders_1.total "
+    "FROM (SELECT customers.id AS id, customers.email AS email FROM customers "
+    "ORDER BY customers.id LIMIT $1::INTEGER) AS anon_1 "
+    "LEFT OUTER JOIN orders AS orders_1 ON anon_1.id = orders_1.customer_id "
+    "ORDER BY anon_1.id, orders_1.id"
+)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        JOINEDLOAD_LIMIT,
+        JOINEDLOAD_LIMIT.replace("$1::INTEGER", "$1"),
+        # subqueryload: the ids of the limited parents, joined to the children
+        "SELECT orders.id, anon_1.customers_id FROM (SELECT customers.id AS customers_id "
+        "FROM customers ORDER BY customers.id LIMIT $1::INTEGER) AS anon_1 "
+        "JOIN orders ON anon_1.customers_id = orders.customer_id ORDER BY orders.id",
+    ],
+)
+def test_limit_parameter_of_a_joined_subselect_bounds_the_join_at_bind(sql: str) -> None:
+    """A sub-select's ``LIMIT $1`` bounds what is joined to it as ``LIMIT 3`` does."""
+    literal = classify(sql.replace("$1::INTEGER", "3").replace("$1", "3"))
+    assert literal.categories == {R}
+    c = classify(sql)
+    assert c.needs_bind
+    assert D in c.categories  # fail closed until Bind
+    assert classify_bind(c, sql, ["3"]).categories == {R}
+    assert classify_bind(c, sql, ["50000"]).categories == {R, D}
+    assert classify_bind(c, sql, [None]).categories == {R, D}
+    assert classify_bind(c, sql, ["x"]).categories == {R, D}
+
+
 def test_admin_function_is_admin_regardless_of_parameter() -> None:
     c = classify("SELECT pg_read_file($1)")
     assert not c.needs_bind
@@ -514,3 +550,19 @@ def test_a_null_key_value_does_not_share_the_normalized_entry_of_a_value() -> No
     clear_cache()
     assert classify("DELETE FROM customers WHERE email = NULL", keys=keys).write_bound is None
     assert classify("DELETE FROM customers WHERE email = 'y'", keys=keys).write_bound == 1
+
+
+def test_limit_parameter_of_a_narrowed_joined_subselect_is_decided_at_bind() -> None:
+    """``joinedload`` + ``.where(...)`` + ``.limit(n)``: the sub-select is narrowed by
+    its WHERE (no dump of its own), but its LIMIT still bounds the joined rows."""
+    sql = (
+        "SELECT anon_1.id, orders_1.id FROM (SELECT customers.id AS id FROM customers "
+        "WHERE customers.email LIKE $1::VARCHAR ORDER BY customers.id "
+        "LIMIT $2::INTEGER) AS anon_1 "
+        "LEFT OUTER JOIN orders AS orders_1 ON anon_1.id = orders_1.customer_id"
+    )
+    c = classify(sql)
+    assert c.needs_bind
+    assert D in c.categories  # fail closed until Bind
+    assert classify_bind(c, sql, ["%@gmail.com", "3"]).categories == {R}
+    assert classify_bind(c, sql, ["%@gmail.com", "50000"]).categories == {R, D}
