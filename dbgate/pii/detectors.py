@@ -59,9 +59,20 @@ def _iban(m: re.Match[str]) -> bool:
     return int(number) % 97 == 1
 
 
+#: A time's seconds with their fraction (``14.025648`` of ``09:16:14.025648+00``), as
+#: every timestamp with microseconds prints in a ``Failing row contains`` or ``Key``
+#: detail: two digits, a dot and up to six, right after ``H:MM:``.
+_SECONDS = re.compile(r"\d\d\.\d{1,6}\Z")
+_CLOCK = re.compile(r"\d:\d\d:\Z")
+
+
 def _phone(m: re.Match[str]) -> bool:
-    digits = sum(c.isdigit() for c in m.group(0))
-    return 7 <= digits <= 15
+    text = m.group(0)
+    digits = sum(c.isdigit() for c in text)
+    if not 7 <= digits <= 15:
+        return False
+    start = m.start()
+    return not (_SECONDS.match(text) and _CLOCK.search(m.string, max(0, start - 5), start))
 
 
 #: (entity, pattern, extra check) in the order they are tried; earlier ones win overlaps

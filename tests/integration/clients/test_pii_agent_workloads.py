@@ -364,6 +364,28 @@ def test_small_writes_by_key_and_by_token(
         conn.rollback()
 
 
+def test_an_error_of_a_write_without_pii_reads_as_the_servers(
+    direct_dsn: str, gate_dsn: str
+) -> None:
+    """An INSERT the agent got wrong (a status the CHECK refuses): the DETAIL names the
+    failing row as the server does, its timestamp's microseconds not taken for a
+    phone number."""
+    sql = (
+        "INSERT INTO orders (id, customer_id, total, status, created_at) "
+        "VALUES (999999, 42, 1, 'bogus', '2024-05-01 10:11:12.345678+00')"
+    )
+
+    def detail(dsn: str) -> tuple[str | None, str | None]:
+        with psycopg.connect(dsn) as conn:
+            conn.execute("SET TIME ZONE 'UTC'")
+            with pytest.raises(psycopg.errors.CheckViolation) as raised:
+                conn.execute(sql)
+        return raised.value.diag.message_primary, raised.value.diag.message_detail
+
+    assert detail(gate_dsn) == detail(direct_dsn)
+    assert "10:11:12.345678+00" in (detail(gate_dsn)[1] or "")
+
+
 def test_asyncpg_prepared_statements_reused_and_cursors(direct_dsn: str, gate_dsn: str) -> None:
     """A prepared statement run again with other values, a cursor in a transaction and
     binary parameters: the same clean rows through dbgate as direct."""

@@ -127,6 +127,13 @@ def test_echoed_values_get_fresh_tokens_but_a_pii_key_keeps_its_columns() -> Non
         ("iban GB82 WEST 1234 5698 7654 33", ["phone"]),  # mod 97 fails: not an IBAN
         ("call +44 20 7946 0958", ["phone"]),
         ("order 12345 on 2024-01-01 for 1234.56", []),
+        # a time's seconds with microseconds, as a Failing row or Key detail prints one
+        ("Failing row contains (7, 42, 1.00, x, 2026-12-03 09:16:14.025648+00).", []),
+        ("at 23:59:59.5 and 00:00:01.000001", []),
+        ("12:00:00.123456 call +44 20 7946 0958", ["phone"]),
+        ("phone:555-123-4567", ["phone"]),
+        ("0:00:(591)983-3688x37067", ["phone"]),
+        ("10:11:12 555.1234567", ["phone"]),
     ],
 )
 def test_detectors(text: str, entities: list[str]) -> None:
