@@ -161,6 +161,10 @@ class Queries(WalkState):
                 self.refs = saved
             if saved is not None:
                 saved.extend(refs)
+            if out.tail is None:
+                stored = self.stored_columns(rt.get("val"), scope, len(out.columns) - n)
+                if stored:
+                    out.stored = out.stored | frozenset(n + k for k in stored)
             if scope.packs != packs or scope.sorts != sorts:
                 flags = (scope.packs != packs, scope.sorts != sorts)
                 packed.extend((k, *flags) for k in range(n, len(out.columns)))
@@ -630,10 +634,12 @@ class Queries(WalkState):
             chosen = Lin(params=lin.params)
         else:
             chosen = Lin(lin.entities, lin.unknown, lin.params)
-        for level, item, ref, _column in refs:
+        for level, item, ref, column in refs:
             if not (ref.pii or ref.unknown):
                 level.chosen = level.chosen | chosen
-            elif item.schema is not None:
+            elif item.schema is not None or column in item.stored:
+                # (a sub-select's or CTE's column that is a table row's stored column as
+                # it is holds what that row holds, as a view's does: ``Item.stored``)
                 if scope is not None and not (guess or equality or lin.token):
                     # a stored row kept by its PII that is not one table's own (a view's,
                     # a name several schemas hold): one bit per row, as above, that a
@@ -657,6 +663,49 @@ class Queries(WalkState):
                 return
         lin = self.expr(val, scope, ctx)
         out.add(lin, name or self.name_of(val))
+
+    def stored_columns(self, val: Node | None, scope: Scope, width: int) -> list[int]:
+        """Of the ``width`` outputs a select-list item added, those that are a stored
+        column of a table row of this level as it is (``email``, ``c.email``, ``c.*``,
+        ``*``), or such a column a sub-select or CTE of this level passes on
+        (``Item.stored``): no cast, no expression, no outer level's column, no name
+        two FROM entries hold."""
+        if not isinstance(val, dict) or "ColumnRef" not in val:
+            return []
+        fields = val["ColumnRef"].get("fields") or ()
+        names = strs(fields)
+        if "A_Star" in fields[-1]:
+            if len(names) > 1:
+                hit = self.lookup(names[:-1], scope)
+                items = [hit[0]] if hit is not None and hit[1] is scope else None
+            else:
+                items = list(scope.stars)
+            if not items or any(it.open for it in items):
+                return []
+            out: list[int] = []
+            k = 0
+            for it in items:
+                for name in it.names:
+                    if it.table or (name in it.stored and it.names.count(name) == 1):
+                        out.append(k)
+                    k += 1
+            return out if k == width else []
+        if width != 1 or len(names) not in (1, 2):
+            return []
+        name = names[-1]
+        if len(names) == 2:
+            hit = self.lookup(names[:1], scope)
+            if hit is None or hit[1] is not scope:
+                return []
+            item = hit[0]
+        else:
+            holders = [it for it in scope.items if name in it.names or it.open]
+            if len(holders) != 1 or holders[0].open:
+                return []
+            item = holders[0]
+        if item.names.count(name) != 1:
+            return []
+        return [0] if item.table or name in item.stored else []
 
     @staticmethod
     def name_of(val: Node | None) -> str:

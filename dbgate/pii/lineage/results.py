@@ -60,6 +60,10 @@ class Output:
     #: of a prepared statement: its parameters whose values it writes, keeps in session
     #: state, or lets choose the rows it writes (an EXECUTE argument there is a copy)
     writes: frozenset[int] = frozenset()
+    #: positions of the columns that are a table row's stored column as it is, passed on
+    #: unchanged (``SELECT id, email FROM customers``, or such a column of a sub-select):
+    #: never a set operation's, an expression's or a value from elsewhere
+    stored: frozenset[int] = field(default=frozenset(), compare=False, repr=False)
 
     def add(self, lin: Lin, name: str = "?column?") -> None:
         if self.tail is not None:

@@ -32,6 +32,7 @@ class Item:
         "ordered",
         "rest",
         "schema",
+        "stored",
         "table",
     )
 
@@ -48,6 +49,7 @@ class Item:
         asked: Lin = CLEAN,
         asked_levels: frozenset[int] = frozenset(),
         ordered: Lin = CLEAN,
+        stored: frozenset[str] = frozenset(),
     ) -> None:
         self.alias = alias
         self.names = names
@@ -62,6 +64,9 @@ class Item:
         self.asked_levels = asked_levels
         #: PII that chose the order of its source's rows (Output.ordered)
         self.ordered = ordered
+        #: of a sub-select or CTE: its columns that are a table row's stored column as it
+        #: is (Output.stored), compared or ordered by as that row's own would be
+        self.stored = stored
         self._index: dict[str, Lin] | None = None
 
     def get(self, name: str) -> Lin | None:

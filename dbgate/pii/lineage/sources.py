@@ -90,6 +90,9 @@ class Sources(WalkState):
             asked=out.asked,
             asked_levels=out.asked_levels,
             ordered=out.ordered,
+            stored=frozenset(
+                names[i] for i in out.stored if i < len(names) and names.count(names[i]) == 1
+            ),
         )
         scope.items.append(item)
         return item
@@ -121,6 +124,7 @@ class Sources(WalkState):
                         asked=out.asked,
                         asked_levels=out.asked_levels,
                         ordered=out.ordered,
+                        stored=out.stored,
                     )
                 return self.item_from_output(out, alias or {"aliasname": name}, scope)
         rels = self.snap.lookup(name, schema)

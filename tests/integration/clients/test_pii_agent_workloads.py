@@ -217,6 +217,25 @@ AGENT_READS: list[tuple[str, set[str]]] = [
     ),
     ("SELECT id, full_name FROM customers ORDER BY full_name, id LIMIT 10", {"full_name"}),
     ("SELECT id, created_at FROM customers ORDER BY email LIMIT 10", set()),
+    # an agent's query wrapped in a sub-select or a CTE, then filtered or ordered by
+    # the PII column it passes on as it is
+    (
+        "SELECT * FROM (SELECT id, full_name, created_at FROM customers "
+        "ORDER BY created_at DESC, id LIMIT 20) sub ORDER BY sub.full_name, sub.id",
+        {"full_name"},
+    ),
+    (
+        "WITH recent AS (SELECT id, email, created_at FROM customers "
+        "WHERE created_at >= '2024-01-01') SELECT id, created_at FROM recent "
+        "WHERE email LIKE '%@gmail.com' ORDER BY id LIMIT 10",
+        set(),
+    ),
+    (
+        "SELECT s.email, count(*) AS orders FROM (SELECT c.email FROM customers c "
+        "JOIN orders o ON o.customer_id = c.id WHERE c.id < 50) s GROUP BY s.email "
+        "ORDER BY 2 DESC, 1 LIMIT 5",
+        {"email"},
+    ),
     # derived from PII: tokenized by design (docs/pii.md), pinned so a change is seen
     (
         "SELECT split_part(email, '@', 2) AS domain, count(*) FROM customers GROUP BY 1 "

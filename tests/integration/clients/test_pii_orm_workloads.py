@@ -211,6 +211,19 @@ SCENARIOS: dict[str, Callable[[Session], Any]] = {
             .limit(3)
         ).unique()
     ),
+    # a page sorted by a PII column: the ORM orders the outer query by the
+    # sub-select's column (``ORDER BY anon_1.full_name``)
+    "joinedload_order_by_pii_limit": lambda s: with_orders(
+        s.scalars(
+            select(Customer)
+            .options(joinedload(Customer.orders))
+            .order_by(Customer.full_name, Customer.id)
+            .limit(3)
+        ).unique()
+    ),
+    "order_by_pii_offset_page": lambda s: s.scalars(
+        select(Customer).order_by(Customer.email).limit(5).offset(5)
+    ).all(),
     "joinedload_many_to_one_limit": lambda s: [
         (o, o.customer)
         for o in s.scalars(

@@ -227,3 +227,71 @@ def test_a_deduplication_by_a_whole_value_keeps_its_rows_clean() -> None:
         COV,
     )
     assert out.columns[0].pii
+
+
+# A sub-select's or CTE's column that passes a table row's stored column on as it is
+# holds what that row holds: ordering, grouping or filtering by it at the level above
+# asks what the same clause over the table asks (SQLAlchemy's ``joinedload`` with
+# ``.order_by(Customer.full_name).limit(3)`` orders by ``anon_1.full_name``).
+STORED_THROUGH_CLEAN = [
+    "select a.id, o.id from (select id, full_name from customers order by full_name limit 3)"
+    " a left join orders o on o.customer_id = a.id order by a.full_name, o.id",
+    "select s.id from (select id, email from customers where id < 5) s order by s.email",
+    "with s as (select id, email from customers) select s.id from s order by s.email limit 5",
+    "select s.id from (select * from customers) s order by s.email limit 5",
+    "select s.id from (select c.* from customers c) s order by s.email limit 5",
+    "select t.id from (select * from (select id, email from customers) a) t order by t.email",
+    "select s.id from (select id, email from customers) s where s.email like '%@gmail.com'",
+    "select s.id from (select id, email from customers) s where s.email = 'x@y.z'",
+]
+
+
+@pytest.mark.parametrize(
+    "sql", STORED_THROUGH_CLEAN, ids=[f"s{i}" for i in range(len(STORED_THROUGH_CLEAN))]
+)
+def test_a_stored_column_passed_through_a_sub_select_orders_as_its_table(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert out.columns[0].clean, (sql, [show(c) for c in out.columns])
+
+
+def test_a_group_of_a_stored_column_passed_through_counts_as_its_table() -> None:
+    out = output_of(
+        "select s.email, count(*) from (select c.email from customers c join orders o"
+        " on o.customer_id = c.id) s group by s.email",
+        COV,
+    )
+    assert [show(c) for c in out.columns] == ["email", "-"]
+
+
+STORED_THROUGH_PII = [
+    # computed, cast to a part, or mixed with other values: not the stored column
+    "select s.id from (select id, lower(email) email from customers) s order by s.email limit 5",
+    "select s.id from (select id, email::varchar(1) email from customers) s"
+    " order by s.email, s.id <> 1 limit 1",
+    "select s.id from (select id, email from customers union all select 1, 'x') s"
+    " order by s.email limit 5",
+    "select s.id from (select id, coalesce(email, 'm') email from customers) s"
+    " order by s.email limit 5",
+    # related with a clean column of the row, or with a value from another source
+    "select s.id from (select id, email from customers) s"
+    " where ascii(substr(s.email, s.id % 8 + 1, 1)) & 4 <> 0",
+    "select s.g from (select g, c.email from generate_series(0, 255) g, customers c"
+    " where c.id = 1) s where ascii(s.email) = s.g",
+    "select g from generate_series(0, 255) g, lateral (select email from customers"
+    " where id = 1) s where ascii(s.email) = g",
+    # packed by an aggregate, or a value of a sub-select standing as one
+    "select string_agg(s.id::text, ',') from (select id, email from customers) s"
+    " where s.email like 'a%'",
+    "select (select count(*) from (select id, email from customers where id = 42) s"
+    " where ascii(s.email) & 4 <> 0)",
+    "select string_agg(s.id::text, ',') from (select id, email from customers) s"
+    " group by ascii(s.email) & 4",
+]
+
+
+@pytest.mark.parametrize(
+    "sql", STORED_THROUGH_PII, ids=[f"p{i}" for i in range(len(STORED_THROUGH_PII))]
+)
+def test_a_sub_select_column_that_is_not_a_stored_one_still_chooses(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert out.columns[0].pii, (sql, [show(c) for c in out.columns])
