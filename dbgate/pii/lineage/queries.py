@@ -333,8 +333,11 @@ class Queries(WalkState):
         for item in body.get("groupClause") or ():
             # a column as it is groups whole values (``GROUP BY email``: a group per
             # returned row), as a window's PARTITION BY does, and asks no row a question
-            key = self.choose(item, scope, whole=whole_column(item))
-            hits = self.choose_output(item, scope, targets)
+            if self.output_name_only(item, scope, targets):
+                key = CLEAN  # the output it names chooses (``choose_output``)
+            else:
+                key = self.choose(item, scope, whole=whole_column(item))
+            hits = self.choose_output(item, scope, targets, whole)
             # grouped by sorting, the rows come out in the keys' order
             for k in hits:
                 key = key | targets[k][1]
@@ -347,8 +350,8 @@ class Queries(WalkState):
         scope.kept = scope.asked
         distinct_on = [d for d in body.get("distinctClause") or () if d]
         for item in distinct_on:
-            key = self.choose(item, scope)
-            hits = self.choose_output(item, scope, targets)
+            key = CLEAN if self.output_name_only(item, scope, targets) else self.choose(item, scope)
+            hits = self.choose_output(item, scope, targets, whole)
             if nested:
                 self.ordered_by(item, key, hits, targets, whole, scope)
         for key in ("limitCount", "limitOffset"):
@@ -361,10 +364,35 @@ class Queries(WalkState):
         # the text does not show. So each ORDER BY chooses (a PII key that relates no
         # other row source, ``ORDER BY email``, still only orders).
         for item in body.get("sortClause") or ():
-            key = self.choose(item, scope)
-            hits = self.choose_output(item, scope, targets)
+            key = CLEAN if self.output_name_only(item, scope, targets) else self.choose(item, scope)
+            hits = self.choose_output(item, scope, targets, whole)
             if nested:
                 self.ordered_by(item, key, hits, targets, whole, scope)
+
+    @staticmethod
+    def output_name_only(
+        item: Node, scope: Scope, targets: list[tuple[str, Lin, list[Ref] | None]]
+    ) -> bool:
+        """Whether an ORDER BY, DISTINCT ON or GROUP BY item is a bare name that only an
+        output is called (``ORDER BY spent`` of ``sum(total) AS spent``, ``GROUP BY
+        month`` of ``date_trunc('month', created_at) AS month``): PostgreSQL reads it as
+        that output, whose value ``choose_output`` chooses by; read as an input column
+        it would resolve to nothing, an unknown value. A name a FROM entry of this level
+        or an outer one may hold (an open one may hold any) is read both ways."""
+        node = item.get("SortBy", {}).get("node", item) if "SortBy" in item else item
+        fields = (node.get("ColumnRef") or {}).get("fields") if isinstance(node, dict) else None
+        if not fields or len(fields) != 1 or "String" not in fields[0]:
+            return False
+        name = fields[0]["String"].get("sval")
+        if not any(t[0] == name for t in targets):
+            return False
+        level: Scope | None = scope
+        while level is not None:
+            for it in level.items:
+                if it.open or it.alias == name or name in it.names:
+                    return False
+            level = level.parent
+        return True
 
     def ordered_by(
         self,
@@ -410,6 +438,7 @@ class Queries(WalkState):
         item: Node,
         scope: Scope,
         targets: list[tuple[str, Lin, list[Ref] | None]],
+        whole: list[bool] | None = None,
     ) -> list[int]:
         """An ORDER BY, GROUP BY or DISTINCT ON item that names an output column — by
         its position (``ORDER BY 2``) or by its name or alias (``ORDER BY x``; GROUP BY
@@ -424,7 +453,7 @@ class Queries(WalkState):
         if nested:
             out: list[int] = []
             for sub in nested:
-                out.extend(self.choose_output(sub, scope, targets))
+                out.extend(self.choose_output(sub, scope, targets, whole))
             return out
         hits: list[int] = []
         if "A_Const" in node:
@@ -445,7 +474,11 @@ class Queries(WalkState):
             if refs is None:  # an output of a set operation: no row to relate it with
                 self.chosen_by(lin, scope)
             else:
-                self.chose(lin, refs)
+                # as the output's expression written in its place would (``GROUP BY 1``
+                # of ``ascii(email) & 4`` keeps groups by each row's own PII, which a
+                # ``string_agg`` beside it packs); a column as it is, a whole value
+                guess = whole is not None and k < len(whole) and whole[k]
+                self.chose(lin, refs, scope=scope, guess=guess)
         return hits
 
     def window(self, wdef: Node, scope: Scope) -> Lin:

@@ -236,6 +236,24 @@ AGENT_READS: list[tuple[str, set[str]]] = [
         "ORDER BY 2 DESC, 1 LIMIT 5",
         {"email"},
     ),
+    # a CTE ordered or grouped by its own output's name
+    (
+        "WITH top AS (SELECT customer_id, sum(total) AS spent FROM orders "
+        "GROUP BY customer_id ORDER BY spent DESC, customer_id LIMIT 5) "
+        "SELECT c.id, c.full_name, top.spent FROM top JOIN customers c "
+        "ON c.id = top.customer_id ORDER BY top.spent DESC, c.id",
+        {"full_name"},
+    ),
+    (
+        "WITH m AS (SELECT date_trunc('month', created_at) AS month, count(*) AS n "
+        "FROM orders GROUP BY month) SELECT * FROM m ORDER BY month",
+        set(),
+    ),
+    (
+        "SELECT s.customer_id, s.spent FROM (SELECT customer_id, sum(total) spent "
+        "FROM orders GROUP BY customer_id ORDER BY spent DESC, customer_id LIMIT 5) s",
+        set(),
+    ),
     # derived from PII: tokenized by design (docs/pii.md), pinned so a change is seen
     (
         "SELECT split_part(email, '@', 2) AS domain, count(*) FROM customers GROUP BY 1 "

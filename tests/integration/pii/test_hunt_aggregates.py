@@ -123,6 +123,17 @@ PACKED: list[tuple[str, Callable[[bytes | None], set[int]], int]] = [
         _ids,
         400,
     ),
+    # the same groups named by their output's position or alias
+    (
+        "select {bit} <> 0 as k, array_agg(id) from customers group by 1 order by 1",
+        _ids,
+        400,
+    ),
+    (
+        "select {bit} <> 0 as k, array_agg(id) from customers group by k order by k",
+        _ids,
+        400,
+    ),
     # one bool_or per id, side by side, of a sub-select's computed columns
     (
         "select "
@@ -165,7 +176,8 @@ def _read(sql: str, row_set: list[tuple[bytes | None, ...]], parse: Any, b: int)
     if "filter (where id =" in sql or "bool_or(k" in sql:
         (row,) = row_set
         return {k + 1 for k, v in enumerate(row) if v in (b"1", b"t")}
-    if "group by ascii" in sql:
+    if "group by ascii" in sql or " as k, array_agg" in sql:
+        row_set = [row[-1:] for row in row_set]  # the lists, not the group keys
         # two groups in the bit's order; one when every row has the same bit, which
         # the agent guesses as ``_decode`` does (e-mails are mostly lower-case)
         if len(row_set) == 2:

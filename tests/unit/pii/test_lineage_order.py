@@ -295,3 +295,45 @@ STORED_THROUGH_PII = [
 def test_a_sub_select_column_that_is_not_a_stored_one_still_chooses(sql: str) -> None:
     out = output_of(sql, COV)
     assert out.columns[0].pii, (sql, [show(c) for c in out.columns])
+
+
+# A bare name an ORDER BY, DISTINCT ON or GROUP BY of a nested level gives is an output
+# name when no FROM entry holds it (PostgreSQL's reading): the output's value chooses,
+# not an unknown column (``WITH top AS (SELECT customer_id, sum(total) AS spent ...
+# ORDER BY spent DESC LIMIT 10)``, a monthly report ``GROUP BY month``).
+OUTPUT_NAMES_CLEAN = [
+    "select s.customer_id from (select customer_id, sum(total) spent from orders"
+    " group by customer_id order by spent desc limit 5) s",
+    "with top as (select customer_id, sum(total) as spent from orders group by 1"
+    " order by spent desc limit 10) select top.customer_id, top.spent from top",
+    "select s.n from (select lower(status) as st, count(*) n from orders group by st) s",
+    "select s.n from (select distinct on (st) lower(status) st, id n from orders"
+    " order by st, id) s",
+    "select s.id from (select id, email as e from customers order by e limit 5) s",
+]
+
+
+@pytest.mark.parametrize(
+    "sql", OUTPUT_NAMES_CLEAN, ids=[f"o{i}" for i in range(len(OUTPUT_NAMES_CLEAN))]
+)
+def test_a_nested_order_or_group_by_an_output_name_reads_that_output(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert all(c.clean for c in out.columns), (sql, [show(c) for c in out.columns])
+
+
+OUTPUT_NAMES_PII = [
+    # the output the name gives is computed from PII: chosen by it, as written out
+    "select s.id from (select id, lower(email) x from customers order by x, id <> 1 limit 1) s",
+    "select s.n from (select distinct on (b) ascii(email) & 4 b, id n from customers"
+    " order by b, id <> 1) s",
+    "select s.n from (select ascii(email) & 4 as b, string_agg(id::text, ',') n"
+    " from customers group by b) s",
+]
+
+
+@pytest.mark.parametrize(
+    "sql", OUTPUT_NAMES_PII, ids=[f"q{i}" for i in range(len(OUTPUT_NAMES_PII))]
+)
+def test_a_nested_order_or_group_by_an_output_name_of_pii_chooses(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert out.columns[0].pii, (sql, [show(c) for c in out.columns])

@@ -112,6 +112,15 @@ LEAKS = [
     " union all select 0) s",
     f"select x.s from (select 1) d, lateral (select string_agg(id::text, ',') s"
     f" from customers where {B}) x",
+    # grouped by a value derived from PII named by its position or its alias, as by
+    # the expression written out: ``ORDER BY 1`` put the group of 0s first, and each
+    # list of ids was one bit of every customer's e-mail
+    "select ascii(substr(email, 3, 1)) & 4 as b, string_agg(id::text, ',') from customers"
+    " group by 1 order by 1",
+    "select ascii(substr(email, 3, 1)) & 4 as b, string_agg(id::text, ',') from customers"
+    " group by b order by b",
+    "select ascii(substr(email, 3, 1)) & 4 as b, sum(id) from customers group by 1",
+    "select ascii(substr(email, 3, 1)) & 4 as b, array_agg(id) from customers group by rollup (1)",
 ]
 
 
@@ -154,6 +163,7 @@ CLEAN = [
     "select count(distinct email), avg(id) from customers",
     # a whole e-mail grouped, a group per returned row
     "select email, array_agg(id) from customers group by email",
+    "select email, array_agg(id) from customers group by 1",
 ]
 
 
