@@ -48,7 +48,8 @@ from dbgate.gate.schema_loads import SchemaLoads, upstream_dsn
 from dbgate.pii.lin import UNKNOWN_LIN
 from dbgate.pii.lineage.results import Analysis, Output, StatementLineage
 from dbgate.pii.plan_cache import shape_from_mask, shape_of
-from dbgate.pii.room import PiiRoom, PiiSession, StatementPlan
+from dbgate.pii.plans import StatementPlan
+from dbgate.pii.room import PiiRoom, PiiSession
 from dbgate.pii.tokens import TokenError
 from dbgate.policy.model import Action, Category, Classification, Decision, Reason
 from dbgate.proxy.seams import (

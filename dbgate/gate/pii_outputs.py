@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbgate.pii.room import StatementPlan
+from dbgate.pii.plans import StatementPlan
 from dbgate.proxy.seams import Allow, QuietObserver, RowRewriter, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 

@@ -50,7 +50,7 @@ returns the code in ``g``; ``ORDER BY 1`` does not). So:
 Everything else in the analysis — offsets of token literals — only exists for texts
 with tokens. The rest of a plan that does depend on the text (``COPY`` options such as
 ``DELIMITER ';'``, token resolution) is read from the statement's own text, which the
-plan keeps (:class:`dbgate.pii.room.StatementPlan`).
+plan keeps (:class:`dbgate.pii.plans.StatementPlan`).
 
 **Invalidation.** Both levels are cleared together by :meth:`PlanCache.clear`, which
 the room calls whenever the schema snapshot or the catalog applied to it changes.

@@ -15,7 +15,8 @@ from typing import Any
 import asyncpg
 
 from dbgate.pii.catalog_load import load_catalog
-from dbgate.pii.room import PiiRoom, PiiSettings, StatementPlan
+from dbgate.pii.plans import StatementPlan
+from dbgate.pii.room import PiiRoom, PiiSettings
 from dbgate.pii.tokens import Key, Keyring, Tokenizer
 from dbgate.proxy.row_limit import rewrite_run
 from dbgate.wire import messages as m

@@ -17,7 +17,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from dbgate.pii.room import PiiRoom, StatementPlan
+from dbgate.pii.plans import StatementPlan
+from dbgate.pii.room import PiiRoom
 from dbgate.wire import messages as m
 
 _U32 = struct.Struct("!I")
