@@ -27,6 +27,7 @@ from dbgate.pii.lineage.predicates import (
 from dbgate.pii.lineage.results import Output
 from dbgate.pii.lineage.scope import Item, Ref, Scope
 from dbgate.pii.lineage.state import WalkState
+from dbgate.policy.walk.nodes import relations_read
 
 #: A branch of a set operation that compares rows: its level, and per output its
 #: lineage, the column references it read and whether it is a column as it is
@@ -828,7 +829,7 @@ class Queries(WalkState):
         is unknown until then."""
         names = {cte["ctename"] for cte in ctes}
         reads = {
-            cte["ctename"]: _relations_read(cte["ctequery"]) & (names - {cte["ctename"]})
+            cte["ctename"]: relations_read(cte["ctequery"]) & (names - {cte["ctename"]})
             for cte in ctes
         }
         ordered: list[Node] = []
@@ -924,19 +925,3 @@ class Queries(WalkState):
                     new.tail = new.tail | cut
                 new.chosen = new.chosen | cut
         return new
-
-
-def _relations_read(node: object) -> set[str]:
-    """The unqualified relation names a query reads anywhere in it (``FROM tags``)."""
-    out: set[str] = set()
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, dict):
-            rv = n.get("RangeVar")
-            if isinstance(rv, dict) and not rv.get("schemaname") and rv.get("relname"):
-                out.add(rv["relname"])
-            stack.extend(n.values())
-        elif isinstance(n, list):
-            stack.extend(n)
-    return out

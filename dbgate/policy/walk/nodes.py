@@ -250,3 +250,21 @@ def name_list(names: WholeTables) -> str:
     if len(unique) <= 1:
         return unique[0] if unique else "a table"
     return ", ".join(unique[:-1]) + " and " + unique[-1]
+
+
+def relations_read(node: object) -> set[str]:
+    """The unqualified relation names a query reads anywhere in it (``FROM orders``): what
+    a CTE under ``WITH RECURSIVE`` may read of the clause's other CTEs, for the
+    classifier and for lineage, which walk them in that order."""
+    out: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            rv = n.get("RangeVar")
+            if isinstance(rv, dict) and not rv.get("schemaname") and rv.get("relname"):
+                out.add(rv["relname"])
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+    return out

@@ -43,6 +43,7 @@ from dbgate.policy.walk.nodes import (
     WholeTables,
     name_list,
     op_name,
+    relations_read,
     relname,
     table_key,
     value_of,
@@ -161,7 +162,7 @@ def _in_reading_order(listed: list[dict[str, Any]], scope: Ctes) -> list[dict[st
     refuses) stands for any rows meanwhile (``Produced()``), as a self-reference does."""
     names = {cte.get("ctename", "") for cte in listed}
     reads = {
-        cte.get("ctename", ""): _relations_read(cte.get("ctequery"))
+        cte.get("ctename", ""): relations_read(cte.get("ctequery"))
         & (names - {cte.get("ctename", "")})
         for cte in listed
     }
@@ -178,22 +179,6 @@ def _in_reading_order(listed: list[dict[str, Any]], scope: Ctes) -> list[dict[st
         for name in names:
             scope.setdefault(name, Produced())
     return ordered
-
-
-def _relations_read(node: object) -> set[str]:
-    """The unqualified relation names a query reads anywhere in it (``FROM orders``)."""
-    out: set[str] = set()
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, dict):
-            rv = n.get("RangeVar")
-            if isinstance(rv, dict) and not rv.get("schemaname") and rv.get("relname"):
-                out.add(rv["relname"])
-            stack.extend(n.values())
-        elif isinstance(n, list):
-            stack.extend(n)
-    return out
 
 
 def carries_rows(reads: dict[Any, bounds.Bound], rows: bounds.Bound) -> bool:
