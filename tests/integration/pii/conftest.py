@@ -3,7 +3,7 @@ objects the PII tests need (views, a user function, a free-text table)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,13 @@ import asyncpg
 import pytest
 
 from dbgate.pii.room import PiiRoom
+from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
+    admin_dsn,
+    demo_db,
+    demo_role,
+    start_pii_proxy,
+)
+from tests.integration.conftest import RunningProxy
 from tests.integration.pii.harness import birth_dates, load_demo, make_room, raw_pii_values
 
 DBNAME = "pii_demo"
@@ -53,3 +60,19 @@ async def pii_demo(pg_server: Any) -> AsyncIterator[Demo]:
     hashed = make_room(mode="hashed")
     await hashed.refresh_dsn(dsn)
     yield Demo(dsn, room, await raw_pii_values(dsn), await birth_dates(dsn), hashed)
+
+
+@pytest.fixture(scope="module")
+def hunt_proxy(pg_server: Any, demo_role: Any) -> Iterator[RunningProxy]:  # noqa: F811
+    """The real gate with PII tokenization over the shipped demo dataset, one per
+    test module, so that what one module's statements leave behind (settings, held
+    cursors, the running room's marks) does not reach another's."""
+    running = start_pii_proxy(pg_server, demo_role)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def dsn(hunt_proxy: RunningProxy, demo_db: str) -> str:  # noqa: F811
+    """Where an agent connects: the demo database through :func:`hunt_proxy`."""
+    return hunt_proxy.dsn(demo_db)

@@ -8,36 +8,15 @@ server. An error of a statement without PII keeps the server's message.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import psycopg
 import pytest
 
-from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
-    admin_dsn,
-    demo_db,
-    demo_role,
-    start_pii_proxy,
-)
-from tests.integration.conftest import RunningProxy
-
 
 @pytest.fixture(scope="module")
-def hunt_proxy(pg_server: Any, demo_role: Any) -> Iterator[RunningProxy]:  # noqa: F811
-    running = start_pii_proxy(pg_server, demo_role)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def dsn(hunt_proxy: RunningProxy, demo_db: str) -> str:  # noqa: F811
-    return hunt_proxy.dsn(demo_db)
-
-
-@pytest.fixture(scope="module")
-def raw(admin_dsn: str) -> dict[str, str]:  # noqa: F811
+def raw(admin_dsn: str) -> dict[str, str]:
     with psycopg.connect(admin_dsn) as conn:
         row = conn.execute(
             "select full_name, email, ssn, birth_date::text, address from customers where id = 1"

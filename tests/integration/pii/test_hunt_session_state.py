@@ -19,14 +19,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
-    admin_dsn,
-    demo_db,
-    demo_role,
-    start_pii_proxy,
-)
-from tests.integration.conftest import RunningProxy
-
 #: boolean settings any role may set, one per bit of a character code
 BIT_SETTINGS = [
     "enable_seqscan",
@@ -41,19 +33,7 @@ BIT_SETTINGS = [
 
 
 @pytest.fixture(scope="module")
-def hunt_proxy(pg_server: Any, demo_role: Any) -> Iterator[RunningProxy]:  # noqa: F811
-    running = start_pii_proxy(pg_server, demo_role)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def dsn(hunt_proxy: RunningProxy, demo_db: str) -> str:  # noqa: F811
-    return hunt_proxy.dsn(demo_db)
-
-
-@pytest.fixture(scope="module")
-def first_char(admin_dsn: str) -> int:  # noqa: F811
+def first_char(admin_dsn: str) -> int:
     with psycopg.connect(admin_dsn) as conn:
         row = conn.execute("select ascii(email) from customers where id = 1").fetchone()
     assert row is not None
@@ -159,7 +139,7 @@ def test_sequences_drawn_as_pii_decides_are_held(dsn: str) -> None:
     assert info.value.diag.sqlstate == "42501"
 
 
-def test_state_set_by_clean_statements_comes_back_as_it_is(dsn: str, admin_dsn: str) -> None:  # noqa: F811
+def test_state_set_by_clean_statements_comes_back_as_it_is(dsn: str, admin_dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("select set_config('application_name', 'agent-7', false)")
         assert conn.info.parameter_status("application_name") == "agent-7"
@@ -228,7 +208,7 @@ def test_sampling_with_random_still_reads_rows(dsn: str) -> None:
 
 
 @pytest.fixture
-def scratch_bits(admin_dsn: str, demo_role: Any) -> Iterator[str]:  # noqa: F811
+def scratch_bits(admin_dsn: str, demo_role: Any) -> Iterator[str]:
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         admin.execute(
             "drop table if exists scratch_hunt_bits; create table scratch_hunt_bits (k int);"
@@ -286,7 +266,7 @@ def test_rows_stored_as_several_bits_say_are_held(
 )
 def test_rows_changed_as_several_bits_say_are_held(
     dsn: str,
-    admin_dsn: str,  # noqa: F811
+    admin_dsn: str,
     first_char: int,
     scratch_bits: str,
     sql: str,
@@ -393,7 +373,7 @@ def test_where_a_withheld_error_was_raised_is_not_told(dsn: str, first_char: int
 
 
 @pytest.fixture
-def raising_trigger(admin_dsn: str, demo_role: Any) -> Iterator[str]:  # noqa: F811
+def raising_trigger(admin_dsn: str, demo_role: Any) -> Iterator[str]:
     """A scratch table whose trigger RAISEs with name fields of its choosing (code the
     application wrote; a DO block an approver let run may do the same)."""
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
