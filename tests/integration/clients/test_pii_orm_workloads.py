@@ -19,73 +19,25 @@ from typing import Any
 
 import pytest
 from sqlalchemy import (
-    BigInteger,
-    DateTime,
-    ForeignKey,
-    Identity,
-    Numeric,
-    create_engine,
     func,
     insert,
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
     Session,
     contains_eager,
     joinedload,
-    mapped_column,
-    relationship,
     selectinload,
     subqueryload,
 )
-from sqlalchemy.util import greenlet_spawn
 
-from tests.integration.clients.conftest import DemoRole, run_async, start_pii_proxy
+from tests.integration.clients.conftest import DemoRole, start_pii_proxy
+from tests.integration.clients.orm_demo import Base, Customer, Order, run_engine
 from tests.integration.conftest import RunningProxy
 
 DIALECTS = ("psycopg", "asyncpg", "pg8000")
 PII = frozenset({"full_name", "email", "phone", "ssn", "birth_date", "address", "card_number"})
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Customer(Base):
-    __tablename__ = "customers"
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    full_name: Mapped[str]
-    email: Mapped[str]
-    phone: Mapped[str]
-    ssn: Mapped[str]
-    birth_date: Mapped[date]
-    address: Mapped[str]
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    orders: Mapped[list[Order]] = relationship(back_populates="customer", order_by="Order.id")
-
-
-class Order(Base):
-    __tablename__ = "orders"
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customers.id"))
-    total: Mapped[Decimal] = mapped_column(Numeric(12, 2))
-    status: Mapped[str]
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    customer: Mapped[Customer] = relationship(back_populates="orders")
-    payments: Mapped[list[Payment]] = relationship(back_populates="order", order_by="Payment.id")
-
-
-class Payment(Base):
-    __tablename__ = "payments"
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    order_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("orders.id"))
-    card_number: Mapped[str]
-    amount: Mapped[Decimal] = mapped_column(Numeric(12, 2))
-    order: Mapped[Order] = relationship(back_populates="payments")
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +53,7 @@ def pii_sides(direct_dsn: str, pii_gate: RunningProxy, demo_db: str) -> dict[str
 
 
 def run_session(dialect: str, dsn: str, scenario: Callable[[Session], Any]) -> Any:
-    """``scenario(session)`` on a fresh engine of ``dialect``, rolled back, then disposed;
-    for asyncpg on the async engine's ``sync_engine`` inside SQLAlchemy's greenlet."""
-    url = dsn.replace("postgresql://", f"postgresql+{dialect}://", 1)
+    """``scenario(session)`` on a fresh engine of ``dialect``, rolled back, then disposed."""
 
     def in_session(engine: Engine) -> Any:
         with Session(engine) as session:
@@ -112,21 +62,7 @@ def run_session(dialect: str, dsn: str, scenario: Callable[[Session], Any]) -> A
             finally:
                 session.rollback()
 
-    if dialect != "asyncpg":
-        engine = create_engine(url)
-        try:
-            return in_session(engine)
-        finally:
-            engine.dispose()
-
-    async def main() -> Any:
-        async_engine = create_async_engine(url)
-        try:
-            return await greenlet_spawn(in_session, async_engine.sync_engine)
-        finally:
-            await async_engine.dispose()
-
-    return run_async(main())
+    return run_engine(dialect, dsn, in_session)
 
 
 def column_keys(obj: Base) -> list[str]:

@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import (
-    BigInteger,
-    DateTime,
-    ForeignKey,
-    Identity,
     MetaData,
-    Numeric,
-    create_engine,
     func,
     inspect,
     select,
@@ -30,61 +24,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
-from sqlalchemy.util import greenlet_spawn
 
-from tests.integration.clients.conftest import DEMO_CUSTOMERS, run_async
+from tests.integration.clients.conftest import DEMO_CUSTOMERS
 from tests.integration.clients.expect import assert_refused
+from tests.integration.clients.orm_demo import Customer, Order, run_engine
 
 T = TypeVar("T")
 DIALECTS = ("psycopg", "asyncpg")
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Customer(Base):
-    __tablename__ = "customers"
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    full_name: Mapped[str]
-    email: Mapped[str]
-    phone: Mapped[str]
-    ssn: Mapped[str]
-    birth_date: Mapped[date]
-    address: Mapped[str]
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
-class Order(Base):
-    __tablename__ = "orders"
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customers.id"))
-    total: Mapped[Decimal] = mapped_column(Numeric(12, 2))
-    status: Mapped[str]
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
-def run_engine(dialect: str, dsn: str, scenario: Callable[[Engine], T], **engine_kw: Any) -> T:
-    """Run ``scenario(engine)`` on a fresh engine of ``dialect`` for ``dsn``, then dispose."""
-    url = dsn.replace("postgresql://", f"postgresql+{dialect}://", 1)
-    if dialect == "psycopg":
-        engine = create_engine(url, **engine_kw)
-        try:
-            return scenario(engine)
-        finally:
-            engine.dispose()
-
-    async def main() -> T:
-        async_engine = create_async_engine(url, **engine_kw)
-        try:
-            return await greenlet_spawn(scenario, async_engine.sync_engine)
-        finally:
-            await async_engine.dispose()
-
-    return run_async(main())  # type: ignore[no-any-return]
 
 
 def on_both(sides: dict[str, str], dialect: str, scenario: Callable[[Engine], T]) -> dict[str, T]:
