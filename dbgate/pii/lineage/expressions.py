@@ -113,7 +113,9 @@ class Expressions(WalkState):
                     for it in scope.stars:
                         out = out | self.met(scope, it, it.whole())
                     return out
-                return self.unknown(f"{'.'.join(names)} of an unknown relation")
+                return self.unknown(
+                    f"{'.'.join(names)} of an unknown relation", computed=not self.unscoped_names
+                )
             return self.met(found[1], found[0], found[0].whole())
         return self.resolve(names, scope)
 
@@ -153,7 +155,10 @@ class Expressions(WalkState):
         # t.c where t is a column of a composite type: the whole of that column
         base = self.resolve(names[:1], scope) if len(names) == 2 else UNKNOWN_LIN
         if base is UNKNOWN_LIN:
-            return self.unknown(f"column {'.'.join(names)} could not be resolved")
+            return self.unknown(
+                f"column {'.'.join(names)} could not be resolved",
+                computed=not self.unscoped_names,
+            )
         return base
 
     def e_A_Const(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:

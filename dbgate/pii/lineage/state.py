@@ -58,6 +58,10 @@ class WalkState:
         #: (``Sort Method: quicksort  Memory: 150kB`` of ``repeat('x', ascii(...))``
         #: in a sub-select); None when not recording
         self.seen: Lin | None = None
+        #: walking a plain EXPLAIN's query without its FROM (``walk_side``): a name
+        #: that does not resolve there is a column, whose value the plan never shows,
+        #: not a computed value the planner prints (``EXPLAIN SELECT o.id FROM orders o``)
+        self.unscoped_names = False
         #: the SELECT an INSERT copies from: the statement's own query, whose order
         #: only orders, as a top-level SELECT's does (``Queries.control``)
         self.statement_query: Node | None = None

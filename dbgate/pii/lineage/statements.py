@@ -91,12 +91,14 @@ class Statements(WalkState):
             # statistics: docs/security.md); a built-in that reads what dbgate cannot
             # follow does (``pg_stat_get_backend_activity(n)``, another session's text
             # with the raw values of its tokens; ``table_to_xml``): the plan is unknown.
-            saved, self.seen = self.seen, CLEAN
+            # The query is walked without its FROM: the column names it qualifies
+            # (``o.id``) do not resolve there, and count for nothing, as bare ones do.
+            saved, self.seen, self.unscoped_names = self.seen, CLEAN, True
             try:
                 self.walk_side(body.get("query"), why)
                 seen = self.seen
             finally:
-                self.seen = saved
+                self.seen, self.unscoped_names = saved, False
             self.saw(seen)
             if seen.unknown:
                 return Output(

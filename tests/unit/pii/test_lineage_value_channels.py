@@ -271,6 +271,10 @@ def test_a_plain_explain_of_what_dbgate_cannot_follow_is_unknown(sql: str) -> No
     [
         "explain select email from customers where id < 10 limit 5",
         "explain select * from orders where id < ascii('m')",
+        # qualified names, as every join is written: columns too, not computed values
+        "explain select o.id, c.email from orders o join customers c on c.id = o.customer_id"
+        " where o.id < 10",
+        "explain select o.* from orders o where o.status = 'paid'",
     ],
 )
 def test_a_plain_explain_of_columns_and_literals_stays_clean(sql: str) -> None:
@@ -301,6 +305,27 @@ def test_work_counters_are_read_like_data_dbgate_cannot_follow() -> None:
         assert catalog.classify("pg_catalog", table, column)[0] is not None, (table, column)
     # connection facts are not work counts
     assert catalog.classify("pg_catalog", "pg_stat_activity", "state")[0] is None
+    # nor the names of the objects counted, which pg_class and pg_proc return clean
+    for table, column in (
+        ("pg_stat_user_tables", "relname"),
+        ("pg_stat_user_tables", "schemaname"),
+        ("pg_stat_all_indexes", "indexrelname"),
+        ("pg_statio_user_tables", "relid"),
+        ("pg_stat_user_functions", "funcname"),
+        ("pg_stat_database", "datname"),
+    ):
+        assert catalog.classify("pg_catalog", table, column)[0] is None, (table, column)
+    assert catalog.classify("pg_catalog", "pg_stat_user_tables", "n_live_tup")[0] is not None
+    assert catalog.classify("pg_catalog", "pg_stat_statements", "dbid")[0] is not None
+
+
+def test_a_plain_explain_that_calls_what_dbgate_cannot_follow_stays_unknown() -> None:
+    for sql in (
+        "explain select o.id from orders o where o.id < ascii(pg_stat_get_backend_activity(1))",
+        "explain select o.id from orders o where o.id in (select c.id from customers c"
+        " where c.id < (select ascii(query_to_xml('select 1', true, true, '')::text)))",
+    ):
+        assert [show(c) for c in output_of(sql, COV).columns] == ["?"], sql
 
 
 #: A bind parameter may carry a token, resolved to the value before the server sees
