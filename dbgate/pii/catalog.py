@@ -153,6 +153,33 @@ WORK_COUNTER_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: Of the per-object counter views (``pg_stat_user_tables``, ``pg_statio_all_indexes``,
+#: ``pg_stat_xact_user_functions``, ``pg_stat_database`` …), the columns that name the
+#: object counted rather than count work: the same names and OIDs ``pg_class``,
+#: ``pg_proc`` and ``pg_database`` return clean. A row's presence (a function's once
+#: it was called) is no more told by its name than by ``count(*)`` of the view.
+WORK_COUNTER_NAMES: tuple[str, ...] = (
+    "relid",
+    "indexrelid",
+    "schemaname",
+    "relname",
+    "indexrelname",
+    "funcid",
+    "funcname",
+    "datid",
+    "datname",
+)
+#: The views :data:`WORK_COUNTER_NAMES` applies to.
+WORK_COUNTER_OBJECT_VIEWS: tuple[str, ...] = (
+    "pg_catalog.pg_stat_all_*",
+    "pg_catalog.pg_stat_sys_*",
+    "pg_catalog.pg_stat_user_*",
+    "pg_catalog.pg_stat_xact_*",
+    "pg_catalog.pg_statio_*",
+    "pg_catalog.pg_stat_database*",
+)
+
+
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = re.compile(r"[-\s.]+")
 
@@ -166,6 +193,15 @@ def snake_case(name: str) -> str:
 
 
 _COMMENT = re.compile(r"(?<![A-Za-z0-9_])pii\s*:\s*([A-Za-z][A-Za-z0-9_]*)?", re.IGNORECASE)
+
+
+def _names_counted(schema: str, table: str, column: str) -> bool:
+    """Whether ``column`` of a counter view names the object counted
+    (:data:`WORK_COUNTER_NAMES`)."""
+    if column not in WORK_COUNTER_NAMES:
+        return False
+    view = f"{schema}.{table}"
+    return any(compile_glob(p).match(view) is not None for p in WORK_COUNTER_OBJECT_VIEWS)
 
 
 def entity_from_comment(comment: str | None, entities: frozenset[str]) -> str | None:
@@ -258,7 +294,9 @@ class Catalog:
             if compile_glob(pattern).match(qualified) is not None:
                 return MIXED, f"built-in: {pattern!r} returns values sampled from columns"
         for pattern in WORK_COUNTER_COLUMNS:
-            if compile_glob(pattern).match(qualified) is not None:
+            if compile_glob(pattern).match(qualified) is not None and not _names_counted(
+                schema, table, column
+            ):
                 return MIXED, f"built-in: {pattern!r} counts work a statement can size by PII"
         if self.comments:
             from_comment = entity_from_comment(comment, self._entities)
