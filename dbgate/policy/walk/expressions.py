@@ -168,7 +168,7 @@ def _func_call(x: dict[str, Any], facts: StatementFacts, out: bool, ctes: Ctes) 
         recorded = name
         if within and name in _fn.FRACTION_AGGREGATES:
             facts.sensitive = True  # 0.5 and '{0.1,0.5}' mask alike: exact text only
-            if not _one_number(x.get("args")):
+            if not (_one_number(x.get("args")) or _written_numbers(x.get("args"))):
                 recorded = f"{name}[]"  # perhaps many fractions: collects (functions.py)
         facts.calls.append((recorded, names[-2] if len(names) > 1 else None, "over" in x))
     func_names(names, x, facts, out, ctes)
@@ -196,6 +196,21 @@ def _one_number(args: Any) -> bool:
         return const is not None and ("fval" in const or "ival" in const or "sval" in const)
     const = node.get("A_Const")  # a bare '...' could be read as an array of fractions
     return const is not None and ("fval" in const or "ival" in const)
+
+
+def _written_numbers(args: Any) -> bool:
+    """Whether an aggregate's arguments are one ``ARRAY[…]`` of numeric constants
+    (``ARRAY[0.25, 0.5, 0.75]``, quartiles): it returns one value per constant written
+    in the text, as as many calls of one fraction each would. (An array literal,
+    ``'{0.25,0.75}'::float8[]``, still collects.)"""
+    if not isinstance(args, list) or len(args) != 1 or not isinstance(args[0], dict):
+        return False
+    node = args[0]
+    cast = node.get("TypeCast")
+    if cast is not None:  # ARRAY[0.25, 0.75]::float8[]
+        node = cast.get("arg") or {}
+    elements = (node.get("A_ArrayExpr") or {}).get("elements")
+    return bool(elements) and all(_one_number([e]) for e in elements)
 
 
 def func_names(

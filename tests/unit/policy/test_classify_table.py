@@ -626,6 +626,18 @@ DUMP = [
         D,
     ),
     row("SELECT percentile_disc($1) WITHIN GROUP (ORDER BY email) FROM customers", R, D),
+    # fractions written out as constants: one value each, as that many calls would give
+    row(
+        "SELECT percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY total) FROM orders",
+        R,
+        id="percentile-of-written-fractions-reads",
+    ),
+    row("SELECT percentile_disc(ARRAY[0.5, id]) WITHIN GROUP (ORDER BY id) FROM customers", R, D),
+    row(
+        "SELECT percentile_disc(ARRAY[(SELECT 0.5)]) WITHIN GROUP (ORDER BY id) FROM customers",
+        R,
+        D,
+    ),
     row("SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY email) FROM customers", R),
     # the same shape once its literals are masked: never served from the other's cache
     row("SELECT percentile_disc('{0.1,0.5}') WITHIN GROUP (ORDER BY email) FROM customers", R, D),
