@@ -337,11 +337,15 @@ class Expressions(WalkState):
         if asks is not None:
             _set_aside(asks)
             self.packs(body, name, scope, over, met)
-        if filtered.pii or filtered.unknown or filtered.params:
+        if (filtered.pii or filtered.unknown or filtered.params) and not _nulls_only(
+            body.get("agg_filter"), lambda n: self.stored_column(n, scope)
+        ):
             # and which rows one aggregate adds up is a value of it, as a CASE's
             # condition is (``sum(CASE WHEN ... THEN 1 END)``): over one row
             # ``count(*) FILTER (WHERE ascii(email) & 4 <> 0)`` is a bit of the e-mail,
-            # and a select list holds as many as it likes, reading that one row
+            # and a select list holds as many as it likes, reading that one row. Not
+            # whether a table's column is NULL (``FILTER (WHERE phone IS NULL)``): its
+            # NULL reaches the agent as NULL, and ``count(phone)`` is a number too.
             lin = lin | Lin(filtered.entities, filtered.unknown, filtered.params)
         return lin
 
@@ -654,6 +658,18 @@ def _bounded_aggregate(body: Node, name: str, stored: Callable[[Node], bool]) ->
     if name == "count" or name in _PICKING:
         return len(args) == 1 and _stored_as_is(args[0], stored)
     return False
+
+
+def _nulls_only(node: Any, stored: Callable[[Node], bool]) -> bool:
+    """Whether a FILTER asks only whether stored table columns are NULL (``phone IS
+    NULL``, ``email IS NOT NULL OR phone IS NULL``), under AND, OR and NOT."""
+    if not isinstance(node, dict):
+        return False
+    if "BoolExpr" in node:
+        args = node["BoolExpr"].get("args") or ()
+        return bool(args) and all(_nulls_only(arg, stored) for arg in args)
+    test = node.get("NullTest")
+    return test is not None and stored(test.get("arg"))
 
 
 def _stored(item: Item, relation: bool) -> bool:

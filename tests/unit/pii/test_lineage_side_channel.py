@@ -429,6 +429,22 @@ STACKED_IN_AGGREGATES = [
         " from customers where id = 42",
         ["birth_date"],
     ),
+    # a NULL a computed value makes, and a NULL test beside another question
+    (
+        "select count(*) filter (where nullif(ascii(substr(email, 1, 1)) & 1, 0) is null)"
+        " from customers where id = 42",
+        ["email"],
+    ),
+    (
+        "select count(*) filter (where s.e is null) from"
+        " (select nullif(ascii(substr(email, 1, 1)) & 1, 0) e from customers where id = 42) s",
+        ["email"],
+    ),
+    (
+        "select count(*) filter (where ssn is null and email like 'a%')"
+        " from customers where id = 42",
+        ["email+ssn"],
+    ),
 ]
 
 
@@ -444,6 +460,12 @@ def test_an_aggregate_chosen_by_pii_carries_it(sql: str, expected: list[str]) ->
         ("select count(email), count(distinct email) from customers", ["-", "-"]),
         ("select count(email::text) from customers", ["-"]),
         ("select count(*) filter (where status = 'paid') from orders", ["-"]),
+        # whether a table's column is NULL: its NULL reaches the agent as NULL
+        (
+            "select count(*) filter (where ssn is null),"
+            " count(*) filter (where email is not null or not ssn is null) from customers",
+            ["-", "-"],
+        ),
         # the same one question asked of the level's rows in WHERE: a number
         ("select count(*) from customers where email like '%@example.com'", ["-"]),
     ],
