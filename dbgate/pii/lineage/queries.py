@@ -700,8 +700,8 @@ class Queries(WalkState):
 
     def stored_columns(self, val: Node | None, scope: Scope, width: int) -> list[int]:
         """Of the ``width`` outputs a select-list item added, those that are a stored
-        column of a table row of this level as it is (``email``, ``c.email``, ``c.*``,
-        ``*``), or such a column a sub-select or CTE of this level passes on
+        column of a table row of this level as it is (``email``, ``c.email``,
+        ``public.customers.email``, ``c.*``, ``*``), or such a column a sub-select or CTE of this level passes on
         (``Item.stored``): no cast, no expression, no outer level's column, no name
         two FROM entries hold."""
         if not isinstance(val, dict) or "ColumnRef" not in val:
@@ -724,11 +724,11 @@ class Queries(WalkState):
                         out.append(k)
                     k += 1
             return out if k == width else []
-        if width != 1 or len(names) not in (1, 2):
+        if width != 1 or len(names) not in (1, 2, 3):
             return []
         name = names[-1]
-        if len(names) == 2:
-            hit = self.lookup(names[:1], scope)
+        if len(names) > 1:  # c.email, public.customers.email (as BI tools write it)
+            hit = self.lookup(names[:-1], scope)
             if hit is None or hit[1] is not scope:
                 return []
             item = hit[0]

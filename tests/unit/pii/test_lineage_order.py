@@ -243,6 +243,10 @@ STORED_THROUGH_CLEAN = [
     "select t.id from (select * from (select id, email from customers) a) t order by t.email",
     "select s.id from (select id, email from customers) s where s.email like '%@gmail.com'",
     "select s.id from (select id, email from customers) s where s.email = 'x@y.z'",
+    # schema-qualified, as Metabase writes every column
+    'select "source"."n" from (select "public"."customers"."email" as "email", count(*) as "n"'
+    ' from "public"."customers" group by "public"."customers"."email") as "source"'
+    ' order by "source"."n" desc, "source"."email" asc limit 10',
 ]
 
 
