@@ -636,3 +636,27 @@ def test_scratch_objects_of_the_agent_are_ddl_the_rules_hold(gate_dsn: str) -> N
         with pytest.raises(psycopg.Error) as raised:
             fetch(gate_dsn, sql)
         assert_refused(raised.value, sql)
+
+
+def test_a_whole_row_reference_replaces_its_clean_fields_too(
+    direct_dsn: str, gate_dsn: str
+) -> None:
+    """A table's row type as one value (``SELECT c``, decoded by psycopg's composite
+    adapter): every field is replaced by its type's rule, the clean ones too — an
+    accepted false positive (docs/pii.md, "Every path out"); ``c.*`` keeps them."""
+    from psycopg.types.composite import CompositeInfo, register_composite
+
+    def rows(dsn: str) -> tuple[Any, Any]:
+        with psycopg.connect(dsn) as conn:
+            info = CompositeInfo.fetch(conn, "customers")
+            assert info is not None
+            register_composite(info, conn)
+            whole = conn.execute("SELECT c FROM customers c WHERE id = 3").fetchone()
+            star = conn.execute("SELECT c.* FROM customers c WHERE id = 3").fetchone()
+        assert whole is not None and star is not None
+        return whole[0], star
+
+    (raw, raw_star), (seen, seen_star) = rows(direct_dsn), rows(gate_dsn)
+    assert seen.email.startswith("tok_") and seen.email != raw.email
+    assert type(seen.id) is int and type(seen.created_at) is type(raw.created_at)
+    assert (seen_star[0], seen_star[-1]) == (raw_star[0], raw_star[-1]) == (3, raw.created_at)
