@@ -251,6 +251,18 @@ class Expressions(WalkState):
             s = s.parent
         return False
 
+    def e_NullTest(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        """``x IS [NOT] NULL``: what ``x`` carries — but of a table's column as it is,
+        nothing: its NULL reaches the agent as NULL (``SELECT phone``), so ``phone IS
+        NULL AS no_phone`` and ``sum(CASE WHEN phone IS NULL THEN 1 ELSE 0 END)`` say no
+        more than ``count(*) - count(phone)``. The column is still met, for the
+        predicates around it."""
+        arg = body.get("arg")
+        lin = self.expr(arg, scope, ctx)
+        if lin.pii and not (lin.unknown or lin.params) and self.stored_column(arg, scope):
+            return CLEAN
+        return lin
+
     def e_TypeCast(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
         coded = self.snap.coded_casts
         target = strs((body.get("typeName") or {}).get("names"))
