@@ -16,6 +16,8 @@ from them (docs/pii.md) are tokenized.
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -283,6 +285,16 @@ TOOL_READS: list[tuple[str, set[str]]] = [
         "count(*) FILTER (WHERE email IS NULL OR address IS NULL) AS incomplete FROM customers",
         set(),
     ),
+    (
+        "SELECT id, phone IS NULL AS no_phone, CASE WHEN address IS NULL THEN 'missing' "
+        "ELSE 'ok' END AS addr FROM customers WHERE id < 6 ORDER BY id",
+        set(),
+    ),
+    (
+        "SELECT sum(CASE WHEN phone IS NULL THEN 1 ELSE 0 END) AS missing_phone, "
+        "round(100.0 * count(phone) / count(*), 1) AS pct_with_phone FROM customers",
+        set(),
+    ),
     # windows: running totals, moving averages, shares
     (
         "SELECT id, created_at, total, sum(total) OVER (ORDER BY created_at, id "
@@ -505,9 +517,23 @@ def scratch(admin_dsn: str, demo_role: DemoRole) -> Iterator[str]:
         admin.execute(f"drop table {name}")
 
 
-@pytest.mark.parametrize("dialect", ("psycopg2", "psycopg", "pg8000"))
+def copy_rows(table: Any, conn: Any, keys: list[str], data_iter: Iterator[Any]) -> None:
+    """The ``to_sql(method=...)`` of pandas' documentation for PostgreSQL: the rows as
+    CSV through ``COPY ... FROM STDIN`` (psycopg2's ``copy_expert``)."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(data_iter)
+    buffer.seek(0)
+    columns = ", ".join(f'"{k}"' for k in keys)
+    with conn.connection.cursor() as cur:
+        cur.copy_expert(f"COPY {table.name} ({columns}) FROM STDIN WITH CSV", buffer)
+
+
+@pytest.mark.parametrize(
+    "dialect,method",
+    [("psycopg2", None), ("psycopg", None), ("pg8000", None), ("psycopg2", copy_rows)],
+)
 def test_pandas_to_sql_into_a_scratch_table_and_back(
-    gate_dsn: str, scratch: str, dialect: str
+    gate_dsn: str, scratch: str, dialect: str, method: Any
 ) -> None:
     frame = pd.DataFrame(
         {
@@ -519,7 +545,7 @@ def test_pandas_to_sql_into_a_scratch_table_and_back(
     )
 
     def write_and_read(engine: Engine) -> pd.DataFrame:
-        frame.to_sql(scratch, engine, if_exists="append", index=False)
+        frame.to_sql(scratch, engine, if_exists="append", index=False, method=method)
         return pd.read_sql(
             text(f"SELECT status, n, total, day FROM {scratch} WHERE n > :m ORDER BY n LIMIT 50"),
             engine,
