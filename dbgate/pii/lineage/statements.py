@@ -53,6 +53,11 @@ class Statements(WalkState):
             out = self.select(body, None, OUTPUT)
             self.note_copy(out, "SELECT INTO copies PII into a new table")
             return StatementLineage("SelectStmt", None)
+        wrapped = _wrapper(body)
+        if wrapped is not None:
+            inner, picks, sorts = wrapped
+            out = self.select(inner, None, OUTPUT)
+            return StatementLineage("SelectStmt", _picked(out, picks, sorts))
         return StatementLineage("SelectStmt", self.select(body, None, OUTPUT))
 
     def stmt_InsertStmt(self, body: Node) -> Output | None:
@@ -596,3 +601,149 @@ def _analyzes(body: Node) -> bool:
             zero = "Integer" in arg and not arg["Integer"].get("ival")
             return not (said in ("false", "off", "no") or zero)
     return False
+
+
+#: Clauses that make a SELECT more than a projection of its FROM item.
+_NOT_A_WRAPPER = (
+    "withClause",
+    "whereClause",
+    "groupClause",
+    "havingClause",
+    "windowClause",
+    "distinctClause",
+    "lockingClause",
+    "valuesLists",
+    "intoClause",
+    "op",
+    "larg",
+    "rarg",
+)
+
+
+def _wrapper(
+    body: Node,
+) -> tuple[Node, list[tuple[str | None, str]], list[int | tuple[bool, str]]] | None:
+    """A statement that only passes one sub-select's rows on: ``SELECT "source"."a" AS
+    "a", "source"."n" FROM (…) AS "source" ORDER BY "source"."n" DESC LIMIT 10``, as
+    Metabase wraps a question built on another, and Superset a virtual dataset —
+    columns of the sub-select as they are, no WHERE, GROUP BY, DISTINCT, window or
+    lock, a constant LIMIT, over a sub-select with no ORDER BY, LIMIT, OFFSET or
+    DISTINCT ON of its own. Its rows are the sub-select's, in an order of their own
+    values and cut by a constant, as the sub-select's own statement-level ORDER BY
+    and LIMIT would: the sub-select is the statement's query. Returns the sub-select
+    and, per output, the qualifier and column it names (``*`` for all); None when
+    the statement is anything more."""
+    if body.get("op") not in (None, "SETOP_NONE") or any(
+        body.get(k) for k in _NOT_A_WRAPPER if k != "op"
+    ):
+        return None
+    source = body.get("fromClause") or []
+    if len(source) != 1 or "RangeSubselect" not in source[0]:
+        return None
+    sub = source[0]["RangeSubselect"]
+    alias = (sub.get("alias") or {}).get("aliasname")
+    inner = (sub.get("subquery") or {}).get("SelectStmt")
+    if sub.get("lateral") or inner is None or (sub.get("alias") or {}).get("colnames"):
+        return None
+    if any(inner.get(k) for k in ("sortClause", "limitCount", "limitOffset")) or (
+        inner.get("distinctClause") not in (None, [{}])
+    ):
+        # an order of its own, cut or made distinct: one level's order only, and the
+        # statement's own ORDER BY is the one it may have (docs/security.md)
+        return None
+    for limit in (body.get("limitCount"), body.get("limitOffset")):
+        if limit is not None and "A_Const" not in limit:
+            return None
+    # outputs by position, else (qualified, name): a bare name is an output's first
+    sorts: list[int | tuple[bool, str]] = []
+    for item in body.get("sortClause") or ():
+        node = (item.get("SortBy") or {}).get("node") or {}
+        fields = (node.get("ColumnRef") or {}).get("fields") or []
+        position = ((node.get("A_Const") or {}).get("ival") or {}).get("ival")
+        if isinstance(position, int):
+            sorts.append(position)
+        elif 1 <= len(fields) <= 2 and all("String" in f for f in fields):
+            if len(fields) == 2 and strs(fields[:1]) != [alias]:
+                return None
+            sorts.append((len(fields) == 2, strs(fields[-1:])[0]))
+        else:
+            return None
+    picks: list[tuple[str | None, str]] = []
+    for target in body.get("targetList") or ():
+        val = target["ResTarget"].get("val") or {}
+        fields = (val.get("ColumnRef") or {}).get("fields")
+        if not fields or len(fields) > 2:
+            return None
+        if len(fields) == 2 and strs(fields[:1]) != [alias]:
+            return None
+        last = strs(fields[-1:])
+        if "A_Star" not in fields[-1] and len(last) != 1:
+            return None
+        column = "*" if "A_Star" in fields[-1] else last[0]
+        picks.append((target["ResTarget"].get("name") or column, column))
+    return (inner, picks, sorts) if picks else None
+
+
+def _picked(
+    out: Output, picks: list[tuple[str | None, str]], sorts: list[int | tuple[bool, str]]
+) -> Output:
+    """The wrapper's outputs: the sub-select's columns it names, in its order. Where
+    a name does not pick one column (a width not known, a name twice), every output
+    carries what all of the sub-select's do. Its ORDER BY of a column that is not a
+    stored one as it is (``lower(email) e … ORDER BY s.e LIMIT 1``, a distance to
+    another row source's value) chooses the rows by that value, as at any level:
+    every output carries it."""
+    columns: list[Lin] = []
+    names: list[str] = []
+    stored: set[int] = set()
+    sources: list[int] = []  # per output, the sub-select's column
+    whole = out.tail
+    for name, column in picks:
+        if whole is not None:
+            break
+        if column == "*":
+            positions = list(range(len(out.columns)))
+        else:
+            positions = [k for k, n in enumerate(out.names) if n == column]
+            if len(positions) != 1:
+                whole = CLEAN
+                break
+        for k in positions:
+            if k in out.stored:
+                stored.add(len(columns))
+            sources.append(k)
+            columns.append(out.columns[k])
+            names.append(out.names[k] if column == "*" else name or column)
+    chosen = CLEAN
+    for key in sorts if whole is None else ():
+        if isinstance(key, int):
+            found = [sources[key - 1]] if 0 < key <= len(sources) else []
+        else:
+            qualified, name = key
+            outputs = [] if qualified else [k for k, n in enumerate(names) if n == name]
+            if outputs:  # ORDER BY reads a bare name as an output's first
+                found = [sources[k] for k in outputs]
+            else:
+                found = [k for k, n in enumerate(out.names) if n == name]
+        if len(found) != 1:
+            whole = CLEAN
+            break
+        lin = out.columns[found[0]]
+        if found[0] not in out.stored and (lin.pii or lin.unknown or lin.params):
+            chosen = chosen | lin
+    if whole is not None:
+        for lin in out.columns:
+            whole = whole | lin
+        columns, names, stored = [], [], set()
+    elif chosen is not CLEAN:
+        columns = [lin | chosen for lin in columns]
+    return Output(
+        columns=columns,
+        names=names,
+        tail=whole,
+        chosen=out.chosen | chosen,
+        asked=out.asked,
+        asked_levels=out.asked_levels,
+        ordered=out.ordered,
+        stored=frozenset(stored),
+    )

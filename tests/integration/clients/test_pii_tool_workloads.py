@@ -204,6 +204,21 @@ TOOL_READS: list[tuple[str, set[str]]] = [
         'ORDER BY "source"."n" DESC, "source"."email" ASC LIMIT 10',
         {"email"},
     ),
+    # a question built on another (Metabase), a virtual dataset (Superset): the same
+    # segment count, wrapped
+    (
+        'SELECT "source"."status" AS "status", "source"."count" AS "count" FROM '
+        "(SELECT o.status, count(*) AS count FROM orders o JOIN customers c "
+        "ON c.id = o.customer_id WHERE c.email LIKE '%@gmail.com' GROUP BY o.status) "
+        'AS "source" ORDER BY "source"."count" DESC, "source"."status" LIMIT 1048575',
+        set(),
+    ),
+    (
+        "SELECT * FROM (SELECT o.status, count(DISTINCT o.customer_id) AS customers "
+        "FROM orders o WHERE o.customer_id IN (SELECT id FROM customers "
+        "WHERE email LIKE '%@yahoo.com') GROUP BY o.status) AS virtual_table ORDER BY 1 LIMIT 1001",
+        set(),
+    ),
     # Tableau and Superset
     (
         'SELECT CAST("customers"."email" AS TEXT) AS "email", SUM("orders"."total") AS "sum" '

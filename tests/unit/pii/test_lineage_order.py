@@ -341,3 +341,43 @@ OUTPUT_NAMES_PII = [
 def test_a_nested_order_or_group_by_an_output_name_of_pii_chooses(sql: str) -> None:
     out = output_of(sql, COV)
     assert out.columns[0].pii, (sql, [show(c) for c in out.columns])
+
+
+# A statement that only passes one sub-select's rows on (Metabase's "source", Superset's
+# virtual_table) is read as that sub-select at the top level.
+WRAPPED_CLEAN = [
+    'select "source"."status" as "status", "source"."n" as "n" from (select o.status,'
+    " count(*) as n from orders o join customers c on c.id = o.customer_id"
+    " where c.email like '%@gmail.com' group by o.status) as \"source\""
+    ' order by "source"."n" desc limit 1048575',
+    "select * from (select o.status, count(*) as n from orders o where o.customer_id in"
+    " (select id from customers where email like 'a%') group by o.status) as inner_qry"
+    " limit 1001",
+    "select s.id from (select id, lower(email) e from customers) s order by 1 limit 1",
+]
+
+
+@pytest.mark.parametrize("sql", WRAPPED_CLEAN, ids=[f"w{i}" for i in range(len(WRAPPED_CLEAN))])
+def test_a_wrapper_of_one_sub_select_is_read_as_its_top_level(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert all(c.clean for c in out.columns), (sql, [show(c) for c in out.columns])
+
+
+WRAPPED_PII = [
+    # its ORDER BY of a computed column: by an output's alias too, as the server reads it
+    "select s.id from (select id, lower(email) e from customers) s order by s.e limit 1",
+    "select s.e as x, s.id as e from (select id, lower(email) e from customers) s"
+    " order by x limit 1",
+    # what the sub-select packs, and an order of its own it is cut by
+    f"select s.a, s.b from (select (select count(*) from customers where id = 42 and {B} <> 0)"
+    f" a, (select count(*) from customers where id = 42 and {B} = 0) b) s",
+    f"select s.id from (select id from customers order by {B}, id <> 1 limit 1) s",
+    # not a wrapper: a WHERE of its own
+    "select s.id from (select id, lower(email) e from customers) s where s.e like 'a%'",
+]
+
+
+@pytest.mark.parametrize("sql", WRAPPED_PII, ids=[f"v{i}" for i in range(len(WRAPPED_PII))])
+def test_a_wrapper_still_carries_what_its_order_and_its_sub_select_do(sql: str) -> None:
+    out = output_of(sql, COV)
+    assert out.columns[0].pii or out.columns[0].unknown, (sql, [show(c) for c in out.columns])
