@@ -56,6 +56,9 @@ class Statements(WalkState):
         wrapped = _wrapper(body)
         if wrapped is not None:
             inner, picks, sorts = wrapped
+            if any(isinstance(key, int) for key in sorts):
+                # ORDER BY 2: the literal picks an output (plan_cache.py)
+                self.r.reads_literals = True
             out = self.select(inner, None, OUTPUT)
             return StatementLineage("SelectStmt", _picked(out, picks, sorts))
         return StatementLineage("SelectStmt", self.select(body, None, OUTPUT))

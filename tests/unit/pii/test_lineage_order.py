@@ -381,3 +381,13 @@ WRAPPED_PII = [
 def test_a_wrapper_still_carries_what_its_order_and_its_sub_select_do(sql: str) -> None:
     out = output_of(sql, COV)
     assert out.columns[0].pii or out.columns[0].unknown, (sql, [show(c) for c in out.columns])
+
+
+def test_a_wrapper_ordered_by_position_is_planned_on_its_own() -> None:
+    """``ORDER BY 1`` and ``ORDER BY 2`` mask alike: the literal picks the output."""
+    from dbgate.pii.lineage import analyze
+
+    sql = "select s.id, s.e from (select id, lower(email) e from customers) s order by {} limit 1"
+    assert analyze(sql.format(1), COV).reads_literals
+    (st,) = analyze(sql.format(2), COV).statements
+    assert st.output is not None and st.output.columns[0].pii
