@@ -633,21 +633,45 @@ def _wrapper(
     lock, a constant LIMIT, over a sub-select with no ORDER BY, LIMIT, OFFSET or
     DISTINCT ON of its own. Its rows are the sub-select's, in an order of their own
     values and cut by a constant, as the sub-select's own statement-level ORDER BY
-    and LIMIT would: the sub-select is the statement's query. Returns the sub-select
+    and LIMIT would: the sub-select is the statement's query. So is the one CTE of
+    ``WITH agg AS (…) SELECT … FROM agg``. Returns the sub-select
     and, per output, the qualifier and column it names (``*`` for all); None when
     the statement is anything more."""
     if body.get("op") not in (None, "SETOP_NONE") or any(
-        body.get(k) for k in _NOT_A_WRAPPER if k != "op"
+        body.get(k) for k in _NOT_A_WRAPPER if k not in ("op", "withClause")
     ):
         return None
     source = body.get("fromClause") or []
-    if len(source) != 1 or "RangeSubselect" not in source[0]:
+    if len(source) != 1:
         return None
-    sub = source[0]["RangeSubselect"]
-    alias = (sub.get("alias") or {}).get("aliasname")
-    inner = (sub.get("subquery") or {}).get("SelectStmt")
-    if sub.get("lateral") or inner is None or (sub.get("alias") or {}).get("colnames"):
-        return None
+    with_clause = body.get("withClause")
+    if with_clause is not None:
+        # WITH x AS (…) SELECT … FROM x: the same, written as a CTE
+        ctes = with_clause.get("ctes") or []
+        cte = ctes[0].get("CommonTableExpr") or {} if len(ctes) == 1 else {}
+        ref = source[0].get("RangeVar") or {}
+        if (
+            with_clause.get("recursive")
+            or cte.get("aliascolnames")
+            or not cte.get("ctename")
+            or ref.get("relname") != cte["ctename"]
+            or ref.get("schemaname")
+            or ref.get("catalogname")
+            or (ref.get("alias") or {}).get("colnames")
+        ):
+            return None
+        alias = (ref.get("alias") or {}).get("aliasname") or cte["ctename"]
+        inner = (cte.get("ctequery") or {}).get("SelectStmt")
+        if inner is None:
+            return None
+    else:
+        if "RangeSubselect" not in source[0]:
+            return None
+        sub = source[0]["RangeSubselect"]
+        alias = (sub.get("alias") or {}).get("aliasname")
+        inner = (sub.get("subquery") or {}).get("SelectStmt")
+        if sub.get("lateral") or inner is None or (sub.get("alias") or {}).get("colnames"):
+            return None
     if any(inner.get(k) for k in ("sortClause", "limitCount", "limitOffset")) or (
         inner.get("distinctClause") not in (None, [{}])
     ):

@@ -219,6 +219,12 @@ TOOL_READS: list[tuple[str, set[str]]] = [
         "WHERE email LIKE '%@yahoo.com') GROUP BY o.status) AS virtual_table ORDER BY 1 LIMIT 1001",
         set(),
     ),
+    (
+        "WITH agg AS (SELECT o.status, count(*) AS n FROM orders o JOIN customers c "
+        "ON c.id = o.customer_id WHERE c.email LIKE '%@gmail.com' GROUP BY o.status) "
+        "SELECT * FROM agg ORDER BY n DESC, status",
+        set(),
+    ),
     # Tableau and Superset
     (
         'SELECT CAST("customers"."email" AS TEXT) AS "email", SUM("orders"."total") AS "sum" '

@@ -354,6 +354,10 @@ WRAPPED_CLEAN = [
     " (select id from customers where email like 'a%') group by o.status) as inner_qry"
     " limit 1001",
     "select s.id from (select id, lower(email) e from customers) s order by 1 limit 1",
+    # the same written as one CTE
+    "with agg as (select o.status, count(*) n from orders o join customers c"
+    " on c.id = o.customer_id where c.email like '%gmail%' group by o.status)"
+    " select * from agg order by n desc",
 ]
 
 
@@ -372,6 +376,9 @@ WRAPPED_PII = [
     f"select s.a, s.b from (select (select count(*) from customers where id = 42 and {B} <> 0)"
     f" a, (select count(*) from customers where id = 42 and {B} = 0) b) s",
     f"select s.id from (select id from customers order by {B}, id <> 1 limit 1) s",
+    "with agg as (select id, lower(email) e from customers) select a.id from agg a"
+    " order by a.e limit 1",
+    f"with agg as (select id from customers order by {B}, id <> 1 limit 1) select agg.id from agg",
     # not a wrapper: a WHERE of its own
     "select s.id from (select id, lower(email) e from customers) s where s.e like 'a%'",
 ]
