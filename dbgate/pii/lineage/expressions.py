@@ -377,7 +377,9 @@ class Expressions(WalkState):
         stored = self.stored_column
         if over:
             bounded = _bounded_window(body, name, over, level, lambda n: stored(n, scope, True))
-            sorts = True
+            # rank() and its kind count the rows whose keys come before: peers rank
+            # alike, whatever order the rows arrive in (row_number(), ntile() do not)
+            sorts = name not in HYPOTHETICAL_SET_AGGREGATES or bool(body.get("args"))
         else:
             bounded = _bounded_aggregate(body, name, lambda n: stored(n, scope, True))
             sorts = name not in ORDER_FREE

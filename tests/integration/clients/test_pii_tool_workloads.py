@@ -336,6 +336,14 @@ TOOL_READS: list[tuple[str, set[str]]] = [
         "FROM orders GROUP BY status ORDER BY n DESC, status",
         set(),
     ),
+    # customers ranked by spend over a sub-select grouped by e-mail
+    (
+        "SELECT s.email, s.spent, rank() OVER (ORDER BY s.spent DESC) AS rnk, "
+        "dense_rank() OVER (ORDER BY s.spent DESC) AS drnk FROM (SELECT c.email, "
+        "sum(o.total) AS spent FROM customers c JOIN orders o ON o.customer_id = c.id "
+        "WHERE c.id < 60 GROUP BY c.email) s ORDER BY rnk, s.spent DESC LIMIT 10",
+        {"email"},
+    ),
     # a calendar left-joined to orders
     (
         "SELECT d::date AS day, count(o.id), coalesce(sum(o.total), 0) "

@@ -398,3 +398,24 @@ def test_a_wrapper_ordered_by_position_is_planned_on_its_own() -> None:
     assert analyze(sql.format(1), COV).reads_literals
     (st,) = analyze(sql.format(2), COV).statements
     assert st.output is not None and st.output.columns[0].pii
+
+
+GROUPED_BY_EMAIL = (
+    "(select c.email, sum(o.total) spent from customers c join orders o"
+    " on o.customer_id = c.id group by c.email) s"
+)
+
+
+@pytest.mark.parametrize("fn", ["rank()", "dense_rank()", "percent_rank()", "cume_dist()"])
+def test_a_rank_over_rows_in_an_order_pii_chose_counts_its_own_keys(fn: str) -> None:
+    """Peers rank alike, whatever order the rows arrive in (a GROUP BY email's)."""
+    sql = f"select s.spent, {fn} over (order by s.spent desc) from {GROUPED_BY_EMAIL}"
+    assert [show(c) for c in output_of(sql, COV).columns] == ["-", "-"]
+
+
+@pytest.mark.parametrize("fn", ["row_number()", "ntile(4)", "lag(s.spent)"])
+def test_a_numbering_over_rows_in_an_order_pii_chose_carries_it(fn: str) -> None:
+    """Which of two peers comes first is the order the rows arrived in."""
+    sql = f"select {fn} over (order by s.spent desc) from {GROUPED_BY_EMAIL}"
+    out = output_of(sql, COV)
+    assert out.columns[0].pii, (sql, [show(c) for c in out.columns])
