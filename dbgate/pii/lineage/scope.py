@@ -27,6 +27,7 @@ class Item:
         "asked_levels",
         "chosen",
         "cols",
+        "named",
         "names",
         "open",
         "ordered",
@@ -50,6 +51,7 @@ class Item:
         asked_levels: frozenset[int] = frozenset(),
         ordered: Lin = CLEAN,
         stored: frozenset[str] = frozenset(),
+        named: dict[str, Lin] | None = None,
     ) -> None:
         self.alias = alias
         self.names = names
@@ -67,6 +69,10 @@ class Item:
         #: of a sub-select or CTE: its columns that are a table row's stored column as it
         #: is (Output.stored), compared or ordered by as that row's own would be
         self.stored = stored
+        #: what a name reads where that is not what its position holds: relations of
+        #: one name in several schemas (the session's ``search_path`` picks one) whose
+        #: columns differ, ``cols`` being what each position may hold, of any of them
+        self.named = named
         self._index: dict[str, Lin] | None = None
 
     def get(self, name: str) -> Lin | None:
@@ -77,6 +83,8 @@ class Item:
             for n, lin in zip(self.names, self.cols, strict=True):
                 seen = index.get(n)
                 index[n] = lin if seen is None else seen | lin
+            if self.named is not None:
+                index.update((n, lin) for n, lin in self.named.items() if n in index)
         found = index.get(name)
         if found is None and self.open:
             return self.rest

@@ -142,23 +142,26 @@ class Sources(WalkState):
             scope.items.append(item)
             return item
         primary = rels[0]
-        lins = self.source.relation_lins(primary)
+        lins = list(self.source.relation_lins(primary))
         names = [c.name for c in primary.columns]
-        for other in rels[1:]:  # same name in other schemas: the session's search_path decides
-            other_lins = dict(
-                zip([c.name for c in other.columns], self.source.relation_lins(other), strict=True)
-            )
-            lins = [lin | other_lins.get(n, CLEAN) for n, lin in zip(names, lins, strict=True)]
+        named: dict[str, Lin] | None = None
+        wider: Lin | None = None
+        if len(rels) > 1:
+            lins, named, wider = self.same_named(rels, shown)
         self.policies_met(rels)
         if alias and alias.get("colnames"):
             renamed = strs(alias["colnames"])
             names[: len(renamed)] = renamed[: len(names)]
+            named = None  # the list names positions, whichever relation holds them
         item = Item(
             (alias or {}).get("aliasname", name),
             names,
             lins,
+            open=wider is not None,
+            rest=CLEAN if wider is None else wider,
             schema=schema or primary.schema,
             table=len(rels) == 1 and primary.kind in ("r", "p"),
+            named=named,
         )
         # a view's rows chosen, kept or ordered by PII in its definition: as a
         # sub-select's would be (``Coverage.view_rows``)
@@ -174,6 +177,49 @@ class Sources(WalkState):
                 item.ordered = item.ordered | ordered
         scope.items.append(item)
         return item
+
+    def same_named(
+        self, rels: list[Relation], shown: str
+    ) -> tuple[list[Lin], dict[str, Lin] | None, Lin | None]:
+        """Lineage of a name several schemas hold a relation of (``rels``, the likeliest
+        first): the session's ``search_path`` picks one, which the agent sets. A column
+        read by name holds what that name holds in any of them; what reads columns by
+        position (a whole-row value, ``*`` under a set operation, an alias list
+        ``t(a, b)``) gets what any of them holds there: ``crm.t (id, email)`` beside
+        ``public.t (id, label)`` puts e-mails where ``label`` stands. Returns the
+        positions' lineage (as many as the first relation's columns), the names'
+        (None when every relation has the first one's columns, in its order), and
+        the lineage of the positions past the first's when another has more (unknown:
+        those columns, and names only they hold, stand nowhere the walk can place)."""
+        primary = rels[0]
+        width = len(primary.columns)
+        layout = [c.name for c in primary.columns]
+        by_name = dict(zip(layout, self.source.relation_lins(primary), strict=True))
+        positions = list(self.source.relation_lins(primary))
+        same = True
+        wider: Lin | None = None
+        for other in rels[1:]:
+            other_lins = self.source.relation_lins(other)
+            names = [c.name for c in other.columns]
+            same = same and names == layout
+            for i, (n, lin) in enumerate(zip(names, other_lins, strict=True)):
+                if n in by_name:
+                    by_name[n] = by_name[n] | lin
+                if i < width:
+                    positions[i] = positions[i] | lin
+                else:
+                    wider = (wider or CLEAN) | lin
+        if wider is not None:
+            wider = wider | self.unknown(
+                f"relation {shown} is in several schemas, one with more columns"
+            )
+        if same:
+            return [by_name[n] for n in layout], None, None
+        # a position holds what its name does too: after an alias list the walk reads
+        # the names it left as they are by position (``named`` is dropped then)
+        for i, n in enumerate(layout):
+            positions[i] = positions[i] | by_name[n]
+        return positions, by_name, wider
 
     def join(self, body: Node, scope: Scope) -> Item:
         left = self.from_item(body["larg"], scope)

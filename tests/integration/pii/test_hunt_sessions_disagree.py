@@ -1,0 +1,134 @@
+"""Decisions dbgate takes once and reuses, where another session (or the same one,
+after a change) reads the same text as something else: through the real gate and the
+demo dataset, every byte compared with the raw values read straight from the server.
+
+An unqualified name resolves by the session's own ``search_path``, which the agent
+sets (``SET search_path``, ``set_config``, a startup option): where two schemas hold a
+relation of that name, dbgate's snapshot must take what every one of them holds, by
+name and by position, since a whole-row value, a column alias list or a set
+operation reads the columns by position, not by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import _admin_execute
+from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
+    DemoRole,
+    admin_dsn,
+    demo_db,
+    demo_role,
+    start_pii_proxy,
+)
+from tests.integration.conftest import RunningProxy
+
+#: ``public.twin`` is clean; ``crm.twin`` holds e-mails (by its column's name) at
+#: the same position
+SETUP = [
+    "drop schema if exists crm cascade",
+    "create schema crm",
+    "drop table if exists public.twin",
+    "create table public.twin (id int, label text)",
+    "insert into public.twin values (1, 'first'), (2, 'second')",
+    "create table crm.twin (id int, email text)",
+    "insert into crm.twin select id, email from public.customers where id < 4",
+]
+
+
+@pytest.fixture(scope="module")
+def twins(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[None]:  # noqa: F811
+    _admin_execute(
+        pg_server,
+        *SETUP,
+        f"grant usage on schema crm to {demo_role.name}",
+        f"grant select on crm.twin, public.twin to {demo_role.name}",
+        dbname=demo_db,
+    )
+    try:
+        yield
+    finally:
+        _admin_execute(
+            pg_server, "drop schema crm cascade", "drop table public.twin", dbname=demo_db
+        )
+
+
+@pytest.fixture(scope="module")
+def hunt_proxy(pg_server: Any, demo_role: DemoRole, twins: None) -> Iterator[RunningProxy]:  # noqa: F811
+    running = start_pii_proxy(pg_server, demo_role)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def dsn(hunt_proxy: RunningProxy, demo_db: str) -> str:  # noqa: F811
+    return hunt_proxy.dsn(demo_db)
+
+
+@pytest.fixture(scope="module")
+def emails(admin_dsn: str, twins: None) -> list[str]:  # noqa: F811
+    with psycopg.connect(admin_dsn) as conn:
+        rows = conn.execute("select email from crm.twin order by id").fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _received(dsn: str, statements: list[str]) -> str:
+    """Everything one session got back, as text."""
+    got: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for sql in statements:
+            try:
+                cur = conn.execute(sql)
+                if cur.description is not None:
+                    got.extend(repr(r) for r in cur.fetchall())
+            except psycopg.Error as e:
+                got.append(f"error {e.diag.sqlstate}: {e}")
+    return "\n".join(got)
+
+
+POSITIONAL = {
+    "whole row": "select to_jsonb(t) from twin t where id < 10",
+    "row as text": "select t::text from twin t where id < 10",
+    "alias list": "select lower(b) from twin as t(a, b) where a < 10",
+    "sub-select alias list": "select upper(s.b) from (select * from twin where id < 10) s(a, b)",
+    "set operation": "select * from twin where id < 10 union all select * from twin where id < 10",
+    "whole row of a sub-select": "select row_to_json(s) from (select * from twin where id < 10) s",
+}
+
+
+@pytest.mark.parametrize("name", list(POSITIONAL))
+@pytest.mark.parametrize("how", ["set", "set_config"])
+def test_a_relation_the_session_search_path_picks_is_read_as_it_is(
+    dsn: str, emails: list[str], name: str, how: str
+) -> None:
+    """Session A reads ``twin`` as ``public.twin`` (the plan and the verdict are
+    remembered); session B sets ``search_path`` so that the same text reads
+    ``crm.twin``: the e-mails came back raw through the whole-row value, the alias list
+    and the set operation, whose positions dbgate took from ``public.twin`` alone. (A's
+    reads are tokenized too now: the text does not say which relation it reads.)"""
+    sql = POSITIONAL[name]
+    _received(dsn, [sql, sql])
+    if how == "set":
+        got = _received(dsn, ["set search_path = crm, public", sql])
+    else:
+        got = _received(dsn, ["select set_config('search_path', 'crm, public', false)", sql])
+    assert "tok_" in got, got
+    for email in emails:
+        assert email not in got and email.lower() not in got and email.upper() not in got
+
+
+def test_reads_of_the_clean_twin_stay_as_they_are(dsn: str) -> None:
+    """Outputs that are ``public.twin``'s columns as stored come back byte for byte."""
+    got = _received(
+        dsn,
+        [
+            "select id, label from twin where id < 10 order by id",
+            "select * from twin where id < 10 order by id",
+            "select lower(label) from twin where id < 10 order by id",
+        ],
+    )
+    assert got == "\n".join(["(1, 'first')", "(2, 'second')"] * 2 + ["('first',)", "('second',)"])

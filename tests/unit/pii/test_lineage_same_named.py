@@ -1,0 +1,81 @@
+"""A relation name several schemas hold: the session's ``search_path`` picks one.
+What reads columns by position must get what any of them holds there; what reads a
+column by name, what that name holds in any of them (hand-made schema; through the
+gate: tests/integration/pii/test_hunt_sessions_disagree.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dbgate.pii.catalog_load import load_catalog
+from dbgate.pii.coverage import Coverage
+from dbgate.pii.lineage import analyze
+from dbgate.pii.schema import SchemaSnapshot
+
+CATALOG = load_catalog()
+SAME_WIDTH = Coverage(
+    SchemaSnapshot.build({"public.twin": [("id", 23), "label"], "crm.twin": [("id", 23), "email"]}),
+    CATALOG,
+)
+WIDER = Coverage(
+    SchemaSnapshot.build(
+        {"public.twin": [("id", 23), "label"], "crm.twin": [("id", 23), "label", "email"]}
+    ),
+    CATALOG,
+)
+SAME_LAYOUT = Coverage(
+    SchemaSnapshot.build(
+        {"public.twin": [("id", 23), "label"], "crm.twin": [("id", 23), "label"]},
+        comments={"crm.twin.label": "pii:email"},
+    ),
+    CATALOG,
+)
+
+
+def _columns(sql: str, cov: Coverage) -> list[bool]:
+    (st,) = analyze(sql, cov, None).statements
+    assert st.output is not None
+    out = [not lin.clean for lin in st.output.columns]
+    return out + ([] if st.output.tail is None else [not st.output.tail.clean])
+
+
+POSITIONAL = [
+    "select to_jsonb(t) from twin t",
+    "select t::text from twin t",
+    "select lower(b) from twin as t(a, b)",
+    "select upper(s.b) from (select * from twin) s(a, b)",
+    "select row_to_json(s) from (select * from twin) s",
+]
+PAST_THE_FIRST = [
+    "select to_jsonb(t) from twin t",
+    "select t::text from twin t",
+    "select lower(c) from twin as t(a, b, c)",
+    "select upper(s.c) from (select * from twin) s(a, b, c)",
+    "select row_to_json(s) from (select * from twin) s",
+    "select lower(email) from twin",
+]
+
+
+@pytest.mark.parametrize("sql", POSITIONAL)
+def test_positions_hold_what_any_same_named_relation_holds(sql: str) -> None:
+    assert any(_columns(sql, SAME_WIDTH)), sql
+
+
+@pytest.mark.parametrize("sql", PAST_THE_FIRST)
+def test_columns_past_the_first_relation_are_unknown(sql: str) -> None:
+    assert any(_columns(sql, WIDER)), sql
+
+
+@pytest.mark.parametrize("cov", [SAME_WIDTH, WIDER], ids=["same width", "wider"])
+def test_a_set_operation_of_star_carries_the_other_relation(cov: Coverage) -> None:
+    assert any(_columns("select * from twin union all select * from twin", cov))
+
+
+@pytest.mark.parametrize("cov", [SAME_WIDTH, WIDER], ids=["same width", "wider"])
+def test_a_column_read_by_name_keeps_its_own_lineage(cov: Coverage) -> None:
+    assert _columns("select lower(label), id + 1 from twin", cov) == [False, False]
+
+
+def test_same_layouts_read_by_name_as_before() -> None:
+    assert _columns("select lower(label), id + 1 from twin", SAME_LAYOUT) == [True, False]
+    assert _columns("select to_jsonb(t) from twin t", SAME_LAYOUT) == [True]
