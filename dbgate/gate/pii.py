@@ -535,9 +535,13 @@ class PiiGate:
         self, s: PiiSession, statement: Statement, plan: StatementPlan
     ) -> Allow | Refuse | None:
         """The tokens among a Bind's values resolved, its results under ``plan``;
-        None when nothing changes."""
+        None when nothing changes. A Bind judged for another reason gets ``plan``
+        (made on the current snapshot) when the statement involves PII: its Parse's may
+        have been made on an older one, which found nothing (``SessionInfo.
+        forget_verdicts`` after a schema reload: the server re-plans a prepared
+        statement whose view was redefined to read PII, or whose column was marked)."""
         if not plan.params_may_hold_tokens:
-            return None
+            return Allow(plan=PiiResultPlan(plan)) if plan.involves_pii else None
         try:
             values, bound = s.detokenize_params(
                 plan, statement.params, statement.param_formats, statement.param_types

@@ -78,6 +78,10 @@ class Exemption:
     reason: str  # e.g. "identity 'analyst' is listed in pii.exempt_identities"
 
 
+#: Texts remembered per SQL prepared statement name (see ``PiiSession._prepared_again``)
+_PREPARED_TEXTS = 16
+
+
 def _declare(known: dict[str, Output], declared: dict[str, Output]) -> None:
     """Remember what cursors or prepared statements ``declared`` return. A name this
     session declared before keeps what it returned too: the new declaration is planned
@@ -105,6 +109,11 @@ class PiiSession:
         # Never forgotten: a redeclaration or DEALLOCATE may fail on the server.
         self._pii_cursors: set[str] = set()
         self._pii_prepared: set[str] = set()
+        # the texts that prepared each name, and the snapshot their lineage is of: the
+        # server plans a prepared statement again when what it reads changes (a view
+        # redefined, a column marked), so after a reload EXECUTE reads it as it is now
+        self._prepared_texts: dict[str, list[str]] = {}
+        self._prepared_version = room.version
         self.filter = room.message_filter if self.exemption is None else _PassFilter()
 
     # SessionState for the lineage walker
@@ -120,15 +129,24 @@ class PiiSession:
         """The plan of one statement text (Query or Parse); cheap when seen before.
         ``shape``: ``shape_of(sql)`` when the caller has computed it; ``analysis``:
         its lineage when the caller has it (traced in a worker, or looked up)."""
+        if self._prepared_version != self.room.version:
+            self._prepared_again()
         if analysis is None:
             analysis = self.room.analysis(sql, self, shape)
         _declare(self._cursors, analysis.declares)
         _declare(self._prepared, analysis.prepares)
+        for name in analysis.prepares:
+            texts = self._prepared_texts.setdefault(name, [])
+            if sql not in texts:
+                # a name prepared by more texts than this is unknown once traced again
+                texts.append(sql if len(texts) < _PREPARED_TEXTS else "")
         for name in analysis.deallocates:
             if name == "*":
                 self._prepared.clear()
+                self._prepared_texts.clear()
             else:
                 self._prepared.pop(name, None)
+                self._prepared_texts.pop(name, None)
         plan = StatementPlan(self.room, sql, analysis, self.exemption)
         if not (
             analysis.declares
@@ -148,6 +166,29 @@ class PiiSession:
         ):
             return StatementPlan(self.room, sql, analysis, self.exemption, runs_pii=True)
         return plan
+
+    def _prepared_again(self) -> None:
+        """The schema snapshot changed since the session's SQL prepared statements were
+        traced: trace the texts that prepared each again (a name several texts
+        prepared, each failed or not, takes what any of them returns). Cursors keep
+        theirs: the server planned their query when they were declared."""
+        room = self.room
+        self._prepared_version = room.version
+        for name, texts in self._prepared_texts.items():
+            out: Output | None = None
+            for text in texts:
+                try:
+                    analysis = room.analysis(text, self) if text else None
+                except Exception:  # traced before; unknown if not now
+                    analysis = None
+                got = None if analysis is None else analysis.prepares.get(name)
+                if got is None:
+                    got = Output(tail=UNKNOWN_LIN)
+                elif StatementPlan(room, text, analysis, self.exemption).involves_pii:
+                    self._pii_prepared.add(name)
+                out = got if out is None else out.merged(got)
+            if out is not None:
+                self._prepared[name] = out
 
     def detokenize_sql(self, plan: StatementPlan) -> str:
         """The text to forward, with tokens resolved; TokenError (22023) if one may not be.

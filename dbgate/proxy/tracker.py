@@ -436,7 +436,10 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         memo = self._memo if not strict else None
         generations = self._generations
         if generations is not None and generations.generation != self._memo_generation:  # type: ignore[attr-defined]
-            self._memo.clear()
+            # the verdicts of statements prepared before are the old snapshot's too: the
+            # server plans them again when what they read changes (a view redefined, a
+            # column marked PII), so their Binds are judged again, on the new one
+            self.info.forget_verdicts()
             self._memo_generation = generations.generation  # type: ignore[attr-defined]
         if memo and time.monotonic() - self._memo_since > MEMO_MAX_AGE_SECONDS:
             memo.clear()

@@ -11,12 +11,14 @@ operation reads the columns by position, not by name.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
+from dbgate.gate import schema_loads
 from tests.conftest import _admin_execute
 from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
     DemoRole,
@@ -132,3 +134,87 @@ def test_reads_of_the_clean_twin_stay_as_they_are(dsn: str) -> None:
         ],
     )
     assert got == "\n".join(["(1, 'first')", "(2, 'second')"] * 2 + ["('first',)", "('second',)"])
+
+
+#: a clean view an agent's driver prepares a read of; redefined outside dbgate (a
+#: migration) to show e-mails under the same name
+BOARD = "create or replace view {0} as select id, title as label from things"
+BOARD_PII = "create or replace view {0} as select id, email::text as label from customers"
+#: one view per test: the gate meets each name for the first time
+BOARDS = iter(range(1_000_000))
+
+
+@pytest.fixture
+def board(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[str]:  # noqa: F811
+    view = f"board_{next(BOARDS)}"
+    _admin_execute(
+        pg_server,
+        "create table if not exists things (id bigint, title text)",
+        "truncate things",
+        "insert into things select g, 'thing ' || g from generate_series(1, 9) g",
+        BOARD.format(view),
+        f"grant select on things, {view} to {demo_role.name}",
+        dbname=demo_db,
+    )
+    try:
+        yield view
+    finally:
+        _admin_execute(pg_server, f"drop view {view}", dbname=demo_db)
+
+
+def _reloaded(dsn: str, sql: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wait until the gate has read the schema again (another session's fresh read of
+    ``sql`` comes back tokenized)."""
+    monkeypatch.setattr(schema_loads, "MAX_AGE_SECONDS", 0.0)
+    deadline = time.monotonic() + 10
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as other:
+        while "tok_" not in repr(other.execute(sql).fetchall()):
+            assert time.monotonic() < deadline, "the schema was not read again"
+            time.sleep(0.1)
+    monkeypatch.setattr(schema_loads, "MAX_AGE_SECONDS", 30.0)
+
+
+READS = {
+    "column": "select id, label from {0} where id < 4 order by id",
+    "expression": "select id, lower(label) from {0} where id < 4 order by id",
+}
+
+
+@pytest.mark.parametrize("name", list(READS))
+@pytest.mark.parametrize("how", ["protocol", "sql"])
+def test_a_statement_prepared_before_a_view_shows_pii_is_read_as_it_is_now(
+    dsn: str,
+    pg_server: Any,
+    demo_db: str,  # noqa: F811
+    board: str,
+    name: str,
+    how: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A named statement (a driver's statement cache, ``PREPARE``) parsed while the
+    view's ``label`` was clean: the server re-plans it when the view is redefined, and
+    its executions return what the new definition reads. Its Parse carried no PII plan,
+    so dbgate let every later execution through untouched, after the schema reload too."""
+    sql = READS[name].format(board)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql, prepare=False)  # the gate learns the view's name
+        if how == "protocol":
+
+            def run() -> list[Any]:
+                return conn.execute(sql, prepare=True).fetchall()
+        else:
+            conn.execute(f"prepare board_read as {sql}")
+
+            def run() -> list[Any]:
+                return conn.execute("execute board_read").fetchall()
+
+        before = run()
+        assert [r[1].lower() for r in before] == [f"thing {i}" for i in (1, 2, 3)]
+        _admin_execute(pg_server, BOARD_PII.format(board), dbname=demo_db)
+        _reloaded(dsn, sql, monkeypatch)
+        after = repr(run())
+    with psycopg.connect(pg_server.dsn(demo_db)) as direct:
+        raw = [str(r[0]) for r in direct.execute("select email from customers where id < 4")]
+    assert "tok_" in after, after
+    for email in raw:
+        assert email not in after and email.lower() not in after
