@@ -317,6 +317,7 @@ class PiiGate:
         cacheable = (
             not any(st.command in _SESSION_BOUND for st in classification.statements)
             and not allowed.check_binds
+            and not self._in_flux(info, classification)
         )
         room = s.room
         key = (info.database, sql, False)
@@ -353,6 +354,8 @@ class PiiGate:
         sql = q.statement.sql
         room = s.room
         plan = s.plan(sql, shape, analysis)
+        if self._in_flux(info, classification):
+            plan = plan.distrusted(self._unsettled(info.database))
         unknown = plan.analysis.unknown_relations
         if unknown:
             if q.reloaded:
@@ -377,6 +380,15 @@ class PiiGate:
                 self._verdicts.clear()
             self._verdicts[key] = (room.version, allowed, result)
         return result
+
+    def _in_flux(self, info: SessionInfo, classification: Classification | None) -> bool:
+        """Whether the schema may differ from the snapshot for this statement: it
+        changes the schema itself (its other statements run after), or a transaction
+        that changes it is open, or the snapshot was not read again since one ended
+        (``SchemaLoads.in_flux``). Its results are then tokenized whole."""
+        if classification is not None and classification.categories & _SCHEMA_CHANGING:
+            return True
+        return self.loads.in_flux(info.database)
 
     def _judge(
         self,
@@ -422,6 +434,8 @@ class PiiGate:
         self, s: PiiSession, plan: StatementPlan, allowed: Allow, classification: Classification
     ) -> Allow | Refuse | None:
         """``allowed`` under ``plan``: its results tokenized, its tokens resolved."""
+        if plan.distrust:  # never remembered: taken again once the snapshot is read
+            allowed = replace(allowed, repeatable=False)
         # Also for a statement that reads PII only where its rows are chosen: the plan
         # rewrites no row then, it marks the statement whose errors are withheld
         result_plan = PiiResultPlan(plan) if plan.involves_pii else None
@@ -467,7 +481,19 @@ class PiiGate:
                 ready = self.offload.trace_ahead(sql, room.coverage)
                 if ready is not None:
                     return self._bind_traced(ready, info, statement, sql, room.coverage, hold)
-        return self._bind_decide(s, statement, s.plan(sql, False, analysis), hold)
+        return self._bind_decide(s, statement, self._bind_plan(s, info, sql, analysis), hold)
+
+    def _bind_plan(
+        self, s: PiiSession, info: SessionInfo, sql: str, analysis: Analysis | None
+    ) -> StatementPlan:
+        plan = s.plan(sql, False, analysis)
+        if self.loads.in_flux(info.database):
+            return plan.distrusted(self._unsettled(info.database))
+        return plan
+
+    def _unsettled(self, database: str) -> Callable[[], bool]:
+        loads = self.loads
+        return lambda: loads.in_flux(database)
 
     async def _bind_traced(
         self,
@@ -494,7 +520,7 @@ class PiiGate:
         else:
             s.room.adopt(sql, None, traced, coverage)
         result = (
-            self._bind_decide(s, statement, s.plan(sql, False, traced), hold)
+            self._bind_decide(s, statement, self._bind_plan(s, info, sql, traced), hold)
             if traced is not None
             else self.bind_verdict(info, statement, sql, hold)
         )
@@ -552,6 +578,10 @@ class PiiGate:
         if values == statement.params:
             return Allow(plan=result_plan) if result_plan is not None else None
         return Allow(plan=result_plan, replace_params=values)
+
+
+#: What can change the schema the snapshot describes (as ``schema_loads`` reads it).
+_SCHEMA_CHANGING = frozenset({Category.DDL, Category.DESTRUCTIVE})
 
 
 def _pii_hold(plan: StatementPlan, classification: Classification | None) -> Decision:

@@ -32,7 +32,9 @@ class PiiResultPlan:
     def _current(self) -> StatementPlan:
         plan = self.plan
         room = plan.room
-        if plan.version != room.version:  # the schema was reloaded since it was planned
+        if plan.version != room.version or (  # the schema was reloaded since it was planned
+            plan.unsettled is not None and not plan.unsettled()  # or read after a change
+        ):
             plan = self.plan = room.plan(plan.sql)
         return plan
 

@@ -76,9 +76,17 @@ class SchemaLoads(Generic[T]):
         #: Called after a snapshot was loaded or replaced: decisions taken from the
         #: old one (the relay's remembered verdicts) must be taken again.
         self.on_change: list[Callable[[], None]] = []
+        #: database -> sessions whose open transaction changed the schema
+        self._changing: dict[str, int] = {}
+        #: database -> when the last such transaction ended (monotonic), and when the
+        #: last load that completed started
+        self._settled_after: dict[str, float] = {}
+        self._completed: dict[str, float] = {}
+        self._settling: set[asyncio.Task[None]] = set()
 
-    async def _run(self, database: str) -> T:
+    async def _run(self, database: str, started: float) -> T:
         value = await self._load(database)
+        self._completed[database] = max(self._completed.get(database, started), started)
         self.loaded[database] = value
         # a reload that found nothing changed (``reloaded_unchanged``) leaves every
         # decision taken from the old snapshot standing
@@ -92,8 +100,8 @@ class SchemaLoads(Generic[T]):
             callback()
 
     def _start(self, database: str) -> asyncio.Future[T]:
-        self._started[database] = time.monotonic()
-        loading = self._loading[database] = asyncio.ensure_future(self._run(database))
+        started = self._started[database] = time.monotonic()
+        loading = self._loading[database] = asyncio.ensure_future(self._run(database, started))
         return loading
 
     def ensure(self, database: str) -> Awaitable[T]:
@@ -144,6 +152,45 @@ class SchemaLoads(Generic[T]):
         if error is not None:
             log.error("cannot reload %s of %s: %s", self.what, database, error)
 
+    def change_began(self, database: str) -> None:
+        """A session's transaction changes the schema of ``database`` (DDL decided):
+        until it is over and the snapshot read again after it, the snapshot may be
+        wrong (:meth:`in_flux`). Decisions remembered from it are taken again."""
+        self._changing[database] = self._changing.get(database, 0) + 1
+        self.changed()
+
+    def change_ended(self, database: str) -> None:
+        """That transaction is over: read the snapshot again (a load started from now
+        on ends :meth:`in_flux`, once no other such transaction is open)."""
+        left = self._changing.get(database, 0) - 1
+        if left > 0:
+            self._changing[database] = left
+        else:
+            self._changing.pop(database, None)
+        now = time.monotonic()
+        self._settled_after[database] = now
+        if database not in self.loaded:
+            return
+        task = asyncio.ensure_future(self.reload_since(database, now))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    def in_flux(self, database: str) -> bool:
+        """Whether the schema of ``database`` may differ from its snapshot: a
+        transaction that changes it is open, or the load after the last one is not
+        done. Cheap: asked at every statement."""
+        if not self._changing and not self._settled_after:
+            return False
+        if self._changing.get(database):
+            return True
+        after = self._settled_after.get(database)
+        if after is None:
+            return False
+        if self._completed.get(database, float("-inf")) >= after:
+            del self._settled_after[database]
+            return False
+        return True
+
     def may_be_new(self, database: str, names: Iterable[str]) -> bool:
         """Whether a reload could teach the snapshot one of ``names``."""
         absent = self._absent.get(database)
@@ -191,7 +238,12 @@ class SchemaWatch(QuietObserver):
 
     def _reload(self, info: SessionInfo) -> None:
         for loads in self.loads:
-            loads.refresh_soon(info.database)
+            loads.change_ended(info.database)
+
+    def _began(self, session: SessionInfo) -> None:
+        session.state[_DDL_KEY] = True
+        for loads in self.loads:
+            loads.change_began(session.database)
 
     def follows(self, session: SessionInfo, verdict: Any) -> bool:
         """A statement that may change the schema, and every statement after it until
@@ -200,13 +252,14 @@ class SchemaWatch(QuietObserver):
         if _DDL_KEY in session.state:
             return True
         if _changes_schema(verdict):
-            session.state[_DDL_KEY] = True
+            self._began(session)
             return True
         return False
 
     def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
         if _changes_schema(record.verdict):
-            session.state[_DDL_KEY] = True
+            if _DDL_KEY not in session.state:
+                self._began(session)
         elif _DDL_KEY not in session.state:
             return  # what _ended would find: nothing to do (nearly every statement)
         self._ended(session, record)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dbgate.pii.copyout import (
@@ -66,6 +66,7 @@ class StatementPlan:
 
     __slots__ = (
         "analysis",
+        "distrust",
         "exemption",
         "hold",
         "hold_reasons",
@@ -73,6 +74,7 @@ class StatementPlan:
         "runs_pii",
         "sql",
         "token_params",
+        "unsettled",
         "version",
     )
 
@@ -84,6 +86,7 @@ class StatementPlan:
         exemption: Exemption | None = None,
         token_params: frozenset[int] = frozenset(),
         runs_pii: bool = False,
+        distrust: bool = False,
     ) -> None:
         self.room = room
         self.sql = sql
@@ -93,6 +96,12 @@ class StatementPlan:
         #: it runs a cursor or SQL prepared statement that the session declared over PII
         #: (or that dbgate did not see declared): see ``PiiSession.plan``
         self.runs_pii = runs_pii
+        #: the schema may have changed since the snapshot was read (DDL in a
+        #: transaction not yet over, or a reload after it not yet done): every column of
+        #: its results is tokenized, fresh, and its errors withheld (:meth:`distrusted`)
+        self.distrust = distrust
+        #: while ``distrust``: whether the schema may still differ from the snapshot
+        self.unsettled: Callable[[], bool] | None = None
         self.version = room.version
         reasons: list[str] = []
         if exemption is None:
@@ -124,6 +133,8 @@ class StatementPlan:
     @property
     def pii_outputs(self) -> bool:
         """Some output of the statement is (or may be) PII: results will be rewritten."""
+        if self.distrust:
+            return True
         for st in self.analysis.statements:
             if st.output is not None and (
                 st.output.tail is not None
@@ -156,7 +167,8 @@ class StatementPlan:
             return False
         a = self.analysis
         if (
-            a.token_sites
+            self.distrust
+            or a.token_sites
             or self.token_params
             or self.runs_pii
             or a.unknown_reasons
@@ -179,14 +191,39 @@ class StatementPlan:
         numbers = frozenset(numbers)
         if not numbers:
             return self
-        return StatementPlan(
+        plan = StatementPlan(
             self.room,
             self.sql,
             self.analysis,
             self.exemption,
             numbers | self.token_params,
             self.runs_pii,
+            self.distrust,
         )
+        plan.unsettled = self.unsettled
+        return plan
+
+    def distrusted(self, unsettled: Callable[[], bool]) -> StatementPlan:
+        """This plan for a statement run while the schema may differ from the snapshot:
+        DDL in the session's open transaction (a view redefined to read e-mails under
+        the name of a clean column, then read in the same transaction and rolled back)
+        or in another's, until the snapshot is read again after it. Neither lineage nor
+        the RowDescription's columns can be judged on the old snapshot then."""
+        if self.distrust or self.exemption is not None:
+            return self
+        plan = StatementPlan(
+            self.room,
+            self.sql,
+            self.analysis,
+            self.exemption,
+            self.token_params,
+            self.runs_pii,
+            True,
+        )
+        # a prepared statement's executions outlive the change: planned again after
+        # it (``PiiResultPlan``), or it would stay tokenized whole
+        plan.unsettled = unsettled
+        return plan
 
     # ---------------------------------------------------------------- seam methods
     def rows(
@@ -208,6 +245,8 @@ class StatementPlan:
         room = self.room
         if statement is not None and description is not None:
             outputs = self._of_statement(statement)
+        if self.distrust:  # every column, stored ones too: the snapshot may be wrong
+            outputs = [Output(tail=UNKNOWN_LIN, chosen=UNKNOWN_LIN)]
         if description is None:
             merged = self._merged(outputs, None)
             n = len(merged.columns) if merged.tail is None else 0
@@ -348,6 +387,8 @@ class StatementPlan:
                 # the relay does not say which of the text's COPY statements this
                 # output is of: every value of it, whatever its options
                 out = Output(tail=self.room.note_unknown("one of several COPY TO STDOUT in a text"))
+        if self.distrust:
+            out = Output(tail=UNKNOWN_LIN)
         ncols = int.from_bytes(response[1:3], "big")
         pii: dict[int, Any] = {}
         # COPY output carries no column origins: every PII value in it is treated as

@@ -218,3 +218,110 @@ def test_a_statement_prepared_before_a_view_shows_pii_is_read_as_it_is_now(
     assert "tok_" in after, after
     for email in raw:
         assert email not in after and email.lower() not in after
+
+
+#: an operator's rule standing for an approver who lets the agent redefine its views
+APPROVED_DDL = """\
+version: 1
+rules:
+  - name: tests-approved-view-ddl
+    match:
+      identities: [agent]
+      categories: [ddl]
+    action: allow
+"""
+
+
+@pytest.fixture(scope="module")
+def ddl_proxy(
+    pg_server: Any,
+    demo_role: DemoRole,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningProxy]:
+    from dbgate.app import build_gate
+    from dbgate.gate.observers import combine
+    from dbgate.gate.pii import PiiGate
+    from dbgate.gate.schema_loads import SchemaWatch
+    from tests.integration.clients.conftest import pii_config
+    from tests.integration.conftest import pack_with
+
+    rules = pack_with(tmp_path_factory.mktemp("ddl-rules"), APPROVED_DDL)
+    config = pii_config(pg_server, demo_role)
+    config = config.model_copy(update={"rules_dir": str(rules)})
+    pii = PiiGate(config)
+    pii.check()
+    running = RunningProxy(
+        config,
+        inspector=build_gate(config, None, pii),
+        # as ``dbgate serve`` has it: the schema is read again after DDL
+        observer=combine([SchemaWatch([pii.loads]), pii.held_cursors]),
+        message_filter=pii.filter,
+    ).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def own_board(
+    pg_server: Any,
+    demo_db: str,  # noqa: F811
+    demo_role: DemoRole,  # noqa: F811
+    board: str,
+) -> str:
+    _admin_execute(
+        pg_server,
+        f"alter view {board} owner to {demo_role.name}",
+        f"grant create on schema public to {demo_role.name}",
+        dbname=demo_db,
+    )
+    return board
+
+
+@pytest.mark.parametrize("end", ["rollback", "commit"])
+def test_a_view_redefined_in_the_open_transaction_is_not_read_by_its_old_definition(
+    ddl_proxy: RunningProxy,
+    pg_server: Any,
+    demo_db: str,  # noqa: F811
+    own_board: str,
+    end: str,
+) -> None:
+    """The snapshot is read again once the transaction that changed the schema is
+    over (another connection cannot see it before): a read after an allowed ``CREATE
+    OR REPLACE VIEW`` in the same transaction was judged by the view's old definition,
+    ``label`` clean, and returned the e-mails raw — then rolled back, leaving nothing."""
+    view = own_board
+    reads = [
+        f"select id, label from {view} where id < 4 order by id",
+        f"select id, lower(label) from {view} where id < 4 order by id",
+        f"select to_jsonb(b) from {view} b where id < 4",
+    ]
+    got: list[str] = []
+    dsn = ddl_proxy.dsn(demo_db)
+    with psycopg.connect(dsn) as conn, psycopg.connect(dsn, autocommit=True) as other:
+        assert "thing 1" in repr(conn.execute(reads[0]).fetchall())
+        assert "thing 1" in repr(other.execute(reads[0]).fetchall())
+        conn.commit()
+        conn.execute(BOARD_PII.format(view))
+        for sql in reads:
+            got.append(repr(conn.execute(sql).fetchall()))
+        getattr(conn, end)()
+        for sql in reads:  # after the transaction, before and after the reload
+            got.append(repr(conn.execute(sql).fetchall()))
+            conn.commit()
+        # one text that changes the view and reads it
+        cur = conn.execute(f"{BOARD_PII.format(view)}; {reads[0]}")
+        assert cur.nextset()
+        got.append(repr(cur.fetchall()))
+        conn.rollback()
+        if end == "rollback":
+            # once the snapshot is read again, the clean view comes back as it is
+            deadline = time.monotonic() + 10
+            while "thing 1" not in repr(rows := other.execute(reads[0]).fetchall()):
+                got.append(repr(rows))
+                assert time.monotonic() < deadline, rows
+                time.sleep(0.1)
+    with psycopg.connect(pg_server.dsn(demo_db)) as direct:
+        raw = [str(r[0]) for r in direct.execute("select email from customers where id < 4")]
+    text = "\n".join(got)
+    for email in raw:
+        assert email not in text and email.lower() not in text, text

@@ -111,8 +111,13 @@ class Loads:
 
     def __init__(self) -> None:
         self.refreshed: list[str] = []
+        self.changing: list[str] = []
 
-    def refresh_soon(self, database: str) -> None:
+    def change_began(self, database: str) -> None:
+        self.changing.append(database)
+
+    def change_ended(self, database: str) -> None:
+        self.changing.remove(database)
         self.refreshed.append(database)
 
 

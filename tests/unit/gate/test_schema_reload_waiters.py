@@ -76,3 +76,45 @@ def test_a_reload_that_found_nothing_changed_keeps_decisions() -> None:
     b = SchemaSnapshot.build({"public.t": ["id", "email"]})
     c = SchemaSnapshot.build({"public.t": ["id", "email", "phone"]})
     assert a.version != b.version and a.same_as(b) and not a.same_as(c)
+
+
+def test_the_schema_is_in_flux_from_a_ddl_to_the_load_after_its_transaction(
+    monkeypatch: object,
+) -> None:
+    """From the decision of a statement that changes the schema until a load that
+    started after its transaction ended is done, the snapshot may be wrong: decisions
+    taken from it are dropped at the start (``changed``), and ``in_flux`` says so."""
+    monkeypatch.setattr(schema_loads, "RELOAD_INTERVAL_SECONDS", 0.0)  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        gate = asyncio.Event()
+
+        async def load(database: str) -> str:
+            await gate.wait()
+            return "snapshot"
+
+        loads: SchemaLoads[str] = SchemaLoads("the schema", load)
+        changes: list[int] = []
+        loads.on_change.append(lambda: changes.append(1))
+        gate.set()
+        await loads.ensure("db")
+        changes.clear()
+        assert not loads.in_flux("db")
+        loads.change_began("db")
+        loads.change_began("db")  # two sessions
+        assert loads.in_flux("db") and len(changes) == 2
+        gate.clear()
+        loads.change_ended("db")
+        assert loads.in_flux("db")  # the other is still open
+        loads.change_ended("db")
+        await asyncio.sleep(0.01)
+        assert loads.in_flux("db")  # its load is not done
+        gate.set()
+        for _ in range(100):
+            await asyncio.sleep(0.001)
+            if not loads.in_flux("db"):
+                break
+        assert not loads.in_flux("db")
+        assert not loads.in_flux("other")
+
+    asyncio.run(scenario())
