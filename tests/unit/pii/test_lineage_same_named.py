@@ -1,7 +1,8 @@
 """A relation name several schemas hold: the session's ``search_path`` picks one.
 What reads columns by position must get what any of them holds there; what reads a
-column by name, what that name holds in any of them (hand-made schema; through the
-gate: tests/integration/pii/test_hunt_sessions_disagree.py)."""
+column by name, what that name holds in any of them. And a statement a session
+prepared is read as the snapshot now says (hand-made schema; through the gate:
+tests/integration/pii/test_hunt_sessions_disagree.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import pytest
 
 from dbgate.pii.catalog_load import load_catalog
 from dbgate.pii.coverage import Coverage
+from dbgate.pii.keys import Key, Keyring
 from dbgate.pii.lineage import analyze
-from dbgate.pii.schema import SchemaSnapshot
+from dbgate.pii.room import PiiRoom, PiiSettings
+from dbgate.pii.schema import Column, Relation, SchemaSnapshot
+from dbgate.pii.tokens import Tokenizer
 
 CATALOG = load_catalog()
 SAME_WIDTH = Coverage(
@@ -79,3 +83,30 @@ def test_a_column_read_by_name_keeps_its_own_lineage(cov: Coverage) -> None:
 def test_same_layouts_read_by_name_as_before() -> None:
     assert _columns("select lower(label), id + 1 from twin", SAME_LAYOUT) == [True, False]
     assert _columns("select to_jsonb(t) from twin t", SAME_LAYOUT) == [True]
+
+
+def _view_room(definition: str) -> tuple[PiiRoom, SchemaSnapshot]:
+    base = SchemaSnapshot.build(
+        {"public.customers": [("id", 23), "email"], "public.things": [("id", 23), "title"]}
+    )
+    rels = dict(base.relations)
+    rels[900] = Relation(
+        900, "public", "board", "v", 901, (Column("id", 1, 23), Column("label", 2, 25)), definition
+    )
+    snap = SchemaSnapshot(relations=rels, functions={}, assume_builtin_functions=True)
+    room = PiiRoom(CATALOG, Tokenizer(Keyring([Key("k", b"k" * 32)])), PiiSettings(), snap)
+    return room, snap
+
+
+def test_a_sql_prepared_statement_is_traced_again_after_a_reload() -> None:
+    """The server plans ``PREPARE``d statements again when a view they read is
+    redefined: after the snapshot changes, EXECUTE reads what the view reads now."""
+    room, _ = _view_room(" SELECT id, title AS label FROM things;")
+    session = room.session("agent")
+    session.plan("prepare p as select id, lower(label) from board")
+    before = session.plan("execute p")
+    assert not before.pii_outputs
+    changed, _ = _view_room(" SELECT id, email AS label FROM customers;")
+    room.set_snapshot(changed.snapshot)
+    after = session.plan("execute p")
+    assert after.pii_outputs and after.involves_pii
