@@ -358,8 +358,11 @@ class PiiGate:
         plan = s.plan(sql, shape, analysis)
         if self._in_flux(info, classification):
             plan = plan.distrusted(self._unsettled(info.database))
+            s.distrust_cursors(plan.analysis.declares)
         unknown = plan.analysis.unknown_relations
-        if unknown:
+        # in flux, every result is tokenized whole, and a reload may wait for this very
+        # session's transaction (its DDL locks what the reload reads): not waited for
+        if unknown and not plan.distrust:
             if q.reloaded:
                 self.loads.still_unknown(info.database, unknown)
             elif self.loads.may_be_new(info.database, unknown):

@@ -167,6 +167,15 @@ class PiiSession:
             return StatementPlan(self.room, sql, analysis, self.exemption, runs_pii=True)
         return plan
 
+    def distrust_cursors(self, names: Iterable[str]) -> None:
+        """Cursors declared while the schema may differ from the snapshot: the server
+        planned their query on the schema as it was then, which a cursor ``WITH HOLD``
+        keeps past the COMMIT; what they return is unknown (a view redefined in the
+        transaction that declared it, ``lower(label)`` now an e-mail)."""
+        for name in names:
+            self._cursors[name] = Output(tail=UNKNOWN_LIN)
+            self._pii_cursors.add(name)
+
     def _prepared_again(self) -> None:
         """The schema snapshot changed since the session's SQL prepared statements were
         traced: trace the texts that prepared each again (a name several texts
