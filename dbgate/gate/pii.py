@@ -391,7 +391,7 @@ class PiiGate:
         changes the schema itself (its other statements run after), or a transaction
         that changes it is open, or the snapshot was not read again since one ended
         (``SchemaLoads.in_flux``). Its results are then tokenized whole."""
-        if classification is not None and classification.categories & _SCHEMA_CHANGING:
+        if classification is not None and Category.DDL in classification.categories:
             return True
         return self.loads.in_flux(info.database)
 
@@ -583,10 +583,6 @@ class PiiGate:
         if values == statement.params:
             return Allow(plan=result_plan) if result_plan is not None else None
         return Allow(plan=result_plan, replace_params=values)
-
-
-#: What can change the schema the snapshot describes (as ``schema_loads`` reads it).
-_SCHEMA_CHANGING = frozenset({Category.DDL, Category.DESTRUCTIVE})
 
 
 def _pii_hold(plan: StatementPlan, classification: Classification | None) -> Decision:

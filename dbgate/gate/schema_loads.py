@@ -217,10 +217,15 @@ _AFTER_SYNC_KEY = "schema.after_sync"  # a reload waits for the session to be id
 _ENDS_AT_ITS_READY = frozenset({"query", "function_call"})
 
 
-def _changes_schema(verdict: Any) -> bool:
+#: What can change what a relation's columns hold (DROP and TRUNCATE cannot).
+_RESHAPING = frozenset({Category.DDL})
+_FLUX_KEY = "schema.flux"  # the session's open transaction ran DDL (SchemaLoads.in_flux)
+
+
+def _changes_schema(verdict: Any, categories: frozenset[Category] = _SCHEMA_CHANGING) -> bool:
     note = getattr(verdict, "note", None)
     classification = getattr(note, "classification", None)
-    return classification is not None and bool(classification.categories & _SCHEMA_CHANGING)
+    return classification is not None and bool(classification.categories & categories)
 
 
 class SchemaWatch(QuietObserver):
@@ -237,29 +242,34 @@ class SchemaWatch(QuietObserver):
         self.loads = tuple(loads)
 
     def _reload(self, info: SessionInfo) -> None:
+        changed = info.state.pop(_FLUX_KEY, False)
         for loads in self.loads:
-            loads.change_ended(info.database)
+            if changed:
+                loads.change_ended(info.database)
+            else:
+                loads.refresh_soon(info.database)
 
-    def _began(self, session: SessionInfo) -> None:
+    def _began(self, session: SessionInfo, verdict: Any) -> None:
+        """The session's transaction may change the schema from now on; DDL makes the
+        snapshot untrustworthy until it is read again after it (``in_flux``)."""
         session.state[_DDL_KEY] = True
-        for loads in self.loads:
-            loads.change_began(session.database)
+        if _FLUX_KEY not in session.state and _changes_schema(verdict, _RESHAPING):
+            session.state[_FLUX_KEY] = True
+            for loads in self.loads:
+                loads.change_began(session.database)
 
     def follows(self, session: SessionInfo, verdict: Any) -> bool:
         """A statement that may change the schema, and every statement after it until
         its session's transaction is over. Marked here, at the decision, so a statement
         pipelined behind it is followed too."""
-        if _DDL_KEY in session.state:
-            return True
         if _changes_schema(verdict):
-            self._began(session)
+            self._began(session, verdict)
             return True
-        return False
+        return _DDL_KEY in session.state
 
     def statement_completed(self, session: SessionInfo, record: StatementRecord) -> None:
         if _changes_schema(record.verdict):
-            if _DDL_KEY not in session.state:
-                self._began(session)
+            self._began(session, record.verdict)
         elif _DDL_KEY not in session.state:
             return  # what _ended would find: nothing to do (nearly every statement)
         self._ended(session, record)

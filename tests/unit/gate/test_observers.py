@@ -120,6 +120,9 @@ class Loads:
         self.changing.remove(database)
         self.refreshed.append(database)
 
+    def refresh_soon(self, database: str) -> None:
+        self.refreshed.append(database)
+
 
 class DdlInspector:
     """Allows everything; a text that says ``ddl`` is classified as DDL."""
