@@ -91,6 +91,14 @@ class Statements(WalkState):
                     " hold values resolved from tokens"
                 )
             )
+        query = body.get("query") or {}
+        if _analyzes(body):
+            # ANALYZE runs it: a CREATE TABLE AS or SELECT INTO makes its table, and
+            # ``email AS note`` stored there would be read back raw
+            if "CreateTableAsStmt" in query:
+                self.stmt_CreateTableAsStmt(query["CreateTableAsStmt"])
+            elif (query.get("SelectStmt") or {}).get("intoClause"):
+                self.stmt_SelectStmt(query["SelectStmt"])
         if not _analyzes(body) or body.get("query") is None:
             # Nothing runs, but the planner evaluates the stable expressions that read
             # no column, and prints what they gave: row estimates (``LIMIT f()``,
