@@ -84,6 +84,13 @@ class Statements(WalkState):
         if "ExecuteStmt" in (body.get("query") or {}):
             # the plan of a prepared statement shows the literals it was prepared with,
             # which may be values dbgate resolved from tokens: not the agent's to read
+            if _analyzes(body):
+                # and ANALYZE runs it: its arguments go where its parameters do (a
+                # copy of another session's query text written into a plain column);
+                # a token among them is refused all the same (the plan shows it)
+                first = len(self.r.token_sites)
+                self.stmt_ExecuteStmt(body["query"]["ExecuteStmt"])
+                del self.r.token_sites[first:]
             self.walk_side(body.get("query"), why)
             return Output(
                 tail=self.unknown(

@@ -406,3 +406,45 @@ def test_a_table_explain_analyze_creates_is_a_copy_like_create_table_as(
     assert "copies PII into a new table" in text, text
     for email in raw:
         assert email not in text, text
+
+
+def test_explain_analyze_execute_writes_its_arguments_as_execute_does(
+    dsn: str,
+    pg_server: Any,
+    demo_db: str,  # noqa: F811
+    demo_role: DemoRole,  # noqa: F811
+) -> None:
+    """Another session's last query text holds the values dbgate resolved from its
+    tokens; ``EXECUTE w(pg_stat_get_backend_activity(n))`` of a statement that writes
+    its parameter into a plain column is held as a copy, but under ``EXPLAIN ANALYZE``,
+    which runs it, it was not, and the text was read back raw."""
+    _admin_execute(
+        pg_server,
+        "drop table if exists hunt_texts",
+        "create table hunt_texts (id int, body text)",
+        f"grant select, insert on hunt_texts to {demo_role.name}",
+        dbname=demo_db,
+    )
+    with psycopg.connect(pg_server.dsn(demo_db)) as direct:
+        email = str(direct.execute("select email from customers where id = 1").fetchone()[0])  # type: ignore[index]
+    got: list[str] = []
+    try:
+        with (
+            psycopg.connect(dsn, autocommit=True) as first,
+            psycopg.connect(dsn, autocommit=True) as second,
+        ):
+            token = first.execute("select email from customers where id = 1").fetchone()[0]  # type: ignore[index]
+            first.execute(f"select id from customers where email = '{token}'").fetchall()
+            second.execute("prepare w(int, text) as insert into hunt_texts values ($1, $2)")
+            for k in range(1, 11):
+                try:
+                    second.execute(
+                        f"explain analyze execute w({k}, pg_stat_get_backend_activity({k}))"
+                    )
+                except psycopg.Error as e:
+                    got.append(f"{e.diag.sqlstate}: {e}")
+            got.append(repr(second.execute("select body from hunt_texts where id < 20").fetchall()))
+    finally:
+        _admin_execute(pg_server, "drop table hunt_texts", dbname=demo_db)
+    text = "\n".join(got)
+    assert email not in text, text
