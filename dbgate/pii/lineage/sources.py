@@ -189,8 +189,9 @@ class Sources(WalkState):
         ``public.t (id, label)`` puts e-mails where ``label`` stands. Returns the
         positions' lineage (as many as the first relation's columns), the names'
         (None when every relation has the first one's columns, in its order), and
-        the lineage of the positions past the first's when another has more (unknown:
-        those columns, and names only they hold, stand nowhere the walk can place)."""
+        the lineage of the positions past the first's when another has more that are
+        not clean (unknown: those columns, and names only they hold, stand nowhere the
+        walk can place)."""
         primary = rels[0]
         width = len(primary.columns)
         layout = [c.name for c in primary.columns]
@@ -209,10 +210,15 @@ class Sources(WalkState):
                     positions[i] = positions[i] | lin
                 else:
                     wider = (wider or CLEAN) | lin
-        if wider is not None:
+        if wider is not None and (wider.pii or wider.unknown):
             wider = wider | self.unknown(
                 f"relation {shown} is in several schemas, one with more columns"
             )
+        else:
+            # clean ones (``information_schema.tables`` beside a table ``tables``) add
+            # nothing a whole row or ``*`` could carry, and a name only they hold is
+            # unknown to the walk as it is
+            wider = None
         if same:
             return [by_name[n] for n in layout], None, None
         # a position holds what its name does too: after an alias list the walk reads

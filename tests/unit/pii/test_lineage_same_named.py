@@ -110,3 +110,16 @@ def test_a_sql_prepared_statement_is_traced_again_after_a_reload() -> None:
     room.set_snapshot(changed.snapshot)
     after = session.plan("execute p")
     assert after.pii_outputs and after.involves_pii
+
+
+def test_clean_columns_past_the_first_relation_add_nothing() -> None:
+    """A table named like a wider system view (``information_schema.tables``, all
+    clean) keeps its whole-row value clean; a name only the view has stays unknown."""
+    cov = Coverage(
+        SchemaSnapshot.build(
+            {"public.tables": [("id", 23), "label"], "information_schema.tables": ["a", "b", "c"]}
+        ),
+        CATALOG,
+    )
+    assert _columns("select to_jsonb(t), lower(label) from tables t", cov) == [False, False]
+    assert _columns("select lower(c) from tables", cov) == [True]
