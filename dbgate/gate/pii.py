@@ -446,7 +446,13 @@ class PiiGate:
         result_plan = PiiResultPlan(plan) if plan.involves_pii else None
         if plan.has_tokens:
             try:
-                sql = s.detokenize_sql(plan)
+                # The policy may have rewritten the text already (a guard's SET to 0
+                # forwarded as its ceiling): the tokens are resolved in that text, or
+                # the original's SET would reach the server instead. Its own plan
+                # places them (their offsets moved), and judges them alike.
+                sql = s.detokenize_sql(
+                    plan if allowed.replace_sql is None else s.plan(allowed.replace_sql)
+                )
             except TokenError as e:
                 return Refuse(e.sqlstate, f"dbgate: {e}", note=_note(classification, "refuse"))
             # the policy's verdict (its limits, its note) with the tokens resolved

@@ -1,0 +1,56 @@
+"""The token machinery through the real gate (policy, PII, relay) and real drivers:
+tokens sent back, what else the gate does to a text that holds one, who sees raw
+values. Each check compares with what the server itself holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.clients.conftest import DemoRole, enforcing_session_setup, pii_config
+from tests.integration.conftest import RunningProxy
+
+
+@pytest.fixture(scope="module")
+def guarded(pg_server: Any, demo_role: DemoRole) -> Iterator[RunningProxy]:
+    """The shipped rules (session guards too) with tokenization on, as dbgate serve."""
+    from dbgate.app import build_gate
+    from dbgate.gate.pii import PiiGate
+
+    config = pii_config(pg_server, demo_role)
+    pii = PiiGate(config)
+    pii.check()
+    inspector = build_gate(config, None, pii)
+    running = RunningProxy(
+        config,
+        inspector=inspector,
+        observer=pii.held_cursors,
+        message_filter=pii.filter,
+        session_setup=enforcing_session_setup(inspector),
+    ).start()
+    yield running
+    running.stop()
+
+
+def test_a_token_does_not_undo_a_guard_clamp(guarded: RunningProxy, demo_db: str) -> None:
+    """``SET statement_timeout = 0`` is forwarded as the ceiling; a token elsewhere in
+    the same Query had its tokens resolved in the text as the client sent it, and the
+    server got the 0: no statement timeout for the rest of the session (and so no bound
+    on ``pg_sleep`` timing or on locks held)."""
+    with psycopg.connect(guarded.dsn(demo_db), autocommit=True) as conn:
+        cur = psycopg.ClientCursor(conn)  # a simple Query, as psql sends it
+        token = cur.execute("select email from customers where id = 42").fetchone()[0]
+        assert token.startswith("tok_email_")
+        ceiling = cur.execute("show statement_timeout").fetchone()[0]
+        assert ceiling != "0"
+        cur.execute(f"set statement_timeout = 0; select id from customers where email = '{token}'")
+        assert cur.nextset() and cur.fetchall() == [(42,)]  # the token still resolves
+        assert cur.execute("show statement_timeout").fetchone()[0] == ceiling
+        cur.execute(
+            f"select id from customers where email = '{token}'; set lock_timeout = 0;"
+            " set local idle_in_transaction_session_timeout = 0"
+        )
+        assert cur.execute("show lock_timeout").fetchone()[0] != "0"
