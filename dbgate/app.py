@@ -250,6 +250,8 @@ class App:
             observers.append(SchemaWatch(watched))
         if self.pii is not None:
             observers.append(self.pii.held_cursors)
+            if self.trail is not None:  # an exempt session is recorded as such
+                self.pii.on_exemption = self.trail.session_exempt
         self.observer = combine(observers)
         from dbgate.policy.startup import StartupGuards
 

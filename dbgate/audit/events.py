@@ -44,7 +44,8 @@ Decision = Literal[
 #: when the server has answered; ``refused`` when dbgate answered instead.
 StatementStage = Literal["decided", "completed", "failed", "refused"]
 
-SessionStage = Literal["connect", "auth_ok", "auth_failed", "disconnect"]
+#: ``pii_exempt``: the session sees raw values (``pii.exempt_*``); ``reason`` says why.
+SessionStage = Literal["connect", "auth_ok", "auth_failed", "disconnect", "pii_exempt"]
 
 #: ``revoked``: a shape approval given from this request was revoked; ``refused``: an
 #: attempt to decide (or revoke) did not count — not eligible, already decided, expired.

@@ -521,6 +521,21 @@ class AuditTrail(QuietObserver):
             )
         )
 
+    def session_exempt(self, session: SessionInfo, reason: str) -> None:
+        """The session sees raw values (``pii.exempt_identities``/``exempt_groups``):
+        recorded once, before its first statement runs, with the reason."""
+        self.writer.record(
+            SessionEvent(
+                "pii_exempt",
+                identity=session.identity,
+                session_id=session.session_id,
+                application_name=session.application_name,
+                client_addr=session.client_addr,
+                database=session.database,
+                reason=reason,
+            )
+        )
+
     def session_ended(self, session: SessionInfo) -> None:
         started = self._started.pop(session.session_id, None)
         self._protos.pop(session.session_id, None)

@@ -144,6 +144,7 @@ def app_config(
     *,
     replica: str,
     audit: dict[str, Any] | None = None,
+    pii: dict[str, Any] | None = None,
     **approvals: Any,
 ) -> Config:
     data: dict[str, Any] = {
@@ -171,7 +172,7 @@ def app_config(
         },
         "rules_dir": str(rules_dir) if rules_dir is not None else None,
         # results are tokenized as in production; the key is the test module's own
-        "pii": {"keys": [{"id": "holds", "secret": PII_SECRET}]},
+        "pii": {"keys": [{"id": "holds", "secret": PII_SECRET}], **(pii or {})},
         "shutdown_grace_seconds": 2,
     }
     if audit is not None:

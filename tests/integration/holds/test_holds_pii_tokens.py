@@ -1,0 +1,118 @@
+"""Who sees raw values in a whole dbgate (App: gate, PII, approvals, audit): an
+exempt identity does, and the audit trail says so; an approval is no exemption, and
+neither the approver's request nor the results show a value a token stands for."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.integration.holds.clients import check_retry_error
+from tests.integration.holds.harness import (
+    AGENT,
+    OTHER_AGENT,
+    OTHER_PASSWORD,
+    HoldsEnv,
+    admin_execute,
+    admin_query,
+    start_env,
+)
+
+EMAILS = ("ann.lee@example.org", "bo.chan@example.net", "cy.diaz@example.com")
+
+
+@pytest.fixture(scope="module")
+def holds(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HoldsEnv]:
+    """The App with ``agent-two`` exempt from tokenization, and a table with e-mails
+    (made before any session reads the schema)."""
+    name = "holds_pii_tokens"
+    env = start_env(
+        pg_server, name, tmp_path_factory.mktemp(name), pii={"exempt_identities": [OTHER_AGENT]}
+    )
+    holds = next(env)
+    try:
+        yield holds
+    finally:
+        next(env, None)
+
+
+def _contacts(holds: HoldsEnv, table: str) -> None:
+    admin_execute(
+        holds.admin_dsn,
+        f"DROP TABLE IF EXISTS {table}",
+        f"CREATE TABLE {table} (id int PRIMARY KEY, email text NOT NULL)",
+        f"INSERT INTO {table} VALUES "
+        + ", ".join(f"({i}, '{e}')" for i, e in enumerate(EMAILS, 1)),
+    )
+
+
+def _audit(holds: HoldsEnv, sql: str, *args: Any, want: int = 1) -> list[dict[str, Any]]:
+    """Rows of the audit trail, once at least ``want`` are there (it is written behind)."""
+    deadline = time.monotonic() + 20
+    while True:
+        rows = holds.app.rows(sql, *args)
+        if len(rows) >= want or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)  # polling the recorded state: the condition decides
+
+
+def test_an_exempt_session_is_recorded_in_the_audit_trail(holds: HoldsEnv) -> None:
+    """docs/pii.md, "Exemptions": the session records why it sees raw values. Before,
+    the reason went to the log only (``PiiGate.on_exemption`` had no listener), and the
+    trail showed raw reads of an exempt identity as any untokenized statement."""
+    _contacts(holds, "exempt_contacts")
+    dsn = holds.app.dsn(holds.data_db, OTHER_AGENT, OTHER_PASSWORD)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        got = conn.execute("SELECT email FROM exempt_contacts WHERE id = 1").fetchone()
+        assert got == (EMAILS[0],)  # exempt: the value itself
+    with psycopg.connect(holds.dsn, autocommit=True) as conn:
+        got = conn.execute("SELECT email FROM exempt_contacts WHERE id = 1").fetchone()
+        assert got is not None and got[0].startswith("tok_email_")
+    rows = _audit(
+        holds,
+        "SELECT identity, reason FROM dbgate.audit_log"
+        " WHERE kind = 'session' AND event = 'pii_exempt'",
+    )
+    assert [r["identity"] for r in rows] == [OTHER_AGENT]
+    assert "pii.exempt_identities" in rows[0]["reason"]
+
+
+def test_an_approved_statement_with_a_token_shows_no_value(holds: HoldsEnv) -> None:
+    """A held change whose WHERE compares a token with the PII column: the approver's
+    request holds the token or a mask (not the value it stands for), the approved retry resolves
+    it, and what the write returns is tokenized again: an approval is no exemption."""
+    _contacts(holds, "retry_contacts")
+    with psycopg.connect(holds.dsn, autocommit=True) as conn:
+        cur = psycopg.ClientCursor(conn)  # the token spelled in the text
+        token = cur.execute("SELECT email FROM retry_contacts WHERE id = 2").fetchone()[0]
+        assert token.startswith("tok_email_")
+        # every row but that customer's: a bulk change, which the rules hold
+        sql = f"UPDATE retry_contacts SET id = -id WHERE email <> '{token}' RETURNING id, email"
+        with pytest.raises(errors.InsufficientPrivilege) as first:
+            cur.execute(sql)
+        d = first.value.diag
+        rid = check_retry_error(d.message_primary or "", d.message_hint or "")
+        request = holds.app.request(rid)
+        shown = json.dumps(request, default=str)
+        assert not any(e in shown for e in EMAILS), shown  # the token, or a mask of it
+        status, body = holds.app.api("GET", f"/api/approvals/{rid}")
+        assert status == 200 and not any(e in json.dumps(body) for e in EMAILS), body
+        holds.app.approve(rid)
+        rows = cur.execute(sql).fetchall()
+        assert sorted(r[0] for r in rows) == [-3, -1]  # the token resolved to customer 2's
+        assert all(r[1].startswith("tok_email_") for r in rows)
+    left = [r[0] for r in admin_query(holds.admin_dsn, "SELECT id FROM retry_contacts ORDER BY id")]
+    assert left == [-3, -1, 2]
+    recorded = _audit(
+        holds,
+        "SELECT statement, params::text AS params FROM dbgate.audit_log"
+        " WHERE kind = 'statement' AND identity = $1",
+        AGENT,
+    )
+    assert not any(e in json.dumps(recorded, default=str) for e in EMAILS)
