@@ -116,3 +116,39 @@ def test_an_approved_statement_with_a_token_shows_no_value(holds: HoldsEnv) -> N
         AGENT,
     )
     assert not any(e in json.dumps(recorded, default=str) for e in EMAILS)
+
+
+def test_a_reload_takes_an_exemption_away_from_a_running_session(holds: HoldsEnv) -> None:
+    """An identity dropped from ``pii.exempt_identities`` sees tokens from its next
+    statement on: a statement it prepared while exempt, a cursor it declared then, a
+    new text alike (none keeps the verdict it was given while exempt)."""
+    from dbgate.reload import reload_app
+
+    _contacts(holds, "unexempt_contacts")
+    dsn = holds.app.dsn(holds.data_db, OTHER_AGENT, OTHER_PASSWORD)
+    config = holds.app.config
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        sql = "SELECT email FROM unexempt_contacts WHERE id = %s"
+        got = conn.execute(sql, (1,), prepare=True).fetchone()
+        assert got == (EMAILS[0],)
+        conn.execute(sql, (1,), prepare=True).fetchone()
+        conn.execute("begin")
+        conn.execute(
+            "declare c cursor for select email from unexempt_contacts where id in (1, 2, 3)"
+        )
+        conn.execute("fetch 1 from c").fetchone()
+        pii = config.pii.model_copy(update={"exempt_identities": []})
+        after = config.model_copy(update={"pii": pii})
+        result = holds.app.call(reload_app(holds.app.app, after))
+        assert result.ok, result
+        try:
+            outs = [
+                conn.execute(sql, (2,), prepare=True).fetchone(),
+                conn.execute(sql, (3,), prepare=True).fetchone(),
+                conn.execute("fetch 1 from c").fetchone(),
+                conn.execute("SELECT email FROM unexempt_contacts WHERE id = 1").fetchone(),
+            ]
+            conn.execute("commit")
+            assert all(o is not None and o[0].startswith("tok_email_") for o in outs), outs
+        finally:
+            holds.app.call(reload_app(holds.app.app, config))
