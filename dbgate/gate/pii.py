@@ -90,8 +90,14 @@ class _Question(NamedTuple):
 
 
 def _token_settings(pii: Any) -> tuple[Any, ...]:
-    """What a room's tokenizer is built from (see ``PiiRoom.from_config``)."""
-    return (pii.keys, pii.mode, pii.max_reversible_bytes, pii.token_cache_entries)
+    """What a room's tokenizer is built from besides its keys (see ``PiiRoom.from_config``)."""
+    return (pii.mode, pii.max_reversible_bytes, pii.token_cache_entries)
+
+
+def _keys(keyring: Any) -> tuple[tuple[str, bytes, float | None], ...]:
+    """A keyring's keys as read: a ``secret_file`` or ``secret_env`` whose content
+    changed is another key under the same config text."""
+    return tuple((k.id, k.secret, k.retire_at) for k in keyring.keys)
 
 
 class PiiGate:
@@ -125,17 +131,23 @@ class PiiGate:
         statement already relaying rows finishes under the room it was planned by.
         """
         from dbgate.pii.catalog_load import load_catalog
+        from dbgate.pii.keys import keyring_from_config
         from dbgate.pii.room import PiiSettings
 
         catalog = load_catalog(config.pii.catalog)  # raises on a bad catalog
         settings = PiiSettings.from_config(config.pii)
-        same_tokens = _token_settings(config.pii) == _token_settings(self.config.pii)
-        if not same_tokens:
-            PiiRoom.from_config(config.pii)  # raises on a missing or wrong key
+        # the keys read again, as a start reads them: raises on a missing or wrong key
+        keys = _keys(keyring_from_config(config.pii.keys))
+        same_settings = _token_settings(config.pii) == _token_settings(self.config.pii)
+        if not same_settings:
+            PiiRoom.from_config(config.pii)  # raises on other bad settings
         rooms = {}
         for database, old in self.loads.loaded.items():
             # Same keys: keep the tokenizer, so that tokens issued so far still resolve.
-            tokenizer = old.tokenizer if same_tokens else PiiRoom.from_config(config.pii).tokenizer
+            if same_settings and _keys(old.tokenizer.keyring) == keys:
+                tokenizer = old.tokenizer
+            else:
+                tokenizer = PiiRoom.from_config(config.pii).tokenizer
             room = PiiRoom(catalog, tokenizer, settings)
             room.set_snapshot(old.snapshot, before=old.coverage)
             rooms[database] = room

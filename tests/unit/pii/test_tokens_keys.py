@@ -206,3 +206,36 @@ def test_room_from_config() -> None:
     room = PiiRoom.from_config(cfg.pii, environ={})
     assert room.tokenizer.mode == "hashed" and room.settings.unknown == "hold"
     assert room.plan("select 1").rows(None, ()) is None
+
+
+def test_a_reload_reads_the_key_files_again(tmp_path: Path) -> None:
+    """A key rotated (or replaced after a leak) in its ``secret_file`` is another key
+    under the same config text: a reload used to keep tokenizing under the old one,
+    and to accept a file whose key its ``fingerprint`` no longer matches (which the
+    next start refuses)."""
+    from dbgate.gate.pii import PiiGate
+
+    old_secret, _ = generate_key()
+    new_secret, new_print = generate_key()
+    path = tmp_path / "key"
+    path.write_text(old_secret)
+    config = Config.model_validate({"pii": {"keys": [{"id": "k", "secret_file": str(path)}]}})
+    gate = PiiGate(config)
+    gate.loads.loaded["db"] = before = PiiRoom.from_config(config.pii)
+    gate.use_config(config, [])  # the same key: the same tokenizer, tokens still resolve
+    assert gate.loads.loaded["db"].tokenizer is before.tokenizer
+    path.write_text(new_secret)
+    gate.use_config(config, [])
+    after = gate.loads.loaded["db"].tokenizer
+    assert after.keyring.current.secret == parse_secret(new_secret, "test")
+    assert after.token("email", b"a@b.c") != before.tokenizer.token("email", b"a@b.c")
+    pinned = Config.model_validate(
+        {"pii": {"keys": [{"id": "k", "secret_file": str(path), "fingerprint": new_print}]}}
+    )
+    gate.use_config(pinned, [])
+    path.write_text(old_secret)  # the wrong key for that fingerprint
+    with pytest.raises(PiiKeyError, match="wrong key"):
+        gate.use_config(pinned, [])
+    assert gate.loads.loaded["db"].tokenizer.keyring.current.secret == parse_secret(
+        new_secret, "test"
+    )
