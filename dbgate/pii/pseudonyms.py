@@ -515,7 +515,10 @@ class Pseudonymizer:
     def _t_inet(self, entity: str, raw: bytes, kind: str) -> bytes:
         import ipaddress
 
-        v6 = b":" in raw
+        # A stored address keeps its family (docs/pii.md); a derived one does not: its
+        # family would be a bit the expression chose (``CASE WHEN ascii(…) & 4 <> 0
+        # THEN '::1'::inet ELSE '1.2.3.4'::inet END``), one per column.
+        v6 = b":" in raw and not self.shapeless
         addr = ipaddress.ip_address(self._pseudo_ip(entity, raw, v6))
         text = str(addr)
         if kind == CIDR:
@@ -582,8 +585,14 @@ class Pseudonymizer:
             v6 = family == 3
             if nb != (16 if v6 else 4) or len(raw) != 4 + nb:
                 raise ValueError("bad inet")
+            v6 = v6 and not self.shapeless  # a derived address's family: see _t_inet
             addr = self._pseudo_ip(entity, raw, v6)
-            return bytes((family, 128 if v6 else 32, 1 if kind == CIDR else 0, nb)) + addr
+            head = (
+                (3, 128, 1 if kind == CIDR else 0, 16)
+                if v6
+                else (2, 32, 1 if kind == CIDR else 0, 4)
+            )
+            return bytes(head) + addr
         if kind in (MACADDR, MACADDR8):
             b = bytearray(self._seed("mac", entity, raw)[: len(raw)])
             b[0] = (b[0] | 0x02) & 0xFE

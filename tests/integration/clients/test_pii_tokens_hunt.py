@@ -54,3 +54,34 @@ def test_a_token_does_not_undo_a_guard_clamp(guarded: RunningProxy, demo_db: str
             " set local idle_in_transaction_session_timeout = 0"
         )
         assert cur.execute("show lock_timeout").fetchone()[0] != "0"
+
+
+def test_a_derived_address_does_not_keep_its_family(
+    guarded: RunningProxy, demo_db: str, admin_dsn: str
+) -> None:
+    """A value derived from PII gets a fresh pseudonym of its type, but an address's
+    family (IPv4 or IPv6) was the value's: a ``CASE`` choosing ``'::1'`` or
+    ``'1.2.3.4'`` by a bit of the e-mail spelled one bit per column, eight columns a
+    character, a whole address in one row (text and binary results alike)."""
+    with psycopg.connect(admin_dsn) as admin:
+        email = admin.execute("select email from customers where id = 42").fetchone()[0]
+    code = ord(email[0])
+    cols = ", ".join(
+        f"case when ascii(substr(email, 1, 1)) & {1 << b} <> 0"
+        f" then '::1'::{t} else '1.2.3.4'::{t} end"
+        for t in ("inet", "cidr")
+        for b in range(8)
+    )
+    with psycopg.connect(guarded.dsn(demo_db), autocommit=True) as conn:
+        for binary in (False, True):
+            cur = conn.cursor(binary=binary)
+            row = cur.execute(
+                f"select {cols}, array[{cols}] from customers where id = 42"
+            ).fetchone()
+            got = [str(v) for v in row[:16]] + [str(v) for v in row[16]]
+            assert all(v.startswith("10.") for v in got), (binary, got)
+            assert len(set(got)) == len(got)  # fresh: no two alike
+            assert sum(1 << i for i, v in enumerate(got[:8]) if ":" in v) != code or code == 0
+        # a stored address keeps its family (docs/pii.md): an ordinary read is unchanged
+        got = conn.execute("select '::1'::inet, '1.2.3.4'::inet").fetchone()
+        assert [str(v) for v in got] == ["::1", "1.2.3.4"]
