@@ -243,6 +243,9 @@ def detokenize_command(
         _entity, value = tokenizer.resolve(token)
     except TokenError as e:
         _emit(DetokenizeEvent(time.time(), _user(), entity, token[:24], False, str(e)))
+        if cfg.state is not None:
+            # an attempt is recorded too (nothing was shown, so it may fail to be)
+            _record_in_audit(cfg.state.dsn, entity, token[:24], failed=str(e))
         typer.echo(f"dbgate: {e}", err=True)
         raise typer.Exit(1) from None
     if cfg.state is not None:
@@ -259,9 +262,10 @@ def detokenize_command(
     typer.echo(value.decode("utf-8", "backslashreplace"))
 
 
-def _record_in_audit(state_dsn: str, entity: str, token_prefix: str) -> str:
+def _record_in_audit(state_dsn: str, entity: str, token_prefix: str, failed: str = "") -> str:
     """Write one ``detokenize`` record on this host's shell chain (``cli-<host>``, as
-    decisions made with ``dbgate approvals`` are); the error text, or "" once durable."""
+    decisions made with ``dbgate approvals`` are); the error text, or "" once durable.
+    ``failed``: why the token did not resolve (a record of an attempt, no token shown)."""
     import asyncio
     import socket
 
@@ -280,9 +284,10 @@ def _record_in_audit(state_dsn: str, entity: str, token_prefix: str) -> str:
                 AuditDetokenize(
                     identity="",
                     actor=_user(),
-                    tokens=1,
+                    tokens=0 if failed else 1,
                     columns=(entity,) if entity else (),
-                    reason=f"dbgate detokenize {token_prefix}…",
+                    reason=f"dbgate detokenize {token_prefix}…"
+                    + (f" failed: {failed}" if failed else ""),
                 ),
                 timeout=10,
             )

@@ -126,7 +126,9 @@ def test_detokenize_is_in_the_audit_trail_before_the_value_is_shown(
             conn = await asyncpg.connect(state_dsn)
             try:
                 return list(
-                    await conn.fetch("SELECT * FROM dbgate.audit_log WHERE kind = 'detokenize'")
+                    await conn.fetch(
+                        "SELECT * FROM dbgate.audit_log WHERE kind = 'detokenize' ORDER BY at, seq"
+                    )
                 )
             finally:
                 await conn.close()
@@ -134,6 +136,14 @@ def test_detokenize_is_in_the_audit_trail_before_the_value_is_shown(
         rows = asyncio.run(records())
         assert len(rows) == 1
         assert all("bea@x.io" not in str(v) for v in dict(rows[0]).values())
+
+        # an attempt that shows nothing is recorded too (it was on standard error only)
+        forged = token[:-2] + ("00" if token[-2:] != "00" else "11")
+        refused = runner.invoke(app, ["detokenize", forged, "-c", config(state_dsn)])
+        assert refused.exit_code == 1, refused.output
+        rows = asyncio.run(records())
+        assert len(rows) == 2 and rows[1]["rows"] == 0
+        assert rows[1]["reason"].startswith(f"dbgate detokenize {forged[:24]}… failed: ")
 
         unreachable = "postgresql://nobody:pw@127.0.0.1:1/none"
         hidden = runner.invoke(app, ["detokenize", token, "-c", config(unreachable)])
