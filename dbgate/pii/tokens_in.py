@@ -229,6 +229,17 @@ def detokenize_params(
                     lambda m, how=resolve: _value_text(how, m.group(0)),  # type: ignore[misc]
                     text,
                 ).encode()
+        elif not oid and TOKEN_RE_BYTES.search(value) is not None:
+            # a binary value of a type the Parse left to the server: its layout is the
+            # type the server infers, which dbgate does not know (``= ANY($1)``: a
+            # binary text[], whose element lengths a value put in place of a token no
+            # longer match; ``birth_date = $1``: four bytes of the value read as a
+            # date), so whether the server reads it, and how, would depend on the value
+            raise TokenError(
+                f"a token in parameter ${n} cannot be resolved here: a binary value of a "
+                "type the statement does not declare (declare the parameter's type, or "
+                "send it in text format)"
+            )
         elif kind == TEXT:
             new = _replace_bytes(value, resolve)
         elif kind in (JSON, JSONB):
