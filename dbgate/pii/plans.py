@@ -347,6 +347,10 @@ class StatementPlan:
         (``FreshTokens``: a derived value's token must not be comparable)."""
         lin = self._lin_params(lin)
         settings = self.room.settings
+        if stored and not fmt and self.room.types.text_may_round(type_oid):
+            # ``SET extra_float_digits = -15`` prints a stored latitude as ``4e+01``: its
+            # deterministic pseudonym would be every value's that rounds alike
+            stored = False
         mode = "token" if stored else "fresh"
         if lin.pii:
             return ColumnAction(i, lin.entity(), type_oid, fmt, mode)

@@ -191,6 +191,11 @@ _NULL_BINARY: dict[str, bytes] = {
 }
 
 
+#: Kinds whose text output depends on settings that may round it (see
+#: :meth:`TypeRegistry.text_may_round`).
+_TEXT_MAY_ROUND = frozenset({FLOAT4, FLOAT8, MONEY, OPAQUE})
+
+
 class TypeRegistry:
     """Type OID -> how to replace a value of it (built-ins plus the schema's types)."""
 
@@ -241,6 +246,23 @@ class TypeRegistry:
         if oid in self.elems:
             return ARRAY
         return self.kinds.get(oid, OPAQUE)
+
+    def text_may_round(self, oid: int, depth: int = 0) -> bool:
+        """Whether the server's text for a value of ``oid`` may say less than the value,
+        by the session's settings: ``extra_float_digits`` below 1 rounds float4 and
+        float8 (and the types that print them: geometric ones, extension types, all
+        of which dbgate has no rule for), ``lc_monetary`` may drop money's cents. A
+        deterministic replacement of such a text is the same for every value it
+        rounds alike, and shows which rows hold close values."""
+        kind = self.kind(oid)
+        if kind in _TEXT_MAY_ROUND or depth > 8:
+            return True
+        if kind == ARRAY:
+            return self.text_may_round(self.elems[oid], depth + 1)
+        if kind == RECORD:
+            fields = self.fields.get(oid)
+            return fields is None or any(self.text_may_round(f, depth + 1) for f in fields)
+        return False
 
 
 def _record_fields(text: str) -> list[str | None]:

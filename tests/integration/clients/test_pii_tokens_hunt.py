@@ -85,3 +85,41 @@ def test_a_derived_address_does_not_keep_its_family(
         # a stored address keeps its family (docs/pii.md): an ordinary read is unchanged
         got = conn.execute("select '::1'::inet, '1.2.3.4'::inet").fetchone()
         assert [str(v) for v in got] == ["::1", "1.2.3.4"]
+
+
+@pytest.fixture(scope="module")
+def places(admin_dsn: str) -> Iterator[list[tuple[int, float]]]:
+    """A PII float column (``latitude``: geo by its name), sixty distinct values."""
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute("create table hunt_places (id int primary key, latitude float8)")
+        admin.execute(
+            "insert into hunt_places select g, (g * 7.3) % 180 - 90 from generate_series(1, 60) g"
+        )
+        admin.execute("grant select on hunt_places to public")
+        yield admin.execute("select id, latitude from hunt_places order by id limit 100").fetchall()
+        admin.execute("drop table hunt_places")
+
+
+def test_a_rounded_float_does_not_keep_a_stored_pseudonym(
+    guarded: RunningProxy, demo_db: str, places: list[tuple[int, float]]
+) -> None:
+    """A stored value's pseudonym is computed from the text the server sent, and
+    ``SET extra_float_digits = -15`` (an ordinary setting) prints a latitude with one
+    significant digit: every latitude from -85 to -75 got one pseudonym, so one read
+    grouped all rows by their rounded value (sixty values, nineteen groups)."""
+    raw = {v for _, v in places}
+    with psycopg.connect(guarded.dsn(demo_db), autocommit=True) as conn:
+        cur = psycopg.ClientCursor(conn)
+        for digits in (1, -15):
+            cur.execute(f"set extra_float_digits = {digits}")
+            got = cur.execute(
+                "select id, latitude from hunt_places order by id limit 100"
+            ).fetchall()
+            assert [r[0] for r in got] == [i for i, _ in places]  # clean: as stored
+            assert len({r[1] for r in got}) == len(got)  # no two alike
+            assert not raw & {r[1] for r in got}
+        # binary: the value's own eight bytes, whatever the setting: still deterministic
+        binary = conn.cursor(binary=True)
+        first = binary.execute("select latitude from hunt_places order by id limit 100").fetchall()
+        again = binary.execute("select latitude from hunt_places order by id limit 100").fetchall()
+        assert first == again and not raw & {r[0] for r in first}
