@@ -160,9 +160,10 @@ class ApprovedPii(_GateParts):
 
 def _bind_changed(verdict: Allow, changed: Verdict | None) -> Verdict:
     """A Bind's verdict after PII: the policy's (``verdict``) when PII changes nothing,
-    else PII's, which keeps the policy's note and row limit — with its proven read
+    else PII's, which keeps the policy's note, row limit — with its proven read
     bound, so that the relay still counts the rows from the command tag instead of
-    watching each one (``Allow.result_bound``)."""
+    watching each one (``Allow.result_bound``) — and change limit: a write to a table
+    with PII, whose Binds PII judges for tokens, is measured as any other."""
     if changed is None:
         return verdict
     if type(changed) is Allow:
@@ -174,5 +175,9 @@ def _bind_changed(verdict: Allow, changed: Verdict | None) -> Verdict:
                 max_rows=verdict.max_rows,
                 over_limit=verdict.over_limit,
                 result_bound=verdict.result_bound,
+            )
+        if verdict.max_changes and not changed.max_changes:
+            changed = replace(
+                changed, max_changes=verdict.max_changes, over_changes=verdict.over_changes
             )
     return changed

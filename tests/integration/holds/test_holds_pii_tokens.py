@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -152,3 +153,40 @@ def test_a_reload_takes_an_exemption_away_from_a_running_session(holds: HoldsEnv
             assert all(o is not None and o[0].startswith("tok_email_") for o in outs), outs
         finally:
             holds.app.call(reload_app(holds.app.app, config))
+
+
+def test_a_write_to_a_table_with_pii_is_measured_through_bind(holds: HoldsEnv) -> None:
+    """The rules' change limit (``max_rows_changed: 100``) of a write bound through the
+    extended protocol: PII judges the Binds of a statement whose values may be tokens
+    (any statement naming a table with PII), and its verdict replaced the policy's
+    without the measurement: ``UPDATE contacts SET note = $1 WHERE note = 'n'`` changed
+    all 300 rows, with a token or a plain value, where a table without PII was held."""
+    admin_execute(
+        holds.admin_dsn,
+        "DROP TABLE IF EXISTS measured_contacts",
+        "CREATE TABLE measured_contacts (id int PRIMARY KEY, email text NOT NULL, note text)",
+        "INSERT INTO measured_contacts SELECT g, 'c' || g || '@example.org', 'n'"
+        " FROM generate_series(1, 300) g",
+    )
+    with psycopg.connect(holds.dsn, autocommit=True) as conn:
+        token = conn.execute("SELECT email FROM measured_contacts WHERE id = 7").fetchone()[0]
+    assert token.startswith("tok_email_")
+    for sql, value in (
+        ("UPDATE measured_contacts SET note = %s WHERE note = 'n'", "x"),
+        ("UPDATE measured_contacts SET email = %s WHERE note = 'n'", token),
+    ):
+        before = holds.app.last_id()
+        with (
+            psycopg.connect(holds.dsn, autocommit=True) as conn,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            running = pool.submit(conn.execute, sql, (value,))
+            rid = holds.app.wait_pending(before)[0]["id"]  # measured, over its limit
+            assert "would change 300 rows" in holds.app.request(rid)["reasons"]
+            holds.app.reject(rid, "too many")
+            with pytest.raises(errors.InsufficientPrivilege):
+                running.result(30)
+    notes = admin_query(
+        holds.admin_dsn, "SELECT DISTINCT note, email ~ '^c' FROM measured_contacts"
+    )
+    assert notes == [("n", True)]  # undone
