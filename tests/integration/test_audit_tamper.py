@@ -325,3 +325,68 @@ async def test_the_command_exits_non_zero_naming_the_record(trail: Trail) -> Non
     code, out = await run()
     assert code == 1
     assert f"chain {trail.chain} seq 12 (id {await trail.id_of(12)}) was edited" in out
+
+
+# ------------------------------------------------------------- forged anchors
+
+
+async def _forge_anchor(trail: Trail, seq: int, month: str) -> None:
+    """What an owner or superuser can do without any trigger noticing: INSERT a row
+    into audit_anchors, as if the chain's records up to ``seq`` had been archived."""
+    h = await trail.conn.fetchval(
+        "SELECT hash FROM dbgate.audit_events WHERE chain = $1 AND seq = $2", trail.chain, seq
+    )
+    await trail.conn.execute(
+        "INSERT INTO dbgate.audit_anchors (chain, seq, hash, month, records)"
+        " VALUES ($1, $2, $3, $4::text::date, $2)",
+        trail.chain,
+        seq,
+        h,
+        month,
+    )
+
+
+async def test_first_records_deleted_behind_a_forged_anchor_are_caught(trail: Trail) -> None:
+    # the records are this month's, still attached: no archive took them
+    await _forge_anchor(trail, 10, "2000-01-01")
+    await trail.conn.execute(
+        "DELETE FROM dbgate.audit_events WHERE chain = $1 AND seq <= 10", trail.chain
+    )
+    problem, seq, _, message = await _only_finding(trail.dsn)
+    assert (problem, seq) == ("deleted", 1)
+    assert "anchor" in message
+
+
+async def test_a_forged_anchor_of_this_month_is_caught(trail: Trail) -> None:
+    month = await trail.conn.fetchval("SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date")
+    await _forge_anchor(trail, 10, str(month))
+    await trail.conn.execute(
+        "DELETE FROM dbgate.audit_events WHERE chain = $1 AND seq <= 10", trail.chain
+    )
+    problem, seq, _, message = await _only_finding(trail.dsn)
+    assert (problem, seq) == ("deleted", 1)
+    assert "is not over" in message
+
+
+async def test_a_whole_chain_deleted_behind_a_forged_anchor_is_caught_with_heads(
+    trail: Trail, tmp_path
+) -> None:
+    """A forger who makes the database consistent — an anchor in a past month with no
+    live records, the writer's start moved back before it — is caught by the heads
+    logged outside: they were logged after that month ended."""
+    last = RECORDS + 2
+    month = await trail.conn.fetchval(
+        "SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month')::date"
+    )
+    await _forge_anchor(trail, last, str(month))
+    await trail.conn.execute(
+        "UPDATE dbgate.audit_chains SET started_at = started_at - interval '62 days'"
+    )
+    await trail.conn.execute("DELETE FROM dbgate.audit_events WHERE chain = $1", trail.chain)
+    # the database alone now says the chain's records were archived last month
+    assert (await verify_database(trail.dsn)).ok
+    heads = read_heads(tmp_path / "heads.jsonl")
+    assert all(h[3] is not None for h in heads)
+    problem, seq, _, message = await _only_finding(trail.dsn, heads)
+    assert (problem, seq) == ("deleted", last)
+    assert "no archive wrote that anchor" in message

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbgate.audit.canonical import FORMAT, GENESIS, digest, link
+from dbgate.audit.canonical import FORMAT, GENESIS, digest, link, parse_canonical
+from dbgate.audit.times import iso
 
 _sha256 = hashlib.sha256
 
@@ -165,15 +166,26 @@ class Verifier:
         self,
         source: str,
         anchors: dict[tuple[str, int], bytes] | None = None,
-        heads: Iterable[tuple[str, int, bytes]] = (),
+        heads: Iterable[tuple[Any, ...]] = (),
         segments_allowed: bool = False,
+        anchor_ends: dict[tuple[str, int], int] | None = None,
     ) -> None:
         self.report = Report(source)
         self._chains: dict[str, _Chain] = {}
         self._anchors = anchors or {}
+        # the end of each anchor's archived month (µs since the epoch): every record
+        # the anchor accounts for was logged before it, every record after it at or after
+        self._anchor_ends = anchor_ends or {}
         self._heads: dict[tuple[str, int], bytes] = {}
-        for chain, seq, h in heads:
+        # (chain, seq) -> logged_at (µs) of the anchored head, when its line says
+        self._head_times: dict[tuple[str, int], int] = {}
+        for head in heads:
+            chain, seq, h = head[0], head[1], head[2]
             self._heads[(chain, seq)] = h
+            if len(head) > 3 and head[3] is not None:
+                self._head_times[(chain, seq)] = head[3]
+        # chains whose archive anchor no archive can have written (reject_anchor)
+        self._rejected: set[str] = set()
         self._heads_seen: set[tuple[str, int]] = set()
         self._segments_allowed = segments_allowed  # a file may start a chain mid-way
         self._started = time.perf_counter()
@@ -196,6 +208,7 @@ class Verifier:
         st = self._chains.get(chain)
         if st is None:
             st = self._chains[chain] = _Chain()
+            st.broken = chain in self._rejected
         self.report.records += 1
         st.records += 1
         if st.broken:
@@ -220,7 +233,7 @@ class Verifier:
                 )
                 return
         if st.first_seq == 0:
-            if not self._start(chain, st, seq, record_id, prev):
+            if not self._start(chain, st, seq, record_id, prev, content):
                 return
         elif seq == st.last_seq + 1 and prev == st.last_hash:
             pass
@@ -309,7 +322,15 @@ class Verifier:
             fast += 1
         self.report.records += fast
 
-    def _start(self, chain: str, st: _Chain, seq: int, record_id: int | None, prev: bytes) -> bool:
+    def _start(
+        self,
+        chain: str,
+        st: _Chain,
+        seq: int,
+        record_id: int | None,
+        prev: bytes,
+        content: bytes | None = None,
+    ) -> bool:
         if seq == 1:
             if prev != GENESIS:
                 self._fail(
@@ -323,6 +344,22 @@ class Verifier:
                 )
                 return False
         elif self._anchors.get((chain, seq - 1)) == prev:
+            end = self._anchor_ends.get((chain, seq - 1))
+            if end is not None and content is not None:
+                logged = parse_canonical(content)["logged_at"]
+                if isinstance(logged, int) and logged < end:
+                    self._fail(
+                        chain,
+                        st,
+                        "deleted",
+                        1,
+                        None,
+                        f"{_where(chain, seq, record_id)} was logged before the end of the "
+                        f"month its archive anchor (seq {seq - 1}) says was archived: no "
+                        "archive wrote that anchor, and the records it accounts for were "
+                        "deleted",
+                    )
+                    return False
             self.report.notes.append(
                 f"chain {chain} continues from archive anchor seq {seq - 1} "
                 "(earlier months were archived)"
@@ -421,6 +458,17 @@ class Verifier:
             f"(or replaced): {_where(chain, seq, record_id)} does not link to it",
         )
 
+    def reject_anchor(self, chain: str, seq: int, message: str) -> None:
+        """An archive anchor of ``chain`` that no archive can have written (before any
+        record is fed): it accounts for nothing, and the chain is reported as deleted."""
+        if chain in self._rejected:
+            return
+        self._rejected.add(chain)
+        # the first record it accounts for: after the chain's anchor before it, if any
+        first = 1 + max((s for c, s in self._anchors if c == chain and s < seq), default=0)
+        self._anchors = {k: v for k, v in self._anchors.items() if k[0] != chain}
+        self.report.findings.append(Finding(chain, "deleted", message, first))
+
     def _fail(
         self, chain: str, st: _Chain, problem: str, seq: int, record_id: int | None, message: str
     ) -> None:
@@ -449,13 +497,33 @@ class Verifier:
         for chain, seq in self._anchors:
             archived_to[chain] = max(seq, archived_to.get(chain, 0))
         for (chain, seq), h in sorted(self._heads.items()):
-            if (chain, seq) in self._heads_seen:
+            if (chain, seq) in self._heads_seen or chain in self._rejected:
                 continue
             st = self._chains.get(chain)
             if st is not None and st.broken:
                 continue
             if seq <= archived_to.get(chain, 0):
-                continue  # in a month archived since (its file holds the proof)
+                # in a month archived since (its file holds the proof), if the head was
+                # logged before that month ended: else the anchor is forged
+                anchor = min(s for c, s in self._anchors if c == chain and s >= seq)
+                end = self._anchor_ends.get((chain, anchor))
+                logged = self._head_times.get((chain, seq))
+                if end is None or logged is None or logged < end:
+                    continue
+                report.findings.append(
+                    Finding(
+                        chain,
+                        "deleted",
+                        f"chain {chain}: seq {seq}, anchored outside the database with hash "
+                        f"{h.hex()[:16]}... and logged at {iso(logged)}, is missing, and the "
+                        f"archive anchor at seq {anchor} says it left with a month that ended "
+                        "before it was logged: no archive wrote that anchor, and the records "
+                        "it accounts for were deleted",
+                        seq,
+                    )
+                )
+                self._rejected.add(chain)
+                continue
             if st is not None and st.first_seq and seq < st.first_seq and self._segments_allowed:
                 continue  # before the part of the chain this file holds
             have = f"it ends at seq {st.last_seq}" if st is not None else "it has no records"
@@ -471,7 +539,7 @@ class Verifier:
             )
         if registered is not None:
             registered = set(registered)
-            archived = set(archived_chains)
+            archived = set(archived_chains) | self._rejected
             for chain in sorted(registered - set(self._chains) - archived):
                 report.findings.append(
                     Finding(

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from dbgate.audit.canonical import canonical_sql
+from dbgate.audit.export import month_range
+from dbgate.audit.times import to_us
 from dbgate.audit.verify.chains import Report, Verifier
 
 # The view shows the hashes in hex; they are decoded here (cheaper than in the server,
@@ -42,7 +44,7 @@ def verify_query() -> str:
 
 async def verify_database(
     dsn: str,
-    heads: Iterable[tuple[str, int, bytes]] = (),
+    heads: Iterable[tuple[Any, ...]] = (),
     jobs: int = 3,
     range_rows: int = 4_000,
 ) -> Report:
@@ -60,14 +62,18 @@ async def verify_database(
     extra: list[Any] = []
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            anchors = {
-                (r["chain"], r["seq"]): bytes.fromhex(r["hash"])
-                for r in await conn.fetch("SELECT chain, seq, hash FROM dbgate.audit_archive")
-            }
-            registered = [
-                r["chain"] for r in await conn.fetch("SELECT chain FROM dbgate.audit_writers")
-            ]
-            verifier = Verifier("database", anchors=anchors, heads=heads)
+            archive = await conn.fetch("SELECT chain, seq, hash, month FROM dbgate.audit_archive")
+            anchors = {(r["chain"], r["seq"]): bytes.fromhex(r["hash"]) for r in archive}
+            ends = {(r["chain"], r["seq"]): month_range(r["month"])[1] for r in archive}
+            writers = await conn.fetch("SELECT chain, started_at FROM dbgate.audit_writers")
+            registered = [r["chain"] for r in writers]
+            verifier = Verifier(
+                "database",
+                anchors=anchors,
+                heads=heads,
+                anchor_ends={k: to_us(v) for k, v in ends.items()},
+            )
+            await _check_anchors(conn, verifier, archive, ends, writers)
             if jobs <= 1:
                 await _feed_cursor(verifier, conn, range_rows)
             else:
@@ -81,6 +87,46 @@ async def verify_database(
             await c.close()
         await conn.close()
     return verifier.finish(registered, archived_chains={c for c, _ in anchors})
+
+
+async def _check_anchors(
+    conn: Any, verifier: Verifier, archive: list[Any], ends: dict[Any, Any], writers: list[Any]
+) -> None:
+    """Reject anchors no archive can have written. ``audit_detach_month`` anchors every
+    chain of the oldest attached past month and detaches it in one transaction, so an
+    anchor's month is over, holds no live record, and ended after its chain's process
+    started. Anyone who may INSERT into ``audit_anchors`` (its owner, a superuser) could
+    otherwise delete a chain's first records — or all of them — and anchor the rest."""
+    if not archive:
+        return
+    now = await conn.fetchval("SELECT now()")
+    live: dict[Any, bool] = {}
+    for month in sorted({r["month"] for r in archive}):
+        first, nxt = month_range(month)
+        live[month] = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM dbgate.audit_log WHERE logged_at >= $1 AND logged_at < $2)",
+            first,
+            nxt,
+        )
+    started = {r["chain"]: r["started_at"] for r in writers}
+    for r in sorted(archive, key=lambda r: (r["chain"], r["seq"])):
+        chain, seq, month = r["chain"], r["seq"], r["month"]
+        end = ends[(chain, seq)]
+        why = None
+        if end > now:
+            why = "is not over"
+        elif live[month]:
+            why = "still holds records in the live trail"
+        elif chain in started and end <= started[chain]:
+            why = f"ended before the chain's writer started ({started[chain]:%Y-%m-%d %H:%M:%S})"
+        if why is not None:
+            verifier.reject_anchor(
+                chain,
+                seq,
+                f"chain {chain}: the archive anchor at seq {seq} says month {month:%Y-%m} was "
+                f"archived, but that month {why}: no archive wrote the anchor, and the "
+                "records it accounts for were deleted",
+            )
 
 
 async def _feed_cursor(verifier: Verifier, conn: Any, fetch: int) -> None:

@@ -8,18 +8,21 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from dbgate.audit.canonical import canonical
 from dbgate.audit.serial import CSV_COLUMNS, Document, DocumentError, from_document, read_jsonl
+from dbgate.audit.times import parse_iso
 from dbgate.audit.verify.chains import Report, Verifier
 
-_HEAD_TEXT = re.compile(r"chain=(\S+)\s+seq=(\d+)\s+hash=([0-9a-f]{64})")
+_HEAD_TEXT = re.compile(r"chain=(\S+)\s+seq=(\d+)\s+hash=([0-9a-f]{64})(?:\s+logged_at=(\S+))?")
 
 
-def read_heads(path: Path) -> list[tuple[str, int, bytes]]:
+def read_heads(path: Path) -> list[tuple[str, int, bytes, int | None]]:
     """Chain heads from a head file (JSON lines) or from operator log lines
-    (``audit chain head: chain=... seq=... hash=...``)."""
-    heads = []
+    (``audit chain head: chain=... seq=... hash=... logged_at=...``): chain, seq,
+    hash, and when the head record was logged (µs; None from lines that do not say)."""
+    heads: list[tuple[str, int, bytes, int | None]] = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
         if not line:
@@ -27,14 +30,26 @@ def read_heads(path: Path) -> list[tuple[str, int, bytes]]:
         if line.startswith("{"):
             try:
                 obj = json.loads(line)
-                heads.append((str(obj["chain"]), int(obj["seq"]), bytes.fromhex(obj["hash"])))
+                logged = obj.get("logged_at")
+                heads.append(
+                    (
+                        str(obj["chain"]),
+                        int(obj["seq"]),
+                        bytes.fromhex(obj["hash"]),
+                        parse_iso(logged) if logged is not None else None,
+                    )
+                )
                 continue
             except (ValueError, KeyError, TypeError):
                 raise DocumentError(f"{path}:{n}: not a chain head") from None
         m = _HEAD_TEXT.search(line)
         if m is None:
             continue  # other log lines
-        heads.append((m.group(1), int(m.group(2)), bytes.fromhex(m.group(3))))
+        try:
+            logged = parse_iso(m.group(4)) if m.group(4) else None
+        except ValueError:
+            raise DocumentError(f"{path}:{n}: not a chain head") from None
+        heads.append((m.group(1), int(m.group(2)), bytes.fromhex(m.group(3)), logged))
     return heads
 
 
@@ -55,7 +70,7 @@ def _documents(path: Path) -> Iterator[tuple[int, Document]]:
                 raise DocumentError(f"line {n}: {e}") from None
 
 
-def verify_file(path: Path, heads: Iterable[tuple[str, int, bytes]] = ()) -> Report:
+def verify_file(path: Path, heads: Iterable[tuple[Any, ...]] = ()) -> Report:
     """Verify an ``audit export`` file (JSON lines or CSV) on its own."""
     verifier = Verifier(str(path), heads=heads, segments_allowed=True)
     try:

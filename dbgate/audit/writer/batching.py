@@ -248,6 +248,7 @@ class Batching:
         last = recs[-1]
         if last.seq > self._committed_seq:
             self._committed_seq, self._committed_hash = last.seq, last.hash
+            self._committed_logged_us = last.values[LOGGED_AT]
         self.committed_total += len(recs)
         for r in recs:
             if r.waiters:

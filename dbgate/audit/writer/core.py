@@ -109,6 +109,7 @@ class AuditWriter(Queueing, Batching, Database, Spilling):
         self._last_logged_us = 0
         self._committed_seq = 0
         self._committed_hash = GENESIS
+        self._committed_logged_us: int | None = None  # logged_at of that record
         self._logged_head_seq = 0
         # connection and state
         self._conn: Any = None
@@ -228,11 +229,17 @@ class AuditWriter(Queueing, Batching, Database, Spilling):
             "seq": self._committed_seq,
             "hash": self._committed_hash.hex(),
         }
+        # when the head record was chained: verify holds it to the month an archive
+        # anchor says it left with (a forged anchor cannot pass a head off as archived)
+        logged = self._committed_logged_us
+        if logged is not None:
+            head["logged_at"] = iso(logged)
         log.info(
-            "audit chain head: chain=%s seq=%d hash=%s",
+            "audit chain head: chain=%s seq=%d hash=%s%s",
             self.chain,
             self._committed_seq,
             head["hash"],
+            f" logged_at={head['logged_at']}" if logged is not None else "",
         )
         if self.config.head_file is not None:
             try:

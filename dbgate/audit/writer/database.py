@@ -158,6 +158,7 @@ class Database:
             self._committed(done)
         if db_seq > self._committed_seq:
             self._committed_seq, self._committed_hash = db_seq, db_hash
+            self._committed_logged_us = None
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None

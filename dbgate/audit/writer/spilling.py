@@ -67,6 +67,7 @@ class Spilling:
                 last = chunk[-1]
                 if last.seq > self._committed_seq:
                     self._committed_seq, self._committed_hash = last.seq, last.hash
+                    self._committed_logged_us = last.logged_at
             self.committed_total += len(rows)
 
         for doc in docs:
