@@ -390,3 +390,22 @@ async def test_a_whole_chain_deleted_behind_a_forged_anchor_is_caught_with_heads
     problem, seq, _, message = await _only_finding(trail.dsn, heads)
     assert (problem, seq) == ("deleted", last)
     assert "no archive wrote that anchor" in message
+
+
+@pytest.mark.parametrize("column", ["chain", "seq", "hash"])
+async def test_a_record_without_chain_seq_or_hash_is_named(trail: Trail, column: str) -> None:
+    """The owner can drop a NOT NULL constraint; a record reviewers see without a chain
+    or seq must not be one that verification never reads."""
+    await trail.conn.execute(f"ALTER TABLE dbgate.audit_events ALTER COLUMN {column} DROP NOT NULL")
+    row = await trail.row(5)
+    values = from_db_values(row)
+    values[INDEX["statement"]] = "GRANT ALL ON customers TO agent"
+    await _insert(trail.conn, values, bytes.fromhex(row["prev_hash"]), bytes(32))
+    await trail.conn.execute(
+        f"UPDATE dbgate.audit_events SET {column} = NULL WHERE statement LIKE 'GRANT%'"
+    )
+    problem, _, _, message = await _only_finding(trail.dsn)
+    if column == "hash":  # the forged copy or the original comes first: either is named
+        assert problem in ("inserted", "edited")
+    else:
+        assert problem == "inserted" and f"no {column}" in message

@@ -205,6 +205,21 @@ class Verifier:
     ) -> None:
         """One record. ``content`` is its canonical bytes; for a link (an export that
         left the record out) ``content`` is None and ``content_digest`` is given."""
+        if chain is None or seq is None:
+            self.report.records += 1
+            self.report.findings.append(
+                Finding(
+                    chain or "(none)",
+                    "inserted",
+                    f"a record with no {'chain' if chain is None else 'seq'}"
+                    + (f" (id {record_id})" if record_id is not None else "")
+                    + " is in the trail: no writer writes one (the table's NOT NULL "
+                    "constraints were dropped), it was inserted",
+                    seq,
+                    record_id,
+                )
+            )
+            return
         st = self._chains.get(chain)
         if st is None:
             st = self._chains[chain] = _Chain()

@@ -17,18 +17,21 @@ from dbgate.audit.verify.chains import Report, Verifier
 # The view shows the hashes in hex; they are decoded here (cheaper than in the server,
 # which is the busier side of verification).
 _ROWS_SQL = (
-    "SELECT chain, seq, id, prev_hash AS prev, hash, "
+    "SELECT chain, seq, id, coalesce(prev_hash, '') AS prev, coalesce(hash, '') AS hash, "
     f"{canonical_sql()} AS content, "
     "(kind = 'audit' AND event = 'chain_end') AS chain_end "
     "FROM dbgate.audit_log"
 )
 _RANGE_SQL = _ROWS_SQL + " WHERE chain = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
-# The first seq of every `range_rows` records of each chain: where ranges start.
+# The first seq of every `range_rows` records of each chain: where ranges start; and
+# any record without a chain or seq (the owner can drop the NOT NULL constraints),
+# which no range would read.
 _BOUNDS_SQL = (
     "SELECT chain, seq FROM (SELECT chain, seq, row_number() OVER "
     "(PARTITION BY chain ORDER BY seq) AS n FROM dbgate.audit_log) AS numbered "
-    "WHERE n % $1 = 1 ORDER BY chain, seq"
+    "WHERE n % $1 = 1 OR chain IS NULL OR seq IS NULL ORDER BY chain, seq"
 )
+_UNPLACED_SQL = _ROWS_SQL + " WHERE chain IS NULL OR seq IS NULL ORDER BY id"
 _SETTINGS = {
     "application_name": "dbgate-audit-verify",
     # the (chain, seq) index gives the order: never sort the whole trail
@@ -77,7 +80,11 @@ async def verify_database(
             if jobs <= 1:
                 await _feed_cursor(verifier, conn, range_rows)
             else:
-                ranges = _ranges(await conn.fetch(_BOUNDS_SQL, range_rows))
+                bounds = await conn.fetch(_BOUNDS_SQL, range_rows)
+                placed = [b for b in bounds if b[0] is not None and b[1] is not None]
+                if len(placed) < len(bounds):
+                    verifier.feed_rows(await conn.fetch(_UNPLACED_SQL))
+                ranges = _ranges(placed)
                 snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
                 for _ in range(min(jobs, len(ranges)) - 1):
                     extra.append(await _snapshot_connection(dsn, snapshot))
