@@ -409,3 +409,31 @@ async def test_a_record_without_chain_seq_or_hash_is_named(trail: Trail, column:
         assert problem in ("inserted", "edited")
     else:
         assert problem == "inserted" and f"no {column}" in message
+
+
+async def test_a_forged_chain_with_its_registration_is_noted_with_heads(
+    trail: Trail, tmp_path
+) -> None:
+    """A whole chain written by someone who knows the scheme, registration and all,
+    recomputes and links: nothing in the database can tell. With the anchored heads,
+    verify says which chains no head vouches for."""
+    forged = "vm.00000000deadbeef"
+    await trail.conn.execute(
+        "INSERT INTO dbgate.audit_chains (chain, replica, host, pid, version, started_at)"
+        " SELECT $1, replica, host, pid + 1, version, started_at FROM dbgate.audit_chains"
+        " WHERE chain = $2",
+        forged,
+        trail.chain,
+    )
+    prev = bytes(32)
+    for seq in range(1, RECORDS + 3):
+        values = from_db_values(await trail.row(seq))
+        values[INDEX["chain"]] = forged
+        h = _forge(values, prev)
+        await _insert(trail.conn, values, prev, h)
+        prev = h
+    heads = read_heads(tmp_path / "heads.jsonl")
+    report = await verify_database(trail.dsn, heads)
+    assert report.ok  # what no hash chain can show
+    assert any(forged in n and "no head" in n for n in report.notes), report.text()
+    assert not any(trail.chain in n for n in report.notes), report.text()

@@ -484,6 +484,32 @@ class Verifier:
         self._anchors = {k: v for k, v in self._anchors.items() if k[0] != chain}
         self.report.findings.append(Finding(chain, "deleted", message, first))
 
+    def _note_unanchored(self) -> None:
+        """Say what no anchored head vouches for: whole chains without one (a chain
+        forged with its registration looks just like them) and the records after each
+        chain's last one (they could be deleted unseen)."""
+        last: dict[str, int] = {}
+        for chain, seq in self._heads:
+            last[chain] = max(seq, last.get(chain, 0))
+        bare = sorted(c for c, st in self._chains.items() if c not in last and not st.broken)
+        after = sum(
+            st.last_seq - last[c]
+            for c, st in self._chains.items()
+            if c in last and not st.broken and st.last_seq > last[c]
+        )
+        if bare:
+            records = sum(self._chains[c].records for c in bare)
+            shown = ", ".join(bare[:5]) + (f" and {len(bare) - 5} more" if len(bare) > 5 else "")
+            self.report.notes.append(
+                f"{len(bare)} chain(s) ({records:,} records) have no head in the anchored "
+                f"heads, so nothing outside the database vouches for them: {shown}"
+            )
+        if after:
+            self.report.notes.append(
+                f"{after:,} record(s) come after their chain's last anchored head: "
+                "records deleted from there on would not show"
+            )
+
     def _fail(
         self, chain: str, st: _Chain, problem: str, seq: int, record_id: int | None, message: str
     ) -> None:
@@ -572,6 +598,8 @@ class Verifier:
                         f"chain {chain} has records but no writer registered it: it was inserted",
                     )
                 )
+        if self._heads:
+            self._note_unanchored()
         report.findings.sort(key=lambda f: (f.chain, f.seq or 0))
         report.seconds = time.perf_counter() - self._started
         return report
