@@ -320,3 +320,21 @@ def test_property_a_value_in_a_pii_place_never_reaches_the_output(
         assert value not in masked, sql
     masked, params = mask_sql(f"SELECT * FROM t WHERE {column} = $1", (value,))
     assert params == (f"<{column}>",)
+
+
+@pytest.mark.parametrize("run", ["a", "1-", "x.y_"])
+def test_a_long_run_of_local_part_characters_is_masked_in_linear_time(run: str) -> None:
+    """A comment or quoted name the audit masks by look is the agent's to write: 64 KB
+    of letters took the email pattern seconds (quadratic), on the event loop."""
+    import time
+
+    from dbgate.gate.audit import masked_text
+
+    body = run * (65536 // len(run))
+    started = time.perf_counter()
+    assert mask_text(body) == body
+    masked = masked_text(f"SELECT 1 /* {body} */", {})
+    assert time.perf_counter() - started < 2.0
+    assert masked.startswith("SELECT")
+    assert mask_text("x" * 70 + "@example.com") == "x" * 6 + "<email>"
+    assert mask_text("a@b.cc-d@e.ff and ann.lee@example.com") == "<email><email> and <email>"
