@@ -22,7 +22,10 @@ from dbgate.audit.serial import (
 from dbgate.audit.times import parse_iso
 from dbgate.audit.verify.chains import Report, Verifier
 
-_HEAD_TEXT = re.compile(r"chain=(\S+)\s+seq=(\d+)\s+hash=([0-9a-f]{64})(?:\s+logged_at=(\S+))?")
+# the writer's line (AuditWriter.log_head), written unmasked
+_HEAD_TEXT = re.compile(
+    r"audit chain head: chain=(\S+)\s+seq=(\d+)\s+hash=([0-9a-f]{64})(?:\s+logged_at=(\S+))?"
+)
 
 
 def read_heads(path: Path) -> list[tuple[str, int, bytes, int | None]]:
@@ -37,6 +40,13 @@ def read_heads(path: Path) -> list[tuple[str, int, bytes, int | None]]:
         if line.startswith("{"):
             try:
                 obj = json.loads(line)
+                if isinstance(obj, dict) and "chain" not in obj and isinstance(obj.get("msg"), str):
+                    # the operator log in JSON (logging.format json, or auto to a file)
+                    if obj.get("logger") == "dbgate.audit":
+                        head = _log_head(path, n, obj["msg"])
+                        if head is not None:
+                            heads.append(head)
+                    continue
                 logged = obj.get("logged_at")
                 heads.append(
                     (
@@ -49,15 +59,22 @@ def read_heads(path: Path) -> list[tuple[str, int, bytes, int | None]]:
                 continue
             except (ValueError, KeyError, TypeError):
                 raise DocumentError(f"{path}:{n}: not a chain head") from None
-        m = _HEAD_TEXT.search(line)
-        if m is None:
-            continue  # other log lines
-        try:
-            logged = parse_iso(m.group(4)) if m.group(4) else None
-        except ValueError:
-            raise DocumentError(f"{path}:{n}: not a chain head") from None
-        heads.append((m.group(1), int(m.group(2)), bytes.fromhex(m.group(3)), logged))
+        head = _log_head(path, n, line)
+        if head is not None:
+            heads.append(head)
     return heads
+
+
+def _log_head(path: Path, n: int, text: str) -> tuple[str, int, bytes, int | None] | None:
+    """The chain head an operator log line reports, or None for other lines."""
+    m = _HEAD_TEXT.search(text)
+    if m is None:
+        return None
+    try:
+        logged = parse_iso(m.group(4)) if m.group(4) else None
+    except ValueError:
+        raise DocumentError(f"{path}:{n}: not a chain head") from None
+    return m.group(1), int(m.group(2)), bytes.fromhex(m.group(3)), logged
 
 
 def _documents(path: Path) -> Iterator[tuple[int, Document]]:

@@ -145,3 +145,44 @@ def test_links_are_counted_in_the_report(tmp_path) -> None:
     report = verify_file(write(tmp_path / "x.jsonl", docs))
     assert report.ok
     assert any("1 record(s) are links" in n for n in report.notes), report.text()
+
+
+def _log_head_lines(fmt: str, tmp_path: Path) -> Path:
+    """What AuditWriter.log_head puts in the operator log, through dbgate's formatter,
+    for a head whose hash has a Luhn-valid run of digits (a card, to a masker)."""
+    import logging
+
+    from dbgate.audit.writer import AuditWriter
+    from dbgate.config import AuditConfig
+    from dbgate.logs import JsonFormatter, TextFormatter
+
+    path = tmp_path / f"operator.{fmt}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    logger = logging.getLogger("dbgate.audit")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        logging.getLogger("dbgate.proxy").error("session 1: chain=x seq=1 hash=%s", "ab" * 32)
+        w = AuditWriter("postgresql://localhost/none", AuditConfig(), replica="web-1")
+        w._committed_seq = 7
+        w._committed_hash = bytes.fromhex("ab" + "4111111111111111" + "c" * 46)
+        w._committed_logged_us = NOW
+        w.log_head()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        handler.close()
+    return path
+
+
+def test_the_operator_log_anchors_heads_in_json_and_text(tmp_path) -> None:
+    """logging.format auto writes JSON to files and journald: verify --heads must read
+    it, and a hash the masker would take for a card number must reach it whole."""
+    for fmt in ("json", "text"):
+        heads = read_heads(_log_head_lines(fmt, tmp_path))
+        assert len(heads) == 1, (fmt, heads)
+        chain, seq, h, logged = heads[0]
+        assert chain.startswith("web-1.") and seq == 7 and logged == NOW
+        assert h.hex() == "ab" + "4111111111111111" + "c" * 46
