@@ -238,13 +238,27 @@ def from_document(doc: Mapping[str, Any]) -> Document:
     return Document(values, chain, seq, logged_at, prev, h, given_digest, record_id)
 
 
+def _one_of_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different. ``{"statement": "SELECT 1", ...,
+    "statement": "<the record's>"}`` would verify (the last one counts here) and show
+    another text to a reader that keeps the first."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DocumentError(f"{key} is given twice")
+            seen.add(key)
+    return doc
+
+
 def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, Document]]:
     """(line number, document) for every non-empty line; DocumentError names the line."""
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            doc = json.loads(line)
+            doc = json.loads(line, object_pairs_hook=_one_of_each)
             yield n, from_document(doc)
         except (ValueError, DocumentError) as e:
             raise DocumentError(f"line {n}: {e}") from None

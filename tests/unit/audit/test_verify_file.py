@@ -186,3 +186,19 @@ def test_the_operator_log_anchors_heads_in_json_and_text(tmp_path) -> None:
         chain, seq, h, logged = heads[0]
         assert chain.startswith("web-1.") and seq == 7 and logged == NOW
         assert h.hex() == "ab" + "4111111111111111" + "c" * 46
+
+
+def test_a_line_that_gives_a_field_twice_is_refused(tmp_path) -> None:
+    """JSON readers disagree on a repeated key (first or last wins): a line that shows
+    one statement to a SIEM and verifies with another is not evidence."""
+    import pytest
+
+    from dbgate.audit.serial import DocumentError
+
+    docs = chain_docs(3)
+    lines = [dumps(d) for d in docs]
+    lines[2] = '{"statement":"SELECT harmless",' + lines[2][1:]
+    path = tmp_path / "x.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(DocumentError, match="statement is given twice"):
+        verify_file(path)
