@@ -52,6 +52,12 @@ log = logging.getLogger("dbgate.gate")
 _MASK_CACHE = 20_000
 _SHAPE_CACHE = 4_096
 _MAX_TEXT = 64 * 1024
+# PostgreSQL's scanner reads a "/*" and every operator character after it as one token
+# and gives back all but two: a run of them with "/*" throughout costs the square of
+# its length (64 KB of "/*": 4 s, twice per record, on the event loop). A run this
+# long (a whole run: the look-behind keeps the search linear) is not scanned.
+_OPERATOR_RUN = re.compile(r"(?<![~!@#^&|`?%+\-*/<>=])[~!@#^&|`?%+\-*/<>=]{512,}")
+UNSCANNED_RUN = "<masked: a run of operator characters and comment openers was not scanned>"
 _RECORDED = frozenset({"query", "execute", "function_call"})
 #: Scanner tokens that are constants.
 _LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
@@ -123,6 +129,9 @@ def masked_text(sql: str, cache: dict[str, str], shapes: dict[str, str] | None =
     if hit is not None:
         return hit
     text = sql[:_MAX_TEXT]
+    for run in _OPERATOR_RUN.finditer(text):
+        if "/*" in run.group():  # masked from there on, as text the scanner cannot read
+            return mask_every_literal(text[: run.start()]) + UNSCANNED_RUN
     key = fast_mask(text)
     if key is None:
         masked = mask_every_literal(text)

@@ -338,3 +338,23 @@ def test_a_long_run_of_local_part_characters_is_masked_in_linear_time(run: str) 
     assert masked.startswith("SELECT")
     assert mask_text("x" * 70 + "@example.com") == "x" * 6 + "<email>"
     assert mask_text("a@b.cc-d@e.ff and ann.lee@example.com") == "<email><email> and <email>"
+
+
+@pytest.mark.parametrize(
+    "tail", ["/*" * 32768, "/*" * 16384 + "*/" * 16384, "/*" + "+/*" * 20000 + "*/"]
+)
+def test_a_run_of_comment_openers_is_masked_without_scanning_it(tail: str) -> None:
+    """PostgreSQL's scanner spends the square of such a run's length (seconds for
+    64 KB), and the audit masks a statement's text on the event loop."""
+    import time
+
+    from dbgate.gate.audit import UNSCANNED_RUN, masked_text
+
+    started = time.perf_counter()
+    masked = masked_text(f"SELECT 'ann@example.com', 1 {tail}", {})
+    assert time.perf_counter() - started < 1.0
+    assert masked == "SELECT $1, $2 " + UNSCANNED_RUN
+    # a banner comment of ordinary length is read as ever
+    assert (
+        masked_text("SELECT 1 /* " + "*" * 200 + " */", {}) == "SELECT $1 /* " + "*" * 200 + " */"
+    )
