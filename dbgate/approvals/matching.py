@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 
 from pglast import parser as pg
 
+from dbgate.pii.sql_mask import slow_to_scan
+
 _DROPPED = frozenset({"C_COMMENT", "SQL_COMMENT"})
 _FOLDED = frozenset({"IDENT"})  # unquoted identifiers: the server folds them
 #: How the server folds an unquoted identifier (``downcase_identifier``): ASCII
@@ -42,6 +44,8 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 def normalized_sql(sql: str) -> str:
     """The statement as the server sees it: tokens, no comments, folded case."""
+    if slow_to_scan(sql) is not None:
+        return sql.strip()  # a run the scanner takes quadratic time over: exact text only
     try:
         tokens = pg.scan(sql)
     except pg.ParseError:

@@ -37,7 +37,7 @@ from dbgate.audit.errors import AuditUnavailable
 from dbgate.audit.events import statement_like, statement_like_plain
 from dbgate.gate.declarations import declared
 from dbgate.gate.notes import GateNote
-from dbgate.pii.sql_mask import looks_like_pii, mask_every_literal, mask_text
+from dbgate.pii.sql_mask import looks_like_pii, mask_every_literal, mask_text, slow_to_scan
 from dbgate.policy.literals import fast_mask, mask, render_key, spans
 from dbgate.proxy.seams import Allow, QuietObserver, Refuse, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
@@ -52,11 +52,9 @@ log = logging.getLogger("dbgate.gate")
 _MASK_CACHE = 20_000
 _SHAPE_CACHE = 4_096
 _MAX_TEXT = 64 * 1024
-# PostgreSQL's scanner reads a "/*" and every operator character after it as one token
-# and gives back all but two: a run of them with "/*" throughout costs the square of
-# its length (64 KB of "/*": 4 s, twice per record, on the event loop). A run this
-# long (a whole run: the look-behind keeps the search linear) is not scanned.
-_OPERATOR_RUN = re.compile(r"(?<![~!@#^&|`?%+\-*/<>=])[~!@#^&|`?%+\-*/<>=]{512,}")
+# A run of "/*" costs PostgreSQL's scanner the square of its length (4 s for 64 KB,
+# twice per record, on the event loop): such a text is masked from there unscanned
+# (dbgate.pii.sql_mask.slow_to_scan).
 UNSCANNED_RUN = "<masked: a run of operator characters and comment openers was not scanned>"
 _RECORDED = frozenset({"query", "execute", "function_call"})
 #: Scanner tokens that are constants.
@@ -129,9 +127,9 @@ def masked_text(sql: str, cache: dict[str, str], shapes: dict[str, str] | None =
     if hit is not None:
         return hit
     text = sql[:_MAX_TEXT]
-    for run in _OPERATOR_RUN.finditer(text):
-        if "/*" in run.group():  # masked from there on, as text the scanner cannot read
-            return mask_every_literal(text[: run.start()]) + UNSCANNED_RUN
+    cut = slow_to_scan(text)
+    if cut is not None:  # masked from there on, as text the scanner cannot read
+        return mask_every_literal(text[:cut]) + UNSCANNED_RUN
     key = fast_mask(text)
     if key is None:
         masked = mask_every_literal(text)

@@ -515,8 +515,29 @@ def _char_offsets(sql: str) -> Any:
     return pg.Displacements(sql)
 
 
+# PostgreSQL's scanner reads a "/*" and every operator character after it as one token
+# and gives back all but two: a run of them with "/*" throughout costs the square of
+# its length (64 KB of "/*": seconds, on the event loop; the server pays it too, in
+# its own backend). A run this long is not scanned: what follows is masked as text
+# the scanner cannot read. Whole runs only (the look-behind keeps the search linear).
+_OPERATOR_RUN = re.compile(r"(?<![~!@#^&|`?%+\-*/<>=])[~!@#^&|`?%+\-*/<>=]{512,}")
+
+
+def slow_to_scan(sql: str) -> int | None:
+    """Where a run of operator characters holding ``/*`` that would take the scanner
+    quadratic time starts, or None."""
+    for run in _OPERATOR_RUN.finditer(sql):
+        if "/*" in run.group():
+            return run.start()
+    return None
+
+
 def _scan(sql: str) -> tuple[list[Any], int | None]:
     """The scanner's tokens, and where scanning failed (None: it did not)."""
+    cut = slow_to_scan(sql)
+    if cut is not None:
+        tokens, failed = _scan(sql[:cut])
+        return tokens, cut if failed is None else failed
     try:
         return list(pg.scan(sql)), None
     except pg.ParseError as e:
@@ -622,6 +643,8 @@ def mask_sql(
     ``params`` are the Bind values as text (None for NULL); ``pii_columns`` adds
     column names to those recognised by name (e.g. the PII catalog's).
     """
+    if slow_to_scan(sql) is not None:  # not parsed: every literal and value is masked
+        return mask_every_literal(sql), tuple(None if v is None else "<masked>" for v in params)
     places = _Places(pii_columns)
     # Unparseable SQL has no places; masking by look still applies below.
     with contextlib.suppress(pg.ParseError, ValueError, RecursionError):

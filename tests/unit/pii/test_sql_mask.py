@@ -358,3 +358,20 @@ def test_a_run_of_comment_openers_is_masked_without_scanning_it(tail: str) -> No
     assert (
         masked_text("SELECT 1 /* " + "*" * 200 + " */", {}) == "SELECT $1 /* " + "*" * 200 + " */"
     )
+
+
+def test_approvers_and_retry_matching_do_not_scan_a_run_of_comment_openers() -> None:
+    """A held statement's text is masked for approvers and normalised for matching a
+    retry, on the event loop too: the run is not scanned, every literal and value
+    before it is masked (no parse tree says which touch PII)."""
+    import time
+
+    from dbgate.approvals.matching import normalized_sql
+
+    sql = "SELECT * FROM c WHERE full_name = 'Ann Lee' AND id = $1 " + "/*" * 40000
+    started = time.perf_counter()
+    masked, params = mask_sql(sql, ["Ann Lee", None])
+    assert normalized_sql(sql) == sql.strip()
+    assert time.perf_counter() - started < 1.0
+    assert "Ann Lee" not in masked and masked.endswith("<masked: the rest could not be scanned>")
+    assert params == ("<masked>", None)
