@@ -20,13 +20,7 @@ import pytest
 
 from dbgate.gate import schema_loads
 from tests.conftest import _admin_execute
-from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
-    DemoRole,
-    admin_dsn,
-    demo_db,
-    demo_role,
-    start_pii_proxy,
-)
+from tests.integration.clients.conftest import DemoRole
 from tests.integration.conftest import RunningProxy
 
 #: ``public.twin`` is clean; ``crm.twin`` holds e-mails (by its column's name) at
@@ -43,7 +37,7 @@ SETUP = [
 
 
 @pytest.fixture(scope="module")
-def twins(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[None]:  # noqa: F811
+def twins(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[None]:
     _admin_execute(
         pg_server,
         *SETUP,
@@ -60,19 +54,13 @@ def twins(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[None]: 
 
 
 @pytest.fixture(scope="module")
-def hunt_proxy(pg_server: Any, demo_role: DemoRole, twins: None) -> Iterator[RunningProxy]:  # noqa: F811
-    running = start_pii_proxy(pg_server, demo_role)
-    yield running
-    running.stop()
+def hunt_proxy(twins: None, hunt_proxy: RunningProxy) -> RunningProxy:
+    """The PII conftest's gate, started once both twins exist (its snapshot holds them)."""
+    return hunt_proxy
 
 
 @pytest.fixture(scope="module")
-def dsn(hunt_proxy: RunningProxy, demo_db: str) -> str:  # noqa: F811
-    return hunt_proxy.dsn(demo_db)
-
-
-@pytest.fixture(scope="module")
-def emails(admin_dsn: str, twins: None) -> list[str]:  # noqa: F811
+def emails(admin_dsn: str, twins: None) -> list[str]:
     with psycopg.connect(admin_dsn) as conn:
         rows = conn.execute("select email from crm.twin order by id").fetchall()
     return [str(r[0]) for r in rows]
@@ -145,7 +133,7 @@ BOARDS = iter(range(1_000_000))
 
 
 @pytest.fixture
-def board(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[str]:  # noqa: F811
+def board(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[str]:
     view = f"board_{next(BOARDS)}"
     _admin_execute(
         pg_server,
@@ -185,7 +173,7 @@ READS = {
 def test_a_statement_prepared_before_a_view_shows_pii_is_read_as_it_is_now(
     dsn: str,
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     board: str,
     name: str,
     how: str,
@@ -235,7 +223,7 @@ rules:
 @pytest.fixture(scope="module")
 def ddl_proxy(
     pg_server: Any,
-    demo_role: DemoRole,  # noqa: F811
+    demo_role: DemoRole,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningProxy]:
     from dbgate.app import build_gate
@@ -264,8 +252,8 @@ def ddl_proxy(
 @pytest.fixture
 def own_board(
     pg_server: Any,
-    demo_db: str,  # noqa: F811
-    demo_role: DemoRole,  # noqa: F811
+    demo_db: str,
+    demo_role: DemoRole,
     board: str,
 ) -> str:
     _admin_execute(
@@ -281,7 +269,7 @@ def own_board(
 def test_a_view_redefined_in_the_open_transaction_is_not_read_by_its_old_definition(
     ddl_proxy: RunningProxy,
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     own_board: str,
     end: str,
 ) -> None:
@@ -331,7 +319,7 @@ def test_a_view_redefined_in_the_open_transaction_is_not_read_by_its_old_definit
 def test_a_cursor_declared_while_the_schema_changes_is_not_read_by_the_old_snapshot(
     ddl_proxy: RunningProxy,
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     own_board: str,
 ) -> None:
     """A cursor ``WITH HOLD`` declared after the view was redefined, in the same
@@ -369,7 +357,7 @@ def test_a_cursor_declared_while_the_schema_changes_is_not_read_by_the_old_snaps
 def test_a_table_explain_analyze_creates_is_a_copy_like_create_table_as(
     ddl_proxy: RunningProxy,
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     own_board: str,
 ) -> None:
     """``EXPLAIN ANALYZE`` runs what it explains: a ``CREATE TABLE … AS`` under it made
@@ -411,8 +399,8 @@ def test_a_table_explain_analyze_creates_is_a_copy_like_create_table_as(
 def test_explain_analyze_execute_writes_its_arguments_as_execute_does(
     dsn: str,
     pg_server: Any,
-    demo_db: str,  # noqa: F811
-    demo_role: DemoRole,  # noqa: F811
+    demo_db: str,
+    demo_role: DemoRole,
 ) -> None:
     """Another session's last query text holds the values dbgate resolved from its
     tokens; ``EXECUTE w(pg_stat_get_backend_activity(n))`` of a statement that writes
