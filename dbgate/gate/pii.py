@@ -186,6 +186,9 @@ class PiiGate:
         """The statement names relations the snapshot lacks: judged after a reload
         (what it still does not know then is tokenized)."""
         await self.loads.reload_since(q.info.database, time.monotonic())
+        # what the session's other statements were judged on is older: forgotten now,
+        # not after this statement's verdict (which would be forgotten with them)
+        q.info.verdicts_catch_up()
         result = self._ask_again(q, reloaded=True)
         if isinstance(result, Awaitable):
             result = await result

@@ -54,6 +54,7 @@ class SessionInfo:
     _notify: Callable[[Notice], None] | None = None
 
     _forget: Callable[[], None] | None = None
+    _catch_up: Callable[[], None] | None = None
 
     def forget_verdicts(self) -> None:
         """Make the relay ask the inspector again about messages it allowed before
@@ -62,6 +63,15 @@ class SessionInfo:
         if self._forget is not None:
             self._forget()
         self.statements.judge_binds_again()
+
+    def verdicts_catch_up(self) -> None:
+        """The gate has just read a new snapshot to judge this session's waiting
+        statement on it: forget now the verdicts taken on older snapshots (as the
+        relay does when it sees the inspector's ``generation`` move), so that the
+        verdict about to be given, the new snapshot's, is not forgotten with them and
+        its statement's Binds do not all go to the gate for the rest of the session."""
+        if self._catch_up is not None:
+            self._catch_up()
 
     def when_idle(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once, at the next ReadyForQuery with status ``I``: when

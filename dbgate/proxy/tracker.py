@@ -298,6 +298,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         self._memo: dict[bytes, tuple[Statement, Allow, KnownStatement | None]] = {}
         self._memo_since = 0.0  # when the oldest verdict remembered was (MEMO_MAX_AGE_SECONDS)
         info._forget = self._memo.clear
+        info._catch_up = self._catch_up
         self._generations = self.inspector if hasattr(self.inspector, "generation") else None
         self._memo_generation = getattr(self.inspector, "generation", 0)
         #: A statement waits for an awaitable verdict (see :meth:`client_chunk`).
@@ -436,11 +437,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         memo = self._memo if not strict else None
         generations = self._generations
         if generations is not None and generations.generation != self._memo_generation:  # type: ignore[attr-defined]
-            # the verdicts of statements prepared before are the old snapshot's too: the
-            # server plans them again when what they read changes (a view redefined, a
-            # column marked PII), so their Binds are judged again, on the new one
-            self.info.forget_verdicts()
-            self._memo_generation = generations.generation  # type: ignore[attr-defined]
+            self._catch_up()
         if memo and time.monotonic() - self._memo_since > MEMO_MAX_AGE_SECONDS:
             memo.clear()
         observed = self.observer is not None
@@ -726,6 +723,16 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         if fwd < len(chunk):
             out.append(chunk[fwd:])
         return out
+
+    def _catch_up(self) -> None:
+        """The inspector's snapshot moved on: the verdicts of statements prepared before
+        are the old snapshot's too. The server plans them again when what they read
+        changes (a view redefined, a column marked PII), so their Binds are judged
+        again, on the new one."""
+        generations = self._generations
+        if generations is not None and generations.generation != self._memo_generation:  # type: ignore[attr-defined]
+            self.info.forget_verdicts()
+            self._memo_generation = generations.generation  # type: ignore[attr-defined]
 
     def _copy_ended(self) -> bool:
         """The COPY's data ended (the client's CopyDone or CopyFail, or dbgate's
