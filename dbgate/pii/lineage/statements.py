@@ -610,15 +610,18 @@ _CURSOR_OPT_HOLD = 0x0020
 
 def _analyzes(body: Node) -> bool:
     """Whether an EXPLAIN runs its statement: ``ANALYZE``, unless set false (anything
-    but a plain false counts as true: fail closed)."""
+    but a plain false counts as true: fail closed). PostgreSQL takes the last of
+    several ``analyze`` options (``EXPLAIN (ANALYZE false, ANALYZE) INSERT …`` runs the
+    INSERT), so one set true anywhere counts."""
+    runs = False
     for option in body.get("options") or ():
         d = option.get("DefElem", {})
         if d.get("defname") == "analyze":
             arg = d.get("arg") or {}
             said = (arg.get("String") or {}).get("sval", "").lower()
             zero = "Integer" in arg and not arg["Integer"].get("ival")
-            return not (said in ("false", "off", "no") or zero)
-    return False
+            runs = runs or not (said in ("false", "off", "no") or zero)
+    return runs
 
 
 #: Clauses that make a SELECT more than a projection of its FROM item.

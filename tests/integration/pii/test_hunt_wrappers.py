@@ -1,0 +1,88 @@
+"""Statements that run another statement (EXPLAIN ANALYZE, EXECUTE, CREATE TABLE AS,
+DECLARE, a data-modifying WITH, COPY of a query): what dbgate holds bare is held
+wrapped, through the real gate and the demo dataset, every byte compared with the raw
+values read straight from the server. No approval service: a hold is a refusal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import _admin_execute
+from tests.integration.clients.conftest import DemoRole, demo_db, demo_role  # noqa: F401
+from tests.integration.conftest import RunningProxy
+from tests.integration.pii.test_hunt_sessions_disagree import ddl_proxy  # noqa: F401
+
+SINK = "hunt_wrapped_sink"
+
+
+@pytest.fixture
+def sink(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[str]:  # noqa: F811
+    """A plain table the agent may write: its ``title`` is not PII by any mark."""
+    _admin_execute(
+        pg_server,
+        f"drop table if exists {SINK}",
+        f"create table {SINK} (id bigint, title text)",
+        f"grant all on {SINK} to {demo_role.name}",
+        dbname=demo_db,
+    )
+    try:
+        yield SINK
+    finally:
+        _admin_execute(pg_server, f"drop table if exists {SINK}", dbname=demo_db)
+
+
+def _raw(pg_server: Any, demo_db: str) -> list[str]:  # noqa: F811
+    with psycopg.connect(pg_server.dsn(demo_db)) as direct:
+        return [str(r[0]) for r in direct.execute("select email from customers where id < 4")]
+
+
+def _run(conn: psycopg.Connection[Any], sql: str) -> str:
+    try:
+        cur = conn.execute(sql)
+        return repr(cur.fetchall()) if cur.description else str(cur.statusmessage)
+    except psycopg.Error as e:
+        return f"{e.diag.sqlstate}: {e}"
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["analyze false, analyze", "analyze off, analyze on, costs off", "analyze 0, analyze 1"],
+)
+def test_explain_runs_by_its_last_analyze_option(
+    ddl_proxy: RunningProxy,  # noqa: F811
+    pg_server: Any,
+    demo_db: str,  # noqa: F811
+    sink: str,
+    options: str,
+) -> None:
+    """PostgreSQL takes the last of several ``analyze`` options: ``EXPLAIN (ANALYZE
+    false, ANALYZE) INSERT …`` runs the INSERT. Read as not running, the copy of an
+    e-mail into a plain column (held bare) was stored and read back raw; so was a
+    table ``CREATE TEMP TABLE … AS`` made under it."""
+    got: list[str] = []
+    with psycopg.connect(ddl_proxy.dsn(demo_db), autocommit=True) as conn:
+        for sql in (
+            f"explain ({options}) insert into {sink} select id, email from customers where id = 1",
+            f"explain ({options}) update {sink} set title = (select email from customers"
+            " where id = 2) where id = 1",
+            f"prepare hunt_put(bigint, text) as insert into {sink} values ($1, $2)",
+            f"explain ({options}) execute hunt_put(3, (select email from customers where id = 3))",
+            f"explain ({options}) create temp table hunt_wrapped as"
+            " select id, email as note from customers where id < 4",
+        ):
+            got.append(_run(conn, sql))
+        time.sleep(1)  # a reload after the DDL, had it run
+        got.append(_run(conn, f"select id, title from {sink} where id < 10"))
+        got.append(_run(conn, "select id, note from hunt_wrapped where id < 10"))
+    text = "\n".join(got)
+    assert "writes PII (email)" in text, text
+    assert "EXECUTE of 'hunt_put' writes" in text, text
+    assert "copies PII into a new table" in text, text
+    for email in _raw(pg_server, demo_db):
+        assert email not in text and email.lower() not in text, text
