@@ -102,6 +102,14 @@ class Expressions(WalkState):
                 for s in sites[first:]
             ]
 
+    def e_ColumnDef(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        """A column's definition: its name and type hold no values, but its ``CHECK``
+        and ``DEFAULT`` run on every row written to it. ``email text CHECK
+        (pg_try_advisory_xact_lock(ascii(email), …) IS NOT NULL)`` kept the e-mail of
+        every later INSERT where ``pg_locks`` showed it, as the table's own CHECK
+        beside the columns would (and is held for)."""
+        return self.expr([body.get("raw_default"), body.get("constraints")], scope, ctx)
+
     def e_ColumnRef(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
         fields = body["fields"]
         names = strs(fields)
@@ -586,7 +594,6 @@ _LEAVES = frozenset(
         "SQLValueFunction",
         "SetToDefault",
         "A_Star",
-        "ColumnDef",
     }
 )
 #: Each node kind with a handler of its own; any other kind is walked generically.

@@ -86,3 +86,45 @@ def test_explain_runs_by_its_last_analyze_option(
     assert "copies PII into a new table" in text, text
     for email in _raw(pg_server, demo_db):
         assert email not in text and email.lower() not in text, text
+
+
+@pytest.fixture
+def may_create(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[None]:  # noqa: F811
+    """The agent's role may create tables in ``public`` (an approver lets its DDL run)."""
+    _admin_execute(pg_server, f"grant create on schema public to {demo_role.name}", dbname=demo_db)
+    try:
+        yield
+    finally:
+        _admin_execute(
+            pg_server,
+            "drop table if exists hunt_checked",
+            f"revoke create on schema public from {demo_role.name}",
+            dbname=demo_db,
+        )
+
+
+def test_a_column_check_that_keeps_state_is_held_like_a_table_check(
+    ddl_proxy: RunningProxy,  # noqa: F811
+    pg_server: Any,
+    demo_db: str,  # noqa: F811
+    may_create: None,
+) -> None:
+    """A column's ``CHECK`` runs on every row written to it: one calling a built-in that
+    keeps its argument (an advisory lock's key, in ``pg_locks``) left the first two
+    characters of the e-mail an ordinary INSERT of it into a PII column wrote, for a
+    clean read of ``pg_locks`` — the same CHECK written beside the columns was held."""
+    got: list[str] = []
+    lock = "pg_try_advisory_xact_lock(ascii(substr(email, 1, 1)), ascii(substr(email, 2, 1)))"
+    with psycopg.connect(ddl_proxy.dsn(demo_db), autocommit=True) as conn:
+        got.append(_run(conn, f"create table hunt_checked (id int, email text check ({lock}))"))
+        time.sleep(1.5)  # the snapshot read again after the DDL
+        conn.execute("begin")
+        got.append(
+            _run(conn, "insert into hunt_checked select id, email from customers where id = 1")
+        )
+        got.append(_run(conn, "select classid, objid from pg_locks where locktype = 'advisory'"))
+        conn.execute("rollback")
+    text = "\n".join(got)
+    email = _raw(pg_server, demo_db)[0]
+    assert f"({ord(email[0])}, {ord(email[1])})" not in text, text
+    assert "pg_try_advisory_xact_lock() keeps a value derived from PII" in text, text
