@@ -81,15 +81,22 @@ class Statements(WalkState):
         # ANALYZE it also counts the rows each node returned and removed, which a
         # query can make spell values: the plan carries what the query's rows do.
         why = "EXPLAIN (its plan shows literal values)"
-        if "ExecuteStmt" in (body.get("query") or {}):
+        ctas = (body.get("query") or {}).get("CreateTableAsStmt")
+        execute = (body.get("query") or {}).get("ExecuteStmt") or (
+            ((ctas or {}).get("query") or {}).get("ExecuteStmt")
+        )
+        if execute is not None:
             # the plan of a prepared statement shows the literals it was prepared with,
             # which may be values dbgate resolved from tokens: not the agent's to read
+            # (``CREATE TABLE … AS EXECUTE p`` plans it as well)
             if _analyzes(body):
                 # and ANALYZE runs it: its arguments go where its parameters do (a
                 # copy of another session's query text written into a plain column);
                 # a token among them is refused all the same (the plan shows it)
                 first = len(self.r.token_sites)
-                self.stmt_ExecuteStmt(body["query"]["ExecuteStmt"])
+                self.stmt_ExecuteStmt(execute)
+                if ctas is not None:  # and makes the table (held as the bare one is)
+                    self.stmt_CreateTableAsStmt(ctas)
                 del self.r.token_sites[first:]
             self.walk_side(body.get("query"), why)
             return Output(

@@ -128,3 +128,32 @@ def test_a_column_check_that_keeps_state_is_held_like_a_table_check(
     email = _raw(pg_server, demo_db)[0]
     assert f"({ord(email[0])}, {ord(email[1])})" not in text, text
     assert "pg_try_advisory_xact_lock() keeps a value derived from PII" in text, text
+
+
+@pytest.mark.parametrize(
+    "explain",
+    [
+        "explain create table hunt_planned as execute hunt_by_token",
+        "explain (analyze false, costs off) create temp table hunt_planned as"
+        " execute hunt_by_token with no data",
+    ],
+)
+def test_a_plan_of_create_table_as_execute_shows_no_resolved_token(
+    ddl_proxy: RunningProxy,  # noqa: F811
+    pg_server: Any,
+    demo_db: str,  # noqa: F811
+    explain: str,
+) -> None:
+    """A prepared statement's text holds the raw values of the tokens it compared with
+    PII; ``EXPLAIN EXECUTE`` of it is tokenized for that, but ``EXPLAIN CREATE TABLE …
+    AS EXECUTE`` plans the same statement and printed ``Index Cond: (email =
+    'raw@…'::text)``: a token's value in one statement."""
+    with psycopg.connect(ddl_proxy.dsn(demo_db), autocommit=True) as conn:
+        token = conn.execute("select email from customers where id = 1").fetchone()
+        assert token is not None and str(token[0]).startswith("tok_"), token
+        conn.execute(
+            f"prepare hunt_by_token as select id from customers where email = '{token[0]}'"
+        )
+        text = _run(conn, explain)
+    email = _raw(pg_server, demo_db)[0]
+    assert email not in text and email.lower() not in text, text
