@@ -154,6 +154,7 @@ def _explain(body: dict[str, Any], facts: StatementFacts) -> None:
             stmt_body(k, b, facts)
         return
     facts.add(READ, "explain", "plans a statement without running it (EXPLAIN)")
+    _evaluated_arguments(q, facts)
     sub = StatementFacts(facts.params, facts.prepared, facts.extra_pure, facts.depth, facts.keys)
     for k, b in q.items():
         stmt_body(k, b, sub)
@@ -161,6 +162,19 @@ def _explain(body: dict[str, Any], facts: StatementFacts) -> None:
     facts.merge(sub.result(), only=frozenset({OPAQUE}))
     facts.sensitive |= sub.sensitive
     facts.uncacheable |= sub.uncacheable
+
+
+def _evaluated_arguments(q: dict[str, Any], facts: StatementFacts) -> None:
+    """The arguments of an ``EXECUTE`` that does not run its statement (under a plain
+    ``EXPLAIN``, or ``CREATE TABLE ... AS EXECUTE ... WITH NO DATA``): PostgreSQL
+    evaluates them all the same, to plan with their values (``EXPLAIN EXECUTE
+    p(pg_terminate_backend(n)::text)`` ended another session, and a plan's ``Filter``
+    prints what they returned), so they are judged as a bare ``EXECUTE``'s are."""
+    execute = q.get("ExecuteStmt")
+    if execute is None:  # EXPLAIN CREATE TABLE ... AS EXECUTE p(...) plans it too
+        execute = ((q.get("CreateTableAsStmt") or {}).get("query") or {}).get("ExecuteStmt")
+    if execute is not None:
+        expressions.walk(execute.get("params"), facts, True, {})
 
 
 def _copy(body: dict[str, Any], facts: StatementFacts) -> None:
@@ -423,6 +437,7 @@ def _create_table_as(body: dict[str, Any], facts: StatementFacts) -> None:
     command = command_name("CreateTableAsStmt", body)
     if into.get("skipData"):  # WITH NO DATA: structure only, the query does not run
         facts.add(DDL, "create", f"creates {target} without data ({command} ... WITH NO DATA)")
+        _evaluated_arguments(body.get("query") or {}, facts)
         definition(body.get("query"), facts)
         return
     facts.add(DDL, "create-table-as", f"creates {target} ({command})")

@@ -157,3 +157,24 @@ def test_a_plan_of_create_table_as_execute_shows_no_resolved_token(
         text = _run(conn, explain)
     email = _raw(pg_server, demo_db)[0]
     assert email not in text and email.lower() not in text, text
+
+
+def test_the_arguments_of_a_plain_explain_execute_are_judged(
+    ddl_proxy: RunningProxy,  # noqa: F811
+    demo_db: str,  # noqa: F811
+) -> None:
+    """PostgreSQL evaluates an EXECUTE's arguments to plan with their values, under a
+    plain ``EXPLAIN`` too: ``pg_terminate_backend`` there ended another session of the
+    agent's, which the bare call is held for."""
+    dsn = ddl_proxy.dsn(demo_db)
+    with (
+        psycopg.connect(dsn, autocommit=True) as victim,
+        psycopg.connect(dsn, autocommit=True) as conn,
+    ):
+        row = victim.execute("select pg_backend_pid()").fetchone()
+        assert row is not None
+        conn.execute("prepare hunt_signal(text) as select id from customers where email = $1")
+        text = _run(conn, f"explain execute hunt_signal(pg_terminate_backend({row[0]})::text)")
+        alive = _run(victim, "select 1")
+    assert "pg_terminate_backend" in text and "42501" in text, text
+    assert alive == "[(1,)]", alive

@@ -170,3 +170,25 @@ def test_nested_sql_reports_no_effect_of_its_own() -> None:
     and whatever it would do is not the outer statement's effect."""
     c = classify("SELECT query_to_xml('DEALLOCATE ALL', true, false, '')")
     assert c.prepared_effects == ()
+
+
+@pytest.mark.parametrize(
+    ("sql", "category"),
+    [
+        ("EXPLAIN EXECUTE p(pg_terminate_backend(4242)::text)", "admin"),
+        ("EXPLAIN (ANALYZE off) EXECUTE p(set_config('role', 'postgres', false))", "privilege"),
+        ("EXPLAIN EXECUTE p(pg_advisory_lock(1)::text)", "lock"),
+        ("EXPLAIN CREATE TABLE t AS EXECUTE p(pg_read_file('/etc/passwd'))", "admin"),
+        ("CREATE TABLE t AS EXECUTE p(pg_advisory_lock(1)::text) WITH NO DATA", "lock"),
+    ],
+)
+def test_arguments_an_execute_that_does_not_run_evaluates_are_judged(
+    sql: str, category: str
+) -> None:
+    """PostgreSQL evaluates an EXECUTE's arguments to plan with their values, under a
+    plain EXPLAIN or WITH NO DATA too: they are judged as a bare EXECUTE's are."""
+    prepared = {"p": "PREPARE p(text) AS SELECT id FROM orders WHERE status = $1"}
+    st = classify(sql, prepared=prepared).statements[0]
+    assert category in {c.value for c in st.categories}, st.reasons
+    plain = classify("EXPLAIN EXECUTE p('paid')", prepared=prepared).statements[0]
+    assert {c.value for c in plain.categories} == {"read"}, plain.reasons
