@@ -49,7 +49,7 @@ class Statements(WalkState):
         return out
 
     def stmt_SelectStmt(self, body: Node) -> StatementLineage:
-        if body.get("intoClause"):
+        if _selects_into(body):
             out = self.select(body, None, OUTPUT)
             self.note_copy(out, "SELECT INTO copies PII into a new table")
             return StatementLineage("SelectStmt", None)
@@ -111,7 +111,7 @@ class Statements(WalkState):
             # ``email AS note`` stored there would be read back raw
             if "CreateTableAsStmt" in query:
                 self.stmt_CreateTableAsStmt(query["CreateTableAsStmt"])
-            elif (query.get("SelectStmt") or {}).get("intoClause"):
+            elif _selects_into(query.get("SelectStmt") or {}):
                 self.stmt_SelectStmt(query["SelectStmt"])
         if not _analyzes(body) or body.get("query") is None:
             # Nothing runs, but the planner evaluates the stable expressions that read
@@ -613,6 +613,17 @@ def _with_arguments(out: Output, args: list[Lin]) -> Output:
 
 #: DECLARE ... WITH HOLD (PostgreSQL's CURSOR_OPT_HOLD)
 _CURSOR_OPT_HOLD = 0x0020
+
+
+def _selects_into(body: Node) -> bool:
+    """Whether a SELECT makes a table (``SELECT … INTO t``): the parser leaves the
+    ``INTO`` on the first SELECT of a set operation, ``SELECT id, email AS note INTO t
+    FROM customers UNION ALL SELECT 1, 'x'``, which stores the whole result."""
+    while body:
+        if body.get("intoClause"):
+            return True
+        body = (body.get("larg") or {}) if body.get("op") not in (None, "SETOP_NONE") else {}
+    return False
 
 
 def _analyzes(body: Node) -> bool:

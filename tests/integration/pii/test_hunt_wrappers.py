@@ -178,3 +178,33 @@ def test_the_arguments_of_a_plain_explain_execute_are_judged(
         alive = _run(victim, "select 1")
     assert "pg_terminate_backend" in text and "42501" in text, text
     assert alive == "[(1,)]", alive
+
+
+def test_select_into_on_the_first_branch_of_a_union_is_a_copy(
+    ddl_proxy: RunningProxy,  # noqa: F811
+    pg_server: Any,
+    demo_db: str,  # noqa: F811
+    may_create: None,
+) -> None:
+    """The parser leaves ``INTO`` on the first SELECT of a set operation, which stores
+    the whole result: ``SELECT id, email AS note INTO t FROM customers … UNION ALL
+    SELECT …`` was read as a plain SELECT, and ``note`` came back raw once the snapshot
+    knew the table. Held as the bare ``SELECT … INTO`` is."""
+    got: list[str] = []
+    try:
+        with psycopg.connect(ddl_proxy.dsn(demo_db), autocommit=True) as conn:
+            got.append(
+                _run(
+                    conn,
+                    "select id, email as note into hunt_checked from customers where id < 4"
+                    " union all select 0, 'none'",
+                )
+            )
+            time.sleep(1.5)  # the snapshot read again after the DDL
+            got.append(_run(conn, "select id, note from hunt_checked where id < 10"))
+    finally:
+        _admin_execute(pg_server, "drop table if exists hunt_checked", dbname=demo_db)
+    text = "\n".join(got)
+    assert "SELECT INTO copies PII into a new table" in text, text
+    for email in _raw(pg_server, demo_db):
+        assert email not in text and email.lower() not in text, text
