@@ -364,6 +364,7 @@ SELECT a.attrelid, a.attname, a.attnum, a.atttypid, d.description,
                   AND dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
                   AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace)
             THEN pg_catalog.pg_get_expr(g.adbin, g.adrelid) END AS default_expr,
+       a.atthasdef,
        COALESCE(co.collisdeterministic, true) AS deterministic,
        (SELECT substr(o, 13) FROM pg_catalog.unnest(a.attfdwoptions) o
         WHERE o LIKE 'column\\_name=%' LIMIT 1) AS remote_name
@@ -377,6 +378,37 @@ LEFT JOIN pg_catalog.pg_attrdef g ON g.adrelid = a.attrelid AND g.adnum = a.attn
 WHERE a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
+#: Domains, with their DEFAULT expression when it calls only PostgreSQL's own functions
+#: (one calling a function of the database's own is a coded default, above): a column
+#: of a domain with no default of its own takes the domain's, or that of the domain it
+#: is over
+_DOMAIN_DEFAULTS = """
+SELECT t.oid, t.typbasetype, t.typdefaultbin IS NOT NULL AS has_default,
+       CASE WHEN t.typdefaultbin IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM pg_catalog.pg_depend dep
+                JOIN pg_catalog.pg_proc p ON p.oid = dep.refobjid
+                WHERE dep.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+                  AND dep.objid = t.oid
+                  AND dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                  AND p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace)
+            THEN pg_catalog.pg_get_expr(t.typdefaultbin, 0) END AS default_expr
+FROM pg_catalog.pg_type t WHERE t.typtype = 'd'
+"""
+
+
+def _domain_default(type_oid: int, domains: dict[int, Any]) -> str | None:
+    """The DEFAULT a column of type ``type_oid`` with none of its own takes: its
+    domain's, or, where that has none, the one of the domain it is over."""
+    seen: set[int] = set()
+    while type_oid in domains and type_oid not in seen:
+        seen.add(type_oid)
+        d = domains[type_oid]
+        if d["has_default"]:
+            return d["default_expr"]  # type: ignore[no-any-return]
+        type_oid = d["typbasetype"]
+    return None
+
+
 _INHERITS = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits"
 _FOREIGN_KEYS = """
 SELECT k.conrelid, k.conkey, k.confrelid, k.confkey
@@ -443,6 +475,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         kinds = list(RELKINDS)
         rel_rows = await conn.fetch(_RELATIONS, kinds)
         col_rows = await conn.fetch(_COLUMNS, kinds)
+        domains = {r["oid"]: r for r in await conn.fetch(_DOMAIN_DEFAULTS)}
         inh_rows = await conn.fetch(_INHERITS)
         fk_rows = await conn.fetch(_FOREIGN_KEYS)
         code_rows = await conn.fetch(_CODE_IN_DEFAULTS)
@@ -472,7 +505,9 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
                 not r["deterministic"],
                 r["remote_name"],
                 (r["attrelid"], r["attnum"]) in coded_defaults,
-                r["default_expr"],
+                r["default_expr"]
+                if r["atthasdef"] or r["generated"]
+                else _domain_default(r["atttypid"], domains),
             )
         )
     parents: dict[int, list[int]] = {}
