@@ -90,6 +90,10 @@ class Relation:
     #: call a function PostgreSQL does not ship, in a language that may read tables: a
     #: write runs it, and it may say what it read in an error (as a trigger may).
     code: bool = False
+    #: A write to it cascades (a foreign key's ``ON DELETE``/``ON UPDATE`` ``CASCADE``,
+    #: ``SET NULL`` or ``SET DEFAULT``) into a relation whose own rules, triggers or
+    #: coded defaults run: the relation's name (qualified), or "" when none
+    cascades: str = ""
     #: Columns a built-in full-text trigger fills (``tsvector_update_trigger(tsv,
     #: 'pg_catalog.english', title, body)``): (the filled column, the columns it is
     #: made of), each by name
@@ -409,6 +413,33 @@ def _domain_default(type_oid: int, domains: dict[int, Any]) -> str | None:
     return None
 
 
+#: Foreign keys whose action writes the referencing rows when the referenced ones change
+_CASCADING_KEYS = """
+SELECT k.conrelid, k.confrelid FROM pg_catalog.pg_constraint k
+WHERE k.contype = 'f'
+  AND (k.confdeltype::text IN ('c', 'n', 'd') OR k.confupdtype::text IN ('c', 'n', 'd'))
+"""
+
+
+def _cascades(keys: list[tuple[int, int]], hidden: set[int]) -> dict[int, int]:
+    """Of each relation a write to which cascades into one in ``hidden`` (its own code
+    runs), through a chain of cascading keys: that relation."""
+    out: dict[int, int] = {}
+    changed = True
+    while changed:
+        changed = False
+        for referencing, referenced in keys:
+            if referenced in out or referenced in hidden:
+                continue
+            if referencing in hidden:
+                out[referenced] = referencing
+                changed = True
+            elif referencing in out:
+                out[referenced] = out[referencing]
+                changed = True
+    return out
+
+
 _INHERITS = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits"
 _FOREIGN_KEYS = """
 SELECT k.conrelid, k.conkey, k.confrelid, k.confkey
@@ -478,6 +509,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         domains = {r["oid"]: r for r in await conn.fetch(_DOMAIN_DEFAULTS)}
         inh_rows = await conn.fetch(_INHERITS)
         fk_rows = await conn.fetch(_FOREIGN_KEYS)
+        cascading_rows = await conn.fetch(_CASCADING_KEYS)
         code_rows = await conn.fetch(_CODE_IN_DEFAULTS)
         coded_rows = await conn.fetch(_CODED_DEFAULTS)
         fts_rows = await conn.fetch(_FULL_TEXT_TRIGGERS)
@@ -515,6 +547,11 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         parents.setdefault(r["inhrelid"], []).append(r["inhparent"])
     triggered = _with_ancestors({r["oid"] for r in rel_rows if r["triggers"]}, parents)
     coded = _with_ancestors({r["oid"] for r in code_rows}, parents)
+    cascades = _cascades(
+        [(r["conrelid"], r["confrelid"]) for r in cascading_rows],
+        triggered | coded | {r["oid"] for r in rel_rows if r["rules"]},
+    )
+    names = {r["oid"]: f"{r['nspname']}.{r['relname']}" for r in rel_rows}
     relations = {
         r["oid"]: Relation(
             r["oid"],
@@ -529,6 +566,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
             r["oid"] in triggered,
             policies=r["policies"],
             code=r["oid"] in coded,
+            cascades=names.get(cascades.get(r["oid"], 0), ""),
             fed=tuple(fed.get(r["oid"], ())),
         )
         for r in rel_rows

@@ -244,7 +244,7 @@ class Statements(WalkState):
         if body.get("is_from"):
             self.walk_side(body, "COPY FROM")
             if body.get("relation") is not None:  # its rows fire the table's triggers
-                self.target_relation(body["relation"], Scope(None))
+                self.target_relation(body["relation"], Scope(None), changes=False)
                 self.rules_met = False  # (COPY applies no rewrite rules)
             return StatementLineage("CopyStmt", None)
         if body.get("query") is not None:

@@ -17,18 +17,36 @@ from dbgate.pii.lineage.state import WalkState
 from dbgate.pii.schema import Relation
 
 
+def _view_defaults(rel: Relation) -> bool:
+    """Whether ``rel`` is a view with column defaults of its own (``ALTER VIEW v ALTER
+    note SET DEFAULT current_query()``): an INSERT through it stores them in its base
+    table's columns, which the catalog reads as their own (clean)."""
+    return rel.kind == "v" and any(c.default is not None or c.coded_default for c in rel.columns)
+
+
 class Writes(WalkState):
     """DML statements, and the bookkeeping of what a statement writes."""
 
-    def target_relation(self, rv: Node, scope: Scope) -> tuple[Item, Relation | None]:
+    def target_relation(
+        self, rv: Node, scope: Scope, changes: bool = True
+    ) -> tuple[Item, Relation | None]:
+        """``changes``: the write may change or delete stored rows (not a plain INSERT
+        or COPY FROM), which a foreign key's action cascades to the rows referencing
+        them."""
         item = self.range_var(rv, scope)
         rels = self.snap.lookup(rv.get("relname", ""), rv.get("schemaname"))
         rel = rels[0] if rels else None
-        if rel is not None and (rel.rules or rel.triggers or rel.code):
-            self.hidden_code(rel)
+        if rel is not None and (
+            rel.rules
+            or rel.triggers
+            or rel.code
+            or (changes and rel.cascades)
+            or _view_defaults(rel)
+        ):
+            self.hidden_code(rel, changes)
         return item, rel
 
-    def hidden_code(self, rel: Relation) -> None:
+    def hidden_code(self, rel: Relation, changes: bool = True) -> None:
         """A write to ``rel`` runs its rules or triggers: code the walk does not see.
 
         Its notices and errors may say what it read (``Analysis.hidden_code``), and a
@@ -40,12 +58,18 @@ class Writes(WalkState):
                 ("rules", rel.rules),
                 ("triggers", rel.triggers),
                 ("column defaults and checks", rel.code),
+                ("column defaults", _view_defaults(rel)),
             )
             if on
         ]
-        note = f"the {' and '.join(kinds)} of {rel.qualified}"
-        if note not in self.r.hidden_code:
-            self.r.hidden_code.append(note)
+        notes = [f"the {' and '.join(kinds)} of {rel.qualified}"] if kinds else []
+        if changes and rel.cascades:
+            notes.append(
+                f"the code of {rel.cascades}, which a write to {rel.qualified} cascades to"
+            )
+        for note in notes:
+            if note not in self.r.hidden_code:
+                self.r.hidden_code.append(note)
         if rel.rules:
             self.rules_met = True
 
@@ -253,7 +277,9 @@ class Writes(WalkState):
         scope = Scope(outer)
         if body.get("withClause"):
             self.with_clause(body["withClause"], scope)
-        item, _rel = self.target_relation(body["relation"], Scope(None))
+        item, _rel = self.target_relation(
+            body["relation"], Scope(None), changes=body.get("onConflictClause") is not None
+        )
         rel_name = body["relation"].get("relname", "")
         cols = [c["ResTarget"]["name"] for c in body.get("cols") or ()] or list(item.names)
         ctxs = [self.column_ctx(item, rel_name, c) for c in cols]
