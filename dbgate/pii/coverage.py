@@ -92,6 +92,9 @@ class Coverage:
     #: views whose definition reads relations with row-level security policies (a read
     #: of the view runs them): those relations, by the view's oid
     policed_views: dict[int, list[str]] = field(default_factory=dict, repr=False)
+    #: views whose definition runs code of the database's own (a user function, a view
+    #: or policies that call one): what, by the view's oid (``Analysis.unseen_code``)
+    coded_views: dict[int, str] = field(default_factory=dict, repr=False)
     #: views and materialized views whose definition chooses, keeps or orders its rows
     #: by PII: (chosen, asked, ordered) of the definition's output, by the view's oid
     #: (``view_rows``)
@@ -132,6 +135,7 @@ class Coverage:
             self.by_attr, self._lins, self.decisions = {}, {}, []
             self._default_only = set()
             self.policed_views = {}
+            self.coded_views = {}
             self._view_rows = {}
             self._compute_all()
         if snap.relations:  # an empty snapshot (before the first load) proves nothing
@@ -473,6 +477,9 @@ class Coverage:
         analysis = analyze(rel.definition or "", self)
         if analysis.policies_met and rel.kind == "v":
             self.policed_views[rel.oid] = list(analysis.policies_met)
+        code = analysis.unseen_code() if rel.kind == "v" else ""
+        if code:
+            self.coded_views[rel.oid] = code
         outs = [s.output for s in analysis.statements if s.output is not None]
         if len(outs) != 1:
             return [UNKNOWN_LIN] * len(rel.columns)

@@ -86,6 +86,9 @@ class Relation:
     #: the statement does not show, which may read PII and say it in an error
     #: (``current_setting('x.' || (SELECT full_name …))`` in a ``USING`` clause).
     policies: bool = False
+    #: Those policies call a function PostgreSQL does not ship, in a language that may
+    #: read tables: a read runs it, and it may keep the text it runs under
+    policy_code: bool = False
     #: Column defaults or CHECK constraints (of its own or of a child or partition) that
     #: call a function PostgreSQL does not ship, in a language that may read tables: a
     #: write runs it, and it may say what it read in an error (as a trigger may).
@@ -413,6 +416,15 @@ def _domain_default(type_oid: int, domains: dict[int, Any]) -> str | None:
     return None
 
 
+#: Relations whose row-level security policies call such a function
+_CODE_IN_POLICIES = (
+    _CALLS
+    + """pols AS (SELECT 1)
+SELECT DISTINCT p.polrelid AS oid
+FROM calls JOIN pg_catalog.pg_policy p
+  ON calls.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND p.oid = calls.objid
+"""
+)
 #: Foreign keys whose action writes the referencing rows when the referenced ones change
 _CASCADING_KEYS = """
 SELECT k.conrelid, k.confrelid FROM pg_catalog.pg_constraint k
@@ -510,6 +522,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         inh_rows = await conn.fetch(_INHERITS)
         fk_rows = await conn.fetch(_FOREIGN_KEYS)
         cascading_rows = await conn.fetch(_CASCADING_KEYS)
+        policy_rows = await conn.fetch(_CODE_IN_POLICIES)
         code_rows = await conn.fetch(_CODE_IN_DEFAULTS)
         coded_rows = await conn.fetch(_CODED_DEFAULTS)
         fts_rows = await conn.fetch(_FULL_TEXT_TRIGGERS)
@@ -552,6 +565,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
         triggered | coded | {r["oid"] for r in rel_rows if r["rules"]},
     )
     names = {r["oid"]: f"{r['nspname']}.{r['relname']}" for r in rel_rows}
+    policed = {r["oid"] for r in policy_rows}
     relations = {
         r["oid"]: Relation(
             r["oid"],
@@ -566,6 +580,7 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
             r["oid"] in triggered,
             policies=r["policies"],
             code=r["oid"] in coded,
+            policy_code=r["oid"] in policed,
             cascades=names.get(cascades.get(r["oid"], 0), ""),
             fed=tuple(fed.get(r["oid"], ())),
         )

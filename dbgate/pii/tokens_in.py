@@ -41,7 +41,7 @@ from dbgate.pii.pseudonyms import (
 from dbgate.pii.text_arrays import map_elements
 from dbgate.pii.tokens import TOKEN_RE, TOKEN_RE_BYTES, TokenError
 
-__all__ = ["Resolver", "detokenize_params", "detokenize_sql", "unseen_code"]
+__all__ = ["Resolver", "detokenize_params", "detokenize_sql"]
 
 #: token -> (entity, value bytes); raises TokenError
 Resolver = Callable[[str], tuple[str, bytes]]
@@ -107,34 +107,6 @@ def _dollar_quote(value: str) -> str:
     return f"{tag}{value}{tag}"
 
 
-#: The reasons lineage gives for code of the database's own that a text runs (a user
-#: function, an operator or a cast over one, a DO block, a procedure)
-_UNSEEN_CODE = (
-    "is not a PostgreSQL built-in function",
-    "may be the database's own code",
-    "a DO block runs code dbgate does not read",
-    "CALL returns what a procedure chose to return",
-)
-
-
-def unseen_code(analysis: Analysis) -> str:
-    """What of the database's own code the text runs (a trigger, a rule, a user
-    function, a DO block), or "" when it runs none.
-
-    Such code may keep the text it runs under: ``current_query()`` is the whole text
-    of the Query message, every statement of it, so an audit trigger's ``INSERT INTO
-    log VALUES (current_query())``, fired by ``INSERT INTO audited …`` beside ``SELECT
-    … WHERE email = 'tok_…'``, stored the raw e-mail where a clean column reads it. A
-    Bind value is not in that text (``$1`` is), so it is still resolved.
-    """
-    if analysis.hidden_code:
-        return analysis.hidden_code[0]
-    for why in analysis.unknown_reasons:
-        if why.endswith(_UNSEEN_CODE):
-            return why
-    return ""
-
-
 def detokenize_sql(
     sql: str, analysis: Analysis, resolve: Resolver, resolve_stored: Resolver | None = None
 ) -> str:
@@ -153,7 +125,7 @@ def detokenize_sql(
         raise TokenError(
             f"a token cannot be resolved here: the statement {analysis.token_writes[0]}"
         )
-    unseen = unseen_code(analysis)
+    unseen = analysis.unseen_code()
     if unseen:
         raise TokenError(
             "a token cannot be resolved into the text of a statement that runs code of"

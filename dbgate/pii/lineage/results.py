@@ -155,6 +155,9 @@ class Analysis:
     #: relations read or written whose row-level security policies run: code the walk
     #: does not see, whose errors may say what it read
     policies_met: list[str] = field(default_factory=list)
+    #: relations read whose reading runs code of the database's own: a view whose
+    #: definition calls a user function, row-level security policies that do
+    code_read: list[str] = field(default_factory=list)
     #: an INSERT, UPDATE or MERGE of the text has a RETURNING list: the server names
     #: the written table's columns as the origins of values the statement made
     #: (``SET email = substr(email, 1, 1) RETURNING email``), so no origin in it is a
@@ -164,6 +167,37 @@ class Analysis:
     #: BY 1`` name an output by position, so texts that differ in that literal differ
     #: in lineage and may not share one analysis (``dbgate.pii.plan_cache``)
     reads_literals: bool = False
+
+    def unseen_code(self) -> str:
+        """What of the database's own code the text runs (a trigger, a rule, a user
+        function, a DO block, a view or policy that calls one), or "" when none.
+
+        Such code may keep the text it runs under: ``current_query()`` is the whole
+        text of the Query message, every statement of it, so an audit trigger's
+        ``INSERT INTO log VALUES (current_query())``, fired by ``INSERT INTO audited
+        …`` beside ``SELECT … WHERE email = 'tok_…'``, stored the raw e-mail where a
+        clean column reads it. A Bind value is not in that text (``$1`` is).
+        """
+        if self.hidden_code:
+            return self.hidden_code[0]
+        if self.code_read:
+            return self.code_read[0]
+        for why in self.unknown_reasons:
+            if why.endswith(UNSEEN_CODE[0]):
+                return why[: -len(UNSEEN_CODE[0])].rstrip()  # "f()"
+            if why.endswith(UNSEEN_CODE):
+                return why
+        return ""
+
+
+#: The reasons the walk gives for code of the database's own that a text runs (a user
+#: function, an operator or a cast over one, a DO block, a procedure)
+UNSEEN_CODE = (
+    " is not a PostgreSQL built-in function",
+    "may be the database's own code",
+    "a DO block runs code dbgate does not read",
+    "CALL returns what a procedure chose to return",
+)
 
 
 class ColumnSource(Protocol):

@@ -106,6 +106,14 @@ class Sources(WalkState):
             for name in met:
                 if name not in self.r.policies_met:
                     self.r.policies_met.append(name)
+            # code a read of it runs, which may keep the text it runs under
+            code = getattr(self.source, "coded_views", {}).get(rel.oid)
+            if code:
+                code = f"the definition of {rel.qualified}, which runs {code}"
+            elif rel.policies and rel.policy_code:
+                code = f"the row-level security policies of {rel.qualified}"
+            if code and code not in self.r.code_read:
+                self.r.code_read.append(code)
 
     def range_var(self, body: Node, scope: Scope) -> Item:
         name = body.get("relname", "")

@@ -19,19 +19,14 @@ import pytest
 
 from dbgate.pii.tokens import TokenError
 from tests.conftest import _admin_execute
-from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
-    DemoRole,
-    admin_dsn,
-    demo_db,
-    demo_role,
-    start_pii_proxy,
-)
+from tests.integration.clients.conftest import DemoRole, start_pii_proxy
 from tests.integration.conftest import RunningProxy
 from tests.integration.pii.harness import make_room
 
 SETUP = [
     "drop table if exists hunt_log, hunt_audited, hunt_plain, hunt_dd, hunt_kids,"
-    " hunt_parents cascade",
+    " hunt_parents, hunt_rls cascade",
+    "drop view if exists hunt_fv cascade",
     "drop domain if exists hunt_qd",
     "create table hunt_log (id serial, q text)",
     "create table hunt_audited (id int, note text, email text)",
@@ -52,39 +47,48 @@ SETUP = [
     "create trigger hunt_k after delete on hunt_kids for each row execute function hunt_log_fn()",
     "insert into hunt_parents values (7)",
     "insert into hunt_kids values (1, 7)",
+    # code a read runs: a view's definition, row-level security policies
+    "create or replace function hunt_note() returns int language plpgsql volatile as"
+    " $$ begin insert into hunt_log(q) values (current_query()); return 1; end $$",
+    "create view hunt_fv as select id, email, hunt_note() as n from customers",
+    "create view hunt_fv2 as select id, email from hunt_fv",
+    "create table hunt_rls (id int, email text)",
+    "insert into hunt_rls select id, email from customers where id < 5",
+    "alter table hunt_rls enable row level security",
+    "create policy hunt_p on hunt_rls using (hunt_note() = 1)",
 ]
 
 
 @pytest.fixture(scope="module")
-def objects(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[None]:  # noqa: F811
+def objects(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[None]:
     _admin_execute(
         pg_server,
         *SETUP,
         "grant select, insert, update, delete on hunt_log, hunt_audited, hunt_plain, hunt_v,"
-        f" hunt_dd, hunt_parents, hunt_kids to {demo_role.name}",
+        f" hunt_dd, hunt_parents, hunt_kids, hunt_fv, hunt_fv2, hunt_rls to {demo_role.name}",
         f"grant usage on sequence hunt_log_id_seq to {demo_role.name}",
         dbname=demo_db,
     )
     try:
         yield
     finally:
-        _admin_execute(pg_server, *SETUP[:2], dbname=demo_db)
+        _admin_execute(pg_server, *SETUP[:3], dbname=demo_db)
 
 
 @pytest.fixture(scope="module")
-def hunt_proxy(pg_server: Any, demo_role: DemoRole, objects: None) -> Iterator[RunningProxy]:  # noqa: F811
+def hunt_proxy(pg_server: Any, demo_role: DemoRole, objects: None) -> Iterator[RunningProxy]:
     running = start_pii_proxy(pg_server, demo_role)
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
-def dsn(hunt_proxy: RunningProxy, demo_db: str) -> str:  # noqa: F811
+def dsn(hunt_proxy: RunningProxy, demo_db: str) -> str:
     return hunt_proxy.dsn(demo_db)
 
 
 @pytest.fixture(scope="module")
-def email(pg_server: Any, demo_db: str) -> str:  # noqa: F811
+def email(pg_server: Any, demo_db: str) -> str:
     with psycopg.connect(pg_server.dsn(demo_db)) as direct:
         row = direct.execute("select email from customers where id = 1").fetchone()
     assert row is not None
@@ -106,7 +110,7 @@ def _run(conn: Any, sql: str, params: Any = None) -> str:
         return f"{e.diag.sqlstate}: {e}"
 
 
-def _stored(pg_server: Any, demo_db: str, sql: str) -> str:  # noqa: F811
+def _stored(pg_server: Any, demo_db: str, sql: str) -> str:
     with psycopg.connect(pg_server.dsn(demo_db)) as direct:
         return repr(direct.execute(sql).fetchall())
 
@@ -118,7 +122,7 @@ def _token(conn: Any) -> str:
 def test_an_audit_trigger_keeps_the_text_a_token_was_resolved_into(
     dsn: str,
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     email: str,
 ) -> None:
     """``current_query()`` in a trigger is the whole Query: a write to an audited
@@ -157,7 +161,7 @@ def test_an_audit_trigger_keeps_the_text_a_token_was_resolved_into(
 
 async def test_a_cascade_to_an_audited_table_keeps_the_text(
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     objects: None,
 ) -> None:
     """A DELETE of a table with no trigger of its own cascades, by a foreign key, to
@@ -180,10 +184,36 @@ async def test_a_cascade_to_an_audited_table_keeps_the_text(
     assert not plan.analysis.hidden_code, plan.analysis.hidden_code
 
 
+def test_code_a_read_runs_keeps_the_text(
+    dsn: str,
+    pg_server: Any,
+    demo_db: str,
+    email: str,
+) -> None:
+    """A view whose definition calls a function of the database's own runs it on
+    every read (the rules see a view, not the function), and so do row-level security
+    policies that call one: ``current_query()`` there is the text with the value."""
+    with psycopg.connect(dsn, autocommit=True) as agent:
+        token = _token(agent)
+        got = [
+            _run(agent, f"select id from hunt_fv where email = '{token}'"),
+            _run(agent, f"select id from hunt_fv2 where email = '{token}'"),
+            _run(agent, f"select id from hunt_rls where email = '{token}'"),
+        ]
+        bound = _run(agent, "select id from hunt_fv where email = %s", (token,))
+        logged = _run(agent, "select id, q from hunt_log where id < 100")
+    text = "\n".join(got)
+    assert text.count("22023") == 3, text
+    assert "hunt_note()" in text and "policies of public.hunt_rls" in text, text
+    assert bound == "ok [(1,)]", bound
+    assert email not in logged, logged
+    assert email not in _stored(pg_server, demo_db, "select q from hunt_log")
+
+
 def test_a_view_columns_default_is_stored_in_its_base_table(
     dsn: str,
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     email: str,
 ) -> None:
     """``ALTER VIEW hunt_v ALTER note SET DEFAULT current_query()``: an INSERT through
@@ -203,7 +233,7 @@ def test_a_view_columns_default_is_stored_in_its_base_table(
 def test_a_domains_default_of_the_query_text_is_read_as_unknown(
     dsn: str,
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     email: str,
 ) -> None:
     """``CREATE DOMAIN hunt_qd AS text DEFAULT current_query()``: a column of it with
