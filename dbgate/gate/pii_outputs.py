@@ -125,7 +125,7 @@ class PiiFilter:
         f = self._filter(session)
         if f is None:
             return body
-        involves = _involves_pii(verdict) or _HELD_CURSOR in session.state
+        involves = _involves_pii(verdict) or _HELD_CURSOR in session.state or _server_log_line(body)
         if involves and not _first_notice(session, verdict):
             return None
         return f.notice(body, involves_pii=involves, positions=_positions(verdict))
@@ -179,6 +179,29 @@ def _involves_pii(verdict: Allow | None) -> bool:
         or verdict.replace_sql is not None
         or verdict.replace_params is not None
     )
+
+
+def _server_log_line(body: bytes) -> bool:
+    """Whether a NoticeResponse is a line of the server's log (severity LOG or DEBUG),
+    sent only because the session lowered ``client_min_messages``: such a line says
+    what the server logged — ``log_min_duration_statement``'s ``duration: … execute
+    <unnamed>: …`` with its ``Parameters: $1 = '…'``, the text dbgate forwarded — and
+    is sent after the message it is about has completed, when the next one in a
+    pipeline (perhaps without PII) is the one the relay sees running. Unreadable:
+    taken as one."""
+    pos, n = 0, len(body)
+    severity = b""
+    while pos < n and body[pos] != 0:
+        end = body.find(b"\0", pos + 1)
+        if end < 0:
+            return True
+        code = body[pos]
+        if code == 0x56:  # V: the severity, never localized
+            return body[pos + 1 : end] in (b"LOG", b"DEBUG")
+        if code == 0x53:  # S: localized (a server before 9.6 sends no V)
+            severity = body[pos + 1 : end]
+        pos = end + 1
+    return severity in (b"LOG", b"DEBUG")
 
 
 def _positions(verdict: Allow | None) -> bool:

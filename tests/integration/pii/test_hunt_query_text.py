@@ -265,3 +265,49 @@ def test_monitoring_and_explain_stay_usable(dsn: str) -> None:
     assert rows and isinstance(rows[0][0], int) and rows[0][1] == "active", rows
     assert str(rows[0][3]).startswith("tok_"), rows
     assert any("Seq Scan on orders" in r[0] or "Index" in r[0] for r in plan), plan
+
+
+def test_the_servers_log_lines_are_withheld(
+    dsn: str,
+    pg_server: Any,
+    demo_db: str,
+    demo_role: DemoRole,
+) -> None:
+    """With ``log_min_duration_statement = 0`` on the server (an operator's setting,
+    for pgBadger), an agent that lowers ``client_min_messages`` to ``log`` gets each
+    log line too. A line comes after the message it is about has completed, when in a
+    pipeline the next one is running: ``duration: … execute <unnamed>: … Parameters:
+    $1 = 'Matthew Smith'`` of a Bind whose token was resolved went out under the
+    next, clean statement's verdict."""
+    _admin_execute(
+        pg_server, f"alter role {demo_role.name} set log_min_duration_statement = 0", dbname=demo_db
+    )
+    with psycopg.connect(pg_server.dsn(demo_db)) as direct:
+        row = direct.execute("select full_name from customers where id = 1").fetchone()
+    assert row is not None
+    name = str(row[0])
+    notices: list[str] = []
+    try:
+        with psycopg.connect(dsn, autocommit=True) as agent:
+            agent.add_notice_handler(
+                lambda n: notices.append(f"{n.severity}: {n.message_primary} {n.message_detail}")
+            )
+            token = agent.execute("select full_name from customers where id = 1").fetchone()[0]  # type: ignore[index]
+            agent.execute("set client_min_messages = log")
+            with agent.pipeline():
+                agent.execute("select id from customers where full_name = %s", (token,))
+                agent.execute("select 1 where %s::int = 1", (1,))
+                agent.execute("select 2")
+            with agent.pipeline():
+                agent.execute(f"select id from customers where full_name = '{token}'", prepare=True)
+                agent.execute("select 4", prepare=True)
+            assert agent.execute("select 5").fetchone() == (5,)
+    finally:
+        _admin_execute(
+            pg_server,
+            f"alter role {demo_role.name} reset log_min_duration_statement",
+            dbname=demo_db,
+        )
+    text = "\n".join(notices)
+    assert "LOG" in text, text  # the lines came, withheld
+    assert name not in text, text
