@@ -517,31 +517,12 @@ class AuditTrail(QuietObserver):
         self._apps[session.session_id] = (first, first)
         self._given[session.session_id] = {first, session.application_name}
         self._recent[session.session_id] = deque(maxlen=_RECENT)
-        self.writer.record(
-            SessionEvent(
-                "connect",
-                identity=session.identity,
-                session_id=session.session_id,
-                application_name=session.application_name,
-                client_addr=session.client_addr,
-                database=session.database,
-            )
-        )
+        self.writer.record(_session_event("connect", session))
 
     def session_exempt(self, session: SessionInfo, reason: str) -> None:
         """The session sees raw values (``pii.exempt_identities``/``exempt_groups``):
         recorded once, before its first statement runs, with the reason."""
-        self.writer.record(
-            SessionEvent(
-                "pii_exempt",
-                identity=session.identity,
-                session_id=session.session_id,
-                application_name=session.application_name,
-                client_addr=session.client_addr,
-                database=session.database,
-                reason=reason,
-            )
-        )
+        self.writer.record(_session_event("pii_exempt", session, reason=reason))
 
     def session_ended(self, session: SessionInfo) -> None:
         started = self._started.pop(session.session_id, None)
@@ -550,13 +531,9 @@ class AuditTrail(QuietObserver):
         self._given.pop(session.session_id, None)
         self._recent.pop(session.session_id, None)
         self.writer.record(
-            SessionEvent(
+            _session_event(
                 "disconnect",
-                identity=session.identity,
-                session_id=session.session_id,
-                application_name=session.application_name,
-                client_addr=session.client_addr,
-                database=session.database,
+                session,
                 duration_us=int((time.monotonic() - started) * 1e6) if started else None,
                 # "" when the client ended it; the server's SQLSTATE (25P03, 25P04, ...)
                 # when the server did
@@ -735,3 +712,16 @@ class AuditTrail(QuietObserver):
     #: The relay's observer hears a statement's end here, without a hop (once per
     #: statement): _finished with its default stage.
     statement_completed = _finished
+
+
+def _session_event(kind: str, session: SessionInfo, **fields: Any) -> SessionEvent:
+    """A session's event with the fields every one of its records carries."""
+    return SessionEvent(
+        kind,
+        identity=session.identity,
+        session_id=session.session_id,
+        application_name=session.application_name,
+        client_addr=session.client_addr,
+        database=session.database,
+        **fields,
+    )
