@@ -191,17 +191,7 @@ class StatementPlan:
         numbers = frozenset(numbers)
         if not numbers:
             return self
-        plan = StatementPlan(
-            self.room,
-            self.sql,
-            self.analysis,
-            self.exemption,
-            numbers | self.token_params,
-            self.runs_pii,
-            self.distrust,
-        )
-        plan.unsettled = self.unsettled
-        return plan
+        return self._remade(numbers | self.token_params, self.distrust, self.unsettled)
 
     def distrusted(self, unsettled: Callable[[], bool]) -> StatementPlan:
         """This plan for a statement run while the schema may differ from the snapshot:
@@ -211,17 +201,25 @@ class StatementPlan:
         the RowDescription's columns can be judged on the old snapshot then."""
         if self.distrust or self.exemption is not None:
             return self
+        # a prepared statement's executions outlive the change: planned again after
+        # it (``PiiResultPlan``), or it would stay tokenized whole
+        return self._remade(self.token_params, True, unsettled)
+
+    def _remade(
+        self,
+        token_params: frozenset[int],
+        distrust: bool,
+        unsettled: Callable[[], bool] | None,
+    ) -> StatementPlan:
         plan = StatementPlan(
             self.room,
             self.sql,
             self.analysis,
             self.exemption,
-            self.token_params,
+            token_params,
             self.runs_pii,
-            True,
+            distrust,
         )
-        # a prepared statement's executions outlive the change: planned again after
-        # it (``PiiResultPlan``), or it would stay tokenized whole
         plan.unsettled = unsettled
         return plan
 
