@@ -68,12 +68,15 @@ def _declares_held_cursor(verdict: Any) -> bool:
     WITH HOLD over PII (its query runs at COMMIT), or a write to a relation whose own
     triggers or rules run (a constraint trigger ``DEFERRABLE INITIALLY DEFERRED``, or
     one ``SET CONSTRAINTS … DEFERRED`` made so, fires at COMMIT or at ``SET
-    CONSTRAINTS … IMMEDIATE``; its ``RAISE`` may say what it read)."""
+    CONSTRAINTS … IMMEDIATE``; its ``RAISE`` may say what it read), or any cursor
+    over PII: its query's executor ends when the cursor is closed (``CLOSE``, COMMIT,
+    ROLLBACK), and what it says then (the plan ``auto_explain`` shows, with the values
+    the text compared) is the message of that statement."""
     plan = getattr(verdict, "plan", None)
     if not isinstance(plan, PiiResultPlan):
         return False
     analysis = plan.plan.analysis
-    return bool(analysis.hold_cursors or analysis.hidden_code)
+    return bool(analysis.hold_cursors or analysis.hidden_code or analysis.declares)
 
 
 class HeldCursorWatch(QuietObserver):

@@ -551,6 +551,7 @@ class ServerAnswers(StatementOutcomes):
         info = self.info
         info.transaction_status = STATUS[status]
         if status == 0x49:  # 'I': portals end with their transaction
+            self._open_plan_portal = False
             if self._portals:
                 self._portals.clear()
                 self._portal_state.clear()

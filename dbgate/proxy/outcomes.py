@@ -167,7 +167,14 @@ class StatementOutcomes:
 
     def _verdict_of_head(self) -> Allow | None:
         """:meth:`_verdict_of` the entry the server answers now; :data:`NOTHING_RUN`
-        when the client has nothing in flight (the server speaks on its own)."""
+        when the client has nothing in flight (the server speaks on its own).
+
+        None (unknown) while a portal bound under a plan is open: a notice may then
+        be what its query said when the server dropped it — at the next Bind of its
+        name, a Query, a Close, COMMIT or Sync, under that message's verdict (the
+        plan ``auto_explain`` shows at ExecutorEnd, with the Bind's values)."""
+        if self._open_plan_portal:
+            return None
         queue = self._queue
         if len(queue) == self._markers:
             return NOTHING_RUN
@@ -282,6 +289,9 @@ class StatementOutcomes:
             if verdict is not None and stmt is not None:
                 verdict = refined_verdict(stmt.verdict, verdict)
             self._portals[portal] = (stmt, verdict, body)
+            v = verdict if verdict is not None else stmt.verdict if stmt is not None else None
+            if v is None or v.plan is not None or v.replace_params or v.replace_sql:
+                self._open_plan_portal = True
             if self._portal_state:
                 self._portal_state.pop(portal, None)  # a new portal: plan it afresh
             rebound = self._rebound.get(portal)

@@ -318,6 +318,12 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         self._stmts: dict[str, KnownStatement] = {}
         self._portals: dict[str, tuple[KnownStatement | None, Allow | None, bytes]] = {}
         self._portal_state: dict[str, PortalState] = {}  # only portals with a plan
+        #: A portal bound under a verdict with a plan or tokens resolved is open in
+        #: the server's transaction: what its query says when it is dropped (a plan
+        #: auto_explain shows at ExecutorEnd) comes under a later message (the next
+        #: Bind of its name, a Query, Close, COMMIT, Sync), so notices are told no
+        #: verdict until the session is idle (:meth:`_verdict_of_head`)
+        self._open_plan_portal = False
         # what the client prepared last under each name (the text a Bind refers to)
         self._sent_stmts: dict[str, KnownStatement] = {}
         #: A verdict with a result plan was sent in this session: from then on the
