@@ -290,7 +290,7 @@ class StatementOutcomes:
                 verdict = refined_verdict(stmt.verdict, verdict)
             self._portals[portal] = (stmt, verdict, body)
             v = verdict if verdict is not None else stmt.verdict if stmt is not None else None
-            if v is None or v.plan is not None or v.replace_params or v.replace_sql:
+            if v is not None and (v.plan is not None or v.replace_params or v.replace_sql):
                 self._open_plan_portal = True
             if self._portal_state:
                 self._portal_state.pop(portal, None)  # a new portal: plan it afresh
