@@ -1,0 +1,262 @@
+"""The server as the audit's witness: every statement PostgreSQL ran for an agent's
+session has its record in ``dbgate.audit_log``, and nothing the server skipped is
+recorded as run.
+
+The data database logs every statement (``log_statement = 'all'`` set on the
+database, so it applies to the sessions dbgate opens for the agent); each scenario
+runs on its own client connection named by ``application_name``, learns its backend
+pid through dbgate, and compares what the server logged for that pid with the
+records of that session, in order. Texts differ (the trail masks literals), so the
+comparison is by count and order of statements and by outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import psycopg2
+import pytest
+
+from tests.integration.holds.clients import AsyncpgNotices
+from tests.integration.holds.harness import HoldsEnv, admin_execute
+
+#: Where a log entry of the embedded server begins (log_line_prefix '%m [%p] ').
+_ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ \[(\d+)\] ", re.MULTILINE)
+#: What log_statement = 'all' writes for a statement the server runs.
+_RAN = re.compile(r"LOG:  (statement: |execute (?:fetch from )?[^:]*: |fastpath function call: )")
+
+
+@pytest.fixture(scope="module")
+def logged(env: HoldsEnv) -> Path:
+    log_file = getattr(env.pg_server, "log_file", None)
+    if log_file is None:
+        pytest.skip("needs the embedded server, whose log this test reads")
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS cmp_items",
+        "CREATE TABLE cmp_items (id int PRIMARY KEY, note text NOT NULL DEFAULT 'n')",
+        "INSERT INTO cmp_items (id) SELECT g FROM generate_series(1, 20) g",
+        "GRANT ALL ON cmp_items TO PUBLIC",
+        f"ALTER DATABASE {env.data_db} SET log_statement = 'all'",
+    )
+    return Path(log_file)
+
+
+#: What dbgate itself runs on a fresh upstream session before the client's first
+#: statement (its read of the server's connection limits, dbgate/proxy/capacity.py):
+#: not the agent's statement, and not recorded (docs/audit.md, "What is not recorded").
+_OWN = re.compile(r"^LOG:  statement: SELECT pg_catalog\.current_setting\('max_connections'")
+
+
+def server_ran(log_file: Path, pid: int) -> list[str]:
+    """What the server logged as run for backend ``pid``, in order."""
+    text = log_file.read_text("utf-8", "replace")
+    starts = list(_ENTRY.finditer(text))
+    out = []
+    for i, m in enumerate(starts):
+        if int(m.group(1)) != pid:
+            continue
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+        entry = text[m.end() : end].rstrip("\n")
+        if _RAN.match(entry) and not _OWN.search(entry):
+            out.append(entry.removeprefix("LOG:  "))
+    return out
+
+
+def recorded(env: HoldsEnv, app_name: str) -> list[tuple[str, str, str, str | None, int | None]]:
+    """The final statement records of the sessions named ``app_name``, in order."""
+    env.app.call(env.app.app.audit.flush())
+    rows = env.app.rows(
+        "SELECT event, decision, statement, outcome, rows FROM dbgate.audit_log"
+        " WHERE kind = 'statement' AND event <> 'decided' AND application_name = $1"
+        " ORDER BY chain, seq",
+        app_name,
+    )
+    return [(r["event"], r["decision"], r["statement"], r["outcome"], r["rows"]) for r in rows]
+
+
+PID = "SELECT pg_backend_pid()"
+
+
+def compare(env: HoldsEnv, log_file: Path, app_name: str, pid: int) -> tuple[list, list]:
+    ran = server_ran(log_file, pid)
+    recs = recorded(env, app_name)
+    return ran, recs
+
+
+def show(ran: list[str], recs: list) -> str:
+    return (
+        "server:\n  "
+        + "\n  ".join(ran)
+        + "\naudit:\n  "
+        + "\n  ".join(" | ".join(str(x) for x in r) for r in recs)
+    )
+
+
+# -- scenarios: each returns its backend pid ------------------------------------------
+
+
+SIMPLE = [
+    "SELECT 1; SELECT 2",
+    "SELECT 1; SELECT 1/0; SELECT 3",
+    "BEGIN; SAVEPOINT a; SELECT 1; ROLLBACK TO SAVEPOINT a; COMMIT",
+    "BEGIN",
+    "SAVEPOINT b",
+    "RELEASE SAVEPOINT b",
+    "ROLLBACK",
+    "SET work_mem = '8MB'",
+    "RESET work_mem",
+    "LISTEN cmp_chan",
+    "NOTIFY cmp_chan, 'x'",
+    "UNLISTEN *",
+    "PREPARE p1 AS SELECT id FROM cmp_items WHERE id = $1",
+    "EXECUTE p1(3)",
+    "EXECUTE p1(4)",
+    "DEALLOCATE p1",
+    "BEGIN",
+    "DECLARE c1 CURSOR FOR SELECT id FROM cmp_items ORDER BY id LIMIT 10",
+    "FETCH 3 FROM c1",
+    "MOVE 2 IN c1",
+    "FETCH 1 FROM c1",
+    "CLOSE c1",
+    "COMMIT",
+    "DISCARD ALL",
+    "SET statement_timeout = 50; SELECT pg_sleep(5)",
+    "RESET statement_timeout",
+]
+
+
+async def _simple(dsn: str, app: str) -> int:
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": app})
+    try:
+        pid = await conn.fetchval(PID)
+        for sql in SIMPLE:
+            with contextlib.suppress(asyncpg.DivisionByZeroError, asyncpg.QueryCanceledError):
+                await conn.execute(sql, timeout=5)  # the two that fail are in the list
+    finally:
+        await conn.close()
+    return pid
+
+
+async def test_simple_query_traffic(env: HoldsEnv, logged: Path) -> None:
+    app = "cmp-simple"
+    pid = await _simple(env.dsn, app)
+    ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+    assert len(ran) == len(recs), show(ran, recs)
+
+
+async def _extended(dsn: str, app: str) -> int:
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": app})
+    try:
+        pid = await conn.fetchval(PID)
+        stmt = await conn.prepare("SELECT id FROM cmp_items WHERE id = $1")
+        for i in range(3):
+            await stmt.fetchval(i + 1)
+        await conn.executemany("UPDATE cmp_items SET note = $2 WHERE id = $1", [(1, "a"), (2, "b")])
+        async with conn.transaction():
+            cur = await conn.cursor("SELECT id FROM cmp_items ORDER BY id LIMIT 10")
+            await cur.fetch(5)
+            await cur.fetch(5)
+        await conn.prepare("SELECT note FROM cmp_items WHERE id = $1")  # Describe only
+    finally:
+        await conn.close()
+    return pid
+
+
+async def test_extended_protocol_traffic(env: HoldsEnv, logged: Path) -> None:
+    app = "cmp-extended"
+    pid = await _extended(env.dsn, app)
+    ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+    assert len(ran) == len(recs), show(ran, recs)
+
+
+def _pipeline(dsn: str, app: str) -> int:
+    with psycopg.connect(dsn, application_name=app, autocommit=True) as conn:
+        pid = conn.execute(PID).fetchone()[0]
+        with conn.pipeline():
+            conn.execute("SELECT id FROM cmp_items WHERE id = %s", (1,))
+            conn.execute("SELECT id FROM cmp_items WHERE id = %s", (2,))
+        with conn.pipeline():
+            conn.execute("SELECT %s::int", (4,), prepare=True)
+            conn.execute("SELECT %s::int", (5,), prepare=True)
+    return pid
+
+
+def _failed_pipeline(dsn: str, app: str) -> int:
+    with psycopg.connect(dsn, application_name=app, autocommit=True) as conn:
+        pid = conn.execute(PID).fetchone()[0]
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline() as p:
+            conn.execute("SELECT %s::int", (1,))
+            conn.execute("SELECT 1 / %s::int", (0,))  # fails at Bind (planned with its value)
+            conn.execute("SELECT %s::int", (3,))  # skipped by the server
+            p.sync()
+    return pid
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an Execute whose Bind failed or was skipped is recorded 'failed' without its"
+    " text or decision, the skipped one with the error of another (docs/audit.md)",
+)
+async def test_a_pipeline_with_an_error_in_the_middle(env: HoldsEnv, logged: Path) -> None:
+    app = "cmp-failed-pipeline"
+    pid = await asyncio.to_thread(_failed_pipeline, env.dsn, app)
+    ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+    # the server ran the first statement, failed the second, skipped the third
+    assert len(ran) == 2, show(ran, recs)
+    assert [r[0] for r in recs] == ["completed", "completed", "failed", "failed"], show(ran, recs)
+    failed = recs[2]
+    assert failed[2] == "SELECT $1 / $2::int" and failed[3] == "22012", show(ran, recs)
+
+
+async def test_pipelines(env: HoldsEnv, logged: Path) -> None:
+    app = "cmp-pipeline"
+    pid = await asyncio.to_thread(_pipeline, env.dsn, app)
+    ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+    assert len(ran) == len(recs), show(ran, recs)
+    assert all(r[0] == "completed" for r in recs), show(ran, recs)
+
+
+def _function_call(dsn: str, app: str) -> int:
+    conn = psycopg2.connect(dsn, application_name=app)
+    try:
+        cur = conn.cursor()
+        cur.execute(PID)
+        pid = cur.fetchone()[0]
+        with pytest.raises(psycopg2.OperationalError, match="fast-path function calls"):
+            conn.lobject(0, "wb")  # lo_creat: a FunctionCall message
+        conn.rollback()
+    finally:
+        conn.close()
+    return pid
+
+
+async def test_function_call(env: HoldsEnv, logged: Path) -> None:
+    app = "cmp-fastpath"
+    pid = await asyncio.to_thread(_function_call, env.dsn, app)
+    ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+    # refused by dbgate, never sent: the server ran only the pid query and the ROLLBACK
+    assert [r[0] for r in recs if r[0] != "refused"] == ["completed"] * len(ran), show(ran, recs)
+    assert [r[:2] for r in recs if r[0] == "refused"] == [("refused", "refused")], show(ran, recs)
+
+
+async def test_held_then_approved(env: HoldsEnv, logged: Path) -> None:
+    app = "cmp-held"
+    conn = await asyncpg.connect(env.dsn, server_settings={"application_name": app})
+    notices = AsyncpgNotices(conn)
+    try:
+        pid = await conn.fetchval(PID)
+        running = asyncio.create_task(conn.execute("UPDATE cmp_items SET note = 'h'"))
+        rid = await asyncio.wait_for(notices.held(), 30)
+        await env.app.aapprove(rid, "ok")
+        await running
+    finally:
+        await conn.close()
+    ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+    assert len(ran) == len(recs), show(ran, recs)
+    assert recs[-1][:2] == ("completed", "approved") and recs[-1][3] == "UPDATE 20"
