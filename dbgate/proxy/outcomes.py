@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from struct import unpack_from
+from typing import Any
 
 from dbgate.proxy.entries import (
     BIND,
@@ -133,12 +134,15 @@ class StatementOutcomes:
             limit.finished = True
         # Extended protocol: this message failed, the server skips to the next Sync.
         queue.popleft()
-        self._fail_entry(entry, code, skipped=False)
+        # What each portal of the batch was to bind (from its Bind, failed or skipped):
+        # an Execute the server never started is recorded with that statement.
+        bound: dict[str, tuple[object, object, bytes]] = {}
+        self._fail_entry(entry, code, skipped=False, bound=bound)
         while queue and queue[0][0] != SYNC:
             skipped = queue.popleft()
             if limit is not None and skipped is limit.entry:
                 limit.finished = True  # skipped like the rest of its batch
-            self._fail_entry(skipped, code, skipped=True)
+            self._fail_entry(skipped, code, skipped=True, bound=bound)
         if not queue:
             # No Sync sent yet: whatever the client sends until its Sync, the server
             # skips. Not forwarding it keeps the queue equal to what will be answered.
@@ -209,8 +213,14 @@ class StatementOutcomes:
             return NOTHING_RUN  # names only: nothing of the data is read
         return None
 
-    def _fail_entry(self, entry: Entry, code: str, skipped: bool) -> None:
-        """An entry the server failed, or skipped after an error (until Sync)."""
+    def _fail_entry(
+        self, entry: Entry, code: str, skipped: bool, bound: dict[str, Any] | None = None
+    ) -> None:
+        """An entry the server failed, or skipped after an error (until Sync).
+
+        ``bound`` collects, along one failed batch, the statement each Parse meant to
+        prepare (``S`` + name key) and what each Bind meant to bind (``P`` + portal), so
+        that an Execute the server never started still has its text and verdict."""
         kind = entry[0]
         rec: StatementRecord | None = None
         if kind == PING:  # pragma: no cover - nothing is ever sent ahead of a ping
@@ -228,9 +238,19 @@ class StatementOutcomes:
             if self._limit is None:
                 self.blocked = False
         if kind == PARSE:
+            if bound is not None:
+                bound["S" + entry[1]] = entry[2]
             self._parse_done(entry, False, skipped)
             return
         if kind == BIND:
+            if bound is not None:
+                if len(entry) == 6:
+                    portal, key = entry[4], entry[5]
+                else:
+                    portal, stmt_name = bind_names(entry[1])
+                    key = name_key(stmt_name)
+                stmt = bound.get("S" + key) or self._stmts.get(key)
+                bound["P" + portal] = (stmt, entry[2], entry[1])
             self._bind_done(entry, False)
             return
         if kind == CLOSE:
@@ -238,6 +258,23 @@ class StatementOutcomes:
                 entry[3].resolve(False)
         elif kind == EXECUTE:
             rec = entry[2]
+            if rec is not None and rec.verdict is None and bound is not None:
+                # never started (its portal was not yet the server's): the statement
+                # its Bind meant, or the portal the server already held
+                portal = entry[1]
+                p = bound.get("P" + portal) or self._portals.get(portal)
+                if p is not None:
+                    stmt, bind_verdict, body = p
+                    rec.sql = stmt.sql if stmt is not None else ""
+                    rec.bound_by(body)
+                    rec.verdict = (
+                        bind_verdict
+                        if bind_verdict is not None
+                        else stmt.verdict
+                        if stmt is not None
+                        else None
+                    )
+                    rec.remembered = True
         elif kind == QUERY:
             # A Query slipped into a batch that failed: the server skips it entirely.
             self.done_cycles += 1  # it will never get its ReadyForQuery
