@@ -524,7 +524,10 @@ class StatementOutcomes:
         if rec is not None:
             if tag:
                 rec.tags.append(tag)
-            # a suspended portal's tag counts nothing: the rows it forwarded do
+            # a suspended portal's tag counts nothing: the rows it forwarded do, and
+            # uncounted, its Execute's row count (the server suspends it only there)
+            if tag == "suspended" and not forwarded:
+                forwarded = getattr(rec, "fetch", 0)
             rec.rows += max(row_count(tag) if tag else 0, forwarded)
             self._finish(rec)
         return None

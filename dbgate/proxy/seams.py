@@ -279,6 +279,7 @@ class StatementRecord:
     __slots__ = (
         "_bind",
         "_params",
+        "fetch",
         "finished_at",
         "id",
         "kind",

@@ -496,6 +496,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 self._batch_open = self._batch_ran = True
                 portal = "" if e - s == 5 and chunk[s] == 0 else m.parse_execute(chunk[s:e])[0]
                 rec = self._record("execute", "", portal=portal) if self._exec_records else None
+                if rec is not None:  # its row count: what a PortalSuspended returned
+                    rec.fetch = unpack_from("!i", chunk, e - 4)[0]
                 if self._rebound and portal in self._rebound:
                     self._ambiguous_portal(portal)
                 limited = self._sent_limits.get(portal) if self._limits else None

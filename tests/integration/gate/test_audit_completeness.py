@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import re
 from pathlib import Path
 
@@ -154,6 +155,9 @@ async def _extended(dsn: str, app: str) -> int:
     conn = await asyncpg.connect(dsn, server_settings={"application_name": app})
     try:
         pid = await conn.fetchval(PID)
+        await conn.fetchval("SELECT 7")
+        await conn.fetchval("SELECT 7")
+        await conn.fetchval(PID)
         stmt = await conn.prepare("SELECT id FROM cmp_items WHERE id = $1")
         for i in range(3):
             await stmt.fetchval(i + 1)
@@ -163,6 +167,8 @@ async def _extended(dsn: str, app: str) -> int:
             await cur.fetch(5)
             await cur.fetch(5)
         await conn.prepare("SELECT note FROM cmp_items WHERE id = $1")  # Describe only
+        with pytest.raises(TimeoutError):  # asyncpg sends a CancelRequest
+            await conn.execute("SELECT pg_sleep(30)", timeout=0.5)
     finally:
         await conn.close()
     return pid
@@ -173,6 +179,10 @@ async def test_extended_protocol_traffic(env: HoldsEnv, logged: Path) -> None:
     pid = await _extended(env.dsn, app)
     ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
     assert len(ran) == len(recs), show(ran, recs)
+    assert recs[-1][0] == "failed" and recs[-1][3] == "57014", show(ran, recs)  # cancelled
+    # a portal suspended at its Execute's row count returned that many rows, counted
+    # by dbgate or not (a statement with no table, or one)
+    assert [r[4] for r in recs if r[3] == "suspended"] == [1] * 7 + [5, 5], show(ran, recs)
 
 
 def _pipeline(dsn: str, app: str) -> int:
@@ -254,8 +264,16 @@ async def test_held_then_approved(env: HoldsEnv, logged: Path) -> None:
         rid = await asyncio.wait_for(notices.held(), 30)
         await env.app.aapprove(rid, "ok")
         await running
+        out = io.BytesIO()
+        copying = asyncio.create_task(
+            conn.copy_from_query("SELECT id FROM cmp_items ORDER BY id", output=out)
+        )
+        rid = await asyncio.wait_for(notices.held(), 30)
+        await env.app.aapprove(rid, "ok")
+        assert await copying == "COPY 20"
     finally:
         await conn.close()
     ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
     assert len(ran) == len(recs), show(ran, recs)
-    assert recs[-1][:2] == ("completed", "approved") and recs[-1][3] == "UPDATE 20"
+    assert [r[:2] for r in recs[-2:]] == [("completed", "approved")] * 2, show(ran, recs)
+    assert [r[3] for r in recs[-2:]] == ["UPDATE 20", "COPY 20"], show(ran, recs)
