@@ -213,6 +213,19 @@ class StatementOutcomes:
             return NOTHING_RUN  # names only: nothing of the data is read
         return None
 
+    def abandon(self) -> None:
+        """The session ended with these messages unanswered (the client went away,
+        or the server did): each statement among them is recorded ``failed`` with
+        08006, since the server may have run it but its answer never came."""
+        queue = self._queue
+        bound: dict[str, Any] = {}
+        while queue:
+            entry = queue.popleft()
+            try:
+                self._fail_entry(entry, sqlstate.CONNECTION_FAILURE, skipped=True, bound=bound)
+            except Exception:  # pragma: no cover - the session is gone either way
+                log.exception("session %s: an unanswered statement", self.info.session_id)
+
     def _fail_entry(
         self, entry: Entry, code: str, skipped: bool, bound: dict[str, Any] | None = None
     ) -> None:

@@ -203,6 +203,7 @@ class Session:
         self.upstream.close()
         self._release_memory()
         if self.observer is not None:
+            self.tracker.abandon()  # what ran or waited upstream still gets its record
             try:
                 self.observer.session_ended(self.info)
             except Exception:

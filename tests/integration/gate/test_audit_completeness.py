@@ -277,3 +277,36 @@ async def test_held_then_approved(env: HoldsEnv, logged: Path) -> None:
     assert len(ran) == len(recs), show(ran, recs)
     assert [r[:2] for r in recs[-2:]] == [("completed", "approved")] * 2, show(ran, recs)
     assert [r[3] for r in recs[-2:]] == ["UPDATE 20", "COPY 20"], show(ran, recs)
+
+
+async def test_a_client_gone_mid_statement(env: HoldsEnv, logged: Path) -> None:
+    app = "cmp-gone"
+    conn = await asyncpg.connect(env.dsn, server_settings={"application_name": app})
+    pid = await conn.fetchval(PID)
+    running = asyncio.create_task(conn.execute("SELECT pg_sleep(60)"))
+    admin = await asyncpg.connect(env.admin_dsn)
+    try:
+        # the server runs it: then the client goes away without a word
+        for _ in range(200):
+            state = await admin.fetchval(
+                "SELECT state FROM pg_stat_activity WHERE pid = $1 AND query LIKE 'SELECT pg_sleep%'",
+                pid,
+            )
+            if state == "active":
+                break
+            await asyncio.sleep(0.05)  # polling the server's own view, bounded
+        conn.terminate()
+        with contextlib.suppress(Exception):
+            await running
+        recs: list = []
+        for _ in range(200):  # dbgate cancels the orphan; its record follows
+            recs = await asyncio.to_thread(recorded, env, app)
+            if len(recs) == 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+    ran = await asyncio.to_thread(server_ran, logged, pid)
+    assert len(ran) == len(recs) == 2, show(ran, recs)
+    # its answer never came: failed, connection failure
+    assert recs[-1][:4] == ("failed", "allow", "SELECT pg_sleep($1)", "08006"), show(ran, recs)
