@@ -43,6 +43,10 @@ def logged(env: HoldsEnv) -> Path:
         "CREATE TABLE cmp_items (id int PRIMARY KEY, note text NOT NULL DEFAULT 'n')",
         "INSERT INTO cmp_items (id) SELECT g FROM generate_series(1, 20) g",
         "GRANT ALL ON cmp_items TO PUBLIC",
+        "DROP TABLE IF EXISTS cmp_big",
+        "CREATE TABLE cmp_big (id int PRIMARY KEY, note text NOT NULL DEFAULT 'n')",
+        "INSERT INTO cmp_big (id) SELECT g FROM generate_series(1, 150) g",
+        "GRANT ALL ON cmp_big TO PUBLIC",
         f"ALTER DATABASE {env.data_db} SET log_statement = 'all'",
     )
     return Path(log_file)
@@ -66,6 +70,33 @@ def server_ran(log_file: Path, pid: int) -> list[str]:
         entry = text[m.end() : end].rstrip("\n")
         if _RAN.match(entry) and not _OWN.search(entry):
             out.append(entry.removeprefix("LOG:  "))
+    return without_measuring(out)
+
+
+def without_measuring(ran: list[str]) -> list[str]:
+    """``ran`` without what dbgate sends around a measured write (docs/audit.md): its
+    set-up before the write, and after it the release of its savepoint, or the end of
+    the transaction it opened."""
+    out: list[str] = []
+    after_write: bool | None = False
+    for line in ran:
+        if line.startswith("statement: BEGIN; SAVEPOINT dbgate_measure_"):
+            after_write = None  # the next line is the write
+            continue
+        if after_write is None:
+            out.append(line)
+            after_write = True
+            continue
+        if after_write:
+            after_write = False
+            if line.startswith(
+                (
+                    "statement: RELEASE SAVEPOINT dbgate_measure_",
+                    "statement: ROLLBACK TO SAVEPOINT dbgate_measure_",
+                )
+            ) or line in ("statement: COMMIT", "statement: ROLLBACK"):
+                continue
+        out.append(line)
     return out
 
 
@@ -129,6 +160,10 @@ SIMPLE = [
     "DISCARD ALL",
     "SET statement_timeout = 50; SELECT pg_sleep(5)",
     "RESET statement_timeout",
+    "UPDATE cmp_items SET note = 'm' WHERE id < 5",
+    "BEGIN",
+    "DELETE FROM cmp_items WHERE id > 200",
+    "COMMIT",
 ]
 
 
@@ -277,6 +312,32 @@ async def test_held_then_approved(env: HoldsEnv, logged: Path) -> None:
     assert len(ran) == len(recs), show(ran, recs)
     assert [r[:2] for r in recs[-2:]] == [("completed", "approved")] * 2, show(ran, recs)
     assert [r[3] for r in recs[-2:]] == ["UPDATE 20", "COPY 20"], show(ran, recs)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a measured write over its limit: the undone run is recorded 'completed'"
+    " 'allow', the approved run again has no final record (docs/audit.md)",
+)
+async def test_a_measured_write_replayed_after_approval(env: HoldsEnv, logged: Path) -> None:
+    app = "cmp-measured"
+    conn = await asyncpg.connect(env.dsn, server_settings={"application_name": app})
+    notices = AsyncpgNotices(conn)
+    try:
+        pid = await conn.fetchval(PID)
+        # measured, over the pack's 100 changes: undone, held, approved, run again
+        measured = asyncio.create_task(conn.execute("UPDATE cmp_big SET note = 'x' WHERE id > 0"))
+        rid = await asyncio.wait_for(notices.held(), 30)
+        await env.app.aapprove(rid, "ok")
+        assert await measured == "UPDATE 150"
+    finally:
+        await conn.close()
+    ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+    # the server ran it twice: measured (undone), then approved
+    assert len(ran) == 3, show(ran, recs)
+    assert recs[-1][:2] == ("completed", "approved") and recs[-1][3] == "UPDATE 150", show(
+        ran, recs
+    )
 
 
 async def test_a_client_gone_mid_statement(env: HoldsEnv, logged: Path) -> None:
