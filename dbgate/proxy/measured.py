@@ -246,8 +246,13 @@ class MeasuredWrites:
             self._replay(m_)
             return
         if isinstance(verdict, Allow):
-            # Approved: the client's Query again, unmeasured; its answers are the client's.
-            self.query_sent(None, replace(m_.verdict, max_changes=0, over_changes=None))  # type: ignore[type-var]
+            # Approved: the client's Query again, unmeasured; its answers are the client's,
+            # and its record the one of the statement that ran (under the approval).
+            rec = self._record("query", m_.sql) if self.observer is not None else None
+            if rec is not None:
+                rec.verdict = verdict
+                rec.remembered = True
+            self.query_sent(rec, replace(m_.verdict, max_changes=0, over_changes=None))  # type: ignore[type-var]
             self._upstream.append(m_.message)
         else:
             self._upstream.append(self.refuse(None, verdict, QUERY_MSG))
