@@ -306,12 +306,17 @@ async def test_held_then_approved(env: HoldsEnv, logged: Path) -> None:
         rid = await asyncio.wait_for(notices.held(), 30)
         await env.app.aapprove(rid, "ok")
         assert await copying == "COPY 20"
+        # COPY FROM STDIN of one row: measured, within the pack's limit
+        assert await conn.copy_records_to_table("cmp_items", records=[(301, "a")]) == "COPY 1"
     finally:
         await conn.close()
     ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
     assert len(ran) == len(recs), show(ran, recs)
-    assert [r[:2] for r in recs[-2:]] == [("completed", "approved")] * 2, show(ran, recs)
-    assert [r[3] for r in recs[-2:]] == ["UPDATE 20", "COPY 20"], show(ran, recs)
+    assert [r[:2] + r[3:4] for r in recs[-3:]] == [
+        ("completed", "approved", "UPDATE 20"),
+        ("completed", "approved", "COPY 20"),
+        ("completed", "allow", "COPY 1"),
+    ], show(ran, recs)
 
 
 async def test_a_measured_write_replayed_after_approval(env: HoldsEnv, logged: Path) -> None:
