@@ -47,6 +47,9 @@ def logged(env: HoldsEnv) -> Path:
         "CREATE TABLE cmp_big (id int PRIMARY KEY, note text NOT NULL DEFAULT 'n')",
         "INSERT INTO cmp_big (id) SELECT g FROM generate_series(1, 150) g",
         "GRANT ALL ON cmp_big TO PUBLIC",
+        "DROP TABLE IF EXISTS cmp_copy",
+        "CREATE TABLE cmp_copy (id int PRIMARY KEY, note text NOT NULL DEFAULT 'n')",
+        "GRANT ALL ON cmp_copy TO PUBLIC",
         f"ALTER DATABASE {env.data_db} SET log_statement = 'all'",
     )
     return Path(log_file)
@@ -229,6 +232,15 @@ def _pipeline(dsn: str, app: str) -> int:
         with conn.pipeline():
             conn.execute("SELECT %s::int", (4,), prepare=True)
             conn.execute("SELECT %s::int", (5,), prepare=True)
+        with conn.cursor() as cur:
+            with cur.copy("COPY cmp_copy (id) FROM STDIN") as copy:
+                copy.write_row((401,))
+            with (
+                pytest.raises(psycopg.errors.QueryCanceled),  # psycopg sends CopyFail
+                cur.copy("COPY cmp_copy (id) FROM STDIN") as copy,
+            ):
+                copy.write_row((402,))
+                raise psycopg.errors.QueryCanceled("stop")
     return pid
 
 
@@ -263,7 +275,8 @@ async def test_pipelines(env: HoldsEnv, logged: Path) -> None:
     pid = await asyncio.to_thread(_pipeline, env.dsn, app)
     ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
     assert len(ran) == len(recs), show(ran, recs)
-    assert all(r[0] == "completed" for r in recs), show(ran, recs)
+    assert [r[0] for r in recs[-2:]] == ["completed", "failed"], show(ran, recs)
+    assert recs[-1][3] == "57014", show(ran, recs)  # the server's answer to CopyFail
 
 
 def _function_call(dsn: str, app: str) -> int:
