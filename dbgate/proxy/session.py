@@ -125,6 +125,9 @@ class Session:
         self._closed = False
         #: The session ended on a bug of dbgate's: its upstream state is not trusted.
         self._failed = False
+        #: what :attr:`running_upstream` said when the session closed, before the
+        #: tracker's unanswered statements were recorded and taken off its queue
+        self._left_running = False
         # Whether the client / the server is in the middle of a message dbgate relayed
         # (a long one streamed through in pieces): nothing of dbgate's may go between.
         self._client_cut = False
@@ -164,7 +167,7 @@ class Session:
         """The server may still be working on something this session sent (a ping
         alone is answered at once; after a bug of dbgate's, anything may run)."""
         tracker = self.tracker
-        if self._failed:
+        if self._failed or self._left_running:
             return True
         return not tracker.idle and not (tracker.pinging and tracker.in_flight == 1)
 
@@ -203,7 +206,10 @@ class Session:
         self.upstream.close()
         self._release_memory()
         if self.observer is not None:
-            self.tracker.abandon()  # what ran or waited upstream still gets its record
+            # what ran or waited upstream still gets its record; the server's cancel
+            # of what still runs (Server._session_closed) asks running_upstream after
+            self._left_running = self.running_upstream
+            self.tracker.abandon()
             try:
                 self.observer.session_ended(self.info)
             except Exception:
