@@ -23,8 +23,10 @@ import psycopg
 import psycopg2
 import pytest
 
+from dbgate.wire import messages as wire
 from tests.integration.holds.clients import AsyncpgNotices
-from tests.integration.holds.harness import HoldsEnv, admin_execute
+from tests.integration.holds.harness import AGENT, AGENT_PASSWORD, HoldsEnv, admin_execute
+from tests.integration.rawclient import RawClient, extended, rows
 
 #: Where a log entry of the embedded server begins (log_line_prefix '%m [%p] ').
 _ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ \[(\d+)\] ", re.MULTILINE)
@@ -386,3 +388,136 @@ async def test_a_client_gone_mid_statement(env: HoldsEnv, logged: Path) -> None:
     assert len(ran) == len(recs) == 2, show(ran, recs)
     # its answer never came: failed, connection failure
     assert recs[-1][:4] == ("failed", "allow", "SELECT pg_sleep($1)", "08006"), show(ran, recs)
+
+
+# -- a client that leaves mid-pipeline ---------------------------------------------------
+
+
+async def _raw(env: HoldsEnv, app: str) -> tuple[RawClient, int]:
+    client = await RawClient.connect(
+        "127.0.0.1",
+        env.app.port,
+        user=AGENT,
+        password=AGENT_PASSWORD,
+        database=env.data_db,
+        params={"application_name": app},
+    )
+    answer = await client.query(PID)
+    return client, int(rows(answer)[0][0])
+
+
+async def _session_over(env: HoldsEnv, app: str, pid: int) -> None:
+    """Wait until dbgate recorded the session's end and the server's backend is gone
+    (so that both the trail and the server's log are complete)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    admin = await asyncpg.connect(env.admin_dsn)
+    try:
+        while True:
+            await env.app.acall(env.app.app.audit.flush())
+            ended = await env.app.acall(
+                env.app._fetch(
+                    "SELECT count(*) AS n FROM dbgate.audit_log WHERE kind = 'session'"
+                    " AND event = 'disconnect' AND application_name = $1",
+                    app,
+                )
+            )
+            alive = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+            )
+            if ended[0]["n"] and not alive:
+                return
+            assert loop.time() < deadline, f"session {app} did not end (backend alive: {alive})"
+            await asyncio.sleep(0.02)  # polling the state database and the server, bounded
+    finally:
+        await admin.close()
+
+
+def check_abandoned(ran: list[str], recs: list, sent: int) -> None:
+    """What the server ran has its record, in order; what the client's answer never
+    reached is ``failed`` 08006 (the server may have run it), never ``completed``
+    unless the server ran it; nothing is recorded beyond what the client sent."""
+    assert len(recs) == 1 + sent, show(ran, recs)  # the pid query, then each Execute
+    assert len(ran) <= len(recs), show(ran, recs)
+    assert all(r[0] == "completed" for r in recs[: len(ran)] if r[3] != "08006"), show(ran, recs)
+    for r in recs[len(ran) :]:
+        assert r[0] == "failed" and r[3] == "08006", show(ran, recs)
+
+
+PIPELINED = [("SELECT id FROM cmp_items WHERE id = $1", (b"%d" % i,)) for i in range(1, 6)]
+
+
+async def _wait_running(env: HoldsEnv, pid: int, like: str) -> None:
+    """Until the server runs a statement like ``like`` for backend ``pid``."""
+    admin = await asyncpg.connect(env.admin_dsn)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE $2"
+            " AND state = 'active'",
+            pid,
+            like,
+        ):
+            assert loop.time() < deadline, f"the server never ran {like}"
+            await asyncio.sleep(0.02)  # polling the server's own view, bounded
+    finally:
+        await admin.close()
+
+
+async def test_a_client_gone_after_a_pipeline_and_its_sync(env: HoldsEnv, logged: Path) -> None:
+    app = "cmp-gone-pipeline"
+    client, pid = await _raw(env, app)
+    sent = [("SELECT pg_sleep($1)", (b"30",)), *PIPELINED]
+    client.send(*(extended(sql, params) for sql, params in sent), wire.Sync())
+    await client.writer.drain()
+    await _wait_running(env, pid, "%pg_sleep%")
+    client.writer.close()  # before reading a single answer, without a Terminate
+    await _session_over(env, app, pid)
+    ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+    check_abandoned(ran, recs, len(sent))
+    # dbgate cancels what its client left running: the server skips the rest
+    assert len(ran) == 2, show(ran, recs)
+
+
+async def test_a_client_gone_between_executes(env: HoldsEnv, logged: Path) -> None:
+    app = "cmp-gone-executes"
+    client, pid = await _raw(env, app)
+    # no Sync: the server runs each Execute as it comes, the client waits for none
+    client.send(*(extended(sql, params) for sql, params in PIPELINED[:3]))
+    await client.writer.drain()
+    client.send(extended("SELECT pg_sleep($1)", (b"30",)))
+    await client.writer.drain()
+    await _wait_running(env, pid, "%pg_sleep%")  # the server runs the last one: now leave
+    client.abort()
+    await _session_over(env, app, pid)
+    ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+    assert len(ran) == len(recs) == 5, show(ran, recs)
+    check_abandoned(ran, recs, 4)
+    assert recs[-1][2:4] == ("SELECT pg_sleep($1)", "08006"), show(ran, recs)
+
+
+def _psycopg_gone(dsn: str, app: str) -> tuple[int, psycopg.Connection]:
+    """psycopg's libpq in pipeline mode: the whole pipeline and its Sync sent, then
+    the connection closed without an answer read."""
+    conn = psycopg.connect(dsn, application_name=app, autocommit=True)
+    pid = conn.execute(PID).fetchone()[0]
+    pg = conn.pgconn
+    pg.enter_pipeline_mode()
+    for sql, params in [("SELECT pg_sleep($1)", (b"30",)), *PIPELINED]:
+        pg.send_query_params(sql.encode(), list(params))
+    pg.pipeline_sync()
+    while pg.flush():
+        pass
+    return pid, conn
+
+
+async def test_a_psycopg_pipeline_left_unread(env: HoldsEnv, logged: Path) -> None:
+    app = "cmp-gone-psycopg"
+    pid, conn = await asyncio.to_thread(_psycopg_gone, env.dsn, app)
+    await _wait_running(env, pid, "%pg_sleep%")
+    conn.pgconn.finish()
+    await _session_over(env, app, pid)
+    ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+    check_abandoned(ran, recs, 1 + len(PIPELINED))
+    assert len(ran) == 2, show(ran, recs)
