@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import re
 from pathlib import Path
 
 import asyncpg
@@ -27,11 +26,14 @@ from dbgate.wire import messages as wire
 from tests.integration.holds.clients import AsyncpgNotices
 from tests.integration.holds.harness import AGENT, AGENT_PASSWORD, HoldsEnv, admin_execute
 from tests.integration.rawclient import RawClient, extended, rows
-
-#: Where a log entry of the embedded server begins (log_line_prefix '%m [%p] ').
-_ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \S+ \[(\d+)\] ", re.MULTILINE)
-#: What log_statement = 'all' writes for a statement the server runs.
-_RAN = re.compile(r"LOG:  (statement: |execute (?:fetch from )?[^:]*: |fastpath function call: )")
+from tests.integration.server_log import (
+    compare,
+    recorded,
+    server_ran,
+    session_over,
+    show,
+    wait_running,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,82 +59,7 @@ def logged(env: HoldsEnv) -> Path:
     return Path(log_file)
 
 
-#: What dbgate itself runs on a fresh upstream session before the client's first
-#: statement (its read of the server's connection limits, dbgate/proxy/capacity.py):
-#: not the agent's statement, and not recorded (docs/audit.md, "What is not recorded").
-_OWN = re.compile(r"^LOG:  statement: SELECT pg_catalog\.current_setting\('max_connections'")
-
-
-def server_ran(log_file: Path, pid: int) -> list[str]:
-    """What the server logged as run for backend ``pid``, in order."""
-    text = log_file.read_text("utf-8", "replace")
-    starts = list(_ENTRY.finditer(text))
-    out = []
-    for i, m in enumerate(starts):
-        if int(m.group(1)) != pid:
-            continue
-        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
-        entry = text[m.end() : end].rstrip("\n")
-        if _RAN.match(entry) and not _OWN.search(entry):
-            out.append(entry.removeprefix("LOG:  "))
-    return without_measuring(out)
-
-
-def without_measuring(ran: list[str]) -> list[str]:
-    """``ran`` without what dbgate sends around a measured write (docs/audit.md): its
-    set-up before the write, and after it the release of its savepoint, or the end of
-    the transaction it opened."""
-    out: list[str] = []
-    after_write: bool | None = False
-    for line in ran:
-        if line.startswith("statement: BEGIN; SAVEPOINT dbgate_measure_"):
-            after_write = None  # the next line is the write
-            continue
-        if after_write is None:
-            out.append(line)
-            after_write = True
-            continue
-        if after_write:
-            after_write = False
-            if line.startswith(
-                (
-                    "statement: RELEASE SAVEPOINT dbgate_measure_",
-                    "statement: ROLLBACK TO SAVEPOINT dbgate_measure_",
-                )
-            ) or line in ("statement: COMMIT", "statement: ROLLBACK"):
-                continue
-        out.append(line)
-    return out
-
-
-def recorded(env: HoldsEnv, app_name: str) -> list[tuple[str, str, str, str | None, int | None]]:
-    """The final statement records of the sessions named ``app_name``, in order."""
-    env.app.call(env.app.app.audit.flush())
-    rows = env.app.rows(
-        "SELECT event, decision, statement, outcome, rows FROM dbgate.audit_log"
-        " WHERE kind = 'statement' AND event <> 'decided' AND application_name = $1"
-        " ORDER BY chain, seq",
-        app_name,
-    )
-    return [(r["event"], r["decision"], r["statement"], r["outcome"], r["rows"]) for r in rows]
-
-
 PID = "SELECT pg_backend_pid()"
-
-
-def compare(env: HoldsEnv, log_file: Path, app_name: str, pid: int) -> tuple[list, list]:
-    ran = server_ran(log_file, pid)
-    recs = recorded(env, app_name)
-    return ran, recs
-
-
-def show(ran: list[str], recs: list) -> str:
-    return (
-        "server:\n  "
-        + "\n  ".join(ran)
-        + "\naudit:\n  "
-        + "\n  ".join(" | ".join(str(x) for x in r) for r in recs)
-    )
 
 
 # -- scenarios: each returns its backend pid ------------------------------------------
@@ -406,33 +333,6 @@ async def _raw(env: HoldsEnv, app: str) -> tuple[RawClient, int]:
     return client, int(rows(answer)[0][0])
 
 
-async def _session_over(env: HoldsEnv, app: str, pid: int) -> None:
-    """Wait until dbgate recorded the session's end and the server's backend is gone
-    (so that both the trail and the server's log are complete)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    admin = await asyncpg.connect(env.admin_dsn)
-    try:
-        while True:
-            await env.app.acall(env.app.app.audit.flush())
-            ended = await env.app.acall(
-                env.app._fetch(
-                    "SELECT count(*) AS n FROM dbgate.audit_log WHERE kind = 'session'"
-                    " AND event = 'disconnect' AND application_name = $1",
-                    app,
-                )
-            )
-            alive = await admin.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
-            )
-            if ended[0]["n"] and not alive:
-                return
-            assert loop.time() < deadline, f"session {app} did not end (backend alive: {alive})"
-            await asyncio.sleep(0.02)  # polling the state database and the server, bounded
-    finally:
-        await admin.close()
-
-
 def check_abandoned(ran: list[str], recs: list, sent: int) -> None:
     """What the server ran has its record, in order; what the client's answer never
     reached is ``failed`` 08006 (the server may have run it), never ``completed``
@@ -447,33 +347,15 @@ def check_abandoned(ran: list[str], recs: list, sent: int) -> None:
 PIPELINED = [("SELECT id FROM cmp_items WHERE id = $1", (b"%d" % i,)) for i in range(1, 6)]
 
 
-async def _wait_running(env: HoldsEnv, pid: int, like: str) -> None:
-    """Until the server runs a statement like ``like`` for backend ``pid``."""
-    admin = await asyncpg.connect(env.admin_dsn)
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        while not await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE $2"
-            " AND state = 'active'",
-            pid,
-            like,
-        ):
-            assert loop.time() < deadline, f"the server never ran {like}"
-            await asyncio.sleep(0.02)  # polling the server's own view, bounded
-    finally:
-        await admin.close()
-
-
 async def test_a_client_gone_after_a_pipeline_and_its_sync(env: HoldsEnv, logged: Path) -> None:
     app = "cmp-gone-pipeline"
     client, pid = await _raw(env, app)
     sent = [("SELECT pg_sleep($1)", (b"30",)), *PIPELINED]
     client.send(*(extended(sql, params) for sql, params in sent), wire.Sync())
     await client.writer.drain()
-    await _wait_running(env, pid, "%pg_sleep%")
+    await wait_running(env, pid, "%pg_sleep%")
     client.writer.close()  # before reading a single answer, without a Terminate
-    await _session_over(env, app, pid)
+    await session_over(env, app, pid)
     ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
     check_abandoned(ran, recs, len(sent))
     # dbgate cancels what its client left running: the server skips the rest
@@ -488,9 +370,9 @@ async def test_a_client_gone_between_executes(env: HoldsEnv, logged: Path) -> No
     await client.writer.drain()
     client.send(extended("SELECT pg_sleep($1)", (b"30",)))
     await client.writer.drain()
-    await _wait_running(env, pid, "%pg_sleep%")  # the server runs the last one: now leave
+    await wait_running(env, pid, "%pg_sleep%")  # the server runs the last one: now leave
     client.abort()
-    await _session_over(env, app, pid)
+    await session_over(env, app, pid)
     ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
     assert len(ran) == len(recs) == 5, show(ran, recs)
     check_abandoned(ran, recs, 4)
@@ -515,9 +397,9 @@ def _psycopg_gone(dsn: str, app: str) -> tuple[int, psycopg.Connection]:
 async def test_a_psycopg_pipeline_left_unread(env: HoldsEnv, logged: Path) -> None:
     app = "cmp-gone-psycopg"
     pid, conn = await asyncio.to_thread(_psycopg_gone, env.dsn, app)
-    await _wait_running(env, pid, "%pg_sleep%")
+    await wait_running(env, pid, "%pg_sleep%")
     conn.pgconn.finish()
-    await _session_over(env, app, pid)
+    await session_over(env, app, pid)
     ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
     check_abandoned(ran, recs, 1 + len(PIPELINED))
     assert len(ran) == 2, show(ran, recs)
