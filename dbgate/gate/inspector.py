@@ -130,11 +130,16 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         #: capped verdict -> the same checking Binds (see _checking_binds)
         self._bind_checked: dict[int, tuple[Allow, Allow]] = {}
         #: Read by the relay (see Inspector in seams.py): while the audit trail cannot
-        #: be written, every statement comes here, to be refused.
+        #: be written, every statement comes here, to be refused; while its queue is
+        #: full, every statement comes here, to wait for room (backpressure).
         self.strict = False
+        self._audit_down = False
+        self._audit_full = False
         if audit is not None:
-            self.strict = not audit.writer.available
+            self._audit_down = not audit.writer.available
+            self.strict = self._audit_down
             audit.writer.on_available = self._audit_available
+            audit.writer.on_full = self._audit_queue_full
         self._repeats: Callable[..., bool] = lambda _sql, **_: False
         if classify is None:
             from dbgate.policy.classify import classify, seen_exactly
@@ -163,7 +168,12 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         self.generation += 1
 
     def _audit_available(self, available: bool) -> None:
-        self.strict = not available
+        self._audit_down = not available
+        self.strict = self._audit_down or self._audit_full
+
+    def _audit_queue_full(self, full: bool) -> None:
+        self._audit_full = full
+        self.strict = self._audit_down or self._audit_full
 
     @property
     def ruleset(self) -> RuleSet:

@@ -136,6 +136,12 @@ class AuditWriter(Queueing, Batching, Database, Spilling):
         self.committed_total = 0
         #: Told when :attr:`available` changes (the gate turns strict while it is False).
         self.on_available: Callable[[bool], None] | None = None
+        #: Told when the queue reaches its bound (True) and when it is below three
+        #: quarters again (False): the gate turns strict meanwhile, so that every new
+        #: statement is admitted (waits for room), none sent on from a remembered
+        #: verdict.
+        self.on_full: Callable[[bool], None] | None = None
+        self._full = False
 
     # ------------------------------------------------------------------ lifecycle
 

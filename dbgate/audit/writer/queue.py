@@ -122,6 +122,8 @@ class Queueing:
         self._normal_in += 1
         self._count += 1
         self._bytes += item.size
+        if (self._count >= self._queue_size or self._bytes >= self._queue_bytes) and not self._full:
+            self._set_full(True)
         # While the task gathers a batch, only what ends the wait wakes it.
         wake = self._wake
         if wake is not None and (
@@ -166,6 +168,8 @@ class Queueing:
             self._normal_in += 1
         self._count += 1
         self._bytes += item.size
+        if (self._count >= self._queue_size or self._bytes >= self._queue_bytes) and not self._full:
+            self._set_full(True)
         # While the task gathers a batch, only what ends the wait wakes it.
         if self._wake is not None and (
             not self._gathering
@@ -227,7 +231,19 @@ class Queueing:
         # Waiters wake below three quarters, so that they are not woken one record
         # at a time while the queue hovers at its bound.
         if not self._crowded():
+            if self._full:
+                self._set_full(False)
             self._signal()
+
+    def _set_full(self, full: bool) -> None:
+        """The queue reached its bound, or is below three quarters again: tell the
+        gate (``on_full``), which asks for admission of every statement meanwhile."""
+        self._full = full
+        if self.on_full is not None:
+            try:
+                self.on_full(full)
+            except Exception:
+                log.exception("audit: the queue callback failed")
 
     def _queued(self) -> bool:
         return bool(self._urgent or self._normal or self._pending)

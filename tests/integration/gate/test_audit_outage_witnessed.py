@@ -236,3 +236,63 @@ async def test_refused_statements_never_reach_the_server_and_are_recorded(
         assert len(refusals) == refused, show(ran, recs)  # each refusal once
         assert {r[1:4:2] for r in refusals} == {("refused", "42501")}, show(ran, recs)
         verify_trail(state_server.dsn("gate_outage_refuse"))
+
+
+QUEUE = 100  # audit.queue_size's least
+
+
+async def test_a_full_queue_makes_clients_wait_and_loses_nothing(
+    pg_server: Any, state_server: EmbeddedPostgres
+) -> None:
+    """The audit table locked by another session: the writer's COPY waits, the queue
+    fills, and the agent's statements wait for room — a prepared statement bound
+    again and a Query whose verdict the session remembers included, which the relay
+    sends on without asking the gate while the queue has room."""
+    app = "out-locked"
+    name = "gate_outage_locked"
+    with running(pg_server, state_server, name, queue_size=QUEUE, write_timeout=60) as env:
+        logged = log_every_statement(env)
+        async with agent(env, app) as (conn, pid):
+            stmt = await conn.prepare("SELECT $1::int")
+            await stmt.fetchval(1)
+            await conn.execute("SELECT 7")
+            assert await flushed(env)
+            locker = await asyncpg.connect(state_server.dsn(name))
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute("LOCK TABLE dbgate.audit_events IN ACCESS EXCLUSIVE MODE")
+            done = 0
+
+            async def load() -> None:
+                nonlocal done
+                for i in range(3 * QUEUE):
+                    if i % 2:
+                        await stmt.fetchval(i)  # Bind/Execute only, its Parse allowed
+                    else:
+                        await conn.execute("SELECT 7")  # a Query judged before
+                    done += 1
+
+            loading = asyncio.create_task(load())
+            try:
+
+                async def full() -> bool:
+                    return (await writer_stats(env))["queued"] >= QUEUE or loading.done()
+
+                await until(full, "the audit queue full")
+                # the client waits: it cannot finish while nothing can be written
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(loading), 1)
+                stats = await writer_stats(env)
+                assert stats["available"], stats
+                # an admitted statement's record is always taken: one in flight
+                assert stats["queued"] <= QUEUE + 1, stats
+                assert done < 3 * QUEUE
+            finally:
+                await tx.rollback()  # the lock goes: the writer catches up
+                await locker.close()
+            await asyncio.wait_for(loading, 30)
+        await session_over(env, app, pid)
+        ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+        assert len(ran) == len(recs) == 3 + 3 * QUEUE, show(ran, recs)
+        assert {r[0] for r in recs} == {"completed"}, show(ran, recs)
+        verify_trail(state_server.dsn(name))
