@@ -36,6 +36,8 @@ class Approvals:
     replica_id: str
     #: the audit trail (``audit.enabled``); off: the state database's other features only
     audit: bool = True
+    #: other ``audit:`` settings, as (key, value) pairs
+    audit_settings: tuple[tuple[str, object], ...] = ()
 
     @property
     def web_url(self) -> str:
@@ -174,8 +176,11 @@ def write_config(
         config["state"] = {"dsn": approvals.state_dsn}
         config["web"] = {"listen": f"{LOOPBACK}:{approvals.web_port}"}
         config["approvals"] = {"replica_id": approvals.replica_id}
+        audit: dict[str, object] = dict(approvals.audit_settings)
         if not approvals.audit:
-            config["audit"] = {"enabled": False}
+            audit["enabled"] = False
+        if audit:
+            config["audit"] = audit
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
 

@@ -35,17 +35,23 @@ _OWN = re.compile(
 
 def server_ran(log_file: Path, pid: int) -> list[str]:
     """What the server logged as run for backend ``pid``, in order."""
-    text = log_file.read_text("utf-8", "replace")
+    return without_measuring([line for p, line in ran_since(log_file) if p == pid])
+
+
+def ran_since(log_file: Path, offset: int = 0) -> list[tuple[int, str]]:
+    """What the server logged as run after byte ``offset`` of its log, by whom (the
+    backend pid), in order."""
+    with log_file.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode("utf-8", "replace")
     starts = list(_ENTRY.finditer(text))
     out = []
     for i, m in enumerate(starts):
-        if int(m.group(1)) != pid:
-            continue
         end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
         entry = text[m.end() : end].rstrip("\n")
         if _RAN.match(entry) and not _OWN.search(entry):
-            out.append(entry.removeprefix("LOG:  "))
-    return without_measuring(out)
+            out.append((int(m.group(1)), entry.removeprefix("LOG:  ")))
+    return out
 
 
 def without_measuring(ran: list[str]) -> list[str]:
