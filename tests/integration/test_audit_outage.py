@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
 import signal
 import sys
@@ -89,6 +91,46 @@ async def test_refuse_mode_outage_resumes_the_chain_without_a_gap(pg_server, sta
     assert not any(r["identity"] == "held" for r in rows)  # refused at once, not queued
     outages = [r for r in rows if r["event"] == "unavailable"]
     assert len(outages) == 1 and "since" in outages[0]["details"]
+    report = await verify_database(state_dsn)
+    assert report.ok, report.text()
+
+
+async def test_refusals_past_a_full_queue_during_an_outage_are_counted(
+    pg_server, state_dsn
+) -> None:
+    """While the audit is unavailable every new statement is refused, and each
+    refusal is recorded once the database is back. An agent that retries in a loop
+    must not grow the queue without bound meanwhile (a process that runs out of
+    memory loses every record it holds): past the queue's bound, refusals are counted
+    and the outage's record says how many, by identity."""
+    async with state_link(pg_server) as link:
+        w = AuditWriter(with_host_port(state_dsn, "127.0.0.1", link.port), fast_config())
+        await w.start()
+        link.cut()
+        w.record(statement(0))  # ran before the loss was noticed
+        with pytest.raises(AuditUnavailable):
+            await w.flush()
+        assert not w.available
+        for i in range(1, 25_001):
+            w.record(
+                dataclasses.replace(
+                    statement(i, identity=f"agent-{i % 2}"),
+                    event="refused",
+                    decision="refused",
+                    outcome="42501",
+                )
+            )
+        assert w.stats()["queued"] <= w.config.queue_size
+        link.restore()
+        await w.wait_available()
+        await w.flush()
+        await w.stop()
+    rows = await _statements(state_dsn, w.chain)
+    refused = [r for r in rows if r["event"] == "refused"]
+    (outage,) = [r for r in rows if r["event"] == "unavailable"]
+    counted = dict(json.loads(outage["details"])["refused_unrecorded"])
+    assert len(refused) + sum(counted.values()) == 25_000
+    assert counted.keys() == {"agent-0", "agent-1"}
     report = await verify_database(state_dsn)
     assert report.ok, report.text()
 

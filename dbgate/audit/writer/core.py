@@ -142,6 +142,9 @@ class AuditWriter(Queueing, Batching, Database, Spilling):
         #: verdict.
         self.on_full: Callable[[bool], None] | None = None
         self._full = False
+        #: identity -> statements refused during an outage with the queue full, not
+        #: recorded one by one (Queueing.record); the outage's record carries them
+        self._refused_unrecorded: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -192,6 +192,10 @@ class Database:
                 "error": self._last_error,
                 "spilled": self._spill.records if self._spill is not None else 0,
             }
+            if self._refused_unrecorded:
+                # [identity, count] pairs: details hold scalars and lists
+                details["refused_unrecorded"] = sorted(map(list, self._refused_unrecorded.items()))
+                self._refused_unrecorded = {}
             self._enqueue(WriterEvent("unavailable", details, self._clock()), urgent=False)
 
     # ------------------------------------------------------------------ writing

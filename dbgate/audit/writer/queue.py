@@ -96,7 +96,8 @@ class Queueing:
 
         Call :meth:`admit` before admitting new work; this method accepts events
         even beyond the queue's bounds (a statement that already ran must be
-        recorded). Raises TypeError for an object that is not an audit event, and
+        recorded) — except a statement refused while the audit is unavailable and
+        the queue full, which is counted instead (see :meth:`_record_outage`). Raises TypeError for an object that is not an audit event, and
         AuditError once :meth:`stop` has closed the chain.
         """
         if self._closing or self._task is None:
@@ -107,6 +108,13 @@ class Queueing:
             if type(event) not in EVENT_TYPES:
                 raise TypeError(f"not an audit event: {type(event).__name__}")
             self._enqueue(event, False)
+            return
+        if self._full and not self._available and event.event == "refused":  # type: ignore[attr-defined]
+            # Refused for the outage with the queue full: counted, not kept (an agent
+            # retrying in a loop would otherwise grow the queue without bound); the
+            # outage's record says how many, by identity (_record_outage).
+            who = event.identity  # type: ignore[attr-defined]
+            self._refused_unrecorded[who] = self._refused_unrecorded.get(who, 0) + 1
             return
         # _enqueue inlined for what nearly every event is: a statement, at the back,
         # with _event_size's
