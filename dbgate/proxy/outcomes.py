@@ -17,6 +17,7 @@ from typing import Any
 
 from dbgate.proxy.entries import (
     BIND,
+    BIND_MSG,
     CLOSE,
     CMD_COMPLETE,
     COPY_END,
@@ -24,15 +25,19 @@ from dbgate.proxy.entries import (
     DESCRIBE_S,
     ERROR_MSG,
     EXECUTE,
+    EXECUTE_MSG,
     FUNCTION,
+    FUNCTION_MSG,
     INJECTED_PARSE,
     INJECTED_QUERY,
     MEASURE_COMMIT,
     MEASURE_SETUP,
     MEASURE_SILENT,
     PARSE,
+    PARSE_MSG,
     PING,
     QUERY,
+    QUERY_MSG,
     ROW_DESC,
     SILENT_PARSE,
     SILENT_QUERY,
@@ -58,12 +63,18 @@ from dbgate.proxy.seams import (
 )
 from dbgate.wire import messages as m
 from dbgate.wire import sqlstate
+from dbgate.wire.errors import ProtocolError
 
 log = logging.getLogger("dbgate.session")
 
 #: The verdict told to the message filter for a Describe or Close (they read no data)
 #: and for what the server says with nothing of the client's in flight.
 NOTHING_RUN = Allow()
+#: The verdict recorded for a statement kept back when its session ended (unsent)
+NOT_SENT = Refuse(
+    sqlstate.CONNECTION_FAILURE,
+    "dbgate: the session ended before this statement was judged; it was not sent",
+)
 
 
 class StatementOutcomes:
@@ -225,6 +236,77 @@ class StatementOutcomes:
                 self._fail_entry(entry, sqlstate.CONNECTION_FAILURE, skipped=True, bound=bound)
             except Exception:  # pragma: no cover - the session is gone either way
                 log.exception("session %s: an unanswered statement", self.info.session_id)
+
+    def unsent(self, data: bytes, held: Any = None) -> None:
+        """The session ended with ``data`` kept back: what the client sent behind a
+        statement awaiting its verdict (an approval) or running under a row limit,
+        never judged and never sent. Each statement among it (a Query, an Execute, a
+        FunctionCall) reached dbgate and is recorded: refused, 08006, with the text
+        its Parse and Bind (in ``data`` or before it) gave it.
+
+        ``held`` is the statement that waited (a ``Statement``), whose own record
+        says how its wait ended: the Execute of its portal is not recorded again."""
+        if self.observer is None:
+            return
+        parsed: dict[str, str] = {}
+        held_names: set[str] = set()
+        #: portal -> (text, Bind body); None: the held statement's own portal
+        bound: dict[str, tuple[str, bytes] | None] = {}
+        if held is not None:
+            if held.kind == "parse":
+                held_names.add(name_key(held.statement_name))
+            elif held.kind == "bind":
+                bound[held.portal] = None
+        i, n = 0, len(data)
+        while n - i >= 5:
+            t = data[i]
+            (length,) = unpack_from("!I", data, i + 1)
+            if length < 4 or n - i < 1 + length:
+                break  # a message the client never finished
+            body = data[i + 5 : i + 1 + length]
+            i += 1 + length
+            try:
+                if t == PARSE_MSG:
+                    name, text, _ = m.parse_parse(body)
+                    parsed[name_key(name)] = text
+                    held_names.discard(name_key(name))
+                    continue
+                if t == BIND_MSG:
+                    portal, name = bind_names(body)
+                    key = name_key(name)
+                    if key in held_names:
+                        bound[portal] = None
+                        continue
+                    text = parsed.get(key)
+                    if text is None:
+                        known = self._sent_stmts.get(key) or self._stmts.get(key)
+                        text = known.sql if known is not None else ""
+                    bound[portal] = (text, body)
+                    continue
+                if t == QUERY_MSG:
+                    rec = self._record("query", m.parse_query(body))
+                elif t == EXECUTE_MSG:
+                    portal, _ = m.parse_execute(body)
+                    if portal in bound:
+                        binding = bound[portal]
+                        if binding is None:
+                            continue  # the held statement's: recorded with it
+                        text, bind = binding
+                    else:  # a portal bound before: the server holds it
+                        p = self._portals.get(portal)
+                        text = p[0].sql if p is not None and p[0] is not None else ""
+                        bind = p[2] if p is not None else b""
+                    rec = self._record("execute", text, portal=portal)
+                    if bind:
+                        rec.bound_by(bind)
+                elif t == FUNCTION_MSG:
+                    rec = self._record("function_call", "")
+                else:
+                    continue
+            except ProtocolError:
+                break  # the server would have refused it too: nothing after it ran
+            rec.verdict = NOT_SENT
+            self._finish(rec, sqlstate.CONNECTION_FAILURE, skipped=True)
 
     def _fail_entry(
         self, entry: Entry, code: str, skipped: bool, bound: dict[str, Any] | None = None

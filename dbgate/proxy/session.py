@@ -204,12 +204,20 @@ class Session:
             self._deciding.cancel()
         self.client.close()
         self.upstream.close()
+        kept = self._queued
         self._release_memory()
         if self.observer is not None:
             # what ran or waited upstream still gets its record; the server's cancel
             # of what still runs (Server._session_closed) asks running_upstream after
             self._left_running = self.running_upstream
             self.tracker.abandon()
+            if kept:  # and what the client sent behind it, kept back, never sent
+                try:
+                    waiting = self.tracker.waiting
+                    held = waiting.statement if waiting is not None else None
+                    self.tracker.unsent(b"".join(kept), held)
+                except Exception:
+                    log.exception("session %s: statements kept back", self.info.session_id)
             try:
                 self.observer.session_ended(self.info)
             except Exception:

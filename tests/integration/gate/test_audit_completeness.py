@@ -403,3 +403,34 @@ async def test_a_psycopg_pipeline_left_unread(env: HoldsEnv, logged: Path) -> No
     ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
     check_abandoned(ran, recs, 1 + len(PIPELINED))
     assert len(ran) == 2, show(ran, recs)
+
+
+async def test_a_client_gone_while_its_pipeline_waits_for_an_approval(
+    env: HoldsEnv, logged: Path
+) -> None:
+    """What the client sent behind a held statement waits in dbgate, unjudged; when
+    the client leaves, the held statement is withdrawn and each statement behind it,
+    which reached dbgate but never the server, is recorded refused (08006)."""
+    app = "cmp-gone-held"
+    client, pid = await _raw(env, app)
+    client.send(wire.Parse("s1", "SELECT note FROM cmp_items WHERE id = $1"), wire.Sync())
+    await client.until_ready()
+    client.send(
+        extended("UPDATE cmp_items SET note = $1", (b"w",)),  # held
+        extended(*PIPELINED[0]),
+        wire.Bind("", "s1", params=(b"3",)),
+        wire.Execute("", 0),
+        wire.Sync(),
+        wire.Query("SELECT 5"),
+    )
+    await client.until(wire.NoticeResponse)  # held: the rest waits behind it
+    client.writer.close()
+    await session_over(env, app, pid)
+    ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+    assert len(ran) == 1, show(ran, recs)  # the server ran nothing of the pipeline
+    assert sorted((r[:4] for r in recs[1:]), key=str) == [
+        ("refused", "refused", "SELECT $1", "08006"),
+        ("refused", "refused", "SELECT id FROM cmp_items WHERE id = $1", "08006"),
+        ("refused", "refused", "SELECT note FROM cmp_items WHERE id = $1", "08006"),
+        ("refused", "withdrawn", "UPDATE cmp_items SET note = $1", None),
+    ], show(ran, recs)
