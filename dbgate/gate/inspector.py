@@ -135,9 +135,13 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         self.strict = False
         self._audit_down = False
         self._audit_full = False
+        #: Read by the relay while strict: the refusal of an Execute (the resumption
+        #: of a portal runs a statement the trail records too), None to let it run
+        self.execute_refusal: Refuse | None = None
         if audit is not None:
             self._audit_down = not audit.writer.available
             self.strict = self._audit_down
+            self.execute_refusal = refusals.AUDIT_UNAVAILABLE if self._audit_down else None
             audit.writer.on_available = self._audit_available
             audit.writer.on_full = self._audit_queue_full
         self._repeats: Callable[..., bool] = lambda _sql, **_: False
@@ -170,6 +174,7 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
     def _audit_available(self, available: bool) -> None:
         self._audit_down = not available
         self.strict = self._audit_down or self._audit_full
+        self.execute_refusal = None if available else refusals.AUDIT_UNAVAILABLE
 
     def _audit_queue_full(self, full: bool) -> None:
         self._audit_full = full

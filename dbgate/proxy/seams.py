@@ -245,7 +245,9 @@ class Inspector(Protocol):
     An inspector may also have a ``strict`` attribute: while it is True, the relay
     shows it every Query, Parse and Bind — no remembered verdict is reused and no
     Bind is skipped — so that it can refuse statements that would otherwise run
-    without asking (the gate sets it while the audit trail cannot be written).
+    without asking (the gate sets it while the audit trail cannot be written, and
+    while its queue is full). While strict, its ``execute_refusal`` (a Refuse, or
+    None) refuses every Execute, so that not even a portal bound before is resumed.
 
     And a ``generation`` attribute (an int): whenever it changes, every session
     forgets the verdicts it remembers (``Allow(repeatable=True)``) before its next

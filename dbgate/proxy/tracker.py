@@ -441,6 +441,9 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         strictness = self._strictness
         strict = strictness is not None and strictness.strict  # type: ignore[attr-defined]
         memo = self._memo if not strict else None
+        # while strict, an Execute too may have to be refused (the audit unavailable):
+        # resuming a portal bound before runs a statement of its own
+        halt = getattr(strictness, "execute_refusal", None) if strict else None
         generations = self._generations
         if generations is not None and generations.generation != self._memo_generation:  # type: ignore[attr-defined]
             self._catch_up()
@@ -489,6 +492,15 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
             if t == EXECUTE_MSG:
                 if chunk[s] and self._foreign_portal(chunk, s, e):
                     out = self._refused_here(out, chunk, fwd, hdr, "execute", FOREIGN_PORTAL, t)
+                    fwd = e
+                    if not full:
+                        return self._rest_message_by_message(chunk, e, out)
+                    continue
+                if halt is not None:
+                    name = m.parse_execute(chunk[s:e])[0]
+                    held = self._portals.get(name)
+                    sql = held[0].sql if held is not None and held[0] is not None else ""
+                    out = self._refused_here(out, chunk, fwd, hdr, "execute", halt, t, sql)
                     fwd = e
                     if not full:
                         return self._rest_message_by_message(chunk, e, out)
@@ -780,17 +792,19 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         kind: str,
         refusal: Refuse,
         t: int,
+        sql: str = "",
     ) -> list[bytes]:
         """A message refused in the middle of a read: what came before it is
         forwarded, the message itself is replaced by its refusal (recorded for the
-        observers). The caller moves its forwarding mark past the message."""
+        observers, with ``sql`` when known). The caller moves its forwarding mark
+        past the message."""
         if out is None:
             out = []
         if hdr > fwd:
             out.append(chunk[fwd:hdr])
         rec = None
         if self.observer is not None:
-            rec = self._record(kind, "")
+            rec = self._record(kind, sql)  # type: ignore[arg-type]
             self.decided(rec, refusal)
         out.append(self.refuse(rec, refusal, t))
         return out

@@ -84,6 +84,8 @@ def running(pg_server: Any, state: EmbeddedPostgres, name: str, **audit: Any) ->
     finally:
         app.stop()
         drop_database(admin, data_db)
+        if not state.running:  # a test that failed while it was stopped
+            state.start()
         drop_database(state.dsn("postgres"), name)
 
 
@@ -296,3 +298,43 @@ async def test_a_full_queue_makes_clients_wait_and_loses_nothing(
         assert len(ran) == len(recs) == 3 + 3 * QUEUE, show(ran, recs)
         assert {r[0] for r in recs} == {"completed"}, show(ran, recs)
         verify_trail(state_server.dsn(name))
+
+
+async def test_a_cursor_is_not_read_on_while_the_trail_cannot_be_written(
+    pg_server: Any, state_server: EmbeddedPostgres
+) -> None:
+    """Each fetch from an open portal is a statement the server runs and logs (``execute
+    fetch from``) and the trail records; while the audit is unavailable, it is
+    refused like any other."""
+    app = "out-cursor"
+    with running(pg_server, state_server, "gate_outage_cursor") as env:
+        logged = log_every_statement(env)
+        async with agent(env, app) as (conn, pid), agent(env, "out-probe") as (probe, _):
+            tr = conn.transaction()
+            await tr.start()
+            cur = await conn.cursor("SELECT id FROM out_items ORDER BY id LIMIT 10")
+            assert len(await cur.fetch(2)) == 2
+            assert await flushed(env)
+            await asyncio.to_thread(state_server.stop)
+
+            async def refusing() -> bool:
+                try:
+                    await probe.fetchval("SELECT 1")
+                except asyncpg.InsufficientPrivilegeError:
+                    return True
+                return False
+
+            await until(refusing, "statements refused")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await cur.fetch(2)
+            await asyncio.to_thread(state_server.start)
+            await until(lambda: flushed(env), "the writer back")
+            await tr.rollback()
+        await session_over(env, app, pid)
+        ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+        # the server ran the first fetch only; the second was refused, and recorded
+        assert sum(line.endswith("LIMIT 10") for line in ran) == 1, show(ran, recs)
+        assert len(ran) == len([r for r in recs if r[0] != "refused"]), show(ran, recs)
+        assert ("refused", "refused", "SELECT id FROM out_items ORDER BY id LIMIT $1", "42501") in [
+            r[:4] for r in recs
+        ], show(ran, recs)
