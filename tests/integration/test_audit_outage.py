@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from dbgate.audit.errors import AuditUnavailable
+from dbgate.audit.events import SessionEvent
 from dbgate.audit.verify import verify_database
 from dbgate.audit.writer import AuditWriter
 from dbgate.embedded import find_free_port
@@ -131,6 +132,35 @@ async def test_refusals_past_a_full_queue_during_an_outage_are_counted(
     counted = dict(json.loads(outage["details"])["refused_unrecorded"])
     assert len(refused) + sum(counted.values()) == 25_000
     assert counted.keys() == {"agent-0", "agent-1"}
+    report = await verify_database(state_dsn)
+    assert report.ok, report.text()
+
+
+async def test_logins_past_a_full_queue_during_an_outage_are_counted(pg_server, state_dsn) -> None:
+    """Clients connecting in a loop during an outage (failed logins need no
+    password) must not grow the queue without bound either: past its bound, session
+    records are counted by event and user name, a hundred names and the others."""
+    async with state_link(pg_server) as link:
+        w = AuditWriter(with_host_port(state_dsn, "127.0.0.1", link.port), fast_config())
+        await w.start()
+        link.cut()
+        w.record(statement(0))
+        with pytest.raises(AuditUnavailable):
+            await w.flush()
+        for i in range(25_000):
+            w.record(SessionEvent("auth_failed", identity=f"user-{i}", outcome="28P01"))
+        assert w.stats()["queued"] <= w.config.queue_size
+        link.restore()
+        await w.wait_available()
+        await w.flush()
+        await w.stop()
+    rows = await _statements(state_dsn, w.chain)
+    failed = [r for r in rows if r["event"] == "auth_failed"]
+    (outage,) = [r for r in rows if r["event"] == "unavailable"]
+    counted = json.loads(outage["details"])["sessions_unrecorded"]
+    assert len(failed) + sum(n for _, _, n in counted) == 25_000
+    assert {e for e, _, _ in counted} == {"auth_failed"}
+    assert len(counted) == 101 and ["auth_failed", "<others>"] in [c[:2] for c in counted]
     report = await verify_database(state_dsn)
     assert report.ok, report.text()
 

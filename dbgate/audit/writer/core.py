@@ -145,6 +145,8 @@ class AuditWriter(Queueing, Batching, Database, Spilling):
         #: identity -> statements refused during an outage with the queue full, not
         #: recorded one by one (Queueing.record); the outage's record carries them
         self._refused_unrecorded: dict[str, int] = {}
+        #: (event, identity) -> session records not kept likewise
+        self._sessions_unrecorded: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -196,6 +196,11 @@ class Database:
                 # [identity, count] pairs: details hold scalars and lists
                 details["refused_unrecorded"] = sorted(map(list, self._refused_unrecorded.items()))
                 self._refused_unrecorded = {}
+            if self._sessions_unrecorded:  # [event, identity, count]
+                details["sessions_unrecorded"] = sorted(
+                    [*key, n] for key, n in self._sessions_unrecorded.items()
+                )
+                self._sessions_unrecorded = {}
             self._enqueue(WriterEvent("unavailable", details, self._clock()), urgent=False)
 
     # ------------------------------------------------------------------ writing

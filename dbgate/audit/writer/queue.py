@@ -17,9 +17,13 @@ from typing import Any
 
 from dbgate.audit.canonical import SEQ
 from dbgate.audit.errors import AuditError, AuditUnavailable
-from dbgate.audit.events import EVENT_TYPES, StatementEvent
+from dbgate.audit.events import EVENT_TYPES, SessionEvent, StatementEvent
 
 log = logging.getLogger("dbgate.audit")
+
+#: Keys of the counts of events not kept during an outage (Queueing._unrecorded)
+UNRECORDED_KEYS = 100
+OTHERS = "<others>"
 
 
 class Item:
@@ -107,14 +111,23 @@ class Queueing:
         if event.__class__ is not StatementEvent:
             if type(event) not in EVENT_TYPES:
                 raise TypeError(f"not an audit event: {type(event).__name__}")
+            if self._full and not self._available and event.__class__ is SessionEvent:
+                # A client connecting, logging in (or failing to), leaving, during an
+                # outage with the queue full: counted, not kept (clients reconnecting
+                # in a loop, before they even authenticate, would otherwise grow the
+                # queue without bound); the outage's record says how many.
+                self._unrecorded(
+                    self._sessions_unrecorded,
+                    (event.event, event.identity),  # type: ignore[attr-defined]
+                )
+                return
             self._enqueue(event, False)
             return
         if self._full and not self._available and event.event == "refused":  # type: ignore[attr-defined]
             # Refused for the outage with the queue full: counted, not kept (an agent
             # retrying in a loop would otherwise grow the queue without bound); the
             # outage's record says how many, by identity (_record_outage).
-            who = event.identity  # type: ignore[attr-defined]
-            self._refused_unrecorded[who] = self._refused_unrecorded.get(who, 0) + 1
+            self._unrecorded(self._refused_unrecorded, event.identity)  # type: ignore[attr-defined]
             return
         # _enqueue inlined for what nearly every event is: a statement, at the back,
         # with _event_size's
@@ -141,6 +154,14 @@ class Queueing:
             or self._bytes > self._crowded_bytes
         ):
             wake.set()
+
+    def _unrecorded(self, counts: dict[Any, int], key: Any) -> None:
+        """Count an event not kept (see :meth:`record`), by ``key``: at most
+        ``UNRECORDED_KEYS`` keys (the user names of failed logins are the client's to
+        choose), the rest under ``OTHERS``."""
+        if key not in counts and len(counts) >= UNRECORDED_KEYS:
+            key = OTHERS if isinstance(key, str) else (*key[:-1], OTHERS)
+        counts[key] = counts.get(key, 0) + 1
 
     async def record_durable(self, event: object, timeout: float | None = None) -> None:
         """Record an event and return once it is committed to the state database.
