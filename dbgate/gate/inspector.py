@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,12 @@ from dbgate.proxy.session_info import SessionInfo
 if TYPE_CHECKING:
     from dbgate.gate.classify_pool import ClassifyPool
     from dbgate.gate.row_window import RowWindows
+
+#: A simple Query that only ends the transaction block, undoing it: no comment, no
+#: chain, nothing else in the string
+_ENDS_TRANSACTION = re.compile(
+    r"\s*(?:ROLLBACK|ABORT)(?:\s+(?:WORK|TRANSACTION))?\s*;?\s*", re.IGNORECASE | re.ASCII
+)
 
 log = logging.getLogger("dbgate.gate")
 
@@ -240,7 +247,16 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
             try:
                 room = audit.admit()
             except AuditUnavailable:
-                return refusals.AUDIT_UNAVAILABLE
+                if not (
+                    kind == "query"
+                    and _ENDS_TRANSACTION.fullmatch(statement.sql)
+                    and audit.writer.has_room
+                ):
+                    return refusals.AUDIT_UNAVAILABLE
+                # A ROLLBACK alone runs while the queue has room for its record: it
+                # reads and changes nothing, and ends a transaction (its locks) that
+                # the session could otherwise end only by leaving.
+                room = None
             if room is not None:  # the audit queue is full: wait for room first
                 return self._after(room, session, statement)
         pii = self.pii

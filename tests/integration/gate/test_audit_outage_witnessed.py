@@ -300,7 +300,7 @@ async def test_a_full_queue_makes_clients_wait_and_loses_nothing(
         verify_trail(state_server.dsn(name))
 
 
-async def test_a_cursor_is_not_read_on_while_the_trail_cannot_be_written(
+async def test_a_cursor_is_not_read_on_while_the_trail_cannot_be_written_but_rolled_back(
     pg_server: Any, state_server: EmbeddedPostgres
 ) -> None:
     """Each fetch from an open portal is a statement the server runs and logs (``execute
@@ -327,14 +327,20 @@ async def test_a_cursor_is_not_read_on_while_the_trail_cannot_be_written(
             await until(refusing, "statements refused")
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await cur.fetch(2)
+            # the transaction (aborted by the refusal) can still be ended, its locks
+            # let go: a ROLLBACK alone runs, and is recorded once the trail is back
+            await tr.rollback()
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("ROLLBACK; SELECT 1")
             await asyncio.to_thread(state_server.start)
             await until(lambda: flushed(env), "the writer back")
-            await tr.rollback()
         await session_over(env, app, pid)
         ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
         # the server ran the first fetch only; the second was refused, and recorded
         assert sum(line.endswith("LIMIT 10") for line in ran) == 1, show(ran, recs)
         assert len(ran) == len([r for r in recs if r[0] != "refused"]), show(ran, recs)
-        assert ("refused", "refused", "SELECT id FROM out_items ORDER BY id LIMIT $1", "42501") in [
-            r[:4] for r in recs
+        assert [r[:4] for r in recs[-3:]] == [
+            ("refused", "refused", "SELECT id FROM out_items ORDER BY id LIMIT $1", "42501"),
+            ("completed", "allow", "ROLLBACK;", "ROLLBACK"),
+            ("refused", "refused", "ROLLBACK; SELECT $1", "42501"),
         ], show(ran, recs)
