@@ -70,6 +70,8 @@ log = logging.getLogger("dbgate.session")
 #: The verdict told to the message filter for a Describe or Close (they read no data)
 #: and for what the server says with nothing of the client's in flight.
 NOTHING_RUN = Allow()
+#: Types of the messages a client sends in a session (for ``unsent``)
+_FRONTEND = frozenset(b"BCDEFHPQSXcdf")
 #: The verdict recorded for a statement kept back when its session ended (unsent)
 NOT_SENT = Refuse(
     sqlstate.CONNECTION_FAILURE,
@@ -261,8 +263,8 @@ class StatementOutcomes:
         while n - i >= 5:
             t = data[i]
             (length,) = unpack_from("!I", data, i + 1)
-            if length < 4 or n - i < 1 + length:
-                break  # a message the client never finished
+            if t not in _FRONTEND or length < 4 or n - i < 1 + length:
+                break  # a message the client never finished (or not one at all)
             body = data[i + 5 : i + 1 + length]
             i += 1 + length
             try:

@@ -204,7 +204,15 @@ class Session:
             self._deciding.cancel()
         self.client.close()
         self.upstream.close()
+        # what the client sent that was kept back, in the order it was sent: the
+        # start of a message the reader holds, then the reads queued behind it (the
+        # first bytes of which may end a message streamed on already)
         kept = self._queued
+        if kept:
+            streamed = self._c2s.streaming
+            kept = [self._c2s.take_pending(), *kept]
+            if streamed:
+                kept = [b"".join(kept)[streamed:]]
         self._release_memory()
         if self.observer is not None:
             # what ran or waited upstream still gets its record; the server's cancel

@@ -952,3 +952,34 @@ def test_the_tracker_follows_the_server(
         followed = [b for b in queries if "rows=2" in b and "refuse" not in b]
         completed = [r for r in p.events.records if r.kind == "query"]
         assert len(completed) == len(followed), (completed, followed)
+
+
+def test_statements_kept_back_when_the_session_ended_are_recorded_refused() -> None:
+    """What the relay kept back (behind a statement awaiting its verdict) when the
+    session ended: each Query and Execute reached dbgate and gets its record, with
+    the text its Parse gave it, failed 08006; the Execute of the statement that
+    waited is left to that statement's own record."""
+    events = Events()
+    tracker = StatementTracker(_info(), Inspector(), events)
+    kept = b"".join(
+        x.encode()
+        for x in (
+            m.Execute("", 0),  # the held Bind's portal
+            m.Parse("s", "SELECT 1"),
+            m.Bind("", "s", params=(b"v",)),
+            m.Execute("", 0),
+            m.Sync(),
+            m.Query("SELECT 2"),
+        )
+    )
+    tracker.unsent(kept, tracker._bind_statement(m.Bind("", "h").encode()[5:]))
+    assert [(r.kind, r.sql, r.params) for r in events.records] == [
+        ("execute", "SELECT 1", (b"v",)),
+        ("query", "SELECT 2", ()),
+    ]
+    assert [(events.finished[r.id], r.sqlstate) for r in events.records] == [
+        ("failed", "08006")
+    ] * 2
+    events.records.clear()
+    tracker.unsent(kept[7:])  # not at a message's start: nothing is read into it
+    assert events.records == []
