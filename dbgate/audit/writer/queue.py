@@ -100,9 +100,10 @@ class Queueing:
 
         Call :meth:`admit` before admitting new work; this method accepts events
         even beyond the queue's bounds (a statement that already ran must be
-        recorded) — except a statement refused while the audit is unavailable and
-        the queue full, which is counted instead (see :meth:`_record_outage`). Raises TypeError for an object that is not an audit event, and
-        AuditError once :meth:`stop` has closed the chain.
+        recorded) — except, while the audit is unavailable and the queue full, a
+        statement's refusal and a session's records, which are counted instead (the
+        outage's record carries the counts). Raises TypeError for an object that is
+        not an audit event, and AuditError once :meth:`stop` has closed the chain.
         """
         if self._closing or self._task is None:
             if type(event) not in EVENT_TYPES:
