@@ -674,10 +674,11 @@ class AuditTrail(QuietObserver):
         note = verdict.note if verdict is not None else None
         if not isinstance(note, GateNote):
             note = None
+        reason = ""
         if isinstance(verdict, Refuse):
             if note is not None:
                 return  # the gate recorded this refusal durably before it was sent
-            stage, decision = "refused", "refused"
+            stage, decision, reason = "refused", "refused", verdict.message
         elif record.kind not in _RECORDED:
             return  # a Parse or Bind: its Execute is the statement that runs
         elif note is not None and note.approval is not None:
@@ -700,7 +701,7 @@ class AuditTrail(QuietObserver):
                 record.params,
                 note.approval.request_id if note and note.approval else "",
                 outcome,
-                "",
+                reason,
                 record.rows if stage == "completed" else None,
                 duration,
                 isinstance(verdict, Allow)

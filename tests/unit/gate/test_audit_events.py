@@ -498,3 +498,21 @@ def test_a_name_the_client_gave_long_ago_is_still_its_own() -> None:
     assert trail.application_name(session, "SET application_name = 'etl-b'") == "etl-b"
     session.server_params["application_name"] = "etl-a"  # ROLLBACK
     assert trail.application_name(session, "ROLLBACK") == "etl-a"
+
+
+def test_a_refusal_the_relay_records_carries_its_reason() -> None:
+    """A refusal the gate did not record itself (the relay's own: a statement kept back
+    behind a held one when the client left, a portal not resumed during an outage) is
+    recorded with the message the client got, as ``reason``."""
+    from dbgate.proxy.seams import Refuse, StatementRecord
+
+    trail = _trail()
+    heard: list = []
+    trail.writer.record = heard.append  # type: ignore[method-assign]
+    record = StatementRecord(1, "execute", "SELECT 1", 10.0)
+    record.verdict = Refuse("08006", "dbgate: the client left before this statement ran")
+    record.finished_at, record.sqlstate = 10.5, "08006"
+    trail.statement_failed(_session(), record)
+    (event,) = heard
+    assert (event.event, event.decision, event.outcome) == ("refused", "refused", "08006")
+    assert event.reason == "dbgate: the client left before this statement ran"
