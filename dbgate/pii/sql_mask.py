@@ -255,6 +255,9 @@ def _node_items(node: Any) -> Iterator[Any]:
         yield from node
 
 
+#: Row sources in FROM whose arguments become rows: functions (``unnest``,
+#: ``jsonb_to_recordset``, ``json_populate_record``), ``XMLTABLE``, ``JSON_TABLE``.
+_ROW_FUNCTIONS = frozenset({"RangeFunction", "RangeTableFunc", "JsonTable"})
 #: Operators whose right operand names a field of a JSON value: ``doc->>'email'``.
 _JSON_KEY_OPS = frozenset({"->", "->>", "#>", "#>>"})
 #: What :func:`_columns_under` yields for a whole row (``c``, ``c.*``, ``ROW(c.*)``):
@@ -429,17 +432,30 @@ class _Places:
                     source = (body.get("selectStmt") or {}).get("SelectStmt")
                     if isinstance(source, dict):
                         self.insert_rows.add(id(source))
+                    if not body.get("cols"):
+                        # the target's columns are unknown: they may all be PII, and
+                        # values reach them from row sources no place follows
+                        # (INSERT INTO customers SELECT * FROM unnest($1, $2))
+                        self.touches_pii = True
                     self._positional(body.get("cols"), body.get("selectStmt"))
                 elif kind == "SelectStmt" and body.get("valuesLists"):
                     if id(body) not in self.insert_rows:
                         self.loose_rows.append(body["valuesLists"])
+                elif kind == "SelectStmt" and body.get("op") not in (None, "SETOP_NONE"):
+                    # UNION / INTERSECT / EXCEPT line each arm's values up with the
+                    # other arms' columns by position (SELECT full_name … INTERSECT
+                    # SELECT 'Ann Lee' compares them)
+                    if id(body) not in self.insert_rows:
+                        self.loose_rows.append(list(_select_rows(body)))
                 elif kind in ("RangeSubselect", "CommonTableExpr"):
                     query = body.get("subquery") or body.get("ctequery") or {}
                     select = query.get("SelectStmt") if isinstance(query, dict) else None
-                    if isinstance(select, dict) and select.get("targetList"):
-                        self.loose_rows.append(
-                            [t.get("ResTarget", {}).get("val") for t in select["targetList"]]
-                        )
+                    if isinstance(select, dict):
+                        self.loose_rows.append(list(_select_rows(select)))
+                elif kind in _ROW_FUNCTIONS:
+                    # a function in FROM hands its arguments on as rows under names no
+                    # place follows: unnest(ARRAY['Ann Lee']) x, jsonb_to_recordset($1)
+                    self.loose_rows.append(body)
                 elif kind == "ColumnRef" and not self.touches_pii:
                     self.touches_pii = any(map(self.pii, _columns_under(node, self.rows)))
                 elif kind == "AlterTableCmd" and (label := self.pii(body.get("name"))):
@@ -594,6 +610,43 @@ def _unescaped(text: str, escape: str = "\\") -> str | None:
 
 
 _DOLLAR_TAG = re.compile(r"\$(?:[^\W\d]\w*)?\$")
+#: A key of a JSON object (``"full_name": …``) or an hstore (``full_name => …``).
+_DOC_KEY = re.compile(r'"((?:[^"\\]|\\.){1,128})"\s{0,64}(?::|=>)|([^\W\d]\w{0,127})\s{0,64}=>')
+
+
+def _names_pii(value: str, extra: Sequence[str]) -> bool:
+    """Whether ``value`` is a document whose keys name a PII column: a JSON object
+    or an hstore that ``json_populate_record(null::customers, …)``, ``jsonb_to_record``
+    or ``@>`` reads by those names, a place no parse tree shows."""
+    if ":" not in value and "=>" not in value:
+        return False
+    seen: set[str] = set()  # a document of many rows repeats its keys
+    for m in _DOC_KEY.finditer(value):
+        key = m.group(2) or m.group(1)
+        if key in seen:
+            continue
+        seen.add(key)
+        if m.group(2) is None and "\\" in key:
+            with contextlib.suppress(ValueError):
+                key = json.loads('"' + key + '"')
+        if isinstance(key, str) and is_pii_column(key, extra):
+            return True
+    return False
+
+
+def _literal_value(text: str, decoded: str | None) -> str:
+    """A string constant's value as written: quotes, doubled quotes and dollar tags
+    taken off (``decoded``: an escaped literal's value, already worked out)."""
+    if decoded is not None:
+        return decoded
+    if text[:1] == "'" and text[-1:] == "'" and len(text) >= 2:
+        return text[1:-1].replace("''", "'")
+    tag = _DOLLAR_TAG.match(text)
+    if tag is not None and len(text) >= 2 * len(tag.group()):
+        return text[len(tag.group()) : -len(tag.group())]
+    return text
+
+
 #: Scanner token kinds that may name a column (a column may be called ``name``, a
 #: keyword).
 _NAME_KINDS = frozenset({"NO_KEYWORD", "UNRESERVED_KEYWORD", "COL_NAME_KEYWORD"})
@@ -691,12 +744,24 @@ def mask_sql(
                 # more than the text shows as written: an escape hides one
                 if len(hidden) > sum(1 for _ in _shaped(text)):
                     spans.append(_Span(start, end, hidden[0][2], True))
+            if tok.name in ("SCONST", "USCONST") and _names_pii(
+                _literal_value(text, decoded), places.extra
+            ):
+                spans.append(_Span(start, end, "value", True))
     masked = _apply(sql if failed is None else sql[:failed], spans)
     if failed is not None:
         masked += "<masked: the rest could not be scanned>"
 
-    out_params = tuple(mask_value(v, places.params.get(i + 1)) for i, v in enumerate(params))
+    out_params = tuple(
+        mask_value(v, places.params.get(i + 1) or _document_label(v, places.extra))
+        for i, v in enumerate(params)
+    )
     return masked, out_params
+
+
+def _document_label(value: str | None, extra: Sequence[str]) -> str | None:
+    """``value`` for a parameter that is a document keyed by PII column names."""
+    return "value" if value is not None and _names_pii(value, extra) else None
 
 
 def mask_every_literal(sql: str) -> str:

@@ -161,6 +161,57 @@ BY_PLACE = [
         "DO $$BEGIN UPDATE orders SET status = 'paid' WHERE id = 7; END$$",
         "DO $$BEGIN UPDATE orders SET status = 'paid' WHERE id = 7; END$$",
     ),
+    # rows from a function in FROM, and the arms of a set operation, reach a PII
+    # column's place by position or alias: every value there is masked
+    (
+        "INSERT INTO customers (id, full_name) SELECT * FROM unnest(ARRAY[1], ARRAY['Ann Lee'])",
+        "INSERT INTO customers (id, full_name) SELECT * FROM unnest(ARRAY['<value>'], "
+        "ARRAY['<value>'])",
+    ),
+    (
+        "UPDATE customers SET full_name = x FROM unnest(ARRAY['Ann Lee']) x WHERE id = 1",
+        "UPDATE customers SET full_name = x FROM unnest(ARRAY['<value>']) x WHERE id = 1",
+    ),
+    (
+        "SELECT id FROM customers c JOIN jsonb_array_elements_text('[\"Ann Lee\"]') x "
+        "ON x = c.full_name",
+        "SELECT id FROM customers c JOIN jsonb_array_elements_text('<value>') x ON x = c.full_name",
+    ),
+    (
+        "UPDATE customers SET full_name = x FROM (SELECT 'Ann Lee' UNION SELECT 'Bo') v(x) "
+        "WHERE id = 1",
+        "UPDATE customers SET full_name = x FROM (SELECT '<value>' UNION SELECT '<value>') v(x) "
+        "WHERE id = 1",
+    ),
+    (
+        "SELECT full_name FROM customers INTERSECT SELECT 'Ann Lee'",
+        "SELECT full_name FROM customers INTERSECT SELECT '<value>'",
+    ),
+    (
+        "SELECT full_name FROM customers EXCEPT VALUES ('Ann Lee')",
+        "SELECT full_name FROM customers EXCEPT VALUES ('<value>')",
+    ),
+    # an INSERT without a column list may fill PII columns from any row source
+    (
+        "INSERT INTO customers SELECT 1, x FROM unnest(ARRAY['Ann Lee']) x",
+        "INSERT INTO customers SELECT '<value>', x FROM unnest(ARRAY['<value>']) x",
+    ),
+    # a document keyed by a PII column's name (JSON, hstore) is read by that name
+    (
+        "INSERT INTO customers SELECT * FROM "
+        'json_populate_record(null::customers, \'{"full_name": "Ann Lee"}\')',
+        "INSERT INTO customers SELECT * FROM json_populate_record(null::customers, '<value>')",
+    ),
+    (
+        "SELECT id FROM orders WHERE customer_id IN (SELECT id FROM jsonb_populate_recordset("
+        'null::customers, $$[{"full\\u005fname": "Ann Lee"}]$$))',
+        "SELECT id FROM orders WHERE customer_id IN (SELECT id FROM jsonb_populate_recordset("
+        "null::customers, '<value>'))",
+    ),
+    (
+        "SELECT populate_record(null::customers, 'full_name => \"Ann Lee\"'::hstore)",
+        "SELECT populate_record(null::customers, '<value>'::hstore)",
+    ),
     # ... but not where no PII column is named
     (
         "SELECT * FROM (SELECT status AS s FROM orders) x WHERE s = 'paid'",
@@ -217,6 +268,25 @@ def test_parameters_are_masked_by_place_and_by_look() -> None:
     masked, params = mask_sql(sql, ("ann@example.com", "42", "call 848-439-6030", None))
     assert masked == sql
     assert params == ("<email>", "42", "call <phone>", None)
+
+
+def test_parameters_that_reach_pii_through_rows_or_documents_are_masked() -> None:
+    """The drivers' bulk insert (``unnest($1::int[], $2::text[])``) and a JSON
+    document keyed by PII column names hand values to PII columns through places no
+    parse tree names."""
+    assert mask_sql(
+        "INSERT INTO customers (id, full_name) SELECT * FROM unnest($1::int[], $2::text[])",
+        ["{1,2}", '{"Ann Lee","Bo Li"}'],
+    ) == (
+        "INSERT INTO customers (id, full_name) SELECT * FROM unnest($1::int[], $2::text[])",
+        ("<value>", "<value>"),
+    )
+    assert mask_sql(
+        "SELECT id FROM orders WHERE customer_id IN (SELECT id FROM "
+        "json_populate_recordset(null::customers, $1))",
+        ['[{"full_name": "Ann Lee"}]'],
+    )[1] == ("<value>",)
+    assert mask_sql("SELECT $1::jsonb", ['{"status": "paid"}'])[1] == ('{"status": "paid"}',)
 
 
 def test_extra_pii_columns_come_from_the_caller() -> None:

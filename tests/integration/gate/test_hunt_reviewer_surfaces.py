@@ -1,0 +1,69 @@
+"""What approvers and auditors read — the approval request through the API, the
+``dbgate.approvals`` view, every table of schema ``dbgate`` — holds no raw value a
+held statement hands to a PII column, whatever route the value takes into it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.integration.gate.test_audit_no_raw_pii import (  # noqa: F401 - fixture
+    NAME,
+    customers,
+    leaks,
+)
+from tests.integration.holds.clients import AsyncpgNotices
+from tests.integration.holds.harness import HoldsEnv, request_id
+
+
+async def held_and_rejected(env: HoldsEnv, sql: str, *args: object) -> dict[str, Any]:
+    """Send ``sql``, wait for its hold, read the request as the API shows it, reject."""
+    conn = await asyncpg.connect(env.dsn)
+    notices = AsyncpgNotices(conn)
+    try:
+        held = asyncio.create_task(conn.execute(sql, *args))
+        rid = request_id((await notices.next()).message)
+        status, request = await env.app.aapi("GET", f"/api/approvals/{rid}")
+        assert status == 200, request
+        await env.app.areject(rid, "no")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await held
+    finally:
+        await conn.close()
+    return request
+
+
+async def test_a_bulk_parameter_reaching_pii_through_unnest_is_masked(
+    env: HoldsEnv,
+    customers: str,  # noqa: F811 - the fixture
+) -> None:
+    """The drivers' bulk pattern, an array parameter unnested in FROM and compared
+    with a PII column there: the parameter sat in no place masking by place knew, and
+    the names it carried reached the approver (API, page, Slack) and the approvals
+    view raw."""
+    request = await held_and_rejected(
+        env,
+        f"DELETE FROM {customers} c USING unnest($1::text::text[]) x WHERE c.full_name = x",
+        f'{{"{NAME}","Bob Other"}}',  # the array's text: asyncpg sends arrays in binary
+    )
+    assert request["params"] == ["<value>"]
+    view = await env.app.arequest(int(request["id"]))
+    assert json.loads(view["params"]) == ["<value>"]
+    assert leaks(env) == []
+
+
+async def test_a_value_in_a_set_operation_beside_a_pii_column_is_masked(
+    env: HoldsEnv,
+    customers: str,  # noqa: F811 - the fixture
+) -> None:
+    """``SELECT full_name … INTERSECT SELECT 'name'`` compares the literal with the
+    column by position, outside any expression masking by place looked into."""
+    request = await held_and_rejected(
+        env, f"SELECT full_name FROM {customers} INTERSECT SELECT '{NAME}'"
+    )
+    assert request["statement"].endswith("INTERSECT SELECT '<value>'")
+    assert leaks(env) == []
