@@ -74,7 +74,7 @@ from dbgate.gate.run_limits import RunLimits
 from dbgate.gate.statement_verdicts import StatementVerdicts
 from dbgate.gate.windows import windowed
 from dbgate.policy.keys import KeyCatalog
-from dbgate.policy.model import Action, Decision, Identity
+from dbgate.policy.model import Action, Category, Decision, Identity
 from dbgate.policy.rules import RuleSet
 from dbgate.proxy.seams import ALLOW, ALLOW_CHECKING_BINDS, Allow, Refuse, Statement, Verdict
 from dbgate.proxy.session_info import SessionInfo
@@ -462,8 +462,13 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         """A hold whose request names the columns the PII catalog marks in the tables
         it touches, so that the approver sees their values masked."""
         assert self.pii is not None and self.holds is not None
+        # code the classifier does not read tables from (a DO block, a function's
+        # body) may write any PII column of the database: all of them are masked there
+        opaque = Category.OPAQUE in classification.categories
         try:
-            pii_columns = await self.pii.pii_columns_for(session.database, classification.tables)
+            pii_columns = await self.pii.pii_columns_for(
+                session.database, None if opaque else classification.tables
+            )
         except Exception:  # no schema: masking by name still applies
             log.exception("session %s: PII columns for an approval unknown", session.session_id)
             pii_columns = ()

@@ -117,6 +117,9 @@ class PiiGate:
         self.on_exemption: Callable[[SessionInfo, str], None] | None = None
         #: Traces costly statements in worker processes (set by the gate that has one).
         self.offload: ClassifyPool | None = None
+        #: database -> (the snapshot, catalog and coverage it was worked out from,
+        #: every PII column's name)
+        self._everywhere: dict[str, tuple[tuple[Any, ...], tuple[str, ...]]] = {}
 
     def check(self) -> None:
         """Build a room once: a missing or wrong key, or a bad catalog, stops the start."""
@@ -227,11 +230,18 @@ class PiiGate:
             result = await result
         return q.allowed if result is None else result  # type: ignore[no-any-return]
 
-    async def pii_columns_for(self, database: str, tables: Iterable[str]) -> tuple[str, ...]:
+    async def pii_columns_for(self, database: str, tables: Iterable[str] | None) -> tuple[str, ...]:
         """:meth:`pii_column_names` on a snapshot that knows the tables: one a statement
-        names before the snapshot was taken (created since) is read again first."""
-        tables = tuple(tables)
+        names before the snapshot was taken (created since) is read again first.
+        ``tables`` None: every relation of the database (code whose tables the
+        classifier does not read, a ``DO`` block or a function's body)."""
         room = await self.loads.ensure(database)
+        if tables is None:
+            # which relations it writes is unknown, so whether the snapshot lacks one:
+            # read again (shared, at most once a second; a hold waits for a human)
+            await self.loads.reload_since(database, time.monotonic())
+            return self.pii_column_names(database, None)
+        tables = tuple(tables)
         names = [t.rpartition(".")[2] for t in tables]
         if any(not room.snapshot.lookup(n) for n in names) and self.loads.may_be_new(
             database, names
@@ -239,7 +249,7 @@ class PiiGate:
             await self.loads.reload_since(database, time.monotonic())
         return self.pii_column_names(database, tables)
 
-    def pii_column_names(self, database: str, tables: Iterable[str]) -> tuple[str, ...]:
+    def pii_column_names(self, database: str, tables: Iterable[str] | None) -> tuple[str, ...]:
         """Names of the columns of ``tables`` the catalog marks as PII (by entry, name
         pattern or comment), or that hold PII as the gate follows it (a view's column
         over one, ``label`` of ``SELECT full_name AS label``; a generated column, one a
@@ -251,17 +261,34 @@ class PiiGate:
         if room is None:
             return ()
         coverage = room.coverage
+        if tables is None:
+            # a database of thousands of relations: worked out once per schema
+            # snapshot, catalog and coverage, not at every hold
+            basis = (room.snapshot, room.catalog, coverage)
+            known = self._everywhere.get(database)
+            if known is not None and all(a is b for a, b in zip(known[0], basis, strict=True)):
+                return known[1]
+            relations: Iterable[Any] = room.snapshot.relations.values()
+        else:
+            relations = [
+                rel
+                for table in tables
+                for rel in room.snapshot.lookup(
+                    table.rpartition(".")[2], table.rpartition(".")[0] or None
+                )
+            ]
         names: set[str] = set()
-        for table in tables:
-            schema, _, name = table.rpartition(".")
-            for rel in room.snapshot.lookup(name, schema or None):
-                lins = coverage.relation_lins(rel) if coverage is not None else None
-                for i, col in enumerate(rel.columns):
-                    entity, _ = room.catalog.classify(rel.schema, rel.name, col.name, col.comment)
-                    followed = lins is not None and i < len(lins) and not lins[i].clean
-                    if entity is not None or followed:
-                        names.add(col.name)
-        return tuple(sorted(names))
+        for rel in relations:
+            lins = coverage.relation_lins(rel) if coverage is not None else None
+            for i, col in enumerate(rel.columns):
+                entity, _ = room.catalog.classify(rel.schema, rel.name, col.name, col.comment)
+                followed = lins is not None and i < len(lins) and not lins[i].clean
+                if entity is not None or followed:
+                    names.add(col.name)
+        found = tuple(sorted(names))
+        if tables is None:
+            self._everywhere[database] = (basis, found)
+        return found
 
     def session(self, info: SessionInfo) -> PiiSession | None:
         """This client session's PII state, or None until its room is loaded."""

@@ -15,9 +15,10 @@ from tests.integration.gate.test_audit_no_raw_pii import (  # noqa: F401 - fixtu
     NAME,
     customers,
     leaks,
+    stored,
 )
 from tests.integration.holds.clients import AsyncpgNotices
-from tests.integration.holds.harness import HoldsEnv, request_id
+from tests.integration.holds.harness import HoldsEnv, admin_execute, request_id
 
 
 async def held_and_rejected(env: HoldsEnv, sql: str, *args: object) -> dict[str, Any]:
@@ -67,3 +68,27 @@ async def test_a_value_in_a_set_operation_beside_a_pii_column_is_masked(
     )
     assert request["statement"].endswith("INTERSECT SELECT '<value>'")
     assert leaks(env) == []
+
+
+async def test_code_writing_a_column_only_the_catalog_marks_is_masked(env: HoldsEnv) -> None:
+    """A column whose name says nothing (``holder``, marked by a ``pii:`` comment) is
+    masked by place in a plain statement; in a ``DO`` block or a function's body, whose
+    tables the classifier does not read, approvers were shown what it is set to."""
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS holders",
+        "CREATE TABLE holders (id int PRIMARY KEY, holder text)",
+        "COMMENT ON COLUMN holders.holder IS 'pii:name'",
+        "GRANT ALL ON holders TO PUBLIC",
+    )
+    do = await held_and_rejected(
+        env, f"DO $$BEGIN UPDATE holders SET holder = '{NAME}' WHERE id = 1; END$$"
+    )
+    body = await held_and_rejected(
+        env,
+        "CREATE FUNCTION rename_holder() RETURNS void LANGUAGE sql AS"
+        f" $$UPDATE holders SET holder = '{NAME}'$$",
+    )
+    assert "SET holder = '<value>'" in do["statement"]
+    assert "SET holder = '<value>'" in body["statement"]
+    assert [line for line in stored(env) if NAME in line] == []
