@@ -258,6 +258,14 @@ def _node_items(node: Any) -> Iterator[Any]:
 #: Row sources in FROM whose arguments become rows: functions (``unnest``,
 #: ``jsonb_to_recordset``, ``json_populate_record``), ``XMLTABLE``, ``JSON_TABLE``.
 _ROW_FUNCTIONS = frozenset({"RangeFunction", "RangeTableFunc", "JsonTable"})
+#: Nodes that name columns, and the field that lists the names: an alias's column
+#: names (``x(full_name)``), a CTE's, a join's ``USING``.
+_NAMING = {
+    "alias": "colnames",
+    "Alias": "colnames",
+    "CommonTableExpr": "aliascolnames",
+    "JoinExpr": "usingClause",
+}
 #: Operators whose right operand names a field of a JSON value: ``doc->>'email'``.
 _JSON_KEY_OPS = frozenset({"->", "->>", "#>", "#>>"})
 #: What :func:`_columns_under` yields for a whole row (``c``, ``c.*``, ``ROW(c.*)``):
@@ -458,9 +466,18 @@ class _Places:
                     self.loose_rows.append(body)
                 elif kind == "ColumnRef" and not self.touches_pii:
                     self.touches_pii = any(map(self.pii, _columns_under(node, self.rows)))
+                elif kind in _NAMING and not self.touches_pii:
+                    # a row source's columns named after PII columns, a join by them:
+                    # (VALUES ('Ann Lee')) x(full_name), JOIN x USING (full_name)
+                    self.touches_pii = any(
+                        self.pii(n["String"]["sval"])
+                        for n in body.get(_NAMING[kind]) or ()
+                        if isinstance(n, dict) and "String" in n
+                    )
                 elif kind == "AlterTableCmd" and (label := self.pii(body.get("name"))):
                     self.mark(body.get("def"), label)  # ALTER COLUMN email SET DEFAULT 'x'
                 elif kind == "ColumnDef" and (label := self.pii(body.get("colname"))):
+                    self.touches_pii = True  # also jsonb_to_record(…) AS x(full_name text)
                     self.mark(body.get("constraints"), label)  # email text DEFAULT 'x'
                     self.mark(body.get("raw_default"), label)
                 elif kind == "ExecuteStmt":  # the prepared statement's places are unknown

@@ -191,6 +191,22 @@ BY_PLACE = [
         "SELECT full_name FROM customers EXCEPT VALUES ('Ann Lee')",
         "SELECT full_name FROM customers EXCEPT VALUES ('<value>')",
     ),
+    # a row source whose columns are named after PII columns, joined by those names
+    (
+        "WITH x(full_name) AS (VALUES ('Ann Lee')) SELECT id FROM customers JOIN x "
+        "USING (full_name)",
+        "WITH x(full_name) AS (VALUES ('<value>')) SELECT id FROM customers JOIN x "
+        "USING (full_name)",
+    ),
+    (
+        "SELECT id FROM customers NATURAL JOIN (VALUES ('Ann Lee')) x(full_name)",
+        "SELECT id FROM customers NATURAL JOIN (VALUES ('<value>')) x(full_name)",
+    ),
+    (
+        "SELECT id FROM customers NATURAL JOIN jsonb_to_record($$"
+        '{"n": "Ann Lee"}$$) AS x(full_name text)',
+        "SELECT id FROM customers NATURAL JOIN jsonb_to_record('<value>') AS x(full_name text)",
+    ),
     # an INSERT without a column list may fill PII columns from any row source
     (
         "INSERT INTO customers SELECT 1, x FROM unnest(ARRAY['Ann Lee']) x",
