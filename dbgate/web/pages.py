@@ -89,8 +89,18 @@ def _cookie_args(request: web.Request, max_age: int | None) -> dict[str, Any]:
 
 
 def _safe_next(value: str | None) -> str:
-    """Only a path on this site (never ``//host`` or a scheme): no open redirect."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+    """Only a path on this site (never ``//host`` or a scheme): no open redirect. A
+    browser drops tabs and line breaks from a URL and reads ``\\`` as ``/``, so
+    ``/<TAB>/host`` would be ``//host``: a path with either, or any other white space
+    or control character, is refused too."""
+    if (
+        value
+        and value.startswith("/")
+        and not value.startswith("//")
+        and "\\" not in value
+        and value.isprintable()
+        and not any(c.isspace() for c in value)
+    ):
         return value
     return "/approvals"
 

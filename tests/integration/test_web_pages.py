@@ -150,6 +150,27 @@ async def test_an_open_redirect_after_sign_in_is_refused(site: Site) -> None:
         assert r.status == 303 and r.headers["Location"] == "/approvals"
 
 
+@pytest.mark.parametrize("target", ["/\t/evil.test/x", "/\n/evil.test/x", "/ /evil.test"])
+async def test_a_next_path_a_browser_reads_as_another_host_is_refused(
+    site: Site, target: str
+) -> None:
+    """A browser drops tabs and line breaks from a URL before it reads it: ``/<TAB>/host``
+    is ``//host``, another site, to which a signed-in approver following a link was sent
+    on from the sign-in page."""
+    b = await site.signed_in()
+    async with b.http.get(site.url + "/", params={"next": target}, allow_redirects=False) as r:
+        assert r.status == 303 and r.headers["Location"] == "/approvals"
+    fresh = site.browser()
+    page = await fresh.get("/")
+    token = re.search(r'name="login_token" value="([^"]+)"', page.text).group(1)
+    async with fresh.http.post(
+        site.url + "/login",
+        data={"name": "alice", "password": PASSWORD, "login_token": token, "next": target},
+        allow_redirects=False,
+    ) as r:
+        assert r.status == 303 and r.headers["Location"] == "/approvals"
+
+
 async def test_wrong_password_and_unknown_name_get_the_same_401(site: Site) -> None:
     for name, password in (("bob", "not his password"), ("nobody", PASSWORD)):
         b = site.browser()
