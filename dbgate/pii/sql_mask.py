@@ -480,6 +480,10 @@ class _Places:
                     self.touches_pii = True  # also jsonb_to_record(…) AS x(full_name text)
                     self.mark(body.get("constraints"), label)  # email text DEFAULT 'x'
                     self.mark(body.get("raw_default"), label)
+                elif kind == "NamedArgExpr" and (label := self.pii(body.get("name"))):
+                    # a function's parameter named after a PII column takes one:
+                    # add_customer(full_name => 'Ann Lee')
+                    self.mark(body.get("arg"), label)
                 elif kind == "ExecuteStmt":  # the prepared statement's places are unknown
                     self.mark(body.get("params"), "value")
                 elif kind == "MergeWhenClause" and body.get("commandType") == "CMD_INSERT":

@@ -191,6 +191,11 @@ BY_PLACE = [
         "SELECT full_name FROM customers EXCEPT VALUES ('Ann Lee')",
         "SELECT full_name FROM customers EXCEPT VALUES ('<value>')",
     ),
+    # a function's argument given by a PII column's name
+    (
+        "CALL update_customer(id => 7, full_name => 'Ann Lee', birth_date := '1961-07-23')",
+        "CALL update_customer(id => 7, full_name => '<full_name>', birth_date := '<birth_date>')",
+    ),
     # a row source whose columns are named after PII columns, joined by those names
     (
         "WITH x(full_name) AS (VALUES ('Ann Lee')) SELECT id FROM customers JOIN x "
@@ -303,6 +308,10 @@ def test_parameters_that_reach_pii_through_rows_or_documents_are_masked() -> Non
         ['[{"full_name": "Ann Lee"}]'],
     )[1] == ("<value>",)
     assert mask_sql("SELECT $1::jsonb", ['{"status": "paid"}'])[1] == ('{"status": "paid"}',)
+
+
+def test_a_parameter_given_by_a_pii_columns_name_is_masked() -> None:
+    assert mask_sql("SELECT add_customer(full_name => $1)", ["Ann Lee"])[1] == ("<full_name>",)
 
 
 def test_extra_pii_columns_come_from_the_caller() -> None:
