@@ -233,13 +233,13 @@ class PiiGate:
     async def pii_columns_for(self, database: str, tables: Iterable[str] | None) -> tuple[str, ...]:
         """:meth:`pii_column_names` on a snapshot that knows the tables: one a statement
         names before the snapshot was taken (created since) is read again first.
-        ``tables`` None: every relation of the database (code whose tables the
-        classifier does not read, a ``DO`` block or a function's body)."""
+        ``tables`` None: every relation of the snapshot as it is (code whose tables
+        the classifier does not read, a ``DO`` block or a function's body)."""
         room = await self.loads.ensure(database)
         if tables is None:
-            # which relations it writes is unknown, so whether the snapshot lacks one:
-            # read again (shared, at most once a second; a hold waits for a human)
-            await self.loads.reload_since(database, time.monotonic())
+            # Not read again first: the reload would wait for a lock the session itself
+            # may hold (LOCK of a view in its open transaction: pg_get_viewdef), and
+            # the held statement for the reload. The snapshot is at most 30 s old.
             return self.pii_column_names(database, None)
         tables = tuple(tables)
         names = [t.rpartition(".")[2] for t in tables]

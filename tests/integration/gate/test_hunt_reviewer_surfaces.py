@@ -81,6 +81,11 @@ async def test_code_writing_a_column_only_the_catalog_marks_is_masked(env: Holds
         "COMMENT ON COLUMN holders.holder IS 'pii:name'",
         "GRANT ALL ON holders TO PUBLIC",
     )
+    conn = await asyncpg.connect(env.dsn)
+    try:  # a statement naming the new table has dbgate read the schema again
+        await conn.fetch("SELECT holder FROM holders WHERE id = 1")
+    finally:
+        await conn.close()
     do = await held_and_rejected(
         env, f"DO $$BEGIN UPDATE holders SET holder = '{NAME}' WHERE id = 1; END$$"
     )
@@ -92,3 +97,33 @@ async def test_code_writing_a_column_only_the_catalog_marks_is_masked(env: Holds
     assert "SET holder = '<value>'" in do["statement"]
     assert "SET holder = '<value>'" in body["statement"]
     assert [line for line in stored(env) if NAME in line] == []
+
+
+async def test_code_held_while_its_transaction_locks_a_view_is_recorded(env: HoldsEnv) -> None:
+    """Finding the PII columns of code does not read the schema again: the read waits
+    for a lock on a view (``pg_get_viewdef``) that the held session's own open
+    transaction may hold, and the held statement would wait for the read for ever."""
+    admin_execute(
+        env.admin_dsn,
+        "DROP VIEW IF EXISTS holder_names",
+        "DROP TABLE IF EXISTS holders",
+        "CREATE TABLE holders (id int PRIMARY KEY, holder text)",
+        "CREATE VIEW holder_names AS SELECT id, holder FROM holders",
+        "GRANT ALL ON holders, holder_names TO PUBLIC",
+    )
+    conn = await asyncpg.connect(env.dsn)
+    notices = AsyncpgNotices(conn)
+    try:
+        await conn.execute("BEGIN")
+        lock = asyncio.create_task(conn.execute("LOCK TABLE holder_names IN ACCESS EXCLUSIVE MODE"))
+        await env.app.aapprove(request_id((await notices.next()).message), "ok")
+        await lock
+        held = asyncio.create_task(
+            conn.execute("DO $$BEGIN UPDATE holders SET holder = 'x'; END$$")
+        )
+        rid = request_id((await notices.next()).message)
+        await env.app.areject(rid, "no")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await held
+    finally:
+        await conn.close()
