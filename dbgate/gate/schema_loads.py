@@ -50,6 +50,15 @@ ABSENT_SECONDS = 60.0
 _MAX_ABSENT = 10_000
 
 
+#: How long a catalog read waits for a lock. ``pg_get_viewdef`` locks the view it
+#: prints, and a session's own open transaction may hold that view exclusively (a
+#: ``REFRESH MATERIALIZED VIEW``, an approved ``LOCK``) while one of its statements
+#: waits for the read (it names a relation the snapshot lacks): without a limit the
+#: two waited for each other for ever, the view locked. The read fails instead (the
+#: old snapshot stays; the first read's failure refuses the statement).
+CATALOG_LOCK_TIMEOUT = "3s"
+
+
 def upstream_dsn(config: Any, database: str) -> dict[str, Any]:
     """asyncpg connect arguments for dbgate's own catalog reads on ``database``."""
     up = config.upstream
@@ -60,6 +69,7 @@ def upstream_dsn(config: Any, database: str) -> dict[str, Any]:
         "password": up.password,
         "database": up.database or database,
         "ssl": False if up.sslmode in ("disable", "prefer") else "require",
+        "server_settings": {"lock_timeout": CATALOG_LOCK_TIMEOUT},
     }
 
 

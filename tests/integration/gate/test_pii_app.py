@@ -173,3 +173,28 @@ async def test_the_state_database_is_never_an_identitys(env: HoldsEnv) -> None:
         await asyncpg.connect(env.app.dsn(env.state_db))
     conn = await asyncpg.connect(env.dsn)  # the data database still opens
     await conn.close()
+
+
+async def test_a_relation_the_snapshot_lacks_is_judged_while_the_session_locks_a_view(
+    env: HoldsEnv,
+) -> None:
+    """``REFRESH MATERIALIZED VIEW`` (allowed) locks the view exclusively until its
+    transaction ends. A later statement of that transaction naming a relation the
+    snapshot lacks waited for the schema to be read again, and the read waited for the
+    view's lock (``pg_get_viewdef``): the session hung for ever, the view locked for
+    everyone. The read now gives up on the lock; the statement is judged on the old
+    snapshot."""
+    admin_execute(
+        env.admin_dsn,
+        "DROP MATERIALIZED VIEW IF EXISTS locked_mv",
+        "CREATE MATERIALIZED VIEW locked_mv AS SELECT 1 AS id",
+    )
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        await conn.execute("BEGIN")
+        await conn.execute("REFRESH MATERIALIZED VIEW locked_mv")
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await asyncio.wait_for(conn.fetch("SELECT * FROM not_in_the_snapshot"), 60)
+        await conn.execute("ROLLBACK")
+    finally:
+        await conn.close()
