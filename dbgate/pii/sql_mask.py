@@ -484,6 +484,11 @@ class _Places:
                     # a function's parameter named after a PII column takes one:
                     # add_customer(full_name => 'Ann Lee')
                     self.mark(body.get("arg"), label)
+                elif kind in ("partbound", "bound") and body.get("strategy") and self.extra:
+                    # a partition's bounds are values of its parent's partition key,
+                    # which the text does not name: masked when a table it touches
+                    # has PII columns (PARTITION OF customers FOR VALUES IN ('…'))
+                    self.mark(body, "value")
                 elif kind == "ExecuteStmt":  # the prepared statement's places are unknown
                     self.mark(body.get("params"), "value")
                 elif kind == "MergeWhenClause" and body.get("commandType") == "CMD_INSERT":

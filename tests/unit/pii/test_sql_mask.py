@@ -314,6 +314,19 @@ def test_a_parameter_given_by_a_pii_columns_name_is_masked() -> None:
     assert mask_sql("SELECT add_customer(full_name => $1)", ["Ann Lee"])[1] == ("<full_name>",)
 
 
+def test_partition_bounds_of_a_table_with_pii_are_masked() -> None:
+    """The parent's partition key is not in the text: the bounds are masked when the
+    tables touched have PII columns (the caller's catalog says so)."""
+    sql = "CREATE TABLE c_ann PARTITION OF customers FOR VALUES IN ('Ann Lee')"
+    assert mask_sql(sql, pii_columns=["full_name"])[0] == (
+        "CREATE TABLE c_ann PARTITION OF customers FOR VALUES IN ('<value>')"
+    )
+    sql = "ALTER TABLE customers ATTACH PARTITION c61 FOR VALUES FROM ('1961-01-01') TO (MAXVALUE)"
+    assert "'1961-01-01'" not in mask_sql(sql, pii_columns=["birth_date"])[0]
+    sql = "CREATE TABLE o24 PARTITION OF orders FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')"
+    assert mask_sql(sql)[0] == sql
+
+
 def test_extra_pii_columns_come_from_the_caller() -> None:
     sql = "UPDATE t SET nickname = 'Annie', colour = 'red'"
     assert mask_sql(sql)[0] == sql
