@@ -144,3 +144,54 @@ async def test_an_agents_held_update_rejected_on_the_page_fails_with_42501(
     finally:
         await conn.close()
         await page.context.close()
+
+
+async def test_markup_an_agent_puts_in_what_approvers_read_stays_text(
+    env: HoldsEnv, browser: Browser
+) -> None:
+    """Every field of a request the agent writes — statement, values, application name,
+    purpose, model, a quoted table name in the reasons and tables — carries markup
+    that would run script in the approver's browser (and could approve the request
+    from there); the queue and the request's page show it as text, and nothing runs."""
+    pwn = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>"
+    url = env.app.web_url
+    page = await _signed_in(browser, url)
+    table = "t<img src=x onerror=\"document.title='pwned'\">"  # within 63 bytes
+    quoted = table.replace('"', '""')
+    admin_execute(
+        env.admin_dsn,
+        f'CREATE TABLE IF NOT EXISTS "{quoted}" (id int PRIMARY KEY, note text)',
+        f'GRANT ALL ON "{quoted}" TO PUBLIC',
+    )
+    conn = await asyncpg.connect(
+        env.dsn,
+        server_settings={"application_name": pwn[:60], "dbgate.model": pwn},
+    )
+    notices = AsyncpgNotices(conn)
+    try:
+        literal = pwn.replace("'", "''")
+        running = asyncio.create_task(
+            conn.execute(
+                f"/* dbgate: purpose='{pwn.replace(chr(39), '')}' */ "
+                f"UPDATE \"{quoted}\" SET note = '{literal}' || $1",
+                pwn,
+            )
+        )
+        rid = await notices.held()
+        await _open_when_it_arrives(page, url, rid)
+        await expect(page.locator("pre.sql").first).to_contain_text("onerror")
+        shown = await page.locator("main").inner_text()
+        assert shown.count("<script>") >= 3, shown  # as text: statement, value, model
+        assert table in shown  # the reasons and tables name it
+        assert await page.title() != "pwned"
+        assert await page.locator("main img, main script").count() == 0
+        await page.goto(url + "/approvals")
+        await page.wait_for_selector(f'#queue-rows tr[data-id="{rid}"]')
+        assert await page.locator("#queue-rows img, #queue-rows script").count() == 0
+        assert await page.title() != "pwned"
+        await env.app.areject(rid, "no")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await asyncio.wait_for(running, 30)
+    finally:
+        await conn.close()
+        await page.context.close()
