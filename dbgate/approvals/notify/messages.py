@@ -277,8 +277,22 @@ def slack_message(event: str, rec: RequestRecord, url: str, *, buttons: bool) ->
 # -- Microsoft Teams ----------------------------------------------------------------------
 
 
+def _plain(text: str, label: str = "", **run: Any) -> dict[str, Any]:
+    """A block of text an agent wrote, for a Teams card: a ``RichTextBlock`` of
+    ``TextRun`` inlines, which Adaptive Cards never read as Markdown. In a ``TextBlock``
+    or a fact's value, ``[Approve here](https://…)`` in a statement's comment, a
+    quoted table name or a purpose was a link beside the card's own button."""
+    inlines: list[dict[str, Any]] = []
+    if label:
+        inlines.append({"type": "TextRun", "text": f"{label}: ", "weight": "Bolder"})
+    inlines.append({"type": "TextRun", "text": reveal_hidden(text), **run})
+    return {"type": "RichTextBlock", "inlines": inlines}
+
+
 def teams_message(event: str, rec: RequestRecord, url: str) -> dict[str, Any]:
-    """An Adaptive Card in the message envelope Teams' incoming webhooks accept."""
+    """An Adaptive Card in the message envelope Teams' incoming webhooks accept.
+    What the agent wrote (statement, reasons naming its tables, purpose) is shown as
+    plain text runs (:func:`_plain`); the facts are dbgate's own words."""
     if event == "created":
         title = f"dbgate: statement held for approval (request {rec.id})"
         reasons = "; ".join(t for _, t in rec.reasons) or rec.rule_message or "held by the rules"
@@ -290,27 +304,19 @@ def teams_message(event: str, rec: RequestRecord, url: str) -> dict[str, Any]:
                 "text": title,
                 "wrap": True,
             },
-            {"type": "TextBlock", "text": _clip(reasons, 500), "wrap": True},
+            _plain(_clip(reasons, 500)),
             {
                 "type": "FactSet",
                 "facts": [
                     {"title": "Identity", "value": rec.identity},
-                    {
-                        "title": "Purpose",
-                        "value": _clip(reveal_hidden(rec.purpose or "not given"), 300),
-                    },
                     {"title": "Categories", "value": ", ".join(rec.categories) or "none"},
-                    {"title": "Tables", "value": ", ".join(rec.tables) or "none"},
                     {"title": "Rows", "value": rows_text(rec)},
                     {"title": "Needs", "value": needs_text(rec)},
                 ],
             },
-            {
-                "type": "TextBlock",
-                "text": _clip(reveal_hidden(rec.statement), CHAT_STATEMENT_CHARS),
-                "fontType": "Monospace",
-                "wrap": True,
-            },
+            _plain(_clip(rec.purpose or "not given", 300), "Purpose"),
+            _plain(_clip(", ".join(rec.tables) or "none", CHAT_TABLES_CHARS), "Tables"),
+            _plain(_clip(rec.statement, CHAT_STATEMENT_CHARS), fontType="Monospace"),
         ]
     else:
         title = f"dbgate: request {rec.id} by {rec.identity} {outcome_text(rec)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -90,6 +91,34 @@ def test_teams_card_and_webhook_body() -> None:
     body = json.loads(webhook_body("created", record(), "http://x/approvals/7", "7.created.1"))
     assert body["event"] == "approval.created" and body["delivery"] == "7.created.1"
     assert body["request"]["params"] == ["<card>"] and body["request"]["id"] == "7"
+
+
+def test_teams_card_shows_what_the_agent_wrote_as_plain_text() -> None:
+    """Teams reads Markdown in a TextBlock and in a fact's value: a link the agent
+    wrote into a comment, a quoted table name or its purpose was a link on the card.
+    Those texts are TextRuns, which are never Markdown."""
+    link = "[Approve here](https://evil.test/login)"
+    rec = record(
+        statement=f"/* {link} */ DELETE FROM orders",
+        purpose=link,
+        tables=(f"public.{link}",),
+        reasons=(("drop", f"removes table {link}"),),
+    )
+    card = teams_message("created", rec, "http://x/approvals/7")["attachments"][0]["content"]
+
+    def markdown(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            here = [
+                str(node.get(k, "")) for k in ("text", "value") if node.get("type") != "TextRun"
+            ]
+            return here + [t for v in node.values() for t in markdown(v)]
+        if isinstance(node, list):
+            return [t for v in node for t in markdown(v)]
+        return []
+
+    assert not [t for t in markdown(card["body"]) if "](" in t]
+    runs = json.dumps(card["body"])
+    assert runs.count(link) == 4  # all four shown, as text
 
 
 def test_targets_from_config_and_signed_headers() -> None:
