@@ -234,7 +234,8 @@ class PiiGate:
         """:meth:`pii_column_names` on a snapshot that knows the tables: one a statement
         names before the snapshot was taken (created since) is read again first.
         ``tables`` None: every relation of the snapshot as it is (code whose tables
-        the classifier does not read, a ``DO`` block or a function's body)."""
+        the classifier does not read, a ``DO`` block or a function's body), and the
+        names of the relations that have such columns."""
         room = await self.loads.ensure(database)
         if tables is None:
             # Not read again first: the reload would wait for a lock the session itself
@@ -285,6 +286,10 @@ class PiiGate:
                 followed = lins is not None and i < len(lins) and not lins[i].clean
                 if entity is not None or followed:
                     names.add(col.name)
+                    if tables is None:
+                        # code that names the relation may write its PII columns
+                        # without naming them: INSERT INTO customers VALUES (…)
+                        names.add(rel.name)
         found = tuple(sorted(names))
         if tables is None:
             self._everywhere[database] = (basis, found)

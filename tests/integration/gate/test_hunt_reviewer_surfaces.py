@@ -94,8 +94,12 @@ async def test_code_writing_a_column_only_the_catalog_marks_is_masked(env: Holds
         "CREATE FUNCTION rename_holder() RETURNS void LANGUAGE sql AS"
         f" $$UPDATE holders SET holder = '{NAME}'$$",
     )
+    unnamed = await held_and_rejected(  # the column is not named at all
+        env, f"DO $$BEGIN INSERT INTO holders VALUES (2, '{NAME}'); END$$"
+    )
     assert "SET holder = '<value>'" in do["statement"]
     assert "SET holder = '<value>'" in body["statement"]
+    assert "VALUES ('<value>', '<value>')" in unnamed["statement"]
     assert [line for line in stored(env) if NAME in line] == []
 
 
