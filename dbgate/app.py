@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from dbgate.gate.keys import KeyCatalogs
     from dbgate.gate.pii import PiiGate
     from dbgate.gate.row_window import RowWindows
+    from dbgate.gate.schema_peers import SchemaPeers
     from dbgate.web.app import WebServer
     from dbgate.wire.startup import CancelRequest
 
@@ -147,6 +148,7 @@ class App:
         self.keys: KeyCatalogs | None = None
         self.classify_pool: ClassifyPool | None = None
         self.windows: RowWindows | None = None
+        self.peers: SchemaPeers | None = None
         self.audit: AuditWriter | None = None
         self.trail: AuditTrail | None = None
         self.observer: Observer | None = None
@@ -247,7 +249,19 @@ class App:
         if watched:
             from dbgate.gate.schema_loads import SchemaWatch
 
-            observers.append(SchemaWatch(watched))
+            if self.pool is not None and config.state is not None:
+                # other replicas and workers: told of DDL let through here, and heard
+                from dbgate.gate.schema_peers import SchemaPeers
+
+                self.peers = SchemaPeers(
+                    config.state.dsn,
+                    self.pool,
+                    watched,
+                    timeout=config.approvals.state_timeout_seconds,
+                )
+                await self.peers.start()  # deaf (every result tokenized) until it listens
+                self.gate.peers = self.peers  # type: ignore[attr-defined]
+            observers.append(SchemaWatch(watched, self.peers))
         if self.pii is not None:
             observers.append(self.pii.held_cursors)
             if self.trail is not None:  # an exempt session is recorded as such
@@ -387,6 +401,12 @@ class App:
                 await self.notifier.stop()
             self.notifier = None
         self.approvals = None
+        if self.peers is not None:  # after the drain: no DDL is let through any more
+            try:
+                await self.peers.stop()
+            except Exception:
+                log.exception("schema peers did not stop cleanly")
+            self.peers = None
         if self.windows is not None:  # after the drain: the sessions' last rows
             try:
                 await self.windows.stop()

@@ -82,6 +82,7 @@ from dbgate.proxy.session_info import SessionInfo
 if TYPE_CHECKING:
     from dbgate.gate.classify_pool import ClassifyPool
     from dbgate.gate.row_window import RowWindows
+    from dbgate.gate.schema_peers import SchemaPeers
 
 #: A simple Query that only ends the transaction block, undoing it: no comment, no
 #: chain, nothing else in the string
@@ -130,6 +131,9 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         self.pii = pii
         self.audit = audit
         self.keys = keys
+        #: the other processes sharing the state database, told of DDL before it runs
+        #: (``schema_peers.SchemaPeers``); None: no state database
+        self.peers: SchemaPeers | None = None
         self._bind_allows: dict[int, tuple[Any, Allow]] = {}
         #: (decision, classification) -> the limited verdict of its Binds: a prepared
         #: statement under limits is judged at every Bind, by the same decision
@@ -285,6 +289,12 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
                         return capped
                 # nothing left: the long way, which records the refusal
         verdict, classification = self._judge(session, identity, statement)
+        if (
+            self.peers is not None
+            and classification is not None
+            and Category.DDL in classification.categories
+        ):
+            return self._announced(session, statement, verdict, classification)
         if type(verdict) is not Allow:
             if pii is not None and classification is not None and isinstance(verdict, Awaitable):
                 # a hold: once approved, the statement's results are tokenized and its
@@ -316,6 +326,33 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
                     classification,
                     shaped[1],
                 )
+        return verdict
+
+    async def _announced(
+        self,
+        session: SessionInfo,
+        statement: Statement,
+        verdict: Verdict | Awaitable[Verdict],
+        classification: Any,
+    ) -> Verdict:
+        """The verdict of a statement that may change the schema, let through only once
+        the other processes sharing the state database were told (``SchemaPeers``):
+        their snapshots, which would go on describing the old schema, are in flux from
+        then on."""
+        if isinstance(verdict, Awaitable):
+            if self.pii is not None:
+                verdict = await self._pii_after_hold(verdict, session, statement, classification)
+            else:
+                verdict = await verdict
+        elif type(verdict) is Allow and self.pii is not None:
+            changed = self._pii_changed(session, statement, verdict, classification)
+            if changed is not None:
+                verdict = await changed if isinstance(changed, Awaitable) else changed
+        if type(verdict) is not Allow:
+            return verdict
+        assert self.peers is not None
+        if not await self.peers.opening(session.database):
+            return refusals.SCHEMA_PEERS_UNAVAILABLE
         return verdict
 
     async def _after(

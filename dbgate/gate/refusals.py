@@ -47,6 +47,11 @@ PII_SCHEMA_UNAVAILABLE = Refuse(
     "dbgate: the database's schema could not be read, so dbgate cannot tell which "
     "results carry PII; statements are refused until it can (see the operator log)",
 )
+SCHEMA_PEERS_UNAVAILABLE = Refuse(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "dbgate: this statement may change the schema, and the other replicas cannot be told "
+    "of it (the state database is unreachable), so it is refused until they can",
+)
 UNREADABLE_VALUES_REFUSED = Refuse(
     sqlstate.INSUFFICIENT_PRIVILEGE,
     "dbgate: this statement is decided on its parameter values, and a value could "

@@ -93,6 +93,9 @@ class SchemaLoads(Generic[T]):
         self._settled_after: dict[str, float] = {}
         self._completed: dict[str, float] = {}
         self._settling: set[asyncio.Task[None]] = set()
+        #: no word of other processes' DDL can arrive (``schema_peers``): every
+        #: database is in flux
+        self._deaf = False
 
     async def _run(self, database: str, started: float) -> T:
         value = await self._load(database)
@@ -185,12 +188,22 @@ class SchemaLoads(Generic[T]):
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
+    def set_deaf(self, deaf: bool) -> None:
+        """Whether DDL let through by other processes sharing the state database can
+        go unheard (``dbgate.gate.schema_peers``): every database is in flux then."""
+        if deaf != self._deaf:
+            self._deaf = deaf
+            self.changed()
+
     def in_flux(self, database: str) -> bool:
         """Whether the schema of ``database`` may differ from its snapshot: a
-        transaction that changes it is open, or the load after the last one is not
-        done. Cheap: asked at every statement."""
+        transaction that changes it is open (here, or in another process sharing the
+        state database), or the load after the last one is not done, or another
+        process's DDL could go unheard. Cheap: asked at every statement."""
         if not self._changing and not self._settled_after:
-            return False
+            return self._deaf
+        if self._deaf:
+            return True
         if self._changing.get(database):
             return True
         after = self._settled_after.get(database)
@@ -248,8 +261,10 @@ class SchemaWatch(QuietObserver):
     #: changes the schema is its Execute, which is recorded.
     executes_only = True
 
-    def __init__(self, loads: Sequence[SchemaLoads[Any]]) -> None:
+    def __init__(self, loads: Sequence[SchemaLoads[Any]], peers: Any = None) -> None:
         self.loads = tuple(loads)
+        #: the other processes sharing the state database (``schema_peers.SchemaPeers``)
+        self.peers = peers
 
     def _reload(self, info: SessionInfo) -> None:
         changed = info.state.pop(_FLUX_KEY, False)
@@ -258,6 +273,8 @@ class SchemaWatch(QuietObserver):
                 loads.change_ended(info.database)
             else:
                 loads.refresh_soon(info.database)
+        if changed and self.peers is not None:
+            self.peers.ended(info.database)
 
     def _began(self, session: SessionInfo, verdict: Any) -> None:
         """The session's transaction may change the schema from now on; DDL makes the
@@ -267,6 +284,8 @@ class SchemaWatch(QuietObserver):
             session.state[_FLUX_KEY] = True
             for loads in self.loads:
                 loads.change_began(session.database)
+            if self.peers is not None:
+                self.peers.began(session.database)
 
     def follows(self, session: SessionInfo, verdict: Any) -> bool:
         """A statement that may change the schema, and every statement after it until

@@ -1,0 +1,106 @@
+"""Two dbgate replicas (whole Apps) sharing one state database and one PII key: what
+one replica lets through must not make the other return PII raw.
+
+Replica A is the holds harness's App (approvals, PII tokenization); replica B is a
+second App on the same state database under another replica id. DDL held on A is
+approved through A's API, as an approver would; the agent then reads through B.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.integration.holds.clients import AsyncpgNotices
+from tests.integration.holds.harness import (
+    HoldsEnv,
+    RunningApp,
+    admin_execute,
+    admin_query,
+    app_config,
+    start_env,
+)
+
+READ = "SELECT label FROM board ORDER BY id LIMIT 3"
+EMAILS = [f"person{i}@example.org" for i in range(1, 4)]
+
+
+@pytest.fixture(scope="module")
+def replica_a(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HoldsEnv]:
+    env_iter = start_env(pg_server, "hunt_replicas", tmp_path_factory.mktemp("hunt_replicas"))
+    env = next(env_iter)
+    admin_execute(
+        env.admin_dsn,
+        "CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL)",
+        "INSERT INTO people VALUES "
+        + ", ".join(f"({i}, '{e}')" for i, e in enumerate(EMAILS, 1)),
+        "CREATE TABLE labels (id int PRIMARY KEY, label text NOT NULL)",
+        "INSERT INTO labels VALUES (1, 'red'), (2, 'green'), (3, 'blue')",
+    )
+    try:
+        yield env
+    finally:
+        next(env_iter, None)
+
+
+@pytest.fixture(scope="module")
+def replica_b(replica_a: HoldsEnv) -> Iterator[RunningApp]:
+    config = app_config(
+        replica_a.pg_server,
+        replica_a.pg_server.dsn(replica_a.state_db),
+        replica_a.app.config.rules_dir,
+        replica="hunt_replicas-b",
+    )
+    b = RunningApp(config).start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+async def _approved(env: HoldsEnv, sql: str) -> None:
+    """``sql`` sent by the agent through replica A, held, approved, run."""
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        notices = AsyncpgNotices(conn)
+        running = asyncio.create_task(conn.execute(sql))
+        await env.app.aapprove(await notices.held(), "housekeeping")
+        await running
+    finally:
+        await conn.close()
+
+
+def _raw(values: list[Any]) -> list[str]:
+    return [v for v in values if isinstance(v, str) and v in EMAILS]
+
+
+async def test_a_view_redefined_through_one_replica_is_not_read_raw_through_the_other(
+    replica_a: HoldsEnv, replica_b: RunningApp
+) -> None:
+    """B's snapshot knew ``board.label`` as a clean column; A let an approved
+    ``CREATE OR REPLACE VIEW`` make it read ``people.email``. B returned the e-mails
+    raw until its own snapshot was 30 s old and read again."""
+    admin_execute(replica_a.admin_dsn, "CREATE VIEW board AS SELECT id, label FROM labels")
+    try:
+        b = await asyncpg.connect(replica_b.dsn(replica_a.data_db))
+        try:
+            before = [r["label"] for r in await b.fetch(READ)]
+            assert before == ["red", "green", "blue"]  # B's snapshot now holds board
+            await _approved(
+                replica_a,
+                "CREATE OR REPLACE VIEW board AS SELECT id, email AS label FROM people",
+            )
+            assert admin_query(replica_a.admin_dsn, "SELECT label FROM board ORDER BY id") == [
+                (e,) for e in EMAILS
+            ]
+            after = [r["label"] for r in await b.fetch(READ)]
+            assert _raw(after) == [], after
+            assert len(after) == 3
+        finally:
+            await b.close()
+    finally:
+        admin_execute(replica_a.admin_dsn, "DROP VIEW IF EXISTS board")
