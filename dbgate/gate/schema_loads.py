@@ -93,9 +93,6 @@ class SchemaLoads(Generic[T]):
         self._settled_after: dict[str, float] = {}
         self._completed: dict[str, float] = {}
         self._settling: set[asyncio.Task[None]] = set()
-        #: no word of other processes' DDL can arrive (``schema_peers``): every
-        #: database is in flux
-        self._deaf = False
 
     async def _run(self, database: str, started: float) -> T:
         value = await self._load(database)
@@ -188,22 +185,13 @@ class SchemaLoads(Generic[T]):
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    def set_deaf(self, deaf: bool) -> None:
-        """Whether DDL let through by other processes sharing the state database can
-        go unheard (``dbgate.gate.schema_peers``): every database is in flux then."""
-        if deaf != self._deaf:
-            self._deaf = deaf
-            self.changed()
-
     def in_flux(self, database: str) -> bool:
         """Whether the schema of ``database`` may differ from its snapshot: a
         transaction that changes it is open (here, or in another process sharing the
-        state database), or the load after the last one is not done, or another
-        process's DDL could go unheard. Cheap: asked at every statement."""
+        state database: ``schema_peers``), or the load after the last one is not done.
+        Cheap: asked at every statement."""
         if not self._changing and not self._settled_after:
-            return self._deaf
-        if self._deaf:
-            return True
+            return False
         if self._changing.get(database):
             return True
         after = self._settled_after.get(database)

@@ -18,12 +18,14 @@ bool}``):
   others read their snapshots again (in flux until that reload is done). A sender
   not heard of for :data:`EXPIRE_SECONDS` (it crashed: its transaction was rolled
   back) is taken as done;
-* while a process is not listening (the state database unreachable, or the
-  connection lost), it cannot hear of another's DDL: every database it serves is in
-  flux until it listens again and has read its snapshots after that.
+* a process that listens again after its connection was lost reads every snapshot
+  again: what was announced meanwhile is not known.
 
-What is not covered: a statement judged before the announcement arrived (pipelined
-behind a slow one) that the server runs after the DDL committed.
+What is not covered (docs/security.md, "Not yet covered"): a statement judged before
+the announcement arrived (pipelined behind a slow one) that the server runs after the
+DDL committed; and a process cut off from the state database while another is not
+hears nothing of the other's DDL until it listens again (every process refuses DDL
+it cannot announce, so an outage of the state database itself lets none through).
 """
 
 from __future__ import annotations
@@ -77,7 +79,6 @@ class SchemaPeers:
         self._conn: Any = None
         self._closing = False
         self.listening = asyncio.Event()
-        self._deaf(True)
 
     # -- life ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -86,8 +87,8 @@ class SchemaPeers:
             asyncio.create_task(self._listen_loop(), name="dbgate-schema-listen"),
             asyncio.create_task(self._heartbeat_loop(), name="dbgate-schema-heartbeat"),
         ]
-        # the first connection is waited for (briefly): a process that starts deaf
-        # tokenizes every result until it listens
+        # the first connection is waited for (briefly), so that DDL another process
+        # announces as this one starts serving is heard
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.listening.wait(), self._timeout)
 
@@ -107,10 +108,6 @@ class SchemaPeers:
         if conn is not None and not conn.is_closed():
             with contextlib.suppress(*STATE_ERRORS):
                 await asyncio.wait_for(conn.close(), self._timeout)
-
-    def _deaf(self, deaf: bool) -> None:
-        for loads in self.loads:
-            loads.set_deaf(deaf)
 
     # -- telling ------------------------------------------------------------------------
     async def _send(self, database: str, is_open: bool) -> None:
@@ -220,8 +217,7 @@ class SchemaPeers:
             except STATE_ERRORS as e:
                 await self._close_conn()
                 log.warning(
-                    "cannot listen for other replicas' DDL (%s): every result is tokenized "
-                    "whole until it can; retrying",
+                    "cannot listen for other replicas' DDL (%s); retrying",
                     describe(e),
                 )
                 await asyncio.sleep(backoff)
@@ -229,15 +225,12 @@ class SchemaPeers:
                 continue
             backoff = 0.05
             # what was announced while nobody listened is not known: read every
-            # snapshot again (in flux until then)
-            self._deaf(False)
+            # snapshot again
             for loads in self.loads:
                 for database in list(loads.loaded):
-                    loads.change_began(database)
-                    loads.change_ended(database)
+                    loads.refresh_soon(database)
             self.listening.set()
             await self._watch(conn, lost)
-            self._deaf(True)
             await self._close_conn()
 
     async def _watch(self, conn: Any, lost: asyncio.Event) -> None:

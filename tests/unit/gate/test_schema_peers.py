@@ -40,21 +40,9 @@ def _said(sender: str, database: str, is_open: bool) -> str:
     return json.dumps({"r": sender, "db": database, "open": is_open})
 
 
-def test_a_process_not_listening_takes_every_database_as_in_flux() -> None:
-    async def scenario() -> None:
-        peers, loads, _ = _peers()
-        await loads.ensure("db")
-        assert loads.in_flux("db")  # not started: nothing from the others can be heard
-        peers._deaf(False)
-        assert not loads.in_flux("db")
-
-    asyncio.run(scenario())
-
-
 def test_another_replicas_ddl_puts_the_database_in_flux_until_read_again() -> None:
     async def scenario() -> None:
         peers, loads, _ = _peers()
-        peers._deaf(False)
         await loads.ensure("db")
         changed: list[int] = []
         loads.on_change.append(lambda: changed.append(1))
@@ -73,7 +61,6 @@ def test_another_replicas_ddl_puts_the_database_in_flux_until_read_again() -> No
 def test_an_end_heard_without_its_beginning_reads_the_snapshot_again() -> None:
     async def scenario() -> None:
         peers, loads, _ = _peers()
-        peers._deaf(False)
         await loads.ensure("db")
         peers.heard(_said("other", "db", False))
         assert loads.in_flux("db")
@@ -86,7 +73,6 @@ def test_an_end_heard_without_its_beginning_reads_the_snapshot_again() -> None:
 def test_its_own_announcements_and_malformed_ones_change_nothing() -> None:
     async def scenario() -> None:
         peers, loads, _ = _peers()
-        peers._deaf(False)
         await loads.ensure("db")
         peers.heard(_said(peers.sender, "db", True))
         peers.heard("not json")
@@ -102,7 +88,6 @@ def test_a_sender_not_heard_of_again_is_taken_as_done() -> None:
 
     async def scenario() -> None:
         peers, loads, _ = _peers()
-        peers._deaf(False)
         await loads.ensure("db")
         peers.heard(_said("other", "db", True))
         peers._expire(float("-inf"))  # nothing older than the beginning of time
