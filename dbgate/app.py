@@ -108,6 +108,7 @@ def build_gate(
 def _estimate_connection(config: Config, requester: Requester) -> Mapping[str, Any] | None:
     """How the planner's row estimate reaches the upstream: as the agent's own role."""
     from dbgate.preflight import upstream_login
+    from dbgate.proxy.upstream import asyncpg_ssl
 
     identity = config.identity(requester.identity)
     if identity is None or not requester.database:
@@ -120,7 +121,7 @@ def _estimate_connection(config: Config, requester: Requester) -> Mapping[str, A
         "user": login.user,
         "password": login.password,
         "database": up.database or requester.database,
-        "ssl": False if up.sslmode in ("disable", "prefer") else "require",
+        "ssl": asyncpg_ssl(up),
     }
 
 

@@ -29,7 +29,6 @@ a warning at every start.
 from __future__ import annotations
 
 import logging
-import ssl
 import sys
 from dataclasses import dataclass
 from typing import TextIO
@@ -37,6 +36,7 @@ from typing import TextIO
 import asyncpg
 
 from dbgate.config import Config, IdentityConfig, UpstreamConfig
+from dbgate.proxy.upstream import asyncpg_ssl
 
 __all__ = [
     "UpstreamLogin",
@@ -183,7 +183,7 @@ async def _check_login(
                 user=login.user,
                 password=login.password,
                 database=database,
-                ssl=_ssl_argument(upstream),
+                ssl=asyncpg_ssl(upstream),
                 timeout=upstream.connect_timeout,
                 server_settings={"application_name": "dbgate preflight"},
             )
@@ -222,17 +222,6 @@ async def _check_login(
         )
         for row in rows
     ]
-
-
-def _ssl_argument(upstream: UpstreamConfig) -> ssl.SSLContext | str | bool:
-    """asyncpg's ``ssl`` for the upstream's sslmode, with the proxy's own meanings."""
-    if upstream.sslmode == "disable" or upstream.host.startswith("/"):
-        return False
-    if upstream.sslmode in ("prefer", "require"):
-        return upstream.sslmode
-    from dbgate.proxy.upstream import tls_context
-
-    return tls_context(upstream)
 
 
 def _describe(attributes: tuple[str, ...]) -> str:

@@ -34,6 +34,7 @@ from typing import Any, Generic, TypeVar
 from dbgate.policy.model import Category
 from dbgate.proxy.seams import QuietObserver, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
+from dbgate.proxy.upstream import asyncpg_ssl
 
 log = logging.getLogger("dbgate.gate")
 
@@ -68,7 +69,7 @@ def upstream_dsn(config: Any, database: str) -> dict[str, Any]:
         "user": up.user,
         "password": up.password,
         "database": up.database or database,
-        "ssl": False if up.sslmode in ("disable", "prefer") else "require",
+        "ssl": asyncpg_ssl(up),
         "server_settings": {"lock_timeout": CATALOG_LOCK_TIMEOUT},
     }
 

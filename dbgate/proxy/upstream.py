@@ -55,6 +55,20 @@ def tls_context(cfg: UpstreamConfig) -> ssl.SSLContext:
     return ctx
 
 
+def asyncpg_ssl(cfg: UpstreamConfig) -> ssl.SSLContext | str | bool:
+    """asyncpg's ``ssl`` argument for dbgate's own connections to the upstream (its
+    catalog reads, row estimates, preflight), with the same meaning as the relay's:
+    ``verify-ca``/``verify-full`` verify the server's certificate (and name) against
+    ``sslrootcert``. asyncpg's own ``"require"`` verifies nothing, so a server an
+    attacker on the path impersonated could answer dbgate's reads of the PII schema
+    (and be sent the password) while the relay's connection refused it."""
+    if cfg.sslmode == "disable" or cfg.host.startswith("/"):
+        return False
+    if cfg.sslmode in ("prefer", "require"):
+        return cfg.sslmode
+    return tls_context(cfg)
+
+
 async def open_channel(cfg: UpstreamConfig, max_message_size: int) -> Channel:
     """Open the transport (TCP or Unix socket), negotiating TLS when configured."""
     loop = asyncio.get_running_loop()
