@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dbgate.pii.lineage.results import Analysis
 from dbgate.pii.plans import StatementPlan
 from dbgate.proxy.seams import Allow, QuietObserver, RowRewriter, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
@@ -139,6 +140,17 @@ class PiiFilter:
             return body
         involves = _involves_pii(verdict) or _HELD_CURSOR in session.state
         return f.error(body, involves_pii=involves, positions=_positions(verdict))
+
+    def stale(self, session: SessionInfo) -> Allow | None:
+        """The verdict the relay runs a statement's results and messages under when
+        they arrive after the schema snapshot moved on since it was judged (DDL of
+        another session or replica, its verdict the old schema's): every column
+        tokenized (fresh), errors and notices withheld. None: the session sees raw
+        values (an exemption) or has no room yet."""
+        s = session.state.get(STATE_KEY)
+        if s is None or s.exemption is not None:
+            return None
+        return Allow(plan=PiiResultPlan(StatementPlan(s.room, "", Analysis(), distrust=True)))
 
     def notification(self, session: SessionInfo, body: bytes) -> bytes:
         f = self._filter(session)

@@ -21,11 +21,12 @@ bool}``):
 * a process that listens again after its connection was lost reads every snapshot
   again: what was announced meanwhile is not known.
 
-What is not covered (docs/security.md, "Not yet covered"): a statement judged before
-the announcement arrived (pipelined behind a slow one) that the server runs after the
-DDL committed; and a process cut off from the state database while another is not
-hears nothing of the other's DDL until it listens again (every process refuses DDL
-it cannot announce, so an outage of the state database itself lets none through).
+What is not covered (docs/security.md, "Not yet covered"): a result that reaches this
+process before the announcement does (the relay tokenizes whole what arrives after it,
+``StatementOutcomes._stale_verdict``); and a process cut off from the state database
+while another is not hears nothing of the other's DDL until it listens again (every
+process refuses DDL it cannot announce, so an outage of the state database itself lets
+none through).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from struct import unpack_from
 from typing import Any
 
@@ -175,6 +176,25 @@ class StatementOutcomes:
         if bound and kind in (QUERY, EXECUTE) and entry[2] is not None:
             entry[2].rows += bound
 
+    def _stale_verdict(self) -> Allow | None:
+        """The verdict for results and messages of statements in flight since the
+        inspector's snapshot moved on (DDL let through by another session or replica,
+        a schema read again): the server parses each statement of a Query string, and
+        each one pipelined, only when its turn comes, so it may read what the DDL made
+        — a view redefined to read ``email`` under a clean column's name — under the
+        verdict of the old schema. The message filter's ``stale`` verdict (every column
+        tokenized, errors and notices withheld), or None."""
+        generations = self._generations
+        if generations is None or generations.generation == self._flight_generation:
+            return None
+        stale = self._stale
+        if stale is None:
+            make = getattr(self.message_filter, "stale", None)
+            if make is None:
+                return None
+            stale = self._stale = make(self.info)
+        return stale
+
     def _filtered_error(self, body: bytes, verdict: Allow | None = None) -> bytes | None:
         f = self.message_filter
         if f is None:
@@ -204,6 +224,10 @@ class StatementOutcomes:
         """The verdict the message ``entry`` runs under, for the message filter (what
         the server's errors and notices about it may echo); None when not known."""
         kind = entry[0]
+        if kind in (QUERY, EXECUTE):
+            stale = self._stale_verdict()
+            if stale is not None:
+                return stale
         if kind == QUERY:
             return entry[1]  # type: ignore[no-any-return]
         if kind == PARSE:
@@ -471,7 +495,10 @@ class StatementOutcomes:
             verdict: Allow = entry[1]
             plan = verdict.plan
             inner = None
-            if plan is not None:
+            stale = self._stale_verdict()
+            if stale is not None:
+                inner = stale.plan.rows(self.info, body, description_formats(body))  # type: ignore[union-attr]
+            elif plan is not None:
                 # which statement of the string: one CommandComplete ended each before
                 done = self._query_done if self._query_entry is entry else 0
                 inner = plan.rows(self.info, body, description_formats(body), done)
@@ -564,7 +591,11 @@ class StatementOutcomes:
             if self._tell_started:  # only the events someone hears
                 self._emit("statement_decided", rec)
                 self._emit("statement_forwarded", rec)
-        if verdict is None or (verdict.plan is None and not verdict.max_rows):
+        stale = self._stale_verdict()
+        if stale is not None:
+            verdict = stale if verdict is None else replace(verdict, plan=stale.plan)
+            self._portal_state.setdefault(portal, PortalState()).rewriter = None
+        elif verdict is None or (verdict.plan is None and not verdict.max_rows):
             return
         fetch = entry[3]
         if fetch is not None:  # the client's view: it cannot reach the limit
@@ -574,7 +605,7 @@ class StatementOutcomes:
                 if bound is not None:
                     self._counting = bound  # its rows are counted at its end
                     return
-        state = self._plan_state(portal)
+        state = self._plan_state(portal) if stale is None else self._portal_state[portal]
         if state is None:  # pragma: no cover - a plan or a limit always has state
             return
         if state.rewriter is None:
@@ -723,6 +754,9 @@ class StatementOutcomes:
             verdict = None
             if p is not None:
                 verdict = p[1] if p[1] is not None else p[0].verdict if p[0] else None
+        stale = self._stale_verdict()
+        if stale is not None:
+            verdict = stale if verdict is None else replace(verdict, plan=stale.plan)
         if verdict is None:
             return
         inner = verdict.plan.copy_out(self.info, body) if verdict.plan is not None else None

@@ -301,6 +301,11 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         info._catch_up = self._catch_up
         self._generations = self.inspector if hasattr(self.inspector, "generation") else None
         self._memo_generation = getattr(self.inspector, "generation", 0)
+        #: The inspector's generation when the oldest statement in flight was judged:
+        #: a result that arrives once it moved on may be of a statement the server
+        #: parsed after a schema change its verdict knew nothing of (``_stale_verdict``)
+        self._flight_generation = self._memo_generation
+        self._stale: Allow | None = None
         #: A statement waits for an awaitable verdict (see :meth:`client_chunk`).
         self.waiting: Waiting | None = None
         #: The client sent Terminate.
@@ -445,8 +450,12 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         # resuming a portal bound before runs a statement of its own
         halt = getattr(strictness, "execute_refusal", None) if strict else None
         generations = self._generations
-        if generations is not None and generations.generation != self._memo_generation:  # type: ignore[attr-defined]
-            self._catch_up()
+        if generations is not None:
+            if generations.generation != self._memo_generation:  # type: ignore[attr-defined]
+                self._catch_up()
+            if len(queue) == self._markers:  # nothing of the client's in flight
+                self._flight_generation = generations.generation  # type: ignore[attr-defined]
+                self._stale = None
         if memo and time.monotonic() - self._memo_since > MEMO_MAX_AGE_SECONDS:
             memo.clear()
         observed = self.observer is not None
@@ -907,6 +916,12 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         waiting = self.waiting
         assert waiting is not None
         self.waiting = None
+        generations = self._generations
+        if generations is not None and len(self._queue) == self._markers:
+            # judged just now (after a reload it waited for, or an approval): the
+            # oldest statement in flight from here on
+            self._flight_generation = generations.generation  # type: ignore[attr-defined]
+            self._stale = None
         if not isinstance(verdict, (Allow, Refuse)):
             verdict = Refuse(
                 sqlstate.INTERNAL_ERROR, "dbgate: inspector returned no verdict; statement not run"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+import psycopg
 import pytest
 
 from tests.integration.holds.clients import AsyncpgNotices
@@ -36,8 +37,7 @@ def replica_a(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
     admin_execute(
         env.admin_dsn,
         "CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL)",
-        "INSERT INTO people VALUES "
-        + ", ".join(f"({i}, '{e}')" for i, e in enumerate(EMAILS, 1)),
+        "INSERT INTO people VALUES " + ", ".join(f"({i}, '{e}')" for i, e in enumerate(EMAILS, 1)),
         "CREATE TABLE labels (id int PRIMARY KEY, label text NOT NULL)",
         "INSERT INTO labels VALUES (1, 'red'), (2, 'green'), (3, 'blue')",
     )
@@ -104,3 +104,48 @@ async def test_a_view_redefined_through_one_replica_is_not_read_raw_through_the_
             await b.close()
     finally:
         admin_execute(replica_a.admin_dsn, "DROP VIEW IF EXISTS board")
+
+
+@pytest.mark.parametrize("reader", ["same replica", "other replica"])
+async def test_a_statement_judged_before_a_view_was_redefined_and_run_after_it(
+    replica_a: HoldsEnv, replica_b: RunningApp, reader: str
+) -> None:
+    """A simple Query is judged when it arrives, and its statements run one after the
+    other: the second one of ``UPDATE …; SELECT label FROM board`` read the view as
+    the server knew it when the first was done — after an approved ``CREATE OR
+    REPLACE VIEW`` another session ran meanwhile — under the plan made from the old
+    definition, and returned the e-mails raw. A statement pipelined behind a slow one
+    does the same."""
+    view = "pipelined_" + reader.split()[0]
+    read = READ.replace("board", view)
+    admin_execute(replica_a.admin_dsn, f"CREATE VIEW {view} AS SELECT id, label FROM labels")
+    dsn = replica_a.dsn if reader == "same replica" else replica_b.dsn(replica_a.data_db)
+    blocker = await asyncpg.connect(replica_a.admin_dsn)
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    try:
+        assert len(await (await conn.execute(read)).fetchall()) == 3  # the snapshot knows it
+        await blocker.execute("BEGIN")
+        await blocker.execute("SELECT 1 FROM labels WHERE id = 1 FOR UPDATE")
+        # the first statement waits for the row; the second is judged already
+        reading = asyncio.create_task(
+            conn.execute(f"UPDATE labels SET label = label WHERE id = 1; {read}")
+        )
+        while not await blocker.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
+        ):
+            assert not reading.done(), reading.result()
+            await asyncio.sleep(0.01)
+        await _approved(
+            replica_a, f"CREATE OR REPLACE VIEW {view} AS SELECT id, email AS label FROM people"
+        )
+        await blocker.execute("COMMIT")
+        cur = await reading
+        assert cur.nextset()
+        after = [r[0] for r in await cur.fetchall()]
+        assert _raw(after) == [], after
+        assert len(after) == 3
+    finally:
+        await conn.close()
+        await blocker.close()
+        admin_execute(replica_a.admin_dsn, f"DROP VIEW IF EXISTS {view}")
