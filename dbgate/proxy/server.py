@@ -392,7 +392,10 @@ class ProxyServer:
         info = SessionInfo(
             session_id=pid,
             identity=ident.name,
-            database=hello.database,
+            # the database the session reaches: with upstream.database every name a
+            # client asks for is that one database, whose schema snapshot (PII, keys,
+            # DDL in flux) must be one too
+            database=self.config.upstream.database or hello.database,
             application_name=hello.params.get("application_name", ""),
             client_addr=client_addr,
             groups=frozenset(ident.groups),

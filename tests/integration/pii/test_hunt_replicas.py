@@ -62,9 +62,10 @@ def replica_b(replica_a: HoldsEnv) -> Iterator[RunningApp]:
         b.stop()
 
 
-async def _approved(env: HoldsEnv, sql: str) -> None:
-    """``sql`` sent by the agent through replica A, held, approved, run."""
-    conn = await asyncpg.connect(env.dsn)
+async def _approved(env: HoldsEnv, sql: str, dsn: str | None = None) -> None:
+    """``sql`` sent by the agent through replica A (or ``dsn``), held, approved through
+    A's API, run."""
+    conn = await asyncpg.connect(dsn or env.dsn)
     try:
         notices = AsyncpgNotices(conn)
         running = asyncio.create_task(conn.execute(sql))
