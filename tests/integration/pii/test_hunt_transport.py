@@ -11,11 +11,14 @@ state DDL puts it in) by the name asked for, so DDL through a session that asked
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psycopg
 import pytest
 
+from dbgate.config import Config
 from tests.integration.holds.harness import (
     HoldsEnv,
     RunningApp,
@@ -81,3 +84,46 @@ async def test_a_database_name_the_client_chooses_does_not_split_the_schema_snap
         assert len(after) == 3
     finally:
         await reader.close()
+
+
+@pytest.fixture(scope="module")
+def over_tls(env: HoldsEnv, cert_files: tuple[Path, Path]) -> Iterator[RunningApp]:
+    """A replica that offers TLS to its clients."""
+    config = app_config(
+        env.pg_server,
+        env.pg_server.dsn(env.state_db),
+        env.app.config.rules_dir,
+        replica="hunt_transport-tls",
+    )
+    data = config.model_dump(mode="json", exclude_none=True)
+    data["tls"] = {"cert_file": str(cert_files[0]), "key_file": str(cert_files[1])}
+    app = RunningApp(Config.model_validate(data)).start()
+    try:
+        yield app
+    finally:
+        app.stop()
+
+
+def test_results_and_copy_over_tls_with_scram_are_tokenized(
+    env: HoldsEnv, over_tls: RunningApp
+) -> None:
+    """The relay loop after the TLS handshake is the one every session runs: rows,
+    COPY out and errors of a client that authenticated with SCRAM over TLS carry no
+    raw value."""
+    with psycopg.connect(
+        over_tls.dsn(env.data_db), sslmode="require", connect_timeout=10, autocommit=True
+    ) as conn:
+        assert conn.pgconn.ssl_in_use
+        received = b""
+        for row in conn.execute("SELECT id, email FROM people ORDER BY id LIMIT 3"):
+            received += repr(row).encode()
+        with conn.cursor().copy(
+            "COPY (SELECT email FROM people ORDER BY id LIMIT 3) TO STDOUT"
+        ) as copy:
+            for data in copy:
+                received += bytes(data)
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("SELECT email::int FROM people ORDER BY id LIMIT 1")
+        received += str(info.value).encode()
+    assert b"tok_email" in received
+    assert not [e for e in EMAILS if e.encode() in received], received
