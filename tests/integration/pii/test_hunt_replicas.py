@@ -9,6 +9,8 @@ approved through A's API, as an approver would; the agent then reads through B.
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -150,3 +152,58 @@ async def test_a_statement_judged_before_a_view_was_redefined_and_run_after_it(
         await conn.close()
         await blocker.close()
         admin_execute(replica_a.admin_dsn, f"DROP VIEW IF EXISTS {view}")
+
+
+def _replica(env: HoldsEnv, name: str, **pii: Any) -> RunningApp:
+    return RunningApp(
+        app_config(
+            env.pg_server,
+            env.pg_server.dsn(env.state_db),
+            env.app.config.rules_dir,
+            replica=f"hunt_replicas-{name}",
+            pii=pii,
+        )
+    ).start()
+
+
+async def _token_of(dsn: str, cid: int) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        token = await conn.fetchval("SELECT email FROM people WHERE id = $1", cid)
+    finally:
+        await conn.close()
+    assert isinstance(token, str) and token.startswith("tok_email_"), token
+    return token
+
+
+async def _lookup(dsn: str, token: str) -> Any:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(f"SELECT id FROM people WHERE email = '{token}'")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("mode", ["hashed", "reversible"])
+async def test_a_token_of_another_replica_resolves_only_under_the_same_key(
+    replica_a: HoldsEnv, mode: str
+) -> None:
+    """Replicas with one key give one value one token; a token another key issued
+    (a misconfigured replica) is refused with 22023, never matched as a literal that
+    finds nothing, and never resolved into another value."""
+    other_key = "base64:" + base64.b64encode(os.urandom(32)).decode()
+    same = _replica(replica_a, f"{mode}-same", mode=mode)
+    same_too = _replica(replica_a, f"{mode}-same-too", mode=mode)
+    other = _replica(replica_a, f"{mode}-other", mode=mode, keys=[{"id": "x", "secret": other_key}])
+    try:
+        db = replica_a.data_db
+        token = await _token_of(same.dsn(db), 2)
+        assert await _token_of(same_too.dsn(db), 2) == token  # one key, one token
+        assert await _lookup(same.dsn(db), token) == 2
+        assert await _token_of(other.dsn(db), 2) != token
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await _lookup(other.dsn(db), token)
+        assert info.value.sqlstate == "22023"
+    finally:
+        for app in (same, same_too, other):
+            app.stop()
