@@ -109,7 +109,21 @@ async def test_a_view_redefined_through_one_replica_is_not_read_raw_through_the_
         admin_execute(replica_a.admin_dsn, "DROP VIEW IF EXISTS board")
 
 
-@pytest.mark.parametrize("reader", ["same replica", "other replica"])
+async def _two_statements(conn: psycopg.AsyncConnection[Any], read: str, pipelined: bool) -> Any:
+    """``UPDATE labels … WHERE id = 1`` then ``read``: in one simple Query, or as two
+    extended-protocol statements in one pipeline; the rows of ``read``."""
+    first = "UPDATE labels SET label = label WHERE id = 1"
+    if not pipelined:
+        cur = await conn.execute(f"{first}; {read}")
+        assert cur.nextset()
+        return await cur.fetchall()
+    async with conn.pipeline():
+        await conn.execute(first)
+        cur = await conn.execute(read)
+    return await cur.fetchall()
+
+
+@pytest.mark.parametrize("reader", ["same replica", "other replica", "pipelined"])
 async def test_a_statement_judged_before_a_view_was_redefined_and_run_after_it(
     replica_a: HoldsEnv, replica_b: RunningApp, reader: str
 ) -> None:
@@ -118,11 +132,11 @@ async def test_a_statement_judged_before_a_view_was_redefined_and_run_after_it(
     the server knew it when the first was done — after an approved ``CREATE OR
     REPLACE VIEW`` another session ran meanwhile — under the plan made from the old
     definition, and returned the e-mails raw. A statement pipelined behind a slow one
-    does the same."""
+    (extended protocol) did the same."""
     view = "pipelined_" + reader.split()[0]
     read = READ.replace("board", view)
     admin_execute(replica_a.admin_dsn, f"CREATE VIEW {view} AS SELECT id, label FROM labels")
-    dsn = replica_a.dsn if reader == "same replica" else replica_b.dsn(replica_a.data_db)
+    dsn = replica_b.dsn(replica_a.data_db) if reader == "other replica" else replica_a.dsn
     blocker = await asyncpg.connect(replica_a.admin_dsn)
     conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     try:
@@ -130,22 +144,18 @@ async def test_a_statement_judged_before_a_view_was_redefined_and_run_after_it(
         await blocker.execute("BEGIN")
         await blocker.execute("SELECT 1 FROM labels WHERE id = 1 FOR UPDATE")
         # the first statement waits for the row; the second is judged already
-        reading = asyncio.create_task(
-            conn.execute(f"UPDATE labels SET label = label WHERE id = 1; {read}")
-        )
+        reading = asyncio.create_task(_two_statements(conn, read, reader == "pipelined"))
         while not await blocker.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
             " AND datname = current_database()"
         ):
             assert not reading.done(), reading.result()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # polls the server's own state
         await _approved(
             replica_a, f"CREATE OR REPLACE VIEW {view} AS SELECT id, email AS label FROM people"
         )
         await blocker.execute("COMMIT")
-        cur = await reading
-        assert cur.nextset()
-        after = [r[0] for r in await cur.fetchall()]
+        after = [r[0] for r in await reading]
         assert _raw(after) == [], after
         assert len(after) == 3
     finally:
