@@ -186,6 +186,11 @@ class SchemaLoads(Generic[T]):
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
+    def stop_settling(self) -> None:
+        """Cancel the reloads waiting to follow ended changes (the process stops)."""
+        for task in list(self._settling):
+            task.cancel()
+
     def in_flux(self, database: str) -> bool:
         """Whether the schema of ``database`` may differ from its snapshot: a
         transaction that changes it is open (here, or in another process sharing the

@@ -102,6 +102,8 @@ class SchemaPeers:
                 await task
         self._tasks = []
         await self._close_conn()
+        for loads in self.loads:  # reloads that what it heard started
+            loads.stop_settling()
 
     async def _close_conn(self) -> None:
         conn, self._conn = self._conn, None
