@@ -77,6 +77,7 @@ class SchemaPeers:
         self._heard: dict[tuple[str, str], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._sends: set[asyncio.Task[None]] = set()
+        self._sending = asyncio.Lock()
         self._conn: Any = None
         self._closing = False
         self.listening = asyncio.Event()
@@ -115,9 +116,13 @@ class SchemaPeers:
     # -- telling ------------------------------------------------------------------------
     async def _send(self, database: str, is_open: bool) -> None:
         payload = json.dumps({"r": self.sender, "db": database, "open": is_open})
-        await asyncio.wait_for(
-            self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload), self._timeout
-        )
+        # one at a time, in the order asked for: an end sent beside the beginning after
+        # it could arrive first, and the others would take the database as settled
+        # while the new DDL runs
+        async with self._sending:
+            await asyncio.wait_for(
+                self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload), self._timeout
+            )
 
     async def opening(self, database: str) -> bool:
         """Announce that a statement about to run may change the schema of

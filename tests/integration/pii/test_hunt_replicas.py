@@ -64,13 +64,15 @@ def replica_b(replica_a: HoldsEnv) -> Iterator[RunningApp]:
         b.stop()
 
 
-async def _approved(env: HoldsEnv, sql: str, dsn: str | None = None) -> None:
-    """``sql`` sent by the agent through replica A (or ``dsn``), held, approved through
-    A's API, run."""
+async def _approved(
+    env: HoldsEnv, sql: str, dsn: str | None = None, extended: bool = False
+) -> None:
+    """``sql`` sent by the agent through replica A (or ``dsn``) as a simple Query (or
+    Parse, Bind, Execute: held at its Bind), held, approved through A's API, run."""
     conn = await asyncpg.connect(dsn or env.dsn)
     try:
         notices = AsyncpgNotices(conn)
-        running = asyncio.create_task(conn.execute(sql))
+        running = asyncio.create_task(conn.fetch(sql) if extended else conn.execute(sql))
         await env.app.aapprove(await notices.held(), "housekeeping")
         await running
     finally:
@@ -81,32 +83,36 @@ def _raw(values: list[Any]) -> list[str]:
     return [v for v in values if isinstance(v, str) and v in EMAILS]
 
 
+@pytest.mark.parametrize("extended", [False, True], ids=["query", "extended"])
 async def test_a_view_redefined_through_one_replica_is_not_read_raw_through_the_other(
-    replica_a: HoldsEnv, replica_b: RunningApp
+    replica_a: HoldsEnv, replica_b: RunningApp, extended: bool
 ) -> None:
     """B's snapshot knew ``board.label`` as a clean column; A let an approved
     ``CREATE OR REPLACE VIEW`` make it read ``people.email``. B returned the e-mails
     raw until its own snapshot was 30 s old and read again."""
-    admin_execute(replica_a.admin_dsn, "CREATE VIEW board AS SELECT id, label FROM labels")
+    view = "board_extended" if extended else "board"  # one view each: B's snapshot keeps it
+    read = READ.replace("board", view)
+    admin_execute(replica_a.admin_dsn, f"CREATE VIEW {view} AS SELECT id, label FROM labels")
     try:
         b = await asyncpg.connect(replica_b.dsn(replica_a.data_db))
         try:
-            before = [r["label"] for r in await b.fetch(READ)]
+            before = [r["label"] for r in await b.fetch(read)]
             assert before == ["red", "green", "blue"]  # B's snapshot now holds board
             await _approved(
                 replica_a,
-                "CREATE OR REPLACE VIEW board AS SELECT id, email AS label FROM people",
+                f"CREATE OR REPLACE VIEW {view} AS SELECT id, email AS label FROM people",
+                extended=extended,
             )
-            assert admin_query(replica_a.admin_dsn, "SELECT label FROM board ORDER BY id") == [
+            assert admin_query(replica_a.admin_dsn, f"SELECT label FROM {view} ORDER BY id") == [
                 (e,) for e in EMAILS
             ]
-            after = [r["label"] for r in await b.fetch(READ)]
+            after = [r["label"] for r in await b.fetch(read)]
             assert _raw(after) == [], after
             assert len(after) == 3
         finally:
             await b.close()
     finally:
-        admin_execute(replica_a.admin_dsn, "DROP VIEW IF EXISTS board")
+        admin_execute(replica_a.admin_dsn, f"DROP VIEW IF EXISTS {view}")
 
 
 async def _two_statements(conn: psycopg.AsyncConnection[Any], read: str, pipelined: bool) -> Any:

@@ -14,16 +14,22 @@ from dbgate.gate.schema_peers import SchemaPeers
 
 class Pool:
     """Records what would be notified; ``fail`` makes it raise as an unreachable state
-    database does."""
+    database does. The first notification takes longer than the others (a connection
+    of the pool opened first)."""
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
         self.fail = False
+        self.calls = 0
 
     async def execute(self, sql: str, channel: str, payload: str) -> None:
         if self.fail:
             raise OSError("unreachable")
         assert channel == schema_peers.CHANNEL
+        self.calls += 1
+        if self.calls == 1:
+            for _ in range(3):
+                await asyncio.sleep(0)  # yields to the others; no time passes
         self.sent.append(json.loads(payload))
 
 
@@ -114,5 +120,21 @@ def test_ddl_is_announced_before_it_runs_and_its_end_once_none_is_left() -> None
         assert pool.sent[-1] == {"r": peers.sender, "db": "db", "open": False}
         pool.fail = True
         assert not await peers.opening("db")  # the statement is then refused
+
+    asyncio.run(scenario())
+
+
+def test_announcements_arrive_in_the_order_they_were_made() -> None:
+    """A DDL transaction's beginning and end are sent side by side; an end that
+    overtook its beginning left the others taking the database as changing for 30 s,
+    and a beginning overtaken by the previous transaction's end as settled while the
+    new DDL ran."""
+
+    async def scenario() -> None:
+        peers, _, pool = _peers()
+        peers.began("db")
+        peers.ended("db")
+        await asyncio.gather(*peers._sends)
+        assert [m["open"] for m in pool.sent] == [True, False]
 
     asyncio.run(scenario())
