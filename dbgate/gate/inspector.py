@@ -175,12 +175,20 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         #: verdicts it remembers — one proven narrow by a key that was dropped, or
         #: planned for PII on a schema that gained a PII column, is taken again.
         self.generation = 0
+        #: Read by the relay too: bumped when a change of the schema begins (DDL let
+        #: through here or by another replica), so results of statements judged before
+        #: it that arrive after it are tokenized whole (``StatementOutcomes``).
+        self.schema_epoch = 0
         for loads in (keys.loads if keys is not None else None, pii.loads if pii else None):
             if loads is not None:
                 loads.on_change.append(self._snapshot_changed)
+                loads.on_began.append(self._schema_began)
 
     def _snapshot_changed(self) -> None:
         self.generation += 1
+
+    def _schema_began(self) -> None:
+        self.schema_epoch += 1
 
     def _audit_available(self, available: bool) -> None:
         self._audit_down = not available

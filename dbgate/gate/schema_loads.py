@@ -87,6 +87,9 @@ class SchemaLoads(Generic[T]):
         #: Called after a snapshot was loaded or replaced: decisions taken from the
         #: old one (the relay's remembered verdicts) must be taken again.
         self.on_change: list[Callable[[], None]] = []
+        #: Called when a change of the schema begins (DDL let through here, or heard
+        #: of from another process): statements judged before may run after it.
+        self.on_began: list[Callable[[], None]] = []
         #: database -> sessions whose open transaction changed the schema
         self._changing: dict[str, int] = {}
         #: database -> when the last such transaction ended (monotonic), and when the
@@ -168,6 +171,8 @@ class SchemaLoads(Generic[T]):
         until it is over and the snapshot read again after it, the snapshot may be
         wrong (:meth:`in_flux`). Decisions remembered from it are taken again."""
         self._changing[database] = self._changing.get(database, 0) + 1
+        for callback in self.on_began:
+            callback()
         self.changed()
 
     def change_ended(self, database: str) -> None:

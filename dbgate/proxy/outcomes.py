@@ -177,15 +177,15 @@ class StatementOutcomes:
             entry[2].rows += bound
 
     def _stale_verdict(self) -> Allow | None:
-        """The verdict for results and messages of statements in flight since the
-        inspector's snapshot moved on (DDL let through by another session or replica,
-        a schema read again): the server parses each statement of a Query string, and
+        """The verdict for results and messages of statements in flight since a change
+        of the schema began (DDL let through by another session or replica: the
+        inspector's ``schema_epoch``): the server parses each statement of a Query string, and
         each one pipelined, only when its turn comes, so it may read what the DDL made
         — a view redefined to read ``email`` under a clean column's name — under the
         verdict of the old schema. The message filter's ``stale`` verdict (every column
         tokenized, errors and notices withheld), or None."""
-        generations = self._generations
-        if generations is None or generations.generation == self._flight_generation:
+        epochs = self._epochs
+        if epochs is None or epochs.schema_epoch == self._flight_epoch:
             return None
         stale = self._stale
         if stale is None:

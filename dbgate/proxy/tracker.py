@@ -301,10 +301,12 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         info._catch_up = self._catch_up
         self._generations = self.inspector if hasattr(self.inspector, "generation") else None
         self._memo_generation = getattr(self.inspector, "generation", 0)
-        #: The inspector's generation when the oldest statement in flight was judged:
-        #: a result that arrives once it moved on may be of a statement the server
-        #: parsed after a schema change its verdict knew nothing of (``_stale_verdict``)
-        self._flight_generation = self._memo_generation
+        #: The inspector's ``schema_epoch`` (changes of the schema begun) when the
+        #: oldest statement in flight was judged: a result that arrives once it moved
+        #: on may be of a statement the server parsed after a change its verdict knew
+        #: nothing of (``_stale_verdict``)
+        self._epochs = self.inspector if hasattr(self.inspector, "schema_epoch") else None
+        self._flight_epoch = getattr(self.inspector, "schema_epoch", 0)
         self._stale: Allow | None = None
         #: A statement waits for an awaitable verdict (see :meth:`client_chunk`).
         self.waiting: Waiting | None = None
@@ -450,12 +452,12 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         # resuming a portal bound before runs a statement of its own
         halt = getattr(strictness, "execute_refusal", None) if strict else None
         generations = self._generations
-        if generations is not None:
-            if generations.generation != self._memo_generation:  # type: ignore[attr-defined]
-                self._catch_up()
-            if len(queue) == self._markers:  # nothing of the client's in flight
-                self._flight_generation = generations.generation  # type: ignore[attr-defined]
-                self._stale = None
+        if generations is not None and generations.generation != self._memo_generation:  # type: ignore[attr-defined]
+            self._catch_up()
+        epochs = self._epochs
+        if epochs is not None and len(queue) == self._markers:  # nothing in flight
+            self._flight_epoch = epochs.schema_epoch  # type: ignore[attr-defined]
+            self._stale = None
         if memo and time.monotonic() - self._memo_since > MEMO_MAX_AGE_SECONDS:
             memo.clear()
         observed = self.observer is not None
@@ -916,11 +918,11 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         waiting = self.waiting
         assert waiting is not None
         self.waiting = None
-        generations = self._generations
-        if generations is not None and len(self._queue) == self._markers:
+        epochs = self._epochs
+        if epochs is not None and len(self._queue) == self._markers:
             # judged just now (after a reload it waited for, or an approval): the
             # oldest statement in flight from here on
-            self._flight_generation = generations.generation  # type: ignore[attr-defined]
+            self._flight_epoch = epochs.schema_epoch  # type: ignore[attr-defined]
             self._stale = None
         if not isinstance(verdict, (Allow, Refuse)):
             verdict = Refuse(
