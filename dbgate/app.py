@@ -260,7 +260,7 @@ class App:
                     watched,
                     timeout=config.approvals.state_timeout_seconds,
                 )
-                await self.peers.start()  # deaf (every result tokenized) until it listens
+                await self.peers.start()  # waits briefly for its listening connection
                 self.gate.peers = self.peers  # type: ignore[attr-defined]
             observers.append(SchemaWatch(watched, self.peers))
         if self.pii is not None:
