@@ -262,6 +262,14 @@ class App:
                 )
                 await self.peers.start()  # waits briefly for its listening connection
                 self.gate.peers = self.peers  # type: ignore[attr-defined]
+            elif self.reuse_port:
+                # workers without a state database: nothing carries word of DDL
+                self.gate.siblings_unheard = True  # type: ignore[attr-defined]
+                log.warning(
+                    "several workers and no state database: DDL the rules allow is "
+                    "refused, since the other workers could not be told of it "
+                    "(configure state.dsn, or run with --workers 1)"
+                )
             observers.append(SchemaWatch(watched, self.peers))
         if self.pii is not None:
             observers.append(self.pii.held_cursors)

@@ -134,6 +134,11 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         #: the other processes sharing the state database, told of DDL before it runs
         #: (``schema_peers.SchemaPeers``); None: no state database
         self.peers: SchemaPeers | None = None
+        #: other worker processes serve the same databases and no state database
+        #: carries word of DDL between them (``dbgate serve --workers N`` without
+        #: ``state``): DDL the rules allow is refused, since their snapshots would go on
+        #: describing the old schema
+        self.siblings_unheard = False
         self._bind_allows: dict[int, tuple[Any, Allow]] = {}
         #: (decision, classification) -> the limited verdict of its Binds: a prepared
         #: statement under limits is judged at every Bind, by the same decision
@@ -298,7 +303,7 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
                 # nothing left: the long way, which records the refusal
         verdict, classification = self._judge(session, identity, statement)
         if (
-            self.peers is not None
+            (self.peers is not None or self.siblings_unheard)
             and classification is not None
             and Category.DDL in classification.categories
         ):
@@ -358,7 +363,8 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
                 verdict = await changed if isinstance(changed, Awaitable) else changed
         if type(verdict) is not Allow:
             return verdict
-        assert self.peers is not None
+        if self.peers is None:  # siblings_unheard
+            return refusals.SCHEMA_SIBLINGS_UNHEARD
         if not await self.peers.opening(session.database):
             return refusals.SCHEMA_PEERS_UNAVAILABLE
         return verdict

@@ -52,6 +52,12 @@ SCHEMA_PEERS_UNAVAILABLE = Refuse(
     "dbgate: this statement may change the schema, and the other replicas cannot be told "
     "of it (the state database is unreachable), so it is refused until they can",
 )
+SCHEMA_SIBLINGS_UNHEARD = Refuse(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "dbgate: this statement may change the schema, and the other worker processes "
+    "cannot be told of it without a state database, so it is refused",
+    hint="configure state.dsn, or run dbgate serve with --workers 1",
+)
 UNREADABLE_VALUES_REFUSED = Refuse(
     sqlstate.INSUFFICIENT_PRIVILEGE,
     "dbgate: this statement is decided on its parameter values, and a value could "

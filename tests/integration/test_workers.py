@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
 import signal
 import socket
 import subprocess
@@ -253,3 +254,42 @@ def test_port_in_use_is_one_line_not_one_per_worker(tmp_path: Path, pg_server: P
         f"the address is already in use; stop the process that holds it "
         f"(ss -ltnp 'sport = :{port}') or choose another port"
     ]
+
+
+ALLOW_DDL = """version: 1
+rules:
+  - name: allow-ddl
+    match:
+      categories: [ddl]
+    action: allow
+"""
+
+
+async def test_ddl_is_refused_when_no_state_database_tells_the_other_workers(
+    served: Any, tmp_path: Path, pg_database: str
+) -> None:
+    """Each worker keeps its own catalog snapshots (PII columns, unique keys) and only
+    DDL it let through itself puts them in flux; with a state database the workers tell
+    each other (``dbgate.gate.schema_peers``). Without one, DDL the rules allow through
+    one worker would leave the other describing the old schema (a view redefined to read
+    e-mails under a clean name, read raw there): it is refused, saying why, and every
+    other statement runs as before."""
+    from dbgate.policy.rules import default_rules_dir
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(default_rules_dir() / "default.yaml", rules / "default.yaml")
+    (rules / "00-ddl.yaml").write_text(ALLOW_DDL)
+    server = served(rules_dir=str(rules))
+    assert "no state database: DDL the rules allow is refused" in server.output()
+    conns = await _sessions_on_two_workers(
+        server, lambda: asyncpg.connect(server.dsn(pg_database)), 2
+    )
+    try:
+        for c in conns:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="other worker processes"):
+                await c.execute("create table workers_unheard_probe (id int)")
+            assert await c.fetchval("select 41 + 1") == 42
+    finally:
+        for c in conns:
+            await c.close()
