@@ -52,6 +52,8 @@ from dbgate.pii.plans import StatementPlan
 from dbgate.pii.room import PiiRoom, PiiSession
 from dbgate.pii.tokens import TokenError
 from dbgate.policy.model import Action, Category, Classification, Decision, Reason
+from dbgate.proxy.prepared import MAX_NAME_BYTES as NAME_BYTES
+from dbgate.proxy.prepared import identifier_key
 from dbgate.proxy.seams import (
     Allow,
     Refuse,
@@ -307,6 +309,8 @@ class PiiGate:
         if room is None:
             return None
         s = room.session(info.identity, info.groups)
+        s.portal_bound = _portal_bound(info)
+        s.protocol_prepared = _protocol_prepared(info)
         info.state[STATE_KEY] = s
         if s.exemption is not None:
             log.info("session %s: %s sees raw values", info.session_id, s.exemption.reason)
@@ -636,6 +640,29 @@ class PiiGate:
         if values == statement.params:
             return Allow(plan=result_plan) if result_plan is not None else None
         return Allow(plan=result_plan, replace_params=values)
+
+
+def _portal_bound(info: SessionInfo) -> Callable[[str], bool]:
+    """Whether the server may hold a portal the client bound under a cursor name."""
+    names = info.portal_names
+
+    def bound(name: str) -> bool:
+        return info.portals_lost or name.encode("utf-8", "surrogateescape")[:NAME_BYTES] in names
+
+    return bound
+
+
+def _protocol_prepared(info: SessionInfo) -> Callable[[str], bool]:
+    """Whether the server may hold a statement the client parsed through the extended
+    protocol (not an SQL ``PREPARE`` the gate traced) under a prepared statement's name."""
+    statements = info.statements
+
+    def parsed(name: str) -> bool:
+        return any(
+            c.lost or not c.sql_prepared for c in statements.candidates(identifier_key(name))
+        )
+
+    return parsed
 
 
 def _pii_hold(plan: StatementPlan, classification: Classification | None) -> Decision:

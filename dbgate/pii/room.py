@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,12 +115,26 @@ class PiiSession:
         self._prepared_texts: dict[str, list[str]] = {}
         self._prepared_version = room.version
         self.filter = room.message_filter if self.exemption is None else _PassFilter()
+        #: Whether the server may hold a portal the client bound through the extended
+        #: protocol under a cursor name, or a statement it parsed so under a prepared
+        #: statement's name (set by whoever relays the session; None: never). Names
+        #: are one namespace for both ways: ``Bind "c"`` of ``SELECT email …`` after
+        #: ``DECLARE c CURSOR FOR SELECT status …`` and ``CLOSE c`` made ``FETCH ALL
+        #: FROM c`` read as the clean cursor, and return the e-mails raw; so did
+        #: ``EXECUTE p`` of a protocol Parse ``p`` after ``PREPARE p AS`` a clean
+        #: query and a Close of it. Such a name is unknown to FETCH and EXECUTE.
+        self.portal_bound: Callable[[str], bool] | None = None
+        self.protocol_prepared: Callable[[str], bool] | None = None
 
     # SessionState for the lineage walker
     def cursor(self, name: str) -> Output | None:
+        if self.portal_bound is not None and self.portal_bound(name):
+            return Output(tail=UNKNOWN_LIN)
         return self._cursors.get(name)
 
     def prepared(self, name: str) -> Output | None:
+        if self.protocol_prepared is not None and self.protocol_prepared(name):
+            return Output(tail=UNKNOWN_LIN)
         return self._prepared.get(name)
 
     def plan(
@@ -161,8 +175,13 @@ class PiiSession:
             self._pii_prepared.update(analysis.prepares)
             return plan
         cursors, prepared = self._pii_cursors, self._pii_prepared
-        if any(n in cursors or n not in self._cursors for n in analysis.runs_cursors) or any(
-            n in prepared or n not in self._prepared for n in analysis.runs_prepared
+        bound, parsed = self.portal_bound, self.protocol_prepared
+        if any(
+            n in cursors or n not in self._cursors or (bound is not None and bound(n))
+            for n in analysis.runs_cursors
+        ) or any(
+            n in prepared or n not in self._prepared or (parsed is not None and parsed(n))
+            for n in analysis.runs_prepared
         ):
             return StatementPlan(self.room, sql, analysis, self.exemption, runs_pii=True)
         return plan

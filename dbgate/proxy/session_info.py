@@ -34,6 +34,13 @@ class SessionInfo:
     # from server_params (the policy inspector's identity and session checks).
     params_version: int = 0
     policy_state: Any = None  # the policy inspector's cache, valid for one params_version
+    #: Named portals the client bound through the extended protocol (each name's first
+    #: 63 bytes, as the server compares them), kept by the relay: SQL cursors and
+    #: portals share one namespace, so ``FETCH c`` may run a portal ``Bind "c"`` made
+    #: of another statement than a ``DECLARE c`` the gate saw before. ``portals_lost``:
+    #: too many names to remember were bound, and forgotten (any name may be one).
+    portal_names: set[bytes] = field(default_factory=set)
+    portals_lost: bool = False
     #: The gate's own per-session state (e.g. the session's PII state), by room name.
     state: dict[str, Any] = field(default_factory=dict)
     #: What the agent declared about itself for approvers ("purpose", "model"): from

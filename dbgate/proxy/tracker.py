@@ -362,7 +362,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         #: Named portals the client bound (their first 63 bytes, as the server compares
         #: them), and the names of SQL cursors it may have declared: an Execute runs
         #: only a portal of the client's own Bind (see :meth:`_foreign_portal`).
-        self._bound_portals: set[bytes] = set()
+        self._bound_portals: set[bytes] = info.portal_names
         self._sql_cursors: set[bytes] = set()
         #: The Execute now answered is counted, not watched: the most rows it can return
         self._counting: int | None = None
@@ -785,6 +785,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
             names = self._bound_portals
             if len(names) >= MAX_BOUND_PORTALS:
                 names.clear()  # their Executes are refused: stricter, never wider
+                self.info.portals_lost = True  # and any FETCH may run one
             names.add(chunk[s:i][:NAME_BYTES])
 
     def _declared(self, sql: str) -> None:
