@@ -59,6 +59,26 @@ BOOL, DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL = (
 )
 UUID, INET, CIDR, MACADDR, MACADDR8 = "uuid", "inet", "cidr", "macaddr", "macaddr8"
 ARRAY, RECORD, OPAQUE = "array", "record", "opaque"
+RANGE, MULTIRANGE = "range", "multirange"
+#: built-in range type -> its subtype (int4range, numrange, tsrange, tstzrange,
+#: daterange, int8range)
+BUILTIN_RANGES: dict[int, int] = {
+    3904: 23,
+    3906: 1700,
+    3908: 1114,
+    3910: 1184,
+    3912: 1082,
+    3926: 20,
+}
+#: built-in multirange type -> its range type
+BUILTIN_MULTIRANGES: dict[int, int] = {
+    4451: 3904,
+    4532: 3906,
+    4533: 3908,
+    4534: 3910,
+    4535: 3912,
+    4536: 3926,
+}
 
 BUILTIN_KINDS: dict[int, str] = {
     25: TEXT,
@@ -206,6 +226,9 @@ class TypeRegistry:
         self.delims: dict[int, str] = {}
         #: domain -> the base type under it (through domains over domains)
         self.bases: dict[int, int] = {}
+        self.ranges: dict[int, int] = dict(BUILTIN_RANGES)
+        self.multiranges: dict[int, int] = dict(BUILTIN_MULTIRANGES)
+        self.elems.update({oid + 1: oid for oid in BUILTIN_RANGES})  # their arrays
         if snapshot is None:
             return
         types = snapshot.types
@@ -245,7 +268,14 @@ class TypeRegistry:
     def kind(self, oid: int) -> str:
         if oid in self.elems:
             return ARRAY
-        return self.kinds.get(oid, OPAQUE)
+        kind = self.kinds.get(oid)
+        if kind is not None:
+            return kind
+        if oid in self.ranges:
+            return RANGE
+        if oid in self.multiranges:
+            return MULTIRANGE
+        return OPAQUE
 
     def text_may_round(self, oid: int, depth: int = 0) -> bool:
         """Whether the server's text for a value of ``oid`` may say less than the value,
@@ -259,6 +289,10 @@ class TypeRegistry:
             return True
         if kind == ARRAY:
             return self.text_may_round(self.elems[oid], depth + 1)
+        if kind == RANGE:
+            return self.text_may_round(self.ranges[oid], depth + 1)
+        if kind == MULTIRANGE:
+            return self.text_may_round(self.multiranges[oid], depth + 1)
         if kind == RECORD:
             fields = self.fields.get(oid)
             return fields is None or any(self.text_may_round(f, depth + 1) for f in fields)
@@ -374,6 +408,8 @@ class Pseudonymizer:
                 if fmt:
                     return self._binary_record(entity, raw, depth)
                 return self._text_record(entity, type_oid, raw, depth)
+            if kind in (RANGE, MULTIRANGE):
+                return self._range(entity, type_oid, fmt, raw, depth)
             if fmt:
                 return self._binary(entity, kind, raw)
             handler = self._text.get(kind)
@@ -407,6 +443,8 @@ class Pseudonymizer:
                 return b"".join(parts)
             inner = [self.null(entity, oid, 0, depth + 1).decode() for oid in fields]
             return ("(" + ",".join(_quote_record_field(v) for v in inner) + ")").encode()
+        if kind in (RANGE, MULTIRANGE):
+            return self._range(entity, type_oid, fmt, None, depth)
         stand_in = (_NULL_BINARY if fmt else _NULL_TEXT).get(kind)
         if stand_in is None:
             return self._token(entity, b"")
@@ -461,6 +499,35 @@ class Pseudonymizer:
                     raise ValueError("array element runs past the value")
                 return raw[pos : pos + n]
         return None
+
+    def _range(self, entity: str, type_oid: int, fmt: int, raw: bytes | None, depth: int) -> bytes:
+        """A range (or multirange) of the same type, as every driver decodes it: one
+        range ``[a, b]`` whose bounds are the pseudonyms of the value's bounds, in
+        their order (a missing or infinite one: a stand-in of the subtype). Whether
+        it was empty, which bounds it includes, and how many ranges a multirange
+        held may be what an expression of PII chose (``CASE … THEN 'empty'``): every
+        replacement has the same shape."""
+        types = self.types
+        multi = type_oid in types.multiranges
+        rng = types.multiranges[type_oid] if multi else type_oid
+        sub = types.ranges[rng]
+        bounds: list[bytes] = []
+        if raw is not None:
+            if multi:
+                raw = _first_range(raw, fmt)
+            if raw is not None:
+                bounds = _range_bounds(raw, fmt)
+        new = [
+            self.value(entity, sub, fmt, bounds[i], depth + 1)
+            if i < len(bounds)
+            else self.null(entity, sub, fmt, depth + 1)
+            for i in range(2)
+        ]
+        if fmt:
+            one = b"\x06" + b"".join(_I32.pack(len(b)) + b for b in new)
+            return _I32.pack(1) + _I32.pack(len(one)) + one if multi else one
+        text = "[" + ",".join(_quote_bound(b.decode()) for b in new) + "]"
+        return ("{" + text + "}" if multi else text).encode()
 
     def _seed(self, kind: str, entity: str, canonical: bytes) -> bytes:
         return self.tokenizer.digest(f"{kind}:{entity}".encode(), canonical)
@@ -698,3 +765,95 @@ class Pseudonymizer:
         if pos != len(raw):
             raise ValueError("trailing bytes in record")
         return b"".join(parts)
+
+
+# ------------------------------------------------------------------ ranges
+_RANGE_EMPTY, _LB_INF, _UB_INF, _LB_NULL, _UB_NULL = 0x01, 0x08, 0x10, 0x20, 0x40
+
+
+def _quote_bound(value: str) -> str:
+    """A range bound as PostgreSQL's ``range_out`` writes it: quoted only when it
+    must be (drivers such as pg8000 split an unquoted range at its comma)."""
+    if value and not any(ch in '"\\,()[]' or ch.isspace() for ch in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _range_bounds(raw: bytes, fmt: int) -> list[bytes]:
+    """The finite bounds of a range's wire value, lower first."""
+    if fmt:
+        flags = raw[0]
+        if flags & _RANGE_EMPTY:
+            return []
+        out: list[bytes] = []
+        pos = 1
+        for absent in (_LB_INF | _LB_NULL, _UB_INF | _UB_NULL):
+            if flags & absent:
+                continue
+            n = _I32.unpack_from(raw, pos)[0]
+            if n < 0 or pos + 4 + n > len(raw):
+                raise ValueError("range bound runs past the value")
+            out.append(raw[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+        return out
+    text = raw.decode()
+    if text.strip().lower() == "empty":
+        return []
+    if len(text) < 3 or text[0] not in "[(" or text[-1] not in "])":
+        raise ValueError("not a range")
+    parts: list[str] = []
+    cur: list[str] = []
+    given = quoted = escaped = False
+    for ch in text[1:-1]:
+        if escaped:
+            cur.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = given = True
+        elif ch == '"':
+            quoted = not quoted
+            given = True
+        elif ch == "," and not quoted:
+            parts.append("".join(cur) if given else "")
+            if not given:
+                parts[-1] = "\0"  # an infinite bound
+            cur, given = [], False
+        else:
+            cur.append(ch)
+            given = True
+    parts.append("".join(cur) if given else "\0")
+    if len(parts) != 2:
+        raise ValueError("not a range")
+    return [p.encode() for p in parts if p != "\0"]
+
+
+def _first_range(raw: bytes, fmt: int) -> bytes | None:
+    """The first range of a multirange's wire value (None: it holds none)."""
+    if fmt:
+        if _I32.unpack_from(raw, 0)[0] < 1:
+            return None
+        n = _I32.unpack_from(raw, 4)[0]
+        if n < 1 or 8 + n > len(raw):
+            raise ValueError("range runs past the multirange")
+        return raw[8 : 8 + n]
+    text = raw.decode().strip()
+    if len(text) < 2 or text[0] != "{" or text[-1] != "}":
+        raise ValueError("not a multirange")
+    quoted = escaped = False
+    start = -1
+    for i, ch in enumerate(text[1:-1], 1):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif start < 0 and ch in "[(eE":
+            start = i
+            if ch in "eE":
+                return b"empty"
+        elif start >= 0 and ch in "])":
+            return text[start : i + 1].encode()
+    return None

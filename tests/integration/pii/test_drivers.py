@@ -30,7 +30,10 @@ select id, email, birth_date, birth_date::timestamp as ts, birth_date::timestamp
        length(ssn)::int2 as i2, (birth_date - date '1900-01-01') * interval '1 day' as iv,
        birth_date = birth_date as b, ssn::bytea as by, c as rec, array[c] as recs,
        ('10.0.' || length(email) || '.0/24')::cidr as net, created_at,
-       array[row(email, birth_date)] as arecs, row(array[phone], id) as rarr
+       array[row(email, birth_date)] as arecs, row(array[phone], id) as rarr,
+       daterange(birth_date, birth_date + 1) as dr, int4range(ascii(email), null) as ir,
+       datemultirange(daterange(birth_date, birth_date + 1)) as dmr,
+       array[tstzrange(birth_date::timestamptz, null)] as tsrs
 from customers c order by id limit 5
 """
 
