@@ -58,6 +58,10 @@ BOOL, DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL = (
     "interval",
 )
 UUID, INET, CIDR, MACADDR, MACADDR8 = "uuid", "inet", "cidr", "macaddr", "macaddr8"
+BITS = "bits"  # bit(n), bit varying
+#: how many bits a bit string's pseudonym has: its length may be what an expression of
+#: PII chose (``convert_to(email, 'UTF8')::text::bit varying`` is as long as the text)
+_BITS = 64
 ARRAY, RECORD, OPAQUE = "array", "record", "opaque"
 RANGE, MULTIRANGE = "range", "multirange"
 #: built-in range type -> its subtype (int4range, numrange, tsrange, tstzrange,
@@ -113,6 +117,8 @@ BUILTIN_KINDS: dict[int, str] = {
     829: MACADDR,
     774: MACADDR8,
     2249: RECORD,
+    1560: BITS,
+    1562: BITS,
 }
 #: array type -> element type, for the built-in types above
 BUILTIN_ARRAYS: dict[int, int] = {
@@ -135,6 +141,8 @@ BUILTIN_ARRAYS: dict[int, int] = {
     1231: 1700,
     791: 790,
     1000: 16,
+    1561: 1560,
+    1563: 1562,
     1182: 1082,
     1183: 1083,
     1270: 1266,
@@ -181,6 +189,7 @@ _NULL_TEXT: dict[str, bytes] = {
     CIDR: b"10.0.0.0/32",
     MACADDR: b"02:00:00:00:00:00",
     MACADDR8: b"02:00:00:00:00:00:00:00",
+    BITS: b"0",
 }
 _NULL_BINARY: dict[str, bytes] = {
     TEXT: b"",
@@ -208,6 +217,7 @@ _NULL_BINARY: dict[str, bytes] = {
     CIDR: b"\x02\x20\x01\x04" + bytes(4),
     MACADDR: bytes(6),
     MACADDR8: bytes(8),
+    BITS: _I32.pack(1) + b"\x00",
 }
 
 
@@ -383,6 +393,7 @@ class Pseudonymizer:
             CIDR: self._t_inet,
             MACADDR: self._t_mac,
             MACADDR8: self._t_mac,
+            BITS: self._t_bits,
         }
 
     # ---------------------------------------------------------------- entry point
@@ -620,6 +631,13 @@ class Pseudonymizer:
         b[0] = (b[0] | 0x02) & 0xFE
         return ":".join(f"{x:02x}" for x in b).encode()
 
+    def _pseudo_bits(self, entity: str, canonical: bytes) -> bytes:
+        return self._seed("bits", entity, canonical)[: _BITS // 8]
+
+    def _t_bits(self, entity: str, raw: bytes, kind: str) -> bytes:
+        bits = self._pseudo_bits(entity, raw.strip())
+        return "".join(f"{b:08b}" for b in bits).encode()
+
     # ---------------------------------------------------------------- binary format
     def _binary(self, entity: str, kind: str, raw: bytes) -> bytes:
         if kind == TEXT:
@@ -682,6 +700,12 @@ class Pseudonymizer:
                 else (2, 32, 1 if kind == CIDR else 0, 4)
             )
             return bytes(head) + addr
+        if kind == BITS:
+            n = _I32.unpack_from(raw, 0)[0]
+            if not 0 <= n <= 8 * (len(raw) - 4):
+                raise ValueError("bad bit string")
+            canonical = "".join(f"{b:08b}" for b in raw[4:])[:n].encode()
+            return _I32.pack(_BITS) + self._pseudo_bits(entity, canonical)
         if kind in (MACADDR, MACADDR8):
             b = bytearray(self._seed("mac", entity, raw)[: len(raw)])
             b[0] = (b[0] | 0x02) & 0xFE

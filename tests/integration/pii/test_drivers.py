@@ -33,7 +33,8 @@ select id, email, birth_date, birth_date::timestamp as ts, birth_date::timestamp
        array[row(email, birth_date)] as arecs, row(array[phone], id) as rarr,
        daterange(birth_date, birth_date + 1) as dr, int4range(ascii(email), null) as ir,
        datemultirange(daterange(birth_date, birth_date + 1)) as dmr,
-       array[tstzrange(birth_date::timestamptz, null)] as tsrs
+       array[tstzrange(birth_date::timestamptz, null)] as tsrs,
+       ('x' || encode(convert_to(email, 'UTF8'), 'hex'))::bit varying as bits, ('x' || md5(email))::bit(128) as b128
 from customers c order by id limit 5
 """
 
