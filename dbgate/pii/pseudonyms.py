@@ -59,6 +59,16 @@ BOOL, DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL = (
 )
 UUID, INET, CIDR, MACADDR, MACADDR8 = "uuid", "inet", "cidr", "macaddr", "macaddr8"
 BITS = "bits"  # bit(n), bit varying
+#: geometric types: point, lseg, box, line, circle, path, polygon
+POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON = (
+    "point",
+    "lseg",
+    "box",
+    "line",
+    "circle",
+    "path",
+    "polygon",
+)
 #: how many bits a bit string's pseudonym has: its length may be what an expression of
 #: PII chose (``convert_to(email, 'UTF8')::text::bit varying`` is as long as the text)
 _BITS = 64
@@ -119,6 +129,13 @@ BUILTIN_KINDS: dict[int, str] = {
     2249: RECORD,
     1560: BITS,
     1562: BITS,
+    600: POINT,
+    601: LSEG,
+    603: BOX,
+    628: LINE,
+    718: CIRCLE,
+    602: PATH,
+    604: POLYGON,
 }
 #: array type -> element type, for the built-in types above
 BUILTIN_ARRAYS: dict[int, int] = {
@@ -143,6 +160,13 @@ BUILTIN_ARRAYS: dict[int, int] = {
     1000: 16,
     1561: 1560,
     1563: 1562,
+    1017: 600,
+    1018: 601,
+    1020: 603,
+    629: 628,
+    719: 718,
+    1019: 602,
+    1027: 604,
     1182: 1082,
     1183: 1083,
     1270: 1266,
@@ -190,6 +214,7 @@ _NULL_TEXT: dict[str, bytes] = {
     MACADDR: b"02:00:00:00:00:00",
     MACADDR8: b"02:00:00:00:00:00:00:00",
     BITS: b"0",
+    **dict.fromkeys((POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON), b"(0,0)"),
 }
 _NULL_BINARY: dict[str, bytes] = {
     TEXT: b"",
@@ -218,12 +243,18 @@ _NULL_BINARY: dict[str, bytes] = {
     MACADDR: bytes(6),
     MACADDR8: bytes(8),
     BITS: _I32.pack(1) + b"\x00",
+    **dict.fromkeys((POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON), bytes(16)),
 }
 
 
 #: Kinds whose text output depends on settings that may round it (see
 #: :meth:`TypeRegistry.text_may_round`).
-_TEXT_MAY_ROUND = frozenset({FLOAT4, FLOAT8, MONEY, OPAQUE})
+_TEXT_MAY_ROUND = frozenset(
+    {FLOAT4, FLOAT8, MONEY, OPAQUE, POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON}
+)
+#: geometric kind -> how many float8 its replacement holds (a path two points, a
+#: polygon three: how many a value had may be what an expression of PII chose)
+_GEOMETRY_FLOATS = {POINT: 2, LSEG: 4, BOX: 4, LINE: 3, CIRCLE: 3, PATH: 4, POLYGON: 6}
 
 
 class TypeRegistry:
@@ -394,6 +425,7 @@ class Pseudonymizer:
             MACADDR: self._t_mac,
             MACADDR8: self._t_mac,
             BITS: self._t_bits,
+            **dict.fromkeys(_GEOMETRY_FLOATS, self._t_geometry),
         }
 
     # ---------------------------------------------------------------- entry point
@@ -638,6 +670,29 @@ class Pseudonymizer:
         bits = self._pseudo_bits(entity, raw.strip())
         return "".join(f"{b:08b}" for b in bits).encode()
 
+    def _geometry(self, entity: str, raw: bytes, kind: str) -> list[int]:
+        seed = self._seed("geometry", entity, raw)
+        return [
+            self._number(entity, seed + bytes((i,)), FLOAT8) for i in range(_GEOMETRY_FLOATS[kind])
+        ]
+
+    def _t_geometry(self, entity: str, raw: bytes, kind: str) -> bytes:
+        f = self._geometry(entity, raw.strip(), kind)
+        pts = [f"({f[i]},{f[i + 1]})" for i in range(0, len(f) - 1, 2)]
+        if kind == POINT:
+            text = pts[0]
+        elif kind == LSEG:
+            text = f"[{pts[0]},{pts[1]}]"
+        elif kind == BOX:
+            text = f"{pts[0]},{pts[1]}"
+        elif kind == LINE:
+            text = "{" + ",".join(map(str, f)) + "}"
+        elif kind == CIRCLE:
+            text = f"<({f[0]},{f[1]}),{f[2]}>"
+        else:  # a closed path, a polygon
+            text = "(" + ",".join(pts) + ")"
+        return text.encode()
+
     # ---------------------------------------------------------------- binary format
     def _binary(self, entity: str, kind: str, raw: bytes) -> bytes:
         if kind == TEXT:
@@ -700,6 +755,14 @@ class Pseudonymizer:
                 else (2, 32, 1 if kind == CIDR else 0, 4)
             )
             return bytes(head) + addr
+        if kind in _GEOMETRY_FLOATS:
+            f = self._geometry(entity, raw, kind)
+            body = struct.pack(f"!{len(f)}d", *f)
+            if kind == PATH:
+                return b"\x01" + _I32.pack(2) + body
+            if kind == POLYGON:
+                return _I32.pack(3) + body
+            return body
         if kind == BITS:
             n = _I32.unpack_from(raw, 0)[0]
             if not 0 <= n <= 8 * (len(raw) - 4):

@@ -34,7 +34,11 @@ select id, email, birth_date, birth_date::timestamp as ts, birth_date::timestamp
        daterange(birth_date, birth_date + 1) as dr, int4range(ascii(email), null) as ir,
        datemultirange(daterange(birth_date, birth_date + 1)) as dmr,
        array[tstzrange(birth_date::timestamptz, null)] as tsrs,
-       ('x' || encode(convert_to(email, 'UTF8'), 'hex'))::bit varying as bits, ('x' || md5(email))::bit(128) as b128
+       ('x' || encode(convert_to(email, 'UTF8'), 'hex'))::bit varying as bits, ('x' || md5(email))::bit(128) as b128,
+       point(ascii(email), length(email)) as pt, box(point(ascii(email), 1), point(2, 2)) as bx,
+       circle(point(ascii(email), 1), 2) as ci, lseg(point(ascii(email), 1), point(2, 2)) as ls,
+       polygon(box(point(ascii(email), 1), point(2, 2))) as pg, path(polygon(box(point(ascii(email), 1), point(2, 2)))) as pa,
+       line(point(ascii(email), 1), point(2, 2)) as li, array[point(ascii(email), 1)] as pts
 from customers c order by id limit 5
 """
 

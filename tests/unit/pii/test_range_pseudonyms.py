@@ -109,3 +109,22 @@ def test_a_stored_bit_strings_pseudonym_is_the_same_in_text_and_binary() -> None
     text = stored.value("email", VARBIT, 0, b"10100001")
     binary = stored.value("email", VARBIT, 1, struct.pack("!i", 8) + b"\xa1")
     assert int(text, 2).to_bytes(8, "big") == binary[4:]
+
+
+POINT, PATH, POLYGON, CIRCLE = 600, 602, 604, 718
+
+
+def test_geometric_values_keep_their_binary_layout_in_one_shape() -> None:
+    """asyncpg failed on a token's bytes where a point, a box or a circle made from
+    PII was; a path's or polygon's point count may be what the value chose."""
+    _, fresh = _pseudonymizers()
+    assert len(fresh.value("geo", POINT, 1, struct.pack("!dd", 97.0, 21.0))) == 16
+    assert len(fresh.value("geo", CIRCLE, 1, struct.pack("!ddd", 97.0, 1.0, 2.0))) == 24
+    for n in (2, 5):
+        raw = b"\x00" + struct.pack("!i", n) + bytes(16 * n)
+        path = fresh.value("geo", PATH, 1, raw)
+        assert path[0] == 1 and struct.unpack_from("!i", path, 1)[0] == 2 and len(path) == 37
+        polygon = fresh.value("geo", POLYGON, 1, struct.pack("!i", n) + bytes(16 * n))
+        assert struct.unpack_from("!i", polygon, 0)[0] == 3 and len(polygon) == 52
+    assert fresh.value("geo", POINT, 0, b"(97,21)").count(b",") == 1
+    assert fresh.value("geo", CIRCLE, 0, b"<(97,1),2>").startswith(b"<(")
