@@ -310,11 +310,12 @@ class StatementPlan:
             if st.output is not None and not st.copy_out:
                 return [st.output]
         why = f"a result set of statement {index + 1}, which returns none dbgate can follow"
-        return [Output(tail=self.room.note_unknown(why))]
+        unknown = self.room.note_unknown(why)
+        return [Output(tail=unknown, chosen=unknown)]
 
     def _merged(self, outputs: list[Output], width: int | None) -> Output:
         if not outputs:
-            return Output(tail=UNKNOWN_LIN)
+            return Output(tail=UNKNOWN_LIN, chosen=UNKNOWN_LIN)
         fitting = [
             o
             for o in outputs

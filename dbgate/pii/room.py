@@ -129,12 +129,12 @@ class PiiSession:
     # SessionState for the lineage walker
     def cursor(self, name: str) -> Output | None:
         if self.portal_bound is not None and self.portal_bound(name):
-            return Output(tail=UNKNOWN_LIN)
+            return Output(tail=UNKNOWN_LIN, chosen=UNKNOWN_LIN)
         return self._cursors.get(name)
 
     def prepared(self, name: str) -> Output | None:
         if self.protocol_prepared is not None and self.protocol_prepared(name):
-            return Output(tail=UNKNOWN_LIN)
+            return Output(tail=UNKNOWN_LIN, chosen=UNKNOWN_LIN)
         return self._prepared.get(name)
 
     def plan(
@@ -192,7 +192,7 @@ class PiiSession:
         keeps past the COMMIT; what they return is unknown (a view redefined in the
         transaction that declared it, ``lower(label)`` now an e-mail)."""
         for name in names:
-            self._cursors[name] = Output(tail=UNKNOWN_LIN)
+            self._cursors[name] = Output(tail=UNKNOWN_LIN, chosen=UNKNOWN_LIN)
             self._pii_cursors.add(name)
 
     def _prepared_again(self) -> None:
@@ -211,7 +211,7 @@ class PiiSession:
                     analysis = None
                 got = None if analysis is None else analysis.prepares.get(name)
                 if got is None:
-                    got = Output(tail=UNKNOWN_LIN)
+                    got = Output(tail=UNKNOWN_LIN, chosen=UNKNOWN_LIN)
                 elif StatementPlan(room, text, analysis, self.exemption).involves_pii:
                     self._pii_prepared.add(name)
                 out = got if out is None else out.merged(got)

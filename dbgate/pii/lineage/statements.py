@@ -34,7 +34,7 @@ class Statements(WalkState):
         if self.rules_met:
             # a rule's DO ALSO SELECT answers with rows of its own, of any shape
             why = "a write to a relation with rewrite rules may return their rows"
-            return StatementLineage(kind, Output(tail=self.unknown(why)))
+            return StatementLineage(kind, _unexplained(self.unknown(why)))
         return out if isinstance(out, StatementLineage) else StatementLineage(kind, out)
 
     def query(self, node: Node, scope: Scope | None, ctx: Ctx) -> Output:
@@ -45,7 +45,7 @@ class Statements(WalkState):
         if kind in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
             return getattr(self, "dml_" + kind)(body, scope) or Output()
         self.walk_side(body, f"a {kind} inside a query")
-        out = Output(tail=self.unknown(f"cannot follow a {kind} inside a query"))
+        out = _unexplained(self.unknown(f"cannot follow a {kind} inside a query"))
         return out
 
     def stmt_SelectStmt(self, body: Node) -> StatementLineage:
@@ -174,10 +174,8 @@ class Statements(WalkState):
         if out is None and self.session is not None:
             out = self.session.cursor(name)
         if out is None:
-            return Output(
-                tail=self.unknown(
-                    f"FETCH from cursor {name!r} declared where dbgate did not see it"
-                )
+            return _unexplained(
+                self.unknown(f"FETCH from cursor {name!r} declared where dbgate did not see it")
             )
         return out
 
@@ -208,8 +206,8 @@ class Statements(WalkState):
         if out is None and self.session is not None:
             out = self.session.prepared(name)
         if out is None:
-            out = Output(
-                tail=self.unknown(f"EXECUTE of {name!r}, prepared where dbgate did not see it")
+            out = _unexplained(
+                self.unknown(f"EXECUTE of {name!r}, prepared where dbgate did not see it")
             )
             written = range(1, len(args) + 1)  # what it does is not known
         else:
@@ -238,7 +236,7 @@ class Statements(WalkState):
 
     def stmt_CallStmt(self, body: Node) -> Output:
         self.walk_side(body, "CALL (a procedure may store its arguments)")
-        return Output(tail=self.unknown("CALL returns what a procedure chose to return"))
+        return _unexplained(self.unknown("CALL returns what a procedure chose to return"))
 
     def stmt_CopyStmt(self, body: Node) -> StatementLineage:
         if body.get("is_from"):
@@ -810,3 +808,13 @@ def _picked(
         ordered=out.ordered,
         stored=frozenset(stored),
     )
+
+
+def _unexplained(lin: Lin) -> Output:
+    """The output of a query dbgate did not see (a cursor or prepared statement made
+    where it could not follow, a rule's own rows): its values are ``lin``, and so is
+    what chose its rows. A column the RowDescription names as stored is a stored
+    value, but of rows that query may have chosen by PII (``c2.id`` of ``JOIN
+    customers c2 ON c2.id = ascii(substr(c.email, 1, 1))`` is the code): it gets a
+    fresh pseudonym, not the stored value."""
+    return Output(tail=lin, chosen=lin)

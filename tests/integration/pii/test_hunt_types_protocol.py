@@ -247,3 +247,41 @@ async def test_ranges_of_pii_decode_in_the_drivers(dsn: str, pii_demo: Demo) -> 
             got = cur.fetchall()
         assert len(got) == 5 and all(not r[3].isempty for r in got)
     assert not _raw_in("\n".join(_leaves(rows)).encode(), pii_demo)
+
+
+CHOSEN = (
+    "select c2.id from customers c join customers c2"
+    " on c2.id = ascii(substr(c.email, 1, 1)) where c.id = 1"
+)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [
+            _q("begin"),
+            m.Parse("", CHOSEN).encode(),
+            m.Bind("chosen", "").encode(),
+            m.SYNC,
+            _q("fetch all from chosen"),
+            _q("commit"),
+        ],
+        [m.Parse("chosen", CHOSEN).encode(), m.SYNC, _q("execute chosen")],
+    ],
+    ids=["fetch", "execute"],
+)
+async def test_rows_a_query_dbgate_did_not_see_chose_are_not_stored_values(
+    dsn: str, pii_demo: Demo, messages: list[bytes]
+) -> None:
+    """A FETCH or EXECUTE dbgate cannot follow is unknown, but a column its
+    RowDescription names as stored (``customers.id``) was taken as the stored value:
+    ``c2.id`` of the customer whose id is the code of customer 1's first character
+    came back as that code (109 for an ``m``), a character per statement."""
+    direct = await asyncpg.connect(pii_demo.dsn)
+    try:
+        code = await direct.fetchval(CHOSEN)
+    finally:
+        await direct.close()
+    _, got = await _wire(dsn, *messages)
+    (row,) = _rows(got)
+    assert row.columns[0] != str(code).encode(), row
