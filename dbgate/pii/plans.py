@@ -324,9 +324,8 @@ class StatementPlan:
             or (o.tail is not None and len(o.columns) <= width)
         ]
         if not fitting:
-            return Output(
-                tail=self.room.note_unknown("a result set no statement of the query explains")
-            )
+            unknown = self.room.note_unknown("a result set no statement of the query explains")
+            return Output(tail=unknown, chosen=unknown)
         merged = fitting[0]
         for o in fitting[1:]:
             merged = merged.merged(o)
