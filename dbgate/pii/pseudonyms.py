@@ -264,7 +264,7 @@ class TypeRegistry:
         self.kinds: dict[int, str] = dict(BUILTIN_KINDS)
         self.elems: dict[int, int] = dict(BUILTIN_ARRAYS)
         self.fields: dict[int, tuple[int, ...]] = {}
-        self.delims: dict[int, str] = {}
+        self.delims: dict[int, str] = {1020: ";"}  # box[]: a box's text holds commas
         #: domain -> the base type under it (through domains over domains)
         self.bases: dict[int, int] = {}
         self.ranges: dict[int, int] = dict(BUILTIN_RANGES)

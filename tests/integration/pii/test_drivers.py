@@ -38,7 +38,8 @@ select id, email, birth_date, birth_date::timestamp as ts, birth_date::timestamp
        point(ascii(email), length(email)) as pt, box(point(ascii(email), 1), point(2, 2)) as bx,
        circle(point(ascii(email), 1), 2) as ci, lseg(point(ascii(email), 1), point(2, 2)) as ls,
        polygon(box(point(ascii(email), 1), point(2, 2))) as pg, path(polygon(box(point(ascii(email), 1), point(2, 2)))) as pa,
-       line(point(ascii(email), 1), point(2, 2)) as li, array[point(ascii(email), 1)] as pts
+       line(point(ascii(email), 1), point(2, 2)) as li, array[point(ascii(email), 1)] as pts,
+       array[box(point(ascii(email), 1), point(2, 2))] as bxs
 from customers c order by id limit 5
 """
 

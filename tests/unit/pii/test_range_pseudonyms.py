@@ -128,3 +128,13 @@ def test_geometric_values_keep_their_binary_layout_in_one_shape() -> None:
         assert struct.unpack_from("!i", polygon, 0)[0] == 3 and len(polygon) == 52
     assert fresh.value("geo", POINT, 0, b"(97,21)").count(b",") == 1
     assert fresh.value("geo", CIRCLE, 0, b"<(97,1),2>").startswith(b"<(")
+
+
+def test_a_box_array_is_read_and_written_with_its_own_delimiter() -> None:
+    """box[] separates its elements with ``;`` (a box's text holds commas)."""
+    stored, fresh = _pseudonymizers()
+    raw = b"{(1,1),(0,0);(2,2),(1,1)}"
+    out = stored.value("geo", 1020, 0, raw).decode()
+    assert out.count(";") == 1 and '"' not in out
+    one = fresh.value("geo", 1020, 0, raw).decode()
+    assert one.startswith("{(") and ";" not in one and '"' not in one
