@@ -301,6 +301,13 @@ class TypeRegistry:
                 if base in self.elems:
                     self.elems[oid] = self.elems[base]
                     del self.kinds[oid]
+                elif base in self.ranges or base in self.multiranges:
+                    # a domain over a range: the range's rule (kind() finds it)
+                    if base in self.ranges:
+                        self.ranges[oid] = self.ranges[base]
+                    else:
+                        self.multiranges[oid] = self.multiranges[base]
+                    del self.kinds[oid]
                 else:
                     self.kinds[oid] = self.kinds.get(base, OPAQUE)
                     if base in self.fields:

@@ -138,3 +138,12 @@ def test_a_box_array_is_read_and_written_with_its_own_delimiter() -> None:
     assert out.count(";") == 1 and '"' not in out
     one = fresh.value("geo", 1020, 0, raw).decode()
     assert one.startswith("{(") and ";" not in one and '"' not in one
+
+
+def test_a_domain_over_a_range_is_replaced_as_the_range() -> None:
+    from dbgate.pii.schema import SchemaSnapshot, TypeInfo
+
+    snap = SchemaSnapshot(types={90001: TypeInfo(90001, "stay", "d", base=DATERANGE)})
+    tok = Tokenizer(Keyring([Key("k", b"f" * 32)]), "hashed")
+    p = Pseudonymizer(tok.fresh(), TypeRegistry(snap))
+    assert len(_text_bounds(p.value("birth_date", 90001, 0, b"[1958-06-16,1958-06-17)"))) == 2
