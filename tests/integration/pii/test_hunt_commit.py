@@ -19,12 +19,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
-    admin_dsn,
-    demo_db,
-    demo_role,
-    start_pii_proxy,
-)
+from tests.integration.clients.conftest import start_pii_proxy
 from tests.integration.conftest import RunningProxy
 
 TABLES = """
@@ -63,7 +58,7 @@ grant insert on check_says, default_says, domain_says to public;
 
 
 @pytest.fixture(scope="module")
-def deferred_code(admin_dsn: str) -> Iterator[None]:  # noqa: F811
+def deferred_code(admin_dsn: str) -> Iterator[None]:
     """Made before the proxy reads the schema."""
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         admin.execute(TABLES)
@@ -79,7 +74,7 @@ def deferred_code(admin_dsn: str) -> Iterator[None]:  # noqa: F811
 @pytest.fixture(scope="module")
 def commit_proxy(
     pg_server: Any,
-    demo_role: Any,  # noqa: F811
+    demo_role: Any,
     deferred_code: None,
 ) -> Iterator[RunningProxy]:
     running = start_pii_proxy(pg_server, demo_role)
@@ -88,12 +83,12 @@ def commit_proxy(
 
 
 @pytest.fixture(scope="module")
-def dsn(commit_proxy: RunningProxy, demo_db: str) -> str:  # noqa: F811
+def dsn(commit_proxy: RunningProxy, demo_db: str) -> str:
     return commit_proxy.dsn(demo_db)
 
 
 @pytest.fixture(scope="module")
-def name(admin_dsn: str) -> str:  # noqa: F811
+def name(admin_dsn: str) -> str:
     with psycopg.connect(admin_dsn) as conn:
         row = conn.execute("select full_name from customers where id = 1").fetchone()
     assert row is not None

@@ -30,12 +30,7 @@ import pytest
 
 from dbgate.gate import schema_loads
 from dbgate.proxy import tracker
-from tests.integration.clients.conftest import (  # noqa: F401 - fixtures
-    admin_dsn,
-    demo_db,
-    demo_role,
-    start_pii_proxy,
-)
+from tests.integration.clients.conftest import start_pii_proxy
 from tests.integration.conftest import RunningProxy
 from tests.integration.pii.conftest import DBNAME, Demo
 from tests.integration.pii.harness import apply_plan, connect, leaked, run_simple
@@ -270,13 +265,13 @@ async def _backend_id(pii_demo: Demo, text: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def stale_proxy(pg_server: Any, demo_role: Any) -> Iterator[RunningProxy]:  # noqa: F811
+def stale_proxy(pg_server: Any, demo_role: Any) -> Iterator[RunningProxy]:
     running = start_pii_proxy(pg_server, demo_role)
     yield running
     running.stop()
 
 
-def _raw_phone_and_email(admin_dsn: str) -> tuple[str, str]:  # noqa: F811
+def _raw_phone_and_email(admin_dsn: str) -> tuple[str, str]:
     with psycopg.connect(admin_dsn) as conn:
         row = conn.execute("select phone, email from customers where id = 1").fetchone()
     assert row is not None
@@ -285,9 +280,9 @@ def _raw_phone_and_email(admin_dsn: str) -> tuple[str, str]:  # noqa: F811
 
 def test_a_column_added_outside_dbgate_is_not_read_raw(
     stale_proxy: RunningProxy,
-    demo_db: str,  # noqa: F811
-    admin_dsn: str,  # noqa: F811
-    demo_role: Any,  # noqa: F811
+    demo_db: str,
+    admin_dsn: str,
+    demo_role: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The snapshot knows the table but not the column a migration added since: the
@@ -348,9 +343,9 @@ def test_a_column_added_outside_dbgate_is_not_read_raw(
 
 def test_a_remembered_verdict_does_not_keep_an_old_snapshot(
     stale_proxy: RunningProxy,
-    demo_db: str,  # noqa: F811
-    admin_dsn: str,  # noqa: F811
-    demo_role: Any,  # noqa: F811
+    demo_db: str,
+    admin_dsn: str,
+    demo_role: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The relay remembers the verdict of a text it was allowed to send again, and

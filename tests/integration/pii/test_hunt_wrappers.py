@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from tests.conftest import _admin_execute
-from tests.integration.clients.conftest import DemoRole, demo_db, demo_role  # noqa: F401
+from tests.integration.clients.conftest import DemoRole
 from tests.integration.conftest import RunningProxy
 from tests.integration.pii.test_hunt_sessions_disagree import ddl_proxy  # noqa: F401
 
@@ -22,7 +22,7 @@ SINK = "hunt_wrapped_sink"
 
 
 @pytest.fixture
-def sink(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[str]:  # noqa: F811
+def sink(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[str]:
     """A plain table the agent may write: its ``title`` is not PII by any mark."""
     _admin_execute(
         pg_server,
@@ -37,7 +37,7 @@ def sink(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[str]:  #
         _admin_execute(pg_server, f"drop table if exists {SINK}", dbname=demo_db)
 
 
-def _raw(pg_server: Any, demo_db: str) -> list[str]:  # noqa: F811
+def _raw(pg_server: Any, demo_db: str) -> list[str]:
     with psycopg.connect(pg_server.dsn(demo_db)) as direct:
         return [str(r[0]) for r in direct.execute("select email from customers where id < 4")]
 
@@ -57,7 +57,7 @@ def _run(conn: psycopg.Connection[Any], sql: str) -> str:
 def test_explain_runs_by_its_last_analyze_option(
     ddl_proxy: RunningProxy,  # noqa: F811
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     sink: str,
     options: str,
 ) -> None:
@@ -89,7 +89,7 @@ def test_explain_runs_by_its_last_analyze_option(
 
 
 @pytest.fixture
-def may_create(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[None]:  # noqa: F811
+def may_create(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[None]:
     """The agent's role may create tables in ``public`` (an approver lets its DDL run)."""
     _admin_execute(pg_server, f"grant create on schema public to {demo_role.name}", dbname=demo_db)
     try:
@@ -106,7 +106,7 @@ def may_create(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[No
 def test_a_column_check_that_keeps_state_is_held_like_a_table_check(
     ddl_proxy: RunningProxy,  # noqa: F811
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     may_create: None,
 ) -> None:
     """A column's ``CHECK`` runs on every row written to it: one calling a built-in that
@@ -141,7 +141,7 @@ def test_a_column_check_that_keeps_state_is_held_like_a_table_check(
 def test_a_plan_of_create_table_as_execute_shows_no_resolved_token(
     ddl_proxy: RunningProxy,  # noqa: F811
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     explain: str,
 ) -> None:
     """A prepared statement's text holds the raw values of the tokens it compared with
@@ -161,7 +161,7 @@ def test_a_plan_of_create_table_as_execute_shows_no_resolved_token(
 
 def test_the_arguments_of_a_plain_explain_execute_are_judged(
     ddl_proxy: RunningProxy,  # noqa: F811
-    demo_db: str,  # noqa: F811
+    demo_db: str,
 ) -> None:
     """PostgreSQL evaluates an EXECUTE's arguments to plan with their values, under a
     plain ``EXPLAIN`` too: ``pg_terminate_backend`` there ended another session of the
@@ -183,7 +183,7 @@ def test_the_arguments_of_a_plain_explain_execute_are_judged(
 def test_select_into_on_the_first_branch_of_a_union_is_a_copy(
     ddl_proxy: RunningProxy,  # noqa: F811
     pg_server: Any,
-    demo_db: str,  # noqa: F811
+    demo_db: str,
     may_create: None,
 ) -> None:
     """The parser leaves ``INTO`` on the first SELECT of a set operation, which stores
