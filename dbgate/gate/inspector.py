@@ -106,6 +106,18 @@ async def _with_changes(held: Awaitable[Verdict], classification: Any) -> Verdic
     return verdict
 
 
+def _at_binds(verdict: Allow) -> Allow:
+    """The verdict of a Parse of DDL whose Binds are announced (``Gate._announced``):
+    every Bind of it is shown to the gate, and the change of the schema begins at the
+    Bind's verdict, not here (``GateNote.changes_at_binds``)."""
+    note = verdict.note
+    if isinstance(note, GateNote):
+        note = dataclasses.replace(note, changes_at_binds=True)
+    return dataclasses.replace(
+        verdict, check_binds=True, check_only_tokens=False, recheck_bind=None, note=note
+    )
+
+
 class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
     """The relay's inspector, backed by the classifier, a RuleSet and (optionally)
     the approval service."""
@@ -283,9 +295,11 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
             return self._after_schema(session, statement)
         if kind == "bind":
             verdict = self._inspect_bind(session, identity, statement)
-            if pii is None or type(verdict) is not Allow:
+            if pii is not None and type(verdict) is Allow:
+                verdict = self._bind_pii(session, statement, verdict)
+            if self.peers is None or type(verdict) is Refuse:
                 return verdict
-            return self._bind_pii(session, statement, verdict)
+            return self._bind_announcing(session, statement, verdict)
         catalog = None
         if kind == "query":
             catalog = self.keys.for_session(session) if self.keys is not None else None
@@ -351,7 +365,7 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         """The verdict of a statement that may change the schema, let through only once
         the other processes sharing the state database were told (``SchemaPeers``):
         their snapshots, which would go on describing the old schema, are in flux from
-        then on."""
+        then on. A Parse runs nothing: its Binds are announced (``_bind_announcing``)."""
         if isinstance(verdict, Awaitable):
             if self.pii is not None:
                 verdict = await self._pii_after_hold(verdict, session, statement, classification)
@@ -365,9 +379,60 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
             return verdict
         if self.peers is None:  # siblings_unheard
             return refusals.SCHEMA_SIBLINGS_UNHEARD
+        if statement.kind == "parse":
+            # Nothing runs at a Parse, and its Bind may be held and never approved, or
+            # never sent: announced here, the other processes tokenized the database
+            # whole for EXPIRE_SECONDS for nothing. Each Bind is announced instead.
+            return _at_binds(verdict)
         if not await self.peers.opening(session.database):
             return refusals.SCHEMA_PEERS_UNAVAILABLE
         return verdict
+
+    def _bind_announcing(
+        self, session: SessionInfo, statement: Statement, verdict: Verdict | Awaitable[Verdict]
+    ) -> Verdict | Awaitable[Verdict]:
+        """A Bind's verdict, once the other processes were told when it lets DDL run
+        (its Parse was let through without telling them: ``_at_binds``)."""
+        if type(verdict) is Allow:
+            if self._binds_ddl(session, statement, verdict):
+                return self._bind_announced(session, verdict)
+            return verdict
+        if isinstance(verdict, Awaitable):
+            return self._bind_announced_later(session, statement, verdict)
+        return verdict
+
+    async def _bind_announced_later(
+        self, session: SessionInfo, statement: Statement, ready: Awaitable[Verdict]
+    ) -> Verdict:
+        verdict = await ready
+        if type(verdict) is not Allow or not self._binds_ddl(session, statement, verdict):
+            return verdict
+        return await self._bind_announced(session, verdict)
+
+    async def _bind_announced(self, session: SessionInfo, verdict: Allow) -> Verdict:
+        assert self.peers is not None
+        if not await self.peers.opening(session.database):
+            return refusals.SCHEMA_PEERS_UNAVAILABLE
+        return verdict
+
+    def _binds_ddl(self, session: SessionInfo, statement: Statement, verdict: Allow) -> bool:
+        """Whether an allowed Bind runs DDL: its verdict's statement does, or (a name
+        the server may hold several statements under) one of the others may."""
+        classification = getattr(verdict.note, "classification", None)
+        if classification is not None and Category.DDL in classification.categories:
+            return True
+        candidates = statement.candidates
+        if len(candidates) < 2:
+            return False
+        catalog = self.keys.for_session(session) if self.keys is not None else None
+        return any(
+            c.check_binds
+            and not c.lost
+            and not c.sql_prepared
+            and Category.DDL
+            in self._classified(c.sql, session.statements.texts, catalog).categories
+            for c in candidates
+        )
 
     async def _after(
         self, ready: Awaitable[None], session: SessionInfo, statement: Statement

@@ -55,6 +55,10 @@ class GateNote:
     #: its bound, and was charged that), "binds" for a Parse (each of its Binds is
     #: judged and charged on its own).
     window_charge: str = ""
+    #: (A Parse of DDL, with the other processes to tell) nothing changes the schema
+    #: at the Parse: each of its Binds is judged, and announced, on its own
+    #: (``Gate._announced``), and the change begins at that Bind's verdict.
+    changes_at_binds: bool = False
 
     @property
     def rule(self) -> str:

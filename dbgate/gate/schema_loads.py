@@ -247,7 +247,12 @@ _FLUX_KEY = "schema.flux"  # the session's open transaction ran DDL (SchemaLoads
 def _changes_schema(verdict: Any, categories: frozenset[Category] = _SCHEMA_CHANGING) -> bool:
     note = getattr(verdict, "note", None)
     classification = getattr(note, "classification", None)
-    return classification is not None and bool(classification.categories & categories)
+    return (
+        classification is not None
+        and bool(classification.categories & categories)
+        # a Parse whose Binds carry the change (GateNote.changes_at_binds)
+        and not getattr(note, "changes_at_binds", False)
+    )
 
 
 class SchemaWatch(QuietObserver):

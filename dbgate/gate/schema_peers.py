@@ -9,7 +9,8 @@ was 30 s old. So processes sharing a state database tell each other, on channel
 ``dbgate_schema`` (LISTEN/NOTIFY; payload ``{"r": sender, "db": database, "open":
 bool}``):
 
-* before a DDL statement is let through, its database is announced ``open`` and the
+* before a DDL statement is let through to run (a Query; the allowed or approved Bind
+  of a prepared one, not its Parse), its database is announced ``open`` and the
   announcement committed (:meth:`SchemaPeers.opening`; a statement whose announcement
   cannot be made is refused): every other process puts that database in flux when it
   hears it, as if the DDL had been its own;

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -223,3 +226,197 @@ async def test_a_token_of_another_replica_resolves_only_under_the_same_key(
     finally:
         for app in (same, same_too, other):
             app.stop()
+
+
+SENTINEL_DB = "hunt_replicas_sentinel"
+
+
+async def _heard_so_far(b: RunningApp, admin_dsn: str) -> None:
+    """Returns once B heard every announcement committed before now: a notification
+    of the admin's, committed after them, arrives after them."""
+    peers = b.app.peers
+    assert peers is not None
+    loop = asyncio.get_running_loop()
+    heard = loop.create_future()
+    own = peers.heard
+
+    def hear(payload: str) -> None:
+        if SENTINEL_DB in payload:
+            loop.call_soon_threadsafe(lambda: heard.done() or heard.set_result(None))
+            return
+        own(payload)
+
+    peers.heard = hear  # type: ignore[method-assign]
+    try:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(
+                "SELECT pg_notify($1, $2)",
+                "dbgate_schema",
+                json.dumps({"r": "sentinel", "db": SENTINEL_DB, "open": False}),
+            )
+        finally:
+            await conn.close()
+        await heard
+    finally:
+        del peers.heard
+
+
+async def _settled(a: RunningApp, b: RunningApp, state_dsn: str) -> None:
+    """Returns once what A announced of earlier DDL was sent, heard by B, and B read
+    its snapshots again after it."""
+    assert a.app.peers is not None and b.app.peers is not None
+    peers_a, peers_b = a.app.peers, b.app.peers
+
+    async def sent() -> None:
+        await asyncio.gather(*peers_a._sends)
+
+    async def read_again() -> None:
+        for loads in peers_b.loads:
+            await asyncio.gather(*loads._settling)
+
+    await a.acall(sent())
+    await _heard_so_far(b, state_dsn)
+    await b.acall(read_again())
+
+
+async def _b_in_flux(b: RunningApp, db: str) -> bool:
+    async def in_flux() -> bool:
+        assert b.app.pii is not None
+        return b.app.pii.loads.in_flux(db)
+
+    return bool(await b.acall(in_flux()))
+
+
+async def test_ddl_prepared_and_never_bound_leaves_the_other_replica_settled(
+    replica_a: HoldsEnv, replica_b: RunningApp
+) -> None:
+    """A DDL statement was announced at its Parse: a client that prepared one and never
+    sent its Bind (nothing ran) kept every other replica tokenizing the database whole
+    for 30 s."""
+    state_dsn = replica_a.pg_server.dsn(replica_a.state_db)
+    b = await asyncpg.connect(replica_b.dsn(replica_a.data_db))
+    a = await asyncpg.connect(replica_a.dsn)
+    try:
+        await b.fetch("SELECT 1")  # B's snapshot of the database is loaded
+        await _settled(replica_a.app, replica_b, state_dsn)
+        assert not await _b_in_flux(replica_b, replica_a.data_db)
+        await a.prepare("CREATE OR REPLACE VIEW never_bound AS SELECT id, email FROM people")
+        await _heard_so_far(replica_b, state_dsn)
+        assert not await _b_in_flux(replica_b, replica_a.data_db)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_ddl_bound_and_approved_puts_the_other_replica_in_flux_before_it_runs(
+    replica_a: HoldsEnv, replica_b: RunningApp
+) -> None:
+    """Announced at its approved Bind, the DDL is heard of before the server runs it:
+    here it waits for a lock while the other replica already tokenizes whole."""
+    state_dsn = replica_a.pg_server.dsn(replica_a.state_db)
+    db = replica_a.data_db
+    admin_execute(replica_a.admin_dsn, "CREATE VIEW bound_later AS SELECT id, label FROM labels")
+    blocker = await asyncpg.connect(replica_a.admin_dsn)
+    conn = await asyncpg.connect(replica_a.dsn)
+    try:
+        b = await asyncpg.connect(replica_b.dsn(db))
+        try:
+            await b.fetch(READ.replace("board", "bound_later"))  # B's snapshot knows the view
+        finally:
+            await b.close()
+        await _settled(replica_a.app, replica_b, state_dsn)
+        notices = AsyncpgNotices(conn)
+        statement = await conn.prepare(
+            "CREATE OR REPLACE VIEW bound_later AS SELECT id, email AS label FROM people"
+        )
+        await _heard_so_far(replica_b, state_dsn)
+        assert not await _b_in_flux(replica_b, db)
+        await blocker.execute("BEGIN")
+        await blocker.execute("LOCK TABLE people IN ACCESS EXCLUSIVE MODE")
+        running = asyncio.create_task(statement.fetch())
+        await replica_a.app.aapprove(await notices.held(), "housekeeping")
+        while not await blocker.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
+        ):
+            assert not running.done(), running.result()
+            await asyncio.sleep(0.01)  # polls the server's own state
+        await _heard_so_far(replica_b, state_dsn)
+        assert await _b_in_flux(replica_b, db)  # the DDL has not run yet
+        await blocker.execute("COMMIT")
+        await running
+    finally:
+        await conn.close()
+        await blocker.close()
+        admin_execute(replica_a.admin_dsn, "DROP VIEW IF EXISTS bound_later")
+
+
+ALLOW_DDL = """version: 1
+rules:
+  - name: allow-ddl
+    match:
+      categories: [ddl]
+    action: allow
+"""
+
+
+async def test_ddl_the_rules_allow_is_announced_at_its_bind_not_its_parse(
+    replica_a: HoldsEnv, tmp_path: Path
+) -> None:
+    """Two replicas whose rules allow DDL: a Parse of it, never bound, put neither the
+    replica it went through nor the other in flux; its Bind, once sent, puts the other
+    in flux before the server runs it."""
+    rules_dir = replica_a.app.config.rules_dir
+    assert rules_dir is not None
+    rules = tmp_path / "rules"
+    shutil.copytree(rules_dir, rules)
+    (rules / "00-allow-ddl.yaml").write_text(ALLOW_DDL)
+    state_dsn = replica_a.pg_server.dsn(replica_a.state_db)
+    db = replica_a.data_db
+
+    def replica(name: str) -> RunningApp:
+        config = app_config(
+            replica_a.pg_server, state_dsn, rules, replica=f"hunt_replicas-allow-{name}"
+        )
+        return RunningApp(config).start()
+
+    admin_execute(replica_a.admin_dsn, "CREATE VIEW allowed_later AS SELECT id, label FROM labels")
+    sender, hearer = replica("sender"), replica("hearer")
+    blocker = await asyncpg.connect(replica_a.admin_dsn)
+    try:
+        conn = await asyncpg.connect(sender.dsn(db))
+        b = await asyncpg.connect(hearer.dsn(db))
+        try:
+            await b.fetch(READ.replace("board", "allowed_later"))  # its snapshot knows the view
+            await conn.fetch("SELECT 1")
+            await _settled(sender, hearer, state_dsn)
+            statement = await conn.prepare(
+                "CREATE OR REPLACE VIEW allowed_later AS SELECT id, email AS label FROM people"
+            )
+            await _heard_so_far(hearer, state_dsn)
+            assert not await _b_in_flux(hearer, db)
+            assert not await _b_in_flux(sender, db)
+            await blocker.execute("BEGIN")
+            await blocker.execute("LOCK TABLE people IN ACCESS EXCLUSIVE MODE")
+            running = asyncio.create_task(statement.fetch())
+            while not await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            ):
+                assert not running.done(), running.result()
+                await asyncio.sleep(0.01)  # polls the server's own state
+            await _heard_so_far(hearer, state_dsn)
+            assert await _b_in_flux(hearer, db)  # the DDL has not run yet
+            await blocker.execute("COMMIT")
+            await running
+            after = [r["label"] for r in await b.fetch(READ.replace("board", "allowed_later"))]
+            assert _raw(after) == [], after
+        finally:
+            await conn.close()
+            await b.close()
+    finally:
+        await blocker.close()
+        sender.stop()
+        hearer.stop()
+        admin_execute(replica_a.admin_dsn, "DROP VIEW IF EXISTS allowed_later")
