@@ -106,6 +106,18 @@ async def _with_changes(held: Awaitable[Verdict], classification: Any) -> Verdic
     return verdict
 
 
+async def _room_for(audit: AuditTrail) -> Verdict:
+    """An Execute's wait for room in the audit queue: ALLOW once there is, refused
+    when the audit becomes unavailable meanwhile."""
+    try:
+        room = audit.admit()
+        if room is not None:
+            await room
+    except AuditUnavailable:
+        return refusals.AUDIT_UNAVAILABLE
+    return ALLOW
+
+
 def _at_binds(verdict: Allow) -> Allow:
     """The verdict of a Parse of DDL whose Binds are announced (``Gate._announced``):
     every Bind of it is shown to the gate, and the change of the schema begins at the
@@ -215,6 +227,15 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
     def _audit_queue_full(self, full: bool) -> None:
         self._audit_full = full
         self.strict = self._audit_down or self._audit_full
+
+    def execute_room(self) -> Awaitable[Verdict] | None:
+        """Read by the relay while strict, for an Execute (a portal's next rows, which
+        are recorded too): None to send it now, else the wait for room in the audit
+        queue that new statements wait for (``admit``)."""
+        audit = self.audit
+        if audit is None or audit.admits_now():
+            return None
+        return _room_for(audit)
 
     @property
     def ruleset(self) -> RuleSet:

@@ -247,7 +247,9 @@ class Inspector(Protocol):
     Bind is skipped — so that it can refuse statements that would otherwise run
     without asking (the gate sets it while the audit trail cannot be written, and
     while its queue is full). While strict, its ``execute_refusal`` (a Refuse, or
-    None) refuses every Execute, so that not even a portal bound before is resumed.
+    None) refuses every Execute, so that not even a portal bound before is resumed;
+    otherwise its ``execute_room()``, if it has one, returns None or an awaitable
+    verdict that an Execute waits for before it is sent (room in the audit queue).
 
     And a ``generation`` attribute (an int): whenever it changes, every session
     forgets the verdicts it remembers (``Allow(repeatable=True)``) before its next

@@ -204,6 +204,10 @@ def _query_part(chunk: bytes, s: int, e: int) -> bytes:
     return cast(bytes, memoryview(chunk)[s:e])
 
 
+def _no_room() -> None:
+    return None
+
+
 class Waiting(NamedTuple):
     """A statement whose verdict is awaited, and what the relay must keep meanwhile."""
 
@@ -234,6 +238,11 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         # An inspector with a ``strict`` attribute may ask, while it is True, to see
         # every Query, Parse and Bind (see Inspector in seams.py).
         self._strictness = self.inspector if hasattr(self.inspector, "strict") else None
+        # While strict, an Execute waits for what this returns, when not None (the
+        # audit queue is full: see Inspector in seams.py).
+        self._execute_room: Callable[[], Awaitable[Allow | Refuse] | None] = getattr(
+            self.inspector, "execute_room", _no_room
+        )
         self.observer = observer
         # The observer's method per statement event it hears (``Observer.ignores``: the
         # events it does nothing with are not called at all); a fan-out names the one
@@ -310,6 +319,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         self._stale: Allow | None = None
         #: A statement waits for an awaitable verdict (see :meth:`client_chunk`).
         self.waiting: Waiting | None = None
+        #: The refusal of the next Execute: its wait for room ended in one (resume).
+        self._halt_once: Refuse | None = None
         #: The client sent Terminate.
         self.terminating = False
         self._queue: deque[Entry] = deque()
@@ -451,6 +462,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         # while strict, an Execute too may have to be refused (the audit unavailable):
         # resuming a portal bound before runs a statement of its own
         halt = getattr(strictness, "execute_refusal", None) if strict else None
+        # an Execute that waited for room and whose wait ended in a refusal (resume)
+        halt_once = self._halt_once
         generations = self._generations
         if generations is not None and generations.generation != self._memo_generation:  # type: ignore[attr-defined]
             self._catch_up()
@@ -507,15 +520,34 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                     if not full:
                         return self._rest_message_by_message(chunk, e, out)
                     continue
-                if halt is not None:
+                if halt is not None or halt_once is not None:
+                    refusal = halt_once if halt_once is not None else halt
+                    self._halt_once = halt_once = None
                     name = m.parse_execute(chunk[s:e])[0]
                     held = self._portals.get(name)
                     sql = held[0].sql if held is not None and held[0] is not None else ""
-                    out = self._refused_here(out, chunk, fwd, hdr, "execute", halt, t, sql)
+                    out = self._refused_here(out, chunk, fwd, hdr, "execute", refusal, t, sql)  # type: ignore[arg-type]
                     fwd = e
                     if not full:
                         return self._rest_message_by_message(chunk, e, out)
                     continue
+                # (not inside a measured batch, which has read this message already)
+                if strict and (self._measure is None or not self._measure.open):
+                    room = self._execute_room()
+                    if room is not None:
+                        # The audit queue is full: a portal's next rows wait for room
+                        # too. The Execute is parked with what follows it, and read
+                        # again from the client's stream once there is room (resume).
+                        if out is None:
+                            out = []
+                        if hdr > fwd:
+                            out.append(chunk[fwd:hdr])
+                        name = m.parse_execute(chunk[s:e])[0]
+                        held = self._portals.get(name)
+                        sql = held[0].sql if held is not None and held[0] is not None else ""
+                        waited = Statement("execute", sql, portal=name)  # type: ignore[arg-type]
+                        self.waiting = Waiting(room, t, b"", waited, None, b"", chunk[hdr:])
+                        return out
                 self._batch_open = self._batch_ran = True
                 portal = "" if e - s == 5 and chunk[s] == 0 else m.parse_execute(chunk[s:e])[0]
                 rec = self._record("execute", "", portal=portal) if self._exec_records else None
@@ -919,6 +951,20 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         waiting = self.waiting
         assert waiting is not None
         self.waiting = None
+        if waiting.message_type == EXECUTE_MSG:
+            # An Execute that waited for room in the audit queue: it leads what the
+            # client sent after it, read again now; refused if its wait was (unless
+            # the server skips it anyway: an earlier message of its batch failed).
+            if type(verdict) is not Allow and not self.skip_until_sync:
+                self._halt_once = (
+                    verdict
+                    if isinstance(verdict, Refuse)
+                    else Refuse(
+                        sqlstate.INTERNAL_ERROR,
+                        "dbgate: inspector returned no verdict; statement not run",
+                    )
+                )
+            return b""
         epochs = self._epochs
         if epochs is not None and len(self._queue) == self._markers:
             # judged just now (after a reload it waited for, or an approval): the

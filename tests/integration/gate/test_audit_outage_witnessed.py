@@ -344,3 +344,134 @@ async def test_a_cursor_is_not_read_on_while_the_trail_cannot_be_written_but_rol
             ("completed", "allow", "ROLLBACK;", "ROLLBACK"),
             ("refused", "refused", "ROLLBACK; SELECT $1", "42501"),
         ], show(ran, recs)
+
+
+async def test_a_cursor_read_a_row_at_a_time_waits_for_room_in_a_full_queue(
+    pg_server: Any, state_server: EmbeddedPostgres
+) -> None:
+    """An Execute that resumes an open portal (a cursor's next fetch) had no verdict to
+    wait for: while the queue was full, a client reading a cursor one row at a time
+    added a record per fetch past the bound. It now waits for room as new statements
+    do, and each fetch the server ran is recorded once the writer catches up."""
+    app = "out-cursor-full"
+    name = "gate_outage_cursor_full"
+    rows = 3 * QUEUE
+    with running(pg_server, state_server, name, queue_size=QUEUE, write_timeout=60) as env:
+        admin_execute(
+            env.admin_dsn,
+            "CREATE TABLE many_items (id int PRIMARY KEY)",
+            f"INSERT INTO many_items SELECT g FROM generate_series(1, {rows}) g",
+            "GRANT ALL ON many_items TO PUBLIC",
+        )
+        logged = log_every_statement(env)
+        async with agent(env, app) as (conn, pid), agent(env, "out-filler") as (filler, _):
+            tr = conn.transaction()
+            await tr.start()
+            cur = await conn.cursor(f"SELECT id FROM many_items ORDER BY id LIMIT {rows}")
+            assert len(await cur.fetch(1)) == 1
+            assert await flushed(env)
+            locker = await asyncpg.connect(state_server.dsn(name))
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute("LOCK TABLE dbgate.audit_events IN ACCESS EXCLUSIVE MODE")
+            fetched = 1
+
+            async def fill() -> None:
+                while True:
+                    await filler.execute("SELECT 7")
+
+            async def read_on() -> None:
+                nonlocal fetched
+                while fetched < rows:
+                    assert len(await cur.fetch(1)) == 1
+                    fetched += 1
+
+            filling = asyncio.create_task(fill())
+            reading: asyncio.Task[None] | None = None
+            try:
+
+                async def full() -> bool:
+                    return (await writer_stats(env))["queued"] >= QUEUE
+
+                await until(full, "the audit queue full")
+                reading = asyncio.create_task(read_on())
+                # the client waits: its fetches cannot go on while nothing can be written
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reading), 1)
+                stats = await writer_stats(env)
+                assert stats["available"], stats
+                assert stats["queued"] <= QUEUE + 1, stats  # an admitted one in flight
+                assert fetched < rows
+            finally:
+                await tx.rollback()  # the lock goes: the writer catches up
+                await locker.close()
+            await asyncio.wait_for(reading, 60)
+            filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
+                await filling
+            await tr.commit()
+        await session_over(env, app, pid)
+        ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+        # each fetch the server ran has its record, in order
+        assert sum(line.endswith(f"LIMIT {rows}") for line in ran) == rows, show(ran, recs)
+        assert len(ran) == len(recs), show(ran, recs)
+        assert {r[0] for r in recs} == {"completed"}, show(ran, recs)
+        verify_trail(state_server.dsn(name))
+
+
+async def test_a_fetch_kept_back_for_room_is_recorded_when_the_client_leaves(
+    pg_server: Any, state_server: EmbeddedPostgres
+) -> None:
+    """A client that leaves while its cursor's next fetch waits for room: the fetch
+    never reached the server, and is recorded as not sent (08006)."""
+    app = "out-cursor-left"
+    name = "gate_outage_cursor_left"
+    with running(pg_server, state_server, name, queue_size=QUEUE, write_timeout=60) as env:
+        logged = log_every_statement(env)
+        async with agent(env, "out-filler") as (filler, _):
+            conn = await asyncpg.connect(env.dsn, server_settings={"application_name": app})
+            pid = await conn.fetchval(PID)
+            tr = conn.transaction()
+            await tr.start()
+            cur = await conn.cursor("SELECT id FROM out_items ORDER BY id LIMIT 20")
+            assert len(await cur.fetch(1)) == 1
+            assert await flushed(env)
+            locker = await asyncpg.connect(state_server.dsn(name))
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute("LOCK TABLE dbgate.audit_events IN ACCESS EXCLUSIVE MODE")
+
+            async def fill() -> None:
+                while True:
+                    await filler.execute("SELECT 7")
+
+            filling = asyncio.create_task(fill())
+            try:
+
+                async def full() -> bool:
+                    return (await writer_stats(env))["queued"] >= QUEUE
+
+                await until(full, "the audit queue full")
+                reading = asyncio.create_task(cur.fetch(1))
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reading), 1)
+                conn.terminate()
+                with contextlib.suppress(Exception):
+                    await reading
+            finally:
+                await tx.rollback()
+                await locker.close()
+            filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
+                await filling
+        await session_over(env, app, pid)
+        ran, recs = await asyncio.to_thread(compare, env, logged, app, pid)
+        # the server ran the first fetch only; the second is recorded, never sent
+        assert sum(line.endswith("LIMIT 20") for line in ran) == 1, show(ran, recs)
+        assert recs[-1][:4] == (
+            "refused",
+            "refused",
+            "SELECT id FROM out_items ORDER BY id LIMIT $1",
+            "08006",
+        ), show(ran, recs)
+        verify_trail(state_server.dsn(name))

@@ -983,3 +983,52 @@ def test_statements_kept_back_when_the_session_ended_are_recorded_refused() -> N
     events.records.clear()
     tracker.unsent(kept[7:])  # not at a message's start: nothing is read into it
     assert events.records == []
+
+
+class Crowded(Inspector):
+    """Strict (the audit queue full): every Execute waits for ``execute_room()``."""
+
+    strict = True
+    execute_refusal = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rooms: list[object] = []
+
+    def execute_room(self) -> object:
+        room = object()  # awaited by the relay; the test hands the tracker its verdict
+        self.rooms.append(room)
+        return room
+
+
+@pytest.mark.parametrize("waited", [Allow(), Refuse("57014", "dbgate: canceled")])
+def test_a_portal_resumed_while_strict_waits_for_room(waited: Allow | Refuse) -> None:
+    """A cursor's next fetch (an Execute of a portal bound before) waits, as new
+    statements do; once its wait is over it is read again, from the client's stream,
+    or refused when the wait ended in a refusal (a cancel)."""
+    inspector = Crowded()
+    inspector.strict = False
+    p = Pair(5, inspector=inspector)
+    p.send(m.query("begin"))
+    p.send(
+        m.Parse("s", "select rows=5").encode(),
+        m.Bind("c", "s").encode(),
+        m.Execute("c", 1).encode(),
+        m.SYNC,
+    )
+    assert _rows(p.answer()) == [b"select rows=5#0"]
+    inspector.strict = True
+    rest = m.Execute("c", 1).encode() + m.SYNC
+    out = p.tracker.client_chunk(rest, split_frames(rest), True)
+    waiting = p.tracker.waiting
+    assert out == [] and waiting is not None and waiting.verdict is inspector.rooms[0]
+    assert waiting.rest == rest  # nothing of it went upstream
+    inspector.strict = False  # room again
+    assert p.tracker.resume(waited) == b""
+    p.send(waiting.rest)
+    got = p.answer()
+    if isinstance(waited, Allow):
+        assert _rows(got) == [b"select rows=5#1"]
+    else:
+        assert _errors(got) == ["57014"], got
+    assert _statuses(got) == ["T" if isinstance(waited, Allow) else "E"]
