@@ -412,6 +412,17 @@ async def test_ddl_the_rules_allow_is_announced_at_its_bind_not_its_parse(
             await running
             after = [r["label"] for r in await b.fetch(READ.replace("board", "allowed_later"))]
             assert _raw(after) == [], after
+            # Parse, Bind and Execute in one batch (libpq): announced at the Bind too
+            await _settled(sender, hearer, state_dsn)
+            assert not await _b_in_flux(hearer, db)
+            async with await psycopg.AsyncConnection.connect(sender.dsn(db)) as pq:
+                async with pq.pipeline():  # the extended protocol, one batch
+                    await pq.execute(
+                        "CREATE OR REPLACE VIEW allowed_later AS SELECT id, label FROM labels"
+                    )
+                await _heard_so_far(hearer, state_dsn)
+                assert await _b_in_flux(hearer, db)  # its transaction is still open
+                await pq.rollback()
         finally:
             await conn.close()
             await b.close()
