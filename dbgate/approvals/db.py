@@ -87,3 +87,28 @@ class StateDB:
                 self._down_until = time.monotonic() + COOL_OFF_SECONDS
                 self._down_reason = reason
             raise StateUnavailable(reason) from e
+
+
+async def listening_connection(
+    dsn: str,
+    timeout: float,
+    application_name: str,
+    channel: str,
+    on_notify: Any,
+    lost: Any,
+) -> Any:
+    """A connection to the state database that LISTENs on ``channel`` (its
+    notifications to ``on_notify``) and sets the event ``lost`` when it ends: the
+    start of every listening loop (approvals' wake-ups, replicas' schema changes).
+    Raises one of :data:`STATE_ERRORS` when it cannot be made; a connection made
+    before the LISTEN failed is closed first."""
+    conn = await asyncpg.connect(
+        dsn, timeout=timeout, server_settings={"application_name": application_name}
+    )
+    try:
+        conn.add_termination_listener(lambda _c: lost.set())
+        await conn.add_listener(channel, on_notify)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn

@@ -22,9 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import asyncpg
-
-from dbgate.approvals.db import STATE_ERRORS, describe
+from dbgate.approvals.db import STATE_ERRORS, describe, listening_connection
 
 log = logging.getLogger("dbgate.approvals")
 
@@ -132,14 +130,14 @@ class Waker:
         while not self._closing:
             lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(
+                conn = self._conn = await listening_connection(
                     self._dsn,
-                    timeout=self._connect_timeout,
-                    server_settings={"application_name": "dbgate-approvals-listen"},
+                    self._connect_timeout,
+                    "dbgate-approvals-listen",
+                    CHANNEL,
+                    self._on_notify,
+                    lost,
                 )
-                self._conn = conn
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, self._on_notify)
             except STATE_ERRORS as e:
                 await self._close_conn()
                 log.warning("approvals: cannot listen for decisions (%s); retrying", describe(e))

@@ -41,9 +41,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
-
-from dbgate.approvals.db import STATE_ERRORS, describe
+from dbgate.approvals.db import STATE_ERRORS, describe, listening_connection
 from dbgate.gate.schema_loads import SchemaLoads
 
 log = logging.getLogger("dbgate.gate")
@@ -215,14 +213,9 @@ class SchemaPeers:
         while not self._closing:
             lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(
-                    self._dsn,
-                    timeout=self._timeout,
-                    server_settings={"application_name": "dbgate-schema-listen"},
+                conn = self._conn = await listening_connection(
+                    self._dsn, self._timeout, "dbgate-schema-listen", CHANNEL, self._on_notify, lost
                 )
-                self._conn = conn
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, self._on_notify)
             except STATE_ERRORS as e:
                 await self._close_conn()
                 log.warning(
