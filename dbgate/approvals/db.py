@@ -8,6 +8,8 @@ hold that fails closed) and never as a stray driver exception.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -112,3 +114,19 @@ async def listening_connection(
         conn.terminate()
         raise
     return conn
+
+
+async def until_lost(conn: Any, lost: Any, probe_seconds: float, timeout: float) -> bool:
+    """Wait while a listening connection lives: return when ``lost`` is set (True) or
+    the connection stops answering a ``SELECT 1`` sent every ``probe_seconds`` (False:
+    a connection the network dropped silently sets nothing)."""
+    while not lost.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(probe_seconds):
+                await lost.wait()
+            return True
+        try:
+            await asyncio.wait_for(conn.execute("SELECT 1"), timeout)
+        except STATE_ERRORS:
+            return False
+    return True

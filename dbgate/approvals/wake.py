@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from dbgate.approvals.db import STATE_ERRORS, describe, listening_connection
+from dbgate.approvals.db import STATE_ERRORS, describe, listening_connection, until_lost
 
 log = logging.getLogger("dbgate.approvals")
 
@@ -153,16 +153,9 @@ class Waker:
 
     async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
         """Return when the connection is lost (or stops answering a probe)."""
-        while not lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(self._recheck_seconds * 5, 10)):
-                    await lost.wait()
-                return
-            try:
-                await asyncio.wait_for(conn.execute("SELECT 1"), self._connect_timeout)
-            except STATE_ERRORS:
-                log.warning("approvals: the listening connection stopped answering; reconnecting")
-                return
+        probe = max(self._recheck_seconds * 5, 10)
+        if not await until_lost(conn, lost, probe, self._connect_timeout):
+            log.warning("approvals: the listening connection stopped answering; reconnecting")
 
     async def _recheck_loop(self) -> None:
         while not self._closing:

@@ -41,7 +41,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dbgate.approvals.db import STATE_ERRORS, describe, listening_connection
+from dbgate.approvals.db import STATE_ERRORS, describe, listening_connection, until_lost
 from dbgate.gate.schema_loads import SchemaLoads
 
 log = logging.getLogger("dbgate.gate")
@@ -236,13 +236,5 @@ class SchemaPeers:
             await self._close_conn()
 
     async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
-        while not lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(HEARTBEAT_SECONDS):
-                    await lost.wait()
-                return
-            try:
-                await asyncio.wait_for(conn.execute("SELECT 1"), self._timeout)
-            except STATE_ERRORS:
-                log.warning("the connection listening for other replicas' DDL stopped answering")
-                return
+        if not await until_lost(conn, lost, HEARTBEAT_SECONDS, self._timeout):
+            log.warning("the connection listening for other replicas' DDL stopped answering")
