@@ -33,19 +33,20 @@ from tests.integration.holds.harness import (
 
 READ = "SELECT label FROM board ORDER BY id LIMIT 3"
 EMAILS = [f"person{i}@example.org" for i in range(1, 4)]
+#: A table of e-mails (PII by name) and a clean one that a view may be redefined over.
+PEOPLE_AND_LABELS = (
+    "CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL)",
+    "INSERT INTO people VALUES " + ", ".join(f"({i}, '{e}')" for i, e in enumerate(EMAILS, 1)),
+    "CREATE TABLE labels (id int PRIMARY KEY, label text NOT NULL)",
+    "INSERT INTO labels VALUES (1, 'red'), (2, 'green'), (3, 'blue')",
+)
 
 
 @pytest.fixture(scope="module")
 def replica_a(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HoldsEnv]:
     env_iter = start_env(pg_server, "hunt_replicas", tmp_path_factory.mktemp("hunt_replicas"))
     env = next(env_iter)
-    admin_execute(
-        env.admin_dsn,
-        "CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL)",
-        "INSERT INTO people VALUES " + ", ".join(f"({i}, '{e}')" for i, e in enumerate(EMAILS, 1)),
-        "CREATE TABLE labels (id int PRIMARY KEY, label text NOT NULL)",
-        "INSERT INTO labels VALUES (1, 'red'), (2, 'green'), (3, 'blue')",
-    )
+    admin_execute(env.admin_dsn, *PEOPLE_AND_LABELS)
     try:
         yield env
     finally:

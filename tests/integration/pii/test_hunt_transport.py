@@ -26,7 +26,7 @@ from tests.integration.holds.harness import (
     app_config,
     start_env,
 )
-from tests.integration.pii.test_hunt_replicas import EMAILS, _approved, _raw
+from tests.integration.pii.test_hunt_replicas import EMAILS, PEOPLE_AND_LABELS, _approved, _raw
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,7 @@ def env(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ho
     env = next(env_iter)
     admin_execute(
         env.admin_dsn,
-        "CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL)",
-        "INSERT INTO people VALUES " + ", ".join(f"({i}, '{e}')" for i, e in enumerate(EMAILS, 1)),
-        "CREATE TABLE labels (id int PRIMARY KEY, label text NOT NULL)",
-        "INSERT INTO labels VALUES (1, 'red'), (2, 'green'), (3, 'blue')",
+        *PEOPLE_AND_LABELS,
         "CREATE VIEW board AS SELECT id, label FROM labels",
     )
     try:
