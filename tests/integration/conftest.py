@@ -9,6 +9,7 @@ exercise the seams.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ import pytest
 import uvloop
 
 from dbgate.config import Config
+from dbgate.embedded import EmbeddedPostgres
+from dbgate.embedded.binaries import find_free_port
 from dbgate.proxy.seams import Inspector, MessageFilter, Observer, SessionSetup
 from dbgate.proxy.server import ProxyServer
 from tests.integration.certs import self_signed
@@ -162,3 +165,16 @@ def proxy_dsn(proxy: RunningProxy, pg_database: str) -> str:
 def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1/localhost, made for this run."""
     return self_signed(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def state_server() -> Iterator[EmbeddedPostgres]:
+    """A state database server of the module's own, which its tests stop and start (an
+    outage of the state database) without touching the data server."""
+    work = Path(tempfile.mkdtemp(prefix="dbgate-test-state-"))
+    work.chmod(0o711)
+    pg = EmbeddedPostgres(work / "pg", port=find_free_port()).start()
+    try:
+        yield pg
+    finally:
+        pg.stop()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ import asyncpg
 import pytest
 
 from dbgate.embedded import EmbeddedPostgres
-from dbgate.embedded.binaries import find_free_port
 from tests.integration.holds.harness import (
     HoldsEnv,
     RunningApp,
@@ -43,17 +41,6 @@ from tests.integration.server_log import (
 )
 
 PID = "SELECT pg_backend_pid()"
-
-
-@pytest.fixture(scope="module")
-def state_server() -> Iterator[EmbeddedPostgres]:
-    work = Path(tempfile.mkdtemp(prefix="dbgate-test-state-"))
-    work.chmod(0o711)
-    pg = EmbeddedPostgres(work / "pg", port=find_free_port()).start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @contextlib.contextmanager

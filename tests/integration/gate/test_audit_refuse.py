@@ -10,16 +10,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
 from dbgate.embedded import EmbeddedPostgres
-from dbgate.embedded.binaries import find_free_port
 from tests.integration.holds.harness import (
     HoldsEnv,
     RunningApp,
@@ -29,17 +26,6 @@ from tests.integration.holds.harness import (
 )
 
 NAME = "gate_audit_refuse"
-
-
-@pytest.fixture(scope="module")
-def state_server() -> Iterator[EmbeddedPostgres]:
-    work = Path(tempfile.mkdtemp(prefix="dbgate-test-state-"))
-    work.chmod(0o711)
-    pg = EmbeddedPostgres(work / "pg", port=find_free_port()).start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(scope="module")

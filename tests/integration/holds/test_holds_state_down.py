@@ -8,7 +8,6 @@ when the state server is down — and start it again.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ import pytest
 
 from dbgate.app import StartupError
 from dbgate.embedded import EmbeddedPostgres
-from dbgate.embedded.binaries import find_free_port
 from tests.integration.holds.clients import AsyncpgNotices
 from tests.integration.holds.harness import (
     APPROVER,
@@ -31,17 +29,6 @@ from tests.integration.holds.harness import (
 )
 
 NAME = "holds_state_down"
-
-
-@pytest.fixture(scope="module")
-def state_server() -> Iterator[EmbeddedPostgres]:
-    work = Path(tempfile.mkdtemp(prefix="dbgate-test-state-"))
-    work.chmod(0o711)
-    pg = EmbeddedPostgres(work / "pg", port=find_free_port()).start()
-    try:
-        yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(scope="module")
