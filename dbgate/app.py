@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from dbgate.gate.keys import KeyCatalogs
     from dbgate.gate.pii import PiiGate
     from dbgate.gate.row_window import RowWindows
-    from dbgate.gate.schema_peers import SchemaPeers
+    from dbgate.gate.schema_peers import PeerTransport, SchemaPeers
     from dbgate.web.app import WebServer
     from dbgate.wire.startup import CancelRequest
 
@@ -135,12 +135,16 @@ class App:
         check_upstream: bool = True,
         reuse_port: bool = False,
         forward_cancel: Callable[[CancelRequest], Awaitable[None]] | None = None,
+        schema_siblings: PeerTransport | None = None,
     ) -> None:
         self.config = config
         self.check_upstream = check_upstream
         #: One of several worker processes on the same ports (dbgate.workers).
         self.reuse_port = reuse_port
         self.forward_cancel = forward_cancel
+        #: How workers without a state database tell each other of DDL
+        #: (dbgate.workers_schema); with one, the state database carries it.
+        self.schema_siblings = schema_siblings
         self.pool: asyncpg.Pool | None = None
         self.approvals: PgApprovalService | None = None
         self.notifier: Notifier | None = None
@@ -250,20 +254,18 @@ class App:
         if watched:
             from dbgate.gate.schema_loads import SchemaWatch
 
-            if self.pool is not None and config.state is not None:
+            transport = self._schema_transport()
+            if transport is not None:
                 # other replicas and workers: told of DDL let through here, and heard
                 from dbgate.gate.schema_peers import SchemaPeers
 
                 self.peers = SchemaPeers(
-                    config.state.dsn,
-                    self.pool,
-                    watched,
-                    timeout=config.approvals.state_timeout_seconds,
+                    transport, watched, timeout=config.approvals.state_timeout_seconds
                 )
-                await self.peers.start()  # waits briefly for its listening connection
+                await self.peers.start()  # waits briefly for its listening end
                 self.gate.peers = self.peers  # type: ignore[attr-defined]
             elif self.reuse_port:
-                # workers without a state database: nothing carries word of DDL
+                # workers with no way to tell each other: nothing carries word of DDL
                 self.gate.siblings_unheard = True  # type: ignore[attr-defined]
                 log.warning(
                     "several workers and no state database: DDL the rules allow is "
@@ -349,6 +351,19 @@ class App:
 
             self.notifier = Notifier.from_config(config.notifications, self.approvals)
             await self.notifier.start()
+
+    def _schema_transport(self) -> PeerTransport | None:
+        """How this process tells the others of DDL it lets through: the state
+        database, which replicas and workers share; else, as one of several workers,
+        its siblings' local sockets; else (alone) nobody needs telling."""
+        config = self.config
+        if self.pool is not None and config.state is not None:
+            from dbgate.gate.schema_notify import NotifyTransport
+
+            return NotifyTransport(
+                config.state.dsn, self.pool, timeout=config.approvals.state_timeout_seconds
+            )
+        return self.schema_siblings
 
     async def _start_web(self) -> None:
         from aiohttp import web as aioweb

@@ -46,7 +46,7 @@ class Seat:
 
     index: int
     count: int
-    runtime_dir: Path  # the cancel sockets (0700)
+    runtime_dir: Path  # the cancel and schema sockets (0700)
     supervisor_pid: int
     replica: str  # the supervisor's replica name; the worker's is "<replica>/w<index>"
 
@@ -138,6 +138,7 @@ def worker_main(config: Config, load: Callable[[], Config] | None, seat: Seat, r
     from dbgate import logs
     from dbgate.app import App, setup_process
     from dbgate.workers_cancel import CancelRelay
+    from dbgate.workers_schema import SiblingTransport
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_supervisor(seat.supervisor_pid)
@@ -158,7 +159,12 @@ def worker_main(config: Config, load: Callable[[], Config] | None, seat: Seat, r
 
         relay = CancelRelay(seat.runtime_dir, seat.index, seat.count, cancel_here)
         await relay.start()
-        app = App(config, reuse_port=True, forward_cancel=relay.forward)
+        app = App(
+            config,
+            reuse_port=True,
+            forward_cancel=relay.forward,
+            schema_siblings=SiblingTransport(seat.runtime_dir, seat.index, seat.count),
+        )
         try:
             return await serve(
                 app,

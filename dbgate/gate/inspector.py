@@ -155,13 +155,14 @@ class Gate(StatementVerdicts, BindVerdicts, RunLimits, ApprovedPii):
         self.pii = pii
         self.audit = audit
         self.keys = keys
-        #: the other processes sharing the state database, told of DDL before it runs
-        #: (``schema_peers.SchemaPeers``); None: no state database
+        #: the other processes serving the same databases, told of DDL before it runs
+        #: (``schema_peers.SchemaPeers``, through the state database or the workers'
+        #: sockets); None: nobody to tell
         self.peers: SchemaPeers | None = None
-        #: other worker processes serve the same databases and no state database
-        #: carries word of DDL between them (``dbgate serve --workers N`` without
-        #: ``state``): DDL the rules allow is refused, since their snapshots would go on
-        #: describing the old schema
+        #: other worker processes serve the same databases and nothing carries word
+        #: of DDL between them (an App started with ``reuse_port`` and neither a state
+        #: database nor sibling sockets): DDL the rules allow is refused, since their
+        #: snapshots would go on describing the old schema
         self.siblings_unheard = False
         self._bind_allows: dict[int, tuple[Any, Allow]] = {}
         #: (decision, classification) -> the limited verdict of its Binds: a prepared

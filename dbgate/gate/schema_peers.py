@@ -1,33 +1,36 @@
-"""Schema changes told to every replica (and worker) that shares the state database.
+"""Schema changes told to every other process that judges the same databases.
 
 Each process keeps its own catalog snapshots (:class:`~dbgate.gate.schema_loads.
 SchemaLoads`), and DDL it lets through puts *its* snapshots "in flux" (every result
-tokenized whole) until it read them again. A replica that did not see the DDL went on
+tokenized whole) until it read them again. A process that did not see the DDL went on
 judging by its old snapshot: a view redefined through replica A to read ``email``
 under the name of a clean column came back raw through replica B until B's snapshot
-was 30 s old. So processes sharing a state database tell each other, on channel
-``dbgate_schema`` (LISTEN/NOTIFY; payload ``{"r": sender, "db": database, "open":
-bool}``):
+was 30 s old. So processes tell each other (payload ``{"r": sender, "db": database,
+"open": bool}``), through a :class:`PeerTransport`: the state database's
+LISTEN/NOTIFY for replicas and workers that share one (:mod:`dbgate.gate.
+schema_notify`), the workers' local sockets for ``--workers N`` without one
+(:mod:`dbgate.workers_schema`):
 
 * before a DDL statement is let through to run (a Query; the allowed or approved Bind
   of a prepared one, not its Parse), its database is announced ``open`` and the
-  announcement committed (:meth:`SchemaPeers.opening`; a statement whose announcement
-  cannot be made is refused): every other process puts that database in flux when it
-  hears it, as if the DDL had been its own;
+  announcement delivered (:meth:`SchemaPeers.opening`; a statement whose announcement
+  cannot be delivered is refused): every other process puts that database in flux
+  when it hears it, as if the DDL had been its own;
 * while a process has such a transaction open it repeats the announcement every
   :data:`HEARTBEAT_SECONDS`; once none is left it announces ``open: false`` and the
   others read their snapshots again (in flux until that reload is done). A sender
   not heard of for :data:`EXPIRE_SECONDS` (it crashed: its transaction was rolled
   back) is taken as done;
-* a process that listens again after its connection was lost reads every snapshot
-  again: what was announced meanwhile is not known.
+* a process that could not hear for a while (its listening connection was lost)
+  reads every snapshot again: what was announced meanwhile is not known.
 
 What is not covered (docs/security.md, "Not yet covered"): a result that reaches this
 process before the announcement does (the relay tokenizes whole what arrives after it,
-``StatementOutcomes._stale_verdict``); and a process cut off from the state database
-while another is not hears nothing of the other's DDL until it listens again (every
-process refuses DDL it cannot announce, so an outage of the state database itself lets
-none through).
+``StatementOutcomes._stale_verdict``); a process that starts while another's DDL
+transaction is open hears of it at the next heartbeat; and a replica cut off from the
+state database while another is not hears nothing of the other's DDL until it listens
+again (every process refuses DDL it cannot announce, so an outage of the state
+database itself lets none through).
 """
 
 from __future__ import annotations
@@ -38,19 +41,39 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from dbgate.approvals.db import STATE_ERRORS, describe, listening_connection, until_lost
 from dbgate.gate.schema_loads import SchemaLoads
 
 log = logging.getLogger("dbgate.gate")
 
-CHANNEL = "dbgate_schema"
 #: How often a process repeats that a schema-changing transaction is still open.
 HEARTBEAT_SECONDS = 10.0
 #: A sender whose open transaction was not announced again for this long is done.
 EXPIRE_SECONDS = 3 * HEARTBEAT_SECONDS
+
+
+class PeersUnreachable(Exception):
+    """An announcement could not be delivered to every other process."""
+
+
+class PeerTransport(Protocol):
+    """How announcements travel between the processes.
+
+    ``start`` begins handing every payload another process sent to ``heard``, and
+    calls ``lost_word`` whenever announcements may have been missed (the listening
+    end was down); its ``listening`` event is set while it hears. ``send`` returns
+    once ``payload`` is delivered (the others hear it before anything this process
+    does afterwards), and raises :class:`PeersUnreachable` when it cannot be."""
+
+    listening: asyncio.Event
+
+    async def start(self, heard: Callable[[str], None], lost_word: Callable[[], None]) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, payload: str) -> None: ...
 
 
 class SchemaPeers:
@@ -58,14 +81,12 @@ class SchemaPeers:
 
     def __init__(
         self,
-        dsn: str,
-        pool: Any,
+        transport: PeerTransport,
         loads: Sequence[SchemaLoads[Any]],
         *,
         timeout: float = 5.0,
     ) -> None:
-        self._dsn = dsn
-        self._pool = pool
+        self.transport = transport
         self.loads = tuple(loads)
         self._timeout = timeout
         #: who this process is in the payloads (its own are ignored)
@@ -77,18 +98,21 @@ class SchemaPeers:
         self._tasks: list[asyncio.Task[None]] = []
         self._sends: set[asyncio.Task[None]] = set()
         self._sending = asyncio.Lock()
-        self._conn: Any = None
         self._closing = False
-        self.listening = asyncio.Event()
+
+    @property
+    def listening(self) -> asyncio.Event:
+        return self.transport.listening
 
     # -- life ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._closing = False
+        # looked up at each announcement: a wrapper set on ``heard`` later sees them too
+        await self.transport.start(lambda payload: self.heard(payload), self._reread_all)
         self._tasks = [
-            asyncio.create_task(self._listen_loop(), name="dbgate-schema-listen"),
             asyncio.create_task(self._heartbeat_loop(), name="dbgate-schema-heartbeat"),
         ]
-        # the first connection is waited for (briefly), so that DDL another process
+        # the first listening end is waited for (briefly), so that DDL another process
         # announces as this one starts serving is heard
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.listening.wait(), self._timeout)
@@ -101,16 +125,14 @@ class SchemaPeers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        await self._close_conn()
+        await self.transport.stop()
         for loads in self.loads:  # reloads that what it heard started
             loads.stop_settling()
 
-    async def _close_conn(self) -> None:
-        conn, self._conn = self._conn, None
-        self.listening.clear()
-        if conn is not None and not conn.is_closed():
-            with contextlib.suppress(*STATE_ERRORS):
-                await asyncio.wait_for(conn.close(), self._timeout)
+    def _reread_all(self) -> None:
+        for loads in self.loads:
+            for database in list(loads.loaded):
+                loads.refresh_soon(database)
 
     # -- telling ------------------------------------------------------------------------
     async def _send(self, database: str, is_open: bool) -> None:
@@ -119,18 +141,19 @@ class SchemaPeers:
         # it could arrive first, and the others would take the database as settled
         # while the new DDL runs
         async with self._sending:
-            await asyncio.wait_for(
-                self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload), self._timeout
-            )
+            try:
+                await asyncio.wait_for(self.transport.send(payload), self._timeout)
+            except TimeoutError as e:
+                raise PeersUnreachable(f"no delivery within {self._timeout:g} s") from e
 
     async def opening(self, database: str) -> bool:
         """Announce that a statement about to run may change the schema of
-        ``database``; True once the announcement is committed, False when it could not
-        be made (the statement must then not run)."""
+        ``database``; True once the announcement is delivered, False when it could
+        not be (the statement must then not run)."""
         try:
             await self._send(database, True)
-        except STATE_ERRORS as e:
-            log.error("cannot tell the other replicas of DDL on %s: %s", database, describe(e))
+        except PeersUnreachable as e:
+            log.error("cannot tell the other processes of DDL on %s: %s", database, e)
             return False
         return True
 
@@ -138,10 +161,8 @@ class SchemaPeers:
         async def send() -> None:
             try:
                 await self._send(database, is_open)
-            except STATE_ERRORS as e:
-                log.warning(
-                    "cannot tell the other replicas of DDL on %s: %s", database, describe(e)
-                )
+            except PeersUnreachable as e:
+                log.warning("cannot tell the other processes of DDL on %s: %s", database, e)
 
         task = asyncio.ensure_future(send())
         self._sends.add(task)
@@ -170,12 +191,12 @@ class SchemaPeers:
 
     # -- hearing ------------------------------------------------------------------------
     def heard(self, payload: str) -> None:
-        """A notification of ``dbgate_schema``."""
+        """An announcement of another process."""
         try:
             message = json.loads(payload)
             sender, database, is_open = message["r"], message["db"], bool(message["open"])
         except (ValueError, KeyError, TypeError):
-            log.warning("ignoring a malformed %s notification", CHANNEL)
+            log.warning("ignoring a malformed announcement of a schema change")
             return
         if sender == self.sender or not isinstance(database, str):
             return
@@ -198,43 +219,9 @@ class SchemaPeers:
             if at < before:
                 del self._heard[key]
                 log.warning(
-                    "no word of the DDL on %s from another replica for %.0f s: taken as over",
+                    "no word of the DDL on %s from another process for %.0f s: taken as over",
                     key[1],
                     EXPIRE_SECONDS,
                 )
                 for loads in self.loads:
                     loads.change_ended(key[1])
-
-    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self.heard(payload)
-
-    async def _listen_loop(self) -> None:
-        backoff = 0.05
-        while not self._closing:
-            lost = asyncio.Event()
-            try:
-                conn = self._conn = await listening_connection(
-                    self._dsn, self._timeout, "dbgate-schema-listen", CHANNEL, self._on_notify, lost
-                )
-            except STATE_ERRORS as e:
-                await self._close_conn()
-                log.warning(
-                    "cannot listen for other replicas' DDL (%s); retrying",
-                    describe(e),
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.05
-            # what was announced while nobody listened is not known: read every
-            # snapshot again
-            for loads in self.loads:
-                for database in list(loads.loaded):
-                    loads.refresh_soon(database)
-            self.listening.set()
-            await self._watch(conn, lost)
-            await self._close_conn()
-
-    async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
-        if not await until_lost(conn, lost, HEARTBEAT_SECONDS, self._timeout):
-            log.warning("the connection listening for other replicas' DDL stopped answering")

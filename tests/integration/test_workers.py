@@ -5,7 +5,9 @@ port held by someone else, and the metrics of all workers on one page."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import os
 import shutil
 import signal
 import socket
@@ -265,31 +267,53 @@ rules:
 """
 
 
-async def test_ddl_is_refused_when_no_state_database_tells_the_other_workers(
-    served: Any, tmp_path: Path, pg_database: str
+async def test_ddl_through_one_worker_is_not_read_raw_through_the_other(
+    served: Any, tmp_path: Path, pg_server: PgServer, pg_database: str
 ) -> None:
-    """Each worker keeps its own catalog snapshots (PII columns, unique keys) and only
-    DDL it let through itself puts them in flux; with a state database the workers tell
-    each other (``dbgate.gate.schema_peers``). Without one, DDL the rules allow through
-    one worker would leave the other describing the old schema (a view redefined to read
-    e-mails under a clean name, read raw there): it is refused, saying why, and every
-    other statement runs as before."""
+    """Each worker keeps its own catalog snapshots (PII columns, unique keys), and only
+    DDL it let through itself put them in flux. Without a state database to carry the
+    word, a view redefined through one worker to read e-mails under a clean column's
+    name came back raw through the other until its snapshot was 30 s old (or, before
+    the workers told each other over their local sockets, such DDL was refused). Now
+    the other worker is told before the DDL runs (``dbgate.workers_schema``)."""
     from dbgate.policy.rules import default_rules_dir
 
     rules = tmp_path / "rules"
     rules.mkdir()
     shutil.copy(default_rules_dir() / "default.yaml", rules / "default.yaml")
     (rules / "00-ddl.yaml").write_text(ALLOW_DDL)
-    server = served(rules_dir=str(rules))
-    assert "no state database: DDL the rules allow is refused" in server.output()
-    conns = await _sessions_on_two_workers(
-        server, lambda: asyncpg.connect(server.dsn(pg_database)), 2
-    )
+    key = base64.b64encode(os.urandom(32)).decode()
+    server = served(rules_dir=str(rules), pii={"keys": [{"id": "test", "secret": key}]})
+    assert "DDL the rules allow is refused" not in server.output()
+    emails = [f"worker{i}@example.org" for i in range(1, 4)]
+    admin = await asyncpg.connect(pg_server.dsn(pg_database))
+    read = "select label from w_board order by id limit 3"
     try:
-        for c in conns:
-            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="other worker processes"):
-                await c.execute("create table workers_unheard_probe (id int)")
-            assert await c.fetchval("select 41 + 1") == 42
+        await admin.execute(
+            "create table w_people (id int primary key, email text not null);"
+            "create table w_labels (id int primary key, label text not null);"
+            "insert into w_labels values (1, 'red'), (2, 'green'), (3, 'blue');"
+            "create view w_board as select id, label from w_labels"
+        )
+        await admin.executemany("insert into w_people values ($1, $2)", list(enumerate(emails, 1)))
+        conns = await _sessions_on_two_workers(
+            server, lambda: asyncpg.connect(server.dsn(pg_database)), 2
+        )
+        workers = server.worker_processes()
+        by_worker = {await worker_of(c, workers): c for c in conns}
+        changer, reader = by_worker.values()
+        try:
+            # the reader's worker now holds a snapshot in which w_board is clean
+            assert [r["label"] for r in await reader.fetch(read)] == ["red", "green", "blue"]
+            await changer.execute(
+                "create or replace view w_board as select id, email as label from w_people"
+            )
+            assert [r[0] for r in await admin.fetch(read)] == emails
+            after = [r["label"] for r in await reader.fetch(read)]
+            assert len(after) == 3 and not set(after) & set(emails), after
+        finally:
+            for c in conns:
+                await c.close()
     finally:
-        for c in conns:
-            await c.close()
+        await admin.execute("drop view if exists w_board; drop table if exists w_people, w_labels")
+        await admin.close()

@@ -1,5 +1,6 @@
 """What one process makes of another's schema changes, told through the state database
-(``dbgate.gate.schema_peers``): no server, the notifications are handed in."""
+(``dbgate.gate.schema_peers`` over ``schema_notify``): no server, the notifications are
+handed in."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import asyncio
 import json
 from typing import Any
 
-from dbgate.gate import schema_peers
+from dbgate.gate import schema_notify
 from dbgate.gate.schema_loads import SchemaLoads
+from dbgate.gate.schema_notify import NotifyTransport
 from dbgate.gate.schema_peers import SchemaPeers
 
 
@@ -25,7 +27,7 @@ class Pool:
     async def execute(self, sql: str, channel: str, payload: str) -> None:
         if self.fail:
             raise OSError("unreachable")
-        assert channel == schema_peers.CHANNEL
+        assert channel == schema_notify.CHANNEL
         self.calls += 1
         if self.calls == 1:
             for _ in range(3):
@@ -39,7 +41,7 @@ def _peers() -> tuple[SchemaPeers, SchemaLoads[str], Pool]:
 
     loads: SchemaLoads[str] = SchemaLoads("the schema", load)
     pool = Pool()
-    return SchemaPeers("postgresql://unused", pool, [loads]), loads, pool
+    return SchemaPeers(NotifyTransport("postgresql://unused", pool), [loads]), loads, pool
 
 
 def _said(sender: str, database: str, is_open: bool) -> str:
