@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -91,42 +91,109 @@ class StateDB:
             raise StateUnavailable(reason) from e
 
 
-async def listening_connection(
-    dsn: str,
-    timeout: float,
-    application_name: str,
-    channel: str,
-    on_notify: Any,
-    lost: Any,
-) -> Any:
-    """A connection to the state database that LISTENs on ``channel`` (its
-    notifications to ``on_notify``) and sets the event ``lost`` when it ends: the
-    start of every listening loop (approvals' wake-ups, replicas' schema changes).
-    Raises one of :data:`STATE_ERRORS` when it cannot be made; a connection made
-    before the LISTEN failed is closed first."""
-    conn = await asyncpg.connect(
-        dsn, timeout=timeout, server_settings={"application_name": application_name}
-    )
-    try:
-        conn.add_termination_listener(lambda _c: lost.set())
-        await conn.add_listener(channel, on_notify)
-    except BaseException:
-        conn.terminate()
-        raise
-    return conn
+class ChannelListener:
+    """One connection to the state database that LISTENs on ``channel`` for as long as
+    it runs (approvals' wake-ups, replicas' schema changes): notifications go to
+    ``on_notify(payload)``. A connection that cannot be made, is lost, or stops
+    answering a ``SELECT 1`` sent every ``probe_seconds`` (a connection the network
+    dropped silently says nothing) is made again, after 50 ms doubling to 5 s while it
+    keeps failing. What was notified while nobody listened is not delivered:
+    ``on_listening`` runs each time it listens (again), for the owner to look for it.
+    ``listening`` is set while it listens. ``what`` names it in the log."""
 
+    def __init__(
+        self,
+        dsn: str,
+        channel: str,
+        on_notify: Callable[[str], None],
+        *,
+        application_name: str,
+        what: str,
+        timeout: float = 5.0,
+        probe_seconds: float = 10.0,
+        on_listening: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._on_notify = on_notify
+        self._application_name = application_name
+        self._what = what
+        self._timeout = timeout
+        self._probe_seconds = probe_seconds
+        self._on_listening = on_listening
+        self._conn: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.listening = asyncio.Event()
 
-async def until_lost(conn: Any, lost: Any, probe_seconds: float, timeout: float) -> bool:
-    """Wait while a listening connection lives: return when ``lost`` is set (True) or
-    the connection stops answering a ``SELECT 1`` sent every ``probe_seconds`` (False:
-    a connection the network dropped silently sets nothing)."""
-    while not lost.is_set():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(probe_seconds):
-                await lost.wait()
-            return True
+    async def start(self) -> None:
+        self._closing = False
+        self._task = asyncio.create_task(self._loop(), name=self._application_name)
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._close()
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        self.listening.clear()
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(*STATE_ERRORS):
+                await asyncio.wait_for(conn.close(), self._timeout)
+
+    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._on_notify(payload)
+
+    async def _connect(self, lost: asyncio.Event) -> Any:
+        conn = await asyncpg.connect(
+            self._dsn,
+            timeout=self._timeout,
+            server_settings={"application_name": self._application_name},
+        )
         try:
-            await asyncio.wait_for(conn.execute("SELECT 1"), timeout)
-        except STATE_ERRORS:
-            return False
-    return True
+            conn.add_termination_listener(lambda _c: lost.set())
+            await conn.add_listener(self._channel, self._notified)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    async def _loop(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            lost = asyncio.Event()
+            try:
+                conn = self._conn = await self._connect(lost)
+            except STATE_ERRORS as e:
+                await self._close()
+                log.warning("cannot listen for %s (%s); retrying", self._what, describe(e))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.05
+            self.listening.set()
+            self._on_listening()
+            if not await self._until_lost(conn, lost):
+                log.warning(
+                    "the connection listening for %s stopped answering; reconnecting", self._what
+                )
+            await self._close()
+
+    async def _until_lost(self, conn: Any, lost: asyncio.Event) -> bool:
+        """Wait while the connection lives: True when it was lost, False when it
+        stopped answering the probe."""
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._probe_seconds):
+                    await lost.wait()
+                return True
+            try:
+                await asyncio.wait_for(conn.execute("SELECT 1"), self._timeout)
+            except STATE_ERRORS:
+                return False
+        return True

@@ -20,9 +20,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
-from dbgate.approvals.db import STATE_ERRORS, describe, listening_connection, until_lost
+from dbgate.approvals.db import ChannelListener
 
 log = logging.getLogger("dbgate.approvals")
 
@@ -51,9 +50,19 @@ class Waker:
         self._waiters: dict[int, asyncio.Event] = {}
         self._subscribers: list[Subscriber] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._conn: Any = None
         self._closing = False
-        self.listening = asyncio.Event()  # set while the LISTEN connection is up
+        self._listener = ChannelListener(
+            dsn,
+            CHANNEL,
+            self._on_notify,
+            application_name="dbgate-approvals-listen",
+            what="decisions",
+            timeout=connect_timeout,
+            probe_seconds=max(recheck_seconds * 5, 10),
+            # whatever was decided while nobody listened is found now
+            on_listening=self.wake_all,
+        )
+        self.listening = self._listener.listening  # set while the LISTEN connection is up
 
     # -- waiters ----------------------------------------------------------------------
 
@@ -89,8 +98,8 @@ class Waker:
 
     async def start(self) -> None:
         self._closing = False
+        await self._listener.start()
         self._tasks = [
-            asyncio.create_task(self._listen_loop(), name="dbgate-approvals-listen"),
             asyncio.create_task(self._recheck_loop(), name="dbgate-approvals-recheck"),
         ]
 
@@ -102,18 +111,11 @@ class Waker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        await self._close_conn()
-
-    async def _close_conn(self) -> None:
-        conn, self._conn = self._conn, None
-        self.listening.clear()
-        if conn is not None and not conn.is_closed():
-            with contextlib.suppress(*STATE_ERRORS):
-                await asyncio.wait_for(conn.close(), self._connect_timeout)
+        await self._listener.stop()
 
     # -- notifications ----------------------------------------------------------------
 
-    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, payload: str) -> None:
         kind, _, rest = payload.partition(":")
         if kind in ("request", "decision"):
             ident = rest.split(":", 1)[0]
@@ -124,38 +126,6 @@ class Waker:
                 callback(payload)
             except Exception:
                 log.exception("approvals subscriber failed")
-
-    async def _listen_loop(self) -> None:
-        backoff = 0.05
-        while not self._closing:
-            lost = asyncio.Event()
-            try:
-                conn = self._conn = await listening_connection(
-                    self._dsn,
-                    self._connect_timeout,
-                    "dbgate-approvals-listen",
-                    CHANNEL,
-                    self._on_notify,
-                    lost,
-                )
-            except STATE_ERRORS as e:
-                await self._close_conn()
-                log.warning("approvals: cannot listen for decisions (%s); retrying", describe(e))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.05
-            self.listening.set()
-            # Whatever was decided while we were not listening is found now.
-            self.wake_all()
-            await self._watch(conn, lost)
-            await self._close_conn()
-
-    async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
-        """Return when the connection is lost (or stops answering a probe)."""
-        probe = max(self._recheck_seconds * 5, 10)
-        if not await until_lost(conn, lost, probe, self._connect_timeout):
-            log.warning("approvals: the listening connection stopped answering; reconnecting")
 
     async def _recheck_loop(self) -> None:
         while not self._closing:
