@@ -60,8 +60,28 @@ def _value_text(resolve: Resolver, token: str) -> str:
     return text
 
 
+def _whole_value(text: str, resolve: Resolver) -> str:
+    """The value of a token that is the whole of ``text`` (a literal, an array element,
+    a JSON string); TokenError when a token is only a part of it. Put inside other
+    text, the value would be parsed by whatever type the text is read as: the bound
+    of a range (``'[tok_…,5e15)'::numrange``), a cube's coordinate, an hstore's pair,
+    where the server compares it with bounds the agent chose or fails on it by its
+    size — an order, not a whole-value guess."""
+    if TOKEN_RE.fullmatch(text) is not None:
+        return _value_text(resolve, text)
+    found = TOKEN_RE.search(text)
+    if found is None:
+        return text
+    raise TokenError(
+        f"token {found.group(0)[:40]}… is part of a longer value: a token stands for its"
+        " value only as a whole literal, array element or JSON string",
+        found.group(0),
+    )
+
+
 def _replace_in_text(text: str, resolve: Resolver) -> str:
-    """Tokens inside one literal's value, replaced with regard to JSON and array syntax."""
+    """Tokens inside one literal's value, replaced with regard to JSON and array syntax:
+    each must be the whole literal, a whole array element or a whole JSON string."""
     stripped = text.lstrip()
     if stripped[:1] in ("{", "[", '"'):
         try:
@@ -75,12 +95,12 @@ def _replace_in_text(text: str, resolve: Resolver) -> str:
                 return _array_replace(text, resolve, ",")
             except ValueError:
                 pass
-    return TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), text)
+    return _whole_value(text, resolve)
 
 
 def _json_replace(doc: object, resolve: Resolver) -> object:
     if isinstance(doc, str):
-        return TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), doc)
+        return _whole_value(doc, resolve)
     if isinstance(doc, list):
         return [_json_replace(x, resolve) for x in doc]
     if isinstance(doc, dict):
@@ -92,11 +112,7 @@ def _array_replace(text: str, resolve: Resolver, delim: str) -> str:
     return map_elements(
         text,
         delim,
-        lambda value: (
-            TOKEN_RE.sub(lambda m: _value_text(resolve, m.group(0)), value)
-            if "tok_" in value
-            else None
-        ),
+        lambda value: _whole_value(value, resolve) if "tok_" in value else None,
     )
 
 
@@ -156,7 +172,18 @@ def detokenize_sql(
 
 
 def _replace_bytes(value: bytes, resolve: Resolver) -> bytes:
-    return TOKEN_RE_BYTES.sub(lambda m: resolve(m.group(0).decode())[1], value)
+    """A binary text value (or element) that is one whole token, resolved (see
+    :func:`_whole_value`)."""
+    if TOKEN_RE_BYTES.fullmatch(value) is not None:
+        return resolve(value.decode())[1]
+    found = TOKEN_RE_BYTES.search(value)
+    if found is None:
+        return value
+    raise TokenError(
+        "a token is part of a longer value: a token stands for its value only as a whole"
+        " value or array element",
+        found.group(0).decode(),
+    )
 
 
 #: ``"char"`` (its first byte), ``name`` (63 bytes), ``float4`` and ``float8`` (the
@@ -205,6 +232,15 @@ def detokenize_params(
                 "part of a value"
             )
         kind = types.kind(oid) if oid else TEXT
+        if n in analysis.param_contained and not (
+            kind in (ARRAY, JSON, JSONB) or (fmt == 0 and oid == 0 and value[:1] in b"{[")
+        ):
+            # compared by @> or <@ as a scalar: within a range's (a cube's, an
+            # ltree's) bounds the other operand chose, an order, not a guess
+            raise TokenError(
+                f"a token in parameter ${n} cannot be resolved here: @> and <@ compare a"
+                " token whole only inside an array or a JSON value"
+            )
         if fmt == 0:
             try:
                 text = value.decode()
@@ -232,10 +268,7 @@ def detokenize_params(
             elif kind == BYTEA:
                 raise TokenError(f"parameter ${n}: tokens are not resolved inside bytea values")
             else:
-                new = TOKEN_RE.sub(
-                    lambda m, how=resolve: _value_text(how, m.group(0)),  # type: ignore[misc]
-                    text,
-                ).encode()
+                new = _whole_value(text, resolve).encode()
         elif not oid and TOKEN_RE_BYTES.search(value) is not None:
             # a binary value of a type the Parse left to the server: its layout is the
             # type the server infers, which dbgate does not know (``= ANY($1)``: a

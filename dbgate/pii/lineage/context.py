@@ -56,7 +56,8 @@ class Ctx:
 #: Why a token is refused where it is neither compared with PII nor stored in it.
 NOT_COMPARED = (
     "a token stands for its value only where it is compared with a PII column "
-    "(=, <>, IN, = ANY, IS [NOT] DISTINCT FROM, @>) or written into one"
+    "(=, <>, IN, = ANY, IS [NOT] DISTINCT FROM; @> and <@ inside an array or JSON) "
+    "or written into one"
 )
 
 OUTPUT = Ctx(True)

@@ -215,16 +215,24 @@ class Expressions(WalkState):
             self.met_opaque(scope, met)
             return lin | self.unknown(f"the operator {op[-1]} may be the database's own code")
         if _compares(body):
-            if _bare_value(right) and not _bare_value(left):
-                other = self.expr(left, scope, ctx)
-                as_is = _is_pii(other) and self.keeps_whole(left, scope)
+            # ``@>`` and ``<@`` compare whole values only inside arrays and JSON
+            # (``tags @> ARRAY['tok_…']``): of a range, a multirange, a cube, an ltree or
+            # an hstore they ask whether the value lies within bounds the other operand
+            # chose — ``numrange(0 * length(card_number), 5e15) @> 'tok_…'::numeric``
+            # halved the card number's interval per statement
+            contains = strs(body.get("name") or [])[-1] in ("@>", "<@")
+            for bare, side in ((right, left), (left, right)):
+                if not _bare_value(bare) or _bare_value(side):
+                    continue
+                other = self.expr(side, scope, ctx)
+                as_is = _is_pii(other) and self.keeps_whole(side, scope)
+                if contains and not _container(bare):
+                    as_is = False
                 value_ctx = ctx.comparing() if as_is else ctx
-                return other | self.expr(right, scope, value_ctx)
-            if _bare_value(left) and not _bare_value(right):
-                other = self.expr(right, scope, ctx)
-                as_is = _is_pii(other) and self.keeps_whole(right, scope)
-                value_ctx = ctx.comparing() if as_is else ctx
-                return self.expr(left, scope, value_ctx) | other
+                value = self.expr(bare, scope, value_ctx)
+                if contains and as_is:
+                    self.r.param_contained |= value.params
+                return other | value if bare is right else value | other
         return self.expr(left, scope, ctx) | self.expr(right, scope, ctx)
 
     def keeps_whole(self, side: Node, scope: Scope) -> bool:
@@ -573,6 +581,24 @@ def _bare_value(node: Any) -> bool:
         return _bare_value(body.get("items") or [])
     if kind == "A_ArrayExpr":
         return _bare_value(body.get("elements") or [])
+    return False
+
+
+def _container(node: Any) -> bool:
+    """Whether a bare value compared by ``@>``/``<@`` is an array or a JSON value, whose
+    elements are compared whole: ``ARRAY[…]``, a cast to an array type, a literal in
+    array or JSON syntax, or a parameter (whose value is checked at Bind:
+    ``Analysis.param_contained``)."""
+    if not isinstance(node, dict) or len(node) != 1:
+        return False
+    ((kind, body),) = node.items()
+    if kind in ("A_ArrayExpr", "ParamRef"):
+        return True
+    if kind == "TypeCast":
+        return bool((body.get("typeName") or {}).get("arrayBounds")) or _container(body.get("arg"))
+    if kind == "A_Const":
+        text = (body.get("sval") or {}).get("sval", "")
+        return text.lstrip()[:1] in ("{", "[", '"')
     return False
 
 

@@ -131,6 +131,9 @@ class Analysis:
     param_writes: set[int] = field(default_factory=set)
     #: parameters whose values are stored in a PII column (Ctx.stores)
     param_stores: set[int] = field(default_factory=set)
+    #: parameters compared by containment (``@>``, ``<@``): a token there is resolved
+    #: only inside an array or a JSON value, whose elements are compared whole
+    param_contained: set[int] = field(default_factory=set)
     token_writes: list[str] = field(default_factory=list)
     #: relation names the snapshot did not know (the schema may be stale)
     unknown_relations: set[str] = field(default_factory=set)
