@@ -4,8 +4,11 @@ The RowDescription the client already received says ``date`` or ``inet`` or
 ``text[]``; the replacement must decode as that type in every driver (asyncpg and
 psycopg 3 binary cursors, psycopg2, pg8000, psql). So:
 
-* string types (text, varchar, char(n), name, citext, enums, xml, unknown types in text
-  format) get the token itself: ``tok_email_r…``;
+* string types (text, varchar, char(n), name, citext, xml, unknown types in text
+  format) get the token itself: ``tok_email_r…``; an ltree (lquery, ltxtquery) too, a
+  one-label path (in binary after its version byte);
+* an hstore gets one pair, ``"pii"=>"tok_…"``, the whole value's token; an enum one
+  of its type's labels; a cube a one-dimensional point;
 * json/jsonb/jsonpath get the token as a JSON string: ``"tok_email_r…"``;
 * bytea gets the token's bytes (``\\x…`` hex in text format);
 * numbers, dates, times, timestamps, intervals, booleans, uuids, inet/cidr and MAC
@@ -15,9 +18,10 @@ psycopg 3 binary cursors, psycopg2, pg8000, psql). So:
   the same pseudonym; they are not reversible (there is no room for ≥ 96 bits in a date);
 * arrays and composite values (whole-row references like ``SELECT c FROM customers c``)
   keep their structure and every element or field is replaced by the rule for its type;
-* anything else (ranges, geometric types, extension types in binary format) gets the
-  token's bytes: a driver that cannot decode that is an error on the client, never a
-  leak. docs/pii.md lists these conversions.
+* ranges and multiranges (the database's own too) become one range of pseudonyms;
+* anything else (extension types dbgate has no rule for) gets the token's bytes: a
+  driver that cannot decode that is an error on the client, never a leak. docs/pii.md
+  lists these conversions.
 
 Canonical input: a date's pseudonym is computed from its ISO text even when it arrived
 in binary, and an integer's from its decimal text, so text and binary clients see the
@@ -73,6 +77,20 @@ POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON = (
 #: PII chose (``convert_to(email, 'UTF8')::text::bit varying`` is as long as the text)
 _BITS = 64
 ARRAY, RECORD, OPAQUE = "array", "record", "opaque"
+#: extension types, known by their type's name (``EXTENSION_KINDS``), and enums
+HSTORE, LTREE, CUBE, ENUM = "hstore", "ltree", "cube", "enum"
+#: extension type name -> kind: citext is text (its binary format is text's), the
+#: ltree family a version byte and then text
+EXTENSION_KINDS: dict[str, str] = {
+    "citext": TEXT,
+    "hstore": HSTORE,
+    "ltree": LTREE,
+    "lquery": LTREE,
+    "ltxtquery": LTREE,
+    "cube": CUBE,
+}
+#: a cube's header: its dimensions, and this bit when it is a point
+_CUBE_POINT = 0x80000000
 RANGE, MULTIRANGE = "range", "multirange"
 #: built-in range type -> its subtype (int4range, numrange, tsrange, tstzrange,
 #: daterange, int8range)
@@ -215,6 +233,10 @@ _NULL_TEXT: dict[str, bytes] = {
     MACADDR8: b"02:00:00:00:00:00:00:00",
     BITS: b"0",
     **dict.fromkeys((POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON), b"(0,0)"),
+    HSTORE: b"",
+    LTREE: b"",
+    CUBE: b"(0)",
+    ENUM: b"",
 }
 _NULL_BINARY: dict[str, bytes] = {
     TEXT: b"",
@@ -244,13 +266,17 @@ _NULL_BINARY: dict[str, bytes] = {
     MACADDR8: bytes(8),
     BITS: _I32.pack(1) + b"\x00",
     **dict.fromkeys((POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON), bytes(16)),
+    HSTORE: bytes(4),
+    LTREE: b"\x01",
+    CUBE: _U32.pack(_CUBE_POINT | 1) + bytes(8),
+    ENUM: b"",
 }
 
 
 #: Kinds whose text output depends on settings that may round it (see
 #: :meth:`TypeRegistry.text_may_round`).
 _TEXT_MAY_ROUND = frozenset(
-    {FLOAT4, FLOAT8, MONEY, OPAQUE, POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON}
+    {FLOAT4, FLOAT8, MONEY, OPAQUE, CUBE, POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON}
 )
 #: geometric kind -> how many float8 its replacement holds (a path two points, a
 #: polygon three: how many a value had may be what an expression of PII chose)
@@ -269,6 +295,8 @@ class TypeRegistry:
         self.bases: dict[int, int] = {}
         self.ranges: dict[int, int] = dict(BUILTIN_RANGES)
         self.multiranges: dict[int, int] = dict(BUILTIN_MULTIRANGES)
+        #: enum -> its labels
+        self.labels: dict[int, tuple[str, ...]] = {}
         self.elems.update({oid + 1: oid for oid in BUILTIN_RANGES})  # their arrays
         if snapshot is None:
             return
@@ -287,8 +315,15 @@ class TypeRegistry:
                     base, seen = types[base].base, seen + 1
                 self.bases[oid] = base
                 self.kinds[oid] = self.kinds.get(base, "") or ("@" + str(base))
-            elif t.kind == "e" or t.name in ("citext",):
-                self.kinds[oid] = TEXT
+            elif t.kind == "e":
+                self.kinds[oid] = ENUM
+                self.labels[oid] = t.labels or ("",)
+            elif t.name in EXTENSION_KINDS:
+                self.kinds[oid] = EXTENSION_KINDS[t.name]
+            elif t.kind == "r" and t.subtype:
+                self.ranges[oid] = t.subtype  # CREATE TYPE … AS RANGE
+            elif t.kind == "m" and t.subtype:
+                self.multiranges[oid] = t.subtype
             elif t.kind == "c":
                 self.kinds[oid] = RECORD
                 rel = snapshot.relations.get(t.relid)
@@ -312,6 +347,8 @@ class TypeRegistry:
                     self.kinds[oid] = self.kinds.get(base, OPAQUE)
                     if base in self.fields:
                         self.fields[oid] = self.fields[base]
+                    if base in self.labels:
+                        self.labels[oid] = self.labels[base]
 
     def kind(self, oid: int) -> str:
         if oid in self.elems:
@@ -433,6 +470,9 @@ class Pseudonymizer:
             MACADDR8: self._t_mac,
             BITS: self._t_bits,
             **dict.fromkeys(_GEOMETRY_FLOATS, self._t_geometry),
+            HSTORE: self._t_hstore,
+            LTREE: self._t_token,
+            CUBE: self._t_cube,
         }
 
     # ---------------------------------------------------------------- entry point
@@ -460,6 +500,8 @@ class Pseudonymizer:
                 return self._text_record(entity, type_oid, raw, depth)
             if kind in (RANGE, MULTIRANGE):
                 return self._range(entity, type_oid, fmt, raw, depth)
+            if kind == ENUM:  # its binary format is its label's text, too
+                return self._enum(entity, type_oid, raw)
             if fmt:
                 return self._binary(entity, kind, raw)
             handler = self._text.get(kind)
@@ -588,6 +630,28 @@ class Pseudonymizer:
 
     def _t_json(self, entity: str, raw: bytes, kind: str) -> bytes:
         return b'"' + self._token(entity, raw) + b'"'
+
+    def _t_hstore(self, entity: str, raw: bytes, kind: str) -> bytes:
+        # one pair whatever the value held: its keys (``hstore(c)`` of a row: the
+        # column names, or values a key was made of) and how many there were may be
+        # what an expression of PII chose
+        return b'"pii"=>"' + self._token(entity, raw) + b'"'
+
+    def _t_cube(self, entity: str, raw: bytes, kind: str) -> bytes:
+        return f"({self._cube(entity, raw)})".encode()
+
+    def _cube(self, entity: str, canonical: bytes) -> int:
+        """A cube's pseudonym: one point of one ten-digit coordinate (how many
+        dimensions a value had, and whether it was a point, may be what an
+        expression of PII chose)."""
+        return self._number(entity, self._seed("cube", entity, canonical), FLOAT8)
+
+    def _enum(self, entity: str, type_oid: int, raw: bytes) -> bytes:
+        """One of the type's labels, by a keyed pick of the value: a driver that maps
+        the labels to its own enum (psycopg's ``register_enum``) decodes it."""
+        labels = self.types.labels.get(type_oid) or ("",)
+        pick = int.from_bytes(self._seed("enum", entity, raw)[:8], "big")
+        return labels[pick % len(labels)].encode()
 
     def _t_bytea(self, entity: str, raw: bytes, kind: str) -> bytes:
         return b"\\x" + self._token(entity, raw).hex().encode()
@@ -780,6 +844,13 @@ class Pseudonymizer:
             b = bytearray(self._seed("mac", entity, raw)[: len(raw)])
             b[0] = (b[0] | 0x02) & 0xFE
             return bytes(b)
+        if kind == HSTORE:  # a count of pairs, then each key and value with its length
+            pair = [b"pii", self._token(entity, raw)]
+            return _I32.pack(1) + b"".join(_I32.pack(len(x)) + x for x in pair)
+        if kind == LTREE:  # a version byte, then the text
+            return b"\x01" + self._token(entity, raw)
+        if kind == CUBE:
+            return _U32.pack(_CUBE_POINT | 1) + struct.pack("!d", self._cube(entity, raw))
         return self._token(entity, raw)
 
     @staticmethod

@@ -123,6 +123,10 @@ class TypeInfo:
     relid: int = 0  # for composite types: the relation
     category: str = ""  # pg_type.typcategory ('A' array, 'S' string ...)
     delim: str = ","
+    #: for range types: the subtype; for multirange types: the range type
+    subtype: int = 0
+    #: for enum types: the labels, in their sort order
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,8 +464,15 @@ FROM pg_catalog.pg_constraint k WHERE k.contype = 'f'
 _TYPES = """
 SELECT t.oid, t.typname, t.typtype::text AS typtype, t.typelem, t.typbasetype, t.typrelid,
        t.typcategory::text AS typcategory, t.typdelim::text AS typdelim,
-       t.typlen
+       t.typlen,
+       COALESCE(r.rngsubtype, m.rngtypid, 0::pg_catalog.oid) AS subtype,
+       CASE WHEN t.typtype = 'e' THEN
+         ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e
+               WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder)
+       END AS labels
 FROM pg_catalog.pg_type t
+LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid
+LEFT JOIN pg_catalog.pg_range m ON m.rngmultitypid = t.oid
 """
 _FUNCTIONS = """
 SELECT p.oid, n.nspname, p.proname, p.proretset, p.prorettype, l.lanname,
@@ -596,6 +607,8 @@ async def load_schema(conn: Any) -> SchemaSnapshot:
             r["typrelid"],
             r["typcategory"],
             r["typdelim"],
+            r["subtype"],
+            tuple(r["labels"] or ()),
         )
         for r in type_rows
     }
