@@ -466,7 +466,14 @@ class Expressions(WalkState):
             )
             self.r.param_writes |= lin.params
             self.met_opaque(scope, met)
-            return lin | self.unknown(f"{'.'.join(parts)}() is not a PostgreSQL built-in function")
+            lin = lin | self.unknown(f"{'.'.join(parts)}() is not a PostgreSQL built-in function")
+            if self.may_set_rows(name):
+                # as many rows as it returns, which its arguments and what it reads
+                # decide, as a built-in's do (``sets_rows``): ``count(*)`` over
+                # ``SELECT skeys(hstore(array[substr(email, 1, 1), 'a'], …))`` was 1
+                # exactly where the e-mail began with an ``a``
+                scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
+            return lin
         if name in DATA_READERS or name.startswith(WORK_COUNTER_PREFIX):
             met = len(self.refs) if self.refs is not None else 0
             self.expr(args, scope, FILTER)
@@ -511,6 +518,12 @@ class Expressions(WalkState):
         if funcs:
             return any(f.returns_set for f in funcs if f.builtin)
         return name in BUILTIN_SET_RETURNING
+
+    def may_set_rows(self, name: str) -> bool:
+        """Whether a function of the database's own (an extension's, a user's) called
+        ``name`` may return a set: one of that name does, or none is known."""
+        funcs = self.snap.functions_named(name)
+        return not funcs or any(f.returns_set for f in funcs)
 
     def is_builtin(self, name: str, schema: str | None) -> bool:
         funcs = self.snap.functions_named(name)
