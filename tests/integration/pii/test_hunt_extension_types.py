@@ -68,7 +68,7 @@ rules:
                   similarity, word_similarity, show_trgm, text2ltree, ltree2text, subpath,
                   subltree, nlevel, lca, cube, cube_dim, cube_ll_coord, cube_ur_coord,
                   ll_to_earth, earth_distance, earth_box, latitude, longitude, sort, icount,
-                  uniq, idx, intset, float_band, tconvert, svals]
+                  uniq, idx, intset, float_band, float_band_multirange]
     action: allow
 """
 
@@ -315,3 +315,118 @@ def test_a_set_an_extension_function_returns_is_sized_by_pii(dsn: str, pg_server
         ).fetchone()[0]
     assert not counts & {1, 2}, counts
     assert distinct != len(set(email)), distinct
+
+
+#: Stored PII of the extensions' types, a domain over one, an enum and a range of the
+#: database's own, and values derived from them, as an application's adapters read them.
+TYPED = (
+    "select e.attrs, e.extra, hstore(c) as whole, e.feeling, e.band,"
+    " float_band_multirange(e.band) as bands, array[e.band] as band_list,"
+    " array[e.feeling] as feelings, e.home_address, e.spot, e.contact_email, e.backup,"
+    " float_band(c.id, ascii(c.email)) as made, text2ltree(c.ssn) as path"
+    " from ext_people e join customers c on c.id = e.id where e.id < 4 order by e.id"
+)
+
+
+def _check_typed(rows: list[Any], raw: set[bytes]) -> None:
+    """Three rows whose hstores are one pair holding a token, and no raw value."""
+    assert len(rows) == 3
+    text = repr(rows).encode()
+    assert not sorted(v for v in raw if v in text)[:3]
+    assert text.count(b"tok_pii_") >= 9 and text.count(b"tok_email_") >= 6
+
+
+def test_psycopg_adapters_decode_extension_types(dsn: str, raw: set[bytes]) -> None:
+    """psycopg's hstore, enum, range and multirange adapters, registered as an
+    application does, decode every replacement in text and binary cursors."""
+    from psycopg.types.enum import EnumInfo, register_enum
+    from psycopg.types.hstore import register_hstore
+    from psycopg.types.multirange import Multirange, MultirangeInfo, register_multirange
+    from psycopg.types.range import Range, RangeInfo, register_range
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        info = psycopg.types.TypeInfo.fetch(conn, "hstore")
+        assert info is not None
+        register_hstore(info, conn)
+        register_enum(EnumInfo.fetch(conn, "mood"), conn)  # type: ignore[arg-type]
+        register_range(RangeInfo.fetch(conn, "float_band"), conn)  # type: ignore[arg-type]
+        register_multirange(MultirangeInfo.fetch(conn, "float_band_multirange"), conn)  # type: ignore[arg-type]
+        for binary in (False, True):
+            with conn.cursor(binary=binary) as cur:
+                cur.execute(TYPED)  # type: ignore[arg-type]
+                rows = cur.fetchall()
+            _check_typed(rows, raw)
+            for attrs, extra, whole, feeling, band, bands, band_list, feelings, *_ in rows:
+                for h in (attrs, extra, whole):
+                    assert list(h) == ["pii"] and h["pii"].startswith("tok_pii_"), h
+                assert feeling.name in ("calm", "tense") and feelings[0].name in ("calm", "tense")
+                assert isinstance(band, Range) and isinstance(band_list[0], Range)
+                assert isinstance(bands, Multirange) and len(bands) == 1
+
+
+def test_asyncpg_decodes_extension_types(dsn: str, raw: set[bytes]) -> None:
+    """asyncpg reads ranges of the database's own in binary (it introspects them),
+    and hstore in binary with its contrib codec."""
+    import asyncio
+
+    async def fetch() -> list[Any]:
+        conn = await asyncpg.connect(dsn, ssl=False)
+        try:
+            await conn.set_builtin_type_codec("hstore", codec_name="pg_contrib.hstore")
+            return list(await conn.fetch(TYPED))
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(fetch())
+    _check_typed([tuple(r) for r in rows], raw)
+    for row in rows:
+        assert list(row["attrs"]) == ["pii"] and row["whole"]["pii"].startswith("tok_pii_")
+        assert isinstance(row["band"], asyncpg.Range) and isinstance(row["made"], asyncpg.Range)
+        assert row["feeling"] in ("calm", "tense")
+
+
+def test_psycopg2_pg8000_and_psql_decode_extension_types(
+    dsn: str, pg_server: Any, raw: set[bytes]
+) -> None:
+    import subprocess
+
+    import pg8000.native
+    import psycopg2
+    import psycopg2.extras
+
+    from dbgate.embedded import pg_bin_dir
+
+    conn2 = psycopg2.connect(dsn)
+    try:
+        psycopg2.extras.register_hstore(conn2)
+        psycopg2.extras.register_range("float_band", "FloatBand", conn2)
+        with conn2.cursor() as cur2:
+            cur2.execute(TYPED)
+            rows = cur2.fetchall()
+    finally:
+        conn2.close()
+    _check_typed(rows, raw)
+    assert all(list(r[0]) == ["pii"] and r[4].lower is not None for r in rows)
+    parts = urlsplit(dsn)
+    c8 = pg8000.native.Connection(
+        parts.username or "",
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 5432,
+        database=parts.path.lstrip("/"),
+        password=parts.password,
+    )
+    try:
+        _check_typed(c8.run(TYPED), raw)
+    finally:
+        c8.close()
+    out = subprocess.run(
+        [str(pg_bin_dir() / "psql"), "-X", "-v", "ON_ERROR_STOP=1", dsn, "-c", TYPED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PGSSLMODE": "disable", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "(3 rows)" in out.stdout and '"pii"=>"tok_pii_' in out.stdout
+    assert not sorted(v for v in raw if v in out.stdout.encode())[:3]
