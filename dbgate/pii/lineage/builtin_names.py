@@ -105,6 +105,11 @@ WORK_COUNTER_PREFIX = ("pg_stat_get_", "pg_stat_statements", "pg_get_backend_mem
 #: value, a large object, a notification): a value derived from PII given to one is a
 #: copy the catalog cannot follow, held like an INSERT of it into a plain column.
 STATE_WRITERS = SIDE_EFFECTS - {"pg_advisory_unlock", "pg_advisory_unlock_shared"}
+#: Functions of PostgreSQL's own extensions (in whatever schema they are installed) that
+#: keep an argument in session state a later statement reads back, as STATE_WRITERS do:
+#: pg_trgm's ``set_limit`` sets ``pg_trgm.similarity_threshold``, which ``SHOW`` and
+#: ``current_setting`` print (``set_limit(ascii(substr(email, 1, 1)) / 1000.0)``).
+EXTENSION_STATE_WRITERS = frozenset({"set_limit"})
 #: Built-in functions that draw from the session's random generator, which
 #: ``setseed`` seeds (and whose state a few of its outputs give away): how many times
 #: they ran is where the next ``random()`` stands in a sequence the agent can compute,

@@ -18,6 +18,7 @@ from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.lineage.builtin_names import (
     BUILTIN_SET_RETURNING,
     DATA_READERS,
+    EXTENSION_STATE_WRITERS,
     HYPOTHETICAL_SET_AGGREGATES,
     PRNG_DRAWS,
     SIDE_EFFECTS,
@@ -466,6 +467,8 @@ class Expressions(WalkState):
             )
             self.r.param_writes |= lin.params
             self.met_opaque(scope, met)
+            if name in EXTENSION_STATE_WRITERS:
+                self.state_writes.append((name, lin, scope))
             lin = lin | self.unknown(f"{'.'.join(parts)}() is not a PostgreSQL built-in function")
             if self.may_set_rows(name):
                 # as many rows as it returns, which its arguments and what it reads

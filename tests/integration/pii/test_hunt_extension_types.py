@@ -68,7 +68,7 @@ rules:
                   similarity, word_similarity, show_trgm, text2ltree, ltree2text, subpath,
                   subltree, nlevel, lca, cube, cube_dim, cube_ll_coord, cube_ur_coord,
                   ll_to_earth, earth_distance, earth_box, latitude, longitude, sort, icount,
-                  uniq, idx, intset, float_band, float_band_multirange]
+                  uniq, idx, intset, float_band, float_band_multirange, set_limit, show_limit]
     action: allow
 """
 
@@ -430,3 +430,23 @@ def test_psycopg2_pg8000_and_psql_decode_extension_types(
     assert out.returncode == 0, out.stderr
     assert "(3 rows)" in out.stdout and '"pii"=>"tok_pii_' in out.stdout
     assert not sorted(v for v in raw if v in out.stdout.encode())[:3]
+
+
+def test_an_extension_function_that_keeps_its_argument_in_a_setting_is_held(
+    dsn: str, pg_server: Any
+) -> None:
+    """pg_trgm's ``set_limit`` keeps its argument in ``pg_trgm.similarity_threshold``,
+    which ``SHOW`` and ``current_setting`` print in a later, clean statement: with the
+    function trusted by the rules, ``set_limit(ascii(substr(email, 1, 1)) / 1000.0)``
+    left ``0.109`` there, the first character's code. Held, as ``set_config`` is."""
+    email = _direct(pg_server, dsn, "select email from customers where id = 1")
+    code = f"{ord(email[0]) / 1000:g}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        got = _run(
+            conn,
+            "select set_limit(ascii(substr(email, 1, 1)) / 1000.0) from customers where id = 1",
+        )
+        shown = _run(conn, "show pg_trgm.similarity_threshold")
+        read = _run(conn, "select current_setting('pg_trgm.similarity_threshold')")
+    assert got.startswith("42501") and "set_limit" in got, got
+    assert code not in shown and code not in read, (shown, read)
