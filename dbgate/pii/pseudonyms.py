@@ -8,7 +8,8 @@ psycopg 3 binary cursors, psycopg2, pg8000, psql). So:
   format) get the token itself: ``tok_email_r…``; an ltree (lquery, ltxtquery) too, a
   one-label path (in binary after its version byte);
 * an hstore gets one pair, ``"pii"=>"tok_…"``, the whole value's token; an enum one
-  of its type's labels; a cube a one-dimensional point;
+  of its type's labels; a cube a one-dimensional point, a pgvector ``vector`` one
+  element;
 * json/jsonb/jsonpath get the token as a JSON string: ``"tok_email_r…"``;
 * bytea gets the token's bytes (``\\x…`` hex in text format);
 * numbers, dates, times, timestamps, intervals, booleans, uuids, inet/cidr and MAC
@@ -78,7 +79,7 @@ POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON = (
 _BITS = 64
 ARRAY, RECORD, OPAQUE = "array", "record", "opaque"
 #: extension types, known by their type's name (``EXTENSION_KINDS``), and enums
-HSTORE, LTREE, CUBE, ENUM = "hstore", "ltree", "cube", "enum"
+HSTORE, LTREE, CUBE, VECTOR, ENUM = "hstore", "ltree", "cube", "vector", "enum"
 #: extension type name -> kind: citext is text (its binary format is text's), the
 #: ltree family a version byte and then text
 EXTENSION_KINDS: dict[str, str] = {
@@ -88,6 +89,7 @@ EXTENSION_KINDS: dict[str, str] = {
     "lquery": LTREE,
     "ltxtquery": LTREE,
     "cube": CUBE,
+    "vector": VECTOR,
 }
 #: a cube's header: its dimensions, and this bit when it is a point
 _CUBE_POINT = 0x80000000
@@ -236,6 +238,7 @@ _NULL_TEXT: dict[str, bytes] = {
     HSTORE: b"",
     LTREE: b"",
     CUBE: b"(0)",
+    VECTOR: b"[0]",
     ENUM: b"",
 }
 _NULL_BINARY: dict[str, bytes] = {
@@ -269,6 +272,7 @@ _NULL_BINARY: dict[str, bytes] = {
     HSTORE: bytes(4),
     LTREE: b"\x01",
     CUBE: _U32.pack(_CUBE_POINT | 1) + bytes(8),
+    VECTOR: _I16.pack(1) + bytes(6),
     ENUM: b"",
 }
 
@@ -276,7 +280,7 @@ _NULL_BINARY: dict[str, bytes] = {
 #: Kinds whose text output depends on settings that may round it (see
 #: :meth:`TypeRegistry.text_may_round`).
 _TEXT_MAY_ROUND = frozenset(
-    {FLOAT4, FLOAT8, MONEY, OPAQUE, CUBE, POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON}
+    {FLOAT4, FLOAT8, MONEY, OPAQUE, CUBE, VECTOR, POINT, LSEG, BOX, LINE, CIRCLE, PATH, POLYGON}
 )
 #: geometric kind -> how many float8 its replacement holds (a path two points, a
 #: polygon three: how many a value had may be what an expression of PII chose)
@@ -347,8 +351,10 @@ class TypeRegistry:
                     self.kinds[oid] = self.kinds.get(base, OPAQUE)
                     if base in self.fields:
                         self.fields[oid] = self.fields[base]
-                    if base in self.labels:
-                        self.labels[oid] = self.labels[base]
+
+        for oid, base in self.bases.items():  # a domain over an enum: its labels
+            if base in self.labels:
+                self.labels[oid] = self.labels[base]
 
     def kind(self, oid: int) -> str:
         if oid in self.elems:
@@ -473,6 +479,7 @@ class Pseudonymizer:
             HSTORE: self._t_hstore,
             LTREE: self._t_token,
             CUBE: self._t_cube,
+            VECTOR: self._t_vector,
         }
 
     # ---------------------------------------------------------------- entry point
@@ -639,6 +646,14 @@ class Pseudonymizer:
 
     def _t_cube(self, entity: str, raw: bytes, kind: str) -> bytes:
         return f"({self._cube(entity, raw)})".encode()
+
+    def _t_vector(self, entity: str, raw: bytes, kind: str) -> bytes:
+        return f"[{self._vector(entity, raw)}]".encode()
+
+    def _vector(self, entity: str, canonical: bytes) -> int:
+        """A pgvector ``vector``'s pseudonym: one element of seven digits (a float4's;
+        how many a value had may be what an expression of PII chose)."""
+        return self._number(entity, self._seed("vector", entity, canonical), FLOAT4)
 
     def _cube(self, entity: str, canonical: bytes) -> int:
         """A cube's pseudonym: one point of one ten-digit coordinate (how many
@@ -851,6 +866,8 @@ class Pseudonymizer:
             return b"\x01" + self._token(entity, raw)
         if kind == CUBE:
             return _U32.pack(_CUBE_POINT | 1) + struct.pack("!d", self._cube(entity, raw))
+        if kind == VECTOR:  # dimensions, an unused int16, then float4 elements
+            return _I16.pack(1) + _I16.pack(0) + struct.pack("!f", self._vector(entity, raw))
         return self._token(entity, raw)
 
     @staticmethod

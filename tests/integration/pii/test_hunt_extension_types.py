@@ -21,37 +21,51 @@ from tests.integration.clients.conftest import DemoRole, agent_config
 from tests.integration.conftest import RunningProxy
 from tests.integration.pii.conftest import Demo
 
-EXTENSIONS = ("hstore", "citext", "ltree", "pg_trgm", "intarray", "cube", "earthdistance")
+EXTENSIONS = (
+    "hstore",
+    "citext",
+    "ltree",
+    "pg_trgm",
+    "intarray",
+    "cube",
+    "earthdistance",
+    "vector",
+)
 
 #: Objects of the database's own over the extensions' types, as an application makes
 #: them: PII by name (``contact_email``, ``*_address``, ``latitude``) or by comment.
 SETUP = [
     "drop table if exists ext_people",
-    "drop domain if exists email_ci, attrs_d",
+    "drop domain if exists email_ci, attrs_d, mood_d",
     "drop type if exists float_band, mood cascade",
     *(f"create extension if not exists {e}" for e in EXTENSIONS),
     "create type mood as enum ('calm', 'tense')",
     "create type float_band as range (subtype = float8)",
     "create domain email_ci as citext",
     "create domain attrs_d as hstore",
+    "create domain mood_d as mood",
     "create table ext_people (id int primary key, contact_email citext, backup email_ci,"
     " attrs hstore, extra attrs_d, home_address ltree, latitude float8, longitude float8,"
-    " spot cube, band float_band, feeling mood)",
+    " spot cube, band float_band, feeling mood, feeling_d mood_d, face vector(3))",
     "comment on column ext_people.attrs is 'pii:pii'",
     "comment on column ext_people.extra is 'pii:pii'",
     "comment on column ext_people.spot is 'pii:geo'",
     "comment on column ext_people.band is 'pii:pii'",
     "comment on column ext_people.feeling is 'pii:pii'",
+    "comment on column ext_people.feeling_d is 'pii:pii'",
+    "comment on column ext_people.face is 'pii:name'",
     "insert into ext_people select id, email, upper(email),"
     " hstore(array['email', 'phone'], array[email, phone]),"
     " hstore('ssn', ssn), text2ltree(regexp_replace(full_name, '[^A-Za-z]+', '_', 'g')),"
     " 40 + id / 1000.0, -70 - id / 1000.0, cube(array[40 + id / 1000.0, -70 - id / 1000.0]),"
-    " float_band(id, id + 0.5), case when id % 2 = 0 then 'calm' else 'tense' end::mood"
+    " float_band(id, id + 0.5), case when id % 2 = 0 then 'calm' else 'tense' end::mood,"
+    " case when id % 2 = 0 then 'tense' else 'calm' end::mood,"
+    " array[ascii(full_name), length(full_name), id::int]::vector"
     " from customers where id <= 20",
 ]
 TEARDOWN = [
     "drop table if exists ext_people",
-    "drop domain if exists email_ci, attrs_d",
+    "drop domain if exists email_ci, attrs_d, mood_d",
     "drop type if exists float_band, mood cascade",
     *(f"drop extension if exists {e} cascade" for e in reversed(EXTENSIONS)),
 ]
@@ -122,7 +136,8 @@ def raw(pg_server: Any, demo_db: str, objects: None) -> set[bytes]:
         ).fetchall()
         rows += direct.execute(
             "select contact_email::text, backup::text, attrs::text, extra::text,"
-            " home_address::text, latitude::text, longitude::text, spot::text, band::text"
+            " home_address::text, latitude::text, longitude::text, spot::text, band::text,"
+            " face::text"
             " from ext_people where id < 10"
         ).fetchall()
     return {str(v).encode() for row in rows for v in row if v}
@@ -323,7 +338,8 @@ TYPED = (
     "select e.attrs, e.extra, hstore(c) as whole, e.feeling, e.band,"
     " float_band_multirange(e.band) as bands, array[e.band] as band_list,"
     " array[e.feeling] as feelings, e.home_address, e.spot, e.contact_email, e.backup,"
-    " float_band(c.id, ascii(c.email)) as made, text2ltree(c.ssn) as path"
+    " float_band(c.id, ascii(c.email)) as made, text2ltree(c.ssn) as path, e.feeling_d,"
+    " e.face, array[ascii(c.email), 1]::vector as made_face"
     " from ext_people e join customers c on c.id = e.id where e.id < 4 order by e.id"
 )
 
@@ -356,12 +372,19 @@ def test_psycopg_adapters_decode_extension_types(dsn: str, raw: set[bytes]) -> N
                 cur.execute(TYPED)  # type: ignore[arg-type]
                 rows = cur.fetchall()
             _check_typed(rows, raw)
-            for attrs, extra, whole, feeling, band, bands, band_list, feelings, *_ in rows:
+            for attrs, extra, whole, feeling, band, bands, band_list, feelings, *rest in rows:
                 for h in (attrs, extra, whole):
                     assert list(h) == ["pii"] and h["pii"].startswith("tok_pii_"), h
                 assert feeling.name in ("calm", "tense") and feelings[0].name in ("calm", "tense")
                 assert isinstance(band, Range) and isinstance(band_list[0], Range)
                 assert isinstance(bands, Multirange) and len(bands) == 1
+                face, made_face = rest[-2:]
+                assert rest[-3].name in ("calm", "tense")  # a domain over the enum
+                for v in (face, made_face):  # pgvector: one float4 element
+                    if binary:
+                        assert len(v) == 8 and v[:4] == b"\x00\x01\x00\x00", v
+                    else:
+                        assert v.startswith("[") and float(v[1:-1]) > 0, v
 
 
 def test_asyncpg_decodes_extension_types(dsn: str, raw: set[bytes]) -> None:
