@@ -33,13 +33,17 @@ def listed(arg: Node) -> bool:
     return "A_ArrayExpr" in arg or "A_Const" in arg
 
 
+#: Extensions' types that read a number of the text as a float: cube (and earth, a
+#: domain over it) as float8, seg as float4 (``'5264345250703443'::seg`` keeps seven
+#: digits).
+_FLOAT_EXTENSION_TYPES = ("cube", "earth", "seg")
 #: Types whose input keeps only part of a text: ``"char"`` its first byte, ``name``
 #: 63 bytes, ``float4``/``float8`` the leading digits (a length, ``varchar(n)``,
 #: ``numeric(p, s)``, is refused as well).
-_TRUNCATING_TYPES = frozenset({"char", "name", "float4", "float8"})
+_TRUNCATING_TYPES = frozenset({"char", "name", "float4", "float8", *_FLOAT_EXTENSION_TYPES})
 #: Of those, the ones looked for anywhere in a text (float8 keeps 15 digits: a phone
 #: whole; its casts are common in queries that also send tokens back).
-TYPES_THAT_CUT = frozenset({"char", "name", "float4"})
+TYPES_THAT_CUT = frozenset({"char", "name", "float4", "seg"})
 #: Their OIDs: a column of one of these (or a domain over one, an array of one)
 CUTTING_TYPE_OIDS = {18: '"char"', 19: "name", 700: "float4"}
 #: Statistical aggregates: each returns a float (so rounds) and reads its rows in any
@@ -71,6 +75,8 @@ ROUNDING = frozenset(
     {
         "float8",
         "float4",
+        *_FLOAT_EXTENSION_TYPES,
+        "ll_to_earth",
         "power",
         "pow",
         "sqrt",

@@ -97,6 +97,8 @@ class WalkState:
             info = types.get(type_oid)
             if info is None:
                 return None
+            if info.name == "seg":  # an extension's type of float4 bounds
+                return info.name
             type_oid = info.elem or info.base
             if not type_oid:
                 return None
