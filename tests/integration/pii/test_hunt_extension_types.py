@@ -473,3 +473,50 @@ def test_an_extension_function_that_keeps_its_argument_in_a_setting_is_held(
         read = _run(conn, "select current_setting('pg_trgm.similarity_threshold')")
     assert got.startswith("42501") and "set_limit" in got, got
     assert code not in shown and code not in read, (shown, read)
+
+
+#: What the default rules hold (a value of a table's row type made from JSON, hstore's
+#: operators), as an approved statement runs: through a relay that applies the room.
+APPROVED = [
+    "select json_populate_record(null::customers, row_to_json(c)) from customers c where id < 3",
+    "select (json_populate_record(null::customers, row_to_json(c))).* from customers c"
+    " where id < 3",
+    "select * from jsonb_populate_recordset(null::customers,"
+    " (select jsonb_agg(to_jsonb(c)) from customers c where id < 3))",
+    "select c #= hstore('id', '7') from customers c where id < 3",
+    "select %% hstore(c), %# hstore(c) from customers c where id < 3",
+    "select hstore(c) -> 'email', hstore(c) - 'id'::text from customers c where id < 3",
+]
+
+
+@pytest.fixture(scope="module")
+def approved_dsn(pg_server: Any, pii_demo: Demo) -> Iterator[str]:
+    from tests.integration.pii.conftest import DBNAME
+    from tests.integration.pii.relay import running_relay
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pii_demo.dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+        await pii_demo.room.refresh_dsn(pii_demo.dsn)
+
+    import asyncio
+
+    asyncio.run(admin("create extension if not exists hstore"))
+    try:
+        with running_relay(pii_demo.room, (pg_server.host, pg_server.port)) as relay:
+            yield relay.dsn(pg_server.user, pg_server.password, DBNAME)
+    finally:
+        asyncio.run(admin("drop extension if exists hstore cascade"))
+
+
+@pytest.mark.parametrize("sql", APPROVED)
+def test_approved_pii_through_hstore_and_json_records_reaches_no_driver_raw(
+    approved_dsn: str, pii_demo: Demo, sql: str
+) -> None:
+    got = _received(approved_dsn, sql)
+    assert b"tok_" in got and b"Error" not in got, got[:300]
+    hits = sorted(v for v in pii_demo.values if v in got)
+    assert not hits, hits[:3]
