@@ -520,4 +520,3 @@ def test_approved_pii_through_hstore_and_json_records_reaches_no_driver_raw(
     assert b"tok_" in got and b"Error" not in got, got[:300]
     hits = sorted(v for v in pii_demo.values if v in got)
     assert not hits, hits[:3]
-
