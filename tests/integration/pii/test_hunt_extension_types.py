@@ -332,6 +332,30 @@ def test_a_set_an_extension_function_returns_is_sized_by_pii(dsn: str, pg_server
     assert distinct != len(set(email)), distinct
 
 
+def test_a_built_in_set_returning_function_citext_overloads_still_sizes_its_level(
+    dsn: str, pg_server: Any
+) -> None:
+    """citext overloads ``regexp_split_to_table``, ``regexp_matches`` … for its type:
+    with it installed, an unqualified call is not known to be the built-in, and the
+    branch for functions of the database's own never counted the rows it returns.
+    ``count(*)`` over ``SELECT regexp_split_to_table(email, '')`` was the e-mail's
+    length, under the default rules (the classifier knows the name as a built-in)."""
+    email = _direct(pg_server, dsn, "select email from customers where id = 1")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        got = _run(
+            conn,
+            "select count(*) from (select regexp_split_to_table(c.email, '') from customers c"
+            " where c.id = 1) s",
+        )
+        bit = _run(
+            conn,
+            "select count(*) from (select regexp_matches(c.email, '^' || $$a$$) from customers c"
+            " where c.id = 1) s",
+        )
+    assert got.startswith("ok") and got != f"ok [({len(email)},)]", got
+    assert bit.startswith("ok") and bit not in ("ok [(0,)]", "ok [(1,)]"), bit
+
+
 #: Stored PII of the extensions' types, a domain over one, an enum and a range of the
 #: database's own, and values derived from them, as an application's adapters read them.
 TYPED = (
