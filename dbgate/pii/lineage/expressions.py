@@ -469,14 +469,13 @@ class Expressions(WalkState):
             self.met_opaque(scope, met)
             if name in EXTENSION_STATE_WRITERS:
                 self.state_writes.append((name, lin, scope))
-            lin = lin | self.unknown(f"{'.'.join(parts)}() is not a PostgreSQL built-in function")
-            if self.may_set_rows(name):
-                # as many rows as it returns, which its arguments and what it reads
-                # decide, as a built-in's do (``sets_rows``): ``count(*)`` over
-                # ``SELECT skeys(hstore(array[substr(email, 1, 1), 'a'], …))`` was 1
-                # exactly where the e-mail began with an ``a``
+            if (lin.pii or lin.unknown or lin.params) and self.may_set_rows(name):
+                # as many rows as its arguments say, as a built-in's (``sets_rows``):
+                # ``count(*)`` over ``SELECT skeys(hstore(array[substr(email, 1, 1),
+                # 'a'], …))`` was 1 exactly where the e-mail began with an ``a`` (its
+                # being unknown for its own sake says nothing of that, as in FROM)
                 scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
-            return lin
+            return lin | self.unknown(f"{'.'.join(parts)}() is not a PostgreSQL built-in function")
         if name in DATA_READERS or name.startswith(WORK_COUNTER_PREFIX):
             met = len(self.refs) if self.refs is not None else 0
             self.expr(args, scope, FILTER)
