@@ -110,6 +110,13 @@ STATE_WRITERS = SIDE_EFFECTS - {"pg_advisory_unlock", "pg_advisory_unlock_shared
 #: pg_trgm's ``set_limit`` sets ``pg_trgm.similarity_threshold``, which ``SHOW`` and
 #: ``current_setting`` print (``set_limit(ascii(substr(email, 1, 1)) / 1000.0)``).
 EXTENSION_STATE_WRITERS = frozenset({"set_limit"})
+#: Functions of PostgreSQL's own extensions that run SQL given as text (tablefunc's
+#: ``crosstab`` and ``connectby``, dblink's): they return as many rows as that query
+#: does, which dbgate does not read (``count(*)`` of ``crosstab('select … from
+#: generate_series(1, (select ascii(email) …))')`` is the code).
+EXTENSION_SQL_RUNNERS = frozenset(
+    {"crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby", "dblink", "dblink_get_result"}
+)
 #: Built-in functions that draw from the session's random generator, which
 #: ``setseed`` seeds (and whose state a few of its outputs give away): how many times
 #: they ran is where the next ``random()`` stands in a sequence the agent can compute,

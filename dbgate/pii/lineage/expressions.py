@@ -18,6 +18,7 @@ from dbgate.pii.lin import CLEAN, UNKNOWN_LIN, Lin
 from dbgate.pii.lineage.builtin_names import (
     BUILTIN_SET_RETURNING,
     DATA_READERS,
+    EXTENSION_SQL_RUNNERS,
     EXTENSION_STATE_WRITERS,
     HYPOTHETICAL_SET_AGGREGATES,
     PRNG_DRAWS,
@@ -469,18 +470,25 @@ class Expressions(WalkState):
             self.met_opaque(scope, met)
             if name in EXTENSION_STATE_WRITERS:
                 self.state_writes.append((name, lin, scope))
-            if (lin.pii or lin.unknown or lin.params) and self.may_set_rows(name):
-                # as many rows as its arguments say, as a built-in's (``sets_rows``):
-                # ``count(*)`` over ``SELECT skeys(hstore(array[substr(email, 1, 1),
-                # 'a'], …))`` was 1 exactly where the e-mail began with an ``a`` (its
-                # being unknown for its own sake says nothing of that, as in FROM)
-                scope.chosen = scope.chosen | Lin(lin.entities, lin.unknown, lin.params)
-            return lin | self.unknown(f"{'.'.join(parts)}() is not a PostgreSQL built-in function")
+            own = self.unknown(f"{'.'.join(parts)}() is not a PostgreSQL built-in function")
+            # as many rows as its arguments say, as a built-in's (``sets_rows``):
+            # ``count(*)`` over ``SELECT skeys(hstore(array[substr(email, 1, 1), 'a'],
+            # …))`` was 1 exactly where the e-mail began with an ``a`` — its being
+            # unknown for its own sake says nothing of that, as in FROM, unless it runs
+            # a query given as text (``crosstab``), whose rows it returns
+            sized = lin | own if name in EXTENSION_SQL_RUNNERS else lin
+            if (sized.pii or sized.unknown or sized.params) and self.may_set_rows(name):
+                scope.chosen = scope.chosen | Lin(sized.entities, sized.unknown, sized.params)
+            return lin | own
         if name in DATA_READERS or name.startswith(WORK_COUNTER_PREFIX):
             met = len(self.refs) if self.refs is not None else 0
             self.expr(args, scope, FILTER)
             self.met_opaque(scope, met)
-            return self.unknown(f"{name}() reads data dbgate cannot follow")
+            value = self.unknown(f"{name}() reads data dbgate cannot follow")
+            if self.may_set_rows(name):
+                # ``ts_stat('select …')`` returns as many rows as what it read says
+                scope.chosen = scope.chosen | value
+            return value
         if name == "count" or (name in VALUE_FREE_FUNCTIONS and not args):
             # count(x) counts the rows where x is not null, count(DISTINCT x) the values
             # of x: a choice, like FILTER (count(nullif(g <= ascii(...), false))) — and,

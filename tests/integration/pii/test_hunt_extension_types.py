@@ -30,6 +30,7 @@ EXTENSIONS = (
     "cube",
     "earthdistance",
     "vector",
+    "tablefunc",
 )
 
 #: Objects of the database's own over the extensions' types, as an application makes
@@ -82,7 +83,7 @@ rules:
                   similarity, word_similarity, show_trgm, text2ltree, ltree2text, subpath,
                   subltree, nlevel, lca, cube, cube_dim, cube_ll_coord, cube_ur_coord,
                   ll_to_earth, earth_distance, earth_box, latitude, longitude, sort, icount,
-                  uniq, idx, intset, float_band, float_band_multirange, set_limit, show_limit]
+                  uniq, idx, intset, float_band, float_band_multirange, set_limit, show_limit, crosstab, connectby, normal_rand]
     action: allow
 """
 
@@ -544,3 +545,29 @@ def test_approved_pii_through_hstore_and_json_records_reaches_no_driver_raw(
     assert b"tok_" in got and b"Error" not in got, got[:300]
     hits = sorted(v for v in pii_demo.values if v in got)
     assert not hits, hits[:3]
+
+
+def test_a_query_an_extension_function_runs_as_text_sizes_its_level(
+    dsn: str, pg_server: Any
+) -> None:
+    """tablefunc's ``crosstab`` runs the query given as text and returns its rows,
+    which dbgate does not read: its values were tokenized as unknown, but a function
+    of the database's own in FROM sized its level only by the PII in its arguments,
+    and a constant text has none — with ``crosstab`` trusted by the rules, ``count(*)``
+    over ``crosstab('select … from generate_series(1, (select ascii(email) …))')`` was
+    the character's code."""
+    email = _direct(pg_server, dsn, "select email from customers where id = 1")
+    source = (
+        "'select g::text, 1::text, 1::text from generate_series(1, (select ascii(email)"
+        " from customers where id = 1)) g'"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        got = [
+            _run(conn, f"select count(*) from crosstab({source}) as ct(a text, b text)"),
+            _run(
+                conn,
+                f"select count(*) from (select * from crosstab({source}) as ct(a text, b text)) s",
+            ),
+        ]
+    for one in got:
+        assert one.startswith("ok") and one not in ("ok [(1,)]", f"ok [({ord(email[0])},)]"), got
