@@ -36,9 +36,6 @@ EXTENSIONS = (
 #: Objects of the database's own over the extensions' types, as an application makes
 #: them: PII by name (``contact_email``, ``*_address``, ``latitude``) or by comment.
 SETUP = [
-    "drop table if exists ext_people",
-    "drop domain if exists email_ci, attrs_d, mood_d",
-    "drop type if exists float_band, mood cascade",
     *(f"create extension if not exists {e}" for e in EXTENSIONS),
     "create type mood as enum ('calm', 'tense')",
     "create type float_band as range (subtype = float8)",
@@ -64,12 +61,6 @@ SETUP = [
     " array[ascii(full_name), length(full_name), id::int]::vector"
     " from customers where id <= 20",
 ]
-TEARDOWN = [
-    "drop table if exists ext_people",
-    "drop domain if exists email_ci, attrs_d, mood_d",
-    "drop type if exists float_band, mood cascade",
-    *(f"drop extension if exists {e} cascade" for e in reversed(EXTENSIONS)),
-]
 
 #: An operator trusting the extensions' functions (docs/rules.md: an allow rule for
 #: category opaque naming them): what they return is then tokenized, as approved.
@@ -88,23 +79,38 @@ rules:
 """
 
 
+#: A database of its own: installed extensions overload built-in names (citext's
+#: ``max``, pgvector's ``sum``), which a gate that read the schema meanwhile would take
+#: for the database's own functions until it read it again.
+EXT_DB = "pii_extension_types"
+
+
 @pytest.fixture(scope="module")
-def objects(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[None]:
-    _admin_execute(
-        pg_server,
-        *SETUP,
-        f"grant select, insert, update on ext_people to {demo_role.name}",
-        dbname=demo_db,
-    )
+def ext_db(pg_server: Any, demo_role: DemoRole) -> Iterator[str]:
+    """The demo dataset in :data:`EXT_DB`, with the extensions and the objects over
+    their types (``SETUP``) made as the server's own user."""
+    from tests.integration.clients.conftest import run_async
+    from tests.integration.pii.harness import load_demo
+
+    drop = f'DROP DATABASE IF EXISTS "{EXT_DB}" WITH (FORCE)'
+    _admin_execute(pg_server, drop)
+    run_async(load_demo(pg_server.dsn("postgres"), EXT_DB))
     try:
-        yield
+        _admin_execute(
+            pg_server,
+            *SETUP,
+            f'GRANT CONNECT ON DATABASE "{EXT_DB}" TO {demo_role.name}',
+            f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {demo_role.name}",
+            dbname=EXT_DB,
+        )
+        yield EXT_DB
     finally:
-        _admin_execute(pg_server, *TEARDOWN, dbname=demo_db)
+        _admin_execute(pg_server, drop)
 
 
 @pytest.fixture(scope="module")
 def hunt_proxy(
-    pg_server: Any, demo_role: DemoRole, objects: None, tmp_path_factory: Any
+    pg_server: Any, demo_role: DemoRole, ext_db: str, tmp_path_factory: Any
 ) -> Iterator[RunningProxy]:
     from dbgate.app import build_gate
     from dbgate.gate.pii import PiiGate
@@ -129,9 +135,15 @@ def hunt_proxy(
 
 
 @pytest.fixture(scope="module")
-def raw(pg_server: Any, demo_db: str, objects: None) -> set[bytes]:
+def dsn(hunt_proxy: RunningProxy, ext_db: str) -> str:
+    """Where the agent connects: :data:`EXT_DB` through :func:`hunt_proxy`."""
+    return hunt_proxy.dsn(ext_db)
+
+
+@pytest.fixture(scope="module")
+def raw(pg_server: Any, ext_db: str) -> set[bytes]:
     """Every PII value of the demo's customers and of ``ext_people``, as text."""
-    with psycopg.connect(pg_server.dsn(demo_db)) as direct:
+    with psycopg.connect(pg_server.dsn(ext_db)) as direct:
         rows = direct.execute(
             "select full_name, email, phone, ssn, address from customers"
         ).fetchall()
