@@ -621,7 +621,7 @@ def _container(node: Any) -> bool:
         return bool((body.get("typeName") or {}).get("arrayBounds")) or _container(body.get("arg"))
     if kind == "A_Const":
         text = (body.get("sval") or {}).get("sval", "")
-        return text.lstrip()[:1] in ("{", "[", '"')
+        return text.lstrip()[:1] in ("{", "[")
     return False
 
 
