@@ -39,6 +39,7 @@ from dbgate.gate.declarations import declared
 from dbgate.gate.notes import GateNote
 from dbgate.pii.sql_mask import looks_like_pii, mask_every_literal, mask_text, slow_to_scan
 from dbgate.policy.literals import fast_mask, mask, render_key, spans
+from dbgate.proxy.entries import row_count
 from dbgate.proxy.seams import Allow, QuietObserver, Refuse, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 
@@ -608,14 +609,17 @@ class AuditTrail(QuietObserver):
                 ):
                     known = self._proto(session, note, sql, text, app)
             plan = verdict.plan
+            reason = ""
             if stage == "completed":
                 tags = record.tags
                 outcome = tags[0] if len(tags) == 1 else ", ".join(tags)
                 rows: int | None = record.rows
             else:
                 outcome, rows = record.sqlstate, None
+                if record.tags:
+                    reason, rows = completed_before(record.tags)
             proto = known[4]
-            if proto is not None and not session.declared:
+            if proto is not None and not session.declared and not reason:
                 at = time.time()
                 params = record.params
                 duration = int((record.finished_at - record.received_at) * 1e6)
@@ -667,7 +671,7 @@ class AuditTrail(QuietObserver):
                     rows,
                     int((record.finished_at - record.received_at) * 1e6),
                     plan is not None and getattr(plan, "tokenizes", True),
-                    "",
+                    reason,
                 )
             )
             return
@@ -687,8 +691,11 @@ class AuditTrail(QuietObserver):
             decision = "allow"
         duration = int((record.finished_at - record.received_at) * 1e6)
         tags = record.tags
+        rows = record.rows if stage == "completed" else None
         if stage != "completed":
             outcome = record.sqlstate
+            if tags and not reason:
+                reason, rows = completed_before(tags)
         else:
             outcome = tags[0] if len(tags) == 1 else ", ".join(tags)
         self.writer.record(
@@ -702,7 +709,7 @@ class AuditTrail(QuietObserver):
                 note.approval.request_id if note and note.approval else "",
                 outcome,
                 reason,
-                record.rows if stage == "completed" else None,
+                rows,
                 duration,
                 isinstance(verdict, Allow)
                 and verdict.plan is not None
@@ -713,6 +720,17 @@ class AuditTrail(QuietObserver):
     #: The relay's observer hears a statement's end here, without a hop (once per
     #: statement): _finished with its default stage.
     statement_completed = _finished
+
+
+def completed_before(tags: list[str]) -> tuple[str, int]:
+    """The ``reason`` and ``rows`` of a failed simple-query string whose first
+    statements the server completed before the error (``INSERT …; COMMIT; SELECT
+    1/0``): their command tags, and the rows their tags count. What a ``COMMIT`` among
+    them committed stays, whatever the record's ``failed`` says of the string."""
+    return (
+        "the server completed, before the error: " + ", ".join(tags),
+        sum(row_count(t) for t in tags),
+    )
 
 
 def _session_event(kind: str, session: SessionInfo, **fields: Any) -> SessionEvent:

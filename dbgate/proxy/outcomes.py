@@ -541,18 +541,20 @@ class StatementOutcomes:
             else:
                 self._query_entry, self._query_done = entry, 1
         rec = entry[2]
+        limit = self._limit
+        stopped = limit is not None and limit.entry is entry and limit.hit
         if rec is not None:  # a session repeats a handful of tags: read once each
             tag, rows = command_tag(body)
-            rec.tags.append(tag)
+            if not stopped:  # the client gets the limit's error, not this answer
+                rec.tags.append(tag)
             rec.rows += rows
         if entry[3] is not None:
             self._resolve_query_changes(entry, failed=False)
-        limit = self._limit
-        if limit is not None and limit.entry is entry and limit.hit:
+        if stopped:
             # It finished before the cancel took effect: the client gets the limit's
             # error instead, and nothing more of this query string.
             if rec is not None:
-                rec.sqlstate = limit.refusal.sqlstate
+                rec.sqlstate = limit.refusal.sqlstate  # type: ignore[union-attr]
             self._dropping = True
             return self._limit_error()
         return None

@@ -1,0 +1,214 @@
+"""The server as the audit's witness, for what each record says: which statement,
+with which values, how it ended and how many rows — in the extended protocol's
+harder sequences (portals bound before any Execute and run in another order, the
+unnamed statement bound again and again, names closed and reused, a portal run in
+several row-limited Executes) and in a simple-query string that fails part way.
+
+Each scenario runs on its own raw client session named by ``application_name`` and
+compares what the data server logged for its backend (``log_statement = 'all'``) with
+the session's final statement records, text by text; parameter hashes are recomputed
+with the writer's key so that each record is tied to the values its Execute ran with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from hashlib import blake2b
+from pathlib import Path
+
+import pytest
+
+from dbgate.wire import messages as wire
+from tests.integration.holds.harness import (
+    AGENT,
+    AGENT_PASSWORD,
+    HoldsEnv,
+    admin_execute,
+    admin_query,
+)
+from tests.integration.rawclient import RawClient, errors, rows
+from tests.integration.server_log import server_ran, session_over, show
+
+
+@pytest.fixture(scope="module")
+def logged(env: HoldsEnv) -> Path:
+    log_file = getattr(env.pg_server, "log_file", None)
+    if log_file is None:
+        pytest.skip("needs the embedded server, whose log this test reads")
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS fid_items",
+        "CREATE TABLE fid_items (id int PRIMARY KEY, note text NOT NULL DEFAULT 'n')",
+        "INSERT INTO fid_items (id) SELECT g FROM generate_series(1, 20) g",
+        "GRANT ALL ON fid_items TO PUBLIC",
+        f"ALTER DATABASE {env.data_db} SET log_statement = 'all'",
+    )
+    return Path(log_file)
+
+
+Record = tuple[str, str, str | None, list[str] | None, str | None, int | None, str | None]
+
+
+def records(env: HoldsEnv, app: str) -> list[Record]:
+    """(event, decision, statement, params, outcome, rows, reason) of the session's
+    final statement records, in order."""
+    env.app.call(env.app.app.audit.flush())
+    found = env.app.rows(
+        "SELECT event, decision, statement, params, outcome, rows, reason"
+        " FROM dbgate.audit_log"
+        " WHERE kind = 'statement' AND event <> 'decided' AND application_name = $1"
+        " ORDER BY chain, seq",
+        app,
+    )
+    return [
+        (
+            r["event"],
+            r["decision"],
+            r["statement"],
+            r["params"],
+            r["outcome"],
+            r["rows"],
+            r["reason"],
+        )
+        for r in found
+    ]
+
+
+def hashed(env: HoldsEnv, value: bytes) -> str:
+    """A Bind value as the writer records it (docs/audit.md, ``params``)."""
+    key = env.app.app.audit._builder._key
+    return "h:" + blake2b(value, key=key, digest_size=16).hexdigest()
+
+
+async def session(env: HoldsEnv, app: str) -> tuple[RawClient, int]:
+    client = await RawClient.connect(
+        "127.0.0.1",
+        env.app.port,
+        user=AGENT,
+        password=AGENT_PASSWORD,
+        database=env.data_db,
+        params={"application_name": app},
+    )
+    answer = await client.query("SELECT pg_backend_pid()")
+    return client, int(rows(answer)[0][0])
+
+
+async def ended(
+    env: HoldsEnv, client: RawClient, app: str, pid: int, logged: Path
+) -> tuple[list[str], list[Record]]:
+    """What the server ran for the session and its records, once it is over."""
+    client.send(wire.Terminate())
+    await client.writer.drain()
+    client.writer.close()
+    await session_over(env, app, pid)
+    ran = await asyncio.to_thread(server_ran, logged, pid)
+    return ran, await asyncio.to_thread(records, env, app)
+
+
+def texts(ran: list[str]) -> list[str]:
+    """The statement texts of the server's log lines (``execute s1/p: SELECT …``)."""
+    return [line.split(": ", 1)[1] for line in ran]
+
+
+S1 = "SELECT id FROM fid_items WHERE id = $1"
+S2 = "SELECT note FROM fid_items WHERE id = $1"
+
+
+async def test_each_execute_is_recorded_with_its_own_statement_and_values(
+    env: HoldsEnv, logged: Path
+) -> None:
+    """Portals bound before any Execute and run in another order; the unnamed
+    statement bound again, then parsed anew; a name closed and reused for another
+    text: each record has the text and the values of the portal its Execute ran."""
+    app = "fid-portals"
+    client, pid = await session(env, app)
+    client.send(
+        wire.Parse("s1", S1),
+        wire.Parse("s2", S2),
+        wire.Bind("pa", "s1", params=(b"1",)),
+        wire.Bind("pb", "s2", params=(b"2",)),
+        wire.Bind("", "s1", params=(b"3",)),
+        wire.Execute("pb", 0),
+        wire.Execute("", 0),
+        wire.Execute("pa", 0),
+        wire.Parse("", S1),
+        wire.Bind("", "", params=(b"4",)),
+        wire.Execute("", 0),
+        wire.Bind("", "", params=(b"5",)),
+        wire.Execute("", 0),
+        wire.Parse("", S2),
+        wire.Bind("", "", params=(b"6",)),
+        wire.Execute("", 0),
+        wire.Close("S", "s1"),
+        wire.Close("P", "pa"),
+        wire.Parse("s1", S2),
+        wire.Bind("pa", "s1", params=(b"7",)),
+        wire.Execute("pa", 0),
+        wire.Sync(),
+    )
+    assert not errors(await client.until_ready())
+    ran, recs = await ended(env, client, app, pid, logged)
+    expected = [(S2, 2), (S1, 3), (S1, 1), (S1, 4), (S1, 5), (S2, 6), (S2, 7)]
+    assert texts(ran[1:]) == [sql for sql, _ in expected], show(ran, recs)
+    assert [(r[0], r[2], r[3], r[4], r[5]) for r in recs[1:]] == [
+        ("completed", sql, [hashed(env, b"%d" % value)], "SELECT 1", 1) for sql, value in expected
+    ], show(ran, recs)
+
+
+async def test_each_row_limited_execute_of_a_portal_is_recorded_with_its_rows(
+    env: HoldsEnv, logged: Path
+) -> None:
+    app = "fid-fetches"
+    client, pid = await session(env, app)
+    sql = "SELECT id FROM fid_items ORDER BY id LIMIT 15"
+    client.send(
+        wire.Query("BEGIN"),
+        wire.Parse("", sql),
+        wire.Bind("p", ""),
+        wire.Execute("p", 3),
+        wire.Execute("p", 4),
+        wire.Flush(),
+    )
+    await client.until(wire.PortalSuspended)
+    await client.until(wire.PortalSuspended)
+    client.send(wire.Execute("p", 0), wire.Execute("p", 0), wire.Sync(), wire.Query("COMMIT"))
+    await client.until_ready()
+    await client.until_ready()
+    ran, recs = await ended(env, client, app, pid, logged)
+    # the server logs each Execute (the later ones as "execute fetch from"), and so
+    # does the trail, with what each returned
+    assert len(ran) == len(recs) == 7, show(ran, recs)
+    assert [r[4:6] for r in recs[2:6]] == [
+        ("suspended", 3),
+        ("suspended", 4),
+        ("SELECT 8", 8),
+        ("SELECT 0", 0),
+    ], show(ran, recs)
+
+
+async def test_a_query_string_that_fails_part_way_says_what_the_server_completed(
+    env: HoldsEnv, logged: Path
+) -> None:
+    """A simple-query string is one record: when a statement of it fails after others
+    completed — a COMMIT among them, whose effect stays — the record is ``failed``
+    with the SQLSTATE, and says what the server completed before the error and the
+    rows those statements changed."""
+    app = "fid-partial"
+    client, pid = await session(env, app)
+    answer = await client.query(
+        "INSERT INTO fid_items (id) VALUES (101); COMMIT;"
+        " INSERT INTO fid_items (id) VALUES (102), (103); SELECT 1/0; SELECT 3"
+    )
+    assert [e.sqlstate for e in errors(answer)] == ["22012"]
+    answer = await client.query("SELECT 1/0")
+    ran, recs = await ended(env, client, app, pid, logged)
+    # the server committed the first INSERT; the second was rolled back with the rest
+    assert admin_query(env.admin_dsn, "SELECT id FROM fid_items WHERE id > 100") == [(101,)]
+    assert len(ran) == len(recs) == 3, show(ran, recs)
+    assert recs[1][0] == "failed" and recs[1][4:] == (
+        "22012",
+        3,
+        "the server completed, before the error: INSERT 0 1, COMMIT, INSERT 0 2",
+    ), show(ran, recs)
+    # a statement that failed on its own says nothing more
+    assert recs[2][0] == "failed" and recs[2][4:] == ("22012", None, None), show(ran, recs)
