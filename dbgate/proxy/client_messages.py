@@ -77,6 +77,8 @@ class ClientMessages:
     info: SessionInfo
     sent_cycles: int
     skip_until_sync: bool
+    _skip_code: str
+    _skipped: dict[str, object]
     pinging: bool
     _queue: deque[Entry]
     _markers: int
@@ -254,6 +256,8 @@ class ClientMessages:
     def sync_sent(self) -> None:
         """A Sync was forwarded. The server ignores it while it copies in: not a cycle."""
         self.skip_until_sync = False
+        if self._skipped:
+            self._skipped.clear()
         if not self._copy_in_open:
             self.sent_cycles += 1
             self._queue.append(SYNC_ENTRY)
@@ -336,5 +340,13 @@ class ClientMessages:
             self._batch_open = False
             return out + m.frame(ord("S"), b"")
         self.skip_until_sync = True  # the rest of the batch is not forwarded
+        self._skip_code = code
+        if rec is not None and rec.kind in ("parse", "bind"):
+            # what it would have prepared or bound has this refusal's record
+            self._skipped.clear()
+            if rec.kind == "parse":
+                self._skipped["S" + name_key(rec.statement_name)] = None
+            else:
+                self._skipped["P" + rec.portal] = None
         self._batch_open = True
         return out

@@ -78,6 +78,14 @@ NOT_SENT = Refuse(
     sqlstate.CONNECTION_FAILURE,
     "dbgate: the session ended before this statement was judged; it was not sent",
 )
+#: The verdict recorded for a statement the client sent in a batch that had failed
+#: already (a message of it refused, or failed by the server): dropped on the way to
+#: the client's Sync, as the server would have skipped it
+NOT_SENT_IN_FAILED_BATCH = Refuse(
+    sqlstate.INTERNAL_ERROR,  # the record's outcome is the batch's SQLSTATE
+    "dbgate: an earlier message of this statement's batch failed; like the server, "
+    "dbgate skipped it up to the client's Sync: it was not sent",
+)
 
 
 class StatementOutcomes:
@@ -161,6 +169,8 @@ class StatementOutcomes:
             # No Sync sent yet: whatever the client sends until its Sync, the server
             # skips. Not forwarding it keeps the queue equal to what will be answered.
             self.skip_until_sync = True
+            self._skip_code = code
+            self._skipped.clear()
         if limit is not None:
             self._maybe_release()
         return replacement

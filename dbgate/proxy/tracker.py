@@ -99,6 +99,7 @@ from dbgate.proxy.entries import (
     rewritten_message,
 )
 from dbgate.proxy.measured import MeasuredWrites
+from dbgate.proxy.outcomes import NOT_SENT_IN_FAILED_BATCH
 from dbgate.proxy.portals import (
     PortalState,
     declared_cursors,
@@ -120,7 +121,7 @@ from dbgate.proxy.seams import (
 from dbgate.proxy.statement_events import StatementEvents
 from dbgate.wire import messages as m
 from dbgate.wire import sqlstate
-from dbgate.wire.errors import ClientProtocolError, LimitExceeded
+from dbgate.wire.errors import ClientProtocolError, LimitExceeded, ProtocolError
 from dbgate.wire.framing import (
     ALL_TYPES,
     ALL_TYPES_ROW_RUNS,
@@ -164,6 +165,9 @@ FOREIGN_PORTAL = Refuse(
 )
 #: Named portals and cursor names remembered per session
 MAX_BOUND_PORTALS = 10_000
+#: Names a failed batch's dropped Parses and Binds may leave, up to its Sync (an
+#: Execute of a name past them is recorded with its text unknown)
+MAX_SKIPPED = 1_000
 #: PostgreSQL compares portal names by their first NAMEDATALEN - 1 bytes
 NAME_BYTES = 63
 _DECLARE = re.compile(rb"declare", re.IGNORECASE)
@@ -329,6 +333,12 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         self.done_cycles = 0  # ReadyForQuery received
         #: The client's messages are dropped until its next Sync (after a refusal).
         self.skip_until_sync = False
+        #: The SQLSTATE of the batch that failed, while its messages are dropped
+        self._skip_code = ""
+        #: What the dropped Parses and Binds of that batch meant to prepare ("S" + name
+        #: key: text) and bind ("P" + portal: text and Bind body); None for those of
+        #: the refused message itself (its record is the statement's)
+        self._skipped: dict[str, Any] = {}
         self._copy_in_open = False  # the server copies in and the client has not ended
         self._copy_in = False  # the server is in copy-in mode (since CopyInResponse)
         # Statements and portals as the server confirmed them (ParseComplete,
@@ -501,6 +511,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                     if hdr > fwd:
                         out.append(chunk[fwd:hdr])
                     fwd = e
+                    if observed:
+                        self._not_sent(t, chunk, s, e)
                 continue
             if t == SYNC_MSG:
                 self.skip_until_sync = False
@@ -903,6 +915,58 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
             more = self.client_chunk(rest, split_frames(rest), True)
             out.extend(more if more is not None else (rest,))
         return out
+
+    def _not_sent(self, t: int, chunk: bytes, s: int, e: int) -> None:
+        """A message of a batch that failed (refused, or failed by the server before
+        the client sent it), dropped on the way to the client's Sync — the server would
+        skip it. A statement among them (an Execute, a Query) reached dbgate and never
+        ran: it is recorded refused, with the text its Parse and Bind meant and the
+        batch's SQLSTATE. What the refused message itself prepared or bound has the
+        refusal's record already."""
+        skipped = self._skipped
+        try:
+            if t == PARSE_MSG:
+                name, sql, _types = m.parse_parse(chunk[s:e])
+                if len(skipped) < MAX_SKIPPED:
+                    skipped["S" + name_key(name)] = sql
+                return
+            if t == BIND_MSG:
+                body = chunk[s:e]
+                portal, name = bind_names(body)
+                key = "S" + name_key(name)
+                if key in skipped:
+                    sql = skipped[key]
+                else:
+                    known = self._stmts.get(name_key(name))
+                    sql = known.sql if known is not None else ""
+                if len(skipped) < MAX_SKIPPED:
+                    skipped["P" + portal] = None if sql is None else (sql, body)
+                return
+            if t == EXECUTE_MSG:
+                if not self._exec_records:
+                    return
+                portal = m.parse_execute(chunk[s:e])[0]
+                key = "P" + portal
+                if key in skipped:
+                    bound = skipped[key]
+                    if bound is None:
+                        return  # a portal of the refused message's: recorded with it
+                    sql, bind = bound
+                else:
+                    held = self._portals.get(portal)
+                    sql = held[0].sql if held is not None and held[0] is not None else ""
+                    bind = held[2] if held is not None else b""
+                rec = self._record("execute", sql, portal=portal)
+                if bind:
+                    rec.bound_by(bind)
+            elif t == QUERY_MSG:
+                rec = self._record("query", m.parse_query(chunk, s, e))
+            else:
+                return
+        except ProtocolError:
+            return  # malformed: the server would not have read it either
+        rec.verdict = NOT_SENT_IN_FAILED_BATCH
+        self._finish(rec, self._skip_code, skipped=True)
 
     def _stop_at(self, chunk: bytes, e: int, out: list[bytes] | None, fwd: int) -> list[bytes]:
         """Forward up to ``e`` and park the rest: a limited statement is running.

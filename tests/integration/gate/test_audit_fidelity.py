@@ -212,3 +212,80 @@ async def test_a_query_string_that_fails_part_way_says_what_the_server_completed
     ), show(ran, recs)
     # a statement that failed on its own says nothing more
     assert recs[2][0] == "failed" and recs[2][4:] == ("22012", None, None), show(ran, recs)
+
+
+DENIED = "ALTER SYSTEM SET work_mem = '8MB'"
+DENIED_WHY = "dbgate: denied: rewrites the server's configuration file (ALTER SYSTEM)"
+NOT_SENT = (
+    "dbgate: an earlier message of this statement's batch failed; like the server, "
+    "dbgate skipped it up to the client's Sync: it was not sent"
+)
+
+
+async def test_what_follows_a_refused_message_in_its_batch_is_recorded_as_not_sent(
+    env: HoldsEnv, logged: Path
+) -> None:
+    """A message the gate refuses fails its batch: what the client sent after it, up
+    to its Sync, is not sent (the server would skip it). Each statement among it — an
+    Execute with the text and values its Parse and Bind meant, a Query — reached
+    dbgate: it is recorded ``refused`` with the batch's SQLSTATE; the refused
+    statement's own Bind and Execute are its refusal's record."""
+    app = "fid-refused-batch"
+    client, pid = await session(env, app)
+    client.send(
+        wire.Parse("", "SELECT 1"),
+        wire.Bind("", ""),
+        wire.Execute("", 0),
+        wire.Parse("", DENIED),
+        wire.Bind("", ""),
+        wire.Execute("", 0),
+        wire.Parse("s1", S1),
+        wire.Bind("pa", "s1", params=(b"2",)),
+        wire.Execute("pa", 0),
+        wire.Query("SELECT 5"),
+        wire.Sync(),
+    )
+    answer = await client.until_ready()
+    assert [e.sqlstate for e in errors(answer)] == ["42501"]
+    ran, recs = await ended(env, client, app, pid, logged)
+    assert texts(ran) == ["SELECT pg_backend_pid()", "SELECT 1"], show(ran, recs)
+    # the refusal is committed first (durable), ahead of the session's earlier records
+    recs = [r for r in recs if r[2] != "SELECT pg_backend_pid()"]
+    assert sorted((r[0], r[1], r[2], r[3], r[4], r[6]) for r in recs) == [
+        ("completed", "allow", "SELECT $1", None, "SELECT 1", None),
+        ("refused", "deny", "ALTER SYSTEM SET work_mem = $1", None, "42501", DENIED_WHY),
+        ("refused", "refused", "SELECT $1", None, "42501", NOT_SENT),
+        ("refused", "refused", S1, [hashed(env, b"2")], "42501", NOT_SENT),
+    ], show(ran, recs)
+
+
+async def test_what_the_client_sends_after_its_batch_failed_is_recorded_as_not_sent(
+    env: HoldsEnv, logged: Path
+) -> None:
+    """The server fails a statement of a batch whose Sync the client has not sent
+    yet; what the client sends after the error, up to its Sync, is not sent (the
+    server would skip it) and is recorded ``refused`` with the batch's SQLSTATE."""
+    app = "fid-failed-batch"
+    client, pid = await session(env, app)
+    client.send(
+        wire.Parse("", "SELECT 1 / $1::int"),
+        wire.Bind("", "", params=(b"0",)),
+        wire.Execute("", 0),
+        wire.Flush(),
+    )
+    await client.until(wire.ErrorResponse)
+    client.send(
+        wire.Parse("s1", S1),
+        wire.Bind("pa", "s1", params=(b"3",)),
+        wire.Execute("pa", 0),
+        wire.Query("SELECT 5"),
+        wire.Sync(),
+    )
+    await client.until_ready()
+    ran, recs = await ended(env, client, app, pid, logged)
+    assert texts(ran) == ["SELECT pg_backend_pid()"], show(ran, recs)
+    assert [(r[0], r[1], r[2], r[3], r[4], r[6]) for r in recs[1:]] == [
+        ("failed", "allow", "SELECT $2 / $1::int", [hashed(env, b"0")], "22012", None),
+        ("refused", "refused", S1, [hashed(env, b"3")], "22012", NOT_SENT),
+        ("refused", "refused", "SELECT $1", None, "22012", NOT_SENT),
+    ], show(ran, recs)
