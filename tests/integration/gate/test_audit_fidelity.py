@@ -289,3 +289,23 @@ async def test_what_the_client_sends_after_its_batch_failed_is_recorded_as_not_s
         ("refused", "refused", S1, [hashed(env, b"3")], "22012", NOT_SENT),
         ("refused", "refused", "SELECT $1", None, "22012", NOT_SENT),
     ], show(ran, recs)
+
+
+async def test_a_statement_too_long_to_scan_is_recorded_with_what_was_left_out(
+    env: HoldsEnv, logged: Path
+) -> None:
+    """What acts may follow a long harmless head: the record of a statement longer
+    than what is scanned for it says so and how long the statement was."""
+    app = "fid-long"
+    client, pid = await session(env, app)
+    sql = "SELECT 1" + " " * 70_000 + "; UPDATE fid_items SET note = 'Ann Lee' WHERE id = 1"
+    assert not errors(await client.query(sql))
+    ran, recs = await ended(env, client, app, pid, logged)
+    assert len(ran) == len(recs) == 2, show(ran, recs)
+    statement, outcome = recs[1][2], recs[1][4]
+    assert outcome == "SELECT 1, UPDATE 1"
+    assert statement is not None and "Ann Lee" not in statement
+    assert statement.endswith(
+        f"<masked: the statement has {len(sql)} characters; after the first 65536,"
+        f" {len(sql) - 65536} were not scanned>"
+    ), statement[-200:]

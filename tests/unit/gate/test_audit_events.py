@@ -203,6 +203,30 @@ def test_no_literal_reaches_the_recorded_text_whatever_its_place_or_shape() -> N
             assert secret not in masked, (sql, masked)
 
 
+def test_a_text_too_long_to_scan_says_how_much_of_it_was_not_recorded() -> None:
+    """Only the first 64 KiB of a statement are scanned (masking runs on the event
+    loop): the record says that the rest was left out and how long the statement
+    was, rather than end as if the statement ended there — the part left out may be
+    the one that acts (``SELECT 1 <padding>; UPDATE …``)."""
+    from dbgate.gate.audit import masked_text
+
+    head = "SELECT 1" + " " * 70_000
+    sql = head + "; UPDATE t SET note = 'Ann Lee' WHERE id = 1"
+    marker = f"<masked: the statement has {len(sql)} characters; after the first 65536, "
+    for masked in (
+        masked_text(sql, {}),
+        masked_text(sql, {}, {}),
+        _trail().statement(_session(), "completed", "allow", sql, None).statement,
+    ):
+        assert masked.startswith("SELECT $1 ") and "Ann Lee" not in masked
+        assert masked.endswith(marker + f"{len(sql) - 65536} were not scanned>"), masked[-200:]
+    # cut inside a literal: masked from there on, and the rest said too
+    sql = "SELECT '" + "x" * 70_000 + "'"
+    assert masked_text(sql, {}).startswith(
+        "SELECT <masked: the rest could not be scanned><masked: the statement has"
+    )
+
+
 def test_a_mask_the_scanner_disagrees_with_is_not_remembered_as_a_shape() -> None:
     from dbgate.gate.audit import masked_text
 
