@@ -25,6 +25,7 @@ from tests.integration.holds.harness import (
     HoldsEnv,
     admin_execute,
     admin_query,
+    request_id,
 )
 from tests.integration.rawclient import RawClient, errors, rows
 from tests.integration.server_log import server_ran, session_over, show
@@ -309,3 +310,32 @@ async def test_a_statement_too_long_to_scan_is_recorded_with_what_was_left_out(
         f"<masked: the statement has {len(sql)} characters; after the first 65536,"
         f" {len(sql) - 65536} were not scanned>"
     ), statement[-200:]
+
+
+async def test_what_waited_behind_a_rejected_statement_is_recorded_as_not_sent(
+    env: HoldsEnv, logged: Path
+) -> None:
+    """What the client pipelined behind a held statement waits in dbgate; rejected,
+    the held statement fails its batch, and what waited behind it up to the Sync is
+    not sent — each statement of it recorded ``refused`` with the batch's SQLSTATE."""
+    app = "fid-rejected-batch"
+    client, pid = await session(env, app)
+    client.send(
+        wire.Parse("", "LOCK TABLE fid_items"),  # held (it blocks other sessions)
+        wire.Bind("", ""),
+        wire.Execute("", 0),
+        wire.Parse("s1", S1),
+        wire.Bind("pa", "s1", params=(b"4",)),
+        wire.Execute("pa", 0),
+        wire.Sync(),
+    )
+    notice = (await client.until(wire.NoticeResponse))[-1]
+    await env.app.areject(request_id(notice.fields.get("M", "")), "no")
+    answer = await client.until_ready()
+    assert [e.sqlstate for e in errors(answer)] == ["42501"]
+    ran, recs = await ended(env, client, app, pid, logged)
+    assert texts(ran) == ["SELECT pg_backend_pid()"], show(ran, recs)
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in recs[1:]] == [
+        ("refused", "rejected", "LOCK TABLE fid_items", None, "42501"),
+        ("refused", "refused", S1, [hashed(env, b"4")], "42501"),
+    ], show(ran, recs)
