@@ -919,10 +919,10 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
     def _not_sent(self, t: int, chunk: bytes, s: int, e: int) -> None:
         """A message of a batch that failed (refused, or failed by the server before
         the client sent it), dropped on the way to the client's Sync — the server would
-        skip it. A statement among them (an Execute, a Query) reached dbgate and never
-        ran: it is recorded refused, with the text its Parse and Bind meant and the
-        batch's SQLSTATE. What the refused message itself prepared or bound has the
-        refusal's record already."""
+        skip it. A statement among them (an Execute, a Query, a FunctionCall) reached
+        dbgate and never ran: it is recorded refused, with the text its Parse and Bind
+        meant and the batch's SQLSTATE. What the refused message itself prepared or
+        bound has the refusal's record already."""
         skipped = self._skipped
         try:
             if t == PARSE_MSG:
@@ -961,6 +961,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                     rec.bound_by(bind)
             elif t == QUERY_MSG:
                 rec = self._record("query", m.parse_query(chunk, s, e))
+            elif t == FUNCTION_MSG:
+                rec = self._record("function_call", "")
             else:
                 return
         except ProtocolError:

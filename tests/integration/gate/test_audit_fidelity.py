@@ -280,6 +280,7 @@ async def test_what_the_client_sends_after_its_batch_failed_is_recorded_as_not_s
         wire.Bind("pa", "s1", params=(b"3",)),
         wire.Execute("pa", 0),
         wire.Query("SELECT 5"),
+        wire.FunctionCall(1598),  # random(): a FunctionCall, refused when it is sent
         wire.Sync(),
     )
     await client.until_ready()
@@ -289,6 +290,7 @@ async def test_what_the_client_sends_after_its_batch_failed_is_recorded_as_not_s
         ("failed", "allow", "SELECT $2 / $1::int", [hashed(env, b"0")], "22012", None),
         ("refused", "refused", S1, [hashed(env, b"3")], "22012", NOT_SENT),
         ("refused", "refused", "SELECT $1", None, "22012", NOT_SENT),
+        ("refused", "refused", None, None, "22012", NOT_SENT),
     ], show(ran, recs)
 
 
