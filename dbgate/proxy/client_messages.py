@@ -79,6 +79,7 @@ class ClientMessages:
     skip_until_sync: bool
     _skip_code: str
     _skipped: dict[str, object]
+    _skipped_records: int
     pinging: bool
     _queue: deque[Entry]
     _markers: int
@@ -256,6 +257,7 @@ class ClientMessages:
     def sync_sent(self) -> None:
         """A Sync was forwarded. The server ignores it while it copies in: not a cycle."""
         self.skip_until_sync = False
+        self._skipped_records = 0
         if self._skipped:
             self._skipped.clear()
         if not self._copy_in_open:

@@ -339,6 +339,7 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         #: key: text) and bind ("P" + portal: text and Bind body); None for those of
         #: the refused message itself (its record is the statement's)
         self._skipped: dict[str, Any] = {}
+        self._skipped_records = 0  # statements of that batch recorded as not sent
         self._copy_in_open = False  # the server copies in and the client has not ended
         self._copy_in = False  # the server is in copy-in mode (since CopyInResponse)
         # Statements and portals as the server confirmed them (ParseComplete,
@@ -967,6 +968,14 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 return
         except ProtocolError:
             return  # malformed: the server would not have read it either
+        self._skipped_records += 1
+        if self._skipped_records > MAX_IN_FLIGHT:
+            # as many as may be in flight: each has a record, kept in memory until
+            # the audit writes it, so no more than pipelining may leave
+            raise LimitExceeded(
+                f"more than {MAX_IN_FLIGHT} statements sent after their batch failed, "
+                "without a Sync"
+            )
         rec.verdict = NOT_SENT_IN_FAILED_BATCH
         self._finish(rec, self._skip_code, skipped=True)
 

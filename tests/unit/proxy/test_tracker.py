@@ -31,7 +31,7 @@ from dbgate.proxy.seams import Allow, Refuse, StatementRecord
 from dbgate.proxy.session_info import SessionInfo
 from dbgate.proxy.tracker import StatementTracker, TrackerDesync
 from dbgate.wire import messages as m
-from dbgate.wire.errors import ClientProtocolError
+from dbgate.wire.errors import ClientProtocolError, LimitExceeded
 from dbgate.wire.framing import FrameReader, split_frames
 from tests.unit.proxy.pgsim import SimServer
 
@@ -376,6 +376,40 @@ def test_messages_after_an_error_and_before_their_sync_are_not_forwarded() -> No
     )
     assert _rows(p.answer()) == [b"select rows=1#0"]
     assert p.tracker.idle
+
+
+def test_statements_dropped_after_a_refusal_are_recorded_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the client sends after a refused message, up to its Sync, is dropped:
+    each Execute and Query among it has a record, failed (not sent) with the batch's
+    SQLSTATE, but the refused statement's own Execute does not; and no more of them
+    than may be in flight (each record is kept until the audit writes it)."""
+    import dbgate.proxy.tracker as tracker_module
+
+    p = Pair(8)
+    p.send(
+        m.Parse("", "select refuse").encode(),
+        m.Bind("", "").encode(),
+        m.Execute("", 0).encode(),
+        m.Parse("s", "select rows=1").encode(),
+        m.Bind("p", "s").encode(),
+        m.Execute("p", 0).encode(),
+        m.query("select rows=1"),
+        m.SYNC,
+    )
+    p.answer()
+    assert p.events is not None
+    dropped = [r for r in p.events.records if r.sqlstate == "42501" and r.kind != "parse"]
+    assert [(r.kind, r.sql) for r in dropped] == [
+        ("execute", "select rows=1"),
+        ("query", "select rows=1"),
+    ]
+    assert all(p.events.finished[r.id] == "failed" for r in dropped)
+    monkeypatch.setattr(tracker_module, "MAX_IN_FLIGHT", 3)
+    p.send(m.Parse("", "select refuse").encode(), *[m.Execute("p", 0).encode()] * 3)
+    with pytest.raises(LimitExceeded):
+        p.send(m.Execute("p", 0).encode())
 
 
 def test_a_query_slipped_into_a_failed_batch_is_skipped_with_it() -> None:
