@@ -150,6 +150,11 @@ def _deciding_rules(units: Sequence[UnitDecision]) -> list[Rule]:
     return [rules[i] for i in sorted(rules)]
 
 
+#: Reason codes of settings under which the server reads SQL text otherwise than
+#: dbgate (dbgate.policy.catalog_settings): refused outright, never held.
+UNREADABLE_SETTINGS = frozenset({"escape-standard-conforming-strings", "escape-client-encoding"})
+
+
 def _acted_reasons(
     statements: tuple[StatementClass, ...], acted: dict[int, set[Category]]
 ) -> tuple[Reason, ...]:
@@ -327,6 +332,22 @@ class RuleSet:
             # Only comments or whitespace: PostgreSQL answers EmptyQueryResponse.
             return Decision(
                 Action.ALLOW, "empty-query", "empty query", classification=classification
+            )
+        blind = [r for r in classification.reasons if r.code in UNREADABLE_SETTINGS]
+        if blind:
+            # Once the server reads SQL text otherwise than dbgate's parser does, dbgate
+            # refuses every statement (it cannot tell what they do) — but a statement
+            # the client pipelined behind the change is judged before the server
+            # reports it, as the server will not read it: approving the change could
+            # only let such a statement through. Refused whatever the rule pack says.
+            return Decision(
+                Action.DENY,
+                "unreadable-settings",
+                "dbgate refuses settings under which the server would read SQL text "
+                "differently from dbgate (standard_conforming_strings off, a client_encoding "
+                "other than UTF8): it could no longer tell what a statement does",
+                classification=classification,
+                reasons=tuple(blind),
             )
         candidates = self._candidates(identity)
         worst = -1

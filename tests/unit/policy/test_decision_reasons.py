@@ -196,8 +196,8 @@ TABLE = [
     ),
     row(
         "SET client_encoding = 'SJIS'",
-        "hold",
-        "hold-escape",
+        "deny",
+        "unreadable-settings",
         (
             "escape",
             "escape-client-encoding",

@@ -230,7 +230,7 @@ RISKY = [
     ("SELECT table_to_xml('customers', true, false, '')", HOLD),
     ("SELECT query_to_xml('select * from payments', true, false, '')", HOLD),
     # --- escape -------------------------------------------------------------------------
-    ("SET standard_conforming_strings = off", HOLD),
+    ("SET standard_conforming_strings = off", DENY),
     ("SET search_path = evil, pg_catalog", HOLD),
     ("SET default_transaction_read_only = off", HOLD),
     # --- opaque -------------------------------------------------------------------------
@@ -322,7 +322,7 @@ def test_table_is_big_enough() -> None:
         ("GRANT SELECT ON customers TO agent", "hold-privilege"),
         ("COPY customers TO STDOUT", "hold-export"),
         ("CREATE TABLE t (id int)", "hold-ddl"),
-        ("SET standard_conforming_strings = off", "hold-escape"),
+        ("SET standard_conforming_strings = off", "unreadable-settings"),
         ("DO $$ BEGIN PERFORM 1; END $$", "hold-opaque"),
         ("ALTER SYSTEM SET work_mem = '1GB'", "deny-server-admin"),
         ("VACUUM orders", "hold-maintenance"),
@@ -358,7 +358,7 @@ def test_parse_error_message_is_the_parsers(pack: RuleSet) -> None:
         (["application_name", "x"], ALLOW),
         (["role", "postgres"], HOLD),
         (["session_authorization", "postgres"], HOLD),
-        (["standard_conforming_strings", "off"], HOLD),
+        (["standard_conforming_strings", "off"], DENY),
         (["log_statement", "none"], DENY),
     ],
 )

@@ -24,7 +24,7 @@ import pytest
 
 from dbgate.policy.classify import classify
 from dbgate.policy.model import Action, Category, Identity
-from dbgate.policy.rules import load_rules
+from dbgate.policy.rules import UNREADABLE_SETTINGS, load_rules
 from tests.unit.policy.test_classify_table import ALL
 
 ALLOWED = {Category.READ, Category.WRITE, Category.CONTROL}
@@ -34,11 +34,17 @@ AGENT = Identity(name="agent")
 
 
 def documented_action(
-    categories: frozenset[Category], maintenance: bool, unmeasurable: bool = False
+    categories: frozenset[Category],
+    maintenance: bool,
+    unmeasurable: bool = False,
+    unreadable: bool = False,
 ) -> Action:
     """``unmeasurable``: it changes rows no key bounds where its command tag does not
-    count them (a DML in WITH): the write limit cannot be enforced, so it is held."""
-    if Category.ADMIN in categories and not maintenance:
+    count them (a DML in WITH): the write limit cannot be enforced, so it is held.
+    ``unreadable``: it would make the server read SQL text otherwise than dbgate
+    (``standard_conforming_strings`` off, a non-UTF8 ``client_encoding``): refused
+    whatever the pack (docs/classifier.md, "Escape settings")."""
+    if unreadable or (Category.ADMIN in categories and not maintenance):
         return Action.DENY
     if categories - ALLOWED or unmeasurable:
         return Action.HOLD
@@ -74,7 +80,10 @@ def test_default_pack_action(
     commands = {st.command.upper() for st in classification.statements}
     maintenance = Category.ADMIN in expected and commands <= MAINTENANCE | {"ANALYZE"}
     unmeasurable = unmeasurable_writes(classification)
-    assert decision.action is documented_action(expected, maintenance, unmeasurable), decision.rule
+    unreadable = any(r.code in UNREADABLE_SETTINGS for r in classification.reasons)
+    assert decision.action is documented_action(expected, maintenance, unmeasurable, unreadable), (
+        decision.rule
+    )
 
 
 @pytest.mark.parametrize(("sql", "expected", "subset"), [p for p in ALL if p.values[2]])
