@@ -341,3 +341,48 @@ async def test_what_waited_behind_a_rejected_statement_is_recorded_as_not_sent(
         ("refused", "rejected", "LOCK TABLE fid_items", None, "42501"),
         ("refused", "refused", S1, [hashed(env, b"4")], "42501"),
     ], show(ran, recs)
+
+
+async def test_copy_in_the_extended_protocol(env: HoldsEnv, logged: Path) -> None:
+    """COPY FROM STDIN run by an Execute (measured, its changes counted), one ended by
+    CopyFail, and the statements of their batches: one record each, as run."""
+    admin_execute(
+        env.admin_dsn,
+        "DROP TABLE IF EXISTS fid_copy",
+        "CREATE TABLE fid_copy (id int, note text)",
+        "GRANT ALL ON fid_copy TO PUBLIC",
+    )
+    app = "fid-copy"
+    client, pid = await session(env, app)
+    copy = "COPY fid_copy FROM STDIN"
+    client.send(wire.Parse("", copy), wire.Bind("", ""), wire.Execute("", 0), wire.Flush())
+    await client.until(wire.CopyInResponse)
+    client.send(
+        wire.CopyData(b"1\ta\n2\tb\n"),
+        wire.CopyDone(),
+        wire.Parse("", "SELECT 1"),
+        wire.Bind("", ""),
+        wire.Execute("", 0),
+        wire.Sync(),
+    )
+    assert not errors(await client.until_ready())
+    client.send(wire.Parse("", copy), wire.Bind("", ""), wire.Execute("", 0), wire.Flush())
+    await client.until(wire.CopyInResponse)
+    client.send(
+        wire.CopyData(b"3\tc\n"),
+        wire.CopyFail("stop"),
+        wire.Parse("", "SELECT 2"),
+        wire.Bind("", ""),
+        wire.Execute("", 0),
+        wire.Sync(),
+    )
+    assert [e.sqlstate for e in errors(await client.until_ready())] == ["57014"]
+    ran, recs = await ended(env, client, app, pid, logged)
+    assert texts(ran) == ["SELECT pg_backend_pid()", copy, "SELECT 1", copy], show(ran, recs)
+    assert [(r[0], r[2], r[4], r[5]) for r in recs[1:]] == [
+        ("completed", copy, "COPY 2", 2),
+        ("completed", "SELECT $1", "SELECT 1", 1),
+        ("failed", copy, "57014", None),
+        ("failed", "SELECT $1", "57014", None),  # skipped by the server after CopyFail
+    ], show(ran, recs)
+    assert admin_query(env.admin_dsn, "SELECT count(*) FROM fid_copy") == [(2,)]
