@@ -2,7 +2,9 @@
 with which values, how it ended and how many rows — in the extended protocol's
 harder sequences (portals bound before any Execute and run in another order, the
 unnamed statement bound again and again, names closed and reused, a portal run in
-several row-limited Executes) and in a simple-query string that fails part way.
+several row-limited Executes, COPY run by an Execute), in a simple-query string that
+fails part way, for what a client sends after its batch failed (refused by the gate,
+failed by the server, rejected by an approver) and for a statement too long to scan.
 
 Each scenario runs on its own raw client session named by ``application_name`` and
 compares what the data server logged for its backend (``log_statement = 'all'``) with
