@@ -122,6 +122,8 @@ class PiiGate:
         #: database -> (the snapshot, catalog and coverage it was worked out from,
         #: every PII column's name)
         self._everywhere: dict[str, tuple[tuple[Any, ...], tuple[str, ...]]] = {}
+        #: Reloads of the catalog, keys and settings so far (:meth:`use_config`)
+        self._generation = 0
 
     def check(self) -> None:
         """Build a room once: a missing or wrong key, or a bad catalog, stops the start."""
@@ -157,21 +159,38 @@ class PiiGate:
             room.set_snapshot(old.snapshot, before=old.coverage)
             rooms[database] = room
         self.config = config
+        self._generation += 1
         self.loads.loaded.update(rooms)
         self.loads.changed()
         self._verdicts.clear()
         for info in sessions:
-            info.state.pop(STATE_KEY, None)
+            # Each session takes the new room at once, not at its next statement: its
+            # notifications, and the errors and rows of what it has in flight, arrive
+            # before that, and a session with no PII state has no filter at all.
+            if info.state.pop(STATE_KEY, None) is not None and info.database in rooms:
+                self._open(info, rooms[info.database])
 
     async def _load(self, database: str) -> PiiRoom:
         import asyncpg
 
+        generation = self._generation
         room = self.loads.loaded.get(database) or PiiRoom.from_config(self.config.pii)
         conn = await asyncpg.connect(**upstream_dsn(self.config, database), timeout=10)
         try:
             await room.refresh(conn)
         finally:
             await conn.close()
+        if generation != self._generation:
+            # A reload (:meth:`use_config`) replaced the room while the schema was
+            # read: the room read is the old catalog's, keys' and exemptions', and
+            # stored in its place it would undo the reload. The new room takes the
+            # snapshot read instead (the marks either found kept).
+            current = self.loads.loaded.get(database)
+            if current is None or current is room:
+                current = PiiRoom.from_config(self.config.pii)
+            current.set_snapshot(room.snapshot, before=room.coverage)
+            current.reloaded_unchanged = False
+            return current
         return room
 
     def ensure(self, database: str) -> Awaitable[PiiRoom]:
@@ -308,6 +327,10 @@ class PiiGate:
         room = self.loads.loaded.get(info.database)
         if room is None:
             return None
+        return self._open(info, room)
+
+    def _open(self, info: SessionInfo, room: PiiRoom) -> PiiSession:
+        """The PII state of ``info`` on ``room`` from now on (its exemption recorded)."""
         s = room.session(info.identity, info.groups)
         s.portal_bound = _portal_bound(info)
         s.protocol_prepared = _protocol_prepared(info)

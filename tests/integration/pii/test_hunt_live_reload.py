@@ -1,0 +1,180 @@
+"""What changes under a live session — a reload of the PII catalog, keys and settings
+(SIGHUP's ``reload_app``), or a schema snapshot read again — through the real gate,
+every byte the client receives compared with the raw values read straight from the
+server.
+
+A value the catalog marks as PII when it leaves must be tokenized, whatever was
+decided about its statement before: a notification or an error that arrives after a
+reload, rows of a portal or cursor opened before it, a load of the schema that was
+under way when it happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psycopg
+import pytest
+
+from dbgate.policy.rules import default_rules_dir
+from dbgate.reload import reload_app
+from tests.conftest import _admin_execute
+from tests.integration.clients.conftest import DemoRole
+from tests.integration.conftest import RunningProxy
+
+SETUP = [
+    "drop table if exists live_memos",
+    "create table live_memos (id int primary key, body text)",
+    "insert into live_memos select id, email || ' ' || phone from customers where id <= 6",
+    "create or replace view live_memo_ids as select id from live_memos",
+]
+
+
+@pytest.fixture(scope="module")
+def memos(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[list[str]]:
+    """``live_memos.body``: customers' e-mails and phones in a column no catalog entry,
+    comment or name default marks — until a reload says so. Its raw values."""
+    _admin_execute(
+        pg_server, *SETUP, f"grant select on live_memos to {demo_role.name}", dbname=demo_db
+    )
+    with psycopg.connect(pg_server.dsn(demo_db)) as direct:
+        raw = [str(r[0]) for r in direct.execute("select body from live_memos order by id")]
+    try:
+        yield raw
+    finally:
+        _admin_execute(pg_server, "drop table live_memos cascade", dbname=demo_db)
+
+
+@pytest.fixture(scope="module")
+def hunt_proxy(memos: list[str], hunt_proxy: RunningProxy) -> RunningProxy:
+    """The PII conftest's gate, started once ``live_memos`` exists."""
+    return hunt_proxy
+
+
+def _app(proxy: RunningProxy) -> Any:
+    """What ``reload_app`` reloads: the running proxy's gate, PII gate and sessions."""
+    gate = proxy.server.inspector
+    return SimpleNamespace(
+        gate=gate,
+        pii=gate.pii,  # type: ignore[attr-defined]
+        proxy=proxy.server,
+        approvals=None,
+        audit=None,
+        config=gate.pii.config,  # type: ignore[attr-defined]
+    )
+
+
+def _catalog(tmp_path: Path, extra: str) -> Path:
+    """The shipped catalog with ``extra`` lines added under ``columns:``."""
+    text = (default_rules_dir() / "pii.yaml").read_text()
+    head, sep, tail = text.partition("\ncolumns:\n")
+    assert sep, "the shipped catalog has a columns section"
+    path = tmp_path / "pii.yaml"
+    path.write_text(head + sep + extra + tail)
+    return path
+
+
+def _reload(proxy: RunningProxy, **pii: Any) -> Any:
+    """SIGHUP's reload with ``pii`` settings changed; returns the config in force before."""
+    app = _app(proxy)
+    before = app.config
+    after = before.model_copy(update={"pii": before.pii.model_copy(update=pii)})
+    result = proxy.call(reload_app(app, after))
+    assert result.ok, result
+    return before
+
+
+def _restore(proxy: RunningProxy, config: Any) -> None:
+    app = _app(proxy)
+    result = proxy.call(reload_app(app, config))
+    assert result.ok, result
+
+
+def _leaks(got: Any, raw: list[str]) -> list[str]:
+    text = repr(got)
+    found = []
+    for value in raw:
+        for piece in value.split(" "):
+            if piece and piece in text:
+                found.append(piece)
+    return found
+
+
+def test_a_notification_after_a_reload_is_filtered(
+    dsn: str, pg_server: Any, demo_db: str, memos: list[str], hunt_proxy: RunningProxy
+) -> None:
+    """A reload drops each session's PII state so that its next statement takes the
+    new room; a notification (or an error, a notice) that arrives before that next
+    statement found no filter and went out as the server sent it."""
+    payload = memos[0]
+    with psycopg.connect(dsn, autocommit=True) as agent:
+        agent.execute("listen live_reload")
+        _admin_execute(pg_server, f"notify live_reload, '{payload}'", dbname=demo_db)
+        before = [n.payload for n in agent.notifies(timeout=10, stop_after=1)]
+        assert before and not _leaks(before, memos), before
+        config = _reload(hunt_proxy)  # nothing changed but the reload itself
+        try:
+            _admin_execute(pg_server, f"notify live_reload, '{payload}'", dbname=demo_db)
+            after = [n.payload for n in agent.notifies(timeout=10, stop_after=1)]
+        finally:
+            _restore(hunt_proxy, config)
+    assert after and not _leaks(after, memos), after
+
+
+def test_a_schema_load_under_way_does_not_undo_a_reload(
+    dsn: str,
+    pg_server: Any,
+    demo_db: str,
+    memos: list[str],
+    hunt_proxy: RunningProxy,
+    tmp_path: Path,
+) -> None:
+    """A load of the schema (after DDL, or the 30 s one) builds on the room it started
+    with and stores it when done: a reload that replaced the room meanwhile — a column
+    marked in the catalog, an exemption taken away, a key rotated — was undone, and
+    the column came back raw until the next reload. A view locked by another session
+    (``pg_get_viewdef`` waits for it, up to 3 s) held the load open for as long."""
+    pii = hunt_proxy.server.inspector.pii  # type: ignore[attr-defined]
+    with psycopg.connect(dsn, autocommit=True) as agent:
+        assert not _leaks(agent.execute("select 1").fetchall(), memos)
+        with psycopg.connect(pg_server.dsn(demo_db)) as locker:
+            locker.execute("lock table live_memo_ids in access exclusive mode")
+
+            async def load() -> None:
+                pii.loads.refresh_soon(demo_db)
+
+            hunt_proxy.call(load())
+            with psycopg.connect(pg_server.dsn(demo_db), autocommit=True) as watch:
+                for _ in range(200):
+                    waiting = watch.execute(
+                        "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+                        " and query like '%pg_get_viewdef%'"
+                    ).fetchone()
+                    if waiting and waiting[0]:
+                        break
+                    watch.execute("select pg_sleep(0.01)")
+                else:
+                    pytest.fail("the schema load never waited for the view")
+            config = _reload(
+                hunt_proxy, catalog=_catalog(tmp_path, "  public.live_memos.body: pii\n")
+            )
+            locker.rollback()
+        try:
+
+            async def loaded() -> None:
+                await pii.loads.ensure(demo_db)
+                task = pii.loads._loading.get(demo_db)
+                if task is not None:
+                    await task
+
+            hunt_proxy.call(loaded())
+            read = "select id, body from live_memos where id <= 6 order by id"
+            got = agent.execute(read).fetchall()
+            with psycopg.connect(dsn, autocommit=True) as later:  # a session opened since
+                got += later.execute(read).fetchall()
+        finally:
+            _restore(hunt_proxy, config)
+    assert got and not _leaks(got, memos), got
