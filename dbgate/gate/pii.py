@@ -161,7 +161,7 @@ class PiiGate:
         self.config = config
         self._generation += 1
         self.loads.loaded.update(rooms)
-        self.loads.changed()
+        self.loads.replaced()
         self._verdicts.clear()
         for info in sessions:
             # Each session takes the new room at once, not at its next statement: its

@@ -113,6 +113,15 @@ class SchemaLoads(Generic[T]):
         for callback in self.on_change:
             callback()
 
+    def replaced(self) -> None:
+        """What judges the snapshots was replaced (a reload of the PII catalog, keys
+        and settings): decisions taken by the old one are taken again (:attr:`on_change`),
+        and what was judged by it and arrives after — results of statements in flight,
+        portals resumed — is treated as after a change of the schema (:attr:`on_began`)."""
+        for callback in self.on_began:
+            callback()
+        self.changed()
+
     def _start(self, database: str) -> asyncio.Future[T]:
         started = self._started[database] = time.monotonic()
         loading = self._loading[database] = asyncio.ensure_future(self._run(database, started))

@@ -555,6 +555,7 @@ class ServerAnswers(StatementOutcomes):
             if self._portals:
                 self._portals.clear()
                 self._portal_state.clear()
+                self._portal_epochs.clear()
             if info.idle_waiters:
                 info.went_idle()
         self._next_cycle()

@@ -205,6 +205,26 @@ class StatementOutcomes:
             stale = self._stale = make(self.info)
         return stale
 
+    def _portal_stale(self, portal: str) -> Allow | None:
+        """The stale verdict (:meth:`_stale_verdict`) for an Execute of ``portal`` when
+        a change of the schema began, or the PII catalog was reloaded, since it was
+        bound: a portal suspended by a row-limited Execute and resumed after a Sync
+        would go on under its verdict, and a column the reload marked as PII, clean
+        when the portal was bound, came back raw."""
+        epochs = self._epochs
+        if epochs is None:
+            return None
+        bound = self._portal_epochs.get(portal)
+        if bound is None or bound == epochs.schema_epoch:
+            return None
+        stale = self._stale
+        if stale is None:
+            make = getattr(self.message_filter, "stale", None)
+            if make is None:
+                return None
+            stale = self._stale = make(self.info)
+        return stale
+
     def _filtered_error(self, body: bytes, verdict: Allow | None = None) -> bytes | None:
         f = self.message_filter
         if f is None:
@@ -457,6 +477,8 @@ class StatementOutcomes:
             if verdict is not None and stmt is not None:
                 verdict = refined_verdict(stmt.verdict, verdict)
             self._portals[portal] = (stmt, verdict, body)
+            if self._epochs is not None:
+                self._portal_epochs[portal] = self._flight_epoch
             v = verdict if verdict is not None else stmt.verdict if stmt is not None else None
             if v is not None and (v.plan is not None or v.replace_params or v.replace_sql):
                 self._open_plan_portal = True
@@ -480,6 +502,7 @@ class StatementOutcomes:
         else:
             self._portals.pop(name, None)
             self._portal_state.pop(name, None)
+            self._portal_epochs.pop(name, None)
 
     def _on_parameter_description(self, entry: Entry, body: bytes) -> None:
         n = U16.unpack_from(body)[0] if len(body) >= 2 else 0
@@ -603,7 +626,7 @@ class StatementOutcomes:
             if self._tell_started:  # only the events someone hears
                 self._emit("statement_decided", rec)
                 self._emit("statement_forwarded", rec)
-        stale = self._stale_verdict()
+        stale = self._stale_verdict() or self._portal_stale(portal)
         if stale is not None:
             verdict = stale if verdict is None else replace(verdict, plan=stale.plan)
             self._portal_state.setdefault(portal, PortalState()).rewriter = None

@@ -347,6 +347,10 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         self._stmts: dict[str, KnownStatement] = {}
         self._portals: dict[str, tuple[KnownStatement | None, Allow | None, bytes]] = {}
         self._portal_state: dict[str, PortalState] = {}  # only portals with a plan
+        #: The inspector's ``schema_epoch`` when each portal was bound: an Execute
+        #: after it moved on (DDL, a PII catalog reload) resumes a portal whose verdict
+        #: was the old catalog's and schema's (:meth:`_portal_stale`)
+        self._portal_epochs: dict[str, int] = {}
         #: A portal bound under a verdict with a plan or tokens resolved is open in
         #: the server's transaction: what its query says when it is dropped (a plan
         #: auto_explain shows at ExecutorEnd) comes under a later message (the next

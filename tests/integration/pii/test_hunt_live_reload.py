@@ -30,6 +30,11 @@ SETUP = [
     "create table live_memos (id int primary key, body text)",
     "insert into live_memos select id, email || ' ' || phone from customers where id <= 6",
     "create or replace view live_memo_ids as select id from live_memos",
+    # one table per test that marks its column: a mark the running room found stays
+    "drop table if exists live_rows",
+    "create table live_rows as select * from live_memos",
+    "drop table if exists live_flight",
+    "create table live_flight as select * from live_memos",
 ]
 
 
@@ -38,14 +43,22 @@ def memos(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[list[st
     """``live_memos.body``: customers' e-mails and phones in a column no catalog entry,
     comment or name default marks — until a reload says so. Its raw values."""
     _admin_execute(
-        pg_server, *SETUP, f"grant select on live_memos to {demo_role.name}", dbname=demo_db
+        pg_server,
+        *SETUP,
+        f"grant select on live_memos, live_rows, live_flight to {demo_role.name}",
+        dbname=demo_db,
     )
     with psycopg.connect(pg_server.dsn(demo_db)) as direct:
         raw = [str(r[0]) for r in direct.execute("select body from live_memos order by id")]
     try:
         yield raw
     finally:
-        _admin_execute(pg_server, "drop table live_memos cascade", dbname=demo_db)
+        _admin_execute(
+            pg_server,
+            "drop table live_memos cascade",
+            "drop table live_rows, live_flight",
+            dbname=demo_db,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -177,4 +190,85 @@ def test_a_schema_load_under_way_does_not_undo_a_reload(
                 got += later.execute(read).fetchall()
         finally:
             _restore(hunt_proxy, config)
+    assert got and not _leaks(got, memos), got
+
+
+READ = "select id, body from live_rows where id <= 6 order by id"
+
+
+async def test_rows_left_after_a_reload_marked_their_column(
+    dsn: str, memos: list[str], hunt_proxy: RunningProxy, tmp_path: Path
+) -> None:
+    """A reload marks ``live_rows.body`` as PII while a session has a portal suspended
+    by a row-limited Execute (asyncpg's cursor), an SQL cursor open and a statement
+    prepared: every row that leaves after it is tokenized. The portal went on under
+    the verdict of its Bind, which had no plan (the column was clean), and its
+    remaining rows came back raw."""
+    import asyncpg
+
+    agent = await asyncpg.connect(dsn)
+    config = None
+    try:
+        prepared = await agent.prepare(READ)
+        assert _leaks(await prepared.fetch(), memos)  # clean before the reload
+        tx = agent.transaction()
+        await tx.start()
+        portal = await agent.cursor(READ)
+        first = await portal.fetch(2)
+        assert _leaks(first, memos)
+        await agent.execute(f"declare sqlc cursor for {READ}")
+        assert _leaks(await agent.fetch("fetch 1 from sqlc"), memos)
+        config = _reload(hunt_proxy, catalog=_catalog(tmp_path, "  public.live_rows.body: pii\n"))
+        got = [
+            await portal.fetch(2),
+            await agent.fetch("fetch 2 from sqlc"),
+            await prepared.fetch(),
+        ]
+        await tx.rollback()
+    finally:
+        await agent.close()
+        if config is not None:
+            _restore(hunt_proxy, config)
+    assert all(got), got
+    assert not _leaks(got, memos), got
+
+
+def test_rows_of_a_statement_in_flight_across_a_reload(
+    dsn: str,
+    pg_server: Any,
+    demo_db: str,
+    memos: list[str],
+    hunt_proxy: RunningProxy,
+    tmp_path: Path,
+) -> None:
+    """A statement judged before a reload that marks its column, whose rows arrive
+    after it (it waited for a lock): its rows are tokenized, as after a change of the
+    schema. It ran under its old verdict, which had no plan, and returned them raw."""
+    import threading
+
+    read = "select id, body from live_flight where id <= 6 order by id"
+    got: list[Any] = []
+    with psycopg.connect(dsn, autocommit=True) as agent:
+        assert _leaks(agent.execute(read).fetchall(), memos)  # clean before
+        with psycopg.connect(pg_server.dsn(demo_db)) as locker:
+            locker.execute("lock table live_flight in access exclusive mode")
+            reader = threading.Thread(target=lambda: got.extend(agent.execute(read).fetchall()))
+            reader.start()
+            with psycopg.connect(pg_server.dsn(demo_db), autocommit=True) as watch:
+                for _ in range(500):
+                    waiting = watch.execute(
+                        "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+                        " and query like '%live_flight%'"
+                    ).fetchone()
+                    if waiting and waiting[0]:
+                        break
+                    watch.execute("select pg_sleep(0.01)")
+                else:
+                    pytest.fail("the read never waited for the lock")
+            config = _reload(
+                hunt_proxy, catalog=_catalog(tmp_path, "  public.live_flight.body: pii\n")
+            )
+            locker.rollback()
+            reader.join(30)
+        _restore(hunt_proxy, config)
     assert got and not _leaks(got, memos), got
