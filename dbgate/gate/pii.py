@@ -481,7 +481,7 @@ class PiiGate:
         if plan.hold:
             held = hold(_pii_hold(plan, classification))
             if isinstance(held, Awaitable):
-                return self._after_hold(held, s, plan, allowed, classification)
+                return self._after_hold(held, info, s, plan, allowed, classification)
             if type(held) is not Allow:
                 return held  # type: ignore[no-any-return]
             if held.check_binds:
@@ -495,6 +495,7 @@ class PiiGate:
     async def _after_hold(
         self,
         held: Awaitable[Any],
+        info: SessionInfo,
         s: PiiSession,
         plan: StatementPlan,
         allowed: Allow,
@@ -506,6 +507,10 @@ class PiiGate:
         verdict = await held
         if type(verdict) is not Allow:
             return verdict  # type: ignore[no-any-return]
+        now = self._since_held(info, s, plan)
+        if type(now) is Refuse:
+            return now
+        s, plan = now  # type: ignore[misc]
         planned = self._planned(s, plan, _approved(allowed, verdict), classification)
         return _approved(allowed, verdict) if planned is None else planned
 
@@ -566,7 +571,7 @@ class PiiGate:
                 ready = self.offload.trace_ahead(sql, room.coverage)
                 if ready is not None:
                     return self._bind_traced(ready, info, statement, sql, room.coverage, hold)
-        return self._bind_decide(s, statement, self._bind_plan(s, info, sql, analysis), hold)
+        return self._bind_decide(info, s, statement, self._bind_plan(s, info, sql, analysis), hold)
 
     def _bind_plan(
         self, s: PiiSession, info: SessionInfo, sql: str, analysis: Analysis | None
@@ -605,7 +610,7 @@ class PiiGate:
         else:
             s.room.adopt(sql, None, traced, coverage)
         result = (
-            self._bind_decide(s, statement, self._bind_plan(s, info, sql, traced), hold)
+            self._bind_decide(info, s, statement, self._bind_plan(s, info, sql, traced), hold)
             if traced is not None
             else self.bind_verdict(info, statement, sql, hold)
         )
@@ -615,6 +620,7 @@ class PiiGate:
 
     def _bind_decide(
         self,
+        info: SessionInfo,
         s: PiiSession,
         statement: Statement,
         plan: StatementPlan,
@@ -628,19 +634,53 @@ class PiiGate:
                 return Refuse("42501", f"dbgate: {_pii_hold(plan, None).message}")
             held = hold(_pii_hold(plan, None))
             if isinstance(held, Awaitable):
-                return self._bind_after_hold(held, s, statement, plan)
+                return self._bind_after_hold(held, info, s, statement, plan)
             if type(held) is not Allow:
                 return held  # type: ignore[no-any-return]
             return _bind_approved(held, self._bind_values(s, statement, plan))
         return self._bind_values(s, statement, plan)
 
     async def _bind_after_hold(
-        self, held: Awaitable[Any], s: PiiSession, statement: Statement, plan: StatementPlan
+        self,
+        held: Awaitable[Any],
+        info: SessionInfo,
+        s: PiiSession,
+        statement: Statement,
+        plan: StatementPlan,
     ) -> Allow | Refuse | None:
         verdict = await held
         if type(verdict) is not Allow:
             return verdict  # type: ignore[no-any-return]
+        now = self._since_held(info, s, plan)
+        if type(now) is Refuse:
+            return now
+        s, plan = now  # type: ignore[misc]
         return _bind_approved(verdict, self._bind_values(s, statement, plan))
+
+    def _since_held(
+        self, info: SessionInfo, s: PiiSession, plan: StatementPlan
+    ) -> tuple[PiiSession, StatementPlan] | Refuse:
+        """The session's PII state and the statement's plan once a hold that may have
+        lasted is decided: a reload of the catalog (a new room) or a schema read again
+        while it waited made ``plan`` on what no longer holds, and under it a column
+        marked since came back raw. Planned again then; refused when the new plan holds
+        it for a reason the approver was not shown."""
+        now = self.session(info)
+        if now is None:
+            return refusals.PII_SCHEMA_UNAVAILABLE
+        if now is s and plan.version == s.room.version:
+            return s, plan
+        fresh = now.plan(plan.sql).with_token_params(plan.token_params)
+        if self.loads.in_flux(info.database):
+            fresh = fresh.distrusted(self._unsettled(info.database))
+        new = [r for r in fresh.hold_reasons if r not in plan.hold_reasons]
+        if new:
+            return Refuse(
+                "42501",
+                "dbgate: the PII catalog or the schema changed while this statement was "
+                f"held ({new[0]}); send it again to have it held anew",
+            )
+        return now, fresh
 
     def _bind_values(
         self, s: PiiSession, statement: Statement, plan: StatementPlan

@@ -190,3 +190,49 @@ def test_a_write_to_a_table_with_pii_is_measured_through_bind(holds: HoldsEnv) -
         holds.admin_dsn, "SELECT DISTINCT note, email ~ '^c' FROM measured_contacts"
     )
     assert notes == [("n", True)]  # undone
+
+
+def test_a_statement_held_across_a_reload_runs_under_the_new_catalog(
+    holds: HoldsEnv, tmp_path: Any
+) -> None:
+    """A statement PII held (it copies an e-mail into a setting) waits while a reload
+    marks another of its columns as PII, then is approved: its rows are tokenized by
+    the catalog in force when they leave. It ran under the plan made when it was held,
+    on the old catalog, and returned the newly marked column raw."""
+    from dbgate.policy.rules import default_rules_dir
+    from dbgate.reload import reload_app
+    from tests.integration.holds.clients import PsycopgNotices
+    from tests.integration.holds.harness import request_id
+
+    admin_execute(
+        holds.admin_dsn,
+        "DROP TABLE IF EXISTS held_memos",
+        "CREATE TABLE held_memos (id int PRIMARY KEY, email text NOT NULL, note text)",
+        "INSERT INTO held_memos VALUES "
+        + ", ".join(f"({i}, '{e}', 'write to {e}')" for i, e in enumerate(EMAILS, 1)),
+    )
+    shipped = (default_rules_dir() / "pii.yaml").read_text()
+    head, sep, tail = shipped.partition("\ncolumns:\n")
+    catalog = tmp_path / "pii.yaml"
+    catalog.write_text(head + sep + "  public.held_memos.note: pii\n" + tail)
+    config = holds.app.config
+    sql = "SELECT id, note, set_config('held.memo', email, false) FROM held_memos WHERE id = 1"
+    with psycopg.connect(holds.dsn, autocommit=True) as conn, ThreadPoolExecutor(1) as pool:
+        notices = PsycopgNotices(conn)
+        assert conn.execute("SELECT note FROM held_memos WHERE id = 2").fetchone() == (
+            f"write to {EMAILS[1]}",
+        )  # clean before the reload
+        running = pool.submit(lambda: conn.execute(sql).fetchall())
+        holds.app.approve(notices.held())  # the rules' hold (a setting changed)
+        # then PII's: the e-mail copied into the setting
+        rid = request_id(notices.next()[0])
+        pii = config.pii.model_copy(update={"catalog": catalog})
+        result = holds.app.call(reload_app(holds.app.app, config.model_copy(update={"pii": pii})))
+        assert result.ok, result
+        try:
+            holds.app.approve(rid)
+            rows = running.result(30)
+        finally:
+            holds.app.call(reload_app(holds.app.app, config))
+    assert rows, rows
+    assert not any(e in repr(rows) for e in EMAILS), rows
