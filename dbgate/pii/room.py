@@ -198,10 +198,15 @@ class PiiSession:
     def _prepared_again(self) -> None:
         """The schema snapshot changed since the session's SQL prepared statements were
         traced: trace the texts that prepared each again (a name several texts
-        prepared, each failed or not, takes what any of them returns). Cursors keep
-        theirs: the server planned their query when they were declared."""
+        prepared, each failed or not, takes what any of them returns). A cursor's
+        query was planned by the server when it was declared, on the schema as it was
+        then, which the new snapshot no longer describes, while what the catalog marks
+        now (a ``pii:`` comment added since) is read on the new one: what its FETCH
+        returns is unknown (``lower(body)`` traced clean, then ``body`` commented
+        ``pii:email``, was FETCHed raw)."""
         room = self.room
         self._prepared_version = room.version
+        self.distrust_cursors(list(self._cursors))
         for name, texts in self._prepared_texts.items():
             out: Output | None = None
             for text in texts:

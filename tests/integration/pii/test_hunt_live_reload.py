@@ -35,6 +35,8 @@ SETUP = [
     "create table live_rows as select * from live_memos",
     "drop table if exists live_flight",
     "create table live_flight as select * from live_memos",
+    "drop table if exists live_cursor",
+    "create table live_cursor as select * from live_memos",
 ]
 
 
@@ -45,7 +47,7 @@ def memos(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[list[st
     _admin_execute(
         pg_server,
         *SETUP,
-        f"grant select on live_memos, live_rows, live_flight to {demo_role.name}",
+        f"grant select on live_memos, live_rows, live_flight, live_cursor to {demo_role.name}",
         dbname=demo_db,
     )
     with psycopg.connect(pg_server.dsn(demo_db)) as direct:
@@ -56,7 +58,7 @@ def memos(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[list[st
         _admin_execute(
             pg_server,
             "drop table live_memos cascade",
-            "drop table live_rows, live_flight",
+            "drop table live_rows, live_flight, live_cursor",
             dbname=demo_db,
         )
 
@@ -272,3 +274,31 @@ def test_rows_of_a_statement_in_flight_across_a_reload(
             reader.join(30)
         _restore(hunt_proxy, config)
     assert got and not _leaks(got, memos), got
+
+
+def test_a_cursor_fetched_after_its_column_was_commented_pii(
+    dsn: str, pg_server: Any, demo_db: str, memos: list[str], hunt_proxy: RunningProxy
+) -> None:
+    """A cursor declared over an expression of a clean column, then the column marked
+    by a ``pii:`` comment (a DBA's, on the server) and the schema read again: what the
+    next FETCH returns is PII. The cursor kept what its query was traced to return on
+    the old snapshot, and ``lower(body)`` came back raw."""
+    pii = hunt_proxy.server.inspector.pii  # type: ignore[attr-defined]
+    read = "select id, lower(body) from live_cursor where id <= 6 order by id"
+    with psycopg.connect(dsn) as agent:
+        agent.execute(f"declare c cursor with hold for {read}")
+        agent.commit()
+        assert _leaks(agent.execute("fetch 1 from c").fetchall(), [m.lower() for m in memos])
+        _admin_execute(
+            pg_server, "comment on column live_cursor.body is 'pii:email'", dbname=demo_db
+        )
+
+        async def reread() -> None:
+            import time
+
+            await pii.loads.reload_since(demo_db, time.monotonic())
+
+        hunt_proxy.call(reread())
+        got = agent.execute("fetch 2 from c").fetchall()
+        agent.execute("close c")
+    assert got and not _leaks(got, [m.lower() for m in memos]), got
