@@ -18,8 +18,10 @@ proxy down or leave it half-changed. So a reload is all or nothing:
 What is not reloaded — listen addresses, upstream, state database, TLS,
 identities' passwords, logging, metrics — is named in one warning line when it
 changed: those take effect at the next start. Statements waiting for approval keep
-the decision that held them; statements already relaying rows finish under the
-catalog they were planned by.
+the decision that held them. Every session takes the new PII catalog at once, and
+what was judged by the old one and arrives after (results of statements in flight,
+portals resumed) is tokenized whole (:meth:`dbgate.gate.pii.PiiGate.use_config`);
+a result set already streaming finishes under the catalog it was planned by.
 
 Each reload is recorded in the audit trail when there is one (``kind = 'reload'``:
 what, whether it worked, the source, a checksum, ``actor = 'SIGHUP'``, the error).
