@@ -302,3 +302,32 @@ def test_a_cursor_fetched_after_its_column_was_commented_pii(
         got = agent.execute("fetch 2 from c").fetchall()
         agent.execute("close c")
     assert got and not _leaks(got, [m.lower() for m in memos]), got
+
+
+async def test_an_exemption_taken_away_with_a_portal_open(
+    dsn: str, pg_server: Any, demo_db: str, hunt_proxy: RunningProxy
+) -> None:
+    """A session exempt when it bound a portal (asyncpg's cursor, row-limited
+    Executes), whose exemption a reload takes away: the portal's next rows are
+    tokenized, and so is what a statement prepared while exempt returns."""
+    import asyncpg
+
+    with psycopg.connect(pg_server.dsn(demo_db)) as direct:
+        raw = [str(r[0]) for r in direct.execute("select email from customers where id <= 6")]
+    read = "select id, email from customers where id <= 6 order by id"
+    config = _reload(hunt_proxy, exempt_identities=["agent"])
+    agent = await asyncpg.connect(dsn)
+    try:
+        prepared = await agent.prepare(read)
+        assert _leaks(await prepared.fetch(), raw)  # exempt: the values themselves
+        tx = agent.transaction()
+        await tx.start()
+        portal = await agent.cursor(read)
+        assert _leaks(await portal.fetch(2), raw)
+        _restore(hunt_proxy, config)
+        got = [await portal.fetch(2), await prepared.fetch()]
+        await tx.rollback()
+    finally:
+        await agent.close()
+        _restore(hunt_proxy, config)
+    assert all(got) and not _leaks(got, raw), got
