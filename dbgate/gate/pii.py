@@ -175,11 +175,16 @@ class PiiGate:
 
         generation = self._generation
         room = self.loads.loaded.get(database) or PiiRoom.from_config(self.config.pii)
+        known = room.coverage is not None and bool(room.snapshot.relations)
         conn = await asyncpg.connect(**upstream_dsn(self.config, database), timeout=10)
         try:
             await room.refresh(conn)
         finally:
             await conn.close()
+        if known and not room.reloaded_unchanged:
+            # a column marked on the server since (a ``pii:`` comment a DBA added): a
+            # portal bound before, resumed now, was judged without it
+            self.loads.moved()
         if generation != self._generation:
             # A reload (:meth:`use_config`) replaced the room while the schema was
             # read: the room read is the old catalog's, keys' and exemptions', and

@@ -116,11 +116,18 @@ class SchemaLoads(Generic[T]):
     def replaced(self) -> None:
         """What judges the snapshots was replaced (a reload of the PII catalog, keys
         and settings): decisions taken by the old one are taken again (:attr:`on_change`),
-        and what was judged by it and arrives after — results of statements in flight,
-        portals resumed — is treated as after a change of the schema (:attr:`on_began`)."""
+        and what was judged by it and arrives after is treated as after a change of
+        the schema (:meth:`moved`)."""
+        self.moved()
+        self.changed()
+
+    def moved(self) -> None:
+        """What the statements judged so far were judged on is gone (a snapshot found
+        changed, a catalog replaced): their results, when they arrive from now on —
+        statements in flight, portals resumed — are treated as after a change of the
+        schema (:attr:`on_began`), not by their verdicts."""
         for callback in self.on_began:
             callback()
-        self.changed()
 
     def _start(self, database: str) -> asyncio.Future[T]:
         started = self._started[database] = time.monotonic()

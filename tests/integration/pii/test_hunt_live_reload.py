@@ -37,6 +37,8 @@ SETUP = [
     "create table live_flight as select * from live_memos",
     "drop table if exists live_cursor",
     "create table live_cursor as select * from live_memos",
+    "drop table if exists live_commented",
+    "create table live_commented as select * from live_memos",
 ]
 
 
@@ -47,7 +49,7 @@ def memos(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[list[st
     _admin_execute(
         pg_server,
         *SETUP,
-        f"grant select on live_memos, live_rows, live_flight, live_cursor to {demo_role.name}",
+        f"grant select on live_memos, live_rows, live_flight, live_cursor, live_commented to {demo_role.name}",
         dbname=demo_db,
     )
     with psycopg.connect(pg_server.dsn(demo_db)) as direct:
@@ -58,7 +60,7 @@ def memos(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[list[st
         _admin_execute(
             pg_server,
             "drop table live_memos cascade",
-            "drop table live_rows, live_flight, live_cursor",
+            "drop table live_rows, live_flight, live_cursor, live_commented",
             dbname=demo_db,
         )
 
@@ -331,3 +333,37 @@ async def test_an_exemption_taken_away_with_a_portal_open(
         await agent.close()
         _restore(hunt_proxy, config)
     assert all(got) and not _leaks(got, raw), got
+
+
+async def test_a_portal_resumed_after_its_column_was_commented_pii(
+    dsn: str, pg_server: Any, demo_db: str, memos: list[str], hunt_proxy: RunningProxy
+) -> None:
+    """A portal suspended by a row-limited Execute, then its column marked by a
+    ``pii:`` comment a DBA added on the server, and the schema read again (the 30 s
+    load, or one after DDL): its next rows are tokenized. They came back raw under the
+    verdict of its Bind, taken when the column was clean."""
+    import time
+
+    import asyncpg
+
+    pii = hunt_proxy.server.inspector.pii  # type: ignore[attr-defined]
+    read = "select id, body from live_commented where id <= 6 order by id"
+    agent = await asyncpg.connect(dsn)
+    try:
+        tx = agent.transaction()
+        await tx.start()
+        portal = await agent.cursor(read)
+        assert _leaks(await portal.fetch(2), memos)  # clean before
+        _admin_execute(
+            pg_server, "comment on column live_commented.body is 'pii:email'", dbname=demo_db
+        )
+
+        async def reread() -> None:
+            await pii.loads.reload_since(demo_db, time.monotonic())
+
+        hunt_proxy.call(reread())
+        got = await portal.fetch(2)
+        await tx.rollback()
+    finally:
+        await agent.close()
+    assert got and not _leaks(got, memos), got
