@@ -367,3 +367,66 @@ async def test_a_portal_resumed_after_its_column_was_commented_pii(
     finally:
         await agent.close()
     assert got and not _leaks(got, memos), got
+
+
+def test_a_key_rotated_under_a_live_session(
+    dsn: str, pg_server: Any, demo_db: str, hunt_proxy: RunningProxy, tmp_path: Path
+) -> None:
+    """Reversible tokens, keys rotated by reloads while one session runs: a token of
+    the old key still finds its row in the grace period and is refused (22023) after
+    ``retire_after``; the same value gets the new key's token from the rotation on; a
+    reload naming a key file that is gone fails, says why, and the running key goes on
+    issuing the same tokens."""
+    from dbgate.pii.keys import generate_key
+
+    old_secret, new_secret = generate_key()[0], generate_key()[0]
+    with psycopg.connect(pg_server.dsn(demo_db)) as direct:
+        row = direct.execute("select email from customers where id = 1").fetchone()
+    assert row is not None
+    email = str(row[0])
+    read = "select email from customers where id = 1"
+    config = _reload(hunt_proxy, mode="reversible", keys=[{"id": "k1", "secret": old_secret}])
+    try:
+        with psycopg.connect(dsn, autocommit=True) as agent:
+            cur = psycopg.ClientCursor(agent)
+            old = str(cur.execute(read).fetchone()[0])  # type: ignore[index]
+            assert old.startswith("tok_email_r"), old
+            lookup = f"select id from customers where email = '{old}'"
+            _reload(
+                hunt_proxy,
+                mode="reversible",
+                keys=[
+                    {"id": "k2", "secret": new_secret},
+                    {"id": "k1", "secret": old_secret, "retire_after": "2999-01-01T00:00:00Z"},
+                ],
+            )
+            assert cur.execute(lookup).fetchall() == [(1,)]  # in the grace period
+            new = str(cur.execute(read).fetchone()[0])  # type: ignore[index]
+            assert new.startswith("tok_email_r") and new != old
+            _reload(
+                hunt_proxy,
+                mode="reversible",
+                keys=[
+                    {"id": "k2", "secret": new_secret},
+                    {"id": "k1", "secret": old_secret, "retire_after": "2000-01-01T00:00:00Z"},
+                ],
+            )
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                cur.execute(lookup)
+            app = _app(hunt_proxy)
+            gone = app.config.model_copy(
+                update={
+                    "pii": app.config.pii.model_copy(
+                        update={"keys": [{"id": "k3", "secret_file": str(tmp_path / "gone")}]}
+                    )
+                }
+            )
+            result = hunt_proxy.call(reload_app(app, gone))
+            assert not result.ok and "cannot read" in result.error, result
+            assert str(cur.execute(read).fetchone()[0]) == new  # type: ignore[index]
+            seen = repr(
+                cur.execute(f"select email from customers where email = '{new}'").fetchall()
+            )
+            assert email not in seen, seen
+    finally:
+        _restore(hunt_proxy, config)
