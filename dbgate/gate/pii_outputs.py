@@ -36,7 +36,19 @@ class PiiResultPlan:
         if plan.version != room.version or (  # the schema was reloaded since it was planned
             plan.unsettled is not None and not plan.unsettled()  # or read after a change
         ):
-            plan = self.plan = room.plan(plan.sql)
+            fresh = room.plan(plan.sql)
+            if plan.token_params or plan.runs_pii:
+                # what the Bind resolved, and the cursor or prepared statement it runs,
+                # are this statement's whatever the snapshot: its plan keeps them
+                fresh = StatementPlan(
+                    room,
+                    plan.sql,
+                    fresh.analysis,
+                    plan.exemption,
+                    plan.token_params,
+                    plan.runs_pii or fresh.runs_pii,
+                )
+            plan = self.plan = fresh
         return plan
 
     def rows(

@@ -504,3 +504,22 @@ def test_the_gate_judges_texts_of_a_shape_alike_and_remembers_only_repeats(
     assert len(gate._verdicts) == 2  # served from the shape again, not remembered
     room.set_snapshot(SNAPSHOT)  # a schema reload: what PII needs is found out again
     assert not room.plans.nothing_to_change(shape_of("select id, status from orders where id = 9"))
+
+
+def test_a_result_plan_made_again_keeps_the_tokens_its_bind_resolved() -> None:
+    """A Bind's plan (a token resolved into ``$1``) whose results arrive once the
+    schema was read again is made again on the new snapshot: the parameter that held a
+    token still carries PII into the outputs of the rows it chose, as it did before."""
+    from dbgate.gate.pii_outputs import PiiResultPlan
+
+    room = _room()
+    sql = (
+        "select o.id, o.status from orders o join customers c on c.id = o.customer_id"
+        " where c.email = $1"
+    )
+    bound = room.plan(sql).with_token_params({1})
+    result = PiiResultPlan(bound)
+    room.set_snapshot(_schema())  # read again: a new version
+    again = result._current()
+    assert again is not bound and again.version == room.version
+    assert again.token_params == frozenset({1})
