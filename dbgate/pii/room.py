@@ -285,6 +285,9 @@ class _PassFilter:
     def notification(self, body: bytes) -> bytes:
         return body
 
+    def copy_data(self, data: bytes) -> str | None:
+        return None  # a session that sees raw values resolves no tokens either
+
 
 class PiiRoom:
     """Everything PII for one dbgate process."""

@@ -244,3 +244,16 @@ def test_a_statement_held_across_a_reload_runs_under_the_new_catalog(
             holds.app.call(reload_app(holds.app.app, config))
     assert rows, rows
     assert not any(e in repr(rows) for e in EMAILS), rows
+
+
+def test_an_exempt_session_copies_in(holds: HoldsEnv) -> None:
+    """``COPY … FROM STDIN`` by an exempt identity: its data is stored as sent. The
+    relay asked the session's pass-through filter for tokens in the data, which it
+    could not answer, and the session ended with an internal error."""
+    _contacts(holds, "exempt_copy")
+    dsn = holds.app.dsn(holds.data_db, OTHER_AGENT, OTHER_PASSWORD)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.cursor().copy("COPY exempt_copy (id, email) FROM STDIN") as copy:
+            copy.write_row((7, "dee.eck@example.com"))
+        got = conn.execute("SELECT email FROM exempt_copy WHERE id = 7").fetchone()
+    assert got == ("dee.eck@example.com",)
