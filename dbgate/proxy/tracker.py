@@ -163,6 +163,11 @@ FOREIGN_PORTAL = Refuse(
     "dbgate: Execute runs only portals bound with Bind in this session; an SQL cursor "
     "(DECLARE) is read with FETCH",
 )
+UNTRACKED_PORTAL = Refuse(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "dbgate: this portal was bound before the schema or the PII catalog changed, and "
+    "what it returns can no longer be judged; bind it again (or end the transaction)",
+)
 #: Named portals and cursor names remembered per session
 MAX_BOUND_PORTALS = 10_000
 #: Names a failed batch's dropped Parses and Binds may leave, up to its Sync (an
@@ -351,6 +356,10 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         #: after it moved on (DDL, a PII catalog reload) resumes a portal whose verdict
         #: was the old catalog's and schema's (:meth:`_portal_stale`)
         self._portal_epochs: dict[str, int] = {}
+        #: While not None: the portals bound since (names) in a transaction during
+        #: which the schema or the PII catalog moved on, portals the relay did not
+        #: follow when they were bound (``_untracked``)
+        self._bound_since: set[bytes] | None = None
         #: A portal bound under a verdict with a plan or tokens resolved is open in
         #: the server's transaction: what its query says when it is dropped (a plan
         #: auto_explain shows at ExecutorEnd) comes under a later message (the next
@@ -483,6 +492,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         if generations is not None and generations.generation != self._memo_generation:  # type: ignore[attr-defined]
             self._catch_up()
         epochs = self._epochs
+        if epochs is not None and (not self._watch or self._bound_since is not None):
+            self._untracked(epochs.schema_epoch, len(queue) == self._markers)  # type: ignore[attr-defined]
         if epochs is not None and len(queue) == self._markers:  # nothing in flight
             self._flight_epoch = epochs.schema_epoch  # type: ignore[attr-defined]
             self._stale = None
@@ -533,6 +544,15 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
             if t == EXECUTE_MSG:
                 if chunk[s] and self._foreign_portal(chunk, s, e):
                     out = self._refused_here(out, chunk, fwd, hdr, "execute", FOREIGN_PORTAL, t)
+                    fwd = e
+                    if not full:
+                        return self._rest_message_by_message(chunk, e, out)
+                    continue
+                if (
+                    self._bound_since is not None
+                    and chunk[s : chunk.find(b"\0", s, e)][:NAME_BYTES] not in self._bound_since
+                ):
+                    out = self._refused_here(out, chunk, fwd, hdr, "execute", UNTRACKED_PORTAL, t)
                     fwd = e
                     if not full:
                         return self._rest_message_by_message(chunk, e, out)
@@ -632,6 +652,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 body = chunk[s:e]
                 if chunk[s]:  # a named portal (the unnamed one is b"")
                     self._bound(chunk, s, e)
+                if self._bound_since is not None:
+                    self._bound_since.add(chunk[s : chunk.find(b"\0", s, e)][:NAME_BYTES])
                 if not (strict or self.inspect_binds):
                     statements = self.info.statements
                     checked = statements.checked  # keys
@@ -826,6 +848,22 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                 self.blocked = True
                 return True
         return False
+
+    def _untracked(self, epoch: int, idle: bool) -> None:
+        """Asked at each client chunk while the relay does not follow portals (no
+        verdict so far needed it: no plan, no limit, no record). When the schema or the
+        PII catalog moved on since the last time nothing was in flight, a portal bound
+        before that may be open in the transaction, and resumed it would run under a
+        verdict taken on what no longer holds — a column marked since came back raw —
+        with no description to tokenize its rows by: its Executes are refused
+        (:data:`UNTRACKED_PORTAL`) until the transaction is over; portals bound from
+        then on run as ever."""
+        if self._bound_since is not None:
+            if idle and self.info.transaction_status == "I":
+                self._bound_since = None  # its portals ended with it
+            return
+        if epoch != self._flight_epoch and not (idle and self.info.transaction_status == "I"):
+            self._bound_since = set()
 
     def _bound(self, chunk: bytes, s: int, e: int) -> None:
         """A Bind of a named portal (``chunk[s:e]`` is its body)."""

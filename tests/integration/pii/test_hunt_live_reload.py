@@ -41,6 +41,15 @@ SETUP = [
     "create table live_commented as select * from live_memos",
     "drop table if exists live_prepared",
     "create table live_prepared as select * from live_memos",
+    "drop table if exists live_watch",
+    "create table live_watch (id int primary key, body text)",
+    "insert into live_watch select * from live_memos",
+    "drop table if exists live_lean",
+    "create table live_lean (id int primary key, body text)",
+    "insert into live_lean select * from live_memos",
+    "drop table if exists live_lean_bound",
+    "create table live_lean_bound (id int primary key, body text)",
+    "insert into live_lean_bound select * from live_memos",
 ]
 
 
@@ -51,7 +60,7 @@ def memos(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[list[st
     _admin_execute(
         pg_server,
         *SETUP,
-        f"grant select on live_memos, live_rows, live_flight, live_cursor, live_commented, live_prepared to {demo_role.name}",
+        f"grant select on live_memos, live_rows, live_flight, live_cursor, live_commented, live_prepared, live_watch, live_lean, live_lean_bound to {demo_role.name}",
         dbname=demo_db,
     )
     with psycopg.connect(pg_server.dsn(demo_db)) as direct:
@@ -63,6 +72,7 @@ def memos(pg_server: Any, demo_db: str, demo_role: DemoRole) -> Iterator[list[st
             pg_server,
             "drop table live_memos cascade",
             "drop table live_rows, live_flight, live_cursor, live_commented, live_prepared",
+            "drop table live_watch, live_lean, live_lean_bound",
             dbname=demo_db,
         )
 
@@ -239,6 +249,7 @@ async def test_rows_left_after_a_reload_marked_their_column(
     assert not _leaks(got, memos), got
 
 
+@pytest.mark.parametrize("table", ["live_flight", "live_lean", "live_lean_bound"])
 def test_rows_of_a_statement_in_flight_across_a_reload(
     dsn: str,
     pg_server: Any,
@@ -246,25 +257,35 @@ def test_rows_of_a_statement_in_flight_across_a_reload(
     memos: list[str],
     hunt_proxy: RunningProxy,
     tmp_path: Path,
+    table: str,
 ) -> None:
     """A statement judged before a reload that marks its column, whose rows arrive
     after it (it waited for a lock): its rows are tokenized, as after a change of the
-    schema. It ran under its old verdict, which had no plan, and returned them raw."""
+    schema. It ran under its old verdict, which had no plan, and returned them raw.
+    ``live_lean``'s primary key proves the read narrow: no row limit either, and the
+    relay did not look at its answer at all."""
     import threading
 
-    read = "select id, body from live_flight where id <= 6 order by id"
+    read = f"select id, body from {table} where id in (1, 2, 3, 4, 5, %s) order by id"
+    # through Parse/Bind/Execute (a parameter), or a simple Query (none)
+    params = (6,) if table.endswith("_bound") else None
+    if params is None:
+        read = read.replace("%s", "6")
     got: list[Any] = []
     with psycopg.connect(dsn, autocommit=True) as agent:
-        assert _leaks(agent.execute(read).fetchall(), memos)  # clean before
+        assert _leaks(agent.execute(read, params).fetchall(), memos)  # clean before
         with psycopg.connect(pg_server.dsn(demo_db)) as locker:
-            locker.execute("lock table live_flight in access exclusive mode")
-            reader = threading.Thread(target=lambda: got.extend(agent.execute(read).fetchall()))
+            locker.execute(f"lock table {table} in access exclusive mode")
+            reader = threading.Thread(
+                target=lambda: got.extend(agent.execute(read, params).fetchall())
+            )
             reader.start()
             with psycopg.connect(pg_server.dsn(demo_db), autocommit=True) as watch:
                 for _ in range(500):
                     waiting = watch.execute(
                         "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
-                        " and query like '%live_flight%'"
+                        " and query like %s",
+                        (f"%{table}%",),
                     ).fetchone()
                     if waiting and waiting[0]:
                         break
@@ -272,7 +293,7 @@ def test_rows_of_a_statement_in_flight_across_a_reload(
                 else:
                     pytest.fail("the read never waited for the lock")
             config = _reload(
-                hunt_proxy, catalog=_catalog(tmp_path, "  public.live_flight.body: pii\n")
+                hunt_proxy, catalog=_catalog(tmp_path, f"  public.{table}.body: pii\n")
             )
             locker.rollback()
             reader.join(30)
@@ -452,3 +473,41 @@ def test_an_sql_prepared_statement_executed_after_a_reload(
         finally:
             _restore(hunt_proxy, config)
     assert got and not _leaks(got, memos + [m.lower() for m in memos]), got
+
+
+async def test_a_portal_of_a_session_that_never_needed_watching(
+    dsn: str, memos: list[str], hunt_proxy: RunningProxy, tmp_path: Path
+) -> None:
+    """A session whose statements so far had no result plan and no row limit (a read
+    its primary key proves narrow): the relay did not follow its portals at all, so
+    a portal bound before a reload that marks its column, resumed after it, returned
+    the column raw. It is refused now (it has no description to tokenize its rows
+    by), and a portal bound again after the reload is tokenized (the unit test of the
+    tracker, ``test_a_portal_resumed_after_the_schema_epoch_moved``, takes both ways)."""
+    import asyncpg
+
+    read = "select id, body from live_watch where id in (1, 2, 3, 4) order by id"
+    agent = await asyncpg.connect(dsn)
+    config = None
+    try:
+        tx = agent.transaction()
+        await tx.start()
+        portal = await agent.cursor(read)
+        assert _leaks(await portal.fetch(2), memos)  # clean before
+        config = _reload(hunt_proxy, catalog=_catalog(tmp_path, "  public.live_watch.body: pii\n"))
+        # refused when the relay did not follow the portal, tokenized when it did (a
+        # row limit or a plan of the session's earlier reads): never the values
+        try:
+            resumed: Any = await portal.fetch(2)
+        except asyncpg.InsufficientPrivilegeError as e:
+            assert "bound before" in str(e), e
+            resumed = []
+        assert not _leaks(resumed, memos), resumed
+        await tx.rollback()
+        async with agent.transaction():
+            got = await (await agent.cursor(read)).fetch(4)
+    finally:
+        await agent.close()
+        if config is not None:
+            _restore(hunt_proxy, config)
+    assert got and not _leaks(got, memos), got

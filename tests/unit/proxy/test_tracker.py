@@ -1066,3 +1066,66 @@ def test_a_portal_resumed_while_strict_waits_for_room(waited: Allow | Refuse) ->
     else:
         assert _errors(got) == ["57014"], got
     assert _statuses(got) == ["T" if isinstance(waited, Allow) else "E"]
+
+
+class EpochInspector(Inspector):
+    """An inspector whose ``schema_epoch`` the test moves (a change of the schema, a
+    PII catalog reloaded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.schema_epoch = 0
+
+
+class StaleFilter:
+    """A message filter whose stale verdict rewrites every row (``PLAN:``)."""
+
+    def notice(self, session: Any, body: bytes, verdict: Any = None) -> bytes:
+        return body
+
+    def error(self, session: Any, body: bytes, verdict: Any = None) -> bytes:
+        return body
+
+    def notification(self, session: Any, body: bytes) -> bytes:
+        return body
+
+    def stale(self, session: Any) -> Allow:
+        return PLAN
+
+
+@pytest.mark.parametrize("watched", [False, True])
+def test_a_portal_resumed_after_the_schema_epoch_moved(watched: bool) -> None:
+    """A portal bound (no plan) and suspended, then the inspector's ``schema_epoch``
+    moves: its next Execute runs under the stale verdict when the relay followed the
+    portal, and is refused when it did not (nothing was followed yet: no plan, limit
+    or record), as it has no description to rewrite its rows by. A portal bound after
+    the move runs as ever."""
+    inspector = EpochInspector()
+    p = Pair(5, observe=watched, inspector=inspector)
+    p.tracker.message_filter = StaleFilter()  # type: ignore[assignment]
+    p.send(m.query("begin"))
+    p.answer()
+    p.send(
+        m.Parse("s", "select rows=5").encode(),
+        m.Bind("c", "s").encode(),
+        m.Execute("c", 2).encode(),
+        m.SYNC,
+    )
+    assert _rows(p.answer()) == [b"select rows=5#0", b"select rows=5#1"]
+    inspector.schema_epoch += 1
+    p.send(m.Execute("c", 2).encode(), m.SYNC)
+    resumed = p.answer()
+    if watched:
+        assert _rows(resumed) == [b"PLAN:select rows=5#2", b"PLAN:select rows=5#3"]
+    else:
+        assert _rows(resumed) == []
+        errors = [e.fields["M"] for e in resumed if isinstance(e, m.ErrorResponse)]
+        assert len(errors) == 1 and "bound before" in errors[0], resumed
+    p.send(m.query("rollback"))
+    assert _statuses(p.answer()) == ["I"]
+    p.send(m.query("begin"))
+    p.answer()
+    p.send(m.Bind("d", "s").encode(), m.Execute("d", 1).encode(), m.SYNC)
+    assert _rows(p.answer()) == [b"select rows=5#0"]
+    p.send(m.query("commit"))
+    assert _statuses(p.answer()) == ["I"]
