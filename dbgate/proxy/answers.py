@@ -95,6 +95,17 @@ class ServerAnswers(StatementOutcomes):
         if self._measures:
             return self._measure_frames(chunk, frames, full)
         queue = self._queue
+        epochs = self._epochs
+        if (
+            not self._watch
+            and epochs is not None
+            and epochs.schema_epoch != self._flight_epoch
+            and len(queue) > self._markers
+        ):
+            # the schema or the PII catalog moved on while statements judged before it
+            # are in flight: their portals are followed from here on, and their rows
+            # run under the stale verdict (_start_execute)
+            self._watch = True
         if self._markers or self._watch or self.full or self._copy_in:
             return self._server_frames(chunk, frames, 0, full)
         # The lean loop: no plan was ever sent, nobody observes, nothing to rewrite.
@@ -134,7 +145,9 @@ class ServerAnswers(StatementOutcomes):
                         queue.popleft()
                         i += 1
                         continue
-                    if kind == QUERY:  # no plans: the verdict has none
+                    if kind == QUERY and (  # no plans: the verdict has none
+                        self._epochs is None or self._epochs.schema_epoch == self._flight_epoch
+                    ):
                         i += 1
                         continue
                 elif t == PARSE_OK:
@@ -220,7 +233,11 @@ class ServerAnswers(StatementOutcomes):
                     if kind == DESCRIBE_P and not self._plans:
                         answered = True
                     elif kind == QUERY and head[1].plan is None:
-                        continue
+                        epochs = self._epochs
+                        if epochs is None or epochs.schema_epoch == self._flight_epoch:
+                            continue
+                        # the schema or the PII catalog moved on since it was judged:
+                        # its rows under the stale verdict (_on_row_description)
                 elif t == NO_DATA:
                     # libpq describes the portal of every prepared statement it runs:
                     # a write or BEGIN answers NoData

@@ -516,6 +516,9 @@ class StatementOutcomes:
         kind = entry[0]
         if kind == DESCRIBE_P:
             state = self._plan_state(entry[1])
+            if state is None and entry[1] in self._portals and self._stale_verdict() is not None:
+                # no plan, but its rows will run under the stale verdict: by this
+                state = self._portal_state[entry[1]] = PortalState()
             if state is not None:
                 state.description = body
             self._pop()
@@ -615,6 +618,13 @@ class StatementOutcomes:
             if rec is not None:
                 self._emit("statement_decided", rec)
                 self._emit("statement_forwarded", rec)
+            stale = self._stale_verdict()
+            if stale is not None and stale.plan is not None:
+                # bound before the relay followed portals, judged before the schema
+                # or the PII catalog moved on: no description to go by, so every
+                # column of its rows is tokenized as text (a driver that reads them
+                # as another type fails; it never sees the values)
+                self._set_rewriter(stale.plan.rows(self.info, None, ()))
             return
         stmt, bind_verdict, body = p
         verdict = bind_verdict if bind_verdict is not None else stmt.verdict if stmt else None

@@ -1129,3 +1129,25 @@ def test_a_portal_resumed_after_the_schema_epoch_moved(watched: bool) -> None:
     assert _rows(p.answer()) == [b"select rows=5#0"]
     p.send(m.query("commit"))
     assert _statuses(p.answer()) == ["I"]
+
+
+@pytest.mark.parametrize("watched", [False, True])
+@pytest.mark.parametrize("how", ["query", "extended"])
+def test_rows_in_flight_when_the_schema_epoch_moved(watched: bool, how: str) -> None:
+    """A statement judged (no plan) before the inspector's ``schema_epoch`` moved,
+    whose rows arrive after: rewritten by the stale verdict, followed or not."""
+    inspector = EpochInspector()
+    p = Pair(6, observe=watched, inspector=inspector)
+    p.tracker.message_filter = StaleFilter()  # type: ignore[assignment]
+    if how == "query":
+        p.send(m.query("select rows=2"))
+    else:
+        p.send(
+            m.Parse("", "select rows=2").encode(),
+            m.Bind("", "").encode(),
+            m.Describe("P", "").encode(),
+            m.Execute("", 0).encode(),
+            m.SYNC,
+        )
+    inspector.schema_epoch += 1
+    assert _rows(p.answer()) == [b"PLAN:select rows=2#0", b"PLAN:select rows=2#1"]
