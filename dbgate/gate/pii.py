@@ -134,8 +134,11 @@ class PiiGate:
 
         Raises like :meth:`check` and then changes nothing. Each database's room is
         rebuilt on the schema snapshot it had (no catalog read), cached verdicts are
-        dropped, and ``sessions`` take the new room at their next statement; a
-        statement already relaying rows finishes under the room it was planned by.
+        dropped, and ``sessions`` take the new room at once (their notifications and
+        errors are filtered by it). What was judged by the old rooms and arrives after
+        — results of statements in flight, portals resumed — runs under the stale
+        verdict (:meth:`SchemaLoads.replaced`); a result set already streaming
+        finishes under the plan it started with.
         """
         from dbgate.pii.catalog_load import load_catalog
         from dbgate.pii.keys import keyring_from_config
