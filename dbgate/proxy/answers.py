@@ -104,8 +104,11 @@ class ServerAnswers(StatementOutcomes):
         ):
             # the schema or the PII catalog moved on while statements judged before it
             # are in flight: their portals are followed from here on, and their rows
-            # run under the stale verdict (_start_execute)
+            # run under the stale verdict (_start_execute); a portal bound before,
+            # never followed, is refused at its next Execute (StatementTracker._untracked)
             self._watch = True
+            if self._bound_since is None:
+                self._bound_since = set()
         if self._markers or self._watch or self.full or self._copy_in:
             return self._server_frames(chunk, frames, 0, full)
         # The lean loop: no plan was ever sent, nobody observes, nothing to rewrite.

@@ -548,9 +548,8 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
                     if not full:
                         return self._rest_message_by_message(chunk, e, out)
                     continue
-                if (
-                    self._bound_since is not None
-                    and chunk[s : chunk.find(b"\0", s, e)][:NAME_BYTES] not in self._bound_since
+                if self._bound_since is not None and self._unfollowed_portal(
+                    chunk[s : chunk.find(b"\0", s, e)]
                 ):
                     out = self._refused_here(out, chunk, fwd, hdr, "execute", UNTRACKED_PORTAL, t)
                     fwd = e
@@ -864,6 +863,15 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
             return
         if epoch != self._flight_epoch and not (idle and self.info.transaction_status == "I"):
             self._bound_since = set()
+
+    def _unfollowed_portal(self, name: bytes) -> bool:
+        """Whether an Execute's portal ``name`` may be one bound while the relay did
+        not follow portals: neither bound since (``_bound_since``) nor followed."""
+        assert self._bound_since is not None
+        return (
+            name[:NAME_BYTES] not in self._bound_since
+            and name.decode("utf-8", "surrogateescape") not in self._portals
+        )
 
     def _bound(self, chunk: bytes, s: int, e: int) -> None:
         """A Bind of a named portal (``chunk[s:e]`` is its body)."""

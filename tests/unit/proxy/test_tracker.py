@@ -1151,3 +1151,31 @@ def test_rows_in_flight_when_the_schema_epoch_moved(watched: bool, how: str) -> 
         )
     inspector.schema_epoch += 1
     assert _rows(p.answer()) == [b"PLAN:select rows=2#0", b"PLAN:select rows=2#1"]
+
+
+def test_a_portal_left_unfollowed_when_a_statement_in_flight_saw_the_epoch_move() -> None:
+    """The relay starts following portals when the epoch moves with a statement in
+    flight; a portal bound before that, never followed, is refused at its next
+    Execute rather than run under a verdict nobody kept."""
+    inspector = EpochInspector()
+    p = Pair(7, observe=False, inspector=inspector)
+    p.tracker.message_filter = StaleFilter()  # type: ignore[assignment]
+    p.send(m.query("begin"))
+    p.answer()
+    p.send(
+        m.Parse("s", "select rows=5").encode(),
+        m.Bind("c", "s").encode(),
+        m.Execute("c", 2).encode(),
+        m.SYNC,
+    )
+    assert _rows(p.answer()) == [b"select rows=5#0", b"select rows=5#1"]
+    p.send(m.query("select rows=1"))
+    inspector.schema_epoch += 1
+    assert _rows(p.answer()) == [b"PLAN:select rows=1#0"]
+    p.send(m.Execute("c", 2).encode(), m.SYNC)
+    resumed = p.answer()
+    assert _rows(resumed) == []
+    errors = [e.fields["M"] for e in resumed if isinstance(e, m.ErrorResponse)]
+    assert len(errors) == 1 and "bound before" in errors[0], resumed
+    p.send(m.query("rollback"))
+    assert _statuses(p.answer()) == ["I"]
