@@ -223,12 +223,16 @@ class Expressions(WalkState):
             # chose — ``numrange(0 * length(card_number), 5e15) @> 'tok_…'::numeric``
             # halved the card number's interval per statement
             contains = strs(body.get("name") or [])[-1] in ("@>", "<@")
+            # under ANY the array's elements are the operands, each a scalar:
+            # ``numrange(0 * length(card_number), hi) @> ANY (ARRAY['tok_…'::numeric])``
+            # is the bounds question again
+            each = body.get("kind") == "AEXPR_OP_ANY"
             for bare, side in ((right, left), (left, right)):
                 if not _bare_value(bare) or _bare_value(side):
                     continue
                 other = self.expr(side, scope, ctx)
                 as_is = _is_pii(other) and self.keeps_whole(side, scope)
-                if contains and not _container(bare):
+                if contains and (each or not _container(bare)):
                     as_is = False
                 value_ctx = ctx.comparing() if as_is else ctx
                 value = self.expr(bare, scope, value_ctx)
