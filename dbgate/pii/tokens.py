@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hmac
 import itertools
+import json
 import logging
 import os
 import re
@@ -62,6 +63,7 @@ __all__ = [
     "Keyring",
     "TokenError",
     "Tokenizer",
+    "in_container_syntax",
     "parse_token",
 ]
 
@@ -71,6 +73,22 @@ TOKEN_RE = re.compile(
 )
 TOKEN_RE_BYTES = re.compile(TOKEN_RE.pattern.encode())
 _FULL = re.compile(TOKEN_RE.pattern + r"\Z")
+
+
+def in_container_syntax(text: str) -> bool:
+    """Whether a text holding a token puts it inside array or JSON syntax other than a
+    JSON object (which no type but json and jsonb reads): a value of a type left to
+    the server would be read as whatever it is compared with — a range reads
+    ``["tok_…", 5e15]`` as its bounds, a ``line`` ``{tok_…,1,0}`` as its coefficients."""
+    stripped = text.lstrip()
+    if stripped[:1] not in ("{", "[", '"') or TOKEN_RE.fullmatch(text) is not None:
+        return False
+    if stripped[:1] == "{":
+        try:
+            return not isinstance(json.loads(text), dict)
+        except ValueError:
+            return True
+    return True
 
 
 class TokenError(Exception):

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pglast import parser as _pg
 
 from dbgate.pii.lineage import Analysis
+from dbgate.pii.lineage.context import NOT_A_CONTAINER
 from dbgate.pii.pseudonyms import (
     ARRAY,
     BYTEA,
@@ -39,7 +40,7 @@ from dbgate.pii.pseudonyms import (
     TypeRegistry,
 )
 from dbgate.pii.text_arrays import map_elements
-from dbgate.pii.tokens import TOKEN_RE, TOKEN_RE_BYTES, TokenError
+from dbgate.pii.tokens import TOKEN_RE, TOKEN_RE_BYTES, TokenError, in_container_syntax
 
 __all__ = ["Resolver", "detokenize_params", "detokenize_sql"]
 
@@ -241,11 +242,24 @@ def detokenize_params(
                 f"a token in parameter ${n} cannot be resolved here: @> and <@ compare a"
                 " token whole only inside an array or a JSON value"
             )
+        if n in analysis.param_contained and n in analysis.param_loose and oid == 0:
+            # compared by @> or <@ with what is not visibly an array or JSON, its type
+            # left to the server: a JSON object is one element of a range over text
+            raise TokenError(
+                f"a token in parameter ${n} cannot be resolved here: {NOT_A_CONTAINER}"
+            )
         if fmt == 0:
             try:
                 text = value.decode()
             except UnicodeDecodeError:
                 raise TokenError(f"parameter ${n} is not valid UTF-8 text") from None
+            if oid == 0 and n in analysis.param_loose and in_container_syntax(text):
+                # its type left to the server, which takes that of what it is compared
+                # with or written into: not visibly an array or JSON, it may read the
+                # text as another type's (a line's coefficients, around the value)
+                raise TokenError(
+                    f"a token in parameter ${n} cannot be resolved here: {NOT_A_CONTAINER}"
+                )
             if kind == ARRAY or (oid == 0 and text.startswith("{")):
                 delim = types.delims.get(oid, ",")
                 if kind == ARRAY and types.kind(types.elems.get(oid, 0)) in (JSON, JSONB):

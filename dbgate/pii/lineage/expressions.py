@@ -27,7 +27,7 @@ from dbgate.pii.lineage.builtin_names import (
     VALUE_FREE_FUNCTIONS,
     WORK_COUNTER_PREFIX,
 )
-from dbgate.pii.lineage.context import FILTER, Ctx, refused
+from dbgate.pii.lineage.context import FILTER, NOT_A_CONTAINER, Ctx, refused
 from dbgate.pii.lineage.nodes import (
     ROUNDING,
     STATISTICS,
@@ -40,7 +40,7 @@ from dbgate.pii.lineage.nodes import (
 from dbgate.pii.lineage.results import TokenSite
 from dbgate.pii.lineage.scope import Item, Scope
 from dbgate.pii.lineage.state import WalkState
-from dbgate.pii.tokens import TOKEN_RE
+from dbgate.pii.tokens import TOKEN_RE, in_container_syntax
 from dbgate.policy.catalog_builtin import AGGREGATES, VOLATILE
 
 
@@ -182,6 +182,8 @@ class Expressions(WalkState):
         if not entities:
             return CLEAN
         why = ctx.token_refusal()
+        if why is None and not ctx.container and in_container_syntax(text):
+            why = NOT_A_CONTAINER
         self.r.token_sites.append(
             TokenSite(body.get("location", -1), why is None, why or "", text, ctx.stores)
         )
@@ -198,6 +200,8 @@ class Expressions(WalkState):
             self.r.param_sites.setdefault(n, "")
             if ctx.stores:
                 self.r.param_stores.add(n)
+            if not ctx.container:
+                self.r.param_loose.add(n)
         lin = Lin(params=frozenset((n,)))
         self.saw(lin)
         return lin
@@ -234,10 +238,22 @@ class Expressions(WalkState):
                 as_is = _is_pii(other) and self.keeps_whole(side, scope)
                 if contains and (each or not _container(bare)):
                     as_is = False
-                value_ctx = ctx.comparing() if as_is else ctx
+                container = (each and bare is right) or self.reads_container(side, scope)
+                value_ctx = ctx.comparing(container) if as_is else ctx
+                first = len(self.r.token_sites)
                 value = self.expr(bare, scope, value_ctx)
                 if contains and as_is:
                     self.r.param_contained |= value.params
+                    if not container:
+                        # a JSON object too: against a range of the database's own over
+                        # text the whole literal is one element, compared with bounds
+                        sites = self.r.token_sites
+                        sites[first:] = [
+                            s
+                            if not s.allowed
+                            else TokenSite(s.location, False, NOT_A_CONTAINER, s.text, s.stores)
+                            for s in sites[first:]
+                        ]
                 return other | value if bare is right else value | other
         return self.expr(left, scope, ctx) | self.expr(right, scope, ctx)
 
@@ -295,7 +311,44 @@ class Expressions(WalkState):
             lin = self.expr(body.get("arg"), scope, refused(f"a value cast to {target[-1]}"))
             self.met_opaque(scope, met)
             return lin | self.unknown(f"a cast to {target[-1]} may be the database's own code")
-        return self.expr(body.get("arg"), scope, ctx)
+        return self.expr(body.get("arg"), scope, ctx.read_as(_container_type(body)))
+
+    def e_A_ArrayExpr(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
+        """``ARRAY[…]``: each element is a scalar of the element type."""
+        return self.expr(body.get("elements"), scope, ctx.read_as(False))
+
+    def reads_container(self, side: Node, scope: Scope) -> bool:
+        """Whether ``side`` is visibly an array or a JSON value, so that a literal
+        compared with it is read as one: ``ARRAY[…]``, ``ARRAY(SELECT …)``, a cast to
+        an array type, json or jsonb, a built-in that returns one
+        (``CONTAINER_FUNCTIONS``, ``->``, ``#>``), or a stored table's column of such a
+        type (in every relation the text names that has a column of its name)."""
+        if not isinstance(side, dict) or len(side) != 1:
+            return False
+        ((kind, body),) = side.items()
+        if kind == "A_ArrayExpr":
+            return True
+        if kind == "TypeCast":
+            return _container_type(body)
+        if kind == "SubLink":
+            return body.get("subLinkType") == "ARRAY_SUBLINK"
+        if kind == "FuncCall":
+            parts = strs(body.get("funcname"))
+            name = parts[-1].lower()
+            schema = parts[-2] if len(parts) > 1 else None
+            return (
+                name in CONTAINER_FUNCTIONS
+                and schema in (None, "pg_catalog")
+                and self.is_builtin(name, schema)
+            )
+        if kind == "A_Expr":
+            op = strs(body.get("name") or [])
+            return body.get("kind") == "AEXPR_OP" and op in (["->"], ["#>"])
+        if kind == "ColumnRef" and self.stored_column(side, scope):
+            names = strs(body.get("fields") or [])
+            oids = self.column_types(names[-1])
+            return bool(oids) and all(self.container_oid(oid) for oid in oids)
+        return False
 
     def e_SubLink(self, body: Node, scope: Scope, ctx: Ctx) -> Lin:
         # standing as a whole predicate, a sub-select keeps or drops the rows around it
@@ -627,6 +680,51 @@ def _container(node: Any) -> bool:
         text = (body.get("sval") or {}).get("sval", "")
         return text.lstrip()[:1] in ("{", "[")
     return False
+
+
+#: Built-ins that return an array, json or jsonb (``Expressions.reads_container``).
+CONTAINER_FUNCTIONS = frozenset(
+    {
+        "array_agg",
+        "array_append",
+        "array_prepend",
+        "array_cat",
+        "array_remove",
+        "array_replace",
+        "string_to_array",
+        "regexp_split_to_array",
+        "to_json",
+        "to_jsonb",
+        "array_to_json",
+        "row_to_json",
+        "json_build_array",
+        "jsonb_build_array",
+        "json_build_object",
+        "jsonb_build_object",
+        "json_object",
+        "jsonb_object",
+        "json_agg",
+        "jsonb_agg",
+        "json_object_agg",
+        "jsonb_object_agg",
+        "jsonb_set",
+        "jsonb_insert",
+        "jsonb_strip_nulls",
+        "json_strip_nulls",
+        "json_extract_path",
+        "jsonb_extract_path",
+        "jsonb_path_query_array",
+    }
+)
+
+
+def _container_type(cast: Node) -> bool:
+    """Whether a cast's type is an array type, json or jsonb."""
+    type_name = cast.get("typeName") or {}
+    if type_name.get("arrayBounds"):
+        return True
+    names = strs(type_name.get("names") or [])
+    return bool(names) and (names[-1] in ("json", "jsonb") or names[-1].startswith("_"))
 
 
 def _is_pii(lin: Lin) -> bool:

@@ -134,6 +134,10 @@ class Analysis:
     #: parameters compared by containment (``@>``, ``<@``): a token there is resolved
     #: only inside an array or a JSON value, whose elements are compared whole
     param_contained: set[int] = field(default_factory=set)
+    #: parameters compared with or written into what is not visibly an array or JSON
+    #: (``Ctx.container``): a value of a type the Parse leaves to the server, in array
+    #: syntax, would be read as that other type
+    param_loose: set[int] = field(default_factory=set)
     token_writes: list[str] = field(default_factory=list)
     #: relation names the snapshot did not know (the schema may be stale)
     unknown_relations: set[str] = field(default_factory=set)

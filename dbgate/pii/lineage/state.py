@@ -71,6 +71,7 @@ class WalkState:
         self.tree: list[Node] = []
         self._cuts: bool | None = None
         self._rounds: bool | None = None
+        self._relations: list[object] | None = None
 
     def cuts_anywhere(self) -> bool:
         """Whether the text casts to ``"char"``, ``name`` or ``float4`` anywhere: a value a
@@ -103,6 +104,49 @@ class WalkState:
             if not type_oid:
                 return None
         return None
+
+    def column_types(self, name: str) -> set[int]:
+        """The types of the columns named ``name`` of every relation the text names
+        (a stored column's own type, which a literal compared with it takes)."""
+        if self._relations is None:
+            rels: list[object] = []
+            self._collect_relations(self.tree, rels, 0)
+            self._relations = rels
+        oids = set()
+        for rel in self._relations:
+            col = rel.column(name)  # type: ignore[attr-defined]
+            if col is not None:
+                oids.add(col.type_oid)
+        return oids
+
+    def _collect_relations(self, node: object, out: list[object], depth: int) -> None:
+        if depth > 200:
+            return
+        if isinstance(node, dict):
+            name = node.get("relname")
+            if isinstance(name, str):
+                out.extend(self.snap.lookup(name, node.get("schemaname")))
+            for v in node.values():
+                self._collect_relations(v, out, depth + 1)
+        elif isinstance(node, list):
+            for v in node:
+                self._collect_relations(v, out, depth + 1)
+
+    def container_oid(self, type_oid: int) -> bool:
+        """Whether ``type_oid`` is an array type, json or jsonb, or a domain over one."""
+        types = self.snap.types
+        for _ in range(20):
+            if type_oid in (114, 3802):
+                return True
+            info = types.get(type_oid)
+            if info is None:
+                return False
+            if info.category == "A" and info.elem:
+                return True
+            if not info.base:
+                return False
+            type_oid = info.base
+        return False
 
     def _reads_cut_pii(self, node: object, depth: int) -> bool:
         """Whether the text names a relation with a PII column of a type that keeps

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from tests.integration.pii.conftest import Demo
 
@@ -99,3 +100,64 @@ def test_a_token_contained_by_any_is_refused(dsn: str, card: tuple[int, str]) ->
         # what stays: a whole value compared whole inside an array
         assert _run(conn, head + f"array[p.card_number] @> array['{token}']") == "ok [(1,)]"
         assert _run(conn, head + "p.card_number = any(%s)", ([token],)) == "ok [(1,)]"
+
+
+def test_a_token_in_array_or_json_syntax_read_as_another_type_is_refused(
+    dsn: str, card: tuple[int, str]
+) -> None:
+    """A literal in array or JSON syntax has its tokens resolved inside it, each a whole
+    element; but a literal the text does not type takes the type of what it is
+    compared with, and a range reads ``'["tok_card_…", hi]'`` as its bounds: the
+    server failed (22000, lower bound above the upper) exactly when the card number
+    was above ``hi`` — 53 statements, reading no row they return. A ``line`` reads
+    ``'{tok_card_…,1,0}'`` as its coefficients and compares lines by the ratios of
+    theirs, within 1e-6: an order of the value with a number the agent chose. Cast to
+    ``numrange``, in an ``IN`` list, by ``@>``, or as an untyped Bind value, the same.
+    Refused: array and JSON syntax is resolved only where the server reads it as an
+    array or JSON (a cast to one, ``= ANY``, or compared with what is visibly one)."""
+    number, text = card
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (token,) = conn.execute("select card_number from payments where id = 1").fetchone()
+        head = "select 1 from payments p where p.id = 1 and "
+        span = "numrange(0 * length(p.card_number), 1)"
+        wide = "numrange(0 * length(p.card_number), 1e20)"
+        json = "'[\"{t}\", {x}]'"
+        probes: dict[str, tuple[str, Callable[[str, int], Any]]] = {
+            "untyped": (head + f"{span} <> {json}", lambda t, x: None),
+            "cast": (head + f"{span} <> {json}::numrange", lambda t, x: None),
+            "in": (head + f"{span} not in ({json})", lambda t, x: None),
+            "contains": (head + f"{wide} @> {json}", lambda t, x: None),
+            "line": (head + "not {line} = '{{{t},1,0}}'", lambda t, x: None),
+            "bind": (head + f"{span} <> %s", lambda t, x: (f'["{t}", {x}]',)),
+            "bind contains": (head + f"{wide} @> %s", lambda t, x: (f'["{t}", {x}]',)),
+            "bind line": (head + "not {line} = %s", lambda t, x: (f"{{{t},1,0}}",)),
+        }
+        leaks = {}
+        for name, (probe, params) in probes.items():
+
+            def ask(x: int, probe: str = probe, params: Any = params) -> str:
+                # a line {a,1e-6,0} equals {V,1,0} while a/V <= 2e-6: a = 2e-6 x
+                line = f"('{{{x * 2}e-6,0.000001,0}}' || left(p.card_number, 0))::line"
+                sql = probe.format(t=token, x=x, line=line)
+                return _run(conn, sql, params(token, x))
+
+            answers, lo, hi = _search(ask, 0, 10**19)
+            if answers != {"22023"} or abs(hi - number) < 10**6:
+                leaks[name] = (answers, lo, hi)
+        assert not leaks, (text, leaks)
+        # what stays: array and JSON syntax the server reads as an array or JSON
+        kept = [
+            f"array[p.card_number] @> '{{{token}}}'",
+            f"p.card_number = any('{{{token}}}')",
+            f"jsonb_build_object('c', p.card_number) @> '{{\"c\": \"{token}\"}}'",
+            f"to_jsonb(array[p.card_number]) @> '[\"{token}\"]'",
+            f"to_jsonb(array[p.card_number]) @> '[\"{token}\"]'::jsonb",
+        ]
+        for cond in kept:
+            assert _run(conn, head + cond) == "ok [(1,)]", cond
+        for cond, value in (
+            ("array[p.card_number] @> %s", f"{{{token}}}"),
+            ("jsonb_build_object('c', p.card_number) @> %s", f'{{"c": "{token}"}}'),
+            ("to_jsonb(array[p.card_number]) @> %s", Jsonb([token])),
+        ):
+            assert _run(conn, head + cond, (value,)) == "ok [(1,)]", cond
