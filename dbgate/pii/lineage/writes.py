@@ -129,7 +129,11 @@ class Writes(WalkState):
                         target=f"{rel_name}.{column}",
                         stores=True,
                     )
-            return Ctx(True, target=f"{rel_name}.{column}", stores=True)
+            # written into a column of an array type, json or jsonb, a literal in
+            # that syntax is read as one (``Ctx.container``)
+            cols = [rel.column(column) for rel in rels]
+            container = all(c is not None and self.container_oid(c.type_oid) for c in cols)
+            return Ctx(True, target=f"{rel_name}.{column}", stores=True, container=container)
         return Ctx(
             False,
             f"column {rel_name}.{column} is not PII in the catalog",

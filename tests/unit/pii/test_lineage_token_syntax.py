@@ -83,3 +83,14 @@ def test_a_token_in_syntax_read_as_an_array_or_json_is_resolved(sql: str) -> Non
 )
 def test_a_parameter_not_read_as_an_array_or_json_is_noted(sql: str, loose: set[int]) -> None:
     assert analyze(sql, COV).param_loose == loose, sql
+
+
+def test_a_token_written_in_the_syntax_of_the_columns_type() -> None:
+    """Written into a PII column, a literal takes the column's type: array or JSON
+    syntax is resolved into a column of an array type, json or jsonb only."""
+    into_json = analyze(f"insert into people (id, doc) values (1, '[\"{TOKEN}\"]')", COV)
+    assert [s.allowed for s in into_json.token_sites] == [True]
+    into_range = analyze(f'insert into people (id, band) values (1, \'["{TOKEN}", "z"]\')', COV)
+    assert [s.allowed for s in into_range.token_sites] == [False]
+    assert analyze("insert into people (id, doc) values (1, $1)", COV).param_loose == set()
+    assert analyze("insert into people (id, band) values (1, $1)", COV).param_loose == {1}
