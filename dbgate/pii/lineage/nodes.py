@@ -132,6 +132,16 @@ ROUNDING = frozenset(
         "width",
         "radius",
         "distance",
+        # geometric types read their numbers as float8, and compare within 1e-6: a
+        # line's coefficients by their ratios, an order of a token's value with a
+        # number the agent chose (``('{a,1e-6,0}' || …)::line = 'tok_…'``)
+        "point",
+        "line",
+        "lseg",
+        "box",
+        "path",
+        "polygon",
+        "circle",
     }
 )
 

@@ -161,3 +161,36 @@ def test_a_token_in_array_or_json_syntax_read_as_another_type_is_refused(
             ("to_jsonb(array[p.card_number]) @> %s", Jsonb([token])),
         ):
             assert _run(conn, head + cond, (value,)) == "ok [(1,)]", cond
+
+
+def test_a_derived_token_read_as_a_line_is_refused(dsn: str, card: tuple[int, str]) -> None:
+    """A derived value's fresh token resolves where it is compared with PII, read as
+    the type of what it is compared with: the token of ``'{' || card_number ||
+    ',1,0}'`` compared with a ``line`` the agent made (``('{a,1e-6,0}' ||
+    left(card_number, 0))::line``) is the line ``{V,1,0}``, which the server compares
+    by the ratios of the coefficients within 1e-6 — equal while ``a / V <= 2e-6``, an
+    order of the card number with a number the agent chose, 53 statements for eleven
+    of its digits from one token. Geometric types read numbers as floats: a token
+    compared with one is refused, as with a cast to a float."""
+    number, text = card
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (token,) = conn.execute(
+            "select '{' || card_number || ',1,0}' from payments where id = 1"
+        ).fetchone()
+        assert token.startswith("tok_")
+        probes = {
+            "cast": "not ('{{{a},0.000001,0}}' || left(p.card_number, 0))::line = '{t}'",
+        }
+        leaks = {}
+        for name, probe in probes.items():
+
+            def ask(x: int, probe: str = probe) -> str:
+                sql = "select 1 from payments p where p.id = 1 and " + probe.format(
+                    a=f"{x * 2}e-6", t=token
+                )
+                return _run(conn, sql)
+
+            answers, lo, hi = _search(ask, 0, 10**19)
+            if answers != {"22023"} or abs(hi - number) < 10**6:
+                leaks[name] = (answers, lo, hi)
+        assert not leaks, (text, leaks)

@@ -74,7 +74,7 @@ def test_a_token_in_syntax_read_as_an_array_or_json_is_resolved(sql: str) -> Non
 @pytest.mark.parametrize(
     ("sql", "loose"),
     [
-        (f"select 1 from payments p where {LINE} = $1", {1}),
+        (f"select 1 from payments p where {RANGE} = $1", {1}),
         ("select 1 from people where band @> $1", {1}),
         ("select 1 from payments p where p.card_number = any($1)", set()),
         ("select 1 from people where doc @> $1", set()),
@@ -94,3 +94,21 @@ def test_a_token_written_in_the_syntax_of_the_columns_type() -> None:
     assert [s.allowed for s in into_range.token_sites] == [False]
     assert analyze("insert into people (id, doc) values (1, $1)", COV).param_loose == set()
     assert analyze("insert into people (id, band) values (1, $1)", COV).param_loose == {1}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"select 1 from payments p where ('{{1,1,0}}' || p.card_number)::line = '{TOKEN}'",
+        "select 1 from payments p where line(point(0 * length(p.card_number), 0),"
+        f" point(1, 1)) = '{TOKEN}'",
+        "select 1 from payments p where box(point(0 * length(p.card_number), 0),"
+        f" point(1, 1)) = '{TOKEN}'",
+        f"select 1 from payments p where circle(p.card_number::point, 1) = '{TOKEN}'",
+    ],
+)
+def test_a_token_read_as_a_geometric_type_is_refused(sql: str) -> None:
+    """Geometric types read numbers as float8 and compare within 1e-6 (a line by the
+    ratios of its coefficients): as with a cast to a float, no token is resolved."""
+    a = analyze(sql, COV)
+    assert a.token_sites and not any(s.allowed for s in a.token_sites), sql
