@@ -187,6 +187,10 @@ def _replace_bytes(value: bytes, resolve: Resolver) -> bytes:
     )
 
 
+#: ``unknown``: a parameter declared so has its type inferred by the server, as one
+#: declared 0 has.
+UNKNOWN_OID = 705
+
 #: ``"char"`` (its first byte), ``name`` (63 bytes), ``float4`` and ``float8`` (the
 #: leading digits): a Bind value of these types (or of a domain over one, or an array
 #: of one) reaches the server cut.
@@ -223,6 +227,11 @@ def detokenize_params(
             else any_resolve
         )
         oid = param_types[i] if i < len(param_types) else 0
+        if oid == UNKNOWN_OID:
+            # declared ``unknown``, a parameter's type is left to the server as with 0:
+            # it takes the type of what it is compared with (``length(email) = $1``
+            # reads a binary value's bytes as an int4, failing by their number)
+            oid = 0
         base = types.bases.get(oid, oid)
         elem = types.elems.get(oid, 0)
         if base in TRUNCATING_TYPE_OIDS or types.bases.get(elem, elem) in TRUNCATING_TYPE_OIDS:

@@ -12,7 +12,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from dbgate.wire import messages as m
 from tests.integration.pii.conftest import Demo
+from tests.integration.rawclient import RawClient
 
 
 def _run(conn: Any, sql: str, params: Any = None) -> str:
@@ -194,3 +196,49 @@ def test_a_derived_token_read_as_a_line_is_refused(dsn: str, card: tuple[int, st
             if answers != {"22023"} or abs(hi - number) < 10**6:
                 leaks[name] = (answers, lo, hi)
         assert not leaks, (text, leaks)
+
+
+async def test_a_token_in_a_binary_value_declared_unknown_is_refused(
+    dsn: str, card: tuple[int, str]
+) -> None:
+    """A binary Bind value of a type the Parse leaves to the server is refused: its
+    layout is the type the server infers. A Parse may also declare the type
+    ``unknown`` (705), which the server infers just the same, and such a value was
+    resolved: ``length(p.card_number) = $1`` read the card number's bytes as an
+    ``int4`` and failed (22P03) unless there were four, ``uuid`` unless sixteen, and
+    types with a structured layout check bytes of it. Refused as for an undeclared
+    type; in the text format it is read as an undeclared one is."""
+    _number, text = card
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (token,) = conn.execute("select card_number from payments where id = 1").fetchone()
+    head = "select 1 from payments p where p.id = 1 and "
+    got = {}
+    for side, fmt in (
+        ("length(p.card_number)", 1),
+        ("(left(p.card_number, 0) || '00000000-0000-0000-0000-000000000000')::uuid", 1),
+        ("numrange(0 * length(p.card_number), 1)", 1),
+        ("p.card_number", 1),
+        ("p.card_number", 0),
+    ):
+        client = await RawClient.from_dsn(dsn)
+        try:
+            client.send(
+                m.Parse("", head + side + " = $1", (705,)).encode(),
+                m.Bind("", "", param_formats=(fmt,), params=(token.encode(),)).encode(),
+                m.Execute("", 0).encode(),
+                m.SYNC,
+            )
+            msgs = await client.until_ready()
+        finally:
+            await client.close()
+        assert text.encode() not in b"".join(bytes(repr(x), "utf-8") for x in msgs)
+        errs = [x.fields.get("C") for x in msgs if isinstance(x, m.ErrorResponse)]
+        rows = [x.columns for x in msgs if isinstance(x, m.DataRow)]
+        got[(side, fmt)] = errs[0] if errs else rows
+    assert got == {
+        ("length(p.card_number)", 1): "22023",
+        ("(left(p.card_number, 0) || '00000000-0000-0000-0000-000000000000')::uuid", 1): "22023",
+        ("numrange(0 * length(p.card_number), 1)", 1): "22023",
+        ("p.card_number", 1): "22023",
+        ("p.card_number", 0): [(b"1",)],
+    }, got
