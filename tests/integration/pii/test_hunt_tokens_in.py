@@ -242,3 +242,44 @@ async def test_a_token_in_a_binary_value_declared_unknown_is_refused(
         ("p.card_number", 1): "22023",
         ("p.card_number", 0): [(b"1",)],
     }, got
+
+
+async def test_a_token_in_a_value_declared_of_a_domain_is_refused(
+    dsn: str, pg_server: Any, card: tuple[int, str]
+) -> None:
+    """A Parse may declare a parameter's type by OID, a domain's too: the server then
+    runs the domain's checks on the value it is given, the resolved one —
+    ``CHECK (VALUE < '5')`` failed (23514) or not by the card number's order, and a
+    type made since dbgate's snapshot is read as the server likes. Refused: a token
+    is resolved into no value of a domain or of a type dbgate does not know."""
+    _number, text = card
+    direct = pg_server.dsn(urlsplit(dsn).path.lstrip("/"))
+    with psycopg.connect(direct, autocommit=True) as conn:
+        conn.execute("create domain tokens_in_below_5 as text check (value < '5')")
+        row = conn.execute("select 'tokens_in_below_5'::regtype::oid").fetchone()
+    assert row is not None
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            (token,) = conn.execute("select card_number from payments where id = 1").fetchone()
+        got = []
+        for oid in (row[0], 25):
+            client = await RawClient.from_dsn(dsn)
+            try:
+                client.send(
+                    m.Parse(
+                        "", "select 1 from payments p where p.id = 1 and p.card_number = $1", (oid,)
+                    ).encode(),
+                    m.Bind("", "", params=(token.encode(),)).encode(),
+                    m.Execute("", 0).encode(),
+                    m.SYNC,
+                )
+                msgs = await client.until_ready()
+            finally:
+                await client.close()
+            assert text.encode() not in b"".join(bytes(repr(x), "utf-8") for x in msgs)
+            errs = [x.fields.get("C") for x in msgs if isinstance(x, m.ErrorResponse)]
+            got.append(errs[0] if errs else [x.columns for x in msgs if isinstance(x, m.DataRow)])
+        assert got == ["22023", [(b"1",)]], got
+    finally:
+        with psycopg.connect(direct, autocommit=True) as conn:
+            conn.execute("drop domain tokens_in_below_5")
