@@ -192,4 +192,83 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
             walker.state_run_by(writes, draws, seen, _counted_draws(stmt))
             walker.seen = None
     walker.state_written()
+    if any(site.allowed for site in result.token_sites):
+        reader = _reads_statement_text(stmts, source)
+        if reader:
+            # the text forwarded holds the resolved values, and this one reads it back
+            why = (
+                f"the statement reads statement texts ({reader}), which hold the values "
+                "of the tokens resolved into them; send the value as a Bind parameter"
+            )
+            result.token_sites[:] = [
+                s if not s.allowed else TokenSite(s.location, False, why, s.text, s.stores)
+                for s in result.token_sites
+            ]
     return result
+
+
+#: Built-ins and system views that return statement texts, this session's too: dbgate
+#: forwards a text with the tokens in it resolved, so reading it back reads the values
+#: (``ascii(substr(current_query(), n, 1)) & 4 <> 0`` is a bit of one, reading no
+#: table row). ``QUERY_TEXT_COLUMNS`` and ``DATA_READERS`` hold the same names.
+STATEMENT_TEXT_READERS = frozenset(
+    {
+        "current_query",
+        "pg_stat_get_activity",
+        "pg_stat_get_backend_activity",
+        "pg_cursor",
+        "pg_prepared_statement",
+        "pg_get_backend_memory_contexts",
+        "pg_stat_activity",
+        "pg_cursors",
+        "pg_prepared_statements",
+        "pg_backend_memory_contexts",
+        "pg_stat_statements",
+        "pg_stat_monitor",
+    }
+)
+
+
+def _reads_statement_text(stmts: list[Node], source: ColumnSource) -> str:
+    """The first reader of statement texts the text calls or names
+    (``STATEMENT_TEXT_READERS``), through the views it reads too; "" when none."""
+    seen: set[int] = set()
+
+    def view_reads(names: list[tuple[str, str | None]], depth: int) -> str:
+        for name, schema in names:
+            if name.lower() in STATEMENT_TEXT_READERS:
+                return name
+            for rel in source.snapshot.lookup(name, schema):
+                if rel.definition is None or rel.oid in seen or depth > 8:
+                    continue
+                seen.add(rel.oid)
+                words = re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", rel.definition)
+                found = view_reads([(w, None) for w in words], depth + 1)
+                if found:
+                    return f"{found} through {rel.name}"
+        return ""
+
+    names: list[tuple[str, str | None]] = []
+    _names(stmts, names, 0)
+    return view_reads(names, 0)
+
+
+def _names(node: Any, out: list[tuple[str, str | None]], depth: int) -> None:
+    """The relation and function names a parse tree holds."""
+    if depth > 300:
+        out.append(("pg_stat_activity", None))  # too deep to read: as if it did
+        return
+    if isinstance(node, dict):
+        rel = node.get("relname")
+        if isinstance(rel, str):
+            out.append((rel, node.get("schemaname")))
+        call = node.get("FuncCall")
+        if isinstance(call, dict):
+            parts = [p.get("String", {}).get("sval", "") for p in call.get("funcname", ())]
+            if parts:
+                out.append((parts[-1], None))
+        for value in node.values():
+            _names(value, out, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            _names(value, out, depth + 1)

@@ -283,3 +283,46 @@ async def test_a_token_in_a_value_declared_of_a_domain_is_refused(
     finally:
         with psycopg.connect(direct, autocommit=True) as conn:
             conn.execute("drop domain tokens_in_below_5")
+
+
+def test_a_token_resolved_into_a_text_that_reads_its_own_text_is_refused(
+    dsn: str, card: tuple[int, str]
+) -> None:
+    """A token is resolved into the text dbgate forwards, and ``current_query()`` is
+    that text: ``SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM payments p WHERE false AND
+    p.card_number = 'tok_card_…') AND ascii(substr(current_query(), strpos(
+    current_query(), '$dbgate$') + 8 + i, 1)) & b <> 0`` returned its one row exactly
+    where bit ``b`` of the value's ``i``-th character was set, reading no table row:
+    64 statements spelled the card number. Its value is unknown, so tokenized, but
+    whether the row came is not. The same through ``pg_stat_activity`` and
+    ``pg_stat_get_activity``. Refused: a token is resolved into no text that reads
+    statement texts."""
+    _number, text = card
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (token,) = conn.execute("select card_number from payments where id = 1").fetchone()
+        readers = {
+            "current_query": "current_query()",
+            "pg_stat_activity": "(select a.query from pg_stat_activity a"
+            " where a.pid = pg_backend_pid())",
+            "pg_stat_get_activity": "(select a.query from pg_stat_get_activity("
+            "pg_backend_pid()) a)",
+        }
+        spelled: dict[str, str] = {}
+        answers: set[str] = set()
+        for name, reader in readers.items():
+            chars = []
+            for i in range(len(text)):
+                code = 0
+                for b in range(4):
+                    got = _run(
+                        conn,
+                        "select 1 where not exists (select 1 from payments p where false and"
+                        f" p.card_number = '{token}') and ascii(substr({reader},"
+                        f" strpos({reader}, '$dbgate$') + 8 + {i}, 1)) & {1 << b} <> 0",
+                    )
+                    answers.add(got[:5])
+                    code |= (1 << b) if got.startswith("ok [(") else 0
+                chars.append(chr(0x30 | code))
+            spelled[name] = "".join(chars)
+        assert text not in spelled.values(), spelled
+        assert answers == {"22023"}, answers

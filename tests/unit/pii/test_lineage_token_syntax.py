@@ -112,3 +112,31 @@ def test_a_token_read_as_a_geometric_type_is_refused(sql: str) -> None:
     ratios of its coefficients): as with a cast to a float, no token is resolved."""
     a = analyze(sql, COV)
     assert a.token_sites and not any(s.allowed for s in a.token_sites), sql
+
+
+READERS = Coverage(
+    SchemaSnapshot.build(
+        {"public.payments": ["id", "card_number"]},
+        views={"public.v_now": "SELECT a.query FROM pg_stat_activity a"},
+    ),
+    load_catalog(None),
+)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"select 1 from payments p where p.card_number = '{TOKEN}' and current_query() > ''",
+        f"select 1 from payments p where p.card_number = '{TOKEN}'; select current_query()",
+        f"select 1 from payments p where p.card_number = '{TOKEN}'"
+        " and exists (select 1 from pg_catalog.pg_stat_activity)",
+        f"select 1 from payments p where p.card_number = '{TOKEN}' and exists (select 1 from v_now)",
+        f"select 1 from payments p where p.card_number = '{TOKEN}'"
+        " and exists (select 1 from pg_prepared_statement())",
+    ],
+)
+def test_a_token_in_a_text_that_reads_statement_texts_is_refused(sql: str) -> None:
+    """The forwarded text holds the resolved value, and these read it back."""
+    a = analyze(sql, READERS)
+    assert a.token_sites and not any(s.allowed for s in a.token_sites), sql
+    assert "statement texts" in a.token_sites[0].why
