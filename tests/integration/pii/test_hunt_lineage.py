@@ -108,11 +108,19 @@ async def test_unnest_with_ordinality(pg_server: Any, pii_demo: Demo) -> None:
 async def test_current_query_with_a_resolved_token(pg_server: Any, pii_demo: Demo) -> None:
     c = await _customer(pii_demo)
     token = pii_demo.room.tokenizer.token("name", c["full_name"].encode())
-    res = await _agent(
-        pg_server,
-        pii_demo,
-        f"select current_query() from customers where full_name = '{token}'",
-    )
+    sql = f"select current_query() from customers where full_name = '{token}'"
+    session = pii_demo.room.session("agent")
+    plan = session.plan(sql)
+    # a text that reads statement texts back has no token resolved into it
+    with pytest.raises(TokenError, match="statement texts"):
+        session.detokenize_sql(plan)
+    # and were the value in it, what current_query() returns is tokenized
+    name = c["full_name"].replace("'", "''")
+    client = await connect(pg_server, DBNAME)
+    try:
+        res = apply_plan(plan, await run_simple(client, sql.replace(token, name)))
+    finally:
+        await client.close()
     (row,) = res.rows_before
     assert c["full_name"].encode() in row[0]  # what the server returned
     assert c["full_name"].encode() not in res.output_bytes
@@ -121,11 +129,19 @@ async def test_current_query_with_a_resolved_token(pg_server: Any, pii_demo: Dem
 async def test_pg_cursors_statement(pg_server: Any, pii_demo: Demo) -> None:
     c = await _customer(pii_demo)
     token = pii_demo.room.tokenizer.token("name", c["full_name"].encode())
-    sql = (
-        "begin; declare cc cursor for select id from customers"
-        f" where full_name = '{token}'; select name, statement from pg_cursors; commit"
-    )
-    res = await _agent(pg_server, pii_demo, sql)
+    declare = f"begin; declare cc cursor for select id from customers where full_name = '{token}'"
+    read = "select name, statement from pg_cursors"
+    # in one text with the read of the statement texts, the token is not resolved
+    with pytest.raises(TokenError, match="statement texts"):
+        session = pii_demo.room.session("agent")
+        session.detokenize_sql(session.plan(f"{declare}; {read}; commit"))
+    client = await connect(pg_server, DBNAME)
+    try:
+        await _agent(pg_server, pii_demo, declare, client)
+        res = await _agent(pg_server, pii_demo, read, client)
+        await _agent(pg_server, pii_demo, "commit", client)
+    finally:
+        await client.close()
     assert any(c["full_name"].encode() in b"".join(r) for r in res.rows_before)
     assert c["full_name"].encode() not in res.output_bytes
     (row,) = res.rows_after
