@@ -243,7 +243,11 @@ def detokenize_params(
                 "part of a value"
             )
         kind = types.kind(oid) if oid else TEXT
-        if oid and (oid in types.bases or elem in types.bases or kind == OPAQUE):
+        if (
+            oid
+            and (oid in types.bases or elem in types.bases or kind == OPAQUE)
+            and TOKEN_RE_BYTES.search(value) is not None
+        ):
             # a domain's CHECK runs on the value it is given (``CHECK (VALUE < 'm')``
             # fails or not by its order), and a type dbgate does not know (one made
             # since the snapshot, a domain too) reads it as it likes
