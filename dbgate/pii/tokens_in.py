@@ -245,12 +245,16 @@ def detokenize_params(
         kind = types.kind(oid) if oid else TEXT
         if (
             oid
+            and n not in analysis.param_stores
             and (oid in types.bases or elem in types.bases or kind == OPAQUE)
             and TOKEN_RE_BYTES.search(value) is not None
         ):
             # a domain's CHECK runs on the value it is given (``CHECK (VALUE < 'm')``
             # fails or not by its order), and a type dbgate does not know (one made
-            # since the snapshot, a domain too) reads it as it likes
+            # since the snapshot, a domain too) reads it as it likes. Written into a
+            # PII column, a value takes the column's type, whose checks run on a
+            # literal written there as well (the server infers a parameter written
+            # into a domain's column as of that domain)
             raise TokenError(
                 f"a token in parameter ${n} cannot be resolved here: its type is a domain,"
                 " whose checks would run on the value, or one dbgate does not know"
