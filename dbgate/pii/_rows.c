@@ -22,8 +22,9 @@
  * rewrite_rows returns the new messages, or None when nothing was replaced (every PII
  * value NULL); rewrite returns the new body, or `body` itself. Only values up to
  * cache_value_bytes are looked up and cached; a table that reaches cache_entries is
- * emptied first. A body that does not parse raises ValueError, as the Python version
- * does.
+ * emptied first. A body that does not parse up to its last PII column (a length word
+ * or a value past its end, a negative length other than -1) and messages that are not
+ * whole raise ValueError, where the Python version raises it.
  *
  * A run costs one call: the plan is read once, each value is one dict lookup (and on a
  * miss one BLAKE2b compression per 128 bytes, two stores), and the output is written
@@ -452,6 +453,8 @@ rewrite_body(plan_t *plan, const unsigned char *p, Py_ssize_t size, wbuf *w, Py_
         if (pos + 4 > size)
             goto bad;
         int32_t len = rd32(p + pos);
+        if (len < -1) /* -1 is NULL; no other length is negative */
+            goto bad;
         if (col == target) {
             if (len >= 0) {
                 Py_ssize_t end = pos + 4 + len;
@@ -469,7 +472,7 @@ rewrite_body(plan_t *plan, const unsigned char *p, Py_ssize_t size, wbuf *w, Py_
             if (slot < plan->n)
                 target = plan->slots[slot].position;
         } else {
-            pos += 4 + (len > 0 ? len : 0);
+            pos += 4 + (len > 0 ? (Py_ssize_t)len : 0);
             if (pos > size)
                 goto bad;
         }
@@ -533,11 +536,20 @@ rewrite_rows(PyObject *self, PyObject *args)
     }
     if (plan_parse(&plan, positions, tables, fns, cache_value_bytes, cache_entries) < 0)
         goto done;
-    if (plan.n == 0) {
+    const unsigned char *p = (const unsigned char *)buf.buf;
+    if (plan.n == 0) { /* nothing to rewrite, but the messages must be whole (rows.py) */
+        for (Py_ssize_t pos = start; pos < end;) {
+            if (end - pos < 5)
+                goto incomplete;
+            uint32_t len = ((uint32_t)p[pos + 1] << 24) | ((uint32_t)p[pos + 2] << 16) |
+                           ((uint32_t)p[pos + 3] << 8) | (uint32_t)p[pos + 4];
+            if (len < 4 || (Py_ssize_t)len > end - pos - 1)
+                goto incomplete;
+            pos += 1 + (Py_ssize_t)len;
+        }
         res = Py_NewRef(Py_None);
         goto done;
     }
-    const unsigned char *p = (const unsigned char *)buf.buf;
     /* tokens are usually longer than the values they replace */
     Py_ssize_t size = end - start;
     if (wb_reserve(&w, size + (size < 65536 ? size : 65536) + 256) < 0)

@@ -211,7 +211,12 @@ class RowRewriter:
         target = positions[0]
         nslots = len(positions)
         while slot < nslots and col < ncols:
+            # every fault is a ValueError, where the compiled loop raises one too
+            if pos + 4 > size:
+                raise ValueError("DataRow value length runs past the body")
             length = _unpack_i32(body, pos)[0]
+            if length < -1:
+                raise ValueError(f"DataRow value length {length}")
             if col == target:
                 if length >= 0:
                     end = pos + 4 + length
@@ -236,6 +241,8 @@ class RowRewriter:
                     target = positions[slot]
             else:
                 pos += 4 + (length if length > 0 else 0)
+                if pos > size:
+                    raise ValueError("DataRow value runs past the body")
             col += 1
         if not parts:
             return body
