@@ -41,6 +41,8 @@ wb_reserve(wbuf *w, Py_ssize_t extra)
 static inline int
 wb_put(wbuf *w, const void *src, Py_ssize_t n)
 {
+    if (n <= 0) /* nothing to copy; w->p may still be NULL, which memcpy must not get */
+        return 0;
     if (wb_reserve(w, n) < 0)
         return -1;
     memcpy(w->p + w->len, src, (size_t)n);
