@@ -201,3 +201,22 @@ def test_the_masked_level_takes_over_from_normalize() -> None:
         classify(f"SELECT abalance FROM pgbench_accounts WHERE aid = {i * 7919};")
     info = cache_info()
     assert info["cold"] == 1 and info["masked"] == 49 and info["normalized"] == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["1", "'a'", "-2", "3.5", "'é€'", "'😀'", "x", ",", " "]), max_size=200
+    ),
+    st.sampled_from(["", "\x00", "\ud800", "é", "😀", "$1", "\x80"]),
+)
+def test_c_port_matches_the_reference_with_many_literals_and_odd_characters(
+    parts: list[str], odd: str
+) -> None:
+    """More literals than the C port's stack array holds (its heap road), wide and
+    lone-surrogate characters (inside a literal, the only wide ones or not), NUL."""
+    for sql in ("".join(parts) + odd, odd + "".join(parts), "'" + odd + "'," + "".join(parts)):
+        key = literals._MASK_ANY(sql)
+        assert key == mask(sql)
+        if key is not None:
+            assert key.__sizeof__() == mask(sql).__sizeof__()  # the same str storage kind
