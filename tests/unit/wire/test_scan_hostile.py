@@ -42,7 +42,12 @@ def hostile(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-_masks = st.lists(st.sampled_from([0, 1, 2]), min_size=256, max_size=256).map(bytes)
+_masks = st.one_of(
+    st.sampled_from([framing.ALL_TYPES, framing.ALL_TYPES_ROW_RUNS, bytes(256)]),
+    st.lists(st.tuples(st.integers(0, 255), st.sampled_from([1, 2])), max_size=6).map(
+        lambda picks: bytes(dict(picks).get(t, 0) for t in range(256))
+    ),
+)
 
 
 def _python(fn: Callable[..., object], *compiled: str) -> Callable[..., object]:
