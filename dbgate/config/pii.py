@@ -43,7 +43,8 @@ class PiiConfig(Strict):
     exempt_identities: list[str] = Field(default_factory=list)  # see raw values (recorded)
     exempt_groups: list[str] = Field(default_factory=list)
     max_reversible_bytes: int = Field(4096, ge=16)  # longer values get hashed tokens
-    token_cache_entries: int = Field(200_000, ge=0)  # hashed mode: tokens that resolve
+    # hashed mode: tokens that resolve (a tenth per generation, see dbgate/pii/issued.py)
+    token_cache_entries: int = Field(200_000, ge=0, le=10 * 2**40)
 
     @model_validator(mode="after")
     def _unique_key_ids(self) -> PiiConfig:

@@ -21,6 +21,9 @@
 #define PREFETCH(p) ((void)(p))
 #endif
 
+/* tokens per generation at most (issued.py's PyIssuedTokens has the same bound) */
+#define MAX_GENERATION_SIZE ((Py_ssize_t)1 << 40)
+
 /* an arena holds at most this many bytes (islot.at is 32 bits of 8-byte units) */
 #define ARENA_MAX ((size_t)0xFFFFFFF0u * 8)
 
@@ -214,8 +217,12 @@ Issued_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Py_ssize_t size, ngens;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "nn", kwlist, &size, &ngens))
         return NULL;
-    if (size < 1 || ngens < 0 || ngens > 1000000) {
-        PyErr_SetString(PyExc_ValueError, "generation_size must be >= 1 and generations >= 0");
+    /* the index of a generation has 3 * size / 2 slots or more: a size whose count
+     * would overflow that (a typo'd pii.token_cache_entries) gave a 16-slot index that a
+     * 17th token filled, and the probe for the next one never ended */
+    if (size < 1 || size > MAX_GENERATION_SIZE || ngens < 0 || ngens > 1000000) {
+        PyErr_SetString(PyExc_ValueError,
+                        "generation_size must be 1 to 2**40 and generations 0 to 1000000");
         return NULL;
     }
     IssuedObject *self = (IssuedObject *)type->tp_alloc(type, 0);

@@ -27,14 +27,19 @@ from collections.abc import Callable
 __all__ = ["IssuedTokens", "PyIssuedTokens"]
 
 _HASHED_TAIL = re.compile(rb"[0-9a-f]{32}\Z")
+#: The bounds of both stores (the compiled one's index of a generation is sized from it).
+MAX_GENERATION_SIZE = 2**40
+MAX_GENERATIONS = 1_000_000
 
 
 class PyIssuedTokens:
     """Token -> value in generations (see the module); the reference version."""
 
     def __init__(self, generation_size: int, generations: int) -> None:
-        if generation_size < 1 or generations < 0:
-            raise ValueError("generation_size must be >= 1 and generations >= 0")
+        if not (
+            1 <= generation_size <= MAX_GENERATION_SIZE and 0 <= generations <= MAX_GENERATIONS
+        ):
+            raise ValueError("generation_size must be 1 to 2**40 and generations 0 to 1000000")
         self.generation_size = generation_size
         self.generations = generations
         self._gens: list[dict[bytes, bytes]] = [{}]

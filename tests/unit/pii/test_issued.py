@@ -77,3 +77,28 @@ def test_big_values_and_many_generations() -> None:
     assert s.get(token(b"tok_note_h", 999)) is None  # the first generation is gone
     assert s.get(token(b"tok_note_h", 1000)) == big
     assert s.get(token(b"tok_note_h", 3499)) == b"3499"
+
+
+@pytest.mark.parametrize("store", [IssuedTokens, PyIssuedTokens])
+def test_a_generation_size_past_the_bound_is_refused(store: type) -> None:
+    """3 * 6148914691236517206 wraps to 2 in 64 bits: the compiled store sized that
+    generation's index at 16 slots, and the probe for a 17th token never ended (the
+    gateway hung, holding the GIL). Both stores refuse sizes past 2**40."""
+    for size in (2**40 + 1, 6148914691236517206, 2**63 - 1):
+        with pytest.raises((ValueError, OverflowError)):
+            store(size, 1)
+    with pytest.raises(ValueError):
+        store(4, 1_000_001)
+    s = store(2**40, 0)  # the bound itself; no generation kept, nothing allocated
+    s.add(token(b"tok_email_h", 1), b"a@x.io")
+    assert s.get(token(b"tok_email_h", 1)) is None
+
+
+def test_the_configured_token_cache_is_bounded() -> None:
+    from pydantic import ValidationError
+
+    from dbgate.config.pii import PiiConfig
+
+    assert PiiConfig(token_cache_entries=10 * 2**40).token_cache_entries == 10 * 2**40
+    with pytest.raises(ValidationError):
+        PiiConfig(token_cache_entries=61489146912365172060)
