@@ -96,11 +96,13 @@ class _Loader:
             self.problem(node, f"{label}: the entity must be a string, got {_describe(node)}")
             return None
         value = str(node.value)
-        if value == NONE or ENTITY_NAME.match(value):
+        # at most 63 characters: a hashed token's prefix (tok_<entity>_h) is remembered
+        # with a one-byte length (dbgate/pii/_issued.c)
+        if value == NONE or (len(value) <= 63 and ENTITY_NAME.match(value)):
             return value
         self.problem(
             node,
-            f"{label}: bad entity name {value!r}: lower-case letters, digits and single '_' "
+            f"{label}: bad entity name {value!r}: up to 63 lower-case letters, digits and single '_' "
             f"(known: {', '.join(KNOWN_ENTITIES)}, or 'none')",
         )
         return None

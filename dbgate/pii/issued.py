@@ -48,7 +48,8 @@ class PyIssuedTokens:
 
     def add(self, token: bytes, value: bytes) -> None:
         """Remember ``token`` (prefix + 32 lower-case hex digits) for ``value``."""
-        if len(token) < 32 or _HASHED_TAIL.match(token, len(token) - 32) is None:
+        # a prefix of up to 255 bytes, as the compiled store remembers it
+        if not 32 <= len(token) <= 32 + 255 or _HASHED_TAIL.match(token, len(token) - 32) is None:
             raise ValueError("a hashed token ends with 32 lower-case hex digits")
         if not self.generations:
             return

@@ -31,6 +31,10 @@ def problems(text: str) -> list[str]:
             "pii.yaml:2: columns 'public.t.c': bad entity name 'e-mail'",
         ),
         (
+            "columns:\n  public.t.c: " + "a" * 64 + "\n",
+            "pii.yaml:2: columns 'public.t.c': bad entity name '" + "a" * 64 + "'",
+        ),
+        (
             "columns:\n  c: email\n",
             "pii.yaml:2: bad column glob in 'columns': pattern 'c' has 1 part(s)",
         ),

@@ -64,6 +64,12 @@ def test_malformed_tokens_are_refused_or_unknown(store: type) -> None:
             s.add(bad, b"x")
     assert s.get(good) == b"a@x.io"
     assert s.get(good + b"0") is None  # one hex digit more: another token
+    long = token(b"p" * 256, 1)  # a prefix longer than the compiled store remembers
+    with pytest.raises(ValueError):
+        s.add(long, b"x")
+    assert s.get(long) is None
+    s.add(token(b"p" * 255, 1), b"y")
+    assert s.get(token(b"p" * 255, 1)) == b"y"
     with pytest.raises(ValueError):
         store(0, 2)
 
