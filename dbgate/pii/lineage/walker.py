@@ -27,6 +27,7 @@ from dbgate.pii.lineage.results import (
     TokenSite,
 )
 from dbgate.pii.lineage.sources import Sources
+from dbgate.pii.lineage.statement_texts import asks_statement_text
 from dbgate.pii.lineage.statements import Statements
 from dbgate.pii.lineage.writes import Writes
 
@@ -204,6 +205,18 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
                 s if not s.allowed else TokenSite(s.location, False, why, s.text, s.stores)
                 for s in result.token_sites
             ]
+    for stmt in stmts:
+        reader = _reads_statement_text([stmt], source)
+        where = reader and asks_statement_text(stmt, source, STATEMENT_TEXT_READERS)
+        if where:
+            # a question asked of the text is a question asked of the values resolved
+            # into it: a row per bit, reading no table row (held, like a copy of PII)
+            result.pii_writes.append(
+                f"the statement reads statement texts ({reader}), which hold the values "
+                f"of the tokens resolved into them, in a predicate or expression ({where}):"
+                " what it returns could spell a value; read them only as plain columns of"
+                " the select list"
+            )
     return result
 
 
