@@ -9,13 +9,37 @@ gets is compared with the raw card number read straight from the server."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from tests.conftest import _admin_execute
+from tests.integration.clients.conftest import DemoRole, start_pii_proxy
+from tests.integration.conftest import RunningProxy
 from tests.integration.pii.conftest import Demo
+
+#: a view of the database's own over pg_stat_activity, its text under another name
+VIEW = [
+    "drop view if exists hunt_activity",
+    "create view hunt_activity as select pid, state, query as q from pg_stat_activity",
+]
+
+
+@pytest.fixture(scope="module")
+def hunt_proxy(pg_server: Any, demo_role: DemoRole, demo_db: str) -> Iterator[RunningProxy]:
+    """The real gate, started once the view exists (its snapshot knows it)."""
+    _admin_execute(
+        pg_server, *VIEW, f"grant select on hunt_activity to {demo_role.name}", dbname=demo_db
+    )
+    running = start_pii_proxy(pg_server, demo_role)
+    try:
+        yield running
+    finally:
+        running.stop()
+        _admin_execute(pg_server, VIEW[0], dbname=demo_db)
 
 
 def _run(conn: Any, sql: str) -> str:
@@ -92,7 +116,8 @@ def test_another_sessions_text_is_not_asked_a_question(dsn: str, direct: str, ca
     ``pg_stat_get_backend_activity(n)`` show its last text to every session of the
     role — here with the card number its token was resolved to (read straight from the
     server). A question asked of it, over ``pg_stat_activity`` or over the function
-    beside ``generate_series``, is held; reading the view's other columns, or its
+    beside ``generate_series``, or over a view of the database's own that renames it, is
+    held; reading the view's other columns, or its
     texts as plain columns, stays allowed."""
     with (
         psycopg.connect(dsn, autocommit=True) as victim,
@@ -122,6 +147,11 @@ def test_another_sessions_text_is_not_asked_a_question(dsn: str, direct: str, ca
             + str(backend)
             + ") t where ascii(substr(t, strpos(t, '$dbgate$') + 8 + {i}, 1)) & {b} <> 0",
         }
+        questions["view"] = (
+            "select 1 from hunt_activity where pid = "
+            + str(pid)
+            + " and ascii(substr(q, strpos(q, '$dbgate$') + 8 + {i}, 1)) & {b} <> 0"
+        )
         for name, question in questions.items():
             spelled, answers = _bits(agent, question, card)
             assert spelled != card, name
@@ -136,6 +166,10 @@ def test_another_sessions_text_is_not_asked_a_question(dsn: str, direct: str, ca
         assert idle == "ok [(1,)]", idle
         mine = _run(agent, "select pid, state from pg_stat_activity where state = 'active'")
         assert mine.startswith("ok [("), mine
+        renamed = _run(agent, "select 1 from hunt_activity where q like '%4%'")
+        assert "through hunt_activity" in renamed and "q in WHERE" in renamed, renamed
+        view = _run(agent, f"select pid, state, q from hunt_activity where pid = {pid}")
+        assert view.startswith("ok [(") and "tok_" in view and card not in view, view
         function = _run(agent, f"select pg_stat_get_backend_activity({backend})")
         assert function.startswith("ok [('tok_"), function
         assert card not in function
