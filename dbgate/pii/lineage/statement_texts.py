@@ -75,9 +75,9 @@ def asks_statement_text(stmt: Node, source: ColumnSource, readers: frozenset[str
         return "DISTINCT (it compares the texts it returns)"
     for key in ("sortClause", "groupClause", "distinctClause"):
         for item in body.get(key) or ():
-            number = _position(item)
-            if number is not None and 0 < number <= len(bare) and bare[number - 1]:
-                return f"{_CLAUSES[key]} {number}"
+            for number in _positions(item):
+                if 0 < number <= len(bare) and bare[number - 1]:
+                    return f"{_CLAUSES[key]} {number}"
     for key, value in body.items():
         if key == "targetList":
             continue
@@ -87,15 +87,22 @@ def asks_statement_text(stmt: Node, source: ColumnSource, readers: frozenset[str
     return ""
 
 
-def _position(item: Any) -> int | None:
-    """The output number an ORDER BY, GROUP BY or DISTINCT ON item names, if any."""
-    if isinstance(item, dict):
-        node = item.get("SortBy", {}).get("node") if "SortBy" in item else item
-        if isinstance(node, dict) and "A_Const" in node:
-            ival = node["A_Const"].get("ival")
-            if isinstance(ival, dict):
-                return int(ival.get("ival", 0))
-    return None
+def _positions(item: Any) -> list[int]:
+    """The output numbers an ORDER BY, GROUP BY or DISTINCT ON item names (``2``,
+    ``ROLLUP (1, 2)``, ``GROUPING SETS ((1, 2))``)."""
+    if not isinstance(item, dict):
+        return []
+    node = item.get("SortBy", {}).get("node") if "SortBy" in item else item
+    if not isinstance(node, dict):
+        return []
+    nested = node.get("GroupingSet", {}).get("content") or node.get("RowExpr", {}).get("args")
+    if nested:
+        return [n for sub in nested for n in _positions(sub)]
+    if "A_Const" in node:
+        ival = node["A_Const"].get("ival")
+        if isinstance(ival, dict) and isinstance(ival.get("ival", 0), int):
+            return [ival.get("ival", 0)]
+    return []
 
 
 class _Names:

@@ -12,6 +12,13 @@ from dbgate.pii.lineage import analyze
 from tests.unit.pii.test_lineage_hunt import COV
 
 HELD = [
+    "select pid, query, count(*) from pg_stat_activity group by rollup (1, 2)",
+    "select pid, query, count(*) from pg_stat_activity group by grouping sets ((2))",
+    "execute ps(pg_stat_get_backend_activity(7))",
+    "copy (select 1 from pg_stat_activity where query like '4%') to stdout",
+    "declare c cursor for select 1 from pg_cursors where statement > '4'",
+    "select to_json(a) from pg_stat_activity a",
+    "select (a).query from pg_stat_activity a",
     "select 1 from pg_prepared_statements where ascii(substr(statement, strpos(statement, '$dbgate$') + 8, 1)) & 1 <> 0",
     "select 1 from generate_series(1, 100) n where ascii(substr(pg_stat_get_backend_activity(n), 3, 1)) & 1 <> 0",
     "select 1 from generate_series(1, 100) n, pg_stat_get_backend_activity(n) t where t like '%x%'",
@@ -32,6 +39,9 @@ HELD = [
 ]
 
 ALLOWED = [
+    "select pid, state, count(*) from pg_stat_activity group by rollup (1, 2)",
+    "select name ~ '^_pg3_', statement from pg_prepared_statements",
+    "table pg_stat_activity",
     "select pid, state, query from pg_stat_activity",
     "select pid, state, query from pg_stat_activity where state = 'active'",
     "select count(*) from pg_stat_activity where state = 'active'",
