@@ -71,6 +71,8 @@ def asks_statement_text(stmt: Node, source: ColumnSource, readers: frozenset[str
             bare.extend([True] * 1000)  # the positions after a * are not known
         if kind != "clean" and target.get("name"):
             names.columns.add(str(target["name"]).lower())
+        elif kind == "call":  # an output named after the function: ORDER BY current_query
+            names.columns.add(_func_name(val["FuncCall"]))
     if any(bare) and body.get("distinctClause"):
         return "DISTINCT (it compares the texts it returns)"
     for key in ("sortClause", "groupClause", "distinctClause"):
@@ -218,6 +220,16 @@ class _Names:
             call = node.get("FuncCall")
             if isinstance(call, dict) and _func_name(call) in self.readers:
                 return f"{_func_name(call)}() in {_CLAUSES.get(clause, 'an expression')}"
+            join = node.get("JoinExpr")
+            if isinstance(join, dict):
+                # a NATURAL join or USING compares the columns of the same name
+                using = {
+                    str(u.get("String", {}).get("sval", "")).lower()
+                    for u in join.get("usingClause") or ()
+                    if isinstance(u, dict)
+                }
+                if join.get("isNatural") or using & self.columns:
+                    return "a NATURAL join or USING (it compares columns by their names)"
             func = node.get("RangeFunction")
             if isinstance(func, dict):
                 # a reader called as a FROM item: its columns are named, its args asked

@@ -12,6 +12,9 @@ from dbgate.pii.lineage import analyze
 from tests.unit.pii.test_lineage_hunt import COV
 
 HELD = [
+    "select current_query() order by current_query",
+    "select 1 from pg_prepared_statements join (values ('x')) v(statement) using (statement)",
+    "select 1 from pg_prepared_statements natural join (values ('x')) v(statement)",
     "select pid, query, count(*) from pg_stat_activity group by rollup (1, 2)",
     "select pid, query, count(*) from pg_stat_activity group by grouping sets ((2))",
     "execute ps(pg_stat_get_backend_activity(7))",
@@ -39,6 +42,7 @@ HELD = [
 ]
 
 ALLOWED = [
+    "select a.pid, b.pid from pg_stat_activity a join pg_stat_activity b using (usesysid)",
     "select pid, state, count(*) from pg_stat_activity group by rollup (1, 2)",
     "select name ~ '^_pg3_', statement from pg_prepared_statements",
     "table pg_stat_activity",
