@@ -205,7 +205,11 @@ def analyze(sql: str, source: ColumnSource, session: SessionState | None = None)
                 s if not s.allowed else TokenSite(s.location, False, why, s.text, s.stores)
                 for s in result.token_sites
             ]
-    for stmt in stmts:
+    asked = any(name in lowered for name in STATEMENT_TEXT_READERS) or "u&" in lowered
+    if not asked:
+        views = _text_views(source)
+        asked = bool(views) and any(name in lowered for name in views)
+    for stmt in stmts if asked else ():
         reader = _reads_statement_text([stmt], source)
         where = reader and asks_statement_text(stmt, source, STATEMENT_TEXT_READERS)
         if where:
@@ -240,6 +244,31 @@ STATEMENT_TEXT_READERS = frozenset(
         "pg_stat_monitor",
     }
 )
+
+
+#: per schema snapshot, the names of its views that read statement texts
+_TEXT_VIEWS: dict[int, tuple[Any, frozenset[str]]] = {}
+
+
+def _text_views(source: ColumnSource) -> frozenset[str]:
+    """The (lower-cased) names of the snapshot's views that read statement texts,
+    through other views too: a text naming none of them, nor a reader, nor a Unicode
+    escape (``U&"…"`` spells any name), asks no statement text. Computed once a
+    snapshot."""
+    snap = source.snapshot
+    hit = _TEXT_VIEWS.get(id(snap))
+    if hit is not None and hit[0] is snap:
+        return hit[1]
+    names = frozenset(
+        name.lower()
+        for name, rels in snap.by_name.items()
+        if any(r.definition is not None for r in rels)
+        and _reads_statement_text([{"RangeVar": {"relname": name}}], source)
+    )
+    if len(_TEXT_VIEWS) >= 16:
+        _TEXT_VIEWS.clear()
+    _TEXT_VIEWS[id(snap)] = (snap, names)
+    return names
 
 
 def _reads_statement_text(stmts: list[Node], source: ColumnSource) -> str:

@@ -12,6 +12,7 @@ from dbgate.pii.lineage import analyze
 from tests.unit.pii.test_lineage_hunt import COV
 
 HELD = [
+    """select 1 from U&"pg_prepared_statement\\0073" where statement like '4%'""",
     "select current_query() order by current_query",
     "select 1 from pg_prepared_statements join (values ('x')) v(statement) using (statement)",
     "select 1 from pg_prepared_statements natural join (values ('x')) v(statement)",
