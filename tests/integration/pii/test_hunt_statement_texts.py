@@ -16,10 +16,12 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from dbgate.wire import messages as m
 from tests.conftest import _admin_execute
 from tests.integration.clients.conftest import DemoRole, start_pii_proxy
 from tests.integration.conftest import RunningProxy
 from tests.integration.pii.conftest import Demo
+from tests.integration.rawclient import RawClient
 
 #: a view of the database's own over pg_stat_activity, its text under another name
 VIEW = [
@@ -173,3 +175,57 @@ def test_another_sessions_text_is_not_asked_a_question(dsn: str, direct: str, ca
         function = _run(agent, f"select pg_stat_get_backend_activity({backend})")
         assert function.startswith("ok [('tok_"), function
         assert card not in function
+
+
+async def test_a_named_parse_holding_a_resolved_token_is_not_asked_a_question(
+    dsn: str, card: str
+) -> None:
+    """A named Parse whose text compares a token with the card number keeps the value
+    in ``pg_prepared_statement()`` for the session's life; a later Parse asking a bit
+    of it, on the same connection, is held before anything runs."""
+    client = await RawClient.from_dsn(dsn)
+    try:
+
+        async def run(*msgs: bytes) -> list[Any]:
+            client.send(*msgs)  # a Query, or a Parse … Execute ended by a Sync
+            return list(await client.until_ready())
+
+        got = await run(
+            m.Query("select card_number from payments where id = 1").encode(),
+        )
+        (token,) = [x.columns[0].decode() for x in got if isinstance(x, m.DataRow)]
+        assert token.startswith("tok_card_")
+        lookup = f"select id from payments where card_number = '{token}'"
+        got = await run(
+            m.Parse("keep", lookup, ()).encode(),
+            m.Bind("", "keep").encode(),
+            m.Execute("", 0).encode(),
+            m.SYNC,
+        )
+        assert [x.columns for x in got if isinstance(x, m.DataRow)] == [(b"1",)], got
+        answers = set()
+        seen = b""
+        for i in range(len(card)):
+            for b in range(4):
+                question = (
+                    "select 1 from pg_prepared_statement() s where s.name = 'keep' and"
+                    " ascii(substr(s.statement, strpos(s.statement, '$dbgate$') + 8 +"
+                    f" {i}, 1)) & {1 << b} <> 0"
+                )
+                got = await run(
+                    m.Parse("", question, ()).encode(),
+                    m.Bind("", "").encode(),
+                    m.Execute("", 0).encode(),
+                    m.SYNC,
+                )
+                seen += b"".join(repr(x).encode() for x in got)
+                errs = [x.fields.get("C") for x in got if isinstance(x, m.ErrorResponse)]
+                rows = [x for x in got if isinstance(x, m.DataRow)]
+                answers.add((tuple(errs), len(rows)))
+        got = await run(m.Query("select name, statement from pg_prepared_statements").encode())
+        rows = [x.columns for x in got if isinstance(x, m.DataRow)]
+        assert rows and all(r[1].startswith(b"tok_") for r in rows), rows
+    finally:
+        await client.close()
+    assert answers == {(("42501",), 0)}, answers
+    assert card.encode() not in seen
