@@ -148,9 +148,9 @@ class ServerAnswers(StatementOutcomes):
                         queue.popleft()
                         i += 1
                         continue
-                    if kind == QUERY and (  # no plans: the verdict has none
-                        self._epochs is None or self._epochs.schema_epoch == self._flight_epoch
-                    ):
+                    # no plans: the verdict has none (and it is not stale: a schema
+                    # epoch moved with statements in flight left this loop above)
+                    if kind == QUERY:
                         i += 1
                         continue
                 elif t == PARSE_OK:

@@ -492,11 +492,14 @@ class StatementTracker(ServerAnswers, MeasuredWrites, ClientMessages, StatementE
         if generations is not None and generations.generation != self._memo_generation:  # type: ignore[attr-defined]
             self._catch_up()
         epochs = self._epochs
-        if epochs is not None and (not self._watch or self._bound_since is not None):
-            self._untracked(epochs.schema_epoch, len(queue) == self._markers)  # type: ignore[attr-defined]
-        if epochs is not None and len(queue) == self._markers:  # nothing in flight
-            self._flight_epoch = epochs.schema_epoch  # type: ignore[attr-defined]
-            self._stale = None
+        if epochs is not None:
+            epoch = epochs.schema_epoch  # type: ignore[attr-defined]
+            idle = len(queue) == self._markers  # nothing in flight
+            if self._bound_since is not None or (epoch != self._flight_epoch and not self._watch):
+                self._untracked(epoch, idle)
+            if idle:
+                self._flight_epoch = epoch
+                self._stale = None
         if memo and time.monotonic() - self._memo_since > MEMO_MAX_AGE_SECONDS:
             memo.clear()
         observed = self.observer is not None
