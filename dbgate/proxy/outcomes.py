@@ -197,13 +197,7 @@ class StatementOutcomes:
         epochs = self._epochs
         if epochs is None or epochs.schema_epoch == self._flight_epoch:
             return None
-        stale = self._stale
-        if stale is None:
-            make = getattr(self.message_filter, "stale", None)
-            if make is None:
-                return None
-            stale = self._stale = make(self.info)
-        return stale
+        return self._made_stale_verdict()
 
     def _portal_stale(self, portal: str) -> Allow | None:
         """The stale verdict (:meth:`_stale_verdict`) for an Execute of ``portal`` when
@@ -217,6 +211,11 @@ class StatementOutcomes:
         bound = self._portal_epochs.get(portal)
         if bound is None or bound == epochs.schema_epoch:
             return None
+        return self._made_stale_verdict()
+
+    def _made_stale_verdict(self) -> Allow | None:
+        """The message filter's ``stale`` verdict for this session, made once until
+        nothing is in flight again; None when the filter makes none."""
         stale = self._stale
         if stale is None:
             make = getattr(self.message_filter, "stale", None)
