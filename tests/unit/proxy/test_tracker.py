@@ -1093,16 +1093,16 @@ class StaleFilter:
         return PLAN
 
 
-@pytest.mark.parametrize("watched", [False, True])
-def test_a_portal_resumed_after_the_schema_epoch_moved(watched: bool) -> None:
-    """A portal bound (no plan) and suspended, then the inspector's ``schema_epoch``
-    moves: its next Execute runs under the stale verdict when the relay followed the
-    portal, and is refused when it did not (nothing was followed yet: no plan, limit
-    or record), as it has no description to rewrite its rows by. A portal bound after
-    the move runs as ever."""
-    inspector = EpochInspector()
-    p = Pair(5, observe=watched, inspector=inspector)
+def _stale_pair(n: int, watched: bool, inspector: EpochInspector) -> Pair:
+    """A relay whose inspector's ``schema_epoch`` the test moves, and whose message
+    filter's stale verdict marks every row it rewrites ``PLAN:``."""
+    p = Pair(n, observe=watched, inspector=inspector)
     p.tracker.message_filter = StaleFilter()  # type: ignore[assignment]
+    return p
+
+
+def _suspend_a_portal(p: Pair) -> None:
+    """In a transaction, portal ``c`` of ``select rows=5`` run to its second row."""
     p.send(m.query("begin"))
     p.answer()
     p.send(
@@ -1112,6 +1112,18 @@ def test_a_portal_resumed_after_the_schema_epoch_moved(watched: bool) -> None:
         m.SYNC,
     )
     assert _rows(p.answer()) == [b"select rows=5#0", b"select rows=5#1"]
+
+
+@pytest.mark.parametrize("watched", [False, True])
+def test_a_portal_resumed_after_the_schema_epoch_moved(watched: bool) -> None:
+    """A portal bound (no plan) and suspended, then the inspector's ``schema_epoch``
+    moves: its next Execute runs under the stale verdict when the relay followed the
+    portal, and is refused when it did not (nothing was followed yet: no plan, limit
+    or record), as it has no description to rewrite its rows by. A portal bound after
+    the move runs as ever."""
+    inspector = EpochInspector()
+    p = _stale_pair(5, watched, inspector)
+    _suspend_a_portal(p)
     inspector.schema_epoch += 1
     p.send(m.Execute("c", 2).encode(), m.SYNC)
     resumed = p.answer()
@@ -1137,8 +1149,7 @@ def test_rows_in_flight_when_the_schema_epoch_moved(watched: bool, how: str) -> 
     """A statement judged (no plan) before the inspector's ``schema_epoch`` moved,
     whose rows arrive after: rewritten by the stale verdict, followed or not."""
     inspector = EpochInspector()
-    p = Pair(6, observe=watched, inspector=inspector)
-    p.tracker.message_filter = StaleFilter()  # type: ignore[assignment]
+    p = _stale_pair(6, watched, inspector)
     if how == "query":
         p.send(m.query("select rows=2"))
     else:
@@ -1158,17 +1169,8 @@ def test_a_portal_left_unfollowed_when_a_statement_in_flight_saw_the_epoch_move(
     flight; a portal bound before that, never followed, is refused at its next
     Execute rather than run under a verdict nobody kept."""
     inspector = EpochInspector()
-    p = Pair(7, observe=False, inspector=inspector)
-    p.tracker.message_filter = StaleFilter()  # type: ignore[assignment]
-    p.send(m.query("begin"))
-    p.answer()
-    p.send(
-        m.Parse("s", "select rows=5").encode(),
-        m.Bind("c", "s").encode(),
-        m.Execute("c", 2).encode(),
-        m.SYNC,
-    )
-    assert _rows(p.answer()) == [b"select rows=5#0", b"select rows=5#1"]
+    p = _stale_pair(7, False, inspector)
+    _suspend_a_portal(p)
     p.send(m.query("select rows=1"))
     inspector.schema_epoch += 1
     assert _rows(p.answer()) == [b"PLAN:select rows=1#0"]
