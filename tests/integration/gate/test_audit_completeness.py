@@ -28,6 +28,7 @@ from tests.integration.holds.harness import AGENT, AGENT_PASSWORD, HoldsEnv, adm
 from tests.integration.rawclient import RawClient, extended, rows
 from tests.integration.server_log import (
     compare,
+    log_every_statement,
     recorded,
     server_ran,
     session_over,
@@ -38,9 +39,7 @@ from tests.integration.server_log import (
 
 @pytest.fixture(scope="module")
 def logged(env: HoldsEnv) -> Path:
-    log_file = getattr(env.pg_server, "log_file", None)
-    if log_file is None:
-        pytest.skip("needs the embedded server, whose log this test reads")
+    log_file = log_every_statement(env)
     admin_execute(
         env.admin_dsn,
         "DROP TABLE IF EXISTS cmp_items",
@@ -54,9 +53,8 @@ def logged(env: HoldsEnv) -> Path:
         "DROP TABLE IF EXISTS cmp_copy",
         "CREATE TABLE cmp_copy (id int PRIMARY KEY, note text NOT NULL DEFAULT 'n')",
         "GRANT ALL ON cmp_copy TO PUBLIC",
-        f"ALTER DATABASE {env.data_db} SET log_statement = 'all'",
     )
-    return Path(log_file)
+    return log_file
 
 
 PID = "SELECT pg_backend_pid()"

@@ -30,23 +30,20 @@ from tests.integration.holds.harness import (
     request_id,
 )
 from tests.integration.rawclient import RawClient, errors, rows
-from tests.integration.server_log import server_ran, session_over, show
+from tests.integration.server_log import log_every_statement, server_ran, session_over, show
 
 
 @pytest.fixture(scope="module")
 def logged(env: HoldsEnv) -> Path:
-    log_file = getattr(env.pg_server, "log_file", None)
-    if log_file is None:
-        pytest.skip("needs the embedded server, whose log this test reads")
+    log_file = log_every_statement(env)
     admin_execute(
         env.admin_dsn,
         "DROP TABLE IF EXISTS fid_items",
         "CREATE TABLE fid_items (id int PRIMARY KEY, note text NOT NULL DEFAULT 'n')",
         "INSERT INTO fid_items (id) SELECT g FROM generate_series(1, 20) g",
         "GRANT ALL ON fid_items TO PUBLIC",
-        f"ALTER DATABASE {env.data_db} SET log_statement = 'all'",
     )
-    return Path(log_file)
+    return log_file
 
 
 Record = tuple[str, str, str | None, list[str] | None, str | None, int | None, str | None]
